@@ -1,0 +1,1 @@
+"""One module per `pisplit` sub-command; each defines `register(subparsers)`."""

@@ -1,0 +1,257 @@
+"""The graph IR: nodes in topological order over named tensors, with static shapes and lazy weights.
+
+A `Graph` is a DAG: a node reads tensors produced by earlier nodes (or graph inputs) and writes its own
+output tensors. Weights live in a mapping keyed "node/param" that may be lazy (seeded generation, an
+.npz file, a .tflite buffer), so a process materialises only the weights of the nodes it runs.
+
+Cuts: cut i lies between node i-1 and node i (cut 0 before the first node, cut n after the last).
+The tensors live across a cut are what a pipeline stage boundary there must send.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import PisplitError
+from .ops import numel, spec_of
+
+log = logging.getLogger(__name__)
+
+DTYPE_BYTES = 4  # every tensor and weight is float32
+
+
+@dataclass
+class Node:
+    """One operation: `op` reads `inputs` (tensor names) and writes `outputs` (tensor names)."""
+
+    name: str
+    op: str
+    inputs: list
+    outputs: list
+    attrs: dict = field(default_factory=dict)
+    weight_shapes: dict = field(default_factory=dict)  # param -> shape
+
+    def weight_key(self, param: str) -> str:
+        """Key of one of this node's weights in the graph's weight mapping."""
+        return f"{self.name}/{param}"
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """Static costs of one node for one frame (batch 1). Bytes are float32 bytes."""
+
+    flops: int
+    weight_bytes: int
+    params: int
+    input_bytes: int
+    output_bytes: int
+    work_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Memory to execute the node: weights + inputs + outputs + working buffers."""
+        return self.weight_bytes + self.input_bytes + self.output_bytes + self.work_bytes
+
+
+class Graph:
+    """A model: graph inputs, nodes in topological order, graph outputs, shapes and weights."""
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Mapping[str, Sequence[int]],
+        nodes: Sequence[Node],
+        outputs: Sequence[str],
+        weights: Mapping[str, np.ndarray] | None = None,
+        meta: dict | None = None,
+    ):
+        self.name = name
+        self.inputs = {k: tuple(int(s) for s in v) for k, v in inputs.items()}
+        self.nodes = list(nodes)
+        self.outputs = list(outputs)
+        self.weights = weights if weights is not None else {}
+        self.meta = dict(meta or {})
+        self.shapes: dict[str, tuple] = dict(self.inputs)
+        self.producer: dict[str, int] = {}
+        self._index: dict[str, int] = {}
+        self._infer()
+        self._costs = [self._node_cost(i) for i in range(len(self.nodes))]
+        self._last_use = self._compute_last_use()
+
+    # --- construction checks -----------------------------------------------------------------------
+    def _infer(self) -> None:
+        for i, node in enumerate(self.nodes):
+            if node.name in self._index:
+                raise PisplitError(f"model {self.name}: node name {node.name!r} is used twice")
+            self._index[node.name] = i
+            spec = spec_of(node.op)
+            for t in node.inputs:
+                if t not in self.shapes:
+                    raise PisplitError(f"model {self.name}: node {node.name} reads tensor {t!r}, which no earlier node produces")
+            missing = [p for p in spec.params if p not in node.weight_shapes]
+            if missing:
+                raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) lacks weights {missing}")
+            try:
+                outs = spec.infer([self.shapes[t] for t in node.inputs], node.attrs, node.weight_shapes)
+            except PisplitError as exc:
+                raise PisplitError(f"model {self.name}: node {node.name}: {exc}") from None
+            if len(outs) != len(node.outputs):
+                raise PisplitError(f"model {self.name}: node {node.name} makes {len(outs)} outputs, lists {len(node.outputs)}")
+            for t, s in zip(node.outputs, outs):
+                if t in self.shapes:
+                    raise PisplitError(f"model {self.name}: tensor {t!r} is written twice")
+                self.shapes[t] = tuple(int(v) for v in s)
+                self.producer[t] = i
+        for t in self.outputs:
+            if t not in self.shapes:
+                raise PisplitError(f"model {self.name}: output tensor {t!r} is never produced")
+
+    def _compute_last_use(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for t in node.inputs:
+                last[t] = i
+        for t in self.outputs:
+            last[t] = len(self.nodes)  # graph outputs live to the end
+        return last
+
+    def _node_cost(self, i: int) -> NodeCost:
+        node = self.nodes[i]
+        spec = spec_of(node.op)
+        ins = [self.shapes[t] for t in node.inputs]
+        outs = [self.shapes[t] for t in node.outputs]
+        params = sum(numel(s) for s in node.weight_shapes.values())
+        return NodeCost(
+            flops=int(spec.flops(ins, outs, node.attrs, node.weight_shapes)),
+            weight_bytes=params * DTYPE_BYTES,
+            params=params,
+            input_bytes=sum(numel(s) for s in ins) * DTYPE_BYTES,
+            output_bytes=sum(numel(s) for s in outs) * DTYPE_BYTES,
+            work_bytes=int(spec.work_bytes(ins, outs, node.attrs, node.weight_shapes)),
+        )
+
+    # --- lookup --------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs={self.inputs})"
+
+    def node_index(self, name: str) -> int:
+        """Position of node `name` in the order; raises PisplitError naming close matches."""
+        try:
+            return self._index[name]
+        except KeyError:
+            close = [n.name for n in self.nodes if name.lower() in n.name.lower()][:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PisplitError(f"model {self.name}: no node named {name!r}{hint}") from None
+
+    def node(self, name_or_index) -> Node:
+        """A node by name or index."""
+        if isinstance(name_or_index, (int, np.integer)):
+            return self.nodes[int(name_or_index)]
+        return self.nodes[self.node_index(name_or_index)]
+
+    def cost(self, name_or_index) -> NodeCost:
+        """Static costs of one node."""
+        i = name_or_index if isinstance(name_or_index, (int, np.integer)) else self.node_index(name_or_index)
+        return self._costs[int(i)]
+
+    def consumers(self, tensor: str) -> list[int]:
+        """Indices of the nodes reading `tensor`."""
+        return [i for i, n in enumerate(self.nodes) if tensor in n.inputs]
+
+    def node_weights(self, node: Node | str) -> dict[str, np.ndarray]:
+        """The node's weights as float32 arrays (materialised from the weight mapping on demand)."""
+        node = self.node(node) if isinstance(node, str) else node
+        out = {}
+        for p, shape in node.weight_shapes.items():
+            try:
+                arr = self.weights[node.weight_key(p)]
+            except KeyError:
+                raise PisplitError(f"model {self.name}: weight {node.weight_key(p)!r} is missing") from None
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != tuple(shape):
+                raise PisplitError(f"model {self.name}: weight {node.weight_key(p)!r} has shape {arr.shape}, expected {tuple(shape)}")
+            out[p] = arr
+        return out
+
+    # --- totals and cuts -----------------------------------------------------------------------------
+    def totals(self) -> dict:
+        """Sums over all nodes: params, flops, weight_bytes, output_bytes, and the largest peak_bytes."""
+        return {
+            "nodes": len(self.nodes),
+            "params": sum(c.params for c in self._costs),
+            "flops": sum(c.flops for c in self._costs),
+            "weight_bytes": sum(c.weight_bytes for c in self._costs),
+            "output_bytes": sum(c.output_bytes for c in self._costs),
+            "max_peak_bytes": max((c.peak_bytes for c in self._costs), default=0),
+        }
+
+    def cut_tensors(self, cut: int) -> list[str]:
+        """Tensors live across cut `cut` (0..n): made before it and read at or after it, or graph outputs."""
+        if not 0 <= cut <= len(self.nodes):
+            raise PisplitError(f"model {self.name}: cut {cut} is outside 0..{len(self.nodes)}")
+        if cut == 0:
+            return list(self.inputs)
+        live = []
+        for t in list(self.inputs) + [o for n in self.nodes[:cut] for o in n.outputs]:
+            if self._last_use.get(t, -1) >= cut:
+                live.append(t)
+        return live
+
+    def cut_bytes(self, cut: int) -> int:
+        """Bytes of the tensors live across cut `cut` (batch 1)."""
+        return sum(numel(self.shapes[t]) for t in self.cut_tensors(cut)) * DTYPE_BYTES
+
+    # --- execution -----------------------------------------------------------------------------------
+    def run_node(self, node: Node | int, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Execute one node on its input arrays with the numpy reference kernels."""
+        node = self.nodes[node] if isinstance(node, (int, np.integer)) else node
+        w = self.node_weights(node) if weights is None else weights
+        return spec_of(node.op).run(list(inputs), node.attrs, w)
+
+    def execute(self, tensors: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Run nodes [start, stop) given the tensors live at cut `start`; return those live at cut `stop`.
+
+        Intermediate tensors are freed after their last use in the range. Raises PisplitError when a
+        needed tensor is missing or has the wrong shape (the batch axis may be any size).
+        """
+        stop = len(self.nodes) if stop is None else stop
+        env = {}
+        for t in self.cut_tensors(start):
+            if t not in tensors:
+                raise PisplitError(f"model {self.name}: tensor {t!r} (shape {self.shapes[t]}) is needed at cut {start} but was not given")
+            arr = np.asarray(tensors[t], dtype=np.float32)
+            if arr.shape[1:] != self.shapes[t][1:] or arr.ndim != len(self.shapes[t]):
+                raise PisplitError(f"model {self.name}: tensor {t!r} has shape {arr.shape}, expected {self.shapes[t]}")
+            env[t] = arr
+        for i in range(start, stop):
+            node = self.nodes[i]
+            outs = self.run_node(node, [env[t] for t in node.inputs])
+            for t, y in zip(node.outputs, outs):
+                env[t] = y
+            for t in set(node.inputs):
+                if self._last_use.get(t, -1) <= i:
+                    env.pop(t, None)
+        return {t: env[t] for t in self.cut_tensors(stop)}
+
+    def forward(self, *args: np.ndarray, **named: np.ndarray):
+        """Whole-model inference; positional arrays feed the inputs in order. Returns one array for a
+        single-output model, else a dict of outputs."""
+        feeds = dict(zip(self.inputs, args))
+        feeds.update(named)
+        out = self.execute(feeds)
+        return out[self.outputs[0]] if len(self.outputs) == 1 else out
+
+    def random_input(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Seeded standard-normal float32 arrays for every graph input."""
+        rng = np.random.default_rng(seed)
+        return {k: rng.standard_normal(s, dtype=np.float32) for k, s in self.inputs.items()}
+
+    def subgraph_weight_keys(self, node_indices: Iterable[int]) -> list[str]:
+        """Weight keys of the given nodes (what a rank running them must load)."""
+        return [n.weight_key(p) for i in node_indices for n in [self.nodes[i]] for p in n.weight_shapes]

@@ -1,0 +1,313 @@
+"""The op registry: for every op kind, its shape rule, FLOPs, working memory and numpy kernel.
+
+An op sees its input shapes (batch axis first, batch 1 in static shapes), its attributes (plain JSON
+data) and its weight shapes; `run` sees arrays of any batch size. Add an op by registering an `OpSpec`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .errors import PisplitError
+
+Shape = tuple
+Weights = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What the graph needs to know about one op kind."""
+
+    infer: Callable[[list, dict, dict], list]           # (in_shapes, attrs, weight_shapes) -> out_shapes
+    run: Callable[[list, dict, Weights], list]          # (inputs, attrs, weights) -> outputs
+    flops: Callable[[list, list, dict, dict], int]      # (in_shapes, out_shapes, attrs, weight_shapes)
+    work_bytes: Callable[[list, list, dict, dict], int] = lambda i, o, a, w: 0
+    params: tuple = ()                                   # required weight names
+    optional_params: tuple = ()
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register(name: str, spec: OpSpec) -> None:
+    """Add (or replace) the op kind `name`."""
+    OPS[name] = spec
+
+
+def spec_of(op: str) -> OpSpec:
+    """The registered OpSpec for `op`; raises PisplitError for an unknown op kind."""
+    try:
+        return OPS[op]
+    except KeyError:
+        raise PisplitError(f"op {op!r}: unknown op kind (known: {', '.join(sorted(OPS))})") from None
+
+
+def numel(shape: Sequence[int]) -> int:
+    """Number of elements of a shape."""
+    return math.prod(int(s) for s in shape)
+
+
+def _act(x, attrs):
+    return K.apply_activation(x, attrs.get("activation"))
+
+
+def _act_flops(out_shapes, attrs) -> int:
+    return numel(out_shapes[0]) if attrs.get("activation") not in (None, "linear") else 0
+
+
+# --- convolutions ----------------------------------------------------------------------------------
+
+def conv_geometry(in_shape: Shape, attrs: dict, kernel_shape: Shape):
+    """(kernel sizes, strides, dilation, explicit pads, output spatial sizes) of a conv node."""
+    n_sp = len(kernel_shape) - 2
+    ksize = tuple(kernel_shape[:n_sp])
+    strides = tuple(attrs.get("strides") or (1,) * n_sp)
+    dilation = tuple(attrs.get("dilation") or (1,) * n_sp)
+    spatial = tuple(in_shape[1:-1])
+    if len(spatial) != n_sp:
+        raise PisplitError(f"conv: input shape {tuple(in_shape)} does not fit kernel {tuple(kernel_shape)}")
+    pads = K.resolve_padding(spatial, ksize, strides, dilation, attrs.get("padding", "valid"))
+    outs = tuple(K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(spatial, ksize, strides, dilation, pads))
+    if min(outs) < 1:
+        raise PisplitError(f"conv: input {spatial} is smaller than kernel {ksize}")
+    return ksize, strides, dilation, pads, outs
+
+
+def _conv_infer(ins, attrs, ws):
+    kshape = ws["kernel"]
+    groups = int(attrs.get("groups", 1))
+    cin = ins[0][-1]
+    if kshape[-2] * groups != cin:
+        raise PisplitError(f"conv: {cin} input channels do not match kernel {tuple(kshape)} with groups={groups}")
+    *_, outs = conv_geometry(ins[0], attrs, kshape)
+    return [(ins[0][0], *outs, kshape[-1])]
+
+
+def _conv_run(xs, attrs, w):
+    kernel = w["kernel"]
+    ksize, strides, dilation, pads, _ = conv_geometry(xs[0].shape, attrs, kernel.shape)
+    y = K.conv_nd(xs[0], kernel, w.get("bias"), strides, pads, dilation, int(attrs.get("groups", 1)))
+    return [_act(y, attrs)]
+
+
+def _conv_flops(ins, outs, attrs, ws):
+    kshape = ws["kernel"]
+    n_sp = len(kshape) - 2
+    return K.flops_conv(outs[0][1:-1], kshape[:n_sp], kshape[-2], kshape[-1]) + _act_flops(outs, attrs)
+
+
+def _conv_work(ins, outs, attrs, ws):
+    kshape = ws["kernel"]
+    n_sp = len(kshape) - 2
+    strides = attrs.get("strides") or (1,) * n_sp
+    return K.conv_work_bytes(outs[0][1:-1], kshape[:n_sp], ins[0][-1], int(attrs.get("groups", 1)), strides)
+
+
+_CONV = OpSpec(_conv_infer, _conv_run, _conv_flops, _conv_work, params=("kernel",), optional_params=("bias",))
+register("conv2d", _CONV)
+register("conv3d", _CONV)
+
+
+def _dense_infer(ins, attrs, ws):
+    kshape = ws["kernel"]
+    if ins[0][-1] != kshape[0]:
+        raise PisplitError(f"dense: input features {ins[0][-1]} do not match kernel {tuple(kshape)}")
+    return [(*ins[0][:-1], kshape[1])]
+
+
+register("dense", OpSpec(
+    _dense_infer,
+    lambda xs, a, w: [_act(K.dense(xs[0], w["kernel"], w.get("bias")), a)],
+    lambda i, o, a, ws: 2 * numel(i[0][:-1]) * ws["kernel"][0] * ws["kernel"][1] + _act_flops(o, a),
+    params=("kernel",), optional_params=("bias",),
+))
+
+
+# --- pooling ---------------------------------------------------------------------------------------
+
+def pool_geometry(in_shape: Shape, attrs: dict):
+    """(window, strides, explicit pads, output spatial sizes) of a pooling node."""
+    pool = tuple(attrs["pool"])
+    strides = tuple(attrs.get("strides") or pool)
+    spatial = tuple(in_shape[1:-1])
+    if len(pool) != len(spatial) or len(strides) != len(spatial):
+        raise PisplitError(f"pool: window {pool} does not fit input shape {tuple(in_shape)}")
+    pads = K.resolve_padding(spatial, pool, strides, (1,) * len(pool), attrs.get("padding", "valid"))
+    outs = tuple(K.conv_output_size(s, k, st, 1, *p) for s, k, st, p in zip(spatial, pool, strides, pads))
+    if min(outs) < 1:
+        raise PisplitError(f"pool: input {spatial} is smaller than window {pool}")
+    return pool, strides, pads, outs
+
+
+def _pool_infer(ins, attrs, ws):
+    *_, outs = pool_geometry(ins[0], attrs)
+    return [(ins[0][0], *outs, ins[0][-1])]
+
+
+def _pool_flops(ins, outs, attrs, ws):
+    return numel(outs[0]) * numel(attrs["pool"])
+
+
+def _pool_run(fn):
+    def run(xs, attrs, w):
+        pool, strides, pads, _ = pool_geometry(xs[0].shape, attrs)
+        return [_act(fn(xs[0], pool, strides, pads), attrs)]
+    return run
+
+
+for _name, _fn in [("max_pool2d", K.max_pool), ("max_pool3d", K.max_pool), ("avg_pool2d", K.avg_pool), ("avg_pool3d", K.avg_pool)]:
+    register(_name, OpSpec(_pool_infer, _pool_run(_fn), _pool_flops))
+
+
+def _gap_infer(ins, attrs, ws):
+    s = ins[0]
+    if attrs.get("keepdims", False):
+        return [(s[0], *([1] * (len(s) - 2)), s[-1])]
+    return [(s[0], s[-1])]
+
+
+register("global_avg_pool", OpSpec(
+    _gap_infer,
+    lambda xs, a, w: [K.global_avg_pool(xs[0], a.get("keepdims", False))],
+    lambda i, o, a, ws: numel(i[0]),
+))
+
+
+# --- normalisation and activations -----------------------------------------------------------------
+
+def _same_shape(ins, attrs, ws):
+    return [tuple(ins[0])]
+
+
+def _bn_infer(ins, attrs, ws):
+    c = ins[0][-1]
+    for p in ("gamma", "beta", "mean", "var"):
+        if tuple(ws[p]) != (c,):
+            raise PisplitError(f"batch_norm: {p} has shape {tuple(ws[p])}, expected ({c},)")
+    return [tuple(ins[0])]
+
+
+register("batch_norm", OpSpec(
+    _bn_infer,
+    lambda xs, a, w: [_act(K.batch_norm(xs[0], w["gamma"], w["beta"], w["mean"], w["var"], a.get("epsilon", 1e-3)), a)],
+    lambda i, o, a, ws: 2 * numel(o[0]),
+    params=("gamma", "beta", "mean", "var"),
+))
+
+for _name, _fn in [("relu", K.relu), ("relu6", K.relu6), ("sigmoid", K.sigmoid), ("tanh", K.tanh)]:
+    register(_name, OpSpec(_same_shape, (lambda f: lambda xs, a, w: [f(xs[0])])(_fn), lambda i, o, a, ws: numel(o[0])))
+
+
+def _prelu_infer(ins, attrs, ws):
+    try:
+        np.broadcast_shapes(tuple(ins[0][1:]), tuple(ws["alpha"]))
+    except ValueError:
+        raise PisplitError(f"prelu: alpha {tuple(ws['alpha'])} does not broadcast to {tuple(ins[0][1:])}") from None
+    return [tuple(ins[0])]
+
+
+register("prelu", OpSpec(_prelu_infer, lambda xs, a, w: [K.prelu(xs[0], w["alpha"])], lambda i, o, a, ws: 2 * numel(o[0]), params=("alpha",)))
+register("softmax", OpSpec(
+    _same_shape,
+    lambda xs, a, w: [K.softmax(xs[0], a.get("axis", -1), a.get("beta", 1.0))],
+    lambda i, o, a, ws: 3 * numel(o[0]),
+))
+register("lrn", OpSpec(
+    _same_shape,
+    lambda xs, a, w: [K.local_response_norm(xs[0], a.get("depth_radius", 5), a.get("bias", 1.0), a.get("alpha", 1.0), a.get("beta", 0.5))],
+    lambda i, o, a, ws: (2 * a.get("depth_radius", 5) + 1 + 3) * numel(o[0]),
+))
+register("dropout", OpSpec(_same_shape, lambda xs, a, w: [xs[0]], lambda i, o, a, ws: 0))
+
+
+# --- element-wise and structure --------------------------------------------------------------------
+
+def _broadcast_infer(ins, attrs, ws):
+    try:
+        return [tuple(np.broadcast_shapes(*[tuple(s) for s in ins]))]
+    except ValueError:
+        raise PisplitError(f"element-wise op: input shapes {[tuple(s) for s in ins]} do not broadcast") from None
+
+
+def _reduce_inputs(fn):
+    def run(xs, attrs, w):
+        y = xs[0]
+        for x in xs[1:]:
+            y = fn(y, x)
+        return [_act(np.asarray(y, dtype=np.float32), attrs)]
+    return run
+
+
+register("add", OpSpec(_broadcast_infer, _reduce_inputs(np.add), lambda i, o, a, ws: numel(o[0]) * (len(i) - 1) + _act_flops(o, a)))
+register("mul", OpSpec(_broadcast_infer, _reduce_inputs(np.multiply), lambda i, o, a, ws: numel(o[0]) * (len(i) - 1) + _act_flops(o, a)))
+
+
+def _concat_axis(rank: int, axis: int) -> int:
+    axis = axis + rank if axis < 0 else axis
+    if not 0 < axis < rank:
+        raise PisplitError(f"concat: axis {axis} is not a non-batch axis of rank {rank}")
+    return axis
+
+
+def _concat_infer(ins, attrs, ws):
+    rank = len(ins[0])
+    axis = _concat_axis(rank, int(attrs.get("axis", -1)))
+    for s in ins[1:]:
+        if len(s) != rank or any(a != b for d, (a, b) in enumerate(zip(s, ins[0])) if d != axis):
+            raise PisplitError(f"concat: shapes {[tuple(s) for s in ins]} differ off axis {axis}")
+    out = list(ins[0])
+    out[axis] = sum(s[axis] for s in ins)
+    return [tuple(out)]
+
+
+register("concat", OpSpec(
+    _concat_infer,
+    lambda xs, a, w: [_act(np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(a.get("axis", -1)))), a)],
+    lambda i, o, a, ws: 0,
+))
+
+register("flatten", OpSpec(
+    lambda ins, a, ws: [(ins[0][0], numel(ins[0][1:]))],
+    lambda xs, a, w: [xs[0].reshape(xs[0].shape[0], -1)],
+    lambda i, o, a, ws: 0,
+))
+
+
+def _reshape_infer(ins, attrs, ws):
+    target = [int(v) for v in attrs["shape"]]
+    total = numel(ins[0][1:])
+    if target.count(-1) > 1:
+        raise PisplitError(f"reshape: target {target} has more than one -1")
+    if -1 in target:
+        known = numel(v for v in target if v != -1)
+        if known == 0 or total % known:
+            raise PisplitError(f"reshape: cannot reshape {tuple(ins[0])} to {target}")
+        target[target.index(-1)] = total // known
+    if numel(target) != total:
+        raise PisplitError(f"reshape: cannot reshape {tuple(ins[0])} (per frame {total} values) to {target}")
+    return [(ins[0][0], *target)]
+
+
+register("reshape", OpSpec(
+    _reshape_infer,
+    lambda xs, a, w: [xs[0].reshape(xs[0].shape[0], *a["shape"])],
+    lambda i, o, a, ws: 0,
+))
+
+
+def _pad_infer(ins, attrs, ws):
+    p = attrs["paddings"]
+    if len(p) != len(ins[0]) or tuple(p[0]) != (0, 0):
+        raise PisplitError(f"pad: paddings {p} need one pair per axis of {tuple(ins[0])} and none on the batch axis")
+    return [tuple(s + int(a) + int(b) for s, (a, b) in zip(ins[0], p))]
+
+
+register("pad", OpSpec(
+    _pad_infer,
+    lambda xs, a, w: [K.pad(xs[0], a["paddings"], a.get("value", 0.0))],
+    lambda i, o, a, ws: 0,
+))
