@@ -4,6 +4,7 @@ Both load a weight only when it is asked for, so a process holds just the weight
 """
 from __future__ import annotations
 
+import zipfile
 import zlib
 from collections.abc import Mapping
 from typing import Iterator
@@ -74,7 +75,7 @@ class NpzWeights(Mapping):
         self.keys = dict(keys)
         try:
             self._npz = np.load(self.path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise PisplitError(f"weights file {self.path}: cannot be read ({exc})") from None
         self._cache: dict[str, np.ndarray] = {}
 
@@ -83,7 +84,7 @@ class NpzWeights(Mapping):
             name = self.keys[key]
             try:
                 arr = self._npz[name]
-            except (KeyError, ValueError, OSError) as exc:
+            except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
                 raise PisplitError(f"weights file {self.path}: array {name!r} for {key} cannot be read ({exc})") from None
             self._cache[key] = np.asarray(arr, dtype=np.float32)
         return self._cache[key]
