@@ -1,0 +1,362 @@
+"""The cost model: seconds and memory of a pipeline stage on a set of devices, per frame.
+
+A stage is nodes [i, j) on `counts[k]` devices of each device class k, in one mode:
+
+- single: one device runs every node. compute = sum of its node seconds.
+- data-parallel: every device holds the whole stage and takes whole frames in turn. Its period is
+  1 / sum(1 / T_r) over replicas r, its latency that of the slowest replica.
+- split: the devices cooperate on every frame. The stage's segments each run on the lead (kind
+  "none") or split across all its devices with one split kind, part sizes weighted by device speed.
+  A split segment costs its slowest part plus the lead's scatter and gather (the lead's one network
+  interface sends and receives each part's bytes in turn).
+
+Communication between stages: the tensors live across a cut (Graph.cut_tensors) sent as one message
+each, `latency + bytes * 8 / bandwidth`. A stage's period counts its receive and its send (a rank
+blocks in both); its latency counts its compute and its send.
+
+Memory per rank: the weights it holds (only its parts of split segments) plus the largest working
+set among its nodes (live tensors, outputs, working buffers), against the device's usable memory
+(memory less what the OS and the rank's own process take, see the device profiles).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from layers.errors import PisplitError
+from layers.graph import Graph
+
+from .devices import device_profile
+from .plan import Device
+from .profiles import Calibration
+from .split_costs import SplitCatalogue, speed_weighted_sizes
+
+INF = math.inf
+MODES = ("single", "data-parallel", "split")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The devices a plan may use (ranks 0..n-1) and the link between them."""
+
+    devices: tuple
+    link_bandwidth_bps: float
+    link_latency_s: float = 0.0
+
+    def __post_init__(self):
+        if not self.devices:
+            raise PisplitError("cluster: no devices")
+        if self.link_bandwidth_bps <= 0:
+            raise PisplitError(f"cluster: link bandwidth {self.link_bandwidth_bps} bit/s is not positive")
+
+
+def make_cluster(entries: list, link_bps: float | None = None, link_latency_s: float | None = None,
+                 hosts: list | None = None) -> Cluster:
+    """A Cluster from (kind, count, memory or None) entries; the link defaults to the slowest device's Ethernet."""
+    devices = []
+    for kind, count, memory in entries:
+        prof = device_profile(kind)
+        for _ in range(int(count)):
+            rank = len(devices)
+            host = hosts[rank] if hosts and rank < len(hosts) else None
+            devices.append(Device(rank, prof.kind, int(memory) if memory else prof.memory_bytes, host))
+    kinds = {d.kind for d in devices}
+    if link_bps is None:
+        link_bps = min(device_profile(k).ethernet_bps for k in kinds) if kinds else 0.0
+    if link_latency_s is None:
+        link_latency_s = max((device_profile(k).link_latency_s for k in kinds), default=0.0)
+    return Cluster(tuple(devices), float(link_bps), float(link_latency_s))
+
+
+@dataclass(frozen=True)
+class DeviceClass:
+    """Devices that are interchangeable for the planner: same kind, memory and speed."""
+
+    index: int
+    kind: str
+    memory_bytes: int
+    usable_bytes: int
+    seconds_scale: float  # device seconds = profile seconds * seconds_scale
+    ranks: tuple  # cluster ranks of this class
+
+    @property
+    def count(self) -> int:
+        return len(self.ranks)
+
+
+@dataclass(frozen=True)
+class SegmentOption:
+    """One way to run a segment in a split stage: unsplit on the lead, or split with a kind."""
+
+    segment: int
+    kind: str  # "none" or a split kind
+    sizes: tuple  # one part size per stage slot (empty for "none")
+    compute_s: float
+    comm_s: float
+    weight_bytes: tuple  # per stage slot
+    work_bytes: tuple  # per stage slot: its largest working set in this segment
+
+    @property
+    def seconds(self) -> float:
+        return self.compute_s + self.comm_s
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What one stage costs: per-frame times, per-slot memory and, for split stages, its segments."""
+
+    start: int
+    stop: int
+    counts: tuple
+    mode: str
+    compute_s: float
+    comm_s: float
+    period_s: float  # seconds between frames this stage can take (throughput = 1 / max period)
+    latency_s: float  # seconds this stage adds to one frame's end-to-end time
+    slots: tuple  # class index of each rank in the stage, lead first
+    memory_bytes: tuple  # per slot
+    feasible: bool
+    segments: tuple = ()  # SegmentOption per segment, split mode only
+    short: tuple | None = None  # (slot, node index, bytes short) of the worst memory overflow
+
+
+class CostModel:
+    """Stage costs of one graph on one cluster, with every per-node quantity computed once."""
+
+    def __init__(self, graph: Graph, cluster: Cluster, calibration: Calibration | None = None,
+                 splits: SplitCatalogue | None = None):
+        self.graph = graph
+        self.cluster = cluster
+        self.calibration = calibration or Calibration()
+        self.splits = splits if splits is not None else SplitCatalogue(graph)
+        n = self.n = len(graph)
+        self.classes = self._classes()
+        self.class_of_rank = {r: c.index for c in self.classes for r in c.ranks}
+        # per class: seconds of every node on one device of the class, and their prefix sums
+        host = [self._host_seconds(i) for i in range(n)]
+        self.node_seconds = np.array([[h[c.kind] * c.seconds_scale for h in host] for c in self.classes]).reshape(len(self.classes), n)
+        self.prefix_seconds = np.concatenate([np.zeros((len(self.classes), 1)), np.cumsum(self.node_seconds, axis=1)], axis=1)
+        costs = [graph.cost(i) for i in range(n)]
+        self.weight_bytes = np.array([c.weight_bytes for c in costs], dtype=float)
+        self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes)])
+        self.cut_bytes = np.array([graph.cut_bytes(c) for c in range(n + 1)], dtype=float)
+        self.cut_messages = np.array([len(graph.cut_tensors(c)) for c in range(n + 1)], dtype=float)
+        # working set of node t: what is live before it (its inputs and anything skipping over it),
+        # its outputs and its scratch buffers
+        self.work_bytes = np.array([self.cut_bytes[t] + costs[t].output_bytes + costs[t].work_bytes for t in range(n)], dtype=float)
+        self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) if 0 < c < n else 0.0
+                                  for c in range(n + 1)])
+        seg = self.splits.segments
+        self.segment_bounds = np.array([s for s, _ in seg] + [n])
+        self.segment_at = {s: k for k, (s, _) in enumerate(seg)}  # node index -> segment starting there
+        self._options: dict = {}
+
+    # --- devices -------------------------------------------------------------------------------------
+    def _classes(self) -> list[DeviceClass]:
+        groups: dict = {}
+        for d in self.cluster.devices:
+            groups.setdefault((d.kind, d.memory_bytes, float(d.speed)), []).append(d.rank)
+        classes = []
+        for (kind, memory, speed), ranks in groups.items():
+            _, scale = self.calibration.resolve(kind)
+            reserved = device_profile(kind).reserved_bytes
+            classes.append((scale / speed, kind, memory, max(memory - reserved, 0), tuple(ranks)))
+        classes.sort(key=lambda c: (c[0], -c[2], c[4]))  # fastest first: the lead of a mixed stage
+        return [DeviceClass(k, kind, memory, usable, scale, ranks) for k, (scale, kind, memory, usable, ranks) in enumerate(classes)]
+
+    def _host_seconds(self, index: int) -> dict:
+        out = {}
+        for kind in {c.kind for c in self.classes}:
+            profile, _ = self.calibration.resolve(kind)
+            out[kind] = profile.node_seconds(self.graph, index)
+        return out
+
+    @property
+    def capacity(self) -> tuple:
+        """Devices per class."""
+        return tuple(c.count for c in self.classes)
+
+    def usable(self, k: int) -> float:
+        return float(self.classes[k].usable_bytes)
+
+    def message_seconds(self, nbytes: float, messages: float = 1.0) -> float:
+        """Seconds to send `nbytes` as `messages` messages over the link (0 for nothing)."""
+        if nbytes <= 0:
+            return 0.0
+        return messages * self.cluster.link_latency_s + nbytes * 8.0 / self.cluster.link_bandwidth_bps
+
+    @staticmethod
+    def slots_of(counts: tuple) -> tuple:
+        """Class index of every rank of a stage with `counts` devices per class, lead (fastest) first."""
+        return tuple(k for k, c in enumerate(counts) for _ in range(c))
+
+    # --- split segments ------------------------------------------------------------------------------
+    def segment_options(self, segment: int, slots: tuple) -> tuple:
+        """Every way to run a segment in a split stage with these slots; 'none' first. Cached."""
+        key = (segment, slots)
+        hit = self._options.get(key)
+        if hit is not None:
+            return hit
+        start, stop = self.splits.segments[segment]
+        lead = slots[0]
+        m = len(slots)
+        zeros = (0,) * (m - 1)
+        whole = float(self.prefix_seconds[lead, stop] - self.prefix_seconds[lead, start])
+        options = [SegmentOption(segment, "none", (), whole, 0.0,
+                                 (float(self.prefix_weights[stop] - self.prefix_weights[start]), *zeros),
+                                 (float(self.work_bytes[start:stop].max()), *zeros))]
+        if m >= 2:
+            scales = [self.classes[k].seconds_scale for k in slots]
+            for kind in self.splits.kinds(segment):
+                option = self._split_option(segment, kind, slots, scales, start, stop)
+                if option is not None:
+                    options.append(option)
+        hit = tuple(options)
+        self._options[key] = hit
+        return hit
+
+    def _split_option(self, segment, kind, slots, scales, start, stop) -> SegmentOption | None:
+        sizes = speed_weighted_sizes(self.splits.extent(segment, kind), [1.0 / s for s in scales])
+        if sizes is None:
+            return None
+        parts = self.splits.part_costs(segment, kind, sizes)
+        whole_flops = float(sum(self.graph.cost(t).flops for t in range(start, stop))) or 1.0
+        # a part takes the segment's measured time in proportion to its FLOPs, corrected by the
+        # latency model for what a smaller part loses (fixed costs, lower efficiency)
+        profile, _ = self.calibration.resolve(self.classes[slots[0]].kind)
+        key = _primary_op_key(self.graph, start)
+        whole_pred = profile.latency.predict(key, whole_flops, _segment_bytes(self.graph, start, stop))
+        compute, comm = 0.0, 0.0
+        for r, (p, k) in enumerate(zip(parts, slots)):
+            base = float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start])
+            if whole_pred > 0:
+                part_pred = profile.latency.predict(key, p.flops, p.weight_bytes + p.recv_bytes + p.send_bytes)
+                share = part_pred / whole_pred
+            else:
+                share = p.flops / whole_flops
+            compute = max(compute, base * share)
+            if r > 0:
+                comm += self.message_seconds(p.recv_bytes) + self.message_seconds(p.send_bytes)
+        lead_work = float(self.work_bytes[start:stop].max())
+        work = tuple([lead_work] + [float(p.recv_bytes + p.send_bytes) for p in parts[1:]])
+        return SegmentOption(segment, kind, sizes, compute, comm, tuple(float(p.weight_bytes) for p in parts), work)
+
+    # --- stages --------------------------------------------------------------------------------------
+    def stage_cost(self, start: int, stop: int, counts: tuple, mode: str, forced: dict | None = None) -> StageCost | None:
+        """Cost of nodes [start, stop) on `counts` devices per class in `mode`; None when the mode does
+        not apply (single needs one device, the others two or more; split needs segment boundaries).
+
+        `forced` maps segment index -> kind to impose in a split stage (the baselines use it).
+        """
+        m = sum(counts)
+        slots = self.slots_of(counts)
+        if m < 1 or not 0 <= start < stop <= self.n:
+            return None
+        t_in, t_out = float(self.transfer[start]), float(self.transfer[stop])
+        if mode in ("single", "data-parallel"):
+            if (mode == "single") != (m == 1):
+                return None
+            weights = float(self.prefix_weights[stop] - self.prefix_weights[start])
+            work = float(self.work_bytes[start:stop].max())
+            computes = [float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start]) for k in slots]
+            period = 1.0 / sum(1.0 / (c + t_in + t_out) for c in computes) if mode == "data-parallel" else computes[0] + t_in + t_out
+            memory = tuple(weights + work for _ in slots)
+            return self._finish(start, stop, counts, mode, max(computes), t_in + t_out, period, max(computes) + t_out, slots, memory, ())
+        if mode != "split" or m < 2 or start not in self.segment_at or (stop != self.n and stop not in self.segment_at):
+            return None
+        first, last = self.segment_at[start], (self.segment_at[stop] if stop < self.n else len(self.splits.segments))
+        options = [self.segment_options(s, slots) for s in range(first, last)]
+        if forced:
+            options = [_forced_options(opts, forced.get(opts[0].segment)) for opts in options]
+        chosen = choose_segment_options(options, [self.usable(k) for k in slots])
+        compute = sum(o.compute_s for o in chosen)
+        inner = sum(o.comm_s for o in chosen)
+        memory = stage_memory(chosen, len(slots))
+        return self._finish(start, stop, counts, mode, compute, inner + t_in + t_out, compute + inner + t_in + t_out,
+                            compute + inner + t_out, slots, memory, tuple(chosen))
+
+    def _finish(self, start, stop, counts, mode, compute, comm, period, latency, slots, memory, segments) -> StageCost:
+        over = [(memory[r] - self.usable(k), r) for r, k in enumerate(slots)]
+        worst, slot = max(over)
+        short = None
+        if worst > 0:
+            short = (slot, self._overflow_node(start, stop, slot, segments), worst)
+        return StageCost(start, stop, tuple(counts), mode, compute, comm, period, latency, slots, memory, worst <= 0,
+                         segments, short)
+
+    def _overflow_node(self, start, stop, slot, segments) -> int:
+        """The node holding the most bytes on `slot` (what a user should know cannot be placed)."""
+        if not segments:
+            return int(start + np.argmax(self.weight_bytes[start:stop] + self.work_bytes[start:stop]))
+        seg = max(segments, key=lambda o: o.weight_bytes[slot] + o.work_bytes[slot])
+        s0, s1 = self.splits.segments[seg.segment]
+        return int(s0 + np.argmax(self.weight_bytes[s0:s1]))
+
+    def best_stage(self, start: int, stop: int, counts: tuple, key: str = "period_s") -> StageCost | None:
+        """The feasible mode with the least `key` (period_s or latency_s), else None."""
+        best = None
+        for mode in MODES:
+            c = self.stage_cost(start, stop, counts, mode)
+            if c is not None and c.feasible and (best is None or getattr(c, key) < getattr(best, key)):
+                best = c
+        return best
+
+
+def _forced_options(options: tuple, kind: str | None) -> tuple:
+    """Only the options of `kind` when it is given and applies, else all of them."""
+    picked = tuple(o for o in options if o.kind == kind) if kind else ()
+    return picked or options
+
+
+def _primary_op_key(graph: Graph, start: int) -> str:
+    from .latency_model import op_key
+
+    return op_key(graph, start)
+
+
+def _segment_bytes(graph: Graph, start: int, stop: int) -> float:
+    from .latency_model import node_bytes
+
+    return float(sum(node_bytes(graph, t) for t in range(start, stop)))
+
+
+def stage_memory(chosen: list, n_slots: int) -> tuple:
+    """Per slot: the weights of every chosen option plus the largest working set among them."""
+    return tuple(sum(o.weight_bytes[r] for o in chosen) + max(o.work_bytes[r] for o in chosen) for r in range(n_slots))
+
+
+def choose_segment_options(options: list, usable: list) -> list:
+    """Per segment the fastest option; while some slot is over its memory, trade time for bytes.
+
+    Each repair step switches the one segment whose change removes the most overflow per second
+    added; it stops when everything fits or no switch reduces the overflow (the stage is then
+    infeasible, and the caller sees it in StageCost.feasible).
+    """
+    chosen = [min(opts, key=lambda o: o.seconds) for opts in options]
+    n_slots = len(usable)
+
+    def overflow(sel):
+        mem = stage_memory(sel, n_slots)
+        return sum(max(mem[r] - usable[r], 0.0) for r in range(n_slots))
+
+    current = overflow(chosen)
+    while current > 0:
+        best = None
+        for s, opts in enumerate(options):
+            for o in opts:
+                if o is chosen[s]:
+                    continue
+                trial = chosen[:s] + [o] + chosen[s + 1:]
+                gain = current - overflow(trial)
+                if gain <= 0:
+                    continue
+                score = gain / max(o.seconds - chosen[s].seconds, 1e-12)
+                if best is None or score > best[0]:
+                    best = (score, s, o)
+        if best is None:
+            break
+        chosen[best[1]] = best[2]
+        current = overflow(chosen)
+    return chosen

@@ -1,0 +1,235 @@
+"""The `dp` planner: optimal pipeline stages, devices per stage and split kinds, by dynamic programming.
+
+State: (node prefix j, devices used so far per device class u). Devices of a class are
+interchangeable, so a 16-device cluster of two kinds has 9 x 9 states per prefix instead of 2^16.
+
+    throughput:  F[j, u] = min over i < j, stage devices a <= u of max(F[i, u - a], period(i, j, a))
+    latency:     F[j, u] = min over i < j, a of F[i, u - a] + latency(i, j, a)
+
+period/latency(i, j, a) is the best mode (single, data-parallel, split with per-segment kinds) of the
+stage [i, j) on `a` devices per class, from the cost model; infeasible (memory) stages are infinite.
+For throughput a second pass takes, among plans reaching the optimal bottleneck, the one with the
+least end-to-end latency. Stage tables are built with numpy over all (i, j) at once per device set,
+and split stages only start and stop at segment boundaries.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from layers.errors import PisplitError
+
+from .cost import INF, CostModel, choose_segment_options, stage_memory
+
+OBJECTIVES = ("throughput", "latency")
+TIE = 1e-9  # relative slack when matching the optimal bottleneck in the second pass
+WORK_BUDGET = 1.5e8  # elementary DP steps; above it, mixed-class stages are limited to the cheapest
+MOVE_BUDGET = 30_000  # (prefix, device set) pairs, each a handful of numpy calls
+
+
+@dataclass(frozen=True)
+class StageChoice:
+    """One stage of a solution: nodes [start, stop) on `counts` devices per class in `mode`."""
+
+    start: int
+    stop: int
+    counts: tuple
+    mode: str
+
+
+def candidate_counts(capacity: tuple, n_nodes: int) -> list[tuple]:
+    """Device sets a stage may use: every sub-multiset of the cluster while the DP's work stays within
+    WORK_BUDGET (and MOVE_BUDGET numpy steps), else every single-class set plus the mixed sets that
+    cost the DP least: the large ones (a stage using most devices leaves few states to extend)."""
+    every = [a for a in itertools.product(*[range(c + 1) for c in capacity]) if sum(a) > 0]
+
+    def work(a):  # DP states a stage of `a` devices can extend, times the (i, j) pairs
+        return math.prod(c - x + 1 for c, x in zip(capacity, a)) * n_nodes * n_nodes / 2
+
+    if sum(work(a) for a in every) <= WORK_BUDGET and len(every) * n_nodes <= MOVE_BUDGET:
+        return every
+    chosen = [a for a in every if sum(1 for x in a if x) == 1]
+    spent = sum(work(a) for a in chosen)
+    for a in sorted((a for a in every if sum(1 for x in a if x) > 1), key=lambda a: (work(a), a)):
+        if spent + work(a) > WORK_BUDGET or (len(chosen) + 1) * n_nodes > MOVE_BUDGET:
+            break
+        chosen.append(a)
+        spent += work(a)
+    return chosen
+
+
+class StageTables:
+    """period and latency of every stage (i, j) for every candidate device set and mode."""
+
+    def __init__(self, model: CostModel, candidates: list[tuple] | None = None):
+        self.model = model
+        n = self.n = model.n
+        self.candidates = candidates if candidates is not None else candidate_counts(model.capacity, n)
+        pre = model.prefix_seconds
+        self.compute = [pre[k][None, :] - pre[k][:, None] for k in range(len(model.classes))]
+        self.weights = model.prefix_weights[None, :] - model.prefix_weights[:, None]
+        self.work_max = _running_max(model.work_bytes)
+        x = model.transfer
+        self.comm = x[:, None] + x[None, :]
+        self.out = np.broadcast_to(x[None, :], (n + 1, n + 1))
+        self.valid = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
+        self.splittable = any(model.splits.kinds(s) for s in range(len(model.splits.segments)))
+        self.tables: list[dict] = [self._tables(a) for a in self.candidates]
+
+    def _tables(self, a: tuple) -> dict:
+        """mode -> (period matrix, latency matrix), inf where the stage is infeasible or invalid."""
+        m = sum(a)
+        used = [k for k, c in enumerate(a) if c]
+        need = self.weights + self.work_max
+        fits = self.valid & np.logical_and.reduce([need <= self.model.usable(k) for k in used])
+        out = {}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if m == 1:
+                k = used[0]
+                out["single"] = (np.where(fits, self.compute[k] + self.comm, INF), np.where(fits, self.compute[k] + self.out, INF))
+            else:
+                rate = sum(a[k] / (self.compute[k] + self.comm) for k in used)
+                slowest = np.maximum.reduce([self.compute[k] for k in used])
+                out["data-parallel"] = (np.where(fits, 1.0 / rate, INF), np.where(fits, slowest + self.out, INF))
+                if self.splittable:
+                    out["split"] = self._split_tables(a)
+        return out
+
+    def _split_tables(self, a: tuple) -> tuple:
+        model = self.model
+        slots = model.slots_of(a)
+        usable = np.array([model.usable(k) for k in slots])
+        segs = len(model.splits.segments)
+        options = [model.segment_options(s, slots) for s in range(segs)]
+        fastest = [min(o, key=lambda x: x.seconds) for o in options]
+        sec = np.array([o.seconds for o in fastest])
+        w = np.array([o.weight_bytes for o in fastest])  # (segs, slots)
+        k = np.array([o.work_bytes for o in fastest])
+        # a lower bound on any choice's memory: the least weights and working set of each segment
+        w_low = np.array([[min(o.weight_bytes[r] for o in opts) for r in range(len(slots))] for opts in options])
+        k_low = np.array([[min(o.work_bytes[r] for o in opts) for r in range(len(slots))] for opts in options])
+        b = model.segment_bounds
+        pre_sec = np.concatenate([[0.0], np.cumsum(sec)])
+        pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
+        pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
+        n = self.n
+        period = np.full((n + 1, n + 1), INF)
+        latency = np.full((n + 1, n + 1), INF)
+        x = model.transfer
+        for s0 in range(segs):
+            i = b[s0]
+            stops = b[s0 + 1:]
+            mem = (pre_w[s0 + 1:] - pre_w[s0]) + np.maximum.accumulate(k[s0:], axis=0)
+            low = (pre_wl[s0 + 1:] - pre_wl[s0]) + np.maximum.accumulate(k_low[s0:], axis=0)
+            ok = (mem <= usable).all(axis=1)
+            inner = pre_sec[s0 + 1:] - pre_sec[s0]
+            per = inner + x[i] + x[stops]
+            lat = inner + x[stops]
+            for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
+                chosen = choose_segment_options(options[s0:s0 + q + 1], list(usable))
+                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
+                    inner_q = sum(o.seconds for o in chosen)
+                    per[q], lat[q], ok[q] = inner_q + x[i] + x[stops[q]], inner_q + x[stops[q]], True
+            period[i, stops] = np.where(ok, per, INF)
+            latency[i, stops] = np.where(ok, lat, INF)
+        return period, latency
+
+
+def _running_max(values: np.ndarray) -> np.ndarray:
+    """M[i, j] = max(values[i:j]) for j > i (0 elsewhere)."""
+    n = len(values)
+    out = np.zeros((n + 1, n + 1))
+    for i in range(n):
+        out[i, i + 1:] = np.maximum.accumulate(values[i:])
+    return out
+
+
+def solve(tables: StageTables, objective: str = "throughput") -> tuple[list[StageChoice], float, float]:
+    """The optimal stages, with (bottleneck period, end-to-end latency) of the solution.
+
+    Raises PisplitError (caught by the planner, which names the node) when nothing is feasible.
+    """
+    if objective not in OBJECTIVES:
+        raise PisplitError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if objective == "throughput":
+        best = _dp(tables, "max", lambda per, lat: per)
+        bottleneck = best[0]
+        if not math.isfinite(bottleneck):
+            raise PisplitError("no feasible plan")
+        limit = bottleneck * (1 + TIE) + 1e-15
+        _, stages = _dp(tables, "sum", lambda per, lat: np.where(per <= limit, lat, INF))
+    else:
+        _, stages = _dp(tables, "sum", lambda per, lat: lat)
+    if not stages:
+        raise PisplitError("no feasible plan")
+    return stages, *evaluate(tables, stages)
+
+
+def evaluate(tables: StageTables, stages: list[StageChoice]) -> tuple[float, float]:
+    """(bottleneck period, end-to-end latency) of a solution, from the stage tables."""
+    periods, latencies = [], []
+    for s in stages:
+        per, lat = tables.tables[tables.candidates.index(s.counts)][s.mode]
+        periods.append(per[s.start, s.stop])
+        latencies.append(lat[s.start, s.stop])
+    return max(periods), sum(latencies)
+
+
+def _dp(tables: StageTables, combine: str, value) -> tuple[float, list[StageChoice]]:
+    """One DP pass: `value(period, latency)` is the stage's cost matrix, combined by max or sum."""
+    n = tables.n
+    capacity = tables.model.capacity
+    radices = [c + 1 for c in capacity]
+    strides = [math.prod(radices[k + 1:]) for k in range(len(radices))]
+    n_states = math.prod(radices)
+    grid = np.array(list(itertools.product(*[range(r) for r in radices]))).reshape(n_states, len(radices))
+    moves = []  # per candidate: (counts, cost matrix, best-mode matrix, modes, source states, offset)
+    for a, modes in zip(tables.candidates, tables.tables):
+        names = list(modes)
+        costs = [value(*modes[name]) for name in names]
+        cost = np.minimum.reduce(costs) if len(costs) > 1 else costs[0]
+        mode_of = np.argmin(costs, axis=0) if len(costs) > 1 else np.zeros(cost.shape, dtype=np.int8)
+        if not np.isfinite(cost).any():
+            continue
+        src = np.nonzero((grid + np.array(a) <= np.array(capacity)).all(axis=1))[0]
+        offset = int(sum(x * s for x, s in zip(a, strides)))
+        finite = np.isfinite(cost)
+        first = np.where(finite.any(axis=0), finite.argmax(axis=0), n + 1)  # first feasible start per stop
+        moves.append((a, cost, mode_of, names, src, offset, first))
+    f = np.full((n + 1, n_states), INF)
+    f[0, 0] = 0.0
+    back = np.full((n + 1, n_states, 2), -1, dtype=np.int64)  # (start node, move index)
+    for j in range(1, n + 1):
+        best = f[j]
+        for mi, (a, cost, _, _, src, offset, first) in enumerate(moves):
+            lo = first[j]
+            if lo >= j:
+                continue
+            # rows with an infinite stage cost come out infinite by themselves: no need to select starts
+            cand = f[lo:j, src]
+            col = cost[lo:j, j, None]
+            if combine == "max":
+                np.maximum(cand, col, out=cand)
+            else:
+                cand += col
+            pick = cand.argmin(axis=0)
+            val = cand[pick, np.arange(len(src))]
+            dst = src + offset
+            better = val < best[dst]
+            if better.any():
+                best[dst[better]] = val[better]
+                back[j, dst[better], 0] = lo + pick[better]
+                back[j, dst[better], 1] = mi
+    end = int(np.argmin(f[n]))
+    if not math.isfinite(f[n, end]):
+        return INF, []
+    stages, j, u = [], n, end
+    while j > 0:
+        i, mi = back[j, u]
+        a, _, mode_of, names, _, offset, _ = moves[mi]
+        stages.append(StageChoice(int(i), j, tuple(int(x) for x in a), names[mode_of[i, j]]))
+        j, u = int(i), u - offset
+    return float(f[n, end]), stages[::-1]

@@ -1,0 +1,189 @@
+"""Planning entry point: a model and a cluster in, a Plan out, by one of the planners.
+
+- dp (default): optimal stages, devices and split kinds (partitioners.planner_dp).
+- paper: the collaborative-execution procedure of Hadidi et al. (partitioners.planner_baselines).
+- memory: exo-style, layers in proportion to device memory.
+- single: the whole model on the one fastest device that holds it.
+
+Every planner's stages are costed by the same CostModel, so their predictions compare.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from layers.errors import PisplitError
+from layers.graph import Graph
+
+from .cost import INF, CostModel, StageCost
+from .plan import Device, Plan, Segment, Stage, StagePrediction
+from .planner_dp import OBJECTIVES, StageChoice, StageTables, solve
+
+log = logging.getLogger(__name__)
+
+PLANNERS = ("dp", "paper", "memory", "single")
+MIB = float(1 << 20)
+
+
+class InfeasiblePlan(PisplitError):
+    """No plan fits: names the node that cannot be placed, where, and by how many bytes it is short."""
+
+    def __init__(self, message: str, node: str | None = None, short_bytes: float = 0.0):
+        super().__init__(message)
+        self.node = node
+        self.short_bytes = short_bytes
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A plan with the figures --compare prints (throughput in frames/s, latency in seconds)."""
+
+    planner: str
+    plan: Plan
+    throughput_fps: float
+    latency_s: float
+
+
+def make_plan(graph: Graph, model: CostModel, planner: str = "dp", objective: str = "throughput",
+              model_spec: str | None = None, engine: str = "numpy") -> Plan:
+    """Plan `graph` on the cost model's cluster; raises InfeasiblePlan or PisplitError for bad input."""
+    if planner not in PLANNERS:
+        raise PisplitError(f"planner {planner!r}: expected one of {', '.join(PLANNERS)}")
+    if objective not in OBJECTIVES:
+        raise PisplitError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    notes = list(model.calibration.notes)
+    if planner == "dp":
+        tables = StageTables(model)
+        if len(tables.candidates) < math.prod(c + 1 for c in model.capacity) - 1:
+            notes.append(f"large cluster: mixed-kind stages limited to {len(tables.candidates)} device sets")
+        try:
+            stages, _, _ = solve(tables, objective)
+        except PisplitError:
+            raise diagnose(model, tables) from None
+    else:
+        from . import planner_baselines
+
+        stages = getattr(planner_baselines, f"plan_{planner}")(model, objective)
+    return build_plan(model, stages, planner, objective, model_spec or graph.name, engine, notes)
+
+
+def compare_plans(graph: Graph, model: CostModel, objective: str = "throughput", model_spec: str | None = None,
+                  engine: str = "numpy") -> list:
+    """Every planner's plan, or the InfeasiblePlan it ran into, in PLANNERS order."""
+    out = []
+    for name in PLANNERS:
+        try:
+            plan = make_plan(graph, model, name, objective, model_spec, engine)
+            out.append(PlanResult(name, plan, plan.predicted_throughput_fps, plan.predicted_latency_s))
+        except InfeasiblePlan as exc:
+            out.append(exc)
+    return out
+
+
+# --- Plan building ---------------------------------------------------------------------------------
+
+def stage_costs(model: CostModel, stages: list) -> list[StageCost]:
+    """The cost model's StageCost of every chosen stage (raises InfeasiblePlan for a stage that does not fit)."""
+    out = []
+    for s in stages:
+        cost = model.stage_cost(s.start, s.stop, s.counts, s.mode, dict(getattr(s, "forced", ()) or ()))
+        if cost is None:
+            raise PisplitError(f"planner: stage [{s.start}, {s.stop}) cannot run in mode {s.mode!r} on {s.counts}")
+        if not cost.feasible:
+            raise memory_error(model, cost)
+        out.append(cost)
+    return out
+
+
+def build_plan(model: CostModel, stages: list, planner: str, objective: str, model_spec: str, engine: str,
+               notes: list | None = None) -> Plan:
+    """Turn chosen stages into a Plan: concrete ranks (renumbered in stage order), segments, predictions."""
+    costs = stage_costs(model, stages)
+    free = {c.index: list(c.ranks) for c in model.classes}
+    devices: list[Device] = []
+    plan_stages = []
+    for index, cost in enumerate(costs):
+        ranks = []
+        for k in cost.slots:
+            original = model.cluster.devices[free[k].pop(0)]
+            rank = len(devices)
+            devices.append(Device(rank, original.kind, original.memory_bytes, original.host, original.speed))
+            ranks.append(rank)
+        segments = _segments(model, cost, ranks) if cost.mode == "split" else ()
+        mode = "single" if len(ranks) == 1 else cost.mode
+        prediction = StagePrediction(cost.compute_s, cost.comm_s, {r: int(b) for r, b in zip(ranks, cost.memory_bytes)})
+        plan_stages.append(Stage(index, cost.start, cost.stop, tuple(ranks), mode, segments,
+                                 int(model.cut_bytes[cost.stop]) if cost.stop < model.n else 0, prediction))
+    unused = sum(len(v) for v in free.values())
+    notes = list(notes or [])
+    if unused:
+        notes.append(f"{unused} of {len(model.cluster.devices)} devices unused: more would not improve the {objective}")
+    period = max(c.period_s for c in costs)
+    plan = Plan(model=model_spec, n_nodes=model.n, devices=tuple(devices), stages=tuple(plan_stages), planner=planner,
+                objective=objective, engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps,
+                link_latency_s=model.cluster.link_latency_s, predicted_throughput_fps=1.0 / period if period > 0 else INF,
+                predicted_latency_s=sum(c.latency_s for c in costs), notes=tuple(notes))
+    return plan.validate()
+
+
+def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
+    """Plan segments of a split stage: runs of unsplit segments merged, split ones with their ranks and sizes."""
+    out: list[Segment] = []
+    for option in cost.segments:
+        start, stop = model.splits.segments[option.segment]
+        if option.kind == "none":
+            if out and out[-1].kind == "none":
+                out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],))
+            else:
+                out.append(Segment(start, stop, "none", (ranks[0],)))
+        else:
+            out.append(Segment(start, stop, option.kind, tuple(ranks), tuple(option.sizes), dict(model.splits.options(option.segment, option.kind, option.sizes))))
+    return tuple(out)
+
+
+# --- infeasibility ---------------------------------------------------------------------------------
+
+def _fmt(nbytes: float) -> str:
+    return f"{nbytes / MIB:.1f} MiB"
+
+
+def memory_error(model: CostModel, cost: StageCost) -> InfeasiblePlan:
+    """The message for a stage that does not fit: which node, on which device, how much short."""
+    slot, node_index, short = cost.short
+    k = cost.slots[slot]
+    cls = model.classes[k]
+    node = model.graph.nodes[node_index]
+    where = "its lead" if cost.mode == "split" and slot == 0 else f"rank slot {slot}"
+    how = {"single": "on one device", "data-parallel": f"on each of {len(cost.slots)} replicas",
+           "split": f"split over {len(cost.slots)} devices ({where})"}[cost.mode]
+    return InfeasiblePlan(
+        f"node {node.name} ({node.op}, {_fmt(model.weight_bytes[node_index])} of weights) cannot be placed: nodes "
+        f"{model.graph.nodes[cost.start].name}..{model.graph.nodes[cost.stop - 1].name} {how} need "
+        f"{_fmt(cost.memory_bytes[slot])} on a {cls.kind} with {_fmt(cls.usable_bytes)} usable: short by {_fmt(short)}",
+        node.name, short)
+
+
+def diagnose(model: CostModel, tables: StageTables) -> InfeasiblePlan:
+    """Why the dp planner found nothing: the first segment no device set can hold, else where memory runs out."""
+    everything = model.capacity
+    for s, (start, stop) in enumerate(model.splits.segments):
+        if any(math.isfinite(per[start, stop]) for modes in tables.tables for per, _ in modes.values()):
+            continue
+        attempts = [c for c in (model.stage_cost(start, stop, everything, "split"),
+                                *(model.stage_cost(start, stop, tuple(int(q == k) for q in range(len(everything))), "single")
+                                  for k in range(len(everything)))) if c is not None]
+        best = min(attempts, key=lambda c: c.short[2] if c.short else 0.0)
+        if best.short:
+            return memory_error(model, best)
+    total = sum(c.usable_bytes for c in model.classes for _ in c.ranks)
+    for j in range(1, model.n + 1):
+        if model.prefix_weights[j] > total:
+            node = model.graph.nodes[j - 1]
+            short = model.prefix_weights[j] - total
+            return InfeasiblePlan(f"node {node.name} ({node.op}) cannot be placed: the weights up to it need "
+                                  f"{_fmt(model.prefix_weights[j])} but all {len(model.cluster.devices)} devices together have "
+                                  f"{_fmt(total)} usable: short by {_fmt(short)}", node.name, short)
+    node = model.graph.nodes[-1]
+    return InfeasiblePlan(f"node {node.name}: no plan fits the devices' memory (weights {_fmt(model.prefix_weights[-1])}, "
+                          f"usable {_fmt(total)}); add devices or devices with more memory", node.name, 0.0)
