@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "cluster.commands.models",
     "cluster.commands.show",
     "cluster.commands.infer",
+    "cluster.commands.bench",
 ]
 
 

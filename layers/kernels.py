@@ -298,11 +298,17 @@ def local_response_norm(x, depth_radius: int = 5, bias: float = 1.0, alpha: floa
     return (x / np.power(bias + alpha * window, beta)).astype(np.float32)
 
 
+def relu_n1_to_1(x):
+    """min(max(x, -1), 1) (TFLite's RELU_N1_TO_1)."""
+    return np.clip(x, np.float32(-1), np.float32(1)).astype(np.float32, copy=False)
+
+
 ACTIVATIONS = {
     None: None,
     "linear": None,
     "relu": relu,
     "relu6": relu6,
+    "relu_n1_to_1": relu_n1_to_1,
     "sigmoid": sigmoid,
     "tanh": tanh,
 }
@@ -324,3 +330,58 @@ def pad(x, paddings, value: float = 0.0):
 def flops_conv(out_sizes: Sequence[int], kernel: Sequence[int], cin_per_group: int, cout: int) -> int:
     """2 x multiply-accumulates of one convolution output (batch 1)."""
     return 2 * math.prod(out_sizes) * math.prod(kernel) * cin_per_group * cout
+
+
+def mean(x, axes: Sequence[int], keepdims: bool = False) -> np.ndarray:
+    """Mean of x over `axes` (TFLite MEAN), accumulated in float32 as TFLite does."""
+    return np.asarray(x, dtype=np.float32).mean(axis=tuple(int(a) for a in axes), keepdims=keepdims, dtype=np.float32)
+
+
+def _resize_scale(in_size: int, out_size: int, align_corners: bool) -> np.float32:
+    # float32 on purpose: TFLite computes the scale in float, and nearest-neighbour indices depend on it
+    if align_corners and out_size > 1:
+        return np.float32(in_size - 1) / np.float32(out_size - 1)
+    return np.float32(in_size) / np.float32(out_size)
+
+
+def _bilinear_axis(in_size: int, out_size: int, align_corners: bool, half_pixel_centers: bool):
+    """Per output index: lower and upper source index and the weight of the upper one (TFLite reference)."""
+    scale = _resize_scale(in_size, out_size, align_corners)
+    pos = np.arange(out_size, dtype=np.float32)
+    src = (pos + np.float32(0.5)) * scale - np.float32(0.5) if half_pixel_centers else pos * scale
+    lower = np.maximum(np.floor(src), 0).astype(np.int64)
+    upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
+    # the weight uses the clamped lower index, as TFLite does: equal indices make it harmless
+    return lower, upper, (src - lower).astype(np.float32)
+
+
+def resize_bilinear(x, size: Sequence[int], align_corners: bool = False, half_pixel_centers: bool = False) -> np.ndarray:
+    """Bilinear resize of (N, H, W, C) to (N, size[0], size[1], C), as TFLite RESIZE_BILINEAR."""
+    x = np.asarray(x, dtype=np.float32)
+    y0, y1, wy = _bilinear_axis(x.shape[1], int(size[0]), align_corners, half_pixel_centers)
+    x0, x1, wx = _bilinear_axis(x.shape[2], int(size[1]), align_corners, half_pixel_centers)
+    wy = wy[None, :, None, None]
+    wx = wx[None, None, :, None]
+    top = x[:, y0]
+    bottom = x[:, y1]
+    top = top[:, :, x0] * (1 - wx) + top[:, :, x1] * wx
+    bottom = bottom[:, :, x0] * (1 - wx) + bottom[:, :, x1] * wx
+    return (top * (1 - wy) + bottom * wy).astype(np.float32, copy=False)
+
+
+def _nearest_axis(in_size: int, out_size: int, align_corners: bool, half_pixel_centers: bool) -> np.ndarray:
+    scale = _resize_scale(in_size, out_size, align_corners)
+    offset = np.float32(0.5) if half_pixel_centers else np.float32(0)
+    src = (np.arange(out_size, dtype=np.float32) + offset) * scale
+    # TfLiteRound rounds halves away from zero; np.round would round them to even
+    idx = np.floor(src + np.float32(0.5)) if align_corners else np.floor(src)
+    idx = np.minimum(idx.astype(np.int64), in_size - 1)
+    return np.maximum(idx, 0) if half_pixel_centers else idx
+
+
+def resize_nearest(x, size: Sequence[int], align_corners: bool = False, half_pixel_centers: bool = False) -> np.ndarray:
+    """Nearest-neighbour resize of (N, H, W, C) to (N, size[0], size[1], C), as TFLite RESIZE_NEAREST_NEIGHBOR."""
+    x = np.asarray(x, dtype=np.float32)
+    rows = _nearest_axis(x.shape[1], int(size[0]), align_corners, half_pixel_centers)
+    cols = _nearest_axis(x.shape[2], int(size[1]), align_corners, half_pixel_centers)
+    return x[:, rows][:, :, cols]

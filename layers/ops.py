@@ -226,15 +226,27 @@ register("dropout", OpSpec(_same_shape, lambda xs, a, w: [xs[0]], lambda i, o, a
 
 # --- element-wise and structure --------------------------------------------------------------------
 
+def _operands(xs: list, attrs: dict, w) -> list:
+    """Inputs (arrays or shapes) with the optional constant operand (weight "constant", e.g. a tensor
+    plus a per-channel vector from a .tflite file) put first when attrs["constant_first"], else last."""
+    if "constant" not in w:
+        return list(xs)
+    return [w["constant"], *xs] if attrs.get("constant_first") else [*xs, w["constant"]]
+
+
 def _broadcast_infer(ins, attrs, ws):
+    shapes = [tuple(s) for s in _operands(ins, attrs, ws)]
+    if "constant" in ws and len(ws["constant"]) > max(len(s) for s in ins):
+        raise PisplitError(f"element-wise op: constant {tuple(ws['constant'])} has more axes than the inputs {[tuple(s) for s in ins]}")
     try:
-        return [tuple(np.broadcast_shapes(*[tuple(s) for s in ins]))]
+        return [tuple(np.broadcast_shapes(*shapes))]
     except ValueError:
-        raise PisplitError(f"element-wise op: input shapes {[tuple(s) for s in ins]} do not broadcast") from None
+        raise PisplitError(f"element-wise op: input shapes {shapes} do not broadcast") from None
 
 
 def _reduce_inputs(fn):
     def run(xs, attrs, w):
+        xs = _operands(xs, attrs, w)
         y = xs[0]
         for x in xs[1:]:
             y = fn(y, x)
@@ -242,8 +254,12 @@ def _reduce_inputs(fn):
     return run
 
 
-register("add", OpSpec(_broadcast_infer, _reduce_inputs(np.add), lambda i, o, a, ws: numel(o[0]) * (len(i) - 1) + _act_flops(o, a)))
-register("mul", OpSpec(_broadcast_infer, _reduce_inputs(np.multiply), lambda i, o, a, ws: numel(o[0]) * (len(i) - 1) + _act_flops(o, a)))
+def _elementwise_flops(i, o, a, ws):
+    return numel(o[0]) * (len(i) + ("constant" in ws) - 1) + _act_flops(o, a)
+
+
+for _name, _fn in [("add", np.add), ("mul", np.multiply), ("sub", np.subtract)]:
+    register(_name, OpSpec(_broadcast_infer, _reduce_inputs(_fn), _elementwise_flops, optional_params=("constant",)))
 
 
 def _concat_axis(rank: int, axis: int) -> int:
@@ -311,3 +327,63 @@ register("pad", OpSpec(
     lambda xs, a, w: [K.pad(xs[0], a["paddings"], a.get("value", 0.0))],
     lambda i, o, a, ws: 0,
 ))
+
+
+# --- reductions, layout and resizing (what .tflite models use) -------------------------------------
+
+def _non_batch_axes(axes, rank: int, what: str) -> list[int]:
+    out = []
+    for a in axes:
+        a = int(a) + rank if int(a) < 0 else int(a)
+        if not 0 < a < rank:
+            raise PisplitError(f"{what}: axis {a} is not a non-batch axis of rank {rank}")
+        out.append(a)
+    return sorted(set(out))
+
+
+def _mean_infer(ins, attrs, ws):
+    s = ins[0]
+    axes = _non_batch_axes(attrs["axes"], len(s), "mean")
+    if attrs.get("keepdims", False):
+        return [tuple(1 if d in axes else v for d, v in enumerate(s))]
+    return [tuple(v for d, v in enumerate(s) if d not in axes)]
+
+
+register("mean", OpSpec(
+    _mean_infer,
+    lambda xs, a, w: [K.mean(xs[0], _non_batch_axes(a["axes"], xs[0].ndim, "mean"), a.get("keepdims", False))],
+    lambda i, o, a, ws: numel(i[0]),
+))
+
+
+def _transpose_infer(ins, attrs, ws):
+    perm = [int(p) for p in attrs["perm"]]
+    if sorted(perm) != list(range(len(ins[0]))) or perm[0] != 0:
+        raise PisplitError(f"transpose: perm {perm} is not a permutation of the axes of {tuple(ins[0])} keeping the batch axis first")
+    return [tuple(ins[0][p] for p in perm)]
+
+
+register("transpose", OpSpec(
+    _transpose_infer,
+    lambda xs, a, w: [np.ascontiguousarray(np.transpose(xs[0], a["perm"]))],
+    lambda i, o, a, ws: 0,
+))
+
+
+def _resize_infer(ins, attrs, ws):
+    size = [int(v) for v in attrs["size"]]
+    if len(ins[0]) != 4 or len(size) != 2 or min(size) < 1:
+        raise PisplitError(f"resize: needs an NHWC input and a positive [height, width] size, got {tuple(ins[0])} and {size}")
+    if attrs.get("align_corners") and attrs.get("half_pixel_centers"):
+        raise PisplitError("resize: align_corners and half_pixel_centers cannot both be set")
+    return [(ins[0][0], *size, ins[0][3])]
+
+
+def _resize_run(fn):
+    def run(xs, attrs, w):
+        return [fn(xs[0], attrs["size"], bool(attrs.get("align_corners")), bool(attrs.get("half_pixel_centers")))]
+    return run
+
+
+register("resize_bilinear", OpSpec(_resize_infer, _resize_run(K.resize_bilinear), lambda i, o, a, ws: 8 * numel(o[0])))
+register("resize_nearest", OpSpec(_resize_infer, _resize_run(K.resize_nearest), lambda i, o, a, ws: 0))

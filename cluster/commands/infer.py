@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from layers import PisplitError, load_model
+from layers.engine import ENGINES, make_engine
 
 from ..output import console, print_json
 
@@ -19,6 +20,9 @@ def register(sub) -> None:
     src.add_argument("--random", action="store_true", help="seeded random input")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
     p.add_argument("--output", metavar="Y.npy", help="write the output array here")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="numpy (reference kernels), litert (LiteRT interpreter with XNNPACK) or auto: the faster (default)")
+    p.add_argument("--threads", type=int, default=1, help="threads of the litert engine (default 1)")
     p.add_argument("--json", action="store_true", help="print a JSON document")
     p.set_defaults(func=run)
 
@@ -46,8 +50,9 @@ def read_input(path: str, graph) -> dict[str, np.ndarray]:
 def run(args) -> int:
     graph = load_model(args.model)
     feeds = read_input(args.input, graph) if args.input else graph.random_input(args.seed)
+    engine = make_engine(graph, args.engine, args.threads)
     t0 = time.perf_counter()
-    out = graph.execute(feeds)
+    out = engine.run(feeds)
     seconds = time.perf_counter() - t0
     y = out[graph.outputs[0]]
     if args.output:
@@ -55,7 +60,7 @@ def run(args) -> int:
             np.save(args.output, y)
         else:
             np.savez(Path(args.output).with_suffix(".npz"), **{f"output_{i}": out[t] for i, t in enumerate(graph.outputs)})
-    doc = {"model": graph.name, "seconds": seconds,
+    doc = {"model": graph.name, "engine": engine.name, "seconds": seconds,
            "outputs": {t: {"shape": list(v.shape), "argmax": int(v.reshape(v.shape[0], -1)[0].argmax()),
                            "max": float(v.max()), "min": float(v.min())} for t, v in out.items()}}
     if args.json:
@@ -63,7 +68,7 @@ def run(args) -> int:
     else:
         for t, info in doc["outputs"].items():
             console.print(f"{graph.name}: output {t} shape {tuple(info['shape'])}, argmax {info['argmax']} "
-                          f"(max {info['max']:.4g}), {seconds * 1e3:.1f} ms")
+                          f"(max {info['max']:.4g}), {seconds * 1e3:.1f} ms with the {engine.name} engine")
         if args.output:
             console.print(f"wrote {args.output}")
     return 0

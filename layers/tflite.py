@@ -1,0 +1,516 @@
+"""Read a .tflite file into a Graph: ops, op options, float32/float16 weights, several outputs.
+
+The file is parsed with the flatbuffer schema module shipped with ai-edge-litert and memory-mapped, so
+weights are read (and transposed to pisplit's layouts) only when a node asks for them. Layouts:
+TFLite CONV_2D filters are OHWI and DEPTHWISE_CONV_2D filters (1, KH, KW, Cin*M); pisplit kernels are
+HWIO (KH, KW, Cin/groups, Cout) with depthwise = groups == Cin; FULLY_CONNECTED weights (Cout, Cin)
+become a dense kernel (Cin, Cout). Constant weights behind DEQUANTIZE (float16, or int8 with scales)
+are folded into float32 weights. Tensor names are kept: node names are their output tensor's name.
+
+Every problem with the file (not a .tflite, truncated, corrupt, quantized activations, an op pisplit
+lacks) is a PisplitError naming the file and, for ops, the operator index, op and output tensor. The
+file is only parsed in Python here, never handed to the LiteRT interpreter, which may crash on
+malformed files.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import PisplitError
+from .graph import Graph, Node
+from .ops import numel
+from .weights import OverlayWeights
+
+log = logging.getLogger(__name__)
+
+FILE_IDENTIFIER = b"TFL3"
+
+# TFLite ActivationFunctionType -> pisplit fused activation name. TFLite kernels clamp for these three
+# only and silently ignore a fused TANH or SIGN_BIT, so those are refused rather than guessed.
+ACTIVATION_NAMES = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6"}
+ACTIVATION_CODES = {name: code for code, name in ACTIVATION_NAMES.items()}
+
+SUPPORTED_OPS = (
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
+    "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "RELU",
+    "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "SUB", "TANH", "TRANSPOSE",
+)
+
+# Errors the flatbuffer reader raises on out-of-range offsets and garbage: all mean "corrupt file".
+_PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError, AttributeError, KeyError, MemoryError)
+
+
+def schema_module():
+    """The flatbuffer schema module of .tflite files (from ai-edge-litert); PisplitError if missing."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        raise PisplitError(".tflite files need the ai-edge-litert package (pip install ai-edge-litert)") from None
+    return schema_py_generated
+
+
+def _enum_names(cls) -> dict[int, str]:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def import_tflite(path: str | Path) -> Graph:
+    """The model in the .tflite file `path` as a Graph with lazily read weights.
+
+    Raises PisplitError for a missing, empty, truncated, corrupt or non-tflite file, quantized
+    activations, or an op pisplit does not implement (naming the op, operator index and tensor).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            if size == 0:
+                raise PisplitError(f"model file {path}: empty file, not a .tflite model")
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise PisplitError(f"model file {path}: no such file") from None
+    except IsADirectoryError:
+        raise PisplitError(f"model file {path}: is a directory, not a .tflite file") from None
+    except OSError as exc:
+        raise PisplitError(f"model file {path}: cannot be read ({exc.strerror or exc})") from None
+    return import_tflite_bytes(data, str(path), path.stem)
+
+
+def import_tflite_bytes(data, source: str = "<bytes>", name: str = "model") -> Graph:
+    """The model in .tflite flatbuffer `data` (bytes, mmap) as a Graph; `source` names it in errors."""
+    if len(data) < 8 or bytes(data[4:8]) != FILE_IDENTIFIER:
+        raise PisplitError(f"model file {source}: not a .tflite model (no {FILE_IDENTIFIER.decode()} file identifier)")
+    try:
+        return _Importer(data, source, name).build()
+    except PisplitError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise PisplitError(f"model file {source}: corrupt or truncated .tflite file ({type(exc).__name__}: {exc})") from None
+
+
+class _Importer:
+    """One pass over subgraph 0: constants are kept as lazy loaders, ops become pisplit nodes."""
+
+    def __init__(self, data, source: str, name: str):
+        self.S = schema_module()
+        self.data = data
+        self.source = source
+        self.name = name
+        self.op_names = _enum_names(self.S.BuiltinOperator)
+        self.type_names = _enum_names(self.S.TensorType)
+        self.model = self.S.Model.GetRootAs(data, 0)
+        self.nodes: list[Node] = []
+        self.loaders: dict[str, Callable[[], np.ndarray]] = {}
+        self.constants: dict[int, Callable[[], np.ndarray]] = {}  # tensor index -> value (any dtype)
+        self.aliases: dict[int, int] = {}  # tensor index -> the tensor it equals (SQUEEZE-free identities)
+
+    # --- checks ------------------------------------------------------------------------------------
+    def _fail(self, message: str):
+        raise PisplitError(f"model file {self.source}: {message}")
+
+    def _count(self, n: int, what: str) -> int:
+        # each element of a vector of tables takes at least 4 bytes: a larger count is garbage
+        if n < 0 or n * 4 > len(self.data):
+            self._fail(f"corrupt .tflite file ({what} count {n} exceeds the file size)")
+        return n
+
+    # --- tensors -----------------------------------------------------------------------------------
+    def _read_tensors(self, sg) -> None:
+        n = self._count(sg.TensorsLength(), "tensor")
+        self.tensor_names: list[str] = []
+        self.tensor_shapes: list[tuple] = []
+        self.tensor_types: list[str] = []
+        seen: set[str] = set()
+        n_buffers = self._count(self.model.BuffersLength(), "buffer")
+        for i in range(n):
+            t = sg.Tensors(i)
+            name = (t.Name() or b"").decode("utf-8", errors="replace") or f"tensor_{i}"
+            if name in seen:
+                name = f"{name}_{i}"
+            seen.add(name)
+            self.tensor_names.append(name)
+            shape = t.ShapeAsNumpy() if t.ShapeLength() else np.zeros(0, np.int32)
+            self.tensor_shapes.append(tuple(int(v) for v in shape))
+            self.tensor_types.append(self.type_names.get(t.Type(), f"type {t.Type()}"))
+            b = t.Buffer()
+            if not 0 <= b < max(n_buffers, 1):
+                self._fail(f"corrupt .tflite file (tensor {name!r} uses buffer {b} of {n_buffers})")
+            raw = self._buffer_bytes(b) if b > 0 else None
+            if raw is not None:
+                self.constants[i] = self._constant_loader(i, raw)
+
+    def _buffer_bytes(self, index: int):
+        buf = self.model.Buffers(index)
+        offset, size = int(buf.Offset()), int(buf.Size())
+        if offset > 1:  # large models keep data after the flatbuffer, addressed from the file start
+            if offset + size > len(self.data):
+                self._fail(f"truncated .tflite file (buffer {index} ends at byte {offset + size}, the file has {len(self.data)})")
+            return np.frombuffer(self.data, np.uint8, size, offset) if size else None
+        if buf.DataIsNone() or buf.DataLength() == 0:
+            return None
+        return buf.DataAsNumpy()
+
+    def _constant_loader(self, i: int, raw: np.ndarray) -> Callable[[], np.ndarray]:
+        dtype = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64,
+                 "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16}.get(self.tensor_types[i])
+        shape = self.tensor_shapes[i]
+        name = self.tensor_names[i]
+        if dtype is None:
+            return lambda: self._fail(f"constant tensor {name!r} has type {self.tensor_types[i]}, which pisplit cannot read")
+        expected = numel(shape) * np.dtype(dtype).itemsize
+        if raw.size != expected:
+            self._fail(f"corrupt .tflite file (constant tensor {name!r} of shape {shape} holds {raw.size} bytes, expected {expected})")
+        return lambda: np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def _const(self, i: int, what: str) -> np.ndarray:
+        """The value of constant tensor i now (small tensors: shapes, axes, sizes)."""
+        if i not in self.constants:
+            self._fail(f"{what}: tensor {self.tensor_names[i]!r} must be a constant")
+        return self.constants[i]()
+
+    def _float_loader(self, i: int, transform=None) -> Callable[[], np.ndarray]:
+        load = self.constants[i]
+
+        def loader():
+            arr = np.asarray(load(), dtype=np.float32)
+            return np.ascontiguousarray(transform(arr) if transform else arr, dtype=np.float32)
+        return loader
+
+    def _dequantized(self, t, i: int) -> Callable[[], np.ndarray]:
+        """Loader of a constant behind DEQUANTIZE: float16 -> float32, or (q - zero_point) * scale."""
+        load = self.constants[i]
+        if self.tensor_types[i] == "FLOAT16":
+            return lambda: load().astype(np.float32)
+        q = t.Quantization()
+        if q is None or q.ScaleLength() == 0:
+            self._fail(f"constant tensor {self.tensor_names[i]!r} ({self.tensor_types[i]}) has no quantization scales")
+        scale = q.ScaleAsNumpy().astype(np.float32)
+        zero = q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength() else np.zeros_like(scale)
+        axis = int(q.QuantizedDimension())
+        shape = self.tensor_shapes[i]
+
+        def loader():
+            v = load().astype(np.float32)
+            if scale.size == 1:
+                return (v - zero[0]) * scale[0]
+            bshape = [1] * len(shape)
+            bshape[axis] = scale.size
+            return (v - zero.reshape(bshape)) * scale.reshape(bshape)
+        return loader
+
+    # --- graph -------------------------------------------------------------------------------------
+    def build(self) -> Graph:
+        n_sub = self._count(self.model.SubgraphsLength(), "subgraph")
+        if n_sub == 0:
+            self._fail("the model has no subgraph")
+        sg = self.model.Subgraphs(0)
+        self._read_tensors(sg)
+        n_tensors = len(self.tensor_names)
+        self.n_opcodes = self._count(self.model.OperatorCodesLength(), "operator code")
+
+        inputs = {}
+        for k in range(self._count(sg.InputsLength(), "input")):
+            i = int(sg.Inputs(k))
+            self._check_index(i, n_tensors, "a graph input")
+            shape = self.tensor_shapes[i]
+            self._check_float(i, "graph input")
+            if not shape or shape[0] != 1:
+                self._fail(f"graph input {self.tensor_names[i]!r} has shape {shape}; pisplit needs a leading batch axis of 1")
+            inputs[self.tensor_names[i]] = shape
+        if not inputs:
+            self._fail("the model has no inputs")
+
+        for k in range(self._count(sg.OperatorsLength(), "operator")):
+            self._convert(k, sg.Operators(k), n_tensors)
+
+        outputs = []
+        for k in range(self._count(sg.OutputsLength(), "output")):
+            i = self._resolve(int(sg.Outputs(k)))
+            self._check_index(i, n_tensors, "a graph output")
+            if i in self.constants:
+                self._fail(f"graph output {self.tensor_names[i]!r} is a constant; pisplit needs computed outputs")
+            outputs.append(self.tensor_names[i])
+        meta = {"source": "tflite", "file": self.source, "description": (self.model.Description() or b"").decode("utf-8", "replace")}
+        graph = Graph(self.name, inputs, self.nodes, outputs, OverlayWeights({}, self.loaders), meta)
+        self._check_shapes(graph)
+        return graph
+
+    def _check_index(self, i: int, n: int, what: str) -> None:
+        if not 0 <= i < n:
+            self._fail(f"corrupt .tflite file ({what} refers to tensor {i} of {n})")
+
+    def _check_float(self, i: int, what: str) -> None:
+        if self.tensor_types[i] != "FLOAT32":
+            self._fail(f"{what} {self.tensor_names[i]!r} is {self.tensor_types[i]}; pisplit runs float32 models only "
+                       "(quantized models are not supported)")
+
+    def _check_shapes(self, graph: Graph) -> None:
+        index = {name: i for i, name in enumerate(self.tensor_names)}
+        for node in graph.nodes:
+            for t in node.outputs:
+                i = index.get(t)
+                if i is None or not self.tensor_shapes[i]:
+                    continue
+                got, want = graph.shapes[t], self.tensor_shapes[i]
+                if tuple(got) != tuple(want):
+                    self._fail(f"node {node.name!r} ({node.op}): pisplit computes shape {tuple(got)}, the file says {tuple(want)}")
+
+    def _resolve(self, i: int) -> int:
+        while i in self.aliases:
+            i = self.aliases[i]
+        return i
+
+    # --- operators ---------------------------------------------------------------------------------
+    def _convert(self, k: int, op, n_tensors: int) -> None:
+        code_index = op.OpcodeIndex()
+        if not 0 <= code_index < self.n_opcodes:
+            self._fail(f"corrupt .tflite file (operator {k} uses operator code {code_index} of {self.n_opcodes})")
+        oc = self.model.OperatorCodes(code_index)
+        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+        op_name = self.op_names.get(code, f"builtin {code}")
+        if op_name == "CUSTOM":
+            op_name = f"CUSTOM {(oc.CustomCode() or b'').decode('utf-8', 'replace')!r}"
+        ins = [int(v) for v in (op.InputsAsNumpy() if op.InputsLength() else [])]
+        outs = [int(v) for v in (op.OutputsAsNumpy() if op.OutputsLength() else [])]
+        for i in ins:
+            if i != -1:
+                self._check_index(i, n_tensors, f"operator {k} ({op_name})")
+        for i in outs:
+            self._check_index(i, n_tensors, f"operator {k} ({op_name})")
+        ins = [self._resolve(i) if i != -1 else -1 for i in ins]
+        where = f"operator {k} ({op_name}) writing tensor {self.tensor_names[outs[0]]!r}" if outs else f"operator {k} ({op_name})"
+        handler = getattr(self, "_op_" + op_name.lower(), None) if op_name in SUPPORTED_OPS else None
+        if handler is None:
+            self._fail(f"{where}: op {op_name} is not supported by pisplit (supported: {', '.join(SUPPORTED_OPS)})")
+        if len(outs) != 1:
+            self._fail(f"{where}: expected one output, found {len(outs)}")
+        self.where = where
+        self.k = k
+        handler(op, ins, outs[0])
+
+    def _options(self, op, cls_name: str):
+        """The op's builtin options as an object-API instance (defaults when the table is absent)."""
+        cls = getattr(self.S, cls_name + "T")
+        table = op.BuiltinOptions()
+        if table is None:
+            return cls()
+        expected = getattr(self.S.BuiltinOptions, cls_name)
+        if op.BuiltinOptionsType() != expected:
+            self._fail(f"{self.where}: carries options of type {op.BuiltinOptionsType()}, expected {cls_name}")
+        return cls.InitFromBuf(table.Bytes, table.Pos)
+
+    def _activation(self, code: int):
+        if code not in ACTIVATION_NAMES:
+            self._fail(f"{self.where}: fused activation {_enum_names(self.S.ActivationFunctionType).get(code, code)} is not supported")
+        return ACTIVATION_NAMES[code]
+
+    def _padding(self, code: int) -> str:
+        if code not in (self.S.Padding.SAME, self.S.Padding.VALID):
+            self._fail(f"{self.where}: padding {code} is unknown")
+        return "same" if code == self.S.Padding.SAME else "valid"
+
+    def _activation_input(self, i: int) -> str:
+        if i == -1:
+            self._fail(f"{self.where}: a required input is missing")
+        if i in self.constants:
+            self._fail(f"{self.where}: input {self.tensor_names[i]!r} is a constant where pisplit expects a computed tensor")
+        self._check_float(i, f"{self.where}: input")
+        return self.tensor_names[i]
+
+    def _node(self, op: str, inputs: list[int], out: int, attrs: dict | None = None, weights: dict | None = None) -> None:
+        """Append a node named after its output tensor; weights: param -> (tflite tensor, transform,
+        shape after the transform) or (tflite tensor, None)."""
+        self._check_float(out, f"{self.where}: output")
+        name = self.tensor_names[out]
+        node = Node(name, op, [self._activation_input(i) for i in inputs], [name], dict(attrs or {}), {})
+        for param, (i, transform, *shape) in (weights or {}).items():
+            if i not in self.constants:
+                self._fail(f"{self.where}: {param} tensor {self.tensor_names[i]!r} must be a constant")
+            node.weight_shapes[param] = tuple(shape[0]) if shape else self.tensor_shapes[i]
+            self.loaders[node.weight_key(param)] = self._float_loader(i, transform)
+        self.nodes.append(node)
+
+    def _op_conv_2d(self, op, ins, out):
+        o = self._options(op, "Conv2DOptions")
+        x, w = ins[0], ins[1]
+        cout, kh, kw, cin_g = self._shape_of(w, 4, "filter")
+        cin = self.tensor_shapes[x][-1]
+        if cin_g < 1 or cin % cin_g:
+            self._fail(f"{self.where}: filter {self.tensor_shapes[w]} does not fit {cin} input channels")
+        weights = {"kernel": (w, lambda a: a.transpose(1, 2, 3, 0), (kh, kw, cin_g, cout))}  # OHWI -> HWIO
+        if len(ins) > 2 and ins[2] != -1:
+            weights["bias"] = (ins[2], None)
+        attrs = {"strides": [o.strideH, o.strideW], "padding": self._padding(o.padding),
+                 "dilation": [o.dilationHFactor, o.dilationWFactor], "groups": cin // cin_g,
+                 "activation": self._activation(o.fusedActivationFunction)}
+        self._node("conv2d", [x], out, attrs, weights)
+
+    def _op_depthwise_conv_2d(self, op, ins, out):
+        o = self._options(op, "DepthwiseConv2DOptions")
+        x, w = ins[0], ins[1]
+        one, kh, kw, cout = self._shape_of(w, 4, "filter")
+        cin = self.tensor_shapes[x][-1]
+        if one != 1 or cout % cin:
+            self._fail(f"{self.where}: depthwise filter {self.tensor_shapes[w]} does not fit {cin} input channels")
+        # output channel c*M + m reads input channel c: exactly groups == Cin with Cout/groups = M
+        weights = {"kernel": (w, lambda a: a.reshape(kh, kw, 1, cout), (kh, kw, 1, cout))}
+        if len(ins) > 2 and ins[2] != -1:
+            weights["bias"] = (ins[2], None)
+        attrs = {"strides": [o.strideH, o.strideW], "padding": self._padding(o.padding),
+                 "dilation": [o.dilationHFactor, o.dilationWFactor], "groups": cin,
+                 "activation": self._activation(o.fusedActivationFunction)}
+        self._node("conv2d", [x], out, attrs, weights)
+
+    def _op_fully_connected(self, op, ins, out):
+        o = self._options(op, "FullyConnectedOptions")
+        if o.weightsFormat != 0:
+            self._fail(f"{self.where}: shuffled weights format {o.weightsFormat} is not supported")
+        x, w = ins[0], ins[1]
+        cout, cin = self._shape_of(w, 2, "weights")
+        shape = self.tensor_shapes[x]
+        weights = {"kernel": (w, lambda a: a.T, (cin, cout))}  # (Cout, Cin) -> (Cin, Cout)
+        if len(ins) > 2 and ins[2] != -1:
+            weights["bias"] = (ins[2], None)
+        attrs = {"activation": self._activation(o.fusedActivationFunction)}
+        if len(shape) > 2 and numel(shape[1:]) == cin and not (o.keepNumDims and shape[-1] == cin):
+            # TFLite flattens the input to (batch, Cin) itself; pisplit makes that a node of its own
+            flat = self.tensor_names[out] + "/flatten"
+            self.nodes.append(Node(flat, "flatten", [self._activation_input(x)], [flat], {}, {}))
+            node_before = len(self.nodes)
+            self._node("dense", [x], out, attrs, weights)
+            self.nodes[node_before].inputs = [flat]
+            return
+        if shape[-1] != cin or (len(shape) > 2 and not o.keepNumDims):
+            self._fail(f"{self.where}: input {shape} with weights {self.tensor_shapes[w]} would mix the batch axis")
+        self._node("dense", [x], out, attrs, weights)
+
+    def _pool(self, op, ins, out, kind: str):
+        o = self._options(op, "Pool2DOptions")
+        attrs = {"pool": [o.filterHeight, o.filterWidth], "strides": [o.strideH, o.strideW],
+                 "padding": self._padding(o.padding), "activation": self._activation(o.fusedActivationFunction)}
+        self._node(kind, [ins[0]], out, attrs)
+
+    def _op_max_pool_2d(self, op, ins, out):
+        self._pool(op, ins, out, "max_pool2d")
+
+    def _op_average_pool_2d(self, op, ins, out):
+        self._pool(op, ins, out, "avg_pool2d")
+
+    def _op_mean(self, op, ins, out):
+        o = self._options(op, "ReducerOptions")
+        axes = [int(a) for a in np.atleast_1d(self._const(ins[1], self.where))]
+        rank = len(self.tensor_shapes[ins[0]])
+        if any((a + rank if a < 0 else a) == 0 for a in axes):
+            self._fail(f"{self.where}: a mean over the batch axis is not supported")
+        self._node("mean", [ins[0]], out, {"axes": axes, "keepdims": bool(o.keepDims)})
+
+    def _elementwise(self, op, ins, out, kind: str, options: str):
+        o = self._options(op, options)
+        act = self._activation(o.fusedActivationFunction)
+        a, b = ins[0], ins[1]
+        if a in self.constants and b in self.constants:
+            self._fail(f"{self.where}: both inputs are constants (constant folding is not supported)")
+        if a in self.constants or b in self.constants:
+            c, x = (a, b) if a in self.constants else (b, a)
+            self._node(kind, [x], out, {"activation": act, "constant_first": c == a}, {"constant": (c, None)})
+        else:
+            self._node(kind, [a, b], out, {"activation": act})
+
+    def _op_add(self, op, ins, out):
+        self._elementwise(op, ins, out, "add", "AddOptions")
+
+    def _op_mul(self, op, ins, out):
+        self._elementwise(op, ins, out, "mul", "MulOptions")
+
+    def _op_sub(self, op, ins, out):
+        self._elementwise(op, ins, out, "sub", "SubOptions")
+
+    def _op_concatenation(self, op, ins, out):
+        o = self._options(op, "ConcatenationOptions")
+        if o.fusedActivationFunction:
+            # the builtin kernel refuses it and XNNPACK ignores it: no single meaning to import
+            self._fail(f"{self.where}: a fused activation on CONCATENATION is not supported")
+        self._node("concat", ins, out, {"axis": int(o.axis)})
+
+    def _reshape_like_output(self, ins, out):
+        if ins[0] in self.constants:
+            self._fail(f"{self.where}: reshaping a constant is not supported")
+        src, dst = self.tensor_shapes[ins[0]], self.tensor_shapes[out]
+        if not dst or not src or dst[0] != src[0] or -1 in dst:
+            self._fail(f"{self.where}: reshape from {src} to {dst} must keep the leading batch axis")
+        self._node("reshape", [ins[0]], out, {"shape": list(dst[1:])})
+
+    def _op_reshape(self, op, ins, out):
+        self._reshape_like_output(ins, out)
+
+    def _op_squeeze(self, op, ins, out):
+        self._reshape_like_output(ins, out)
+
+    def _op_pad(self, op, ins, out):
+        pads = np.asarray(self._const(ins[1], self.where)).reshape(-1, 2)
+        self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist()})
+
+    def _op_padv2(self, op, ins, out):
+        pads = np.asarray(self._const(ins[1], self.where)).reshape(-1, 2)
+        value = float(np.asarray(self._const(ins[2], self.where), np.float32).reshape(-1)[0]) if len(ins) > 2 and ins[2] != -1 else 0.0
+        self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist(), "value": value})
+
+    def _op_prelu(self, op, ins, out):
+        self._node("prelu", [ins[0]], out, {}, {"alpha": (ins[1], None)})
+
+    def _op_relu(self, op, ins, out):
+        self._node("relu", [ins[0]], out)
+
+    def _op_relu6(self, op, ins, out):
+        self._node("relu6", [ins[0]], out)
+
+    def _op_logistic(self, op, ins, out):
+        self._node("sigmoid", [ins[0]], out)
+
+    def _op_tanh(self, op, ins, out):
+        self._node("tanh", [ins[0]], out)
+
+    def _op_softmax(self, op, ins, out):
+        o = self._options(op, "SoftmaxOptions")
+        self._node("softmax", [ins[0]], out, {"axis": -1, "beta": float(o.beta)})
+
+    def _op_local_response_normalization(self, op, ins, out):
+        o = self._options(op, "LocalResponseNormalizationOptions")
+        self._node("lrn", [ins[0]], out, {"depth_radius": int(o.radius), "bias": float(o.bias), "alpha": float(o.alpha), "beta": float(o.beta)})
+
+    def _op_dequantize(self, op, ins, out):
+        i = ins[0]
+        if i not in self.constants:
+            self._fail(f"{self.where}: dequantizing a computed tensor is not supported (only constant weights)")
+        sg_tensor = self.model.Subgraphs(0).Tensors(i)
+        self.constants[out] = self._dequantized(sg_tensor, i)
+        self.tensor_types[out] = "FLOAT32"
+
+    def _op_transpose(self, op, ins, out):
+        perm = [int(p) for p in np.atleast_1d(self._const(ins[1], self.where))]
+        if not perm or perm[0] != 0:
+            self._fail(f"{self.where}: transpose {perm} moves the batch axis")
+        self._node("transpose", [ins[0]], out, {"perm": perm})
+
+    def _resize(self, op, ins, out, kind: str, options: str):
+        o = self._options(op, options)
+        size = [int(v) for v in np.atleast_1d(self._const(ins[1], self.where))]
+        self._node(kind, [ins[0]], out, {"size": size, "align_corners": bool(o.alignCorners),
+                                          "half_pixel_centers": bool(o.halfPixelCenters)})
+
+    def _op_resize_bilinear(self, op, ins, out):
+        self._resize(op, ins, out, "resize_bilinear", "ResizeBilinearOptions")
+
+    def _op_resize_nearest_neighbor(self, op, ins, out):
+        self._resize(op, ins, out, "resize_nearest", "ResizeNearestNeighborOptions")
+
+    def _shape_of(self, i: int, rank: int, what: str) -> tuple:
+        shape = self.tensor_shapes[i]
+        if len(shape) != rank:
+            self._fail(f"{self.where}: {what} {self.tensor_names[i]!r} has shape {shape}, expected rank {rank}")
+        return shape

@@ -1,0 +1,85 @@
+"""The LiteRT engine: a Graph compiled to a .tflite flatbuffer, run by the LiteRT interpreter with XNNPACK.
+
+The graph may be a whole model, a pipeline stage or one part of a split layer. Batch-norms are folded
+into their convolutions first (as the TFLite converter does), then `export_tflite` writes the
+flatbuffer, which only ever holds what pisplit wrote itself: user files reach the interpreter only
+after `import_tflite` has parsed them (the interpreter may crash on malformed bytes).
+
+ai-edge-litert's Interpreter applies the XNNPACK delegate by default; tflite_runtime's is used when
+only it is installed. The thread count is set per engine (one rank, one interpreter).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+
+from .errors import PisplitError
+from .graph import Graph
+from .tflite_export import export_tflite
+from .transforms import fold_batchnorm
+
+log = logging.getLogger(__name__)
+
+
+def interpreter_class():
+    """The LiteRT Interpreter class: ai-edge-litert's, else tflite_runtime's; PisplitError if neither."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise PisplitError("engine 'litert': needs the ai-edge-litert package (or tflite-runtime)") from None
+    return Interpreter
+
+
+def make_interpreter(model: bytes, threads: int = 1):
+    """A LiteRT interpreter (default delegates, i.e. XNNPACK) for flatbuffer bytes, tensors allocated."""
+    if int(threads) < 1:
+        raise PisplitError(f"engine 'litert': threads must be at least 1, got {threads}")
+    try:
+        interpreter = interpreter_class()(model_content=model, num_threads=int(threads))
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise PisplitError(f"engine 'litert': the interpreter rejected the model ({str(exc).strip()})") from None
+    return interpreter
+
+
+class LiteRTEngine:
+    """Runs one graph in a LiteRT interpreter; `run(feeds)` returns its outputs as float32 arrays."""
+
+    name = "litert"
+
+    def __init__(self, graph: Graph, threads: int | None = None):
+        self.graph = graph
+        self.threads = int(threads or 1)
+        self.model = export_tflite(fold_batchnorm(graph))
+        self.interpreter = make_interpreter(self.model, self.threads)
+        self._inputs = [d["index"] for d in self.interpreter.get_input_details()]
+        self._outputs = [d["index"] for d in self.interpreter.get_output_details()]
+        self._batch = 1
+
+    def _resize(self, batch: int) -> None:
+        for name, index in zip(self.graph.inputs, self._inputs):
+            self.interpreter.resize_tensor_input(index, [batch, *self.graph.inputs[name][1:]])
+        self.interpreter.allocate_tensors()
+        self._batch = batch
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = []
+        for name, shape in self.graph.inputs.items():
+            if name not in feeds:
+                raise PisplitError(f"model {self.graph.name}: input {name!r} (shape {shape}) was not given")
+            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            if x.ndim != len(shape) or x.shape[1:] != tuple(shape[1:]):
+                raise PisplitError(f"model {self.graph.name}: input {name!r} has shape {x.shape}, expected {shape}")
+            arrays.append(x)
+        batch = arrays[0].shape[0] if arrays else 1
+        if batch != self._batch:
+            self._resize(batch)
+        for index, x in zip(self._inputs, arrays):
+            self.interpreter.set_tensor(index, x)
+        self.interpreter.invoke()
+        return {t: self.interpreter.get_tensor(index) for t, index in zip(self.graph.outputs, self._outputs)}
