@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "cluster.commands.show",
     "cluster.commands.infer",
     "cluster.commands.bench",
+    "cluster.commands.run",
+    "cluster.commands.emulate",
 ]
 
 

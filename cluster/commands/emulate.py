@@ -1,0 +1,129 @@
+"""`pisplit emulate MODEL --devices rpi3:4`: plan for emulated Pis and run the plan on this machine.
+
+One mpirun rank per emulated device runs the real pipeline runtime (`pisplit run --emulate`): compute
+is dilated to the device's calibrated speed and transfers are paced to the link. A one-device run of
+the same model gives the speedup of the emulated cluster over one emulated device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from layers import load_model
+from layers.engine import ENGINES
+from layers.errors import PisplitError
+from partitioners.plan import Plan
+
+from ..emulation import parse_link
+from ..mpirun import local_mpirun_command, mpirun_env
+from ..output import console, human_bytes, print_json
+from ..emulated_plans import plan_for_devices, single_device_plan
+
+
+def register(sub) -> None:
+    p = sub.add_parser("emulate", help="plan for emulated Pis and run the pipeline on this machine, one rank per device")
+    p.add_argument("model", metavar="MODEL", help="zoo name, .tflite file or pisplit .json graph")
+    p.add_argument("--devices", required=True, metavar="KIND:N[,KIND:N]", help="emulated devices, e.g. rpi3:4 or rpi3:2,rpi4:2")
+    p.add_argument("--link", default="94mbit", help="link bandwidth between devices (default 94mbit, the seed paper's network)")
+    p.add_argument("--frames", type=int, default=24, help="frames through the emulated cluster (default 24)")
+    p.add_argument("--single-frames", type=int, default=4, help="frames through one emulated device, for the speedup (default 4)")
+    p.add_argument("--planner", default="dp", help="planner that makes the plan (default dp)")
+    p.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine of every rank (default numpy)")
+    p.add_argument("--plan-output", metavar="PLAN.json", help="also keep the plan here")
+    p.add_argument("--trace", metavar="T.json", help="Chrome Trace Event file of the cluster run")
+    p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
+    p.set_defaults(func=run)
+
+
+def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, engine: str, progress: bool,
+                 trace: str | None = None, timeout: float | None = None) -> dict:
+    """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report."""
+    argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
+            "--engine", engine, "--report", str(report_path)]
+    argv += [] if progress else ["--no-progress"]
+    argv += ["--trace", trace] if trace else []
+    env = mpirun_env()
+    # one BLAS thread per emulated device: the ranks share this machine's cores, and dilation scales CPU time
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+    if not sys.stdout.isatty():
+        env.update(TERM="dumb", NO_COLOR="1")  # mpirun gives ranks a pty; keep escape codes out of pipes and files
+    proc = subprocess.run(local_mpirun_command(n_ranks, argv), env=env, stdout=None if progress else subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+    if proc.returncode != 0 or not report_path.exists():
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
+        raise PisplitError(lines[0].removeprefix("pisplit: error: ") if lines else
+                           f"emulated run on {n_ranks} ranks failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+    return json.loads(report_path.read_text())
+
+
+def plan_table(plan: Plan, graph) -> Table:
+    """Stages of a plan: ranks and devices, nodes, mode, predicted compute / communication and memory."""
+    table = Table(title=f"{plan.model} on {plan.n_ranks} emulated device{'s' if plan.n_ranks > 1 else ''} "
+                        f"({plan.planner} plan, link {plan.link_bandwidth_bps / 1e6:.0f} Mbit/s)")
+    for col in ["stage", "ranks", "mode", "nodes", "predicted compute ms", "comm ms", "memory / rank", "sends"]:
+        table.add_column(col, justify="left" if col in ("ranks", "mode", "nodes") else "right")
+    for s in plan.stages:
+        kinds = ",".join(sorted({plan.devices[r].kind for r in s.ranks}))
+        nodes = f"{graph.nodes[s.node_start].name} .. {graph.nodes[s.node_stop - 1].name}"
+        pred = s.predicted
+        mem = max(pred.memory_bytes.values()) if pred and pred.memory_bytes else None
+        kinds_of = [seg.kind for seg in s.segments if seg.kind != "none"]
+        mode = s.mode + (f" ({', '.join(sorted(set(kinds_of)))})" if kinds_of else "")
+        table.add_row(str(s.index), f"{','.join(map(str, s.ranks))} ({kinds})", mode, nodes,
+                      f"{pred.compute_s * 1e3:.1f}" if pred else "-", f"{pred.comm_s * 1e3:.1f}" if pred else "-",
+                      human_bytes(mem) if mem else "-", human_bytes(s.send_bytes) if s.send_bytes else "-")
+    return table
+
+
+def run(args) -> int:
+    graph = load_model(args.model)
+    link_bps = parse_link(args.link)
+    if args.frames < 1 or args.single_frames < 1:
+        raise PisplitError("--frames and --single-frames: must be at least 1")
+    plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine)
+    single = single_device_plan(graph, args.model, plan.devices[0].kind, link_bps, args.engine)
+    with tempfile.TemporaryDirectory(prefix="pisplit-emulate-") as tmp:
+        tmp = Path(tmp)
+        plan_path = plan.save(Path(args.plan_output) if args.plan_output else tmp / "plan.json")
+        single_path = single.save(tmp / "single.json")
+        if not args.json:
+            console.print(plan_table(plan, graph))
+            console.print(f"predicted {plan.predicted_throughput_fps:.2f} frames/s on {plan.n_ranks} emulated "
+                          f"{'devices' if plan.n_ranks > 1 else 'device'}, {single.predicted_throughput_fps:.2f} on one {single.devices[0].kind}")
+            console.print(f"emulating one {single.devices[0].kind} ({args.single_frames} frames) ...")
+        one = run_emulated(single_path, 1, args.single_frames, tmp / "single-report.json", args.engine, progress=False)
+        many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
+                            trace=args.trace)
+    speedup = many["throughput_fps"] / one["throughput_fps"] if one["throughput_fps"] else None
+    doc = {
+        "model": graph.name, "devices": args.devices, "link_bps": link_bps, "planner": plan.planner, "engine": args.engine,
+        "frames": many["frames"], "throughput_fps": many["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps,
+        "measured_over_predicted": many["throughput_fps"] / plan.predicted_throughput_fps if plan.predicted_throughput_fps else None,
+        "latency_ms": many["latency_ms"], "predicted_latency_ms": plan.predicted_latency_s * 1e3,
+        "single_fps": one["throughput_fps"], "single_predicted_fps": single.predicted_throughput_fps,
+        "speedup_vs_single": speedup,
+        "predicted_speedup_vs_single": plan.predicted_throughput_fps / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
+        "every_frame_once": many["every_frame_once"],
+        "stages": many["stages"], "ranks": many["ranks"],
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    lat = doc["latency_ms"]
+    console.print(f"measured [bold]{doc['throughput_fps']:.2f} frames/s[/] (predicted {doc['predicted_fps']:.2f}), "
+                  f"latency p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms")
+    console.print(f"one emulated {single.devices[0].kind}: {doc['single_fps']:.2f} frames/s -> "
+                  f"[bold green]speedup {speedup:.2f}x[/] with {plan.n_ranks} devices (predicted {doc['predicted_speedup_vs_single']:.2f}x)")
+    late = [r for r in many["ranks"] if r["emulation_late_s"] > 0.05 * max(many["wall_s"], 1e-9)]
+    if late:
+        console.print(f"[yellow]note: this machine fell behind the emulated device speed on rank(s) "
+                      f"{', '.join(str(r['rank']) for r in late)}; measured figures are pessimistic[/]")
+    return 0

@@ -1,0 +1,144 @@
+"""Emulate slower devices and links on this machine: time dilation of compute, pacing of transfers.
+
+A rank emulating a Raspberry Pi measures the CPU time of each compute step here and pads the step's wall
+time to `cpu_seconds x slowdown`, where `slowdown` is the calibrated device time / local time for the
+same work. CPU time rather than wall time is scaled, so several emulated devices sharing two cores do
+not see each other's load as their own slowness (as long as the host keeps up: `late_s` says when not).
+
+A link transfer of b bytes in m messages takes m x latency + b x 8 / bandwidth and, as with blocking
+MPI sends over TCP on a Pi, occupies both ends: the sender waits until its transfer has left (its
+transfers serialise on its one network interface) and the receiver, which cannot take the frame before
+it is ready for it, is busy for the transfer's duration from whichever is later, its readiness or the
+sender's start. The frame header carries the transfer's end and duration so the receiver can do this.
+This is the planner's link model (partitioners.cost: a stage's period counts its receive and its send).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from layers.errors import PisplitError
+
+log = logging.getLogger(__name__)
+
+# Device time / this machine's time for the same work, per device kind, used only while
+# partitioners.profiles (the calibrated device profiles) is not importable. AlexNet: ncnn on a Pi 3B+
+# with 4 threads takes 220 ms; one numpy thread here takes about 28 ms. Pi 4 is ~1.64x a Pi 3B+
+# (MobileNetV2 120 vs 73 ms), Pi 5 ~3x a Pi 4.
+TEMPORARY_DEVICE_SLOWDOWN = {"rpi3": 7.9, "rpi4": 4.8, "rpi5": 1.6, "local": 1.0}
+
+_LINK_UNITS = {"": 1.0, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
+
+
+def parse_link(text: str) -> float:
+    """'94mbit' -> 94e6 bits per second ('1gbit', '940Mbit', '100kbit', a plain number of bit/s)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _LINK_UNITS or float(m.group(1)) <= 0:
+        raise PisplitError(f"link {text!r}: expected a positive bandwidth such as 94mbit, 940mbit or 1gbit")
+    return float(m.group(1)) * _LINK_UNITS[m.group(2)]
+
+
+def device_slowdown(kind: str, engine: str = "numpy") -> float:
+    """Calibrated device time / local time for `kind` with `engine` (from the device profiles)."""
+    try:
+        from partitioners import profiles  # the planner's calibrated device profiles
+    except ImportError:
+        profiles = None
+    if profiles is not None and hasattr(profiles, "device_slowdown"):
+        return float(profiles.device_slowdown(kind, engine))
+    try:
+        return TEMPORARY_DEVICE_SLOWDOWN[kind.lower()]
+    except KeyError:
+        raise PisplitError(f"device kind {kind!r}: no calibrated speed to emulate (known: {', '.join(TEMPORARY_DEVICE_SLOWDOWN)})") from None
+
+
+@dataclass
+class ComputeDilation:
+    """Pads compute steps to cpu_seconds x slowdown; `late_s` sums how far the host fell behind."""
+
+    slowdown: float = 1.0
+    late_s: float = 0.0
+
+    def start(self) -> tuple[float, float]:
+        """Mark the start of a compute step: (wall, cpu) clocks."""
+        return time.perf_counter(), time.process_time()
+
+    def deadline(self, mark: tuple[float, float]) -> float:
+        """perf_counter time at which the step started at `mark` would end on the emulated device."""
+        wall0, cpu0 = mark
+        target = wall0 + (time.process_time() - cpu0) * self.slowdown
+        behind = time.perf_counter() - target
+        if behind > 0:
+            self.late_s += behind
+        return target
+
+
+class CoreTokens:
+    """At most one computing emulated device per core of this machine (a lock file per core).
+
+    Without it, eight emulated devices on two cores would each run at a quarter speed and count the
+    others' work as their own CPU time (caches, memory bandwidth); dilation then overshoots.
+    """
+
+    def __init__(self, directory: str | Path, cores: int):
+        self.paths = [Path(directory) / f"core-{i}.lock" for i in range(max(1, int(cores)))]
+        self.held: int | None = None
+
+    def acquire(self, poll: Callable[[], object] | None = None) -> None:
+        """Take a free core, calling `poll()` (e.g. MPI progress) while none is free."""
+        pause = 1e-4
+        while True:
+            for path in self.paths:
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.held = fd
+                    return
+                except BlockingIOError:
+                    os.close(fd)
+            if poll:
+                poll()
+            time.sleep(pause)
+            pause = min(pause * 2, 1e-3)
+
+    def release(self) -> None:
+        if self.held is not None:
+            fcntl.flock(self.held, fcntl.LOCK_UN)
+            os.close(self.held)
+            self.held = None
+
+
+@dataclass
+class LinkPacer:
+    """The sending rank's network interface: transfers serialise at `bandwidth_bps`, each message
+    costs `latency_s` more."""
+
+    bandwidth_bps: float
+    latency_s: float = 0.0
+    free_at: float = 0.0
+    busy_s: float = 0.0
+
+    def seconds(self, nbytes: int, messages: int = 1) -> float:
+        """Duration of one transfer on this link."""
+        return messages * self.latency_s + nbytes * 8.0 / self.bandwidth_bps
+
+    def schedule(self, nbytes: int, messages: int = 1, now: float | None = None) -> tuple[float, float]:
+        """(end, duration) of a transfer handed to the interface at wall-clock (time.time) `now`."""
+        now = time.time() if now is None else now
+        duration = self.seconds(nbytes, messages)
+        start = max(now, self.free_at)
+        self.free_at = start + duration
+        self.busy_s += duration
+        return self.free_at, duration
+
+
+def receive_ready_at(sender_end: float, duration: float, receiver_ready: float) -> float:
+    """Wall-clock time a paced frame is in the receiver's hands: the transfer ends no earlier than the
+    sender says, and lasts `duration` from when the receiver was ready for it."""
+    return max(sender_end, receiver_ready + duration)

@@ -1,0 +1,95 @@
+"""What a pipeline run measured, as plain data: throughput, latency, per-stage times, predicted vs
+measured, memory per rank, and a Chrome Trace Event document (one track per rank; opens in Perfetto)."""
+from __future__ import annotations
+
+import numpy as np
+
+from partitioners.plan import Plan
+
+from .runtime import EVENT_NAMES, RunResult, memory_prediction
+
+
+def steady_throughput(done_s: np.ndarray) -> float:
+    """Frames per second from the spacing of completions: (n - 1) / (last - first) over the second
+    half of the run when there are enough frames (the pipeline is full by then), else over all."""
+    t = np.sort(np.asarray(done_s, float))
+    if t.size < 2:
+        return 1.0 / t[0] if t.size and t[0] > 0 else 0.0
+    if t.size >= 8:
+        t = t[t.size // 2 - 1:]
+    span = t[-1] - t[0]
+    return (t.size - 1) / span if span > 0 else 0.0
+
+
+def percentiles_ms(seconds: np.ndarray) -> dict:
+    """p50, p90, p99, mean and max of per-frame latencies, in milliseconds."""
+    s = np.asarray(seconds, float) * 1e3
+    if s.size == 0:
+        return {}
+    return {"p50": float(np.percentile(s, 50)), "p90": float(np.percentile(s, 90)), "p99": float(np.percentile(s, 99)),
+            "mean": float(s.mean()), "max": float(s.max())}
+
+
+def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> dict:
+    """The report document of a finished run (rank 0)."""
+    n = int(result.frame_ids.size)
+    by_rank = {s.rank: s for s in result.ranks}
+    stages = []
+    for stage in plan.stages:
+        rows = [by_rank[r] for r in stage.ranks]
+        frames = max(sum(r.frames for r in rows) if stage.mode == "data-parallel" else rows[0].frames, 1)
+        # per frame: a data-parallel stage's replicas share the frames; a split stage's lead carries the frame
+        if stage.mode == "data-parallel":
+            per = lambda attr: sum(getattr(r, attr) for r in rows) / frames  # noqa: E731
+        else:
+            per = lambda attr: getattr(rows[0], attr) / frames  # noqa: E731
+        pred = stage.predicted
+        stages.append({
+            "index": stage.index, "ranks": list(stage.ranks), "mode": stage.mode, "nodes": [stage.node_start, stage.node_stop],
+            "frames": frames,
+            "compute_ms": per("compute_s") * 1e3, "comm_ms": per("comm_s") * 1e3, "wait_ms": per("wait_s") * 1e3,
+            "predicted_compute_ms": pred.compute_s * 1e3 if pred else None,
+            "predicted_comm_ms": pred.comm_s * 1e3 if pred else None,
+            "send_bytes": stage.send_bytes,
+        })
+    ranks = []
+    for s in sorted(result.ranks, key=lambda r: r.rank):
+        predicted = memory_prediction(plan, s.rank)
+        above = max(s.memory_peak_bytes - s.memory_baseline_bytes, 0)
+        ranks.append({
+            "rank": s.rank, "stage": s.stage, "kind": plan.devices[s.rank].kind, "frames": s.frames,
+            "compute_s": s.compute_s, "comm_s": s.comm_s, "wait_s": s.wait_s, "emulation_late_s": s.late_s,
+            "link_busy_s": s.link_busy_s,
+            "memory_baseline_bytes": s.memory_baseline_bytes, "memory_peak_bytes": s.memory_peak_bytes,
+            "memory_load_peak_above_baseline_bytes": max(s.memory_load_peak_bytes - s.memory_baseline_bytes, 0),
+            "memory_above_baseline_bytes": above, "memory_predicted_bytes": predicted,
+            "memory_ratio": above / predicted if predicted else None,
+        })
+    ordered = bool(np.array_equal(np.sort(result.frame_ids), np.arange(n)))
+    return {
+        "model": plan.model, "planner": plan.planner, "engine": engine, "emulated": emulated,
+        "ranks_total": plan.n_ranks, "frames": n,
+        "throughput_fps": steady_throughput(result.done_s),
+        "wall_fps": n / result.wall_s if result.wall_s > 0 else 0.0, "wall_s": result.wall_s,
+        "predicted_fps": plan.predicted_throughput_fps or None,
+        "latency_ms": percentiles_ms(result.latency_s),
+        "predicted_latency_ms": plan.predicted_latency_s * 1e3 if plan.predicted_latency_s else None,
+        "every_frame_once": ordered,
+        "stages": stages, "ranks": ranks,
+    }
+
+
+def chrome_trace(plan: Plan, result: RunResult) -> dict:
+    """Chrome Trace Event JSON: one track (thread) per rank, complete events in microseconds."""
+    events = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": f"pisplit {plan.model}"}}]
+    for s in sorted(result.ranks, key=lambda r: r.rank):
+        label = f"rank {s.rank} · stage {s.stage} · {plan.devices[s.rank].kind}"
+        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": s.rank, "args": {"name": label}})
+        events.append({"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": s.rank, "args": {"sort_index": s.rank}})
+        for kind, frame, start, duration in s.events:
+            doc = {"name": EVENT_NAMES[kind], "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
+                   "ts": round(start * 1e6, 3), "dur": round(duration * 1e6, 3)}
+            if frame >= 0:
+                doc["args"] = {"frame": frame}
+            events.append(doc)
+    return {"traceEvents": events, "displayTimeUnit": "ms"}

@@ -1,0 +1,618 @@
+"""The pipeline runtime: every rank runs its part of a Plan and frames stream through the stages.
+
+Roles of a rank (all decided from the plan alone, so no rank needs to ask another):
+- entry rank of a stage: the rank that receives a frame at the stage (the lead of a 'single' or
+  'split' stage; for a 'data-parallel' stage, replica `frame % replicas`). It computes the frame and
+  sends the tensors live at the stage's end to the next stage's entry rank for that frame.
+- worker of a 'split' stage (not its lead): joins the stage's split segments for every frame.
+- rank 0 is also the source (it makes or reads the input frames and hands each to the first stage)
+  and the sink (it receives every result, in any order, and keeps them by frame id).
+
+Transfers are non-blocking and buffer based: a frame travels as one float32 buffer whose first four
+slots hold an int64 header [frame id, first-stage start time, emulated transfer end, its duration]
+followed by the cut tensors in a fixed order. An entry rank keeps `window` receives posted ahead
+(receiving frame i+1 while it computes frame i) and at most `window` sends outstanding (frame i-1
+still leaving); a full send window blocks the rank, which is the pipeline's back pressure. Rank 0
+admits at most `max_in_flight` frames that have not come back, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from layers.engine import make_engine
+from layers.errors import PisplitError
+from layers.graph import Graph
+from layers.ops import numel
+from partitioners.plan import Plan, Stage
+
+from . import transport
+from .emulation import ComputeDilation, CoreTokens, LinkPacer, device_slowdown, receive_ready_at
+
+log = logging.getLogger(__name__)
+
+TAG_RESULT = 90
+TAG_STAGE = 100  # + stage index: frames entering that stage
+
+# trace event kinds (codes travel in float64 arrays to rank 0)
+EVENT_NAMES = ("compute", "wait input", "send blocked", "link", "wait results", "split part")
+COMPUTE, WAIT_INPUT, SEND_BLOCKED, LINK, WAIT_RESULTS, SPLIT_PART = range(len(EVENT_NAMES))
+
+
+class FrameCodec:
+    """Packs the named tensors of one frame into one float32 buffer behind an int64 header.
+
+    The header is [frame_id, start_ns, end_ns, duration_ns] as int64 (8 float32 slots): the frame, when
+    the first stage started it (wall clock, for latency), and an emulated link transfer's end and
+    duration (0 when not emulating). Shapes are static
+    (batch 1), so the receiver allocates the right buffer before anything arrives.
+    """
+
+    HEADER = 8  # float32 slots holding four int64
+
+    def __init__(self, graph: Graph, names: list[str]):
+        self.names = list(names)
+        self.shapes = [graph.shapes[t] for t in self.names]
+        sizes = [numel(s) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int) + self.HEADER
+        self.length = int(self.offsets[-1])
+
+    @property
+    def payload_bytes(self) -> int:
+        return (self.length - self.HEADER) * 4
+
+    def empty(self) -> np.ndarray:
+        return np.empty(self.length, np.float32)
+
+    def pack(self, frame_id: int, tensors: Mapping[str, np.ndarray], start_ns: int = 0, end_ns: int = 0, duration_ns: int = 0) -> np.ndarray:
+        buf = self.empty()
+        buf[: self.HEADER].view(np.int64)[:] = (frame_id, start_ns, end_ns, duration_ns)
+        for t, shape, a, b in zip(self.names, self.shapes, self.offsets[:-1], self.offsets[1:]):
+            arr = tensors[t]
+            if arr.shape != shape:
+                raise PisplitError(f"frame {frame_id}: tensor {t!r} has shape {arr.shape}, expected {shape}")
+            buf[a:b] = arr.reshape(-1)
+        return buf
+
+    @staticmethod
+    def header(buf: np.ndarray) -> tuple[int, int, int, int]:
+        """(frame_id, start_ns, end_ns, duration_ns)."""
+        return tuple(int(v) for v in buf[: FrameCodec.HEADER].view(np.int64))
+
+    def unpack(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        return {t: buf[a:b].reshape(shape) for t, shape, a, b in zip(self.names, self.shapes, self.offsets[:-1], self.offsets[1:])}
+
+
+# --- routing: pure functions of the plan --------------------------------------------------------------
+def entry_rank(stage: Stage, frame: int) -> int:
+    """The rank of `stage` that receives, computes and sends `frame`."""
+    if stage.mode == "data-parallel":
+        return stage.ranks[frame % len(stage.ranks)]
+    return stage.ranks[0]
+
+
+def frames_of(stage: Stage, rank: int, n_frames: int) -> list[int]:
+    """Frames `rank` handles as an entry rank of `stage` (all frames for a lead, every k-th for a replica)."""
+    if stage.mode == "data-parallel":
+        k, i = len(stage.ranks), stage.ranks.index(rank)
+        return list(range(i, n_frames, k))
+    return list(range(n_frames)) if rank == stage.ranks[0] else []
+
+
+def shard_graph(graph: Graph, start: int, stop: int) -> Graph:
+    """Nodes [start, stop) of `graph` as a graph of their own: inputs are the tensors live at cut
+    `start`, outputs those live at cut `stop`; the weight mapping is shared (and lazy)."""
+    inputs = {t: graph.shapes[t] for t in graph.cut_tensors(start)}
+    return Graph(f"{graph.name}[{start}:{stop}]", inputs, graph.nodes[start:stop], graph.cut_tensors(stop), graph.weights, graph.meta)
+
+
+def default_max_in_flight(plan: Plan, window: int) -> int:
+    """Frames admitted at once: enough to keep every replica and every link busy, and no more."""
+    depth = sum(len(s.ranks) if s.mode == "data-parallel" else 1 for s in plan.stages)
+    return depth + window * len(plan.stages)
+
+
+# --- memory ------------------------------------------------------------------------------------------
+def _status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc), else the peak so far."""
+    return _status_bytes("VmRSS") or peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the process started or since `reset_peak_rss()`."""
+    return _status_bytes("VmHWM") or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak measurement (Linux: 5 > /proc/self/clear_refs); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def settle_baseline() -> int:
+    """The interpreter's fixed memory before any shard: after numpy's BLAS has set up its buffers
+    (its first matrix product allocates them, whatever the model)."""
+    a = np.ones((64, 64), np.float32)
+    _ = a @ a
+    return current_rss_bytes()
+
+
+# --- options and results -----------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    """What to run: frames, their source, engine, emulation and how much to keep."""
+
+    frames: int = 16
+    inputs: np.ndarray | None = None  # rank 0: (F, *input shape) frames, used round-robin
+    input_seed: int = 0  # random frames otherwise: default_rng([seed, frame])
+    keep_outputs: bool = False
+    engine: str | None = None  # None: the plan's engine
+    emulate: bool = False
+    host_cores: int = os.cpu_count() or 1  # emulation: devices computing at once on this machine
+    core_lock_dir: str | None = None  # emulation: where the per-core lock files live (shared by the ranks)
+    window: int = 2
+    max_in_flight: int | None = None
+    progress: Callable[[int, int], None] | None = None  # rank 0: (frames done, frames total)
+    on_start: Callable[[], None] | None = None  # rank 0: setup succeeded everywhere, frames start
+
+
+@dataclass
+class RankStats:
+    """What one rank measured."""
+
+    rank: int
+    stage: int
+    frames: int = 0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    wait_s: float = 0.0
+    late_s: float = 0.0
+    link_busy_s: float = 0.0
+    memory_baseline_bytes: int = 0
+    memory_load_peak_bytes: int = 0
+    memory_peak_bytes: int = 0
+    events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s)
+
+    FIELDS = ("rank", "stage", "frames", "compute_s", "comm_s", "wait_s", "late_s", "link_busy_s",
+              "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes")
+
+    def to_array(self) -> np.ndarray:
+        head = [float(getattr(self, f)) for f in self.FIELDS]
+        return np.concatenate([np.array(head + [len(self.events)], np.float64),
+                               np.asarray(self.events, np.float64).reshape(-1)])
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> "RankStats":
+        n = len(cls.FIELDS)
+        values = dict(zip(cls.FIELDS, arr[:n].tolist()))
+        for f in ("rank", "stage", "frames", "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes"):
+            values[f] = int(values[f])
+        n_events = int(arr[n])
+        events = [(int(k), int(fr), s, d) for k, fr, s, d in arr[n + 1: n + 1 + 4 * n_events].reshape(-1, 4).tolist()]
+        return cls(**values, events=events)
+
+
+@dataclass
+class RunResult:
+    """Rank 0's view of a finished run (other ranks get `None` fields except their own stats)."""
+
+    ranks: list  # RankStats of every rank (rank 0) or just this rank's
+    frame_ids: np.ndarray | None = None  # order in which results arrived
+    outputs: dict | None = None  # tensor -> (frames, ...) in frame order
+    argmax: np.ndarray | None = None  # first output's argmax per frame
+    latency_s: np.ndarray | None = None  # per frame, first-stage start to result at rank 0
+    done_s: np.ndarray | None = None  # per frame, result time since the run started
+    wall_s: float = 0.0
+
+
+# --- setup -------------------------------------------------------------------------------------------
+def agree(comm, error: str | None) -> None:
+    """Collective: if any rank has an error, every rank raises the lowest such rank's message."""
+    message = transport.first_error(comm, error)
+    if message is not None:
+        raise PisplitError(message)
+
+
+def check_input_frames(graph: Graph, frames: np.ndarray) -> np.ndarray:
+    """Input frames as (F, *input shape[1:]) float32; raises PisplitError naming the shapes."""
+    if len(graph.inputs) != 1:
+        raise PisplitError(f"model {graph.name}: has {len(graph.inputs)} inputs; --input feeds only single-input models")
+    name, shape = next(iter(graph.inputs.items()))
+    x = np.asarray(frames)
+    if x.shape == tuple(shape[1:]):
+        x = x[None]
+    if x.ndim != len(shape) or x.shape[1:] != tuple(shape[1:]) or x.shape[0] < 1:
+        raise PisplitError(f"input: shape {x.shape} does not match model input {name} {tuple(shape)} (frames stack on the batch axis)")
+    return x.astype(np.float32, copy=False)
+
+
+def segment_communicators(comm, plan: Plan) -> dict:
+    """Collective over `comm` (every rank, same order): one communicator per split segment, for its ranks.
+
+    Returns {(stage index, segment index): communicator} for the segments this rank is part of.
+    """
+    rank = comm.Get_rank()
+    mine = {}
+    for stage in plan.stages:
+        if stage.mode != "split":
+            continue
+        for i, segment in enumerate(stage.segments):
+            if segment.kind == "none":
+                continue
+            members = list(segment.ranks)
+            sub = transport.split_communicator(comm, 0 if rank in members else None, members.index(rank) if rank in members else 0)
+            if sub is not None:
+                mine[(stage.index, i)] = sub
+    return mine
+
+
+class _Step:
+    """Runs this rank's share of its stage for one frame: one engine, or the stage's segments in order
+    (unsplit ones on the lead, split ones through the split-kinds executor on the segment's ranks)."""
+
+    def __init__(self, plan: Plan, graph: Graph, stage: Stage, rank: int, engine: str, communicators: dict):
+        self.parts: list = []  # (kind, runner): runner.run(tensors) -> tensors
+        if stage.mode != "split":
+            self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine)))
+            return
+        from .split_exec import SegmentRunner  # the split-kinds executor: one split segment over a communicator
+
+        for i, segment in enumerate(stage.segments):
+            if segment.kind == "none":
+                if rank == stage.ranks[0]:
+                    self.parts.append(("none", make_engine(shard_graph(graph, segment.node_start, segment.node_stop), engine)))
+            elif (stage.index, i) in communicators:
+                self.parts.append((segment.kind, SegmentRunner(communicators[(stage.index, i)], graph, segment, engine=engine)))
+
+    def materialise(self) -> None:
+        """Load the weights of the unsplit parts now, so the first frame does not pay for it."""
+        for kind, runner in self.parts:
+            if kind == "none" and hasattr(runner, "graph"):
+                for node in runner.graph.nodes:
+                    runner.graph.node_weights(node)
+
+    def run(self, tensors: dict) -> dict:
+        for _, runner in self.parts:
+            tensors = runner.run(tensors)
+        return tensors
+
+
+def memory_prediction(plan: Plan, rank: int) -> int | None:
+    """The plan's predicted memory for `rank`, if it has one."""
+    stage = plan.stage_of_rank(rank)
+    if stage.predicted is None:
+        return None
+    return stage.predicted.memory_bytes.get(rank)
+
+
+# --- the rank ----------------------------------------------------------------------------------------
+class PipelineRank:
+    """One rank of a running plan. `run()` processes every frame this rank has a part in."""
+
+    def __init__(self, comm, plan: Plan, graph: Graph, options: RunOptions, baseline_bytes: int, communicators: dict):
+        self.comm = comm
+        self.plan = plan
+        self.graph = graph
+        self.options = options
+        self.rank = comm.Get_rank()
+        self.n_frames = int(options.frames)
+        self.stage = plan.stage_of_rank(self.rank)
+        self.stats = RankStats(self.rank, self.stage.index, memory_baseline_bytes=baseline_bytes)
+        self.window = max(1, int(options.window))
+        self.last = plan.stages[-1]
+        self.in_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_start))
+        self.out_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_stop))
+        self.result_codec = FrameCodec(graph, graph.cut_tensors(plan.n_nodes))
+        self.source_codec = FrameCodec(graph, graph.cut_tensors(0))
+        kind = plan.devices[self.rank].kind
+        engine = options.engine or plan.engine
+        self.dilation = ComputeDilation(device_slowdown(kind, engine) / plan.devices[self.rank].speed) if options.emulate else None
+        self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate else None
+        self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
+        self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators)
+        self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
+        self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
+        self.sends: list = []  # outstanding (request, buffer)
+        self.recvs: dict = {}  # frame -> (request, buffer)
+        self.t0 = 0.0
+        if self.rank == 0:
+            self._init_source_and_sink()
+
+    # --- rank 0: source and sink ---------------------------------------------------------------------
+    def _init_source_and_sink(self) -> None:
+        first = self.plan.stages[0]
+        self.first = first
+        self.injected = 0
+        self.local_inputs: dict = {}  # frame -> tensors, frames the source hands to rank 0 itself
+        self.max_in_flight = self.options.max_in_flight or default_max_in_flight(self.plan, self.window)
+        self.done = 0
+        self.arrived = np.full(self.n_frames, False)
+        self.frame_order: list[int] = []
+        self.latency = np.zeros(self.n_frames)
+        self.done_at = np.zeros(self.n_frames)
+        self.argmax = np.zeros(self.n_frames, np.int64)
+        self.outputs = None
+        if self.options.keep_outputs:
+            self.outputs = {t: np.empty((self.n_frames, *self.graph.shapes[t][1:]), np.float32) for t in self.result_codec.names}
+        self.remote_results = [f for f in range(self.n_frames) if entry_rank(self.last, f) != 0]
+        self.next_remote = 0
+        self.result_recvs: list = []  # (frame, request, buffer) in frame order
+        self.result_window = self.window * (len(self.last.ranks) if self.last.mode == "data-parallel" else 1)
+
+    def _source_frame(self, frame: int) -> dict:
+        name, shape = next(iter(self.graph.inputs.items())) if len(self.graph.inputs) == 1 else (None, None)
+        if self.options.inputs is not None:
+            x = self.options.inputs[frame % len(self.options.inputs)]
+            return {name: x[None]}
+        rng = np.random.default_rng([self.options.input_seed, frame])
+        return {t: rng.standard_normal(s, dtype=np.float32) for t, s in self.graph.inputs.items()}
+
+    def _inject(self) -> bool:
+        """Admit frames while fewer than max_in_flight are out; True if any was admitted."""
+        admitted = False
+        while self.injected < self.n_frames and self.injected - self.done < self.max_in_flight:
+            f = self.injected
+            tensors = self._source_frame(f)
+            target = entry_rank(self.first, f)
+            if target == 0:
+                self.local_inputs[f] = tensors
+            else:
+                # the planner counts no transfer into the first stage (the input is where it is needed)
+                buf = self.source_codec.pack(f, tensors)
+                self.sends.append((transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0), buf))
+            self.injected += 1
+            admitted = True
+        return admitted
+
+    def _post_results(self) -> None:
+        while len(self.result_recvs) < self.result_window and self.next_remote < len(self.remote_results):
+            f = self.remote_results[self.next_remote]
+            buf = self.result_codec.empty()
+            src = entry_rank(self.last, f)
+            self.result_recvs.append((f, transport.irecv_buffer(self.comm, buf, src, TAG_RESULT), buf))
+            self.next_remote += 1
+
+    def _take_result(self, frame: int, tensors: dict, start_ns: int) -> None:
+        if frame < 0 or frame >= self.n_frames or self.arrived[frame]:
+            raise PisplitError(f"runtime: result for frame {frame} is unexpected or duplicated")
+        now_ns = time.time_ns()
+        self.arrived[frame] = True
+        self.frame_order.append(frame)
+        self.latency[frame] = (now_ns - start_ns) / 1e9
+        self.done_at[frame] = time.perf_counter() - self.t0
+        first = tensors[self.result_codec.names[0]]
+        self.argmax[frame] = int(np.argmax(first.reshape(-1)))
+        if self.outputs is not None:
+            for t in self.result_codec.names:
+                self.outputs[t][frame] = tensors[t][0]
+        self.done += 1
+        if self.options.progress:
+            self.options.progress(self.done, self.n_frames)
+
+    def _poll_sink(self) -> bool:
+        progressed = False
+        while self.result_recvs and transport.request_done(self.result_recvs[0][1]):
+            f, _, buf = self.result_recvs.pop(0)
+            frame, start_ns, _, _ = FrameCodec.header(buf)
+            if frame != f:
+                raise PisplitError(f"runtime: expected the result of frame {f}, got frame {frame}")
+            self._take_result(frame, self.result_codec.unpack(buf), start_ns)
+            progressed = True
+        self._post_results()
+        return progressed
+
+    # --- progress and waiting ------------------------------------------------------------------------
+    def _poll(self) -> bool:
+        """Advance everything non-blocking: finished sends, rank 0's sink and source."""
+        progressed = False
+        while self.sends and transport.request_done(self.sends[0][0]):
+            self.sends.pop(0)
+            progressed = True
+        if self.rank == 0:
+            progressed |= self._poll_sink()
+            progressed |= self._inject()
+        return progressed
+
+    def _wait_until(self, ready: Callable[[], bool], kind: int, frame: int, deadline: float | None = None) -> float:
+        """Poll until `ready()` (or perf_counter reaches `deadline`); sleeps a little between polls
+        so waiting ranks leave the cores to computing ones. Returns seconds waited."""
+        t = time.perf_counter()
+        pause = 2e-5
+        while True:
+            self._poll()
+            if ready() and (deadline is None or time.perf_counter() >= deadline):
+                break
+            now = time.perf_counter()
+            step = pause if deadline is None else min(pause, max(deadline - now, 0.0))
+            time.sleep(step)
+            pause = min(pause * 2, 1e-3)
+        waited = time.perf_counter() - t
+        if waited > 1e-4:
+            self.stats.events.append((kind, frame, t - self.t0, waited))
+        return waited
+
+    # --- the entry rank's work -----------------------------------------------------------------------
+    def _source_of(self, frame: int) -> int:
+        if self.stage.index == 0:
+            return 0
+        return entry_rank(self.plan.stages[self.stage.index - 1], frame)
+
+    def _post_inputs(self, upto: int) -> None:
+        for f in self.my_frames[upto: upto + self.window]:
+            if f in self.recvs or (self.rank == 0 and self.stage.index == 0):
+                continue
+            buf = self.in_codec.empty()
+            self.recvs[f] = (transport.irecv_buffer(self.comm, buf, self._source_of(f), TAG_STAGE + self.stage.index), buf)
+
+    def _receive(self, index: int, frame: int) -> tuple[dict, int]:
+        if self.rank == 0 and self.stage.index == 0:
+            self.stats.wait_s += self._wait_until(lambda: frame in self.local_inputs, WAIT_RESULTS, frame)
+            return self.local_inputs.pop(frame), 0
+        ready = time.time()
+        self._post_inputs(index)
+        request, buf = self.recvs[frame]
+        self.stats.wait_s += self._wait_until(lambda: transport.request_done(request), WAIT_INPUT, frame)
+        del self.recvs[frame]
+        got, start_ns, end_ns, duration_ns = FrameCodec.header(buf)
+        if got != frame:
+            raise PisplitError(f"runtime: rank {self.rank} expected frame {frame}, received frame {got}")
+        if duration_ns:
+            hold = receive_ready_at(end_ns / 1e9, duration_ns / 1e9, ready) - time.time()
+            if hold > 0:
+                self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
+        self._post_inputs(index + 1)
+        return self.in_codec.unpack(buf), start_ns
+
+    def _send(self, frame: int, tensors: dict, start_ns: int) -> None:
+        if self.stage.index == len(self.plan.stages) - 1:
+            if self.rank == 0:
+                self._take_result(frame, tensors, start_ns)
+                return
+            buf = self.result_codec.pack(frame, tensors, start_ns)
+            self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf))
+        else:
+            nxt = self.plan.stages[self.stage.index + 1]
+            end = duration = 0.0
+            if self.link:
+                end, duration = self.link.schedule(self.out_codec.payload_bytes, len(self.out_codec.names))
+            buf = self.out_codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9))
+            self.sends.append((transport.isend_buffer(self.comm, buf, entry_rank(nxt, frame), TAG_STAGE + nxt.index), buf))
+            if self.link:
+                # the emulated sender is busy until its transfer has left
+                hold = end - time.time()
+                if hold > 0:
+                    self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
+        if len(self.sends) > self.window:
+            # back pressure: the oldest send must finish before this rank takes another frame
+            limit = self.window
+            self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame)
+
+    def _compute(self, frame: int, tensors: dict) -> dict:
+        t = time.perf_counter()
+        if self.dilation:
+            # the emulated device starts now; waiting for a host core is not its time
+            wall0 = time.perf_counter()
+            self.cores.acquire(self._poll)
+            mark = (wall0, time.process_time())
+            try:
+                out = self.step.run(tensors)
+            finally:
+                self.cores.release()
+            deadline = self.dilation.deadline(mark)
+            if deadline > time.perf_counter():
+                self._wait_until(lambda: True, COMPUTE, frame, deadline)
+        else:
+            out = self.step.run(tensors)
+        seconds = time.perf_counter() - t
+        self.stats.compute_s += seconds
+        self.stats.events.append((SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds))
+        return out
+
+    def run(self) -> RankStats:
+        """Process every frame this rank has a part in; returns this rank's measurements."""
+        self.step.materialise()
+        # the weights are in; from here the peak is the running shard's (loading may briefly need
+        # more: a seeded weight is generated through a temporary of its own size)
+        self.stats.memory_load_peak_bytes = peak_rss_bytes()
+        reset_peak_rss()
+        transport.barrier(self.comm)
+        if self.rank == 0 and self.options.on_start:
+            self.options.on_start()
+        self.t0 = time.perf_counter()
+        if self.rank == 0:
+            self._inject()
+            self._post_results()
+        if self.is_worker:
+            for f in range(self.n_frames):
+                self._compute(f, {})
+                self.stats.frames += 1
+        else:
+            self._post_inputs(0)
+            for i, f in enumerate(self.my_frames):
+                tensors, start_ns = self._receive(i, f)
+                if self.stage.index == 0:
+                    start_ns = time.time_ns()
+                out = self._compute(f, tensors)
+                self._send(f, out, start_ns)
+                self.stats.frames += 1
+        self.stats.comm_s += self._wait_until(lambda: not self.sends and (self.rank != 0 or self.done == self.n_frames), WAIT_RESULTS, -1)
+        self.wall_s = time.perf_counter() - self.t0
+        self.stats.late_s = self.dilation.late_s if self.dilation else 0.0
+        self.stats.link_busy_s = self.link.busy_s if self.link else 0.0
+        self.stats.memory_peak_bytes = max(peak_rss_bytes(), current_rss_bytes())
+        return self.stats
+
+    def result(self, all_stats: list) -> RunResult:
+        if self.rank != 0:
+            return RunResult(ranks=all_stats)
+        return RunResult(ranks=all_stats, frame_ids=np.array(self.frame_order, np.int64), outputs=self.outputs,
+                         argmax=self.argmax, latency_s=self.latency, done_s=self.done_at, wall_s=self.wall_s)
+
+
+def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Graph] | None = None) -> RunResult:
+    """Collective over `comm`: run `plan` for `options.frames` frames. Setup errors on any rank raise
+    the same PisplitError on every rank (no rank is left waiting); rank 0's result holds everything."""
+    baseline = settle_baseline()
+    error = None
+    graph = None
+    if comm.Get_size() != plan.n_ranks:
+        error = f"plan for {plan.model}: needs {plan.n_ranks} ranks, this run has {comm.Get_size()} (mpirun -n {plan.n_ranks})"
+    elif options.frames < 1:
+        error = f"--frames {options.frames}: must be at least 1"
+    else:
+        try:
+            graph = load_graph() if load_graph else _load_plan_model(plan)
+            if comm.Get_rank() == 0 and options.inputs is not None:
+                options.inputs = check_input_frames(graph, options.inputs)
+        except PisplitError as exc:
+            error = str(exc)
+    agree(comm, error)
+    communicators = segment_communicators(comm, plan)
+    made_lock_dir = None
+    if options.emulate and options.core_lock_dir is None:
+        made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if comm.Get_rank() == 0 else None
+        options.core_lock_dir = transport.bcast_text(comm, made_lock_dir)
+    rank = None
+    try:
+        rank = PipelineRank(comm, plan, graph, options, baseline, communicators)
+    except PisplitError as exc:
+        error = f"rank {comm.Get_rank()}: {exc}"
+    agree(comm, error)
+    stats = rank.run()
+    rows = transport.gather_rows(comm, stats.to_array(), root=0)
+    all_stats = [RankStats.from_array(r) for r in rows] if rows is not None else [stats]
+    if made_lock_dir:
+        shutil.rmtree(made_lock_dir, ignore_errors=True)
+    return rank.result(all_stats)
+
+
+def _load_plan_model(plan: Plan) -> Graph:
+    from layers import load_model
+
+    graph = load_model(plan.model, seed=plan.model_seed)
+    if len(graph) != plan.n_nodes:
+        raise PisplitError(f"plan for {plan.model}: covers {plan.n_nodes} nodes, the model has {len(graph)}")
+    return graph

@@ -1,0 +1,17 @@
+"""Hand-made plans for the pipeline tests (the planner is not needed to exercise the runtime)."""
+from __future__ import annotations
+
+from partitioners.plan import Device, Plan, Segment, Stage, StagePrediction
+
+
+def hand_plan(graph, stages, kind: str = "rpi4", model: str | None = None, link_bps: float = 940e6, seed: int = 0) -> Plan:
+    """A plan from [(node_start, node_stop, ranks, mode), ...]; 'split' stages get one unsplit segment."""
+    built = []
+    for i, (start, stop, ranks, mode) in enumerate(stages):
+        segments = (Segment(start, stop),) if mode == "split" else ()
+        send = graph.cut_bytes(stop) if i < len(stages) - 1 else 0
+        built.append(Stage(i, start, stop, tuple(ranks), mode, segments, send, StagePrediction(0.01, 0.0, {})))
+    n_ranks = sum(len(s[2]) for s in stages)
+    devices = tuple(Device(r, kind, 4 << 30) for r in range(n_ranks))
+    return Plan(model or graph.name, len(graph), devices, tuple(built), planner="hand", link_bandwidth_bps=link_bps,
+                model_seed=seed).validate()

@@ -1,0 +1,127 @@
+"""Emulation: time dilation, link pacing and core tokens in-process; `pisplit emulate` end to end with
+real mpirun ranks (plan, run, speedup over one emulated device)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.emulated_plans import balanced_plan, parse_devices
+from cluster.emulation import ComputeDilation, CoreTokens, LinkPacer, parse_link, receive_ready_at
+from layers import zoo_model
+from layers.errors import PisplitError
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_link_and_devices():
+    assert parse_link("94mbit") == pytest.approx(94e6)
+    assert parse_link("1gbit") == pytest.approx(1e9)
+    assert parse_link("940Mbit") == pytest.approx(940e6)
+    assert parse_link("2e6") == pytest.approx(2e6)
+    for bad in ("fast", "-3mbit", "0", "10furlongs"):
+        with pytest.raises(PisplitError, match="link"):
+            parse_link(bad)
+    assert parse_devices("rpi3:4,rpi4:2") == [("rpi3", 4), ("rpi4", 2)]
+    with pytest.raises(PisplitError, match="--devices"):
+        parse_devices("rpi3:x")
+
+
+def test_link_transfers_serialise_on_the_sender():
+    link = LinkPacer(bandwidth_bps=8e6, latency_s=0.001)  # 1 MB/s
+    end1, d1 = link.schedule(1000, 1, now=10.0)
+    end2, d2 = link.schedule(2000, 2, now=10.0)  # handed over together: waits for the first
+    assert d1 == pytest.approx(0.002) and end1 == pytest.approx(10.002)
+    assert d2 == pytest.approx(0.004) and end2 == pytest.approx(10.006)
+    end3, _ = link.schedule(1000, 1, now=20.0)  # an idle link starts at once
+    assert end3 == pytest.approx(20.002)
+    # a receiver ready late still needs the whole transfer; one ready early gets it at the sender's end
+    assert receive_ready_at(10.002, 0.002, receiver_ready=11.0) == pytest.approx(11.002)
+    assert receive_ready_at(10.002, 0.002, receiver_ready=9.0) == pytest.approx(10.002)
+
+
+def test_dilation_scales_cpu_time_not_waiting():
+    dilation = ComputeDilation(slowdown=5.0)
+    mark = dilation.start()
+    time.sleep(0.02)  # waiting costs no CPU: the emulated device is not slower for it
+    deadline = dilation.deadline(mark)
+    assert deadline - mark[0] < 0.01
+    mark = dilation.start()
+    t = time.process_time()
+    while time.process_time() - t < 0.01:
+        pass
+    assert dilation.deadline(mark) - mark[0] >= 0.045
+
+
+def test_core_tokens_admit_one_holder_per_core(tmp_path):
+    tokens = [CoreTokens(tmp_path, 2) for _ in range(3)]
+    tokens[0].acquire()
+    tokens[1].acquire()
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (tokens[2].acquire(), got.set()))
+    t.start()
+    assert not got.wait(0.05)  # both cores are taken
+    tokens[0].release()
+    assert got.wait(2.0)
+    t.join()
+    tokens[1].release()
+    tokens[2].release()
+
+
+def test_stand_in_plan_is_contiguous_and_predicted():
+    graph = zoo_model("lenet5")
+    plan = balanced_plan(graph, "lenet5", [("rpi3", 3)], 94e6, "numpy")
+    assert [s.ranks for s in plan.stages] == [(0,), (1,), (2,)]
+    assert plan.predicted_throughput_fps > 0 and all(s.predicted.compute_s > 0 for s in plan.stages)
+
+
+def emulate(*args, timeout: float = 240) -> subprocess.CompletedProcess:
+    from cluster.mpirun import mpirun_path
+
+    try:
+        mpirun_path()
+    except FileNotFoundError as exc:
+        require(False, str(exc))
+    env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cluster.cli", "emulate", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.mark.mpi
+def test_emulate_json_document():
+    proc = emulate("lenet5", "--devices", "rpi3:2", "--frames", 8, "--single-frames", 2, "--link", "94mbit", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {"throughput_fps", "predicted_fps", "latency_ms", "speedup_vs_single"} <= set(doc)
+    assert doc["every_frame_once"] and doc["frames"] == 8
+    assert doc["throughput_fps"] > 0 and doc["speedup_vs_single"] > 0
+
+
+@pytest.mark.mpi
+def test_emulate_shows_plan_progress_and_speedup():
+    proc = emulate("lenet5", "--devices", "rpi4:2", "--frames", 6, "--single-frames", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "predicted compute ms" in proc.stdout  # the plan table
+    assert "6/6 frames" in proc.stdout and "speedup" in proc.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_four_emulated_pis_run_near_the_prediction():
+    proc = emulate("alexnet", "--devices", "rpi3:4", "--frames", 16, "--single-frames", 2, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    # a loose bound: the benchmark (scripts/bench_emulate) holds the exact figures
+    assert 0.6 <= doc["measured_over_predicted"] <= 1.5, doc
+
+
+def test_emulate_rejects_bad_arguments():
+    proc = emulate("lenet5", "--devices", "rpi3:4", "--link", "fast")
+    assert proc.returncode == 1 and proc.stderr.startswith("pisplit: error: link 'fast'")

@@ -1,0 +1,222 @@
+"""The pipeline runtime: framing, routing and shards in-process; real `mpirun -n 1..4` runs against
+the single-process reference (every frame exactly once, outputs equal), error paths that must not hang,
+the report, the trace file and per-rank memory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.report import chrome_trace, percentiles_ms, steady_throughput
+from cluster.runtime import FrameCodec, RankStats, RunResult, entry_rank, frames_of, shard_graph
+from layers import zoo_model
+from layers.builder import GraphBuilder
+from layers.serialize import save_graph
+from tests.conftest import require, varied
+
+from .pipeline_plans import hand_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def skip_graph(seed: int = 3):
+    """A small graph whose middle cut carries two tensors (a skip connection)."""
+    b = GraphBuilder("skipnet", seed)
+    x = b.input("input", (1, 12, 10, 3))
+    a = b.conv(x, 8, 3, "conv_a", padding="same", activation="relu")
+    c = b.conv(a, 8, 3, "conv_b", padding="same", activation="relu")
+    c = b.conv(c, 8, 3, "conv_c", padding="same")
+    y = b.add("add", [a, c], "join")
+    y = b.pool(y, "max", 2, "pool")
+    y = b.act(y, "flatten", "flatten")
+    y = b.dense(y, 7, "fc")
+    return b.build(y)
+
+
+def reference_outputs(graph, n_frames: int, seed: int = 0) -> np.ndarray:
+    """What `pisplit run` must produce for its default seeded random frames."""
+    outs = []
+    for f in range(n_frames):
+        rng = np.random.default_rng([seed, f])
+        feeds = {t: rng.standard_normal(s, dtype=np.float32) for t, s in graph.inputs.items()}
+        outs.append(graph.forward(**feeds)[0])
+    return np.stack(outs)
+
+
+# --- in-process -----------------------------------------------------------------------------------------
+def test_frame_codec_round_trips_several_tensors(rng):
+    g = skip_graph()
+    cut = 3  # after conv_c: conv_a's and conv_c's outputs are both live
+    codec = FrameCodec(g, g.cut_tensors(cut))
+    assert len(codec.names) == 2
+    tensors = {t: varied(rng.standard_normal(g.shapes[t]).astype(np.float32)) for t in codec.names}
+    buf = codec.pack(41, tensors, start_ns=123, end_ns=456, duration_ns=7)
+    assert buf.dtype == np.float32 and buf.size == codec.length
+    assert FrameCodec.header(buf) == (41, 123, 456, 7)
+    back = codec.unpack(buf)
+    for t in codec.names:
+        np.testing.assert_array_equal(back[t], tensors[t])
+
+
+@pytest.mark.parametrize("mode,ranks", [("single", (2,)), ("split", (1, 4)), ("data-parallel", (3, 5, 6))])
+def test_routing_gives_every_frame_to_exactly_one_entry_rank(mode, ranks):
+    g = zoo_model("lenet5")
+    plan = hand_plan(g, [(0, 4, [0], "single"), (4, 9, list(range(1, 1 + len(ranks))), mode)])
+    stage = plan.stages[1]
+    n = 11
+    handled = sorted(f for r in stage.ranks for f in frames_of(stage, r, n))
+    assert handled == list(range(n))
+    for r in stage.ranks:
+        assert all(entry_rank(stage, f) == r for f in frames_of(stage, r, n))
+
+
+def test_shards_chained_equal_the_whole_model(rng):
+    g = skip_graph()
+    x = varied(rng.standard_normal(g.inputs["input"]).astype(np.float32))
+    tensors = {"input": x}
+    for a, b in [(0, 2), (2, 3), (3, 5), (5, len(g))]:
+        shard = shard_graph(g, a, b)
+        assert list(shard.inputs) == g.cut_tensors(a)
+        tensors = shard.execute(tensors)
+    np.testing.assert_allclose(tensors[g.outputs[0]], g.forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_rank_stats_travel_as_float_arrays():
+    s = RankStats(3, 1, frames=5, compute_s=0.5, memory_baseline_bytes=1 << 20, memory_peak_bytes=3 << 20,
+                  events=[(0, 1, 0.25, 0.125), (1, -1, 0.5, 0.0625)])
+    assert RankStats.from_array(s.to_array()) == s
+
+
+def test_report_helpers():
+    assert steady_throughput(np.arange(10) * 0.5) == pytest.approx(2.0)
+    lat = percentiles_ms(np.array([0.01, 0.02, 0.03]))
+    assert lat["p50"] == pytest.approx(20.0) and lat["max"] == pytest.approx(30.0)
+    g = zoo_model("lenet5")
+    plan = hand_plan(g, [(0, 4, [0], "single"), (4, 9, [1], "single")])
+    result = RunResult(ranks=[RankStats(0, 0, events=[(0, 0, 0.0, 0.001)]), RankStats(1, 1, events=[(1, 0, 0.0, 0.002)])])
+    doc = json.loads(json.dumps(chrome_trace(plan, result)))
+    tracks = {e["tid"] for e in doc["traceEvents"] if e["ph"] == "X"}
+    assert tracks == {0, 1}
+
+
+# --- real mpirun ------------------------------------------------------------------------------------------
+def mpirun(n: int, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`mpirun -n n pisplit ...` through cluster.mpirun (root and oversubscription handled there)."""
+    from cluster.mpirun import local_mpirun_command, mpirun_env
+
+    try:
+        cmd = local_mpirun_command(n, [sys.executable, "-m", "cluster.cli", *map(str, args)])
+    except FileNotFoundError as exc:
+        require(False, str(exc))
+    env = mpirun_env()
+    env.update(TERM="dumb", NO_COLOR="1", PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+CASES = [
+    # (name, model, stages, frames)
+    ("lenet5-1", "lenet5", [(0, 9, [0], "single")], 5),
+    ("lenet5-2", "lenet5", [(0, 4, [0], "single"), (4, 9, [1], "single")], 17),
+    ("lenet5-3dp", "lenet5", [(0, 2, [0], "single"), (2, 9, [1, 2], "data-parallel")], 13),
+    ("lenet5-4", "lenet5", [(0, 2, [0, 1], "data-parallel"), (2, 6, [2], "single"), (6, 9, [3], "single")], 12),
+    ("skip-4", "skip", [(0, 1, [0], "single"), (1, 3, [1], "single"), (3, 4, [2], "single"), (4, 7, [3], "single")], 9),
+]
+
+
+@pytest.mark.mpi
+def test_pipelines_under_mpirun_match_the_reference(tmp_path):
+    skip = skip_graph()
+    skip_path, _ = save_graph(skip, tmp_path / "skip.json")
+    for name, model, stages, frames in CASES:
+        graph = skip if model == "skip" else zoo_model(model)
+        plan = hand_plan(graph, stages, model=str(skip_path) if model == "skip" else model)
+        plan_path = plan.save(tmp_path / f"{name}.json")
+        out, trace = tmp_path / f"{name}.npz", tmp_path / f"{name}-trace.json"
+        proc = mpirun(plan.n_ranks, "run", plan_path, "--frames", frames, "--output", out, "--trace", trace, "--json")
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        doc = json.loads(proc.stdout)
+        assert doc["every_frame_once"] and doc["frames"] == frames
+        assert doc["throughput_fps"] > 0 and set(doc["latency_ms"]) >= {"p50", "p90", "p99"}
+        assert [s["index"] for s in doc["stages"]] == list(range(len(stages)))
+        with np.load(out, allow_pickle=False) as z:
+            ids = z["frame_ids"]
+            assert sorted(ids.tolist()) == list(range(frames)), f"{name}: frames lost or duplicated: {ids}"
+            y = z["output_0"]
+        ref = reference_outputs(graph, frames)
+        assert y.shape == ref.shape and y.dtype == np.float32
+        varied(ref[:, :])
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=name)
+        events = json.loads(trace.read_text())["traceEvents"]
+        assert {e["tid"] for e in events if e["ph"] == "X"} == set(range(plan.n_ranks)), name
+        assert all(e["dur"] >= 0 and "ts" in e for e in events if e["ph"] == "X")
+
+
+@pytest.mark.mpi
+def test_given_input_frames_and_progress_bar_on_rank_0_only(tmp_path, rng):
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 4, [0], "single"), (4, 9, [1], "single")]).save(tmp_path / "plan.json")
+    x = varied(rng.standard_normal((3, 32, 32, 1)).astype(np.float32))
+    np.save(tmp_path / "x.npy", x)
+    proc = mpirun(2, "run", plan, "--frames", 7, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("7/7 frames") == 1  # the bar's final state, printed by rank 0 alone
+    assert "throughput" in proc.stdout
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        y = z["output_0"]
+    ref = np.stack([graph.forward(x[f % 3][None])[0] for f in range(7)])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.mpi
+def test_user_errors_end_every_rank_with_one_message(tmp_path):
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 4, [0], "single"), (4, 9, [1], "single")])
+    good = plan.save(tmp_path / "plan.json")
+    doc = plan.to_dict()
+    doc["model"] = str(tmp_path / "missing.json")
+    missing = tmp_path / "missing-model-plan.json"
+    missing.write_text(json.dumps(doc))
+    np.save(tmp_path / "bad.npy", np.ones((2, 28, 28, 1), np.float32))
+    cases = [
+        ((3, "run", good), "needs 2 ranks, this run has 3"),
+        ((2, "run", missing), "missing.json: cannot be read"),
+        ((2, "run", good, "--input", tmp_path / "bad.npy"), "does not match model input"),
+        ((2, "run", tmp_path / "nope.json"), "cannot be read"),
+    ]
+    for (n, *args), message in cases:
+        proc = mpirun(n, *args, timeout=60)  # a hang fails here with TimeoutExpired
+        assert proc.returncode != 0
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
+        assert len(errors) == 1 and message in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def planned_memory(graph, start: int, stop: int) -> int:
+    """The planner's memory formula: the shard's weights plus its largest node working set."""
+    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop))
+    work = max(graph.cost(i).input_bytes + graph.cost(i).output_bytes + graph.cost(i).work_bytes for i in range(start, stop))
+    return weights + work
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_rank_holds_only_its_shard(tmp_path):
+    graph = zoo_model("alexnet")
+    cut = graph.node_index("fc6")
+    plan = hand_plan(graph, [(0, cut, [0], "single"), (cut, len(graph), [1], "single")])
+    stages = [s.__class__(**{**s.__dict__, "predicted": s.predicted.__class__(0.01, 0.0, {s.ranks[0]: planned_memory(graph, s.node_start, s.node_stop)})})
+              for s in plan.stages]
+    plan = plan.__class__(**{**plan.__dict__, "stages": tuple(stages)})
+    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 3, "--json")
+    assert proc.returncode == 0, proc.stderr
+    ranks = json.loads(proc.stdout)["ranks"]
+    fc_rank = ranks[1]
+    # the fully connected shard (234 MB of weights) is within 20% of its prediction
+    assert 0.8 <= fc_rank["memory_ratio"] <= 1.2, fc_rank
+    # and the conv rank holds none of it
+    assert ranks[0]["memory_above_baseline_bytes"] < 0.25 * fc_rank["memory_above_baseline_bytes"], ranks
