@@ -31,7 +31,8 @@ from layers.graph import Graph
 from .devices import device_profile
 from .plan import Device
 from .profiles import Calibration
-from .split_costs import SplitCatalogue, speed_weighted_sizes
+from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table, split_fit
+from .split_costs import SplitCatalogue
 
 INF = math.inf
 MODES = ("single", "data-parallel", "split")
@@ -93,6 +94,7 @@ class SegmentOption:
     segment: int
     kind: str  # "none" or a split kind
     sizes: tuple  # one part size per stage slot (empty for "none")
+    split_stop: int  # the split covers [segment start, split_stop); the rest runs on the lead
     compute_s: float
     comm_s: float
     weight_bytes: tuple  # per stage slot
@@ -151,7 +153,10 @@ class CostModel:
         seg = self.splits.segments
         self.segment_bounds = np.array([s for s, _ in seg] + [n])
         self.segment_at = {s: k for k, (s, _) in enumerate(seg)}  # node index -> segment starting there
-        self._options: dict = {}
+        self.segment_work_max = np.array([self.work_bytes[a:b].max() for a, b in seg])
+        self._tables: dict = {}
+        self._rows: dict = {}
+        self._fits: dict = {}
 
     # --- devices -------------------------------------------------------------------------------------
     def _classes(self) -> list[DeviceClass]:
@@ -193,55 +198,38 @@ class CostModel:
         return tuple(k for k, c in enumerate(counts) for _ in range(c))
 
     # --- split segments ------------------------------------------------------------------------------
-    def segment_options(self, segment: int, slots: tuple) -> tuple:
-        """Every way to run a segment in a split stage with these slots; 'none' first. Cached."""
-        key = (segment, slots)
-        hit = self._options.get(key)
-        if hit is not None:
-            return hit
-        start, stop = self.splits.segments[segment]
-        lead = slots[0]
-        m = len(slots)
-        zeros = (0,) * (m - 1)
-        whole = float(self.prefix_seconds[lead, stop] - self.prefix_seconds[lead, start])
-        options = [SegmentOption(segment, "none", (), whole, 0.0,
-                                 (float(self.prefix_weights[stop] - self.prefix_weights[start]), *zeros),
-                                 (float(self.work_bytes[start:stop].max()), *zeros))]
-        if m >= 2:
-            scales = [self.classes[k].seconds_scale for k in slots]
-            for kind in self.splits.kinds(segment):
-                option = self._split_option(segment, kind, slots, scales, start, stop)
-                if option is not None:
-                    options.append(option)
-        hit = tuple(options)
-        self._options[key] = hit
+    def segment_table(self, slots: tuple) -> SegmentTable:
+        """Every option of every segment for a stage with these slots (cached per slots)."""
+        hit = self._tables.get(slots)
+        if hit is None:
+            hit = self._tables[slots] = build_segment_table(self, slots)
         return hit
 
-    def _split_option(self, segment, kind, slots, scales, start, stop) -> SegmentOption | None:
-        sizes = speed_weighted_sizes(self.splits.extent(segment, kind), [1.0 / s for s in scales])
-        if sizes is None:
-            return None
-        parts = self.splits.part_costs(segment, kind, sizes)
-        whole_flops = float(sum(self.graph.cost(t).flops for t in range(start, stop))) or 1.0
-        # a part takes the segment's measured time in proportion to its FLOPs, corrected by the
-        # latency model for what a smaller part loses (fixed costs, lower efficiency)
-        profile, _ = self.calibration.resolve(self.classes[slots[0]].kind)
-        key = _primary_op_key(self.graph, start)
-        whole_pred = profile.latency.predict(key, whole_flops, _segment_bytes(self.graph, start, stop))
-        compute, comm = 0.0, 0.0
-        for r, (p, k) in enumerate(zip(parts, slots)):
-            base = float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start])
-            if whole_pred > 0:
-                part_pred = profile.latency.predict(key, p.flops, p.weight_bytes + p.recv_bytes + p.send_bytes)
-                share = part_pred / whole_pred
-            else:
-                share = p.flops / whole_flops
-            compute = max(compute, base * share)
-            if r > 0:
-                comm += self.message_seconds(p.recv_bytes) + self.message_seconds(p.send_bytes)
-        lead_work = float(self.work_bytes[start:stop].max())
-        work = tuple([lead_work] + [float(p.recv_bytes + p.send_bytes) for p in parts[1:]])
-        return SegmentOption(segment, kind, sizes, compute, comm, tuple(float(p.weight_bytes) for p in parts), work)
+    def split_rows(self, kind: str) -> list[int]:
+        """Segments that `kind` applies to."""
+        if kind not in self._rows:
+            self._rows[kind] = [s for s in range(len(self.splits.segments)) if kind in self.splits.kinds(s)]
+        return self._rows[kind]
+
+    def split_fit(self, profile, segment: int, split_stop: int) -> tuple:
+        """Latency-model figures of a segment's split nodes under `profile` (cached)."""
+        key = (id(profile), segment, split_stop)
+        if key not in self._fits:
+            self._fits[key] = split_fit(profile, self.graph, self.splits.segments[segment][0], split_stop)
+        return self._fits[key]
+
+    def segment_options(self, segment: int, slots: tuple) -> tuple:
+        """Every way to run a segment in a split stage with these slots, 'none' first."""
+        table = self.segment_table(slots)
+        out = []
+        for o, kind in enumerate(OPTION_KINDS):
+            if not np.isfinite(table.compute_s[segment, o]):
+                continue
+            out.append(SegmentOption(segment, kind, table.sizes.get((segment, o), ()), int(table.split_stop[segment, o]),
+                                     float(table.compute_s[segment, o]), float(table.comm_s[segment, o]),
+                                     tuple(float(v) for v in table.weight_bytes[segment, o]),
+                                     tuple(float(v) for v in table.work_bytes[segment, o])))
+        return tuple(out)
 
     # --- stages --------------------------------------------------------------------------------------
     def stage_cost(self, start: int, stop: int, counts: tuple, mode: str, forced: dict | None = None) -> StageCost | None:
@@ -308,18 +296,6 @@ def _forced_options(options: tuple, kind: str | None) -> tuple:
     """Only the options of `kind` when it is given and applies, else all of them."""
     picked = tuple(o for o in options if o.kind == kind) if kind else ()
     return picked or options
-
-
-def _primary_op_key(graph: Graph, start: int) -> str:
-    from .latency_model import op_key
-
-    return op_key(graph, start)
-
-
-def _segment_bytes(graph: Graph, start: int, stop: int) -> float:
-    from .latency_model import node_bytes
-
-    return float(sum(node_bytes(graph, t) for t in range(start, stop)))
 
 
 def stage_memory(chosen: list, n_slots: int) -> tuple:

@@ -112,9 +112,13 @@ class LatencyModel:
             fits[ANY_OP] = fit_op(samples)
         return cls(fits)
 
+    def fit_for(self, op: str) -> OpFit | None:
+        """The fit used for `op`: its own, else its base op's (conv2d for conv2d/depthwise), else ANY_OP."""
+        return self.fits.get(op) or self.fits.get(op.split("/")[0]) or self.fits.get(ANY_OP)
+
     def predict(self, op: str, flops: float, nbytes: float) -> float:
         """Predicted seconds of one node (or part) of kind `op`; 0 with no fits at all."""
-        fit = self.fits.get(op) or self.fits.get(op.split("/")[0]) or self.fits.get(ANY_OP)
+        fit = self.fit_for(op)
         return fit.predict(flops, nbytes) if fit else 0.0
 
     def error_report(self) -> dict:

@@ -102,15 +102,17 @@ class StageTables:
         model = self.model
         slots = model.slots_of(a)
         usable = np.array([model.usable(k) for k in slots])
-        segs = len(model.splits.segments)
-        options = [model.segment_options(s, slots) for s in range(segs)]
-        fastest = [min(o, key=lambda x: x.seconds) for o in options]
-        sec = np.array([o.seconds for o in fastest])
-        w = np.array([o.weight_bytes for o in fastest])  # (segs, slots)
-        k = np.array([o.work_bytes for o in fastest])
+        table = model.segment_table(slots)
+        seconds = table.seconds
+        best = seconds.argmin(axis=1)  # the fastest option per segment ('none' on ties)
+        rows = np.arange(len(best))
+        sec = seconds[rows, best]
+        w = table.weight_bytes[rows, best]  # (segments, slots)
+        k = table.work_bytes[rows, best]
         # a lower bound on any choice's memory: the least weights and working set of each segment
-        w_low = np.array([[min(o.weight_bytes[r] for o in opts) for r in range(len(slots))] for opts in options])
-        k_low = np.array([[min(o.work_bytes[r] for o in opts) for r in range(len(slots))] for opts in options])
+        applies = np.isfinite(seconds)[:, :, None]
+        w_low = np.where(applies, table.weight_bytes, np.inf).min(axis=1)
+        k_low = np.where(applies, table.work_bytes, np.inf).min(axis=1)
         b = model.segment_bounds
         pre_sec = np.concatenate([[0.0], np.cumsum(sec)])
         pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
@@ -119,20 +121,23 @@ class StageTables:
         period = np.full((n + 1, n + 1), INF)
         latency = np.full((n + 1, n + 1), INF)
         x = model.transfer
+        segs = len(best)
         for s0 in range(segs):
             i = b[s0]
             stops = b[s0 + 1:]
             mem = (pre_w[s0 + 1:] - pre_w[s0]) + np.maximum.accumulate(k[s0:], axis=0)
-            low = (pre_wl[s0 + 1:] - pre_wl[s0]) + np.maximum.accumulate(k_low[s0:], axis=0)
             ok = (mem <= usable).all(axis=1)
             inner = pre_sec[s0 + 1:] - pre_sec[s0]
             per = inner + x[i] + x[stops]
             lat = inner + x[stops]
-            for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
-                chosen = choose_segment_options(options[s0:s0 + q + 1], list(usable))
-                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
-                    inner_q = sum(o.seconds for o in chosen)
-                    per[q], lat[q], ok[q] = inner_q + x[i] + x[stops[q]], inner_q + x[stops[q]], True
+            if not ok.all():
+                low = (pre_wl[s0 + 1:] - pre_wl[s0]) + np.maximum.accumulate(k_low[s0:], axis=0)
+                for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
+                    options = [model.segment_options(s, slots) for s in range(s0, s0 + q + 1)]
+                    chosen = choose_segment_options(options, list(usable))
+                    if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
+                        inner_q = sum(o.seconds for o in chosen)
+                        per[q], lat[q], ok[q] = inner_q + x[i] + x[stops[q]], inner_q + x[stops[q]], True
             period[i, stops] = np.where(ok, per, INF)
             latency[i, stops] = np.where(ok, lat, INF)
         return period, latency

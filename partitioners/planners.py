@@ -128,17 +128,24 @@ def build_plan(model: CostModel, stages: list, planner: str, objective: str, mod
 
 
 def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
-    """Plan segments of a split stage: runs of unsplit segments merged, split ones with their ranks and sizes."""
+    """Plan segments of a split stage: unsplit runs merged on the lead, split ones with ranks and sizes."""
     out: list[Segment] = []
+
+    def on_lead(start: int, stop: int) -> None:
+        if out and out[-1].kind == "none":
+            out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],))
+        else:
+            out.append(Segment(start, stop, "none", (ranks[0],)))
+
     for option in cost.segments:
         start, stop = model.splits.segments[option.segment]
         if option.kind == "none":
-            if out and out[-1].kind == "none":
-                out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],))
-            else:
-                out.append(Segment(start, stop, "none", (ranks[0],)))
-        else:
-            out.append(Segment(start, stop, option.kind, tuple(ranks), tuple(option.sizes), dict(model.splits.options(option.segment, option.kind, option.sizes))))
+            on_lead(start, stop)
+            continue
+        out.append(Segment(start, option.split_stop, option.kind, tuple(ranks), tuple(option.sizes),
+                           model.splits.options(option.segment, option.kind, option.sizes)))
+        if option.split_stop < stop:
+            on_lead(option.split_stop, stop)
     return tuple(out)
 
 

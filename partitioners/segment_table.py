@@ -1,0 +1,129 @@
+"""Every way to run every segment in a split stage, for one stage's device slots, as numpy arrays.
+
+Row s is planner segment s (split_costs.SplitCatalogue.segments), column o an option: 0 runs the
+segment unsplit on the lead, 1.. split it with PLANNER_KINDS[o - 1] across all slots, part sizes
+weighted by device speed. Arrays hold per-frame compute and communication seconds and per-slot
+weight and working-set bytes; an option that does not apply has infinite seconds. One table per set
+of slots serves both the dp planner (all stage ranges at once) and CostModel.stage_cost (one range).
+
+A part's compute is the split nodes' time on its device scaled by what the latency model predicts
+for the part against the whole (its FLOPs share plus what a small part loses to fixed costs); the
+lead's network interface sends each remote part its input and receives its output one after the
+other; the lead sums partial outputs (reduce kinds) and runs the segment's nodes the split leaves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .latency_model import node_bytes, op_key
+from .split_costs import PLANNER_KINDS
+
+OPTION_KINDS = ("none",) + PLANNER_KINDS
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """Options of every segment for one stage's slots (see the module docstring)."""
+
+    slots: tuple
+    compute_s: np.ndarray  # (segments, options)
+    comm_s: np.ndarray  # (segments, options)
+    weight_bytes: np.ndarray  # (segments, options, slots)
+    work_bytes: np.ndarray  # (segments, options, slots)
+    split_stop: np.ndarray  # (segments, options): end of the split part of the segment
+    sizes: dict  # (segment, option) -> part sizes
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self.compute_s + self.comm_s
+
+
+@lru_cache(maxsize=4096)
+def _sizes(extent: int, weights: tuple) -> tuple | None:
+    from .split_sizes import proportional_sizes
+
+    return tuple(proportional_sizes(extent, list(weights))) if len(weights) <= extent else None
+
+
+def build_segment_table(model, slots: tuple) -> SegmentTable:
+    """The SegmentTable of `model` (a CostModel) for a stage whose ranks are of classes `slots`."""
+    segments = model.splits.segments
+    n_seg, n_opt, m = len(segments), len(OPTION_KINDS), len(slots)
+    starts = np.array([a for a, _ in segments])
+    stops = np.array([b for _, b in segments])
+    lead = slots[0]
+    pre = model.prefix_seconds
+    compute = np.full((n_seg, n_opt), np.inf)
+    comm = np.zeros((n_seg, n_opt))
+    weights = np.zeros((n_seg, n_opt, m))
+    work = np.zeros((n_seg, n_opt, m))
+    split_stop = np.tile(stops[:, None], (1, n_opt))
+    seg_work = model.segment_work_max
+    compute[:, 0] = pre[lead, stops] - pre[lead, starts]
+    weights[:, 0, 0] = model.prefix_weights[stops] - model.prefix_weights[starts]
+    work[:, 0, 0] = seg_work
+    sizes: dict = {}
+    if m >= 2:
+        speed = tuple(1.0 / model.classes[k].seconds_scale for k in slots)
+        slot_arr = np.array(slots)
+        profile, _ = model.calibration.resolve(model.classes[lead].kind)
+        add_fit = profile.latency.fit_for("add")
+        link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
+        for o, kind in enumerate(PLANNER_KINDS, start=1):
+            rows, part_sizes = [], []
+            for s in model.split_rows(kind):
+                found = _sizes(model.splits.kind_costs(s, kind).extent, speed)
+                if found is not None:
+                    rows.append(s)
+                    part_sizes.append(found)
+                    sizes[(s, o)] = found
+            if not rows:
+                continue
+            rows_arr = np.array(rows)
+            kc = [model.splits.kind_costs(s, kind) for s in rows]
+            size = np.array(part_sizes, dtype=float)  # (rows, m)
+            fixed = np.array([k.fixed for k in kc])[:, None, :]
+            per_unit = np.array([k.per_unit for k in kc])[:, None, :]
+            q = np.maximum(fixed + per_unit * size[:, :, None], 0.0)  # (rows, m, [flops, weights, recv, send])
+            s_stop = np.array([k.stop for k in kc])
+            s_start = starts[rows_arr]
+            fits = [model.split_fit(profile, s, k.stop) for s, k in zip(rows, kc)]
+            fit = np.array([f[:3] for f in fits])  # fixed, per flop, per byte of the primary op
+            whole_pred = np.array([f[3] for f in fits])
+            whole_flops = np.array([f[4] for f in fits])
+            pred = fit[:, 0:1] + fit[:, 1:2] * q[..., 0] + fit[:, 2:3] * (q[..., 1] + q[..., 2] + q[..., 3])
+            share = np.where(whole_pred[:, None] > 0, pred / np.where(whole_pred > 0, whole_pred, 1.0)[:, None],
+                             q[..., 0] / whole_flops[:, None])
+            base = (pre[slot_arr][:, s_stop] - pre[slot_arr][:, s_start]).T  # (rows, m)
+            part_compute = (base * share).max(axis=1)
+            remote = q[:, 1:, 2:4]
+            part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=(1, 2))
+            merge = np.array([k.merge_flops_per_part for k in kc]) * (m - 1)
+            if add_fit is not None:
+                part_compute += np.where(merge > 0, add_fit.predict(merge, 12.0 * merge), 0.0) * model.classes[lead].seconds_scale
+            seg_stop = stops[rows_arr]
+            part_compute += pre[lead, seg_stop] - pre[lead, s_stop]
+            compute[rows_arr, o] = part_compute
+            comm[rows_arr, o] = part_comm
+            w = q[..., 1].copy()
+            w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
+            weights[rows_arr, o] = w
+            work[rows_arr, o, 0] = seg_work[rows_arr]
+            work[rows_arr, o, 1:] = remote.sum(axis=2)
+            split_stop[rows_arr, o] = s_stop
+    return SegmentTable(tuple(slots), compute, comm, weights, work, split_stop, sizes)
+
+
+def split_fit(profile, graph, start: int, stop: int) -> tuple:
+    """(fixed, per flop, per byte) of the primary op's latency fit, its prediction for the whole split
+    nodes [start, stop), and their FLOPs: what part shares are measured against."""
+    key = op_key(graph, start)
+    fit = profile.latency.fit_for(key)
+    flops = float(sum(graph.cost(t).flops for t in range(start, stop))) or 1.0
+    nbytes = float(sum(node_bytes(graph, t) for t in range(start, stop)))
+    if fit is None:
+        return 0.0, 0.0, 0.0, 0.0, flops
+    return fit.fixed_s, fit.per_flop_s, fit.per_byte_s, fit.predict(flops, nbytes), flops
