@@ -166,20 +166,20 @@ def plan_output_channels(graph: Graph, start: int, stop: int, sizes: tuple) -> L
     return Layout(tuple(parts), "concat")
 
 
-def plan_input_channels(graph: Graph, index: int, sizes: tuple) -> Layout:
-    """fc-input / conv-filter: part p holds input channels [i0, i1) and makes a partial sum; the
-    partial sums add up, then the root applies the activation.
+def plan_input_channels(graph: Graph, start: int, stop: int, sizes: tuple) -> Layout:
+    """fc-input / conv-filter: part p holds input channels [i0, i1) of node `start` and makes a partial
+    sum; the partial sums add up, then the root applies the activation and followers [start+1, stop).
 
     Example, a dense 9216 -> 4096 (relu) with sizes (4608, 4608): part 0 computes x[:, :4608] @
     W[:4608] + b, part 1 x[:, 4608:] @ W[4608:]; merge = relu(out0 + out1).
     """
-    node = graph.nodes[index]
+    node = graph.nodes[start]
     x = node.inputs[0]
     x_shape = graph.shapes[x]
     out = node.outputs[0]
     out_shape = graph.shapes[out]
     kshape = node.weight_shapes["kernel"]
-    groups, cin_g, cout_g = _conv_groups(graph, index)
+    groups, cin_g, cout_g = _conv_groups(graph, start)
     partial = f"{out}/partial"
     parts = []
     i0 = 0
@@ -206,14 +206,24 @@ def plan_input_channels(graph: Graph, index: int, sizes: tuple) -> Layout:
             b.node(f"{node.name}[concat]", "concat", names, {"axis": -1}, node.name, {}, partial)
         parts.append(b.finish(partial, _last_axis_box(out_shape, pieces[0][4], pieces[-1][5])))
         i0 = i1
-    return Layout(tuple(parts), "sum", _activation_after_sum(node, partial, out, out_shape))
+    return Layout(tuple(parts), "sum", _after_sum(graph, start, stop, partial))
 
 
-def _activation_after_sum(node, partial: str, out: str, out_shape: tuple) -> PartPlan | None:
+def _after_sum(graph: Graph, start: int, stop: int, partial: str) -> PartPlan | None:
+    """The root's work on the summed partial outputs: the primary's activation, then its followers."""
+    node = graph.nodes[start]
     activation = node.attrs.get("activation")
-    if activation in _LINEAR:
+    if activation in _LINEAR and stop == start + 1:
         return None
+    out_shape = graph.shapes[node.outputs[0]]
     b = PartBuilder(-1, 0)
     b.feed(partial, partial, full_box(out_shape[1:]))
-    b.node(f"{node.name}[{activation}]", activation, [partial], {}, node.name, {}, out)
-    return b.finish(out, full_box(out_shape[1:]))
+    running = partial
+    if activation not in _LINEAR:
+        running = b.node(f"{node.name}[{activation}]", activation, [partial], {}, node.name, {}, node.outputs[0])
+    for j in range(start + 1, stop):
+        f = graph.nodes[j]
+        inputs = [running if t == graph.nodes[j - 1].outputs[0] else t for t in f.inputs]
+        boxes = {q: full_box(s) for q, s in f.weight_shapes.items()}
+        running = b.node(f.name, f.op, inputs, f.attrs, f.name, boxes)
+    return b.finish(running, full_box(graph.shapes[running][1:]))

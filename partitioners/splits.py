@@ -28,7 +28,7 @@ from layers.weights import SeededWeights
 from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames, range_io
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
-from .split_segments import CONV_OPS, channel_follower, chain_stop, run_stop, spatial_follower
+from .split_segments import CONV_OPS, chain_next, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
 
@@ -60,6 +60,7 @@ class Split:
     sizes: tuple
     layout: Layout = field(repr=False)
     options: dict = field(default_factory=dict)
+    _post_graph: Graph | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- what it is ----------------------------------------------------------------------------------
     @property
@@ -87,6 +88,14 @@ class Split:
     @property
     def output_shape(self) -> tuple:
         return self.graph.shapes[self.output]
+
+    @property
+    def partial_shape(self) -> tuple:
+        """Shape of the tensor the parts' outputs merge into: the segment output, or for sum kinds the
+        primary's output before the root's activation and followers."""
+        if self.layout.merge == "sum":
+            return self.graph.shapes[self.graph.nodes[self.node_start].outputs[0]]
+        return self.output_shape
 
     @property
     def shares(self) -> tuple[float, ...]:
@@ -148,10 +157,17 @@ class Split:
         Only the weights of the segment's nodes are read from the model's lazy mapping (or `weights`),
         and a seeded mapping is read without its cache, so after slicing only the slices stay in memory.
         """
-        part = self._part(index)
+        return self._graph_of(self._part(index), f"part{index}", weights)
+
+    def post_graph(self, weights: Mapping | None = None) -> Graph | None:
+        """What the root runs on the sum of the partial outputs (activation, followers), or None."""
+        post = self.layout.post
+        return None if post is None else self._graph_of(post, "post", weights)
+
+    def _graph_of(self, plan: PartPlan, suffix: str, weights: Mapping | None) -> Graph:
         base = _uncached(self.graph.weights if weights is None else weights)
         sliced = {}
-        for pn in part.nodes:
+        for pn in plan.nodes:
             for param, box in pn.weight_boxes:
                 key = f"{pn.source}/{param}"
                 try:
@@ -159,17 +175,9 @@ class Split:
                 except KeyError:
                     raise PisplitError(f"model {self.graph.name}: weight {key!r} is missing") from None
                 sliced[pn.node.weight_key(param)] = np.ascontiguousarray(np.asarray(full, np.float32)[box_index(box, batch=False)])
-        return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:part{index}", {f.name: f.shape for f in part.feeds},
-                     [pn.node for pn in part.nodes], [part.output], sliced,
-                     {"split": {"kind": self.kind, "layer": self.layer, "part": index, "of": self.n_parts}})
-
-    def post_graph(self) -> Graph | None:
-        """What the root runs on the sum of the partial outputs (the activation), or None."""
-        post = self.layout.post
-        if post is None:
-            return None
-        return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:post", {f.name: f.shape for f in post.feeds},
-                     [pn.node for pn in post.nodes], [post.output], {})
+        return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:{suffix}", {f.name: f.shape for f in plan.feeds},
+                     [pn.node for pn in plan.nodes], [plan.output], sliced,
+                     {"split": {"kind": self.kind, "layer": self.layer, "part": suffix, "of": self.n_parts}})
 
     def _part(self, index: int) -> PartPlan:
         if not 0 <= index < self.n_parts:
@@ -228,16 +236,17 @@ class Split:
             for p, o in zip(self.parts, outs):
                 merged[box_index(p.output_box)] = o
             return merged
-        merged = np.zeros((n, *self.output_shape[1:]), np.float32)
+        merged = np.zeros((n, *self.partial_shape[1:]), np.float32)
         for p, o in zip(self.parts, outs):
             merged[box_index(p.output_box)] += o
         return self.finish_sum(merged)
 
     def finish_sum(self, summed: np.ndarray) -> np.ndarray:
         """Apply the post graph (activation after the sum) to the summed partial outputs."""
-        post = self.post_graph()
+        post = self.post_graph() if self._post_graph is None else self._post_graph
         if post is None:
             return summed
+        object.__setattr__(self, "_post_graph", post)
         return post.execute({next(iter(post.inputs)): summed})[post.outputs[0]]
 
     def run(self, x, engine: str = "numpy") -> np.ndarray:
@@ -298,12 +307,10 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
                                "output units" if kind == "fc-output" else "output channels")
         layout = plan_output_channels(graph, start, stop, sizes_)
     elif kind in ("fc-input", "conv-filter"):
-        if last is not None and last != layer:
-            raise PisplitError(f"layer {layer}: {kind} sums partial outputs, so it takes no followers (got last={last})")
-        stop = start + 1
+        stop = _segment_stop(graph, start, last, followers, _after_sum_follower, kind)
         sizes_ = resolve_sizes(graph.shapes[node.inputs[0]][-1], sizes, layer,
                                "input features" if kind == "fc-input" else "input channels")
-        layout = plan_input_channels(graph, start, sizes_)
+        layout = plan_input_channels(graph, start, stop, sizes_)
     elif kind in ("conv-spatial", "fused-tiles"):
         stop, axis_sizes, sizes_, options = _spatial_plan(graph, start, kind, sizes, last, followers, axis, grid)
         layout = plan_spatial(graph, start, stop, axis_sizes)
@@ -331,6 +338,15 @@ def _freeze(v):
 def _cached_split(graph: Graph, layer: str, kind: str, sizes, options: tuple) -> Split:
     # Graphs hash by identity, so a cached split is only reused for the very same graph object.
     return split_layer(graph, layer, kind, sizes, **dict(options))
+
+
+def _after_sum_follower(graph: Graph, index: int, running: str) -> bool:
+    # runs on the root after the sum, so anything reading only the running tensor, short of a layer
+    # that could be split itself (a depthwise conv still follows)
+    node = graph.nodes[index]
+    if set(node.inputs) != {running}:
+        return False
+    return node.op != "dense" and (node.op not in CONV_OPS or is_depthwise(graph, index))
 
 
 def _frame_follower(graph: Graph, index: int, running: str) -> bool:
@@ -387,3 +403,97 @@ def _spatial_plan(graph: Graph, start: int, kind: str, sizes, last, followers: b
         raise PisplitError(f"layer {node.name}: sizes give a {len(rows)}x{len(cols)} grid, not {grid[0]}x{grid[1]}")
     tiles = tuple(r * c for r in rows for c in cols)
     return stop, [(axes[0], rows), (axes[1], cols)], tiles, {"grid": list(grid), "row_sizes": list(rows), "col_sizes": list(cols)}
+
+
+def split_segment(graph: Graph, node_start: int, node_stop: int, kind: str, sizes, options: Mapping | None = None) -> Split:
+    """The split of nodes [node_start, node_stop) a plan segment describes (kind, sizes, options).
+
+    Options: 'axis' for conv-spatial; 'grid' with 'row_sizes' and 'col_sizes' for fused-tiles grids.
+    """
+    options = dict(options or {})
+    if not 0 <= node_start < node_stop <= len(graph.nodes):
+        raise PisplitError(f"model {graph.name}: segment [{node_start}, {node_stop}) is outside its {len(graph.nodes)} nodes")
+    grid = options.get("grid")
+    if grid is not None and "row_sizes" in options:
+        sizes = (tuple(options["row_sizes"]), tuple(options["col_sizes"]))
+    elif not isinstance(sizes, int):
+        sizes = tuple(sizes)
+    return split_layer(graph, graph.nodes[node_start].name, kind, sizes, last=graph.nodes[node_stop - 1].name,
+                       axis=options.get("axis", "rows"), grid=grid)
+
+
+# --- the planner's view ----------------------------------------------------------------------------------
+# Kinds the planner weighs for one segment inside a stage (fused runs across segments and
+# data-parallel stages are modelled by the planner itself).
+PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter")
+
+
+def _kind_accept(graph: Graph, start: int, kind: str):
+    if kind in ("fc-output", "conv-channel"):
+        return channel_follower
+    if kind in ("fc-input", "conv-filter"):
+        return _after_sum_follower
+    if kind in ("conv-spatial", "fused-tiles"):
+        x = graph.nodes[start].inputs[0]
+        rank = len(graph.shapes[x])
+        axes = (SPATIAL_AXES[rank]["rows"],) if rank in SPATIAL_AXES else ()
+        return lambda g, j, running: bool(axes) and spatial_follower(g, j, running, axes, kind == "fused-tiles")
+    return lambda g, j, running: True
+
+
+def planner_segments(graph: Graph) -> list[tuple[int, int]]:
+    """Disjoint segments [start, stop): every conv and dense node with the followers that keep both a
+    channel and a row split (so one segment suits every kind); other nodes are in none."""
+    out = []
+    i = 0
+    while i < len(graph.nodes):
+        node = graph.nodes[i]
+        if node.op == "dense" or node.op in CONV_OPS:
+            rank = len(graph.shapes[node.inputs[0]])
+            if node.op in CONV_OPS and rank in SPATIAL_AXES:
+                axes = (SPATIAL_AXES[rank]["rows"],)
+                accept = (lambda g, j, r, axes=axes: channel_follower(g, j, r) and spatial_follower(g, j, r, axes, False))
+            else:
+                accept = channel_follower
+            stop = chain_stop(graph, i, accept)
+            out.append((i, stop))
+            i = stop
+        else:
+            i += 1
+    return out
+
+
+def planner_kinds(graph: Graph, start: int, stop: int) -> tuple[str, ...]:
+    """The PLANNER_KINDS that can split nodes [start, stop) as one segment."""
+    kinds = []
+    for kind in legal_kinds(graph, graph.nodes[start].name):
+        if kind not in PLANNER_KINDS:
+            continue
+        accept = _kind_accept(graph, start, kind)
+        if all(chain_next(graph, j - 1) == j and accept(graph, j, graph.nodes[j - 1].outputs[0]) for j in range(start + 1, stop)):
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def planner_extent(graph: Graph, start: int, stop: int, kind: str) -> int:
+    """How many units the part sizes of `kind` divide: output channels or units, input channels or
+    features, or rows of the segment's output."""
+    node = graph.nodes[start]
+    if kind in ("fc-output", "conv-channel"):
+        return int(node.weight_shapes["kernel"][-1])
+    if kind in ("fc-input", "conv-filter"):
+        return int(graph.shapes[node.inputs[0]][-1])
+    if kind in ("conv-spatial", "fused-tiles"):
+        out = graph.shapes[graph.nodes[stop - 1].outputs[0]]
+        return int(out[SPATIAL_AXES[len(out)]["rows"]])
+    raise PisplitError(f"layer {node.name}: kind {kind} has no extent to divide")
+
+
+def planner_options(graph: Graph, start: int, stop: int, kind: str, sizes) -> dict:
+    """Plan segment options for a split (the cut axis of spatial kinds)."""
+    return {"axis": "rows"} if kind in ("conv-spatial", "fused-tiles") else {}
+
+
+def planner_part_costs(graph: Graph, start: int, stop: int, kind: str, sizes) -> list[dict]:
+    """Per-part cost dicts (PartCost.to_dict) of splitting nodes [start, stop) with `kind` into `sizes`."""
+    return [p.to_dict() for p in split_segment(graph, start, stop, kind, tuple(int(s) for s in sizes)).cost().parts]
