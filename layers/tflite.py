@@ -141,7 +141,9 @@ class _Importer:
             if not 0 <= b < max(n_buffers, 1):
                 self._fail(f"corrupt .tflite file (tensor {name!r} uses buffer {b} of {n_buffers})")
             raw = self._buffer_bytes(b) if b > 0 else None
-            if raw is not None:
+            if raw is not None and t.Sparsity() is not None:
+                self.constants[i] = lambda name=name: self._fail(f"constant tensor {name!r} is sparse, which pisplit cannot read")
+            elif raw is not None:
                 self.constants[i] = self._constant_loader(i, raw)
 
     def _buffer_bytes(self, index: int):

