@@ -160,14 +160,14 @@ def solve(tables: StageTables, objective: str = "throughput") -> tuple[list[Stag
     if objective not in OBJECTIVES:
         raise PisplitError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if objective == "throughput":
-        best = _dp(tables, "max", lambda per, lat: per)
+        best = _dp(tables, "max", lambda per, lat: per)[:2]
         bottleneck = best[0]
         if not math.isfinite(bottleneck):
             raise PisplitError("no feasible plan")
         limit = bottleneck * (1 + TIE) + 1e-15
-        _, stages = _dp(tables, "sum", lambda per, lat: np.where(per <= limit, lat, INF))
+        _, stages, _ = _dp(tables, "sum", lambda per, lat: np.where(per <= limit, lat, INF))
     else:
-        _, stages = _dp(tables, "sum", lambda per, lat: lat)
+        _, stages, _ = _dp(tables, "sum", lambda per, lat: lat)
     if not stages:
         raise PisplitError("no feasible plan")
     return stages, *evaluate(tables, stages)
@@ -183,8 +183,9 @@ def evaluate(tables: StageTables, stages: list[StageChoice]) -> tuple[float, flo
     return max(periods), sum(latencies)
 
 
-def _dp(tables: StageTables, combine: str, value) -> tuple[float, list[StageChoice]]:
-    """One DP pass: `value(period, latency)` is the stage's cost matrix, combined by max or sum."""
+def _dp(tables: StageTables, combine: str, value) -> tuple[float, list[StageChoice], np.ndarray]:
+    """One DP pass: `value(period, latency)` is the stage's cost matrix, combined by max or sum.
+    Returns the optimum, its stages and the table F[prefix, devices used] (inf: unreachable)."""
     n = tables.n
     capacity = tables.model.capacity
     radices = [c + 1 for c in capacity]
@@ -230,11 +231,24 @@ def _dp(tables: StageTables, combine: str, value) -> tuple[float, list[StageChoi
                 back[j, dst[better], 1] = mi
     end = int(np.argmin(f[n]))
     if not math.isfinite(f[n, end]):
-        return INF, []
+        return INF, [], f
     stages, j, u = [], n, end
     while j > 0:
         i, mi = back[j, u]
         a, _, mode_of, names, _, offset, _ = moves[mi]
         stages.append(StageChoice(int(i), j, tuple(int(x) for x in a), names[mode_of[i, j]]))
         j, u = int(i), u - offset
-    return float(f[n, end]), stages[::-1]
+    return float(f[n, end]), stages[::-1], f
+
+
+def placeable_prefix(tables: StageTables) -> tuple[int, tuple]:
+    """The longest node prefix some plan can place, and the devices per class it leaves unused (the
+    most memory left among the ways to place it): where an infeasible model gets stuck."""
+    _, _, f = _dp(tables, "sum", lambda per, lat: lat)
+    capacity = tables.model.capacity
+    states = list(itertools.product(*[range(c + 1) for c in capacity]))
+    reach = [j for j in range(tables.n + 1) if np.isfinite(f[j]).any()]
+    j = max(reach)
+    usable = [c.usable_bytes for c in tables.model.classes]
+    left = [tuple(c - u for c, u in zip(capacity, states[x])) for x in np.nonzero(np.isfinite(f[j]))[0]]
+    return j, max(left, key=lambda r: sum(n * b for n, b in zip(r, usable)))

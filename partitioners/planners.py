@@ -18,7 +18,7 @@ from layers.graph import Graph
 
 from .cost import INF, CostModel, StageCost
 from .plan import Device, Plan, Segment, Stage, StagePrediction
-from .planner_dp import OBJECTIVES, StageChoice, StageTables, solve
+from .planner_dp import OBJECTIVES, StageChoice, StageTables, placeable_prefix, solve
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,14 @@ def diagnose(model: CostModel, tables: StageTables) -> InfeasiblePlan:
         best = min(attempts, key=lambda c: c.short[2] if c.short else 0.0)
         if best.short:
             return memory_error(model, best)
-    total = sum(c.usable_bytes for c in model.classes for _ in c.ranks)
-    for j in range(1, model.n + 1):
-        if model.prefix_weights[j] > total:
-            node = model.graph.nodes[j - 1]
-            short = model.prefix_weights[j] - total
-            return InfeasiblePlan(f"node {node.name} ({node.op}) cannot be placed: the weights up to it need "
-                                  f"{_fmt(model.prefix_weights[j])} but all {len(model.cluster.devices)} devices together have "
-                                  f"{_fmt(total)} usable: short by {_fmt(short)}", node.name, short)
-    node = model.graph.nodes[-1]
-    return InfeasiblePlan(f"node {node.name}: no plan fits the devices' memory (weights {_fmt(model.prefix_weights[-1])}, "
-                          f"usable {_fmt(total)}); add devices or devices with more memory", node.name, 0.0)
+    placed, left = placeable_prefix(tables)
+    node = model.graph.nodes[placed]
+    free = sum(n * c.usable_bytes for n, c in zip(left, model.classes))
+    need = float(model.prefix_weights[-1] - model.prefix_weights[placed] + model.work_bytes[placed:].max())
+    short = max(need - free, 0.0)
+    used = len(model.cluster.devices) - sum(left)
+    where = (f"after nodes {model.graph.nodes[0].name}..{model.graph.nodes[placed - 1].name} take {used} of the "
+             f"{len(model.cluster.devices)} devices" if placed else "on any set of the devices")
+    return InfeasiblePlan(f"node {node.name} ({node.op}) cannot be placed {where}: it and the nodes after it need at least "
+                          f"{_fmt(need)}, the devices left have {_fmt(free)} usable: short by {_fmt(short)}"
+                          + ("" if short else " (no device set holds a stage with them)"), node.name, short)
