@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "cluster.commands.bench",
     "cluster.commands.run",
     "cluster.commands.emulate",
+    "cluster.commands.provision",
+    "cluster.commands.launch",
 ]
 
 

@@ -1,0 +1,82 @@
+"""`pisplit launch PLAN.json`: run a plan's ranks on the inventory's hosts with mpirun over ssh."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from rich.table import Table
+
+from layers.errors import PisplitError
+
+from ..facts import read_facts
+from ..inventory import read_inventory
+from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, default_known_hosts, parse_env, read_plan_ranks
+from ..mpirun import mpirun_env
+from ..output import console, print_json
+from ..provision import copy_files
+from .provision import add_inventory_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser("launch", help="run a plan on the inventory's hosts with mpirun over ssh")
+    p.add_argument("plan", metavar="PLAN.json", help="plan whose 'ranks' (or 'n_ranks') say how many ranks run where")
+    add_inventory_arguments(p)
+    p.add_argument("--frames", type=int, default=10, help="frames to run (default 10)")
+    p.add_argument("--dry-run", action="store_true", help="print the mpirun command and where each rank goes; run nothing")
+    p.add_argument("--command", default=DEFAULT_RANK_COMMAND, metavar="TEMPLATE",
+                   help="what each rank runs (default %(default)r; placeholders {python} {pisplit} {workdir} {plan} {frames})")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="environment variable for the ranks (NAME alone forwards this machine's value); repeatable")
+    p.add_argument("--no-sync", action="store_true", help="do not copy the plan to the hosts first")
+    p.add_argument("--timeout", type=float, default=None, help="stop mpirun after this many seconds (default: no limit)")
+    p.add_argument("--json", action="store_true", help="print a JSON document (the ranks' output is captured into it)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.frames < 1:
+        raise PisplitError(f"--frames {args.frames}: must be at least 1")
+    plan = Path(args.plan)
+    ranks = read_plan_ranks(plan)
+    inventory = read_inventory(args.inventory)
+    hosts = inventory.select(args.hosts)
+    known_hosts = Path(args.known_hosts).expanduser() if args.known_hosts else default_known_hosts()
+    launch = build_launch(inventory, hosts, ranks, args.command, plan_name=plan.name, frames=args.frames,
+                          env=parse_env(args.env), known_hosts=known_hosts,
+                          cluster_key=Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key())
+    doc = {"command": shlex.join(launch.argv), "argv": launch.argv, "hostfile": str(launch.files.hostfile),
+           "ssh_config": str(launch.files.ssh_config),
+           "ranks": [{"rank": i, "host": h.name, "address": h.address} for i, h in enumerate(launch.placement)]}
+    if args.dry_run:
+        if args.json:
+            print_json({**doc, "dry_run": True})
+        else:
+            _print_placement(launch)
+            console.print(shlex.join(launch.argv), highlight=False, soft_wrap=True, markup=False)
+        return 0
+    if not args.no_sync:
+        used = list(dict.fromkeys(launch.placement))
+        homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
+        errors = copy_files(used, [plan], homes, known_hosts)
+        if errors:
+            raise PisplitError("copying the plan failed: " + "; ".join(errors.values()))
+    try:
+        proc = subprocess.run(launch.argv, env=mpirun_env(), capture_output=args.json, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        raise PisplitError(f"mpirun did not finish within {args.timeout:g} s") from None
+    if args.json:
+        print_json({**doc, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})
+    elif proc.returncode != 0:
+        console.print(f"[red]mpirun exited with {proc.returncode}[/]")
+    return 0 if proc.returncode == 0 else 1
+
+
+def _print_placement(launch) -> None:
+    table = Table(title=f"{len(launch.placement)} ranks, venv {launch.venv}")
+    table.add_column("rank", justify="right")
+    table.add_column("host")
+    table.add_column("address")
+    for i, h in enumerate(launch.placement):
+        table.add_row(str(i), h.name, f"{h.address}:{h.port}")
+    console.print(table)
