@@ -59,6 +59,9 @@ def make_cluster(entries: list, link_bps: float | None = None, link_latency_s: f
     devices = []
     for kind, count, memory in entries:
         prof = device_profile(kind)
+        if memory is not None and memory <= prof.reserved_bytes:
+            raise PisplitError(f"devices {kind}@{memory / (1 << 20):.0f}M: no more than the {prof.reserved_bytes / (1 << 20):.0f} MiB "
+                               f"a {kind}'s OS and rank process take ({prof.path})")
         for _ in range(int(count)):
             rank = len(devices)
             host = hosts[rank] if hosts and rank < len(hosts) else None

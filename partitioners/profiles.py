@@ -387,3 +387,29 @@ def device_slowdown(kind: str, engine: str = "numpy") -> float:
     if engine not in _DEFAULT_CALIBRATIONS:
         _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
     return _DEFAULT_CALIBRATIONS[engine].resolve(kind)[1]
+
+
+def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple, repeat: int) -> list[PartProfile]:
+    """Warm median seconds of part 0 of node `index` split two ways, (f, 1 - f), for every split kind
+    the planner uses and every fraction f; the part graphs come from partitioners.splits."""
+    from .split_costs import PLANNER_KINDS
+    from .splits import legal_kinds, split_layer
+
+    node = graph.nodes[index]
+    out = []
+    rng = np.random.default_rng(index)
+    for kind in legal_kinds(graph, node.name):
+        if kind not in PLANNER_KINDS:
+            continue
+        for f in fractions:
+            try:
+                split = split_layer(graph, node.name, kind, (float(f), 1.0 - float(f)), followers=False)
+            except PisplitError:  # too few units for two parts
+                continue
+            part = split.part_graph(0)
+            feeds = {t: rng.standard_normal(s, dtype=np.float32) for t, s in part.inputs.items()}
+            seconds = time_engine(make_engine(part, engine), feeds, repeat)
+            cost = split.cost().parts[0]
+            extent = sum(split.sizes)
+            out.append(PartProfile(kind, cost.size / extent, int(cost.flops), int(cost.weight_bytes + cost.recv_bytes + cost.send_bytes), seconds))
+    return out

@@ -1,0 +1,154 @@
+"""`pisplit plan MODEL`: pipeline stages, devices and split kinds for a cluster, from the cost model."""
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.table import Table
+
+from layers import load_model
+from layers.engine import ENGINES
+from layers.errors import PisplitError
+from partitioners.cost import CostModel, make_cluster
+from partitioners.devices import parse_devices, parse_link_bps
+from partitioners.planners import PLANNERS, InfeasiblePlan, compare_plans, make_plan
+from partitioners.profiles import Calibration, Profile
+
+from ..output import console, human_bytes, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="plan pipeline stages and layer splits of a model for a cluster")
+    p.add_argument("model", metavar="MODEL", help="zoo name, .tflite file or pisplit .json graph")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="devices, e.g. rpi3:4 or rpi3:4,rpi4:2 (KIND:N@512M sets memory)")
+    where.add_argument("--inventory", metavar="FILE", help="an inventory.ini: one rank per slot of each host, of its device kind")
+    p.add_argument("--hosts", metavar="NAMES", help="with --inventory: only these hosts or groups (comma-separated)")
+    p.add_argument("--link", metavar="BANDWIDTH", help="link bandwidth, e.g. 94mbit or 1gbit (default: a measured link "
+                   "from --profile, else the slowest device's Ethernet)")
+    p.add_argument("--link-latency", metavar="MS", type=float, help="per-message link latency in ms (default: measured or the device profile's)")
+    p.add_argument("--objective", choices=("throughput", "latency"), default="throughput", help="what to optimise (default throughput)")
+    p.add_argument("--planner", choices=PLANNERS, default="dp", help="dp (default, optimal), paper, memory or single")
+    p.add_argument("--compare", action="store_true", help="every planner side by side")
+    p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine the plan runs with (default numpy)")
+    p.add_argument("--profile", metavar="P.json", action="append", default=[],
+                   help="a profile from `pisplit profile` (repeatable): one measured on a Pi replaces that kind's shipped profile")
+    p.add_argument("--output", metavar="PLAN.json", help="write the plan here")
+    p.add_argument("--json", action="store_true", help="print the plan document (with --compare: every planner's)")
+    p.set_defaults(func=run)
+
+
+def inventory_devices(path: str, hosts: str | None) -> tuple[list, list]:
+    """(kind, 1, None) entries and host names, one per MPI slot of each inventory host."""
+    from ..inventory import read_inventory
+
+    chosen = read_inventory(path).select(hosts)
+    if not chosen:
+        raise PisplitError(f"inventory {path}: no hosts selected")
+    entries, names = [], []
+    for h in chosen:
+        if not h.device:
+            raise PisplitError(f"inventory {path}:{h.line}: host {h.name} has no device kind (add device=rpi3|rpi4|rpi5)")
+        for _ in range(h.slots):
+            entries.append((h.device, 1, None))
+            names.append(h.name)
+    return entries, names
+
+
+def build_model(args, graph) -> CostModel:
+    """The cost model of `graph` on the devices, link and profiles the arguments name."""
+    profiles = [Profile.load(p) for p in args.profile]
+    if args.inventory:
+        entries, hosts = inventory_devices(args.inventory, args.hosts)
+    else:
+        if args.hosts:
+            raise PisplitError("--hosts selects inventory hosts: use it with --inventory")
+        entries, hosts = parse_devices(args.devices), None
+    measured = min((l for p in profiles for l in p.links), key=lambda l: l.bandwidth_bps, default=None)
+    link = parse_link_bps(args.link) if args.link else (measured.bandwidth_bps if measured else None)
+    latency = args.link_latency / 1e3 if args.link_latency is not None else (measured.latency_s if measured else None)
+    if latency is not None and latency < 0:
+        raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
+    cluster = make_cluster(entries, link, latency, hosts)
+    return CostModel(graph, cluster, Calibration(args.engine, profiles))
+
+
+def run(args) -> int:
+    graph = load_model(args.model)
+    model = build_model(args, graph)
+    if args.compare:
+        results = compare_plans(graph, model, args.objective, args.model, args.engine)
+        chosen = next((r.plan for r in results if not isinstance(r, InfeasiblePlan) and r.planner == args.planner), None)
+        if args.output and chosen is not None:
+            chosen.save(args.output)
+        if args.json:
+            print_json({"model": graph.name, "objective": args.objective, "plans": [
+                {"planner": name, "error": str(r)} if isinstance(r, InfeasiblePlan) else {"planner": name, "plan": r.plan.to_dict()}
+                for name, r in zip(PLANNERS, results)]})
+        else:
+            print_comparison(graph, model, results, args)
+            if args.output and chosen is not None:
+                console.print(f"wrote the {args.planner} plan to {args.output}")
+        if args.output and chosen is None:
+            raise PisplitError(f"planner {args.planner}: no feasible plan to write to {args.output}")
+        return 0
+    plan = make_plan(graph, model, args.planner, args.objective, args.model, args.engine)
+    if args.output:
+        plan.save(args.output)
+    if args.json:
+        print_json(plan.to_dict())
+    else:
+        print_plan(graph, plan)
+        if args.output:
+            console.print(f"wrote {args.output}")
+    return 0
+
+
+def _kinds(stage) -> str:
+    if stage.mode == "data-parallel":
+        return f"data-parallel x{len(stage.ranks)}"
+    if stage.mode != "split":
+        return "-"
+    counts = Counter(g.kind for g in stage.segments if g.kind != "none")
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items()) or "none"
+
+
+def print_plan(graph, plan) -> None:
+    """The plan as a table: stage, ranks/hosts, node range, split kinds, predicted times, memory."""
+    table = Table(title=f"{graph.name}: {plan.planner} plan for {plan.objective} on {plan.n_ranks} devices, "
+                        f"link {plan.link_bandwidth_bps / 1e6:g} Mbit/s")
+    for col in ("stage", "ranks (hosts)", "nodes", "split kinds", "compute ms", "comm ms", "memory / device"):
+        table.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for s in plan.stages:
+        devices = [plan.devices[r] for r in s.ranks]
+        hosts = {d.host for d in devices if d.host}
+        kinds = " + ".join(f"{n} {k}" if n > 1 else k for k, n in Counter(d.kind for d in devices).items())
+        ranks = ",".join(map(str, s.ranks)) + f": {kinds}" + (f" ({','.join(sorted(hosts))})" if hosts else "")
+        nodes = f"[{s.node_start},{s.node_stop}) {graph.nodes[s.node_start].name}..{graph.nodes[s.node_stop - 1].name}"
+        p = s.predicted
+        worst = max(s.ranks, key=lambda r: p.memory_bytes.get(r, 0) / plan.devices[r].memory_bytes)
+        memory = f"{human_bytes(p.memory_bytes.get(worst, 0))} / {human_bytes(plan.devices[worst].memory_bytes)}"
+        table.add_row(str(s.index), ranks, nodes, _kinds(s), f"{p.compute_s * 1e3:.1f}", f"{p.comm_s * 1e3:.1f}", memory)
+    console.print(table)
+    console.print(f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s, latency {plan.predicted_latency_s * 1e3:.1f} ms per frame")
+    for note in plan.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+def print_comparison(graph, model, results, args) -> None:
+    """Every planner's predicted throughput and latency side by side."""
+    table = Table(title=f"{graph.name} on {len(model.cluster.devices)} devices, link "
+                        f"{model.cluster.link_bandwidth_bps / 1e6:g} Mbit/s, objective {args.objective}")
+    for col in ("planner", "stages", "devices", "split kinds", "throughput fps", "latency ms", "vs single"):
+        table.add_column(col, justify="left" if col in ("planner", "split kinds") else "right")
+    single = next((r for r in results if not isinstance(r, InfeasiblePlan) and r.planner == "single"), None)
+    for name, r in zip(PLANNERS, results):
+        if isinstance(r, InfeasiblePlan):
+            table.add_row(name, "-", "-", f"[red]infeasible[/red]: {r}", "-", "-", "-")
+            continue
+        kinds = Counter(g.kind for s in r.plan.stages for g in s.segments if g.kind != "none")
+        kinds.update(["data-parallel"] * sum(1 for s in r.plan.stages if s.mode == "data-parallel"))
+        ratio = f"{r.throughput_fps / single.throughput_fps:.2f}x" if single and args.objective == "throughput" else (
+            f"{single.latency_s / r.latency_s:.2f}x" if single else "-")
+        table.add_row(name, str(len(r.plan.stages)), str(r.plan.n_ranks), ", ".join(sorted(kinds)) or "-",
+                      f"{r.throughput_fps:.2f}", f"{r.latency_s * 1e3:.1f}", ratio)
+    console.print(table)

@@ -1,0 +1,129 @@
+"""`pisplit profile`: measure this device (per node, whole and in parts) and, under mpirun, its links."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+from rich.table import Table
+
+from layers import load_model
+from layers.engine import ENGINES
+from layers.errors import PisplitError
+from partitioners.profiles import DEFAULT_FRACTIONS, fit_link, measure_profile, measure_split_parts
+
+from ..output import console, human_bytes, print_json
+
+LINK_SIZES = (1 << 10, 64 << 10, 1 << 20, 8 << 20)  # bytes per ping-pong message
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="measure this device (and its links under mpirun) for the planner")
+    p.add_argument("--model", metavar="MODEL", action="append", default=[],
+                   help="model(s) to time node by node (repeatable or comma-separated; default alexnet, the calibration reference)")
+    p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine to time with: the one plans will run (default numpy)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per node after one warm-up; the median is kept (default 5)")
+    p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)),
+                   help="part sizes to time each split kind at, as fractions of the node (default 0.25,0.5,0.75; 'none' for whole nodes only)")
+    p.add_argument("--kind", help="device kind to record (default: from /proc/device-tree/model, else 'host')")
+    p.add_argument("--output", metavar="P.json", required=True, help="write the profile here")
+    p.add_argument("--json", action="store_true", help="print the profile document")
+    p.set_defaults(func=run)
+
+
+def mpi_world_size() -> int:
+    """Ranks mpirun started (1 outside mpirun); read from the environment so plain runs never load MPI."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def ping_pong(comm, sizes=LINK_SIZES, repeat: int = 5) -> list:
+    """Rank 0 against every other rank: one-way seconds per message size (half the median round trip)."""
+    from .. import transport
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    links = []
+    for peer in range(1, size):
+        seconds = []
+        for nbytes in sizes:
+            buf = np.zeros(nbytes // 4, np.float32)
+            trips = []
+            for _ in range(repeat + 1):
+                transport.barrier(comm)
+                if rank == 0:
+                    t0 = time.perf_counter()
+                    transport.send(comm, buf, peer, tag=7)
+                    transport.recv(comm, buf, peer, tag=8)
+                    trips.append(time.perf_counter() - t0)
+                elif rank == peer:
+                    transport.recv(comm, buf, 0, tag=7)
+                    transport.send(comm, buf, 0, tag=8)
+            seconds.append(statistics.median(trips[1:]) / 2 if rank == 0 else 0.0)
+        if rank == 0:
+            links.append(fit_link((0, peer), list(sizes), seconds))
+    return links
+
+
+def run(args) -> int:
+    if args.repeat < 1:
+        raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
+    fractions = _fractions(args.fractions)
+    names = [m.strip() for spec in (args.model or ["alexnet"]) for m in spec.split(",") if m.strip()]
+    graphs = [load_model(name) for name in names]
+    links, rank = [], 0
+    if mpi_world_size() > 1:
+        from .. import transport
+
+        comm = transport.world()
+        rank = comm.Get_rank()
+        links = ping_pong(comm)
+        if rank != 0:
+            return 0  # rank 0 profiles its own device and writes the file
+    parts = measure_split_parts if fractions else None
+    profile = measure_profile(graphs, args.engine, args.repeat, fractions, parts, args.kind)
+    profile.links = links
+    profile.save(args.output)
+    if args.json:
+        print_json(profile.to_dict())
+        return 0
+    show(profile, graphs)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+def _fractions(text: str) -> tuple:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not 0 < v < 1 for v in values):
+        raise PisplitError(f"--fractions {text!r}: expected fractions between 0 and 1, e.g. 0.25,0.5,0.75, or 'none'")
+    return values
+
+
+def show(profile, graphs) -> None:
+    """Summary: the machine, per-model times, the latency model's fit error, the links."""
+    m = profile.machine
+    console.print(f"{profile.kind}: {m.get('model')} ({m.get('cores')} cores, {human_bytes(m.get('memory_bytes', 0))}), "
+                  f"numpy {m.get('numpy')} with {m.get('blas', {}).get('name')} {m.get('blas', {}).get('version')}, "
+                  f"LiteRT {m.get('litert', {}).get('version')}; engine {profile.engine}")
+    for g in graphs:
+        nodes = profile.models[g.name]
+        parts = sum(len(n.parts) for n in nodes)
+        console.print(f"{g.name}: {len(nodes)} nodes, {parts} parts, whole model {sum(n.seconds for n in nodes) * 1e3:.1f} ms "
+                      f"(sum of warm node medians), largest node peak {human_bytes(max(n.peak_bytes for n in nodes))}")
+    table = Table(title="latency model per op kind: fixed + FLOPs / rate + bytes / bandwidth")
+    for col in ("op", "samples", "fixed us", "GFLOP/s", "GB/s", "median error", "max error"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for op, fit in profile.latency.fits.items():
+        table.add_row(op, str(fit.samples), f"{fit.fixed_s * 1e6:.1f}", f"{1e-9 / fit.per_flop_s:.1f}" if fit.per_flop_s else "-",
+                      f"{1e-9 / fit.per_byte_s:.2f}" if fit.per_byte_s else "-", f"{fit.median_error:.1%}", f"{fit.max_error:.1%}")
+    console.print(table)
+    for link in profile.links:
+        console.print(f"link rank {link.ranks[0]} <-> {link.ranks[1]}: latency {link.latency_s * 1e6:.0f} us, "
+                      f"bandwidth {link.bandwidth_bps / 1e6:.0f} Mbit/s")
