@@ -13,11 +13,14 @@ COMMAND_MODULES = [
     "cluster.commands.models",
     "cluster.commands.show",
     "cluster.commands.infer",
+    "cluster.commands.split",
     "cluster.commands.bench",
     "cluster.commands.run",
     "cluster.commands.emulate",
     "cluster.commands.provision",
     "cluster.commands.launch",
+    "cluster.commands.plan",
+    "cluster.commands.profile",
 ]
 
 
