@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 ENGINES = ("numpy", "litert", "auto")
 
 # `auto` measures both engines on graphs below this many FLOPs per frame (a numpy pass then takes
-# under ~20 ms here, so measuring costs little); above it, it takes litert without measuring: on
-# every zoo model and on VGG16's block1_conv2 alone, XNNPACK ran 2-6x faster than numpy
-# (scripts/bench_litert), and conv/dense layers, which carry such FLOPs, are where it wins most.
+# some milliseconds, so measuring costs little); above it, it takes litert without measuring: one
+# thread each, LiteRT with XNNPACK ran 1.3-4x faster than numpy on AlexNet, VGG16, ResNet50 and
+# MobileNetV1, 2.4x on VGG16's block1_conv2 alone and 5-11x on imported MediaPipe models
+# (scripts/bench_litert); conv/dense layers, which carry such FLOPs, are where it wins most.
 AUTO_MEASURE_FLOPS = 50_000_000
 
 

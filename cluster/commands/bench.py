@@ -66,15 +66,18 @@ class PlainInterpreter:
         return [self.interpreter.get_tensor(i) for i in self.outputs]
 
 
-def time_engine(engine, feeds, repeat: int) -> dict:
-    """Median and best milliseconds of `repeat` passes after one warm-up."""
-    engine.run(feeds)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def time_engines(engines: list, feeds, repeat: int) -> list[dict]:
+    """Median and best milliseconds of `repeat` passes of each engine after one warm-up each. The
+    engines take turns pass by pass, so a change in the machine's load hits them all alike."""
+    for engine in engines:
         engine.run(feeds)
-        times.append(time.perf_counter() - t0)
-    return {"median_ms": statistics.median(times) * 1e3, "best_ms": min(times) * 1e3}
+    times: list[list[float]] = [[] for _ in engines]
+    for _ in range(repeat):
+        for engine, seconds in zip(engines, times):
+            t0 = time.perf_counter()
+            engine.run(feeds)
+            seconds.append(time.perf_counter() - t0)
+    return [{"median_ms": statistics.median(t) * 1e3, "best_ms": min(t) * 1e3} for t in times]
 
 
 def bench(spec: str, engines: list[str], repeat: int, threads: int, layer: str | None = None) -> dict:
@@ -85,18 +88,18 @@ def bench(spec: str, engines: list[str], repeat: int, threads: int, layer: str |
     for node in graph.nodes:  # materialise weights outside the timed region
         graph.node_weights(node)
     feeds = graph.random_input(0)
-    rows = []
+    rows, runners = [], []
     for kind in engines:
         t0 = time.perf_counter()
         engine = make_engine(graph, kind, threads)
-        build = time.perf_counter() - t0
-        rows.append({"engine": kind if kind != "auto" else f"auto ({engine.name})", "build_s": build, **time_engine(engine, feeds, repeat)})
-        del engine
+        rows.append({"engine": kind if kind != "auto" else f"auto ({engine.name})", "build_s": time.perf_counter() - t0})
+        runners.append(engine)
     t0 = time.perf_counter()
-    plain = PlainInterpreter(plain_litert_model(spec, graph, layer is None), graph, threads)
-    build = time.perf_counter() - t0
-    base = {"engine": BASELINE, "build_s": build, **time_engine(plain, feeds, repeat)}
-    rows.append(base)
+    runners.append(PlainInterpreter(plain_litert_model(spec, graph, layer is None), graph, threads))
+    rows.append({"engine": BASELINE, "build_s": time.perf_counter() - t0})
+    for row, timing in zip(rows, time_engines(runners, feeds, repeat)):
+        row.update(timing)
+    base = rows[-1]
     for r in rows:
         # speed relative to the plain interpreter: 1.0 = as fast, 0.5 = half as fast
         r["speed_vs_plain_litert"] = base["median_ms"] / r["median_ms"]
