@@ -124,6 +124,9 @@ CASES = [
     ("lenet5-2", "lenet5", [(0, 4, [0], "single"), (4, 9, [1], "single")], 17),
     ("lenet5-3dp", "lenet5", [(0, 2, [0], "single"), (2, 9, [1, 2], "data-parallel")], 13),
     ("lenet5-4", "lenet5", [(0, 2, [0, 1], "data-parallel"), (2, 6, [2], "single"), (6, 9, [3], "single")], 12),
+    ("lenet5-split", "lenet5", [(0, 2, [0], "single"),
+                                (2, 9, [1, 2], "split", [(2, 4, "conv-channel", (9, 7)), (4, 5, "none", ()),
+                                                         (5, 6, "fc-output", (70, 50)), (6, 9, "none", ())])], 7),
     ("skip-4", "skip", [(0, 1, [0], "single"), (1, 3, [1], "single"), (3, 4, [2], "single"), (4, 7, [3], "single")], 9),
 ]
 
@@ -220,3 +223,19 @@ def test_a_rank_holds_only_its_shard(tmp_path):
     assert 0.8 <= fc_rank["memory_ratio"] <= 1.2, fc_rank
     # and the conv rank holds none of it
     assert ranks[0]["memory_above_baseline_bytes"] < 0.25 * fc_rank["memory_above_baseline_bytes"], ranks
+
+
+@pytest.mark.mpi
+@pytest.mark.litert
+def test_litert_engine_runs_each_shard(tmp_path):
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        require(False, "ai-edge-litert is not installed")
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 4, [0], "single"), (4, 9, [1], "single")]).save(tmp_path / "plan.json")
+    proc = mpirun(2, "run", plan, "--frames", 5, "--engine", "litert", "--output", tmp_path / "y.npz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["engine"] == "litert"
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 5), rtol=1e-4, atol=1e-4)
