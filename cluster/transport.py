@@ -1,6 +1,8 @@
 """The one module that talks MPI (mpi4py): buffer-based transfers of numpy arrays over a communicator passed in."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from mpi4py import MPI
 
@@ -209,3 +211,11 @@ def _flat_view(out: np.ndarray) -> np.ndarray:
     if not out.flags.c_contiguous:
         raise ValueError("transport: receive buffers must be C-contiguous")
     return out.reshape(-1)
+
+
+def quiet_barrier(comm, pause_s: float = 1e-3) -> None:
+    """Collective barrier that sleeps while it waits, so a waiting rank leaves its core to the others
+    (a blocking MPI barrier spins on it)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(pause_s)

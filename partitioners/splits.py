@@ -324,8 +324,11 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
 
 
 def split_cost(graph: Graph, layer: str, kind: str, sizes, output_to: str = "root", **options) -> SplitCost:
-    """The costs of `split_layer(graph, layer, kind, sizes, **options)` from shapes only (no weights)."""
-    return _cached_split(graph, layer, kind, _freeze(sizes), tuple(sorted((k, _freeze(v)) for k, v in options.items()))).cost(output_to)
+    """The costs of `split_layer(graph, layer, kind, sizes, **options)` from shapes only (no weights).
+
+    Answers are cached per graph object, so the planner may ask the same question many times.
+    """
+    return _cached_cost(graph, layer, kind, _freeze(sizes), tuple(sorted((k, _freeze(v)) for k, v in options.items())), output_to)
 
 
 def _freeze(v):
@@ -334,10 +337,10 @@ def _freeze(v):
     return v
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_split(graph: Graph, layer: str, kind: str, sizes, options: tuple) -> Split:
-    # Graphs hash by identity, so a cached split is only reused for the very same graph object.
-    return split_layer(graph, layer, kind, sizes, **dict(options))
+@functools.lru_cache(maxsize=8192)
+def _cached_cost(graph: Graph, layer: str, kind: str, sizes, options: tuple, output_to: str) -> SplitCost:
+    # Graphs hash by identity, so an answer is only reused for the very same graph object.
+    return split_layer(graph, layer, kind, sizes, **dict(options)).cost(output_to)
 
 
 def _after_sum_follower(graph: Graph, index: int, running: str) -> bool:
