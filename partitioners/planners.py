@@ -158,16 +158,17 @@ def _fmt(nbytes: float) -> str:
 def memory_error(model: CostModel, cost: StageCost) -> InfeasiblePlan:
     """The message for a stage that does not fit: which node, on which device, how much short."""
     slot, node_index, short = cost.short
-    k = cost.slots[slot]
-    cls = model.classes[k]
+    cls = model.classes[cost.slots[slot]]
     node = model.graph.nodes[node_index]
-    where = "its lead" if cost.mode == "split" and slot == 0 else f"rank slot {slot}"
-    how = {"single": "on one device", "data-parallel": f"on each of {len(cost.slots)} replicas",
-           "split": f"split over {len(cost.slots)} devices ({where})"}[cost.mode]
+    names = model.graph.nodes
+    span = "" if cost.stop - cost.start == 1 else f" together with nodes {names[cost.start].name}..{names[cost.stop - 1].name}"
+    kinds = "+".join(sorted({model.classes[k].kind for k in cost.slots}))
+    where = {"single": f"on one {cls.kind}", "data-parallel": f"on each of {len(cost.slots)} {kinds} replicas",
+             "split": f"split over {len(cost.slots)} {kinds}"}[cost.mode]
+    who = ("the lead" if slot == 0 else f"part {slot} (a {cls.kind})") if cost.mode == "split" else "it"
     return InfeasiblePlan(
-        f"node {node.name} ({node.op}, {_fmt(model.weight_bytes[node_index])} of weights) cannot be placed: nodes "
-        f"{model.graph.nodes[cost.start].name}..{model.graph.nodes[cost.stop - 1].name} {how} need "
-        f"{_fmt(cost.memory_bytes[slot])} on a {cls.kind} with {_fmt(cls.usable_bytes)} usable: short by {_fmt(short)}",
+        f"node {node.name} ({node.op}, {_fmt(model.weight_bytes[node_index])} of weights) cannot be placed: {where}{span}, "
+        f"{who} needs {_fmt(cost.memory_bytes[slot])} of the {_fmt(cls.usable_bytes)} usable: short by {_fmt(short)}",
         node.name, short)
 
 

@@ -208,6 +208,7 @@ def machine_info() -> dict:
     except (TypeError, AttributeError):
         info["blas"] = {}
     info["litert"] = litert_info()
+    info["thread_settings"] = {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ}
     return info
 
 

@@ -87,7 +87,10 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             size = np.array(part_sizes, dtype=float)  # (rows, m)
             fixed = np.array([k.fixed for k in kc])[:, None, :]
             per_unit = np.array([k.per_unit for k in kc])[:, None, :]
-            q = np.maximum(fixed + per_unit * size[:, :, None], 0.0)  # (rows, m, [flops, weights, recv, send])
+            q = fixed + per_unit * size[:, :, None]  # (rows, m, [flops, weights, recv, send])
+            q[:, 0, :] += np.array([k.first_extra for k in kc])
+            q[:, -1, :] += np.array([k.last_extra for k in kc])
+            q = np.maximum(q, 0.0)
             s_stop = np.array([k.stop for k in kc])
             s_start = starts[rows_arr]
             fits = [model.split_fit(profile, s, k.stop) for s, k in zip(rows, kc)]

@@ -7,10 +7,12 @@ adapts it for the planner, which asks the same question for many device sets:
   as far as its longest-reaching split kind takes followers (conv-channel takes the pool after a
   conv, conv-filter takes nothing). A kind whose split stops earlier runs the rest of the segment on
   the lead after the merge. Other nodes are segments of their own and are never split.
-- Per (segment, kind), one `split_cost` call with two unequal parts gives every per-part quantity
-  (FLOPs, weight bytes, bytes received and sent) as `fixed + per_unit * size`; a part of any size is
-  then priced without another call. This is exact for the channel, filter and FC kinds (their costs
-  are affine in the part size) and, for conv-spatial, exact up to one halo on middle parts.
+- Per (segment, kind), one `split_cost` call with four parts, two middle ones of different sizes,
+  gives every per-part quantity (FLOPs, weight bytes, bytes received and sent) as
+  `fixed + per_unit * size`, plus what the first part adds (a bias, a one-sided halo) and what the
+  last part adds; a part of any size is then priced without another call. Split costs are affine in
+  the part size, so this matches `split_cost` (tests/partitioners/test_cost.py checks it); an axis
+  too short for four parts is calibrated with two, without the first/last terms.
   Whole part sizes come from splits' own proportional sizing, so the plan's sizes are the ones
   `split_layer` builds.
 """
@@ -41,6 +43,43 @@ class PartCost:
     send_bytes: float  # what it sends back (its output slice, or a partial sum)
 
 
+def _calibration_split(graph: Graph, layer: str, kind: str):
+    """split_cost with four parts whose middle two differ in size, else two unequal parts, else None."""
+    from .splits import split_cost
+
+    for weights in ((1.0, 1.0, 2.0, 1.0), (1.0, 3.0)):
+        try:
+            cost = split_cost(graph, layer, kind, weights)
+        except PisplitError as exc:
+            log.debug("layer %s: %s into %d parts does not apply (%s)", layer, kind, len(weights), exc)
+            continue
+        if len(weights) == 2 or cost.parts[1].size != cost.parts[2].size:
+            return cost
+    return None
+
+
+def _affine(kind: str, layer: str, cost) -> "KindCosts":
+    """KindCosts from a calibration split (see the module docstring)."""
+    values = [[float(getattr(p, f)) for f in _FIELDS] for p in cost.parts]
+    sizes = [p.size for p in cost.parts]
+    zero = (0.0,) * len(_FIELDS)
+    if len(sizes) == 4:
+        a, b = 1, 2  # the middle parts: no bias, halos on both sides
+    else:
+        a, b = 0, 1
+    if sizes[a] != sizes[b]:
+        per_unit = tuple((vb - va) / (sizes[b] - sizes[a]) for va, vb in zip(values[a], values[b]))
+        fixed = tuple(va - u * sizes[a] for va, u in zip(values[a], per_unit))
+    else:
+        per_unit, fixed = tuple(v / sizes[a] for v in values[a]), zero
+    first, last = zero, zero
+    if len(sizes) == 4:
+        first = tuple(v - f - u * sizes[0] for v, f, u in zip(values[0], fixed, per_unit))
+        last = tuple(v - f - u * sizes[-1] for v, f, u in zip(values[-1], fixed, per_unit))
+    return KindCosts(kind, layer, cost.node_stop, int(sum(sizes)), fixed, per_unit, first, last,
+                     float(cost.merge_flops) / (len(sizes) - 1), cost.input_pattern, cost.output_pattern)
+
+
 @dataclass(frozen=True)
 class KindCosts:
     """One kind applied to one segment: where its split stops and its affine per-part costs."""
@@ -51,12 +90,20 @@ class KindCosts:
     extent: int  # units the part sizes divide (output channels, rows, input features ...)
     fixed: tuple  # per _FIELDS
     per_unit: tuple
+    first_extra: tuple  # what the first part adds (a bias, a one-sided halo)
+    last_extra: tuple  # what the last part adds
     merge_flops_per_part: float  # work the lead adds per extra part (summing partial outputs)
     input_pattern: str
     output_pattern: str
 
-    def part(self, size: int) -> PartCost:
-        return PartCost(*(max(f + u * size, 0.0) for f, u in zip(self.fixed, self.per_unit)))
+    def part(self, index: int, size: int, n_parts: int) -> PartCost:
+        """Costs of part `index` (of `n_parts`) holding `size` units."""
+        values = [f + u * size for f, u in zip(self.fixed, self.per_unit)]
+        if index == 0:
+            values = [v + e for v, e in zip(values, self.first_extra)]
+        if index == n_parts - 1:
+            values = [v + e for v, e in zip(values, self.last_extra)]
+        return PartCost(*(max(v, 0.0) for v in values))
 
 
 class SplitCatalogue:
@@ -90,21 +137,10 @@ class SplitCatalogue:
         for kind in legal_kinds(self.graph, layer):
             if kind not in self.allowed:
                 continue
-            try:
-                cost = split_cost(self.graph, layer, kind, (1.0, 3.0))
-            except PisplitError as exc:  # e.g. fewer units than parts
-                log.debug("layer %s: %s does not apply (%s)", layer, kind, exc)
+            cost = _calibration_split(self.graph, layer, kind)
+            if cost is None:  # fewer units than parts
                 continue
-            p0, p1 = cost.parts
-            values0 = [float(getattr(p0, f)) for f in _FIELDS]
-            values1 = [float(getattr(p1, f)) for f in _FIELDS]
-            if p1.size != p0.size:
-                per_unit = tuple((b - a) / (p1.size - p0.size) for a, b in zip(values0, values1))
-                fixed = tuple(a - u * p0.size for a, u in zip(values0, per_unit))
-            else:
-                per_unit, fixed = tuple(a / p0.size for a in values0), (0.0,) * len(_FIELDS)
-            found[kind] = KindCosts(kind, layer, cost.node_stop, int(sum(cost.sizes)), fixed, per_unit,
-                                    float(cost.merge_flops), cost.input_pattern, cost.output_pattern)
+            found[kind] = _affine(kind, layer, cost)
         return found
 
     def kinds(self, segment: int) -> tuple[str, ...]:
@@ -127,7 +163,7 @@ class SplitCatalogue:
     def part_costs(self, segment: int, kind: str, sizes: tuple) -> tuple[PartCost, ...]:
         """Per-part costs of splitting a segment with `kind` into parts of `sizes`."""
         k = self._kinds[segment][kind]
-        return tuple(k.part(s) for s in sizes)
+        return tuple(k.part(r, size, len(sizes)) for r, size in enumerate(sizes))
 
     def options(self, segment: int, kind: str, sizes: tuple) -> dict:
         """Kind-specific plan options of a split segment; the planner uses each kind's defaults."""

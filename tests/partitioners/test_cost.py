@@ -1,0 +1,107 @@
+"""The cost model: stage times per mode, link transfers, memory of split parts, split costs from partitioners.splits."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from layers import zoo_model
+from layers.errors import PisplitError
+from partitioners.cost import CostModel, make_cluster
+from partitioners.devices import device_profile
+from partitioners.split_costs import PLANNER_KINDS, SplitCatalogue
+from partitioners.splits import legal_kinds, split_cost
+
+from .planner_cases import CALIBRATION
+
+
+@pytest.fixture(scope="module")
+def alexnet_model():
+    graph = zoo_model("alexnet")
+    return CostModel(graph, make_cluster([("rpi3", 4, None)], 94e6, 3e-4), CALIBRATION)
+
+
+def test_single_and_data_parallel_stages(alexnet_model):
+    m = alexnet_model
+    n = m.n
+    whole = m.stage_cost(0, n, (1,), "single")
+    assert whole.compute_s == pytest.approx(0.220)  # the calibration figure, whole model on one Pi 3B+
+    assert whole.comm_s == 0 and whole.period_s == whole.latency_s == pytest.approx(0.220)
+    replicas = m.stage_cost(0, n, (4,), "data-parallel")
+    assert replicas.period_s == pytest.approx(0.220 / 4) and replicas.latency_s == pytest.approx(0.220)
+    assert replicas.memory_bytes == (whole.memory_bytes[0],) * 4  # every replica holds everything
+    assert m.stage_cost(0, n, (2,), "single") is None and m.stage_cost(0, n, (1,), "data-parallel") is None
+
+
+def test_stage_boundaries_pay_for_the_tensors_live_across_the_cut(alexnet_model):
+    m = alexnet_model
+    cut = m.graph.node_index("pool5") + 1
+    nbytes = m.graph.cut_bytes(cut)
+    expected = 3e-4 + nbytes * 8 / 94e6
+    assert m.transfer[cut] == pytest.approx(expected)
+    first, second = m.stage_cost(0, cut, (1,), "single"), m.stage_cost(cut, m.n, (1,), "single")
+    assert first.comm_s == pytest.approx(expected) and second.comm_s == pytest.approx(expected)
+    assert first.latency_s + second.latency_s == pytest.approx(m.stage_cost(0, m.n, (1,), "single").latency_s + expected)
+
+
+def test_split_stage_holds_only_parts_of_the_weights(alexnet_model):
+    m = alexnet_model
+    fc6 = m.graph.node_index("fc6")
+    seg = m.segment_at[fc6]
+    start, stop = m.splits.segments[seg]
+    options = {o.kind: o for o in m.segment_options(seg, (0, 0))}
+    assert set(options) == {"none", "fc-output", "fc-input"}
+    whole = m.graph.cost(fc6).weight_bytes
+    for kind in ("fc-output", "fc-input"):
+        o = options[kind]
+        assert sum(o.weight_bytes) == pytest.approx(whole + (m.prefix_weights[stop] - m.prefix_weights[o.split_stop]), rel=1e-6)
+        assert max(o.weight_bytes) < 0.6 * whole
+        assert o.comm_s > 0 and o.compute_s < options["none"].compute_s
+    assert options["none"].weight_bytes == (m.prefix_weights[stop] - m.prefix_weights[start], 0.0)
+    stage = m.stage_cost(start, stop, (2,), "split")
+    assert stage.mode == "split" and max(stage.memory_bytes) < whole
+
+
+def test_split_costs_match_partitioners_splits():
+    graph = zoo_model("vgg16")
+    catalogue = SplitCatalogue(graph)
+    covered = [i for a, b in catalogue.segments for i in range(a, b)]
+    assert covered == list(range(len(graph)))
+    for s, (start, _) in enumerate(catalogue.segments):
+        layer = graph.nodes[start].name
+        if not catalogue.kinds(s):
+            continue
+        assert set(catalogue.kinds(s)) == set(legal_kinds(graph, layer)) & set(PLANNER_KINDS)
+        for kind in catalogue.kinds(s):
+            sizes = catalogue.part_sizes(s, kind, [3.0, 1.0, 2.0, 1.5, 1.0])
+            if sizes is None:  # block1_conv1 has 3 input channels: no 5-way filter split
+                assert kind == "conv-filter"
+                continue
+            exact = split_cost(graph, layer, kind, sizes)
+            assert exact.sizes == sizes  # the plan's sizes are the ones split_layer builds
+            for mine, theirs in zip(catalogue.part_costs(s, kind, sizes), exact.parts):
+                for field in ("flops", "weight_bytes", "recv_bytes", "send_bytes"):
+                    value, truth = getattr(mine, field), getattr(theirs, field)
+                    assert value == pytest.approx(truth, rel=1e-9, abs=1e-6), (layer, kind, field)
+
+
+def test_mixed_stage_puts_the_fastest_device_first():
+    graph = zoo_model("lenet5")
+    model = CostModel(graph, make_cluster([("rpi3", 1, None), ("rpi5", 1, None)], 1e9), CALIBRATION)
+    assert [c.kind for c in model.classes] == ["rpi5", "rpi3"]
+    assert model.slots_of((1, 1)) == (0, 1)
+
+
+def test_memory_below_what_the_os_takes_is_rejected():
+    reserved = device_profile("rpi3").reserved_bytes
+    with pytest.raises(PisplitError, match="OS and rank process"):
+        make_cluster([("rpi3", 1, reserved)])
+
+
+def test_partitioners_import_no_mpi_ssh_or_rich():
+    code = ("import sys, partitioners.planners, partitioners.profiles, partitioners.cost, partitioners.planner_baselines, "
+            "partitioners.planner_exhaustive, partitioners.segment_table, partitioners.split_costs\n"
+            "bad = [m for m in ('mpi4py', 'paramiko', 'rich') if m in sys.modules]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
