@@ -1,12 +1,11 @@
-"""Plans for emulated devices: from the planner (partitioners) when it is installed, else a stand-in.
+"""Plans for emulated devices (the planner, partitioners.planners), and a measured balanced pipeline.
 
-The stand-in (used only while the planner module is missing) cuts the model into one contiguous stage
-per device with balanced FLOPs and predicts each stage from a local timing of the whole model scaled
-by the device's calibrated slowdown.
+`balanced_plan` cuts a model into one contiguous stage per device with equal measured local seconds,
+whatever the planner would choose: what scripts/bench_pipeline runs to compare a real 2-rank pipeline
+with one rank.
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -17,7 +16,6 @@ from partitioners.plan import Device, Plan, Stage, StagePrediction
 
 from .emulation import device_slowdown
 
-log = logging.getLogger(__name__)
 
 
 def parse_devices(spec: str) -> list[tuple[str, int]]:
@@ -37,13 +35,10 @@ def parse_devices(spec: str) -> list[tuple[str, int]]:
 
 def plan_for_devices(graph: Graph, model: str, devices: str, link_bps: float, planner: str, objective: str, engine: str) -> Plan:
     """A plan of `model` for the devices in `devices` ('rpi3:4') with the named planner."""
-    try:
-        from partitioners.cost import CostModel, make_cluster
-        from partitioners.planners import make_plan
-        from partitioners.profiles import Calibration
-    except ImportError:
-        log.warning("partitioners.planners is not available: using a FLOPs-balanced stand-in plan")
-        return balanced_plan(graph, model, parse_devices(devices), link_bps, engine)
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.planners import make_plan
+    from partitioners.profiles import Calibration
+
     cluster = make_cluster([(kind, count, None) for kind, count in parse_devices(devices)], link_bps)
     return make_plan(graph, CostModel(graph, cluster, Calibration(engine)), planner, objective, model, engine)
 
@@ -70,7 +65,8 @@ def _local_seconds(graph: Graph) -> np.ndarray:
 
 
 def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link_bps: float, engine: str) -> Plan:
-    """One single-rank stage per device, contiguous, with about equal local seconds each."""
+    """One single-rank stage per device, contiguous, with about equal measured local seconds each;
+    predictions scale those seconds by each device's calibrated slowdown."""
     kinds = [k for k, n in devices for _ in range(n)]
     n = min(len(kinds), len(graph))
     kinds = kinds[:n]
@@ -97,6 +93,6 @@ def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link
         periods.append(compute + t_in + t_out)
         latency += compute + t_out
     devs = tuple(Device(r, k, 1 << 30) for r, k in enumerate(kinds))
-    return Plan(model, len(graph), devs, tuple(stages), planner="balanced-flops", engine=engine, link_bandwidth_bps=link_bps,
+    return Plan(model, len(graph), devs, tuple(stages), planner="balanced", engine=engine, link_bandwidth_bps=link_bps,
                 predicted_throughput_fps=1.0 / max(periods), predicted_latency_s=latency,
-                notes=("stand-in plan: the planner module is not installed",)).validate()
+                notes=("stages balanced on this machine's measured node times",)).validate()

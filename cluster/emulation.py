@@ -15,7 +15,6 @@ This is the planner's link model (partitioners.cost: a stage's period counts its
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import re
 import time
@@ -25,13 +24,6 @@ from typing import Callable
 
 from layers.errors import PisplitError
 
-log = logging.getLogger(__name__)
-
-# Device time / this machine's time for the same work, per device kind, used only while
-# partitioners.profiles (the calibrated device profiles) is not importable. AlexNet: ncnn on a Pi 3B+
-# with 4 threads takes 220 ms; one numpy thread here takes about 28 ms. Pi 4 is ~1.64x a Pi 3B+
-# (MobileNetV2 120 vs 73 ms), Pi 5 ~3x a Pi 4.
-TEMPORARY_DEVICE_SLOWDOWN = {"rpi3": 7.9, "rpi4": 4.8, "rpi5": 1.6, "local": 1.0}
 
 _LINK_UNITS = {"": 1.0, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
 
@@ -45,17 +37,11 @@ def parse_link(text: str) -> float:
 
 
 def device_slowdown(kind: str, engine: str = "numpy") -> float:
-    """Calibrated device time / local time for `kind` with `engine` (from the device profiles)."""
-    try:
-        from partitioners import profiles  # the planner's calibrated device profiles
-    except ImportError:
-        profiles = None
-    if profiles is not None and hasattr(profiles, "device_slowdown"):
-        return float(profiles.device_slowdown(kind, engine))
-    try:
-        return TEMPORARY_DEVICE_SLOWDOWN[kind.lower()]
-    except KeyError:
-        raise PisplitError(f"device kind {kind!r}: no calibrated speed to emulate (known: {', '.join(TEMPORARY_DEVICE_SLOWDOWN)})") from None
+    """Calibrated device time / this machine's time for the same work, from the shipped device
+    profiles (partitioners.profiles: e.g. a Pi 3B+ takes 220 ms for AlexNet)."""
+    from partitioners import profiles
+
+    return float(profiles.device_slowdown(kind, engine))
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_core_tokens_admit_one_holder_per_core(tmp_path):
     tokens[2].release()
 
 
-def test_stand_in_plan_is_contiguous_and_predicted():
+def test_balanced_plan_is_contiguous_and_predicted():
     graph = zoo_model("lenet5")
     plan = balanced_plan(graph, "lenet5", [("rpi3", 3)], 94e6, "numpy")
     assert [s.ranks for s in plan.stages] == [(0,), (1,), (2,)]

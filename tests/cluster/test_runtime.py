@@ -4,7 +4,6 @@ the report, the trace file and per-rank memory."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
