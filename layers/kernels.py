@@ -298,6 +298,18 @@ def local_response_norm(x, depth_radius: int = 5, bias: float = 1.0, alpha: floa
     return (x / np.power(bias + alpha * window, beta)).astype(np.float32)
 
 
+def hard_swish(x):
+    """x * relu6(x + 3) / 6 (MobileNetV3's activation, TFLite HARD_SWISH)."""
+    x = np.asarray(x, dtype=np.float32)
+    return (x * np.clip(x + np.float32(3), 0, 6) / np.float32(6)).astype(np.float32, copy=False)
+
+
+def leaky_relu(x, alpha: float = 0.2):
+    """x where x >= 0, alpha * x elsewhere (a scalar slope)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(x >= 0, x, x * np.float32(alpha))
+
+
 def relu_n1_to_1(x):
     """min(max(x, -1), 1) (TFLite's RELU_N1_TO_1)."""
     return np.clip(x, np.float32(-1), np.float32(1)).astype(np.float32, copy=False)

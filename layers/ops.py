@@ -198,8 +198,9 @@ register("batch_norm", OpSpec(
     params=("gamma", "beta", "mean", "var"),
 ))
 
-for _name, _fn in [("relu", K.relu), ("relu6", K.relu6), ("sigmoid", K.sigmoid), ("tanh", K.tanh)]:
+for _name, _fn in [("relu", K.relu), ("relu6", K.relu6), ("sigmoid", K.sigmoid), ("tanh", K.tanh), ("hard_swish", K.hard_swish)]:
     register(_name, OpSpec(_same_shape, (lambda f: lambda xs, a, w: [f(xs[0])])(_fn), lambda i, o, a, ws: numel(o[0])))
+register("leaky_relu", OpSpec(_same_shape, lambda xs, a, w: [K.leaky_relu(xs[0], a.get("alpha", 0.2))], lambda i, o, a, ws: 2 * numel(o[0])))
 
 
 def _prelu_infer(ins, attrs, ws):

@@ -38,7 +38,7 @@ ACTIVATION_CODES = {name: code for code, name in ACTIVATION_NAMES.items()}
 
 SUPPORTED_OPS = (
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
-    "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "RELU",
+    "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "RELU",
     "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "SUB", "TANH", "TRANSPOSE",
 )
 
@@ -476,6 +476,13 @@ class _Importer:
 
     def _op_tanh(self, op, ins, out):
         self._node("tanh", [ins[0]], out)
+
+    def _op_hard_swish(self, op, ins, out):
+        self._node("hard_swish", [ins[0]], out)
+
+    def _op_leaky_relu(self, op, ins, out):
+        o = self._options(op, "LeakyReluOptions")
+        self._node("leaky_relu", [ins[0]], out, {"alpha": float(o.alpha)})
 
     def _op_softmax(self, op, ins, out):
         o = self._options(op, "SoftmaxOptions")

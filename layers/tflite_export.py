@@ -324,6 +324,12 @@ class _Exporter:
     def _tanh(self, node, w):
         self._unary("TANH")
 
+    def _hard_swish(self, node, w):
+        self._unary("HARD_SWISH")
+
+    def _leaky_relu(self, node, w):
+        self._unary("LEAKY_RELU", self.w.options("LeakyReluOptions", alpha=float(node.attrs.get("alpha", 0.2))))
+
     def _prelu(self, node, w):
         self.w.operator("PRELU", [self._in(), self._const("alpha", w["alpha"])], [self._out()])
 

@@ -135,3 +135,38 @@ def test_engine_errors():
     engine = make_engine(zoo_model("lenet5"), "litert")
     with pytest.raises(PisplitError, match="input 'input' has shape"):
         engine.run({"input": np.zeros((1, 28, 28, 1), np.float32)})
+
+
+def test_every_exportable_op_round_trips_through_litert():
+    """Graphs of pisplit ops (as the zoo and the split kinds build them) exported and run in LiteRT."""
+    b = GraphBuilder("ops", seed=3)
+    x = b.input("x", (1, 12, 12, 4))
+    y = b.conv(x, 8, 3, "conv", strides=2, padding=[[0, 1], [2, 0]], dilation=1, activation="tanh")  # explicit pads: PAD op
+    y = b.depthwise(y, 3, "dw", multiplier=2, padding="same", activation="sigmoid", use_bias=True)
+    y = b.batch_norm(y, "bn", activation="relu6")  # after a fused activation: not foldable, MUL + ADD
+    y = b.act(y, "hard_swish", "hswish")
+    y = b.act(y, "leaky_relu", "leaky", alpha=0.1)
+    z = b.pool(y, "avg", 2, "avg", strides=1, padding="same")
+    y = b.add("sub", [y, z], "sub", {"activation": "relu_n1_to_1"})
+    y = b.add("mul", [y, z, y], "mul3", {"activation": None})  # three operands: a chain of MULs
+    y = b.add("add", y, "add_constant", {"constant_first": True}, {"constant": ((16,), "bias")})
+    y = b.add("concat", [y, z], "concat", {"axis": -1, "activation": "relu"})
+    y = b.add("resize_bilinear", y, "up", {"size": [9, 7], "half_pixel_centers": True})
+    y = b.add("resize_nearest", y, "down", {"size": [4, 5], "align_corners": True})
+    y = b.add("transpose", y, "transpose", {"perm": [0, 2, 1, 3]})
+    y = b.add("pad", y, "pad_value", {"paddings": [[0, 0], [1, 0], [0, 2], [0, 0]], "value": -0.5})
+    m = b.add("mean", y, "mean", {"axes": [1, -1], "keepdims": False})
+    y = b.act(y, "lrn", "lrn", depth_radius=2, alpha=1e-3, beta=0.75)
+    y = b.add("prelu", y, "prelu", {}, {"alpha": ((32,), "alpha")})
+    y = b.add("reshape", y, "reshape", {"shape": [8, -1]})
+    y = b.dense(y, 5, "dense3d")  # keep_num_dims: a 3-D input
+    y = b.act(y, "flatten", "flatten")
+    y = b.act(y, "dropout", "dropout", rate=0.5)
+    y = b.act(y, "softmax", "softmax", beta=2.0)
+    graph = b.build([y, m, "hswish"])
+    feeds = random_feeds(graph, seed=9)
+    want = graph.execute(feeds)
+    got = make_engine(graph, "litert").run(feeds)
+    for t in graph.outputs:
+        varied(want[t])
+        assert_close(got[t], want[t])

@@ -178,7 +178,7 @@ def _prelu(alpha_shape, float16=False):
 
 def _unary(code, options=None):
     def build(m, x):
-        return m.op(code, [x], m.shapes[x], m.opts(*options) if options else None)
+        return m.op(code, [x], m.shapes[x], m.opts(options[0], **options[1]) if options else None)
     return build
 
 
@@ -233,6 +233,8 @@ CASES = {
     "relu6": _single(_unary("RELU6"), [(1, 4, 5, 3)]),
     "logistic": _single(_unary("LOGISTIC"), [(1, 4, 5, 3)]),
     "tanh": _single(_unary("TANH"), [(1, 4, 5, 3)]),
+    "hard_swish": _single(_unary("HARD_SWISH"), [(1, 4, 5, 3)]),
+    "leaky_relu": _single(_unary("LEAKY_RELU", ("LeakyReluOptions", {"alpha": 0.3})), [(1, 4, 5, 3)]),
     "softmax_beta": _single(_softmax(0.5), [(1, 10)]),
     "softmax_4d": _single(_softmax(1.0), [(1, 3, 4, 6)]),
     "transpose_hw": _single(_transpose([0, 2, 1, 3]), [(1, 4, 5, 3)]),
