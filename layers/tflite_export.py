@@ -148,7 +148,7 @@ class TfliteWriter:
             raise PisplitError(f"model of {self.data_bytes / 2**30:.1f} GiB of weights is too large for one .tflite flatbuffer (2 GiB)")
         builder = flatbuffers.Builder(size)
         builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
-        return bytes(builder.Output())
+        return bytes(memoryview(builder.Bytes)[builder.Head():])  # one copy (Output() would add another)
 
 
 def export_tflite(graph: Graph, description: str | None = None) -> bytes:
