@@ -41,19 +41,20 @@ MPI_STEP = "mpi"
 PROJECT_PACKAGES = ("layers", "partitioners", "cluster")
 SMOKE_COMMAND = "{python} -m mpi4py.bench helloworld"
 
-# One shell round trip; `python` is appended quoted. Each line is `key=value`.
-FACTS_SCRIPT = r"""echo "arch=$(uname -m)"
-echo "cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc)"
-echo "memory_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
-echo "model=$(tr -d '\000' < /proc/device-tree/model 2>/dev/null)"
-echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
-echo "hostname=$(hostname)"
-echo "uid=$(id -u)"
-echo "home=$HOME"
-if sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi
-"$1" -c 'import platform; print("python=" + platform.python_version()); print("libc=" + " ".join(platform.libc_ver()))' 2>/dev/null
-"$1" -c 'import venv, ensurepip' 2>/dev/null && echo venv=yes || echo venv=no
-"""
+# One shell round trip printing `key=value` lines; the python to ask is passed as $1.
+FACTS_SCRIPT = "; ".join([
+    'echo "arch=$(uname -m)"',
+    'echo "cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc)"',
+    "echo \"memory_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\"",
+    "echo \"model=$(tr -d '\\000' < /proc/device-tree/model 2>/dev/null)\"",
+    'echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"',
+    'echo "hostname=$(hostname)"',
+    'echo "uid=$(id -u)"',
+    'echo "home=$HOME"',
+    "if sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi",
+    """"$1" -c 'import platform; print("python=" + platform.python_version()); print("libc=" + " ".join(platform.libc_ver()))' 2>/dev/null""",
+    """"$1" -c 'import venv, ensurepip' 2>/dev/null && echo venv=yes || echo venv=no""",
+])
 
 
 @dataclass
@@ -177,9 +178,10 @@ def _platforms(arch: str, libc: str) -> list[str]:
 class Wheelhouses:
     """Wheel directories per host platform, built once on this head node with `pip download`."""
 
-    def __init__(self, requirements: str, given: Path | None = None):
+    def __init__(self, requirements: str, given: Path | None = None, cache: Path | None = None):
         self.requirements = requirements
         self.given = given
+        self.cache = cache or cache_root() / "wheelhouse"
         self.lock = threading.Lock()
         self.built: dict[str, Path] = {}
 
@@ -194,13 +196,13 @@ class Wheelhouses:
         with self.lock:
             if tag in self.built:
                 return self.built[tag]
-            target = cache_root() / "wheelhouse" / tag
+            target = self.cache / tag
             stamp = target / ".requirements.sha256"
             digest = hashlib.sha256(self.requirements.encode()).hexdigest()
             if not (stamp.exists() and stamp.read_text() == digest):
                 target.mkdir(parents=True, exist_ok=True)
                 (target / "requirements.txt").write_text(self.requirements)
-                cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--dest", str(target),
+                cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--retries", "2", "--dest", str(target),
                        "--only-binary=:all:", "--implementation", "cp", "--python-version", version]
                 for platform in _platforms(facts["arch"], facts["libc"]):
                     cmd += ["--platform", platform]
@@ -424,8 +426,8 @@ class Provisioner:
         plan = [
             ("connect", f"ssh {host.target} with {key}; host key checked against {self.options.known_hosts} ({trust})"),
             ("facts", facts_command(host.python)),
-            ("packages", "if python3-venv is missing: " + " && ".join(apt_commands(["python3-venv"], host.user == "root"))),
-            ("venv", " ; ".join([workdir_command(workdir),
+            ("packages", "if python3-venv is missing:\n" + "\n".join(apt_commands(["python3-venv"], host.user == "root"))),
+            ("venv", "\n".join([workdir_command(workdir),
                                  f"sftp: wheels for the host's platform -> {workdir}/wheelhouse/ (changed files only)",
                                  f"sftp: requirements.txt -> {workdir}/requirements.txt",
                                  "if missing: " + venv_command(host.python, venv),
@@ -459,7 +461,8 @@ def apt_commands(packages: list[str], as_root: bool) -> list[str]:
 
 
 def workdir_command(workdir: str) -> str:
-    return shlex.join(["sh", "-c", 'mkdir -p -- "$1" && test -w "$1" || { echo "not writable" >&2; exit 1; }', "workdir", workdir])
+    return shlex.join(["sh", "-c", 'mkdir -p -- "$1" || exit 1; test -w "$1" || { echo "$1: not writable" >&2; exit 1; }',
+                       "workdir", workdir])
 
 
 def venv_command(python: str, venv: str) -> str:

@@ -146,7 +146,10 @@ class Remote:
             raise HostError(f"host {host.name} ({host.target}): unreachable (no answer within {self.timeout:g} s)") from None
         except (paramiko.ssh_exception.NoValidConnectionsError, OSError, paramiko.SSHException) as exc:
             client.close()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+                reason = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+            else:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise HostError(f"host {host.name} ({host.target}): unreachable ({reason})") from None
         transport = client.get_transport()
         transport.set_keepalive(15)

@@ -113,7 +113,10 @@ def _print_dry_run(report: Report) -> None:
     for r in report.hosts:
         console.print(f"[bold]{r.host.name}[/] ({r.host.target}, workdir {r.host.workdir})")
         for number, s in enumerate(r.steps, start=1):
-            console.print(f"  {number}. {s.step}: {s.detail}", highlight=False, soft_wrap=True, markup=False)
+            first, *rest = s.detail.splitlines()
+            console.print(f"  {number}. {s.step}: {first}", highlight=False, soft_wrap=True, markup=False)
+            for line in rest:
+                console.print(f"       {line}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"then: an MPI hostfile and `mpirun` of mpi4py's hello world, one rank per host (dry run: nothing was run)")
 
 
