@@ -74,6 +74,12 @@ def test_pipeline_stage_with_two_inputs_and_outputs_and_batches():
         for t in part.outputs:
             assert got[t].shape[0] == batch
             assert_close(got[t], want[t])
+    passing = stage(graph, i, i + 2)  # the block's shortcut passes through untouched: an input is an output
+    assert set(passing.inputs) & set(passing.outputs)
+    feeds = random_feeds(passing, seed=7)
+    want, got = passing.execute(feeds), make_engine(passing, "litert").run(feeds)
+    for t in passing.outputs:
+        assert_close(got[t], want[t])
 
 
 def test_one_part_of_a_split_layer():
