@@ -2,9 +2,10 @@
 
 Rank r builds only part r's graph (its own weight slices) and an engine for it. Per frame (batch 1):
 
-1. input: each segment input the parts all need whole is broadcast (Bcast); one they need boxes of
-   (channel slices, row bands with halos) is packed on the root in rank order and scattered
-   (Scatterv). The root's own part reads its boxes straight from the input, so its count is 0.
+1. input: each segment input the parts all need whole is broadcast (Bcast). One they need a box of
+   is sent to each part straight from the root's array when every box is one contiguous run of it
+   (row bands with halos: Isend, no copy); otherwise (channel slices, tiles) the boxes are packed on
+   the root in rank order and scattered (Scatterv). The root's own part reads its boxes in place.
 2. compute: every rank runs its part graph.
 3. output: concatenated parts are gathered (Gatherv): straight into the merged array when each part's
    box is one contiguous run of it (row bands), else packed and then placed. Partial sums are reduced
@@ -67,18 +68,27 @@ def contiguous_offset(box: tuple, shape: tuple) -> int | None:
 
 
 class _Input:
-    """How one segment input tensor reaches the parts: broadcast whole, or scattered as packed boxes."""
+    """How one segment input tensor reaches the parts: broadcast whole; sent as one contiguous view per
+    part (row bands of one frame: no copy on the root); or packed in rank order and scattered."""
 
-    def __init__(self, split: Split, tensor: str, rank: int, root: int):
+    TAG = 6000  # + index of the input tensor, for the per-part sends
+
+    def __init__(self, split: Split, index: int, tensor: str, rank: int, root: int):
         self.tensor = tensor
+        self.tag = self.TAG + index
         self.shape = split.graph.shapes[tensor]
         self.feeds = [[f for f in p.feeds if f.tensor == tensor] for p in split.parts]
         whole = full_box(self.shape[1:])
         self.broadcast = split.n_parts > 1 and all(len(fs) == 1 and fs[0].box == whole for fs in self.feeds)
+        self.views = not self.broadcast and all(
+            len(fs) == 1 and contiguous_offset(fs[0].box, self.shape[1:]) is not None
+            for r, fs in enumerate(self.feeds) if r != root)
         self.counts = [0 if r == root else sum(numel(f.shape) for f in fs) for r, fs in enumerate(self.feeds)]
         self.rank, self.root = rank, root
+        self.packed = None
         if rank == root:
-            self.packed = np.empty(sum(self.counts), np.float32) if not self.broadcast else None
+            if not self.broadcast and not self.views:
+                self.packed = np.empty(sum(self.counts), np.float32)
             self.buffer = None
         elif self.broadcast:
             self.buffer = np.empty(self.shape, np.float32)
@@ -95,6 +105,12 @@ class _Input:
             transport.bcast(comm, self.buffer, self.root)
             return {f.name: self.buffer for f in mine}
         if self.rank == self.root:
+            if self.views:
+                x = np.ascontiguousarray(x)
+                requests = [transport.isend(comm, np.ascontiguousarray(fs[0].take(x)), r, self.tag)
+                            for r, fs in enumerate(self.feeds) if r != self.root]
+                transport.wait_all(requests)
+                return {f.name: f.take(x) for f in mine}
             offset = 0
             for r, fs in enumerate(self.feeds):
                 if r == self.root:
@@ -105,7 +121,10 @@ class _Input:
                     offset += n
             transport.scatterv(comm, self.packed, self.counts, np.empty(0, np.float32), self.root)
             return {f.name: f.take(x) for f in mine}
-        transport.scatterv(comm, None, self.counts, self.buffer, self.root)
+        if self.views:
+            transport.recv(comm, self.buffer, self.root, self.tag)
+        else:
+            transport.scatterv(comm, None, self.counts, self.buffer, self.root)
         out, offset = {}, 0
         for f in mine:
             n = numel(f.shape)
@@ -139,7 +158,7 @@ class SplitRunner:
         self.times = PhaseTimes()
         if split.kind == "data-parallel":
             return
-        self.inputs = [_Input(split, t, self.rank, root) for t in split.inputs]
+        self.inputs = [_Input(split, i, t, self.rank, root) for i, t in enumerate(split.inputs)]
         self.merged_shape = split.partial_shape
         out_counts = [numel(p.output_shape) for p in split.parts]
         boxes = [p.output_box for p in split.parts]
