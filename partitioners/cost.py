@@ -285,15 +285,6 @@ class CostModel:
         s0, s1 = self.splits.segments[seg.segment]
         return int(s0 + np.argmax(self.weight_bytes[s0:s1]))
 
-    def best_stage(self, start: int, stop: int, counts: tuple, key: str = "period_s") -> StageCost | None:
-        """The feasible mode with the least `key` (period_s or latency_s), else None."""
-        best = None
-        for mode in MODES:
-            c = self.stage_cost(start, stop, counts, mode)
-            if c is not None and c.feasible and (best is None or getattr(c, key) < getattr(best, key)):
-                best = c
-        return best
-
 
 def _forced_options(options: tuple, kind: str | None) -> tuple:
     """Only the options of `kind` when it is given and applies, else all of them."""
