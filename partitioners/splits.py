@@ -22,17 +22,17 @@ import numpy as np
 
 from layers.errors import PisplitError
 from layers.graph import DTYPE_BYTES, Graph
-from layers.ops import numel, spec_of
+from layers.ops import numel
 from layers.weights import SeededWeights
 
 from .split_channels import plan_input_channels, plan_output_channels
-from .split_frames import plan_frames, range_io
+from .split_frames import plan_frames
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
-from .split_segments import CONV_OPS, chain_next, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower
+from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
 
-__all__ = ["SPLIT_KINDS", "Split", "SplitCost", "PartCost", "legal_kinds", "split_layer", "split_cost"]
+__all__ = ["SPLIT_KINDS", "Split", "SplitCost", "PartCost", "legal_kinds", "split_layer", "split_segment", "split_cost"]
 
 
 def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
@@ -423,80 +423,3 @@ def split_segment(graph: Graph, node_start: int, node_stop: int, kind: str, size
         sizes = tuple(sizes)
     return split_layer(graph, graph.nodes[node_start].name, kind, sizes, last=graph.nodes[node_stop - 1].name,
                        axis=options.get("axis", "rows"), grid=grid)
-
-
-# --- the planner's view ----------------------------------------------------------------------------------
-# Kinds the planner weighs for one segment inside a stage (fused runs across segments and
-# data-parallel stages are modelled by the planner itself).
-PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter")
-
-
-def _kind_accept(graph: Graph, start: int, kind: str):
-    if kind in ("fc-output", "conv-channel"):
-        return channel_follower
-    if kind in ("fc-input", "conv-filter"):
-        return _after_sum_follower
-    if kind in ("conv-spatial", "fused-tiles"):
-        x = graph.nodes[start].inputs[0]
-        rank = len(graph.shapes[x])
-        axes = (SPATIAL_AXES[rank]["rows"],) if rank in SPATIAL_AXES else ()
-        return lambda g, j, running: bool(axes) and spatial_follower(g, j, running, axes, kind == "fused-tiles")
-    return lambda g, j, running: True
-
-
-def planner_segments(graph: Graph) -> list[tuple[int, int]]:
-    """Disjoint segments [start, stop): every conv and dense node with the followers that keep both a
-    channel and a row split (so one segment suits every kind); other nodes are in none."""
-    out = []
-    i = 0
-    while i < len(graph.nodes):
-        node = graph.nodes[i]
-        if node.op == "dense" or node.op in CONV_OPS:
-            rank = len(graph.shapes[node.inputs[0]])
-            if node.op in CONV_OPS and rank in SPATIAL_AXES:
-                axes = (SPATIAL_AXES[rank]["rows"],)
-                accept = (lambda g, j, r, axes=axes: channel_follower(g, j, r) and spatial_follower(g, j, r, axes, False))
-            else:
-                accept = channel_follower
-            stop = chain_stop(graph, i, accept)
-            out.append((i, stop))
-            i = stop
-        else:
-            i += 1
-    return out
-
-
-def planner_kinds(graph: Graph, start: int, stop: int) -> tuple[str, ...]:
-    """The PLANNER_KINDS that can split nodes [start, stop) as one segment."""
-    kinds = []
-    for kind in legal_kinds(graph, graph.nodes[start].name):
-        if kind not in PLANNER_KINDS:
-            continue
-        accept = _kind_accept(graph, start, kind)
-        if all(chain_next(graph, j - 1) == j and accept(graph, j, graph.nodes[j - 1].outputs[0]) for j in range(start + 1, stop)):
-            kinds.append(kind)
-    return tuple(kinds)
-
-
-def planner_extent(graph: Graph, start: int, stop: int, kind: str) -> int:
-    """How many units the part sizes of `kind` divide: output channels or units, input channels or
-    features, or rows of the segment's output."""
-    node = graph.nodes[start]
-    if kind in ("fc-output", "conv-channel"):
-        return int(node.weight_shapes["kernel"][-1])
-    if kind in ("fc-input", "conv-filter"):
-        return int(graph.shapes[node.inputs[0]][-1])
-    if kind in ("conv-spatial", "fused-tiles"):
-        out = graph.shapes[graph.nodes[stop - 1].outputs[0]]
-        return int(out[SPATIAL_AXES[len(out)]["rows"]])
-    raise PisplitError(f"layer {node.name}: kind {kind} has no extent to divide")
-
-
-def planner_options(graph: Graph, start: int, stop: int, kind: str, sizes) -> dict:
-    """Plan segment options for a split (the cut axis of spatial kinds)."""
-    return {"axis": "rows"} if kind in ("conv-spatial", "fused-tiles") else {}
-
-
-def planner_part_costs(graph: Graph, start: int, stop: int, kind: str, sizes) -> list[dict]:
-    """Per-part cost dicts (PartCost.to_dict) of splitting nodes [start, stop) with `kind` into `sizes`."""
-    return [p.to_dict() for p in split_segment(graph, start, stop, kind, tuple(int(s) for s in sizes)).cost().parts]
