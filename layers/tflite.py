@@ -43,7 +43,8 @@ SUPPORTED_OPS = (
 )
 
 # Errors the flatbuffer reader raises on out-of-range offsets and garbage: all mean "corrupt file".
-_PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError, AttributeError, KeyError, MemoryError)
+_PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError, AttributeError, KeyError,
+                 MemoryError, ZeroDivisionError, RecursionError)
 
 
 def schema_module():
@@ -107,7 +108,6 @@ class _Importer:
         self.nodes: list[Node] = []
         self.loaders: dict[str, Callable[[], np.ndarray]] = {}
         self.constants: dict[int, Callable[[], np.ndarray]] = {}  # tensor index -> value (any dtype)
-        self.aliases: dict[int, int] = {}  # tensor index -> the tensor it equals (SQUEEZE-free identities)
 
     # --- checks ------------------------------------------------------------------------------------
     def _fail(self, message: str):
@@ -232,7 +232,7 @@ class _Importer:
 
         outputs = []
         for k in range(self._count(sg.OutputsLength(), "output")):
-            i = self._resolve(int(sg.Outputs(k)))
+            i = int(sg.Outputs(k))
             self._check_index(i, n_tensors, "a graph output")
             if i in self.constants:
                 self._fail(f"graph output {self.tensor_names[i]!r} is a constant; pisplit needs computed outputs")
@@ -262,11 +262,6 @@ class _Importer:
                 if tuple(got) != tuple(want):
                     self._fail(f"node {node.name!r} ({node.op}): pisplit computes shape {tuple(got)}, the file says {tuple(want)}")
 
-    def _resolve(self, i: int) -> int:
-        while i in self.aliases:
-            i = self.aliases[i]
-        return i
-
     # --- operators ---------------------------------------------------------------------------------
     def _convert(self, k: int, op, n_tensors: int) -> None:
         code_index = op.OpcodeIndex()
@@ -284,7 +279,6 @@ class _Importer:
                 self._check_index(i, n_tensors, f"operator {k} ({op_name})")
         for i in outs:
             self._check_index(i, n_tensors, f"operator {k} ({op_name})")
-        ins = [self._resolve(i) if i != -1 else -1 for i in ins]
         where = f"operator {k} ({op_name}) writing tensor {self.tensor_names[outs[0]]!r}" if outs else f"operator {k} ({op_name})"
         handler = getattr(self, "_op_" + op_name.lower(), None) if op_name in SUPPORTED_OPS else None
         if handler is None:
@@ -310,6 +304,12 @@ class _Importer:
         if code not in ACTIVATION_NAMES:
             self._fail(f"{self.where}: fused activation {_enum_names(self.S.ActivationFunctionType).get(code, code)} is not supported")
         return ACTIVATION_NAMES[code]
+
+    def _window(self, what: str, *values: int) -> list[int]:
+        """Strides, dilations and window sizes: absent options read as 0, which no op can use."""
+        if min(values) < 1:
+            self._fail(f"{self.where}: {what} {list(values)} must be at least 1")
+        return [int(v) for v in values]
 
     def _padding(self, code: int) -> str:
         if code not in (self.S.Padding.SAME, self.S.Padding.VALID):
@@ -347,8 +347,8 @@ class _Importer:
         weights = {"kernel": (w, lambda a: a.transpose(1, 2, 3, 0), (kh, kw, cin_g, cout))}  # OHWI -> HWIO
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
-        attrs = {"strides": [o.strideH, o.strideW], "padding": self._padding(o.padding),
-                 "dilation": [o.dilationHFactor, o.dilationWFactor], "groups": cin // cin_g,
+        attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
+                 "dilation": self._window("dilation", o.dilationHFactor, o.dilationWFactor), "groups": cin // cin_g,
                  "activation": self._activation(o.fusedActivationFunction)}
         self._node("conv2d", [x], out, attrs, weights)
 
@@ -363,8 +363,8 @@ class _Importer:
         weights = {"kernel": (w, lambda a: a.reshape(kh, kw, 1, cout), (kh, kw, 1, cout))}
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
-        attrs = {"strides": [o.strideH, o.strideW], "padding": self._padding(o.padding),
-                 "dilation": [o.dilationHFactor, o.dilationWFactor], "groups": cin,
+        attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
+                 "dilation": self._window("dilation", o.dilationHFactor, o.dilationWFactor), "groups": cin,
                  "activation": self._activation(o.fusedActivationFunction)}
         self._node("conv2d", [x], out, attrs, weights)
 
@@ -393,7 +393,7 @@ class _Importer:
 
     def _pool(self, op, ins, out, kind: str):
         o = self._options(op, "Pool2DOptions")
-        attrs = {"pool": [o.filterHeight, o.filterWidth], "strides": [o.strideH, o.strideW],
+        attrs = {"pool": self._window("window", o.filterHeight, o.filterWidth), "strides": self._window("strides", o.strideH, o.strideW),
                  "padding": self._padding(o.padding), "activation": self._activation(o.fusedActivationFunction)}
         self._node(kind, [ins[0]], out, attrs)
 

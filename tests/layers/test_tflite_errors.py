@@ -126,3 +126,17 @@ def test_cli_reports_one_line_without_traceback(tmp_path):
         assert proc.returncode == 1
         assert proc.stderr.startswith("pisplit: error: model file") and "bad.tflite" in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_zero_stride_or_missing_options_are_clear_errors():
+    m = Model(4)
+    x = m.input((1, 5, 5, 2))
+    y = conv(m, x, 3, 3)
+    m.w.operators[-1].builtinOptions.strideH = 0
+    with pytest.raises(PisplitError, match=r"operator 0 \(CONV_2D\).*strides \[0, 1\] must be at least 1"):
+        import_tflite_bytes(m.finish(y), "stride0.tflite")
+    m = Model(5)
+    x = m.input((1, 6, 6, 2))
+    y = m.op("MAX_POOL_2D", [x], (1, 3, 3, 2))  # options table absent: every field reads as 0
+    with pytest.raises(PisplitError, match=r"operator 0 \(MAX_POOL_2D\).*window \[0, 0\] must be at least 1"):
+        import_tflite_bytes(m.finish(y), "nooptions.tflite")
