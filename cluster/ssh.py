@@ -55,15 +55,13 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         if not self.accept:
             raise HostError(f"host {self.host.name} ({hostname}): unknown host key {fingerprint(key)}, not in "
                             f"{self.known_hosts}; check it, then run again with --accept-new-hosts to trust it")
+        # Appended, as ssh does: rewriting the file would drop lines paramiko does not parse (@cert-authority ...).
         with _known_hosts_lock:
-            keys = paramiko.HostKeys()
-            if self.known_hosts.exists():
-                keys.load(str(self.known_hosts))
-            keys.add(hostname, key.get_name(), key)
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.known_hosts.with_name(self.known_hosts.name + ".tmp")
-            keys.save(str(tmp))
-            os.replace(tmp, self.known_hosts)
+            existing = self.known_hosts.read_text() if self.known_hosts.exists() else ""
+            separator = "" if not existing or existing.endswith("\n") else "\n"
+            with open(self.known_hosts, "a") as f:
+                f.write(f"{separator}{hostname} {key.get_name()} {key.get_base64()}\n")
         log.warning("host %s (%s): trusted new host key %s, recorded in %s", self.host.name, hostname, fingerprint(key), self.known_hosts)
 
 

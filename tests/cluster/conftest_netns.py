@@ -63,7 +63,7 @@ def emulated_cluster(tmp_path_factory):
     ok, reason = netns_available()
     require(ok, reason)
     state = tmp_path_factory.mktemp("netns")
-    cluster = Cluster(name="pstest", n_pis=5, rate="94mbit", head_rate="1gbit", state=state / "cluster")
+    cluster = Cluster(name="pstest", n_pis=6, rate="94mbit", head_rate="1gbit", state=state / "cluster")
     cluster_down(cluster)  # leftovers of an interrupted run
     try:
         cluster_up(cluster)

@@ -15,7 +15,7 @@ from cluster.provision import (apt_commands, facts_command, missing_packages, pi
                                project_requirements, _platforms)
 from layers.errors import PisplitError
 
-from .conftest_netns import no_network  # noqa: F401 - fixture
+from .conftest_netns import NetworkTouched, no_network  # noqa: F401 - fixture
 
 INVENTORY = """\
 [pis]
@@ -192,3 +192,10 @@ def test_provision_dry_run_lists_every_step_per_host_without_connecting(inventor
 def test_provision_refuses_missing_files(inventory, capsys):
     assert main(["provision", "--inventory", str(inventory.path), "--dry-run", "--files", "/nonexistent/model.tflite"]) == 1
     assert "--files /nonexistent/model.tflite: no such file" in capsys.readouterr().err
+
+
+def test_the_network_guard_catches_a_real_connection_attempt(inventory, tmp_path, no_network):
+    from cluster.ssh import Remote
+
+    with pytest.raises(NetworkTouched):
+        Remote(inventory.hosts[0], tmp_path / "known_hosts").connect()

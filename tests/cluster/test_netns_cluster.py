@@ -2,7 +2,8 @@
 namespace with the real inventory code, then mpirun over ssh across the emulated Pis.
 
 Pis: pi-0..pi-2 healthy, pi-3 reachable but the inventory gives it a key it does not accept, pi-4 with
-a workdir its user may not write; plus an address where nothing answers. Runs as root (CI); elsewhere
+a workdir its user may not write, pi-5 without the python the inventory names (and no right to install
+one); plus an address where nothing answers. Runs as root (CI); elsewhere
 it skips with the reason. The tests build on each other in file order (one cluster per module).
 """
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import time
 
@@ -59,6 +59,7 @@ pi-2 ansible_host={pis[2].address}
 [broken]
 wrong-key ansible_host={pis[3].address} ansible_ssh_private_key_file={wrong_key}
 unwritable ansible_host={pis[4].address} workdir=/opt/pisplit-{cluster.name}
+no-python ansible_host={pis[5].address} python=/opt/no-such-python3
 unreachable ansible_host={unused}
 
 [all:vars]
@@ -101,13 +102,15 @@ def test_provision_three_pis_while_each_broken_host_fails_clearly(emulated_clust
         assert facts["home"] == f"/home/{PI_USER}" and facts["kind"] == "rpi3"
     assert doc["mpi"]["status"] == "done" and "3 ranks answered from pi-0, pi-1, pi-2" in doc["mpi"]["detail"], doc["mpi"]
 
-    errors = {name: hosts[name]["error"] for name in ("wrong-key", "unwritable", "unreachable")}
+    errors = {name: hosts[name]["error"] for name in ("wrong-key", "unwritable", "unreachable", "no-python")}
     assert not any(hosts[n]["ok"] for n in errors)
     assert re.search(r"^connect: host wrong-key \(pi@[\d.]+:22\): login refused with key .*wrong_key", errors["wrong-key"]), errors
     assert re.search(rf"^venv: host unwritable: workdir /opt/pisplit-{cluster.name} cannot be created or written by pi "
                      r"\(.*Permission denied\)", errors["unwritable"]), errors
     assert re.search(r"^connect: host unreachable \(pi@[\d.]+\.99:22\): unreachable", errors["unreachable"]), errors
     assert step_status(hosts["unwritable"]) == {"connect": "done", "facts": "done", "packages": "skipped", "venv": "failed"}
+    assert errors["no-python"] == ("packages: host no-python: python3, python3-venv missing and user pi may not install packages "
+                                   "(not root, no passwordless sudo); run on the host: sudo apt-get install python3 python3-venv")
 
     # What the Pis now hold, seen from the machine (each Pi's /home lives in the cluster's state directory).
     for pi in cluster.pis[:3]:
@@ -120,7 +123,7 @@ def test_provision_three_pis_while_each_broken_host_fails_clearly(emulated_clust
     known = head["known_hosts"].read_text()
     assert all(pi.address in known for pi in cluster.pis[:3])
     steps = {n: {s["step"]: round(s["seconds"], 1) for s in h["steps"]} for n, h in hosts.items()}
-    print(f"first provision of 3 Pis (+3 failing hosts): {seconds:.1f} s; mpi {doc['mpi']['seconds']:.1f} s; steps {steps}")
+    print(f"first provision of 3 Pis (+4 failing hosts): {seconds:.1f} s; mpi {doc['mpi']['seconds']:.1f} s; steps {steps}")
 
 
 def test_second_provision_skips_done_work_and_refuses_a_changed_host_key(emulated_cluster, head):
@@ -219,12 +222,11 @@ def test_cluster_down_and_up_are_idempotent(emulated_cluster, tmp_path):
         assert namespaces("pstesttwo") == [] and not is_up(cluster)
         cluster_up(cluster)  # the host keys survive a down/up with kept state
         assert (cluster.pis[0].state / "ssh_host_ed25519_key.pub").read_text() == host_key
-        hostname = subprocess.run(cluster.exec_argv(cluster.pis[0], ["ip", "-o", "addr", "show", "eth0"]), capture_output=True, text=True)
-        assert f"{cluster.network}.10/24" in hostname.stdout
+        address = subprocess.run(cluster.exec_argv(cluster.pis[0], ["ip", "-o", "addr", "show", "eth0"]), capture_output=True, text=True)
+        assert f"{cluster.network}.10/24" in address.stdout
         qdisc = subprocess.run(["tc", "-n", cluster.pis[0].namespace, "qdisc", "show", "dev", "eth0"], capture_output=True, text=True)
         assert "tbf" in qdisc.stdout and "94Mbit" in qdisc.stdout
     finally:
         cluster_down(cluster)
         cluster_down(cluster)  # twice: nothing left to do, no error
     assert namespaces("pstesttwo") == [] and not (tmp_path / "c").exists()
-    assert shutil.which("ip")
