@@ -77,6 +77,15 @@ def _part_attrs(node, windows: list, pads: dict, split_axes: list) -> dict:
     return attrs
 
 
+def _pad_for_max_pool(b: PartBuilder, node, x: str, attrs: dict) -> str:
+    # Padding cells never win a max, so padding with -inf first and pooling 'valid' is the same pool;
+    # unlike an explicit pool padding it has a TFLite form (PADV2), so any engine runs the part.
+    padded = b.node(f"{node.name}[pad]", "pad", [x], {"paddings": [[0, 0], *attrs["padding"], [0, 0]], "value": float("-inf")},
+                    node.name, {}, f"{node.name}[padded]")
+    attrs["padding"] = "valid"
+    return padded
+
+
 def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int, tuple]]) -> Layout:
     """Split nodes [start, stop) over the output boxes given by `axis_sizes`: (tensor axis, sizes) pairs;
     parts are the row-major product of the per-axis ranges (one pair: bands; two: a grid).
@@ -131,6 +140,9 @@ def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int
                                 for a, n in enumerate(shape[1:], start=1))
                 inputs.append(feeds(t, box))
             boxes = {p_: full_box(s) for p_, s in node.weight_shapes.items()}
-            b.node(node.name, node.op, inputs, _part_attrs(node, windows[j - start], pads[j], split_axes), node.name, boxes)
+            attrs = _part_attrs(node, windows[j - start], pads[j], split_axes)
+            if node.op in ("max_pool2d", "max_pool3d") and any(v for pair in attrs["padding"] for v in pair):
+                inputs = [_pad_for_max_pool(b, node, inputs[0], attrs)]
+            b.node(node.name, node.op, inputs, attrs, node.name, boxes)
         parts.append(b.finish(final, out_box))
     return Layout(tuple(parts), "concat")

@@ -250,14 +250,21 @@ class Split:
         return post.execute({next(iter(post.inputs)): summed})[post.outputs[0]]
 
     def run(self, x, engine: str = "numpy") -> np.ndarray:
-        """Run every part in this process with `engine` and merge: the whole split without MPI."""
+        """Run every part in this process with `engine` and merge: the whole split without MPI.
+
+        Frames go through the part graphs one at a time (batch 1), as engines with static shapes need.
+        """
         from layers.engine import make_engine
 
         outputs = []
         for p in range(self.n_parts):
             g = self.part_graph(p)
+            runner = make_engine(g, engine)
             feeds = self.slice_input(x, p)
-            outputs.append(make_engine(g, engine).run(feeds)[g.outputs[0]])
+            n = next(iter(feeds.values())).shape[0]
+            shape = (0, *g.shapes[g.outputs[0]][1:])
+            frames = [runner.run({k: v[i:i + 1] for k, v in feeds.items()})[g.outputs[0]] for i in range(n)]
+            outputs.append(np.concatenate(frames) if frames else np.empty(shape, np.float32))
         return self.merge(outputs)
 
     def reference(self, x) -> np.ndarray:
