@@ -192,52 +192,53 @@ def _dp(tables: StageTables, combine: str, value) -> tuple[float, list[StageChoi
     strides = [math.prod(radices[k + 1:]) for k in range(len(radices))]
     n_states = math.prod(radices)
     grid = np.array(list(itertools.product(*[range(r) for r in radices]))).reshape(n_states, len(radices))
-    moves = []  # per candidate: (counts, cost matrix, best-mode matrix, modes, source states, offset)
+    moves = []  # per candidate: counts, cost by [stop, start], mode costs, mode names, source states, offset, first start
     for a, modes in zip(tables.candidates, tables.tables):
         names = list(modes)
         costs = [value(*modes[name]) for name in names]
         cost = np.minimum.reduce(costs) if len(costs) > 1 else costs[0]
-        mode_of = np.argmin(costs, axis=0) if len(costs) > 1 else np.zeros(cost.shape, dtype=np.int8)
-        if not np.isfinite(cost).any():
+        finite = np.isfinite(cost)
+        if not finite.any():
             continue
         src = np.nonzero((grid + np.array(a) <= np.array(capacity)).all(axis=1))[0]
         offset = int(sum(x * s for x, s in zip(a, strides)))
-        finite = np.isfinite(cost)
         first = np.where(finite.any(axis=0), finite.argmax(axis=0), n + 1)  # first feasible start per stop
-        moves.append((a, cost, mode_of, names, src, offset, first))
-    f = np.full((n + 1, n_states), INF)
+        moves.append((a, np.ascontiguousarray(cost.T), costs, names, src, src + offset, first, np.arange(len(src))))
+    # F is kept as [state, prefix] so each source state's history is one contiguous row
+    f = np.full((n_states, n + 1), INF)
     f[0, 0] = 0.0
     back = np.full((n + 1, n_states, 2), -1, dtype=np.int64)  # (start node, move index)
     for j in range(1, n + 1):
-        best = f[j]
-        for mi, (a, cost, _, _, src, offset, first) in enumerate(moves):
+        best = f[:, j]
+        for mi, (a, cost_t, _, _, src, dst, first, lanes) in enumerate(moves):
             lo = first[j]
             if lo >= j:
                 continue
-            # rows with an infinite stage cost come out infinite by themselves: no need to select starts
-            cand = f[lo:j, src]
-            col = cost[lo:j, j, None]
+            # starts with an infinite stage cost come out infinite by themselves: no need to select them
+            cand = f[src, lo:j]
             if combine == "max":
-                np.maximum(cand, col, out=cand)
+                np.maximum(cand, cost_t[j, lo:j], out=cand)
             else:
-                cand += col
-            pick = cand.argmin(axis=0)
-            val = cand[pick, np.arange(len(src))]
-            dst = src + offset
+                cand += cost_t[j, lo:j]
+            pick = cand.argmin(axis=1)
+            val = cand[lanes, pick]
             better = val < best[dst]
-            if better.any():
-                best[dst[better]] = val[better]
-                back[j, dst[better], 0] = lo + pick[better]
-                back[j, dst[better], 1] = mi
+            hit = dst[better]
+            best[hit] = val[better]
+            back[j, hit, 0] = lo + pick[better]
+            back[j, hit, 1] = mi
+        f[:, j] = best
+    f = f.T
     end = int(np.argmin(f[n]))
     if not math.isfinite(f[n, end]):
         return INF, [], f
     stages, j, u = [], n, end
     while j > 0:
         i, mi = back[j, u]
-        a, _, mode_of, names, _, offset, _ = moves[mi]
-        stages.append(StageChoice(int(i), j, tuple(int(x) for x in a), names[mode_of[i, j]]))
-        j, u = int(i), u - offset
+        a, _, costs, names, src, dst, _, _ = moves[mi]
+        mode = names[int(np.argmin([c[i, j] for c in costs]))]
+        stages.append(StageChoice(int(i), j, tuple(int(x) for x in a), mode))
+        j, u = int(i), u - int(dst[0] - src[0])
     return float(f[n, end]), stages[::-1], f
 
 
