@@ -34,17 +34,16 @@ LINK_BYTES_PER_S = 94e6 / 8
 
 @pytest.fixture(scope="module")
 def head(emulated_cluster, tmp_path_factory):
-    """The head node's side: inventory, known_hosts, cluster key, cache with a ready wheelhouse."""
+    """The head node's side: inventory, known_hosts, cluster key, its own cache (facts, hostfile) and a ready wheelhouse."""
     cluster = emulated_cluster
     home = tmp_path_factory.mktemp("head")
     cache = home / "cache"
     # The head namespace has no route to a package index, like a head node without internet: the
-    # wheelhouse for the Pis' platform is built beforehand, on the machine's own network, with the
-    # same code provision uses, into the cache provision looks in.
+    # wheelhouse for the Pis' platform is built beforehand on the machine's own network, with the code
+    # provision uses, in this machine's pisplit cache (kept across runs), and given as --wheelhouse.
     py = subprocess.run(["python3", "-c", "import platform; print(platform.python_version()); print(' '.join(platform.libc_ver()))"],
                         capture_output=True, text=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, check=True).stdout.split("\n")
-    Wheelhouses(project_requirements(), cache=cache / "pisplit" / "wheelhouse").for_host(
-        {"python": py[0], "libc": py[1], "arch": platform.machine()})
+    wheels = Wheelhouses(project_requirements()).for_host({"python": py[0], "libc": py[1], "arch": platform.machine()})
     wrong_key = home / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
     pis = cluster.pis
@@ -70,7 +69,7 @@ workdir=/home/{PI_USER}/pisplit
 mpi_network={cluster.network}.0/24
 """)
     return {"home": home, "inventory": inventory, "env": head_env(cache), "known_hosts": home / "known_hosts",
-            "cluster_key": home / "cluster_key", "cache": cache}
+            "cluster_key": home / "cluster_key", "wheels": wheels}
 
 
 def pisplit(cluster, head, *args, timeout=300):
@@ -89,7 +88,7 @@ def step_status(host):
 def test_provision_three_pis_while_each_broken_host_fails_clearly(emulated_cluster, head):
     cluster = emulated_cluster
     start = time.monotonic()
-    proc = pisplit(cluster, head, "provision", "--accept-new-hosts", "--timeout", "5", "--json")
+    proc = pisplit(cluster, head, "provision", "--accept-new-hosts", "--timeout", "5", "--wheelhouse", head["wheels"], "--json")
     seconds = time.monotonic() - start
     assert proc.returncode == 1, proc.stderr  # some hosts failed
     doc = json.loads(proc.stdout)
@@ -138,7 +137,8 @@ def test_second_provision_skips_done_work_and_refuses_a_changed_host_key(emulate
     restart_sshd(cluster, pi2)
     try:
         start = time.monotonic()
-        proc = pisplit(cluster, head, "provision", "--hosts", "pis", "--accept-new-hosts")  # even with --accept-new-hosts
+        proc = pisplit(cluster, head, "provision", "--hosts", "pis", "--accept-new-hosts",  # even with --accept-new-hosts
+                       "--wheelhouse", head["wheels"])
         seconds = time.monotonic() - start
     finally:
         for path, data in saved.items():
@@ -154,7 +154,7 @@ def test_second_provision_skips_done_work_and_refuses_a_changed_host_key(emulate
 
     # An unknown host is refused without --accept-new-hosts, naming its fingerprint.
     fresh = head["home"] / "empty_known_hosts"
-    proc = run_in_head(cluster, ["provision", "--inventory", head["inventory"], "--hosts", "pi-0", "--json",
+    proc = run_in_head(cluster, ["provision", "--inventory", head["inventory"], "--hosts", "pi-0", "--json", "--wheelhouse", head["wheels"],
                                  "--known-hosts", fresh, "--cluster-key", head["cluster_key"]], head["env"])
     error = by_name(json.loads(proc.stdout))["pi-0"]["error"]
     assert proc.returncode == 1 and "unknown host key ssh-ed25519 SHA256:" in error and "--accept-new-hosts" in error
