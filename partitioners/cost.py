@@ -31,7 +31,7 @@ from layers.graph import Graph
 from .devices import device_profile
 from .plan import Device
 from .profiles import Calibration
-from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table, split_fit
+from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
 from .split_costs import SplitCatalogue
 
 INF = math.inf
@@ -159,7 +159,6 @@ class CostModel:
         self.segment_work_max = np.array([self.work_bytes[a:b].max() for a, b in seg])
         self._tables: dict = {}
         self._rows: dict = {}
-        self._fits: dict = {}
 
     # --- devices -------------------------------------------------------------------------------------
     def _classes(self) -> list[DeviceClass]:
@@ -213,13 +212,6 @@ class CostModel:
         if kind not in self._rows:
             self._rows[kind] = [s for s in range(len(self.splits.segments)) if kind in self.splits.kinds(s)]
         return self._rows[kind]
-
-    def split_fit(self, profile, segment: int, split_stop: int) -> tuple:
-        """Latency-model figures of a segment's split nodes under `profile` (cached)."""
-        key = (id(profile), segment, split_stop)
-        if key not in self._fits:
-            self._fits[key] = split_fit(profile, self.graph, self.splits.segments[segment][0], split_stop)
-        return self._fits[key]
 
     def segment_options(self, segment: int, slots: tuple) -> tuple:
         """Every way to run a segment in a split stage with these slots, 'none' first."""

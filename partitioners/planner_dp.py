@@ -116,31 +116,54 @@ class StageTables:
         b = model.segment_bounds
         pre_sec = np.concatenate([[0.0], np.cumsum(sec)])
         pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
-        pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
+        first, last = self._segment_pairs(len(best))  # every segment range [first, last]
+        mem = pre_w[last + 1] - pre_w[first] + _range_max(k, first, last)
+        ok = (mem <= usable).all(axis=1)
+        inner = pre_sec[last + 1] - pre_sec[first]
+        x = model.transfer
+        starts, stops = b[first], b[last + 1]
+        per = inner + x[starts] + x[stops]
+        lat = inner + x[stops]
+        if not ok.all():
+            pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
+            low = pre_wl[last + 1] - pre_wl[first] + _range_max(k_low, first, last)
+            for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
+                # the fastest options overflow but some choice might not: trade time for memory
+                options = [model.segment_options(s, slots) for s in range(first[q], last[q] + 1)]
+                chosen = choose_segment_options(options, list(usable))
+                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
+                    inner_q = sum(o.seconds for o in chosen)
+                    per[q], lat[q], ok[q] = inner_q + x[starts[q]] + x[stops[q]], inner_q + x[stops[q]], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)
         latency = np.full((n + 1, n + 1), INF)
-        x = model.transfer
-        segs = len(best)
-        for s0 in range(segs):
-            i = b[s0]
-            stops = b[s0 + 1:]
-            mem = (pre_w[s0 + 1:] - pre_w[s0]) + np.maximum.accumulate(k[s0:], axis=0)
-            ok = (mem <= usable).all(axis=1)
-            inner = pre_sec[s0 + 1:] - pre_sec[s0]
-            per = inner + x[i] + x[stops]
-            lat = inner + x[stops]
-            if not ok.all():
-                low = (pre_wl[s0 + 1:] - pre_wl[s0]) + np.maximum.accumulate(k_low[s0:], axis=0)
-                for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
-                    options = [model.segment_options(s, slots) for s in range(s0, s0 + q + 1)]
-                    chosen = choose_segment_options(options, list(usable))
-                    if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
-                        inner_q = sum(o.seconds for o in chosen)
-                        per[q], lat[q], ok[q] = inner_q + x[i] + x[stops[q]], inner_q + x[stops[q]], True
-            period[i, stops] = np.where(ok, per, INF)
-            latency[i, stops] = np.where(ok, lat, INF)
+        period[starts, stops] = np.where(ok, per, INF)
+        latency[starts, stops] = np.where(ok, lat, INF)
         return period, latency
+
+    def _segment_pairs(self, segs: int) -> tuple:
+        if getattr(self, "_pairs", None) is None:
+            first, last = np.triu_indices(segs)
+            self._pairs = (first, last)
+        return self._pairs
+
+
+def _range_max(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """max(values[first[q]:last[q] + 1]) along axis 0 for every q, with a sparse table (log2 levels)."""
+    levels = [values]
+    span = 1
+    while 2 * span <= len(values):
+        prev = levels[-1]
+        levels.append(np.maximum(prev[:-span], prev[span:]))
+        span *= 2
+    length = last - first + 1
+    level = np.floor(np.log2(length)).astype(int)
+    out = np.empty((len(first), values.shape[1]))
+    for lv in np.unique(level):
+        q = level == lv
+        table = levels[lv]
+        out[q] = np.maximum(table[first[q]], table[last[q] - (1 << lv) + 1])
+    return out
 
 
 def _running_max(values: np.ndarray) -> np.ndarray:

@@ -73,30 +73,27 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         add_fit = profile.latency.fit_for("add")
         link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
         for o, kind in enumerate(PLANNER_KINDS, start=1):
-            rows, part_sizes = [], []
-            for s in model.split_rows(kind):
-                found = _sizes(model.splits.kind_costs(s, kind).extent, speed)
-                if found is not None:
-                    rows.append(s)
-                    part_sizes.append(found)
-                    sizes[(s, o)] = found
-            if not rows:
+            kind_rows = kind_arrays(model, kind, profile)
+            if kind_rows is None:
                 continue
-            rows_arr = np.array(rows)
-            kc = [model.splits.kind_costs(s, kind) for s in rows]
-            size = np.array(part_sizes, dtype=float)  # (rows, m)
-            fixed = np.array([k.fixed for k in kc])[:, None, :]
-            per_unit = np.array([k.per_unit for k in kc])[:, None, :]
-            q = fixed + per_unit * size[:, :, None]  # (rows, m, [flops, weights, recv, send])
-            q[:, 0, :] += np.array([k.first_extra for k in kc])
-            q[:, -1, :] += np.array([k.last_extra for k in kc])
+            # sizes depend only on the axis length and the speeds: one proportional split per length
+            lengths, inverse = np.unique(kind_rows["extent"], return_inverse=True)
+            per_length = [_sizes(int(e), speed) for e in lengths]
+            keep = np.array([per_length[i] is not None for i in inverse])
+            if not keep.any():
+                continue
+            sel = {key: v[keep] for key, v in kind_rows.items()}
+            rows_arr = sel["rows"]
+            size = np.array([per_length[i] for i in inverse[keep]], dtype=float)  # (rows, m)
+            for r, part_sizes in zip(rows_arr.tolist(), size.astype(int).tolist()):
+                sizes[(r, o)] = tuple(part_sizes)
+            q = sel["fixed"][:, None, :] + sel["per_unit"][:, None, :] * size[:, :, None]  # (rows, m, [flops, weights, recv, send])
+            q[:, 0, :] += sel["first"]
+            q[:, -1, :] += sel["last"]
             q = np.maximum(q, 0.0)
-            s_stop = np.array([k.stop for k in kc])
+            s_stop = sel["stop"]
             s_start = starts[rows_arr]
-            fits = [model.split_fit(profile, s, k.stop) for s, k in zip(rows, kc)]
-            fit = np.array([f[:3] for f in fits])  # fixed, per flop, per byte of the primary op
-            whole_pred = np.array([f[3] for f in fits])
-            whole_flops = np.array([f[4] for f in fits])
+            fit, whole_pred, whole_flops = sel["fit"], sel["whole_pred"], sel["whole_flops"]
             pred = fit[:, 0:1] + fit[:, 1:2] * q[..., 0] + fit[:, 2:3] * (q[..., 1] + q[..., 2] + q[..., 3])
             share = np.where(whole_pred[:, None] > 0, pred / np.where(whole_pred > 0, whole_pred, 1.0)[:, None],
                              q[..., 0] / whole_flops[:, None])
@@ -104,7 +101,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             part_compute = (base * share).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=(1, 2))
-            merge = np.array([k.merge_flops_per_part for k in kc]) * (m - 1)
+            merge = sel["merge"] * (m - 1)
             if add_fit is not None:
                 part_compute += np.where(merge > 0, add_fit.predict(merge, 12.0 * merge), 0.0) * model.classes[lead].seconds_scale
             seg_stop = stops[rows_arr]
@@ -118,6 +115,29 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             work[rows_arr, o, 1:] = remote.sum(axis=2)
             split_stop[rows_arr, o] = s_stop
     return SegmentTable(tuple(slots), compute, comm, weights, work, split_stop, sizes)
+
+
+def kind_arrays(model, kind: str, profile) -> dict | None:
+    """Per segment `kind` applies to: its affine part costs and latency-model figures as arrays
+    (independent of the stage's devices, so computed once per kind and lead profile)."""
+    key = (kind, id(profile))
+    cache = model.__dict__.setdefault("_kind_arrays", {})
+    if key in cache:
+        return cache[key]
+    rows = model.split_rows(kind)
+    if not rows:
+        cache[key] = None
+        return None
+    kc = [model.splits.kind_costs(s, kind) for s in rows]
+    fits = [split_fit(profile, model.graph, model.splits.segments[s][0], k.stop) for s, k in zip(rows, kc)]
+    cache[key] = {
+        "rows": np.array(rows), "extent": np.array([k.extent for k in kc]), "stop": np.array([k.stop for k in kc]),
+        "fixed": np.array([k.fixed for k in kc]), "per_unit": np.array([k.per_unit for k in kc]),
+        "first": np.array([k.first_extra for k in kc]), "last": np.array([k.last_extra for k in kc]),
+        "merge": np.array([k.merge_flops_per_part for k in kc]), "fit": np.array([f[:3] for f in fits]),
+        "whole_pred": np.array([f[3] for f in fits]), "whole_flops": np.array([f[4] for f in fits]),
+    }
+    return cache[key]
 
 
 def split_fit(profile, graph, start: int, stop: int) -> tuple:
