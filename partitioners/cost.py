@@ -3,8 +3,8 @@
 A stage is nodes [i, j) on `counts[k]` devices of each device class k, in one mode:
 
 - single: one device runs every node. compute = sum of its node seconds.
-- data-parallel: every device holds the whole stage and takes whole frames in turn. Its period is
-  1 / sum(1 / T_r) over replicas r, its latency that of the slowest replica.
+- data-parallel: every device holds the whole stage and takes whole frames in turn (round-robin).
+  Its period is max(T_r) / replicas, its latency that of the slowest replica.
 - split: the devices cooperate on every frame. The stage's segments each run on the lead (kind
   "none") or split across all its devices with one split kind, part sizes weighted by device speed.
   A split segment costs its slowest part plus the lead's scatter and gather (the lead's one network
@@ -12,7 +12,9 @@ A stage is nodes [i, j) on `counts[k]` devices of each device class k, in one mo
 
 Communication between stages: the tensors live across a cut (Graph.cut_tensors) sent as one message
 each, `latency + bytes * 8 / bandwidth`. A stage's period counts its receive and its send (a rank
-blocks in both); its latency counts its compute and its send.
+blocks in both); its latency counts its compute and its send. Rank 0 is also where frames come from
+and results go back to (see LinkTerms). A data-parallel stage deals frames round-robin, so it
+takes `replicas` frames per round of its slowest replica.
 
 Memory per rank: the weights it holds (only its parts of split segments) plus the largest working
 set among its nodes (live tensors, outputs, working buffers), against the device's usable memory
@@ -109,6 +111,35 @@ class SegmentOption:
 
 
 @dataclass(frozen=True)
+class LinkTerms:
+    """Transfers of one stage per frame, blocking at both ends as MPI sends over TCP are.
+
+    Rank 0 is the first rank of the first stage and also the source (it hands each frame's input to
+    the first stage's entry rank) and the sink (every result comes back to it). So the lead of the
+    first stage receives nothing but, when the model has more stages, receives every result; a
+    data-parallel first stage's rank 0 sends the input of every frame another replica takes and gets
+    their results; a last stage not on rank 0 sends its result there.
+    """
+
+    lead_in: float  # the lead (replica 0) receives the stage's input
+    lead_out: float  # ... sends its output (to the next stage or, for the last stage, to rank 0)
+    sink: float  # rank 0 receives a result from a later stage (first stage of several)
+    replica_in: float  # other replicas of a data-parallel stage
+    replica_out: float
+    replica_in_latency: float  # what a frame waits for its input at another replica (first stage only)
+    source: float  # rank 0 sends one input to another replica (first stage)
+    result: float  # rank 0 receives one result
+    last: bool
+
+    def source_cycle(self, replicas: int) -> float:
+        """Rank 0's extra transfers per round of `replicas` frames in a data-parallel first stage."""
+        if not self.source:
+            return 0.0
+        results = replicas if not self.last else replicas - 1
+        return (replicas - 1) * self.source + results * self.result
+
+
+@dataclass(frozen=True)
 class StageCost:
     """What one stage costs: per-frame times, per-slot memory and, for split stages, its segments."""
 
@@ -151,8 +182,8 @@ class CostModel:
         # working set of node t: what is live before it (its inputs and anything skipping over it),
         # its outputs and its scratch buffers
         self.work_bytes = np.array([self.cut_bytes[t] + costs[t].output_bytes + costs[t].work_bytes for t in range(n)], dtype=float)
-        self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) if 0 < c < n else 0.0
-                                  for c in range(n + 1)])
+        # cut 0 is the input rank 0 (the source) hands out, cut n the result it (the sink) gets back
+        self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) for c in range(n + 1)])
         seg = self.splits.segments
         self.segment_bounds = np.array([s for s, _ in seg] + [n])
         self.segment_at = {s: k for k, (s, _) in enumerate(seg)}  # node index -> segment starting there
@@ -237,16 +268,23 @@ class CostModel:
         slots = self.slots_of(counts)
         if m < 1 or not 0 <= start < stop <= self.n:
             return None
-        t_in, t_out = float(self.transfer[start]), float(self.transfer[stop])
+        link = self.link_terms(start, stop)
         if mode in ("single", "data-parallel"):
             if (mode == "single") != (m == 1):
                 return None
             weights = float(self.prefix_weights[stop] - self.prefix_weights[start])
             work = float(self.work_bytes[start:stop].max())
             computes = [float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start]) for k in slots]
-            period = 1.0 / sum(1.0 / (c + t_in + t_out) for c in computes) if mode == "data-parallel" else computes[0] + t_in + t_out
             memory = tuple(weights + work for _ in slots)
-            return self._finish(start, stop, counts, mode, max(computes), t_in + t_out, period, max(computes) + t_out, slots, memory, ())
+            if mode == "single":
+                comm = link.lead_in + link.lead_out + link.sink
+                return self._finish(start, stop, counts, mode, computes[0], comm, computes[0] + comm,
+                                    computes[0] + link.lead_out, slots, memory, ())
+            cycle = [computes[0] + link.lead_in + link.lead_out + link.source_cycle(m)]
+            cycle += [c + link.replica_in + link.replica_out for c in computes[1:]]
+            latency = max([computes[0] + link.lead_out] + [c + link.replica_in_latency + link.replica_out for c in computes[1:]])
+            return self._finish(start, stop, counts, mode, max(computes), max(cycle) - max(computes), max(cycle) / m,
+                                latency, slots, memory, ())
         if mode != "split" or m < 2 or start not in self.segment_at or (stop != self.n and stop not in self.segment_at):
             return None
         first, last = self.segment_at[start], (self.segment_at[stop] if stop < self.n else len(self.splits.segments))
@@ -257,8 +295,21 @@ class CostModel:
         compute = sum(o.compute_s for o in chosen)
         inner = sum(o.comm_s for o in chosen)
         memory = stage_memory(chosen, len(slots))
-        return self._finish(start, stop, counts, mode, compute, inner + t_in + t_out, compute + inner + t_in + t_out,
-                            compute + inner + t_out, slots, memory, tuple(chosen))
+        comm = inner + link.lead_in + link.lead_out + link.sink
+        return self._finish(start, stop, counts, mode, compute, comm, compute + comm, compute + inner + link.lead_out,
+                            slots, memory, tuple(chosen))
+
+    def link_terms(self, start: int, stop: int) -> "LinkTerms":
+        """The transfers a stage [start, stop) pays per frame (see LinkTerms)."""
+        x = self.transfer
+        first, last = start == 0, stop == self.n
+        return LinkTerms(
+            lead_in=0.0 if first else float(x[start]),
+            lead_out=0.0 if first and last else float(x[stop]),
+            sink=float(x[self.n]) if first and not last else 0.0,
+            replica_in=float(x[start]), replica_out=float(x[stop]),
+            replica_in_latency=float(x[0]) if first else 0.0,
+            source=float(x[0]) if first else 0.0, result=float(x[self.n]) if first else 0.0, last=last)
 
     def _finish(self, start, stop, counts, mode, compute, comm, period, latency, slots, memory, segments) -> StageCost:
         over = [(memory[r] - self.usable(k), r) for r, k in enumerate(slots)]

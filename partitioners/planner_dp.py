@@ -72,9 +72,18 @@ class StageTables:
         self.compute = [pre[k][None, :] - pre[k][:, None] for k in range(len(model.classes))]
         self.weights = model.prefix_weights[None, :] - model.prefix_weights[:, None]
         self.work_max = _running_max(model.work_bytes)
+        # the link terms of cost.LinkTerms for every (start, stop) at once
         x = model.transfer
-        self.comm = x[:, None] + x[None, :]
-        self.out = np.broadcast_to(x[None, :], (n + 1, n + 1))
+        first = (np.arange(n + 1) == 0)[:, None]
+        last = (np.arange(n + 1) == n)[None, :]
+        self.x_in = np.broadcast_to(x[:, None], (n + 1, n + 1))
+        self.x_out = np.broadcast_to(x[None, :], (n + 1, n + 1))
+        self.lead_in = np.where(first, 0.0, self.x_in)
+        self.lead_out = np.where(first & last, 0.0, self.x_out)
+        self.sink = np.where(first & ~last, x[n], 0.0)
+        self.lead_comm = self.lead_in + self.lead_out + self.sink
+        self.first, self.last = first, last
+        self.replica_in_latency = np.where(first, x[0], 0.0) + np.zeros((1, n + 1))
         self.valid = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
         self.splittable = any(model.splits.kinds(s) for s in range(len(model.splits.segments)))
         self.tables: list[dict] = [self._tables(a) for a in self.candidates]
@@ -89,14 +98,27 @@ class StageTables:
         with np.errstate(divide="ignore", invalid="ignore"):
             if m == 1:
                 k = used[0]
-                out["single"] = (np.where(fits, self.compute[k] + self.comm, INF), np.where(fits, self.compute[k] + self.out, INF))
+                out["single"] = (np.where(fits, self.compute[k] + self.lead_comm, INF), np.where(fits, self.compute[k] + self.lead_out, INF))
             else:
-                rate = sum(a[k] / (self.compute[k] + self.comm) for k in used)
-                slowest = np.maximum.reduce([self.compute[k] for k in used])
-                out["data-parallel"] = (np.where(fits, 1.0 / rate, INF), np.where(fits, slowest + self.out, INF))
+                out["data-parallel"] = self._data_parallel_tables(a, fits)
                 if self.splittable:
                     out["split"] = self._split_tables(a)
         return out
+
+    def _data_parallel_tables(self, a: tuple, fits: np.ndarray) -> tuple:
+        """Round-robin replicas: replica 0 (rank 0 of a first stage, with the source's and sink's
+        transfers) and the others; period = slowest replica's time per frame / replicas."""
+        m = sum(a)
+        slots = self.model.slots_of(a)
+        x = self.model.transfer
+        results = np.where(self.last, m - 1, m)
+        source = np.where(self.first, (m - 1) * x[0] + results * x[-1], 0.0)
+        lead = self.compute[slots[0]] + self.lead_in + self.lead_out + source
+        others = [self.compute[k] + self.x_in + self.x_out for k in sorted(set(slots[1:]))]
+        cycle = np.maximum.reduce([lead] + others)
+        latency = np.maximum.reduce([self.compute[slots[0]] + self.lead_out] +
+                                    [self.compute[k] + self.replica_in_latency + self.x_out for k in sorted(set(slots[1:]))])
+        return np.where(fits, cycle / m, INF), np.where(fits, latency, INF)
 
     def _split_tables(self, a: tuple) -> tuple:
         model = self.model
@@ -120,10 +142,11 @@ class StageTables:
         mem = pre_w[last + 1] - pre_w[first] + _range_max(k, first, last)
         ok = (mem <= usable).all(axis=1)
         inner = pre_sec[last + 1] - pre_sec[first]
-        x = model.transfer
         starts, stops = b[first], b[last + 1]
-        per = inner + x[starts] + x[stops]
-        lat = inner + x[stops]
+        comm = self.lead_comm[starts, stops]
+        out_lat = self.lead_out[starts, stops]
+        per = inner + comm
+        lat = inner + out_lat
         if not ok.all():
             pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
             low = pre_wl[last + 1] - pre_wl[first] + _range_max(k_low, first, last)
@@ -133,7 +156,7 @@ class StageTables:
                 chosen = choose_segment_options(options, list(usable))
                 if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
                     inner_q = sum(o.seconds for o in chosen)
-                    per[q], lat[q], ok[q] = inner_q + x[starts[q]] + x[stops[q]], inner_q + x[stops[q]], True
+                    per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)
         latency = np.full((n + 1, n + 1), INF)

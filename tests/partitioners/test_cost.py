@@ -29,7 +29,11 @@ def test_single_and_data_parallel_stages(alexnet_model):
     assert whole.compute_s == pytest.approx(0.220)  # the calibration figure, whole model on one Pi 3B+
     assert whole.comm_s == 0 and whole.period_s == whole.latency_s == pytest.approx(0.220)
     replicas = m.stage_cost(0, n, (4,), "data-parallel")
-    assert replicas.period_s == pytest.approx(0.220 / 4) and replicas.latency_s == pytest.approx(0.220)
+    source, result = m.transfer[0], m.transfer[n]  # rank 0 hands out inputs and takes results back
+    assert source == pytest.approx(3e-4 + 227 * 227 * 3 * 4 * 8 / 94e6) and result == pytest.approx(3e-4 + 1000 * 4 * 8 / 94e6)
+    # round-robin: per round of 4 frames rank 0 computes one and sends 3 inputs and takes 3 results
+    assert replicas.period_s == pytest.approx((0.220 + 3 * source + 3 * result) / 4)
+    assert replicas.latency_s == pytest.approx(0.220 + source + result)
     assert replicas.memory_bytes == (whole.memory_bytes[0],) * 4  # every replica holds everything
     assert m.stage_cost(0, n, (2,), "single") is None and m.stage_cost(0, n, (1,), "data-parallel") is None
 
@@ -41,8 +45,10 @@ def test_stage_boundaries_pay_for_the_tensors_live_across_the_cut(alexnet_model)
     expected = 3e-4 + nbytes * 8 / 94e6
     assert m.transfer[cut] == pytest.approx(expected)
     first, second = m.stage_cost(0, cut, (1,), "single"), m.stage_cost(cut, m.n, (1,), "single")
-    assert first.comm_s == pytest.approx(expected) and second.comm_s == pytest.approx(expected)
-    assert first.latency_s + second.latency_s == pytest.approx(m.stage_cost(0, m.n, (1,), "single").latency_s + expected)
+    result = m.transfer[m.n]
+    assert first.comm_s == pytest.approx(expected + result)  # rank 0 also takes every result back
+    assert second.comm_s == pytest.approx(expected + result)  # and the last stage sends it
+    assert first.latency_s + second.latency_s == pytest.approx(m.stage_cost(0, m.n, (1,), "single").latency_s + expected + result)
 
 
 def test_split_stage_holds_only_parts_of_the_weights(alexnet_model):
