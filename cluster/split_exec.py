@@ -156,6 +156,7 @@ class SplitRunner:
         self.post = make_engine(post, engine) if post is not None else None
         self.post_input = next(iter(post.inputs)) if post is not None else None
         self.times = PhaseTimes()
+        self.last_feeds: dict | None = None  # what this rank's part ran on last (for compute_alone)
         if split.kind == "data-parallel":
             return
         self.inputs = [_Input(split, i, t, self.rank, root) for i, t in enumerate(split.inputs)]
@@ -189,6 +190,7 @@ class SplitRunner:
         for spec in self.inputs:
             feeds.update(spec.exchange(self.comm, tensors.get(spec.tensor)))
         t1 = time.perf_counter()
+        self.last_feeds = feeds
         y = self.engine.run(feeds)[self.graph.outputs[0]]
         t2 = time.perf_counter()
         merged = self._merge(y)
@@ -240,6 +242,18 @@ class SplitRunner:
                 merged[box_index(p.output_box)] = part_out
         return merged
 
+    def compute_alone(self, repeat: int) -> float:
+        """Median seconds of this rank's part on its last input, run `repeat` times (not collective:
+        run it while the other ranks wait, for compute time free of their contention); 0 if it ran none."""
+        if self.last_feeds is None:
+            return 0.0
+        times = []
+        for _ in range(max(1, repeat)):
+            t = time.perf_counter()
+            self.engine.run(self.last_feeds)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
     # --- data-parallel -----------------------------------------------------------------------------------
     def _frames_of(self, x) -> dict[str, np.ndarray]:
         return self.split._feeds_of(x)
@@ -271,7 +285,8 @@ class SplitRunner:
                 if part != self.rank:
                     continue
                 t = time.perf_counter()
-                y = self.engine.run({f.name: arr[i:i + 1] for f, arr in zip(feeds, stacked)})[out_name]
+                self.last_feeds = {f.name: arr[i:i + 1] for f, arr in zip(feeds, stacked)}
+                y = self.engine.run(self.last_feeds)[out_name]
                 compute += time.perf_counter() - t
                 result[i:i + 1] = y
             transport.wait_all(sends + recvs)
@@ -285,7 +300,8 @@ class SplitRunner:
                 for buf in buffers:
                     transport.recv(self.comm, buf, self.root, tag)
                 t = time.perf_counter()
-                y = self.engine.run({f.name: buf for f, buf in zip(feeds, buffers)})[out_name]
+                self.last_feeds = {f.name: buf for f, buf in zip(feeds, buffers)}
+                y = self.engine.run(self.last_feeds)[out_name]
                 compute += time.perf_counter() - t
                 transport.send(self.comm, np.ascontiguousarray(y, np.float32), self.root, tag)
         wall = time.perf_counter() - t_start

@@ -1,10 +1,11 @@
 """`mpirun -n K pisplit split MODEL LAYER --kind KIND`: one layer split K ways, checked and timed.
 
 Every rank builds the split from shapes and only its own part's weights; rank 0 makes a seeded random
-input, runs the unsplit segment (same engine) for the reference and its time, then all ranks run the
-split `--repeat` times. Rank 0 reports the largest difference to the unsplit output, per-part compute
-and communication times and the speedup. The segment is the layer plus its followers (the nodes that
-keep its split without communication) unless `--no-followers`; the output names them.
+input and runs the unsplit segment (same engine) for the reference; then rank 0's unsplit run and
+the split take turns, `--repeat` times, and each part is timed once more alone. Rank 0 reports the
+largest difference to the unsplit output, per-part compute and communication times, the speedup and
+the compute-only speedup (parts timed alone). The segment is the layer plus its followers (the nodes
+that keep its split without communication) unless `--no-followers`; the output names them.
 """
 from __future__ import annotations
 
@@ -132,8 +133,7 @@ def _run(args, comm, rank: int, transport) -> int:
     data_parallel = split.kind == "data-parallel"
     n_frames = (args.frames or 4 * n_ranks) if data_parallel else 1
     rng = np.random.default_rng(args.seed)
-    x = whole = reference = None
-    unsplit_s = 0.0
+    x = whole = reference = frames = None
     if rank == 0:
         x = {t: rng.standard_normal((n_frames, *graph.shapes[t][1:]), dtype=np.float32) for t in split.inputs}
         whole_graph = split_segment(graph, split.node_start, split.node_stop, "data-parallel", 1).part_graph(0)
@@ -142,28 +142,38 @@ def _run(args, comm, rank: int, transport) -> int:
                   else {t: x[t] for t in split.inputs} for i in range(n_frames)]
         out_name = whole_graph.outputs[0]
         reference = np.concatenate([whole.run(f)[out_name] for f in frames])  # also the warm-up
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            for f in frames:
-                whole.run(f)
-            times.append((time.perf_counter() - t0) / n_frames)
-        unsplit_s = _median(times)
     transport.quiet_barrier(comm)
 
     def once():
         return runner.run_frames(x, n_frames) if data_parallel else runner.run(x)
 
     result = once()  # warm-up: first-touch allocations, engine set-up
-    walls, phases = [], []
+    walls, phases, unsplit = [], [], []
+    # Unsplit and split runs take turns, so a change in the machine's load hits both alike.
     for _ in range(args.repeat):
+        if rank == 0:
+            t0 = time.perf_counter()
+            for f in frames:
+                whole.run(f)
+            unsplit.append((time.perf_counter() - t0) / n_frames)
         before = runner.times.to_array()
         transport.quiet_barrier(comm)
         t0 = time.perf_counter()
         once()
         walls.append((time.perf_counter() - t0) / n_frames)
         phases.append((runner.times.to_array() - before) / n_frames)
-    mine = np.array([_median([p[i] for p in phases]) for i in range(4)] + [_median(walls)], np.float64)
+        transport.quiet_barrier(comm)
+    unsplit_s = _median(unsplit)
+    # Each part alone, the others waiting: its compute time on a device of its own (the paper's
+    # "compute only"); ranks sharing one machine slow each other down in the runs above.
+    alone = 0.0
+    for r in range(n_ranks):
+        transport.quiet_barrier(comm)
+        if rank == r:
+            alone = runner.compute_alone(args.repeat)
+    transport.quiet_barrier(comm)
+    my_frames = sum(1 for q in split.deal(n_frames) if q == rank) if data_parallel else 1
+    mine = np.array([_median([p[i] for p in phases]) for i in range(4)] + [_median(walls), alone, my_frames], np.float64)
     rows = transport.gather_rows(comm, mine, root=0)
     if rank != 0:
         return 0
@@ -172,6 +182,7 @@ def _run(args, comm, rank: int, transport) -> int:
     ok = bool(np.allclose(result, reference, rtol=TOLERANCE, atol=TOLERANCE))
     split_s = float(rows[0][4])
     slowest = max(float(r[1]) for r in rows)
+    compute_only_s = max(float(r[5]) * float(r[6]) for r in rows) / n_frames
     cost = split.cost()
     doc = {
         "model": graph.name, "layer": split.layer, "kind": split.kind, "nodes": list(split.node_names),
@@ -182,9 +193,11 @@ def _run(args, comm, rank: int, transport) -> int:
         "max_abs_error": error_abs, "ok": ok, "tolerance": TOLERANCE,
         "unsplit_s": unsplit_s, "split_s": split_s, "speedup": unsplit_s / split_s if split_s else 0.0,
         "comm_share": min(max(1.0 - slowest / split_s, 0.0), 1.0) if split_s else 0.0,
+        "compute_only_s": compute_only_s, "compute_only_speedup": unsplit_s / compute_only_s if compute_only_s else 0.0,
         "parts": [{"part": p.index, "rank": p.index, "size": p.size, "frame_share": p.frame_share, "flops": p.flops,
                    "weight_bytes": p.weight_bytes, "recv_bytes": p.recv_bytes, "send_bytes": p.send_bytes,
-                   "input_s": float(r[0]), "compute_s": float(r[1]), "output_s": float(r[2]), "post_s": float(r[3])}
+                   "input_s": float(r[0]), "compute_s": float(r[1]), "output_s": float(r[2]), "post_s": float(r[3]),
+                   "compute_alone_s": float(r[5])}
                   for p, r in zip(cost.parts, rows)],
     }
     if args.json:
@@ -203,17 +216,20 @@ def print_split_report(doc: dict) -> None:
     sizes = ", ".join(str(s) for s in doc["sizes"])
     given = f" (--sizes read as {doc['sizes_given_as']})" if doc["sizes_given_as"] else ""
     console.print(f"[bold]{doc['model']} {doc['layer']}[/]{extra}: {doc['kind']} over {doc['ranks']} rank(s), "
-                  f"sizes {sizes}{given}; input {doc['input_pattern']}, output {doc['output_pattern']}; engine {doc['engine']}")
+                  f"sizes {sizes}{given}; input {doc['input_pattern']}, output {doc['output_pattern']}; engine {doc['engine']}",
+                  highlight=False)
     per = "per frame" if doc["frames_per_run"] == 1 else f"per frame, {doc['frames_per_run']} frames per run"
     table = Table(title=f"median of {doc['repeat']} runs, {per}")
-    for col in ("part", "size", "GFLOP", "weights", "recv", "send", "compute ms", "input ms", "output ms"):
+    for col in ("part", "size", "GFLOP", "weights", "recv", "send", "compute ms", "alone ms", "input ms", "output ms"):
         table.add_column(col, justify="right")
     for p in doc["parts"]:
         table.add_row(str(p["part"]), str(p["size"]), f"{p['flops'] / 1e9:.3f}", human_bytes(p["weight_bytes"]),
                       human_bytes(p["recv_bytes"]), human_bytes(p["send_bytes"]), f"{p['compute_s'] * 1e3:.2f}",
+                      f"{p['compute_alone_s'] * 1e3:.2f}",
                       f"{p['input_s'] * 1e3:.2f}", f"{p['output_s'] * 1e3:.2f}")
     console.print(table)
     status = "[green]ok[/]" if doc["ok"] else "[red]MISMATCH[/]"
     console.print(f"max abs error {doc['max_abs_error']:.3g} vs unsplit ({status}); unsplit {doc['unsplit_s'] * 1e3:.2f} ms, "
                   f"split {doc['split_s'] * 1e3:.2f} ms: speedup [bold]{doc['speedup']:.2f}x[/], "
-                  f"communication share {doc['comm_share'] * 100:.0f}%")
+                  f"communication share {doc['comm_share'] * 100:.0f}%; parts alone (compute only) "
+                  f"{doc['compute_only_s'] * 1e3:.2f} ms: {doc['compute_only_speedup']:.2f}x", highlight=False)
