@@ -68,16 +68,18 @@ class PlainInterpreter:
 
 def time_engines(engines: list, feeds, repeat: int) -> list[dict]:
     """Median and best milliseconds of `repeat` timed passes of each engine. The engines take turns,
-    so a change in the machine's load hits them all alike; each timed pass follows an untimed one of
-    the same engine, so each finds its own data in the caches, as in a stream of frames, rather than
-    what the engine before it left there."""
+    so a change in the machine's load hits them all alike, in an order reversed every round, so none
+    always follows the same engine; each timed pass follows an untimed one of the same engine, so it
+    finds its own data in the caches, as in a stream of frames."""
     times: list[list[float]] = [[] for _ in engines]
+    order = list(range(len(engines)))
     for _ in range(repeat):
-        for engine, seconds in zip(engines, times):
-            engine.run(feeds)
+        for i in order:
+            engines[i].run(feeds)
             t0 = time.perf_counter()
-            engine.run(feeds)
-            seconds.append(time.perf_counter() - t0)
+            engines[i].run(feeds)
+            times[i].append(time.perf_counter() - t0)
+        order.reverse()
     return [{"median_ms": statistics.median(t) * 1e3, "best_ms": min(t) * 1e3} for t in times]
 
 
