@@ -292,6 +292,8 @@ class CostModel:
         if forced:
             options = [_forced_options(opts, forced.get(opts[0].segment)) for opts in options]
         chosen = choose_segment_options(options, [self.usable(k) for k in slots])
+        if all(o.kind == "none" for o in chosen):
+            return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
         inner = sum(o.comm_s for o in chosen)
         memory = stage_memory(chosen, len(slots))

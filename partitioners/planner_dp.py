@@ -140,21 +140,25 @@ class StageTables:
         pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
         first, last = self._segment_pairs(len(best))  # every segment range [first, last]
         mem = pre_w[last + 1] - pre_w[first] + _range_max(k, first, last)
-        ok = (mem <= usable).all(axis=1)
+        splits = np.concatenate([[0], np.cumsum(best > 0)])
+        # a split stage that splits nothing is one device with idle others: single mode covers it
+        useful = splits[last + 1] > splits[first]
+        fits = (mem <= usable).all(axis=1)
+        ok = fits & useful
         inner = pre_sec[last + 1] - pre_sec[first]
         starts, stops = b[first], b[last + 1]
         comm = self.lead_comm[starts, stops]
         out_lat = self.lead_out[starts, stops]
         per = inner + comm
         lat = inner + out_lat
-        if not ok.all():
+        if not fits.all():
             pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
             low = pre_wl[last + 1] - pre_wl[first] + _range_max(k_low, first, last)
-            for q in np.nonzero(~ok & (low <= usable).all(axis=1))[0]:
+            for q in np.nonzero(~fits & (low <= usable).all(axis=1))[0]:
                 # the fastest options overflow but some choice might not: trade time for memory
                 options = [model.segment_options(s, slots) for s in range(first[q], last[q] + 1)]
                 chosen = choose_segment_options(options, list(usable))
-                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)):
+                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)) and any(o.kind != "none" for o in chosen):
                     inner_q = sum(o.seconds for o in chosen)
                     per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
         n = self.n
