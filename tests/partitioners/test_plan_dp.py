@@ -15,7 +15,8 @@ from partitioners.devices import device_profile
 from partitioners.plan import Plan
 from partitioners.planner_dp import StageTables, candidate_counts, solve
 from partitioners.planner_exhaustive import exhaustive
-from partitioners.planners import InfeasiblePlan, build_plan, make_plan
+from partitioners.planners import InfeasiblePlan, make_plan
+from partitioners.splits import split_layer
 
 from .planner_cases import CALIBRATION, small_models
 
@@ -67,6 +68,10 @@ def test_plans_keep_invariants_and_round_trip(model):
         for s in plan.stages:
             if s.mode == "split":
                 assert [i for g in s.segments for i in range(g.node_start, g.node_stop)] == list(range(s.node_start, s.node_stop))
+                for g in s.segments:
+                    if g.kind != "none":
+                        built = split_layer(model.graph, model.graph.nodes[g.node_start].name, g.kind, list(g.sizes))
+                        assert (built.node_stop, built.sizes, len(g.ranks)) == (g.node_stop, g.sizes, len(s.ranks))
             for rank, used in s.predicted.memory_bytes.items():
                 device = plan.devices[rank]
                 usable = next(c.usable_bytes for c in model.classes if c.kind == device.kind and c.memory_bytes == device.memory_bytes)
@@ -98,6 +103,8 @@ def test_mixed_devices_get_speed_weighted_parts():
         fast, slow = g.sizes
         assert fast > 2 * slow  # an rpi5 is ~4.9x an rpi3: its part is the larger one
         assert plan.devices[g.ranks[0]].kind == "rpi5"
+        built = split_layer(graph, graph.nodes[g.node_start].name, g.kind, list(g.sizes))
+        assert (built.node_stop, built.sizes) == (g.node_stop, g.sizes)  # what the runtime will build
 
 
 def test_layer_bigger_than_one_device_is_split_not_rejected():
