@@ -23,8 +23,8 @@ ENGINES = ("numpy", "litert", "auto")
 
 # `auto` measures both engines on graphs below this many FLOPs per frame (a numpy pass then takes
 # some milliseconds, so measuring costs little); above it, it takes litert without measuring: one
-# thread each, LiteRT with XNNPACK ran 1.3-4x faster than numpy on AlexNet, VGG16, ResNet50 and
-# MobileNetV1, 2.4x on VGG16's block1_conv2 alone and 5-11x on imported MediaPipe models
+# thread each, LiteRT with XNNPACK ran 1.4-3.7x faster than numpy on AlexNet, VGG16, ResNet50 and
+# MobileNetV1, 2.6x on VGG16's block1_conv2 alone and 7-13x on imported MediaPipe models
 # (scripts/bench_litert); conv/dense layers, which carry such FLOPs, are where it wins most.
 AUTO_MEASURE_FLOPS = 50_000_000
 
