@@ -4,7 +4,20 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from mpi4py import MPI
+
+
+class _LazyMPI:
+    """mpi4py.MPI, imported on first use: importing it initialises MPI (about a second), which
+    commands that never communicate (`pisplit show`, `plan`, ...) should not pay for."""
+
+    def __getattr__(self, name):
+        from mpi4py import MPI as real
+
+        globals()["MPI"] = real
+        return getattr(real, name)
+
+
+MPI = _LazyMPI()
 
 
 # --- pipeline runtime ---
