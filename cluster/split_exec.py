@@ -284,6 +284,8 @@ class SplitRunner:
             for i, part in enumerate(order):
                 if part != self.rank:
                     continue
+                # large transfers only move while this rank is inside MPI: let them advance first
+                transport.test_all(sends + recvs)
                 t = time.perf_counter()
                 self.last_feeds = {f.name: arr[i:i + 1] for f, arr in zip(feeds, stacked)}
                 y = self.engine.run(self.last_feeds)[out_name]
@@ -293,6 +295,7 @@ class SplitRunner:
         else:
             result = None
             buffers = [np.empty(f.shape, np.float32) for f in feeds]
+            pending = []  # results on their way back: sent without waiting, so the next frame starts
             for i, part in enumerate(order):
                 if part != self.rank:
                     continue
@@ -301,9 +304,10 @@ class SplitRunner:
                     transport.recv(self.comm, buf, self.root, tag)
                 t = time.perf_counter()
                 self.last_feeds = {f.name: buf for f, buf in zip(feeds, buffers)}
-                y = self.engine.run(self.last_feeds)[out_name]
+                y = np.ascontiguousarray(self.engine.run(self.last_feeds)[out_name], np.float32)
                 compute += time.perf_counter() - t
-                transport.send(self.comm, np.ascontiguousarray(y, np.float32), self.root, tag)
+                pending.append((transport.isend(self.comm, y, self.root, tag), y))
+            transport.wait_all([r for r, _ in pending])
         wall = time.perf_counter() - t_start
         mine = sum(1 for part in order if part == self.rank)
         self._account(0.0, compute, wall - compute, 0.0, mine)

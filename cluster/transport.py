@@ -151,6 +151,11 @@ def wait_all(requests) -> None:
     MPI.Request.Waitall(list(requests))
 
 
+def test_all(requests) -> bool:
+    """Whether every request has completed; also lets pending transfers progress."""
+    return bool(MPI.Request.Testall(list(requests)))
+
+
 def bcast(comm, buf: np.ndarray, root: int = 0) -> np.ndarray:
     """Collective: `root`'s contents of `buf` into every rank's `buf` (same shape and dtype)."""
     comm.Bcast(_typed(buf), root=root)
