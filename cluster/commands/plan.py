@@ -38,19 +38,26 @@ def register(sub) -> None:
 
 
 def inventory_devices(path: str, hosts: str | None) -> tuple[list, list]:
-    """(kind, 1, None) entries and host names, one per MPI slot of each inventory host."""
+    """(kind, 1, memory) entries and host names, one per MPI slot of each chosen inventory host.
+
+    Kind and memory come from what `pisplit provision` measured on a real Pi (its facts), else from
+    the host's device= kind; memory None means the kind's nominal memory.
+    """
+    from ..facts import host_devices
     from ..inventory import read_inventory
 
-    chosen = read_inventory(path).select(hosts)
+    inventory = read_inventory(path)
+    chosen = {h.name for h in inventory.select(hosts)}
     if not chosen:
         raise PisplitError(f"inventory {path}: no hosts selected")
     entries, names = [], []
-    for h in chosen:
-        if not h.device:
-            raise PisplitError(f"inventory {path}:{h.line}: host {h.name} has no device kind (add device=rpi3|rpi4|rpi5)")
-        for _ in range(h.slots):
-            entries.append((h.device, 1, None))
-            names.append(h.name)
+    for device in host_devices(inventory):
+        if device.host not in chosen:
+            continue
+        memory = device.memory_bytes if device.source == "facts" else None
+        for _ in range(device.slots):
+            entries.append((device.kind, 1, memory))
+            names.append(device.host)
     return entries, names
 
 

@@ -93,8 +93,22 @@ def test_plan_from_inventory(capsys, tmp_path):
     only_b = Plan.from_dict(json.loads(run_here(capsys, "plan", "alexnet", "--inventory", inventory, "--hosts", "pi-b", "--json")))
     assert [d.host for d in only_b.devices] == ["pi-b"]
     inventory.write_text("[pis]\npi-a\n")
-    with pytest.raises(PisplitError, match="pi-a has no device kind"):
+    with pytest.raises(PisplitError, match="host pi-a: device kind unknown"):
         run_here(capsys, "plan", "alexnet", "--inventory", inventory)
+
+
+def test_plan_from_inventory_uses_provisioned_facts(capsys, tmp_path, monkeypatch):
+    from cluster.facts import write_facts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[pis]\npi-a\npi-b device=rpi3\n")
+    # provision measured pi-a: a Pi 4 with 2 GB, which no device= names
+    write_facts(inventory, {"pi-a": {"model": "Raspberry Pi 4 Model B Rev 1.4", "memory_bytes": 2 << 30, "cores": 4}})
+    plan = Plan.from_dict(json.loads(run_here(capsys, "plan", "alexnet", "--inventory", inventory, "--json")))
+    by_host = {d.host: d for d in plan.devices}
+    assert by_host["pi-a"].kind == "rpi4" and by_host["pi-a"].memory_bytes == 2 << 30
+    assert by_host["pi-b"].kind == "rpi3" and by_host["pi-b"].memory_bytes == 1 << 30
 
 
 def test_profile_measured_on_the_device_drives_the_plan(capsys, tmp_path):
