@@ -9,6 +9,7 @@ import numpy as np
 from layers import PisplitError, load_model
 from layers.engine import ENGINES, make_engine
 
+from ..arrays import load_npy
 from ..output import console, print_json
 
 
@@ -32,14 +33,7 @@ def read_input(path: str, graph) -> dict[str, np.ndarray]:
     if len(graph.inputs) != 1:
         raise PisplitError(f"model {graph.name}: has {len(graph.inputs)} inputs; --input feeds only single-input models")
     name, shape = next(iter(graph.inputs.items()))
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PisplitError(f"input {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise PisplitError(f"input {path}: not a readable .npy array ({exc})") from None
-    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
-        raise PisplitError(f"input {path}: expected a numeric array, got {getattr(x, 'dtype', type(x))}")
+    x = load_npy(path)
     if x.shape == shape[1:]:
         x = x[None]
     if x.ndim != len(shape) or x.shape[1:] != shape[1:]:

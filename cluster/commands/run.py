@@ -15,6 +15,7 @@ from layers.errors import PisplitError
 from partitioners.plan import Plan
 
 from .. import transport
+from ..arrays import load_npy
 from ..output import console, err_console, human_bytes, print_json
 from ..report import chrome_trace, run_report
 from ..runtime import RunOptions, agree, run_plan
@@ -37,19 +38,6 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
     p.set_defaults(func=run)
-
-
-def read_frames(path: str) -> np.ndarray:
-    """Load X.npy without pickle; shape checking happens against the model (runtime.check_input_frames)."""
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PisplitError(f"input {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise PisplitError(f"input {path}: not a readable .npy array ({exc})") from None
-    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
-        raise PisplitError(f"input {path}: expected a numeric array")
-    return x
 
 
 def run(args) -> int:
@@ -75,7 +63,7 @@ def _run(args, comm, rank: int) -> int:
     try:
         plan = Plan.load(args.plan)
         if rank == 0 and args.input:
-            inputs = read_frames(args.input)
+            inputs = load_npy(args.input)
     except PisplitError as exc:
         error = str(exc)
     agree(comm, error)
