@@ -8,9 +8,20 @@ from rich.console import Console
 
 import os
 
-# Rich falls back to 80 columns when stdout is not a terminal; tables of layers need more.
-_width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-console = Console(width=_width)
+
+
+def _width() -> int | None:
+    """COLUMNS when set (rich ignores it on a dumb terminal, as mpirun's ranks have), else the
+    terminal's width, else 160: rich's fallback of 80 columns is too narrow for layer tables."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    return None if sys.stdout.isatty() else 160
+
+
+_columns = _width()
+# rich reports 80x25 for a dumb terminal unless both width and height are given
+console = Console(width=_columns, height=None if _columns is None else int(os.environ.get("LINES", "25") or 25))
 err_console = Console(stderr=True)
 
 

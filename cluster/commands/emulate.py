@@ -53,6 +53,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     # one BLAS thread per emulated device: the ranks share this machine's cores, and dilation scales CPU time
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+    env.setdefault("COLUMNS", str(console.width))  # the ranks' pty has no size: tables would shrink to 80 columns
     if not sys.stdout.isatty():
         env.update(TERM="dumb", NO_COLOR="1")  # mpirun gives ranks a pty; keep escape codes out of pipes and files
     proc = subprocess.run(local_mpirun_command(n_ranks, argv), env=env, stdout=None if progress else subprocess.DEVNULL,
