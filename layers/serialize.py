@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import PisplitError
 from .graph import Graph, Node
+from .jsonfile import read_json
 from .weights import NpzWeights
 
 FORMAT = "pisplit-graph"
@@ -57,12 +58,7 @@ def save_graph(graph: Graph, path: str | Path) -> tuple[Path, Path]:
 def load_graph(path: str | Path) -> Graph:
     """Read a graph written by `save_graph`; weights stay on disk until a node asks for them."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise PisplitError(f"model file {path}: cannot be read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise PisplitError(f"model file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    doc = read_json(path, "model file")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PisplitError(f"model file {path}: not a pisplit graph (no \"format\": \"{FORMAT}\")")
     if doc.get("version") != VERSION:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from layers.errors import PisplitError
+from layers.jsonfile import read_json
 
 PLAN_FORMAT = "pisplit-plan"
 PLAN_VERSION = 1
@@ -186,13 +187,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read and validate a plan file."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except OSError as exc:
-            raise PisplitError(f"plan {path}: cannot be read ({exc.strerror or exc})") from None
-        except json.JSONDecodeError as exc:
-            raise PisplitError(f"plan {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        doc = read_json(path, "plan")
         try:
             return cls.from_dict(doc).validate()
         except PisplitError as exc:

@@ -31,6 +31,7 @@ import numpy as np
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
+from layers.jsonfile import read_json
 
 from .latency_model import LatencyModel, Sample, node_bytes, op_key
 
@@ -156,14 +157,7 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         """Read a profile file."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except OSError as exc:
-            raise PisplitError(f"profile {path}: cannot be read ({exc.strerror or exc})") from None
-        except json.JSONDecodeError as exc:
-            raise PisplitError(f"profile {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, "profile"), str(path))
 
 
 def samples_of(profile: Profile) -> list[Sample]:
