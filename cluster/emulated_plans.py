@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.plan import Device, Plan, Stage, StagePrediction
@@ -49,41 +50,106 @@ def single_device_plan(graph: Graph, model: str, kind: str, link_bps: float, eng
     return plan_for_devices(graph, model, f"{kind}:1", link_bps, "dp", "throughput", engine)
 
 
-def _local_seconds(graph: Graph) -> np.ndarray:
-    """CPU seconds of each node here (second of two runs, so weights are loaded)."""
-    feeds = graph.random_input(0)
-    env = dict(feeds)
-    seconds = np.zeros(len(graph))
-    for _ in range(2):
-        env = dict(feeds)
-        for i, node in enumerate(graph.nodes):
-            t = time.process_time()
-            outs = graph.run_node(node, [env[x] for x in node.inputs])
-            seconds[i] = time.process_time() - t
-            env.update(zip(node.outputs, outs))
-    return seconds
+def local_node_seconds(graph: Graph, engine: str, repeat: int = 3) -> np.ndarray:
+    """Warm median wall seconds of each node here, as a rank runs it with `engine`.
+
+    Measured in this process, so its thread settings must be a rank's: one BLAS thread each when N
+    ranks share this machine's cores (OPENBLAS_NUM_THREADS=1 before numpy loads; a LiteRT engine is
+    built with one thread); more BLAS threads make the BLAS-heavy nodes look faster than they will
+    run. numpy nodes are timed in sequence, each on its predecessor's output with the other nodes'
+    weights passing through the caches in between, as in a stream of frames: AlexNet's fc layers timed
+    alone, their weights still cached, came out 30% fast. Other engines run each node alone (a node
+    `engine` cannot run is timed with numpy); balanced_plan then times whole stages to settle the cuts.
+    """
+    from partitioners.profiles import profile_graph
+
+    if engine == "numpy":
+        for node in graph.nodes:
+            graph.node_weights(node)
+        feeds = graph.random_input(0)
+        passes = []
+        for _ in range(repeat + 1):  # the first pass is a warm-up
+            env, seconds = dict(feeds), []
+            for node in graph.nodes:
+                t = time.perf_counter()
+                env.update(zip(node.outputs, graph.run_node(node, [env[x] for x in node.inputs])))
+                seconds.append(time.perf_counter() - t)
+            passes.append(seconds)
+        return np.median(np.array(passes[1:]), axis=0)
+    measured = {n.name: n.seconds for n in profile_graph(graph, engine, repeat, fractions=())}
+    missing = [i for i, node in enumerate(graph.nodes) if node.name not in measured]
+    if missing:
+        measured.update({n.name: n.seconds for n in profile_graph(graph, "numpy", repeat, fractions=(), nodes=missing)})
+    return np.array([measured[node.name] for node in graph.nodes])
+
+
+class StageTimer:
+    """Warm median seconds of nodes [a, b) run as one stage by `engine` (one thread), memoised."""
+
+    def __init__(self, graph: Graph, engine: str, repeat: int = 3):
+        self.graph, self.engine, self.repeat = graph, engine, repeat
+        self.seconds: dict[tuple[int, int], float] = {}
+
+    def __call__(self, a: int, b: int) -> float:
+        if (a, b) not in self.seconds:
+            from partitioners.profiles import time_engine
+
+            from .runtime import shard_graph
+
+            shard = shard_graph(self.graph, a, b)
+            self.seconds[(a, b)] = time_engine(make_engine(shard, self.engine, threads=1), shard.random_input(0), self.repeat)
+        return self.seconds[(a, b)]
+
+
+def settle_cuts(cuts: list[int], stage_seconds) -> list[int]:
+    """Move each inner cut by one node either way while that lowers the slower of its two stages,
+    judged by `stage_seconds(a, b)`. A sum of node times misses what a node costs in its stage
+    (caches, the engine's per-run overhead), so the estimated cuts can be a node off.
+
+    E.g. cuts [0, 4, 9] with stages [0, 4) 20 ms and [4, 9) 26 ms, and [0, 5) 23 ms, [5, 9) 22 ms:
+    the cut moves to 5 (max 23 ms < 26 ms), then stays (moving to 6 would make [0, 6) slower).
+    """
+    cuts = list(cuts)
+    for i in range(1, len(cuts) - 1):
+        while True:
+            worst = lambda c: max(stage_seconds(cuts[i - 1], c), stage_seconds(c, cuts[i + 1]))  # noqa: E731
+            options = [c for c in (cuts[i] - 1, cuts[i] + 1) if cuts[i - 1] < c < cuts[i + 1]]
+            best = min(options, key=worst, default=cuts[i])
+            if best == cuts[i] or worst(best) >= worst(cuts[i]):
+                break
+            cuts[i] = best
+    return cuts
 
 
 def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link_bps: float, engine: str) -> Plan:
-    """One single-rank stage per device, contiguous, with about equal measured local seconds each;
-    predictions scale those seconds by each device's calibrated slowdown."""
+    """One single-rank stage per device, contiguous, with about equal local seconds each: cut on node
+    times (local_node_seconds), then settled on measured stage times (settle_cuts); predictions scale
+    each stage's measured seconds by its device's calibrated slowdown."""
+    from .runtime import reuse_freed_memory
+
+    reuse_freed_memory()  # as every rank does (runtime.run_plan), so the times here are a rank's
     kinds = [k for k, n in devices for _ in range(n)]
     n = min(len(kinds), len(graph))
     kinds = kinds[:n]
-    seconds = _local_seconds(graph)
-    cumulative = np.cumsum(seconds)
+    cumulative = np.cumsum(local_node_seconds(graph, engine))
     cuts = [0]
     for s in range(1, n):
-        cut = int(np.searchsorted(cumulative, cumulative[-1] * s / n)) + 1
+        target = cumulative[-1] * s / n
+        cut = int(np.searchsorted(cumulative, target)) + 1
+        # the node that crosses the target goes to whichever side leaves the boundary nearer to it
+        if cut > 1 and target - cumulative[cut - 2] < cumulative[cut - 1] - target:
+            cut -= 1
         cuts.append(min(max(cut, cuts[-1] + 1), len(graph) - (n - s)))
     cuts.append(len(graph))
+    stage_seconds = StageTimer(graph, engine)
+    cuts = settle_cuts(cuts, stage_seconds)
     stages = []
     periods = []
     latency = 0.0
     for i in range(n):
         a, b = cuts[i], cuts[i + 1]
         slow = device_slowdown(kinds[i], engine)
-        compute = float(seconds[a:b].sum()) * slow
+        compute = stage_seconds(a, b) * slow
         t_in = graph.cut_bytes(a) * 8 / link_bps if i > 0 else 0.0
         t_out = graph.cut_bytes(b) * 8 / link_bps if i < n - 1 else 0.0
         weights = sum(graph.cost(j).weight_bytes for j in range(a, b))
@@ -95,4 +161,4 @@ def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link
     devs = tuple(Device(r, k, 1 << 30) for r, k in enumerate(kinds))
     return Plan(model, len(graph), devs, tuple(stages), planner="balanced", engine=engine, link_bandwidth_bps=link_bps,
                 predicted_throughput_fps=1.0 / max(periods), predicted_latency_s=latency,
-                notes=("stages balanced on this machine's measured node times",)).validate()
+                notes=("stages balanced on this machine's measured stage times",)).validate()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.emulated_plans import balanced_plan, parse_devices
+from cluster.emulated_plans import balanced_plan, parse_devices, settle_cuts
 from cluster.emulation import ComputeDilation, CoreTokens, LinkPacer, parse_link, receive_ready_at
 from layers import zoo_model
 from layers.errors import PisplitError
@@ -75,11 +75,33 @@ def test_core_tokens_admit_one_holder_per_core(tmp_path):
     tokens[2].release()
 
 
-def test_balanced_plan_is_contiguous_and_predicted():
+@pytest.mark.parametrize("engine", ["numpy", "litert"])
+def test_balanced_plan_is_contiguous_and_predicted(engine):
     graph = zoo_model("lenet5")
-    plan = balanced_plan(graph, "lenet5", [("rpi3", 3)], 94e6, "numpy")
-    assert [s.ranks for s in plan.stages] == [(0,), (1,), (2,)]
+    if engine == "litert":
+        try:
+            from layers.engine import make_engine
+
+            make_engine(graph, "litert")
+        except (PisplitError, ImportError) as exc:
+            require(False, f"the LiteRT engine is not available ({exc})")
+    plan = balanced_plan(graph, "lenet5", [("rpi3", 3)], 94e6, engine)
+    assert [s.ranks for s in plan.stages] == [(0,), (1,), (2,)] and plan.engine == engine
     assert plan.predicted_throughput_fps > 0 and all(s.predicted.compute_s > 0 for s in plan.stages)
+    assert all(s.node_stop == t.node_start for s, t in zip(plan.stages, plan.stages[1:]))
+
+
+def test_settle_cuts_moves_a_cut_while_the_slower_side_gets_faster():
+    calls = []
+
+    def stage_seconds(a, b):  # ten equal nodes plus a fixed cost per stage
+        calls.append((a, b))
+        return (b - a) + 0.5
+
+    assert settle_cuts([0, 2, 10], stage_seconds) == [0, 5, 10]
+    assert settle_cuts([0, 5, 10], stage_seconds) == [0, 5, 10]  # already balanced: stays
+    assert settle_cuts([0, 8, 9, 10], stage_seconds) == [0, 5, 8, 10]  # one pass, left to right
+    assert settle_cuts([0, 10], stage_seconds) == [0, 10] and calls
 
 
 def emulate(*args, timeout: float = 240) -> subprocess.CompletedProcess:
