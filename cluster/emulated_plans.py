@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from layers.allocator import reuse_freed_memory
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
@@ -102,22 +103,27 @@ class StageTimer:
 
 
 def settle_cuts(cuts: list[int], stage_seconds) -> list[int]:
-    """Move each inner cut by one node either way while that lowers the slower of its two stages,
-    judged by `stage_seconds(a, b)`. A sum of node times misses what a node costs in its stage
-    (caches, the engine's per-run overhead), so the estimated cuts can be a node off.
+    """Place each inner cut, left to right, where the slower of its two stages is fastest, judged by
+    measured `stage_seconds(a, b)`: a bisection for the first cut at which the left stage is no
+    faster than the right, then the better of it and the cut before. A sum of node times misses what
+    a node costs within its stage (caches; LiteRT fuses an activation into its conv, while alone it
+    pays a whole interpreter run), so cuts placed on node times can be several nodes off.
 
-    E.g. cuts [0, 4, 9] with stages [0, 4) 20 ms and [4, 9) 26 ms, and [0, 5) 23 ms, [5, 9) 22 ms:
-    the cut moves to 5 (max 23 ms < 26 ms), then stays (moving to 6 would make [0, 6) slower).
+    E.g. ten 1 s nodes with 0.5 s per stage on top, cuts [0, 2, 10]: [0, 5) and [5, 10) both take
+    5.5 s, [0, 4) and [4, 10) 4.5 s and 6.5 s, so the cut moves to 5.
     """
     cuts = list(cuts)
     for i in range(1, len(cuts) - 1):
-        while True:
-            worst = lambda c: max(stage_seconds(cuts[i - 1], c), stage_seconds(c, cuts[i + 1]))  # noqa: E731
-            options = [c for c in (cuts[i] - 1, cuts[i] + 1) if cuts[i - 1] < c < cuts[i + 1]]
-            best = min(options, key=worst, default=cuts[i])
-            if best == cuts[i] or worst(best) >= worst(cuts[i]):
-                break
-            cuts[i] = best
+        left, right = cuts[i - 1], cuts[i + 1]
+        lo, hi = left + 1, right - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if stage_seconds(left, mid) >= stage_seconds(mid, right):
+                hi = mid
+            else:
+                lo = mid + 1
+        worst = lambda c: max(stage_seconds(left, c), stage_seconds(c, right))  # noqa: E731
+        cuts[i] = min([c for c in (lo, lo - 1) if left < c < right], key=worst)
     return cuts
 
 
@@ -125,8 +131,6 @@ def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link
     """One single-rank stage per device, contiguous, with about equal local seconds each: cut on node
     times (local_node_seconds), then settled on measured stage times (settle_cuts); predictions scale
     each stage's measured seconds by its device's calibrated slowdown."""
-    from .runtime import reuse_freed_memory
-
     reuse_freed_memory()  # as every rank does (runtime.run_plan), so the times here are a rank's
     kinds = [k for k, n in devices for _ in range(n)]
     n = min(len(kinds), len(graph))

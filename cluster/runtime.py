@@ -17,7 +17,6 @@ admits at most `max_in_flight` frames that have not come back, so memory stays b
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import resource
@@ -29,6 +28,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from layers.allocator import reuse_freed_memory
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
@@ -122,26 +122,6 @@ def default_max_in_flight(plan: Plan, window: int) -> int:
 
 
 # --- memory ------------------------------------------------------------------------------------------
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-
-
-def reuse_freed_memory() -> bool:
-    """Have glibc keep a frame's freed buffers for the next frame instead of returning them to the OS.
-
-    By default a buffer over 128 KiB is its own mmap and goes back to the OS when freed, so every frame
-    page-faults its activations and im2col matrices in again: one-thread AlexNet took 43 ms a frame
-    that way and 29 ms with buffers up to 32 MiB (16 MiB on 32-bit) served from the heap and freed heap
-    kept up to 256 MiB. The peak is unchanged (a frame needs that memory anyway). False when this is
-    not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mmap_ok = any(mallopt(_M_MMAP_THRESHOLD, size) for size in (32 << 20, 16 << 20))
-    return bool(mmap_ok and mallopt(_M_TRIM_THRESHOLD, 256 << 20))
-
-
 def _status_bytes(field_name: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -401,8 +381,13 @@ class PipelineRank:
             if target == 0:
                 self.local_inputs[f] = tensors
             else:
-                # the planner counts no transfer into the first stage (the input is where it is needed)
-                buf = self.source_codec.pack(f, tensors)
+                end_ns = duration_ns = 0
+                if self.link:
+                    # the input leaves over rank 0's link, which it then occupies (partitioners.cost
+                    # counts it in rank 0's cycle: source_cycle); _compute waits for it to have left
+                    end, duration = self.link.schedule(self.source_codec.payload_bytes, len(self.source_codec.names))
+                    end_ns, duration_ns = int(end * 1e9), int(duration * 1e9)
+                buf = self.source_codec.pack(f, tensors, 0, end_ns, duration_ns)
                 self.sends.append((transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0), buf))
             self.injected += 1
             admitted = True
@@ -532,6 +517,10 @@ class PipelineRank:
             self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame)
 
     def _compute(self, frame: int, tensors: dict) -> dict:
+        if self.link and self.link.free_at > time.time():
+            # inputs the source handed out are still leaving: an emulated device's sends occupy it
+            hold = self.link.free_at - time.time()
+            self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         t = time.perf_counter()
         if self.dilation:
             # the emulated device starts now; waiting for a host core is not its time

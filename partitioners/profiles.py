@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from layers.allocator import reuse_freed_memory
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
@@ -287,6 +288,7 @@ def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fraction
 def measure_profile(graphs: list[Graph], engine: str = "numpy", repeat: int = 5, fractions: tuple = DEFAULT_FRACTIONS,
                     measure_parts: PartMeasurer | None = None, kind: str | None = None) -> Profile:
     """Measure this machine on `graphs` and fit its latency model."""
+    reuse_freed_memory()  # as pipeline ranks do (cluster.runtime), so node times are theirs
     info = machine_info()
     profile = Profile(kind=kind or pi_kind(info.get("model", "")) or "host", engine=engine, machine=info)
     for g in graphs:

@@ -91,17 +91,20 @@ def test_balanced_plan_is_contiguous_and_predicted(engine):
     assert all(s.node_stop == t.node_start for s, t in zip(plan.stages, plan.stages[1:]))
 
 
-def test_settle_cuts_moves_a_cut_while_the_slower_side_gets_faster():
-    calls = []
-
+def test_settle_cuts_balances_the_measured_stages():
     def stage_seconds(a, b):  # ten equal nodes plus a fixed cost per stage
-        calls.append((a, b))
         return (b - a) + 0.5
 
     assert settle_cuts([0, 2, 10], stage_seconds) == [0, 5, 10]
+    assert settle_cuts([0, 9, 10], stage_seconds) == [0, 5, 10]
     assert settle_cuts([0, 5, 10], stage_seconds) == [0, 5, 10]  # already balanced: stays
     assert settle_cuts([0, 8, 9, 10], stage_seconds) == [0, 5, 8, 10]  # one pass, left to right
-    assert settle_cuts([0, 10], stage_seconds) == [0, 10] and calls
+    assert settle_cuts([0, 1, 2], stage_seconds) == [0, 1, 2] and settle_cuts([0, 10], stage_seconds) == [0, 10]
+
+    def skewed(a, b):  # node 0 is as slow as the other nine together: the cut goes right after it
+        return sum(9.0 if j == 0 else 1.0 for j in range(a, b))
+
+    assert settle_cuts([0, 6, 10], skewed) == [0, 1, 10]
 
 
 def emulate(*args, timeout: float = 240) -> subprocess.CompletedProcess:
