@@ -57,13 +57,7 @@ def first_error(comm, message: str | None) -> str | None:
     owner = int(lowest[0])
     if owner == size:
         return None
-    data = np.frombuffer(message.encode(), np.uint8).copy() if rank == owner else None
-    length = np.array([0 if data is None else data.size], np.int64)
-    comm.Bcast(length, root=owner)
-    if data is None:
-        data = np.empty(int(length[0]), np.uint8)
-    comm.Bcast(data, root=owner)
-    return data.tobytes().decode(errors="replace")
+    return bcast_text(comm, message if rank == owner else None, root=owner)
 
 
 def gather_rows(comm, row: np.ndarray, root: int = 0) -> list | None:
