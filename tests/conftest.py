@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -41,3 +45,13 @@ def varied(a: np.ndarray) -> np.ndarray:
     else:
         assert a.size == 0 or float(np.abs(a).max()) > 0, "test input is zero"
     return a
+
+
+def run_pisplit(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `pisplit` CLI in a subprocess from the repository root (wide tables); with
+    `check`, a non-zero exit fails the test and shows stderr."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pisplit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

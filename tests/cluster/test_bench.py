@@ -3,24 +3,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, run_pisplit
 from tests.layers.tflite_models import chain_model
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.litert
 
 
 def pisplit(*args):
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
-
+    return run_pisplit(*args, check=False)
 
 @pytest.fixture(autouse=True)
 def _litert():

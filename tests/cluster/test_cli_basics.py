@@ -2,27 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from layers import zoo_model
+from tests.conftest import run_pisplit
 
-PISPLIT = [sys.executable, "-m", "cluster.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pisplit(*args, check=True):
-    proc = subprocess.run([*PISPLIT, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"pisplit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
+    return run_pisplit(*args, check=check)
 
 def test_models_json_lists_the_zoo():
     doc = json.loads(pisplit("models", "--json").stdout)

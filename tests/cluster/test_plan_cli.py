@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +19,13 @@ from layers.errors import PisplitError
 from partitioners.plan import Plan
 from partitioners.profiles import Profile
 
-from ..conftest import require
+from ..conftest import require, run_pisplit
 
 ROOT = Path(__file__).resolve().parents[2]
-PISPLIT = [sys.executable, "-m", "cluster.cli"]
 
 
 def pisplit(*args, check=True):
-    proc = subprocess.run([*PISPLIT, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"pisplit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
+    return run_pisplit(*args, check=check)
 
 def run_here(capsys, *argv) -> str:
     """Run `pisplit plan|profile ...` in this process; returns what it printed."""

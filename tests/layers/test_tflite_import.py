@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from layers import load_model
 from layers.tflite import SUPPORTED_OPS, import_tflite
-from tests.conftest import require, varied
+from tests.conftest import require, run_pisplit, varied
 
 from .tflite_models import CASES, chain_model
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.litert
 
 
@@ -95,11 +90,7 @@ def test_chain_model_keeps_names_weights_and_both_outputs(tmp_path):
 
 
 def pisplit(*args):
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
+    return run_pisplit(*args)
 
 @pytest.mark.parametrize("engine", ["numpy", "litert"])
 def test_infer_cli_on_tflite_files(engine, tmp_path):
