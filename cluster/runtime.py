@@ -108,6 +108,20 @@ def frames_of(stage: Stage, rank: int, n_frames: int) -> list[int]:
     return list(range(n_frames)) if rank == stage.ranks[0] else []
 
 
+def synthetic_frame(graph: Graph, seed: int, frame: int) -> dict[str, np.ndarray]:
+    """Frame `frame` of the default input stream: uniform in [-1, 1), seeded by (seed, frame).
+    Uniform, not normal: rank 0 makes one per frame, and a normal AlexNet frame took 1.3 ms of the
+    first stage's 12 (uniform, 0.3 ms)."""
+    rng = np.random.default_rng([seed, frame])
+    feeds = {}
+    for name, shape in graph.inputs.items():
+        x = rng.random(shape, dtype=np.float32)
+        x *= np.float32(2)
+        x -= np.float32(1)
+        feeds[name] = x
+    return feeds
+
+
 def shard_graph(graph: Graph, start: int, stop: int) -> Graph:
     """Nodes [start, stop) of `graph` as a graph of their own: inputs are the tensors live at cut
     `start`, outputs those live at cut `stop`; the weight mapping is shared (and lazy)."""
@@ -168,7 +182,7 @@ class RunOptions:
 
     frames: int = 16
     inputs: np.ndarray | None = None  # rank 0: (F, *input shape) frames, used round-robin
-    input_seed: int = 0  # random frames otherwise: default_rng([seed, frame])
+    input_seed: int = 0  # random frames otherwise: synthetic_frame(graph, seed, frame)
     keep_outputs: bool = False
     engine: str | None = None  # None: the plan's engine
     emulate: bool = False
@@ -368,8 +382,7 @@ class PipelineRank:
         if self.options.inputs is not None:
             x = self.options.inputs[frame % len(self.options.inputs)]
             return {name: x[None]}
-        rng = np.random.default_rng([self.options.input_seed, frame])
-        return {t: rng.standard_normal(s, dtype=np.float32) for t, s in self.graph.inputs.items()}
+        return synthetic_frame(self.graph, self.options.input_seed, frame)
 
     def _inject(self) -> bool:
         """Admit frames while fewer than max_in_flight are out; True if any was admitted."""

@@ -143,6 +143,13 @@ def test_pool_golden():
     np.testing.assert_array_equal(K.avg_pool(x, (2, 2), (2, 2), "same")[0, :, :, 0], [[3, 4.5], [7.5, 9]])
 
 
+@pytest.mark.parametrize("radius,beta", [(0, 0.75), (1, 0.5), (2, 0.75), (3, 1.0), (9, 0.6)])
+def test_lrn_every_beta_path_matches_naive(rng, radius, beta):
+    # beta 0.75 / 0.5 / 1.0 have their own paths; radius 9 is wider than the 7 channels
+    x = varied(rng.standard_normal((2, 3, 2, 7)).astype(np.float32) * 3)
+    _check(K.local_response_norm(x, radius, 1.2, 0.4, beta), lrn_naive(x, radius, 1.2, 0.4, beta))
+
+
 def test_lrn_golden():
     x = np.array([1, 2, 3], np.float32).reshape(1, 1, 1, 3)
     # radius 1, bias 1, alpha 1, beta 1: channel 0 -> 1 / (1 + 1 + 4) = 1/6
