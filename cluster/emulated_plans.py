@@ -57,26 +57,14 @@ def local_node_seconds(graph: Graph, engine: str, repeat: int = 3) -> np.ndarray
     Measured in this process, so its thread settings must be a rank's: one BLAS thread each when N
     ranks share this machine's cores (OPENBLAS_NUM_THREADS=1 before numpy loads; a LiteRT engine is
     built with one thread); more BLAS threads make the BLAS-heavy nodes look faster than they will
-    run. numpy nodes are timed in sequence, each on its predecessor's output with the other nodes'
-    weights passing through the caches in between, as in a stream of frames: AlexNet's fc layers timed
-    alone, their weights still cached, came out 30% fast. Other engines run each node alone (a node
-    `engine` cannot run is timed with numpy); balanced_plan then times whole stages to settle the cuts.
+    run. numpy nodes are timed in sequence (partitioners.profiles.stream_node_seconds); other engines
+    run each node alone (a node `engine` cannot run is timed with numpy); balanced_plan then times
+    whole stages to settle the cuts.
     """
-    from partitioners.profiles import profile_graph
+    from partitioners.profiles import profile_graph, stream_node_seconds
 
     if engine == "numpy":
-        for node in graph.nodes:
-            graph.node_weights(node)
-        feeds = graph.random_input(0)
-        passes = []
-        for _ in range(repeat + 1):  # the first pass is a warm-up
-            env, seconds = dict(feeds), []
-            for node in graph.nodes:
-                t = time.perf_counter()
-                env.update(zip(node.outputs, graph.run_node(node, [env[x] for x in node.inputs])))
-                seconds.append(time.perf_counter() - t)
-            passes.append(seconds)
-        return np.median(np.array(passes[1:]), axis=0)
+        return stream_node_seconds(graph, repeat)
     measured = {n.name: n.seconds for n in profile_graph(graph, engine, repeat, fractions=())}
     missing = [i for i, node in enumerate(graph.nodes) if node.name not in measured]
     if missing:

@@ -42,6 +42,31 @@ def test_profile_measures_every_node_and_split_parts(lenet_profile, tmp_path):
     assert doc["format"] == "pisplit-profile" and set(doc["latency_model_error"]) >= {"conv2d", "dense", "*"}
 
 
+def test_numpy_node_times_come_from_whole_graph_passes(monkeypatch):
+    # a node timed alone keeps its weights cached between runs; a rank streaming frames does not
+    from partitioners import profiles
+
+    g = zoo_model("lenet5")
+    seen = []
+
+    def stream(graph, repeat):
+        seen.append(graph)
+        return np.arange(1, len(graph) + 1) * 1e-3
+
+    monkeypatch.setattr(profiles, "stream_node_seconds", stream)
+    nodes = profiles.profile_graph(g, "numpy", repeat=1, fractions=(), nodes=[1, 3])
+    assert seen == [g]  # one pass over the whole graph, not one node in isolation
+    assert [n.seconds for n in nodes] == [2e-3, 4e-3]
+
+
+def test_stream_node_seconds_times_each_node_in_sequence():
+    from partitioners.profiles import stream_node_seconds
+
+    g = zoo_model("lenet5")
+    seconds = stream_node_seconds(g, repeat=2)
+    assert seconds.shape == (len(g),) and np.all(seconds > 0)
+
+
 def test_profile_uses_measurements_and_predicts_the_rest(lenet_profile):
     g = zoo_model("lenet5")
     i = g.node_index("conv2")
