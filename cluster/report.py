@@ -6,7 +6,7 @@ import numpy as np
 
 from partitioners.plan import Plan
 
-from .runtime import EVENT_NAMES, RunResult, memory_prediction
+from .runtime import EVENT_NAMES, RunResult
 
 
 def steady_throughput(done_s: np.ndarray) -> float:
@@ -55,7 +55,7 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         })
     ranks = []
     for s in sorted(result.ranks, key=lambda r: r.rank):
-        predicted = memory_prediction(plan, s.rank)
+        predicted = s.memory_predicted_bytes if s.memory_predicted_bytes >= 0 else None
         above = max(s.memory_peak_bytes - s.memory_baseline_bytes, 0)
         ranks.append({
             "rank": s.rank, "stage": s.stage, "kind": plan.devices[s.rank].kind, "frames": s.frames,

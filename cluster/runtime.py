@@ -18,6 +18,7 @@ admits at most `max_in_flight` frames that have not come back, so memory stays b
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import resource
 import shutil
@@ -33,6 +34,7 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.ops import numel
+from partitioners.cost import RUNTIME_WINDOW
 from partitioners.plan import Plan, Stage
 
 from . import transport
@@ -65,13 +67,24 @@ class FrameCodec:
         sizes = [numel(s) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int) + self.HEADER
         self.length = int(self.offsets[-1])
+        self.free: list[np.ndarray] = []  # buffers back from finished transfers, for the next frames
+
+    def reserve(self, n: int) -> None:
+        """Make `n` buffers now, written once so their pages are in: a rank's frame buffers are then
+        allocated once, before its first frame, not between the frame's temporaries (where the heap
+        would fragment around them)."""
+        self.free.extend(np.zeros(self.length, np.float32) for _ in range(max(n - len(self.free), 0)))
+
+    def release(self, buf: np.ndarray) -> None:
+        """Hand back a buffer whose transfer has finished and whose tensors are no longer used."""
+        self.free.append(buf)
 
     @property
     def payload_bytes(self) -> int:
         return (self.length - self.HEADER) * 4
 
     def empty(self) -> np.ndarray:
-        return np.empty(self.length, np.float32)
+        return self.free.pop() if self.free else np.empty(self.length, np.float32)
 
     def pack(self, frame_id: int, tensors: Mapping[str, np.ndarray], start_ns: int = 0, end_ns: int = 0, duration_ns: int = 0) -> np.ndarray:
         buf = self.empty()
@@ -108,14 +121,14 @@ def frames_of(stage: Stage, rank: int, n_frames: int) -> list[int]:
     return list(range(n_frames)) if rank == stage.ranks[0] else []
 
 
-def synthetic_frame(graph: Graph, seed: int, frame: int) -> dict[str, np.ndarray]:
+def synthetic_frame(graph: Graph, seed: int, frame: int, out: dict | None = None) -> dict[str, np.ndarray]:
     """Frame `frame` of the default input stream: uniform in [-1, 1), seeded by (seed, frame).
     Uniform, not normal: rank 0 makes one per frame, and a normal AlexNet frame took 1.3 ms of the
-    first stage's 12 (uniform, 0.3 ms)."""
+    first stage's 12 (uniform, 0.3 ms). With `out` (input name -> array) the frame is written there."""
     rng = np.random.default_rng([seed, frame])
     feeds = {}
     for name, shape in graph.inputs.items():
-        x = rng.random(shape, dtype=np.float32)
+        x = rng.random(shape, dtype=np.float32, out=out[name] if out is not None else None)
         x *= np.float32(2)
         x -= np.float32(1)
         feeds[name] = x
@@ -169,9 +182,24 @@ def reset_peak_rss() -> bool:
 
 def settle_baseline() -> int:
     """The interpreter's fixed memory before any shard: after numpy's BLAS has set up its buffers
-    (its first matrix product allocates them, whatever the model)."""
-    a = np.ones((64, 64), np.float32)
-    _ = a @ a
+    and numpy.random's extension modules are in (seeded weights and frames use them: 6 MiB, whatever
+    the shard).
+
+    BLAS packs blocks of up to about a thousand rows per thread into buffers of its own, touched as
+    far as the largest product so far reached (2 MiB more for AlexNet's conv1 with two threads), so
+    the product here is that large."""
+    n = 1024
+    with mmap.mmap(-1, 4 * n * n) as ma, mmap.mmap(-1, 4 * n * n) as mc:
+        # operands outside the malloc heap: unmapped on close, not kept for the shard to reuse
+        a = np.frombuffer(ma, np.float32).reshape(n, n)
+        c = np.frombuffer(mc, np.float32).reshape(n, n)
+        a.fill(1.0)
+        np.matmul(a, a, out=c)
+        del a, c
+    rng = np.random.default_rng(0)
+    rng.standard_normal(16, dtype=np.float32)
+    rng.random(16, dtype=np.float32)
+    rng.uniform(0, 1, 16)
     return current_rss_bytes()
 
 
@@ -188,7 +216,7 @@ class RunOptions:
     emulate: bool = False
     host_cores: int = os.cpu_count() or 1  # emulation: devices computing at once on this machine
     core_lock_dir: str | None = None  # emulation: where the per-core lock files live (shared by the ranks)
-    window: int = 2
+    window: int = RUNTIME_WINDOW
     max_in_flight: int | None = None
     progress: Callable[[int, int], None] | None = None  # rank 0: (frames done, frames total)
     on_start: Callable[[], None] | None = None  # rank 0: setup succeeded everywhere, frames start
@@ -209,10 +237,11 @@ class RankStats:
     memory_baseline_bytes: int = 0
     memory_load_peak_bytes: int = 0
     memory_peak_bytes: int = 0
+    memory_predicted_bytes: int = -1  # the plan's prediction for this rank's run (memory_prediction); -1: none
     events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s)
 
     FIELDS = ("rank", "stage", "frames", "compute_s", "comm_s", "wait_s", "late_s", "link_busy_s",
-              "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes")
+              "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes")
 
     def to_array(self) -> np.ndarray:
         head = [float(getattr(self, f)) for f in self.FIELDS]
@@ -223,7 +252,7 @@ class RankStats:
     def from_array(cls, arr: np.ndarray) -> "RankStats":
         n = len(cls.FIELDS)
         values = dict(zip(cls.FIELDS, arr[:n].tolist()))
-        for f in ("rank", "stage", "frames", "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes"):
+        for f in ("rank", "stage", "frames", "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes"):
             values[f] = int(values[f])
         n_events = int(arr[n])
         events = [(int(k), int(fr), s, d) for k, fr, s, d in arr[n + 1: n + 1 + 4 * n_events].reshape(-1, 4).tolist()]
@@ -315,12 +344,19 @@ class _Step:
         return tensors
 
 
-def memory_prediction(plan: Plan, rank: int) -> int | None:
-    """The plan's predicted memory for `rank`, if it has one."""
+def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window: int = RUNTIME_WINDOW) -> int | None:
+    """The plan's predicted memory for `rank`, if it has one. The plan counts the frame buffers of
+    the default window (partitioners.cost.frame_buffer_bytes); another `window` moves an entry
+    rank's share of them by (window - default) frames of its input and its output."""
     stage = plan.stage_of_rank(rank)
-    if stage.predicted is None:
+    if stage.predicted is None or rank not in stage.predicted.memory_bytes:
         return None
-    return stage.predicted.memory_bytes.get(rank)
+    predicted = int(stage.predicted.memory_bytes[rank])
+    entry = stage.mode == "data-parallel" or rank == stage.ranks[0]
+    if graph is not None and entry and window != RUNTIME_WINDOW:
+        frame = graph.cut_bytes(stage.node_stop) + (graph.cut_bytes(stage.node_start) if stage.node_start > 0 else 0)
+        predicted = max(predicted + (window - RUNTIME_WINDOW) * frame, 0)
+    return predicted
 
 
 # --- the rank ----------------------------------------------------------------------------------------
@@ -337,6 +373,8 @@ class PipelineRank:
         self.stage = plan.stage_of_rank(self.rank)
         self.stats = RankStats(self.rank, self.stage.index, memory_baseline_bytes=baseline_bytes)
         self.window = max(1, int(options.window))
+        predicted = memory_prediction(plan, self.rank, graph, self.window)
+        self.stats.memory_predicted_bytes = -1 if predicted is None else predicted
         self.last = plan.stages[-1]
         self.in_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_start))
         self.out_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_stop))
@@ -350,18 +388,34 @@ class PipelineRank:
         self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators)
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
-        self.sends: list = []  # outstanding (request, buffer)
+        self.sends: list = []  # outstanding (request, buffer, codec)
         self.recvs: dict = {}  # frame -> (request, buffer)
         self.t0 = 0.0
         if self.rank == 0:
             self._init_source_and_sink()
+        self._reserve_frame_buffers()
+
+    def _reserve_frame_buffers(self) -> None:
+        """This rank's frame buffers, made before anything else runs (what the plan counts for it:
+        partitioners.cost.frame_buffer_bytes)."""
+        held = self.window + 1
+        if self.my_frames:
+            if self.stage.index > 0 or self.rank != 0:
+                self.in_codec.reserve(held)
+            (self.result_codec if self.stage.index == self.last.index else self.out_codec).reserve(held)
+        if self.rank == 0:
+            remote = {entry_rank(self.first, f) for f in range(min(self.n_frames, 64))} - {0}
+            self.source_codec.reserve(held * len(remote))
+            self.result_codec.reserve(self.result_window)
 
     # --- rank 0: source and sink ---------------------------------------------------------------------
     def _init_source_and_sink(self) -> None:
         first = self.plan.stages[0]
         self.first = first
         self.injected = 0
-        self.local_inputs: dict = {}  # frame -> tensors, frames the source hands to rank 0 itself
+        self.local_inputs: dict = {}  # frames the source has admitted for rank 0 itself (made when computed)
+        self.source_sends: dict = {}  # replica -> requests of input frames still leaving for it
+        self.source_buffers = {t: np.empty(s, np.float32) for t, s in self.graph.inputs.items()}
         self.max_in_flight = self.options.max_in_flight or default_max_in_flight(self.plan, self.window)
         self.done = 0
         self.arrived = np.full(self.n_frames, False)
@@ -382,18 +436,24 @@ class PipelineRank:
         if self.options.inputs is not None:
             x = self.options.inputs[frame % len(self.options.inputs)]
             return {name: x[None]}
-        return synthetic_frame(self.graph, self.options.input_seed, frame)
+        # one set of buffers: a frame is computed, or packed for the replica it goes to, before the next is made
+        return synthetic_frame(self.graph, self.options.input_seed, frame, self.source_buffers)
 
     def _inject(self) -> bool:
         """Admit frames while fewer than max_in_flight are out; True if any was admitted."""
         admitted = False
         while self.injected < self.n_frames and self.injected - self.done < self.max_in_flight:
             f = self.injected
-            tensors = self._source_frame(f)
             target = entry_rank(self.first, f)
             if target == 0:
-                self.local_inputs[f] = tensors
+                self.local_inputs[f] = None  # admitted; made when rank 0 computes it (one frame held at a time)
             else:
+                pending = self.source_sends.setdefault(target, [])
+                while pending and transport.request_done(pending[0]):
+                    pending.pop(0)
+                if len(pending) > self.window:
+                    break  # window + 1 frames already leaving for this replica (the plan counts as many)
+                tensors = self._source_frame(f)
                 end_ns = duration_ns = 0
                 if self.link:
                     # the input leaves over rank 0's link, which it then occupies (partitioners.cost
@@ -401,7 +461,9 @@ class PipelineRank:
                     end, duration = self.link.schedule(self.source_codec.payload_bytes, len(self.source_codec.names))
                     end_ns, duration_ns = int(end * 1e9), int(duration * 1e9)
                 buf = self.source_codec.pack(f, tensors, 0, end_ns, duration_ns)
-                self.sends.append((transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0), buf))
+                request = transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0)
+                self.sends.append((request, buf, self.source_codec))
+                pending.append(request)
             self.injected += 1
             admitted = True
         return admitted
@@ -439,6 +501,7 @@ class PipelineRank:
             if frame != f:
                 raise PisplitError(f"runtime: expected the result of frame {f}, got frame {frame}")
             self._take_result(frame, self.result_codec.unpack(buf), start_ns)
+            self.result_codec.release(buf)
             progressed = True
         self._post_results()
         return progressed
@@ -448,7 +511,8 @@ class PipelineRank:
         """Advance everything non-blocking: finished sends, rank 0's sink and source."""
         progressed = False
         while self.sends and transport.request_done(self.sends[0][0]):
-            self.sends.pop(0)
+            _, buf, codec = self.sends.pop(0)
+            codec.release(buf)
             progressed = True
         if self.rank == 0:
             progressed |= self._poll_sink()
@@ -486,10 +550,12 @@ class PipelineRank:
             buf = self.in_codec.empty()
             self.recvs[f] = (transport.irecv_buffer(self.comm, buf, self._source_of(f), TAG_STAGE + self.stage.index), buf)
 
-    def _receive(self, index: int, frame: int) -> tuple[dict, int]:
+    def _receive(self, index: int, frame: int) -> tuple[dict, int, np.ndarray | None]:
+        """The frame's tensors, its start time and the buffer they live in (for in_codec.release)."""
         if self.rank == 0 and self.stage.index == 0:
             self.stats.wait_s += self._wait_until(lambda: frame in self.local_inputs, WAIT_RESULTS, frame)
-            return self.local_inputs.pop(frame), 0
+            del self.local_inputs[frame]
+            return self._source_frame(frame), 0, None
         ready = time.time()
         self._post_inputs(index)
         request, buf = self.recvs[frame]
@@ -503,7 +569,7 @@ class PipelineRank:
             if hold > 0:
                 self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         self._post_inputs(index + 1)
-        return self.in_codec.unpack(buf), start_ns
+        return self.in_codec.unpack(buf), start_ns, buf
 
     def _send(self, frame: int, tensors: dict, start_ns: int) -> None:
         if self.stage.index == len(self.plan.stages) - 1:
@@ -511,14 +577,14 @@ class PipelineRank:
                 self._take_result(frame, tensors, start_ns)
                 return
             buf = self.result_codec.pack(frame, tensors, start_ns)
-            self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf))
+            self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf, self.result_codec))
         else:
             nxt = self.plan.stages[self.stage.index + 1]
             end = duration = 0.0
             if self.link:
                 end, duration = self.link.schedule(self.out_codec.payload_bytes, len(self.out_codec.names))
             buf = self.out_codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9))
-            self.sends.append((transport.isend_buffer(self.comm, buf, entry_rank(nxt, frame), TAG_STAGE + nxt.index), buf))
+            self.sends.append((transport.isend_buffer(self.comm, buf, entry_rank(nxt, frame), TAG_STAGE + nxt.index), buf, self.out_codec))
             if self.link:
                 # the emulated sender is busy until its transfer has left
                 hold = end - time.time()
@@ -575,11 +641,13 @@ class PipelineRank:
         else:
             self._post_inputs(0)
             for i, f in enumerate(self.my_frames):
-                tensors, start_ns = self._receive(i, f)
+                tensors, start_ns, buf = self._receive(i, f)
                 if self.stage.index == 0:
                     start_ns = time.time_ns()
                 out = self._compute(f, tensors)
-                self._send(f, out, start_ns)
+                self._send(f, out, start_ns)  # packs a copy: `out` may be a view of `buf`
+                if buf is not None:
+                    self.in_codec.release(buf)
                 self.stats.frames += 1
         self.stats.comm_s += self._wait_until(lambda: not self.sends and (self.rank != 0 or self.done == self.n_frames), WAIT_RESULTS, -1)
         self.wall_s = time.perf_counter() - self.t0
@@ -600,6 +668,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     the same PisplitError on every rank (no rank is left waiting); rank 0's result holds everything."""
     reuse_freed_memory()
     baseline = settle_baseline()
+    reset_peak_rss()  # the settling's own transients are not the shard's
     error = None
     graph = None
     if comm.Get_size() != plan.n_ranks:

@@ -49,6 +49,7 @@ class NodeCost:
     input_bytes: int
     output_bytes: int
     work_bytes: int
+    scratch_bytes: int = 0  # of work_bytes, the kept im2col buffer (a rank holds the largest of its nodes')
 
     @property
     def peak_bytes(self) -> int:
@@ -131,6 +132,7 @@ class Graph:
             input_bytes=sum(numel(s) for s in ins) * DTYPE_BYTES,
             output_bytes=sum(numel(s) for s in outs) * DTYPE_BYTES,
             work_bytes=int(spec.work_bytes(ins, outs, node.attrs, node.weight_shapes)),
+            scratch_bytes=int(spec.scratch_bytes(ins, outs, node.attrs, node.weight_shapes)),
         )
 
     # --- lookup --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ so the im2col buffer stays small (`conv_band_rows` gives its size).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -71,21 +72,38 @@ def _pad_spatial(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
     return np.pad(x, [(0, 0), *pads, (0, 0)], mode="constant", constant_values=value)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple) -> np.ndarray:
+    """A float32 array of `shape` in this thread's im2col buffer, which grows to the largest band
+    asked for and is kept: each band reuses it instead of allocating 4 MiB (no page faults, and no
+    hole in the heap that the next frame's smaller buffers split so the band no longer fits)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.buf = np.empty(n, np.float32)
+    return buf[:n].reshape(shape)
+
+
 def conv_band_rows(out_sizes: Sequence[int], kernel: Sequence[int], cin: int) -> int:
     """How many output rows (first spatial axis) one im2col band holds."""
     row_bytes = int(np.prod(out_sizes[1:], dtype=np.int64)) * int(np.prod(kernel)) * cin * 4
     return max(1, min(out_sizes[0], IM2COL_BAND_BYTES // max(row_bytes, 1)))
 
 
-def conv_work_bytes(out_sizes: Sequence[int], kernel: Sequence[int], cin: int, groups: int, strides) -> int:
-    """Bytes of the im2col band `conv_nd` allocates (0 for 1x1 stride-1 and depthwise convolutions)."""
+def conv_work_bytes(out_sizes: Sequence[int], kernel: Sequence[int], cin: int, groups: int, strides, cout: int | None = None) -> int:
+    """Bytes of the scratch `conv_nd` allocates for one frame besides its output: the im2col band
+    (one group's share of it for grouped convolutions), the product buffer of a depthwise one
+    (`cout` channels, default `cin`), nothing for a 1x1 stride-1 one. The padded input copy is the
+    caller's to add (ops: _conv_work)."""
     cin_g = cin // groups
-    if all(k == 1 for k in kernel) and all(s == 1 for s in strides):
+    if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and groups == 1:
         return 0
     if cin_g == 1 and groups > 1:
-        return 0
+        return 4 * int(np.prod(out_sizes, dtype=np.int64)) * int(cout or cin)
     rows = conv_band_rows(out_sizes, kernel, cin)
-    return rows * int(np.prod(out_sizes[1:], dtype=np.int64)) * int(np.prod(kernel)) * cin * 4
+    return rows * int(np.prod(out_sizes[1:], dtype=np.int64)) * int(np.prod(kernel)) * cin_g * 4
 
 
 def conv_nd(
@@ -128,36 +146,38 @@ def conv_nd(
         view = xp[(slice(None), *(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sizes, strides)))]
         np.matmul(view.reshape(-1, cin), kernel.reshape(cin, cout), out=out.reshape(-1, cout))
     elif cin_g == 1 and groups > 1:
-        # Depthwise: accumulate one kernel tap at a time, elementwise over channels.
+        # Depthwise: accumulate one kernel tap at a time, elementwise over channels, into `out`
+        # with one product buffer (conv_work_bytes counts it)
         mult = cout_g
         win = _windows(xp, ksize, strides, dilation, out_sizes)
         w = kernel.reshape(*ksize, cin, mult)
-        acc = np.zeros((n, *out_sizes, cin, mult), dtype=np.float32)
+        acc = out.reshape(n, *out_sizes, cin, mult)
+        acc.fill(0)
+        prod = np.empty_like(acc)
         for tap in np.ndindex(*ksize):
-            acc += win[(slice(None),) * (n_sp + 1) + tap][..., None] * w[tap]
-        out[...] = acc.reshape(n, *out_sizes, cout)
+            np.multiply(win[(slice(None),) * (n_sp + 1) + tap][..., None], w[tap], out=prod)
+            acc += prod
     else:
         win = _windows(xp, ksize, strides, dilation, out_sizes)
         k_taps = int(np.prod(ksize))
         band = conv_band_rows(out_sizes, ksize, cin)
-        if groups == 1:
-            w2 = kernel.reshape(k_taps * cin, cout)
-        else:
-            # (G, K*Cin_g, Cout_g) for one batched matmul over groups
-            w2 = kernel.reshape(k_taps, cin_g, groups, cout_g).transpose(2, 0, 1, 3).reshape(groups, k_taps * cin_g, cout_g)
+        # (K*Cin_g, Cout): rows in (tap, input channel of the group) order; group g's filters are
+        # columns [g*Cout_g, (g+1)*Cout_g), a strided view BLAS takes as it is (no copy per call)
+        w2 = kernel.reshape(k_taps * cin_g, cout)
         for b in range(n):
             for r0 in range(0, out_sizes[0], band):
                 r1 = min(r0 + band, out_sizes[0])
                 cols = win[b, r0:r1]  # (rows, *out[1:], *K, Cin) strided view
-                m = cols.shape[: n_sp]
-                m_size = int(np.prod(m))
-                if groups == 1:
-                    cols = np.ascontiguousarray(cols).reshape(m_size, k_taps * cin)
-                    np.matmul(cols, w2, out=out[b, r0:r1].reshape(m_size, cout))
-                else:
-                    cols = cols.reshape(m_size, k_taps, groups, cin_g).transpose(2, 0, 1, 3).reshape(groups, m_size, k_taps * cin_g)
-                    res = np.matmul(cols, w2)  # (G, M, Cout_g)
-                    out[b, r0:r1] = res.transpose(1, 0, 2).reshape(*m, cout)
+                m_size = int(np.prod(cols.shape[: n_sp]))
+                out2 = out[b, r0:r1].reshape(m_size, cout)
+                for g in range(groups):
+                    # one group's columns at a time (a band of 1/groups the size), gathered into the
+                    # im2col scratch buffer
+                    src = cols if groups == 1 else cols[..., g * cin_g:(g + 1) * cin_g]
+                    cols_g = _scratch(src.shape)
+                    np.copyto(cols_g, src)
+                    np.matmul(cols_g.reshape(m_size, k_taps * cin_g), w2[:, g * cout_g:(g + 1) * cout_g],
+                              out=out2 if groups == 1 else out2[:, g * cout_g:(g + 1) * cout_g])
     if bias is not None:
         out += np.asarray(bias, dtype=np.float32)
     return out
@@ -227,7 +247,8 @@ def avg_pool(x: np.ndarray, pool: Sequence[int], strides=None, padding="valid") 
         shape = [1] * n_sp
         shape[axis] = o
         count = count * c.reshape(shape)
-    return total / count[None, ..., None]
+    total /= count[None, ..., None]
+    return total
 
 
 def global_avg_pool(x: np.ndarray, keepdims: bool = False) -> np.ndarray:
@@ -239,7 +260,9 @@ def global_avg_pool(x: np.ndarray, keepdims: bool = False) -> np.ndarray:
 def batch_norm(x, gamma, beta, mean, var, epsilon: float = 1e-3) -> np.ndarray:
     """Inference batch-norm on the last axis: gamma * (x - mean) / sqrt(var + eps) + beta."""
     scale, shift = batch_norm_scale_shift(gamma, beta, mean, var, epsilon)
-    return np.asarray(x, dtype=np.float32) * scale + shift
+    y = np.multiply(x, scale, dtype=np.float32)
+    y += shift  # in place: one output-sized array, not two
+    return y
 
 
 def batch_norm_scale_shift(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -298,6 +321,7 @@ def local_response_norm(x, depth_radius: int = 5, bias: float = 1.0, alpha: floa
     t = sq[..., 0:c].copy()
     for k in range(1, 2 * r + 1):
         t += sq[..., k:k + c]
+    del sq  # one temporary of about the output's size beside it at a time (the op's work_bytes)
     t *= np.float32(alpha)
     t += np.float32(bias)
     if beta == 0.75:
@@ -339,12 +363,24 @@ ACTIVATIONS = {
 }
 
 
-def apply_activation(x: np.ndarray, activation: str | None) -> np.ndarray:
-    """Apply a fused activation by name (None/'linear' leaves x as it is)."""
+_CLAMPS = {"relu": (0.0, None), "relu6": (0.0, 6.0), "relu_n1_to_1": (-1.0, 1.0)}
+
+
+def apply_activation(x: np.ndarray, activation: str | None, inplace: bool = False) -> np.ndarray:
+    """Apply a fused activation by name (None/'linear' leaves x as it is). With `inplace` (x is a
+    float32 buffer the caller owns, e.g. a conv's fresh output) the clamps overwrite x instead of
+    allocating a second output-sized array."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r}: expected one of {sorted(k for k in ACTIVATIONS if k)}")
     fn = ACTIVATIONS[activation]
-    return x if fn is None else fn(x)
+    if fn is None:
+        return x
+    if inplace and activation in _CLAMPS and x.dtype == np.float32 and x.flags.writeable:
+        lo, hi = _CLAMPS[activation]
+        if hi is None:
+            return np.maximum(x, np.float32(lo), out=x)
+        return np.clip(x, np.float32(lo), np.float32(hi), out=x)
+    return fn(x)
 
 
 def pad(x, paddings, value: float = 0.0):

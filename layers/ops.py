@@ -26,6 +26,8 @@ class OpSpec:
     run: Callable[[list, dict, Weights], list]          # (inputs, attrs, weights) -> outputs
     flops: Callable[[list, list, dict, dict], int]      # (in_shapes, out_shapes, attrs, weight_shapes)
     work_bytes: Callable[[list, list, dict, dict], int] = lambda i, o, a, w: 0
+    # of work_bytes, what lives in the kernels' kept im2col buffer (held from one node to the next)
+    scratch_bytes: Callable[[list, list, dict, dict], int] = lambda i, o, a, w: 0
     params: tuple = ()                                   # required weight names
     optional_params: tuple = ()
 
@@ -53,6 +55,18 @@ def numel(shape: Sequence[int]) -> int:
 
 def _act(x, attrs):
     return K.apply_activation(x, attrs.get("activation"))
+
+
+def _act_owned(x, attrs):
+    """_act on an array the op has just made: clamps work in place."""
+    return K.apply_activation(x, attrs.get("activation"), inplace=True)
+
+
+def padded_bytes(in_shape: Shape, pads) -> int:
+    """Bytes of the padded copy of an input a conv or pool makes (0 without padding)."""
+    if not any(b or a for b, a in pads):
+        return 0
+    return 4 * int(in_shape[0]) * int(in_shape[-1]) * int(np.prod([s + b + a for s, (b, a) in zip(in_shape[1:-1], pads)], dtype=np.int64))
 
 
 def _act_flops(out_shapes, attrs) -> int:
@@ -91,7 +105,7 @@ def _conv_run(xs, attrs, w):
     kernel = w["kernel"]
     ksize, strides, dilation, pads, _ = conv_geometry(xs[0].shape, attrs, kernel.shape)
     y = K.conv_nd(xs[0], kernel, w.get("bias"), strides, pads, dilation, int(attrs.get("groups", 1)))
-    return [_act(y, attrs)]
+    return [_act_owned(y, attrs)]
 
 
 def _conv_flops(ins, outs, attrs, ws):
@@ -101,13 +115,24 @@ def _conv_flops(ins, outs, attrs, ws):
 
 
 def _conv_work(ins, outs, attrs, ws):
+    """The im2col band and, with padding, the padded copy of the input (conv_nd makes one)."""
+    kshape = ws["kernel"]
+    ksize, strides, _, pads, _ = conv_geometry(ins[0], attrs, kshape)
+    return padded_bytes(ins[0], pads) + K.conv_work_bytes(outs[0][1:-1], ksize, ins[0][-1], int(attrs.get("groups", 1)), strides, kshape[-1])
+
+
+def _conv_scratch(ins, outs, attrs, ws):
+    """The im2col band (kernels._scratch), 0 for convolutions without one."""
     kshape = ws["kernel"]
     n_sp = len(kshape) - 2
-    strides = attrs.get("strides") or (1,) * n_sp
-    return K.conv_work_bytes(outs[0][1:-1], kshape[:n_sp], ins[0][-1], int(attrs.get("groups", 1)), strides)
+    strides = tuple(attrs.get("strides") or (1,) * n_sp)
+    groups = int(attrs.get("groups", 1))
+    if ins[0][-1] // groups == 1 and groups > 1:
+        return 0  # depthwise: a product buffer, allocated per call
+    return K.conv_work_bytes(outs[0][1:-1], kshape[:n_sp], ins[0][-1], groups, strides, kshape[-1])
 
 
-_CONV = OpSpec(_conv_infer, _conv_run, _conv_flops, _conv_work, params=("kernel",), optional_params=("bias",))
+_CONV = OpSpec(_conv_infer, _conv_run, _conv_flops, _conv_work, params=("kernel",), optional_params=("bias",), scratch_bytes=_conv_scratch)
 register("conv2d", _CONV)
 register("conv3d", _CONV)
 
@@ -121,7 +146,7 @@ def _dense_infer(ins, attrs, ws):
 
 register("dense", OpSpec(
     _dense_infer,
-    lambda xs, a, w: [_act(K.dense(xs[0], w["kernel"], w.get("bias")), a)],
+    lambda xs, a, w: [_act_owned(K.dense(xs[0], w["kernel"], w.get("bias")), a)],
     lambda i, o, a, ws: 2 * numel(i[0][:-1]) * ws["kernel"][0] * ws["kernel"][1] + _act_flops(o, a),
     params=("kernel",), optional_params=("bias",),
 ))
@@ -152,15 +177,20 @@ def _pool_flops(ins, outs, attrs, ws):
     return numel(outs[0]) * numel(attrs["pool"])
 
 
+def _pool_work(ins, outs, attrs, ws):
+    """The padded copy of the input (max pooling pads with -inf, average pooling with zeros)."""
+    return padded_bytes(ins[0], pool_geometry(ins[0], attrs)[2])
+
+
 def _pool_run(fn):
     def run(xs, attrs, w):
         pool, strides, pads, _ = pool_geometry(xs[0].shape, attrs)
-        return [_act(fn(xs[0], pool, strides, pads), attrs)]
+        return [_act_owned(fn(xs[0], pool, strides, pads), attrs)]
     return run
 
 
 for _name, _fn in [("max_pool2d", K.max_pool), ("max_pool3d", K.max_pool), ("avg_pool2d", K.avg_pool), ("avg_pool3d", K.avg_pool)]:
-    register(_name, OpSpec(_pool_infer, _pool_run(_fn), _pool_flops))
+    register(_name, OpSpec(_pool_infer, _pool_run(_fn), _pool_flops, _pool_work))
 
 
 def _gap_infer(ins, attrs, ws):
@@ -193,7 +223,7 @@ def _bn_infer(ins, attrs, ws):
 
 register("batch_norm", OpSpec(
     _bn_infer,
-    lambda xs, a, w: [_act(K.batch_norm(xs[0], w["gamma"], w["beta"], w["mean"], w["var"], a.get("epsilon", 1e-3)), a)],
+    lambda xs, a, w: [_act_owned(K.batch_norm(xs[0], w["gamma"], w["beta"], w["mean"], w["var"], a.get("epsilon", 1e-3)), a)],
     lambda i, o, a, ws: 2 * numel(o[0]),
     params=("gamma", "beta", "mean", "var"),
 ))
@@ -221,6 +251,8 @@ register("lrn", OpSpec(
     _same_shape,
     lambda xs, a, w: [K.local_response_norm(xs[0], a.get("depth_radius", 5), a.get("bias", 1.0), a.get("alpha", 1.0), a.get("beta", 0.5))],
     lambda i, o, a, ws: (2 * a.get("depth_radius", 5) + 1 + 3) * numel(o[0]),
+    # the zero-padded squares, then sqrt(t): one temporary of about the output's size at a time
+    lambda i, o, a, ws: 4 * numel(o[0]) * (o[0][-1] + 2 * a.get("depth_radius", 5)) // max(o[0][-1], 1),
 ))
 register("dropout", OpSpec(_same_shape, lambda xs, a, w: [xs[0]], lambda i, o, a, ws: 0))
 
@@ -283,7 +315,7 @@ def _concat_infer(ins, attrs, ws):
 
 register("concat", OpSpec(
     _concat_infer,
-    lambda xs, a, w: [_act(np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(a.get("axis", -1)))), a)],
+    lambda xs, a, w: [_act_owned(np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(a.get("axis", -1)))), a)],
     lambda i, o, a, ws: 0,
 ))
 

@@ -16,9 +16,10 @@ blocks in both); its latency counts its compute and its send. Rank 0 is also whe
 and results go back to (see LinkTerms). A data-parallel stage deals frames round-robin, so it
 takes `replicas` frames per round of its slowest replica.
 
-Memory per rank: the weights it holds (only its parts of split segments) plus the largest working
-set among its nodes (live tensors, outputs, working buffers), against the device's usable memory
-(memory less what the OS and the rank's own process take, see the device profiles).
+Memory per rank: the weights it holds (only its parts of split segments), the largest working set
+among its nodes (live tensors, outputs, working buffers) and the frame buffers of a pipeline rank
+(frame_buffer_bytes), against the device's usable memory (memory less what the OS and the rank's own
+process take, see the device profiles).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ from .split_costs import SplitCatalogue
 
 INF = math.inf
 MODES = ("single", "data-parallel", "split")
+# cluster.runtime's default window: an entry rank keeps this many receives posted ahead and sends
+# outstanding, so it holds window + 1 frames of its input (the one it computes) and of its output
+# (the one it has just made)
+RUNTIME_WINDOW = 2
+FRAME_BUFFERS = RUNTIME_WINDOW + 1
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,9 @@ class CostModel:
         # working set of node t: what is live before it (its inputs and anything skipping over it),
         # its outputs and its scratch buffers
         self.work_bytes = np.array([self.cut_bytes[t] + costs[t].output_bytes + costs[t].work_bytes for t in range(n)], dtype=float)
+        # the im2col buffer the numpy kernels keep from node to node: a rank running nodes [a, b)
+        # holds the largest of theirs beside every node's other working set (held_work_bytes)
+        self.scratch_bytes = np.array([c.scratch_bytes for c in costs], dtype=float)
         # cut 0 is the input rank 0 (the source) hands out, cut n the result it (the sink) gets back
         self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) for c in range(n + 1)])
         seg = self.splits.segments
@@ -273,9 +282,10 @@ class CostModel:
             if (mode == "single") != (m == 1):
                 return None
             weights = float(self.prefix_weights[stop] - self.prefix_weights[start])
-            work = float(self.work_bytes[start:stop].max())
+            work = self.held_work_bytes(start, stop)
             computes = [float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start]) for k in slots]
-            memory = tuple(weights + work for _ in slots)
+            memory = tuple(weights + work + self.frame_buffer_bytes(start, stop, m, slot == 0 or mode == "data-parallel", slot == 0)
+                           for slot in range(m))
             if mode == "single":
                 comm = link.lead_in + link.lead_out + link.sink
                 return self._finish(start, stop, counts, mode, computes[0], comm, computes[0] + comm,
@@ -291,12 +301,14 @@ class CostModel:
         options = [self.segment_options(s, slots) for s in range(first, last)]
         if forced:
             options = [_forced_options(opts, forced.get(opts[0].segment)) for opts in options]
-        chosen = choose_segment_options(options, [self.usable(k) for k in slots])
+        lead_buffers = self.frame_buffer_bytes(start, stop, 1, True, True)
+        chosen = choose_segment_options(options, [self.usable(k) - (lead_buffers if r == 0 else 0.0) for r, k in enumerate(slots)])
         if all(o.kind == "none" for o in chosen):
             return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
         inner = sum(o.comm_s for o in chosen)
         memory = stage_memory(chosen, len(slots))
+        memory = (memory[0] + lead_buffers,) + memory[1:]
         comm = inner + link.lead_in + link.lead_out + link.sink
         return self._finish(start, stop, counts, mode, compute, comm, compute + comm, compute + inner + link.lead_out,
                             slots, memory, tuple(chosen))
@@ -312,6 +324,28 @@ class CostModel:
             replica_in=float(x[start]), replica_out=float(x[stop]),
             replica_in_latency=float(x[0]) if first else 0.0,
             source=float(x[0]) if first else 0.0, result=float(x[self.n]) if first else 0.0, last=last)
+
+    def held_work_bytes(self, start: int, stop: int) -> float:
+        """Largest working set of nodes [start, stop) run in one process, the kept im2col buffer
+        (the largest of the nodes') counted once beside each node's other buffers."""
+        scratch = self.scratch_bytes[start:stop]
+        return float((self.work_bytes[start:stop] - scratch).max() + scratch.max())
+
+    def frame_buffer_bytes(self, start, stop, replicas: int, entry: bool, lead: bool):
+        """Frame buffers of one rank of a stage over nodes [start, stop) (cluster.runtime): an entry
+        rank holds FRAME_BUFFERS of its input and of its output. Rank 0, the lead of the first stage,
+        makes each input frame itself (one at a time), keeps FRAME_BUFFERS of them leaving for each
+        other replica of that stage and posts RUNTIME_WINDOW receives for results. `start` and
+        `stop` may be index arrays (planner_dp's tables), giving an array."""
+        if not entry:
+            return 0.0
+        cut = self.cut_bytes
+        start, stop = np.asarray(start), np.asarray(stop)
+        held = FRAME_BUFFERS * cut[stop] + FRAME_BUFFERS * cut[start]
+        if lead:
+            source = (1 + FRAME_BUFFERS * (replicas - 1)) * cut[0] + RUNTIME_WINDOW * cut[self.n]
+            held = np.where(start == 0, FRAME_BUFFERS * cut[stop] + source, held)
+        return float(held) if held.ndim == 0 else held
 
     def _finish(self, start, stop, counts, mode, compute, comm, period, latency, slots, memory, segments) -> StageCost:
         over = [(memory[r] - self.usable(k), r) for r, k in enumerate(slots)]

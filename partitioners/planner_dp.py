@@ -71,7 +71,10 @@ class StageTables:
         pre = model.prefix_seconds
         self.compute = [pre[k][None, :] - pre[k][:, None] for k in range(len(model.classes))]
         self.weights = model.prefix_weights[None, :] - model.prefix_weights[:, None]
-        self.work_max = _running_max(model.work_bytes)
+        # a rank's working set (cost.CostModel.held_work_bytes): the kept im2col buffer once beside the rest
+        self.work_max = _running_max(model.work_bytes - model.scratch_bytes) + _running_max(model.scratch_bytes)
+        self.start_index = np.arange(n + 1)[:, None]
+        self.stop_index = np.arange(n + 1)[None, :]
         # the link terms of cost.LinkTerms for every (start, stop) at once
         x = model.transfer
         first = (np.arange(n + 1) == 0)[:, None]
@@ -92,8 +95,15 @@ class StageTables:
         """mode -> (period matrix, latency matrix), inf where the stage is infeasible or invalid."""
         m = sum(a)
         used = [k for k, c in enumerate(a) if c]
-        need = self.weights + self.work_max
-        fits = self.valid & np.logical_and.reduce([need <= self.model.usable(k) for k in used])
+        held = self.weights + self.work_max
+        i, j = self.start_index, self.stop_index
+        slots = self.model.slots_of(a)
+        # the lead (rank 0 in a first stage: the source's frames) and, data-parallel, the other replicas
+        lead = held + self.model.frame_buffer_bytes(i, j, m, True, True)
+        fits = self.valid & (lead <= self.model.usable(slots[0]))
+        if m > 1:
+            replica = held + self.model.frame_buffer_bytes(i, j, m, True, False)
+            fits &= np.logical_and.reduce([replica <= self.model.usable(k) for k in set(slots[1:])])
         out = {}
         with np.errstate(divide="ignore", invalid="ignore"):
             if m == 1:
@@ -139,7 +149,9 @@ class StageTables:
         pre_sec = np.concatenate([[0.0], np.cumsum(sec)])
         pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
         first, last = self._segment_pairs(len(best))  # every segment range [first, last]
+        lead_buffers = model.frame_buffer_bytes(b[first], b[last + 1], 1, True, True)
         mem = pre_w[last + 1] - pre_w[first] + _range_max(k, first, last)
+        mem[:, 0] += lead_buffers
         splits = np.concatenate([[0], np.cumsum(best > 0)])
         # a split stage that splits nothing is one device with idle others: single mode covers it
         useful = splits[last + 1] > splits[first]
@@ -154,11 +166,13 @@ class StageTables:
         if not fits.all():
             pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
             low = pre_wl[last + 1] - pre_wl[first] + _range_max(k_low, first, last)
+            low[:, 0] += lead_buffers
             for q in np.nonzero(~fits & (low <= usable).all(axis=1))[0]:
                 # the fastest options overflow but some choice might not: trade time for memory
                 options = [model.segment_options(s, slots) for s in range(first[q], last[q] + 1)]
-                chosen = choose_segment_options(options, list(usable))
-                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), usable)) and any(o.kind != "none" for o in chosen):
+                room = [usable[0] - lead_buffers[q], *usable[1:]]
+                chosen = choose_segment_options(options, room)
+                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), room)) and any(o.kind != "none" for o in chosen):
                     inner_q = sum(o.seconds for o in chosen)
                     per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
         n = self.n

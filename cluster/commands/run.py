@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=ENGINES, help="engine of every rank's shard (default: the plan's)")
     p.add_argument("--emulate", action="store_true", help="emulate the plan's devices and links: pad compute by the device's "
                    "calibrated slowdown and pace transfers to the plan's link (what `pisplit emulate` runs)")
-    p.add_argument("--window", type=int, default=2, help="receives posted ahead and sends outstanding per rank (default 2)")
+    p.add_argument("--window", type=int, default=2, help="receives posted ahead and sends outstanding per rank (default 2, what plans count memory for)")
     p.add_argument("--max-in-flight", type=int, help="frames admitted at once (default: pipeline depth + 2 per stage)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")

@@ -198,30 +198,24 @@ def test_user_errors_end_every_rank_with_one_message(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
-def planned_memory(graph, start: int, stop: int) -> int:
-    """The planner's memory formula: the shard's weights plus its largest node working set."""
-    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop))
-    work = max(graph.cost(i).input_bytes + graph.cost(i).output_bytes + graph.cost(i).work_bytes for i in range(start, stop))
-    return weights + work
-
-
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_a_rank_holds_only_its_shard(tmp_path):
+    # the planner's own memory prediction (weights, working set with the kept im2col buffer, frame
+    # buffers) for AlexNet cut in two on two Pi 3: convolutions on rank 0, the 234 MB of fc on rank 1
+    from cluster.emulated_plans import plan_for_devices
+
     graph = zoo_model("alexnet")
-    cut = graph.node_index("fc6")
-    plan = hand_plan(graph, [(0, cut, [0], "single"), (cut, len(graph), [1], "single")])
-    stages = [s.__class__(**{**s.__dict__, "predicted": s.predicted.__class__(0.01, 0.0, {s.ranks[0]: planned_memory(graph, s.node_start, s.node_stop)})})
-              for s in plan.stages]
-    plan = plan.__class__(**{**plan.__dict__, "stages": tuple(stages)})
-    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 3, "--json")
+    plan = plan_for_devices(graph, "alexnet", "rpi3:2", 94e6, "paper", "throughput", "numpy")
+    assert [s.mode for s in plan.stages] == ["single", "single"] and plan.stages[1].node_start <= graph.node_index("fc6")
+    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 4, "--json")
     assert proc.returncode == 0, proc.stderr
-    ranks = json.loads(proc.stdout)["ranks"]
-    fc_rank = ranks[1]
-    # the fully connected shard (234 MB of weights) is within 20% of its prediction
+    conv_rank, fc_rank = json.loads(proc.stdout)["ranks"]
     assert 0.8 <= fc_rank["memory_ratio"] <= 1.2, fc_rank
-    # and the conv rank holds none of it
-    assert ranks[0]["memory_above_baseline_bytes"] < 0.25 * fc_rank["memory_above_baseline_bytes"], ranks
+    # 13 MiB predicted: heap fragmentation between frames is what this rank adds beyond it
+    assert 0.8 <= conv_rank["memory_ratio"] <= 1.25, conv_rank
+    # and the conv rank holds none of the fc weights
+    assert conv_rank["memory_above_baseline_bytes"] < 0.1 * fc_rank["memory_above_baseline_bytes"], (conv_rank, fc_rank)
 
 
 @pytest.mark.mpi

@@ -8,7 +8,7 @@ import pytest
 
 from layers import zoo_model
 from layers.errors import PisplitError
-from partitioners.cost import CostModel, make_cluster
+from partitioners.cost import FRAME_BUFFERS, RUNTIME_WINDOW, CostModel, make_cluster
 from partitioners.devices import device_profile
 from partitioners.split_costs import PLANNER_KINDS, SplitCatalogue
 from partitioners.splits import legal_kinds, split_cost
@@ -34,8 +34,25 @@ def test_single_and_data_parallel_stages(alexnet_model):
     # round-robin: per round of 4 frames rank 0 computes one and sends 3 inputs and takes 3 results
     assert replicas.period_s == pytest.approx((0.220 + 3 * source + 3 * result) / 4)
     assert replicas.latency_s == pytest.approx(0.220 + source + result)
-    assert replicas.memory_bytes == (whole.memory_bytes[0],) * 4  # every replica holds everything
+    # every replica holds everything; their frame buffers differ: rank 0 makes the inputs and keeps
+    # FRAME_BUFFERS of them leaving for each other replica, a replica receives FRAME_BUFFERS
+    inp, out = m.cut_bytes[0], m.cut_bytes[n]
+    held = m.prefix_weights[n] + m.held_work_bytes(0, n)
+    assert whole.memory_bytes[0] == pytest.approx(held + inp + FRAME_BUFFERS * out + RUNTIME_WINDOW * out)
+    assert replicas.memory_bytes[0] == pytest.approx(held + (1 + 3 * FRAME_BUFFERS) * inp + FRAME_BUFFERS * out + RUNTIME_WINDOW * out)
+    assert replicas.memory_bytes[1:] == (pytest.approx(held + FRAME_BUFFERS * (inp + out)),) * 3
     assert m.stage_cost(0, n, (2,), "single") is None and m.stage_cost(0, n, (1,), "data-parallel") is None
+
+
+def test_the_kept_im2col_buffer_is_counted_once_beside_every_node(alexnet_model):
+    m, g = alexnet_model, alexnet_model.graph
+    conv1, norm1 = g.node_index("conv1"), g.node_index("norm1")
+    band = g.cost(conv1).scratch_bytes
+    assert 0 < band <= g.cost(conv1).work_bytes and g.cost(norm1).scratch_bytes == 0
+    # norm1 runs while conv1's band is still held: its working set plus the band, not the larger one
+    norm_set = m.cut_bytes[norm1] + g.cost(norm1).output_bytes + g.cost(norm1).work_bytes
+    assert m.held_work_bytes(conv1, norm1 + 1) == pytest.approx(max(norm_set, m.work_bytes[conv1] - band) + band)
+    assert m.held_work_bytes(conv1, norm1 + 1) > m.work_bytes[conv1:norm1 + 1].max()
 
 
 def test_stage_boundaries_pay_for_the_tensors_live_across_the_cut(alexnet_model):
