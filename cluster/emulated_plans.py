@@ -14,6 +14,7 @@ from layers.allocator import reuse_freed_memory
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
+from partitioners.cost import shard_memory_bytes
 from partitioners.plan import Device, Plan, Stage, StagePrediction
 
 from .emulation import device_slowdown
@@ -115,26 +116,32 @@ def settle_cuts(cuts: list[int], stage_seconds) -> list[int]:
     return cuts
 
 
-def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link_bps: float, engine: str) -> Plan:
+def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link_bps: float, engine: str,
+                  cuts: list[int] | None = None) -> Plan:
     """One single-rank stage per device, contiguous, with about equal local seconds each: cut on node
-    times (local_node_seconds), then settled on measured stage times (settle_cuts); predictions scale
-    each stage's measured seconds by its device's calibrated slowdown."""
+    times (local_node_seconds), then settled on measured stage times (settle_cuts), or at the given
+    inner `cuts`; predictions scale each stage's measured seconds by its device's calibrated slowdown."""
     reuse_freed_memory()  # as every rank does (runtime.run_plan), so the times here are a rank's
     kinds = [k for k, n in devices for _ in range(n)]
     n = min(len(kinds), len(graph))
     kinds = kinds[:n]
-    cumulative = np.cumsum(local_node_seconds(graph, engine))
-    cuts = [0]
-    for s in range(1, n):
-        target = cumulative[-1] * s / n
-        cut = int(np.searchsorted(cumulative, target)) + 1
-        # the node that crosses the target goes to whichever side leaves the boundary nearer to it
-        if cut > 1 and target - cumulative[cut - 2] < cumulative[cut - 1] - target:
-            cut -= 1
-        cuts.append(min(max(cut, cuts[-1] + 1), len(graph) - (n - s)))
-    cuts.append(len(graph))
     stage_seconds = StageTimer(graph, engine)
-    cuts = settle_cuts(cuts, stage_seconds)
+    if cuts is not None:
+        cuts = [0, *cuts, len(graph)]
+        if len(cuts) != n + 1 or any(a >= b for a, b in zip(cuts, cuts[1:])):
+            raise PisplitError(f"balanced plan: inner cuts {cuts[1:-1]} do not make {n} stages of {len(graph)} nodes")
+    else:
+        cumulative = np.cumsum(local_node_seconds(graph, engine))
+        cuts = [0]
+        for s in range(1, n):
+            target = cumulative[-1] * s / n
+            cut = int(np.searchsorted(cumulative, target)) + 1
+            # the node that crosses the target goes to whichever side leaves the boundary nearer to it
+            if cut > 1 and target - cumulative[cut - 2] < cumulative[cut - 1] - target:
+                cut -= 1
+            cuts.append(min(max(cut, cuts[-1] + 1), len(graph) - (n - s)))
+        cuts.append(len(graph))
+        cuts = settle_cuts(cuts, stage_seconds)
     stages = []
     periods = []
     latency = 0.0
@@ -144,10 +151,8 @@ def balanced_plan(graph: Graph, model: str, devices: list[tuple[str, int]], link
         compute = stage_seconds(a, b) * slow
         t_in = graph.cut_bytes(a) * 8 / link_bps if i > 0 else 0.0
         t_out = graph.cut_bytes(b) * 8 / link_bps if i < n - 1 else 0.0
-        weights = sum(graph.cost(j).weight_bytes for j in range(a, b))
-        work = max(graph.cost(j).input_bytes + graph.cost(j).output_bytes + graph.cost(j).work_bytes for j in range(a, b))
         stages.append(Stage(i, a, b, (i,), "single", (), graph.cut_bytes(b) if i < n - 1 else 0,
-                            StagePrediction(compute, t_in + t_out, {i: weights + work})))
+                            StagePrediction(compute, t_in + t_out, {i: int(shard_memory_bytes(graph, a, b))})))
         periods.append(compute + t_in + t_out)
         latency += compute + t_out
     devs = tuple(Device(r, k, 1 << 30) for r, k in enumerate(kinds))

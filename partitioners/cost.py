@@ -46,6 +46,21 @@ RUNTIME_WINDOW = 2
 FRAME_BUFFERS = RUNTIME_WINDOW + 1
 
 
+def shard_memory_bytes(graph: Graph, start: int, stop: int) -> float:
+    """What CostModel.stage_cost predicts for one rank running nodes [start, stop) as a single stage
+    (weights, held working set, frame buffers), without a cluster: for plans made outside the planner
+    (cluster.emulated_plans.balanced_plan)."""
+    costs = [graph.cost(i) for i in range(start, stop)]
+    work = [graph.cut_bytes(start + k) + c.output_bytes + c.work_bytes for k, c in enumerate(costs)]
+    scratch = [c.scratch_bytes for c in costs]
+    held = max(w - x for w, x in zip(work, scratch)) + max(scratch)
+    if start > 0:
+        buffers = FRAME_BUFFERS * (graph.cut_bytes(start) + graph.cut_bytes(stop))
+    else:
+        buffers = graph.cut_bytes(0) + FRAME_BUFFERS * graph.cut_bytes(stop) + RUNTIME_WINDOW * graph.cut_bytes(len(graph))
+    return float(sum(c.weight_bytes for c in costs) + held + buffers)
+
+
 @dataclass(frozen=True)
 class Cluster:
     """The devices a plan may use (ranks 0..n-1) and the link between them."""

@@ -8,7 +8,7 @@ import pytest
 
 from layers import zoo_model
 from layers.errors import PisplitError
-from partitioners.cost import FRAME_BUFFERS, RUNTIME_WINDOW, CostModel, make_cluster
+from partitioners.cost import FRAME_BUFFERS, RUNTIME_WINDOW, CostModel, make_cluster, shard_memory_bytes
 from partitioners.devices import device_profile
 from partitioners.split_costs import PLANNER_KINDS, SplitCatalogue
 from partitioners.splits import legal_kinds, split_cost
@@ -53,6 +53,12 @@ def test_the_kept_im2col_buffer_is_counted_once_beside_every_node(alexnet_model)
     norm_set = m.cut_bytes[norm1] + g.cost(norm1).output_bytes + g.cost(norm1).work_bytes
     assert m.held_work_bytes(conv1, norm1 + 1) == pytest.approx(max(norm_set, m.work_bytes[conv1] - band) + band)
     assert m.held_work_bytes(conv1, norm1 + 1) > m.work_bytes[conv1:norm1 + 1].max()
+
+
+def test_shard_memory_without_a_cluster_is_the_cost_models(alexnet_model):
+    m = alexnet_model
+    for start, stop in [(0, m.n), (0, 3), (3, 7), (7, m.n), (11, m.n)]:
+        assert shard_memory_bytes(m.graph, start, stop) == pytest.approx(m.stage_cost(start, stop, (1,), "single").memory_bytes[0])
 
 
 def test_stage_boundaries_pay_for_the_tensors_live_across_the_cut(alexnet_model):
