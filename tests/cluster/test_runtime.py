@@ -232,3 +232,31 @@ def test_litert_engine_runs_each_shard(tmp_path):
     assert json.loads(proc.stdout)["engine"] == "litert"
     with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
         np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_ranks_sharing_a_host_split_its_cores_between_their_blas_threads():
+    from cluster import share_cores_between_local_ranks
+
+    env = {"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
+    assert share_cores_between_local_ranks(env, cores=8) == 2
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    env = {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}
+    assert share_cores_between_local_ranks(env, cores=2) == 1 and env["OPENBLAS_NUM_THREADS"] == "1"
+    mine = {"OMPI_COMM_WORLD_LOCAL_SIZE": "4", "OPENBLAS_NUM_THREADS": "3"}
+    assert share_cores_between_local_ranks(mine, cores=8) is None and mine["OPENBLAS_NUM_THREADS"] == "3"  # the user's choice
+    alone = {"OMPI_COMM_WORLD_LOCAL_SIZE": "1"}  # one rank per Pi: all its cores
+    assert share_cores_between_local_ranks(alone, cores=4) is None and "OPENBLAS_NUM_THREADS" not in alone
+
+
+@pytest.mark.mpi
+def test_mpirun_ranks_on_one_host_get_their_share_of_the_cores():
+    import os
+
+    from cluster.mpirun import local_mpirun_command, mpirun_env
+
+    env = {k: v for k, v in mpirun_env().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = "import cluster, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    proc = subprocess.run(local_mpirun_command(2, [sys.executable, "-c", code]), capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(max(1, (os.cpu_count() or 1) // 2))] * 2
