@@ -125,11 +125,14 @@ def test_profile_under_mpirun_measures_the_link(capsys, tmp_path):
     except FileNotFoundError:
         found = False
     require(found, "mpirun is not installed")
-    cmd = local_mpirun_command(2, [sys.executable, "-m", "cluster.cli", "profile", "--model", "lenet5", "--fractions", "none",
+    # two models: each is timed in a process of its own (not an MPI rank), merged into one profile
+    cmd = local_mpirun_command(2, [sys.executable, "-m", "cluster.cli", "profile", "--model", "lenet5,mobilenet_v1", "--fractions", "none",
                                    "--repeat", "1", "--output", str(tmp_path / "p.json")])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=mpirun_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     profile = Profile.load(tmp_path / "p.json")
+    assert list(profile.models) == ["lenet5", "mobilenet_v1"]
+    assert {"avg_pool2d", "conv2d/depthwise"} <= set(profile.latency.to_dict())  # one latency model fitted over both
     (link,) = profile.links
     assert link.ranks == (0, 1) and link.bandwidth_bps > 1e6 and link.latency_s >= 0 and len(link.sizes) == 4
     doc = json.loads(run_here(capsys, "plan", "lenet5", "--devices", "rpi3:2", "--profile", tmp_path / "p.json", "--json"))
