@@ -92,18 +92,23 @@ def conv_band_rows(out_sizes: Sequence[int], kernel: Sequence[int], cin: int) ->
     return max(1, min(out_sizes[0], IM2COL_BAND_BYTES // max(row_bytes, 1)))
 
 
-def conv_work_bytes(out_sizes: Sequence[int], kernel: Sequence[int], cin: int, groups: int, strides, cout: int | None = None) -> int:
-    """Bytes of the scratch `conv_nd` allocates for one frame besides its output: the im2col band
-    (one group's share of it for grouped convolutions), the product buffer of a depthwise one
-    (`cout` channels, default `cin`), nothing for a 1x1 stride-1 one. The padded input copy is the
-    caller's to add (ops: _conv_work)."""
+def conv_band_bytes(out_sizes: Sequence[int], kernel: Sequence[int], cin: int, groups: int, strides) -> int:
+    """Bytes of the im2col band `conv_nd` gathers into the kept buffer (_scratch): one group's share
+    of it for grouped convolutions; none for 1x1 stride-1 and depthwise ones."""
     cin_g = cin // groups
-    if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and groups == 1:
+    if (all(k == 1 for k in kernel) and all(s == 1 for s in strides) and groups == 1) or (cin_g == 1 and groups > 1):
         return 0
-    if cin_g == 1 and groups > 1:
-        return 4 * int(np.prod(out_sizes, dtype=np.int64)) * int(cout or cin)
     rows = conv_band_rows(out_sizes, kernel, cin)
     return rows * int(np.prod(out_sizes[1:], dtype=np.int64)) * int(np.prod(kernel)) * cin_g * 4
+
+
+def conv_work_bytes(out_sizes: Sequence[int], kernel: Sequence[int], cin: int, groups: int, strides, cout: int | None = None) -> int:
+    """Bytes of the scratch `conv_nd` allocates for one frame besides its output: the im2col band
+    (conv_band_bytes), or the product buffer of a depthwise convolution (`cout` channels, default
+    `cin`). The padded input copy is the caller's to add (ops: _conv_work)."""
+    if cin // groups == 1 and groups > 1:
+        return 4 * int(np.prod(out_sizes, dtype=np.int64)) * int(cout or cin)
+    return conv_band_bytes(out_sizes, kernel, cin, groups, strides)
 
 
 def conv_nd(

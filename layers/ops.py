@@ -123,13 +123,8 @@ def _conv_work(ins, outs, attrs, ws):
 
 def _conv_scratch(ins, outs, attrs, ws):
     """The im2col band (kernels._scratch), 0 for convolutions without one."""
-    kshape = ws["kernel"]
-    n_sp = len(kshape) - 2
-    strides = tuple(attrs.get("strides") or (1,) * n_sp)
-    groups = int(attrs.get("groups", 1))
-    if ins[0][-1] // groups == 1 and groups > 1:
-        return 0  # depthwise: a product buffer, allocated per call
-    return K.conv_work_bytes(outs[0][1:-1], kshape[:n_sp], ins[0][-1], groups, strides, kshape[-1])
+    ksize, strides, _, _, _ = conv_geometry(ins[0], attrs, ws["kernel"])
+    return K.conv_band_bytes(outs[0][1:-1], ksize, ins[0][-1], int(attrs.get("groups", 1)), strides)
 
 
 _CONV = OpSpec(_conv_infer, _conv_run, _conv_flops, _conv_work, params=("kernel",), optional_params=("bias",), scratch_bytes=_conv_scratch)
