@@ -34,7 +34,7 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.ops import numel
-from partitioners.cost import RUNTIME_WINDOW
+from partitioners.cost import RUNTIME_WINDOW, frame_buffer_bytes, working_sets
 from partitioners.plan import Plan, Stage
 
 from . import transport
@@ -355,16 +355,17 @@ class _Step:
 
 def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window: int = RUNTIME_WINDOW) -> int | None:
     """The plan's predicted memory for `rank`, if it has one. The plan counts the frame buffers of
-    the default window (partitioners.cost.frame_buffer_bytes); another `window` moves an entry
-    rank's share of them by (window - default) frames of its input and its output."""
+    the default window (partitioners.cost.frame_buffer_bytes); with another `window` they are
+    counted again at it."""
     stage = plan.stage_of_rank(rank)
     if stage.predicted is None or rank not in stage.predicted.memory_bytes:
         return None
     predicted = int(stage.predicted.memory_bytes[rank])
-    entry = stage.mode == "data-parallel" or rank == stage.ranks[0]
-    if graph is not None and entry and window != RUNTIME_WINDOW:
-        frame = graph.cut_bytes(stage.node_stop) + (graph.cut_bytes(stage.node_start) if stage.node_start > 0 else 0)
-        predicted = max(predicted + (window - RUNTIME_WINDOW) * frame, 0)
+    if graph is not None and window != RUNTIME_WINDOW:
+        cut = working_sets(graph)[0]
+        replicas = len(stage.ranks) if stage.mode == "data-parallel" else 1
+        args = (cut, stage.node_start, stage.node_stop, replicas, stage.mode == "data-parallel" or rank == stage.ranks[0], rank == stage.ranks[0])
+        predicted = max(int(predicted + frame_buffer_bytes(*args, window=window) - frame_buffer_bytes(*args)), 0)
     return predicted
 
 
@@ -413,7 +414,8 @@ class PipelineRank:
                 self.in_codec.reserve(held)
             (self.result_codec if self.stage.index == self.last.index else self.out_codec).reserve(held)
         if self.rank == 0:
-            remote = {entry_rank(self.first, f) for f in range(min(self.n_frames, 64))} - {0}
+            # the replicas of the first stage that rank 0's frames go to (round-robin)
+            remote = {entry_rank(self.first, f) for f in range(min(self.n_frames, len(self.first.ranks)))} - {0}
             self.source_codec.reserve(held * len(remote))
             self.result_codec.reserve(self.result_window)
 

@@ -24,7 +24,7 @@ process take, see the device profiles).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,19 +46,47 @@ RUNTIME_WINDOW = 2
 FRAME_BUFFERS = RUNTIME_WINDOW + 1
 
 
+def working_sets(graph: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cut, work, scratch): bytes live across every cut 0..n; per node, its working set (what is
+    live before it, its outputs and its scratch buffers) and, of that, the im2col buffer the numpy
+    kernels keep from node to node."""
+    costs = [graph.cost(i) for i in range(len(graph))]
+    cut = np.array([graph.cut_bytes(c) for c in range(len(graph) + 1)], dtype=float)
+    work = np.array([cut[t] + c.output_bytes + c.work_bytes for t, c in enumerate(costs)], dtype=float)
+    return cut, work, np.array([c.scratch_bytes for c in costs], dtype=float)
+
+
+def held_work_bytes(work: np.ndarray, scratch: np.ndarray, start: int, stop: int) -> float:
+    """Largest working set of nodes [start, stop) run in one process, the kept im2col buffer (the
+    largest of the nodes') counted once beside each node's other buffers."""
+    kept = scratch[start:stop]
+    return float((work[start:stop] - kept).max() + kept.max())
+
+
+def frame_buffer_bytes(cut: np.ndarray, start, stop, replicas: int, entry: bool, lead: bool, window: int = RUNTIME_WINDOW):
+    """Frame buffers of one rank of a stage over nodes [start, stop) (cluster.runtime), `cut` the
+    bytes live at every cut: an entry rank holds window + 1 frames of its input and of its output.
+    Rank 0, the lead of the first stage, makes each input frame itself (one at a time), keeps
+    window + 1 of them leaving for each other replica of that stage and posts `window` receives
+    for results. `start` and `stop` may be index arrays (planner_dp's tables), giving an array."""
+    if not entry:
+        return 0.0
+    frames = window + 1
+    start, stop = np.asarray(start), np.asarray(stop)
+    held = frames * cut[stop] + frames * cut[start]
+    if lead:
+        source = (1 + frames * (replicas - 1)) * cut[0] + window * cut[-1]
+        held = np.where(start == 0, frames * cut[stop] + source, held)
+    return float(held) if held.ndim == 0 else held
+
+
 def shard_memory_bytes(graph: Graph, start: int, stop: int) -> float:
     """What CostModel.stage_cost predicts for one rank running nodes [start, stop) as a single stage
     (weights, held working set, frame buffers), without a cluster: for plans made outside the planner
     (cluster.emulated_plans.balanced_plan)."""
-    costs = [graph.cost(i) for i in range(start, stop)]
-    work = [graph.cut_bytes(start + k) + c.output_bytes + c.work_bytes for k, c in enumerate(costs)]
-    scratch = [c.scratch_bytes for c in costs]
-    held = max(w - x for w, x in zip(work, scratch)) + max(scratch)
-    if start > 0:
-        buffers = FRAME_BUFFERS * (graph.cut_bytes(start) + graph.cut_bytes(stop))
-    else:
-        buffers = graph.cut_bytes(0) + FRAME_BUFFERS * graph.cut_bytes(stop) + RUNTIME_WINDOW * graph.cut_bytes(len(graph))
-    return float(sum(c.weight_bytes for c in costs) + held + buffers)
+    cut, work, scratch = working_sets(graph)
+    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop))
+    return float(weights + held_work_bytes(work, scratch, start, stop) + frame_buffer_bytes(cut, start, stop, 1, True, True))
 
 
 @dataclass(frozen=True)
@@ -198,14 +226,9 @@ class CostModel:
         costs = [graph.cost(i) for i in range(n)]
         self.weight_bytes = np.array([c.weight_bytes for c in costs], dtype=float)
         self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes)])
-        self.cut_bytes = np.array([graph.cut_bytes(c) for c in range(n + 1)], dtype=float)
+        # bytes live at every cut; each node's working set and the kept im2col buffer within it
+        self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
         self.cut_messages = np.array([len(graph.cut_tensors(c)) for c in range(n + 1)], dtype=float)
-        # working set of node t: what is live before it (its inputs and anything skipping over it),
-        # its outputs and its scratch buffers
-        self.work_bytes = np.array([self.cut_bytes[t] + costs[t].output_bytes + costs[t].work_bytes for t in range(n)], dtype=float)
-        # the im2col buffer the numpy kernels keep from node to node: a rank running nodes [a, b)
-        # holds the largest of theirs beside every node's other working set (held_work_bytes)
-        self.scratch_bytes = np.array([c.scratch_bytes for c in costs], dtype=float)
         # cut 0 is the input rank 0 (the source) hands out, cut n the result it (the sink) gets back
         self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) for c in range(n + 1)])
         seg = self.splits.segments
@@ -341,26 +364,13 @@ class CostModel:
             source=float(x[0]) if first else 0.0, result=float(x[self.n]) if first else 0.0, last=last)
 
     def held_work_bytes(self, start: int, stop: int) -> float:
-        """Largest working set of nodes [start, stop) run in one process, the kept im2col buffer
-        (the largest of the nodes') counted once beside each node's other buffers."""
-        scratch = self.scratch_bytes[start:stop]
-        return float((self.work_bytes[start:stop] - scratch).max() + scratch.max())
+        """Largest working set of nodes [start, stop) in one process (module held_work_bytes)."""
+        return held_work_bytes(self.work_bytes, self.scratch_bytes, start, stop)
 
     def frame_buffer_bytes(self, start, stop, replicas: int, entry: bool, lead: bool):
-        """Frame buffers of one rank of a stage over nodes [start, stop) (cluster.runtime): an entry
-        rank holds FRAME_BUFFERS of its input and of its output. Rank 0, the lead of the first stage,
-        makes each input frame itself (one at a time), keeps FRAME_BUFFERS of them leaving for each
-        other replica of that stage and posts RUNTIME_WINDOW receives for results. `start` and
-        `stop` may be index arrays (planner_dp's tables), giving an array."""
-        if not entry:
-            return 0.0
-        cut = self.cut_bytes
-        start, stop = np.asarray(start), np.asarray(stop)
-        held = FRAME_BUFFERS * cut[stop] + FRAME_BUFFERS * cut[start]
-        if lead:
-            source = (1 + FRAME_BUFFERS * (replicas - 1)) * cut[0] + RUNTIME_WINDOW * cut[self.n]
-            held = np.where(start == 0, FRAME_BUFFERS * cut[stop] + source, held)
-        return float(held) if held.ndim == 0 else held
+        """Frame buffers of one rank of a stage over nodes [start, stop) at the runtime's default
+        window (module frame_buffer_bytes)."""
+        return frame_buffer_bytes(self.cut_bytes, start, stop, replicas, entry, lead)
 
     def _finish(self, start, stop, counts, mode, compute, comm, period, latency, slots, memory, segments) -> StageCost:
         over = [(memory[r] - self.usable(k), r) for r, k in enumerate(slots)]

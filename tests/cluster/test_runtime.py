@@ -234,6 +234,24 @@ def test_litert_engine_runs_each_shard(tmp_path):
         np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 5), rtol=1e-4, atol=1e-4)
 
 
+def test_memory_prediction_counts_the_frame_buffers_of_the_run_window():
+    from cluster.emulated_plans import plan_for_devices
+    from cluster.runtime import memory_prediction
+
+    graph = zoo_model("alexnet")
+    plan = plan_for_devices(graph, "alexnet", "rpi3:4", 94e6, "dp", "throughput", "numpy")
+    first, second = plan.stages[0], plan.stages[1]
+    assert (first.mode, second.mode) == ("single", "data-parallel")
+    cut = [graph.cut_bytes(c) for c in range(len(graph) + 1)]
+    assert memory_prediction(plan, 0, graph) == first.predicted.memory_bytes[0]  # the default window: as planned
+    # two more frames: rank 0 keeps two more outputs and posts two more result receives; a replica
+    # keeps two more inputs and outputs
+    assert memory_prediction(plan, 0, graph, window=4) - memory_prediction(plan, 0, graph) == 2 * cut[first.node_stop] + 2 * cut[-1]
+    replica = second.ranks[1]
+    extra = 2 * (cut[second.node_start] + cut[second.node_stop])
+    assert memory_prediction(plan, replica, graph, window=4) - memory_prediction(plan, replica, graph) == extra
+
+
 def test_ranks_sharing_a_host_split_its_cores_between_their_blas_threads():
     from cluster import share_cores_between_local_ranks
 
