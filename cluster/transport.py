@@ -85,6 +85,33 @@ def abort(comm, code: int = 1) -> None:
     comm.Abort(int(code))
 
 
+def on_every_rank(body, debug: bool = False) -> int:
+    """A command's `body(comm, rank) -> exit status` on every rank of mpirun's world.
+
+    A PisplitError is one every rank reached together (they agree on errors first): rank 0 re-raises
+    it for the CLI to print as one line, the others return 1. Anything else (a bug, a lost peer
+    mid-run) may leave other ranks blocked on this one: this rank prints it and aborts the job."""
+    import sys
+    import traceback
+
+    from layers.errors import PisplitError
+
+    comm = world()
+    rank = comm.Get_rank()
+    try:
+        return body(comm, rank)
+    except PisplitError:
+        if rank == 0:
+            raise
+        return 1
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"pisplit: error: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        abort(comm, 1)
+        return 1
+
+
 def bcast_text(comm, text: str | None, root: int = 0) -> str:
     """Collective: `root`'s text on every rank (as UTF-8 bytes in a uint8 buffer)."""
     data = np.frombuffer((text or "").encode(), np.uint8).copy() if comm.Get_rank() == root else None

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +39,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    comm = transport.world()
-    rank = comm.Get_rank()
-    try:
-        return _run(args, comm, rank)
-    except PisplitError:
-        if rank == 0:
-            raise  # the CLI prints the one-line message; every rank reached the same error together
-        return 1
-    except Exception as exc:  # a bug or a lost peer mid-run: the other ranks may be blocked on this one
-        if args.debug:
-            traceback.print_exc()
-        print(f"pisplit: error: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        transport.abort(comm, 1)
-        return 1
+    return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank), args.debug)
 
 
 def _run(args, comm, rank: int) -> int:

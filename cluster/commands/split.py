@@ -10,9 +10,7 @@ that keep its split without communication) unless `--no-followers`; the output n
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-import traceback
 
 import numpy as np
 from rich.table import Table
@@ -50,20 +48,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from .. import transport  # imported here: loading mpi4py starts MPI
 
-    comm = transport.world()
-    rank = comm.Get_rank()
-    try:
-        return _run(args, comm, rank, transport)
-    except PisplitError:
-        if rank == 0:
-            raise  # every rank met the same error together; rank 0 prints it once
-        return 1
-    except Exception as exc:  # a bug or a lost peer mid-run: other ranks may be blocked on this one
-        if args.debug:
-            traceback.print_exc()
-        print(f"pisplit: error: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        transport.abort(comm, 1)
-        return 1
+    return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank, transport), args.debug)
 
 
 def parse_sizes(text: str, n_ranks: int) -> list:
