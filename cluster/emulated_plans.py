@@ -6,8 +6,6 @@ with one rank.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from layers.allocator import reuse_freed_memory
