@@ -50,6 +50,10 @@ class Segment:
     ranks: tuple = ()
     sizes: tuple = ()  # one part size per rank (channels, rows, units ... as the kind defines)
     options: dict = field(default_factory=dict)  # kind-specific, e.g. {"grid": [2, 2]} for fused tiles
+    # where the segment's output lives after it: "lead" (gathered to the stage lead) or "parts" (each
+    # part keeps its box and the next split segment takes what it needs peer to peer; see
+    # partitioners.layouts)
+    output_layout: str = "lead"
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class Plan:
                     if g.node_start != seg_expect or g.node_stop <= g.node_start:
                         raise PisplitError(f"plan: stage {s.index} segment [{g.node_start}, {g.node_stop}) breaks the node order")
                     seg_expect = g.node_stop
+                    if g.output_layout not in ("lead", "parts") or (g.output_layout == "parts" and g.kind == "none"):
+                        raise PisplitError(f"plan: stage {s.index} segment at node {g.node_start}: output_layout {g.output_layout!r} "
+                                           "(expected 'lead', or 'parts' for a split segment)")
                     if g.kind != "none" and (not set(g.ranks) <= set(s.ranks) or len(g.sizes) != len(g.ranks)):
                         raise PisplitError(f"plan: stage {s.index} segment at node {g.node_start}: ranks {list(g.ranks)} / sizes {list(g.sizes)} do not fit the stage")
                 if seg_expect != s.node_stop:
@@ -174,7 +181,8 @@ class Plan:
                     index=s["index"], node_start=s["node_start"], node_stop=s["node_stop"], ranks=tuple(s["ranks"]),
                     mode=s.get("mode", "single"),
                     segments=tuple(Segment(g["node_start"], g["node_stop"], g.get("kind", "none"), tuple(g.get("ranks", ())),
-                                           tuple(g.get("sizes", ())), dict(g.get("options", {}))) for g in s.get("segments", ())),
+                                           tuple(g.get("sizes", ())), dict(g.get("options", {})),
+                                           g.get("output_layout", "lead")) for g in s.get("segments", ())),
                     send_bytes=s.get("send_bytes", 0),
                     predicted=StagePrediction(pred["compute_s"], pred["comm_s"], {int(k): v for k, v in pred.get("memory_bytes", {}).items()}) if pred else None,
                 ))
