@@ -128,3 +128,60 @@ def receive_ready_at(sender_end: float, duration: float, receiver_ready: float) 
     """Wall-clock time a paced frame is in the receiver's hands: the transfer ends no earlier than the
     sender says, and lasts `duration` from when the receiver was ready for it."""
     return max(sender_end, receiver_ready + duration)
+
+
+class EmulatedDevice:
+    """An emulated device as a split runner sees it (cluster.split_exec.Hooks): compute steps take a
+    core of this machine and are padded to the device's time; waiting for data holds no core;
+    messages leave over the device's paced link and arrive no earlier than the link allows.
+
+    `poll()` (e.g. the pipeline's progress) is called while the device waits for a core or pads.
+    Receives are full duplex and serialise on the receiver's interface: a message of duration d that
+    the sender's link finishes at `end` is in hand at max(end, previous arrival + d).
+    """
+
+    def __init__(self, dilation: ComputeDilation, cores: CoreTokens, link: LinkPacer, poll: Callable[[], object] | None = None):
+        self.dilation = dilation
+        self.cores = cores
+        self.link = link
+        self.poll = poll
+        self.received_at = 0.0  # wall clock (time.time) when the receiving interface is next free
+
+    def compute(self, fn: Callable[[], object]):
+        """Run `fn` as one compute step of the emulated device."""
+        wall0 = time.perf_counter()
+        self.cores.acquire(self.poll)
+        mark = (wall0, time.process_time())
+        try:
+            out = fn()
+        finally:
+            self.cores.release()
+        self._sleep_until(self.dilation.deadline(mark), time.perf_counter)
+        return out
+
+    def wait(self, requests: list, label: str = "") -> None:
+        """Wait for requests without a core."""
+        from . import transport
+
+        transport.wait_quietly(requests)
+
+    def stamp(self, nbytes: int) -> tuple[int, int]:
+        """(end_ns, duration_ns) of a message of `nbytes` handed to this device's link now."""
+        end, duration = self.link.schedule(nbytes, 1)
+        return int(end * 1e9), int(duration * 1e9)
+
+    def hold(self, end_ns: int, duration_ns: int) -> None:
+        """Wait until a received message would be in hand."""
+        self.received_at = max(end_ns / 1e9, self.received_at + duration_ns / 1e9)
+        self._sleep_until(self.received_at, time.time)
+
+    def _sleep_until(self, deadline: float, clock: Callable[[], float]) -> None:
+        pause = 2e-5
+        while True:
+            left = deadline - clock()
+            if left <= 0:
+                return
+            if self.poll:
+                self.poll()
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 1e-3)

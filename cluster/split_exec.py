@@ -1,16 +1,23 @@
-"""Execute a split over an MPI communicator: rank r runs part r, the root feeds the parts and merges.
+"""Execute a split over an MPI communicator: part p runs on rank ranks[p]; tensors move peer to peer.
 
-Rank r builds only part r's graph (its own weight slices) and an engine for it. Per frame (batch 1):
+Rank r builds only its part's graph (its own weight slices) and an engine for it. Per frame (batch 1):
 
-1. input: each segment input the parts all need whole is broadcast (Bcast). One they need a box of
-   is sent to each part straight from the root's array when every box is one contiguous run of it
-   (row bands with halos: Isend, no copy); otherwise (channel slices, tiles) the boxes are packed on
-   the root in rank order and scattered (Scatterv). The root's own part reads its boxes in place.
-2. compute: every rank runs its part graph.
-3. output: concatenated parts are gathered (Gatherv): straight into the merged array when each part's
-   box is one contiguous run of it (row bands), else packed and then placed. Partial sums are reduced
-   (Reduce) when each covers the whole output, else gathered and added into their channel boxes
-   (grouped conv-filter). The root then runs the post graph (activation, followers).
+1. input: each segment input tensor has a layout (partitioners.layouts): whole on the root (the
+   stage lead), or the pieces the previous segment's parts kept. Every part needs boxes of it (its
+   feeds, halos included); the transition sends each holder's intersection with each box straight to
+   the part that needs it (non-blocking, buffer based), and a part copies what it already holds. So
+   a scatter from the root, a broadcast, and strips that exchange only halo rows with their
+   neighbours are the same code.
+2. compute: every part runs its graph (under `hooks.compute`: an emulated device takes a core of
+   this machine only here, never while it waits for data).
+3. output: a part keeps its output box when the plan says so (`keep_output`), else concatenated
+   outputs are gathered to the root by the same transition (to the layout whole@root), and partial
+   sums are sent to the root and added into their boxes (grouped conv-filter: channel boxes); the
+   root then runs the post graph (activation, followers).
+
+Every remote message is a float32 buffer behind a four-int64 header (the emulated link's transfer
+end and duration), so paced emulation delays the receiver as the link would. Waiting polls with
+short sleeps, so ranks that outnumber the cores leave them to the computing ones.
 
 data-parallel is frame-wise instead: frames are dealt by share; the root sends each frame to its part
 (Isend), every part runs its frames whole and sends the results back, the root keeps frame order.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +36,7 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.ops import numel
+from partitioners import layouts
 from partitioners.split_parts import box_index, box_shape, full_box
 from partitioners.splits import Split, split_segment
 
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 
 TAG_FRAME = 7000  # + frame index % TAG_SPAN: data-parallel frames and their results
 TAG_SPAN = 20000
+TAG_MOVE = 30000  # transition messages: 1 + (base + message index) % TAG_MOVE
+HEADER = 8  # float32 slots of a message's int64 header [end_ns, duration_ns, 0, 0]
 
 
 @dataclass
@@ -54,104 +65,136 @@ class PhaseTimes:
         return np.array([self.input_s, self.compute_s, self.output_s, self.post_s, self.frames], np.float64)
 
 
-def contiguous_offset(box: tuple, shape: tuple) -> int | None:
-    """Element offset of a box of a C-ordered array of `shape` (non-batch axes) when the box is one
-    contiguous run of it, else None. Example: rows (2, 5) of shape (8, 4, 3) -> 24; cols -> None."""
-    extents = box_shape(box)
-    k = 0
-    while k < len(shape) and extents[k] == 1:
-        k += 1
-    if any(extents[a] != shape[a] for a in range(k + 1, len(shape))):
-        return None
-    strides = [numel(shape[a + 1:]) for a in range(len(shape))]
-    return int(sum(start * s for (start, _), s in zip(box, strides)))
+class Hooks:
+    """How a runner computes, waits and stamps messages: as this machine (the default) or, in
+    cluster.emulation.EmulatedDevice, as an emulated device on a paced link."""
+
+    def compute(self, fn: Callable[[], object]):
+        """Run one compute step."""
+        return fn()
+
+    def wait(self, requests: list, label: str = "") -> None:
+        """Wait for requests without holding a core (sleep between polls)."""
+        transport.wait_quietly(requests)
+
+    def stamp(self, nbytes: int) -> tuple[int, int]:
+        """(end_ns, duration_ns) of a message of `nbytes` leaving this rank now; (0, 0) unpaced."""
+        return 0, 0
+
+    def hold(self, end_ns: int, duration_ns: int) -> None:
+        """Wait until a received message would have arrived over the emulated link."""
 
 
-class _Input:
-    """How one segment input tensor reaches the parts: broadcast whole; sent as one contiguous view per
-    part (row bands of one frame: no copy on the root); or packed in rank order and scattered."""
+PLAIN = Hooks()
 
-    TAG = 6000  # + index of the input tensor, for the per-part sends
 
-    def __init__(self, split: Split, index: int, tensor: str, rank: int, root: int):
-        self.tensor = tensor
-        self.tag = self.TAG + index
-        self.shape = split.graph.shapes[tensor]
-        self.feeds = [[f for f in p.feeds if f.tensor == tensor] for p in split.parts]
-        whole = full_box(self.shape[1:])
-        self.broadcast = split.n_parts > 1 and all(len(fs) == 1 and fs[0].box == whole for fs in self.feeds)
-        self.views = not self.broadcast and all(
-            len(fs) == 1 and contiguous_offset(fs[0].box, self.shape[1:]) is not None
-            for r, fs in enumerate(self.feeds) if r != root)
-        self.counts = [0 if r == root else sum(numel(f.shape) for f in fs) for r, fs in enumerate(self.feeds)]
-        self.rank, self.root = rank, root
-        self.packed = None
-        if rank == root:
-            if not self.broadcast and not self.views:
-                self.packed = np.empty(sum(self.counts), np.float32)
-            self.buffer = None
-        elif self.broadcast:
-            self.buffer = np.empty(self.shape, np.float32)
-        else:
-            self.buffer = np.empty(self.counts[rank], np.float32)
+def _offset(inner: tuple, outer: tuple) -> tuple:
+    """`inner` (tensor coordinates) relative to the box `outer` that contains it."""
+    return tuple((a - o, b - o) for (a, b), (o, _) in zip(inner, outer))
 
-    def exchange(self, comm, x: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Collective: this rank's feeds of the tensor (the root passes the tensor, others None)."""
-        mine = self.feeds[self.rank]
-        if self.broadcast:
-            if self.rank == self.root:
-                transport.bcast(comm, np.ascontiguousarray(x), self.root)
-                return {f.name: x for f in mine}
-            transport.bcast(comm, self.buffer, self.root)
-            return {f.name: self.buffer for f in mine}
-        if self.rank == self.root:
-            if self.views:
-                x = np.ascontiguousarray(x)
-                requests = [transport.isend(comm, np.ascontiguousarray(fs[0].take(x)), r, self.tag)
-                            for r, fs in enumerate(self.feeds) if r != self.root]
-                transport.wait_all(requests)
-                return {f.name: f.take(x) for f in mine}
-            offset = 0
-            for r, fs in enumerate(self.feeds):
-                if r == self.root:
-                    continue
-                for f in fs:
-                    n = numel(f.shape)
-                    self.packed[offset:offset + n].reshape(f.shape)[...] = f.take(x)
-                    offset += n
-            transport.scatterv(comm, self.packed, self.counts, np.empty(0, np.float32), self.root)
-            return {f.name: f.take(x) for f in mine}
-        if self.views:
-            transport.recv(comm, self.buffer, self.root, self.tag)
-        else:
-            transport.scatterv(comm, None, self.counts, self.buffer, self.root)
-        out, offset = {}, 0
-        for f in mine:
-            n = numel(f.shape)
-            out[f.name] = self.buffer[offset:offset + n].reshape(f.shape)
-            offset += n
-        return out
+
+class Transfer:
+    """One transition of one tensor, from this rank's side: what it sends, receives and copies.
+
+    `have` is the tensor's layout (ranks in the communicator), `wants` the boxes needed, as
+    (layouts.Piece, key) pairs; every rank builds the same message list, so both ends of a message
+    agree on its tag. `start(held)` posts the receives and sends (`held`: this rank's piece of the
+    tensor, or None); `finish(out)` waits and fills this rank's needed arrays, `out[key]`.
+    """
+
+    def __init__(self, have: layouts.TensorLayout, wants: Sequence[tuple], rank: int, tag_base: int):
+        self.rank = rank
+        self.have = have
+        mine = [p for p in have.pieces if p.rank == rank]
+        self.held_box = mine[0].box if mine else None
+        self.sends, self.recvs, self.copies = [], [], []
+        index = 0
+        for piece, key in wants:
+            for m in layouts.transition(have, [piece]):
+                tag = 1 + (tag_base + index) % TAG_MOVE
+                index += 1
+                if m.src == rank and m.dst == rank:
+                    self.copies.append((m, key, piece.box))
+                elif m.src == rank:
+                    self.sends.append((m, tag, np.empty(HEADER + numel(box_shape(m.box)), np.float32)))
+                elif m.dst == rank:
+                    self.recvs.append((m, tag, key, piece.box, np.empty(HEADER + numel(box_shape(m.box)), np.float32)))
+        self.n_messages = index
+        self.requests: list = []
+        # needed boxes filled by one local copy and nothing else: read as a view of the held piece
+        filled: dict = {}
+        for m, key, _ in self.copies:
+            filled[key] = filled.get(key, 0) + 1
+        for _, _, key, _, _ in self.recvs:
+            filled[key] = filled.get(key, 0) + 2
+        self.views = {key for key, n in filled.items() if n == 1}
+
+    @property
+    def remote_bytes(self) -> int:
+        return sum(m.nbytes for m, *_ in self.sends) + sum(m.nbytes for m, *_ in self.recvs)
+
+    def _held(self, box: tuple) -> np.ndarray:
+        return self.held[box_index(_offset(box, self.held_box))]
+
+    def start(self, comm, held: np.ndarray | None, hooks: Hooks) -> dict:
+        """Post this rank's receives, then pack and send its pieces (`held` is its piece, batch 1).
+        Returns the needed arrays that are views of `held` (no copy)."""
+        if self.held_box is not None and (held is None or held.shape[1:] != box_shape(self.held_box)):
+            raise PisplitError(f"tensor {self.have.tensor}: rank {self.rank} holds "
+                               f"{None if held is None else held.shape}, its piece is {list(self.held_box)}")
+        self.held = held
+        self.requests = [transport.irecv(comm, buf, m.src, tag) for m, tag, _, _, buf in self.recvs]
+        for m, tag, buf in self.sends:
+            buf[:HEADER].view(np.int64)[:2] = hooks.stamp(m.nbytes)
+            buf[HEADER:].reshape(box_shape(m.box))[...] = self._held(m.box)[0]
+            self.requests.append(transport.isend(comm, buf, m.dst, tag))
+        return {key: self._held(m.box) for m, key, _ in self.copies if key in self.views}
+
+    def finish(self, out: dict, hooks: Hooks, label: str = "") -> None:
+        """Wait for this rank's messages and place them (and its local copies) into `out[key]`."""
+        if self.requests:
+            hooks.wait(self.requests, label)
+        for m, _, key, box, buf in self.recvs:
+            end_ns, duration_ns = (int(v) for v in buf[:HEADER].view(np.int64)[:2])
+            if duration_ns:
+                hooks.hold(end_ns, duration_ns)
+            out[key][box_index(_offset(m.box, box))] = buf[HEADER:].reshape(1, *box_shape(m.box))
+        for m, key, box in self.copies:
+            if key not in self.views:
+                out[key][box_index(_offset(m.box, box))] = self._held(m.box)
+        self.requests = []
+        self.held = None
 
 
 class SplitRunner:
-    """Runs `split` on `comm`, whose rank r runs part r; `root` holds the input and gets the output.
+    """Runs `split` on `comm`: part p on communicator rank `ranks[p]` (default: rank p), `root` holds
+    the inputs whole and gets the merged output.
 
-    Raises PisplitError when the communicator's size differs from the number of parts.
+    `sources` gives a layout (ranks in `comm`) for inputs that are not whole on the root: the pieces
+    a previous segment kept. With `keep_output` (concat kinds) each part keeps its output box instead
+    of gathering it. Ranks of `comm` outside `ranks` (and not the root) take no part. Raises
+    PisplitError when the ranks do not fit the parts.
     """
 
-    def __init__(self, comm, split: Split, engine: str = "numpy", root: int = 0):
+    def __init__(self, comm, split: Split, engine: str = "numpy", root: int = 0, ranks: Sequence[int] | None = None,
+                 sources: Mapping[str, layouts.TensorLayout] | None = None, keep_output: bool = False,
+                 hooks: Hooks | None = None, tag_base: int = 0):
         self.comm = comm
         self.split = split
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.root = root
-        if self.size != split.n_parts:
+        self.hooks = hooks or PLAIN
+        self.ranks = tuple(range(split.n_parts)) if ranks is None else tuple(int(r) for r in ranks)
+        if len(self.ranks) != split.n_parts or len(set(self.ranks)) != len(self.ranks) or \
+                not all(0 <= r < self.size for r in self.ranks) or not 0 <= root < self.size:
             raise PisplitError(f"layer {split.layer}: the {split.kind} split has {split.n_parts} parts, "
                                f"the communicator {self.size} ranks (one part per rank)")
         self.is_root = self.rank == root
-        self.part = split.parts[self.rank]
-        self.graph: Graph = split.part_graph(self.rank)
-        self.engine = make_engine(self.graph, engine)
+        self.index = self.ranks.index(self.rank) if self.rank in self.ranks else None
+        self.part = split.parts[self.index] if self.index is not None else None
+        self.graph: Graph | None = split.part_graph(self.index) if self.index is not None else None
+        self.engine = make_engine(self.graph, engine) if self.graph is not None else None
         post = split.post_graph() if self.is_root else None
         self.post = make_engine(post, engine) if post is not None else None
         self.post_input = next(iter(post.inputs)) if post is not None else None
@@ -159,44 +202,78 @@ class SplitRunner:
         self.last_feeds: dict | None = None  # what this rank's part ran on last (for compute_alone)
         if split.kind == "data-parallel":
             return
-        self.inputs = [_Input(split, i, t, self.rank, root) for i, t in enumerate(split.inputs)]
+        self.keep_output = bool(keep_output)
+        if self.keep_output:
+            layouts.produced(split, self.ranks)  # raises for kinds that cannot keep
+        sources = dict(sources or {})
+        self.sources = sources
+        tag = tag_base
+        self.transfers: list[Transfer] = []
+        for t in split.inputs:
+            have = sources.get(t) or layouts.whole(t, split.graph.shapes[t][1:], root)
+            transfer = Transfer(have, layouts.needed(split, self.ranks, t), self.rank, tag)
+            tag += transfer.n_messages
+            self.transfers.append(transfer)
+        self.feed_buffers = {f.name: np.empty(f.shape, np.float32) for f in (self.part.feeds if self.part else ())}
         self.merged_shape = split.partial_shape
-        out_counts = [numel(p.output_shape) for p in split.parts]
-        boxes = [p.output_box for p in split.parts]
-        offsets = [contiguous_offset(b, self.merged_shape[1:]) for b in boxes]
-        full = full_box(self.merged_shape[1:])
-        if split.layout.merge == "sum" and all(b == full for b in boxes):
-            self.output_mode = "reduce"
-        elif split.layout.merge == "concat" and None not in offsets and offsets == sorted(offsets) and all(
-                offsets[i] + out_counts[i] == (offsets[i + 1] if i + 1 < len(offsets) else numel(self.merged_shape))
-                for i in range(len(offsets))) and offsets[0] == 0:
-            self.output_mode = "gather-direct"  # the packed parts are the merged array
-        else:
-            self.output_mode = "gather-place"
-        self.out_counts = out_counts if self.output_mode == "gather-direct" else [
-            0 if r == root else c for r, c in enumerate(out_counts)]
+        self.summing = split.layout.merge == "sum"
+        self.gather = None
+        if not self.keep_output and not self.summing:
+            shape = tuple(split.output_shape[1:])
+            have = layouts.produced(split, self.ranks)
+            self.gather = Transfer(have, [(layouts.Piece(root, full_box(shape)), "out")], self.rank, tag)
+            tag += self.gather.n_messages
+        elif self.summing:
+            # partial sums: every remote part sends its output box to the root, which adds them
+            self.partials = []
+            for p, r in enumerate(self.ranks):
+                if r == root:
+                    continue
+                shape = split.parts[p].output_shape
+                if self.rank == r or self.is_root:
+                    buf = np.empty(HEADER + numel(shape), np.float32)
+                    self.partials.append((p, r, 1 + tag % TAG_MOVE, buf))
+                tag += 1
+        self.tag_end = tag
+
+    @property
+    def output_layout(self) -> layouts.TensorLayout:
+        """Where the output lives after `run`: the parts' boxes (keep_output) or whole on the root."""
+        if self.keep_output:
+            return layouts.produced(self.split, self.ranks)
+        return layouts.whole(self.split.output, self.split.output_shape[1:], self.root)
 
     # --- one frame ---------------------------------------------------------------------------------------
     def run(self, x=None) -> np.ndarray | None:
         """Collective: one frame through the split. The root passes the segment input (an array, or a
-        dict of arrays for several inputs; batch 1) and gets the merged output; other ranks get None."""
+        dict of arrays for several inputs; batch 1) and gets the merged output; other ranks get None.
+        Ranks holding kept pieces pass them in the dict. With keep_output every part gets its box."""
         if self.split.kind == "data-parallel":
             frames = None if not self.is_root else self._frames_of(x)
             out = self.run_frames(frames, 1)
             return out
-        tensors = self._tensors(x) if self.is_root else {}
+        tensors = self._tensors(x)
+        hooks = self.hooks
         t0 = time.perf_counter()
-        feeds = {}
-        for spec in self.inputs:
-            feeds.update(spec.exchange(self.comm, tensors.get(spec.tensor)))
+        feeds = dict(self.feed_buffers)
+        for transfer in self.transfers:
+            feeds.update(transfer.start(self.comm, tensors.get(transfer.have.tensor), hooks))
+        for transfer in self.transfers:
+            transfer.finish(feeds, hooks, "input")
         t1 = time.perf_counter()
-        self.last_feeds = feeds
-        y = self.engine.run(feeds)[self.graph.outputs[0]]
+        y = None
+        if self.engine is not None:
+            self.last_feeds = feeds
+            y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]])
+            y = np.ascontiguousarray(y, np.float32)
         t2 = time.perf_counter()
+        if self.keep_output:
+            self._account(t1 - t0, t2 - t1, 0.0, 0.0)
+            return y
         merged = self._merge(y)
         t3 = time.perf_counter()
         if self.is_root and self.post is not None:
-            merged = self.post.run({self.post_input: merged})[self.split.output]
+            merged = hooks.compute(lambda: self.post.run({self.post_input: merged})[self.split.output])
         t4 = time.perf_counter()
         self._account(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         return merged if self.is_root else None
@@ -211,35 +288,54 @@ class SplitRunner:
         t.compute_each.append(compute_s)
 
     def _tensors(self, x) -> dict[str, np.ndarray]:
-        tensors = self.split._feeds_of(x)
-        for t, arr in tensors.items():
-            if arr.shape != self.split.graph.shapes[t]:
-                raise PisplitError(f"layer {self.split.layer}: input {t} has shape {arr.shape}, "
+        """The tensors this rank holds for the split: whole inputs on the root, kept pieces anywhere."""
+        if x is None:
+            return {}
+        if not self.is_root:
+            return {t: np.asarray(v, np.float32) for t, v in x.items()} if isinstance(x, Mapping) else {}
+        given = dict(x) if isinstance(x, Mapping) else None
+        whole = [t for t in self.split.inputs if t not in self.sources]
+        if given is None:
+            tensors = self.split._feeds_of(x)
+        else:
+            missing = [t for t in whole if t not in given]
+            if missing:
+                raise PisplitError(f"layer {self.split.layer}: split input {missing[0]!r} was not given")
+            tensors = {t: np.asarray(v, np.float32) for t, v in given.items()}
+        for t in whole:
+            if tensors[t].shape != self.split.graph.shapes[t]:
+                raise PisplitError(f"layer {self.split.layer}: input {t} has shape {tensors[t].shape}, "
                                    f"expected {self.split.graph.shapes[t]} (one frame)")
         return tensors
 
-    def _merge(self, y: np.ndarray) -> np.ndarray | None:
-        y = np.ascontiguousarray(y, np.float32)
-        if self.output_mode == "reduce":
-            out = np.empty(self.merged_shape, np.float32) if self.is_root else None
-            return transport.reduce_sum(self.comm, y, out, self.root)
-        if self.output_mode == "gather-direct":
-            out = np.empty(self.merged_shape, np.float32) if self.is_root else None
-            transport.gatherv(self.comm, y, self.out_counts, out, self.root)
-            return out
-        if not self.is_root:
-            transport.gatherv(self.comm, y, self.out_counts, None, self.root)
-            return None
-        packed = transport.gatherv(self.comm, np.empty(0, np.float32), self.out_counts, None, self.root)
-        summing = self.split.layout.merge == "sum"
-        merged = (np.zeros if summing else np.empty)(self.merged_shape, np.float32)
-        pieces = transport.unpack(packed, self.out_counts)
-        for r, p in enumerate(self.split.parts):
-            part_out = y if r == self.rank else pieces[r].reshape(p.output_shape)
-            if summing:
-                merged[box_index(p.output_box)] += part_out
+    def _merge(self, y: np.ndarray | None) -> np.ndarray | None:
+        hooks = self.hooks
+        if self.gather is not None:
+            out = {"out": np.empty(self.merged_shape, np.float32)} if self.is_root else {}
+            out.update(self.gather.start(self.comm, y, hooks))
+            self.gather.finish(out, hooks, "output")
+            return out.get("out")
+        requests = []
+        for p, r, tag, buf in self.partials:
+            if self.rank == r:
+                buf[:HEADER].view(np.int64)[:2] = hooks.stamp(y.nbytes)
+                buf[HEADER:] = y.reshape(-1)
+                requests.append(transport.isend(self.comm, buf, self.root, tag))
             else:
-                merged[box_index(p.output_box)] = part_out
+                requests.append(transport.irecv(self.comm, buf, r, tag))
+        if requests:
+            hooks.wait(requests, "output")
+        if not self.is_root:
+            return None
+        merged = np.zeros(self.merged_shape, np.float32)
+        if y is not None:
+            merged[box_index(self.part.output_box)] += y
+        for p, r, tag, buf in self.partials:
+            end_ns, duration_ns = (int(v) for v in buf[:HEADER].view(np.int64)[:2])
+            if duration_ns:
+                hooks.hold(end_ns, duration_ns)
+            part = self.split.parts[p]
+            merged[box_index(part.output_box)] += buf[HEADER:].reshape(part.output_shape)
         return merged
 
     def compute_alone(self, repeat: int) -> float:

@@ -1,0 +1,67 @@
+"""Split stages whose segments keep their outputs on their parts (partitioners.layouts) under real
+mpirun with 2, 3, 4 and 8 ranks: row strips that exchange halo rows peer to peer, uneven strips,
+channel slices feeding conv-filter, strips feeding a channel split (an all-gather), fc-output
+chained into fc-input; every frame equals the unsplit model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from layers import save_graph
+from tests.cluster.pipeline_plans import hand_plan
+from tests.cluster.test_runtime import mpirun, reference_outputs
+from tests.conftest import varied
+from tests.partitioners.test_layouts import conv_stack
+
+pytestmark = pytest.mark.mpi
+
+# conv_stack nodes: 0 conv1, 1 conv2, 2 pool2, 3 conv3, 4 flatten, 5 fc1, 6 fc2
+CASES = [
+    ("strips-2", [(0, 7, [0, 1], "split", [
+        (0, 1, "conv-spatial", (8, 8), "parts"), (1, 3, "conv-spatial", (4, 4), "parts"), (3, 4, "conv-spatial", (4, 4)),
+        (4, 5, "none", ()), (5, 6, "fc-output", (12, 8), "parts"), (6, 7, "fc-input", (12, 8))])]),
+    ("uneven-3", [(0, 7, [0, 1, 2], "split", [
+        (0, 1, "conv-spatial", (5, 6, 5), "parts"), (1, 3, "conv-spatial", (3, 2, 3), "parts"), (3, 4, "conv-spatial", (2, 3, 3)),
+        (4, 5, "none", ()), (5, 6, "fc-output", (7, 7, 6), "parts"), (6, 7, "fc-input", (5, 8, 7))])]),
+    ("channels-4", [(0, 7, [0, 1, 2, 3], "split", [
+        (0, 1, "conv-channel", (2, 2, 2, 2), "parts"), (1, 2, "conv-filter", (1, 3, 2, 2)), (2, 3, "none", ()),
+        (3, 4, "conv-spatial", (1, 2, 2, 3), "parts"), (4, 5, "none", ()), (5, 6, "fc-output", (5, 5, 5, 5)),
+        (6, 7, "none", ())])]),
+    ("allgather-4", [(0, 7, [0, 1, 2, 3], "split", [
+        (0, 1, "conv-spatial", (4, 4, 4, 4), "parts"), (1, 3, "conv-channel", (2, 2, 2, 2), "parts"),
+        (3, 4, "conv-spatial", (2, 2, 2, 2)), (4, 7, "none", ())])]),
+    ("pipeline-8", [(0, 1, [0], "single"), (1, 7, [1, 2, 3, 4, 5, 6, 7], "split", [
+        (1, 3, "conv-spatial", (2, 1, 1, 1, 1, 1, 1), "parts"), (3, 4, "conv-spatial", (1, 1, 1, 2, 1, 1, 1)),
+        (4, 5, "none", ()), (5, 6, "fc-output", (3, 3, 3, 3, 3, 3, 2), "parts"), (6, 7, "fc-input", (3, 3, 3, 3, 3, 3, 2))])]),
+]
+
+
+def test_the_channels_case_is_rejected_where_a_kept_output_feeds_no_split(tmp_path):
+    # (3, 4) keeps its strips but the flatten after it runs on the lead alone
+    from layers.errors import PisplitError
+    from cluster.runtime import _Step
+
+    graph = conv_stack()
+    plan = hand_plan(graph, CASES[2][1])
+    with pytest.raises(PisplitError, match="tensor conv3: kept on the parts .* not split"):
+        _Step(plan, graph, plan.stages[0], 0, "numpy", {0: None})
+
+
+@pytest.mark.parametrize("name,stages", [c for c in CASES if c[0] != "channels-4"], ids=lambda v: v if isinstance(v, str) else "")
+def test_kept_layouts_under_mpirun_equal_the_unsplit_model(tmp_path, name, stages):
+    graph = conv_stack()
+    path, _ = save_graph(graph, tmp_path / "conv_stack.json")
+    plan = hand_plan(graph, stages, model=str(path))
+    assert any(g.output_layout == "parts" for s in plan.stages for g in s.segments)
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, f"{name}: {proc.stderr}"
+    assert json.loads(proc.stdout)["every_frame_once"]
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+        assert sorted(z["frame_ids"].tolist()) == list(range(frames))
+    ref = varied(reference_outputs(graph, frames))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=name)
