@@ -47,7 +47,23 @@ class NumpyEngine:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.graph.execute(feeds)
-        return {t: out[t] for t in self.graph.outputs}
+        result = {t: out[t] for t in self.graph.outputs}
+        check_finite(self.graph, feeds, result)
+        return result
+
+
+def _finite(a: np.ndarray) -> bool:
+    # a sum carries any NaN/inf through and costs one pass; only a non-finite sum needs the exact test
+    return bool(np.isfinite(np.sum(a))) or bool(np.isfinite(a).all())
+
+
+def check_finite(graph: Graph, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    """PisplitError when an output holds NaN or inf although every fed tensor is finite: a wrong
+    weight (say, one read without its quantization scale) must never pass as an answer."""
+    bad = next((t for t, y in outputs.items() if not _finite(np.asarray(y))), None)
+    if bad is None or not all(_finite(np.asarray(x)) for x in feeds.values()):
+        return
+    raise PisplitError(f"model {graph.name}: output {bad!r} holds NaN or infinite values although every input is finite")
 
 
 def make_engine(graph: Graph, kind: str = "numpy", threads: int | None = None) -> Engine:

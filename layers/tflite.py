@@ -1,11 +1,20 @@
-"""Read a .tflite file into a Graph: ops, op options, float32/float16 weights, several outputs.
+"""Read a .tflite file into a Graph: ops, op options, float32/float16/int8-quantized weights, several outputs.
 
 The file is parsed with the flatbuffer schema module shipped with ai-edge-litert and memory-mapped, so
 weights are read (and transposed to pisplit's layouts) only when a node asks for them. Layouts:
 TFLite CONV_2D filters are OHWI and DEPTHWISE_CONV_2D filters (1, KH, KW, Cin*M); pisplit kernels are
 HWIO (KH, KW, Cin/groups, Cout) with depthwise = groups == Cin; FULLY_CONNECTED weights (Cout, Cin)
-become a dense kernel (Cin, Cout). Constant weights behind DEQUANTIZE (float16, or int8 with scales)
-are folded into float32 weights. Tensor names are kept: node names are their output tensor's name.
+become a dense kernel (Cin, Cout). Tensor names are kept: node names are their output tensor's name.
+
+Quantized constants: an integer tensor with quantization scales is only ever read dequantized,
+(q - zero_point) * scale per channel along its quantized dimension, in its own layout before any
+transpose (`_constant_loader` is the one place bytes become numbers). So dynamic-range models (int8
+weights read directly by CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, float activations) and
+weights behind DEQUANTIZE (float16, or int8 with scales) become float32 weights; integers without
+scales are never taken as float weights. pisplit then runs float arithmetic: LiteRT's hybrid kernels
+also quantize each activation to int8 on the fly, which pisplit does not emulate (see
+tests/layers/test_tflite_quantized.py for the error this leaves). Models with quantized activations
+(full-integer int8) are refused.
 
 Every problem with the file (not a .tflite, truncated, corrupt, quantized activations, an op pisplit
 lacks) is a PisplitError naming the file and, for ops, the operator index, op and output tensor. The
@@ -17,6 +26,7 @@ from __future__ import annotations
 import logging
 import mmap
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +51,23 @@ SUPPORTED_OPS = (
     "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "RELU",
     "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "SUB", "TANH", "TRANSPOSE",
 )
+
+# How constant tensors are stored; integer types carry affine quantization when they have scales.
+_STORAGE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
+                   "UINT8": np.uint8, "INT16": np.int16}
+_INTEGER_TYPES = ("INT32", "INT64", "INT8", "UINT8", "INT16")
+# Activation types of quantized (full-integer) models, which pisplit does not run yet.
+_QUANTIZED_ACTIVATION_TYPES = ("INT8", "UINT8", "INT16")
+
+
+@dataclass(frozen=True)
+class _Quantization:
+    """Affine quantization of one tensor: real = (q - zero_point) * scale, per channel along `axis`."""
+
+    scale: np.ndarray       # float32, one or one per channel
+    zero_point: np.ndarray  # int64, one or one per channel
+    axis: int
+
 
 # Errors the flatbuffer reader raises on out-of-range offsets and garbage: all mean "corrupt file".
 _PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, OverflowError, UnicodeDecodeError, AttributeError, KeyError,
@@ -125,6 +152,7 @@ class _Importer:
         self.tensor_names: list[str] = []
         self.tensor_shapes: list[tuple] = []
         self.tensor_types: list[str] = []
+        self.quantization: list[_Quantization | None] = []
         seen: set[str] = set()
         n_buffers = self._count(self.model.BuffersLength(), "buffer")
         for i in range(n):
@@ -137,6 +165,7 @@ class _Importer:
             shape = t.ShapeAsNumpy() if t.ShapeLength() else np.zeros(0, np.int32)
             self.tensor_shapes.append(tuple(int(v) for v in shape))
             self.tensor_types.append(self.type_names.get(t.Type(), f"type {t.Type()}"))
+            self.quantization.append(self._read_quantization(i, t))
             b = t.Buffer()
             if not 0 <= b < max(n_buffers, 1):
                 self._fail(f"corrupt .tflite file (tensor {name!r} uses buffer {b} of {n_buffers})")
@@ -158,8 +187,9 @@ class _Importer:
         return buf.DataAsNumpy()
 
     def _constant_loader(self, i: int, raw: np.ndarray) -> Callable[[], np.ndarray]:
-        dtype = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64,
-                 "INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16}.get(self.tensor_types[i])
+        """Loader of constant tensor i's value: quantized integers come back dequantized (float32),
+        everything else as stored. The one place a constant's bytes become numbers."""
+        dtype = _STORAGE_DTYPES.get(self.tensor_types[i])
         shape = self.tensor_shapes[i]
         name = self.tensor_names[i]
         if dtype is None:
@@ -167,42 +197,67 @@ class _Importer:
         expected = numel(shape) * np.dtype(dtype).itemsize
         if raw.size != expected:
             self._fail(f"corrupt .tflite file (constant tensor {name!r} of shape {shape} holds {raw.size} bytes, expected {expected})")
-        return lambda: np.frombuffer(raw, dtype=dtype).reshape(shape)
+        quant = self.quantization[i]
+        if quant is None:
+            return lambda: np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return lambda: self._dequantize(np.frombuffer(raw, dtype=dtype).reshape(shape), quant)
+
+    def _read_quantization(self, i: int, t) -> _Quantization | None:
+        """The affine quantization of an integer tensor (None without scales), checked against its shape."""
+        q = t.Quantization()
+        if q is None or q.ScaleLength() == 0 or self.tensor_types[i] not in _INTEGER_TYPES:
+            return None  # TFLite ignores quantization parameters on float tensors
+        name, shape = self.tensor_names[i], self.tensor_shapes[i]
+        if q.DetailsType() != 0:
+            self._fail(f"tensor {name!r} uses custom quantization (details type {q.DetailsType()}), which pisplit cannot read")
+        scale = q.ScaleAsNumpy().astype(np.float32)
+        zero = q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros(1, np.int64)
+        axis = int(q.QuantizedDimension())
+        if scale.size > 1 and not (0 <= axis < len(shape) and shape[axis] == scale.size):
+            self._fail(f"tensor {name!r} of shape {shape} has {scale.size} quantization scales for dimension {axis}")
+        if zero.size not in (1, scale.size):
+            self._fail(f"tensor {name!r} has {zero.size} zero points for {scale.size} quantization scales")
+        info = np.iinfo(_STORAGE_DTYPES[self.tensor_types[i]])
+        widest = max(abs(info.min - int(zero.max())), abs(info.max - int(zero.min())))  # largest |q - zero_point|
+        if not np.all(np.isfinite(scale)) or float(np.abs(scale).max()) * widest >= float(np.finfo(np.float32).max):
+            self._fail(f"tensor {name!r} has a quantization scale that is not finite or makes values overflow float32")
+        return _Quantization(scale, zero, axis)
+
+    @staticmethod
+    def _dequantize(q: np.ndarray, quant: _Quantization) -> np.ndarray:
+        """(q - zero_point) * scale as float32, per channel along the quantized dimension."""
+        bshape = [1] * q.ndim
+        if quant.scale.size > 1:
+            bshape[quant.axis] = quant.scale.size
+        zero = quant.zero_point.reshape(bshape if quant.zero_point.size > 1 else [1] * q.ndim)
+        # float64 is exact for int8/int16 products, so the float32 result equals TFLite's float32 formula
+        return ((q.astype(np.float64) - zero) * quant.scale.reshape(bshape)).astype(np.float32)
 
     def _const(self, i: int, what: str) -> np.ndarray:
-        """The value of constant tensor i now (small tensors: shapes, axes, sizes)."""
+        """The value of constant tensor i now (dequantized when it is quantized)."""
         if i not in self.constants:
             self._fail(f"{what}: tensor {self.tensor_names[i]!r} must be a constant")
         return self.constants[i]()
 
+    def _ints(self, i: int, what: str) -> np.ndarray:
+        """The integers of constant tensor i (shapes, axes, paddings, sizes): never a quantized tensor."""
+        value = self._const(i, what)
+        if self.quantization[i] is not None or not np.issubdtype(value.dtype, np.integer):
+            self._fail(f"{what}: tensor {self.tensor_names[i]!r} ({self.tensor_types[i]}"
+                       f"{', quantized' if self.quantization[i] is not None else ''}) must hold plain integers")
+        return value
+
     def _float_loader(self, i: int, transform=None) -> Callable[[], np.ndarray]:
+        """Loader of constant tensor i as float32 weights, `transform` applied after dequantization
+        (so per-channel scales follow the tensor's own layout); integers without scales are refused."""
+        if self.tensor_types[i] not in ("FLOAT32", "FLOAT16") and self.quantization[i] is None:
+            self._fail(f"{self.where}: constant tensor {self.tensor_names[i]!r} is {self.tensor_types[i]} without quantization "
+                       "scales; pisplit does not read integers as float weights")
         load = self.constants[i]
 
         def loader():
             arr = np.asarray(load(), dtype=np.float32)
             return np.ascontiguousarray(transform(arr) if transform else arr, dtype=np.float32)
-        return loader
-
-    def _dequantized(self, t, i: int) -> Callable[[], np.ndarray]:
-        """Loader of a constant behind DEQUANTIZE: float16 -> float32, or (q - zero_point) * scale."""
-        load = self.constants[i]
-        if self.tensor_types[i] == "FLOAT16":
-            return lambda: load().astype(np.float32)
-        q = t.Quantization()
-        if q is None or q.ScaleLength() == 0:
-            self._fail(f"constant tensor {self.tensor_names[i]!r} ({self.tensor_types[i]}) has no quantization scales")
-        scale = q.ScaleAsNumpy().astype(np.float32)
-        zero = q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength() else np.zeros_like(scale)
-        axis = int(q.QuantizedDimension())
-        shape = self.tensor_shapes[i]
-
-        def loader():
-            v = load().astype(np.float32)
-            if scale.size == 1:
-                return (v - zero[0]) * scale[0]
-            bshape = [1] * len(shape)
-            bshape[axis] = scale.size
-            return (v - zero.reshape(bshape)) * scale.reshape(bshape)
         return loader
 
     # --- graph -------------------------------------------------------------------------------------
@@ -212,6 +267,7 @@ class _Importer:
             self._fail("the model has no subgraph")
         sg = self.model.Subgraphs(0)
         self._read_tensors(sg)
+        self._refuse_quantized_activations()
         n_tensors = len(self.tensor_names)
         self.n_opcodes = self._count(self.model.OperatorCodesLength(), "operator code")
 
@@ -241,6 +297,13 @@ class _Importer:
         graph = Graph(self.name, inputs, self.nodes, outputs, OverlayWeights({}, self.loaders), meta)
         self._check_shapes(graph)
         return graph
+
+    def _refuse_quantized_activations(self) -> None:
+        """One clear error for full-integer models: any computed tensor of a quantized integer type."""
+        for i, kind in enumerate(self.tensor_types):
+            if kind in _QUANTIZED_ACTIVATION_TYPES and i not in self.constants:
+                self._fail(f"tensor {self.tensor_names[i]!r} is {kind}: quantized activations (full-integer models) are not "
+                           "supported yet; pisplit runs float32 activations with float32, float16 or int8 dynamic-range weights")
 
     def _check_index(self, i: int, n: int, what: str) -> None:
         if not 0 <= i < n:
@@ -333,9 +396,27 @@ class _Importer:
         for param, (i, transform, *shape) in (weights or {}).items():
             if i not in self.constants:
                 self._fail(f"{self.where}: {param} tensor {self.tensor_names[i]!r} must be a constant")
+            if param == "kernel":  # CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
+                self._check_hybrid_weights(i)
             node.weight_shapes[param] = tuple(shape[0]) if shape else self.tensor_shapes[i]
             self.loaders[node.weight_key(param)] = self._float_loader(i, transform)
         self.nodes.append(node)
+
+    def _check_hybrid_weights(self, i: int) -> None:
+        """Quantized weights read directly by CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED must be symmetric
+        int8: LiteRT's float-input (hybrid) kernels read the bytes as int8 times the scale, ignoring any zero
+        point, so other weights mean one thing in the file and another in LiteRT."""
+        quant = self.quantization[i]
+        if quant is None:
+            return
+        name, kind = self.tensor_names[i], self.tensor_types[i]
+        if kind != "INT8":
+            self._fail(f"{self.where}: weights {name!r} are quantized {kind}; LiteRT's float-input kernels take int8 "
+                       "weights only (uint8 bytes are read as int8), so pisplit does too (or any behind DEQUANTIZE)")
+        if np.any(quant.zero_point):
+            zero = int(quant.zero_point[np.flatnonzero(quant.zero_point)[0]])
+            self._fail(f"{self.where}: weights {name!r} are INT8 with zero point {zero}; LiteRT's float-input kernels "
+                       "ignore weight zero points, so pisplit takes only symmetric ones here (or any behind DEQUANTIZE)")
 
     def _op_conv_2d(self, op, ins, out):
         o = self._options(op, "Conv2DOptions")
@@ -359,6 +440,11 @@ class _Importer:
         cin = self.tensor_shapes[x][-1]
         if one != 1 or cout % cin:
             self._fail(f"{self.where}: depthwise filter {self.tensor_shapes[w]} does not fit {cin} input channels")
+        quant = self.quantization[w]
+        if quant is not None and (quant.scale.size != cout or quant.axis != 3):
+            # LiteRT's kernel reads scale[c] for every output channel c, past the end of a shorter list
+            self._fail(f"{self.where}: quantized depthwise filter {self.tensor_names[w]!r} needs one scale per output channel "
+                       f"on dimension 3 ({cout}), it has {quant.scale.size} on dimension {quant.axis}")
         # output channel c*M + m reads input channel c: exactly groups == Cin with Cout/groups = M
         weights = {"kernel": (w, lambda a: a.reshape(kh, kw, 1, cout), (kh, kw, 1, cout))}
         if len(ins) > 2 and ins[2] != -1:
@@ -405,7 +491,7 @@ class _Importer:
 
     def _op_mean(self, op, ins, out):
         o = self._options(op, "ReducerOptions")
-        axes = [int(a) for a in np.atleast_1d(self._const(ins[1], self.where))]
+        axes = [int(a) for a in np.atleast_1d(self._ints(ins[1], self.where))]
         rank = len(self.tensor_shapes[ins[0]])
         if any((a + rank if a < 0 else a) == 0 for a in axes):
             self._fail(f"{self.where}: a mean over the batch axis is not supported")
@@ -454,11 +540,11 @@ class _Importer:
         self._reshape_like_output(ins, out)
 
     def _op_pad(self, op, ins, out):
-        pads = np.asarray(self._const(ins[1], self.where)).reshape(-1, 2)
+        pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
         self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist()})
 
     def _op_padv2(self, op, ins, out):
-        pads = np.asarray(self._const(ins[1], self.where)).reshape(-1, 2)
+        pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
         value = float(np.asarray(self._const(ins[2], self.where), np.float32).reshape(-1)[0]) if len(ins) > 2 and ins[2] != -1 else 0.0
         self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist(), "value": value})
 
@@ -496,19 +582,21 @@ class _Importer:
         i = ins[0]
         if i not in self.constants:
             self._fail(f"{self.where}: dequantizing a computed tensor is not supported (only constant weights)")
-        sg_tensor = self.model.Subgraphs(0).Tensors(i)
-        self.constants[out] = self._dequantized(sg_tensor, i)
+        if self.tensor_types[i] != "FLOAT16" and self.quantization[i] is None:
+            self._fail(f"constant tensor {self.tensor_names[i]!r} ({self.tensor_types[i]}) has no quantization scales")
+        load = self.constants[i]  # already dequantized when quantized
+        self.constants[out] = lambda: load().astype(np.float32)
         self.tensor_types[out] = "FLOAT32"
 
     def _op_transpose(self, op, ins, out):
-        perm = [int(p) for p in np.atleast_1d(self._const(ins[1], self.where))]
+        perm = [int(p) for p in np.atleast_1d(self._ints(ins[1], self.where))]
         if not perm or perm[0] != 0:
             self._fail(f"{self.where}: transpose {perm} moves the batch axis")
         self._node("transpose", [ins[0]], out, {"perm": perm})
 
     def _resize(self, op, ins, out, kind: str, options: str):
         o = self._options(op, options)
-        size = [int(v) for v in np.atleast_1d(self._const(ins[1], self.where))]
+        size = [int(v) for v in np.atleast_1d(self._ints(ins[1], self.where))]
         self._node(kind, [ins[0]], out, {"size": size, "align_corners": bool(o.alignCorners),
                                           "half_pixel_centers": bool(o.halfPixelCenters)})
 

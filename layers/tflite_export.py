@@ -9,6 +9,10 @@ Layouts written: CONV_2D filters OHWI, DEPTHWISE_CONV_2D filters (1, KH, KW, Cin
 weights (Cout, Cin). Activation tensors get a dynamic batch axis (shape signature -1) so an
 interpreter can be resized to any batch. Ops without a TFLite builtin (3-D convolution and pooling)
 raise PisplitError naming the node.
+
+Weights are written as the float32 the graph holds: an imported dynamic-range model's int8 weights
+arrive here already dequantized (layers.tflite), so no scale can be dropped or applied twice, and
+LiteRT runs its float kernels on them, as pisplit's numpy engine does.
 """
 from __future__ import annotations
 

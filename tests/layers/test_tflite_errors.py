@@ -113,7 +113,7 @@ def test_unsupported_fused_activation_and_quantized_input():
     x = m.w.tensor("quantized_input", (1, 4), dtype="INT8")
     m.inputs.append(x)
     y = m.op("RELU", [x], (1, 4))
-    with pytest.raises(PisplitError, match="quantized_input.*INT8.*quantized models are not supported"):
+    with pytest.raises(PisplitError, match=r"quantized_input.*INT8: quantized activations \(full-integer models\) are not supported yet"):
         import_tflite_bytes(m.finish(y), "int8.tflite")
 
 

@@ -1,5 +1,6 @@
-"""An imported real .tflite model split over two real MPI ranks (`mpirun -n 2 pisplit split ...`) with
-the litert engine: every part compiled to its own flatbuffer; the merged output equals the unsplit one."""
+"""Imported .tflite models split over two real MPI ranks (`mpirun -n 2 pisplit split ...`): a real model
+with the litert engine (every part compiled to its own flatbuffer) and a dynamic-range one (int8 weights
+with per-channel scales); the merged output equals the unsplit one."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import pytest
 from tests.cluster.test_split_mpi import run_mpi
 from tests.conftest import require
 
-from .tflite_models import real_model_dir
+from .tflite_models import quantized_chain_model, real_model_dir
 
 pytestmark = [pytest.mark.mpi, pytest.mark.litert]
 
@@ -27,3 +28,15 @@ def test_imported_model_split_with_litert_engine(layer, kind, nodes):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] and doc["max_abs_error"] < 1e-4 and doc["nodes"] == nodes and doc["ranks"] == 2
+
+
+@pytest.mark.parametrize("layer, kind, engine", [("conv_2d_3", "conv-filter", "numpy"), ("conv_2d_9", "conv-channel", "litert")])
+def test_dynamic_range_model_split(layer, kind, engine, tmp_path):
+    """int8 weights with per-channel scales: each part holds its slice of the dequantized weights."""
+    path = tmp_path / "dynamic_range.tflite"
+    path.write_bytes(quantized_chain_model())
+    proc = run_mpi(2, [sys.executable, "-m", "cluster.cli", "split", path, layer, "--kind", kind, "--sizes", "5,3",
+                       "--engine", engine, "--repeat", "1", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] and doc["max_abs_error"] < 1e-4 and doc["ranks"] == 2

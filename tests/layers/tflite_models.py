@@ -1,6 +1,11 @@
 """Small .tflite models written with the flatbuffer schema (no TensorFlow), in TFLite's own layouts
 (OHWI conv filters, (1, KH, KW, Cin*M) depthwise filters, (Cout, Cin) fully-connected weights), one
-per op and option set, plus one model chaining every op with two outputs."""
+per op and option set, plus one model chaining every op with two outputs.
+
+Quantized weights (`Model(seed, quantize=...)`) are drawn the same way whatever is written, so a model
+built with `write="float"` is the float32 twin of the quantized one: its weights are the dequantized
+values, (q - zero_point) * scale per channel, computed here independently of pisplit's importer; with
+`write="unscaled"` they are the raw integers as float32, which is what pisplit read before it knew scales."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,15 +15,73 @@ from layers.tflite_export import TfliteWriter
 ACT = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
 
-class Model:
-    """A TfliteWriter with one-line helpers; tensors are referred to by index."""
+# How a layer's int8 weights are written: read directly by the op (dynamic range, symmetric, as the
+# TFLite converter writes them), per tensor, or behind DEQUANTIZE with nonzero zero points (int8, uint8).
+QUANTIZE_KINDS = ("hybrid", "hybrid_per_tensor", "dequantize_int8", "dequantize_uint8")
 
-    def __init__(self, seed: int):
+
+def quantization_params(scale, zero_point, axis: int = 0):
+    """A TFLite QuantizationParametersT: real = (q - zero_point) * scale, per channel along `axis`."""
+    from layers.tflite import schema_module
+
+    q = schema_module().QuantizationParametersT()
+    q.scale = [float(v) for v in np.atleast_1d(scale)]
+    q.zeroPoint = [int(v) for v in np.atleast_1d(zero_point)]
+    q.quantizedDimension = int(axis)
+    return q
+
+
+class Model:
+    """A TfliteWriter with one-line helpers; tensors are referred to by index.
+
+    `quantize` (one of QUANTIZE_KINDS) makes conv, depthwise and fully-connected weights int8; `write`
+    is "quantized", or "float" / "unscaled" for float32 twins of the same draws (see the module)."""
+
+    def __init__(self, seed: int, quantize: str | None = None, write: str = "quantized"):
         self.w = TfliteWriter("pisplit test model")
         self.rng = np.random.default_rng(seed)
         self.inputs: list[int] = []
         self.shapes: dict[int, tuple] = {}
         self.count = 0
+        self.quantize = quantize
+        self.write = write
+        self.quantized: dict[str, dict] = {}  # weight tensor name -> q, scale, zero_point, axis, value
+
+    def layer_weight(self, shape, axis: int, name=None) -> int:
+        """A conv/depthwise/fully-connected weight: float32, or quantized as the model says."""
+        if self.quantize is None:
+            return self.weight(shape, name=name)
+        return self.quantized_weight(shape, axis, self.quantize, name)
+
+    def quantized_weight(self, shape, axis: int, kind: str, name=None) -> int:
+        """Int8 (or uint8) weights of He scale (standard deviation sqrt(2 / fan-in)) times a gain per
+        channel along `axis` that spans a decade, so a scale applied to the wrong channel or axis shows."""
+        self.count += 1
+        name = name or f"weight{self.count}"
+        n = 1 if kind == "hybrid_per_tensor" else shape[axis]
+        fan_in = int(np.prod(shape)) // shape[axis]
+        # uniform integers in [-127, 127] have a standard deviation of 73.3
+        scale = (np.sqrt(2.0 / fan_in) / 73.3 * 10.0 ** self.rng.uniform(-0.5, 0.5, n)).astype(np.float32)
+        dtype, lo, hi = (np.uint8, 0, 255) if kind == "dequantize_uint8" else (np.int8, -127, 127)
+        if kind.startswith("dequantize"):
+            zero = self.rng.integers(-20, 21, n) + (128 if dtype == np.uint8 else 0)
+            if kind == "dequantize_uint8":
+                scale, zero = scale[:1], zero[:1]  # TFLite dequantizes uint8 per tensor only
+        else:
+            zero = np.zeros(n, np.int64)
+        q = self.rng.integers(lo, hi + 1, shape).astype(dtype)
+        bshape = [1] * len(shape)
+        bshape[axis] = scale.size
+        value = ((q.astype(np.int32) - zero.reshape(bshape)).astype(np.float32) * scale.reshape(bshape)).astype(np.float32)
+        self.quantized[name] = {"q": q, "scale": scale, "zero_point": zero, "axis": axis, "value": value}
+        if self.write != "quantized":
+            return self.w.tensor(name, shape, value if self.write == "float" else q.astype(np.float32))
+        t = self.w.tensor(name, shape, q, quantization=quantization_params(scale, zero, axis if scale.size > 1 else 0))
+        if not kind.startswith("dequantize"):
+            return t
+        full = self.w.tensor(name + "_dequantize", shape)
+        self.w.operator("DEQUANTIZE", [t], [full])
+        return full
 
     def input(self, shape, name=None) -> int:
         t = self.w.tensor(name or f"input{len(self.inputs)}", shape)
@@ -64,7 +127,7 @@ def _out_size(size, k, stride, dilation, padding):
 
 def conv(m, x, cout, k, stride=1, padding="same", dilation=1, act="none", bias=True, float16=False, groups=1):
     n, h, w, cin = m.shapes[x]
-    filt = m.weight((cout, k, k, cin // groups), float16=float16)
+    filt = m.weight((cout, k, k, cin // groups), float16=True) if float16 else m.layer_weight((cout, k, k, cin // groups), axis=0)
     b = m.weight((cout,), float16=float16) if bias else -1
     shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
     opts = m.opts("Conv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
@@ -75,7 +138,7 @@ def conv(m, x, cout, k, stride=1, padding="same", dilation=1, act="none", bias=T
 def depthwise(m, x, k, multiplier=1, stride=1, padding="same", dilation=1, act="none", float16=False):
     n, h, w, cin = m.shapes[x]
     cout = cin * multiplier
-    filt = m.weight((1, k, k, cout), float16=float16)
+    filt = m.weight((1, k, k, cout), float16=True) if float16 else m.layer_weight((1, k, k, cout), axis=3)
     b = m.weight((cout,), float16=float16)
     shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
     opts = m.opts("DepthwiseConv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
@@ -94,7 +157,7 @@ def pool(m, x, code, k, stride, padding, act="none"):
 def fully_connected(m, x, cout, act="none", keep_num_dims=False, bias=True):
     shape = m.shapes[x]
     cin = shape[-1] if keep_num_dims else int(np.prod(shape[1:]))
-    weights = m.weight((cout, cin))
+    weights = m.layer_weight((cout, cin), axis=0)
     b = m.weight((cout,)) if bias else -1
     out = (*shape[:-1], cout) if keep_num_dims else (shape[0], cout)
     return m.op("FULLY_CONNECTED", [x, weights, b], out,
@@ -293,3 +356,39 @@ def real_model_dir():
 # float32 and float16-behind-DEQUANTIZE models, two outputs each; PRELU, RESIZE_BILINEAR, PAD on channels
 REAL_MODELS = ["face_detection_short_range.tflite", "face_detection_back.tflite", "face_detection_full_range.tflite",
                "face_landmark.tflite", "iris_landmark.tflite"]
+
+
+# --- quantized weights ------------------------------------------------------------------------------
+
+def quantized_case(op: str, kind: str, write: str = "quantized", seed: int = 0) -> tuple[bytes, Model]:
+    """One conv / conv1x1 / depthwise / fully-connected layer with weights quantized as `kind`; the
+    Model keeps the drawn integers and scales."""
+    m = Model(seed, quantize=kind, write=write)
+    x = m.input(QUANTIZED_INPUTS[op])
+    return m.finish(QUANTIZED_LAYERS[op](m, x)), m
+
+
+QUANTIZED_INPUTS = {"conv": (1, 9, 11, 5), "conv_1x1": (1, 7, 6, 16), "depthwise": (1, 9, 9, 4), "fully_connected": (1, 40),
+                    "fully_connected_4d": (1, 2, 3, 4)}
+QUANTIZED_LAYERS = {
+    "conv": lambda m, x: conv(m, x, 6, 3, stride=2, act="relu6"),
+    "conv_1x1": lambda m, x: conv(m, x, 12, 1),
+    "depthwise": lambda m, x: depthwise(m, x, 3, multiplier=2, act="relu"),
+    "fully_connected": lambda m, x: fully_connected(m, x, 7, act="relu"),
+    "fully_connected_4d": lambda m, x: fully_connected(m, x, 5),
+}
+
+
+def quantized_chain_model(kind: str = "hybrid", write: str = "quantized", seed: int = 0) -> bytes:
+    """A small dynamic-range network, input (1, 16, 16, 3): conv, depthwise, 1x1 conv with a residual
+    ADD, MEAN, fully connected; outputs the logits and the feature map."""
+    m = Model(seed, quantize=kind, write=write)
+    x = m.input((1, 16, 16, 3), name="image")
+    y = conv(m, x, 16, 3, stride=2, act="relu")                 # 8x8x16
+    skip = y
+    y = depthwise(m, y, 3, multiplier=1, act="relu6")           # 8x8x16
+    y = conv(m, y, 16, 1, act="none")                           # 8x8x16
+    y = binary(m, "ADD", y, skip, act="relu")
+    features = m.op("MEAN", [y, m.const([1, 2])], (1, 16), m.opts("ReducerOptions", keepDims=False), name="features")
+    logits = fully_connected(m, features, 10)
+    return m.finish([logits, y])
