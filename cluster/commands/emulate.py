@@ -43,12 +43,14 @@ def register(sub) -> None:
 
 
 def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, engine: str, progress: bool,
-                 trace: str | None = None, timeout: float | None = None) -> dict:
-    """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report."""
+                 trace: str | None = None, timeout: float | None = None, max_in_flight: int | None = None) -> dict:
+    """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report.
+    `max_in_flight=1` sends frames one at a time (single-frame latency)."""
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path)]
     argv += [] if progress else ["--no-progress"]
     argv += ["--trace", trace] if trace else []
+    argv += ["--max-in-flight", str(max_in_flight)] if max_in_flight else []
     env = mpirun_env()
     # one BLAS thread per emulated device: the ranks share this machine's cores, and dilation scales CPU time
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -100,10 +102,15 @@ def run(args) -> int:
             console.print(f"predicted {plan.predicted_throughput_fps:.2f} frames/s on {plan.n_ranks} emulated "
                           f"{'devices' if plan.n_ranks > 1 else 'device'}, {single.predicted_throughput_fps:.2f} on one {single.devices[0].kind}")
             console.print(f"emulating one {single.devices[0].kind} ({args.single_frames} frames) ...")
-        one = run_emulated(single_path, 1, args.single_frames, tmp / "single-report.json", args.engine, progress=False)
+        # a latency plan is measured frame after frame (one in flight), as single-frame latency is meant
+        in_flight = 1 if args.objective == "latency" else None
+        one = run_emulated(single_path, 1, args.single_frames, tmp / "single-report.json", args.engine, progress=False,
+                           max_in_flight=in_flight)
         many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
-                            trace=args.trace)
+                            trace=args.trace, max_in_flight=in_flight)
     speedup = many["throughput_fps"] / one["throughput_fps"] if one["throughput_fps"] else None
+    latency_speedup = one["latency_ms"]["p50"] / many["latency_ms"]["p50"] if many["latency_ms"]["p50"] else None
+    problem = implausible_speedup(plan, latency_speedup if args.objective == "latency" else speedup)
     doc = {
         "model": graph.name, "devices": args.devices, "link_bps": link_bps, "planner": plan.planner, "engine": args.engine,
         "frames": many["frames"], "throughput_fps": many["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps,
@@ -112,6 +119,10 @@ def run(args) -> int:
         "single_fps": one["throughput_fps"], "single_predicted_fps": single.predicted_throughput_fps,
         "speedup_vs_single": speedup,
         "predicted_speedup_vs_single": plan.predicted_throughput_fps / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
+        "single_latency_ms": one["latency_ms"], "latency_speedup_vs_single": latency_speedup,
+        "predicted_latency_speedup_vs_single": single.predicted_latency_s / plan.predicted_latency_s if plan.predicted_latency_s else None,
+        "single_fidelity": one["throughput_fps"] / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
+        "measurement_problem": problem,
         "every_frame_once": many["every_frame_once"],
         "stages": many["stages"], "ranks": many["ranks"],
     }
@@ -121,10 +132,31 @@ def run(args) -> int:
     lat = doc["latency_ms"]
     console.print(f"measured [bold]{doc['throughput_fps']:.2f} frames/s[/] (predicted {doc['predicted_fps']:.2f}), "
                   f"latency p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms")
-    console.print(f"one emulated {single.devices[0].kind}: {doc['single_fps']:.2f} frames/s -> "
-                  f"[bold green]speedup {speedup:.2f}x[/] with {plan.n_ranks} devices (predicted {doc['predicted_speedup_vs_single']:.2f}x)")
+    kind = single.devices[0].kind
+    console.print(f"one emulated {kind}: {doc['single_fps']:.2f} frames/s, x{doc['single_fidelity']:.2f} of its calibration "
+                  f"({single.predicted_throughput_fps:.2f})")
+    if args.objective == "latency":
+        shown, predicted, what = latency_speedup, doc["predicted_latency_speedup_vs_single"], "latency speedup"
+        console.print(f"single-frame latency p50 {lat['p50']:.0f} ms against {doc['single_latency_ms']['p50']:.0f} ms on one {kind}")
+    else:
+        shown, predicted, what = speedup, doc["predicted_speedup_vs_single"], "speedup"
+    if problem:
+        console.print(f"[yellow]{what} not reported: {problem}[/]")
+    else:
+        console.print(f"[bold green]{what} {shown:.2f}x[/] with {plan.n_ranks} devices (predicted {predicted:.2f}x)")
     late = [r for r in many["ranks"] if r["emulation_late_s"] > 0.05 * max(many["wall_s"], 1e-9)]
     if late:
         console.print(f"[yellow]note: this machine fell behind the emulated device speed on rank(s) "
                       f"{', '.join(str(r['rank']) for r in late)}; measured figures are pessimistic[/]")
     return 0
+
+
+def implausible_speedup(plan: Plan, speedup: float | None) -> str | None:
+    """Why a measured speedup over one device cannot be a result (identical devices: above their
+    count, with 5% for timing noise), else None."""
+    kinds = {(d.kind, d.speed) for d in plan.devices}
+    if speedup is None or len(kinds) != 1 or speedup <= plan.n_ranks * 1.05:
+        return None
+    return (f"measured {speedup:.2f}x on {plan.n_ranks} identical devices, more than their number: the one-device "
+            "baseline ran slow on this machine (a measurement problem, not a result; rerun with more --single-frames "
+            "on a quieter machine)")

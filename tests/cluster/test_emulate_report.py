@@ -1,0 +1,22 @@
+"""What `pisplit emulate` may report: a speedup above the number of identical devices is a
+measurement problem (a slow one-device baseline), never a result."""
+from __future__ import annotations
+
+from cluster.commands.emulate import implausible_speedup
+from partitioners.plan import Device, Plan, Stage
+
+
+def _plan(kinds):
+    devices = tuple(Device(r, k, 1 << 30) for r, k in enumerate(kinds))
+    return Plan("m", 1, devices, (Stage(0, 0, 1, tuple(range(len(kinds))), "data-parallel"),))
+
+
+def test_a_speedup_above_the_device_count_is_reported_as_a_measurement_problem():
+    eight = _plan(["rpi3"] * 8)
+    assert implausible_speedup(eight, 7.9) is None
+    assert implausible_speedup(eight, 8.3) is None  # within timing noise
+    problem = implausible_speedup(eight, 10.66)
+    assert problem and "10.66x on 8 identical devices" in problem and "measurement problem" in problem
+    # mixed devices can beat their count in units of the slowest one
+    assert implausible_speedup(_plan(["rpi3", "rpi4"]), 3.0) is None
+    assert implausible_speedup(eight, None) is None
