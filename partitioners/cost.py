@@ -8,7 +8,10 @@ A stage is nodes [i, j) on `counts[k]` devices of each device class k, in one mo
 - split: the devices cooperate on every frame. The stage's segments each run on the lead (kind
   "none") or split across all its devices with one split kind, part sizes weighted by device speed.
   A split segment costs its slowest part plus the lead's scatter and gather (the lead's one network
-  interface sends and receives each part's bytes in turn).
+  interface sends and receives each part's bytes in turn), except where consecutive split segments
+  keep the tensor between them on their parts (output_layout 'parts'): that boundary costs the
+  peer-to-peer layout transition instead of the gather and the scatter. The segments' options and
+  boundaries are the best chain (partitioners.segment_chains), the same the dp planner finds.
 
 Communication between stages: the tensors live across a cut (Graph.cut_tensors) sent as one message
 each, `latency + bytes * 8 / bandwidth`. A stage's period counts its receive and its send (a rank
@@ -24,7 +27,7 @@ process take, see the device profiles).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,6 +37,7 @@ from layers.graph import Graph
 from .devices import device_profile
 from .plan import Device
 from .profiles import Calibration
+from .segment_chains import best_chain, chain_seconds, kept_flags
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
 from .split_costs import SplitCatalogue
 
@@ -153,9 +157,11 @@ class SegmentOption:
     comm_s: float
     weight_bytes: tuple  # per stage slot
     work_bytes: tuple  # per stage slot: its largest working set in this segment
+    output_layout: str = "lead"  # 'parts': the output stays on the parts for the next segment (in a chain)
 
     @property
     def seconds(self) -> float:
+        """Compute plus the lead's scatter and gather, as if alone (a chain may drop the latter two)."""
         return self.compute_s + self.comm_s
 
 
@@ -304,6 +310,10 @@ class CostModel:
                                      tuple(float(v) for v in table.work_bytes[segment, o])))
         return tuple(out)
 
+    def _option(self, segment: int, slots: tuple, option: int) -> SegmentOption:
+        """The SegmentOption of column `option` (OPTION_KINDS) of a segment."""
+        return next(o for o in self.segment_options(segment, slots) if o.kind == OPTION_KINDS[option])
+
     # --- stages --------------------------------------------------------------------------------------
     def stage_cost(self, start: int, stop: int, counts: tuple, mode: str, forced: dict | None = None) -> StageCost | None:
         """Cost of nodes [start, stop) on `counts` devices per class in `mode`; None when the mode does
@@ -336,20 +346,38 @@ class CostModel:
         if mode != "split" or m < 2 or start not in self.segment_at or (stop != self.n and stop not in self.segment_at):
             return None
         first, last = self.segment_at[start], (self.segment_at[stop] if stop < self.n else len(self.splits.segments))
-        options = [self.segment_options(s, slots) for s in range(first, last)]
-        if forced:
-            options = [_forced_options(opts, forced.get(opts[0].segment)) for opts in options]
         lead_buffers = self.frame_buffer_bytes(start, stop, 1, True, True)
-        chosen = choose_segment_options(options, [self.usable(k) - (lead_buffers if r == 0 else 0.0) for r, k in enumerate(slots)])
+        chosen, inner, memory = self.split_choice(first, last - 1, slots, lead_buffers, forced)
         if all(o.kind == "none" for o in chosen):
             return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
-        inner = sum(o.comm_s for o in chosen)
-        memory = stage_memory(chosen, len(slots))
-        memory = (memory[0] + lead_buffers,) + memory[1:]
-        comm = inner + link.lead_in + link.lead_out + link.sink
-        return self._finish(start, stop, counts, mode, compute, comm, compute + comm, compute + inner + link.lead_out,
-                            slots, memory, tuple(chosen))
+        links = link.lead_in + link.lead_out + link.sink
+        return self._finish(start, stop, counts, mode, compute, inner - compute + links, inner + links, inner + link.lead_out,
+                            slots, memory, chosen)
+
+    def split_choice(self, first: int, last: int, slots: tuple, lead_buffers: float, forced: dict | None = None) -> tuple:
+        """(SegmentOption per segment, seconds, memory per slot) of segments [first, last] in a split
+        stage with these slots: the best chain (segment_chains.best_chain) when it fits (the lead also
+        holds `lead_buffers`), else that chain repaired for memory (repair_memory). `forced` maps
+        segment -> kind (the baselines). The dp planner asks the same for ranges whose chain overflows."""
+        table = self.segment_table(slots)
+        seconds, saving = table.seconds, table.saving
+        if forced:
+            seconds = _forced_seconds(seconds, forced, first, last)
+        chain = best_chain(seconds, saving, table.weight_bytes, table.work_bytes, first, last)
+        picked, total = list(chain.options), chain.seconds
+        memory = (chain.memory[0] + lead_buffers,) + chain.memory[1:]
+        usable = [self.usable(k) for k in slots]
+        if any(mm > u for mm, u in zip(memory, usable)):
+            options = [{o: self._option(s, slots, o) for o in np.nonzero(np.isfinite(seconds[s]))[0].tolist()}
+                       for s in range(first, last + 1)]
+            picked = repair_memory(options, picked, [usable[0] - lead_buffers, *usable[1:]], seconds[first:last + 1], saving[first:last])
+            total = chain_seconds(seconds, saving, first, picked)
+            memory = stage_memory([options[i][o] for i, o in enumerate(picked)], len(slots))
+            memory = (memory[0] + lead_buffers,) + memory[1:]
+        chosen = tuple(replace(self._option(first + i, slots, o), output_layout="parts" if keep else "lead")
+                       for i, (o, keep) in enumerate(zip(picked, kept_flags(saving, first, picked))))
+        return chosen, total, memory
 
     def link_terms(self, start: int, stop: int) -> "LinkTerms":
         """The transfers a stage [start, stop) pays per frame (see LinkTerms)."""
@@ -390,10 +418,16 @@ class CostModel:
         return int(s0 + np.argmax(self.weight_bytes[s0:s1]))
 
 
-def _forced_options(options: tuple, kind: str | None) -> tuple:
-    """Only the options of `kind` when it is given and applies, else all of them."""
-    picked = tuple(o for o in options if o.kind == kind) if kind else ()
-    return picked or options
+def _forced_seconds(seconds: np.ndarray, forced: dict, first: int, last: int) -> np.ndarray:
+    """`seconds` with every option but the forced kind's made infinite, on the segments of [first,
+    last] whose forced kind applies (elsewhere every option stays)."""
+    out = seconds.copy()
+    for s in range(first, last + 1):
+        kind = forced.get(s)
+        o = OPTION_KINDS.index(kind) if kind in OPTION_KINDS else None
+        if o is not None and np.isfinite(seconds[s, o]):
+            out[s] = np.where(np.arange(len(OPTION_KINDS)) == o, seconds[s], INF)
+    return out
 
 
 def stage_memory(chosen: list, n_slots: int) -> tuple:
@@ -401,36 +435,43 @@ def stage_memory(chosen: list, n_slots: int) -> tuple:
     return tuple(sum(o.weight_bytes[r] for o in chosen) + max(o.work_bytes[r] for o in chosen) for r in range(n_slots))
 
 
-def choose_segment_options(options: list, usable: list) -> list:
-    """Per segment the fastest option; while some slot is over its memory, trade time for bytes.
-
-    Each repair step switches the one segment whose change removes the most overflow per second
-    added; it stops when everything fits or no switch reduces the overflow (the stage is then
-    infeasible, and the caller sees it in StageCost.feasible).
-    """
-    chosen = [min(opts, key=lambda o: o.seconds) for opts in options]
+def repair_memory(options: list, picked: list, usable: list, seconds: np.ndarray, saving: np.ndarray) -> list:
+    """Trade time for bytes while some slot is over its memory: each step switches the one segment
+    whose change removes the most overflow per second it adds to the chain (its option's seconds and
+    the savings it gains or loses at its two boundaries). `options[i]` maps option column ->
+    SegmentOption of segment i of the range, `picked` the starting option columns, `seconds` and
+    `saving` the table's rows of the range. Stops when everything fits or no switch reduces the
+    overflow (the stage is then infeasible, as StageCost.feasible shows)."""
+    picked = list(picked)
     n_slots = len(usable)
 
     def overflow(sel):
-        mem = stage_memory(sel, n_slots)
+        mem = stage_memory([options[i][o] for i, o in enumerate(sel)], n_slots)
         return sum(max(mem[r] - usable[r], 0.0) for r in range(n_slots))
 
-    current = overflow(chosen)
+    def added(i, o):
+        delta = seconds[i, o] - seconds[i, picked[i]]
+        if i > 0:
+            delta -= saving[i - 1, picked[i - 1], o] - saving[i - 1, picked[i - 1], picked[i]]
+        if i + 1 < len(picked):
+            delta -= saving[i, o, picked[i + 1]] - saving[i, picked[i], picked[i + 1]]
+        return float(delta)
+
+    current = overflow(picked)
     while current > 0:
         best = None
-        for s, opts in enumerate(options):
+        for i, opts in enumerate(options):
             for o in opts:
-                if o is chosen[s]:
+                if o == picked[i]:
                     continue
-                trial = chosen[:s] + [o] + chosen[s + 1:]
-                gain = current - overflow(trial)
+                gain = current - overflow(picked[:i] + [o] + picked[i + 1:])
                 if gain <= 0:
                     continue
-                score = gain / max(o.seconds - chosen[s].seconds, 1e-12)
+                score = gain / max(added(i, o), 1e-12)
                 if best is None or score > best[0]:
-                    best = (score, s, o)
+                    best = (score, i, o)
         if best is None:
             break
-        chosen[best[1]] = best[2]
-        current = overflow(chosen)
-    return chosen
+        picked[best[1]] = best[2]
+        current = overflow(picked)
+    return picked

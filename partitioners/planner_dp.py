@@ -11,6 +11,22 @@ stage [i, j) on `a` devices per class, from the cost model; infeasible (memory) 
 For throughput a second pass takes, among plans reaching the optimal bottleneck, the one with the
 least end-to-end latency. Stage tables are built with numpy over all (i, j) at once per device set,
 and split stages only start and stop at segment boundaries.
+
+A split stage over planner segments [f, l] runs the best chain of segment options (one option per
+segment, 'none' or a split kind; consecutive splits may keep the tensor between them on their parts,
+see partitioners.segment_chains), a Viterbi over segments with the option as state, run for every
+first segment f at once:
+
+    C[f, f, o]  = seconds(f, o)
+    C[f, l, o'] = min over o of C[f, l - 1, o] - saving(l - 1, o, o') + seconds(l, o')
+    inner(f, l) = min over o of C[f, l, o]
+
+seconds(s, o) is the option alone (compute, the lead's scatter and gather) and saving(s, o, o') =
+max(0, gather(s, o) + scatter(s + 1, o') - kept transition(s, o, o')) where keeping is legal, else 0.
+Then period = inner + the stage's link terms, latency = inner + its send. Memory sums the options'
+weights and takes their largest working set along the chosen chain, as for unchained segments
+(conservative: the lead of a kept tensor no longer holds it whole); a range whose best chain does
+not fit is chosen as CostModel.stage_cost does (repair_memory), so the two always agree.
 """
 from __future__ import annotations
 
@@ -22,7 +38,8 @@ import numpy as np
 
 from layers.errors import PisplitError
 
-from .cost import INF, CostModel, choose_segment_options, stage_memory
+from .cost import INF, CostModel
+from .segment_chains import chain_tables
 
 OBJECTIVES = ("throughput", "latency")
 TIE = 1e-9  # relative slack when matching the optimal bottleneck in the second pass
@@ -131,33 +148,29 @@ class StageTables:
         return np.where(fits, cycle / m, INF), np.where(fits, latency, INF)
 
     def _split_tables(self, a: tuple) -> tuple:
+        """Split stages over every segment range: the best chain of options and kept boundaries
+        (segment_chains.chain_tables); a range whose chain overflows some slot, while the least
+        memory of its segments might not, is chosen as CostModel.stage_cost does (split_choice)."""
         model = self.model
         slots = model.slots_of(a)
         usable = np.array([model.usable(k) for k in slots])
         table = model.segment_table(slots)
         seconds = table.seconds
-        best = seconds.argmin(axis=1)  # the fastest option per segment ('none' on ties)
-        rows = np.arange(len(best))
-        sec = seconds[rows, best]
-        w = table.weight_bytes[rows, best]  # (segments, slots)
-        k = table.work_bytes[rows, best]
+        value, memory, splits = chain_tables(seconds, table.saving, table.weight_bytes, table.work_bytes)
         # a lower bound on any choice's memory: the least weights and working set of each segment
         applies = np.isfinite(seconds)[:, :, None]
         w_low = np.where(applies, table.weight_bytes, np.inf).min(axis=1)
         k_low = np.where(applies, table.work_bytes, np.inf).min(axis=1)
         b = model.segment_bounds
-        pre_sec = np.concatenate([[0.0], np.cumsum(sec)])
-        pre_w = np.vstack([np.zeros(len(slots)), np.cumsum(w, axis=0)])
-        first, last = self._segment_pairs(len(best))  # every segment range [first, last]
+        first, last = self._segment_pairs(len(seconds))  # every segment range [first, last]
         lead_buffers = model.frame_buffer_bytes(b[first], b[last + 1], 1, True, True)
-        mem = pre_w[last + 1] - pre_w[first] + _range_max(k, first, last)
+        mem = memory[first, last]
         mem[:, 0] += lead_buffers
-        splits = np.concatenate([[0], np.cumsum(best > 0)])
         # a split stage that splits nothing is one device with idle others: single mode covers it
-        useful = splits[last + 1] > splits[first]
+        useful = splits[first, last] > 0
         fits = (mem <= usable).all(axis=1)
         ok = fits & useful
-        inner = pre_sec[last + 1] - pre_sec[first]
+        inner = value[first, last]
         starts, stops = b[first], b[last + 1]
         comm = self.lead_comm[starts, stops]
         out_lat = self.lead_out[starts, stops]
@@ -168,12 +181,9 @@ class StageTables:
             low = pre_wl[last + 1] - pre_wl[first] + _range_max(k_low, first, last)
             low[:, 0] += lead_buffers
             for q in np.nonzero(~fits & (low <= usable).all(axis=1))[0]:
-                # the fastest options overflow but some choice might not: trade time for memory
-                options = [model.segment_options(s, slots) for s in range(first[q], last[q] + 1)]
-                room = [usable[0] - lead_buffers[q], *usable[1:]]
-                chosen = choose_segment_options(options, room)
-                if all(mm <= u for mm, u in zip(stage_memory(chosen, len(slots)), room)) and any(o.kind != "none" for o in chosen):
-                    inner_q = sum(o.seconds for o in chosen)
+                # the best chain overflows but some choice might not: trade time for memory
+                chosen, inner_q, mem_q = model.split_choice(int(first[q]), int(last[q]), slots, lead_buffers[q])
+                if all(mm <= u for mm, u in zip(mem_q, usable)) and any(o.kind != "none" for o in chosen):
                     per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)

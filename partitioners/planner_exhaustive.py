@@ -1,6 +1,7 @@
 """Exhaustive search over every stage partition, device set and mode: the reference the dp planner is
 tested against on small graphs and clusters (it costs each stage with the scalar CostModel.stage_cost,
-not with the dp's numpy tables)."""
+not with the dp's numpy tables; a split stage's options and kept layouts are the best chain of that
+one range, segment_chains.best_chain, itself tested against every choice of options and keeps)."""
 from __future__ import annotations
 
 import math

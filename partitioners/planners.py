@@ -19,6 +19,7 @@ from layers.graph import Graph
 from .cost import INF, CostModel, StageCost
 from .plan import Device, Plan, Segment, Stage, StagePrediction
 from .planner_dp import OBJECTIVES, StageChoice, StageTables, placeable_prefix, solve
+from .segment_chains import keep_counts, keep_pairs
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ def make_plan(graph: Graph, model: CostModel, planner: str = "dp", objective: st
         tables = StageTables(model)
         if len(tables.candidates) < math.prod(c + 1 for c in model.capacity) - 1:
             notes.append(f"large cluster: mixed-kind stages limited to {len(tables.candidates)} device sets")
+        multi = [a for a in tables.candidates if sum(a) > 1]
+        if keep_pairs(model) and len(keep_counts(model)) < len(multi):
+            notes.append(f"large cluster: split stages keep activations on their parts on {len(keep_counts(model))} of "
+                         f"{len(multi)} device sets (the others gather to the lead between split segments)")
         try:
             stages, _, _ = solve(tables, objective)
         except PisplitError:
@@ -128,7 +133,8 @@ def build_plan(model: CostModel, stages: list, planner: str, objective: str, mod
 
 
 def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
-    """Plan segments of a split stage: unsplit runs merged on the lead, split ones with ranks and sizes."""
+    """Plan segments of a split stage: unsplit runs merged on the lead, split ones with ranks, sizes
+    and output layout ('parts' where the chain keeps the output on the parts for the next segment)."""
     out: list[Segment] = []
 
     def on_lead(start: int, stop: int) -> None:
@@ -143,7 +149,7 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
             on_lead(start, stop)
             continue
         out.append(Segment(start, option.split_stop, option.kind, tuple(ranks), tuple(option.sizes),
-                           model.splits.options(option.segment, option.kind, option.sizes)))
+                           model.splits.options(option.segment, option.kind, option.sizes), option.output_layout))
         if option.split_stop < stop:
             on_lead(option.split_stop, stop)
     return tuple(out)

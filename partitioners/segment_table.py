@@ -9,16 +9,21 @@ of slots serves both the dp planner (all stage ranges at once) and CostModel.sta
 A part's compute is the split nodes' time on its device scaled by what the latency model predicts
 for the part against the whole (its FLOPs share plus what a small part loses to fixed costs); the
 lead's network interface sends each remote part its input and receives its output one after the
-other; the lead sums partial outputs (reduce kinds) and runs the segment's nodes the split leaves.
+other (`comm_in_s` and `comm_out_s`, their sum `comm_s`); the lead sums partial outputs (reduce
+kinds, in `compute_s`) and runs the segment's nodes the split leaves.
+
+Consecutive split segments may keep a tensor on their parts instead (partitioners.segment_chains):
+`kept_s[b, o, o']` is the transition that replaces out(b, o) + in(b + 1, o'), `saving` what it saves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from .latency_model import node_bytes, op_key
+from .segment_chains import kept_table, savings
 from .split_costs import PLANNER_KINDS
 
 OPTION_KINDS = ("none",) + PLANNER_KINDS
@@ -30,13 +35,20 @@ class SegmentTable:
 
     slots: tuple
     compute_s: np.ndarray  # (segments, options)
-    comm_s: np.ndarray  # (segments, options)
+    comm_in_s: np.ndarray  # (segments, options): the lead sends the remote parts their inputs
+    comm_out_s: np.ndarray  # (segments, options): ... and receives their outputs (or partial sums)
     weight_bytes: np.ndarray  # (segments, options, slots)
     work_bytes: np.ndarray  # (segments, options, slots)
     split_stop: np.ndarray  # (segments, options): end of the split part of the segment
     sizes: dict  # (segment, option) -> part sizes
+    kept_s: np.ndarray  # (segments - 1, options, options): kept transition seconds, inf where not legal
+    saving: np.ndarray  # (segments - 1, options, options): what keeping saves (0: not kept)
 
-    @property
+    @cached_property
+    def comm_s(self) -> np.ndarray:
+        return self.comm_in_s + self.comm_out_s
+
+    @cached_property
     def seconds(self) -> np.ndarray:
         return self.compute_s + self.comm_s
 
@@ -57,7 +69,8 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
     lead = slots[0]
     pre = model.prefix_seconds
     compute = np.full((n_seg, n_opt), np.inf)
-    comm = np.zeros((n_seg, n_opt))
+    comm_in = np.zeros((n_seg, n_opt))
+    comm_out = np.zeros((n_seg, n_opt))
     weights = np.zeros((n_seg, n_opt, m))
     work = np.zeros((n_seg, n_opt, m))
     split_stop = np.tile(stops[:, None], (1, n_opt))
@@ -100,21 +113,24 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             base = (pre[slot_arr][:, s_stop] - pre[slot_arr][:, s_start]).T  # (rows, m)
             part_compute = (base * share).max(axis=1)
             remote = q[:, 1:, 2:4]
-            part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=(1, 2))
+            part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
             merge = sel["merge"] * (m - 1)
             if add_fit is not None:
                 part_compute += np.where(merge > 0, add_fit.predict(merge, 12.0 * merge), 0.0) * model.classes[lead].seconds_scale
             seg_stop = stops[rows_arr]
             part_compute += pre[lead, seg_stop] - pre[lead, s_stop]
             compute[rows_arr, o] = part_compute
-            comm[rows_arr, o] = part_comm
+            comm_in[rows_arr, o] = part_comm[:, 0]
+            comm_out[rows_arr, o] = part_comm[:, 1]
             w = q[..., 1].copy()
             w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
             weights[rows_arr, o] = w
             work[rows_arr, o, 0] = seg_work[rows_arr]
             work[rows_arr, o, 1:] = remote.sum(axis=2)
             split_stop[rows_arr, o] = s_stop
-    return SegmentTable(tuple(slots), compute, comm, weights, work, split_stop, sizes)
+    kept = kept_table(model, tuple(slots), sizes, n_opt)
+    return SegmentTable(tuple(slots), compute, comm_in, comm_out, weights, work, split_stop, sizes, kept,
+                        savings(kept, comm_in, comm_out))
 
 
 def kind_arrays(model, kind: str, profile) -> dict | None:

@@ -120,7 +120,8 @@ def _kinds(stage) -> str:
 
 
 def print_plan(graph, plan) -> None:
-    """The plan as a table: stage, ranks/hosts, node range, split kinds, predicted times, memory."""
+    """The plan as a table: stage, ranks/hosts, node range, split kinds, predicted times, memory; then
+    the layout of every segment output a chain keeps on its parts."""
     table = Table(title=f"{graph.name}: {plan.planner} plan for {plan.objective} on {plan.n_ranks} devices, "
                         f"link {plan.link_bandwidth_bps / 1e6:g} Mbit/s")
     for col in ("stage", "ranks (hosts)", "nodes", "split kinds", "compute ms", "comm ms", "memory / device"):
@@ -136,6 +137,14 @@ def print_plan(graph, plan) -> None:
         memory = f"{human_bytes(p.memory_bytes.get(worst, 0))} / {human_bytes(plan.devices[worst].memory_bytes)}"
         table.add_row(str(s.index), ranks, nodes, _kinds(s), f"{p.compute_s * 1e3:.1f}", f"{p.comm_s * 1e3:.1f}", memory)
     console.print(table)
+    from partitioners.layouts import produced
+    from partitioners.splits import split_segment
+
+    for s in plan.stages:  # where a chain keeps a segment's output: the pieces its parts hold
+        for g in (g for g in s.segments if g.output_layout == "parts"):
+            split = split_segment(graph, g.node_start, g.node_stop, g.kind, g.sizes, g.options)
+            console.print(f"stage {s.index} keeps {graph.nodes[g.node_stop - 1].name} ({g.kind}) on its parts: "
+                          f"{produced(split, g.ranks).describe()}")
     console.print(f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s, latency {plan.predicted_latency_s * 1e3:.1f} ms per frame")
     for note in plan.notes:
         console.print(f"[dim]note: {note}[/dim]")

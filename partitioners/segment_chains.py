@@ -1,0 +1,333 @@
+"""Chains of split segments that keep their outputs on their parts (partitioners.layouts), as the
+cost model and the dp planner price them.
+
+Boundary b sits between planner segments b and b + 1 of a split stage. Keeping is legal for an
+option pair (o, o') when o is a keepable kind (layouts.KEEPABLE_KINDS) whose split covers all of
+segment b (nothing is left for the lead after it), o' splits segment b + 1, and
+layouts.check_kept_output accepts the two plan segments (the next split reads the tensor and nothing
+after it needs it). A kept pair pays the layout transition instead of the lead gathering o's output
+and scattering o''s input: every rank sends every other rank the part of its piece that the other's
+feeds need, peer to peer on full-duplex links (layouts.transition_seconds); inputs of o' other than
+the kept tensor still come whole from the lead, in the same transition. Boxes are those of
+splits.split_segment with the table's part sizes, part p on slot p (the lead is part 0 in both, so
+its own pieces are free). So
+
+    saving[b, o, o'] = max(0, out(b, o) + in(b + 1, o') - kept(b, o, o'))   (0 where not legal)
+
+and a chain's time is the sum of its options' seconds less the savings at the boundaries it keeps
+(it keeps exactly where the saving is positive). The best chain over segments [f, l] is a Viterbi
+with the option as the state:
+
+    V[f, f, o]  = seconds[f, o]
+    V[f, l, o'] = min over o of (V[f, l - 1, o] - saving[l - 1, o, o']) + seconds[l, o']
+    best(f, l)  = min over o of V[f, l, o]                 (ties: the lowest option, 'none' first)
+
+`chain_tables` runs it for every first segment at once (the dp's split-stage tables), `best_chain`
+for one first segment with back pointers (CostModel.stage_cost); both apply `_step` to the same rows,
+so they give the same values and choices. Memory is the existing per-option accounting along the
+chain (weights summed, largest working set): conservative, since a kept tensor's lead no longer
+holds it whole.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from layers.errors import PisplitError
+from layers.graph import DTYPE_BYTES, Graph
+
+from .layouts import KEEPABLE_KINDS, check_kept_output, needed, produced
+from .plan import Segment
+from .split_parts import full_box
+
+INF = float("inf")
+# split parts built (real splits, ~40 us each) for the kept transitions of a model's device sets; above
+# it only some sets search kept layouts (keep_counts; the plan notes it)
+KEEP_BUDGET = 6_000
+
+
+# --- which pairs may keep ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeepPair:
+    """Boundary `boundary` may keep option `option`'s output for option `next_option` of the next
+    segment, whose split stops at node `next_stop`."""
+
+    boundary: int
+    option: int
+    next_option: int
+    next_stop: int
+
+
+def keep_pairs(model) -> tuple:
+    """Every legal KeepPair of a CostModel's planner segments (independent of the devices; cached)."""
+    cached = model.__dict__.get("_keep_pairs")
+    if cached is not None:
+        return cached
+    from .segment_table import OPTION_KINDS
+
+    cat, graph = model.splits, model.graph
+    pairs = []
+    for b in range(len(cat.segments) - 1):
+        start, stop = cat.segments[b]
+        nstart = cat.segments[b + 1][0]
+        for kind in cat.kinds(b):
+            if kind not in KEEPABLE_KINDS or cat.kind_costs(b, kind).stop != stop:
+                continue
+            for nkind in cat.kinds(b + 1):
+                nstop = cat.kind_costs(b + 1, nkind).stop
+                if _kept_legal(graph, Segment(start, stop, kind), Segment(nstart, nstop, nkind)):
+                    pairs.append(KeepPair(b, OPTION_KINDS.index(kind), OPTION_KINDS.index(nkind), nstop))
+    model.__dict__["_keep_pairs"] = tuple(pairs)
+    return model.__dict__["_keep_pairs"]
+
+
+def keep_counts(model) -> frozenset:
+    """Device sets (counts per class, as planner_dp.candidate_counts) whose split stages may keep:
+    every set while the split parts their kept transitions build stay within KEEP_BUDGET, else the
+    single-kind sets, then the mixed ones, each from the largest, until the budget runs out (sets of
+    equal relative speeds share their splits); the others run every segment as a star. Decided once
+    per model, so the dp and CostModel.stage_cost agree."""
+    cached = model.__dict__.get("_keep_counts")
+    if cached is not None:
+        return cached
+    from .planner_dp import candidate_counts
+
+    pairs = keep_pairs(model)
+    units = len({(p.boundary, p.option) for p in pairs} | {(p.boundary + 1, p.next_option) for p in pairs})  # splits per set size
+    chosen, seen, spent = [], set(), 0
+    sets = [a for a in candidate_counts(model.capacity, model.n) if sum(a) > 1]
+    for a in sorted(sets, key=lambda a: (sum(1 for x in a if x) > 1, -sum(a), a)):  # one kind first, then the largest
+        scales = [model.classes[k].seconds_scale for k in model.slots_of(a)]
+        speeds = tuple(x / scales[0] for x in scales)  # what the part sizes depend on
+        cost = 0 if speeds in seen else units * sum(a)
+        if spent + cost > KEEP_BUDGET:
+            break
+        chosen.append(a)
+        seen.add(speeds)
+        spent += cost
+    model.__dict__["_keep_counts"] = frozenset(chosen)
+    return model.__dict__["_keep_counts"]
+
+
+def _kept_legal(graph: Graph, seg: Segment, nxt: Segment) -> bool:
+    try:
+        check_kept_output(graph, (seg, nxt), 0)
+    except PisplitError:
+        return False
+    return True
+
+
+# --- transition seconds -----------------------------------------------------------------------------
+
+_boxes: "weakref.WeakKeyDictionary[Graph, dict]" = weakref.WeakKeyDictionary()
+
+
+def split_boxes(graph: Graph, start: int, stop: int, kind: str, sizes: tuple) -> tuple:
+    """Boxes of split_segment(graph, start, stop, kind, sizes) with part p on rank p: (output tensor,
+    produced (ranks, boxes) or None for sum kinds, {input tensor: needed (ranks, boxes)}).
+    Cached per graph (graphs hash by identity): the planner asks again for every device set."""
+    cache = _boxes.setdefault(graph, {})
+    key = (start, stop, kind, sizes)
+    if key not in cache:
+        cache[key] = _split_boxes(graph, start, stop, kind, sizes)
+    return cache[key]
+
+
+def _split_boxes(graph: Graph, start: int, stop: int, kind: str, sizes: tuple) -> tuple:
+    from .splits import split_segment
+
+    split = split_segment(graph, start, stop, kind, sizes)
+    ranks = range(split.n_parts)
+    have = None
+    if kind in KEEPABLE_KINDS:
+        layout = produced(split, ranks)
+        have = _arrays([(p.rank, p.box) for p in layout.pieces])
+    need = {t: _arrays([(p.rank, p.box) for p, _ in needed(split, ranks, t)]) for t in split.inputs}
+    return split.output, have, need
+
+
+def _arrays(pieces: list) -> tuple:
+    return np.array([r for r, _ in pieces], dtype=np.int64), np.array([b for _, b in pieces], dtype=np.int64).reshape(len(pieces), -1, 2)
+
+
+def interface_seconds(have: tuple, need: tuple, n_ranks: int, bandwidth_bps: float, latency_s: float) -> tuple:
+    """(seconds each rank sends, seconds each rank receives), (transitions, ranks) arrays, of
+    layouts.transition(have, need) for a batch of transitions of equal shapes: pieces and needs as
+    (ranks (T, P), boxes (T, P, axes, 2)) arrays. The array form of what layouts.transition_seconds
+    sums: a need its own rank's piece covers is a free local copy; otherwise every holder sends its
+    intersection, free when it is the same rank."""
+    h_rank, h_box = have
+    n_rank, n_box = need
+    lo = np.maximum(h_box[:, :, None, :, 0], n_box[:, None, :, :, 0])
+    hi = np.minimum(h_box[:, :, None, :, 1], n_box[:, None, :, :, 1])
+    volume = np.prod(np.clip(hi - lo, 0, None), axis=3)  # (T, pieces, needs)
+    same = h_rank[:, :, None] == n_rank[:, None, :]
+    covers = ((h_box[:, :, None, :, 0] <= n_box[:, None, :, :, 0]) & (h_box[:, :, None, :, 1] >= n_box[:, None, :, :, 1])).all(axis=3)
+    local = (covers & same).any(axis=1)  # (T, needs)
+    wanted = np.prod(n_box[..., 1] - n_box[..., 0], axis=2)
+    if (~local & (volume.sum(axis=1) != wanted)).any():
+        raise PisplitError("layouts: kept pieces do not cover what the next split needs")
+    moves = (volume > 0) & ~same & ~local[:, None, :]
+    t = np.where(moves, latency_s + volume * (DTYPE_BYTES * 8.0 / bandwidth_bps), 0.0)
+    rows = np.arange(len(t))[:, None]
+    sent, received = np.zeros((len(t), n_ranks)), np.zeros((len(t), n_ranks))
+    np.add.at(sent, (rows, h_rank), t.sum(axis=2))
+    np.add.at(received, (rows, n_rank), t.sum(axis=1))
+    return sent, received
+
+
+def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
+    """kept[b, o, o'] seconds of every legal pair whose options apply to these slots (inf elsewhere):
+    the transition a kept pair makes, its kept tensor from the parts' pieces and the next split's
+    other inputs from the lead (rank 0), all at once (layouts.transition_seconds)."""
+    from .segment_table import OPTION_KINDS
+
+    n_seg, n = len(model.splits.segments), len(slots)
+    kept = np.full((max(n_seg - 1, 0), n_options, n_options), INF)
+    counts = tuple(slots.count(k) for k in range(len(model.classes)))
+    if n < 2 or counts not in keep_counts(model):
+        return kept
+    graph, segments = model.graph, model.splits.segments
+    pairs, jobs = [], {}  # jobs by array shapes: (pair index, pieces, needs)
+    for pair in keep_pairs(model):
+        a, z = sizes.get((pair.boundary, pair.option)), sizes.get((pair.boundary + 1, pair.next_option))
+        if a is None or z is None:
+            continue
+        start, stop = segments[pair.boundary]
+        tensor, have, _ = split_boxes(graph, start, stop, OPTION_KINDS[pair.option], a)
+        _, _, need = split_boxes(graph, stop, pair.next_stop, OPTION_KINDS[pair.next_option], z)
+        for t, wants in need.items():
+            source = have if t == tensor else _lead_piece(graph, t)
+            jobs.setdefault((source[1].shape, wants[1].shape), []).append((len(pairs), source, wants))
+        pairs.append(pair)
+    sent, received = np.zeros((len(pairs), n)), np.zeros((len(pairs), n))
+    link = model.cluster
+    for group in jobs.values():
+        index = np.array([i for i, _, _ in group])
+        stack = [np.stack([job[k][j] for job in group]) for k in (1, 2) for j in (0, 1)]
+        s, r = interface_seconds(stack[:2], stack[2:], n, link.link_bandwidth_bps, link.link_latency_s)
+        np.add.at(sent, index, s)
+        np.add.at(received, index, r)
+    seconds = np.maximum(np.maximum(sent.max(axis=1, initial=0.0), received.max(axis=1, initial=0.0)), 0.0)
+    for pair, value in zip(pairs, seconds.tolist()):
+        kept[pair.boundary, pair.option, pair.next_option] = value
+    return kept
+
+
+def _lead_piece(graph: Graph, tensor: str) -> tuple:
+    """`tensor` whole on rank 0, as (ranks, boxes) arrays."""
+    return _arrays([(0, full_box(graph.shapes[tensor][1:]))])
+
+
+def savings(kept: np.ndarray, comm_in: np.ndarray, comm_out: np.ndarray) -> np.ndarray:
+    """saving[b, o, o'] = out(b, o) + in(b + 1, o') - kept(b, o, o') where positive, else 0."""
+    with np.errstate(invalid="ignore"):
+        gain = comm_out[:-1, :, None] + comm_in[1:, None, :] - kept
+    return np.where(np.isfinite(gain) & (gain > 0), gain, 0.0)
+
+
+# --- best chains ------------------------------------------------------------------------------------
+
+def _step(value, sums, peaks, seconds, saving, add, work):
+    """Extend chains (rows: first segments; columns: the last option) by one segment. `sums` holds
+    what adds up along a chain (weights per slot, then split segments), `peaks` the largest working
+    set per slot. Returns the new rows and the back pointers (each new state's previous option)."""
+    rows = np.arange(len(value))[:, None]
+    if not saving.any():  # nothing kept here: every option extends the best chain so far
+        best = value.argmin(axis=1)[:, None]
+        return (value[rows, best] + seconds, sums[rows, best] + add, np.maximum(peaks[rows, best], work),
+                np.broadcast_to(best, value.shape))
+    cand = value[:, :, None] - saving  # (rows, previous option, option)
+    back = cand.argmin(axis=1)
+    value = cand[rows, back, np.arange(value.shape[1])] + seconds
+    return value, sums[rows, back] + add, np.maximum(peaks[rows, back], work), back
+
+
+def _addends(weights: np.ndarray) -> np.ndarray:
+    """Per segment and option: its weights per slot and 1 if it splits (summed along a chain)."""
+    is_split = np.broadcast_to((np.arange(weights.shape[1]) > 0)[None, :, None], (*weights.shape[:2], 1))
+    return np.concatenate([weights, is_split], axis=2)
+
+
+def chain_tables(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray) -> tuple:
+    """Best chain of every segment range [f, l] (module docstring): (seconds (S, S), memory per slot
+    (S, S, slots) = summed weights + largest working set, split segments (S, S)); only f <= l is set."""
+    if not saving.any():
+        return _independent_tables(seconds, weights, work)
+    n_seg, n_opt, n_slots = weights.shape
+    add = _addends(weights)
+    values = np.full((n_seg, n_seg, n_opt), INF)  # [first, last, option]
+    sums = np.zeros((n_seg, n_seg, n_opt, n_slots + 1))
+    peaks = np.zeros((n_seg, n_seg, n_opt, n_slots))
+    for last in range(n_seg):
+        if last:
+            values[:last, last], sums[:last, last], peaks[:last, last], _ = _step(
+                values[:last, last - 1], sums[:last, last - 1], peaks[:last, last - 1], seconds[last], saving[last - 1],
+                add[last], work[last])
+        values[last, last], sums[last, last], peaks[last, last] = seconds[last], add[last], work[last]
+    pick = values.argmin(axis=2)[..., None]
+    best_sums = np.take_along_axis(sums, pick[..., None], axis=2)[:, :, 0]
+    memory = best_sums[..., :n_slots] + np.take_along_axis(peaks, pick[..., None], axis=2)[:, :, 0]
+    return np.take_along_axis(values, pick, axis=2)[..., 0], memory, best_sums[..., n_slots]
+
+
+def _independent_tables(seconds: np.ndarray, weights: np.ndarray, work: np.ndarray) -> tuple:
+    """chain_tables where nothing may keep: each segment's fastest option ('none' on ties), summed
+    in order from each first segment."""
+    n_seg = len(seconds)
+    rows = np.arange(n_seg)
+    pick = seconds.argmin(axis=1)
+    upper = (rows[None, :] >= rows[:, None])  # [first, last]
+    value = np.add.accumulate(np.where(upper, seconds[rows, pick][None, :], 0.0), axis=1)
+    summed = np.add.accumulate(np.where(upper[..., None], weights[rows, pick][None], 0.0), axis=1)
+    peak = np.maximum.accumulate(np.where(upper[..., None], work[rows, pick][None], 0.0), axis=1)
+    splits = np.add.accumulate(np.where(upper, (pick > 0)[None, :], 0), axis=1)
+    return np.where(upper, value, INF), summed + peak, splits
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The best chain over segments [first, first + len(options)): option per segment, whether each
+    keeps its output on its parts, its seconds and its memory per slot (as chain_tables)."""
+
+    options: tuple
+    kept: tuple
+    seconds: float
+    memory: tuple
+
+
+def best_chain(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray, first: int, last: int) -> Chain:
+    """The best chain over segments [first, last], as chain_tables finds it for that range."""
+    if not saving.any():
+        value, memory, _ = _independent_tables(seconds[first:last + 1], weights[first:last + 1], work[first:last + 1])
+        options = tuple(int(o) for o in seconds[first:last + 1].argmin(axis=1))
+        return Chain(options, (False,) * len(options), float(value[0, -1]), tuple(float(v) for v in memory[0, -1]))
+    n_slots = weights.shape[2]
+    add = _addends(weights)
+    value, sums, peaks = seconds[first][None], add[first][None], work[first][None]
+    backs = []
+    for s in range(first + 1, last + 1):
+        value, sums, peaks, back = _step(value, sums, peaks, seconds[s], saving[s - 1], add[s], work[s])
+        backs.append(back[0])
+    o = int(value[0].argmin())
+    memory = sums[0, o, :n_slots] + peaks[0, o]
+    options = [o]
+    for back in reversed(backs):
+        options.append(int(back[options[-1]]))
+    options.reverse()
+    return Chain(tuple(options), kept_flags(saving, first, options), float(value[0, o]), tuple(float(v) for v in memory))
+
+
+def kept_flags(saving: np.ndarray, first: int, options) -> tuple:
+    """Per segment of a chain starting at `first`: whether it keeps its output (a positive saving)."""
+    return tuple(bool(saving[first + i, o, options[i + 1]] > 0) for i, o in enumerate(options[:-1])) + (False,)
+
+
+def chain_seconds(seconds: np.ndarray, saving: np.ndarray, first: int, options) -> float:
+    """Seconds of a given chain of options over segments first, first + 1, ...: their seconds less
+    the savings of the boundaries it keeps."""
+    total = sum(float(seconds[first + i, o]) for i, o in enumerate(options))
+    return total - sum(float(saving[first + i, o, options[i + 1]]) for i, o in enumerate(options[:-1]))

@@ -1,0 +1,239 @@
+"""Kept layouts in the planner: kept transition costs, the best chain of options, dp choosing chains."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from layers import zoo_model
+from layers.builder import GraphBuilder
+from partitioners import segment_chains
+from partitioners.cost import CostModel, make_cluster
+from partitioners.devices import device_profile
+from partitioners.layouts import check_kept_output, needed, produced, transition, transition_seconds, whole
+from partitioners.plan import Plan
+from partitioners.planner_dp import StageTables, solve
+from partitioners.planner_exhaustive import exhaustive
+from partitioners.planners import make_plan
+from partitioners.segment_chains import best_chain, keep_counts, keep_pairs
+from partitioners.segment_table import OPTION_KINDS
+from partitioners.splits import split_segment
+
+from .planner_cases import CALIBRATION, small_models
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+
+def conv_stack(side=28, channels=192, layers=3):
+    """3x3 'same' convs on a small image with many channels: compute-heavy, big activations."""
+    b = GraphBuilder("conv_stack", 3)
+    x = b.input("image", (1, side, side, 16))
+    for i in range(layers):
+        x = b.conv(x, channels, 3, f"conv{i}", padding="same", activation="relu")
+    return b.build(x)
+
+
+def bottleneck(rows=13, cols=11, width=6):
+    """A residual bottleneck: conv 1x1 -> conv 3x3 -> conv 1x1 + skip -> relu (-> max-pool), then a
+    conv and a dense head."""
+    b = GraphBuilder("bottleneck", 5)
+    x = b.input("image", (1, rows, cols, 8))
+    skip = b.conv(x, 2 * width, 1, "proj", padding="same")
+    y = b.conv(x, width, 1, "reduce", padding="same", activation="relu")
+    y = b.conv(y, width, 3, "spatial", padding="same", activation="relu")
+    y = b.conv(y, 2 * width, 1, "expand", padding="same")
+    y = b.add("add", [y, skip], "sum")
+    y = b.act(y, "relu", "out")
+    y = b.pool(y, "max", 2, "pool", strides=2)
+    y = b.conv(y, 10, 3, "head", padding="same", activation="relu")
+    y = b.act(y, "flatten", "flat")
+    y = b.dense(y, 9, "fc1", activation="relu")
+    y = b.dense(y, 5, "fc2")
+    return b.build(y)
+
+
+def reference_kept_seconds(model, pair, sizes, next_sizes) -> float:
+    """layouts.transition_seconds of the pair's transition, from the real splits (the definition)."""
+    graph = model.graph
+    start, stop = model.splits.segments[pair.boundary]
+    a = split_segment(graph, start, stop, OPTION_KINDS[pair.option], sizes)
+    z = split_segment(graph, stop, pair.next_stop, OPTION_KINDS[pair.next_option], next_sizes)
+    ranks = range(len(sizes))
+    messages = []
+    for t in z.inputs:
+        have = produced(a, ranks) if t == a.output else whole(t, graph.shapes[t][1:], 0)
+        messages += transition(have, [p for p, _ in needed(z, ranks, t)])
+    return transition_seconds(messages, model.cluster.link_bandwidth_bps, model.cluster.link_latency_s)
+
+
+@pytest.mark.parametrize("graph,entries", [
+    (bottleneck(), [("rpi4", 1, None), ("rpi3", 2, None)]),
+    (conv_stack(13, 8, 3), [("rpi3", 3, None)]),
+    (zoo_model("alexnet"), [("rpi5", 1, None), ("rpi3", 2, None)]),
+])
+def test_kept_seconds_are_the_layout_transitions_of_the_real_splits(graph, entries):
+    model = CostModel(graph, make_cluster(entries, 94e6, 2e-4), CALIBRATION)
+    pairs = keep_pairs(model)
+    kinds = {(OPTION_KINDS[p.option], OPTION_KINDS[p.next_option]) for p in pairs}
+    assert ("conv-spatial", "conv-spatial") in kinds or ("fc-output", "fc-input") in kinds
+    checked = 0
+    for counts in [(1, 2), (0, 2), (1, 1)] if len(model.classes) == 2 else [(2,), (3,)]:
+        table = model.segment_table(model.slots_of(counts))
+        for p in pairs:
+            sizes, next_sizes = table.sizes.get((p.boundary, p.option)), table.sizes.get((p.boundary + 1, p.next_option))
+            if sizes is None or next_sizes is None:
+                assert not np.isfinite(table.kept_s[p.boundary, p.option, p.next_option])
+                continue
+            expected = reference_kept_seconds(model, p, sizes, next_sizes)
+            assert close(table.kept_s[p.boundary, p.option, p.next_option], expected), (p, sizes, next_sizes)
+            checked += 1
+    assert checked >= 4
+
+
+def test_only_legal_pairs_keep():
+    graph = bottleneck()
+    model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), CALIBRATION)
+    names = {(graph.nodes[model.splits.segments[p.boundary][0]].name, OPTION_KINDS[p.option], OPTION_KINDS[p.next_option])
+             for p in keep_pairs(model)}
+    producers = {n for n, _, _ in names}
+    # proj's output waits for the add, not for 'reduce'; 'head' leaves the flatten to the lead; sum
+    # kinds never keep; 'spatial' -> 'expand' keeps although the add also reads the skip (from the lead)
+    assert producers == {"reduce", "spatial", "expand", "fc1"}
+    assert not {k for _, k, _ in names} & {"fc-input", "conv-filter"}
+    assert ("fc1", "fc-output", "fc-input") in names and ("spatial", "conv-spatial", "conv-spatial") in names
+
+
+def brute_force(table, first: int, last: int) -> float:
+    """The least time of any options and keep choices over segments [first, last], from the raw parts."""
+    options = [np.nonzero(np.isfinite(table.compute_s[s]))[0] for s in range(first, last + 1)]
+    best = math.inf
+    for chosen in itertools.product(*options):
+        boundaries = []
+        for i in range(len(chosen) - 1):
+            star = table.comm_out_s[first + i, chosen[i]] + table.comm_in_s[first + i + 1, chosen[i + 1]]
+            boundaries.append((star, table.kept_s[first + i, chosen[i], chosen[i + 1]]))
+        base = sum(table.compute_s[first + i, o] for i, o in enumerate(chosen))
+        base += table.comm_in_s[first, chosen[0]] + table.comm_out_s[last, chosen[-1]]
+        for keep in itertools.product((False, True), repeat=len(boundaries)):
+            total = base + sum(k if kept else s for (s, k), kept in zip(boundaries, keep))
+            best = min(best, total)
+    return best
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_models())
+def test_best_chain_is_the_least_of_every_choice(model):
+    for m in range(2, len(model.cluster.devices) + 1):
+        counts = tuple(min(c, m - sum(model.capacity[:k])) if m > sum(model.capacity[:k]) else 0 for k, c in enumerate(model.capacity))
+        table = model.segment_table(model.slots_of(counts))
+        n = len(table.compute_s)
+        for first in range(n):
+            for last in range(first, min(n, first + 4)):
+                chain = best_chain(table.seconds, table.saving, table.weight_bytes, table.work_bytes, first, last)
+                assert math.isclose(chain.seconds, brute_force(table, first, last), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("graph,entries,link", [
+    (conv_stack(20, 256, 4), [("rpi3", 3, None)], 94e6),
+    (bottleneck(29, 27, 256), [("rpi4", 1, None), ("rpi3", 2, None)], 1e9),
+    (zoo_model("vgg16"), [("rpi3", 4, None)], 94e6),
+])
+def test_best_chains_that_keep_are_the_least_of_every_choice(graph, entries, link):
+    model = CostModel(graph, make_cluster(entries, link, 1e-4), CALIBRATION)
+    table = model.segment_table(model.slots_of(model.capacity))
+    n = len(table.compute_s)
+    kept = 0
+    for first in range(n):
+        for last in range(first, min(n, first + 4)):
+            chain = best_chain(table.seconds, table.saving, table.weight_bytes, table.work_bytes, first, last)
+            assert math.isclose(chain.seconds, brute_force(table, first, last), rel_tol=1e-9)
+            kept += any(chain.kept)
+    assert kept >= 3
+
+
+def test_dp_keeps_row_strips_through_a_conv_stack():
+    graph = conv_stack()
+    model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), CALIBRATION)
+    plan = make_plan(graph, model, "dp", "latency")
+    _, _, latency = exhaustive(model, "latency")
+    assert close(plan.predicted_latency_s, latency)
+    (stage,) = plan.stages
+    assert stage.mode == "split"
+    assert [(g.kind, g.output_layout) for g in stage.segments] == [("conv-spatial", "parts")] * 2 + [("conv-spatial", "lead")]
+    single = make_plan(graph, model, "single", "latency")
+    assert plan.predicted_latency_s < 0.95 * single.predicted_latency_s
+    # the same options as a star (every output gathered, every input scattered) would lose to one device
+    cost = model.stage_cost(stage.node_start, stage.node_stop, (len(stage.ranks),), "split")
+    star = sum(o.seconds for o in cost.segments)
+    assert star > single.predicted_latency_s > cost.latency_s
+
+
+@pytest.mark.parametrize("memory,link", [(None, 94e6), (None, 1e9), (0.8, 94e6)])
+def test_dp_equals_exhaustive_with_chains(memory, link):
+    graph = conv_stack(20, 256, 4)
+    if memory is not None:  # a little less than the unconstrained plan takes: chains are repaired for memory
+        plan = make_plan(graph, CostModel(graph, make_cluster([("rpi3", 3, None)], link), CALIBRATION), "dp", "latency")
+        memory = device_profile("rpi3").reserved_bytes + int(memory * max(plan.stages[0].predicted.memory_bytes.values()))
+    model = CostModel(graph, make_cluster([("rpi3", 3, memory)], link), CALIBRATION)
+    for objective in ("throughput", "latency"):
+        _, period, latency = exhaustive(model, objective)
+        plan = make_plan(graph, model, "dp", objective)
+        assert close(1.0 / plan.predicted_throughput_fps, period) and close(plan.predicted_latency_s, latency)
+        if objective == "latency":
+            assert sum(g.output_layout == "parts" for s in plan.stages for g in s.segments) == 3
+
+
+def test_kept_plan_segments_are_legal_and_round_trip():
+    graph = zoo_model("vgg16")
+    model = CostModel(graph, make_cluster([("rpi3", 4, None)], 94e6), CALIBRATION)
+    plan = make_plan(graph, model, "dp", "latency")
+    kept = 0
+    for stage in plan.stages:
+        for i, g in enumerate(stage.segments):
+            if g.output_layout == "parts":
+                check_kept_output(graph, stage.segments, i)
+                split = split_segment(graph, g.node_start, g.node_stop, g.kind, g.sizes, g.options)
+                assert produced(split, g.ranks).describe().startswith(("rows[", "channels["))
+                kept += 1
+    assert kept >= 10  # VGG16's conv stack keeps its row strips
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_dp_tables_agree_with_stage_costs_on_chains():
+    graph = zoo_model("vgg16")
+    model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), CALIBRATION)
+    tables = StageTables(model)
+    n = len(graph)
+    ranges = [(0, n), (0, 12), (1, 16), (3, 20), (19, n)]
+    for a, modes in zip(tables.candidates, tables.tables):
+        if "split" not in modes:
+            continue
+        period, latency = modes["split"]
+        for i, j in ranges:
+            cost = model.stage_cost(i, j, a, "split")
+            if cost is None or not cost.feasible:
+                assert not math.isfinite(period[i, j])
+            else:
+                assert close(period[i, j], cost.period_s) and close(latency[i, j], cost.latency_s)
+    stages, _, latency = solve(tables, "latency")
+    assert any(o.output_layout == "parts" for s in stages for o in model.stage_cost(s.start, s.stop, s.counts, s.mode).segments)
+
+
+def test_large_clusters_keep_on_a_budget(monkeypatch):
+    monkeypatch.setattr(segment_chains, "KEEP_BUDGET", 60)
+    graph = conv_stack(13, 8, 3)
+    model = CostModel(graph, make_cluster([("rpi3", 3, None), ("rpi4", 2, None)], 94e6), CALIBRATION)
+    assert [c.kind for c in model.classes] == ["rpi4", "rpi3"]
+    allowed = keep_counts(model)
+    assert {(0, 3), (0, 2), (2, 0)} <= allowed and (2, 3) not in allowed  # one kind first, then the largest
+    assert not model.segment_table(model.slots_of((2, 3))).saving.any()
+    assert model.segment_table(model.slots_of((0, 3))).saving.any()
+    plan = make_plan(graph, model, "dp", "latency")
+    assert any("keep activations on their parts" in note for note in plan.notes)
+    _, _, latency = exhaustive(model, "latency")
+    assert close(plan.predicted_latency_s, latency)
