@@ -77,12 +77,14 @@ def describe_pieces(shape: Sequence[int], pieces: Sequence[Piece]) -> str:
     if len(pieces) == 1 and pieces[0].box == full_box(shape):
         return f"whole@{ranks}"
     cut = [a for a in range(len(shape)) if len({p.box[a] for p in pieces}) > 1]
-    names = {len(shape) - 1: "channels", 0: "rows"}
     if len(cut) == 1:
         a = cut[0]
-        name = names.get(a, f"axis{a + 1}")
-        if len(shape) == 4 and a == 0:
-            name = "depth"  # NDHWC: axis 1 after batch is depth
+        if a == len(shape) - 1:
+            name = "channels"  # also the features of a 1-D (fc) tensor
+        elif a == 0:
+            name = "depth" if len(shape) == 4 else "rows"  # NDHWC: the first axis after batch is depth
+        else:
+            name = "rows" if len(shape) == 4 and a == 1 else f"axis{a + 1}"
         spans = "|".join(f"{p.box[a][0]}:{p.box[a][1]}" for p in pieces)
         return f"{name}[{spans}]@{ranks}"
     return f"tiles[{len(pieces)}]@{ranks}"

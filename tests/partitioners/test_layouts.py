@@ -96,3 +96,12 @@ def test_part_weights_own_their_memory_so_the_full_weight_can_go():
     for kind in ("fc-input", "fc-output"):
         part = split_layer(g, "fc1", kind, 2).part_graph(1)
         assert part.weights and all(w.base is None for w in part.weights.values()), kind
+
+
+def test_layouts_describe_the_axis_they_cut():
+    P = layouts.Piece
+    assert layouts.describe_pieces((6,), (P(0, ((0, 4),)), P(1, ((4, 6),)))) == "channels[0:4|4:6]@0,1"
+    assert layouts.describe_pieces((4, 5, 8), (P(2, ((0, 4), (0, 5), (0, 3))), P(3, ((0, 4), (0, 5), (3, 8))))) == "channels[0:3|3:8]@2,3"
+    assert layouts.describe_pieces((2, 6, 5, 3), (P(0, ((0, 2), (0, 3), (0, 5), (0, 3))), P(1, ((0, 2), (3, 6), (0, 5), (0, 3))))) == "rows[0:3|3:6]@0,1"
+    assert layouts.describe_pieces((2, 6, 5, 3), (P(0, ((0, 1), (0, 6), (0, 5), (0, 3))), P(1, ((1, 2), (0, 6), (0, 5), (0, 3))))) == "depth[0:1|1:2]@0,1"
+    assert layouts.describe_pieces((4, 5, 8), (P(0, ((0, 4), (0, 5), (0, 8))),)) == "whole@0"
