@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -35,3 +37,111 @@ def local_mpirun_command(n_ranks: int, argv: Sequence[str], extra: Sequence[str]
         cmd.append("--oversubscribe")
     cmd += ["--bind-to", "none", *extra, *argv]
     return cmd
+
+
+# --- Open MPI's boxes after pisplit's own error line ----------------------------------------------------
+# When a rank fails, pisplit prints one line "pisplit: error: ..." and the job ends (every rank
+# agreeing, or MPI_Abort). Open MPI 5's mpirun then prints a box of its own (a non-zero exit, "calling
+# abort") and the aborting rank's MPI_ABORT box; no MCA parameter of Open MPI 5 turns these off (its
+# prterun renders them whatever prte_execute_quiet says). pisplit's own launches drop them once a
+# pisplit error line has said what happened; any other box of Open MPI's is kept.
+BOX_EDGE = "-" * 74
+BLANK = " \t\r\n\x00"
+JOB_END_BOXES = ("MPI_ABORT was invoked", 'calling\n"abort"', "calling \"abort\"", "exited with non-zero status",
+                 "exited due to process rank")
+
+
+class ErrorBoxFilter:
+    """Feed mpirun's stderr line by line; `feed` returns the lines to show now. Boxes are held until
+    they close, and boxes about the job's end until the stream ends (the ranks' own lines may arrive
+    after them), then dropped if a pisplit error line came."""
+
+    def __init__(self):
+        self.seen_error = False
+        self.box: list[str] | None = None
+        self.held: list[str] = []
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to show now, given the next line of mpirun's stderr (with its newline)."""
+        line = line.lstrip("\x00")  # prterun ends each of its messages with a NUL byte
+        if line.startswith("pisplit: error"):
+            self.seen_error = True
+        if line.strip(BLANK) == BOX_EDGE:
+            if self.box is None:
+                self.box = [line]
+                return []
+            box, self.box = self.box + [line], None
+            if _ends_the_job("".join(box)):
+                self.held += box
+                return []
+            return box
+        if self.box is not None:
+            self.box.append(line)
+            return []
+        return [line] if line else []
+
+    def close(self) -> list[str]:
+        """What is still held at the end: the job-end boxes unless pisplit said what happened, and a box that never closed."""
+        out = ([] if self.seen_error else self.held) + (self.box or [])
+        self.held, self.box = [], None
+        return out
+
+
+def _ends_the_job(text: str) -> bool:
+    return any(mark in text for mark in JOB_END_BOXES)
+
+
+def without_error_boxes(text: str) -> str:
+    """mpirun's captured stderr without Open MPI's job-end boxes that follow a pisplit error line."""
+    f = ErrorBoxFilter()
+    kept = [out for line in text.splitlines(keepends=True) for out in f.feed(line)]
+    return "".join(kept + f.close())
+
+
+def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+    """Run an mpirun command; its stderr passes through (or is captured, with stdout, when `capture`)
+    without Open MPI's job-end boxes after a pisplit error line. Raises subprocess.TimeoutExpired
+    once `timeout` has run out and mpirun is stopped."""
+    proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+    output: list[str] = []
+
+    def pump_stderr() -> None:
+        f = ErrorBoxFilter()
+        for line in proc.stderr:
+            _emit(f.feed(line), errors, capture)
+        _emit(f.close(), errors, capture)
+
+    threads = [threading.Thread(target=pump_stderr, daemon=True)]
+    if capture:
+        threads.append(threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, "".join(output) if capture else None,
+                                       "".join(errors) if capture else None)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End an mpirun: SIGTERM first (it takes its ranks down with it), SIGKILL if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _emit(lines: list[str], into: list[str], capture: bool) -> None:
+    if capture:
+        into.extend(lines)
+    else:
+        sys.stderr.write("".join(lines))
+        sys.stderr.flush()

@@ -274,10 +274,9 @@ class RunResult:
 
 # --- setup -------------------------------------------------------------------------------------------
 def agree(comm, error: str | None) -> None:
-    """Collective: if any rank has an error, every rank raises the lowest such rank's message."""
-    message = transport.first_error(comm, error)
-    if message is not None:
-        raise PisplitError(message)
+    """Collective: if any rank has an error, every rank raises the lowest such rank's message as a
+    transport.AgreedError (errors a rank meets alone are any other exception, and abort the job)."""
+    transport.agree(comm, error)
 
 
 def check_input_frames(graph: Graph, frames: np.ndarray) -> np.ndarray:

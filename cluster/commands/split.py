@@ -111,9 +111,7 @@ def _run(args, comm, rank: int, transport) -> int:
         runner = SplitRunner(comm, split, args.engine)
     except (PisplitError, OSError) as exc:
         error = str(exc)
-    message = transport.first_error(comm, error)
-    if message is not None:
-        raise PisplitError(message)
+    transport.agree(comm, error)
 
     data_parallel = split.kind == "data-parallel"
     n_frames = (args.frames or 4 * n_ranks) if data_parallel else 1
