@@ -38,7 +38,7 @@ from partitioners.cost import RUNTIME_WINDOW, frame_buffer_bytes, working_sets
 from partitioners.plan import Plan, Stage
 
 from . import transport
-from .emulation import ComputeDilation, CoreTokens, LinkPacer, device_slowdown, receive_ready_at
+from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, receive_ready_at
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ class RunOptions:
     keep_outputs: bool = False
     engine: str | None = None  # None: the plan's engine
     emulate: bool = False
+    host_speed: float | None = None  # emulation: this machine's seconds / the reference profile's (cluster.host_speed); None: cached or 1
     host_cores: int = os.cpu_count() or 1  # emulation: devices computing at once on this machine
     core_lock_dir: str | None = None  # emulation: where the per-core lock files live (shared by the ranks)
     window: int = RUNTIME_WINDOW
@@ -292,48 +293,70 @@ def check_input_frames(graph: Graph, frames: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def segment_communicators(comm, plan: Plan) -> dict:
-    """Collective over `comm` (every rank, same order): one communicator per split segment, for its ranks.
+def stage_communicators(comm, plan: Plan) -> dict:
+    """Collective over `comm` (every rank, same order): one communicator per split stage over its
+    ranks, ordered as the stage lists them (the lead is rank 0 of it).
 
-    Returns {(stage index, segment index): communicator} for the segments this rank is part of.
+    Returns {stage index: communicator} for the split stage this rank is in (or {}).
     """
     rank = comm.Get_rank()
     mine = {}
     for stage in plan.stages:
         if stage.mode != "split":
             continue
-        for i, segment in enumerate(stage.segments):
-            if segment.kind == "none":
-                continue
-            members = list(segment.ranks)
-            sub = transport.split_communicator(comm, 0 if rank in members else None, members.index(rank) if rank in members else 0)
-            if sub is not None:
-                mine[(stage.index, i)] = sub
+        members = list(stage.ranks)
+        sub = transport.split_communicator(comm, 0 if rank in members else None, members.index(rank) if rank in members else 0)
+        if sub is not None:
+            mine[stage.index] = sub
     return mine
 
 
 class _Step:
     """Runs this rank's share of its stage for one frame: one engine, or the stage's segments in order
-    (unsplit ones on the lead, split ones through the split-kinds executor on the segment's ranks)."""
+    (unsplit ones on the lead, split ones through the split-kinds executor on the segment's ranks,
+    each split segment's output gathered to the lead or kept on its parts for the next segment as
+    its `output_layout` says: partitioners.layouts)."""
 
-    def __init__(self, plan: Plan, graph: Graph, stage: Stage, rank: int, engine: str, communicators: dict):
-        self.parts: list = []  # (kind, runner): runner.run(tensors) -> tensors
-        if stage.mode != "split":
-            self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine)))
+    def __init__(self, plan: Plan, graph: Graph, stage: Stage, rank: int, engine: str, communicators: dict, hooks=None):
+        self.parts: list = []  # (kind, runner, tensors live after it)
+        self.split = stage.mode == "split"
+        self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
+        self.is_lead = rank == stage.ranks[0]
+        if not self.split:
+            self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine), None))
             return
-        from .split_exec import SegmentRunner  # the split-kinds executor: one split segment over a communicator
+        from partitioners.layouts import check_kept_output
+        from partitioners.splits import split_segment
 
+        from .split_exec import PLAIN, SplitRunner  # the split-kinds executor (only split stages load it)
+
+        self.hooks = hooks or PLAIN
         for i, segment in enumerate(stage.segments):
+            if segment.output_layout == "parts":
+                check_kept_output(graph, stage.segments, i)
+        comm = communicators[stage.index]
+        index = {r: i for i, r in enumerate(stage.ranks)}
+        kept = None  # layout of the tensor the previous segment left on its parts
+        tag = 0
+        for i, segment in enumerate(stage.segments):
+            live_after = set(graph.cut_tensors(segment.node_stop))
             if segment.kind == "none":
-                if rank == stage.ranks[0]:
-                    self.parts.append(("none", make_engine(shard_graph(graph, segment.node_start, segment.node_stop), engine)))
-            elif (stage.index, i) in communicators:
-                self.parts.append((segment.kind, SegmentRunner(communicators[(stage.index, i)], graph, segment, engine=engine)))
+                engine_ = make_engine(shard_graph(graph, segment.node_start, segment.node_stop), engine) if self.is_lead else None
+                self.parts.append(("none", engine_, live_after))
+                continue
+            keep = segment.output_layout == "parts"
+            split = split_segment(graph, segment.node_start, segment.node_stop, segment.kind, segment.sizes, segment.options)
+            runner = SplitRunner(comm, split, engine, root=0, ranks=[index[r] for r in segment.ranks],
+                                 sources={kept.tensor: kept} if kept is not None else None, keep_output=keep,
+                                 hooks=self.hooks, tag_base=tag)
+            tag = runner.tag_end
+            kept = runner.output_layout if keep else None
+            self.parts.append((segment.kind, runner, live_after))
 
     def materialise(self) -> None:
         """Load the weights of the unsplit parts now, so the first frame does not pay for it."""
-        for kind, runner in self.parts:
-            if kind == "none" and hasattr(runner, "graph"):
+        for kind, runner, _ in self.parts:
+            if kind == "none" and runner is not None:
                 for node in runner.graph.nodes:
                     runner.graph.node_weights(node)
 
@@ -341,15 +364,39 @@ class _Step:
         """One untimed pass on seeded random input, so the first frame does not pay for first use
         (activation pages, the im2col buffer, BLAS's buffers, LiteRT's allocation): with time
         dilation a Pi 3 would pay it 8 times over. Split stages skip it (their parts are collective)."""
-        if self.parts and all(kind == "none" and hasattr(runner, "graph") for kind, runner in self.parts):
-            tensors = self.parts[0][1].graph.random_input(0)
-            for _, runner in self.parts:
-                tensors = runner.run(tensors)
+        if not self.split:
+            runner = self.parts[0][1]
+            runner.run(runner.graph.random_input(0))
 
     def run(self, tensors: dict) -> dict:
-        for _, runner in self.parts:
-            tensors = runner.run(tensors)
-        return tensors
+        """The frame's tensors live at the stage's end (on the lead; {} on the other ranks). A split
+        stage's runners take an emulated device's core per compute step (hooks), so a rank waiting
+        for its peers holds none; a single stage is one compute step for the caller to pace."""
+        if not self.split:
+            return self.parts[0][1].run(tensors)
+        piece: dict = {}  # what this rank holds of a tensor the previous segment kept on its parts
+        for kind, runner, live_after in self.parts:
+            if kind == "none":
+                if self.is_lead:
+                    t = time.perf_counter()
+                    tensors = self.hooks.compute(lambda: runner.run(tensors))
+                    self.compute_s += time.perf_counter() - t
+                continue
+            inputs = {t: tensors[t] for t in runner.split.inputs if t in tensors} if self.is_lead else {}
+            inputs.update(piece)
+            before = runner.times.to_array()
+            y = runner.run(inputs)
+            input_s, compute_s, output_s, post_s, _ = runner.times.to_array() - before
+            self.compute_s += compute_s + post_s
+            self.comm_s += input_s + output_s
+            if runner.keep_output:
+                piece = {runner.split.output: y} if y is not None else {}
+            else:
+                piece = {}
+                if self.is_lead:
+                    tensors = {t: v for t, v in tensors.items() if t in live_after}
+                    tensors[runner.split.output] = y
+        return tensors if self.is_lead else {}
 
 
 def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window: int = RUNTIME_WINDOW) -> int | None:
@@ -391,10 +438,12 @@ class PipelineRank:
         self.source_codec = FrameCodec(graph, graph.cut_tensors(0))
         kind = plan.devices[self.rank].kind
         engine = options.engine or plan.engine
-        self.dilation = ComputeDilation(device_slowdown(kind, engine) / plan.devices[self.rank].speed) if options.emulate else None
+        host = options.host_speed or 1.0
+        self.dilation = ComputeDilation(device_slowdown(kind, engine) / plan.devices[self.rank].speed / host) if options.emulate else None
         self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate else None
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
-        self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators)
+        self.device = EmulatedDevice(self.dilation, self.cores, self.link, self._poll) if options.emulate else None
+        self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators, self.device)
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
         self.sends: list = []  # outstanding (request, buffer, codec)
@@ -425,7 +474,8 @@ class PipelineRank:
         self.injected = 0
         self.local_inputs: dict = {}  # frames the source has admitted for rank 0 itself (made when computed)
         self.source_sends: dict = {}  # replica -> requests of input frames still leaving for it
-        self.source_buffers = {t: np.empty(s, np.float32) for t, s in self.graph.inputs.items()}
+        self.local_buffers = {t: np.empty(s, np.float32) for t, s in self.graph.inputs.items()}
+        self.source_buffers = None  # made with the first frame packed for a replica
         self.max_in_flight = self.options.max_in_flight or default_max_in_flight(self.plan, self.window)
         self.done = 0
         self.arrived = np.full(self.n_frames, False)
@@ -441,13 +491,16 @@ class PipelineRank:
         self.result_recvs: list = []  # (frame, request, buffer) in frame order
         self.result_window = self.window * (len(self.last.ranks) if self.last.mode == "data-parallel" else 1)
 
-    def _source_frame(self, frame: int) -> dict:
+    def _source_frame(self, frame: int, local: bool = False) -> dict:
         name, shape = next(iter(self.graph.inputs.items())) if len(self.graph.inputs) == 1 else (None, None)
         if self.options.inputs is not None:
             x = self.options.inputs[frame % len(self.options.inputs)]
             return {name: x[None]}
-        # one set of buffers: a frame is computed, or packed for the replica it goes to, before the next is made
-        return synthetic_frame(self.graph, self.options.input_seed, frame, self.source_buffers)
+        # two sets of buffers: the frame rank 0 computes itself, and the one it is packing for a
+        # replica (which it may make while its own waits for an emulated core)
+        if not local and self.source_buffers is None:
+            self.source_buffers = {t: np.empty(s, np.float32) for t, s in self.graph.inputs.items()}
+        return synthetic_frame(self.graph, self.options.input_seed, frame, self.local_buffers if local else self.source_buffers)
 
     def _inject(self) -> bool:
         """Admit frames while fewer than max_in_flight are out; True if any was admitted."""
@@ -565,7 +618,7 @@ class PipelineRank:
         if self.rank == 0 and self.stage.index == 0:
             self.stats.wait_s += self._wait_until(lambda: frame in self.local_inputs, WAIT_RESULTS, frame)
             del self.local_inputs[frame]
-            return self._source_frame(frame), 0, None
+            return self._source_frame(frame, local=True), 0, None
         ready = time.time()
         self._post_inputs(index)
         request, buf = self.recvs[frame]
@@ -611,22 +664,20 @@ class PipelineRank:
             hold = self.link.free_at - time.time()
             self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         t = time.perf_counter()
-        if self.dilation:
-            # the emulated device starts now; waiting for a host core is not its time
-            wall0 = time.perf_counter()
-            self.cores.acquire(self._poll)
-            mark = (wall0, time.process_time())
-            try:
-                out = self.step.run(tensors)
-            finally:
-                self.cores.release()
-            deadline = self.dilation.deadline(mark)
-            if deadline > time.perf_counter():
-                self._wait_until(lambda: True, COMPUTE, frame, deadline)
+        if self.step.split:
+            # a split stage's runners pace each compute step (holding no core while they wait for
+            # their peers) and time their transfers apart from their compute
+            compute0, comm0 = self.step.compute_s, self.step.comm_s
+            out = self.step.run(tensors)
+            self.stats.compute_s += self.step.compute_s - compute0
+            self.stats.comm_s += self.step.comm_s - comm0
+        elif self.device:
+            out = self.device.compute(lambda: self.step.run(tensors))  # one compute step of the emulated device
         else:
             out = self.step.run(tensors)
         seconds = time.perf_counter() - t
-        self.stats.compute_s += seconds
+        if not self.step.split:
+            self.stats.compute_s += seconds
         self.stats.events.append((SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds))
         return out
 
@@ -694,7 +745,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
         except PisplitError as exc:
             error = str(exc)
     agree(comm, error)
-    communicators = segment_communicators(comm, plan)
+    communicators = stage_communicators(comm, plan)
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if comm.Get_rank() == 0 else None

@@ -310,3 +310,13 @@ def quiet_barrier(comm, pause_s: float = 1e-3) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(pause_s)
+
+
+def wait_quietly(requests, first_pause_s: float = 2e-5, max_pause_s: float = 5e-4) -> None:
+    """Wait for every request, sleeping between polls (doubling from `first_pause_s` to
+    `max_pause_s`): a waiting rank leaves its core to computing ones, where a blocking wait spins."""
+    requests = list(requests)
+    pause = first_pause_s
+    while not MPI.Request.Testall(requests):
+        time.sleep(pause)
+        pause = min(pause * 2, max_pause_s)

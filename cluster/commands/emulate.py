@@ -46,8 +46,12 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
                  trace: str | None = None, timeout: float | None = None, max_in_flight: int | None = None) -> dict:
     """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report.
     `max_in_flight=1` sends frames one at a time (single-frame latency)."""
+    from ..host_speed import host_speed
+
+    plan = Plan.load(plan_path)
+    speed = host_speed(plan.model, plan.model_seed, engine)  # measured once per machine and model, then cached
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
-            "--engine", engine, "--report", str(report_path)]
+            "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
     argv += [] if progress else ["--no-progress"]
     argv += ["--trace", trace] if trace else []
     argv += ["--max-in-flight", str(max_in_flight)] if max_in_flight else []

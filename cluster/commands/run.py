@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=ENGINES, help="engine of every rank's shard (default: the plan's)")
     p.add_argument("--emulate", action="store_true", help="emulate the plan's devices and links: pad compute by the device's "
                    "calibrated slowdown and pace transfers to the plan's link (what `pisplit emulate` runs)")
+    p.add_argument("--host-speed", type=float, metavar="S", help="with --emulate: this machine's seconds over the reference "
+                   "profile's for the same work (default: as `pisplit emulate` measured and cached it for the model, else 1)")
     p.add_argument("--window", type=int, default=2, help="receives posted ahead and sends outstanding per rank (default 2, what plans count memory for)")
     p.add_argument("--max-in-flight", type=int, help="frames admitted at once (default: pipeline depth + 2 per stage)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
@@ -47,6 +49,8 @@ def _run(args, comm, rank: int) -> int:
     plan = inputs = None
     try:
         plan = Plan.load(args.plan)
+        if args.host_speed is not None and not args.host_speed > 0:
+            raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
         if rank == 0 and args.input:
             inputs = load_npy(args.input)
     except PisplitError as exc:
@@ -54,7 +58,8 @@ def _run(args, comm, rank: int) -> int:
     agree(comm, error)
     engine = args.engine or plan.engine
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
-                         emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight)
+                         emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
+                         host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate else None)
     progress = None
     if rank == 0 and not args.json and not args.no_progress:
         progress = Progress(TextColumn(f"[bold]{plan.model}[/] on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''}"), BarColumn(),
@@ -118,3 +123,14 @@ def print_report(doc: dict) -> None:
     for key in ("output_file", "trace_file"):
         if key in doc:
             console.print(f"wrote {doc[key]}")
+
+
+def _host_speed(args, plan, engine: str, comm, rank: int) -> float:
+    """Collective: the machine speed emulated ranks dilate by (--host-speed, else rank 0's cached
+    measurement for the plan's model, else 1)."""
+    from ..host_speed import host_speed
+
+    if args.host_speed is not None:
+        return float(args.host_speed)
+    speed = (host_speed(plan.model, plan.model_seed, engine, measure=False) or 1.0) if rank == 0 else 0.0
+    return float(transport.bcast_text(comm, repr(speed)))
