@@ -30,7 +30,13 @@ def register(sub) -> None:
     p = sub.add_parser("split", help="under mpirun -n K: run one layer split K ways, check it against the unsplit layer, time it")
     p.add_argument("model", metavar="MODEL", help="zoo name, .tflite file or pisplit .json graph")
     p.add_argument("layer", metavar="LAYER", help="the node to split (see `pisplit show MODEL`)")
-    p.add_argument("--kind", required=True, choices=SPLIT_KINDS, help="split kind")
+    p.add_argument("--kind", required=True, metavar="KIND[,KIND..]", help=f"split kind ({', '.join(SPLIT_KINDS)}); with "
+                   "--chain, one per chained layer (the last one repeats)")
+    p.add_argument("--chain", type=int, metavar="N", help="split N consecutive layers from LAYER, each segment keeping its "
+                   "output on its ranks for the next where it can (row strips exchange halo rows, fc-output feeds fc-input "
+                   "in place); nodes no kind splits run on rank 0")
+    p.add_argument("--star", action="store_true", help="with --chain: gather every segment's output to rank 0 and scatter "
+                   "it again (the layout-free way, for comparison)")
     p.add_argument("--sizes", metavar="S1,S2,..", help="one per rank: sizes summing to the axis cut, else weights "
                    "(proportional sizes, e.g. device speeds); default equal parts")
     p.add_argument("--last", "--through", dest="last", metavar="NODE", help="end the segment at this node (fused-tiles: the run's last layer)")
@@ -100,12 +106,19 @@ def _median(values) -> float:
 def _run(args, comm, rank: int, transport) -> int:
     from ..split_exec import SplitRunner
 
+    if args.chain is not None:
+        return _run_chain(args, comm, rank, transport)
+
     n_ranks = comm.Get_size()
     error = None
     split = runner = how = None
     try:
         if args.repeat < 1:
             raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
+        if args.kind not in SPLIT_KINDS:
+            raise PisplitError(f"--kind {args.kind}: unknown split kind (known: {', '.join(SPLIT_KINDS)}; several only with --chain)")
+        if args.star:
+            raise PisplitError("--star applies to --chain")
         graph = load_model(args.model)
         split, how = build_split(graph, args, n_ranks)
         runner = SplitRunner(comm, split, args.engine)
@@ -216,3 +229,152 @@ def print_split_report(doc: dict) -> None:
                   f"split {doc['split_s'] * 1e3:.2f} ms: speedup [bold]{doc['speedup']:.2f}x[/], "
                   f"communication share {doc['comm_share'] * 100:.0f}%; parts alone (compute only) "
                   f"{doc['compute_only_s'] * 1e3:.2f} ms: {doc['compute_only_speedup']:.2f}x", highlight=False)
+
+
+# --- a chain of split layers --------------------------------------------------------------------------------
+def build_chain(graph, layer: str, kinds: list, n_layers: int, n_ranks: int, weights, star: bool) -> tuple:
+    """Segments [(node_start, node_stop, kind, sizes, options, output_layout)] covering nodes from
+    `layer` through the `n_layers`-th split layer: each conv/dense layer the next kind applies to is
+    split (with its followers), anything else runs on rank 0 ('none'). A split segment keeps its output
+    on its parts when the next segment is split and reads it, unless `star`. Raises PisplitError
+    naming the layer when the model runs out of layers or a kind does not apply to LAYER."""
+    from partitioners.layouts import KEEPABLE_KINDS, check_kept_output
+    from partitioners.plan import Segment
+    from partitioners.splits import legal_kinds
+
+    if n_layers < 1:
+        raise PisplitError(f"--chain {n_layers}: must be at least 1")
+    for kind in kinds:
+        if kind not in SPLIT_KINDS or kind in ("data-parallel", "fused-tiles"):
+            raise PisplitError(f"--kind {kind}: a chain splits layers with fc-output, fc-input, conv-channel, conv-spatial "
+                               "or conv-filter")
+    start = i = graph.node_index(layer)
+    segments, done = [], 0
+    ranks = tuple(range(n_ranks))
+    while done < n_layers:
+        if i >= len(graph):
+            raise PisplitError(f"--chain {n_layers}: the model has only {done} layers to split from {layer}")
+        node = graph.nodes[i]
+        kind = kinds[min(done, len(kinds) - 1)]
+        if node.op in ("conv2d", "conv3d", "dense") and kind in legal_kinds(graph, node.name):
+            split = split_layer(graph, node.name, kind, weights)
+            options = {k: v for k, v in split.options.items() if k != "shares"}
+            segments.append(Segment(split.node_start, split.node_stop, kind, ranks, tuple(split.sizes), options))
+            i, done = split.node_stop, done + 1
+            continue
+        if i == start:
+            raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node "
+                               f"(legal: {', '.join(legal_kinds(graph, layer))})")
+        if segments and segments[-1].kind == "none":
+            last = segments.pop()
+            segments.append(Segment(last.node_start, i + 1))
+        else:
+            segments.append(Segment(i, i + 1))
+        i += 1
+    if not star:
+        for k, seg in enumerate(segments):
+            if seg.kind in KEEPABLE_KINDS:
+                keep = Segment(seg.node_start, seg.node_stop, seg.kind, seg.ranks, seg.sizes, seg.options, "parts")
+                try:
+                    check_kept_output(graph, segments[:k] + [keep] + segments[k + 1:], k)
+                except PisplitError:
+                    continue
+                segments[k] = keep
+    return tuple(segments)
+
+
+def _run_chain(args, comm, rank: int, transport) -> int:
+    """`--chain N`: the chained segments as one split stage (the pipeline runtime's own executor),
+    checked against the unsplit nodes and timed against them, in turns."""
+    from partitioners.layouts import produced
+    from partitioners.plan import Stage
+
+    from ..runtime import _Step, shard_graph
+
+    n_ranks = comm.Get_size()
+    error = None
+    step = segments = graph = None
+    try:
+        if args.repeat < 1:
+            raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
+        for flag, name in ((args.grid, "--grid"), (args.last, "--last"), (args.no_followers, "--no-followers"), (args.frames, "--frames")):
+            if flag:
+                raise PisplitError(f"{name} does not apply to --chain")
+        graph = load_model(args.model)
+        weights = [float(v) for v in parse_sizes(args.sizes, n_ranks)] if args.sizes else n_ranks
+        segments = build_chain(graph, args.layer, args.kind.split(","), args.chain, n_ranks, weights, args.star)
+        stage = Stage(0, segments[0].node_start, segments[-1].node_stop, tuple(range(n_ranks)), "split", segments)
+        communicator = transport.split_communicator(comm, 0, rank)
+        step = _Step(None, graph, stage, rank, args.engine, {0: communicator})
+    except (PisplitError, OSError) as exc:
+        error = str(exc)
+    transport.agree(comm, error)
+
+    start, stop = segments[0].node_start, segments[-1].node_stop
+    inputs = whole = reference = None
+    out_name = graph.nodes[stop - 1].outputs[0]
+    if rank == 0:
+        rng = np.random.default_rng(args.seed)
+        inputs = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in graph.cut_tensors(start)}
+        whole = make_engine(shard_graph(graph, start, stop), args.engine)
+        reference = whole.run(inputs)[out_name]  # also the unsplit warm-up
+    transport.quiet_barrier(comm)
+    result = step.run(inputs if rank == 0 else {})  # warm-up
+    walls, unsplit = [], []
+    compute0, comm0 = step.compute_s, step.comm_s
+    for _ in range(args.repeat):  # unsplit and split in turns: a change of load hits both alike
+        if rank == 0:
+            t0 = time.perf_counter()
+            whole.run(inputs)
+            unsplit.append(time.perf_counter() - t0)
+        transport.quiet_barrier(comm)
+        t0 = time.perf_counter()
+        step.run(inputs if rank == 0 else {})
+        walls.append(time.perf_counter() - t0)
+        transport.quiet_barrier(comm)
+    mine = np.array([(step.compute_s - compute0) / args.repeat, (step.comm_s - comm0) / args.repeat], np.float64)
+    rows = transport.gather_rows(comm, mine, root=0)
+    if rank != 0:
+        return 0
+    got = result[out_name]
+    error_abs = float(np.abs(got - reference).max()) if got.size else 0.0
+    ok = bool(got.shape == reference.shape and np.allclose(got, reference, rtol=TOLERANCE, atol=TOLERANCE))
+    unsplit_s, split_s = _median(unsplit), _median(walls)
+    chain = []
+    for seg in segments:
+        entry = {"nodes": [n.name for n in graph.nodes[seg.node_start:seg.node_stop]], "kind": seg.kind,
+                 "sizes": list(seg.sizes), "output_layout": seg.output_layout}
+        if seg.output_layout == "parts":
+            entry["layout"] = produced(split_segment(graph, seg.node_start, seg.node_stop, seg.kind, seg.sizes, seg.options),
+                                       seg.ranks).describe()
+        chain.append(entry)
+    doc = {"model": graph.name, "layer": args.layer, "chain": chain, "ranks": n_ranks, "engine": args.engine, "star": bool(args.star),
+           "repeat": args.repeat, "max_abs_error": error_abs, "ok": ok, "tolerance": TOLERANCE,
+           "unsplit_s": unsplit_s, "split_s": split_s, "speedup": unsplit_s / split_s if split_s else 0.0,
+           "ranks_compute_s": [float(r[0]) for r in rows], "ranks_comm_s": [float(r[1]) for r in rows]}
+    if args.json:
+        print_json(doc)
+    else:
+        print_chain_report(doc)
+    if not ok:
+        console.print(f"[red]chained output differs from the unsplit nodes by {error_abs:.3g} (tolerance {TOLERANCE:g})[/]")
+        return 1
+    return 0
+
+
+def print_chain_report(doc: dict) -> None:
+    """Rank 0's report of a chain: each segment with its kind, sizes and kept layout; then the check,
+    per-rank compute and transfer times and the speedup over the unsplit nodes."""
+    table = Table(title=f"{doc['model']}: {len(doc['chain'])} segments from {doc['layer']} over {doc['ranks']} ranks"
+                        f"{' (star: gathered to rank 0 between segments)' if doc['star'] else ''}")
+    for col in ("nodes", "kind", "sizes", "output"):
+        table.add_column(col)
+    for seg in doc["chain"]:
+        nodes = seg["nodes"][0] + (f" .. {seg['nodes'][-1]}" if len(seg["nodes"]) > 1 else "")
+        table.add_row(nodes, seg["kind"], ",".join(map(str, seg["sizes"])) or "-", seg.get("layout", "rank 0" if seg["kind"] != "none" else "-"))
+    console.print(table)
+    per_rank = ", ".join(f"rank {r}: {c * 1e3:.1f} / {m * 1e3:.1f}" for r, (c, m) in enumerate(zip(doc["ranks_compute_s"], doc["ranks_comm_s"])))
+    status = "[green]ok[/]" if doc["ok"] else "[red]MISMATCH[/]"
+    console.print(f"max abs error {doc['max_abs_error']:.3g} vs unsplit ({status}); compute / transfer ms per frame: {per_rank}", highlight=False)
+    console.print(f"unsplit {doc['unsplit_s'] * 1e3:.2f} ms, chained split {doc['split_s'] * 1e3:.2f} ms: "
+                  f"speedup [bold]{doc['speedup']:.2f}x[/] (median of {doc['repeat']})", highlight=False)
