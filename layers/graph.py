@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import PisplitError
 from .ops import numel, spec_of
+from .quant import TensorQuant, parse_quant
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Graph:
         self.outputs = list(outputs)
         self.weights = weights if weights is not None else {}
         self.meta = dict(meta or {})
+        # tensor name or weight key -> TensorQuant: int8 graphs (layers.quant); empty for float graphs
+        self.quant: dict[str, TensorQuant] = parse_quant(self.meta)
         self.shapes: dict[str, tuple] = dict(self.inputs)
         self.producer: dict[str, int] = {}
         self._index: dict[str, int] = {}
@@ -109,6 +112,35 @@ class Graph:
         for t in self.outputs:
             if t not in self.shapes:
                 raise PisplitError(f"model {self.name}: output tensor {t!r} is never produced")
+        self._check_quantized_nodes()
+
+    def _check_quantized_nodes(self) -> None:
+        """A node marked quantized runs integer kernels: it needs the quantization of its outputs and
+        weights in this graph. A graph cut from a quantized one without it (a split part, a one-node
+        profile graph) is refused here rather than run with float kernels on integers."""
+        from .qkernels import QRUN
+
+        for node in self.nodes:
+            if not node.attrs.get("quantized"):
+                continue
+            if node.op not in QRUN:
+                raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) is quantized, and pisplit has no int8 kernel for it")
+            needed = [t for t in node.outputs if node.op != "dequantize"] + [node.weight_key(p) for p in node.weight_shapes]
+            missing = [t for t in needed if t not in self.quant]
+            if missing:
+                raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) is quantized (int8) but the graph carries no "
+                                   f"quantization for {missing[0]!r}; int8 layers run only with their model's quantization "
+                                   "(splitting int8 layers is not supported yet)")
+
+    def dtype(self, tensor: str) -> np.dtype:
+        """The numpy dtype of a tensor: its quantized integer type, else float32."""
+        q = self.quant.get(tensor)
+        return q.np_dtype if q is not None else np.dtype(np.float32)
+
+    @property
+    def quantized(self) -> bool:
+        """True when some node runs integer kernels (an int8 model)."""
+        return any(n.attrs.get("quantized") for n in self.nodes)
 
     def _compute_last_use(self) -> dict[str, int]:
         last: dict[str, int] = {}
@@ -167,15 +199,25 @@ class Graph:
         return [i for i, n in enumerate(self.nodes) if tensor in n.inputs]
 
     def node_weights(self, node: Node | str) -> dict[str, np.ndarray]:
-        """The node's weights as float32 arrays (materialised from the weight mapping on demand)."""
+        """The node's weights as float32 arrays (materialised from the weight mapping on demand); the
+        weights of quantized nodes come in their integer dtype (int8 filters, int32 biases), and integer
+        weights are never read as floats without their quantization."""
         node = self.node(node) if isinstance(node, str) else node
         out = {}
         for p, shape in node.weight_shapes.items():
+            key = node.weight_key(p)
             try:
-                arr = self.weights[node.weight_key(p)]
+                arr = self.weights[key]
             except KeyError:
-                raise PisplitError(f"model {self.name}: weight {node.weight_key(p)!r} is missing") from None
-            arr = np.asarray(arr, dtype=np.float32)
+                raise PisplitError(f"model {self.name}: weight {key!r} is missing") from None
+            if key in self.quant:
+                arr = np.asarray(arr)
+                if arr.dtype != self.quant[key].np_dtype:
+                    raise PisplitError(f"model {self.name}: weight {key!r} is {arr.dtype}, its quantization says {self.quant[key].dtype}")
+            elif np.asarray(arr).dtype.kind in "iu" and node.attrs.get("quantized"):
+                raise PisplitError(f"model {self.name}: integer weight {key!r} has no quantization")
+            else:
+                arr = np.asarray(arr, dtype=np.float32)
             if arr.shape != tuple(shape):
                 raise PisplitError(f"model {self.name}: weight {node.weight_key(p)!r} has shape {arr.shape}, expected {tuple(shape)}")
             out[p] = arr
@@ -214,6 +256,12 @@ class Graph:
         """Execute one node on its input arrays with the numpy reference kernels."""
         node = self.nodes[node] if isinstance(node, (int, np.integer)) else node
         w = self.node_weights(node) if weights is None else weights
+        if node.attrs.get("quantized"):
+            from .qkernels import QRUN, QuantContext
+
+            ctx = QuantContext([self.quant.get(t) for t in node.inputs], [self.quant.get(t) for t in node.outputs],
+                               {p: self.quant[node.weight_key(p)] for p in node.weight_shapes if node.weight_key(p) in self.quant})
+            return QRUN[node.op](list(inputs), node.attrs, w, ctx)
         return spec_of(node.op).run(list(inputs), node.attrs, w)
 
     def execute(self, tensors: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -227,7 +275,7 @@ class Graph:
         for t in self.cut_tensors(start):
             if t not in tensors:
                 raise PisplitError(f"model {self.name}: tensor {t!r} (shape {self.shapes[t]}) is needed at cut {start} but was not given")
-            arr = np.asarray(tensors[t], dtype=np.float32)
+            arr = self._as_tensor(t, tensors[t])
             if arr.shape[1:] != self.shapes[t][1:] or arr.ndim != len(self.shapes[t]):
                 raise PisplitError(f"model {self.name}: tensor {t!r} has shape {arr.shape}, expected {self.shapes[t]}")
             env[t] = arr
@@ -241,6 +289,20 @@ class Graph:
                     env.pop(t, None)
         return {t: env[t] for t in self.cut_tensors(stop)}
 
+    def _as_tensor(self, t: str, value) -> np.ndarray:
+        """A fed array as tensor t's dtype: float32, or its quantized integer type (integers in range only)."""
+        want = self.dtype(t)
+        arr = np.asarray(value)
+        if want.kind == "f":
+            return np.asarray(arr, dtype=np.float32)
+        if arr.dtype == want:
+            return arr
+        info = np.iinfo(want)
+        if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
+            raise PisplitError(f"model {self.name}: tensor {t!r} is {want} (quantized: {self.quant[t].describe()}); "
+                               f"got {arr.dtype} values{' out of range' if arr.dtype.kind in 'iu' else ''}")
+        return arr.astype(want)
+
     def forward(self, *args: np.ndarray, **named: np.ndarray):
         """Whole-model inference; positional arrays feed the inputs in order. Returns one array for a
         single-output model, else a dict of outputs."""
@@ -250,9 +312,17 @@ class Graph:
         return out[self.outputs[0]] if len(self.outputs) == 1 else out
 
     def random_input(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Seeded standard-normal float32 arrays for every graph input."""
+        """Seeded standard-normal float32 arrays for every graph input (uniform integers for int8 inputs)."""
         rng = np.random.default_rng(seed)
-        return {k: rng.standard_normal(s, dtype=np.float32) for k, s in self.inputs.items()}
+        out = {}
+        for k, s in self.inputs.items():
+            want = self.dtype(k)
+            if want.kind == "f":
+                out[k] = rng.standard_normal(s, dtype=np.float32)
+            else:  # quantized inputs: uniform over the integer type's range
+                info = np.iinfo(want)
+                out[k] = rng.integers(info.min, info.max, s, endpoint=True).astype(want)
+        return out
 
     def subgraph_weight_keys(self, node_indices: Iterable[int]) -> list[str]:
         """Weight keys of the given nodes (what a rank running them must load)."""

@@ -415,3 +415,15 @@ def _resize_run(fn):
 
 register("resize_bilinear", OpSpec(_resize_infer, _resize_run(K.resize_bilinear), lambda i, o, a, ws: 8 * numel(o[0])))
 register("resize_nearest", OpSpec(_resize_infer, _resize_run(K.resize_nearest), lambda i, o, a, ws: 0))
+
+
+# --- quantization boundaries (int8 graphs: float32 <-> int8, int8 -> int8 requantization) ---------------
+
+def _float_only(name):
+    def run(xs, attrs, w):
+        raise PisplitError(f"op {name} runs on quantized tensors only (its graph carries no quantization for it)")
+    return run
+
+
+for _name in ("quantize", "dequantize"):
+    register(_name, OpSpec(_same_shape, _float_only(_name), lambda i, o, a, ws: numel(o[0])))

@@ -1,4 +1,7 @@
-"""Save and load a graph: structure in JSON, weights in an .npz beside it (loaded without pickle)."""
+"""Save and load a graph: structure in JSON, weights in an .npz beside it (loaded without pickle).
+
+An int8 graph's quantization (tensor dtypes, scales, zero points, axes) is plain data in its meta
+(meta["quant"], layers.quant) and so in the JSON; its integer weights stay integers in the .npz."""
 from __future__ import annotations
 
 import json
@@ -48,7 +51,10 @@ def save_graph(graph: Graph, path: str | Path) -> tuple[Path, Path]:
     arrays = {}
     for i, node in enumerate(graph.nodes):
         for p in node.weight_shapes:
-            arrays[f"n{i}_{p}"] = np.ascontiguousarray(graph.weights[node.weight_key(p)], dtype=np.float32)
+            key = node.weight_key(p)
+            # quantized weights keep their integer dtype (their scales are in meta["quant"]); the rest is float32
+            dtype = graph.quant[key].np_dtype if key in graph.quant else np.float32
+            arrays[f"n{i}_{p}"] = np.ascontiguousarray(graph.weights[key], dtype=dtype)
     doc["weights_file"] = npz_path.name
     path.write_text(json.dumps(doc, indent=1))
     np.savez(npz_path, **arrays)

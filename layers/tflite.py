@@ -48,7 +48,7 @@ ACTIVATION_CODES = {name: code for code, name in ACTIVATION_NAMES.items()}
 
 SUPPORTED_OPS = (
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
-    "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "RELU",
+    "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "QUANTIZE", "RELU",
     "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "SUB", "TANH", "TRANSPOSE",
 )
 
@@ -58,6 +58,8 @@ _STORAGE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int
 _INTEGER_TYPES = ("INT32", "INT64", "INT8", "UINT8", "INT16")
 # Activation types of quantized (full-integer) models, which pisplit does not run yet.
 _QUANTIZED_ACTIVATION_TYPES = ("INT8", "UINT8", "INT16")
+# pisplit's dtype names of quantized tensors (layers.quant)
+_QUANT_DTYPE_NAMES = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16", "INT32": "int32"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,10 @@ class _Importer:
         self.nodes: list[Node] = []
         self.loaders: dict[str, Callable[[], np.ndarray]] = {}
         self.constants: dict[int, Callable[[], np.ndarray]] = {}  # tensor index -> value (any dtype)
+        # tensor index -> stored integers of a quantized constant: read only into an int8 node's weights,
+        # which carry the constant's quantization with them (graph.meta["quant"])
+        self.raw_constants: dict[int, Callable[[], np.ndarray]] = {}
+        self.quant: dict[str, dict] = {}  # tensor name or weight key -> quantization (layers.quant.TensorQuant.to_dict)
 
     # --- checks ------------------------------------------------------------------------------------
     def _fail(self, message: str):
@@ -174,6 +180,9 @@ class _Importer:
                 self.constants[i] = lambda name=name: self._fail(f"constant tensor {name!r} is sparse, which pisplit cannot read")
             elif raw is not None:
                 self.constants[i] = self._constant_loader(i, raw)
+                if self.quantization[i] is not None:
+                    dtype, shape = _STORAGE_DTYPES[self.tensor_types[i]], self.tensor_shapes[i]
+                    self.raw_constants[i] = lambda raw=raw, dtype=dtype, shape=shape: np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def _buffer_bytes(self, index: int):
         buf = self.model.Buffers(index)
@@ -267,7 +276,7 @@ class _Importer:
             self._fail("the model has no subgraph")
         sg = self.model.Subgraphs(0)
         self._read_tensors(sg)
-        self._refuse_quantized_activations()
+        self._check_activation_types()
         n_tensors = len(self.tensor_names)
         self.n_opcodes = self._count(self.model.OperatorCodesLength(), "operator code")
 
@@ -276,7 +285,7 @@ class _Importer:
             i = int(sg.Inputs(k))
             self._check_index(i, n_tensors, "a graph input")
             shape = self.tensor_shapes[i]
-            self._check_float(i, "graph input")
+            self._check_activation(i, "graph input")
             if not shape or shape[0] != 1:
                 self._fail(f"graph input {self.tensor_names[i]!r} has shape {shape}; pisplit needs a leading batch axis of 1")
             inputs[self.tensor_names[i]] = shape
@@ -294,16 +303,42 @@ class _Importer:
                 self._fail(f"graph output {self.tensor_names[i]!r} is a constant; pisplit needs computed outputs")
             outputs.append(self.tensor_names[i])
         meta = {"source": "tflite", "file": self.source, "description": (self.model.Description() or b"").decode("utf-8", "replace")}
+        if self.quant:
+            for t in list(inputs) + outputs:
+                i = self.tensor_names.index(t)
+                if self.tensor_types[i] == "INT8":
+                    self.quant[t] = self._quant_dict(i)
+            meta["quant"] = self.quant
         graph = Graph(self.name, inputs, self.nodes, outputs, OverlayWeights({}, self.loaders), meta)
         self._check_shapes(graph)
         return graph
 
-    def _refuse_quantized_activations(self) -> None:
-        """One clear error for full-integer models: any computed tensor of a quantized integer type."""
+    def _check_activation_types(self) -> None:
+        """Computed tensors are float32 or int8 with quantization scales (full-integer models); uint8 and
+        int16 activations are refused with one clear error."""
         for i, kind in enumerate(self.tensor_types):
-            if kind in _QUANTIZED_ACTIVATION_TYPES and i not in self.constants:
-                self._fail(f"tensor {self.tensor_names[i]!r} is {kind}: quantized activations (full-integer models) are not "
-                           "supported yet; pisplit runs float32 activations with float32, float16 or int8 dynamic-range weights")
+            if i in self.constants or kind not in _QUANTIZED_ACTIVATION_TYPES:
+                continue
+            if kind != "INT8":
+                self._fail(f"tensor {self.tensor_names[i]!r} is {kind}: pisplit runs int8 quantized activations only "
+                           "(and float32 ones with float32, float16 or int8 dynamic-range weights)")
+            if self.quantization[i] is None:
+                self._fail(f"tensor {self.tensor_names[i]!r} is INT8 without quantization scales; pisplit cannot give it a meaning")
+            if self.quantization[i].scale.size != 1:
+                self._fail(f"tensor {self.tensor_names[i]!r} is an INT8 activation quantized per channel, which TFLite's kernels do not take")
+
+    def _quant_dict(self, i: int, axis: int | None = None) -> dict:
+        """Tensor i's quantization as plain data (layers.quant), `axis` renumbered for a transposed weight."""
+        q = self.quantization[i]
+        return {"dtype": _QUANT_DTYPE_NAMES[self.tensor_types[i]], "scale": [float(v) for v in q.scale],
+                "zero_point": [int(v) for v in q.zero_point], "axis": int(q.axis if axis is None else axis)}
+
+    def _is_quantized(self, i: int) -> bool:
+        return self.tensor_types[i] == "INT8" and self.quantization[i] is not None
+
+    def _check_activation(self, i: int, what: str) -> None:
+        if self.tensor_types[i] != "FLOAT32" and not self._is_quantized(i):
+            self._check_float(i, what)
 
     def _check_index(self, i: int, n: int, what: str) -> None:
         if not 0 <= i < n:
@@ -384,13 +419,15 @@ class _Importer:
             self._fail(f"{self.where}: a required input is missing")
         if i in self.constants:
             self._fail(f"{self.where}: input {self.tensor_names[i]!r} is a constant where pisplit expects a computed tensor")
-        self._check_float(i, f"{self.where}: input")
+        self._check_activation(i, f"{self.where}: input")
         return self.tensor_names[i]
 
     def _node(self, op: str, inputs: list[int], out: int, attrs: dict | None = None, weights: dict | None = None) -> None:
         """Append a node named after its output tensor; weights: param -> (tflite tensor, transform,
         shape after the transform) or (tflite tensor, None)."""
-        self._check_float(out, f"{self.where}: output")
+        self._check_activation(out, f"{self.where}: output")
+        if self._is_quantized(out) or any(i != -1 and self._is_quantized(i) for i in inputs):
+            return self._quantized_node(op, inputs, out, attrs, weights)
         name = self.tensor_names[out]
         node = Node(name, op, [self._activation_input(i) for i in inputs], [name], dict(attrs or {}), {})
         for param, (i, transform, *shape) in (weights or {}).items():
@@ -400,6 +437,43 @@ class _Importer:
                 self._check_hybrid_weights(i)
             node.weight_shapes[param] = tuple(shape[0]) if shape else self.tensor_shapes[i]
             self.loaders[node.weight_key(param)] = self._float_loader(i, transform)
+        self.nodes.append(node)
+
+    def _quantized_node(self, op: str, inputs: list[int], out: int, attrs: dict | None, weights: dict | None) -> None:
+        """An int8 node: integer kernels (layers.qkernels), raw integer weights with their quantization.
+        weights: param -> (tflite tensor, transform, shape after it, {old axis: new axis})."""
+        from .qkernels import QRUN
+
+        op_name = self.where.split("(")[1].split(")")[0] if "(" in self.where else op
+        if op not in QRUN:
+            self._fail(f"{self.where}: op {op_name} on int8 tensors is not supported by pisplit yet "
+                       f"(int8 kernels: {', '.join(sorted(QRUN))})")
+        float_in = op == "quantize"
+        float_out = op == "dequantize"
+        for i in inputs:
+            if i != -1 and not (self._is_quantized(i) or (float_in and self.tensor_types[i] == "FLOAT32")):
+                self._fail(f"{self.where}: input {self.tensor_names[i]!r} is {self.tensor_types[i]} in an int8 operator")
+        if not (self._is_quantized(out) or (float_out and self.tensor_types[out] == "FLOAT32")):
+            self._fail(f"{self.where}: output {self.tensor_names[out]!r} is {self.tensor_types[out]} in an int8 operator")
+        name = self.tensor_names[out]
+        node = Node(name, op, [self._activation_input(i) for i in inputs], [name], {**(attrs or {}), "quantized": True}, {})
+        for i in [*inputs, out]:
+            if i != -1 and self._is_quantized(i):
+                self.quant[self.tensor_names[i]] = self._quant_dict(i)
+        for param, (i, transform, *rest) in (weights or {}).items():
+            if i not in self.constants:
+                self._fail(f"{self.where}: {param} tensor {self.tensor_names[i]!r} must be a constant")
+            if i not in self.raw_constants:
+                self._fail(f"{self.where}: {param} tensor {self.tensor_names[i]!r} is {self.tensor_types[i]} without quantization "
+                           "in an int8 operator")
+            shape = tuple(rest[0]) if rest else self.tensor_shapes[i]
+            axis_map = rest[1] if len(rest) > 1 else {}
+            q = self.quantization[i]
+            node.weight_shapes[param] = shape
+            self.quant[node.weight_key(param)] = self._quant_dict(i, axis_map.get(q.axis, q.axis))
+            load = self.raw_constants[i]
+            self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform:
+                                                    np.ascontiguousarray(transform(load()) if transform else load()))
         self.nodes.append(node)
 
     def _check_hybrid_weights(self, i: int) -> None:
@@ -425,7 +499,7 @@ class _Importer:
         cin = self.tensor_shapes[x][-1]
         if cin_g < 1 or cin % cin_g:
             self._fail(f"{self.where}: filter {self.tensor_shapes[w]} does not fit {cin} input channels")
-        weights = {"kernel": (w, lambda a: a.transpose(1, 2, 3, 0), (kh, kw, cin_g, cout))}  # OHWI -> HWIO
+        weights = {"kernel": (w, lambda a: a.transpose(1, 2, 3, 0), (kh, kw, cin_g, cout), {0: 3})}  # OHWI -> HWIO
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
         attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
@@ -446,7 +520,7 @@ class _Importer:
             self._fail(f"{self.where}: quantized depthwise filter {self.tensor_names[w]!r} needs one scale per output channel "
                        f"on dimension 3 ({cout}), it has {quant.scale.size} on dimension {quant.axis}")
         # output channel c*M + m reads input channel c: exactly groups == Cin with Cout/groups = M
-        weights = {"kernel": (w, lambda a: a.reshape(kh, kw, 1, cout), (kh, kw, 1, cout))}
+        weights = {"kernel": (w, lambda a: a.reshape(kh, kw, 1, cout), (kh, kw, 1, cout), {3: 3})}
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
         attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
@@ -461,14 +535,16 @@ class _Importer:
         x, w = ins[0], ins[1]
         cout, cin = self._shape_of(w, 2, "weights")
         shape = self.tensor_shapes[x]
-        weights = {"kernel": (w, lambda a: a.T, (cin, cout))}  # (Cout, Cin) -> (Cin, Cout)
+        weights = {"kernel": (w, lambda a: a.T, (cin, cout), {0: 1, 1: 0})}  # (Cout, Cin) -> (Cin, Cout)
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
         attrs = {"activation": self._activation(o.fusedActivationFunction)}
         if len(shape) > 2 and numel(shape[1:]) == cin and not (o.keepNumDims and shape[-1] == cin):
             # TFLite flattens the input to (batch, Cin) itself; pisplit makes that a node of its own
             flat = self.tensor_names[out] + "/flatten"
-            self.nodes.append(Node(flat, "flatten", [self._activation_input(x)], [flat], {}, {}))
+            if self._is_quantized(x):  # the same integers in another shape: the input's quantization
+                self.quant[flat] = self._quant_dict(x)
+            self.nodes.append(Node(flat, "flatten", [self._activation_input(x)], [flat], {"quantized": True} if self._is_quantized(x) else {}, {}))
             node_before = len(self.nodes)
             self._node("dense", [x], out, attrs, weights)
             self.nodes[node_before].inputs = [flat]
@@ -545,8 +621,15 @@ class _Importer:
 
     def _op_padv2(self, op, ins, out):
         pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
-        value = float(np.asarray(self._const(ins[2], self.where), np.float32).reshape(-1)[0]) if len(ins) > 2 and ins[2] != -1 else 0.0
-        self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist(), "value": value})
+        has_value = len(ins) > 2 and ins[2] != -1
+        value = float(np.asarray(self._const(ins[2], self.where), np.float32).reshape(-1)[0]) if has_value else 0.0
+        attrs = {"paddings": pads.astype(int).tolist(), "value": value}
+        if has_value and self._is_quantized(out):
+            if ins[2] not in self.raw_constants or self.quantization[ins[2]].scale.size != 1 or \
+                    self._quant_dict(ins[2]) != self._quant_dict(out):
+                self._fail(f"{self.where}: the int8 pad value must share the output's quantization")
+            attrs["qvalue"] = int(self.raw_constants[ins[2]]().reshape(-1)[0])
+        self._node("pad", [ins[0]], out, attrs)
 
     def _op_prelu(self, op, ins, out):
         self._node("prelu", [ins[0]], out, {}, {"alpha": (ins[1], None)})
@@ -578,10 +661,18 @@ class _Importer:
         o = self._options(op, "LocalResponseNormalizationOptions")
         self._node("lrn", [ins[0]], out, {"depth_radius": int(o.radius), "bias": float(o.bias), "alpha": float(o.alpha), "beta": float(o.beta)})
 
+    def _op_quantize(self, op, ins, out):
+        if ins[0] in self.constants:
+            self._fail(f"{self.where}: quantizing a constant is not supported")
+        self._node("quantize", [ins[0]], out)
+
     def _op_dequantize(self, op, ins, out):
         i = ins[0]
+        if i not in self.constants and self._is_quantized(i):
+            self._node("dequantize", [i], out)
+            return
         if i not in self.constants:
-            self._fail(f"{self.where}: dequantizing a computed tensor is not supported (only constant weights)")
+            self._fail(f"{self.where}: dequantizing a computed {self.tensor_types[i]} tensor is not supported")
         if self.tensor_types[i] != "FLOAT16" and self.quantization[i] is None:
             self._fail(f"constant tensor {self.tensor_names[i]!r} ({self.tensor_types[i]}) has no quantization scales")
         load = self.constants[i]  # already dequantized when quantized

@@ -158,8 +158,13 @@ class TfliteWriter:
 def export_tflite(graph: Graph, description: str | None = None) -> bytes:
     """The graph as .tflite flatbuffer bytes: inputs and outputs in the graph's order.
 
-    Raises PisplitError naming the first node that has no TFLite equivalent.
+    Raises PisplitError naming the first node that has no TFLite equivalent, and for quantized (int8)
+    graphs, whose integer weights and scales this exporter does not write yet (it would write them as
+    floats and LiteRT would compute something else).
     """
+    if graph.quantized:
+        raise PisplitError(f"engine 'litert': model {graph.name} is quantized (int8); exporting int8 graphs to LiteRT is not "
+                           "supported yet, use --engine numpy")
     return _Exporter(graph, description).run()
 
 

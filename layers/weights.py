@@ -88,7 +88,8 @@ class NpzWeights(Mapping):
                 arr = self._npz[name]
             except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
                 raise PisplitError(f"weights file {self.path}: array {name!r} for {key} cannot be read ({exc})") from None
-            self._cache[key] = np.asarray(arr, dtype=np.float32)
+            # integer arrays are quantized weights (Graph.node_weights checks them against their quantization)
+            self._cache[key] = arr if arr.dtype.kind in "iu" else np.asarray(arr, dtype=np.float32)
         return self._cache[key]
 
     def __iter__(self) -> Iterator[str]:

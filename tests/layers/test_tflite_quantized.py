@@ -209,7 +209,9 @@ def test_quantized_axes_are_not_integers():
         import_tflite_bytes(m.finish(y), "axes.tflite")
 
 
-def test_full_integer_model_is_refused_naming_a_quantized_tensor(tmp_path):
+def test_full_integer_model_imports_with_its_quantization(tmp_path):
+    """Quantized activations (full-integer models) import into int8 nodes (tests/layers/test_int8_kernels.py
+    checks their numbers); the litert engine refuses them rather than run them wrongly."""
     m = Model(0)
     x = m.input((1, 6, 6, 3))
     xq = m.w.tensor("image_int8", (1, 6, 6, 3), dtype="INT8", quantization=quantization_params([0.02], [-3]))
@@ -222,9 +224,13 @@ def test_full_integer_model_is_refused_naming_a_quantized_tensor(tmp_path):
     m.w.operator("DEQUANTIZE", [yq], [y])
     path = tmp_path / "int8.tflite"
     path.write_bytes(m.w.finish([x], [y]))
-    with pytest.raises(PisplitError, match=r"int8.tflite: tensor 'image_int8' is INT8: quantized activations \(full-integer "
-                                           r"models\) are not supported yet"):
-        import_tflite(path)
+    graph = import_tflite(path)
+    assert [n.op for n in graph.nodes] == ["quantize", "conv2d", "dequantize"]
+    assert graph.quant["image_int8"].scale == (np.float32(0.02),) and graph.quant["image_int8"].zero_point == (-3,)
+    assert graph.quant["conv_int8/kernel"].axis == 3 and graph.node_weights("conv_int8")["kernel"].dtype == np.int8
+    with pytest.raises(PisplitError, match=r"engine 'litert': model int8 is quantized \(int8\); .*--engine numpy"):
+        make_engine(graph, "litert")
+    assert make_engine(graph, "auto").name == "numpy"
 
 
 # --- the numpy engine never passes NaN or inf off as an answer to finite input -----------------------

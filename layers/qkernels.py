@@ -1,0 +1,380 @@
+"""Integer (int8) kernels of the numpy engine, following TFLite's reference kernels bit for bit.
+
+Each kernel takes the node's integer inputs, attributes, raw integer weights (int8 filters, int32
+biases) and a `QuantContext` with the quantization of its inputs, outputs and weights, and returns
+integer outputs, as tensorflow/lite/kernels/internal/reference/integer_ops/* and the kernels' Prepare
+steps compute them: int32 accumulation of (x - input zero point) * filter, bias added, scaled by a
+per-channel Q31 multiplier and shift (layers.quant), output zero point added, clamped to the fused
+activation's range in the quantized domain.
+
+Accumulations run as float64 matrix products: every product and partial sum is an integer far below
+2**53, so float64 BLAS is exact whatever its summation order, and fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels as K
+from .errors import PisplitError
+from .quant import (TensorQuant, activation_range, multiply_by_quantized_multiplier, quantize_multiplier, requantize,
+                    round_half_away)
+
+
+@dataclass
+class QuantContext:
+    """Quantization of one node's inputs, outputs (None for float tensors) and weights."""
+
+    inputs: list
+    outputs: list
+    weights: dict = field(default_factory=dict)
+
+
+def _scalar(q: TensorQuant | None, what: str) -> tuple[float, int]:
+    if q is None:
+        raise PisplitError(f"{what} is not quantized")
+    return q.scalar(what)
+
+
+def _exp_f32(x: np.ndarray) -> np.ndarray:
+    """expf as C computes it: the float32 nearest to exp of a float32 (numpy's float32 exp may be 1 ulp off)."""
+    return np.exp(np.asarray(x, np.float32).astype(np.float64)).astype(np.float32)
+
+
+# --- convolutions and fully connected -------------------------------------------------------------------
+
+def _out_scale_per_channel(in_scale: float, wq: TensorQuant, out_scale: float, n: int) -> np.ndarray:
+    """input_scale * filter_scale[c] / output_scale in double, one per output channel (per-tensor broadcast)."""
+    ws = np.asarray(wq.scale, np.float64)
+    if ws.size == 1:
+        ws = np.full(n, ws[0])
+    elif ws.size != n:
+        raise PisplitError(f"filter has {ws.size} scales for {n} output channels")
+    return np.float64(in_scale) * ws / np.float64(out_scale)
+
+
+def _finish(acc: np.ndarray, bias, multipliers, out_q: TensorQuant, activation) -> np.ndarray:
+    acc = np.rint(acc).astype(np.int64) if acc.dtype.kind == "f" else acc.astype(np.int64)
+    if bias is not None:
+        acc = acc + np.asarray(bias, np.int64)
+    _, zp = out_q.scalar("output")
+    lo, hi = activation_range(activation, out_q)
+    return requantize(acc, multipliers, zp, lo, hi, out_q.np_dtype)
+
+
+def _check_symmetric_filter(wq: TensorQuant, what: str) -> None:
+    if any(wq.zero_point):
+        raise PisplitError(f"{what}: int8 filters must have zero point 0 (TFLite's integer kernels ignore it)")
+
+
+def qconv2d(xs, attrs, w, ctx: QuantContext):
+    """CONV_2D / DEPTHWISE_CONV_2D int8 with per-channel filter scales (reference ConvPerChannel /
+    DepthwiseConvPerChannel): padding contributes (zero point - zero point) = 0."""
+    x = xs[0]
+    kernel = w["kernel"]
+    in_scale, in_zp = _scalar(ctx.inputs[0], "conv input")
+    out_q = ctx.outputs[0]
+    out_scale, _ = _scalar(out_q, "conv output")
+    wq = ctx.weights["kernel"]
+    _check_symmetric_filter(wq, "conv")
+    kh, kw, cin_g, cout = kernel.shape
+    groups = int(attrs.get("groups", 1))
+    strides = tuple(attrs.get("strides") or (1, 1))
+    dilation = tuple(attrs.get("dilation") or (1, 1))
+    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    xz = x.astype(np.float64) - in_zp
+    xp = np.pad(xz, [(0, 0), *pads, (0, 0)]) if any(a or b for a, b in pads) else xz
+    win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C)
+    kf = kernel.astype(np.float64)
+    n = x.shape[0]
+    if groups == 1:
+        cols = win.reshape(n * outs[0] * outs[1], kh * kw * cin_g) if win.flags.c_contiguous else \
+            np.ascontiguousarray(win).reshape(n * outs[0] * outs[1], kh * kw * cin_g)
+        acc = (cols @ kf.reshape(kh * kw * cin_g, cout)).reshape(n, *outs, cout)
+    elif cin_g == 1:
+        mult = cout // groups
+        acc = np.zeros((n, *outs, groups, mult))
+        wk = kf.reshape(kh, kw, groups, mult)
+        for i in range(kh):
+            for j in range(kw):
+                acc += win[:, :, :, i, j, :, None] * wk[i, j]
+        acc = acc.reshape(n, *outs, cout)
+    else:
+        raise PisplitError("conv: grouped int8 convolutions other than depthwise are not supported")
+    mults = _out_scale_per_channel(in_scale, wq, out_scale, cout)
+    return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
+
+
+def qdense(xs, attrs, w, ctx: QuantContext):
+    """FULLY_CONNECTED int8 (reference FullyConnected / per-channel FullyConnectedPerChannel)."""
+    x = xs[0]
+    in_scale, in_zp = _scalar(ctx.inputs[0], "fully-connected input")
+    out_q = ctx.outputs[0]
+    out_scale, _ = _scalar(out_q, "fully-connected output")
+    wq = ctx.weights["kernel"]
+    _check_symmetric_filter(wq, "fully connected")
+    kernel = w["kernel"]
+    cout = kernel.shape[1]
+    acc = (x.astype(np.float64) - in_zp) @ kernel.astype(np.float64)
+    if wq.per_channel:
+        mults = _out_scale_per_channel(in_scale, wq, out_scale, cout)
+    else:
+        # GetQuantizedConvolutionMultipler: the product of the two float scales, then double
+        mults = np.float64(np.float32(in_scale) * np.float32(wq.scale[0])) / np.float64(out_scale)
+    return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
+
+
+# --- element-wise -----------------------------------------------------------------------------------
+
+def _operand_quants(ctx: QuantContext, attrs, w) -> list:
+    """Quantizations in operand order (the constant operand first or last, as layers.ops._operands)."""
+    qs = list(ctx.inputs)
+    if "constant" in w:
+        c = ctx.weights["constant"]
+        qs = [c, *qs] if attrs.get("constant_first") else [*qs, c]
+    return qs
+
+
+def _operands(xs, attrs, w):
+    if "constant" not in w:
+        return list(xs)
+    return [w["constant"], *xs] if attrs.get("constant_first") else [*xs, w["constant"]]
+
+
+def qadd(xs, attrs, w, ctx: QuantContext):
+    """ADD int8 (reference integer_ops::Add; Prepare in add.cc): both inputs shifted left 20 bits and
+    scaled to twice the larger input scale, summed, scaled to the output."""
+    a, b = _operands(xs, attrs, w)
+    qa, qb = _operand_quants(ctx, attrs, w)
+    sa, za = _scalar(qa, "add input")
+    sb, zb = _scalar(qb, "add input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "add output")
+    left_shift = 20
+    twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
+    ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
+    mb, eb = quantize_multiplier(np.float64(sb) / twice_max)
+    mo, eo = quantize_multiplier(twice_max / np.float64(np.float32(1 << left_shift) * np.float32(so)))
+    va = multiply_by_quantized_multiplier((a.astype(np.int64) - za) << left_shift, ma, ea)
+    vb = multiply_by_quantized_multiplier((b.astype(np.int64) - zb) << left_shift, mb, eb)
+    out = multiply_by_quantized_multiplier(va + vb, mo, eo) + zo
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
+
+
+def qmul(xs, attrs, w, ctx: QuantContext):
+    """MUL int8 (reference integer_ops::Mul): (a - za) * (b - zb) scaled by sa * sb / so."""
+    a, b = _operands(xs, attrs, w)
+    qa, qb = _operand_quants(ctx, attrs, w)
+    sa, za = _scalar(qa, "mul input")
+    sb, zb = _scalar(qb, "mul input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "mul output")
+    m, e = quantize_multiplier(np.float64(np.float32(sa) * np.float32(sb)) / np.float64(so))
+    out = multiply_by_quantized_multiplier((a.astype(np.int64) - za) * (b.astype(np.int64) - zb), m, e) + zo
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
+
+
+# --- pooling and reductions ----------------------------------------------------------------------------
+
+def _same_quant(ctx: QuantContext, what: str) -> None:
+    if ctx.inputs[0] != ctx.outputs[0]:
+        raise PisplitError(f"{what}: int8 input and output must share scale and zero point (TFLite requires it)")
+
+
+def _pool_windows(x, attrs, fill):
+    from .ops import pool_geometry
+
+    pool, strides, pads, outs = pool_geometry(x.shape, attrs)
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill) if any(a or b for a, b in pads) else x
+    return K._windows(xp, pool, strides, (1, 1), outs), pool, strides, pads, outs
+
+
+def qmax_pool(xs, attrs, w, ctx: QuantContext):
+    """MAX_POOL_2D int8: the window maximum over valid positions, clamped to the activation range."""
+    _same_quant(ctx, "max pool")
+    x = xs[0]
+    win, *_ = _pool_windows(x.astype(np.int32), attrs, -(1 << 20))
+    out = win.max(axis=(3, 4))
+    lo, hi = activation_range(attrs.get("activation"), ctx.outputs[0])
+    return [np.clip(out, lo, hi).astype(ctx.outputs[0].np_dtype)]
+
+
+def qavg_pool(xs, attrs, w, ctx: QuantContext):
+    """AVERAGE_POOL_2D int8 (reference integer_ops::AveragePool): the sum over valid positions divided
+    by their count, rounded half away from zero."""
+    _same_quant(ctx, "average pool")
+    x = xs[0]
+    win, pool, strides, pads, outs = _pool_windows(x.astype(np.int64), attrs, 0)
+    total = win.sum(axis=(3, 4))
+    ones = np.ones((1, *x.shape[1:3], 1), np.int64)
+    count = _pool_windows(ones, attrs, 0)[0].sum(axis=(3, 4))
+    half = count // 2
+    out = np.where(total > 0, (total + half) // count, -((-(total - half)) // count))
+    lo, hi = activation_range(attrs.get("activation"), ctx.outputs[0])
+    return [np.clip(out, lo, hi).astype(ctx.outputs[0].np_dtype)]
+
+
+def qmean(xs, attrs, w, ctx: QuantContext):
+    """MEAN int8 (reference QuantizedMeanOrSum): sum of (x - input zero point) over the axes, scaled by
+    input_scale / output_scale folded with 1 / count into one multiplier, as TFLite folds it."""
+    from .ops import _non_batch_axes
+
+    x = xs[0]
+    axes = tuple(_non_batch_axes(attrs["axes"], x.ndim, "mean"))
+    si, zi = _scalar(ctx.inputs[0], "mean input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "mean output")
+    count = int(np.prod([x.shape[a] for a in axes]))
+    total = x.astype(np.int64).sum(axis=axes, keepdims=bool(attrs.get("keepdims", False))) - zi * count
+    m, e = quantize_multiplier(np.float64(si) / np.float64(so))
+    m, e = int(m), int(e)
+    shift = min(count.bit_length() - 1, 32, 31 + e)
+    m = (m << shift) // count
+    e = e - shift
+    out = multiply_by_quantized_multiplier(total, m, e) + zo
+    return [np.clip(out, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
+
+
+# --- activations ----------------------------------------------------------------------------------------
+
+def _lookup(x: np.ndarray, table: np.ndarray, q: TensorQuant) -> np.ndarray:
+    return table[x.astype(np.int64) - q.qmin]
+
+
+def _table(in_q: TensorQuant, out_q: TensorQuant, fn) -> np.ndarray:
+    """TFLite PopulateLookupTable: for every int8 value, dequantize (float32), transform, requantize."""
+    si, zi = in_q.scalar("input")
+    so, zo = out_q.scalar("output")
+    vals = np.arange(in_q.qmin, in_q.qmax + 1)
+    deq = np.float32(si) * (vals - zi).astype(np.float32)
+    y = fn(deq)
+    q = round_half_away(y * (np.float32(1) / np.float32(so))).astype(np.int64) + zo
+    return np.clip(q, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)
+
+
+def qsigmoid(xs, attrs, w, ctx: QuantContext):
+    """LOGISTIC int8: TFLite's lookup table of 1 / (1 + expf(-x)) over the 256 int8 values."""
+    table = _table(ctx.inputs[0], ctx.outputs[0], lambda v: np.float32(1) / (np.float32(1) + _exp_f32(-v)))
+    return [_lookup(xs[0], table, ctx.inputs[0])]
+
+
+def qtanh(xs, attrs, w, ctx: QuantContext):
+    """TANH int8: TFLite's lookup table of tanhf."""
+    table = _table(ctx.inputs[0], ctx.outputs[0], lambda v: np.tanh(v.astype(np.float64)).astype(np.float32))
+    return [_lookup(xs[0], table, ctx.inputs[0])]
+
+
+def qsoftmax(xs, attrs, w, ctx: QuantContext):
+    """SOFTMAX int8 (optimized_ops::Softmax with PopulateSoftmaxLookupTable, the kernel every TFLite
+    resolver runs): exp(-beta * input_scale * (max - x)) from a float table, summed in order in float32,
+    scaled by 1 / (sum * output_scale), rounded, plus the output zero point."""
+    x = xs[0]
+    si, _ = _scalar(ctx.inputs[0], "softmax input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "softmax output")
+    axis = int(attrs.get("axis", -1)) % x.ndim
+    if axis != x.ndim - 1:
+        raise PisplitError("softmax: int8 softmax works on the last axis only")
+    scale = np.float32(-np.float32(si) * np.float32(attrs.get("beta", 1.0)))
+    table = _exp_f32(scale * np.arange(256, dtype=np.float32))  # table[d] = exp(scale * d), d = max - x
+    diff = x.max(axis=-1, keepdims=True).astype(np.int64) - x.astype(np.int64)
+    e = table[diff]
+    total = np.cumsum(e, axis=-1, dtype=np.float32)[..., -1:]  # sequential float32 sum, as the C loop
+    inv = np.float32(1) / (total * np.float32(so))
+    q = round_half_away(e * inv).astype(np.int64) + zo
+    return [np.clip(q, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
+
+
+def _relu_family(lo_real, hi_real):
+    def run(xs, attrs, w, ctx: QuantContext):
+        """RELU / RELU6 int8 (QuantizedReluX): requantize input to output, clamp to the real range."""
+        x = xs[0]
+        si, zi = _scalar(ctx.inputs[0], "relu input")
+        out_q = ctx.outputs[0]
+        so, zo = _scalar(out_q, "relu output")
+        lo = max(out_q.qmin, zo + int(round_half_away(np.float32(lo_real) / np.float32(so))))
+        hi = out_q.qmax if hi_real is None else min(out_q.qmax, zo + int(round_half_away(np.float32(hi_real) / np.float32(so))))
+        m, e = quantize_multiplier(np.float64(si) / np.float64(so))
+        out = multiply_by_quantized_multiplier(x.astype(np.int64) - zi, m, e) + zo
+        return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
+    return run
+
+
+# --- structure ------------------------------------------------------------------------------------------
+
+def qconcat(xs, attrs, w, ctx: QuantContext):
+    """CONCATENATION int8: TFLite requires every input to share the output's scale and zero point."""
+    from .ops import _concat_axis
+
+    if any(q != ctx.outputs[0] for q in ctx.inputs):
+        raise PisplitError("concat: int8 inputs must share the output's scale and zero point (TFLite requires it)")
+    return [np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(attrs.get("axis", -1))))]
+
+
+def qreshape(fn):
+    def run(xs, attrs, w, ctx: QuantContext):
+        _same_quant(ctx, "reshape")
+        return [fn(xs[0], attrs)]
+    return run
+
+
+def qpad(xs, attrs, w, ctx: QuantContext):
+    """PAD / PADV2 int8: pads with the output zero point (real 0), or PADV2's quantized constant."""
+    _same_quant(ctx, "pad")
+    _, zp = ctx.outputs[0].scalar("pad output")
+    value = attrs.get("qvalue", zp)
+    return [K.pad(xs[0], attrs["paddings"], value).astype(ctx.outputs[0].np_dtype)]
+
+
+def qquantize(xs, attrs, w, ctx: QuantContext):
+    """QUANTIZE: float32 -> int8 as round(x / scale) + zero point (float32 division, ties away from
+    zero), or int8 -> int8 requantization by input_scale / output_scale."""
+    x = xs[0]
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "quantize output")
+    if ctx.inputs[0] is None:
+        q = round_half_away(np.asarray(x, np.float32) / np.float32(so))
+        q = np.clip(np.nan_to_num(q), -(1 << 30), 1 << 30).astype(np.int64) + zo
+    else:
+        si, zi = _scalar(ctx.inputs[0], "quantize input")
+        m, e = quantize_multiplier(np.float64(si) / np.float64(so))
+        q = multiply_by_quantized_multiplier(x.astype(np.int64) - zi, m, e) + zo
+    return [np.clip(q, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
+
+
+def qdequantize(xs, attrs, w, ctx: QuantContext):
+    """DEQUANTIZE: (q - zero point) * scale as float32."""
+    si, zi = _scalar(ctx.inputs[0], "dequantize input")
+    return [((xs[0].astype(np.int64) - zi).astype(np.float64) * np.float64(np.float32(si))).astype(np.float32)]
+
+
+def float_only(name):
+    def run(xs, attrs, w):
+        raise PisplitError(f"op {name} runs on quantized tensors only")
+    return run
+
+
+QRUN = {
+    "conv2d": qconv2d,
+    "dense": qdense,
+    "add": qadd,
+    "mul": qmul,
+    "max_pool2d": qmax_pool,
+    "avg_pool2d": qavg_pool,
+    "mean": qmean,
+    "sigmoid": qsigmoid,
+    "tanh": qtanh,
+    "softmax": qsoftmax,
+    "relu": _relu_family(0.0, None),
+    "relu6": _relu_family(0.0, 6.0),
+    "concat": qconcat,
+    "reshape": qreshape(lambda x, a: x.reshape(x.shape[0], *a["shape"])),
+    "flatten": qreshape(lambda x, a: x.reshape(x.shape[0], -1)),
+    "pad": qpad,
+    "quantize": qquantize,
+    "dequantize": qdequantize,
+}

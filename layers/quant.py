@@ -1,0 +1,177 @@
+"""Quantized tensors in the IR: dtype and affine quantization per tensor, and TFLite's fixed-point arithmetic.
+
+A graph's quantization is plain data in `graph.meta["quant"]`: tensor name (an activation, or a weight
+key "node/param") -> {"dtype": "int8" | "int32", "scale": [...], "zero_point": [...], "axis": k}, real =
+(q - zero_point) * scale, one scale per slice along `axis` when there are several. It is saved and
+loaded with the graph's JSON, and passed on with `meta` to graphs cut from it (pipeline stages).
+`Graph.quant` holds it parsed as `TensorQuant`s.
+
+The integer arithmetic follows TFLite's reference kernels (tensorflow/lite/kernels/internal/common.h,
+quantization_util.cc), vectorised: `quantize_multiplier` turns a real multiplier into a Q31 integer and
+a power-of-two exponent (frexp, round half away from zero), `multiply_by_quantized_multiplier` applies
+it with TFLite's two roundings (a saturating rounding doubling high multiply, then a rounding divide by
+a power of two, ties away from zero), on int64 numpy arrays so no intermediate overflows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .errors import PisplitError
+
+# dtypes a quantized tensor may have; activations are int8 only for now (weights int8, biases int32)
+QUANT_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32}
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """Affine quantization of one tensor: real = (q - zero_point) * scale, per slice along `axis`."""
+
+    dtype: str
+    scale: tuple
+    zero_point: tuple
+    axis: int = 0
+
+    @property
+    def np_dtype(self):
+        return np.dtype(QUANT_DTYPES[self.dtype])
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scale) > 1
+
+    @property
+    def qmin(self) -> int:
+        return int(np.iinfo(self.np_dtype).min)
+
+    @property
+    def qmax(self) -> int:
+        return int(np.iinfo(self.np_dtype).max)
+
+    def scalar(self, what: str) -> tuple[float, int]:
+        """(scale, zero point) of a per-tensor quantization; PisplitError naming `what` otherwise."""
+        if len(self.scale) != 1 or len(self.zero_point) != 1:
+            raise PisplitError(f"{what}: needs one quantization scale and zero point, has {len(self.scale)}")
+        return float(self.scale[0]), int(self.zero_point[0])
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "scale": [float(s) for s in self.scale], "zero_point": [int(z) for z in self.zero_point],
+                "axis": int(self.axis)}
+
+    @classmethod
+    def from_dict(cls, name: str, d) -> "TensorQuant":
+        try:
+            q = cls(str(d["dtype"]), tuple(float(np.float32(s)) for s in d["scale"]), tuple(int(z) for z in d["zero_point"]),
+                    int(d.get("axis", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PisplitError(f"quantization of tensor {name!r} is malformed ({exc!r})") from None
+        if q.dtype not in QUANT_DTYPES:
+            raise PisplitError(f"quantization of tensor {name!r}: dtype {q.dtype!r} is not one of {', '.join(QUANT_DTYPES)}")
+        if not q.scale or len(q.zero_point) not in (1, len(q.scale)):
+            raise PisplitError(f"quantization of tensor {name!r}: {len(q.scale)} scales with {len(q.zero_point)} zero points")
+        if not all(np.isfinite(s) and s > 0 for s in q.scale):
+            raise PisplitError(f"quantization of tensor {name!r}: scales must be positive and finite")
+        return q
+
+    def describe(self) -> str:
+        """One short line: 'int8 scale 0.0235 zp -128' or 'int8 per-channel(axis 3, 32) scale 1e-3..4e-3 zp 0'."""
+        if not self.per_channel:
+            return f"{self.dtype} scale {self.scale[0]:.4g} zp {self.zero_point[0]}"
+        zps = sorted(set(self.zero_point))
+        zp = str(zps[0]) if len(zps) == 1 else f"{zps[0]}..{zps[-1]}"
+        return f"{self.dtype} per-channel(axis {self.axis}, {len(self.scale)}) scale {min(self.scale):.3g}..{max(self.scale):.3g} zp {zp}"
+
+
+def parse_quant(meta: Mapping) -> dict[str, TensorQuant]:
+    """The TensorQuants of a graph's meta["quant"] (empty for float graphs)."""
+    raw = meta.get("quant") or {}
+    if not isinstance(raw, Mapping):
+        raise PisplitError("graph meta 'quant' must map tensor names to quantizations")
+    return {str(k): TensorQuant.from_dict(k, v) for k, v in raw.items()}
+
+
+# --- TFLite's fixed-point arithmetic -------------------------------------------------------------------
+
+def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite QuantizeMultiplier, vectorised: real (float64) ~= q * 2**(shift - 31), q in [2**30, 2**31)."""
+    real = np.asarray(real, dtype=np.float64)
+    frac, exp = np.frexp(real)
+    q = np.floor(np.abs(frac) * 2.0 ** 31 + 0.5) * np.sign(frac)  # std::round: ties away from zero
+    full = q == 2.0 ** 31
+    q = np.where(full, q / 2, q)
+    exp = np.where(full, exp + 1, exp)
+    tiny = exp < -31
+    q = np.where(tiny, 0, q)
+    exp = np.where(tiny, 0, exp)
+    return q.astype(np.int64), exp.astype(np.int64)
+
+
+def _trunc_shift(x: np.ndarray, n: int) -> np.ndarray:
+    """x / 2**n rounded toward zero (C integer division) for int64 arrays."""
+    return np.where(x >= 0, x >> n, -((-x) >> n))
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64 arrays."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    out = _trunc_shift(ab + nudge, 31)
+    overflow = (a == b) & (a == -(1 << 31))
+    return np.where(overflow, np.int64((1 << 31) - 1), out) if overflow.any() else out
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2**exponent rounded to nearest, ties away from zero."""
+    x = np.asarray(x, dtype=np.int64)
+    exponent = np.asarray(exponent, dtype=np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier (the default, double-rounding build): x * multiplier * 2**(shift - 31)."""
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
+
+
+def requantize(acc, real_multiplier, zero_point: int, lo: int, hi: int, dtype=np.int8) -> np.ndarray:
+    """An int32 accumulator scaled by real_multiplier (per last-axis channel when a vector), plus the
+    output zero point, clamped to [lo, hi]: the end of every TFLite integer conv / fc / mean kernel."""
+    m, s = quantize_multiplier(real_multiplier)
+    out = multiply_by_quantized_multiplier(acc, m, s) + int(zero_point)
+    return np.clip(out, lo, hi).astype(dtype)
+
+
+def round_half_away(x) -> np.ndarray:
+    """std::round on floats: ties away from zero (numpy rounds ties to even)."""
+    x = np.asarray(x)
+    return np.sign(x) * np.floor(np.abs(x) + x.dtype.type(0.5))
+
+
+def quantize_value(value: float, quant: TensorQuant) -> int:
+    """zero_point + round(value / scale) in float32, as TFLite's activation-range helper does (unclamped)."""
+    scale, zp = quant.scalar("quantize")
+    return zp + int(round_half_away(np.float32(value) / np.float32(scale)))
+
+
+def activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
+    """TFLite CalculateActivationRangeQuantized: the clamp of a fused activation in the quantized domain."""
+    lo, hi = quant.qmin, quant.qmax
+    if activation in (None, "linear"):
+        return lo, hi
+    if activation == "relu":
+        return max(lo, quantize_value(0.0, quant)), hi
+    if activation == "relu6":
+        return max(lo, quantize_value(0.0, quant)), min(hi, quantize_value(6.0, quant))
+    if activation == "relu_n1_to_1":
+        return max(lo, quantize_value(-1.0, quant)), min(hi, quantize_value(1.0, quant))
+    raise PisplitError(f"fused activation {activation!r} has no quantized form")
