@@ -392,3 +392,216 @@ def quantized_chain_model(kind: str = "hybrid", write: str = "quantized", seed: 
     features = m.op("MEAN", [y, m.const([1, 2])], (1, 16), m.opts("ReducerOptions", keepDims=False), name="features")
     logits = fully_connected(m, features, 10)
     return m.finish([logits, y])
+
+
+# --- full-integer int8 models (quantized activations) -----------------------------------------------
+
+def qparams(scale: float, zero_point: int):
+    """Per-tensor quantization of an activation."""
+    return quantization_params([scale], [zero_point])
+
+
+class Int8Model(Model):
+    """A Model whose activations are int8 with scales and zero points, weights int8 per channel
+    (symmetric, as the TFLite converter writes them), biases int32 at input_scale * filter_scale."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.q: dict[int, tuple[float, int]] = {}  # tensor -> (scale, zero point)
+
+    def qinput(self, shape, scale=0.05, zero_point=-7, name=None) -> int:
+        t = self.w.tensor(name or f"input{len(self.inputs)}", shape, dtype="INT8", quantization=qparams(scale, zero_point))
+        self.inputs.append(t)
+        self.shapes[t], self.q[t] = tuple(shape), (scale, zero_point)
+        return t
+
+    def qop(self, code, inputs, out_shape, scale, zero_point, options=None, name=None, dtype="INT8") -> int:
+        self.count += 1
+        quant = qparams(scale, zero_point) if dtype == "INT8" else None
+        t = self.w.tensor(name or f"{code.lower()}_{self.count}", out_shape, dtype=dtype, quantization=quant)
+        self.shapes[t] = tuple(out_shape)
+        if dtype == "INT8":
+            self.q[t] = (scale, zero_point)
+        self.w.operator(code, inputs, [t], options)
+        return t
+
+    def qfilter(self, shape, axis: int, per_channel=True) -> tuple[int, np.ndarray]:
+        """Int8 weights in [-127, 127], scales spanning a decade per channel along `axis`."""
+        self.count += 1
+        n = shape[axis] if per_channel else 1
+        scale = (0.01 * 10.0 ** self.rng.uniform(-0.5, 0.5, n)).astype(np.float32)
+        q = self.rng.integers(-127, 128, shape).astype(np.int8)
+        t = self.w.tensor(f"filter{self.count}", shape, q,
+                          quantization=quantization_params(scale, np.zeros(n, np.int64), axis if per_channel else 0))
+        return t, scale
+
+    def qbias(self, in_scale: float, scales: np.ndarray, n: int) -> int:
+        self.count += 1
+        scales = np.broadcast_to(scales, (n,)).astype(np.float64)
+        b = self.rng.integers(-20000, 20000, n).astype(np.int32)
+        return self.w.tensor(f"bias{self.count}", (n,), b, quantization=quantization_params((in_scale * scales).astype(np.float32),
+                                                                                           np.zeros(n, np.int64)))
+
+    def qconst(self, shape, scale, zero_point) -> int:
+        self.count += 1
+        q = self.rng.integers(-128, 128, shape).astype(np.int8)
+        t = self.w.tensor(f"qconst{self.count}", shape, q, quantization=qparams(scale, zero_point))
+        self.shapes[t], self.q[t] = tuple(shape), (scale, zero_point)
+        return t
+
+
+def _acc_scale(m: Int8Model, x: int, w_scales, fan_in: int) -> float:
+    """An output scale that spreads a layer's typical accumulator over the int8 range."""
+    return float(m.q[x][0] * np.mean(w_scales) * 74 * 73 * np.sqrt(fan_in) * 2.5 / 127)
+
+
+def int8_conv(m, x, cout, k, stride=1, padding="same", dilation=1, act="none", per_channel=True):
+    n, h, w, cin = m.shapes[x]
+    filt, scales = m.qfilter((cout, k, k, cin), 0, per_channel)
+    bias = m.qbias(m.q[x][0], scales, cout)
+    shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
+    opts = m.opts("Conv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
+                  dilationHFactor=dilation, dilationWFactor=dilation, fusedActivationFunction=ACT[act])
+    return m.qop("CONV_2D", [x, filt, bias], shape, _acc_scale(m, x, scales, k * k * cin), 5, opts)
+
+
+def int8_depthwise(m, x, k, multiplier=1, stride=1, padding="same", dilation=1, act="none"):
+    n, h, w, cin = m.shapes[x]
+    cout = cin * multiplier
+    filt, scales = m.qfilter((1, k, k, cout), 3)
+    bias = m.qbias(m.q[x][0], scales, cout)
+    shape = (n, _out_size(h, k, stride, dilation, padding), _out_size(w, k, stride, dilation, padding), cout)
+    opts = m.opts("DepthwiseConv2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
+                  depthMultiplier=multiplier, dilationHFactor=dilation, dilationWFactor=dilation, fusedActivationFunction=ACT[act])
+    return m.qop("DEPTHWISE_CONV_2D", [x, filt, bias], shape, _acc_scale(m, x, scales, k * k), -3, opts)
+
+
+def int8_fully_connected(m, x, cout, act="none", per_channel=False):
+    shape = m.shapes[x]
+    cin = int(np.prod(shape[1:]))
+    filt, scales = m.qfilter((cout, cin), 0, per_channel)
+    bias = m.qbias(m.q[x][0], scales, cout)
+    return m.qop("FULLY_CONNECTED", [x, filt, bias], (shape[0], cout), _acc_scale(m, x, scales, cin), 2,
+                 m.opts("FullyConnectedOptions", fusedActivationFunction=ACT[act]))
+
+
+def int8_pool(m, x, code, k, stride, padding, act="none"):
+    n, h, w, c = m.shapes[x]
+    shape = (n, _out_size(h, k, stride, 1, padding), _out_size(w, k, stride, 1, padding), c)
+    opts = m.opts("Pool2DOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride, filterHeight=k,
+                  filterWidth=k, fusedActivationFunction=ACT[act])
+    return m.qop(code, [x], shape, *m.q[x], opts)
+
+
+def _int8_single(build, in_shapes, seed=0, in_quant=((0.05, -7), (0.08, 11))):
+    def make():
+        m = Int8Model(seed)
+        xs = [m.qinput(s, *in_quant[k]) for k, s in enumerate(in_shapes)]
+        return m.finish(build(m, *xs))
+    return make
+
+
+def _int8_binary(code, act="none", const_shape=None, scale=None):
+    def build(m, a, b=None):
+        if b is None:
+            b = m.qconst(const_shape, 0.03, 4)
+        shape = np.broadcast_shapes(m.shapes[a], m.shapes[b])
+        sa, sb = m.q[a][0], m.q[b][0]
+        out = scale or (max(sa, sb) * 1.6 if code == "ADD" else sa * sb * 74 * 74 * 2.5 / 127)
+        options = {"ADD": "AddOptions", "MUL": "MulOptions"}[code]
+        return m.qop(code, [a, b], shape, out, -9, m.opts(options, fusedActivationFunction=ACT[act]))
+    return build
+
+
+def _int8_mean(axes, keep):
+    def build(m, x):
+        shape = m.shapes[x]
+        norm = {a % len(shape) for a in axes}
+        out = tuple(1 if d in norm else s for d, s in enumerate(shape)) if keep else tuple(s for d, s in enumerate(shape) if d not in norm)
+        return m.qop("MEAN", [x, m.const(axes)], out, m.q[x][0] * 0.3, 3, m.opts("ReducerOptions", keepDims=keep))
+    return build
+
+
+def _int8_unary(code, scale=None, zero_point=None, options=None):
+    def build(m, x):
+        s, z = m.q[x]
+        return m.qop(code, [x], m.shapes[x], s if scale is None else scale, z if zero_point is None else zero_point,
+                     m.opts(options[0], **options[1]) if options else None)
+    return build
+
+
+def _int8_quantize_float(m, x):
+    return m.qop("QUANTIZE", [x], m.shapes[x], 0.02, -5)
+
+
+def _int8_concat(m, a, b):
+    shape = list(m.shapes[a])
+    shape[3] += m.shapes[b][3]
+    return m.qop("CONCATENATION", [a, b], shape, *m.q[a], m.opts("ConcatenationOptions", axis=3))
+
+
+def _int8_pad(value=None):
+    def build(m, x):
+        pads = [[0, 0], [1, 2], [0, 3], [0, 0]]
+        shape = tuple(s + a + b for s, (a, b) in zip(m.shapes[x], pads))
+        if value is None:
+            return m.qop("PAD", [x, m.const(pads)], shape, *m.q[x], m.opts("PadOptions"))
+        v = m.w.tensor("pad_value", (1,), np.array([value], np.int8), quantization=qparams(*m.q[x]))
+        return m.qop("PADV2", [x, m.const(pads), v], shape, *m.q[x], m.opts("PadV2Options"))
+    return build
+
+
+def _int8_dequantize(m, x):
+    return m.qop("DEQUANTIZE", [x], m.shapes[x], 0, 0, dtype="FLOAT32")
+
+
+IMG = (1, 9, 11, 6)
+INT8_CASES = {
+    "conv_3x3_same_stride2_relu6": _int8_single(lambda m, x: int8_conv(m, x, 8, 3, stride=2, act="relu6"), [IMG]),
+    "conv_1x1_valid": _int8_single(lambda m, x: int8_conv(m, x, 5, 1, padding="valid"), [IMG]),
+    "conv_3x3_dilation2_relu_per_tensor": _int8_single(lambda m, x: int8_conv(m, x, 4, 3, dilation=2, act="relu", per_channel=False), [IMG]),
+    "depthwise_3x3_same_stride2_relu6": _int8_single(lambda m, x: int8_depthwise(m, x, 3, stride=2, act="relu6"), [IMG]),
+    "depthwise_3x3_valid_multiplier2": _int8_single(lambda m, x: int8_depthwise(m, x, 3, multiplier=2, padding="valid"), [IMG]),
+    "fully_connected_relu": _int8_single(lambda m, x: int8_fully_connected(m, x, 10, act="relu"), [(1, 40)]),
+    "fully_connected_per_channel": _int8_single(lambda m, x: int8_fully_connected(m, x, 7, per_channel=True), [(1, 40)]),
+    "fully_connected_flattens_4d": _int8_single(lambda m, x: int8_fully_connected(m, x, 6), [(1, 3, 4, 5)]),
+    "add_two_scales_relu": _int8_single(_int8_binary("ADD", act="relu"), [IMG, IMG]),
+    "add_broadcast_constant": _int8_single(_int8_binary("ADD", const_shape=(1, 1, 1, 6)), [IMG]),
+    "mul_two_inputs": _int8_single(_int8_binary("MUL"), [IMG, IMG]),
+    "mul_broadcast_constant_relu6": _int8_single(_int8_binary("MUL", act="relu6", const_shape=(6,), scale=0.02), [IMG]),
+    "mean_spatial": _int8_single(_int8_mean([1, 2], False), [IMG]),
+    "mean_spatial_keepdims": _int8_single(_int8_mean([1, 2], True), [IMG]),
+    "mean_channels": _int8_single(_int8_mean([3], False), [IMG]),
+    "avg_pool_same_stride2": _int8_single(lambda m, x: int8_pool(m, x, "AVERAGE_POOL_2D", 3, 2, "same"), [IMG]),
+    "avg_pool_valid_relu6": _int8_single(lambda m, x: int8_pool(m, x, "AVERAGE_POOL_2D", 2, 1, "valid", act="relu6"), [IMG]),
+    "max_pool_same_stride2": _int8_single(lambda m, x: int8_pool(m, x, "MAX_POOL_2D", 3, 2, "same"), [IMG]),
+    "max_pool_valid_relu": _int8_single(lambda m, x: int8_pool(m, x, "MAX_POOL_2D", 2, 2, "valid", act="relu"), [IMG]),
+    "concat_channels": _int8_single(_int8_concat, [IMG, (1, 9, 11, 3)], in_quant=((0.05, -7), (0.05, -7))),
+    "reshape": _int8_single(lambda m, x: m.qop("RESHAPE", [x, m.const([1, 99, 6])], (1, 99, 6), *m.q[x],
+                                               m.opts("ReshapeOptions", newShape=[1, 99, 6])), [IMG]),
+    "softmax": _int8_single(_int8_unary("SOFTMAX", 1 / 256, -128, ("SoftmaxOptions", {"beta": 1.0})), [(1, 10)], in_quant=((0.1, 3),)),
+    "softmax_beta_4d": _int8_single(_int8_unary("SOFTMAX", 1 / 256, -128, ("SoftmaxOptions", {"beta": 0.5})), [IMG]),
+    "logistic": _int8_single(_int8_unary("LOGISTIC", 1 / 256, -128), [IMG]),
+    "tanh": _int8_single(_int8_unary("TANH", 1 / 128, 0), [IMG]),
+    "relu": _int8_single(_int8_unary("RELU", 0.03, -128), [IMG]),
+    "relu6": _int8_single(_int8_unary("RELU6", 0.03, -128), [IMG]),
+    "pad": _int8_single(_int8_pad(), [IMG]),
+    "padv2": _int8_single(_int8_pad(value=-20), [IMG]),
+    "quantize_requantize": _int8_single(_int8_unary("QUANTIZE", 0.11, 9), [IMG]),
+    "dequantize": _int8_single(_int8_dequantize, [IMG]),
+}
+
+
+def int8_float_io_case() -> bytes:
+    """float32 in, QUANTIZE, conv, depthwise, ADD, MEAN, FULLY_CONNECTED, DEQUANTIZE: float32 out."""
+    m = Int8Model(5)
+    x = m.input((1, 12, 12, 3), name="image")
+    q = _int8_quantize_float(m, x)
+    y = int8_conv(m, q, 8, 3, stride=2, act="relu6")
+    skip = y
+    y = int8_depthwise(m, y, 3, act="relu6")
+    y = int8_conv(m, y, 8, 1)
+    y = _int8_binary("ADD")(m, y, skip)
+    y = _int8_mean([1, 2], False)(m, y)
+    y = int8_fully_connected(m, y, 10)
+    return m.finish(_int8_dequantize(m, y))

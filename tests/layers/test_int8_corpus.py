@@ -1,0 +1,43 @@
+"""Real int8 models from the TensorFlow Lite converter (Keras MobileNetV2 and ResNet50, random weights,
+full-integer and int8 with float input/output), built by scripts/build_corpus into
+${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus: pisplit's numpy engine equals LiteRT's reference kernels
+(OpResolverType.BUILTIN_REF) bit for bit. Skipped when the corpus has not been built (CI does not
+build it: the converter needs TensorFlow, never a pisplit dependency)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layers import load_model
+from layers.engine import make_engine
+
+from .test_int8_kernels import interpreter_outputs
+
+pytestmark = pytest.mark.litert
+
+CORPUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pisplit-corpus"
+MODELS = sorted(p.name for p in CORPUS.glob("*_int8*.tflite")) if CORPUS.is_dir() else []
+
+
+@pytest.mark.skipif(not MODELS, reason=f"no int8 models in {CORPUS} (bash scripts/build_corpus builds them)")
+@pytest.mark.parametrize("name", MODELS or ["none"])
+def test_corpus_int8_model_equals_reference_kernels(name):
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("ai-edge-litert is not installed")
+    path = CORPUS / name
+    graph = load_model(str(path))
+    assert graph.quantized
+    engine = make_engine(graph, "numpy")
+    data = path.read_bytes()
+    for seed in (0, 1):
+        feeds = graph.random_input(seed)
+        got = engine.run(feeds)
+        want = interpreter_outputs(data, list(feeds.values()))
+        for t, w in zip(graph.outputs, want):
+            assert np.unique(w).size >= 3, "the model's output does not vary (rebuild the corpus with scripts/build_corpus --force)"
+            assert got[t].dtype == w.dtype and np.array_equal(got[t], w), f"{name}: {int((got[t] != w).sum())} of {w.size} outputs differ"
+            assert w.dtype.kind != "f" or np.isfinite(got[t]).all()
