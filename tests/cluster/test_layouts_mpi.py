@@ -65,3 +65,38 @@ def test_kept_layouts_under_mpirun_equal_the_unsplit_model(tmp_path, name, stage
         assert sorted(z["frame_ids"].tolist()) == list(range(frames))
     ref = varied(reference_outputs(graph, frames))
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def wide_stack():
+    """Three 3x3 convs over a 768x768 map (9 MiB per activation), then a small head."""
+    from layers.builder import GraphBuilder
+
+    b = GraphBuilder("wide_stack", seed=7)
+    x = b.input("image", (1, 768, 768, 4))
+    y = b.conv(x, 4, 3, "conv1", padding="same", activation="relu")
+    y = b.conv(y, 4, 3, "conv2", padding="same", activation="relu")
+    y = b.conv(y, 4, 3, "conv3", padding="same", activation="relu")
+    y = b.pool(y, "max", 8, "pool")
+    y = b.act(y, "flatten", "flatten")
+    y = b.dense(y, 10, "fc")
+    return b.build(y)
+
+
+def test_kept_strips_spare_the_lead_the_whole_activations(tmp_path):
+    # the star gathers each conv's 9 MiB output to the lead and scatters it again; kept strips never
+    # make it whole, so the lead's peak is lower by at least one activation
+    graph = wide_stack()
+    path, _ = save_graph(graph, tmp_path / "wide.json")
+    peaks = {}
+    for layout in ("parts", "lead"):
+        segments = [(0, 1, "conv-spatial", (192,) * 4, layout), (1, 2, "conv-spatial", (192,) * 4, layout),
+                    (2, 4, "conv-spatial", (24,) * 4), (4, 6, "none", ())]
+        plan = hand_plan(graph, [(0, 6, [0, 1, 2, 3], "split", segments)], model=str(path))
+        proc = mpirun(4, "run", plan.save(tmp_path / f"{layout}.json"), "--frames", 3, "--json")
+        assert proc.returncode == 0, proc.stderr
+        ranks = json.loads(proc.stdout)["ranks"]
+        peaks[layout] = [r["memory_above_baseline_bytes"] for r in ranks]
+    activation = 768 * 768 * 4 * 4
+    assert peaks["parts"][0] < peaks["lead"][0] - activation, peaks
+    # a worker holds its strips, their halos and its message buffers: no more than in the star
+    assert all(p <= s + (1 << 20) for p, s in zip(peaks["parts"][1:], peaks["lead"][1:])), peaks
