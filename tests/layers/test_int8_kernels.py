@@ -142,3 +142,11 @@ def test_unsupported_int8_op_fails_at_import_naming_op_and_tensor():
     with pytest.raises(PisplitError, match=r"operator 0 \(HARD_SWISH\) writing tensor 'swished': op HARD_SWISH on int8 tensors is not "
                                            r"supported by pisplit yet"):
         import_tflite_bytes(m.finish(y))
+
+
+def test_splits_and_plans_refuse_int8_graphs():
+    from partitioners.splits import split_layer
+
+    graph = import_tflite_bytes(INT8_CASES["conv_3x3_same_stride2_relu6"]())
+    with pytest.raises(PisplitError, match=r"is quantized \(int8\): splitting and planning int8 models is not supported yet"):
+        split_layer(graph, graph.nodes[0].name, "conv-channel", 2)
