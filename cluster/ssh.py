@@ -18,12 +18,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from layers.errors import PisplitError
 
 from .inventory import Host
+
+if TYPE_CHECKING:  # paramiko (and cryptography under it) is imported when a connection opens, not with this module
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,11 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
-    """Accept an unknown host's key and append it to known_hosts (under a lock, re-read first)."""
+class _TrustOnFirstUse:
+    """Accept an unknown host's key and append it to known_hosts (under a lock, re-read first).
+
+    A paramiko missing-host-key policy (paramiko calls `missing_host_key`; it needs no base class,
+    so this module does not import paramiko until a connection opens)."""
 
     def __init__(self, known_hosts: Path, accept: bool, host: Host):
         self.known_hosts, self.accept, self.host = known_hosts, accept, host
@@ -107,6 +112,8 @@ class Remote:
 
     def connect(self) -> None:
         """Open the connection; raises HostError saying why it failed (unreachable, host key, login)."""
+        import paramiko
+
         host = self.host
         client = paramiko.SSHClient()
         if self.known_hosts.exists():
