@@ -122,7 +122,7 @@ def test_a_host_in_two_groups_is_one_host():
     ("[pis]\npi-0 sots=2\n", r":2: unknown key 'sots': did you mean 'slots'\?"),
     ("[pis]\npi-0 ansible_host\n", r":2: host pi-0: 'ansible_host' is not key=value"),
     ("[pis]\npi-0 ansible_host=\"10.0.0.1\n", r":2: malformed line \(No closing quotation\)"),
-    ("[pis]\npi-[0:3]\n", r":2: host 'pi-\[0:3\]': host ranges"),
+    ("[pis]\npi-[3:0]\n", r":2: host 'pi-\[3:0\]': range \[3:0\]: end is before start"),
     ("[pis]\npi-0\n[pis:vars]\njust words\n", r":4: malformed variable line 'just words'"),
     ("[pis]\npi-0\n[pis:vars]\nworkdir=/a b\n", r":4: variable workdir: value '/a b' has spaces; quote it"),
     ("[pis:children]\nnothere\n", r":2: \[pis:children\]: no group 'nothere'"),
