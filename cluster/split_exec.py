@@ -121,6 +121,7 @@ class Transfer:
                     self.recvs.append((m, tag, key, piece.box, np.empty(HEADER + numel(box_shape(m.box)), np.float32)))
         self.n_messages = index
         self.requests: list = []
+        self.copied = False
         # needed boxes filled by one local copy and nothing else: read as a view of the held piece
         filled: dict = {}
         for m, key, _ in self.copies:
@@ -150,6 +151,14 @@ class Transfer:
             self.requests.append(transport.isend(comm, buf, m.dst, tag))
         return {key: self._held(m.box) for m, key, _ in self.copies if key in self.views}
 
+    def copy_local(self, out: dict) -> None:
+        """Place this rank's local copies into `out[key]` now, before the messages arrive (`finish`
+        then leaves them)."""
+        for m, key, box in self.copies:
+            if key not in self.views:
+                out[key][box_index(_offset(m.box, box))] = self._held(m.box)
+        self.copied = True
+
     def finish(self, out: dict, hooks: Hooks, label: str = "") -> None:
         """Wait for this rank's messages and place them (and its local copies) into `out[key]`."""
         if self.requests:
@@ -159,11 +168,13 @@ class Transfer:
             if duration_ns:
                 hooks.hold(end_ns, duration_ns)
             out[key][box_index(_offset(m.box, box))] = buf[HEADER:].reshape(1, *box_shape(m.box))
-        for m, key, box in self.copies:
-            if key not in self.views:
-                out[key][box_index(_offset(m.box, box))] = self._held(m.box)
+        if not self.copied:
+            for m, key, box in self.copies:
+                if key not in self.views:
+                    out[key][box_index(_offset(m.box, box))] = self._held(m.box)
         self.requests = []
         self.held = None
+        self.copied = False
 
 
 class SplitRunner:
@@ -215,6 +226,7 @@ class SplitRunner:
             tag += transfer.n_messages
             self.transfers.append(transfer)
         self.feed_buffers = {f.name: np.empty(f.shape, np.float32) for f in (self.part.feeds if self.part else ())}
+        self.overlap = self._plan_overlap(engine)
         self.merged_shape = split.partial_shape
         self.summing = split.layout.merge == "sum"
         self.gather = None
@@ -235,6 +247,20 @@ class SplitRunner:
                     self.partials.append((p, r, 1 + tag % TAG_MOVE, buf))
                 tag += 1
         self.tag_end = tag
+
+    def _plan_overlap(self, engine: str):
+        """For a row strip fed mostly from this rank's own kept strip: the interior-first cut of its
+        part (cluster.overlap), so the halo rows travel while the interior computes; else None."""
+        from .overlap import InteriorFirst, held_rows
+
+        split, transfer = self.split, self.transfers[0] if self.transfers else None
+        if split.kind != "conv-spatial" or split.options.get("axis", "rows") != "rows" or self.part is None \
+                or transfer is None or transfer.have.tensor not in self.sources or not transfer.recvs or transfer.held_box is None:
+            return None
+        feeds = [f for f in self.part.feeds if f.tensor == transfer.have.tensor]
+        if len(feeds) != 1 or len(self.part.feeds) != 1:
+            return None
+        return InteriorFirst.plan(self.graph, feeds[0].name, held_rows(feeds[0].box, transfer.held_box), engine)
 
     @property
     def output_layout(self) -> layouts.TensorLayout:
@@ -258,6 +284,21 @@ class SplitRunner:
         feeds = dict(self.feed_buffers)
         for transfer in self.transfers:
             feeds.update(transfer.start(self.comm, tensors.get(transfer.have.tensor), hooks))
+        if self.overlap is not None:
+            # held rows now, the interior while the halo rows travel, the edges once they are in
+            self.transfers[0].copy_local(feeds)
+            x = feeds[self.overlap.feed]
+            c0 = time.perf_counter()
+            out = self.overlap.run_interior(x, hooks)
+            c1 = time.perf_counter()
+            for transfer in self.transfers:
+                transfer.finish(feeds, hooks, "input")
+            c2 = time.perf_counter()
+            self.last_feeds = feeds
+            y = self.overlap.run_edges(x, out, hooks)
+            t2 = time.perf_counter()
+            t1 = t2 - (c1 - c0) - (t2 - c2)  # input_s: what the halo rows kept this rank waiting
+            return self._finish_frame(y, t0, t1, t2)
         for transfer in self.transfers:
             transfer.finish(feeds, hooks, "input")
         t1 = time.perf_counter()
@@ -267,6 +308,11 @@ class SplitRunner:
             y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]])
             y = np.ascontiguousarray(y, np.float32)
         t2 = time.perf_counter()
+        return self._finish_frame(y, t0, t1, t2)
+
+    def _finish_frame(self, y, t0: float, t1: float, t2: float):
+        """Keep the part's output or merge it (and run the post graph), then count the phases."""
+        hooks = self.hooks
         if self.keep_output:
             self._account(t1 - t0, t2 - t1, 0.0, 0.0)
             return y

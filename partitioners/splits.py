@@ -182,8 +182,12 @@ class Split:
                     full = base[key]
                 except KeyError:
                     raise PisplitError(f"model {self.graph.name}: weight {key!r} is missing") from None
-                # a copy, always: a contiguous slice (fc-input's rows) would be a view keeping the whole weight alive
-                sliced[pn.node.weight_key(param)] = np.array(np.asarray(full, np.float32)[box_index(box, batch=False)], order="C", copy=True)
+                full = np.asarray(full, np.float32)
+                if box == full_box(full.shape) and full.flags.c_contiguous:
+                    sliced[pn.node.weight_key(param)] = full  # all of it (conv-spatial keeps every filter): shared, not copied
+                else:
+                    # a copy: a contiguous slice (fc-input's rows) would be a view keeping the whole weight alive
+                    sliced[pn.node.weight_key(param)] = np.array(full[box_index(box, batch=False)], order="C", copy=True)
         return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:{suffix}", {f.name: f.shape for f in plan.feeds},
                      [pn.node for pn in plan.nodes], [plan.output], sliced,
                      {"split": {"kind": self.kind, "layer": self.layer, "part": suffix, "of": self.n_parts}})
