@@ -32,7 +32,8 @@ def register(sub) -> None:
     p.add_argument("--devices", required=True, metavar="KIND:N[,KIND:N]", help="emulated devices, e.g. rpi3:4 or rpi3:2,rpi4:2")
     p.add_argument("--link", default="94mbit", help="link bandwidth between devices (default 94mbit, the seed paper's network)")
     p.add_argument("--frames", type=int, default=24, help="frames through the emulated cluster (default 24)")
-    p.add_argument("--single-frames", type=int, default=4, help="frames through one emulated device, for the speedup (default 4)")
+    p.add_argument("--single-frames", type=int, help="frames through one emulated device, for the speedup (default: about "
+                   "5 s of them, 4 to 40)")
     p.add_argument("--planner", default="dp", help="planner that makes the plan (default dp)")
     p.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
     p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine of every rank (default numpy)")
@@ -93,7 +94,7 @@ def plan_table(plan: Plan, graph) -> Table:
 def run(args) -> int:
     graph = load_model(args.model)
     link_bps = parse_link(args.link)
-    if args.frames < 1 or args.single_frames < 1:
+    if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")
     plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine)
     single = single_device_plan(graph, args.model, plan.devices[0].kind, link_bps, args.engine)
@@ -101,14 +102,16 @@ def run(args) -> int:
         tmp = Path(tmp)
         plan_path = plan.save(Path(args.plan_output) if args.plan_output else tmp / "plan.json")
         single_path = single.save(tmp / "single.json")
+        # the one-device baseline long enough to be stable: about 5 s of emulated frames
+        single_frames = args.single_frames or max(4, min(40, int(5 * single.predicted_throughput_fps)))
         if not args.json:
             console.print(plan_table(plan, graph))
             console.print(f"predicted {plan.predicted_throughput_fps:.2f} frames/s on {plan.n_ranks} emulated "
                           f"{'devices' if plan.n_ranks > 1 else 'device'}, {single.predicted_throughput_fps:.2f} on one {single.devices[0].kind}")
-            console.print(f"emulating one {single.devices[0].kind} ({args.single_frames} frames) ...")
+            console.print(f"emulating one {single.devices[0].kind} ({single_frames} frames) ...")
         # a latency plan is measured frame after frame (one in flight), as single-frame latency is meant
         in_flight = 1 if args.objective == "latency" else None
-        one = run_emulated(single_path, 1, args.single_frames, tmp / "single-report.json", args.engine, progress=False,
+        one = run_emulated(single_path, 1, single_frames, tmp / "single-report.json", args.engine, progress=False,
                            max_in_flight=in_flight)
         many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
                             trace=args.trace, max_in_flight=in_flight)
