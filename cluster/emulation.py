@@ -159,11 +159,12 @@ class EmulatedDevice:
         self._sleep_until(self.dilation.deadline(mark), time.perf_counter)
         return out
 
-    def wait(self, requests: list, label: str = "") -> None:
-        """Wait for requests without a core."""
+    def wait(self, requests: list, label: str = "", peers: list | None = None) -> None:
+        """Wait for requests without a core; under the stall bound of `watch` if the runtime set one
+        (cluster.split_exec.Hooks.wait)."""
         from . import transport
 
-        transport.wait_quietly(requests)
+        transport.wait_quietly(requests, watch=getattr(self, "watch", None), label=label, peers=peers)
 
     def stamp(self, nbytes: int) -> tuple[int, int]:
         """(end_ns, duration_ns) of a message of `nbytes` handed to this device's link now."""

@@ -18,10 +18,12 @@ admits at most `max_in_flight` frames that have not come back, so memory stays b
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import resource
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -113,12 +115,13 @@ def entry_rank(stage: Stage, frame: int) -> int:
     return stage.ranks[0]
 
 
-def frames_of(stage: Stage, rank: int, n_frames: int) -> list[int]:
-    """Frames `rank` handles as an entry rank of `stage` (all frames for a lead, every k-th for a replica)."""
+def frames_of(stage: Stage, rank: int, n_frames: int) -> range:
+    """Frames `rank` handles as an entry rank of `stage` (all frames for a lead, every k-th for a
+    replica), as a range: nothing per frame is held for a long stream."""
     if stage.mode == "data-parallel":
         k, i = len(stage.ranks), stage.ranks.index(rank)
-        return list(range(i, n_frames, k))
-    return list(range(n_frames)) if rank == stage.ranks[0] else []
+        return range(i, n_frames, k)
+    return range(n_frames) if rank == stage.ranks[0] else range(0)
 
 
 def synthetic_frame(graph: Graph, seed: int, frame: int, out: dict | None = None) -> dict[str, np.ndarray]:
@@ -140,6 +143,57 @@ def shard_graph(graph: Graph, start: int, stop: int) -> Graph:
     `start`, outputs those live at cut `stop`; the weight mapping is shared (and lazy)."""
     inputs = {t: graph.shapes[t] for t in graph.cut_tensors(start)}
     return Graph(f"{graph.name}[{start}:{stop}]", inputs, graph.nodes[start:stop], graph.cut_tensors(stop), graph.weights, graph.meta)
+
+
+def default_stall_timeout(plan: Plan) -> float:
+    """Seconds a wait may see no progress before its peer is probed and, silent, named as stalled:
+    a few seconds beyond the plan's timing, max(10 s, 20 predicted periods, 3 predicted latencies).
+    Emulated devices run at the plan's (device) speed, so its periods hold there too; the first frame
+    pays no warm-up inside the bound (shards warm up before the start barrier), and 3 latencies
+    cover a frame's way through a cold pipeline."""
+    period = 1.0 / plan.predicted_throughput_fps if plan.predicted_throughput_fps > 0 else 0.0
+    latency = max(plan.predicted_latency_s, sum(s.predicted.compute_s + s.predicted.comm_s for s in plan.stages if s.predicted))
+    return max(10.0, 20.0 * period, 3.0 * latency)
+
+
+def stall_margin(bound: float) -> float:
+    """Extra time for waits that only follow others: rank 0 waiting for results and a split stage's
+    workers waiting for their lead both start waiting later than the rank next to a stall, which
+    then speaks first (the ping protocol also keeps a live waiting peer from being named). Every wait
+    of rank 0 gets it: when another rank sees the stall too, its notice reaches rank 0 first and the
+    job ends with one line."""
+    return max(2.0, 0.5 * bound)
+
+
+def parse_fault(text: str | None) -> tuple[int, int, str] | None:
+    """'RANK@FRAME[:kill|stop|error]' -> (rank, frame, mode) (default mode: error)."""
+    if not text:
+        return None
+    head, _, mode = str(text).partition(":")
+    rank, _, frame = head.partition("@")
+    mode = mode or "error"
+    try:
+        r, f = int(rank), int(frame)
+    except ValueError:
+        r = f = -1
+    if r < 0 or f < 0 or mode not in FAULT_MODES:
+        raise PisplitError(f"--fail {text}: expected RANK@FRAME[:{'|'.join(FAULT_MODES)}], e.g. 2@100:stop")
+    return r, f, mode
+
+
+FAULT_MODES = ("error", "stop", "kill")
+
+
+def inject_fault(rank: int, frame: int, mode: str) -> None:
+    """What `--fail` does to this rank when it reaches `frame`: an error it meets alone (error), or the
+    process stopped (stop: SIGSTOP, a hung Pi; it goes on if continued) or killed (kill: SIGKILL, a Pi
+    that lost power)."""
+    if mode == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return  # continued (SIGCONT): a device that came back goes on
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise PisplitError(f"injected fault at frame {frame} (--fail {rank}@{frame}:{mode})")
 
 
 def default_max_in_flight(plan: Plan, window: int) -> int:
@@ -221,6 +275,42 @@ class RunOptions:
     max_in_flight: int | None = None
     progress: Callable[[int, int], None] | None = None  # rank 0: (frames done, frames total)
     on_start: Callable[[], None] | None = None  # rank 0: setup succeeded everywhere, frames start
+    stall_timeout: float | None = None  # seconds without progress before a peer is probed and named; None: default_stall_timeout, 0: off
+    keep_events: bool = False  # keep trace events (for --trace), the most recent `event_capacity` per rank
+    event_capacity: int = 100_000
+    fail: tuple | None = None  # (rank, frame, mode): inject_fault on that rank at that frame (--fail)
+    on_failure: Callable[["RunResult", BaseException], None] | None = None  # rank 0: the run failed; what it has (partial)
+
+
+class EventLog:
+    """Trace events (kind, frame, start_s, duration_s) of one rank: the most recent `capacity` of them
+    in a float64 ring (0: none kept, only counted), so a long stream's records stay bounded."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(int(capacity), 0)
+        self.ring = np.zeros((self.capacity, 4))
+        self.count = 0
+
+    def append(self, kind: int, frame: int, start: float, duration: float) -> None:
+        if self.capacity:
+            self.ring[self.count % self.capacity] = (kind, frame, start, duration)
+        self.count += 1
+
+    def array(self) -> np.ndarray:
+        """The kept events, oldest first, as an (n, 4) array."""
+        if self.count <= self.capacity:
+            return self.ring[: self.count]
+        if not self.capacity:
+            return self.ring
+        i = self.count % self.capacity
+        return np.concatenate([self.ring[i:], self.ring[:i]])
+
+    @property
+    def dropped(self) -> int:
+        return self.count - min(self.count, self.capacity)
+
+
+MEMORY_SAMPLES = 64  # per rank over a run: (frame, resident bytes above baseline), for the slope
 
 
 @dataclass
@@ -239,25 +329,34 @@ class RankStats:
     memory_load_peak_bytes: int = 0
     memory_peak_bytes: int = 0
     memory_predicted_bytes: int = -1  # the plan's prediction for this rank's run (memory_prediction); -1: none
-    events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s)
+    events_dropped: int = 0  # trace events older than the kept ones (EventLog)
+    events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s), or an (n, 4) array
+    memory_samples: list = field(default_factory=list)  # (frame, resident bytes) at up to MEMORY_SAMPLES points
 
     FIELDS = ("rank", "stage", "frames", "compute_s", "comm_s", "wait_s", "late_s", "link_busy_s",
-              "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes")
+              "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes",
+              "events_dropped")
 
     def to_array(self) -> np.ndarray:
         head = [float(getattr(self, f)) for f in self.FIELDS]
         return np.concatenate([np.array(head + [len(self.events)], np.float64),
-                               np.asarray(self.events, np.float64).reshape(-1)])
+                               np.asarray(self.events, np.float64).reshape(-1),
+                               np.array([len(self.memory_samples)], np.float64),
+                               np.asarray(self.memory_samples, np.float64).reshape(-1)])
 
     @classmethod
     def from_array(cls, arr: np.ndarray) -> "RankStats":
         n = len(cls.FIELDS)
         values = dict(zip(cls.FIELDS, arr[:n].tolist()))
-        for f in ("rank", "stage", "frames", "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes"):
+        for f in ("rank", "stage", "frames", "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes",
+                  "memory_predicted_bytes", "events_dropped"):
             values[f] = int(values[f])
         n_events = int(arr[n])
-        events = [(int(k), int(fr), s, d) for k, fr, s, d in arr[n + 1: n + 1 + 4 * n_events].reshape(-1, 4).tolist()]
-        return cls(**values, events=events)
+        at = n + 1 + 4 * n_events
+        events = [(int(k), int(fr), s, d) for k, fr, s, d in arr[n + 1: at].reshape(-1, 4).tolist()]
+        n_samples = int(arr[at]) if arr.size > at else 0
+        samples = [(int(f), int(b)) for f, b in arr[at + 1: at + 1 + 2 * n_samples].reshape(-1, 2).tolist()]
+        return cls(**values, events=events, memory_samples=samples)
 
 
 @dataclass
@@ -271,6 +370,13 @@ class RunResult:
     latency_s: np.ndarray | None = None  # per frame, first-stage start to result at rank 0
     done_s: np.ndarray | None = None  # per frame, result time since the run started
     wall_s: float = 0.0
+    frames_total: int = 0  # frames the run was asked for
+    missing_frame_ids: np.ndarray | None = None  # a partial result (the run failed): frames without a result
+    output_frame_ids: np.ndarray | None = None  # a partial result: the frame of each row of `outputs` (and argmax, latency_s, done_s)
+
+    @property
+    def partial(self) -> bool:
+        return self.missing_frame_ids is not None
 
 
 # --- setup -------------------------------------------------------------------------------------------
@@ -386,6 +492,7 @@ class _Step:
             inputs.update(piece)
             before = runner.times.to_array()
             y = runner.run(inputs)
+            runner.times.compute_each.clear()  # one float per frame otherwise (the runtime sums, not lists)
             input_s, compute_s, output_s, post_s, _ = runner.times.to_array() - before
             self.compute_s += compute_s + post_s
             self.comm_s += input_s + output_s
@@ -417,20 +524,33 @@ def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window:
 
 # --- the rank ----------------------------------------------------------------------------------------
 class PipelineRank:
-    """One rank of a running plan. `run()` processes every frame this rank has a part in."""
+    """One rank of a running plan. `run()` processes every frame this rank has a part in.
 
-    def __init__(self, comm, plan: Plan, graph: Graph, options: RunOptions, baseline_bytes: int, communicators: dict):
+    No wait is silent: a wait that makes no progress for the stall bound (RunOptions.stall_timeout)
+    probes the rank it waits for and, if that rank does not answer, raises transport.StallError naming
+    it, the frame and what was awaited (transport.StallClock); a failure mid-run reaches rank 0 first,
+    which keeps the results it has (`on_failure`, transport's failure notices)."""
+
+    def __init__(self, comm, plan: Plan, graph: Graph, options: RunOptions, baseline_bytes: int, communicators: dict,
+                 hosts: list | None = None):
         self.comm = comm
         self.plan = plan
         self.graph = graph
         self.options = options
         self.rank = comm.Get_rank()
+        self.hosts = hosts or [None] * plan.n_ranks
         self.n_frames = int(options.frames)
         self.stage = plan.stage_of_rank(self.rank)
         self.stats = RankStats(self.rank, self.stage.index, memory_baseline_bytes=baseline_bytes)
+        self.events = EventLog(options.event_capacity if options.keep_events else 0)
         self.window = max(1, int(options.window))
         predicted = memory_prediction(plan, self.rank, graph, self.window)
         self.stats.memory_predicted_bytes = -1 if predicted is None else predicted
+        self.stall_s = default_stall_timeout(plan) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
+        self.liveness = transport.Liveness(comm) if comm.Get_size() > 1 else None
+        self.running = False  # frames are flowing (after the start barrier): failures go through rank 0
+        self.frame = -1  # the frame this rank is on, for messages
+        self.fail = options.fail if options.fail and int(options.fail[0]) == self.rank else None
         self.last = plan.stages[-1]
         self.in_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_start))
         self.out_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_stop))
@@ -443,15 +563,56 @@ class PipelineRank:
         self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate else None
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
         self.device = EmulatedDevice(self.dilation, self.cores, self.link, self._poll) if options.emulate else None
-        self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators, self.device)
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
-        self.sends: list = []  # outstanding (request, buffer, codec)
+        hooks = self.device
+        if self.stage.mode == "split":
+            from .split_exec import Hooks
+
+            hooks = hooks or Hooks()
+            follows = self.is_worker or self.rank == 0
+            bound = self.stall_s + (stall_margin(self.stall_s) if follows and self.stall_s > 0 else 0.0)
+            hooks.watch = transport.Watch(bound, self._describe_split_wait, self._check, self.liveness,
+                                          world_rank=lambda p: self.stage.ranks[p])
+        self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators, hooks)
+        self.sends: list = []  # outstanding (request, buffer, codec, destination rank, frame)
         self.recvs: dict = {}  # frame -> (request, buffer)
         self.t0 = 0.0
+        n_mine = self.n_frames if self.is_worker else len(self.my_frames)
+        self.sample_every = max(1, math.ceil(n_mine / MEMORY_SAMPLES))
         if self.rank == 0:
             self._init_source_and_sink()
         self._reserve_frame_buffers()
+
+    # --- naming what a wait is for -------------------------------------------------------------------
+    def _name(self, rank: int) -> str:
+        host = self.hosts[rank] if 0 <= rank < len(self.hosts) else None
+        return f"rank {rank} (host {host})" if host else f"rank {rank}"
+
+    def _describe_split_wait(self, peers: list, label: str) -> str:
+        ranks = self.stage.ranks
+        names = ", ".join(self._name(ranks[p]) for p in dict.fromkeys(peers)) or "its peers"
+        what = f"'{label}' transfer" if label else "transfer"
+        return f"no {what} of frame {self.frame} in split stage {self.stage.index} with {names}"
+
+    def _describe_send(self) -> str:
+        _, _, codec, dest, frame = self.sends[0]
+        what = "result" if codec is self.result_codec and dest == 0 and self.stage.index == self.last.index else "output"
+        return f"{what} of frame {frame} not taken by {self._name(dest)}"
+
+    def _oldest_missing_result(self) -> int:
+        while self.first_missing < self.n_frames and self.arrived[self.first_missing]:
+            self.first_missing += 1
+        return self.first_missing
+
+    def _describe_results(self) -> str:
+        f = self._oldest_missing_result()
+        return f"no result of frame {f} from {self._name(entry_rank(self.last, f))}"
+
+    def _check(self) -> None:
+        """Between polls: answer pings; notices of failures elsewhere (transport.Liveness.check)."""
+        if self.liveness is not None:
+            self.liveness.check()
 
     def _reserve_frame_buffers(self) -> None:
         """This rank's frame buffers, made before anything else runs (what the plan counts for it:
@@ -478,18 +639,25 @@ class PipelineRank:
         self.source_buffers = None  # made with the first frame packed for a replica
         self.max_in_flight = self.options.max_in_flight or default_max_in_flight(self.plan, self.window)
         self.done = 0
+        self.first_missing = 0
+        # per frame, a few numbers and nothing else (about 33 bytes a frame), written now so that their
+        # pages are in from the start: a long stream's memory is flat, not growing as frames arrive
         self.arrived = np.full(self.n_frames, False)
-        self.frame_order: list[int] = []
-        self.latency = np.zeros(self.n_frames)
-        self.done_at = np.zeros(self.n_frames)
-        self.argmax = np.zeros(self.n_frames, np.int64)
+        self.frame_order = np.full(self.n_frames, -1, np.int64)
+        self.latency = np.full(self.n_frames, 0.0)
+        self.done_at = np.full(self.n_frames, 0.0)
+        self.argmax = np.full(self.n_frames, 0, np.int64)
         self.outputs = None
         if self.options.keep_outputs:
             self.outputs = {t: np.empty((self.n_frames, *self.graph.shapes[t][1:]), np.float32) for t in self.result_codec.names}
-        self.remote_results = [f for f in range(self.n_frames) if entry_rank(self.last, f) != 0]
-        self.next_remote = 0
+        self.next_remote = self._next_remote_frame(0)  # the next frame whose result comes from another rank
         self.result_recvs: list = []  # (frame, request, buffer) in frame order
         self.result_window = self.window * (len(self.last.ranks) if self.last.mode == "data-parallel" else 1)
+
+    def _next_remote_frame(self, f: int) -> int:
+        while f < self.n_frames and entry_rank(self.last, f) == 0:
+            f += 1
+        return f
 
     def _source_frame(self, frame: int, local: bool = False) -> dict:
         name, shape = next(iter(self.graph.inputs.items())) if len(self.graph.inputs) == 1 else (None, None)
@@ -525,26 +693,26 @@ class PipelineRank:
                     end_ns, duration_ns = int(end * 1e9), int(duration * 1e9)
                 buf = self.source_codec.pack(f, tensors, 0, end_ns, duration_ns)
                 request = transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0)
-                self.sends.append((request, buf, self.source_codec))
+                self.sends.append((request, buf, self.source_codec, target, f))
                 pending.append(request)
             self.injected += 1
             admitted = True
         return admitted
 
     def _post_results(self) -> None:
-        while len(self.result_recvs) < self.result_window and self.next_remote < len(self.remote_results):
-            f = self.remote_results[self.next_remote]
+        while len(self.result_recvs) < self.result_window and self.next_remote < self.n_frames:
+            f = self.next_remote
             buf = self.result_codec.empty()
             src = entry_rank(self.last, f)
             self.result_recvs.append((f, transport.irecv_buffer(self.comm, buf, src, TAG_RESULT), buf))
-            self.next_remote += 1
+            self.next_remote = self._next_remote_frame(f + 1)
 
     def _take_result(self, frame: int, tensors: dict, start_ns: int) -> None:
         if frame < 0 or frame >= self.n_frames or self.arrived[frame]:
             raise PisplitError(f"runtime: result for frame {frame} is unexpected or duplicated")
         now_ns = time.time_ns()
         self.arrived[frame] = True
-        self.frame_order.append(frame)
+        self.frame_order[self.done] = frame
         self.latency[frame] = (now_ns - start_ns) / 1e9
         self.done_at[frame] = time.perf_counter() - self.t0
         first = tensors[self.result_codec.names[0]]
@@ -571,34 +739,64 @@ class PipelineRank:
 
     # --- progress and waiting ------------------------------------------------------------------------
     def _poll(self) -> bool:
-        """Advance everything non-blocking: finished sends, rank 0's sink and source."""
+        """Advance everything non-blocking: finished sends, rank 0's sink and source; answer pings
+        and look for failure notices (`_check`)."""
         progressed = False
         while self.sends and transport.request_done(self.sends[0][0]):
-            _, buf, codec = self.sends.pop(0)
+            _, buf, codec, _, _ = self.sends.pop(0)
             codec.release(buf)
             progressed = True
         if self.rank == 0:
             progressed |= self._poll_sink()
             progressed |= self._inject()
+        if self.running:
+            self._check()
         return progressed
 
-    def _wait_until(self, ready: Callable[[], bool], kind: int, frame: int, deadline: float | None = None) -> float:
+    def _wait_until(self, ready: Callable[[], bool], kind: int, frame: int, deadline: float | None = None,
+                    waiting: Callable[[], tuple] | None = None, follows: bool = False) -> float:
         """Poll until `ready()` (or perf_counter reaches `deadline`); sleeps a little between polls
-        so waiting ranks leave the cores to computing ones. Returns seconds waited."""
+        so waiting ranks leave the cores to computing ones. Returns seconds waited.
+
+        `waiting()` -> (what is awaited, the rank it is awaited from) puts the wait under the stall
+        bound (a wait that only `follows` others gets stall_margin more): no progress for that long
+        and no answer from the rank to a ping raise transport.StallError naming both."""
         t = time.perf_counter()
         pause = 2e-5
+        clock = None
+        if waiting is not None and self.stall_s > 0:
+            # rank 0 speaks last: another rank next to the stall names it first and rank 0, told, keeps its results
+            follows = follows or self.rank == 0
+            clock = transport.StallClock(self.stall_s + (stall_margin(self.stall_s) if follows else 0.0), self.liveness)
         while True:
-            self._poll()
+            if self._poll() and clock is not None:
+                clock.progressed()
             if ready() and (deadline is None or time.perf_counter() >= deadline):
                 break
+            if clock is not None:
+                what, peer = waiting()
+                if clock.stalled(peer):
+                    raise transport.StallError(f"{what} for {clock.waited:.1f} s {clock.verdict()}")
             now = time.perf_counter()
             step = pause if deadline is None else min(pause, max(deadline - now, 0.0))
             time.sleep(step)
             pause = min(pause * 2, 1e-3)
         waited = time.perf_counter() - t
         if waited > 1e-4:
-            self.stats.events.append((kind, frame, t - self.t0, waited))
+            self.events.append(kind, frame, t - self.t0, waited)
         return waited
+
+    def _waiting_for_results(self) -> tuple:
+        f = self._oldest_missing_result()
+        return self._describe_results(), entry_rank(self.last, f) if f < self.n_frames else None
+
+    def _waiting_for_send(self) -> tuple:
+        return self._describe_send(), self.sends[0][3]
+
+    def _waiting_at_end(self) -> tuple:
+        if self.sends:
+            return self._waiting_for_send()
+        return self._waiting_for_results()
 
     # --- the entry rank's work -----------------------------------------------------------------------
     def _source_of(self, frame: int) -> int:
@@ -616,13 +814,18 @@ class PipelineRank:
     def _receive(self, index: int, frame: int) -> tuple[dict, int, np.ndarray | None]:
         """The frame's tensors, its start time and the buffer they live in (for in_codec.release)."""
         if self.rank == 0 and self.stage.index == 0:
-            self.stats.wait_s += self._wait_until(lambda: frame in self.local_inputs, WAIT_RESULTS, frame)
+            self.stats.wait_s += self._wait_until(lambda: frame in self.local_inputs, WAIT_RESULTS, frame,
+                                                  waiting=self._waiting_for_results, follows=True)
             del self.local_inputs[frame]
             return self._source_frame(frame, local=True), 0, None
         ready = time.time()
         self._post_inputs(index)
         request, buf = self.recvs[frame]
-        self.stats.wait_s += self._wait_until(lambda: transport.request_done(request), WAIT_INPUT, frame)
+        src = self._source_of(frame)
+        what = f"no input of frame {frame} for stage {self.stage.index} from {self._name(src)}"
+        # the first stage's frames come from rank 0, which admits them as results return: it follows
+        self.stats.wait_s += self._wait_until(lambda: transport.request_done(request), WAIT_INPUT, frame,
+                                              waiting=lambda: (what, src), follows=self.stage.index == 0)
         del self.recvs[frame]
         got, start_ns, end_ns, duration_ns = FrameCodec.header(buf)
         if got != frame:
@@ -640,14 +843,15 @@ class PipelineRank:
                 self._take_result(frame, tensors, start_ns)
                 return
             buf = self.result_codec.pack(frame, tensors, start_ns)
-            self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf, self.result_codec))
+            self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf, self.result_codec, 0, frame))
         else:
             nxt = self.plan.stages[self.stage.index + 1]
             end = duration = 0.0
             if self.link:
                 end, duration = self.link.schedule(self.out_codec.payload_bytes, len(self.out_codec.names))
             buf = self.out_codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9))
-            self.sends.append((transport.isend_buffer(self.comm, buf, entry_rank(nxt, frame), TAG_STAGE + nxt.index), buf, self.out_codec))
+            dest = entry_rank(nxt, frame)
+            self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + nxt.index), buf, self.out_codec, dest, frame))
             if self.link:
                 # the emulated sender is busy until its transfer has left
                 hold = end - time.time()
@@ -656,7 +860,7 @@ class PipelineRank:
         if len(self.sends) > self.window:
             # back pressure: the oldest send must finish before this rank takes another frame
             limit = self.window
-            self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame)
+            self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame, waiting=self._waiting_for_send)
 
     def _compute(self, frame: int, tensors: dict) -> dict:
         if self.link and self.link.free_at > time.time():
@@ -678,8 +882,20 @@ class PipelineRank:
         seconds = time.perf_counter() - t
         if not self.step.split:
             self.stats.compute_s += seconds
-        self.stats.events.append((SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds))
+        self.events.append(SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds)
         return out
+
+    def _begin_frame(self, frame: int) -> None:
+        self.frame = frame
+        if self.fail is not None and frame >= int(self.fail[1]):
+            rank, at, mode = self.fail
+            self.fail = None
+            inject_fault(rank, frame, mode)
+
+    def _end_frame(self, frame: int) -> None:
+        self.stats.frames += 1
+        if self.stats.frames % self.sample_every == 0:
+            self.stats.memory_samples.append((frame, current_rss_bytes()))
 
     def run(self) -> RankStats:
         """Process every frame this rank has a part in; returns this rank's measurements."""
@@ -690,6 +906,7 @@ class PipelineRank:
         self.step.warm_up()
         reset_peak_rss()
         transport.barrier(self.comm)
+        self.running = True
         if self.rank == 0 and self.options.on_start:
             self.options.on_start()
         self.t0 = time.perf_counter()
@@ -698,11 +915,13 @@ class PipelineRank:
             self._post_results()
         if self.is_worker:
             for f in range(self.n_frames):
+                self._begin_frame(f)
                 self._compute(f, {})
-                self.stats.frames += 1
+                self._end_frame(f)
         else:
             self._post_inputs(0)
             for i, f in enumerate(self.my_frames):
+                self._begin_frame(f)
                 tensors, start_ns, buf = self._receive(i, f)
                 if self.stage.index == 0:
                     start_ns = time.time_ns()
@@ -710,24 +929,67 @@ class PipelineRank:
                 self._send(f, out, start_ns)  # packs a copy: `out` may be a view of `buf`
                 if buf is not None:
                     self.in_codec.release(buf)
-                self.stats.frames += 1
-        self.stats.comm_s += self._wait_until(lambda: not self.sends and (self.rank != 0 or self.done == self.n_frames), WAIT_RESULTS, -1)
+                self._end_frame(f)
+        self.stats.comm_s += self._wait_until(lambda: not self.sends and (self.rank != 0 or self.done == self.n_frames), WAIT_RESULTS, -1,
+                                              waiting=self._waiting_at_end, follows=not self.sends)
+        self.running = False
         self.wall_s = time.perf_counter() - self.t0
         self.stats.late_s = self.dilation.late_s if self.dilation else 0.0
         self.stats.link_busy_s = self.link.busy_s if self.link else 0.0
         self.stats.memory_peak_bytes = max(peak_rss_bytes(), current_rss_bytes())
+        self.stats.events = self.events.array()
+        self.stats.events_dropped = self.events.dropped
         return self.stats
+
+    def on_failure(self, exc: BaseException) -> None:
+        """This rank failed alone mid-run (called by transport.on_every_rank after printing the error,
+        before aborting the job). Rank 0 tells every rank it is ending the job and hands what it has to
+        `options.on_failure`; another rank tells rank 0 and waits for it to end the job."""
+        if not self.running:
+            return
+        if self.rank != 0:
+            if not isinstance(exc, transport.PeerFailed):
+                transport.notify_rank_0(self.comm, f"rank {self.rank}: {transport.describe_error(exc)}", liveness=self.liveness)
+            else:
+                time.sleep(transport.FINISH_GRACE_S)  # rank 0 is ending the job
+            return
+        if self.liveness is not None:
+            transport.acknowledge_all(self.comm)
+            # results already on their way (a failing rank sent them before its notice) are kept too
+            end = time.perf_counter() + 0.1
+            try:
+                while time.perf_counter() < end and self.result_recvs:
+                    self._poll_sink()
+                    time.sleep(1e-3)
+            except Exception:  # noqa: BLE001 - keep what arrived before whatever went wrong
+                pass
+        if self.options.on_failure:
+            self.options.on_failure(self.partial_result(), exc)
+
+    def partial_result(self) -> RunResult:
+        """Rank 0: the results that arrived before the run failed, by frame."""
+        delivered = np.flatnonzero(self.arrived)
+        stats = self.stats
+        stats.events, stats.events_dropped = self.events.array(), self.events.dropped
+        return RunResult(ranks=[stats], frame_ids=self.frame_order[: self.done].copy(),
+                         outputs={t: a[delivered] for t, a in self.outputs.items()} if self.outputs is not None else None,
+                         argmax=self.argmax[delivered], latency_s=self.latency[delivered], done_s=self.done_at[delivered],
+                         wall_s=time.perf_counter() - self.t0, frames_total=self.n_frames,
+                         missing_frame_ids=np.flatnonzero(~self.arrived), output_frame_ids=delivered)
 
     def result(self, all_stats: list) -> RunResult:
         if self.rank != 0:
-            return RunResult(ranks=all_stats)
-        return RunResult(ranks=all_stats, frame_ids=np.array(self.frame_order, np.int64), outputs=self.outputs,
-                         argmax=self.argmax, latency_s=self.latency, done_s=self.done_at, wall_s=self.wall_s)
+            return RunResult(ranks=all_stats, frames_total=self.n_frames)
+        return RunResult(ranks=all_stats, frame_ids=self.frame_order[: self.done], outputs=self.outputs,
+                         argmax=self.argmax, latency_s=self.latency, done_s=self.done_at, wall_s=self.wall_s,
+                         frames_total=self.n_frames)
 
 
 def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Graph] | None = None) -> RunResult:
     """Collective over `comm`: run `plan` for `options.frames` frames. Setup errors on any rank raise
-    the same PisplitError on every rank (no rank is left waiting); rank 0's result holds everything."""
+    the same PisplitError on every rank (no rank is left waiting); rank 0's result holds everything.
+    An error a rank meets alone during the run (a stall included) carries the rank's `on_failure`
+    for transport.on_every_rank, which runs it before aborting the job."""
     reuse_freed_memory()
     baseline = settle_baseline()
     reset_peak_rss()  # the settling's own transients are not the shard's
@@ -737,6 +999,8 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
         error = f"plan for {plan.model}: needs {plan.n_ranks} ranks, this run has {comm.Get_size()} (mpirun -n {plan.n_ranks})"
     elif options.frames < 1:
         error = f"--frames {options.frames}: must be at least 1"
+    elif options.fail is not None and not 0 <= int(options.fail[0]) < plan.n_ranks:
+        error = f"--fail {options.fail[0]}@{options.fail[1]}: the plan has ranks 0-{plan.n_ranks - 1}"
     else:
         try:
             graph = load_graph() if load_graph else _load_plan_model(plan)
@@ -746,18 +1010,26 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
             error = str(exc)
     agree(comm, error)
     communicators = stage_communicators(comm, plan)
+    hosts = transport.host_names(comm)
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if comm.Get_rank() == 0 else None
         options.core_lock_dir = transport.bcast_text(comm, made_lock_dir)
     rank = None
     try:
-        rank = PipelineRank(comm, plan, graph, options, baseline, communicators)
+        rank = PipelineRank(comm, plan, graph, options, baseline, communicators, hosts)
     except PisplitError as exc:
         error = f"rank {comm.Get_rank()}: {exc}"
     agree(comm, error)
-    stats = rank.run()
+    try:
+        stats = rank.run()
+    except transport.AgreedError:
+        raise
+    except Exception as exc:
+        transport.attach_failure_handler(exc, rank.on_failure)
+        raise
     rows = transport.gather_rows(comm, stats.to_array(), root=0)
+    stats.events = []  # sent; rank 0 has them now
     all_stats = [RankStats.from_array(r) for r in rows] if rows is not None else [stats]
     if made_lock_dir:
         shutil.rmtree(made_lock_dir, ignore_errors=True)

@@ -73,9 +73,12 @@ class Hooks:
         """Run one compute step."""
         return fn()
 
-    def wait(self, requests: list, label: str = "") -> None:
-        """Wait for requests without holding a core (sleep between polls)."""
-        transport.wait_quietly(requests)
+    watch: "transport.Watch | None" = None  # a stall bound for waits (the pipeline runtime sets one)
+
+    def wait(self, requests: list, label: str = "", peers: list | None = None) -> None:
+        """Wait for requests without holding a core (sleep between polls); `peers[i]` is the rank at
+        the other end of `requests[i]`, named if the wait exceeds `watch`'s stall bound."""
+        transport.wait_quietly(requests, watch=self.watch, label=label, peers=peers)
 
     def stamp(self, nbytes: int) -> tuple[int, int]:
         """(end_ns, duration_ns) of a message of `nbytes` leaving this rank now; (0, 0) unpaced."""
@@ -162,7 +165,8 @@ class Transfer:
     def finish(self, out: dict, hooks: Hooks, label: str = "") -> None:
         """Wait for this rank's messages and place them (and its local copies) into `out[key]`."""
         if self.requests:
-            hooks.wait(self.requests, label)
+            peers = [m.src for m, *_ in self.recvs] + [m.dst for m, *_ in self.sends]  # as start() posted them
+            hooks.wait(self.requests, label, peers)
         for m, _, key, box, buf in self.recvs:
             end_ns, duration_ns = (int(v) for v in buf[:HEADER].view(np.int64)[:2])
             if duration_ns:
@@ -361,16 +365,18 @@ class SplitRunner:
             out.update(self.gather.start(self.comm, y, hooks))
             self.gather.finish(out, hooks, "output")
             return out.get("out")
-        requests = []
+        requests, peers = [], []
         for p, r, tag, buf in self.partials:
             if self.rank == r:
                 buf[:HEADER].view(np.int64)[:2] = hooks.stamp(y.nbytes)
                 buf[HEADER:] = y.reshape(-1)
                 requests.append(transport.isend(self.comm, buf, self.root, tag))
+                peers.append(self.root)
             else:
                 requests.append(transport.irecv(self.comm, buf, r, tag))
+                peers.append(r)
         if requests:
-            hooks.wait(requests, "output")
+            hooks.wait(requests, "output", peers)
         if not self.is_root:
             return None
         merged = np.zeros(self.merged_shape, np.float32)

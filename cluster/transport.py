@@ -5,7 +5,9 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,6 +16,31 @@ from layers.errors import PisplitError
 
 class AgreedError(PisplitError):
     """An error every rank of a communicator raised together, after `agree`: no rank waits on another."""
+
+
+class StallError(PisplitError):
+    """A wait that saw no progress for its stall bound (`Watch`): an error this rank meets alone, so
+    on_every_rank reports it, naming what it waited for, and aborts the job."""
+
+
+class PeerFailed(PisplitError):
+    """Rank 0 learnt that another rank failed (`failure notices`): that rank has printed its own line,
+    so on_every_rank aborts the job without a second one."""
+
+
+@dataclass
+class Watch:
+    """A stall bound for a wait (wait_quietly): no progress for `seconds` (<= 0: never), and the
+    awaited peer silent to a ping (`liveness`) for `probe_s`, raises StallError with
+    "{describe(peers still pending, label)} for S s (stalled or lost)"; `check()`, if given, is called
+    between polls (answers pings; rank 0 looks for failure notices there) and may raise."""
+
+    seconds: float
+    describe: Callable[[list, str], str]
+    check: Callable[[], None] | None = None
+    liveness: "Liveness | None" = None
+    probe_s: float = 2.0
+    world_rank: Callable[[int], int] | None = None  # a peer's rank in the communicator Liveness pings on (from the waited-on one's)
 
 
 class _LazyMPI:
@@ -70,6 +97,186 @@ def request_done(request) -> bool:
 
 def barrier(comm) -> None:
     comm.Barrier()
+
+
+def host_names(comm) -> list[str]:
+    """Collective: every rank's host name (up to 64 bytes), in rank order, on every rank."""
+    mine = np.zeros(64, np.uint8)
+    name = socket.gethostname().encode()[:64]
+    mine[: len(name)] = np.frombuffer(name, np.uint8)
+    every = np.empty(64 * comm.Get_size(), np.uint8)
+    comm.Allgather(mine, every)
+    return [bytes(row).rstrip(b"\0").decode(errors="replace") for row in every.reshape(-1, 64)]
+
+
+# --- stalls and failure notices ----------------------------------------------------------------------
+# A wait that sees no progress for its bound pings the peer it waits for (TAG_PING): a peer that
+# answers (TAG_PONG) is alive and itself waiting on someone, who will be named by the rank waiting on
+# it directly, so the wait goes on (a few times at most: a cycle of live ranks that never progress
+# is named too); a peer that does not answer within the probe time is named as stalled or lost.
+# Every rank answers pings whenever it polls (`Liveness.answer`), so only a stopped, hung or lost
+# rank stays silent.
+#
+# Rank 0 holds the results of a run. When another rank fails alone mid-run (an error, a stall it
+# detected), it prints its line, tells rank 0 with a notice (TAG_NOTICE, the message as bytes) and
+# waits for rank 0's acknowledgement (TAG_ACK) before aborting: rank 0 looks for notices whenever it
+# polls, acknowledges to every rank, keeps what it has (writes partial output) and aborts the job
+# itself. Without an acknowledgement within NOTICE_GRACE_S (rank 0 stopped, or blocked where it does
+# not poll) the failing rank aborts the job on its own. A failure of rank 0's own takes the same path
+# from "acknowledge to every rank": a rank that sees the acknowledgement while it polls waits for rank
+# 0 to end the job (PeerFailed, quietly) instead of timing out on it and cutting its writing short.
+TAG_NOTICE = 88
+TAG_ACK = 87
+TAG_PING = 86
+TAG_PONG = 85
+NOTICE_GRACE_S = 5.0  # a failing rank's wait for rank 0 to acknowledge its notice
+FINISH_GRACE_S = 120.0  # ... and then for rank 0 to end the job (it keeps what it has first)
+_ack_sends: list = []  # rank 0's acknowledgements in flight (buffers kept alive until the abort)
+
+
+def attach_failure_handler(exc: BaseException, handler: Callable[[BaseException], None]) -> None:
+    """Give a rank's lone error what on_every_rank must do before aborting the job (after printing
+    the error): the pipeline runtime's rank 0 keeps its results, the others notify rank 0 first."""
+    try:
+        exc.pisplit_on_failure = handler
+    except AttributeError:
+        pass
+
+
+class Liveness:
+    """This rank's side of the ping protocol over `comm`, and rank 0's acknowledgements and notices."""
+
+    def __init__(self, comm, pause_s: float = 1e-3):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.pause_s = pause_s
+        self.next_check = 0.0
+        self.pongs: list = []  # (request, buffer) answers in flight
+        self.probes: dict = {}  # peer -> (request, buffer) of the ping answer awaited from it
+
+    def check(self) -> None:
+        """Answer pings; rank 0 raises PeerFailed on a failure notice, another rank raises it quietly
+        when rank 0 has said it is ending the job. At most once per `pause_s`."""
+        now = time.perf_counter()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.pause_s
+        self.answer_pings()
+        if self.rank == 0:
+            check_notices(self.comm)
+        elif self.comm.Iprobe(source=0, tag=TAG_ACK):
+            raise PeerFailed("rank 0 is ending the job")
+
+    def answer_pings(self) -> None:
+        comm, status = self.comm, MPI.Status()
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_PING, status=status):
+            buf = np.empty(1, np.int64)
+            comm.Recv(buf, source=status.Get_source(), tag=TAG_PING)
+            self.pongs = [(r, b) for r, b in self.pongs if not r.Test()]
+            self.pongs.append((comm.Isend(buf, dest=status.Get_source(), tag=TAG_PONG), buf))
+
+    def probe(self, peer: int) -> Callable[[], bool]:
+        """Ping `peer` (once: a ping still unanswered is reused); returns whether it has answered."""
+        if peer not in self.probes:
+            buf = np.zeros(1, np.int64)
+            self.probes[peer] = (self.comm.Irecv(buf, source=peer, tag=TAG_PONG), buf)
+            ping = np.ones(1, np.int64)
+            self.pongs.append((self.comm.Isend(ping, dest=peer, tag=TAG_PING), ping))
+
+        def answered() -> bool:
+            request = self.probes.get(peer)
+            if request is not None and request[0].Test():
+                del self.probes[peer]
+                return True
+            return False
+        return answered
+
+
+class StallClock:
+    """When a wait with no progress is a stall. After `seconds` the awaited peer is pinged: one that
+    answers within `probe_s` is alive (waiting on someone else) and the wait starts a new period (at
+    most `extensions` times); one that does not is stalled or lost. `seconds` <= 0: never a stall."""
+
+    def __init__(self, seconds: float, liveness: Liveness | None = None, probe_s: float = 2.0, extensions: int = 4):
+        self.seconds, self.liveness, self.probe_s, self.extensions = seconds, liveness, probe_s, extensions
+        self.start()
+
+    def start(self) -> None:
+        self.t0 = self.since = time.perf_counter()
+        self.answered = None
+        self.probe_t0 = 0.0
+        self.alive = 0
+
+    def progressed(self) -> None:
+        self.start()
+
+    def stalled(self, peer: int | None) -> bool:
+        """Call between polls: True once the wait is a stall on `peer` (None: no peer to ping)."""
+        if self.seconds <= 0:
+            return False
+        now = time.perf_counter()
+        if self.answered is not None:
+            if self.answered():
+                self.answered = None
+                self.alive += 1
+                self.since = now
+                return self.alive > self.extensions
+            return now - self.probe_t0 > self.probe_s
+        if now - self.since <= self.seconds:
+            return False
+        if peer is None or self.liveness is None:
+            return True
+        self.answered = self.liveness.probe(peer)
+        self.probe_t0 = now
+        return False
+
+    @property
+    def waited(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def verdict(self) -> str:
+        return "(alive but making no progress)" if self.alive > self.extensions else "(stalled or lost)"
+
+
+def check_notices(comm) -> None:
+    """Rank 0: raise PeerFailed if another rank has sent a failure notice (after acknowledging it)."""
+    status = MPI.Status()
+    if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_NOTICE, status=status):
+        return
+    data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+    comm.Recv(data, source=status.Get_source(), tag=TAG_NOTICE)
+    acknowledge_all(comm)
+    raise PeerFailed(f"rank {status.Get_source()} failed: {data.tobytes().decode(errors='replace')}")
+
+
+def acknowledge_all(comm) -> None:
+    """Rank 0: tell every other rank that it is ending the job (sent once, never waited for)."""
+    if _ack_sends:
+        return
+    for r in range(1, comm.Get_size()):
+        buf = np.ones(1, np.int64)
+        _ack_sends.append((comm.Isend(buf, dest=r, tag=TAG_ACK), buf))
+
+
+def notify_rank_0(comm, message: str, grace_s: float = NOTICE_GRACE_S, finish_s: float = FINISH_GRACE_S,
+                  liveness: Liveness | None = None) -> bool:
+    """A failing rank other than 0: send rank 0 a notice and wait until it acknowledges (up to
+    `grace_s`, answering pings meanwhile: ranks waiting on this one are not to name it, it has spoken),
+    then for it to end the job (up to `finish_s`). False if rank 0 never acknowledged."""
+    data = np.frombuffer(message.encode()[:4000], np.uint8).copy()
+    send = comm.Isend(data, dest=0, tag=TAG_NOTICE)
+    ack = np.zeros(1, np.int64)
+    request = comm.Irecv(ack, source=0, tag=TAG_ACK)
+    end = time.monotonic() + grace_s
+    while not request.Test():
+        if time.monotonic() > end:
+            return False
+        if liveness is not None:
+            liveness.answer_pings()
+        time.sleep(1e-3)
+    time.sleep(finish_s)  # rank 0 aborts the job, this rank with it
+    del send
+    return True
 
 
 def agree(comm, error: str | None) -> None:
@@ -134,9 +341,16 @@ def on_every_rank(body, debug: bool = False) -> int:
             raise
         return 1
     except Exception as exc:
-        if comm.Get_size() == 1 and isinstance(exc, PisplitError):
+        handler = getattr(exc, "pisplit_on_failure", None)
+        if comm.Get_size() == 1 and isinstance(exc, PisplitError) and handler is None:
             raise
-        report_rank_error(rank, exc, debug)
+        if not isinstance(exc, PeerFailed):  # the failed peer printed its own line
+            report_rank_error(rank, exc, debug)
+        if handler is not None:
+            try:
+                handler(exc)  # rank 0 keeps what it has; another rank tells rank 0 first (failure notices)
+            except Exception as inner:  # noqa: BLE001 - the job is ending either way: say why, then abort
+                report_rank_error(rank, inner, debug)
         if comm.Get_size() > 1:
             abort(comm, 1)
         return 1
@@ -312,11 +526,30 @@ def quiet_barrier(comm, pause_s: float = 1e-3) -> None:
         time.sleep(pause_s)
 
 
-def wait_quietly(requests, first_pause_s: float = 2e-5, max_pause_s: float = 5e-4) -> None:
+def wait_quietly(requests, first_pause_s: float = 2e-5, max_pause_s: float = 5e-4, watch: Watch | None = None,
+                 label: str = "", peers=None) -> None:
     """Wait for every request, sleeping between polls (doubling from `first_pause_s` to
-    `max_pause_s`): a waiting rank leaves its core to computing ones, where a blocking wait spins."""
+    `max_pause_s`): a waiting rank leaves its core to computing ones, where a blocking wait spins.
+
+    With a `watch`, `watch.check()` runs between polls and a wait that makes no progress for
+    `watch.seconds` (its StallClock: the first pending peer is pinged first) raises StallError naming
+    what it waited for: `peers[i]` is the rank at the other end of `requests[i]` (those still pending
+    go to `watch.describe`)."""
     requests = list(requests)
     pause = first_pause_s
+    clock = StallClock(watch.seconds, watch.liveness, watch.probe_s) if watch is not None else None
+    peers = list(peers) if peers is not None else [None] * len(requests)
+    done = 0
     while not MPI.Request.Testall(requests):
+        if clock is not None:
+            if watch.check is not None:
+                watch.check()
+            pending = [p for r, p in zip(requests, peers) if not r.Test()]
+            if len(pending) < len(requests) - done:  # some completed since: progress
+                done = len(requests) - len(pending)
+                clock.progressed()
+            named = [p for p in pending if p is not None]
+            if clock.stalled((watch.world_rank or int)(named[0]) if named else None):
+                raise StallError(f"{watch.describe(named, label)} for {clock.waited:.1f} s {clock.verdict()}")
         time.sleep(pause)
         pause = min(pause * 2, max_pause_s)

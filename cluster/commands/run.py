@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from .. import transport
 from ..arrays import load_npy
 from ..output import console, err_console, human_bytes, print_json
 from ..report import chrome_trace, run_report
-from ..runtime import RunOptions, agree, run_plan
+from ..runtime import FAULT_MODES, RunOptions, RunResult, agree, parse_fault, run_plan
 
 
 def register(sub) -> None:
@@ -34,6 +36,13 @@ def register(sub) -> None:
                    "profile's for the same work (default: as `pisplit emulate` measured and cached it for the model, else 1)")
     p.add_argument("--window", type=int, default=2, help="receives posted ahead and sends outstanding per rank (default 2, what plans count memory for)")
     p.add_argument("--max-in-flight", type=int, help="frames admitted at once (default: pipeline depth + 2 per stage)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="a wait with no progress for this long probes the rank it waits for and, if that rank does not answer, "
+                        "names it and aborts the job (default: max(10 s, 20 predicted periods, 3 predicted latencies); 0: never)")
+    p.add_argument("--fail", metavar="RANK@FRAME[:MODE]",
+                   help=f"fault injection for tests and demos: rank RANK fails when it reaches frame FRAME, MODE one of "
+                        f"{', '.join(FAULT_MODES)} (default error: an error that rank meets alone; stop: SIGSTOP, a hung device; "
+                        "kill: SIGKILL, a lost device)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
@@ -46,11 +55,14 @@ def run(args) -> int:
 
 def _run(args, comm, rank: int) -> int:
     error = None
-    plan = inputs = None
+    plan = inputs = fail = None
     try:
         plan = Plan.load(args.plan)
         if args.host_speed is not None and not args.host_speed > 0:
             raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
+        if args.stall_timeout is not None and not args.stall_timeout >= 0:
+            raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+        fail = parse_fault(args.fail)
         if rank == 0 and args.input:
             inputs = load_npy(args.input)
     except PisplitError as exc:
@@ -59,7 +71,10 @@ def _run(args, comm, rank: int) -> int:
     engine = args.engine or plan.engine
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                          emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
-                         host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate else None)
+                         host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate else None,
+                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail)
+    if rank == 0:
+        options.on_failure = lambda partial, exc: keep_partial(args, partial)
     progress = None
     if rank == 0 and not args.json and not args.no_progress:
         progress = Progress(TextColumn(f"[bold]{plan.model}[/] on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''}"), BarColumn(),
@@ -76,10 +91,7 @@ def _run(args, comm, rank: int) -> int:
         return 0
     doc = run_report(plan, result, engine, args.emulate)
     if args.output:
-        out = Path(args.output)
-        arrays = {f"output_{i}": a for i, a in enumerate(result.outputs.values())}
-        np.savez(out, frame_ids=result.frame_ids, names=np.array(list(result.outputs)), **arrays)
-        doc["output_file"] = str(out)
+        doc["output_file"] = str(write_outputs(Path(args.output), result))
     else:
         doc["argmax"] = result.argmax.tolist()
     if args.trace:
@@ -95,6 +107,47 @@ def _run(args, comm, rank: int) -> int:
         err_console.print("[red]frames were lost or duplicated[/]")
         return 1
     return 0
+
+
+def write_outputs(out: Path, result: RunResult) -> Path:
+    """The .npz of a run: `output_i` (rows by frame), `names`, `frame_ids` (in arrival order). A
+    partial result also has `partial` (True), `output_frame_ids` (the frame of each row) and
+    `missing_frame_ids`. Written to a temporary name and renamed, so a run aborted while writing
+    leaves no half file."""
+    arrays = {f"output_{i}": a for i, a in enumerate(result.outputs.values())}
+    extra = {}
+    if result.partial:
+        extra = {"partial": np.array(True), "output_frame_ids": result.output_frame_ids, "missing_frame_ids": result.missing_frame_ids}
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, frame_ids=result.frame_ids, names=np.array(list(result.outputs)), **arrays, **extra)
+    os.replace(tmp, out)
+    return out
+
+
+def frame_ranges(ids) -> str:
+    """[3, 4, 5, 9, 11, 12] -> '3-5, 9, 11-12'."""
+    ids = [int(i) for i in ids]
+    parts, i = [], 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def keep_partial(args, result: RunResult) -> None:
+    """Rank 0 of a run that failed: write the results it has to --output, marked partial, and say on
+    stderr which frames are missing (the error line itself is printed by transport.on_every_rank)."""
+    missing = result.missing_frame_ids
+    done = result.frames_total - missing.size
+    if args.output and result.outputs is not None:
+        where = f"written to {write_outputs(Path(args.output), result)}"
+    else:
+        where = "done (no --output to write them to)"
+    print(f"pisplit: partial: {done} of {result.frames_total} frames {where}; missing frames {frame_ranges(missing) or 'none'}",
+          file=sys.stderr, flush=True)
 
 
 def _ms(v) -> str:
