@@ -19,28 +19,14 @@ from .emulation import device_slowdown
 
 
 
-def parse_devices(spec: str) -> list[tuple[str, int]]:
-    """'rpi3:4,rpi4:2' -> [('rpi3', 4), ('rpi4', 2)]."""
-    out = []
-    for part in str(spec).split(","):
-        kind, _, count = part.strip().partition(":")
-        try:
-            n = int(count or 1)
-        except ValueError:
-            n = 0
-        if not kind or n < 1:
-            raise PisplitError(f"--devices {spec!r}: expected KIND:COUNT[,KIND:COUNT], e.g. rpi3:4")
-        out.append((kind.lower(), n))
-    return out
-
-
 def plan_for_devices(graph: Graph, model: str, devices: str, link_bps: float, planner: str, objective: str, engine: str) -> Plan:
-    """A plan of `model` for the devices in `devices` ('rpi3:4') with the named planner."""
+    """A plan of `model` for the devices in `devices` ('rpi3:4', 'rpi3:8@512M') with the named planner."""
     from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
     from partitioners.planners import make_plan
     from partitioners.profiles import Calibration
 
-    cluster = make_cluster([(kind, count, None) for kind, count in parse_devices(devices)], link_bps)
+    cluster = make_cluster(parse_devices(devices), link_bps)
     return make_plan(graph, CostModel(graph, cluster, Calibration(engine)), planner, objective, model, engine)
 
 

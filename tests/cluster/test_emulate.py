@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.emulated_plans import balanced_plan, parse_devices, settle_cuts
+from cluster.emulated_plans import balanced_plan, settle_cuts
 from cluster.emulation import ComputeDilation, CoreTokens, LinkPacer, parse_link, receive_ready_at
 from layers import zoo_model
 from layers.errors import PisplitError
@@ -21,7 +21,7 @@ from tests.conftest import require
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_parse_link_and_devices():
+def test_parse_link():
     assert parse_link("94mbit") == pytest.approx(94e6)
     assert parse_link("1gbit") == pytest.approx(1e9)
     assert parse_link("940Mbit") == pytest.approx(940e6)
@@ -29,9 +29,7 @@ def test_parse_link_and_devices():
     for bad in ("fast", "-3mbit", "0", "10furlongs"):
         with pytest.raises(PisplitError, match="link"):
             parse_link(bad)
-    assert parse_devices("rpi3:4,rpi4:2") == [("rpi3", 4), ("rpi4", 2)]
-    with pytest.raises(PisplitError, match="--devices"):
-        parse_devices("rpi3:x")
+
 
 
 def test_link_transfers_serialise_on_the_sender():

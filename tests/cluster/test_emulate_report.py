@@ -20,3 +20,11 @@ def test_a_speedup_above_the_device_count_is_reported_as_a_measurement_problem()
     # mixed devices can beat their count in units of the slowest one
     assert implausible_speedup(_plan(["rpi3", "rpi4"]), 3.0) is None
     assert implausible_speedup(eight, None) is None
+
+
+def test_emulated_devices_take_a_memory_size_as_plans_do():
+    from cluster.emulated_plans import plan_for_devices
+    from layers import zoo_model
+
+    plan = plan_for_devices(zoo_model("lenet5"), "lenet5", "rpi3:2@512M", 94e6, "dp", "throughput", "numpy")
+    assert [d.memory_bytes for d in plan.devices] == [512 << 20] * 2
