@@ -196,12 +196,17 @@ def _run(args, comm, rank: int, transport) -> int:
                    "compute_alone_s": float(r[5])}
                   for p, r in zip(cost.parts, rows)],
     }
+    return _report(args, doc, print_split_report, "merged output differs from the unsplit layer")
+
+
+def _report(args, doc: dict, printer, mismatch: str) -> int:
+    """Print the document (JSON or `printer`); exit status 1 with `mismatch` when the check failed."""
     if args.json:
         print_json(doc)
     else:
-        print_split_report(doc)
-    if not ok:
-        console.print(f"[red]merged output differs from the unsplit layer by {error_abs:.3g} (tolerance {TOLERANCE:g})[/]")
+        printer(doc)
+    if not doc["ok"]:
+        console.print(f"[red]{mismatch} by {doc['max_abs_error']:.3g} (tolerance {TOLERANCE:g})[/]")
         return 1
     return 0
 
@@ -352,14 +357,7 @@ def _run_chain(args, comm, rank: int, transport) -> int:
            "repeat": args.repeat, "max_abs_error": error_abs, "ok": ok, "tolerance": TOLERANCE,
            "unsplit_s": unsplit_s, "split_s": split_s, "speedup": unsplit_s / split_s if split_s else 0.0,
            "ranks_compute_s": [float(r[0]) for r in rows], "ranks_comm_s": [float(r[1]) for r in rows]}
-    if args.json:
-        print_json(doc)
-    else:
-        print_chain_report(doc)
-    if not ok:
-        console.print(f"[red]chained output differs from the unsplit nodes by {error_abs:.3g} (tolerance {TOLERANCE:g})[/]")
-        return 1
-    return 0
+    return _report(args, doc, print_chain_report, "chained output differs from the unsplit nodes")
 
 
 def print_chain_report(doc: dict) -> None:
