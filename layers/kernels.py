@@ -451,3 +451,66 @@ def resize_nearest(x, size: Sequence[int], align_corners: bool = False, half_pix
     rows = _nearest_axis(x.shape[1], int(size[0]), align_corners, half_pixel_centers)
     cols = _nearest_axis(x.shape[2], int(size[1]), align_corners, half_pixel_centers)
     return x[:, rows][:, :, cols]
+
+
+# --- converter patterns: transposed convolution, slices, tiles, depth to space ---------------------
+
+def transpose_conv_pads(in_sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], out_sizes: Sequence[int],
+                        padding: str) -> list[int]:
+    """Leading crop per spatial axis of a transposed convolution, as TFLite computes it: the padding of
+    the forward convolution from `out_sizes` to `in_sizes` ('same': half the total, the odd one after)."""
+    if padding == "valid":
+        return [0] * len(kernel)
+    return [max((i - 1) * s + k - o, 0) // 2 for i, k, s, o in zip(in_sizes, kernel, strides, out_sizes)]
+
+
+def conv2d_transpose(x: np.ndarray, kernel: np.ndarray, bias, strides: Sequence[int], out_size: Sequence[int],
+                     padding: str = "same") -> np.ndarray:
+    """Transposed 2-D convolution (TFLite TRANSPOSE_CONV), NHWC, kernel HWIO (KH, KW, Cin, Cout).
+
+    Every input pixel scatters x @ kernel[kh, kw] to output pixel (i*s + kh - pad, j*s + kw - pad): one
+    matmul per kernel tap over all pixels, accumulated into the uncropped output, then cropped."""
+    n, h, w, cin = x.shape
+    kh, kw, kcin, cout = kernel.shape
+    if kcin != cin:
+        raise ValueError(f"conv2d_transpose: {cin} input channels do not match kernel {kernel.shape}")
+    sh, sw = strides
+    oh, ow = out_size
+    ph, pw = transpose_conv_pads((h, w), (kh, kw), strides, out_size, padding)
+    full_h, full_w = max((h - 1) * sh + kh, ph + oh), max((w - 1) * sw + kw, pw + ow)
+    y = np.zeros((n, full_h, full_w, cout), np.float32)
+    flat = x.reshape(-1, cin).astype(np.float32, copy=False)
+    for a in range(kh):
+        for b in range(kw):
+            y[:, a:a + sh * (h - 1) + 1:sh, b:b + sw * (w - 1) + 1:sw, :] += (flat @ kernel[a, b]).reshape(n, h, w, cout)
+    y = y[:, ph:ph + oh, pw:pw + ow, :]
+    if bias is not None:
+        y = y + bias
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def axis_slice(start: int, step: int, count: int) -> slice:
+    """The python slice of `count` indices start, start + step, ... (step may be negative)."""
+    stop = start + step * count
+    return slice(start, stop if stop >= 0 else None, step)
+
+
+def strided_slice(x: np.ndarray, starts: Sequence[int], steps: Sequence[int], counts: Sequence[int],
+                  out_shape: Sequence[int]) -> np.ndarray:
+    """x[:, ...] with one (start, step, count) per non-batch axis, reshaped to (batch, *out_shape)
+    (TFLite STRIDED_SLICE with resolved masks; shrunk axes are dropped by the reshape)."""
+    index = (slice(None), *(axis_slice(s, st, c) for s, st, c in zip(starts, steps, counts)))
+    return np.ascontiguousarray(x[index]).reshape(x.shape[0], *out_shape)
+
+
+def tile(x: np.ndarray, multiples: Sequence[int]) -> np.ndarray:
+    """x repeated multiples[d] times along each non-batch axis d + 1."""
+    return np.tile(x, (1, *[int(m) for m in multiples]))
+
+
+def depth_to_space(x: np.ndarray, block: int) -> np.ndarray:
+    """TFLite DEPTH_TO_SPACE (DCR): y[n, h*b + i, w*b + j, c] = x[n, h, w, (i*b + j) * C + c]."""
+    n, h, w, c = x.shape
+    cout = c // (block * block)
+    y = x.reshape(n, h, w, block, block, cout).transpose(0, 1, 3, 2, 4, 5)
+    return np.ascontiguousarray(y.reshape(n, h * block, w * block, cout))

@@ -427,3 +427,78 @@ def _float_only(name):
 
 for _name in ("quantize", "dequantize"):
     register(_name, OpSpec(_same_shape, _float_only(_name), lambda i, o, a, ws: numel(o[0])))
+
+
+# --- converter patterns (issue 12): transposed convolution, activation slices, tiles, depth to space ----
+# None of these starts a split (partitioners.split_costs.PRIMARY_OPS) or follows one
+# (partitioners.split_segments): each is a segment of its own, run whole by one rank.
+
+def _tconv_infer(ins, attrs, ws):
+    kh, kw, cin, cout = ws["kernel"]
+    if len(ins[0]) != 4 or ins[0][-1] != cin:
+        raise PisplitError(f"conv2d_transpose: input {tuple(ins[0])} does not fit kernel {tuple(ws['kernel'])}")
+    if "bias" in ws and tuple(ws["bias"]) != (cout,):
+        raise PisplitError(f"conv2d_transpose: bias {tuple(ws['bias'])} does not fit {cout} output channels")
+    oh, ow = (int(v) for v in attrs["output_size"])
+    return [(ins[0][0], oh, ow, cout)]
+
+
+def _tconv_run(xs, attrs, w):
+    y = K.conv2d_transpose(xs[0], w["kernel"], w.get("bias"), attrs["strides"], attrs["output_size"], attrs.get("padding", "same"))
+    return [_act_owned(y, attrs)]
+
+
+def _tconv_full_bytes(ins, attrs, ws):
+    (n, h, w, _), (kh, kw, _, cout), (sh, sw) = ins[0], ws["kernel"], attrs["strides"]
+    return 4 * n * ((h - 1) * sh + kh) * ((w - 1) * sw + kw) * cout
+
+
+register("conv2d_transpose", OpSpec(
+    _tconv_infer, _tconv_run,
+    lambda i, o, a, ws: 2 * numel(i[0]) * numel(ws["kernel"][:2]) * ws["kernel"][3] + _act_flops(o, a),
+    lambda i, o, a, ws: _tconv_full_bytes(i, a, ws),
+    params=("kernel",), optional_params=("bias",),
+))
+
+
+def _slice_infer(ins, attrs, ws):
+    s = ins[0]
+    starts, steps, counts = attrs["starts"], attrs["steps"], attrs["counts"]
+    if not (len(starts) == len(steps) == len(counts) == len(s) - 1):
+        raise PisplitError(f"strided_slice: needs one start, step and count per non-batch axis of {tuple(s)}")
+    for d, (a, st, c) in enumerate(zip(starts, steps, counts), 1):
+        last = a + st * (c - 1)
+        if c < 0 or st == 0 or (c and not (0 <= a < s[d] and 0 <= last < s[d])):
+            raise PisplitError(f"strided_slice: axis {d} of {tuple(s)} has no indices {a}:{last}:{st}")
+    out = [int(v) for v in attrs["out_shape"]]
+    if numel(out) != numel(counts):
+        raise PisplitError(f"strided_slice: {counts} values per frame do not make shape {out}")
+    return [(s[0], *out)]
+
+
+register("strided_slice", OpSpec(
+    _slice_infer,
+    lambda xs, a, w: [K.strided_slice(xs[0], a["starts"], a["steps"], a["counts"], a["out_shape"])],
+    lambda i, o, a, ws: 0,
+))
+
+
+def _tile_infer(ins, attrs, ws):
+    m = [int(v) for v in attrs["multiples"]]
+    if len(m) != len(ins[0]) - 1 or min(m, default=1) < 1:
+        raise PisplitError(f"tile: multiples {m} need one positive value per non-batch axis of {tuple(ins[0])}")
+    return [(ins[0][0], *(s * k for s, k in zip(ins[0][1:], m)))]
+
+
+register("tile", OpSpec(_tile_infer, lambda xs, a, w: [K.tile(xs[0], a["multiples"])], lambda i, o, a, ws: 0))
+
+
+def _d2s_infer(ins, attrs, ws):
+    b = int(attrs["block"])
+    n, h, w, c = ins[0] if len(ins[0]) == 4 else (None,) * 4
+    if n is None or b < 1 or c % (b * b):
+        raise PisplitError(f"depth_to_space: block {b} does not fit input {tuple(ins[0])}")
+    return [(n, h * b, w * b, c // (b * b))]
+
+
+register("depth_to_space", OpSpec(_d2s_infer, lambda xs, a, w: [K.depth_to_space(xs[0], int(a["block"]))], lambda i, o, a, ws: 0))

@@ -16,6 +16,13 @@ also quantize each activation to int8 on the fly, which pisplit does not emulate
 tests/layers/test_tflite_quantized.py for the error this leaves). Models with quantized activations
 (full-integer int8) are refused.
 
+Converter patterns (issue 12): shape arithmetic is folded at import on static shapes with batch 1
+(SHAPE of any tensor, and STRIDED_SLICE, PACK, GATHER, CONCATENATION, ... whose inputs are all constants:
+FOLDED_OPS), so the SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE chains the converter writes for a dynamic
+batch leave no node; a tensor whose shape signature leaves a non-batch dimension open takes the shape
+pisplit infers for it. Sparse constants (TFLite SparsityParameters, dense and CSR levels, blocks) are
+read dense, so DENSIFY is a constant. Scalar constants keep their shape ().
+
 Every problem with the file (not a .tflite, truncated, corrupt, quantized activations, an op pisplit
 lacks) is a PisplitError naming the file and, for ops, the operator index, op and output tensor. The
 file is only parsed in Python here, never handed to the LiteRT interpreter, which may crash on
@@ -47,9 +54,20 @@ ACTIVATION_NAMES = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6"}
 ACTIVATION_CODES = {name: code for code, name in ACTIVATION_NAMES.items()}
 
 SUPPORTED_OPS = (
-    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED",
-    "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "PRELU", "QUANTIZE", "RELU",
-    "RELU6", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "SUB", "TANH", "TRANSPOSE",
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DENSIFY", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
+    "EXPAND_DIMS", "FULLY_CONNECTED", "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D",
+    "MEAN", "MUL", "PAD", "PADV2", "PRELU", "QUANTIZE", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR", "SHAPE", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE", "SUB", "TANH", "TILE", "TRANSPOSE",
+    "TRANSPOSE_CONV",
+)
+# Ops pisplit evaluates at import when every input is a constant (shape arithmetic the converter emits
+# for a dynamic batch size: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE, GATHER of constants, ...); they
+# are not supported on computed tensors unless SUPPORTED_OPS lists them too. SHAPE of a computed tensor
+# is its static shape with batch 1.
+FOLDED_OPS = (
+    "ADD", "CAST", "CONCATENATION", "DIV", "EXPAND_DIMS", "FILL", "FLOOR_DIV", "GATHER", "MAXIMUM", "MINIMUM", "MUL",
+    "PACK", "RANGE", "REDUCE_PROD", "RESHAPE", "SHAPE", "SLICE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TILE",
+    "TRANSPOSE", "UNPACK",
 )
 
 # How constant tensors are stored; integer types carry affine quantization when they have scales.
@@ -157,6 +175,7 @@ class _Importer:
         n = self._count(sg.TensorsLength(), "tensor")
         self.tensor_names: list[str] = []
         self.tensor_shapes: list[tuple] = []
+        self.dynamic: set[int] = set()  # tensors whose non-batch dimensions the file leaves open
         self.tensor_types: list[str] = []
         self.quantization: list[_Quantization | None] = []
         seen: set[str] = set()
@@ -170,6 +189,10 @@ class _Importer:
             self.tensor_names.append(name)
             shape = t.ShapeAsNumpy() if t.ShapeLength() else np.zeros(0, np.int32)
             self.tensor_shapes.append(tuple(int(v) for v in shape))
+            signature = t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else ()
+            if any(int(v) < 0 for v in signature[1:]):
+                # a dimension the converter left open: the file's shape holds 1 there, pisplit infers it
+                self.dynamic.add(i)
             self.tensor_types.append(self.type_names.get(t.Type(), f"type {t.Type()}"))
             self.quantization.append(self._read_quantization(i, t))
             b = t.Buffer()
@@ -177,12 +200,67 @@ class _Importer:
                 self._fail(f"corrupt .tflite file (tensor {name!r} uses buffer {b} of {n_buffers})")
             raw = self._buffer_bytes(b) if b > 0 else None
             if raw is not None and t.Sparsity() is not None:
-                self.constants[i] = lambda name=name: self._fail(f"constant tensor {name!r} is sparse, which pisplit cannot read")
-            elif raw is not None:
+                raw = self._densify(i, t.Sparsity(), raw)  # DENSIFY reads it as the dense tensor
+            if raw is not None:
                 self.constants[i] = self._constant_loader(i, raw)
                 if self.quantization[i] is not None:
                     dtype, shape = _STORAGE_DTYPES[self.tensor_types[i]], self.tensor_shapes[i]
                     self.raw_constants[i] = lambda raw=raw, dtype=dtype, shape=shape: np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def _densify(self, i: int, sparsity, raw: np.ndarray) -> np.ndarray:
+        """The bytes of sparse constant tensor i written dense, as TFLite's FormatConverter::SparseToDense
+        does it: dimensions in traversal order, each dense (every index) or CSR (array_segments of the
+        previous level's position, array_indices), block dimensions last, mapped onto their dimensions
+        by block_map. Values are the buffer's stored values in traversal order."""
+        name, shape = self.tensor_names[i], self.tensor_shapes[i]
+        dtype = _STORAGE_DTYPES.get(self.tensor_types[i])
+        if dtype is None:
+            self._fail(f"sparse constant tensor {name!r} has type {self.tensor_types[i]}, which pisplit cannot read")
+        sp = self.S.SparsityParametersT.InitFromObj(sparsity)
+        order = [int(v) for v in (sp.traversalOrder if sp.traversalOrder is not None else range(len(shape)))]
+        block_map = [int(v) for v in (sp.blockMap if sp.blockMap is not None else [])]
+        dims = sp.dimMetadata or []
+        rank = len(shape)
+        bad = lambda why: self._fail(f"corrupt .tflite file (sparse constant tensor {name!r}: {why})")  # noqa: E731
+        if len(order) != rank + len(block_map) or sorted(order) != list(range(len(order))) or len(dims) != len(order) \
+                or sorted(order[:rank]) != list(range(rank)) or any(not 0 <= d < rank for d in block_map):
+            bad(f"traversal order {order}, block map {block_map} and {len(dims)} dimensions do not fit shape {shape}")
+        block_sizes = [int(dims[rank + k].denseSize) for k in range(len(block_map))]
+        prev = np.zeros(1, np.int64)
+        idx: list[np.ndarray] = []
+        for level, d in enumerate(dims):
+            if d.format == self.S.DimensionType.DENSE:
+                size = int(d.denseSize)
+                if size < 0:
+                    bad(f"dimension {level} has dense size {size}")
+                idx = [np.repeat(a, size) for a in idx] + [np.tile(np.arange(size, dtype=np.int64), prev.size)]
+                prev = (prev[:, None] * size + np.arange(size, dtype=np.int64)).ravel()
+                continue
+            if d.arraySegments is None or d.arrayIndices is None:
+                bad(f"sparse dimension {level} has no segments or indices")
+            seg = np.asarray(d.arraySegments.values, np.int64)
+            ind = np.asarray(d.arrayIndices.values, np.int64)
+            if seg.size == 0 or prev.max(initial=0) + 1 >= seg.size or np.any(np.diff(seg) < 0) or seg[0] < 0 or seg[-1] > ind.size:
+                bad(f"sparse dimension {level} has segments that do not fit its {ind.size} indices")
+            starts, counts = seg[prev], seg[prev + 1] - seg[prev]
+            pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+            idx = [np.repeat(a, counts) for a in idx] + [ind[pos]]
+            prev = pos
+        values = np.frombuffer(raw, dtype=dtype)
+        if values.size != prev.size or len(raw) != values.nbytes:
+            bad(f"{len(raw)} bytes of values, the sparsity describes {prev.size} values")
+        orig: list = [None] * rank
+        for level in range(rank):
+            orig[order[level]] = idx[level]
+        for level in range(rank, len(order)):
+            k = order[level] - rank
+            orig[block_map[k]] = orig[block_map[k]] * block_sizes[k] + idx[level]
+        for d in range(rank):
+            if orig[d].size and (orig[d].min() < 0 or orig[d].max() >= shape[d]):
+                bad(f"indices on dimension {d} fall outside shape {shape}")
+        dense = np.zeros(shape, dtype)
+        dense[tuple(orig)] = values
+        return dense.reshape(-1).view(np.uint8)
 
     def _buffer_bytes(self, index: int):
         buf = self.model.Buffers(index)
@@ -266,7 +344,9 @@ class _Importer:
 
         def loader():
             arr = np.asarray(load(), dtype=np.float32)
-            return np.ascontiguousarray(transform(arr) if transform else arr, dtype=np.float32)
+            out = transform(arr) if transform else arr
+            # np.ascontiguousarray makes a 0-d array 1-d: a scalar constant (Keras Rescaling) keeps its shape
+            return np.ascontiguousarray(out, dtype=np.float32).reshape(np.shape(out))
         return loader
 
     # --- graph -------------------------------------------------------------------------------------
@@ -292,6 +372,8 @@ class _Importer:
         if not inputs:
             self._fail("the model has no inputs")
 
+        self.tensor_index = {name: i for i, name in enumerate(self.tensor_names)}
+        self.shape_by_name = dict(inputs)
         for k in range(self._count(sg.OperatorsLength(), "operator")):
             self._convert(k, sg.Operators(k), n_tensors)
 
@@ -378,14 +460,93 @@ class _Importer:
         for i in outs:
             self._check_index(i, n_tensors, f"operator {k} ({op_name})")
         where = f"operator {k} ({op_name}) writing tensor {self.tensor_names[outs[0]]!r}" if outs else f"operator {k} ({op_name})"
+        self.where = where
+        self.k = k
+        if op_name in FOLDED_OPS and outs and (op_name == "SHAPE" or all(i == -1 or i in self.constants for i in ins)):
+            self._fold(op_name, op, ins, outs)
+            return
         handler = getattr(self, "_op_" + op_name.lower(), None) if op_name in SUPPORTED_OPS else None
         if handler is None:
+            if op_name in FOLDED_OPS:
+                self._fail(f"{where}: op {op_name} is supported on constants only (pisplit folds it at import), "
+                           "not on computed tensors")
             self._fail(f"{where}: op {op_name} is not supported by pisplit (supported: {', '.join(SUPPORTED_OPS)})")
         if len(outs) != 1:
             self._fail(f"{where}: expected one output, found {len(outs)}")
-        self.where = where
-        self.k = k
+        before = len(self.nodes)
         handler(op, ins, outs[0])
+        self._infer_new_nodes(before)
+
+    def _infer_new_nodes(self, start: int) -> None:
+        """Shapes of the nodes just made, from their inputs: a tensor the file leaves open takes the
+        inferred shape (SHAPE of it folds to that), any other must equal the file's."""
+        from .ops import spec_of
+
+        for node in self.nodes[start:]:
+            try:
+                shapes = spec_of(node.op).infer([self.shape_by_name[t] for t in node.inputs], node.attrs, node.weight_shapes)
+            except PisplitError as exc:
+                self._fail(f"{self.where}: {exc}")
+            for t, got in zip(node.outputs, shapes):
+                got = tuple(int(v) for v in got)
+                self.shape_by_name[t] = got
+                i = self.tensor_index.get(t)
+                if i is None:
+                    continue
+                if i in self.dynamic or not self.tensor_shapes[i]:
+                    self.tensor_shapes[i] = got
+                elif got != tuple(self.tensor_shapes[i]):
+                    self._fail(f"node {node.name!r} ({node.op}): pisplit computes shape {got}, the file says {tuple(self.tensor_shapes[i])}")
+
+    # --- constant folding (shape arithmetic on static shapes, batch 1) ------------------------------
+    def _fold(self, op_name: str, op, ins: list[int], outs: list[int]) -> None:
+        """Make the outputs of an op whose inputs are all constants (or SHAPE of any tensor) constants
+        themselves, computed with numpy when first read (folding.py-like semantics of the TFLite ops)."""
+        for i in [*ins, *outs]:
+            if i != -1 and self.quantization[i] is not None and (op_name != "SHAPE" or i in outs):
+                self._fail(f"{self.where}: folding quantized constant {self.tensor_names[i]!r} is not supported")
+        where = self.where
+        if op_name == "SHAPE":
+            o = self._options(op, "ShapeOptions")
+            dtype = np.int64 if o.outType == self.S.TensorType.INT64 else np.int32
+            value = np.asarray(self.tensor_shapes[ins[0]], dtype)
+            self.constants[outs[0]] = lambda: value
+            return
+        args = [None if i == -1 else i for i in ins]
+        options = self._fold_options(op_name, op)
+        cache: list = []
+
+        def compute() -> list:
+            if not cache:
+                values = [None if i is None else np.asarray(self.constants[i]()) for i in args]
+                try:
+                    results = _fold_values(op_name, values, options, [self.tensor_shapes[t] for t in outs])
+                except (ValueError, IndexError, TypeError) as exc:
+                    raise PisplitError(f"model file {self.source}: {where}: cannot fold constants ({exc})") from None
+                for t, r in zip(outs, results):
+                    dtype = _STORAGE_DTYPES.get(self.tensor_types[t])
+                    r = np.asarray(r, dtype=dtype) if dtype is not None else np.asarray(r)
+                    if t not in self.dynamic and self.tensor_shapes[t] and numel(self.tensor_shapes[t]) == r.size:
+                        r = r.reshape(self.tensor_shapes[t])
+                    cache.append(r)
+            return cache
+
+        for k, t in enumerate(outs):
+            self.constants[t] = lambda k=k: compute()[k]
+        compute()  # folded values are small (shapes, axes); errors belong to import
+
+    def _fold_options(self, op_name: str, op) -> dict:
+        names = {"STRIDED_SLICE": "StridedSliceOptions", "PACK": "PackOptions", "UNPACK": "UnpackOptions", "GATHER": "GatherOptions",
+                 "CONCATENATION": "ConcatenationOptions", "SQUEEZE": "SqueezeOptions", "REDUCE_PROD": "ReducerOptions",
+                 "SUM": "ReducerOptions", "ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
+        if op_name not in names:
+            return {}
+        o = self._options(op, names[op_name])
+        if getattr(o, "fusedActivationFunction", 0):
+            self._fail(f"{self.where}: folding constants with a fused activation is not supported")
+        if op_name == "STRIDED_SLICE" and (o.ellipsisMask or o.newAxisMask or getattr(o, "offset", False)):
+            self._fail(f"{self.where}: strided slice with ellipsis, new-axis masks or offsets is not supported")
+        return {k: v for k, v in vars(o).items()}
 
     def _options(self, op, cls_name: str):
         """The op's builtin options as an object-API instance (defaults when the table is absent)."""
@@ -601,10 +762,17 @@ class _Importer:
             self._fail(f"{self.where}: a fused activation on CONCATENATION is not supported")
         self._node("concat", ins, out, {"axis": int(o.axis)})
 
-    def _reshape_like_output(self, ins, out):
+    def _reshape_like_output(self, ins, out, dst=None):
         if ins[0] in self.constants:
             self._fail(f"{self.where}: reshaping a constant is not supported")
-        src, dst = self.tensor_shapes[ins[0]], self.tensor_shapes[out]
+        src = self.tensor_shapes[ins[0]]
+        if dst is None and out in self.dynamic and len(ins) > 1 and ins[1] != -1 and ins[1] in self.constants:
+            # the file's shape is open: the (folded) shape operand says it, -1 resolved on the input's size
+            target = [int(v) for v in np.asarray(self._ints(ins[1], self.where)).reshape(-1)]
+            if target.count(-1) == 1 and numel(v for v in target if v != -1):
+                target[target.index(-1)] = numel(src) // numel(v for v in target if v != -1)
+            dst = tuple(target)
+        dst = self.tensor_shapes[out] if dst is None else tuple(dst)
         if not dst or not src or dst[0] != src[0] or -1 in dst:
             self._fail(f"{self.where}: reshape from {src} to {dst} must keep the leading batch axis")
         self._node("reshape", [ins[0]], out, {"shape": list(dst[1:])})
@@ -613,7 +781,81 @@ class _Importer:
         self._reshape_like_output(ins, out)
 
     def _op_squeeze(self, op, ins, out):
-        self._reshape_like_output(ins, out)
+        o = self._options(op, "SqueezeOptions")
+        src = self.tensor_shapes[ins[0]]
+        dims = {int(d) % len(src) for d in (o.squeezeDims if o.squeezeDims is not None else []) if len(src)}
+        dims = dims or {d for d, v in enumerate(src) if v == 1 and d > 0}
+        if 0 in dims or any(src[d] != 1 for d in dims):
+            self._fail(f"{self.where}: cannot squeeze axes {sorted(dims)} of {src}")
+        self._reshape_like_output(ins, out, [v for d, v in enumerate(src) if d not in dims])
+
+    def _op_expand_dims(self, op, ins, out):
+        axis = int(np.asarray(self._ints(ins[1], self.where)).reshape(-1)[0])
+        src = list(self.tensor_shapes[ins[0]])
+        axis = axis + len(src) + 1 if axis < 0 else axis
+        if not 0 < axis <= len(src):
+            self._fail(f"{self.where}: a new axis {axis} before the batch axis or past the last is not supported")
+        self._reshape_like_output(ins, out, src[:axis] + [1] + src[axis:])
+
+    def _op_strided_slice(self, op, ins, out):
+        from .kernels import axis_slice  # noqa: F401  (the kernel's own slice rule)
+
+        o = self._options(op, "StridedSliceOptions")
+        if o.ellipsisMask or o.newAxisMask or getattr(o, "offset", False):
+            self._fail(f"{self.where}: strided slice with ellipsis, new-axis masks or offsets is not supported")
+        shape = self.tensor_shapes[ins[0]]
+        begin, end = (np.asarray(self._ints(i, self.where)).reshape(-1) for i in ins[1:3])
+        strides = np.asarray(self._ints(ins[3], self.where)).reshape(-1) if len(ins) > 3 and ins[3] != -1 else np.ones(len(shape), int)
+        if not len(begin) == len(end) == len(strides) == len(shape):
+            self._fail(f"{self.where}: begin, end and strides need one value per axis of {shape}")
+        try:
+            ranges, shrunk = _strided_slice_ranges(shape, begin, end, strides, int(o.beginMask), int(o.endMask), int(o.shrinkAxisMask))
+        except ValueError as exc:
+            self._fail(f"{self.where}: {exc}")
+        if 0 in shrunk or ranges[0] != (0, 1, shape[0]):
+            self._fail(f"{self.where}: a strided slice must keep the whole batch axis")
+        out_shape = [c for d, (_, _, c) in enumerate(ranges) if d not in shrunk]
+        self._node("strided_slice", [ins[0]], out, {"starts": [r[0] for r in ranges[1:]], "steps": [r[1] for r in ranges[1:]],
+                                                    "counts": [r[2] for r in ranges[1:]], "out_shape": out_shape[1:]})
+
+    def _op_tile(self, op, ins, out):
+        multiples = [int(m) for m in np.asarray(self._ints(ins[1], self.where)).reshape(-1)]
+        if not multiples or multiples[0] != 1:
+            self._fail(f"{self.where}: tiling {multiples} repeats the batch axis")
+        self._node("tile", [ins[0]], out, {"multiples": multiples[1:]})
+
+    def _op_depth_to_space(self, op, ins, out):
+        o = self._options(op, "DepthToSpaceOptions")
+        self._node("depth_to_space", [ins[0]], out, {"block": self._window("block size", o.blockSize)[0]})
+
+    def _op_densify(self, op, ins, out):
+        if ins[0] not in self.constants:
+            self._fail(f"{self.where}: densifying a computed tensor is not supported")
+        if self.tensor_shapes[ins[0]] != self.tensor_shapes[out] or self.tensor_types[ins[0]] != self.tensor_types[out]:
+            self._fail(f"{self.where}: output {self.tensor_shapes[out]} {self.tensor_types[out]} differs from its input")
+        self.constants[out] = self.constants[ins[0]]  # sparse constants are read dense (_densify)
+        if ins[0] in self.raw_constants:
+            self.raw_constants[out] = self.raw_constants[ins[0]]
+        self.quantization[out] = self.quantization[ins[0]]
+
+    def _op_transpose_conv(self, op, ins, out):
+        o = self._options(op, "TransposeConvOptions")
+        if getattr(o, "quantizedBiasType", 0):
+            self._fail(f"{self.where}: a quantized bias type is not supported")
+        shape_i, w, x = ins[0], ins[1], ins[2]
+        out_shape = [int(v) for v in np.asarray(self._ints(shape_i, self.where)).reshape(-1)]
+        cout, kh, kw, cin = self._shape_of(w, 4, "filter")
+        xs = self.tensor_shapes[x]
+        if len(out_shape) != 4 or out_shape[3] != cout or len(xs) != 4 or xs[3] != cin or out_shape[0] != xs[0]:
+            self._fail(f"{self.where}: output shape {out_shape}, filter {self.tensor_shapes[w]} and input {xs} do not fit")
+        weights = {"kernel": (w, lambda a: a.transpose(1, 2, 3, 0), (kh, kw, cin, cout), {0: 3})}  # OHWI -> HWIO
+        if len(ins) > 3 and ins[3] != -1:
+            weights["bias"] = (ins[3], None)
+        attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
+                 "output_size": out_shape[1:3], "activation": self._activation(getattr(o, "fusedActivationFunction", 0))}
+        if self._is_quantized(x) or self._is_quantized(out):
+            self._fail(f"{self.where}: op TRANSPOSE_CONV on int8 tensors is not supported by pisplit yet")
+        self._node("conv2d_transpose", [x], out, attrs, weights)
 
     def _op_pad(self, op, ins, out):
         pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
@@ -702,3 +944,86 @@ class _Importer:
         if len(shape) != rank:
             self._fail(f"{self.where}: {what} {self.tensor_names[i]!r} has shape {shape}, expected rank {rank}")
         return shape
+
+
+def _strided_slice_ranges(shape, begin, end, strides, begin_mask: int, end_mask: int, shrink_mask: int):
+    """(start, step, count) per axis of TFLite STRIDED_SLICE on `shape` (masks resolved as TFLite does,
+    negative indices counted from the end, clamped), and which axes are shrunk away."""
+    out = []
+    for d, n in enumerate(shape):
+        b, e, s = int(begin[d]), int(end[d]), int(strides[d]) if d < len(strides) else 1
+        if s == 0:
+            raise ValueError("strided slice with stride 0")
+        if shrink_mask >> d & 1:
+            b = b + n if b < 0 else b
+            if not 0 <= b < n:
+                raise ValueError(f"index {int(begin[d])} is outside axis {d} of size {n}")
+            out.append((b, 1, 1))
+            continue
+        lo, hi = (0, n) if s > 0 else (-1, n - 1)
+        b = (0 if s > 0 else n - 1) if begin_mask >> d & 1 else min(max(b + n if b < 0 else b, lo), hi)
+        e = (n if s > 0 else -1) if end_mask >> d & 1 else min(max(e + n if e < 0 else e, lo), hi)
+        out.append((b, s, len(range(b, e, s))))
+    shrunk = [d for d in range(len(shape)) if shrink_mask >> d & 1]
+    return out, shrunk
+
+
+def _fold_values(op: str, v: list, o: dict, out_shapes: list) -> list:
+    """numpy evaluation of one TFLite op on constant inputs `v` (options `o`)."""
+    from .kernels import axis_slice
+
+    x = v[0]
+    if op in ("ADD", "SUB", "MUL", "DIV", "FLOOR_DIV", "MAXIMUM", "MINIMUM"):
+        a, b = v
+        if op == "DIV" and np.issubdtype(a.dtype, np.integer):
+            return [np.trunc(a / b).astype(a.dtype)]
+        fn = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide, "FLOOR_DIV": np.floor_divide,
+              "MAXIMUM": np.maximum, "MINIMUM": np.minimum}[op]
+        return [fn(a, b)]
+    if op == "CAST":
+        return [x]  # the caller casts to the output tensor's type
+    if op == "CONCATENATION":
+        return [np.concatenate([np.atleast_1d(a) for a in v], axis=int(o["axis"]))]
+    if op == "PACK":
+        return [np.stack(v, axis=int(o["axis"]))]
+    if op == "UNPACK":
+        return list(np.moveaxis(x, int(o["axis"]), 0))
+    if op == "GATHER":
+        axis = int(o["axis"]) + (x.ndim if int(o["axis"]) < 0 else 0)
+        idx = v[1].astype(np.int64)
+        if np.any(idx < 0) or np.any(idx >= x.shape[axis]):
+            raise IndexError(f"gather indices {idx.tolist()} outside axis {axis} of size {x.shape[axis]}")
+        return [np.take(x, idx, axis=axis)]
+    if op in ("RESHAPE", "SQUEEZE", "EXPAND_DIMS"):
+        shape = out_shapes[0]
+        if op == "RESHAPE" and len(v) > 1 and v[1] is not None and v[1].size:
+            shape = [int(s) for s in v[1].reshape(-1)]
+        elif op == "EXPAND_DIMS":
+            axis = int(v[1].reshape(-1)[0])
+            return [np.expand_dims(x, axis if axis >= 0 else axis + x.ndim + 1)]
+        elif op == "SQUEEZE":
+            dims = [int(d) for d in (o.get("squeezeDims") if o.get("squeezeDims") is not None else [])]
+            return [np.squeeze(x, axis=tuple(dims) if dims else None)]
+        return [x.reshape(shape)]
+    if op == "TRANSPOSE":
+        return [np.transpose(x, [int(p) for p in v[1].reshape(-1)])]
+    if op == "TILE":
+        return [np.tile(x, [int(m) for m in v[1].reshape(-1)])]
+    if op == "FILL":
+        return [np.full([int(d) for d in x.reshape(-1)], v[1].reshape(()))]
+    if op == "RANGE":
+        return [np.arange(x.reshape(()), v[1].reshape(()), v[2].reshape(()))]
+    if op in ("REDUCE_PROD", "SUM"):
+        axes = tuple(int(a) for a in np.atleast_1d(v[1]))
+        fn = np.prod if op == "REDUCE_PROD" else np.sum
+        return [fn(x, axis=axes, keepdims=bool(o["keepDims"])).astype(x.dtype)]
+    if op == "SLICE":
+        begin, size = v[1].reshape(-1), v[2].reshape(-1)
+        index = tuple(slice(int(b), None if int(s) == -1 else int(b) + int(s)) for b, s in zip(begin, size))
+        return [x[index]]
+    if op == "STRIDED_SLICE":
+        ranges, shrunk = _strided_slice_ranges(x.shape, v[1].reshape(-1), v[2].reshape(-1), v[3].reshape(-1) if v[3] is not None else [],
+                                               int(o["beginMask"]), int(o["endMask"]), int(o["shrinkAxisMask"]))
+        y = x[tuple(axis_slice(*r) for r in ranges)]
+        return [y.reshape([c for d, (_, _, c) in enumerate(ranges) if d not in shrunk])]
+    raise ValueError(f"no folding rule for {op}")

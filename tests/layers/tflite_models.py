@@ -605,3 +605,190 @@ def int8_float_io_case() -> bytes:
     y = _int8_mean([1, 2], False)(m, y)
     y = int8_fully_connected(m, y, 10)
     return m.finish(_int8_dequantize(m, y))
+
+
+# --- converter patterns (issue 12): shape arithmetic folded at import, scalar constants, slices, ... ---
+
+def shape_chain(m, x):
+    """What the converter emits for a dynamic batch: SHAPE -> STRIDED_SLICE (batch) -> PACK -> RESHAPE, and
+    GATHER / REDUCE_PROD of a shape; (1, H, W, C) -> squeeze-excite-like (1, 1, 1, C) and (1, H*W, C)."""
+    n, h, w, c = m.shapes[x]
+    shape = m.w.tensor(f"shape_{m.count}", (4,), dtype="INT32")
+    m.count += 1
+    m.w.operator("SHAPE", [x], [shape], m.opts("ShapeOptions", outType=2))
+    batch = m.w.tensor(f"batch_{m.count}", (), dtype="INT32")
+    m.w.operator("STRIDED_SLICE", [shape, m.const([0]), m.const([1]), m.const([1])], [batch],
+                 m.opts("StridedSliceOptions", shrinkAxisMask=1))
+    packed = m.w.tensor(f"packed_{m.count}", (4,), dtype="INT32")
+    m.w.operator("PACK", [batch, m.const(1), m.const(1), m.const(c)], [packed], m.opts("PackOptions", valuesCount=4, axis=0))
+    pooled = m.op("MEAN", [x, m.const([1, 2])], (n, c), m.opts("ReducerOptions", keepDims=False))
+    se = m.op("RESHAPE", [pooled, packed], (n, 1, 1, c), m.opts("ReshapeOptions"))
+    y = binary(m, "MUL", x, m.op("LOGISTIC", [se], (n, 1, 1, c)))
+    hw = m.w.tensor(f"hw_{m.count}", (2,), dtype="INT32")
+    m.w.operator("GATHER", [shape, m.const([1, 2])], [hw], m.opts("GatherOptions", axis=0))
+    area = m.w.tensor(f"area_{m.count}", (1,), dtype="INT32")
+    m.w.operator("REDUCE_PROD", [hw, m.const([0])], [area], m.opts("ReducerOptions", keepDims=True))
+    ch = m.w.tensor(f"ch_{m.count}", (1,), dtype="INT32")
+    m.w.operator("SLICE", [shape, m.const([3]), m.const([1])], [ch])
+    flat = m.w.tensor(f"flat_{m.count}", (3,), dtype="INT32")
+    m.w.operator("CONCATENATION", [m.const([1]), area, ch], [flat], m.opts("ConcatenationOptions", axis=0))
+    return m.op("RESHAPE", [y, flat], (n, h * w, c), m.opts("ReshapeOptions"))
+
+
+def scalar_rescaling(m, x):
+    """Keras Rescaling(1/127.5, offset=-1): MUL and ADD by scalar (shape ()) constants, then a conv."""
+    s = m.w.tensor(f"scale_{m.count}", (), np.asarray(1 / 127.5, np.float32))
+    o = m.w.tensor(f"offset_{m.count}", (), np.asarray(-1.0, np.float32))
+    m.count += 1
+    y = m.op("MUL", [x, s], m.shapes[x], m.opts("MulOptions"))
+    y = m.op("ADD", [y, o], m.shapes[x], m.opts("AddOptions"))
+    return conv(m, y, 4, 3, act="relu")
+
+
+def conv1d(m, x):
+    """Keras Conv1D: EXPAND_DIMS -> CONV_2D (1 x K) -> SQUEEZE."""
+    n, length, c = m.shapes[x]
+    e = m.op("EXPAND_DIMS", [x, m.const(1)], (n, 1, length, c))
+    filt = m.weight((5, 1, 3, c))
+    opts = m.opts("Conv2DOptions", padding=0, strideH=1, strideW=2, dilationHFactor=1, dilationWFactor=1, fusedActivationFunction=1)
+    y = m.op("CONV_2D", [e, filt, m.weight((5,))], (n, 1, -(-length // 2), 5), opts)
+    return m.op("SQUEEZE", [y], (n, -(-length // 2), 5), m.opts("SqueezeOptions", squeezeDims=[1]))
+
+
+def strided_slice(m, x, begin, end, strides, out_shape, begin_mask=0, end_mask=0, shrink=0):
+    return m.op("STRIDED_SLICE", [x, m.const(begin), m.const(end), m.const(strides)], out_shape,
+                m.opts("StridedSliceOptions", beginMask=begin_mask, endMask=end_mask, shrinkAxisMask=shrink))
+
+
+def transpose_conv(m, x, cout, k, stride, padding, out_hw, bias=True, act="none"):
+    n, h, w, cin = m.shapes[x]
+    filt = m.weight((cout, k, k, cin))
+    ins = [m.const([n, *out_hw, cout]), filt, x] + ([m.weight((cout,))] if bias else [])
+    opts = m.opts("TransposeConvOptions", padding=0 if padding == "same" else 1, strideH=stride, strideW=stride,
+                  fusedActivationFunction=ACT[act])
+    return m.op("TRANSPOSE_CONV", ins, (n, *out_hw, cout), opts)
+
+
+def sparse_weight(m, dense: np.ndarray, dims: list, order: list, block_map=(), dtype=np.float32) -> int:
+    """A sparse constant (TFLite SparsityParameters: `dims` per traversal level, 'dense' or 'csr'),
+    values and index arrays computed here by walking the dense tensor in traversal order, behind
+    DENSIFY (and DEQUANTIZE for float16, as MediaPipe's sparse face detector writes it)."""
+    from layers.tflite import schema_module
+    from layers.tflite_export import _AlignedBuffer
+
+    S = schema_module()
+    rank = dense.ndim
+    block_map = list(block_map)
+    sizes = []
+    for level, o in enumerate(order):  # dense size of each level
+        if o < rank:
+            b = block_map.index(o) if o in block_map else None
+            sizes.append(dense.shape[o] // (dims[rank + b][1] if b is not None else 1))
+        else:
+            sizes.append(dims[level][1])
+    meta, values = [], []
+
+    def index_of(idx):
+        orig = [0] * rank
+        for level in range(rank):
+            orig[order[level]] = idx[level]
+        for level in range(rank, len(order)):
+            d = block_map[order[level] - rank]
+            orig[d] = orig[d] * sizes[order.index(d)] // sizes[order.index(d)] * dims[level][1] + idx[level]
+        return tuple(orig)
+
+    def nonzero_below(idx, level):  # does any value under this prefix differ from zero?
+        if level == len(order):
+            return dense[index_of(idx)] != 0
+        return any(nonzero_below(idx + [i], level + 1) for i in range(sizes[level]))
+
+    segments = {lv: [0] for lv in range(len(order))}
+    indices = {lv: [] for lv in range(len(order))}
+
+    def walk(idx, level):
+        if level == len(order):
+            values.append(dense[index_of(idx)])
+            return
+        if dims[level][0] == "dense":
+            for i in range(sizes[level]):
+                walk(idx + [i], level + 1)
+            return
+        for i in range(sizes[level]):
+            if nonzero_below(idx + [i], level + 1):
+                indices[level].append(i)
+                walk(idx + [i], level + 1)
+        segments[level].append(len(indices[level]))
+
+    walk([], 0)
+    for level, (kind, size) in enumerate(dims):
+        d = S.DimensionMetadataT()
+        if kind == "dense":
+            d.format, d.denseSize = S.DimensionType.DENSE, int(size)
+        else:
+            d.format = S.DimensionType.SPARSE_CSR
+            seg, ind = S.Uint8VectorT(), S.Uint16VectorT()
+            seg.values, ind.values = segments[level], indices[level]
+            d.arraySegmentsType, d.arraySegments = S.SparseIndexVector.Uint8Vector, seg
+            d.arrayIndicesType, d.arrayIndices = S.SparseIndexVector.Uint16Vector, ind
+        meta.append(d)
+    sp = S.SparsityParametersT()
+    sp.traversalOrder, sp.blockMap, sp.dimMetadata = list(order), block_map or None, meta
+    stored = np.asarray(values, dtype)
+    m.count += 1
+    kind = "FLOAT16" if dtype == np.float16 else "FLOAT32"
+    t = m.w.tensor(f"sparse{m.count}", dense.shape, dtype=kind)
+    m.w.buffers.append(_AlignedBuffer(stored))
+    m.w.tensors[t].buffer = len(m.w.buffers) - 1
+    m.w.tensors[t].sparsity = sp
+    d = m.w.tensor(f"sparse{m.count}_densify", dense.shape, dtype=kind)
+    m.w.operator("DENSIFY", [t], [d])
+    if dtype == np.float32:
+        return d
+    full = m.w.tensor(f"sparse{m.count}_dequantize", dense.shape)
+    m.w.operator("DEQUANTIZE", [d], [full])
+    return full
+
+
+def _sparse_values(m, shape, density=0.4):
+    v = (m.rng.standard_normal(shape) * 0.5).astype(np.float32)
+    return np.where(m.rng.uniform(size=shape) < density, v, 0).astype(np.float32)
+
+
+def sparse_conv(m, x):
+    """MediaPipe's pattern: a 1x1 conv filter stored float16 CSR on its input channels."""
+    n, h, w, cin = m.shapes[x]
+    dense = _sparse_values(m, (6, 1, 1, cin)).astype(np.float16).astype(np.float32)
+    filt = sparse_weight(m, dense.astype(np.float16), [("dense", 6), ("dense", 1), ("dense", 1), ("csr", cin)], [0, 1, 2, 3],
+                         dtype=np.float16)
+    opts = m.opts("Conv2DOptions", padding=1, strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1)
+    return m.op("CONV_2D", [x, filt, m.weight((6,))], (n, h, w, 6), opts)
+
+
+def block_sparse_fc(m, x):
+    """Block-sparse fully-connected weights (1 x 4 blocks on the input axis, CSR over blocks)."""
+    cin = m.shapes[x][-1]
+    dense = _sparse_values(m, (7, cin // 4, 1, 4), 0.5).reshape(7, cin // 4, 4)
+    dense = np.where(np.abs(dense).sum(-1, keepdims=True) > 0, dense, 0).reshape(7, cin)  # whole blocks zero or not
+    w = sparse_weight(m, dense, [("dense", 7), ("csr", cin // 4), ("dense", 4)], [0, 1, 2], block_map=[1])
+    return m.op("FULLY_CONNECTED", [x, w, m.weight((7,))], (1, 7), m.opts("FullyConnectedOptions"))
+
+
+CONVERTER_CASES = {
+    "shape_chain_reshape_gather": _single(shape_chain, [(1, 4, 5, 3)]),
+    "scalar_rescaling_conv": _single(scalar_rescaling, [(1, 6, 7, 3)]),
+    "conv1d_expand_dims_squeeze": _single(conv1d, [(1, 11, 3)]),
+    "strided_slice_crop": _single(lambda m, x: strided_slice(m, x, [0, 1, 2, 0], [0, -1, 9, 3], [1, 1, 2, 1], (1, 6, 4, 3),
+                                                             begin_mask=1, end_mask=1), [(1, 8, 9, 4)]),
+    "strided_slice_reverse_shrink": _single(lambda m, x: strided_slice(m, x, [0, 7, 0, 2], [0, 0, 0, 3], [1, -2, 1, 1], (1, 4, 9),
+                                                                       begin_mask=5, end_mask=5, shrink=8), [(1, 8, 9, 4)]),
+    "tile": _single(lambda m, x: m.op("TILE", [x, m.const([1, 2, 1, 3])], (1, 6, 4, 6)), [(1, 3, 4, 2)]),
+    "transpose_conv_same_stride2": _single(lambda m, x: transpose_conv(m, x, 5, 3, 2, "same", (10, 12), act="relu"), [(1, 5, 6, 4)]),
+    "transpose_conv_valid_stride2_k4_nobias": _single(lambda m, x: transpose_conv(m, x, 3, 4, 2, "valid", (12, 10), bias=False),
+                                                      [(1, 5, 4, 2)]),
+    "transpose_conv_same_stride1": _single(lambda m, x: transpose_conv(m, x, 4, 3, 1, "same", (5, 6)), [(1, 5, 6, 3)]),
+    "depth_to_space": _single(lambda m, x: m.op("DEPTH_TO_SPACE", [x], (1, 6, 8, 2), m.opts("DepthToSpaceOptions", blockSize=2)),
+                              [(1, 3, 4, 8)]),
+    "densify_float16_conv": _single(sparse_conv, [(1, 4, 5, 12)]),
+    "densify_block_sparse_fc": _single(block_sparse_fc, [(1, 16)]),
+}
+CASES.update(CONVERTER_CASES)
