@@ -12,7 +12,8 @@ __all__ = ["Graph", "Node", "NodeCost", "PisplitError", "ZOO", "load_model", "lo
 
 
 def load_model(spec: str, seed: int = 0) -> Graph:
-    """A model from a zoo name, a .tflite file or a pisplit graph (.json + .npz).
+    """A model from a zoo name, a trained model's name (layers/trained/, e.g. `branchy_lenet_mnist`;
+    `seed` does not apply), a .tflite file or a pisplit graph (.json + .npz).
 
     Raises PisplitError naming the model when it is none of these or cannot be read.
     """
@@ -25,7 +26,12 @@ def load_model(spec: str, seed: int = 0) -> Graph:
         return load_graph(path)
     if path.exists():
         raise PisplitError(f"model {spec!r}: unknown file type (expected .tflite or a pisplit .json graph)")
+    from .trained import trained_model, trained_names
+
+    if spec.lower() in trained_names():
+        return trained_model(spec)
     try:
         return zoo_model(spec, seed=seed)
     except PisplitError:
-        raise PisplitError(f"model {spec!r}: not a zoo model ({', '.join(ZOO)}) nor a .tflite or .json file") from None
+        raise PisplitError(f"model {spec!r}: not a zoo model ({', '.join(ZOO)}), a trained model "
+                           f"({', '.join(trained_names())}) nor a .tflite or .json file") from None
