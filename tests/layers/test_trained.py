@@ -23,8 +23,9 @@ ACCURACY_TOLERANCE = 0.003  # 3 of 1,000 test images: numpy and torch may round 
 
 def require_data(name: str) -> None:
     package = SOURCES[manifest()["models"][name]["data"]][0]
+    pip_name = {"sklearn": "scikit-learn"}.get(package, package)
     require(importlib.util.find_spec(package) is not None,
-            f"{package} (its data file) is not installed: pip install -e '.[test]'")
+            f"{pip_name} (its data file) is not installed: pip install -e '.[test]'")
 
 
 @lru_cache(maxsize=None)
