@@ -105,6 +105,12 @@ def test_tflite_equals_pisplit(name):
     assert sorted(lite) == sorted(graph.outputs)
     for exit_name in graph.outputs:
         np.testing.assert_allclose(lite[exit_name], out[exit_name][:n], atol=1e-4, rtol=0)
+    # and the .tflite imported back into pisplit is the same graph: same outputs, same numbers
+    imported = load_model(str(TRAINED_DIR / f"{name}.tflite"))
+    assert imported.outputs == graph.outputs
+    again = imported.execute({k: v[:n] for k, v in feeds.items()})
+    for exit_name in graph.outputs:
+        np.testing.assert_allclose(again[exit_name], out[exit_name][:n], atol=1e-6, rtol=0)
 
 
 def test_load_by_name():
