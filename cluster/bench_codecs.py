@@ -141,7 +141,7 @@ def print_model(doc, codec_list) -> None:
 
 # --- fuzz -----------------------------------------------------------------------------------------------
 def _reseal(msg: bytes) -> bytes:
-    head_len = codecs._FIXED.size + 4 * msg[9] + codecs._TAIL.size
+    head_len = codecs._FIXED.size + 4 * msg[8] + codecs._TAIL.size
     crc = zlib.crc32(msg[head_len:], zlib.crc32(msg[: head_len - 4]))
     return msg[: head_len - 4] + struct.pack("<I", crc) + msg[head_len:]
 
@@ -163,7 +163,7 @@ def fuzz(codec, cases: int, seed: int = 0) -> dict:
     for i in range(cases):
         msg = pool[i % len(pool)]
         kind = i % 4
-        head_len = codecs._FIXED.size + 4 * msg[9] + codecs._TAIL.size
+        head_len = codecs._FIXED.size + 4 * msg[8] + codecs._TAIL.size
         if kind == 0:
             bad = msg[: int(rng.integers(0, len(msg)))]
         elif kind == 1:
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--codecs", default=DEFAULT_CODECS, help=f"comma-separated codec names (default {DEFAULT_CODECS})")
     ap.add_argument("--frames", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="encode/decode repetitions per tensor (fastest is kept)")
-    ap.add_argument("--fuzz", type=int, metavar="N", help="fuzz each codec's decoder with N corrupted messages instead")
+    ap.add_argument("--fuzz", type=int, nargs="?", const=10000, metavar="N", help="fuzz each codec's decoder with N (default 10000) corrupted messages instead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     wanted = [parse_codec(n) for n in args.codecs.split(",") if n.strip()]

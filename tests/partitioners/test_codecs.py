@@ -65,7 +65,10 @@ def tensors(draw, dtypes=DTYPES, finite=False, max_elems=3000):
         x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, n, dtype=dtype, endpoint=True)
     zero_share = draw(st.sampled_from([0.0, 0.3, 0.9, 0.99, 1.0]))
     x[rng.random(n) < zero_share] = 0
-    return x.reshape(shape)
+    x = x.reshape(shape)
+    if ndim >= 2 and n and draw(st.booleans()):  # some whole channels constant (dead ReLU channels)
+        x[..., rng.random(shape[-1]) < 0.3] = x.reshape(-1)[0]
+    return x
 
 
 def same_bits(x: np.ndarray, y: np.ndarray) -> bool:
@@ -188,6 +191,21 @@ def test_int8_and_jpeg_refuse_nan_and_inf(name):
         encode(np.ones(4, np.float64), c)
 
 
+@pytest.mark.parametrize("qf", [5, 50, 95])
+def test_jpeg_constant_channels_stay_exact_beside_busy_ones(qf):
+    """A dead channel tiled between busy ones (13x13 tiles share JPEG blocks with their neighbours)
+    decodes to its constant exactly, not to its neighbours' ringing scaled by a made-up step."""
+    c = usable(f"jpeg:{qf}")
+    x = np.random.default_rng(4).random((1, 13, 13, 16)).astype(np.float32) * 10
+    x[..., 3] = 0
+    x[..., 7] = 2.5
+    y = check_lossy(c, x)
+    assert np.all(y[..., 3] == 0) and np.all(y[..., 7] == 2.5)
+    flat = np.zeros((1, 3, 1, 50), np.float32)  # per-tensor mode: one constant tensor
+    flat[...] = -1.25
+    assert np.all(decode(encode(flat, c)) == -1.25)
+
+
 def test_jpeg_quality_trades_size_for_error():
     usable("jpeg")
     yy, xx = np.mgrid[0:28, 0:28]
@@ -263,7 +281,7 @@ def test_errors_name_the_codec():
 
 def reseal(msg: bytes) -> bytes:
     """The message with its checksum recomputed (a corruption the CRC cannot see)."""
-    ndim = msg[9]
+    ndim = msg[8]
     head_len = codecs._FIXED.size + 4 * ndim + 12
     crc = zlib.crc32(msg[head_len:], zlib.crc32(msg[: head_len - 4]))
     return msg[: head_len - 4] + struct.pack("<I", crc) + msg[head_len:]
