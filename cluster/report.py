@@ -97,22 +97,48 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
     }
 
 
-def chrome_trace(plan: Plan, result: RunResult) -> dict:
-    """Chrome Trace Event JSON: one track (thread) per rank, complete events in microseconds."""
-    events = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": f"pisplit {plan.model}"}}]
+def _trace_events(plan: Plan, result: RunResult):
+    yield {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": f"pisplit {plan.model}"}}
     for s in sorted(result.ranks, key=lambda r: r.rank):
         label = f"rank {s.rank} · stage {s.stage} · {plan.devices[s.rank].kind}"
-        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": s.rank, "args": {"name": label}})
-        events.append({"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": s.rank, "args": {"sort_index": s.rank}})
+        yield {"name": "thread_name", "ph": "M", "pid": 0, "tid": s.rank, "args": {"name": label}}
+        yield {"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": s.rank, "args": {"sort_index": s.rank}}
         for kind, frame, start, duration in s.events:
-            doc = {"name": EVENT_NAMES[kind], "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
+            doc = {"name": EVENT_NAMES[int(kind)], "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
                    "ts": round(start * 1e6, 3), "dur": round(duration * 1e6, 3)}
             if frame >= 0:
-                doc["args"] = {"frame": frame}
-            events.append(doc)
-    doc = {"traceEvents": events, "displayTimeUnit": "ms"}
+                doc["args"] = {"frame": int(frame)}
+            yield doc
+
+
+def _trace_other(result: RunResult) -> dict | None:
     dropped = {s.rank: s.events_dropped for s in result.ranks if s.events_dropped}
-    if dropped:
-        doc["otherData"] = {"note": "each rank keeps its most recent trace events only (runtime.EventLog); older ones were dropped",
-                            "events_dropped_by_rank": {str(r): n for r, n in dropped.items()}}
+    if not dropped:
+        return None
+    return {"note": "each rank keeps its most recent trace events only (runtime.EventLog); older ones were dropped",
+            "events_dropped_by_rank": {str(r): n for r, n in dropped.items()}}
+
+
+def chrome_trace(plan: Plan, result: RunResult) -> dict:
+    """Chrome Trace Event JSON: one track (thread) per rank, complete events in microseconds."""
+    doc = {"traceEvents": list(_trace_events(plan, result)), "displayTimeUnit": "ms"}
+    other = _trace_other(result)
+    if other:
+        doc["otherData"] = other
     return doc
+
+
+def write_chrome_trace(path, plan: Plan, result: RunResult) -> None:
+    """chrome_trace's document written event by event: a long run's trace is never whole in memory
+    (400,000 events as dicts and one string took rank 0 about 390 MiB)."""
+    import json
+
+    with open(path, "w") as f:
+        f.write('{"traceEvents": [')
+        for i, event in enumerate(_trace_events(plan, result)):
+            f.write(("," if i else "") + json.dumps(event, ensure_ascii=False))
+        f.write('], "displayTimeUnit": "ms"')
+        other = _trace_other(result)
+        if other:
+            f.write(', "otherData": ' + json.dumps(other))
+        f.write("}")

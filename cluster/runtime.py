@@ -277,7 +277,7 @@ class RunOptions:
     on_start: Callable[[], None] | None = None  # rank 0: setup succeeded everywhere, frames start
     stall_timeout: float | None = None  # seconds without progress before a peer is probed and named; None: default_stall_timeout, 0: off
     keep_events: bool = False  # keep trace events (for --trace), the most recent `event_capacity` per rank
-    event_capacity: int = 100_000
+    event_capacity: int = 20_000  # 0.6 MiB a rank; rank 0 holds every rank's at the end (about 5 MiB a rank as tuples)
     fail: tuple | None = None  # (rank, frame, mode): inject_fault on that rank at that frame (--fail)
     on_failure: Callable[["RunResult", BaseException], None] | None = None  # rank 0: the run failed; what it has (partial)
 
@@ -933,6 +933,8 @@ class PipelineRank:
         self.stats.comm_s += self._wait_until(lambda: not self.sends and (self.rank != 0 or self.done == self.n_frames), WAIT_RESULTS, -1,
                                               waiting=self._waiting_at_end, follows=not self.sends)
         self.running = False
+        if self.liveness is not None:
+            self.liveness.retire()
         self.wall_s = time.perf_counter() - self.t0
         self.stats.late_s = self.dilation.late_s if self.dilation else 0.0
         self.stats.link_busy_s = self.link.busy_s if self.link else 0.0

@@ -132,6 +132,7 @@ TAG_PONG = 85
 NOTICE_GRACE_S = 5.0  # a failing rank's wait for rank 0 to acknowledge its notice
 FINISH_GRACE_S = 120.0  # ... and then for rank 0 to end the job (it keeps what it has first)
 _ack_sends: list = []  # rank 0's acknowledgements in flight (buffers kept alive until the abort)
+_retired: list = []  # Liveness objects of finished runs (their buffers stay alive)
 
 
 def attach_failure_handler(exc: BaseException, handler: Callable[[BaseException], None]) -> None:
@@ -174,6 +175,16 @@ class Liveness:
             comm.Recv(buf, source=status.Get_source(), tag=TAG_PING)
             self.pongs = [(r, b) for r, b in self.pongs if not r.Test()]
             self.pongs.append((comm.Isend(buf, dest=status.Get_source(), tag=TAG_PONG), buf))
+
+    def retire(self) -> None:
+        """The run is over: cancel unanswered pings' receives and keep every buffer MPI may still
+        write to alive until the process ends (a pong landing in freed memory would crash it)."""
+        for request, _ in self.probes.values():
+            try:
+                request.Cancel()
+            except Exception:  # noqa: BLE001 - completed meanwhile
+                pass
+        _retired.append(self)
 
     def probe(self, peer: int) -> Callable[[], bool]:
         """Ping `peer` (once: a ping still unanswered is reused); returns whether it has answered."""

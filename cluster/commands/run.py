@@ -17,7 +17,7 @@ from partitioners.plan import Plan
 from .. import transport
 from ..arrays import load_npy
 from ..output import console, err_console, human_bytes, print_json
-from ..report import chrome_trace, run_report
+from ..report import run_report, write_chrome_trace
 from ..runtime import FAULT_MODES, RunOptions, RunResult, agree, parse_fault, run_plan
 
 
@@ -95,7 +95,7 @@ def _run(args, comm, rank: int) -> int:
     else:
         doc["argmax"] = result.argmax.tolist()
     if args.trace:
-        Path(args.trace).write_text(json.dumps(chrome_trace(plan, result)))
+        write_chrome_trace(args.trace, plan, result)
         doc["trace_file"] = args.trace
     if args.report:
         Path(args.report).write_text(json.dumps(doc, indent=1))

@@ -236,3 +236,13 @@ def test_a_long_stream_keeps_every_ranks_memory_flat(tmp_path):
         slope = r["memory_slope_bytes_per_1000_frames"]
         assert slope is not None and slope < 24 * 1024, (r["rank"], slope, json.dumps(r["memory_samples"]))
         assert r["trace_events_dropped"] > 0  # counted, not kept: no --trace
+
+
+def test_the_trace_file_is_written_event_by_event_with_the_same_content(tmp_path):
+    from cluster.report import write_chrome_trace
+
+    plan = hand_plan(zoo_model("lenet5"), [(0, 4, [0], "single"), (4, 9, [1], "single")])
+    result = RunResult(ranks=[RankStats(0, 0, events=[(0, 0, 0.0, 0.001), (4, -1, 0.5, 0.25)]),
+                              RankStats(1, 1, events=np.array([[1.0, 0.0, 0.0, 0.002]]), events_dropped=3)])
+    write_chrome_trace(tmp_path / "t.json", plan, result)
+    assert json.loads((tmp_path / "t.json").read_text()) == json.loads(json.dumps(chrome_trace(plan, result)))
