@@ -57,9 +57,12 @@ SUPPORTED_OPS = (
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DENSIFY", "DEPTH_TO_SPACE", "DEPTHWISE_CONV_2D", "DEQUANTIZE",
     "EXPAND_DIMS", "FULLY_CONNECTED", "HARD_SWISH", "LEAKY_RELU", "LOCAL_RESPONSE_NORMALIZATION", "LOGISTIC", "MAX_POOL_2D",
     "MEAN", "MUL", "PAD", "PADV2", "PRELU", "QUANTIZE", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR",
-    "RESIZE_NEAREST_NEIGHBOR", "SHAPE", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE", "SUB", "TANH", "TILE", "TRANSPOSE",
-    "TRANSPOSE_CONV",
+    "RESIZE_NEAREST_NEIGHBOR", "SHAPE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SQUEEZE", "STRIDED_SLICE", "SUB", "TANH", "TILE",
+    "TRANSPOSE", "TRANSPOSE_CONV",
 )
+# ops that may read a tensor inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND (TensorFlow's dilated convolution,
+# e.g. a dilated Conv1D), which pisplit imports as one dilated convolution
+_DILATED_PATTERN_OPS = ("EXPAND_DIMS", "CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "SQUEEZE", "BATCH_TO_SPACE_ND")
 # Ops pisplit evaluates at import when every input is a constant (shape arithmetic the converter emits
 # for a dynamic batch size: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE, GATHER of constants, ...); they
 # are not supported on computed tensors unless SUPPORTED_OPS lists them too. SHAPE of a computed tensor
@@ -176,6 +179,9 @@ class _Importer:
         self.tensor_names: list[str] = []
         self.tensor_shapes: list[tuple] = []
         self.dynamic: set[int] = set()  # tensors whose non-batch dimensions the file leaves open
+        # tensors between SPACE_TO_BATCH_ND and BATCH_TO_SPACE_ND -> (pisplit tensor holding them un-batched,
+        # its rank, {axis: block}, the conv seen yet, the tensor's file rank)
+        self.pending: dict[int, dict] = {}
         self.tensor_types: list[str] = []
         self.quantization: list[_Quantization | None] = []
         seen: set[str] = set()
@@ -383,6 +389,9 @@ class _Importer:
             self._check_index(i, n_tensors, "a graph output")
             if i in self.constants:
                 self._fail(f"graph output {self.tensor_names[i]!r} is a constant; pisplit needs computed outputs")
+            if i in self.pending:
+                self._fail(f"graph output {self.tensor_names[i]!r} is written inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND, "
+                           "which pisplit imports only as a whole dilated convolution")
             outputs.append(self.tensor_names[i])
         meta = {"source": "tflite", "file": self.source, "description": (self.model.Description() or b"").decode("utf-8", "replace")}
         if self.quant:
@@ -464,6 +473,11 @@ class _Importer:
         self.k = k
         if op_name in FOLDED_OPS and outs and (op_name == "SHAPE" or all(i == -1 or i in self.constants for i in ins)):
             self._fold(op_name, op, ins, outs)
+            return
+        if any(i in self.pending for i in ins):
+            before = len(self.nodes)
+            self._pending_op(op_name, op, ins, outs)
+            self._infer_new_nodes(before)
             return
         handler = getattr(self, "_op_" + op_name.lower(), None) if op_name in SUPPORTED_OPS else None
         if handler is None:
@@ -788,6 +802,95 @@ class _Importer:
         if 0 in dims or any(src[d] != 1 for d in dims):
             self._fail(f"{self.where}: cannot squeeze axes {sorted(dims)} of {src}")
         self._reshape_like_output(ins, out, [v for d, v in enumerate(src) if d not in dims])
+
+    # --- TensorFlow's dilated convolution: SPACE_TO_BATCH_ND -> [EXPAND_DIMS] -> conv -> [RESHAPE] -> BATCH_TO_SPACE_ND
+    def _op_space_to_batch_nd(self, op, ins, out):
+        """The start of a dilated convolution: pad the input (the paddings), remember the block per
+        spatial axis; the conv that follows becomes one convolution dilated by the block on the
+        un-batched tensor, BATCH_TO_SPACE_ND its crop. Any other reader is refused."""
+        x = ins[0]
+        block = [int(v) for v in np.asarray(self._ints(ins[1], self.where)).reshape(-1)]
+        pads = np.asarray(self._ints(ins[2], self.where)).reshape(-1, 2).astype(int).tolist()
+        shape = self.tensor_shapes[x]
+        if len(block) != len(pads) or len(block) + 2 > len(shape) or min(block, default=0) < 1:
+            self._fail(f"{self.where}: block {block} and paddings {pads} do not fit input {shape}")
+        padded = [shape[1 + d] + a + b for d, (a, b) in enumerate(pads)]
+        if any(p % b for p, b in zip(padded, block)):
+            self._fail(f"{self.where}: padded sizes {padded} are not multiples of the block {block}")
+        if self._is_quantized(x):
+            self._fail(f"{self.where}: an int8 dilated convolution written as SPACE_TO_BATCH_ND is not supported by pisplit yet")
+        src = self._activation_input(x)
+        name = self.tensor_names[out] + "/dilation_pad"
+        paddings = [[0, 0], *pads, *[[0, 0]] * (len(shape) - 1 - len(pads))]
+        self.nodes.append(Node(name, "pad", [src], [name], {"paddings": paddings}, {}))
+        self.pending[out] = {"tensor": name, "rank": len(shape), "blocks": {1 + d: b for d, b in enumerate(block)}, "conv": False}
+
+    def _pending_op(self, op_name: str, op, ins: list[int], outs: list[int]) -> None:
+        p = next(self.pending[i] for i in ins if i in self.pending)
+        if op_name not in _DILATED_PATTERN_OPS or ins[0] not in self.pending or len(outs) != 1 or \
+                any(i in self.pending for i in ins[1:]):
+            self._fail(f"{self.where}: op {op_name} reads a SPACE_TO_BATCH_ND tensor; pisplit imports SPACE_TO_BATCH_ND only "
+                       "as part of a dilated convolution (EXPAND_DIMS, CONV_2D or DEPTHWISE_CONV_2D, RESHAPE, BATCH_TO_SPACE_ND)")
+        out = outs[0]
+        name = self.tensor_names[out] + "/dilated"
+        src_rank, file_rank = p["rank"], len(self.tensor_shapes[ins[0]])
+        real = self.shape_by_name[p["tensor"]]
+        if op_name in ("EXPAND_DIMS", "RESHAPE", "SQUEEZE"):
+            # the same change of rank on the un-batched tensor: axes of size 1 added or removed
+            new_file = self.tensor_shapes[out]
+            if op_name == "EXPAND_DIMS":
+                axis = int(np.asarray(self._ints(ins[1], self.where)).reshape(-1)[0])
+                axis = axis + file_rank + 1 if axis < 0 else axis
+                if not 0 < axis <= len(real):
+                    self._fail(f"{self.where}: a new axis {axis} is not supported here")
+                shape = [*real[1:axis], 1, *real[axis:]]
+                blocks = {a + (a >= axis): b for a, b in p["blocks"].items()}
+            else:
+                ones = [d for d, v in enumerate(real) if v == 1 and d > 0 and d not in p["blocks"]]
+                if len(new_file) != len(real) - 1 or not ones:
+                    self._fail(f"{self.where}: only removing one axis of size 1 is supported inside a dilated convolution")
+                drop = next((d for d in ones if d < len(new_file) and [*real[:d], *real[d + 1:]][1:] == list(new_file[1:])), ones[0])
+                shape = [*real[1:drop], *real[drop + 1:]]
+                blocks = {a - (a > drop): b for a, b in p["blocks"].items()}
+            self.nodes.append(Node(name, "reshape", [p["tensor"]], [name], {"shape": shape}, {}))
+            self.pending[out] = {**p, "tensor": name, "rank": len(shape) + 1, "blocks": blocks}
+            return
+        if op_name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            if p["conv"]:
+                self._fail(f"{self.where}: two convolutions inside one SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND")
+            if len(real) != 4 or any(a not in (1, 2) for a in p["blocks"]):
+                self._fail(f"{self.where}: the dilated convolution's blocks {p['blocks']} are not on its spatial axes")
+            before = len(self.nodes)
+            getattr(self, "_op_" + op_name.lower())(op, ins, out)
+            node = self.nodes[before]
+            if node.attrs["padding"] != "valid" or node.attrs["strides"] != [1, 1] or node.attrs["dilation"] != [1, 1]:
+                self._fail(f"{self.where}: a convolution between SPACE_TO_BATCH_ND and BATCH_TO_SPACE_ND must be valid, "
+                           "stride 1, not dilated")
+            node.inputs = [p["tensor"]]
+            old_keys = {param: node.weight_key(param) for param in node.weight_shapes}
+            node.name, node.outputs = name, [name]
+            for param, key in old_keys.items():  # weights are keyed by node name
+                self.loaders[node.weight_key(param)] = self.loaders.pop(key)
+                if key in self.quant:
+                    self.quant[node.weight_key(param)] = self.quant.pop(key)
+            if self.tensor_names[out] in self.quant:
+                self.quant[name] = self.quant[self.tensor_names[out]]
+            node.attrs["dilation"] = [p["blocks"].get(1, 1), p["blocks"].get(2, 1)]
+            self.pending[out] = {**p, "tensor": name, "conv": True}
+            return
+        # BATCH_TO_SPACE_ND: crop the dilated convolution's output
+        block = [int(v) for v in np.asarray(self._ints(ins[1], self.where)).reshape(-1)]
+        crops = np.asarray(self._ints(ins[2], self.where)).reshape(-1, 2).astype(int).tolist()
+        if not p["conv"] or block != [p["blocks"].get(1 + d) for d in range(len(block))] or len(crops) != len(block):
+            self._fail(f"{self.where}: block {block} does not close the SPACE_TO_BATCH_ND of blocks {p['blocks']} around a convolution")
+        starts = [crops[d][0] if d < len(crops) else 0 for d in range(len(real) - 1)]
+        counts = [real[1 + d] - (crops[d][0] + crops[d][1] if d < len(crops) else 0) for d in range(len(real) - 1)]
+        if min(counts) < 1:
+            self._fail(f"{self.where}: crops {crops} remove the whole output {real}")
+        self._check_activation(out, f"{self.where}: output")
+        node_name = self.tensor_names[out]
+        self.nodes.append(Node(node_name, "strided_slice", [p["tensor"]], [node_name],
+                               {"starts": starts, "steps": [1] * len(starts), "counts": counts, "out_shape": counts}, {}))
 
     def _op_expand_dims(self, op, ins, out):
         axis = int(np.asarray(self._ints(ins[1], self.where)).reshape(-1)[0])

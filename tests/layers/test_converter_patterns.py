@@ -112,12 +112,16 @@ def _unsupported(op, build):
 @pytest.mark.parametrize("op, build", [
     ("BATCH_MATMUL", lambda m, y: m.op("BATCH_MATMUL", [y, m.weight((1, 4, 5))], (1, 6, 6, 5), name="bmm_out")),
     ("GATHER", lambda m, y: m.op("GATHER", [y, m.const([0, 2])], (1, 6, 6, 2), m.opts("GatherOptions", axis=3), name="gather_out")),
-    ("SPACE_TO_BATCH_ND", lambda m, y: m.op("SPACE_TO_BATCH_ND", [y, m.const([2, 2]), m.const([[0, 0], [0, 0]])], (4, 3, 3, 4),
-                                            name="s2b_out")),
+    ("RELU", lambda m, y: m.op("RELU", [m.op("SPACE_TO_BATCH_ND", [y, m.const([2, 2]), m.const([[0, 0], [0, 0]])], (4, 3, 3, 4))],
+                               (4, 3, 3, 4), name="relu_out")),  # only a dilated convolution may read SPACE_TO_BATCH_ND
 ])
 def test_unsupported_op_names_op_and_tensor(op, build):
-    with pytest.raises(PisplitError, match=rf"\({op}\) writing tensor '\w+_out': op {op} is"):
+    with pytest.raises(PisplitError, match=rf"\({op}\) writing tensor '\w+_out': op {op} (is|reads)"):
         import_tflite_bytes(_unsupported(op, build))
+    if op == "RELU":  # the batch-folded tensor as a graph output
+        with pytest.raises(PisplitError, match="graph output 's2b' is written inside SPACE_TO_BATCH_ND"):
+            import_tflite_bytes(_unsupported(op, lambda m, y: m.op("SPACE_TO_BATCH_ND", [y, m.const([2, 2]), m.const([[0, 0], [0, 0]])],
+                                                                   (4, 3, 3, 4), name="s2b")))
 
 
 def test_sparse_constant_with_bad_segments_is_a_clear_error():

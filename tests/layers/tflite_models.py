@@ -773,7 +773,28 @@ def block_sparse_fc(m, x):
     return m.op("FULLY_CONNECTED", [x, w, m.weight((7,))], (1, 7), m.opts("FullyConnectedOptions"))
 
 
+def dilated_conv1d(m, x):
+    """TensorFlow's dilated Conv1D: SPACE_TO_BATCH_ND -> EXPAND_DIMS -> CONV_2D (valid) -> SQUEEZE -> BATCH_TO_SPACE_ND."""
+    n, length, c = m.shapes[x]  # 20
+    s2b = m.op("SPACE_TO_BATCH_ND", [x, m.const([2]), m.const([[2, 4]])], (2, 13, c))
+    e = m.op("EXPAND_DIMS", [s2b, m.const(1)], (2, 1, 13, c))
+    opts = m.opts("Conv2DOptions", padding=1, strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1, fusedActivationFunction=1)
+    y = m.op("CONV_2D", [e, m.weight((5, 1, 3, c)), m.weight((5,))], (2, 1, 11, 5), opts)
+    y = m.op("SQUEEZE", [y], (2, 11, 5), m.opts("SqueezeOptions", squeezeDims=[1]))
+    return m.op("BATCH_TO_SPACE_ND", [y, m.const([2]), m.const([[0, 2]])], (1, 20, 5))
+
+
+def dilated_depthwise(m, x):
+    """A 2-D dilated depthwise conv as TensorFlow writes it without the converter's fusion."""
+    s2b = m.op("SPACE_TO_BATCH_ND", [x, m.const([2, 2]), m.const([[2, 3], [2, 3]])], (4, 7, 7, 4))
+    opts = m.opts("DepthwiseConv2DOptions", padding=1, strideH=1, strideW=1, depthMultiplier=1, dilationHFactor=1, dilationWFactor=1)
+    y = m.op("DEPTHWISE_CONV_2D", [s2b, m.weight((1, 3, 3, 4)), m.weight((4,))], (4, 5, 5, 4), opts)
+    return m.op("BATCH_TO_SPACE_ND", [y, m.const([2, 2]), m.const([[0, 1], [0, 1]])], (1, 9, 9, 4))
+
+
 CONVERTER_CASES = {
+    "dilated_conv1d_space_to_batch": _single(dilated_conv1d, [(1, 20, 3)]),
+    "dilated_depthwise_space_to_batch": _single(dilated_depthwise, [(1, 9, 9, 4)]),
     "shape_chain_reshape_gather": _single(shape_chain, [(1, 4, 5, 3)]),
     "scalar_rescaling_conv": _single(scalar_rescaling, [(1, 6, 7, 3)]),
     "conv1d_expand_dims_squeeze": _single(conv1d, [(1, 11, 3)]),
