@@ -21,7 +21,7 @@ from .quant import TensorQuant, parse_quant
 
 log = logging.getLogger(__name__)
 
-DTYPE_BYTES = 4  # every tensor and weight is float32
+DTYPE_BYTES = 4  # float32 tensors and weights; quantized ones count their own dtype (Graph.tensor_bytes)
 
 
 @dataclass
@@ -137,6 +137,13 @@ class Graph:
         q = self.quant.get(tensor)
         return q.np_dtype if q is not None else np.dtype(np.float32)
 
+    def tensor_bytes(self, tensor: str, shape=None) -> int:
+        """Bytes of a tensor (batch 1) or weight (`shape` given, keyed by Node.weight_key) in its own dtype:
+        int8 activations and weights of quantized graphs 1 byte an element, int32 biases 4, floats
+        DTYPE_BYTES. The one place node costs, cuts and `pisplit show` take sizes from."""
+        n = numel(self.shapes[tensor] if shape is None else shape)
+        return n * (self.quant[tensor].np_dtype.itemsize if tensor in self.quant else DTYPE_BYTES)
+
     @property
     def quantized(self) -> bool:
         """True when some node runs integer kernels (an int8 model)."""
@@ -159,10 +166,10 @@ class Graph:
         params = sum(numel(s) for s in node.weight_shapes.values())
         return NodeCost(
             flops=int(spec.flops(ins, outs, node.attrs, node.weight_shapes)),
-            weight_bytes=params * DTYPE_BYTES,
+            weight_bytes=sum(self.tensor_bytes(node.weight_key(p), s) for p, s in node.weight_shapes.items()),
             params=params,
-            input_bytes=sum(numel(s) for s in ins) * DTYPE_BYTES,
-            output_bytes=sum(numel(s) for s in outs) * DTYPE_BYTES,
+            input_bytes=sum(self.tensor_bytes(t) for t in node.inputs),
+            output_bytes=sum(self.tensor_bytes(t) for t in node.outputs),
             work_bytes=int(spec.work_bytes(ins, outs, node.attrs, node.weight_shapes)),
             scratch_bytes=int(spec.scratch_bytes(ins, outs, node.attrs, node.weight_shapes)),
         )
@@ -249,7 +256,7 @@ class Graph:
 
     def cut_bytes(self, cut: int) -> int:
         """Bytes of the tensors live across cut `cut` (batch 1)."""
-        return sum(numel(self.shapes[t]) for t in self.cut_tensors(cut)) * DTYPE_BYTES
+        return sum(self.tensor_bytes(t) for t in self.cut_tensors(cut))
 
     # --- execution -----------------------------------------------------------------------------------
     def run_node(self, node: Node | int, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
