@@ -171,6 +171,8 @@ def encode(x: np.ndarray, codec: str | Codec) -> bytes:
     """One message holding `x` encoded with `codec` (header + payload)."""
     codec = parse_codec(codec)
     x = np.asarray(x)
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype.name not in _DTYPE_ID:
         raise PisplitError(f"codec {codec.name!r}: dtype {x.dtype} is not supported (supported: {', '.join(DTYPES)})")
     if not codec.lossless and x.dtype != np.float32:

@@ -334,3 +334,18 @@ def test_incompressible_data_is_stored_not_expanded():
     msg = encode(x, c)
     assert read_header(msg).flags & codecs.FLAG_STORED and len(msg) <= codecs.max_encoded_bytes(c, x.shape)
     assert np.abs(decode(msg) - x).max() <= error_bound("int8", x) * 2  # stored pixels: quantisation error only
+
+
+@pytest.mark.parametrize("name", ["raw", "rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg"])
+def test_any_layout_in_any_buffer(name):
+    """Big-endian, Fortran-ordered and strided tensors encode; messages decode from bytes, bytearray,
+    memoryview and numpy uint8 buffers (what MPI receives into) to native float32."""
+    c = usable(name)
+    base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for a in (base.astype(">f4"), np.asfortranarray(base), base[:, ::2]):
+        msg = encode(a, c)
+        for buf in (msg, bytearray(msg), memoryview(msg), np.frombuffer(msg, np.uint8)):
+            y = decode(buf)
+            assert y.shape == a.shape and y.dtype == np.float32 and y.dtype.isnative
+            if c.lossless:
+                assert np.array_equal(y, a)
