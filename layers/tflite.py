@@ -374,6 +374,10 @@ class _Importer:
             self._check_activation(i, "graph input")
             if not shape or shape[0] != 1:
                 self._fail(f"graph input {self.tensor_names[i]!r} has shape {shape}; pisplit needs a leading batch axis of 1")
+            if i in self.dynamic:
+                self._fail(f"graph input {self.tensor_names[i]!r} leaves dimensions after the batch open (shape signature "
+                           f"{[int(v) for v in sg.Tensors(i).ShapeSignatureAsNumpy()]}); pisplit needs their sizes: convert "
+                           "the model with a fixed input shape")
             inputs[self.tensor_names[i]] = shape
         if not inputs:
             self._fail("the model has no inputs")

@@ -187,3 +187,22 @@ def test_three_rank_run_of_new_ops_equals_litert(tmp_path):
         for row, frame in enumerate(y["frame_ids"]):
             want = litert_outputs(model, [x[frame % 2][None]])[0][0]
             np.testing.assert_allclose(y["output_0"][row], want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+def test_new_ops_are_not_split_and_open_input_sizes_are_refused():
+    from layers.tflite_export import TfliteWriter
+    from partitioners.splits import split_layer
+
+    graph = import_tflite_bytes(new_ops_model())
+    for node in graph.nodes:
+        if node.op in ("conv2d_transpose", "strided_slice", "tile", "depth_to_space"):
+            for kind in ("conv-channel", "conv-spatial", "conv-filter"):
+                with pytest.raises(PisplitError, match=rf"kind {kind} does not apply to a {node.op} node"):
+                    split_layer(graph, node.name, kind, 2)
+    w = TfliteWriter()
+    x = w.tensor("image", (1, 1, 1, 3))
+    w.tensors[x].shapeSignature = [-1, -1, -1, 3]
+    y = w.tensor("y", (1, 1, 1, 3))
+    w.operator("RELU", [x], [y])
+    with pytest.raises(PisplitError, match=r"graph input 'image' leaves dimensions after the batch open \(shape signature \[-1, -1, -1, 3\]\)"):
+        import_tflite_bytes(w.finish([x], [y]))
