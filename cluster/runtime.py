@@ -993,6 +993,9 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     An error a rank meets alone during the run (a stall included) carries the rank's `on_failure`
     for transport.on_every_rank, which runs it before aborting the job."""
     reuse_freed_memory()
+    if any(stage.mode == "split" for stage in plan.stages):
+        # code, not shard memory: imported before the baseline (after it, it counted as ~1.4 MB of shard)
+        from . import overlap, split_exec  # noqa: F401
     baseline = settle_baseline()
     reset_peak_rss()  # the settling's own transients are not the shard's
     error = None

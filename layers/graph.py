@@ -118,6 +118,8 @@ class Graph:
         """A node marked quantized runs integer kernels: it needs the quantization of its outputs and
         weights in this graph. A graph cut from a quantized one without it (a split part, a one-node
         profile graph) is refused here rather than run with float kernels on integers."""
+        if not any(node.attrs.get("quantized") for node in self.nodes):
+            return  # (the int8 kernels' module is only loaded for graphs that need it)
         from .qkernels import QRUN
 
         for node in self.nodes:
