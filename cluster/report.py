@@ -6,7 +6,7 @@ import numpy as np
 
 from partitioners.plan import Plan
 
-from .runtime import EVENT_NAMES, RunResult
+from .runtime import EVENT_NAMES, RunResult, segment_event
 
 
 def steady_throughput(done_s: np.ndarray) -> float:
@@ -103,12 +103,26 @@ def _trace_events(plan: Plan, result: RunResult):
         label = f"rank {s.rank} · stage {s.stage} · {plan.devices[s.rank].kind}"
         yield {"name": "thread_name", "ph": "M", "pid": 0, "tid": s.rank, "args": {"name": label}}
         yield {"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": s.rank, "args": {"sort_index": s.rank}}
+        stage = plan.stage_of_rank(s.rank)
         for kind, frame, start, duration in s.events:
-            doc = {"name": EVENT_NAMES[int(kind)], "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
+            doc = {"name": _event_name(plan, stage, int(kind)), "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
                    "ts": round(start * 1e6, 3), "dur": round(duration * 1e6, 3)}
             if frame >= 0:
                 doc["args"] = {"frame": int(frame)}
             yield doc
+
+
+def _event_name(plan: Plan, stage, code: int) -> str:
+    """A trace event's name: the runtime's phase, or for a split stage's segment its nodes, kind and
+    layout ('block1_conv2..block1_pool conv-spatial rows[..] transfer')."""
+    segment = segment_event(code)
+    if segment is None:
+        return EVENT_NAMES[code]
+    index, what = segment
+    if index >= len(stage.segments):
+        return f"segment {index} {what}"
+    seg = stage.segments[index]
+    return f"[{seg.node_start}:{seg.node_stop}) {seg.kind}{' kept' if seg.output_layout == 'parts' else ''} {what}"
 
 
 def _trace_other(result: RunResult) -> dict | None:

@@ -50,6 +50,16 @@ TAG_STAGE = 100  # + stage index: frames entering that stage
 # trace event kinds (codes travel in float64 arrays to rank 0)
 EVENT_NAMES = ("compute", "wait input", "send blocked", "link", "wait results", "split part")
 COMPUTE, WAIT_INPUT, SEND_BLOCKED, LINK, WAIT_RESULTS, SPLIT_PART = range(len(EVENT_NAMES))
+# a split stage's segment i: SEGMENT_EVENTS + 2 i for its compute, + 2 i + 1 for its transfers
+SEGMENT_EVENTS = 100
+
+
+def segment_event(code: int) -> tuple[int, str] | None:
+    """(segment index, 'compute' or 'transfer') of a per-segment event code, else None."""
+    if code < SEGMENT_EVENTS:
+        return None
+    index, what = divmod(code - SEGMENT_EVENTS, 2)
+    return index, ("compute", "transfer")[what]
 
 
 class FrameCodec:
@@ -424,7 +434,8 @@ class _Step:
     its `output_layout` says: partitioners.layouts)."""
 
     def __init__(self, plan: Plan, graph: Graph, stage: Stage, rank: int, engine: str, communicators: dict, hooks=None):
-        self.parts: list = []  # (kind, runner, tensors live after it)
+        self.parts: list = []  # (kind, runner, tensors live after it): one per plan segment of a split stage
+        self.record = None  # record(event code, perf_counter start, seconds): per-segment trace events
         self.split = stage.mode == "split"
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
         self.is_lead = rank == stage.ranks[0]
@@ -481,21 +492,31 @@ class _Step:
         if not self.split:
             return self.parts[0][1].run(tensors)
         piece: dict = {}  # what this rank holds of a tensor the previous segment kept on its parts
-        for kind, runner, live_after in self.parts:
+        record = self.record
+        for i, (kind, runner, live_after) in enumerate(self.parts):
+            code = SEGMENT_EVENTS + 2 * i
             if kind == "none":
                 if self.is_lead:
                     t = time.perf_counter()
                     tensors = self.hooks.compute(lambda: runner.run(tensors))
                     self.compute_s += time.perf_counter() - t
+                    if record:
+                        record(code, t, time.perf_counter() - t)
                 continue
             inputs = {t: tensors[t] for t in runner.split.inputs if t in tensors} if self.is_lead else {}
             inputs.update(piece)
             before = runner.times.to_array()
+            t = time.perf_counter()
             y = runner.run(inputs)
             runner.times.compute_each.clear()  # one float per frame otherwise (the runtime sums, not lists)
             input_s, compute_s, output_s, post_s, _ = runner.times.to_array() - before
             self.compute_s += compute_s + post_s
             self.comm_s += input_s + output_s
+            if record:  # the phases in their order (an overlapped strip's halo wait sits inside its compute)
+                record(code + 1, t, input_s)
+                record(code, t + input_s, compute_s)
+                if output_s + post_s > 0:
+                    record(code + 1, t + input_s + compute_s, output_s + post_s)
             if runner.keep_output:
                 piece = {runner.split.output: y} if y is not None else {}
             else:
@@ -871,6 +892,8 @@ class PipelineRank:
         if self.step.split:
             # a split stage's runners pace each compute step (holding no core while they wait for
             # their peers) and time their transfers apart from their compute
+            if self.events.capacity:
+                self.step.record = lambda code, start, seconds: self.events.append(code, frame, start - self.t0, seconds)
             compute0, comm0 = self.step.compute_s, self.step.comm_s
             out = self.step.run(tensors)
             self.stats.compute_s += self.step.compute_s - compute0

@@ -57,9 +57,19 @@ def test_kept_layouts_under_mpirun_equal_the_unsplit_model(tmp_path, name, stage
     assert any(g.output_layout == "parts" for s in plan.stages for g in s.segments)
     frames = 3
     out = tmp_path / "y.npz"
-    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    trace = tmp_path / "trace.json"
+    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json",
+                  "--trace", trace)
     assert proc.returncode == 0, f"{name}: {proc.stderr}"
     assert json.loads(proc.stdout)["every_frame_once"]
+    # every rank of the split stage traces each kept segment's compute and transfers, per frame
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    split = next(s for s in plan.stages if s.mode == "split")
+    kept = next(g for g in split.segments if g.output_layout == "parts")
+    for rank in split.ranks:
+        names = {e["name"] for e in events if e["tid"] == rank}
+        assert f"[{kept.node_start}:{kept.node_stop}) {kept.kind} kept compute" in names, (rank, names)
+        assert f"[{kept.node_start}:{kept.node_stop}) {kept.kind} kept transfer" in names, (rank, names)
     with np.load(out, allow_pickle=False) as z:
         y = z["output_0"]
         assert sorted(z["frame_ids"].tolist()) == list(range(frames))
