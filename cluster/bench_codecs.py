@@ -30,7 +30,7 @@ from layers.errors import PisplitError
 from partitioners import codecs
 from partitioners.codecs import available_codecs, decode, encode, measure, parse_codec
 
-DEFAULT_CODECS = "raw,rle-huffman,zlib,zstd,zstd:9,lz4,fp16,int8,jpeg:90,jpeg:50,jpeg:20"
+DEFAULT_CODECS = "raw,rle-huffman,zlib,zstd,zstd:9,lz4,fp16,fp16+rle-huffman,int8,int8+rle-huffman,int8+zstd,jpeg:90,jpeg:50,jpeg:20"
 SKIP_OPS = {"flatten", "dropout", "reshape"}  # outputs equal to their input's bytes
 
 
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
             results[c.name] = r
             bad += r["failures"]
             if not args.json:
-                print(f"{c.name:<12} {r['cases']:>7} corrupted messages: {r['raised']} raised PisplitError, "
+                print(f"{c.name:<18} {r['cases']:>7} corrupted messages: {r['raised']} raised PisplitError, "
                       f"{r['resealed_decoded']} resealed ones decoded to the header's shape, {r['failures']} failures"
                       f" ({r['seconds']} s){'  ' + '; '.join(r['examples']) if r['examples'] else ''}")
         if args.json:

@@ -13,11 +13,14 @@ Codecs are named by strings with parameters, parsed by `parse_codec`:
 | `fp16` | no | IEEE half precision; NaN, inf and -0.0 are kept; finite values beyond half's range are refused |
 | `int8` | no | per-channel (last axis) scale and zero point, 0 exact; NaN/inf refused |
 | `jpeg[:QF]` | no | per-channel min/max to 8 bits, channels tiled into one grayscale image, JPEG at quality QF (1-100, default 75) via simplejpeg or Pillow; NaN/inf refused |
+| `fp16+C`, `int8+C` | no | the quantiser, then lossless codec C (not raw) on its codes: `int8+rle-huffman`, `fp16+zstd:9` |
 
 int8 and jpeg use one scale per channel when channels hold at least PER_CHANNEL_MIN (16) elements,
 else one for the tensor (an fc layer's 4096 features), flattened into a near-square image for jpeg.
 A lossless codec whose output would be larger than the tensor stores the tensor instead, and jpeg its
 8-bit image when JPEG would be larger (FLAG_STORED), so `max_encoded_bytes` bounds every message.
+int8 codes are q - zero_point mod 256, so an exact 0.0 is byte 0 and a lossless stage after '+' sees
+the tensor's zero runs; the stage's output is a nested message (its own header and checksum).
 
 Every message starts with a header: magic `PSC`, format version, codec id, its parameter, dtype,
 shape, flags, payload length and a CRC-32 over header and payload. `decode` checks all of it first, so
@@ -70,6 +73,7 @@ _FIXED = struct.Struct("<3sBBhBBB")  # magic, version, codec id, parameter, dtyp
 _TAIL = struct.Struct("<QI")  # payload length, crc32
 FLAG_PER_CHANNEL = 1  # int8/jpeg: one scale per channel (last axis) rather than one per tensor
 FLAG_STORED = 2  # the codec's output was larger than storing: lossless codecs hold the raw bytes, jpeg its 8-bit image
+FLAG_INNER = 4  # fp16/int8: the element codes are a nested message of a lossless codec ('int8+zstd')
 PER_CHANNEL_MIN = 16  # elements per channel below which int8/jpeg use one scale for the tensor
 
 
@@ -80,11 +84,13 @@ class Codec:
 
     kind: str
     param: int | None = None
+    inner: "Codec | None" = None  # fp16/int8 only: the lossless codec of their element codes
 
     @property
     def name(self) -> str:
         default = _KINDS[self.kind][2]
-        return self.kind if self.param is None or self.param == default else f"{self.kind}:{self.param}"
+        own = self.kind if self.param is None or self.param == default else f"{self.kind}:{self.param}"
+        return own if self.inner is None else f"{own}+{self.inner.name}"
 
     @property
     def lossless(self) -> bool:
@@ -101,6 +107,8 @@ class Codec:
         """Whether the library this codec needs is installed here."""
         try:
             _library(self)
+            if self.inner is not None:
+                _library(self.inner)
         except PisplitError:
             return False
         return True
@@ -119,7 +127,20 @@ def parse_codec(name: str | Codec) -> Codec:
         return name
     if not isinstance(name, str) or not name.strip():
         raise PisplitError(f"codec {name!r}: expected a name such as {', '.join(codec_names())}")
-    kind, sep, arg = name.strip().lower().partition(":")
+    if "+" in name:  # a quantiser followed by a lossless codec of its codes: 'int8+rle-huffman'
+        first, _, second = name.partition("+")
+        outer = _parse_one(name, first)
+        inner = _parse_one(name, second) if "+" not in second else None
+        if outer.kind not in ("fp16", "int8"):
+            raise PisplitError(f"codec {name!r}: only fp16 and int8 take a lossless codec after '+'")
+        if inner is None or not inner.lossless or inner.kind == "raw":
+            raise PisplitError(f"codec {name!r}: after '+' comes one lossless codec (rle-huffman, zlib, zstd, lz4)")
+        return Codec(outer.kind, outer.param, inner)
+    return _parse_one(name, name)
+
+
+def _parse_one(name: str, part: str) -> Codec:
+    kind, sep, arg = part.strip().lower().partition(":")
     if kind not in _KINDS:
         raise PisplitError(f"codec {name!r}: unknown codec {kind!r} (known: {', '.join(_KINDS)})")
     _, _, default, bounds = _KINDS[kind]
@@ -141,7 +162,7 @@ def parse_codec(name: str | Codec) -> Codec:
 
 def codec_names() -> list[str]:
     """The codec kinds, with a parameter placeholder where they take one."""
-    return [k if b is None else f"{k}[:{'QF' if k == 'jpeg' else 'L'}]" for k, (_, _, _, b) in _KINDS.items()]
+    return [k if b is None else f"{k}[:{'QF' if k == 'jpeg' else 'L'}]" for k, (_, _, _, b) in _KINDS.items()] + ["fp16|int8+LOSSLESS"]
 
 
 def available_codecs(names=("raw", "rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg:75")) -> list[Codec]:
@@ -234,7 +255,15 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
     value = None if bounds is None else (param if param else _KINDS[kind][2])
     if bounds is not None and param and not bounds[0] <= param <= bounds[1]:
         raise PisplitError(f"{label}: parameter {param} out of range")
-    return Header(Codec(kind, value), _ID_DTYPE[dtid], tuple(shape), flags, payload)
+    codec = Codec(kind, value)
+    if flags & FLAG_INNER and kind in ("fp16", "int8"):
+        off = 5 * _groups(tuple(shape))[1] if kind == "int8" else 0
+        try:
+            inner = read_header(payload[off:]).codec
+        except PisplitError as e:
+            raise PisplitError(f"{label}: corrupt nested message: {e}") from None
+        codec = Codec(kind, value, inner)
+    return Header(codec, _ID_DTYPE[dtid], tuple(shape), flags, payload)
 
 
 def decode(data: bytes | bytearray | memoryview, *, expect_codec: str | Codec | None = None,
@@ -243,7 +272,8 @@ def decode(data: bytes | bytearray | memoryview, *, expect_codec: str | Codec | 
     error (the receiver knows what it waits for)."""
     h = read_header(data)
     name = h.codec.name
-    if expect_codec is not None and parse_codec(expect_codec).kind != h.codec.kind:
+    if expect_codec is not None and (parse_codec(expect_codec).kind != h.codec.kind
+                                     or parse_codec(expect_codec).inner not in (None, h.codec.inner)):
         raise PisplitError(f"{name}: expected a {parse_codec(expect_codec).name} message")
     if shape is not None and tuple(shape) != h.shape:
         raise PisplitError(f"{name}: message holds shape {h.shape}, expected {tuple(shape)}")
@@ -251,7 +281,8 @@ def decode(data: bytes | bytearray | memoryview, *, expect_codec: str | Codec | 
         raise PisplitError(f"{name}: message holds {h.dtype}, expected {np.dtype(dtype)}")
     if not h.codec.lossless and h.dtype != np.float32:
         raise PisplitError(f"{name}: lossy message of dtype {h.dtype} (only float32)")
-    allowed = {"fp16": 0, "int8": FLAG_PER_CHANNEL, "jpeg": FLAG_PER_CHANNEL | FLAG_STORED}.get(h.codec.kind, FLAG_STORED)
+    allowed = {"fp16": FLAG_INNER, "int8": FLAG_PER_CHANNEL | FLAG_INNER,
+               "jpeg": FLAG_PER_CHANNEL | FLAG_STORED}.get(h.codec.kind, FLAG_STORED)
     if h.flags & ~allowed:
         raise PisplitError(f"{name}: unknown flags {h.flags} in the header")
     try:
@@ -631,14 +662,27 @@ def _enc_fp16(x, codec):
     if bad.any():
         worst = float(np.abs(x[bad]).max())
         raise PisplitError(f"fp16: {int(bad.sum())} finite values beyond float16's range (|x| up to {worst:.4g} > {FP16_MAX:g}); use raw, int8 or a lossless codec")
+    if codec.inner is not None:  # the half-precision bit patterns as uint16, through the lossless codec
+        return encode(y.reshape(-1).view(np.uint16), codec.inner), FLAG_INNER
     return y.astype("<f2").tobytes(), 0
+
+
+def _inner_codes(h: Header, data, n: int, dtype) -> np.ndarray:
+    """The element codes of an fp16/int8 message: raw, or a nested lossless message (FLAG_INNER)."""
+    if h.flags & FLAG_INNER:
+        try:
+            return decode(data, shape=(n,), dtype=dtype)
+        except PisplitError as e:
+            raise _corrupt(h, f"nested message: {e}") from None
+    if len(data) != n * np.dtype(dtype).itemsize:
+        raise _corrupt(h, f"{len(data)} bytes for {n} codes")
+    return np.frombuffer(data, np.dtype(dtype).newbyteorder("<")).astype(dtype)
 
 
 def _dec_fp16(h):
     n = math.prod(h.shape)
-    if len(h.payload) != 2 * n:
-        raise _corrupt(h, f"{len(h.payload)} bytes for {n} float16 values")
-    return np.frombuffer(h.payload, "<f2").astype(np.float32).reshape(h.shape)
+    codes = _inner_codes(h, h.payload, n, np.uint16)
+    return codes.view(np.float16).astype(np.float32).reshape(h.shape)
 
 
 # --- int8 and jpeg: per-channel 8-bit quantisation ------------------------------------------------------
@@ -679,12 +723,18 @@ def _enc_int8(x, codec):
     per_channel, g = _groups(x.shape)
     x2 = _as_groups(x, per_channel)
     scale, zero = _int8_params(x2)
-    q = np.clip(np.round(x2.astype(np.float64) / scale.astype(np.float64) + zero), -128, 127).astype(np.int8)
-    return b"".join((scale.astype("<f4").tobytes(), zero.tobytes(), q.tobytes())), FLAG_PER_CHANNEL if per_channel else 0
+    q = np.clip(np.round(x2.astype(np.float64) / scale.astype(np.float64) + zero), -128, 127).astype(np.int16)
+    codes = ((q - zero) % 256).astype(np.uint8).reshape(-1)  # q - zero_point mod 256: 0.0 is byte 0 (sparse)
+    flags = FLAG_PER_CHANNEL if per_channel else 0
+    if codec.inner is not None:
+        body, flags = encode(codes, codec.inner), flags | FLAG_INNER
+    else:
+        body = codes.tobytes()
+    return b"".join((scale.astype("<f4").tobytes(), zero.tobytes(), body)), flags
 
 
 def _quant_header(h: Header, need):
-    if h.flags & ~(FLAG_PER_CHANNEL | (FLAG_STORED if h.codec.kind == "jpeg" else 0)):
+    if h.flags & ~(FLAG_PER_CHANNEL | (FLAG_STORED if h.codec.kind == "jpeg" else FLAG_INNER)):
         raise _corrupt(h, f"unknown flags {h.flags}")
     per_channel = bool(h.flags & FLAG_PER_CHANNEL)
     if per_channel != _groups(h.shape)[0]:
@@ -698,15 +748,14 @@ def _quant_header(h: Header, need):
 
 def _dec_int8(h):
     n = math.prod(h.shape)
-    per_channel, g, scale = _quant_header(h, lambda g: 5 * g + n)
+    per_channel, g, scale = _quant_header(h, lambda g: 5 * g + (0 if h.flags & FLAG_INNER else n))
     zero = np.frombuffer(h.payload[4 * g: 5 * g], np.int8)
-    if len(h.payload) != 5 * g + n:
-        raise _corrupt(h, f"{len(h.payload)} bytes for {n} int8 values and {g} scales")
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise _corrupt(h, "non-finite or non-positive scale")
-    q = np.frombuffer(h.payload[5 * g:], np.int8).reshape(-1, g)
+    codes = _inner_codes(h, h.payload[5 * g:], n, np.uint8).reshape(-1, g)
+    steps = (codes.astype(np.int16) + zero.astype(np.int16) + 128) % 256 - 128 - zero.astype(np.int16)  # q - zero
     with np.errstate(over="ignore"):
-        x = (q.astype(np.int16) - zero.astype(np.int16)).astype(np.float32) * scale
+        x = steps.astype(np.float32) * scale
     return x.reshape(h.shape)
 
 
@@ -866,11 +915,12 @@ def max_encoded_bytes(codec: str | Codec, shape: tuple[int, ...], dtype="float32
     head = _FIXED.size + 4 * len(shape) + _TAIL.size
     if codec.lossless:
         return head + n * k
+    nested = 0 if codec.inner is None else _FIXED.size + 4 + _TAIL.size  # the nested message's header
     if codec.kind == "fp16":
-        return head + 2 * n
+        return head + nested + 2 * n
     per_channel, g = _groups(shape)
     if codec.kind == "int8":
-        return head + 5 * g + n
+        return head + 5 * g + nested + n
     if n == 0:
         return head
     h, w, gc, gr, _ = _jpeg_geometry(shape, per_channel)

@@ -21,7 +21,7 @@ from tests.conftest import ROOT, require
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 LOSSLESS = ["raw", "rle-huffman", "zlib", "zlib:1", "zstd", "zstd:-3", "lz4", "lz4:9"]
-LOSSY = ["fp16", "int8", "jpeg:75", "jpeg:10", "jpeg:100"]
+LOSSY = ["fp16", "int8", "jpeg:75", "jpeg:10", "jpeg:100", "int8+rle-huffman", "int8+zstd", "fp16+lz4", "fp16+rle-huffman"]
 SPECIALS = np.float32([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -3.4e38])
 
 
@@ -82,11 +82,16 @@ def test_names_parse_and_print():
     assert parse_codec("zstd:19").param == 19 and parse_codec("zstd").name == "zstd"
     assert parse_codec("lz4").param == 0 and parse_codec("lz4:9").name == "lz4:9"
     assert [parse_codec(n).lossless for n in ("raw", "rle-huffman", "fp16", "int8", "jpeg")] == [True, True, False, False, False]
+    c = parse_codec("int8+zstd:9")
+    assert c == codecs.Codec("int8", None, codecs.Codec("zstd", 9)) and c.name == "int8+zstd:9" and not c.lossless
 
 
 @pytest.mark.parametrize("bad, words", [("jpg", "unknown codec"), ("jpeg:0", "1..100"), ("jpeg:101", "1..100"),
                                         ("jpeg:x", "not an integer"), ("int8:4", "takes no parameter"),
-                                        ("zstd:23", "-7..22"), ("zstd:0", "not a level"), ("", "expected a name"), ("raw:", "takes no parameter")])
+                                        ("zstd:23", "-7..22"), ("zstd:0", "not a level"),
+                                        ("jpeg+zstd", "only fp16 and int8"), ("int8+fp16", "one lossless codec"),
+                                        ("int8+raw", "one lossless codec"), ("int8+zstd+lz4", "one lossless codec"),
+                                        ("int8+", "expected a name|unknown codec"), ("", "expected a name"), ("raw:", "takes no parameter")])
 def test_bad_names_are_one_line_errors(bad, words):
     with pytest.raises(PisplitError, match=words) as e:
         parse_codec(bad)
@@ -236,7 +241,7 @@ def test_jpeg_backends_agree_on_the_format(monkeypatch):
 ALL = LOSSLESS + LOSSY
 
 
-@pytest.mark.parametrize("name", ["raw", "rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg:60"])
+@pytest.mark.parametrize("name", ["raw", "rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg:60", "int8+rle-huffman", "fp16+zstd"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(x=tensors(dtypes=["float32"], finite=True, max_elems=800), data=st.data())
 def test_corrupt_or_truncated_messages_raise(name, x, data):
@@ -287,7 +292,7 @@ def reseal(msg: bytes) -> bytes:
     return msg[: head_len - 4] + struct.pack("<I", crc) + msg[head_len:]
 
 
-@pytest.mark.parametrize("name", ["rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg:60"])
+@pytest.mark.parametrize("name", ["rle-huffman", "zlib", "zstd", "lz4", "fp16", "int8", "jpeg:60", "int8+rle-huffman", "fp16+zstd"])
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(x=tensors(dtypes=["float32"], finite=True, max_elems=600), data=st.data())
 def test_payload_decoders_survive_resealed_corruption(name, x, data):
@@ -303,7 +308,7 @@ def test_payload_decoders_survive_resealed_corruption(name, x, data):
     try:
         y = decode(reseal(bytes(msg)))
     except PisplitError as e:
-        assert "\n" not in str(e) and str(e).startswith(c.name)
+        assert "\n" not in str(e) and str(e).startswith(c.name.split("+")[0])
     else:
         assert y.shape == x.shape and y.dtype == x.dtype
 
@@ -349,3 +354,20 @@ def test_any_layout_in_any_buffer(name):
             assert y.shape == a.shape and y.dtype == np.float32 and y.dtype.isnative
             if c.lossless:
                 assert np.array_equal(y, a)
+
+
+def test_quantiser_chains_keep_zeros_as_zero_bytes():
+    """int8 codes are q - zero_point (mod 256), so ReLU zeros are zero bytes a lossless stage packs:
+    int8+rle-huffman beats int8 on sparse data and decodes to the same values."""
+    c = usable("int8+rle-huffman")
+    rng = np.random.default_rng(8)
+    x = np.maximum(rng.normal(size=(1, 20, 20, 32)), 0).astype(np.float32)
+    x[rng.random(x.shape) < 0.6] = 0
+    plain, chained = measure("int8", x, repeat=1), measure(c, x, repeat=1)
+    assert chained.ratio > 2 * plain.ratio
+    assert np.array_equal(decode(encode(x, "int8")), decode(encode(x, c)))
+    msg = encode(x, c)
+    assert read_header(msg).codec == c and read_header(msg).flags & codecs.FLAG_INNER
+    with pytest.raises(PisplitError, match="expected a int8\\+zstd message"):
+        decode(msg, expect_codec="int8+zstd")
+    assert decode(msg, expect_codec="int8").shape == x.shape
