@@ -72,10 +72,15 @@ def _write_cache(doc: dict) -> None:
         pass  # no cache: the next emulation measures again
 
 
-def host_speed(model: str, seed: int, engine: str, measure: bool = True) -> float | None:
+def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurrency: int = 1) -> float | None:
     """This machine's seconds / the reference profile's seconds for `model` on `engine` (cached);
-    None when not cached and `measure` is False. Raises PisplitError if the measurement fails."""
-    key = f"{fingerprint(engine)} | {model} | seed {seed}"
+    None when not cached and `measure` is False. Raises PisplitError if the measurement fails.
+
+    With `concurrency` n, n copies are timed at once (their median): emulated devices that compute
+    side by side on this machine's cores slow each other (caches, memory bandwidth; VGG16 parts on
+    2 cores: about a quarter), and dilation must not count that as the Pis' own slowness."""
+    concurrency = max(1, min(int(concurrency), os.cpu_count() or 1))
+    key = f"{fingerprint(engine)} | {model} | seed {seed}" + (f" | {concurrency} at once" if concurrency > 1 else "")
     cache = _read_cache()
     entry = cache.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speed"), (int, float)) and entry["speed"] > 0:
@@ -84,12 +89,17 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True) -> floa
         return None
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "cluster.host_speed", model, str(seed), engine],
-                          capture_output=True, text=True, env=env, timeout=600)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise PisplitError(f"measuring this machine's speed on {model}: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    result = json.loads(proc.stdout)
+    argv = [sys.executable, "-m", "cluster.host_speed", model, str(seed), engine]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(concurrency)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            lines = err.strip().splitlines()
+            raise PisplitError(f"measuring this machine's speed on {model}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+        results.append(json.loads(out))
+    result = sorted(results, key=lambda r: r["speed"])[len(results) // 2]
+    result["concurrency"] = concurrency
     cache = _read_cache()  # another emulation may have written meanwhile
     cache[key] = result
     _write_cache(cache)

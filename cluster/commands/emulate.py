@@ -50,7 +50,8 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     from ..host_speed import host_speed
 
     plan = Plan.load(plan_path)
-    speed = host_speed(plan.model, plan.model_seed, engine)  # measured once per machine and model, then cached
+    # measured once per machine and model, then cached; with as many copies at once as ranks share the cores
+    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
     argv += [] if progress else ["--no-progress"]

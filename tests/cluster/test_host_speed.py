@@ -17,10 +17,14 @@ def test_host_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
     speed = host_speed.host_speed("lenet5", 0, "numpy")
     assert 0.05 < speed < 20
     doc = json.loads((tmp_path / "pisplit" / "host-speed.json").read_text())
-    (key, entry), = doc.items()
+    ((key, entry),) = doc.items()
     assert "lenet5" in key and "numpy" in key and entry["measured_s"] > 0 and entry["predicted_s"] > 0
     assert host_speed.host_speed("lenet5", 0, "numpy", measure=False) == speed
     assert host_speed.host_speed("lenet5", 1, "numpy", measure=False) is None  # another seed, another entry
+    # ranks that compute side by side are measured side by side: an entry of its own
+    assert host_speed.host_speed("lenet5", 0, "numpy", measure=False, concurrency=2) is None
+    assert host_speed.host_speed("lenet5", 0, "numpy", concurrency=2) > 0
+    assert len(json.loads((tmp_path / "pisplit" / "host-speed.json").read_text())) == 2
 
 
 @pytest.mark.mpi
