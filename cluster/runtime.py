@@ -148,6 +148,12 @@ def synthetic_frame(graph: Graph, seed: int, frame: int, out: dict | None = None
     return feeds
 
 
+def _output_rank(graph: Graph):
+    """Sort key of tensors: graph outputs in the model's order first, then the rest as they were."""
+    order = {t: i for i, t in enumerate(graph.outputs)}
+    return lambda t: order.get(t, len(order))
+
+
 def shard_graph(graph: Graph, start: int, stop: int) -> Graph:
     """Nodes [start, stop) of `graph` as a graph of their own: inputs are the tensors live at cut
     `start`, outputs those live at cut `stop`; the weight mapping is shared (and lazy)."""
@@ -575,7 +581,8 @@ class PipelineRank:
         self.last = plan.stages[-1]
         self.in_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_start))
         self.out_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_stop))
-        self.result_codec = FrameCodec(graph, graph.cut_tensors(plan.n_nodes))
+        # results in the model's output order (output_0 is the model's first output)
+        self.result_codec = FrameCodec(graph, sorted(graph.cut_tensors(plan.n_nodes), key=_output_rank(graph)))
         self.source_codec = FrameCodec(graph, graph.cut_tensors(0))
         kind = plan.devices[self.rank].kind
         engine = options.engine or plan.engine

@@ -278,3 +278,23 @@ def test_mpirun_ranks_on_one_host_get_their_share_of_the_cores():
                           env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(max(1, (os.cpu_count() or 1) // 2))] * 2
+
+
+@pytest.mark.mpi
+def test_outputs_are_written_in_the_models_output_order(tmp_path):
+    # the model lists a late tensor first: output_0 must be it, not the first one computed
+    b = GraphBuilder("two_heads", 4)
+    x = b.input("input", (1, 6, 6, 2))
+    early = b.conv(x, 3, 3, "early", padding="same")
+    late = b.conv(early, 4, 3, "late", padding="same")
+    graph = b.build([late, early])
+    path, _ = save_graph(graph, tmp_path / "two_heads.json")
+    plan = hand_plan(graph, [(0, 1, [0], "single"), (1, 2, [1], "single")], model=str(path))
+    out = tmp_path / "y.npz"
+    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 2, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        assert list(z["names"]) == ["late", "early"]
+        ref = graph.forward(**synthetic_frame(graph, 0, 0))
+        np.testing.assert_allclose(z["output_0"][0], ref["late"][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z["output_1"][0], ref["early"][0], rtol=1e-5, atol=1e-6)
