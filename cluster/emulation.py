@@ -58,7 +58,12 @@ class ComputeDilation:
     def deadline(self, mark: tuple[float, float]) -> float:
         """perf_counter time at which the step started at `mark` would end on the emulated device."""
         wall0, cpu0 = mark
-        target = wall0 + (time.process_time() - cpu0) * self.slowdown
+        return self.deadline_for(wall0, time.process_time() - cpu0)
+
+    def deadline_for(self, wall0: float, cpu_seconds: float) -> float:
+        """perf_counter time at which a step started at `wall0` taking `cpu_seconds` here ends on
+        the emulated device."""
+        target = wall0 + cpu_seconds * self.slowdown
         behind = time.perf_counter() - target
         if behind > 0:
             self.late_s += behind
@@ -146,18 +151,29 @@ class EmulatedDevice:
         self.link = link
         self.poll = poll
         self.received_at = 0.0  # wall clock (time.time) when the receiving interface is next free
+        self.warm: dict = {}  # id(step) -> its warm CPU seconds (reference)
 
-    def compute(self, fn: Callable[[], object]):
-        """Run `fn` as one compute step of the emulated device."""
+    def compute(self, fn: Callable[[], object], step: object = None):
+        """Run `fn` as one compute step of the emulated device. A `step` with a warm reference costs
+        at most that much CPU time: a split stage's steps last a few milliseconds of host CPU, and
+        emulated devices taking turns on this machine's cores find each other's data in its caches
+        (AlexNet's parts ran 1.3-1.5x their warm time, cold), where a Pi keeps its own caches."""
         wall0 = time.perf_counter()
         self.cores.acquire(self.poll)
-        mark = (wall0, time.process_time())
+        cpu0 = time.process_time()
         try:
             out = fn()
         finally:
             self.cores.release()
-        self._sleep_until(self.dilation.deadline(mark), time.perf_counter)
+        cpu = time.process_time() - cpu0
+        if step is not None:
+            cpu = min(cpu, self.warm.get(id(step), cpu))
+        self._sleep_until(self.dilation.deadline_for(wall0, cpu), time.perf_counter)
         return out
+
+    def reference(self, step: object, cpu_seconds: float) -> None:
+        """The warm CPU time of `step` (measured alone at warm-up): what its compute costs at most."""
+        self.warm[id(step)] = float(cpu_seconds)
 
     def wait(self, requests: list, label: str = "", peers: list | None = None) -> None:
         """Wait for requests without a core; under the stall bound of `watch` if the runtime set one

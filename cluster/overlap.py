@@ -82,7 +82,7 @@ class InteriorFirst:
 
     def _run(self, index: int, x: np.ndarray, out: np.ndarray, hooks) -> None:
         engine, (r0, r1), (o0, o1), name, feed = self.pieces[index]
-        y = hooks.compute(lambda: engine.run({feed: x[:, r0:r1]})[name])
+        y = hooks.compute(lambda: engine.run({feed: x[:, r0:r1]})[name], engine)
         out[:, o0:o1] = y
 
     def run_interior(self, x: np.ndarray, hooks) -> np.ndarray:

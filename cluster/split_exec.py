@@ -69,9 +69,12 @@ class Hooks:
     """How a runner computes, waits and stamps messages: as this machine (the default) or, in
     cluster.emulation.EmulatedDevice, as an emulated device on a paced link."""
 
-    def compute(self, fn: Callable[[], object]):
-        """Run one compute step."""
+    def compute(self, fn: Callable[[], object], step: object = None):
+        """Run one compute step (`step`: the engine it runs, the same every frame)."""
         return fn()
+
+    def reference(self, step: object, cpu_seconds: float) -> None:
+        """What `step` costs with warm caches on this machine (emulation: see EmulatedDevice)."""
 
     watch: "transport.Watch | None" = None  # a stall bound for waits (the pipeline runtime sets one)
 
@@ -309,7 +312,7 @@ class SplitRunner:
         y = None
         if self.engine is not None:
             self.last_feeds = feeds
-            y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]])
+            y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]], self.engine)
             y = np.ascontiguousarray(y, np.float32)
         t2 = time.perf_counter()
         return self._finish_frame(y, t0, t1, t2)
@@ -323,7 +326,7 @@ class SplitRunner:
         merged = self._merge(y)
         t3 = time.perf_counter()
         if self.is_root and self.post is not None:
-            merged = hooks.compute(lambda: self.post.run({self.post_input: merged})[self.split.output])
+            merged = hooks.compute(lambda: self.post.run({self.post_input: merged})[self.split.output], self.post)
         t4 = time.perf_counter()
         self._account(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         return merged if self.is_root else None
@@ -389,6 +392,15 @@ class SplitRunner:
             part = self.split.parts[p]
             merged[box_index(part.output_box)] += buf[HEADER:].reshape(part.output_shape)
         return merged
+
+    def engines(self) -> list:
+        """(engine, its part graph) of every compute step this rank runs in the split."""
+        steps = [(self.engine, self.graph)] if self.engine is not None else []
+        if self.post is not None:
+            steps.append((self.post, self.post.graph))
+        if self.overlap is not None:
+            steps += [(engine, engine.graph) for engine, *_ in self.overlap.pieces]
+        return steps
 
     def compute_alone(self, repeat: int) -> float:
         """Median seconds of this rank's part on its last input, run `repeat` times (not collective:

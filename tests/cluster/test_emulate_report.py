@@ -28,3 +28,24 @@ def test_emulated_devices_take_a_memory_size_as_plans_do():
 
     plan = plan_for_devices(zoo_model("lenet5"), "lenet5", "rpi3:2@512M", 94e6, "dp", "throughput", "numpy")
     assert [d.memory_bytes for d in plan.devices] == [512 << 20] * 2
+
+
+def test_a_step_costs_at_most_its_warm_reference(tmp_path):
+    import time
+
+    import numpy as np
+
+    from cluster.emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer
+
+    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    a = np.random.default_rng(0).random((200, 200))
+    work = lambda: [a @ a for _ in range(20)]  # noqa: E731
+    t = time.perf_counter()
+    device.compute(work)  # no reference: its own CPU time, dilated
+    unreferenced = time.perf_counter() - t
+    device.reference("step", 0.001)  # warm, it took 1 ms here
+    t = time.perf_counter()
+    device.compute(work, "step")
+    referenced = time.perf_counter() - t
+    assert unreferenced > 4 * 0.004 and referenced < unreferenced
+    assert device.dilation.late_s >= 0
