@@ -15,7 +15,7 @@ import pytest
 
 from cluster import transport
 from cluster.cli import main
-from cluster.mpirun import ErrorBoxFilter, local_mpirun_command, mpirun_env, run_mpirun, stop, without_error_boxes
+from cluster.mpirun import ErrorBoxFilter, local_mpirun_command, mpirun_env, run_mpirun, without_error_boxes
 from layers import zoo_model
 from layers.errors import PisplitError
 from layers.serialize import save_graph
@@ -175,20 +175,11 @@ def test_run_mpirun_passes_stderr_through_without_the_boxes(capfd):
 
 # --- real mpirun ranks ----------------------------------------------------------------------------------
 def mpirun(n: int, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`mpirun -n n pisplit ...`; a run that has not ended after `timeout` s fails the test (mpirun is
-    stopped with SIGTERM, which takes its ranks down, then SIGKILL)."""
-    try:
-        cmd = local_mpirun_command(n, [sys.executable, "-m", "cluster.cli", *map(str, args)])
-    except FileNotFoundError as exc:
-        require(False, str(exc))
-    env = {**mpirun_env(), "TERM": "dumb", "NO_COLOR": "1", "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        pytest.fail(f"HANG: mpirun -n {n} pisplit {' '.join(map(str, args))} still running after {timeout} s")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """`mpirun -n n pisplit ...`; a run that has not ended after `timeout` s fails the test, and any of
+    its processes left are killed (test_stalls_and_partial.mpirun, without the timing)."""
+    from tests.cluster.test_stalls_and_partial import mpirun as timed_mpirun
+
+    return timed_mpirun(n, *args, timeout=timeout)[0]
 
 
 def pisplit_alone(*args, timeout: float = 60) -> subprocess.CompletedProcess:
