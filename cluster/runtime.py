@@ -442,6 +442,8 @@ class _Step:
     def __init__(self, plan: Plan, graph: Graph, stage: Stage, rank: int, engine: str, communicators: dict, hooks=None):
         self.parts: list = []  # (kind, runner, tensors live after it): one per plan segment of a split stage
         self.record = None  # record(event code, perf_counter start, seconds): per-segment trace events
+        self.link_bps = plan.link_bandwidth_bps if plan is not None else None
+        self.link_latency_s = plan.link_latency_s if plan is not None else 0.0
         self.split = stage.mode == "split"
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
         self.is_lead = rank == stage.ranks[0]
@@ -488,7 +490,8 @@ class _Step:
         `passes`, or `budget_s` seconds), so the first frames do not pay for first use (activation
         pages, the im2col buffer, BLAS's buffers, LiteRT's allocation): a pass here settles over 3-5
         runs (VGG16: 0.47, 0.41, 0.39, 0.37 s of CPU), and with time dilation a Pi 3 would pay the
-        difference 8 times over. Split stages skip it (their parts are collective)."""
+        difference 8 times over. A split stage times each of its compute steps alone instead (its
+        parts' transfers are collective): _warm_references."""
         if self.split:
             self._warm_references()
             return
@@ -505,7 +508,8 @@ class _Step:
 
     def _warm_references(self, passes: int = 3) -> None:
         """A split stage's compute steps, each run alone on random input (no communication): their
-        least CPU time is the warm reference an emulated device charges at most (EmulatedDevice)."""
+        least CPU time is the warm reference an emulated device charges at most (EmulatedDevice),
+        and what decides whether a strip's interior-first cut pays for its edges (keep_paying_overlaps)."""
         steps = []
         for kind, runner, _ in self.parts:
             if kind == "none":
@@ -513,6 +517,7 @@ class _Step:
                     steps.append((runner, runner.graph))
             else:
                 steps += runner.engines()
+        warm = {}
         for engine, graph in steps:
             feeds = graph.random_input(0)
             best = None
@@ -522,6 +527,29 @@ class _Step:
                 seconds = time.process_time() - t
                 best = seconds if best is None else min(best, seconds)
             self.hooks.reference(engine, best)
+            warm[id(engine)] = best
+        self.keep_paying_overlaps(warm)
+
+    def keep_paying_overlaps(self, warm: dict) -> None:
+        """Drop the interior-first cut of a strip where its two extra edge runs cost more than the
+        halo wait it hides: interior + edges + what of the halo outlasts the interior must beat the
+        whole part + the halo (VGG16 on 4 Pi 3B+ at 94 Mbit/s: the edges cost about what the halos
+        did, so the cut only pays on slower links). CPU seconds count as device seconds times the
+        emulated slowdown; the halo at the plan's link."""
+        if not self.link_bps:
+            return
+        scale = getattr(getattr(self.hooks, "dilation", None), "slowdown", 1.0)
+        for kind, runner, _ in self.parts:
+            plan = getattr(runner, "overlap", None)
+            if kind == "none" or plan is None:
+                continue
+            recvs = [m for transfer in runner.transfers for m, *_ in transfer.recvs]
+            halo = sum(self.link_latency_s + m.nbytes * 8.0 / self.link_bps for m in recvs)
+            pieces = [warm.get(id(engine), 0.0) * scale for engine, *_ in plan.pieces]
+            interior = pieces[plan.interior]
+            with_cut = sum(pieces) + max(halo - interior, 0.0)
+            if with_cut >= warm.get(id(runner.engine), 0.0) * scale + halo:
+                runner.overlap = None
 
     def run(self, tensors: dict) -> dict:
         """The frame's tensors live at the stage's end (on the lead; {} on the other ranks). A split

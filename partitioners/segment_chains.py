@@ -217,22 +217,6 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     return kept
 
 
-def overlap_kept(kept: np.ndarray, compute: np.ndarray, sizes: dict, spatial: int) -> np.ndarray:
-    """kept[b, o, o'] less what the runtime hides behind the next strip's interior: a row strip fed
-    from a kept row strip computes its interior rows while its halo rows travel (cluster.overlap), so
-    a conv-spatial -> conv-spatial transition costs only what outlasts that interior, counted as the
-    next segment's compute times the share of rows its smallest part has away from the two edges
-    (none for parts of two rows or fewer)."""
-    out = kept.copy()
-    for b in range(kept.shape[0]):
-        rows = sizes.get((b + 1, spatial))
-        if not rows or not np.isfinite(kept[b, spatial, spatial]):
-            continue
-        interior = max(0.0, (min(rows) - 2) / min(rows))
-        out[b, spatial, spatial] = max(kept[b, spatial, spatial] - interior * compute[b + 1, spatial], 0.0)
-    return out
-
-
 def _lead_piece(graph: Graph, tensor: str) -> tuple:
     """`tensor` whole on rank 0, as (ranks, boxes) arrays."""
     return _arrays([(0, full_box(graph.shapes[tensor][1:]))])

@@ -23,7 +23,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from .latency_model import node_bytes, op_key
-from .segment_chains import kept_table, overlap_kept, savings
+from .segment_chains import kept_table, savings
 from .split_costs import PLANNER_KINDS
 
 OPTION_KINDS = ("none",) + PLANNER_KINDS
@@ -128,7 +128,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             work[rows_arr, o, 0] = seg_work[rows_arr]
             work[rows_arr, o, 1:] = remote.sum(axis=2)
             split_stop[rows_arr, o] = s_stop
-    kept = overlap_kept(kept_table(model, tuple(slots), sizes, n_opt), compute, sizes, OPTION_KINDS.index("conv-spatial"))
+    kept = kept_table(model, tuple(slots), sizes, n_opt)
     return SegmentTable(tuple(slots), compute, comm_in, comm_out, weights, work, split_stop, sizes, kept,
                         savings(kept, comm_in, comm_out))
 

@@ -47,3 +47,24 @@ def test_a_strip_of_two_rows_has_no_interior():
     graph = split.part_graph(1)
     (feed,) = split.parts[1].feeds
     assert InteriorFirst.plan(graph, feed.name, held_rows(feed.box, ((6, 10), (0, 12), (0, 8))), "numpy") is None
+
+
+def test_the_cut_is_kept_only_where_its_edges_cost_less_than_the_halo_it_hides():
+    from types import SimpleNamespace as NS
+
+    from cluster.runtime import _Step
+    from partitioners.layouts import Message
+
+    whole, top, interior, bottom = object(), object(), object(), object()
+
+    def stage(halo_bytes, link_bps):
+        runner = NS(engine=whole, overlap=NS(pieces=[(top,), (interior,), (bottom,)], interior=1),
+                    transfers=[NS(recvs=[(Message(0, 1, "x", ((0, 1), (0, halo_bytes // 4))),)])])
+        step = object.__new__(_Step)
+        step.parts, step.hooks, step.link_bps, step.link_latency_s = [("conv-spatial", runner, None)], NS(), link_bps, 0.0
+        # whole part 10 ms; cut: interior 8 ms and two edges of 2 ms each (they repeat fixed costs)
+        step.keep_paying_overlaps({id(whole): 0.010, id(top): 0.002, id(interior): 0.008, id(bottom): 0.002})
+        return runner.overlap
+
+    assert stage(halo_bytes=40_000, link_bps=94e6) is not None  # 3.4 ms of halo: the cut saves 1.4 ms
+    assert stage(halo_bytes=40_000, link_bps=940e6) is None  # 0.3 ms of halo: the edges cost more

@@ -105,21 +105,3 @@ def test_layouts_describe_the_axis_they_cut():
     assert layouts.describe_pieces((2, 6, 5, 3), (P(0, ((0, 2), (0, 3), (0, 5), (0, 3))), P(1, ((0, 2), (3, 6), (0, 5), (0, 3))))) == "rows[0:3|3:6]@0,1"
     assert layouts.describe_pieces((2, 6, 5, 3), (P(0, ((0, 1), (0, 6), (0, 5), (0, 3))), P(1, ((1, 2), (0, 6), (0, 5), (0, 3))))) == "depth[0:1|1:2]@0,1"
     assert layouts.describe_pieces((4, 5, 8), (P(0, ((0, 4), (0, 5), (0, 8))),)) == "whole@0"
-
-
-def test_overlap_credits_spatial_transitions_with_the_next_interior():
-    import numpy as np
-
-    from partitioners.segment_chains import overlap_kept
-
-    kept = np.full((2, 3, 3), np.inf)
-    kept[0, 2, 2] = 0.010  # halo exchange of 10 ms between two row-strip segments
-    kept[1, 2, 2] = 0.010
-    kept[0, 1, 2] = 0.020  # another kind into strips: not overlapped
-    compute = np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.004], [0.1, 0.1, 0.1]])
-    sizes = {(1, 2): (8, 8), (2, 2): (2, 2)}
-    out = overlap_kept(kept, compute, sizes, spatial=2)
-    # strips of 8 rows: 6 interior rows hide 6/8 of 4 ms; strips of 2 rows have no interior
-    assert out[0, 2, 2] == pytest.approx(0.010 - 0.75 * 0.004)
-    assert out[1, 2, 2] == pytest.approx(0.010)
-    assert out[0, 1, 2] == 0.020 and np.isinf(out[0, 0, 0])
