@@ -572,7 +572,6 @@ class _Step:
             before = runner.times.to_array()
             t = time.perf_counter()
             y = runner.run(inputs)
-            runner.times.compute_each.clear()  # one float per frame otherwise (the runtime sums, not lists)
             input_s, compute_s, output_s, post_s, _ = runner.times.to_array() - before
             self.compute_s += compute_s + post_s
             self.comm_s += input_s + output_s

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -59,7 +59,6 @@ class PhaseTimes:
     output_s: float = 0.0
     post_s: float = 0.0
     frames: int = 0
-    compute_each: list = field(default_factory=list)
 
     def to_array(self) -> np.ndarray:
         return np.array([self.input_s, self.compute_s, self.output_s, self.post_s, self.frames], np.float64)
@@ -338,7 +337,6 @@ class SplitRunner:
         t.output_s += output_s
         t.post_s += post_s
         t.frames += frames
-        t.compute_each.append(compute_s)
 
     def _tensors(self, x) -> dict[str, np.ndarray]:
         """The tensors this rank holds for the split: whole inputs on the root, kept pieces anywhere."""
