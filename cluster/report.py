@@ -1,12 +1,21 @@
 """What a pipeline run measured, as plain data: throughput, latency, per-stage times, predicted vs
-measured, memory per rank, and a Chrome Trace Event document (one track per rank; opens in Perfetto)."""
+measured, memory per rank, and a Chrome Trace Event document (opens in Perfetto): the measured run
+as one process with a track per rank, the plan's predicted schedule of the same frames as a second
+process with the same tracks, and flow arrows from each stage's send of a frame to the next stage's
+receive of it."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
+from partitioners.cost import RUNTIME_WINDOW
 from partitioners.plan import Plan
 
-from .runtime import EVENT_NAMES, RunResult, segment_event
+from .runtime import COMPUTE, EVENT_NAMES, RunResult, default_max_in_flight, entry_rank, segment_event
+
+MEASURED_PID, PREDICTED_PID = 0, 1
+COMPLETION_POINTS = 256  # (seconds, frames done) points a report keeps of its completion curve
 
 
 def steady_throughput(done_s: np.ndarray) -> float:
@@ -43,6 +52,17 @@ def memory_slope(samples, baseline: int = 0) -> float | None:
     if s.shape[0] < 4 or np.ptp(s[:, 0]) <= 0:
         return None
     return float(np.polyfit(s[:, 0], s[:, 1] - baseline, 1)[0] * 1000)
+
+
+def completion_curve(done_s, points: int = COMPLETION_POINTS) -> list:
+    """[[seconds since the start, frames done by then], ...]: the run's completions at up to
+    `points` evenly spaced frame counts (the first and the last included), for a throughput chart
+    whose size does not grow with the run."""
+    t = np.sort(np.asarray(done_s if done_s is not None else [], float))
+    if t.size == 0:
+        return []
+    at = np.unique(np.linspace(0, t.size - 1, min(points, t.size)).round().astype(int))
+    return [[float(t[i]), int(i + 1)] for i in at]
 
 
 def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> dict:
@@ -93,23 +113,223 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         "latency_ms": percentiles_ms(result.latency_s),
         "predicted_latency_ms": plan.predicted_latency_s * 1e3 if plan.predicted_latency_s else None,
         "every_frame_once": ordered,
+        "completed": completion_curve(result.done_s),
         "stages": stages, "ranks": ranks,
     }
 
 
-def _trace_events(plan: Plan, result: RunResult):
-    yield {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": f"pisplit {plan.model}"}}
+# --- the plan's predicted schedule ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictedSchedule:
+    """When the plan's cost model expects each stage to handle each of frames 0..n-1, in seconds from
+    the start of the run: arrays of shape (stages, frames).
+
+    Each frame's entry rank (every rank, in a split stage) computes it from `start` to `compute_end`
+    and then communicates until `busy_end` (the stage's predicted comm_s: its receive, send and, for
+    rank 0, results); the next stage may start on the frame once it has crossed the link, at
+    `handoff` (compute end + the send_bytes' transfer at the plan's link). A rank takes its next
+    frame when its previous one is done (busy_end), and rank 0 admits frame f once frame
+    f - max_in_flight has left the last stage, as the runtime does. So one stage's frames are
+    1 / (compute_s + comm_s) apart (a data-parallel stage's replicas take turns): the plan's
+    predicted throughput, once the pipeline is full.
+    """
+
+    start: np.ndarray
+    compute_end: np.ndarray
+    busy_end: np.ndarray
+    handoff: np.ndarray
+
+    @property
+    def done_s(self) -> np.ndarray:
+        """Per frame: when its result leaves the last stage."""
+        return self.handoff[-1]
+
+
+def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = None) -> PredictedSchedule | None:
+    """The plan's predicted timeline of `n_frames` frames (None when a stage has no prediction, as
+    hand-made plans may not). `max_in_flight` as the run was given it (None: the runtime's default)."""
+    if any(s.predicted is None for s in plan.stages):
+        return None
+    limit = max(int(max_in_flight or default_max_in_flight(plan, RUNTIME_WINDOW)), 1)
+    n_stages, n = len(plan.stages), max(int(n_frames), 0)
+    start, compute_end, busy_end, handoff = (np.zeros((n_stages, n)) for _ in range(4))
+    free = np.zeros(plan.n_ranks)
+    steps = []
+    for s in plan.stages:
+        send = s.send_bytes * 8.0 / plan.link_bandwidth_bps + plan.link_latency_s if s.send_bytes else 0.0
+        steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, send))
+    for f in range(n):  # a recurrence over frames: each waits for its input, its rank and the admission window
+        ready = handoff[-1, f - limit] if f >= limit else 0.0
+        for i, (stage, compute, busy, send) in enumerate(steps):
+            ranks = list(stage.ranks) if stage.mode == "split" else [entry_rank(stage, f)]
+            t = max(ready, float(free[ranks].max()))
+            start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
+            handoff[i, f] = ready = t + compute + send
+            free[ranks] = t + busy
+    return PredictedSchedule(start, compute_end, busy_end, handoff)
+
+
+def run_frames(result: RunResult) -> int:
+    """Frames the run was asked for (else as many as came back, else the highest traced frame + 1)."""
+    if result.frames_total:
+        return int(result.frames_total)
+    if result.frame_ids is not None and result.frame_ids.size:
+        return int(result.frame_ids.size)
+    return max((int(np.max(_events(s)[:, 1])) + 1 for s in result.ranks if len(s.events)), default=0)
+
+
+def _events(stats) -> np.ndarray:
+    """A rank's trace events as an (n, 4) float array (kind, frame, start_s, duration_s)."""
+    return np.asarray(stats.events, np.float64).reshape(-1, 4)
+
+
+def _track_names(plan: Plan, pid: int, rank: int, stage: int, what: str):
+    label = f"rank {rank} · stage {stage} · {plan.devices[rank].kind}{what}"
+    yield {"name": "thread_name", "ph": "M", "pid": pid, "tid": rank, "args": {"name": label}}
+    yield {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": rank, "args": {"sort_index": rank}}
+
+
+def _trace_events(plan: Plan, result: RunResult, max_in_flight: int | None = None):
+    yield {"name": "process_name", "ph": "M", "pid": MEASURED_PID, "tid": 0, "args": {"name": f"pisplit {plan.model} · measured"}}
+    yield {"name": "process_sort_index", "ph": "M", "pid": MEASURED_PID, "tid": 0, "args": {"sort_index": 0}}
     for s in sorted(result.ranks, key=lambda r: r.rank):
-        label = f"rank {s.rank} · stage {s.stage} · {plan.devices[s.rank].kind}"
-        yield {"name": "thread_name", "ph": "M", "pid": 0, "tid": s.rank, "args": {"name": label}}
-        yield {"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": s.rank, "args": {"sort_index": s.rank}}
+        yield from _track_names(plan, MEASURED_PID, s.rank, s.stage, "")
         stage = plan.stage_of_rank(s.rank)
         for kind, frame, start, duration in s.events:
-            doc = {"name": _event_name(plan, stage, int(kind)), "cat": "pipeline", "ph": "X", "pid": 0, "tid": s.rank,
+            doc = {"name": _event_name(plan, stage, int(kind)), "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": s.rank,
                    "ts": round(start * 1e6, 3), "dur": round(duration * 1e6, 3)}
             if frame >= 0:
                 doc["args"] = {"frame": int(frame)}
             yield doc
+    yield from _measured_flows(plan, result)
+    yield from _predicted_events(plan, result, max_in_flight)
+
+
+def _compute_slices(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames, start_s, duration_s) of a rank's kept compute events, sorted by frame."""
+    ev = _events(stats)
+    ev = ev[(ev[:, 0] == COMPUTE) & (ev[:, 1] >= 0)]
+    ev = ev[np.argsort(ev[:, 1], kind="stable")]
+    return ev[:, 1].astype(np.int64), ev[:, 2], ev[:, 3]
+
+
+def _flow(flow_id: int, frame: int, pid: int, src: int, send_s: float, dst: int, receive_s: float, cat: str):
+    """A flow arrow's two ends: 's' inside the sender's slice, 'f' bound to the receiver's enclosing slice."""
+    name = f"frame {frame}"
+    yield {"name": name, "cat": cat, "ph": "s", "id": flow_id, "pid": pid, "tid": src, "ts": round(send_s * 1e6, 3)}
+    yield {"name": name, "cat": cat, "ph": "f", "bp": "e", "id": flow_id, "pid": pid, "tid": dst, "ts": round(receive_s * 1e6, 3)}
+
+
+def _inside(start: np.ndarray, duration: np.ndarray, at_end: bool) -> np.ndarray:
+    """A moment just inside each slice (1 us from its end or its start, or its middle if shorter),
+    so a flow's end binds to that slice and not to its neighbour."""
+    step = np.minimum(duration / 2, 1e-6)
+    return start + duration - step if at_end else start + step
+
+
+def _measured_flows(plan: Plan, result: RunResult):
+    """Arrows from the end of each stage's compute of a frame (its send follows) to the start of the
+    next stage's compute of the same frame (its receive precedes), where both events were kept.
+    Flow ids are even; the predicted schedule's are odd."""
+    by_rank = {s.rank: s for s in result.ranks}
+    slices = {}
+    for stage, nxt in zip(plan.stages, plan.stages[1:]):
+        for a in (stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]):
+            if a not in by_rank:
+                continue
+            fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
+            if nxt.mode == "data-parallel":
+                dest = np.asarray(nxt.ranks)[fa % len(nxt.ranks)]
+            else:
+                dest = np.full(fa.shape, nxt.ranks[0])
+            for b in np.unique(dest).tolist():
+                if b not in by_rank:
+                    continue
+                fb, sb, db = slices.setdefault(b, _compute_slices(by_rank[b]))
+                mine = dest == b
+                common, ia, ib = np.intersect1d(fa[mine], fb, assume_unique=True, return_indices=True)
+                sent = _inside(sa[mine][ia], da[mine][ia], at_end=True)
+                got = _inside(sb[ib], db[ib], at_end=False)
+                for f, t_send, t_got in zip(common.tolist(), sent.tolist(), got.tolist()):
+                    yield from _flow(2 * (f * len(plan.stages) + stage.index), f, MEASURED_PID, a, t_send, b, t_got, "frame")
+    yield from _measured_results(plan, result, by_rank, slices)
+
+
+def _measured_results(plan: Plan, result: RunResult, by_rank: dict, slices: dict):
+    """Arrows from the last stage's compute of a frame to rank 0's receipt of its result (a 'result'
+    slice of no duration when rank 0 took it: the run's done_s), for last-stage ranks other than 0."""
+    if result.done_s is None or not len(result.done_s):
+        return
+    done = np.asarray(result.done_s, float)
+    frames = (np.asarray(result.output_frame_ids, np.int64) if result.output_frame_ids is not None
+              else np.arange(done.size, dtype=np.int64))
+    order = np.argsort(frames)
+    frames, done = frames[order], done[order]
+    last = plan.stages[-1]
+    n_stages = len(plan.stages)
+    for a in (last.ranks if last.mode == "data-parallel" else last.ranks[:1]):
+        if a == 0 or a not in by_rank:
+            continue
+        fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
+        if last.mode == "data-parallel":  # a replica's own frames only
+            keep = np.asarray(last.ranks)[fa % len(last.ranks)] == a
+            fa, sa, da = fa[keep], sa[keep], da[keep]
+        common, ia, ib = np.intersect1d(fa, frames, assume_unique=True, return_indices=True)
+        sent = _inside(sa[ia], da[ia], at_end=True)
+        for f, t_send, t_done in zip(common.tolist(), sent.tolist(), done[ib].tolist()):
+            yield {"name": "result", "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": 0, "ts": round(t_done * 1e6, 3),
+                   "dur": 0.0, "args": {"frame": f}}
+            yield from _flow(2 * (f * n_stages + last.index), f, MEASURED_PID, a, t_send, 0, t_done, "frame")
+
+
+def _first_kept_frame(result: RunResult) -> int:
+    """The earliest frame any rank still has a trace event of, when some were dropped (else 0): the
+    predicted schedule is traced from there, so the trace stays as bounded as the event ring."""
+    if not any(s.events_dropped for s in result.ranks):
+        return 0
+    firsts = [int(ev[ev[:, 1] >= 0, 1].min()) for ev in map(_events, result.ranks) if (ev[:, 1] >= 0).any()]
+    return min(firsts, default=0)
+
+
+def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
+    """The predicted schedule as process PREDICTED_PID: per frame, each stage's compute and
+    communication slices on its ranks, and arrows from each send to the next stage's start."""
+    schedule = predicted_schedule(plan, run_frames(result), max_in_flight)
+    if schedule is None:
+        return
+    label = (f"pisplit {plan.model} · predicted ({plan.planner} plan: {plan.predicted_throughput_fps:.2f} frames/s, "
+             f"latency {plan.predicted_latency_s * 1e3:.1f} ms)")
+    yield {"name": "process_name", "ph": "M", "pid": PREDICTED_PID, "tid": 0, "args": {"name": label}}
+    yield {"name": "process_sort_index", "ph": "M", "pid": PREDICTED_PID, "tid": 0, "args": {"sort_index": 1}}
+    for stage in plan.stages:
+        for r in stage.ranks:
+            yield from _track_names(plan, PREDICTED_PID, r, stage.index, " · predicted")
+    n_stages = len(plan.stages)
+    for f in range(_first_kept_frame(result), schedule.start.shape[1]):
+        for i, stage in enumerate(plan.stages):
+            ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
+            t0, t1, t2 = schedule.start[i, f], schedule.compute_end[i, f], schedule.busy_end[i, f]
+            for r in ranks:
+                name = "compute" if r == ranks[0] else "split part"
+                yield {"name": name, "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": r, "ts": round(t0 * 1e6, 3),
+                       "dur": round((t1 - t0) * 1e6, 3), "args": {"frame": f}}
+                if t2 > t1:
+                    yield {"name": "communication", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": r,
+                           "ts": round(t1 * 1e6, 3), "dur": round((t2 - t1) * 1e6, 3), "args": {"frame": f}}
+            if i + 1 < n_stages:
+                nxt = plan.stages[i + 1]
+                dst = entry_rank(nxt, f)
+                t_got = schedule.start[i + 1, f]
+                busy = schedule.compute_end[i + 1, f] - t_got
+                send_at = float(_inside(np.array([t0]), np.array([t1 - t0]), at_end=True)[0])
+                got_at = float(_inside(np.array([t_got]), np.array([busy]), at_end=False)[0])
+                yield from _flow(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], send_at, dst, got_at, "frame")
+            elif ranks[0] != 0:  # the result goes back to rank 0
+                done = float(schedule.handoff[i, f])
+                yield {"name": "result", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": 0,
+                       "ts": round(done * 1e6, 3), "dur": 0.0, "args": {"frame": f}}
+                send_at = float(_inside(np.array([t0]), np.array([t1 - t0]), at_end=True)[0])
+                yield from _flow(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], send_at, 0, done, "frame")
 
 
 def _event_name(plan: Plan, stage, code: int) -> str:
@@ -133,23 +353,26 @@ def _trace_other(result: RunResult) -> dict | None:
             "events_dropped_by_rank": {str(r): n for r, n in dropped.items()}}
 
 
-def chrome_trace(plan: Plan, result: RunResult) -> dict:
-    """Chrome Trace Event JSON: one track (thread) per rank, complete events in microseconds."""
-    doc = {"traceEvents": list(_trace_events(plan, result)), "displayTimeUnit": "ms"}
+def chrome_trace(plan: Plan, result: RunResult, max_in_flight: int | None = None) -> dict:
+    """Chrome Trace Event JSON, times in microseconds: process 0 is the run as measured (one track
+    per rank, complete events), process 1 the plan's predicted schedule of the same frames (the same
+    tracks), each with flow arrows from a stage's send of a frame to the next stage's receive.
+    `max_in_flight` as the run was given it (the predicted schedule admits frames as the run did)."""
+    doc = {"traceEvents": list(_trace_events(plan, result, max_in_flight)), "displayTimeUnit": "ms"}
     other = _trace_other(result)
     if other:
         doc["otherData"] = other
     return doc
 
 
-def write_chrome_trace(path, plan: Plan, result: RunResult) -> None:
+def write_chrome_trace(path, plan: Plan, result: RunResult, max_in_flight: int | None = None) -> None:
     """chrome_trace's document written event by event: a long run's trace is never whole in memory
     (400,000 events as dicts and one string took rank 0 about 390 MiB)."""
     import json
 
     with open(path, "w") as f:
         f.write('{"traceEvents": [')
-        for i, event in enumerate(_trace_events(plan, result)):
+        for i, event in enumerate(_trace_events(plan, result, max_in_flight)):
             f.write(("," if i else "") + json.dumps(event, ensure_ascii=False))
         f.write('], "displayTimeUnit": "ms"')
         other = _trace_other(result)

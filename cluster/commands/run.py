@@ -95,7 +95,8 @@ def _run(args, comm, rank: int) -> int:
     else:
         doc["argmax"] = result.argmax.tolist()
     if args.trace:
-        write_chrome_trace(args.trace, plan, result)
+        from ..runtime import default_max_in_flight  # the trace's predicted schedule admits frames as this run did
+        write_chrome_trace(args.trace, plan, result, args.max_in_flight or default_max_in_flight(plan, args.window))
         doc["trace_file"] = args.trace
     if args.report:
         Path(args.report).write_text(json.dumps(doc, indent=1))
