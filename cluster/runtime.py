@@ -182,14 +182,15 @@ def stall_margin(bound: float) -> float:
 
 
 def parse_fault(text: str | None) -> tuple[int, int, str] | None:
-    """'RANK@FRAME[:kill|stop|error]' -> (rank, frame, mode) (default mode: error)."""
+    """'RANK@FRAME[:kill|stop|error]' -> (rank, frame, mode) (default mode: error). FRAME may also be
+    'start' (before the start barrier: FAULT_AT_START) or 'end' (before the final gather: FAULT_AT_END)."""
     if not text:
         return None
     head, _, mode = str(text).partition(":")
     rank, _, frame = head.partition("@")
     mode = mode or "error"
     try:
-        r, f = int(rank), int(frame)
+        r, f = int(rank), FAULT_POINTS[frame] if frame in FAULT_POINTS else int(frame)
     except ValueError:
         r = f = -1
     if r < 0 or f < 0 or mode not in FAULT_MODES:
@@ -198,6 +199,8 @@ def parse_fault(text: str | None) -> tuple[int, int, str] | None:
 
 
 FAULT_MODES = ("error", "stop", "kill")
+FAULT_AT_START, FAULT_AT_END = 1 << 62, (1 << 62) + 1  # --fail RANK@start / RANK@end (beyond any frame)
+FAULT_POINTS = {"start": FAULT_AT_START, "end": FAULT_AT_END}
 
 
 def inject_fault(rank: int, frame: int, mode: str) -> None:
@@ -209,7 +212,9 @@ def inject_fault(rank: int, frame: int, mode: str) -> None:
         return  # continued (SIGCONT): a device that came back goes on
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    raise PisplitError(f"injected fault at frame {frame} (--fail {rank}@{frame}:{mode})")
+    point = next((word for word, value in FAULT_POINTS.items() if value == frame), None)
+    where = f"the {point} of the run" if point else f"frame {frame}"
+    raise PisplitError(f"injected fault at {where} (--fail {rank}@{point or frame}:{mode})")
 
 
 def default_max_in_flight(plan: Plan, window: int) -> int:
@@ -974,10 +979,17 @@ class PipelineRank:
 
     def _begin_frame(self, frame: int) -> None:
         self.frame = frame
-        if self.fail is not None and frame >= int(self.fail[1]):
+        if self.fail is not None and frame >= int(self.fail[1]) and int(self.fail[1]) < FAULT_AT_START:
             rank, at, mode = self.fail
             self.fail = None
             inject_fault(rank, frame, mode)
+
+    def fault_at(self, point: int) -> None:
+        """--fail RANK@start / RANK@end: this rank's fault before the start barrier / the final gather."""
+        if self.fail is not None and int(self.fail[1]) == point:
+            rank, at, mode = self.fail
+            self.fail = None
+            inject_fault(rank, at, mode)
 
     def _end_frame(self, frame: int) -> None:
         self.stats.frames += 1
@@ -992,7 +1004,11 @@ class PipelineRank:
         self.stats.memory_load_peak_bytes = peak_rss_bytes()
         self.step.warm_up()
         reset_peak_rss()
-        transport.barrier(self.comm)
+        self.fault_at(FAULT_AT_START)
+        # loading weights and warming up take longer than a frame: three stall bounds to arrive
+        bound = 3.0 * self.stall_s
+        transport.gather_rows_watched(self.comm, np.zeros(0), "the start barrier", bound, self.liveness, self._name,
+                                      follow_s=stall_margin(bound))
         self.running = True
         if self.rank == 0 and self.options.on_start:
             self.options.on_start()
@@ -1092,7 +1108,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     elif options.frames < 1:
         error = f"--frames {options.frames}: must be at least 1"
     elif options.fail is not None and not 0 <= int(options.fail[0]) < plan.n_ranks:
-        error = f"--fail {options.fail[0]}@{options.fail[1]}: the plan has ranks 0-{plan.n_ranks - 1}"
+        error = f"--fail {options.fail[0]}@...: the plan has ranks 0-{plan.n_ranks - 1}"
     else:
         try:
             graph = load_graph() if load_graph else _load_plan_model(plan)
@@ -1120,7 +1136,19 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     except Exception as exc:
         transport.attach_failure_handler(exc, rank.on_failure)
         raise
-    rows = transport.gather_rows(comm, stats.to_array(), root=0)
+    rank.fault_at(FAULT_AT_END)
+    liveness = transport.Liveness(comm) if comm.Get_size() > 1 else None
+    try:
+        rows = transport.gather_rows_watched(comm, stats.to_array(), "the final statistics gather", rank.stall_s, liveness,
+                                             rank._name, follow_s=stall_margin(rank.stall_s))
+    except Exception as exc:
+        if comm.Get_rank() == 0 and options.on_failure is not None:
+            # every result is in: keep them (written as a partial run with no frame missing)
+            transport.attach_failure_handler(exc, lambda e: options.on_failure(rank.partial_result(), e))
+        raise
+    finally:
+        if liveness is not None:
+            liveness.retire()
     stats.events = []  # sent; rank 0 has them now
     all_stats = [RankStats.from_array(r) for r in rows] if rows is not None else [stats]
     if made_lock_dir:

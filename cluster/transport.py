@@ -290,6 +290,79 @@ def notify_rank_0(comm, message: str, grace_s: float = NOTICE_GRACE_S, finish_s:
     return True
 
 
+# Collectives a rank may never reach (stopped, hung, lost) are point to point to rank 0 under a stall
+# clock, so the job ends naming who did not arrive: every rank sends its row (TAG_GATHER_COUNT, then
+# TAG_GATHER_ROW), rank 0 answers each with TAG_GATHER_DONE once all are in. A blocking MPI_Barrier or
+# MPI_Gather cannot say who is missing, and would wait forever.
+TAG_GATHER_COUNT = 82
+TAG_GATHER_ROW = 81
+TAG_GATHER_DONE = 80
+_gather_buffers: list = []  # buffers of a watched gather that ended in a stall (MPI may still write them)
+
+
+def gather_rows_watched(comm, row: np.ndarray, what: str, seconds: float, liveness: "Liveness | None" = None,
+                        name: Callable[[int], str] | None = None, follow_s: float = 0.0) -> list | None:
+    """Collective over `comm`: gather_rows to rank 0 that never waits without a bound. Rank 0 names
+    the ranks whose row has not come ("rank 2 (host pi-2) did not reach the start barrier for 6.0 s
+    (stalled or lost)") once `seconds` pass without progress and the first of them does not answer a
+    ping; the other ranks wait for rank 0 to confirm (`seconds + follow_s`: rank 0 speaks first) and
+    name rank 0 if it goes silent. `liveness.check()` runs between polls. `seconds` <= 0: no bound.
+    Returns every rank's float64 row on rank 0, None elsewhere. An empty row makes it a barrier."""
+    name = name or (lambda r: f"rank {r}")
+    row = np.ascontiguousarray(row, np.float64)
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if size == 1:
+        return [row]
+    pause = 2e-5
+    if rank != 0:
+        count = np.array([row.size], np.int64)
+        done = np.zeros(1, np.int64)
+        requests = [comm.Isend(count, dest=0, tag=TAG_GATHER_COUNT), comm.Isend(row, dest=0, tag=TAG_GATHER_ROW),
+                    comm.Irecv(done, source=0, tag=TAG_GATHER_DONE)]
+        clock = StallClock(seconds + follow_s if seconds > 0 else 0.0, liveness)
+        while not MPI.Request.Testall(requests):
+            if liveness is not None:
+                liveness.check()
+            if clock.stalled(0):
+                _gather_buffers.append((requests, count, row, done))
+                raise StallError(f"{name(0)} did not complete {what} for {clock.waited:.1f} s {clock.verdict()}")
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-4)
+        return None
+    counts = {r: np.zeros(1, np.int64) for r in range(1, size)}
+    count_requests = {r: comm.Irecv(counts[r], source=r, tag=TAG_GATHER_COUNT) for r in counts}
+    rows, row_requests = {0: row}, {}
+    clock = StallClock(seconds, liveness)
+    while count_requests or row_requests:
+        progressed = False
+        for r, request in list(count_requests.items()):
+            if request.Test():
+                del count_requests[r]
+                rows[r] = np.empty(int(counts[r][0]), np.float64)
+                row_requests[r] = comm.Irecv(rows[r], source=r, tag=TAG_GATHER_ROW)
+                progressed = True
+        for r, request in list(row_requests.items()):
+            if request.Test():
+                del row_requests[r]
+                progressed = True
+        if not (count_requests or row_requests):
+            break
+        if progressed:
+            clock.progressed()
+        if liveness is not None:
+            liveness.check()
+        missing = sorted({*count_requests, *row_requests})
+        if clock.stalled(missing[0]):
+            _gather_buffers.append((count_requests, row_requests, counts, rows))
+            who = ", ".join(name(r) for r in missing)
+            raise StallError(f"{who} did not reach {what} for {clock.waited:.1f} s {clock.verdict()}")
+        time.sleep(pause)
+        pause = min(pause * 2, 5e-4)
+    one = np.ones(1, np.int64)
+    MPI.Request.Waitall([comm.Isend(one, dest=r, tag=TAG_GATHER_DONE) for r in range(1, size)])
+    return [rows[r] for r in range(size)]
+
+
 def agree(comm, error: str | None) -> None:
     """Collective: if any rank has an error, every rank raises AgreedError with the lowest such rank's message.
 
