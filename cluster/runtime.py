@@ -39,7 +39,7 @@ from layers.ops import numel
 from partitioners.cost import RUNTIME_WINDOW, frame_buffer_bytes, working_sets
 from partitioners.plan import Plan, Stage
 
-from . import transport
+from . import link_codecs, transport
 from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, receive_ready_at
 
 log = logging.getLogger(__name__)
@@ -641,8 +641,12 @@ class PipelineRank:
         self.frame = -1  # the frame this rank is on, for messages
         self.fail = options.fail if options.fail and int(options.fail[0]) == self.rank else None
         self.last = plan.stages[-1]
-        self.in_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_start))
-        self.out_codec = FrameCodec(graph, graph.cut_tensors(self.stage.node_stop))
+        # a link whose plan names a codec carries codec messages (cluster.link_codecs), else float32 values
+        i = self.stage.index
+        self.in_codec = link_codecs.frame_codec(graph, graph.cut_tensors(self.stage.node_start), plan.stages[i - 1].send_codec if i else "raw",
+                                                f"stage {i - 1} -> stage {i}", FrameCodec)
+        self.out_codec = link_codecs.frame_codec(graph, graph.cut_tensors(self.stage.node_stop), self.stage.send_codec,
+                                                 f"stage {i} -> stage {i + 1}", FrameCodec)
         # results in the model's output order (output_0 is the model's first output)
         self.result_codec = FrameCodec(graph, sorted(graph.cut_tensors(plan.n_nodes), key=_output_rank(graph)))
         self.source_codec = FrameCodec(graph, graph.cut_tensors(0))
@@ -925,7 +929,7 @@ class PipelineRank:
             if hold > 0:
                 self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         self._post_inputs(index + 1)
-        return self.in_codec.unpack(buf), start_ns, buf
+        return link_codecs.unpack_from_link(self.in_codec, buf, self.device), start_ns, buf
 
     def _send(self, frame: int, tensors: dict, start_ns: int) -> None:
         if self.stage.index == len(self.plan.stages) - 1:
@@ -936,10 +940,7 @@ class PipelineRank:
             self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf, self.result_codec, 0, frame))
         else:
             nxt = self.plan.stages[self.stage.index + 1]
-            end = duration = 0.0
-            if self.link:
-                end, duration = self.link.schedule(self.out_codec.payload_bytes, len(self.out_codec.names))
-            buf = self.out_codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9))
+            buf, end, duration = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, self.link, self.device)
             dest = entry_rank(nxt, frame)
             self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + nxt.index), buf, self.out_codec, dest, frame))
             if self.link:

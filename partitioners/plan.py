@@ -14,6 +14,10 @@ Each stage runs on one or more ranks:
 
 Between stages, the tensors live across the cut (layers.Graph.cut_tensors(node_stop)) travel from the
 last stage's lead (or the replica that ran the frame) to the next stage's lead (or replica).
+`Stage.send_codec` names the link codec of that transfer (partitioners.codecs: "raw", "zstd",
+"int8+rle-huffman", "jpeg:50", ...): each cut tensor travels as one self-describing, checksummed
+message of that codec (cluster.link_codecs). Plans written before the field existed load as "raw"
+(the float32 buffer as before); the last stage's results always travel raw.
 """
 from __future__ import annotations
 
@@ -87,6 +91,7 @@ class Stage:
     segments: tuple = ()
     send_bytes: int = 0  # bytes per frame to the next stage (0 for the last stage)
     predicted: StagePrediction | None = None
+    send_codec: str = "raw"  # link codec of the transfer to the next stage (partitioners.codecs names)
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ class Plan:
             seen |= set(s.ranks)
         if expect != self.n_nodes:
             raise PisplitError(f"plan: stages end at node {expect}, the model has {self.n_nodes} nodes")
+        if self.stages[-1].send_codec != "raw":
+            raise PisplitError(f"plan: the last stage's send_codec is {self.stages[-1].send_codec!r}: results travel raw")
         if seen != known:
             raise PisplitError(f"plan: ranks {sorted(known - seen)} belong to no stage")
         return self
@@ -221,6 +228,7 @@ def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) ->
         raise PisplitError(f"plan: stage {s.index} is 'single' but has ranks {list(s.ranks)}")
     if s.send_bytes < 0:
         raise PisplitError(f"plan: stage {s.index} has send_bytes {s.send_bytes} (must not be negative)")
+    _check_send_codec(s)
     if s.mode != "split":
         if s.segments:
             raise PisplitError(f"plan: stage {s.index} is {s.mode!r} but has segments (only 'split' stages have them)")
@@ -233,6 +241,16 @@ def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) ->
         _check_segment(s, g)
     if seg_expect != s.node_stop:
         raise PisplitError(f"plan: stage {s.index} segments end at node {seg_expect}, the stage at {s.node_stop}")
+
+
+def _check_send_codec(s: Stage) -> None:
+    """A stage's send_codec: a codec name partitioners.codecs parses (raw for the last stage, checked in validate)."""
+    from .codecs import parse_codec
+
+    try:
+        parse_codec(s.send_codec)
+    except PisplitError as exc:
+        raise PisplitError(f"plan: stage {s.index} send_codec: {exc}") from None
 
 
 def _check_segment(s: Stage, g: Segment) -> None:
@@ -358,7 +376,7 @@ _SEGMENT_FIELDS = {"node_start": _integer, "node_stop": _integer, "kind": _strin
 _PREDICTION_FIELDS = {"compute_s": _number, "comm_s": _number, "memory_bytes": _rank_bytes}
 _STAGE_FIELDS = {"index": _integer, "node_start": _integer, "node_stop": _integer, "ranks": _list_of(_integer), "mode": _string,
                  "segments": _list_of(lambda v, w: _build(Segment, v, w, _SEGMENT_FIELDS)), "send_bytes": _integer,
-                 "predicted": _optional_prediction}
+                 "predicted": _optional_prediction, "send_codec": _string}
 _PLAN_FIELDS = {"model": _string, "n_nodes": _integer, "devices": _list_of(lambda v, w: _build(Device, v, w, _DEVICE_FIELDS)),
                 "stages": _list_of(lambda v, w: _build(Stage, v, w, _STAGE_FIELDS)), "planner": _string, "objective": _string,
                 "engine": _string, "link_bandwidth_bps": _number, "link_latency_s": _number, "model_seed": _integer,

@@ -1,0 +1,148 @@
+"""Encoded links (issue 15): a stage-to-stage transfer whose plan names a codec (Stage.send_codec)
+carries each cut tensor as one partitioners.codecs message instead of its float32 values.
+
+A frame still travels as one MPI buffer (never pickled), of a fixed capacity the receiver allocates
+before anything arrives: the largest frame the codec can write (codecs.max_encoded_bytes per tensor).
+The sender sends only the bytes it wrote; MPI lets a receive buffer be longer than its message.
+
+Layout of the buffer (a float32 array, as cluster.runtime.FrameCodec's, so its header reads the same):
+
+    slots 0-7     int64 [frame id, start ns, emulated transfer end ns, its duration ns] (FrameCodec.HEADER)
+    next 2 n      int64 byte length of each of the n tensors' messages, in the codec's tensor order
+    then          the messages back to back, padded to a multiple of 4 bytes
+
+The receiver checks the lengths against the capacity, then decodes each message expecting the codec,
+shape and dtype it waits for; a corrupt or truncated message (codecs' header and CRC-32 checks) raises
+a one-line PisplitError naming the link, the frame and the tensor, never a wrong tensor. Lossless
+codecs hand the next stage the sender's tensors bit for bit; lossy ones (fp16, int8, jpeg) within
+codecs.error_bound of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from layers.errors import PisplitError
+from layers.graph import Graph
+from partitioners.codecs import decode, encode, max_encoded_bytes, parse_codec
+
+HEADER = 8  # float32 slots of the int64 frame header (cluster.runtime.FrameCodec.HEADER)
+
+
+class EncodedFrameCodec:
+    """Packs the named tensors of one frame as codec messages in one MPI buffer (module docstring).
+
+    The same interface as cluster.runtime.FrameCodec: `pack` returns the buffer to send (a view of
+    the used slots of a capacity buffer), `unpack` the tensors of a received buffer, `release` takes
+    either back for the next frames. `label` names the link in errors ('stage 0 -> stage 1')."""
+
+    encoded = True
+
+    def __init__(self, graph: Graph, names: list[str], codec: str, label: str):
+        self.codec = parse_codec(codec)
+        self.label = label
+        self.names = list(names)
+        self.shapes = [tuple(graph.shapes[t]) for t in self.names]
+        self.capacity_bytes = sum(max_encoded_bytes(self.codec, s, "float32") for s in self.shapes)
+        self.data_start = HEADER + 2 * len(self.names)
+        self.length = self.data_start + -(-self.capacity_bytes // 4)
+        self.free: list[np.ndarray] = []
+        self.sent_bytes = 0  # bytes of the last frame packed (header included)
+        self.raw_bytes = sum(int(np.prod(s)) * 4 for s in self.shapes)
+
+    def reserve(self, n: int) -> None:
+        """Make `n` capacity buffers now (see FrameCodec.reserve)."""
+        self.free.extend(np.zeros(self.length, np.float32) for _ in range(max(n - len(self.free), 0)))
+
+    def release(self, buf: np.ndarray) -> None:
+        """Hand back a buffer (or the view `pack` returned) whose transfer has finished."""
+        base = buf.base if buf.base is not None and buf.base.shape == (self.length,) else buf
+        self.free.append(base)
+
+    @property
+    def payload_bytes(self) -> int:
+        """The largest payload a frame may take (what the receiver holds per buffer)."""
+        return (self.length - HEADER) * 4
+
+    def empty(self) -> np.ndarray:
+        return self.free.pop() if self.free else np.empty(self.length, np.float32)
+
+    def pack(self, frame_id: int, tensors, start_ns: int = 0, end_ns: int = 0, duration_ns: int = 0) -> np.ndarray:
+        """Encode the frame's tensors into a buffer; returns the view of its used slots (to send)."""
+        buf = self.empty()
+        buf[:HEADER].view(np.int64)[:] = (frame_id, start_ns, end_ns, duration_ns)
+        lengths = buf[HEADER: self.data_start].view(np.int64)
+        data = buf[self.data_start:].view(np.uint8)
+        at = 0
+        try:
+            for i, (t, shape) in enumerate(zip(self.names, self.shapes)):
+                arr = tensors[t]
+                if tuple(arr.shape) != shape:
+                    raise PisplitError(f"tensor {t!r} has shape {arr.shape}, expected {shape}")
+                try:
+                    msg = encode(np.asarray(arr, np.float32), self.codec)
+                except PisplitError as exc:
+                    raise PisplitError(f"tensor {t!r}: {exc}") from None
+                data[at: at + len(msg)] = np.frombuffer(msg, np.uint8)
+                lengths[i] = len(msg)
+                at += len(msg)
+        except PisplitError as exc:
+            self.free.append(buf)
+            raise PisplitError(f"link {self.label}, frame {frame_id}: {exc}") from None
+        self.sent_bytes = self.data_start * 4 + at
+        return buf[: self.data_start + -(-at // 4)]
+
+    @staticmethod
+    def set_link_times(buf: np.ndarray, end_ns: int, duration_ns: int) -> None:
+        """Write an emulated transfer's end and duration into a packed buffer's header."""
+        buf[:HEADER].view(np.int64)[2:4] = (end_ns, duration_ns)
+
+    def unpack(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        """The tensors of a received buffer, decoded; PisplitError naming the link, frame and tensor
+        when a length or a message is wrong."""
+        frame = int(buf[:HEADER].view(np.int64)[0])
+        lengths = buf[HEADER: self.data_start].view(np.int64)
+        data = buf[self.data_start:].view(np.uint8)
+        where = f"link {self.label}, frame {frame}"
+        if (lengths < 0).any() or int(lengths.sum()) > len(data):
+            raise PisplitError(f"{where}: message lengths {lengths.tolist()} do not fit the {len(data)}-byte buffer (corrupt frame)")
+        out, at = {}, 0
+        for t, shape, n in zip(self.names, self.shapes, lengths.tolist()):
+            try:
+                out[t] = decode(data[at: at + n], expect_codec=self.codec, shape=shape, dtype=np.float32)
+            except PisplitError as exc:
+                raise PisplitError(f"{where}: tensor {t!r}: {exc}") from None
+            at += n
+        return out
+
+
+def frame_codec(graph: Graph, names: list[str], codec: str, label: str, raw_codec):
+    """The codec of one link: `raw_codec(graph, names)` (cluster.runtime.FrameCodec, float32 values)
+    for 'raw', else an EncodedFrameCodec."""
+    if parse_codec(codec).kind == "raw" and parse_codec(codec).inner is None:
+        return raw_codec(graph, names)
+    return EncodedFrameCodec(graph, names, codec, label)
+
+
+def pack_for_link(codec, frame: int, tensors, start_ns: int, link, device) -> tuple[np.ndarray, float, float]:
+    """(buffer, emulated end, duration) of a frame leaving over a link: a raw codec schedules its
+    fixed payload and packs; an encoded one encodes first (a compute step of the emulated device when
+    emulating: a Pi encodes slower than this machine), then schedules the bytes it wrote."""
+    if not getattr(codec, "encoded", False):
+        end = duration = 0.0
+        if link:
+            end, duration = link.schedule(codec.payload_bytes, len(codec.names))
+        return codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9)), end, duration
+    buf = device.compute(lambda: codec.pack(frame, tensors, start_ns)) if device else codec.pack(frame, tensors, start_ns)
+    end = duration = 0.0
+    if link:
+        end, duration = link.schedule(codec.sent_bytes, len(codec.names))
+        codec.set_link_times(buf, int(end * 1e9), int(duration * 1e9))
+    return buf, end, duration
+
+
+def unpack_from_link(codec, buf: np.ndarray, device) -> dict:
+    """The tensors of a received frame; an encoded link's decoding is a compute step of the emulated
+    device when emulating."""
+    if getattr(codec, "encoded", False) and device:
+        return device.compute(lambda: codec.unpack(buf))
+    return codec.unpack(buf)

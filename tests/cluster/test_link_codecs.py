@@ -1,0 +1,240 @@
+"""Encoded links (issue 15): plans naming a codec per cut, in process and under real mpirun.
+
+Lossless codecs must give outputs bit-identical to the raw plan's; lossy ones exactly what the model
+gives when the cut tensor is encoded and decoded in one process (codecs are deterministic), and the
+decoded cut within codecs.error_bound; a corrupt message sent over real MPI is an error naming the link.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.link_codecs import EncodedFrameCodec, frame_codec
+from cluster.runtime import FrameCodec, synthetic_frame
+from layers import zoo_model
+from layers.errors import PisplitError
+from layers.serialize import save_graph
+from partitioners.codecs import decode, encode, error_bound
+from partitioners.plan import Plan
+from tests.conftest import require, varied
+
+from .pipeline_plans import hand_plan
+from .test_runtime import mpirun, skip_graph
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def with_codecs(plan: Plan, codecs: list[str]) -> Plan:
+    """`plan` with send_codec of stage i = codecs[i] (the last stage stays raw)."""
+    stages = tuple(replace(s, send_codec=c) for s, c in zip(plan.stages, [*codecs, "raw"]))
+    return replace(plan, stages=stages).validate()
+
+
+# --- in process -------------------------------------------------------------------------------------------
+def test_encoded_frame_round_trips_two_tensors_in_a_capacity_buffer(rng):
+    g = skip_graph()
+    names = g.cut_tensors(3)
+    assert len(names) == 2
+    tensors = {t: np.maximum(varied(rng.standard_normal(g.shapes[t])), 0).astype(np.float32) for t in names}
+    for name in ("zstd", "rle-huffman", "lz4", "zlib:9"):
+        codec = EncodedFrameCodec(g, names, name, "stage 0 -> stage 1")
+        codec.reserve(2)
+        buf = codec.pack(7, tensors, start_ns=11)
+        assert buf.dtype == np.float32 and buf.size <= codec.length and buf.base is not None
+        assert FrameCodec.header(buf) == (7, 11, 0, 0)
+        assert codec.sent_bytes < codec.raw_bytes  # half the values are zero
+        received = np.zeros(codec.length, np.float32)  # what an MPI receive into a capacity buffer holds
+        received[: buf.size] = buf
+        back = codec.unpack(received)
+        for t in names:
+            assert back[t].dtype == np.float32 and back[t].tobytes() == tensors[t].tobytes(), name
+        codec.release(buf)
+        assert codec.free[-1].shape == (codec.length,)
+
+
+def test_raw_links_keep_the_float32_frame_codec():
+    g = skip_graph()
+    assert type(frame_codec(g, g.cut_tensors(3), "raw", "x", FrameCodec)) is FrameCodec
+    assert type(frame_codec(g, g.cut_tensors(3), "int8", "x", FrameCodec)) is EncodedFrameCodec
+
+
+def test_every_corruption_of_an_encoded_frame_names_the_link(rng):
+    g = skip_graph()
+    names = g.cut_tensors(3)
+    tensors = {t: varied(rng.standard_normal(g.shapes[t]).astype(np.float32)) for t in names}
+    codec = EncodedFrameCodec(g, names, "int8+zstd", "stage 1 -> stage 2")
+    good = np.zeros(codec.length, np.float32)
+    buf = codec.pack(3, tensors)
+    good[: buf.size] = buf
+    data_bytes = codec.sent_bytes - codec.data_start * 4
+    for trial in range(300):
+        bad = good.copy()
+        raw = bad.view(np.uint8)
+        where = codec.data_start * 4 + int(rng.integers(0, data_bytes))
+        raw[where] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        with pytest.raises(PisplitError, match=r"^link stage 1 -> stage 2, frame 3: tensor '.*': "):
+            codec.unpack(bad)
+    bad = good.copy()
+    bad[8:10].view(np.int64)[0] = 1 << 40  # a length beyond the buffer
+    with pytest.raises(PisplitError, match="link stage 1 -> stage 2, frame 3: message lengths .* do not fit"):
+        codec.unpack(bad)
+    bad = good.copy()
+    bad[8:10].view(np.int64)[0] -= 5  # truncated first message
+    with pytest.raises(PisplitError, match="link stage 1 -> stage 2, frame 3: tensor"):
+        codec.unpack(bad)
+
+
+def test_a_tensor_a_lossy_codec_refuses_is_an_error_naming_the_link():
+    g = skip_graph()
+    names = g.cut_tensors(3)
+    tensors = {t: np.full(g.shapes[t], 1e6, np.float32) for t in names}
+    codec = EncodedFrameCodec(g, names, "fp16", "stage 0 -> stage 1")
+    with pytest.raises(PisplitError, match=r"link stage 0 -> stage 1, frame 2: tensor '.*': fp16: .*range"):
+        codec.pack(2, tensors)
+    assert len(codec.free) == 1  # the buffer came back
+
+
+def test_plans_name_codecs_and_old_plans_load_as_raw(tmp_path):
+    g = zoo_model("lenet5")
+    plan = hand_plan(g, [(0, 4, [0], "single"), (4, 9, [1], "single")])
+    assert [s.send_codec for s in plan.stages] == ["raw", "raw"]
+    coded = with_codecs(plan, ["int8+rle-huffman"])
+    assert Plan.load(coded.save(tmp_path / "p.json")).stages[0].send_codec == "int8+rle-huffman"
+    doc = plan.to_dict()
+    for s in doc["stages"]:
+        del s["send_codec"]  # a plan written before the field
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert Plan.load(tmp_path / "old.json") == plan
+    with pytest.raises(PisplitError, match="stage 0 send_codec: codec 'gzip': unknown codec"):
+        replace(plan, stages=(replace(plan.stages[0], send_codec="gzip"), plan.stages[1])).validate()
+    with pytest.raises(PisplitError, match="last stage's send_codec is 'zstd': results travel raw"):
+        replace(plan, stages=(plan.stages[0], replace(plan.stages[1], send_codec="zstd"))).validate()
+    doc = coded.to_dict()
+    doc["stages"][0]["send_codec"] = 5
+    with pytest.raises(PisplitError, match="stages\\[0\\].send_codec: expected a string"):
+        Plan.from_dict(doc)
+
+
+# --- real mpirun ------------------------------------------------------------------------------------------
+def run_outputs(tmp_path: Path, plan: Plan, name: str, frames: int) -> tuple[np.ndarray, dict]:
+    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / f"{name}.json"), "--frames", frames,
+                  "--output", tmp_path / f"{name}.npz", "--json", timeout=120)
+    assert proc.returncode == 0, f"{name}: {proc.stderr}"
+    doc = json.loads(proc.stdout)
+    assert doc["every_frame_once"] and doc["frames"] == frames
+    with np.load(tmp_path / f"{name}.npz", allow_pickle=False) as z:
+        assert sorted(z["frame_ids"].tolist()) == list(range(frames))
+        return z["output_0"], doc
+
+
+def lossy_reference(graph, cuts: dict, frames: int) -> tuple[np.ndarray, float]:
+    """The model's outputs when the tensors at each cut in `cuts` (cut -> codec) are encoded and
+    decoded, in one process; and the largest decoded error as a fraction of its error bound."""
+    outs, worst = [], 0.0
+    for f in range(frames):
+        env = dict(synthetic_frame(graph, 0, f))
+        start = 0
+        for cut in sorted(cuts) + [len(graph)]:
+            env = graph.execute(env, start, cut)
+            if cut < len(graph):
+                for t, x in list(env.items()):
+                    y = decode(encode(x, cuts[cut]))
+                    bound = error_bound(cuts[cut], x)
+                    err = float(np.abs(y.astype(np.float64) - x).max())
+                    assert err <= bound, (cut, t, err, bound)
+                    worst = max(worst, err / bound if bound else 0.0)
+                    env[t] = y
+            start = cut
+        outs.append(env[graph.outputs[0]])
+    return np.concatenate(outs), worst
+
+
+@pytest.mark.mpi
+def test_lossless_links_under_mpirun_give_the_raw_plans_outputs_bit_for_bit(tmp_path):
+    skip = skip_graph()
+    skip_path, _ = save_graph(skip, tmp_path / "skip.json")
+    cases = [
+        ("lenet5", zoo_model("lenet5"), [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")],
+         ["zstd", "rle-huffman"]),
+        ("skip", skip, [(0, 3, [0], "single"), (3, 7, [1, 2], "data-parallel")], ["lz4"]),  # two tensors on the link
+    ]
+    for name, graph, stages, codecs in cases:
+        plan = hand_plan(graph, stages, model=str(skip_path) if name == "skip" else name)
+        raw, _ = run_outputs(tmp_path, plan, f"{name}-raw", 9)
+        coded, _ = run_outputs(tmp_path, with_codecs(plan, codecs), f"{name}-coded", 9)
+        varied(raw)
+        assert coded.dtype == raw.dtype and coded.shape == raw.shape
+        assert coded.tobytes() == raw.tobytes(), name
+
+
+@pytest.mark.mpi
+def test_lossy_links_under_mpirun_give_the_encoded_models_outputs(tmp_path):
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")])
+    for codecs in (["int8", "fp16+zstd"], ["jpeg:50", "int8+rle-huffman"]):
+        cuts = {2: codecs[0], 5: codecs[1]}
+        expected, worst = lossy_reference(graph, cuts, 6)
+        got, _ = run_outputs(tmp_path, with_codecs(plan, codecs), "-".join(codecs).replace(":", ""), 6)
+        assert worst > 0  # the codecs did change the cut tensors, by more than the comparison's tolerance
+        exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(6)])
+        assert np.abs(expected - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=str(codecs))
+
+
+WORKER = """
+import sys
+import numpy as np
+from cluster import transport
+from cluster.link_codecs import EncodedFrameCodec
+from layers import zoo_model
+from layers.errors import PisplitError
+
+comm = transport.world()
+g = zoo_model("lenet5")
+names = g.cut_tensors(2)
+codec = EncodedFrameCodec(g, names, sys.argv[1], "stage 0 -> stage 1")
+if comm.Get_rank() == 0:
+    rng = np.random.default_rng(5)
+    buf = codec.pack(4, {t: rng.standard_normal(g.shapes[t]).astype(np.float32) for t in names})
+    where = int(sys.argv[2])
+    raw = buf.view(np.uint8)
+    if where >= 0:
+        raw[codec.data_start * 4 + where] ^= 0x10
+    else:
+        buf = buf[: buf.size + where]  # the message cut short
+    transport.send(comm, buf, 1, tag=3)
+else:
+    buf = codec.empty()
+    req = transport.irecv_buffer(comm, buf, 0, 3)
+    req.Wait()
+    try:
+        codec.unpack(buf)
+        print("decoded")
+    except PisplitError as exc:
+        print("error:", exc)
+"""
+
+
+@pytest.mark.mpi
+def test_a_corrupt_message_over_real_mpi_is_an_error_naming_the_link(tmp_path):
+    from cluster.mpirun import local_mpirun_command, mpirun_env
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = mpirun_env()
+    env.update(PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    for codec, where in (("zstd", 40), ("int8", 100), ("jpeg:75", 30), ("rle-huffman", -3), ("zstd", -200)):
+        try:
+            cmd = local_mpirun_command(2, [sys.executable, str(script), codec, str(where)])
+        except FileNotFoundError as exc:
+            require(False, str(exc))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("error:", "decoded"))]
+        assert len(lines) == 1 and lines[0].startswith("error: link stage 0 -> stage 1, frame 4: tensor "), (codec, where, proc.stdout)
