@@ -132,7 +132,7 @@ class Graph:
             if missing:
                 raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) is quantized (int8) but the graph carries no "
                                    f"quantization for {missing[0]!r}; int8 layers run only with their model's quantization "
-                                   "(splitting int8 layers is not supported yet)")
+                                   "(a split part or stage of an int8 model takes its quantization along)")
 
     def dtype(self, tensor: str) -> np.dtype:
         """The numpy dtype of a tensor: its quantized integer type, else float32."""
@@ -307,9 +307,12 @@ class Graph:
         if arr.dtype == want:
             return arr
         info = np.iinfo(want)
-        if arr.dtype.kind not in "iu" or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
+        # floats are taken when they hold exactly such integers and the type fits in float32 (int8 /
+        # int16: a runtime that carries tensors as float32 buffers); never int32, which float32 rounds
+        exact = arr.dtype.kind == "f" and want.itemsize <= 2 and (not arr.size or np.array_equal(arr, np.rint(arr)))
+        if (arr.dtype.kind not in "iu" and not exact) or (arr.size and (arr.min() < info.min or arr.max() > info.max)):
             raise PisplitError(f"model {self.name}: tensor {t!r} is {want} (quantized: {self.quant[t].describe()}); "
-                               f"got {arr.dtype} values{' out of range' if arr.dtype.kind in 'iu' else ''}")
+                               f"got {arr.dtype} values{' out of range' if arr.dtype.kind in 'iu' or exact else ''}")
         return arr.astype(want)
 
     def forward(self, *args: np.ndarray, **named: np.ndarray):

@@ -54,10 +54,36 @@ def _out_scale_per_channel(in_scale: float, wq: TensorQuant, out_scale: float, n
     return np.float64(in_scale) * ws / np.float64(out_scale)
 
 
-def _finish(acc: np.ndarray, bias, multipliers, out_q: TensorQuant, activation) -> np.ndarray:
+def output_multipliers(op: str, in_q: TensorQuant, wq: TensorQuant, out_q: TensorQuant, cout: int):
+    """The real multipliers that scale a conv / fully-connected int32 accumulator to its output, as
+    TFLite's Prepare computes them: per channel input_scale * filter_scale[c] / output_scale in double
+    (conv, per-channel fc), or for a per-tensor fc the float32 product of the two scales, then double."""
+    in_scale, _ = _scalar(in_q, f"{op} input")
+    out_scale, _ = _scalar(out_q, f"{op} output")
+    if op == "dense" and not wq.per_channel:
+        # GetQuantizedConvolutionMultipler: the product of the two float scales, then double
+        return np.float64(np.float32(in_scale) * np.float32(wq.scale[0])) / np.float64(out_scale)
+    return _out_scale_per_channel(in_scale, wq, out_scale, cout)
+
+
+def _accumulator(acc: np.ndarray, bias) -> np.ndarray:
     acc = np.rint(acc).astype(np.int64) if acc.dtype.kind == "f" else acc.astype(np.int64)
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)
+    return acc
+
+
+def _partial(acc: np.ndarray, bias, what: str) -> np.ndarray:
+    """A part's int32 partial sum (attrs["partial"]: a conv-filter / fc-input part), bias included when
+    the part owns it; requantized once, after the parts' sums are added (qrequantize)."""
+    acc = _accumulator(acc, bias)
+    if acc.size and (acc.min() < -(1 << 31) or acc.max() >= 1 << 31):
+        raise PisplitError(f"{what}: an int8 partial sum leaves the int32 range")
+    return acc.astype(np.int32)
+
+
+def _finish(acc: np.ndarray, bias, multipliers, out_q: TensorQuant, activation) -> np.ndarray:
+    acc = _accumulator(acc, bias)
     _, zp = out_q.scalar("output")
     lo, hi = activation_range(activation, out_q)
     return requantize(acc, multipliers, zp, lo, hi, out_q.np_dtype)
@@ -75,7 +101,6 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     kernel = w["kernel"]
     in_scale, in_zp = _scalar(ctx.inputs[0], "conv input")
     out_q = ctx.outputs[0]
-    out_scale, _ = _scalar(out_q, "conv output")
     wq = ctx.weights["kernel"]
     _check_symmetric_filter(wq, "conv")
     kh, kw, cin_g, cout = kernel.shape
@@ -103,7 +128,9 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
         acc = acc.reshape(n, *outs, cout)
     else:
         raise PisplitError("conv: grouped int8 convolutions other than depthwise are not supported")
-    mults = _out_scale_per_channel(in_scale, wq, out_scale, cout)
+    if attrs.get("partial"):
+        return [_partial(acc, w.get("bias"), "conv")]
+    mults = output_multipliers("conv", ctx.inputs[0], wq, out_q, cout)
     return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
 
 
@@ -112,18 +139,27 @@ def qdense(xs, attrs, w, ctx: QuantContext):
     x = xs[0]
     in_scale, in_zp = _scalar(ctx.inputs[0], "fully-connected input")
     out_q = ctx.outputs[0]
-    out_scale, _ = _scalar(out_q, "fully-connected output")
     wq = ctx.weights["kernel"]
     _check_symmetric_filter(wq, "fully connected")
     kernel = w["kernel"]
     cout = kernel.shape[1]
     acc = (x.astype(np.float64) - in_zp) @ kernel.astype(np.float64)
-    if wq.per_channel:
-        mults = _out_scale_per_channel(in_scale, wq, out_scale, cout)
-    else:
-        # GetQuantizedConvolutionMultipler: the product of the two float scales, then double
-        mults = np.float64(np.float32(in_scale) * np.float32(wq.scale[0])) / np.float64(out_scale)
+    if attrs.get("partial"):
+        return [_partial(acc, w.get("bias"), "fully connected")]
+    mults = output_multipliers("dense", ctx.inputs[0], wq, out_q, cout)
     return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
+
+
+def qrequantize(xs, attrs, w, ctx: QuantContext):
+    """The end of a split int8 conv / fully connected layer: the summed int32 partial sums scaled by
+    the layer's multipliers (attrs["multiplier"], per output channel or one), plus the output zero
+    point, clamped to the fused activation's range: what qconv2d / qdense do after accumulating."""
+    out_q = ctx.outputs[0]
+    _, zp = _scalar(out_q, "requantize output")
+    mults = np.asarray(attrs["multiplier"], np.float64)
+    mults = mults[0] if mults.size == 1 else mults
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    return [requantize(np.asarray(xs[0], np.int64), mults, zp, lo, hi, out_q.np_dtype)]
 
 
 # --- element-wise -----------------------------------------------------------------------------------
@@ -310,6 +346,8 @@ def qconcat(xs, attrs, w, ctx: QuantContext):
     """CONCATENATION int8: TFLite requires every input to share the output's scale and zero point."""
     from .ops import _concat_axis
 
+    if ctx.outputs[0] is not None and ctx.outputs[0].dtype == "int32":  # a split layer's partial sums, by channel
+        return [np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(attrs.get("axis", -1))))]
     if any(q != ctx.outputs[0] for q in ctx.inputs):
         raise PisplitError("concat: int8 inputs must share the output's scale and zero point (TFLite requires it)")
     return [np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(attrs.get("axis", -1))))]
@@ -377,4 +415,5 @@ QRUN = {
     "pad": qpad,
     "quantize": qquantize,
     "dequantize": qdequantize,
+    "requantize": qrequantize,
 }

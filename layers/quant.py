@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import PisplitError
+from .ops import OpSpec, numel, register
 
 # dtypes a quantized tensor may have; activations are int8 only for now (weights int8, biases int32)
 QUANT_DTYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32}
@@ -175,3 +176,17 @@ def activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
     if activation == "relu_n1_to_1":
         return max(lo, quantize_value(-1.0, quant)), min(hi, quantize_value(1.0, quant))
     raise PisplitError(f"fused activation {activation!r} has no quantized form")
+
+
+# --- requantize: the end of a split int8 layer ---------------------------------------------------------
+# A split int8 conv / fully connected layer whose parts hold input channels (conv-filter, fc-input) makes
+# int32 partial sums (the parts' nodes carry attrs["partial"]); the root adds them and one `requantize`
+# node scales the sum to the layer's int8 output exactly as the unsplit kernel does (attrs: the real
+# multipliers input_scale * filter_scale / output_scale per output channel, or one; the fused
+# activation's clamp). It has no float form: it runs on quantized tensors only (layers.qkernels).
+
+def _requantize_float(xs, attrs, w):
+    raise PisplitError("op requantize runs on quantized tensors only (its graph carries no quantization for it)")
+
+
+register("requantize", OpSpec(lambda ins, a, ws: [tuple(ins[0])], _requantize_float, lambda i, o, a, ws: numel(o[0])))

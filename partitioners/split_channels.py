@@ -18,6 +18,7 @@ from __future__ import annotations
 from layers.graph import Graph
 
 from .split_parts import FeedNames, Layout, PartBuilder, PartPlan, full_box
+from .split_quant import quantized_attrs, requantize_attrs
 from .split_segments import ELEMENTWISE_OPS
 
 _LINEAR = (None, "linear")
@@ -106,7 +107,7 @@ def _primary_output_channels(b: PartBuilder, feeds: FeedNames, graph: Graph, ind
         src = feeds(x, _last_axis_box(x_shape, ic0, ic1))
         names.append(b.node(name, node.op, [src], attrs, node.name, boxes, out if len(pieces) == 1 else name))
     if len(pieces) > 1:
-        b.node(f"{node.name}[concat]", "concat", names, {"axis": -1}, node.name, {}, out)
+        b.node(f"{node.name}[concat]", "concat", names, quantized_attrs(graph, node.name, {"axis": -1}), node.name, {}, out)
     return out
 
 
@@ -198,12 +199,14 @@ def plan_input_channels(graph: Graph, start: int, stop: int, sizes: tuple) -> La
             if owns_bias and "bias" in node.weight_shapes:
                 boxes["bias"] = ((a, z),)
             attrs = {**node.attrs, "activation": None}
+            if attrs.get("quantized"):  # an int32 partial sum, requantized once after the sum (split_quant)
+                attrs["partial"] = True
             if node.op != "dense":
                 attrs["groups"] = g
             src = feeds(x, _last_axis_box(x_shape, ic0, ic1))
             names.append(b.node(name, node.op, [src], attrs, node.name, boxes, partial if len(pieces) == 1 else name))
         if len(pieces) > 1:
-            b.node(f"{node.name}[concat]", "concat", names, {"axis": -1}, node.name, {}, partial)
+            b.node(f"{node.name}[concat]", "concat", names, quantized_attrs(graph, node.name, {"axis": -1}), node.name, {}, partial)
         parts.append(b.finish(partial, _last_axis_box(out_shape, pieces[0][4], pieces[-1][5])))
         i0 = i1
     return Layout(tuple(parts), "sum", _after_sum(graph, start, stop, partial))
@@ -213,13 +216,17 @@ def _after_sum(graph: Graph, start: int, stop: int, partial: str) -> PartPlan | 
     """The root's work on the summed partial outputs: the primary's activation, then its followers."""
     node = graph.nodes[start]
     activation = node.attrs.get("activation")
-    if activation in _LINEAR and stop == start + 1:
+    quantized = bool(node.attrs.get("quantized"))
+    if activation in _LINEAR and stop == start + 1 and not quantized:
         return None
     out_shape = graph.shapes[node.outputs[0]]
     b = PartBuilder(-1, 0)
     b.feed(partial, partial, full_box(out_shape[1:]))
     running = partial
-    if activation not in _LINEAR:
+    if quantized:  # int8: the int32 sum scaled to the output once, the activation's clamp included
+        running = b.node(f"{node.name}[requantize]", "requantize", [partial], requantize_attrs(graph, start), node.name, {},
+                         node.outputs[0])
+    elif activation not in _LINEAR:
         running = b.node(f"{node.name}[{activation}]", activation, [partial], {}, node.name, {}, node.outputs[0])
     for j in range(start + 1, stop):
         f = graph.nodes[j]

@@ -17,6 +17,7 @@ from layers.graph import Graph
 from layers.ops import conv_geometry, pool_geometry
 
 from .split_parts import FeedNames, Layout, PartBuilder, full_box
+from .split_quant import max_pool_pad_value, quantized_attrs
 from .split_segments import CONV_OPS, POOL_OPS
 
 # Tensor axes by name: NHWC for 2-D, NDHWC for 3-D.
@@ -77,10 +78,12 @@ def _part_attrs(node, windows: list, pads: dict, split_axes: list) -> dict:
     return attrs
 
 
-def _pad_for_max_pool(b: PartBuilder, node, x: str, attrs: dict) -> str:
+def _pad_for_max_pool(b: PartBuilder, node, x: str, attrs: dict, graph: Graph) -> str:
     # Padding cells never win a max, so padding with -inf first and pooling 'valid' is the same pool;
     # unlike an explicit pool padding it has a TFLite form (PADV2), so any engine runs the part.
-    padded = b.node(f"{node.name}[pad]", "pad", [x], {"paddings": [[0, 0], *attrs["padding"], [0, 0]], "value": float("-inf")},
+    # (int8: padded with the int8 minimum, which never wins either.)
+    pad_attrs = {"paddings": [[0, 0], *attrs["padding"], [0, 0]], "value": float("-inf"), **max_pool_pad_value(graph, node.name)}
+    padded = b.node(f"{node.name}[pad]", "pad", [x], quantized_attrs(graph, node.name, pad_attrs),
                     node.name, {}, f"{node.name}[padded]")
     attrs["padding"] = "valid"
     return padded
@@ -142,7 +145,7 @@ def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int
             boxes = {p_: full_box(s) for p_, s in node.weight_shapes.items()}
             attrs = _part_attrs(node, windows[j - start], pads[j], split_axes)
             if node.op in ("max_pool2d", "max_pool3d") and any(v for pair in attrs["padding"] for v in pair):
-                inputs = [_pad_for_max_pool(b, node, inputs[0], attrs)]
+                inputs = [_pad_for_max_pool(b, node, inputs[0], attrs, graph)]
             b.node(node.name, node.op, inputs, attrs, node.name, boxes)
         parts.append(b.finish(final, out_box))
     return Layout(tuple(parts), "concat")

@@ -28,6 +28,7 @@ from layers.weights import SeededWeights
 from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
+from .split_quant import PARTIAL_DTYPE, as_integers, part_bytes, part_quant, partial_quant
 from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
@@ -36,8 +37,8 @@ __all__ = ["SPLIT_KINDS", "Split", "SplitCost", "PartCost", "legal_kinds", "spli
 
 
 def refuse_quantized(graph: Graph) -> None:
-    """Splits and plans of int8 graphs are not exact yet (partial sums would need int32 carriage and one
-    requantization after the reduce, links int8 sizes): refuse them with one clear error, never run them."""
+    """Kept for callers that cannot run int8 graphs: one clear error, never a wrong answer. Splits of
+    int8 layers are exact (partitioners.split_quant)."""
     if graph.quantized:
         raise PisplitError(f"model {graph.name} is quantized (int8): splitting and planning int8 models is not supported yet; "
                            "run it whole with pisplit infer --engine numpy")
@@ -135,11 +136,15 @@ class Split:
         shares = self.shares
         parts = []
         out_bytes = numel(self.output_shape) * DTYPE_BYTES
+        if self.graph.quant:  # int8: every tensor and weight in its own dtype (split_quant)
+            out_bytes = self.graph.tensor_bytes(self.output)
         for p, share in zip(self.parts, shares):
-            recv = p.recv_bytes
+            weight_bytes, recv, send = p.weight_bytes, p.recv_bytes, p.send_bytes
+            if self.graph.quant:
+                weight_bytes, recv, send = part_bytes(self.graph, p, self.part_quant(p.index))
             if output_to == "all":
-                recv += out_bytes - (p.send_bytes if self.layout.merge == "concat" else 0)
-            parts.append(PartCost(p.index, p.size, p.flops, p.weight_bytes, recv, p.send_bytes, share))
+                recv += out_bytes - (send if self.layout.merge == "concat" else 0)
+            parts.append(PartCost(p.index, p.size, p.flops, weight_bytes, recv, send, share))
         pattern = self.output_pattern
         if output_to == "all":
             pattern = "allreduce" if pattern == "reduce" else "allgather"
@@ -154,7 +159,8 @@ class Split:
             sizes=self.sizes, input_pattern=self.input_pattern, output_pattern=pattern, parts=tuple(parts),
             unsplit_flops=sum(self.graph.cost(j).flops for j in seg),
             unsplit_weight_bytes=sum(self.graph.cost(j).weight_bytes for j in seg),
-            input_bytes=sum(numel(self.graph.shapes[t]) for t in self.inputs) * DTYPE_BYTES,
+            input_bytes=(sum(self.graph.tensor_bytes(t) for t in self.inputs) if self.graph.quant
+                         else sum(numel(self.graph.shapes[t]) for t in self.inputs) * DTYPE_BYTES),
             output_bytes=out_bytes, merge_flops=merge_flops,
         )
 
@@ -168,11 +174,35 @@ class Split:
         return self._graph_of(self._part(index), f"part{index}", weights)
 
     def post_graph(self, weights: Mapping | None = None) -> Graph | None:
-        """What the root runs on the sum of the partial outputs (activation, followers), or None."""
+        """What the root runs on the sum of the partial outputs (activation, followers), or None.
+        int8: first a `requantize` of the int32 sum to the layer's output (split_quant)."""
         post = self.layout.post
         return None if post is None else self._graph_of(post, "post", weights)
 
+    def part_quant(self, index: int | None) -> dict:
+        """The quantization (meta["quant"] data) of part `index`'s graph, or of the post graph (None);
+        {} for float graphs."""
+        if not self.graph.quant:
+            return {}
+        plan = self.layout.post if index is None else self._part(index)
+        partials = {}
+        if index is None and plan is not None:
+            feed = plan.feeds[0]
+            partials[feed.name] = partial_quant(self.graph, self.node_start, 0, self.partial_shape[-1])
+        return part_quant(self.graph, plan, partials)
+
+    @property
+    def part_dtype(self) -> np.dtype:
+        """The dtype of the parts' outputs: float32, the int8 output of an int8 segment, or int32 partial
+        sums (int8 fc-input / conv-filter)."""
+        if not self.graph.quant:
+            return np.dtype(np.float32)
+        if self.layout.merge == "sum" and self.graph.nodes[self.node_start].attrs.get("quantized"):
+            return PARTIAL_DTYPE
+        return self.graph.dtype(self.output)
+
     def _graph_of(self, plan: PartPlan, suffix: str, weights: Mapping | None) -> Graph:
+        quant = self.part_quant(None if suffix == "post" else plan.index) if self.graph.quant else {}
         base = _uncached(self.graph.weights if weights is None else weights)
         sliced = {}
         for pn in plan.nodes:
@@ -182,7 +212,7 @@ class Split:
                     full = base[key]
                 except KeyError:
                     raise PisplitError(f"model {self.graph.name}: weight {key!r} is missing") from None
-                full = np.asarray(full, np.float32)
+                full = np.asarray(full) if key in self.graph.quant else np.asarray(full, np.float32)
                 if box == full_box(full.shape) and full.flags.c_contiguous:
                     sliced[pn.node.weight_key(param)] = full  # all of it (conv-spatial keeps every filter): shared, not copied
                 else:
@@ -190,7 +220,8 @@ class Split:
                     sliced[pn.node.weight_key(param)] = np.array(full[box_index(box, batch=False)], order="C", copy=True)
         return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:{suffix}", {f.name: f.shape for f in plan.feeds},
                      [pn.node for pn in plan.nodes], [plan.output], sliced,
-                     {"split": {"kind": self.kind, "layer": self.layer, "part": suffix, "of": self.n_parts}})
+                     {"split": {"kind": self.kind, "layer": self.layer, "part": suffix, "of": self.n_parts},
+                      **({"quant": quant} if quant else {})})
 
     def _part(self, index: int) -> PartPlan:
         if not 0 <= index < self.n_parts:
@@ -203,10 +234,14 @@ class Split:
             missing = [t for t in self.inputs if t not in x]
             if missing:
                 raise PisplitError(f"layer {self.layer}: split input {missing[0]!r} was not given")
-            return {t: np.asarray(x[t], np.float32) for t in self.inputs}
+            return {t: self._as_input(t, x[t]) for t in self.inputs}
         if len(self.inputs) != 1:
             raise PisplitError(f"layer {self.layer}: the split reads {list(self.inputs)}; pass a dict of arrays")
-        return {self.inputs[0]: np.asarray(x, np.float32)}
+        return {self.inputs[0]: self._as_input(self.inputs[0], x)}
+
+    def _as_input(self, t: str, value) -> np.ndarray:
+        # float32, or an int8 tensor's integers (checked: in range, and integral if they come as floats)
+        return self.graph._as_tensor(t, value) if t in self.graph.quant else np.asarray(value, np.float32)
 
     def slice_input(self, x, part: int) -> dict[str, np.ndarray]:
         """What part `part` receives: its part-graph input name -> array (views where possible).
@@ -232,26 +267,29 @@ class Split:
         """
         if len(outputs) != self.n_parts:
             raise PisplitError(f"layer {self.layer}: merge needs {self.n_parts} part outputs, got {len(outputs)}")
-        outs = [np.asarray(o, np.float32) for o in outputs]
+        dtype = self.part_dtype
+        outs = [np.asarray(o, np.float32) if dtype == np.float32 else as_integers(o, dtype, self.layer) for o in outputs]
         for p, o in zip(self.parts, outs):
             if o.shape[1:] != p.output_shape[1:]:
                 raise PisplitError(f"layer {self.layer}: part {p.index} output has shape {o.shape}, expected {p.output_shape}")
         if self.layout.merge == "frames":
             n = sum(o.shape[0] for o in outs)
-            merged = np.empty((n, *self.output_shape[1:]), np.float32)
+            merged = np.empty((n, *self.output_shape[1:]), dtype)
             order = self.deal(n)
             for p, o in enumerate(outs):
                 merged[[i for i, q in enumerate(order) if q == p]] = o
             return merged
         n = outs[0].shape[0]
         if self.layout.merge == "concat":
-            merged = np.empty((n, *self.output_shape[1:]), np.float32)
+            merged = np.empty((n, *self.output_shape[1:]), dtype)
             for p, o in zip(self.parts, outs):
                 merged[box_index(p.output_box)] = o
             return merged
-        merged = np.zeros((n, *self.partial_shape[1:]), np.float32)
+        merged = np.zeros((n, *self.partial_shape[1:]), np.float32 if dtype == np.float32 else np.int64)
         for p, o in zip(self.parts, outs):
             merged[box_index(p.output_box)] += o
+        if dtype != np.float32:  # int8 partial sums: added exactly, carried on as int32
+            merged = as_integers(merged, dtype, self.layer)
         return self.finish_sum(merged)
 
     def finish_sum(self, summed: np.ndarray) -> np.ndarray:
@@ -311,7 +349,6 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
     parts"). Example: split_layer(vgg16(), "block1_conv2", "conv-channel", 2) -> parts holding
     filters [0, 32) and [32, 64), each also running block1_pool on its channels.
     """
-    refuse_quantized(graph)
     if kind not in SPLIT_KINDS:
         raise PisplitError(f"split kind {kind!r}: unknown (known: {', '.join(SPLIT_KINDS)})")
     start = graph.node_index(layer)
@@ -434,7 +471,6 @@ def split_segment(graph: Graph, node_start: int, node_stop: int, kind: str, size
 
     Options: 'axis' for conv-spatial; 'grid' with 'row_sizes' and 'col_sizes' for fused-tiles grids.
     """
-    refuse_quantized(graph)
     options = dict(options or {})
     if not 0 <= node_start < node_stop <= len(graph.nodes):
         raise PisplitError(f"model {graph.name}: segment [{node_start}, {node_stop}) is outside its {len(graph.nodes)} nodes")

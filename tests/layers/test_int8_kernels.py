@@ -126,8 +126,13 @@ def test_int8_graph_round_trips_through_save_graph(tmp_path):
 def test_int8_graph_refuses_float_feeds_and_cut_out_layers():
     graph = import_tflite_bytes(INT8_CASES["conv_1x1_valid"]())
     name = next(iter(graph.inputs))
-    with pytest.raises(PisplitError, match=rf"tensor '{name}' is int8 \(quantized: int8 scale 0.05 zp -7\); got float32"):
-        graph.forward(np.zeros(graph.inputs[name], np.float32))
+    with pytest.raises(PisplitError, match=rf"tensor '{name}' is int8 \(quantized: int8 scale 0.05 zp -7\); got float32 values$"):
+        graph.forward(np.full(graph.inputs[name], 0.5, np.float32))
+    with pytest.raises(PisplitError, match=rf"tensor '{name}' is int8 .*; got float32 values out of range"):
+        graph.forward(np.full(graph.inputs[name], 200, np.float32))
+    # floats holding int8 integers exactly (a runtime's float32 buffers) are taken as those integers
+    ints = graph.random_input(0)[name]
+    assert np.array_equal(graph.forward(ints.astype(np.float32)), graph.forward(ints))
     from layers.graph import Graph
 
     node = graph.nodes[0]
@@ -142,11 +147,3 @@ def test_unsupported_int8_op_fails_at_import_naming_op_and_tensor():
     with pytest.raises(PisplitError, match=r"operator 0 \(HARD_SWISH\) writing tensor 'swished': op HARD_SWISH on int8 tensors is not "
                                            r"supported by pisplit yet"):
         import_tflite_bytes(m.finish(y))
-
-
-def test_splits_and_plans_refuse_int8_graphs():
-    from partitioners.splits import split_layer
-
-    graph = import_tflite_bytes(INT8_CASES["conv_3x3_same_stride2_relu6"]())
-    with pytest.raises(PisplitError, match=r"is quantized \(int8\): splitting and planning int8 models is not supported yet"):
-        split_layer(graph, graph.nodes[0].name, "conv-channel", 2)
