@@ -514,3 +514,86 @@ def depth_to_space(x: np.ndarray, block: int) -> np.ndarray:
     cout = c // (block * block)
     y = x.reshape(n, h, w, block, block, cout).transpose(0, 1, 3, 2, 4, 5)
     return np.ascontiguousarray(y.reshape(n, h * block, w * block, cout))
+
+
+# --- transformers and sequence models (issue 19) ------------------------------------------------------
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function, vectorised (numpy has none): W. J. Cody's rational approximations, evaluated
+    in float64 (relative error below 1e-15 over the whole line; |x| >= 6 gives +-1 in float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    out = np.empty_like(a)
+    small = a < 0.5
+    if small.any():
+        z = a[small] ** 2
+        p = ((((1.85777706184603153e-1 * z + 3.16112374387056560e0) * z + 1.13864154151050156e2) * z
+              + 3.77485237685302021e2) * z + 3.20937758913846947e3)
+        q = ((((z + 2.36012909523441209e1) * z + 2.44024637934444173e2) * z + 1.28261652607737228e3) * z
+             + 2.84423683343917062e3)
+        out[small] = a[small] * p / q
+    mid = (a >= 0.5) & (a < 4.0)
+    if mid.any():
+        y = a[mid]
+        c = [5.64188496988670089e-1, 8.88314979438837594e0, 6.61191906371416295e1, 2.98635138197400131e2,
+             8.81952221241769090e2, 1.71204761263407058e3, 2.05107837782607147e3, 1.23033935479799725e3,
+             2.15311535474403846e-8]
+        d = [1.57449261107098347e1, 1.17693950891312499e2, 5.37181101862009858e2, 1.62138957456669019e3,
+             3.29079923573345963e3, 4.36261909014324716e3, 3.43936767414372164e3, 1.23033935480374942e3]
+        p = c[8] * y
+        q = y.copy()
+        for k in range(7):  # Horner forms of Cody's erfc numerator and denominator
+            p = (p + c[k]) * y
+            q = (q + d[k]) * y
+        p = p + c[7]
+        q = q + d[7]
+        out[mid] = 1.0 - np.exp(-y * y) * p / q
+    big = a >= 4.0
+    if big.any():
+        y = a[big]
+        z = 1.0 / (y * y)
+        pp = [3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1, 1.60837851487422766e-2,
+              6.58749161529837803e-4, 1.63153871373020978e-2]
+        qq = [2.56852019228982242e0, 1.87295284992346725e0, 5.27905102951428412e-1, 6.05183413124413191e-2,
+              2.33520497626869185e-3]
+        p = pp[5] * z
+        q = z.copy()
+        for k in range(4):
+            p = (p + pp[k]) * z
+            q = (q + qq[k]) * z
+        r = z * (p + pp[4]) / (q + qq[4])
+        r = (1.0 / np.sqrt(np.pi) - r) / y
+        out[big] = 1.0 - np.exp(-y * y) * r
+    return np.copysign(out, x)
+
+
+def gelu(x: np.ndarray, approximate: bool = False) -> np.ndarray:
+    """TFLite GELU: 0.5 x (1 + erf(x / sqrt 2)), or with `approximate` the tanh form
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    x = np.asarray(x, dtype=np.float32)
+    if approximate:
+        t = np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x))
+    else:
+        t = erf(x * (1.0 / math.sqrt(2.0))).astype(np.float32)
+    t += np.float32(1)
+    t *= x
+    t *= np.float32(0.5)
+    return t
+
+
+def rsqrt(x: np.ndarray) -> np.ndarray:
+    """1 / sqrt(x) (TFLite RSQRT)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.divide(np.float32(1), np.sqrt(x), dtype=np.float32)
+
+
+def batch_matmul(a: np.ndarray, b: np.ndarray, adj_x: bool = False, adj_y: bool = False) -> np.ndarray:
+    """TFLite BATCH_MATMUL: a @ b over the last two axes, leading axes broadcast; `adj_x`/`adj_y`
+    transpose the last two axes of a / b first."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if adj_x:
+        a = np.swapaxes(a, -1, -2)
+    if adj_y:
+        b = np.swapaxes(b, -1, -2)
+    return np.matmul(a, b)

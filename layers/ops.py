@@ -290,16 +290,16 @@ for _name, _fn in [("add", np.add), ("mul", np.multiply), ("sub", np.subtract)]:
     register(_name, OpSpec(_broadcast_infer, _reduce_inputs(_fn), _elementwise_flops, optional_params=("constant",)))
 
 
-def _concat_axis(rank: int, axis: int) -> int:
+def _concat_axis(rank: int, axis: int, batch1: bool = False) -> int:
     axis = axis + rank if axis < 0 else axis
-    if not 0 < axis < rank:
+    if not (0 if batch1 else 1) <= axis < rank:
         raise PisplitError(f"concat: axis {axis} is not a non-batch axis of rank {rank}")
     return axis
 
 
 def _concat_infer(ins, attrs, ws):
     rank = len(ins[0])
-    axis = _concat_axis(rank, int(attrs.get("axis", -1)))
+    axis = _concat_axis(rank, int(attrs.get("axis", -1)), bool(attrs.get("batch1")))
     for s in ins[1:]:
         if len(s) != rank or any(a != b for d, (a, b) in enumerate(zip(s, ins[0])) if d != axis):
             raise PisplitError(f"concat: shapes {[tuple(s) for s in ins]} differ off axis {axis}")
@@ -308,9 +308,17 @@ def _concat_infer(ins, attrs, ws):
     return [tuple(out)]
 
 
+def _concat_run(xs, a):
+    axis = _concat_axis(xs[0].ndim, int(a.get("axis", -1)), bool(a.get("batch1")))
+    if a.get("batch1"):
+        for x, n in zip(xs, a["axis0"]):
+            batch1_only(x, f"concat on axis {axis}", {"axis0": n})
+    return np.concatenate(xs, axis=axis)
+
+
 register("concat", OpSpec(
     _concat_infer,
-    lambda xs, a, w: [_act_owned(np.concatenate(xs, axis=_concat_axis(xs[0].ndim, int(a.get("axis", -1)))), a)],
+    lambda xs, a, w: [_act_owned(_concat_run(xs, a), a)],
     lambda i, o, a, ws: 0,
 ))
 
@@ -322,6 +330,11 @@ register("flatten", OpSpec(
 
 
 def _reshape_infer(ins, attrs, ws):
+    if attrs.get("batch1"):  # "full_shape" includes axis 0 (a reshape that moves the batch axis)
+        full = [int(v) for v in attrs["full_shape"]]
+        if numel(full) != numel(ins[0]) or min(full, default=1) < 0:
+            raise PisplitError(f"reshape: cannot reshape {tuple(ins[0])} to {full}")
+        return [tuple(full)]
     target = [int(v) for v in attrs["shape"]]
     total = numel(ins[0][1:])
     if target.count(-1) > 1:
@@ -336,9 +349,14 @@ def _reshape_infer(ins, attrs, ws):
     return [(ins[0][0], *target)]
 
 
+def _batch1_reshape(x, attrs):
+    batch1_only(x, f"reshape {tuple(x.shape)} -> {tuple(attrs['full_shape'])}", attrs)
+    return x.reshape(attrs["full_shape"])
+
+
 register("reshape", OpSpec(
     _reshape_infer,
-    lambda xs, a, w: [xs[0].reshape(xs[0].shape[0], *a["shape"])],
+    lambda xs, a, w: [_batch1_reshape(xs[0], a) if a.get("batch1") else xs[0].reshape(xs[0].shape[0], *a["shape"])],
     lambda i, o, a, ws: 0,
 ))
 
@@ -369,9 +387,19 @@ def _non_batch_axes(axes, rank: int, what: str) -> list[int]:
     return sorted(set(out))
 
 
+def _mean_axes(attrs, rank: int, x=None) -> list[int]:
+    """The axes a mean reduces: non-batch ones, or with attrs["batch1"] any (axis 0 of one frame)."""
+    if not attrs.get("batch1"):
+        return _non_batch_axes(attrs["axes"], rank, "mean")
+    axes = sorted({int(a) % rank for a in attrs["axes"]})
+    if x is not None and 0 in axes:
+        batch1_only(x, f"mean over axes {axes}", attrs)
+    return axes
+
+
 def _mean_infer(ins, attrs, ws):
     s = ins[0]
-    axes = _non_batch_axes(attrs["axes"], len(s), "mean")
+    axes = _mean_axes(attrs, len(s))
     if attrs.get("keepdims", False):
         return [tuple(1 if d in axes else v for d, v in enumerate(s))]
     return [tuple(v for d, v in enumerate(s) if d not in axes)]
@@ -379,21 +407,27 @@ def _mean_infer(ins, attrs, ws):
 
 register("mean", OpSpec(
     _mean_infer,
-    lambda xs, a, w: [K.mean(xs[0], _non_batch_axes(a["axes"], xs[0].ndim, "mean"), a.get("keepdims", False))],
+    lambda xs, a, w: [K.mean(xs[0], _mean_axes(a, xs[0].ndim, xs[0]), a.get("keepdims", False))],
     lambda i, o, a, ws: numel(i[0]),
 ))
 
 
+def _batch1_transpose(x, attrs):
+    if attrs.get("batch1"):
+        batch1_only(x, f"transpose {list(attrs['perm'])}", attrs)
+    return np.ascontiguousarray(np.transpose(x, attrs["perm"]))
+
+
 def _transpose_infer(ins, attrs, ws):
     perm = [int(p) for p in attrs["perm"]]
-    if sorted(perm) != list(range(len(ins[0]))) or perm[0] != 0:
+    if sorted(perm) != list(range(len(ins[0]))) or (perm[0] != 0 and not attrs.get("batch1")):
         raise PisplitError(f"transpose: perm {perm} is not a permutation of the axes of {tuple(ins[0])} keeping the batch axis first")
     return [tuple(ins[0][p] for p in perm)]
 
 
 register("transpose", OpSpec(
     _transpose_infer,
-    lambda xs, a, w: [np.ascontiguousarray(np.transpose(xs[0], a["perm"]))],
+    lambda xs, a, w: [_batch1_transpose(xs[0], a)],
     lambda i, o, a, ws: 0,
 ))
 
@@ -461,15 +495,35 @@ register("conv2d_transpose", OpSpec(
 ))
 
 
-def _slice_infer(ins, attrs, ws):
-    s = ins[0]
-    starts, steps, counts = attrs["starts"], attrs["steps"], attrs["counts"]
-    if not (len(starts) == len(steps) == len(counts) == len(s) - 1):
-        raise PisplitError(f"strided_slice: needs one start, step and count per non-batch axis of {tuple(s)}")
-    for d, (a, st, c) in enumerate(zip(starts, steps, counts), 1):
+def _slice_check(s, starts, steps, counts, first: int) -> None:
+    for d, (a, st, c) in enumerate(zip(starts, steps, counts), first):
         last = a + st * (c - 1)
         if c < 0 or st == 0 or (c and not (0 <= a < s[d] and 0 <= last < s[d])):
             raise PisplitError(f"strided_slice: axis {d} of {tuple(s)} has no indices {a}:{last}:{st}")
+
+
+def _strided_slice_run(xs, a, w):
+    if not a.get("batch1"):
+        return [K.strided_slice(xs[0], a["starts"], a["steps"], a["counts"], a["out_shape"])]
+    batch1_only(xs[0], "strided_slice over axis 0", a)
+    index = tuple(K.axis_slice(s, st, c) for s, st, c in zip(a["starts"], a["steps"], a["counts"]))
+    return [np.ascontiguousarray(xs[0][index]).reshape(a["out_shape"])]
+
+
+def _slice_infer(ins, attrs, ws):
+    s = ins[0]
+    starts, steps, counts = attrs["starts"], attrs["steps"], attrs["counts"]
+    if attrs.get("batch1"):  # one (start, step, count) for axis 0 too; out_shape is the whole shape
+        if not (len(starts) == len(steps) == len(counts) == len(s)):
+            raise PisplitError(f"strided_slice: needs one start, step and count per axis of {tuple(s)}")
+        _slice_check(s, starts, steps, counts, 0)
+        out = [int(v) for v in attrs["out_shape"]]
+        if numel(out) != numel(counts):
+            raise PisplitError(f"strided_slice: {counts} values do not make shape {out}")
+        return [tuple(out)]
+    if not (len(starts) == len(steps) == len(counts) == len(s) - 1):
+        raise PisplitError(f"strided_slice: needs one start, step and count per non-batch axis of {tuple(s)}")
+    _slice_check(s, starts, steps, counts, 1)
     out = [int(v) for v in attrs["out_shape"]]
     if numel(out) != numel(counts):
         raise PisplitError(f"strided_slice: {counts} values per frame do not make shape {out}")
@@ -478,7 +532,7 @@ def _slice_infer(ins, attrs, ws):
 
 register("strided_slice", OpSpec(
     _slice_infer,
-    lambda xs, a, w: [K.strided_slice(xs[0], a["starts"], a["steps"], a["counts"], a["out_shape"])],
+    _strided_slice_run,
     lambda i, o, a, ws: 0,
 ))
 
@@ -502,3 +556,96 @@ def _d2s_infer(ins, attrs, ws):
 
 
 register("depth_to_space", OpSpec(_d2s_infer, lambda xs, a, w: [K.depth_to_space(xs[0], int(a["block"]))], lambda i, o, a, ws: 0))
+
+
+# --- transformers and sequence models (issue 19) ------------------------------------------------------
+# A converted transformer or unrolled LSTM moves the batch axis (attention's TRANSPOSE [2, 0, 1], an
+# LSTM's RESHAPE (1, T, C) -> (T, 1, C), LayerNorm's MEAN over a reshaped axis 0). pisplit imports
+# such a node with attrs["batch1"]: it treats axis 0 as an ordinary axis of one frame, its shapes are
+# exact for batch 1, and it refuses any other batch size when run (frames go through one at a time
+# everywhere pisplit runs them; a stacked batch would mix frames there, so it is refused, not guessed).
+
+def batch1_only(x: np.ndarray, what: str, attrs: dict) -> None:
+    """PisplitError unless `x` holds one frame: `what` moves or reduces the batch axis. attrs["axis0"] is
+    the size of the input's axis 0 for one frame (1, or a sequence length after an earlier such node)."""
+    if x.shape[0] != int(attrs.get("axis0", 1)):
+        raise PisplitError(f"{what} treats the batch axis as a data axis (imported for one frame at a time); "
+                           f"it runs on one frame only (axis 0 of {int(attrs.get('axis0', 1))}), got {x.shape[0]}")
+
+
+register("constant", OpSpec(
+    # a constant read where a computed tensor is expected (ViT's class token into CONCATENATION, a
+    # constant operand of BATCH_MATMUL or SELECT): its value, in its own shape, for every frame
+    lambda ins, a, ws: [tuple(ws["value"])],
+    lambda xs, a, w: [w["value"]],
+    lambda i, o, a, ws: 0,
+    params=("value",),
+))
+
+
+def _bmm_shapes(ins, attrs):
+    a, b = (list(s) for s in ins)
+    if len(a) < 2 or len(b) < 2:
+        raise PisplitError(f"batch_matmul: inputs {[tuple(s) for s in ins]} need at least two axes")
+    if attrs.get("adj_x"):
+        a[-1], a[-2] = a[-2], a[-1]
+    if attrs.get("adj_y"):
+        b[-1], b[-2] = b[-2], b[-1]
+    if a[-1] != b[-2]:
+        raise PisplitError(f"batch_matmul: {tuple(ins[0])} and {tuple(ins[1])} do not multiply (adj_x={bool(attrs.get('adj_x'))}, "
+                           f"adj_y={bool(attrs.get('adj_y'))})")
+    try:
+        lead = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    except ValueError:
+        raise PisplitError(f"batch_matmul: leading axes of {tuple(ins[0])} and {tuple(ins[1])} do not broadcast") from None
+    return a, b, lead
+
+
+def _bmm_infer(ins, attrs, ws):
+    a, b, lead = _bmm_shapes(ins, attrs)
+    return [(*lead, a[-2], b[-1])]
+
+
+register("batch_matmul", OpSpec(
+    _bmm_infer,
+    lambda xs, a, w: [K.batch_matmul(xs[0], xs[1], bool(a.get("adj_x")), bool(a.get("adj_y")))],
+    lambda i, o, a, ws: 2 * numel(o[0]) * _bmm_shapes(i, a)[0][-1],
+))
+register("gelu", OpSpec(_same_shape, lambda xs, a, w: [K.gelu(xs[0], bool(a.get("approximate")))], lambda i, o, a, ws: 8 * numel(o[0])))
+register("rsqrt", OpSpec(_same_shape, lambda xs, a, w: [K.rsqrt(xs[0])], lambda i, o, a, ws: 2 * numel(o[0])))
+
+
+def _binary_run(fn):
+    def run(xs, attrs, w):
+        a, b = _operands(xs, attrs, w)
+        return [np.asarray(fn(np.asarray(a, np.float32), np.asarray(b, np.float32)), dtype=np.float32)]
+    return run
+
+
+def _binary_infer(ins, attrs, ws):
+    if len(_operands(ins, attrs, ws)) != 2:
+        raise PisplitError(f"binary op: needs two operands, got {len(_operands(ins, attrs, ws))}")
+    return _broadcast_infer(ins, attrs, ws)
+
+
+# Comparisons make float32 0/1 (pisplit's tensors are float32; TFLite's are BOOL: the exporter casts)
+register("squared_difference", OpSpec(_binary_infer, _binary_run(lambda a, b: np.square(a - b)), lambda i, o, a, ws: 2 * numel(o[0]),
+                                      optional_params=("constant",)))
+register("equal", OpSpec(_binary_infer, _binary_run(np.equal), lambda i, o, a, ws: numel(o[0]), optional_params=("constant",)))
+register("not_equal", OpSpec(_binary_infer, _binary_run(np.not_equal), lambda i, o, a, ws: numel(o[0]), optional_params=("constant",)))
+
+
+def _select_infer(ins, attrs, ws):
+    if len(ins) != 3:
+        raise PisplitError(f"select: needs a condition and two values, got {len(ins)} inputs")
+    try:
+        return [tuple(np.broadcast_shapes(*(tuple(s) for s in ins)))]
+    except ValueError:
+        raise PisplitError(f"select: input shapes {[tuple(s) for s in ins]} do not broadcast") from None
+
+
+register("select", OpSpec(
+    _select_infer,
+    lambda xs, a, w: [np.where(np.asarray(xs[0]) != 0, np.asarray(xs[1], np.float32), np.asarray(xs[2], np.float32)).astype(np.float32)],
+    lambda i, o, a, ws: numel(o[0]),
+))

@@ -59,6 +59,8 @@ SUPPORTED_OPS = (
     "MEAN", "MUL", "PAD", "PADV2", "PRELU", "QUANTIZE", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR",
     "RESIZE_NEAREST_NEIGHBOR", "SHAPE", "SOFTMAX", "SPACE_TO_BATCH_ND", "SQUEEZE", "STRIDED_SLICE", "SUB", "TANH", "TILE",
     "TRANSPOSE", "TRANSPOSE_CONV",
+    # transformers and sequence models (issue 19)
+    "BATCH_MATMUL", "EQUAL", "GELU", "NOT_EQUAL", "RSQRT", "SELECT", "SELECT_V2", "SLICE", "SQUARED_DIFFERENCE",
 )
 # ops that may read a tensor inside SPACE_TO_BATCH_ND ... BATCH_TO_SPACE_ND (TensorFlow's dilated convolution,
 # e.g. a dilated Conv1D), which pisplit imports as one dilated convolution
@@ -71,10 +73,11 @@ FOLDED_OPS = (
     "ADD", "CAST", "CONCATENATION", "DIV", "EXPAND_DIMS", "FILL", "FLOOR_DIV", "GATHER", "MAXIMUM", "MINIMUM", "MUL",
     "PACK", "RANGE", "REDUCE_PROD", "RESHAPE", "SHAPE", "SLICE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TILE",
     "TRANSPOSE", "UNPACK",
+    "EQUAL", "NOT_EQUAL", "SELECT", "SELECT_V2", "LOGICAL_AND", "LOGICAL_OR", "LOGICAL_NOT", "LESS", "GREATER",
 )
 
 # How constant tensors are stored; integer types carry affine quantization when they have scales.
-_STORAGE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
+_STORAGE_DTYPES = {"BOOL": np.bool_, "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "INT8": np.int8,
                    "UINT8": np.uint8, "INT16": np.int16}
 _INTEGER_TYPES = ("INT32", "INT64", "INT8", "UINT8", "INT16")
 # Activation types of quantized (full-integer) models, which pisplit does not run yet.
@@ -432,7 +435,8 @@ class _Importer:
         return self.tensor_types[i] == "INT8" and self.quantization[i] is not None
 
     def _check_activation(self, i: int, what: str) -> None:
-        if self.tensor_types[i] != "FLOAT32" and not self._is_quantized(i):
+        # BOOL: what EQUAL / NOT_EQUAL make and SELECT reads; pisplit holds it as float32 0/1
+        if self.tensor_types[i] not in ("FLOAT32", "BOOL") and not self._is_quantized(i):
             self._check_float(i, what)
 
     def _check_index(self, i: int, n: int, what: str) -> None:
@@ -597,9 +601,29 @@ class _Importer:
         if i == -1:
             self._fail(f"{self.where}: a required input is missing")
         if i in self.constants:
-            self._fail(f"{self.where}: input {self.tensor_names[i]!r} is a constant where pisplit expects a computed tensor")
+            return self._constant_node(i)
         self._check_activation(i, f"{self.where}: input")
         return self.tensor_names[i]
+
+    def _constant_node(self, i: int) -> str:
+        """A constant read where a computed tensor goes (ViT's class token into CONCATENATION, a constant
+        operand of BATCH_MATMUL or SELECT): a "constant" node holding its value as float32 (BOOL as 0/1),
+        made once, before its first reader."""
+        name = self.tensor_names[i]
+        if name in self.shape_by_name:
+            return name
+        kind = self.tensor_types[i]
+        if kind not in ("FLOAT32", "FLOAT16", "BOOL") and self.quantization[i] is None:
+            self._fail(f"{self.where}: constant input {name!r} is {kind}; pisplit takes float (or BOOL) constants as op inputs")
+        if self._is_quantized(i):
+            self._fail(f"{self.where}: int8 constant input {name!r} of an int8 operator is not supported by pisplit yet")
+        load = self.constants[i]
+        shape = self.tensor_shapes[i]
+        node = Node(name, "constant", [], [name], {}, {"value": shape})
+        self.loaders[node.weight_key("value")] = lambda: np.asarray(load(), dtype=np.float32).reshape(shape)
+        self.nodes.append(node)
+        self.shape_by_name[name] = shape
+        return name
 
     def _node(self, op: str, inputs: list[int], out: int, attrs: dict | None = None, weights: dict | None = None) -> None:
         """Append a node named after its output tensor; weights: param -> (tflite tensor, transform,
@@ -728,6 +752,17 @@ class _Importer:
             self._node("dense", [x], out, attrs, weights)
             self.nodes[node_before].inputs = [flat]
             return
+        if shape[-1] == cin and len(shape) > 2 and not o.keepNumDims and not self._is_quantized(x):
+            # TFLite folds the leading axes into rows: (1, T, C) -> (T, C) @ W, a sequence of one frame
+            rows = self.tensor_names[out] + "/rows"
+            src = self._activation_input(x)
+            self.nodes.append(Node(rows, "reshape", [src], [rows], {"shape": [cin], "full_shape": [numel(shape[:-1]), cin],
+                                                                    "batch1": self._batch1(x, f"fully connected on {shape}"),
+                                                                    "axis0": int(shape[0])}, {}))
+            node_before = len(self.nodes)
+            self._node("dense", [x], out, attrs, weights)
+            self.nodes[node_before].inputs = [rows]
+            return
         if shape[-1] != cin or (len(shape) > 2 and not o.keepNumDims):
             self._fail(f"{self.where}: input {shape} with weights {self.tensor_shapes[w]} would mix the batch axis")
         self._node("dense", [x], out, attrs, weights)
@@ -748,9 +783,11 @@ class _Importer:
         o = self._options(op, "ReducerOptions")
         axes = [int(a) for a in np.atleast_1d(self._ints(ins[1], self.where))]
         rank = len(self.tensor_shapes[ins[0]])
-        if any((a + rank if a < 0 else a) == 0 for a in axes):
-            self._fail(f"{self.where}: a mean over the batch axis is not supported")
-        self._node("mean", [ins[0]], out, {"axes": axes, "keepdims": bool(o.keepDims)})
+        attrs = {"axes": axes, "keepdims": bool(o.keepDims)}
+        if any((a + rank if a < 0 else a) == 0 for a in axes):  # LayerNorm over a reshaped tensor
+            attrs["batch1"] = self._batch1(ins[0], f"a mean over axes {axes}")
+            attrs["axis0"] = int(self.tensor_shapes[ins[0]][0])
+        self._node("mean", [ins[0]], out, attrs)
 
     def _elementwise(self, op, ins, out, kind: str, options: str):
         o = self._options(op, options)
@@ -778,7 +815,20 @@ class _Importer:
         if o.fusedActivationFunction:
             # the builtin kernel refuses it and XNNPACK ignores it: no single meaning to import
             self._fail(f"{self.where}: a fused activation on CONCATENATION is not supported")
-        self._node("concat", ins, out, {"axis": int(o.axis)})
+        rank = len(self.tensor_shapes[out])
+        attrs = {"axis": int(o.axis)}
+        if rank and int(o.axis) % rank == 0:
+            attrs["batch1"] = self._batch1(ins[0], f"concatenation on axis {o.axis}")
+            attrs["axis0"] = [int(self.tensor_shapes[i][0]) for i in ins]
+        self._node("concat", ins, out, attrs)
+
+    def _batch1(self, i: int, what: str) -> bool:
+        """A node that moves or reduces the batch axis: imported for one frame at a time (ops.batch1_only
+        refuses another batch size at run time); float tensors only."""
+        if i != -1 and self._is_quantized(i):
+            self._fail(f"{self.where}: {what} moves the batch axis, which pisplit supports on float tensors only")
+        log.debug("%s: %s moves the batch axis; the node runs on one frame at a time", self.where, what)
+        return True
 
     def _reshape_like_output(self, ins, out, dst=None):
         if ins[0] in self.constants:
@@ -791,8 +841,12 @@ class _Importer:
                 target[target.index(-1)] = numel(src) // numel(v for v in target if v != -1)
             dst = tuple(target)
         dst = self.tensor_shapes[out] if dst is None else tuple(dst)
-        if not dst or not src or dst[0] != src[0] or -1 in dst:
+        if not dst or not src or -1 in dst:
             self._fail(f"{self.where}: reshape from {src} to {dst} must keep the leading batch axis")
+        if dst[0] != src[0]:  # e.g. an unrolled LSTM's (1, 50, 128) -> (50, 1, 128): one frame at a time
+            self._node("reshape", [ins[0]], out, {"shape": list(dst[1:]), "full_shape": list(dst),
+                                                  "batch1": self._batch1(ins[0], f"reshape from {src} to {dst}"), "axis0": int(src[0])})
+            return
         self._node("reshape", [ins[0]], out, {"shape": list(dst[1:])})
 
     def _op_reshape(self, op, ins, out):
@@ -919,9 +973,12 @@ class _Importer:
             ranges, shrunk = _strided_slice_ranges(shape, begin, end, strides, int(o.beginMask), int(o.endMask), int(o.shrinkAxisMask))
         except ValueError as exc:
             self._fail(f"{self.where}: {exc}")
-        if 0 in shrunk or ranges[0] != (0, 1, shape[0]):
-            self._fail(f"{self.where}: a strided slice must keep the whole batch axis")
         out_shape = [c for d, (_, _, c) in enumerate(ranges) if d not in shrunk]
+        if 0 in shrunk or ranges[0] != (0, 1, shape[0]):  # slices axis 0 (a sequence of one frame)
+            self._node("strided_slice", [ins[0]], out, {"starts": [r[0] for r in ranges], "steps": [r[1] for r in ranges],
+                                                        "counts": [r[2] for r in ranges], "out_shape": out_shape,
+                                                        "batch1": self._batch1(ins[0], "a strided slice of axis 0"), "axis0": int(shape[0])})
+            return
         self._node("strided_slice", [ins[0]], out, {"starts": [r[0] for r in ranges[1:]], "steps": [r[1] for r in ranges[1:]],
                                                     "counts": [r[2] for r in ranges[1:]], "out_shape": out_shape[1:]})
 
@@ -1030,9 +1087,11 @@ class _Importer:
 
     def _op_transpose(self, op, ins, out):
         perm = [int(p) for p in np.atleast_1d(self._ints(ins[1], self.where))]
-        if not perm or perm[0] != 0:
-            self._fail(f"{self.where}: transpose {perm} moves the batch axis")
-        self._node("transpose", [ins[0]], out, {"perm": perm})
+        attrs = {"perm": perm}
+        if not perm or perm[0] != 0:  # attention's [2, 0, 1]: one frame at a time
+            attrs["batch1"] = self._batch1(ins[0], f"transpose {perm}")
+            attrs["axis0"] = int(self.tensor_shapes[ins[0]][0])
+        self._node("transpose", [ins[0]], out, attrs)
 
     def _resize(self, op, ins, out, kind: str, options: str):
         o = self._options(op, options)
@@ -1045,6 +1104,61 @@ class _Importer:
 
     def _op_resize_nearest_neighbor(self, op, ins, out):
         self._resize(op, ins, out, "resize_nearest", "ResizeNearestNeighborOptions")
+
+    # --- transformers and sequence models (issue 19) -------------------------------------------------
+    def _op_batch_matmul(self, op, ins, out):
+        o = self._options(op, "BatchMatMulOptions")
+        if any(self._is_quantized(i) for i in ins[:2]) or self._is_quantized(out):
+            self._fail(f"{self.where}: op BATCH_MATMUL on int8 tensors is not supported by pisplit yet")
+        self._node("batch_matmul", ins[:2], out, {"adj_x": bool(o.adjX), "adj_y": bool(o.adjY)})
+
+    def _op_gelu(self, op, ins, out):
+        o = self._options(op, "GeluOptions")
+        self._node("gelu", [ins[0]], out, {"approximate": bool(o.approximate)})
+
+    def _op_rsqrt(self, op, ins, out):
+        self._node("rsqrt", [ins[0]], out)
+
+    def _binary(self, ins, out, kind: str):
+        a, b = ins[0], ins[1]
+        if (a in self.constants or b in self.constants) and self.tensor_types[a if a in self.constants else b] != "BOOL":
+            c, x = (a, b) if a in self.constants else (b, a)
+            self._node(kind, [x], out, {"constant_first": c == a}, {"constant": (c, None)})
+        else:
+            self._node(kind, [a, b], out)
+
+    def _op_squared_difference(self, op, ins, out):
+        self._binary(ins, out, "squared_difference")
+
+    def _op_equal(self, op, ins, out):
+        self._binary(ins, out, "equal")
+
+    def _op_not_equal(self, op, ins, out):
+        self._binary(ins, out, "not_equal")
+
+    def _op_select(self, op, ins, out):
+        if self._is_quantized(out):
+            self._fail(f"{self.where}: op SELECT on int8 tensors is not supported by pisplit yet")
+        self._node("select", ins[:3], out)
+
+    def _op_select_v2(self, op, ins, out):
+        self._op_select(op, ins, out)
+
+    def _op_slice(self, op, ins, out):
+        shape = self.tensor_shapes[ins[0]]
+        begin = [int(v) for v in np.asarray(self._ints(ins[1], self.where)).reshape(-1)]
+        size = [int(v) for v in np.asarray(self._ints(ins[2], self.where)).reshape(-1)]
+        if not len(begin) == len(size) == len(shape):
+            self._fail(f"{self.where}: begin {begin} and size {size} need one value per axis of {shape}")
+        counts = [n - b if s == -1 else s for n, b, s in zip(shape, begin, size)]
+        if any(b < 0 or c < 0 or b + c > n for n, b, c in zip(shape, begin, counts)):
+            self._fail(f"{self.where}: begin {begin} and size {size} fall outside {shape}")
+        if begin[0] == 0 and counts[0] == shape[0]:
+            self._node("strided_slice", [ins[0]], out, {"starts": begin[1:], "steps": [1] * (len(shape) - 1), "counts": counts[1:],
+                                                        "out_shape": counts[1:]})
+            return
+        self._node("strided_slice", [ins[0]], out, {"starts": begin, "steps": [1] * len(shape), "counts": counts, "out_shape": counts,
+                                                    "batch1": self._batch1(ins[0], "a slice of axis 0"), "axis0": int(shape[0])})
 
     def _shape_of(self, i: int, rank: int, what: str) -> tuple:
         shape = self.tensor_shapes[i]
@@ -1089,6 +1203,14 @@ def _fold_values(op: str, v: list, o: dict, out_shapes: list) -> list:
         return [fn(a, b)]
     if op == "CAST":
         return [x]  # the caller casts to the output tensor's type
+    if op in ("EQUAL", "NOT_EQUAL", "LESS", "GREATER", "LOGICAL_AND", "LOGICAL_OR"):
+        fn = {"EQUAL": np.equal, "NOT_EQUAL": np.not_equal, "LESS": np.less, "GREATER": np.greater,
+              "LOGICAL_AND": np.logical_and, "LOGICAL_OR": np.logical_or}[op]
+        return [fn(v[0], v[1])]
+    if op == "LOGICAL_NOT":
+        return [np.logical_not(x)]
+    if op in ("SELECT", "SELECT_V2"):
+        return [np.where(v[0].astype(bool), v[1], v[2])]
     if op == "CONCATENATION":
         return [np.concatenate([np.atleast_1d(a) for a in v], axis=int(o["axis"]))]
     if op == "PACK":

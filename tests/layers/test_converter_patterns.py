@@ -110,7 +110,7 @@ def _unsupported(op, build):
 
 
 @pytest.mark.parametrize("op, build", [
-    ("BATCH_MATMUL", lambda m, y: m.op("BATCH_MATMUL", [y, m.weight((1, 4, 5))], (1, 6, 6, 5), name="bmm_out")),
+    ("FLOOR", lambda m, y: m.op("FLOOR", [y], (1, 6, 6, 4), name="floor_out")),
     ("GATHER", lambda m, y: m.op("GATHER", [y, m.const([0, 2])], (1, 6, 6, 2), m.opts("GatherOptions", axis=3), name="gather_out")),
     ("RELU", lambda m, y: m.op("RELU", [m.op("SPACE_TO_BATCH_ND", [y, m.const([2, 2]), m.const([[0, 0], [0, 0]])], (4, 3, 3, 4))],
                                (4, 3, 3, 4), name="relu_out")),  # only a dilated convolution may read SPACE_TO_BATCH_ND

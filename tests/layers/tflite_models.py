@@ -813,3 +813,109 @@ CONVERTER_CASES = {
     "densify_block_sparse_fc": _single(block_sparse_fc, [(1, 16)]),
 }
 CASES.update(CONVERTER_CASES)
+
+
+# --- transformers and sequence models (issue 19): every new op and batch-1 axis rule, against LiteRT ---
+
+def bool_op(m, code, inputs, shape) -> int:
+    """An op writing a BOOL tensor (EQUAL, NOT_EQUAL)."""
+    m.count += 1
+    t = m.w.tensor(f"{code.lower()}_{m.count}", shape, dtype="BOOL")
+    m.shapes[t] = tuple(shape)
+    m.w.operator(code, inputs, [t])
+    return t
+
+
+def layer_norm(m, x, eps=1e-5):
+    """LayerNorm as litert-torch writes it: MEAN, SQUARED_DIFFERENCE, MEAN, ADD eps, RSQRT, SUB, MUL, MUL, ADD."""
+    shape = m.shapes[x]
+    keep = (*shape[:-1], 1)
+    mu = m.op("MEAN", [x, m.const([-1])], keep, m.opts("ReducerOptions", keepDims=True))
+    var = m.op("MEAN", [m.op("SQUARED_DIFFERENCE", [x, mu], shape), m.const([-1])], keep, m.opts("ReducerOptions", keepDims=True))
+    inv = m.op("RSQRT", [binary(m, "ADD", var, m.w.constant(f"eps{m.count}", [eps], np.float32))], keep)
+    y = binary(m, "MUL", binary(m, "SUB", x, mu), inv)
+    gamma, beta = m.weight((shape[-1],)), m.weight((shape[-1],))
+    m.shapes[gamma] = m.shapes[beta] = (shape[-1],)
+    return binary(m, "ADD", binary(m, "MUL", y, gamma), beta)
+
+
+def attention(m, x, heads, gelu_mlp=True):
+    """A pre-norm transformer block as converters write it (batch 1): LayerNorm, Q/K/V FULLY_CONNECTED,
+    RESHAPE to heads, TRANSPOSE, BATCH_MATMUL (adj_y), MUL by 1/sqrt(d), SOFTMAX, BATCH_MATMUL, TRANSPOSE back,
+    RESHAPE, output FULLY_CONNECTED, residual ADD; then LayerNorm, FC, GELU, FC, residual ADD."""
+    n, t, c = m.shapes[x]
+    d = c // heads
+    h = layer_norm(m, x)
+    q, k, v = (fully_connected(m, h, c, keep_num_dims=True) for _ in range(3))
+    split = [m.op("TRANSPOSE", [m.op("RESHAPE", [p, m.const([n, t, heads, d])], (n, t, heads, d)), m.const([0, 2, 1, 3])],
+                  (n, heads, t, d)) for p in (q, k, v)]
+    s = m.op("BATCH_MATMUL", [split[0], split[1]], (n, heads, t, t), m.opts("BatchMatMulOptions", adjY=True))
+    s = binary(m, "MUL", s, m.w.constant(f"scale{m.count}", [1 / np.sqrt(d)], np.float32))
+    p = m.op("SOFTMAX", [s], (n, heads, t, t), m.opts("SoftmaxOptions", beta=1.0))
+    o = m.op("BATCH_MATMUL", [p, split[2]], (n, heads, t, d), m.opts("BatchMatMulOptions"))
+    o = m.op("RESHAPE", [m.op("TRANSPOSE", [o, m.const([0, 2, 1, 3])], (n, t, heads, d)), m.const([n, t, c])], (n, t, c))
+    x = binary(m, "ADD", x, fully_connected(m, o, c, keep_num_dims=True))
+    if not gelu_mlp:
+        return x
+    f = m.op("GELU", [fully_connected(m, layer_norm(m, x), 2 * c, keep_num_dims=True)], (n, t, 2 * c), m.opts("GeluOptions"))
+    return binary(m, "ADD", x, fully_connected(m, f, c, keep_num_dims=True))
+
+
+def class_token_encoder(m, x):
+    """ViT's front: a constant class token CONCATENATION'd before the patches, a position embedding
+    ADD, one transformer block, the class token's row by STRIDED_SLICE."""
+    n, t, c = m.shapes[x]
+    token = m.weight((1, 1, c))
+    y = m.op("CONCATENATION", [token, x], (n, t + 1, c), m.opts("ConcatenationOptions", axis=1))
+    pos = m.weight((1, t + 1, c))
+    m.shapes[pos] = (1, t + 1, c)
+    y = attention(m, binary(m, "ADD", y, pos), heads=2)
+    return strided_slice(m, y, [0, 0, 0], [0, 1, 0], [1, 1, 1], (n, c), begin_mask=5, end_mask=5, shrink=2)
+
+
+def time_major(m, x):
+    """An unrolled recurrent step's axis rules: RESHAPE (1, T, C) -> (T, 1, C), SLICE / STRIDED_SLICE of one
+    step on axis 0, TRANSPOSE [1, 0, 2] back, CONCATENATION on axis 0, MEAN over axis 0."""
+    n, t, c = m.shapes[x]
+    y = m.op("RESHAPE", [x, m.const([t, n, c])], (t, n, c), m.opts("ReshapeOptions", newShape=[t, n, c]))
+    first = m.op("SLICE", [y, m.const([0, 0, 0]), m.const([1, -1, -1])], (1, n, c))
+    last = strided_slice(m, y, [-1, 0, 0], [0, 0, 0], [1, 1, 1], (n, c), begin_mask=0, end_mask=6, shrink=1)
+    both = m.op("CONCATENATION", [first, y], (t + 1, n, c), m.opts("ConcatenationOptions", axis=0))
+    mean = m.op("MEAN", [both, m.const([0])], (n, c), m.opts("ReducerOptions", keepDims=False))
+    back = m.op("TRANSPOSE", [y, m.const([1, 0, 2])], (n, t, c))
+    fc = fully_connected(m, y, 4, keep_num_dims=True)
+    return [binary(m, "ADD", mean, last), back, m.op("TRANSPOSE", [fc, m.const([2, 1, 0])], (4, n, t))]
+
+
+def masks_and_select(m, x):
+    """Comparisons and selects on computed tensors: EQUAL(relu(x), x) (x >= 0), NOT_EQUAL against a
+    constant, SELECT_V2 with a scalar constant branch, SELECT of two computed tensors."""
+    shape = m.shapes[x]
+    r = m.op("RELU", [x], shape)
+    eq = bool_op(m, "EQUAL", [r, x], shape)
+    ne = bool_op(m, "NOT_EQUAL", [r, m.w.constant(f"zero{m.count}", np.zeros(shape[-1]), np.float32)], shape)
+    a = m.op("SELECT_V2", [eq, x, m.w.constant(f"minus{m.count}", -100.0, np.float32)], shape)
+    return m.op("SELECT", [ne, a, m.op("TANH", [x], shape)], shape)
+
+
+def slice_and_matmul(m, x, y):
+    """SLICE of a computed tensor (batch kept), BATCH_MATMUL of two computed tensors (adj_x) and of a computed
+    tensor with a constant operand."""
+    n, a, b = m.shapes[x]
+    s = m.op("SLICE", [x, m.const([0, 1, 0]), m.const([-1, a - 2, -1])], (n, a - 2, b))
+    p = m.op("BATCH_MATMUL", [s, y], (n, b, m.shapes[y][-1]), m.opts("BatchMatMulOptions", adjX=True))
+    w = m.weight((m.shapes[y][-1], 3))
+    return m.op("BATCH_MATMUL", [p, w], (n, b, 3), m.opts("BatchMatMulOptions"))
+
+
+TRANSFORMER_CASES = {
+    "gelu_exact": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=False)), [(1, 7, 9)]),
+    "gelu_tanh": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=True)), [(1, 7, 9)]),
+    "layer_norm_rsqrt_squared_difference": _single(layer_norm, [(1, 6, 16)]),
+    "slice_batch_matmul": _single(slice_and_matmul, [(1, 7, 5), (1, 5, 4)]),
+    "equal_not_equal_select": _single(masks_and_select, [(1, 5, 6)]),
+    "attention_block_gelu_mlp": _single(lambda m, x: attention(m, x, heads=4), [(1, 10, 16)]),
+    "class_token_concat_constant": _single(class_token_encoder, [(1, 6, 8)]),
+    "time_major_batch_axis_rules": _single(time_major, [(1, 7, 6)]),
+}
+CASES.update(TRANSFORMER_CASES)

@@ -1,0 +1,103 @@
+"""Transformers and sequence models (issue 19): the new ops (BATCH_MATMUL, GELU, RSQRT, SQUARED_DIFFERENCE,
+SLICE, EQUAL, NOT_EQUAL, SELECT, SELECT_V2), constants as op inputs and the batch-1 axis rules, on the
+builder models of tflite_models.TRANSFORMER_CASES (each also runs in test_tflite_import's per-op LiteRT
+comparison) and, when scripts/build_corpus_torch has built them, on litert-torch conversions of
+torchvision ViT-B/16, Swin-T, MaxViT-T, a keyword-spotting transformer and an LSTM."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from layers import kernels as K
+from layers.errors import PisplitError
+from layers.tflite import import_tflite_bytes
+from tests.conftest import require
+
+from .test_int8_corpus import CORPUS
+from .tflite_models import TRANSFORMER_CASES
+
+TORCH_MODELS = ("kws", "lstm", "vit_b_16", "swin_t", "maxvit_t")
+TORCH_BUILT = [m for m in TORCH_MODELS if (CORPUS / f"torch_{m}.tflite").exists()]
+
+
+def litert(model: bytes, feeds: list) -> list:
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model, num_threads=1)
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def rel_err(got, want) -> float:
+    return float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
+
+
+def test_erf_matches_math_erf_everywhere():
+    x = np.concatenate([np.linspace(-8, 8, 40001), [0.0, -0.0, 0.4999999, 0.5, 3.9999999, 4.0, 30.0, -30.0]])
+    want = np.array([math.erf(v) for v in x])
+    assert float(np.abs(K.erf(x) - want).max()) < 1e-15
+
+
+def test_gelu_and_batch_matmul_kernels_by_definition():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32) * 3
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.ravel().astype(np.float64)]).reshape(x.shape)
+    np.testing.assert_allclose(K.gelu(x), exact, rtol=1e-6, atol=1e-6)
+    a, b = rng.standard_normal((2, 1, 4, 3)), rng.standard_normal((3, 5, 4))  # adj_x: (.., 3, 4); adj_y: (.., 4, 5)
+    want = np.array([[a[i, 0].T @ b[j].T for j in range(3)] for i in range(2)])
+    np.testing.assert_allclose(K.batch_matmul(a, b, adj_x=True, adj_y=True), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("case", sorted(TRANSFORMER_CASES))
+def test_transformer_case_matches_litert_on_several_inputs(case):
+    model = TRANSFORMER_CASES[case]()
+    graph = import_tflite_bytes(model)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        feeds = {k: (rng.standard_normal(s) * 2).astype(np.float32) for k, s in graph.inputs.items()}
+        got = graph.execute(feeds)
+        for t, w in zip(graph.outputs, litert(model, list(feeds.values()))):
+            assert got[t].shape == w.shape
+            assert rel_err(got[t], w) < 1e-4, f"{case} {t}"
+
+
+def test_batch_axis_moves_are_imported_for_one_frame_and_refuse_a_batch():
+    graph = import_tflite_bytes(TRANSFORMER_CASES["time_major_batch_axis_rules"]())
+    moved = {n.op for n in graph.nodes if n.attrs.get("batch1")}
+    assert moved == {"reshape", "strided_slice", "concat", "mean", "transpose"}
+    x = np.random.default_rng(0).standard_normal((1, 7, 6)).astype(np.float32)
+    graph.execute({"input0": x})  # one frame runs
+    with pytest.raises(PisplitError, match=r"reshape .* one frame only"):
+        graph.execute({"input0": np.concatenate([x, x])})
+
+
+def test_constant_inputs_become_constant_nodes():
+    graph = import_tflite_bytes(TRANSFORMER_CASES["class_token_concat_constant"]())
+    consts = [n for n in graph.nodes if n.op == "constant"]
+    assert len(consts) == 1 and graph.shapes[consts[0].outputs[0]] == (1, 1, 8)
+    concat = next(n for n in graph.nodes if n.op == "concat")
+    assert concat.inputs[0] == consts[0].outputs[0]
+    assert graph.cost(graph.node_index(consts[0].name)).params == 8
+
+
+@pytest.mark.litert
+@pytest.mark.skipif(not TORCH_BUILT, reason=f"no litert-torch models in {CORPUS} (bash scripts/build_corpus_torch builds them)")
+@pytest.mark.parametrize("arch", TORCH_BUILT or ["none"])
+def test_torch_corpus_model_matches_litert(arch):
+    path = CORPUS / f"torch_{arch}.tflite"
+    model = path.read_bytes()
+    graph = import_tflite_bytes(model, str(path), path.stem)
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.uniform(-1, 1, s).astype(np.float32) for k, s in graph.inputs.items()}
+    got = graph.execute(feeds)
+    for t, w in zip(graph.outputs, litert(model, list(feeds.values()))):
+        assert got[t].shape == w.shape and np.isfinite(got[t]).all()
+        assert rel_err(got[t], w) < 1e-4, f"{arch}: {t}"
