@@ -115,7 +115,14 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         "every_frame_once": ordered,
         "completed": completion_curve(result.done_s),
         "stages": stages, "ranks": ranks,
+        "exits": _exit_counts(result),  # frames answered per exit (runs with early exits), else None
     }
+
+
+def _exit_counts(result: RunResult) -> dict | None:
+    from .exits import exit_counts
+
+    return exit_counts(result)
 
 
 # --- the plan's predicted schedule ---------------------------------------------------------------------

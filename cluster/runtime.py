@@ -301,6 +301,7 @@ class RunOptions:
     event_capacity: int = 20_000  # 0.6 MiB a rank; rank 0 holds every rank's at the end (about 5 MiB a rank as tuples)
     fail: tuple | None = None  # (rank, frame, mode): inject_fault on that rank at that frame (--fail)
     on_failure: Callable[["RunResult", BaseException], None] | None = None  # rank 0: the run failed; what it has (partial)
+    exits: dict | None = None  # early-exit thresholds {output name: T} over the plan's exits (--exit NAME=T; cluster.exits)
 
 
 class EventLog:
@@ -394,6 +395,8 @@ class RunResult:
     frames_total: int = 0  # frames the run was asked for
     missing_frame_ids: np.ndarray | None = None  # a partial result (the run failed): frames without a result
     output_frame_ids: np.ndarray | None = None  # a partial result: the frame of each row of `outputs` (and argmax, latency_s, done_s)
+    exit_index: np.ndarray | None = None  # a run with early exits: per frame, the index in exit_names of the exit that answered it
+    exit_names: tuple = ()
 
     @property
     def partial(self) -> bool:
@@ -669,6 +672,12 @@ class PipelineRank:
             hooks.watch = transport.Watch(bound, self._describe_split_wait, self._check, self.liveness,
                                           world_rank=lambda p: self.stage.ranks[p])
         self.step = _Step(plan, graph, self.stage, self.rank, engine, communicators, hooks)
+        self.exits = None  # early exits (cluster.exits): answers leave from the stage that is sure, later stages skip
+        if plan.exits or options.exits:
+            from .exits import ExitRouting, active_exits
+
+            points = active_exits(plan, graph, options.exits)
+            self.exits = ExitRouting(self, points) if points else None
         self.sends: list = []  # outstanding (request, buffer, codec, destination rank, frame)
         self.recvs: dict = {}  # frame -> (request, buffer)
         self.t0 = 0.0
@@ -794,6 +803,8 @@ class PipelineRank:
         return admitted
 
     def _post_results(self) -> None:
+        if self.exits is not None:
+            return self.exits.post_sink(self)
         while len(self.result_recvs) < self.result_window and self.next_remote < self.n_frames:
             f = self.next_remote
             buf = self.result_codec.empty()
@@ -819,6 +830,8 @@ class PipelineRank:
             self.options.progress(self.done, self.n_frames)
 
     def _poll_sink(self) -> bool:
+        if self.exits is not None:
+            return self.exits.poll_sink(self)
         progressed = False
         while self.result_recvs and transport.request_done(self.result_recvs[0][1]):
             f, _, buf = self.result_recvs.pop(0)
@@ -924,6 +937,9 @@ class PipelineRank:
         got, start_ns, end_ns, duration_ns = FrameCodec.header(buf)
         if got != frame:
             raise PisplitError(f"runtime: rank {self.rank} expected frame {frame}, received frame {got}")
+        if self.exits is not None and self.exits.is_skip(buf):
+            self._post_inputs(index + 1)
+            return None, start_ns, buf  # answered at an earlier exit (a header only)
         if duration_ns:
             hold = receive_ready_at(end_ns / 1e9, duration_ns / 1e9, ready) - time.time()
             if hold > 0:
@@ -932,6 +948,8 @@ class PipelineRank:
         return link_codecs.unpack_from_link(self.in_codec, buf, self.device), start_ns, buf
 
     def _send(self, frame: int, tensors: dict, start_ns: int) -> None:
+        if self.exits is not None and self.exits.route(self, frame, tensors, start_ns):
+            return  # answered to rank 0 here (an exit fired, or the last stage in a run with exits)
         if self.stage.index == len(self.plan.stages) - 1:
             if self.rank == 0:
                 self._take_result(frame, tensors, start_ns)
@@ -1020,6 +1038,8 @@ class PipelineRank:
         if self.is_worker:
             for f in range(self.n_frames):
                 self._begin_frame(f)
+                if self.exits is not None and self.exits.worker_skips(self, f):
+                    continue
                 self._compute(f, {})
                 self._end_frame(f)
         else:
@@ -1027,6 +1047,9 @@ class PipelineRank:
             for i, f in enumerate(self.my_frames):
                 self._begin_frame(f)
                 tensors, start_ns, buf = self._receive(i, f)
+                if self.exits is not None and self.exits.arrived(self, f, buf, start_ns):
+                    self.in_codec.release(buf)
+                    continue
                 if self.stage.index == 0:
                     start_ns = time.time_ns()
                 out = self._compute(f, tensors)
@@ -1086,9 +1109,12 @@ class PipelineRank:
     def result(self, all_stats: list) -> RunResult:
         if self.rank != 0:
             return RunResult(ranks=all_stats, frames_total=self.n_frames)
-        return RunResult(ranks=all_stats, frame_ids=self.frame_order[: self.done], outputs=self.outputs,
-                         argmax=self.argmax, latency_s=self.latency, done_s=self.done_at, wall_s=self.wall_s,
-                         frames_total=self.n_frames)
+        result = RunResult(ranks=all_stats, frame_ids=self.frame_order[: self.done], outputs=self.outputs,
+                           argmax=self.argmax, latency_s=self.latency, done_s=self.done_at, wall_s=self.wall_s,
+                           frames_total=self.n_frames)
+        if self.exits is not None:
+            self.exits.annotate(result)
+        return result
 
 
 def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Graph] | None = None) -> RunResult:

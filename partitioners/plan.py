@@ -95,6 +95,18 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Exit:
+    """An early exit (partitioners.exits): graph output `name` answers a frame when its normalised
+    entropy is at most `threshold` (in [0, 1]); later stages then spend nothing on the frame.
+    `exit_fraction`, when measured (`pisplit calibrate`), is the share of all frames answered here on
+    held-out data at this threshold; the planner's throughput with exits uses it."""
+
+    name: str
+    threshold: float
+    exit_fraction: float | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """A whole plan. `to_json()` / `Plan.from_json()` round-trip it; `validate()` checks invariants."""
 
@@ -111,6 +123,7 @@ class Plan:
     predicted_throughput_fps: float = 0.0
     predicted_latency_s: float = 0.0
     notes: tuple = ()
+    exits: tuple = ()  # Exit records, in any order (the runtime orders them by depth); () = no early exits
 
     @property
     def n_ranks(self) -> int:
@@ -142,6 +155,7 @@ class Plan:
             raise PisplitError(f"plan: the last stage's send_codec is {self.stages[-1].send_codec!r}: results travel raw")
         if seen != known:
             raise PisplitError(f"plan: ranks {sorted(known - seen)} belong to no stage")
+        _check_exits(self.exits)
         return self
 
     # --- JSON ----------------------------------------------------------------------------------------
@@ -192,6 +206,20 @@ def _check_plan_fields(plan: Plan) -> None:
         raise PisplitError(f"plan: link_bandwidth_bps {plan.link_bandwidth_bps} must be positive")
     if not 0 <= plan.link_latency_s < math.inf:
         raise PisplitError(f"plan: link_latency_s {plan.link_latency_s} must be a non-negative number of seconds")
+
+
+def _check_exits(exits: tuple) -> None:
+    """Early exits: distinct non-empty names, thresholds in [0, 1], measured fractions in [0, 1] adding to at most 1."""
+    names = [e.name for e in exits]
+    if len(set(names)) != len(names) or not all(names):
+        raise PisplitError(f"plan: exits {names} are empty or repeated")
+    for e in exits:
+        if not 0.0 <= e.threshold <= 1.0:
+            raise PisplitError(f"plan: exit {e.name} has threshold {e.threshold} (normalised entropy: must be in [0, 1])")
+        if e.exit_fraction is not None and not 0.0 <= e.exit_fraction <= 1.0:
+            raise PisplitError(f"plan: exit {e.name} has exit_fraction {e.exit_fraction} (a share of frames: must be in [0, 1])")
+    if sum(e.exit_fraction or 0.0 for e in exits) > 1.0 + 1e-9:
+        raise PisplitError("plan: the exits' exit_fraction add up to more than 1")
 
 
 def _check_devices(devices: tuple) -> None:
@@ -377,7 +405,9 @@ _PREDICTION_FIELDS = {"compute_s": _number, "comm_s": _number, "memory_bytes": _
 _STAGE_FIELDS = {"index": _integer, "node_start": _integer, "node_stop": _integer, "ranks": _list_of(_integer), "mode": _string,
                  "segments": _list_of(lambda v, w: _build(Segment, v, w, _SEGMENT_FIELDS)), "send_bytes": _integer,
                  "predicted": _optional_prediction, "send_codec": _string}
-_PLAN_FIELDS = {"model": _string, "n_nodes": _integer, "devices": _list_of(lambda v, w: _build(Device, v, w, _DEVICE_FIELDS)),
+_EXIT_FIELDS = {"name": _string, "threshold": _number,
+                "exit_fraction": lambda v, w: None if v is None else _number(v, w)}
+_PLAN_FIELDS = {"exits": _list_of(lambda v, w: _build(Exit, v, w, _EXIT_FIELDS)), "model": _string, "n_nodes": _integer, "devices": _list_of(lambda v, w: _build(Device, v, w, _DEVICE_FIELDS)),
                 "stages": _list_of(lambda v, w: _build(Stage, v, w, _STAGE_FIELDS)), "planner": _string, "objective": _string,
                 "engine": _string, "link_bandwidth_bps": _number, "link_latency_s": _number, "model_seed": _integer,
                 "predicted_throughput_fps": _number, "predicted_latency_s": _number, "notes": _list_of(_string)}

@@ -1,6 +1,7 @@
 """`mpirun -n N pisplit run PLAN.json`: stream frames through a plan's pipeline stages."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -39,10 +40,20 @@ def register(sub) -> None:
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
                    help="a wait with no progress for this long probes the rank it waits for and, if that rank does not answer, "
                         "names it and aborts the job (default: max(10 s, 20 predicted periods, 3 predicted latencies); 0: never)")
-    p.add_argument("--fail", metavar="RANK@FRAME[:MODE]",
+    p.add_argument("--fail", metavar="RANK@FRAME[:MODE]", action="append", default=[],
                    help=f"fault injection for tests and demos: rank RANK fails when it reaches frame FRAME, MODE one of "
                         f"{', '.join(FAULT_MODES)} (default error: an error that rank meets alone; stop: SIGSTOP, a hung device; "
-                        "kill: SIGKILL, a lost device)")
+                        "kill: SIGKILL, a lost device); FRAME may be 'start' or 'end' (before the start barrier / the final "
+                        "gather). With --resilient: repeatable, the k-th for the k-th attempt (its plan's ranks; FRAME a frame of the stream)")
+    p.add_argument("--resilient", action="store_true",
+                   help="run WITHOUT mpirun: pisplit starts mpirun itself on this machine and, when a rank dies or stalls, replans "
+                        "on the surviving devices and reruns only the frames without a result (each frame exactly once, in order); "
+                        "the report lists each failure, the time lost and the new plan")
+    p.add_argument("--frame-ids", metavar="IDS.npy", help=argparse.SUPPRESS)  # a resilient retry: frame i is the stream's IDS[i]
+    p.add_argument("--journal", metavar="PATH", help=argparse.SUPPRESS)  # ... rank 0 appends each result there (cluster.supervisor)
+    p.add_argument("--exit", action="append", metavar="NAME=T", default=[],
+                   help="early exit: output NAME answers a frame when its normalised entropy is at most T (0-1); "
+                        "overrides the plan's threshold for NAME or adds the exit (repeatable; cluster.exits)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
@@ -50,19 +61,28 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.resilient:
+        from .resilient import run_resilient
+
+        return run_resilient(args)
     return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank), args.debug)
 
 
 def _run(args, comm, rank: int) -> int:
     error = None
-    plan = inputs = fail = None
+    frame_ids = None
+    plan = inputs = fail = exits = None
     try:
         plan = Plan.load(args.plan)
         if args.host_speed is not None and not args.host_speed > 0:
             raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
         if args.stall_timeout is not None and not args.stall_timeout >= 0:
             raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
-        fail = parse_fault(args.fail)
+        if len(args.fail) > 1:
+            raise PisplitError(f"--fail given {len(args.fail)} times: more than one fault is for --resilient runs (one per attempt)")
+        fail = parse_fault(args.fail[0] if args.fail else None)
+        frame_ids = _frame_ids(args) if rank == 0 else None
+        exits = _exit_overrides(args)
         if rank == 0 and args.input:
             inputs = load_npy(args.input)
     except PisplitError as exc:
@@ -72,9 +92,12 @@ def _run(args, comm, rank: int) -> int:
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                          emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
                          host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate else None,
-                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail)
+                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits)
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
+        options.frame_ids = frame_ids
+        if args.journal:
+            options.on_result = _journal_writer(args.journal)
     progress = None
     if rank == 0 and not args.json and not args.no_progress:
         progress = Progress(TextColumn(f"[bold]{plan.model}[/] on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''}"), BarColumn(),
@@ -110,6 +133,30 @@ def _run(args, comm, rank: int) -> int:
     return 0
 
 
+def _frame_ids(args) -> np.ndarray | None:
+    """--frame-ids: the stream's frame of each of this run's frames (a resilient retry), checked."""
+    if not args.frame_ids:
+        return None
+    ids = load_npy(args.frame_ids)
+    if ids.ndim != 1 or ids.size != args.frames or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
+        raise PisplitError(f"--frame-ids {args.frame_ids}: expected {args.frames} frame ids >= 0, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def _journal_writer(path: str):
+    """Rank 0's on_result for --journal: the journal is opened at the first result (its tensors' shapes)."""
+    from ..supervisor import ResultJournal
+
+    journal = None
+
+    def write(frame: int, tensors: dict) -> None:
+        nonlocal journal
+        if journal is None:
+            journal = ResultJournal(path, list(tensors), [np.shape(a) for a in tensors.values()])
+        journal.append(frame, tensors)
+    return write
+
+
 def write_outputs(out: Path, result: RunResult) -> Path:
     """The .npz of a run: `output_i` (rows by frame), `names`, `frame_ids` (in arrival order). A
     partial result also has `partial` (True), `output_frame_ids` (the frame of each row) and
@@ -117,12 +164,22 @@ def write_outputs(out: Path, result: RunResult) -> Path:
     leaves no half file."""
     arrays = {f"output_{i}": a for i, a in enumerate(result.outputs.values())}
     extra = {}
+    if result.exit_index is not None:
+        # per frame, which exit answered it (an index into exit_names); outputs it never computed are NaN
+        extra.update(exit_index=result.exit_index, exit_names=np.array(list(result.exit_names)))
     if result.partial:
         extra = {"partial": np.array(True), "output_frame_ids": result.output_frame_ids, "missing_frame_ids": result.missing_frame_ids}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, frame_ids=result.frame_ids, names=np.array(list(result.outputs)), **arrays, **extra)
     os.replace(tmp, out)
     return out
+
+
+def _exit_overrides(args) -> dict | None:
+    """--exit NAME=T options as {name: T} (None when there are none)."""
+    from partitioners.exits import parse_exit_overrides
+
+    return parse_exit_overrides(getattr(args, "exit", None)) or None
 
 
 def frame_ranges(ids) -> str:
@@ -174,6 +231,8 @@ def print_report(doc: dict) -> None:
         late = f", emulation behind by {r['emulation_late_s']:.2f} s" if r["emulation_late_s"] > 0.05 else ""
         console.print(f"rank {r['rank']} ({r['kind']}): memory {human_bytes(r['memory_above_baseline_bytes'])} above a "
                       f"{human_bytes(r['memory_baseline_bytes'])} baseline{pred}{late}")
+    if doc.get("exits"):
+        console.print("answered at " + ", ".join(f"{name} {n} ({n / max(doc['frames'], 1):.0%})" for name, n in doc["exits"].items()))
     for key in ("output_file", "trace_file"):
         if key in doc:
             console.print(f"wrote {doc[key]}")

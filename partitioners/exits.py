@@ -1,0 +1,223 @@
+"""Early exits (BranchyNet, DDNN, Edgent): a frame leaves the network at a side branch that is sure.
+
+An exit is a graph output (a side branch's class scores) with a threshold T in [0, 1]. At the exit
+the frame's normalised entropy is
+
+    eta = -sum_i p_i log p_i / log C        (C = number of classes, 0 log 0 = 0, eta in [0, 1])
+
+and the frame is answered there when eta <= T; otherwise it goes on to the next exit or the model's
+final output. p is the exit's tensor itself when a softmax node produces it (the exit already holds
+probabilities, as every trained model in layers/trained does); any other exit tensor is taken as
+logits and p = softmax(logits). Entropies are computed in float64 from the float32 tensor (for
+logits through log-softmax, so no probability underflows to 0 and eta > 0 unless the logits are
+exactly one-hot-infinite). So T = 0 answers only frames whose probabilities are exactly one-hot (a
+float32 softmax rounds the other classes to 0 only when a logit leads by more than ~100), and T = 1
+answers every frame at the first exit (eta is clipped to 1 against rounding).
+
+This module is pure (numpy and layers only): the runtime (cluster.exits), `pisplit calibrate`,
+`pisplit exits` and the planner's throughput with exits all use it.
+
+Pass fractions: of all frames, `reach[k]` is the fraction that arrives at pipeline stage k (not
+answered by an exit in an earlier stage); a stage behind an exit carries only that fraction, so its
+period (seconds per frame it takes) counts `reach[k]` times: `throughput_with_exits`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from layers.errors import PisplitError
+from layers.graph import Graph
+
+EXIT_KINDS = ("probabilities", "logits")
+FINAL = "final"  # the name an answer from the model's final output is reported under
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    """One active exit of a graph: its output tensor, threshold, how its values are read and the
+    index of the node that produces it (exits are ordered by it)."""
+
+    name: str
+    threshold: float
+    kind: str  # 'probabilities' or 'logits'
+    node: int
+
+
+def check_threshold(name: str, threshold) -> float:
+    """A threshold as a float in [0, 1]; raises PisplitError naming the exit."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise PisplitError(f"exit {name}: threshold {threshold!r} is not a number") from None
+    if not 0.0 <= t <= 1.0 or math.isnan(t):
+        raise PisplitError(f"exit {name}: threshold {threshold!r} must be in [0, 1] (normalised entropy)")
+    return t
+
+
+def parse_exit_overrides(items) -> dict:
+    """['exit1=0.5', 'exit2=0.3'] (the CLI's --exit NAME=T) -> {'exit1': 0.5, 'exit2': 0.3}."""
+    out: dict = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        if not sep or not name:
+            raise PisplitError(f"--exit {item}: expected NAME=T, e.g. exit1=0.5")
+        out[name] = check_threshold(name, value)
+    return out
+
+
+def exit_kind(graph: Graph, name: str) -> str:
+    """'probabilities' if a softmax node produces `name`, else 'logits'."""
+    for node in graph.nodes:
+        if name in node.outputs:
+            return "probabilities" if node.op == "softmax" else "logits"
+    raise PisplitError(f"exit {name}: no node of {graph.name} produces it")
+
+
+def producer_index(graph: Graph, name: str) -> int:
+    for i, node in enumerate(graph.nodes):
+        if name in node.outputs:
+            return i
+    raise PisplitError(f"exit {name}: no node of {graph.name} produces it")
+
+
+def final_output(graph: Graph, exit_names) -> str:
+    """The output that answers frames no exit took: the last graph output that is not an exit."""
+    rest = [t for t in graph.outputs if t not in set(exit_names)]
+    if not rest:
+        raise PisplitError(f"model {graph.name}: every output is an exit; one output must stay the final answer")
+    return rest[-1]
+
+
+def resolve_exits(graph: Graph, thresholds: dict) -> list[ExitPoint]:
+    """The active exits of `graph` for {name: T}, ordered by the node that produces them.
+
+    Raises PisplitError naming the exit when it is not a graph output, has a bad threshold, is the
+    model's only remaining output, or is produced by the last node (nothing after it to save)."""
+    points = []
+    for name, t in thresholds.items():
+        if name not in graph.outputs:
+            raise PisplitError(f"exit {name}: not an output of {graph.name} (outputs: {', '.join(graph.outputs)})")
+        node = producer_index(graph, name)
+        if node == len(graph.nodes) - 1:
+            raise PisplitError(f"exit {name}: produced by the model's last node, so no later work is saved; "
+                               "it answers every frame no exit took")
+        points.append(ExitPoint(name, check_threshold(name, t), exit_kind(graph, name), node))
+    if points:
+        final_output(graph, [p.name for p in points])
+    return sorted(points, key=lambda p: p.node)
+
+
+def normalised_entropy(values: np.ndarray, kind: str) -> np.ndarray:
+    """eta of each row of `values` (..., C) as float64 (...,), in [0, 1]: `kind` 'probabilities'
+    reads the rows as p, 'logits' as the inputs of a softmax. A (1, C) exit tensor gives shape (1,)."""
+    x = np.asarray(values, np.float64)
+    c = x.shape[-1]
+    if c < 2:
+        raise PisplitError(f"normalised entropy: {c} class(es); an exit needs at least 2")
+    if kind == "logits":
+        z = x - x.max(axis=-1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        h = -(np.exp(log_p) * log_p).sum(axis=-1)
+    elif kind == "probabilities":
+        p = np.clip(x, 0.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        h = -terms.sum(axis=-1)
+    else:
+        raise PisplitError(f"exit kind {kind!r}: expected one of {', '.join(EXIT_KINDS)}")
+    return np.clip(h / math.log(c), 0.0, 1.0)
+
+
+def answering_exit(etas: np.ndarray, thresholds) -> np.ndarray:
+    """Per frame, the index of the first exit with eta <= T, or len(thresholds) (the final output).
+
+    etas: (frames, exits) float64; thresholds: (exits,). Returns (frames,) int64."""
+    etas = np.asarray(etas, np.float64)
+    t = np.asarray(thresholds, np.float64)
+    n = t.size
+    if etas.ndim != 2 or etas.shape[1] != n:
+        raise PisplitError(f"answering_exit: entropies of shape {etas.shape} for {n} exits")
+    fires = etas <= t[None, :]
+    first = np.argmax(fires, axis=1)
+    return np.where(fires.any(axis=1), first, n).astype(np.int64)
+
+
+def exit_entropies(outputs: dict, points: list[ExitPoint]) -> np.ndarray:
+    """(frames, exits) normalised entropies of every exit, from outputs {name: (frames, ..., C)}."""
+    if not points:
+        return np.zeros((0, 0))
+    cols = [normalised_entropy(np.asarray(outputs[p.name]).reshape(len(outputs[p.name]), -1), p.kind) for p in points]
+    return np.stack(cols, axis=1)
+
+
+def reference_answers(graph: Graph, outputs: dict, points: list[ExitPoint]) -> tuple[np.ndarray, np.ndarray]:
+    """What a run with exits `points` answers, from the whole model's outputs {name: (frames, ...)}:
+    (answering exit index per frame, len(points) = final; the answer's probabilities or logits per
+    frame, (frames, C))."""
+    final = final_output(graph, [p.name for p in points])
+    n = len(outputs[final])
+    index = answering_exit(exit_entropies(outputs, points), [p.threshold for p in points]) if points else np.zeros(n, np.int64)
+    names = [p.name for p in points] + [final]
+    stacked = np.stack([np.asarray(outputs[t]).reshape(n, -1) for t in names], axis=0)
+    return index, stacked[index, np.arange(n)]
+
+
+def stage_of_node(stages, node: int) -> int:
+    """Index of the stage whose [node_start, node_stop) holds `node` (stages: objects with those fields)."""
+    for s in stages:
+        if s.node_start <= node < s.node_stop:
+            return s.index
+    raise PisplitError(f"node {node}: in no stage of the plan")
+
+
+def reach_per_stage(stages, points: list[ExitPoint], answered: np.ndarray) -> np.ndarray:
+    """Fraction of frames that arrive at each stage: not answered by an exit of an earlier stage.
+
+    answered: per frame, the index of the exit that answered it (len(points) = final), e.g. from
+    `answering_exit` on a calibration set, or one fraction per exit as a dict {exit index: share}."""
+    answered = np.asarray(answered)
+    at_stage = np.array([stage_of_node(stages, p.node) for p in points], np.int64)
+    reach = np.ones(len(stages))
+    for k in range(len(stages)):
+        earlier = np.flatnonzero(at_stage < k)
+        reach[k] = 1.0 - (np.isin(answered, earlier).mean() if answered.size else 0.0)
+    return reach
+
+
+def throughput_with_exits(predicted_fps: float, stage_periods, reach) -> float:
+    """A plan's predicted throughput when stage k takes only `reach[k]` of the frames.
+
+    stage_periods: seconds per frame each stage needs (its predicted compute + communication, over
+    its replicas). The plan's own prediction is scaled by max(periods) / max(periods x reach), so
+    with no exits (reach all 1) it is the plan's figure unchanged."""
+    periods = np.asarray(stage_periods, np.float64)
+    reach = np.asarray(reach, np.float64)
+    slowest = periods.max() if periods.size else 0.0
+    with_exits = (periods * reach).max() if periods.size else 0.0
+    if predicted_fps <= 0 or slowest <= 0 or with_exits <= 0:
+        return predicted_fps
+    return predicted_fps * slowest / with_exits
+
+
+def plan_stage_periods(plan) -> np.ndarray:
+    """Seconds per frame of each stage of a Plan, from its predictions (0 without one): a
+    data-parallel stage's replicas share its frames."""
+    out = []
+    for s in plan.stages:
+        p = s.predicted
+        total = (p.compute_s + p.comm_s) if p else 0.0
+        out.append(total / (len(s.ranks) if s.mode == "data-parallel" else 1))
+    return np.array(out)
+
+
+def bytes_per_frame(plan, reach) -> float:
+    """Mean bytes a frame sends between stages: each stage's send_bytes times the fraction of frames
+    that reach it and go on (reach of the next stage)."""
+    reach = np.asarray(reach, np.float64)
+    total = 0.0
+    for k, s in enumerate(plan.stages[:-1]):
+        total += s.send_bytes * reach[k + 1]
+    return float(total)

@@ -1,0 +1,135 @@
+"""Early exits under real mpirun (issue 14): every frame's answering exit and its answer equal a
+single-process reference of the trained branchy model on held-out digits, frame for frame; no frame
+is lost or duplicated when exits reorder them; later stages compute only the frames that reach them;
+thresholds 0 and 1 as edge cases; a split stage and a data-parallel stage behind an exit."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from layers import load_model
+from layers.trained import held_out
+from partitioners.exits import producer_index, reference_answers, resolve_exits
+
+from .pipeline_plans import hand_plan
+from .test_stalls_and_partial import mpirun
+
+FRAMES = 120
+
+
+@lru_cache(maxsize=None)
+def reference(model: str):
+    """(graph, the first FRAMES held-out frames, the whole model's outputs on them, one frame at a time)."""
+    graph = load_model(model)
+    feeds, _ = held_out(model)
+    x = feeds["input"][:FRAMES]
+    outs = [graph.execute({"input": x[i:i + 1]}) for i in range(FRAMES)]
+    return graph, x, {t: np.concatenate([o[t] for o in outs]) for t in graph.outputs}
+
+
+def run_with_exits(tmp_path, model: str, stages, exits: dict, n_ranks: int):
+    graph, x, ref = reference(model)
+    plan = hand_plan(graph, stages, model=model).save(tmp_path / "plan.json")
+    np.save(tmp_path / "x.npy", x)
+    args = ["run", plan, "--input", tmp_path / "x.npy", "--frames", FRAMES, "--no-progress", "--json",
+            "--output", tmp_path / "y.npz"]
+    for name, t in exits.items():
+        args += ["--exit", f"{name}={t}"]
+    proc, _ = mpirun(n_ranks, *args, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as f:
+        out = {k: f[k] for k in f.files}
+    return graph, ref, doc, out
+
+
+def check_against_reference(graph, ref, doc, out, exits: dict, stages):
+    points = resolve_exits(graph, exits)
+    want_index, want_answer = reference_answers(graph, ref, points)
+    names = [p.name for p in points] + ["final"]
+    # every frame exactly once, by frame id
+    assert doc["every_frame_once"] and sorted(out["frame_ids"].tolist()) == list(range(FRAMES))
+    assert list(out["exit_names"]) == names
+    np.testing.assert_array_equal(out["exit_index"], want_index)
+    outputs = {str(n): out[f"output_{i}"] for i, n in enumerate(out["names"])}
+    for f in range(FRAMES):
+        answer = outputs[names[want_index[f]]][f]
+        np.testing.assert_allclose(answer.reshape(-1), want_answer[f], rtol=1e-5, atol=1e-6)
+        # outputs made in stages after the one that answered were never computed (its own stage ran whole)
+        if want_index[f] < len(points):
+            answered_in = stage_of(stages, points[want_index[f]].node)
+            for name in graph.outputs:
+                later = stage_of(stages, producer_index(graph, name)) > answered_in
+                assert np.isnan(outputs[name][f]).all() == later, (f, name)
+    counts = np.bincount(want_index, minlength=len(names))
+    assert doc["exits"] == {n: int(c) for n, c in zip(names, counts)}
+    return want_index
+
+
+def stage_of(stages, node: int) -> int:
+    return next(i for i, (start, stop, *_) in enumerate(stages) if start <= node < stop)
+
+
+LENET_TWO = [(0, 7, [0], "single"), (7, 14, [1], "single")]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("threshold", [0.05, 0.0, 1.0])
+def test_branchy_lenet_on_two_ranks_answers_as_the_reference(tmp_path, threshold):
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", LENET_TWO, {"exit1": threshold}, 2)
+    index = check_against_reference(graph, ref, doc, out, {"exit1": threshold}, LENET_TWO)
+    went_on = int((index == 1).sum())
+    rank1 = next(r for r in doc["ranks"] if r["rank"] == 1)
+    assert rank1["frames"] == went_on  # stage 1 computed exactly the frames no exit took
+    if threshold == 0.0:
+        assert went_on == FRAMES  # nobody exits (no held-out frame's softmax is exactly one-hot)
+    elif threshold == 1.0:
+        assert went_on == 0  # everybody exits at the first exit
+    else:
+        assert 0 < went_on < FRAMES  # a mix, so answers come back out of order
+
+
+@pytest.mark.mpi
+def test_branchy_alexnet_four_ranks_with_a_data_parallel_stage_behind_exits(tmp_path):
+    # exit1 on stage 0, exit2 on stage 1 (two replicas: frames leave them out of order), exit3 and exit4 on stage 2
+    stages = [(0, 6, [0], "single"), (6, 12, [1, 2], "data-parallel"), (12, 29, [3], "single")]
+    exits = {"exit1": 0.02, "exit2": 0.02, "exit3": 0.05, "exit4": 0.1}
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_alexnet_mnist", stages, exits, 4)
+    index = check_against_reference(graph, ref, doc, out, exits, stages)
+    assert len(set(index.tolist())) >= 3, "thresholds should spread the frames over several exits"
+    replicas = sum(r["frames"] for r in doc["ranks"] if r["rank"] in (1, 2))
+    assert replicas == int((index >= 1).sum())
+    assert next(r for r in doc["ranks"] if r["rank"] == 3)["frames"] == int((index >= 2).sum())
+
+
+@pytest.mark.mpi
+def test_a_split_stage_behind_an_exit_joins_only_the_frames_that_reach_it(tmp_path):
+    stages = [(0, 7, [0], "single"), (7, 14, [1, 2], "split", [(7, 8, "conv-channel", (9, 7)), (8, 14, "none", ())])]
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", stages, {"exit1": 0.05}, 3)
+    index = check_against_reference(graph, ref, doc, out, {"exit1": 0.05}, stages)
+    for r in doc["ranks"]:
+        if r["rank"] in (1, 2):
+            assert r["frames"] == int((index == 1).sum())
+
+
+@pytest.mark.mpi
+def test_an_exit_on_the_last_stage_and_a_plan_without_exits(tmp_path):
+    one = [(0, 14, [0], "single")]
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", one, {"exit1": 0.05}, 1)
+    check_against_reference(graph, ref, doc, out, {"exit1": 0.05}, one)
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", LENET_TWO, {}, 2)
+    assert "exit_index" not in out and doc["exits"] is None
+    np.testing.assert_allclose(out["output_1"], ref["final"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.mpi
+def test_an_unknown_exit_is_one_line(tmp_path):
+    graph, x, _ = reference("branchy_lenet_mnist")
+    plan = hand_plan(graph, LENET_TWO, model="branchy_lenet_mnist").save(tmp_path / "plan.json")
+    proc, _ = mpirun(2, "run", plan, "--frames", 4, "--no-progress", "--exit", "exit9=0.5", timeout=60)
+    assert proc.returncode != 0
+    assert "exit exit9: not an output of branchy_lenet_mnist" in proc.stderr
+    assert "Traceback" not in proc.stderr
