@@ -149,6 +149,19 @@ def project_requirements() -> str:
     return "".join(f"{d}\n" for d in deps)
 
 
+LOCK_FILE = Path(__file__).with_name("constraints.txt")  # scripts/lock.py writes it; package data of cluster
+
+
+def project_constraints() -> str:
+    """The project's lock (every transitive dependency pinned), used as pip constraints for the wheelhouse
+    and on the hosts, so the Pis run the versions scripts/setup installed on this head node."""
+    try:
+        return LOCK_FILE.read_text()
+    except OSError as exc:
+        raise PisplitError(f"lock file {LOCK_FILE}: {exc.strerror or exc}; reinstall pisplit "
+                           f"(or run scripts/lock.py in a source tree)") from None
+
+
 def project_files() -> list[tuple[Path, str]]:
     """(local path, path relative to the remote code directory) of every file of the project's packages."""
     root = project_root()
@@ -191,15 +204,18 @@ def _platforms(arch: str, libc: str) -> list[str]:
 class Wheelhouses:
     """Wheel directories per host platform, built once on this head node with `pip download`."""
 
-    def __init__(self, requirements: str, given: Path | None = None, cache: Path | None = None):
+    def __init__(self, requirements: str, given: Path | None = None, cache: Path | None = None,
+                 constraints: str | None = None):
         self.requirements = requirements
+        self.constraints = project_constraints() if constraints is None else constraints
         self.given = given
         self.cache = cache or cache_root() / "wheelhouse"
         self.lock = threading.Lock()
         self.built: dict[str, Path] = {}
 
-    def for_host(self, facts: dict) -> Path:
-        """Wheelhouse for a host's architecture, Python and glibc (downloaded now unless cached)."""
+    def for_host(self, facts: dict, progress: Callable[[str], None] | None = None) -> Path:
+        """Wheelhouse for a host's architecture, Python and glibc (downloaded now unless cached), resolved
+        against the lock. `progress` is told what is being downloaded as it goes (text lines)."""
         if self.given is not None:
             if not self.given.is_dir():
                 raise PisplitError(f"wheelhouse {self.given}: not a directory")
@@ -215,24 +231,65 @@ class Wheelhouses:
                 return self.built[tag]
             target = self.cache / tag
             stamp = target / ".requirements.sha256"
-            digest = hashlib.sha256(self.requirements.encode()).hexdigest()
+            digest = hashlib.sha256((self.requirements + self.constraints).encode()).hexdigest()
             if not (stamp.exists() and stamp.read_text() == digest):
                 target.mkdir(parents=True, exist_ok=True)
                 (target / "requirements.txt").write_text(self.requirements)
-                cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--retries", "2", "--dest", str(target),
+                (target / "constraints.txt").write_text(self.constraints)
+                cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--retries", "2", "--dest", str(target),
                        "--only-binary=:all:", "--implementation", "cp", "--python-version", version]
                 for platform in _platforms(arch, facts["libc"]):
                     cmd += ["--platform", platform]
-                cmd += ["-r", str(target / "requirements.txt")]
+                cmd += ["-r", str(target / "requirements.txt"), "-c", str(target / "constraints.txt")]
                 log.info("building wheelhouse %s", target)
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    tail = " | ".join(line for line in proc.stderr.strip().splitlines() if "WARNING" not in line)[-600:]
+                returncode, output = _pip_download(cmd, tag, progress)
+                if returncode != 0:
+                    tail = " | ".join(line for line in output if line.startswith("ERROR"))[-600:] or " | ".join(output[-4:])
                     raise PisplitError(f"cannot get wheels for {arch} Python {version} ({facts['libc']}): {tail}; "
                                        f"prepare them with pip download and pass --wheelhouse DIR")
                 stamp.write_text(digest)
             self.built[tag] = target
             return target
+
+
+def _pip_download(cmd: list[str], tag: str, progress: Callable[[str], None] | None) -> tuple[int, list[str]]:
+    """Run `pip download`, telling `progress` which wheel is coming and how far it is (pip's raw progress
+    lines, at most 5 a second); returns pip's exit status and its output lines."""
+    try:
+        from importlib.metadata import version as installed_version
+
+        raw = tuple(int(p) for p in installed_version("pip").split(".")[:2]) >= (24, 1)  # --progress-bar raw
+    except Exception:
+        raw = False
+    cmd = cmd[:4] + ["--progress-bar", "raw" if raw and progress else "off"] + cmd[4:]
+    lines: list[str] = []
+    started, saved, done_bytes, current, last = 0, 0, 0, "", 0.0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            match = re.match(r"Progress (\d+) of (\d+)$", line)
+            if match:
+                got, total = int(match.group(1)), int(match.group(2))
+                if got == total:
+                    done_bytes += total
+                now = time.monotonic()
+                if progress and total and now - last >= 0.2:
+                    last = now
+                    progress(f"wheelhouse {tag}: wheel {started}, {(done_bytes + (got if got < total else 0)) / 1e6:.1f} MB so far; "
+                             f"{current} {100 * got // total}%")
+                continue
+            lines.append(line)
+            match = re.match(r"\s*Downloading (\S+\.whl) \((.+)\)$", line)
+            if match:
+                current, started = match.group(1), started + 1
+                if progress:
+                    progress(f"wheelhouse {tag}: wheel {started}, {done_bytes / 1e6:.1f} MB so far; downloading {current} ({match.group(2)})")
+            elif line.startswith("Saved ") or line.startswith("File was already downloaded"):
+                saved += 1
+    if progress and proc.returncode == 0:
+        progress(f"wheelhouse {tag}: {saved} wheels ready, {done_bytes / 1e6:.1f} MB downloaded")
+    return proc.returncode, lines
 
 
 class Provisioner:
@@ -243,7 +300,8 @@ class Provisioner:
         self.options = options
         self.events = events or (lambda *_: None)
         self.requirements = project_requirements()
-        self.wheelhouses = Wheelhouses(self.requirements, options.wheelhouse)
+        self.constraints = project_constraints()
+        self.wheelhouses = Wheelhouses(self.requirements, options.wheelhouse, constraints=self.constraints)
         self.code = project_files()
         self.files = [Path(f) for f in options.files]
         for f in self.files:
@@ -361,16 +419,17 @@ class Provisioner:
                             f"({reason}); choose a workdir= the user owns")
         if not facts.get("python"):
             raise HostError(f"host {host.name}: {host.python} not found")
-        wheels = self.wheelhouses.for_host(facts)
+        wheels = self.wheelhouses.for_host(facts, lambda text: self.events(host.name, "venv", "running", text))
         copied = remote.sync([(p, f"{workdir}/wheelhouse/{p.name}") for p in sorted(wheels.glob("*.whl"))])
         remote.write_text(f"{workdir}/requirements.txt", self.requirements)
+        remote.write_text(f"{workdir}/constraints.txt", self.constraints)
         venv = f"{workdir}/venv"
         changed = []
         if remote.run(["test", "-x", f"{venv}/bin/python"], check=False).returncode != 0:
             remote.run(venv_command(host.python, venv), timeout=600, what="creating the venv")
             changed.append("venv created")
         stamp = f"{venv}/.pisplit-requirements.sha256"
-        digest = hashlib.sha256(self.requirements.encode()).hexdigest()
+        digest = hashlib.sha256((self.requirements + self.constraints).encode()).hexdigest()
         if (remote.read_text(stamp) or "").strip() != digest:
             remote.run(pip_install_command(venv, workdir), timeout=1800, what="installing the requirements")
             remote.write_text(stamp, digest + "\n")
@@ -450,7 +509,7 @@ class Provisioner:
             ("packages", "if python3-venv is missing:\n" + "\n".join(apt_commands(["python3-venv"], host.user == "root"))),
             ("venv", "\n".join([workdir_command(workdir),
                                  f"sftp: wheels for the host's platform -> {workdir}/wheelhouse/ (changed files only)",
-                                 f"sftp: requirements.txt -> {workdir}/requirements.txt",
+                                 f"sftp: requirements.txt, constraints.txt (the lock) -> {workdir}/",
                                  "if missing: " + venv_command(host.python, venv),
                                  "if requirements changed: " + pip_install_command(venv, workdir)])),
             ("sync", f"sftp: {len(self.code)} project files -> {workdir}/pisplit/"
@@ -508,9 +567,10 @@ def venv_command(python: str, venv: str) -> str:
 
 
 def pip_install_command(venv: str, workdir: str) -> str:
-    """Install the pinned requirements from the synced wheelhouse only: hosts may have no internet."""
+    """Install the pinned requirements, at the lock's versions, from the synced wheelhouse only: hosts may have no internet."""
     return shlex.join([f"{venv}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-index",
-                       "--find-links", f"{workdir}/wheelhouse", "-r", f"{workdir}/requirements.txt"])
+                       "--find-links", f"{workdir}/wheelhouse", "-r", f"{workdir}/requirements.txt",
+                       "-c", f"{workdir}/constraints.txt"])
 
 
 def launcher_script(venv: str) -> str:

@@ -62,6 +62,8 @@ def _run_with_progress(inventory, options, hosts) -> Report:
     total = len(HOST_STEPS)
     if not console.is_terminal:
         def events(host, step, status, detail):
+            if status == "running" and detail and not detail.endswith("%"):  # the wheelhouse's download, wheel by wheel
+                console.print(f"{host}: {step} {detail}", highlight=False, soft_wrap=True)
             if status != "running":
                 console.print(f"{host}: {step} {status}" + (f" - {detail}" if detail else ""), highlight=False, soft_wrap=True)
         return Provisioner(inventory, options, events).run(hosts)
@@ -73,7 +75,7 @@ def _run_with_progress(inventory, options, hosts) -> Report:
             if host not in tasks:
                 tasks[host] = progress.add_task("", total=1, host=host)
             if status == "running":
-                progress.update(tasks[host], description=f"{step}...")
+                progress.update(tasks[host], description=f"{step}..." + (f" {detail}" if detail else ""))
             elif status == "failed":
                 progress.update(tasks[host], description=f"[red]{step} failed", completed=total)
             else:

@@ -132,7 +132,8 @@ def test_one_prefix_needs_one_workdir():
 def test_remote_commands_are_quoted():
     assert facts_command("python3; rm -rf /").endswith("facts 'python3; rm -rf /'")
     assert pip_install_command("/w w/venv", "/w w") == ("'/w w/venv/bin/python' -m pip install --disable-pip-version-check -q "
-                                                        "--no-index --find-links '/w w/wheelhouse' -r '/w w/requirements.txt'")
+                                                        "--no-index --find-links '/w w/wheelhouse' -r '/w w/requirements.txt' "
+                                                        "-c '/w w/constraints.txt'")
     update, install = apt_commands(["python3-venv"], as_root=False)
     assert update.startswith("sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update")
     assert install == "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv"
