@@ -366,6 +366,11 @@ class _Exporter:
         self._reshape_to([numel(self.g.shapes[node.inputs[0]][1:])])
 
     def _reshape(self, node, w):
+        if node.attrs.get("batch1"):  # moves the batch axis: the whole shape of one frame
+            shape = [int(s) for s in node.attrs["full_shape"]]
+            self.w.operator("RESHAPE", [self._in(), self._const("shape", shape, np.int32)], [self._out()],
+                            self.w.options("ReshapeOptions", newShape=shape))
+            return
         self._reshape_to(self.g.shapes[node.outputs[0]][1:])
 
     def _pad(self, node, w):
@@ -416,3 +421,64 @@ class _Exporter:
 
     def _resize_nearest(self, node, w):
         self._resize(node, "RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions")
+
+    # --- transformers and sequence models (issue 19) ---------------------------------------------------
+    def _constant(self, node, w):
+        self.index[node.outputs[0]] = self._const("value", w["value"])  # a constant tensor, no operator
+
+    def _batch_matmul(self, node, w):
+        opts = self.w.options("BatchMatMulOptions", adjX=bool(node.attrs.get("adj_x")), adjY=bool(node.attrs.get("adj_y")))
+        self.w.operator("BATCH_MATMUL", [self._in(0), self._in(1)], [self._out()], opts)
+
+    def _gelu(self, node, w):
+        self._unary("GELU", self.w.options("GeluOptions", approximate=bool(node.attrs.get("approximate"))))
+
+    def _rsqrt(self, node, w):
+        self._unary("RSQRT")
+
+    def _binary_operands(self, node, w) -> list:
+        operands = [self.index[t] for t in node.inputs]
+        if "constant" in w:
+            c = self._const("constant", w["constant"])
+            operands = [c, *operands] if node.attrs.get("constant_first") else [*operands, c]
+        return operands
+
+    def _squared_difference(self, node, w):
+        self.w.operator("SQUARED_DIFFERENCE", self._binary_operands(node, w), [self._out()])
+
+    def _compare(self, node, w, op: str):
+        """EQUAL / NOT_EQUAL write BOOL; pisplit's tensors are float32 0/1, so a CAST follows."""
+        flag = self.w.tensor(f"{node.name}/bool", self.g.shapes[node.outputs[0]], dtype="BOOL", dynamic_batch=True)
+        self.w.operator(op, self._binary_operands(node, w), [flag])
+        self.w.operator("CAST", [flag], [self._out()])
+
+    def _equal(self, node, w):
+        self._compare(node, w, "EQUAL")
+
+    def _not_equal(self, node, w):
+        self._compare(node, w, "NOT_EQUAL")
+
+    def _select(self, node, w):
+        cond = self.w.tensor(f"{node.name}/condition", self.g.shapes[node.inputs[0]], dtype="BOOL", dynamic_batch=True)
+        self.w.operator("NOT_EQUAL", [self._in(0), self._const("zero", 0.0)], [cond])
+        self.w.operator("SELECT_V2", [cond, self._in(1), self._in(2)], [self._out()])
+
+    def _strided_slice(self, node, w):
+        a = node.attrs
+        in_shape = self.g.shapes[node.inputs[0]]
+        starts, steps, counts = list(a["starts"]), list(a["steps"]), list(a["counts"])
+        if not a.get("batch1"):
+            starts, steps, counts = [0, *starts], [1, *steps], [in_shape[0], *counts]
+        ends = [s + st * c for s, st, c in zip(starts, steps, counts)]
+        end_mask = sum(1 << d for d, e in enumerate(ends) if e < 0)  # a negative step down to index 0
+        if not a.get("batch1"):
+            end_mask |= 1  # the whole batch axis, whatever its size
+        sliced_shape = [in_shape[0] if not a.get("batch1") and d == 0 else c for d, c in enumerate(counts)]
+        out_shape = self.g.shapes[node.outputs[0]]
+        same = tuple(sliced_shape) == tuple(out_shape)
+        t = self._out() if same else self.w.tensor(f"{node.name}/sliced", sliced_shape, dynamic_batch=True)
+        self.w.operator("STRIDED_SLICE", [self._in(), self._const("begin", starts, np.int32), self._const("end", [max(e, 0) for e in ends], np.int32),
+                                          self._const("strides", steps, np.int32)], [t], self.w.options("StridedSliceOptions", endMask=end_mask))
+        if not same:
+            shape = list(out_shape) if a.get("batch1") else [-1, *out_shape[1:]]
+            self.w.operator("RESHAPE", [t, self._const("shape", shape, np.int32)], [self._out()], self.w.options("ReshapeOptions", newShape=shape))

@@ -101,3 +101,22 @@ def test_torch_corpus_model_matches_litert(arch):
     for t, w in zip(graph.outputs, litert(model, list(feeds.values()))):
         assert got[t].shape == w.shape and np.isfinite(got[t]).all()
         assert rel_err(got[t], w) < 1e-4, f"{arch}: {t}"
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("case", sorted(TRANSFORMER_CASES))
+def test_litert_engine_runs_the_new_ops_as_numpy_does(case):
+    """The exporter writes every new op (constants as tensors, comparisons with a CAST to float, SELECT
+    through NOT_EQUAL 0, batch-1 reshapes and slices with their whole shapes) for the litert engine."""
+    from layers.engine import make_engine
+
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    graph = import_tflite_bytes(TRANSFORMER_CASES[case]())
+    rng = np.random.default_rng(3)
+    feeds = {k: (rng.standard_normal(s) * 2).astype(np.float32) for k, s in graph.inputs.items()}
+    want = graph.execute(feeds)
+    engine = make_engine(graph, "litert")
+    assert engine.name == "litert"
+    got = engine.run(feeds)
+    for t in graph.outputs:
+        assert rel_err(got[t], want[t]) < 1e-4, f"{case} {t}"
