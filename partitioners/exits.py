@@ -221,3 +221,79 @@ def bytes_per_frame(plan, reach) -> float:
     for k, s in enumerate(plan.stages[:-1]):
         total += s.send_bytes * reach[k + 1]
     return float(total)
+
+
+# --- calibration on held-out data and plans that know their exit rates ---------------------------------
+def calibrate(graph: Graph, outputs: dict, labels: np.ndarray, points: list[ExitPoint]) -> dict:
+    """Each exit's share of the frames (answered there), the accuracy of those answers and overall,
+    from the whole model's outputs on held-out frames {name: (frames, C)} and their labels (frames,).
+
+    Returns {"frames", "exits": [{"name", "threshold", "exit_fraction", "accuracy"}], "final": {...},
+    "accuracy"} ('final' is the model's final output, answering what no exit took)."""
+    labels = np.asarray(labels)
+    index, answer = reference_answers(graph, outputs, points)
+    correct = answer.argmax(axis=-1) == labels
+    n = max(len(labels), 1)
+    rows = []
+    for i, name in enumerate([p.name for p in points] + [final_output(graph, [p.name for p in points])]):
+        mine = index == i
+        rows.append({"name": name, "threshold": points[i].threshold if i < len(points) else None,
+                     "exit_fraction": float(mine.sum() / n), "accuracy": float(correct[mine].mean()) if mine.any() else None})
+    return {"frames": int(len(labels)), "exits": rows[:-1], "final": rows[-1], "accuracy": float(correct.mean()),
+            "answered": index}
+
+
+def reach_from_fractions(stages, points: list[ExitPoint], fractions) -> np.ndarray:
+    """Fraction of frames reaching each stage from each exit's measured share of all frames."""
+    at_stage = [stage_of_node(stages, p.node) for p in points]
+    return np.array([1.0 - sum(f for f, s in zip(fractions, at_stage) if s < k) for k in range(len(stages))])
+
+
+def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions, model_spec: str, engine: str):
+    """A two-stage plan for a model with exits, chosen knowing the exit rates: the front stage runs the
+    model up to the first exit (its branch included), the rest runs behind it on the other devices;
+    of every split of the devices (front / rest, each stage data-parallel over its devices) the one
+    with the best throughput when the rest stage carries only the frames no front exit answered.
+
+    fractions: each exit's share of all frames (calibrate). Returns the Plan (with its exits, their
+    fractions, and predicted_throughput_fps counting the exit rates), or raises PisplitError when
+    the devices are not of one class or number fewer than 2."""
+    from .plan import Exit
+    from .planner_dp import StageChoice
+    from .planners import build_plan, stage_costs
+
+    classes = cost_model.classes
+    if len(classes) != 1 or len(cost_model.cluster.devices) < 2:
+        raise PisplitError("exit plan: needs at least 2 devices of one kind (front stage up to the first exit, the rest behind it)")
+    if not points:
+        raise PisplitError("exit plan: no exits")
+    n_devices = len(cost_model.cluster.devices)
+    cut = points[0].node + 1
+    best = None
+    for front in range(1, n_devices):
+        choices = [StageChoice(0, cut, (front,), "data-parallel" if front > 1 else "single"),
+                   StageChoice(cut, len(graph), (n_devices - front,), "data-parallel" if n_devices - front > 1 else "single")]
+        try:
+            costs = stage_costs(cost_model, choices)
+        except PisplitError:
+            continue
+        reach = reach_from_fractions([_Range(0, 0, cut), _Range(1, cut, len(graph))], points, fractions)
+        period = max(c.period_s * r for c, r in zip(costs, reach))
+        if best is None or period < best[0]:
+            best = (period, choices, reach)
+    if best is None:
+        raise PisplitError(f"exit plan: no split of {n_devices} devices at node {cut} fits in memory")
+    period, choices, reach = best
+    plan = build_plan(cost_model, choices, "exits", "throughput", model_spec, engine,
+                      notes=[f"stage 1 carries {reach[1]:.1%} of the frames (exit rates measured on held-out data)"])
+    from dataclasses import replace
+
+    exits = tuple(Exit(p.name, p.threshold, float(f)) for p, f in zip(points, fractions))
+    return replace(plan, exits=exits, predicted_throughput_fps=1.0 / period if period > 0 else plan.predicted_throughput_fps).validate()
+
+
+@dataclass(frozen=True)
+class _Range:
+    index: int
+    node_start: int
+    node_stop: int
