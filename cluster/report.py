@@ -196,19 +196,28 @@ def _track_names(plan: Plan, pid: int, rank: int, stage: int, what: str):
     yield {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": rank, "args": {"sort_index": rank}}
 
 
-def _trace_events(plan: Plan, result: RunResult, max_in_flight: int | None = None):
+def _trace_events(plan: Plan, result: RunResult, hops: list, offsets: np.ndarray, max_in_flight: int | None = None):
     yield {"name": "process_name", "ph": "M", "pid": MEASURED_PID, "tid": 0, "args": {"name": f"pisplit {plan.model} · measured"}}
     yield {"name": "process_sort_index", "ph": "M", "pid": MEASURED_PID, "tid": 0, "args": {"sort_index": 0}}
     for s in sorted(result.ranks, key=lambda r: r.rank):
         yield from _track_names(plan, MEASURED_PID, s.rank, s.stage, "")
         stage = plan.stage_of_rank(s.rank)
+        shift = float(offsets[s.rank]) if s.rank < offsets.size else 0.0
         for kind, frame, start, duration in s.events:
             doc = {"name": _event_name(plan, stage, int(kind)), "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": s.rank,
-                   "ts": round(start * 1e6, 3), "dur": round(duration * 1e6, 3)}
+                   "ts": round((start + shift) * 1e6, 3), "dur": round(duration * 1e6, 3)}
             if frame >= 0:
                 doc["args"] = {"frame": int(frame)}
             yield doc
-    yield from _measured_flows(plan, result)
+    n_stages = len(plan.stages)
+    for hop in hops:
+        send = hop.send_s + offsets[hop.src]
+        receive = hop.receive_s + offsets[hop.dst]
+        for f, t_send, t_got in zip(hop.frames.tolist(), send.tolist(), receive.tolist()):
+            if hop.result:  # rank 0 took the result: a slice of no duration for the arrow to land on
+                yield {"name": "result", "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": hop.dst,
+                       "ts": round(t_got * 1e6, 3), "dur": 0.0, "args": {"frame": f}}
+            yield from _flow(2 * (f * n_stages + hop.stage), f, MEASURED_PID, hop.src, t_send, hop.dst, t_got, "frame")
     yield from _predicted_events(plan, result, max_in_flight)
 
 
@@ -234,59 +243,83 @@ def _inside(start: np.ndarray, duration: np.ndarray, at_end: bool) -> np.ndarray
     return start + duration - step if at_end else start + step
 
 
-def _measured_flows(plan: Plan, result: RunResult):
-    """Arrows from the end of each stage's compute of a frame (its send follows) to the start of the
-    next stage's compute of the same frame (its receive precedes), where both events were kept.
-    Flow ids are even; the predicted schedule's are odd."""
+@dataclass(frozen=True)
+class _Hops:
+    """Frames rank `src` (of stage `stage`) sent rank `dst`, with when each left and arrived, in the
+    two ranks' own clocks (seconds since each one's start)."""
+
+    src: int
+    dst: int
+    stage: int
+    frames: np.ndarray
+    send_s: np.ndarray
+    receive_s: np.ndarray
+    result: bool = False  # the last stage's result, taken by rank 0
+
+
+def measured_hops(plan: Plan, result: RunResult) -> list:
+    """Every send of a frame the trace kept both ends of: from the end of a stage's compute of the
+    frame (its send follows) to the start of the next stage's compute of it (its receive precedes),
+    and from the last stage's compute to rank 0 taking the result (the run's done_s), where the
+    last stage is not on rank 0."""
     by_rank = {s.rank: s for s in result.ranks}
-    slices = {}
+    slices: dict = {}
+    hops = []
     for stage, nxt in zip(plan.stages, plan.stages[1:]):
         for a in (stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]):
             if a not in by_rank:
                 continue
             fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
-            if nxt.mode == "data-parallel":
-                dest = np.asarray(nxt.ranks)[fa % len(nxt.ranks)]
-            else:
-                dest = np.full(fa.shape, nxt.ranks[0])
+            dest = np.asarray(nxt.ranks)[fa % len(nxt.ranks)] if nxt.mode == "data-parallel" else np.full(fa.shape, nxt.ranks[0])
             for b in np.unique(dest).tolist():
                 if b not in by_rank:
                     continue
                 fb, sb, db = slices.setdefault(b, _compute_slices(by_rank[b]))
                 mine = dest == b
                 common, ia, ib = np.intersect1d(fa[mine], fb, assume_unique=True, return_indices=True)
-                sent = _inside(sa[mine][ia], da[mine][ia], at_end=True)
-                got = _inside(sb[ib], db[ib], at_end=False)
-                for f, t_send, t_got in zip(common.tolist(), sent.tolist(), got.tolist()):
-                    yield from _flow(2 * (f * len(plan.stages) + stage.index), f, MEASURED_PID, a, t_send, b, t_got, "frame")
-    yield from _measured_results(plan, result, by_rank, slices)
-
-
-def _measured_results(plan: Plan, result: RunResult, by_rank: dict, slices: dict):
-    """Arrows from the last stage's compute of a frame to rank 0's receipt of its result (a 'result'
-    slice of no duration when rank 0 took it: the run's done_s), for last-stage ranks other than 0."""
-    if result.done_s is None or not len(result.done_s):
-        return
+                hops.append(_Hops(a, b, stage.index, common, _inside(sa[mine][ia], da[mine][ia], at_end=True),
+                                  _inside(sb[ib], db[ib], at_end=False)))
+    if result.done_s is None or not len(result.done_s) or 0 not in by_rank:
+        return hops
     done = np.asarray(result.done_s, float)
     frames = (np.asarray(result.output_frame_ids, np.int64) if result.output_frame_ids is not None
               else np.arange(done.size, dtype=np.int64))
     order = np.argsort(frames)
     frames, done = frames[order], done[order]
     last = plan.stages[-1]
-    n_stages = len(plan.stages)
     for a in (last.ranks if last.mode == "data-parallel" else last.ranks[:1]):
         if a == 0 or a not in by_rank:
             continue
         fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
-        if last.mode == "data-parallel":  # a replica's own frames only
-            keep = np.asarray(last.ranks)[fa % len(last.ranks)] == a
-            fa, sa, da = fa[keep], sa[keep], da[keep]
         common, ia, ib = np.intersect1d(fa, frames, assume_unique=True, return_indices=True)
-        sent = _inside(sa[ia], da[ia], at_end=True)
-        for f, t_send, t_done in zip(common.tolist(), sent.tolist(), done[ib].tolist()):
-            yield {"name": "result", "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": 0, "ts": round(t_done * 1e6, 3),
-                   "dur": 0.0, "args": {"frame": f}}
-            yield from _flow(2 * (f * n_stages + last.index), f, MEASURED_PID, a, t_send, 0, t_done, "frame")
+        hops.append(_Hops(a, 0, last.index, common, _inside(sa[ia], da[ia], at_end=True), done[ib], result=True))
+    return hops
+
+
+def clock_offsets(n_ranks: int, hops: list, margin_s: float = 1e-9) -> np.ndarray:
+    """Seconds to add to each rank's trace times so that no frame arrives before it left.
+
+    Each rank times its events from its own start after a barrier, so the ranks' clocks differ by
+    when each left it (tens of microseconds on one machine, more between Pis). Every send and its
+    receive bound two ranks' difference (offset[src] <= offset[dst] + receive - send); the smallest
+    shifts meeting every bound are the shortest paths of these difference constraints
+    (Bellman-Ford), then moved so rank 0 keeps its clock. Bounds that contradict each other (a round
+    trip measured as negative: no common clock explains it) leave every clock as it was (zeros)."""
+    offsets = np.zeros(n_ranks)
+    bounds = {}
+    for hop in hops:
+        if hop.frames.size and max(hop.src, hop.dst) < n_ranks:
+            w = float(np.min(hop.receive_s - hop.send_s)) - margin_s
+            bounds[(hop.src, hop.dst)] = min(w, bounds.get((hop.src, hop.dst), w))
+    for _ in range(n_ranks + 1):
+        changed = False
+        for (a, b), w in bounds.items():
+            if offsets[b] + w < offsets[a] - 1e-15:
+                offsets[a] = offsets[b] + w
+                changed = True
+        if not changed:
+            return offsets - offsets[0]
+    return np.zeros(n_ranks)
 
 
 def _first_kept_frame(result: RunResult) -> int:
@@ -352,12 +385,24 @@ def _event_name(plan: Plan, stage, code: int) -> str:
     return f"[{seg.node_start}:{seg.node_stop}) {seg.kind}{' kept' if seg.output_layout == 'parts' else ''} {what}"
 
 
-def _trace_other(result: RunResult) -> dict | None:
+def _trace_other(result: RunResult, offsets: np.ndarray) -> dict | None:
+    other = {}
     dropped = {s.rank: s.events_dropped for s in result.ranks if s.events_dropped}
-    if not dropped:
-        return None
-    return {"note": "each rank keeps its most recent trace events only (runtime.EventLog); older ones were dropped",
-            "events_dropped_by_rank": {str(r): n for r, n in dropped.items()}}
+    if dropped:
+        other.update(note="each rank keeps its most recent trace events only (runtime.EventLog); older ones were dropped",
+                     events_dropped_by_rank={str(r): n for r, n in dropped.items()})
+    if np.any(offsets != 0):
+        other.update(clock_note="each rank's measured times are shifted by its clock offset so that no frame arrives "
+                                "before it left (report.clock_offsets); rank 0 keeps its clock",
+                     clock_offsets_us_by_rank={str(r): round(float(o) * 1e6, 3) for r, o in enumerate(offsets) if o})
+    return other or None
+
+
+def _trace_parts(plan: Plan, result: RunResult, max_in_flight: int | None):
+    """(events, otherData) of a run's trace; the events are a generator."""
+    hops = measured_hops(plan, result)
+    offsets = clock_offsets(plan.n_ranks, hops)
+    return _trace_events(plan, result, hops, offsets, max_in_flight), _trace_other(result, offsets)
 
 
 def chrome_trace(plan: Plan, result: RunResult, max_in_flight: int | None = None) -> dict:
@@ -365,8 +410,8 @@ def chrome_trace(plan: Plan, result: RunResult, max_in_flight: int | None = None
     per rank, complete events), process 1 the plan's predicted schedule of the same frames (the same
     tracks), each with flow arrows from a stage's send of a frame to the next stage's receive.
     `max_in_flight` as the run was given it (the predicted schedule admits frames as the run did)."""
-    doc = {"traceEvents": list(_trace_events(plan, result, max_in_flight)), "displayTimeUnit": "ms"}
-    other = _trace_other(result)
+    events, other = _trace_parts(plan, result, max_in_flight)
+    doc = {"traceEvents": list(events), "displayTimeUnit": "ms"}
     if other:
         doc["otherData"] = other
     return doc
@@ -377,12 +422,12 @@ def write_chrome_trace(path, plan: Plan, result: RunResult, max_in_flight: int |
     (400,000 events as dicts and one string took rank 0 about 390 MiB)."""
     import json
 
+    events, other = _trace_parts(plan, result, max_in_flight)
     with open(path, "w") as f:
         f.write('{"traceEvents": [')
-        for i, event in enumerate(_trace_events(plan, result, max_in_flight)):
+        for i, event in enumerate(events):
             f.write(("," if i else "") + json.dumps(event, ensure_ascii=False))
         f.write('], "displayTimeUnit": "ms"')
-        other = _trace_other(result)
         if other:
             f.write(', "otherData": ' + json.dumps(other))
         f.write("}")
