@@ -301,6 +301,8 @@ class RunOptions:
     event_capacity: int = 20_000  # 0.6 MiB a rank; rank 0 holds every rank's at the end (about 5 MiB a rank as tuples)
     fail: tuple | None = None  # (rank, frame, mode): inject_fault on that rank at that frame (--fail)
     on_failure: Callable[["RunResult", BaseException], None] | None = None  # rank 0: the run failed; what it has (partial)
+    frame_ids: np.ndarray | None = None  # frame i of this run is frame frame_ids[i] of the stream (its input); None: i
+    on_result: Callable[[int, dict], None] | None = None  # rank 0: each result as it is taken (frame, tensors): a resilient run's journal
     exits: dict | None = None  # early-exit thresholds {output name: T} over the plan's exits (--exit NAME=T; cluster.exits)
 
 
@@ -763,6 +765,8 @@ class PipelineRank:
         return f
 
     def _source_frame(self, frame: int, local: bool = False) -> dict:
+        if self.options.frame_ids is not None:  # a resilient run's retry: the stream's frames still missing
+            frame = int(self.options.frame_ids[frame])
         name, shape = next(iter(self.graph.inputs.items())) if len(self.graph.inputs) == 1 else (None, None)
         if self.options.inputs is not None:
             x = self.options.inputs[frame % len(self.options.inputs)]
@@ -826,6 +830,8 @@ class PipelineRank:
             for t in self.result_codec.names:
                 self.outputs[t][frame] = tensors[t][0]
         self.done += 1
+        if self.options.on_result:
+            self.options.on_result(frame, tensors)
         if self.options.progress:
             self.options.progress(self.done, self.n_frames)
 

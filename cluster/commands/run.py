@@ -1,6 +1,7 @@
 """`mpirun -n N pisplit run PLAN.json`: stream frames through a plan's pipeline stages."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -39,10 +40,17 @@ def register(sub) -> None:
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
                    help="a wait with no progress for this long probes the rank it waits for and, if that rank does not answer, "
                         "names it and aborts the job (default: max(10 s, 20 predicted periods, 3 predicted latencies); 0: never)")
-    p.add_argument("--fail", metavar="RANK@FRAME[:MODE]",
+    p.add_argument("--fail", metavar="RANK@FRAME[:MODE]", action="append", default=[],
                    help=f"fault injection for tests and demos: rank RANK fails when it reaches frame FRAME, MODE one of "
                         f"{', '.join(FAULT_MODES)} (default error: an error that rank meets alone; stop: SIGSTOP, a hung device; "
-                        "kill: SIGKILL, a lost device)")
+                        "kill: SIGKILL, a lost device); FRAME may be 'start' or 'end' (before the start barrier / the final "
+                        "gather). With --resilient: repeatable, the k-th for the k-th attempt (its plan's ranks; FRAME a frame of the stream)")
+    p.add_argument("--resilient", action="store_true",
+                   help="run WITHOUT mpirun: pisplit starts mpirun itself on this machine and, when a rank dies or stalls, replans "
+                        "on the surviving devices and reruns only the frames without a result (each frame exactly once, in order); "
+                        "the report lists each failure, the time lost and the new plan")
+    p.add_argument("--frame-ids", metavar="IDS.npy", help=argparse.SUPPRESS)  # a resilient retry: frame i is the stream's IDS[i]
+    p.add_argument("--journal", metavar="PATH", help=argparse.SUPPRESS)  # ... rank 0 appends each result there (cluster.supervisor)
     p.add_argument("--exit", action="append", metavar="NAME=T", default=[],
                    help="early exit: output NAME answers a frame when its normalised entropy is at most T (0-1); "
                         "overrides the plan's threshold for NAME or adds the exit (repeatable; cluster.exits)")
@@ -53,11 +61,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.resilient:
+        from .resilient import run_resilient
+
+        return run_resilient(args)
     return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank), args.debug)
 
 
 def _run(args, comm, rank: int) -> int:
     error = None
+    frame_ids = None
     plan = inputs = fail = exits = None
     try:
         plan = Plan.load(args.plan)
@@ -65,7 +78,10 @@ def _run(args, comm, rank: int) -> int:
             raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
         if args.stall_timeout is not None and not args.stall_timeout >= 0:
             raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
-        fail = parse_fault(args.fail)
+        if len(args.fail) > 1:
+            raise PisplitError(f"--fail given {len(args.fail)} times: more than one fault is for --resilient runs (one per attempt)")
+        fail = parse_fault(args.fail[0] if args.fail else None)
+        frame_ids = _frame_ids(args) if rank == 0 else None
         exits = _exit_overrides(args)
         if rank == 0 and args.input:
             inputs = load_npy(args.input)
@@ -79,6 +95,9 @@ def _run(args, comm, rank: int) -> int:
                          stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits)
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
+        options.frame_ids = frame_ids
+        if args.journal:
+            options.on_result = _journal_writer(args.journal)
     progress = None
     if rank == 0 and not args.json and not args.no_progress:
         progress = Progress(TextColumn(f"[bold]{plan.model}[/] on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''}"), BarColumn(),
@@ -112,6 +131,30 @@ def _run(args, comm, rank: int) -> int:
         err_console.print("[red]frames were lost or duplicated[/]")
         return 1
     return 0
+
+
+def _frame_ids(args) -> np.ndarray | None:
+    """--frame-ids: the stream's frame of each of this run's frames (a resilient retry), checked."""
+    if not args.frame_ids:
+        return None
+    ids = load_npy(args.frame_ids)
+    if ids.ndim != 1 or ids.size != args.frames or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
+        raise PisplitError(f"--frame-ids {args.frame_ids}: expected {args.frames} frame ids >= 0, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def _journal_writer(path: str):
+    """Rank 0's on_result for --journal: the journal is opened at the first result (its tensors' shapes)."""
+    from ..supervisor import ResultJournal
+
+    journal = None
+
+    def write(frame: int, tensors: dict) -> None:
+        nonlocal journal
+        if journal is None:
+            journal = ResultJournal(path, list(tensors), [np.shape(a) for a in tensors.values()])
+        journal.append(frame, tensors)
+    return write
 
 
 def write_outputs(out: Path, result: RunResult) -> Path:

@@ -1,0 +1,138 @@
+"""`pisplit run --resilient` / `pisplit emulate --resilient`: the supervisor's side of the command line
+(cluster.supervisor runs the attempts; this turns its result into the report and the --output file)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from layers.errors import PisplitError
+from partitioners.plan import Plan
+
+from ..mpirun import mpirun_env
+from ..output import console, err_console, print_json
+from ..runtime import RunResult, parse_fault
+from ..supervisor import ResilientResult, supervise
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def under_mpirun() -> bool:
+    """Whether this process is one of several ranks mpirun started."""
+    return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+
+
+def run_resilient(args) -> int:
+    """`pisplit run PLAN --resilient`: the supervisor on this machine, mpirun with local ranks."""
+    if under_mpirun():
+        raise PisplitError("--resilient: run `pisplit run --resilient PLAN.json` without mpirun; it starts mpirun itself "
+                           "(and again on the surviving devices after a failure)")
+    for flag, given in (("--trace", args.trace), ("--frame-ids", args.frame_ids), ("--journal", args.journal),
+                        ("--exit", getattr(args, "exit", None))):
+        if given:
+            raise PisplitError(f"--resilient with {flag}: not supported (each attempt is a run of its own)")
+    if args.stall_timeout is not None and not args.stall_timeout >= 0:
+        raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+    if args.host_speed is not None and not args.host_speed > 0:
+        raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
+    plan = Plan.load(args.plan)
+    child = ["--seed", str(args.seed), "--window", str(args.window)]
+    if args.input:
+        child += ["--input", str(Path(args.input).resolve())]
+    for flag, value in (("--engine", args.engine), ("--max-in-flight", args.max_in_flight), ("--stall-timeout", args.stall_timeout),
+                        ("--host-speed", args.host_speed)):
+        if value is not None:
+            child += [flag, str(value)]
+    if args.emulate:
+        child.append("--emulate")
+    engine = args.engine or plan.engine
+    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=bool(args.output), quiet=False,
+                            env=child_env(one_thread=args.emulate))
+    doc = resilient_report(plan, result, engine, args.emulate)
+    return finish(args, doc, result)
+
+
+def child_env(one_thread: bool) -> dict:
+    """Environment of the attempts' mpirun: root allowed, this checkout importable, no colours in pipes."""
+    env = mpirun_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(TERM="dumb", NO_COLOR="1")
+    if one_thread:  # emulated devices share this machine's cores (as cluster.commands.emulate)
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_outputs: bool, quiet: bool, env: dict) -> ResilientResult:
+    """Check the arguments, load the model, run the supervisor; progress lines go to stderr."""
+    from layers import load_model
+
+    if frames < 1:
+        raise PisplitError(f"--frames {frames}: must be at least 1")
+    faults = [parse_fault(f) for f in fail_specs or []]
+    if faults and not 0 <= faults[0][0] < plan.n_ranks:
+        raise PisplitError(f"--fail {fail_specs[0]}: the plan has ranks 0-{plan.n_ranks - 1}")
+    graph = load_model(plan.model, seed=plan.model_seed)
+    if len(graph) != plan.n_nodes:
+        raise PisplitError(f"plan for {plan.model}: covers {plan.n_nodes} nodes, the model has {len(graph)}")
+    say = None if quiet else (lambda line: print(f"pisplit: resilient: {line}", file=sys.stderr, flush=True))
+    return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say)
+
+
+def resilient_report(plan: Plan, result: ResilientResult, engine: str, emulated: bool) -> dict:
+    """The report of a resilient run: frames, exactly-once, each attempt, each failure (time lost), the
+    final plan, and the last attempt's own per-stage report when it finished cleanly."""
+    last = result.report or {}
+    return {
+        "model": plan.model, "engine": engine, "emulated": emulated, "resilient": True,
+        "frames": result.frames, "every_frame_once": result.every_frame_once,
+        "frames_duplicated": result.duplicated, "frames_missing": result.missing.tolist(),
+        "wall_s": result.wall_s, "throughput_fps": result.frames / result.wall_s if result.wall_s > 0 else 0.0,
+        "attempts": result.attempts, "failures": result.failures,
+        "plan": result.plan.to_dict() if result.plan is not None else None,
+        "ranks_total": result.plan.n_ranks if result.plan is not None else plan.n_ranks,
+        "stages": last.get("stages"), "ranks": last.get("ranks"), "last_attempt_throughput_fps": last.get("throughput_fps"),
+    }
+
+
+def finish(args, doc: dict, result: ResilientResult) -> int:
+    from .run import write_outputs
+
+    if getattr(args, "output", None) and result.outputs is not None:
+        doc["output_file"] = str(write_outputs(Path(args.output), RunResult(ranks=[], frame_ids=result.frame_ids, outputs=result.outputs)))
+    else:
+        doc["argmax"] = result.argmax.tolist()
+    if getattr(args, "report", None):
+        Path(args.report).write_text(json.dumps(doc, indent=1))
+    if args.json:
+        print_json(doc)
+    else:
+        print_resilient(doc)
+    if not doc["every_frame_once"]:
+        err_console.print("[red]frames were lost or duplicated[/]")
+        return 1
+    return 0
+
+
+def print_resilient(doc: dict) -> None:
+    table = Table(title=f"{doc['model']}: {doc['frames']} frames, {len(doc['attempts'])} attempt{'s' if len(doc['attempts']) > 1 else ''}"
+                        f" ({doc['engine']}{', emulated devices' if doc['emulated'] else ''})")
+    for col in ("attempt", "ranks", "plan (nodes@ranks)", "frames asked", "delivered", "exit"):
+        table.add_column(col, justify="left" if col.startswith("plan") else "right")
+    for a in doc["attempts"]:
+        table.add_row(str(a["attempt"]), str(a["ranks"]), a["stages"], str(a["frames_asked"]), str(a["frames_delivered"]), str(a["exit"]))
+    console.print(table)
+    for f in doc["failures"]:
+        lost = f"{f['time_lost_s']:.1f} s lost (detected after {f['detected_s']:.1f} s, first new result {f['recovery_s']:.1f} s later)" \
+            if f.get("time_lost_s") is not None else "no frames left to rerun"
+        console.print(f"failure in attempt {f['attempt']}: rank {f['rank']} ({f['device']}"
+                      f"{', host ' + f['host'] if f['host'] else ''}): {f['cause']}; {f['frames_kept']} frames kept; {lost}",
+                      highlight=False, markup=False)
+    once = "every frame exactly once" if doc["every_frame_once"] else \
+        f"{doc['frames_duplicated']} duplicated, {len(doc['frames_missing'])} missing"
+    console.print(f"{doc['frames']} frames in {doc['wall_s']:.1f} s ({doc['throughput_fps']:.2f} frames/s overall), {once}; "
+                  f"final plan on {doc['ranks_total']} rank{'s' if doc['ranks_total'] != 1 else ''}", highlight=False)
+    if "output_file" in doc:
+        console.print(f"wrote {doc['output_file']}")

