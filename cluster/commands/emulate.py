@@ -39,12 +39,16 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine of every rank (default numpy)")
     p.add_argument("--plan-output", metavar="PLAN.json", help="also keep the plan here")
     p.add_argument("--trace", metavar="T.json", help="Chrome Trace Event file of the cluster run")
+    p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
+                   help="early exit in the cluster run (repeatable, as pisplit run --exit); the one-device baseline runs without exits")
+    p.add_argument("--input", metavar="X.npy", help="input frames of both runs (default: seeded random frames)")
     p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
     p.set_defaults(func=run)
 
 
 def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, engine: str, progress: bool,
-                 trace: str | None = None, timeout: float | None = None, max_in_flight: int | None = None) -> dict:
+                 trace: str | None = None, timeout: float | None = None, max_in_flight: int | None = None,
+                 extra: list | None = None) -> dict:
     """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report.
     `max_in_flight=1` sends frames one at a time (single-frame latency)."""
     from ..host_speed import host_speed
@@ -57,6 +61,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     argv += [] if progress else ["--no-progress"]
     argv += ["--trace", trace] if trace else []
     argv += ["--max-in-flight", str(max_in_flight)] if max_in_flight else []
+    argv += [str(a) for a in extra or ()]  # more `pisplit run` options (--exit NAME=T, --input X.npy)
     env = mpirun_env()
     # one BLAS thread per emulated device: the ranks share this machine's cores, and dilation scales CPU time
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -94,6 +99,11 @@ def plan_table(plan: Plan, graph) -> Table:
 
 def run(args) -> int:
     graph = load_model(args.model)
+    from partitioners.exits import parse_exit_overrides
+
+    parse_exit_overrides(args.exit)  # a bad --exit fails here, in one line
+    inputs = ["--input", str(Path(args.input).resolve())] if args.input else []
+    with_exits = inputs + [a for e in args.exit for a in ("--exit", e)]
     link_bps = parse_link(args.link)
     if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")
@@ -113,9 +123,9 @@ def run(args) -> int:
         # a latency plan is measured frame after frame (one in flight), as single-frame latency is meant
         in_flight = 1 if args.objective == "latency" else None
         one = run_emulated(single_path, 1, single_frames, tmp / "single-report.json", args.engine, progress=False,
-                           max_in_flight=in_flight)
+                           max_in_flight=in_flight, extra=inputs)
         many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
-                            trace=args.trace, max_in_flight=in_flight)
+                            trace=args.trace, max_in_flight=in_flight, extra=with_exits)
     speedup = many["throughput_fps"] / one["throughput_fps"] if one["throughput_fps"] else None
     latency_speedup = one["latency_ms"]["p50"] / many["latency_ms"]["p50"] if many["latency_ms"]["p50"] else None
     problem = implausible_speedup(plan, latency_speedup if args.objective == "latency" else speedup)
@@ -131,7 +141,7 @@ def run(args) -> int:
         "predicted_latency_speedup_vs_single": single.predicted_latency_s / plan.predicted_latency_s if plan.predicted_latency_s else None,
         "single_fidelity": one["throughput_fps"] / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
         "measurement_problem": problem,
-        "every_frame_once": many["every_frame_once"],
+        "every_frame_once": many["every_frame_once"], "exits": many.get("exits"),
         "stages": many["stages"], "ranks": many["ranks"],
     }
     if args.json:
