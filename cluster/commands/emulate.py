@@ -36,6 +36,10 @@ def register(sub) -> None:
                    "5 s of them, 4 to 40)")
     p.add_argument("--planner", default="dp", help="planner that makes the plan (default dp)")
     p.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    p.add_argument("--resilient", action="store_true", help="survive a lost or stalled device: replan on the survivors and "
+                   "rerun only the frames without a result, as `pisplit run --resilient` (no one-device baseline)")
+    p.add_argument("--fail", action="append", default=[], metavar="RANK@FRAME[:MODE]",
+                   help="with --resilient: fault injection, as `pisplit run --fail` (repeatable: one per attempt)")
     p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine of every rank (default numpy)")
     p.add_argument("--plan-output", metavar="PLAN.json", help="also keep the plan here")
     p.add_argument("--trace", metavar="T.json", help="Chrome Trace Event file of the cluster run")
@@ -108,6 +112,10 @@ def run(args) -> int:
     if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")
     plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine)
+    if args.resilient or args.fail:
+        from .resilient import emulate_resilient
+
+        return emulate_resilient(args, plan)
     single = single_device_plan(graph, args.model, plan.devices[0].kind, link_bps, args.engine)
     with tempfile.TemporaryDirectory(prefix="pisplit-emulate-") as tmp:
         tmp = Path(tmp)

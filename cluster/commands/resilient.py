@@ -136,3 +136,24 @@ def print_resilient(doc: dict) -> None:
                   f"final plan on {doc['ranks_total']} rank{'s' if doc['ranks_total'] != 1 else ''}", highlight=False)
     if "output_file" in doc:
         console.print(f"wrote {doc['output_file']}")
+
+
+def emulate_resilient(args, plan: Plan) -> int:
+    """`pisplit emulate ... --resilient`: the plan's emulated devices under the supervisor."""
+    from ..host_speed import host_speed
+
+    if not args.resilient:
+        raise PisplitError("--fail: pisplit emulate injects faults with --resilient (without it, `pisplit run --emulate --fail` "
+                           "shows a run that stops at the fault)")
+    if args.trace:
+        raise PisplitError("--resilient with --trace: not supported (each attempt is a run of its own)")
+    if args.plan_output:
+        plan.save(args.plan_output)
+    # measured once per machine and model, then cached (as cluster.commands.emulate.run_emulated)
+    speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
+    child = ["--emulate", "--engine", args.engine, "--host-speed", repr(speed)]
+    if args.objective == "latency":
+        child += ["--max-in-flight", "1"]
+    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True))
+    doc = resilient_report(plan, result, args.engine, True)
+    return finish(args, doc, result)

@@ -171,3 +171,22 @@ def test_a_rank_killed_at_a_random_frame(tmp_path, n_ranks):
     check_every_frame_once(out, graph, 160)
     (failure,) = doc["failures"]
     assert failure["rank"] == victim and failure["cause"] == "exited on signal 9 (Killed)", (victim, frame, failure)
+
+
+@pytest.mark.mpi
+def test_emulate_resilient_survives_a_lost_emulated_pi(tmp_path):
+    graph = zoo_model("lenet5")
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PISPLIT_TEST_JOB": marker, "TERM": "dumb"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cluster.cli", "emulate", "lenet5", "--devices", "rpi4:3", "--frames", "40",
+                               "--resilient", "--fail", "1@10:kill", "--json"], capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=240)
+    finally:
+        for pid in job_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["emulated"] and doc["every_frame_once"] and len(doc["failures"]) == 1 and doc["failures"][0]["rank"] == 1
+    expected = np.argmax(reference_outputs(graph, 40).reshape(40, -1), axis=1)
+    assert doc["argmax"] == expected.tolist()
