@@ -47,6 +47,8 @@ def register(sub) -> None:
                    help="early exit in the cluster run (repeatable, as pisplit run --exit); the one-device baseline runs without exits")
     p.add_argument("--input", metavar="X.npy", help="input frames of both runs (default: seeded random frames)")
     p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
+    p.add_argument("--chart", metavar="FILE", help="draw the run into FILE (.svg, .png or .html): measured against predicted "
+                   "per stage, throughput over time, memory (needs pip install 'pisplit[charts]')")
     p.set_defaults(func=run)
 
 
@@ -102,6 +104,10 @@ def plan_table(plan: Plan, graph) -> Table:
 
 
 def run(args) -> int:
+    if args.chart:
+        from ..charts import check_chart_path
+
+        check_chart_path(args.chart)  # a missing extra or a bad name, before minutes of emulation
     graph = load_model(args.model)
     from partitioners.exits import parse_exit_overrides
 
@@ -134,6 +140,12 @@ def run(args) -> int:
                            max_in_flight=in_flight, extra=inputs)
         many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
                             trace=args.trace, max_in_flight=in_flight, extra=with_exits)
+    if args.chart:
+        from ..charts import run_chart
+
+        run_chart(plan, many, args.chart, in_flight)
+        if not args.json:
+            console.print(f"wrote the chart {args.chart}")
     speedup = many["throughput_fps"] / one["throughput_fps"] if one["throughput_fps"] else None
     latency_speedup = one["latency_ms"]["p50"] / many["latency_ms"]["p50"] if many["latency_ms"]["p50"] else None
     problem = implausible_speedup(plan, latency_speedup if args.objective == "latency" else speedup)
@@ -152,6 +164,8 @@ def run(args) -> int:
         "every_frame_once": many["every_frame_once"], "exits": many.get("exits"),
         "stages": many["stages"], "ranks": many["ranks"],
     }
+    if args.chart:
+        doc["chart_file"] = args.chart
     if args.json:
         print_json(doc)
         return 0

@@ -34,6 +34,8 @@ def register(sub) -> None:
                    help="a profile from `pisplit profile` (repeatable): one measured on a Pi replaces that kind's shipped profile")
     p.add_argument("--output", metavar="PLAN.json", help="write the plan here")
     p.add_argument("--json", action="store_true", help="print the plan document (with --compare: every planner's)")
+    p.add_argument("--chart", metavar="FILE", help="draw the plan into FILE (.svg, .png or .html): devices and links, "
+                   "each stage's layers and splits, predicted time and memory (needs pip install 'pisplit[charts]')")
     p.set_defaults(func=run)
 
 
@@ -80,6 +82,10 @@ def build_model(args, graph) -> CostModel:
 
 
 def run(args) -> int:
+    if args.chart:
+        from ..charts import check_chart_path
+
+        check_chart_path(args.chart)  # a missing extra or a bad name, before any planning
     graph = load_model(args.model)
     model = build_model(args, graph)
     if args.compare:
@@ -97,6 +103,10 @@ def run(args) -> int:
                 console.print(f"wrote the {args.planner} plan to {args.output}")
         if args.output and chosen is None:
             raise PisplitError(f"planner {args.planner}: no feasible plan to write to {args.output}")
+        if args.chart:
+            if chosen is None:
+                raise PisplitError(f"planner {args.planner}: no feasible plan to draw into {args.chart}")
+            _chart(args, chosen, graph)
         return 0
     plan = make_plan(graph, model, args.planner, args.objective, args.model, args.engine)
     if args.output:
@@ -107,7 +117,17 @@ def run(args) -> int:
         print_plan(graph, plan)
         if args.output:
             console.print(f"wrote {args.output}")
+    if args.chart:
+        _chart(args, plan, graph)
     return 0
+
+
+def _chart(args, plan, graph) -> None:
+    from ..charts import plan_chart
+
+    plan_chart(plan, graph, args.chart)
+    if not args.json:
+        console.print(f"wrote the chart {args.chart}")
 
 
 def _kinds(stage) -> str:
