@@ -28,6 +28,13 @@ def register(sub) -> None:
     p.add_argument("--link", default="94mbit", help="link between devices (default 94mbit)")
     p.add_argument("--engine", default="numpy", help="engine the plans are costed for (default numpy)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    views = p.add_argument_group("multi-view models (DDNN: ddnn_mnist, ddnn_mnist_LOCAL_CLOUD)")
+    views.add_argument("--run", action="store_true", help="under mpirun -n 1+P: rank 0 aggregates, one rank per present end "
+                       "device holds its view and its part of the model (cluster.multiview); prints accuracy, local exits, bytes")
+    views.add_argument("--missing", metavar="D,D", help="end devices absent from the run (their views missing)")
+    views.add_argument("--threshold", type=float, default=0.8, help="local exit threshold T of --run and the missing-devices table (default 0.8)")
+    views.add_argument("--frames", type=int, help="--run: held-out frames (default: the whole test split)")
+    views.add_argument("--output", metavar="Y.npz", help="--run: per frame the answering exit (0 local, 1 final) and both outputs (NaN: not computed)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +66,10 @@ def parse_thresholds(text: str | None) -> list[float]:
 
 
 def run(args) -> int:
+    if args.run:
+        from .. import transport
+
+        return transport.on_every_rank(lambda comm, rank: _run_views(args, comm, rank), args.debug)
     from layers import load_model
     from partitioners.cost import CostModel, make_cluster
     from partitioners.devices import parse_devices
@@ -93,10 +104,103 @@ def run(args) -> int:
            "link": args.link, "without_exits": {"predicted_fps": plain.predicted_throughput_fps,
                                                 "accuracy": float((outputs[graph.outputs[-1]].argmax(-1) == labels).mean())},
            "rows": rows}
+    if len(graph.inputs) > 1:
+        doc["missing_devices"] = missing_devices_rows(graph, args.model, args.threshold)
     if args.json:
         print_json(doc)
         return 0
     console.print(exits_table(doc))
+    if "missing_devices" in doc:
+        console.print(missing_devices_table(args.model, args.threshold, doc["missing_devices"]))
+    return 0
+
+
+def missing_devices_rows(graph, model: str, threshold: float) -> list:
+    """Per number of missing end devices (0..N-1): accuracy at the local exit, at the final exit and
+    overall at `threshold` (the local exit answering when sure), the mean over every choice of
+    devices, on the held-out test split (cluster.multiview.multiview_reference)."""
+    import itertools
+
+    from layers.trained import held_out
+
+    from ..multiview import multiview_reference, split_multiview
+
+    views = split_multiview(graph)
+    feeds, labels = held_out(model)
+    rows = []
+    for k in range(views.n_devices):
+        local, final, overall, share = [], [], [], []
+        for missing in itertools.combinations(range(views.n_devices), k):
+            ref = multiview_reference(views, feeds, list(missing), threshold)
+            local.append(float((ref["local_all"].argmax(-1) == labels).mean()))
+            final.append(float((ref["final_all"].argmax(-1) == labels).mean()))
+            answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
+            overall.append(float((answer == labels).mean()))
+            share.append(float((ref["exit_index"] == 0).mean()))
+        rows.append({"missing": k, "local_accuracy": float(np.mean(local)), "final_accuracy": float(np.mean(final)),
+                     "overall_accuracy": float(np.mean(overall)), "local_exit_share": float(np.mean(share))})
+    return rows
+
+
+def missing_devices_table(model: str, threshold: float, rows: list) -> Table:
+    table = Table(title=f"{model}: held-out accuracy with end devices missing (mean over which; T={threshold:g})")
+    for col in ("missing devices", "local exit", "final exit", f"overall at T={threshold:g}", "local exit %"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["missing"]), f"{r['local_accuracy']:.2%}", f"{r['final_accuracy']:.2%}", f"{r['overall_accuracy']:.2%}",
+                      f"{100 * r['local_exit_share']:.1f}")
+    return table
+
+
+def _run_views(args, comm, rank: int) -> int:
+    """`mpirun -n 1+P pisplit exits MODEL --run`: the multi-view model across ranks (cluster.multiview)."""
+    from layers import load_model
+    from layers.trained import held_out
+    from partitioners.exits import check_threshold
+
+    from ..multiview import parse_missing, run_multiview, split_multiview
+    from ..runtime import agree
+
+    error = model = feeds = labels = None
+    missing: list = []
+    frames = 0
+    try:
+        check_threshold("--threshold", args.threshold)
+        model = split_multiview(load_model(args.model))
+        missing = parse_missing(args.missing, model.n_devices)
+        feeds, labels = held_out(args.model)
+        frames = len(labels) if args.frames is None else int(args.frames)
+        if not 1 <= frames <= len(labels):
+            raise PisplitError(f"--frames {args.frames}: the test split has {len(labels)} frames")
+        present = [d for d in range(model.n_devices) if d not in missing]
+        if comm.Get_size() != len(present) + 1:
+            raise PisplitError(f"{len(present)} present end devices: run under mpirun -n {len(present) + 1} (rank 0 aggregates)")
+        if rank > 0:  # an end device keeps only its own view
+            view = model.views[present[rank - 1]]
+            feeds = {view: feeds[view]}
+    except PisplitError as exc:
+        error = str(exc)
+    agree(comm, error)
+    result = run_multiview(comm, model, feeds, frames, missing, args.threshold)
+    if rank != 0:
+        return 0
+    labels = labels[:frames]
+    index = result["exit_index"]
+    answer = np.where(index == 0, np.nan_to_num(result[model.exit_name]).argmax(-1), np.nan_to_num(result[model.final_name]).argmax(-1))
+    doc = {"model": args.model, "frames": frames, "missing": missing, "threshold": args.threshold,
+           "local_exit_share": float((index == 0).mean()), "accuracy": float((answer == labels).mean()),
+           "bytes_per_frame": result["bytes_per_frame"], "seconds": result["seconds"]}
+    if args.output:
+        np.savez(args.output, exit_index=index, exit_names=np.array([model.exit_name, model.final_name]),
+                 **{model.exit_name: result[model.exit_name], model.final_name: result[model.final_name]})
+        doc["output_file"] = args.output
+    if args.json:
+        print_json(doc)
+    else:
+        console.print(f"{args.model}: {frames} held-out frames on {comm.Get_size() - 1} end devices"
+                      f"{' (missing ' + ','.join(map(str, missing)) + ')' if missing else ''}: local exit "
+                      f"{doc['local_exit_share']:.1%} at T={args.threshold:g}, accuracy [bold]{doc['accuracy']:.2%}[/], "
+                      f"{human_bytes(doc['bytes_per_frame'])} per frame from the devices")
     return 0
 
 

@@ -1,0 +1,75 @@
+"""DDNN's multi-device inference (issue 14): end devices on their own ranks, rank 0 aggregating.
+Under real mpirun the local exit decisions and both outputs equal the one-process reference frame
+for frame, with 0, 1 and 2 end devices missing; a missing device leaves max and average pooling of
+the present devices unchanged (the fill is neutral), and a concatenation gets zeros."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cluster.multiview import fill_missing, fill_rule, multiview_reference, parse_missing, split_multiview
+from layers import load_model
+from layers.errors import PisplitError
+from layers.trained import held_out
+
+from .test_stalls_and_partial import mpirun
+
+FRAMES = 60
+
+
+def test_the_ddnn_model_splits_into_devices_and_two_aggregators():
+    views = split_multiview(load_model("ddnn_mnist"))
+    assert views.n_devices == 4 and views.scores == [f"device{d}_fc" for d in range(4)]
+    assert views.features == [f"device{d}_pool" for d in range(4)]
+    assert fill_rule(views.graph, "device0_fc") == "mean" and fill_rule(views.graph, "device0_pool") == "zeros"
+    with pytest.raises(PisplitError, match="not a multi-view model"):
+        split_multiview(load_model("branchy_lenet_mnist"))
+    with pytest.raises(PisplitError, match="at least one must be present"):
+        parse_missing("0,1,2,3", 4)
+
+
+def test_a_missing_device_is_left_out_of_the_max_pool(rng):
+    views = split_multiview(load_model("ddnn_mnist"))
+    feeds, _ = held_out("ddnn_mnist")
+    feeds = {k: v[:40] for k, v in feeds.items()}
+    ref = multiview_reference(views, feeds, [1, 2], 0.5)
+    scores = [views.devices[d].execute({views.views[d]: feeds[views.views[d]]})[f"device{d}_fc"] for d in (0, 3)]
+    z = np.maximum(scores[0], scores[1]).astype(np.float64)  # the local exit: max over present devices, then softmax
+    p = np.exp(z - z.max(-1, keepdims=True))
+    np.testing.assert_allclose(ref["local_all"], p / p.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    # the fill is neutral for max and average pooling alike: the mean of the present ones
+    a, b = rng.standard_normal((2, 3, 10)).astype(np.float32)
+    filled = fill_missing(views.graph, ["device0_fc", "device1_fc", "device2_fc"], {"device0_fc": a, "device2_fc": b})
+    stack = np.stack(list(filled.values()))
+    np.testing.assert_array_equal(stack.max(0), np.maximum(a, b))
+    np.testing.assert_allclose(stack.mean(0), (a + b) / 2, rtol=1e-6, atol=1e-6)
+    zeros = fill_missing(views.graph, ["device0_pool", "device1_pool"], {"device0_pool": np.ones((1, 10, 10, 8), np.float32)})
+    assert not zeros["device1_pool"].any()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("missing", ["", "2", "0,3"])
+def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, missing):
+    threshold = 0.05  # some frames exit locally, some go on to the cloud
+    views = split_multiview(load_model("ddnn_mnist"))
+    absent = parse_missing(missing, 4)
+    args = ["exits", "ddnn_mnist", "--run", "--frames", FRAMES, "--threshold", threshold, "--output", tmp_path / "v.npz", "--json"]
+    if missing:
+        args += ["--missing", missing]
+    proc, _ = mpirun(1 + 4 - len(absent), *args, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+    feeds, labels = held_out("ddnn_mnist")
+    ref = multiview_reference(views, {k: v[:FRAMES] for k, v in feeds.items()}, absent, threshold)
+    with np.load(tmp_path / "v.npz", allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["exit_index"], ref["exit_index"])
+        np.testing.assert_allclose(f["exit1"], ref["exit1"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["final"], ref["final"], rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert 0 < (ref["exit_index"] == 0).sum() < FRAMES, "the threshold should split the frames"
+    present = 4 - len(absent)
+    went_on = (ref["exit_index"] == 1).mean()
+    assert doc["bytes_per_frame"] == pytest.approx(present * (40 + went_on * 3200))
+    answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
+    assert doc["accuracy"] == pytest.approx(float((answer == labels[:FRAMES]).mean()))
