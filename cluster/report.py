@@ -134,11 +134,14 @@ class PredictedSchedule:
     Each frame's entry rank (every rank, in a split stage) computes it from `start` to `compute_end`
     and then communicates until `busy_end` (the stage's predicted comm_s: its receive, send and, for
     rank 0, results); the next stage may start on the frame once it has crossed the link, at
-    `handoff` (compute end + the send_bytes' transfer at the plan's link). A rank takes its next
+    `handoff` (compute end + the send_bytes' transfer at the plan's link, and in a split stage its
+    transfers between the parts before that). A rank takes its next
     frame when its previous one is done (busy_end), and rank 0 admits frame f once frame
     f - max_in_flight has left the last stage, as the runtime does. So one stage's frames are
     1 / (compute_s + comm_s) apart (a data-parallel stage's replicas take turns): the plan's
-    predicted throughput, once the pipeline is full.
+    predicted throughput, once the pipeline is full. One frame alone takes the plan's predicted
+    latency through single and split stages; a data-parallel replica's input from rank 0 and result
+    back to it are not in the plan file, so the schedule's latency is short of the plan's by them.
     """
 
     start: np.ndarray
@@ -161,17 +164,23 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
     n_stages, n = len(plan.stages), max(int(n_frames), 0)
     start, compute_end, busy_end, handoff = (np.zeros((n_stages, n)) for _ in range(4))
     free = np.zeros(plan.n_ranks)
+    def transfer(nbytes: int) -> float:
+        return nbytes * 8.0 / plan.link_bandwidth_bps + plan.link_latency_s if nbytes else 0.0
+
     steps = []
-    for s in plan.stages:
-        send = s.send_bytes * 8.0 / plan.link_bandwidth_bps + plan.link_latency_s if s.send_bytes else 0.0
-        steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, send))
+    for i, s in enumerate(plan.stages):
+        receive, send = transfer(plan.stages[i - 1].send_bytes) if i else 0.0, transfer(s.send_bytes)
+        # a split stage's scatters, exchanges and gathers lie on the frame's path: its comm_s less its
+        # own input and output transfers (the stage costs keep no finer split of comm_s)
+        inner = max(s.predicted.comm_s - receive - send, 0.0) if s.mode == "split" else 0.0
+        steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, s.predicted.compute_s + inner + send))
     for f in range(n):  # a recurrence over frames: each waits for its input, its rank and the admission window
         ready = handoff[-1, f - limit] if f >= limit else 0.0
-        for i, (stage, compute, busy, send) in enumerate(steps):
+        for i, (stage, compute, busy, path) in enumerate(steps):
             ranks = list(stage.ranks) if stage.mode == "split" else [entry_rank(stage, f)]
             t = max(ready, float(free[ranks].max()))
             start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
-            handoff[i, f] = ready = t + compute + send
+            handoff[i, f] = ready = t + path
             free[ranks] = t + busy
     return PredictedSchedule(start, compute_end, busy_end, handoff)
 

@@ -155,6 +155,10 @@ def test_the_predicted_schedule_runs_at_the_plans_throughput_and_respects_the_ad
     first = one.done_s[0]
     assert first == pytest.approx(sum(s.predicted.compute_s + s.send_bytes * 8 / plan.link_bandwidth_bps
                                       + (plan.link_latency_s if s.send_bytes else 0) for s in plan.stages))
+    split = plan_for_devices(graph, "alexnet", "rpi3:4", 94e6, "dp", "latency", "numpy")
+    assert [s.mode for s in split.stages] == ["split"]
+    # a split stage's transfers between its parts lie on the frame's path: one frame takes the plan's latency
+    assert predicted_schedule(split, 1).done_s[0] == pytest.approx(split.predicted_latency_s, rel=1e-9)
     assert predicted_schedule(dataclasses.replace(plan, stages=(dataclasses.replace(plan.stages[0], predicted=None),
                                                                 *plan.stages[1:])), 4) is None
 
