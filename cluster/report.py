@@ -135,9 +135,9 @@ class PredictedSchedule:
     and then communicates until `busy_end` (the stage's predicted comm_s: its receive, send and, for
     rank 0, results); the next stage may start on the frame once it has crossed the link, at
     `handoff` (compute end + the send_bytes' transfer at the plan's link, and in a split stage its
-    transfers between the parts before that). A rank takes its next
-    frame when its previous one is done (busy_end), and rank 0 admits frame f once frame
-    f - max_in_flight has left the last stage, as the runtime does. So one stage's frames are
+    transfers between the parts before that). A rank takes its next frame when its previous one is
+    done (busy_end), and rank 0 admits frame f once frame f - max_in_flight has left the last
+    stage, as the runtime does. So one stage's frames are
     1 / (compute_s + comm_s) apart (a data-parallel stage's replicas take turns): the plan's
     predicted throughput, once the pipeline is full. One frame alone takes the plan's predicted
     latency through single and split stages; a data-parallel replica's input from rank 0 and result
@@ -164,6 +164,7 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
     n_stages, n = len(plan.stages), max(int(n_frames), 0)
     start, compute_end, busy_end, handoff = (np.zeros((n_stages, n)) for _ in range(4))
     free = np.zeros(plan.n_ranks)
+
     def transfer(nbytes: int) -> float:
         return nbytes * 8.0 / plan.link_bandwidth_bps + plan.link_latency_s if nbytes else 0.0
 
