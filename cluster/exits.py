@@ -2,8 +2,9 @@
 
 The exit decision is partitioners.exits' (normalised entropy eta <= T, read from the exit tensor as
 probabilities when a softmax makes it, else as logits). It is taken by the entry rank of the stage
-that computes the exit's node, after the stage has run the frame (an exit saves the work of later
-stages, not the rest of its own stage: a plan puts a stage boundary after an exit to save more).
+that computes the exit's node: a single or data-parallel stage runs in pieces that end after each of
+its exits (ExitingRunner), so a frame answered mid-stage skips the rest of the stage too; a split
+stage decides after the whole stage (its ranks run its segments together).
 
 Protocol (every message a numpy buffer, nothing pickled):
 - answer: the rank that answers a frame (an exit fired, or the last stage computed it) sends rank 0
@@ -77,6 +78,13 @@ class ExitRouting:
         self.blank = {t: np.full(graph.shapes[t], np.nan, np.float32) for t in self.answer_codec.names}
         self.discard = _Discard()
         self.counts = np.zeros(len(self.names), np.int64)  # frames this rank answered, per exit
+        self.runner = None  # an ExitingRunner when this stage stops at exits inside it
+        stage = rank.stage
+        inside = sorted({points[i].node + 1 for i in self.mine if points[i].node + 1 < stage.node_stop})
+        if inside and stage.mode != "split" and rank.rank in (stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]):
+            kind, _, live = rank.step.parts[0]
+            self.runner = ExitingRunner(graph, stage, inside, rank.options.engine or plan.engine, self)
+            rank.step.parts[0] = (kind, self.runner, live)
         self.skipped = 0  # frames this rank passed on as skips
         if rank.rank == 0:
             self.answered = np.full(rank.n_frames, -1, np.int16)
@@ -84,11 +92,18 @@ class ExitRouting:
             self.sink_window = 0
 
     # --- entry ranks ---------------------------------------------------------------------------------
+    def fires(self, i: int, tensors: dict) -> bool:
+        """Whether exit i answers the frame whose tensors are given (its normalised entropy <= T)."""
+        p = self.points[i]
+        return bool(normalised_entropy(np.asarray(tensors[p.name]).reshape(1, -1), p.kind)[0] <= p.threshold)
+
     def decide(self, tensors: dict) -> int | None:
-        """The first exit of this stage whose normalised entropy is at most its threshold, else None."""
+        """The exit of this stage that answers the frame: where the stage stopped early, else the first
+        of its exits whose normalised entropy is at most its threshold, else None."""
+        if self.runner is not None and self.runner.fired is not None:
+            return self.runner.fired
         for i in self.mine:
-            p = self.points[i]
-            if normalised_entropy(np.asarray(tensors[p.name]).reshape(1, -1), p.kind)[0] <= p.threshold:
+            if self.fires(i, tensors):
                 return i
         return None
 
@@ -135,6 +150,8 @@ class ExitRouting:
     def arrived(self, rank, frame: int, buf, start_ns: int) -> bool:
         """After the entry rank received `frame`: True when it is a skip (passed on, nothing computed);
         a split stage behind an exit first tells its workers whether to join."""
+        if self.runner is not None:
+            self.runner.armed = True  # frames from here on (warm-up ran every piece)
         skipped = self.gated and self.is_skip(buf)
         if self.gated and rank.stage.mode == "split":
             self._gate(rank, frame, not skipped)
@@ -224,6 +241,39 @@ class ExitRouting:
         """Rank 0: the answering exit of every frame on the RunResult."""
         result.exit_index = self.answered.astype(np.int64)
         result.exit_names = tuple(self.labels)
+
+
+class ExitingRunner:
+    """A single or data-parallel stage's shard run in pieces that end right after each exit inside the
+    stage: after a piece, the exits it made are checked and a sure frame stops there (`fired`), so
+    the rest of the stage is not computed. Until `armed` (warm-up) every piece runs.
+
+    Stands in for the stage's engine in runtime._Step (`graph` for loading weights and warm-up input,
+    `run(tensors)` -> the tensors live where it stopped)."""
+
+    def __init__(self, graph, stage, cuts: list, engine: str, routing: ExitRouting):
+        from layers.engine import make_engine
+
+        from .runtime import shard_graph
+
+        self.graph = shard_graph(graph, stage.node_start, stage.node_stop)
+        bounds = [stage.node_start, *cuts, stage.node_stop]
+        self.pieces = [(make_engine(shard_graph(graph, a, b), engine), b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.checks = {b: [i for i in routing.mine if routing.points[i].node + 1 == b] for b in cuts}
+        self.routing = routing
+        self.armed = False
+        self.fired: int | None = None
+
+    def run(self, tensors: dict) -> dict:
+        self.fired = None
+        for engine, stop in self.pieces:
+            tensors = engine.run(tensors)
+            if self.armed:
+                for i in self.checks.get(stop, ()):
+                    if self.routing.fires(i, tensors):
+                        self.fired = i
+                        return tensors
+        return tensors
 
 
 def exit_counts(result) -> dict | None:
