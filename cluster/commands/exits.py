@@ -217,3 +217,46 @@ def exits_table(doc: dict) -> Table:
     table.caption = (f"without exits: the planner's plan {plain['predicted_fps']:.1f} frames/s, accuracy {plain['accuracy']:.2%}; "
                      "bytes / frame: between the exit plan's two stages")
     return table
+
+
+def scheme_name(model: str) -> str:
+    """'ddnn_mnist_ap_cc' -> 'AP-CC'; the committed 'ddnn_mnist' is DDNN's MP-CC."""
+    parts = model.split("_")[2:]
+    return "-".join(p.upper() for p in parts) if len(parts) == 2 else "MP-CC"
+
+
+def scheme_rows(threshold: float) -> list:
+    """DDNN's aggregation table on every trained multi-view model (layers/trained ddnn_mnist*): local
+    and cloud (final) exit accuracy, overall accuracy at `threshold`, the local exit's share and the
+    bytes a frame sends from all the devices, on the held-out test split."""
+    from layers import load_model
+    from layers.trained import held_out, manifest
+
+    from ..multiview import multiview_reference, split_multiview
+
+    rows = []
+    for model in sorted(m for m in manifest()["models"] if m.startswith("ddnn_mnist")):
+        views = split_multiview(load_model(model))
+        feeds, labels = held_out(model)
+        ref = multiview_reference(views, feeds, [], threshold)
+        local = ref["exit_index"] == 0
+        answer = np.where(local, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
+        shapes = views.graph.shapes
+        score_bytes = sum(4 * int(np.prod(shapes[t])) for t in views.scores)
+        feature_bytes = sum(4 * int(np.prod(shapes[t])) for t in views.features)
+        rows.append({"model": model, "scheme": scheme_name(model),
+                     "local_accuracy": float((ref["local_all"].argmax(-1) == labels).mean()),
+                     "cloud_accuracy": float((ref["final_all"].argmax(-1) == labels).mean()),
+                     "overall_accuracy": float((answer == labels).mean()), "local_exit_share": float(local.mean()),
+                     "bytes_per_frame": score_bytes + (1 - float(local.mean())) * feature_bytes})
+    return rows
+
+
+def schemes_table(threshold: float, rows: list) -> Table:
+    table = Table(title=f"DDNN aggregation schemes (local-cloud) on held-out MNIST views, T={threshold:g}")
+    for col in ("scheme", "local exit acc.", "cloud exit acc.", "overall acc.", "local exit %", "bytes / frame"):
+        table.add_column(col, justify="left" if col == "scheme" else "right")
+    for r in rows:
+        table.add_row(r["scheme"], f"{r['local_accuracy']:.2%}", f"{r['cloud_accuracy']:.2%}", f"{r['overall_accuracy']:.2%}",
+                      f"{100 * r['local_exit_share']:.1f}", human_bytes(r["bytes_per_frame"]))
+    return table
