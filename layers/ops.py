@@ -363,14 +363,20 @@ register("reshape", OpSpec(
 
 def _pad_infer(ins, attrs, ws):
     p = attrs["paddings"]
-    if len(p) != len(ins[0]) or tuple(p[0]) != (0, 0):
+    if len(p) != len(ins[0]) or (tuple(p[0]) != (0, 0) and not attrs.get("batch1")):
         raise PisplitError(f"pad: paddings {p} need one pair per axis of {tuple(ins[0])} and none on the batch axis")
     return [tuple(s + int(a) + int(b) for s, (a, b) in zip(ins[0], p))]
 
 
+def _pad_run(x, a):
+    if a.get("batch1"):  # pads axis 0 of one frame (a window partition's (T, C) rows)
+        batch1_only(x, f"pad {a['paddings']}", a)
+    return K.pad(x, a["paddings"], a.get("value", 0.0))
+
+
 register("pad", OpSpec(
     _pad_infer,
-    lambda xs, a, w: [K.pad(xs[0], a["paddings"], a.get("value", 0.0))],
+    lambda xs, a, w: [_pad_run(xs[0], a)],
     lambda i, o, a, ws: 0,
 ))
 

@@ -795,8 +795,12 @@ class _Importer:
         a, b = ins[0], ins[1]
         if a in self.constants and b in self.constants:
             self._fail(f"{self.where}: both inputs are constants (constant folding is not supported)")
-        if a in self.constants or b in self.constants:
-            c, x = (a, b) if a in self.constants else (b, a)
+        c, x = (a, b) if a in self.constants else (b, a)
+        if c in self.constants and len(self.tensor_shapes[c]) > len(self.tensor_shapes[x]):
+            # a constant with more axes than the tensor (Swin's (1, H, T, T) bias on (H, T, T) scores): a
+            # constant node, so the output takes the constant's leading axes as the file says
+            self._node(kind, [a, b], out, {"activation": act})
+        elif a in self.constants or b in self.constants:
             self._node(kind, [x], out, {"activation": act, "constant_first": c == a}, {"constant": (c, None)})
         else:
             self._node(kind, [a, b], out, {"activation": act})
@@ -1023,7 +1027,10 @@ class _Importer:
 
     def _op_pad(self, op, ins, out):
         pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
-        self._node("pad", [ins[0]], out, {"paddings": pads.astype(int).tolist()})
+        attrs = {"paddings": pads.astype(int).tolist()}
+        if len(pads) and tuple(pads[0]) != (0, 0):  # pads axis 0 (rows of one frame)
+            attrs.update(batch1=self._batch1(ins[0], f"padding {attrs['paddings']}"), axis0=int(self.tensor_shapes[ins[0]][0]))
+        self._node("pad", [ins[0]], out, attrs)
 
     def _op_padv2(self, op, ins, out):
         pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)

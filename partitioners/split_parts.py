@@ -16,7 +16,8 @@ import numpy as np
 from layers.graph import DTYPE_BYTES, Node
 from layers.ops import numel, spec_of
 
-SPLIT_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
+SPLIT_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel",
+               "attn-heads")  # head-parallel attention (issue 19, partitioners.split_heads)
 # How the segment input reaches the parts, and how the part outputs come back together.
 INPUT_PATTERNS = ("broadcast", "scatter")
 OUTPUT_PATTERNS = ("gather", "reduce", "allgather", "allreduce")

@@ -49,7 +49,10 @@ def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
     index = graph.node_index(layer)
     node = graph.nodes[index]
     if node.op == "dense":
-        return ("fc-output", "fc-input", "data-parallel")
+        from .split_heads import HEADS_KIND, attention_block  # issue 19: an attention block's Q/K/V projection
+
+        heads = (HEADS_KIND,) if graph.quant == {} and attention_block(graph, index) is not None else ()
+        return ("fc-output", "fc-input", *heads, "data-parallel")
     if node.op in CONV_OPS:
         return ("conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
     if len(graph.shapes[node.inputs[0]]) in SPATIAL_AXES and spatial_follower(graph, index, node.inputs[0], (), True):
@@ -369,6 +372,10 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
         sizes_ = resolve_sizes(graph.shapes[node.inputs[0]][-1], sizes, layer,
                                "input features" if kind == "fc-input" else "input channels")
         layout = plan_input_channels(graph, start, stop, sizes_)
+    elif kind == "attn-heads":  # head-parallel attention (partitioners.split_heads): the whole block
+        from .split_heads import split_heads
+
+        return split_heads(graph, start, sizes, last)
     elif kind in ("conv-spatial", "fused-tiles"):
         stop, axis_sizes, sizes_, options = _spatial_plan(graph, start, kind, sizes, last, followers, axis, grid)
         layout = plan_spatial(graph, start, stop, axis_sizes)

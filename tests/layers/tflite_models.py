@@ -908,6 +908,29 @@ def slice_and_matmul(m, x, y):
     return m.op("BATCH_MATMUL", [p, w], (n, b, 3), m.opts("BatchMatMulOptions"))
 
 
+def torch_attention(m, x, heads):
+    """torch's MultiheadAttention as litert-torch converts it (batch 1): TRANSPOSE to time-major (T, 1, C),
+    one fused Q/K/V FULLY_CONNECTED (3C columns, rows folded), RESHAPE (T, 1, 3, C), TRANSPOSE [2, 0, 1, 3],
+    a STRIDED_SLICE each for Q, K and V, Q scaled, RESHAPE to (T, H, D) and TRANSPOSE to heads first,
+    BATCH_MATMUL, SOFTMAX, BATCH_MATMUL, back to (T, C), the output FULLY_CONNECTED, residual ADD."""
+    n, t, c = m.shapes[x]
+    d = c // heads
+    tm = m.op("TRANSPOSE", [x, m.const([1, 0, 2])], (t, n, c))
+    qkv = fully_connected(m, tm, 3 * c)  # (T, 1, C) folded to rows: (T, 3C)
+    r = m.op("RESHAPE", [qkv, m.const([t, 1, 3, c])], (t, 1, 3, c))
+    r = m.op("TRANSPOSE", [r, m.const([2, 0, 1, 3])], (3, t, 1, c))
+    q, k, v = (strided_slice(m, r, [i, 0, 0, 0], [i + 1, t, 1, c], [1, 1, 1, 1], (1, t, 1, c)) for i in range(3))
+    q = binary(m, "MUL", q, m.w.constant(f"scale{m.count}", 1 / np.sqrt(d), np.float32))
+    heads_first = [m.op("TRANSPOSE", [m.op("RESHAPE", [p, m.const([t, heads, d])], (t, heads, d)), m.const(perm)],
+                        tuple((t, heads, d)[i] for i in perm)) for p, perm in ((q, [1, 0, 2]), (k, [1, 2, 0]), (v, [1, 0, 2]))]
+    s = m.op("SOFTMAX", [m.op("BATCH_MATMUL", heads_first[:2], (heads, t, t), m.opts("BatchMatMulOptions"))], (heads, t, t),
+             m.opts("SoftmaxOptions", beta=1.0))
+    o = m.op("BATCH_MATMUL", [s, heads_first[2]], (heads, t, d), m.opts("BatchMatMulOptions"))
+    o = m.op("RESHAPE", [m.op("TRANSPOSE", [o, m.const([1, 0, 2])], (t, heads, d)), m.const([t, c])], (t, c))
+    o = m.op("RESHAPE", [fully_connected(m, o, c), m.const([1, t, c])], (1, t, c))
+    return binary(m, "ADD", x, o)
+
+
 TRANSFORMER_CASES = {
     "gelu_exact": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=False)), [(1, 7, 9)]),
     "gelu_tanh": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=True)), [(1, 7, 9)]),
@@ -917,5 +940,6 @@ TRANSFORMER_CASES = {
     "attention_block_gelu_mlp": _single(lambda m, x: attention(m, x, heads=4), [(1, 10, 16)]),
     "class_token_concat_constant": _single(class_token_encoder, [(1, 6, 8)]),
     "time_major_batch_axis_rules": _single(time_major, [(1, 7, 6)]),
+    "torch_attention_fused_qkv": _single(lambda m, x: torch_attention(m, torch_attention(m, x, heads=6), heads=6), [(1, 9, 24)]),
 }
 CASES.update(TRANSFORMER_CASES)
