@@ -13,7 +13,7 @@ from rich.table import Table
 
 from layers import load_model
 
-from .output import console
+from cluster.output import console
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
@@ -60,17 +60,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_forward", description=__doc__)
     p.add_argument("model", nargs="?", default="vgg16")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="side of the matmul timed as the ceiling (default 2048)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    ceiling = matmul_gflops()
+    ceiling = matmul_gflops(args.matmul_size)
     res = bench_model(args.model, args.repeat)
     conv = [n for n in res["nodes"] if n["op"] in ("conv2d", "conv3d")]
     conv_flops = sum(n["flops"] for n in conv)
     conv_seconds = sum(n["seconds"] for n in conv)
     conv_gflops = conv_flops / conv_seconds / 1e9 if conv_seconds else 0.0
-    ceiling_after = matmul_gflops()
+    ceiling_after = matmul_gflops(args.matmul_size)
     ceiling = max(ceiling, ceiling_after)
-    res.update({"matmul_gflops": ceiling, "conv_gflops": conv_gflops, "conv_fraction_of_matmul": conv_gflops / ceiling})
+    res.update({"matmul_size": args.matmul_size, "matmul_gflops": ceiling, "conv_gflops": conv_gflops, "conv_fraction_of_matmul": conv_gflops / ceiling})
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
                           f"{n['flops'] / n['seconds'] / 1e9:.1f}" if n["seconds"] else "-")
     console.print(table)
     console.print(f"forward: {res['forward_seconds'] * 1e3:.0f} ms per frame; conv layers {conv_gflops:.1f} GFLOPS = "
-                  f"{res['conv_fraction_of_matmul']:.2f} of numpy.matmul ({ceiling:.1f} GFLOPS, 2048^2, same run)")
+                  f"{res['conv_fraction_of_matmul']:.2f} of numpy.matmul ({ceiling:.1f} GFLOPS, {args.matmul_size}^2, same run)")
     return 0
 
 

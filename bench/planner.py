@@ -15,7 +15,7 @@ from partitioners.devices import parse_devices, parse_link_bps
 from partitioners.planners import PLANNERS, InfeasiblePlan, compare_plans, make_plan
 from partitioners.profiles import Calibration
 
-from .output import console, print_json
+from cluster.output import console, print_json
 
 TIMING_CASES = [("resnet50", "rpi3:6,rpi4:6,rpi5:4", "300mbit"), ("resnet50", "rpi3:8,rpi4:8", "94mbit"), ("vgg16", "rpi3:8", "94mbit")]
 MODELS = ("alexnet", "vgg16", "resnet50", "xception", "c3d")
@@ -56,10 +56,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_planner", description=__doc__)
     p.add_argument("--repeat", type=int, default=3, help="planning runs per timing case (median kept)")
     p.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    p.add_argument("--models", help=f"comma-separated models (default {','.join(MODELS)}; timed: those of the timing cases)")
+    p.add_argument("--cluster", action="append", metavar="DEVICES@LINK",
+                   help="a cluster to compare the planners on, e.g. rpi3:4@94mbit (repeatable; default the three above)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    timings = [planning_seconds(m, d, l, args.objective, args.repeat) for m, d, l in TIMING_CASES]
-    rows = [comparison(m, d, l, args.objective) for d, l in CLUSTERS for m in MODELS]
+    models = tuple(args.models.split(",")) if args.models else MODELS
+    clusters = tuple(tuple(c.rsplit("@", 1)) for c in args.cluster) if args.cluster else CLUSTERS
+    if any(len(c) != 2 for c in clusters):
+        p.error("--cluster: DEVICES@LINK, e.g. rpi3:4@94mbit")
+    cases = TIMING_CASES
+    if args.models or args.cluster:  # the timing cases of those models, else each model on the first cluster
+        cases = [c for c in TIMING_CASES if c[0] in models and not args.cluster] or [(m, *clusters[0]) for m in models]
+    timings = [planning_seconds(m, d, l, args.objective, args.repeat) for m, d, l in cases]
+    rows = [comparison(m, d, l, args.objective) for d, l in clusters for m in models]
     if args.json:
         print_json({"planning": timings, "predicted": rows})
         return 0

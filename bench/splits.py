@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .mpirun import local_mpirun_command, mpirun_env
-from .output import console
+from cluster.mpirun import local_mpirun_command, mpirun_env
+from cluster.output import console
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="BLAS threads per rank (default 1)")
     p.add_argument("--engine", default="numpy", help="engine of the parts and of the unsplit layer (default numpy)")
     p.add_argument("--only", help="run only this layer name (block1_conv2 or fc6)")
+    p.add_argument("--kinds", help="run only these split kinds (comma-separated)")
     p.add_argument("--output", metavar="OUT.json", help="also write the JSON document here")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     args = p.parse_args(argv)
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
         if args.only and args.only != layer:
             continue
         for kind in kinds:
+            if args.kinds and kind not in args.kinds.split(","):
+                continue
             for k in ranks:
                 doc = run_case(model, layer, kind, k, args.repeat, args.threads, args.engine)
                 results.append(doc)

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 
 import pytest
 
-from tests.conftest import require, run_pisplit
+from layers import zoo_model
+from tests.conftest import ROOT, require, run_pisplit
 from tests.layers.tflite_models import chain_model
+
+BENCH_MODULES = ("forward", "litert", "pipeline", "planner", "soak", "splits")
+LEADS_WRAPPERS = ("bench_emulate", "bench_latency", "bench_exits", "bench_codecs")  # heredocs of their own (bench_codecs: next)
 
 pytestmark = pytest.mark.litert
 
@@ -47,3 +53,79 @@ def test_bench_bad_arguments_are_one_line_errors():
     assert proc.returncode == 1 and "--engine 'numpy,gpu'" in proc.stderr and "Traceback" not in proc.stderr
     proc = pisplit("bench", "lenet5", "--layer", "conv9")
     assert proc.returncode == 1 and "no node named 'conv9'" in proc.stderr
+
+
+# --- the benchmarks (bench/, run through scripts/bench_*), each briefly, through its own wrapper ----------
+# Smoke tests: each runs with its usual arguments made small and its output is read back; the numbers
+# are not judged (timing belongs to the benchmarks), the correctness figures they print are.
+
+def bench(script: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """scripts/<script> ARGS from outside the repository (the wrappers find their root themselves)."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd="/", env={**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
+    assert proc.returncode == 0, f"scripts/{script} {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_benchmarks_live_in_bench_and_every_wrapper_is_thin():
+    wrappers = sorted(p for p in (ROOT / "scripts").glob("bench_*") if p.name not in LEADS_WRAPPERS)
+    assert [p.name for p in wrappers] == [f"bench_{m}" for m in BENCH_MODULES]
+    for p in wrappers:
+        text = p.read_text()
+        assert "<<" not in text and f"-m bench.{p.name[6:]} " in text, f"{p.name} is not a thin wrapper of bench/{p.name[6:]}.py"
+        assert (ROOT / "bench" / f"{p.name[6:]}.py").is_file()
+    assert [p.name for p in (ROOT / "cluster").glob("bench_*.py")] in ([], ["bench_codecs.py"])  # bench_codecs: next
+    assert not list((ROOT / "partitioners").glob("bench_*.py"))
+
+
+def test_bench_forward():
+    doc = json.loads(bench("bench_forward", "lenet5", "--repeat", "1", "--matmul-size", "128", "--json").stdout)
+    assert doc["model"] == "lenet5" and doc["matmul_size"] == 128 and doc["matmul_gflops"] > 0
+    assert [n["name"] for n in doc["nodes"]] == [n.name for n in zoo_model("lenet5").nodes]
+    assert doc["conv_gflops"] > 0 and doc["forward_seconds"] > 0
+
+
+def test_bench_planner():
+    doc = json.loads(bench("bench_planner", "--models", "lenet5", "--cluster", "rpi3:2@94mbit", "--repeat", "1", "--json").stdout)
+    (timing,) = doc["planning"]
+    assert (timing["model"], timing["devices"], timing["link"]) == ("lenet5", "rpi3:2", "94mbit") and len(timing["all_seconds"]) == 1
+    (row,) = doc["predicted"]
+    assert row["model"] == "lenet5" and row["dp"]["throughput_fps"] > 0
+    assert {"dp", "paper", "memory", "single"} <= set(row)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_planner"), "--cluster", "rpi3:2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--cluster: DEVICES@LINK" in proc.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_splits():
+    doc = json.loads(bench("bench_splits", "--only", "fc6", "--kinds", "fc-output", "--ranks", "2", "--repeat", "1", "--json").stdout)
+    (r,) = doc["results"]
+    assert "error" not in r, r
+    assert (r["layer"], r["kind"], r["ranks"], r["sizes"]) == ("fc6", "fc-output", 2, [2048, 2048])
+    assert r["max_abs_error"] < 1e-3  # the split layer equals the unsplit one
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_pipeline():
+    out = bench("bench_pipeline", "--models", "lenet5", "--engines", "numpy", "--frames", "8", "--spin-seconds", "0.2").stdout
+    assert out.startswith("load: ") and "two-core capacity now" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("lenet5 [numpy]: 1 rank ")]
+    assert "2-rank pipeline (cut before" in line and "-> ratio" in line and "(8 frames;" in line
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_soak():
+    doc = json.loads(bench("bench_soak", "--frames", "300", "--ranks", "2", "--json").stdout)
+    assert doc["frames"] == 300 and doc["ranks"] == 2 and doc["every_frame_once"] is True
+    assert [r["rank"] for r in doc["per_rank"]] == [0, 1] and all(len(r["checkpoints"]) == 5 for r in doc["per_rank"])
+
+
+@pytest.mark.slow
+def test_bench_litert():
+    out = bench("bench_litert", "--models", "lenet5", "--repeat", "1").stdout.splitlines()
+    assert out[0].startswith("one thread each") and "1 passes taking turns" in out[0]
+    rows = [line.split()[0] for line in out[3:]]
+    assert rows == ["lenet5", "vgg16:block1_conv2"]
