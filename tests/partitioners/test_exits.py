@@ -118,3 +118,20 @@ def test_the_exits_table_sweeps_t():
     assert 0 < rows[0.3]["shares"]["exit1"] < 1
     assert rows[1.0]["bytes_per_frame"] == 0 < rows[0.3]["bytes_per_frame"] < rows[0.0]["bytes_per_frame"]
     assert rows[0.0]["accuracy"] == pytest.approx(doc["without_exits"]["accuracy"])
+
+
+def test_the_multi_view_table_has_accuracy_with_devices_missing():
+    from layers.trained import manifest
+
+    proc = run_pisplit("exits", "ddnn_mnist", "--thresholds", "0.05", "--threshold", "0.05", "--json")
+    doc = json.loads(proc.stdout)
+    rows = doc["missing_devices"]
+    assert [r["missing"] for r in rows] == [0, 1, 2, 3]
+    # with every device there, the local and final exits are the model's own (its manifest, held-out)
+    accuracy = manifest()["models"]["ddnn_mnist"]["test_accuracy"]
+    assert rows[0]["local_accuracy"] == pytest.approx(accuracy["exit1"], abs=0.003)
+    assert rows[0]["final_accuracy"] == pytest.approx(accuracy["final"], abs=0.003)
+    assert rows[0]["overall_accuracy"] == pytest.approx(doc["rows"][0]["accuracy"])
+    # views carry information: losing devices costs accuracy, monotonically
+    finals = [r["final_accuracy"] for r in rows]
+    assert finals == sorted(finals, reverse=True) and finals[-1] < finals[0] - 0.2
