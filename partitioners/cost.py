@@ -39,7 +39,7 @@ from .plan import Device
 from .profiles import Calibration
 from .segment_chains import best_chain, chain_seconds, kept_flags
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
-from .split_costs import SplitCatalogue
+from .split_costs import SplitCatalogue, span_length
 
 INF = math.inf
 MODES = ("single", "data-parallel", "split")
@@ -294,7 +294,9 @@ class CostModel:
     def split_rows(self, kind: str) -> list[int]:
         """Segments that `kind` applies to."""
         if kind not in self._rows:
-            self._rows[kind] = [s for s in range(len(self.splits.segments)) if kind in self.splits.kinds(s)]
+            d = span_length(kind)
+            self._rows[kind] = [s for s in range(len(self.splits.segments))
+                                if (kind in self.splits.kinds(s) if d is None else d in self.splits.spans(s))]
         return self._rows[kind]
 
     def segment_options(self, segment: int, slots: tuple) -> tuple:
@@ -364,20 +366,42 @@ class CostModel:
         seconds, saving = table.seconds, table.saving
         if forced:
             seconds = _forced_seconds(seconds, forced, first, last)
-        chain = best_chain(seconds, saving, table.weight_bytes, table.work_bytes, first, last)
+        chain = best_chain(seconds, saving, table.weight_bytes, table.work_bytes, first, last, table.start_ok, table.end_ok)
         picked, total = list(chain.options), chain.seconds
         memory = (chain.memory[0] + lead_buffers,) + chain.memory[1:]
         usable = [self.usable(k) for k in slots]
         if any(mm > u for mm, u in zip(memory, usable)):
+            # repaired among the kinds only (a span's columns move together): from the best such chain
+            seconds = np.where(np.arange(seconds.shape[1]) < len(OPTION_KINDS), seconds, INF)
+            picked = list(best_chain(seconds, saving, table.weight_bytes, table.work_bytes, first, last, table.start_ok, table.end_ok).options)
             options = [{o: self._option(s, slots, o) for o in np.nonzero(np.isfinite(seconds[s]))[0].tolist()}
                        for s in range(first, last + 1)]
             picked = repair_memory(options, picked, [usable[0] - lead_buffers, *usable[1:]], seconds[first:last + 1], saving[first:last])
             total = chain_seconds(seconds, saving, first, picked)
             memory = stage_memory([options[i][o] for i, o in enumerate(picked)], len(slots))
             memory = (memory[0] + lead_buffers,) + memory[1:]
-        chosen = tuple(replace(self._option(first + i, slots, o), output_layout="parts" if keep else "lead")
-                       for i, (o, keep) in enumerate(zip(picked, kept_flags(saving, first, picked))))
-        return chosen, total, memory
+        flags = kept_flags(saving, first, picked)
+        chosen = []
+        for i, o in enumerate(picked):
+            _, role, d = table.columns[o]
+            if role == "inside":
+                continue  # inside a span: the span's option covers it
+            keep = flags[i + d] if role == "span" else flags[i]
+            chosen.append(replace(self._column_option(first + i, table, o), output_layout="parts" if keep else "lead"))
+        return tuple(chosen), total, memory
+
+    def _column_option(self, segment: int, table: SegmentTable, column: int) -> SegmentOption:
+        """The SegmentOption of a table column: a kind's (segment_options) or a fused span's, with
+        the span's gather (paid at its last segment) in its comm_s."""
+        kind, role, d = table.columns[column]
+        if role == "kind":
+            return self._option(segment, table.slots, column)
+        end = table.columns.index((kind, "inside", 0))
+        return SegmentOption(segment, kind, table.sizes[(segment, column)], int(table.split_stop[segment, column]),
+                             float(table.compute_s[segment, column]),
+                             float(table.comm_in_s[segment, column] + table.comm_out_s[segment + d, end]),
+                             tuple(float(v) for v in table.weight_bytes[segment, column]),
+                             tuple(float(v) for v in table.work_bytes[segment, column]))
 
     def link_terms(self, start: int, stop: int) -> "LinkTerms":
         """The transfers a stage [start, stop) pays per frame (see LinkTerms)."""
@@ -420,13 +444,14 @@ class CostModel:
 
 def _forced_seconds(seconds: np.ndarray, forced: dict, first: int, last: int) -> np.ndarray:
     """`seconds` with every option but the forced kind's made infinite, on the segments of [first,
-    last] whose forced kind applies (elsewhere every option stays)."""
+    last] whose forced kind applies (elsewhere every kind's option stays; fused spans go)."""
     out = seconds.copy()
+    out[:, len(OPTION_KINDS):] = INF
     for s in range(first, last + 1):
         kind = forced.get(s)
         o = OPTION_KINDS.index(kind) if kind in OPTION_KINDS else None
         if o is not None and np.isfinite(seconds[s, o]):
-            out[s] = np.where(np.arange(len(OPTION_KINDS)) == o, seconds[s], INF)
+            out[s] = np.where(np.arange(seconds.shape[1]) == o, seconds[s], INF)
     return out
 
 

@@ -23,6 +23,8 @@ first segment f at once:
 
 seconds(s, o) is the option alone (compute, the lead's scatter and gather) and saving(s, o, o') =
 max(0, gather(s, o) + scatter(s + 1, o') - kept transition(s, o, o')) where keeping is legal, else 0.
+Options include fused spans (fused-tiles over segments s..s+d) as states F_d, C_(d-1), ..., C_0 whose
+moves are forced (saving -inf elsewhere; partitioners.segment_table), so the recurrence is unchanged.
 Then period = inner + the stage's link terms, latency = inner + its send. Memory sums the options'
 weights and takes their largest working set along the chosen chain, as for unchained segments
 (conservative: the lead of a kept tensor no longer holds it whole); a range whose best chain does
@@ -156,7 +158,7 @@ class StageTables:
         usable = np.array([model.usable(k) for k in slots])
         table = model.segment_table(slots)
         seconds = table.seconds
-        value, memory, splits = chain_tables(seconds, table.saving, table.weight_bytes, table.work_bytes)
+        value, memory, splits = chain_tables(seconds, table.saving, table.weight_bytes, table.work_bytes, table.start_ok, table.end_ok)
         # a lower bound on any choice's memory: the least weights and working set of each segment
         applies = np.isfinite(seconds)[:, :, None]
         w_low = np.where(applies, table.weight_bytes, np.inf).min(axis=1)

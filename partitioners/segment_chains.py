@@ -27,6 +27,13 @@ for one first segment with back pointers (CostModel.stage_cost); both apply `_st
 so they give the same values and choices. Memory is the existing per-option accounting along the
 chain (weights summed, largest working set): conservative, since a kept tensor's lead no longer
 holds it whole.
+
+Fused spans (fused-tiles over several segments, recomputing halos instead of exchanging them) are
+more states of the same recurrence (partitioners.segment_table): F_d at the span's first segment,
+C_(d-1) .. C_0 after it, with saving -inf on every move the span does not allow, so a chain takes a
+span whole or not at all; `start_ok` and `end_ok` keep chains from starting or stopping inside one.
+A span keeps and is kept like a kind: its input may come from the previous split's parts (pair into
+F_d), its output stay on its parts for the next (pair out of C_0, the span's own strips).
 """
 from __future__ import annotations
 
@@ -52,13 +59,18 @@ KEEP_BUDGET = 6_000
 
 @dataclass(frozen=True)
 class KeepPair:
-    """Boundary `boundary` may keep option `option`'s output for option `next_option` of the next
-    segment, whose split stops at node `next_stop`."""
+    """Boundary `boundary` may keep column `option`'s output (a split of `kind` over nodes [start, end
+    of segment boundary)) for column `next_option` of the next segment (a split of `next_kind` that
+    stops at node `next_stop`). Columns as segment_table.table_columns: a kind's, or a fused span's
+    (the producer: its last inside column C_0, the span starting at `start`; the consumer: its F_d)."""
 
     boundary: int
     option: int
     next_option: int
     next_stop: int
+    kind: str = ""
+    next_kind: str = ""
+    start: int = -1
 
 
 def keep_pairs(model) -> tuple:
@@ -66,20 +78,38 @@ def keep_pairs(model) -> tuple:
     cached = model.__dict__.get("_keep_pairs")
     if cached is not None:
         return cached
-    from .segment_table import OPTION_KINDS
+    from .split_costs import FUSED, span_kind
+    from .segment_table import table_columns
 
     cat, graph = model.splits, model.graph
+    columns = table_columns(cat.max_span)
+    ends = {}  # segment -> start node of a fused span ending with it
+    for s in range(len(cat.segments)):
+        for d in cat.spans(s):
+            ends.setdefault(s + d, cat.segments[s][0])
+
+    def producers(b):
+        start, stop = cat.segments[b]
+        for kind in cat.kinds(b):
+            if kind in KEEPABLE_KINDS and cat.kind_costs(b, kind).stop == stop:
+                yield columns.index((kind, "kind", 0)), kind, start
+        if b in ends:
+            yield columns.index((FUSED, "inside", 0)), FUSED, ends[b]
+
+    def consumers(b):
+        for kind in cat.kinds(b):
+            yield columns.index((kind, "kind", 0)), kind, cat.kind_costs(b, kind).stop
+        for d in cat.spans(b):
+            yield columns.index((FUSED, "span", d)), FUSED, cat.kind_costs(b, span_kind(d)).stop
+
     pairs = []
     for b in range(len(cat.segments) - 1):
-        start, stop = cat.segments[b]
+        stop = cat.segments[b][1]
         nstart = cat.segments[b + 1][0]
-        for kind in cat.kinds(b):
-            if kind not in KEEPABLE_KINDS or cat.kind_costs(b, kind).stop != stop:
-                continue
-            for nkind in cat.kinds(b + 1):
-                nstop = cat.kind_costs(b + 1, nkind).stop
+        for o, kind, start in producers(b):
+            for no, nkind, nstop in consumers(b + 1):
                 if _kept_legal(graph, Segment(start, stop, kind), Segment(nstart, nstop, nkind)):
-                    pairs.append(KeepPair(b, OPTION_KINDS.index(kind), OPTION_KINDS.index(nkind), nstop))
+                    pairs.append(KeepPair(b, o, no, nstop, kind, nkind, start))
     model.__dict__["_keep_pairs"] = tuple(pairs)
     return model.__dict__["_keep_pairs"]
 
@@ -183,8 +213,6 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     """kept[b, o, o'] seconds of every legal pair whose options apply to these slots (inf elsewhere):
     the transition a kept pair makes, its kept tensor from the parts' pieces and the next split's
     other inputs from the lead (rank 0), all at once (layouts.transition_seconds)."""
-    from .segment_table import OPTION_KINDS
-
     n_seg, n = len(model.splits.segments), len(slots)
     kept = np.full((max(n_seg - 1, 0), n_options, n_options), INF)
     counts = tuple(slots.count(k) for k in range(len(model.classes)))
@@ -196,9 +224,9 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
         a, z = sizes.get((pair.boundary, pair.option)), sizes.get((pair.boundary + 1, pair.next_option))
         if a is None or z is None:
             continue
-        start, stop = segments[pair.boundary]
-        tensor, have, _ = split_boxes(graph, start, stop, OPTION_KINDS[pair.option], a)
-        _, _, need = split_boxes(graph, stop, pair.next_stop, OPTION_KINDS[pair.next_option], z)
+        stop = segments[pair.boundary][1]
+        tensor, have, _ = split_boxes(graph, pair.start, stop, pair.kind, a)
+        _, _, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, z)
         for t, wants in need.items():
             source = have if t == tensor else _lead_piece(graph, t)
             jobs.setdefault((source[1].shape, wants[1].shape), []).append((len(pairs), source, wants))
@@ -224,7 +252,7 @@ def _lead_piece(graph: Graph, tensor: str) -> tuple:
 
 def savings(kept: np.ndarray, comm_in: np.ndarray, comm_out: np.ndarray) -> np.ndarray:
     """saving[b, o, o'] = out(b, o) + in(b + 1, o') - kept(b, o, o') where positive, else 0."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         gain = comm_out[:-1, :, None] + comm_in[1:, None, :] - kept
     return np.where(np.isfinite(gain) & (gain > 0), gain, 0.0)
 
@@ -252,11 +280,15 @@ def _addends(weights: np.ndarray) -> np.ndarray:
     return np.concatenate([weights, is_split], axis=2)
 
 
-def chain_tables(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray) -> tuple:
+def chain_tables(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray,
+                 start_ok: np.ndarray | None = None, end_ok: np.ndarray | None = None) -> tuple:
     """Best chain of every segment range [f, l] (module docstring): (seconds (S, S), memory per slot
-    (S, S, slots) = summed weights + largest working set, split segments (S, S)); only f <= l is set."""
-    if not saving.any():
+    (S, S, slots) = summed weights + largest working set, split segments (S, S)); only f <= l is set.
+    `start_ok` / `end_ok` (per column) say where a chain may start and end (fused spans:
+    segment_table), `saving` is -inf for the moves a chain may not make."""
+    if start_ok is None and not saving.any():
         return _independent_tables(seconds, weights, work)
+    first_seconds = seconds if start_ok is None else np.where(start_ok[None, :], seconds, INF)
     n_seg, n_opt, n_slots = weights.shape
     add = _addends(weights)
     values = np.full((n_seg, n_seg, n_opt), INF)  # [first, last, option]
@@ -267,8 +299,8 @@ def chain_tables(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, w
             values[:last, last], sums[:last, last], peaks[:last, last], _ = _step(
                 values[:last, last - 1], sums[:last, last - 1], peaks[:last, last - 1], seconds[last], saving[last - 1],
                 add[last], work[last])
-        values[last, last], sums[last, last], peaks[last, last] = seconds[last], add[last], work[last]
-    pick = values.argmin(axis=2)[..., None]
+        values[last, last], sums[last, last], peaks[last, last] = first_seconds[last], add[last], work[last]
+    pick = (values if end_ok is None else np.where(end_ok, values, INF)).argmin(axis=2)[..., None]
     best_sums = np.take_along_axis(sums, pick[..., None], axis=2)[:, :, 0]
     memory = best_sums[..., :n_slots] + np.take_along_axis(peaks, pick[..., None], axis=2)[:, :, 0]
     return np.take_along_axis(values, pick, axis=2)[..., 0], memory, best_sums[..., n_slots]
@@ -299,20 +331,22 @@ class Chain:
     memory: tuple
 
 
-def best_chain(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray, first: int, last: int) -> Chain:
+def best_chain(seconds: np.ndarray, saving: np.ndarray, weights: np.ndarray, work: np.ndarray, first: int, last: int,
+               start_ok: np.ndarray | None = None, end_ok: np.ndarray | None = None) -> Chain:
     """The best chain over segments [first, last], as chain_tables finds it for that range."""
-    if not saving.any():
+    if start_ok is None and not saving.any():
         value, memory, _ = _independent_tables(seconds[first:last + 1], weights[first:last + 1], work[first:last + 1])
         options = tuple(int(o) for o in seconds[first:last + 1].argmin(axis=1))
         return Chain(options, (False,) * len(options), float(value[0, -1]), tuple(float(v) for v in memory[0, -1]))
     n_slots = weights.shape[2]
     add = _addends(weights)
-    value, sums, peaks = seconds[first][None], add[first][None], work[first][None]
+    start = seconds[first] if start_ok is None else np.where(start_ok, seconds[first], INF)
+    value, sums, peaks = start[None], add[first][None], work[first][None]
     backs = []
     for s in range(first + 1, last + 1):
         value, sums, peaks, back = _step(value, sums, peaks, seconds[s], saving[s - 1], add[s], work[s])
         backs.append(back[0])
-    o = int(value[0].argmin())
+    o = int((value[0] if end_ok is None else np.where(end_ok, value[0], INF)).argmin())
     memory = sums[0, o, :n_slots] + peaks[0, o]
     options = [o]
     for back in reversed(backs):

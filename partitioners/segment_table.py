@@ -14,6 +14,14 @@ kinds, in `compute_s`) and runs the segment's nodes the split leaves.
 
 Consecutive split segments may keep a tensor on their parts instead (partitioners.segment_chains):
 `kept_s[b, o, o']` is the transition that replaces out(b, o) + in(b + 1, o'), `saving` what it saves.
+
+Fused spans (split_costs.span_kind: fused-tiles over a segment and the d after it) take columns after
+the kinds, as states of the chain: F_d at the span's first segment holds all of its compute, the
+scatter of its input, its weights and working set; C_k at a segment inside it, k segments before its
+end, holds nothing but, at the last one (C_0), the gather of the span's output (the same for every
+span ending there: one tensor in the same rows). A chain may only go F_d -> C_(d-1) -> ... -> C_0,
+and from C_0 or a kind's column on to a kind or a span: `allowed[b, o, o']`; it may not start inside
+a span (`start_ok`) nor stop before a span's end (`end_ok`).
 """
 from __future__ import annotations
 
@@ -24,9 +32,19 @@ import numpy as np
 
 from .latency_model import node_bytes, op_key
 from .segment_chains import kept_table, savings
-from .split_costs import PLANNER_KINDS
+from .split_costs import FUSED, PLANNER_KINDS, span_kind
 
 OPTION_KINDS = ("none",) + PLANNER_KINDS
+
+
+def table_columns(max_span: int) -> tuple:
+    """(kind, role, d) of every column of a table whose spans reach `max_span`: 'none' and the kinds
+    (role 'kind'), then F_1..F_max_span (role 'span', d segments after the first), then
+    C_0..C_(max_span - 1) (role 'inside', d segments before the span's end)."""
+    kinds = tuple((k, "kind", 0) for k in OPTION_KINDS)
+    spans = tuple((FUSED, "span", d) for d in range(1, max_span + 1))
+    inside = tuple((FUSED, "inside", k) for k in range(max_span))
+    return kinds + spans + inside
 
 
 @dataclass(frozen=True)
@@ -42,7 +60,10 @@ class SegmentTable:
     split_stop: np.ndarray  # (segments, options): end of the split part of the segment
     sizes: dict  # (segment, option) -> part sizes
     kept_s: np.ndarray  # (segments - 1, options, options): kept transition seconds, inf where not legal
-    saving: np.ndarray  # (segments - 1, options, options): what keeping saves (0: not kept)
+    saving: np.ndarray  # (segments - 1, options, options): what keeping saves (0: not kept; -inf: not allowed)
+    columns: tuple = tuple((k, "kind", 0) for k in OPTION_KINDS)  # table_columns
+    start_ok: np.ndarray | None = None  # (options,): a chain may start in this column (None: every one)
+    end_ok: np.ndarray | None = None  # (options,): a chain may end in this column (None: every one)
 
     @cached_property
     def comm_s(self) -> np.ndarray:
@@ -63,7 +84,8 @@ def _sizes(extent: int, weights: tuple) -> tuple | None:
 def build_segment_table(model, slots: tuple) -> SegmentTable:
     """The SegmentTable of `model` (a CostModel) for a stage whose ranks are of classes `slots`."""
     segments = model.splits.segments
-    n_seg, n_opt, m = len(segments), len(OPTION_KINDS), len(slots)
+    columns = table_columns(model.splits.max_span)
+    n_seg, n_opt, m = len(segments), len(columns), len(slots)
     starts = np.array([a for a, _ in segments])
     stops = np.array([b for _, b in segments])
     lead = slots[0]
@@ -85,8 +107,10 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         profile, _ = model.calibration.resolve(model.classes[lead].kind)
         add_fit = profile.latency.fit_for("add")
         link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
-        for o, kind in enumerate(PLANNER_KINDS, start=1):
-            kind_rows = kind_arrays(model, kind, profile)
+        for o, (kind, role, d) in enumerate(columns):
+            if role == "inside" or kind == "none":
+                continue
+            kind_rows = kind_arrays(model, kind if role == "kind" else span_kind(d), profile)
             if kind_rows is None:
                 continue
             # sizes depend only on the axis length and the speeds: one proportional split per length
@@ -117,20 +141,60 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             merge = sel["merge"] * (m - 1)
             if add_fit is not None:
                 part_compute += np.where(merge > 0, add_fit.predict(merge, 12.0 * merge), 0.0) * model.classes[lead].seconds_scale
-            seg_stop = stops[rows_arr]
+            seg_stop = stops[rows_arr] if role == "kind" else s_stop  # a span ends where its last segment does
             part_compute += pre[lead, seg_stop] - pre[lead, s_stop]
             compute[rows_arr, o] = part_compute
             comm_in[rows_arr, o] = part_comm[:, 0]
-            comm_out[rows_arr, o] = part_comm[:, 1]
             w = q[..., 1].copy()
             w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
             weights[rows_arr, o] = w
-            work[rows_arr, o, 0] = seg_work[rows_arr]
+            work[rows_arr, o, 0] = seg_work[rows_arr] if role == "kind" else _span_work(model, s_start, s_stop)
             work[rows_arr, o, 1:] = remote.sum(axis=2)
             split_stop[rows_arr, o] = s_stop
+            if role == "kind":
+                comm_out[rows_arr, o] = part_comm[:, 1]
+                continue
+            # the span's inside columns: nothing to pay but, at its last segment, the gather
+            for r, out_s in zip(rows_arr.tolist(), part_comm[:, 1].tolist()):
+                for k in range(d):
+                    c = columns.index((FUSED, "inside", k))
+                    seg = r + d - k
+                    compute[seg, c] = 0.0
+                    split_stop[seg, c] = stops[r + d]
+                    if k == 0:
+                        comm_out[seg, c] = out_s
+                        sizes.setdefault((seg, c), sizes[(r, o)])
     kept = kept_table(model, tuple(slots), sizes, n_opt)
+    allowed = allowed_moves(columns, n_seg)
+    saving = savings(kept, comm_in, comm_out)
+    roles = [role for _, role, _ in columns]
+    start_ok = np.array([role != "inside" for role in roles])
+    end_ok = np.array([role == "kind" or (role == "inside" and d == 0) for (_, role, d) in columns])
     return SegmentTable(tuple(slots), compute, comm_in, comm_out, weights, work, split_stop, sizes, kept,
-                        savings(kept, comm_in, comm_out))
+                        np.where(allowed, saving, -np.inf) if allowed is not None else saving, columns,
+                        start_ok if allowed is not None else None, end_ok if allowed is not None else None)
+
+
+def _span_work(model, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """The lead's largest working set over nodes [start, stop) of each span (whole-tensor bound)."""
+    return np.array([model.work_bytes[a:b].max() for a, b in zip(start.tolist(), stop.tolist())])
+
+
+def allowed_moves(columns: tuple, n_seg: int) -> np.ndarray | None:
+    """allowed[b, o, o']: whether a chain may go from column o at segment b to o' at b + 1 (module
+    docstring); None when the table has no span columns (every move is allowed)."""
+    if not any(role != "kind" for _, role, _ in columns):
+        return None
+    n = len(columns)
+    ok = np.zeros((n, n), dtype=bool)
+    free = [i for i, (_, role, d) in enumerate(columns) if role == "kind" or (role == "inside" and d == 0)]
+    starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "span")]
+    ok[np.ix_(free, starts)] = True
+    for i, (_, role, d) in enumerate(columns):
+        nxt = d - 1 if role == "span" else d - 1 if role == "inside" and d > 0 else None
+        if nxt is not None:
+            ok[i, columns.index((FUSED, "inside", nxt))] = True
+    return np.broadcast_to(ok, (max(n_seg - 1, 0), n, n))
 
 
 def kind_arrays(model, kind: str, profile) -> dict | None:

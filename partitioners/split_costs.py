@@ -15,6 +15,11 @@ adapts it for the planner, which asks the same question for many device sets:
   too short for four parts is calibrated with two, without the first/last terms.
   Whole part sizes come from splits' own proportional sizing, so the plan's sizes are the ones
   `split_layer` builds.
+- Fused spans: fused-tiles from a conv segment through the next d planner segments (1 <= d <=
+  MAX_SPAN, full convolutions included, halos recomputed instead of exchanged), wherever the rows
+  of the whole run can be cut with no communication (split_segments.spatial_follower with
+  convolutions allowed: a residual block's add of its own input qualifies). A span is priced as a
+  kind, by the same affine calibration, under the pseudo-kind `span_kind(d)`.
 """
 from __future__ import annotations
 
@@ -27,8 +32,21 @@ from layers.graph import Graph
 log = logging.getLogger(__name__)
 
 # Kinds the planner chooses per segment. data-parallel is a stage mode here, not a segment kind;
-# fused-tiles needs a choice of run end the planner does not search yet.
+# fused-tiles is chosen as spans over several segments (span_kind).
 PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter")
+FUSED = "fused-tiles"
+MAX_SPAN = 4  # a fused span covers its first segment and at most this many more
+
+
+def span_kind(d: int) -> str:
+    """The pseudo-kind of a fused span over a segment and the d after it (SplitCatalogue.kind_costs)."""
+    return f"{FUSED}+{d}"
+
+
+def span_length(kind: str) -> int | None:
+    """d of span_kind(d), None for a real kind."""
+    head, plus, d = kind.partition("+")
+    return int(d) if plus and head == FUSED else None
 PRIMARY_OPS = ("dense", "conv2d", "conv3d")
 _FIELDS = ("flops", "weight_bytes", "recv_bytes", "send_bytes")
 
@@ -43,13 +61,13 @@ class PartCost:
     send_bytes: float  # what it sends back (its output slice, or a partial sum)
 
 
-def _calibration_split(graph: Graph, layer: str, kind: str):
+def _calibration_split(graph: Graph, layer: str, kind: str, **options):
     """split_cost with four parts whose middle two differ in size, else two unequal parts, else None."""
     from .splits import split_cost
 
     for weights in ((1.0, 1.0, 2.0, 1.0), (1.0, 3.0)):
         try:
-            cost = split_cost(graph, layer, kind, weights)
+            cost = split_cost(graph, layer, kind, weights, **options)
         except PisplitError as exc:
             log.debug("layer %s: %s into %d parts does not apply (%s)", layer, kind, len(weights), exc)
             continue
@@ -109,11 +127,13 @@ class KindCosts:
 class SplitCatalogue:
     """The split options of one graph: planner segments, kinds per segment, part costs (cached)."""
 
-    def __init__(self, graph: Graph, kinds: tuple = PLANNER_KINDS):
+    def __init__(self, graph: Graph, kinds: tuple = PLANNER_KINDS + (FUSED,)):
         self.graph = graph
         self.allowed = tuple(kinds)
         self._kinds: dict[int, dict[str, KindCosts]] = {}
         self.segments: list[tuple[int, int]] = self._segments()
+        self._spans: dict[int, dict[int, KindCosts]] = self._fused_spans() if FUSED in self.allowed else {}
+        self.max_span = max((d for spans in self._spans.values() for d in spans), default=0)
 
     def _segments(self) -> list[tuple[int, int]]:
         n = len(self.graph)
@@ -135,7 +155,7 @@ class SplitCatalogue:
         layer = self.graph.nodes[start].name
         found = {}
         for kind in legal_kinds(self.graph, layer):
-            if kind not in self.allowed:
+            if kind not in self.allowed or kind == FUSED:  # fused-tiles: spans (_fused_spans)
                 continue
             cost = _calibration_split(self.graph, layer, kind)
             if cost is None:  # fewer units than parts
@@ -143,11 +163,48 @@ class SplitCatalogue:
             found[kind] = _affine(kind, layer, cost)
         return found
 
+    def _fused_spans(self) -> dict[int, dict[int, KindCosts]]:
+        """segment -> {d: KindCosts of fused-tiles from it to the end of segment + d}, where the run's
+        rows split with no communication (a chain of spatial followers, convolutions included)."""
+        from .split_segments import chain_stop, spatial_follower
+        from .split_spatial import spatial_axis
+        from .splits import legal_kinds
+
+        graph, out = self.graph, {}
+        ends = {stop: k for k, (_, stop) in enumerate(self.segments)}
+        for s, (start, _) in enumerate(self.segments):
+            node = graph.nodes[start]
+            if node.op not in PRIMARY_OPS or FUSED not in legal_kinds(graph, node.name):
+                continue
+            try:
+                axis = spatial_axis(graph, node.inputs[0], "rows", node.name)
+            except PisplitError:
+                continue
+            reach = chain_stop(graph, start, lambda g, j, running: spatial_follower(g, j, running, (axis,), True))
+            for d in range(1, MAX_SPAN + 1):
+                if s + d >= len(self.segments) or self.segments[s + d][1] > reach:
+                    break
+                stop = self.segments[s + d][1]
+                if ends.get(stop) != s + d:
+                    continue
+                cost = _calibration_split(graph, node.name, FUSED, last=graph.nodes[stop - 1].name)
+                if cost is None or cost.node_stop != stop:
+                    continue
+                out.setdefault(s, {})[d] = _affine(span_kind(d), node.name, cost)
+        return out
+
     def kinds(self, segment: int) -> tuple[str, ...]:
         """Split kinds applicable to a segment (empty when it cannot be split)."""
         return tuple(self._kinds.get(segment, {}))
 
+    def spans(self, segment: int) -> tuple[int, ...]:
+        """The d of every fused span from `segment` (span_kind)."""
+        return tuple(self._spans.get(segment, {}))
+
     def kind_costs(self, segment: int, kind: str) -> KindCosts:
+        d = span_length(kind)
+        if d is not None:
+            return self._spans[segment][d]
         return self._kinds[segment][kind]
 
     def part_sizes(self, segment: int, kind: str, weights: list[float]) -> tuple[int, ...] | None:

@@ -110,3 +110,70 @@ def test_kept_strips_spare_the_lead_the_whole_activations(tmp_path):
     assert peaks["parts"][0] < peaks["lead"][0] - activation, peaks
     # a worker holds its strips, their halos and its message buffers: no more than in the star
     assert all(p <= s + (1 << 20) for p, s in zip(peaks["parts"][1:], peaks["lead"][1:])), peaks
+
+
+def residual_net(rows=19, cols=14, width=12):
+    """A stem conv, two identity bottlenecks (1x1 -> 3x3 -> 1x1, + the block's input, relu) and a
+    head: ResNet's shape, whose blocks the planner runs as fused spans that keep their row strips."""
+    from layers.builder import GraphBuilder
+
+    b = GraphBuilder("residual_net", seed=11)
+    x = b.input("image", (1, rows, cols, 6))
+    x = b.conv(x, width, 3, "stem", padding="same", activation="relu")
+    for k in (1, 2):
+        y = b.conv(x, width // 2, 1, f"b{k}_reduce", padding="same", activation="relu")
+        y = b.conv(y, width // 2, 3, f"b{k}_spatial", padding="same", activation="relu")
+        y = b.conv(y, width, 1, f"b{k}_expand", padding="same")
+        y = b.add("add", [y, x], f"b{k}_add")
+        x = b.act(y, "relu", f"b{k}_out")
+    y = b.pool(x, "max", 2, "pool", strides=2)
+    y = b.act(y, "flatten", "flat")
+    y = b.dense(y, 7, "fc")
+    return b.build(y)
+
+
+def fused_plan(graph, ranks: int, link_bps: float):
+    """The dp latency plan of residual_net on `ranks` Pi 4s, with fused spans over its blocks."""
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.planners import make_plan
+    from partitioners.profiles import Calibration
+
+    model = CostModel(graph, make_cluster([("rpi4", ranks, None)], link_bps), Calibration("numpy"))
+    return make_plan(graph, model, "dp", "latency")
+
+
+@pytest.mark.parametrize("ranks,sizes", [(2, (9, 10)), (3, (5, 8, 6)), (4, (4, 5, 5, 5))])
+def test_fused_spans_keep_residual_blocks_on_their_ranks(tmp_path, ranks, sizes):
+    # each block is one fused-tiles span (halos recomputed, the add reads the block's own input from
+    # the same strip); block 1's strips feed block 2 peer to peer, uneven strips included
+    graph = residual_net()
+    names = [n.name for n in graph.nodes]
+    b1, b2, pool = names.index("b1_reduce"), names.index("b2_reduce"), names.index("pool")
+    path, _ = save_graph(graph, tmp_path / "residual.json")
+    segments = [(0, b1, "conv-spatial", sizes, "parts"), (b1, b2, "fused-tiles", sizes, "parts"),
+                (b2, pool, "fused-tiles", sizes), (pool, len(names), "none", ())]
+    plan = hand_plan(graph, [(0, len(names), list(range(ranks)), "split", segments)], model=str(path))
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["every_frame_once"]
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_planner_fuses_residual_blocks_and_its_plan_runs_exactly(tmp_path):
+    graph = residual_net(48, 40, 32)
+    path, _ = save_graph(graph, tmp_path / "residual.json")
+    plan = fused_plan(graph, 3, 1e9)
+    fused = [g for s in plan.stages for g in s.segments if g.kind == "fused-tiles"]
+    assert fused, [(g.node_start, g.node_stop, g.kind) for s in plan.stages for g in s.segments]
+    plan = type(plan).from_dict({**plan.to_dict(), "model": str(path)})
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from partitioners.plan import Plan
 from partitioners.planner_dp import StageTables, candidate_counts, solve
 from partitioners.planner_exhaustive import exhaustive
 from partitioners.planners import InfeasiblePlan, make_plan
-from partitioners.splits import split_layer
+from partitioners.splits import split_layer, split_segment
 
 from .planner_cases import CALIBRATION, small_models
 
@@ -70,7 +70,8 @@ def test_plans_keep_invariants_and_round_trip(model):
                 assert [i for g in s.segments for i in range(g.node_start, g.node_stop)] == list(range(s.node_start, s.node_stop))
                 for g in s.segments:
                     if g.kind != "none":
-                        built = split_layer(model.graph, model.graph.nodes[g.node_start].name, g.kind, list(g.sizes))
+                        last = model.graph.nodes[g.node_stop - 1].name if g.kind == "fused-tiles" else None  # a span's end
+                        built = split_layer(model.graph, model.graph.nodes[g.node_start].name, g.kind, list(g.sizes), last=last)
                         assert (built.node_stop, built.sizes, len(g.ranks)) == (g.node_stop, g.sizes, len(s.ranks))
             for rank, used in s.predicted.memory_bytes.items():
                 device = plan.devices[rank]
@@ -103,7 +104,7 @@ def test_mixed_devices_get_speed_weighted_parts():
         fast, slow = g.sizes
         assert fast > 2 * slow  # an rpi5 is ~4.9x an rpi3: its part is the larger one
         assert plan.devices[g.ranks[0]].kind == "rpi5"
-        built = split_layer(graph, graph.nodes[g.node_start].name, g.kind, list(g.sizes))
+        built = split_segment(graph, g.node_start, g.node_stop, g.kind, g.sizes, g.options)
         assert (built.node_stop, built.sizes) == (g.node_stop, g.sizes)  # what the runtime will build
 
 
