@@ -135,3 +135,19 @@ def test_an_unknown_exit_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert "exit exit9: not an output of branchy_lenet_mnist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_emulate_runs_the_cluster_with_exits_and_the_baseline_without(tmp_path):
+    from .test_emulate import emulate
+
+    graph, x, ref = reference("branchy_lenet_mnist")
+    np.save(tmp_path / "x.npy", x[:40])
+    proc = emulate("branchy_lenet_mnist", "--devices", "rpi3:2", "--frames", 40, "--single-frames", 2, "--input",
+                   tmp_path / "x.npy", "--exit", "exit1=0.05", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    index, _ = reference_answers(graph, {t: v[:40] for t, v in ref.items()}, resolve_exits(graph, {"exit1": 0.05}))
+    assert doc["every_frame_once"] and doc["exits"] == {"exit1": int((index == 0).sum()), "final": int((index == 1).sum())}
+    bad = emulate("branchy_lenet_mnist", "--devices", "rpi3:2", "--exit", "exit1=high")
+    assert bad.returncode == 1 and bad.stderr.startswith("pisplit: error: exit exit1: threshold 'high' is not a number")
