@@ -275,15 +275,21 @@ def run_chart(plan: Plan, report: dict, path: str | Path, max_in_flight: int | N
     """Draw a run's report (cluster.report.run_report, from a run of `plan`) into `path`: measured
     against predicted per stage, frames completed over time beside the plan's predicted schedule of
     as many frames (admitted `max_in_flight` at a time, as the run did), and memory per rank."""
+    from .report import predicted_schedule, steady_throughput
+
     path = check_chart_path(path)
+    schedule = predicted_schedule(plan, int(report.get("frames") or 0), max_in_flight)
+    # fitted as the measured rate is; frames admitted one at a time come at the latency, not the period
+    rate = steady_throughput(schedule.done_s) if schedule is not None and schedule.done_s.size else None
     fig = _figure_class()(figsize=(14, 11), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
     _draw_run_stages(fig.add_subplot(grid[0, 0]), report)
     _draw_run_memory(fig.add_subplot(grid[0, 1]), plan, report)
-    _draw_completions(fig.add_subplot(grid[1, :]), plan, report, max_in_flight)
+    _draw_completions(fig.add_subplot(grid[1, :]), report, schedule, rate, max_in_flight)
     heading = title or (f"{plan.model} on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''} "
                         f"({'emulated, ' if report.get('emulated') else ''}{report.get('engine', plan.engine)}): "
-                        f"measured {report['throughput_fps']:.2f} frames/s, predicted {plan.predicted_throughput_fps:.2f}")
+                        f"measured {report['throughput_fps']:.2f} frames/s"
+                        + (f", predicted {rate:.2f}" if rate is not None else ""))
     fig.suptitle(heading, fontsize=13)
     rows = [[f"stage {s['index']}", ", ".join(_device_label(plan, r) for r in s["ranks"]), s["mode"],
              _ms(s.get("predicted_compute_ms")), _ms(s["compute_ms"]), _ms(s.get("predicted_comm_ms")), _ms(s["comm_ms"]),
@@ -343,21 +349,18 @@ def _draw_run_memory(ax, plan: Plan, report: dict) -> None:
     ax.set_title("memory per rank", fontsize=10)
 
 
-def _draw_completions(ax, plan: Plan, report: dict, max_in_flight: int | None) -> None:
+def _draw_completions(ax, report: dict, schedule, rate: float | None, max_in_flight: int | None) -> None:
     """Frames completed over time, measured (the report's completion curve) and predicted (the
-    plan's schedule of as many frames), each labelled with its steady rate."""
-    from .report import predicted_schedule
-
+    plan's schedule of as many frames, cluster.report.predicted_schedule), each with its steady rate."""
     curve = report.get("completed") or []
     if curve:
         t, n = zip(*curve)
         ax.step([0.0, *t], [0, *n], where="post", color=COMPUTE, linewidth=1.8,
                 label=f"measured: {report['throughput_fps']:.2f} frames/s once full")
-    schedule = predicted_schedule(plan, int(report.get("frames") or 0), max_in_flight)
-    if schedule is not None and schedule.done_s.size:
+    if schedule is not None and rate is not None:
         done = sorted(schedule.done_s.tolist())
         ax.step([0.0, *done], range(len(done) + 1), where="post", color="#cb181d", linestyle="--", linewidth=1.4,
-                label=f"predicted: {plan.predicted_throughput_fps:.2f} frames/s once full")
+                label=f"predicted: {rate:.2f} frames/s once full" + (", one frame at a time" if max_in_flight == 1 else ""))
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel("frames completed")
     ax.grid(alpha=0.3)
