@@ -36,6 +36,8 @@ COMMANDS = (
     Command("launch", "run a plan on the inventory's hosts with mpirun over ssh", "cluster.commands.launch"),
     Command("plan", "plan pipeline stages and layer splits of a model for a cluster", "cluster.commands.plan"),
     Command("profile", "measure this device (and its links under mpirun) for the planner", "cluster.commands.profile"),
+    Command("codecs", "link codecs per cut: ratio, encode/decode time, transfer time; edge-host and codec-priced plans",
+            "cluster.commands.codecs"),
     Command("calibrate", "measure each early exit's share of held-out frames for its threshold", "cluster.commands.calibrate"),
     Command("exits", "early exits over a sweep of T: shares, accuracy, bytes per frame, predicted throughput", "cluster.commands.exits"),
 )

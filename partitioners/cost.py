@@ -217,8 +217,12 @@ class CostModel:
     """Stage costs of one graph on one cluster, with every per-node quantity computed once."""
 
     def __init__(self, graph: Graph, cluster: Cluster, calibration: Calibration | None = None,
-                 splits: SplitCatalogue | None = None):
+                 splits: SplitCatalogue | None = None, codecs=None, codec_budget=None):
         self.graph = graph
+        # link codecs (partitioners.link_pricing.CodecTable) the stage-to-stage transfers may use, and
+        # what a lossy one may cost (link_pricing.LossBudget; None: lossless codecs only)
+        self.codecs = codecs
+        self.codec_budget = codec_budget
         self.cluster = cluster
         self.calibration = calibration or Calibration()
         self.splits = splits if splits is not None else SplitCatalogue(graph)
@@ -236,7 +240,9 @@ class CostModel:
         self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
         self.cut_messages = np.array([len(graph.cut_tensors(c)) for c in range(n + 1)], dtype=float)
         # cut 0 is the input rank 0 (the source) hands out, cut n the result it (the sink) gets back
-        self.transfer = np.array([self.message_seconds(self.cut_bytes[c], self.cut_messages[c]) for c in range(n + 1)])
+        priced = [self.cut_transfer(c) for c in range(n + 1)]
+        self.transfer = np.array([seconds for seconds, _ in priced])
+        self.cut_codec = [codec for _, codec in priced]  # the codec each cut's transfer is priced with
         seg = self.splits.segments
         self.segment_bounds = np.array([s for s, _ in seg] + [n])
         self.segment_at = {s: k for k, (s, _) in enumerate(seg)}  # node index -> segment starting there
@@ -277,6 +283,18 @@ class CostModel:
         if nbytes <= 0:
             return 0.0
         return messages * self.cluster.link_latency_s + nbytes * 8.0 / self.cluster.link_bandwidth_bps
+
+    def cut_transfer(self, cut: int) -> tuple[float, str]:
+        """(seconds, codec) of sending the tensors live across `cut` once: the plain link
+        (message_seconds) or, on a stage-to-stage cut with a codec table, the cheapest admissible
+        codec, encode and decode priced at the slowest device class (partitioners.link_pricing)."""
+        if self.codecs is None or not 0 < cut < self.n:
+            return self.message_seconds(self.cut_bytes[cut], self.cut_messages[cut]), "raw"
+        from .link_pricing import choose_codec
+
+        scale = max(c.seconds_scale for c in self.classes)
+        return choose_codec(self.codecs.cut(cut), float(self.cut_bytes[cut]), float(self.cut_messages[cut]), self.cluster.link_bandwidth_bps,
+                            self.cluster.link_latency_s, scale, scale, self.codec_budget)
 
     @staticmethod
     def slots_of(counts: tuple) -> tuple:

@@ -1,4 +1,5 @@
-"""Device kinds pisplit knows: the hardware facts of each Raspberry Pi model.
+"""Device kinds pisplit knows: the hardware facts of each Raspberry Pi model, and 'host', a desktop or
+server beside them (the edge-host setting of Ko et al.) that computes at the reference machine's rate.
 
 The planner's calibrated speed profiles for these kinds build on this table: each kind has a shipped
 profile in partitioners/devices/<kind>.json citing the public figures its speed and link come from.
@@ -32,6 +33,9 @@ DEVICE_KINDS: dict[str, DeviceKind] = {
     "rpi3": DeviceKind("rpi3", "Raspberry Pi 3 Model B+ (4x Cortex-A53 1.4 GHz, 1 GB)", 4, 1 * GIB, 300.0),
     "rpi4": DeviceKind("rpi4", "Raspberry Pi 4 Model B (4x Cortex-A72 1.5 GHz, 4 GB)", 4, 4 * GIB, 940.0),
     "rpi5": DeviceKind("rpi5", "Raspberry Pi 5 (4x Cortex-A76 2.4 GHz, 8 GB)", 4, 8 * GIB, 940.0),
+    # a desktop or server beside the Pis (Ko et al.'s edge-host setting): it computes at the planner's
+    # reference machine's rate (calibration scale 1, partitioners/devices/host.json)
+    "host": DeviceKind("host", "Host (desktop or server): the reference machine of the calibration", 4, 16 * GIB, 1000.0),
 }
 
 

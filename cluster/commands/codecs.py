@@ -1,0 +1,233 @@
+"""`pisplit codecs MODEL`: what each link codec does to each cut of a model, and plans that use them.
+
+Without --devices: per cut, the bytes live across it, and per codec its compression ratio, encode and
+decode milliseconds on this machine and the resulting transfer at --link (encode + bytes on the link
++ decode). With --devices KIND:1,host:1: every cut with every admissible codec for an edge device and
+a host (partitioners.edge_host: predicted throughput and edge energy per frame). With other --devices:
+the dp planner with codec pricing (partitioners.cost.CostModel.cut_transfer), each stage's transfer
+naming its codec. --plan-output writes the chosen plan (`mpirun -n N pisplit run PLAN --emulate`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rich.table import Table
+
+from layers import load_model
+from layers.errors import PisplitError
+
+from ..output import console, human_bytes, print_json
+
+DEFAULT_LINK = "2mbit"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("codecs", help="link codecs per cut: ratio, encode/decode time, transfer time; edge-host and codec-priced plans")
+    p.add_argument("model", metavar="MODEL", help="zoo name, trained model, .tflite file or pisplit .json graph")
+    p.add_argument("--layer", metavar="L", help="only the cut after this node (name or index)")
+    p.add_argument("--link", default=DEFAULT_LINK, metavar="BANDWIDTH", help=f"link bandwidth (default {DEFAULT_LINK}, a transmitter mode of Ko et al.)")
+    p.add_argument("--link-latency", metavar="MS", type=float, help="per-message latency in ms (default: the devices' profile, 0.3 ms without --devices)")
+    p.add_argument("--codecs", metavar="LIST", help="comma-separated codecs to measure (default: rle-huffman, zstd, lz4, fp16+zstd, int8+zstd, jpeg:90/50/20)")
+    p.add_argument("--frames", type=int, default=2, help="sample frames the ratios and times are measured on (default 2)")
+    p.add_argument("--accuracy-frames", type=int, default=100, help="held-out frames for lossy codecs' accuracy loss (trained models; default 100)")
+    p.add_argument("--save", metavar="T.json", help="write the measured codec table (the planner's input)")
+    p.add_argument("--table", metavar="T.json", help="use a codec table saved before instead of measuring")
+    p.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="plan with codecs: rpi3:1,host:1 for edge and host, else the dp planner")
+    p.add_argument("--max-accuracy-loss", metavar="P", help="lossy codecs allowed when they lose at most P top-1 accuracy (e.g. 1%%)")
+    p.add_argument("--max-rel-error", metavar="E", type=float, help="lossy codecs allowed when their error is at most E x max|x| of the cut")
+    p.add_argument("--all", action="store_true", help="with edge-host devices: every cut and codec (default: raw and the best codec per cut)")
+    p.add_argument("--plan-output", metavar="PLAN.json", help="write the chosen plan")
+    p.add_argument("--engine", default="numpy", help="engine the plan runs with (default numpy)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=run)
+
+
+def parse_fraction(text: str, what: str) -> float:
+    """'1%' -> 0.01, '0.01' -> 0.01; PisplitError otherwise."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise PisplitError(f"{what} {text!r}: expected a fraction such as 1% or 0.01") from None
+    if not 0.0 <= value <= 1.0:
+        raise PisplitError(f"{what} {text!r}: must be between 0 and 100%")
+    return value
+
+
+def _cut_of(graph, layer: str | None) -> list | None:
+    if layer is None:
+        return None
+    if layer.isdigit():
+        index = int(layer)
+        if not 0 <= index < len(graph) - 1:
+            raise PisplitError(f"--layer {layer}: node index must be in 0..{len(graph) - 2} (the cut after it is sent)")
+        return [index + 1]
+    index = graph.node_index(layer)
+    if index >= len(graph) - 1:
+        raise PisplitError(f"--layer {layer}: the last node's output is the result, not a cut")
+    return [index + 1]
+
+
+def load_or_measure(args, graph):
+    """The codec table the arguments name: loaded (--table) or measured now (and saved with --save)."""
+    from partitioners.link_pricing import CodecTable
+
+    from ..codec_table import DEFAULT_CODECS, check_table, measure_codec_table
+
+    if args.frames < 1:
+        raise PisplitError(f"--frames {args.frames}: must be at least 1")
+    if args.table:
+        table = check_table(CodecTable.load(args.table), graph)
+    else:
+        codecs = [c.strip() for c in args.codecs.split(",") if c.strip()] if args.codecs else list(DEFAULT_CODECS)
+        status = console.status("measuring codecs ...") if not args.json else None
+        if status:
+            status.start()
+        try:
+            table = measure_codec_table(graph, args.model, codecs, args.frames, args.accuracy_frames, _cut_of(graph, args.layer),
+                                        progress=(lambda f, c: status.update(f"measuring codecs: frame {f + 1}, cut {c}")) if status else None)
+        finally:
+            if status:
+                status.stop()
+        if args.save:
+            table.save(args.save)
+    wanted = _cut_of(graph, args.layer)
+    if wanted is not None:
+        from dataclasses import replace
+
+        table = replace(table, cuts=tuple(c for c in table.cuts if c.cut in wanted))
+    return table
+
+
+def run(args) -> int:
+    from partitioners.devices import parse_devices, parse_link_bps
+    from partitioners.link_pricing import LossBudget
+
+    graph = load_model(args.model)
+    bandwidth = parse_link_bps(args.link)
+    if args.link_latency is not None and args.link_latency < 0:
+        raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
+    budget = LossBudget(parse_fraction(args.max_accuracy_loss, "--max-accuracy-loss") if args.max_accuracy_loss else None, args.max_rel_error)
+    entries = parse_devices(args.devices) if args.devices else None
+    table = load_or_measure(args, graph)
+    if entries is None:
+        latency = args.link_latency / 1e3 if args.link_latency is not None else 3e-4
+        return print_codec_table(graph, table, bandwidth, latency, args)
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.profiles import Calibration
+
+    cluster = make_cluster(entries, bandwidth, args.link_latency / 1e3 if args.link_latency is not None else None)
+    kinds = [d.kind for d in cluster.devices]
+    if len(kinds) == 2 and kinds.count("host") == 1:
+        return edge_host(graph, CostModel(graph, cluster, Calibration(args.engine)), table, budget, args)
+    return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=table, codec_budget=budget), args)
+
+
+def print_codec_table(graph, table, bandwidth: float, latency: float, args) -> int:
+    from partitioners.link_pricing import link_seconds
+
+    names = list(dict.fromkeys(s.codec for c in table.cuts for s in c.samples))
+    rows = []
+    for c in table.cuts:
+        raw_s = link_seconds(None, c.raw_bytes, c.messages, bandwidth, latency)
+        cells = {}
+        for s in c.samples:
+            cells[s.codec] = {"ratio": c.raw_bytes / s.encoded_bytes, "encode_ms": s.encode_s * 1e3, "decode_ms": s.decode_s * 1e3,
+                              "transfer_ms": link_seconds(s, c.raw_bytes, c.messages, bandwidth, latency) * 1e3,
+                              "rel_error": s.max_rel_error, "accuracy_loss": s.accuracy_loss}
+        best = min(cells, key=lambda k: cells[k]["transfer_ms"], default=None)
+        rows.append({"cut": c.cut, "after": c.name, "raw_bytes": c.raw_bytes, "raw_ms": raw_s * 1e3, "codecs": cells, "best": best})
+    if args.json:
+        print_json({"model": table.model, "frames": table.frames, "n_frames": table.n_frames, "link_bps": bandwidth, "cuts": rows})
+        return 0
+    out = Table(title=f"{graph.name}: link codecs per cut at {bandwidth / 1e6:g} Mbit/s ({table.n_frames} frames: {table.frames}; "
+                      f"times on this machine)")
+    out.add_column("after")
+    out.add_column("raw", justify="right")
+    out.add_column("raw ms", justify="right")
+    for n in names:
+        out.add_column(f"{n}\nratio enc/dec ms\n= transfer ms", justify="right")
+    for r in rows:
+        cells = []
+        for n in names:
+            v = r["codecs"].get(n)
+            if v is None:
+                cells.append("-")
+                continue
+            mark = "[bold]" if n == r["best"] and v["transfer_ms"] < r["raw_ms"] else ""
+            loss = "" if v["accuracy_loss"] is None else f"\nacc -{v['accuracy_loss'] * 100:.1f}%"
+            cells.append(f"{mark}{v['ratio']:.1f}x {v['encode_ms']:.1f}/{v['decode_ms']:.1f}\n= {v['transfer_ms']:.1f}{loss}")
+        out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", *cells)
+    console.print(out)
+    console.print("[dim]transfer = encode + bytes on the link + decode; bold: the fastest codec where it beats raw. "
+                  "Lossy codecs show the accuracy they lose on the held-out split where the model has one.[/dim]")
+    return 0
+
+
+def edge_host(graph, model, table, budget, args) -> int:
+    from partitioners.edge_host import POWER, best_candidate, edge_host_candidates, edge_host_plan, transmitter_watts
+
+    candidates = edge_host_candidates(model, table, budget)
+    best = best_candidate(candidates)
+    runnable = best_candidate(candidates, runnable_only=True)
+    shown = candidates
+    if not args.all:  # per cut: raw and its fastest codec
+        shown = []
+        for cut in sorted({c.cut for c in candidates}):
+            here = [c for c in candidates if c.cut == cut]
+            shown += [c for c in here if c.codec == "raw"]
+            coded = [c for c in here if c.codec != "raw"]
+            if coded:
+                shown.append(min(coded, key=lambda c: c.period_s))
+    plan = edge_host_plan(model, runnable, args.model, args.engine)
+    if args.plan_output:
+        plan.save(args.plan_output)
+    if args.json:
+        print_json({"model": graph.name, "link_bps": model.cluster.link_bandwidth_bps, "candidates": [
+            {**asdict(c), "throughput_fps": c.throughput_fps, "runnable": c.runnable} for c in shown],
+            "best": {"cut": best.cut, "codec": best.codec}, "plan": plan.to_dict()})
+        return 0
+    edge = next(d.kind for d in model.cluster.devices if d.kind != "host")
+    out = Table(title=f"{graph.name}: {edge} (edge) + host at {model.cluster.link_bandwidth_bps / 1e6:g} Mbit/s, "
+                      f"transmitter {transmitter_watts(model.cluster.link_bandwidth_bps) * 1e3:.1f} mW, {edge} {POWER[edge][0]}/{POWER[edge][1]} W idle/busy")
+    for col in ("cut after", "codec", "sent", "edge ms", "encode ms", "link ms", "decode ms", "host ms", "throughput fps", "edge mJ/frame", "accuracy"):
+        out.add_column(col, justify="left" if col in ("cut after", "codec") else "right")
+    for c in shown:
+        style = "bold" if c is best else ("dim" if not c.feasible else None)
+        acc = "" if c.accuracy_loss is None else f"-{c.accuracy_loss * 100:.1f}%"
+        out.add_row(c.after if c.cut < model.n else "(all on edge)", c.codec, human_bytes(c.sent_bytes), f"{c.edge_s * 1e3:.1f}",
+                    f"{c.encode_s * 1e3:.1f}", f"{c.transfer_s * 1e3:.1f}", f"{c.decode_s * 1e3:.1f}", f"{c.host_s * 1e3:.1f}",
+                    f"{c.throughput_fps:.2f}", f"{c.edge_energy_j * 1e3:.1f}", acc, style=style)
+    console.print(out)
+    where = "everything on the edge" if best.cut == model.n else f"cut after {best.after} with {best.codec}"
+    console.print(f"best: {where}: {best.throughput_fps:.2f} frames/s, "
+                  f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if best.runnable else
+                  f" (all on the host: not runnable, rank 0 is the edge; best runnable: after {runnable.after} with {runnable.codec})"))
+    if args.plan_output:
+        console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
+    return 0
+
+
+def codec_plan(graph, model, args) -> int:
+    from partitioners.link_pricing import with_link_codecs
+    from partitioners.planners import make_plan
+
+    plan = with_link_codecs(make_plan(graph, model, "dp", "throughput", args.model, args.engine), model)
+    if args.plan_output:
+        plan.save(args.plan_output)
+    if args.json:
+        print_json(plan.to_dict())
+        return 0
+    out = Table(title=f"{graph.name}: dp plan with link codecs on {plan.n_ranks} devices at {plan.link_bandwidth_bps / 1e6:g} Mbit/s")
+    for col in ("stage", "ranks", "nodes", "sends", "codec", "compute ms", "comm ms"):
+        out.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for s in plan.stages:
+        out.add_row(str(s.index), ",".join(map(str, s.ranks)), f"{graph.nodes[s.node_start].name}..{graph.nodes[s.node_stop - 1].name}",
+                    human_bytes(s.send_bytes) if s.send_bytes else "-", s.send_codec if s.index < len(plan.stages) - 1 else "-",
+                    f"{s.predicted.compute_s * 1e3:.1f}", f"{s.predicted.comm_s * 1e3:.1f}")
+    console.print(out)
+    console.print(f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s")
+    if args.plan_output:
+        console.print(f"wrote the plan to {args.plan_output}")
+    return 0
+

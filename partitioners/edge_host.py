@@ -1,0 +1,158 @@
+"""Edge and host (Ko et al., AVSS 2018; issue 15): the network's head on an edge device (a Pi), its
+tail on a host, the cut's tensors encoded on the link between them.
+
+Every cut c in 0..n is a candidate with every admissible codec of the codec table at c (and raw):
+c = 0 sends the input (all on the host; a codec at cut 0 is how the paper's 'JPEG input' is priced),
+c = n keeps everything on the edge (its results stay there: rank 0 is pisplit's sink). With the
+cost model's seconds (partitioners.cost) and link_pricing's codec price, as a two-stage pipeline whose
+ranks block in their transfers as MPI sends over TCP do:
+
+    edge period = edge compute + encode + transfer(c) + result back (c < n)
+    host period = transfer(c) + decode + host compute + result back
+    throughput = 1 / max(edge period, host period)
+
+Edge energy per frame = idle watts x period + (busy - idle) watts x (edge compute + encode)
++ transmitter watts x seconds on the air (the cut's bytes). POWER cites its figures; a link rate
+uses the slowest transmitter mode that carries it (else the fastest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from layers.errors import PisplitError
+
+from .cost import CostModel
+from .link_pricing import CodecTable, LossBudget, admissible, link_seconds
+from .plan import Device, Plan, Stage, StagePrediction
+
+# Device power: (idle W, busy W, source). Transmitter modes: bit/s -> W (Ko et al.'s transmitter).
+POWER = {
+    "rpi3": (1.9, 5.1, "The MagPi, 'Raspberry Pi 4 specs and benchmarks' (2019), power table: Pi 3B+ idle 1.9 W, "
+                       "400% CPU load (stress --cpu 4) 5.1 W. https://magpi.raspberrypi.com/articles/raspberry-pi-4-specs-benchmarks"),
+    "rpi4": (2.7, 6.4, "same table: Pi 4 idle 2.7 W, 400% CPU load 6.4 W"),
+}
+TRANSMITTER_W = {1e6: 0.0627, 2e6: 0.099, 22e6: 0.660}
+TRANSMITTER_SOURCE = ("Ko et al. 2018 section 4.1 (shared/seeds/001): 'ultra low power 2.4GHz 802.11bgn transmitter module [12] "
+                      "that has 1, 2, and 22 Mbps datarate modes with 62.7, 99, and 660 mW'")
+
+
+def transmitter_watts(bandwidth_bps: float) -> float:
+    """Watts of the transmitter mode that carries `bandwidth_bps` (the slowest that does, else the fastest)."""
+    for rate in sorted(TRANSMITTER_W):
+        if bandwidth_bps <= rate * (1 + 1e-9):
+            return TRANSMITTER_W[rate]
+    return TRANSMITTER_W[max(TRANSMITTER_W)]
+
+
+@dataclass(frozen=True)
+class EdgeHostCandidate:
+    """One cut and codec: its per-frame seconds, throughput and edge energy."""
+
+    cut: int
+    after: str  # the node before the cut ('input' for cut 0)
+    codec: str
+    edge_s: float  # edge compute
+    encode_s: float
+    transfer_s: float  # the cut's bytes on the link (with per-message latency)
+    decode_s: float
+    host_s: float
+    result_s: float  # the results back to the edge (rank 0 is the sink)
+    period_s: float
+    sent_bytes: float
+    edge_energy_j: float
+    feasible: bool  # both parts fit their device's memory
+    accuracy_loss: float | None = None
+    rel_error: float = 0.0
+
+    @property
+    def throughput_fps(self) -> float:
+        return 1.0 / self.period_s if self.period_s > 0 else float("inf")
+
+    @property
+    def runnable(self) -> bool:
+        """The runtime needs rank 0 (the edge, the frames' source) in a stage: not so with everything on the host."""
+        return self.cut > 0
+
+
+def edge_host_candidates(model: CostModel, table: CodecTable | None, budget: LossBudget | None = None) -> list[EdgeHostCandidate]:
+    """Every cut with every admissible codec (and raw), for a cluster of one edge device and one host."""
+    kinds = [d.kind for d in model.cluster.devices]
+    if len(kinds) != 2 or kinds.count("host") != 1:
+        raise PisplitError(f"edge-host: expected one edge device and one host (e.g. --devices rpi3:1,host:1), got {', '.join(d.kind for d in model.cluster.devices)}")
+    host = next(c for c in model.classes if c.kind == "host")
+    edge = next(c for c in model.classes if c.kind != "host")
+    if edge.kind not in POWER:
+        raise PisplitError(f"edge-host: no power model for {edge.kind} (known: {', '.join(POWER)})")
+    idle_w, busy_w, _ = POWER[edge.kind]
+    tx_w = transmitter_watts(model.cluster.link_bandwidth_bps)
+    n = model.n
+    bw, lat = model.cluster.link_bandwidth_bps, model.cluster.link_latency_s
+    result = float(model.transfer[n])
+    out = []
+    for cut in range(n + 1):
+        edge_s = float(model.prefix_seconds[edge.index, cut])
+        host_s = float(model.prefix_seconds[host.index, n] - model.prefix_seconds[host.index, cut])
+        raw, messages = float(model.cut_bytes[cut]), float(model.cut_messages[cut])
+        feasible = all(model.stage_cost(a, b, tuple(int(k == cls.index) for k in range(len(model.classes))), "single").feasible
+                       for a, b, cls in ((0, cut, edge), (cut, n, host)) if a < b)
+        entry = table.cut(cut) if table is not None and cut < n else None
+        options = [(None, "raw")] + [(s, s.codec) for s in (entry.samples if entry else ()) if admissible(s, budget)]
+        for sample, name in options:
+            if cut == n and sample is not None:
+                continue
+            air = 0.0 if cut == n else (sample.encoded_bytes if sample else raw) * 8.0 / bw
+            transfer = 0.0 if cut == n else link_seconds(replace(sample, encode_s=0.0, decode_s=0.0) if sample else None, raw, messages, bw, lat)
+            enc = sample.encode_s * edge.seconds_scale if sample else 0.0
+            dec = sample.decode_s * host.seconds_scale if sample else 0.0
+            back = result if cut < n else 0.0
+            edge_period = edge_s + enc + transfer + back
+            host_period = transfer + dec + host_s + back if cut < n else 0.0
+            period = max(edge_period, host_period)
+            energy = idle_w * period + (busy_w - idle_w) * (edge_s + enc) + tx_w * air
+            out.append(EdgeHostCandidate(cut, model.graph.nodes[cut - 1].name if cut else "input", name, edge_s, enc, transfer, dec,
+                                         host_s, back, period, (sample.encoded_bytes if sample else raw) if cut < n else 0.0,
+                                         energy, feasible, sample.accuracy_loss if sample else None,
+                                         sample.max_rel_error if sample else 0.0))
+    return out
+
+
+def best_candidate(candidates: list[EdgeHostCandidate], runnable_only: bool = False) -> EdgeHostCandidate:
+    """The feasible candidate of highest throughput (least edge energy on ties)."""
+    pool = [c for c in candidates if c.feasible and (c.runnable or not runnable_only)]
+    if not pool:
+        raise PisplitError("edge-host: no cut fits the devices' memory")
+    return min(pool, key=lambda c: (round(c.period_s, 12), c.edge_energy_j))
+
+
+def edge_host_plan(model: CostModel, candidate: EdgeHostCandidate, model_spec: str, engine: str = "numpy") -> Plan:
+    """The plan of a candidate: the edge (rank 0) runs [0, cut) and sends with the candidate's codec;
+    the host (rank 1) runs the rest. A cut at n is one stage on the edge alone."""
+    if not candidate.runnable:
+        raise PisplitError("edge-host: with everything on the host, rank 0 (the edge, the frames' source) would run no stage")
+    edge_dev = next(d for d in model.cluster.devices if d.kind != "host")
+    host_dev = next(d for d in model.cluster.devices if d.kind == "host")
+    n = model.n
+    edge_period = candidate.edge_s + candidate.encode_s + candidate.transfer_s + candidate.result_s
+    if candidate.cut == n:
+        devices = (Device(0, edge_dev.kind, edge_dev.memory_bytes, edge_dev.host, edge_dev.speed),)
+        cost = model.stage_cost(0, n, tuple(int(c.kind != "host") for c in model.classes), "single")
+        stages = (Stage(0, 0, n, (0,), "single", (), 0, StagePrediction(candidate.edge_s, 0.0, {0: int(cost.memory_bytes[0])})),)
+        latency = candidate.edge_s
+    else:
+        devices = (Device(0, edge_dev.kind, edge_dev.memory_bytes, edge_dev.host, edge_dev.speed),
+                   Device(1, host_dev.kind, host_dev.memory_bytes, host_dev.host, host_dev.speed))
+        counts = {kind: tuple(int(c.kind == kind) for c in model.classes) for kind in ("host", edge_dev.kind)}
+        edge_cost = model.stage_cost(0, candidate.cut, counts[edge_dev.kind], "single")
+        host_cost = model.stage_cost(candidate.cut, n, counts["host"], "single")
+        stages = (Stage(0, 0, candidate.cut, (0,), "single", (), int(model.cut_bytes[candidate.cut]),
+                        StagePrediction(candidate.edge_s + candidate.encode_s, edge_period - candidate.edge_s - candidate.encode_s,
+                                        {0: int(edge_cost.memory_bytes[0])}), candidate.codec),
+                  Stage(1, candidate.cut, n, (1,), "single", (), 0,
+                        StagePrediction(candidate.host_s + candidate.decode_s, candidate.transfer_s + candidate.result_s,
+                                        {1: int(host_cost.memory_bytes[0])})))
+        latency = candidate.edge_s + candidate.encode_s + candidate.transfer_s + candidate.decode_s + candidate.host_s + candidate.result_s
+    note = (f"edge-host: cut after {candidate.after} with {candidate.codec}; predicted edge energy "
+            f"{candidate.edge_energy_j * 1e3:.1f} mJ per frame")
+    return Plan(model=model_spec, n_nodes=n, devices=devices, stages=stages, planner="edge-host", objective="throughput",
+                engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps, link_latency_s=model.cluster.link_latency_s,
+                predicted_throughput_fps=candidate.throughput_fps, predicted_latency_s=latency, notes=(note,)).validate()
