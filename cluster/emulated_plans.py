@@ -42,11 +42,11 @@ def local_node_seconds(graph: Graph, engine: str, repeat: int = 3) -> np.ndarray
     Measured in this process, so its thread settings must be a rank's: one BLAS thread each when N
     ranks share this machine's cores (OPENBLAS_NUM_THREADS=1 before numpy loads; a LiteRT engine is
     built with one thread); more BLAS threads make the BLAS-heavy nodes look faster than they will
-    run. numpy nodes are timed in sequence (partitioners.profiles.stream_node_seconds); other engines
+    run. numpy nodes are timed in sequence (cluster.measure.stream_node_seconds); other engines
     run each node alone (a node `engine` cannot run is timed with numpy); balanced_plan then times
     whole stages to settle the cuts.
     """
-    from partitioners.profiles import profile_graph, stream_node_seconds
+    from .measure import profile_graph, stream_node_seconds
 
     if engine == "numpy":
         return stream_node_seconds(graph, repeat)
@@ -66,7 +66,7 @@ class StageTimer:
 
     def __call__(self, a: int, b: int) -> float:
         if (a, b) not in self.seconds:
-            from partitioners.profiles import time_engine
+            from .measure import time_engine
 
             from .runtime import shard_graph
 

@@ -1,4 +1,6 @@
-"""Profiles: what one machine measured (per node, per part, links) and how to read and measure them.
+"""Profiles: what one machine measured (per node, per part, links), how to read them, and the calibration
+that turns them into a device's seconds. Measuring (timers, tracemalloc, machine info) is cluster.measure's:
+this package only plans.
 
 A profile is a JSON document (format "pisplit-profile") written by `pisplit profile`:
 
@@ -16,27 +18,16 @@ The cost model reads a node's seconds from the profile when it was measured, els
 from __future__ import annotations
 
 import json
-import logging
-import os
-import platform
-import statistics
-import time
-import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from layers.allocator import reuse_freed_memory
-from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.jsonfile import read_json
 
 from .latency_model import LatencyModel, Sample, node_bytes, op_key
-
-log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "pisplit-profile"
 PROFILE_VERSION = 1
@@ -171,7 +162,7 @@ def samples_of(profile: Profile) -> list[Sample]:
     return out
 
 
-# --- this machine ----------------------------------------------------------------------------------
+# --- device kinds ---------------------------------------------------------------------------------
 
 def pi_kind(model_string: str) -> str | None:
     """'rpi3' / 'rpi4' / 'rpi5' from a /proc/device-tree/model string, None for anything else."""
@@ -179,146 +170,6 @@ def pi_kind(model_string: str) -> str | None:
         if model_string.startswith(f"Raspberry Pi {number}"):
             return f"rpi{number}"
     return None
-
-
-def machine_info() -> dict:
-    """Cores, memory, CPU, Pi model string, numpy/BLAS and LiteRT builds of this machine."""
-    info: dict = {"hostname": platform.node(), "machine": platform.machine(), "system": platform.system(),
-                  "python": platform.python_version(), "cores": os.cpu_count() or 1, "numpy": np.__version__}
-    try:
-        info["model"] = Path("/proc/device-tree/model").read_text().rstrip("\0\n")
-    except OSError:
-        info["model"] = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["memory_bytes"] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        config = np.show_config(mode="dicts")  # numpy >= 1.25; reads the build, loads no thread pools
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        info["blas"] = {"name": blas.get("name"), "version": blas.get("version"), "configuration": blas.get("openblas configuration")}
-        info["simd"] = config.get("SIMD Extensions", {}).get("found", [])
-    except (TypeError, AttributeError):
-        info["blas"] = {}
-    info["litert"] = litert_info()
-    info["thread_settings"] = {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ}
-    return info
-
-
-def litert_info() -> dict:
-    """Which LiteRT (or tflite-runtime) build is installed, without loading it."""
-    from importlib import metadata
-
-    for dist in ("ai-edge-litert", "tflite-runtime"):
-        try:
-            return {"package": dist, "version": metadata.version(dist)}
-        except metadata.PackageNotFoundError:
-            continue
-    return {"package": None, "version": None}
-
-
-# --- measuring nodes -------------------------------------------------------------------------------
-
-def node_graph(graph: Graph, index: int) -> Graph:
-    """A one-node Graph of node `index` that shares the model's weights (what an engine times)."""
-    node = graph.nodes[index]
-    inputs = {t: graph.shapes[t] for t in dict.fromkeys(node.inputs)}
-    return Graph(f"{graph.name}.{node.name}", inputs, [node], list(node.outputs), graph.weights)
-
-
-def time_engine(engine, feeds: dict, repeat: int) -> float:
-    """Warm median seconds of `engine.run(feeds)` (one untimed run first)."""
-    engine.run(feeds)
-    times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        engine.run(feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def peak_bytes_of_run(engine, feeds: dict, resident_bytes: int) -> int:
-    """Peak memory of one run: resident bytes (weights, inputs) + what the run allocated at most.
-
-    numpy reports its allocations to tracemalloc; an engine whose buffers live outside Python
-    (LiteRT) shows only its Python-side allocations, so the static estimate is the floor.
-    """
-    tracemalloc.start()
-    try:
-        engine.run(feeds)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return resident_bytes + peak
-
-
-# A part measurer: (graph, node index, engine name, fractions, repeat) -> list[PartProfile]. The split
-# kinds live in partitioners.splits; profile_graph takes the measurer so this module needs no geometry.
-PartMeasurer = Callable[[Graph, int, str, tuple, int], list]
-
-
-def stream_node_seconds(graph: Graph, repeat: int = 5) -> np.ndarray:
-    """Warm median wall seconds of each node run by numpy in sequence, each on its predecessor's
-    output, as a rank runs a stream of frames: the other nodes' weights pass through the caches in
-    between. Timed alone, with its weights still cached from the previous run, a node looks faster
-    than it runs in a stream (AlexNet's fc layers by 30%), and time dilation of a whole stage would
-    then make an emulated device slower than its calibration."""
-    for node in graph.nodes:
-        graph.node_weights(node)
-    feeds = graph.random_input(0)
-    passes = []
-    for _ in range(max(1, repeat) + 1):  # the first pass is a warm-up
-        env, seconds = dict(feeds), []
-        for node in graph.nodes:
-            t = time.perf_counter()
-            env.update(zip(node.outputs, graph.run_node(node, [env[x] for x in node.inputs])))
-            seconds.append(time.perf_counter() - t)
-        passes.append(seconds)
-    return np.median(np.array(passes[1:]), axis=0)
-
-
-def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fractions: tuple = DEFAULT_FRACTIONS,
-                  measure_parts: PartMeasurer | None = None, nodes: list[int] | None = None) -> list[NodeProfile]:
-    """Time every node of `graph` (or `nodes`) whole and, with `measure_parts`, in parts.
-
-    numpy whole-node times come from passes over the whole graph (stream_node_seconds); other engines
-    run each node alone in an engine of its own. Parts are timed alone."""
-    rng = np.random.default_rng(0)
-    stream = stream_node_seconds(graph, repeat) if engine == "numpy" else None
-    out = []
-    for i in (range(len(graph)) if nodes is None else nodes):
-        sub = node_graph(graph, i)
-        feeds = {t: rng.standard_normal(s, dtype=np.float32) for t, s in sub.inputs.items()}
-        for n in sub.nodes:
-            sub.node_weights(n)  # materialise lazy weights outside the timed region
-        try:
-            runner = make_engine(sub, engine)
-        except PisplitError as exc:  # e.g. an op the engine has no kernel for: the latency model predicts it
-            log.warning("not profiled: %s", exc)
-            continue
-        seconds = float(stream[i]) if stream is not None else time_engine(runner, feeds, repeat)
-        cost = graph.cost(i)
-        static_peak = cost.peak_bytes
-        measured_peak = peak_bytes_of_run(runner, feeds, cost.weight_bytes + cost.input_bytes)
-        parts = tuple(measure_parts(graph, i, engine, fractions, repeat)) if measure_parts else ()
-        out.append(NodeProfile(graph.nodes[i].name, op_key(graph, i), cost.flops, node_bytes(graph, i), seconds,
-                               max(static_peak, measured_peak), parts))
-        log.debug("profiled %s/%s: %.3f ms", graph.name, graph.nodes[i].name, seconds * 1e3)
-    return out
-
-
-def measure_profile(graphs: list[Graph], engine: str = "numpy", repeat: int = 5, fractions: tuple = DEFAULT_FRACTIONS,
-                    measure_parts: PartMeasurer | None = None, kind: str | None = None) -> Profile:
-    """Measure this machine on `graphs` and fit its latency model."""
-    reuse_freed_memory()  # as pipeline ranks do (cluster.runtime), so node times are theirs
-    info = machine_info()
-    profile = Profile(kind=kind or pi_kind(info.get("model", "")) or "host", engine=engine, machine=info)
-    for g in graphs:
-        profile.models[g.name] = profile_graph(g, engine, repeat, fractions, measure_parts)
-    profile.latency = LatencyModel.fit(samples_of(profile))
-    return profile
 
 
 def fit_link(ranks: tuple, sizes: list[int], seconds: list[float]) -> LinkProfile:
@@ -412,34 +263,3 @@ def device_slowdown(kind: str, engine: str = "numpy") -> float:
     if engine not in _DEFAULT_CALIBRATIONS:
         _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
     return _DEFAULT_CALIBRATIONS[engine].resolve(kind)[1]
-
-
-def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple, repeat: int) -> list[PartProfile]:
-    """Warm median seconds of part 0 of node `index` split two ways, (f, 1 - f), for every split kind
-    the planner uses and every fraction f; the part graphs come from partitioners.splits."""
-    from .split_costs import PLANNER_KINDS
-    from .splits import legal_kinds, split_layer
-
-    node = graph.nodes[index]
-    out = []
-    rng = np.random.default_rng(index)
-    for kind in legal_kinds(graph, node.name):
-        if kind not in PLANNER_KINDS:
-            continue
-        for f in fractions:
-            try:
-                split = split_layer(graph, node.name, kind, (float(f), 1.0 - float(f)), followers=False)
-            except PisplitError:  # too few units for two parts
-                continue
-            part = split.part_graph(0)
-            feeds = {t: rng.standard_normal(s, dtype=np.float32) for t, s in part.inputs.items()}
-            try:
-                runner = make_engine(part, engine)
-            except PisplitError as exc:
-                log.warning("not profiled: %s", exc)
-                continue
-            seconds = time_engine(runner, feeds, repeat)
-            cost = split.cost().parts[0]
-            extent = sum(split.sizes)
-            out.append(PartProfile(kind, cost.size / extent, int(cost.flops), int(cost.weight_bytes + cost.recv_bytes + cost.send_bytes), seconds))
-    return out

@@ -11,8 +11,9 @@ from rich.table import Table
 from layers import load_model
 from layers.engine import ENGINES
 from layers.errors import PisplitError
-from partitioners.profiles import DEFAULT_FRACTIONS, fit_link, measure_profile, measure_split_parts
+from partitioners.profiles import DEFAULT_FRACTIONS, fit_link
 
+from ..measure import measure_profile, measure_split_parts
 from ..output import console, human_bytes, print_json
 
 LINK_SIZES = (1 << 10, 64 << 10, 1 << 20, 8 << 20)  # bytes per ping-pong message

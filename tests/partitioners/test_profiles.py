@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from cluster.measure import measure_profile, measure_split_parts
 from layers import zoo_model
 from layers.errors import PisplitError
 from partitioners.devices import DEVICE_KINDS, DEVICE_PROFILE_DIR, device_profile, parse_devices, parse_link_bps
 from partitioners.latency_model import LatencyModel, Sample, op_key
-from partitioners.profiles import (Calibration, Profile, device_slowdown, fit_link, measure_profile, measure_split_parts,
-                                   pi_kind, reference_profile_path)
+from partitioners.profiles import Calibration, Profile, device_slowdown, fit_link, pi_kind, reference_profile_path
 
 from ..conftest import require
 
@@ -44,7 +44,7 @@ def test_profile_measures_every_node_and_split_parts(lenet_profile, tmp_path):
 
 def test_numpy_node_times_come_from_whole_graph_passes(monkeypatch):
     # a node timed alone keeps its weights cached between runs; a rank streaming frames does not
-    from partitioners import profiles
+    from cluster import measure
 
     g = zoo_model("lenet5")
     seen = []
@@ -53,14 +53,14 @@ def test_numpy_node_times_come_from_whole_graph_passes(monkeypatch):
         seen.append(graph)
         return np.arange(1, len(graph) + 1) * 1e-3
 
-    monkeypatch.setattr(profiles, "stream_node_seconds", stream)
-    nodes = profiles.profile_graph(g, "numpy", repeat=1, fractions=(), nodes=[1, 3])
+    monkeypatch.setattr(measure, "stream_node_seconds", stream)
+    nodes = measure.profile_graph(g, "numpy", repeat=1, fractions=(), nodes=[1, 3])
     assert seen == [g]  # one pass over the whole graph, not one node in isolation
     assert [n.seconds for n in nodes] == [2e-3, 4e-3]
 
 
 def test_stream_node_seconds_times_each_node_in_sequence():
-    from partitioners.profiles import stream_node_seconds
+    from cluster.measure import stream_node_seconds
 
     g = zoo_model("lenet5")
     seconds = stream_node_seconds(g, repeat=2)
@@ -122,7 +122,7 @@ def test_op_key_tells_depthwise_convs_apart():
 
 
 def test_shipped_device_profiles_cite_their_figures():
-    assert set(DEVICE_KINDS) == {"rpi3", "rpi4", "rpi5", "host"}
+    assert set(DEVICE_KINDS) == {"rpi3", "rpi4", "rpi5"}
     for kind in DEVICE_KINDS:
         prof = device_profile(kind)
         doc = json.loads((DEVICE_PROFILE_DIR / f"{kind}.json").read_text())
