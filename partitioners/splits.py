@@ -243,8 +243,11 @@ class Split:
         return {self.inputs[0]: self._as_input(self.inputs[0], x)}
 
     def _as_input(self, t: str, value) -> np.ndarray:
-        # float32, or an int8 tensor's integers (checked: in range, and integral if they come as floats)
-        return self.graph._as_tensor(t, value) if t in self.graph.quant else np.asarray(value, np.float32)
+        # float32; an int8 tensor's integers are checked (in range, integral if they come as floats) and
+        # carried as float32 too, as every runtime buffer is (exact for int8; part graphs take them back)
+        if t in self.graph.quant:
+            return np.asarray(self.graph._as_tensor(t, value), np.float32)
+        return np.asarray(value, np.float32)
 
     def slice_input(self, x, part: int) -> dict[str, np.ndarray]:
         """What part `part` receives: its part-graph input name -> array (views where possible).
@@ -323,7 +326,7 @@ class Split:
 
     def reference(self, x) -> np.ndarray:
         """The unsplit segment on `x` (numpy kernels of the full graph): what `merge` must equal."""
-        env = dict(self._feeds_of(x))
+        env = {t: self.graph._as_tensor(t, v) for t, v in self._feeds_of(x).items()}
         for j in range(self.node_start, self.node_stop):
             node = self.graph.nodes[j]
             env.update(zip(node.outputs, self.graph.run_node(node, [env[t] for t in node.inputs])))
@@ -385,7 +388,20 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
         sizes_ = tuple(sizes) if not isinstance(sizes, int) else (1,) * int(sizes)
         options = {"shares": shares}
         layout = plan_frames(graph, start, stop, shares, layer)
+    _refuse_sequences(graph, layout, layer, kind)
     return Split(graph, kind, layer, start, stop, tuple(sizes_), layout, options)
+
+
+def _refuse_sequences(graph: Graph, layout, layer: str, kind: str) -> None:
+    """Issue 19: a batch-1 node may leave axis 0 a sequence of one frame ((T, C) rows); split transfers
+    cut boxes after the batch axis, so a split whose input (or gathered output) is such a tensor is refused."""
+    if kind == "data-parallel" and len(layout.parts) == 1:
+        return
+    tensors = [f.tensor for p in layout.parts for f in p.feeds] + ([] if layout.merge == "sum" else [p.output for p in layout.parts])
+    seq = next((t for t in tensors if t in graph.shapes and graph.shapes[t][0] != 1), None)
+    if seq is not None:
+        raise PisplitError(f"layer {layer}: {kind} cannot split tensor {seq!r} {graph.shapes[seq]}: its axis 0 holds one frame's "
+                           "sequence (a batch-1 node moved the batch axis there), and splits cut boxes after the batch axis")
 
 
 def split_cost(graph: Graph, layer: str, kind: str, sizes, output_to: str = "root", **options) -> SplitCost:
