@@ -297,3 +297,40 @@ class _Range:
     index: int
     node_start: int
     node_stop: int
+
+
+def reach_at_node(points: list[ExitPoint], fractions, node: int) -> float:
+    """Fraction of frames that get to compute `node`: not answered by an exit made before it."""
+    return 1.0 - float(sum(f for p, f in zip(points, fractions) if p.node < node))
+
+
+def stage_work_ratios(cost_model, plan, points: list[ExitPoint], fractions) -> np.ndarray:
+    """Per stage of `plan` (homogeneous devices), the share of its work that frames still need when
+    exits stop them inside single and data-parallel stages too (cluster.exits.ExitingRunner): (sum
+    over its pieces of piece compute x the fraction reaching the piece + its communication x the
+    fraction reaching the stage) / (compute + communication), pieces cut after each exit in it,
+    compute from the cost model. Split stages decide at their end (one piece)."""
+    ratios = []
+    for s in plan.stages:
+        counts = (len(s.ranks),)
+        mode = "single" if len(s.ranks) == 1 else s.mode
+        whole = cost_model.stage_cost(s.node_start, s.node_stop, counts, mode)
+        if whole is None:
+            raise PisplitError(f"stage {s.index}: the cost model has no cost for nodes [{s.node_start}, {s.node_stop})")
+        cuts = [] if s.mode == "split" else sorted({p.node + 1 for p in points if s.node_start < p.node + 1 < s.node_stop})
+        bounds = [s.node_start, *cuts, s.node_stop]
+        scaled = 0.0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            piece = cost_model.stage_cost(a, b, counts, mode) if (a, b) != (s.node_start, s.node_stop) else whole
+            scaled += piece.compute_s * reach_at_node(points, fractions, a)
+        scaled += whole.comm_s * reach_at_node(points, fractions, s.node_start)
+        total = whole.compute_s + whole.comm_s
+        ratios.append(scaled / total if total > 0 else reach_at_node(points, fractions, s.node_start))
+    return np.array(ratios)
+
+
+def throughput_with_inner_exits(cost_model, plan, points: list[ExitPoint], fractions) -> float:
+    """Predicted throughput of `plan` with exits taken inside its stages too: the plan's figure scaled
+    by its stages' work ratios (stage_work_ratios, throughput_with_exits)."""
+    ratios = stage_work_ratios(cost_model, plan, points, fractions)
+    return throughput_with_exits(plan.predicted_throughput_fps, plan_stage_periods(plan), ratios)

@@ -103,8 +103,27 @@ def plan_with_fractions(plan, graph, points, fractions):
     if old and periods.size and periods.max() > 0:
         old_points = resolve_exits(graph, {e.name: e.threshold for e in old})
         share = {e.name: e.exit_fraction for e in old}
-        old_reach = reach_from_fractions(plan.stages, old_points, [share[p.name] for p in old_points])
+        old_reach = work_ratios(plan, graph, old_points, [share[p.name] for p in old_points])
         base = base * (periods * old_reach).max() / periods.max()
-    reach = reach_from_fractions(plan.stages, points, fractions)
+    reach = work_ratios(plan, graph, points, fractions)
     exits = tuple(Exit(p.name, p.threshold, float(f)) for p, f in zip(points, fractions))
     return replace(plan, exits=exits, predicted_throughput_fps=throughput_with_exits(base, periods, reach)).validate()
+
+
+def work_ratios(plan, graph, points, fractions):
+    """Per stage, the share of its work frames still need with these exits: from the cost model when
+    the plan's devices are of one kind (exits inside single and data-parallel stages stop frames
+    there too: partitioners.exits.stage_work_ratios), else the share of frames that reach the stage."""
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.exits import reach_from_fractions, stage_work_ratios
+    from partitioners.profiles import Calibration
+
+    kinds = {d.kind for d in plan.devices}
+    if len(kinds) == 1:
+        try:
+            cluster = make_cluster(parse_devices(f"{kinds.pop()}:{plan.n_ranks}"), plan.link_bandwidth_bps)
+            return stage_work_ratios(CostModel(graph, cluster, Calibration(plan.engine)), plan, points, fractions)
+        except PisplitError:
+            pass
+    return reach_from_fractions(plan.stages, points, fractions)

@@ -73,7 +73,7 @@ def run(args) -> int:
     from layers import load_model
     from partitioners.cost import CostModel, make_cluster
     from partitioners.devices import parse_devices
-    from partitioners.exits import bytes_per_frame, calibrate, reach_from_fractions, resolve_exits
+    from partitioners.exits import bytes_per_frame, calibrate, reach_from_fractions, resolve_exits, throughput_with_inner_exits
     from partitioners.planners import make_plan
     from partitioners.profiles import Calibration
 
@@ -99,6 +99,7 @@ def run(args) -> int:
         rows.append({"threshold": t, "shares": {e["name"]: e["exit_fraction"] for e in cal["exits"] + [cal["final"]]},
                      "accuracy": cal["accuracy"], "bytes_per_frame": bytes_per_frame(plan, reach),
                      "predicted_fps": plan.predicted_throughput_fps,
+                     "planner_plan_predicted_fps": throughput_with_inner_exits(cost_model, plain, points, fractions),
                      "split": [len(s.ranks) for s in plan.stages]})
     doc = {"model": args.model, "data": data, "split": "test", "frames": int(len(labels)), "devices": args.devices,
            "link": args.link, "without_exits": {"predicted_fps": plain.predicted_throughput_fps,
@@ -208,11 +209,13 @@ def exits_table(doc: dict) -> Table:
     rows = doc["rows"]
     names = list(rows[0]["shares"]) if rows else []
     table = Table(title=f"{doc['model']}: early exits on {doc['frames']} held-out {doc['data']} frames, plans for {doc['devices']} at {doc['link']}")
-    for col in ["T", *[f"{n} %" for n in names], "accuracy", "bytes / frame", "predicted fps", "devices front/rest"]:
+    for col in ["T", *[f"{n} %" for n in names], "accuracy", "bytes / frame", "predicted fps", "devices front/rest",
+                "planner's plan + exits fps"]:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(f"{r['threshold']:g}", *[f"{100 * r['shares'][n]:.1f}" for n in names], f"{r['accuracy']:.2%}",
-                      human_bytes(r["bytes_per_frame"]), f"{r['predicted_fps']:.1f}", "/".join(map(str, r["split"])))
+                      human_bytes(r["bytes_per_frame"]), f"{r['predicted_fps']:.1f}", "/".join(map(str, r["split"])),
+                      f"{r['planner_plan_predicted_fps']:.1f}")
     plain = doc["without_exits"]
     table.caption = (f"without exits: the planner's plan {plain['predicted_fps']:.1f} frames/s, accuracy {plain['accuracy']:.2%}; "
                      "bytes / frame: between the exit plan's two stages")
