@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from layers.errors import PisplitError
 from partitioners.plan import SEGMENT_KINDS, Plan
 
 from .output import human_bytes
+from .runtime import entry_rank
 
 CHART_FORMATS = (".svg", ".png", ".html")
 INSTALL_HINT = "pip install 'pisplit[charts]'"
@@ -149,12 +151,11 @@ def _draw_cluster(ax, plan: Plan) -> None:
                                              connectionstyle="arc3,rad=0.45", arrowstyle="<->", mutation_scale=9,
                                              linestyle="--", color="#6a51a3"))
     for s, nxt in zip(plan.stages, plan.stages[1:]):
-        senders = s.ranks if s.mode == "data-parallel" else s.ranks[:1]
-        receivers = nxt.ranks if nxt.mode == "data-parallel" else nxt.ranks[:1]
-        for a in senders:
-            for b in receivers:
-                ax.add_patch(FancyArrowPatch((centre[a][0] + width / 2, centre[a][1]), (centre[b][0] - width / 2, centre[b][1]),
-                                             arrowstyle="-|>", mutation_scale=12, color="#252525", shrinkA=2, shrinkB=2))
+        # the rank pairs frames take: replicas deal frames round-robin, so the pattern repeats every lcm frames
+        pairs = sorted({(entry_rank(s, f), entry_rank(nxt, f)) for f in range(math.lcm(len(s.ranks), len(nxt.ranks)))})
+        for a, b in pairs:
+            ax.add_patch(FancyArrowPatch((centre[a][0] + width / 2, centre[a][1]), (centre[b][0] - width / 2, centre[b][1]),
+                                         arrowstyle="-|>", mutation_scale=12, color="#252525", shrinkA=2, shrinkB=2))
         x = (s.index + 0.5) * gap_x
         ax.text(x, height * 0.55, f"{human_bytes(s.send_bytes)}/frame\n{_transfer_ms(plan, s.send_bytes):.1f} ms",
                 ha="center", va="bottom", fontsize=8)
@@ -205,7 +206,11 @@ def _draw_layers(ax, plan: Plan, graph) -> None:
     ax.set_xlim(0, plan.n_nodes * 1.12)
     ax.set_ylim(len(plan.stages) - 0.4, -0.6)
     ax.set_yticks(range(len(plan.stages)), [f"stage {s.index}" for s in plan.stages])
-    ax.set_xlabel(f"node (layer) index, 0 .. {plan.n_nodes - 1}")
+    if plan.n_nodes <= 48:  # every layer by name while they fit
+        ax.set_xticks([i + 0.5 for i in range(plan.n_nodes)], [n.name for n in graph.nodes], rotation=90, fontsize=7)
+        ax.set_xlabel("layers")
+    else:
+        ax.set_xlabel(f"node (layer) index, 0 .. {plan.n_nodes - 1}")
     handles = [Patch(facecolor=c, label=k if k != "none" else "unsplit (lead)") for k, c in sorted(used, key=lambda kc: kc[0])]
     handles.append(Patch(facecolor="white", edgecolor="#525252", hatch="//", label="output kept on the parts"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5)
