@@ -1,0 +1,110 @@
+"""`pisplit codecs` (issue 15): the per-cut table, saved tables, edge-host candidates and plans, a
+codec-priced dp plan, one-line errors; an edge-host plan with an encoded link run under mpirun --emulate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from layers import zoo_model
+from partitioners.link_pricing import CodecTable
+from partitioners.plan import Plan
+from tests.conftest import run_pisplit
+
+from .test_runtime import mpirun
+
+
+@pytest.fixture(scope="module")
+def lenet_table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("codecs") / "lenet5.json"
+    proc = run_pisplit("codecs", "lenet5", "--frames", 2, "--codecs", "zstd,lz4,int8+zstd,jpeg:50", "--save", path, "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["frames"].startswith("seeded random frames") and doc["n_frames"] == 2
+    return path, doc
+
+
+def test_codecs_table_per_cut_with_ratios_times_and_transfer(lenet_table):
+    path, doc = lenet_table
+    g = zoo_model("lenet5")
+    assert [c["cut"] for c in doc["cuts"]] == list(range(len(g)))
+    for c in doc["cuts"]:
+        assert c["raw_bytes"] == g.cut_bytes(c["cut"])
+        assert c["raw_ms"] == pytest.approx(0.3 + c["raw_bytes"] * 8 / 2e6 * 1e3)
+        assert set(c["codecs"]) == {"zstd", "lz4", "int8+zstd", "jpeg:50"}
+        for name, v in c["codecs"].items():
+            assert v["ratio"] > 0 and v["encode_ms"] >= 0 and v["decode_ms"] >= 0
+            on_link = c["raw_bytes"] / v["ratio"] * 8 / 2e6 * 1e3
+            assert v["transfer_ms"] == pytest.approx(v["encode_ms"] + 0.3 + on_link + v["decode_ms"])
+    table = CodecTable.load(path)
+    assert table.model == "lenet5" and len(table.cuts) == len(g)
+    assert all(s.max_rel_error > 0 for c in table.cuts for s in c.samples if not s.lossless)
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--layer", "pool1", "--link", "1mbit")
+    assert "pool1" in proc.stdout and "conv1 " not in proc.stdout and "1 Mbit/s" in proc.stdout
+
+
+def test_codecs_edge_host_prints_candidates_and_writes_a_plan(lenet_table, tmp_path):
+    path, _ = lenet_table
+    plan_path = tmp_path / "plan.json"
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--devices", "rpi3:1,host:1", "--link", "2mbit", "--all",
+                       "--max-rel-error", "0.05", "--plan-output", plan_path, "--json")
+    doc = json.loads(proc.stdout)
+    cuts = {c["cut"] for c in doc["candidates"]}
+    assert cuts == set(range(len(zoo_model("lenet5")) + 1))
+    assert {"raw", "jpeg:50", "int8+zstd"} <= {c["codec"] for c in doc["candidates"]}
+    assert all(c["edge_energy_j"] > 0 and c["throughput_fps"] > 0 for c in doc["candidates"])
+    plan = Plan.load(plan_path)
+    assert plan.devices[0].kind == "rpi3" and plan.planner == "edge-host"
+
+
+def test_codecs_dp_plan_names_a_codec_per_link(lenet_table, tmp_path):
+    path, _ = lenet_table
+    plan_path = tmp_path / "plan.json"
+    run_pisplit("codecs", "lenet5", "--table", path, "--devices", "rpi3:3", "--link", "1mbit", "--plan-output", plan_path)
+    plan = Plan.load(plan_path)
+    assert plan.stages[-1].send_codec == "raw"
+    if len(plan.stages) > 1:
+        assert all(s.send_codec in ("raw", "zstd", "lz4") for s in plan.stages[:-1])  # lossless without a budget
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--layer", "nope"), "nope"),
+    (("--layer", "99"), "--layer 99: node index must be in"),
+    (("--max-accuracy-loss", "2x"), "--max-accuracy-loss '2x': expected a fraction"),
+    (("--codecs", "gzip"), "unknown codec 'gzip'"),
+    (("--link", "fast"), "link 'fast'"),
+    (("--devices", "rpi3:2,host:1", "--codecs", "zstd"), None),  # not edge-host: the dp planner, fine
+])
+def test_codecs_errors_are_one_line(args, message):
+    proc = run_pisplit("codecs", "lenet5", "--frames", 1, *args, check=message is None)
+    if message is None:
+        return
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+
+
+@pytest.mark.mpi
+def test_an_edge_host_plan_with_an_encoded_link_runs_emulated(lenet_table, tmp_path):
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.edge_host import edge_host_candidates, edge_host_plan
+
+    path, _ = lenet_table
+    g = zoo_model("lenet5")
+    model = CostModel(g, make_cluster(parse_devices("rpi3:1,host:1"), 2e6))
+    cut = g.node_index("pool1") + 1
+    chosen = next(c for c in edge_host_candidates(model, CodecTable.load(path)) if c.cut == cut and c.codec == "zstd")
+    plan = edge_host_plan(model, chosen, "lenet5")
+    assert plan.stages[0].send_codec == "zstd" and plan.devices[1].kind == "host"
+    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 6, "--emulate", "--host-speed", 1.0,
+                  "--output", tmp_path / "y.npz", "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["every_frame_once"] and doc["frames"] == 6
+    from cluster.runtime import synthetic_frame
+
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        y = z["output_0"]
+    ref = np.concatenate([g.forward(**synthetic_frame(g, 0, f)) for f in range(6)])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)  # a lossless link: the model's own outputs
