@@ -120,7 +120,7 @@ def test_the_exits_table_sweeps_t():
     assert rows[0.0]["accuracy"] == pytest.approx(doc["without_exits"]["accuracy"])
     # the planner's plan with exits taken inside its stages: unchanged when nobody exits, faster when all do
     assert rows[0.0]["planner_plan_predicted_fps"] == pytest.approx(doc["without_exits"]["predicted_fps"])
-    assert rows[1.0]["planner_plan_predicted_fps"] > 1.2 * rows[0.0]["planner_plan_predicted_fps"]
+    assert rows[1.0]["planner_plan_predicted_fps"] > 1.1 * rows[0.0]["planner_plan_predicted_fps"]
 
 
 def test_the_multi_view_table_has_accuracy_with_devices_missing():
