@@ -4,7 +4,7 @@ Frames, in this order of preference (the table records which):
 - a trained model (layers/trained): its held-out test split (real digits), which also gives each lossy
   codec's accuracy loss at each cut (top-1 of the model's last output, decoded features vs exact);
 - a model with one (1, H, W, 3) input: photographs (scikit-learn's china.jpg and flower.jpg,
-  centre-cropped, ImageNet-normalised; cluster.bench_codecs.frames), smooth synthetic images when
+  centre-cropped, ImageNet-normalised; cluster.measure.photo_frames), smooth synthetic images when
   scikit-learn is missing;
 - otherwise the runtime's seeded random frames (cluster.runtime.synthetic_frame): ratios on random
   inputs say little about real ones, and the table says so.
@@ -38,13 +38,27 @@ def sample_frames(graph: Graph, model: str, n: int, seed: int = 0) -> tuple[list
         return frames, f"held-out test split of {model} ({count} frames)", (feeds, labels)
     shapes = list(graph.inputs.values())
     if len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][0] == 1 and shapes[0][-1] == 3:
-        from .bench_codecs import frames as photo_frames
+        try:
+            from .measure import photo_frames
+        except ImportError:  # before the bench helpers moved there
+            from .bench_codecs import frames as photo_frames
 
         images, source = photo_frames(tuple(shapes[0]), n)
         return [{next(iter(graph.inputs)): x} for x in images], source, None
     from .runtime import synthetic_frame
 
     return [dict(synthetic_frame(graph, seed, f)) for f in range(n)], f"seeded random frames (seed {seed}): not real data", None
+
+
+def entropy_bits(x: np.ndarray) -> float:
+    """Entropy of `x` quantised to 256 levels between its min and max, in bits per element."""
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if hi == lo:
+        return 0.0
+    q = np.clip(np.round((x - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
+    p = np.bincount(q.reshape(-1), minlength=256) / q.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
 
 
 def cut_tensors_per_frame(graph: Graph, feeds: dict):
@@ -83,6 +97,10 @@ def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frame
                 continue
             if progress:
                 progress(f, cut)
+            values = np.concatenate([np.asarray(x, np.float32).reshape(-1) for x in env.values()])
+            stats = acc.setdefault((cut, None), {"entropy": [], "nonzero": []})
+            stats["entropy"].append(entropy_bits(values))
+            stats["nonzero"].append(float(np.count_nonzero(values)) / max(values.size, 1))
             for codec in codecs:
                 total = enc_s = dec_s = 0.0
                 worst = 0.0
@@ -116,7 +134,9 @@ def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frame
                 continue
             samples.append(CodecSample(codec.name, float(np.mean(slot["bytes"])), float(statistics.median(slot["enc"])),
                                        float(statistics.median(slot["dec"])), float(slot["err"]), codec.lossless))
-        table_cuts.append(CutCodecs(cut, graph.nodes[cut - 1].name if cut else "input", int(graph.cut_bytes(cut)), len(graph.cut_tensors(cut)), tuple(samples)))
+        stats = acc.get((cut, None), {"entropy": [0.0], "nonzero": [1.0]})
+        table_cuts.append(CutCodecs(cut, graph.nodes[cut - 1].name if cut else "input", int(graph.cut_bytes(cut)), len(graph.cut_tensors(cut)),
+                                    tuple(samples), float(np.mean(stats["entropy"])), float(np.mean(stats["nonzero"]))))
     table = CodecTable(model, len(graph), source, len(frames), machine, tuple(table_cuts)).validate()
     lossy = [c for c in codecs if not c.lossless]
     if labelled and lossy and accuracy_frames > 0:

@@ -56,6 +56,8 @@ class CutCodecs:
     raw_bytes: int
     messages: int
     samples: tuple  # CodecSample
+    entropy_bits: float = 0.0  # of the cut's values quantised to 256 levels between their min and max, per element (mean over frames)
+    nonzero: float = 1.0  # share of non-zero values (mean over frames)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class CodecTable:
         return {"format": CODEC_TABLE_FORMAT, "version": CODEC_TABLE_VERSION, "model": self.model, "n_nodes": self.n_nodes,
                 "frames": self.frames, "n_frames": self.n_frames, "machine": self.machine,
                 "cuts": [{"cut": c.cut, "name": c.name, "raw_bytes": c.raw_bytes, "messages": c.messages,
+                          "entropy_bits": c.entropy_bits, "nonzero": c.nonzero,
                           "codecs": [asdict(s) for s in c.samples]} for c in self.cuts]}
 
     def save(self, path: str | Path) -> Path:
@@ -113,7 +116,7 @@ class CodecTable:
                                    tuple(CodecSample(str(s["codec"]), float(s["encoded_bytes"]), float(s["encode_s"]),
                                                      float(s["decode_s"]), float(s["max_rel_error"]), bool(s["lossless"]),
                                                      None if s.get("accuracy_loss") is None else float(s["accuracy_loss"]))
-                                         for s in c["codecs"]))
+                                         for s in c["codecs"]), float(c.get("entropy_bits", 0.0)), float(c.get("nonzero", 1.0)))
                          for c in doc["cuts"])
             table = cls(str(doc["model"]), int(doc["n_nodes"]), str(doc["frames"]), int(doc["n_frames"]), str(doc["machine"]), cuts)
         except (KeyError, TypeError, ValueError) as exc:

@@ -112,7 +112,7 @@ def run(args) -> int:
     table = load_or_measure(args, graph)
     if entries is None:
         latency = args.link_latency / 1e3 if args.link_latency is not None else 3e-4
-        return print_codec_table(graph, table, bandwidth, latency, args)
+        return print_codec_table(graph, table, bandwidth, latency, args, budget)
     from partitioners.cost import CostModel, make_cluster
     from partitioners.profiles import Calibration
 
@@ -123,7 +123,22 @@ def run(args) -> int:
     return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=table, codec_budget=budget), args)
 
 
-def print_codec_table(graph, table, bandwidth: float, latency: float, args) -> int:
+def lowest_quality_in_budget(cut, budget) -> tuple[str, float] | None:
+    """(codec, ratio) of the jpeg codec of lowest quality factor (the most compression) whose measured
+    accuracy loss is within the budget's max_accuracy_loss (the paper's Figure 4(b)/5(b))."""
+    from partitioners.codecs import parse_codec
+
+    if budget is None or budget.max_accuracy_loss is None:
+        return None
+    fits = [s for s in cut.samples if parse_codec(s.codec).kind == "jpeg" and s.accuracy_loss is not None
+            and s.accuracy_loss <= budget.max_accuracy_loss]
+    if not fits:
+        return None
+    s = min(fits, key=lambda s: parse_codec(s.codec).param)
+    return s.codec, cut.raw_bytes / s.encoded_bytes
+
+
+def print_codec_table(graph, table, bandwidth: float, latency: float, args, budget=None) -> int:
     from partitioners.link_pricing import link_seconds
 
     names = list(dict.fromkeys(s.codec for c in table.cuts for s in c.samples))
@@ -136,7 +151,10 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args) -> i
                               "transfer_ms": link_seconds(s, c.raw_bytes, c.messages, bandwidth, latency) * 1e3,
                               "rel_error": s.max_rel_error, "accuracy_loss": s.accuracy_loss}
         best = min(cells, key=lambda k: cells[k]["transfer_ms"], default=None)
-        rows.append({"cut": c.cut, "after": c.name, "raw_bytes": c.raw_bytes, "raw_ms": raw_s * 1e3, "codecs": cells, "best": best})
+        in_budget = lowest_quality_in_budget(c, budget)
+        rows.append({"cut": c.cut, "after": c.name, "raw_bytes": c.raw_bytes, "raw_ms": raw_s * 1e3, "entropy_bits": c.entropy_bits,
+                     "nonzero": c.nonzero, "codecs": cells, "best": best,
+                     "jpeg_in_budget": None if in_budget is None else {"codec": in_budget[0], "ratio": in_budget[1]}})
     if args.json:
         print_json({"model": table.model, "frames": table.frames, "n_frames": table.n_frames, "link_bps": bandwidth, "cuts": rows})
         return 0
@@ -145,8 +163,13 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args) -> i
     out.add_column("after")
     out.add_column("raw", justify="right")
     out.add_column("raw ms", justify="right")
+    out.add_column("H bits", justify="right")
+    out.add_column("non-zero", justify="right")
     for n in names:
         out.add_column(f"{n}\nratio enc/dec ms\n= transfer ms", justify="right")
+    show_budget = budget is not None and budget.max_accuracy_loss is not None
+    if show_budget:
+        out.add_column(f"jpeg within\n{budget.max_accuracy_loss * 100:g}% loss", justify="right")
     for r in rows:
         cells = []
         for n in names:
@@ -157,7 +180,10 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args) -> i
             mark = "[bold]" if n == r["best"] and v["transfer_ms"] < r["raw_ms"] else ""
             loss = "" if v["accuracy_loss"] is None else f"\nacc -{v['accuracy_loss'] * 100:.1f}%"
             cells.append(f"{mark}{v['ratio']:.1f}x {v['encode_ms']:.1f}/{v['decode_ms']:.1f}\n= {v['transfer_ms']:.1f}{loss}")
-        out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", *cells)
+        if show_budget:
+            q = r["jpeg_in_budget"]
+            cells.append("-" if q is None else f"{q['codec']}\n{q['ratio']:.1f}x")
+        out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", f"{r['entropy_bits']:.2f}", f"{r['nonzero']:.2f}", *cells)
     console.print(out)
     console.print("[dim]transfer = encode + bytes on the link + decode; bold: the fastest codec where it beats raw. "
                   "Lossy codecs show the accuracy they lose on the held-out split where the model has one.[/dim]")
