@@ -753,15 +753,22 @@ class _Importer:
             self.nodes[node_before].inputs = [flat]
             return
         if shape[-1] == cin and len(shape) > 2 and not o.keepNumDims and not self._is_quantized(x):
-            # TFLite folds the leading axes into rows: (1, T, C) -> (T, C) @ W, a sequence of one frame
-            rows = self.tensor_names[out] + "/rows"
-            src = self._activation_input(x)
-            self.nodes.append(Node(rows, "reshape", [src], [rows], {"shape": [cin], "full_shape": [numel(shape[:-1]), cin],
-                                                                    "batch1": self._batch1(x, f"fully connected on {shape}"),
-                                                                    "axis0": int(shape[0])}, {}))
-            node_before = len(self.nodes)
+            # TFLite folds the leading axes into rows: (1, T, C) -> (T, C) @ W. pisplit keeps the dense on
+            # (1, T, C) (its input stays batch-led, so splits of it apply) and folds its output into the
+            # rows after it, a batch-1 reshape (T, Cout): a sequence of one frame
+            before = len(self.nodes)
             self._node("dense", [x], out, attrs, weights)
-            self.nodes[node_before].inputs = [rows]
+            node = self.nodes[before]
+            name = self.tensor_names[out]
+            kept = name + "/keep_dims"
+            old_keys = {param: node.weight_key(param) for param in node.weight_shapes}
+            node.name, node.outputs = kept, [kept]
+            for param, key in old_keys.items():  # weights are keyed by node name
+                self.loaders[node.weight_key(param)] = self.loaders.pop(key)
+            rows = [numel(shape[:-1]), cout]
+            self.nodes.append(Node(name, "reshape", [kept], [name], {"shape": rows[1:], "full_shape": rows,
+                                                                     "batch1": self._batch1(x, f"fully connected on {shape}"),
+                                                                     "axis0": int(shape[0])}, {}))
             return
         if shape[-1] != cin or (len(shape) > 2 and not o.keepNumDims):
             self._fail(f"{self.where}: input {shape} with weights {self.tensor_shapes[w]} would mix the batch axis")

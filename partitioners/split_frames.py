@@ -27,10 +27,14 @@ def plan_frames(graph: Graph, start: int, stop: int, shares: tuple, layer: str) 
         raise PisplitError(f"layer {layer}: a data-parallel segment needs exactly one output tensor, "
                            f"nodes {graph.nodes[start].name}..{graph.nodes[stop - 1].name} leave {outs}")
     out = outs[0]
+    sequences = [t for t in reads if graph.shapes[t][0] != 1]
+    if sequences and len(shares) > 1:  # issue 19: axis 0 there is a sequence of one frame, not frames
+        raise PisplitError(f"layer {layer}: data-parallel deals frames, and input {sequences[0]!r} {graph.shapes[sequences[0]]} "
+                           "holds one frame's sequence on axis 0 (a batch-1 node moved the batch axis)")
     parts = []
     for p, _share in enumerate(shares):
         b = PartBuilder(p, 1)
-        feeds = FeedNames(b)
+        feeds = FeedNames(b, graph.shapes)
         names = {t: feeds(t, full_box(graph.shapes[t][1:])) for t in reads}
         for node in graph.nodes[start:stop]:
             boxes = {q: full_box(s) for q, s in node.weight_shapes.items()}

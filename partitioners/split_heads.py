@@ -37,7 +37,7 @@ from layers.errors import PisplitError
 from layers.graph import Graph, Node
 from layers.ops import numel, spec_of
 
-from .split_parts import Feed, Layout, PartBuilder, PartNode, box_index, box_shape, full_box
+from .split_parts import Layout, PartBuilder, PartNode, box_index, full_box
 
 HEADS_KIND = "attn-heads"
 # ops an attention block may hold between its projections and its output projection
@@ -244,7 +244,9 @@ def _check_contained(graph: Graph, start: int, stop: int) -> None:
 def attention_block(graph: Graph, start: int) -> AttentionBlock | None:
     """The attention block starting at dense node `start` (its first Q/K/V projection), or None."""
     node = graph.nodes[start]
-    if node.op != "dense":
+    if node.op != "dense" or graph.shapes[node.inputs[0]][0] != 1:
+        # a block fed by a sequence of one frame on axis 0 (torch's batch_first=False attention: (T, C)
+        # rows) is not split: the split runtime sends its inputs as boxes after the batch axis
         return None
     cols = node.weight_shapes["kernel"][1]
     for fused in (True, False):
@@ -267,25 +269,7 @@ def why_not_attention(graph: Graph, start: int) -> str:
 
 # --- parts ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SequenceFeed(Feed):
-    """A feed whose axis 0 is not the batch but a sequence of one frame (a converter's (T, C) rows
-    after a batch-1 reshape): its shape has that axis's size, the part receives the whole axis."""
-
-    axis0: int = 1
-
-    @property
-    def shape(self) -> tuple:
-        return (self.axis0, *box_shape(self.box))
-
-
 class _Builder(PartBuilder):
-    def sequence_feed(self, name: str, tensor: str, box, axis0: int) -> str:
-        f = SequenceFeed(name, tensor, tuple((int(a), int(b)) for a, b in box), int(axis0))
-        self.feeds.append(f)
-        self.shapes[name] = f.shape
-        return name
-
     def view_node(self, name: str, op: str, inputs, attrs: dict, source: str, boxes: dict, shapes: dict, output: str | None = None) -> str:
         """PartBuilder.node with weights whose boxes are cut from a view of the source weight (the fused
         projection's (C, 3, H, D)); `shapes` are the part's weight shapes."""
@@ -317,7 +301,7 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
         h1 = h0 + h
         b = _Builder(p, h)
         x_shape = graph.shapes[block.x]
-        x = b.sequence_feed(block.x, block.x, full_box(x_shape[1:]), x_shape[0])
+        x = b.feed(block.x, block.x, full_box(x_shape[1:]), x_shape[0])  # axis 0: a sequence after batch-1 nodes
         names = {block.x: x}
         for node in nodes:
             ins = [names[t] for t in node.inputs]
@@ -397,8 +381,8 @@ def _head_split_class():
             return self.output_shape
 
         def run(self, x, engine: str = "numpy") -> np.ndarray:
-            """Split.run; a block fed by a sequence (SequenceFeed: axis 0 is not frames) runs as one frame."""
-            if not any(isinstance(f, SequenceFeed) and f.axis0 != 1 for p in self.parts for f in p.feeds):
+            """Split.run; a block fed by a sequence (a feed whose axis 0 is not frames) runs as one frame."""
+            if not any(f.axis0 != 1 for p in self.parts for f in p.feeds):
                 return super().run(x, engine)
             from layers.engine import make_engine
 

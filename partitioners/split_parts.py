@@ -46,11 +46,14 @@ class Feed:
     name: str
     tensor: str
     box: tuple
+    # axis 0's size for one frame: 1 (the batch), or a sequence length where a converter's batch-1 node
+    # made axis 0 a data axis (issue 19); the part always receives that axis whole
+    axis0: int = 1
 
     @property
     def shape(self) -> tuple:
-        """Static shape in the part graph (batch 1)."""
-        return (1, *box_shape(self.box))
+        """Static shape in the part graph (one frame: batch 1)."""
+        return (self.axis0, *box_shape(self.box))
 
     def take(self, x: np.ndarray) -> np.ndarray:
         """The box of `x` (any batch size), as a view."""
@@ -150,9 +153,9 @@ class PartBuilder:
         self.flops = 0
         self.weight_params = 0
 
-    def feed(self, name: str, tensor: str, box: Sequence[tuple]) -> str:
+    def feed(self, name: str, tensor: str, box: Sequence[tuple], axis0: int = 1) -> str:
         """Declare an input of the part: the `box` of segment input `tensor`; returns `name`."""
-        f = Feed(name, tensor, tuple((int(a), int(b)) for a, b in box))
+        f = Feed(name, tensor, tuple((int(a), int(b)) for a, b in box), int(axis0))
         self.feeds.append(f)
         self.shapes[name] = f.shape
         return name
@@ -192,13 +195,15 @@ class Layout:
 class FeedNames:
     """Unique part-graph names for boxes of segment inputs: the tensor's own name first, then name#k."""
 
-    def __init__(self, builder: PartBuilder):
+    def __init__(self, builder: PartBuilder, shapes: dict | None = None):
         self.builder = builder
         self.known: dict[tuple, str] = {}
+        self.shapes = shapes  # the graph's shapes: a feed's axis 0 keeps its size for one frame
 
     def __call__(self, tensor: str, box: Sequence[tuple]) -> str:
         key = (tensor, tuple((int(a), int(b)) for a, b in box))
         if key not in self.known:
             name = tensor if tensor not in self.builder.shapes else f"{tensor}#{len(self.known)}"
-            self.known[key] = self.builder.feed(name, tensor, key[1])
+            axis0 = self.shapes[tensor][0] if self.shapes is not None else 1
+            self.known[key] = self.builder.feed(name, tensor, key[1], axis0)
         return self.known[key]

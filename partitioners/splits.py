@@ -388,7 +388,20 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
         sizes_ = tuple(sizes) if not isinstance(sizes, int) else (1,) * int(sizes)
         options = {"shares": shares}
         layout = plan_frames(graph, start, stop, shares, layer)
+    _refuse_sequences(graph, layout, layer, kind)
     return Split(graph, kind, layer, start, stop, tuple(sizes_), layout, options)
+
+
+def _refuse_sequences(graph: Graph, layout, layer: str, kind: str) -> None:
+    """Issue 19: a batch-1 node may leave axis 0 a sequence of one frame ((T, C) rows); split transfers
+    cut boxes after the batch axis, so a split whose input (or gathered output) is such a tensor is refused."""
+    if kind == "data-parallel" and len(layout.parts) == 1:
+        return
+    tensors = [f.tensor for p in layout.parts for f in p.feeds] + ([] if layout.merge == "sum" else [p.output for p in layout.parts])
+    seq = next((t for t in tensors if t in graph.shapes and graph.shapes[t][0] != 1), None)
+    if seq is not None:
+        raise PisplitError(f"layer {layer}: {kind} cannot split tensor {seq!r} {graph.shapes[seq]}: its axis 0 holds one frame's "
+                           "sequence (a batch-1 node moved the batch axis there), and splits cut boxes after the batch axis")
 
 
 def split_cost(graph: Graph, layer: str, kind: str, sizes, output_to: str = "root", **options) -> SplitCost:

@@ -131,7 +131,9 @@ def _run(args, comm, rank: int, transport) -> int:
     rng = np.random.default_rng(args.seed)
     x = whole = reference = frames = None
     if rank == 0:
-        x = {t: rng.standard_normal((n_frames, *graph.shapes[t][1:]), dtype=np.float32) for t in split.inputs}
+        # one frame of a tensor whose axis 0 a batch-1 node made a sequence (issue 19) is its whole shape
+        x = {t: rng.standard_normal((n_frames, *graph.shapes[t][1:]) if data_parallel else graph.shapes[t], dtype=np.float32)
+             for t in split.inputs}
         whole_graph = split_segment(graph, split.node_start, split.node_stop, "data-parallel", 1).part_graph(0)
         whole = make_engine(whole_graph, args.engine)
         frames = [{f.name: x[f.tensor][i:i + 1] for f in split.parts[0].feeds} if data_parallel

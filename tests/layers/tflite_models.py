@@ -909,14 +909,13 @@ def slice_and_matmul(m, x, y):
 
 
 def torch_attention(m, x, heads):
-    """torch's MultiheadAttention as litert-torch converts it (batch 1): TRANSPOSE to time-major (T, 1, C),
-    one fused Q/K/V FULLY_CONNECTED (3C columns, rows folded), RESHAPE (T, 1, 3, C), TRANSPOSE [2, 0, 1, 3],
+    """torch's MultiheadAttention as litert-torch converts torchvision's ViT (batch 1): one fused Q/K/V
+    FULLY_CONNECTED (3C columns), RESHAPE (T, 1, 3, C), TRANSPOSE [2, 0, 1, 3],
     a STRIDED_SLICE each for Q, K and V, Q scaled, RESHAPE to (T, H, D) and TRANSPOSE to heads first,
     BATCH_MATMUL, SOFTMAX, BATCH_MATMUL, back to (T, C), the output FULLY_CONNECTED, residual ADD."""
     n, t, c = m.shapes[x]
     d = c // heads
-    tm = m.op("TRANSPOSE", [x, m.const([1, 0, 2])], (t, n, c))
-    qkv = fully_connected(m, tm, 3 * c)  # (T, 1, C) folded to rows: (T, 3C)
+    qkv = fully_connected(m, x, 3 * c, keep_num_dims=True)  # (1, T, 3C)
     r = m.op("RESHAPE", [qkv, m.const([t, 1, 3, c])], (t, 1, 3, c))
     r = m.op("TRANSPOSE", [r, m.const([2, 0, 1, 3])], (3, t, 1, c))
     q, k, v = (strided_slice(m, r, [i, 0, 0, 0], [i + 1, t, 1, c], [1, 1, 1, 1], (1, t, 1, c)) for i in range(3))

@@ -1,0 +1,53 @@
+"""Head-parallel attention under real mpirun (issue 19): `pisplit split MODEL LAYER --kind attn-heads` on 2, 3
+and 4 ranks with even and uneven heads, numpy and litert engines, on a two-block model with torch's fused
+Q/K/V projection as litert-torch writes it (tests/layers/tflite_models.torch_attention); the merged output
+equals the unsplit block within 1e-5 of its largest value."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from layers.tflite import import_tflite_bytes
+from partitioners.split_heads import HEADS_KIND, attention_block
+from partitioners.splits import split_layer
+from tests.cluster.test_split_mpi import run_mpi
+from tests.layers.tflite_models import TRANSFORMER_CASES
+
+pytestmark = [pytest.mark.mpi]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    data = TRANSFORMER_CASES["torch_attention_fused_qkv"]()
+    path = tmp_path_factory.mktemp("heads") / "attention.tflite"
+    path.write_bytes(data)
+    graph = import_tflite_bytes(data)
+    layers = [graph.nodes[i].name for i, n in enumerate(graph.nodes) if n.op == "dense" and attention_block(graph, i)]
+    assert len(layers) == 2
+    return path, graph, layers
+
+
+@pytest.mark.parametrize("ranks, sizes, block, engine", [
+    (2, None, 0, "numpy"), (3, "1,2,3", 0, "numpy"), (4, "1,1,1,3", 1, "numpy"), (3, "4,1,1", 1, "litert"), (2, "5,1", 0, "litert"),
+])
+def test_head_split_under_mpirun_equals_unsplit(model, ranks, sizes, block, engine):
+    path, graph, layers = model
+    if engine == "litert":
+        pytest.importorskip("ai_edge_litert")
+    argv = [sys.executable, "-m", "cluster.cli", "split", path, layers[block], "--kind", HEADS_KIND, "--engine", engine,
+            "--repeat", "1", "--json", "--seed", "3"]
+    if sizes:
+        argv += ["--sizes", sizes]
+    proc = run_mpi(ranks, argv)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    split = split_layer(graph, layers[block], HEADS_KIND, [int(v) for v in sizes.split(",")] if sizes else ranks)
+    assert doc["ranks"] == ranks and doc["kind"] == HEADS_KIND and doc["sizes"] == list(split.sizes)
+    assert doc["output_pattern"] == "reduce" and doc["engine"] == engine
+    rng = np.random.default_rng(3)  # the command's input: one seeded standard-normal frame
+    x = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in split.inputs}
+    scale = float(np.abs(split.reference(x)).max())
+    assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
