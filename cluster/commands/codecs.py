@@ -178,7 +178,7 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args, budg
                 cells.append("-")
                 continue
             mark = "[bold]" if n == r["best"] and v["transfer_ms"] < r["raw_ms"] else ""
-            loss = "" if v["accuracy_loss"] is None else f"\nacc -{v['accuracy_loss'] * 100:.1f}%"
+            loss = "" if v["accuracy_loss"] is None else f"\ntop-1 {-v['accuracy_loss'] * 100:+.1f}%"
             cells.append(f"{mark}{v['ratio']:.1f}x {v['encode_ms']:.1f}/{v['decode_ms']:.1f}\n= {v['transfer_ms']:.1f}{loss}")
         if show_budget:
             q = r["jpeg_in_budget"]
@@ -216,11 +216,11 @@ def edge_host(graph, model, table, budget, args) -> int:
     edge = next(d.kind for d in model.cluster.devices if d.kind != "host")
     out = Table(title=f"{graph.name}: {edge} (edge) + host at {model.cluster.link_bandwidth_bps / 1e6:g} Mbit/s, "
                       f"transmitter {transmitter_watts(model.cluster.link_bandwidth_bps) * 1e3:.1f} mW, {edge} {POWER[edge][0]}/{POWER[edge][1]} W idle/busy")
-    for col in ("cut after", "codec", "sent", "edge ms", "encode ms", "link ms", "decode ms", "host ms", "throughput fps", "edge mJ/frame", "accuracy"):
+    for col in ("cut after", "codec", "sent", "edge ms", "encode ms", "link ms", "decode ms", "host ms", "throughput fps", "edge mJ/frame", "top-1 change"):
         out.add_column(col, justify="left" if col in ("cut after", "codec") else "right")
     for c in shown:
         style = "bold" if c is best else ("dim" if not c.feasible else None)
-        acc = "" if c.accuracy_loss is None else f"-{c.accuracy_loss * 100:.1f}%"
+        acc = "" if c.accuracy_loss is None else f"{-c.accuracy_loss * 100:+.1f}%"
         out.add_row(c.after if c.cut < model.n else "(all on edge)", c.codec, human_bytes(c.sent_bytes), f"{c.edge_s * 1e3:.1f}",
                     f"{c.encode_s * 1e3:.1f}", f"{c.transfer_s * 1e3:.1f}", f"{c.decode_s * 1e3:.1f}", f"{c.host_s * 1e3:.1f}",
                     f"{c.throughput_fps:.2f}", f"{c.edge_energy_j * 1e3:.1f}", acc, style=style)
@@ -228,7 +228,8 @@ def edge_host(graph, model, table, budget, args) -> int:
     where = "everything on the edge" if best.cut == model.n else f"cut after {best.after} with {best.codec}"
     console.print(f"best: {where}: {best.throughput_fps:.2f} frames/s, "
                   f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if best.runnable else
-                  f" (all on the host: not runnable, rank 0 is the edge; best runnable: after {runnable.after} with {runnable.codec})"))
+                  f" (all on the host: not runnable, rank 0 is the edge; best runnable: " +
+                  ("everything on the edge)" if runnable.cut == model.n else f"after {runnable.after} with {runnable.codec})")))
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
     return 0
