@@ -151,7 +151,7 @@ class SegmentOption:
 
     segment: int
     kind: str  # "none" or a split kind
-    sizes: tuple  # one part size per stage slot (empty for "none")
+    sizes: tuple  # one part size per slot it uses, the stage's first ones (empty for "none")
     split_stop: int  # the split covers [segment start, split_stop); the rest runs on the lead
     compute_s: float
     comm_s: float
@@ -409,15 +409,16 @@ class CostModel:
         return tuple(chosen), total, memory
 
     def _column_option(self, segment: int, table: SegmentTable, column: int) -> SegmentOption:
-        """The SegmentOption of a table column: a kind's (segment_options) or a fused span's, with
-        the span's gather (paid at its last segment) in its comm_s."""
+        """The SegmentOption of a table column: a kind's (segment_options), a kind's over the first d
+        slots (its sizes name only those), or a fused span's, with the span's gather (paid at its
+        last segment) in its comm_s."""
         kind, role, d = table.columns[column]
         if role == "kind":
             return self._option(segment, table.slots, column)
-        end = table.columns.index((kind, "inside", 0))
+        comm = table.comm_in_s[segment, column]
+        comm += table.comm_out_s[segment + d, table.columns.index((kind, "inside", 0))] if role == "span" else table.comm_out_s[segment, column]
         return SegmentOption(segment, kind, table.sizes[(segment, column)], int(table.split_stop[segment, column]),
-                             float(table.compute_s[segment, column]),
-                             float(table.comm_in_s[segment, column] + table.comm_out_s[segment + d, end]),
+                             float(table.compute_s[segment, column]), float(comm),
                              tuple(float(v) for v in table.weight_bytes[segment, column]),
                              tuple(float(v) for v in table.work_bytes[segment, column]))
 

@@ -151,7 +151,7 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
         if option.kind == "none":
             on_lead(start, stop)
             continue
-        out.append(Segment(start, option.split_stop, option.kind, tuple(ranks), tuple(option.sizes),
+        out.append(Segment(start, option.split_stop, option.kind, tuple(ranks[:len(option.sizes)]), tuple(option.sizes),
                            model.splits.options(option.segment, option.kind, option.sizes), option.output_layout))
         if option.split_stop < stop:
             on_lead(option.split_stop, stop)

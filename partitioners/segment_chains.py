@@ -38,7 +38,7 @@ F_d), its output stay on its parts for the next (pair out of C_0, the span's own
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from .split_parts import full_box
 INF = float("inf")
 # split parts built (real splits, ~40 us each) for the kept transitions of a model's device sets; above
 # it only some sets search kept layouts (keep_counts; the plan notes it)
-KEEP_BUDGET = 6_000
+KEEP_BUDGET = 20_000
 
 
 # --- which pairs may keep ---------------------------------------------------------------------------
@@ -117,9 +117,10 @@ def keep_pairs(model) -> tuple:
 def keep_counts(model) -> frozenset:
     """Device sets (counts per class, as planner_dp.candidate_counts) whose split stages may keep:
     every set while the split parts their kept transitions build stay within KEEP_BUDGET, else the
-    single-kind sets, then the mixed ones, each from the largest, until the budget runs out (sets of
-    equal relative speeds share their splits); the others run every segment as a star. Decided once
-    per model, so the dp and CostModel.stage_cost agree."""
+    single-kind sets, then the mixed ones, each from the largest, that still fit in what is left of
+    the budget (a set whose speeds, or first k speeds for its subset columns, were counted already
+    shares those splits); the others run every segment as a star. Decided once per model, so the
+    dp and CostModel.stage_cost agree."""
     cached = model.__dict__.get("_keep_counts")
     if cached is not None:
         return cached
@@ -127,16 +128,21 @@ def keep_counts(model) -> frozenset:
 
     pairs = keep_pairs(model)
     units = len({(p.boundary, p.option) for p in pairs} | {(p.boundary + 1, p.next_option) for p in pairs})  # splits per set size
+    from .segment_table import SUBSET_PARTS
+
     chosen, seen, spent = [], set(), 0
     sets = [a for a in candidate_counts(model.capacity, model.n) if sum(a) > 1]
     for a in sorted(sets, key=lambda a: (sum(1 for x in a if x) > 1, -sum(a), a)):  # one kind first, then the largest
         scales = [model.classes[k].seconds_scale for k in model.slots_of(a)]
         speeds = tuple(x / scales[0] for x in scales)  # what the part sizes depend on
-        cost = 0 if speeds in seen else units * sum(a)
+        # the splits of its kinds over all its slots and over its first k (subset columns); a set of
+        # equal speeds to one already counted shares them (split_boxes caches them)
+        prefixes = {speeds[:k] for k in (len(speeds), *SUBSET_PARTS) if k <= len(speeds)} - seen
+        cost = units * sum(len(p) for p in prefixes)
         if spent + cost > KEEP_BUDGET:
-            break
+            continue  # a smaller set may still fit, or share what is built
         chosen.append(a)
-        seen.add(speeds)
+        seen |= prefixes
         spent += cost
     model.__dict__["_keep_counts"] = frozenset(chosen)
     return model.__dict__["_keep_counts"]
@@ -213,17 +219,30 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     """kept[b, o, o'] seconds of every legal pair whose options apply to these slots (inf elsewhere):
     the transition a kept pair makes, its kept tensor from the parts' pieces and the next split's
     other inputs from the lead (rank 0), all at once (layouts.transition_seconds)."""
+    from .segment_table import table_columns
+
     n_seg, n = len(model.splits.segments), len(slots)
     kept = np.full((max(n_seg - 1, 0), n_options, n_options), INF)
     counts = tuple(slots.count(k) for k in range(len(model.classes)))
     if n < 2 or counts not in keep_counts(model):
         return kept
     graph, segments = model.graph, model.splits.segments
+    # a kind's pair also keeps between its subsets of the slots (segment_table's 'subset' columns)
+    columns = table_columns(model.splits.max_span, n)
+    variants = {o: [o] + [c for c, (k, role, _) in enumerate(columns) if role == "subset" and k == kind]
+                for o, (kind, role, _) in enumerate(columns) if role == "kind"}
     pairs, jobs = [], {}  # jobs by array shapes: (pair index, pieces, needs)
-    for pair in keep_pairs(model):
+    for base in keep_pairs(model):
+        for o in variants.get(base.option, [base.option]):
+            for no in variants.get(base.next_option, [base.next_option]):
+                pairs.append(replace(base, option=o, next_option=no))
+    usable = []
+    for pair in pairs:
         a, z = sizes.get((pair.boundary, pair.option)), sizes.get((pair.boundary + 1, pair.next_option))
-        if a is None or z is None:
-            continue
+        if a is not None and z is not None:
+            usable.append((pair, a, z))
+    pairs = []
+    for pair, a, z in usable:
         stop = segments[pair.boundary][1]
         tensor, have, _ = split_boxes(graph, pair.start, stop, pair.kind, a)
         _, _, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, z)

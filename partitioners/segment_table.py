@@ -1,8 +1,9 @@
 """Every way to run every segment in a split stage, for one stage's device slots, as numpy arrays.
 
-Row s is planner segment s (split_costs.SplitCatalogue.segments), column o an option: 0 runs the
-segment unsplit on the lead, 1.. split it with PLANNER_KINDS[o - 1] across all slots, part sizes
-weighted by device speed. Arrays hold per-frame compute and communication seconds and per-slot
+Row s is planner segment s (split_costs.SplitCatalogue.segments), column o an option
+(table_columns): 0 runs the segment unsplit on the lead, 1.. split it with PLANNER_KINDS[o - 1]
+across all slots, later 'subset' columns with a kind across the stage's first k slots only; part
+sizes weighted by device speed. Arrays hold per-frame compute and communication seconds and per-slot
 weight and working-set bytes; an option that does not apply has infinite seconds. One table per set
 of slots serves both the dp planner (all stage ranges at once) and CostModel.stage_cost (one range).
 
@@ -37,14 +38,28 @@ from .split_costs import FUSED, PLANNER_KINDS, span_kind
 OPTION_KINDS = ("none",) + PLANNER_KINDS
 
 
-def table_columns(max_span: int) -> tuple:
-    """(kind, role, d) of every column of a table whose spans reach `max_span`: 'none' and the kinds
-    (role 'kind'), then F_1..F_max_span (role 'span', d segments after the first), then
-    C_0..C_(max_span - 1) (role 'inside', d segments before the span's end)."""
+# part counts a kind may also use on a stage of more slots: its first k slots (the lead and the
+# fastest after it); more parts than a layer can use well cost messages and fixed costs per part
+SUBSET_PARTS = (2, 3, 4, 6, 8, 12)
+
+
+def table_columns(max_span: int, slots: int = 0) -> tuple:
+    """(kind, role, d) of every column of a table whose spans reach `max_span`, for a stage of
+    `slots` ranks: 'none' and the kinds over every slot (role 'kind'), then F_1..F_max_span (role
+    'span', d segments after the first), C_0..C_(max_span - 1) (role 'inside', d segments before the
+    span's end), then each kind over its first d slots for d in SUBSET_PARTS below `slots` (role
+    'subset'; the other ranks of the stage take no part in that segment)."""
     kinds = tuple((k, "kind", 0) for k in OPTION_KINDS)
     spans = tuple((FUSED, "span", d) for d in range(1, max_span + 1))
     inside = tuple((FUSED, "inside", k) for k in range(max_span))
-    return kinds + spans + inside
+    subsets = tuple((k, "subset", d) for k in PLANNER_KINDS for d in SUBSET_PARTS if d < slots)
+    return kinds + spans + inside + subsets
+
+
+def column_parts(column: tuple, slots: int) -> int:
+    """How many of a stage's `slots` a column's split uses (1 for 'none')."""
+    kind, role, d = column
+    return 1 if kind == "none" else d if role == "subset" else slots
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,7 @@ def _sizes(extent: int, weights: tuple) -> tuple | None:
 def build_segment_table(model, slots: tuple) -> SegmentTable:
     """The SegmentTable of `model` (a CostModel) for a stage whose ranks are of classes `slots`."""
     segments = model.splits.segments
-    columns = table_columns(model.splits.max_span)
+    columns = table_columns(model.splits.max_span, len(slots))
     n_seg, n_opt, m = len(segments), len(columns), len(slots)
     starts = np.array([a for a, _ in segments])
     stops = np.array([b for _, b in segments])
@@ -110,21 +125,22 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         for o, (kind, role, d) in enumerate(columns):
             if role == "inside" or kind == "none":
                 continue
-            kind_rows = kind_arrays(model, kind if role == "kind" else span_kind(d), profile)
+            kind_rows = kind_arrays(model, span_kind(d) if role == "span" else kind, profile)
             if kind_rows is None:
                 continue
+            parts = column_parts(columns[o], m)
             # sizes depend only on the axis length and the speeds: one proportional split per length
             lengths, inverse = np.unique(kind_rows["extent"], return_inverse=True)
-            per_length = [_sizes(int(e), speed) for e in lengths]
+            per_length = [_sizes(int(e), speed[:parts]) for e in lengths]
             keep = np.array([per_length[i] is not None for i in inverse])
             if not keep.any():
                 continue
             sel = {key: v[keep] for key, v in kind_rows.items()}
             rows_arr = sel["rows"]
-            size = np.array([per_length[i] for i in inverse[keep]], dtype=float)  # (rows, m)
+            size = np.array([per_length[i] for i in inverse[keep]], dtype=float)  # (rows, parts)
             for r, part_sizes in zip(rows_arr.tolist(), size.astype(int).tolist()):
                 sizes[(r, o)] = tuple(part_sizes)
-            q = sel["fixed"][:, None, :] + sel["per_unit"][:, None, :] * size[:, :, None]  # (rows, m, [flops, weights, recv, send])
+            q = sel["fixed"][:, None, :] + sel["per_unit"][:, None, :] * size[:, :, None]  # (rows, parts, [flops, weights, recv, send])
             q[:, 0, :] += sel["first"]
             q[:, -1, :] += sel["last"]
             q = np.maximum(q, 0.0)
@@ -134,24 +150,24 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             pred = fit[:, 0:1] + fit[:, 1:2] * q[..., 0] + fit[:, 2:3] * (q[..., 1] + q[..., 2] + q[..., 3])
             share = np.where(whole_pred[:, None] > 0, pred / np.where(whole_pred > 0, whole_pred, 1.0)[:, None],
                              q[..., 0] / whole_flops[:, None])
-            base = (pre[slot_arr][:, s_stop] - pre[slot_arr][:, s_start]).T  # (rows, m)
+            base = (pre[slot_arr[:parts]][:, s_stop] - pre[slot_arr[:parts]][:, s_start]).T  # (rows, parts)
             part_compute = (base * share).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
-            merge = sel["merge"] * (m - 1)
+            merge = sel["merge"] * (parts - 1)
             if add_fit is not None:
                 part_compute += np.where(merge > 0, add_fit.predict(merge, 12.0 * merge), 0.0) * model.classes[lead].seconds_scale
-            seg_stop = stops[rows_arr] if role == "kind" else s_stop  # a span ends where its last segment does
+            seg_stop = s_stop if role == "span" else stops[rows_arr]  # a span ends where its last segment does
             part_compute += pre[lead, seg_stop] - pre[lead, s_stop]
             compute[rows_arr, o] = part_compute
             comm_in[rows_arr, o] = part_comm[:, 0]
             w = q[..., 1].copy()
             w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
-            weights[rows_arr, o] = w
-            work[rows_arr, o, 0] = seg_work[rows_arr] if role == "kind" else _span_work(model, s_start, s_stop)
-            work[rows_arr, o, 1:] = remote.sum(axis=2)
+            weights[rows_arr, o, :parts] = w
+            work[rows_arr, o, 0] = _span_work(model, s_start, s_stop) if role == "span" else seg_work[rows_arr]
+            work[rows_arr, o, 1:parts] = remote.sum(axis=2)
             split_stop[rows_arr, o] = s_stop
-            if role == "kind":
+            if role != "span":
                 comm_out[rows_arr, o] = part_comm[:, 1]
                 continue
             # the span's inside columns: nothing to pay but, at its last segment, the gather
@@ -167,9 +183,8 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
     kept = kept_table(model, tuple(slots), sizes, n_opt)
     allowed = allowed_moves(columns, n_seg)
     saving = savings(kept, comm_in, comm_out)
-    roles = [role for _, role, _ in columns]
-    start_ok = np.array([role != "inside" for role in roles])
-    end_ok = np.array([role == "kind" or (role == "inside" and d == 0) for (_, role, d) in columns])
+    start_ok = np.array([role != "inside" for _, role, _ in columns])
+    end_ok = np.array([role in ("kind", "subset") or (role == "inside" and d == 0) for (_, role, d) in columns])
     return SegmentTable(tuple(slots), compute, comm_in, comm_out, weights, work, split_stop, sizes, kept,
                         np.where(allowed, saving, -np.inf) if allowed is not None else saving, columns,
                         start_ok if allowed is not None else None, end_ok if allowed is not None else None)
@@ -183,12 +198,12 @@ def _span_work(model, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
 def allowed_moves(columns: tuple, n_seg: int) -> np.ndarray | None:
     """allowed[b, o, o']: whether a chain may go from column o at segment b to o' at b + 1 (module
     docstring); None when the table has no span columns (every move is allowed)."""
-    if not any(role != "kind" for _, role, _ in columns):
+    if not any(role in ("span", "inside") for _, role, _ in columns):
         return None
     n = len(columns)
     ok = np.zeros((n, n), dtype=bool)
-    free = [i for i, (_, role, d) in enumerate(columns) if role == "kind" or (role == "inside" and d == 0)]
-    starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "span")]
+    free = [i for i, (_, role, d) in enumerate(columns) if role in ("kind", "subset") or (role == "inside" and d == 0)]
+    starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "subset", "span")]
     ok[np.ix_(free, starts)] = True
     for i, (_, role, d) in enumerate(columns):
         nxt = d - 1 if role == "span" else d - 1 if role == "inside" and d > 0 else None

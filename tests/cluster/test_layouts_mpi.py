@@ -177,3 +177,32 @@ def test_the_planner_fuses_residual_blocks_and_its_plan_runs_exactly(tmp_path):
     with np.load(out, allow_pickle=False) as z:
         y = z["output_0"]
     np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+
+
+def test_segments_on_a_subset_of_the_stage_ranks_keep_and_equal_the_unsplit_model(tmp_path):
+    # a split over the first 2 or 3 of a stage's 4 ranks (the others take no part in it), kept
+    # between splits over different numbers of ranks: strips 4 -> 2 -> 4, fc-output on 3 -> fc-input on 2
+    import dataclasses
+
+    graph = conv_stack()
+    path, _ = save_graph(graph, tmp_path / "conv_stack.json")
+    ranks = [0, 1, 2, 3]
+    segments = [(0, 1, "conv-spatial", (4, 4, 4, 4), "parts"), (1, 3, "conv-spatial", (3, 5), "parts"),
+                (3, 4, "conv-spatial", (2, 2, 2, 2)), (4, 5, "none", ()), (5, 6, "fc-output", (7, 6, 7), "parts"),
+                (6, 7, "fc-input", (10, 10))]
+    # hand_plan puts every split on all the stage's ranks: build it so, then narrow each segment
+    plan = hand_plan(graph, [(0, 7, ranks, "split", [(a, b, k, (1, 1, 1, 1) if k != "none" else (), *rest)
+                                                     for a, b, k, _, *rest in segments])], model=str(path))
+    stage = plan.stages[0]
+    narrowed = tuple(dataclasses.replace(g, ranks=tuple(ranks[:len(s)]) if k != "none" else g.ranks, sizes=tuple(s))
+                     for g, (_, _, k, s, *_) in zip(stage.segments, segments))
+    plan = dataclasses.replace(plan, stages=(dataclasses.replace(stage, segments=narrowed),)).validate()
+    assert [len(g.ranks) for g in plan.stages[0].segments if g.kind != "none"] == [4, 2, 4, 3, 2]
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(4, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["every_frame_once"]
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)

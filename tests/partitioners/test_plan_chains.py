@@ -261,3 +261,22 @@ def test_large_clusters_keep_on_a_budget(monkeypatch):
     assert any("keep activations on their parts" in note for note in plan.notes)
     _, _, latency = exhaustive(model, "latency")
     assert close(plan.predicted_latency_s, latency)
+
+
+def test_dp_splits_a_segment_over_a_subset_of_its_stage_and_equals_exhaustive():
+    # on 4 Pi 3B+ at 1 Gbit/s the bottleneck's last conv (few rows after the pool) pays best on 3 of
+    # the stage's 4 ranks; its strips still come from the 4-way fused block peer to peer
+    graph = bottleneck(29, 27, 64)
+    model = CostModel(graph, make_cluster([("rpi3", 4, None)], 1e9, 1e-4), CALIBRATION)
+    plan = make_plan(graph, model, "dp", "latency")
+    _, _, latency = exhaustive(model, "latency")
+    assert close(plan.predicted_latency_s, latency)
+    (stage,) = [s for s in plan.stages if s.mode == "split"]
+    used = [len(g.ranks) for g in stage.segments if g.kind != "none"]
+    assert max(used) == len(stage.ranks) and min(used) < len(stage.ranks), used
+    for g in stage.segments:
+        assert g.ranks == stage.ranks[:len(g.ranks)]  # the stage's first ranks: the lead and the fastest
+        if g.kind != "none":
+            split = split_segment(graph, g.node_start, g.node_stop, g.kind, g.sizes, g.options)
+            assert split.n_parts == len(g.ranks)
+    assert Plan.from_dict(plan.to_dict()) == plan
