@@ -12,7 +12,8 @@ import pytest
 from cluster.multiview import fill_missing, fill_rule, multiview_reference, parse_missing, split_multiview
 from layers import load_model
 from layers.errors import PisplitError
-from layers.trained import held_out
+from layers.trained import held_out, trained_names
+from partitioners.exits import normalised_entropy
 
 from .test_stalls_and_partial import mpirun
 
@@ -49,20 +50,32 @@ def test_a_missing_device_is_left_out_of_the_max_pool(rng):
     assert not zeros["device1_pool"].any()
 
 
+def splitting_threshold(views, feeds, absent) -> float:
+    """A T halfway between two of the frames' local-exit entropies: about half the frames exit locally."""
+    ref = multiview_reference(views, feeds, absent, 0.0)
+    etas = np.sort(normalised_entropy(ref["local_all"], "probabilities"))
+    return float((etas[len(etas) // 2 - 1] + etas[len(etas) // 2]) / 2)
+
+
+SCHEMES = [m for m in trained_names() if m.startswith("ddnn_mnist_")]  # the other eight of DDNN's nine
+
+
 @pytest.mark.mpi
-@pytest.mark.parametrize("missing", ["", "2", "0,3"])
-def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, missing):
-    threshold = 0.05  # some frames exit locally, some go on to the cloud
-    views = split_multiview(load_model("ddnn_mnist"))
+@pytest.mark.parametrize("model, missing", [("ddnn_mnist", ""), ("ddnn_mnist", "2"), ("ddnn_mnist", "0,3"),
+                                            *[(m, "1") for m in SCHEMES]])
+def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing):
+    views = split_multiview(load_model(model))
     absent = parse_missing(missing, 4)
-    args = ["exits", "ddnn_mnist", "--run", "--frames", FRAMES, "--threshold", threshold, "--output", tmp_path / "v.npz", "--json"]
+    feeds, labels = held_out(model)
+    feeds = {k: v[:FRAMES] for k, v in feeds.items()}
+    threshold = splitting_threshold(views, feeds, absent)  # some frames exit locally, some go on to the cloud
+    args = ["exits", model, "--run", "--frames", FRAMES, "--threshold", repr(threshold), "--output", tmp_path / "v.npz", "--json"]
     if missing:
         args += ["--missing", missing]
     proc, _ = mpirun(1 + 4 - len(absent), *args, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout[proc.stdout.index("{"):])
-    feeds, labels = held_out("ddnn_mnist")
-    ref = multiview_reference(views, {k: v[:FRAMES] for k, v in feeds.items()}, absent, threshold)
+    ref = multiview_reference(views, feeds, absent, threshold)
     with np.load(tmp_path / "v.npz", allow_pickle=False) as f:
         np.testing.assert_array_equal(f["exit_index"], ref["exit_index"])
         np.testing.assert_allclose(f["exit1"], ref["exit1"], rtol=1e-5, atol=1e-6)
@@ -70,6 +83,8 @@ def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, missing):
     assert 0 < (ref["exit_index"] == 0).sum() < FRAMES, "the threshold should split the frames"
     present = 4 - len(absent)
     went_on = (ref["exit_index"] == 1).mean()
-    assert doc["bytes_per_frame"] == pytest.approx(present * (40 + went_on * 3200))
+    shapes = views.graph.shapes
+    per_device = 4 * np.prod(shapes[views.scores[0]]) + went_on * 4 * np.prod(shapes[views.features[0]])
+    assert doc["bytes_per_frame"] == pytest.approx(present * per_device)
     answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
     assert doc["accuracy"] == pytest.approx(float((answer == labels[:FRAMES]).mean()))
