@@ -1,5 +1,6 @@
 """Measuring this machine: the timers, tracemalloc peaks and machine facts behind a profile
-(`pisplit profile`, partitioners.profiles.Profile), and the node times emulation calibrates with.
+(`pisplit profile`, partitioners.profiles.Profile), the node times emulation calibrates with, and
+a link codec's size, speed and error on a tensor.
 
 The planner package (partitioners/) only reads what is measured here; it imports nothing from this
 module, so planning never times, traces or inspects the machine it runs on.
@@ -7,11 +8,13 @@ module, so planning never times, traces or inspects the machine it runs on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import statistics
 import time
 import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +24,7 @@ from layers.allocator import reuse_freed_memory
 from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
+from partitioners.codecs import Codec, decode, encode, error_bound, parse_codec
 from partitioners.latency_model import LatencyModel, node_bytes, op_key
 from partitioners.profiles import DEFAULT_FRACTIONS, NodeProfile, PartProfile, Profile, pi_kind, samples_of
 
@@ -198,3 +202,83 @@ def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple,
             extent = sum(split.sizes)
             out.append(PartProfile(kind, cost.size / extent, int(cost.flops), int(cost.weight_bytes + cost.recv_bytes + cost.send_bytes), seconds))
     return out
+
+
+# --- link codecs -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CodecMeasurement:
+    """What the cost model needs of a codec on one tensor."""
+
+    codec: str
+    raw_bytes: int  # the tensor's own bytes
+    encoded_bytes: int  # the whole message, header included
+    encode_s: float
+    decode_s: float
+    max_abs_error: float  # over finite values (0 for lossless codecs, checked bit for bit)
+    rel_error: float  # max_abs_error / max |x|
+    error_bound: float  # error_bound(codec, x)
+    lossless: bool
+    rms_error: float = 0.0  # root mean square error over finite values
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.encoded_bytes if self.encoded_bytes else math.inf
+
+
+def measure_codec(codec: str | Codec, x: np.ndarray, repeat: int = 3) -> CodecMeasurement:
+    """Encode and decode `x` `repeat` times: message size, the fastest encode and decode (seconds) and
+    the error introduced. A lossless codec that does not return `x` bit for bit, or a lossy one past its
+    error bound, is a bug and raises AssertionError."""
+    codec = parse_codec(codec)
+    x = np.asarray(x)
+    enc, dec = math.inf, math.inf
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        msg = encode(x, codec)
+        t1 = time.perf_counter()
+        y = decode(msg)
+        t2 = time.perf_counter()
+        enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+    bound = error_bound(codec, x)
+    if codec.lossless:
+        assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == np.ascontiguousarray(x).tobytes(), f"{codec.name} did not round-trip"
+        err = rms = 0.0
+    else:
+        assert np.array_equal(np.isnan(x), np.isnan(y)) and np.array_equal(x[np.isinf(x)], y[np.isinf(x)]), f"{codec.name} changed NaN/inf"
+        fin = np.isfinite(x)
+        diff = np.abs(x[fin].astype(np.float64) - y[fin])
+        err = float(diff.max()) if fin.any() else 0.0
+        rms = float(np.sqrt(np.mean(diff * diff))) if fin.any() else 0.0
+        assert err <= bound, f"{codec.name}: error {err} beyond its bound {bound}"
+    peak = float(np.abs(x[np.isfinite(x)]).max()) if x.size and np.isfinite(x).any() else 0.0
+    return CodecMeasurement(codec.name, x.nbytes, len(msg), enc, dec, err, err / peak if peak else 0.0, bound, codec.lossless, rms)
+
+
+def photo_frames(shape: tuple[int, ...], n: int) -> tuple[list[np.ndarray], str]:
+    """n real-looking input frames of `shape` (1, H, W, 3) and where they come from: scikit-learn's two
+    bundled photographs (china.jpg, flower.jpg) centre-cropped, resized and ImageNet-normalised when
+    scikit-learn is installed, smooth synthetic images otherwise (and for frames past the two)."""
+    _, h, w, _ = shape
+    try:
+        from sklearn.datasets import load_sample_images
+        images = list(load_sample_images().images)
+        source = "scikit-learn sample images (china.jpg, flower.jpg), centre-cropped and resized"
+    except ImportError:
+        images, source = [], "smooth synthetic images (scikit-learn is not installed)"
+    rng = np.random.default_rng(0)
+    while len(images) < n:  # smooth synthetic: a few low-frequency waves per colour channel
+        yy, xx = np.mgrid[0:480, 0:640] / 640.0
+        img = np.stack([sum(np.sin(rng.uniform(2, 12) * xx + rng.uniform(2, 12) * yy + rng.uniform(0, 6)) for _ in range(3))
+                        for _ in range(3)], -1)
+        images.append(((img - img.min()) / np.ptp(img) * 255).astype(np.uint8))
+    out = []
+    for img in images[:n]:
+        side = min(img.shape[:2])
+        y0, x0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        rows = y0 + (np.arange(h) + 0.5) * side / h
+        cols = x0 + (np.arange(w) + 0.5) * side / w
+        crop = img[rows.astype(int)[:, None], cols.astype(int)[None, :]].astype(np.float32) / 255.0
+        crop = (crop - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
+        out.append(crop[None].astype(np.float32))
+    return out, source

@@ -29,8 +29,8 @@ is never decoded into garbage. Payload decoders validate what they read as well.
 
 Lossless codecs take any of the dtypes in `DTYPES` and round-trip bit for bit (NaN payloads, -0.0,
 denormals, empty tensors). Lossy codecs take float32 and decode to float32; `error_bound(codec, x)`
-is the largest absolute error they may introduce on `x` (checked by the tests), `measure` the actual
-error along with size and encode/decode time, for the cost model.
+is the largest absolute error they may introduce on `x` (checked by the tests); cluster.measure's
+`measure_codec` the actual error along with size and encode/decode time, for the cost model.
 
 Pure numpy: the optional libraries (zstandard, lz4, simplejpeg, Pillow) are imported inside the codec
 functions that use them, so importing this module costs nothing and `partitioners` stays free of them.
@@ -41,7 +41,6 @@ import heapq
 import io
 import math
 import struct
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -881,13 +880,13 @@ _DECODERS = {"raw": _dec_raw, "rle-huffman": _dec_rle_huffman, "zlib": _dec_zlib
              "lz4": _dec_lz4, "fp16": _dec_fp16, "int8": _dec_int8, "jpeg": _dec_jpeg}
 
 
-# --- errors and measurements --------------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------------------
 def error_bound(codec: str | Codec, x: np.ndarray) -> float:
     """The largest absolute error `codec` may introduce on the finite values of `x`, known before
     encoding: 0 for lossless codecs; fp16: half a unit in the last place of float16 (2**-11 relative,
     2**-25 absolute below float16's normal range); int8: half a step of the coarsest channel plus
     float32 rounding; jpeg: the widest channel's range (decoded values stay inside their channel's
-    [min, max]; the actual error depends on the data and QF: `measure` reports it)."""
+    [min, max]; the actual error depends on the data and QF: cluster.measure.measure_codec reports it)."""
     codec = parse_codec(codec)
     x = np.asarray(x)
     if codec.lossless or x.size == 0:
@@ -925,52 +924,3 @@ def max_encoded_bytes(codec: str | Codec, shape: tuple[int, ...], dtype="float32
         return head
     h, w, gc, gr, _ = _jpeg_geometry(shape, per_channel)
     return head + 8 * g + gr * _pad8(h) * gc * _pad8(w)
-
-
-@dataclass(frozen=True)
-class CodecMeasurement:
-    """What the cost model needs of a codec on one tensor."""
-
-    codec: str
-    raw_bytes: int  # the tensor's own bytes
-    encoded_bytes: int  # the whole message, header included
-    encode_s: float
-    decode_s: float
-    max_abs_error: float  # over finite values (0 for lossless codecs, checked bit for bit)
-    rel_error: float  # max_abs_error / max |x|
-    error_bound: float  # error_bound(codec, x)
-    lossless: bool
-    rms_error: float = 0.0  # root mean square error over finite values
-
-    @property
-    def ratio(self) -> float:
-        return self.raw_bytes / self.encoded_bytes if self.encoded_bytes else math.inf
-
-
-def measure(codec: str | Codec, x: np.ndarray, repeat: int = 3) -> CodecMeasurement:
-    """Encode and decode `x` `repeat` times: message size, the fastest encode and decode (seconds) and
-    the error introduced. A lossless codec that does not return `x` bit for bit, or a lossy one past its
-    error bound, is a bug and raises AssertionError."""
-    codec = parse_codec(codec)
-    x = np.asarray(x)
-    enc, dec = math.inf, math.inf
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        msg = encode(x, codec)
-        t1 = time.perf_counter()
-        y = decode(msg)
-        t2 = time.perf_counter()
-        enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
-    bound = error_bound(codec, x)
-    if codec.lossless:
-        assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == np.ascontiguousarray(x).tobytes(), f"{codec.name} did not round-trip"
-        err = rms = 0.0
-    else:
-        assert np.array_equal(np.isnan(x), np.isnan(y)) and np.array_equal(x[np.isinf(x)], y[np.isinf(x)]), f"{codec.name} changed NaN/inf"
-        fin = np.isfinite(x)
-        diff = np.abs(x[fin].astype(np.float64) - y[fin])
-        err = float(diff.max()) if fin.any() else 0.0
-        rms = float(np.sqrt(np.mean(diff * diff))) if fin.any() else 0.0
-        assert err <= bound, f"{codec.name}: error {err} beyond its bound {bound}"
-    peak = float(np.abs(x[np.isfinite(x)]).max()) if x.size and np.isfinite(x).any() else 0.0
-    return CodecMeasurement(codec.name, x.nbytes, len(msg), enc, dec, err, err / peak if peak else 0.0, bound, codec.lossless, rms)

@@ -12,8 +12,8 @@ from layers import zoo_model
 from tests.conftest import ROOT, require, run_pisplit
 from tests.layers.tflite_models import chain_model
 
-BENCH_MODULES = ("forward", "litert", "pipeline", "planner", "soak", "splits")
-LEADS_WRAPPERS = ("bench_emulate", "bench_latency", "bench_exits", "bench_codecs")  # heredocs of their own (bench_codecs: next)
+BENCH_MODULES = ("codecs", "forward", "litert", "pipeline", "planner", "soak", "splits")
+LEADS_WRAPPERS = ("bench_emulate", "bench_latency", "bench_exits")  # heredocs of their own
 
 pytestmark = pytest.mark.litert
 
@@ -69,13 +69,26 @@ def bench(script: str, *args, timeout: float = 600) -> subprocess.CompletedProce
 
 def test_benchmarks_live_in_bench_and_every_wrapper_is_thin():
     wrappers = sorted(p for p in (ROOT / "scripts").glob("bench_*") if p.name not in LEADS_WRAPPERS)
-    assert [p.name for p in wrappers] == [f"bench_{m}" for m in BENCH_MODULES]
+    assert {f"bench_{m}" for m in BENCH_MODULES} <= {p.name for p in wrappers}
     for p in wrappers:
         text = p.read_text()
         assert "<<" not in text and f"-m bench.{p.name[6:]} " in text, f"{p.name} is not a thin wrapper of bench/{p.name[6:]}.py"
         assert (ROOT / "bench" / f"{p.name[6:]}.py").is_file()
-    assert [p.name for p in (ROOT / "cluster").glob("bench_*.py")] in ([], ["bench_codecs.py"])  # bench_codecs: next
-    assert not list((ROOT / "partitioners").glob("bench_*.py"))
+    assert not list((ROOT / "cluster").glob("bench_*.py")) and not list((ROOT / "partitioners").glob("bench_*.py"))
+
+
+def test_bench_codecs():
+    (doc,) = json.loads(bench("bench_codecs", "--models", "alexnet", "--codecs", "raw,int8,zlib", "--frames", "1", "--repeat", "1",
+                              "--json").stdout)
+    assert doc["model"] == "alexnet" and doc["layers"]
+    for layer in doc["layers"]:
+        codecs = layer["codecs"]
+        assert set(codecs) == {"raw", "int8", "zlib"}
+        assert codecs["raw"]["rel_error"] == 0 and codecs["zlib"]["rel_error"] == 0  # lossless: bit for bit
+        assert 0 < codecs["int8"]["rel_error"] <= 1 / 255  # half a step of at most 2 max|x| / 255
+    assert max(doc["layers"], key=lambda layer: layer["bytes"])["codecs"]["int8"]["ratio"] > 3.9  # a byte for four, header aside
+    fuzz = json.loads(bench("bench_codecs", "--fuzz", "40", "--codecs", "raw,int8,zlib", "--json").stdout)
+    assert set(fuzz) == {"raw", "int8", "zlib"} and all(r["cases"] == 40 and r["failures"] == 0 for r in fuzz.values())
 
 
 def test_bench_forward():

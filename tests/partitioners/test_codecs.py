@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.measure import measure_codec as measure
 from layers.errors import PisplitError
 from partitioners import codecs
-from partitioners.codecs import DTYPES, decode, encode, error_bound, measure, parse_codec, read_header
+from partitioners.codecs import DTYPES, decode, encode, error_bound, parse_codec, read_header
 from tests.conftest import ROOT, require
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

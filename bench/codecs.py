@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import struct
 import sys
 import time
@@ -25,40 +24,14 @@ import zlib
 
 import numpy as np
 
+from cluster.measure import measure_codec, photo_frames
 from layers import zoo_model
 from layers.errors import PisplitError
 from partitioners import codecs
-from partitioners.codecs import available_codecs, decode, encode, measure, parse_codec
+from partitioners.codecs import available_codecs, decode, encode, parse_codec
 
 DEFAULT_CODECS = "raw,rle-huffman,zlib,zstd,zstd:9,lz4,fp16,fp16+rle-huffman,int8,int8+rle-huffman,int8+zstd,jpeg:90,jpeg:50,jpeg:20"
 SKIP_OPS = {"flatten", "dropout", "reshape"}  # outputs equal to their input's bytes
-
-
-def frames(shape: tuple[int, ...], n: int) -> tuple[list[np.ndarray], str]:
-    """n input frames of `shape` (1, H, W, 3) and where they come from."""
-    _, h, w, _ = shape
-    try:
-        from sklearn.datasets import load_sample_images
-        images = list(load_sample_images().images)
-        source = "scikit-learn sample images (china.jpg, flower.jpg), centre-cropped and resized"
-    except ImportError:
-        images, source = [], "smooth synthetic images (scikit-learn is not installed)"
-    rng = np.random.default_rng(0)
-    while len(images) < n:  # smooth synthetic: a few low-frequency waves per colour channel
-        yy, xx = np.mgrid[0:480, 0:640] / 640.0
-        img = np.stack([sum(np.sin(rng.uniform(2, 12) * xx + rng.uniform(2, 12) * yy + rng.uniform(0, 6)) for _ in range(3))
-                        for _ in range(3)], -1)
-        images.append(((img - img.min()) / np.ptp(img) * 255).astype(np.uint8))
-    out = []
-    for img in images[:n]:
-        side = min(img.shape[:2])
-        y0, x0 = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
-        rows = y0 + (np.arange(h) + 0.5) * side / h
-        cols = x0 + (np.arange(w) + 0.5) * side / w
-        crop = img[rows.astype(int)[:, None], cols.astype(int)[None, :]].astype(np.float32) / 255.0
-        crop = (crop - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
-        out.append(crop[None].astype(np.float32))
-    return out, source
 
 
 def entropy_bits(x: np.ndarray) -> float:
@@ -83,7 +56,7 @@ def layer_outputs(graph, frame: np.ndarray):
 
 def bench_model(model: str, codec_list, n_frames: int, repeat: int):
     graph = zoo_model(model)
-    fr, source = frames(next(iter(graph.inputs.values())), n_frames)
+    fr, source = photo_frames(next(iter(graph.inputs.values())), n_frames)
     rows: dict[str, dict] = {}
     for frame in fr:
         for name, y in layer_outputs(graph, frame):
@@ -94,7 +67,7 @@ def bench_model(model: str, codec_list, n_frames: int, repeat: int):
             r["entropy"] += entropy_bits(y)
             for c in codec_list:
                 try:
-                    m = measure(c, y, repeat=repeat)
+                    m = measure_codec(c, y, repeat=repeat)
                 except PisplitError as e:  # e.g. fp16 refusing values beyond its range
                     r["codecs"].setdefault(c.name, {"error": str(e)})
                     continue
