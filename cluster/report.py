@@ -162,8 +162,8 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
         return None
     limit = max(int(max_in_flight or default_max_in_flight(plan, RUNTIME_WINDOW)), 1)
     n_stages, n = len(plan.stages), max(int(n_frames), 0)
-    start, compute_end, busy_end, handoff = (np.zeros((n_stages, n)) for _ in range(4))
-    free = np.zeros(plan.n_ranks)
+    start, compute_end, busy_end, handoff = ([[0.0] * n for _ in range(n_stages)] for _ in range(4))
+    free = [0.0] * plan.n_ranks
 
     def transfer(nbytes: int) -> float:
         return nbytes * 8.0 / plan.link_bandwidth_bps + plan.link_latency_s if nbytes else 0.0
@@ -175,15 +175,17 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
         # own input and output transfers (the stage costs keep no finer split of comm_s)
         inner = max(s.predicted.comm_s - receive - send, 0.0) if s.mode == "split" else 0.0
         steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, s.predicted.compute_s + inner + send))
-    for f in range(n):  # a recurrence over frames: each waits for its input, its rank and the admission window
-        ready = handoff[-1, f - limit] if f >= limit else 0.0
+    last = handoff[-1]
+    for f in range(n):  # a recurrence over frames (plain floats: 100,000 frames in a second or two)
+        ready = last[f - limit] if f >= limit else 0.0
         for i, (stage, compute, busy, path) in enumerate(steps):
-            ranks = list(stage.ranks) if stage.mode == "split" else [entry_rank(stage, f)]
-            t = max(ready, float(free[ranks].max()))
-            start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
-            handoff[i, f] = ready = t + path
-            free[ranks] = t + busy
-    return PredictedSchedule(start, compute_end, busy_end, handoff)
+            ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
+            t = max(ready, *(free[r] for r in ranks))
+            start[i][f], compute_end[i][f], busy_end[i][f] = t, t + compute, t + busy
+            handoff[i][f] = ready = t + path
+            for r in ranks:
+                free[r] = t + busy
+    return PredictedSchedule(*(np.array(a, float).reshape(n_stages, n) for a in (start, compute_end, busy_end, handoff)))
 
 
 def run_frames(result: RunResult) -> int:
@@ -213,21 +215,23 @@ def _trace_events(plan: Plan, result: RunResult, hops: list, offsets: np.ndarray
         yield from _track_names(plan, MEASURED_PID, s.rank, s.stage, "")
         stage = plan.stage_of_rank(s.rank)
         shift = float(offsets[s.rank]) if s.rank < offsets.size else 0.0
-        for kind, frame, start, duration in s.events:
-            doc = {"name": _event_name(plan, stage, int(kind)), "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": s.rank,
-                   "ts": round((start + shift) * 1e6, 3), "dur": round(duration * 1e6, 3)}
+        ev = _events(s)
+        ts, dur = np.round((ev[:, 2] + shift) * 1e6, 3).tolist(), np.round(ev[:, 3] * 1e6, 3).tolist()
+        for kind, frame, start, duration in zip(ev[:, 0].astype(int).tolist(), ev[:, 1].astype(int).tolist(), ts, dur):
+            doc = {"name": _event_name(plan, stage, kind), "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": s.rank,
+                   "ts": start, "dur": duration}
             if frame >= 0:
-                doc["args"] = {"frame": int(frame)}
+                doc["args"] = {"frame": frame}
             yield doc
     n_stages = len(plan.stages)
     for hop in hops:
-        send = hop.send_s + offsets[hop.src]
-        receive = hop.receive_s + offsets[hop.dst]
-        for f, t_send, t_got in zip(hop.frames.tolist(), send.tolist(), receive.tolist()):
+        send = np.round((hop.send_s + offsets[hop.src]) * 1e6, 3).tolist()
+        receive = np.round((hop.receive_s + offsets[hop.dst]) * 1e6, 3).tolist()
+        for f, t_send, t_got in zip(hop.frames.tolist(), send, receive):
             if hop.result:  # rank 0 took the result: a slice of no duration for the arrow to land on
                 yield {"name": "result", "cat": "pipeline", "ph": "X", "pid": MEASURED_PID, "tid": hop.dst,
-                       "ts": round(t_got * 1e6, 3), "dur": 0.0, "args": {"frame": f}}
-            yield from _flow(2 * (f * n_stages + hop.stage), f, MEASURED_PID, hop.src, t_send, hop.dst, t_got, "frame")
+                       "ts": t_got, "dur": 0.0, "args": {"frame": f}}
+            yield from _flow_us(2 * (f * n_stages + hop.stage), f, MEASURED_PID, hop.src, t_send, hop.dst, t_got)
     yield from _predicted_events(plan, result, max_in_flight)
 
 
@@ -239,11 +243,12 @@ def _compute_slices(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ev[:, 1].astype(np.int64), ev[:, 2], ev[:, 3]
 
 
-def _flow(flow_id: int, frame: int, pid: int, src: int, send_s: float, dst: int, receive_s: float, cat: str):
-    """A flow arrow's two ends: 's' inside the sender's slice, 'f' bound to the receiver's enclosing slice."""
+def _flow_us(flow_id: int, frame: int, pid: int, src: int, send_us: float, dst: int, receive_us: float):
+    """A flow arrow's two ends (microseconds): 's' inside the sender's slice, 'f' bound to the
+    receiver's enclosing slice ("bp": "e"); Perfetto pairs them by id, category and name."""
     name = f"frame {frame}"
-    yield {"name": name, "cat": cat, "ph": "s", "id": flow_id, "pid": pid, "tid": src, "ts": round(send_s * 1e6, 3)}
-    yield {"name": name, "cat": cat, "ph": "f", "bp": "e", "id": flow_id, "pid": pid, "tid": dst, "ts": round(receive_s * 1e6, 3)}
+    yield {"name": name, "cat": "frame", "ph": "s", "id": flow_id, "pid": pid, "tid": src, "ts": send_us}
+    yield {"name": name, "cat": "frame", "ph": "f", "bp": "e", "id": flow_id, "pid": pid, "tid": dst, "ts": receive_us}
 
 
 def _inside(start: np.ndarray, duration: np.ndarray, at_end: bool) -> np.ndarray:
@@ -354,32 +359,30 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
     for stage in plan.stages:
         for r in stage.ranks:
             yield from _track_names(plan, PREDICTED_PID, r, stage.index, " · predicted")
-    n_stages = len(plan.stages)
-    for f in range(_first_kept_frame(result), schedule.start.shape[1]):
+    n_stages, first = len(plan.stages), _first_kept_frame(result)
+    us = lambda a: np.round(a[:, first:] * 1e6, 3).tolist()  # noqa: E731 - plain floats in microseconds
+    start, compute_end, busy_end, handoff = (us(a) for a in (schedule.start, schedule.compute_end, schedule.busy_end, schedule.handoff))
+    compute_us = us(schedule.compute_end - schedule.start)
+    comm_us = us(schedule.busy_end - schedule.compute_end)
+    # arrows leave from just inside the sender's compute slice and land just inside the receiver's
+    sent = us(_inside(schedule.start, schedule.compute_end - schedule.start, at_end=True))
+    got = us(_inside(schedule.start, schedule.compute_end - schedule.start, at_end=False))
+    for j, f in enumerate(range(first, schedule.start.shape[1])):
         for i, stage in enumerate(plan.stages):
             ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
-            t0, t1, t2 = schedule.start[i, f], schedule.compute_end[i, f], schedule.busy_end[i, f]
             for r in ranks:
-                name = "compute" if r == ranks[0] else "split part"
-                yield {"name": name, "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": r, "ts": round(t0 * 1e6, 3),
-                       "dur": round((t1 - t0) * 1e6, 3), "args": {"frame": f}}
-                if t2 > t1:
+                yield {"name": "compute" if r == ranks[0] else "split part", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID,
+                       "tid": r, "ts": start[i][j], "dur": compute_us[i][j], "args": {"frame": f}}
+                if busy_end[i][j] > compute_end[i][j]:
                     yield {"name": "communication", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": r,
-                           "ts": round(t1 * 1e6, 3), "dur": round((t2 - t1) * 1e6, 3), "args": {"frame": f}}
+                           "ts": compute_end[i][j], "dur": comm_us[i][j], "args": {"frame": f}}
             if i + 1 < n_stages:
-                nxt = plan.stages[i + 1]
-                dst = entry_rank(nxt, f)
-                t_got = schedule.start[i + 1, f]
-                busy = schedule.compute_end[i + 1, f] - t_got
-                send_at = float(_inside(np.array([t0]), np.array([t1 - t0]), at_end=True)[0])
-                got_at = float(_inside(np.array([t_got]), np.array([busy]), at_end=False)[0])
-                yield from _flow(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], send_at, dst, got_at, "frame")
+                yield from _flow_us(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], sent[i][j],
+                                    entry_rank(plan.stages[i + 1], f), got[i + 1][j])
             elif ranks[0] != 0:  # the result goes back to rank 0
-                done = float(schedule.handoff[i, f])
                 yield {"name": "result", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": 0,
-                       "ts": round(done * 1e6, 3), "dur": 0.0, "args": {"frame": f}}
-                send_at = float(_inside(np.array([t0]), np.array([t1 - t0]), at_end=True)[0])
-                yield from _flow(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], send_at, 0, done, "frame")
+                       "ts": handoff[i][j], "dur": 0.0, "args": {"frame": f}}
+                yield from _flow_us(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], sent[i][j], 0, handoff[i][j])
 
 
 def _event_name(plan: Plan, stage, code: int) -> str:
@@ -433,10 +436,11 @@ def write_chrome_trace(path, plan: Plan, result: RunResult, max_in_flight: int |
     import json
 
     events, other = _trace_parts(plan, result, max_in_flight)
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for every event
     with open(path, "w") as f:
         f.write('{"traceEvents": [')
         for i, event in enumerate(events):
-            f.write(("," if i else "") + json.dumps(event, ensure_ascii=False))
+            f.write(("," if i else "") + encode(event))
         f.write('], "displayTimeUnit": "ms"')
         if other:
             f.write(', "otherData": ' + json.dumps(other))
