@@ -12,6 +12,7 @@ import numpy as np
 from layers.errors import PisplitError
 
 from .cost import CostModel
+from .infeasible import InfeasiblePlan, memory_error
 from .planner_dp import StageChoice
 
 # The paper's observations: output splitting beats input splitting for FC layers (activation on the
@@ -37,8 +38,6 @@ def _device_order(model: CostModel) -> list[int]:
 
 def plan_single(model: CostModel, objective: str) -> list:
     """The whole model on one device: the fastest one that holds it."""
-    from .planners import memory_error
-
     attempts = [model.stage_cost(0, model.n, _unit(model, k), "single") for k in range(len(model.classes))]
     fitting = [c for c in attempts if c.feasible]
     if fitting:
@@ -50,8 +49,6 @@ def plan_single(model: CostModel, objective: str) -> list:
 def plan_memory(model: CostModel, objective: str) -> list:
     """exo-style: devices by memory (largest first) each take a contiguous run of nodes whose weights
     are in proportion to the device's memory; a device whose share holds no node stays idle."""
-    from .planners import memory_error
-
     devices = sorted(_device_order(model), key=lambda k: (-model.classes[k].memory_bytes, k))
     memory = np.array([model.classes[k].memory_bytes for k in devices], dtype=float)
     bounds = np.cumsum(memory) / memory.sum()
@@ -111,8 +108,6 @@ def plan_paper(model: CostModel, objective: str) -> list:
     """Hadidi et al.'s procedure: (1) profile every layer's memory; (2) split the layers that do not fit
     one device (FC output splitting, conv channel splitting) over as few devices as hold them; (3) group
     the other layers into stages of equal latency, one device each; (4) check memory and repeat."""
-    from .planners import InfeasiblePlan, memory_error
-
     order = _device_order(model)
     must_split: set[int] = set()
     for _ in range(len(model.splits.segments) + 1):

@@ -16,24 +16,16 @@ from dataclasses import dataclass
 from layers.errors import PisplitError
 from layers.graph import Graph
 
+from . import planner_baselines
 from .cost import INF, CostModel, StageCost
+from .infeasible import InfeasiblePlan, fmt_mib, memory_error
 from .plan import Device, Plan, Segment, Stage, StagePrediction
-from .planner_dp import OBJECTIVES, StageChoice, StageTables, placeable_prefix, solve
+from .planner_dp import OBJECTIVES, StageTables, placeable_prefix, solve
 from .segment_chains import keep_counts, keep_pairs
 
 log = logging.getLogger(__name__)
 
 PLANNERS = ("dp", "paper", "memory", "single")
-MIB = float(1 << 20)
-
-
-class InfeasiblePlan(PisplitError):
-    """No plan fits: names the node that cannot be placed, where, and by how many bytes it is short."""
-
-    def __init__(self, message: str, node: str | None = None, short_bytes: float = 0.0):
-        super().__init__(message)
-        self.node = node
-        self.short_bytes = short_bytes
 
 
 @dataclass(frozen=True)
@@ -70,8 +62,6 @@ def make_plan(graph: Graph, model: CostModel, planner: str = "dp", objective: st
         except PisplitError:
             raise diagnose(model, tables) from None
     else:
-        from . import planner_baselines
-
         stages = getattr(planner_baselines, f"plan_{planner}")(model, objective)
     return build_plan(model, stages, planner, objective, model_spec or graph.name, engine, notes)
 
@@ -160,27 +150,6 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
 
 # --- infeasibility ---------------------------------------------------------------------------------
 
-def _fmt(nbytes: float) -> str:
-    return f"{nbytes / MIB:.1f} MiB"
-
-
-def memory_error(model: CostModel, cost: StageCost) -> InfeasiblePlan:
-    """The message for a stage that does not fit: which node, on which device, how much short."""
-    slot, node_index, short = cost.short
-    cls = model.classes[cost.slots[slot]]
-    node = model.graph.nodes[node_index]
-    names = model.graph.nodes
-    span = "" if cost.stop - cost.start == 1 else f" together with nodes {names[cost.start].name}..{names[cost.stop - 1].name}"
-    kinds = "+".join(sorted({model.classes[k].kind for k in cost.slots}))
-    where = {"single": f"on one {cls.kind}", "data-parallel": f"on each of {len(cost.slots)} {kinds} replicas",
-             "split": f"split over {len(cost.slots)} {kinds}"}[cost.mode]
-    who = ("the lead" if slot == 0 else f"part {slot} (a {cls.kind})") if cost.mode == "split" else "it"
-    return InfeasiblePlan(
-        f"node {node.name} ({node.op}, {_fmt(model.weight_bytes[node_index])} of weights) cannot be placed: {where}{span}, "
-        f"{who} needs {_fmt(cost.memory_bytes[slot])} of the {_fmt(cls.usable_bytes)} usable: short by {_fmt(short)}",
-        node.name, short)
-
-
 def diagnose(model: CostModel, tables: StageTables) -> InfeasiblePlan:
     """Why the dp planner found nothing: the first segment no device set can hold, else where memory runs out."""
     everything = model.capacity
@@ -202,5 +171,5 @@ def diagnose(model: CostModel, tables: StageTables) -> InfeasiblePlan:
     where = (f"after nodes {model.graph.nodes[0].name}..{model.graph.nodes[placed - 1].name} take {used} of the "
              f"{len(model.cluster.devices)} devices" if placed else "on any set of the devices")
     return InfeasiblePlan(f"node {node.name} ({node.op}) cannot be placed {where}: it and the nodes after it need at least "
-                          f"{_fmt(need)}, the devices left have {_fmt(free)} usable: short by {_fmt(short)}"
+                          f"{fmt_mib(need)}, the devices left have {fmt_mib(free)} usable: short by {fmt_mib(short)}"
                           + ("" if short else " (no device set holds a stage with them)"), node.name, short)
