@@ -156,3 +156,97 @@ def edge_host_plan(model: CostModel, candidate: EdgeHostCandidate, model_spec: s
     return Plan(model=model_spec, n_nodes=n, devices=devices, stages=stages, planner="edge-host", objective="throughput",
                 engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps, link_latency_s=model.cluster.link_latency_s,
                 predicted_throughput_fps=candidate.throughput_fps, predicted_latency_s=latency, notes=(note,)).validate()
+
+
+# --- a Pi cluster and a host: the head's stages on the Pis, the tail on the host -----------------------------
+@dataclass(frozen=True)
+class ClusterHostCandidate:
+    """The head [0, cut) planned on the edge devices (the dp planner), the tail on the host."""
+
+    cut: int
+    after: str
+    codec: str
+    head: Plan  # the head's plan (over the head graph's `cut` nodes)
+    head_period_s: float
+    host_period_s: float
+
+    @property
+    def period_s(self) -> float:
+        return max(self.head_period_s, self.host_period_s)
+
+    @property
+    def throughput_fps(self) -> float:
+        return 1.0 / self.period_s if self.period_s > 0 else float("inf")
+
+
+def head_graph(graph, cut: int):
+    """Nodes [0, cut) of `graph` as a graph whose outputs are the tensors live at the cut."""
+    from layers.graph import Graph
+
+    return Graph(f"{graph.name}[0:{cut}]", graph.inputs, graph.nodes[:cut], graph.cut_tensors(cut), graph.weights, graph.meta)
+
+
+def cluster_host_candidates(graph, edge_cluster, host_cluster, calibration=None, table: CodecTable | None = None,
+                            budget: LossBudget | None = None, cuts=None) -> list[ClusterHostCandidate]:
+    """For every cut (or `cuts`): the head planned by the dp planner on `edge_cluster` (a Cluster of Pis,
+    rank 0 the frames' source), its output sent to the host with the cheapest admissible codec, the
+    tail on `host_cluster`'s one host. The head's last stage pays the encode and the link (its
+    output's transfer, CostModel.transfer[cut], is priced so before planning); the host the link,
+    the decode, its compute and the results back to rank 0. A head of several stages has rank 0's
+    sink priced at the cut's transfer too (the cost model's result is the head's output): conservative;
+    a head of one stage is repriced here with its send and the results it gets back. The dp planner
+    itself does not see a one-stage head's send, so it may prefer one stage where a real chain would
+    not (a hook in planner_dp for an output that leaves the cluster would settle this)."""
+    from .link_pricing import choose_codec
+    from .planners import InfeasiblePlan, make_plan
+
+    full_host = CostModel(graph, host_cluster, calibration)
+    n = len(graph)
+    out = []
+    for cut in (range(1, n) if cuts is None else cuts):
+        head = head_graph(graph, cut)
+        model = CostModel(head, edge_cluster, calibration)
+        pi_scale = max(c.seconds_scale for c in model.classes)
+        host_scale = full_host.classes[0].seconds_scale
+        entry = table.cut(cut) if table is not None else None
+        raw, messages = float(graph.cut_bytes(cut)), float(len(graph.cut_tensors(cut)))
+        _, codec = choose_codec(entry, raw, messages, edge_cluster.link_bandwidth_bps, edge_cluster.link_latency_s, pi_scale,
+                                host_scale, budget)
+        sample = next((s for s in entry.samples if s.codec == codec), None) if entry is not None else None
+        send = link_seconds(replace(sample, decode_s=0.0) if sample else None, raw, messages, edge_cluster.link_bandwidth_bps,
+                            edge_cluster.link_latency_s, pi_scale, host_scale)
+        model.transfer[cut] = send  # the head's output leaves for the host, encoded (rank 0's sink is priced so too: conservative)
+        try:
+            plan = make_plan(head, model, "dp", "throughput", graph.name, "numpy")
+        except InfeasiblePlan:
+            continue
+        receive = link_seconds(replace(sample, encode_s=0.0) if sample else None, raw, messages, edge_cluster.link_bandwidth_bps,
+                               edge_cluster.link_latency_s, pi_scale, host_scale)
+        host_s = float(full_host.prefix_seconds[0, n] - full_host.prefix_seconds[0, cut])
+        result = link_seconds(None, float(graph.cut_bytes(n)), float(len(graph.cut_tensors(n))), edge_cluster.link_bandwidth_bps,
+                              edge_cluster.link_latency_s)
+        head_period = 1.0 / plan.predicted_throughput_fps
+        if len(plan.stages) == 1:  # one stage is first and last: the cost model has it send nothing, here it sends to the host
+            only = plan.stages[0].predicted
+            head_period = only.compute_s + only.comm_s + send + result
+        out.append(ClusterHostCandidate(cut, graph.nodes[cut - 1].name, codec, plan, head_period, receive + host_s + result))
+    return out
+
+
+def cluster_host_plan(graph, candidate: ClusterHostCandidate, host_cluster, model_spec: str, engine: str = "numpy") -> Plan:
+    """The whole plan of a candidate: the head's stages and devices as planned, then one stage on the host."""
+    head = candidate.head
+    host = host_cluster.devices[0]
+    rank = head.n_ranks
+    last = head.stages[-1]
+    stages = head.stages[:-1] + (replace(last, send_bytes=int(graph.cut_bytes(candidate.cut)), send_codec=candidate.codec),)
+    full_host = CostModel(graph, host_cluster)
+    tail = full_host.stage_cost(candidate.cut, len(graph), (1,), "single")
+    stages += (Stage(len(stages), candidate.cut, len(graph), (rank,), "single", (), 0,
+                     StagePrediction(tail.compute_s, candidate.host_period_s - tail.compute_s, {rank: int(tail.memory_bytes[0])})),)
+    devices = head.devices + (Device(rank, host.kind, host.memory_bytes, host.host, host.speed),)
+    note = f"cluster + host: head on {head.n_ranks} device(s), cut after {candidate.after} with {candidate.codec}, tail on the host"
+    return Plan(model=model_spec, n_nodes=len(graph), devices=devices, stages=stages, planner="cluster-host", objective="throughput",
+                engine=engine, link_bandwidth_bps=head.link_bandwidth_bps, link_latency_s=head.link_latency_s,
+                predicted_throughput_fps=candidate.throughput_fps, predicted_latency_s=head.predicted_latency_s + candidate.host_period_s,
+                notes=head.notes + (note,)).validate()

@@ -120,6 +120,10 @@ def run(args) -> int:
     kinds = [d.kind for d in cluster.devices]
     if len(kinds) == 2 and kinds.count("host") == 1:
         return edge_host(graph, CostModel(graph, cluster, Calibration(args.engine)), table, budget, args)
+    if kinds.count("host") == 1:
+        return cluster_host(graph, entries, cluster, table, budget, args)
+    if "host" in kinds:
+        raise PisplitError("--devices: at most one host (the rest are edge devices; the head runs on them, the tail on the host)")
     return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=table, codec_budget=budget), args)
 
 
@@ -230,6 +234,41 @@ def edge_host(graph, model, table, budget, args) -> int:
                   f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if best.runnable else
                   f" (all on the host: not runnable, rank 0 is the edge; best runnable: " +
                   ("everything on the edge)" if runnable.cut == model.n else f"after {runnable.after} with {runnable.codec})")))
+    if args.plan_output:
+        console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
+    return 0
+
+
+def cluster_host(graph, entries, cluster, table, budget, args) -> int:
+    from partitioners.cost import make_cluster
+    from partitioners.edge_host import cluster_host_candidates, cluster_host_plan
+    from partitioners.profiles import Calibration
+
+    edge = make_cluster([e for e in entries if e[0] != "host"], cluster.link_bandwidth_bps, cluster.link_latency_s)
+    host = make_cluster([e for e in entries if e[0] == "host"], cluster.link_bandwidth_bps, cluster.link_latency_s)
+    cuts = [c.cut for c in table.cuts if c.cut > 0] if args.layer else None
+    candidates = cluster_host_candidates(graph, edge, host, Calibration(args.engine), table, budget, cuts)
+    if not candidates:
+        raise PisplitError("cluster + host: no cut whose head fits the edge devices")
+    best = max(candidates, key=lambda c: c.throughput_fps)
+    plan = cluster_host_plan(graph, best, host, args.model, args.engine)
+    if args.plan_output:
+        plan.save(args.plan_output)
+    if args.json:
+        print_json({"model": graph.name, "candidates": [{"cut": c.cut, "after": c.after, "codec": c.codec, "head_stages": len(c.head.stages),
+                                                          "head_devices": c.head.n_ranks, "head_period_s": c.head_period_s,
+                                                          "host_period_s": c.host_period_s, "throughput_fps": c.throughput_fps}
+                                                         for c in candidates], "plan": plan.to_dict()})
+        return 0
+    out = Table(title=f"{graph.name}: head on {len(edge.devices)} edge device(s) (dp planner), tail on the host, "
+                      f"at {cluster.link_bandwidth_bps / 1e6:g} Mbit/s")
+    for col in ("cut after", "codec", "head stages", "head devices", "head period ms", "host period ms", "throughput fps"):
+        out.add_column(col, justify="left" if col in ("cut after", "codec") else "right")
+    for c in candidates:
+        out.add_row(c.after, c.codec, str(len(c.head.stages)), str(c.head.n_ranks), f"{c.head_period_s * 1e3:.1f}",
+                    f"{c.host_period_s * 1e3:.1f}", f"{c.throughput_fps:.2f}", style="bold" if c is best else None)
+    console.print(out)
+    console.print(f"best: cut after {best.after} with {best.codec}: {best.throughput_fps:.2f} frames/s on {plan.n_ranks} devices")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
     return 0

@@ -108,3 +108,18 @@ def test_an_edge_host_plan_with_an_encoded_link_runs_emulated(lenet_table, tmp_p
         y = z["output_0"]
     ref = np.concatenate([g.forward(**synthetic_frame(g, 0, f)) for f in range(6)])
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)  # a lossless link: the model's own outputs
+
+
+def test_codecs_cluster_and_host_prints_every_cut_and_writes_a_plan(lenet_table, tmp_path):
+    path, _ = lenet_table
+    plan_path = tmp_path / "plan.json"
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--devices", "rpi3:2,host:1", "--link", "1mbit", "--max-rel-error", "0.05",
+                       "--plan-output", plan_path, "--json")
+    doc = json.loads(proc.stdout)
+    assert [c["cut"] for c in doc["candidates"]] == list(range(1, len(zoo_model("lenet5"))))
+    best = max(doc["candidates"], key=lambda c: c["throughput_fps"])
+    plan = Plan.load(plan_path)
+    assert plan.planner == "cluster-host" and plan.devices[-1].kind == "host" and plan.stages[-1].node_start == best["cut"]
+    assert plan.predicted_throughput_fps == pytest.approx(best["throughput_fps"])
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--devices", "host:2", check=False)
+    assert proc.returncode == 1 and "at most one host" in proc.stderr

@@ -139,3 +139,30 @@ def test_host_is_a_device_kind_at_the_reference_rate():
     model = model_of(zoo_model("lenet5"), "rpi3:1,host:1", 2e6)
     scales = {c.kind: c.seconds_scale for c in model.classes}
     assert scales["host"] == 1.0 and scales["rpi3"] > 1.0
+
+
+def test_a_pi_cluster_and_a_host_run_the_head_on_the_pis_and_the_tail_on_the_host():
+    from partitioners.edge_host import cluster_host_candidates, cluster_host_plan
+
+    g = zoo_model("alexnet")
+    table = hand_table(g, ratio=4.0)
+    edge = make_cluster(parse_devices("rpi3:3"), 10e6, 0.0)
+    host = make_cluster(parse_devices("host:1"), 10e6, 0.0)
+    cuts = [g.node_index(name) + 1 for name in ("pool2", "pool5", "fc6")]
+    cands = cluster_host_candidates(g, edge, host, table=table, cuts=cuts)
+    assert [c.cut for c in cands] == cuts and all(c.codec == "zstd" for c in cands)
+    raw = cluster_host_candidates(g, edge, host, cuts=cuts)
+    assert all(c.codec == "raw" for c in raw)
+    for coded, plain in zip(cands, raw):  # the host's side pays the link: 4x fewer bytes
+        assert coded.host_period_s < plain.host_period_s
+    best = max(cands, key=lambda c: c.throughput_fps)
+    plan = cluster_host_plan(g, best, host, "alexnet")
+    assert plan.devices[-1].kind == "host" and plan.stages[-1].ranks == (plan.n_ranks - 1,)
+    assert plan.stages[-1].node_start == best.cut and plan.stages[-2].send_codec == "zstd"
+    assert all(d.kind == "rpi3" for d in plan.devices[:-1]) and plan.stages[0].ranks[0] == 0
+    assert plan.predicted_throughput_fps == pytest.approx(best.throughput_fps)
+    host_model = CostModel(g, host)
+    tail = float(host_model.prefix_seconds[0, len(g)] - host_model.prefix_seconds[0, best.cut])
+    on_link = g.cut_bytes(best.cut) / 4 * 8 / 10e6
+    scale = host_model.classes[0].seconds_scale
+    assert best.host_period_s == pytest.approx(on_link + 0.25e-3 * scale + tail + g.cut_bytes(len(g)) * 8 / 10e6)
