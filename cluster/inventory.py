@@ -148,9 +148,13 @@ def parse_inventory(text: str, path: str | Path = "inventory.ini", vars_dir: str
     return parser.parse(text)
 
 
+MAX_RANGE_HOSTS = 4096  # hosts one host line's ranges may make: 'pi-[0:999999999]' is a typo, not a cluster
+
+
 def expand_host_pattern(pattern: str) -> list[str]:
     """Ansible's host ranges: 'pi-[0:3]' -> pi-0..pi-3, '[01:04]' keeps the leading zeros, '[a:c]'
-    letters, '[0:8:2]' a stride; several ranges multiply. Raises ValueError for a malformed range."""
+    letters, '[0:8:2]' a stride; several ranges multiply. Raises ValueError for a malformed range or
+    one that makes more than MAX_RANGE_HOSTS hosts."""
     match = _RANGE.search(pattern)
     if not match:
         return [pattern]
@@ -169,6 +173,9 @@ def expand_host_pattern(pattern: str) -> list[str]:
         if int(end) < int(start):
             raise ValueError(f"range [{match.group(1)}]: end is before start")
         width = len(start) if start.startswith("0") and len(start) > 1 else 0
+        if len(range(int(start), int(end) + 1, stride)) > MAX_RANGE_HOSTS:
+            raise ValueError(f"range [{match.group(1)}] makes {len(range(int(start), int(end) + 1, stride))} hosts "
+                             f"(at most {MAX_RANGE_HOSTS})")
         items = [str(i).zfill(width) for i in range(int(start), int(end) + 1, stride)]
     elif len(start) == 1 and len(end) == 1 and start in string.ascii_letters and end in string.ascii_letters:
         letters = string.ascii_letters
@@ -177,7 +184,10 @@ def expand_host_pattern(pattern: str) -> list[str]:
         items = list(letters[letters.index(start):letters.index(end) + 1:stride])
     else:
         raise ValueError(f"range [{match.group(1)}]: start and end must both be numbers or both single letters")
-    return [head + item + rest for item in items for rest in expand_host_pattern(tail)]
+    rests = expand_host_pattern(tail)
+    if len(items) * len(rests) > MAX_RANGE_HOSTS:
+        raise ValueError(f"{pattern}: its ranges make {len(items) * len(rests)} hosts (at most {MAX_RANGE_HOSTS})")
+    return [head + item + rest for item in items for rest in rests]
 
 
 def split_port(token: str) -> tuple[str, int | None]:

@@ -69,6 +69,7 @@ def load_graph(path: str | Path) -> Graph:
         raise PisplitError(f"model file {path}: not a pisplit graph (no \"format\": \"{FORMAT}\")")
     if doc.get("version") != VERSION:
         raise PisplitError(f"model file {path}: graph format version {doc.get('version')} is not supported (expected {VERSION})")
+    _check_graph_fields(doc, path)
     try:
         nodes = [
             Node(n["name"], n["op"], list(n["inputs"]), list(n["outputs"]), dict(n.get("attrs", {})),
@@ -77,7 +78,54 @@ def load_graph(path: str | Path) -> Graph:
         ]
         keys = {node.weight_key(p): f"n{i}_{p}" for i, node in enumerate(nodes) for p in node.weight_shapes}
         npz_path = path.parent / doc.get("weights_file", path.with_suffix(".npz").name)
-        weights = NpzWeights(npz_path, keys) if keys else {}
+        shapes = {node.weight_key(p): s for node in nodes for p, s in node.weight_shapes.items()}
+        weights = NpzWeights(npz_path, keys, shapes) if keys else {}
         return Graph(doc["name"], doc["inputs"], nodes, doc["outputs"], weights, doc.get("meta"))
-    except (KeyError, TypeError) as exc:
-        raise PisplitError(f"model file {path}: malformed graph ({exc!r})") from None
+    except PisplitError as exc:  # a graph that does not hold together (shapes, tensors, ops): name the file too
+        raise PisplitError(f"model file {path}: {exc}") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, ArithmeticError) as exc:
+        # a field of the wrong type or length (hand-edited or corrupt): one line, never a traceback
+        raise PisplitError(f"model file {path}: malformed graph ({type(exc).__name__}: {exc})") from None
+
+
+def _check_graph_fields(doc: dict, path: Path) -> None:
+    """The types load_graph relies on (names are strings, shapes lists of non-negative integers, ...),
+    so a hand-edited or corrupt file is refused naming the field, not deep inside the graph code."""
+    def fail(where: str, what: str, value) -> PisplitError:
+        return PisplitError(f"model file {path}: {where}: expected {what}, got {json.dumps(value, default=repr)[:60]}")
+
+    def shape(value, where: str) -> None:
+        if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in value):
+            raise fail(where, "a shape (a list of integers >= 0)", value)
+
+    def names(value, where: str) -> None:
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise fail(where, "a list of tensor names", value)
+
+    if not isinstance(doc.get("name"), str):
+        raise fail("name", "a string", doc.get("name"))
+    if not isinstance(doc.get("inputs"), dict):
+        raise fail("inputs", "an object of input name -> shape", doc.get("inputs"))
+    for k, v in doc["inputs"].items():
+        shape(v, f"inputs.{k}")
+    names(doc.get("outputs"), "outputs")
+    if not isinstance(doc.get("nodes"), list):
+        raise fail("nodes", "a list", doc.get("nodes"))
+    if not isinstance(doc.get("meta", {}), (dict, type(None))):
+        raise fail("meta", "an object", doc.get("meta"))
+    if not isinstance(doc.get("weights_file", ""), str):
+        raise fail("weights_file", "a file name", doc.get("weights_file"))
+    for i, n in enumerate(doc["nodes"]):
+        if not isinstance(n, dict):
+            raise fail(f"nodes[{i}]", "an object", n)
+        for key in ("name", "op"):
+            if not isinstance(n.get(key), str):
+                raise fail(f"nodes[{i}].{key}", "a string", n.get(key))
+        names(n.get("inputs"), f"nodes[{i}].inputs")
+        names(n.get("outputs"), f"nodes[{i}].outputs")
+        if not isinstance(n.get("attrs", {}), dict):
+            raise fail(f"nodes[{i}].attrs", "an object", n.get("attrs"))
+        if not isinstance(n.get("weights", {}), dict):
+            raise fail(f"nodes[{i}].weights", "an object of parameter -> shape", n.get("weights"))
+        for p, s in n.get("weights", {}).items():
+            shape(s, f"nodes[{i}].weights.{p}")

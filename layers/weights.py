@@ -4,7 +4,6 @@ Both load a weight only when it is asked for, so a process holds just the weight
 """
 from __future__ import annotations
 
-import zipfile
 import zlib
 from collections.abc import Mapping
 from typing import Iterator
@@ -72,13 +71,14 @@ class SeededWeights(Mapping):
 class NpzWeights(Mapping):
     """Weights read lazily from an .npz file (no pickle); `keys` maps "node/param" to the array name."""
 
-    def __init__(self, path: str, keys: dict[str, str]):
+    def __init__(self, path: str, keys: dict[str, str], shapes: dict[str, tuple] | None = None):
         self.path = str(path)
         self.keys = dict(keys)
+        self.shapes = dict(shapes or {})  # "node/param" -> the shape the graph expects: checked as read, naming this file
         try:
             self._npz = np.load(self.path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise PisplitError(f"weights file {self.path}: cannot be read ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - a corrupt zip raises BadZipFile, EOFError, zlib.error, ...: one line each
+            raise PisplitError(f"weights file {self.path}: cannot be read ({type(exc).__name__}: {exc})") from None
         self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -86,8 +86,13 @@ class NpzWeights(Mapping):
             name = self.keys[key]
             try:
                 arr = self._npz[name]
-            except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            except Exception as exc:  # noqa: BLE001 - as above (EOFError, zlib.error, a header numpy cannot parse, ...)
                 raise PisplitError(f"weights file {self.path}: array {name!r} for {key} cannot be read ({exc})") from None
+            if arr.dtype.kind not in "iuf":
+                raise PisplitError(f"weights file {self.path}: array {name!r} for {key} has dtype {arr.dtype} (expected float or integer)")
+            if key in self.shapes and arr.shape != tuple(self.shapes[key]):
+                raise PisplitError(f"weights file {self.path}: array {name!r} for {key} has shape {arr.shape}, "
+                                   f"expected {tuple(self.shapes[key])}")
             # integer arrays are quantized weights (Graph.node_weights checks them against their quantization)
             self._cache[key] = arr if arr.dtype.kind in "iu" else np.asarray(arr, dtype=np.float32)
         return self._cache[key]

@@ -18,6 +18,7 @@ The cost model reads a node's seconds from the profile when it was measured, els
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -141,15 +142,45 @@ class Profile:
                       for m, nodes in doc.get("models", {}).items()}
             links = [LinkProfile(tuple(l["ranks"]), tuple(l["sizes"]), tuple(l["seconds"]), float(l["latency_s"]), float(l["bandwidth_bps"]))
                      for l in doc.get("links", ())]
+            _check_measurements(models, links, where)
             return cls(kind=str(doc["kind"]), engine=str(doc["engine"]), machine=dict(doc.get("machine", {})), models=models,
                        latency=LatencyModel.from_dict(doc.get("latency_model", {})), links=links, source=source)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PisplitError(f"{where}: malformed document ({exc!r})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         """Read a profile file."""
         return cls.from_dict(read_json(path, "profile"), str(path))
+
+
+def _check_measurements(models: dict, links: list, where: str) -> None:
+    """Field types of a profile read from a file (the dataclasses take anything): names are strings,
+    counts non-negative integers, times and rates finite non-negative numbers (bandwidth positive)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def check(ok: bool, field_name: str, value) -> None:
+        if not ok:
+            raise PisplitError(f"{where}: {field_name} {json.dumps(value, default=repr)[:60]} is not valid")
+
+    for model, nodes in models.items():
+        for n in nodes:
+            check(isinstance(n.name, str) and isinstance(n.op, str), f"models.{model} node name/op", [n.name, n.op])
+            for f in ("flops", "bytes", "peak_bytes"):
+                check(count(getattr(n, f)), f"models.{model}.{n.name}.{f}", getattr(n, f))
+            check(number(n.seconds), f"models.{model}.{n.name}.seconds", n.seconds)
+            for p in n.parts:
+                check(isinstance(p.kind, str) and number(p.fraction) and count(p.flops) and count(p.bytes) and number(p.seconds),
+                      f"models.{model}.{n.name}.parts", asdict(p))
+    for i, l in enumerate(links):
+        check(all(count(r) for r in l.ranks) and all(count(b) for b in l.sizes) and all(number(t) for t in l.seconds)
+              and len(l.sizes) == len(l.seconds), f"links[{i}] ranks/sizes/seconds", [l.ranks, l.sizes, l.seconds])
+        check(number(l.latency_s) and number(l.bandwidth_bps) and l.bandwidth_bps > 0, f"links[{i}] latency/bandwidth",
+              [l.latency_s, l.bandwidth_bps])
 
 
 def samples_of(profile: Profile) -> list[Sample]:
