@@ -5,6 +5,7 @@ process with the same tracks, and flow arrows from each stage's send of a frame 
 receive of it."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,7 +163,7 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
         return None
     limit = max(int(max_in_flight or default_max_in_flight(plan, RUNTIME_WINDOW)), 1)
     n_stages, n = len(plan.stages), max(int(n_frames), 0)
-    start, compute_end, busy_end, handoff = ([[0.0] * n for _ in range(n_stages)] for _ in range(4))
+    start, compute_end, busy_end, handoff = (np.zeros((n_stages, n)) for _ in range(4))
     free = [0.0] * plan.n_ranks
 
     def transfer(nbytes: int) -> float:
@@ -175,17 +176,18 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
         # own input and output transfers (the stage costs keep no finer split of comm_s)
         inner = max(s.predicted.comm_s - receive - send, 0.0) if s.mode == "split" else 0.0
         steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, s.predicted.compute_s + inner + send))
-    last = handoff[-1]
-    for f in range(n):  # a recurrence over frames (plain floats: 100,000 frames in a second or two)
-        ready = last[f - limit] if f >= limit else 0.0
+    done: deque = deque(maxlen=limit)  # the last `limit` frames' exits from the last stage
+    for f in range(n):  # a recurrence over frames, on plain floats (100,000 frames in a second or two)
+        ready = done[0] if len(done) == limit else 0.0
         for i, (stage, compute, busy, path) in enumerate(steps):
             ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
             t = max(ready, *(free[r] for r in ranks))
-            start[i][f], compute_end[i][f], busy_end[i][f] = t, t + compute, t + busy
-            handoff[i][f] = ready = t + path
+            start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
+            handoff[i, f] = ready = t + path
             for r in ranks:
                 free[r] = t + busy
-    return PredictedSchedule(*(np.array(a, float).reshape(n_stages, n) for a in (start, compute_end, busy_end, handoff)))
+        done.append(ready)
+    return PredictedSchedule(start, compute_end, busy_end, handoff)
 
 
 def run_frames(result: RunResult) -> int:
