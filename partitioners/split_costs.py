@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Kinds the planner chooses per segment. data-parallel is a stage mode here, not a segment kind;
 # fused-tiles is chosen as spans over several segments (span_kind).
-PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter")
+PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "attn-heads")  # attn-heads: issue 19
 FUSED = "fused-tiles"
 MAX_SPAN = 4  # a fused span covers its first segment and at most this many more
 
@@ -157,6 +157,8 @@ class SplitCatalogue:
         for kind in legal_kinds(self.graph, layer):
             if kind not in self.allowed or kind == FUSED:  # fused-tiles: spans (_fused_spans)
                 continue
+            if kind in ("fc-input", "conv-filter") and self.graph.nodes[start].attrs.get("quantized"):
+                continue  # int8 partial sums are int32; cluster.split_exec carries float32 (exact only in process)
             cost = _calibration_split(self.graph, layer, kind)
             if cost is None:  # fewer units than parts
                 continue

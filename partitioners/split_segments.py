@@ -15,7 +15,7 @@ from typing import Callable
 from layers.errors import PisplitError
 from layers.graph import Graph
 
-POINTWISE_OPS = ("relu", "relu6", "sigmoid", "tanh", "dropout")
+POINTWISE_OPS = ("relu", "relu6", "sigmoid", "tanh", "dropout", "gelu")
 ELEMENTWISE_OPS = ("add", "mul")
 POOL_OPS = ("max_pool2d", "max_pool3d", "avg_pool2d", "avg_pool3d")
 CONV_OPS = ("conv2d", "conv3d")
