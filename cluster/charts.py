@@ -73,7 +73,9 @@ def plan_chart(plan: Plan, graph, path: str | Path) -> Path:
              f"{s.predicted.compute_s * 1e3:.1f}" if s.predicted else "-",
              f"{s.predicted.comm_s * 1e3:.1f}" if s.predicted else "-", _memory_text(plan, s)] for s in plan.stages]
     table = (["stage", "ranks", "layers", "split kinds and layouts", "compute ms", "comm ms", "memory / limit"], rows)
-    return _save(fig, path, _plan_title(plan), table, list(plan.notes))
+    kept = [f"stage {st.index} keeps {graph.nodes[g.node_stop - 1].name} ({g.kind}) on its parts: {_kept_layout(graph, g)}"
+            for st in plan.stages for g in st.segments if g.output_layout == "parts"]
+    return _save(fig, path, _plan_title(plan), table, kept + list(plan.notes))
 
 
 def _plan_title(plan: Plan) -> str:
@@ -217,17 +219,21 @@ def _draw_layers(ax, plan: Plan, graph) -> None:
     ax.set_title("layers of each stage: split kinds and where each segment's output lives", fontsize=10)
 
 
-def _kept_axis(graph, segment) -> str:
-    """'rows', 'channels', 'tiles' ... : the axis a kept segment output is cut along."""
+def _kept_layout(graph, segment) -> str:
+    """Where a kept segment output's pieces live, as `pisplit plan` prints it ('rows[0:7|7:14]@0,1')."""
     from partitioners.layouts import produced
     from partitioners.splits import split_segment
 
     try:
         split = split_segment(graph, segment.node_start, segment.node_stop, segment.kind, segment.sizes, segment.options)
-        text = produced(split, segment.ranks).describe()
+        return produced(split, segment.ranks).describe()
     except PisplitError:
         return "parts"
-    return text.split("[")[0].split("@")[0]
+
+
+def _kept_axis(graph, segment) -> str:
+    """'rows', 'channels', 'tiles' ... : the axis a kept segment output is cut along."""
+    return _kept_layout(graph, segment).split("[")[0].split("@")[0]
 
 
 def _draw_stage_times(ax, plan: Plan) -> None:

@@ -75,6 +75,9 @@ def test_plan_chart_svg_names_every_stage_device_layer_and_kept_layout(tmp_path)
     assert kept and has(texts, "output kept on the parts") and has(texts, "→ rows")  # conv-spatial strips kept as rows
     assert has(texts, f"{plan.predicted_throughput_fps:.2f} frames/s")
     assert has(texts, "predicted memory per device against its limit") and has(texts, "/ 1.0 GiB")
+    page = tmp_path / "plan.html"
+    run_pisplit("plan", "alexnet", "--devices", "rpi3:4", "--objective", "latency", "--chart", page)
+    assert "stage 0 keeps pool1 (conv-spatial) on its parts: rows[0:" in page.read_text()  # the layouts, as `plan` prints them
 
 
 def test_plan_chart_of_a_pipeline_shows_the_link_and_the_results_going_back(tmp_path):
