@@ -76,7 +76,10 @@ class FrameCodec:
     def __init__(self, graph: Graph, names: list[str]):
         self.names = list(names)
         self.shapes = [graph.shapes[t] for t in self.names]
-        sizes = [numel(s) for s in self.shapes]
+        # each tensor in its own dtype (int8 tensors of quantized models 1 byte a value, issue 12), at a
+        # byte offset rounded up to 4 so float32 views stay aligned; offsets in float32 slots as before
+        self.dtypes = [graph.dtype(t) for t in self.names]
+        sizes = [-(-numel(s) * d.itemsize // 4) for s, d in zip(self.shapes, self.dtypes)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int) + self.HEADER
         self.length = int(self.offsets[-1])
         self.free: list[np.ndarray] = []  # buffers back from finished transfers, for the next frames
@@ -101,11 +104,14 @@ class FrameCodec:
     def pack(self, frame_id: int, tensors: Mapping[str, np.ndarray], start_ns: int = 0, end_ns: int = 0, duration_ns: int = 0) -> np.ndarray:
         buf = self.empty()
         buf[: self.HEADER].view(np.int64)[:] = (frame_id, start_ns, end_ns, duration_ns)
-        for t, shape, a, b in zip(self.names, self.shapes, self.offsets[:-1], self.offsets[1:]):
+        for t, shape, dtype, a, b in zip(self.names, self.shapes, self.dtypes, self.offsets[:-1], self.offsets[1:]):
             arr = tensors[t]
             if arr.shape != shape:
                 raise PisplitError(f"frame {frame_id}: tensor {t!r} has shape {arr.shape}, expected {shape}")
-            buf[a:b] = arr.reshape(-1)
+            if dtype == np.float32:
+                buf[a:b] = arr.reshape(-1)
+            else:
+                buf[a:b].view(dtype)[: numel(shape)] = arr.reshape(-1)
         return buf
 
     @staticmethod
@@ -114,7 +120,8 @@ class FrameCodec:
         return tuple(int(v) for v in buf[: FrameCodec.HEADER].view(np.int64))
 
     def unpack(self, buf: np.ndarray) -> dict[str, np.ndarray]:
-        return {t: buf[a:b].reshape(shape) for t, shape, a, b in zip(self.names, self.shapes, self.offsets[:-1], self.offsets[1:])}
+        return {t: (buf[a:b] if d == np.float32 else buf[a:b].view(d)[: numel(shape)]).reshape(shape)
+                for t, shape, d, a, b in zip(self.names, self.shapes, self.dtypes, self.offsets[:-1], self.offsets[1:])}
 
 
 # --- routing: pure functions of the plan --------------------------------------------------------------

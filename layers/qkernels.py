@@ -67,7 +67,7 @@ def output_multipliers(op: str, in_q: TensorQuant, wq: TensorQuant, out_q: Tenso
 
 
 def _accumulator(acc: np.ndarray, bias) -> np.ndarray:
-    acc = np.rint(acc).astype(np.int64) if acc.dtype.kind == "f" else acc.astype(np.int64)
+    acc = acc.astype(np.int64)  # float64 sums of integer products are exact integers: no rounding needed
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)
     return acc

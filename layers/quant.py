@@ -136,12 +136,35 @@ def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
 
 
 def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
-    """TFLite MultiplyByQuantizedMultiplier (the default, double-rounding build): x * multiplier * 2**(shift - 31)."""
+    """TFLite MultiplyByQuantizedMultiplier (the default, double-rounding build): x * multiplier * 2**(shift - 31).
+
+    For multipliers >= 0 (every multiplier TFLite derives from scales) it runs as three in-place passes
+    that give the same integers: the rounding doubling high multiply, nudge included, is
+    floor((x * m + 2**30) / 2**31) for either sign of x * m (C's truncation of (ab + 1 - 2**30) / 2**31
+    for ab < 0 is that floor), and can only saturate for m = -2**31; the rounding divide by 2**r with
+    ties away from zero is floor((t + 2**(r-1) - [t < 0]) / 2**r) for r > 0. The general gemmlowp
+    functions above stay the reference (tests compare the two)."""
     x = np.asarray(x, dtype=np.int64)
+    multiplier = np.asarray(multiplier, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
+    if (multiplier < 0).any():
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
+    t = np.left_shift(x, left) if left.any() else x.copy()
+    t *= multiplier
+    t += np.int64(1 << 30)
+    t >>= 31
+    if right.any():
+        negative = t < 0
+        if right.ndim:
+            negative &= right > 0
+        elif int(right) == 0:
+            return t
+        t += (np.int64(1) << right) >> 1
+        t -= negative
+        t >>= right
+    return t
 
 
 def requantize(acc, real_multiplier, zero_point: int, lo: int, hi: int, dtype=np.int8) -> np.ndarray:

@@ -266,8 +266,7 @@ class CostModel:
     def _host_seconds(self, index: int) -> dict:
         out = {}
         for kind in {c.kind for c in self.classes}:
-            profile, _ = self.calibration.resolve(kind)
-            out[kind] = profile.node_seconds(self.graph, index)
+            out[kind] = self.calibration.node_seconds(kind, self.graph, index)  # int8 nodes at the kind's int8 rate
         return out
 
     @property

@@ -41,9 +41,6 @@ class PlanResult:
 def make_plan(graph: Graph, model: CostModel, planner: str = "dp", objective: str = "throughput",
               model_spec: str | None = None, engine: str = "numpy") -> Plan:
     """Plan `graph` on the cost model's cluster; raises InfeasiblePlan or PisplitError for bad input."""
-    from .splits import refuse_quantized
-
-    refuse_quantized(graph)
     if planner not in PLANNERS:
         raise PisplitError(f"planner {planner!r}: expected one of {', '.join(PLANNERS)}")
     if objective not in OBJECTIVES:

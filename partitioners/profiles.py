@@ -285,6 +285,39 @@ class Calibration:
         self._cache[kind] = result
         return result
 
+    def node_seconds(self, kind: str, graph: Graph, index: int) -> float:
+        """Seconds of node `index` on one device of `kind`, before the kind's scale: the profile's
+        seconds, and for an int8 node (attrs["quantized"]) not measured itself, those of the float node
+        of its shape divided by the kind's int8 speedup for this engine (int8_speedup)."""
+        profile, _ = self.resolve(kind)
+        seconds = profile.node_seconds(graph, index)
+        if graph.nodes[index].attrs.get("quantized") and profile.measured_seconds(graph, index) is None:
+            seconds /= int8_speedup(kind, self.engine)
+        return seconds
+
+
+def int8_speedup(kind: str, engine: str = "numpy") -> float:
+    """How many times faster an int8 layer runs than the float32 layer of the same shape on `kind` with
+    `engine`: the device profile's compute.int8.<engine> figure (cited there: ncnn's published Pi int8 /
+    float32 benchmark for litert, pisplit's own kernels measured for numpy), following 'relative_to'
+    to another kind's; 1.0 when a profile gives none."""
+    from .devices import device_profile
+
+    seen = set()
+    while kind not in seen:
+        seen.add(kind)
+        block = (device_profile(kind).compute.get("int8") or {}).get(engine)
+        if not block:
+            return 1.0
+        if "relative_to" in block:
+            kind = str(block["relative_to"])
+            continue
+        speedup = float(block.get("speedup", 1.0))
+        if not speedup > 0:
+            raise PisplitError(f"device profile {kind}: int8 speedup for engine {engine} must be positive, is {speedup}")
+        return speedup
+    raise PisplitError(f"device profile {kind}: int8 'relative_to' entries form a cycle")
+
 
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
 

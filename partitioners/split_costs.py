@@ -159,6 +159,8 @@ class SplitCatalogue:
                 continue
             if kind in ("fc-input", "conv-filter") and self.graph.nodes[start].attrs.get("quantized"):
                 continue  # int8 partial sums are int32; cluster.split_exec carries float32 (exact only in process)
+            if kind in ("fc-input", "conv-filter") and self.graph.nodes[start].attrs.get("quantized"):
+                continue  # int8 partial sums are int32; cluster.split_exec carries float32 (exact only in process)
             cost = _calibration_split(self.graph, layer, kind)
             if cost is None:  # fewer units than parts
                 continue

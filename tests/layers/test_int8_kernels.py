@@ -147,3 +147,29 @@ def test_unsupported_int8_op_fails_at_import_naming_op_and_tensor():
     with pytest.raises(PisplitError, match=r"operator 0 \(HARD_SWISH\) writing tensor 'swished': op HARD_SWISH on int8 tensors is not "
                                            r"supported by pisplit yet"):
         import_tflite_bytes(m.finish(y))
+
+
+def test_fast_requantization_equals_gemmlowp_reference():
+    """multiply_by_quantized_multiplier's in-place form gives the gemmlowp functions' integers: random
+    multipliers (per channel and scalar, left and right shifts), values up to the int32 range, and the
+    ties of both roundings (x * 2**30 + 2**30 over 2**31; halves of a power of two, either sign)."""
+    from layers.quant import (multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot,
+                              saturating_rounding_doubling_high_mul)
+
+    def reference(x, m, s):
+        x, s = np.asarray(x, np.int64), np.asarray(s, np.int64)
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << np.maximum(s, 0), m), np.maximum(-s, 0))
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        c = int(rng.integers(1, 9))
+        m, s = quantize_multiplier(10.0 ** rng.uniform(-9, 1.5, c))
+        top = int(rng.choice([100, 2 ** 15, 2 ** 24, 2 ** 30]))
+        limit = (1 << 31) >> int(np.max(np.maximum(s, 0)))
+        x = np.clip(rng.integers(-top, top, (3, 4, c)), -limit, limit - 1)
+        assert np.array_equal(multiply_by_quantized_multiplier(x, m, s), reference(x, m, s))
+        assert np.array_equal(multiply_by_quantized_multiplier(x, m[0], s[0]), reference(x, m[0], s[0]))
+    ties = np.arange(-40, 41, dtype=np.int64)
+    for shift in (0, -1, -2, -5):
+        m = np.int64(1 << 30)  # real 0.5 * 2**shift
+        assert np.array_equal(multiply_by_quantized_multiplier(ties, m, shift), reference(ties, m, shift))
