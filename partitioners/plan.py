@@ -32,11 +32,12 @@ from layers.jsonfile import read_json
 
 from .layouts import OUTPUT_LAYOUTS
 from .split_parts import SPLIT_KINDS
+from .vocabulary import NO_SPLIT, StageMode
 
 PLAN_FORMAT = "pisplit-plan"
 PLAN_VERSION = 1
-STAGE_MODES = ("single", "split", "data-parallel")
-SEGMENT_KINDS = ("none", *SPLIT_KINDS)
+STAGE_MODES = tuple(StageMode)  # partitioners.vocabulary: "single", "split", "data-parallel"
+SEGMENT_KINDS = (NO_SPLIT, *SPLIT_KINDS)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ import numpy as np
 from layers.graph import DTYPE_BYTES, Node
 from layers.ops import numel, spec_of
 
-SPLIT_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel",
-               "attn-heads")  # head-parallel attention (issue 19, partitioners.split_heads)
+from .vocabulary import SplitKind
+
+SPLIT_KINDS = tuple(SplitKind)  # partitioners.vocabulary: each member equals its string ("fc-output", ...)
 # How the segment input reaches the parts, and how the part outputs come back together.
 INPUT_PATTERNS = ("broadcast", "scatter")
 OUTPUT_PATTERNS = ("gather", "reduce", "allgather", "allreduce")
