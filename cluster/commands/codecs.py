@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="with edge-host devices: every cut and codec (default: raw and the best codec per cut)")
     p.add_argument("--plan-output", metavar="PLAN.json", help="write the chosen plan")
     p.add_argument("--engine", default="numpy", help="engine the plan runs with (default numpy)")
+    p.add_argument("--chart", metavar="FILE", help="also draw the codec table (.svg, .png or .html; needs pisplit[charts])")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
 
@@ -109,7 +110,15 @@ def run(args) -> int:
         raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
     budget = LossBudget(parse_fraction(args.max_accuracy_loss, "--max-accuracy-loss") if args.max_accuracy_loss else None, args.max_rel_error)
     entries = parse_devices(args.devices) if args.devices else None
+    if args.chart:
+        from ..charts import check_chart_path
+
+        check_chart_path(args.chart)  # before measuring, not after
     table = load_or_measure(args, graph)
+    if args.chart:
+        from ..codec_chart import codec_chart
+
+        codec_chart(table, args.chart)
     if entries is None:
         latency = args.link_latency / 1e3 if args.link_latency is not None else 3e-4
         return print_codec_table(graph, table, bandwidth, latency, args, budget)

@@ -123,3 +123,17 @@ def test_codecs_cluster_and_host_prints_every_cut_and_writes_a_plan(lenet_table,
     assert plan.predicted_throughput_fps == pytest.approx(best["throughput_fps"])
     proc = run_pisplit("codecs", "lenet5", "--table", path, "--devices", "host:2", check=False)
     assert proc.returncode == 1 and "at most one host" in proc.stderr
+
+
+def test_codecs_chart_draws_the_table(lenet_table, tmp_path):
+    import importlib.util
+
+    from tests.conftest import require
+
+    require(importlib.util.find_spec("matplotlib") is not None, "matplotlib (pisplit[charts]) is not installed")
+    path, _ = lenet_table
+    run_pisplit("codecs", "lenet5", "--table", path, "--chart", tmp_path / "c.html")
+    text = (tmp_path / "c.html").read_text()
+    assert "<svg" in text and "jpeg:50" in text and "conv1" in text
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--chart", tmp_path / "c.gif", check=False)
+    assert proc.returncode == 1 and "unknown format '.gif'" in proc.stderr
