@@ -116,3 +116,24 @@ def test_an_armhf_userland_is_refused_in_one_line_before_any_download(tmp_path):
         houses.for_host({**PI5_32BIT_OS, "hostname": "pi-5"})
     assert str(err.value) == ARMHF and "\n" not in str(err.value)
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_wheelhouse_download_reports_progress(tmp_path):
+    """A Pi's wheelhouse is about 45 MB: provisioning tells which wheel is coming and how far it is."""
+    seen: list[str] = []
+    facts = {**PI5_64BIT_OS, "hostname": "pi-5"}
+    try:
+        wheels = Wheelhouses("pyyaml==6.0.3\n", cache=tmp_path / "cache").for_host(facts, seen.append)
+    except PisplitError as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"no package index here: {exc}")
+    (wheel,) = wheels.glob("*.whl")
+    assert wheel.name.startswith("pyyaml-6.0.3-cp311-cp311-") and "aarch64" in wheel.name
+    tag = "cp311-aarch64-glibc2.36"
+    assert seen[0].startswith(f"wheelhouse {tag}: wheel 1, 0.0 MB so far; downloading pyyaml-6.0.3-cp311-") and seen[0].endswith(" kB)")
+    assert seen[-1] == f"wheelhouse {tag}: 1 wheels ready, {wheel.stat().st_size / 1e6:.1f} MB downloaded"
+    assert all(line.startswith(f"wheelhouse {tag}: ") for line in seen)
+    told = len(seen)
+    assert Wheelhouses("pyyaml==6.0.3\n", cache=tmp_path / "cache").for_host(facts, seen.append) == wheels
+    assert len(seen) == told  # cached: no download, nothing to report
