@@ -3,7 +3,8 @@
 Without --devices: per cut, the bytes live across it, and per codec its compression ratio, encode and
 decode milliseconds on this machine and the resulting transfer at --link (encode + bytes on the link
 + decode). With --devices KIND:1,host:1: every cut with every admissible codec for an edge device and
-a host (partitioners.edge_host: predicted throughput and edge energy per frame). With other --devices:
+a host (partitioners.edge_host: predicted throughput and edge energy per frame); with KIND:N,host:1 the
+head on the N edge devices (dp planner) and the tail on the host, every cut. With other --devices:
 the dp planner with codec pricing (partitioners.cost.CostModel.cut_transfer), each stage's transfer
 naming its codec. --plan-output writes the chosen plan (`mpirun -n N pisplit run PLAN --emulate`).
 """
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--accuracy-frames", type=int, default=100, help="held-out frames for lossy codecs' accuracy loss (trained models; default 100)")
     p.add_argument("--save", metavar="T.json", help="write the measured codec table (the planner's input)")
     p.add_argument("--table", metavar="T.json", help="use a codec table saved before instead of measuring")
-    p.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="plan with codecs: rpi3:1,host:1 for edge and host, else the dp planner")
+    p.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="plan with codecs: rpi3:1,host:1 edge and host; rpi3:4,host:1 Pis then host; rpi3:8 the dp planner")
     p.add_argument("--max-accuracy-loss", metavar="P", help="lossy codecs allowed when they lose at most P top-1 accuracy (e.g. 1%%)")
     p.add_argument("--max-rel-error", metavar="E", type=float, help="lossy codecs allowed when their error is at most E x max|x| of the cut")
     p.add_argument("--all", action="store_true", help="with edge-host devices: every cut and codec (default: raw and the best codec per cut)")
