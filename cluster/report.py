@@ -362,13 +362,11 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
         for r in stage.ranks:
             yield from _track_names(plan, PREDICTED_PID, r, stage.index, " · predicted")
     n_stages, first = len(plan.stages), _first_kept_frame(result)
-    us = lambda a: np.round(a[:, first:] * 1e6, 3).tolist()  # noqa: E731 - plain floats in microseconds
-    start, compute_end, busy_end, handoff = (us(a) for a in (schedule.start, schedule.compute_end, schedule.busy_end, schedule.handoff))
-    compute_us = us(schedule.compute_end - schedule.start)
-    comm_us = us(schedule.busy_end - schedule.compute_end)
+    t0, t1, t2, t3 = (a[:, first:] for a in (schedule.start, schedule.compute_end, schedule.busy_end, schedule.handoff))
+    us = lambda a: np.round(a * 1e6, 3).tolist()  # noqa: E731 - plain floats in microseconds
+    start, compute_end, busy_end, handoff, compute_us, comm_us = (us(a) for a in (t0, t1, t2, t3, t1 - t0, t2 - t1))
     # arrows leave from just inside the sender's compute slice and land just inside the receiver's
-    sent = us(_inside(schedule.start, schedule.compute_end - schedule.start, at_end=True))
-    got = us(_inside(schedule.start, schedule.compute_end - schedule.start, at_end=False))
+    sent, got = us(_inside(t0, t1 - t0, at_end=True)), us(_inside(t0, t1 - t0, at_end=False))
     for j, f in enumerate(range(first, schedule.start.shape[1])):
         for i, stage in enumerate(plan.stages):
             ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
