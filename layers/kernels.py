@@ -597,3 +597,16 @@ def batch_matmul(a: np.ndarray, b: np.ndarray, adj_x: bool = False, adj_y: bool 
     if adj_y:
         b = np.swapaxes(b, -1, -2)
     return np.matmul(a, b)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float = 1e-6) -> np.ndarray:
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta (float32, as the
+    converter's MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, MUL, MUL, ADD chain computes it)."""
+    x = np.asarray(x, dtype=np.float32)
+    mu = x.mean(axis=-1, keepdims=True, dtype=np.float32)
+    d = x - mu
+    var = np.mean(np.square(d), axis=-1, keepdims=True, dtype=np.float32)
+    d *= rsqrt(var + np.float32(epsilon))
+    d *= np.asarray(gamma, np.float32)
+    d += np.asarray(beta, np.float32)
+    return d

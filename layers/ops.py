@@ -655,3 +655,20 @@ register("select", OpSpec(
     lambda xs, a, w: [np.where(np.asarray(xs[0]) != 0, np.asarray(xs[1], np.float32), np.asarray(xs[2], np.float32)).astype(np.float32)],
     lambda i, o, a, ws: numel(o[0]),
 ))
+
+
+def _ln_infer(ins, attrs, ws):
+    c = ins[0][-1]
+    for p in ("gamma", "beta"):
+        if tuple(ws[p]) != (c,):
+            raise PisplitError(f"layer_norm: {p} has shape {tuple(ws[p])}, expected ({c},)")
+    return [tuple(ins[0])]
+
+
+register("layer_norm", OpSpec(
+    _ln_infer,
+    lambda xs, a, w: [K.layer_norm(xs[0], w["gamma"], w["beta"], a.get("epsilon", 1e-6))],
+    lambda i, o, a, ws: 8 * numel(o[0]),
+    lambda i, o, a, ws: 4 * numel(o[0]),  # the centred copy
+    params=("gamma", "beta"),
+))

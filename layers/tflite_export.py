@@ -158,13 +158,12 @@ class TfliteWriter:
 def export_tflite(graph: Graph, description: str | None = None) -> bytes:
     """The graph as .tflite flatbuffer bytes: inputs and outputs in the graph's order.
 
-    Raises PisplitError naming the first node that has no TFLite equivalent, and for quantized (int8)
-    graphs, whose integer weights and scales this exporter does not write yet (it would write them as
-    floats and LiteRT would compute something else).
+    Raises PisplitError naming the first node that has no TFLite equivalent. An int8 graph is written
+    with its quantization (issue 12): int8 activations with scale and zero point, int8 filters with
+    per-channel scales on TFLite's output-channel dimension, int32 biases at input_scale * filter_scale,
+    so LiteRT runs its integer kernels (XNNPACK's int8 path) on them. A split part's int32 partial sums
+    and their requantize node have no TFLite form: refused, naming the node.
     """
-    if graph.quantized:
-        raise PisplitError(f"engine 'litert': model {graph.name} is quantized (int8); exporting int8 graphs to LiteRT is not "
-                           "supported yet, use --engine numpy")
     return _Exporter(graph, description).run()
 
 
@@ -177,7 +176,7 @@ class _Exporter:
     def run(self) -> bytes:
         g = self.g
         for name, shape in g.inputs.items():
-            self.index[name] = self.w.tensor(name, shape, dynamic_batch=True)
+            self.index[name] = self.w.tensor(name, shape, dynamic_batch=True, **self._qargs(name))
         for node in g.nodes:
             handler = getattr(self, "_" + node.op, None)
             if handler is None:
@@ -197,12 +196,65 @@ class _Exporter:
     def _out(self, fusable: bool = True) -> int:
         """The output tensor of the node's main operator: an intermediate when an activation op follows."""
         t = self.node.outputs[0]
-        self.index[t] = self.w.tensor(t, self.g.shapes[t], dynamic_batch=True)
+        self.index[t] = self.w.tensor(t, self.g.shapes[t], dynamic_batch=True, **self._qargs(t))
         act = self.node.attrs.get("activation")
         if act in _UNFUSED or (not fusable and act in _ACTIVATION_OPS):
+            if self.node.attrs.get("quantized"):
+                raise PisplitError(f"model {self.g.name}: node {self.node.name}: an int8 {self.node.op} with activation {act!r} "
+                                   "has no TFLite form")
             self.pending = self.index[t]
             return self.w.tensor(f"{t}/before_activation", self.g.shapes[t], dynamic_batch=True)
         return self.index[t]
+
+    # --- int8 graphs ---------------------------------------------------------------------------------
+    def _qparams(self, q, dim: int = 0):
+        p = self.w.S.QuantizationParametersT()
+        p.scale = [float(s) for s in q.scale]
+        p.zeroPoint = [int(z) for z in (q.zero_point if len(q.zero_point) == len(q.scale) else q.zero_point * len(q.scale))]
+        p.quantizedDimension = int(dim)
+        return p
+
+    def _qargs(self, tensor: str) -> dict:
+        """dtype and quantization of a graph tensor: its int8 quantization, or nothing (float32)."""
+        q = self.g.quant.get(tensor)
+        if q is None:
+            return {}
+        if q.dtype != "int8":
+            raise PisplitError(f"model {self.g.name}: tensor {tensor!r} is {q.dtype}; the litert engine runs int8 and float tensors only "
+                               "(an int8 split's int32 partial sums run on the numpy engine)")
+        return {"dtype": "INT8", "quantization": self._qparams(q)}
+
+    def _wconst(self, suffix: str, value: np.ndarray, param: str, dim: int) -> int:
+        """A weight of the current node as written: integers with their quantization (per channel on
+        TFLite dimension `dim`) when the graph quantizes it, else float32."""
+        key = self.node.weight_key(param)
+        q = self.g.quant.get(key)
+        if q is None:
+            return self._const(suffix, value)
+        value = np.asarray(value)
+        return self.w.tensor(f"{self.node.name}/{suffix}", value.shape, value, quantization=self._qparams(q, dim))
+
+    def _qbias(self, cout: int, w: dict) -> int:
+        """An int8 layer's int32 bias; a missing one is zeros at input_scale * filter_scale, as TFLite's."""
+        if "bias" in w:
+            return self._wconst("bias", w["bias"], "bias", 0)
+        in_scale = self.g.quant[self.node.inputs[0]].scale[0]
+        ws = np.broadcast_to(np.asarray(self.g.quant[self.node.weight_key("kernel")].scale, np.float64), (cout,))
+        from .quant import TensorQuant
+
+        q = TensorQuant("int32", tuple(float(np.float32(in_scale * s)) for s in ws), (0,) * cout, 0)
+        return self.w.tensor(f"{self.node.name}/bias", (cout,), np.zeros(cout, np.int32), quantization=self._qparams(q))
+
+    def _check_not_partial(self, node) -> None:
+        if node.attrs.get("partial"):
+            raise PisplitError(f"model {self.g.name}: node {node.name} makes int32 partial sums (an int8 conv-filter / fc-input part), "
+                               "which have no TFLite form; use the numpy engine")
+
+    def _quantize(self, node, w):
+        self.w.operator("QUANTIZE", [self._in()], [self._out()])
+
+    def _dequantize(self, node, w):
+        self.w.operator("DEQUANTIZE", [self._in()], [self._out()])
 
     def _const(self, suffix: str, value, dtype=np.float32) -> int:
         value = np.asarray(value, dtype=dtype)
@@ -230,7 +282,7 @@ class _Exporter:
         if not allow_pad_op:
             raise PisplitError(f"model {self.g.name}: node {self.node.name}: explicit padding {pads} has no TFLite pooling form")
         padded = [in_shape[0], *(s + a + b for s, (a, b) in zip(spatial, pads)), in_shape[-1]]
-        t = self.w.tensor(f"{self.node.name}/pad", padded, dynamic_batch=True)
+        t = self.w.tensor(f"{self.node.name}/pad", padded, dynamic_batch=True, **self._qargs(self.node.inputs[0]))
         self.w.operator("PAD", [self._in(), self._const("paddings", [[0, 0], *pads, [0, 0]], np.int32)], [t])
         return S.Padding.VALID, t
 
@@ -243,21 +295,27 @@ class _Exporter:
         groups = int(a.get("groups", 1))
         strides = list(a.get("strides") or (1, 1))
         dilation = list(a.get("dilation") or (1, 1))
+        self._check_not_partial(node)
         pad_code, x = self._padding_code(self.g.shapes[node.inputs[0]], (kh, kw), strides, dilation, a.get("padding", "valid"), True)
         bias = w.get("bias", np.zeros(cout, np.float32))
+        quantized = bool(a.get("quantized"))
         if groups > 1 and cin_g == 1:
-            filt = self._const("filter", kernel.reshape(1, kh, kw, cout))
+            filt = self._wconst("filter", kernel.reshape(1, kh, kw, cout), "kernel", 3)
             opts = self.w.options("DepthwiseConv2DOptions", padding=pad_code, strideH=strides[0], strideW=strides[1],
                                   depthMultiplier=cout // cin, dilationHFactor=dilation[0], dilationWFactor=dilation[1],
                                   fusedActivationFunction=self._act())
-            self.w.operator("DEPTHWISE_CONV_2D", [x, filt, self._const("bias", bias)], [self._out()], opts)
+            b = self._qbias(cout, w) if quantized else self._const("bias", bias)
+            self.w.operator("DEPTHWISE_CONV_2D", [x, filt, b], [self._out()], opts)
             return
         opts = dict(padding=pad_code, strideH=strides[0], strideW=strides[1], dilationHFactor=dilation[0], dilationWFactor=dilation[1])
         if groups == 1:
-            filt = self._const("filter", kernel.transpose(3, 0, 1, 2))  # HWIO -> OHWI
-            self.w.operator("CONV_2D", [x, filt, self._const("bias", bias)], [self._out()],
+            filt = self._wconst("filter", np.ascontiguousarray(kernel.transpose(3, 0, 1, 2)), "kernel", 0)  # HWIO -> OHWI
+            b = self._qbias(cout, w) if quantized else self._const("bias", bias)
+            self.w.operator("CONV_2D", [x, filt, b], [self._out()],
                             self.w.options("Conv2DOptions", fusedActivationFunction=self._act(), **opts))
             return
+        if quantized:
+            raise PisplitError(f"model {self.g.name}: node {node.name}: grouped int8 convolutions have no TFLite form here")
         # Grouped convolution: one CONV_2D per group on a SLICE of the channels, concatenated; the
         # (clamping) activation is fused into each group's convolution.
         out_shape = self.g.shapes[node.outputs[0]]
@@ -279,8 +337,9 @@ class _Exporter:
     def _dense(self, node, w):
         kernel = w["kernel"]
         cin, cout = kernel.shape
-        weights = self._const("weights", np.ascontiguousarray(kernel.T))  # (Cin, Cout) -> (Cout, Cin)
-        bias = self._const("bias", w.get("bias", np.zeros(cout, np.float32)))
+        self._check_not_partial(node)
+        weights = self._wconst("weights", np.ascontiguousarray(kernel.T), "kernel", 0)  # (Cin, Cout) -> (Cout, Cin)
+        bias = self._qbias(cout, w) if node.attrs.get("quantized") else self._const("bias", w.get("bias", np.zeros(cout, np.float32)))
         opts = self.w.options("FullyConnectedOptions", fusedActivationFunction=self._act(),
                               keepNumDims=len(self.g.shapes[node.inputs[0]]) > 2)
         self.w.operator("FULLY_CONNECTED", [self._in(), weights, bias], [self._out()], opts)
@@ -376,6 +435,15 @@ class _Exporter:
     def _pad(self, node, w):
         pads = self._const("paddings", node.attrs["paddings"], np.int32)
         value = float(node.attrs.get("value", 0.0))
+        if node.attrs.get("quantized"):  # int8: PAD pads with the zero point (real 0), PADV2 with its int8 value
+            q = self.g.quant[node.outputs[0]]
+            qvalue = int(node.attrs.get("qvalue", q.zero_point[0]))
+            if qvalue == q.zero_point[0]:
+                self.w.operator("PAD", [self._in(), pads], [self._out()], self.w.options("PadOptions"))
+            else:
+                v = self.w.tensor(f"{node.name}/value", (1,), np.array([qvalue], np.int8), quantization=self._qparams(q))
+                self.w.operator("PADV2", [self._in(), pads, v], [self._out()], self.w.options("PadV2Options"))
+            return
         if value == 0.0:
             self.w.operator("PAD", [self._in(), pads], [self._out()], self.w.options("PadOptions"))
         else:
@@ -384,7 +452,7 @@ class _Exporter:
     def _elementwise(self, node, w, op: str, options: str):
         operands = [self.index[t] for t in node.inputs]
         if "constant" in w:
-            c = self._const("constant", w["constant"])
+            c = self._wconst("constant", w["constant"], "constant", 0)
             operands = [c, *operands] if node.attrs.get("constant_first") else [*operands, c]
         acc = operands[0]
         for k, b in enumerate(operands[1:], start=1):
@@ -482,3 +550,22 @@ class _Exporter:
         if not same:
             shape = list(out_shape) if a.get("batch1") else [-1, *out_shape[1:]]
             self.w.operator("RESHAPE", [t, self._const("shape", shape, np.int32)], [self._out()], self.w.options("ReshapeOptions", newShape=shape))
+
+    def _layer_norm(self, node, w):
+        """MEAN, SQUARED_DIFFERENCE, MEAN, ADD eps, RSQRT, SUB, MUL, MUL gamma, ADD beta (as converters write it)."""
+        shape = self.g.shapes[node.outputs[0]]
+        keep = [*shape[:-1], 1]
+        rank = len(shape)
+        t = lambda suffix, s: self.w.tensor(f"{node.name}/{suffix}", s, dynamic_batch=True)  # noqa: E731
+        axis = self._const("axis", [rank - 1], np.int32)
+        mu, sq, var, ve, inv, d, y, yg = t("mean", keep), t("sq", shape), t("var", keep), t("var_eps", keep), t("rsqrt", keep), \
+            t("centred", shape), t("normed", shape), t("scaled", shape)
+        self.w.operator("MEAN", [self._in(), axis], [mu], self.w.options("ReducerOptions", keepDims=True))
+        self.w.operator("SQUARED_DIFFERENCE", [self._in(), mu], [sq])
+        self.w.operator("MEAN", [sq, axis], [var], self.w.options("ReducerOptions", keepDims=True))
+        self.w.operator("ADD", [var, self._const("epsilon", float(node.attrs.get("epsilon", 1e-6)))], [ve], self.w.options("AddOptions"))
+        self.w.operator("RSQRT", [ve], [inv])
+        self.w.operator("SUB", [self._in(), mu], [d], self.w.options("SubOptions"))
+        self.w.operator("MUL", [d, inv], [y], self.w.options("MulOptions"))
+        self.w.operator("MUL", [y, self._const("gamma", w["gamma"])], [yg], self.w.options("MulOptions"))
+        self.w.operator("ADD", [yg, self._const("beta", w["beta"])], [self._out()], self.w.options("AddOptions"))

@@ -213,6 +213,71 @@ def c3d(seed: int = 0, classes: int = 101) -> Graph:
     return b.build(x)
 
 
+def _encoder_block(b: GraphBuilder, x: str, name: str, heads: int, mlp: int, epsilon: float) -> str:
+    """A pre-norm transformer encoder block on (1, T, C), as torchvision's ViT EncoderBlock: LayerNorm,
+    multi-head self-attention with a fused Q/K/V projection (split into heads by reshape, transpose and
+    slices, as converters write it), residual add; LayerNorm, MLP (GELU), residual add. The attention
+    is what partitioners.split_heads recognises (attn-heads), the MLP an fc-output -> fc-input pair."""
+    _, t, c = b.shape(x)
+    d = c // heads
+    ln = b.add("layer_norm", x, f"{name}_ln_1", {"epsilon": epsilon}, {"gamma": ((c,), "gamma"), "beta": ((c,), "beta")})
+    qkv = b.dense(ln, 3 * c, f"{name}_attention_in_proj", init="glorot")
+    qkv = b.add("reshape", qkv, f"{name}_attention_heads", {"shape": [t, 3, heads, d]})
+    qkv = b.add("transpose", qkv, f"{name}_attention_qkv_first", {"perm": [0, 2, 3, 1, 4]})  # (1, 3, H, T, D)
+    q, k, v = (b.add("strided_slice", qkv, f"{name}_attention_{p}", {"starts": [i, 0, 0, 0], "steps": [1, 1, 1, 1],
+                                                                       "counts": [1, heads, t, d], "out_shape": [heads, t, d]})
+               for i, p in enumerate("qkv"))
+    # (the 1/sqrt(d) scale of Q is taken as folded into the seeded Q weights: no parameter of its own)
+    s = b.add("batch_matmul", [q, k], f"{name}_attention_scores", {"adj_y": True})
+    p_ = b.act(s, "softmax", f"{name}_attention_softmax", axis=-1)
+    o = b.add("batch_matmul", [p_, v], f"{name}_attention_context")
+    o = b.add("transpose", o, f"{name}_attention_tokens_first", {"perm": [0, 2, 1, 3]})
+    o = b.add("reshape", o, f"{name}_attention_merge", {"shape": [t, c]})
+    o = b.dense(o, c, f"{name}_attention_out_proj", init="glorot")
+    x = b.add("add", [x, o], f"{name}_add_1")
+    h = b.add("layer_norm", x, f"{name}_ln_2", {"epsilon": epsilon}, {"gamma": ((c,), "gamma"), "beta": ((c,), "beta")})
+    h = b.dense(h, mlp, f"{name}_mlp_1", init="glorot")
+    h = b.act(h, "gelu", f"{name}_mlp_gelu")
+    h = b.dense(h, c, f"{name}_mlp_2", init="glorot")
+    return b.add("add", [x, h], f"{name}_add_2")
+
+
+def _transformer_head(b: GraphBuilder, x: str, depth: int, heads: int, mlp: int, classes: int, epsilon: float) -> str:
+    """Class token, position embedding, `depth` encoder blocks, final LayerNorm, the class token's row, the head."""
+    _, t, c = b.shape(x)
+    token = b.add("constant", [], "class_token", {}, {"value": ((1, 1, c), "bias")})
+    x = b.add("concat", [token, x], "tokens", {"axis": 1})
+    x = b.add("add", x, "pos_embedding", {}, {"constant": ((1, t + 1, c), "bias")})
+    for i in range(depth):
+        x = _encoder_block(b, x, f"encoder_layer_{i}", heads, mlp, epsilon)
+    x = b.add("layer_norm", x, "encoder_ln", {"epsilon": epsilon}, {"gamma": ((c,), "gamma"), "beta": ((c,), "beta")})
+    x = b.add("strided_slice", x, "class_token_out", {"starts": [0, 0], "steps": [1, 1], "counts": [1, c], "out_shape": [c]})
+    return b.dense(x, classes, "head", init="glorot")
+
+
+def vit_b16(seed: int = 0) -> Graph:
+    """ViT-B/16 (Dosovitskiy et al. 2021) on 224x224x3, torchvision's layout: 16x16 patches by a stride-16
+    conv, class token, 12 pre-norm blocks of 12 heads (768 wide, MLP 3072, GELU): 86,567,656 parameters."""
+    b = GraphBuilder("vit_b16", seed)
+    x = b.input("input", (1, 224, 224, 3))
+    x = b.conv(x, 768, 16, "conv_proj", strides=16, init="glorot")
+    x = b.add("reshape", x, "patches", {"shape": [196, 768]})
+    x = _transformer_head(b, x, 12, 12, 3072, 1000, 1e-6)
+    return b.build(b.act(x, "softmax", "prob"))
+
+
+def kwt3(seed: int = 0, classes: int = 35) -> Graph:
+    """Keyword Transformer KWT-3 (Berg et al. 2021) on 98 MFCC frames of 40 coefficients (Speech Commands
+    v2, 35 words): each frame projected to 192, class token, 12 pre-norm blocks of 3 heads (MLP 768,
+    GELU). The paper gives 5.361M parameters; this build has 5,372,579 (its position embedding covers 99
+    tokens and the head 35 classes; the paper's exact input framing is not spelt out)."""
+    b = GraphBuilder("kwt3", seed)
+    x = b.input("mfcc", (1, 98, 40))
+    x = b.dense(x, 192, "patch_projection", init="glorot")
+    x = _transformer_head(b, x, 12, 3, 768, classes, 1e-6)
+    return b.build(b.act(x, "softmax", "prob"))
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo model: builder and a line about it."""
@@ -229,10 +294,13 @@ ZOO: dict[str, ZooEntry] = {
     "xception": ZooEntry(xception, "Xception, Keras names"),
     "mobilenet_v1": ZooEntry(mobilenet_v1, "MobileNetV1 1.0/224, Keras names"),
     "c3d": ZooEntry(c3d, "C3D video clips, UCF101 head"),
+    "vit_b16": ZooEntry(vit_b16, "ViT-B/16 vision transformer, torchvision layout"),
+    "kwt3": ZooEntry(kwt3, "Keyword Transformer KWT-3, 98x40 MFCC, 35 words"),
 }
 
 ALIASES = {"lenet": "lenet5", "lenet-5": "lenet5", "mobilenet": "mobilenet_v1", "mobilenetv1": "mobilenet_v1",
-           "mobilenet-v1": "mobilenet_v1", "resnet-50": "resnet50", "vgg-16": "vgg16"}
+           "mobilenet-v1": "mobilenet_v1", "resnet-50": "resnet50", "vgg-16": "vgg16", "vit": "vit_b16", "vit-b/16": "vit_b16",
+           "vit_b_16": "vit_b16", "kwt": "kwt3", "kwt-3": "kwt3"}
 
 
 def zoo_model(name: str, seed: int = 0) -> Graph:

@@ -120,3 +120,38 @@ def test_litert_engine_runs_the_new_ops_as_numpy_does(case):
     got = engine.run(feeds)
     for t in graph.outputs:
         assert rel_err(got[t], want[t]) < 1e-4, f"{case} {t}"
+
+
+@pytest.mark.parametrize("name, sizes", [("kwt3", 2), ("kwt3", 3), ("vit_b16", (5, 4, 3)), ("vit_b16", (1, 2, 3, 6))])
+def test_zoo_transformer_head_split_equals_unsplit(name, sizes):
+    """The zoo's transformers are built as converters write attention: every block is an attn-heads block."""
+    from layers.zoo import zoo_model
+    from partitioners.split_heads import HEADS_KIND, attention_block
+    from partitioners.splits import split_layer
+
+    g = zoo_model(name)
+    starts = [i for i, n in enumerate(g.nodes) if n.op == "dense" and attention_block(g, i) is not None]
+    assert len(starts) == 12
+    split = split_layer(g, g.nodes[starts[-1]].name, HEADS_KIND, sizes)
+    rng = np.random.default_rng(1)
+    x = {t: rng.standard_normal(g.shapes[t]).astype(np.float32) for t in split.inputs}
+    got, want = split.run(x), split.reference(x)
+    assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
+
+
+@pytest.mark.litert
+def test_layer_norm_kernel_and_litert_export():
+    from layers.engine import make_engine
+    from layers.zoo import zoo_model
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32) * 3 + 1
+    gamma, beta = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    xd = x.astype(np.float64)
+    want = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-6) * gamma + beta
+    np.testing.assert_allclose(K.layer_norm(x, gamma, beta, 1e-6), want, rtol=1e-5, atol=1e-5)
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    g = zoo_model("kwt3")
+    feeds = g.random_input(3)
+    got = make_engine(g, "litert").run(feeds)[g.outputs[0]]
+    assert rel_err(got, g.forward(**feeds)) < 1e-4

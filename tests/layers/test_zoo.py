@@ -22,6 +22,11 @@ PUBLISHED = {
     "xception": (22_910_480, 8.4e9),
     "mobilenet_v1": (4_253_864, 569e6),
     "c3d": (78e6, 38.5e9),
+    # ViT-B/16: torchvision's 86,567,656 parameters; 17.6 GFLOPs (multiply-adds) published, of which the
+    #   attention products (BATCH_MATMUL, 0.72G) are not conv/dense: 16.85G here
+    # KWT-3: Berg et al. 2021 give 5.361M parameters (this build 5,372,579, see layers.zoo.kwt3); MACs from the architecture
+    "vit_b16": (86_567_656, 16.85e9),
+    "kwt3": (5.361e6, 0.527e9),
 }
 
 NAMES = {
@@ -32,6 +37,8 @@ NAMES = {
     "c3d": ["conv1a", "conv2a", "conv3a", "conv3b", "conv5b", "fc6", "fc7", "fc8"],
     "mobilenet_v1": ["conv1", "conv_dw_1", "conv_pw_13", "conv_preds"],
     "lenet5": ["conv1", "conv2", "fc1", "fc3"],
+    "vit_b16": ["conv_proj", "class_token", "encoder_layer_0_attention_in_proj", "encoder_layer_11_mlp_2", "head"],
+    "kwt3": ["patch_projection", "class_token", "encoder_layer_0_attention_out_proj", "encoder_layer_11_mlp_1", "head"],
 }
 
 
