@@ -48,7 +48,8 @@ def make_interpreter(model: bytes, threads: int = 1):
 
 
 class LiteRTEngine:
-    """Runs one graph in a LiteRT interpreter; `run(feeds)` returns its outputs as float32 arrays."""
+    """Runs one graph in a LiteRT interpreter; `run(feeds)` returns its outputs as float32 arrays (int8
+    outputs of an int8 graph as int8)."""
 
     name = "litert"
 
@@ -74,7 +75,9 @@ class LiteRTEngine:
         for name, shape in self.graph.inputs.items():
             if name not in feeds:
                 raise PisplitError(f"model {self.graph.name}: input {name!r} (shape {shape}) was not given")
-            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            # float32, or an int8 input's integers (int8 graphs run LiteRT's integer kernels)
+            x = np.ascontiguousarray(self.graph._as_tensor(name, feeds[name]) if name in self.graph.quant else
+                                     np.asarray(feeds[name], dtype=np.float32))
             if x.ndim != len(shape) or x.shape[1:] != tuple(shape[1:]):
                 raise PisplitError(f"model {self.graph.name}: input {name!r} has shape {x.shape}, expected {shape}")
             arrays.append(x)
