@@ -319,6 +319,14 @@ def int8_speedup(kind: str, engine: str = "numpy") -> float:
     raise PisplitError(f"device profile {kind}: int8 'relative_to' entries form a cycle")
 
 
+def int8_dilation(kind: str, engine: str = "numpy") -> float:
+    """The extra time dilation an emulated `kind` applies to int8 layers, beyond its float one
+    (device_slowdown): the reference host's int8 gain over the device's, int8_speedup('host') /
+    int8_speedup(kind). numpy: 1 (the same kernels on both); litert: an x86 host's int8 path gains
+    ~4x over float32, a Pi's 1.56x, so int8 layers run ~2.6x too fast on the host before this."""
+    return int8_speedup("host", engine) / int8_speedup(kind, engine)
+
+
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
 
 
