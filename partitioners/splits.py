@@ -23,7 +23,7 @@ import numpy as np
 from layers.errors import PisplitError
 from layers.graph import DTYPE_BYTES, Graph
 from layers.ops import numel
-from layers.weights import SeededWeights
+from layers.weights import SeededWeights, weight_box
 
 from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames
@@ -211,16 +211,19 @@ class Split:
         for pn in plan.nodes:
             for param, box in pn.weight_boxes:
                 key = f"{pn.source}/{param}"
+                source = self.graph.nodes[self.graph.node_index(pn.source)]
+                whole = box == full_box(tuple(source.weight_shapes.get(param, ())))
                 try:
-                    full = base[key]
+                    # all of it (conv-spatial keeps every filter): shared, not copied; else the box alone,
+                    # read or generated without the rest of the weight (layers.weights.weight_box)
+                    arr = base[key] if whole else weight_box(base, key, box)
                 except KeyError:
                     raise PisplitError(f"model {self.graph.name}: weight {key!r} is missing") from None
-                full = np.asarray(full) if key in self.graph.quant else np.asarray(full, np.float32)
-                if box == full_box(full.shape) and full.flags.c_contiguous:
-                    sliced[pn.node.weight_key(param)] = full  # all of it (conv-spatial keeps every filter): shared, not copied
-                else:
-                    # a copy: a contiguous slice (fc-input's rows) would be a view keeping the whole weight alive
-                    sliced[pn.node.weight_key(param)] = np.array(full[box_index(box, batch=False)], order="C", copy=True)
+                arr = np.asarray(arr) if key in self.graph.quant else np.asarray(arr, np.float32)
+                if arr.shape != tuple(b - a for a, b in box):
+                    raise PisplitError(f"model {self.graph.name}: weight {key!r} has shape {arr.shape}, its part "
+                                       f"needs {[list(b) for b in box]}")
+                sliced[pn.node.weight_key(param)] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
         return Graph(f"{self.graph.name}:{self.layer}:{self.kind}:{suffix}", {f.name: f.shape for f in plan.feeds},
                      [pn.node for pn in plan.nodes], [plan.output], sliced,
                      {"split": {"kind": self.kind, "layer": self.layer, "part": suffix, "of": self.n_parts},
