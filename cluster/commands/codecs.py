@@ -185,19 +185,19 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args, budg
     if show_budget:
         out.add_column(f"jpeg within\n{budget.max_accuracy_loss * 100:g}% loss", justify="right")
     for r in rows:
-        cells = []
+        shown: list[str] = []
         for n in names:
             v = r["codecs"].get(n)
             if v is None:
-                cells.append("-")
+                shown.append("-")
                 continue
             mark = "[bold]" if n == r["best"] and v["transfer_ms"] < r["raw_ms"] else ""
             loss = "" if v["accuracy_loss"] is None else f"\ntop-1 {-v['accuracy_loss'] * 100:+.1f}%"
-            cells.append(f"{mark}{v['ratio']:.1f}x {v['encode_ms']:.1f}/{v['decode_ms']:.1f}\n= {v['transfer_ms']:.1f}{loss}")
+            shown.append(f"{mark}{v['ratio']:.1f}x {v['encode_ms']:.1f}/{v['decode_ms']:.1f}\n= {v['transfer_ms']:.1f}{loss}")
         if show_budget:
             q = r["jpeg_in_budget"]
-            cells.append("-" if q is None else f"{q['codec']}\n{q['ratio']:.1f}x")
-        out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", f"{r['entropy_bits']:.2f}", f"{r['nonzero']:.2f}", *cells)
+            shown.append("-" if q is None else f"{q['codec']}\n{q['ratio']:.1f}x")
+        out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", f"{r['entropy_bits']:.2f}", f"{r['nonzero']:.2f}", *shown)
     console.print(out)
     console.print("[dim]transfer = encode + bytes on the link + decode; bold: the fastest codec where it beats raw. "
                   "Lossy codecs show the accuracy they lose on the held-out split where the model has one.[/dim]")
@@ -242,7 +242,7 @@ def edge_host(graph, model, table, budget, args) -> int:
     where = "everything on the edge" if best.cut == model.n else f"cut after {best.after} with {best.codec}"
     console.print(f"best: {where}: {best.throughput_fps:.2f} frames/s, "
                   f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if best.runnable else
-                  f" (all on the host: not runnable, rank 0 is the edge; best runnable: " +
+                  " (all on the host: not runnable, rank 0 is the edge; best runnable: " +
                   ("everything on the edge)" if runnable.cut == model.n else f"after {runnable.after} with {runnable.codec})")))
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
