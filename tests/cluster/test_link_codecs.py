@@ -238,3 +238,17 @@ def test_a_corrupt_message_over_real_mpi_is_an_error_naming_the_link(tmp_path):
         assert proc.returncode == 0, proc.stderr
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("error:", "decoded"))]
         assert len(lines) == 1 and lines[0].startswith("error: link stage 0 -> stage 1, frame 4: tensor "), (codec, where, proc.stdout)
+
+
+@pytest.mark.mpi
+def test_a_tensor_the_links_codec_refuses_ends_the_run_with_one_line_naming_the_link(tmp_path):
+    graph = skip_graph()
+    model, _ = save_graph(graph, tmp_path / "skip.json")
+    plan = with_codecs(hand_plan(graph, [(0, 1, [0], "single"), (1, 7, [1], "single")], model=str(model)), ["fp16"])
+    x = np.full((1, *graph.inputs["input"][1:]), 1e6, np.float32)
+    assert np.abs(graph.execute({"input": x}, 0, 1)[graph.cut_tensors(1)[0]]).max() > 65504  # beyond half precision
+    np.save(tmp_path / "x.npy", x)
+    proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 3, "--input", tmp_path / "x.npy", timeout=90)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
+    assert len(errors) == 1 and "link stage 0 -> stage 1, frame 0: tensor" in errors[0] and "fp16" in errors[0], proc.stderr
