@@ -1,0 +1,98 @@
+"""int8 against float32 (scripts/bench_int8, issue 12): for every model of the corpus (scripts/build_corpus,
+in ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus), one `pisplit bench MODEL --json` (numpy engine, litert
+engine, one plain LiteRT interpreter on the file; one thread each), then int8 vs float32 speed on the
+litert engine for each architecture with both forms; and the planner's prediction of 4 x Raspberry
+Pi 3B+ at 94 Mbit/s (`pisplit plan ... --devices rpi3:4 --link 94mbit`) for float32 and int8
+MobileNetV2 and ResNet50 on both engines: predicted throughput and the bytes a frame sends between
+stages (int8 links carry a quarter of float32's).
+
+Usage: scripts/bench_int8 [--models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pisplit-corpus"
+PLANNED = ("mobilenet_v2", "resnet50")
+
+
+def pisplit(args: list[str]) -> dict:
+    """One `pisplit ... --json` in a child process; its JSON document."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args, "--json"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
+    if proc.returncode != 0:
+        sys.exit(f"bench_int8: pisplit {' '.join(args)} failed: {proc.stderr.strip()[-600:]}")
+    return json.loads(proc.stdout)
+
+
+def family(name: str) -> tuple[str, str]:
+    """('mobilenet_v2', 'int8_float_io') from 'mobilenet_v2_int8_float_io'."""
+    for form in ("int8_float_io", "int8", "dynamic_range", "float32", "float16"):
+        if name.endswith("_" + form):
+            return name[: -len(form) - 1], form
+    return name, "?"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_int8", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help="corpus model names without .tflite (default: every model in the corpus)")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--devices", default="rpi3:4")
+    ap.add_argument("--link", default="94mbit")
+    args = ap.parse_args(argv)
+    if not CORPUS.is_dir():
+        sys.exit(f"bench_int8: no corpus in {CORPUS} (bash scripts/build_corpus builds it)")
+    names = args.models.split(",") if args.models else sorted(p.stem for p in CORPUS.glob("*.tflite"))
+    docs = {}
+    for name in names:
+        print(f"bench_int8: {name}", file=sys.stderr, flush=True)
+        docs[name] = pisplit(["bench", str(CORPUS / f"{name}.tflite"), "--repeat", str(args.repeat), "--threads", "1"])
+
+    print(f"one thread each, {args.repeat} passes taking turns, ms per frame: median (best)")
+    print(f"{'model':30} {'numpy':>17} {'litert':>15} {'plain LiteRT':>15} {'litert/plain':>13} {'numpy/litert':>13}")
+    for name, d in docs.items():
+        r = {row["engine"]: row for row in d["rows"]}
+        ms = {k: f"{v['median_ms']:.1f} ({v['best_ms']:.1f})" for k, v in r.items()}
+        print(f"{name:30} {ms['numpy']:>17} {ms['litert']:>15} {ms['plain litert']:>15} "
+              f"{r['plain litert']['median_ms'] / r['litert']['median_ms']:13.3f} {r['numpy']['median_ms'] / r['litert']['median_ms']:13.2f}")
+
+    print("\nint8 vs float32 on each engine (float32 time / int8 time, from the medians)")
+    print(f"{'architecture':16} {'form':16} {'litert float32':>15} {'litert int8':>12} {'litert speedup':>15} {'numpy speedup':>14}")
+    for name, d in docs.items():
+        arch, form = family(name)
+        ref = docs.get(f"{arch}_float32")
+        if not form.startswith("int8") or ref is None:
+            continue
+        r = {row["engine"]: row["median_ms"] for row in d["rows"]}
+        f = {row["engine"]: row["median_ms"] for row in ref["rows"]}
+        print(f"{arch:16} {form:16} {f['litert']:15.1f} {r['litert']:12.1f} {f['litert'] / r['litert']:15.2f} {f['numpy'] / r['numpy']:14.2f}")
+
+    print(f"\npredicted by the planner: {args.devices} at {args.link} (dp, throughput)")
+    print(f"{'model':30} {'engine':7} {'frames/s':>9} {'latency ms':>11} {'stages':>7} {'link bytes/frame':>17} {'int8/float32 fps':>17}")
+    for arch in PLANNED:
+        for engine in ("numpy", "litert"):
+            base = None
+            for form in ("float32", "int8", "int8_float_io"):
+                path = CORPUS / f"{arch}_{form}.tflite"
+                if not path.exists():
+                    continue
+                plan = pisplit(["plan", str(path), "--devices", args.devices, "--link", args.link, "--engine", engine])
+                fps = plan["predicted_throughput_fps"]
+                sent = sum(s["send_bytes"] for s in plan["stages"])
+                base = fps if form == "float32" else base
+                ratio = f"{fps / base:17.2f}" if base and form != "float32" else f"{'':17}"
+                print(f"{arch + '_' + form:30} {engine:7} {fps:9.2f} {plan['predicted_latency_s'] * 1e3:11.1f} {len(plan['stages']):7d} "
+                      f"{sent:17d} {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
