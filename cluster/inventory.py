@@ -565,6 +565,10 @@ class _Parser:
         workdir = DEFAULT_WORKDIR if workdir is None else workdir
         if not (workdir.startswith("/") or workdir == "~" or workdir.startswith("~/")) or "\n" in workdir:
             raise self.fail(workdir_origin, f"host {name}: workdir {workdir!r} must be an absolute path or start with ~/")
+        if not re.fullmatch(r"[A-Za-z0-9._/~+@%,=-]+", workdir) or "/-" in workdir:
+            # mpirun puts --prefix WORKDIR/venv into a command line the remote shell runs: no $(...), ;, quotes or spaces
+            raise self.fail(workdir_origin, f"host {name}: workdir {workdir!r} may hold only letters, digits and ._/~+@%,=- "
+                                            "(mpirun passes it through the remote shell), and no part may start with '-'")
         network = text("mpi_network", "CIDR network (like 192.168.1.0/24)")
         if network is not None and not re.match(r"^[0-9A-Fa-f.:]+/\d{1,3}$", network):
             raise self.fail(get("mpi_network")[1], f"host {name}: mpi_network {network!r} is not a CIDR network like 192.168.1.0/24")

@@ -16,7 +16,7 @@ from layers.errors import PisplitError
 
 from .facts import read_facts, state_dir
 from .inventory import Host, Inventory
-from .mpirun import mpirun_path
+from .mpirun import cluster_tcp_networks, mpirun_path
 
 DEFAULT_RANK_COMMAND = "{pisplit} run {plan} --frames {frames}"
 
@@ -179,6 +179,9 @@ def mpirun_command(placement: list[Host], rank_argv: list[str], venv: str, files
            "--prtemca", "plm_ssh_args", f"-F {shlex.quote(str(files.ssh_config))}",
            # Only the head reaches the hosts; no host needs keys for the others.
            "--prtemca", "plm_ssh_no_tree_spawn", "1"]
+    if not networks:
+        # no mpi_network: MPI's unauthenticated TCP still keeps to the interfaces the hosts are reached on
+        networks = [n for n in [cluster_tcp_networks(list(dict.fromkeys(h.address for h in placement)))] if n]
     if networks:
         cmd += ["--mca", "btl_tcp_if_include", networks[0], "--prtemca", "oob_tcp_if_include", networks[0]]
     for name, value in (env or {}).items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -31,12 +32,37 @@ def mpirun_env(base: dict | None = None) -> dict:
 
 
 def local_mpirun_command(n_ranks: int, argv: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """mpirun argv running `argv` as `n_ranks` ranks on this machine (oversubscribed when needed)."""
+    """mpirun argv running `argv` as `n_ranks` ranks on this machine (oversubscribed when needed).
+
+    Ranks on one machine talk through shared memory only (`--mca btl self,sm`): Open MPI's TCP
+    transport would otherwise open an unauthenticated listening socket per rank on every interface
+    (0.0.0.0 and [::]), reachable from the network, for nothing."""
     cmd = [mpirun_path(), "-n", str(int(n_ranks))]
     if n_ranks > (os.cpu_count() or 1):
         cmd.append("--oversubscribe")
-    cmd += ["--bind-to", "none", *extra, *argv]
+    cmd += ["--bind-to", "none", "--mca", "btl", "self,sm", *extra, *argv]
     return cmd
+
+
+def cluster_tcp_networks(addresses: Sequence[str]) -> str | None:
+    """What `btl_tcp_if_include` / `oob_tcp_if_include` should say for a launch on hosts at `addresses`
+    when the inventory sets no mpi_network: each host's IPv4 address as a /32, and this head's own
+    address on the way to each (the head runs mpirun's daemon), so MPI's traffic only uses the
+    interfaces that carry the cluster's ssh. None when an address does not resolve to IPv4 or the
+    head has no route to it (then the caller leaves Open MPI's default: every interface)."""
+    networks: list[str] = []
+    for address in addresses:
+        try:
+            ip = socket.getaddrinfo(address, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((ip, 9))  # no packet is sent: the kernel picks the route and the source address
+                head = probe.getsockname()[0]
+        except OSError:
+            return None
+        for a in (ip, head):
+            if f"{a}/32" not in networks:
+                networks.append(f"{a}/32")
+    return ",".join(networks) or None
 
 
 # --- Open MPI's boxes after pisplit's own error line ----------------------------------------------------

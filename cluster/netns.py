@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import re
+import stat
 import shutil
 import signal
 import subprocess
@@ -213,10 +214,27 @@ def _free_uid() -> int:
     return uid
 
 
+def private_state_dir(state: Path) -> None:
+    """Make the state directory, or accept an existing one only if this user owns it, it is not a
+    symlink and nobody else may write to it: in a shared /tmp another local user could otherwise create
+    it first and read what is copied in, or plant keys through symlinks that chown and chmod follow."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(state, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(state)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise PisplitError(f"state directory {state}: not a directory of its own (a symlink or a file); refusing to use it")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise PisplitError(f"state directory {state}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}; "
+                           f"another user may have made it: remove it or give another --state")
+
+
 def _prepare_state(cluster: Cluster) -> None:
     state = cluster.state
-    state.mkdir(parents=True, exist_ok=True)
-    os.chmod(state, 0o755)
+    private_state_dir(state)
+    os.chmod(state, 0o755)  # the emulated Pis' user pi walks through it to its home
     if not cluster.admin_key.exists():
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cluster.name}-admin", "-f", str(cluster.admin_key)])
     admin_pub = cluster.admin_key.with_suffix(".pub").read_text()
@@ -236,6 +254,8 @@ def _prepare_state(cluster: Cluster) -> None:
         group += f"{PI_USER}:x:{gid}:\n"
     (etc / "group").write_text(group)
     shadow = Path("/etc/shadow").read_text() if Path("/etc/shadow").exists() else ""
+    # no password hash leaves /etc/shadow: every account is key-only ('*') inside the namespaces
+    shadow = re.sub(r"^([^:\n]*):[^:\n]*:", r"\1:*:", shadow, flags=re.M)
     shadow = re.sub(rf"^{PI_USER}:.*\n", "", shadow, flags=re.M) + f"{PI_USER}:*:19000:0:99999:7:::\n"
     (etc / "shadow").write_text(shadow)
     os.chmod(etc / "shadow", 0o640)

@@ -47,6 +47,14 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def check_private_key_file(path: str | os.PathLike, what: str = "key file") -> None:
+    """Refuse a private key other users can read or write (mode & 0o077), as OpenSSH does ("UNPROTECTED
+    PRIVATE KEY FILE"): paramiko would use it silently, and mpirun's ssh would then refuse it anyway."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise HostError(f"{what} {path} is accessible by others (mode {mode:04o}); run chmod 600 {path}")
+
+
 class _TrustOnFirstUse:
     """Accept an unknown host's key and append it to known_hosts (under a lock, re-read first).
 
@@ -122,6 +130,8 @@ class Remote:
         key_file = os.path.expanduser(host.key_file) if host.key_file else None
         if key_file and not os.path.isfile(key_file):
             raise HostError(f"host {host.name}: key file {key_file} does not exist (ansible_ssh_private_key_file)")
+        if key_file:
+            check_private_key_file(key_file, f"host {host.name}: key file")
         try:
             client.connect(host.address, port=host.port, username=host.user or None, key_filename=key_file,
                            allow_agent=key_file is None, look_for_keys=key_file is None, timeout=self.timeout,

@@ -17,6 +17,7 @@ from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, de
 from ..mpirun import mpirun_env, run_mpirun
 from ..output import console, print_json
 from ..provision import copy_files
+from ..ssh import check_private_key_file
 from .provision import add_inventory_arguments
 
 
@@ -58,6 +59,9 @@ def run(args) -> int:
             _print_placement(launch)
             console.print(shlex.join(launch.argv), highlight=False, soft_wrap=True, markup=False)
         return 0
+    cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
+    if cluster_key.exists():
+        check_private_key_file(cluster_key, "cluster key")  # OpenSSH under mpirun would refuse it with less to say
     if not args.no_sync:
         used = list(dict.fromkeys(launch.placement))
         homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
