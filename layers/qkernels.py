@@ -19,7 +19,7 @@ import numpy as np
 from . import kernels as K
 from .errors import PisplitError
 from .quant import (TensorQuant, activation_range, multiply_by_quantized_multiplier, quantize_multiplier, requantize,
-                    round_half_away)
+                    round_half_away, rounding_divide_by_pot)
 
 
 @dataclass
@@ -200,6 +200,27 @@ def qadd(xs, attrs, w, ctx: QuantContext):
     return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
 
 
+def qsub(xs, attrs, w, ctx: QuantContext):
+    """SUB int8 (sub.cc PrepareGeneralSubOp with op_sign -1, then the Add arithmetic): as ADD with the
+    second input's multiplier negated, so its rounding is that of a negative multiplier."""
+    a, b = _operands(xs, attrs, w)
+    qa, qb = _operand_quants(ctx, attrs, w)
+    sa, za = _scalar(qa, "sub input")
+    sb, zb = _scalar(qb, "sub input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "sub output")
+    left_shift = 20
+    twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
+    ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
+    mb, eb = quantize_multiplier(np.float64(sb) / twice_max)
+    mo, eo = quantize_multiplier(twice_max / np.float64(np.float32(1 << left_shift) * np.float32(so)))
+    va = multiply_by_quantized_multiplier((a.astype(np.int64) - za) << left_shift, ma, ea)
+    vb = multiply_by_quantized_multiplier((b.astype(np.int64) - zb) << left_shift, -mb, eb)
+    out = multiply_by_quantized_multiplier(va + vb, mo, eo) + zo
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
+
+
 def qmul(xs, attrs, w, ctx: QuantContext):
     """MUL int8 (reference integer_ops::Mul): (a - za) * (b - zb) scaled by sa * sb / so."""
     a, b = _operands(xs, attrs, w)
@@ -325,6 +346,71 @@ def qsoftmax(xs, attrs, w, ctx: QuantContext):
     return [np.clip(q, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
 
 
+def _i16(x):
+    """Wrap to int16 as a C cast does (the values held in int64 arrays)."""
+    return ((np.asarray(x, np.int64) + (1 << 15)) & 0xFFFF) - (1 << 15)
+
+
+def _srdhm16(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul on int16: (a * b + nudge) / 2**15, C truncation."""
+    ab = np.asarray(a, np.int64) * np.int64(b)
+    nudge = np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    x = ab + nudge
+    out = _i16(np.where(x >= 0, x >> 15, -((-x) >> 15)))
+    return np.where((np.asarray(a) == b) & (np.asarray(a) == -(1 << 15)), (1 << 15) - 1, out)
+
+
+def _sdhm16(a, b):
+    """TFLite's SaturatingDoublingHighMul on int16 (no rounding nudge): a * b / 2**15, C truncation."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a * b
+    out = _i16(np.where(ab >= 0, ab >> 15, -((-ab) >> 15)))
+    return np.where((a == b) & (a == -(1 << 15)), (1 << 15) - 1, out)
+
+
+def _shift_left16(x, offset: int):
+    """gemmlowp ShiftLeft on int16: x * 2**offset, saturated to the int16 range."""
+    return np.clip(np.asarray(x, np.int64) << offset, -(1 << 15), (1 << 15) - 1)
+
+
+def _int16_multiplier(real: float) -> tuple[int, int]:
+    """QuantizeMultiplier, then DownScaleInt32ToInt16Multiplier: a Q15 multiplier and its exponent."""
+    m, e = quantize_multiplier(np.float64(real))
+    m, e = int(m), int(e)
+    m16 = (1 << 15) - 1 if m >= (1 << 31) - 1 - (1 << 15) else (m + (1 << 15)) >> 16
+    return m16, e
+
+
+def qhard_swish(xs, attrs, w, ctx: QuantContext):
+    """HARD_SWISH int8 (reference_ops::HardSwish with activations.cc's HardSwishPrepare), as a table
+    over the 256 int8 values: the input on a 'hires' scale (x 128), a Q15 output multiplier, a
+    'reluish' factor in [0, 1] from x rescaled so 3.0 is 32768 (saturating left shifts, rounding right
+    shifts), multiplied without rounding, shifted to the output scale, plus its zero point."""
+    in_q, out_q = ctx.inputs[0], ctx.outputs[0]
+    si, zi = _scalar(in_q, "hard swish input")
+    so, zo = _scalar(out_q, "hard swish output")
+    hires = np.float32(np.float32(1.0 / 128.0) * np.float32(si))
+    out_m, out_e = _int16_multiplier(np.float32(hires / np.float32(so)))
+    if out_e > 0:
+        raise PisplitError("hard swish: output multiplier above 1 (TFLite refuses such a model)")
+    relu_m, relu_e = _int16_multiplier(np.float32(hires / np.float32(3.0 / 32768.0)))
+    vals = np.arange(in_q.qmin, in_q.qmax + 1, dtype=np.int64)
+    hi_in = _i16((vals - zi) * 128)
+    pre_out = _srdhm16(hi_in, out_m)
+    reluish = hi_in
+    if relu_e > 0:
+        reluish = _shift_left16(reluish, relu_e - 1)
+    reluish = _srdhm16(reluish, relu_m)
+    if relu_e > 0:
+        reluish = _shift_left16(reluish, 1)
+    if relu_e < 0:
+        reluish = rounding_divide_by_pot(reluish, -relu_e)
+    reluish = _i16((reluish + (1 << 15)) >> 1)
+    out = rounding_divide_by_pot(_sdhm16(reluish, pre_out), -out_e) + zo
+    table = np.clip(out, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)
+    return [_lookup(xs[0], table, in_q)]
+
+
 def _relu_family(lo_real, hi_real):
     def run(xs, attrs, w, ctx: QuantContext):
         """RELU / RELU6 int8 (QuantizedReluX): requantize input to output, clamp to the real range."""
@@ -400,6 +486,7 @@ QRUN = {
     "conv2d": qconv2d,
     "dense": qdense,
     "add": qadd,
+    "sub": qsub,
     "mul": qmul,
     "max_pool2d": qmax_pool,
     "avg_pool2d": qavg_pool,
@@ -407,6 +494,7 @@ QRUN = {
     "sigmoid": qsigmoid,
     "tanh": qtanh,
     "softmax": qsoftmax,
+    "hard_swish": qhard_swish,
     "relu": _relu_family(0.0, None),
     "relu6": _relu_family(0.0, 6.0),
     "concat": qconcat,

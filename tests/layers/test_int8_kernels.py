@@ -143,8 +143,8 @@ def test_int8_graph_refuses_float_feeds_and_cut_out_layers():
 def test_unsupported_int8_op_fails_at_import_naming_op_and_tensor():
     m = Int8Model(0)
     x = m.qinput((1, 4, 4, 3))
-    y = m.qop("HARD_SWISH", [x], (1, 4, 4, 3), 0.05, 3, name="swished")
-    with pytest.raises(PisplitError, match=r"operator 0 \(HARD_SWISH\) writing tensor 'swished': op HARD_SWISH on int8 tensors is not "
+    y = m.qop("LEAKY_RELU", [x], (1, 4, 4, 3), 0.05, 3, m.opts("LeakyReluOptions", alpha=0.2), name="leaked")
+    with pytest.raises(PisplitError, match=r"operator 0 \(LEAKY_RELU\) writing tensor 'leaked': op LEAKY_RELU on int8 tensors is not "
                                            r"supported by pisplit yet"):
         import_tflite_bytes(m.finish(y))
 
@@ -173,3 +173,39 @@ def test_fast_requantization_equals_gemmlowp_reference():
     for shift in (0, -1, -2, -5):
         m = np.int64(1 << 30)  # real 0.5 * 2**shift
         assert np.array_equal(multiply_by_quantized_multiplier(ties, m, shift), reference(ties, m, shift))
+
+
+def _more_int8_cases():
+    """SUB (two inputs, a constant, fused activations) and HARD_SWISH (several scales): every int8 value."""
+    from .tflite_models import ACT
+
+    def sub(act="none", const=False, sb=0.08):
+        m = Int8Model(1)
+        a = m.qinput((1, 9, 11, 6), 0.05, -7)
+        b = m.qconst((1, 1, 1, 6), 0.03, 4) if const else m.qinput((1, 9, 11, 6), sb, 11)
+        return m.finish(m.qop("SUB", [a, b], (1, 9, 11, 6), 0.07, -9, m.opts("SubOptions", fusedActivationFunction=ACT[act])))
+
+    def hard_swish(si, zi, so, zo):
+        m = Int8Model(1)
+        return m.finish(m.qop("HARD_SWISH", [m.qinput((1, 16, 16, 1), si, zi)], (1, 16, 16, 1), so, zo))
+
+    return {"sub": sub(), "sub_relu": sub("relu"), "sub_constant": sub(const=True), "sub_same_scale_relu6": sub("relu6", sb=0.05),
+            **{f"hard_swish_{k}": hard_swish(*q) for k, q in enumerate([(0.05, -7, 0.03, -100), (0.1, 3, 0.05, -80), (0.02, 0, 0.02, -128),
+                                                                        (0.2, 10, 0.1, -90), (0.01, -128, 0.01, -1)])}}
+
+
+def test_int8_sub_and_hard_swish_equal_reference_kernels_and_xnnpack():
+    for case, model in _more_int8_cases().items():
+        graph = import_tflite_bytes(model)
+        assert any(n.op in ("sub", "hard_swish") and n.attrs.get("quantized") for n in graph.nodes)
+        numpy_engine, litert = make_engine(graph, "numpy"), make_engine(graph, "litert")
+        for seed in range(2):
+            feeds = feeds_for(graph, seed)
+            if case.startswith("hard_swish"):  # every int8 value once
+                feeds = {k: np.arange(-128, 128, dtype=np.int8).reshape(v.shape) for k, v in feeds.items()}
+            got = numpy_engine.run(feeds)[graph.outputs[0]]
+            want = interpreter_outputs(model, list(feeds.values()))[0]
+            int8_varied(want)
+            assert np.array_equal(got, want), f"{case}: {int((got != want).sum())} of {got.size} differ"
+            assert np.array_equal(litert.run(feeds)[graph.outputs[0]], interpreter_outputs(model, list(feeds.values()), "AUTO")[0])
+            assert int(np.abs(litert.run(feeds)[graph.outputs[0]].astype(int) - got).max()) <= XNNPACK_ULP
