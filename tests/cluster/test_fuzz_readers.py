@@ -34,3 +34,18 @@ def test_a_mutated_file_gives_one_line_naming_it(name, tmp_path):
     case()
     assert not failures
     assert sum(errors) >= len(errors) // 5, f"{name}: only {sum(errors)} of {len(errors)} mutations were refused"  # the fuzz bites
+
+
+def test_bench_fuzz_counts_cases_per_reader():
+    import json
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["bash", str(root / "scripts" / "bench_fuzz"), "--cases", "20", "--readers", ".npy,graph-npz", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["reader"]: r for r in json.loads(proc.stdout)["readers"]}
+    assert set(rows) == {".npy", "graph-npz"}
+    for r in rows.values():
+        assert r["cases"] == 20 and r["read"] + r["refused"] == 20 and r["broken"] == 0

@@ -189,3 +189,15 @@ def test_emulate_resilient_survives_a_lost_emulated_pi(tmp_path):
     assert doc["emulated"] and doc["every_frame_once"] and len(doc["failures"]) == 1 and doc["failures"][0]["rank"] == 1
     expected = np.argmax(reference_outputs(graph, 40).reshape(40, -1), axis=1)
     assert doc["argmax"] == expected.tolist()
+
+
+@pytest.mark.mpi
+def test_bench_resilience_reports_the_failure_and_no_frame_lost():
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_resilience"), "--models", "lenet5", "--devices", "rpi4:3", "--failures", "1",
+                           "--frames", "24", "--json"], capture_output=True, text=True, timeout=300, cwd="/",
+                          env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["every_frame_once"] and run["frames_lost"] == 0 and run["frames_duplicated"] == 0
+    (failure,) = run["failures"]
+    assert failure["cause"] == "exited on signal 9 (Killed)" and failure["time_lost_s"] > 0 and len(run["attempts"]) == 2
