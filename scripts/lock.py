@@ -1,4 +1,4 @@
-"""Write cluster/constraints.txt, pisplit's lock: every package the runtime and the test and codecs
+"""Write cluster/constraints.txt, pisplit's lock: every package the runtime and the test, codecs and charts
 extras pull in, transitively, pinned to one version for every supported target at once.
 
     .venv/bin/python scripts/lock.py            # resolve and write the lock (needs the package index)
@@ -32,7 +32,7 @@ LOCK = ROOT / "cluster" / "constraints.txt"
 PYTHONS = ("3.11", "3.12", "3.13")
 ARCHES = ("aarch64", "x86_64")
 GLIBC_FLOOR = 28  # manylinux_2_28: Debian 10+, Ubuntu 18.10+, every Raspberry Pi OS (64-bit)
-EXTRAS = ("test", "codecs")
+EXTRAS = ("test", "codecs", "charts")
 HEADER = """\
 # pisplit's lock: every transitive dependency of the runtime and of the {extras} extras, one version
 # each, for CPython {pythons} on {arches} (binary wheels, glibc 2.{glibc}+).
@@ -92,7 +92,8 @@ def _version_key(version: str):
 
 
 def render(pins: dict[str, str], needed_by: dict[str, set[str]], targets: list[str]) -> str:
-    lines = [HEADER.format(extras=" and ".join(EXTRAS), pythons=", ".join(PYTHONS), arches=" and ".join(ARCHES),
+    extras = ", ".join(EXTRAS[:-1]) + " and " + EXTRAS[-1] if len(EXTRAS) > 1 else EXTRAS[0]
+    lines = [HEADER.format(extras=extras, pythons=", ".join(PYTHONS), arches=" and ".join(ARCHES),
                            glibc=GLIBC_FLOOR)]
     for name in sorted(pins):
         who = needed_by[name]

@@ -25,7 +25,7 @@ from layers.errors import PisplitError
 from tests.cluster.test_userland import ARMHF, PI5_32BIT_OS, PI5_64BIT_OS
 from tests.conftest import IN_CI, ROOT
 
-EXTRAS = ("test", "codecs")  # what scripts/lock.py locks besides the runtime
+EXTRAS = ("test", "codecs", "charts")  # what scripts/lock.py locks besides the runtime
 
 
 def _canonical(name: str) -> str:
