@@ -40,9 +40,10 @@ from .profiles import Calibration
 from .segment_chains import best_chain, chain_seconds, kept_flags
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
 from .split_costs import SplitCatalogue, span_length
+from .vocabulary import StageMode
 
 INF = math.inf
-MODES = ("single", "data-parallel", "split")
+MODES = (StageMode.SINGLE, StageMode.DATA_PARALLEL, StageMode.SPLIT)  # the order the exhaustive planner tries them
 # cluster.runtime's default window: an entry rank keeps this many receives posted ahead and sends
 # outstanding, so it holds window + 1 frames of its input (the one it computes) and of its output
 # (the one it has just made)
