@@ -17,8 +17,8 @@ adapts it for the planner, which asks the same question for many device sets:
   `split_layer` builds.
 - Fused spans: fused-tiles from a conv segment through the next d planner segments (1 <= d <=
   MAX_SPAN, full convolutions included, halos recomputed instead of exchanged), wherever the rows
-  of the whole run can be cut with no communication (split_segments.spatial_follower with
-  convolutions allowed: a residual block's add of its own input qualifies). A span is priced as a
+  of the whole run can be cut with no communication (split_segments.spatial_region: a chain, or a
+  residual block whose shortcut and main path both read the block's input). A span is priced as a
   kind, by the same affine calibration, under the pseudo-kind `span_kind(d)`.
 """
 from __future__ import annotations
@@ -169,8 +169,9 @@ class SplitCatalogue:
 
     def _fused_spans(self) -> dict[int, dict[int, KindCosts]]:
         """segment -> {d: KindCosts of fused-tiles from it to the end of segment + d}, where the run's
-        rows split with no communication (a chain of spatial followers, convolutions included)."""
-        from .split_segments import chain_stop, spatial_follower
+        rows split with no communication (a region of spatial ops, convolutions included:
+        split_segments.spatial_region, a chain or a residual block with its shortcut)."""
+        from .split_segments import spatial_region
         from .split_spatial import spatial_axis
         from .splits import legal_kinds
 
@@ -184,12 +185,11 @@ class SplitCatalogue:
                 axis = spatial_axis(graph, node.inputs[0], "rows", node.name)
             except PisplitError:
                 continue
-            reach = chain_stop(graph, start, lambda g, j, running: spatial_follower(g, j, running, (axis,), True))
             for d in range(1, MAX_SPAN + 1):
-                if s + d >= len(self.segments) or self.segments[s + d][1] > reach:
+                if s + d >= len(self.segments):
                     break
                 stop = self.segments[s + d][1]
-                if ends.get(stop) != s + d:
+                if ends.get(stop) != s + d or spatial_region(graph, start, stop, (axis,)) is not None:
                     continue
                 cost = _calibration_split(graph, node.name, FUSED, last=graph.nodes[stop - 1].name)
                 if cost is None or cost.node_stop != stop:

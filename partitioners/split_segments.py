@@ -108,6 +108,36 @@ def spatial_follower(graph: Graph, index: int, running: str, axes: tuple, allow_
     return False
 
 
+def spatial_region(graph: Graph, start: int, stop: int, axes: tuple) -> str | None:
+    """Why nodes [start, stop) are not a fused-tiles region on tensor `axes`, or None when they are.
+
+    A region is a chain's generalisation that a residual block with a projection shortcut satisfies:
+    every node has one output and is a spatial op (spatial_follower, full convolutions allowed, its
+    first input as the running tensor); every tensor made inside but the last node's output is read
+    inside only, by exactly one node, and is not a model output. Tensors from before the region may
+    be read by several of its nodes (each reads its own box: the block's input feeds both the
+    shortcut and the main path).
+    """
+    inside = {}
+    readers = consumers(graph)
+    nodes = range(start, stop)
+    for j in nodes:
+        node = graph.nodes[j]
+        if len(node.outputs) != 1:
+            return f"{node.name} has {len(node.outputs)} outputs"
+        inside[node.outputs[0]] = j
+    for j in nodes:
+        node = graph.nodes[j]
+        if not spatial_follower(graph, j, node.inputs[0], axes, True):
+            return f"{node.name} ({node.op}) cannot keep a split of its rows"
+        t = node.outputs[0]
+        if j == stop - 1:
+            continue
+        if t in graph.outputs or len(readers.get(t, [])) != 1 or not start <= readers[t][0] < stop:
+            return f"{t} is read outside the region or by several of its nodes"
+    return None
+
+
 def chain_stop(graph: Graph, start: int, accept: Callable[[Graph, int, str], bool]) -> int:
     """End (exclusive) of the longest chain from node `start` whose followers `accept` takes."""
     stop = start + 1

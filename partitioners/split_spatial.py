@@ -93,6 +93,10 @@ def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int
     """Split nodes [start, stop) over the output boxes given by `axis_sizes`: (tensor axis, sizes) pairs;
     parts are the row-major product of the per-axis ranges (one pair: bands; two: a grid).
 
+    The nodes are a chain or, for fused tiles, a region (split_segments.spatial_region): each node's
+    first input is the tensor its window reads; a tensor made inside is read by one node inside,
+    one from before the region by any number, each reading its own box (a feed of the part).
+
     Example, a 3x3 'same' conv on 8 rows, axis_sizes [(1, (4, 4))]: part 0 receives input rows [0, 5)
     and pads 1 row above, part 1 rows [3, 8) and pads 1 row below; merge = concatenate on axis 1.
     """
@@ -103,24 +107,37 @@ def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int
     for _, sizes in axis_sizes:
         edges = [0, *itertools.accumulate(sizes)]
         ranges_per_axis.append([(edges[i], edges[i + 1]) for i in range(len(sizes))])
-    windows = [node_windows(graph, j, graph.nodes[j].inputs[0] if j == start else graph.nodes[j - 1].outputs[0])
-               for j in range(start, stop)]
+    made = {graph.nodes[j].outputs[0]: j for j in range(start, stop)}
+
+    def running(j: int) -> str:
+        # a chain's node reads the one before it (an add's first operand may come from before the run)
+        node = graph.nodes[j]
+        if j > start and graph.nodes[j - 1].outputs[0] in node.inputs and made.get(node.inputs[0]) is None:
+            return graph.nodes[j - 1].outputs[0]
+        return node.inputs[0]
+
+    windows = [node_windows(graph, j, running(j)) for j in range(start, stop)]
     parts = []
     for p, combo in enumerate(itertools.product(*ranges_per_axis)):
-        want = dict(zip(split_axes, combo))
-        out_box = tuple(want.get(a, (0, n)) for a, n in enumerate(out_shape[1:], start=1))
+        want = {final: dict(zip(split_axes, combo))}
+        out_box = tuple(want[final].get(a, (0, n)) for a, n in enumerate(out_shape[1:], start=1))
         # Backwards: the rows each node must produce, the input rows it reads and its edge padding.
-        produce, pads = {}, {}
+        produce, reads, pads = {}, {}, {}
         for j in range(stop - 1, start - 1, -1):
-            running = graph.nodes[j].inputs[0] if j == start else graph.nodes[j - 1].outputs[0]
-            in_shape = graph.shapes[running]
-            produce[j] = dict(want)
+            node = graph.nodes[j]
+            run = running(j)
+            in_shape = graph.shapes[run]
+            produce[j] = want[node.outputs[0]]
             need, pad = {}, {}
             for a in split_axes:
-                lo, hi, before, after = input_range(*want[a], windows[j - start][a - 1], in_shape[a])
+                lo, hi, before, after = input_range(*produce[j][a], windows[j - start][a - 1], in_shape[a])
                 need[a], pad[a] = (lo, hi), (before, after)
-            pads[j] = pad
-            want = need
+            pads[j], reads[j] = pad, need
+            if run in made:
+                want[run] = need
+            for t in node.inputs:  # second operands (an add's other input) at the rows the node produces
+                if t != run and t in made:
+                    want[t] = dict(produce[j])
         size = 1
         for r0, r1 in combo:
             size *= r1 - r0
@@ -128,16 +145,16 @@ def plan_spatial(graph: Graph, start: int, stop: int, axis_sizes: list[tuple[int
         feeds = FeedNames(b)
         for j in range(start, stop):
             node = graph.nodes[j]
-            running = node.inputs[0] if j == start else graph.nodes[j - 1].outputs[0]
+            run = running(j)
             out_len = graph.shapes[node.outputs[0]]
             inputs = []
             for t in node.inputs:
-                if t == running and j > start:
+                if t in made:
                     inputs.append(t)
                     continue
                 shape = graph.shapes[t]
-                if t == running:
-                    box = tuple(want.get(a, (0, n)) for a, n in enumerate(shape[1:], start=1))
+                if t == run:
+                    box = tuple(reads[j].get(a, (0, n)) for a, n in enumerate(shape[1:], start=1))
                 else:  # a second operand: cut like the output, except on axes it broadcasts along
                     box = tuple(produce[j][a] if a in produce[j] and n == out_len[a] else (0, n)
                                 for a, n in enumerate(shape[1:], start=1))

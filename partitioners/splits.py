@@ -29,7 +29,7 @@ from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
 from .split_quant import PARTIAL_DTYPE, as_integers, part_bytes, part_quant, partial_quant
-from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower
+from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower, spatial_region
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
 
@@ -466,7 +466,15 @@ def _spatial_plan(graph: Graph, start: int, kind: str, sizes, last, followers: b
     def accept(g, j, running, allow_conv=(kind == "fused-tiles")):
         return spatial_follower(g, j, running, axes, allow_conv and last is not None)
 
-    stop = _segment_stop(graph, start, last, followers, accept, kind)
+    try:
+        stop = _segment_stop(graph, start, last, followers, accept, kind)
+    except PisplitError:
+        # fused tiles also run through a region that is not a chain (a residual block with a
+        # projection shortcut: split_segments.spatial_region)
+        end = graph.node_index(last) + 1 if kind == "fused-tiles" and last is not None else None
+        if end is None or end <= start or spatial_region(graph, start, end, axes) is not None:
+            raise
+        stop = end
     out_shape = graph.shapes[graph.nodes[stop - 1].outputs[0]]
     what = {"rows": "output rows", "cols": "output columns", "depth": "output depth slices"}
     if grid is None:

@@ -112,14 +112,24 @@ def test_kept_strips_spare_the_lead_the_whole_activations(tmp_path):
     assert all(p <= s + (1 << 20) for p, s in zip(peaks["parts"][1:], peaks["lead"][1:])), peaks
 
 
-def residual_net(rows=19, cols=14, width=12):
+def residual_net(rows=19, cols=14, width=12, projection=False):
     """A stem conv, two identity bottlenecks (1x1 -> 3x3 -> 1x1, + the block's input, relu) and a
-    head: ResNet's shape, whose blocks the planner runs as fused spans that keep their row strips."""
+    head: ResNet's shape, whose blocks the planner runs as fused spans that keep their row strips.
+    With `projection` a first block as ResNet starts a stage: a strided 1x1 shortcut conv beside a
+    strided main path, both reading the block's input (a fused region that is not a chain)."""
     from layers.builder import GraphBuilder
 
     b = GraphBuilder("residual_net", seed=11)
     x = b.input("image", (1, rows, cols, 6))
     x = b.conv(x, width, 3, "stem", padding="same", activation="relu")
+    if projection:
+        skip = b.conv(x, 2 * width, 1, "b0_shortcut", strides=2, padding="same")
+        y = b.conv(x, width // 2, 1, "b0_reduce", strides=2, padding="same", activation="relu")
+        y = b.conv(y, width // 2, 3, "b0_spatial", padding="same", activation="relu")
+        y = b.conv(y, 2 * width, 1, "b0_expand", padding="same")
+        y = b.add("add", [skip, y], "b0_add")
+        x = b.act(y, "relu", "b0_out")
+        width *= 2
     for k in (1, 2):
         y = b.conv(x, width // 2, 1, f"b{k}_reduce", padding="same", activation="relu")
         y = b.conv(y, width // 2, 3, f"b{k}_spatial", padding="same", activation="relu")
@@ -163,12 +173,17 @@ def test_fused_spans_keep_residual_blocks_on_their_ranks(tmp_path, ranks, sizes)
     np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
 
 
-def test_the_planner_fuses_residual_blocks_and_its_plan_runs_exactly(tmp_path):
-    graph = residual_net(48, 40, 32)
+@pytest.mark.parametrize("projection", [False, True])
+def test_the_planner_fuses_residual_blocks_and_its_plan_runs_exactly(tmp_path, projection):
+    graph = residual_net(48, 40, 32, projection)
     path, _ = save_graph(graph, tmp_path / "residual.json")
     plan = fused_plan(graph, 3, 1e9)
     fused = [g for s in plan.stages for g in s.segments if g.kind == "fused-tiles"]
     assert fused, [(g.node_start, g.node_stop, g.kind) for s in plan.stages for g in s.segments]
+    if projection:  # the projection block is one region: shortcut and main path read the same strips
+        names = [n.name for n in graph.nodes]
+        assert any(g.node_start == names.index("b0_shortcut") and g.node_stop == names.index("b0_out") + 1 for g in fused), \
+            [(g.node_start, g.node_stop) for g in fused]
     plan = type(plan).from_dict({**plan.to_dict(), "model": str(path)})
     frames = 3
     out = tmp_path / "y.npz"

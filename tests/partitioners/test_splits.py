@@ -191,9 +191,18 @@ def test_bad_grids():
 
 
 def test_run_must_continue_the_chain():
-    # the shortcut's output is read by the add, so a run from it cannot pass the conv beside it
-    with pytest.raises(PisplitError, match=r"layer shortcut: fused-tiles run to relu breaks after shortcut"):
-        split_layer(graph("residual"), "shortcut", "fused-tiles", 2, last="relu")
+    # conv-spatial runs are chains: the shortcut's output is read by the add, not by the conv beside it
+    with pytest.raises(PisplitError, match=r"layer shortcut: conv-spatial run to relu breaks after shortcut"):
+        split_layer(graph("residual"), "shortcut", "conv-spatial", 2, last="relu")
+    # fused tiles also take a region: the shortcut and the main path both read the block's input
+    g = graph("residual")
+    split = split_layer(g, "shortcut", "fused-tiles", (4, 5), last="relu")
+    x = np.random.default_rng(5).standard_normal(g.shapes["image"], dtype=np.float32)
+    np.testing.assert_allclose(split.run(x), split.reference(x), rtol=1e-5, atol=1e-6)
+    assert [len([f for f in p.feeds if f.tensor == "image"]) for p in split.parts] == [2, 2]  # a box per reader
+    # ... but not one whose inside tensor is read after it
+    with pytest.raises(PisplitError, match=r"layer shortcut: fused-tiles run to bn breaks after shortcut"):
+        split_layer(g, "shortcut", "fused-tiles", 2, last="bn")
     with pytest.raises(PisplitError, match=r"fc-input sums partial outputs|cannot pass fc2"):
         split_layer(graph("dense_chain"), "fc1", "fc-input", 2, last="fc2")
 
