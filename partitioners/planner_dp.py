@@ -41,12 +41,11 @@ import numpy as np
 from layers.errors import PisplitError
 
 from .cost import INF, CostModel
+from .device_sets import candidate_counts
 from .segment_chains import chain_tables
 
 OBJECTIVES = ("throughput", "latency")
 TIE = 1e-9  # relative slack when matching the optimal bottleneck in the second pass
-WORK_BUDGET = 1.5e8  # elementary DP steps; above it, mixed-class stages are limited to the cheapest
-MOVE_BUDGET = 30_000  # (prefix, device set) pairs, each a handful of numpy calls
 
 
 @dataclass(frozen=True)
@@ -57,27 +56,6 @@ class StageChoice:
     stop: int
     counts: tuple
     mode: str
-
-
-def candidate_counts(capacity: tuple, n_nodes: int) -> list[tuple]:
-    """Device sets a stage may use: every sub-multiset of the cluster while the DP's work stays within
-    WORK_BUDGET (and MOVE_BUDGET numpy steps), else every single-class set plus the mixed sets that
-    cost the DP least: the large ones (a stage using most devices leaves few states to extend)."""
-    every = [a for a in itertools.product(*[range(c + 1) for c in capacity]) if sum(a) > 0]
-
-    def work(a):  # DP states a stage of `a` devices can extend, times the (i, j) pairs
-        return math.prod(c - x + 1 for c, x in zip(capacity, a)) * n_nodes * n_nodes / 2
-
-    if sum(work(a) for a in every) <= WORK_BUDGET and len(every) * n_nodes <= MOVE_BUDGET:
-        return every
-    chosen = [a for a in every if sum(1 for x in a if x) == 1]
-    spent = sum(work(a) for a in chosen)
-    for a in sorted((a for a in every if sum(1 for x in a if x) > 1), key=lambda a: (work(a), a)):
-        if spent + work(a) > WORK_BUDGET or (len(chosen) + 1) * n_nodes > MOVE_BUDGET:
-            break
-        chosen.append(a)
-        spent += work(a)
-    return chosen
 
 
 class StageTables:

@@ -45,8 +45,10 @@ import numpy as np
 from layers.errors import PisplitError
 from layers.graph import DTYPE_BYTES, Graph
 
+from .device_sets import candidate_counts
 from .layouts import KEEPABLE_KINDS, check_kept_output, needed, produced
 from .plan import Segment
+from .segment_columns import SUBSET_PARTS, table_columns
 from .split_parts import full_box
 
 INF = float("inf")
@@ -79,7 +81,6 @@ def keep_pairs(model) -> tuple:
     if cached is not None:
         return cached
     from .split_costs import FUSED, span_kind
-    from .segment_table import table_columns
 
     cat, graph = model.splits, model.graph
     columns = table_columns(cat.max_span)
@@ -124,12 +125,8 @@ def keep_counts(model) -> frozenset:
     cached = model.__dict__.get("_keep_counts")
     if cached is not None:
         return cached
-    from .planner_dp import candidate_counts
-
     pairs = keep_pairs(model)
     units = len({(p.boundary, p.option) for p in pairs} | {(p.boundary + 1, p.next_option) for p in pairs})  # splits per set size
-    from .segment_table import SUBSET_PARTS
-
     chosen, seen, spent = [], set(), 0
     sets = [a for a in candidate_counts(model.capacity, model.n) if sum(a) > 1]
     for a in sorted(sets, key=lambda a: (sum(1 for x in a if x) > 1, -sum(a), a)):  # one kind first, then the largest
@@ -219,8 +216,6 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     """kept[b, o, o'] seconds of every legal pair whose options apply to these slots (inf elsewhere):
     the transition a kept pair makes, its kept tensor from the parts' pieces and the next split's
     other inputs from the lead (rank 0), all at once (layouts.transition_seconds)."""
-    from .segment_table import table_columns
-
     n_seg, n = len(model.splits.segments), len(slots)
     kept = np.full((max(n_seg - 1, 0), n_options, n_options), INF)
     counts = tuple(slots.count(k) for k in range(len(model.classes)))
