@@ -19,6 +19,8 @@ codecs.error_bound of them.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from layers.errors import PisplitError
@@ -123,16 +125,27 @@ def frame_codec(graph: Graph, names: list[str], codec: str, label: str, raw_code
     return EncodedFrameCodec(graph, names, codec, label)
 
 
-def pack_for_link(codec, frame: int, tensors, start_ns: int, link, device) -> tuple[np.ndarray, float, float]:
+def pack_for_link(codec, frame: int, tensors, start_ns: int, link, device, poll: bool = True) -> tuple[np.ndarray, float, float]:
     """(buffer, emulated end, duration) of a frame leaving over a link: a raw codec schedules its
     fixed payload and packs; an encoded one encodes first (a compute step of the emulated device when
-    emulating: a Pi encodes slower than this machine), then schedules the bytes it wrote."""
+    emulating: a Pi encodes slower than this machine), then schedules the bytes it wrote. `poll`
+    False: the encode is padded to the device's time without polling the rank's progress (for a
+    caller that runs inside the poll, such as rank 0 handing out inputs)."""
     if not getattr(codec, "encoded", False):
         end = duration = 0.0
         if link:
             end, duration = link.schedule(codec.payload_bytes, len(codec.names))
         return codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9)), end, duration
-    buf = device.compute(lambda: codec.pack(frame, tensors, start_ns)) if device else codec.pack(frame, tensors, start_ns)
+    if device and poll:
+        buf = device.compute(lambda: codec.pack(frame, tensors, start_ns))
+    elif device:
+        mark = device.dilation.start()
+        buf = codec.pack(frame, tensors, start_ns)
+        left = device.dilation.deadline(mark) - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+    else:
+        buf = codec.pack(frame, tensors, start_ns)
     end = duration = 0.0
     if link:
         end, duration = link.schedule(codec.sent_bytes, len(codec.names))

@@ -655,13 +655,14 @@ class PipelineRank:
         self.last = plan.stages[-1]
         # a link whose plan names a codec carries codec messages (cluster.link_codecs), else float32 values
         i = self.stage.index
-        self.in_codec = link_codecs.frame_codec(graph, graph.cut_tensors(self.stage.node_start), plan.stages[i - 1].send_codec if i else "raw",
-                                                f"stage {i - 1} -> stage {i}", FrameCodec)
+        self.in_codec = link_codecs.frame_codec(graph, graph.cut_tensors(self.stage.node_start),
+                                                plan.stages[i - 1].send_codec if i else plan.input_codec,
+                                                f"stage {i - 1} -> stage {i}" if i else "source -> stage 0", FrameCodec)
         self.out_codec = link_codecs.frame_codec(graph, graph.cut_tensors(self.stage.node_stop), self.stage.send_codec,
                                                  f"stage {i} -> stage {i + 1}", FrameCodec)
         # results in the model's output order (output_0 is the model's first output)
         self.result_codec = FrameCodec(graph, sorted(graph.cut_tensors(plan.n_nodes), key=_output_rank(graph)))
-        self.source_codec = FrameCodec(graph, graph.cut_tensors(0))
+        self.source_codec = link_codecs.frame_codec(graph, graph.cut_tensors(0), plan.input_codec, "source -> stage 0", FrameCodec)
         kind = plan.devices[self.rank].kind
         engine = options.engine or plan.engine
         host = options.host_speed or 1.0
@@ -799,13 +800,10 @@ class PipelineRank:
                 if len(pending) > self.window:
                     break  # window + 1 frames already leaving for this replica (the plan counts as many)
                 tensors = self._source_frame(f)
-                end_ns = duration_ns = 0
-                if self.link:
-                    # the input leaves over rank 0's link, which it then occupies (partitioners.cost
-                    # counts it in rank 0's cycle: source_cycle); _compute waits for it to have left
-                    end, duration = self.link.schedule(self.source_codec.payload_bytes, len(self.source_codec.names))
-                    end_ns, duration_ns = int(end * 1e9), int(duration * 1e9)
-                buf = self.source_codec.pack(f, tensors, 0, end_ns, duration_ns)
+                # the input leaves over rank 0's link, which it then occupies (partitioners.cost counts
+                # it in rank 0's cycle: source_cycle); _compute waits for it to have left. An encoded
+                # input is dilated without polling (_inject runs inside the poll)
+                buf, _, _ = link_codecs.pack_for_link(self.source_codec, f, tensors, 0, self.link, self.device, poll=False)
                 request = transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0)
                 self.sends.append((request, buf, self.source_codec, target, f))
                 pending.append(request)

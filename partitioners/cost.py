@@ -286,9 +286,10 @@ class CostModel:
 
     def cut_transfer(self, cut: int) -> tuple[float, str]:
         """(seconds, codec) of sending the tensors live across `cut` once: the plain link
-        (message_seconds) or, on a stage-to-stage cut with a codec table, the cheapest admissible
-        codec, encode and decode priced at the slowest device class (partitioners.link_pricing)."""
-        if self.codecs is None or not 0 < cut < self.n:
+        (message_seconds) or, with a codec table, the cheapest admissible codec, encode and decode
+        priced at the slowest device class (partitioners.link_pricing); cut 0 is the input rank 0
+        sends (Plan.input_codec), the results (cut n) always travel raw."""
+        if self.codecs is None or not 0 <= cut < self.n:
             return self.message_seconds(self.cut_bytes[cut], self.cut_messages[cut]), "raw"
         from .link_pricing import choose_codec
 

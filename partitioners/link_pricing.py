@@ -181,9 +181,9 @@ def choose_codec(entry: CutCodecs | None, raw_bytes: float, messages: float, ban
 
 
 def with_link_codecs(plan, model):
-    """`plan` (made with CostModel `model`) with each stage's send_codec the codec `model` priced its
-    cut with (CostModel.cut_codec); the last stage stays raw. Validated."""
+    """`plan` (made with CostModel `model`) with each stage's send_codec, and its input_codec, the
+    codec `model` priced that cut with (CostModel.cut_codec); the last stage stays raw. Validated."""
     from dataclasses import replace
 
     stages = tuple(replace(s, send_codec=model.cut_codec[s.node_stop] if s.node_stop < plan.n_nodes else "raw") for s in plan.stages)
-    return replace(plan, stages=stages).validate()
+    return replace(plan, stages=stages, input_codec=model.cut_codec[0]).validate()

@@ -16,8 +16,10 @@ Between stages, the tensors live across the cut (layers.Graph.cut_tensors(node_s
 last stage's lead (or the replica that ran the frame) to the next stage's lead (or replica).
 `Stage.send_codec` names the link codec of that transfer (partitioners.codecs: "raw", "zstd",
 "int8+rle-huffman", "jpeg:50", ...): each cut tensor travels as one self-describing, checksummed
-message of that codec (cluster.link_codecs). Plans written before the field existed load as "raw"
-(the float32 buffer as before); the last stage's results always travel raw.
+message of that codec (cluster.link_codecs). `Plan.input_codec` does the same for the input frames
+rank 0 (the source) hands to the first stage's other entry ranks (the replicas of a data-parallel
+first stage); frames rank 0 computes itself cross no link and are not encoded. Plans written before
+these fields existed load as "raw" (the float32 buffer as before); results always travel raw.
 """
 from __future__ import annotations
 
@@ -124,6 +126,7 @@ class Plan:
     predicted_throughput_fps: float = 0.0
     predicted_latency_s: float = 0.0
     notes: tuple = ()
+    input_codec: str = "raw"  # link codec of the input frames rank 0 sends to the first stage (partitioners.codecs names)
     exits: tuple = ()  # Exit records, in any order (the runtime orders them by depth); () = no early exits
 
     @property
@@ -152,6 +155,7 @@ class Plan:
             seen |= set(s.ranks)
         if expect != self.n_nodes:
             raise PisplitError(f"plan: stages end at node {expect}, the model has {self.n_nodes} nodes")
+        _check_codec_name(self.input_codec, "plan: input_codec")
         if self.stages[-1].send_codec != "raw":
             raise PisplitError(f"plan: the last stage's send_codec is {self.stages[-1].send_codec!r}: results travel raw")
         if seen != known:
@@ -274,12 +278,16 @@ def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) ->
 
 def _check_send_codec(s: Stage) -> None:
     """A stage's send_codec: a codec name partitioners.codecs parses (raw for the last stage, checked in validate)."""
+    _check_codec_name(s.send_codec, f"plan: stage {s.index} send_codec")
+
+
+def _check_codec_name(name: str, where: str) -> None:
     from .codecs import parse_codec
 
     try:
-        parse_codec(s.send_codec)
+        parse_codec(name)
     except PisplitError as exc:
-        raise PisplitError(f"plan: stage {s.index} send_codec: {exc}") from None
+        raise PisplitError(f"{where}: {exc}") from None
 
 
 def _check_segment(s: Stage, g: Segment) -> None:
@@ -411,4 +419,5 @@ _EXIT_FIELDS = {"name": _string, "threshold": _number,
 _PLAN_FIELDS = {"exits": _list_of(lambda v, w: _build(Exit, v, w, _EXIT_FIELDS)), "model": _string, "n_nodes": _integer, "devices": _list_of(lambda v, w: _build(Device, v, w, _DEVICE_FIELDS)),
                 "stages": _list_of(lambda v, w: _build(Stage, v, w, _STAGE_FIELDS)), "planner": _string, "objective": _string,
                 "engine": _string, "link_bandwidth_bps": _number, "link_latency_s": _number, "model_seed": _integer,
-                "predicted_throughput_fps": _number, "predicted_latency_s": _number, "notes": _list_of(_string)}
+                "predicted_throughput_fps": _number, "predicted_latency_s": _number, "notes": _list_of(_string),
+                "input_codec": _string}

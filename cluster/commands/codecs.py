@@ -302,7 +302,8 @@ def codec_plan(graph, model, args) -> int:
                     human_bytes(s.send_bytes) if s.send_bytes else "-", s.send_codec if s.index < len(plan.stages) - 1 else "-",
                     f"{s.predicted.compute_s * 1e3:.1f}", f"{s.predicted.comm_s * 1e3:.1f}")
     console.print(out)
-    console.print(f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s")
+    console.print(f"input frames from rank 0 to the first stage's other ranks: {plan.input_codec}; "
+                  f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output}")
     return 0

@@ -119,6 +119,9 @@ def test_plans_name_codecs_and_old_plans_load_as_raw(tmp_path):
     doc["stages"][0]["send_codec"] = 5
     with pytest.raises(PisplitError, match="stages\\[0\\].send_codec: expected a string"):
         Plan.from_dict(doc)
+    assert plan.input_codec == "raw" and "input_codec" not in json.dumps(doc["stages"])
+    with pytest.raises(PisplitError, match="plan: input_codec: codec 'jpeg:101': jpeg quality factor must be in 1..100"):
+        replace(plan, input_codec="jpeg:101").validate()
 
 
 # --- real mpirun ------------------------------------------------------------------------------------------
@@ -252,3 +255,27 @@ def test_a_tensor_the_links_codec_refuses_ends_the_run_with_one_line_naming_the_
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pisplit: error")]
     assert len(errors) == 1 and "link stage 0 -> stage 1, frame 0: tensor" in errors[0] and "fp16" in errors[0], proc.stderr
+
+
+@pytest.mark.mpi
+def test_input_codecs_on_the_source_link_under_mpirun(tmp_path):
+    # a data-parallel first stage: rank 0 hands every other frame to rank 1 over the source link
+    from cluster.runtime import entry_rank
+
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 2, [0, 1], "data-parallel"), (2, 9, [2], "single")])
+    raw, _ = run_outputs(tmp_path, plan, "input-raw", 8)
+    lossless, _ = run_outputs(tmp_path, replace(plan, input_codec="zstd").validate(), "input-zstd", 8)
+    assert lossless.tobytes() == raw.tobytes()
+    got, _ = run_outputs(tmp_path, replace(plan, input_codec="int8").validate(), "input-int8", 8)
+    expected = []
+    for f in range(8):
+        feeds = dict(synthetic_frame(graph, 0, f))
+        if entry_rank(plan.stages[0], f) != 0:  # crossed the link: encoded; rank 0's own frames did not
+            x = feeds["input"]
+            feeds["input"] = decode(encode(x, "int8"))
+            assert 0 < np.abs(feeds["input"] - x).max() <= error_bound("int8", x)
+        expected.append(graph.forward(**feeds).reshape(1, -1))
+    expected = np.concatenate(expected)
+    assert np.abs(expected - raw).max() > 10 * (1e-7 + 1e-6 * np.abs(raw).max())
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

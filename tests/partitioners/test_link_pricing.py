@@ -72,13 +72,13 @@ def test_the_cost_model_prices_inner_cuts_with_the_cheapest_codec_and_raw_when_t
     np.testing.assert_array_equal(plain.transfer, expected)  # no table: exactly as before
     slow = model_of(g, "rpi3:4", 2e6, hand_table(g))
     inner = slow.cut_codec[1:-1]
-    assert set(inner) == {"zstd"} and slow.cut_codec[0] == slow.cut_codec[-1] == "raw"
+    assert set(inner) == {"zstd"} and slow.cut_codec[0] == "zstd" and slow.cut_codec[-1] == "raw"  # the input too, never results
     assert (slow.transfer[1:-1] < plain.transfer[1:-1] * (94e6 / 2e6)).all()
     scale = max(c.seconds_scale for c in slow.classes)
     c = g.node_index("pool5") + 1
     assert slow.transfer[c] == pytest.approx(1e-3 * scale + slow.cut_bytes[c] / 8 * 8 / 2e6 + 0.25e-3 * scale)
     fast = model_of(g, "rpi3:4", 100e9, hand_table(g, encode_s=5e-3))
-    assert fast.cut_codec[1:-1] == ["raw"] * (len(g) - 1)
+    assert fast.cut_codec == ["raw"] * (len(g) + 1)
     lossy = model_of(g, "rpi3:4", 2e6, hand_table(g), LossBudget(max_accuracy_loss=0.01))
     big = [c for c in range(1, len(g)) if lossy.cut_bytes[c] > 20_000]  # where bytes outweigh the slower decode
     assert big and all(lossy.cut_codec[c] == "jpeg:50" for c in big)
@@ -91,6 +91,7 @@ def test_plans_priced_with_codecs_name_them_and_predict_more_at_a_slow_link(tmp_
     plan = with_link_codecs(make_plan(g, model, "dp", "throughput", "alexnet", "numpy"), model)
     assert plan.predicted_throughput_fps > plain.predicted_throughput_fps
     assert len(plan.stages) > 1 and all(s.send_codec == "zstd" for s in plan.stages[:-1]) and plan.stages[-1].send_codec == "raw"
+    assert plan.input_codec == "zstd"
     assert Plan.load(plan.save(tmp_path / "p.json")) == plan
 
 
