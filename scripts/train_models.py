@@ -245,6 +245,7 @@ MODELS = {
     "lenet5_digits": (lenet5, "digits", "single", "LeNet-5 on scikit-learn's 8x8 digits upscaled to 32x32"),
     "lenet5_mnist": (lenet5, "mnist", "single", "LeNet-5 on 5,000 MNIST digits padded to 32x32"),
     "branchy_lenet_mnist": (branchy_lenet, "mnist", "single", "B-LeNet: LeNet-5 with one early exit after conv1, MNIST"),
+    "branchy_lenet_digits": (branchy_lenet, "digits", "single", "B-LeNet on scikit-learn's 8x8 digits upscaled to 32x32"),
     "branchy_alexnet_mnist": (branchy_alexnet, "mnist", "single", "AlexNet-style, five exits (Edgent Fig. 4), MNIST 32x32"),
     "ddnn_mnist": (ddnn, "mnist", "views", "DDNN-style: 4 end devices (20x20 noisy corner crops), local max-pool exit, cloud concat"),
 }
@@ -256,7 +257,8 @@ SCHEMES = {
                               f"DDNN-style, 4 end devices, local {lo.upper()}, cloud {cl.upper()}")
     for lo, lk in AGGREGATORS.items() for cl, ck in AGGREGATORS.items()
 }
-DEFAULT_MODELS = list(MODELS)  # the committed ones
+# the committed ones: the models above and the eight other DDNN schemes (MP-CC is ddnn_mnist)
+DEFAULT_MODELS = list(MODELS) + [n for n in SCHEMES if n != "ddnn_mnist_mp_cc"]
 MODELS.update(SCHEMES)
 RECIPE = {"epochs": 30, "batch": 64, "lr": 1e-3, "exit_weights": "1 per exit", "optimizer": "Adam", "seed": 0}
 

@@ -36,7 +36,9 @@ def outputs_on_test_split(name: str):
 
 
 def test_committed_models():
-    assert set(NAMES) == {"lenet5_digits", "lenet5_mnist", "branchy_lenet_mnist", "branchy_alexnet_mnist", "ddnn_mnist"}
+    schemes = {f"ddnn_mnist_{a}_{b}" for a in ("mp", "ap", "cc") for b in ("mp", "ap", "cc")} - {"ddnn_mnist_mp_cc"}  # = ddnn_mnist
+    assert set(NAMES) == {"lenet5_digits", "lenet5_mnist", "branchy_lenet_mnist", "branchy_lenet_digits", "branchy_alexnet_mnist",
+                          "ddnn_mnist", *schemes}
     for name, entry in manifest()["models"].items():
         for suffix in (".json", ".npz", ".tflite"):
             path = TRAINED_DIR / f"{name}{suffix}"
