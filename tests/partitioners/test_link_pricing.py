@@ -167,3 +167,4 @@ def test_a_pi_cluster_and_a_host_run_the_head_on_the_pis_and_the_tail_on_the_hos
     on_link = g.cut_bytes(best.cut) / 4 * 8 / 10e6
     scale = host_model.classes[0].seconds_scale
     assert best.host_period_s == pytest.approx(on_link + 0.25e-3 * scale + tail + g.cut_bytes(len(g)) * 8 / 10e6)
+
