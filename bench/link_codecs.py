@@ -83,7 +83,7 @@ def cluster_rows(model: str, graph, table, devices: str, emulate: bool, frames: 
         model_ = CostModel(graph, cluster, Calibration("numpy"), codecs=codecs, codec_budget=budget)
         plan = with_link_codecs(make_plan(graph, model_, "dp", "throughput", model, "numpy"), model_)
         used = sorted({s.send_codec for s in plan.stages[:-1]}) or ["-"]
-        key = tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages)
+        key = (plan.input_codec, tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages))
         measured = runs.get(key)
         if emulate and measured is None:
             report = run_emulated(plan.save(tmp / "plan.json"), plan.n_ranks, frames, tmp / "report.json", "numpy", progress=False,
@@ -128,6 +128,7 @@ def part_edge_host(args, cache: Path, tmp: Path) -> None:
                     "edge mJ/frame (at measured fps)"):
             out.add_column(col, justify="left" if col in ("setting", "cut after", "codec") else "right")
         n = len(graph)
+        runs: dict = {}  # the same candidate is run once (everything on the edge: once for every link)
         for bps in (1e6, 2e6, 22e6):
             cost = CostModel(graph, make_cluster(parse_devices("rpi3:1,host:1"), bps), Calibration("numpy"))
             cands = edge_host_candidates(cost, table, budget)
@@ -138,15 +139,15 @@ def part_edge_host(args, cache: Path, tmp: Path) -> None:
                         ("best split, raw link", best_candidate([c for c in split if c.codec == "raw"])),
                         ("best split with codecs", best_candidate(split)))
             idle, busy, _ = POWER["rpi3"]
-            runs: dict = {}  # the same candidate is run once
             for label, c in settings:
-                measured = runs.get((c.cut, c.codec))
+                key = ("edge",) if c.cut == n else (bps, c.cut, c.codec)
+                measured = runs.get(key)
                 if c.runnable and not args.quick and measured is None:
                     plan = edge_host_plan(cost, c, model, "numpy")
                     report = run_emulated(plan.save(tmp / "eh.json"), plan.n_ranks, args.frames, tmp / "eh-report.json", "numpy",
                                           progress=False, timeout=3600)
                     assert report["every_frame_once"], "frames lost or duplicated"
-                    measured = runs[(c.cut, c.codec)] = report["throughput_fps"]
+                    measured = runs[key] = report["throughput_fps"]
                 air = c.sent_bytes * 8 / bps
                 energy = None if measured is None else idle / measured + (busy - idle) * (c.edge_s + c.encode_s) + transmitter_watts(bps) * air
                 out.add_row(f"{bps / 1e6:g} Mbit/s", label, c.after if c.cut < n else "-", c.codec if c.cut < n else "-",
