@@ -28,8 +28,10 @@ from .plan import Device, Plan, Stage, StagePrediction
 # Device power: (idle W, busy W, source). Transmitter modes: bit/s -> W (Ko et al.'s transmitter).
 POWER = {
     "rpi3": (1.9, 5.1, "The MagPi, 'Raspberry Pi 4 specs and benchmarks' (2019), power table: Pi 3B+ idle 1.9 W, "
-                       "400% CPU load (stress --cpu 4) 5.1 W. https://magpi.raspberrypi.com/articles/raspberry-pi-4-specs-benchmarks"),
-    "rpi4": (2.7, 6.4, "same table: Pi 4 idle 2.7 W, 400% CPU load 6.4 W"),
+                       "400% CPU load (stress --cpu 4) 5.1 W. https://magpi.raspberrypi.com/articles/raspberry-pi-4-specs-benchmarks "
+                       "(read from copies of the table: the 5.1 W / 1010 mA row is quoted verbatim there, the idle figure should "
+                       "be checked against the original)"),
+    "rpi4": (2.7, 6.4, "same table: Pi 4 idle 2.7 W (540 mA), 400% CPU load 6.4 W (1280 mA)"),
 }
 TRANSMITTER_W = {1e6: 0.0627, 2e6: 0.099, 22e6: 0.660}
 TRANSMITTER_SOURCE = ("Ko et al. 2018 section 4.1 (shared/seeds/001): 'ultra low power 2.4GHz 802.11bgn transmitter module [12] "
