@@ -1,0 +1,458 @@
+"""Edgent (Li, Zeng, Zhou, Chen, "Edge AI: On-Demand Accelerating DNN Inference via Edge Computing",
+IEEE TWC 2020; shared/seeds/004; issue 16): meet a latency requirement with two knobs, the exit point
+of a branchy model and the partition point between a device and an edge host.
+
+Strategies. A strategy is (exit E, cut c, codec k): the frame runs the *branch* of exit E (the nodes
+its output needs, in the model's node order: `exit_branch`) and leaves there; the device (rank 0, the
+frames' source) runs the branch's nodes [0, c), sends the cut's tensors with codec k, the host runs
+the rest and sends the result back. Its latency, throughput and energy are those of
+partitioners.edge_host (Ko et al.'s edge/host cut, one cost model for both issues): latency =
+device compute + encode + transfer + decode + host compute + result back (what edge_host_plan
+predicts), throughput = 1 / max(device period, host period). Cut c = n keeps the branch on the device
+(no link). Cut 0 (everything on the host) is left out by default: pisplit's runtime needs rank 0 in a
+stage (EdgeHostCandidate.runnable); `runnable_only=False` keeps it for planning only. Codecs are those
+a codec table (partitioners.link_pricing, measured on the whole model) offers on a branch cut whose
+live tensors are the same as the whole model's cut (`branch_codec_table`), admissible under the
+LossBudget; raw always. A lossy codec's measured accuracy_loss is taken off the exit's accuracy.
+
+The paper's Algorithm 1 line 8 writes the latency with the server's layers first
+(sum ES_j for j < p, sum ED_k for k >= p, Input/B + D_(p-1)/B); pisplit keeps the device at the head,
+as Ko et al. and the paper's own text do (the device starts the inference and offloads the rest).
+
+Accuracy per exit: the held-out test accuracy layers/trained/manifest.json records per output
+(`exit_accuracies`), or the caller's.
+
+Algorithm 1 (`select`, static environment): for each exit, the fastest cut (and codec) and the most
+accurate strategy meeting the requirement; the choice is the most accurate strategy meeting it
+(ties: faster, then deeper). The paper loops i = M..1 and returns the deepest exit whose fastest cut
+meets the requirement; that is the same choice when accuracy grows with depth and no lossy codec is
+offered. It does not always: branchy_alexnet_mnist's exit4 (0.977) beats its final output (0.976), so
+pisplit ranks exits by accuracy, as the issue asks. When nothing meets the requirement the selection
+says so and names the fastest strategy.
+
+Algorithm 2 (`configuration_map`, dynamic environment): per bandwidth state s_i (and, beyond Edgent,
+per device availability: the host gone leaves the device alone, every exit on it), the strategy of the
+best reward, the paper's
+
+    reward = exp(accuracy) + throughput   if latency <= requirement,  else 0
+
+(throughput in frames per second, accuracy in [0, 1], as the paper's section on the dynamic
+configurator defines it) over the strategies in the order exits by depth, cuts ascending, raw before
+the table's codecs, with the paper's `if reward_max <= reward_cj` (a later strategy wins a tie). The
+paper's loop starts at reward_max = 0 and so would keep the last strategy when every reward is 0; pisplit
+keeps the fastest strategy there instead and marks the entry `meets: false`.
+
+The map is data (format "pisplit-configmap", `ConfigMap`, validate()): written by `pisplit configmap`
+beside the plans (and exit-branch graphs) its entries name, read by the runtime's Algorithm 3
+(cluster.bandwidth: estimate, detect the state, `ConfigMap.find`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from layers.errors import PisplitError
+from layers.graph import Graph
+from layers.jsonfile import read_json
+
+from .cost import CostModel, make_cluster
+from .edge_host import EdgeHostCandidate, edge_host_candidates
+from .link_pricing import CodecTable, CutCodecs, LossBudget
+
+CONFIGMAP_FORMAT = "pisplit-configmap"
+CONFIGMAP_VERSION = 1
+REWARD = ("exp(accuracy) + throughput_fps if latency_s <= latency_req_s else 0 "
+          "(Edgent, Li et al., IEEE TWC 2020, the dynamic configurator's reward)")
+
+
+# --- exits, branches, accuracies -------------------------------------------------------------------
+def exit_names(graph: Graph) -> list[str]:
+    """The graph's outputs ordered by the node that produces them (shallow to deep): each is an exit."""
+    return sorted(graph.outputs, key=lambda t: graph.producer[t])
+
+
+def exit_branch(graph: Graph, name: str) -> Graph:
+    """The nodes output `name` needs (its ancestors), in the model's node order, as a graph with the
+    one output `name`: what a frame that leaves at exit `name` computes."""
+    if name not in graph.outputs:
+        raise PisplitError(f"exit {name}: not an output of {graph.name} (outputs: {', '.join(graph.outputs)})")
+    need, keep = {name}, set()
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        node = graph.nodes[i]
+        if any(t in need for t in node.outputs):
+            keep.add(i)
+            need.update(node.inputs)
+    nodes = [graph.nodes[i] for i in sorted(keep)]
+    inputs = {k: v for k, v in graph.inputs.items() if k in need}
+    return Graph(f"{graph.name}.{name}", inputs, nodes, [name], graph.weights, graph.meta)
+
+
+def exit_accuracies(graph: Graph, overrides: dict | None = None) -> dict:
+    """{exit: held-out accuracy}: layers/trained/manifest.json's test_accuracy for this model's name,
+    updated with `overrides`; PisplitError naming the exits with none."""
+    from layers.trained import manifest
+
+    entry = manifest()["models"].get(graph.name, {})
+    acc = {k: float(v) for k, v in entry.get("test_accuracy", {}).items() if k in graph.outputs}
+    acc.update({k: float(v) for k, v in (overrides or {}).items()})
+    for name, value in acc.items():
+        if name not in graph.outputs:
+            raise PisplitError(f"accuracy of {name}: not an output of {graph.name} (outputs: {', '.join(graph.outputs)})")
+        if not 0.0 <= value <= 1.0 or math.isnan(value):
+            raise PisplitError(f"accuracy of {name}: {value} must be in [0, 1]")
+    missing = [t for t in graph.outputs if t not in acc]
+    if missing:
+        raise PisplitError(f"model {graph.name}: no held-out accuracy for {', '.join(missing)} "
+                           "(not in layers/trained/manifest.json; give --accuracy NAME=A)")
+    return acc
+
+
+def parse_accuracies(items) -> dict:
+    """['exit1=0.9', ...] (--accuracy NAME=A) -> {'exit1': 0.9}."""
+    out = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise PisplitError(f"--accuracy {item}: expected NAME=A with A in [0, 1], e.g. exit1=0.93")
+    return out
+
+
+def branch_codec_table(table: CodecTable | None, graph: Graph, branch: Graph) -> CodecTable | None:
+    """The codec table of `branch` from one measured on the whole `graph`: a branch cut gets the
+    samples of the whole model's cut whose live tensors are the same ones (same bytes, same codec
+    work); other branch cuts get none (raw only)."""
+    if table is None:
+        return None
+    if table.n_nodes != len(graph):
+        raise PisplitError(f"codec table of {table.model}: {table.n_nodes} nodes, but {graph.name} has {len(graph)}")
+    by_tensors = {}
+    for entry in table.cuts:
+        by_tensors.setdefault(frozenset(graph.cut_tensors(entry.cut)), entry)
+    cuts = []
+    for c in range(len(branch)):
+        entry = by_tensors.get(frozenset(branch.cut_tensors(c)))
+        if entry is not None:
+            cuts.append(CutCodecs(c, branch.nodes[c - 1].name if c else "input", entry.raw_bytes, entry.messages, entry.samples,
+                                  entry.entropy_bits, entry.nonzero))
+    return CodecTable(branch.name, len(branch), table.frames, table.n_frames, table.machine, tuple(cuts))
+
+
+# --- strategies --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Strategy:
+    """One (exit, cut, codec) with its predicted latency, throughput and accuracy."""
+
+    exit: str
+    depth: int  # position of the exit among the model's exits, shallow (0) to deep
+    cut: int  # in the exit branch's node order (n_nodes: all on the device)
+    n_nodes: int  # of the exit branch
+    after: str  # the branch node before the cut
+    codec: str
+    latency_s: float
+    throughput_fps: float
+    accuracy: float
+    candidate: EdgeHostCandidate | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def on_device(self) -> bool:
+        return self.cut == self.n_nodes
+
+    def describe(self) -> str:
+        where = "all on the device" if self.on_device else f"cut {self.cut} (after {self.after}), {self.codec}"
+        return f"exit {self.exit} {where}"
+
+
+def candidate_latency(c: EdgeHostCandidate) -> float:
+    """Seconds one frame takes through an edge-host candidate (edge_host_plan's predicted latency)."""
+    return c.edge_s + c.encode_s + c.transfer_s + c.decode_s + c.host_s + c.result_s
+
+
+def device_only_candidate(model: CostModel) -> EdgeHostCandidate:
+    """A one-device cluster (the host gone): the whole branch on the device."""
+    n = model.n
+    cost = model.stage_cost(0, n, (1,), "single")
+    edge_s = float(model.prefix_seconds[0, n])
+    return EdgeHostCandidate(n, model.graph.nodes[n - 1].name, "raw", edge_s, 0.0, 0.0, 0.0, 0.0, 0.0, edge_s, 0.0, 0.0,
+                             bool(cost is not None and cost.feasible))
+
+
+def strategies(graph: Graph, cluster, accuracies: dict, calibration=None, table: CodecTable | None = None,
+               budget: LossBudget | None = None, runnable_only: bool = True) -> list[Strategy]:
+    """Every feasible (exit, cut, codec) of `graph` on `cluster` (one device and one host, or one device
+    alone), in Algorithm 2's order: exits by depth, cuts ascending, raw before the table's codecs."""
+    out = []
+    alone = len(cluster.devices) == 1
+    for depth, name in enumerate(exit_names(graph)):
+        branch = exit_branch(graph, name)
+        model = CostModel(branch, cluster, calibration)
+        if alone:
+            candidates = [device_only_candidate(model)]
+        else:
+            candidates = edge_host_candidates(model, branch_codec_table(table, graph, branch), budget)
+        for c in candidates:
+            if not c.feasible or (runnable_only and not c.runnable):
+                continue
+            acc = accuracies[name] - (c.accuracy_loss or 0.0)
+            out.append(Strategy(name, depth, c.cut, len(branch), c.after, c.codec, candidate_latency(c), c.throughput_fps,
+                                max(acc, 0.0), c))
+    if not out:
+        raise PisplitError(f"edgent: no (exit, cut) of {graph.name} fits the devices' memory")
+    return out
+
+
+# --- Algorithm 1 -------------------------------------------------------------------------------------
+def _faster(s: Strategy) -> tuple:
+    return (s.latency_s, -s.accuracy, -s.depth, s.cut, s.codec)
+
+
+def _better(s: Strategy) -> tuple:
+    """Sort key, smallest best: more accurate, then faster, then deeper, then earlier cut, then codec name."""
+    return (-s.accuracy, s.latency_s, -s.depth, s.cut, s.codec)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Algorithm 1's answer: each exit's fastest strategy and best one meeting the requirement, the choice."""
+
+    requirement_s: float
+    fastest_per_exit: tuple  # Strategy per exit, shallow to deep
+    meeting_per_exit: tuple  # Strategy or None per exit
+    chosen: Strategy | None
+    fastest: Strategy
+
+    def message(self) -> str:
+        req = f"{self.requirement_s * 1e3:g} ms"
+        if self.chosen is None:
+            f = self.fastest
+            return f"cannot meet {req}; the fastest is {f.describe()} at {f.latency_s * 1e3:.1f} ms"
+        c = self.chosen
+        return (f"meets {req}: {c.describe()}, predicted {c.latency_s * 1e3:.1f} ms, "
+                f"accuracy {c.accuracy:.3f}, {c.throughput_fps:.1f} frames/s")
+
+
+def select(candidates: list[Strategy], requirement_s: float) -> Selection:
+    """Algorithm 1 over `candidates` (strategies()): the most accurate strategy whose latency meets
+    `requirement_s` (module docstring), each exit's fastest, or None and the fastest overall."""
+    if not requirement_s > 0 or math.isinf(requirement_s):
+        raise PisplitError(f"latency requirement {requirement_s!r} s: must be a positive number")
+    if not candidates:
+        raise PisplitError("edgent: no strategies to choose from")
+    exits = sorted({(s.depth, s.exit) for s in candidates})
+    fastest, meeting = [], []
+    for depth, _ in exits:
+        mine = [s for s in candidates if s.depth == depth]
+        fastest.append(min(mine, key=_faster))
+        ok = [s for s in mine if s.latency_s <= requirement_s]
+        meeting.append(min(ok, key=_better) if ok else None)
+    met = [s for s in meeting if s is not None]
+    chosen = min(met, key=_better) if met else None
+    return Selection(requirement_s, tuple(fastest), tuple(meeting), chosen, min(fastest, key=_faster))
+
+
+# --- Algorithm 2 -------------------------------------------------------------------------------------
+def reward(s: Strategy, requirement_s: float) -> float:
+    """The paper's reward of a strategy (module docstring)."""
+    return math.exp(s.accuracy) + s.throughput_fps if s.latency_s <= requirement_s else 0.0
+
+
+def best_by_reward(candidates: list[Strategy], requirement_s: float) -> tuple[Strategy, float, bool]:
+    """Algorithm 2's inner loop: (strategy of the best reward, its reward, whether it meets the
+    requirement); with none meeting it, the fastest and 0."""
+    best, best_reward = None, 0.0
+    for s in candidates:
+        r = reward(s, requirement_s)
+        if r > 0 and best_reward <= r:
+            best, best_reward = s, r
+    if best is None:
+        return min(candidates, key=_faster), 0.0, False
+    return best, best_reward, True
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One bandwidth state (and device set) of the configuration map and its strategy."""
+
+    devices: str  # e.g. "rpi3:1,host:1"
+    bandwidth_bps: float
+    exit: str
+    cut: int
+    n_nodes: int
+    after: str
+    codec: str
+    latency_s: float
+    throughput_fps: float
+    accuracy: float
+    reward: float
+    meets: bool
+    plan: str | None = None  # path of its plan, relative to the map's folder
+    graph: str | None = None  # path of its exit branch graph, relative to the map's folder
+
+
+@dataclass(frozen=True)
+class ConfigMap:
+    """Algorithm 2's configuration map (module docstring). Entries are sorted by devices, then bandwidth."""
+
+    model: str
+    latency_req_s: float
+    link_latency_s: float
+    engine: str
+    entries: tuple  # ConfigEntry
+    reward: str = REWARD
+
+    def validate(self) -> "ConfigMap":
+        """Check what Algorithm 3 relies on; PisplitError naming the first problem."""
+        if not (isinstance(self.latency_req_s, (int, float)) and 0 < self.latency_req_s < math.inf):
+            raise PisplitError(f"configmap: latency_req_s {self.latency_req_s!r} must be a positive number")
+        if not (isinstance(self.link_latency_s, (int, float)) and 0 <= self.link_latency_s < math.inf):
+            raise PisplitError(f"configmap: link_latency_s {self.link_latency_s!r} must be a non-negative number")
+        if not self.entries:
+            raise PisplitError("configmap: no entries")
+        seen = set()
+        for i, e in enumerate(self.entries):
+            where = f"configmap: entry {i} ({e.devices} at {e.bandwidth_bps:g} bit/s)"
+            numbers = (e.bandwidth_bps, e.latency_s, e.throughput_fps, e.accuracy, e.reward)
+            if not all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in numbers) or e.bandwidth_bps <= 0:
+                raise PisplitError(f"{where}: negative, zero or non-finite numbers")
+            if not 0 <= e.accuracy <= 1:
+                raise PisplitError(f"{where}: accuracy {e.accuracy} not in [0, 1]")
+            if not 0 <= e.cut <= e.n_nodes or e.n_nodes < 1:
+                raise PisplitError(f"{where}: cut {e.cut} outside the branch's 0..{e.n_nodes}")
+            if e.meets != (e.latency_s <= self.latency_req_s):
+                raise PisplitError(f"{where}: meets={e.meets} but latency {e.latency_s * 1e3:.3f} ms vs requirement "
+                                   f"{self.latency_req_s * 1e3:.3f} ms")
+            want = math.exp(e.accuracy) + e.throughput_fps if e.meets else 0.0
+            if not math.isclose(e.reward, want, rel_tol=1e-9, abs_tol=1e-12):
+                raise PisplitError(f"{where}: reward {e.reward} is not {want} ({REWARD})")
+            key = (e.devices, e.bandwidth_bps)
+            if key in seen:
+                raise PisplitError(f"{where}: a second entry for this state")
+            seen.add(key)
+            for name, path in (("plan", e.plan), ("graph", e.graph)):
+                if path is not None and (Path(path).is_absolute() or ".." in Path(path).parts):
+                    raise PisplitError(f"{where}: {name} path {path!r} must be relative to the map's folder, without '..'")
+        return self
+
+    def device_sets(self) -> list[str]:
+        return list(dict.fromkeys(e.devices for e in self.entries))
+
+    def states(self, devices: str | None = None) -> list[float]:
+        """The bandwidth states (bit/s, ascending) of a device set (default: the first)."""
+        devices = devices or self.entries[0].devices
+        return sorted(e.bandwidth_bps for e in self.entries if e.devices == devices)
+
+    def find(self, bandwidth_bps: float, devices: str | None = None) -> ConfigEntry:
+        """Algorithm 3's find(s): the entry of the largest state not above `bandwidth_bps` (the lowest
+        state below every state), for the device set `devices` (default: the first)."""
+        devices = devices or self.entries[0].devices
+        mine = sorted((e for e in self.entries if e.devices == devices), key=lambda e: e.bandwidth_bps)
+        if not mine:
+            raise PisplitError(f"configmap: no entries for devices {devices} (known: {', '.join(self.device_sets())})")
+        below = [e for e in mine if e.bandwidth_bps <= bandwidth_bps * (1 + 1e-12)]
+        return below[-1] if below else mine[0]
+
+    def to_dict(self) -> dict:
+        return {"format": CONFIGMAP_FORMAT, "version": CONFIGMAP_VERSION, "model": self.model, "latency_req_s": self.latency_req_s,
+                "link_latency_s": self.link_latency_s, "engine": self.engine, "reward": self.reward,
+                "entries": [asdict(e) for e in self.entries]}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.validate().to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "configmap") -> "ConfigMap":
+        if not isinstance(doc, dict) or doc.get("format") != CONFIGMAP_FORMAT:
+            raise PisplitError(f"{where}: not a pisplit configuration map (no \"format\": \"{CONFIGMAP_FORMAT}\")")
+        if doc.get("version") != CONFIGMAP_VERSION:
+            raise PisplitError(f"{where}: version {doc.get('version')!r} is not supported (expected {CONFIGMAP_VERSION})")
+        try:
+            entries = tuple(ConfigEntry(str(e["devices"]), _num(e["bandwidth_bps"]), str(e["exit"]), _int(e["cut"]),
+                                        _int(e["n_nodes"]), str(e["after"]), str(e["codec"]), _num(e["latency_s"]),
+                                        _num(e["throughput_fps"]), _num(e["accuracy"]), _num(e["reward"]), _bool(e["meets"]),
+                                        _path(e.get("plan")), _path(e.get("graph")))
+                            for e in doc["entries"])
+            cmap = cls(str(doc["model"]), _num(doc["latency_req_s"]), _num(doc["link_latency_s"]), str(doc["engine"]), entries,
+                       str(doc.get("reward", REWARD)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PisplitError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
+        try:
+            return cmap.validate()
+        except PisplitError as exc:
+            raise PisplitError(f"{where}: {str(exc).removeprefix('configmap: ')}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConfigMap":
+        """Read a map and check that every plan and graph it names exists beside it."""
+        path = Path(path)
+        cmap = cls.from_dict(read_json(path, "configmap"), f"configmap {path}")
+        for e in cmap.entries:
+            for name in (e.plan, e.graph):
+                if name is not None and not (path.parent / name).is_file():
+                    raise PisplitError(f"configmap {path}: {name} (the {e.devices} at {e.bandwidth_bps:g} bit/s entry's) is missing")
+        return cmap
+
+
+def _num(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{v!r} is not a number")
+    return float(v)
+
+
+def _int(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{v!r} is not an integer")
+    return v
+
+
+def _bool(v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{v!r} is not true or false")
+    return v
+
+
+def _path(v) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise TypeError(f"{v!r} is not a path")
+    return v
+
+
+def configuration_map(graph: Graph, device_sets: list, states_bps: list, requirement_s: float, accuracies: dict,
+                      model_spec: str, link_latency_s: float | None = None, calibration=None, table: CodecTable | None = None,
+                      budget: LossBudget | None = None, engine: str = "numpy") -> tuple[ConfigMap, dict]:
+    """Algorithm 2 over every device set (a list of (label, parse_devices entries)) and bandwidth state.
+
+    Returns the map (no plan paths yet) and {(devices label, state): Strategy} for writing the plans."""
+    if not states_bps:
+        raise PisplitError("configmap: no bandwidth states")
+    entries, chosen = [], {}
+    latency = None
+    for label, devs in device_sets:
+        for bw in sorted(set(states_bps)):
+            cluster = make_cluster(devs, bw, link_latency_s)
+            latency = cluster.link_latency_s
+            cands = strategies(graph, cluster, accuracies, calibration, table, budget)
+            s, r, meets = best_by_reward(cands, requirement_s)
+            chosen[(label, bw)] = s
+            entries.append(ConfigEntry(label, float(bw), s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps,
+                                       s.accuracy, r, meets))
+    return ConfigMap(model_spec, float(requirement_s), float(latency or 0.0), engine, tuple(entries)).validate(), chosen
+
+
+def strategy_plan(graph: Graph, strategy: Strategy, cluster, branch_spec: str, calibration=None, engine: str = "numpy"):
+    """The runnable Plan of a strategy, over its exit branch graph (saved at `branch_spec`)."""
+    from .edge_host import edge_host_plan
+
+    branch = exit_branch(graph, strategy.exit)
+    model = CostModel(branch, cluster, calibration)
+    if len(cluster.devices) == 1:
+        from .planners import make_plan
+
+        return make_plan(branch, model, "single", "latency", branch_spec, engine)
+    return edge_host_plan(model, strategy.candidate, branch_spec, engine)
