@@ -121,6 +121,7 @@ def read_journal(path: str | Path) -> Journal | None:
 # --- what a failed job printed -------------------------------------------------------------------------
 OMPI_LOST = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
 PISPLIT_ERROR = re.compile(r"^pisplit: error: rank (\d+) \(host ([^)]*)\): (.*)$", re.M)
+NODE_LOST = re.compile(r"lost communication with a remote daemon.*?Remote daemon: \S+ on node (\S+)")
 STALL_VERDICTS = ("(stalled or lost)", "(alive but making no progress)")
 
 
@@ -139,6 +140,9 @@ def failed_rank(stderr: str) -> Failure | None:
     the rank that reported an error it met alone. None when nothing names a rank (an error every rank
     agreed on, such as a bad input: a relaunch would meet it again)."""
     flat = " ".join(stderr.replace("\0", "").split())
+    node = NODE_LOST.search(flat)
+    if node:  # a whole host went (power, network): rank -1, the site knows which ranks were there
+        return Failure(-1, node.group(1), "its host stopped answering (mpirun lost its daemon there)")
     lost = OMPI_LOST.search(flat)
     if lost:
         signal_name = f" ({lost.group(4)})" if lost.group(4) else ""
@@ -211,18 +215,38 @@ class ResilientResult:
         return self.duplicated == 0 and self.missing.size == 0
 
 
+class LocalSite:
+    """Where attempts run: mpirun with local ranks, every file on this machine (the default site).
+
+    A site turns an attempt's `pisplit run` arguments into an mpirun command (`command`: `files` maps
+    'plan', 'frames', 'journal', 'report' to local paths; the first two exist, the others are to be
+    written), brings the journal and report back where they were asked for (`collect`), and says
+    which ranks of the plan a failure took with it (`lost`: here the failed rank alone)."""
+
+    def command(self, plan: Plan, run_args: list, files: dict) -> list:
+        argv = [sys.executable, "-m", "cluster.cli", "run", str(files["plan"]), "--frame-ids", str(files["frames"]),
+                "--journal", str(files["journal"]), "--report", str(files["report"]), *run_args]
+        return local_mpirun_command(plan.n_ranks, argv)
+
+    def collect(self, files: dict) -> None:
+        pass
+
+    def lost(self, plan: Plan, failure: Failure) -> list:
+        return [failure.rank] if failure.rank >= 0 else []
+
+
 def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: dict | None = None,
               faults: Sequence[tuple] = (), keep_outputs: bool = False, say: Callable[[str], None] | None = None,
-              launch: Callable[[int, list], list] | None = None, timeout: float | None = None) -> ResilientResult:
+              site=None, timeout: float | None = None) -> ResilientResult:
     """Run `plan` for `frames` frames, relaunching on the survivors after each lost rank.
 
     `child_args` go to every attempt's `pisplit run` (engine, emulation, seed, input, stall timeout).
     `faults` ((rank, global frame, mode), ...) are injected one per attempt, in order: the k-th in
     attempt k at the first of its frames at or beyond that frame id (--fail, for tests and demos).
-    `launch(n_ranks, argv)` makes the mpirun command line (default: n local ranks). `say` gets one
-    line per event (attempt started, rank lost, replan)."""
+    `site` runs the attempts (default LocalSite: local ranks). `say` gets one line per event (attempt
+    started, rank lost, replan)."""
     say = say or (lambda line: None)
-    launch = launch or (lambda n, argv: local_mpirun_command(n, argv))
+    site = site or LocalSite()
     pool = list(plan.devices)
     work = Path(tempfile.mkdtemp(prefix="pisplit-resilient-"))  # private (0700), removed at the end
     t0 = time.time()
@@ -240,8 +264,8 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             ids_path = work / f"frames-{k}.npy"
             np.save(ids_path, ids.astype(np.int64), allow_pickle=False)
             journal_path, report_path = work / f"journal-{k}", work / f"report-{k}.json"
-            argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--frames", str(ids.size), "--frame-ids", str(ids_path),
-                    "--journal", str(journal_path), "--report", str(report_path), "--no-progress", "--json", *child_args]
+            files = {"plan": plan_path, "frames": ids_path, "journal": journal_path, "report": report_path}
+            argv = ["--frames", str(ids.size), "--no-progress", "--json", *child_args]
             if k < len(faults):
                 rank, at, mode = faults[k]
                 index = int(np.searchsorted(ids, at))
@@ -251,10 +275,11 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                 f"rank{'s' if current.n_ranks != 1 else ''} ({current.planner} plan, {_stages_text(current)})")
             started = time.time()
             try:
-                proc = run_mpirun(launch(current.n_ranks, argv), env or os.environ.copy(), timeout=timeout, capture=True)
+                proc = run_mpirun(site.command(current, argv, files), env or os.environ.copy(), timeout=timeout, capture=True)
             except subprocess.TimeoutExpired:
                 raise PisplitError(f"resilient run: attempt {k + 1} did not finish within {timeout:g} s") from None
             ended = time.time()
+            site.collect(files)
             journal = read_journal(journal_path)
             got = np.zeros(0, np.int64) if journal is None else journal.ids
             if journal is not None:
@@ -273,15 +298,20 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                 report = json.loads(report_path.read_text()) if proc.returncode == 0 and report_path.exists() else None
                 break
             failure = failed_rank(proc.stderr or "")
-            if failure is None or not 0 <= failure.rank < current.n_ranks:
+            lost_ranks = [r for r in site.lost(current, failure) if 0 <= r < current.n_ranks] if failure is not None else []
+            if not lost_ranks:
                 lines = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("pisplit: error")]
                 why = lines[0].removeprefix("pisplit: error: ") if lines else (
                     f"mpirun exited with {proc.returncode}" + (f": {proc.stderr.strip()[-300:]}" if proc.stderr else ""))
                 raise PisplitError(f"resilient run: attempt {k + 1} failed and no rank was to blame ({why})")
-            index = devices_in_plan(current, pool)[failure.rank]
-            device = pool.pop(index)
+            if not 0 <= failure.rank < current.n_ranks:
+                failure = Failure(lost_ranks[0], failure.host, failure.cause)
+            in_plan = devices_in_plan(current, pool)
+            gone = sorted({in_plan[r] for r in lost_ranks} | {in_plan[failure.rank]})
+            device = pool[in_plan[failure.rank]]
+            pool = [d for i, d in enumerate(pool) if i not in gone]
             last = float(journal.times.max()) if journal is not None and journal.times.size else started
-            failures.append({"attempt": k + 1, "rank": failure.rank, "host": failure.host, "device": device.kind,
+            failures.append({"attempt": k + 1, "rank": failure.rank, "host": failure.host, "device": device.kind, "devices_lost": len(gone),
                              "cause": failure.cause, "frames_kept": int(got.size), "failed_after_s": last - t0,
                              "detected_s": ended - last})
             say(f"rank {failure.rank} ({device.kind}{', host ' + failure.host if failure.host else ''}) lost: {failure.cause}; "

@@ -34,6 +34,12 @@ def register(sub) -> None:
     p.add_argument("--no-sync", action="store_true", help="do not copy the plan to the hosts first")
     p.add_argument("--timeout", type=float, default=None, help="stop mpirun after this many seconds (default: no limit)")
     p.add_argument("--json", action="store_true", help="print a JSON document (the ranks' output is captured into it)")
+    p.add_argument("--resilient", action="store_true", help="survive a lost Pi: when a rank or host dies or stalls, replan on the "
+                   "hosts left and rerun only the frames without a result (as `pisplit run --resilient`; rank 0's results are "
+                   "fetched back over sftp after each attempt)")
+    p.add_argument("--fail", action="append", default=[], metavar="RANK@FRAME[:MODE]",
+                   help="with --resilient: fault injection, as `pisplit run --fail` (repeatable: one per attempt)")
+    p.add_argument("--output", metavar="Y.npz", help="with --resilient: every frame's outputs, written on this machine")
     p.set_defaults(func=run)
 
 
@@ -46,6 +52,12 @@ def run(args) -> int:
     inventory = read_inventory(args.inventory)
     hosts = inventory.select(args.hosts)
     known_hosts = Path(args.known_hosts).expanduser() if args.known_hosts else default_known_hosts()
+    if args.resilient or args.fail or args.output:
+        from .resilient import launch_resilient
+
+        if not args.resilient:
+            raise PisplitError("--fail and --output: with --resilient (without it, give them to the ranks' --command)")
+        return launch_resilient(args, plan, inventory, hosts, known_hosts)
     launch = build_launch(inventory, hosts, ranks, args.command, plan_name=plan.name, frames=args.frames,
                           env=parse_env(args.env), known_hosts=known_hosts,
                           cluster_key=Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key())

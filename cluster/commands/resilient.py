@@ -65,7 +65,8 @@ def child_env(one_thread: bool) -> dict:
     return env
 
 
-def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_outputs: bool, quiet: bool, env: dict) -> ResilientResult:
+def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_outputs: bool, quiet: bool, env: dict, site=None,
+                   timeout: float | None = None) -> ResilientResult:
     """Check the arguments, load the model, run the supervisor; progress lines go to stderr."""
     from layers import load_model
 
@@ -78,7 +79,7 @@ def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_output
     if len(graph) != plan.n_nodes:
         raise PisplitError(f"plan for {plan.model}: covers {plan.n_nodes} nodes, the model has {len(graph)}")
     say = None if quiet else (lambda line: print(f"pisplit: resilient: {line}", file=sys.stderr, flush=True))
-    return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say)
+    return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout)
 
 
 def resilient_report(plan: Plan, result: ResilientResult, engine: str, emulated: bool) -> dict:
@@ -156,4 +157,87 @@ def emulate_resilient(args, plan: Plan) -> int:
         child += ["--max-in-flight", "1"]
     result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True))
     doc = resilient_report(plan, result, args.engine, True)
+    return finish(args, doc, result)
+
+
+class LaunchSite:
+    """Attempts on the inventory's hosts (`pisplit launch --resilient`): each attempt's plan and frame
+    ids are copied to WORKDIR/files/ under a name of this run's own, mpirun starts the ranks over ssh,
+    and rank 0's journal and report are fetched back over sftp. A failure takes its whole host out
+    (a Pi that lost power or network takes every rank it ran); a journal that cannot be fetched (rank
+    0's host is the one that went) only means its frames are run again."""
+
+    def __init__(self, inventory, hosts: list, known_hosts: Path, cluster_key: Path, env: dict):
+        from ..facts import read_facts
+
+        self.inventory, self.alive, self.known_hosts, self.cluster_key, self.env = inventory, list(hosts), known_hosts, cluster_key, env
+        self.homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
+        self.token = os.urandom(4).hex()
+        self.placement: list = []
+        self.remote: dict = {}
+
+    def command(self, plan: Plan, run_args: list, files: dict) -> list:
+        import shlex
+        import shutil
+
+        from ..launch import build_launch, read_plan_ranks
+        from ..provision import copy_files
+
+        alive = {h.name for h in self.alive}
+        ranks = [{k: v for k, v in r.items() if k != "host" or v in alive} for r in read_plan_ranks(files["plan"])]
+        names = {key: f"pisplit-{self.token}-{path.name}" for key, path in files.items()}
+        template = ("{pisplit} run {workdir}/files/" + names["plan"] + " --frame-ids {workdir}/files/" + names["frames"] +
+                    " --journal {workdir}/files/" + names["journal"] + " --report {workdir}/files/" + names["report"] +
+                    " " + shlex.join(run_args))
+        launch = build_launch(self.inventory, self.alive, ranks, template, env=self.env, known_hosts=self.known_hosts,
+                              cluster_key=self.cluster_key)
+        self.placement = launch.placement
+        self.remote = {key: f"{launch.workdir}/files/{name}" for key, name in names.items()}
+        copies = []
+        for key in ("plan", "frames"):
+            copy = files[key].with_name(names[key])
+            shutil.copyfile(files[key], copy)
+            copies.append(copy)
+        errors = copy_files(list(dict.fromkeys(self.placement)), copies, self.homes, self.known_hosts)
+        if errors:
+            raise PisplitError("resilient launch: copying the plan failed: " + "; ".join(f"{h}: {e}" for h, e in errors.items()))
+        return launch.argv
+
+    def collect(self, files: dict) -> None:
+        from ..ssh import Remote
+
+        try:
+            with Remote(self.placement[0], self.known_hosts) as remote:
+                for key in ("journal", "report"):
+                    try:
+                        remote.sftp.get(self.remote[key], str(files[key]))
+                        remote.sftp.remove(self.remote[key])
+                    except OSError:
+                        pass  # not written (the job ended before its first result, or failed)
+        except PisplitError:
+            pass  # rank 0's host is unreachable: its frames are run again
+
+    def lost(self, plan: Plan, failure) -> list:
+        if 0 <= failure.rank < len(self.placement):
+            host = self.placement[failure.rank].name
+        else:
+            host = next((h.name for h in self.placement if failure.host in (h.name, h.address)), None)
+        if host is None:
+            return []
+        self.alive = [h for h in self.alive if h.name != host]
+        return [i for i, h in enumerate(self.placement) if h.name == host]
+
+
+def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts: Path) -> int:
+    """`pisplit launch PLAN --resilient`: the supervisor on the head, ranks on the inventory's hosts."""
+    from ..launch import DEFAULT_RANK_COMMAND, default_cluster_key, parse_env
+
+    if args.dry_run or args.command != DEFAULT_RANK_COMMAND:
+        raise PisplitError("--resilient: runs `pisplit run` on the hosts itself (no --command) and has no --dry-run")
+    plan = Plan.load(plan_path)
+    cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
+    site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env))
+    result = supervise_plan(plan, args.frames, [], args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(),
+                            site=site, timeout=args.timeout)
+    doc = resilient_report(plan, result, plan.engine, False)
     return finish(args, doc, result)
