@@ -146,7 +146,10 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
             weights[rows_arr, o, :parts] = w
             work[rows_arr, o, 0] = _span_work(model, s_start, s_stop) if role == "span" else seg_work[rows_arr]
-            work[rows_arr, o, 1:parts] = remote.sum(axis=2)
+            # a remote part's working set: what it receives and sends, and its share of the im2col
+            # buffer (all of it for channel kinds: every output channel reads every patch)
+            scratch = sel["scratch"][:, None] * (1.0 if kind in ("conv-channel", "fc-output") else size[:, 1:] / size.sum(axis=1, keepdims=True))
+            work[rows_arr, o, 1:parts] = remote.sum(axis=2) + scratch
             split_stop[rows_arr, o] = s_stop
             if role != "span":
                 comm_out[rows_arr, o] = part_comm[:, 1]
@@ -212,6 +215,7 @@ def kind_arrays(model, kind: str, profile) -> dict | None:
         "first": np.array([k.first_extra for k in kc]), "last": np.array([k.last_extra for k in kc]),
         "merge": np.array([k.merge_flops_per_part for k in kc]), "fit": np.array([f[:3] for f in fits]),
         "whole_pred": np.array([f[3] for f in fits]), "whole_flops": np.array([f[4] for f in fits]),
+        "scratch": np.array([model.scratch_bytes[model.splits.segments[s][0]:k.stop].max() for s, k in zip(rows, kc)]),
     }
     return cache[key]
 
