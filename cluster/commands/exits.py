@@ -252,7 +252,8 @@ def scheme_rows(threshold: float) -> list:
                      "cloud_accuracy": float((ref["final_all"].argmax(-1) == labels).mean()),
                      "overall_accuracy": float((answer == labels).mean()), "local_exit_share": float(local.mean()),
                      "bytes_per_frame": score_bytes + (1 - float(local.mean())) * feature_bytes})
-    return rows
+    order = {"MP": 0, "AP": 1, "CC": 2}  # DDNN's table order
+    return sorted(rows, key=lambda r: tuple(order.get(p, 3) for p in r["scheme"].split("-")))
 
 
 def schemes_table(threshold: float, rows: list) -> Table:
