@@ -127,7 +127,8 @@ class Graph:
                 continue
             if node.op not in QRUN:
                 raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) is quantized, and pisplit has no int8 kernel for it")
-            needed = [t for t in node.outputs if node.op != "dequantize"] + [node.weight_key(p) for p in node.weight_shapes]
+            needed = [t for t in node.outputs if node.op not in ("dequantize", "int32_halves")] + \
+                [node.weight_key(p) for p in node.weight_shapes]
             missing = [t for t in needed if t not in self.quant]
             if missing:
                 raise PisplitError(f"model {self.name}: node {node.name} ({node.op}) is quantized (int8) but the graph carries no "

@@ -150,16 +150,31 @@ def qdense(xs, attrs, w, ctx: QuantContext):
     return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
 
 
+def qint32_halves(xs, attrs, w, ctx: QuantContext):
+    """A part's int32 partial sum as exact float32 halves (layers.quant): [..., c] -> [..., 2c] = sum >> 16
+    and sum & 0xffff, so partial sums add exactly in float32 buffers."""
+    x = np.asarray(xs[0], np.int64)
+    out = np.empty((*x.shape[:-1], 2 * x.shape[-1]), np.float32)
+    out[..., 0::2] = x >> 16
+    out[..., 1::2] = x & 0xFFFF
+    return [out]
+
+
 def qrequantize(xs, attrs, w, ctx: QuantContext):
-    """The end of a split int8 conv / fully connected layer: the summed int32 partial sums scaled by
-    the layer's multipliers (attrs["multiplier"], per output channel or one), plus the output zero
-    point, clamped to the fused activation's range: what qconv2d / qdense do after accumulating."""
+    """The end of a split int8 conv / fully connected layer: the parts' summed halves rebuilt into the
+    int32 sum (hi * 65536 + lo), scaled by the layer's multipliers (attrs["multiplier"], per output
+    channel or one), plus the output zero point, clamped to the fused activation's range: what qconv2d /
+    qdense do after accumulating."""
+    # the parts' halves add exactly in float32 (at most MAX_PARTIAL_PARTS of them: split_quant), so the
+    # sums are integers; rint only matters for warm-up passes on random float input
+    halves = np.rint(np.asarray(xs[0], np.float64)).astype(np.int64)
+    acc = halves[..., 0::2] * 65536 + halves[..., 1::2]
     out_q = ctx.outputs[0]
     _, zp = _scalar(out_q, "requantize output")
     mults = np.asarray(attrs["multiplier"], np.float64)
     mults = mults[0] if mults.size == 1 else mults
     lo, hi = activation_range(attrs.get("activation"), out_q)
-    return [requantize(np.asarray(xs[0], np.int64), mults, zp, lo, hi, out_q.np_dtype)]
+    return [requantize(acc, mults, zp, lo, hi, out_q.np_dtype)]
 
 
 # --- element-wise -----------------------------------------------------------------------------------
@@ -504,4 +519,5 @@ QRUN = {
     "quantize": qquantize,
     "dequantize": qdequantize,
     "requantize": qrequantize,
+    "int32_halves": qint32_halves,
 }

@@ -201,15 +201,25 @@ def activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
     raise PisplitError(f"fused activation {activation!r} has no quantized form")
 
 
-# --- requantize: the end of a split int8 layer ---------------------------------------------------------
+# --- the end of a split int8 layer ----------------------------------------------------------------------
 # A split int8 conv / fully connected layer whose parts hold input channels (conv-filter, fc-input) makes
-# int32 partial sums (the parts' nodes carry attrs["partial"]); the root adds them and one `requantize`
-# node scales the sum to the layer's int8 output exactly as the unsplit kernel does (attrs: the real
-# multipliers input_scale * filter_scale / output_scale per output channel, or one; the fused
-# activation's clamp). It has no float form: it runs on quantized tensors only (layers.qkernels).
+# int32 partial sums (the parts' nodes carry attrs["partial"]). `int32_halves` writes each as two exact
+# float32 values, hi = sum >> 16 and lo = sum & 0xffff, interleaved on the last axis (C channels -> 2C):
+# sums of up to 255 parts' halves stay below 2**24, so adding them in float32 (every runtime buffer is
+# float32) is exact in any order. The root adds the parts' halves and one `requantize` node rebuilds
+# hi * 65536 + lo and scales it to the layer's int8 output exactly as the unsplit kernel does (attrs: the
+# real multipliers input_scale * filter_scale / output_scale per output channel, or one; the fused
+# activation's clamp). Neither has a float form: they run as integer kernels (layers.qkernels).
 
-def _requantize_float(xs, attrs, w):
-    raise PisplitError("op requantize runs on quantized tensors only (its graph carries no quantization for it)")
+def _int8_only(name):
+    def run(xs, attrs, w):
+        raise PisplitError(f"op {name} runs on quantized tensors only (its graph carries no quantization for it)")
+    return run
 
 
-register("requantize", OpSpec(lambda ins, a, ws: [tuple(ins[0])], _requantize_float, lambda i, o, a, ws: numel(o[0])))
+register("int32_halves", OpSpec(lambda ins, a, ws: [(*ins[0][:-1], 2 * ins[0][-1])], _int8_only("int32_halves"),
+                                lambda i, o, a, ws: numel(o[0])))
+register("requantize", OpSpec(lambda ins, a, ws: [(*ins[0][:-1], ins[0][-1] // 2)], _int8_only("requantize"),
+                              lambda i, o, a, ws: numel(i[0])))
+
+MAX_PARTIAL_PARTS = 255  # parts whose 16-bit halves add exactly in float32 (255 * 65535 < 2**24)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from layers.graph import Graph
 
 from .split_parts import FeedNames, Layout, PartBuilder, PartPlan, full_box
-from .split_quant import quantized_attrs, requantize_attrs
+from .split_quant import check_partial_parts, halves_shape, quantized_attrs, requantize_attrs
 from .split_segments import ELEMENTWISE_OPS
 
 _LINEAR = (None, "linear")
@@ -182,6 +182,11 @@ def plan_input_channels(graph: Graph, start: int, stop: int, sizes: tuple) -> La
     kshape = node.weight_shapes["kernel"]
     groups, cin_g, cout_g = _conv_groups(graph, start)
     partial = f"{out}/partial"
+    quantized = bool(node.attrs.get("quantized"))
+    if quantized:  # int8: int32 sums leave the parts as exact float32 halves (layers.quant, split_quant)
+        check_partial_parts(graph, start, len(sizes))
+        out_shape = halves_shape(out_shape)
+    acc = f"{out}/acc" if quantized else partial
     parts = []
     i0 = 0
     for p, size in enumerate(sizes):
@@ -204,10 +209,14 @@ def plan_input_channels(graph: Graph, start: int, stop: int, sizes: tuple) -> La
             if node.op != "dense":
                 attrs["groups"] = g
             src = feeds(x, _last_axis_box(x_shape, ic0, ic1))
-            names.append(b.node(name, node.op, [src], attrs, node.name, boxes, partial if len(pieces) == 1 else name))
+            names.append(b.node(name, node.op, [src], attrs, node.name, boxes, acc if len(pieces) == 1 else name))
         if len(pieces) > 1:
-            b.node(f"{node.name}[concat]", "concat", names, quantized_attrs(graph, node.name, {"axis": -1}), node.name, {}, partial)
-        parts.append(b.finish(partial, _last_axis_box(out_shape, pieces[0][4], pieces[-1][5])))
+            b.node(f"{node.name}[concat]", "concat", names, quantized_attrs(graph, node.name, {"axis": -1}), node.name, {}, acc)
+        c0, c1 = pieces[0][4], pieces[-1][5]
+        if quantized:
+            b.node(f"{node.name}[halves]", "int32_halves", [acc], {"quantized": True}, node.name, {}, partial)
+            c0, c1 = 2 * c0, 2 * c1
+        parts.append(b.finish(partial, _last_axis_box(out_shape, c0, c1)))
         i0 = i1
     return Layout(tuple(parts), "sum", _after_sum(graph, start, stop, partial))
 
@@ -221,7 +230,7 @@ def _after_sum(graph: Graph, start: int, stop: int, partial: str) -> PartPlan | 
         return None
     out_shape = graph.shapes[node.outputs[0]]
     b = PartBuilder(-1, 0)
-    b.feed(partial, partial, full_box(out_shape[1:]))
+    b.feed(partial, partial, full_box((halves_shape(out_shape) if quantized else out_shape)[1:]))
     running = partial
     if quantized:  # int8: the int32 sum scaled to the output once, the activation's clamp included
         running = b.node(f"{node.name}[requantize]", "requantize", [partial], requantize_attrs(graph, start), node.name, {},

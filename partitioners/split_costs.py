@@ -157,10 +157,6 @@ class SplitCatalogue:
         for kind in legal_kinds(self.graph, layer):
             if kind not in self.allowed or kind == FUSED:  # fused-tiles: spans (_fused_spans)
                 continue
-            if kind in ("fc-input", "conv-filter") and self.graph.nodes[start].attrs.get("quantized"):
-                continue  # int8 partial sums are int32; cluster.split_exec carries float32 (exact only in process)
-            if kind in ("fc-input", "conv-filter") and self.graph.nodes[start].attrs.get("quantized"):
-                continue  # int8 partial sums are int32; cluster.split_exec carries float32 (exact only in process)
             cost = _calibration_split(self.graph, layer, kind)
             if cost is None:  # fewer units than parts
                 continue

@@ -10,10 +10,12 @@ slice takes its slice of a per-channel quantization (the scales of the output ch
 Channel, spatial and frame splits are exact as they stand: every output value is computed by one part
 from the same integers with the same multiplier. fc-input and conv-filter parts instead stop before
 requantizing (attrs["partial"]): each makes the int32 sum of (x - input zero point) * filter over its
-input channels (bias on the part that owns it), the root adds the partial sums (integer addition is
-associative, so the order does not matter) and one `requantize` node scales the total as the unsplit
-kernel would (the same multipliers, the same fused-activation clamp). A split int8 layer equals the
-unsplit one bit for bit.
+input channels (bias on the part that owns it) and sends it as two exact float32 halves (int32_halves:
+sum >> 16 and sum & 0xffff, the last axis doubled), because every runtime buffer is float32 and float32
+rounds integers past 2**24; the root adds the parts' halves (exact for up to 255 parts, in any order)
+and one `requantize` node rebuilds the int32 total and scales it as the unsplit kernel would (the same
+multipliers, the same fused-activation clamp). A split int8 layer equals the unsplit one bit for bit,
+in process and under mpirun; a partial sum costs 8 bytes a value on the link (two float32).
 """
 from __future__ import annotations
 
@@ -25,7 +27,20 @@ from layers.quant import TensorQuant
 
 from .split_parts import PartPlan, box_shape
 
-PARTIAL_DTYPE = np.dtype(np.int32)
+PARTIAL_DTYPE = np.dtype(np.int32)  # a part's accumulator; it leaves the part as float32 halves
+
+
+def halves_shape(shape: tuple) -> tuple:
+    """Shape of the float32 halves of an int32 partial sum of `shape` (last axis doubled)."""
+    return (*shape[:-1], 2 * shape[-1])
+
+
+def check_partial_parts(graph: Graph, index: int, n_parts: int) -> None:
+    from layers.quant import MAX_PARTIAL_PARTS
+
+    if n_parts > MAX_PARTIAL_PARTS:
+        raise PisplitError(f"layer {graph.nodes[index].name}: an int8 input-channel split adds its partial sums exactly in at most "
+                           f"{MAX_PARTIAL_PARTS} parts, not {n_parts}")
 
 
 def is_quantized_node(graph: Graph, index: int) -> bool:
@@ -101,6 +116,8 @@ def part_quant(graph: Graph, plan: PartPlan, partials: dict | None = None) -> di
             qs = [partials[t] for t in node.inputs]  # pieces of a grouped conv's partial sum, by channel
             partials[node.outputs[0]] = TensorQuant("int32", tuple(s for q in qs for s in q.scale), (0,), qs[0].axis)
         for t in node.outputs:
+            if node.op == "int32_halves":  # float32 halves of a partial sum: not quantized
+                continue
             q = partials.get(t) or graph.quant.get(t) or graph.quant.get(source.outputs[0])
             if q is not None and (node.attrs.get("quantized") or t in graph.quant):
                 out[t] = q

@@ -28,7 +28,7 @@ from layers.weights import SeededWeights, weight_box
 from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
-from .split_quant import PARTIAL_DTYPE, as_integers, part_bytes, part_quant, partial_quant
+from .split_quant import as_integers, halves_shape, part_bytes, part_quant
 from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower, spatial_region
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
@@ -104,9 +104,12 @@ class Split:
     @property
     def partial_shape(self) -> tuple:
         """Shape of the tensor the parts' outputs merge into: the segment output, or for sum kinds the
-        primary's output before the root's activation and followers."""
+        primary's output before the root's activation and followers (int8: its int32 sums as float32
+        halves, the last axis doubled; split_quant)."""
         if self.layout.merge == "sum":
-            return self.graph.shapes[self.graph.nodes[self.node_start].outputs[0]]
+            primary = self.graph.nodes[self.node_start]
+            shape = self.graph.shapes[primary.outputs[0]]
+            return halves_shape(shape) if primary.attrs.get("quantized") else shape
         return self.output_shape
 
     @property
@@ -188,20 +191,14 @@ class Split:
         if not self.graph.quant:
             return {}
         plan = self.layout.post if index is None else self._part(index)
-        partials = {}
-        if index is None and plan is not None:
-            feed = plan.feeds[0]
-            partials[feed.name] = partial_quant(self.graph, self.node_start, 0, self.partial_shape[-1])
-        return part_quant(self.graph, plan, partials)
+        return part_quant(self.graph, plan)
 
     @property
     def part_dtype(self) -> np.dtype:
-        """The dtype of the parts' outputs: float32, the int8 output of an int8 segment, or int32 partial
-        sums (int8 fc-input / conv-filter)."""
-        if not self.graph.quant:
+        """The dtype of the parts' outputs: float32 (also the exact halves of int8 partial sums), or the
+        int8 output of an int8 segment."""
+        if not self.graph.quant or self.layout.merge == "sum":
             return np.dtype(np.float32)
-        if self.layout.merge == "sum" and self.graph.nodes[self.node_start].attrs.get("quantized"):
-            return PARTIAL_DTYPE
         return self.graph.dtype(self.output)
 
     def _graph_of(self, plan: PartPlan, suffix: str, weights: Mapping | None) -> Graph:
@@ -294,11 +291,9 @@ class Split:
             for p, o in zip(self.parts, outs):
                 merged[box_index(p.output_box)] = o
             return merged
-        merged = np.zeros((n, *self.partial_shape[1:]), np.float32 if dtype == np.float32 else np.int64)
+        merged = np.zeros((n, *self.partial_shape[1:]), np.float32)
         for p, o in zip(self.parts, outs):
-            merged[box_index(p.output_box)] += o
-        if dtype != np.float32:  # int8 partial sums: added exactly, carried on as int32
-            merged = as_integers(merged, dtype, self.layer)
+            merged[box_index(p.output_box)] += o  # int8 partial sums: 16-bit halves, exact in float32
         return self.finish_sum(merged)
 
     def finish_sum(self, summed: np.ndarray) -> np.ndarray:

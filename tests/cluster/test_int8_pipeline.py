@@ -1,7 +1,9 @@
 """int8 pipelines under real MPI (issue 12): stages of an int8 model (float I/O around QUANTIZE /
 DEQUANTIZE) pass int8 activations between ranks, packed at 1 byte a value by FrameCodec, through single,
-data-parallel and split stages (conv-channel, conv-spatial, conv-spatial through ADD and max pool); the outputs
-equal the whole model's, every value, on the numpy and litert engines."""
+data-parallel and split stages (conv-channel, conv-spatial, conv-spatial through ADD and max pool, and
+conv-filter on a conv, a depthwise and a 1x1 conv, whose int32 partial sums travel as float32 halves); the outputs
+equal the whole model's, every value, on the numpy engine (litert: within one unit; it refuses the
+partial-sum parts in one line)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +25,9 @@ PLANS = [
     ("split", [(0, 1, [0], "single"),
                (1, 7, [1, 2], "split", [(1, 2, "conv-channel", (6, 4)), (2, 3, "conv-spatial", (9, 4)), (3, 6, "conv-spatial", (4, 3)),
                                         (6, 7, "none", ())])]),
+    ("partial-sums", [(0, 1, [0], "single"),
+                      (1, 7, [1, 2], "split", [(1, 2, "conv-filter", (4, 2)), (2, 3, "conv-filter", (6, 4)), (3, 4, "conv-filter", (11, 9)),
+                                               (4, 7, "none", ())])]),
 ]
 
 
@@ -42,6 +47,9 @@ def test_int8_pipelines_under_mpirun_equal_the_whole_model(tmp_path, engine):
         out = tmp_path / f"{name}-{engine}.npz"
         proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / f"{name}.json"), "--frames", frames, "--engine", engine,
                       "--output", out, "--json")
+        if name == "partial-sums" and engine == "litert":  # int32 partial sums have no TFLite form: one line, every rank ends
+            assert proc.returncode != 0 and "makes int32 partial sums" in proc.stderr and "Traceback" not in proc.stderr
+            continue
         assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
         assert json.loads(proc.stdout)["every_frame_once"]
         with np.load(out, allow_pickle=False) as z:

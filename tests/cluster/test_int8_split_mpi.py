@@ -1,6 +1,7 @@
-"""int8 splits under real MPI (issue 12): `mpirun -n 3` runs int8 layers split by every concat kind
-through cluster.split_exec, one part per rank, and the merged output equals the unsplit segment in
-every integer. The runtime carries tensors as float32 buffers, which hold int8 values exactly."""
+"""int8 splits under real MPI (issue 12): `mpirun -n 3` runs int8 layers split by every kind through
+cluster.split_exec, one part per rank, and the merged output equals the unsplit segment in every
+integer. The runtime carries tensors as float32 buffers, which hold int8 values exactly, and int32
+partial sums as two 16-bit halves each, which add exactly in float32."""
 from __future__ import annotations
 
 import json
@@ -26,9 +27,11 @@ CASES = [
     {"layer": "fully_connected_22", "kind": "data-parallel", "sizes": 3},
     {"layer": "conv_2d_3", "kind": "conv-spatial", "sizes": [6, 4, 3], "segment_runner": True},
     {"layer": "conv_2d_4", "kind": "conv-channel", "sizes": [4, 4, 2], "float_io": True},
-    # partial sums: split_exec carries every tensor as float32, which rounds int32 sums past 2**24, so
-    # the root refuses the rounded sums in one line rather than requantize them (until it carries int32)
-    {"layer": "conv_2d_9", "kind": "conv-filter", "sizes": [11, 5, 4], "error": "is int32"},
+    # partial sums: int32 sums travel as exact float32 16-bit halves, added by the root, requantized once
+    {"layer": "conv_2d_9", "kind": "conv-filter", "sizes": [11, 5, 4]},
+    {"layer": "depthwise_conv_2d_6", "kind": "conv-filter", "sizes": [3, 4, 3]},
+    {"layer": "fully_connected_19", "kind": "fc-input", "sizes": [2, 4, 3]},
+    {"layer": "conv_2d_14", "kind": "conv-filter", "sizes": [4, 3, 3], "segment_runner": True},
 ]
 
 

@@ -1,14 +1,14 @@
 """Splits of int8 layers (issue 12): every split kind of an int8 conv / depthwise / fully connected /
 pool / add segment, in uneven parts, equals the unsplit segment bit for bit. Channel, spatial, tile and
 frame splits run the same integer kernels on their slice; fc-input and conv-filter parts make int32
-partial sums that the root adds and requantizes once (partitioners.split_quant)."""
+partial sums, sent as exact float32 16-bit halves, that the root adds and requantizes once
+(partitioners.split_quant)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from layers.engine import make_engine
-from partitioners.split_quant import PARTIAL_DTYPE
 from partitioners.splits import legal_kinds, split_layer
 
 from .int8_split_models import int8_split_graph
@@ -65,7 +65,7 @@ def test_int8_split_equals_unsplit_bit_for_bit(case):
                              3 if isinstance(sizes, int) else len(sizes))
     frames = 5 if kind == "data-parallel" else 1
     summing = split.layout.merge == "sum"
-    assert split.part_dtype == (PARTIAL_DTYPE if summing else np.int8)
+    assert split.part_dtype == (np.float32 if summing else np.int8)
     if summing:  # the root requantizes once, with the layer's own activation clamp
         post = split.post_graph()
         assert post.nodes[0].op == "requantize" and post.dtype(post.outputs[0]) == np.int8
@@ -84,9 +84,11 @@ def test_int8_split_equals_unsplit_bit_for_bit(case):
             n = next(iter(feeds.values())).shape[0]
             outs.append(np.concatenate([engine.run({k: v[i:i + 1] for k, v in feeds.items()})[g.outputs[0]] for i in range(n)])
                         if n else np.empty((0, *g.shapes[g.outputs[0]][1:]), split.part_dtype))
-        if summing:  # the partial sums are raw int32 accumulators, well outside the int8 range
-            assert all(o.dtype == np.int32 for o in outs)
-            assert max(int(np.abs(o).max()) for o in outs) > 1000
+        if summing:  # int32 accumulators well outside the int8 range, as exact float32 halves (hi, lo)
+            assert all(o.dtype == np.float32 and o.shape[-1] % 2 == 0 for o in outs)
+            sums = [o[..., 0::2].astype(np.int64) * 65536 + o[..., 1::2].astype(np.int64) for o in outs]
+            assert all(np.array_equal(o, np.rint(o)) and (o[..., 1::2] >= 0).all() and (o[..., 1::2] < 65536).all() for o in outs)
+            assert max(int(np.abs(s).max()) for s in sums) > 1000
         got = split.merge(outs)
         assert got.dtype == np.int8 and got.shape == want.shape
         assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} values differ"
@@ -134,6 +136,6 @@ def test_int8_split_costs_count_int8_bytes():
     assert [p.weight_bytes for p in channel.parts] == [20 * 6 + 4 * 6, 20 * 4 + 4 * 4]  # int8 filters, int32 biases
     assert channel.output_bytes == 13 * 11 * 10 and channel.input_bytes == int(np.prod(cin))
     summing = split_layer(graph, "conv_2d_9", "conv-filter", (12, 8)).cost()
-    assert [p.send_bytes for p in summing.parts] == [13 * 11 * 10 * 4] * 2  # int32 partial sums
+    assert [p.send_bytes for p in summing.parts] == [13 * 11 * 10 * 8] * 2  # int32 partial sums as two float32 halves
     assert [p.recv_bytes for p in summing.parts] == [13 * 11 * 12, 13 * 11 * 8]
     assert sum(p.weight_bytes for p in summing.parts) == 200 + 40  # the bias once

@@ -71,7 +71,7 @@ def test_int8_nodes_are_priced_at_the_kind_int8_rate(engine):
     assert calibration.node_seconds("rpi3", graph, conv) > 0
 
 
-def test_plan_of_an_int8_model_counts_int8_bytes_and_avoids_partial_sums():
+def test_plan_of_an_int8_model_counts_int8_bytes():
     graph = int8_split_graph(float_io=True)
     model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), Calibration("numpy"))
     for c in range(1, len(graph)):
@@ -82,10 +82,9 @@ def test_plan_of_an_int8_model_counts_int8_bytes_and_avoids_partial_sums():
     assert graph.totals()["weight_bytes"] < 4 * int8_weights  # int8 filters, int32 biases: not float32
     for objective in ("throughput", "latency"):
         plan = make_plan(graph, model, "dp", objective)
-        kinds = {s.kind for st in plan.stages for s in st.segments}
-        assert not kinds & {"fc-input", "conv-filter"}, kinds
-    # the planner's split catalogue offers int8 conv / dense layers every kind but the partial-sum ones
+        assert plan.predicted_throughput_fps > 0
+    # the planner's split catalogue offers int8 conv / dense layers every kind, partial sums included
     for i, node in enumerate(graph.nodes):
         if node.op in ("conv2d", "dense") and i in model.segment_at:
             offered = set(model.splits._kind_costs(i))
-            assert offered and not offered & {"fc-input", "conv-filter"}, (node.name, offered)
+            assert offered & {"fc-input", "conv-filter"}, (node.name, offered)
