@@ -264,7 +264,7 @@ def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) ->
     _check_send_codec(s)
     if s.mode != "split":
         if s.segments:
-            raise PisplitError(f"plan: stage {s.index} is {s.mode!r} but has segments (only 'split' stages have them)")
+            raise PisplitError(f"plan: stage {s.index} is '{s.mode}' but has segments (only 'split' stages have them)")
         return
     seg_expect = s.node_start
     for g in s.segments:

@@ -84,7 +84,7 @@ def stage_costs(model: CostModel, stages: list) -> list[StageCost]:
     for s in stages:
         cost = model.stage_cost(s.start, s.stop, s.counts, s.mode, dict(getattr(s, "forced", ()) or ()))
         if cost is None:
-            raise PisplitError(f"planner: stage [{s.start}, {s.stop}) cannot run in mode {s.mode!r} on {s.counts}")
+            raise PisplitError(f"planner: stage [{s.start}, {s.stop}) cannot run in mode '{s.mode}' on {s.counts}")
         if not cost.feasible:
             raise memory_error(model, cost)
         out.append(cost)
