@@ -60,6 +60,9 @@ def test_the_failed_rank_is_read_from_what_the_job_printed():
     alone = "pisplit: partial: ...\npisplit: error: rank 2 (host a): injected fault at frame 5 (--fail 2@5:error)\n"
     assert failed_rank(alone) == Failure(2, "a", "injected fault at frame 5 (--fail 2@5:error)")
     assert failed_rank("pisplit: error: input x.npy: no such file\n") is None  # every rank agreed: not a device's fault
+    node = ("PRTE has lost communication with a remote daemon.\n\n  HNP daemon   : [prterun-head-1@0,0] on node head\n"
+            "  Remote daemon: [prterun-head-1@0,2] on node pi-1\n\nThis is usually due to either a failure of the TCP network\n")
+    assert failed_rank(node) == Failure(-1, "pi-1", "its host stopped answering (mpirun lost its daemon there)")
 
 
 def test_a_replan_uses_the_survivors_and_says_when_the_model_no_longer_fits():
