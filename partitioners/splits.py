@@ -55,6 +55,8 @@ def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
         return ("fc-output", "fc-input", *heads, "data-parallel")
     if node.op in CONV_OPS:
         return ("conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
+    if not node.inputs:  # a constant node (issue 19): nothing to cut
+        return ("data-parallel",)
     if len(graph.shapes[node.inputs[0]]) in SPATIAL_AXES and spatial_follower(graph, index, node.inputs[0], (), True):
         return ("fused-tiles", "data-parallel")
     return ("data-parallel",)

@@ -155,3 +155,11 @@ def test_layer_norm_kernel_and_litert_export():
     feeds = g.random_input(3)
     got = make_engine(g, "litert").run(feeds)[g.outputs[0]]
     assert rel_err(got, g.forward(**feeds)) < 1e-4
+
+
+def test_constant_nodes_have_no_split_but_data_parallel():
+    from partitioners.splits import legal_kinds
+
+    graph = import_tflite_bytes(TRANSFORMER_CASES["class_token_concat_constant"]())
+    const = next(n for n in graph.nodes if n.op == "constant")
+    assert legal_kinds(graph, const.name) == ("data-parallel",)
