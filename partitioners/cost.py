@@ -40,6 +40,7 @@ from .profiles import Calibration
 from .segment_chains import best_chain, chain_seconds, kept_flags
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
 from .split_costs import SplitCatalogue, span_length
+from .split_quant import planner_kinds
 from .vocabulary import StageMode
 
 INF = math.inf
@@ -226,7 +227,7 @@ class CostModel:
         self.codec_budget = codec_budget
         self.cluster = cluster
         self.calibration = calibration or Calibration()
-        self.splits = splits if splits is not None else SplitCatalogue(graph)
+        self.splits = splits if splits is not None else SplitCatalogue(graph, **planner_kinds(graph, self.calibration.engine))
         n = self.n = len(graph)
         self.classes = self._classes()
         self.class_of_rank = {r: c.index for c in self.classes for r in c.ranks}

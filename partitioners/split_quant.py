@@ -162,3 +162,14 @@ def as_integers(value, dtype, layer: str) -> np.ndarray:
     if bad:
         raise PisplitError(f"layer {layer}: a part's output should be {dtype} integers, got {arr.dtype} values that are not")
     return arr.astype(dtype)
+
+
+def planner_kinds(graph: Graph, engine: str) -> dict:
+    """SplitCatalogue keyword arguments for planning `graph` on `engine`: the litert engine cannot run
+    an int8 part's int32 partial sums (no TFLite form), so an int8 graph planned for it is offered no
+    fc-input / conv-filter; {} (every planner kind) otherwise."""
+    if engine != "litert" or not graph.quantized:
+        return {}
+    from .split_costs import FUSED, PLANNER_KINDS
+
+    return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in ("fc-input", "conv-filter"))}

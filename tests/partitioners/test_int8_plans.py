@@ -88,3 +88,17 @@ def test_plan_of_an_int8_model_counts_int8_bytes():
         if node.op in ("conv2d", "dense") and i in model.segment_at:
             offered = set(model.splits._kind_costs(i))
             assert offered & {"fc-input", "conv-filter"}, (node.name, offered)
+
+
+def test_litert_plans_of_int8_models_leave_partial_sums_out():
+    """The litert engine has no TFLite form for an int8 part's int32 partial sums: planning for it, the
+    catalogue offers int8 layers no fc-input / conv-filter (the numpy engine gets them)."""
+    graph = int8_split_graph(float_io=True)
+    cluster = make_cluster([("rpi3", 3, None)], 94e6)
+    for engine, partial in (("litert", False), ("numpy", True)):
+        model = CostModel(graph, cluster, Calibration(engine))
+        offered = set().union(*(set(model.splits._kind_costs(i)) for i, n in enumerate(graph.nodes)
+                                if n.op in ("conv2d", "dense") and i in model.segment_at))
+        assert bool(offered & {"fc-input", "conv-filter"}) == partial and "conv-channel" in offered
+        plan = make_plan(graph, model, "dp", "latency")
+        assert partial or not {s.kind for st in plan.stages for s in st.segments} & {"fc-input", "conv-filter"}
