@@ -246,7 +246,7 @@ class Wheelhouses:
                 if returncode != 0:
                     tail = " | ".join(line for line in output if line.startswith("ERROR"))[-600:] or " | ".join(output[-4:])
                     raise PisplitError(f"cannot get wheels for {arch} Python {version} ({facts['libc']}): {tail}; "
-                                       f"prepare them with pip download and pass --wheelhouse DIR")
+                                       f"prepare them with pip download -c {LOCK_FILE} and pass --wheelhouse DIR")
                 stamp.write_text(digest)
             self.built[tag] = target
             return target

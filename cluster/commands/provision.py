@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--accept-new-hosts", action="store_true",
                    help="trust and record the host key of hosts not yet in known_hosts (a changed key is always refused)")
     p.add_argument("--files", nargs="+", default=[], metavar="FILE", help="models and plans to copy to WORKDIR/files/ on every host")
-    p.add_argument("--wheelhouse", metavar="DIR", help="wheels for the hosts' platform, prepared elsewhere (default: pip download here)")
+    p.add_argument("--wheelhouse", metavar="DIR", help="wheels for the hosts' platform, prepared elsewhere at the lock's versions (pip download -c cluster/constraints.txt; default: pip download here)")
     p.add_argument("--no-smoke-test", action="store_true", help="skip the final MPI run across the hosts")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a host to answer (default 10)")
     p.add_argument("--json", action="store_true", help="print a JSON document")
@@ -119,7 +119,7 @@ def _print_dry_run(report: Report) -> None:
             console.print(f"  {number}. {s.step}: {first}", highlight=False, soft_wrap=True, markup=False)
             for line in rest:
                 console.print(f"       {line}", highlight=False, soft_wrap=True, markup=False)
-    console.print(f"then: an MPI hostfile and `mpirun` of mpi4py's hello world, one rank per host (dry run: nothing was run)")
+    console.print("then: an MPI hostfile and `mpirun` of mpi4py's hello world, one rank per host (dry run: nothing was run)")
 
 
 def report_document(report: Report) -> dict:
