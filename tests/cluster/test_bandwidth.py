@@ -1,0 +1,164 @@
+"""Bandwidth traces, the estimator, the state detector and Algorithm 3 (issue 16)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cluster.bandwidth import (BandwidthTrace, HarmonicEstimator, RuntimeOptimizer, StateDetector, read_throughput_log, read_trace,
+                               write_trace)
+from layers.errors import PisplitError
+from partitioners.edgent import ConfigEntry, ConfigMap
+from tests.conftest import ROOT
+
+GOOD = "# a comment\ntime_s,mbit_per_s\n0,2.5\n1.5,0.25\n3,8\n"
+
+
+def test_a_trace_round_trips_and_steps(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text(GOOD)
+    tr = read_trace(p)
+    assert list(tr.time_s) == [0, 1.5, 3] and list(tr.mbit_per_s) == [2.5, 0.25, 8] and tr.duration_s == 4.5
+    assert tr.bps_at(0) == 2.5e6 and tr.bps_at(1.49) == 2.5e6 and tr.bps_at(1.5) == 0.25e6 and tr.bps_at(4.4) == 8e6
+    assert tr.bps_at(4.5) == 2.5e6  # repeats
+    np.testing.assert_array_equal(tr.bps_at([0.1, 2, 3.1]), [2.5e6, 0.25e6, 8e6])
+    assert tr.mean_mbit() == pytest.approx((1.5 * 2.5 + 1.5 * 0.25 + 1.5 * 8) / 4.5)
+    back = read_trace(write_trace(tmp_path / "u.csv", tr, ["made here"]))
+    np.testing.assert_array_equal(back.mbit_per_s, tr.mbit_per_s)
+
+
+@pytest.mark.parametrize("text, line, reason", [
+    ("time,mbit\n0,1\n", 1, "expected the header"),
+    ("time_s,mbit_per_s\n0,1\n1,x\n", 3, "is not two numbers"),
+    ("time_s,mbit_per_s\n0,1\n1,2,3\n", 3, "expected 2 fields"),
+    ("time_s,mbit_per_s\n0,1\n1,0\n", 3, "must be positive"),
+    ("time_s,mbit_per_s\n0,1\n1,-2\n", 3, "must be positive"),
+    ("time_s,mbit_per_s\n0,1\n1,inf\n", 3, "must be positive and finite"),
+    ("time_s,mbit_per_s\n0,1\n2,1\n# c\n2,1\n", 5, "is not after"),
+    ("time_s,mbit_per_s\n1,1\n", 2, "the first row must be at time 0"),
+    ("time_s,mbit_per_s\n0,1\nnan,1\n", 3, "finite number of seconds"),
+])
+def test_a_bad_row_is_refused_with_its_line(tmp_path, text, line, reason):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(PisplitError, match=f"line {line}: .*{reason}"):
+        read_trace(p)
+
+
+def test_empty_and_missing_traces_are_refused(tmp_path):
+    (tmp_path / "e.csv").write_text("# nothing\n")
+    with pytest.raises(PisplitError, match="empty"):
+        read_trace(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("time_s,mbit_per_s\n")
+    with pytest.raises(PisplitError, match="no rows"):
+        read_trace(tmp_path / "h.csv")
+    with pytest.raises(PisplitError, match="cannot read"):
+        read_trace(tmp_path / "absent.csv")
+
+
+def test_the_public_4g_log_format_reads_as_a_trace(tmp_path):
+    # the example rows of https://users.ugent.be/~jvdrhoof/dataset-4g/ (format documented there)
+    p = tmp_path / "report.log"
+    p.write_text("1453121790686 39287 51.0386528885778 3.73220785642186 2493100 1000\n"
+                 "1453121791687 40288 51.0386532820580 3.73222847166054 2763504 1001\n"
+                 "1453121792686 41287 51.0386553301824 3.73225142858955 2728896 0999\n")
+    tr = read_throughput_log(p)
+    assert tr.mbit_per_s[0] == pytest.approx(2493100 * 8 / 1000 / 1e3)
+    assert tr.mbit_per_s[2] == pytest.approx(2728896 * 8 / 999 / 1e3)
+    np.testing.assert_allclose(tr.time_s, [0.0, 1.0, 2.001])
+    assert tr.duration_s == pytest.approx(3.0)
+    p.write_text("1 2 3 4 5\n")
+    with pytest.raises(PisplitError, match="line 1: expected 6 columns"):
+        read_throughput_log(p)
+
+
+def test_shipped_traces_read_and_are_small():
+    traces = sorted((ROOT / "cluster" / "traces").glob("*.csv"))
+    assert len(traces) >= 3
+    for path in traces:
+        tr = read_trace(path)
+        assert path.stat().st_size < 8192 and tr.duration_s >= 60
+
+
+def test_the_estimator_is_a_harmonic_mean_of_recent_transfers():
+    est = HarmonicEstimator(window=3, min_bytes=100)
+    assert est.estimate is None
+    assert est.add(50, 1.0) is None  # too small to count
+    est.add(1000, 1.0)  # 8000 bit/s
+    est.add(1000, 0.5)  # 16000
+    assert est.estimate == pytest.approx(2 / (1 / 8000 + 1 / 16000))
+    est.add(1000, 0.25)
+    est.add(1000, 0.25)  # the first sample leaves the window
+    assert est.estimate == pytest.approx(3 / (1 / 16000 + 2 / 32000))
+    # one outlier burst barely moves it; one slow transfer moves it a lot
+    steady = HarmonicEstimator(window=5, min_bytes=1)
+    for _ in range(4):
+        steady.add(1e5, 0.4)  # 2 Mbit/s
+    assert steady.add(1e5, 0.04) < 2.6e6
+    slow = HarmonicEstimator(window=5, min_bytes=1)
+    for _ in range(4):
+        slow.add(1e5, 0.4)
+    assert slow.add(1e5, 4.0) < 1.1e6
+    lat = HarmonicEstimator(window=1, min_bytes=1, latency_s=0.1)
+    assert lat.add(1e5, 0.5) == pytest.approx(1e5 * 8 / 0.4)
+
+
+STATES = [0.25e6, 0.5e6, 1e6, 2e6, 4e6, 8e6]
+
+
+def test_the_detector_follows_steps_within_a_few_samples():
+    det = StateDetector(STATES, margin=0.1, up_patience=3, down_patience=2, initial=0)
+    stream = [0.3e6] * 10 + [6e6] * 10 + [0.6e6] * 10
+    states = [det.update(b) for b in stream]
+    assert states[:10] == [0] * 10
+    assert states[10:12] == [0, 0] and states[12:20] == [4] * 8  # up after 3 samples (6 / 1.1 >= 4)
+    assert states[20] == 4 and states[21:] == [1] * 9  # down after 2
+    assert det.update(None) == 1
+
+
+def test_noise_around_a_threshold_does_not_flap():
+    rng = np.random.default_rng(0)
+    for start in (2, 3):
+        det = StateDetector(STATES, margin=0.1, initial=start)
+        noise = 2e6 * (1 + rng.uniform(-0.09, 0.09, 2000))
+        seen = [det.update(b) for b in noise]
+        assert len(set(seen)) == 1, f"flapped from state {start}: {sorted(set(seen))}"
+    # through the estimator, with per-transfer noise of +-30% around 2 Mbit/s (a state): no switch
+    det = StateDetector(STATES, initial=3)  # the default margin
+    est = HarmonicEstimator(window=5, min_bytes=1)
+    seen = [det.update(est.add(1e5, 1e5 * 8 / (2e6 * f))) for f in 1 + rng.uniform(-0.3, 0.3, 3000)]
+    assert np.count_nonzero(np.diff(seen)) == 0, sorted(set(seen))
+
+
+def test_the_detector_refuses_bad_settings():
+    with pytest.raises(PisplitError, match="positive, finite"):
+        StateDetector([])
+    with pytest.raises(PisplitError, match="margin"):
+        StateDetector(STATES, margin=1.0)
+    with pytest.raises(PisplitError, match="initial state 9"):
+        StateDetector(STATES, initial=9)
+
+
+def entry(bw, exit, cut, acc=0.9, lat=0.05, fps=20.0):
+    import math
+
+    return ConfigEntry("rpi3:1,host:1", bw, exit, cut, 10, "x", "raw", lat, fps, acc, math.exp(acc) + fps, True)
+
+
+def test_algorithm3_switches_only_when_the_state_changes():
+    cmap = ConfigMap("m", 0.1, 0.0, "numpy", (entry(0.5e6, "exit1", 10), entry(2e6, "exit3", 4), entry(8e6, "final", 2))).validate()
+    opt = RuntimeOptimizer(cmap, initial_bps=2e6, detector_options={"margin": 0.1, "up_patience": 3, "down_patience": 2})
+    assert opt.strategy.exit == "exit3"
+    picked = []
+    for frame, mbit in enumerate([2.5] * 10 + [0.6] * 10 + [9.5] * 12 + [2.1] * 10):
+        picked.append(opt.observe(mbit * 1e6 / 8 * 0.1, 0.1, at=frame * 0.1, frame=frame).exit)
+    # down 2 transfers into the drop (down_patience 2), up once the window is fast enough for 3 estimates
+    assert [(s.frame, s.from_bps, s.to_bps) for s in opt.switches] == [(11, 2e6, 0.5e6), (25, 0.5e6, 8e6), (33, 8e6, 2e6)]
+    assert len(opt.switches) == 3 and picked[0] == "exit3" and picked[-1] == "exit3" and "final" in picked
+    assert all("bandwidth" in s.reason and "exit" in s.reason for s in opt.switches)
+
+
+def test_a_trace_must_be_well_formed():
+    with pytest.raises(PisplitError, match="start at 0"):
+        BandwidthTrace(np.array([1.0]), np.array([1.0]), 2.0)
+    with pytest.raises(PisplitError, match="duration"):
+        BandwidthTrace(np.array([0.0, 1.0]), np.array([1.0, 2.0]), 1.0)
