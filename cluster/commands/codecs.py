@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--max-rel-error", metavar="E", type=float, help="lossy codecs allowed when their error is at most E x max|x| of the cut")
     p.add_argument("--all", action="store_true", help="with edge-host devices: every cut and codec (default: raw and the best codec per cut)")
     p.add_argument("--plan-output", metavar="PLAN.json", help="write the chosen plan")
+    p.add_argument("--emulate", type=int, metavar="FRAMES", help="also run the chosen plan on emulated devices for FRAMES frames "
+                   "(mpirun, one rank per device, as `pisplit run --emulate`) and print its measured throughput")
     p.add_argument("--engine", default="numpy", help="engine the plan runs with (default numpy)")
     p.add_argument("--chart", metavar="FILE", help="also draw the codec table (.svg, .png or .html; needs pisplit[charts])")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -101,6 +103,31 @@ def load_or_measure(args, graph):
     return table
 
 
+def emulate_plan(plan, args) -> dict | None:
+    """With --emulate N: the chosen plan run on emulated devices (cluster.commands.emulate.run_emulated);
+    {"frames", "throughput_fps", "predicted_fps", "every_frame_once"}, else None."""
+    if not args.emulate:
+        return None
+    import tempfile
+    from pathlib import Path
+
+    from .emulate import run_emulated
+
+    if args.emulate < 1:
+        raise PisplitError(f"--emulate {args.emulate}: at least 1 frame")
+    with tempfile.TemporaryDirectory(prefix="pisplit-codecs-") as tmp:
+        report = run_emulated(plan.save(Path(tmp) / "plan.json"), plan.n_ranks, args.emulate, Path(tmp) / "report.json", args.engine,
+                              progress=False)
+    return {"frames": args.emulate, "throughput_fps": report["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps,
+            "every_frame_once": report["every_frame_once"]}
+
+
+def _print_emulated(run: dict | None) -> None:
+    if run is not None:
+        console.print(f"emulated: {run['throughput_fps']:.2f} frames/s measured over {run['frames']} frames, "
+                      f"{run['predicted_fps']:.2f} predicted" + ("" if run["every_frame_once"] else " (frames lost or duplicated!)"))
+
+
 def run(args) -> int:
     from partitioners.devices import parse_devices, parse_link_bps
     from partitioners.link_pricing import LossBudget
@@ -111,6 +138,8 @@ def run(args) -> int:
         raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
     budget = LossBudget(parse_fraction(args.max_accuracy_loss, "--max-accuracy-loss") if args.max_accuracy_loss else None, args.max_rel_error)
     entries = parse_devices(args.devices) if args.devices else None
+    if args.emulate is not None and entries is None:
+        raise PisplitError("--emulate runs the plan --devices makes: give --devices")
     if args.chart:
         from ..charts import check_chart_path
 
@@ -222,10 +251,11 @@ def edge_host(graph, model, table, budget, args) -> int:
     plan = edge_host_plan(model, runnable, args.model, args.engine)
     if args.plan_output:
         plan.save(args.plan_output)
+    emulated = emulate_plan(plan, args)
     if args.json:
         print_json({"model": graph.name, "link_bps": model.cluster.link_bandwidth_bps, "candidates": [
             {**asdict(c), "throughput_fps": c.throughput_fps, "runnable": c.runnable} for c in shown],
-            "best": {"cut": best.cut, "codec": best.codec}, "plan": plan.to_dict()})
+            "best": {"cut": best.cut, "codec": best.codec}, "plan": plan.to_dict(), "emulated": emulated})
         return 0
     edge = next(d.kind for d in model.cluster.devices if d.kind != "host")
     out = Table(title=f"{graph.name}: {edge} (edge) + host at {model.cluster.link_bandwidth_bps / 1e6:g} Mbit/s, "
@@ -246,6 +276,7 @@ def edge_host(graph, model, table, budget, args) -> int:
                   ("everything on the edge)" if runnable.cut == model.n else f"after {runnable.after} with {runnable.codec})")))
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
+    _print_emulated(emulated)
     return 0
 
 
@@ -264,11 +295,12 @@ def cluster_host(graph, entries, cluster, table, budget, args) -> int:
     plan = cluster_host_plan(graph, best, host, args.model, args.engine)
     if args.plan_output:
         plan.save(args.plan_output)
+    emulated = emulate_plan(plan, args)
     if args.json:
         print_json({"model": graph.name, "candidates": [{"cut": c.cut, "after": c.after, "codec": c.codec, "head_stages": len(c.head.stages),
                                                           "head_devices": c.head.n_ranks, "head_period_s": c.head_period_s,
                                                           "host_period_s": c.host_period_s, "throughput_fps": c.throughput_fps}
-                                                         for c in candidates], "plan": plan.to_dict()})
+                                                         for c in candidates], "plan": plan.to_dict(), "emulated": emulated})
         return 0
     out = Table(title=f"{graph.name}: head on {len(edge.devices)} edge device(s) (dp planner), tail on the host, "
                       f"at {cluster.link_bandwidth_bps / 1e6:g} Mbit/s")
@@ -281,6 +313,7 @@ def cluster_host(graph, entries, cluster, table, budget, args) -> int:
     console.print(f"best: cut after {best.after} with {best.codec}: {best.throughput_fps:.2f} frames/s on {plan.n_ranks} devices")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
+    _print_emulated(emulated)
     return 0
 
 
@@ -291,8 +324,9 @@ def codec_plan(graph, model, args) -> int:
     plan = with_link_codecs(make_plan(graph, model, "dp", "throughput", args.model, args.engine), model)
     if args.plan_output:
         plan.save(args.plan_output)
+    emulated = emulate_plan(plan, args)
     if args.json:
-        print_json(plan.to_dict())
+        print_json({"plan": plan.to_dict(), "emulated": emulated})
         return 0
     out = Table(title=f"{graph.name}: dp plan with link codecs on {plan.n_ranks} devices at {plan.link_bandwidth_bps / 1e6:g} Mbit/s")
     for col in ("stage", "ranks", "nodes", "sends", "codec", "compute ms", "comm ms"):
@@ -306,5 +340,6 @@ def codec_plan(graph, model, args) -> int:
                   f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output}")
+    _print_emulated(emulated)
     return 0
 

@@ -74,6 +74,7 @@ def test_codecs_dp_plan_names_a_codec_per_link(lenet_table, tmp_path):
     (("--codecs", "gzip"), "unknown codec 'gzip'"),
     (("--link", "fast"), "link 'fast'"),
     (("--devices", "rpi3:2,host:1", "--codecs", "zstd"), None),  # not edge-host: the dp planner, fine
+    (("--emulate", "4"), "--emulate runs the plan --devices makes"),
 ])
 def test_codecs_errors_are_one_line(args, message):
     proc = run_pisplit("codecs", "lenet5", "--frames", 1, *args, check=message is None)
@@ -137,3 +138,14 @@ def test_codecs_chart_draws_the_table(lenet_table, tmp_path):
     assert "<svg" in text and "jpeg:50" in text and "conv1" in text
     proc = run_pisplit("codecs", "lenet5", "--table", path, "--chart", tmp_path / "c.gif", check=False)
     assert proc.returncode == 1 and "unknown format '.gif'" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_codecs_emulates_the_plan_it_chose(lenet_table):
+    path, _ = lenet_table
+    proc = run_pisplit("codecs", "lenet5", "--table", path, "--devices", "rpi3:1,host:1", "--link", "2mbit", "--max-rel-error", "0.05",
+                       "--emulate", 6, "--json")
+    doc = json.loads(proc.stdout)
+    run = doc["emulated"]
+    assert run["frames"] == 6 and run["every_frame_once"] and run["throughput_fps"] > 0
+    assert run["predicted_fps"] == pytest.approx(doc["plan"]["predicted_throughput_fps"])
