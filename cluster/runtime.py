@@ -296,6 +296,7 @@ class RunOptions:
     keep_outputs: bool = False
     engine: str | None = None  # None: the plan's engine
     emulate: bool = False
+    emulate_links: bool = True  # with emulate: pace transfers to the plan's link; False: compute only, the real links carry the time
     host_speed: float | None = None  # emulation: this machine's seconds / the reference profile's (cluster.host_speed); None: cached or 1
     host_cores: int = os.cpu_count() or 1  # emulation: devices computing at once on this machine
     core_lock_dir: str | None = None  # emulation: where the per-core lock files live (shared by the ranks)
@@ -667,9 +668,10 @@ class PipelineRank:
         engine = options.engine or plan.engine
         host = options.host_speed or 1.0
         self.dilation = ComputeDilation(device_slowdown(kind, engine) / plan.devices[self.rank].speed / host) if options.emulate else None
-        self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate else None
+        self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate and options.emulate_links else None
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
-        self.device = EmulatedDevice(self.dilation, self.cores, self.link, self._poll) if options.emulate else None
+        # compute-only emulation: the device's messages leave unpaced (a link of no duration)
+        self.device = EmulatedDevice(self.dilation, self.cores, self.link or LinkPacer(math.inf), self._poll) if options.emulate else None
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
         hooks = self.device

@@ -32,6 +32,11 @@ def register(sub) -> None:
     p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                    help="environment variable for the ranks (NAME alone forwards this machine's value); repeatable")
     p.add_argument("--no-sync", action="store_true", help="do not copy the plan to the hosts first")
+    p.add_argument("--emulate-compute", action="store_true", help="the ranks dilate their compute to the plan's devices "
+                   "(`pisplit run --emulate-compute`, one BLAS thread each) while the real links carry the transfers: for the "
+                   "emulated cluster (scripts/cluster_up), whose Pis all run on this machine")
+    p.add_argument("--host-speed", type=float, metavar="S", help="with --emulate-compute: the ranks' machine's seconds over the "
+                   "reference profile's (default: this machine's, measured once and cached as `pisplit emulate` does)")
     p.add_argument("--timeout", type=float, default=None, help="stop mpirun after this many seconds (default: no limit)")
     p.add_argument("--json", action="store_true", help="print a JSON document (the ranks' output is captured into it)")
     p.add_argument("--resilient", action="store_true", help="survive a lost Pi: when a rank or host dies or stalls, replan on the "
@@ -58,8 +63,11 @@ def run(args) -> int:
         if not args.resilient:
             raise PisplitError("--fail and --output: with --resilient (without it, give them to the ranks' --command)")
         return launch_resilient(args, plan, inventory, hosts, known_hosts)
-    launch = build_launch(inventory, hosts, ranks, args.command, plan_name=plan.name, frames=args.frames,
-                          env=parse_env(args.env), known_hosts=known_hosts,
+    command, env = args.command, parse_env(args.env)
+    if args.emulate_compute:
+        command, env = emulate_compute_command(args, plan, len(ranks), command, env)
+    launch = build_launch(inventory, hosts, ranks, command, plan_name=plan.name, frames=args.frames,
+                          env=env, known_hosts=known_hosts,
                           cluster_key=Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key())
     doc = {"command": shlex.join(launch.argv), "argv": launch.argv, "hostfile": str(launch.files.hostfile),
            "ssh_config": str(launch.files.ssh_config),
@@ -90,6 +98,25 @@ def run(args) -> int:
     elif proc.returncode != 0:
         console.print(f"[red]mpirun exited with {proc.returncode}[/]")
     return 0 if proc.returncode == 0 else 1
+
+
+def emulate_compute_command(args, plan_path: Path, n_ranks: int, command: str, env: dict) -> tuple[str, dict]:
+    """--emulate-compute: the rank command with `--emulate-compute --host-speed S` appended (S given, else this
+    machine's for the plan's model with as many copies at once as ranks, as `pisplit emulate` dilates) and
+    one BLAS thread per rank (dilation scales a rank's CPU time)."""
+    from ..host_speed import host_speed
+
+    if args.host_speed is not None and not args.host_speed > 0:
+        raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
+    speed = args.host_speed
+    if speed is None:
+        doc = read_json(plan_path, "plan")
+        if not (isinstance(doc, dict) and "format" in doc):
+            raise PisplitError(f"--emulate-compute: plan {plan_path} is not a pisplit plan (no devices to emulate)")
+        plan = Plan.load(plan_path)
+        speed = host_speed(plan.model, plan.model_seed, plan.engine, concurrency=n_ranks)
+    threads = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return f"{command} --emulate-compute --host-speed {speed!r}", {**threads, **env}
 
 
 def check_pisplit_plan(path: Path) -> None:

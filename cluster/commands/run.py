@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=ENGINES, help="engine of every rank's shard (default: the plan's)")
     p.add_argument("--emulate", action="store_true", help="emulate the plan's devices and links: pad compute by the device's "
                    "calibrated slowdown and pace transfers to the plan's link (what `pisplit emulate` runs)")
+    p.add_argument("--emulate-compute", action="store_true", help="emulate the plan's devices' compute as --emulate does, "
+                   "but leave transfers unpaced: the links are real (the emulated cluster's tc-shaped links, scripts/cluster_up)")
     p.add_argument("--host-speed", type=float, metavar="S", help="with --emulate: this machine's seconds over the reference "
                    "profile's for the same work (default: as `pisplit emulate` measured and cached it for the model, else 1)")
     p.add_argument("--window", type=int, default=2, help="receives posted ahead and sends outstanding per rank (default 2, what plans count memory for)")
@@ -74,6 +76,8 @@ def _run(args, comm, rank: int) -> int:
     plan = inputs = fail = exits = None
     try:
         plan = Plan.load(args.plan)
+        if args.emulate and args.emulate_compute:
+            raise PisplitError("--emulate and --emulate-compute: give one (--emulate paces the links too)")
         if args.host_speed is not None and not args.host_speed > 0:
             raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
         if args.stall_timeout is not None and not args.stall_timeout >= 0:
@@ -90,8 +94,9 @@ def _run(args, comm, rank: int) -> int:
     agree(comm, error)
     engine = args.engine or plan.engine
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
-                         emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
-                         host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate else None,
+                         emulate=args.emulate or args.emulate_compute, emulate_links=not args.emulate_compute,
+                         window=args.window, max_in_flight=args.max_in_flight,
+                         host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate or args.emulate_compute else None,
                          stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits)
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
@@ -112,7 +117,8 @@ def _run(args, comm, rank: int) -> int:
             progress.stop()
     if rank != 0:
         return 0
-    doc = run_report(plan, result, engine, args.emulate)
+    doc = run_report(plan, result, engine, args.emulate or args.emulate_compute)
+    doc["links_paced"] = bool(args.emulate)  # --emulate-compute: compute dilated, the real links carry the time
     if args.output:
         doc["output_file"] = str(write_outputs(Path(args.output), result))
     else:
