@@ -215,6 +215,15 @@ class ResilientResult:
         return self.duplicated == 0 and self.missing.size == 0
 
 
+class ResilientRunFailed(PisplitError):
+    """The supervisor gave up (no devices left, the model no longer fits, a failure no device is to
+    blame for); `partial` holds the frames answered before that."""
+
+    def __init__(self, message: str, partial: "ResilientResult"):
+        super().__init__(message)
+        self.partial = partial
+
+
 class LocalSite:
     """Where attempts run: mpirun with local ranks, every file on this machine (the default site).
 
@@ -316,7 +325,12 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                              "detected_s": ended - last})
             say(f"rank {failure.rank} ({device.kind}{', host ' + failure.host if failure.host else ''}) lost: {failure.cause}; "
                 f"{int(done.sum())} of {frames} frames kept; replanning on {len(pool)} device{'s' if len(pool) != 1 else ''}")
-            current = replan(plan, pool, graph)
+            try:
+                current = replan(plan, pool, graph)
+            except PisplitError as exc:
+                last = failures[-1]
+                raise PisplitError(f"{exc} (after {len(failures)} failure{'s' if len(failures) > 1 else ''}; the last: "
+                                   f"rank {last['rank']}: {last['cause']})") from None
         wall = time.time() - t0
         # time lost per failure: from the last result before it to the first result after it
         for f in failures:
@@ -325,6 +339,10 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             f["recovery_s"] = first_new - (f["failed_after_s"] + f["detected_s"]) if first_new is not None else None
             f["time_lost_s"] = first_new - f["failed_after_s"] if first_new is not None else None
         return _assemble(list(journals.values()), frames, keep_outputs, attempts, failures, current, wall, report)
+    except PisplitError as exc:
+        # giving up: what the journals hold is still every frame answered so far (written as a partial run)
+        partial = _assemble(list(journals.values()), frames, keep_outputs, attempts, failures, None, time.time() - t0, None)
+        raise ResilientRunFailed(str(exc), partial) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

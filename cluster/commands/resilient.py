@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from layers.errors import PisplitError
@@ -15,7 +16,7 @@ from partitioners.plan import Plan
 from ..mpirun import mpirun_env
 from ..output import console, err_console, print_json
 from ..runtime import RunResult, parse_fault
-from ..supervisor import ResilientResult, supervise
+from ..supervisor import ResilientResult, ResilientRunFailed, supervise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def run_resilient(args) -> int:
     if args.emulate:
         child.append("--emulate")
     engine = args.engine or plan.engine
-    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=bool(args.output), quiet=False,
+    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=bool(args.output), quiet=False, output=args.output,
                             env=child_env(one_thread=args.emulate))
     doc = resilient_report(plan, result, engine, args.emulate)
     return finish(args, doc, result)
@@ -66,7 +67,7 @@ def child_env(one_thread: bool) -> dict:
 
 
 def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_outputs: bool, quiet: bool, env: dict, site=None,
-                   timeout: float | None = None) -> ResilientResult:
+                   timeout: float | None = None, output: str | None = None) -> ResilientResult:
     """Check the arguments, load the model, run the supervisor; progress lines go to stderr."""
     from layers import load_model
 
@@ -79,7 +80,26 @@ def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_output
     if len(graph) != plan.n_nodes:
         raise PisplitError(f"plan for {plan.model}: covers {plan.n_nodes} nodes, the model has {len(graph)}")
     say = None if quiet else (lambda line: print(f"pisplit: resilient: {line}", file=sys.stderr, flush=True))
-    return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout)
+    try:
+        return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout)
+    except ResilientRunFailed as exc:
+        keep_partial(output, exc.partial)  # the run gives up: the frames answered are still written
+        raise
+
+
+def keep_partial(output: str | None, result: ResilientResult) -> None:
+    """A resilient run that gave up: write the frames it has to `output`, marked partial (as `pisplit run`
+    does), and say on stderr which are missing."""
+    from .run import frame_ranges, write_outputs
+
+    delivered = np.setdiff1d(np.arange(result.frames), result.missing)
+    where = "done (no --output to write them to)"
+    if output and result.outputs is not None:
+        partial = RunResult(ranks=[], frame_ids=result.frame_ids, outputs={n: a[delivered] for n, a in result.outputs.items()},
+                            missing_frame_ids=result.missing, output_frame_ids=delivered)
+        where = f"written to {write_outputs(Path(output), partial)}"
+    print(f"pisplit: partial: {delivered.size} of {result.frames} frames {where}; missing frames {frame_ranges(result.missing) or 'none'}",
+          file=sys.stderr, flush=True)
 
 
 def resilient_report(plan: Plan, result: ResilientResult, engine: str, emulated: bool) -> dict:
@@ -237,7 +257,7 @@ def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts:
     plan = Plan.load(plan_path)
     cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
     site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env))
-    result = supervise_plan(plan, args.frames, [], args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(),
+    result = supervise_plan(plan, args.frames, [], args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(), output=args.output,
                             site=site, timeout=args.timeout)
     doc = resilient_report(plan, result, plan.engine, False)
     return finish(args, doc, result)

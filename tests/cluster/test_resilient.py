@@ -204,3 +204,21 @@ def test_bench_resilience_reports_the_failure_and_no_frame_lost():
     assert run["every_frame_once"] and run["frames_lost"] == 0 and run["frames_duplicated"] == 0
     (failure,) = run["failures"]
     assert failure["cause"] == "exited on signal 9 (Killed)" and failure["time_lost_s"] > 0 and len(run["attempts"]) == 2
+
+
+@pytest.mark.mpi
+def test_when_no_device_is_left_the_frames_answered_are_still_written(tmp_path):
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 4, [0], "single"), (4, 9, [1], "single")]).save(tmp_path / "plan.json")
+    out = tmp_path / "y.npz"
+    proc, _ = resilient(plan, "--frames", 100, "--fail", "1@20:kill", "--fail", "0@50:kill", "--output", out)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("pisplit: error", "pisplit: partial"))]
+    assert len(lines) == 2 and lines[1] == ("pisplit: error: resilient run of lenet5: no devices left (after 2 failures; the last: "
+                                            "rank 0: exited on signal 9 (Killed))"), proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        kept = z["output_frame_ids"].tolist()
+        assert bool(z["partial"]) and sorted(kept) == kept and sorted(kept + z["missing_frame_ids"].tolist()) == list(range(100))
+        assert len(kept) >= 50  # 20 from the first attempt, up to frame 50 from the second
+        np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 100)[kept], rtol=1e-5, atol=1e-5)
+    assert lines[0] == f"pisplit: partial: {len(kept)} of 100 frames written to {out}; missing frames {len(kept)}-99"
