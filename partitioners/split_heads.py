@@ -161,6 +161,9 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
             _check_contained(graph, start, stop)
             if qkv_cols is None:
                 raise _NotAttention("no projection")
+            if not any(graph.nodes[i].op == "batch_matmul" for i in range(start, stop)):
+                # a dense -> reshape -> dense chain splits as fc-output -> fc-input; attn-heads is for attention
+                raise _NotAttention("no BATCH_MATMUL between the projections")
             return AttentionBlock(start, stop, heads, last[1][1], x, fused, fac)
         if node.op == "reshape":
             fac[out] = _regroup(ins[0], shape)
