@@ -151,3 +151,43 @@ def test_emulate_runs_the_cluster_with_exits_and_the_baseline_without(tmp_path):
     assert doc["every_frame_once"] and doc["exits"] == {"exit1": int((index == 0).sum()), "final": int((index == 1).sum())}
     bad = emulate("branchy_lenet_mnist", "--devices", "rpi3:2", "--exit", "exit1=high")
     assert bad.returncode == 1 and bad.stderr.startswith("pisplit: error: exit exit1: threshold 'high' is not a number")
+
+
+@pytest.mark.mpi
+def test_the_plans_own_exits_run_without_flags_and_a_flag_overrides_them(tmp_path):
+    from dataclasses import replace
+
+    from partitioners.plan import Exit, Plan
+
+    graph, x, ref = reference("branchy_lenet_mnist")
+    plan = replace(hand_plan(graph, LENET_TWO, model="branchy_lenet_mnist"), exits=(Exit("exit1", 0.05, 0.8),)).validate()
+    path = plan.save(tmp_path / "plan.json")
+    assert Plan.load(path).exits == plan.exits
+    np.save(tmp_path / "x.npy", x)
+    for extra, t in (([], 0.05), (["--exit", "exit1=1"], 1.0)):
+        proc, _ = mpirun(2, "run", path, "--input", tmp_path / "x.npy", "--frames", FRAMES, "--no-progress", "--json", *extra, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+        index, _ = reference_answers(graph, ref, resolve_exits(graph, {"exit1": t}))
+        assert doc["exits"] == {"exit1": int((index == 0).sum()), "final": int((index == 1).sum())}
+
+
+@pytest.mark.mpi
+def test_a_rank_failing_behind_an_exit_ends_the_run_with_partial_output(tmp_path):
+    graph, x, _ = reference("branchy_lenet_mnist")
+    plan = hand_plan(graph, LENET_TWO, model="branchy_lenet_mnist").save(tmp_path / "plan.json")
+    np.save(tmp_path / "x.npy", x)
+    proc, _ = mpirun(2, "run", plan, "--input", tmp_path / "x.npy", "--frames", FRAMES, "--no-progress", "--exit", "exit1=0.05",
+                     "--fail", "1@5", "--output", tmp_path / "y.npz", timeout=120)
+    assert proc.returncode != 0 and "injected fault at frame" in proc.stderr
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as f:
+        assert bool(f["partial"]) and f["missing_frame_ids"].size > 0
+        done = np.setdiff1d(np.arange(FRAMES), f["missing_frame_ids"])
+        np.testing.assert_array_equal(np.sort(f["output_frame_ids"]), done)  # no frame twice
+
+
+@pytest.mark.mpi
+def test_a_multi_view_run_on_the_wrong_number_of_ranks_is_one_line():
+    proc, _ = mpirun(2, "exits", "ddnn_mnist", "--run", "--frames", 4, timeout=60)
+    assert proc.returncode != 0
+    assert "4 present end devices: run under mpirun -n 5" in proc.stderr and "Traceback" not in proc.stderr
