@@ -479,7 +479,7 @@ class _Step:
                 check_kept_output(graph, stage.segments, i)
         comm = communicators[stage.index]
         index = {r: i for i, r in enumerate(stage.ranks)}
-        kept = None  # layout of the tensor the previous segment left on its parts
+        kept: dict = {}  # tensor -> its layout on the parts of the segment that kept it, while a later one reads it
         tag = 0
         for i, segment in enumerate(stage.segments):
             live_after = set(graph.cut_tensors(segment.node_stop))
@@ -490,10 +490,12 @@ class _Step:
             keep = segment.output_layout == "parts"
             split = split_segment(graph, segment.node_start, segment.node_stop, segment.kind, segment.sizes, segment.options)
             runner = SplitRunner(comm, split, engine, root=0, ranks=[index[r] for r in segment.ranks],
-                                 sources={kept.tensor: kept} if kept is not None else None, keep_output=keep,
+                                 sources={t: kept[t] for t in split.inputs if t in kept} or None, keep_output=keep,
                                  hooks=self.hooks, tag_base=tag)
             tag = runner.tag_end
-            kept = runner.output_layout if keep else None
+            kept = {t: layout for t, layout in kept.items() if t in live_after}
+            if keep:
+                kept[split.output] = runner.output_layout
             self.parts.append((segment.kind, runner, live_after))
 
     def materialise(self) -> None:
@@ -573,7 +575,7 @@ class _Step:
         for its peers holds none; a single stage is one compute step for the caller to pace."""
         if not self.split:
             return self.parts[0][1].run(tensors)
-        piece: dict = {}  # what this rank holds of a tensor the previous segment kept on its parts
+        pieces: dict = {}  # what this rank holds of the tensors segments kept on their parts
         record = self.record
         for i, (kind, runner, live_after) in enumerate(self.parts):
             code = SEGMENT_EVENTS + 2 * i
@@ -586,7 +588,7 @@ class _Step:
                         record(code, t, time.perf_counter() - t)
                 continue
             inputs = {t: tensors[t] for t in runner.split.inputs if t in tensors} if self.is_lead else {}
-            inputs.update(piece)
+            inputs.update({t: pieces[t] for t in runner.split.inputs if t in pieces})
             before = runner.times.to_array()
             t = time.perf_counter()
             y = runner.run(inputs)
@@ -598,13 +600,14 @@ class _Step:
                 record(code, t + input_s, compute_s)
                 if output_s + post_s > 0:
                     record(code + 1, t + input_s + compute_s, output_s + post_s)
+            pieces = {t: v for t, v in pieces.items() if t in live_after}
+            if self.is_lead:
+                tensors = {t: v for t, v in tensors.items() if t in live_after}
             if runner.keep_output:
-                piece = {runner.split.output: y} if y is not None else {}
-            else:
-                piece = {}
-                if self.is_lead:
-                    tensors = {t: v for t, v in tensors.items() if t in live_after}
-                    tensors[runner.split.output] = y
+                if y is not None:
+                    pieces[runner.split.output] = y
+            elif self.is_lead:
+                tensors[runner.split.output] = y
         return tensors if self.is_lead else {}
 
 

@@ -162,21 +162,27 @@ def transition_seconds(messages: Sequence[Message], bandwidth_bps: float, latenc
 
 def check_kept_output(graph: Graph, segments: Sequence, index: int) -> None:
     """A segment that keeps its output on its parts (`output_layout` 'parts') must be a concat split
-    whose output the next segment, also split, reads, and that nothing after that segment needs.
-    Raises PisplitError naming the tensor otherwise."""
+    whose output is read by later segments of its stage, every one of them split (each takes what
+    it needs from the parts, peer to peer: the next segment, or one further on, as a residual
+    block's add reads the block's input), and that nothing after the stage needs. Raises
+    PisplitError naming the tensor otherwise."""
     seg = segments[index]
     node = graph.nodes[seg.node_stop - 1]
     tensor = node.outputs[0]
     if seg.kind not in KEEPABLE_KINDS:
         raise PisplitError(f"tensor {tensor}: segment at node {seg.node_start} ({seg.kind}) cannot keep its output on its "
                            f"parts (output_layout 'parts' needs one of {', '.join(KEEPABLE_KINDS)})")
-    if index + 1 >= len(segments) or segments[index + 1].kind in ("none", "data-parallel"):
+    readers = [g for g in segments[index + 1:] if tensor in {t for n in graph.nodes[g.node_start:g.node_stop] for t in n.inputs}]
+    if index + 1 >= len(segments) or (segments[index + 1].kind in ("none", "data-parallel") and segments[index + 1] in readers):
         raise PisplitError(f"tensor {tensor}: kept on the parts of the segment at node {seg.node_start}, "
                            "but the next segment of the stage is not split (output_layout must be 'lead')")
-    nxt = segments[index + 1]
-    readers = {t for n in graph.nodes[nxt.node_start:nxt.node_stop] for t in n.inputs}
-    if tensor not in readers:
-        raise PisplitError(f"tensor {tensor}: kept on its parts, but the next segment (node {nxt.node_start}) does not read it")
-    if tensor in graph.cut_tensors(nxt.node_stop):
-        raise PisplitError(f"tensor {tensor}: kept on its parts, but nodes after node {nxt.node_stop} need it whole "
+    if not readers:
+        raise PisplitError(f"tensor {tensor}: kept on its parts, but no later segment of the stage "
+                           f"(from node {segments[index + 1].node_start}) reads it")
+    for g in readers:
+        if g.kind in ("none", "data-parallel"):
+            raise PisplitError(f"tensor {tensor}: kept on the parts of the segment at node {seg.node_start}, but the segment "
+                               f"at node {g.node_start} that reads it is not split (output_layout must be 'lead')")
+    if tensor in graph.outputs or tensor in graph.cut_tensors(segments[-1].node_stop):
+        raise PisplitError(f"tensor {tensor}: kept on its parts, but nodes after node {segments[-1].node_stop} need it whole "
                            "(output_layout must be 'lead')")

@@ -221,3 +221,33 @@ def test_segments_on_a_subset_of_the_stage_ranks_keep_and_equal_the_unsplit_mode
     with np.load(out, allow_pickle=False) as z:
         y = z["output_0"]
     np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_kept_strips_persist_until_a_later_segment_reads_them(tmp_path, ranks):
+    # one conv per segment through residual blocks: a block's input stays on the parts while its
+    # convs run and is read again by the block's add three segments later (no trip to the lead); the
+    # projection block's input feeds its shortcut and its main path, its shortcut output waits for the add
+    graph = residual_net(19, 14, 12, projection=True)
+    names = [n.name for n in graph.nodes]
+    path, _ = save_graph(graph, tmp_path / "residual.json")
+    rows = {19: (6, 7, 6), 10: (3, 4, 3)}
+    segments = []
+    starts = [i for i, n in enumerate(graph.nodes) if n.op == "conv2d"] + [names.index("pool")]
+    for a, b in zip(starts, starts[1:]):
+        out_rows = graph.shapes[graph.nodes[b - 1].outputs[0]][1]
+        segments.append((a, b, "conv-spatial", rows[out_rows][:ranks] if ranks == 3 else (out_rows // 2, out_rows - out_rows // 2),
+                         "parts" if b < names.index("pool") else "lead"))
+    segments.append((names.index("pool"), len(names), "none", ()))
+    plan = hand_plan(graph, [(0, len(names), list(range(ranks)), "split", segments)], model=str(path))
+    reread = [g for i, g in enumerate(plan.stages[0].segments) if g.output_layout == "parts"
+              and graph.nodes[g.node_stop - 1].outputs[0] not in {t for n in graph.nodes[plan.stages[0].segments[i + 1].node_start:
+                                                                                         plan.stages[0].segments[i + 1].node_stop] for t in n.inputs}]
+    assert reread, "the shortcut's output is read two segments later, not by the next one"
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
