@@ -40,6 +40,8 @@ COMMANDS = (
             "cluster.commands.codecs"),
     Command("calibrate", "measure each early exit's share of held-out frames for its threshold", "cluster.commands.calibrate"),
     Command("exits", "early exits over a sweep of T: shares, accuracy, bytes per frame, predicted throughput", "cluster.commands.exits"),
+    Command("configmap", "Edgent's configuration map: per bandwidth state the exit and cut of the best reward",
+            "cluster.commands.configmap"),
 )
 COMMAND_MODULES = [c.module for c in COMMANDS]
 

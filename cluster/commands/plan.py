@@ -36,6 +36,11 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the plan document (with --compare: every planner's)")
     p.add_argument("--chart", metavar="FILE", help="draw the plan into FILE (.svg, .png or .html): devices and links, "
                    "each stage's layers and splits, predicted time and memory (needs pip install 'pisplit[charts]')")
+    p.add_argument("--latency-req", metavar="MS", help="Edgent (issue 16): for a branchy model on one device and a host, each "
+                   "exit's best cut and the most accurate one meeting this latency, e.g. 100ms")
+    p.add_argument("--accuracy", metavar="NAME=A", action="append", default=[],
+                   help="with --latency-req: an exit's accuracy (default: layers/trained/manifest.json's held-out accuracy)")
+    p.add_argument("--codec-table", metavar="T.json", help="with --latency-req: a codec table of MODEL (pisplit codecs --save) to search too")
     p.set_defaults(func=run)
 
 
@@ -88,6 +93,10 @@ def run(args) -> int:
         check_chart_path(args.chart)  # a missing extra or a bad name, before any planning
     graph = load_model(args.model)
     model = build_model(args, graph)
+    if args.latency_req:
+        from .configmap import plan_latency_req
+
+        return plan_latency_req(args, graph, model)
     if args.compare:
         results = compare_plans(graph, model, args.objective, args.model, args.engine)
         chosen = next((r.plan for r in results if not isinstance(r, InfeasiblePlan) and r.planner == args.planner), None)

@@ -1,0 +1,95 @@
+"""`pisplit plan --latency-req` (Algorithm 1) and `pisplit configmap` (Algorithm 2), issue 16: the
+printed choice, one-line refusals, the map's plans and exit branches, and a map plan run under mpirun
+answering exactly what the whole model's exit answers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from layers import load_model
+from partitioners.edgent import ConfigMap
+from partitioners.plan import Plan
+from tests.cluster.test_runtime import mpirun
+from tests.conftest import ROOT
+
+
+def pisplit(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200",
+                                                "PYTHONPATH": str(ROOT)})
+
+
+def test_plan_latency_req_prints_each_exit_and_the_choice():
+    proc = pisplit("plan", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1", "--link", "2mbit", "--latency-req", "100ms")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("exit1", "exit2", "exit3", "exit4", "final"):
+        assert name in proc.stdout
+    assert "meets 100 ms: exit exit4" in proc.stdout  # the most accurate held-out (0.977)
+    proc = pisplit("plan", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1", "--link", "2mbit", "--latency-req", "0.5ms", "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["chosen"] is None and doc["message"].startswith("cannot meet 0.5 ms; the fastest is exit exit1")
+    assert len(doc["exits"]) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--latency-req", "soon"], "--latency-req 'soon': expected a positive time"),
+    (["--latency-req", "100ms", "--accuracy", "exit1=x"], "--accuracy exit1=x: expected NAME=A"),
+    (["--latency-req", "100ms", "--accuracy", "exit9=0.5"], "accuracy of exit9: not an output"),
+])
+def test_plan_latency_req_refuses_bad_input_in_one_line(args, message):
+    proc = pisplit("plan", "branchy_lenet_mnist", "--devices", "rpi3:1,host:1", "--link", "2mbit", *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_configmap_writes_the_map_its_plans_and_branches(tmp_path):
+    out = tmp_path / "map"
+    proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:1,host:1", "--states", "0.25,1,8,1000mbit",
+                   "--latency-req", "50ms", "--availability", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    cmap = ConfigMap.load(out / "configmap.json")
+    assert cmap.device_sets() == ["rpi3:1,host:1", "rpi3:1"] and cmap.states() == [0.25e6, 1e6, 8e6, 1e9]
+    for e in cmap.entries:
+        plan = Plan.load(out / e.plan)
+        branch = load_model(plan.model)
+        assert branch.outputs == [e.exit] and plan.n_nodes == len(branch) == e.n_nodes
+        assert plan.stages[0].node_stop == e.cut and plan.n_ranks == (1 if e.cut == e.n_nodes else 2)
+    proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:1", "--states", "1mbit", "--latency-req", "50ms",
+                   "--availability", "--output", out)
+    assert proc.returncode != 0 and "--availability: --devices rpi3:1 has no host to lose" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time_s,mbit_per_s\n0,1\n1,oops\n")
+    proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:1,host:1", "--bandwidth-trace", bad, "--latency-req", "50ms",
+                   "--output", out)
+    assert proc.returncode != 0 and f"bandwidth trace {bad}: line 3: '1,oops' is not two numbers" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.mpi
+def test_a_map_plan_with_a_cut_runs_and_answers_as_the_whole_models_exit(tmp_path):
+    """At 1 Gbit/s the host takes most of the work: the plan cuts the exit branch across 2 ranks; under
+    mpirun its answers equal the whole model's output at that exit."""
+    out = tmp_path / "p"
+    proc = pisplit("plan", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1", "--link", "1gbit", "--latency-req", "100ms",
+                   "--output", out / "plan.json")
+    assert proc.returncode == 0, proc.stderr
+    plan = Plan.load(out / "plan.json")
+    assert plan.n_ranks == 2 and len(plan.stages) == 2
+    branch = load_model(plan.model)
+    whole = load_model("branchy_alexnet_mnist")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 32, 32, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = mpirun(2, "run", out / "plan.json", "--frames", 5, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        y = z["output_0"]
+    exit_name = branch.outputs[0]
+    ref = np.stack([whole.execute({"input": x[f % 3][None]})[exit_name][0] for f in range(5)])
+    np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-5, atol=1e-6)
