@@ -94,7 +94,7 @@ def plan_with_fractions(plan, graph, points, fractions):
     """`plan` with its exits' measured shares, and its predicted throughput counting them: the plan's
     figure without exits (recovered if it already counted older shares) scaled by
     partitioners.exits.throughput_with_exits."""
-    from partitioners.exits import plan_stage_periods, reach_from_fractions, resolve_exits, throughput_with_exits
+    from partitioners.exits import plan_stage_periods, resolve_exits, throughput_with_exits
     from partitioners.plan import Exit
 
     periods = plan_stage_periods(plan)
