@@ -1,0 +1,288 @@
+"""Paced emulation against the network-namespace cluster (scripts/bench_netns): the same plan file run
+(a) on the emulated Pi cluster of cluster/netns.py, one rank per Pi, launched with `pisplit launch
+--emulate-compute` (mpirun over ssh, real TCP through veth links shaped by `tc tbf`, each rank's
+compute dilated to its device), and (b) in paced emulation on this machine (`pisplit run --emulate`
+as `pisplit emulate` runs it: shared-memory MPI, compute dilated the same way, transfers paced by
+cluster.emulation.LinkPacer). Both use the same host speed (measured once, cached). Printed per plan:
+throughput and latency p50 of each, each over the plan's prediction, and (a)/(b).
+
+Default plans: AlexNet's throughput plan on 3 Pi 3B+ and its latency plan (one split stage whose
+conv segments keep their row strips on the parts) on 4 Pi 3B+, links at 94 Mbit/s; a latency plan
+is measured one frame in flight, as `pisplit emulate --objective latency` does. The cluster is
+brought up (a running one of the same name and size is reused), provisioned (a second provision
+only syncs changed files) and brought down at the end unless --keep.
+
+Needs root (namespaces, sshd). Options: --plans MODEL@KIND:N/OBJECTIVE,... --link 94mbit --repeat N
+(alternate (a) and (b) N times, medians) --frames N --latency-frames N --name --state --keep --json
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads, as for the ranks (the host speed is measured apart)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from layers.errors import PisplitError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PLANS = "alexnet@rpi3:3/throughput,alexnet@rpi3:4/latency"
+DEFAULT_NAME = "psbench"
+DEFAULT_NETWORK = "10.213.9"  # not the tests' clusters' (10.213.7, 10.213.8)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- the emulated cluster, ready to launch on ---------------------------------------------------------------
+def check_can_host() -> None:
+    """PisplitError naming what is missing when this machine cannot host the emulated cluster."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        raise PisplitError("the emulated cluster needs root (network namespaces, mounts, sshd)")
+    for tool in ("ip", "tc", "unshare", "ssh-keygen", "ssh"):
+        if shutil.which(tool) is None:
+            raise PisplitError(f"{tool} is not installed (bash scripts/setup installs iproute2 and openssh as root)")
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        raise PisplitError("openssh-server is not installed (bash scripts/setup installs it as root)")
+
+
+def link_rate(cluster) -> str | None:
+    """The tbf rate pi-0's link is shaped to now, as tc prints it ('94Mbit'), or None."""
+    import re
+
+    out = subprocess.run(["tc", "-n", cluster.pis[0].namespace, "qdisc", "show", "dev", "eth0"], capture_output=True, text=True).stdout
+    m = re.search(r"\brate (\S+)", out)
+    return m.group(1) if m else None
+
+
+def bring_up(cluster) -> bool:
+    """Bring `cluster` up, reusing it when it already runs with its links at its rate; True if reused."""
+    from cluster.emulation import parse_link
+    from cluster.netns import cluster_down, cluster_up, is_up
+
+    if is_up(cluster):
+        rate = link_rate(cluster)
+        if rate and abs(parse_link(rate) - parse_link(cluster.rate)) <= 0.01 * parse_link(cluster.rate):
+            return True
+        cluster_down(cluster, keep_state=True)  # shaped at another rate: rebuilt (host keys kept)
+    cluster_up(cluster)
+    return False
+
+
+class Head:
+    """The head node's side of an emulated cluster: its files in the cluster's state directory (known_hosts,
+    cluster key, a pisplit cache), and pisplit commands run in the head's namespace."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.home = cluster.state / "bench-head"
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        self.known_hosts = self.home / "known_hosts"
+        self.cluster_key = self.home / "cluster_key"
+        self.env = {**os.environ, "XDG_CACHE_HOME": str(self.home / "cache"), "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def pisplit(self, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`pisplit ARGS --inventory ... --known-hosts ... --cluster-key ...` in the head's namespace."""
+        argv = [*map(str, args), "--inventory", str(self.cluster.inventory), "--known-hosts", str(self.known_hosts),
+                "--cluster-key", str(self.cluster_key)]
+        cmd = self.cluster.exec_argv(self.cluster.head, [sys.executable, "-m", "cluster.cli", *argv])
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=timeout)
+
+    def provision(self) -> dict:
+        """`pisplit provision` of every Pi with a wheelhouse built on this machine's own network (the head's
+        namespace has no route out); PisplitError naming the first host that failed."""
+        from cluster.provision import Wheelhouses, project_requirements
+
+        probe = "import platform; print(platform.python_version()); print(' '.join(platform.libc_ver()))"
+        py = subprocess.run(["python3", "-c", probe], capture_output=True, text=True, check=True,
+                            env={"PATH": "/usr/local/bin:/usr/bin:/bin"}).stdout.split("\n")
+        wheels = Wheelhouses(project_requirements()).for_host({"python": py[0], "libc": py[1], "arch": platform.machine()})
+        proc = self.pisplit("provision", "--accept-new-hosts", "--wheelhouse", wheels, "--json")
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError:
+            raise PisplitError(f"provision of the emulated cluster failed: {proc.stderr.strip()[-600:]}") from None
+        failed = [h for h in doc["hosts"] if not h["ok"]]
+        if failed or proc.returncode != 0:
+            what = f"{failed[0]['name']}: {failed[0]['error']}" if failed else (doc.get("mpi") or {}).get("detail", proc.stderr.strip()[-400:])
+            raise PisplitError(f"provision of the emulated cluster failed: {what}")
+        return doc
+
+    def launch(self, plan_path: Path, frames: int, run_args: list[str], launch_args: list[str] = (), timeout: float = 900) -> dict:
+        """`pisplit launch PLAN --emulate-compute` on the Pis; returns rank 0's report (`pisplit run --json`)."""
+        env = ["--env", "OPENBLAS_CORETYPE"] if os.environ.get("OPENBLAS_CORETYPE") else []
+        command = " ".join(["{pisplit} run {plan} --frames {frames} --json --no-progress", *run_args])
+        proc = self.pisplit("launch", plan_path, "--hosts", "pis", "--frames", frames, "--emulate-compute", *env, *launch_args,
+                            "--json", "--command", command, timeout=timeout)
+        try:
+            launched = json.loads(proc.stdout)
+        except ValueError:
+            raise PisplitError(f"launch of {plan_path.name} failed: {proc.stderr.strip()[-600:]}") from None
+        if launched["returncode"] != 0:
+            errors = [ln for ln in launched["stderr"].splitlines() if "error" in ln.lower()]
+            raise PisplitError(f"launch of {plan_path.name}: mpirun exited with {launched['returncode']}: "
+                               f"{(errors or [launched['stderr'].strip()[-400:]])[0]}")
+        return {**json.loads(launched["stdout"]), "rank_command": launched["argv"]}
+
+
+# --- the comparison ------------------------------------------------------------------------------------------
+def parse_plans(text: str) -> list[tuple[str, str, str]]:
+    """'alexnet@rpi3:3/throughput,vgg16@rpi3:4/latency' -> [(model, devices, objective), ...]."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        model, at, rest = item.partition("@")
+        devices, _, objective = rest.partition("/")
+        if not at or not model or not devices or objective not in ("throughput", "latency"):
+            raise PisplitError(f"--plans {item!r}: expected MODEL@KIND:N/throughput or MODEL@KIND:N/latency")
+        out.append((model, devices, objective))
+    if not out:
+        raise PisplitError("--plans: no plan given")
+    return out
+
+
+def summary(report: dict, plan) -> dict:
+    fps, lat = report["throughput_fps"], report["latency_ms"]["p50"]
+    return {"throughput_fps": fps, "fps_over_predicted": fps / plan.predicted_throughput_fps if plan.predicted_throughput_fps else None,
+            "latency_p50_ms": lat, "latency_over_predicted": lat / (plan.predicted_latency_s * 1e3) if plan.predicted_latency_s else None,
+            "every_frame_once": report["every_frame_once"], "frames": report["frames"],
+            "late_s": max(r["emulation_late_s"] for r in report["ranks"]),
+            "comm_ms": [round(s["comm_ms"], 1) for s in report["stages"]], "compute_ms": [round(s["compute_ms"], 1) for s in report["stages"]]}
+
+
+def median_of(runs: list[dict]) -> dict:
+    keys = ("throughput_fps", "fps_over_predicted", "latency_p50_ms", "latency_over_predicted", "late_s")
+    med = {k: statistics.median(r[k] for r in runs) if all(r[k] is not None for r in runs) else None for k in keys}
+    return {**runs[-1], **med, "every_frame_once": all(r["every_frame_once"] for r in runs), "runs": len(runs)}
+
+
+def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps: float, args, tmp: Path) -> dict:
+    from cluster.commands.emulate import run_emulated
+    from cluster.emulated_plans import plan_for_devices
+    from cluster.host_speed import host_speed
+    from layers import load_model
+
+    graph = load_model(model)
+    plan = plan_for_devices(graph, model, devices, link_bps, "dp", objective, args.engine)
+    name = f"{model}-{devices.replace(':', '')}-{objective}.json"
+    # the plan file both runs read; in the head's directory, where the head namespace's launch reads it too
+    plan_path = plan.save(head.home / name)
+    latency = objective == "latency"
+    frames = args.latency_frames if latency else (args.frames or max(24, int(6 * plan.predicted_throughput_fps)))
+    in_flight = ["--max-in-flight", "1"] if latency else []
+    # the host speed both sides dilate by: as `pisplit emulate` measures it (copies at once = ranks), cached
+    speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
+    stages = " ".join(f"{s.mode}x{len(s.ranks)}[{s.node_start}:{s.node_stop})" for s in plan.stages)
+    say(f"{model} on {devices} ({objective}): {stages}; predicted {plan.predicted_throughput_fps:.2f} frames/s, "
+        f"latency {plan.predicted_latency_s * 1e3:.0f} ms; {frames} frames, host speed {speed:.3f}")
+    cluster_runs, paced_runs = [], []
+    for i in range(args.repeat):
+        t = time.time()
+        rep = head.launch(plan_path, frames, ["--engine", args.engine, *in_flight], ["--host-speed", repr(speed)])
+        cluster_runs.append(summary(rep, plan))
+        say(f"  (a) namespace cluster: {cluster_runs[-1]['throughput_fps']:.2f} frames/s, p50 {cluster_runs[-1]['latency_p50_ms']:.0f} ms "
+            f"({time.time() - t:.0f} s)")
+        t = time.time()
+        rep = run_emulated(plan_path, plan.n_ranks, frames, tmp / f"paced-{i}.json", args.engine, progress=False,
+                           max_in_flight=1 if latency else None)
+        paced_runs.append(summary(rep, plan))
+        say(f"  (b) paced emulation:   {paced_runs[-1]['throughput_fps']:.2f} frames/s, p50 {paced_runs[-1]['latency_p50_ms']:.0f} ms "
+            f"({time.time() - t:.0f} s)")
+    a, b = median_of(cluster_runs), median_of(paced_runs)
+    return {"model": model, "devices": devices, "objective": objective, "link_mbit": link_bps / 1e6, "stages": stages, "frames": frames,
+            "host_speed": speed, "predicted_fps": plan.predicted_throughput_fps, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
+            "namespace_cluster": a, "paced_emulation": b,
+            "fps_ratio": a["throughput_fps"] / b["throughput_fps"] if b["throughput_fps"] else None,
+            "latency_ratio": a["latency_p50_ms"] / b["latency_p50_ms"] if b["latency_p50_ms"] else None}
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"x{v:.2f}"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'plan':34} {'run':22} {'frames/s':>9} {'/pred':>6} {'p50 ms':>8} {'/pred':>6} {'late s':>7}  comm ms per stage")
+    for r in rows:
+        label = f"{r['model']} {r['devices']} {r['objective']} @{r['link_mbit']:.0f}Mbit"
+        for what, key in (("(a) namespace cluster", "namespace_cluster"), ("(b) paced emulation", "paced_emulation")):
+            m = r[key]
+            print(f"{label:34} {what:22} {m['throughput_fps']:9.2f} {_x(m['fps_over_predicted']):>6} {m['latency_p50_ms']:8.1f} "
+                  f"{_x(m['latency_over_predicted']):>6} {m['late_s']:7.2f}  {m['comm_ms']}")
+            label = ""
+        within = all(v is not None and abs(v - 1) <= 0.10 for v in (r["fps_ratio"], r["latency_ratio"]))
+        print(f"{'':34} {'(a)/(b)':22} {_x(r['fps_ratio']):>9} {'':6} {_x(r['latency_ratio']):>8} {'':6} {'':7}  "
+              f"{'within 10%' if within else 'NOT within 10%'}; predicted {r['predicted_fps']:.2f} frames/s, {r['predicted_latency_ms']:.0f} ms")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_netns", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", default=DEFAULT_PLANS, help=f"MODEL@KIND:N/OBJECTIVE,... (default {DEFAULT_PLANS})")
+    ap.add_argument("--link", default="94mbit", help="the Pis' links (tc rate; the plans' link bandwidth), default 94mbit")
+    ap.add_argument("--frames", type=int, help="frames of a throughput plan (default: about 6 s of them at the predicted rate, at least 24)")
+    ap.add_argument("--latency-frames", type=int, default=12, help="frames of a latency plan, one in flight (default 12)")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate (a) and (b) this many times; medians (default 1)")
+    ap.add_argument("--engine", default="numpy", choices=("numpy", "litert"))
+    ap.add_argument("--name", default=DEFAULT_NAME, help=f"the emulated cluster's name (default {DEFAULT_NAME})")
+    ap.add_argument("--state", help="its state directory (default /tmp/NAME-netns)")
+    ap.add_argument("--keep", action="store_true", help="leave the cluster up at the end (the next run reuses it)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--debug", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except PisplitError as exc:
+        if args.debug:
+            raise
+        print(f"bench_netns: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    from cluster.emulation import parse_link
+    from cluster.netns import Cluster, cluster_down
+
+    plans = parse_plans(args.plans)
+    link_bps = parse_link(args.link)
+    if args.repeat < 1 or args.latency_frames < 1 or (args.frames is not None and args.frames < 1):
+        raise PisplitError("--repeat, --frames and --latency-frames: at least 1")
+    check_can_host()
+    from partitioners.devices import parse_devices
+
+    n_pis = max(sum(count for _, count, *_ in parse_devices(devices)) for _, devices, _ in plans)
+    say(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} cores")
+    cluster = Cluster(name=args.name, n_pis=n_pis, network=DEFAULT_NETWORK, rate=args.link.lower(), state=args.state)
+    t = time.time()
+    reused = bring_up(cluster)
+    rows = []
+    try:
+        head = Head(cluster)
+        say(f"cluster {cluster.name}: {n_pis} Pis at {cluster.rate} {'reused' if reused else 'up'} ({time.time() - t:.0f} s); provisioning ...")
+        t = time.time()
+        head.provision()
+        say(f"provisioned ({time.time() - t:.0f} s)")
+        with tempfile.TemporaryDirectory(prefix="bench-netns-") as tmp:
+            for model, devices, objective in plans:
+                rows.append(compare_plan(head, model, devices, objective, link_bps, args, Path(tmp)))
+    finally:
+        if not args.keep:
+            cluster_down(cluster)
+            say(f"cluster {cluster.name}: down")
+    say(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])} at the end")
+    if args.json:
+        print(json.dumps({"rows": rows}, indent=1))
+    else:
+        print_table(rows)
+    every = all(r[k]["every_frame_once"] for r in rows for k in ("namespace_cluster", "paced_emulation"))
+    return 0 if every else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Compute-only emulation (`pisplit run --emulate-compute`, `pisplit launch --emulate-compute`): ranks dilate
+their compute to the plan's devices as `--emulate` does but pace no transfer, for the network-namespace
+cluster whose tc-shaped links are the link. Correctness here, not timing (scripts/bench_netns compares
+the namespace cluster with paced emulation).
+
+The plan is AlexNet's latency plan on 3 Pi 3B+ (one split stage whose segments keep row strips on the
+parts: messages between the parts go through the emulated device's unpaced stamp). Ranks are given a
+host speed a quarter of this machine's, so their compute is dilated to about four times the device's:
+each stage's compute then takes at least twice its predicted time, which undilated compute (a ninth
+of it on this kind of machine, a few times that under load) does not reach.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from cluster.emulated_plans import plan_for_devices
+from cluster.netns import PI_USER, Cluster, cluster_down
+from layers import zoo_model
+from tests.conftest import require, varied
+
+from .conftest_netns import netns_available
+from .test_runtime import mpirun, reference_outputs
+
+FRAMES = 3
+
+
+@pytest.fixture(scope="module")
+def plan_and_speed(tmp_path_factory):
+    """AlexNet's latency plan on 3 Pi 3B+ at 94 Mbit/s and a host speed a quarter of this machine's."""
+    from cluster.host_speed import host_speed
+
+    graph = zoo_model("alexnet")
+    plan = plan_for_devices(graph, "alexnet", "rpi3:3", 94e6, "dp", "latency", "numpy")
+    assert [s.mode for s in plan.stages] == ["split"] and any(seg.output_layout == "parts" for seg in plan.stages[0].segments)
+    path = plan.save(tmp_path_factory.mktemp("plan") / "alexnet-lat3.json")
+    return graph, plan, path, 0.25 * host_speed(plan.model, plan.model_seed, "numpy", concurrency=1)
+
+
+def check_dilated(report: dict, plan, paced: bool) -> None:
+    assert report["emulated"] and report["links_paced"] is paced and report["every_frame_once"]
+    busy = [r["link_busy_s"] for r in report["ranks"]]
+    assert all(b > 0 for b in busy) if paced else busy == [0.0] * len(busy), busy
+    for stage in report["stages"]:
+        assert stage["compute_ms"] >= 2 * stage["predicted_compute_ms"], (stage, "compute not dilated")
+
+
+def check_outputs(path, graph) -> None:
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z["frame_ids"].tolist()) == list(range(FRAMES))
+        y = z["output_0"]
+    ref = varied(reference_outputs(graph, FRAMES))
+    assert y.shape == ref.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- on this machine, under mpirun ---------------------------------------------------------------------------
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_emulate_compute_dilates_compute_paces_no_link_and_equals_the_reference(plan_and_speed, tmp_path):
+    graph, plan, path, speed = plan_and_speed
+    runs = {}
+    for flag in ("--emulate-compute", "--emulate"):
+        out = tmp_path / f"out{flag}.npz"
+        proc = mpirun(3, "run", path, "--frames", FRAMES, flag, "--host-speed", repr(speed), "--output", out, "--json", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        runs[flag] = json.loads(proc.stdout)
+        check_outputs(out, graph)
+    check_dilated(runs["--emulate-compute"], plan, paced=False)
+    check_dilated(runs["--emulate"], plan, paced=True)  # the same plan paced: the parts' links were busy
+
+
+@pytest.mark.mpi
+def test_emulate_and_emulate_compute_together_are_refused_in_one_line(plan_and_speed):
+    _, _, path, _ = plan_and_speed
+    proc = mpirun(1, "run", path, "--emulate", "--emulate-compute", "--frames", 1)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--emulate and --emulate-compute: give one" in proc.stderr
+
+
+# --- on the network-namespace cluster -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """Three emulated Pi 3B+ at 94 Mbit/s of their own (not the other netns tests' cluster), provisioned."""
+    from bench.netns import Head, bring_up
+
+    ok, reason = netns_available()
+    require(ok, reason)
+    cluster = Cluster(name="psemu", n_pis=3, network="10.213.8", rate="94mbit", state=tmp_path_factory.mktemp("netns") / "cluster")
+    cluster_down(cluster)  # leftovers of an interrupted run
+    try:
+        bring_up(cluster)
+        h = Head(cluster)
+        h.provision()
+        yield h
+    finally:
+        cluster_down(cluster)
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_the_pis_share_this_machines_tmp_for_the_core_tokens(head):
+    # Core tokens (one computing emulated device per core) are lock files in a directory rank 0 makes
+    # in /tmp: every Pi's mount namespace must see the same /tmp, since every Pi computes on these cores.
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="pisplit-netns-probe-") as probe:
+        for pi in head.cluster.pis:
+            pid = pi.pid_file.read_text().strip()  # the Pi's sshd: its sessions (the ranks) live in its mount namespace
+            seen = subprocess.run(["nsenter", "-t", pid, "-m", "test", "-e", probe.name], capture_output=True)
+            assert seen.returncode == 0, f"{pi.hostname} does not see {probe.name}"
+        home = subprocess.run(["nsenter", "-t", pid, "-m", "ls", f"/home/{PI_USER}"], capture_output=True, text=True)
+        assert home.returncode == 0 and "pisplit" in home.stdout.split()  # while /home is the Pi's own
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_launch_emulate_compute_reaches_every_rank_and_equals_the_reference(head, plan_and_speed):
+    graph, plan, path, speed = plan_and_speed
+    local = plan.save(head.home / path.name)  # where the head's namespace reads it
+    dry = head.pisplit("launch", local, "--hosts", "pis", "--emulate-compute", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    argv = json.loads(dry.stdout)["argv"]
+    # without --host-speed the head measures this machine (every Pi runs on it) and passes the value on
+    assert argv[argv.index("--emulate-compute") + 1] == "--host-speed" and float(argv[argv.index("--host-speed") + 1]) > 0
+    assert "OPENBLAS_NUM_THREADS=1" in argv and argv[argv.index("OPENBLAS_NUM_THREADS=1") - 1] == "-x"
+
+    out = head.cluster.pis[0].state / "home" / PI_USER / "pisplit" / "out.npz"  # rank 0 runs on pi-0
+    out.unlink(missing_ok=True)
+    report = head.launch(local, FRAMES, ["--output", "{workdir}/out.npz"], ["--host-speed", repr(speed)], timeout=600)
+    assert report["rank_command"][-2:] == ["--host-speed", repr(speed)]
+    check_dilated(report, plan, paced=False)  # every stage's compute dilated, no transfer paced: the veths' tc is the link
+    check_outputs(out, graph)
