@@ -251,9 +251,10 @@ def reach_from_fractions(stages, points: list[ExitPoint], fractions) -> np.ndarr
 
 def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions, model_spec: str, engine: str):
     """A two-stage plan for a model with exits, chosen knowing the exit rates: the front stage runs the
-    model up to the first exit (its branch included), the rest runs behind it on the other devices;
-    of every split of the devices (front / rest, each stage data-parallel over its devices) the one
-    with the best throughput when the rest stage carries only the frames no front exit answered.
+    model up to one of the exits (its branch included), the rest runs behind it on the other devices;
+    of every exit to cut after and every split of the devices (front / rest, each stage data-parallel
+    over its devices) the one with the best throughput when each stage carries only the work its
+    frames still need (stage_work_ratios: exits inside a stage stop frames there too).
 
     fractions: each exit's share of all frames (calibrate). Returns the Plan (with its exits, their
     fractions, and predicted_throughput_fps counting the exit rates), or raises PisplitError when
@@ -268,21 +269,22 @@ def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions
     if not points:
         raise PisplitError("exit plan: no exits")
     n_devices = len(cost_model.cluster.devices)
-    cut = points[0].node + 1
     best = None
-    for front in range(1, n_devices):
-        choices = [StageChoice(0, cut, (front,), "data-parallel" if front > 1 else "single"),
-                   StageChoice(cut, len(graph), (n_devices - front,), "data-parallel" if n_devices - front > 1 else "single")]
-        try:
-            costs = stage_costs(cost_model, choices)
-        except PisplitError:
-            continue
-        reach = reach_from_fractions([_Range(0, 0, cut), _Range(1, cut, len(graph))], points, fractions)
-        period = max(c.period_s * r for c, r in zip(costs, reach))
-        if best is None or period < best[0]:
-            best = (period, choices, reach)
+    for cut in sorted({p.node + 1 for p in points if p.node + 1 < len(graph)}):
+        for front in range(1, n_devices):
+            choices = [StageChoice(0, cut, (front,), "data-parallel" if front > 1 else "single"),
+                       StageChoice(cut, len(graph), (n_devices - front,), "data-parallel" if n_devices - front > 1 else "single")]
+            try:
+                costs = stage_costs(cost_model, choices)
+            except PisplitError:
+                continue
+            stages = [_Range(0, 0, cut, (front,), choices[0].mode), _Range(1, cut, len(graph), (n_devices - front,), choices[1].mode)]
+            ratios = stage_work_ratios(cost_model, _Stages(stages), points, fractions)
+            period = max(c.period_s * r for c, r in zip(costs, ratios))
+            if best is None or period < best[0]:
+                best = (period, choices, reach_from_fractions(stages, points, fractions))
     if best is None:
-        raise PisplitError(f"exit plan: no split of {n_devices} devices at node {cut} fits in memory")
+        raise PisplitError(f"exit plan: no split of {n_devices} devices after an exit fits in memory")
     period, choices, reach = best
     plan = build_plan(cost_model, choices, "exits", "throughput", model_spec, engine,
                       notes=[f"stage 1 carries {reach[1]:.1%} of the frames (exit rates measured on held-out data)"])
@@ -294,9 +296,22 @@ def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions
 
 @dataclass(frozen=True)
 class _Range:
+    """A stage as far as the exit arithmetic needs it (before a Plan exists)."""
+
     index: int
     node_start: int
     node_stop: int
+    counts: tuple = (1,)
+    mode: str = "single"
+
+    @property
+    def ranks(self) -> tuple:
+        return tuple(range(self.counts[0]))
+
+
+@dataclass(frozen=True)
+class _Stages:
+    stages: list
 
 
 def reach_at_node(points: list[ExitPoint], fractions, node: int) -> float:

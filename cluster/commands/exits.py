@@ -100,7 +100,8 @@ def run(args) -> int:
                      "accuracy": cal["accuracy"], "bytes_per_frame": bytes_per_frame(plan, reach),
                      "predicted_fps": plan.predicted_throughput_fps,
                      "planner_plan_predicted_fps": throughput_with_inner_exits(cost_model, plain, points, fractions),
-                     "split": [len(s.ranks) for s in plan.stages]})
+                     "split": [len(s.ranks) for s in plan.stages],
+                     "cut_after": next(p.name for p in points if p.node + 1 == plan.stages[0].node_stop)})
     doc = {"model": args.model, "data": data, "split": "test", "frames": int(len(labels)), "devices": args.devices,
            "link": args.link, "without_exits": {"predicted_fps": plain.predicted_throughput_fps,
                                                 "accuracy": float((outputs[graph.outputs[-1]].argmax(-1) == labels).mean())},
@@ -209,12 +210,12 @@ def exits_table(doc: dict) -> Table:
     rows = doc["rows"]
     names = list(rows[0]["shares"]) if rows else []
     table = Table(title=f"{doc['model']}: early exits on {doc['frames']} held-out {doc['data']} frames, plans for {doc['devices']} at {doc['link']}")
-    for col in ["T", *[f"{n} %" for n in names], "accuracy", "bytes / frame", "predicted fps", "devices front/rest",
+    for col in ["T", *[f"{n} %" for n in names], "accuracy", "bytes / frame", "predicted fps", "cut after", "devices front/rest",
                 "planner's plan + exits fps"]:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(f"{r['threshold']:g}", *[f"{100 * r['shares'][n]:.1f}" for n in names], f"{r['accuracy']:.2%}",
-                      human_bytes(r["bytes_per_frame"]), f"{r['predicted_fps']:.1f}", "/".join(map(str, r["split"])),
+                      human_bytes(r["bytes_per_frame"]), f"{r['predicted_fps']:.1f}", r["cut_after"], "/".join(map(str, r["split"])),
                       f"{r['planner_plan_predicted_fps']:.1f}")
     plain = doc["without_exits"]
     table.caption = (f"without exits: the planner's plan {plain['predicted_fps']:.1f} frames/s, accuracy {plain['accuracy']:.2%}; "
