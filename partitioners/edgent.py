@@ -304,6 +304,7 @@ class ConfigMap:
     engine: str
     entries: tuple  # ConfigEntry
     reward: str = REWARD
+    objective: str = "reward"  # what chose the entries: the paper's reward, or Algorithm 1's accuracy (configuration_map)
 
     def validate(self) -> "ConfigMap":
         """Check what Algorithm 3 relies on; PisplitError naming the first problem."""
@@ -313,6 +314,8 @@ class ConfigMap:
             raise PisplitError(f"configmap: link_latency_s {self.link_latency_s!r} must be a non-negative number")
         if not self.entries:
             raise PisplitError("configmap: no entries")
+        if self.objective not in OBJECTIVES:
+            raise PisplitError(f"configmap: objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
         seen = set()
         for i, e in enumerate(self.entries):
             where = f"configmap: entry {i} ({e.devices} at {e.bandwidth_bps:g} bit/s)"
@@ -358,7 +361,7 @@ class ConfigMap:
 
     def to_dict(self) -> dict:
         return {"format": CONFIGMAP_FORMAT, "version": CONFIGMAP_VERSION, "model": self.model, "latency_req_s": self.latency_req_s,
-                "link_latency_s": self.link_latency_s, "engine": self.engine, "reward": self.reward,
+                "link_latency_s": self.link_latency_s, "engine": self.engine, "reward": self.reward, "objective": self.objective,
                 "entries": [asdict(e) for e in self.entries]}
 
     def save(self, path: str | Path) -> Path:
@@ -379,7 +382,7 @@ class ConfigMap:
                                         _path(e.get("plan")), _path(e.get("graph")))
                             for e in doc["entries"])
             cmap = cls(str(doc["model"]), _num(doc["latency_req_s"]), _num(doc["link_latency_s"]), str(doc["engine"]), entries,
-                       str(doc.get("reward", REWARD)))
+                       str(doc.get("reward", REWARD)), str(doc.get("objective", "reward")))
         except (KeyError, TypeError, ValueError) as exc:
             raise PisplitError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
         try:
@@ -423,14 +426,23 @@ def _path(v) -> str | None:
     return v
 
 
+OBJECTIVES = ("reward", "accuracy")
+
+
 def configuration_map(graph: Graph, device_sets: list, states_bps: list, requirement_s: float, accuracies: dict,
                       model_spec: str, link_latency_s: float | None = None, calibration=None, table: CodecTable | None = None,
-                      budget: LossBudget | None = None, engine: str = "numpy") -> tuple[ConfigMap, dict]:
+                      budget: LossBudget | None = None, engine: str = "numpy", objective: str = "reward") -> tuple[ConfigMap, dict]:
     """Algorithm 2 over every device set (a list of (label, parse_devices entries)) and bandwidth state.
 
+    objective "reward" is the paper's; "accuracy" takes Algorithm 1's choice per state instead (the most
+    accurate strategy meeting the requirement): with small models the reward's throughput term (hundreds
+    of frames/s) outweighs exp(accuracy) (1 to e) so much that the paper's map always keeps the fastest
+    exit. Entries record the paper's reward of what was chosen either way.
     Returns the map (no plan paths yet) and {(devices label, state): Strategy} for writing the plans."""
     if not states_bps:
         raise PisplitError("configmap: no bandwidth states")
+    if objective not in OBJECTIVES:
+        raise PisplitError(f"configmap: objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     entries, chosen = [], {}
     latency = None
     for label, devs in device_sets:
@@ -438,11 +450,16 @@ def configuration_map(graph: Graph, device_sets: list, states_bps: list, require
             cluster = make_cluster(devs, bw, link_latency_s)
             latency = cluster.link_latency_s
             cands = strategies(graph, cluster, accuracies, calibration, table, budget)
-            s, r, meets = best_by_reward(cands, requirement_s)
+            if objective == "reward":
+                s, r, meets = best_by_reward(cands, requirement_s)
+            else:
+                sel = select(cands, requirement_s)
+                s = sel.chosen or sel.fastest
+                r, meets = reward(s, requirement_s), sel.chosen is not None
             chosen[(label, bw)] = s
             entries.append(ConfigEntry(label, float(bw), s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps,
                                        s.accuracy, r, meets))
-    return ConfigMap(model_spec, float(requirement_s), float(latency or 0.0), engine, tuple(entries)).validate(), chosen
+    return ConfigMap(model_spec, float(requirement_s), float(latency or 0.0), engine, tuple(entries), objective=objective).validate(), chosen
 
 
 def strategy_plan(graph: Graph, strategy: Strategy, cluster, branch_spec: str, calibration=None, engine: str = "numpy"):

@@ -239,3 +239,19 @@ def test_configuration_map_round_trips_finds_states_and_refuses_bad_documents(tm
     (tmp_path / "n.json").write_text(json.dumps(missing))
     with pytest.raises(PisplitError, match="plan.json .* is missing"):
         ConfigMap.load(tmp_path / "n.json")
+
+
+def test_the_accuracy_objective_takes_algorithm_1s_choice_per_state():
+    g = graph_of("branchy_alexnet_mnist")
+    sets = [("rpi3:1,host:1", parse_devices("rpi3:1,host:1"))]
+    acc = exit_accuracies(g)
+    cmap, _ = configuration_map(g, sets, [0.25e6, 1e9], 2e-3, acc, "m", objective="accuracy")
+    assert cmap.objective == "accuracy"
+    for e in cmap.entries:
+        sel = select(strategies(g, make_cluster(parse_devices(e.devices), e.bandwidth_bps), acc), 2e-3)
+        assert (e.exit, e.cut, e.codec) == (sel.chosen.exit, sel.chosen.cut, sel.chosen.codec)
+        assert e.reward == pytest.approx(reward(sel.chosen, 2e-3))
+    assert [e.exit for e in cmap.entries] == ["exit1", "exit4"]  # 2 ms: only a 1 Gbit/s link lets exit4 offload in time
+    assert ConfigMap.from_dict(json.loads(json.dumps(cmap.to_dict()))) == cmap
+    with pytest.raises(PisplitError, match="objective 'speed'"):
+        configuration_map(g, sets, [1e6], 2e-3, acc, "m", objective="speed")
