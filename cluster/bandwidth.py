@@ -76,6 +76,28 @@ class BandwidthTrace:
         out = np.asarray(self.mbit_per_s)[np.searchsorted(self.time_s, tt, side="right") - 1] * 1e6
         return float(out) if np.ndim(out) == 0 else out
 
+    def transfer_end(self, start_s: float, nbytes: float) -> float:
+        """When a transfer of `nbytes` handed to the link at `start_s` (seconds from the trace's start)
+        ends, the bits served at each piece's rate in turn (exact, not the start's rate throughout):
+        what a paced link replaying the trace needs (LinkPacer's hook, the report of issue 16)."""
+        bits = float(nbytes) * 8.0
+        if bits <= 0:
+            return float(start_s)
+        period = self.duration_s
+        laps, t = divmod(float(start_s), period)
+        edges = np.append(self.time_s, period)
+        i = int(np.searchsorted(self.time_s, t, side="right")) - 1
+        while True:
+            rate = float(self.mbit_per_s[i]) * 1e6
+            room = (edges[i + 1] - t) * rate
+            if bits <= room:
+                return laps * period + t + bits / rate
+            bits -= room
+            i += 1
+            if i == len(self.time_s):
+                i, laps = 0, laps + 1
+            t = float(edges[i])
+
     def mean_mbit(self) -> float:
         """Time-weighted mean bandwidth in Mbit/s."""
         edges = np.append(self.time_s, self.duration_s)

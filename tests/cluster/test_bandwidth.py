@@ -162,3 +162,22 @@ def test_a_trace_must_be_well_formed():
         BandwidthTrace(np.array([1.0]), np.array([1.0]), 2.0)
     with pytest.raises(PisplitError, match="duration"):
         BandwidthTrace(np.array([0.0, 1.0]), np.array([1.0, 2.0]), 1.0)
+
+
+def test_a_transfer_across_trace_pieces_is_served_at_each_rate():
+    tr = BandwidthTrace(np.array([0.0, 1.0, 2.0]), np.array([8.0, 0.8, 80.0]), 3.0)  # 1 MB/s, 0.1 MB/s, 10 MB/s
+    assert tr.transfer_end(0.0, 0) == 0.0
+    assert tr.transfer_end(0.25, 0.5e6) == pytest.approx(0.75)  # within the first piece
+    assert tr.transfer_end(0.5, 0.6e6) == pytest.approx(1.0 + 0.1e6 / 0.1e6)  # 0.5 MB by t=1, 0.1 MB at 0.1 MB/s
+    assert tr.transfer_end(0.5, 0.65e6) == pytest.approx(2.0 + 0.05e6 / 10e6)  # into the third piece
+    # past the end the trace repeats: 10 MB/s for 1 s (to t=3), then 1 MB/s again
+    assert tr.transfer_end(2.5, 5.5e6) == pytest.approx(3.0 + 0.5)
+    assert tr.transfer_end(5.5, 0.5e6) == pytest.approx(5.55)  # second lap, third piece: 0.5 MB at 10 MB/s
+    # the same as a sum over a fine grid of the pieces
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        start, nbytes = rng.uniform(0, 9), rng.uniform(1, 3e6)
+        end = tr.transfer_end(start, nbytes)
+        grid = np.linspace(start, end, 20001)
+        served = np.sum(tr.bps_at(grid[:-1] + np.diff(grid) / 2) * np.diff(grid)) / 8
+        assert served == pytest.approx(nbytes, rel=2e-3)
