@@ -108,12 +108,14 @@ def run(args) -> int:
            "rows": rows}
     if len(graph.inputs) > 1:
         doc["missing_devices"] = missing_devices_rows(graph, args.model, args.threshold)
+        doc["schemes"] = scheme_rows(args.threshold)
     if args.json:
         print_json(doc)
         return 0
     console.print(exits_table(doc))
     if "missing_devices" in doc:
         console.print(missing_devices_table(args.model, args.threshold, doc["missing_devices"]))
+        console.print(schemes_table(args.threshold, doc["schemes"]))
     return 0
 
 

@@ -138,3 +138,8 @@ def test_the_multi_view_table_has_accuracy_with_devices_missing():
     # views carry information: losing devices costs accuracy, monotonically
     finals = [r["final_accuracy"] for r in rows]
     assert finals == sorted(finals, reverse=True) and finals[-1] < finals[0] - 0.2
+    # DDNN's nine aggregation schemes, each trained and measured on the held-out split
+    schemes = {r["scheme"]: r for r in doc["schemes"]}
+    assert set(schemes) == {f"{a}-{b}" for a in ("MP", "AP", "CC") for b in ("MP", "AP", "CC")}
+    assert schemes["MP-CC"]["overall_accuracy"] == pytest.approx(rows[0]["overall_accuracy"])
+    assert all(r["cloud_accuracy"] >= 0.9 for r in doc["schemes"])
