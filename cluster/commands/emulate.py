@@ -172,6 +172,9 @@ def run(args) -> int:
     lat = doc["latency_ms"]
     console.print(f"measured [bold]{doc['throughput_fps']:.2f} frames/s[/] (predicted {doc['predicted_fps']:.2f}), "
                   f"latency p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms")
+    if doc.get("exits"):
+        console.print("answered at " + ", ".join(f"{name} {n} ({n / max(doc['frames'], 1):.0%})" for name, n in doc["exits"].items())
+                      + f"; the one-{single.devices[0].kind} baseline ran without exits")
     kind = single.devices[0].kind
     console.print(f"one emulated {kind}: {doc['single_fps']:.2f} frames/s, x{doc['single_fidelity']:.2f} of its calibration "
                   f"({single.predicted_throughput_fps:.2f})")
