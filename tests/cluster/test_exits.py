@@ -191,3 +191,12 @@ def test_a_multi_view_run_on_the_wrong_number_of_ranks_is_one_line():
     proc, _ = mpirun(2, "exits", "ddnn_mnist", "--run", "--frames", 4, timeout=60)
     assert proc.returncode != 0
     assert "4 present end devices: run under mpirun -n 5" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_replicas_stop_at_an_exit_inside_their_stage(tmp_path):
+    # the whole model data-parallel on 3 ranks (rank 0 one of them): exit1 sits inside the stage
+    stages = [(0, 14, [0, 1, 2], "data-parallel")]
+    graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", stages, {"exit1": 0.05}, 3)
+    index = check_against_reference(graph, ref, doc, out, {"exit1": 0.05}, stages)
+    assert 0 < (index == 0).sum() < FRAMES
