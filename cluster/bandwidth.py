@@ -291,7 +291,8 @@ class RuntimeOptimizer:
         start = 0 if initial_bps is None else max(int(np.searchsorted(self.states, initial_bps, side="right")) - 1, 0)
         self.detector = StateDetector(self.states, initial=start, **(detector_options or {}))
         self.strategy = configmap.find(self.states[start], self.devices)
-        self.switches: list[Switch] = []
+        self.switches: list[Switch] = []  # changes of strategy (a new state with the same strategy is no switch)
+        self.state_changes = 0
 
     def observe(self, nbytes: float, seconds: float, at: float = 0.0, frame: int = -1):
         """One transfer measured by the runtime; returns the strategy (map entry) for the next frame."""
@@ -299,7 +300,11 @@ class RuntimeOptimizer:
         estimate = self.estimator.add(nbytes, seconds)
         state = self.detector.update(estimate)
         if state != before:
+            self.state_changes += 1
             entry = self.map.find(self.states[state], self.devices)
+            if (entry.exit, entry.cut, entry.codec, entry.plan) == (self.strategy.exit, self.strategy.cut, self.strategy.codec,
+                                                                     self.strategy.plan):
+                return self.strategy
             direction = "rose" if state > before else "fell"
             self.switches.append(Switch(at, frame, self.states[before], self.states[state], float(estimate or 0.0),
                                         f"bandwidth {direction} to {(estimate or 0) / 1e6:.3g} Mbit/s: state "

@@ -155,6 +155,13 @@ def test_algorithm3_switches_only_when_the_state_changes():
     assert [(s.frame, s.from_bps, s.to_bps) for s in opt.switches] == [(11, 2e6, 0.5e6), (25, 0.5e6, 8e6), (33, 8e6, 2e6)]
     assert len(opt.switches) == 3 and picked[0] == "exit3" and picked[-1] == "exit3" and "final" in picked
     assert all("bandwidth" in s.reason and "exit" in s.reason for s in opt.switches)
+    assert opt.state_changes == 3
+    # a new state with the same strategy is no switch
+    same = ConfigMap("m", 0.1, 0.0, "numpy", (entry(0.5e6, "exit1", 10), entry(2e6, "exit1", 10))).validate()
+    opt = RuntimeOptimizer(same, initial_bps=2e6, detector_options={"margin": 0.1, "up_patience": 3, "down_patience": 2})
+    for frame in range(10):
+        opt.observe(0.1e6 / 8, 1.0, frame=frame)
+    assert opt.state_changes == 1 and opt.switches == []
 
 
 def test_a_trace_must_be_well_formed():

@@ -1,0 +1,236 @@
+"""Edgent (issue 16's Benchmarks), run through scripts/bench_edgent:
+
+1. static (Edgent's Figures 8 and 9): for link bandwidths 50 kbit/s .. 10 Mbit/s and latency
+   requirements 50 .. 1000 ms, Algorithm 1's exit and cut on one Pi 3B+ and a host for the trained
+   branchy AlexNet, its predicted latency and accuracy; with --measure F, each distinct plan also runs
+   on the emulated devices and paced link (`pisplit run --emulate`, one frame in flight) for F frames:
+   the measured median latency beside the prediction. --scaled adds a grid of faster links and tighter
+   requirements (10 .. 1000 Mbit/s, 1.5 .. 4 ms) where the two knobs bite for this small model.
+2. dynamic (predicted, not emulated: the runtime does not switch plans yet): frames every --interval
+   seconds over a bandwidth trace (default the shipped cluster/traces/lte_a.csv, x --trace-scale), each
+   with the cost model's latency at the trace's bandwidth of its time, for Edgent-style dynamic
+   (configuration map + cluster.bandwidth's estimator, detector and Algorithm 3, fed with each frame's
+   transfer, or a 16 KB probe while the plan sends nothing), the best single static strategy (by mean
+   reward), all on the device (final exit) and all on the host (final exit, input sent): frames meeting
+   the requirement, mean accuracy, mean reward (the paper's), switches.
+
+`--quick` shrinks everything (a smoke run); `--json` prints the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from cluster.bandwidth import HarmonicEstimator, RuntimeOptimizer, read_trace
+from cluster.commands.configmap import parse_latency, parse_states, write_strategy
+from cluster.output import console, print_json
+from layers import load_model
+from partitioners.cost import make_cluster
+from partitioners.devices import parse_devices
+from partitioners.edgent import configuration_map, exit_accuracies, select, strategies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def static_rows(graph, devices, bandwidths, requirements, acc):
+    rows = []
+    for bw in bandwidths:
+        cluster = make_cluster(parse_devices(devices), bw)
+        cands = strategies(graph, cluster, acc)
+        for req in requirements:
+            sel = select(cands, req)
+            s = sel.chosen or sel.fastest
+            rows.append({"bandwidth_bps": bw, "latency_req_s": req, "meets": sel.chosen is not None, "exit": s.exit, "cut": s.cut,
+                         "n_nodes": s.n_nodes, "after": s.after, "codec": s.codec, "predicted_ms": s.latency_s * 1e3,
+                         "accuracy": s.accuracy, "strategy": s, "cluster": cluster})
+    return rows
+
+
+def measure(rows, graph, frames: int, tmp: Path) -> None:
+    """Emulate each distinct plan once (one frame in flight) and put its median latency into its rows."""
+    from cluster.commands.emulate import run_emulated
+
+    done: dict = {}
+    for r in rows:
+        s = r["strategy"]
+        key = (s.exit, s.cut, s.codec, None if s.on_device else r["bandwidth_bps"])
+        if key not in done:
+            plan_path = tmp / f"plan{len(done)}.json"
+            write_strategy(graph, s, r["cluster"], plan_path, None, "numpy", tmp)
+            from partitioners.plan import Plan
+
+            plan = Plan.load(plan_path)
+            report = run_emulated(plan_path, plan.n_ranks, frames, tmp / f"report{len(done)}.json", "numpy", progress=False,
+                                  timeout=3600, max_in_flight=1)
+            assert report["every_frame_once"], "frames lost or duplicated"
+            done[key] = report["latency_ms"]["p50"]
+        r["measured_ms"] = done[key]
+
+
+def print_static(rows, title):
+    t = Table(title=title)
+    for col in ("link", "requirement", "exit", "cut", "codec", "predicted ms", "measured ms", "accuracy", "meets"):
+        t.add_column(col, justify="left" if col in ("exit", "codec", "meets") else "right")
+    for r in rows:
+        bw = r["bandwidth_bps"]
+        link = f"{bw / 1e3:g} kbit/s" if bw < 1e6 else f"{bw / 1e6:g} Mbit/s"
+        cut = "device" if r["cut"] == r["n_nodes"] else f"{r['cut']} ({r['after']})"
+        t.add_row(link, f"{r['latency_req_s'] * 1e3:g} ms", r["exit"], cut, r["codec"], f"{r['predicted_ms']:.2f}",
+                  f"{r['measured_ms']:.2f}" if r.get("measured_ms") is not None else "-", f"{r['accuracy']:.3f}",
+                  "yes" if r["meets"] else "[red]no: the fastest[/red]")
+    console.print(t)
+
+
+# --- dynamic ------------------------------------------------------------------------------------------
+def fitted(graph, devices, acc, b0=1e6, b1=1e8):
+    """Per (exit, cut, codec): latency, device period and host period as A + B / bandwidth (the cost
+    model's link terms are bytes x 8 / bandwidth plus fixed parts), fitted exactly from two bandwidths;
+    and the bytes each frame sends."""
+    def table(bw):
+        cl = make_cluster(parse_devices(devices), bw)
+        return {(s.exit, s.cut, s.codec): s for s in strategies(graph, cl, acc, runnable_only=False)}
+
+    t0, t1 = table(b0), table(b1)
+    out = {}
+    for key, s0 in t0.items():
+        s1 = t1[key]
+        c0, c1 = s0.candidate, s1.candidate
+
+        def fit(v0, v1):
+            b = (v0 - v1) / (1 / b0 - 1 / b1)
+            return (v0 - b / b0, b)
+
+        periods0 = (c0.edge_s + c0.encode_s + c0.transfer_s + c0.result_s, c0.transfer_s + c0.decode_s + c0.host_s + c0.result_s)
+        periods1 = (c1.edge_s + c1.encode_s + c1.transfer_s + c1.result_s, c1.transfer_s + c1.decode_s + c1.host_s + c1.result_s)
+        out[key] = {"strategy": s0, "latency": fit(s0.latency_s, s1.latency_s), "edge": fit(periods0[0], periods1[0]),
+                    "host": fit(periods0[1], periods1[1]) if s0.cut < s0.n_nodes else (0.0, 0.0), "sent_bytes": c0.sent_bytes}
+    return out
+
+
+def at(f, bw):
+    a, b = f
+    return a + b / bw
+
+
+def simulate(model, bps, req, policy):
+    """Per frame (bandwidths `bps`): latency, accuracy, reward of the strategy `policy(i)` picks."""
+    lat = np.empty(len(bps))
+    accs = np.empty(len(bps))
+    rew = np.empty(len(bps))
+    for i, bw in enumerate(bps):
+        m = model[policy(i)]
+        s = m["strategy"]
+        lat[i] = at(m["latency"], bw)
+        period = max(at(m["edge"], bw), at(m["host"], bw))
+        accs[i] = s.accuracy
+        rew[i] = math.exp(s.accuracy) + 1.0 / period if lat[i] <= req else 0.0
+    return lat, accs, rew
+
+
+def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objective, states):
+    trace = read_trace(trace_path)
+    times = np.arange(0.0, trace.duration_s, interval)
+    bps = np.asarray(trace.bps_at(times)) * scale
+    model = fitted(graph, devices, acc)
+    label = devices
+    cmap, _ = configuration_map(graph, [(label, parse_devices(devices))], states, req, acc, graph.name, objective=objective)
+    latency = cmap.link_latency_s
+    opt = RuntimeOptimizer(cmap, label, initial_bps=float(bps[0]), estimator=HarmonicEstimator(latency_s=latency))
+    picks = []
+    for i, bw in enumerate(bps):
+        e = opt.strategy
+        key = (e.exit, e.cut, e.codec)
+        picks.append(key)
+        sent = model[key]["sent_bytes"] or 16384.0  # on the device: an idle probe
+        opt.observe(sent, sent * 8.0 / bw + latency, at=float(times[i]), frame=i)
+    rows = []
+    lat, accs, rew = simulate(model, bps, req, lambda i: picks[i])
+    rows.append(("Edgent-style dynamic", lat, accs, rew, len(opt.switches)))  # strategy changes (not state changes)
+    static = {}
+    for key, m in model.items():
+        if not m["strategy"].candidate.runnable:
+            continue
+        static[key] = simulate(model, bps, req, lambda i, k=key: k)
+    best = max(static, key=lambda k: static[k][2].mean())
+    rows.append((f"best static: {best[0]} cut {best[1]} {best[2]}", *static[best], 0))
+    final = [k for k in model if k[0] == model_final(model)]
+    on_device = next(k for k in final if model[k]["strategy"].on_device)
+    rows.append(("all on the device (final exit)", *simulate(model, bps, req, lambda i: on_device), 0))
+    on_host = (model_final(model), 0, "raw")
+    rows.append(("all on the host (final exit; predicted only)", *simulate(model, bps, req, lambda i: on_host), 0))
+    return [{"policy": name, "meets": float(np.mean(lat <= req)), "mean_accuracy": float(accs.mean()), "mean_reward": float(rew.mean()),
+             "p50_ms": float(np.median(lat) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3), "switches": sw}
+            for name, lat, accs, rew, sw in rows], trace, bps
+
+
+def model_final(model) -> str:
+    return max((m["strategy"] for m in model.values()), key=lambda s: s.depth).exit
+
+
+def print_dynamic(rows, title):
+    t = Table(title=title)
+    for col in ("policy", "frames meeting", "mean accuracy", "mean reward", "p50 ms", "p99 ms", "switches"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", f"{r['mean_reward']:.1f}", f"{r['p50_ms']:.2f}",
+                  f"{r['p99_ms']:.2f}", str(r["switches"]))
+    console.print(t)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_edgent")
+    p.add_argument("--model", default="branchy_alexnet_mnist")
+    p.add_argument("--devices", default="rpi3:1,host:1")
+    p.add_argument("--bandwidths", default="0.05,0.1,0.25,0.5,1,2,5,10mbit")
+    p.add_argument("--requirements", default="50,100,200,500,1000", help="ms")
+    p.add_argument("--scaled", action="store_true", help="also 10..1000 Mbit/s x 1.5..4 ms")
+    p.add_argument("--measure", type=int, default=0, metavar="F", help="emulate each distinct plan for F frames (0: predicted only)")
+    p.add_argument("--trace", default=str(ROOT / "cluster" / "traces" / "lte_a.csv"))
+    p.add_argument("--trace-scale", type=float, default=1.0, help="multiply the trace's bandwidths")
+    p.add_argument("--requirement", default="100ms", help="of the dynamic run")
+    p.add_argument("--states", default="0.25,0.5,1,2,4,8,16mbit", help="bandwidth states of the dynamic run's map (before --trace-scale)")
+    p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
+    p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    graph = load_model(args.model)
+    acc = exit_accuracies(graph)
+    bandwidths = parse_states(args.bandwidths)
+    requirements = [parse_latency(r) for r in args.requirements.split(",")]
+    if args.quick:
+        bandwidths, requirements = bandwidths[:2], requirements[:2]
+    grids = [("static", bandwidths, requirements)]
+    if args.scaled:
+        grids.append(("scaled", parse_states("10,50,100,200,500,1000mbit")[: 2 if args.quick else None],
+                      [parse_latency(r) for r in ("1.5", "2", "3", "4")][: 2 if args.quick else None]))
+    doc: dict = {"model": args.model, "devices": args.devices}
+    with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
+        for name, bws, reqs in grids:
+            rows = static_rows(graph, args.devices, bws, reqs, acc)
+            if args.measure:
+                measure(rows, graph, args.measure, Path(tmp))
+            doc[name] = [{k: v for k, v in r.items() if k not in ("strategy", "cluster")} for r in rows]
+            if not args.json:
+                print_static(rows, f"{args.model} on {args.devices}: Algorithm 1's exit and cut ({name})")
+    req = parse_latency(args.requirement)
+    states = [s * args.trace_scale for s in parse_states(args.states)]
+    rows, trace, bps = dynamic_rows(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval * (5 if args.quick else 1),
+                                    args.objective, states)
+    doc["dynamic"] = {"trace": args.trace, "trace_scale": args.trace_scale, "requirement_s": req, "objective": args.objective,
+                      "frames": len(bps), "mean_mbit": float(np.mean(bps) / 1e6), "rows": rows}
+    if args.json:
+        print_json(doc)
+    else:
+        print_dynamic(rows, f"dynamic over {Path(args.trace).name} x{args.trace_scale:g} (mean {np.mean(bps) / 1e6:.2f} Mbit/s, "
+                            f"{len(bps)} frames), requirement {req * 1e3:g} ms, map by {args.objective} (predicted)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
