@@ -30,6 +30,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from cluster.netns import PI_USER  # noqa: E402
 from layers.errors import PisplitError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +118,25 @@ class Head:
             raise PisplitError(f"provision of the emulated cluster failed: {what}")
         return doc
 
+    def pis_host_speed(self, model: str, seed: int, engine: str, copies: int) -> float:
+        """This machine's speed as the Pis' ranks run (cluster.host_speed's measurement with the Pis' own venv
+        and synced code, `copies` at once, their median): their Python may not be this one (the system's
+        against a venv's), and the dilation of (a) must bring their compute to the devices' time as (b)'s
+        does for this Python. Measured once per model and passed to every rank, never per Pi."""
+        workdir = self.cluster.pis[0].state / "home" / PI_USER / "pisplit"  # pi-0's /home, seen from this machine
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONPATH": str(workdir / "pisplit")}
+        argv = [str(workdir / "venv" / "bin" / "python"), "-m", "cluster.host_speed", model, str(seed), engine]
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+                 for _ in range(max(1, min(copies, os.cpu_count() or 1)))]
+        speeds = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise PisplitError(f"measuring the Pis' speed on {model}: {(err.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
+            speeds.append(json.loads(out)["speed"])
+        return float(sorted(speeds)[len(speeds) // 2])  # as cluster.host_speed picks among its copies
+
     def launch(self, plan_path: Path, frames: int, run_args: list[str], launch_args: list[str] = (), timeout: float = 900) -> dict:
         """`pisplit launch PLAN --emulate-compute` on the Pis; returns rank 0's report (`pisplit run --json`)."""
         env = ["--env", "OPENBLAS_CORETYPE"] if os.environ.get("OPENBLAS_CORETYPE") else []
@@ -178,15 +198,17 @@ def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps:
     latency = objective == "latency"
     frames = args.latency_frames if latency else (args.frames or max(24, int(6 * plan.predicted_throughput_fps)))
     in_flight = ["--max-in-flight", "1"] if latency else []
-    # the host speed both sides dilate by: as `pisplit emulate` measures it (copies at once = ranks), cached
+    # each side's host speed as `pisplit emulate` measures it (copies at once = ranks): (b)'s with this Python
+    # (cached), (a)'s with the Pis' venv, so both dilate their compute to the same device time
     speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
+    pi_speed = head.pis_host_speed(plan.model, plan.model_seed, args.engine, plan.n_ranks)
     stages = " ".join(f"{s.mode}x{len(s.ranks)}[{s.node_start}:{s.node_stop})" for s in plan.stages)
     say(f"{model} on {devices} ({objective}): {stages}; predicted {plan.predicted_throughput_fps:.2f} frames/s, "
-        f"latency {plan.predicted_latency_s * 1e3:.0f} ms; {frames} frames, host speed {speed:.3f}")
+        f"latency {plan.predicted_latency_s * 1e3:.0f} ms; {frames} frames, host speed {pi_speed:.3f} for (a), {speed:.3f} for (b)")
     cluster_runs, paced_runs = [], []
     for i in range(args.repeat):
         t = time.time()
-        rep = head.launch(plan_path, frames, ["--engine", args.engine, *in_flight], ["--host-speed", repr(speed)])
+        rep = head.launch(plan_path, frames, ["--engine", args.engine, *in_flight], ["--host-speed", repr(pi_speed)])
         cluster_runs.append(summary(rep, plan))
         say(f"  (a) namespace cluster: {cluster_runs[-1]['throughput_fps']:.2f} frames/s, p50 {cluster_runs[-1]['latency_p50_ms']:.0f} ms "
             f"({time.time() - t:.0f} s)")
@@ -198,7 +220,7 @@ def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps:
             f"({time.time() - t:.0f} s)")
     a, b = median_of(cluster_runs), median_of(paced_runs)
     return {"model": model, "devices": devices, "objective": objective, "link_mbit": link_bps / 1e6, "stages": stages, "frames": frames,
-            "host_speed": speed, "predicted_fps": plan.predicted_throughput_fps, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
+            "host_speed_cluster": pi_speed, "host_speed_paced": speed, "predicted_fps": plan.predicted_throughput_fps, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
             "namespace_cluster": a, "paced_emulation": b,
             "fps_ratio": a["throughput_fps"] / b["throughput_fps"] if b["throughput_fps"] else None,
             "latency_ratio": a["latency_p50_ms"] / b["latency_p50_ms"] if b["latency_p50_ms"] else None}
@@ -232,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="numpy", choices=("numpy", "litert"))
     ap.add_argument("--name", default=DEFAULT_NAME, help=f"the emulated cluster's name (default {DEFAULT_NAME})")
     ap.add_argument("--state", help="its state directory (default /tmp/NAME-netns)")
+    ap.add_argument("--network", default=DEFAULT_NETWORK, help=f"first three octets of its /24 (default {DEFAULT_NETWORK})")
     ap.add_argument("--keep", action="store_true", help="leave the cluster up at the end (the next run reuses it)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--debug", action="store_true")
@@ -258,7 +281,7 @@ def run(args) -> int:
 
     n_pis = max(sum(count for _, count, *_ in parse_devices(devices)) for _, devices, _ in plans)
     say(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} cores")
-    cluster = Cluster(name=args.name, n_pis=n_pis, network=DEFAULT_NETWORK, rate=args.link.lower(), state=args.state)
+    cluster = Cluster(name=args.name, n_pis=n_pis, network=args.network, rate=args.link.lower(), state=args.state)
     t = time.time()
     reused = bring_up(cluster)
     rows = []

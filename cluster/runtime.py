@@ -1166,6 +1166,9 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if comm.Get_rank() == 0 else None
         options.core_lock_dir = transport.bcast_text(comm, made_lock_dir)
+        if not os.path.isdir(options.core_lock_dir):  # a rank on another machine: its cores, its own directory
+            os.makedirs(options.core_lock_dir, mode=0o700, exist_ok=True)
+            made_lock_dir = options.core_lock_dir
     rank = None
     try:
         rank = PipelineRank(comm, plan, graph, options, baseline, communicators, hosts)

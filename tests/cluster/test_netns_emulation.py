@@ -12,6 +12,7 @@ of it on this kind of machine, a few times that under load) does not reach.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 
@@ -21,7 +22,7 @@ import pytest
 from cluster.emulated_plans import plan_for_devices
 from cluster.netns import PI_USER, Cluster, cluster_down
 from layers import zoo_model
-from tests.conftest import require, varied
+from tests.conftest import ROOT, require, varied
 
 from .conftest_netns import netns_available
 from .test_runtime import mpirun, reference_outputs
@@ -133,3 +134,20 @@ def test_launch_emulate_compute_reaches_every_rank_and_equals_the_reference(head
     assert report["rank_command"][-2:] == ["--host-speed", repr(speed)]
     check_dilated(report, plan, paced=False)  # every stage's compute dilated, no transfer paced: the veths' tc is the link
     check_outputs(out, graph)
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_bench_netns_runs_a_plan_both_ways_on_a_running_cluster(head):
+    # scripts/bench_netns, briefly, reusing this module's cluster (and leaving it up: the fixture takes it down)
+    cluster = head.cluster
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_netns"), "--name", cluster.name, "--state", str(cluster.state),
+                           "--network", cluster.network, "--plans", "alexnet@rpi3:3/latency", "--latency-frames", "2", "--keep", "--json"],
+                          capture_output=True, text=True, timeout=900, cwd="/", env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reused" in proc.stderr and f"cluster {cluster.name}: down" not in proc.stderr
+    (row,) = json.loads(proc.stdout)["rows"]
+    assert (row["model"], row["devices"], row["objective"], row["frames"]) == ("alexnet", "rpi3:3", "latency", 2)
+    for side in ("namespace_cluster", "paced_emulation"):
+        assert row[side]["every_frame_once"] and row[side]["frames"] == 2 and row[side]["throughput_fps"] > 0
+    assert row["host_speed_cluster"] > 0 and row["host_speed_paced"] > 0 and row["fps_ratio"] > 0 and row["latency_ratio"] > 0
