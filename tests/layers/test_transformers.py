@@ -163,3 +163,20 @@ def test_constant_nodes_have_no_split_but_data_parallel():
     graph = import_tflite_bytes(TRANSFORMER_CASES["class_token_concat_constant"]())
     const = next(n for n in graph.nodes if n.op == "constant")
     assert legal_kinds(graph, const.name) == ("data-parallel",)
+
+
+@pytest.mark.litert
+@pytest.mark.skipif(not TORCH_BUILT, reason=f"no litert-torch models in {CORPUS} (bash scripts/build_corpus_torch builds them)")
+@pytest.mark.parametrize("arch", TORCH_BUILT or ["none"])
+def test_torch_corpus_model_on_the_litert_engine(arch):
+    """Whole corpus models exported by pisplit and run by the litert engine equal LiteRT on the original file."""
+    from layers.engine import make_engine
+
+    path = CORPUS / f"torch_{arch}.tflite"
+    model = path.read_bytes()
+    graph = import_tflite_bytes(model, str(path), path.stem)
+    rng = np.random.default_rng(1)
+    feeds = {k: rng.uniform(-1, 1, s).astype(np.float32) for k, s in graph.inputs.items()}
+    got = make_engine(graph, "litert").run(feeds)
+    for t, w in zip(graph.outputs, litert(model, list(feeds.values()))):
+        assert rel_err(got[t], w) < 1e-4, f"{arch}: {t}"
