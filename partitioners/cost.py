@@ -38,8 +38,9 @@ from .devices import device_profile
 from .plan import Device
 from .profiles import Calibration
 from .segment_chains import best_chain, chain_seconds, kept_flags
+from .segment_columns import EXCHANGE
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
-from .split_costs import SplitCatalogue, span_length
+from .split_costs import FUSED, SplitCatalogue, span_length
 from .split_quant import planner_kinds
 from .vocabulary import StageMode
 
@@ -406,9 +407,29 @@ class CostModel:
             _, role, d = table.columns[o]
             if role == "inside":
                 continue  # inside a span: the span's option covers it
-            keep = flags[i + d] if role == "span" else flags[i]
+            keep = flags[i + d] if role in ("span", "xspan") else flags[i]
+            if role == "xspan":  # its segments one by one, each keeping its strips for the next
+                chosen += self._exchange_options(first + i, table, o, keep)
+                continue
             chosen.append(replace(self._column_option(first + i, table, o), output_layout="parts" if keep else "lead"))
         return tuple(chosen), total, memory
+
+    def _exchange_options(self, segment: int, table: SegmentTable, column: int, keep: bool) -> list:
+        """The SegmentOptions of an exchange span from `segment`: conv-spatial on each of its
+        segments, all but the last keeping their strips (the last as the chain says); the lead's
+        hand-over and the span's inner transitions are the first one's comm_s, the gather the last's."""
+        _, _, d = table.columns[column]
+        cs = table.columns.index((EXCHANGE, "kind", 0))
+        end = table.columns.index((FUSED, "inside", 0))
+        out = []
+        for k in range(segment, segment + d + 1):
+            comm = table.comm_in_s[segment, column] + table.inner_s[segment, column] if k == segment else 0.0
+            comm += table.comm_out_s[k, end] if k == segment + d else 0.0
+            out.append(SegmentOption(k, EXCHANGE, table.sizes[(k, cs)], int(table.split_stop[k, cs]), float(table.compute_s[k, cs]),
+                                     float(comm), tuple(float(v) for v in table.weight_bytes[k, cs]),
+                                     tuple(float(v) for v in table.work_bytes[k, cs]),
+                                     "parts" if k < segment + d or keep else "lead"))
+        return out
 
     def _column_option(self, segment: int, table: SegmentTable, column: int) -> SegmentOption:
         """The SegmentOption of a table column: a kind's (segment_options), a kind's over the first d

@@ -33,7 +33,11 @@ more states of the same recurrence (partitioners.segment_table): F_d at the span
 C_(d-1) .. C_0 after it, with saving -inf on every move the span does not allow, so a chain takes a
 span whole or not at all; `start_ok` and `end_ok` keep chains from starting or stopping inside one.
 A span keeps and is kept like a kind: its input may come from the previous split's parts (pair into
-F_d), its output stay on its parts for the next (pair out of C_0, the span's own strips).
+F_d), its output stay on its parts for the next (pair out of C_0, the span's own strips). Exchange
+spans (X_d) are the same states for a region run conv-spatial segment by segment, whose input stays
+on the parts for every segment of it that reads it (a residual block's add): their pair in prices
+every box the region reads of the kept tensor, their inner transitions are their own
+(exchange_transitions), so the recurrence still sees one state per segment.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ from layers.graph import DTYPE_BYTES, Graph
 from .device_sets import candidate_counts
 from .layouts import KEEPABLE_KINDS, check_kept_output, needed, produced
 from .plan import Segment
-from .segment_columns import SUBSET_PARTS, table_columns
+from .segment_columns import EXCHANGE, SUBSET_PARTS, table_columns
 from .split_parts import full_box
 
 INF = float("inf")
@@ -73,6 +77,7 @@ class KeepPair:
     kind: str = ""
     next_kind: str = ""
     start: int = -1
+    next_span: int = 0  # > 0: the consumer is an exchange span over the next segment and this many more
 
 
 def keep_pairs(model) -> tuple:
@@ -84,10 +89,12 @@ def keep_pairs(model) -> tuple:
 
     cat, graph = model.splits, model.graph
     columns = table_columns(cat.max_span)
-    ends = {}  # segment -> start node of a fused span ending with it
+    ends = {}  # segment -> (start node, kind) of a span ending with it: its output strips are C_0's
     for s in range(len(cat.segments)):
+        for d in cat.exchange_spans(s):
+            ends.setdefault(s + d, (cat.segments[s + d][0], EXCHANGE))  # the last segment's own strips
         for d in cat.spans(s):
-            ends.setdefault(s + d, cat.segments[s][0])
+            ends[s + d] = (cat.segments[s][0], FUSED)
 
     def producers(b):
         start, stop = cat.segments[b]
@@ -95,22 +102,25 @@ def keep_pairs(model) -> tuple:
             if kind in KEEPABLE_KINDS and cat.kind_costs(b, kind).stop == stop:
                 yield columns.index((kind, "kind", 0)), kind, start
         if b in ends:
-            yield columns.index((FUSED, "inside", 0)), FUSED, ends[b]
+            yield columns.index((FUSED, "inside", 0)), ends[b][1], ends[b][0]
 
     def consumers(b):
         for kind in cat.kinds(b):
-            yield columns.index((kind, "kind", 0)), kind, cat.kind_costs(b, kind).stop
+            yield columns.index((kind, "kind", 0)), kind, cat.kind_costs(b, kind).stop, ()
         for d in cat.spans(b):
-            yield columns.index((FUSED, "span", d)), FUSED, cat.kind_costs(b, span_kind(d)).stop
+            yield columns.index((FUSED, "span", d)), FUSED, cat.kind_costs(b, span_kind(d)).stop, ()
+        for d in cat.exchange_spans(b):
+            yield (columns.index((EXCHANGE, "xspan", d)), EXCHANGE, cat.segments[b + d][1],
+                   tuple(Segment(*cat.segments[k], EXCHANGE) for k in range(b, b + d + 1)))
 
     pairs = []
     for b in range(len(cat.segments) - 1):
         stop = cat.segments[b][1]
         nstart = cat.segments[b + 1][0]
         for o, kind, start in producers(b):
-            for no, nkind, nstop in consumers(b + 1):
-                if _kept_legal(graph, Segment(start, stop, kind), Segment(nstart, nstop, nkind)):
-                    pairs.append(KeepPair(b, o, no, nstop, kind, nkind, start))
+            for no, nkind, nstop, run in consumers(b + 1):
+                if _kept_legal(graph, Segment(start, stop, kind), *(run or (Segment(nstart, nstop, nkind),))):
+                    pairs.append(KeepPair(b, o, no, nstop, kind, nkind, start, len(run) - 1 if run else 0))
     model.__dict__["_keep_pairs"] = tuple(pairs)
     return model.__dict__["_keep_pairs"]
 
@@ -145,9 +155,9 @@ def keep_counts(model) -> frozenset:
     return model.__dict__["_keep_counts"]
 
 
-def _kept_legal(graph: Graph, seg: Segment, nxt: Segment) -> bool:
+def _kept_legal(graph: Graph, seg: Segment, *after: Segment) -> bool:
     try:
-        check_kept_output(graph, (seg, nxt), 0)
+        check_kept_output(graph, (seg, *after), 0)
     except PisplitError:
         return False
     return True
@@ -240,7 +250,14 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     for pair, a, z in usable:
         stop = segments[pair.boundary][1]
         tensor, have, _ = split_boxes(graph, pair.start, stop, pair.kind, a)
-        _, _, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, z)
+        if pair.next_span:
+            cs = columns.index((EXCHANGE, "kind", 0))
+            run = range(pair.boundary + 1, pair.boundary + 2 + pair.next_span)
+            if any((k, cs) not in sizes for k in run):
+                continue
+            need, _ = exchange_boxes(graph, segments, pair.boundary + 1, pair.next_span, tuple(sizes[(k, cs)] for k in run))
+        else:
+            _, _, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, z)
         for t, wants in need.items():
             source = have if t == tensor else _lead_piece(graph, t)
             jobs.setdefault((source[1].shape, wants[1].shape), []).append((len(pairs), source, wants))
@@ -257,6 +274,52 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     for pair, value in zip(pairs, seconds.tolist()):
         kept[pair.boundary, pair.option, pair.next_option] = value
     return kept
+
+
+def exchange_boxes(graph: Graph, segments: list, first: int, d: int, sizes: tuple) -> tuple:
+    """An exchange span over planner segments first..first + d (conv-spatial each, part sizes
+    `sizes` per segment): ({tensor from before the span: every (ranks, boxes) its segments need},
+    [(have, need) per segment after the first: its inputs from the strips of the span's own
+    segments]). Cached per graph with split_boxes."""
+    cache = _boxes.setdefault(graph, {})
+    key = ("exchange", first, d, sizes)
+    if key not in cache:
+        made, entry, inner = {}, {}, []
+        for i, k in enumerate(range(first, first + d + 1)):
+            start, stop = segments[k]
+            out, have, need = split_boxes(graph, start, stop, EXCHANGE, sizes[i])
+            moves = []
+            for t, wants in need.items():
+                if t in made:
+                    moves.append((made[t], wants))
+                else:
+                    entry.setdefault(t, []).append(wants)
+            inner.append(moves)
+            made[out] = have
+        entry = {t: (np.concatenate([w[0] for w in ws]), np.concatenate([w[1] for w in ws])) for t, ws in entry.items()}
+        cache[key] = (entry, inner)
+    return cache[key]
+
+
+def _moves_seconds(moves: list, n: int, bandwidth_bps: float, latency_s: float) -> float:
+    """layouts.transition_seconds of one transition: (have, need) arrays per tensor, every rank's
+    interface sending and receiving its messages one after the other."""
+    sent, received = np.zeros(n), np.zeros(n)
+    for have, need in moves:
+        s, r = interface_seconds((have[0][None], have[1][None]), (need[0][None], need[1][None]), n, bandwidth_bps, latency_s)
+        sent += s[0]
+        received += r[0]
+    return float(max(sent.max(initial=0.0), received.max(initial=0.0)))
+
+
+def exchange_transitions(model, slots: tuple, first: int, d: int, sizes: list) -> tuple:
+    """(seconds the lead takes to hand an exchange span what it reads from before it, seconds of
+    the transitions between its own segments), on the model's link."""
+    graph, link, n = model.graph, model.cluster, len(slots)
+    entry, inner = exchange_boxes(graph, model.splits.segments, first, d, tuple(tuple(z) for z in sizes))
+    args = (n, link.link_bandwidth_bps, link.link_latency_s)
+    entry_s = _moves_seconds([(_lead_piece(graph, t), need) for t, need in entry.items()], *args)
+    return entry_s, sum(_moves_seconds(moves, *args) for moves in inner)
 
 
 def _lead_piece(graph: Graph, tensor: str) -> tuple:

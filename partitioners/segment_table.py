@@ -33,7 +33,7 @@ import numpy as np
 
 from .latency_model import node_bytes, op_key
 from .segment_chains import kept_table, savings
-from .segment_columns import OPTION_KINDS, table_columns  # the columns' home (importable from here as before)
+from .segment_columns import EXCHANGE, OPTION_KINDS, table_columns  # the columns' home (importable from here as before)
 from .split_costs import FUSED, span_kind
 
 
@@ -58,6 +58,7 @@ class SegmentTable:
     kept_s: np.ndarray  # (segments - 1, options, options): kept transition seconds, inf where not legal
     saving: np.ndarray  # (segments - 1, options, options): what keeping saves (0: not kept; -inf: not allowed)
     columns: tuple = tuple((k, "kind", 0) for k in OPTION_KINDS)  # table_columns
+    inner_s: np.ndarray | None = None  # (segments, options): an exchange span's transitions between its own segments
     start_ok: np.ndarray | None = None  # (options,): a chain may start in this column (None: every one)
     end_ok: np.ndarray | None = None  # (options,): a chain may end in this column (None: every one)
 
@@ -67,7 +68,8 @@ class SegmentTable:
 
     @cached_property
     def seconds(self) -> np.ndarray:
-        return self.compute_s + self.comm_s
+        seconds = self.compute_s + self.comm_s
+        return seconds if self.inner_s is None else seconds + self.inner_s
 
 
 @lru_cache(maxsize=4096)
@@ -104,7 +106,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         add_fit = profile.latency.fit_for("add")
         link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
         for o, (kind, role, d) in enumerate(columns):
-            if role == "inside" or kind == "none":
+            if role in ("inside", "xspan") or kind == "none":
                 continue
             kind_rows = kind_arrays(model, span_kind(d) if role == "span" else kind, profile)
             if kind_rows is None:
@@ -164,6 +166,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
                     if k == 0:
                         comm_out[seg, c] = out_s
                         sizes.setdefault((seg, c), sizes[(r, o)])
+    inner = _exchange_spans(model, tuple(slots), columns, compute, comm_in, comm_out, weights, work, split_stop, sizes) if m >= 2 else None
     kept = kept_table(model, tuple(slots), sizes, n_opt)
     allowed = allowed_moves(columns, n_seg)
     saving = savings(kept, comm_in, comm_out)
@@ -171,7 +174,46 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
     end_ok = np.array([role in ("kind", "subset") or (role == "inside" and d == 0) for (_, role, d) in columns])
     return SegmentTable(tuple(slots), compute, comm_in, comm_out, weights, work, split_stop, sizes, kept,
                         np.where(allowed, saving, -np.inf) if allowed is not None else saving, columns,
-                        start_ok if allowed is not None else None, end_ok if allowed is not None else None)
+                        start_ok=start_ok if allowed is not None else None, end_ok=end_ok if allowed is not None else None,
+                        inner_s=inner)
+
+
+def _exchange_spans(model, slots, columns, compute, comm_in, comm_out, weights, work, split_stop, sizes) -> np.ndarray | None:
+    """Fill the xspan columns X_d of every exchange span: its segments' conv-spatial options summed
+    (compute, weights; the largest working set), the lead's scatter of what the span reads from
+    before it (every box of it any of its segments reads) as comm_in, the gather at its end on
+    C_0; returns inner_s, the transitions between its own segments (each segment's inputs from the
+    parts of the segment in the span that made them, peer to peer)."""
+    from .segment_chains import exchange_transitions
+
+    if not any(role == "xspan" for _, role, _ in columns):
+        return None
+    inner = np.zeros_like(compute)
+    cs = columns.index((EXCHANGE, "kind", 0))
+    for s in range(len(compute)):
+        for d in model.splits.exchange_spans(s):
+            o = columns.index((EXCHANGE, "xspan", d))
+            segs = range(s, s + d + 1)
+            if any(not np.isfinite(compute[k, cs]) or (k, cs) not in sizes for k in segs):
+                continue
+            entry_s, inner_s = exchange_transitions(model, slots, s, d, [sizes[(k, cs)] for k in segs])
+            compute[s, o] = sum(compute[k, cs] for k in segs)
+            comm_in[s, o] = entry_s
+            inner[s, o] = inner_s
+            weights[s, o] = sum(weights[k, cs] for k in segs)
+            work[s, o] = np.max([work[k, cs] for k in segs], axis=0)
+            split_stop[s, o] = split_stop[s + d, cs]
+            sizes[(s, o)] = sizes[(s, cs)]
+            for k in range(d):  # the inside columns it goes through, and its gather at the end
+                c = columns.index((FUSED, "inside", k))
+                seg = s + d - k
+                if not np.isfinite(compute[seg, c]):
+                    compute[seg, c] = 0.0
+                    split_stop[seg, c] = split_stop[seg, cs]
+                    if k == 0:
+                        comm_out[seg, c] = comm_out[seg, cs]
+                        sizes[(seg, c)] = sizes[(seg, cs)]
+    return inner
 
 
 def _span_work(model, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
@@ -182,15 +224,15 @@ def _span_work(model, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
 def allowed_moves(columns: tuple, n_seg: int) -> np.ndarray | None:
     """allowed[b, o, o']: whether a chain may go from column o at segment b to o' at b + 1 (module
     docstring); None when the table has no span columns (every move is allowed)."""
-    if not any(role in ("span", "inside") for _, role, _ in columns):
+    if not any(role in ("span", "xspan", "inside") for _, role, _ in columns):
         return None
     n = len(columns)
     ok = np.zeros((n, n), dtype=bool)
     free = [i for i, (_, role, d) in enumerate(columns) if role in ("kind", "subset") or (role == "inside" and d == 0)]
-    starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "subset", "span")]
+    starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "subset", "span", "xspan")]
     ok[np.ix_(free, starts)] = True
     for i, (_, role, d) in enumerate(columns):
-        nxt = d - 1 if role == "span" else d - 1 if role == "inside" and d > 0 else None
+        nxt = d - 1 if role in ("span", "xspan") else d - 1 if role == "inside" and d > 0 else None
         if nxt is not None:
             ok[i, columns.index((FUSED, "inside", nxt))] = True
     return np.broadcast_to(ok, (max(n_seg - 1, 0), n, n))

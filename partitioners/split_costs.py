@@ -132,8 +132,12 @@ class SplitCatalogue:
         self.allowed = tuple(kinds)
         self._kinds: dict[int, dict[str, KindCosts]] = {}
         self.segments: list[tuple[int, int]] = self._segments()
+        # regions of several segments that conv-spatial runs segment by segment, exchanging halos,
+        # while the region's input stays on the parts for every segment that reads it (segment -> d)
+        self._exchange: dict[int, tuple] = {}
         self._spans: dict[int, dict[int, KindCosts]] = self._fused_spans() if FUSED in self.allowed else {}
-        self.max_span = max((d for spans in self._spans.values() for d in spans), default=0)
+        self.max_span = max([d for spans in self._spans.values() for d in spans] + [d for ds in self._exchange.values() for d in ds],
+                            default=0)
 
     def _segments(self) -> list[tuple[int, int]]:
         n = len(self.graph)
@@ -187,6 +191,13 @@ class SplitCatalogue:
                 stop = self.segments[s + d][1]
                 if ends.get(stop) != s + d or spatial_region(graph, start, stop, (axis,)) is not None:
                     continue
+                # (only where the region's input is read again after its first segment: elsewhere
+                # a chain of kept conv-spatial segments is the same thing)
+                again = any(node.inputs[0] in n.inputs for n in graph.nodes[self.segments[s + 1][0]:stop])
+                if again and "conv-spatial" in self.allowed and all(
+                        "conv-spatial" in self._kinds.get(k, {}) and self._kinds[k]["conv-spatial"].stop == self.segments[k][1]
+                        for k in range(s, s + d + 1)):
+                    self._exchange[s] = self._exchange.get(s, ()) + (d,)
                 cost = _calibration_split(graph, node.name, FUSED, last=graph.nodes[stop - 1].name)
                 if cost is None or cost.node_stop != stop:
                     continue
@@ -200,6 +211,12 @@ class SplitCatalogue:
     def spans(self, segment: int) -> tuple[int, ...]:
         """The d of every fused span from `segment` (span_kind)."""
         return tuple(self._spans.get(segment, {}))
+
+    def exchange_spans(self, segment: int) -> tuple[int, ...]:
+        """The d of every region from `segment` over segment + d that conv-spatial runs segment by
+        segment, its input kept on the parts for each of its readers (a residual block's convs
+        exchanging halos of their narrow tensors instead of recomputing them)."""
+        return self._exchange.get(segment, ())
 
     def kind_costs(self, segment: int, kind: str) -> KindCosts:
         d = span_length(kind)

@@ -251,3 +251,26 @@ def test_kept_strips_persist_until_a_later_segment_reads_them(tmp_path, ranks):
     with np.load(out, allow_pickle=False) as z:
         y = z["output_0"]
     np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_planners_exchange_span_plan_runs_exactly(tmp_path):
+    # the dp's plan for a residual block on 3 Pi 3B+ at 94 Mbit/s: conv by conv on kept strips, the
+    # block's input waiting on the parts for the add (tests/partitioners/test_plan_chains.py)
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.planners import make_plan
+    from partitioners.profiles import Calibration
+    from tests.partitioners.test_plan_chains import residual_block
+
+    graph = residual_block()
+    path, _ = save_graph(graph, tmp_path / "block.json")
+    plan = make_plan(graph, CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), Calibration("numpy")), "dp", "latency")
+    kept = {graph.nodes[g.node_stop - 1].outputs[0] for s in plan.stages for g in s.segments if g.output_layout == "parts"}
+    assert "stem" in kept, [(g.node_start, g.node_stop, g.kind) for s in plan.stages for g in s.segments]
+    plan = type(plan).from_dict({**plan.to_dict(), "model": str(path)})
+    frames = 3
+    out = tmp_path / "y.npz"
+    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
