@@ -14,8 +14,10 @@ columns are factors (qkv 3) x (heads H) x (head dim D); each RESHAPE regroups fa
 is never cut), each TRANSPOSE permutes axes, STRIDED_SLICE may pick one of Q/K/V on an axis holding
 only the qkv factor, SOFTMAX and BATCH_MATMUL must reduce over axes without heads, element-wise ops
 take scalar constants, and the block ends at the first FULLY_CONNECTED whose input rows are
-(heads, head dim). Anything else, a tensor read outside the block, or a quantized node, means no
-block (the kind does not apply). The trace uses the finest head count the shapes allow: a block of
+(heads, head dim), with a BATCH_MATMUL on the way. Anything else, a tensor read outside the block, a
+quantized node, or a block input whose axis 0 is a sequence rather than the batch (torch's
+batch_first=False attention reading (T, C) rows: split inputs travel as boxes after the batch axis)
+means no block (the kind does not apply). The trace uses the finest head count the shapes allow: a block of
 12 heads also traces as 6 groups of 2, and 12 is taken.
 
 A part's nodes are the block's nodes with every shape recomputed from the traced factors with H
