@@ -157,14 +157,16 @@ class Strategy:
     latency_s: float
     throughput_fps: float
     accuracy: float
-    candidate: EdgeHostCandidate | None = field(default=None, compare=False, repr=False)
+    # what strategy_plan builds the plan from: an EdgeHostCandidate (one device and a host, or the device
+    # alone), a ClusterHostCandidate (Pis and a host) or a Plan (the Pis alone)
+    candidate: object = field(default=None, compare=False, repr=False)
 
     @property
     def on_device(self) -> bool:
         return self.cut == self.n_nodes
 
     def describe(self) -> str:
-        where = "all on the device" if self.on_device else f"cut {self.cut} (after {self.after}), {self.codec}"
+        where = "all on the device(s)" if self.on_device else f"cut {self.cut} (after {self.after}), {self.codec}"
         return f"exit {self.exit} {where}"
 
 
@@ -182,14 +184,57 @@ def device_only_candidate(model: CostModel) -> EdgeHostCandidate:
                              bool(cost is not None and cost.feasible))
 
 
+def split_cluster(cluster):
+    """(the edge devices as a Cluster, the host as a Cluster or None), each renumbered from rank 0."""
+    from dataclasses import replace
+
+    from .cost import Cluster
+
+    hosts = [d for d in cluster.devices if d.kind == "host"]
+    edges = [d for d in cluster.devices if d.kind != "host"]
+    if len(hosts) > 1 or not edges:
+        raise PisplitError(f"edgent: expected edge devices and at most one host (e.g. rpi3:1,host:1 or rpi3:4,host:1), got "
+                           f"{', '.join(d.kind for d in cluster.devices)}")
+    edge = Cluster(tuple(replace(d, rank=i) for i, d in enumerate(edges)), cluster.link_bandwidth_bps, cluster.link_latency_s)
+    host = Cluster((replace(hosts[0], rank=0),), cluster.link_bandwidth_bps, cluster.link_latency_s) if hosts else None
+    return edge, host
+
+
+def pi_cluster_strategies(graph: Graph, branch: Graph, name: str, depth: int, edge, host, accuracy: float, calibration,
+                          table, budget) -> list[Strategy]:
+    """Beyond Edgent, several Pis: the branch's head planned on the Pis by the dp planner, its tail on the host
+    (edge_host.cluster_host_candidates: latency = the head plan's latency + the host's part), and the
+    whole branch on the Pis alone (the dp planner's latency plan)."""
+    from .edge_host import cluster_host_candidates
+    from .planners import InfeasiblePlan, make_plan
+
+    out = []
+    if host is not None:
+        for c in cluster_host_candidates(branch, edge, host, calibration, branch_codec_table(table, graph, branch), budget):
+            out.append(Strategy(name, depth, c.cut, len(branch), c.after, c.codec, c.head.predicted_latency_s + c.host_period_s,
+                                c.throughput_fps, accuracy, c))
+    try:
+        plan = make_plan(branch, CostModel(branch, edge, calibration), "dp", "latency", branch.name, "numpy")
+    except InfeasiblePlan:
+        return out
+    out.append(Strategy(name, depth, len(branch), len(branch), branch.nodes[-1].name, "raw", plan.predicted_latency_s,
+                        plan.predicted_throughput_fps, accuracy, plan))
+    return out
+
+
 def strategies(graph: Graph, cluster, accuracies: dict, calibration=None, table: CodecTable | None = None,
                budget: LossBudget | None = None, runnable_only: bool = True) -> list[Strategy]:
     """Every feasible (exit, cut, codec) of `graph` on `cluster` (one device and one host, or one device
-    alone), in Algorithm 2's order: exits by depth, cuts ascending, raw before the table's codecs."""
+    alone), in Algorithm 2's order: exits by depth, cuts ascending, raw before the table's codecs.
+    Several edge devices (with or without a host): pi_cluster_strategies."""
     out = []
+    edge, host = split_cluster(cluster)
     alone = len(cluster.devices) == 1
     for depth, name in enumerate(exit_names(graph)):
         branch = exit_branch(graph, name)
+        if len(edge.devices) > 1:
+            out += pi_cluster_strategies(graph, branch, name, depth, edge, host, accuracies[name], calibration, table, budget)
+            continue
         model = CostModel(branch, cluster, calibration)
         if alone:
             candidates = [device_only_candidate(model)]
@@ -466,7 +511,16 @@ def strategy_plan(graph: Graph, strategy: Strategy, cluster, branch_spec: str, c
     """The runnable Plan of a strategy, over its exit branch graph (saved at `branch_spec`)."""
     from .edge_host import edge_host_plan
 
+    from dataclasses import replace
+
+    from .edge_host import ClusterHostCandidate, cluster_host_plan
+    from .plan import Plan
+
     branch = exit_branch(graph, strategy.exit)
+    if isinstance(strategy.candidate, Plan):  # the Pis alone
+        return replace(strategy.candidate, model=branch_spec, engine=engine).validate()
+    if isinstance(strategy.candidate, ClusterHostCandidate):
+        return replace(cluster_host_plan(branch, strategy.candidate, split_cluster(cluster)[1], branch_spec, engine))
     model = CostModel(branch, cluster, calibration)
     if len(cluster.devices) == 1:
         from .planners import make_plan

@@ -23,7 +23,7 @@ def register(sub) -> None:
                    "at most 8 quantiles) instead of --states")
     p.add_argument("--latency-req", required=True, metavar="MS", help="latency requirement, e.g. 100ms or 0.5s")
     p.add_argument("--availability", action="store_true",
-                   help="also key the map by device availability: the host gone leaves the edge device alone")
+                   help="also key the map by device availability: one edge device fewer at a time, and the host gone")
     p.add_argument("--link-latency", metavar="MS", type=float, help="per-message link latency in ms (default: the devices' profile)")
     p.add_argument("--accuracy", metavar="NAME=A", action="append", default=[],
                    help="accuracy of an exit (repeatable; default: layers/trained/manifest.json's held-out accuracy)")
@@ -75,6 +75,31 @@ def trace_states(path: str, most: int = 8) -> list[float]:
     if len(levels) > most:
         levels = np.unique(np.round(np.quantile(trace.mbit_per_s, np.linspace(0, 1, most + 1)[:-1]), 3))
     return [float(v) * 1e6 for v in levels]
+
+
+def availability_sets(entries: list, text: str) -> list:
+    """Device sets of the map keyed by availability: all of `entries` (parse_devices'), then one edge
+    device fewer at a time down to one (taken from the last edge entry first), then the edge devices
+    without the host. Labels are KIND:N lists."""
+    def label(es):
+        return ",".join(f"{k}:{n}" for k, n, _ in es)
+
+    edges = [list(e) for e in entries if e[0] != "host"]
+    hosts = [e for e in entries if e[0] == "host"]
+    if not edges:
+        raise PisplitError(f"--availability: --devices {text} has no edge device")
+    out = [(label(entries), entries)]
+    while sum(e[1] for e in edges) > 1:
+        last = next(e for e in reversed(edges) if e[1] > 0)
+        last[1] -= 1
+        kept = [tuple(e) for e in edges if e[1] > 0]
+        out.append((label(kept + hosts), kept + hosts))
+    if hosts:
+        alone = [e for e in entries if e[0] != "host"]
+        out.append((label(alone), alone))
+    if len(out) == 1:
+        raise PisplitError(f"--availability: --devices {text} has one device and no host: nothing can leave")
+    return out
 
 
 def _inputs(args, graph):
@@ -161,10 +186,7 @@ def run(args) -> int:
     label = ",".join(f"{k}:{n}" for k, n, _ in entries)
     sets = [(label, entries)]
     if args.availability:
-        edge_only = [(k, n, m) for k, n, m in entries if k != "host"]
-        if len(edge_only) == len(entries):
-            raise PisplitError(f"--availability: --devices {args.devices} has no host to lose")
-        sets.append((",".join(f"{k}:{n}" for k, n, _ in edge_only), edge_only))
+        sets = availability_sets(entries, args.devices)
     acc, table, budget = _inputs(args, graph)
     latency = args.link_latency / 1e3 if args.link_latency is not None else None
     if latency is not None and latency < 0:

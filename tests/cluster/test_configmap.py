@@ -61,7 +61,8 @@ def test_configmap_writes_the_map_its_plans_and_branches(tmp_path):
         assert plan.stages[0].node_stop == e.cut and plan.n_ranks == (1 if e.cut == e.n_nodes else 2)
     proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:1", "--states", "1mbit", "--latency-req", "50ms",
                    "--availability", "--output", out)
-    assert proc.returncode != 0 and "--availability: --devices rpi3:1 has no host to lose" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "--availability: --devices rpi3:1 has one device and no host: nothing can leave" in proc.stderr, \
+        proc.stderr
     assert "Traceback" not in proc.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text("time_s,mbit_per_s\n0,1\n1,oops\n")
@@ -69,6 +70,20 @@ def test_configmap_writes_the_map_its_plans_and_branches(tmp_path):
                    "--output", out)
     assert proc.returncode != 0 and f"bandwidth trace {bad}: line 3: '1,oops' is not two numbers" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_configmap_of_a_pi_cluster_keyed_by_availability(tmp_path):
+    out = tmp_path / "map"
+    proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:2,host:1", "--states", "1,1000mbit", "--latency-req", "2ms",
+                   "--availability", "--objective", "accuracy", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    cmap = ConfigMap.load(out / "configmap.json")
+    assert cmap.device_sets() == ["rpi3:2,host:1", "rpi3:1,host:1", "rpi3:2"]
+    for e in cmap.entries:
+        plan = Plan.load(out / e.plan)
+        assert load_model(plan.model).outputs == [e.exit]
+        assert plan.n_ranks <= (3 if e.devices == "rpi3:2,host:1" else 2)
+        assert {d.kind for d in plan.devices} <= ({"rpi3", "host"} if "host" in e.devices else {"rpi3"})
 
 
 @pytest.mark.mpi

@@ -255,3 +255,24 @@ def test_the_accuracy_objective_takes_algorithm_1s_choice_per_state():
     assert ConfigMap.from_dict(json.loads(json.dumps(cmap.to_dict()))) == cmap
     with pytest.raises(PisplitError, match="objective 'speed'"):
         configuration_map(g, sets, [1e6], 2e-3, acc, "m", objective="speed")
+
+
+@pytest.mark.parametrize("devices", ["rpi3:2,host:1", "rpi3:3"])
+def test_a_pi_cluster_prices_heads_on_the_pis_and_the_tail_on_the_host(devices, tmp_path):
+    from partitioners.edgent import strategy_plan
+
+    g = graph_of("branchy_lenet_mnist")
+    cluster = make_cluster(parse_devices(devices), 1e9)
+    cands = strategies(g, cluster, exit_accuracies(g))
+    assert {s.exit for s in cands} == set(g.outputs)
+    if "host" in devices:
+        assert any(not s.on_device for s in cands) and any(s.on_device for s in cands)
+    else:
+        assert all(s.on_device for s in cands)
+    for s in cands:
+        plan = strategy_plan(g, s, cluster, "branch.json")
+        assert plan.model == "branch.json" and plan.n_nodes == s.n_nodes
+        assert plan.predicted_latency_s == pytest.approx(s.latency_s, rel=1e-9)
+        assert plan.stages[-1].node_stop == s.n_nodes and (s.on_device or plan.stages[-1].node_start == s.cut)
+    with pytest.raises(PisplitError, match="at most one host"):
+        strategies(g, make_cluster(parse_devices("rpi3:1,host:2"), 1e6), exit_accuracies(g))
