@@ -51,3 +51,28 @@ def test_head_split_under_mpirun_equals_unsplit(model, ranks, sizes, block, engi
     x = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in split.inputs}
     scale = float(np.abs(split.reference(x)).max())
     assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("ranks, sizes", [(2, "1,3"), (3, "3,2,1"), (4, "1,2,2,3")])
+def test_transformer_mlp_as_fc_output_then_fc_input_under_mpirun(ranks, sizes):
+    """A transformer MLP (FC, GELU, FC): fc-output keeps its slices (GELU follows them) for fc-input, one reduce."""
+    data = TRANSFORMER_CASES["attention_block_gelu_mlp"]()
+    graph = import_tflite_bytes(data)
+    fc1 = next(i for i, n in enumerate(graph.nodes) if n.op == "gelu") - 1
+    assert graph.nodes[fc1].op == "dense" and graph.nodes[fc1 + 2].op == "dense"
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "block.tflite"
+        path.write_bytes(data)
+        proc = run_mpi(ranks, [sys.executable, "-m", "cluster.cli", "split", path, graph.nodes[fc1].name, "--kind", "fc-output,fc-input",
+                               "--chain", "2", "--sizes", sizes, "--repeat", "1", "--json", "--seed", "5"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    assert [(c["kind"], c["output_layout"]) for c in doc["chain"]] == [("fc-output", "parts"), ("fc-input", "lead")]
+    assert doc["chain"][0]["nodes"] == [graph.nodes[fc1].name, graph.nodes[fc1 + 1].name]  # GELU on the slices
+    rng = np.random.default_rng(5)  # the command's input: the tensors live at the chain's start
+    feeds = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in graph.cut_tensors(fc1)}
+    scale = float(np.abs(graph.execute(feeds, fc1, fc1 + 3)[graph.nodes[fc1 + 2].outputs[0]]).max())
+    assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
