@@ -105,7 +105,7 @@ class EncodedFrameCodec:
         lengths = buf[HEADER: self.data_start].view(np.int64)
         data = buf[self.data_start:].view(np.uint8)
         where = f"link {self.label}, frame {frame}"
-        if (lengths < 0).any() or int(lengths.sum()) > len(data):
+        if (lengths < 0).any() or (lengths > len(data)).any() or int(lengths.sum()) > len(data):  # (each first: no overflow)
             raise PisplitError(f"{where}: message lengths {lengths.tolist()} do not fit the {len(data)}-byte buffer (corrupt frame)")
         out, at = {}, 0
         for t, shape, n in zip(self.names, self.shapes, lengths.tolist()):

@@ -85,6 +85,10 @@ def test_every_corruption_of_an_encoded_frame_names_the_link(rng):
     with pytest.raises(PisplitError, match="link stage 1 -> stage 2, frame 3: message lengths .* do not fit"):
         codec.unpack(bad)
     bad = good.copy()
+    bad[8:8 + 2 * len(names)].view(np.int64)[:] = 1 << 62  # lengths whose sum wraps around
+    with pytest.raises(PisplitError, match="message lengths .* do not fit"):
+        codec.unpack(bad)
+    bad = good.copy()
     bad[8:10].view(np.int64)[0] -= 5  # truncated first message
     with pytest.raises(PisplitError, match="link stage 1 -> stage 2, frame 3: tensor"):
         codec.unpack(bad)
