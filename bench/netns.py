@@ -3,8 +3,10 @@
 --emulate-compute` (mpirun over ssh, real TCP through veth links shaped by `tc tbf`, each rank's
 compute dilated to its device), and (b) in paced emulation on this machine (`pisplit run --emulate`
 as `pisplit emulate` runs it: shared-memory MPI, compute dilated the same way, transfers paced by
-cluster.emulation.LinkPacer). Both use the same host speed (measured once, cached). Printed per plan:
-throughput and latency p50 of each, each over the plan's prediction, and (a)/(b).
+cluster.emulation.LinkPacer). Each side's ranks dilate by a host speed measured just before, alternately,
+with that side's Python (the Pis' venv for (a), this one for (b)), so both bring compute to the devices'
+time. Printed per plan: throughput and latency p50 of each, each over the plan's prediction, the host
+speeds, and (a)/(b).
 
 Default plans: AlexNet's throughput plan on 3 Pi 3B+ and its latency plan (one split stage whose
 conv segments keep their row strips on the parts) on 4 Pi 3B+, links at 94 Mbit/s; a latency plan
@@ -13,7 +15,8 @@ brought up (a running one of the same name and size is reused), provisioned (a s
 only syncs changed files) and brought down at the end unless --keep.
 
 Needs root (namespaces, sshd). Options: --plans MODEL@KIND:N/OBJECTIVE,... --link 94mbit --repeat N
-(alternate (a) and (b) N times, medians) --frames N --latency-frames N --name --state --keep --json
+(alternate (a) and (b) N times, medians) --frames N --latency-frames N --speed-rounds N --name --state
+--network --keep --json
 """
 import os
 
@@ -118,24 +121,11 @@ class Head:
             raise PisplitError(f"provision of the emulated cluster failed: {what}")
         return doc
 
-    def pis_host_speed(self, model: str, seed: int, engine: str, copies: int) -> float:
-        """This machine's speed as the Pis' ranks run (cluster.host_speed's measurement with the Pis' own venv
-        and synced code, `copies` at once, their median): their Python may not be this one (the system's
-        against a venv's), and the dilation of (a) must bring their compute to the devices' time as (b)'s
-        does for this Python. Measured once per model and passed to every rank, never per Pi."""
-        workdir = self.cluster.pis[0].state / "home" / PI_USER / "pisplit"  # pi-0's /home, seen from this machine
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONPATH": str(workdir / "pisplit")}
-        argv = [str(workdir / "venv" / "bin" / "python"), "-m", "cluster.host_speed", model, str(seed), engine]
-        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
-                 for _ in range(max(1, min(copies, os.cpu_count() or 1)))]
-        speeds = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                raise PisplitError(f"measuring the Pis' speed on {model}: {(err.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
-            speeds.append(json.loads(out)["speed"])
-        return float(sorted(speeds)[len(speeds) // 2])  # as cluster.host_speed picks among its copies
+    @property
+    def pi_python(self) -> tuple[Path, Path]:
+        """(the Pis' venv python, their synced code) as seen from this machine (pi-0's /home)."""
+        workdir = self.cluster.pis[0].state / "home" / PI_USER / "pisplit"
+        return workdir / "venv" / "bin" / "python", workdir / "pisplit"
 
     def launch(self, plan_path: Path, frames: int, run_args: list[str], launch_args: list[str] = (), timeout: float = 900) -> dict:
         """`pisplit launch PLAN --emulate-compute` on the Pis; returns rank 0's report (`pisplit run --json`)."""
@@ -152,6 +142,37 @@ class Head:
             raise PisplitError(f"launch of {plan_path.name}: mpirun exited with {launched['returncode']}: "
                                f"{(errors or [launched['stderr'].strip()[-400:]])[0]}")
         return {**json.loads(launched["stdout"]), "rank_command": launched["argv"]}
+
+
+def measure_speed(python: Path | str, code: Path | str, model: str, seed: int, engine: str, copies: int) -> float:
+    """This machine's speed (its seconds over the reference profile's, cluster.host_speed's measurement)
+    under `python` with pisplit's code from `code`, `copies` at once (as many as ranks share the cores,
+    as `pisplit emulate` measures), the copy cluster.host_speed would pick."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code)}
+    argv = [str(python), "-m", "cluster.host_speed", model, str(seed), engine]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+             for _ in range(max(1, min(copies, os.cpu_count() or 1)))]
+    speeds = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise PisplitError(f"measuring this machine's speed on {model} with {python}: "
+                               f"{(err.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
+        speeds.append(json.loads(out)["speed"])
+    return float(sorted(speeds)[len(speeds) // 2])
+
+
+def host_speeds(head: Head, plan, engine: str, rounds: int) -> tuple[float, float]:
+    """(a)'s and (b)'s host speeds, measured alternately `rounds` times, each side's least (load only ever
+    slows a pass): (a)'s with the Pis' venv and synced code, (b)'s with this Python. They differ when the
+    Pis' Python is not this one (the system's against a venv's: AlexNet ran ~10% faster under the
+    system's here), and each side's dilation must bring its own compute to the devices' time. One
+    value a side, passed to every rank (never measured per Pi)."""
+    a, b = [], []
+    for _ in range(rounds):
+        b.append(measure_speed(sys.executable, ROOT, plan.model, plan.model_seed, engine, plan.n_ranks))
+        a.append(measure_speed(*head.pi_python, plan.model, plan.model_seed, engine, plan.n_ranks))
+    return min(a), min(b)
 
 
 # --- the comparison ------------------------------------------------------------------------------------------
@@ -187,7 +208,6 @@ def median_of(runs: list[dict]) -> dict:
 def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps: float, args, tmp: Path) -> dict:
     from cluster.commands.emulate import run_emulated
     from cluster.emulated_plans import plan_for_devices
-    from cluster.host_speed import host_speed
     from layers import load_model
 
     graph = load_model(model)
@@ -198,10 +218,7 @@ def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps:
     latency = objective == "latency"
     frames = args.latency_frames if latency else (args.frames or max(24, int(6 * plan.predicted_throughput_fps)))
     in_flight = ["--max-in-flight", "1"] if latency else []
-    # each side's host speed as `pisplit emulate` measures it (copies at once = ranks): (b)'s with this Python
-    # (cached), (a)'s with the Pis' venv, so both dilate their compute to the same device time
-    speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
-    pi_speed = head.pis_host_speed(plan.model, plan.model_seed, args.engine, plan.n_ranks)
+    pi_speed, speed = host_speeds(head, plan, args.engine, args.speed_rounds)
     stages = " ".join(f"{s.mode}x{len(s.ranks)}[{s.node_start}:{s.node_stop})" for s in plan.stages)
     say(f"{model} on {devices} ({objective}): {stages}; predicted {plan.predicted_throughput_fps:.2f} frames/s, "
         f"latency {plan.predicted_latency_s * 1e3:.0f} ms; {frames} frames, host speed {pi_speed:.3f} for (a), {speed:.3f} for (b)")
@@ -213,14 +230,16 @@ def compare_plan(head: Head, model: str, devices: str, objective: str, link_bps:
         say(f"  (a) namespace cluster: {cluster_runs[-1]['throughput_fps']:.2f} frames/s, p50 {cluster_runs[-1]['latency_p50_ms']:.0f} ms "
             f"({time.time() - t:.0f} s)")
         t = time.time()
+        # run_emulated passes its cached host speed; the --host-speed given after it is the one the ranks take
         rep = run_emulated(plan_path, plan.n_ranks, frames, tmp / f"paced-{i}.json", args.engine, progress=False,
-                           max_in_flight=1 if latency else None)
+                           max_in_flight=1 if latency else None, extra=["--host-speed", repr(speed)])
         paced_runs.append(summary(rep, plan))
         say(f"  (b) paced emulation:   {paced_runs[-1]['throughput_fps']:.2f} frames/s, p50 {paced_runs[-1]['latency_p50_ms']:.0f} ms "
             f"({time.time() - t:.0f} s)")
     a, b = median_of(cluster_runs), median_of(paced_runs)
     return {"model": model, "devices": devices, "objective": objective, "link_mbit": link_bps / 1e6, "stages": stages, "frames": frames,
-            "host_speed_cluster": pi_speed, "host_speed_paced": speed, "predicted_fps": plan.predicted_throughput_fps, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
+            "host_speed_cluster": pi_speed, "host_speed_paced": speed,
+            "predicted_fps": plan.predicted_throughput_fps, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
             "namespace_cluster": a, "paced_emulation": b,
             "fps_ratio": a["throughput_fps"] / b["throughput_fps"] if b["throughput_fps"] else None,
             "latency_ratio": a["latency_p50_ms"] / b["latency_p50_ms"] if b["latency_p50_ms"] else None}
@@ -241,7 +260,8 @@ def print_table(rows: list[dict]) -> None:
             label = ""
         within = all(v is not None and abs(v - 1) <= 0.10 for v in (r["fps_ratio"], r["latency_ratio"]))
         print(f"{'':34} {'(a)/(b)':22} {_x(r['fps_ratio']):>9} {'':6} {_x(r['latency_ratio']):>8} {'':6} {'':7}  "
-              f"{'within 10%' if within else 'NOT within 10%'}; predicted {r['predicted_fps']:.2f} frames/s, {r['predicted_latency_ms']:.0f} ms")
+              f"{'within 10%' if within else 'NOT within 10%'}; predicted {r['predicted_fps']:.2f} frames/s, {r['predicted_latency_ms']:.0f} ms; "
+              f"host speed (a) {r['host_speed_cluster']:.3f}, (b) {r['host_speed_paced']:.3f}")
 
 
 def main(argv=None) -> int:
@@ -251,6 +271,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, help="frames of a throughput plan (default: about 6 s of them at the predicted rate, at least 24)")
     ap.add_argument("--latency-frames", type=int, default=12, help="frames of a latency plan, one in flight (default 12)")
     ap.add_argument("--repeat", type=int, default=1, help="alternate (a) and (b) this many times; medians (default 1)")
+    ap.add_argument("--speed-rounds", type=int, default=2, help="host speed measurements of each side, alternated (default 2; the least counts)")
     ap.add_argument("--engine", default="numpy", choices=("numpy", "litert"))
     ap.add_argument("--name", default=DEFAULT_NAME, help=f"the emulated cluster's name (default {DEFAULT_NAME})")
     ap.add_argument("--state", help="its state directory (default /tmp/NAME-netns)")
@@ -274,8 +295,8 @@ def run(args) -> int:
 
     plans = parse_plans(args.plans)
     link_bps = parse_link(args.link)
-    if args.repeat < 1 or args.latency_frames < 1 or (args.frames is not None and args.frames < 1):
-        raise PisplitError("--repeat, --frames and --latency-frames: at least 1")
+    if args.repeat < 1 or args.speed_rounds < 1 or args.latency_frames < 1 or (args.frames is not None and args.frames < 1):
+        raise PisplitError("--repeat, --speed-rounds, --frames and --latency-frames: at least 1")
     check_can_host()
     from partitioners.devices import parse_devices
 
