@@ -132,7 +132,7 @@ def simulate(model, bps, req, policy):
     return lat, accs, rew
 
 
-def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objective, states):
+def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objective, states, down_margin=None):
     trace = read_trace(trace_path)
     times = np.arange(0.0, trace.duration_s, interval)
     bps = np.asarray(trace.bps_at(times)) * scale
@@ -140,7 +140,8 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
     label = devices
     cmap, _ = configuration_map(graph, [(label, parse_devices(devices))], states, req, acc, graph.name, objective=objective)
     latency = cmap.link_latency_s
-    opt = RuntimeOptimizer(cmap, label, initial_bps=float(bps[0]), estimator=HarmonicEstimator(latency_s=latency))
+    opt = RuntimeOptimizer(cmap, label, initial_bps=float(bps[0]), estimator=HarmonicEstimator(latency_s=latency),
+                           detector_options={"down_margin": down_margin})
     picks = []
     for i, bw in enumerate(bps):
         e = opt.strategy
@@ -196,6 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--states", default="0.25,0.5,1,2,4,8,16mbit", help="bandwidth states of the dynamic run's map (before --trace-scale)")
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
+    p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -221,14 +223,16 @@ def main(argv=None) -> int:
     req = parse_latency(args.requirement)
     states = [s * args.trace_scale for s in parse_states(args.states)]
     rows, trace, bps = dynamic_rows(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval * (5 if args.quick else 1),
-                                    args.objective, states)
+                                    args.objective, states, args.down_margin)
     doc["dynamic"] = {"trace": args.trace, "trace_scale": args.trace_scale, "requirement_s": req, "objective": args.objective,
+                      "down_margin": args.down_margin,
                       "frames": len(bps), "mean_mbit": float(np.mean(bps) / 1e6), "rows": rows}
     if args.json:
         print_json(doc)
     else:
         print_dynamic(rows, f"dynamic over {Path(args.trace).name} x{args.trace_scale:g} (mean {np.mean(bps) / 1e6:.2f} Mbit/s, "
-                            f"{len(bps)} frames), requirement {req * 1e3:g} ms, map by {args.objective} (predicted)")
+                            f"{len(bps)} frames), requirement {req * 1e3:g} ms, map by {args.objective}, down margin "
+                            f"{'0.25' if args.down_margin is None else args.down_margin} (predicted)")
     return 0
 
 

@@ -129,6 +129,16 @@ def test_noise_around_a_threshold_does_not_flap():
     assert np.count_nonzero(np.diff(seen)) == 0, sorted(set(seen))
 
 
+def test_a_zero_down_margin_drops_as_soon_as_the_estimate_is_below_the_state():
+    det = StateDetector(STATES, margin=0.25, down_margin=0.0, down_patience=2, initial=3)
+    assert [det.update(b) for b in (2.1e6, 1.99e6, 1.99e6, 2.2e6, 2.4e6, 2.4e6, 2.4e6)] == [3, 3, 2, 2, 2, 2, 2]
+    assert [det.update(2.5e6) for _ in range(3)] == [2, 2, 3]  # back up only at 2 x 1.25
+    symmetric = StateDetector(STATES, margin=0.25, down_patience=2, initial=3)
+    assert [symmetric.update(b) for b in (1.6e6, 1.6e6, 1.49e6, 1.49e6)] == [3, 3, 3, 2]
+    with pytest.raises(PisplitError, match="down margin 1"):
+        StateDetector(STATES, down_margin=1)
+
+
 def test_the_detector_refuses_bad_settings():
     with pytest.raises(PisplitError, match="positive, finite"):
         StateDetector([])
