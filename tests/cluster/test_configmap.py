@@ -36,6 +36,17 @@ def test_plan_latency_req_prints_each_exit_and_the_choice():
     assert len(doc["exits"]) == 5
 
 
+def test_plan_latency_req_searches_a_codec_tables_codecs(tmp_path):
+    from tests.partitioners.test_link_pricing import hand_table
+
+    table = hand_table(load_model("branchy_alexnet_mnist"), ratio=8.0, encode_s=1e-5).save(tmp_path / "t.json")
+    args = ("plan", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1", "--link", "1gbit", "--latency-req", "2ms", "--json")
+    raw = json.loads(pisplit(*args).stdout)
+    coded = json.loads(pisplit(*args, "--codec-table", table).stdout)
+    assert raw["chosen"]["codec"] == "raw" and coded["chosen"]["codec"] == "zstd"  # jpeg:50 is lossy: not without a budget
+    assert coded["chosen"]["latency_s"] < raw["chosen"]["latency_s"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--latency-req", "soon"], "--latency-req 'soon': expected a positive time"),
     (["--latency-req", "100ms", "--accuracy", "exit1=x"], "--accuracy exit1=x: expected NAME=A"),
