@@ -41,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--accuracy", metavar="NAME=A", action="append", default=[],
                    help="with --latency-req: an exit's accuracy (default: layers/trained/manifest.json's held-out accuracy)")
     p.add_argument("--codec-table", metavar="T.json", help="with --latency-req: a codec table of MODEL (pisplit codecs --save) to search too")
+    p.add_argument("--max-accuracy-loss", metavar="P", help="with --codec-table: lossy codecs that lose at most P top-1 accuracy (e.g. 1%%)")
     p.set_defaults(func=run)
 
 

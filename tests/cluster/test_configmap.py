@@ -45,6 +45,10 @@ def test_plan_latency_req_searches_a_codec_tables_codecs(tmp_path):
     coded = json.loads(pisplit(*args, "--codec-table", table).stdout)
     assert raw["chosen"]["codec"] == "raw" and coded["chosen"]["codec"] == "zstd"  # jpeg:50 is lossy: not without a budget
     assert coded["chosen"]["latency_s"] < raw["chosen"]["latency_s"]
+    lossy = json.loads(pisplit(*args, "--codec-table", table, "--max-accuracy-loss", "1%").stdout)
+    fastest = {e["exit"]: e["fastest"] for e in lossy["exits"]}
+    assert fastest["exit4"]["codec"] == "jpeg:50" and fastest["exit4"]["accuracy"] == pytest.approx(0.977 - 0.004)
+    assert lossy["chosen"]["codec"] == "zstd" and lossy["chosen"]["accuracy"] == 0.977  # more accurate, and it meets 2 ms too
 
 
 @pytest.mark.parametrize("args, message", [
