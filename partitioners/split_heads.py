@@ -38,6 +38,7 @@ import numpy as np
 from layers.errors import PisplitError
 from layers.graph import Graph, Node
 from layers.ops import numel, spec_of
+from layers.weights import SeededWeights
 
 from .split_parts import Layout, PartBuilder, PartNode, box_index, full_box
 
@@ -354,8 +355,9 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
     return Layout(tuple(parts), "sum", None), views
 
 
-def split_heads(graph: Graph, start: int, sizes, last: str | None = None):
-    """The head-parallel split of the attention block starting at node `start` (see the module)."""
+def split_heads(graph: Graph, start: int, sizes, last: str | None, split_class):
+    """The head-parallel split of the attention block starting at node `start` (see the module), as an
+    instance of a subclass of `split_class` (partitioners.splits.Split)."""
     from .split_sizes import resolve_sizes
 
     layer = graph.nodes[start].name
@@ -368,12 +370,17 @@ def split_heads(graph: Graph, start: int, sizes, last: str | None = None):
                            f"not through {last}")
     sizes_ = resolve_sizes(block.heads, sizes, layer, "attention heads")
     layout, views = plan_heads(graph, block, sizes_)
-    return head_split_class()(graph, HEADS_KIND, layer, block.start, block.stop, tuple(sizes_), layout, {}, views=views)
+    return head_split_class(split_class)(graph, HEADS_KIND, layer, block.start, block.stop, tuple(sizes_), layout, {}, views=views)
 
 
-def _head_split_class():
-    from .splits import Split, _uncached
+def _uncached(weights: Mapping) -> Mapping:
+    # as splits._uncached: a seeded mapping read without its cache, so only the slices stay in memory
+    if isinstance(weights, SeededWeights) and weights._cache is not None:
+        return SeededWeights(weights.specs, weights.seed, cache=False)
+    return weights
 
+
+def _head_split_class(Split):
     @dataclass(frozen=True)
     class HeadSplit(Split):
         """An attn-heads Split: partial sums of the output projection (merge 'sum', no post graph);
@@ -422,6 +429,7 @@ def _head_split_class():
 
 
 @functools.cache
-def head_split_class():
-    """The Split subclass of attn-heads (made on first use: partitioners.splits imports this module)."""
-    return _head_split_class()
+def head_split_class(split_class):
+    """The Split subclass of attn-heads, made from partitioners.splits.Split, which splits.split_layer passes
+    in (this module never imports splits: splits imports it)."""
+    return _head_split_class(split_class)

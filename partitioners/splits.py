@@ -378,7 +378,7 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
     elif kind == "attn-heads":  # head-parallel attention (partitioners.split_heads): the whole block
         from .split_heads import split_heads
 
-        return split_heads(graph, start, sizes, last)
+        return split_heads(graph, start, sizes, last, Split)
     elif kind in ("conv-spatial", "fused-tiles"):
         stop, axis_sizes, sizes_, options = _spatial_plan(graph, start, kind, sizes, last, followers, axis, grid)
         layout = plan_spatial(graph, start, stop, axis_sizes)
