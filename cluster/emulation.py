@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from layers.errors import PisplitError
 
@@ -114,16 +114,22 @@ class LinkPacer:
     latency_s: float = 0.0
     free_at: float = 0.0
     busy_s: float = 0.0
+    # issue 16: a cluster.bandwidth.BandwidthTrace replayed from wall-clock `epoch` (bandwidth_bps then unused)
+    trace: Any = None
+    epoch: float = 0.0
 
-    def seconds(self, nbytes: int, messages: int = 1) -> float:
-        """Duration of one transfer on this link."""
+    def seconds(self, nbytes: int, messages: int = 1, start: float | None = None) -> float:
+        """Duration of one transfer on this link (with a trace: one starting at wall-clock `start`)."""
+        if self.trace is not None and start is not None:
+            at = start - self.epoch
+            return messages * self.latency_s + self.trace.transfer_end(at, nbytes) - at
         return messages * self.latency_s + nbytes * 8.0 / self.bandwidth_bps
 
     def schedule(self, nbytes: int, messages: int = 1, now: float | None = None) -> tuple[float, float]:
         """(end, duration) of a transfer handed to the interface at wall-clock (time.time) `now`."""
         now = time.time() if now is None else now
-        duration = self.seconds(nbytes, messages)
         start = max(now, self.free_at)
+        duration = self.seconds(nbytes, messages, start)
         self.free_at = start + duration
         self.busy_s += duration
         return self.free_at, duration

@@ -198,3 +198,17 @@ def test_a_transfer_across_trace_pieces_is_served_at_each_rate():
         grid = np.linspace(start, end, 20001)
         served = np.sum(tr.bps_at(grid[:-1] + np.diff(grid) / 2) * np.diff(grid)) / 8
         assert served == pytest.approx(nbytes, rel=2e-3)
+
+
+def test_a_paced_link_replays_a_trace():
+    from cluster.emulation import LinkPacer
+
+    tr = BandwidthTrace(np.array([0.0, 1.0, 2.0]), np.array([8.0, 0.8, 80.0]), 3.0)  # 1 MB/s, 0.1 MB/s, 10 MB/s
+    link = LinkPacer(1e9, 0.001, trace=tr, epoch=100.0)
+    end, duration = link.schedule(0.5e6, 1, now=100.25)
+    assert end == pytest.approx(100.751) and duration == pytest.approx(0.501)
+    end, duration = link.schedule(0.6e6, 1, now=100.5)  # queued behind the first, from 100.751 on
+    # 0.249 MB at 1 MB/s to t=1, 0.1 MB at 0.1 MB/s to t=2, the last 0.251 MB at 10 MB/s; + 1 ms latency
+    assert end == pytest.approx(100.0 + 2.0 + 0.251e6 / 10e6 + 0.001) and duration == pytest.approx(end - 100.751)
+    plain = LinkPacer(8e6, 0.001)
+    assert plain.schedule(1e6, 1, now=5.0) == (pytest.approx(6.001), pytest.approx(1.001))  # no trace: as before
