@@ -14,7 +14,8 @@
    reward), all on the device (final exit) and all on the host (final exit, input sent): frames meeting
    the requirement, mean accuracy, mean reward (the paper's), switches.
 
-`--quick` shrinks everything (a smoke run); `--json` prints the rows.
+`--chart FILE` draws the dynamic run: latency and frames/s over time, dynamic vs the best static
+strategy, the bandwidth beneath. `--quick` shrinks everything (a smoke run); `--json` prints the rows.
 """
 from __future__ import annotations
 
@@ -117,18 +118,24 @@ def at(f, bw):
     return a + b / bw
 
 
-def simulate(model, bps, req, policy):
+SERIES: dict = {}  # policy -> (latency, frames/s) per frame, for --chart
+
+
+def simulate(model, bps, req, policy, name=None):
     """Per frame (bandwidths `bps`): latency, accuracy, reward of the strategy `policy(i)` picks."""
     lat = np.empty(len(bps))
     accs = np.empty(len(bps))
     rew = np.empty(len(bps))
+    fps = np.empty(len(bps))
     for i, bw in enumerate(bps):
         m = model[policy(i)]
         s = m["strategy"]
         lat[i] = at(m["latency"], bw)
-        period = max(at(m["edge"], bw), at(m["host"], bw))
+        fps[i] = 1.0 / max(at(m["edge"], bw), at(m["host"], bw))
         accs[i] = s.accuracy
-        rew[i] = math.exp(s.accuracy) + 1.0 / period if lat[i] <= req else 0.0
+        rew[i] = math.exp(s.accuracy) + fps[i] if lat[i] <= req else 0.0
+    if name:
+        SERIES[name] = (lat, fps)
     return lat, accs, rew
 
 
@@ -150,7 +157,7 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
         sent = model[key]["sent_bytes"] or 16384.0  # on the device: an idle probe
         opt.observe(sent, sent * 8.0 / bw + latency, at=float(times[i]), frame=i)
     rows = []
-    lat, accs, rew = simulate(model, bps, req, lambda i: picks[i])
+    lat, accs, rew = simulate(model, bps, req, lambda i: picks[i], "dynamic")
     rows.append(("Edgent-style dynamic", lat, accs, rew, len(opt.switches)))  # strategy changes (not state changes)
     static = {}
     for key, m in model.items():
@@ -158,12 +165,16 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
             continue
         static[key] = simulate(model, bps, req, lambda i, k=key: k)
     best = max(static, key=lambda k: static[k][2].mean())
-    rows.append((f"best static: {best[0]} cut {best[1]} {best[2]}", *static[best], 0))
+    name = f"best static: {best[0]} cut {best[1]} {best[2]}"
+    simulate(model, bps, req, lambda i: best, name)
+    rows.append((name, *static[best], 0))
     final = [k for k in model if k[0] == model_final(model)]
     on_device = next(k for k in final if model[k]["strategy"].on_device)
     rows.append(("all on the device (final exit)", *simulate(model, bps, req, lambda i: on_device), 0))
     on_host = (model_final(model), 0, "raw")
     rows.append(("all on the host (final exit; predicted only)", *simulate(model, bps, req, lambda i: on_host), 0))
+    SERIES["_times"] = times
+    SERIES["_switches"] = [sw.at for sw in opt.switches]
     return [{"policy": name, "meets": float(np.mean(lat <= req)), "mean_accuracy": float(accs.mean()), "mean_reward": float(rew.mean()),
              "p50_ms": float(np.median(lat) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3), "switches": sw}
             for name, lat, accs, rew, sw in rows], trace, bps
@@ -183,6 +194,34 @@ def print_dynamic(rows, title):
     console.print(t)
 
 
+def chart(path, bps, req, title) -> None:
+    """Latency and throughput over time, dynamic vs the best static strategy, the bandwidth beneath."""
+    from cluster.charts import _figure_class, _save
+
+    times = SERIES["_times"]
+    fig = _figure_class()(figsize=(11, 7.5))
+    ax_lat, ax_fps, ax_bw = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [2, 2, 1.3]})
+    for name, (lat, fps) in ((k, v) for k, v in SERIES.items() if not k.startswith("_")):
+        ax_lat.plot(times, lat * 1e3, lw=0.9, label=name)
+        ax_fps.plot(times, fps, lw=0.9, label=name)
+    ax_lat.axhline(req * 1e3, color="#d62728", ls="--", lw=1, label=f"requirement {req * 1e3:g} ms")
+    for t in SERIES["_switches"]:
+        ax_lat.axvline(t, color="#bbbbbb", lw=0.5)
+    ax_lat.set_ylabel("latency ms (predicted)")
+    ax_lat.legend(fontsize=8, loc="upper right")
+    ax_fps.set_ylabel("frames/s (predicted)")
+    ax_bw.step(times, bps / 1e6, where="post", color="#555555", lw=0.9)
+    ax_bw.set_ylabel("Mbit/s")
+    ax_bw.set_yscale("log")
+    ax_bw.set_xlabel("time s (grey lines above: strategy switches)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    rows = [(f"{t:.1f}", f"{b / 1e6:.3f}") + tuple(f"{v[0][i] * 1e3:.3f}" for k, v in SERIES.items() if not k.startswith("_"))
+            for i, (t, b) in enumerate(zip(times, bps))]
+    head = ("time s", "Mbit/s") + tuple(f"{k} ms" for k in SERIES if not k.startswith("_"))
+    _save(fig, Path(path), title, (head, rows[:: max(1, len(rows) // 300)]), [])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_edgent")
     p.add_argument("--model", default="branchy_alexnet_mnist")
@@ -198,9 +237,14 @@ def main(argv=None) -> int:
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
     p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
+    p.add_argument("--chart", metavar="FILE", help="draw the dynamic run (.svg, .png or .html; needs pisplit[charts])")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.chart:
+        from cluster.charts import check_chart_path
+
+        check_chart_path(args.chart)
     graph = load_model(args.model)
     acc = exit_accuracies(graph)
     bandwidths = parse_states(args.bandwidths)
@@ -227,6 +271,10 @@ def main(argv=None) -> int:
     doc["dynamic"] = {"trace": args.trace, "trace_scale": args.trace_scale, "requirement_s": req, "objective": args.objective,
                       "down_margin": args.down_margin,
                       "frames": len(bps), "mean_mbit": float(np.mean(bps) / 1e6), "rows": rows}
+    title = (f"{args.model} on {args.devices}: {Path(args.trace).name} x{args.trace_scale:g}, requirement {req * 1e3:g} ms, "
+             f"map by {args.objective} (predicted)")
+    if args.chart:
+        chart(args.chart, bps, req, title)
     if args.json:
         print_json(doc)
     else:

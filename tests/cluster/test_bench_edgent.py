@@ -6,8 +6,10 @@ import json
 from tests.cluster.test_bench import bench
 
 
-def test_bench_edgent_quick():
-    doc = json.loads(bench("bench_edgent", "--quick", "--scaled", "--json").stdout)
+def test_bench_edgent_quick(tmp_path):
+    chart = tmp_path / "dynamic.svg"
+    doc = json.loads(bench("bench_edgent", "--quick", "--scaled", "--json", "--chart", chart).stdout)
+    assert chart.read_text().lstrip().startswith("<?xml") and "requirement 100 ms" in chart.read_text()
     assert doc["model"] == "branchy_alexnet_mnist" and len(doc["static"]) == 4 and len(doc["scaled"]) == 4
     for r in doc["static"] + doc["scaled"]:
         assert r["meets"] == (r["predicted_ms"] <= r["latency_req_s"] * 1e3)
