@@ -81,6 +81,23 @@ def bring_up(cluster) -> bool:
     return False
 
 
+def shape_links(cluster, burst: str | None) -> str:
+    """Shape every Pi's link (its egress and the bridge's towards it) at the cluster's rate with this token
+    bucket `burst` (tc syntax; None: the cluster's own, cluster.netns: 10 ms of the rate, at least 32 KiB).
+    A burst lets a message that follows a pause leave at the veth's speed: a Pi's wire never does.
+    Returns the burst set."""
+    from cluster.netns import _burst
+
+    burst = burst or _burst(cluster.rate)
+    for pi in cluster.pis:
+        for ns, dev in ((pi.namespace, "eth0"), (cluster.lan, f"v-{pi.hostname}")):
+            proc = subprocess.run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", cluster.rate,
+                                   "burst", burst, "latency", "50ms"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise PisplitError(f"--burst {burst}: tc refused it on {pi.hostname}: {proc.stderr.strip()}")
+    return burst
+
+
 class Head:
     """The head node's side of an emulated cluster: its files in the cluster's state directory (known_hosts,
     cluster key, a pisplit cache), and pisplit commands run in the head's namespace."""
@@ -164,10 +181,10 @@ def measure_speed(python: Path | str, code: Path | str, model: str, seed: int, e
 
 def host_speeds(head: Head, plan, engine: str, rounds: int) -> tuple[float, float]:
     """(a)'s and (b)'s host speeds, measured alternately `rounds` times, each side's least (load only ever
-    slows a pass): (a)'s with the Pis' venv and synced code, (b)'s with this Python. They differ when the
-    Pis' Python is not this one (the system's against a venv's: AlexNet ran ~10% faster under the
-    system's here), and each side's dilation must bring its own compute to the devices' time. One
-    value a side, passed to every rank (never measured per Pi)."""
+    slows a pass; on a loaded 2-core machine one measurement strays by 10-40%): (a)'s with the Pis' venv
+    and synced code, (b)'s with this Python. They may differ (the Pis' Python is the system's, this one
+    a venv's), and each side's dilation must bring its own compute to the devices' time. One value a
+    side, passed to every rank (never measured per Pi)."""
     a, b = [], []
     for _ in range(rounds):
         b.append(measure_speed(sys.executable, ROOT, plan.model, plan.model_seed, engine, plan.n_ranks))
@@ -250,16 +267,16 @@ def _x(v) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'plan':34} {'run':22} {'frames/s':>9} {'/pred':>6} {'p50 ms':>8} {'/pred':>6} {'late s':>7}  comm ms per stage")
+    print(f"{'plan (link rate/burst)':44} {'run':22} {'frames/s':>9} {'/pred':>6} {'p50 ms':>8} {'/pred':>6} {'late s':>7}  comm ms per stage")
     for r in rows:
-        label = f"{r['model']} {r['devices']} {r['objective']} @{r['link_mbit']:.0f}Mbit"
+        label = f"{r['model']} {r['devices']} {r['objective']} @{r['link_mbit']:.0f}Mbit/{r['burst']}"
         for what, key in (("(a) namespace cluster", "namespace_cluster"), ("(b) paced emulation", "paced_emulation")):
             m = r[key]
-            print(f"{label:34} {what:22} {m['throughput_fps']:9.2f} {_x(m['fps_over_predicted']):>6} {m['latency_p50_ms']:8.1f} "
+            print(f"{label:44} {what:22} {m['throughput_fps']:9.2f} {_x(m['fps_over_predicted']):>6} {m['latency_p50_ms']:8.1f} "
                   f"{_x(m['latency_over_predicted']):>6} {m['late_s']:7.2f}  {m['comm_ms']}")
             label = ""
         within = all(v is not None and abs(v - 1) <= 0.10 for v in (r["fps_ratio"], r["latency_ratio"]))
-        print(f"{'':34} {'(a)/(b)':22} {_x(r['fps_ratio']):>9} {'':6} {_x(r['latency_ratio']):>8} {'':6} {'':7}  "
+        print(f"{'':44} {'(a)/(b)':22} {_x(r['fps_ratio']):>9} {'':6} {_x(r['latency_ratio']):>8} {'':6} {'':7}  "
               f"{'within 10%' if within else 'NOT within 10%'}; predicted {r['predicted_fps']:.2f} frames/s, {r['predicted_latency_ms']:.0f} ms; "
               f"host speed (a) {r['host_speed_cluster']:.3f}, (b) {r['host_speed_paced']:.3f}")
 
@@ -270,8 +287,10 @@ def main(argv=None) -> int:
     ap.add_argument("--link", default="94mbit", help="the Pis' links (tc rate; the plans' link bandwidth), default 94mbit")
     ap.add_argument("--frames", type=int, help="frames of a throughput plan (default: about 6 s of them at the predicted rate, at least 24)")
     ap.add_argument("--latency-frames", type=int, default=12, help="frames of a latency plan, one in flight (default 12)")
+    ap.add_argument("--burst", help="the links' token bucket, tc syntax (default: the emulated cluster's, 10 ms of the rate, "
+                    "at least 32 KiB); e.g. 16kb: close to a wire, which never sends faster than its rate")
     ap.add_argument("--repeat", type=int, default=1, help="alternate (a) and (b) this many times; medians (default 1)")
-    ap.add_argument("--speed-rounds", type=int, default=2, help="host speed measurements of each side, alternated (default 2; the least counts)")
+    ap.add_argument("--speed-rounds", type=int, default=3, help="host speed measurements of each side, alternated (default 3; the least counts)")
     ap.add_argument("--engine", default="numpy", choices=("numpy", "litert"))
     ap.add_argument("--name", default=DEFAULT_NAME, help=f"the emulated cluster's name (default {DEFAULT_NAME})")
     ap.add_argument("--state", help="its state directory (default /tmp/NAME-netns)")
@@ -307,14 +326,16 @@ def run(args) -> int:
     reused = bring_up(cluster)
     rows = []
     try:
+        burst = shape_links(cluster, args.burst)
         head = Head(cluster)
-        say(f"cluster {cluster.name}: {n_pis} Pis at {cluster.rate} {'reused' if reused else 'up'} ({time.time() - t:.0f} s); provisioning ...")
+        say(f"cluster {cluster.name}: {n_pis} Pis at {cluster.rate}, burst {burst}, {'reused' if reused else 'up'} ({time.time() - t:.0f} s); "
+            "provisioning ...")
         t = time.time()
         head.provision()
         say(f"provisioned ({time.time() - t:.0f} s)")
         with tempfile.TemporaryDirectory(prefix="bench-netns-") as tmp:
             for model, devices, objective in plans:
-                rows.append(compare_plan(head, model, devices, objective, link_bps, args, Path(tmp)))
+                rows.append({**compare_plan(head, model, devices, objective, link_bps, args, Path(tmp)), "burst": burst})
     finally:
         if not args.keep:
             cluster_down(cluster)
