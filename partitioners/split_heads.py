@@ -265,12 +265,22 @@ def attention_block(graph: Graph, start: int) -> AttentionBlock | None:
 
 
 def why_not_attention(graph: Graph, start: int) -> str:
-    """Why node `start` starts no attention block (the trace's reason with the natural head count)."""
-    try:
-        _trace(graph, start, 2, True)
-    except _NotAttention as exc:
-        return str(exc)
-    return "no head count fits"
+    """Why node `start` starts no attention block: the reason a trace with two heads stops at."""
+    node = graph.nodes[start]
+    if node.op != "dense":
+        return f"{node.name} is a {node.op} node, not a Q/K/V projection"
+    x = node.inputs[0]
+    if graph.shapes[x][0] != 1:
+        return f"its input {x!r} {graph.shapes[x]} holds a sequence on axis 0 (split inputs travel as boxes after the batch axis)"
+    cols = node.weight_shapes["kernel"][1]
+    reasons = []
+    for fused in (True, False):
+        if cols % (6 if fused else 2) == 0:
+            try:
+                _trace(graph, start, 2, fused)
+            except _NotAttention as exc:
+                reasons.append(str(exc))
+    return reasons[-1] if reasons else f"its {cols} columns hold no heads"
 
 
 # --- parts ---------------------------------------------------------------------------------------------

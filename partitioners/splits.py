@@ -361,7 +361,12 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
     node = graph.nodes[start]
     legal = legal_kinds(graph, layer)
     if kind not in legal:
-        raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node (legal: {', '.join(legal)})")
+        why = ""
+        if kind == "attn-heads":  # why the node starts no attention block (issue 19)
+            from .split_heads import why_not_attention
+
+            why = f"; {why_not_attention(graph, start)}"
+        raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node (legal: {', '.join(legal)}){why}")
     if grid is not None and kind != "fused-tiles":
         raise PisplitError(f"layer {layer}: a grid applies to fused-tiles only, not {kind}")
     options: dict = {}

@@ -79,3 +79,10 @@ def test_head_split_refusals():
         split_layer(g, mlp, HEADS_KIND, 2)
     with pytest.raises(PisplitError, match="covers the whole block"):
         split_layer(g, layer, HEADS_KIND, 2, last=g.nodes[b.stop - 2].name)
+
+
+def test_refusal_says_why_the_node_starts_no_block():
+    g = graph_of("attention_block_gelu_mlp")
+    fc1 = next(i for i, n in enumerate(g.nodes) if n.op == "gelu") - 1
+    with pytest.raises(PisplitError, match=r"does not apply to a dense node .*; node .* \(gelu\) cannot be part of a head-parallel block"):
+        split_layer(g, g.nodes[fc1].name, HEADS_KIND, 2)
