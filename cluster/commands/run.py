@@ -66,6 +66,8 @@ def run(args) -> int:
     if args.resilient:
         from .resilient import run_resilient
 
+        if args.emulate_compute:
+            raise PisplitError("--emulate-compute: not with --resilient (it runs its ranks on this machine: --emulate paces their links too)")
         return run_resilient(args)
     return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank), args.debug)
 

@@ -22,7 +22,7 @@ import pytest
 from cluster.emulated_plans import plan_for_devices
 from cluster.netns import PI_USER, Cluster, cluster_down
 from layers import zoo_model
-from tests.conftest import ROOT, require, varied
+from tests.conftest import ROOT, require, run_pisplit, varied
 
 from .conftest_netns import netns_available
 from .test_runtime import mpirun, reference_outputs
@@ -81,6 +81,9 @@ def test_emulate_and_emulate_compute_together_are_refused_in_one_line(plan_and_s
     proc = mpirun(1, "run", path, "--emulate", "--emulate-compute", "--frames", 1)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--emulate and --emulate-compute: give one" in proc.stderr
+    proc = run_pisplit("run", path, "--resilient", "--emulate-compute", check=False)  # its ranks share this machine: nothing to leave unpaced
+    assert proc.returncode == 1 and proc.stderr.strip() == ("pisplit: error: --emulate-compute: not with --resilient (it runs its ranks "
+                                                            "on this machine: --emulate paces their links too)")
 
 
 # --- on the network-namespace cluster -------------------------------------------------------------------------
