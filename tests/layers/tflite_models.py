@@ -930,6 +930,17 @@ def torch_attention(m, x, heads):
     return binary(m, "ADD", x, o)
 
 
+def window_pad_bias(m, x):
+    """Swin's window rows: RESHAPE (1, T, C) -> (T, C), PAD on axis 0 (rows of one frame), an ADD of a constant
+    with more axes than the tensor ((1, H, T, T)-style relative position bias), SOFTMAX."""
+    n, t, c = m.shapes[x]
+    rows = m.op("RESHAPE", [x, m.const([t, c])], (t, c), m.opts("ReshapeOptions", newShape=[t, c]))
+    padded = m.op("PAD", [rows, m.const([[0, 2], [0, 0]])], (t + 2, c), m.opts("PadOptions"))
+    bias = m.weight((1, t + 2, c))
+    biased = m.op("ADD", [padded, bias], (1, t + 2, c), m.opts("AddOptions"))
+    return m.op("SOFTMAX", [biased], (1, t + 2, c), m.opts("SoftmaxOptions", beta=1.0))
+
+
 TRANSFORMER_CASES = {
     "gelu_exact": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=False)), [(1, 7, 9)]),
     "gelu_tanh": _single(lambda m, x: m.op("GELU", [x], m.shapes[x], m.opts("GeluOptions", approximate=True)), [(1, 7, 9)]),
@@ -939,6 +950,7 @@ TRANSFORMER_CASES = {
     "attention_block_gelu_mlp": _single(lambda m, x: attention(m, x, heads=4), [(1, 10, 16)]),
     "class_token_concat_constant": _single(class_token_encoder, [(1, 6, 8)]),
     "time_major_batch_axis_rules": _single(time_major, [(1, 7, 6)]),
+    "window_pad_axis0_constant_bias": _single(window_pad_bias, [(1, 6, 8)]),
     "torch_attention_fused_qkv": _single(lambda m, x: torch_attention(m, torch_attention(m, x, heads=6), heads=6), [(1, 9, 24)]),
 }
 CASES.update(TRANSFORMER_CASES)
