@@ -17,7 +17,11 @@ LossBudget; raw always. A lossy codec's measured accuracy_loss is taken off the 
 
 The paper's Algorithm 1 line 8 writes the latency with the server's layers first
 (sum ES_j for j < p, sum ED_k for k >= p, Input/B + D_(p-1)/B); pisplit keeps the device at the head,
-as Ko et al. and the paper's own text do (the device starts the inference and offloads the rest).
+as Ko et al. do and as pisplit's runtime needs (rank 0, the device, is the frames' source).
+
+Several edge devices (beyond Edgent, e.g. rpi3:4,host:1): per exit branch the head [0, c) is planned
+on the Pis by the dp planner and the tail runs on the host (edge_host.cluster_host_candidates), or the
+Pis run the whole branch (the dp planner's latency plan): `pi_cluster_strategies`.
 
 Accuracy per exit: the held-out test accuracy layers/trained/manifest.json records per output
 (`exit_accuracies`), or the caller's.
@@ -31,20 +35,27 @@ pisplit ranks exits by accuracy, as the issue asks. When nothing meets the requi
 says so and names the fastest strategy.
 
 Algorithm 2 (`configuration_map`, dynamic environment): per bandwidth state s_i (and, beyond Edgent,
-per device availability: the host gone leaves the device alone, every exit on it), the strategy of the
-best reward, the paper's
+per device set, e.g. one Pi fewer or the host gone: `pisplit configmap --availability`), the strategy
+of the best reward, the paper's
 
     reward = exp(accuracy) + throughput   if latency <= requirement,  else 0
 
-(throughput in frames per second, accuracy in [0, 1], as the paper's section on the dynamic
-configurator defines it) over the strategies in the order exits by depth, cuts ascending, raw before
+(accuracy in [0, 1], throughput in frames per second: the slides give the formula, not the unit; in
+frames per second it outweighs exp(accuracy) on small models, hence `objective="accuracy"`, Algorithm
+1's choice per state, as an option) over the strategies in the order exits by depth, cuts ascending, raw before
 the table's codecs, with the paper's `if reward_max <= reward_cj` (a later strategy wins a tie). The
 paper's loop starts at reward_max = 0 and so would keep the last strategy when every reward is 0; pisplit
 keeps the fastest strategy there instead and marks the entry `meets: false`.
 
-The map is data (format "pisplit-configmap", `ConfigMap`, validate()): written by `pisplit configmap`
-beside the plans (and exit-branch graphs) its entries name, read by the runtime's Algorithm 3
-(cluster.bandwidth: estimate, detect the state, `ConfigMap.find`).
+The map is data (`ConfigMap`, validate()), a JSON object: "format": "pisplit-configmap", "version": 1,
+"model" (the spec it was made from), "latency_req_s", "link_latency_s", "engine", "reward" (the
+formula, for people), "objective" ("reward" or "accuracy"), and "entries", one per (device set,
+bandwidth state): "devices" (e.g. "rpi3:1,host:1"), "bandwidth_bps", "exit", "cut" and "n_nodes" (of
+the exit branch; cut = n_nodes: all on the device(s)), "after" (the node before the cut), "codec",
+the predicted "latency_s", "throughput_fps", "accuracy", the paper's "reward" (0 when it misses),
+"meets" (latency_s <= latency_req_s) and "plan" / "graph": the plan and exit-branch graph files,
+relative to the map's folder. `pisplit configmap` writes it beside them; Algorithm 3
+(cluster.bandwidth: estimate, detect the state, `ConfigMap.find`) reads it.
 """
 from __future__ import annotations
 
