@@ -144,11 +144,14 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             part_compute += pre[lead, seg_stop] - pre[lead, s_stop]
             compute[rows_arr, o] = part_compute
             comm_in[rows_arr, o] = part_comm[:, 0]
-            w = q[..., 1].copy()
+            # held for the whole run, like weights: each part's weight slices and the input boxes its
+            # runner keeps from frame to frame (cluster.split_exec's feed buffers; its message
+            # buffers are halos where strips are kept, and counted in the working set where not)
+            w = q[..., 1] + q[..., 2]
             w[:, 0] += model.prefix_weights[seg_stop] - model.prefix_weights[s_stop]
             weights[rows_arr, o, :parts] = w
             work[rows_arr, o, 0] = _span_work(model, s_start, s_stop) if role == "span" else seg_work[rows_arr]
-            # a remote part's working set: what it receives and sends, and its share of the im2col
+            # a remote part's working set: its messages in and out, and its share of the im2col
             # buffer (all of it for channel kinds: every output channel reads every patch)
             scratch = sel["scratch"][:, None] * (1.0 if kind in ("conv-channel", "fc-output") else size[:, 1:] / size.sum(axis=1, keepdims=True))
             work[rows_arr, o, 1:parts] = remote.sum(axis=2) + scratch

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from layers import zoo_model
@@ -82,9 +83,10 @@ def test_split_stage_holds_only_parts_of_the_weights(alexnet_model):
     options = {o.kind: o for o in m.segment_options(seg, (0, 0))}
     assert set(options) == {"none", "fc-output", "fc-input"}
     whole = m.graph.cost(fc6).weight_bytes
-    for kind in ("fc-output", "fc-input"):
+    x = 4 * int(np.prod(m.graph.shapes[m.graph.nodes[fc6].inputs[0]][1:]))  # fc6's input vector
+    for kind, held_inputs in (("fc-output", 2 * x), ("fc-input", x)):  # each part keeps its input box (all of it, or half)
         o = options[kind]
-        assert sum(o.weight_bytes) == pytest.approx(whole + (m.prefix_weights[stop] - m.prefix_weights[o.split_stop]), rel=1e-6)
+        assert sum(o.weight_bytes) == pytest.approx(whole + (m.prefix_weights[stop] - m.prefix_weights[o.split_stop]) + held_inputs, rel=1e-6)
         assert max(o.weight_bytes) < 0.6 * whole
         assert o.comm_s > 0 and o.compute_s < options["none"].compute_s
     assert options["none"].weight_bytes == (m.prefix_weights[stop] - m.prefix_weights[start], 0.0)
