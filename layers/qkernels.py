@@ -7,8 +7,9 @@ steps compute them: int32 accumulation of (x - input zero point) * filter, bias 
 per-channel Q31 multiplier and shift (layers.quant), output zero point added, clamped to the fused
 activation's range in the quantized domain.
 
-Accumulations run as float64 matrix products: every product and partial sum is an integer far below
-2**53, so float64 BLAS is exact whatever its summation order, and fast.
+Accumulations run as float matrix products of integer values: int8 operands in float32 in chunks short
+enough that every partial sum stays below 2**24 (EXACT_F32_TERMS products), summed in float64, so BLAS
+is exact whatever its summation order, and fast.
 """
 from __future__ import annotations
 
@@ -43,6 +44,31 @@ def _exp_f32(x: np.ndarray) -> np.ndarray:
 
 
 # --- convolutions and fully connected -------------------------------------------------------------------
+
+# float32 holds every integer below 2**24 exactly; an int8 product (x - zero point) * filter is at most
+# 255 * 128 in magnitude, so a dot product of up to EXACT_F32_TERMS such products is exact in float32
+# BLAS whatever its summation order (or FMA); longer ones are summed in chunks of that many, in float64.
+EXACT_F32_TERMS = (1 << 24) // (255 * 128)
+
+
+def _int8_operands(x: np.ndarray, zero_point: int, kernel: np.ndarray):
+    """(x - zero point, kernel) as float32 when both are int8 (exact products, see EXACT_F32_TERMS),
+    else as float64 (every sum exact below 2**53)."""
+    if x.dtype == np.int8 and kernel.dtype == np.int8 and -128 <= zero_point <= 127:
+        return x.astype(np.float32) - np.float32(zero_point), kernel.astype(np.float32)
+    return x.astype(np.float64) - zero_point, kernel.astype(np.float64)
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b of integer-valued matrices, exactly: float32 chunks of at most EXACT_F32_TERMS terms
+    summed in float64 (float64 operands: one product)."""
+    k = a.shape[-1]
+    if a.dtype == np.float64 or k <= EXACT_F32_TERMS:
+        return a @ b
+    out = np.zeros((*a.shape[:-1], b.shape[-1]), np.float64)
+    for c0 in range(0, k, EXACT_F32_TERMS):
+        out += a[..., c0:c0 + EXACT_F32_TERMS] @ b[c0:c0 + EXACT_F32_TERMS]
+    return out
 
 def _out_scale_per_channel(in_scale: float, wq: TensorQuant, out_scale: float, n: int) -> np.ndarray:
     """input_scale * filter_scale[c] / output_scale in double, one per output channel (per-tensor broadcast)."""
@@ -109,18 +135,18 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     dilation = tuple(attrs.get("dilation") or (1, 1))
     pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
     outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
-    xz = x.astype(np.float64) - in_zp
+    xz, kf = _int8_operands(x, in_zp, kernel)
     xp = np.pad(xz, [(0, 0), *pads, (0, 0)]) if any(a or b for a, b in pads) else xz
     win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C)
-    kf = kernel.astype(np.float64)
     n = x.shape[0]
     if groups == 1:
         cols = win.reshape(n * outs[0] * outs[1], kh * kw * cin_g) if win.flags.c_contiguous else \
             np.ascontiguousarray(win).reshape(n * outs[0] * outs[1], kh * kw * cin_g)
-        acc = (cols @ kf.reshape(kh * kw * cin_g, cout)).reshape(n, *outs, cout)
+        acc = _exact_matmul(cols, kf.reshape(kh * kw * cin_g, cout)).reshape(n, *outs, cout)
     elif cin_g == 1:
         mult = cout // groups
-        acc = np.zeros((n, *outs, groups, mult))
+        # kh * kw products per output: exact in float32 up to EXACT_F32_TERMS taps
+        acc = np.zeros((n, *outs, groups, mult), xz.dtype if kh * kw <= EXACT_F32_TERMS else np.float64)
         wk = kf.reshape(kh, kw, groups, mult)
         for i in range(kh):
             for j in range(kw):
@@ -143,7 +169,7 @@ def qdense(xs, attrs, w, ctx: QuantContext):
     _check_symmetric_filter(wq, "fully connected")
     kernel = w["kernel"]
     cout = kernel.shape[1]
-    acc = (x.astype(np.float64) - in_zp) @ kernel.astype(np.float64)
+    acc = _exact_matmul(*_int8_operands(x, in_zp, kernel))
     if attrs.get("partial"):
         return [_partial(acc, w.get("bias"), "fully connected")]
     mults = output_multipliers("dense", ctx.inputs[0], wq, out_q, cout)

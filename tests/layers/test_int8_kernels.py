@@ -209,3 +209,27 @@ def test_int8_sub_and_hard_swish_equal_reference_kernels_and_xnnpack():
             assert np.array_equal(got, want), f"{case}: {int((got != want).sum())} of {got.size} differ"
             assert np.array_equal(litert.run(feeds)[graph.outputs[0]], interpreter_outputs(model, list(feeds.values()), "AUTO")[0])
             assert int(np.abs(litert.run(feeds)[graph.outputs[0]].astype(int) - got).max()) <= XNNPACK_ULP
+
+
+def test_long_int8_dot_products_are_exact():
+    """Dot products longer than EXACT_F32_TERMS (a 3x3 conv over 64 channels: 576 terms, a fully
+    connected layer over 1500 inputs) run in float32 chunks summed in float64: still equal to the
+    reference kernels bit for bit, with inputs and filters at the int8 extremes."""
+    from layers.qkernels import EXACT_F32_TERMS
+
+    from .tflite_models import _int8_single, int8_conv, int8_fully_connected
+
+    cases = {"conv_576": (_int8_single(lambda m, x: int8_conv(m, x, 6, 3), [(1, 5, 6, 64)]), 576),
+             "fc_1500": (_int8_single(lambda m, x: int8_fully_connected(m, x, 7, per_channel=True), [(1, 1500)]), 1500)}
+    for case, (make, terms) in cases.items():
+        assert terms > EXACT_F32_TERMS
+        model = make()
+        graph = import_tflite_bytes(model)
+        engine = make_engine(graph, "numpy")
+        for seed in range(2):
+            feeds = feeds_for(graph, seed)
+            if seed == 1:  # large sums: every input at -128 (zero point -7: x - zp = -121 in every product)
+                feeds = {k: np.full(v.shape, -128, np.int8) for k, v in feeds.items()}
+            got = engine.run(feeds)[graph.outputs[0]]
+            want = interpreter_outputs(model, list(feeds.values()))[0]
+            assert np.array_equal(got, want), f"{case}: {int((got != want).sum())} differ"
