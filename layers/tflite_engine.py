@@ -63,6 +63,8 @@ class LiteRTEngine:
         self._inputs = [d["index"] for d in self.interpreter.get_input_details()]
         self._outputs = [d["index"] for d in self.interpreter.get_output_details()]
         self._batch = 1
+        # a node that moves the batch axis (issue 19, layers.ops.batch1_only) makes the graph one frame's
+        self._one_frame = next((n for n in graph.nodes if n.attrs.get("batch1")), None)
 
     def _resize(self, batch: int) -> None:
         for name, index in zip(self.graph.inputs, self._inputs):
@@ -82,6 +84,10 @@ class LiteRTEngine:
                 raise PisplitError(f"model {self.graph.name}: input {name!r} has shape {x.shape}, expected {shape}")
             arrays.append(x)
         batch = arrays[0].shape[0] if arrays else 1
+        if self._one_frame is not None and any(x.shape[0] != shape[0] for x, shape in zip(arrays, self.graph.inputs.values())):
+            n = self._one_frame
+            raise PisplitError(f"model {self.graph.name}: node {n.name} ({n.op}) treats the batch axis as a data axis (imported for "
+                               f"one frame at a time); it runs on one frame only, got {batch} on axis 0")
         if batch != self._batch:
             self._resize(batch)
         for index, x in zip(self._inputs, arrays):

@@ -180,3 +180,22 @@ def test_torch_corpus_model_on_the_litert_engine(arch):
     got = make_engine(graph, "litert").run(feeds)
     for t, w in zip(graph.outputs, litert(model, list(feeds.values()))):
         assert rel_err(got[t], w) < 1e-4, f"{arch}: {t}"
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("engine", ["numpy", "litert"])
+def test_stacked_frames_on_a_one_frame_model_are_one_line_errors(engine, tmp_path):
+    """A model with batch-moving nodes refuses a stacked batch on both engines, and `pisplit infer` says so in
+    one line (no traceback); one frame runs."""
+    from tests.conftest import run_pisplit
+
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    path = tmp_path / "attention.tflite"
+    path.write_bytes(TRANSFORMER_CASES["torch_attention_fused_qkv"]())
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 9, 24)).astype(np.float32))
+    proc = run_pisplit("infer", path, "--input", tmp_path / "x.npy", "--engine", engine, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "treats the batch axis as a data axis" in proc.stderr and "one frame only" in proc.stderr
+    np.save(tmp_path / "x1.npy", np.random.default_rng(0).standard_normal((9, 24)).astype(np.float32))
+    proc = run_pisplit("infer", path, "--input", tmp_path / "x1.npy", "--engine", engine, check=False)
+    assert proc.returncode == 0, proc.stderr
