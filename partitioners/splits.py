@@ -36,14 +36,6 @@ from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
 __all__ = ["SPLIT_KINDS", "Split", "SplitCost", "PartCost", "legal_kinds", "split_layer", "split_segment", "split_cost"]
 
 
-def refuse_quantized(graph: Graph) -> None:
-    """Kept for callers that cannot run int8 graphs: one clear error, never a wrong answer. Splits of
-    int8 layers are exact (partitioners.split_quant)."""
-    if graph.quantized:
-        raise PisplitError(f"model {graph.name} is quantized (int8): splitting and planning int8 models is not supported yet; "
-                           "run it whole with pisplit infer --engine numpy")
-
-
 def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
     """The split kinds that apply to node `layer`."""
     index = graph.node_index(layer)
