@@ -452,6 +452,22 @@ def qhard_swish(xs, attrs, w, ctx: QuantContext):
     return [_lookup(xs[0], table, in_q)]
 
 
+def qleaky_relu(xs, attrs, w, ctx: QuantContext):
+    """LEAKY_RELU int8 (reference_ops::QuantizeLeakyRelu, LeakyReluPrepare): x - input zero point scaled
+    by input_scale / output_scale where it is >= 0, by input_scale * alpha / output_scale below (both
+    computed in float, as the Prepare step does), plus the output zero point, clamped."""
+    x = xs[0]
+    si, zi = _scalar(ctx.inputs[0], "leaky relu input")
+    out_q = ctx.outputs[0]
+    so, zo = _scalar(out_q, "leaky relu output")
+    alpha = np.float32(attrs.get("alpha", 0.2))
+    m_id, e_id = quantize_multiplier(np.float64(np.float32(np.float32(si) / np.float32(so))))
+    m_al, e_al = quantize_multiplier(np.float64(np.float32(np.float32(np.float32(si) * alpha) / np.float32(so))))
+    v = x.astype(np.int64) - zi
+    out = np.where(v >= 0, multiply_by_quantized_multiplier(v, m_id, e_id), multiply_by_quantized_multiplier(v, m_al, e_al)) + zo
+    return [np.clip(out, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
+
+
 def _relu_family(lo_real, hi_real):
     def run(xs, attrs, w, ctx: QuantContext):
         """RELU / RELU6 int8 (QuantizedReluX): requantize input to output, clamp to the real range."""
@@ -536,6 +552,7 @@ QRUN = {
     "tanh": qtanh,
     "softmax": qsoftmax,
     "hard_swish": qhard_swish,
+    "leaky_relu": qleaky_relu,
     "relu": _relu_family(0.0, None),
     "relu6": _relu_family(0.0, 6.0),
     "concat": qconcat,
