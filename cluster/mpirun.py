@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -124,17 +125,23 @@ def without_error_boxes(text: str) -> str:
     return "".join(kept + f.close())
 
 
-def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, capture: bool = False,
+               error_grace_s: float | None = None) -> subprocess.CompletedProcess:
     """Run an mpirun command; its stderr passes through (or is captured, with stdout, when `capture`)
     without Open MPI's job-end boxes after a pisplit error line. Raises subprocess.TimeoutExpired
-    once `timeout` has run out and mpirun is stopped."""
+    once `timeout` has run out and mpirun is stopped. With `error_grace_s`, mpirun still running that
+    long after a rank's `pisplit: error` line is stopped (SIGTERM, then SIGKILL): ending a job whose
+    host vanished, mpirun can wait forever for that host's daemon to confirm."""
     proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
     output: list[str] = []
+    error_at: list[float] = []
 
     def pump_stderr() -> None:
         f = ErrorBoxFilter()
         for line in proc.stderr:
+            if not error_at and line.lstrip("\x00").startswith("pisplit: error"):
+                error_at.append(time.monotonic())
             _emit(f.feed(line), errors, capture)
         _emit(f.close(), errors, capture)
 
@@ -143,8 +150,16 @@ def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, cap
         threads.append(threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True))
     for t in threads:
         t.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        proc.wait(timeout=timeout)
+        while proc.poll() is None:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise subprocess.TimeoutExpired(list(argv), timeout)
+            if error_grace_s is not None and error_at and now - error_at[0] > error_grace_s:
+                stop(proc)  # a rank has said what went wrong; the job's own end is stuck
+                break
+            time.sleep(0.05)
     except subprocess.TimeoutExpired:
         stop(proc)
         raise

@@ -43,6 +43,7 @@ from partitioners.plan import Device, Plan
 from .mpirun import local_mpirun_command, run_mpirun
 
 JOURNAL_MAGIC = b"PISPLIT-JOURNAL 1\n"
+ERROR_GRACE_S = 20.0  # an attempt's mpirun still running this long after a rank's error line is stopped
 
 
 # --- the journal rank 0 writes -------------------------------------------------------------------------
@@ -122,6 +123,7 @@ def read_journal(path: str | Path) -> Journal | None:
 OMPI_LOST = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
 PISPLIT_ERROR = re.compile(r"^pisplit: error: rank (\d+) \(host ([^)]*)\): (.*)$", re.M)
 NODE_LOST = re.compile(r"lost communication with a remote daemon.*?Remote daemon: \S+ on node (\S+)")
+SSH_LOST = re.compile(r"Connection to (\S+) closed by remote host|ssh: connect to host (\S+) port \d+: ([^.]*)")
 STALL_VERDICTS = ("(stalled or lost)", "(alive but making no progress)")
 
 
@@ -154,6 +156,10 @@ def failed_rank(stderr: str) -> Failure | None:
             if named:
                 return Failure(int(named.group(1)), named.group(2), message)
         return Failure(rank, host, message)
+    ssh = SSH_LOST.search(flat)
+    if ssh:  # mpirun's ssh to a host dropped (the host went away): mpirun ends with this line alone
+        host = ssh.group(1) or ssh.group(2)
+        return Failure(-1, host, f"its ssh connection was lost ({ssh.group(3) or 'closed by the remote host'})")
     return None
 
 
@@ -243,6 +249,14 @@ class LocalSite:
     def lost(self, plan: Plan, failure: Failure) -> list:
         return [failure.rank] if failure.rank >= 0 else []
 
+    def host_of(self, rank: int) -> str | None:
+        """The host rank `rank` of the last attempt ran on (None: this machine, never re-admitted)."""
+        return None
+
+    def readmit(self) -> list:
+        """Hosts lost before that answer again (here none: a local rank that died does not come back)."""
+        return []
+
 
 def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: dict | None = None,
               faults: Sequence[tuple] = (), keep_outputs: bool = False, say: Callable[[str], None] | None = None,
@@ -262,6 +276,7 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
     journals: dict[int, Journal] = {}  # attempt (1-based) -> its journal, for attempts that wrote one
     attempts: list[dict] = []
     failures: list[dict] = []
+    dropped: list = []  # (device, host it ran on or None) of every failure so far: a host that answers again comes back
     done = np.zeros(frames, bool)
     report = None
     try:
@@ -284,7 +299,8 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                 f"rank{'s' if current.n_ranks != 1 else ''} ({current.planner} plan, {_stages_text(current)})")
             started = time.time()
             try:
-                proc = run_mpirun(site.command(current, argv, files), env or os.environ.copy(), timeout=timeout, capture=True)
+                proc = run_mpirun(site.command(current, argv, files), env or os.environ.copy(), timeout=timeout, capture=True,
+                                  error_grace_s=ERROR_GRACE_S)
             except subprocess.TimeoutExpired:
                 raise PisplitError(f"resilient run: attempt {k + 1} did not finish within {timeout:g} s") from None
             ended = time.time()
@@ -315,14 +331,23 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                 raise PisplitError(f"resilient run: attempt {k + 1} failed and no rank was to blame ({why})")
             if not 0 <= failure.rank < current.n_ranks:
                 failure = Failure(lost_ranks[0], failure.host, failure.cause)
+            failure = Failure(failure.rank, site.host_of(failure.rank) or failure.host, failure.cause)  # the inventory's name
             in_plan = devices_in_plan(current, pool)
             gone = sorted({in_plan[r] for r in lost_ranks} | {in_plan[failure.rank]})
             device = pool[in_plan[failure.rank]]
+            dropped += [(pool[in_plan[r]], site.host_of(r)) for r in sorted(set(lost_ranks) | {failure.rank})]
             pool = [d for i, d in enumerate(pool) if i not in gone]
             last = float(journal.times.max()) if journal is not None and journal.times.size else started
             failures.append({"attempt": k + 1, "rank": failure.rank, "host": failure.host, "device": device.kind, "devices_lost": len(gone),
                              "cause": failure.cause, "frames_kept": int(got.size), "failed_after_s": last - t0,
                              "detected_s": ended - last})
+            back = set(site.readmit())  # hosts lost before that answer again
+            if back:
+                returning = [d for d, h in dropped if h in back]
+                dropped = [(d, h) for d, h in dropped if h not in back]
+                pool = [d for d in plan.devices if d in pool or d in returning]  # the plan's order
+                failures[-1]["readmitted"] = sorted(back)
+                say(f"host{'s' if len(back) > 1 else ''} {', '.join(sorted(back))} answer{'' if len(back) > 1 else 's'} again: re-admitted")
             say(f"rank {failure.rank} ({device.kind}{', host ' + failure.host if failure.host else ''}) lost: {failure.cause}; "
                 f"{int(done.sum())} of {frames} frames kept; replanning on {len(pool)} device{'s' if len(pool) != 1 else ''}")
             try:

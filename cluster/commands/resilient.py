@@ -191,6 +191,9 @@ class LaunchSite:
         from ..facts import read_facts
 
         self.inventory, self.alive, self.known_hosts, self.cluster_key, self.env = inventory, list(hosts), known_hosts, cluster_key, env
+        self.all_hosts = list(hosts)
+        self.dropped: dict = {}  # host name -> the failure (count) that took it out
+        self.failures = 0
         self.homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
         self.token = os.urandom(4).hex()
         self.placement: list = []
@@ -237,6 +240,25 @@ class LaunchSite:
         except PisplitError:
             pass  # rank 0's host is unreachable: its frames are run again
 
+    def host_of(self, rank: int) -> str | None:
+        return self.placement[rank].name if 0 <= rank < len(self.placement) else None
+
+    def readmit(self) -> list:
+        """Hosts dropped before that accept an ssh connection again (within 5 s), back among the alive."""
+        from ..ssh import Remote
+
+        back = []
+        # hosts an earlier failure took out (the one just lost is not asked: a crashed rank's Pi answers at once)
+        for host in [h for h in self.all_hosts if self.dropped.get(h.name, self.failures) < self.failures]:
+            try:
+                with Remote(host, self.known_hosts, timeout=5):
+                    back.append(host.name)
+                    del self.dropped[host.name]
+            except PisplitError:
+                continue
+        self.alive = [h for h in self.all_hosts if h.name in {a.name for a in self.alive} | set(back)]
+        return back
+
     def lost(self, plan: Plan, failure) -> list:
         if 0 <= failure.rank < len(self.placement):
             host = self.placement[failure.rank].name
@@ -244,6 +266,8 @@ class LaunchSite:
             host = next((h.name for h in self.placement if failure.host in (h.name, h.address)), None)
         if host is None:
             return []
+        self.failures += 1
+        self.dropped[host] = self.failures
         self.alive = [h for h in self.alive if h.name != host]
         return [i for i, h in enumerate(self.placement) if h.name == host]
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from cluster.netns import PI_USER
+from cluster.netns import PI_USER, restart_sshd
 from layers import zoo_model
 
 from .conftest_netns import emulated_cluster, no_network  # noqa: F401 - fixtures
@@ -23,6 +23,28 @@ from .test_netns_cluster import pisplit
 from .test_runtime import reference_outputs
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+def bring_back(cluster, pi) -> None:
+    """The Pi powered up again: its links up, its sshd started."""
+    links = subprocess.run(["ip", "-n", pi.namespace, "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        subprocess.run(["ip", "-n", pi.namespace, "link", "set", line.split(":")[1].strip().split("@")[0], "up"], capture_output=True)
+    restart_sshd(cluster, pi)
+
+
+def wait_for_results(run, files, attempt: int, count: int = 200, timeout: float = 240) -> None:
+    """Until rank 0's journal of `attempt` (0-based) holds about `count` results (lenet5: 60 bytes each)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.poll() is None:
+        journals = list(files.glob(f"pisplit-*-journal-{attempt}"))
+        if journals and journals[0].stat().st_size > count * 60:
+            return
+        time.sleep(0.2)
+    if run.poll() is not None:
+        stdout, stderr = run.communicate()
+        raise AssertionError(f"the run ended (exit {run.returncode}) before attempt {attempt + 1} had {count} results:\n{stderr[-6000:]}")
+    raise AssertionError(f"attempt {attempt + 1}: no {count} results within {timeout} s")
 
 
 def tear_down(cluster, pi) -> None:
@@ -42,28 +64,30 @@ def tear_down(cluster, pi) -> None:
             subprocess.run(["ip", "-n", pi.namespace, "link", "set", name, "down"], capture_output=True)
 
 
-def test_a_pi_torn_down_mid_run_costs_no_frame(emulated_cluster, head, tmp_path):  # noqa: F811
-    cluster = emulated_cluster
-    proc = pisplit(cluster, head, "provision", "--hosts", "pis", "--accept-new-hosts", "--timeout", "5", "--wheelhouse", head["wheels"], "--json")
+def launch_resilient(cluster, head, plan_path, frames: int, out) -> subprocess.Popen:  # noqa: F811
+    keys = ["--known-hosts", head["known_hosts"], "--cluster-key", head["cluster_key"], "--inventory", head["inventory"]]
+    cmd = cluster.exec_argv(cluster.head, [sys.executable, "-m", "cluster.cli", "launch", str(plan_path), "--hosts", "pis", "--resilient",
+                                           "--frames", str(frames), "--output", str(out), "--json", *map(str, keys)])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=head["env"])
+
+
+@pytest.fixture(scope="module")
+def provisioned(emulated_cluster, head):  # noqa: F811
+    proc = pisplit(emulated_cluster, head, "provision", "--hosts", "pis", "--accept-new-hosts", "--timeout", "5", "--wheelhouse", head["wheels"],
+                   "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_pi_torn_down_mid_run_costs_no_frame(emulated_cluster, head, provisioned, tmp_path):  # noqa: F811
+    cluster = emulated_cluster
     graph = zoo_model("lenet5")
     plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")], kind="rpi3")
     plan_path = plan.save(head["home"] / "resilient-3.json")
     frames = 3000
     out = head["home"] / "resilient.npz"
-    keys = ["--known-hosts", head["known_hosts"], "--cluster-key", head["cluster_key"], "--inventory", head["inventory"]]
-    cmd = cluster.exec_argv(cluster.head, [sys.executable, "-m", "cluster.cli", "launch", str(plan_path), "--hosts", "pis", "--resilient",
-                                           "--frames", str(frames), "--output", str(out), "--json", *map(str, keys)])
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=head["env"])
+    run = launch_resilient(cluster, head, plan_path, frames, out)
     try:
-        files = cluster.pis[0].state / "home" / PI_USER / "pisplit" / "files"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.poll() is None:
-            journals = list(files.glob("pisplit-*-journal-0"))
-            if journals and journals[0].stat().st_size > 200 * 60:  # a couple of hundred results in
-                break
-            time.sleep(0.2)
-        assert run.poll() is None, run.communicate()
+        wait_for_results(run, cluster.pis[0].state / "home" / PI_USER / "pisplit" / "files", 0)
         tear_down(cluster, cluster.pis[1])
         stdout, stderr = run.communicate(timeout=400)
     finally:
@@ -79,3 +103,38 @@ def test_a_pi_torn_down_mid_run_costs_no_frame(emulated_cluster, head, tmp_path)
         assert sorted(z["frame_ids"].tolist()) == list(range(frames))
         np.testing.assert_allclose(z["output_0"], reference_outputs(graph, frames), rtol=1e-5, atol=1e-5)
     print(f"pi-1 torn down: {failure}")
+
+
+def test_a_pi_that_comes_back_is_readmitted_at_the_next_replan(emulated_cluster, head, provisioned):  # noqa: F811
+    """pi-1 (torn down by the test before) comes back during the second attempt; when pi-2 goes, the
+    replan takes pi-1 in again: the third attempt runs on pi-0 and pi-1."""
+    cluster = emulated_cluster
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")], kind="rpi3")
+    plan_path = plan.save(head["home"] / "resilient-back.json")
+    frames = 4000
+    out = head["home"] / "resilient-back.npz"
+    bring_back(cluster, cluster.pis[1])
+    files = cluster.pis[0].state / "home" / PI_USER / "pisplit" / "files"
+    for old in files.glob("pisplit-*"):
+        old.unlink()
+    run = launch_resilient(cluster, head, plan_path, frames, out)
+    try:
+        wait_for_results(run, files, 0)
+        tear_down(cluster, cluster.pis[1])
+        wait_for_results(run, files, 1)
+        bring_back(cluster, cluster.pis[1])
+        tear_down(cluster, cluster.pis[2])
+        stdout, stderr = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        bring_back(cluster, cluster.pis[2])
+    assert run.returncode == 0, stderr[-4000:]
+    doc = json.loads(stdout)
+    assert doc["every_frame_once"] and [f["host"] for f in doc["failures"]] == ["pi-1", "pi-2"], doc["failures"]
+    assert doc["failures"][1]["readmitted"] == ["pi-1"] and [a["ranks"] for a in doc["attempts"]] == [3, 2, 2]
+    assert "pi-1 answers again: re-admitted" in stderr
+    with np.load(out, allow_pickle=False) as z:
+        assert sorted(z["frame_ids"].tolist()) == list(range(frames))
+        np.testing.assert_allclose(z["output_0"], reference_outputs(graph, frames), rtol=1e-5, atol=1e-5)

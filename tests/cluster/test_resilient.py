@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def test_the_failed_rank_is_read_from_what_the_job_printed():
     node = ("PRTE has lost communication with a remote daemon.\n\n  HNP daemon   : [prterun-head-1@0,0] on node head\n"
             "  Remote daemon: [prterun-head-1@0,2] on node pi-1\n\nThis is usually due to either a failure of the TCP network\n")
     assert failed_rank(node) == Failure(-1, "pi-1", "its host stopped answering (mpirun lost its daemon there)")
+    assert failed_rank("Connection to 10.213.7.11 closed by remote host.\r\n") == Failure(-1, "10.213.7.11", "its ssh connection was lost "
+                                                                                      "(closed by the remote host)")
 
 
 def test_a_replan_uses_the_survivors_and_says_when_the_model_no_longer_fits():
@@ -222,3 +225,15 @@ def test_when_no_device_is_left_the_frames_answered_are_still_written(tmp_path):
         assert len(kept) >= 50  # 20 from the first attempt, up to frame 50 from the second
         np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 100)[kept], rtol=1e-5, atol=1e-5)
     assert lines[0] == f"pisplit: partial: {len(kept)} of 100 frames written to {out}; missing frames {len(kept)}-99"
+
+
+def test_a_job_stuck_after_a_ranks_error_line_is_stopped():
+    """A vanished host's daemon can keep mpirun from ever ending the job after a rank has said what went
+    wrong: the supervisor's mpirun is stopped once the error line is that old."""
+    from cluster.mpirun import run_mpirun
+
+    t = time.monotonic()
+    proc = run_mpirun(["sh", "-c", "echo 'pisplit: error: rank 2 (host h): no input' >&2; sleep 60"], dict(os.environ),
+                      capture=True, error_grace_s=1.0)
+    assert time.monotonic() - t < 15 and proc.returncode != 0
+    assert proc.stderr.startswith("pisplit: error: rank 2 (host h): no input")
