@@ -13,9 +13,10 @@ import numpy as np
 from partitioners.cost import RUNTIME_WINDOW
 from partitioners.plan import Plan
 
-from .runtime import COMPUTE, EVENT_NAMES, RunResult, default_max_in_flight, entry_rank, segment_event
+from .runtime import COMPUTE, EVENT_NAMES, SEGMENT_EVENTS, RunResult, default_max_in_flight, entry_rank, segment_event
 
 MEASURED_PID, PREDICTED_PID = 0, 1
+SEGMENT_TRACK = 100_000  # predicted process: a split stage lead's per-segment track is this + its rank
 COMPLETION_POINTS = 256  # (seconds, frames done) points a report keeps of its completion curve
 
 
@@ -87,6 +88,7 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
             "predicted_compute_ms": pred.compute_s * 1e3 if pred else None,
             "predicted_comm_ms": pred.comm_s * 1e3 if pred else None,
             "send_bytes": stage.send_bytes,
+            "segments": _segment_rows(plan, stage, rows[0], frames) if stage.mode == "split" else None,
         })
     ranks = []
     for s in sorted(result.ranks, key=lambda r: r.rank):
@@ -118,6 +120,21 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         "stages": stages, "ranks": ranks,
         "exits": _exit_counts(result),  # frames answered per exit (runs with early exits), else None
     }
+
+
+def _segment_rows(plan: Plan, stage, lead, frames: int) -> list:
+    """A split stage's segments as its lead measured them, per frame, beside the plan's prediction:
+    where a latency plan's time goes, segment by segment."""
+    measured = list(lead.segment_s) if len(lead.segment_s) == len(stage.segments) else [(None, None)] * len(stage.segments)
+    rows = []
+    for k, (g, (compute, transfer)) in enumerate(zip(stage.segments, measured)):
+        rows.append({"name": _event_name(plan, stage, SEGMENT_EVENTS + 2 * k).removesuffix(" compute"),
+                     "ranks": len(g.ranks) if g.kind != "none" else 1,
+                     "compute_ms": compute / frames * 1e3 if compute is not None else None,
+                     "transfer_ms": transfer / frames * 1e3 if transfer is not None else None,
+                     "predicted_compute_ms": g.predicted[0] * 1e3 if g.predicted else None,
+                     "predicted_transfer_ms": g.predicted[1] * 1e3 if g.predicted else None})
+    return rows
 
 
 def _exit_counts(result: RunResult) -> dict | None:
@@ -361,6 +378,16 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
     for stage in plan.stages:
         for r in stage.ranks:
             yield from _track_names(plan, PREDICTED_PID, r, stage.index, " · predicted")
+    # a split stage's segments, one after the other on a track of the lead's: each one's transfer
+    # (the transition into it, the gather out of it) then its compute, named as the measured ones are
+    by_segment = {s.index: [(SEGMENT_EVENTS + 2 * k, g.predicted) for k, g in enumerate(s.segments) if g.predicted]
+                  for s in plan.stages if s.mode == "split" and s.segments and all(g.predicted for g in s.segments)}
+    for stage in plan.stages:
+        if stage.index in by_segment:
+            tid = SEGMENT_TRACK + stage.ranks[0]
+            yield {"name": "thread_name", "ph": "M", "pid": PREDICTED_PID, "tid": tid,
+                   "args": {"name": f"rank {stage.ranks[0]} · stage {stage.index} · segments · predicted"}}
+            yield {"name": "thread_sort_index", "ph": "M", "pid": PREDICTED_PID, "tid": tid, "args": {"sort_index": stage.ranks[0]}}
     n_stages, first = len(plan.stages), _first_kept_frame(result)
     t0, t1, t2, t3 = (a[:, first:] for a in (schedule.start, schedule.compute_end, schedule.busy_end, schedule.handoff))
     us = lambda a: np.round(a * 1e6, 3).tolist()  # noqa: E731 - plain floats in microseconds
@@ -376,6 +403,14 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
                 if busy_end[i][j] > compute_end[i][j]:
                     yield {"name": "communication", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID, "tid": r,
                            "ts": compute_end[i][j], "dur": comm_us[i][j], "args": {"frame": f}}
+            if stage.index in by_segment:
+                at = start[i][j]
+                for code, (compute_s, transfer_s) in by_segment[stage.index]:
+                    for what, seconds in ((code + 1, transfer_s), (code, compute_s)):
+                        if seconds > 0:
+                            yield {"name": _event_name(plan, stage, what), "cat": "predicted", "ph": "X", "pid": PREDICTED_PID,
+                                   "tid": SEGMENT_TRACK + ranks[0], "ts": at, "dur": round(seconds * 1e6, 3), "args": {"frame": f}}
+                            at = round(at + seconds * 1e6, 3)
             if i + 1 < n_stages:
                 yield from _flow_us(2 * (f * n_stages + i) + 1, f, PREDICTED_PID, ranks[0], sent[i][j],
                                     entry_rank(plan.stages[i + 1], f), got[i + 1][j])

@@ -364,6 +364,7 @@ class RankStats:
     events_dropped: int = 0  # trace events older than the kept ones (EventLog)
     events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s), or an (n, 4) array
     memory_samples: list = field(default_factory=list)  # (frame, resident bytes) at up to MEMORY_SAMPLES points
+    segment_s: list = field(default_factory=list)  # a split stage's lead: (compute, transfer) seconds per segment, all frames
 
     FIELDS = ("rank", "stage", "frames", "compute_s", "comm_s", "wait_s", "late_s", "link_busy_s",
               "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes",
@@ -374,7 +375,9 @@ class RankStats:
         return np.concatenate([np.array(head + [len(self.events)], np.float64),
                                np.asarray(self.events, np.float64).reshape(-1),
                                np.array([len(self.memory_samples)], np.float64),
-                               np.asarray(self.memory_samples, np.float64).reshape(-1)])
+                               np.asarray(self.memory_samples, np.float64).reshape(-1),
+                               np.array([len(self.segment_s)], np.float64),
+                               np.asarray(self.segment_s, np.float64).reshape(-1)])
 
     @classmethod
     def from_array(cls, arr: np.ndarray) -> "RankStats":
@@ -388,7 +391,10 @@ class RankStats:
         events = [(int(k), int(fr), s, d) for k, fr, s, d in arr[n + 1: at].reshape(-1, 4).tolist()]
         n_samples = int(arr[at]) if arr.size > at else 0
         samples = [(int(f), int(b)) for f, b in arr[at + 1: at + 1 + 2 * n_samples].reshape(-1, 2).tolist()]
-        return cls(**values, events=events, memory_samples=samples)
+        at += 1 + 2 * n_samples
+        n_segments = int(arr[at]) if arr.size > at else 0
+        segments = [tuple(v) for v in arr[at + 1: at + 1 + 2 * n_segments].reshape(-1, 2).tolist()]
+        return cls(**values, events=events, memory_samples=samples, segment_s=segments)
 
 
 @dataclass
@@ -464,6 +470,7 @@ class _Step:
         self.link_latency_s = plan.link_latency_s if plan is not None else 0.0
         self.split = stage.mode == "split"
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
+        self.segment_s = np.zeros((len(stage.segments), 2)) if stage.mode == "split" else None  # ... per segment
         self.is_lead = rank == stage.ranks[0]
         if not self.split:
             self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine), None))
@@ -584,6 +591,7 @@ class _Step:
                     t = time.perf_counter()
                     tensors = self.hooks.compute(lambda: runner.run(tensors))
                     self.compute_s += time.perf_counter() - t
+                    self.segment_s[i, 0] += time.perf_counter() - t
                     if record:
                         record(code, t, time.perf_counter() - t)
                 continue
@@ -595,6 +603,7 @@ class _Step:
             input_s, compute_s, output_s, post_s, _ = runner.times.to_array() - before
             self.compute_s += compute_s + post_s
             self.comm_s += input_s + output_s
+            self.segment_s[i] += (compute_s + post_s, input_s + output_s)
             if record:  # the phases in their order (an overlapped strip's halo wait sits inside its compute)
                 record(code + 1, t, input_s)
                 record(code, t + input_s, compute_s)
@@ -1084,6 +1093,8 @@ class PipelineRank:
         self.stats.memory_peak_bytes = max(peak_rss_bytes(), current_rss_bytes())
         self.stats.events = self.events.array()
         self.stats.events_dropped = self.events.dropped
+        if getattr(self.step, "segment_s", None) is not None:
+            self.stats.segment_s = [tuple(v) for v in self.step.segment_s.tolist()]
         return self.stats
 
     def on_failure(self, exc: BaseException) -> None:

@@ -402,6 +402,15 @@ class CostModel:
             memory = stage_memory([options[i][o] for i, o in enumerate(picked)], len(slots))
             memory = (memory[0] + lead_buffers,) + memory[1:]
         flags = kept_flags(saving, first, picked)
+        # each column's transfers along this chain: into it (the kept transition from the column
+        # before, or the lead's scatter), out of it (the gather, unless it keeps), an exchange span's
+        # own; with the computes they add up to the chain's seconds
+        moved = []
+        for i, o in enumerate(picked):
+            k = first + i
+            into = table.kept_s[k - 1, picked[i - 1], o] if i and flags[i - 1] else table.comm_in_s[k, o]
+            own = table.inner_s[k, o] if table.inner_s is not None else 0.0
+            moved.append(float(into + own + (0.0 if flags[i] else table.comm_out_s[k, o])))
         chosen = []
         for i, o in enumerate(picked):
             _, role, d = table.columns[o]
@@ -409,22 +418,21 @@ class CostModel:
                 continue  # inside a span: the span's option covers it
             keep = flags[i + d] if role in ("span", "xspan") else flags[i]
             if role == "xspan":  # its segments one by one, each keeping its strips for the next
-                chosen += self._exchange_options(first + i, table, o, keep)
+                chosen += self._exchange_options(first + i, table, o, keep, moved[i], moved[i + d])
                 continue
-            chosen.append(replace(self._column_option(first + i, table, o), output_layout="parts" if keep else "lead"))
+            comm = sum(moved[i:i + d + 1]) if role == "span" else moved[i]
+            chosen.append(replace(self._column_option(first + i, table, o), comm_s=comm, output_layout="parts" if keep else "lead"))
         return tuple(chosen), total, memory
 
-    def _exchange_options(self, segment: int, table: SegmentTable, column: int, keep: bool) -> list:
+    def _exchange_options(self, segment: int, table: SegmentTable, column: int, keep: bool, into: float, out_: float) -> list:
         """The SegmentOptions of an exchange span from `segment`: conv-spatial on each of its
-        segments, all but the last keeping their strips (the last as the chain says); the lead's
-        hand-over and the span's inner transitions are the first one's comm_s, the gather the last's."""
+        segments, all but the last keeping their strips (the last as the chain says); what moves
+        into the span and within it is the first one's comm_s (`into`), what leaves it the last's."""
         _, _, d = table.columns[column]
         cs = table.columns.index((EXCHANGE, "kind", 0))
-        end = table.columns.index((FUSED, "inside", 0))
         out = []
         for k in range(segment, segment + d + 1):
-            comm = table.comm_in_s[segment, column] + table.inner_s[segment, column] if k == segment else 0.0
-            comm += table.comm_out_s[k, end] if k == segment + d else 0.0
+            comm = (into if k == segment else 0.0) + (out_ if k == segment + d else 0.0)
             out.append(SegmentOption(k, EXCHANGE, table.sizes[(k, cs)], int(table.split_stop[k, cs]), float(table.compute_s[k, cs]),
                                      float(comm), tuple(float(v) for v in table.weight_bytes[k, cs]),
                                      tuple(float(v) for v in table.work_bytes[k, cs]),

@@ -67,6 +67,10 @@ class Segment:
     # part keeps its box and the next split segment takes what it needs peer to peer; see
     # partitioners.layouts)
     output_layout: str = "lead"
+    # what the cost model expects of this segment per frame, in seconds: (compute, transfer), the
+    # transfer being what moves into it (a scatter, or the transition from the strips kept before it)
+    # and out of it (a gather, unless it keeps its output); empty in hand-made plans
+    predicted: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,8 @@ def _check_segment(s: Stage, g: Segment) -> None:
         raise PisplitError(f"{where}: output_layout {g.output_layout!r} (expected 'lead', or 'parts' for a split segment)")
     if not set(g.ranks) <= set(s.ranks) or len(set(g.ranks)) != len(g.ranks):
         raise PisplitError(f"{where}: ranks {list(g.ranks)} are repeated or not among the stage's {list(s.ranks)}")
+    if g.predicted and (len(g.predicted) != 2 or not all(0 <= v < math.inf for v in g.predicted)):
+        raise PisplitError(f"{where}: predicted {list(g.predicted)} must be two seconds, compute and transfer (or absent)")
     if g.kind == "none":
         return
     if not g.ranks or len(g.sizes) != len(g.ranks):
@@ -409,7 +415,7 @@ def _optional_prediction(value, where: str) -> StagePrediction | None:
 
 _DEVICE_FIELDS = {"rank": _integer, "kind": _string, "memory_bytes": _integer, "host": _host, "speed": _number}
 _SEGMENT_FIELDS = {"node_start": _integer, "node_stop": _integer, "kind": _string, "ranks": _list_of(_integer),
-                   "sizes": _list_of(_number), "options": _object, "output_layout": _string}
+                   "sizes": _list_of(_number), "options": _object, "output_layout": _string, "predicted": _list_of(_number)}
 _PREDICTION_FIELDS = {"compute_s": _number, "comm_s": _number, "memory_bytes": _rank_bytes}
 _STAGE_FIELDS = {"index": _integer, "node_start": _integer, "node_stop": _integer, "ranks": _list_of(_integer), "mode": _string,
                  "segments": _list_of(lambda v, w: _build(Segment, v, w, _SEGMENT_FIELDS)), "send_bytes": _integer,

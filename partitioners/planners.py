@@ -127,21 +127,25 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
     and output layout ('parts' where the chain keeps the output on the parts for the next segment)."""
     out: list[Segment] = []
 
-    def on_lead(start: int, stop: int) -> None:
+    def on_lead(start: int, stop: int, predicted: tuple) -> None:
         if out and out[-1].kind == "none":
-            out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],))
+            before = out[-1].predicted or (0.0, 0.0)
+            out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],), predicted=(before[0] + predicted[0], before[1] + predicted[1]))
         else:
-            out.append(Segment(start, stop, "none", (ranks[0],)))
+            out.append(Segment(start, stop, "none", (ranks[0],), predicted=predicted))
 
     for option in cost.segments:
         start, stop = model.splits.segments[option.segment]
         if option.kind == "none":
-            on_lead(start, stop)
+            on_lead(start, stop, (option.compute_s, option.comm_s))
             continue
+        # the lead's rest of the segment after the split is inside the option's compute: the split's
+        # segment carries it (one prediction per option)
         out.append(Segment(start, option.split_stop, option.kind, tuple(ranks[:len(option.sizes)]), tuple(option.sizes),
-                           model.splits.options(option.segment, option.kind, option.sizes), option.output_layout))
+                           model.splits.options(option.segment, option.kind, option.sizes), option.output_layout,
+                           (option.compute_s, option.comm_s)))
         if option.split_stop < stop:
-            on_lead(option.split_stop, stop)
+            on_lead(option.split_stop, stop, (0.0, 0.0))
     return tuple(out)
 
 

@@ -230,6 +230,9 @@ def print_report(doc: dict) -> None:
         table.add_row(str(s["index"]), ",".join(map(str, s["ranks"])), s["mode"], f"{s['nodes'][0]}-{s['nodes'][1] - 1}",
                       _ms(s["compute_ms"]), _ms(s["predicted_compute_ms"]), _ms(s["comm_ms"]), _ms(s["predicted_comm_ms"]), _ms(s["wait_ms"]))
     console.print(table)
+    for s in doc["stages"]:
+        if s.get("segments"):
+            console.print(segment_table(s))
     lat = doc["latency_ms"]
     predicted = f" (predicted {doc['predicted_fps']:.2f})" if doc["predicted_fps"] else ""
     console.print(f"throughput [bold]{doc['throughput_fps']:.2f} frames/s[/]{predicted}, "
@@ -244,6 +247,18 @@ def print_report(doc: dict) -> None:
     for key in ("output_file", "trace_file"):
         if key in doc:
             console.print(f"wrote {doc[key]}")
+
+
+def segment_table(stage: dict) -> Table:
+    """A split stage's segments as its lead measured them per frame, beside the plan's prediction
+    (report.run_report's "segments"): which transfer or compute makes a latency plan slow."""
+    table = Table(title=f"stage {stage['index']}: segments on its lead, per frame")
+    for col in ["segment", "ranks", "compute ms", "pred.", "transfer ms", "pred."]:
+        table.add_column(col, justify="left" if col == "segment" else "right")
+    for g in stage["segments"]:
+        table.add_row(g["name"], str(g["ranks"]), _ms(g["compute_ms"]), _ms(g["predicted_compute_ms"]),
+                      _ms(g["transfer_ms"]), _ms(g["predicted_transfer_ms"]))
+    return table
 
 
 def _host_speed(args, plan, engine: str, comm, rank: int) -> float:

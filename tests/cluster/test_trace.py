@@ -187,3 +187,37 @@ def test_a_real_runs_trace_has_matched_arrows_and_the_predicted_process(tmp_path
     check_flows(events, plan, frames, PREDICTED_PID)
     predicted_frames = {e["args"]["frame"] for e in events if e["pid"] == PREDICTED_PID and e["name"] == "compute"}
     assert predicted_frames == set(range(frames))
+
+
+def test_a_latency_plan_predicts_each_segment_and_its_trace_shows_them_beside_the_measured_ones(tmp_path):
+    # the dp's latency plan for AlexNet on 4 Pi 4: every segment carries its predicted compute and
+    # transfer (the transition into it and the gather out of it), which add up to the plan's latency;
+    # the trace lays them out frame by frame on a track of the lead's, named as the measured segments
+    from partitioners.plan import Plan
+
+    plan = plan_for_devices(zoo_model("alexnet"), "alexnet", "rpi4:4", 940e6, "dp", "latency", "numpy")
+    (stage,) = plan.stages
+    assert all(len(g.predicted) == 2 for g in stage.segments)
+    assert sum(sum(g.predicted) for g in stage.segments) == pytest.approx(plan.predicted_latency_s, rel=1e-9)
+    kept = [g for g in stage.segments if g.output_layout == "parts"]
+    assert kept and all(g.predicted[1] >= 0 for g in kept)
+    assert Plan.from_dict(json.loads(plan.to_json())) == plan
+    frames = 2
+    proc = mpirun(4, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--max-in-flight", 1, "--trace", tmp_path / "t.json",
+                  "--json")
+    assert proc.returncode == 0, proc.stderr
+    # the run report has the same segments, measured on the lead per frame, beside their predictions
+    rows = json.loads(proc.stdout)["stages"][0]["segments"]
+    assert [r["predicted_compute_ms"] for r in rows] == pytest.approx([g.predicted[0] * 1e3 for g in stage.segments])
+    assert all(r["compute_ms"] > 0 for r in rows if r["predicted_compute_ms"] > 0)
+    assert sum(r["transfer_ms"] for r in rows) > 0 and rows[0]["name"].startswith(f"[0:{stage.segments[0].node_stop})")
+    events = [e for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    predicted_names = {e["name"] for e in events if e["pid"] == PREDICTED_PID and e["tid"] >= 100_000}
+    measured_names = {e["name"] for e in events if e["pid"] == MEASURED_PID}
+    assert predicted_names and predicted_names <= measured_names, predicted_names - measured_names
+    per_frame = defaultdict(float)
+    for e in events:
+        if e["pid"] == PREDICTED_PID and e["tid"] >= 100_000:
+            per_frame[e["args"]["frame"]] += e["dur"]
+    assert sorted(per_frame) == list(range(frames))
+    assert all(v == pytest.approx(plan.predicted_latency_s * 1e6, rel=1e-6) for v in per_frame.values())
