@@ -503,6 +503,17 @@ def qreshape(fn):
     return run
 
 
+def qmove(op: str):
+    """An op that only moves int8 values (TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, STRIDED_SLICE, TILE,
+    DEPTH_TO_SPACE): TFLite's int8 kernels copy them, with the same scale and zero point in and out."""
+    def run(xs, attrs, w, ctx: QuantContext):
+        from .ops import spec_of
+
+        _same_quant(ctx, op.replace("_", " "))
+        return [np.asarray(spec_of(op).run(list(xs), attrs, w)[0]).astype(ctx.outputs[0].np_dtype)]
+    return run
+
+
 def qpad(xs, attrs, w, ctx: QuantContext):
     """PAD / PADV2 int8: pads with the output zero point (real 0), or PADV2's quantized constant."""
     _same_quant(ctx, "pad")
@@ -559,6 +570,7 @@ QRUN = {
     "reshape": qreshape(lambda x, a: x.reshape(x.shape[0], *a["shape"])),
     "flatten": qreshape(lambda x, a: x.reshape(x.shape[0], -1)),
     "pad": qpad,
+    **{op: qmove(op) for op in ("transpose", "resize_nearest", "strided_slice", "tile", "depth_to_space")},
     "quantize": qquantize,
     "dequantize": qdequantize,
     "requantize": qrequantize,

@@ -243,3 +243,35 @@ def test_long_int8_dot_products_are_exact():
             got = engine.run(feeds)[graph.outputs[0]]
             want = interpreter_outputs(model, list(feeds.values()))[0]
             assert np.array_equal(got, want), f"{case}: {int((got != want).sum())} differ"
+
+
+def _int8_move_case(kind: str) -> bytes:
+    m = Int8Model(1)
+    x = m.qinput((1, 4, 6, 8), 0.05, -7)
+    q = m.q[x]
+    if kind == "transpose":
+        y = m.qop("TRANSPOSE", [x, m.const([0, 2, 1, 3])], (1, 6, 4, 8), *q, m.opts("TransposeOptions"))
+    elif kind == "resize_nearest":
+        y = m.qop("RESIZE_NEAREST_NEIGHBOR", [x, m.const([7, 11])], (1, 7, 11, 8), *q,
+                  m.opts("ResizeNearestNeighborOptions", halfPixelCenters=True))
+    elif kind == "tile":
+        y = m.qop("TILE", [x, m.const([1, 2, 1, 3])], (1, 8, 6, 24), *q)
+    elif kind == "depth_to_space":
+        y = m.qop("DEPTH_TO_SPACE", [x], (1, 8, 12, 2), *q, m.opts("DepthToSpaceOptions", blockSize=2))
+    else:
+        y = m.qop("STRIDED_SLICE", [x, m.const([0, 1, 0, 2]), m.const([1, 4, 6, 8]), m.const([1, 2, 2, 3])], (1, 2, 3, 2), *q,
+                  m.opts("StridedSliceOptions"))
+    return m.finish(y)
+
+
+@pytest.mark.parametrize("kind", ["transpose", "resize_nearest", "tile", "depth_to_space", "strided_slice"])
+def test_int8_data_movement_ops_equal_reference_kernels(kind):
+    """Ops that only move int8 values keep their integers and quantization, as TFLite's int8 kernels do."""
+    model = _int8_move_case(kind)
+    graph = import_tflite_bytes(model)
+    assert [n.op for n in graph.nodes] == [kind] and graph.nodes[0].attrs.get("quantized")
+    for seed in range(2):
+        feeds = feeds_for(graph, seed)
+        got = make_engine(graph, "numpy").run(feeds)[graph.outputs[0]]
+        want = interpreter_outputs(model, list(feeds.values()))[0]
+        assert got.dtype == np.int8 and np.array_equal(got, want)
