@@ -6,7 +6,7 @@ Pi 3B+ at 94 Mbit/s (`pisplit plan ... --devices rpi3:4 --link 94mbit`) for floa
 MobileNetV2 and ResNet50 on both engines: predicted throughput and the bytes a frame sends between
 stages (int8 links carry a quarter of float32's).
 
-Usage: scripts/bench_int8 [--models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
+Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
 """
 import os
 
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--devices", default="rpi3:4")
     ap.add_argument("--link", default="94mbit")
+    ap.add_argument("--plan-models", default=",".join(PLANNED), help="architectures planned in float32 and int8 ('none': skip)")
     args = ap.parse_args(argv)
     if not CORPUS.is_dir():
         sys.exit(f"bench_int8: no corpus in {CORPUS} (bash scripts/build_corpus builds it)")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
 
     print(f"\npredicted by the planner: {args.devices} at {args.link} (dp, throughput)")
     print(f"{'model':30} {'engine':7} {'frames/s':>9} {'latency ms':>11} {'stages':>7} {'link bytes/frame':>17} {'int8/float32 fps':>17}")
-    for arch in PLANNED:
+    for arch in [] if args.plan_models == "none" else args.plan_models.split(","):
         for engine in ("numpy", "litert"):
             base = None
             for form in ("float32", "int8", "int8_float_io"):
