@@ -27,9 +27,6 @@ from layers.quant import TensorQuant
 
 from .split_parts import PartPlan, box_shape
 
-PARTIAL_DTYPE = np.dtype(np.int32)  # a part's accumulator; it leaves the part as float32 halves
-
-
 def halves_shape(shape: tuple) -> tuple:
     """Shape of the float32 halves of an int32 partial sum of `shape` (last axis doubled)."""
     return (*shape[:-1], 2 * shape[-1])
@@ -41,10 +38,6 @@ def check_partial_parts(graph: Graph, index: int, n_parts: int) -> None:
     if n_parts > MAX_PARTIAL_PARTS:
         raise PisplitError(f"layer {graph.nodes[index].name}: an int8 input-channel split adds its partial sums exactly in at most "
                            f"{MAX_PARTIAL_PARTS} parts, not {n_parts}")
-
-
-def is_quantized_node(graph: Graph, index: int) -> bool:
-    return bool(graph.nodes[index].attrs.get("quantized"))
 
 
 def quantized_attrs(graph: Graph, source: str, attrs: dict) -> dict:

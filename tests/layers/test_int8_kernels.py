@@ -20,7 +20,7 @@ from layers.engine import make_engine
 from layers.tflite import import_tflite_bytes
 from tests.conftest import require
 
-from .tflite_models import INT8_CASES, Int8Model, int8_float_io_case, qparams
+from .tflite_models import INT8_CASES, Int8Model, int8_float_io_case
 
 pytestmark = pytest.mark.litert
 
