@@ -77,7 +77,8 @@ def main(argv=None) -> int:
         print(f"{arch:16} {form:16} {f['litert']:15.1f} {r['litert']:12.1f} {f['litert'] / r['litert']:15.2f} {f['numpy'] / r['numpy']:14.2f}")
 
     print(f"\npredicted by the planner: {args.devices} at {args.link} (dp, throughput)")
-    print(f"{'model':30} {'engine':7} {'frames/s':>9} {'latency ms':>11} {'stages':>7} {'link bytes/frame':>17} {'int8/float32 fps':>17}")
+    print(f"{'model':30} {'engine':7} {'frames/s':>9} {'latency ms':>11} {'stages':>7} {'link bytes/frame':>17} {'MiB/device':>11} "
+          f"{'int8/float32 fps':>17}")
     for arch in [] if args.plan_models == "none" else args.plan_models.split(","):
         for engine in ("numpy", "litert"):
             base = None
@@ -88,10 +89,11 @@ def main(argv=None) -> int:
                 plan = pisplit(["plan", str(path), "--devices", args.devices, "--link", args.link, "--engine", engine])
                 fps = plan["predicted_throughput_fps"]
                 sent = sum(s["send_bytes"] for s in plan["stages"])
+                memory = max((int(v) for s in plan["stages"] for v in s["predicted"]["memory_bytes"].values()), default=0) / 2 ** 20
                 base = fps if form == "float32" else base
                 ratio = f"{fps / base:17.2f}" if base and form != "float32" else f"{'':17}"
                 print(f"{arch + '_' + form:30} {engine:7} {fps:9.2f} {plan['predicted_latency_s'] * 1e3:11.1f} {len(plan['stages']):7d} "
-                      f"{sent:17d} {ratio}")
+                      f"{sent:17d} {memory:11.1f} {ratio}")
     return 0
 
 
