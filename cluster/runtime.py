@@ -207,7 +207,8 @@ def parse_fault(text: str | None) -> tuple[int, int, str] | None:
 
 FAULT_MODES = ("error", "stop", "kill")
 FAULT_AT_START, FAULT_AT_END = 1 << 62, (1 << 62) + 1  # --fail RANK@start / RANK@end (beyond any frame)
-FAULT_POINTS = {"start": FAULT_AT_START, "end": FAULT_AT_END}
+FAULT_AT_LOAD = FAULT_AT_START + 2  # --fail RANK@load: before the setup agreement (loading the model)
+FAULT_POINTS = {"start": FAULT_AT_START, "end": FAULT_AT_END, "load": FAULT_AT_LOAD}
 
 
 def inject_fault(rank: int, frame: int, mode: str) -> None:
@@ -220,7 +221,7 @@ def inject_fault(rank: int, frame: int, mode: str) -> None:
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     point = next((word for word, value in FAULT_POINTS.items() if value == frame), None)
-    where = f"the {point} of the run" if point else f"frame {frame}"
+    where = ("loading the model" if point == "load" else f"the {point} of the run") if point else f"frame {frame}"
     raise PisplitError(f"injected fault at {where} (--fail {rank}@{point or frame}:{mode})")
 
 
@@ -1157,6 +1158,10 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     reset_peak_rss()  # the settling's own transients are not the shard's
     error = None
     graph = None
+    # setup (loading, building engines) takes longer than a frame: three stall bounds, as the start barrier
+    setup_s = 3.0 * (default_stall_timeout(plan) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0))
+    if options.fail is not None and int(options.fail[0]) == comm.Get_rank() and int(options.fail[1]) == FAULT_AT_LOAD:
+        inject_fault(int(options.fail[0]), FAULT_AT_LOAD, options.fail[2])
     if comm.Get_size() != plan.n_ranks:
         error = f"plan for {plan.model}: needs {plan.n_ranks} ranks, this run has {comm.Get_size()} (mpirun -n {plan.n_ranks})"
     elif options.frames < 1:
@@ -1170,7 +1175,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
                 options.inputs = check_input_frames(graph, options.inputs)
         except PisplitError as exc:
             error = str(exc)
-    agree(comm, error)
+    transport.agree_watched(comm, error, "the end of loading", setup_s, follow_s=stall_margin(setup_s))
     communicators = stage_communicators(comm, plan)
     hosts = transport.host_names(comm)
     made_lock_dir = None
@@ -1185,7 +1190,8 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
         rank = PipelineRank(comm, plan, graph, options, baseline, communicators, hosts)
     except PisplitError as exc:
         error = f"rank {comm.Get_rank()}: {exc}"
-    agree(comm, error)
+    transport.agree_watched(comm, error, "the end of the shards' set-up", setup_s, lambda r: f"rank {r} (host {hosts[r]})",
+                            follow_s=stall_margin(setup_s))
     try:
         stats = rank.run()
     except transport.AgreedError:

@@ -363,6 +363,37 @@ def gather_rows_watched(comm, row: np.ndarray, what: str, seconds: float, livene
     return [rows[r] for r in range(size)]
 
 
+TAG_AGREED = 79
+
+
+def agree_watched(comm, error: str | None, what: str, seconds: float, name: Callable[[int], str] | None = None,
+                  follow_s: float = 0.0) -> None:
+    """`agree` that never waits without a bound: every rank's error (or none) goes to rank 0 under
+    gather_rows_watched (a rank that does not arrive within `seconds` is named: "rank 2 (host pi-2)
+    did not reach WHAT for 30.0 s (stalled or lost)"), and rank 0 sends each the verdict. Raises
+    AgreedError with the lowest failing rank's message on every rank, as `agree` does."""
+    mine = np.frombuffer(error.encode()[:4000], np.uint8).astype(np.float64) if error is not None else np.zeros(0)
+    rows = gather_rows_watched(comm, np.concatenate([[1.0 if error is not None else 0.0], mine]), what, seconds, None, name, follow_s)
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if rank == 0:
+        message = next((bytes(r[1:].astype(np.uint8)).decode(errors="replace") for r in rows if r[0] > 0), None)
+        data = np.frombuffer(message.encode(), np.uint8).copy() if message is not None else np.zeros(0, np.uint8)
+        flag = np.array([1 if message is not None else 0], np.uint8)
+        MPI.Request.Waitall([comm.Isend(np.concatenate([flag, data]), dest=r, tag=TAG_AGREED) for r in range(1, size)])
+    else:
+        status, clock, pause = MPI.Status(), StallClock(seconds + follow_s if seconds > 0 else 0.0), 2e-5
+        while not comm.Iprobe(source=0, tag=TAG_AGREED, status=status):
+            if clock.stalled(0):
+                raise StallError(f"{(name or (lambda r: f'rank {r}'))(0)} did not complete {what} for {clock.waited:.1f} s {clock.verdict()}")
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-4)
+        verdict = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        comm.Recv(verdict, source=0, tag=TAG_AGREED)
+        message = verdict[1:].tobytes().decode(errors="replace") if verdict[0] else None
+    if message is not None:
+        raise AgreedError(message)
+
+
 def agree(comm, error: str | None) -> None:
     """Collective: if any rank has an error, every rank raises AgreedError with the lowest such rank's message.
 

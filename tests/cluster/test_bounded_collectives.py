@@ -66,3 +66,23 @@ def test_an_error_at_the_end_of_the_run_ends_the_job_with_one_line(tmp_path):
     proc, seconds = mpirun(3, "run", plan, "--frames", 20, "--no-progress", "--fail", "2@end")
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
     assert pisplit_lines(proc.stderr, "error") == [f"pisplit: error: rank 2 (host {HOST}): injected fault at the end of the run (--fail 2@end:error)"]
+
+
+@pytest.mark.mpi
+def test_a_rank_stuck_loading_the_model_is_named(tmp_path):
+    """The setup agreement (every rank's loading error or none) was an Allreduce: a rank that never got
+    there left the others waiting forever, silently."""
+    plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
+    proc, seconds = mpirun(3, "run", plan, "--frames", 20, "--no-progress", "--stall-timeout", 1, "--fail", "2@load:stop")
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.fullmatch(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the end of loading "
+                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+
+
+@pytest.mark.mpi
+def test_setup_errors_are_still_agreed_on_every_rank(tmp_path):
+    plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
+    proc, _ = mpirun(3, "run", plan, "--frames", 0, "--no-progress")
+    assert proc.returncode != 0
+    assert pisplit_lines(proc.stderr, "error") == ["pisplit: error: --frames 0: must be at least 1"], proc.stderr
