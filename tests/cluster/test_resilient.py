@@ -237,3 +237,21 @@ def test_a_job_stuck_after_a_ranks_error_line_is_stopped():
                       capture=True, error_grace_s=1.0)
     assert time.monotonic() - t < 15 and proc.returncode != 0
     assert proc.stderr.startswith("pisplit: error: rank 2 (host h): no input")
+
+
+@pytest.mark.mpi
+def test_a_retry_reads_the_same_input_frames(tmp_path):
+    """--input with fewer frames than the stream (used round-robin): a retry's frame i is the stream's frame
+    IDS[i], so it reads row IDS[i] % F of the input, not row i."""
+    graph = zoo_model("lenet5")
+    name, shape = next(iter(graph.inputs.items()))
+    x = np.random.default_rng(5).uniform(-1, 1, (7, *shape[1:])).astype(np.float32)
+    assert x.std() > 0.3
+    np.save(tmp_path / "x.npy", x, allow_pickle=False)
+    plan = hand_plan(graph, THREE).save(tmp_path / "plan.json")
+    out = tmp_path / "y.npz"
+    proc, doc = resilient(plan, "--frames", 60, "--input", tmp_path / "x.npy", "--fail", "1@25:kill", "--output", out)
+    assert proc.returncode == 0 and len(doc["failures"]) == 1, proc.stderr
+    ref = np.stack([graph.forward(**{name: x[i % 7][None]})[0] for i in range(60)])
+    with np.load(out, allow_pickle=False) as z:
+        np.testing.assert_allclose(z["output_0"], ref, rtol=1e-5, atol=1e-5)
