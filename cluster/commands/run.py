@@ -45,8 +45,8 @@ def register(sub) -> None:
     p.add_argument("--fail", metavar="RANK@FRAME[:MODE]", action="append", default=[],
                    help=f"fault injection for tests and demos: rank RANK fails when it reaches frame FRAME, MODE one of "
                         f"{', '.join(FAULT_MODES)} (default error: an error that rank meets alone; stop: SIGSTOP, a hung device; "
-                        "kill: SIGKILL, a lost device); FRAME may be 'start' or 'end' (before the start barrier / the final "
-                        "gather). With --resilient: repeatable, the k-th for the k-th attempt (its plan's ranks; FRAME a frame of the stream)")
+                        "kill: SIGKILL, a lost device); FRAME may be 'load', 'start' or 'end' (before the setup agreement / the start "
+                        "barrier / the final gather). With --resilient: repeatable, the k-th for the k-th attempt (its plan's ranks; FRAME a frame of the stream)")
     p.add_argument("--resilient", action="store_true",
                    help="run WITHOUT mpirun: pisplit starts mpirun itself on this machine and, when a rank dies or stalls, replans "
                         "on the surviving devices and reruns only the frames without a result (each frame exactly once, in order); "
