@@ -50,6 +50,14 @@ def test_gelu_and_batch_matmul_kernels_by_definition():
     x = rng.standard_normal((2, 3, 5)).astype(np.float32) * 3
     exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.ravel().astype(np.float64)]).reshape(x.shape)
     np.testing.assert_allclose(K.gelu(x), exact, rtol=1e-6, atol=1e-6)
+    wide = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-8, -1e-8]]).astype(np.float32)
+    want = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in wide.astype(np.float64)])
+    assert float(np.abs(K.gelu(wide) - want).max()) < 5e-7
+    big = np.abs(want) > 1e-6
+    assert float((np.abs(K.gelu(wide) - want)[big] / np.abs(want[big])).max()) < 1e-5
+    z = np.linspace(0, 9, 9001)
+    # the fit is within 1.2e-7; float32 rounding of z * z moves exp(-z^2) by up to ~1e-5 relative at z = 9 (erfc 4e-37)
+    np.testing.assert_allclose(K.erfc_nonnegative(z), [math.erfc(v) for v in z], rtol=2e-5, atol=1e-30)
     a, b = rng.standard_normal((2, 1, 4, 3)), rng.standard_normal((3, 5, 4))  # adj_x: (.., 3, 4); adj_y: (.., 4, 5)
     want = np.array([[a[i, 0].T @ b[j].T for j in range(3)] for i in range(2)])
     np.testing.assert_allclose(K.batch_matmul(a, b, adj_x=True, adj_y=True), want, rtol=1e-5, atol=1e-5)
