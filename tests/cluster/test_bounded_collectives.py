@@ -54,7 +54,9 @@ def test_a_rank_that_never_sends_its_statistics_is_named_and_the_results_are_kep
     assert len(errors) == 1, proc.stderr
     assert re.fullmatch(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final statistics "
                         r"gather for \d+\.\d s \(stalled or lost\)", errors[0]), errors
-    assert pisplit_lines(proc.stderr, "partial") == [f"pisplit: partial: 40 of 40 frames written to {out}; missing frames none"]
+    # (Open MPI's own box may follow on the same line: the ranks' stderr interleaves)
+    partial = pisplit_lines(proc.stderr, "partial")
+    assert len(partial) == 1 and partial[0].startswith(f"pisplit: partial: 40 of 40 frames written to {out}; missing frames none"), partial
     with np.load(out, allow_pickle=False) as z:
         assert z["output_frame_ids"].tolist() == list(range(40)) and z["missing_frame_ids"].size == 0
         np.testing.assert_allclose(z["output_0"], reference_outputs(graph, 40), rtol=1e-5, atol=1e-5)
