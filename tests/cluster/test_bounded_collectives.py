@@ -37,7 +37,7 @@ def test_a_rank_that_never_reaches_the_start_barrier_is_named(tmp_path):
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1, proc.stderr
-    assert re.fullmatch(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the start barrier "
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the start barrier "
                         r"for \d+\.\d s \(stalled or lost\)", errors[0]), errors
     assert "Traceback" not in proc.stderr
 
@@ -52,7 +52,7 @@ def test_a_rank_that_never_sends_its_statistics_is_named_and_the_results_are_kep
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1, proc.stderr
-    assert re.fullmatch(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final statistics "
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final statistics "
                         r"gather for \d+\.\d s \(stalled or lost\)", errors[0]), errors
     # (Open MPI's own box may follow on the same line: the ranks' stderr interleaves)
     partial = pisplit_lines(proc.stderr, "partial")
@@ -67,7 +67,9 @@ def test_an_error_at_the_end_of_the_run_ends_the_job_with_one_line(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
     proc, seconds = mpirun(3, "run", plan, "--frames", 20, "--no-progress", "--fail", "2@end")
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    assert pisplit_lines(proc.stderr, "error") == [f"pisplit: error: rank 2 (host {HOST}): injected fault at the end of the run (--fail 2@end:error)"]
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and errors[0].startswith(f"pisplit: error: rank 2 (host {HOST}): injected fault at the end of the run "
+                                                     "(--fail 2@end:error)"), proc.stderr
 
 
 @pytest.mark.mpi
@@ -78,7 +80,7 @@ def test_a_rank_stuck_loading_the_model_is_named(tmp_path):
     proc, seconds = mpirun(3, "run", plan, "--frames", 20, "--no-progress", "--stall-timeout", 1, "--fail", "2@load:stop")
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.fullmatch(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the end of loading "
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the end of loading "
                                              r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
 
 
@@ -87,4 +89,5 @@ def test_setup_errors_are_still_agreed_on_every_rank(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
     proc, _ = mpirun(3, "run", plan, "--frames", 0, "--no-progress")
     assert proc.returncode != 0
-    assert pisplit_lines(proc.stderr, "error") == ["pisplit: error: --frames 0: must be at least 1"], proc.stderr
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and errors[0].startswith("pisplit: error: --frames 0: must be at least 1"), proc.stderr
