@@ -42,6 +42,9 @@ def run_resilient(args) -> int:
     plan = Plan.load(args.plan)
     child = ["--seed", str(args.seed), "--window", str(args.window)]
     if args.input:
+        from ..arrays import load_npy
+
+        load_npy(args.input)  # a bad input is said once, here, not met by every attempt
         child += ["--input", str(Path(args.input).resolve())]
     for flag, value in (("--engine", args.engine), ("--max-in-flight", args.max_in_flight), ("--stall-timeout", args.stall_timeout),
                         ("--host-speed", args.host_speed)):
