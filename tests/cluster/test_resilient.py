@@ -255,3 +255,18 @@ def test_a_retry_reads_the_same_input_frames(tmp_path):
     ref = np.stack([graph.forward(**{name: x[i % 7][None]})[0] for i in range(60)])
     with np.load(out, allow_pickle=False) as z:
         np.testing.assert_allclose(z["output_0"], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fault_and_output_flags_outside_a_resilient_run_are_one_line_errors(tmp_path, capsys):
+    from cluster.cli import main
+
+    plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
+    (tmp_path / "inventory.ini").write_text("[p]\na ansible_host=127.0.0.1\n")
+    cases = [(["emulate", "lenet5", "--devices", "rpi4:2", "--fail", "1@3:kill"], "--fail: pisplit emulate injects faults with --resilient"),
+             (["launch", str(plan), "--inventory", str(tmp_path / "inventory.ini"), "--fail", "1@3"], "--fail and --output: with --resilient"),
+             (["run", str(plan), "--resilient", "--trace", str(tmp_path / "t.json")], "--resilient with --trace: not supported"),
+             (["run", str(plan), "--fail", "1@3", "--fail", "2@4"], "--fail given 2 times")]
+    for argv, words in cases:
+        status = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 1 and len(err) == 1 and err[0].startswith("pisplit: error: ") and words in err[0], (argv, err)
