@@ -276,3 +276,63 @@ def test_a_pi_cluster_prices_heads_on_the_pis_and_the_tail_on_the_host(devices, 
         assert plan.stages[-1].node_stop == s.n_nodes and (s.on_device or plan.stages[-1].node_start == s.cut)
     with pytest.raises(PisplitError, match="at most one host"):
         strategies(g, make_cluster(parse_devices("rpi3:1,host:2"), 1e6), exit_accuracies(g))
+
+
+def random_branchy(seed: int, blocks: int, exits: tuple, width: int, side: int):
+    """A small branchy CNN: `blocks` conv blocks, a side exit (pool, flatten, dense, softmax) after
+    each block in `exits`, a final dense head."""
+    from layers.builder import GraphBuilder
+
+    b = GraphBuilder(f"branchy_{seed}", seed=seed)
+    y = b.input("input", (1, side, side, 1))
+    outs = []
+    for k in range(blocks):
+        y = b.conv(y, width * (k + 1), 3, f"conv{k}", padding="same", activation="relu")
+        if k < blocks - 1:
+            y = b.pool(y, "max", 2, f"pool{k}", strides=2)
+        if k in exits and k < blocks - 1:
+            e = b.pool(y, "max", 2, f"e{k}_pool", strides=2, padding="same")
+            e = b.act(e, "flatten", f"e{k}_flat")
+            e = b.dense(e, 10, f"e{k}_logits")
+            outs.append(b.act(e, "softmax", f"exit{k}"))
+    f = b.act(y, "flatten", "flat")
+    f = b.dense(f, 10, "logits")
+    outs.append(b.act(f, "softmax", "final"))
+    return b.build(outs)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1000), blocks=st.integers(2, 4), exits=st.sets(st.integers(0, 2), max_size=3),
+       width=st.integers(2, 32), side=st.sampled_from((16, 32, 64)), bw=st.sampled_from((1e5, 1e7, 1e8, 1e9)),
+       factor=st.floats(0.8, 3.0), data=st.data())
+def test_algorithm1_equals_an_exhaustive_search_on_random_small_branchy_models(seed, blocks, exits, width, side, bw, factor, data):
+    """As above, over the structure too: random depth, widths and exit positions, raw links; the
+    requirement a random multiple of the fastest strategy's latency (some cannot be met)."""
+    g = random_branchy(seed, blocks, tuple(sorted(exits)), width, side)
+    acc = {t: data.draw(st.floats(0.1, 1.0), label=t) for t in g.outputs}
+    cluster = make_cluster(parse_devices("rpi3:1,host:1"), bw, 1e-4)  # a short message latency: offloading pays on some
+    cands = strategies(g, cluster, acc)
+    rows = []
+    for name in g.outputs:
+        b = exit_branch(g, name)
+        m = CostModel(b, cluster)
+        edge = next(c for c in m.classes if c.kind != "host")
+        host = next(c for c in m.classes if c.kind == "host")
+        n = len(b)
+        for cut in range(1, n + 1):
+            lat = float(m.prefix_seconds[edge.index, cut])
+            if cut < n:
+                lat += (1e-4 * len(b.cut_tensors(cut)) + b.cut_bytes(cut) * 8 / bw
+                        + float(m.prefix_seconds[host.index, n] - m.prefix_seconds[host.index, cut]) + float(m.transfer[n]))
+            rows.append((name, cut, lat, acc[name]))
+    assert sorted((s.exit, s.cut) for s in cands) == sorted(r[:2] for r in rows)
+    req = factor * min(r[2] for r in rows)
+    sel = select(cands, req)
+    meeting = [r for r in rows if r[2] <= req * (1 + 1e-9)]
+    if sel.chosen is None:
+        assert all(r[2] >= req * (1 - 1e-9) for r in rows)
+        assert sel.fastest.latency_s == pytest.approx(min(r[2] for r in rows), rel=1e-9)
+        return
+    best = max(r[3] for r in meeting)
+    assert sel.chosen.accuracy == best
+    assert sel.chosen.latency_s == pytest.approx(min(r[2] for r in meeting if r[3] == best), rel=1e-9)
