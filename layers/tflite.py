@@ -902,7 +902,7 @@ class _Importer:
                        "as part of a dilated convolution (EXPAND_DIMS, CONV_2D or DEPTHWISE_CONV_2D, RESHAPE, BATCH_TO_SPACE_ND)")
         out = outs[0]
         name = self.tensor_names[out] + "/dilated"
-        src_rank, file_rank = p["rank"], len(self.tensor_shapes[ins[0]])
+        file_rank = len(self.tensor_shapes[ins[0]])
         real = self.shape_by_name[p["tensor"]]
         if op_name in ("EXPAND_DIMS", "RESHAPE", "SQUEEZE"):
             # the same change of rank on the un-batched tensor: axes of size 1 added or removed

@@ -40,7 +40,7 @@ from .profiles import Calibration
 from .segment_chains import best_chain, chain_seconds, kept_flags
 from .segment_columns import EXCHANGE
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
-from .split_costs import FUSED, SplitCatalogue, span_length
+from .split_costs import SplitCatalogue, span_length
 from .split_quant import planner_kinds
 from .vocabulary import StageMode
 

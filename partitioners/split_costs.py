@@ -154,7 +154,7 @@ class SplitCatalogue:
         return out
 
     def _kind_costs(self, start: int) -> dict[str, KindCosts]:
-        from .splits import legal_kinds, split_cost
+        from .splits import legal_kinds
 
         layer = self.graph.nodes[start].name
         found = {}

@@ -12,7 +12,6 @@ from cluster.facts import host_devices, kind_from_model, read_facts, write_facts
 from cluster.inventory import parse_inventory, read_inventory
 from layers.errors import PisplitError
 
-from .conftest_netns import no_network  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,6 @@ import pytest
 from cluster.inventory import expand_host_pattern, parse_inventory, read_inventory, split_port
 from layers.errors import PisplitError
 
-from .conftest_netns import no_network  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 

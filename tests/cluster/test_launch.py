@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from cluster.provision import (apt_commands, facts_command, missing_packages, pi
                                project_requirements, _platforms)
 from layers.errors import PisplitError
 
-from .conftest_netns import NetworkTouched, no_network  # noqa: F401 - fixture
+from .conftest_netns import NetworkTouched
 
 INVENTORY = """\
 [pis]

@@ -23,7 +23,7 @@ from cluster.provision import HOST_STEPS, Wheelhouses, project_requirements
 from layers import zoo_model
 from tests.conftest import varied
 
-from .conftest_netns import emulated_cluster, head_env, no_network, run_in_head  # noqa: F401 - fixtures
+from .conftest_netns import head_env, run_in_head
 from .pipeline_plans import hand_plan
 from .test_runtime import reference_outputs
 

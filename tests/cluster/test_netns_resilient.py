@@ -16,7 +16,6 @@ import pytest
 from cluster.netns import PI_USER, restart_sshd
 from layers import zoo_model
 
-from .conftest_netns import emulated_cluster, no_network  # noqa: F401 - fixtures
 from .pipeline_plans import hand_plan
 from .test_netns_cluster import head  # noqa: F401 - fixture
 from .test_netns_cluster import pisplit

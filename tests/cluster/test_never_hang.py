@@ -21,7 +21,6 @@ from layers.errors import PisplitError
 from layers.serialize import save_graph
 from tests.conftest import require
 
-from .conftest_netns import no_network  # noqa: F401 - fixture
 from .pipeline_plans import hand_plan
 
 ROOT = Path(__file__).resolve().parents[2]

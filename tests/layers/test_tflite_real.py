@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from layers import PisplitError, load_model
+from layers import load_model
 from layers.engine import make_engine
 from tests.conftest import require, varied
 
