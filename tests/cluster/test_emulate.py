@@ -46,16 +46,27 @@ def test_link_transfers_serialise_on_the_sender():
 
 
 def test_dilation_scales_cpu_time_not_waiting():
-    dilation = ComputeDilation(slowdown=5.0)
-    mark = dilation.start()
-    time.sleep(0.02)  # waiting costs no CPU: the emulated device is not slower for it
-    deadline = dilation.deadline(mark)
-    assert deadline - mark[0] < 0.01
-    mark = dilation.start()
-    t = time.process_time()
-    while time.process_time() - t < 0.01:
-        pass
-    assert dilation.deadline(mark) - mark[0] >= 0.045
+    # in a process of its own, with one BLAS thread as a rank has: a rank's CPU time is its process's,
+    # and OpenBLAS's idle worker threads spin (a 20 ms sleep took 20 ms of CPU with two of them)
+    code = """
+import time
+from cluster.emulation import ComputeDilation
+dilation = ComputeDilation(slowdown=5.0)
+mark = dilation.start()
+time.sleep(0.02)  # waiting costs no CPU: the emulated device is not slower for it
+waited = dilation.deadline(mark) - mark[0]
+mark = dilation.start()
+t = time.process_time()
+while time.process_time() - t < 0.01:
+    pass
+print(waited, dilation.deadline(mark) - mark[0])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    waited, computed = map(float, proc.stdout.split())
+    assert waited < 0.01
+    assert computed >= 0.045
 
 
 def test_core_tokens_admit_one_holder_per_core(tmp_path):

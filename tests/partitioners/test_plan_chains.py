@@ -192,8 +192,11 @@ def test_dp_keeps_row_strips_through_a_conv_stack():
     assert plan.predicted_latency_s < 0.95 * single.predicted_latency_s
     # the same options as a star (every output gathered, every input scattered) would lose to one device
     cost = model.stage_cost(stage.node_start, stage.node_stop, (len(stage.ranks),), "split")
-    star = sum(o.seconds for o in cost.segments)
+    slots = model.slots_of((len(stage.ranks),))
+    star = sum(next(s for s in model.segment_options(o.segment, slots) if s.kind == o.kind).seconds for o in cost.segments)
     assert star > single.predicted_latency_s > cost.latency_s
+    # the chain's options carry what moves along the chain: their compute and transfers add up to it
+    assert close(sum(o.seconds for o in cost.segments), cost.latency_s)
 
 
 @pytest.mark.parametrize("memory,link,fused", [(None, 94e6, False), (None, 1e9, False), (0.8, 94e6, False),
