@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from cluster.emulated_plans import balanced_plan, settle_cuts
-from cluster.emulation import ComputeDilation, CoreTokens, LinkPacer, parse_link, receive_ready_at
+from cluster.emulation import CoreTokens, LinkPacer, parse_link, receive_ready_at
 from layers import zoo_model
 from layers.errors import PisplitError
 from tests.conftest import require
