@@ -90,12 +90,12 @@ def test_defaults_aliases_quotes_and_user_variables():
     inv = parse_inventory("""
 [pis]
 a ansible_ssh_host=10.1.1.1 ansible_ssh_port=2022 ansible_ssh_user=ubuntu ansible_python_interpreter=/usr/bin/python3 ansible_become=true rack_row=4
-b  workdir="~/my work"  # a comment after a host
+b  workdir="~/my_work"  # a comment after a host
 c
 """)
     a, b, c = inv.hosts
     assert (a.address, a.port, a.user, a.python) == ("10.1.1.1", 2022, "ubuntu", "/usr/bin/python3")
-    assert b.workdir == "~/my work" and b.address == "b"
+    assert b.workdir == "~/my_work" and b.address == "b"
     assert (c.user, c.key_file, c.device, c.slots, c.workdir, c.python, c.port) == (None, None, None, 1, "~/pisplit", "python3", 22)
 
 
@@ -111,7 +111,7 @@ def test_a_host_in_two_groups_is_one_host():
     ("[pis]\npi-0 ansible_host=10.0.0.1\npi-0 ansible_host=10.0.0.1\n", r":3: duplicate host 'pi-0' in group \[pis\] \(first on line 2\)"),
     ("[a]\npi-0 ansible_host=10.0.0.1\n[b]\npi-0 ansible_host=10.0.0.2\n", r":4: duplicate host 'pi-0' with other variables than on line 2"),
     ("[pis]\npi-0 ansible_host=10.0.0.1\npi-1 ansible_host=10.0.0.1\n", r":3: duplicate host: pi-1 has the address 10.0.0.1:22 of pi-0 \(line 2\)"),
-    ("[pis]\npi-0 device=rpi9\n", r":2: host pi-0: device kind 'rpi9': unknown \(known: rpi3, rpi4, rpi5\)"),
+    ("[pis]\npi-0 device=rpi9\n", r":2: host pi-0: device kind 'rpi9': unknown \(known: rpi3, rpi4, rpi5, host\)"),
     ("[pis]\npi-0\n\n[pis:vars]\ndevice=jetson\n", r":5: host pi-0: device kind 'jetson': unknown"),
     ("[pis]\npi-0 slots=two\n", r":2: host pi-0: slots 'two' is not an integer in \[1, 1024\]"),
     ("[pis]\npi-0 slots=0\n", r":2: host pi-0: slots '0' is not an integer"),
@@ -187,4 +187,4 @@ def test_cli_reports_inventory_errors_in_one_line(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "cluster.cli", *command, "--inventory", str(bad)],
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 1
-        assert proc.stderr.strip() == f"pisplit: error: {bad}:2: host pi-0: device kind 'rpi7': unknown (known: rpi3, rpi4, rpi5)"
+        assert proc.stderr.strip() == f"pisplit: error: {bad}:2: host pi-0: device kind 'rpi7': unknown (known: rpi3, rpi4, rpi5, host)"
