@@ -24,12 +24,17 @@ CORPUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pis
 PLANNED = ("mobilenet_v2", "resnet50")
 
 
-def pisplit(args: list[str]) -> dict:
-    """One `pisplit ... --json` in a child process; its JSON document."""
+def pisplit(args: list[str], skip: list | None = None) -> dict | None:
+    """One `pisplit ... --json` in a child process; its JSON document. With `skip`, a failure (a model
+    an engine cannot run) is noted there and gives None instead of ending the benchmark."""
     proc = subprocess.run([sys.executable, "-m", "cluster.cli", *args, "--json"], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
     if proc.returncode != 0:
-        sys.exit(f"bench_int8: pisplit {' '.join(args)} failed: {proc.stderr.strip()[-600:]}")
+        message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        if skip is None:
+            sys.exit(f"bench_int8: pisplit {' '.join(args)} failed: {message}")
+        skip.append(f"{args[1]}: {message}")
+        return None
     return json.loads(proc.stdout)
 
 
@@ -52,10 +57,12 @@ def main(argv=None) -> int:
     if not CORPUS.is_dir():
         sys.exit(f"bench_int8: no corpus in {CORPUS} (bash scripts/build_corpus builds it)")
     names = args.models.split(",") if args.models else sorted(p.stem for p in CORPUS.glob("*.tflite"))
-    docs = {}
+    docs, skipped = {}, []
     for name in names:
         print(f"bench_int8: {name}", file=sys.stderr, flush=True)
-        docs[name] = pisplit(["bench", str(CORPUS / f"{name}.tflite"), "--repeat", str(args.repeat), "--threads", "1"])
+        doc = pisplit(["bench", str(CORPUS / f"{name}.tflite"), "--repeat", str(args.repeat), "--threads", "1"], skipped)
+        if doc is not None:
+            docs[name] = doc
 
     print(f"one thread each, {args.repeat} passes taking turns, ms per frame: median (best)")
     print(f"{'model':30} {'numpy':>17} {'litert':>15} {'plain LiteRT':>15} {'litert/plain':>13} {'numpy/litert':>13}")
@@ -64,6 +71,9 @@ def main(argv=None) -> int:
         ms = {k: f"{v['median_ms']:.1f} ({v['best_ms']:.1f})" for k, v in r.items()}
         print(f"{name:30} {ms['numpy']:>17} {ms['litert']:>15} {ms['plain litert']:>15} "
               f"{r['plain litert']['median_ms'] / r['litert']['median_ms']:13.3f} {r['numpy']['median_ms'] / r['litert']['median_ms']:13.2f}")
+
+    for note in skipped:
+        print(f"not benchmarked: {note}")
 
     print("\nint8 vs float32 on each engine (float32 time / int8 time, from the medians)")
     print(f"{'architecture':16} {'form':16} {'litert float32':>15} {'litert int8':>12} {'litert speedup':>15} {'numpy speedup':>14}")
