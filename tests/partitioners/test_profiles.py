@@ -122,7 +122,7 @@ def test_op_key_tells_depthwise_convs_apart():
 
 
 def test_shipped_device_profiles_cite_their_figures():
-    assert set(DEVICE_KINDS) == {"rpi3", "rpi4", "rpi5"}
+    assert set(DEVICE_KINDS) == {"rpi3", "rpi4", "rpi5", "host"}
     for kind in DEVICE_KINDS:
         prof = device_profile(kind)
         doc = json.loads((DEVICE_PROFILE_DIR / f"{kind}.json").read_text())
