@@ -148,6 +148,15 @@ def synthetic_frame(graph: Graph, seed: int, frame: int, out: dict | None = None
     rng = np.random.default_rng([seed, frame])
     feeds = {}
     for name, shape in graph.inputs.items():
+        want = graph.dtype(name)
+        if want.kind != "f":  # a quantized input (int8 models): uniform over the integer type's range
+            info = np.iinfo(want)
+            x = rng.integers(info.min, info.max, shape, endpoint=True).astype(want)
+            if out is not None:
+                out[name][...] = x
+                x = out[name]
+            feeds[name] = x
+            continue
         x = rng.random(shape, dtype=np.float32, out=out[name] if out is not None else None)
         x *= np.float32(2)
         x -= np.float32(1)
@@ -680,7 +689,13 @@ class PipelineRank:
         kind = plan.devices[self.rank].kind
         engine = options.engine or plan.engine
         host = options.host_speed or 1.0
-        self.dilation = ComputeDilation(device_slowdown(kind, engine) / plan.devices[self.rank].speed / host) if options.emulate else None
+        slowdown = device_slowdown(kind, engine) / plan.devices[self.rank].speed / host
+        if options.emulate and any(graph.nodes[i].attrs.get("quantized") for i in range(self.stage.node_start, self.stage.node_stop)):
+            from partitioners.profiles import int8_dilation
+
+            # int8 layers: the host's int8 path gains more over float32 than a Pi's does (litert)
+            slowdown *= int8_dilation(kind, engine)
+        self.dilation = ComputeDilation(slowdown) if options.emulate else None
         self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate and options.emulate_links else None
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
         # compute-only emulation: the device's messages leave unpaced (a link of no duration)

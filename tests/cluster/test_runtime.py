@@ -318,3 +318,24 @@ def test_split_ranks_hold_their_slices_while_loading_and_running(tmp_path):
         predicted = rank["memory_predicted_bytes"]
         assert 0.85 <= rank["memory_ratio"] <= 1.2, rank
         assert rank["memory_load_peak_above_baseline_bytes"] <= 1.2 * predicted, rank
+
+
+def test_synthetic_frames_of_a_quantized_input_are_integers_of_its_type():
+    # an int8 model's input stream (pisplit run without --input): uniform over int8, written into the
+    # frame buffers rank 0 reuses, the same for the same (seed, frame)
+    from cluster.runtime import synthetic_frame
+
+    class Inputs:  # what synthetic_frame reads of a graph
+        inputs = {"image": (1, 4, 5, 3), "scale": (1, 2)}
+
+        def dtype(self, name):
+            return np.dtype(np.int8 if name == "image" else np.float32)
+
+    graph = Inputs()
+    out = {"image": np.zeros((1, 4, 5, 3), np.int8), "scale": np.zeros((1, 2), np.float32)}
+    x = synthetic_frame(graph, 3, 7, out)
+    assert x["image"] is out["image"] and x["image"].dtype == np.int8 and x["scale"].dtype == np.float32
+    assert x["image"].min() < -60 and x["image"].max() > 60  # the whole int8 range, not [-1, 1)
+    again = synthetic_frame(graph, 3, 7)
+    np.testing.assert_array_equal(again["image"], out["image"])
+    assert -1 <= again["scale"].min() and again["scale"].max() < 1
