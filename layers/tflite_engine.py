@@ -67,9 +67,13 @@ class LiteRTEngine:
         self._one_frame = next((n for n in graph.nodes if n.attrs.get("batch1")), None)
 
     def _resize(self, batch: int) -> None:
-        for name, index in zip(self.graph.inputs, self._inputs):
-            self.interpreter.resize_tensor_input(index, [batch, *self.graph.inputs[name][1:]])
-        self.interpreter.allocate_tensors()
+        try:
+            for name, index in zip(self.graph.inputs, self._inputs):
+                self.interpreter.resize_tensor_input(index, [batch, *self.graph.inputs[name][1:]])
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:  # e.g. "XNNPack delegate failed to reshape runtime"
+            raise PisplitError(f"model {self.graph.name}: LiteRT cannot run a batch of {batch} frames "
+                               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
         self._batch = batch
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,6 +88,8 @@ class LiteRTEngine:
                 raise PisplitError(f"model {self.graph.name}: input {name!r} has shape {x.shape}, expected {shape}")
             arrays.append(x)
         batch = arrays[0].shape[0] if arrays else 1
+        if batch < 1:
+            raise PisplitError(f"model {self.graph.name}: input {next(iter(self.graph.inputs))!r} holds no frame (axis 0 is 0)")
         if self._one_frame is not None and any(x.shape[0] != shape[0] for x, shape in zip(arrays, self.graph.inputs.values())):
             n = self._one_frame
             raise PisplitError(f"model {self.graph.name}: node {n.name} ({n.op}) treats the batch axis as a data axis (imported for "

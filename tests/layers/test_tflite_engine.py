@@ -176,3 +176,13 @@ def test_every_exportable_op_round_trips_through_litert():
     for t in graph.outputs:
         varied(want[t])
         assert_close(got[t], want[t])
+
+
+def test_a_batch_litert_cannot_run_is_one_line_not_a_traceback():
+    # an input with no frame on axis 0 (a mutated .npy of the reader fuzz) made XNNPACK fail to
+    # reshape, a RuntimeError from inside LiteRT
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    engine = make_engine(zoo_model("lenet5"), "litert")
+    with pytest.raises(PisplitError, match=r"model lenet5: input 'input' holds no frame \(axis 0 is 0\)"):
+        engine.run({"input": np.zeros((0, 32, 32, 1), np.float32)})
+    assert engine.run({"input": np.zeros((2, 32, 32, 1), np.float32)})["prob"].shape == (2, 10)
