@@ -38,13 +38,9 @@ def sample_frames(graph: Graph, model: str, n: int, seed: int = 0) -> tuple[list
         return frames, f"held-out test split of {model} ({count} frames)", (feeds, labels)
     shapes = list(graph.inputs.values())
     if len(shapes) == 1 and len(shapes[0]) == 4 and shapes[0][0] == 1 and shapes[0][-1] == 3:
-        import importlib
+        from .measure import photo_frames
 
-        try:  # where the photographs come from since the bench helpers moved (issue 13), else before
-            photos = importlib.import_module("cluster.measure").photo_frames
-        except (ImportError, AttributeError):
-            photos = importlib.import_module("cluster.bench_codecs").frames
-        images, source = photos(tuple(shapes[0]), n)
+        images, source = photo_frames(tuple(shapes[0]), n)
         return [{next(iter(graph.inputs)): x} for x in images], source, None
     from .runtime import synthetic_frame
 
