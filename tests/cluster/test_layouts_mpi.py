@@ -112,6 +112,18 @@ def test_kept_strips_spare_the_lead_the_whole_activations(tmp_path):
     assert all(p <= s + (1 << 20) for p, s in zip(peaks["parts"][1:], peaks["lead"][1:])), peaks
 
 
+def runs_as_the_unsplit_model(tmp_path, graph, plan, ranks: int, frames: int = 3) -> None:
+    """`pisplit run` of `plan` on `ranks` ranks under mpirun: every frame once, each equal to the
+    unsplit model's (1e-5)."""
+    out = tmp_path / "y.npz"
+    proc = mpirun(ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["every_frame_once"]
+    with np.load(out, allow_pickle=False) as z:
+        y = z["output_0"]
+    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+
+
 def residual_net(rows=19, cols=14, width=12, projection=False):
     """A stem conv, two identity bottlenecks (1x1 -> 3x3 -> 1x1, + the block's input, relu) and a
     head: ResNet's shape, whose blocks the planner runs as fused spans that keep their row strips.
@@ -163,14 +175,7 @@ def test_fused_spans_keep_residual_blocks_on_their_ranks(tmp_path, ranks, sizes)
     segments = [(0, b1, "conv-spatial", sizes, "parts"), (b1, b2, "fused-tiles", sizes, "parts"),
                 (b2, pool, "fused-tiles", sizes), (pool, len(names), "none", ())]
     plan = hand_plan(graph, [(0, len(names), list(range(ranks)), "split", segments)], model=str(path))
-    frames = 3
-    out = tmp_path / "y.npz"
-    proc = mpirun(ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["every_frame_once"]
-    with np.load(out, allow_pickle=False) as z:
-        y = z["output_0"]
-    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+    runs_as_the_unsplit_model(tmp_path, graph, plan, ranks)
 
 
 @pytest.mark.parametrize("projection", [False, True])
@@ -185,13 +190,7 @@ def test_the_planner_fuses_residual_blocks_and_its_plan_runs_exactly(tmp_path, p
         assert any(g.node_start == names.index("b0_shortcut") and g.node_stop == names.index("b0_out") + 1 for g in fused), \
             [(g.node_start, g.node_stop) for g in fused]
     plan = type(plan).from_dict({**plan.to_dict(), "model": str(path)})
-    frames = 3
-    out = tmp_path / "y.npz"
-    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    with np.load(out, allow_pickle=False) as z:
-        y = z["output_0"]
-    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+    runs_as_the_unsplit_model(tmp_path, graph, plan, plan.n_ranks)
 
 
 def test_segments_on_a_subset_of_the_stage_ranks_keep_and_equal_the_unsplit_model(tmp_path):
@@ -213,14 +212,7 @@ def test_segments_on_a_subset_of_the_stage_ranks_keep_and_equal_the_unsplit_mode
                      for g, (_, _, k, s, *_) in zip(stage.segments, segments))
     plan = dataclasses.replace(plan, stages=(dataclasses.replace(stage, segments=narrowed),)).validate()
     assert [len(g.ranks) for g in plan.stages[0].segments if g.kind != "none"] == [4, 2, 4, 3, 2]
-    frames = 3
-    out = tmp_path / "y.npz"
-    proc = mpirun(4, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["every_frame_once"]
-    with np.load(out, allow_pickle=False) as z:
-        y = z["output_0"]
-    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+    runs_as_the_unsplit_model(tmp_path, graph, plan, 4)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -244,13 +236,7 @@ def test_kept_strips_persist_until_a_later_segment_reads_them(tmp_path, ranks):
               and graph.nodes[g.node_stop - 1].outputs[0] not in {t for n in graph.nodes[plan.stages[0].segments[i + 1].node_start:
                                                                                          plan.stages[0].segments[i + 1].node_stop] for t in n.inputs}]
     assert reread, "the shortcut's output is read two segments later, not by the next one"
-    frames = 3
-    out = tmp_path / "y.npz"
-    proc = mpirun(ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    with np.load(out, allow_pickle=False) as z:
-        y = z["output_0"]
-    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+    runs_as_the_unsplit_model(tmp_path, graph, plan, ranks)
 
 
 def test_the_planners_exchange_span_plan_runs_exactly(tmp_path):
@@ -267,10 +253,4 @@ def test_the_planners_exchange_span_plan_runs_exactly(tmp_path):
     kept = {graph.nodes[g.node_stop - 1].outputs[0] for s in plan.stages for g in s.segments if g.output_layout == "parts"}
     assert "stem" in kept, [(g.node_start, g.node_stop, g.kind) for s in plan.stages for g in s.segments]
     plan = type(plan).from_dict({**plan.to_dict(), "model": str(path)})
-    frames = 3
-    out = tmp_path / "y.npz"
-    proc = mpirun(plan.n_ranks, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--output", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    with np.load(out, allow_pickle=False) as z:
-        y = z["output_0"]
-    np.testing.assert_allclose(y, varied(reference_outputs(graph, frames)), rtol=1e-5, atol=1e-5)
+    runs_as_the_unsplit_model(tmp_path, graph, plan, plan.n_ranks)
