@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from partitioners.plan import Device
 
 from .pipeline_plans import hand_plan
 from .test_runtime import reference_outputs
-from .test_stalls_and_partial import THREE, job_processes
+from .test_stalls_and_partial import THREE, end_job
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = os.uname().nodename
@@ -104,12 +103,7 @@ def resilient(*args, timeout: float = 180) -> tuple[subprocess.CompletedProcess,
     except subprocess.TimeoutExpired:
         pytest.fail(f"HANG: pisplit {' '.join(cmd[3:])} still running after {timeout} s")
     finally:
-        for pid in job_processes(marker):
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+        end_job(marker)
     doc = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
     return proc, doc
 
@@ -188,8 +182,7 @@ def test_emulate_resilient_survives_a_lost_emulated_pi(tmp_path):
                                "--resilient", "--fail", "1@10:kill", "--json"], capture_output=True, text=True, cwd=ROOT, env=env,
                               timeout=240)
     finally:
-        for pid in job_processes(marker):
-            os.kill(pid, signal.SIGKILL)
+        end_job(marker)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["emulated"] and doc["every_frame_once"] and len(doc["failures"]) == 1 and doc["failures"][0]["rank"] == 1

@@ -125,6 +125,16 @@ def job_processes(marker: str) -> list[int]:
     return pids
 
 
+def end_job(marker: str) -> None:
+    """Kill every process of the job marked `marker` (stopped ones resumed first, so they die)."""
+    for pid in job_processes(marker):
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
 def mpirun(n: int, *args, timeout: float = 60):
     """`mpirun -n n pisplit ...` -> (CompletedProcess, seconds). A run still going after `timeout` fails
     the test; any of its processes left (stopped ranks) are continued and killed either way."""
@@ -143,12 +153,7 @@ def mpirun(n: int, *args, timeout: float = 60):
         stop(proc)
         pytest.fail(f"HANG: mpirun -n {n} pisplit {' '.join(map(str, args))} still running after {timeout} s")
     finally:
-        for pid in job_processes(marker):
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+        end_job(marker)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err.replace("\0", "")), time.perf_counter() - t
 
 
