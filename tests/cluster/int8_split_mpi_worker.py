@@ -8,9 +8,7 @@ value. A case with "error" expects that one-line error from the root instead (an
 """
 from __future__ import annotations
 
-import json
 import sys
-import traceback
 
 import numpy as np
 
@@ -20,6 +18,7 @@ from layers.errors import PisplitError
 from partitioners.plan import Segment
 from partitioners.split_quant import as_integers
 from partitioners.splits import split_layer
+from tests.cluster.split_mpi_worker import run_cases
 from tests.layers.int8_split_models import int8_split_graph
 
 
@@ -94,21 +93,7 @@ def run_case(comm, case: dict) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
-    comm = transport.world()
-    with open(argv[1]) as fh:
-        cases = json.load(fh)
-    results = []
-    for case in cases:
-        try:
-            results.append(run_case(comm, case))
-        except Exception:  # a failure mid-collective: stop every rank rather than hang
-            traceback.print_exc()
-            transport.abort(comm, 3)
-    if comm.Get_rank() == 0:
-        with open(argv[2], "w") as fh:
-            json.dump(results, fh, indent=1)
-        return 0 if all(r["ok"] for r in results) else 1
-    return 0
+    return run_cases(argv, run_case)
 
 
 if __name__ == "__main__":

@@ -143,10 +143,16 @@ def transport_checks(comm) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
+    return run_cases(argv, run_case, transport_checks)
+
+
+def run_cases(argv: list[str], run_case, first=None) -> int:
+    """Every case of the JSON file argv[1] through `run_case(comm, case)` (after `first(comm)`, if
+    given); rank 0 writes the results to argv[2]. A case that fails mid-collective aborts the job."""
     comm = transport.world()
     with open(argv[1]) as fh:
         cases = json.load(fh)
-    results = [transport_checks(comm)]
+    results = [first(comm)] if first is not None else []
     for case in cases:
         try:
             results.append(run_case(comm, case))
