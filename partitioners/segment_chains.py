@@ -236,18 +236,13 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
     columns = table_columns(model.splits.max_span, n)
     variants = {o: [o] + [c for c, (k, role, _) in enumerate(columns) if role == "subset" and k == kind]
                 for o, (kind, role, _) in enumerate(columns) if role == "kind"}
+    candidates = (replace(base, option=o, next_option=no) for base in keep_pairs(model)
+                  for o in variants.get(base.option, [base.option]) for no in variants.get(base.next_option, [base.next_option]))
     pairs, jobs = [], {}  # jobs by array shapes: (pair index, pieces, needs)
-    for base in keep_pairs(model):
-        for o in variants.get(base.option, [base.option]):
-            for no in variants.get(base.next_option, [base.next_option]):
-                pairs.append(replace(base, option=o, next_option=no))
-    usable = []
-    for pair in pairs:
+    for pair in candidates:
         a, z = sizes.get((pair.boundary, pair.option)), sizes.get((pair.boundary + 1, pair.next_option))
-        if a is not None and z is not None:
-            usable.append((pair, a, z))
-    pairs = []
-    for pair, a, z in usable:
+        if a is None or z is None:
+            continue
         stop = segments[pair.boundary][1]
         tensor, have, _ = split_boxes(graph, pair.start, stop, pair.kind, a)
         if pair.next_span:
