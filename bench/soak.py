@@ -11,13 +11,12 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads, as for the ranks
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from cluster.mpirun import local_mpirun_command, mpirun_env, without_error_boxes  # noqa: E402
+from cluster.mpirun import local_mpirun_command, mpirun_env, run_local, without_error_boxes  # noqa: E402
 from layers import zoo_model  # noqa: E402
 from partitioners.plan import Device, Plan, Stage, StagePrediction  # noqa: E402
 
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
             argv += ["--trace", str(Path(tmp) / "trace.json")]
         env = {**mpirun_env(), "OPENBLAS_NUM_THREADS": "1", "TERM": "dumb", "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
         t0 = time.perf_counter()
-        proc = subprocess.run(local_mpirun_command(k, argv), capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = run_local(local_mpirun_command(k, argv), capture_output=True, text=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not report.exists():
             sys.exit(f"bench_soak: the run failed (exit {proc.returncode}): {without_error_boxes(proc.stderr).strip()[-600:]}")

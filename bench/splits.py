@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
-from cluster.mpirun import local_mpirun_command, mpirun_env
+from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 from cluster.output import console
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +40,7 @@ def run_case(model: str, layer: str, kind: str, ranks: int, repeat: int, threads
     env = mpirun_env()
     env.update({"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT),
                 "OMPI_MCA_mpi_yield_when_idle": "1"})  # a rank waiting for another leaves it the core
-    proc = subprocess.run(local_mpirun_command(ranks, argv), capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    proc = run_local(local_mpirun_command(ranks, argv), capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if proc.returncode != 0:
         return {"model": model, "layer": layer, "kind": kind, "ranks": ranks, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout)

@@ -66,6 +66,36 @@ def cluster_tcp_networks(addresses: Sequence[str]) -> str | None:
     return ",".join(networks) or None
 
 
+# --- start-up failures: the job never ran, so running it again is safe ----------------------------------
+# Open MPI 5's mpirun now and then fails before any rank starts (seen on CI machines: "The PMIx
+# server's listener thread failed to start", after ptl_tool could not read an interface's address).
+# Nothing ran, nothing was sent: pisplit's launches try such a start again, a few times, saying so.
+START_FAILURES = ("PMIx server's listener thread failed to start",)
+START_ATTEMPTS = 3
+
+
+def never_started(returncode: int | None, stderr: str | None) -> bool:
+    """Whether an mpirun that exited `returncode` with `stderr` failed before any rank ran."""
+    return bool(returncode) and bool(stderr) and any(m in stderr for m in START_FAILURES) and "pisplit:" not in stderr
+
+
+def run_local(cmd: Sequence[str], attempts: int = START_ATTEMPTS, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, **kwargs) for an mpirun whose stderr is captured (stderr=PIPE or
+    capture_output=True), started again (up to `attempts` times in all) when it failed to start."""
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.run(list(cmd), **kwargs)
+        stderr = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+        if attempt == attempts or not never_started(proc.returncode, stderr):
+            return proc
+        sys.stderr.write(f"pisplit: mpirun failed to start (Open MPI: {_start_failure(stderr)}); starting it again\n")
+        time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _start_failure(stderr: str) -> str:
+    return next((m for m in START_FAILURES if m in stderr), "start-up failure")
+
+
 # --- Open MPI's boxes after pisplit's own error line ----------------------------------------------------
 # When a rank fails, pisplit prints one line "pisplit: error: ..." and the job ends (every rank
 # agreeing, or MPI_Abort). Open MPI 5's mpirun then prints a box of its own (a non-zero exit, "calling
@@ -132,7 +162,20 @@ def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, cap
     once `timeout` has run out and mpirun is stopped. With `error_grace_s`, mpirun still running that
     long after a rank's `pisplit: error` line is stopped (SIGTERM, then SIGKILL): ending a job whose
     host vanished, mpirun can wait forever for that host's daemon to confirm."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        done, seen = _run_mpirun_once(argv, env, timeout, capture, error_grace_s)
+        if attempt == START_ATTEMPTS or not never_started(done.returncode, seen):
+            return done
+        sys.stderr.write(f"pisplit: mpirun failed to start (Open MPI: {_start_failure(seen)}); starting it again\n")
+        time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _run_mpirun_once(argv: Sequence[str], env: dict, timeout: float | None, capture: bool,
+                     error_grace_s: float | None) -> tuple[subprocess.CompletedProcess, str]:
+    """One run of `run_mpirun`; also returns all of mpirun's stderr as it came (for never_started)."""
     proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
     errors: list[str] = []
     output: list[str] = []
     error_at: list[float] = []
@@ -140,6 +183,8 @@ def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, cap
     def pump_stderr() -> None:
         f = ErrorBoxFilter()
         for line in proc.stderr:
+            if len(seen) < 200:  # a start failure comes first; a long run's stderr is not kept
+                seen.append(line)
             if not error_at and line.lstrip("\x00").startswith("pisplit: error"):
                 error_at.append(time.monotonic())
             _emit(f.feed(line), errors, capture)
@@ -166,8 +211,8 @@ def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, cap
     finally:
         for t in threads:
             t.join(timeout=5)
-    return subprocess.CompletedProcess(list(argv), proc.returncode, "".join(output) if capture else None,
-                                       "".join(errors) if capture else None)
+    return (subprocess.CompletedProcess(list(argv), proc.returncode, "".join(output) if capture else None,
+                                        "".join(errors) if capture else None), "".join(seen))
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -21,7 +21,7 @@ from layers.errors import PisplitError
 from partitioners.plan import Plan
 
 from ..emulation import parse_link
-from ..mpirun import local_mpirun_command, mpirun_env, without_error_boxes
+from ..mpirun import local_mpirun_command, mpirun_env, run_local, without_error_boxes
 from ..output import console, human_bytes, print_json
 from ..emulated_plans import plan_for_devices, single_device_plan
 
@@ -75,7 +75,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     env.setdefault("COLUMNS", str(console.width))  # the ranks' pty has no size: tables would shrink to 80 columns
     if not sys.stdout.isatty():
         env.update(TERM="dumb", NO_COLOR="1")  # mpirun gives ranks a pty; keep escape codes out of pipes and files
-    proc = subprocess.run(local_mpirun_command(n_ranks, argv), env=env, stdout=None if progress else subprocess.DEVNULL,
+    proc = run_local(local_mpirun_command(n_ranks, argv), env=env, stdout=None if progress else subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
     if proc.returncode != 0 or not report_path.exists():
         lines = [ln for ln in without_error_boxes(proc.stderr).splitlines() if ln.startswith("pisplit: error")]

@@ -7,7 +7,6 @@ decoded cut within codecs.error_bound; a corrupt message sent over real MPI is a
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -230,7 +229,7 @@ else:
 
 @pytest.mark.mpi
 def test_a_corrupt_message_over_real_mpi_is_an_error_naming_the_link(tmp_path):
-    from cluster.mpirun import local_mpirun_command, mpirun_env
+    from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -241,7 +240,7 @@ def test_a_corrupt_message_over_real_mpi_is_an_error_naming_the_link(tmp_path):
             cmd = local_mpirun_command(2, [sys.executable, str(script), codec, str(where)])
         except FileNotFoundError as exc:
             require(False, str(exc))
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+        proc = run_local(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("error:", "decoded"))]
         assert len(lines) == 1 and lines[0].startswith("error: link stage 0 -> stage 1, frame 4: tensor "), (codec, where, proc.stdout)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -117,7 +116,7 @@ def test_profile_measured_on_the_device_drives_the_plan(capsys, tmp_path):
 
 @pytest.mark.mpi
 def test_profile_under_mpirun_measures_the_link(capsys, tmp_path):
-    from cluster.mpirun import local_mpirun_command, mpirun_env, mpirun_path
+    from cluster.mpirun import local_mpirun_command, mpirun_env, mpirun_path, run_local
 
     try:
         mpirun_path()
@@ -128,7 +127,7 @@ def test_profile_under_mpirun_measures_the_link(capsys, tmp_path):
     # two models: each is timed in a process of its own (not an MPI rank), merged into one profile
     cmd = local_mpirun_command(2, [sys.executable, "-m", "cluster.cli", "profile", "--model", "lenet5,mobilenet_v1", "--fractions", "none",
                                    "--repeat", "1", "--output", str(tmp_path / "p.json")])
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=mpirun_env(), timeout=300)
+    proc = run_local(cmd, capture_output=True, text=True, cwd=ROOT, env=mpirun_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     profile = Profile.load(tmp_path / "p.json")
     assert list(profile.models) == ["lenet5", "mobilenet_v1"]

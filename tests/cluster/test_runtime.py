@@ -106,7 +106,7 @@ def test_report_helpers():
 # --- real mpirun ------------------------------------------------------------------------------------------
 def mpirun(n: int, *args, timeout: float = 120) -> subprocess.CompletedProcess:
     """`mpirun -n n pisplit ...` through cluster.mpirun (root and oversubscription handled there)."""
-    from cluster.mpirun import local_mpirun_command, mpirun_env
+    from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 
     try:
         cmd = local_mpirun_command(n, [sys.executable, "-m", "cluster.cli", *map(str, args)])
@@ -114,7 +114,7 @@ def mpirun(n: int, *args, timeout: float = 120) -> subprocess.CompletedProcess:
         require(False, str(exc))
     env = mpirun_env()
     env.update(TERM="dumb", NO_COLOR="1", PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    return run_local(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 CASES = [
@@ -272,12 +272,12 @@ def test_ranks_sharing_a_host_split_its_cores_between_their_blas_threads():
 def test_mpirun_ranks_on_one_host_get_their_share_of_the_cores():
     import os
 
-    from cluster.mpirun import local_mpirun_command, mpirun_env
+    from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 
     env = {k: v for k, v in mpirun_env().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     code = "import cluster, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
-    proc = subprocess.run(local_mpirun_command(2, [sys.executable, "-c", code]), capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=120)
+    proc = run_local(local_mpirun_command(2, [sys.executable, "-c", code]), capture_output=True, text=True,
+                     env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(max(1, (os.cpu_count() or 1) // 2))] * 2
 

@@ -16,7 +16,7 @@ import pytest
 from cluster.arrays import load_npy
 from cluster.inventory import parse_inventory
 from cluster.launch import LaunchFiles, mpirun_command, place_ranks
-from cluster.mpirun import local_mpirun_command, mpirun_env
+from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 from cluster.netns import private_state_dir
 from cluster.ssh import HostError, Remote
 from layers.errors import PisplitError
@@ -55,7 +55,7 @@ def test_local_ranks_open_no_tcp_listener():
             "    out = subprocess.run(['ss', '-ltnpH'], capture_output=True, text=True).stdout\n"
             "    print('LISTENING', [l for l in out.splitlines() if any(f'pid={p},' in l for p in pids)])\n"
             "c.Barrier()\n")
-    proc = subprocess.run(local_mpirun_command(2, [sys.executable, "-c", code]), capture_output=True, text=True, timeout=120,
+    proc = run_local(local_mpirun_command(2, [sys.executable, "-c", code]), capture_output=True, text=True, timeout=120,
                           env=mpirun_env())
     assert proc.returncode == 0, proc.stderr
     assert "LISTENING []" in proc.stdout, proc.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.mpirun import local_mpirun_command, mpirun_env, mpirun_path
+from cluster.mpirun import local_mpirun_command, mpirun_env, mpirun_path, run_local
 from partitioners.splits import split_layer
 from tests.conftest import require
 from tests.partitioners.split_graphs import CASES, GRAPHS, GRID_CASES, case_id
@@ -41,7 +41,7 @@ def run_mpi(n_ranks: int, argv: list[str], timeout: float = 120) -> subprocess.C
     # ranks outnumber the cores here; idle ranks must yield instead of spinning in MPI waits
     env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return subprocess.run(local_mpirun_command(n_ranks, argv), capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    return run_local(local_mpirun_command(n_ranks, argv), capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 @functools.cache
