@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -12,8 +13,8 @@ from layers import zoo_model
 from tests.conftest import ROOT, require, run_pisplit
 from tests.layers.tflite_models import chain_model
 
-BENCH_MODULES = ("codecs", "forward", "litert", "pipeline", "planner", "soak", "splits")
-LEADS_WRAPPERS = ("bench_emulate", "bench_latency", "bench_exits")  # heredocs of their own
+BENCH_MODULES = ("codecs", "emulate", "forward", "latency", "litert", "pipeline", "planner", "soak", "splits")
+LEADS_WRAPPERS = ("bench_exits",)  # a heredoc of its own
 
 pytestmark = pytest.mark.litert
 
@@ -142,3 +143,35 @@ def test_bench_litert():
     assert out[0].startswith("one thread each") and "1 passes taking turns" in out[0]
     rows = [line.split()[0] for line in out[3:]]
     assert rows == ["lenet5", "vgg16:block1_conv2"]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_latency():
+    """The table as the lead reads it: one line per model and cluster, every frame through (the bench exits otherwise)."""
+    proc = bench("bench_latency", "--models", "lenet5", "--configs", "rpi3:2@94mbit", "--frames", "2")
+    assert proc.stderr.splitlines()[-1].startswith("load average ")
+    (line,) = proc.stdout.splitlines()
+    m = re.fullmatch(r"lenet5   rpi3:2    94 Mbit/s \| latency p50 +([\d.]+) ms p90 +([\d.]+) \(pred +([\d.]+), x[\d.]+\) \| one rpi3 +([\d.]+) ms "
+                     r"\(pred +([\d.]+)\) \| speedup [\d.]+x \(pred [\d.]+x\) \| (\d+) kept segments \| (.+)", line)
+    assert m, line
+    p50, p90 = float(m[1]), float(m[2])
+    assert 0 < p50 <= p90 and float(m[3]) > 0 and float(m[4]) > 0
+    graph = zoo_model("lenet5")
+    stages = [re.fullmatch(r"(single|split|data-parallel)x(\d)\[(\d+):(\d+)\)", s) for s in m[7].split()]
+    assert all(stages) and stages[0][3] == "0" and stages[-1][4] == str(len(graph))  # the whole model, stage after stage
+    assert all(a[4] == b[3] for a, b in zip(stages, stages[1:]))
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_emulate():
+    (row,) = json.loads(bench("bench_emulate", "--models", "lenet5", "--configs", "rpi3:2@94mbit", "--json").stdout)
+    assert (row["model"], row["devices"], row["link_mbit"]) == ("lenet5", "rpi3:2", 94.0)
+    for planner in ("dp", "paper"):
+        r = row[planner]
+        assert 1 <= r["ranks"] <= 2 and r["frames"] >= 16 and r["measured_fps"] > 0 and r["predicted_fps"] > 0
+    assert row["single_fps"] > 0 and row["speedup_vs_paper"] == row["dp"]["measured_fps"] / row["paper"]["measured_fps"]
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_emulate"), "--configs", "rpi3:2@94mbit", "--frames", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unrecognized arguments: --frames 3" in proc.stderr  # its flags, as before

@@ -1,0 +1,92 @@
+"""Emulated Pi clusters on this machine (scripts/bench_emulate), with the dp plan and the paper
+planner's plan: measured vs predicted frames/s, speedup over one emulated device and over the paper
+plan, and each model's single-device fidelity (one emulated device's measured / calibrated frames/s).
+By default AlexNet, VGG16 and C3D on 4 Pi 3B+ at 94 Mbit/s (a few minutes); --full sweeps 2, 4 and 8
+Pi 3B+ and 4 Pi 4 at 940 Mbit/s (about 15 minutes).
+Options: --models a,b --configs rpi3:2@94mbit,... --full --engine numpy|litert --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster.commands.emulate import implausible_speedup, run_emulated
+from cluster.emulated_plans import plan_for_devices, single_device_plan
+from cluster.emulation import parse_link
+from layers import zoo_model
+
+FULL = "rpi3:2@94mbit,rpi3:4@94mbit,rpi3:8@94mbit,rpi4:4@940mbit"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_emulate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="alexnet,vgg16,c3d")
+    ap.add_argument("--configs", default="rpi3:4@94mbit")
+    ap.add_argument("--full", action="store_true", help="the whole sweep: rpi3:2/4/8 at 94mbit and rpi4:4 at 940mbit")
+    ap.add_argument("--engine", default="numpy")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.full:
+        args.configs = FULL
+
+    print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", file=sys.stderr)
+    rows, singles = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-emulate-") as tmpdir:
+        tmp = Path(tmpdir)
+        for model in args.models.split(","):
+            graph = zoo_model(model)
+            for config in args.configs.split(","):
+                devices, _, link = config.partition("@")
+                link_bps = parse_link(link or "94mbit")
+                kind = devices.split(":")[0]
+                if (model, kind) not in singles:
+                    single = single_device_plan(graph, model, kind, link_bps, args.engine)
+                    # long enough to be stable: about 10 s of emulated time, 4 to 40 frames
+                    frames_one = max(4, min(40, int(10 * single.predicted_throughput_fps)))
+                    rep = run_emulated(single.save(tmp / "single.json"), 1, frames_one, tmp / "single-report.json", args.engine,
+                                       progress=False)
+                    singles[(model, kind)] = (rep["throughput_fps"], single.predicted_throughput_fps)
+                one_fps, one_pred = singles[(model, kind)]
+                plans = {}
+                row = {"model": model, "devices": devices, "link_mbit": link_bps / 1e6, "single_fps": one_fps,
+                       "single_predicted_fps": one_pred, "single_fidelity": one_fps / one_pred}
+                for planner in ("dp", "paper"):
+                    plan = plans[planner] = plan_for_devices(graph, model, devices, link_bps, planner, "throughput", args.engine)
+                    # about eight rounds of every replica (data-parallel stages finish frames in bursts, and the
+                    # throughput fit needs several), at most ~40 s of emulated time, at least 16 frames
+                    frames = max(16, min(8 * plan.n_ranks, int(40 * plan.predicted_throughput_fps)))
+                    t = time.time()
+                    rep = run_emulated(plan.save(tmp / f"{planner}.json"), plan.n_ranks, frames, tmp / f"{planner}-report.json",
+                                       args.engine, progress=False)
+                    if not rep["every_frame_once"]:
+                        sys.exit(f"bench_emulate: {model} on {config}, {planner} plan: frames lost or duplicated "
+                                 f"({rep.get('frames')} of {frames} reported)")
+                    row[planner] = {"ranks": plan.n_ranks,
+                                    "stages": [f"{s.mode}x{len(s.ranks)}[{s.node_start}:{s.node_stop})" for s in plan.stages],
+                                    "measured_fps": rep["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps,
+                                    "measured_over_predicted": rep["throughput_fps"] / plan.predicted_throughput_fps,
+                                    "latency_p50_ms": rep["latency_ms"]["p50"], "frames": frames, "seconds": time.time() - t,
+                                    "late_s": max(r["emulation_late_s"] for r in rep["ranks"])}
+                row["speedup_vs_single"] = row["dp"]["measured_fps"] / one_fps
+                row["measurement_problem"] = implausible_speedup(plans["dp"], row["speedup_vs_single"])  # the dp plan's ranks
+                row["speedup_vs_paper"] = row["dp"]["measured_fps"] / row["paper"]["measured_fps"]
+                rows.append(row)
+                if not args.json:
+                    d, p = row["dp"], row["paper"]
+                    print(f"{model:8s} {devices:7s} {row['link_mbit']:4.0f} Mbit/s | dp {d['measured_fps']:6.2f} fps "
+                          f"(pred {d['predicted_fps']:6.2f}, x{d['measured_over_predicted']:.2f}) | paper {p['measured_fps']:6.2f} "
+                          f"(pred {p['predicted_fps']:6.2f}, x{p['measured_over_predicted']:.2f}) | "
+                          f"one {kind} {one_fps:5.2f} (pred {one_pred:5.2f}, x{one_fps / one_pred:.2f}) | speedup "
+                          f"{row['speedup_vs_single']:.2f}x vs one, {row['speedup_vs_paper']:.2f}x vs paper | dp {' '.join(d['stages'])}"
+                          + (f" | NOT A RESULT: {row['measurement_problem']}" if row["measurement_problem"] else ""), flush=True)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
