@@ -8,6 +8,11 @@ measures this machine: whole-graph passes of the plan's model on one thread (as 
 seconds, against the reference profile's prediction for the same model. Dilation then uses
 slowdown / speed, where speed = measured / predicted (> 1: this machine is slower).
 
+A measurement is reused for an hour (FRESH_S), then taken again: the same fingerprint can be another
+physical machine (a cloud VM, a CI runner) or this one under other neighbours, and an emulation trusting a
+calibration from elsewhere ran every device 20-27% fast (one emulated Pi 3B+ at x0.73-0.82 of its
+calibration, on a CI machine). `pisplit emulate --recalibrate` measures again now.
+
 The measurement runs in a subprocess of its own (one model per process: after another model in the
 same process nodes ran up to 30% slow, and the caller's BLAS threads are not the ranks'), and is cached
 per machine (CPU model, cores, architecture), engine, library versions and model, in
@@ -72,9 +77,15 @@ def _write_cache(doc: dict) -> None:
         pass  # no cache: the next emulation measures again
 
 
-def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurrency: int = 1) -> float | None:
+FRESH_S = 3600.0  # how long a measurement is reused before it is taken again
+
+
+def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurrency: int = 1,
+               refresh: bool = False) -> float | None:
     """This machine's seconds / the reference profile's seconds for `model` on `engine` (cached);
     None when not cached and `measure` is False. Raises PisplitError if the measurement fails.
+    A cached measurement older than FRESH_S, or any with `refresh`, is taken again (when `measure`;
+    without it, the cached value is returned however old).
 
     With `concurrency` n, n copies are timed at once (their median): emulated devices that compute
     side by side on this machine's cores slow each other (caches, memory bandwidth; VGG16 parts on
@@ -84,7 +95,9 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
     cache = _read_cache()
     entry = cache.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speed"), (int, float)) and entry["speed"] > 0:
-        return float(entry["speed"])
+        age = time.time() - entry["measured_at"] if isinstance(entry.get("measured_at"), (int, float)) else None
+        if not measure or (not refresh and age is not None and 0 <= age <= FRESH_S):
+            return float(entry["speed"])
     if not measure:
         return None
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -100,6 +113,7 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
         results.append(json.loads(out))
     result = sorted(results, key=lambda r: r["speed"])[len(results) // 2]
     result["concurrency"] = concurrency
+    result["measured_at"] = time.time()
     cache = _read_cache()  # another emulation may have written meanwhile
     cache[key] = result
     _write_cache(cache)

@@ -46,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
                    help="early exit in the cluster run (repeatable, as pisplit run --exit); the one-device baseline runs without exits")
     p.add_argument("--input", metavar="X.npy", help="input frames of both runs (default: seeded random frames)")
+    p.add_argument("--recalibrate", action="store_true", help="measure this machine's speed again now instead of using "
+                   "a measurement of the last hour (cluster.host_speed)")
     p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
     p.add_argument("--chart", metavar="FILE", help="draw the run into FILE (.svg, .png or .html): measured against predicted "
                    "per stage, throughput over time, memory (needs pip install 'pisplit[charts]')")
@@ -54,14 +56,14 @@ def register(sub) -> None:
 
 def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, engine: str, progress: bool,
                  trace: str | None = None, timeout: float | None = None, max_in_flight: int | None = None,
-                 extra: list | None = None) -> dict:
+                 extra: list | None = None, recalibrate: bool = False) -> dict:
     """Run `pisplit run --emulate` under mpirun with one rank per device; returns rank 0's report.
     `max_in_flight=1` sends frames one at a time (single-frame latency)."""
     from ..host_speed import host_speed
 
     plan = Plan.load(plan_path)
     # measured once per machine and model, then cached; with as many copies at once as ranks share the cores
-    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks)
+    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks, refresh=recalibrate)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
     argv += [] if progress else ["--no-progress"]
@@ -137,9 +139,10 @@ def run(args) -> int:
         # a latency plan is measured frame after frame (one in flight), as single-frame latency is meant
         in_flight = 1 if args.objective == "latency" else None
         one = run_emulated(single_path, 1, single_frames, tmp / "single-report.json", args.engine, progress=False,
-                           max_in_flight=in_flight, extra=inputs)
+                           max_in_flight=in_flight, extra=inputs, recalibrate=args.recalibrate)
         many = run_emulated(plan_path, plan.n_ranks, args.frames, tmp / "report.json", args.engine, progress=not args.json,
-                            trace=args.trace, max_in_flight=in_flight, extra=with_exits)
+                            trace=args.trace, max_in_flight=in_flight, extra=with_exits,
+                            recalibrate=args.recalibrate and plan.n_ranks > 1)  # one rank: measured just above
     if args.chart:
         from ..charts import run_chart
 
