@@ -691,10 +691,10 @@ class PipelineRank:
         host = options.host_speed or 1.0
         slowdown = device_slowdown(kind, engine) / plan.devices[self.rank].speed / host
         if options.emulate and any(graph.nodes[i].attrs.get("quantized") for i in range(self.stage.node_start, self.stage.node_stop)):
-            from partitioners.profiles import int8_dilation
+            from partitioners.profiles import int8_stage_dilation
 
             # int8 layers: the host's int8 path gains more over float32 than a Pi's does (litert)
-            slowdown *= int8_dilation(kind, engine)
+            slowdown *= int8_stage_dilation(kind, engine, graph, self.stage.node_start, self.stage.node_stop)
         self.dilation = ComputeDilation(slowdown) if options.emulate else None
         self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate and options.emulate_links else None
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None

@@ -99,8 +99,17 @@ class Profile:
         return self.latency.predict(op_key(graph, index), graph.cost(index).flops, node_bytes(graph, index))
 
     def model_seconds(self, graph: Graph) -> float:
-        """Seconds of a whole forward pass (sum over nodes)."""
-        return sum(self.node_seconds(graph, i) for i in range(len(graph)))
+        """Seconds of a whole forward pass on the machine this profile measured (sum over nodes): an
+        int8 node it did not time itself at that machine's int8 rate, as the planner prices it there
+        (Calibration.node_seconds), so that a machine timed on an int8 model (cluster.host_speed) is
+        compared with what the plans assume, not with the float32 node of the same shape."""
+        seconds = [self.node_seconds(graph, i) for i in range(len(graph))]
+        quantized = [i for i in range(len(graph)) if graph.nodes[i].attrs.get("quantized") and self.measured_seconds(graph, i) is None]
+        if quantized:
+            speedup = int8_speedup(self.kind, self.engine)
+            for i in quantized:
+                seconds[i] /= speedup
+        return sum(seconds)
 
     def _index(self) -> dict:
         cached = self.__dict__.get("_index_cache")
@@ -325,6 +334,22 @@ def int8_dilation(kind: str, engine: str = "numpy") -> float:
     int8_speedup(kind). numpy: 1 (the same kernels on both); litert: an x86 host's int8 path gains
     ~4x over float32, a Pi's 1.56x, so int8 layers run ~2.6x too fast on the host before this."""
     return int8_speedup("host", engine) / int8_speedup(kind, engine)
+
+
+def int8_stage_dilation(kind: str, engine: str, graph: Graph, start: int, stop: int) -> float:
+    """The extra dilation of an emulated `kind` computing nodes [start, stop): int8_dilation weighted
+    by the nodes' reference seconds (1 with no int8 node, int8_dilation with only int8 nodes), so that a
+    stage mixing float nodes (a float-I/O model's QUANTIZE, a dynamic-range model's float layers) with
+    int8 ones is padded to the planner's price of each, not all at the int8 factor."""
+    nodes = range(start, stop)
+    if not any(graph.nodes[i].attrs.get("quantized") for i in nodes):
+        return 1.0
+    if engine not in _DEFAULT_CALIBRATIONS:
+        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
+    calibration = _DEFAULT_CALIBRATIONS[engine]
+    host = [calibration.node_seconds("host", graph, i) for i in nodes]  # as the reference host runs them
+    device = [s * (int8_dilation(kind, engine) if graph.nodes[i].attrs.get("quantized") else 1.0) for s, i in zip(host, nodes)]
+    return sum(device) / sum(host) if sum(host) > 0 else int8_dilation(kind, engine)
 
 
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
