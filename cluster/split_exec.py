@@ -210,8 +210,14 @@ class SplitRunner:
         self.is_root = self.rank == root
         self.index = self.ranks.index(self.rank) if self.rank in self.ranks else None
         self.part = split.parts[self.index] if self.index is not None else None
-        self.graph: Graph | None = split.part_graph(self.index) if self.index is not None else None
-        self.engine = make_engine(self.graph, engine) if self.graph is not None else None
+        self.tokens: TokenPhases | None = None
+        if split.kind == "attn-tokens":  # two compute steps with an all-gather between (partitioners.split_tokens)
+            self.tokens = TokenPhases(split, self.index, self.ranks, self.rank, engine, tag_base)
+            tag_base = self.tokens.tag_end
+            self.graph, self.engine = self.tokens.graph_b, self.tokens.engine_b
+        else:
+            self.graph = split.part_graph(self.index) if self.index is not None else None
+            self.engine = make_engine(self.graph, engine) if self.graph is not None else None
         post = split.post_graph() if self.is_root else None
         self.post = make_engine(post, engine) if post is not None else None
         self.post_input = next(iter(post.inputs)) if post is not None else None
@@ -309,7 +315,10 @@ class SplitRunner:
             transfer.finish(feeds, hooks, "input")
         t1 = time.perf_counter()
         y = None
-        if self.engine is not None:
+        if self.tokens is not None and self.engine is not None:
+            self.last_feeds = feeds
+            y = self.tokens.run(self.comm, feeds, hooks)
+        elif self.engine is not None:
             self.last_feeds = feeds
             y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]], self.engine)
             y = np.ascontiguousarray(y, np.float32)
@@ -394,6 +403,8 @@ class SplitRunner:
     def engines(self) -> list:
         """(engine, its part graph) of every compute step this rank runs in the split."""
         steps = [(self.engine, self.graph)] if self.engine is not None else []
+        if self.tokens is not None and self.engine is not None:
+            steps = [(self.tokens.engine_a, self.tokens.graph_a), (self.tokens.engine_b, self.tokens.graph_b)]
         if self.post is not None:
             steps.append((self.post, self.post.graph))
         if self.overlap is not None:
@@ -406,9 +417,10 @@ class SplitRunner:
         if self.last_feeds is None:
             return 0.0
         times = []
+        run = self.engine.run if self.tokens is None else self.tokens.alone
         for _ in range(max(1, repeat)):
             t = time.perf_counter()
-            self.engine.run(self.last_feeds)
+            run(self.last_feeds)
             times.append(time.perf_counter() - t)
         return float(np.median(times))
 
@@ -470,6 +482,54 @@ class SplitRunner:
         mine = sum(1 for part in order if part == self.rank)
         self._account(0.0, compute, wall - compute, 0.0, mine)
         return result
+
+
+class TokenPhases:
+    """attn-tokens on one rank (partitioners.split_tokens): phase A on its rows, the all-gather of the
+    key-side tensors (each rank's rows to every other part's rank, peer to peer, by Transfer), phase B.
+    Every rank of the communicator builds the same exchange messages (their tags); engines only on a
+    part's rank (`index` not None)."""
+
+    def __init__(self, split: Split, index: int | None, ranks: Sequence[int], rank: int, engine: str, tag: int):
+        self.transfers: list[Transfer] = []
+        self.buffers: dict = {}
+        for t, _ in split.block.keys:
+            pieces = []
+            for p, r in enumerate(ranks):  # boxes over the whole shape, behind a leading axis of one
+                axis, rows, shape = split.key_rows(p)[t]
+                box = list(full_box(shape))
+                box[axis] = rows
+                pieces.append(layouts.Piece(int(r), tuple(box)))
+            have = layouts.TensorLayout(t, shape, tuple(pieces))
+            transfer = Transfer(have, [(layouts.Piece(int(r), full_box(shape)), f"{t}@all") for r in ranks], rank, tag)
+            tag += transfer.n_messages
+            self.transfers.append(transfer)
+            self.buffers[f"{t}@all"] = np.empty((1, *shape), np.float32)
+        self.shapes = {k: v.shape[1:] for k, v in self.buffers.items()}
+        self.tag_end = tag
+        self.graph_a = self.graph_b = self.engine_a = self.engine_b = None
+        if index is not None:
+            self.graph_a, self.graph_b = split.phase_graph(index, "a"), split.phase_graph(index, "b")
+            self.engine_a, self.engine_b = make_engine(self.graph_a, engine), make_engine(self.graph_b, engine)
+
+    def run(self, comm, feeds: dict, hooks: Hooks) -> np.ndarray:
+        a_in = {k: feeds[k] for k in self.graph_a.inputs}
+        a = hooks.compute(lambda: self.engine_a.run(a_in), self.engine_a)
+        out = dict(self.buffers)
+        for transfer in self.transfers:
+            held = np.ascontiguousarray(a[transfer.have.tensor], np.float32)
+            out.update(transfer.start(comm, held.reshape(1, *held.shape), hooks))
+        for transfer in self.transfers:
+            transfer.finish(out, hooks, "exchange")
+        b_in = {k: out[k].reshape(self.shapes[k]) if k in out else a[k] if k in a else feeds[k] for k in self.graph_b.inputs}
+        y = hooks.compute(lambda: self.engine_b.run(b_in)[self.graph_b.outputs[0]], self.engine_b)
+        return np.ascontiguousarray(y, np.float32)
+
+    def alone(self, feeds: dict) -> None:
+        """Both phases on `feeds` with the last gathered key-side tensors, no exchange (compute_alone)."""
+        a = self.engine_a.run({k: feeds[k] for k in self.graph_a.inputs})
+        self.engine_b.run({k: self.buffers[k].reshape(self.shapes[k]) if k in self.buffers else a[k] if k in a else feeds[k]
+                           for k in self.graph_b.inputs})
 
 
 class SegmentRunner:

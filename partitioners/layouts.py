@@ -31,7 +31,7 @@ from layers.ops import numel
 from .split_parts import box_shape, full_box
 
 # kinds whose parts' outputs are disjoint boxes of the output (may stay on their ranks)
-KEEPABLE_KINDS = ("fc-output", "conv-channel", "conv-spatial", "fused-tiles")
+KEEPABLE_KINDS = ("fc-output", "conv-channel", "conv-spatial", "fused-tiles", "attn-tokens")  # attn-tokens: row boxes
 OUTPUT_LAYOUTS = ("lead", "parts")  # a plan segment's `output_layout`
 
 

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 # Kinds the planner chooses per segment. data-parallel is a stage mode here, not a segment kind;
 # fused-tiles is chosen as spans over several segments (span_kind).
-PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "attn-heads")  # attn-heads: issue 19
+PLANNER_KINDS = ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "attn-heads",  # attn-heads: issue 19
+                 "attn-tokens")  # issue 19: a transformer block's tokens (split_tokens)
 FUSED = "fused-tiles"
+TOKENS = "attn-tokens"
 MAX_SPAN = 4  # a fused span covers its first segment and at most this many more
 
 
@@ -159,12 +161,19 @@ class SplitCatalogue:
         layer = self.graph.nodes[start].name
         found = {}
         for kind in legal_kinds(self.graph, layer):
-            if kind not in self.allowed or kind == FUSED:  # fused-tiles: spans (_fused_spans)
+            if kind not in self.allowed or kind in (FUSED, TOKENS):  # fused-tiles: spans (_fused_spans)
                 continue
             cost = _calibration_split(self.graph, layer, kind)
             if cost is None:  # fewer units than parts
                 continue
             found[kind] = _affine(kind, layer, cost)
+        if TOKENS in self.allowed and TOKENS in legal_kinds(self.graph, layer):
+            # the token split runs through the segment the other kinds make (the attention block through its
+            # output projection), not through the block's MLP: its FC layers stay segments of their own
+            stop = max([k.stop for k in found.values()] + [start + 1])
+            cost = _calibration_split(self.graph, layer, TOKENS, last=self.graph.nodes[stop - 1].name)
+            if cost is not None:
+                found[TOKENS] = _affine(TOKENS, layer, cost)
         return found
 
     def _fused_spans(self) -> dict[int, dict[int, KindCosts]]:

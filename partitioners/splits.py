@@ -44,7 +44,10 @@ def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
         from .split_heads import HEADS_KIND, attention_block  # issue 19: an attention block's Q/K/V projection
 
         heads = (HEADS_KIND,) if graph.quant == {} and attention_block(graph, index) is not None else ()
-        return ("fc-output", "fc-input", *heads, "data-parallel")
+        from .split_tokens import TOKENS_KIND, token_block  # issue 19: the block's tokens
+
+        tokens = (TOKENS_KIND,) if heads and token_block(graph, index) is not None else ()
+        return ("fc-output", "fc-input", *heads, *tokens, "data-parallel")
     if node.op in CONV_OPS:
         return ("conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
     if not node.inputs:  # a constant node (issue 19): nothing to cut
@@ -358,6 +361,10 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
             from .split_heads import why_not_attention
 
             why = f"; {why_not_attention(graph, start)}"
+        elif kind == "attn-tokens":  # why the node starts no token-splittable block (issue 19)
+            from .split_tokens import why_not_tokens
+
+            why = f"; {why_not_tokens(graph, start)}"
         raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node (legal: {', '.join(legal)}){why}")
     if grid is not None and kind != "fused-tiles":
         raise PisplitError(f"layer {layer}: a grid applies to fused-tiles only, not {kind}")
@@ -376,6 +383,10 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
         from .split_heads import split_heads
 
         return split_heads(graph, start, sizes, last, Split)
+    elif kind == "attn-tokens":  # sequence split of a transformer block (partitioners.split_tokens)
+        from .split_tokens import split_tokens
+
+        return split_tokens(graph, start, sizes, last, Split)
     elif kind in ("conv-spatial", "fused-tiles"):
         stop, axis_sizes, sizes_, options = _spatial_plan(graph, start, kind, sizes, last, followers, axis, grid)
         layout = plan_spatial(graph, start, stop, axis_sizes)

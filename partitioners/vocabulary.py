@@ -22,6 +22,7 @@ class SplitKind(StrEnum):
     FUSED_TILES = "fused-tiles"  # a run of layers in output tiles of a grid
     DATA_PARALLEL = "data-parallel"  # whole frames dealt to replicas
     ATTN_HEADS = "attn-heads"  # an attention block's heads (issue 19, partitioners.split_heads)
+    ATTN_TOKENS = "attn-tokens"  # a transformer block's tokens, K/V all-gathered (issue 19, partitioners.split_tokens)
 
 
 class StageMode(StrEnum):
