@@ -10,7 +10,10 @@ Frames, in this order of preference (the table records which):
   inputs say little about real ones, and the table says so.
 
 Per cut 0 (the input) .. n-1 and codec: the cut's tensors are encoded one message each; bytes are the
-mean over frames, encode and decode seconds the median, the relative error the worst.
+mean over frames, encode and decode seconds the median, the relative error the worst; a cut of several
+tensors keeps each tensor's figures too (a link may code each tensor with its own codec). The table
+records this machine's speed against the reference profile (`machine_speed`, cluster.host_speed),
+so the planner can turn its seconds into a Pi's (partitioners.link_pricing.in_reference_seconds).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.codecs import decode, encode, parse_codec
-from partitioners.link_pricing import CodecSample, CodecTable, CutCodecs
+from partitioners.link_pricing import CodecSample, CodecTable, CutCodecs, TensorCodecSamples
 
 DEFAULT_CODECS = ("rle-huffman", "zstd", "lz4", "fp16+zstd", "int8+zstd", "jpeg:90", "jpeg:50", "jpeg:20")
 
@@ -78,9 +81,10 @@ def _time(fn, repeat: int = 1):
 
 
 def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frames: int = 2, accuracy_frames: int = 100,
-                        cuts: list | None = None, machine: str = "host", progress=None) -> CodecTable:
+                        cuts: list | None = None, machine: str = "host", progress=None, machine_speed: float = 1.0) -> CodecTable:
     """The codec table of `graph` on `n_frames` sample frames; with a held-out split (trained models),
-    each lossy codec's accuracy loss on its first `accuracy_frames` frames."""
+    each lossy codec's accuracy loss on its first `accuracy_frames` frames. `machine_speed`: this
+    machine's seconds over the `machine` kind's calibration (this_machine_speed)."""
     codecs = [parse_codec(c) for c in codecs]
     missing = [c.name for c in codecs if not c.available()]
     if missing:
@@ -102,7 +106,8 @@ def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frame
                 total = enc_s = dec_s = 0.0
                 worst = 0.0
                 refused = False
-                for x in env.values():
+                per_tensor = []
+                for x in (env[t] for t in graph.cut_tensors(cut)):
                     x = np.asarray(x, np.float32)
                     repeat = 3 if x.nbytes < (1 << 20) else 1  # small tensors: the fastest of 3 (timer and scheduler noise)
                     try:
@@ -113,15 +118,17 @@ def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frame
                     y, d = _time(lambda: decode(msg), repeat)
                     total, enc_s, dec_s = total + len(msg), enc_s + e, dec_s + d
                     peak = float(np.abs(x).max()) if x.size else 0.0
-                    if not codec.lossless and peak > 0:
-                        worst = max(worst, float(np.abs(y.astype(np.float64) - x).max()) / peak)
-                slot = acc.setdefault((cut, codec.name), {"bytes": [], "enc": [], "dec": [], "err": 0.0, "refused": False})
+                    error = float(np.abs(y.astype(np.float64) - x).max()) / peak if not codec.lossless and peak > 0 else 0.0
+                    worst = max(worst, error)
+                    per_tensor.append((len(msg), e, d, error))
+                slot = acc.setdefault((cut, codec.name), {"bytes": [], "enc": [], "dec": [], "err": 0.0, "refused": False, "tensors": []})
                 slot["refused"] |= refused
                 if not refused:
                     slot["bytes"].append(total)
                     slot["enc"].append(enc_s)
                     slot["dec"].append(dec_s)
                     slot["err"] = max(slot["err"], worst)
+                    slot["tensors"].append(per_tensor)
     table_cuts = []
     for cut in sorted(wanted):
         samples = []
@@ -133,12 +140,46 @@ def measure_codec_table(graph: Graph, model: str, codecs=DEFAULT_CODECS, n_frame
                                        float(statistics.median(slot["dec"])), float(slot["err"]), codec.lossless))
         stats = acc.get((cut, None), {"entropy": [0.0], "nonzero": [1.0]})
         table_cuts.append(CutCodecs(cut, graph.nodes[cut - 1].name if cut else "input", int(graph.cut_bytes(cut)), len(graph.cut_tensors(cut)),
-                                    tuple(samples), float(np.mean(stats["entropy"])), float(np.mean(stats["nonzero"]))))
-    table = CodecTable(model, len(graph), source, len(frames), machine, tuple(table_cuts)).validate()
+                                    tuple(samples), float(np.mean(stats["entropy"])), float(np.mean(stats["nonzero"])),
+                                    _tensor_samples(graph, cut, codecs, acc)))
+    table = CodecTable(model, len(graph), source, len(frames), machine, tuple(table_cuts), float(machine_speed)).validate()
     lossy = [c for c in codecs if not c.lossless]
     if labelled and lossy and accuracy_frames > 0:
         table = with_accuracy(table, accuracy_losses(graph, labelled, lossy, sorted(wanted), accuracy_frames))
     return table
+
+
+def _tensor_samples(graph: Graph, cut: int, codecs: list, acc: dict) -> tuple:
+    """Per tensor of a cut of several: each codec's mean bytes, median seconds and worst error on it."""
+    names = graph.cut_tensors(cut)
+    if len(names) < 2:
+        return ()
+    out = []
+    for i, name in enumerate(names):
+        samples = []
+        for codec in codecs:
+            slot = acc.get((cut, codec.name))
+            if slot is None or slot["refused"] or not slot["tensors"]:
+                continue
+            rows = [frame[i] for frame in slot["tensors"]]
+            samples.append(CodecSample(codec.name, float(np.mean([r[0] for r in rows])), float(statistics.median(r[1] for r in rows)),
+                                       float(statistics.median(r[2] for r in rows)), float(max(r[3] for r in rows)), codec.lossless))
+        out.append(TensorCodecSamples(name, int(graph.tensor_bytes(name)), tuple(samples)))
+    return tuple(out)
+
+
+def this_machine_speed(model: str, engine: str = "numpy") -> float:
+    """This machine's seconds over the reference profile's for `model` (cluster.host_speed, measured
+    once and cached); 1.0 when it cannot be measured (a note in the log)."""
+    import logging
+
+    from .host_speed import host_speed
+
+    try:
+        return float(host_speed(model, 0, engine) or 1.0)
+    except PisplitError as exc:
+        logging.getLogger(__name__).warning("codec table: this machine's speed not measured (%s): seconds taken as the reference's", exc)
+        return 1.0
 
 
 def accuracy_losses(graph: Graph, labelled: tuple, codecs: list, cuts: list, n: int) -> dict:
@@ -178,5 +219,8 @@ def check_table(table: CodecTable, graph: Graph) -> CodecTable:
     """A codec table that belongs to `graph` (its node count and every measured cut's bytes)."""
     if table.n_nodes != len(graph) or any(c.raw_bytes != graph.cut_bytes(c.cut) for c in table.cuts):
         raise PisplitError(f"codec table of {table.model}: does not match model {graph.name} ({len(graph)} nodes)")
+    for c in table.cuts:
+        if c.tensors and [t.name for t in c.tensors] != list(graph.cut_tensors(c.cut)):
+            raise PisplitError(f"codec table of {table.model}: cut {c.cut}'s tensors are not those of model {graph.name}")
     return table
 

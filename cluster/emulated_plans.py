@@ -19,15 +19,19 @@ from .emulation import device_slowdown
 
 
 
-def plan_for_devices(graph: Graph, model: str, devices: str, link_bps: float, planner: str, objective: str, engine: str) -> Plan:
-    """A plan of `model` for the devices in `devices` ('rpi3:4', 'rpi3:8@512M') with the named planner."""
+def plan_for_devices(graph: Graph, model: str, devices: str, link_bps: float, planner: str, objective: str, engine: str,
+                     codecs=None, codec_budget=None) -> Plan:
+    """A plan of `model` for the devices in `devices` ('rpi3:4', 'rpi3:8@512M') with the named planner;
+    with a codec table (`codecs`, partitioners.link_pricing) its links carry the codec the planner
+    chose per cut (lossy ones only within `codec_budget`)."""
     from partitioners.cost import CostModel, make_cluster
     from partitioners.devices import parse_devices
     from partitioners.planners import make_plan
     from partitioners.profiles import Calibration
 
     cluster = make_cluster(parse_devices(devices), link_bps)
-    return make_plan(graph, CostModel(graph, cluster, Calibration(engine)), planner, objective, model, engine)
+    model_ = CostModel(graph, cluster, Calibration(engine), codecs=codecs, codec_budget=codec_budget)
+    return make_plan(graph, model_, planner, objective, model, engine)
 
 
 def single_device_plan(graph: Graph, model: str, kind: str, link_bps: float, engine: str) -> Plan:

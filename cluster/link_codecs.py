@@ -1,5 +1,7 @@
 """Encoded links (issue 15): a stage-to-stage transfer whose plan names a codec (Stage.send_codec)
-carries each cut tensor as one partitioners.codecs message instead of its float32 values.
+carries each cut tensor as one partitioners.codecs message instead of its float32 values: one codec
+for every tensor ('zstd') or one per tensor in Graph.cut_tensors order ('zstd;int8+zstd', a residual
+block's two tensors each with its own).
 
 A frame still travels as one MPI buffer (never pickled), of a fixed capacity the receiver allocates
 before anything arrives: the largest frame the codec can write (codecs.max_encoded_bytes per tensor).
@@ -25,7 +27,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 from layers.graph import Graph
-from partitioners.codecs import decode, encode, max_encoded_bytes, parse_codec
+from partitioners.codecs import decode, encode, link_codecs, max_encoded_bytes, parse_codec
 
 HEADER = 8  # float32 slots of the int64 frame header (cluster.runtime.FrameCodec.HEADER)
 
@@ -43,8 +45,12 @@ class EncodedFrameCodec:
         self.codec = parse_codec(codec)
         self.label = label
         self.names = list(names)
+        try:
+            self.codecs = link_codecs(self.codec, len(self.names))  # one per tensor
+        except PisplitError as exc:
+            raise PisplitError(f"link {label}: {exc}") from None
         self.shapes = [tuple(graph.shapes[t]) for t in self.names]
-        self.capacity_bytes = sum(max_encoded_bytes(self.codec, s, "float32") for s in self.shapes)
+        self.capacity_bytes = sum(max_encoded_bytes(c, s, "float32") for c, s in zip(self.codecs, self.shapes))
         self.data_start = HEADER + 2 * len(self.names)
         self.length = self.data_start + -(-self.capacity_bytes // 4)
         self.free: list[np.ndarray] = []
@@ -76,12 +82,12 @@ class EncodedFrameCodec:
         data = buf[self.data_start:].view(np.uint8)
         at = 0
         try:
-            for i, (t, shape) in enumerate(zip(self.names, self.shapes)):
+            for i, (t, shape, codec) in enumerate(zip(self.names, self.shapes, self.codecs)):
                 arr = tensors[t]
                 if tuple(arr.shape) != shape:
                     raise PisplitError(f"tensor {t!r} has shape {arr.shape}, expected {shape}")
                 try:
-                    msg = encode(np.asarray(arr, np.float32), self.codec)
+                    msg = encode(np.asarray(arr, np.float32), codec)
                 except PisplitError as exc:
                     raise PisplitError(f"tensor {t!r}: {exc}") from None
                 data[at: at + len(msg)] = np.frombuffer(msg, np.uint8)
@@ -108,9 +114,9 @@ class EncodedFrameCodec:
         if (lengths < 0).any() or (lengths > len(data)).any() or int(lengths.sum()) > len(data):  # (each first: no overflow)
             raise PisplitError(f"{where}: message lengths {lengths.tolist()} do not fit the {len(data)}-byte buffer (corrupt frame)")
         out, at = {}, 0
-        for t, shape, n in zip(self.names, self.shapes, lengths.tolist()):
+        for t, shape, codec, n in zip(self.names, self.shapes, self.codecs, lengths.tolist()):
             try:
-                out[t] = decode(data[at: at + n], expect_codec=self.codec, shape=shape, dtype=np.float32)
+                out[t] = decode(data[at: at + n], expect_codec=codec, shape=shape, dtype=np.float32)
             except PisplitError as exc:
                 raise PisplitError(f"{where}: tensor {t!r}: {exc}") from None
             at += n
@@ -119,8 +125,12 @@ class EncodedFrameCodec:
 
 def frame_codec(graph: Graph, names: list[str], codec: str, label: str, raw_codec):
     """The codec of one link: `raw_codec(graph, names)` (cluster.runtime.FrameCodec, float32 values)
-    for 'raw', else an EncodedFrameCodec."""
-    if parse_codec(codec).kind == "raw" and parse_codec(codec).inner is None:
+    for 'raw' (or 'raw' for every tensor), else an EncodedFrameCodec."""
+    try:
+        each = link_codecs(codec, len(names))
+    except PisplitError as exc:
+        raise PisplitError(f"link {label}: {exc}") from None
+    if all(c.kind == "raw" for c in each):
         return raw_codec(graph, names)
     return EncodedFrameCodec(graph, names, codec, label)
 

@@ -119,13 +119,63 @@ class Codec:
         return decode(data, expect_codec=self, **expect)
 
 
-def parse_codec(name: str | Codec) -> Codec:
+@dataclass(frozen=True)
+class TensorCodecs:
+    """A link's codecs, one per cut tensor in Graph.cut_tensors order: the plan's 'zstd;int8+zstd'
+    (a residual block's cut sends its two tensors each with its own codec). Only a link names one;
+    encode and decode take a single Codec (link_codecs(spec, n) gives the list)."""
+
+    codecs: tuple  # Codec per tensor
+
+    kind = "per-tensor"
+    param = None
+    inner = None
+
+    @property
+    def name(self) -> str:
+        return LINK_SEPARATOR.join(c.name for c in self.codecs)
+
+    @property
+    def lossless(self) -> bool:
+        return all(c.lossless for c in self.codecs)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def available(self) -> bool:
+        return all(c.available() for c in self.codecs)
+
+
+LINK_SEPARATOR = ";"  # between the per-tensor codecs of one link ('zstd;int8')
+
+
+def link_codecs(spec: str | Codec | TensorCodecs, n_tensors: int) -> tuple:
+    """The Codec of each of a link's `n_tensors` cut tensors: one name for them all ('zstd') or one
+    per tensor ('zstd;int8+zstd', Graph.cut_tensors order). PisplitError when a list's length differs.
+
+    E.g. link_codecs('zstd', 2) == (zstd, zstd); link_codecs('raw;int8', 2) == (raw, int8)."""
+    parsed = parse_codec(spec)
+    if not isinstance(parsed, TensorCodecs):
+        return (parsed,) * n_tensors
+    if len(parsed.codecs) != n_tensors:
+        raise PisplitError(f"codecs {parsed.name!r}: {len(parsed.codecs)} codecs for a link of {n_tensors} tensor(s) "
+                           "(one for all, or one per cut tensor)")
+    return parsed.codecs
+
+
+def parse_codec(name: str | Codec | TensorCodecs) -> Codec:
     """'raw', 'rle-huffman', 'zlib:9', 'zstd', 'zstd:19', 'lz4', 'lz4:9', 'fp16', 'int8', 'jpeg:75' ->
-    Codec. A bad name raises a one-line PisplitError."""
-    if isinstance(name, Codec):
-        return name
+    Codec. A bad name raises a one-line PisplitError. A link's per-tensor list 'zstd;int8' gives a
+    TensorCodecs (see link_codecs), which encode and decode refuse."""
+    if isinstance(name, (Codec, TensorCodecs)):
+        return name  # type: ignore[return-value]
     if not isinstance(name, str) or not name.strip():
         raise PisplitError(f"codec {name!r}: expected a name such as {', '.join(codec_names())}")
+    if LINK_SEPARATOR in name:
+        parts = [p.strip() for p in name.split(LINK_SEPARATOR)]
+        if any(not p or LINK_SEPARATOR in p for p in parts):
+            raise PisplitError(f"codecs {name!r}: an empty codec in the per-tensor list")
+        return TensorCodecs(tuple(parse_codec(p) for p in parts))  # type: ignore[return-value]
     if "+" in name:  # a quantiser followed by a lossless codec of its codes: 'int8+rle-huffman'
         first, _, second = name.partition("+")
         outer = _parse_one(name, first)
@@ -187,9 +237,17 @@ def _library(codec: Codec):
 
 
 # --- messages -----------------------------------------------------------------------------------------
+def one_codec(name: str | Codec) -> Codec:
+    """parse_codec for one tensor: a per-tensor list (TensorCodecs) is an error."""
+    codec = parse_codec(name)
+    if isinstance(codec, TensorCodecs):
+        raise PisplitError(f"codecs {codec.name!r}: a per-tensor list names a link's codecs; one tensor takes one codec")
+    return codec
+
+
 def encode(x: np.ndarray, codec: str | Codec) -> bytes:
     """One message holding `x` encoded with `codec` (header + payload)."""
-    codec = parse_codec(codec)
+    codec = one_codec(codec)
     x = np.asarray(x)
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
@@ -271,9 +329,9 @@ def decode(data: bytes | bytearray | memoryview, *, expect_codec: str | Codec | 
     error (the receiver knows what it waits for)."""
     h = read_header(data)
     name = h.codec.name
-    if expect_codec is not None and (parse_codec(expect_codec).kind != h.codec.kind
-                                     or parse_codec(expect_codec).inner not in (None, h.codec.inner)):
-        raise PisplitError(f"{name}: expected a {parse_codec(expect_codec).name} message")
+    if expect_codec is not None and (one_codec(expect_codec).kind != h.codec.kind
+                                     or one_codec(expect_codec).inner not in (None, h.codec.inner)):
+        raise PisplitError(f"{name}: expected a {one_codec(expect_codec).name} message")
     if shape is not None and tuple(shape) != h.shape:
         raise PisplitError(f"{name}: message holds shape {h.shape}, expected {tuple(shape)}")
     if dtype is not None and np.dtype(dtype) != h.dtype:
@@ -887,7 +945,7 @@ def error_bound(codec: str | Codec, x: np.ndarray) -> float:
     2**-25 absolute below float16's normal range); int8: half a step of the coarsest channel plus
     float32 rounding; jpeg: the widest channel's range (decoded values stay inside their channel's
     [min, max]; the actual error depends on the data and QF: cluster.measure.measure_codec reports it)."""
-    codec = parse_codec(codec)
+    codec = one_codec(codec)
     x = np.asarray(x)
     if codec.lossless or x.size == 0:
         return 0.0
@@ -908,7 +966,7 @@ def max_encoded_bytes(codec: str | Codec, shape: tuple[int, ...], dtype="float32
     """The largest message `codec` writes for a tensor of this shape and dtype (header included), so a
     receiver can allocate its buffer before anything arrives: lossless codecs store the tensor as it
     is when they would make it larger; jpeg stores its 8-bit image when JPEG would."""
-    codec = parse_codec(codec)
+    codec = one_codec(codec)
     shape = tuple(int(d) for d in shape)
     n, k = math.prod(shape), np.dtype(dtype).itemsize
     head = _FIXED.size + 4 * len(shape) + _TAIL.size
@@ -924,3 +982,24 @@ def max_encoded_bytes(codec: str | Codec, shape: tuple[int, ...], dtype="float32
         return head
     h, w, gc, gr, _ = _jpeg_geometry(shape, per_channel)
     return head + 8 * g + gr * _pad8(h) * gc * _pad8(w)
+
+
+# Peak bytes numpy allocates while encoding / decoding one tensor, per byte of the float32 tensor
+# (tracemalloc over a (1, 27, 27, 256) ReLU output, half zeros; the message or decoded tensor
+# included; the compression libraries' own C buffers are not traced). rle-huffman's bit packing
+# holds several int64 arrays of the element count.
+WORK_FACTORS = {"raw": (2.0, 1.0), "rle-huffman": (14.1, 12.2), "zlib": (3.5, 2.1), "zstd": (2.0, 2.0), "lz4": (2.7, 2.0),
+                "fp16": (1.8, 1.5), "int8": (4.1, 2.8), "jpeg": (6.1, 2.8)}
+
+
+def work_bytes(codec: str | Codec, raw_bytes: float) -> tuple[float, float]:
+    """(encode, decode) peak working bytes of `codec` on a float32 tensor of `raw_bytes` bytes
+    (WORK_FACTORS; a quantiser followed by a lossless codec: the quantiser's, plus the lossless one's
+    on its codes, int8 a quarter and fp16 half of the tensor)."""
+    codec = one_codec(codec)
+    enc, dec = WORK_FACTORS[codec.kind]
+    if codec.inner is not None:
+        share = 0.25 if codec.kind == "int8" else 0.5
+        inner_enc, inner_dec = WORK_FACTORS[codec.inner.kind]
+        enc, dec = enc + share * inner_enc, dec + share * inner_dec
+    return enc * raw_bytes, dec * raw_bytes

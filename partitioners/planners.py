@@ -119,6 +119,10 @@ def build_plan(model: CostModel, stages: list, planner: str, objective: str, mod
                 objective=objective, engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps,
                 link_latency_s=model.cluster.link_latency_s, predicted_throughput_fps=1.0 / period if period > 0 else INF,
                 predicted_latency_s=sum(c.latency_s for c in costs), notes=tuple(notes))
+    if getattr(model, "codecs", None) is not None:  # a codec table priced the links: each stage sends with its cut's codec
+        from .link_pricing import with_link_codecs
+
+        return with_link_codecs(plan, model, model.codecs)
     return plan.validate()
 
 

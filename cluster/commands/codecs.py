@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--codecs", metavar="LIST", help="comma-separated codecs to measure (default: rle-huffman, zstd, lz4, fp16+zstd, int8+zstd, jpeg:90/50/20)")
     p.add_argument("--frames", type=int, default=2, help="sample frames the ratios and times are measured on (default 2)")
     p.add_argument("--accuracy-frames", type=int, default=100, help="held-out frames for lossy codecs' accuracy loss (trained models; default 100)")
+    p.add_argument("--machine-speed", type=float, metavar="S", help="this machine's seconds per second of the reference profile, "
+                   "stored in the table (default: measured on MODEL, cluster.host_speed; 1 takes this machine as the reference)")
     p.add_argument("--save", metavar="T.json", help="write the measured codec table (the planner's input)")
     p.add_argument("--table", metavar="T.json", help="use a codec table saved before instead of measuring")
     p.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="plan with codecs: rpi3:1,host:1 edge and host; rpi3:4,host:1 Pis then host; rpi3:8 the dp planner")
@@ -76,7 +78,7 @@ def load_or_measure(args, graph):
     """The codec table the arguments name: loaded (--table) or measured now (and saved with --save)."""
     from partitioners.link_pricing import CodecTable
 
-    from ..codec_table import DEFAULT_CODECS, check_table, measure_codec_table
+    from ..codec_table import DEFAULT_CODECS, check_table, measure_codec_table, this_machine_speed
 
     if args.frames < 1:
         raise PisplitError(f"--frames {args.frames}: must be at least 1")
@@ -88,8 +90,14 @@ def load_or_measure(args, graph):
         if status:
             status.start()
         try:
+            if args.machine_speed is not None and not args.machine_speed > 0:
+                raise PisplitError(f"--machine-speed {args.machine_speed}: must be positive")
+            if status:
+                status.update("measuring this machine's speed ...")
+            speed = args.machine_speed if args.machine_speed is not None else this_machine_speed(args.model, args.engine)
             table = measure_codec_table(graph, args.model, codecs, args.frames, args.accuracy_frames, _cut_of(graph, args.layer),
-                                        progress=(lambda f, c: status.update(f"measuring codecs: frame {f + 1}, cut {c}")) if status else None)
+                                        progress=(lambda f, c: status.update(f"measuring codecs: frame {f + 1}, cut {c}")) if status else None,
+                                        machine_speed=speed)
         finally:
             if status:
                 status.stop()
@@ -101,6 +109,29 @@ def load_or_measure(args, graph):
 
         table = replace(table, cuts=tuple(c for c in table.cuts if c.cut in wanted))
     return table
+
+
+def planning_codecs(path: str | None, graph, engine: str, max_accuracy_loss: str | None, max_rel_error: float | None):
+    """(codec table in reference seconds, LossBudget) for `pisplit plan/emulate --codecs T.json`, or
+    (None, None) without a table; one-line errors for a table of another model or a budget without one."""
+    from partitioners.link_pricing import CodecTable, LossBudget, in_reference_seconds
+    from partitioners.profiles import Calibration
+
+    from ..codec_table import check_table
+
+    if path is None:
+        if max_accuracy_loss is not None or max_rel_error is not None:
+            raise PisplitError("--max-accuracy-loss and --max-rel-error allow lossy link codecs: give the codec table with --codecs T.json")
+        return None, None
+    if max_rel_error is not None and not 0 <= max_rel_error < float("inf"):
+        raise PisplitError(f"--max-rel-error {max_rel_error}: must be a non-negative number")
+    loss = parse_fraction(max_accuracy_loss, "--max-accuracy-loss") if max_accuracy_loss is not None else None
+    table = check_table(CodecTable.load(path), graph)
+    if loss is not None and not any(s.accuracy_loss is not None for c in table.cuts for s in c.samples):
+        raise PisplitError(f"--max-accuracy-loss: codec table {path} measured no accuracy (a trained model's held-out split "
+                           "does; use --max-rel-error for other models)")
+    budget = LossBudget(loss, max_rel_error) if loss is not None or max_rel_error is not None else None
+    return in_reference_seconds(table, Calibration(engine)), budget
 
 
 def emulate_plan(plan, args) -> dict | None:
@@ -145,6 +176,10 @@ def run(args) -> int:
 
         check_chart_path(args.chart)  # before measuring, not after
     table = load_or_measure(args, graph)
+    from partitioners.link_pricing import in_reference_seconds
+    from partitioners.profiles import Calibration
+
+    priced = in_reference_seconds(table, Calibration(args.engine))  # the planner's seconds: the reference machine's
     if args.chart:
         from ..codec_chart import codec_chart
 
@@ -158,12 +193,12 @@ def run(args) -> int:
     cluster = make_cluster(entries, bandwidth, args.link_latency / 1e3 if args.link_latency is not None else None)
     kinds = [d.kind for d in cluster.devices]
     if len(kinds) == 2 and kinds.count("host") == 1:
-        return edge_host(graph, CostModel(graph, cluster, Calibration(args.engine)), table, budget, args)
+        return edge_host(graph, CostModel(graph, cluster, Calibration(args.engine)), priced, budget, args)
     if kinds.count("host") == 1:
-        return cluster_host(graph, entries, cluster, table, budget, args)
+        return cluster_host(graph, entries, cluster, priced, budget, args)
     if "host" in kinds:
         raise PisplitError("--devices: at most one host (the rest are edge devices; the head runs on them, the tail on the host)")
-    return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=table, codec_budget=budget), args)
+    return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=priced, codec_budget=budget), args)
 
 
 def lowest_quality_in_budget(cut, budget) -> tuple[str, float] | None:
@@ -318,10 +353,9 @@ def cluster_host(graph, entries, cluster, table, budget, args) -> int:
 
 
 def codec_plan(graph, model, args) -> int:
-    from partitioners.link_pricing import with_link_codecs
     from partitioners.planners import make_plan
 
-    plan = with_link_codecs(make_plan(graph, model, "dp", "throughput", args.model, args.engine), model)
+    plan = make_plan(graph, model, "dp", "throughput", args.model, args.engine)  # with the table: each link's codec (build_plan)
     if args.plan_output:
         plan.save(args.plan_output)
     emulated = emulate_plan(plan, args)

@@ -46,6 +46,11 @@ def register(sub) -> None:
     p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
                    help="early exit in the cluster run (repeatable, as pisplit run --exit); the one-device baseline runs without exits")
     p.add_argument("--input", metavar="X.npy", help="input frames of both runs (default: seeded random frames)")
+    p.add_argument("--codecs", dest="codec_table", metavar="T.json", help="a codec table of MODEL (pisplit codecs MODEL --save T.json): "
+                   "the planner chooses a codec per cut and the emulated links carry it (lossless; lossy only within "
+                   "--max-accuracy-loss / --max-rel-error)")
+    p.add_argument("--max-accuracy-loss", metavar="P", help="with --codecs: lossy codecs losing at most P top-1 accuracy (e.g. 1%%)")
+    p.add_argument("--max-rel-error", metavar="E", type=float, help="with --codecs: lossy codecs within E x max|x| of each cut tensor")
     p.add_argument("--recalibrate", action="store_true", help="measure this machine's speed again now instead of using "
                    "a measurement of the last hour (cluster.host_speed)")
     p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
@@ -92,6 +97,7 @@ def plan_table(plan: Plan, graph) -> Table:
                         f"({plan.planner} plan, link {plan.link_bandwidth_bps / 1e6:.0f} Mbit/s)")
     for col in ["stage", "ranks", "mode", "nodes", "predicted compute ms", "comm ms", "memory / rank", "sends"]:
         table.add_column(col, justify="left" if col in ("ranks", "mode", "nodes") else "right")
+    coded = any(s.send_codec != "raw" for s in plan.stages)
     for s in plan.stages:
         kinds = ",".join(sorted({plan.devices[r].kind for r in s.ranks}))
         nodes = f"{graph.nodes[s.node_start].name} .. {graph.nodes[s.node_stop - 1].name}"
@@ -101,7 +107,8 @@ def plan_table(plan: Plan, graph) -> Table:
         mode = s.mode + (f" ({', '.join(sorted(set(kinds_of)))})" if kinds_of else "")
         table.add_row(str(s.index), f"{','.join(map(str, s.ranks))} ({kinds})", mode, nodes,
                       f"{pred.compute_s * 1e3:.1f}" if pred else "-", f"{pred.comm_s * 1e3:.1f}" if pred else "-",
-                      human_bytes(mem) if mem else "-", human_bytes(s.send_bytes) if s.send_bytes else "-")
+                      human_bytes(mem) if mem else "-", (human_bytes(s.send_bytes) if s.send_bytes else "-")
+                      + (f" {s.send_codec}" if coded and s.send_bytes else ""))
     return table
 
 
@@ -119,7 +126,10 @@ def run(args) -> int:
     link_bps = parse_link(args.link)
     if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")
-    plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine)
+    from .codecs import planning_codecs
+
+    table, budget = planning_codecs(args.codec_table, graph, args.engine, args.max_accuracy_loss, args.max_rel_error)
+    plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine, table, budget)
     if args.resilient or args.fail:
         from .resilient import emulate_resilient
 
@@ -165,6 +175,7 @@ def run(args) -> int:
         "single_fidelity": one["throughput_fps"] / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
         "measurement_problem": problem,
         "every_frame_once": many["every_frame_once"], "exits": many.get("exits"),
+        "link_codecs": [s.send_codec for s in plan.stages[:-1]], "input_codec": plan.input_codec,
         "stages": many["stages"], "ranks": many["ranks"],
     }
     if args.chart:

@@ -40,8 +40,14 @@ def register(sub) -> None:
                    "exit's best cut and the most accurate one meeting this latency, e.g. 100ms")
     p.add_argument("--accuracy", metavar="NAME=A", action="append", default=[],
                    help="with --latency-req: an exit's accuracy (default: layers/trained/manifest.json's held-out accuracy)")
-    p.add_argument("--codec-table", metavar="T.json", help="with --latency-req: a codec table of MODEL (pisplit codecs --save) to search too")
-    p.add_argument("--max-accuracy-loss", metavar="P", help="with --codec-table: lossy codecs that lose at most P top-1 accuracy (e.g. 1%%)")
+    p.add_argument("--codecs", "--codec-table", dest="codec_table", metavar="T.json",
+                   help="a codec table of MODEL (pisplit codecs MODEL --save T.json): the planner prices every link with it and "
+                        "names a codec per cut in the plan (lossless ones; lossy ones only within --max-accuracy-loss / "
+                        "--max-rel-error); with --latency-req searched too")
+    p.add_argument("--max-accuracy-loss", metavar="P", help="with --codecs: lossy codecs that lose at most P top-1 accuracy (e.g. 1%%) "
+                   "on the held-out split the table measured")
+    p.add_argument("--max-rel-error", metavar="E", type=float, help="with --codecs: lossy codecs whose error is at most E x max|x| of "
+                   "each cut tensor (e.g. 0.01)")
     p.set_defaults(func=run)
 
 
@@ -84,7 +90,13 @@ def build_model(args, graph) -> CostModel:
     if latency is not None and latency < 0:
         raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
     cluster = make_cluster(entries, link, latency, hosts)
-    return CostModel(graph, cluster, Calibration(args.engine, profiles))
+    calibration = Calibration(args.engine, profiles)
+    if args.latency_req:  # Edgent reads the table itself (configmap)
+        return CostModel(graph, cluster, calibration)
+    from .codecs import planning_codecs
+
+    table, budget = planning_codecs(args.codec_table, graph, args.engine, args.max_accuracy_loss, args.max_rel_error)
+    return CostModel(graph, cluster, calibration, codecs=table, codec_budget=budget)
 
 
 def run(args) -> int:

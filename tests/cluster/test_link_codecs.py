@@ -282,3 +282,97 @@ def test_input_codecs_on_the_source_link_under_mpirun(tmp_path):
     expected = np.concatenate(expected)
     assert np.abs(expected - raw).max() > 10 * (1e-7 + 1e-6 * np.abs(raw).max())
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+# --- the planner chooses the codecs (pisplit plan --codecs), per tensor where a cut has several -----------
+@pytest.fixture(scope="module")
+def lenet_codec_table(tmp_path_factory):
+    from cluster.codec_table import measure_codec_table
+
+    graph = zoo_model("lenet5")
+    table = measure_codec_table(graph, "lenet5", ["zstd", "int8+zstd", "jpeg:50"], n_frames=1, machine_speed=1.0)
+    return graph, table.save(tmp_path_factory.mktemp("codecs") / "lenet5.json")
+
+
+def cut_codecs(plan: Plan) -> dict:
+    return {s.node_stop: s.send_codec for s in plan.stages[:-1] if s.send_codec != "raw"}
+
+
+@pytest.mark.mpi
+def test_pisplit_plan_with_codecs_chooses_them_and_mpirun_runs_them(tmp_path, lenet_codec_table):
+    from tests.conftest import run_pisplit
+
+    graph, table = lenet_codec_table
+    # 204 KiB usable per Pi: lenet5 (fc1 alone holds 188 KiB of weights) needs two stages; a 1 Mbit/s link
+    devices = ("--devices", "rpi3:3@300.25M", "--link", "1mbit", "--codecs", table)
+    run_pisplit("plan", "lenet5", *devices, "--output", tmp_path / "lossless.json")
+    lossless = Plan.load(tmp_path / "lossless.json")
+    assert set(cut_codecs(lossless).values()) <= {"zstd"}  # no budget: lossless codecs only
+    proc = run_pisplit("plan", "lenet5", *devices, "--max-rel-error", "0.05", "--output", tmp_path / "lossy.json")
+    assert "link codecs from the codec table of lenet5" in proc.stdout
+    plan = Plan.load(tmp_path / "lossy.json")
+    chosen = cut_codecs(plan)
+    assert len(plan.stages) > 1 and chosen and all(c in ("int8+zstd", "jpeg:50") for c in chosen.values()), chosen
+    assert plan.predicted_throughput_fps > lossless.predicted_throughput_fps
+    from partitioners.cost import CostModel, make_cluster
+
+    plain = CostModel(graph, make_cluster([("rpi3", 3, 314834944)], 1e6))
+    for s in plan.stages[1:]:  # a decoding rank's prediction holds its decoded tensors beyond the raw link's
+        if plan.stages[s.index - 1].send_codec != "raw" and s.mode == "single":
+            raw_link = plain.stage_cost(s.node_start, s.node_stop, (1,), "single").memory_bytes[0]
+            assert s.predicted.memory_bytes[s.ranks[0]] >= raw_link + graph.cut_bytes(s.node_start)
+    expected, worst = lossy_reference(graph, chosen, 5)
+    assert worst > 0
+    got, doc = run_outputs(tmp_path, plan, "chosen", 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(5)])
+    assert np.abs(got - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())  # the codecs did act on the run
+    proc = run_pisplit("plan", "lenet5", "--devices", "rpi3:2", "--max-rel-error", "0.05", check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "give the codec table with --codecs" in proc.stderr
+    proc = run_pisplit("plan", "alexnet", "--devices", "rpi3:2", "--codecs", table, check=False)
+    assert proc.returncode != 0 and "does not match model alexnet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_per_tensor_codecs_round_trip_and_refuse_wrong_lists(rng):
+    from partitioners.codecs import link_codecs, parse_codec
+
+    g = skip_graph()
+    names = g.cut_tensors(3)
+    tensors = {t: np.maximum(varied(rng.standard_normal(g.shapes[t])), 0).astype(np.float32) for t in names}
+    codec = frame_codec(g, names, "zstd;int8", "stage 0 -> stage 1", FrameCodec)
+    assert isinstance(codec, EncodedFrameCodec) and [c.name for c in codec.codecs] == ["zstd", "int8"]
+    received = np.zeros(codec.length, np.float32)
+    buf = codec.pack(1, tensors)
+    received[: buf.size] = buf
+    back = codec.unpack(received)
+    assert back[names[0]].tobytes() == tensors[names[0]].tobytes()  # zstd: bit for bit
+    assert back[names[1]].tobytes() == decode(encode(tensors[names[1]], "int8")).tobytes()
+    assert type(frame_codec(g, names, "raw;raw", "x", FrameCodec)) is FrameCodec
+    assert parse_codec("zstd;jpeg:50").name == "zstd;jpeg:50" and not parse_codec("zstd;jpeg:50").lossless
+    with pytest.raises(PisplitError, match=r"link stage 0 -> stage 1: codecs 'zstd;int8;lz4': 3 codecs for a link of 2 tensor"):
+        frame_codec(g, names, "zstd;int8;lz4", "stage 0 -> stage 1", FrameCodec)
+    with pytest.raises(PisplitError, match="a per-tensor list names a link's codecs"):
+        encode(tensors[names[0]], "zstd;int8")
+    with pytest.raises(PisplitError, match="an empty codec"):
+        link_codecs("zstd;", 2)
+    with pytest.raises(PisplitError, match="stage 0 send_codec: codec 'gzip': unknown"):
+        plan = hand_plan(g, [(0, 3, [0], "single"), (3, 7, [1], "single")])
+        with_codecs(plan, ["zstd;gzip"])
+
+
+@pytest.mark.mpi
+def test_per_tensor_codecs_under_mpirun_give_the_encoded_models_outputs(tmp_path):
+    graph = skip_graph()
+    model, _ = save_graph(graph, tmp_path / "skip.json")
+    names = graph.cut_tensors(3)
+    plan = with_codecs(hand_plan(graph, [(0, 3, [0], "single"), (3, 7, [1], "single")], model=str(model)), ["lz4;int8+zstd"])
+    expected = []
+    for f in range(5):
+        env = graph.execute(dict(synthetic_frame(graph, 0, f)), 0, 3)
+        env[names[1]] = decode(encode(env[names[1]], "int8+zstd"))  # the first tensor travels losslessly
+        expected.append(graph.execute(env, 3)[graph.outputs[0]])
+    expected = np.concatenate(expected)
+    got, _ = run_outputs(tmp_path, plan, "per-tensor", 5)
+    exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(5)])
+    assert np.abs(expected.reshape(exact.shape) - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-7)
