@@ -13,8 +13,8 @@ from layers import zoo_model
 from tests.conftest import ROOT, require, run_pisplit
 from tests.layers.tflite_models import chain_model
 
-BENCH_MODULES = ("codecs", "emulate", "forward", "latency", "litert", "pipeline", "planner", "soak", "splits")
-LEADS_WRAPPERS = ("bench_exits",)  # a heredoc of its own
+BENCH_MODULES = ("codecs", "emulate", "exits", "forward", "latency", "litert", "pipeline", "planner", "soak", "splits")
+LEADS_WRAPPERS: tuple[str, ...] = ()  # wrappers that are not thin (none now)
 
 pytestmark = pytest.mark.litert
 
@@ -175,3 +175,19 @@ def test_bench_emulate():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_emulate"), "--configs", "rpi3:2@94mbit", "--frames", "3"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unrecognized arguments: --frames 3" in proc.stderr  # its flags, as before
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_exits():
+    """One model, one T, a few frames, without the DDNN tables (one process, tested in tests/cluster/test_exits*)."""
+    out = bench("bench_exits", "--models", "branchy_lenet_mnist", "--thresholds", "0.3", "--frames", "4", "--ddnn", "none").stdout
+    assert "branchy_lenet_mnist: early exits on 4 emulated Pi 3B+ at 94 Mbit/s (4 held-out frames;" in out
+    cells = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in out.splitlines() if line.startswith("│")}
+    assert set(cells) == {"no exits", "0.3"}
+    exit1, final = float(cells["0.3"][0]), float(cells["0.3"][1])
+    assert abs(exit1 + final - 100) < 0.15 and cells["no exits"][1] == "100.0"  # every frame leaves at one exit
+    assert cells["0.3"][4].startswith("exit1 ")  # the exit plan cuts at the exit
+    (answers,) = [line for line in out.splitlines() if line.startswith("run answers per exit (last T): ")]
+    assert sum(json.loads(answers.split(": ", 1)[1].replace("'", '"')).values()) == 4  # each frame answered once
+    assert "DDNN" not in out
