@@ -312,9 +312,8 @@ class RuntimeOptimizer:
         if state != before:
             self.state_changes += 1
             entry = self.map.find(self.states[state], self.devices)
-            if (entry.exit, entry.cut, entry.codec, entry.plan) == (self.strategy.exit, self.strategy.cut, self.strategy.codec,
-                                                                     self.strategy.plan):
-                return self.strategy
+            if (entry.exit, entry.cut, entry.codec) == (self.strategy.exit, self.strategy.cut, self.strategy.codec):
+                return self.strategy  # the same strategy (each state's plan file prices it at its own bandwidth)
             direction = "rose" if state > before else "fell"
             self.switches.append(Switch(at, frame, self.states[before], self.states[state], float(estimate or 0.0),
                                         f"bandwidth {direction} to {(estimate or 0) / 1e6:.3g} Mbit/s: state "
@@ -322,3 +321,59 @@ class RuntimeOptimizer:
                                         f"exit {entry.exit} cut {entry.cut} {entry.codec}"))
             self.strategy = entry
         return self.strategy
+
+
+# --- the runtime's side (cluster.switching) ----------------------------------------------------------
+def strategy_key(entry) -> tuple:
+    """What a map entry runs: (exit, cut, codec); entries with the same key run the same stages."""
+    return (entry.exit, entry.cut, entry.codec)
+
+
+def map_plans(configmap, folder, devices: str | None = None) -> list:
+    """The distinct strategies of a map's device set, by state (lowest first): one (key, entry, plan
+    path, graph path) each, the entry and files of the lowest state that chose it. PisplitError when
+    an entry has no plan or graph file (a map made by `pisplit configmap` has both)."""
+    from pathlib import Path
+
+    devices = devices or configmap.entries[0].devices
+    out, seen = [], set()
+    for e in sorted((e for e in configmap.entries if e.devices == devices), key=lambda e: e.bandwidth_bps):
+        if e.plan is None or e.graph is None:
+            raise PisplitError(f"configmap: the {devices} at {e.bandwidth_bps:g} bit/s entry names no plan or graph file "
+                               "(write the map with pisplit configmap)")
+        if strategy_key(e) not in seen:
+            seen.add(strategy_key(e))
+            out.append((strategy_key(e), e, Path(folder) / e.plan, Path(folder) / e.graph))
+    if not out:
+        raise PisplitError(f"configmap: no entries for devices {devices} (known: {', '.join(configmap.device_sets())})")
+    return out
+
+
+class MapChooser:
+    """Algorithm 3 for a run switching plans (cluster.switching.run_switching's `choose`): the
+    runtime's transfers (end, bytes, seconds rows) in, the index of the plan for the next frames out;
+    plan i runs `keys[i]` (map_plans' order). A RuntimeOptimizer underneath (its switches have the reasons)."""
+
+    def __init__(self, configmap, keys: list, devices: str | None = None, initial_bps: float | None = None,
+                 detector_options: dict | None = None, min_bytes: int = 1024):
+        estimator = HarmonicEstimator(min_bytes=min_bytes, latency_s=configmap.link_latency_s)
+        self.optimizer = RuntimeOptimizer(configmap, devices, initial_bps, estimator, detector_options)
+        self.keys = list(keys)
+        self.index  # the initial state's strategy is one of the plans
+
+    @property
+    def index(self) -> int:
+        key = strategy_key(self.optimizer.strategy)
+        if key not in self.keys:
+            raise PisplitError(f"map chooser: strategy {key} has no plan")
+        return self.keys.index(key)
+
+    @property
+    def estimate(self) -> float | None:
+        return self.optimizer.estimator.estimate
+
+    def __call__(self, transfers, frame: int) -> tuple[int, str | None]:
+        before = len(self.optimizer.switches)
+        for end, nbytes, seconds in np.asarray(transfers, np.float64).reshape(-1, 3):
+            self.optimizer.observe(nbytes, seconds, at=float(end), frame=frame)
+        return self.index, (self.optimizer.switches[-1].reason if len(self.optimizer.switches) > before else None)

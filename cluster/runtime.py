@@ -322,6 +322,15 @@ class RunOptions:
     frame_ids: np.ndarray | None = None  # frame i of this run is frame frame_ids[i] of the stream (its input); None: i
     on_result: Callable[[int, dict], None] | None = None  # rank 0: each result as it is taken (frame, tensors): a resilient run's journal
     exits: dict | None = None  # early-exit thresholds {output name: T} over the plan's exits (--exit NAME=T; cluster.exits)
+    # issue 16: the emulated links replay this cluster.bandwidth.BandwidthTrace from the first frame on (link_bps then unused);
+    # link_bps: the emulated links' bandwidth instead of the plan's (a run switching plans priced at other bandwidths)
+    bandwidth_trace: object = None
+    link_bps: float | None = None
+    # frames come at this interval (a camera): the source admits the stream's frame i no earlier than i x interval after
+    # `stream_start` (perf_counter; None: this run's start); 0: as fast as the pipeline takes them
+    frame_interval_s: float = 0.0
+    stream_start: float | None = None
+    record_transfers: bool = False  # keep (end, bytes, seconds) of each frame this rank sends on its link (PipelineRank.transfers)
 
 
 class EventLog:
@@ -656,7 +665,7 @@ class PipelineRank:
     which keeps the results it has (`on_failure`, transport's failure notices)."""
 
     def __init__(self, comm, plan: Plan, graph: Graph, options: RunOptions, baseline_bytes: int, communicators: dict,
-                 hosts: list | None = None):
+                 hosts: list | None = None, shared: tuple | None = None):
         self.comm = comm
         self.plan = plan
         self.graph = graph
@@ -696,10 +705,16 @@ class PipelineRank:
             # int8 layers: the host's int8 path gains more over float32 than a Pi's does (litert)
             slowdown *= int8_stage_dilation(kind, engine, graph, self.stage.node_start, self.stage.node_stop)
         self.dilation = ComputeDilation(slowdown) if options.emulate else None
-        self.link = LinkPacer(plan.link_bandwidth_bps, plan.link_latency_s) if options.emulate and options.emulate_links else None
+        self.link = (LinkPacer(options.link_bps or plan.link_bandwidth_bps, plan.link_latency_s, trace=options.bandwidth_trace)
+                     if options.emulate and options.emulate_links else None)
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
         # compute-only emulation: the device's messages leave unpaced (a link of no duration)
         self.device = EmulatedDevice(self.dilation, self.cores, self.link or LinkPacer(math.inf), self._poll) if options.emulate else None
+        if shared is not None:  # issue 16, a run switching plans (cluster.switching): one emulated device and link per rank
+            self.device, self.link = shared
+            self.dilation, self.cores = (self.device.dilation, self.device.cores) if self.device else (None, None)
+        self.transfers: list = []  # (end, bytes, seconds) per frame sent on the link, with options.record_transfers
+        self.sending: dict = {}  # real links: id(request) -> (time handed to MPI, bytes) until the send completes
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
         hooks = self.device
@@ -820,6 +835,8 @@ class PipelineRank:
         admitted = False
         while self.injected < self.n_frames and self.injected - self.done < self.max_in_flight:
             f = self.injected
+            if self.options.frame_interval_s > 0 and time.perf_counter() < self._due(f):
+                break  # the camera has not taken it yet
             target = entry_rank(self.first, f)
             if target == 0:
                 self.local_inputs[f] = None  # admitted; made when rank 0 computes it (one frame held at a time)
@@ -840,6 +857,36 @@ class PipelineRank:
             self.injected += 1
             admitted = True
         return admitted
+
+    def _due(self, f: int) -> float:
+        """perf_counter time at which frame `f` of this run is taken (RunOptions.frame_interval_s)."""
+        stream = int(self.options.frame_ids[f]) if self.options.frame_ids is not None else f
+        start = self.options.stream_start if self.options.stream_start is not None else self.t0
+        return start + stream * self.options.frame_interval_s
+
+    def _record_transfer(self, codec, end: float, duration: float, request) -> None:
+        """One frame sent on this rank's link, for bandwidth estimation (issue 16): an emulated link's
+        transfer is what its pacer made it last; a real one's lasts until MPI completes the send (_poll)."""
+        nbytes = codec.sent_bytes if getattr(codec, "encoded", False) else codec.payload_bytes
+        if self.link is not None:
+            self.transfers.append((end, nbytes, duration))
+        else:
+            self.sending[id(request)] = (time.time(), nbytes)
+
+    def restart(self, frame_ids: np.ndarray) -> None:
+        """Issue 16, a run switching plans between frames (cluster.switching): run the stream's frames
+        `frame_ids` next with this rank's engines (warm), emulated device and link as they are; the
+        per-run state starts again, the statistics add up. Call run(warm=False) next."""
+        self.options.frame_ids = np.asarray(frame_ids, np.int64)
+        self.n_frames = len(self.options.frame_ids)
+        self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
+        self.sends, self.recvs, self.frame = [], {}, -1
+        if self.liveness is not None:
+            self.liveness.probes.clear()  # pings the last segment cancelled when it retired
+        if self.device is not None:
+            self.device.poll = self._poll
+        if self.rank == 0:
+            self._init_source_and_sink()
 
     def _post_results(self) -> None:
         if self.exits is not None:
@@ -891,7 +938,11 @@ class PipelineRank:
         and look for failure notices (`_check`)."""
         progressed = False
         while self.sends and transport.request_done(self.sends[0][0]):
-            _, buf, codec, _, _ = self.sends.pop(0)
+            request, buf, codec, _, _ = self.sends.pop(0)
+            if self.sending and id(request) in self.sending:
+                started, nbytes = self.sending.pop(id(request))
+                now = time.time()
+                self.transfers.append((now, nbytes, now - started))
             codec.release(buf)
             progressed = True
         if self.rank == 0:
@@ -1002,6 +1053,8 @@ class PipelineRank:
             buf, end, duration = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, self.link, self.device)
             dest = entry_rank(nxt, frame)
             self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + nxt.index), buf, self.out_codec, dest, frame))
+            if self.options.record_transfers:
+                self._record_transfer(self.out_codec, end, duration, self.sends[-1][0])
             if self.link:
                 # the emulated sender is busy until its transfer has left
                 hold = end - time.time()
@@ -1056,14 +1109,16 @@ class PipelineRank:
         if self.stats.frames % self.sample_every == 0:
             self.stats.memory_samples.append((frame, current_rss_bytes()))
 
-    def run(self) -> RankStats:
-        """Process every frame this rank has a part in; returns this rank's measurements."""
-        self.step.materialise()
-        # the weights are in; from here the peak is the running shard's (loading may briefly need
-        # more: a seeded weight is generated through a temporary of its own size)
-        self.stats.memory_load_peak_bytes = peak_rss_bytes()
-        self.step.warm_up()
-        reset_peak_rss()
+    def run(self, warm: bool = True) -> RankStats:
+        """Process every frame this rank has a part in; returns this rank's measurements. `warm`
+        False: the engines are warm already (a restarted rank, issue 16)."""
+        if warm:
+            self.step.materialise()
+            # the weights are in; from here the peak is the running shard's (loading may briefly need
+            # more: a seeded weight is generated through a temporary of its own size)
+            self.stats.memory_load_peak_bytes = peak_rss_bytes()
+            self.step.warm_up()
+            reset_peak_rss()
         self.fault_at(FAULT_AT_START)
         # loading weights and warming up take longer than a frame: three stall bounds to arrive
         bound = 3.0 * self.stall_s
@@ -1073,6 +1128,8 @@ class PipelineRank:
         if self.rank == 0 and self.options.on_start:
             self.options.on_start()
         self.t0 = time.perf_counter()
+        if self.link is not None and self.link.trace is not None and not self.link.epoch:
+            self.link.epoch = time.time()  # a bandwidth trace starts with the first frame
         if self.rank == 0:
             self._inject()
             self._post_results()

@@ -24,7 +24,8 @@ from ..runtime import FAULT_MODES, RunOptions, RunResult, agree, parse_fault, ru
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a plan under mpirun: frames stream through its pipeline stages")
-    p.add_argument("plan", metavar="PLAN.json", help="a plan written by `pisplit plan --output`")
+    p.add_argument("plan", metavar="PLAN.json", help="a plan written by `pisplit plan --output`, or a configuration map "
+                   "(`pisplit configmap`'s configmap.json): its plans, switched between frames as the measured bandwidth says")
     p.add_argument("--frames", type=int, default=16, help="frames to run (default 16)")
     p.add_argument("--input", metavar="X.npy", help="input frames (F, *input shape) or one frame, used round-robin; default: seeded random frames")
     p.add_argument("--seed", type=int, default=0, help="seed of the random frames (default 0)")
@@ -56,6 +57,16 @@ def register(sub) -> None:
     p.add_argument("--exit", action="append", metavar="NAME=T", default=[],
                    help="early exit: output NAME answers a frame when its normalised entropy is at most T (0-1); "
                         "overrides the plan's threshold for NAME or adds the exit (repeatable; cluster.exits)")
+    p.add_argument("--bandwidth-trace", metavar="TRACE.csv", help="with --emulate: the emulated links' bandwidth follows this "
+                   "trace (time_s,mbit_per_s rows; cluster.bandwidth) from the first frame on")
+    p.add_argument("--link", metavar="BW", help="with --emulate: pace the links at BW (e.g. 2mbit) instead of the plan's bandwidth")
+    p.add_argument("--frame-interval", metavar="MS", type=float, default=0.0,
+                   help="frames come every MS milliseconds (a camera) instead of as fast as the pipeline takes them")
+    p.add_argument("--switch-every", type=int, default=1, metavar="K",
+                   help="a configuration map run decides its plan every K frames (default 1: before every frame)")
+    p.add_argument("--switch-at", action="append", default=[], metavar="FRAME:PLAN",
+                   help="a configuration map run switches to its plan PLAN (an index of the report's plans) at FRAME, "
+                        "whatever the bandwidth says (repeatable; for tests and demos)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
@@ -63,6 +74,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if _is_configmap(args.plan):
+        if args.resilient or args.fail or args.exit or args.frame_ids or args.journal or args.trace:
+            raise PisplitError("a configuration map run: not with --resilient, --fail, --exit, --trace or --frame-ids")
+        return transport.on_every_rank(lambda comm, rank: _run_map(args, comm, rank), args.debug)
     if args.resilient:
         from .resilient import run_resilient
 
@@ -76,6 +91,7 @@ def _run(args, comm, rank: int) -> int:
     error = None
     frame_ids = None
     plan = inputs = fail = exits = None
+    link: dict = {}
     try:
         plan = Plan.load(args.plan)
         if args.emulate and args.emulate_compute:
@@ -89,6 +105,7 @@ def _run(args, comm, rank: int) -> int:
         fail = parse_fault(args.fail[0] if args.fail else None)
         frame_ids = _frame_ids(args) if rank == 0 else None
         exits = _exit_overrides(args)
+        link = _link_options(args)
         if rank == 0 and args.input:
             inputs = load_npy(args.input)
     except PisplitError as exc:
@@ -99,7 +116,7 @@ def _run(args, comm, rank: int) -> int:
                          emulate=args.emulate or args.emulate_compute, emulate_links=not args.emulate_compute,
                          window=args.window, max_in_flight=args.max_in_flight,
                          host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate or args.emulate_compute else None,
-                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits)
+                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits, **link)
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
         options.frame_ids = frame_ids
@@ -270,3 +287,173 @@ def _host_speed(args, plan, engine: str, comm, rank: int) -> float:
         return float(args.host_speed)
     speed = (host_speed(plan.model, plan.model_seed, engine, measure=False) or 1.0) if rank == 0 else 0.0
     return float(transport.bcast_text(comm, repr(speed)))
+
+
+# --- issue 16: a configuration map's plans, switched between frames (cluster.switching) -----------------
+def _is_configmap(path: str) -> bool:
+    """Whether PLAN.json is a configuration map (its "format"); anything unreadable is left to Plan.load's message."""
+    from partitioners.edgent import CONFIGMAP_FORMAT
+
+    try:
+        with open(path) as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f'"format": "{CONFIGMAP_FORMAT}"' in head
+
+
+def _link_options(args) -> dict:
+    """RunOptions for --bandwidth-trace, --link and --frame-interval (checked)."""
+    from ..bandwidth import read_trace
+    from ..emulation import parse_link
+
+    if (args.bandwidth_trace or args.link) and not args.emulate:
+        raise PisplitError("--bandwidth-trace and --link pace emulated links: give --emulate too")
+    if not args.frame_interval >= 0:
+        raise PisplitError(f"--frame-interval {args.frame_interval}: must be a number of milliseconds >= 0")
+    return {"bandwidth_trace": read_trace(args.bandwidth_trace) if args.bandwidth_trace else None,
+            "link_bps": parse_link(args.link) if args.link else None, "frame_interval_s": args.frame_interval / 1e3}
+
+
+def parse_switch_at(items, n_plans: int) -> dict:
+    """['40:1', ...] (--switch-at FRAME:PLAN) -> {40: 1}."""
+    out = {}
+    for item in items or ():
+        frame, sep, plan = str(item).partition(":")
+        try:
+            f, i = int(frame), int(plan)
+        except ValueError:
+            sep = ""
+        if not sep or f < 0 or not 0 <= i < n_plans:
+            raise PisplitError(f"--switch-at {item}: expected FRAME:PLAN with PLAN one of the map's plans 0..{n_plans - 1}")
+        out[f] = i
+    return out
+
+
+def _run_map(args, comm, rank: int) -> int:
+    from dataclasses import replace as dc_replace
+
+    from layers import load_model
+    from partitioners.edgent import ConfigMap
+
+    from ..bandwidth import MapChooser, map_plans
+    from ..switching import run_switching
+
+    error = None
+    plans, chooser, forced, options, graphs, cmap, strategies = [], None, {}, None, [], None, []
+    try:
+        cmap = ConfigMap.load(args.plan)
+        strategies = map_plans(cmap, Path(args.plan).parent)
+        for key, entry, plan_path, graph_path in strategies:
+            plans.append(dc_replace(Plan.load(plan_path), model=str(graph_path)))
+            graphs.append(str(graph_path))
+        forced = parse_switch_at(args.switch_at, len(plans))
+        if args.host_speed is not None and not args.host_speed > 0:
+            raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
+        if args.emulate_compute:
+            raise PisplitError("--emulate-compute: a configuration map run paces its links (--emulate) or runs on real ones")
+        link = _link_options(args)
+        if args.emulate and link["bandwidth_trace"] is None and link["link_bps"] is None:
+            raise PisplitError("a configuration map run with --emulate needs the link's bandwidth: --bandwidth-trace TRACE.csv or --link BW")
+        inputs = load_npy(args.input) if rank == 0 and args.input else None
+        first_bps = (link["bandwidth_trace"].bps_at(0.0) if link["bandwidth_trace"] is not None else link["link_bps"])
+        if rank == 0:
+            chooser = MapChooser(cmap, [k for k, *_ in strategies], initial_bps=first_bps)
+        engine = args.engine or plans[0].engine
+        options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
+                             emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
+                             stall_timeout=args.stall_timeout, **link)
+    except PisplitError as exc:
+        error = str(exc)
+    agree(comm, error)
+    if args.emulate:
+        options.host_speed = _host_speed(args, plans[0], options.engine, comm, rank)
+
+    def load(i: int):
+        graph = load_model(graphs[i])
+        if len(graph) != plans[i].n_nodes:
+            raise PisplitError(f"configmap {args.plan}: {graphs[i]} has {len(graph)} nodes, its plan {plans[i].n_nodes}")
+        return graph
+
+    progress = None
+    if rank == 0 and not args.json and not args.no_progress:
+        progress = Progress(TextColumn(f"[bold]{cmap.model}[/] switching among {len(plans)} plans"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("frames"), TimeElapsedColumn(), console=console)
+        task = progress.add_task("frames", total=args.frames)
+        options.on_start = progress.start
+        options.progress = lambda done, total: progress.update(task, completed=done)
+    try:
+        result = run_switching(comm, plans, load, options, chooser, chooser.index if chooser else 0, args.switch_every, forced)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if rank != 0:
+        return 0
+    doc = map_report(args, cmap, strategies, plans, result)
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, frame_ids=result.frame_ids, plan_of_frame=result.plan_of_frame, names=np.array(list(result.outputs)),
+                 **{f"output_{i}": a for i, a in enumerate(result.outputs.values())})
+        os.replace(tmp, out)
+        doc["output_file"] = str(out)
+    if args.report:
+        Path(args.report).write_text(json.dumps(doc, indent=1))
+    if args.json:
+        print_json(doc)
+    else:
+        print_map_report(doc)
+    if not doc["every_frame_once"]:
+        err_console.print("[red]frames were lost or duplicated[/]")
+        return 1
+    return 0
+
+
+def map_report(args, cmap, strategies, plans, result) -> dict:
+    """The report of a configuration map run: which plan answered each frame, each switch, latencies."""
+    from ..report import percentiles_ms, steady_throughput
+
+    req = cmap.latency_req_s
+    rows = []
+    for i, ((exit_, cut, codec), entry, plan_path, _) in enumerate(strategies):
+        mine = result.plan_of_frame == i
+        lat = result.latency_s[mine]
+        rows.append({"index": i, "exit": exit_, "cut": cut, "n_nodes": entry.n_nodes, "codec": codec, "plan": str(plan_path),
+                     "ranks": plans[i].n_ranks, "accuracy": entry.accuracy, "frames": int(mine.sum()),
+                     "latency_ms": percentiles_ms(lat) if lat.size else None,
+                     "predicted_latency_ms_at_state": entry.latency_s * 1e3, "state_bps": entry.bandwidth_bps})
+    acc = np.array([rows[i]["accuracy"] for i in result.plan_of_frame])
+    return {
+        "model": cmap.model, "configmap": str(args.plan), "engine": args.engine or plans[0].engine, "emulated": bool(args.emulate),
+        "bandwidth_trace": args.bandwidth_trace, "link": args.link, "frame_interval_ms": args.frame_interval,
+        "switch_every": args.switch_every, "frames": int(result.frame_ids.size), "every_frame_once": result.every_frame_once,
+        "latency_req_ms": req * 1e3, "meets_requirement": float(np.mean(result.latency_s <= req)),
+        "mean_accuracy": float(acc.mean()) if acc.size else None,
+        "throughput_fps": steady_throughput(result.done_s), "wall_s": result.wall_s,
+        "latency_ms": percentiles_ms(result.latency_s), "segments": result.segments, "emulation_late_s": result.late_s,
+        "plans": rows, "switches": result.switches, "plan_of_frame": result.plan_of_frame.tolist(),
+        "latency_of_frame_ms": (result.latency_s * 1e3).round(3).tolist(), "done_s": result.done_s.round(4).tolist(),
+        "argmax": result.argmax.tolist(),
+        "estimates": [[round(t, 4), b] for t, b in result.estimates], "transfers": int(result.transfers.shape[0]),
+    }
+
+
+def print_map_report(doc: dict) -> None:
+    """Rank 0's human report of a configuration map run."""
+    table = Table(title=f"{doc['model']}: {doc['frames']} frames switching among {len(doc['plans'])} plans "
+                        f"(requirement {doc['latency_req_ms']:g} ms{', emulated' if doc['emulated'] else ''})")
+    for col in ["plan", "exit", "cut", "codec", "ranks", "frames", "p50 ms", "p99 ms", "accuracy"]:
+        table.add_column(col, justify="left" if col in ("exit", "codec") else "right")
+    for r in doc["plans"]:
+        lat = r["latency_ms"] or {}
+        table.add_row(str(r["index"]), r["exit"], f"{r['cut']}/{r['n_nodes']}", r["codec"], str(r["ranks"]), str(r["frames"]),
+                      _ms(lat.get("p50")), _ms(lat.get("p99")), f"{r['accuracy']:.3f}")
+    console.print(table)
+    for s in doc["switches"]:
+        console.print(f"frame {s['frame']} at {s['time_s']:.2f} s: plan {s['from']} -> {s['to']} ({s['reason']})")
+    lat = doc["latency_ms"]
+    console.print(f"{len(doc['switches'])} switches; {doc['meets_requirement']:.1%} of frames within {doc['latency_req_ms']:g} ms, "
+                  f"mean accuracy {doc['mean_accuracy']:.4f}; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; "
+                  f"{doc['throughput_fps']:.2f} frames/s")
+    if "output_file" in doc:
+        console.print(f"wrote {doc['output_file']}")

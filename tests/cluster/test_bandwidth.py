@@ -212,3 +212,32 @@ def test_a_paced_link_replays_a_trace():
     assert end == pytest.approx(100.0 + 2.0 + 0.251e6 / 10e6 + 0.001) and duration == pytest.approx(end - 100.751)
     plain = LinkPacer(8e6, 0.001)
     assert plain.schedule(1e6, 1, now=5.0) == (pytest.approx(6.001), pytest.approx(1.001))  # no trace: as before
+
+
+def test_the_map_chooser_picks_a_plan_index_from_the_runtimes_transfers(tmp_path):
+    """MapChooser (cluster.switching's `choose`): rows (end, bytes, seconds) in, the index of the plan of
+    the detected state out; states that chose the same strategy share one plan."""
+    from dataclasses import replace
+
+    from cluster.bandwidth import MapChooser, map_plans
+
+    entries = [entry(0.5e6, "exit1", 10), entry(1e6, "exit1", 10), entry(2e6, "exit3", 4), entry(8e6, "final", 2)]
+    entries = [replace(e, plan=f"p{i}.json", graph=f"{e.exit}.json") for i, e in enumerate(entries)]
+    cmap = ConfigMap("m", 0.1, 0.001, "numpy", tuple(entries)).validate()
+    plans = map_plans(cmap, tmp_path)
+    assert [k for k, *_ in plans] == [("exit1", 10, "raw"), ("exit3", 4, "raw"), ("final", 2, "raw")]
+    assert plans[0][2] == tmp_path / "p0.json" and plans[2][3] == tmp_path / "final.json"
+    chooser = MapChooser(cmap, [k for k, *_ in plans], initial_bps=2.5e6)
+    assert chooser.index == 1 and chooser.estimate is None
+
+    def rows(mbit, n, t0):  # 20 KB transfers at `mbit` (plus the link's 1 ms a message)
+        return np.array([(t0 + i, 20e3, 20e3 * 8 / (mbit * 1e6) + 0.001) for i in range(n)])
+
+    assert chooser(rows(2.2, 4, 0), 4) == (1, None) and chooser.estimate == pytest.approx(2.2e6)
+    index, reason = chooser(rows(0.6, 3, 4), 7)  # two slow estimates confirm the drop
+    assert index == 0 and reason.startswith("bandwidth fell to") and "exit exit1" in reason
+    assert chooser(rows(0.9, 3, 7), 10) == (0, None)  # 0.5 -> 1 Mbit/s: the same strategy, no switch
+    index, reason = chooser(rows(20, 10, 10), 20)
+    assert index == 2 and reason.startswith("bandwidth rose to") and chooser.estimate == pytest.approx(20e6)
+    with pytest.raises(PisplitError, match="names no plan or graph file"):
+        map_plans(replace(cmap, entries=tuple(replace(e, plan=None) for e in cmap.entries)), tmp_path)

@@ -123,3 +123,70 @@ def test_a_map_plan_with_a_cut_runs_and_answers_as_the_whole_models_exit(tmp_pat
     exit_name = branch.outputs[0]
     ref = np.stack([whole.execute({"input": x[f % 3][None]})[exit_name][0] for f in range(5)])
     np.testing.assert_allclose(y.reshape(ref.shape), ref, rtol=1e-5, atol=1e-6)
+
+
+# --- a map's plans switched between frames (Algorithm 3 at run time) --------------------------------
+@pytest.fixture(scope="module")
+def two_plan_map(tmp_path_factory):
+    """At 2 Mbit/s and 3 ms an exit all on the Pi (one rank), at 100 Mbit/s a deeper exit cut to the host (two ranks)."""
+    out = tmp_path_factory.mktemp("map")
+    proc = pisplit("configmap", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1", "--states", "2,100mbit", "--latency-req", "3ms",
+                   "--objective", "accuracy", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.mpi
+def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_path, two_plan_map):
+    """Under mpirun, with the link following a trace and switches forced at random frames: every frame is
+    answered once, by the plan the report says, with that plan's exit equal to the whole model's; the
+    bandwidth the runtime measured from its own transfers lies within the trace's."""
+    from cluster.bandwidth import map_plans
+
+    plans = map_plans(ConfigMap.load(two_plan_map / "configmap.json"), two_plan_map)
+    assert sorted(Plan.load(p).n_ranks for _, _, p, _ in plans) == [1, 2] and plans[0][0][0] != plans[1][0][0]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time_s,mbit_per_s\n0,150\n0.3,30\n0.6,150\n")
+    rng = np.random.default_rng(16)
+    frames = 30
+    forced = {int(f): int(rng.integers(2)) for f in rng.choice(np.arange(1, frames), 4, replace=False)}
+    x = rng.standard_normal((3, 32, 32, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = mpirun(2, "run", two_plan_map / "configmap.json", "--emulate", "--bandwidth-trace", trace, "--frames", frames,
+                  "--frame-interval", 10, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz", "--json",
+                  *[a for f, p in forced.items() for a in ("--switch-at", f"{f}:{p}")])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["every_frame_once"] and doc["frames"] == frames
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        plan_of = z["plan_of_frame"]
+        ys = {str(n): z[f"output_{i}"] for i, n in enumerate(z["names"])}
+        assert sorted(z["frame_ids"].tolist()) == list(range(frames))
+    assert plan_of.tolist() == doc["plan_of_frame"]
+    for f, p in forced.items():
+        assert plan_of[f] == p
+    # the switches the report lists are exactly where the answering plan changes
+    replay, at = [plan_of[0]] * frames, {s["frame"]: s for s in doc["switches"]}
+    for f in range(1, frames):
+        replay[f] = at[f]["to"] if f in at else replay[f - 1]
+        if f in at:
+            assert at[f]["from"] == replay[f - 1] and at[f]["reason"]
+    assert replay == plan_of.tolist()
+    whole = load_model("branchy_alexnet_mnist")
+    for f in range(frames):
+        name = doc["plans"][plan_of[f]]["exit"]
+        ref = whole.execute({"input": x[f % 3][None]})[name][0]
+        np.testing.assert_allclose(ys[name][f].reshape(ref.shape), ref, rtol=1e-5, atol=1e-6)
+        assert all(np.isnan(y[f]).all() for n, y in ys.items() if n != name)
+    assert sum(r["frames"] for r in doc["plans"]) == frames
+    assert doc["transfers"] > 0 and doc["estimates"]
+    assert all(30e6 * 0.99 <= bps <= 150e6 * 1.01 for _, bps in doc["estimates"])
+
+
+def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
+    m = two_plan_map / "configmap.json"
+    for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1"),
+                          (["--emulate"], "needs the link's bandwidth: --bandwidth-trace TRACE.csv or --link BW")]:
+        proc = mpirun(1, "run", m, *args, timeout=60)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len([ln for ln in proc.stderr.splitlines() if "pisplit: error" in ln]) == 1
