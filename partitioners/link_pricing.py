@@ -215,7 +215,11 @@ def choose_codec(entry: CutCodecs | None, raw_bytes: float, messages: float, ban
         if seconds < best[0]:
             best = (seconds, s.codec)
     if len(entry.tensors) > 1:
-        mixed = _per_tensor_choice(entry, {s.codec for s in usable}, bandwidth_bps, encode_scale, decode_scale, budget)
+        # the cut-wide accuracy test here, each tensor's own error in _per_tensor_choice
+        whole = None if budget is None else LossBudget(budget.max_accuracy_loss, None if budget.max_accuracy_loss is not None else math.inf)
+        names = {s.codec for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, whole)
+                 and (allowed is None or s.codec in allowed)}
+        mixed = _per_tensor_choice(entry, names, bandwidth_bps, encode_scale, decode_scale, budget)
         if mixed is not None:
             seconds = messages * latency_s + mixed[0]
             if seconds < best[0] * (1 - 1e-9):

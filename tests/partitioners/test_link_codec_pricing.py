@@ -1,0 +1,120 @@
+"""Codec pricing beyond one codec per cut (issue 15): per-tensor codecs on a cut of several tensors,
+codec seconds turned into the reference machine's, and the memory encoded links add to a plan."""
+from __future__ import annotations
+
+import pytest
+
+from layers import zoo_model
+from layers.errors import PisplitError
+from partitioners.cost import CostModel, make_cluster
+from partitioners.devices import parse_devices
+from partitioners.link_pricing import (CodecSample, CodecTable, CutCodecs, LossBudget, TensorCodecSamples, choose_codec,
+                                       in_reference_seconds, link_memory_bytes)
+from partitioners.planners import make_plan
+from partitioners.profiles import Calibration
+from tests.cluster.test_runtime import skip_graph
+
+
+def two_tensor_cut(graph, cut: int = 3) -> CutCodecs:
+    """Cut `cut` of the skip graph: tensor a compresses 10x with zstd and not with lz4, tensor b the
+    other way round; jpeg:50 (lossy) 40x on both, a 1% error on a and 5% on b."""
+    a, b = graph.cut_tensors(cut)
+    ra, rb = graph.tensor_bytes(a), graph.tensor_bytes(b)
+    per = (TensorCodecSamples(a, ra, (CodecSample("zstd", ra / 10, 1e-4, 1e-4), CodecSample("lz4", ra, 1e-4, 1e-4),
+                                      CodecSample("jpeg:50", ra / 40, 1e-4, 1e-4, 0.01, False))),
+           TensorCodecSamples(b, rb, (CodecSample("zstd", rb, 1e-4, 1e-4), CodecSample("lz4", rb / 10, 1e-4, 1e-4),
+                                      CodecSample("jpeg:50", rb / 40, 1e-4, 1e-4, 0.05, False))))
+    whole = tuple(CodecSample(name, sum(next(s for s in t.samples if s.codec == name).encoded_bytes for t in per), 2e-4, 2e-4,
+                              max(next(s for s in t.samples if s.codec == name).max_rel_error for t in per), name != "jpeg:50",
+                              0.001 if name == "jpeg:50" else None)
+                  for name in ("zstd", "lz4", "jpeg:50"))
+    return CutCodecs(cut, graph.nodes[cut - 1].name, ra + rb, 2, whole, tensors=per)
+
+
+def test_a_cut_of_two_tensors_gets_a_codec_per_tensor_where_that_is_cheaper():
+    g = skip_graph()
+    entry = two_tensor_cut(g)
+    a, b = g.cut_tensors(3)
+    bw, lat = 1e6, 1e-3
+    seconds, name = choose_codec(entry, entry.raw_bytes, 2, bw, lat)
+    assert name == "zstd;lz4"
+    expected = 2 * lat + (g.tensor_bytes(a) / 10 + g.tensor_bytes(b) / 10) * 8 / bw + 4 * 1e-4
+    assert seconds == pytest.approx(expected)
+    uniform = min(choose_codec(entry, entry.raw_bytes, 2, bw, lat, allowed=(c,))[0] for c in ("zstd", "lz4"))
+    assert seconds < uniform
+    # an error budget applies per tensor: jpeg on a (1%), zstd... no: lz4 on b (jpeg's 5% is over)
+    assert choose_codec(entry, entry.raw_bytes, 2, bw, lat, budget=LossBudget(max_rel_error=0.02))[1] == "jpeg:50;lz4"
+    assert choose_codec(entry, entry.raw_bytes, 2, bw, lat, budget=LossBudget(max_rel_error=0.1))[1] == "jpeg:50"
+    # encode seconds scaled 1000x (a slow device): raw beats every codec
+    assert choose_codec(entry, entry.raw_bytes, 2, 1e9, 0.0, encode_scale=1e3, decode_scale=1e3)[1] == "raw"
+
+
+def test_codec_tables_keep_per_tensor_samples_and_machine_speed(tmp_path):
+    g = skip_graph()
+    table = CodecTable(g.name, len(g), "hand-made", 1, "host", (two_tensor_cut(g),), machine_speed=1.5).validate()
+    assert CodecTable.load(table.save(tmp_path / "t.json")) == table
+    doc = table.to_dict()
+    del doc["machine_speed"]
+    assert CodecTable.from_dict(doc).machine_speed == 1.0  # a table written before the field
+    doc["cuts"][0]["tensors"] = doc["cuts"][0]["tensors"][:1]
+    with pytest.raises(PisplitError, match="cut 3: its per-tensor samples do not add up to its 2 tensors"):
+        CodecTable.from_dict(doc)
+    doc = table.to_dict()
+    doc["machine_speed"] = 0
+    with pytest.raises(PisplitError, match="machine_speed 0.0 must be a positive number"):
+        CodecTable.from_dict(doc)
+
+
+def test_codec_seconds_become_the_reference_machines_then_a_pis():
+    g = skip_graph()
+    entry = two_tensor_cut(g)
+    calibration = Calibration("numpy")
+    slow_here = CodecTable(g.name, len(g), "x", 1, "host", (entry,), machine_speed=2.0)
+    ref = in_reference_seconds(slow_here, calibration)
+    assert ref.machine == "host" and ref.machine_speed == 1.0
+    assert ref.cuts[0].samples[0].encode_s == pytest.approx(1e-4)  # 2e-4 on a machine twice as slow
+    assert ref.cuts[0].tensors[1].samples[1].decode_s == pytest.approx(5e-5)
+    _, pi = calibration.resolve("rpi3")
+    on_pi = in_reference_seconds(CodecTable(g.name, len(g), "x", 1, "rpi3", (entry,)), calibration)
+    assert on_pi.cuts[0].samples[0].encode_s == pytest.approx(2e-4 / pi)  # measured on a Pi: its own seconds
+    assert in_reference_seconds(ref, calibration) is ref
+    with pytest.raises(PisplitError, match="machine 'toaster'"):
+        in_reference_seconds(CodecTable(g.name, len(g), "x", 1, "toaster", (entry,)), calibration)
+    # the cost model scales reference seconds to the slowest device class (here a Pi 3B+)
+    table = CodecTable(g.name, len(g), "x", 1, "host", (entry,))
+    model = CostModel(g, make_cluster(parse_devices("rpi3:2"), 1e6, 0.0), codecs=table)
+    seconds, name = model.cut_transfer(3)
+    a, b = g.cut_tensors(3)
+    assert name == "zstd;lz4"
+    assert seconds == pytest.approx((g.tensor_bytes(a) + g.tensor_bytes(b)) / 10 * 8 / 1e6 + 4 * 1e-4 * pi)
+
+
+def test_encoded_links_add_their_buffers_to_the_memory_prediction():
+    assert link_memory_bytes("raw", [1000, 400]) == (0.0, 0.0)
+    assert link_memory_bytes("zstd", [1000]) == (2000.0, 1000.0 + 2000.0)
+    send, receive = link_memory_bytes("raw;rle-huffman", [1000, 400])
+    assert send == pytest.approx(14.1 * 400) and receive == pytest.approx(1400 + 12.2 * 400)
+    g = zoo_model("lenet5")
+    # 256 KiB usable per Pi: two stages that fill most of it (the planner packs memory); zstd's buffers fit, rle-huffman's
+    # (14x the tensor while encoding) do not, so that link stays raw
+    for codec, coded in (("zstd", True), ("rle-huffman", False)):
+        cuts = tuple(CutCodecs(c, g.nodes[c - 1].name if c else "input", g.cut_bytes(c), len(g.cut_tensors(c)),
+                               (CodecSample(codec, g.cut_bytes(c) / 8, 1e-5, 1e-5),)) for c in range(len(g)))
+        table = CodecTable(g.name, len(g), "hand-made", 1, "host", cuts)
+        model = CostModel(g, make_cluster(parse_devices("rpi3:2@300.25M"), 1e5, 0.0), codecs=table)
+        plain = CostModel(g, make_cluster(parse_devices("rpi3:2@300.25M"), 1e5, 0.0))
+        plan = make_plan(g, model, "dp", "throughput", "lenet5", "numpy")
+        assert len(plan.stages) == 2, plan.stages
+        first, second = plan.stages
+        raw_first = plain.stage_cost(first.node_start, first.node_stop, (1,), "single").memory_bytes[0]
+        raw_second = plain.stage_cost(second.node_start, second.node_stop, (1,), "single").memory_bytes[0]
+        note = next(n for n in plan.notes if n.startswith("link codecs from"))
+        if coded:
+            assert first.send_codec == codec
+            send, receive = link_memory_bytes(codec, [g.cut_bytes(first.node_stop)])
+            assert first.predicted.memory_bytes[first.ranks[0]] == int(raw_first + send)
+            assert second.predicted.memory_bytes[second.ranks[0]] == int(raw_second + receive)
+        else:
+            assert first.send_codec == "raw" and f"raw, as {codec}'s encode/decode buffers" in note
+            assert first.predicted.memory_bytes[first.ranks[0]] == int(raw_first)
+            assert second.predicted.memory_bytes[second.ranks[0]] == int(raw_second)
