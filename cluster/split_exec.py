@@ -212,7 +212,7 @@ class SplitRunner:
         self.part = split.parts[self.index] if self.index is not None else None
         self.tokens: TokenPhases | None = None
         if split.kind == "attn-tokens":  # two compute steps with an all-gather between (partitioners.split_tokens)
-            self.tokens = TokenPhases(split, self.index, self.ranks, self.rank, engine, tag_base)
+            self.tokens = TokenPhases(split, self.index, self.ranks, self.rank, root, engine, tag_base)
             tag_base = self.tokens.tag_end
             self.graph, self.engine = self.tokens.graph_b, self.tokens.engine_b
         else:
@@ -242,7 +242,7 @@ class SplitRunner:
         self.merged_shape = split.partial_shape
         self.summing = split.layout.merge == "sum"
         self.gather = None
-        if not self.keep_output and not self.summing:
+        if not self.keep_output and not self.summing and self.tokens is None:  # (attn-tokens: TokenPhases.gather)
             shape = tuple(split.output_shape[1:])
             have = layouts.produced(split, self.ranks)
             self.gather = Transfer(have, [(layouts.Piece(root, full_box(shape)), "out")], self.rank, tag)
@@ -370,6 +370,8 @@ class SplitRunner:
 
     def _merge(self, y: np.ndarray | None) -> np.ndarray | None:
         hooks = self.hooks
+        if self.tokens is not None:
+            return self.tokens.gather(self.comm, y, hooks)
         if self.gather is not None:
             out = {"out": np.empty(self.merged_shape, np.float32)} if self.is_root else {}
             out.update(self.gather.start(self.comm, y, hooks))
@@ -490,7 +492,7 @@ class TokenPhases:
     Every rank of the communicator builds the same exchange messages (their tags); engines only on a
     part's rank (`index` not None)."""
 
-    def __init__(self, split: Split, index: int | None, ranks: Sequence[int], rank: int, engine: str, tag: int):
+    def __init__(self, split: Split, index: int | None, ranks: Sequence[int], rank: int, root: int, engine: str, tag: int):
         self.transfers: list[Transfer] = []
         self.buffers: dict = {}
         for t, _ in split.block.keys:
@@ -506,6 +508,18 @@ class TokenPhases:
             self.transfers.append(transfer)
             self.buffers[f"{t}@all"] = np.empty((1, *shape), np.float32)
         self.shapes = {k: v.shape[1:] for k, v in self.buffers.items()}
+        # the parts' output rows to the root, over the whole output shape (its tokens may be on axis 0)
+        pieces = []
+        for p, r in enumerate(ranks):
+            axis, rows, shape = split.output_rows(p)
+            box = list(full_box(shape))
+            box[axis] = rows
+            pieces.append(layouts.Piece(int(r), tuple(box)))
+        self.out_shape = shape
+        self.is_root = rank == root
+        self.collect = Transfer(layouts.TensorLayout(split.output, shape, tuple(pieces)),
+                                [(layouts.Piece(int(root), full_box(shape)), "out")], rank, tag)
+        tag += self.collect.n_messages
         self.tag_end = tag
         self.graph_a = self.graph_b = self.engine_a = self.engine_b = None
         if index is not None:
@@ -524,6 +538,13 @@ class TokenPhases:
         b_in = {k: out[k].reshape(self.shapes[k]) if k in out else a[k] if k in a else feeds[k] for k in self.graph_b.inputs}
         y = hooks.compute(lambda: self.engine_b.run(b_in)[self.graph_b.outputs[0]], self.engine_b)
         return np.ascontiguousarray(y, np.float32)
+
+    def gather(self, comm, y: np.ndarray | None, hooks: Hooks) -> np.ndarray | None:
+        """The parts' rows to the root (the merged output there; None elsewhere)."""
+        out = {"out": np.empty((1, *self.out_shape), np.float32)} if self.is_root else {}
+        out.update(self.collect.start(comm, None if y is None else y.reshape(1, *y.shape), hooks))
+        self.collect.finish(out, hooks, "output")
+        return out["out"].reshape(self.out_shape) if self.is_root else None
 
     def alone(self, feeds: dict) -> None:
         """Both phases on `feeds` with the last gathered key-side tensors, no exchange (compute_alone)."""

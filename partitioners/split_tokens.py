@@ -234,7 +234,7 @@ def _trace(graph: Graph, start: int, stop_hint: int, last: int | None) -> TokenB
         if last is not None and cand != last + 1:
             continue
         out = graph.nodes[cand - 1].outputs[0]
-        if _token_axis(fac[out]) != 1 or _has(fac[out], KEY):
+        if _token_axis(fac[out]) not in (0, 1) or _has(fac[out], KEY):  # (1, T, ...) rows, or (T, ...) (batch-1 layouts)
             continue
         if all(t not in graph.outputs and all(start <= c < cand for c in graph.consumers(t))
                for i in range(start, cand - 1) for t in graph.nodes[i].outputs):
@@ -350,11 +350,15 @@ def plan_tokens(graph: Graph, block: TokenBlock, sizes_: tuple):
         for i in block.phase_b:
             _part_node(bb, graph, block, i, bnames, sizes)
         ext_b = tuple(f for f in bb.feeds if f.tensor not in made)
-        plan_b = bb.finish(out_name, rows_box(out_name))
+        out_axis = _token_axis(block.factors[out_name])
+        # where the part's rows go in the merged output; an output with the tokens on axis 0 ((T, C), a batch-1
+        # layout) has no box after the batch axis: its parts are put together on axis 0 (TokenSplit.merge)
+        out_box = rows_box(out_name) if out_axis == 1 else full_box(out_shape[1:])
+        plan_b = bb.finish(out_name, out_box)
         plan_a = PartPlan(p, tp, a_feeds, tuple(a.nodes), a_outputs[0], a.shapes[a_outputs[0]], (), a.flops, a.weight_params * DTYPE_BYTES)
         feeds = {f.name: f for f in a_feeds + ext_b}
         combined = PartPlan(p, tp, tuple(feeds.values()), tuple(a.nodes) + tuple(bb.nodes), out_name,
-                            (1, tp, *out_shape[2:]), rows_box(out_name), a.flops + bb.flops,
+                            plan_b.output_shape, out_box, a.flops + bb.flops,
                             (a.weight_params + bb.weight_params) * DTYPE_BYTES)
         parts.append((plan_a, plan_b, combined))
         t0 += tp
@@ -401,6 +405,25 @@ def _token_split_class(Split):
                 out[t] = (axis, (t0, t0 + self.sizes[p]), tuple(shape))
             return out
 
+        @property
+        def output_axis(self) -> int:
+            """The output's token axis: 1 for (1, T, ...) rows, 0 for a batch-1 layout's (T, ...)."""
+            return _token_axis(self.block.factors[self.output])
+
+        def output_rows(self, p: int) -> tuple:
+            """(token axis, (start, stop), whole output shape) of part p's output rows."""
+            t0 = sum(self.sizes[:p])
+            return self.output_axis, (t0, t0 + self.sizes[p]), tuple(self.output_shape)
+
+        def merge(self, outputs):
+            """The parts' rows put together on the output's token axis (frames on axis 0 for (1, T, ...) rows)."""
+            if len(outputs) != self.n_parts:
+                raise PisplitError(f"layer {self.layer}: merge needs {self.n_parts} part outputs, got {len(outputs)}")
+            for p, o in zip(self.parts, outputs):
+                if np.shape(o)[1:] != p.output_shape[1:]:
+                    raise PisplitError(f"layer {self.layer}: part {p.index} output has shape {np.shape(o)}, expected {p.output_shape}")
+            return np.concatenate([np.asarray(o, np.float32) for o in outputs], axis=self.output_axis)
+
         def exchange_bytes(self, p: int) -> int:
             """Bytes of part p's rows of the key-side tensors (what it sends each other part)."""
             return sum(numel(shape) // self.block.tokens * (b - a) for _, (a, b), shape in self.key_rows(p).values()) * DTYPE_BYTES
@@ -446,8 +469,8 @@ def _token_split_class(Split):
 
             feeds = [self.slice_input(x, p) for p in range(self.n_parts)]
             n = next(iter(feeds[0].values())).shape[0]
-            engines = [(make_engine(self.phase_graph(p, "a"), engine), make_engine(self.phase_graph(p, "b"), engine))
-                       for p in range(self.n_parts)]
+            graphs = [(self.phase_graph(p, "a"), self.phase_graph(p, "b")) for p in range(self.n_parts)]
+            engines = [(make_engine(ga, engine), make_engine(gb, engine)) for ga, gb in graphs]
             axes = {t: self.key_rows(0)[t][0] for t, _ in self.block.keys}
             outputs = []
             for i in range(n):
@@ -456,7 +479,7 @@ def _token_split_class(Split):
                 gathered = {f"{t}@all": np.concatenate([o[t] for o in a_out], axis=axis) for t, axis in axes.items()}
                 frame = []
                 for p, (_, eb) in enumerate(engines):
-                    g = eb.graph
+                    g = graphs[p][1]
                     fb = {k: (gathered[k] if k in gathered else a_out[p][k] if k in a_out[p] else feeds[p][k][i:i + 1])
                           for k in g.inputs}
                     frame.append(eb.run(fb)[g.outputs[0]])

@@ -1,5 +1,5 @@
 """Transformers and sequence models planned and run split under mpirun (issue 19): the dp planner's latency
-plan over 2 and 4 devices (a fast link, so splits pay) chooses attn-heads for the attention blocks, and
+plan over 2 and 4 devices (a fast link, so splits pay) splits the attention blocks (attn-heads or attn-tokens), and
 `pisplit run` of it on that many real ranks gives LiteRT's outputs (1e-4 relative) frame by frame. The
 in-repo two-block model (torch's fused Q/K/V projection as litert-torch writes it) always runs; the
 litert-torch corpus (scripts/build_corpus_torch: ViT-B/16, Swin-T, MaxViT-T, KWS transformer, LSTM) when built."""
@@ -21,12 +21,15 @@ TORCH_MODELS = ("kws", "lstm", "vit_b_16", "swin_t", "maxvit_t")
 BUILT = [m for m in TORCH_MODELS if (CORPUS / f"torch_{m}.tflite").exists()]
 
 
-def plan_and_run(path, model: bytes, ranks: int, tmp_path, frames: int = 2):
+def plan_and_run(path, model: bytes, ranks: int, tmp_path, frames: int = 2, edit=None):
     plan = tmp_path / f"plan{ranks}.json"
     proc = mpirun(1, "plan", path, "--devices", f"rpi4:{ranks}", "--link", "1000gbit", "--link-latency", "0",
                   "--objective", "latency", "--output", plan, "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(plan.read_text())
+    if edit is not None:  # a hand edit of the plan, as a user may make
+        doc = edit(doc)
+        plan.write_text(json.dumps(doc))
     kinds = [s["kind"] for st in doc["stages"] for s in st.get("segments", [])]
     used = sorted({r for st in doc["stages"] for r in st["ranks"]})
     from layers.tflite import import_tflite_bytes
@@ -49,13 +52,38 @@ def plan_and_run(path, model: bytes, ranks: int, tmp_path, frames: int = 2):
     return kinds, used
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_builder_attention_model_plans_heads_and_runs_split(ranks, tmp_path):
+ATTENTION_KINDS = ("attn-heads", "attn-tokens")
+
+
+def attention_as(kind):
+    """A hand edit of a plan: its attention segments (the block through its output projection, the same nodes
+    for both kinds) split with `kind`, uneven (6 heads, 9 tokens)."""
+    sizes = {"attn-heads": {2: [1, 5], 3: [1, 2, 3]}, "attn-tokens": {2: [2, 7], 3: [2, 3, 4]}}[kind]
+
+    def edit(doc):
+        for st in doc["stages"]:
+            for seg in st.get("segments", []):
+                if seg["kind"] in ATTENTION_KINDS:
+                    seg["kind"], seg["sizes"] = kind, sizes[len(seg["ranks"])]
+        return doc
+    return edit
+
+
+@pytest.mark.parametrize("ranks, kind", [(2, "attn-heads"), (3, "attn-tokens")])
+def test_builder_attention_model_plans_attention_splits_and_runs_them(ranks, kind, tmp_path):
+    """The planner splits both attention blocks (by heads or by tokens: on this tiny model with a free link
+    the two are close); the plan, its attention segments set to `kind` with uneven sizes, runs split
+    under the pipeline runtime (attn-tokens: K/V all-gathered inside the split stage) and gives LiteRT's outputs."""
     model = TRANSFORMER_CASES["torch_attention_fused_qkv"]()
     path = tmp_path / "attention.tflite"
     path.write_bytes(model)
-    kinds, used = plan_and_run(path, model, ranks, tmp_path, frames=3)
-    assert kinds.count("attn-heads") == 2 and len(used) == ranks
+    chosen = []
+
+    def edit(doc):
+        chosen.extend(s["kind"] for st in doc["stages"] for s in st.get("segments", []))
+        return attention_as(kind)(doc)
+    kinds, used = plan_and_run(path, model, ranks, tmp_path, frames=3, edit=edit)
+    assert sum(chosen.count(k) for k in ATTENTION_KINDS) == 2 and kinds.count(kind) == 2 and len(used) == ranks
 
 
 # the small models on 2 and 4 ranks; the large ones (1-2 minutes each here) on one count each, 2 to 4 between them
@@ -70,4 +98,4 @@ def test_torch_corpus_model_split_matches_litert(arch, ranks, tmp_path):
     kinds, used = plan_and_run(path, path.read_bytes(), ranks, tmp_path)
     assert len(used) >= 2 and any(k != "none" for k in kinds)
     if arch == "vit_b_16":
-        assert kinds.count("attn-heads") == 12
+        assert sum(kinds.count(k) for k in ATTENTION_KINDS) == 12
