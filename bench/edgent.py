@@ -6,13 +6,20 @@
    on the emulated devices and paced link (`pisplit run --emulate`, one frame in flight) for F frames:
    the measured median latency beside the prediction. --scaled adds a grid of faster links and tighter
    requirements (10 .. 1000 Mbit/s, 1.5 .. 4 ms) where the two knobs bite for this small model.
-2. dynamic (predicted, not emulated: the runtime does not switch plans yet): frames every --interval
+2. dynamic (predicted): frames every --interval
    seconds over a bandwidth trace (default the shipped cluster/traces/lte_a.csv, x --trace-scale), each
    with the cost model's latency at the trace's bandwidth of its time, for Edgent-style dynamic
    (configuration map + cluster.bandwidth's estimator, detector and Algorithm 3, fed with each frame's
    transfer, or a 16 KB probe while the plan sends nothing), the best single static strategy (by mean
    reward), all on the device (final exit) and all on the host (final exit, input sent): frames meeting
    the requirement, mean accuracy, mean reward (the paper's), switches.
+
+3. dynamic, measured (--measure-dynamic S): the first S seconds of the trace (x --trace-scale) replayed
+   on the emulated link (`pisplit run MAP --emulate --bandwidth-trace`, frames every --interval): the
+   configuration map's plans switched by the runtime from its own measured transfers (cluster.switching),
+   beside each static policy run the same way (a one-entry map: same runtime, never switching): frames
+   meeting the requirement, mean accuracy (the held-out accuracy of the exit that answered each frame),
+   latency, switches; with the cost model's prediction for the same frames beside it.
 
 `--chart FILE` draws the dynamic run: latency and frames/s over time, dynamic vs the best static
 strategy, the bandwidth beneath. `--quick` shrinks everything (a smoke run); `--json` prints the rows.
@@ -180,6 +187,57 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
             for name, lat, accs, rew, sw in rows], trace, bps
 
 
+def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, objective, states, seconds, tmp: Path,
+                     down_margin=None) -> tuple[list, dict]:
+    """Issue 16's dynamic benchmark measured (module docstring, 3): rows per policy, and the predicted rows
+    of the same frames."""
+    from cluster.bandwidth import BandwidthTrace, map_plans, write_trace
+    from cluster.commands.configmap import build_map
+    from cluster.commands.emulate import run_emulated
+    from partitioners.edgent import ConfigEntry, ConfigMap, reward
+    from partitioners.plan import Plan
+
+    full = read_trace(trace_path)
+    keep = full.time_s < seconds
+    cut = BandwidthTrace(full.time_s[keep], full.mbit_per_s[keep] * scale, min(float(seconds), full.duration_s), str(trace_path))
+    trace_csv = write_trace(tmp / "trace.csv", cut, [f"first {seconds:g} s of {Path(trace_path).name} x{scale:g}"])
+    predicted, _, _ = dynamic_rows(graph, devices, acc, trace_csv, 1.0, req, interval, objective, states, down_margin)
+    exit_, _, cut_at, codec = predicted[1]["policy"].removeprefix("best static: ").split(" ")  # of these frames
+    best_key = (exit_, int(cut_at), codec)
+    frames = max(1, int(round(cut.duration_s / interval)))
+    extra = ["--bandwidth-trace", str(trace_csv), "--frame-interval", repr(interval * 1e3)]
+    model = fitted(graph, devices, acc)
+    final = model_final(model)
+    on_device = next(k for k in model if k[0] == final and model[k]["strategy"].on_device)
+    policies = [("Edgent-style dynamic", None), (f"best static: {best_key[0]} cut {best_key[1]} {best_key[2]}", best_key),
+                ("all on the device (final exit)", on_device)]
+    rows = []
+    for i, (name, key) in enumerate(policies):
+        if key is None:
+            map_path = build_map(graph.name, devices, f"{req * 1e3:g}ms", tmp / "map",
+                                 states=",".join(f"{s / 1e6:g}" for s in states) + "mbit", objective=objective, engine="numpy",
+                                 quiet=True)
+        else:  # a one-entry map: the same runtime as the dynamic run, never switching
+            s = model[key]["strategy"]
+            folder = tmp / f"static{i}"
+            cluster = make_cluster(parse_devices(devices), float(np.median(cut.mbit_per_s)) * 1e6)
+            plan_path, graph_path = write_strategy(graph, s, cluster, folder / "plan.json", None, "numpy", folder)
+            entry = ConfigEntry(devices, 1e6, s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps, s.accuracy,
+                                reward(s, req), s.latency_s <= req, plan_path.name, graph_path.name)
+            map_path = ConfigMap(graph.name, req, make_cluster(parse_devices(devices), 1e6).link_latency_s, "numpy", (entry,)).save(
+                folder / "configmap.json")
+        n_ranks = max(Plan.load(p).n_ranks for _, _, p, _ in map_plans(ConfigMap.load(map_path), map_path.parent))
+        doc = run_emulated(map_path.resolve(), n_ranks, frames, tmp / f"measured{i}.json", "numpy", progress=False, timeout=3600,
+                           extra=extra)
+        assert doc["every_frame_once"], "frames lost or duplicated"
+        lat = np.array(doc["latency_of_frame_ms"])
+        rows.append({"policy": name + " (measured)", "meets": doc["meets_requirement"], "mean_accuracy": doc["mean_accuracy"],
+                     "mean_reward": None, "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
+                     "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
+                     "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]]})
+    return rows, {"trace": str(trace_csv), "seconds": cut.duration_s, "frames": frames, "predicted": predicted[:3]}
+
+
 def model_final(model) -> str:
     return max((m["strategy"] for m in model.values()), key=lambda s: s.depth).exit
 
@@ -189,7 +247,8 @@ def print_dynamic(rows, title):
     for col in ("policy", "frames meeting", "mean accuracy", "mean reward", "p50 ms", "p99 ms", "switches"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
-        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", f"{r['mean_reward']:.1f}", f"{r['p50_ms']:.2f}",
+        reward_text = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.1f}"
+        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", reward_text, f"{r['p50_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", str(r["switches"]))
     console.print(t)
 
@@ -237,6 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
     p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
+    p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
+                   help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
     p.add_argument("--chart", metavar="FILE", help="draw the dynamic run (.svg, .png or .html; needs pisplit[charts])")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -275,6 +336,16 @@ def main(argv=None) -> int:
              f"map by {args.objective} (predicted)")
     if args.chart:
         chart(args.chart, bps, req, title)
+    if args.measure_dynamic > 0:
+        with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
+            measured, same = measured_dynamic(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval, args.objective,
+                                              states, args.measure_dynamic, Path(tmp), args.down_margin)
+        doc["dynamic_measured"] = {"seconds": same["seconds"], "frames": same["frames"], "interval_s": args.interval,
+                                   "rows": measured, "predicted_same_frames": same["predicted"]}
+        if not args.json:
+            print_dynamic(same["predicted"] + measured, f"the first {same['seconds']:g} s of {Path(args.trace).name} "
+                          f"x{args.trace_scale:g}, {same['frames']} frames every {args.interval * 1e3:g} ms, requirement "
+                          f"{req * 1e3:g} ms: predicted, then measured on the emulated devices and link")
     if args.json:
         print_json(doc)
     else:

@@ -218,3 +218,22 @@ def run(args) -> int:
     console.print(t)
     console.print(f"wrote {path} and {len(cmap.entries)} plans beside it")
     return 0
+
+
+def build_map(model: str, devices: str, latency_req: str, output: Path, states: str | None = None, trace: str | None = None,
+              objective: str = "accuracy", engine: str = "numpy", quiet: bool = False) -> Path:
+    """`pisplit configmap` for another command (emulate --latency-req, bench/edgent): the map of `model`
+    on `devices` at `states` (else a trace's levels) written to `output`; returns configmap.json's path.
+    The objective defaults to accuracy: the paper's reward keeps the fastest exit on small models."""
+    import argparse
+    import contextlib
+    import io
+
+    if not states and not trace:
+        raise PisplitError("--latency-req: give the map's bandwidth states with --states or --bandwidth-trace")
+    args = argparse.Namespace(model=model, devices=devices, states=states, bandwidth_trace=None if states else trace,
+                              latency_req=latency_req, availability=False, link_latency=None, accuracy=[], codec_table=None,
+                              max_accuracy_loss=None, objective=objective, engine=engine, output=str(output), json=False)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        run(args)
+    return Path(output) / "configmap.json"

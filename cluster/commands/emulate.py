@@ -53,6 +53,14 @@ def register(sub) -> None:
     p.add_argument("--max-rel-error", metavar="E", type=float, help="with --codecs: lossy codecs within E x max|x| of each cut tensor")
     p.add_argument("--recalibrate", action="store_true", help="measure this machine's speed again now instead of using "
                    "a measurement of the last hour (cluster.host_speed)")
+    p.add_argument("--bandwidth-trace", metavar="TRACE.csv", help="the emulated links' bandwidth follows this trace (time_s,mbit_per_s "
+                   "rows, e.g. cluster/traces/lte_a.csv) from the first frame on (issue 16)")
+    p.add_argument("--latency-req", metavar="MS", help="Edgent (issue 16): build the configuration map for this latency requirement "
+                   "(states from --states, else the trace's levels) and run its plans, switching between frames as the "
+                   "bandwidth measured from the run's own transfers says")
+    p.add_argument("--states", metavar="LIST", help="with --latency-req: the map's bandwidth states, e.g. 0.25,0.5,1,2,4,8mbit")
+    p.add_argument("--configmap", metavar="MAP.json", help="run this configuration map's plans, switching between frames (issue 16)")
+    p.add_argument("--frame-interval", metavar="MS", type=float, default=0.0, help="frames come every MS milliseconds (a camera)")
     p.add_argument("--json", action="store_true", help="print {throughput_fps, predicted_fps, latency_ms, speedup_vs_single, ...}")
     p.add_argument("--chart", metavar="FILE", help="draw the run into FILE (.svg, .png or .html): measured against predicted "
                    "per stage, throughput over time, memory (needs pip install 'pisplit[charts]')")
@@ -66,7 +74,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     `max_in_flight=1` sends frames one at a time (single-frame latency)."""
     from ..host_speed import host_speed
 
-    plan = Plan.load(plan_path)
+    plan = _speed_plan(plan_path)
     # measured once per machine and model, then cached; with as many copies at once as ranks share the cores
     speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks, refresh=recalibrate)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
@@ -91,6 +99,56 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     return json.loads(report_path.read_text())
 
 
+def _speed_plan(path: Path) -> Plan:
+    """The plan whose model host_speed measures: the plan itself, or a configuration map's first plan (issue 16)."""
+    from .run import _is_configmap
+
+    if not _is_configmap(str(path)):
+        return Plan.load(path)
+    from partitioners.edgent import ConfigMap
+
+    from ..bandwidth import map_plans
+
+    _, _, plan_path, graph_path = map_plans(ConfigMap.load(path), Path(path).parent)[0]
+    from dataclasses import replace
+
+    return replace(Plan.load(plan_path), model=str(graph_path))
+
+
+def emulate_map(args) -> int:
+    """Issue 16: `pisplit emulate MODEL --devices ... --latency-req MS` (build the configuration map) or
+    `--configmap MAP.json`: the map's plans on emulated devices, the link at --link or following
+    --bandwidth-trace, switching between frames (`pisplit run MAP.json --emulate`)."""
+    from partitioners.edgent import ConfigMap
+
+    from ..bandwidth import map_plans, read_trace
+    from .configmap import build_map
+    from .run import print_map_report
+
+    if args.bandwidth_trace:
+        read_trace(args.bandwidth_trace)  # a bad row fails here, in one line
+    if args.resilient or args.fail or args.exit or args.trace or args.chart:
+        raise PisplitError("a configuration map run: not with --resilient, --fail, --exit, --trace or --chart")
+    with tempfile.TemporaryDirectory(prefix="pisplit-emulate-") as tmp:
+        tmp = Path(tmp)
+        if args.configmap:
+            map_path = Path(args.configmap)
+        else:
+            map_path = build_map(args.model, args.devices, args.latency_req, tmp / "map", states=args.states,
+                                 trace=args.bandwidth_trace, engine=args.engine, quiet=args.json)
+        n_ranks = max(Plan.load(p).n_ranks for _, _, p, _ in map_plans(ConfigMap.load(map_path), map_path.parent))
+        extra = ["--bandwidth-trace", str(Path(args.bandwidth_trace).resolve())] if args.bandwidth_trace else ["--link", args.link]
+        extra += ["--frame-interval", repr(args.frame_interval)]
+        extra += ["--input", str(Path(args.input).resolve())] if args.input else []
+        doc = run_emulated(map_path.resolve(), n_ranks, args.frames, tmp / "report.json", args.engine, progress=False,
+                           extra=extra, recalibrate=args.recalibrate)
+    if args.json:
+        print_json(doc)
+    else:
+        print_map_report(doc)
+    return 0 if doc["every_frame_once"] else 1
+
+
 def plan_table(plan: Plan, graph) -> Table:
     """Stages of a plan: ranks and devices, nodes, mode, predicted compute / communication and memory."""
     table = Table(title=f"{plan.model} on {plan.n_ranks} emulated device{'s' if plan.n_ranks > 1 else ''} "
@@ -113,6 +171,12 @@ def plan_table(plan: Plan, graph) -> Table:
 
 
 def run(args) -> int:
+    if args.latency_req or args.configmap:
+        return emulate_map(args)
+    if args.bandwidth_trace:
+        from ..bandwidth import read_trace
+
+        read_trace(args.bandwidth_trace)  # a bad row fails here, in one line
     if args.chart:
         from ..charts import check_chart_path
 
@@ -123,6 +187,8 @@ def run(args) -> int:
     parse_exit_overrides(args.exit)  # a bad --exit fails here, in one line
     inputs = ["--input", str(Path(args.input).resolve())] if args.input else []
     with_exits = inputs + [a for e in args.exit for a in ("--exit", e)]
+    with_exits += ["--bandwidth-trace", str(Path(args.bandwidth_trace).resolve())] if args.bandwidth_trace else []
+    with_exits += ["--frame-interval", repr(args.frame_interval)] if args.frame_interval else []
     link_bps = parse_link(args.link)
     if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")
