@@ -22,6 +22,7 @@ from rich.table import Table
 
 from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 from cluster.output import console
+from partitioners.vocabulary import SplitKind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def run_case(model: str, layer: str, kind: str, ranks: int, repeat: int, threads
     """One `pisplit split` launch; returns its JSON document (or {'error': ...})."""
     argv = [sys.executable, "-m", "cluster.cli", "split", model, layer, "--kind", kind, "--no-followers",
             "--repeat", str(repeat), "--engine", engine, "--json"]
-    if kind == "fused-tiles" and ranks == 2:
+    if kind == SplitKind.FUSED_TILES and ranks == 2:
         argv += ["--grid", "1x2"]  # one layer in bands is conv-spatial; tiles here cut columns
     env = mpirun_env()
     env.update({"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT),

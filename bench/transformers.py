@@ -23,6 +23,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from partitioners.vocabulary import NO_SPLIT, SplitKind  # noqa: E402
 
 
 def say(args, line):
@@ -40,7 +41,7 @@ def plans_for(graph, model, devices, link_bps, engine):
 
     cluster = make_cluster(parse_devices(devices), link_bps)
     variants = [("heads", "latency", PLANNER_KINDS + (FUSED,)),
-                ("no-heads", "latency", tuple(k for k in PLANNER_KINDS if k != "attn-heads") + (FUSED,)),
+                ("no-heads", "latency", tuple(k for k in PLANNER_KINDS if k != SplitKind.ATTN_HEADS) + (FUSED,)),
                 ("pipeline-only", "latency", ()),
                 ("throughput", "throughput", PLANNER_KINDS + (FUSED,))]
     for name, objective, kinds in variants:
@@ -52,7 +53,7 @@ def describe(plan):
     kinds = {}
     for s in plan.stages:
         for seg in s.segments:
-            if seg.kind != "none":
+            if seg.kind != NO_SPLIT:
                 kinds[seg.kind] = kinds.get(seg.kind, 0) + 1
     stages = " ".join(f"{s.mode}x{len(s.ranks)}" for s in plan.stages)
     return stages + (" [" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "]" if kinds else "")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from layers.errors import PisplitError
 from partitioners.plan import SEGMENT_KINDS, Plan
+from partitioners.vocabulary import NO_SPLIT, StageMode
 
 from .output import human_bytes
 from .runtime import entry_rank
@@ -55,7 +56,7 @@ def _kind_colours() -> dict:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    return {kind: ("#bdbdbd" if kind == "none" else cmap(i % 10)) for i, kind in enumerate(SEGMENT_KINDS)}
+    return {kind: ("#bdbdbd" if kind == NO_SPLIT else cmap(i % 10)) for i, kind in enumerate(SEGMENT_KINDS)}
 
 
 # --- the plan --------------------------------------------------------------------------------------
@@ -98,9 +99,9 @@ def _nodes_text(graph, stage) -> str:
 
 
 def _mode_text(stage) -> str:
-    if stage.mode != "split":
-        return stage.mode + (f" x{len(stage.ranks)}" if stage.mode == "data-parallel" else "")
-    counts = Counter((g.kind, g.output_layout) for g in stage.segments if g.kind != "none")
+    if stage.mode != StageMode.SPLIT:
+        return stage.mode + (f" x{len(stage.ranks)}" if stage.mode == StageMode.DATA_PARALLEL else "")
+    counts = Counter((g.kind, g.output_layout) for g in stage.segments if g.kind != NO_SPLIT)
     return "split: " + ", ".join(f"{k}{' (kept on parts)' if lay == 'parts' else ''}{f' x{n}' if n > 1 else ''}"
                                  for (k, lay), n in counts.items())
 
@@ -132,7 +133,7 @@ def _draw_cluster(ax, plan: Plan) -> None:
             y = -(top + j * gap_y)
             centre[r] = (x, y)
             d = plan.devices[r]
-            role = " · lead" if s.mode == "split" and j == 0 else (" · replica" if s.mode == "data-parallel" else "")
+            role = " · lead" if s.mode == StageMode.SPLIT and j == 0 else (" · replica" if s.mode == StageMode.DATA_PARALLEL else "")
             memory = s.predicted.memory_bytes.get(r, 0) if s.predicted else None
             edge = "#cb181d" if memory is not None and memory > d.memory_bytes else "#252525"
             ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.04",
@@ -142,11 +143,11 @@ def _draw_cluster(ax, plan: Plan) -> None:
             if d.speed != 1.0:
                 sub += f" · speed x{d.speed:g}"
             ax.text(x, y - 0.17, sub, ha="center", va="center", fontsize=8, color="#525252")
-        kinds = [g.kind for g in s.segments if g.kind != "none"]
+        kinds = [g.kind for g in s.segments if g.kind != NO_SPLIT]
         head = f"stage {s.index}: {s.mode}" + (f" ({len(set(kinds))} kinds)" if kinds else "")
         ax.text(x, height, head, ha="center", va="bottom", fontsize=10, weight="bold",
                 color=colours[kinds[0]] if kinds else "#252525")
-        if s.mode == "split":  # the lead scatters to and gathers from its parts; kept outputs go peer to peer
+        if s.mode == StageMode.SPLIT:  # the lead scatters to and gathers from its parts; kept outputs go peer to peer
             lead = centre[s.ranks[0]]
             for r in s.ranks[1:]:
                 ax.add_patch(FancyArrowPatch((lead[0] - width / 2, lead[1]), (centre[r][0] - width / 2, centre[r][1]),
@@ -163,7 +164,7 @@ def _draw_cluster(ax, plan: Plan) -> None:
                 ha="center", va="bottom", fontsize=8)
     ys = [y for _, y in centre.values()]
     last = plan.stages[-1]
-    if last.index > 0 and (last.ranks[0] != 0 or last.mode == "data-parallel"):
+    if last.index > 0 and (last.ranks[0] != 0 or last.mode == StageMode.DATA_PARALLEL):
         low = min(ys) - height
         ax.add_patch(FancyArrowPatch((last.index * gap_x, centre[last.ranks[-1]][1] - height / 2), (0, low),
                                      connectionstyle="angle,angleA=-90,angleB=180,rad=8", arrowstyle="-|>",
@@ -191,13 +192,13 @@ def _draw_layers(ax, plan: Plan, graph) -> None:
         segments = s.segments or [None]
         for g in segments:
             start, stop = (g.node_start, g.node_stop) if g else (s.node_start, s.node_stop)
-            kind = g.kind if g else ("none" if s.mode == "single" else s.mode)
+            kind = g.kind if g else ("none" if s.mode == StageMode.SINGLE else s.mode)
             colour = colours.get(kind, "#74c476")
             kept = g is not None and g.output_layout == "parts"
             ax.add_patch(Rectangle((start, s.index - 0.38), stop - start, 0.76, facecolor=colour, edgecolor="white",
                                    hatch="//" if kept else None, linewidth=0.8))
             used.add((kind, colour))
-            label = kind if kind != "none" else ""
+            label = kind if kind != NO_SPLIT else ""
             if kept:
                 label += " → " + _kept_axis(graph, g)
             if label and (stop - start) / plan.n_nodes > 0.07:
@@ -213,7 +214,7 @@ def _draw_layers(ax, plan: Plan, graph) -> None:
         ax.set_xlabel("layers")
     else:
         ax.set_xlabel(f"node (layer) index, 0 .. {plan.n_nodes - 1}")
-    handles = [Patch(facecolor=c, label=k if k != "none" else "unsplit (lead)") for k, c in sorted(used, key=lambda kc: kc[0])]
+    handles = [Patch(facecolor=c, label=k if k != NO_SPLIT else "unsplit (lead)") for k, c in sorted(used, key=lambda kc: kc[0])]
     handles.append(Patch(facecolor="white", edgecolor="#525252", hatch="//", label="output kept on the parts"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5)
     ax.set_title("layers of each stage: split kinds and where each segment's output lives", fontsize=10)
@@ -249,7 +250,7 @@ def _draw_stage_times(ax, plan: Plan) -> None:
         ax.axvline(period, color="#cb181d", linestyle="--", linewidth=1,
                    label=f"period {period:.1f} ms ({plan.predicted_throughput_fps:.2f} frames/s)")
     for i, s in enumerate(plan.stages):
-        if s.mode == "data-parallel":
+        if s.mode == StageMode.DATA_PARALLEL:
             ax.text(compute[i] + comm[i], i, f"  per replica, x{len(s.ranks)} take turns", va="center", fontsize=7.5)
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()

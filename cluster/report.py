@@ -12,6 +12,7 @@ import numpy as np
 
 from partitioners.cost import RUNTIME_WINDOW
 from partitioners.plan import Plan
+from partitioners.vocabulary import NO_SPLIT, StageMode
 
 from .runtime import COMPUTE, EVENT_NAMES, SEGMENT_EVENTS, RunResult, default_max_in_flight, entry_rank, segment_event
 
@@ -74,9 +75,9 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
     stages = []
     for stage in plan.stages:
         rows = [by_rank[r] for r in stage.ranks]
-        frames = max(sum(r.frames for r in rows) if stage.mode == "data-parallel" else rows[0].frames, 1)
+        frames = max(sum(r.frames for r in rows) if stage.mode == StageMode.DATA_PARALLEL else rows[0].frames, 1)
         # per frame: a data-parallel stage's replicas share the frames; a split stage's lead carries the frame
-        if stage.mode == "data-parallel":
+        if stage.mode == StageMode.DATA_PARALLEL:
             per = lambda attr: sum(getattr(r, attr) for r in rows) / frames  # noqa: E731
         else:
             per = lambda attr: getattr(rows[0], attr) / frames  # noqa: E731
@@ -88,7 +89,7 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
             "predicted_compute_ms": pred.compute_s * 1e3 if pred else None,
             "predicted_comm_ms": pred.comm_s * 1e3 if pred else None,
             "send_bytes": stage.send_bytes,
-            "segments": _segment_rows(plan, stage, rows[0], frames) if stage.mode == "split" else None,
+            "segments": _segment_rows(plan, stage, rows[0], frames) if stage.mode == StageMode.SPLIT else None,
         })
     ranks = []
     for s in sorted(result.ranks, key=lambda r: r.rank):
@@ -129,7 +130,7 @@ def _segment_rows(plan: Plan, stage, lead, frames: int) -> list:
     rows = []
     for k, (g, (compute, transfer)) in enumerate(zip(stage.segments, measured)):
         rows.append({"name": _event_name(plan, stage, SEGMENT_EVENTS + 2 * k).removesuffix(" compute"),
-                     "ranks": len(g.ranks) if g.kind != "none" else 1,
+                     "ranks": len(g.ranks) if g.kind != NO_SPLIT else 1,
                      "compute_ms": compute / frames * 1e3 if compute is not None else None,
                      "transfer_ms": transfer / frames * 1e3 if transfer is not None else None,
                      "predicted_compute_ms": g.predicted[0] * 1e3 if g.predicted else None,
@@ -191,13 +192,13 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
         receive, send = transfer(plan.stages[i - 1].send_bytes) if i else 0.0, transfer(s.send_bytes)
         # a split stage's scatters, exchanges and gathers lie on the frame's path: its comm_s less its
         # own input and output transfers (the stage costs keep no finer split of comm_s)
-        inner = max(s.predicted.comm_s - receive - send, 0.0) if s.mode == "split" else 0.0
+        inner = max(s.predicted.comm_s - receive - send, 0.0) if s.mode == StageMode.SPLIT else 0.0
         steps.append((s, s.predicted.compute_s, s.predicted.compute_s + s.predicted.comm_s, s.predicted.compute_s + inner + send))
     done: deque = deque(maxlen=limit)  # the last `limit` frames' exits from the last stage
     for f in range(n):  # a recurrence over frames, on plain floats (100,000 frames in a second or two)
         ready = done[0] if len(done) == limit else 0.0
         for i, (stage, compute, busy, path) in enumerate(steps):
-            ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
+            ranks = stage.ranks if stage.mode == StageMode.SPLIT else (entry_rank(stage, f),)
             t = max(ready, *(free[r] for r in ranks))
             start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
             handoff[i, f] = ready = t + path
@@ -300,11 +301,11 @@ def measured_hops(plan: Plan, result: RunResult) -> list:
     slices: dict = {}
     hops = []
     for stage, nxt in zip(plan.stages, plan.stages[1:]):
-        for a in (stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]):
+        for a in (stage.ranks if stage.mode == StageMode.DATA_PARALLEL else stage.ranks[:1]):
             if a not in by_rank:
                 continue
             fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
-            dest = np.asarray(nxt.ranks)[fa % len(nxt.ranks)] if nxt.mode == "data-parallel" else np.full(fa.shape, nxt.ranks[0])
+            dest = np.asarray(nxt.ranks)[fa % len(nxt.ranks)] if nxt.mode == StageMode.DATA_PARALLEL else np.full(fa.shape, nxt.ranks[0])
             for b in np.unique(dest).tolist():
                 if b not in by_rank:
                     continue
@@ -321,7 +322,7 @@ def measured_hops(plan: Plan, result: RunResult) -> list:
     order = np.argsort(frames)
     frames, done = frames[order], done[order]
     last = plan.stages[-1]
-    for a in (last.ranks if last.mode == "data-parallel" else last.ranks[:1]):
+    for a in (last.ranks if last.mode == StageMode.DATA_PARALLEL else last.ranks[:1]):
         if a == 0 or a not in by_rank:
             continue
         fa, sa, da = slices.setdefault(a, _compute_slices(by_rank[a]))
@@ -381,7 +382,7 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
     # a split stage's segments, one after the other on a track of the lead's: each one's transfer
     # (the transition into it, the gather out of it) then its compute, named as the measured ones are
     by_segment = {s.index: [(SEGMENT_EVENTS + 2 * k, g.predicted) for k, g in enumerate(s.segments) if g.predicted]
-                  for s in plan.stages if s.mode == "split" and s.segments and all(g.predicted for g in s.segments)}
+                  for s in plan.stages if s.mode == StageMode.SPLIT and s.segments and all(g.predicted for g in s.segments)}
     for stage in plan.stages:
         if stage.index in by_segment:
             tid = SEGMENT_TRACK + stage.ranks[0]
@@ -396,7 +397,7 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
     sent, got = us(_inside(t0, t1 - t0, at_end=True)), us(_inside(t0, t1 - t0, at_end=False))
     for j, f in enumerate(range(first, schedule.start.shape[1])):
         for i, stage in enumerate(plan.stages):
-            ranks = stage.ranks if stage.mode == "split" else (entry_rank(stage, f),)
+            ranks = stage.ranks if stage.mode == StageMode.SPLIT else (entry_rank(stage, f),)
             for r in ranks:
                 yield {"name": "compute" if r == ranks[0] else "split part", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID,
                        "tid": r, "ts": start[i][j], "dur": compute_us[i][j], "args": {"frame": f}}

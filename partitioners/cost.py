@@ -42,7 +42,7 @@ from .segment_columns import EXCHANGE
 from .segment_table import OPTION_KINDS, SegmentTable, build_segment_table
 from .split_costs import SplitCatalogue, span_length
 from .split_quant import planner_kinds
-from .vocabulary import StageMode
+from .vocabulary import NO_SPLIT, StageMode
 
 INF = math.inf
 MODES = (StageMode.SINGLE, StageMode.DATA_PARALLEL, StageMode.SPLIT)  # the order the exhaustive planner tries them
@@ -349,15 +349,15 @@ class CostModel:
         if m < 1 or not 0 <= start < stop <= self.n:
             return None
         link = self.link_terms(start, stop)
-        if mode in ("single", "data-parallel"):
-            if (mode == "single") != (m == 1):
+        if mode in (StageMode.SINGLE, StageMode.DATA_PARALLEL):
+            if (mode == StageMode.SINGLE) != (m == 1):
                 return None
             weights = float(self.prefix_weights[stop] - self.prefix_weights[start])
             work = self.held_work_bytes(start, stop)
             computes = [float(self.prefix_seconds[k, stop] - self.prefix_seconds[k, start]) for k in slots]
-            memory = tuple(weights + work + self.frame_buffer_bytes(start, stop, m, slot == 0 or mode == "data-parallel", slot == 0)
+            memory = tuple(weights + work + self.frame_buffer_bytes(start, stop, m, slot == 0 or mode == StageMode.DATA_PARALLEL, slot == 0)
                            for slot in range(m))
-            if mode == "single":
+            if mode == StageMode.SINGLE:
                 comm = link.lead_in + link.lead_out + link.sink
                 return self._finish(start, stop, counts, mode, computes[0], comm, computes[0] + comm,
                                     computes[0] + link.lead_out, slots, memory, ())
@@ -366,12 +366,12 @@ class CostModel:
             latency = max([computes[0] + link.lead_out] + [c + link.replica_in_latency + link.replica_out for c in computes[1:]])
             return self._finish(start, stop, counts, mode, max(computes), max(cycle) - max(computes), max(cycle) / m,
                                 latency, slots, memory, ())
-        if mode != "split" or m < 2 or start not in self.segment_at or (stop != self.n and stop not in self.segment_at):
+        if mode != StageMode.SPLIT or m < 2 or start not in self.segment_at or (stop != self.n and stop not in self.segment_at):
             return None
         first, last = self.segment_at[start], (self.segment_at[stop] if stop < self.n else len(self.splits.segments))
         lead_buffers = self.frame_buffer_bytes(start, stop, 1, True, True)
         chosen, inner, memory = self.split_choice(first, last - 1, slots, lead_buffers, forced)
-        if all(o.kind == "none" for o in chosen):
+        if all(o.kind == NO_SPLIT for o in chosen):
             return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
         links = link.lead_in + link.lead_out + link.sink

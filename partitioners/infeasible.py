@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from layers.errors import PisplitError
 
+from .vocabulary import StageMode
+
 if TYPE_CHECKING:
     from .cost import CostModel, StageCost
 
@@ -36,7 +38,7 @@ def memory_error(model: CostModel, cost: StageCost) -> InfeasiblePlan:
     kinds = "+".join(sorted({model.classes[k].kind for k in cost.slots}))
     where = {"single": f"on one {cls.kind}", "data-parallel": f"on each of {len(cost.slots)} {kinds} replicas",
              "split": f"split over {len(cost.slots)} {kinds}"}[cost.mode]
-    who = ("the lead" if slot == 0 else f"part {slot} (a {cls.kind})") if cost.mode == "split" else "it"
+    who = ("the lead" if slot == 0 else f"part {slot} (a {cls.kind})") if cost.mode == StageMode.SPLIT else "it"
     return InfeasiblePlan(
         f"node {node.name} ({node.op}, {fmt_mib(model.weight_bytes[node_index])} of weights) cannot be placed: {where}{span}, "
         f"{who} needs {fmt_mib(cost.memory_bytes[slot])} of the {fmt_mib(cls.usable_bytes)} usable: short by {fmt_mib(short)}",

@@ -29,6 +29,7 @@ from layers.graph import DTYPE_BYTES, Graph
 from layers.ops import numel
 
 from .split_parts import box_shape, full_box
+from .vocabulary import NO_SPLIT, SplitKind
 
 # kinds whose parts' outputs are disjoint boxes of the output (may stay on their ranks)
 KEEPABLE_KINDS = ("fc-output", "conv-channel", "conv-spatial", "fused-tiles")
@@ -173,14 +174,14 @@ def check_kept_output(graph: Graph, segments: Sequence, index: int) -> None:
         raise PisplitError(f"tensor {tensor}: segment at node {seg.node_start} ({seg.kind}) cannot keep its output on its "
                            f"parts (output_layout 'parts' needs one of {', '.join(KEEPABLE_KINDS)})")
     readers = [g for g in segments[index + 1:] if tensor in {t for n in graph.nodes[g.node_start:g.node_stop] for t in n.inputs}]
-    if index + 1 >= len(segments) or (segments[index + 1].kind in ("none", "data-parallel") and segments[index + 1] in readers):
+    if index + 1 >= len(segments) or (segments[index + 1].kind in (NO_SPLIT, SplitKind.DATA_PARALLEL) and segments[index + 1] in readers):
         raise PisplitError(f"tensor {tensor}: kept on the parts of the segment at node {seg.node_start}, "
                            "but the next segment of the stage is not split (output_layout must be 'lead')")
     if not readers:
         raise PisplitError(f"tensor {tensor}: kept on its parts, but no later segment of the stage "
                            f"(from node {segments[index + 1].node_start}) reads it")
     for g in readers:
-        if g.kind in ("none", "data-parallel"):
+        if g.kind in (NO_SPLIT, SplitKind.DATA_PARALLEL):
             raise PisplitError(f"tensor {tensor}: kept on the parts of the segment at node {seg.node_start}, but the segment "
                                f"at node {g.node_start} that reads it is not split (output_layout must be 'lead')")
     if tensor in graph.outputs or tensor in graph.cut_tensors(segments[-1].node_stop):

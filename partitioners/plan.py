@@ -261,12 +261,12 @@ def _check_stage(s: Stage, position: int, expect: int, known: set, seen: set) ->
         raise PisplitError(f"plan: stage {s.index} has mode {s.mode!r} (expected one of {', '.join(STAGE_MODES)})")
     if not s.ranks or len(set(s.ranks)) != len(s.ranks) or seen & set(s.ranks) or not set(s.ranks) <= known:
         raise PisplitError(f"plan: stage {s.index} ranks {list(s.ranks)} are empty, repeated, reused or unknown")
-    if s.mode == "single" and len(s.ranks) != 1:
+    if s.mode == StageMode.SINGLE and len(s.ranks) != 1:
         raise PisplitError(f"plan: stage {s.index} is 'single' but has ranks {list(s.ranks)}")
     if s.send_bytes < 0:
         raise PisplitError(f"plan: stage {s.index} has send_bytes {s.send_bytes} (must not be negative)")
     _check_send_codec(s)
-    if s.mode != "split":
+    if s.mode != StageMode.SPLIT:
         if s.segments:
             raise PisplitError(f"plan: stage {s.index} is '{s.mode}' but has segments (only 'split' stages have them)")
         return
@@ -299,13 +299,13 @@ def _check_segment(s: Stage, g: Segment) -> None:
     where = f"plan: stage {s.index} segment at node {g.node_start}"
     if g.kind not in SEGMENT_KINDS:
         raise PisplitError(f"{where}: kind {g.kind!r} is unknown (expected one of {', '.join(SEGMENT_KINDS)})")
-    if g.output_layout not in OUTPUT_LAYOUTS or (g.output_layout == "parts" and g.kind == "none"):
+    if g.output_layout not in OUTPUT_LAYOUTS or (g.output_layout == "parts" and g.kind == NO_SPLIT):
         raise PisplitError(f"{where}: output_layout {g.output_layout!r} (expected 'lead', or 'parts' for a split segment)")
     if not set(g.ranks) <= set(s.ranks) or len(set(g.ranks)) != len(g.ranks):
         raise PisplitError(f"{where}: ranks {list(g.ranks)} are repeated or not among the stage's {list(s.ranks)}")
     if g.predicted and (len(g.predicted) != 2 or not all(0 <= v < math.inf for v in g.predicted)):
         raise PisplitError(f"{where}: predicted {list(g.predicted)} must be two seconds, compute and transfer (or absent)")
-    if g.kind == "none":
+    if g.kind == NO_SPLIT:
         return
     if not g.ranks or len(g.sizes) != len(g.ranks):
         raise PisplitError(f"{where}: ranks {list(g.ranks)} / sizes {list(g.sizes)} do not fit the stage (one size per rank)")

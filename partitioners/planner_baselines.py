@@ -14,6 +14,7 @@ from layers.errors import PisplitError
 from .cost import CostModel
 from .infeasible import InfeasiblePlan, memory_error
 from .planner_dp import StageChoice
+from .vocabulary import StageMode
 
 # The paper's observations: output splitting beats input splitting for FC layers (activation on the
 # parts); channel splitting keeps a conv's filters apart, so it is the one that relieves memory.
@@ -153,7 +154,7 @@ def plan_paper(model: CostModel, objective: str) -> list:
         grew = False
         for s in stages:
             cost = model.stage_cost(s.start, s.stop, s.counts, s.mode, dict(getattr(s, "forced", ()) or ()))
-            if not cost.feasible and s.mode == "single":
+            if not cost.feasible and s.mode == StageMode.SINGLE:
                 heavy = _heaviest_segment(model, s.start, s.stop)
                 if heavy is not None and heavy not in must_split:
                     must_split.add(heavy)

@@ -43,6 +43,7 @@ from layers.errors import PisplitError
 from .cost import INF, CostModel
 from .device_sets import candidate_counts
 from .segment_chains import chain_tables
+from .vocabulary import NO_SPLIT
 
 OBJECTIVES = ("throughput", "latency")
 TIE = 1e-9  # relative slack when matching the optimal bottleneck in the second pass
@@ -163,7 +164,7 @@ class StageTables:
             for q in np.nonzero(~fits & (low <= usable).all(axis=1))[0]:
                 # the best chain overflows but some choice might not: trade time for memory
                 chosen, inner_q, mem_q = model.split_choice(int(first[q]), int(last[q]), slots, lead_buffers[q])
-                if all(mm <= u for mm, u in zip(mem_q, usable)) and any(o.kind != "none" for o in chosen):
+                if all(mm <= u for mm, u in zip(mem_q, usable)) and any(o.kind != NO_SPLIT for o in chosen):
                     per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)

@@ -22,6 +22,7 @@ from .infeasible import InfeasiblePlan, fmt_mib, memory_error
 from .plan import Device, Plan, Segment, Stage, StagePrediction
 from .planner_dp import OBJECTIVES, StageTables, placeable_prefix, solve
 from .segment_chains import keep_counts, keep_pairs
+from .vocabulary import NO_SPLIT, StageMode
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def build_plan(model: CostModel, stages: list, planner: str, objective: str, mod
             rank = len(devices)
             devices.append(Device(rank, original.kind, original.memory_bytes, original.host, original.speed))
             ranks.append(rank)
-        segments = _segments(model, cost, ranks) if cost.mode == "split" else ()
+        segments = _segments(model, cost, ranks) if cost.mode == StageMode.SPLIT else ()
         mode = "single" if len(ranks) == 1 else cost.mode
         prediction = StagePrediction(cost.compute_s, cost.comm_s, {r: int(b) for r, b in zip(ranks, cost.memory_bytes)})
         plan_stages.append(Stage(index, cost.start, cost.stop, tuple(ranks), mode, segments,
@@ -132,7 +133,7 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
     out: list[Segment] = []
 
     def on_lead(start: int, stop: int, predicted: tuple) -> None:
-        if out and out[-1].kind == "none":
+        if out and out[-1].kind == NO_SPLIT:
             before = out[-1].predicted or (0.0, 0.0)
             out[-1] = Segment(out[-1].node_start, stop, "none", (ranks[0],), predicted=(before[0] + predicted[0], before[1] + predicted[1]))
         else:
@@ -140,7 +141,7 @@ def _segments(model: CostModel, cost: StageCost, ranks: list) -> tuple:
 
     for option in cost.segments:
         start, stop = model.splits.segments[option.segment]
-        if option.kind == "none":
+        if option.kind == NO_SPLIT:
             on_lead(start, stop, (option.compute_s, option.comm_s))
             continue
         # the lead's rest of the segment after the split is inside the option's compute: the split's

@@ -35,12 +35,13 @@ from .latency_model import node_bytes, op_key
 from .segment_chains import kept_table, savings
 from .segment_columns import EXCHANGE, OPTION_KINDS, table_columns  # the columns' home (importable from here as before)
 from .split_costs import FUSED, span_kind
+from .vocabulary import NO_SPLIT, SplitKind
 
 
 def column_parts(column: tuple, slots: int) -> int:
     """How many of a stage's `slots` a column's split uses (1 for 'none')."""
     kind, role, d = column
-    return 1 if kind == "none" else d if role == "subset" else slots
+    return 1 if kind == NO_SPLIT else d if role == "subset" else slots
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         add_fit = profile.latency.fit_for("add")
         link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
         for o, (kind, role, d) in enumerate(columns):
-            if role in ("inside", "xspan") or kind == "none":
+            if role in ("inside", "xspan") or kind == NO_SPLIT:
                 continue
             kind_rows = kind_arrays(model, span_kind(d) if role == "span" else kind, profile)
             if kind_rows is None:
@@ -153,7 +154,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             work[rows_arr, o, 0] = _span_work(model, s_start, s_stop) if role == "span" else seg_work[rows_arr]
             # a remote part's working set: its messages in and out, and its share of the im2col
             # buffer (all of it for channel kinds: every output channel reads every patch)
-            scratch = sel["scratch"][:, None] * (1.0 if kind in ("conv-channel", "fc-output") else size[:, 1:] / size.sum(axis=1, keepdims=True))
+            scratch = sel["scratch"][:, None] * (1.0 if kind in (SplitKind.CONV_CHANNEL, SplitKind.FC_OUTPUT) else size[:, 1:] / size.sum(axis=1, keepdims=True))
             work[rows_arr, o, 1:parts] = remote.sum(axis=2) + scratch
             split_stop[rows_arr, o] = s_stop
             if role != "span":

@@ -26,6 +26,7 @@ from layers.graph import Graph
 from layers.quant import TensorQuant
 
 from .split_parts import PartPlan, box_shape
+from .vocabulary import SplitKind
 
 def halves_shape(shape: tuple) -> tuple:
     """Shape of the float32 halves of an int32 partial sum of `shape` (last axis doubled)."""
@@ -165,4 +166,4 @@ def planner_kinds(graph: Graph, engine: str) -> dict:
         return {}
     from .split_costs import FUSED, PLANNER_KINDS
 
-    return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in ("fc-input", "conv-filter"))}
+    return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in (SplitKind.FC_INPUT, SplitKind.CONV_FILTER))}

@@ -32,6 +32,7 @@ from .split_quant import as_integers, halves_shape, part_bytes, part_quant
 from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower, spatial_region
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
+from .vocabulary import SplitKind
 
 __all__ = ["SPLIT_KINDS", "Split", "SplitCost", "PartCost", "legal_kinds", "split_layer", "split_segment", "split_cost"]
 
@@ -92,7 +93,7 @@ class Split:
     @property
     def output(self) -> str:
         """The segment's output tensor."""
-        return self.graph.nodes[self.node_stop - 1].outputs[0] if self.kind != "data-parallel" else self.parts[0].output
+        return self.graph.nodes[self.node_stop - 1].outputs[0] if self.kind != SplitKind.DATA_PARALLEL else self.parts[0].output
 
     @property
     def output_shape(self) -> tuple:
@@ -117,7 +118,7 @@ class Split:
     @property
     def input_pattern(self) -> str:
         """'broadcast' when every part receives the whole input, else 'scatter'."""
-        if self.kind == "data-parallel":
+        if self.kind == SplitKind.DATA_PARALLEL:
             return "scatter"
         whole = all(f.box == full_box(self.graph.shapes[f.tensor][1:]) for p in self.parts for f in p.feeds)
         return "broadcast" if whole and self.n_parts > 1 else "scatter"
@@ -255,7 +256,7 @@ class Split:
         """
         tensors = self._feeds_of(x)
         plan = self._part(part)
-        if self.kind == "data-parallel":
+        if self.kind == SplitKind.DATA_PARALLEL:
             n = next(iter(tensors.values())).shape[0]
             mine = [i for i, q in enumerate(self.deal(n)) if q == part]
             return {f.name: tensors[f.tensor][mine] for f in plan.feeds}
@@ -357,37 +358,37 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
     legal = legal_kinds(graph, layer)
     if kind not in legal:
         why = ""
-        if kind == "attn-heads":  # why the node starts no attention block (issue 19)
+        if kind == SplitKind.ATTN_HEADS:  # why the node starts no attention block (issue 19)
             from .split_heads import why_not_attention
 
             why = f"; {why_not_attention(graph, start)}"
-        elif kind == "attn-tokens":  # why the node starts no token-splittable block (issue 19)
+        elif kind == SplitKind.ATTN_TOKENS:  # why the node starts no token-splittable block (issue 19)
             from .split_tokens import why_not_tokens
 
             why = f"; {why_not_tokens(graph, start)}"
         raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node (legal: {', '.join(legal)}){why}")
-    if grid is not None and kind != "fused-tiles":
+    if grid is not None and kind != SplitKind.FUSED_TILES:
         raise PisplitError(f"layer {layer}: a grid applies to fused-tiles only, not {kind}")
     options: dict = {}
-    if kind in ("fc-output", "conv-channel"):
+    if kind in (SplitKind.FC_OUTPUT, SplitKind.CONV_CHANNEL):
         stop = _segment_stop(graph, start, last, followers, channel_follower, kind)
         sizes_ = resolve_sizes(node.weight_shapes["kernel"][-1], sizes, layer,
-                               "output units" if kind == "fc-output" else "output channels")
+                               "output units" if kind == SplitKind.FC_OUTPUT else "output channels")
         layout = plan_output_channels(graph, start, stop, sizes_)
-    elif kind in ("fc-input", "conv-filter"):
+    elif kind in (SplitKind.FC_INPUT, SplitKind.CONV_FILTER):
         stop = _segment_stop(graph, start, last, followers, _after_sum_follower, kind)
         sizes_ = resolve_sizes(graph.shapes[node.inputs[0]][-1], sizes, layer,
-                               "input features" if kind == "fc-input" else "input channels")
+                               "input features" if kind == SplitKind.FC_INPUT else "input channels")
         layout = plan_input_channels(graph, start, stop, sizes_)
-    elif kind == "attn-heads":  # head-parallel attention (partitioners.split_heads): the whole block
+    elif kind == SplitKind.ATTN_HEADS:  # head-parallel attention (partitioners.split_heads): the whole block
         from .split_heads import split_heads
 
         return split_heads(graph, start, sizes, last, Split)
-    elif kind == "attn-tokens":  # sequence split of a transformer block (partitioners.split_tokens)
+    elif kind == SplitKind.ATTN_TOKENS:  # sequence split of a transformer block (partitioners.split_tokens)
         from .split_tokens import split_tokens
 
         return split_tokens(graph, start, sizes, last, Split)
-    elif kind in ("conv-spatial", "fused-tiles"):
+    elif kind in (SplitKind.CONV_SPATIAL, SplitKind.FUSED_TILES):
         stop, axis_sizes, sizes_, options = _spatial_plan(graph, start, kind, sizes, last, followers, axis, grid)
         layout = plan_spatial(graph, start, stop, axis_sizes)
     else:
@@ -403,7 +404,7 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
 def _refuse_sequences(graph: Graph, layout, layer: str, kind: str) -> None:
     """Issue 19: a batch-1 node may leave axis 0 a sequence of one frame ((T, C) rows); split transfers
     cut boxes after the batch axis, so a split whose input (or gathered output) is such a tensor is refused."""
-    if kind == "data-parallel" and len(layout.parts) == 1:
+    if kind == SplitKind.DATA_PARALLEL and len(layout.parts) == 1:
         return
     tensors = [f.tensor for p in layout.parts for f in p.feeds] + ([] if layout.merge == "sum" else [p.output for p in layout.parts])
     seq = next((t for t in tensors if t in graph.shapes and graph.shapes[t][0] != 1), None)
@@ -448,7 +449,7 @@ def _frame_follower(graph: Graph, index: int, running: str) -> bool:
 
 def _segment_stop(graph: Graph, start: int, last, followers: bool, accept, kind: str) -> int:
     if last is not None:
-        if kind == "data-parallel":
+        if kind == SplitKind.DATA_PARALLEL:
             stop = graph.node_index(last) + 1
             if stop <= start:
                 raise PisplitError(f"layer {graph.nodes[start].name}: {kind} run end {last} comes before it in the model")
@@ -462,13 +463,13 @@ def _segment_stop(graph: Graph, start: int, last, followers: bool, accept, kind:
 def _spatial_plan(graph: Graph, start: int, kind: str, sizes, last, followers: bool, axis: str, grid):
     node = graph.nodes[start]
     x = node.inputs[0]
-    if kind == "fused-tiles" and grid is not None:
+    if kind == SplitKind.FUSED_TILES and grid is not None:
         axis_names = ["rows", "cols"]
     else:
         axis_names = [axis]
     axes = tuple(spatial_axis(graph, x, a, node.name) for a in axis_names)
 
-    def accept(g, j, running, allow_conv=(kind == "fused-tiles")):
+    def accept(g, j, running, allow_conv=(kind == SplitKind.FUSED_TILES)):
         return spatial_follower(g, j, running, axes, allow_conv and last is not None)
 
     try:
@@ -476,7 +477,7 @@ def _spatial_plan(graph: Graph, start: int, kind: str, sizes, last, followers: b
     except PisplitError:
         # fused tiles also run through a region that is not a chain (a residual block with a
         # projection shortcut: split_segments.spatial_region)
-        end = graph.node_index(last) + 1 if kind == "fused-tiles" and last is not None else None
+        end = graph.node_index(last) + 1 if kind == SplitKind.FUSED_TILES and last is not None else None
         if end is None or end <= start or spatial_region(graph, start, end, axes) is not None:
             raise
         stop = end

@@ -19,6 +19,7 @@ from layers import load_model
 from layers.engine import ENGINES
 from layers.errors import PisplitError
 from partitioners.plan import Plan
+from partitioners.vocabulary import NO_SPLIT
 
 from ..emulation import parse_link
 from ..mpirun import local_mpirun_command, mpirun_env, run_local, without_error_boxes
@@ -161,7 +162,7 @@ def plan_table(plan: Plan, graph) -> Table:
         nodes = f"{graph.nodes[s.node_start].name} .. {graph.nodes[s.node_stop - 1].name}"
         pred = s.predicted
         mem = max(pred.memory_bytes.values()) if pred and pred.memory_bytes else None
-        kinds_of = [seg.kind for seg in s.segments if seg.kind != "none"]
+        kinds_of = [seg.kind for seg in s.segments if seg.kind != NO_SPLIT]
         mode = s.mode + (f" ({', '.join(sorted(set(kinds_of)))})" if kinds_of else "")
         table.add_row(str(s.index), f"{','.join(map(str, s.ranks))} ({kinds})", mode, nodes,
                       f"{pred.compute_s * 1e3:.1f}" if pred else "-", f"{pred.comm_s * 1e3:.1f}" if pred else "-",

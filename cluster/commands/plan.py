@@ -12,6 +12,7 @@ from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import parse_devices, parse_link_bps
 from partitioners.planners import PLANNERS, InfeasiblePlan, compare_plans, make_plan
 from partitioners.profiles import Calibration, Profile
+from partitioners.vocabulary import NO_SPLIT, StageMode
 
 from ..output import console, human_bytes, print_json
 
@@ -153,11 +154,11 @@ def _chart(args, plan, graph) -> None:
 
 
 def _kinds(stage) -> str:
-    if stage.mode == "data-parallel":
+    if stage.mode == StageMode.DATA_PARALLEL:
         return f"data-parallel x{len(stage.ranks)}"
-    if stage.mode != "split":
+    if stage.mode != StageMode.SPLIT:
         return "-"
-    counts = Counter(g.kind for g in stage.segments if g.kind != "none")
+    counts = Counter(g.kind for g in stage.segments if g.kind != NO_SPLIT)
     return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items()) or "none"
 
 
@@ -203,8 +204,8 @@ def print_comparison(graph, model, results, args) -> None:
         if isinstance(r, InfeasiblePlan):
             table.add_row(name, "-", "-", f"[red]infeasible[/red]: {r}", "-", "-", "-")
             continue
-        kinds = Counter(g.kind for s in r.plan.stages for g in s.segments if g.kind != "none")
-        kinds.update(["data-parallel"] * sum(1 for s in r.plan.stages if s.mode == "data-parallel"))
+        kinds = Counter(g.kind for s in r.plan.stages for g in s.segments if g.kind != NO_SPLIT)
+        kinds.update(["data-parallel"] * sum(1 for s in r.plan.stages if s.mode == StageMode.DATA_PARALLEL))
         ratio = f"{r.throughput_fps / single.throughput_fps:.2f}x" if single and args.objective == "throughput" else (
             f"{single.latency_s / r.latency_s:.2f}x" if single else "-")
         table.add_row(name, str(len(r.plan.stages)), str(r.plan.n_ranks), ", ".join(sorted(kinds)) or "-",
