@@ -4,9 +4,13 @@ engine, one plain LiteRT interpreter on the file; one thread each), then int8 vs
 litert engine for each architecture with both forms; and the planner's prediction of 4 x Raspberry
 Pi 3B+ at 94 Mbit/s (`pisplit plan ... --devices rpi3:4 --link 94mbit`) for float32 and int8
 MobileNetV2 and ResNet50 on both engines: predicted throughput and the bytes a frame sends between
-stages (int8 links carry a quarter of float32's).
+stages (int8 links carry a quarter of float32's); then the same clusters emulated (`pisplit emulate ...
+--devices rpi3:4 --link 94mbit`, time-dilated devices and paced links on this machine): measured throughput,
+its ratio to the plan's prediction, the bytes a frame sent, and int8 over float32 measured throughput.
 
 Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
+                          [--emulate-models a,b|none] [--emulate-engines litert,numpy] [--emulate-frames N]
+                          [--forms float32,int8,int8_float_io]
 """
 import os
 
@@ -48,15 +52,19 @@ def family(name: str) -> tuple[str, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_int8", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="corpus model names without .tflite (default: every model in the corpus)")
+    ap.add_argument("--models", help="corpus model names without .tflite (default: every model in the corpus; 'none': skip)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--devices", default="rpi3:4")
     ap.add_argument("--link", default="94mbit")
     ap.add_argument("--plan-models", default=",".join(PLANNED), help="architectures planned in float32 and int8 ('none': skip)")
+    ap.add_argument("--emulate-models", default=",".join(PLANNED), help="architectures emulated in float32 and int8 ('none': skip)")
+    ap.add_argument("--emulate-engines", default="litert", help="engines of the emulated runs (default litert, what a Pi runs)")
+    ap.add_argument("--emulate-frames", type=int, default=24, help="frames through each emulated cluster (default 24)")
+    ap.add_argument("--forms", default="float32,int8,int8_float_io", help="forms of each architecture planned and emulated")
     args = ap.parse_args(argv)
     if not CORPUS.is_dir():
         sys.exit(f"bench_int8: no corpus in {CORPUS} (bash scripts/build_corpus builds it)")
-    names = args.models.split(",") if args.models else sorted(p.stem for p in CORPUS.glob("*.tflite"))
+    names = [] if args.models == "none" else args.models.split(",") if args.models else sorted(p.stem for p in CORPUS.glob("*.tflite"))
     docs, skipped = {}, []
     for name in names:
         print(f"bench_int8: {name}", file=sys.stderr, flush=True)
@@ -92,7 +100,7 @@ def main(argv=None) -> int:
     for arch in [] if args.plan_models == "none" else args.plan_models.split(","):
         for engine in ("numpy", "litert"):
             base = None
-            for form in ("float32", "int8", "int8_float_io"):
+            for form in args.forms.split(","):
                 path = CORPUS / f"{arch}_{form}.tflite"
                 if not path.exists():
                     continue
@@ -104,7 +112,38 @@ def main(argv=None) -> int:
                 ratio = f"{fps / base:17.2f}" if base and form != "float32" else f"{'':17}"
                 print(f"{arch + '_' + form:30} {engine:7} {fps:9.2f} {plan['predicted_latency_s'] * 1e3:11.1f} {len(plan['stages']):7d} "
                       f"{sent:17d} {memory:11.1f} {ratio}")
+    emulate(args)
     return 0
+
+
+def emulate(args) -> None:
+    """The planned clusters emulated on this machine: per architecture and engine, float32 then int8."""
+    archs = [] if args.emulate_models == "none" else args.emulate_models.split(",")
+    if not archs:
+        return
+    print(f"\nemulated by pisplit emulate: {args.devices} at {args.link}, {args.emulate_frames} frames (dp, throughput)")
+    print(f"{'model':30} {'engine':7} {'frames/s':>9} {'predicted':>10} {'measured/pred':>14} {'p50 ms':>8} {'stages':>7} "
+          f"{'link bytes/frame':>17} {'int8/float32 fps':>17}")
+    skipped: list = []
+    for arch in archs:
+        for engine in args.emulate_engines.split(","):
+            base = None
+            for form in args.forms.split(","):
+                path = CORPUS / f"{arch}_{form}.tflite"
+                if not path.exists():
+                    continue
+                doc = pisplit(["emulate", str(path), "--devices", args.devices, "--link", args.link, "--engine", engine,
+                               "--frames", str(args.emulate_frames), "--single-frames", "4"], skipped)
+                if doc is None:
+                    continue
+                fps = doc["throughput_fps"]
+                sent = sum(s["send_bytes"] for s in doc["stages"])
+                base = fps if form == "float32" else base
+                ratio = f"{fps / base:17.2f}" if base and form != "float32" else f"{'':17}"
+                print(f"{arch + '_' + form:30} {engine:7} {fps:9.2f} {doc['predicted_fps']:10.2f} {doc['measured_over_predicted']:14.2f} "
+                      f"{doc['latency_ms']['p50']:8.1f} {len(doc['stages']):7d} {sent:17d} {ratio}", flush=True)
+    for note in skipped:
+        print(f"not emulated: {note}")
 
 
 if __name__ == "__main__":
