@@ -39,6 +39,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 from partitioners.plan import Device, Plan
+from partitioners.vocabulary import StageMode
 
 from .mpirun import local_mpirun_command, run_mpirun
 
@@ -373,7 +374,7 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
 
 
 def _stages_text(plan: Plan) -> str:
-    return " | ".join(f"{s.node_start}-{s.node_stop - 1}@{','.join(map(str, s.ranks))}" + ("" if s.mode == "single" else f" {s.mode}")
+    return " | ".join(f"{s.node_start}-{s.node_stop - 1}@{','.join(map(str, s.ranks))}" + ("" if s.mode == StageMode.SINGLE else f" {s.mode}")
                       for s in plan.stages)
 
 

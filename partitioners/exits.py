@@ -30,6 +30,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 from layers.graph import Graph
+from .vocabulary import StageMode
 
 EXIT_KINDS = ("probabilities", "logits")
 FINAL = "final"  # the name an answer from the model's final output is reported under
@@ -209,7 +210,7 @@ def plan_stage_periods(plan) -> np.ndarray:
     for s in plan.stages:
         p = s.predicted
         total = (p.compute_s + p.comm_s) if p else 0.0
-        out.append(total / (len(s.ranks) if s.mode == "data-parallel" else 1))
+        out.append(total / (len(s.ranks) if s.mode == StageMode.DATA_PARALLEL else 1))
     return np.array(out)
 
 
@@ -332,7 +333,7 @@ def stage_work_ratios(cost_model, plan, points: list[ExitPoint], fractions) -> n
         whole = cost_model.stage_cost(s.node_start, s.node_stop, counts, mode)
         if whole is None:
             raise PisplitError(f"stage {s.index}: the cost model has no cost for nodes [{s.node_start}, {s.node_stop})")
-        cuts = [] if s.mode == "split" else sorted({p.node + 1 for p in points if s.node_start < p.node + 1 < s.node_stop})
+        cuts = [] if s.mode == StageMode.SPLIT else sorted({p.node + 1 for p in points if s.node_start < p.node + 1 < s.node_stop})
         bounds = [s.node_start, *cuts, s.node_stop]
         scaled = 0.0
         for a, b in zip(bounds[:-1], bounds[1:]):

@@ -41,6 +41,7 @@ from layers.errors import PisplitError
 from layers.jsonfile import read_json
 
 from .codecs import parse_codec
+from .vocabulary import StageMode
 
 CODEC_TABLE_FORMAT = "pisplit-codecs"
 CODEC_NOTE = "link codecs from"  # how the note with_link_codecs writes into a plan begins
@@ -325,7 +326,7 @@ def with_link_codecs(plan, model, table: CodecTable | None = None):
             extra[r] = extra.get(r, 0.0) + nbytes
 
     def ends(stage) -> tuple:
-        return stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]  # the ranks a frame enters and leaves by
+        return stage.ranks if stage.mode == StageMode.DATA_PARALLEL else stage.ranks[:1]  # the ranks a frame enters and leaves by
 
     def coded_link(codec: str, cut: int, senders, receivers, what: str) -> str:
         """The link's codec, its memory added; raw (said in a note) where its buffers would not fit."""
@@ -349,7 +350,7 @@ def with_link_codecs(plan, model, table: CodecTable | None = None):
                    for s, nxt in zip(stages, stages[1:])) + stages[-1:]
     first = stages[0]
     input_codec = model.cut_codec[0]  # crosses a link only to a data-parallel first stage's other replicas
-    if first.mode == "data-parallel" and len(first.ranks) > 1:
+    if first.mode == StageMode.DATA_PARALLEL and len(first.ranks) > 1:
         input_codec = coded_link(input_codec, 0, first.ranks[:1], first.ranks[1:], "input frames")
     if extra:
         stages = tuple(replace(s, predicted=StagePrediction(s.predicted.compute_s, s.predicted.comm_s,
