@@ -14,12 +14,20 @@ ranks block in their transfers as MPI sends over TCP do:
 Edge energy per frame = idle watts x period + (busy - idle) watts x (edge compute + encode)
 + transmitter watts x seconds on the air (the cut's bytes). POWER cites its figures; a link rate
 uses the slowest transmitter mode that carries it (else the fastest).
+
+All on the host (c = 0) runs too: the runtime's rank 0 is the edge, the frames' source, and must run a
+stage, so its plan is one of `edge_input_graph(graph)`, the model behind a first node that hands the
+input on unchanged (a reshape to its own shape): the edge runs that node and sends the input with the
+candidate's codec (the paper's JPEG input), the host runs the model. The caller saves that graph and
+names it in the plan (edge_host_plan's edge_input_spec).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from layers.errors import PisplitError
+
+from layers.graph import Graph, Node
 
 from .cost import CostModel
 from .link_pricing import CodecTable, LossBudget, admissible, link_seconds
@@ -72,8 +80,29 @@ class EdgeHostCandidate:
 
     @property
     def runnable(self) -> bool:
-        """The runtime needs rank 0 (the edge, the frames' source) in a stage: not so with everything on the host."""
+        """Runs on the model as it is: the runtime needs rank 0 (the edge, the frames' source) in a
+        stage, so everything on the host runs only on edge_input_graph(model) (edge_host_plan)."""
         return self.cut > 0
+
+
+EDGE_INPUT_NODE = "edge_input"
+
+
+def edge_input_graph(graph: Graph) -> Graph:
+    """`graph` behind one node, EDGE_INPUT_NODE, that passes its input on unchanged (a reshape to the
+    input's own shape; the new input is '<input>_at_edge'): nodes [0, 1) are the edge's stage of an
+    all-on-the-host plan, cut 1 carries the input to the host. Models of one input; PisplitError else.
+
+    E.g. lenet5 (9 nodes, input 'input' (1, 28, 28, 1)) -> 10 nodes, input 'input_at_edge', node 0
+    edge_input: reshape input_at_edge -> input, then conv1 ... as before; same outputs."""
+    if len(graph.inputs) != 1:
+        raise PisplitError(f"edge-host: all on the host needs a model of one input, {graph.name} has {len(graph.inputs)}")
+    (name, shape), = graph.inputs.items()
+    if graph.dtype(name).kind != "f":
+        raise PisplitError(f"edge-host: all on the host sends a float input; {graph.name}'s input {name!r} is {graph.dtype(name)}")
+    at_edge = f"{name}_at_edge"
+    node = Node(EDGE_INPUT_NODE, "reshape", [at_edge], [name], {"shape": list(shape[1:])})
+    return Graph(f"{graph.name}+edge-input", {at_edge: shape}, [node, *graph.nodes], graph.outputs, graph.weights, graph.meta)
 
 
 def edge_host_candidates(model: CostModel, table: CodecTable | None, budget: LossBudget | None = None) -> list[EdgeHostCandidate]:
@@ -126,11 +155,16 @@ def best_candidate(candidates: list[EdgeHostCandidate], runnable_only: bool = Fa
     return min(pool, key=lambda c: (round(c.period_s, 12), c.edge_energy_j))
 
 
-def edge_host_plan(model: CostModel, candidate: EdgeHostCandidate, model_spec: str, engine: str = "numpy") -> Plan:
+def edge_host_plan(model: CostModel, candidate: EdgeHostCandidate, model_spec: str, engine: str = "numpy",
+                   edge_input_spec: str | None = None) -> Plan:
     """The plan of a candidate: the edge (rank 0) runs [0, cut) and sends with the candidate's codec;
-    the host (rank 1) runs the rest. A cut at n is one stage on the edge alone."""
+    the host (rank 1) runs the rest. A cut at n is one stage on the edge alone. Everything on the host
+    (cut 0) is a plan of edge_input_graph(model's graph), saved where `edge_input_spec` names it."""
     if not candidate.runnable:
-        raise PisplitError("edge-host: with everything on the host, rank 0 (the edge, the frames' source) would run no stage")
+        if edge_input_spec is None:
+            raise PisplitError("edge-host: with everything on the host, rank 0 (the edge, the frames' source) would run no stage of "
+                               "the model: plan edge_input_graph(model) instead (give edge_input_spec)")
+        return _all_on_host_plan(model, candidate, edge_input_spec, engine)
     edge_dev = next(d for d in model.cluster.devices if d.kind != "host")
     host_dev = next(d for d in model.cluster.devices if d.kind == "host")
     n = model.n
@@ -158,6 +192,39 @@ def edge_host_plan(model: CostModel, candidate: EdgeHostCandidate, model_spec: s
     return Plan(model=model_spec, n_nodes=n, devices=devices, stages=stages, planner="edge-host", objective="throughput",
                 engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps, link_latency_s=model.cluster.link_latency_s,
                 predicted_throughput_fps=candidate.throughput_fps, predicted_latency_s=latency, notes=(note,)).validate()
+
+
+def _all_on_host_plan(model: CostModel, candidate: EdgeHostCandidate, spec: str, engine: str) -> Plan:
+    """Everything on the host as a plan of edge_input_graph: the edge's stage [0, 1) passes the input on
+    and sends it with the candidate's codec, the host's stage runs the model's n nodes."""
+    from .cost import shard_memory_bytes
+
+    graph = edge_input_graph(model.graph)
+    edge_dev = next(d for d in model.cluster.devices if d.kind != "host")
+    host_dev = next(d for d in model.cluster.devices if d.kind == "host")
+    n = model.n
+    host_cost = model.stage_cost(0, n, tuple(int(c.kind == "host") for c in model.classes), "single")
+    devices = (Device(0, edge_dev.kind, edge_dev.memory_bytes, edge_dev.host, edge_dev.speed),
+               Device(1, host_dev.kind, host_dev.memory_bytes, host_dev.host, host_dev.speed))
+    send, receive = _input_link_memory(candidate.codec, graph)
+    stages = (Stage(0, 0, 1, (0,), "single", (), int(graph.cut_bytes(1)),
+                    StagePrediction(candidate.encode_s, candidate.transfer_s + candidate.result_s,
+                                    {0: int(shard_memory_bytes(graph, 0, 1) + send)}), candidate.codec),
+              Stage(1, 1, n + 1, (1,), "single", (), 0,
+                    StagePrediction(candidate.host_s + candidate.decode_s, candidate.transfer_s + candidate.result_s,
+                                    {1: int(host_cost.memory_bytes[0] + receive)})))
+    latency = candidate.encode_s + candidate.transfer_s + candidate.decode_s + candidate.host_s + candidate.result_s
+    note = (f"edge-host: everything on the host, the input sent with {candidate.codec} (node {EDGE_INPUT_NODE} on the edge "
+            f"passes it on); predicted edge energy {candidate.edge_energy_j * 1e3:.1f} mJ per frame")
+    return Plan(model=spec, n_nodes=n + 1, devices=devices, stages=stages, planner="edge-host", objective="throughput",
+                engine=engine, link_bandwidth_bps=model.cluster.link_bandwidth_bps, link_latency_s=model.cluster.link_latency_s,
+                predicted_throughput_fps=candidate.throughput_fps, predicted_latency_s=latency, notes=(note,)).validate()
+
+
+def _input_link_memory(codec: str, graph: Graph) -> tuple[float, float]:
+    from .link_pricing import link_memory_bytes
+
+    return link_memory_bytes(codec, [int(graph.tensor_bytes(t)) for t in graph.cut_tensors(1)])
 
 
 # --- a Pi cluster and a host: the head's stages on the Pis, the tail on the host -----------------------------

@@ -283,10 +283,22 @@ def edge_host(graph, model, table, budget, args) -> int:
             coded = [c for c in here if c.codec != "raw"]
             if coded:
                 shown.append(min(coded, key=lambda c: c.period_s))
-    plan = edge_host_plan(model, runnable, args.model, args.engine)
-    if args.plan_output:
-        plan.save(args.plan_output)
-    emulated = emulate_plan(plan, args)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="pisplit-codecs-") as tmp:
+        # everything on the host runs as a plan of the model behind an input-passing node on the edge, saved beside
+        # the plan (or, for --emulate alone, for the run)
+        where = Path(args.plan_output).resolve().parent if args.plan_output else (Path(tmp) if args.emulate else None)
+        one_float_input = len(graph.inputs) == 1 and graph.dtype(next(iter(graph.inputs))).kind == "f"
+        chosen = best if best.runnable or (where is not None and one_float_input) else runnable
+        spec = None
+        if not chosen.runnable:
+            spec = save_edge_input_graph(graph, where / f"{Path(args.plan_output).stem if args.plan_output else 'plan'}.edge-input.json")
+        plan = edge_host_plan(model, chosen, args.model, args.engine, spec)
+        if args.plan_output:
+            plan.save(args.plan_output)
+        emulated = emulate_plan(plan, args)
     if args.json:
         print_json({"model": graph.name, "link_bps": model.cluster.link_bandwidth_bps, "candidates": [
             {**asdict(c), "throughput_fps": c.throughput_fps, "runnable": c.runnable} for c in shown],
@@ -304,15 +316,29 @@ def edge_host(graph, model, table, budget, args) -> int:
                     f"{c.encode_s * 1e3:.1f}", f"{c.transfer_s * 1e3:.1f}", f"{c.decode_s * 1e3:.1f}", f"{c.host_s * 1e3:.1f}",
                     f"{c.throughput_fps:.2f}", f"{c.edge_energy_j * 1e3:.1f}", acc, style=style)
     console.print(out)
-    where = "everything on the edge" if best.cut == model.n else f"cut after {best.after} with {best.codec}"
-    console.print(f"best: {where}: {best.throughput_fps:.2f} frames/s, "
-                  f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if best.runnable else
-                  " (all on the host: not runnable, rank 0 is the edge; best runnable: " +
+    best_where = ("everything on the edge" if best.cut == model.n else
+                  f"everything on the host, input sent with {best.codec}" if best.cut == 0 else f"cut after {best.after} with {best.codec}")
+    console.print(f"best: {best_where}: {best.throughput_fps:.2f} frames/s, "
+                  f"{best.edge_energy_j * 1e3:.1f} mJ per frame on the edge" + ("" if chosen is best else
+                  " (all on the host runs with --plan-output or --emulate: the edge passes the input on; the plan is the best "
+                  "cut of the model itself: " +
                   ("everything on the edge)" if runnable.cut == model.n else f"after {runnable.after} with {runnable.codec})")))
+    if spec:
+        console.print(f"all on the host: the plan runs {spec}, {graph.name} behind node edge_input (the edge's stage)")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output} (run it: mpirun -n {plan.n_ranks} pisplit run {args.plan_output} --emulate)")
     _print_emulated(emulated)
     return 0
+
+
+def save_edge_input_graph(graph, path) -> str:
+    """Save partitioners.edge_host.edge_input_graph(graph) (structure .json and weights .npz) at `path`;
+    returns its absolute path, the plan's model."""
+    from layers.serialize import save_graph
+    from partitioners.edge_host import edge_input_graph
+
+    saved, _ = save_graph(edge_input_graph(graph), path)
+    return str(saved.resolve())
 
 
 def cluster_host(graph, entries, cluster, table, budget, args) -> int:

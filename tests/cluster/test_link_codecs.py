@@ -376,3 +376,32 @@ def test_per_tensor_codecs_under_mpirun_give_the_encoded_models_outputs(tmp_path
     exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(5)])
     assert np.abs(expected.reshape(exact.shape) - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.mpi
+def test_everything_on_the_host_runs_with_the_input_coded_on_the_edge(tmp_path, lenet_codec_table):
+    from cluster.commands.codecs import save_edge_input_graph
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.edge_host import edge_host_candidates, edge_host_plan
+    from partitioners.link_pricing import CodecTable, LossBudget
+
+    graph, table = lenet_codec_table
+    model = CostModel(graph, make_cluster(parse_devices("rpi3:1,host:1"), 22e6))
+    candidates = edge_host_candidates(model, CodecTable.load(table), LossBudget(max_rel_error=0.05))
+    on_host = next(c for c in candidates if c.cut == 0 and c.codec == "int8+zstd")
+    with pytest.raises(PisplitError, match="rank 0 .* would run no stage of the model"):
+        edge_host_plan(model, on_host, "lenet5")
+    spec = save_edge_input_graph(graph, tmp_path / "lenet5-edge.json")
+    plan = edge_host_plan(model, on_host, "lenet5", "numpy", spec)
+    assert [(s.node_start, s.node_stop, s.send_codec) for s in plan.stages] == [(0, 1, "int8+zstd"), (1, 10, "raw")]
+    assert [plan.devices[s.ranks[0]].kind for s in plan.stages] == ["rpi3", "host"]
+    expected = []
+    for f in range(5):
+        x = synthetic_frame(graph, 0, f)["input"]
+        expected.append(graph.forward(input=decode(encode(x, "int8+zstd"))).reshape(1, -1))
+    expected = np.concatenate(expected)
+    got, _ = run_outputs(tmp_path, plan, "on-host", 5)
+    exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(5)])
+    assert np.abs(expected - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-7)
