@@ -207,3 +207,34 @@ def test_stacked_frames_on_a_one_frame_model_are_one_line_errors(engine, tmp_pat
     np.save(tmp_path / "x1.npy", np.random.default_rng(0).standard_normal((9, 24)).astype(np.float32))
     proc = run_pisplit("infer", path, "--input", tmp_path / "x1.npy", "--engine", engine, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_show_counts_a_weight_several_ops_read_once(tmp_path):
+    """An unrolled recurrence as litert-torch writes an LSTM: three FULLY_CONNECTED steps read one stored
+    weight tensor (and one bias); `pisplit show` counts it once in its totals and marks the rows that reuse it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.layers.tflite_models import Model, binary
+
+    m = Model(3)
+    x = m.input((1, 8))
+    w, b = m.layer_weight((8, 8), axis=0), m.weight((8,))
+    h = x
+    for _ in range(3):
+        h = binary(m, "ADD", x, m.op("FULLY_CONNECTED", [h, w, b], (1, 8), m.opts("FullyConnectedOptions")))
+    path = tmp_path / "unrolled.tflite"
+    path.write_bytes(m.finish(h))
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "show", str(path), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    t = doc["totals"]
+    assert (t["params"], t["params_per_use"], t["shared_weights"]) == (8 * 8 + 8, 3 * (8 * 8 + 8), 2)
+    assert t["weight_bytes"] == (8 * 8 + 8) * 4
+    rows = [n for n in doc["nodes"] if n["op"] == "dense"]
+    assert rows[0]["shared_weights"] == {} and all(r["shared_weights"] == {"kernel": f"{rows[0]['name']}/kernel", "bias": f"{rows[0]['name']}/bias"}
+                                                   for r in rows[1:])
+    table = subprocess.run([sys.executable, "-m", "cluster.cli", "show", str(path)], capture_output=True, text=True, timeout=120,
+                           env={**__import__("os").environ, "COLUMNS": "200"}).stdout
+    assert "72 parameters (2 weights read by several ops, counted once; 216 counting every use)" in table and "shared" in table
