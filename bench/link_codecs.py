@@ -7,9 +7,13 @@
    lossy within 1% relative error), predicted and (for --emulate-models) measured throughput against
    one emulated device;
 3. edge (Pi 3B+) + host at 1, 2 and 22 Mbit/s on the trained branchy AlexNet: all on the edge, all on
-   the host with a JPEG input (predicted only: the runtime's rank 0 is the edge and must run a stage),
-   and the best cut with codecs within 1% accuracy loss, emulated; predicted edge energy per frame
-   (partitioners.edge_host's power model) and the measured throughput.
+   the host with a raw and a coded (JPEG/int8) input (run as the model behind an input-passing node
+   on the edge, partitioners.edge_host.edge_input_graph), and the best cut with codecs within 1%
+   accuracy loss, all emulated; predicted edge energy per frame (partitioners.edge_host's power
+   model) and the measured throughput.
+
+Codec seconds are measured on this machine and turned into the reference machine's with its measured
+speed (cluster.host_speed) before the planner scales them to a Pi 3B+ (link_pricing.in_reference_seconds).
 
 Run through scripts/bench_link_codecs. `--quick` shrinks everything (a smoke run).
 """
@@ -22,7 +26,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from cluster.codec_table import check_table, measure_codec_table
+from cluster.codec_table import check_table, measure_codec_table, this_machine_speed
+from cluster.commands.codecs import save_edge_input_graph
 from cluster.commands.emulate import run_emulated
 from cluster.emulated_plans import single_device_plan
 from cluster.output import console, human_bytes
@@ -30,7 +35,7 @@ from layers import load_model
 from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import parse_devices
 from partitioners.edge_host import POWER, best_candidate, edge_host_candidates, edge_host_plan, transmitter_watts
-from partitioners.link_pricing import CodecTable, LossBudget, choose_codec, with_link_codecs
+from partitioners.link_pricing import CodecTable, LossBudget, choose_codec, in_reference_seconds
 from partitioners.planners import make_plan
 from partitioners.profiles import Calibration
 
@@ -38,13 +43,14 @@ CODECS = ("rle-huffman", "zstd", "lz4", "fp16", "fp16+zstd", "int8", "int8+zstd"
 
 
 def table_for(model: str, args, cache: Path):
-    """The codec table of `model` (measured once per run, kept in `cache`)."""
+    """The codec table of `model` (measured once per run, kept in `cache`), in this machine's seconds."""
     path = cache / f"{model}.json"
     graph = load_model(model)
     if path.exists():
         return graph, check_table(CodecTable.load(path), graph)
     t = time.perf_counter()
-    table = measure_codec_table(graph, model, CODECS, n_frames=1 if args.quick else 2, accuracy_frames=50 if args.quick else args.accuracy_frames)
+    table = measure_codec_table(graph, model, CODECS, n_frames=1 if args.quick else 2, accuracy_frames=50 if args.quick else args.accuracy_frames,
+                                machine_speed=this_machine_speed(model))
     console.print(f"[dim]{model}: codec table measured in {time.perf_counter() - t:.0f} s on {table.n_frames} frames ({table.frames})[/dim]")
     table.save(path)
     return graph, table
@@ -80,8 +86,9 @@ def cluster_rows(model: str, graph, table, devices: str, emulate: bool, frames: 
     runs: dict = {}  # the same plan is run once
     for label, codecs, budget in (("raw", None, None), ("lossless codecs", table, None),
                                   ("codecs, 1% rel. error", table, LossBudget(max_rel_error=0.01))):
-        model_ = CostModel(graph, cluster, Calibration("numpy"), codecs=codecs, codec_budget=budget)
-        plan = with_link_codecs(make_plan(graph, model_, "dp", "throughput", model, "numpy"), model_)
+        priced = None if codecs is None else in_reference_seconds(codecs, Calibration("numpy"))
+        model_ = CostModel(graph, cluster, Calibration("numpy"), codecs=priced, codec_budget=budget)
+        plan = make_plan(graph, model_, "dp", "throughput", model, "numpy")  # with a table: each link's codec (build_plan)
         used = sorted({s.send_codec for s in plan.stages[:-1]}) or ["-"]
         key = (plan.input_codec, tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages))
         measured = runs.get(key)
@@ -116,8 +123,10 @@ def part_clusters(args, cache: Path, tmp: Path) -> None:
 
 
 def part_edge_host(args, cache: Path, tmp: Path) -> None:
+    edge_inputs: dict = {}  # model -> its edge_input_graph, saved for the all-on-host runs
     for model in args.edge_models.split(","):
         graph, table = table_for(model, args, cache)
+        priced = in_reference_seconds(table, Calibration("numpy"))
         measured_accuracy = any(s.accuracy_loss is not None for c in table.cuts for s in c.samples)
         budget = LossBudget(max_accuracy_loss=0.01) if measured_accuracy else LossBudget(max_rel_error=0.05)
         what = "within 1% top-1 accuracy on held-out digits" if measured_accuracy else \
@@ -131,7 +140,7 @@ def part_edge_host(args, cache: Path, tmp: Path) -> None:
         runs: dict = {}  # the same candidate is run once (everything on the edge: once for every link)
         for bps in (1e6, 2e6, 22e6):
             cost = CostModel(graph, make_cluster(parse_devices("rpi3:1,host:1"), bps), Calibration("numpy"))
-            cands = edge_host_candidates(cost, table, budget)
+            cands = edge_host_candidates(cost, priced, budget)
             split = [c for c in cands if 0 < c.cut < n]
             settings = (("all on edge", next(c for c in cands if c.cut == n)),
                         ("all on host, raw input", next(c for c in cands if c.cut == 0 and c.codec == "raw")),
@@ -142,8 +151,11 @@ def part_edge_host(args, cache: Path, tmp: Path) -> None:
             for label, c in settings:
                 key = ("edge",) if c.cut == n else (bps, c.cut, c.codec)
                 measured = runs.get(key)
-                if c.runnable and not args.quick and measured is None:
-                    plan = edge_host_plan(cost, c, model, "numpy")
+                if not args.quick and measured is None:
+                    if not c.runnable and model not in edge_inputs:  # saved once per model (AlexNet's weights: 244 MB)
+                        edge_inputs[model] = save_edge_input_graph(graph, tmp / f"{graph.name}-edge-input.json")
+                    spec = None if c.runnable else edge_inputs[model]
+                    plan = edge_host_plan(cost, c, model, "numpy", spec)
                     report = run_emulated(plan.save(tmp / "eh.json"), plan.n_ranks, args.frames, tmp / "eh-report.json", "numpy",
                                           progress=False, timeout=3600)
                     assert report["every_frame_once"], "frames lost or duplicated"
@@ -154,7 +166,8 @@ def part_edge_host(args, cache: Path, tmp: Path) -> None:
                             human_bytes(c.sent_bytes), f"{c.throughput_fps:.1f}", "-" if measured is None else f"{measured:.1f}",
                             f"{c.edge_energy_j * 1e3:.1f}", "-" if energy is None else f"{energy * 1e3:.1f}")
         console.print(out)
-        console.print("[dim]all on host is priced, not run: the runtime's rank 0 is the edge (the frames' source) and must run a stage[/dim]")
+        console.print("[dim]all on host runs as the model behind an input-passing node on the edge (rank 0, the frames' source), "
+                      "which encodes the input and sends it[/dim]")
 
 
 def main(argv=None) -> int:
