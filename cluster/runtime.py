@@ -24,6 +24,7 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -198,8 +199,9 @@ def stall_margin(bound: float) -> float:
 
 
 def parse_fault(text: str | None) -> tuple[int, int, str] | None:
-    """'RANK@FRAME[:kill|stop|error]' -> (rank, frame, mode) (default mode: error). FRAME may also be
-    'start' (before the start barrier: FAULT_AT_START) or 'end' (before the final gather: FAULT_AT_END)."""
+    """'RANK@FRAME[:kill|stop|error|slow[N]]' -> (rank, frame, mode) (default mode: error). FRAME may also be
+    'start' (before the start barrier: FAULT_AT_START) or 'end' (before the final gather: FAULT_AT_END).
+    slowN (N > 1, default 10: 'slow'): from that frame on the rank computes N times slower (slow_factor)."""
     if not text:
         return None
     head, _, mode = str(text).partition(":")
@@ -209,21 +211,83 @@ def parse_fault(text: str | None) -> tuple[int, int, str] | None:
         r, f = int(rank), FAULT_POINTS[frame] if frame in FAULT_POINTS else int(frame)
     except ValueError:
         r = f = -1
-    if r < 0 or f < 0 or mode not in FAULT_MODES:
-        raise PisplitError(f"--fail {text}: expected RANK@FRAME[:{'|'.join(FAULT_MODES)}], e.g. 2@100:stop")
+    if r < 0 or f < 0 or (mode not in FAULT_MODES and slow_factor(mode) is None):
+        raise PisplitError(f"--fail {text}: expected RANK@FRAME[:{'|'.join(FAULT_MODES)}[N]], e.g. 2@100:stop or 1@50:slow4")
     return r, f, mode
 
 
-FAULT_MODES = ("error", "stop", "kill")
+FAULT_MODES = ("error", "stop", "kill", "slow")
+SLOW_DEFAULT = 10.0  # --fail R@F:slow: ten times slower
 FAULT_AT_START, FAULT_AT_END = 1 << 62, (1 << 62) + 1  # --fail RANK@start / RANK@end (beyond any frame)
 FAULT_AT_LOAD = FAULT_AT_START + 2  # --fail RANK@load: before the setup agreement (loading the model)
 FAULT_POINTS = {"start": FAULT_AT_START, "end": FAULT_AT_END, "load": FAULT_AT_LOAD}
 
 
+def slow_factor(mode: str) -> float | None:
+    """'slow' -> 10.0, 'slow4' / 'slow2.5' -> the factor (> 1); None for any other mode."""
+    if not str(mode).startswith("slow"):
+        return None
+    rest = str(mode)[4:]
+    try:
+        factor = float(rest) if rest else SLOW_DEFAULT
+    except ValueError:
+        return None
+    return factor if math.isfinite(factor) and factor > 1 else None
+
+
+class PaceWatch:
+    """Whether this rank falls behind (a gray failure: alive, answering, but far slower than it was).
+
+    Each frame's busy seconds (its compute, not its waits) are compared with its own pace: the median
+    of its first `reference_frames` frames. A CUSUM of (busy - `factor` x reference), floored at 0,
+    is how far it has fallen behind a pace `factor` times slower than its own; past `bound` seconds it
+    is behind (`check` returns the one-line reason, once). Noise and brief slowdowns drain away (a
+    frame at its normal pace takes (factor - 1) x reference off), and a rank whose whole compute is
+    shorter than the bound can never be flagged; a rank under `factor` times slower never is."""
+
+    def __init__(self, bound: float, factor: float = 2.0, reference_frames: int = 10):
+        self.bound, self.factor, self.n_ref = float(bound), float(factor), int(reference_frames)
+        self.first = np.zeros(self.n_ref)
+        self.seen = 0
+        self.reference = 0.0
+        self.behind = 0.0
+        self.since = -1  # the frame the lag began at (the CUSUM left 0)
+        self.busy = 0.0  # busy seconds and frames since then
+        self.frames = 0
+        self.said = False
+
+    def check(self, frame: int, busy: float) -> str | None:
+        if self.bound <= 0 or self.said:
+            return None
+        if self.seen < self.n_ref:
+            self.first[self.seen] = busy
+            self.seen += 1
+            if self.seen == self.n_ref:
+                self.reference = float(np.median(self.first))
+            return None
+        self.behind = max(0.0, self.behind + busy - self.factor * self.reference)
+        if self.behind == 0.0:
+            self.since, self.busy, self.frames = -1, 0.0, 0
+            return None
+        if self.since < 0:
+            self.since = frame
+        self.busy += busy
+        self.frames += 1
+        if self.behind <= self.bound:
+            return None
+        self.said = True
+        per = self.busy / self.frames
+        return (f"falling behind: frames {self.since}-{frame} took {per / self.reference if self.reference else math.inf:.1f}x "
+                f"its first {self.n_ref} frames' compute ({per * 1e3:.2f} ms a frame against {self.reference * 1e3:.2f} ms), "
+                f"{self.behind:.1f} s behind a {self.factor:g}x slower pace, beyond the stall bound of {self.bound:g} s (slow)")
+
+
 def inject_fault(rank: int, frame: int, mode: str) -> None:
     """What `--fail` does to this rank when it reaches `frame`: an error it meets alone (error), or the
     process stopped (stop: SIGSTOP, a hung Pi; it goes on if continued) or killed (kill: SIGKILL, a Pi
-    that lost power)."""
+    that lost power); slow modes act where the rank computes (PipelineRank.slow), not here."""
+    if slow_factor(mode) is not None:
+        return
     if mode == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
         return  # continued (SIGCONT): a device that came back goes on
@@ -331,6 +395,7 @@ class RunOptions:
     frame_interval_s: float = 0.0
     stream_start: float | None = None
     record_transfers: bool = False  # keep (end, bytes, seconds) of each frame this rank sends on its link (PipelineRank.transfers)
+    on_slow: str = "warn"  # a rank falling behind (PaceWatch): "warn" (one line, the run goes on) or "fail" (its error: --resilient replans)
 
 
 class EventLog:
@@ -684,6 +749,8 @@ class PipelineRank:
         self.running = False  # frames are flowing (after the start barrier): failures go through rank 0
         self.frame = -1  # the frame this rank is on, for messages
         self.fail = options.fail if options.fail and int(options.fail[0]) == self.rank else None
+        self.slow = 1.0  # --fail R@F:slowN: from frame F this rank computes N times slower
+        self.pace = PaceWatch(self.stall_s)  # falling behind its own pace beyond the stall bound: said or failed (options.on_slow)
         self.last = plan.stages[-1]
         # a link whose plan names a codec carries codec messages (cluster.link_codecs), else float32 values
         i = self.stage.index
@@ -1087,7 +1154,19 @@ class PipelineRank:
         seconds = time.perf_counter() - t
         if not self.step.split:
             self.stats.compute_s += seconds
+        busy = self.step.compute_s - compute0 if self.step.split else seconds
+        if self.slow > 1.0:  # an injected slow device: its compute takes `slow` times as long
+            extra = (self.slow - 1.0) * busy
+            time.sleep(extra)
+            busy += extra
+            seconds += extra
+            self.stats.compute_s += extra
         self.events.append(SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds)
+        behind = self.pace.check(frame, busy)
+        if behind is not None:
+            if self.options.on_slow == "fail":
+                raise PisplitError(behind)  # this rank's alone: rank 0 keeps what it has, a resilient run replans without it
+            print(f"pisplit: warning: {self._name(self.rank)}: {behind}; the run goes on", file=sys.stderr, flush=True)
         return out
 
     def _begin_frame(self, frame: int) -> None:
@@ -1095,6 +1174,9 @@ class PipelineRank:
         if self.fail is not None and frame >= int(self.fail[1]) and int(self.fail[1]) < FAULT_AT_START:
             rank, at, mode = self.fail
             self.fail = None
+            if slow_factor(mode) is not None:
+                self.slow = slow_factor(mode)
+                return
             inject_fault(rank, frame, mode)
 
     def fault_at(self, point: int) -> None:
@@ -1102,6 +1184,7 @@ class PipelineRank:
         if self.fail is not None and int(self.fail[1]) == point:
             rank, at, mode = self.fail
             self.fail = None
+            self.slow = slow_factor(mode) or 1.0
             inject_fault(rank, at, mode)
 
     def _end_frame(self, frame: int) -> None:

@@ -21,6 +21,8 @@ short sleeps, so ranks that outnumber the cores leave them to the computing ones
 
 data-parallel is frame-wise instead: frames are dealt by share; the root sends each frame to its part
 (Isend), every part runs its frames whole and sends the results back, the root keeps frame order.
+Every wait, there too, is `hooks.wait`: under a stall bound when the caller set one (Hooks.watch:
+the pipeline runtime's, or cluster.watched's for `pisplit split`), naming the rank that went silent.
 Everything goes through cluster.transport; the communicator is passed in (COMM_SELF in tests).
 """
 from __future__ import annotations
@@ -413,14 +415,17 @@ class SplitRunner:
             steps += [(engine, engine.graph) for engine, *_ in self.overlap.pieces]
         return steps
 
-    def compute_alone(self, repeat: int) -> float:
+    def compute_alone(self, repeat: int, between: Callable[[], object] | None = None) -> float:
         """Median seconds of this rank's part on its last input, run `repeat` times (not collective:
-        run it while the other ranks wait, for compute time free of their contention); 0 if it ran none."""
+        run it while the other ranks wait, for compute time free of their contention); 0 if it ran none.
+        `between()` runs before each run (answering the waiting ranks' pings)."""
         if self.last_feeds is None:
             return 0.0
         times = []
         run = self.engine.run if self.tokens is None else self.tokens.alone
         for _ in range(max(1, repeat)):
+            if between is not None:
+                between()
             t = time.perf_counter()
             run(self.last_feeds)
             times.append(time.perf_counter() - t)
@@ -445,25 +450,30 @@ class SplitRunner:
             tensors = frames if isinstance(frames, dict) else self._frames_of(frames)
             stacked = [np.ascontiguousarray(tensors[f.tensor]) for f in feeds]
             result = np.empty((n_frames, *out_shape[1:]), np.float32)
-            sends, recvs = [], []
+            requests, peers = [], []  # every wait is the hooks' (under the runtime's or the command's stall bound)
             for i, part in enumerate(order):
                 if part == self.rank:
                     continue
                 tag = TAG_FRAME + i % TAG_SPAN
                 for arr in stacked:
-                    sends.append(transport.isend(self.comm, arr[i:i + 1], part, tag))
-                recvs.append(transport.irecv(self.comm, result[i:i + 1], part, tag))
+                    requests.append(transport.isend(self.comm, arr[i:i + 1], part, tag))
+                    peers.append(part)
+                requests.append(transport.irecv(self.comm, result[i:i + 1], part, tag))
+                peers.append(part)
+            watch = self.hooks.watch
             for i, part in enumerate(order):
                 if part != self.rank:
                     continue
                 # large transfers only move while this rank is inside MPI: let them advance first
-                transport.test_all(sends + recvs)
+                transport.test_all(requests)
+                if watch is not None and watch.check is not None:
+                    watch.check()  # answer pings: the parts waiting on this rank see it alive
                 t = time.perf_counter()
                 self.last_feeds = {f.name: arr[i:i + 1] for f, arr in zip(feeds, stacked)}
                 y = self.engine.run(self.last_feeds)[out_name]
                 compute += time.perf_counter() - t
                 result[i:i + 1] = y
-            transport.wait_all(sends + recvs)
+            self.hooks.wait(requests, "frames", peers)
         else:
             result = None
             buffers = [np.empty(f.shape, np.float32) for f in feeds]
@@ -472,14 +482,13 @@ class SplitRunner:
                 if part != self.rank:
                     continue
                 tag = TAG_FRAME + i % TAG_SPAN
-                for buf in buffers:
-                    transport.recv(self.comm, buf, self.root, tag)
+                self.hooks.wait([transport.irecv(self.comm, buf, self.root, tag) for buf in buffers], "input", [self.root] * len(buffers))
                 t = time.perf_counter()
                 self.last_feeds = {f.name: buf for f, buf in zip(feeds, buffers)}
                 y = np.ascontiguousarray(self.engine.run(self.last_feeds)[out_name], np.float32)
                 compute += time.perf_counter() - t
                 pending.append((transport.isend(self.comm, y, self.root, tag), y))
-            transport.wait_all([r for r, _ in pending])
+            self.hooks.wait([r for r, _ in pending], "output", [self.root] * len(pending))
         wall = time.perf_counter() - t_start
         mine = sum(1 for part in order if part == self.rank)
         self._account(0.0, compute, wall - compute, 0.0, mine)

@@ -290,7 +290,7 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             np.save(ids_path, ids.astype(np.int64), allow_pickle=False)
             journal_path, report_path = work / f"journal-{k}", work / f"report-{k}.json"
             files = {"plan": plan_path, "frames": ids_path, "journal": journal_path, "report": report_path}
-            argv = ["--frames", str(ids.size), "--no-progress", "--json", *child_args]
+            argv = ["--frames", str(ids.size), "--no-progress", "--json", "--on-slow", "fail", *child_args]
             if k < len(faults):
                 rank, at, mode = faults[k]
                 index = int(np.searchsorted(ids, at))

@@ -30,6 +30,11 @@ def register(sub) -> None:
     p.add_argument("--kind", help="device kind to record (default: from /proc/device-tree/model, else 'host')")
     p.add_argument("--output", metavar="P.json", required=True, help="write the profile here")
     p.add_argument("--json", action="store_true", help="print the profile document")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="under mpirun: a wait with no progress for this long probes the rank it waits for and, if that rank does not "
+                        "answer, names it and ends the job (default 20; rank 0 loading the models gets six times as long; 0: never)")
+    p.add_argument("--fail", metavar="RANK@POINT[:MODE]", help="under mpirun, fault injection for tests and demos: rank RANK fails "
+                   "at POINT, one of load, start (before the link tests) or N (the N-th link round trip); MODE error (default), stop or kill")
     p.set_defaults(func=run)
 
 
@@ -41,27 +46,37 @@ def mpi_world_size() -> int:
     return 1
 
 
-def ping_pong(comm, sizes=LINK_SIZES, repeat: int = 5) -> list:
-    """Rank 0 against every other rank: one-way seconds per message size (half the median round trip)."""
+def ping_pong(comm, work, watch, sizes=LINK_SIZES, repeat: int = 5) -> list:
+    """Rank 0 against every other rank: one-way seconds per message size (half the median round trip).
+    No wait is without `watch`'s bound (cluster.watched.CommandWatch over `comm`): the rank that does
+    not come to a round trip's barrier, or does not answer a message, is named; the round trips are
+    the steps --fail RANK@N counts. The messages go over `work`, a communicator with the same ranks
+    as `comm` (their tags never meet the watch's pings)."""
     from .. import transport
 
     rank, size = comm.Get_rank(), comm.Get_size()
     links = []
+    trip = 0
     for peer in range(1, size):
         seconds = []
         for nbytes in sizes:
-            buf = np.zeros(nbytes // 4, np.float32)
+            buf, echo = np.zeros(nbytes // 4, np.float32), np.zeros(nbytes // 4, np.float32)
+            stall = watch.watch(lambda peers, label: f"no {label} in link test round trip {watch.step} ({nbytes} bytes) "
+                                                     f"with {watch.name(peers[0]) if peers else 'its peer'}")
             trips = []
             for _ in range(repeat + 1):
-                transport.barrier(comm)
-                if rank == 0:
+                watch.step = trip
+                watch.at(trip)
+                watch.barrier(f"link test round trip {trip} (rank 0 and rank {peer}, {nbytes} bytes)")
+                trip += 1
+                if rank == 0:  # the message out and its echo back, both posted at once
                     t0 = time.perf_counter()
-                    transport.send(comm, buf, peer, tag=7)
-                    transport.recv(comm, buf, peer, tag=8)
+                    transport.wait_quietly([transport.isend(work, buf, peer, tag=7), transport.irecv(work, echo, peer, tag=8)],
+                                           watch=stall, label="echo", peers=[peer, peer])
                     trips.append(time.perf_counter() - t0)
                 elif rank == peer:
-                    transport.recv(comm, buf, 0, tag=7)
-                    transport.send(comm, buf, 0, tag=8)
+                    transport.wait_quietly([transport.irecv(work, buf, 0, tag=7)], watch=stall, label="message", peers=[0])
+                    transport.wait_quietly([transport.isend(work, buf, 0, tag=8)], watch=stall, label="echo taken", peers=[0])
             seconds.append(statistics.median(trips[1:]) / 2 if rank == 0 else 0.0)
         if rank == 0:
             links.append(fit_link((0, peer), list(sizes), seconds))
@@ -73,6 +88,8 @@ def run(args) -> int:
         raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
     fractions = _fractions(args.fractions)
     names = [m.strip() for spec in (args.model or ["alexnet"]) for m in spec.split(",") if m.strip()]
+    if args.fail and mpi_world_size() <= 1:
+        raise PisplitError(f"--fail {args.fail}: profile injects faults under mpirun (in its link tests)")
     if mpi_world_size() > 1:
         from .. import transport
 
@@ -82,15 +99,32 @@ def run(args) -> int:
 
 def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) -> int:
     """Under mpirun: rank 0 loads the models (its errors reach every rank), every rank times its link
-    to rank 0, then rank 0 profiles its own device and writes the file."""
-    graphs, error = [], None
-    if rank == 0:
+    to rank 0, then rank 0 profiles its own device and writes the file. No wait is without a bound
+    (cluster.watched): a rank that stops or hangs is named in one line and the job ends."""
+    from ..runtime import FAULT_AT_LOAD, FAULT_AT_START
+    from ..watched import DEFAULT_STALL_S, CommandWatch, parse_command_fault
+
+    graphs, error, fail = [], None, None
+    seconds = DEFAULT_STALL_S if args.stall_timeout is None else args.stall_timeout
+    try:
+        if not seconds >= 0:
+            raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+        fail = parse_command_fault(args.fail, comm.Get_size(), ("load", "start"))
+    except PisplitError as exc:
+        error, seconds = str(exc), DEFAULT_STALL_S
+    watch = CommandWatch(comm, seconds, fail, "link test round trip")
+    watch.at(FAULT_AT_LOAD)
+    if rank == 0 and error is None:
         try:
             graphs = [load_model(name) for name in names]
         except PisplitError as exc:
             error = str(exc)
-    transport.agree(comm, error)
-    links = ping_pong(comm)
+    watch.agree(error, "the end of loading the models", scale=6.0)  # rank 0 loads them all, the others wait
+    watch.learn_hosts()
+    work = transport.split_communicator(comm, 0, rank)  # collective: while every rank is there
+    watch.at(FAULT_AT_START)
+    links = ping_pong(comm, work, watch)
+    watch.retire()
     if rank != 0:
         return 0
     return _profile(args, names, fractions, graphs, links)

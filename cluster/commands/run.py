@@ -46,8 +46,12 @@ def register(sub) -> None:
     p.add_argument("--fail", metavar="RANK@FRAME[:MODE]", action="append", default=[],
                    help=f"fault injection for tests and demos: rank RANK fails when it reaches frame FRAME, MODE one of "
                         f"{', '.join(FAULT_MODES)} (default error: an error that rank meets alone; stop: SIGSTOP, a hung device; "
-                        "kill: SIGKILL, a lost device); FRAME may be 'load', 'start' or 'end' (before the setup agreement / the start "
+                        "kill: SIGKILL, a lost device; slow or slowN: from that frame it computes N times slower, default 10, see --on-slow); FRAME may be 'load', 'start' or 'end' (before the setup agreement / the start "
                         "barrier / the final gather). With --resilient: repeatable, the k-th for the k-th attempt (its plan's ranks; FRAME a frame of the stream)")
+    p.add_argument("--on-slow", choices=("warn", "fail"), default="warn",
+                   help="a rank falling behind (its compute at least 2x slower than its own first frames, until it is a stall bound "
+                        "behind): warn names it once and the run goes on (default); fail ends the run as that rank's error "
+                        "(--resilient attempts use fail: the supervisor replans without it)")
     p.add_argument("--resilient", action="store_true",
                    help="run WITHOUT mpirun: pisplit starts mpirun itself on this machine and, when a rank dies or stalls, replans "
                         "on the surviving devices and reruns only the frames without a result (each frame exactly once, in order); "
@@ -116,7 +120,7 @@ def _run(args, comm, rank: int) -> int:
                          emulate=args.emulate or args.emulate_compute, emulate_links=not args.emulate_compute,
                          window=args.window, max_in_flight=args.max_in_flight,
                          host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate or args.emulate_compute else None,
-                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits, **link)
+                         stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits, **link, on_slow=args.on_slow)
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
         options.frame_ids = frame_ids

@@ -6,6 +6,9 @@ the split take turns, `--repeat` times, and each part is timed once more alone. 
 largest difference to the unsplit output, per-part compute and communication times, the speedup and
 the compute-only speedup (parts timed alone). The segment is the layer plus its followers (the nodes
 that keep its split without communication) unless `--no-followers`; the output names them.
+
+No wait is without a bound (cluster.watched): a rank that stops or hangs in any barrier, transfer or
+gather is named in one line by the rank waiting on it, after --stall-timeout, and the job ends.
 """
 from __future__ import annotations
 
@@ -48,6 +51,11 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=ENGINES, default="numpy", help="engine of every part and of the unsplit reference (default numpy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--json", action="store_true", help="print a JSON document (rank 0)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="a wait with no progress for this long probes the rank it waits for and, if that rank does not answer, "
+                        "names it and ends the job (default 20; loading the model gets three times as long; 0: never)")
+    p.add_argument("--fail", metavar="RANK@POINT[:MODE]", help="fault injection for tests and demos: rank RANK fails at POINT, "
+                   "one of load, start, end or N (before its N-th run, 0 the warm-up); MODE error (default), stop (SIGSTOP) or kill")
     p.set_defaults(func=run)
 
 
@@ -103,16 +111,44 @@ def _median(values) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+def _watch(args, comm):
+    """The run's bounded collectives (cluster.watched) and its --fail, checked (errors agreed later)."""
+    from ..watched import DEFAULT_STALL_S, CommandWatch, parse_command_fault
+
+    seconds = DEFAULT_STALL_S if args.stall_timeout is None else args.stall_timeout
+    error = fail = None
+    try:
+        if not seconds >= 0:
+            raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+        fail = parse_command_fault(args.fail, comm.Get_size())
+    except PisplitError as exc:
+        error, seconds = str(exc), DEFAULT_STALL_S
+    return CommandWatch(comm, seconds, fail, "run"), error
+
+
+def _runner_hooks(watch, describe):
+    """split_exec hooks whose waits are under the run's stall bound."""
+    from ..split_exec import Hooks
+
+    hooks = Hooks()
+    hooks.watch = watch.watch(describe)
+    return hooks
+
+
 def _run(args, comm, rank: int, transport) -> int:
     from ..split_exec import SplitRunner
+
+    from ..runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START
 
     if args.chain is not None:
         return _run_chain(args, comm, rank, transport)
 
     n_ranks = comm.Get_size()
-    error = None
+    watch, error = _watch(args, comm)
     split = runner = how = None
     try:
+        if error is not None:
+            raise PisplitError(error)
         if args.repeat < 1:
             raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
         if args.kind not in SPLIT_KINDS:
@@ -121,10 +157,23 @@ def _run(args, comm, rank: int, transport) -> int:
             raise PisplitError("--star applies to --chain")
         graph = load_model(args.model)
         split, how = build_split(graph, args, n_ranks)
-        runner = SplitRunner(comm, split, args.engine)
     except (PisplitError, OSError) as exc:
         error = str(exc)
-    transport.agree(comm, error)
+    watch.at(FAULT_AT_LOAD)
+    watch.agree(error, "the end of loading")
+    watch.learn_hosts()
+    # the split's transfers on a communicator of their own (their tags never meet the watch's pings)
+    work = transport.split_communicator(comm, 0, rank)
+
+    def describe(peers: list, label: str) -> str:
+        names = ", ".join(watch.name(p) for p in dict.fromkeys(peers)) or "its peers"
+        return f"no '{label}' transfer in run {watch.step} of the {split.kind} split of {split.layer} with {names}"
+
+    try:
+        runner = SplitRunner(work, split, args.engine, hooks=_runner_hooks(watch, describe))
+    except (PisplitError, OSError) as exc:
+        error = str(exc)
+    watch.agree(error, "the end of the split's set-up")
 
     data_parallel = split.kind == "data-parallel"
     n_frames = (args.frames or 4 * n_ranks) if data_parallel else 1
@@ -139,40 +188,44 @@ def _run(args, comm, rank: int, transport) -> int:
         frames = [{f.name: x[f.tensor][i:i + 1] for f in split.parts[0].feeds} if data_parallel
                   else {t: x[t] for t in split.inputs} for i in range(n_frames)]
         out_name = whole_graph.outputs[0]
-        reference = np.concatenate([whole.run(f)[out_name] for f in frames])  # also the warm-up
-    transport.quiet_barrier(comm)
+        reference = np.concatenate([_unsplit(whole, f, watch)[out_name] for f in frames])  # also the warm-up
+    watch.at(FAULT_AT_START)
+    watch.barrier("the start of the split's runs")
 
-    def once():
+    def once(k: int):
+        watch.step = k
+        watch.at(k)
         return runner.run_frames(x, n_frames) if data_parallel else runner.run(x)
 
-    result = once()  # warm-up: first-touch allocations, engine set-up
+    result = once(0)  # warm-up: first-touch allocations, engine set-up
     walls, phases, unsplit = [], [], []
     # Unsplit and split runs take turns, so a change in the machine's load hits both alike.
-    for _ in range(args.repeat):
+    for k in range(1, args.repeat + 1):
         if rank == 0:
             t0 = time.perf_counter()
             for f in frames:
-                whole.run(f)
+                _unsplit(whole, f, watch)
             unsplit.append((time.perf_counter() - t0) / n_frames)
         before = runner.times.to_array()
-        transport.quiet_barrier(comm)
+        watch.barrier(f"the start of run {k}")
         t0 = time.perf_counter()
-        once()
+        once(k)
         walls.append((time.perf_counter() - t0) / n_frames)
         phases.append((runner.times.to_array() - before) / n_frames)
-        transport.quiet_barrier(comm)
+        watch.barrier(f"the end of run {k}")
     unsplit_s = _median(unsplit)
     # Each part alone, the others waiting: its compute time on a device of its own (the paper's
     # "compute only"); ranks sharing one machine slow each other down in the runs above.
     alone = 0.0
     for r in range(n_ranks):
-        transport.quiet_barrier(comm)
+        watch.barrier(f"rank {r}'s turn to time its part alone")
         if rank == r:
-            alone = runner.compute_alone(args.repeat)
-    transport.quiet_barrier(comm)
+            alone = runner.compute_alone(args.repeat, watch.poll)
     my_frames = sum(1 for q in split.deal(n_frames) if q == rank) if data_parallel else 1
     mine = np.array([_median([p[i] for p in phases]) for i in range(4)] + [_median(walls), alone, my_frames], np.float64)
-    rows = transport.gather_rows(comm, mine, root=0)
+    watch.at(FAULT_AT_END)
+    rows = watch.gather(mine, "the final gather of the timings")
+    watch.retire()
     if rank != 0:
         return 0
 
@@ -199,6 +252,12 @@ def _run(args, comm, rank: int, transport) -> int:
                   for p, r in zip(cost.parts, rows)],
     }
     return _report(args, doc, print_split_report, "merged output differs from the unsplit layer")
+
+
+def _unsplit(engine, feeds: dict, watch) -> dict:
+    """Rank 0's unsplit run of one frame, answering the waiting ranks' pings first (it is alive)."""
+    watch.poll()
+    return engine.run(feeds)
 
 
 def _report(args, doc: dict, printer, mismatch: str) -> int:
@@ -296,12 +355,14 @@ def _run_chain(args, comm, rank: int, transport) -> int:
     from partitioners.layouts import produced
     from partitioners.plan import Stage
 
-    from ..runtime import _Step, shard_graph
+    from ..runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START, _Step, shard_graph
 
     n_ranks = comm.Get_size()
-    error = None
-    step = segments = graph = None
+    watch, error = _watch(args, comm)
+    step = segments = graph = stage = None
     try:
+        if error is not None:
+            raise PisplitError(error)
         if args.repeat < 1:
             raise PisplitError(f"--repeat {args.repeat}: must be at least 1")
         for flag, name in ((args.grid, "--grid"), (args.last, "--last"), (args.no_followers, "--no-followers"), (args.frames, "--frames")):
@@ -311,11 +372,22 @@ def _run_chain(args, comm, rank: int, transport) -> int:
         weights = [float(v) for v in parse_sizes(args.sizes, n_ranks)] if args.sizes else n_ranks
         segments = build_chain(graph, args.layer, args.kind.split(","), args.chain, n_ranks, weights, args.star)
         stage = Stage(0, segments[0].node_start, segments[-1].node_stop, tuple(range(n_ranks)), "split", segments)
-        communicator = transport.split_communicator(comm, 0, rank)
-        step = _Step(None, graph, stage, rank, args.engine, {0: communicator})
     except (PisplitError, OSError) as exc:
         error = str(exc)
-    transport.agree(comm, error)
+    watch.at(FAULT_AT_LOAD)
+    watch.agree(error, "the end of loading")
+    watch.learn_hosts()
+    communicator = transport.split_communicator(comm, 0, rank)
+
+    def describe(peers: list, label: str) -> str:
+        names = ", ".join(watch.name(p) for p in dict.fromkeys(peers)) or "its peers"
+        return f"no '{label}' transfer in run {watch.step} of the chain from {args.layer} with {names}"
+
+    try:
+        step = _Step(None, graph, stage, rank, args.engine, {0: communicator}, _runner_hooks(watch, describe))
+    except (PisplitError, OSError) as exc:
+        error = str(exc)
+    watch.agree(error, "the end of the chain's set-up")
 
     start, stop = segments[0].node_start, segments[-1].node_stop
     inputs = whole = reference = None
@@ -324,23 +396,32 @@ def _run_chain(args, comm, rank: int, transport) -> int:
         rng = np.random.default_rng(args.seed)
         inputs = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in graph.cut_tensors(start)}
         whole = make_engine(shard_graph(graph, start, stop), args.engine)
-        reference = whole.run(inputs)[out_name]  # also the unsplit warm-up
-    transport.quiet_barrier(comm)
-    result = step.run(inputs if rank == 0 else {})  # warm-up
+        reference = _unsplit(whole, inputs, watch)[out_name]  # also the unsplit warm-up
+    watch.at(FAULT_AT_START)
+    watch.barrier("the start of the chain's runs")
+
+    def once(k: int):
+        watch.step = k
+        watch.at(k)
+        return step.run(inputs if rank == 0 else {})
+
+    result = once(0)  # warm-up
     walls, unsplit = [], []
     compute0, comm0 = step.compute_s, step.comm_s
-    for _ in range(args.repeat):  # unsplit and split in turns: a change of load hits both alike
+    for k in range(1, args.repeat + 1):  # unsplit and split in turns: a change of load hits both alike
         if rank == 0:
             t0 = time.perf_counter()
-            whole.run(inputs)
+            _unsplit(whole, inputs, watch)
             unsplit.append(time.perf_counter() - t0)
-        transport.quiet_barrier(comm)
+        watch.barrier(f"the start of run {k}")
         t0 = time.perf_counter()
-        step.run(inputs if rank == 0 else {})
+        once(k)
         walls.append(time.perf_counter() - t0)
-        transport.quiet_barrier(comm)
+        watch.barrier(f"the end of run {k}")
     mine = np.array([(step.compute_s - compute0) / args.repeat, (step.comm_s - comm0) / args.repeat], np.float64)
-    rows = transport.gather_rows(comm, mine, root=0)
+    watch.at(FAULT_AT_END)
+    rows = watch.gather(mine, "the final gather of the timings")
+    watch.retire()
     if rank != 0:
         return 0
     got = result[out_name]

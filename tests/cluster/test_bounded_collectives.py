@@ -12,6 +12,7 @@ import pytest
 from cluster import transport
 from cluster.runtime import FAULT_AT_END, FAULT_AT_START, parse_fault
 from layers import zoo_model
+from layers.errors import PisplitError
 
 from .pipeline_plans import hand_plan
 from .test_runtime import reference_outputs
@@ -91,3 +92,59 @@ def test_setup_errors_are_still_agreed_on_every_rank(tmp_path):
     assert proc.returncode != 0
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1 and errors[0].startswith("pisplit: error: --frames 0: must be at least 1"), proc.stderr
+
+
+# --- pisplit split and pisplit profile: every barrier, transfer and gather is bounded too ---------------------
+def test_a_command_fault_names_its_point_and_refuses_what_does_not_apply():
+    from cluster.watched import parse_command_fault
+
+    assert parse_command_fault("2@3:stop", 3) == (2, 3, "stop") and parse_command_fault(None, 3) is None
+    with pytest.raises(PisplitError, match="slow applies to pisplit run"):
+        parse_command_fault("1@2:slow", 3)
+    with pytest.raises(PisplitError, match="end is not a point of this command"):
+        parse_command_fault("1@end", 3, ("load", "start"))
+    with pytest.raises(PisplitError, match="this run has ranks 0-1"):
+        parse_command_fault("2@1", 2)
+
+
+@pytest.mark.mpi
+def test_a_rank_stopped_in_a_data_parallel_split_run_is_named(tmp_path):
+    """`pisplit split --kind data-parallel` waited for frames and results in blocking MPI calls: a rank
+    stopped in its second run left the others waiting forever, silently."""
+    proc, seconds = mpirun(3, "split", "lenet5", "conv1", "--kind", "data-parallel", "--repeat", 2, "--stall-timeout", 1,
+                           "--fail", "2@2:stop")
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): no 'frames' transfer in run 2 of the data-parallel "
+                                             rf"split of conv1 with rank 2 \(host {HOST}\) for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_rank_stopped_before_the_chains_last_gather_is_named_and_a_killed_one_by_open_mpi(tmp_path):
+    proc, seconds = mpirun(2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--chain", 2, "--repeat", 1,
+                           "--stall-timeout", 1, "--fail", "1@end:stop")
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final "
+                                             r"gather of the timings for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    # a rank that dies is Open MPI's to name: it ends the job at once
+    proc, seconds = mpirun(2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--chain", 2, "--repeat", 2, "--fail", "1@1:kill")
+    assert proc.returncode != 0 and seconds < 30 and not pisplit_lines(proc.stderr, "error"), (seconds, proc.stderr)
+    assert re.search(r"process rank 1 with PID \d+ on node \S+ exited on signal 9", " ".join(proc.stderr.split())), proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_rank_stopped_or_killed_in_the_profiles_link_tests_is_named(tmp_path):
+    """`pisplit profile` under mpirun timed every link between MPI barriers and blocking sends: a rank
+    stopped in the link tests left the others waiting forever."""
+    args = ("profile", "--model", "lenet5", "--fractions", "none", "--output", tmp_path / "p.json", "--stall-timeout", 1)
+    proc, seconds = mpirun(3, *args, "--fail", "2@4:stop")
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach link test "
+                                             r"round trip 4 \(rank 0 and rank 1, 1024 bytes\) for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    proc, seconds = mpirun(2, *args, "--fail", "1@3:kill")
+    assert proc.returncode != 0 and seconds < 30 and not pisplit_lines(proc.stderr, "error"), (seconds, proc.stderr)
+    assert re.search(r"process rank 1 with PID \d+ on node \S+ exited on signal 9", " ".join(proc.stderr.split())), proc.stderr
+    assert not (tmp_path / "p.json").exists()

@@ -21,7 +21,7 @@ from cluster import transport
 from cluster.commands.run import frame_ranges
 from cluster.mpirun import local_mpirun_command, mpirun_env, stop
 from cluster.report import chrome_trace, memory_slope
-from cluster.runtime import EventLog, RankStats, RunResult, default_stall_timeout, parse_fault
+from cluster.runtime import EventLog, PaceWatch, RankStats, RunResult, default_stall_timeout, parse_fault, slow_factor
 from layers import zoo_model
 from layers.errors import PisplitError
 from tests.conftest import require
@@ -40,7 +40,8 @@ SPLIT = [(0, 2, [0], "single"), (2, 9, [1, 2], "split", [(2, 4, "conv-channel", 
 def test_fault_specs_and_frame_ranges():
     assert parse_fault("2@100") == (2, 100, "error") and parse_fault("0@0:stop") == (0, 0, "stop")
     assert parse_fault(None) is None and parse_fault("1@5:kill") == (1, 5, "kill")
-    for bad in ("2", "x@1", "1@-3", "1@2:slow", "@4"):
+    assert parse_fault("1@5:slow") == (1, 5, "slow") and slow_factor("slow") == 10.0 and slow_factor("slow2.5") == 2.5
+    for bad in ("2", "x@1", "1@-3", "1@2:slow1", "1@2:slowx", "1@2:slownan", "1@2:sleep", "@4"):
         with pytest.raises(PisplitError, match="expected RANK@FRAME"):
             parse_fault(bad)
     assert frame_ranges([3, 4, 5, 9, 11, 12]) == "3-5, 9, 11-12" and frame_ranges([]) == "" and frame_ranges([7]) == "7"
@@ -83,6 +84,26 @@ def test_the_default_stall_bound_follows_the_plans_timing():
     slow["predicted_throughput_fps"] = 0.5  # an emulated Pi's frame every 2 s
     from partitioners.plan import Plan
     assert default_stall_timeout(Plan.from_dict(slow)) == pytest.approx(40.0)
+
+
+def test_a_rank_falling_behind_its_own_pace_is_said_once_past_the_bound():
+    """--fail R@F:slowN: a rank that keeps running N times slower answers pings, so no wait calls it
+    stalled; its own compute times do: a CUSUM of (busy - 2 x its first frames' median) past the stall
+    bound. Noise, short bursts and a rank under 2x slower never are."""
+    watch = PaceWatch(bound=1.0)
+    rng = np.random.default_rng(0)
+    for f in range(10):
+        assert watch.check(f, 0.010 + 0.001 * rng.random()) is None
+    for f in range(10, 2000):  # 1.5x slower for good, and bursts of 20x every 100 frames: drained by the normal frames
+        busy = 0.2 if f % 100 == 0 else (0.015 if f > 1000 else 0.010)
+        assert watch.check(f, busy) is None, f
+    said = [(f, watch.check(f, 0.1)) for f in range(2000, 2020)]  # 10x slower: 80 ms behind a frame
+    (at, line), = [(f, m) for f, m in said if m is not None]
+    assert 2000 + 12 <= at <= 2000 + 14, at
+    assert line.startswith(f"falling behind: frames 2000-{at} took ") and line.endswith(
+        "behind a 2x slower pace, beyond the stall bound of 1 s (slow)"), line
+    assert watch.check(2100, 5.0) is None  # said once
+    assert all(PaceWatch(0).check(f, 10.0 * f) is None for f in range(50))  # bound 0: off
 
 
 class AnsweringPeer:

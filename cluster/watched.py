@@ -1,0 +1,125 @@
+"""Bounded collectives for the commands whose ranks work in lock step outside the pipeline runtime
+(`pisplit split`, `pisplit profile` under mpirun): no wait is without a bound, and the rank that did
+not come is named in one line.
+
+Every barrier, gather and agreement goes through transport's watched, point-to-point collectives
+(gather_rows_watched / agree_watched: rank 0 names the ranks that did not arrive), and every transfer
+wait through a transport.Watch (the split runner's Hooks.watch): a wait with no progress for the
+stall bound pings the awaited peer and names it if it does not answer. A rank that computes answers
+pings between its steps (`poll`), so only a stopped, hung or lost rank stays silent.
+
+So that one line ends the job, rank 0 waits the bound and the others a margin more, staggered by
+rank (rank 1 before rank 2 ...): the first to speak aborts the job before the next would. A rank
+that dies is Open MPI's to report: it ends the job at once, naming the rank ("process rank N ...
+exited on signal 9"). Faults for tests and demos: --fail RANK@POINT[:error|stop|kill], POINT 'load'
+(before the setup agreement), 'start' (before the first barrier), 'end' (before the last gather) or
+N, the command's N-th step (split: its N-th run, 0 the warm-up; profile: its N-th link round trip).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+import numpy as np
+
+from layers.errors import PisplitError
+
+from . import transport
+from .runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START, inject_fault, parse_fault, slow_factor
+
+DEFAULT_STALL_S = 20.0  # a single layer's part, a link test message: seconds on a Pi, well within this
+STAGGER_S = 1.0  # a later rank's extra wait, so that the lowest rank that sees a stall speaks alone
+POINT_NAMES = {FAULT_AT_LOAD: "load", FAULT_AT_START: "start", FAULT_AT_END: "end"}
+
+
+def margin(bound: float) -> float:
+    """What ranks other than 0 wait beyond the bound (rank 0 names a stall first)."""
+    return max(2.0, 0.5 * bound)
+
+
+class CommandWatch:
+    """One rank's bounded collectives over `comm` (every rank makes one, with the same `seconds`;
+    `seconds` <= 0: no bound). `step` names what the ranks are doing, for messages; `fail` is the
+    parsed --fail (rank, point, mode) or None."""
+
+    def __init__(self, comm, seconds: float, fail: tuple | None = None, step_word: str = "step"):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.seconds = max(float(seconds), 0.0)
+        self.liveness = transport.Liveness(comm) if self.size > 1 else None
+        self.hosts: list | None = None
+        self.fail = fail if fail is not None and int(fail[0]) == self.rank else None
+        self.step_word = step_word
+        self.step = -1
+
+    # --- names and bounds ------------------------------------------------------------------------------
+    def name(self, rank: int) -> str:
+        host = self.hosts[rank] if self.hosts and 0 <= rank < len(self.hosts) else None
+        return f"rank {rank} (host {host})" if host else f"rank {rank}"
+
+    def follow_s(self) -> float:
+        """Rank 0: 0; rank r: the margin and (r - 1) staggers more."""
+        if self.seconds <= 0 or self.rank == 0:
+            return 0.0
+        return margin(self.seconds) + STAGGER_S * (self.rank - 1)
+
+    def bound(self) -> float:
+        return self.seconds + self.follow_s() if self.seconds > 0 else 0.0
+
+    def poll(self) -> None:
+        """Between compute steps: answer pings (this rank is alive, only busy)."""
+        if self.liveness is not None:
+            self.liveness.answer_pings()
+
+    def watch(self, describe: Callable[[list, str], str]) -> transport.Watch:
+        """A stall bound for transfer waits (split_exec.Hooks.watch); `describe(peers, label)` says what
+        was awaited from whom."""
+        return transport.Watch(self.bound(), describe, self.poll, self.liveness)
+
+    # --- collectives -----------------------------------------------------------------------------------
+    def agree(self, error: str | None, what: str, scale: float = 3.0) -> None:
+        """transport.agree with a bound of `scale` stall bounds (loading takes longer than a step)."""
+        seconds = scale * self.seconds
+        transport.agree_watched(self.comm, error, what, seconds, self.name, follow_s=scale * self.follow_s())
+
+    def learn_hosts(self) -> None:
+        """Every rank's host name, for messages (right after an agreement: every rank is there)."""
+        self.hosts = transport.host_names(self.comm) if self.size > 1 else [socket.gethostname()]
+
+    def barrier(self, what: str) -> None:
+        transport.gather_rows_watched(self.comm, np.zeros(0), what, self.seconds, self.liveness, self.name, follow_s=self.follow_s())
+
+    def gather(self, row: np.ndarray, what: str) -> list | None:
+        return transport.gather_rows_watched(self.comm, row, what, self.seconds, self.liveness, self.name, follow_s=self.follow_s())
+
+    def retire(self) -> None:
+        if self.liveness is not None:
+            self.liveness.retire()
+
+    # --- faults ----------------------------------------------------------------------------------------
+    def at(self, point: int) -> None:
+        """--fail on this rank at `point` (FAULT_AT_* or a step number): error, stop or kill now."""
+        if self.fail is None or int(self.fail[1]) != point:
+            return
+        rank, _, mode = self.fail
+        self.fail = None
+        where = POINT_NAMES.get(point, str(point))
+        if mode == "error":
+            what = {"load": "loading", "start": "the start", "end": "the end"}.get(where, f"{self.step_word} {point}")
+            raise PisplitError(f"injected fault at {what} (--fail {rank}@{where}:error)")
+        inject_fault(rank, point, mode)
+
+
+def parse_command_fault(text: str | None, size: int, points: tuple = ("load", "start", "end")):
+    """--fail for a command run by CommandWatch: (rank, point, mode) or None; slow is for `pisplit run`."""
+    fail = parse_fault(text)
+    if fail is None:
+        return None
+    rank, point, mode = fail
+    if slow_factor(mode) is not None:
+        raise PisplitError(f"--fail {text}: slow applies to pisplit run and emulate (frames streaming through a pipeline)")
+    if point in POINT_NAMES and POINT_NAMES[point] not in points:
+        raise PisplitError(f"--fail {text}: {POINT_NAMES[point]} is not a point of this command (points: {', '.join(points)} or a number)")
+    if rank >= size:
+        raise PisplitError(f"--fail {text}: this run has ranks 0-{size - 1}")
+    return fail
