@@ -1,15 +1,18 @@
 """Transformers on emulated Pi clusters (issue 19), run via `scripts/bench_transformers`.
 
 Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 94 Mbit/s: single-frame
-latency (frames sent one at a time) and throughput of one emulated device and of four plans side by side:
-dp latency plans with every split kind (head-parallel attention), without attn-heads, and pipeline-only
-(no split kinds), and the dp throughput plan; each measured next to its prediction.
+latency (frames sent one at a time) and throughput of one emulated device and of plans side by side
+(--variants): dp latency plans with every split kind ("all": the planner picks per block), attention by heads
+("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens, no attn-heads), no
+attention kind ("fc-splits": fc-output / fc-input and the rest), pipeline-only (no split kinds), and the dp
+throughput plan; each measured next to its prediction.
 Part 2 (--corpus): for every litert-torch model of ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus
 (scripts/build_corpus_torch), pisplit's litert engine against one plain LiteRT interpreter on the same
 file (1 thread each, median of 5 warm runs taken in turn, outputs compared).
 
 Usage: scripts/bench_transformers [--models vit_b16,kwt3] [--configs rpi4:4@940mbit,rpi3:4@94mbit]
-       [--frames N] [--corpus] [--no-emulate] [--json]   (10-20 minutes on 2 cores by default)
+       [--variants all,heads,tokens,fc-splits,pipeline-only,throughput] [--frames N] [--corpus] [--no-emulate] [--json]
+       (15-30 minutes on 2 cores by default)
 """
 import os
 
@@ -31,8 +34,12 @@ def say(args, line):
         print(line, flush=True)
 
 
-def plans_for(graph, model, devices, link_bps, engine):
-    """(name, plan): dp latency with every kind, without attn-heads, without split kinds; dp throughput."""
+ATTENTION = (SplitKind.ATTN_HEADS, SplitKind.ATTN_TOKENS)
+VARIANTS = ("all", "heads", "tokens", "fc-splits", "pipeline-only", "throughput")
+
+
+def plans_for(graph, model, devices, link_bps, engine, names=VARIANTS):
+    """(name, plan) per variant (module docstring): dp latency plans over different split kinds; dp throughput."""
     from partitioners.cost import CostModel, make_cluster
     from partitioners.devices import parse_devices
     from partitioners.planners import make_plan
@@ -40,10 +47,14 @@ def plans_for(graph, model, devices, link_bps, engine):
     from partitioners.split_costs import FUSED, PLANNER_KINDS, SplitCatalogue
 
     cluster = make_cluster(parse_devices(devices), link_bps)
-    variants = [("heads", "latency", PLANNER_KINDS + (FUSED,)),
-                ("no-heads", "latency", tuple(k for k in PLANNER_KINDS if k != SplitKind.ATTN_HEADS) + (FUSED,)),
+    every = PLANNER_KINDS + (FUSED,)
+    variants = [("all", "latency", every),
+                ("heads", "latency", tuple(k for k in every if k != SplitKind.ATTN_TOKENS)),
+                ("tokens", "latency", tuple(k for k in every if k != SplitKind.ATTN_HEADS)),
+                ("fc-splits", "latency", tuple(k for k in every if k not in ATTENTION)),
                 ("pipeline-only", "latency", ()),
-                ("throughput", "throughput", PLANNER_KINDS + (FUSED,))]
+                ("throughput", "throughput", every)]
+    variants = [v for v in variants if v[0] in names]
     for name, objective, kinds in variants:
         cost = CostModel(graph, cluster, Calibration(engine), splits=SplitCatalogue(graph, kinds))
         yield name, make_plan(graph, cost, "dp", objective, model, engine)
@@ -64,6 +75,7 @@ def main() -> int:
     ap.add_argument("--models", default="vit_b16")
     ap.add_argument("--configs", default="rpi4:4@940mbit,rpi3:4@94mbit")
     ap.add_argument("--frames", type=int, default=3, help="frames per latency run (sent one at a time)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"plans to run (of {', '.join(VARIANTS)})")
     ap.add_argument("--engine", default="numpy")
     ap.add_argument("--corpus", action="store_true", help="also the litert engine against plain LiteRT on the torch corpus")
     ap.add_argument("--no-emulate", action="store_true", help="only the corpus comparison")
@@ -97,7 +109,7 @@ def main() -> int:
                     say(args, f"{model} {devices} {link_bps / 1e6:.0f} Mbit/s | one {kind}: latency {one['latency_ms']:.0f} ms "
                         f"(pred {one['predicted_latency_ms']:.0f}, x{one['latency_ms'] / one['predicted_latency_ms']:.2f}), "
                         f"{one['fps']:.3f} fps")
-                    for name, plan in plans_for(graph, model, devices, link_bps, args.engine):
+                    for name, plan in plans_for(graph, model, devices, link_bps, args.engine, args.variants.split(",")):
                         t = time.time()
                         latency_run = name != "throughput"
                         frames = args.frames if latency_run else max(2 * plan.n_ranks, args.frames)

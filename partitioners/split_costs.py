@@ -168,9 +168,12 @@ class SplitCatalogue:
                 continue
             found[kind] = _affine(kind, layer, cost)
         if TOKENS in self.allowed and TOKENS in legal_kinds(self.graph, layer):
-            # the token split runs through the segment the other kinds make (the attention block through its
-            # output projection), not through the block's MLP: its FC layers stay segments of their own
-            stop = max([k.stop for k in found.values()] + [start + 1])
+            # the token split runs through the attention block (its output projection, where attn-heads stops),
+            # not through the block's MLP: its FC layers stay segments of their own
+            from .split_heads import attention_block
+
+            block = attention_block(self.graph, start)
+            stop = max([k.stop for k in found.values()] + [block.stop if block is not None else start + 1])
             cost = _calibration_split(self.graph, layer, TOKENS, last=self.graph.nodes[stop - 1].name)
             if cost is not None:
                 found[TOKENS] = _affine(TOKENS, layer, cost)

@@ -1,5 +1,6 @@
 """scripts/bench_transformers, briefly (issue 19): KWT-3 on 2 emulated Pi 4, one frame per run; the numbers
-are not judged (timing belongs to the benchmark), the plans it compares are."""
+are not judged (timing belongs to the benchmark), the plans it compares are: attention by heads, by tokens
+(emulated under mpirun: the token split's K/V all-gather between emulated devices) and pipeline-only."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,14 @@ from tests.cluster.test_bench import bench
 pytestmark = [pytest.mark.mpi]
 
 
-def test_bench_transformers_compares_head_parallel_with_pipeline_only():
-    doc = json.loads(bench("bench_transformers", "--models", "kwt3", "--configs", "rpi4:2@940mbit", "--frames", "1", "--json").stdout)
+def test_bench_transformers_compares_heads_tokens_and_pipeline_only():
+    doc = json.loads(bench("bench_transformers", "--models", "kwt3", "--configs", "rpi4:2@940mbit", "--frames", "1",
+                           "--variants", "heads,tokens,pipeline-only", "--json").stdout)
     (row,) = doc["emulated"]
     assert row["model"] == "kwt3" and row["one_device"]["latency_ms"] > 0
     plans = row["plans"]
-    assert set(plans) == {"heads", "no-heads", "pipeline-only", "throughput"}
-    assert "attn-heads 12" in plans["heads"]["plan"] and "attn-heads" not in plans["no-heads"]["plan"]
+    assert set(plans) == {"heads", "tokens", "pipeline-only"}
+    assert "attn-heads 12" in plans["heads"]["plan"] and "attn-tokens" not in plans["heads"]["plan"]
+    assert "attn-tokens" in plans["tokens"]["plan"] and "attn-heads" not in plans["tokens"]["plan"]
     assert "[" not in plans["pipeline-only"]["plan"]  # no split kinds
     assert all(p["latency_ms"] > 0 and p["predicted_latency_ms"] > 0 for p in plans.values())
