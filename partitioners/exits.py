@@ -132,6 +132,32 @@ def normalised_entropy(values: np.ndarray, kind: str) -> np.ndarray:
     return np.clip(h / math.log(c), 0.0, 1.0)
 
 
+def exit_fires(values, kind: str, threshold: float) -> bool:
+    """Whether one frame's exit tensor `values` (1, C) answers at `threshold`: exactly
+    normalised_entropy(values) <= threshold, decided cheaply for most frames (the runtime asks once
+    per exit per frame).
+
+    T >= 1 fires for finite values (eta is clipped to 1). Otherwise a lower bound first: for probabilities
+    p <= max p = m <= 1, so H = -sum p log p >= -log m x sum p (min-entropy); for logits H >= log sum
+    exp(z - max z) (the same, through log-softmax). When the bound, with a margin of 1e-9 relative
+    for rounding, is above T the frame cannot exit (at T = 0 that is every frame whose probabilities
+    are not exactly one-hot); else the exact entropy decides."""
+    row = np.asarray(values).reshape(-1)
+    vals = row.tolist()  # a few classes: Python's reductions beat numpy's call overhead
+    low = None
+    if len(vals) >= 2 and all(math.isfinite(v) for v in vals):
+        if threshold >= 1.0:
+            return True
+        top = max(vals)
+        if kind == "probabilities" and 0.0 < top <= 1.0 and min(vals) >= 0.0:
+            low = -math.log(top) * math.fsum(vals)
+        elif kind == "logits":
+            low = math.log(math.fsum(math.exp(v - top) for v in vals))
+    if low is not None and low / math.log(len(vals)) > threshold * (1.0 + 1e-9) + 1e-12:
+        return False
+    return bool(normalised_entropy(row.reshape(1, -1), kind)[0] <= threshold)
+
+
 def answering_exit(etas: np.ndarray, thresholds) -> np.ndarray:
     """Per frame, the index of the first exit with eta <= T, or len(thresholds) (the final output).
 
@@ -254,8 +280,9 @@ def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions
     """A two-stage plan for a model with exits, chosen knowing the exit rates: the front stage runs the
     model up to one of the exits (its branch included), the rest runs behind it on the other devices;
     of every exit to cut after and every split of the devices (front / rest, each stage data-parallel
-    over its devices) the one with the best throughput when each stage carries only the work its
-    frames still need (stage_work_ratios: exits inside a stage stop frames there too).
+    over its devices) the one with the best throughput when each stage carries only the work and
+    the transfers its frames still need (stage_periods_with_exits: exits inside a stage stop frames
+    there too).
 
     fractions: each exit's share of all frames (calibrate). Returns the Plan (with its exits, their
     fractions, and predicted_throughput_fps counting the exit rates), or raises PisplitError when
@@ -279,9 +306,10 @@ def exit_split_plan(graph: Graph, cost_model, points: list[ExitPoint], fractions
                 costs = stage_costs(cost_model, choices)
             except PisplitError:
                 continue
+            if not all(c.feasible for c in costs):
+                continue
             stages = [_Range(0, 0, cut, (front,), choices[0].mode), _Range(1, cut, len(graph), (n_devices - front,), choices[1].mode)]
-            ratios = stage_work_ratios(cost_model, _Stages(stages), points, fractions)
-            period = max(c.period_s * r for c, r in zip(costs, ratios))
+            period = float(stage_periods_with_exits(cost_model, stages, points, fractions).max())
             if best is None or period < best[0]:
                 best = (period, choices, reach_from_fractions(stages, points, fractions))
     if best is None:
@@ -310,43 +338,118 @@ class _Range:
         return tuple(range(self.counts[0]))
 
 
-@dataclass(frozen=True)
-class _Stages:
-    stages: list
-
-
 def reach_at_node(points: list[ExitPoint], fractions, node: int) -> float:
     """Fraction of frames that get to compute `node`: not answered by an exit made before it."""
     return 1.0 - float(sum(f for p, f in zip(points, fractions) if p.node < node))
 
 
-def stage_work_ratios(cost_model, plan, points: list[ExitPoint], fractions) -> np.ndarray:
-    """Per stage of `plan` (homogeneous devices), the share of its work that frames still need when
-    exits stop them inside single and data-parallel stages too (cluster.exits.ExitingRunner): (sum
-    over its pieces of piece compute x the fraction reaching the piece + its communication x the
-    fraction reaching the stage) / (compute + communication), pieces cut after each exit in it,
-    compute from the cost model. Split stages decide at their end (one piece)."""
-    ratios = []
-    for s in plan.stages:
-        counts = (len(s.ranks),)
-        mode = "single" if len(s.ranks) == 1 else s.mode
-        whole = cost_model.stage_cost(s.node_start, s.node_stop, counts, mode)
-        if whole is None:
-            raise PisplitError(f"stage {s.index}: the cost model has no cost for nodes [{s.node_start}, {s.node_stop})")
-        cuts = [] if s.mode == StageMode.SPLIT else sorted({p.node + 1 for p in points if s.node_start < p.node + 1 < s.node_stop})
-        bounds = [s.node_start, *cuts, s.node_stop]
-        scaled = 0.0
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            piece = cost_model.stage_cost(a, b, counts, mode) if (a, b) != (s.node_start, s.node_stop) else whole
-            scaled += piece.compute_s * reach_at_node(points, fractions, a)
-        scaled += whole.comm_s * reach_at_node(points, fractions, s.node_start)
-        total = whole.compute_s + whole.comm_s
-        ratios.append(scaled / total if total > 0 else reach_at_node(points, fractions, s.node_start))
-    return np.array(ratios)
-
-
 def throughput_with_inner_exits(cost_model, plan, points: list[ExitPoint], fractions) -> float:
     """Predicted throughput of `plan` with exits taken inside its stages too: the plan's figure scaled
-    by its stages' work ratios (stage_work_ratios, throughput_with_exits)."""
-    ratios = stage_work_ratios(cost_model, plan, points, fractions)
-    return throughput_with_exits(plan.predicted_throughput_fps, plan_stage_periods(plan), ratios)
+    by how much its slowest stage period shrinks (stage_periods_with_exits with these shares over
+    the same without exits), so a plan's own calibration carries over."""
+    return scaled_throughput(plan.predicted_throughput_fps, stage_periods_with_exits(cost_model, plan.stages, [], []),
+                             stage_periods_with_exits(cost_model, plan.stages, points, fractions))
+
+
+def scaled_throughput(fps: float, periods_before, periods_after) -> float:
+    """fps x max(periods_before) / max(periods_after) (fps unchanged when either is 0)."""
+    before = float(np.max(periods_before)) if len(periods_before) else 0.0
+    after = float(np.max(periods_after)) if len(periods_after) else 0.0
+    return fps * before / after if fps > 0 and before > 0 and after > 0 else fps
+
+
+def stage_counts(cost_model, stage) -> tuple:
+    """Devices per cost-model class of a plan stage (a _Range carries its own)."""
+    if hasattr(stage, "counts"):
+        return tuple(stage.counts)
+    classes = cost_model.classes
+    if len(classes) == 1:
+        return (len(stage.ranks),)
+    counts = tuple(sum(1 for r in stage.ranks if r in c.ranks) for c in classes)
+    if sum(counts) != len(stage.ranks):
+        raise PisplitError(f"stage {stage.index}: its ranks {list(stage.ranks)} are not all devices of the cost model's cluster")
+    return counts
+
+
+SKIP_BYTES = 32  # a skip header (cluster.exits)
+GATE_BYTES = 16  # a split stage's go/skip word to a worker
+
+
+def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fractions) -> np.ndarray:
+    """Seconds per frame each stage needs when exits answer `fractions` of all frames (one share per
+    point), every term of partitioners.cost's stage cost weighted by the frames it applies to:
+
+    - compute: a single or data-parallel stage runs in pieces cut after each exit inside it (the
+      runtime's ExitingRunner), each piece for the frames that reach it; a split stage (compute and
+      its inner transfers) for the frames reaching the stage;
+    - input: the stage's input for the frames reaching it, a skip header (cluster.exits) for the others;
+    - output: the next stage's input for the frames going on, a skip header for the others, and an
+      answer (priced as a result) to rank 0 for each frame answered inside the stage (rank 0 answers
+      its own frames in place);
+    - rank 0 as source and sink: every frame's input goes out, every frame's answer comes back;
+    - a split stage behind an exit: the lead's go/skip word to each worker, every frame.
+
+    With no exits (no points) every stage's period is partitioners.cost's period_s. Stages: a Plan's,
+    or objects with index, node_start, node_stop, mode and counts (per cost-model class)."""
+    x = cost_model.transfer
+    n = cost_model.n
+    result = float(x[n])
+    skip = cost_model.message_seconds(SKIP_BYTES, 1)
+    gate = cost_model.message_seconds(GATE_BYTES, 1)
+    exit_nodes = [p.node for p in points]
+    periods = []
+    for s in stages:
+        a, b = s.node_start, s.node_stop
+        counts = stage_counts(cost_model, s)
+        m = sum(counts)
+        mode = "single" if m == 1 else s.mode
+        first, last = a == 0, b == n
+        r_in = reach_at_node(points, fractions, a)
+        r_out = reach_at_node(points, fractions, b) if not last else 0.0
+        answered = r_in - r_out  # of all frames, answered inside this stage
+        gated = any(node < a for node in exit_nodes)
+        link = cost_model.link_terms(a, b)
+        whole = cost_model.stage_cost(a, b, counts, mode)
+        if whole is None:
+            raise PisplitError(f"stage {s.index}: the cost model has no {mode} cost for nodes [{a}, {b}) on {m} device(s)")
+        # what a rank sends per frame it takes, and what the lead of a first stage (rank 0) sends
+        if last:
+            out_remote = result * r_in
+        else:
+            out_remote = x[b] * r_out + skip * (1.0 - r_out) + result * answered
+        out_rank0 = 0.0 if last else x[b] * r_out + skip * (1.0 - r_out)
+        into = x[a] * r_in + (skip * (1.0 - r_in) if gated else 0.0)
+        if mode == "split":
+            links = link.lead_in + link.lead_out + link.sink
+            inner = whole.period_s - links
+            cost = inner * r_in + (gate * (m - 1) if gated else 0.0)
+            if first:
+                cost += out_rank0 + (link.sink * r_out if not last else 0.0)
+            else:
+                cost += into + out_remote
+            periods.append(cost)
+            continue
+        slots = cost_model.slots_of(counts)
+        cuts = sorted({node + 1 for node in exit_nodes if a < node + 1 < b})
+        bounds = [a, *cuts, b]
+        computes = [sum(float(cost_model.prefix_seconds[k, hi] - cost_model.prefix_seconds[k, lo]) * reach_at_node(points, fractions, lo)
+                        for lo, hi in zip(bounds[:-1], bounds[1:])) for k in slots]
+        if mode == "single":
+            if first:
+                cycle = computes[0] + out_rank0 + (link.sink * r_out if not last else 0.0)
+            else:
+                cycle = computes[0] + into + out_remote
+            periods.append(cycle)
+            continue
+        if first:
+            # rank 0: its own frames, and per round of m frames the inputs of the other replicas and
+            # the answers of every frame it does not answer itself
+            back = (m - 1) * answered + (m * r_out if not last else 0.0)
+            lead = computes[0] + out_rank0 + (m - 1) * link.source + back * result
+            replica_in = x[0]
+        else:
+            lead = computes[0] + into + out_remote
+            replica_in = None
+        cycle = [lead] + [c + (into if replica_in is None else replica_in) + out_remote for c in computes[1:]]
+        periods.append(max(cycle) / m)
+    return np.array(periods, dtype=float)

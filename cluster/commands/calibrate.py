@@ -92,38 +92,35 @@ def calibration_document(graph, model: str, data: str, outputs: dict, labels, po
 
 def plan_with_fractions(plan, graph, points, fractions):
     """`plan` with its exits' measured shares, and its predicted throughput counting them: the plan's
-    figure without exits (recovered if it already counted older shares) scaled by
-    partitioners.exits.throughput_with_exits."""
-    from partitioners.exits import plan_stage_periods, resolve_exits, throughput_with_exits
+    figure scaled by how much its slowest stage period changes from the shares it recorded before
+    (none: every frame to the end) to these (stage_periods)."""
+    from partitioners.exits import resolve_exits, scaled_throughput
     from partitioners.plan import Exit
 
-    periods = plan_stage_periods(plan)
-    base = plan.predicted_throughput_fps
     old = [e for e in plan.exits if e.exit_fraction is not None]
-    if old and periods.size and periods.max() > 0:
-        old_points = resolve_exits(graph, {e.name: e.threshold for e in old})
-        share = {e.name: e.exit_fraction for e in old}
-        old_reach = work_ratios(plan, graph, old_points, [share[p.name] for p in old_points])
-        base = base * (periods * old_reach).max() / periods.max()
-    reach = work_ratios(plan, graph, points, fractions)
+    old_points = resolve_exits(graph, {e.name: e.threshold for e in old}) if old else []
+    share = {e.name: e.exit_fraction for e in old}
+    before = stage_periods(plan, graph, old_points, [share[p.name] for p in old_points])
+    after = stage_periods(plan, graph, points, fractions)
     exits = tuple(Exit(p.name, p.threshold, float(f)) for p, f in zip(points, fractions))
-    return replace(plan, exits=exits, predicted_throughput_fps=throughput_with_exits(base, periods, reach)).validate()
+    return replace(plan, exits=exits, predicted_throughput_fps=scaled_throughput(plan.predicted_throughput_fps, before, after)).validate()
 
 
-def work_ratios(plan, graph, points, fractions):
-    """Per stage, the share of its work frames still need with these exits: from the cost model when
-    the plan's devices are of one kind (exits inside single and data-parallel stages stop frames
-    there too: partitioners.exits.stage_work_ratios), else the share of frames that reach the stage."""
+def stage_periods(plan, graph, points, fractions):
+    """Per stage, seconds per frame with these exits: from the cost model when the plan's devices are
+    of one kind (partitioners.exits.stage_periods_with_exits: compute pieces and transfers weighted
+    by the frames they apply to), else the plan's predicted stage periods times the share of frames
+    that reach each stage."""
     from partitioners.cost import CostModel, make_cluster
     from partitioners.devices import parse_devices
-    from partitioners.exits import reach_from_fractions, stage_work_ratios
+    from partitioners.exits import plan_stage_periods, reach_from_fractions, stage_periods_with_exits
     from partitioners.profiles import Calibration
 
     kinds = {d.kind for d in plan.devices}
     if len(kinds) == 1:
         try:
-            cluster = make_cluster(parse_devices(f"{kinds.pop()}:{plan.n_ranks}"), plan.link_bandwidth_bps)
-            return stage_work_ratios(CostModel(graph, cluster, Calibration(plan.engine)), plan, points, fractions)
+            cluster = make_cluster(parse_devices(f"{kinds.pop()}:{plan.n_ranks}"), plan.link_bandwidth_bps, plan.link_latency_s)
+            return stage_periods_with_exits(CostModel(graph, cluster, Calibration(plan.engine)), plan.stages, points, fractions)
         except PisplitError:
             pass
-    return reach_from_fractions(plan.stages, points, fractions)
+    return plan_stage_periods(plan) * reach_from_fractions(plan.stages, points, fractions)
