@@ -234,12 +234,21 @@ class SplitRunner:
         self.sources = sources
         tag = tag_base
         self.transfers: list[Transfer] = []
+        self.sequences: dict = {}  # inputs whose axis 0 holds one frame's sequence: moved behind a leading axis of one
         for t in split.inputs:
             have = sources.get(t) or layouts.whole(t, split.graph.shapes[t][1:], root)
-            transfer = Transfer(have, layouts.needed(split, self.ranks, t), self.rank, tag)
+            wants = layouts.needed(split, self.ranks, t)
+            axis0 = split.graph.shapes[t][0]
+            if axis0 != 1 and t not in sources:  # issue 19: (T, C) rows of a batch-1 layout, boxes over the whole shape
+                self.sequences[t] = split.graph.shapes[t]
+                have = layouts.whole(t, self.sequences[t], root)
+                wants = tuple((layouts.Piece(p.rank, ((0, axis0), *p.box)), key) for p, key in wants)
+            transfer = Transfer(have, wants, self.rank, tag)
             tag += transfer.n_messages
             self.transfers.append(transfer)
-        self.feed_buffers = {f.name: np.empty(f.shape, np.float32) for f in (self.part.feeds if self.part else ())}
+        feeds_ = self.part.feeds if self.part else ()
+        self.seq_feeds = {f.name: f.shape for f in feeds_ if f.tensor in self.sequences}
+        self.feed_buffers = {f.name: np.empty((1, *f.shape) if f.name in self.seq_feeds else f.shape, np.float32) for f in feeds_}
         self.overlap = self._plan_overlap(engine)
         self.merged_shape = split.partial_shape
         self.summing = split.layout.merge == "sum"
@@ -296,6 +305,9 @@ class SplitRunner:
         hooks = self.hooks
         t0 = time.perf_counter()
         feeds = dict(self.feed_buffers)
+        for t, shape in self.sequences.items():
+            if t in tensors:
+                tensors[t] = tensors[t].reshape(1, *shape)
         for transfer in self.transfers:
             feeds.update(transfer.start(self.comm, tensors.get(transfer.have.tensor), hooks))
         if self.overlap is not None:
@@ -315,6 +327,8 @@ class SplitRunner:
             return self._finish_frame(y, t0, t1, t2)
         for transfer in self.transfers:
             transfer.finish(feeds, hooks, "input")
+        for name, shape in self.seq_feeds.items():
+            feeds[name] = feeds[name].reshape(shape)
         t1 = time.perf_counter()
         y = None
         if self.tokens is not None and self.engine is not None:

@@ -13,11 +13,13 @@ Recognising a block is a trace of where the head axis goes (`attention_block`): 
 columns are factors (qkv 3) x (heads H) x (head dim D); each RESHAPE regroups factors (a head factor
 is never cut), each TRANSPOSE permutes axes, STRIDED_SLICE may pick one of Q/K/V on an axis holding
 only the qkv factor, SOFTMAX and BATCH_MATMUL must reduce over axes without heads, element-wise ops
-take scalar constants, and the block ends at the first FULLY_CONNECTED whose input rows are
-(heads, head dim), with a BATCH_MATMUL on the way. Anything else, a tensor read outside the block, a
-quantized node, or a block input whose axis 0 is a sequence rather than the batch (torch's
-batch_first=False attention reading (T, C) rows: split inputs travel as boxes after the batch axis)
-means no block (the kind does not apply). The trace uses the finest head count the shapes allow: a block of
+take constants whose axes are 1, span an axis without heads or hold the heads (a part takes its heads'
+slice: Swin's relative position bias), and the block ends at the first FULLY_CONNECTED whose input rows are
+(heads, head dim), with a BATCH_MATMUL on the way. Anything else, a tensor read outside the block or a
+quantized node, means no block (the kind does not apply). A block whose input holds one frame's
+sequence on axis 0 (torch's batch_first=False attention reading (T, C) rows, as KWS's first block and
+Swin's windows) is split too: every part receives the whole input (cluster.split_exec moves such a
+tensor behind a leading axis of one) and the partial sums are (T, C) as well. The trace uses the finest head count the shapes allow: a block of
 12 heads also traces as 6 groups of 2, and 12 is taken.
 
 A part's nodes are the block's nodes with every shape recomputed from the traced factors with H
@@ -45,7 +47,7 @@ from .split_parts import Layout, PartBuilder, PartNode, box_index, full_box
 HEADS_KIND = "attn-heads"
 # ops an attention block may hold between its projections and its output projection
 BLOCK_OPS = ("dense", "reshape", "transpose", "strided_slice", "mul", "add", "sub", "softmax", "batch_matmul", "dropout")
-MAX_BLOCK_NODES = 80
+MAX_BLOCK_NODES = 200  # (Swin's shifted windows compute their attention mask inside the block)
 
 H = "heads"
 QKV = "qkv"
@@ -125,16 +127,20 @@ def _slice_ranges(node: Node, rank: int) -> list[tuple]:
 def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
     x = graph.nodes[start].inputs[0]
     fac: dict[str, list] = {}
+    consts: set[str] = set()  # tensors computed from constants alone (Swin's shifted-window mask): every part runs them whole
     qkv_cols = None
     for j in range(start, min(len(graph.nodes), start + MAX_BLOCK_NODES)):
         node = graph.nodes[j]
-        if node.op not in BLOCK_OPS + ("constant",) or node.attrs.get("quantized") or len(node.outputs) != 1:
+        if node.attrs.get("quantized") or len(node.outputs) != 1:
             raise _NotAttention(f"node {node.name} ({node.op}) cannot be part of a head-parallel block")
         out = node.outputs[0]
         shape = graph.shapes[out]
-        if node.op == "constant":
+        if node.op == "constant" or (node.inputs and all(t in consts for t in node.inputs)):
             fac[out] = [((None, s),) for s in shape]
+            consts.add(out)
             continue
+        if node.op not in BLOCK_OPS:
+            raise _NotAttention(f"node {node.name} ({node.op}) cannot be part of a head-parallel block")
         if node.op == "dense" and node.inputs[0] == x:
             cols = node.weight_shapes["kernel"][1]
             if node.attrs.get("activation") not in (None, "linear"):
@@ -201,8 +207,6 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
 
 
 def _elementwise(graph: Graph, node: Node, ins: list, shape) -> list:
-    if "constant" in node.weight_shapes and numel(node.weight_shapes["constant"]) != 1:
-        raise _NotAttention(f"{node.op} {node.name} takes a constant of shape {tuple(node.weight_shapes['constant'])}")
     if node.attrs.get("activation") not in (None, "linear"):
         raise _NotAttention(f"{node.op} {node.name} has an activation")
     rank = len(shape)
@@ -213,7 +217,28 @@ def _elementwise(graph: Graph, node: Node, ins: list, shape) -> list:
         if any(c != cands[0] for c in cands):
             raise _NotAttention(f"{node.op} {node.name} combines tensors laid out differently")
         out.append(cands[0])
+    const = tuple(node.weight_shapes.get("constant", ()))
+    for k in range(1, len(const) + 1):
+        # a constant operand (Swin's relative position bias (1, H, T, T), a window mask): each of its axes is 1,
+        # or spans an axis without heads whole, or holds exactly the heads (a part takes its heads' slice)
+        axis = [f for f in out[-k] if f[1] != 1] if k <= len(out) else []
+        if const[-k] == 1 or (not _labelled(axis) and const[-k] == _size(axis)):
+            continue
+        if len(axis) == 1 and axis[0][0] == H and const[-k] == axis[0][1]:
+            continue
+        raise _NotAttention(f"{node.op} {node.name} takes a constant of shape {const}")
     return out
+
+
+def _heads_box(block: "AttentionBlock", node: Node, h0: int, h1: int) -> tuple:
+    """The box of an element-wise node's constant operand a part takes: its heads on an axis of heads."""
+    const = tuple(node.weight_shapes["constant"])
+    out = block.factors[node.outputs[0]]
+    box = list(full_box(const))
+    for k in range(1, len(const) + 1):
+        if const[-k] != 1 and k <= len(out) and any(lab == H for lab, _ in out[-k]):
+            box[-k] = (h0, h1)
+    return tuple(box)
 
 
 def _matmul(node: Node, ins: list, shape) -> list:
@@ -250,9 +275,7 @@ def _check_contained(graph: Graph, start: int, stop: int) -> None:
 def attention_block(graph: Graph, start: int) -> AttentionBlock | None:
     """The attention block starting at dense node `start` (its first Q/K/V projection), or None."""
     node = graph.nodes[start]
-    if node.op != "dense" or graph.shapes[node.inputs[0]][0] != 1:
-        # a block fed by a sequence of one frame on axis 0 (torch's batch_first=False attention: (T, C)
-        # rows) is not split: the split runtime sends its inputs as boxes after the batch axis
+    if node.op != "dense":
         return None
     cols = node.weight_shapes["kernel"][1]
     for fused in (True, False):
@@ -269,9 +292,6 @@ def why_not_attention(graph: Graph, start: int) -> str:
     node = graph.nodes[start]
     if node.op != "dense":
         return f"{node.name} is a {node.op} node, not a Q/K/V projection"
-    x = node.inputs[0]
-    if graph.shapes[x][0] != 1:
-        return f"its input {x!r} {graph.shapes[x]} holds a sequence on axis 0 (split inputs travel as boxes after the batch axis)"
     cols = node.weight_shapes["kernel"][1]
     reasons = []
     for fused in (True, False):
@@ -344,6 +364,9 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
                 if "bias" in node.weight_shapes and p > 0:
                     del boxes["bias"], shapes["bias"]
                 output = partial
+            elif node.op in ("mul", "add", "sub") and "constant" in node.weight_shapes:
+                boxes["constant"] = _heads_box(block, node, h0, h1)
+                shapes["constant"] = tuple(b1 - b0 for b0, b1 in boxes["constant"])
             elif node.op == "reshape":
                 dims = _sizes(fac, h)
                 attrs["shape"] = dims[1:]

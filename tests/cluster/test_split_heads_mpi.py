@@ -76,3 +76,27 @@ def test_transformer_mlp_as_fc_output_then_fc_input_under_mpirun(ranks, sizes):
     feeds = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in graph.cut_tensors(fc1)}
     scale = float(np.abs(graph.execute(feeds, fc1, fc1 + 3)[graph.nodes[fc1 + 2].outputs[0]]).max())
     assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("ranks, sizes, engine", [(3, "1,2,3", "litert")])
+def test_head_split_of_axis0_rows_under_mpirun(ranks, sizes, engine, tmp_path):
+    """A block fed (T, C) rows on axis 0 (torch's batch_first=False attention: KWS, Swin windows): the input
+    travels whole to every rank behind a leading axis of one, the (T, C) partial sums are reduced on rank 0."""
+    from tests.partitioners.test_split_heads_sequences import sequence_model
+
+    pytest.importorskip("ai_edge_litert")
+    data = sequence_model()
+    path = tmp_path / "rows.tflite"
+    path.write_bytes(data)
+    graph = import_tflite_bytes(data)
+    (layer,) = [n.name for i, n in enumerate(graph.nodes) if n.op == "dense" and attention_block(graph, i)]
+    proc = run_mpi(ranks, [sys.executable, "-m", "cluster.cli", "split", path, layer, "--kind", HEADS_KIND, "--engine", engine,
+                           "--sizes", sizes, "--repeat", "1", "--json", "--seed", "6"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    split = split_layer(graph, layer, HEADS_KIND, [int(v) for v in sizes.split(",")])
+    assert graph.shapes[split.inputs[0]][0] == 7 and doc["sizes"] == list(split.sizes) and doc["input_pattern"] == "broadcast"
+    rng = np.random.default_rng(6)
+    x = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in split.inputs}
+    scale = float(np.abs(split.reference(x)).max())
+    assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale

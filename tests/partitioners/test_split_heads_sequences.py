@@ -1,0 +1,98 @@
+"""Head-parallel attention on blocks fed (T, C) rows on axis 0 (issue 19): torch's batch_first=False attention
+as litert-torch converts it (KWS's first block, Swin's windows): the block's input holds one frame's sequence
+on axis 0, scores take a per-head bias constant (Swin's relative position bias: each part takes its heads'
+slice) and a mask computed from constants inside the block (Swin's shifted windows: every part computes it
+whole). Split by heads into 2, 3 and 4 uneven parts, equal to the unsplit block within 1e-5 relative, in one
+process; under mpirun in tests/cluster/test_split_heads_mpi.py; on the litert-torch corpus (KWS, Swin-T)
+when scripts/build_corpus_torch has built it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layers.tflite import import_tflite_bytes
+from partitioners.split_heads import HEADS_KIND, attention_block
+from partitioners.splits import legal_kinds, split_layer
+from tests.layers.test_int8_corpus import CORPUS
+from tests.layers.tflite_models import Model, binary, fully_connected, strided_slice
+
+
+def sequence_attention(m, x, heads):
+    """(1, T, C) -> RESHAPE (T, C) -> torch's fused-projection attention on rows of axis 0, scores + a
+    (heads, T, T) bias + a mask PADded from a constant, output projection, residual -> (1, T, C)."""
+    _, t, c = m.shapes[x]
+    d = c // heads
+    rows = m.op("RESHAPE", [x, m.const([t, c])], (t, c))
+    qkv = fully_connected(m, rows, 3 * c, keep_num_dims=True)  # (T, 3C)
+    r = m.op("RESHAPE", [qkv, m.const([t, 1, 3, c])], (t, 1, 3, c))
+    r = m.op("TRANSPOSE", [r, m.const([2, 0, 1, 3])], (3, t, 1, c))
+    q, k, v = (strided_slice(m, r, [i, 0, 0, 0], [i + 1, t, 1, c], [1, 1, 1, 1], (1, t, 1, c)) for i in range(3))
+    q = binary(m, "MUL", q, m.w.constant(f"scale{m.count}", 1 / np.sqrt(d), np.float32))
+    hf = [m.op("TRANSPOSE", [m.op("RESHAPE", [p, m.const([t, heads, d])], (t, heads, d)), m.const(perm)],
+               tuple((t, heads, d)[i] for i in perm)) for p, perm in ((q, [1, 0, 2]), (k, [1, 2, 0]), (v, [1, 0, 2]))]
+    s = m.op("BATCH_MATMUL", hf[:2], (heads, t, t), m.opts("BatchMatMulOptions"))
+    bias = m.weight((heads, t, t))
+    m.shapes[bias] = (heads, t, t)
+    s = binary(m, "ADD", s, bias)  # per-head bias
+    cut = m.w.constant(f"mask{m.count}", np.where(np.arange(t - 2)[:, None] < np.arange(t)[None, :], -3.0, 0.0), np.float32)
+    mask = m.op("PAD", [cut, m.const(np.array([[0, 2], [0, 0]], np.int32))], (t, t))  # computed from a constant
+    s = binary(m, "ADD", s, mask)
+    p = m.op("SOFTMAX", [s], (heads, t, t), m.opts("SoftmaxOptions", beta=1.0))
+    o = m.op("BATCH_MATMUL", [p, hf[2]], (heads, t, d), m.opts("BatchMatMulOptions"))
+    o = m.op("RESHAPE", [m.op("TRANSPOSE", [o, m.const([1, 0, 2])], (t, heads, d)), m.const([t, c])], (t, c))
+    y = binary(m, "ADD", rows, fully_connected(m, o, c, keep_num_dims=True))
+    return m.op("RESHAPE", [y, m.const([1, t, c])], (1, t, c))
+
+
+def sequence_model(heads: int = 6, t: int = 7, c: int = 24) -> bytes:
+    m = Model(5)
+    return m.finish(sequence_attention(m, m.input((1, t, c)), heads))
+
+
+def check(split, engine="numpy"):
+    g = split.graph
+    rng = np.random.default_rng(len(split.sizes))
+    x = {t: rng.standard_normal(g.shapes[t]).astype(np.float32) for t in split.inputs}
+    got, want = split.run(x, engine), split.reference(x)
+    assert got.shape == want.shape
+    assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize("sizes, engine", [(2, "numpy"), ((1, 2, 3), "numpy"), ((3, 1, 1, 1), "numpy"), ((1, 5), "litert")])
+def test_head_split_of_a_block_on_axis0_rows_equals_unsplit(sizes, engine):
+    if engine == "litert":
+        pytest.importorskip("ai_edge_litert")
+    g = import_tflite_bytes(sequence_model())
+    (start,) = [i for i, n in enumerate(g.nodes) if n.op == "dense" and attention_block(g, i) is not None]
+    x = g.nodes[start].inputs[0]
+    assert g.shapes[x] == (7, 24)  # one frame's 7 rows on axis 0
+    assert HEADS_KIND in legal_kinds(g, g.nodes[start].name)
+    split = split_layer(g, g.nodes[start].name, HEADS_KIND, sizes)
+    assert split.input_pattern == "broadcast" and split.output_pattern == "reduce"
+    assert [f.shape for f in split.parts[0].feeds] == [(7, 24)]
+    # the bias is cut by heads: part p holds its heads' (h, T, T) slice; the padded mask is whole everywhere
+    bias = next(n for n in g.nodes if n.op == "add" and n.weight_shapes.get("constant") == (6, 7, 7))
+    for p, h in zip(split.parts, split.sizes):
+        (pn,) = [pn for pn in p.nodes if pn.source == bias.name]
+        assert pn.node.weight_shapes["constant"] == (h, 7, 7)
+        assert any(pn.node.op == "pad" for pn in p.nodes)
+    check(split, engine)
+
+
+CORPUS_CASES = [(a, n) for a, n in (("kws", 2), ("swin_t", 5)) if (CORPUS / f"torch_{a}.tflite").exists()]
+
+
+@pytest.mark.skipif(not CORPUS_CASES, reason=f"no litert-torch models in {CORPUS} (bash scripts/build_corpus_torch builds them)")
+@pytest.mark.parametrize("arch, blocks", CORPUS_CASES or [("none", 0)])
+def test_corpus_blocks_on_axis0_rows_split_by_heads(arch, blocks):
+    """KWS's first block reads (T, C) rows; Swin-T's window blocks read (windows x T, C) rows: head splits
+    apply (Swin-T: its 5 blocks without a shifted-window mask of their own, see the report) and are exact."""
+    from layers import load_model
+
+    g = load_model(str(CORPUS / f"torch_{arch}.tflite"))
+    starts = [i for i, n in enumerate(g.nodes) if n.op == "dense" and HEADS_KIND in legal_kinds(g, n.name)]
+    assert len(starts) >= blocks
+    first = starts[0]
+    assert g.shapes[g.nodes[first].inputs[0]][0] != 1  # fed rows on axis 0
+    heads = attention_block(g, first).heads
+    check(split_layer(g, g.nodes[first].name, HEADS_KIND, (1, heads - 1)))
