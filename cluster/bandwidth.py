@@ -377,3 +377,13 @@ class MapChooser:
         for end, nbytes, seconds in np.asarray(transfers, np.float64).reshape(-1, 3):
             self.optimizer.observe(nbytes, seconds, at=float(end), frame=frame)
         return self.index, (self.optimizer.switches[-1].reason if len(self.optimizer.switches) > before else None)
+
+
+def speed_model(configmap, graph_path) -> str:
+    """The model whose speed on this machine dilates a map's emulated plans (cluster.host_speed): the whole
+    model the map was made from when it can be loaded from here (a zoo name, or a file that exists), else
+    the exit branch `graph_path`: one measurement (and cache entry) for all of the map's exit branches."""
+    from pathlib import Path
+
+    spec = str(configmap.model)
+    return spec if (not Path(spec).suffix or Path(spec).exists()) else str(graph_path)

@@ -108,12 +108,13 @@ def _speed_plan(path: Path) -> Plan:
         return Plan.load(path)
     from partitioners.edgent import ConfigMap
 
-    from ..bandwidth import map_plans
+    from ..bandwidth import map_plans, speed_model
 
-    _, _, plan_path, graph_path = map_plans(ConfigMap.load(path), Path(path).parent)[0]
+    cmap = ConfigMap.load(path)
+    _, _, plan_path, graph_path = map_plans(cmap, Path(path).parent)[0]
     from dataclasses import replace
 
-    return replace(Plan.load(plan_path), model=str(graph_path))
+    return replace(Plan.load(plan_path), model=speed_model(cmap, graph_path))
 
 
 def emulate_map(args) -> int:

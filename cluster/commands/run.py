@@ -371,7 +371,9 @@ def _run_map(args, comm, rank: int) -> int:
         error = str(exc)
     agree(comm, error)
     if args.emulate:
-        options.host_speed = _host_speed(args, plans[0], options.engine, comm, rank)
+        from ..bandwidth import speed_model
+
+        options.host_speed = _host_speed(args, dc_replace(plans[0], model=speed_model(cmap, graphs[0])), options.engine, comm, rank)
 
     def load(i: int):
         graph = load_model(graphs[i])

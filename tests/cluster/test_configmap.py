@@ -138,8 +138,8 @@ def two_plan_map(tmp_path_factory):
 
 @pytest.mark.mpi
 def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_path, two_plan_map):
-    """Under mpirun, with the link following a trace and switches forced at random frames: every frame is
-    answered once, by the plan the report says, with that plan's exit equal to the whole model's; the
+    """Under mpirun, with the link following a trace, decisions every 4 frames and switches forced at random
+    frames: every frame is answered once, by the plan the report says, with that plan's exit equal to the whole model's; the
     bandwidth the runtime measured from its own transfers lies within the trace's."""
     from cluster.bandwidth import map_plans
 
@@ -153,7 +153,7 @@ def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_
     x = rng.standard_normal((3, 32, 32, 1)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     proc = mpirun(2, "run", two_plan_map / "configmap.json", "--emulate", "--bandwidth-trace", trace, "--frames", frames,
-                  "--frame-interval", 10, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz", "--json",
+                  "--frame-interval", 10, "--switch-every", 4, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz", "--json",
                   *[a for f, p in forced.items() for a in ("--switch-at", f"{f}:{p}")])
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -185,8 +185,7 @@ def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_
 
 def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
     m = two_plan_map / "configmap.json"
-    for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1"),
-                          (["--emulate"], "needs the link's bandwidth: --bandwidth-trace TRACE.csv or --link BW")]:
+    for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1")]:
         proc = mpirun(1, "run", m, *args, timeout=60)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len([ln for ln in proc.stderr.splitlines() if "pisplit: error" in ln]) == 1
