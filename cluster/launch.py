@@ -240,3 +240,27 @@ def parse_env(items: list[str]) -> dict[str, str | None]:
             raise PisplitError(f"--env {item!r}: expected NAME or NAME=VALUE")
         env[name] = value if sep else None
     return env
+
+
+def exit_arguments(plan_path: Path, items: list[str]) -> list[str]:
+    """`launch --exit NAME=T` as the ranks' `--exit` arguments, checked as `pisplit run` checks them:
+    NAME=T with T in [0, 1] and, for a pisplit plan, NAME an output of the plan's model that is not its
+    final answer (partitioners.exits.resolve_exits, with the plan's own exits)."""
+    from partitioners.exits import parse_exit_overrides
+
+    overrides = parse_exit_overrides(items)
+    if not overrides:
+        return []
+    from layers.jsonfile import read_json
+
+    doc = read_json(plan_path, "plan")
+    if isinstance(doc, dict) and "format" in doc:
+        from layers import load_model
+        from partitioners.exits import resolve_exits
+        from partitioners.plan import Plan
+
+        plan = Plan.load(plan_path)
+        thresholds = {e.name: e.threshold for e in plan.exits}
+        thresholds.update(overrides)
+        resolve_exits(load_model(plan.model, seed=plan.model_seed), thresholds)
+    return [a for name, t in overrides.items() for a in ("--exit", f"{name}={t!r}")]

@@ -267,3 +267,103 @@ def schemes_table(threshold: float, rows: list) -> Table:
         table.add_row(r["scheme"], f"{r['local_accuracy']:.2%}", f"{r['cloud_accuracy']:.2%}", f"{r['overall_accuracy']:.2%}",
                       f"{100 * r['local_exit_share']:.1f}", human_bytes(r["bytes_per_frame"]))
     return table
+
+
+# --- pisplit plan MODEL --exit NAME=T [--exit-shares CAL.json] -----------------------------------------
+def check_plan_exit_arguments(args, graph) -> None:
+    """`plan --exit` / `--exit-shares`: the exits name outputs of the model with thresholds in [0, 1]
+    (as run --exit), the calibration document is one of this model at these thresholds."""
+    from partitioners.exits import parse_exit_overrides, resolve_exits
+
+    if args.compare or args.latency_req:
+        raise PisplitError("--exit: plans one planner's plan with exits; not with --compare or --latency-req")
+    resolve_exits(graph, plan_exit_thresholds(args))
+    if args.exit_shares:
+        exit_shares_document(args.exit_shares, args.model, parse_exit_overrides(args.exit))
+
+
+def plan_exit_thresholds(args) -> dict:
+    from partitioners.exits import parse_exit_overrides
+
+    thresholds = parse_exit_overrides(args.exit)
+    if not thresholds and args.exit_shares:  # the thresholds the shares were measured at
+        thresholds = {e["name"]: e["threshold"] for e in exit_shares_document(args.exit_shares, args.model, {})["exits"]}
+    return thresholds
+
+
+def exit_shares_document(path: str, model: str, thresholds: dict) -> dict:
+    """A `pisplit calibrate --output` document of `model`, checked against `thresholds` (when given)."""
+    from layers.jsonfile import read_json
+
+    from .calibrate import CALIBRATION_FORMAT
+
+    doc = read_json(path, "--exit-shares")
+    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT or not isinstance(doc.get("exits"), list):
+        raise PisplitError(f"--exit-shares {path}: not a {CALIBRATION_FORMAT} document (pisplit calibrate MODEL --output CAL.json writes one)")
+    if str(doc.get("model")) != model:
+        raise PisplitError(f"--exit-shares {path}: measured on {doc.get('model')}, not {model}")
+    try:
+        measured = {str(e["name"]): (float(e["threshold"]), float(e["exit_fraction"])) for e in doc["exits"]}
+    except (KeyError, TypeError, ValueError):
+        raise PisplitError(f"--exit-shares {path}: each exit needs a name, a threshold and an exit_fraction") from None
+    for name, t in thresholds.items():
+        if name not in measured:
+            raise PisplitError(f"--exit-shares {path}: has no share for exit {name} (it measured {', '.join(measured) or 'none'})")
+        if measured[name][0] != t:
+            raise PisplitError(f"--exit-shares {path}: measured {name} at T={measured[name][0]:g}, not {t:g} "
+                               f"(pisplit calibrate {model} --exit {name}={t:g} ... --output {path})")
+    if thresholds and set(measured) != set(thresholds):
+        extra = sorted(set(measured) - set(thresholds))
+        raise PisplitError(f"--exit-shares {path}: also measured exit(s) {', '.join(extra)}, which change the others' shares; "
+                           "give them with --exit too, or calibrate these exits alone")
+    return doc
+
+
+def plan_with_exits(args, graph, cost_model, plan):
+    """The plan of `pisplit plan ... --exit` with its exits and their shares (from --exit-shares, else
+    measured on a trained model's held-out split; unknown otherwise), its predicted throughput counting
+    them (partitioners.exits.throughput_with_inner_exits). For a throughput plan on devices of one
+    kind the two-stage plan cut after an exit (exit_split_plan) is taken instead when it is predicted
+    faster; either way a note says what the plan predicts without exits."""
+    from dataclasses import replace
+
+    from partitioners.exits import calibrate, exit_split_plan, resolve_exits, throughput_with_inner_exits
+    from partitioners.plan import Exit
+
+    points = resolve_exits(graph, plan_exit_thresholds(args))
+    fractions, source = None, None
+    if args.exit_shares:
+        doc = exit_shares_document(args.exit_shares, args.model, {p.name: p.threshold for p in points})
+        share = {str(e["name"]): float(e["exit_fraction"]) for e in doc["exits"]}
+        fractions = [share[p.name] for p in points]
+        source = f"{args.exit_shares} ({doc.get('frames', '?')} held-out {doc.get('data', '?')} frames)"
+    else:
+        try:
+            outputs, labels, data = held_out_outputs(args.model, graph, None)
+        except PisplitError:
+            pass  # not a trained model: no held-out data to measure the shares on
+        else:
+            fractions = [e["exit_fraction"] for e in calibrate(graph, outputs, labels, points)["exits"]]
+            source = f"{len(labels)} held-out {data} frames (test split)"
+    named = ", ".join(f"{p.name} T={p.threshold:g}" for p in points)
+    if fractions is None:
+        exits = tuple(Exit(p.name, p.threshold, None) for p in points)
+        note = (f"exits {named}: shares not measured, so the predicted throughput counts every frame to the end "
+                f"(pisplit calibrate {args.model} --data digits|mnist --plan PLAN.json writes them in)")
+        return replace(plan, exits=exits, notes=(*plan.notes, note)).validate()
+    without = plan.predicted_throughput_fps
+    fps = throughput_with_inner_exits(cost_model, plan, points, fractions)
+    chosen = replace(plan, exits=tuple(Exit(p.name, p.threshold, float(f)) for p, f in zip(points, fractions)),
+                     predicted_throughput_fps=fps)
+    if args.objective == "throughput" and len(cost_model.classes) == 1 and len(cost_model.cluster.devices) >= 2:
+        try:
+            split = exit_split_plan(graph, cost_model, points, fractions, args.model, args.engine)
+        except PisplitError:
+            split = None
+        if split is not None and split.predicted_throughput_fps > fps:
+            chosen = replace(split, notes=(*split.notes, f"the {plan.planner} plan with these exits: {fps:.1f} frames/s; "
+                                                         f"this plan cut after an exit: {split.predicted_throughput_fps:.1f}"))
+    shares = ", ".join(f"{p.name} {f:.1%}" for p, f in zip(points, fractions))
+    note = (f"exits {named} answer {shares} of frames (measured on {source}); predicted throughput counts them "
+            f"(the {plan.planner} plan without exits: {without:.1f} frames/s)")
+    return replace(chosen, notes=(*chosen.notes, note)).validate()

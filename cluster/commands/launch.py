@@ -13,7 +13,7 @@ from partitioners.plan import Plan
 
 from ..facts import read_facts
 from ..inventory import read_inventory
-from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, default_known_hosts, parse_env, read_plan_ranks
+from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, default_known_hosts, exit_arguments, parse_env, read_plan_ranks
 from ..mpirun import mpirun_env, run_mpirun
 from ..output import console, print_json
 from ..provision import copy_files
@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--fail", action="append", default=[], metavar="RANK@FRAME[:MODE]",
                    help="with --resilient: fault injection, as `pisplit run --fail` (repeatable: one per attempt)")
     p.add_argument("--output", metavar="Y.npz", help="with --resilient: every frame's outputs, written on this machine")
+    p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
+                   help="early exit in the ranks' run (repeatable, as pisplit run --exit): checked against the plan's model here, "
+                        "then added to each rank's command")
     p.set_defaults(func=run)
 
 
@@ -57,13 +60,18 @@ def run(args) -> int:
     inventory = read_inventory(args.inventory)
     hosts = inventory.select(args.hosts)
     known_hosts = Path(args.known_hosts).expanduser() if args.known_hosts else default_known_hosts()
+    exit_args = exit_arguments(plan, args.exit)  # a bad --exit fails here, before anything reaches a host
     if args.resilient or args.fail or args.output:
         from .resilient import launch_resilient
 
+        if exit_args:
+            raise PisplitError("--exit: not with --resilient yet (its attempts run pisplit run without exits)")
         if not args.resilient:
             raise PisplitError("--fail and --output: with --resilient (without it, give them to the ranks' --command)")
         return launch_resilient(args, plan, inventory, hosts, known_hosts)
     command, env = args.command, parse_env(args.env)
+    if exit_args:
+        command = f"{command} {shlex.join(exit_args)}"
     if args.emulate_compute:
         command, env = emulate_compute_command(args, plan, len(ranks), command, env)
     launch = build_launch(inventory, hosts, ranks, command, plan_name=plan.name, frames=args.frames,

@@ -49,6 +49,10 @@ def register(sub) -> None:
                    "on the held-out split the table measured")
     p.add_argument("--max-rel-error", metavar="E", type=float, help="with --codecs: lossy codecs whose error is at most E x max|x| of "
                    "each cut tensor (e.g. 0.01)")
+    p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
+                   help="early exit (repeatable, as pisplit run --exit): the plan carries it, and its predicted throughput counts "
+                        "each exit's share of frames (from --exit-shares, else measured on a trained model's held-out split)")
+    p.add_argument("--exit-shares", metavar="CAL.json", help="with --exit: the shares measured by pisplit calibrate MODEL --exit ... --output CAL.json")
     p.set_defaults(func=run)
 
 
@@ -106,6 +110,10 @@ def run(args) -> int:
 
         check_chart_path(args.chart)  # a missing extra or a bad name, before any planning
     graph = load_model(args.model)
+    if args.exit or args.exit_shares:
+        from .exits import check_plan_exit_arguments
+
+        check_plan_exit_arguments(args, graph)  # a bad --exit fails before any planning
     model = build_model(args, graph)
     if args.latency_req:
         from .configmap import plan_latency_req
@@ -132,6 +140,10 @@ def run(args) -> int:
             _chart(args, chosen, graph)
         return 0
     plan = make_plan(graph, model, args.planner, args.objective, args.model, args.engine)
+    if args.exit or args.exit_shares:
+        from .exits import plan_with_exits
+
+        plan = plan_with_exits(args, graph, model, plan)
     if args.output:
         plan.save(args.output)
     if args.json:

@@ -200,3 +200,61 @@ def test_replicas_stop_at_an_exit_inside_their_stage(tmp_path):
     graph, ref, doc, out = run_with_exits(tmp_path, "branchy_lenet_mnist", stages, {"exit1": 0.05}, 3)
     index = check_against_reference(graph, ref, doc, out, {"exit1": 0.05}, stages)
     assert 0 < (index == 0).sum() < FRAMES
+
+
+def test_plan_takes_exits_and_predicts_with_their_held_out_shares(tmp_path, capsys):
+    from cluster.cli import main
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.exits import throughput_with_inner_exits
+    from partitioners.plan import Plan
+    from partitioners.planners import make_plan
+    from partitioners.profiles import Calibration
+
+    graph = load_model("branchy_lenet_mnist")
+    # exit1's share at T=0.3 on the held-out split (pisplit calibrate: checked against the reference in
+    # tests/partitioners/test_exits.py)
+    assert main(["calibrate", "branchy_lenet_mnist", "--exit", "exit1=0.3", "--output", str(tmp_path / "cal.json"), "--json"]) == 0
+    share = json.loads((tmp_path / "cal.json").read_text())["exits"][0]["exit_fraction"]
+    # the dp plan with exit1 at T=0.3 answering `share` of the frames, priced by the planner itself
+    cost = CostModel(graph, make_cluster(parse_devices("rpi3:4"), 94e6), Calibration("numpy"))
+    plain = make_plan(graph, cost, "dp", "throughput", "branchy_lenet_mnist", "numpy")
+    want = throughput_with_inner_exits(cost, plain, resolve_exits(graph, {"exit1": 0.3}), [share])
+    args = ["plan", "branchy_lenet_mnist", "--devices", "rpi3:4", "--link", "94mbit"]
+    assert main([*args, "--exit", "exit1=0.3", "--output", str(tmp_path / "p.json"), "--json"]) == 0
+    capsys.readouterr()
+    plan = Plan.load(tmp_path / "p.json")
+    assert [(e.name, e.threshold, e.exit_fraction) for e in plan.exits] == [("exit1", 0.3, pytest.approx(share))]
+    assert plan.predicted_throughput_fps == pytest.approx(max(want, plan.predicted_throughput_fps))
+    assert plan.predicted_throughput_fps > 1.1 * plain.predicted_throughput_fps
+    # the shares of a calibration document give the same plan; shares measured at another T are refused
+    assert main([*args, "--exit-shares", str(tmp_path / "cal.json"), "--output", str(tmp_path / "q.json")]) == 0
+    assert Plan.load(tmp_path / "q.json").exits == plan.exits
+    capsys.readouterr()
+    for extra, message in ((["--exit", "exit1=0.5", "--exit-shares", str(tmp_path / "cal.json")], "measured exit1 at T=0.3, not 0.5"),
+                           (["--exit", "exit7=0.3"], "exit exit7: not an output of branchy_lenet_mnist"),
+                           (["--exit", "exit1=2"], "exit exit1: threshold '2' must be in [0, 1]"),
+                           (["--exit", "exit1=0.3", "--compare"], "--exit: plans one planner's plan with exits")):
+        assert main([*args, *extra]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_launch_passes_checked_exits_to_every_rank(tmp_path, monkeypatch, capsys):
+    from cluster.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[pis]\npi-0 ansible_host=10.9.0.10 device=rpi4 slots=2 workdir=/home/pi/pisplit\n")
+    graph = load_model("branchy_lenet_mnist")
+    plan = hand_plan(graph, LENET_TWO, model="branchy_lenet_mnist").save(tmp_path / "plan.json")
+    base = ["launch", str(plan), "--inventory", str(inventory), "--dry-run", "--json"]
+    assert main([*base, "--exit", "exit1=0.3"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["argv"][-4:] == ["--frames", "10", "--exit", "exit1=0.3"]
+    for extra, message in ((["--exit", "exit9=0.3"], "exit exit9: not an output of branchy_lenet_mnist"),
+                           (["--exit", "exit1"], "--exit exit1: expected NAME=T"),
+                           (["--exit", "exit1=0.3", "--resilient"], "--exit: not with --resilient")):
+        assert main([*base, *extra]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
