@@ -234,8 +234,44 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
         rows.append({"policy": name + " (measured)", "meets": doc["meets_requirement"], "mean_accuracy": doc["mean_accuracy"],
                      "mean_reward": None, "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
                      "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
-                     "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]]})
-    return rows, {"trace": str(trace_csv), "seconds": cut.duration_s, "frames": frames, "predicted": predicted[:3]}
+                     "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]],
+                     "latency_of_frame_ms": doc["latency_of_frame_ms"], "plan_of_frame": doc["plan_of_frame"],
+                     "switch_frames": [sw["frame"] for sw in doc["switches"]]})
+    return rows, {"trace": str(trace_csv), "seconds": cut.duration_s, "frames": frames, "predicted": predicted[:3],
+                  "bps": np.asarray(cut.bps_at(np.arange(frames) * interval))}
+
+
+def measured_chart(path, rows, bps, interval, req, title) -> None:
+    """The measured dynamic run: each frame's latency over time per policy (dynamic vs static), the exit
+    that answered each of the dynamic run's frames (its switches as grey lines), the bandwidth beneath."""
+    from cluster.charts import _figure_class, _save
+
+    times = np.arange(len(bps)) * interval
+    fig = _figure_class()(figsize=(11, 7.5))
+    ax_lat, ax_exit, ax_bw = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1.2, 1.3]})
+    for r in rows:
+        ax_lat.plot(times, r["latency_of_frame_ms"], lw=0.8, label=r["policy"])
+    ax_lat.axhline(req * 1e3, color="#d62728", ls="--", lw=1, label=f"requirement {req * 1e3:g} ms")
+    ax_lat.set_ylabel("latency ms (measured)")
+    ax_lat.set_yscale("log")
+    ax_lat.legend(fontsize=8, loc="upper right")
+    dyn = rows[0]
+    names = [f"{p['exit']} cut {p['cut']}" for p in dyn["plans"]]
+    ax_exit.step(times, dyn["plan_of_frame"], where="post", color="#1f77b4", lw=0.9)
+    ax_exit.set_yticks(range(len(names)), names, fontsize=8)
+    ax_exit.set_ylabel("dynamic's plan")
+    for f in dyn["switch_frames"]:
+        for ax in (ax_lat, ax_exit):
+            ax.axvline(f * interval, color="#bbbbbb", lw=0.5)
+    ax_bw.step(times, bps / 1e6, where="post", color="#555555", lw=0.9)
+    ax_bw.set_ylabel("Mbit/s")
+    ax_bw.set_xlabel("time s (grey lines: the dynamic run's switches)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    head = ("time s", "Mbit/s", "dynamic plan") + tuple(f"{r['policy']} ms" for r in rows)
+    table = [(f"{t:.2f}", f"{b / 1e6:.3f}", str(dyn["plan_of_frame"][i])) + tuple(f"{r['latency_of_frame_ms'][i]:.3f}" for r in rows)
+             for i, (t, b) in enumerate(zip(times, bps))]
+    _save(fig, Path(path), title, (head, table[:: max(1, len(table) // 300)]), [])
 
 
 def model_final(model) -> str:
@@ -298,14 +334,16 @@ def main(argv=None) -> int:
     p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
     p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
+    p.add_argument("--measured-chart", metavar="FILE", help="with --measure-dynamic: draw the measured run (.svg, .png or .html)")
     p.add_argument("--chart", metavar="FILE", help="draw the dynamic run (.svg, .png or .html; needs pisplit[charts])")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.chart:
-        from cluster.charts import check_chart_path
+    for path in (args.chart, args.measured_chart):
+        if path:
+            from cluster.charts import check_chart_path
 
-        check_chart_path(args.chart)
+            check_chart_path(path)
     graph = load_model(args.model)
     acc = exit_accuracies(graph)
     bandwidths = parse_states(args.bandwidths)
@@ -342,6 +380,10 @@ def main(argv=None) -> int:
                                               states, args.measure_dynamic, Path(tmp), args.down_margin)
         doc["dynamic_measured"] = {"seconds": same["seconds"], "frames": same["frames"], "interval_s": args.interval,
                                    "rows": measured, "predicted_same_frames": same["predicted"]}
+        if args.measured_chart:
+            measured_chart(args.measured_chart, measured, same["bps"], args.interval, req,
+                           f"{args.model} on {args.devices}: first {same['seconds']:g} s of {Path(args.trace).name} x{args.trace_scale:g}, "
+                           f"requirement {req * 1e3:g} ms (measured on the emulated devices and link)")
         if not args.json:
             print_dynamic(same["predicted"] + measured, f"the first {same['seconds']:g} s of {Path(args.trace).name} "
                           f"x{args.trace_scale:g}, {same['frames']} frames every {args.interval * 1e3:g} ms, requirement "

@@ -9,8 +9,9 @@ order, by exactly one plan, and a switch can lose nothing in flight. At each bou
 hands rank 0 the transfers it made on its link (end time, bytes, seconds: the emulated pacer's
 duration, or on a real link the time until MPI completed the send), rank 0 feeds them to the
 chooser, and it says (broadcast as text, never pickled) which plan runs next. While the running plan
-sends nothing on the link (all on the device), rank 0 sends a probe of PROBE_BYTES to rank 1 at most
-every PROBE_INTERVAL_S, so a link that recovers is seen.
+sends nothing on the link (all on the device), rank 0 sends a probe of PROBE_BYTES (a real link:
+REAL_PROBE_BYTES, timed to rank 1's acknowledgement) to rank 1 at most every PROBE_INTERVAL_S, so a
+link that recovers is seen.
 
 Plans may have fewer ranks than the run (an all-on-device plan on rank 0 alone): each plan runs on a
 sub-communicator of its first n_ranks ranks and the others wait for the next boundary. A rank is the
@@ -35,6 +36,7 @@ from . import transport
 from .runtime import PipelineRank, RunOptions, check_input_frames, default_stall_timeout, settle_baseline, stall_margin
 
 PROBE_BYTES = 16384
+REAL_PROBE_BYTES = 65536  # a real link's probe: as large as the smallest transfer counted on one (MPI's eager limit)
 PROBE_INTERVAL_S = 0.25
 TAG_PROBE = 77
 
@@ -232,19 +234,20 @@ def _probe(comm, shared) -> tuple | None:
     else is on it); a real one's lasts until rank 1 acknowledges it (less nothing: a round trip)."""
     rank = comm.Get_rank()
     link = shared[1] if shared else None
+    nbytes = PROBE_BYTES if link is not None else REAL_PROBE_BYTES
     if rank == 0:
-        buf = np.zeros(PROBE_BYTES // 4, np.float32)
+        buf = np.zeros(nbytes // 4, np.float32)
         now = time.time()
         request = transport.isend_buffer(comm, buf, 1, TAG_PROBE)
         ack = np.zeros(1, np.float32)
         back = transport.irecv_buffer(comm, ack, 1, TAG_PROBE)
         transport.wait_quietly([request, back])
         if link is not None:
-            return (now, float(PROBE_BYTES), link.seconds(PROBE_BYTES, 1, now))
+            return (now, float(nbytes), link.seconds(nbytes, 1, now))
         end = time.time()
-        return (end, float(PROBE_BYTES), end - now)
+        return (end, float(nbytes), end - now)
     if rank == 1:
-        buf = np.zeros(PROBE_BYTES // 4, np.float32)
+        buf = np.zeros(nbytes // 4, np.float32)
         transport.wait_quietly([transport.irecv_buffer(comm, buf, 0, TAG_PROBE)])
         transport.wait_quietly([transport.isend_buffer(comm, np.ones(1, np.float32), 0, TAG_PROBE)])
     return None

@@ -361,8 +361,8 @@ def _run_map(args, comm, rank: int) -> int:
             raise PisplitError("a configuration map run with --emulate needs the link's bandwidth: --bandwidth-trace TRACE.csv or --link BW")
         inputs = load_npy(args.input) if rank == 0 and args.input else None
         first_bps = (link["bandwidth_trace"].bps_at(0.0) if link["bandwidth_trace"] is not None else link["link_bps"])
-        if rank == 0:
-            chooser = MapChooser(cmap, [k for k, *_ in strategies], initial_bps=first_bps)
+        if rank == 0:  # a real link's small sends complete when copied out (MPI sends them eagerly): not samples
+            chooser = MapChooser(cmap, [k for k, *_ in strategies], initial_bps=first_bps, min_bytes=1024 if args.emulate else 65536)
         engine = args.engine or plans[0].engine
         options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                              emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
