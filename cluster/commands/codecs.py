@@ -7,6 +7,12 @@ a host (partitioners.edge_host: predicted throughput and edge energy per frame);
 head on the N edge devices (dp planner) and the tail on the host, every cut. With other --devices:
 the dp planner with codec pricing (partitioners.cost.CostModel.cut_transfer), each stage's transfer
 naming its codec. --plan-output writes the chosen plan (`mpirun -n N pisplit run PLAN --emulate`).
+
+A table saved with --save is what `pisplit plan MODEL --codecs T.json` and `pisplit emulate MODEL --codecs
+T.json` plan with (planning_codecs: seconds turned into the reference machine's, a LossBudget from
+--max-accuracy-loss / --max-rel-error). With edge-host devices and --plan-output or --emulate, a best
+candidate with everything on the host is run as the model behind an input-passing node on the edge
+(save_edge_input_graph, beside the plan).
 """
 from __future__ import annotations
 
