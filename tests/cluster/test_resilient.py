@@ -117,13 +117,22 @@ def check_every_frame_once(out: Path, graph, frames: int) -> None:
 @pytest.mark.mpi
 def test_a_killed_rank_costs_seconds_not_frames(tmp_path):
     """SIGKILL of rank 2 at frame 30 (Open MPI takes the whole job down): the 30 frames answered are
-    kept, the plan is remade on the two survivors and the other 170 frames run there."""
+    kept, the plan is remade on the two survivors and the other 170 frames run there. The frames come
+    from --input with fewer rows than the stream (used round-robin): a retry's frame i is the stream's
+    frame IDS[i], so it reads row IDS[i] % F of the input, not row i."""
     graph = zoo_model("lenet5")
+    name, shape = next(iter(graph.inputs.items()))
+    x = np.random.default_rng(5).uniform(-1, 1, (7, *shape[1:])).astype(np.float32)
+    assert x.std() > 0.3
+    np.save(tmp_path / "x.npy", x, allow_pickle=False)
     plan = hand_plan(graph, THREE).save(tmp_path / "plan.json")
     out = tmp_path / "y.npz"
-    proc, doc = resilient(plan, "--frames", 200, "--fail", "2@30:kill", "--output", out)
+    proc, doc = resilient(plan, "--frames", 200, "--input", tmp_path / "x.npy", "--fail", "2@30:kill", "--output", out)
     assert proc.returncode == 0, proc.stderr
-    check_every_frame_once(out, graph, 200)
+    rows = np.stack([graph.forward(**{name: x[i][None]})[0] for i in range(7)])
+    with np.load(out, allow_pickle=False) as z:
+        assert "partial" not in z and sorted(z["frame_ids"].tolist()) == list(range(200))
+        np.testing.assert_allclose(z["output_0"], rows[np.arange(200) % 7], rtol=1e-5, atol=1e-5)
     assert doc["every_frame_once"] and doc["frames_duplicated"] == 0 and doc["frames_missing"] == []
     (failure,) = doc["failures"]
     assert failure["rank"] == 2 and failure["cause"] == "exited on signal 9 (Killed)" and failure["host"] == HOST
@@ -136,19 +145,22 @@ def test_a_killed_rank_costs_seconds_not_frames(tmp_path):
 
 
 @pytest.mark.mpi
-def test_a_stalled_rank_is_dropped_and_two_failures_are_survived(tmp_path):
+def test_a_stalled_rank_and_a_slow_one_are_dropped(tmp_path):
     """A rank stopped (SIGSTOP) in the first attempt is named by its neighbour after the stall bound; a
-    rank of the second plan is killed; the third attempt finishes on what is left."""
+    rank of the second plan turns a thousand times slower (--fail R@F:slow1000: alive, answering
+    pings, each frame well within the stall bound) and, once it is a stall bound behind its own pace,
+    fails as a rank falling behind; the third attempt finishes on what is left."""
     graph = zoo_model("lenet5")
     plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 4, [1], "single"), (4, 6, [2], "single"), (6, 9, [3], "single")])
     out = tmp_path / "y.npz"
     proc, doc = resilient(plan.save(tmp_path / "plan.json"), "--frames", 150, "--stall-timeout", 2,
-                          "--fail", "1@20:stop", "--fail", "1@90:kill", "--output", out)
+                          "--fail", "1@20:stop", "--fail", "1@70:slow1000", "--output", out)
     assert proc.returncode == 0, proc.stderr
     check_every_frame_once(out, graph, 150)
     first, second = doc["failures"]
     assert first["rank"] == 1 and first["cause"].endswith("(stalled or lost)") and first["frames_kept"] >= 19
-    assert second["rank"] == 1 and second["cause"] == "exited on signal 9 (Killed)"
+    assert second["rank"] == 1 and second["cause"].startswith("falling behind: frames ") and second["cause"].endswith(
+        "beyond the stall bound of 2 s (slow)"), second
     assert [a["ranks"] for a in doc["attempts"]][0] == 4 and len(doc["attempts"]) == 3
     assert sum(a["frames_delivered"] for a in doc["attempts"]) == 150
 
@@ -193,7 +205,7 @@ def test_emulate_resilient_survives_a_lost_emulated_pi(tmp_path):
 @pytest.mark.mpi
 def test_bench_resilience_reports_the_failure_and_no_frame_lost():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_resilience"), "--models", "lenet5", "--devices", "rpi4:3", "--failures", "1",
-                           "--frames", "24", "--json"], capture_output=True, text=True, timeout=300, cwd="/",
+                           "--frames", "24", "--no-baseline", "--json"], capture_output=True, text=True, timeout=300, cwd="/",
                           env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = json.loads(proc.stdout)["runs"]
@@ -226,28 +238,12 @@ def test_a_job_stuck_after_a_ranks_error_line_is_stopped():
     from cluster.mpirun import run_mpirun
 
     t = time.monotonic()
-    proc = run_mpirun(["sh", "-c", "echo 'pisplit: error: rank 2 (host h): no input' >&2; sleep 60"], dict(os.environ),
+    # exec: the process stopped is the one holding the pipes, as mpirun is (a shell's child kept them open:
+    # the readers then waited out their 5 s joins, 10 s of this test)
+    proc = run_mpirun(["sh", "-c", "echo 'pisplit: error: rank 2 (host h): no input' >&2; exec sleep 60"], dict(os.environ),
                       capture=True, error_grace_s=1.0)
     assert time.monotonic() - t < 15 and proc.returncode != 0
     assert proc.stderr.startswith("pisplit: error: rank 2 (host h): no input")
-
-
-@pytest.mark.mpi
-def test_a_retry_reads_the_same_input_frames(tmp_path):
-    """--input with fewer frames than the stream (used round-robin): a retry's frame i is the stream's frame
-    IDS[i], so it reads row IDS[i] % F of the input, not row i."""
-    graph = zoo_model("lenet5")
-    name, shape = next(iter(graph.inputs.items()))
-    x = np.random.default_rng(5).uniform(-1, 1, (7, *shape[1:])).astype(np.float32)
-    assert x.std() > 0.3
-    np.save(tmp_path / "x.npy", x, allow_pickle=False)
-    plan = hand_plan(graph, THREE).save(tmp_path / "plan.json")
-    out = tmp_path / "y.npz"
-    proc, doc = resilient(plan, "--frames", 60, "--input", tmp_path / "x.npy", "--fail", "1@25:kill", "--output", out)
-    assert proc.returncode == 0 and len(doc["failures"]) == 1, proc.stderr
-    ref = np.stack([graph.forward(**{name: x[i % 7][None]})[0] for i in range(60)])
-    with np.load(out, allow_pickle=False) as z:
-        np.testing.assert_allclose(z["output_0"], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_fault_and_output_flags_outside_a_resilient_run_are_one_line_errors(tmp_path, capsys):
