@@ -189,3 +189,25 @@ def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
         proc = mpirun(1, "run", m, *args, timeout=60)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len([ln for ln in proc.stderr.splitlines() if "pisplit: error" in ln]) == 1
+
+
+@pytest.mark.mpi
+def test_an_emulated_links_bandwidth_follows_the_trace(tmp_path, two_plan_map):
+    """`pisplit run PLAN --emulate --bandwidth-trace`: the device's link is paced at the trace's bandwidth,
+    not the plan's (a constant 5 Mbit/s trace under a plan priced at 100 Mbit/s: every transfer lasts
+    its bytes at 5 Mbit/s plus the link's latency)."""
+    from cluster.bandwidth import map_plans
+
+    plan_path = next(p for _, _, p, _ in map_plans(ConfigMap.load(two_plan_map / "configmap.json"), two_plan_map)
+                     if Plan.load(p).n_ranks == 2)
+    plan = Plan.load(plan_path)
+    assert plan.link_bandwidth_bps == 100e6
+    trace = tmp_path / "five.csv"
+    trace.write_text("time_s,mbit_per_s\n0,5\n")
+    proc = mpirun(2, "run", plan_path, "--emulate", "--bandwidth-trace", trace, "--frames", 3, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    graph = load_model(plan.model)
+    tensors = graph.cut_tensors(plan.stages[0].node_stop)
+    per_frame = len(tensors) * plan.link_latency_s + plan.stages[0].send_bytes * 8 / 5e6
+    assert doc["every_frame_once"] and doc["ranks"][0]["link_busy_s"] == pytest.approx(3 * per_frame, rel=1e-6)
