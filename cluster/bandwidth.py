@@ -9,7 +9,7 @@ bandwidth in Mbit/s (positive, finite) from that time until the next row's (the 
 median interval between rows; past the end a trace repeats). Lines starting with '#'
 are comments. A bad row is refused with its line number, in one line.
 
-Public logs (`read_throughput_log`): the 4G/LTE bandwidth logs of van der Hooft et al. (IEEE Comm.
+Public logs (`read_throughput_log`; `load_trace`, what --bandwidth-trace reads, takes either): the 4G/LTE bandwidth logs of van der Hooft et al. (IEEE Comm.
 Letters 20(11), 2016; https://users.ugent.be/~jvdrhoof/dataset-4g/ - the logs Edgent replayed) and
 Riiser et al.'s 3G/HSDPA logs (MMSys 2013) share one format: whitespace-separated columns (1) a
 timestamp, (2) milliseconds since the start, (3, 4) GPS latitude and longitude, (5) bytes received
@@ -199,6 +199,19 @@ def read_throughput_log(path: str | Path, floor_mbit: float = 0.01) -> Bandwidth
     t = np.maximum.accumulate(t)
     keep = np.append(True, np.diff(t) > 0)  # an interval that overlaps its predecessor's start is merged into it
     return BandwidthTrace(t[keep], np.array(rates)[keep], (end - starts[0]) / 1e3, str(path))
+
+
+def load_trace(path: str | Path) -> BandwidthTrace:
+    """What --bandwidth-trace reads: a trace file (read_trace), or a public 4G/LTE or HSDPA throughput
+    log (read_throughput_log) when its first line is six whitespace-separated columns and no comma."""
+    try:
+        with open(path) as f:
+            first = next((ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")), "")
+    except (OSError, UnicodeDecodeError):
+        first = ""  # read_trace says why, in one line
+    if "," not in first and len(first.split()) == 6:
+        return read_throughput_log(path)
+    return read_trace(path)
 
 
 # --- estimation and detection ------------------------------------------------------------------------

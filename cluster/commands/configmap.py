@@ -68,9 +68,9 @@ def trace_states(path: str, most: int = 8) -> list[float]:
     """Bandwidth states from a trace: its distinct levels if few, else `most` quantiles (bit/s)."""
     import numpy as np
 
-    from ..bandwidth import read_trace
+    from ..bandwidth import load_trace
 
-    trace = read_trace(path)
+    trace = load_trace(path)
     levels = np.unique(trace.mbit_per_s)
     if len(levels) > most:
         levels = np.unique(np.round(np.quantile(trace.mbit_per_s, np.linspace(0, 1, most + 1)[:-1]), 3))

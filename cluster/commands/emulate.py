@@ -55,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--recalibrate", action="store_true", help="measure this machine's speed again now instead of using "
                    "a measurement of the last hour (cluster.host_speed)")
     p.add_argument("--bandwidth-trace", metavar="TRACE.csv", help="the emulated links' bandwidth follows this trace (time_s,mbit_per_s "
-                   "rows, e.g. cluster/traces/lte_a.csv) from the first frame on (issue 16)")
+                   "rows, e.g. cluster/traces/lte_a.csv, or a public 4G/LTE log) from the first frame on (issue 16)")
     p.add_argument("--latency-req", metavar="MS", help="Edgent (issue 16): build the configuration map for this latency requirement "
                    "(states from --states, else the trace's levels) and run its plans, switching between frames as the "
                    "bandwidth measured from the run's own transfers says")
@@ -123,12 +123,12 @@ def emulate_map(args) -> int:
     --bandwidth-trace, switching between frames (`pisplit run MAP.json --emulate`)."""
     from partitioners.edgent import ConfigMap
 
-    from ..bandwidth import map_plans, read_trace
+    from ..bandwidth import load_trace, map_plans
     from .configmap import build_map
     from .run import print_map_report
 
     if args.bandwidth_trace:
-        read_trace(args.bandwidth_trace)  # a bad row fails here, in one line
+        load_trace(args.bandwidth_trace)  # a bad row fails here, in one line
     if args.resilient or args.fail or args.exit or args.trace or args.chart:
         raise PisplitError("a configuration map run: not with --resilient, --fail, --exit, --trace or --chart")
     with tempfile.TemporaryDirectory(prefix="pisplit-emulate-") as tmp:
@@ -176,9 +176,9 @@ def run(args) -> int:
     if args.latency_req or args.configmap:
         return emulate_map(args)
     if args.bandwidth_trace:
-        from ..bandwidth import read_trace
+        from ..bandwidth import load_trace
 
-        read_trace(args.bandwidth_trace)  # a bad row fails here, in one line
+        load_trace(args.bandwidth_trace)  # a bad row fails here, in one line
     if args.chart:
         from ..charts import check_chart_path
 

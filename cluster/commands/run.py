@@ -62,7 +62,7 @@ def register(sub) -> None:
                    help="early exit: output NAME answers a frame when its normalised entropy is at most T (0-1); "
                         "overrides the plan's threshold for NAME or adds the exit (repeatable; cluster.exits)")
     p.add_argument("--bandwidth-trace", metavar="TRACE.csv", help="with --emulate: the emulated links' bandwidth follows this "
-                   "trace (time_s,mbit_per_s rows; cluster.bandwidth) from the first frame on")
+                   "trace (time_s,mbit_per_s rows, or a public 4G/LTE log of van der Hooft et al.; cluster.bandwidth) from the first frame on")
     p.add_argument("--link", metavar="BW", help="with --emulate: pace the links at BW (e.g. 2mbit) instead of the plan's bandwidth")
     p.add_argument("--frame-interval", metavar="MS", type=float, default=0.0,
                    help="frames come every MS milliseconds (a camera) instead of as fast as the pipeline takes them")
@@ -308,14 +308,14 @@ def _is_configmap(path: str) -> bool:
 
 def _link_options(args) -> dict:
     """RunOptions for --bandwidth-trace, --link and --frame-interval (checked)."""
-    from ..bandwidth import read_trace
+    from ..bandwidth import load_trace
     from ..emulation import parse_link
 
     if (args.bandwidth_trace or args.link) and not args.emulate:
         raise PisplitError("--bandwidth-trace and --link pace emulated links: give --emulate too")
     if not args.frame_interval >= 0:
         raise PisplitError(f"--frame-interval {args.frame_interval}: must be a number of milliseconds >= 0")
-    return {"bandwidth_trace": read_trace(args.bandwidth_trace) if args.bandwidth_trace else None,
+    return {"bandwidth_trace": load_trace(args.bandwidth_trace) if args.bandwidth_trace else None,
             "link_bps": parse_link(args.link) if args.link else None, "frame_interval_s": args.frame_interval / 1e3}
 
 

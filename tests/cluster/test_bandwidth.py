@@ -66,6 +66,11 @@ def test_the_public_4g_log_format_reads_as_a_trace(tmp_path):
     assert tr.mbit_per_s[2] == pytest.approx(2728896 * 8 / 999 / 1e3)
     np.testing.assert_allclose(tr.time_s, [0.0, 1.0, 2.001])
     assert tr.duration_s == pytest.approx(3.0)
+    from cluster.bandwidth import load_trace  # what --bandwidth-trace reads: either format
+
+    np.testing.assert_array_equal(load_trace(p).mbit_per_s, tr.mbit_per_s)
+    np.testing.assert_array_equal(load_trace(ROOT / "cluster" / "traces" / "lte_a.csv").mbit_per_s,
+                                  read_trace(ROOT / "cluster" / "traces" / "lte_a.csv").mbit_per_s)
     p.write_text("1 2 3 4 5\n")
     with pytest.raises(PisplitError, match="line 1: expected 6 columns"):
         read_throughput_log(p)
