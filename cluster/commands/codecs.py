@@ -223,9 +223,10 @@ def lowest_quality_in_budget(cut, budget) -> tuple[str, float] | None:
 
 
 def print_codec_table(graph, table, bandwidth: float, latency: float, args, budget=None) -> int:
-    from partitioners.link_pricing import link_seconds
+    from partitioners.link_pricing import choose_codec, link_seconds
 
     names = list(dict.fromkeys(s.codec for c in table.cuts for s in c.samples))
+    several = any(c.tensors for c in table.cuts)  # a cut of several tensors: the cheapest codec per tensor too
     rows = []
     for c in table.cuts:
         raw_s = link_seconds(None, c.raw_bytes, c.messages, bandwidth, latency)
@@ -236,9 +237,14 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args, budg
                               "rel_error": s.max_rel_error, "accuracy_loss": s.accuracy_loss}
         best = min(cells, key=lambda k: cells[k]["transfer_ms"], default=None)
         in_budget = lowest_quality_in_budget(c, budget)
+        per_tensor = None
+        if c.tensors:  # what the planner would send each tensor with at this link (lossless, or within the budget)
+            seconds, name = choose_codec(c, c.raw_bytes, c.messages, bandwidth, latency, budget=budget)
+            per_tensor = {"codecs": name, "transfer_ms": seconds * 1e3}
         rows.append({"cut": c.cut, "after": c.name, "raw_bytes": c.raw_bytes, "raw_ms": raw_s * 1e3, "entropy_bits": c.entropy_bits,
                      "nonzero": c.nonzero, "codecs": cells, "best": best,
-                     "jpeg_in_budget": None if in_budget is None else {"codec": in_budget[0], "ratio": in_budget[1]}})
+                     "jpeg_in_budget": None if in_budget is None else {"codec": in_budget[0], "ratio": in_budget[1]},
+                     "tensors": [t.name for t in c.tensors] or None, "planned": per_tensor})
     if args.json:
         print_json({"model": table.model, "frames": table.frames, "n_frames": table.n_frames, "link_bps": bandwidth, "cuts": rows})
         return 0
@@ -254,6 +260,8 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args, budg
     show_budget = budget is not None and budget.max_accuracy_loss is not None
     if show_budget:
         out.add_column(f"jpeg within\n{budget.max_accuracy_loss * 100:g}% loss", justify="right")
+    if several:
+        out.add_column("per tensor\n= transfer ms", justify="right")
     for r in rows:
         shown: list[str] = []
         for n in names:
@@ -267,10 +275,15 @@ def print_codec_table(graph, table, bandwidth: float, latency: float, args, budg
         if show_budget:
             q = r["jpeg_in_budget"]
             shown.append("-" if q is None else f"{q['codec']}\n{q['ratio']:.1f}x")
+        if several:
+            t = r["planned"]
+            shown.append("-" if t is None else "\n".join(t["codecs"].split(";")) + f"\n= {t['transfer_ms']:.1f}")
         out.add_row(r["after"], human_bytes(r["raw_bytes"]), f"{r['raw_ms']:.1f}", f"{r['entropy_bits']:.2f}", f"{r['nonzero']:.2f}", *shown)
     console.print(out)
     console.print("[dim]transfer = encode + bytes on the link + decode; bold: the fastest codec where it beats raw. "
-                  "Lossy codecs show the accuracy they lose on the held-out split where the model has one.[/dim]")
+                  "Lossy codecs show the accuracy they lose on the held-out split where the model has one."
+                  + (" Per tensor: the codec the planner would send each tensor of a cut of several with (one per tensor, "
+                     "'a;b'; lossless, lossy ones only within --max-accuracy-loss / --max-rel-error)." if several else "") + "[/dim]")
     return 0
 
 
