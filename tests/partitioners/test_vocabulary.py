@@ -16,7 +16,7 @@ from partitioners.vocabulary import NO_SPLIT, SplitKind, StageMode
 
 def test_members_are_the_strings_plans_are_written_with():
     assert SPLIT_KINDS == ("fc-output", "fc-input", "conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel",
-                           "attn-heads")
+                           "attn-heads", "attn-tokens")
     assert STAGE_MODES == ("single", "split", "data-parallel") and SEGMENT_KINDS == (NO_SPLIT, *SPLIT_KINDS) == ("none", *SPLIT_KINDS)
     assert SplitKind("conv-channel") is SplitKind.CONV_CHANNEL and StageMode("split") is StageMode.SPLIT
     assert {"fc-output": 1}[SplitKind.FC_OUTPUT] == 1 and f"{StageMode.DATA_PARALLEL}" == "data-parallel"
