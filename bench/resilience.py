@@ -1,16 +1,17 @@
 """Resilience (scripts/bench_resilience): emulated Pi clusters that lose devices mid-stream under
 `pisplit emulate --resilient`'s supervisor (cluster.supervisor). For each model, cluster and number of
-failures, the devices' ranks are SIGKILLed (or SIGSTOPped: --mode stop) one per attempt at evenly
-spaced frames; the supervisor replans on the survivors and reruns the frames without a result.
+failures, the devices' ranks are SIGKILLed (or SIGSTOPped: --mode stop; or made ten times slower:
+--mode slow, a rank that falls behind its own pace) one per attempt at evenly spaced frames; the
+supervisor replans on the survivors and reruns the frames without a result.
 
 Reported per failure: frames kept (answered before it), detection (last result before the failure to
-the job's end: the stall bound for a stopped rank), recovery (the job's end to the first new result:
+the job's end: the stall bound for a stopped rank, until it is a stall bound behind for a slow one), recovery (the job's end to the first new result:
 replanning, mpirun, model load and warm-up on the survivors), time lost (last result before to first
 result after); per run: frames lost and duplicated (target 0 and 0), the attempts' plans, wall time and
 its excess over the same frames on the same plan without failures (run first, once per model and cluster).
 
 Options: --models alexnet,vgg16 --devices rpi3:4,rpi3:8 --failures 1,2 --frames N (default 60)
---mode kill|stop --stall-timeout S (with stop; default 5) --link 94mbit --no-baseline --json
+--mode kill|stop|slow --stall-timeout S (with stop and slow; default 5) --link 94mbit --no-baseline --json
 """
 import os
 
@@ -34,7 +35,7 @@ def one_run(model: str, devices: str, failures: int, frames: int, mode: str, sta
     plan = plan_for_devices(graph, model, devices, parse_link(link), "dp", "throughput", "numpy")
     speed = host_speed(plan.model, plan.model_seed, "numpy", concurrency=plan.n_ranks)
     child = ["--emulate", "--engine", "numpy", "--host-speed", repr(speed)]
-    if mode == "stop":
+    if mode in ("stop", "slow"):
         child += ["--stall-timeout", str(stall)]
     # failure k at frame (k + 1) * frames / (failures + 1) - a little, on the last rank of the plan then in use
     # (a middle-of-pipeline rank when the plan has one stage per device; rank 0 is the source and sink)
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", default="rpi3:4,rpi3:8")
     ap.add_argument("--failures", default="1,2")
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--mode", choices=("kill", "stop"), default="kill")
+    ap.add_argument("--mode", choices=("kill", "stop", "slow"), default="kill")
     ap.add_argument("--stall-timeout", type=float, default=5.0)
     ap.add_argument("--link", default="94mbit")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run without failures (extra wall time is then not reported)")

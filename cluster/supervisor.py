@@ -14,8 +14,11 @@ emulated Pis and real Pis over ssh, and needs nothing from MPI beyond a clean jo
   included, the frames already answered stay answered. The journals live in a private directory.
 - when mpirun fails, the failed rank is read from what the job printed: Open MPI's "process rank N
   ... exited on signal" for a lost rank, else pisplit's one error line (a stalled rank named by the
-  rank waiting on it, or the rank that met the error). Its device leaves the pool; the plan is
-  remade for the survivors by the same planner (partitioners.planners.make_plan, the plan's link,
+  rank waiting on it, or the rank that met the error: every attempt runs with --on-slow fail, so a
+  rank that falls a stall bound behind its own pace (alive, but far slower than it was: a
+  throttling or failing Pi) ends the attempt as its own error, runtime.PaceWatch). Its device
+  leaves the pool; the plan is remade for the survivors by the same planner
+  (partitioners.planners.make_plan, the plan's link,
   engine and device memories; "the model no longer fits" is an error) and attempt k + 1 runs the
   frames still missing.
 - at the end the journals are read (vectorised, as structured arrays): every frame must have exactly
