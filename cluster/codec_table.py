@@ -206,6 +206,46 @@ def accuracy_losses(graph: Graph, labelled: tuple, codecs: list, cuts: list, n: 
     return out
 
 
+def plan_accuracy(graph: Graph, model: str, plan, n: int = 200) -> tuple[float, float, int] | None:
+    """(top-1 of the exact model, top-1 with every lossy link codec of `plan` applied, frames) on the
+    first `n` frames of `model`'s held-out split (the model's last output), each frame's cut tensors
+    encoded and decoded one frame at a time as the links do; None for a model without one. A lossy
+    input codec (a data-parallel first stage) is applied to the frames rank 0 hands to other replicas."""
+    from layers.trained import held_out, trained_names
+    from partitioners.codecs import link_codecs
+
+    from .runtime import entry_rank
+
+    if model.lower() not in trained_names():
+        return None
+    feeds, labels = held_out(model.lower())
+    n = min(n, len(labels))
+    env = {t: x[:n] for t, x in feeds.items()}
+    labels = np.asarray(labels[:n])
+    final = graph.outputs[-1]
+    exact = float(np.mean(np.argmax(graph.execute(env)[final].reshape(n, -1), axis=1) == labels))
+
+    def coded(env: dict, cut: int, codec: str, frames) -> dict:
+        out = dict(env)
+        for t, c in zip(graph.cut_tensors(cut), link_codecs(codec, len(graph.cut_tensors(cut)))):
+            if not c.lossless:
+                x = np.array(env[t], np.float32)
+                for i in frames:
+                    x[i: i + 1] = decode(encode(x[i: i + 1], c))
+                out[t] = x
+        return out
+
+    first = plan.stages[0]
+    if first.mode == "data-parallel" and len(first.ranks) > 1:
+        env = coded(env, 0, plan.input_codec, [f for f in range(n) if entry_rank(first, f) != 0])
+    start = 0
+    for s in plan.stages[:-1]:
+        env = coded(graph.execute(env, start, s.node_stop), s.node_stop, s.send_codec, range(n))
+        start = s.node_stop
+    y = graph.execute(env, start)[final].reshape(n, -1)
+    return exact, float(np.mean(np.argmax(y, axis=1) == labels)), n
+
+
 def with_accuracy(table: CodecTable, losses: dict) -> CodecTable:
     """The table with each lossy sample's measured accuracy loss (where measured)."""
     from dataclasses import replace

@@ -140,6 +140,60 @@ def planning_codecs(path: str | None, graph, engine: str, max_accuracy_loss: str
     return in_reference_seconds(table, Calibration(engine)), budget
 
 
+def lossy_links(plan) -> list:
+    """The plan's links that carry a lossy codec: stage send codecs, and the input codec where rank 0
+    hands frames to a data-parallel first stage's other replicas."""
+    from partitioners.codecs import parse_codec
+
+    out = [s.send_codec for s in plan.stages[:-1] if not parse_codec(s.send_codec).lossless]
+    first = plan.stages[0]
+    if first.mode == "data-parallel" and len(first.ranks) > 1 and not parse_codec(plan.input_codec).lossless:
+        out.append(plan.input_codec)
+    return out
+
+
+def with_budget(model, budget):
+    """CostModel `model` again with another LossBudget (the same graph, cluster, calibration, splits, table)."""
+    from partitioners.cost import CostModel
+
+    return CostModel(model.graph, model.cluster, model.calibration, model.splits, codecs=model.codecs, codec_budget=budget)
+
+
+def accuracy_checked(make, graph, model_spec: str, budget, frames: int = 200, plan=None):
+    """The plan `make(budget)` gives (or `plan`, made so), its lossy links checked together on the held-out split (the
+    table measured each cut alone; losses at several cuts add up): while the plan loses more top-1
+    accuracy than budget.max_accuracy_loss, plan again with half the per-cut budget, and with lossless
+    codecs only when halving changes nothing. The plan says what was checked (a note)."""
+    from dataclasses import replace
+
+    from partitioners.link_pricing import LossBudget
+
+    from ..codec_table import plan_accuracy
+
+    plan = make(budget) if plan is None else plan
+    if budget is None or budget.max_accuracy_loss is None:
+        return plan
+    limit, per_cut, tried = budget.max_accuracy_loss, budget.max_accuracy_loss, []
+    while lossy_links(plan):
+        measured = plan_accuracy(graph, model_spec, plan, frames)
+        if measured is None:
+            return plan
+        exact, coded, n = measured
+        tried.append(f"{', '.join(lossy_links(plan))}: {(exact - coded) * 100:+.1f}%")
+        if exact - coded <= limit:
+            return replace(plan, notes=plan.notes + (f"lossy links checked together on {n} held-out frames: top-1 "
+                                                     f"{exact * 100:.1f}% exact, {coded * 100:.1f}% coded (budget {limit * 100:g}%)",))
+        before = [s.send_codec for s in plan.stages] + [plan.input_codec]
+        per_cut /= 2
+        plan = make(LossBudget(per_cut, budget.max_rel_error))
+        if [s.send_codec for s in plan.stages] + [plan.input_codec] == before:
+            plan = make(None)  # halving the per-cut budget did not change the codecs: lossless links only
+    if not tried:
+        return plan
+    return replace(plan, notes=plan.notes + (f"lossless links: lossy ones lost more top-1 than {limit * 100:g}% together "
+                                             f"({'; '.join(tried)})",))
+
+
 def emulate_plan(plan, args) -> dict | None:
     """With --emulate N: the chosen plan run on emulated devices (cluster.commands.emulate.run_emulated);
     {"frames", "throughput_fps", "predicted_fps", "every_frame_once"}, else None."""

@@ -197,7 +197,10 @@ def run(args) -> int:
     from .codecs import planning_codecs
 
     table, budget = planning_codecs(args.codec_table, graph, args.engine, args.max_accuracy_loss, args.max_rel_error)
-    plan = plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective, args.engine, table, budget)
+    from .codecs import accuracy_checked  # lossy links checked together on the held-out split (with --max-accuracy-loss)
+
+    plan = accuracy_checked(lambda b: plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective,
+                                                       args.engine, table, b), graph, args.model, budget)
     if args.resilient or args.fail:
         from .resilient import emulate_resilient
 

@@ -140,6 +140,11 @@ def run(args) -> int:
             _chart(args, chosen, graph)
         return 0
     plan = make_plan(graph, model, args.planner, args.objective, args.model, args.engine)
+    if model.codec_budget is not None and model.codec_budget.max_accuracy_loss is not None:
+        from .codecs import accuracy_checked, with_budget  # lossy links checked together on the held-out split
+
+        plan = accuracy_checked(lambda b: make_plan(graph, with_budget(model, b), args.planner, args.objective, args.model, args.engine),
+                                graph, args.model, model.codec_budget, plan=plan)
     if args.exit or args.exit_shares:
         from .exits import plan_with_exits
 

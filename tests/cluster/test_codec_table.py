@@ -58,3 +58,43 @@ def test_a_cut_of_two_tensors_is_measured_per_tensor_too():
     for i, t in enumerate(g.cut_tensors(2)):
         zstd = next(s for s in two.tensors[i].samples if s.codec == "zstd")
         assert zstd.encoded_bytes == pytest.approx(np.mean([len(encode(env[t], "zstd")) for env in envs]))
+
+
+def test_lossy_links_are_checked_together_on_the_held_out_split():
+    from cluster.codec_table import plan_accuracy
+    from cluster.commands.codecs import accuracy_checked, lossy_links, with_budget
+    from layers import load_model
+    from layers.trained import held_out, trained_names
+    from partitioners.codecs import decode, encode
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.link_pricing import CodecSample, CodecTable, CutCodecs, LossBudget
+    from partitioners.planners import make_plan
+
+    name = "branchy_lenet_mnist"
+    if name not in trained_names():
+        pytest.skip(f"no trained {name}")
+    g = load_model(name)
+    # a table that claims jpeg:1 loses nothing at any cut: planned alone it looks free; together it is not
+    cuts = tuple(CutCodecs(c, g.nodes[c - 1].name if c else "input", g.cut_bytes(c), len(g.cut_tensors(c)),
+                           (CodecSample("jpeg:1", g.cut_bytes(c) / 50, 1e-6, 1e-6, 0.5, False, 0.0),
+                            CodecSample("zstd", g.cut_bytes(c) / 2, 1e-6, 1e-6))) for c in range(len(g)))
+    table = CodecTable(g.name, len(g), "hand-made", 1, "host", cuts)
+    budget = LossBudget(max_accuracy_loss=0.01)
+    model = CostModel(g, make_cluster(parse_devices("rpi3:2@300.25M"), 1e5, 0.0), codecs=table, codec_budget=budget)
+    plan = make_plan(g, model, "dp", "throughput", name, "numpy")
+    assert lossy_links(plan) == ["jpeg:1"]
+    cut = plan.stages[0].node_stop
+    exact, coded, n = plan_accuracy(g, name, plan, 50)
+    feeds, labels = held_out(name)
+    env = g.execute({t: x[:50] for t, x in feeds.items()}, 0, cut)
+    env = {t: np.concatenate([decode(encode(x[i:i + 1], "jpeg:1")) for i in range(50)]) for t, x in env.items()}
+    by_hand = np.mean(g.execute(env, cut)[g.outputs[-1]].reshape(50, -1).argmax(1) == labels[:50])
+    assert n == 50 and coded == pytest.approx(by_hand) and exact - coded > 0.01
+    checked = accuracy_checked(lambda b: make_plan(g, with_budget(model, b), "dp", "throughput", name, "numpy"), g, name, budget,
+                               frames=50, plan=plan)
+    assert lossy_links(checked) == [] and checked.stages[0].send_codec == "zstd"
+    assert "lossless links: lossy ones lost more top-1 than 1% together (jpeg:1: +" in checked.notes[-1]
+    generous = accuracy_checked(lambda b: make_plan(g, with_budget(model, b), "dp", "throughput", name, "numpy"), g, name,
+                                LossBudget(max_accuracy_loss=0.5), frames=50, plan=plan)
+    assert lossy_links(generous) == ["jpeg:1"] and "checked together on 50 held-out frames" in generous.notes[-1]
