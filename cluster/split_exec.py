@@ -334,6 +334,7 @@ class SplitRunner:
         if self.tokens is not None and self.engine is not None:
             self.last_feeds = feeds
             y = self.tokens.run(self.comm, feeds, hooks)
+            t1 += self.tokens.exchange_s  # the all-gather is communication (input_s), not compute
         elif self.engine is not None:
             self.last_feeds = feeds
             y = hooks.compute(lambda: self.engine.run(feeds)[self.graph.outputs[0]], self.engine)
@@ -544,6 +545,7 @@ class TokenPhases:
                                 [(layouts.Piece(int(root), full_box(shape)), "out")], rank, tag)
         tag += self.collect.n_messages
         self.tag_end = tag
+        self.exchange_s = 0.0  # the last frame's all-gather
         self.graph_a = self.graph_b = self.engine_a = self.engine_b = None
         if index is not None:
             self.graph_a, self.graph_b = split.phase_graph(index, "a"), split.phase_graph(index, "b")
@@ -553,11 +555,13 @@ class TokenPhases:
         a_in = {k: feeds[k] for k in self.graph_a.inputs}
         a = hooks.compute(lambda: self.engine_a.run(a_in), self.engine_a)
         out = dict(self.buffers)
+        t = time.perf_counter()
         for transfer in self.transfers:
             held = np.ascontiguousarray(a[transfer.have.tensor], np.float32)
             out.update(transfer.start(comm, held.reshape(1, *held.shape), hooks))
         for transfer in self.transfers:
             transfer.finish(out, hooks, "exchange")
+        self.exchange_s = time.perf_counter() - t
         b_in = {k: out[k].reshape(self.shapes[k]) if k in out else a[k] if k in a else feeds[k] for k in self.graph_b.inputs}
         y = hooks.compute(lambda: self.engine_b.run(b_in)[self.graph_b.outputs[0]], self.engine_b)
         return np.ascontiguousarray(y, np.float32)
