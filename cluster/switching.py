@@ -130,8 +130,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         for i, (plan, sub) in enumerate(zip(plans, comms)):
             if sub is None:
                 continue
-            mine = replace(options, record_transfers=True, frame_ids=None, on_start=None, progress=None)
-            ranks[i] = PipelineRank(sub, plan, load_graph(i), mine, baseline, {}, hosts[: plan.n_ranks], shared)
+            own = replace(options, record_transfers=True, frame_ids=None, on_start=None, progress=None)
+            ranks[i] = PipelineRank(sub, plan, load_graph(i), own, baseline, {}, hosts[: plan.n_ranks], shared)
             shared = shared or (ranks[i].device, ranks[i].link)
             ranks[i].step.materialise()
             ranks[i].step.warm_up()
