@@ -25,7 +25,7 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.codecs import Codec, decode, encode, error_bound, parse_codec
-from partitioners.latency_model import LatencyModel, node_bytes, op_key
+from partitioners.latency_model import LatencyModel, SplitStepSample, fit_split_overheads, node_bytes, op_key
 from partitioners.profiles import DEFAULT_FRACTIONS, NodeProfile, PartProfile, Profile, pi_kind, samples_of
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,13 @@ def peak_bytes_of_run(engine, feeds: dict, resident_bytes: int) -> int:
 PartMeasurer = Callable[[Graph, int, str, tuple, int], list]
 
 
-def stream_node_seconds(graph: Graph, repeat: int = 5) -> np.ndarray:
+def stream_node_seconds(graph: Graph, repeat: int = 5, clock: Callable[[], float] = time.perf_counter) -> np.ndarray:
     """Warm median wall seconds of each node run by numpy in sequence, each on its predecessor's
     output, as a rank runs a stream of frames: the other nodes' weights pass through the caches in
     between. Timed alone, with its weights still cached from the previous run, a node looks faster
     than it runs in a stream (AlexNet's fc layers by 30%), and time dilation of a whole stage would
-    then make an emulated device slower than its calibration."""
+    then make an emulated device slower than its calibration. `clock`: time.process_time for CPU
+    seconds."""
     for node in graph.nodes:
         graph.node_weights(node)
     feeds = graph.random_input(0)
@@ -124,9 +125,9 @@ def stream_node_seconds(graph: Graph, repeat: int = 5) -> np.ndarray:
     for _ in range(max(1, repeat) + 1):  # the first pass is a warm-up
         env, seconds = dict(feeds), []
         for node in graph.nodes:
-            t = time.perf_counter()
+            t = clock()
             env.update(zip(node.outputs, graph.run_node(node, [env[x] for x in node.inputs])))
-            seconds.append(time.perf_counter() - t)
+            seconds.append(clock() - t)
         passes.append(seconds)
     return np.median(np.array(passes[1:]), axis=0)
 
@@ -162,14 +163,21 @@ def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fraction
 
 
 def measure_profile(graphs: list[Graph], engine: str = "numpy", repeat: int = 5, fractions: tuple = DEFAULT_FRACTIONS,
-                    measure_parts: PartMeasurer | None = None, kind: str | None = None) -> Profile:
-    """Measure this machine on `graphs` and fit its latency model."""
+                    measure_parts: PartMeasurer | None = None, kind: str | None = None,
+                    split_parts: tuple | None = None) -> Profile:
+    """Measure this machine on `graphs` and fit its latency model. With `measure_parts`, also what
+    split parts cost beyond their share (measure_split_overhead, with the segments split into each of
+    `split_parts` parts: default 2 and 4; () measures none)."""
     reuse_freed_memory()  # as pipeline ranks do (cluster.runtime), so node times are theirs
     info = machine_info()
     profile = Profile(kind=kind or pi_kind(info.get("model", "")) or "host", engine=engine, machine=info)
     for g in graphs:
         profile.models[g.name] = profile_graph(g, engine, repeat, fractions, measure_parts)
     profile.latency = LatencyModel.fit(samples_of(profile))
+    split_parts = (2, 4) if split_parts is None else tuple(split_parts)
+    if measure_parts and split_parts:
+        steps = [s for g in graphs for s in measure_split_overhead(g, profile, engine, split_parts, max(1, min(repeat, 3)))]
+        profile.split_overhead = fit_split_overheads(steps)
     return profile
 
 
@@ -202,6 +210,96 @@ def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple,
             extent = sum(split.sizes)
             out.append(PartProfile(kind, cost.size / extent, int(cost.flops), int(cost.weight_bytes + cost.recv_bytes + cost.send_bytes), seconds))
     return out
+
+
+def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy", part_counts: tuple = (2, 4, 8),
+                           repeat: int = 3) -> list[SplitStepSample]:
+    """What a split part costs beyond its share of the whole nodes it splits, for every planner segment
+    and kind (fused spans included) split evenly into each of `part_counts` parts, as
+    partitioners.latency_model.SplitOverhead fits it.
+
+    Timed as a rank runs frames, in CPU seconds (what an emulated device dilates; other processes on
+    the machine do not count): for one kind and part count and one part index, pass after pass over
+    the model, that part of every segment the kind splits and the whole of every other segment, so
+    each part finds the caches as the other segments left them (alone it would keep its weights
+    cached and look faster). The whole split nodes are timed the same way, one engine call each. Each
+    sample holds a part's warm median seconds and its share of the whole split nodes' seconds as the
+    planner prices it from `profile`'s latency fit (latency_model.fit_share)."""
+    from partitioners.latency_model import fit_share
+    from partitioners.split_costs import SplitCatalogue, span_kind
+    from partitioners.split_sizes import proportional_sizes
+    from partitioners.splits import split_segment
+
+    catalogue = SplitCatalogue(graph)
+    rng = np.random.default_rng(0)
+
+    def runner_of(g: Graph):
+        for node in g.nodes:
+            g.node_weights(node)
+        try:
+            return make_engine(g, engine), {t: rng.standard_normal(sh, dtype=np.float32) for t, sh in g.inputs.items()}
+        except PisplitError as exc:
+            log.warning("not profiled: %s", exc)
+            return None
+
+    def nodes_graph(a: int, b: int) -> Graph:  # nodes [a, b) as a graph (cluster.runtime.shard_graph)
+        return Graph(f"{graph.name}[{a}:{b}]", {t: graph.shapes[t] for t in graph.cut_tensors(a)}, graph.nodes[a:b],
+                     graph.cut_tensors(b), graph.weights, graph.meta)
+
+    fillers = [runner_of(nodes_graph(a, b)) for a, b in catalogue.segments]
+    configs: dict = {}  # (kind, parts) -> {segment: [(start, stop, split)]}
+    ranges: dict = {}  # segment -> the node ranges its kinds split
+    for s, (start, _) in enumerate(catalogue.segments):
+        options = [(k, k) for k in catalogue.kinds(s)] + [(span_kind(d), "fused-tiles") for d in catalogue.spans(s)]
+        for label, kind in options:
+            costs = catalogue.kind_costs(s, label)
+            for n in part_counts:
+                if n > costs.extent:
+                    continue
+                try:
+                    split = split_segment(graph, start, costs.stop, kind, proportional_sizes(costs.extent, [1.0] * n))
+                except PisplitError as exc:
+                    log.debug("not measured: %s", exc)
+                    continue
+                configs.setdefault((kind, n), {}).setdefault(s, []).append((start, costs.stop, split))
+                ranges.setdefault(s, set()).add((start, costs.stop))
+
+    def stream(steps: list) -> list:
+        """Warm median CPU seconds of each (_, runner, feeds) run in order, pass after pass."""
+        times: list = [[] for _ in steps]
+        for _ in range(max(1, repeat) + 1):  # the first pass is a warm-up
+            for k, (_, runner, feeds) in enumerate(steps):
+                t = time.process_time()
+                runner.run(feeds)
+                times[k].append(time.process_time() - t)
+        return [float(np.median(t[1:])) for t in times]
+
+    # the whole split nodes as one engine call each (what a one-device run calls, and what this
+    # machine's speed against the profile is measured on: cluster.host_speed), in model order
+    whole_steps = [(r, *built) for s in sorted(ranges) for r in sorted(ranges[s]) if (built := runner_of(nodes_graph(*r)))]
+    whole = {r: t for (r, _, _), t in zip(whole_steps, stream(whole_steps))}
+    samples = []
+    for (kind, n), by_segment in configs.items():
+        for p in range(n):
+            steps = []  # (sample or None, runner, feeds), in model order
+            for s in range(len(catalogue.segments)):
+                for start, stop, split in by_segment.get(s, ()):
+                    built = runner_of(split.part_graph(p))
+                    if built:
+                        steps.append(((start, stop, split), *built))
+                if s not in by_segment and fillers[s]:
+                    steps.append((None, *fillers[s]))
+            for (what, _, _), seconds in zip(steps, stream(steps)):
+                if what is None:
+                    continue
+                start, stop, split = what
+                if (start, stop) not in whole:
+                    continue
+                cost = split.cost().parts[p]
+                share = fit_share(profile, graph, start, stop, cost.flops, cost.weight_bytes + cost.recv_bytes + cost.send_bytes)
+                reference = sum(profile.node_seconds(graph, t) for t in range(start, stop))
+                samples.append(SplitStepSample(kind, n, stop - start, whole[(start, stop)], seconds, whole[(start, stop)] * share, reference))
+    return samples
 
 
 # --- link codecs -----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ and reports its own fit error so a user can judge how far to trust it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -67,9 +68,10 @@ class OpFit:
         return self.fixed_s + self.per_flop_s * flops + self.per_byte_s * nbytes
 
 
-def _fit_nonnegative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares of relative error with all coefficients >= 0 (3 unknowns: try every support)."""
-    w = 1.0 / np.maximum(y, 1e-9)
+def _fit_nonnegative(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Least squares of relative error (or of error weighted by `w`) with all coefficients >= 0 (a few
+    unknowns: try every support)."""
+    w = 1.0 / np.maximum(y, 1e-9) if w is None else w
     xw, yw = x * w[:, None], y * w
     best, best_res = np.zeros(x.shape[1]), math.inf
     for k in range(1, x.shape[1] + 1):
@@ -133,3 +135,104 @@ class LatencyModel:
     def from_dict(cls, doc: dict) -> "LatencyModel":
         return cls({op: OpFit(float(d["fixed_s"]), float(d["per_flop_s"]), float(d["per_byte_s"]), int(d.get("samples", 0)),
                               float(d.get("median_error", 0.0)), float(d.get("max_error", 0.0))) for op, d in doc.items()})
+
+
+# --- what a split part costs beyond its share ---------------------------------------------------------
+
+def fit_share(profile, graph: Graph, start: int, stop: int, flops: float, nbytes: float) -> float:
+    """The share of nodes [start, stop)'s seconds that a part of `flops` and `nbytes` takes, as the
+    planner prices it (partitioners.segment_table): the primary op's latency fit for the part over its
+    fit for the whole nodes (so the fit's fixed cost is paid once per part), else the FLOPs share."""
+    fit = profile.latency.fit_for(op_key(graph, start))
+    whole_flops = float(sum(graph.cost(t).flops for t in range(start, stop))) or 1.0
+    if fit is not None:
+        whole = fit.predict(whole_flops, float(sum(node_bytes(graph, t) for t in range(start, stop))))
+        if whole > 0:
+            return fit.predict(flops, nbytes) / whole
+    return flops / whole_flops
+
+
+@dataclass(frozen=True)
+class SplitStepSample:
+    """One part of a split segment timed in stream order (cluster.measure.measure_split_overhead)."""
+
+    kind: str
+    parts: int  # how many even parts the segment was split into
+    nodes: int  # nodes of the graph the split covers
+    whole_s: float  # the whole split nodes, measured in the same run
+    part_s: float  # this part, warm median
+    predicted_s: float  # whole_s x fit_share: what the planner predicts without the overhead
+    reference_whole_s: float = 0.0  # the whole split nodes as the profile says (0: not known)
+
+
+@dataclass(frozen=True)
+class SplitOverhead:
+    """What a part of a split segment takes beyond its share of the whole split nodes (fit_share), in a
+    profile's seconds: a part is a smaller problem run as an engine call of its own, with its own
+    halos, crops and im2col buffers, so its kernels run below the whole layer's rate, and each node
+    pays its fixed costs again at the part's size (ops that do little per element: batch norm, relu,
+    add). Per kind:
+
+        part seconds = share seconds x (1 + per_share) + per_step_s + per_node_s x nodes split
+
+    ResNet50's parts on the reference machine took 1.2-1.5x their share (2 to 8 parts): with 46 split
+    segments, the share alone predicted its Pi 3B+ latency plans 20-40% optimistic."""
+
+    per_share: float = 0.0
+    per_step_s: float = 0.0
+    per_node_s: float = 0.0
+    samples: int = 0
+    median_error: float = 0.0  # median |predicted with overhead - measured| / measured over the samples
+    median_error_without: float = 0.0  # ... with the share alone
+    sum_ratio: float = 1.0  # sum of predictions with overhead / sum of measurements
+    sum_ratio_without: float = 1.0  # ... with the share alone
+
+    def seconds(self, share_s, nodes):
+        """A part's seconds from its share's seconds and the split's node count (numbers or arrays)."""
+        return share_s * (1.0 + self.per_share) + self.per_step_s + self.per_node_s * nodes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "SplitOverhead":
+        names = ("per_share", "per_step_s", "per_node_s", "median_error", "median_error_without", "sum_ratio", "sum_ratio_without")
+        values = {k: doc.get(k, 1.0 if k.startswith("sum_ratio") else 0.0) for k in names}
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values.values()):
+            raise ValueError(f"every figure must be a finite number >= 0 ({json.dumps(values)[:80]})")
+        samples = doc.get("samples", 0)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"samples {samples!r} is not a count")
+        return cls(**{k: float(v) for k, v in values.items()}, samples=samples)
+
+
+def fit_split_overhead(samples: list[SplitStepSample]) -> SplitOverhead:
+    """Fit SplitOverhead on measured parts (coefficients >= 0, error relative to the square root of
+    each part's seconds: relative error alone lets the many small parts outvote the large ones, whose
+    sum is what a plan's latency adds up), in the profile's seconds: when the samples' whole nodes
+    ran `speed` times the profile's seconds (another machine, another day), the fixed terms are
+    divided by it."""
+    samples = [s for s in samples if s.part_s > 0 and s.whole_s > 0]
+    if not samples:
+        return SplitOverhead()
+    known = [s for s in samples if s.reference_whole_s > 0]
+    speed = sum(s.whole_s for s in known) / sum(s.reference_whole_s for s in known) if known else 1.0
+    part = np.array([s.part_s for s in samples])
+    pred = np.array([s.predicted_s for s in samples])
+    x = np.array([[p, 1.0, float(s.nodes)] for p, s in zip(pred, samples)])
+    coef = _fit_nonnegative(x, part - pred, 1.0 / np.sqrt(part))
+    fitted = pred + x @ coef
+    err = np.abs(fitted - part) / part
+    return SplitOverhead(float(coef[0]), float(coef[1]) / speed, float(coef[2]) / speed, len(samples), float(np.median(err)),
+                         float(np.median(np.abs(pred - part) / part)), float(fitted.sum() / part.sum()), float(pred.sum() / part.sum()))
+
+
+def fit_split_overheads(samples: list[SplitStepSample]) -> dict[str, SplitOverhead]:
+    """One SplitOverhead per kind measured, and ANY_OP over them all (for kinds never measured)."""
+    by_kind: dict[str, list] = {}
+    for s in samples:
+        by_kind.setdefault(s.kind, []).append(s)
+    fits = {kind: fit_split_overhead(group) for kind, group in sorted(by_kind.items())}
+    if samples:
+        fits[ANY_OP] = fit_split_overhead(samples)
+    return fits

@@ -11,7 +11,9 @@ A profile is a JSON document (format "pisplit-profile") written by `pisplit prof
   applicable split kind at several fractions), with FLOPs, bytes moved and peak memory;
 - latency_model: per op kind regression fitted on those measurements (see latency_model), with its
   fit error;
-- links: ping-pong results between ranks when measured under mpirun (latency and bandwidth).
+- links: ping-pong results between ranks when measured under mpirun (latency and bandwidth);
+- split_overhead (optional): per split kind, what a part costs beyond its share of the whole nodes
+  (latency_model.SplitOverhead, measured by cluster.measure.measure_split_overhead).
 
 The cost model reads a node's seconds from the profile when it was measured, else predicts them.
 """
@@ -28,7 +30,7 @@ from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.jsonfile import read_json
 
-from .latency_model import LatencyModel, Sample, node_bytes, op_key
+from .latency_model import ANY_OP, LatencyModel, Sample, SplitOverhead, node_bytes, op_key
 
 PROFILE_FORMAT = "pisplit-profile"
 PROFILE_VERSION = 1
@@ -81,6 +83,8 @@ class Profile:
     latency: LatencyModel = field(default_factory=lambda: LatencyModel({}))
     links: list = field(default_factory=list)
     source: str = ""  # the file it was read from, for messages
+    # split kind -> what its parts cost beyond their share (latency_model.SplitOverhead; ANY_OP: all kinds)
+    split_overhead: dict = field(default_factory=dict)
 
     # --- lookups -------------------------------------------------------------------------------------
     def measured_seconds(self, graph: Graph, index: int) -> float | None:
@@ -118,6 +122,11 @@ class Profile:
             self.__dict__["_index_cache"] = cached
         return cached[1]
 
+    def split_overhead_for(self, kind: str) -> SplitOverhead:
+        """What a part of a `kind` split costs beyond its share: the kind's fit, else the fit over all
+        kinds, else nothing (a profile measured without it)."""
+        return self.split_overhead.get(kind) or self.split_overhead.get(ANY_OP) or SplitOverhead()
+
     def link(self) -> LinkProfile | None:
         """The slowest measured link (the pessimistic figure for planning), if any."""
         return min(self.links, key=lambda l: l.bandwidth_bps, default=None)
@@ -131,6 +140,7 @@ class Profile:
             "latency_model": self.latency.to_dict(),
             "latency_model_error": self.latency.error_report(),
             "links": [asdict(l) for l in self.links],
+            **({"split_overhead": {k: v.to_dict() for k, v in self.split_overhead.items()}} if self.split_overhead else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -152,8 +162,10 @@ class Profile:
             links = [LinkProfile(tuple(l["ranks"]), tuple(l["sizes"]), tuple(l["seconds"]), float(l["latency_s"]), float(l["bandwidth_bps"]))
                      for l in doc.get("links", ())]
             _check_measurements(models, links, where)
+            overhead = _split_overhead(doc.get("split_overhead", {}), where)
             return cls(kind=str(doc["kind"]), engine=str(doc["engine"]), machine=dict(doc.get("machine", {})), models=models,
-                       latency=LatencyModel.from_dict(doc.get("latency_model", {})), links=links, source=source)
+                       latency=LatencyModel.from_dict(doc.get("latency_model", {})), links=links, source=source,
+                       split_overhead=overhead)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PisplitError(f"{where}: malformed document ({exc!r})") from None
 
@@ -161,6 +173,21 @@ class Profile:
     def load(cls, path: str | Path) -> "Profile":
         """Read a profile file."""
         return cls.from_dict(read_json(path, "profile"), str(path))
+
+
+def _split_overhead(doc, where: str) -> dict:
+    """A profile's split_overhead object: split kind -> latency_model.SplitOverhead."""
+    if not isinstance(doc, dict):
+        raise PisplitError(f"{where}: split_overhead must be an object of split kinds, not {type(doc).__name__}")
+    out = {}
+    for kind, figures in doc.items():
+        if not isinstance(figures, dict):
+            raise PisplitError(f"{where}: split_overhead.{kind} must be an object of figures, not {json.dumps(figures)[:40]}")
+        try:
+            out[str(kind)] = SplitOverhead.from_dict(figures)
+        except ValueError as exc:
+            raise PisplitError(f"{where}: split_overhead.{kind}: {exc}") from None
+    return out
 
 
 def _check_measurements(models: dict, links: list, where: str) -> None:

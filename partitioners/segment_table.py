@@ -8,7 +8,10 @@ weight and working-set bytes; an option that does not apply has infinite seconds
 of slots serves both the dp planner (all stage ranges at once) and CostModel.stage_cost (one range).
 
 A part's compute is the split nodes' time on its device scaled by what the latency model predicts
-for the part against the whole (its FLOPs share plus what a small part loses to fixed costs); the
+for the part against the whole (its FLOPs share plus what a small part loses to fixed costs), plus
+what the lead's profile measured a part of the kind to cost beyond that share (profiles'
+split_overhead: an engine call of its own, slower kernels and each node's fixed costs at a part's
+size); the
 lead's network interface sends each remote part its input and receives its output one after the
 other (`comm_in_s` and `comm_out_s`, their sum `comm_s`); the lead sums partial outputs (reduce
 kinds, in `compute_s`) and runs the segment's nodes the split leaves.
@@ -103,6 +106,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
     if m >= 2:
         speed = tuple(1.0 / model.classes[k].seconds_scale for k in slots)
         slot_arr = np.array(slots)
+        scales = np.array([model.classes[k].seconds_scale for k in slots])
         profile, _ = model.calibration.resolve(model.classes[lead].kind)
         add_fit = profile.latency.fit_for("add")
         link_latency, bits = model.cluster.link_latency_s, 8.0 / model.cluster.link_bandwidth_bps
@@ -135,7 +139,11 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             share = np.where(whole_pred[:, None] > 0, pred / np.where(whole_pred > 0, whole_pred, 1.0)[:, None],
                              q[..., 0] / whole_flops[:, None])
             base = (pre[slot_arr[:parts]][:, s_stop] - pre[slot_arr[:parts]][:, s_start]).T  # (rows, parts)
-            part_compute = (base * share).max(axis=1)
+            # what a part costs beyond its share (its own engine call, fixed costs at its size), in
+            # the lead profile's seconds, on each part's device
+            overhead = profile.split_overhead_for(FUSED if role == "span" else kind)
+            fixed = overhead.per_step_s + overhead.per_node_s * (s_stop - s_start)
+            part_compute = (base * share * (1.0 + overhead.per_share) + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
             merge = sel["merge"] * (parts - 1)

@@ -1,0 +1,100 @@
+"""What split parts cost beyond their share: the fit (latency_model.SplitOverhead), the profile field that
+carries it, and the segment table's prices with it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from layers import zoo_model
+from layers.errors import PisplitError
+from partitioners.cost import CostModel, make_cluster
+from partitioners.latency_model import ANY_OP, SplitOverhead, SplitStepSample, fit_split_overhead, fit_split_overheads
+from partitioners.profiles import Calibration, Profile, reference_profile_path
+from partitioners.segment_table import build_segment_table
+
+
+def _samples(per_share: float, step: float, node: float, speed: float = 1.0) -> list[SplitStepSample]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(60):
+        nodes = int(rng.integers(1, 6))
+        whole = float(rng.uniform(1e-4, 2e-2))
+        pred = whole * float(rng.uniform(0.1, 0.6))
+        part = pred * (1 + per_share) + (step + node * nodes) * speed
+        out.append(SplitStepSample("conv-spatial", 2, nodes, whole * speed, part, pred, whole))
+    return out
+
+
+def test_fit_recovers_the_overhead_in_the_profiles_seconds():
+    fit = fit_split_overhead(_samples(0.2, 50e-6, 10e-6))
+    assert fit.per_share == pytest.approx(0.2, rel=1e-6)
+    assert fit.per_step_s == pytest.approx(50e-6, rel=1e-6) and fit.per_node_s == pytest.approx(10e-6, rel=1e-6)
+    assert fit.median_error < 1e-9 < fit.median_error_without and fit.sum_ratio == pytest.approx(1.0)
+    # measured on a machine twice as slow as the profile: its fixed costs are half as many profile seconds
+    slow = fit_split_overhead(_samples(0.2, 50e-6, 10e-6, speed=2.0))
+    assert slow.per_step_s == pytest.approx(50e-6, rel=1e-6) and slow.per_node_s == pytest.approx(10e-6, rel=1e-6)
+    # nothing to add: a part that takes its share fits no overhead (coefficients are never negative)
+    none = fit_split_overhead(_samples(0.0, 0.0, 0.0))
+    assert none.per_share == none.per_step_s == none.per_node_s == 0.0
+    fits = fit_split_overheads(_samples(0.2, 50e-6, 10e-6) + [dataclasses.replace(s, kind="fc-input") for s in _samples(0.0, 0.0, 0.0)])
+    assert set(fits) == {"conv-spatial", "fc-input", ANY_OP} and fits["fc-input"].per_share == 0.0
+
+
+def test_profile_carries_the_overhead_and_rejects_bad_figures(tmp_path):
+    profile = Profile.load(reference_profile_path("numpy"))
+    overhead = {"conv-spatial": SplitOverhead(0.2, 5e-5, 1e-5, 10), ANY_OP: SplitOverhead(0.1, 0.0, 2e-5, 20)}
+    mine = dataclasses.replace(profile, split_overhead=overhead)
+    again = Profile.load(mine.save(tmp_path / "p.json"))
+    assert again.split_overhead == overhead
+    assert again.split_overhead_for("conv-spatial") == overhead["conv-spatial"]
+    assert again.split_overhead_for("fc-input") == overhead[ANY_OP]  # a kind not measured: the fit over all
+    assert dataclasses.replace(profile, split_overhead={}).split_overhead_for("fc-input") == SplitOverhead()
+    doc = json.loads((tmp_path / "p.json").read_text())
+    for bad in ({"conv-spatial": {"per_step_s": -1.0}}, {"conv-spatial": {"per_share": "x"}}, {"conv-spatial": 3}, [1]):
+        doc["split_overhead"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(doc))
+        with pytest.raises(PisplitError) as exc:
+            Profile.load(tmp_path / "bad.json")
+        assert "split" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_segment_table_prices_each_part_with_the_overhead_of_its_kind():
+    graph = zoo_model("alexnet")
+    base = Profile.load(reference_profile_path("numpy"))
+    cluster = make_cluster([("rpi3", 2, 1 << 30), ("rpi4", 2, 1 << 30)], 94e6)
+    step = 1e-3  # profile seconds per part, on top of its share
+
+    def table(overhead: dict):
+        model = CostModel(graph, cluster, Calibration("numpy", [dataclasses.replace(base, split_overhead=overhead)]))
+        slots = tuple(model.class_of_rank[r] for r in range(4))
+        return model, slots, build_segment_table(model, slots)
+
+    model, slots, plain = table({})
+    _, _, priced = table({ANY_OP: SplitOverhead(per_step_s=step)})
+    scales = np.array([model.classes[k].seconds_scale for k in slots])
+    checked = 0
+    for o, (kind, role, d) in enumerate(plain.columns):
+        for r in range(len(plain.compute_s)):
+            a, b = plain.compute_s[r, o], priced.compute_s[r, o]
+            if not np.isfinite(a):
+                assert not np.isfinite(b)
+                continue
+            if kind == "none" or role == "inside":
+                assert b == a  # the lead's own nodes, and the states inside a span, pay no part
+            elif role in ("kind", "span", "subset"):
+                parts = d if role == "subset" else len(slots)
+                # the slowest part pays most: every part's share and overhead, the largest of them
+                assert a + step * scales[:parts].min() - 1e-12 <= b <= a + step * scales[:parts].max() + 1e-12, (r, kind, role, d)
+                checked += 1
+    assert checked > 10
+    # a kind's own figures take precedence over the fit over all kinds
+    _, _, only_spatial = table({"conv-spatial": SplitOverhead(per_step_s=step)})
+    spatial = plain.columns.index(("conv-spatial", "kind", 0))
+    channel = plain.columns.index(("conv-channel", "kind", 0))
+    rows = np.isfinite(plain.compute_s[:, spatial]) & np.isfinite(plain.compute_s[:, channel])
+    assert rows.any()
+    assert (only_spatial.compute_s[rows, spatial] > plain.compute_s[rows, spatial]).all()
+    assert (only_spatial.compute_s[rows, channel] == plain.compute_s[rows, channel]).all()
