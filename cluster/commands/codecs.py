@@ -455,6 +455,8 @@ def codec_plan(graph, model, args) -> int:
     from partitioners.planners import make_plan
 
     plan = make_plan(graph, model, "dp", "throughput", args.model, args.engine)  # with the table: each link's codec (build_plan)
+    plan = accuracy_checked(lambda b: make_plan(graph, with_budget(model, b), "dp", "throughput", args.model, args.engine), graph,
+                            args.model, model.codec_budget, plan=plan)  # several lossy links: checked together
     if args.plan_output:
         plan.save(args.plan_output)
     emulated = emulate_plan(plan, args)
@@ -471,6 +473,8 @@ def codec_plan(graph, model, args) -> int:
     console.print(out)
     console.print(f"input frames from rank 0 to the first stage's other ranks: {plan.input_codec}; "
                   f"predicted throughput {plan.predicted_throughput_fps:.2f} frames/s")
+    for note in plan.notes:
+        console.print(f"[dim]note: {note}[/dim]")
     if args.plan_output:
         console.print(f"wrote the plan to {args.plan_output}")
     _print_emulated(emulated)
