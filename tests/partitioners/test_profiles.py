@@ -38,6 +38,10 @@ def test_profile_measures_every_node_and_split_parts(lenet_profile, tmp_path):
     assert info["cores"] >= 1 and info["memory_bytes"] > 0 and info["numpy"] == np.__version__ and "litert" in info
     again = Profile.load(lenet_profile.save(tmp_path / "p.json"))
     assert again.models == lenet_profile.models and again.kind == lenet_profile.kind
+    # what split parts cost beyond their share, per kind measured and over all (latency_model.SplitOverhead)
+    overhead = lenet_profile.split_overhead
+    assert {"conv-spatial", "conv-channel", "fc-output", "*"} <= set(overhead) and again.split_overhead == overhead
+    assert all(o.samples > 0 and min(o.per_share, o.per_step_s, o.per_node_s) >= 0 for o in overhead.values())
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["format"] == "pisplit-profile" and set(doc["latency_model_error"]) >= {"conv2d", "dense", "*"}
 
