@@ -51,14 +51,6 @@ def _exp_f32(x: np.ndarray) -> np.ndarray:
 EXACT_F32_TERMS = (1 << 24) // (255 * 128)
 
 
-def _int8_operands(x: np.ndarray, zero_point: int, kernel: np.ndarray):
-    """(x - zero point, kernel) as float32 when both are int8 (exact products, see EXACT_F32_TERMS),
-    else as float64 (every sum exact below 2**53)."""
-    if x.dtype == np.int8 and kernel.dtype == np.int8 and -128 <= zero_point <= 127:
-        return x.astype(np.float32) - np.float32(zero_point), kernel.astype(np.float32)
-    return x.astype(np.float64) - zero_point, kernel.astype(np.float64)
-
-
 def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b of integer-valued matrices, exactly: float32 chunks of at most EXACT_F32_TERMS terms
     summed in float64 (float64 operands: one product)."""
@@ -120,9 +112,75 @@ def _check_symmetric_filter(wq: TensorQuant, what: str) -> None:
         raise PisplitError(f"{what}: int8 filters must have zero point 0 (TFLite's integer kernels ignore it)")
 
 
+# The integer kernels hold their temporaries (float operands, int64 accumulators and their rescaling,
+# ~16 bytes an output value) for a band of output rows and a block of output channels at a time, at
+# most about BAND_BYTES, instead of for the whole layer: a node's memory is then its int8 input and
+# output and the float kernels' working set the cost model counts (layers.ops work_bytes), not 30x its
+# output (MobileNetV2's first 1x1 expansion held 34 MiB for a 1.2 MiB output). Bands change no value:
+# every sum is an exact integer and the rescaling is element-wise.
+BAND_BYTES = 1 << 20
+# the float copy of a block of a conv / fully-connected filter's output channels: each block rebuilds the
+# layer's im2col bands, so blocks are few (one for every filter of up to a million weights)
+KERNEL_BLOCK_BYTES = 1 << 23
+TEMP_BYTES_PER_VALUE = 16  # float product (4), int64 accumulator rescaled in place (8), sign mask (1), int8 result
+
+
+def _operand_type(x_dtype, kernel_dtype, zero_point: int):
+    """float32 when both operands are int8 (exact products, see EXACT_F32_TERMS), else float64."""
+    if x_dtype == np.int8 and kernel_dtype == np.int8 and -128 <= zero_point <= 127:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _int8_operands(x: np.ndarray, zero_point: int, kernel: np.ndarray):
+    """(x - zero point, kernel) in _operand_type."""
+    ftype = _operand_type(x.dtype, kernel.dtype, zero_point)
+    return x.astype(ftype) - ftype.type(zero_point), kernel.astype(ftype)
+
+
+def _finisher(bias, mults, out_q: TensorQuant | None, activation, partial: str | None):
+    """finish(acc, c0, c1): output channels [c0, c1) of an accumulator block as the layer's output dtype:
+    the int32 partial sum (`partial` names the op) or the requantized int8 values."""
+    if partial:
+        return lambda acc, c0, c1: _partial(acc, None if bias is None else bias[c0:c1], partial)
+    m, e = quantize_multiplier(mults)
+    _, zp = out_q.scalar("output")
+    lo, hi = activation_range(activation, out_q)
+
+    def finish(acc, c0, c1):
+        acc = acc.astype(np.int64)  # float sums of integer products are exact integers
+        if bias is not None:
+            acc += np.asarray(bias[c0:c1], np.int64)
+        t = multiply_by_quantized_multiplier(acc, m if m.ndim == 0 else m[c0:c1], e if e.ndim == 0 else e[c0:c1], overwrite=True)
+        t += int(zp)
+        np.clip(t, lo, hi, out=t)
+        return t.astype(out_q.np_dtype)
+    return finish
+
+
+def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: int, ftype, finish, out: np.ndarray) -> None:
+    """out[r0:r1, ..., c0:c1] = finish(exact (rows(r0, r1) - zp) @ kernel[:, c0:c1]) over bands of rows and
+    blocks of output channels; rows(r0, r1) gives the integer operand of rows [r0, r1) as a (m, K) matrix
+    of m = (r1 - r0) * row_values rows (an im2col band, or a slice of the input)."""
+    k, cout = kernel.shape
+    block = max(1, min(cout, KERNEL_BLOCK_BYTES // max(k * ftype.itemsize, 1)))
+    for c0 in range(0, cout, block):
+        c1 = min(cout, c0 + block)
+        kf = kernel[:, c0:c1].astype(ftype)
+        per_row = row_values * (k * (ftype.itemsize + 1) + (c1 - c0) * TEMP_BYTES_PER_VALUE)
+        band = max(1, min(n_rows, BAND_BYTES // max(per_row, 1)))
+        for r0 in range(0, n_rows, band):
+            r1 = min(n_rows, r0 + band)
+            a = rows(r0, r1).astype(ftype)
+            a -= ftype.type(zp)
+            acc = _exact_matmul(a, kf)
+            out[r0:r1, ..., c0:c1] = finish(acc, c0, c1).reshape(out[r0:r1, ..., c0:c1].shape)
+
+
 def qconv2d(xs, attrs, w, ctx: QuantContext):
     """CONV_2D / DEPTHWISE_CONV_2D int8 with per-channel filter scales (reference ConvPerChannel /
-    DepthwiseConvPerChannel): padding contributes (zero point - zero point) = 0."""
+    DepthwiseConvPerChannel): padding contributes (zero point - zero point) = 0, so the int8 input is
+    padded with its zero point. Computed in bands of output rows (BAND_BYTES)."""
     x = xs[0]
     kernel = w["kernel"]
     in_scale, in_zp = _scalar(ctx.inputs[0], "conv input")
@@ -135,33 +193,56 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     dilation = tuple(attrs.get("dilation") or (1, 1))
     pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
     outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
-    xz, kf = _int8_operands(x, in_zp, kernel)
-    xp = np.pad(xz, [(0, 0), *pads, (0, 0)]) if any(a or b for a, b in pads) else xz
-    win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C)
-    n = x.shape[0]
-    if groups == 1:
-        cols = win.reshape(n * outs[0] * outs[1], kh * kw * cin_g) if win.flags.c_contiguous else \
-            np.ascontiguousarray(win).reshape(n * outs[0] * outs[1], kh * kw * cin_g)
-        acc = _exact_matmul(cols, kf.reshape(kh * kw * cin_g, cout)).reshape(n, *outs, cout)
-    elif cin_g == 1:
-        mult = cout // groups
-        # kh * kw products per output: exact in float32 up to EXACT_F32_TERMS taps
-        acc = np.zeros((n, *outs, groups, mult), xz.dtype if kh * kw <= EXACT_F32_TERMS else np.float64)
-        wk = kf.reshape(kh, kw, groups, mult)
-        for i in range(kh):
-            for j in range(kw):
-                acc += win[:, :, :, i, j, :, None] * wk[i, j]
-        acc = acc.reshape(n, *outs, cout)
-    else:
+    if groups != 1 and cin_g != 1:
         raise PisplitError("conv: grouped int8 convolutions other than depthwise are not supported")
-    if attrs.get("partial"):
-        return [_partial(acc, w.get("bias"), "conv")]
-    mults = output_multipliers("conv", ctx.inputs[0], wq, out_q, cout)
-    return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
+    ftype = _operand_type(x.dtype, kernel.dtype, in_zp)
+    padded = any(a or b for a, b in pads)
+    if padded and not np.can_cast(np.min_scalar_type(in_zp), x.dtype):
+        x = x.astype(np.int64)  # a zero point the input's type cannot hold (never from TFLite): pad wider
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=in_zp) if padded else x
+    win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C), a view
+    n, (oh, ow) = x.shape[0], outs
+    partial = "conv" if attrs.get("partial") else None
+    finish = _finisher(w.get("bias"), None if partial else output_multipliers("conv", ctx.inputs[0], wq, out_q, cout), out_q,
+                       attrs.get("activation"), partial)
+    y = np.empty((n, oh, ow, cout), np.int32 if partial else out_q.np_dtype)
+    flat = y.reshape(n * oh, ow, cout)
+    if groups == 1:
+        depth = kh * kw * cin_g
+        direct = (kh, kw) == (1, 1) and strides == (1, 1) and not padded
+        src = xp.reshape(n * oh, ow, cin_g) if direct else None
+
+        def rows(r0, r1):
+            if direct:
+                return src[r0:r1].reshape(-1, depth)
+            band = [win[b, i] for b, i in (divmod(r, oh) for r in range(r0, r1))]  # output rows of any image
+            return np.stack(band).reshape(-1, depth)
+
+        _matmul_bands(rows, n * oh, ow, kernel.reshape(depth, cout), in_zp, ftype, finish, flat)
+        return [y]
+    # depthwise: kh * kw products per output, exact in float32 up to EXACT_F32_TERMS taps
+    mult = cout // groups
+    atype = ftype if kh * kw <= EXACT_F32_TERMS else np.dtype(np.float64)
+    wk = kernel.reshape(kh, kw, groups, mult).astype(ftype)
+    band = max(1, min(n * oh, BAND_BYTES // max(ow * cout * (2 * atype.itemsize + TEMP_BYTES_PER_VALUE), 1)))
+    for r0 in range(0, n * oh, band):
+        r1 = min(n * oh, r0 + band)
+        acc = np.zeros((r1 - r0, ow, groups, mult), atype)
+        for b in range(r0 // oh, (r1 - 1) // oh + 1):  # the images the band spans
+            i0, i1 = max(r0, b * oh) - b * oh, min(r1, (b + 1) * oh) - b * oh
+            part = acc[b * oh + i0 - r0:b * oh + i1 - r0]
+            for i in range(kh):
+                for j in range(kw):
+                    tap = win[b, i0:i1, :, i, j, :].astype(ftype)
+                    tap -= ftype.type(in_zp)
+                    part += tap[..., None] * wk[i, j]
+        flat[r0:r1] = finish(acc.reshape(r1 - r0, ow, cout), 0, cout)
+    return [y]
 
 
 def qdense(xs, attrs, w, ctx: QuantContext):
-    """FULLY_CONNECTED int8 (reference FullyConnected / per-channel FullyConnectedPerChannel)."""
+    """FULLY_CONNECTED int8 (reference FullyConnected / per-channel FullyConnectedPerChannel), in blocks of
+    output channels and rows (BAND_BYTES)."""
     x = xs[0]
     in_scale, in_zp = _scalar(ctx.inputs[0], "fully-connected input")
     out_q = ctx.outputs[0]
@@ -169,11 +250,13 @@ def qdense(xs, attrs, w, ctx: QuantContext):
     _check_symmetric_filter(wq, "fully connected")
     kernel = w["kernel"]
     cout = kernel.shape[1]
-    acc = _exact_matmul(*_int8_operands(x, in_zp, kernel))
-    if attrs.get("partial"):
-        return [_partial(acc, w.get("bias"), "fully connected")]
-    mults = output_multipliers("dense", ctx.inputs[0], wq, out_q, cout)
-    return [_finish(acc, w.get("bias"), mults, out_q, attrs.get("activation"))]
+    partial = "fully connected" if attrs.get("partial") else None
+    finish = _finisher(w.get("bias"), None if partial else output_multipliers("dense", ctx.inputs[0], wq, out_q, cout), out_q,
+                       attrs.get("activation"), partial)
+    rows2d = x.reshape(-1, x.shape[-1])
+    y = np.empty((rows2d.shape[0], cout), np.int32 if partial else out_q.np_dtype)
+    _matmul_bands(lambda r0, r1: rows2d[r0:r1], rows2d.shape[0], 1, kernel, in_zp, _operand_type(x.dtype, kernel.dtype, in_zp), finish, y)
+    return [y.reshape(*x.shape[:-1], cout)]
 
 
 def qint32_halves(xs, attrs, w, ctx: QuantContext):
@@ -295,7 +378,9 @@ def qmax_pool(xs, attrs, w, ctx: QuantContext):
     """MAX_POOL_2D int8: the window maximum over valid positions, clamped to the activation range."""
     _same_quant(ctx, "max pool")
     x = xs[0]
-    win, *_ = _pool_windows(x.astype(np.int32), attrs, -(1 << 20))
+    # padded with the type's least value: a window's maximum is that of its valid positions (or that least
+    # value, when they all hold it), in the input's own type (no wider copy)
+    win, *_ = _pool_windows(x, attrs, np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -(1 << 20))
     out = win.max(axis=(3, 4))
     lo, hi = activation_range(attrs.get("activation"), ctx.outputs[0])
     return [np.clip(out, lo, hi).astype(ctx.outputs[0].np_dtype)]
@@ -327,7 +412,7 @@ def qmean(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "mean output")
     count = int(np.prod([x.shape[a] for a in axes]))
-    total = x.astype(np.int64).sum(axis=axes, keepdims=bool(attrs.get("keepdims", False))) - zi * count
+    total = x.sum(axis=axes, keepdims=bool(attrs.get("keepdims", False)), dtype=np.int64) - zi * count
     m, e = quantize_multiplier(np.float64(si) / np.float64(so))
     m, e = int(m), int(e)
     shift = min(count.bit_length() - 1, 32, 31 + e)
@@ -519,7 +604,8 @@ def qpad(xs, attrs, w, ctx: QuantContext):
     _same_quant(ctx, "pad")
     _, zp = ctx.outputs[0].scalar("pad output")
     value = attrs.get("qvalue", zp)
-    return [K.pad(xs[0], attrs["paddings"], value).astype(ctx.outputs[0].np_dtype)]
+    x = np.asarray(xs[0]).astype(ctx.outputs[0].np_dtype, copy=False)  # padded in its own type (no float32 copy)
+    return [np.pad(x, [tuple(p) for p in attrs["paddings"]], constant_values=x.dtype.type(value))]
 
 
 def qquantize(xs, attrs, w, ctx: QuantContext):
@@ -550,29 +636,65 @@ def float_only(name):
     return run
 
 
+# an element-wise int8 kernel's temporaries: operands widened to int64, shifted, rescaled, summed, clamped
+ELEMENTWISE_BYTES_PER_VALUE = 48
+
+
+def in_bands(kernel):
+    """An element-wise int8 kernel run over bands of axis 1 (rows of an image, tokens) of its output, so
+    that its int64 temporaries (ELEMENTWISE_BYTES_PER_VALUE bytes a value) take about BAND_BYTES, not 40x the
+    tensor (ResNet50's first residual ADD held 25 MiB for a 0.8 MiB output). Operands broadcast along axis
+    1 (size 1 there, or fewer axes) are passed whole; tensors of fewer than 3 axes in one piece."""
+    def run(xs, attrs, w, ctx: QuantContext):
+        operands = [*xs, *([w["constant"]] if "constant" in w else [])]
+        shape = np.broadcast_shapes(*(np.shape(a) for a in operands))
+        values = int(np.prod(shape, dtype=np.int64))
+        if len(shape) < 3 or shape[1] < 2 or values * ELEMENTWISE_BYTES_PER_VALUE <= BAND_BYTES:
+            return kernel(xs, attrs, w, ctx)
+        rows = shape[1]
+        band = max(1, BAND_BYTES // (values // rows * ELEMENTWISE_BYTES_PER_VALUE))
+
+        def cut(a, r0, r1):
+            a = np.asarray(a)
+            k = 1 - (len(shape) - a.ndim)  # the operand's axis under the output's axis 1
+            return a if k < 0 or a.shape[k] == 1 else a[(slice(None),) * k + (slice(r0, r1),)]
+
+        out = None
+        for r0 in range(0, rows, band):
+            r1 = min(rows, r0 + band)
+            ws = {**w, "constant": cut(w["constant"], r0, r1)} if "constant" in w else w
+            y = kernel([cut(x, r0, r1) for x in xs], attrs, ws, ctx)[0]
+            if out is None:
+                out = np.empty((y.shape[0], rows, *y.shape[2:]), y.dtype)
+            out[:, r0:r1] = y
+        return [out]
+    run.__doc__ = kernel.__doc__
+    return run
+
+
 QRUN = {
     "conv2d": qconv2d,
     "dense": qdense,
-    "add": qadd,
-    "sub": qsub,
-    "mul": qmul,
+    "add": in_bands(qadd),
+    "sub": in_bands(qsub),
+    "mul": in_bands(qmul),
     "max_pool2d": qmax_pool,
     "avg_pool2d": qavg_pool,
     "mean": qmean,
-    "sigmoid": qsigmoid,
-    "tanh": qtanh,
-    "softmax": qsoftmax,
-    "hard_swish": qhard_swish,
-    "leaky_relu": qleaky_relu,
-    "relu": _relu_family(0.0, None),
-    "relu6": _relu_family(0.0, 6.0),
+    "sigmoid": in_bands(qsigmoid),
+    "tanh": in_bands(qtanh),
+    "softmax": in_bands(qsoftmax),
+    "hard_swish": in_bands(qhard_swish),
+    "leaky_relu": in_bands(qleaky_relu),
+    "relu": in_bands(_relu_family(0.0, None)),
+    "relu6": in_bands(_relu_family(0.0, 6.0)),
     "concat": qconcat,
     "reshape": qreshape(lambda x, a: x.reshape(x.shape[0], *a["shape"])),
     "flatten": qreshape(lambda x, a: x.reshape(x.shape[0], -1)),
     "pad": qpad,
     **{op: qmove(op) for op in ("transpose", "resize_nearest", "strided_slice", "tile", "depth_to_space")},
-    "quantize": qquantize,
-    "dequantize": qdequantize,
-    "requantize": qrequantize,
-    "int32_halves": qint32_halves,
+    "quantize": in_bands(qquantize),
+    "dequantize": in_bands(qdequantize),
+    "requantize": in_bands(qrequantize),
+    "int32_halves": in_bands(qint32_halves),
 }

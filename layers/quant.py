@@ -135,7 +135,7 @@ def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
     return (x >> exponent) + (remainder > threshold)
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
+def multiply_by_quantized_multiplier(x, multiplier, shift, overwrite: bool = False) -> np.ndarray:
     """TFLite MultiplyByQuantizedMultiplier (the default, double-rounding build): x * multiplier * 2**(shift - 31).
 
     For multipliers >= 0 (every multiplier TFLite derives from scales) it runs as three in-place passes
@@ -143,7 +143,9 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     floor((x * m + 2**30) / 2**31) for either sign of x * m (C's truncation of (ab + 1 - 2**30) / 2**31
     for ab < 0 is that floor), and can only saturate for m = -2**31; the rounding divide by 2**r with
     ties away from zero is floor((t + 2**(r-1) - [t < 0]) / 2**r) for r > 0. The general gemmlowp
-    functions above stay the reference (tests compare the two)."""
+    functions above stay the reference (tests compare the two). With `overwrite`, an int64 array x is
+    used as the result's buffer (the caller's temporary, no copy of it)."""
+    overwrite = overwrite and isinstance(x, np.ndarray) and x.dtype == np.int64 and x.flags.writeable
     x = np.asarray(x, dtype=np.int64)
     multiplier = np.asarray(multiplier, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
@@ -151,7 +153,10 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     right = np.maximum(-shift, 0)
     if (multiplier < 0).any():
         return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
-    t = np.left_shift(x, left) if left.any() else x.copy()
+    if overwrite and left.shape in ((), x.shape[-1:]):
+        t = np.left_shift(x, left, out=x) if left.any() else x
+    else:
+        t = np.left_shift(x, left) if left.any() else x.copy()
     t *= multiplier
     t += np.int64(1 << 30)
     t >>= 31

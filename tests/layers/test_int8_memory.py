@@ -1,0 +1,99 @@
+"""The int8 kernels' memory (issue 12): they compute in bands of output rows and blocks of output channels
+(layers.qkernels BAND_BYTES), so a layer's temporaries stay about a band's size instead of ~30x its int8
+output (MobileNetV2's first 1x1 expansion held 34 MiB for a 1.2 MiB output, ResNet50's residual ADDs
+25 MiB for 0.8 MiB: an int8 rank measured 3-5x the plan's memory). Bands change no value: a kernel forced
+to one row and one channel at a time equals it run whole, every value."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import layers.qkernels as qk
+from layers.qkernels import QRUN, QuantContext
+from layers.quant import TensorQuant
+
+
+def tq(scale, zp=0, dtype="int8", axis=3) -> TensorQuant:
+    scale = np.atleast_1d(np.asarray(scale, np.float64))
+    zp = np.atleast_1d(zp)
+    return TensorQuant(dtype, tuple(float(np.float32(s)) for s in scale), tuple(int(z) for z in zp), axis)
+
+
+def conv_case(rng, n, hw, cin, cout, k, stride, padding, depthwise=False, partial=False, activation="relu6"):
+    x = rng.integers(-128, 128, (n, hw, hw, cin)).astype(np.int8)
+    kshape = (k, k, 1, cout) if depthwise else (k, k, cin, cout)
+    w = {"kernel": rng.integers(-127, 128, kshape).astype(np.int8), "bias": rng.integers(-5000, 5000, cout).astype(np.int32)}
+    attrs = {"strides": (stride, stride), "padding": padding, "activation": activation, "groups": cin if depthwise else 1}
+    if partial:
+        attrs["partial"] = True
+    ctx = QuantContext([tq(0.02, -3)], [None if partial else tq(0.05, 7)],
+                       {"kernel": tq(rng.uniform(0.001, 0.01, cout), np.zeros(cout, int)), "bias": tq(1.0, 0, "int32")})
+    return "conv2d", [x], attrs, w, ctx
+
+
+def cases(rng):
+    yield conv_case(rng, 2, 9, 5, 7, 3, 2, "same")  # padded im2col, two images
+    yield conv_case(rng, 1, 8, 6, 11, 1, 1, "valid")  # 1x1 stride 1: the input itself
+    yield conv_case(rng, 1, 9, 6, 4, 1, 2, "valid")  # 1x1 strided
+    yield conv_case(rng, 2, 7, 6, 12, 3, 1, "same", depthwise=True)  # depthwise, multiplier 2
+    yield conv_case(rng, 1, 7, 5, 6, 3, 1, "same", partial=True)  # a conv-filter part's int32 sum
+    x = rng.integers(-128, 128, (3, 40)).astype(np.int8)
+    for per_channel in (False, True):
+        scales = rng.uniform(0.001, 0.01, 9) if per_channel else 0.004
+        yield "dense", [x], {"activation": None}, \
+            {"kernel": rng.integers(-127, 128, (40, 9)).astype(np.int8), "bias": rng.integers(-999, 999, 9).astype(np.int32)}, \
+            QuantContext([tq(0.03, 5)], [tq(0.07, -2)], {"kernel": tq(scales, np.zeros(np.size(scales), int), axis=1)})
+    a = rng.integers(-128, 128, (1, 6, 5, 4)).astype(np.int8)
+    b = rng.integers(-128, 128, (1, 6, 5, 4)).astype(np.int8)
+    yield "add", [a, b], {"activation": "relu"}, {}, QuantContext([tq(0.02, 1), tq(0.03, -4)], [tq(0.04, 2)])
+    row = rng.integers(-128, 128, (1, 1, 5, 4)).astype(np.int8)  # broadcast along axis 1
+    yield "mul", [a, row], {}, {}, QuantContext([tq(0.02, 1), tq(0.03, -4)], [tq(0.01, 2)])
+    yield "add", [a], {}, {"constant": rng.integers(-128, 128, (1, 6, 5, 4)).astype(np.int8)}, \
+        QuantContext([tq(0.02, 1)], [tq(0.04, 2)], {"constant": tq(0.05, 3)})
+    yield "relu6", [a], {}, {}, QuantContext([tq(0.02, 1)], [tq(0.03, -1)])
+    yield "quantize", [rng.standard_normal((1, 6, 5, 4)).astype(np.float32)], {}, {}, QuantContext([None], [tq(0.02, 3)])
+    yield "dequantize", [a], {}, {}, QuantContext([tq(0.02, 1)], [None])
+    yield "int32_halves", [rng.integers(-(1 << 30), 1 << 30, (1, 6, 5, 4)).astype(np.int32)], {}, {}, QuantContext([tq(1.0, 0, "int32")], [None])
+
+
+def test_bands_change_no_value(monkeypatch):
+    rng = np.random.default_rng(12)
+    whole = [QRUN[op](xs, attrs, w, ctx)[0] for op, xs, attrs, w, ctx in cases(rng)]
+    monkeypatch.setattr(qk, "BAND_BYTES", 1)  # one output row (one value's row) and one channel at a time
+    monkeypatch.setattr(qk, "KERNEL_BLOCK_BYTES", 1)
+    rng = np.random.default_rng(12)
+    for (op, xs, attrs, w, ctx), want in zip(cases(rng), whole):
+        got = QRUN[op](xs, attrs, w, ctx)[0]
+        assert got.dtype == want.dtype and got.shape == want.shape, op
+        assert np.array_equal(got, want), f"{op}: {int((got != want).sum())} values differ in bands"
+    assert len(whole) == 14 and all(np.unique(y).size > 3 for y in whole)
+
+
+def peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        return tracemalloc.get_traced_memory()[1] - base, out
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("what", ["conv 1x1", "conv 3x3", "depthwise", "add"])
+def test_a_layer_holds_a_band_not_the_whole_layer(what):
+    """MobileNetV2-sized layers (112 x 112): the peak of the int8 kernel is its output (and its padded
+    int8 input) plus about a band (BAND_BYTES), where it was 30x its output."""
+    rng = np.random.default_rng(3)
+    if what == "add":
+        a, b = (rng.integers(-128, 128, (1, 112, 112, 24)).astype(np.int8) for _ in range(2))
+        op, xs, attrs, w, ctx = "add", [a, b], {}, {}, QuantContext([tq(0.02, 1), tq(0.03, -4)], [tq(0.04, 2)])
+    else:
+        k, cin, cout, dw = {"conv 1x1": (1, 16, 96, False), "conv 3x3": (3, 16, 32, False), "depthwise": (3, 96, 96, True)}[what]
+        op, xs, attrs, w, ctx = conv_case(rng, 1, 112, cin, cout, k, 1, "same", depthwise=dw)
+    peak, y = peak_bytes(lambda: QRUN[op](xs, attrs, w, ctx)[0])
+    padded = xs[0].nbytes * 1.05 if what != "add" else 0  # the int8 input padded with its zero point
+    assert y.dtype == np.int8 and y.nbytes >= 300_000
+    assert peak <= y.nbytes + padded + 2.5 * qk.BAND_BYTES, f"{what}: {peak / 2**20:.1f} MiB for a {y.nbytes / 2**20:.1f} MiB output"
