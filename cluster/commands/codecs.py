@@ -414,6 +414,20 @@ def save_edge_input_graph(graph, path) -> str:
     return str(saved.resolve())
 
 
+def plan_with_host(args, graph, model) -> int:
+    """`pisplit plan MODEL --devices KIND:1,host:1` (or KIND:N,host:1): the edge-host planning of
+    `pisplit codecs --devices` (every cut with every admissible codec, throughput and edge energy; or
+    the head planned on the edge devices and the tail on the host), with the codec table of --codecs
+    (raw links without one). The frames' source, rank 0, stays on the edge."""
+    from types import SimpleNamespace
+
+    shim = SimpleNamespace(model=args.model, engine=args.engine, json=args.json, plan_output=args.output, emulate=None, all=False, layer=None)
+    if len(model.cluster.devices) == 2:
+        return edge_host(graph, model, model.codecs, model.codec_budget, shim)
+    entries = [(d.kind, 1, d.memory_bytes) for d in model.cluster.devices]
+    return cluster_host(graph, entries, model.cluster, model.codecs, model.codec_budget, shim)
+
+
 def cluster_host(graph, entries, cluster, table, budget, args) -> int:
     from partitioners.cost import make_cluster
     from partitioners.edge_host import cluster_host_candidates, cluster_host_plan

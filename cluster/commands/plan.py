@@ -119,6 +119,11 @@ def run(args) -> int:
         from .configmap import plan_latency_req
 
         return plan_latency_req(args, graph, model)
+    kinds = [d.kind for d in model.cluster.devices]
+    if kinds.count("host") == 1 and len(kinds) > 1 and args.planner == "dp" and not (args.compare or args.chart or args.exit or args.exit_shares):
+        from .codecs import plan_with_host  # edge devices and a host (issue 15): rank 0, the frames' source, stays on the edge
+
+        return plan_with_host(args, graph, model)
     if args.compare:
         results = compare_plans(graph, model, args.objective, args.model, args.engine)
         chosen = next((r.plan for r in results if not isinstance(r, InfeasiblePlan) and r.planner == args.planner), None)
