@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from cluster.emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer
 
@@ -27,3 +28,50 @@ def test_an_emulated_device_polls_while_it_waits_for_data_never_while_it_compute
     now = time.time()
     device.hold(int((now + 0.03) * 1e9), int(0.01 * 1e9))
     assert time.time() >= now + 0.03 and polls
+
+
+class _Clock:
+    """time for cluster.emulation: a wall clock and a CPU clock that advance only when told, and a
+    sleep that wakes `late` seconds after it was due (a loaded host)."""
+
+    def __init__(self, late: float):
+        self.now, self.cpu, self.late = 100.0, 0.0, late
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds + self.late
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+        self.cpu += seconds
+
+
+def test_waking_late_does_not_add_up_over_steps(tmp_path, monkeypatch):
+    from cluster import emulation
+
+    clock = _Clock(late=0.005)
+    monkeypatch.setattr(emulation, "time", clock)
+    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    start = clock.now
+    for step in range(1, 6):
+        device.compute(lambda: clock.work(0.01))  # 10 ms here, 40 ms on the device
+        # each sleep wakes 5 ms late, but the next step is due that much earlier: 5 ms late in all
+        assert clock.now - start == pytest.approx(0.04 * step + 0.005)
+    # a wait between steps absorbs lateness: after 3 ms idle, the next step is due 2 ms early only
+    clock.now += 0.003
+    before = clock.now
+    device.compute(lambda: clock.work(0.01))
+    assert clock.now - before == pytest.approx(0.04 - 0.002 + 0.005)
+    # the device never ends a step before its own host time: 10 ms of CPU dilated to 2 ms still takes 10
+    fast = EmulatedDevice(ComputeDilation(0.2), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    before = clock.now
+    fast.compute(lambda: clock.work(0.01))
+    assert clock.now - before == pytest.approx(0.01)
