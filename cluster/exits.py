@@ -102,9 +102,14 @@ class ExitRouting:
     def decide(self, tensors: dict) -> int | None:
         """The exit of this stage that answers the frame: where the stage stopped early, else the first
         of its exits whose normalised entropy is at most its threshold, else None."""
-        if self.runner is not None and self.runner.fired is not None:
-            return self.runner.fired
+        checked = ()
+        if self.runner is not None and self.runner.armed:
+            if self.runner.fired is not None:
+                return self.runner.fired
+            checked = self.runner.checked  # the exits inside the stage: the runner found none sure
         for i in self.mine:
+            if i in checked:
+                continue
             if self.fires(i, tensors):
                 return i
         return None
@@ -268,9 +273,11 @@ class ExitingRunner:
         self.ranges = [(a - stage.node_start, b - stage.node_start) for a, b in zip(bounds[:-1], bounds[1:])]
         self.pieces = None if engine == "numpy" else [make_engine(shard_graph(graph, a, b), engine) for a, b in zip(bounds[:-1], bounds[1:])]
         self.checks = {b - stage.node_start: [i for i in routing.mine if routing.points[i].node + 1 == b] for b in cuts}
+        self.checked = frozenset(i for ids in self.checks.values() for i in ids)  # decided here, not again by ExitRouting.decide
         self.routing = routing
         self.armed = False
         self.fired: int | None = None
+        self.schedule = None  # numpy: (tensors freed after each node, tensors live at each range end)
 
     def run(self, tensors: dict) -> dict:
         self.fired = None
@@ -283,15 +290,37 @@ class ExitingRunner:
         return tensors
 
     def _run_ranges(self, tensors: dict) -> dict:
+        """The numpy path: Graph.execute's loop over the stage's nodes (inputs checked as it checks
+        them, each tensor freed after its last reader), with the cut tensors of every range end and the
+        freeing schedule worked out once instead of per range."""
         from layers.engine import check_finite
 
-        feeds = tensors
-        for start, stop in self.ranges:
-            tensors = self.graph.execute(tensors, start, stop)
-            if self._stops(stop, tensors):
+        g = self.graph
+        if self.schedule is None:
+            last: dict = {}
+            for i, node in enumerate(g.nodes):
+                for t in node.inputs:
+                    last[t] = i
+            for t in g.outputs:
+                last[t] = len(g.nodes)
+            frees = [[t for t in set(node.inputs) if last.get(t, -1) <= i] for i, node in enumerate(g.nodes)]
+            self.schedule = (frees, {stop: g.cut_tensors(stop) for _, stop in self.ranges})
+        frees, live = self.schedule
+        env = g.execute(tensors, 0, 0)  # the stage's inputs, checked (names, shapes, dtypes)
+        start = end = 0
+        for _, stop in self.ranges:
+            for i in range(start, stop):
+                node = g.nodes[i]
+                for t, y in zip(node.outputs, g.run_node(node, [env[t] for t in node.inputs])):
+                    env[t] = y
+                for t in frees[i]:
+                    env.pop(t, None)
+            start = end = stop
+            if self._stops(stop, env):
                 break
-        check_finite(self.graph, feeds, tensors)
-        return tensors
+        out = {t: env[t] for t in live[end]}
+        check_finite(g, tensors, out)
+        return out
 
     def _stops(self, stop: int, tensors: dict) -> bool:
         if self.armed:

@@ -134,28 +134,38 @@ def normalised_entropy(values: np.ndarray, kind: str) -> np.ndarray:
 
 def exit_fires(values, kind: str, threshold: float) -> bool:
     """Whether one frame's exit tensor `values` (1, C) answers at `threshold`: exactly
-    normalised_entropy(values) <= threshold, decided cheaply for most frames (the runtime asks once
-    per exit per frame).
+    normalised_entropy(values) <= threshold, decided cheaply (the runtime asks once per exit per
+    frame, and at a few classes numpy's per-call overhead is most of the cost).
 
-    T >= 1 fires for finite values (eta is clipped to 1). Otherwise a lower bound first: for probabilities
-    p <= max p = m <= 1, so H = -sum p log p >= -log m x sum p (min-entropy); for logits H >= log sum
-    exp(z - max z) (the same, through log-softmax). When the bound, with a margin of 1e-9 relative
-    for rounding, is above T the frame cannot exit (at T = 0 that is every frame whose probabilities
-    are not exactly one-hot); else the exact entropy decides."""
+    Up to FAST_CLASSES classes the entropy is computed in Python floats (math.fsum); only a value
+    within 1e-9 (relative) of the threshold, far beyond the rounding that separates it from
+    normalised_entropy's, is left to normalised_entropy itself, as are rows with negative
+    probabilities or values that are not finite, and wider rows. T >= 1 fires for finite values (eta is
+    clipped to 1)."""
     row = np.asarray(values).reshape(-1)
-    vals = row.tolist()  # a few classes: Python's reductions beat numpy's call overhead
-    low = None
-    if len(vals) >= 2 and all(math.isfinite(v) for v in vals):
-        if threshold >= 1.0:
-            return True
-        top = max(vals)
-        if kind == "probabilities" and 0.0 < top <= 1.0 and min(vals) >= 0.0:
-            low = -math.log(top) * math.fsum(vals)
-        elif kind == "logits":
-            low = math.log(math.fsum(math.exp(v - top) for v in vals))
-    if low is not None and low / math.log(len(vals)) > threshold * (1.0 + 1e-9) + 1e-12:
-        return False
+    if 2 <= row.size <= FAST_CLASSES:
+        vals = row.tolist()
+        if all(math.isfinite(v) for v in vals):
+            if threshold >= 1.0:
+                return True
+            h = None
+            if kind == "probabilities" and min(vals) >= 0.0:
+                h = -math.fsum(v * math.log(v) for v in vals if v > 0.0)
+            elif kind == "logits":
+                top = max(vals)
+                z = [v - top for v in vals]
+                lse = math.log(math.fsum(math.exp(v) for v in z))
+                h = -math.fsum(math.exp(v - lse) * (v - lse) for v in z)
+            if h is not None:
+                eta = h / math.log(len(vals))
+                if eta > threshold * (1.0 + 1e-9) + 1e-12:
+                    return False
+                if eta < threshold * (1.0 - 1e-9) - 1e-12:
+                    return True
     return bool(normalised_entropy(row.reshape(1, -1), kind)[0] <= threshold)
+
+
+FAST_CLASSES = 64  # exit_fires: rows up to this many classes are decided in Python floats
 
 
 def answering_exit(etas: np.ndarray, thresholds) -> np.ndarray:

@@ -31,7 +31,8 @@ def test_exit_fires_is_the_entropy_rule_on_every_row_and_threshold(rng):
     probs[:5] = np.eye(10, dtype=np.float32)[:5]  # exactly one-hot: eta 0
     probs[5] = np.full(10, 0.1, np.float32)  # uniform: eta 1
     probs[6] = [0.5, 0.5] + [0.0] * 8  # zeros among the classes
-    for kind, rows in (("probabilities", probs), ("logits", logits)):
+    wide = (rng.standard_normal((30, 100)) * 5).astype(np.float32)  # more classes than exit_fires sums in Python
+    for kind, rows in (("probabilities", probs), ("logits", logits), ("probabilities", _softmax(wide)), ("logits", wide)):
         eta = normalised_entropy(rows, kind)
         for i, row in enumerate(rows):
             # fixed thresholds, the row's own entropy and one step either side of it (knife edges)
