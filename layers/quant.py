@@ -192,6 +192,20 @@ def quantize_value(value: float, quant: TensorQuant) -> int:
     return zp + int(round_half_away(np.float32(value) / np.float32(scale)))
 
 
+def random_values(graph, tensor: str, rng: np.random.Generator, shape=None) -> np.ndarray:
+    """Seeded test values of `tensor` (shape: its own, or `shape`): standard normal float32 for a float
+    tensor; for a quantized one the same normal reals as its model sees them, quantized with the tensor's
+    scale and zero point (round half away from zero, clamped to its type), in its integer dtype."""
+    shape = graph.shapes[tensor] if shape is None else shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    quant = graph.quant.get(tensor)
+    if quant is None:
+        return x
+    scale, zp = quant.scalar(f"tensor {tensor!r}")
+    q = round_half_away(x / np.float32(scale)) + zp
+    return np.clip(q, quant.qmin, quant.qmax).astype(quant.np_dtype)
+
+
 def activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
     """TFLite CalculateActivationRangeQuantized: the clamp of a fused activation in the quantized domain."""
     lo, hi = quant.qmin, quant.qmax
