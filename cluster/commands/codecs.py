@@ -428,6 +428,48 @@ def plan_with_host(args, graph, model) -> int:
     return cluster_host(graph, entries, model.cluster, model.codecs, model.codec_budget, shim)
 
 
+def host_plan(graph, model_spec: str, devices: str, link_bps: float, engine: str, table=None, budget=None):
+    """For `pisplit emulate --devices KIND:1,host:1` (or KIND:N,host:1): the best edge-host plan (every
+    cut and admissible codec), or the head on the edge devices and the tail on the host; None when
+    `devices` hold no host or only hosts. Everything on the host runs as edge_input_graph, saved in a
+    private temporary folder removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.edge_host import (best_candidate, cluster_host_candidates, cluster_host_plan, edge_host_candidates,
+                                        edge_host_plan)
+    from partitioners.profiles import Calibration
+
+    entries = parse_devices(devices)
+    cluster = make_cluster(entries, link_bps)
+    kinds = [d.kind for d in cluster.devices]
+    if kinds.count("host") != 1 or len(kinds) < 2:
+        return None
+    if len(kinds) == 2:
+        model = CostModel(graph, cluster, Calibration(engine))
+        candidates = edge_host_candidates(model, table, budget)
+        best = best_candidate(candidates)
+        spec = None
+        if not best.runnable:
+            if len(graph.inputs) != 1 or graph.dtype(next(iter(graph.inputs))).kind != "f":
+                best = best_candidate(candidates, runnable_only=True)
+            else:
+                folder = tempfile.mkdtemp(prefix="pisplit-edge-input-")
+                atexit.register(shutil.rmtree, folder, True)
+                spec = save_edge_input_graph(graph, Path(folder) / "model.json")
+        return edge_host_plan(model, best, model_spec, engine, spec)
+    edge = make_cluster([e for e in entries if e[0] != "host"], link_bps)
+    host = make_cluster([e for e in entries if e[0] == "host"], link_bps)
+    candidates = cluster_host_candidates(graph, edge, host, Calibration(engine), table, budget)
+    if not candidates:
+        raise PisplitError("cluster + host: no cut whose head fits the edge devices")
+    return cluster_host_plan(graph, max(candidates, key=lambda c: c.throughput_fps), host, model_spec, engine)
+
+
 def cluster_host(graph, entries, cluster, table, budget, args) -> int:
     from partitioners.cost import make_cluster
     from partitioners.edge_host import cluster_host_candidates, cluster_host_plan

@@ -197,10 +197,14 @@ def run(args) -> int:
     from .codecs import planning_codecs
 
     table, budget = planning_codecs(args.codec_table, graph, args.engine, args.max_accuracy_loss, args.max_rel_error)
-    from .codecs import accuracy_checked  # lossy links checked together on the held-out split (with --max-accuracy-loss)
+    from .codecs import accuracy_checked, host_plan  # lossy links checked together on the held-out split (with --max-accuracy-loss)
 
-    plan = accuracy_checked(lambda b: plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective,
+    # edge devices and a host (issue 15): the edge-host planner, the frames' source (rank 0) on the edge
+    plan = host_plan(graph, args.model, args.devices, link_bps, args.engine, table, budget) if args.planner == "dp" else None
+    plan = plan or accuracy_checked(lambda b: plan_for_devices(graph, args.model, args.devices, link_bps, args.planner, args.objective,
                                                        args.engine, table, b), graph, args.model, budget)
+    # all on the host: the plan's model is the model behind the edge's input-passing node
+    plan_graph = load_model(plan.model) if plan.model != args.model else graph
     if args.resilient or args.fail:
         from .resilient import emulate_resilient
 
@@ -213,7 +217,7 @@ def run(args) -> int:
         # the one-device baseline long enough to be stable: about 5 s of emulated frames
         single_frames = args.single_frames or max(4, min(40, int(5 * single.predicted_throughput_fps)))
         if not args.json:
-            console.print(plan_table(plan, graph))
+            console.print(plan_table(plan, plan_graph))
             console.print(f"predicted {plan.predicted_throughput_fps:.2f} frames/s on {plan.n_ranks} emulated "
                           f"{'devices' if plan.n_ranks > 1 else 'device'}, {single.predicted_throughput_fps:.2f} on one {single.devices[0].kind}")
             console.print(f"emulating one {single.devices[0].kind} ({single_frames} frames) ...")

@@ -164,3 +164,24 @@ def test_pisplit_plan_with_a_host_plans_edge_and_host(lenet_table, tmp_path):
     proc = run_pisplit("plan", "lenet5", "--devices", "rpi3:2,host:1", "--link", "2mbit", "--json")
     doc = json.loads(proc.stdout)
     assert doc["plan"]["planner"] == "cluster-host" and doc["plan"]["devices"][-1]["kind"] == "host"
+
+
+def test_emulate_plans_edge_and_host_with_the_edge_as_rank_0(lenet_table):
+    from cluster.commands.codecs import host_plan
+    from layers import load_model
+    from partitioners.link_pricing import CodecSample, CutCodecs
+
+    path, _ = lenet_table
+    g = zoo_model("lenet5")
+    table = CodecTable.load(path)
+    assert host_plan(g, "lenet5", "rpi3:2", 22e6, "numpy", table) is None  # no host: the dp planner's
+    # an input that zstd shrinks 100x for free: everything on the host is the best candidate
+    free = CodecTable("lenet5", len(g), "hand-made", 1, "host", (CutCodecs(0, "input", g.cut_bytes(0), 1,
+                                                                            (CodecSample("zstd", g.cut_bytes(0) / 100, 0.0, 0.0),)),))
+    plan = host_plan(g, "lenet5", "rpi3:1,host:1", 22e6, "numpy", free)
+    assert plan.planner == "edge-host" and [d.kind for d in plan.devices] == ["rpi3", "host"]
+    assert [(s.node_start, s.node_stop, s.send_codec) for s in plan.stages] == [(0, 1, "zstd"), (1, len(g) + 1, "raw")]
+    wrapped = load_model(plan.model)  # saved for the run: the model behind the edge's input-passing node
+    assert len(wrapped) == len(g) + 1 and wrapped.nodes[0].name == "edge_input"
+    plan = host_plan(g, "lenet5", "rpi3:2,host:1", 2e6, "numpy", table)
+    assert plan.planner == "cluster-host" and [d.kind for d in plan.devices][-1] == "host"
