@@ -106,6 +106,27 @@ def test_a_rank_falling_behind_its_own_pace_is_said_once_past_the_bound():
     assert all(PaceWatch(0).check(f, 10.0 * f) is None for f in range(50))  # bound 0: off
 
 
+def test_a_slow_rank_is_said_once_and_the_run_goes_on(tmp_path, capsys):
+    """Without --resilient (--on-slow warn, the default) a rank falling behind is one warning line, and
+    every frame still comes out; with --on-slow fail it is that rank's error (what a resilient attempt
+    meets, see test_resilient), the frames before it kept."""
+    from cluster.cli import main
+
+    plan = hand_plan(zoo_model("lenet5"), [(0, 9, [0], "single")]).save(tmp_path / "plan.json")
+    args = ["run", str(plan), "--frames", "14", "--no-progress", "--json", "--stall-timeout", "0.2", "--fail", "0@10:slow1000"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 1 and re.match(rf"pisplit: warning: rank 0 \(host {HOST}\): falling behind: frames 10-1[0-3] took "
+                                           r"\d+\.\dx its first 10 frames' compute .* beyond the stall bound of 0\.2 s \(slow\); "
+                                           r"the run goes on$", warnings[0]), warnings
+    assert json.loads(captured.out)["every_frame_once"]
+    assert main([*args, "--on-slow", "fail", "--output", str(tmp_path / "y.npz")]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"pisplit: error: rank 0 (host {HOST}): falling behind: frames 10-"), lines
+    assert re.match(rf"pisplit: partial: 1[0-3] of 14 frames written to {tmp_path}/y.npz; missing frames", lines[1]), lines
+
+
 class AnsweringPeer:
     """A Liveness whose peers always answer pings (alive, waiting on someone else)."""
 
