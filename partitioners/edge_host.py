@@ -30,7 +30,7 @@ from layers.errors import PisplitError
 from layers.graph import Graph, Node
 
 from .cost import CostModel
-from .link_pricing import CodecTable, LossBudget, admissible, link_seconds
+from .link_pricing import CodecTable, LossBudget, admissible, in_reference_seconds, link_seconds
 from .plan import Device, Plan, Stage, StagePrediction
 
 # Device power: (idle W, busy W, source). Transmitter modes: bit/s -> W (Ko et al.'s transmitter).
@@ -106,7 +106,9 @@ def edge_input_graph(graph: Graph) -> Graph:
 
 
 def edge_host_candidates(model: CostModel, table: CodecTable | None, budget: LossBudget | None = None) -> list[EdgeHostCandidate]:
-    """Every cut with every admissible codec (and raw), for a cluster of one edge device and one host."""
+    """Every cut with every admissible codec (and raw), for a cluster of one edge device and one host.
+    The table's seconds are turned into the reference machine's first (link_pricing.in_reference_seconds)."""
+    table = in_reference_seconds(table, model.calibration) if table is not None else None
     kinds = [d.kind for d in model.cluster.devices]
     if len(kinds) != 2 or kinds.count("host") != 1:
         raise PisplitError(f"edge-host: expected one edge device and one host (e.g. --devices rpi3:1,host:1), got {', '.join(d.kind for d in model.cluster.devices)}")
@@ -268,6 +270,9 @@ def cluster_host_candidates(graph, edge_cluster, host_cluster, calibration=None,
     not (a hook in planner_dp for an output that leaves the cluster would settle this)."""
     from .link_pricing import choose_codec
     from .planners import InfeasiblePlan, make_plan
+    from .profiles import Calibration
+
+    table = in_reference_seconds(table, calibration or Calibration()) if table is not None else None
 
     full_host = CostModel(graph, host_cluster, calibration)
     n = len(graph)
