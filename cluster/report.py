@@ -12,7 +12,7 @@ import numpy as np
 
 from partitioners.cost import RUNTIME_WINDOW
 from partitioners.plan import Plan
-from partitioners.vocabulary import NO_SPLIT, StageMode
+from partitioners.vocabulary import NO_SPLIT, SPLIT_MODE, StageMode
 
 from .runtime import COMPUTE, EVENT_NAMES, SEGMENT_EVENTS, RunResult, default_max_in_flight, entry_rank, segment_event
 
@@ -198,7 +198,7 @@ def predicted_schedule(plan: Plan, n_frames: int, max_in_flight: int | None = No
     for f in range(n):  # a recurrence over frames, on plain floats (100,000 frames in a second or two)
         ready = done[0] if len(done) == limit else 0.0
         for i, (stage, compute, busy, path) in enumerate(steps):
-            ranks = stage.ranks if stage.mode == StageMode.SPLIT else (entry_rank(stage, f),)
+            ranks = stage.ranks if stage.mode == SPLIT_MODE else (entry_rank(stage, f),)
             t = max(ready, *(free[r] for r in ranks))
             start[i, f], compute_end[i, f], busy_end[i, f] = t, t + compute, t + busy
             handoff[i, f] = ready = t + path
@@ -397,7 +397,7 @@ def _predicted_events(plan: Plan, result: RunResult, max_in_flight: int | None):
     sent, got = us(_inside(t0, t1 - t0, at_end=True)), us(_inside(t0, t1 - t0, at_end=False))
     for j, f in enumerate(range(first, schedule.start.shape[1])):
         for i, stage in enumerate(plan.stages):
-            ranks = stage.ranks if stage.mode == StageMode.SPLIT else (entry_rank(stage, f),)
+            ranks = stage.ranks if stage.mode == SPLIT_MODE else (entry_rank(stage, f),)
             for r in ranks:
                 yield {"name": "compute" if r == ranks[0] else "split part", "cat": "predicted", "ph": "X", "pid": PREDICTED_PID,
                        "tid": r, "ts": start[i][j], "dur": compute_us[i][j], "args": {"frame": f}}

@@ -39,6 +39,7 @@ from layers.graph import Graph
 from layers.ops import numel
 from partitioners.cost import RUNTIME_WINDOW, frame_buffer_bytes, working_sets
 from partitioners.plan import Plan, Stage
+from partitioners.vocabulary import DATA_PARALLEL_MODE, NO_SPLIT, StageMode
 
 from . import link_codecs, transport
 from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, receive_ready_at
@@ -128,7 +129,7 @@ class FrameCodec:
 # --- routing: pure functions of the plan --------------------------------------------------------------
 def entry_rank(stage: Stage, frame: int) -> int:
     """The rank of `stage` that receives, computes and sends `frame`."""
-    if stage.mode == "data-parallel":
+    if stage.mode == DATA_PARALLEL_MODE:
         return stage.ranks[frame % len(stage.ranks)]
     return stage.ranks[0]
 
@@ -136,7 +137,7 @@ def entry_rank(stage: Stage, frame: int) -> int:
 def frames_of(stage: Stage, rank: int, n_frames: int) -> range:
     """Frames `rank` handles as an entry rank of `stage` (all frames for a lead, every k-th for a
     replica), as a range: nothing per frame is held for a long stream."""
-    if stage.mode == "data-parallel":
+    if stage.mode == StageMode.DATA_PARALLEL:
         k, i = len(stage.ranks), stage.ranks.index(rank)
         return range(i, n_frames, k)
     return range(n_frames) if rank == stage.ranks[0] else range(0)
@@ -300,7 +301,7 @@ def inject_fault(rank: int, frame: int, mode: str) -> None:
 
 def default_max_in_flight(plan: Plan, window: int) -> int:
     """Frames admitted at once: enough to keep every replica and every link busy, and no more."""
-    depth = sum(len(s.ranks) if s.mode == "data-parallel" else 1 for s in plan.stages)
+    depth = sum(len(s.ranks) if s.mode == StageMode.DATA_PARALLEL else 1 for s in plan.stages)
     return depth + window * len(plan.stages)
 
 
@@ -532,7 +533,7 @@ def stage_communicators(comm, plan: Plan) -> dict:
     rank = comm.Get_rank()
     mine = {}
     for stage in plan.stages:
-        if stage.mode != "split":
+        if stage.mode != StageMode.SPLIT:
             continue
         members = list(stage.ranks)
         sub = transport.split_communicator(comm, 0 if rank in members else None, members.index(rank) if rank in members else 0)
@@ -552,9 +553,9 @@ class _Step:
         self.record = None  # record(event code, perf_counter start, seconds): per-segment trace events
         self.link_bps = plan.link_bandwidth_bps if plan is not None else None
         self.link_latency_s = plan.link_latency_s if plan is not None else 0.0
-        self.split = stage.mode == "split"
+        self.split = stage.mode == StageMode.SPLIT
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
-        self.segment_s = np.zeros((len(stage.segments), 2)) if stage.mode == "split" else None  # ... per segment
+        self.segment_s = np.zeros((len(stage.segments), 2)) if stage.mode == StageMode.SPLIT else None  # ... per segment
         self.is_lead = rank == stage.ranks[0]
         if not self.split:
             self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine), None))
@@ -574,7 +575,7 @@ class _Step:
         tag = 0
         for i, segment in enumerate(stage.segments):
             live_after = set(graph.cut_tensors(segment.node_stop))
-            if segment.kind == "none":
+            if segment.kind == NO_SPLIT:
                 engine_ = make_engine(shard_graph(graph, segment.node_start, segment.node_stop), engine) if self.is_lead else None
                 self.parts.append(("none", engine_, live_after))
                 continue
@@ -592,7 +593,7 @@ class _Step:
     def materialise(self) -> None:
         """Load the weights of the unsplit parts now, so the first frame does not pay for it."""
         for kind, runner, _ in self.parts:
-            if kind == "none" and runner is not None:
+            if kind == NO_SPLIT and runner is not None:
                 for node in runner.graph.nodes:
                     runner.graph.node_weights(node)
 
@@ -623,7 +624,7 @@ class _Step:
         and what decides whether a strip's interior-first cut pays for its edges (keep_paying_overlaps)."""
         # split parts only: the lead's unsplit segments are charged as a single stage is (their
         # live CPU time; ResNet50's many small ones came out 15% under their calibration warm)
-        steps = [step for kind, runner, _ in self.parts if kind != "none" for step in runner.engines()]
+        steps = [step for kind, runner, _ in self.parts if kind != NO_SPLIT for step in runner.engines()]
         # in the stage's order, pass after pass, as a rank runs them (and as profiles time nodes):
         # one step repeated alone would keep its weights in cache and look faster than it runs
         # (the median pass of each step: the least of each would add up to a pass faster than any)
@@ -650,7 +651,7 @@ class _Step:
         scale = getattr(getattr(self.hooks, "dilation", None), "slowdown", 1.0)
         for kind, runner, _ in self.parts:
             plan = getattr(runner, "overlap", None)
-            if kind == "none" or plan is None:
+            if kind == NO_SPLIT or plan is None:
                 continue
             recvs = [m for transfer in runner.transfers for m, *_ in transfer.recvs]
             halo = sum(self.link_latency_s + m.nbytes * 8.0 / self.link_bps for m in recvs)
@@ -670,7 +671,7 @@ class _Step:
         record = self.record
         for i, (kind, runner, live_after) in enumerate(self.parts):
             code = SEGMENT_EVENTS + 2 * i
-            if kind == "none":
+            if kind == NO_SPLIT:
                 if self.is_lead:
                     t = time.perf_counter()
                     tensors = self.hooks.compute(lambda: runner.run(tensors))
@@ -714,8 +715,8 @@ def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window:
     predicted = int(stage.predicted.memory_bytes[rank])
     if graph is not None and window != RUNTIME_WINDOW:
         cut = working_sets(graph)[0]
-        replicas = len(stage.ranks) if stage.mode == "data-parallel" else 1
-        args = (cut, stage.node_start, stage.node_stop, replicas, stage.mode == "data-parallel" or rank == stage.ranks[0], rank == stage.ranks[0])
+        replicas = len(stage.ranks) if stage.mode == StageMode.DATA_PARALLEL else 1
+        args = (cut, stage.node_start, stage.node_stop, replicas, stage.mode == StageMode.DATA_PARALLEL or rank == stage.ranks[0], rank == stage.ranks[0])
         predicted = max(int(predicted + frame_buffer_bytes(*args, window=window) - frame_buffer_bytes(*args)), 0)
     return predicted
 
@@ -783,9 +784,9 @@ class PipelineRank:
         self.transfers: list = []  # (end, bytes, seconds) per frame sent on the link, with options.record_transfers
         self.sending: dict = {}  # real links: id(request) -> (time handed to MPI, bytes) until the send completes
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
-        self.is_worker = self.stage.mode == "split" and self.rank != self.stage.ranks[0]
+        self.is_worker = self.stage.mode == StageMode.SPLIT and self.rank != self.stage.ranks[0]
         hooks = self.device
-        if self.stage.mode == "split":
+        if self.stage.mode == StageMode.SPLIT:
             from .split_exec import Hooks
 
             hooks = hooks or Hooks()
@@ -877,7 +878,7 @@ class PipelineRank:
             self.outputs = {t: np.empty((self.n_frames, *self.graph.shapes[t][1:]), np.float32) for t in self.result_codec.names}
         self.next_remote = self._next_remote_frame(0)  # the next frame whose result comes from another rank
         self.result_recvs: list = []  # (frame, request, buffer) in frame order
-        self.result_window = self.window * (len(self.last.ranks) if self.last.mode == "data-parallel" else 1)
+        self.result_window = self.window * (len(self.last.ranks) if self.last.mode == StageMode.DATA_PARALLEL else 1)
 
     def _next_remote_frame(self, f: int) -> int:
         while f < self.n_frames and entry_rank(self.last, f) == 0:
@@ -1306,7 +1307,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     An error a rank meets alone during the run (a stall included) carries the rank's `on_failure`
     for transport.on_every_rank, which runs it before aborting the job."""
     reuse_freed_memory()
-    if any(stage.mode == "split" for stage in plan.stages):
+    if any(stage.mode == StageMode.SPLIT for stage in plan.stages):
         # code, not shard memory: imported before the baseline (after it, it counted as ~1.4 MB of shard)
         from . import overlap, split_exec  # noqa: F401
     baseline = settle_baseline()

@@ -41,6 +41,7 @@ from layers.ops import numel
 from partitioners import layouts
 from partitioners.split_parts import box_index, box_shape, full_box
 from partitioners.splits import Split, split_segment
+from partitioners.vocabulary import SplitKind
 
 from . import transport
 
@@ -213,7 +214,7 @@ class SplitRunner:
         self.index = self.ranks.index(self.rank) if self.rank in self.ranks else None
         self.part = split.parts[self.index] if self.index is not None else None
         self.tokens: TokenPhases | None = None
-        if split.kind == "attn-tokens":  # two compute steps with an all-gather between (partitioners.split_tokens)
+        if split.kind == SplitKind.ATTN_TOKENS:  # two compute steps with an all-gather between (partitioners.split_tokens)
             self.tokens = TokenPhases(split, self.index, self.ranks, self.rank, root, engine, tag_base)
             tag_base = self.tokens.tag_end
             self.graph, self.engine = self.tokens.graph_b, self.tokens.engine_b
@@ -225,7 +226,7 @@ class SplitRunner:
         self.post_input = next(iter(post.inputs)) if post is not None else None
         self.times = PhaseTimes()
         self.last_feeds: dict | None = None  # what this rank's part ran on last (for compute_alone)
-        if split.kind == "data-parallel":
+        if split.kind == SplitKind.DATA_PARALLEL:
             return
         self.keep_output = bool(keep_output)
         if self.keep_output:
@@ -277,7 +278,7 @@ class SplitRunner:
         from .overlap import InteriorFirst, held_rows
 
         split, transfer = self.split, self.transfers[0] if self.transfers else None
-        if split.kind != "conv-spatial" or split.options.get("axis", "rows") != "rows" or self.part is None \
+        if split.kind != SplitKind.CONV_SPATIAL or split.options.get("axis", "rows") != "rows" or self.part is None \
                 or transfer is None or transfer.have.tensor not in self.sources or not transfer.recvs or transfer.held_box is None:
             return None
         feeds = [f for f in self.part.feeds if f.tensor == transfer.have.tensor]
@@ -297,7 +298,7 @@ class SplitRunner:
         """Collective: one frame through the split. The root passes the segment input (an array, or a
         dict of arrays for several inputs; batch 1) and gets the merged output; other ranks get None.
         Ranks holding kept pieces pass them in the dict. With keep_output every part gets its box."""
-        if self.split.kind == "data-parallel":
+        if self.split.kind == SplitKind.DATA_PARALLEL:
             frames = None if not self.is_root else self._frames_of(x)
             out = self.run_frames(frames, 1)
             return out
@@ -453,7 +454,7 @@ class SplitRunner:
     def run_frames(self, frames: dict | np.ndarray | None, n_frames: int) -> np.ndarray | None:
         """Collective (data-parallel): `n_frames` frames dealt to the parts by share; the root passes them
         stacked on the batch axis (array or dict of arrays) and gets the outputs in frame order."""
-        if self.split.kind != "data-parallel":
+        if self.split.kind != SplitKind.DATA_PARALLEL:
             raise PisplitError(f"layer {self.split.layer}: run_frames is for data-parallel splits, not {self.split.kind}")
         order = self.split.deal(n_frames)
         feeds = self.split.parts[self.rank].feeds
