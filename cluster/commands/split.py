@@ -24,6 +24,7 @@ from layers.errors import PisplitError
 from layers.quant import random_values
 from partitioners.split_parts import SPLIT_KINDS
 from partitioners.splits import split_layer, split_segment
+from partitioners.vocabulary import NO_SPLIT, SplitKind
 
 from ..output import console, human_bytes, print_json
 
@@ -92,7 +93,7 @@ def build_split(graph, args, n_ranks: int):
     """The split the arguments ask for, with n_ranks parts; says how --sizes was read."""
     options = dict(last=args.last, followers=not args.no_followers, axis=args.axis)
     if args.grid:
-        if args.kind != "fused-tiles":
+        if args.kind != SplitKind.FUSED_TILES:
             raise PisplitError(f"--grid applies to fused-tiles, not {args.kind}")
         if args.sizes:
             raise PisplitError("--grid makes equal tiles; leave out --sizes")
@@ -100,7 +101,7 @@ def build_split(graph, args, n_ranks: int):
     if not args.sizes:
         return split_layer(graph, args.layer, args.kind, n_ranks, **options), None
     values = parse_sizes(args.sizes, n_ranks)
-    if args.kind == "data-parallel":
+    if args.kind == SplitKind.DATA_PARALLEL:
         return split_layer(graph, args.layer, args.kind, [float(v) for v in values], **options), "frame shares"
     probe = split_layer(graph, args.layer, args.kind, n_ranks, **options)
     if all(isinstance(v, int) for v in values) and sum(values) == sum(probe.sizes):
@@ -176,7 +177,7 @@ def _run(args, comm, rank: int, transport) -> int:
         error = str(exc)
     watch.agree(error, "the end of the split's set-up")
 
-    data_parallel = split.kind == "data-parallel"
+    data_parallel = split.kind == SplitKind.DATA_PARALLEL
     n_frames = (args.frames or 4 * n_ranks) if data_parallel else 1
     rng = np.random.default_rng(args.seed)
     x = whole = reference = frames = None
@@ -313,7 +314,7 @@ def build_chain(graph, layer: str, kinds: list, n_layers: int, n_ranks: int, wei
     if n_layers < 1:
         raise PisplitError(f"--chain {n_layers}: must be at least 1")
     for kind in kinds:
-        if kind not in SPLIT_KINDS or kind in ("data-parallel", "fused-tiles"):
+        if kind not in SPLIT_KINDS or kind in (SplitKind.DATA_PARALLEL, SplitKind.FUSED_TILES):
             raise PisplitError(f"--kind {kind}: a chain splits layers with fc-output, fc-input, conv-channel, conv-spatial "
                                "or conv-filter")
     start = i = graph.node_index(layer)
@@ -333,7 +334,7 @@ def build_chain(graph, layer: str, kinds: list, n_layers: int, n_ranks: int, wei
         if i == start:
             raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node "
                                f"(legal: {', '.join(legal_kinds(graph, layer))})")
-        if segments and segments[-1].kind == "none":
+        if segments and segments[-1].kind == NO_SPLIT:
             last = segments.pop()
             segments.append(Segment(last.node_start, i + 1))
         else:
@@ -454,7 +455,7 @@ def print_chain_report(doc: dict) -> None:
         table.add_column(col)
     for seg in doc["chain"]:
         nodes = seg["nodes"][0] + (f" .. {seg['nodes'][-1]}" if len(seg["nodes"]) > 1 else "")
-        table.add_row(nodes, seg["kind"], ",".join(map(str, seg["sizes"])) or "-", seg.get("layout", "rank 0" if seg["kind"] != "none" else "-"))
+        table.add_row(nodes, seg["kind"], ",".join(map(str, seg["sizes"])) or "-", seg.get("layout", "rank 0" if seg["kind"] != NO_SPLIT else "-"))
     console.print(table)
     per_rank = ", ".join(f"rank {r}: {c * 1e3:.1f} / {m * 1e3:.1f}" for r, (c, m) in enumerate(zip(doc["ranks_compute_s"], doc["ranks_comm_s"])))
     status = "[green]ok[/]" if doc["ok"] else "[red]MISMATCH[/]"
