@@ -137,3 +137,49 @@ def test_the_wheelhouse_download_reports_progress(tmp_path):
     told = len(seen)
     assert Wheelhouses("pyyaml==6.0.3\n", cache=tmp_path / "cache").for_host(facts, seen.append) == wheels
     assert len(seen) == told  # cached: no download, nothing to report
+
+
+# --- the train extra's lock (scripts/constraints-train.txt, scripts/lock.py): PyTorch for scripts/train ---------
+TRAIN_LOCK = ROOT / "scripts" / "constraints-train.txt"
+
+
+def _pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and re.fullmatch(r"[0-9][0-9A-Za-z.!]*", version), f"{line}: a plain version (no local label such as +cpu)"
+            assert _canonical(name) not in pins, f"{name} pinned twice"
+            pins[_canonical(name)] = version
+    return pins
+
+
+def test_the_train_lock_pins_what_the_train_extra_adds_and_nothing_the_main_lock_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    main, train = _lock(), _pins(TRAIN_LOCK.read_text())
+    assert not set(main) & set(train), f"pinned in both locks: {sorted(set(main) & set(train))}"
+    both = {**main, **train}
+    for req in project["optional-dependencies"]["train"]:
+        name, _, version = req.partition("==")
+        assert both.get(_canonical(name)) == version, f"{req} in pyproject.toml, {both.get(_canonical(name))} locked: run scripts/lock.py"
+    # PyTorch's own dependencies, transitively, not only the top level
+    for transitive in ("sympy", "mpmath", "networkx", "filelock", "jinja2", "fsspec", "markupsafe"):
+        assert transitive in both, f"{transitive} is not locked"
+    assert "torch" in train and "numpy" not in train  # numpy is the main lock's (the runtime's), shared
+
+
+def test_scripts_train_installs_with_both_locks_and_this_venv_runs_their_versions():
+    """scripts/train's pip install names both locks as constraints; where it has run (torch is installed),
+    every package of the train lock is at the locked version (a local label such as +cpu aside)."""
+    text = (ROOT / "scripts" / "train").read_text()
+    (line,) = [line for line in text.splitlines() if "pip install" in line]
+    locks = dict(re.findall(r"(\w+)=\(([^)]*)\)", text))["locks"].split()
+    assert locks == ["cluster/constraints.txt", "scripts/constraints-train.txt"] and all((ROOT / p).is_file() for p in locks)
+    assert '-c "${locks[0]}" -c "${locks[1]}"' in line and ".[test,train]" in line
+    installed = {_canonical(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
+    if "torch" not in installed:
+        pytest.skip("the train extra is not installed here (bash scripts/train installs it)")
+    train = _pins(TRAIN_LOCK.read_text())
+    wrong = {name: (installed[name], v) for name, v in train.items() if name in installed and installed[name] != v}
+    assert not wrong, f"installed vs locked: {wrong}; run bash scripts/train"
