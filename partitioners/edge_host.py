@@ -30,7 +30,7 @@ from layers.errors import PisplitError
 from layers.graph import Graph, Node
 
 from .cost import CostModel
-from .link_pricing import CodecTable, LossBudget, admissible, in_reference_seconds, link_seconds
+from .link_pricing import CodecTable, LossBudget, admissible, in_reference_seconds, link_seconds, per_tensor_sample
 from .plan import Device, Plan, Stage, StagePrediction
 
 # Device power: (idle W, busy W, source). Transmitter modes: bit/s -> W (Ko et al.'s transmitter).
@@ -130,6 +130,9 @@ def edge_host_candidates(model: CostModel, table: CodecTable | None, budget: Los
                        for a, b, cls in ((0, cut, edge), (cut, n, host)) if a < b)
         entry = table.cut(cut) if table is not None and cut < n else None
         options = [(None, "raw")] + [(s, s.codec) for s in (entry.samples if entry else ()) if admissible(s, budget)]
+        mixed = per_tensor_sample(entry, bw, edge.seconds_scale, host.seconds_scale, budget) if entry is not None else None
+        if mixed is not None:  # a cut of several tensors: each with its own codec
+            options.append((mixed, mixed.codec))
         for sample, name in options:
             if cut == n and sample is not None:
                 continue

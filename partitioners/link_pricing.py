@@ -261,6 +261,28 @@ def _per_tensor_choice(entry: CutCodecs, usable: set, bandwidth_bps: float, enco
     return best[0], ";".join(best[1])
 
 
+def per_tensor_sample(entry: CutCodecs, bandwidth_bps: float, encode_scale: float = 1.0, decode_scale: float = 1.0,
+                      budget: LossBudget | None = None) -> CodecSample | None:
+    """The cheapest codec per tensor of a cut of several (choose_codec's rules, latency aside) as one
+    sample of the whole cut: bytes and seconds summed over its tensors, the worst error, the accuracy
+    loss of its lossy codec; None when one codec for all is as cheap (or the cut has one tensor)."""
+    if len(entry.tensors) < 2:
+        return None
+    whole = None if budget is None else LossBudget(budget.max_accuracy_loss, None if budget.max_accuracy_loss is not None else math.inf)
+    names = {s.codec for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, whole)}
+    mixed = _per_tensor_choice(entry, names, bandwidth_bps, encode_scale, decode_scale, budget)
+    if mixed is None:
+        return None
+    chosen = mixed[1].split(";")
+    parts = [next((s for s in t.samples if s.codec == c), None) for t, c in zip(entry.tensors, chosen)]
+    raw = [CodecSample("raw", t.raw_bytes, 0.0, 0.0) for t in entry.tensors]
+    parts = [p if p is not None else r for p, r in zip(parts, raw)]
+    lossy = next((c for c in chosen if not parse_codec(c).lossless), None)
+    whole_lossy = next((s for s in entry.samples if s.codec == lossy), None) if lossy else None
+    return CodecSample(mixed[1], sum(p.encoded_bytes for p in parts), sum(p.encode_s for p in parts), sum(p.decode_s for p in parts),
+                       max(p.max_rel_error for p in parts), lossy is None, whole_lossy.accuracy_loss if whole_lossy else None)
+
+
 def in_reference_seconds(table: CodecTable, calibration) -> CodecTable:
     """`table` with encode and decode seconds of the reference machine (machine 'host', speed 1): its
     seconds divided by the measuring machine's calibration scale (calibration.resolve(machine): a

@@ -118,3 +118,25 @@ def test_encoded_links_add_their_buffers_to_the_memory_prediction():
             assert first.send_codec == "raw" and f"raw, as {codec}'s encode/decode buffers" in note
             assert first.predicted.memory_bytes[first.ranks[0]] == int(raw_first)
             assert second.predicted.memory_bytes[second.ranks[0]] == int(raw_second)
+
+
+def test_edge_host_candidates_include_a_codec_per_tensor():
+    from partitioners.edge_host import edge_host_candidates
+    from partitioners.link_pricing import per_tensor_sample
+
+    g = skip_graph()
+    entry = two_tensor_cut(g)
+    a, b = g.cut_tensors(3)
+    mixed = per_tensor_sample(entry, 1e6)
+    assert mixed.codec == "zstd;lz4" and mixed.lossless and mixed.accuracy_loss is None
+    assert mixed.encoded_bytes == pytest.approx(g.tensor_bytes(a) / 10 + g.tensor_bytes(b) / 10)
+    assert mixed.encode_s == pytest.approx(2e-4) and mixed.decode_s == pytest.approx(2e-4)
+    lossy = per_tensor_sample(entry, 1e6, budget=LossBudget(max_rel_error=0.02))
+    assert lossy.codec == "jpeg:50;lz4" and not lossy.lossless and lossy.max_rel_error == 0.01 and lossy.accuracy_loss == 0.001
+    assert per_tensor_sample(entry, 1e6, budget=LossBudget(max_rel_error=0.1)) is None  # jpeg:50 on both: one codec
+    table = CodecTable(g.name, len(g), "hand-made", 1, "host", (entry,))
+    model = CostModel(g, make_cluster(parse_devices("rpi3:1,host:1"), 1e6, 0.0))
+    here = {c.codec: c for c in edge_host_candidates(model, table) if c.cut == 3}
+    assert set(here) == {"raw", "zstd", "lz4", "zstd;lz4"}
+    assert here["zstd;lz4"].sent_bytes == pytest.approx(mixed.encoded_bytes)
+    assert here["zstd;lz4"].transfer_s < min(here[c].transfer_s for c in ("raw", "zstd", "lz4"))
