@@ -66,10 +66,11 @@ class Message:
     dst: int
     tensor: str
     box: tuple
+    value_bytes: int = DTYPE_BYTES  # bytes a value: the tensor's dtype's (1 for int8 activations, issue 12)
 
     @property
     def nbytes(self) -> int:
-        return numel(box_shape(self.box)) * DTYPE_BYTES
+        return numel(box_shape(self.box)) * self.value_bytes
 
 
 def describe_pieces(shape: Sequence[int], pieces: Sequence[Piece]) -> str:
@@ -117,12 +118,13 @@ def _intersect(a: tuple, b: tuple) -> tuple | None:
     return box if all(lo < hi for lo, hi in box) else None
 
 
-def transition(have: TensorLayout, need: Sequence[Piece]) -> list[Message]:
+def transition(have: TensorLayout, need: Sequence[Piece], value_bytes: int = DTYPE_BYTES) -> list[Message]:
     """The messages that give every needed piece its box from the pieces `have` holds.
 
     A rank whose own piece covers its need copies locally; otherwise each holder sends its
     intersection. Raises PisplitError naming the tensor when the pieces do not cover a need (a
-    hand-edited plan whose strips miss rows, or a halo beyond the tensor).
+    hand-edited plan whose strips miss rows, or a halo beyond the tensor). `value_bytes`: bytes a value
+    of the tensor, for the messages' sizes (the tensor's dtype's: segment_chains.value_bytes).
     """
     messages = []
     for want in need:
@@ -132,13 +134,13 @@ def transition(have: TensorLayout, need: Sequence[Piece]) -> list[Message]:
             continue  # a part that reads only padding needs nothing
         local = [p for p in have.pieces if p.rank == want.rank and _intersect(p.box, want.box) == want.box]
         if local:
-            messages.append(Message(want.rank, want.rank, have.tensor, want.box))
+            messages.append(Message(want.rank, want.rank, have.tensor, want.box, value_bytes))
             continue
         covered = 0
         for p in have.pieces:
             box = _intersect(p.box, want.box)
             if box is not None:
-                messages.append(Message(p.rank, want.rank, have.tensor, box))
+                messages.append(Message(p.rank, want.rank, have.tensor, box, value_bytes))
                 covered += numel(box_shape(box))
         if covered != numel(box_shape(want.box)):
             raise PisplitError(f"tensor {have.tensor}: layout {have.describe()} does not cover box {list(want.box)} "

@@ -196,12 +196,14 @@ def _arrays(pieces: list) -> tuple:
     return np.array([r for r, _ in pieces], dtype=np.int64), np.array([b for _, b in pieces], dtype=np.int64).reshape(len(pieces), -1, 2)
 
 
-def interface_seconds(have: tuple, need: tuple, n_ranks: int, bandwidth_bps: float, latency_s: float) -> tuple:
+def interface_seconds(have: tuple, need: tuple, n_ranks: int, bandwidth_bps: float, latency_s: float,
+                      value_bytes: int = DTYPE_BYTES) -> tuple:
     """(seconds each rank sends, seconds each rank receives), (transitions, ranks) arrays, of
     layouts.transition(have, need) for a batch of transitions of equal shapes: pieces and needs as
     (ranks (T, P), boxes (T, P, axes, 2)) arrays. The array form of what layouts.transition_seconds
     sums: a need its own rank's piece covers is a free local copy; otherwise every holder sends its
-    intersection, free when it is the same rank."""
+    intersection, free when it is the same rank. `value_bytes`: bytes a value of the tensor (its dtype's:
+    1 for an int8 model's int8 activations, issue 12)."""
     h_rank, h_box = have
     n_rank, n_box = need
     lo = np.maximum(h_box[:, :, None, :, 0], n_box[:, None, :, :, 0])
@@ -214,7 +216,7 @@ def interface_seconds(have: tuple, need: tuple, n_ranks: int, bandwidth_bps: flo
     if (~local & (volume.sum(axis=1) != wanted)).any():
         raise PisplitError("layouts: kept pieces do not cover what the next split needs")
     moves = (volume > 0) & ~same & ~local[:, None, :]
-    t = np.where(moves, latency_s + volume * (DTYPE_BYTES * 8.0 / bandwidth_bps), 0.0)
+    t = np.where(moves, latency_s + volume * (value_bytes * 8.0 / bandwidth_bps), 0.0)
     rows = np.arange(len(t))[:, None]
     sent, received = np.zeros((len(t), n_ranks)), np.zeros((len(t), n_ranks))
     np.add.at(sent, (rows, h_rank), t.sum(axis=2))
@@ -255,14 +257,14 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
             _, _, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, z)
         for t, wants in need.items():
             source = have if t == tensor else _lead_piece(graph, t)
-            jobs.setdefault((source[1].shape, wants[1].shape), []).append((len(pairs), source, wants))
+            jobs.setdefault((source[1].shape, wants[1].shape, value_bytes(graph, t)), []).append((len(pairs), source, wants))
         pairs.append(pair)
     sent, received = np.zeros((len(pairs), n)), np.zeros((len(pairs), n))
     link = model.cluster
-    for group in jobs.values():
+    for (_, _, size), group in jobs.items():
         index = np.array([i for i, _, _ in group])
         stack = [np.stack([job[k][j] for job in group]) for k in (1, 2) for j in (0, 1)]
-        s, r = interface_seconds(stack[:2], stack[2:], n, link.link_bandwidth_bps, link.link_latency_s)
+        s, r = interface_seconds(stack[:2], stack[2:], n, link.link_bandwidth_bps, link.link_latency_s, size)
         np.add.at(sent, index, s)
         np.add.at(received, index, r)
     seconds = np.maximum(np.maximum(sent.max(axis=1, initial=0.0), received.max(axis=1, initial=0.0)), 0.0)
@@ -286,7 +288,7 @@ def exchange_boxes(graph: Graph, segments: list, first: int, d: int, sizes: tupl
             moves = []
             for t, wants in need.items():
                 if t in made:
-                    moves.append((made[t], wants))
+                    moves.append((made[t], wants, value_bytes(graph, t)))
                 else:
                     entry.setdefault(t, []).append(wants)
             inner.append(moves)
@@ -297,11 +299,11 @@ def exchange_boxes(graph: Graph, segments: list, first: int, d: int, sizes: tupl
 
 
 def _moves_seconds(moves: list, n: int, bandwidth_bps: float, latency_s: float) -> float:
-    """layouts.transition_seconds of one transition: (have, need) arrays per tensor, every rank's
-    interface sending and receiving its messages one after the other."""
+    """layouts.transition_seconds of one transition: (have, need, bytes a value) arrays per tensor, every
+    rank's interface sending and receiving its messages one after the other."""
     sent, received = np.zeros(n), np.zeros(n)
-    for have, need in moves:
-        s, r = interface_seconds((have[0][None], have[1][None]), (need[0][None], need[1][None]), n, bandwidth_bps, latency_s)
+    for have, need, size in moves:
+        s, r = interface_seconds((have[0][None], have[1][None]), (need[0][None], need[1][None]), n, bandwidth_bps, latency_s, size)
         sent += s[0]
         received += r[0]
     return float(max(sent.max(initial=0.0), received.max(initial=0.0)))
@@ -313,8 +315,13 @@ def exchange_transitions(model, slots: tuple, first: int, d: int, sizes: list) -
     graph, link, n = model.graph, model.cluster, len(slots)
     entry, inner = exchange_boxes(graph, model.splits.segments, first, d, tuple(tuple(z) for z in sizes))
     args = (n, link.link_bandwidth_bps, link.link_latency_s)
-    entry_s = _moves_seconds([(_lead_piece(graph, t), need) for t, need in entry.items()], *args)
+    entry_s = _moves_seconds([(_lead_piece(graph, t), need, value_bytes(graph, t)) for t, need in entry.items()], *args)
     return entry_s, sum(_moves_seconds(moves, *args) for moves in inner)
+
+
+def value_bytes(graph: Graph, tensor: str) -> int:
+    """Bytes a value of `tensor` takes on a link: its dtype's (int8 activations 1, float32 4)."""
+    return int(graph.dtype(tensor).itemsize)
 
 
 def _lead_piece(graph: Graph, tensor: str) -> tuple:
