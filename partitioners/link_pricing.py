@@ -215,16 +215,11 @@ def choose_codec(entry: CutCodecs | None, raw_bytes: float, messages: float, ban
         seconds = link_seconds(s, raw_bytes, messages, bandwidth_bps, latency_s, encode_scale, decode_scale)
         if seconds < best[0]:
             best = (seconds, s.codec)
-    if len(entry.tensors) > 1:
-        # the cut-wide accuracy test here, each tensor's own error in _per_tensor_choice
-        whole = None if budget is None else LossBudget(budget.max_accuracy_loss, None if budget.max_accuracy_loss is not None else math.inf)
-        names = {s.codec for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, whole)
-                 and (allowed is None or s.codec in allowed)}
-        mixed = _per_tensor_choice(entry, names, bandwidth_bps, encode_scale, decode_scale, budget)
-        if mixed is not None:
-            seconds = messages * latency_s + mixed[0]
-            if seconds < best[0] * (1 - 1e-9):
-                best = (seconds, mixed[1])
+    mixed = per_tensor_sample(entry, bandwidth_bps, encode_scale, decode_scale, budget, allowed)
+    if mixed is not None:
+        seconds = link_seconds(mixed, raw_bytes, messages, bandwidth_bps, latency_s, encode_scale, decode_scale)
+        if seconds < best[0] * (1 - 1e-9):
+            best = (seconds, mixed.codec)
     return best
 
 
@@ -262,14 +257,16 @@ def _per_tensor_choice(entry: CutCodecs, usable: set, bandwidth_bps: float, enco
 
 
 def per_tensor_sample(entry: CutCodecs, bandwidth_bps: float, encode_scale: float = 1.0, decode_scale: float = 1.0,
-                      budget: LossBudget | None = None) -> CodecSample | None:
-    """The cheapest codec per tensor of a cut of several (choose_codec's rules, latency aside) as one
-    sample of the whole cut: bytes and seconds summed over its tensors, the worst error, the accuracy
-    loss of its lossy codec; None when one codec for all is as cheap (or the cut has one tensor)."""
+                      budget: LossBudget | None = None, allowed: tuple | None = None) -> CodecSample | None:
+    """The cheapest codec per tensor of a cut of several (choose_codec's rules) as one sample of the
+    whole cut: bytes and seconds summed over its tensors, the worst error, the accuracy loss of its
+    lossy codec; None when that is one codec for all (or the cut has one tensor)."""
     if len(entry.tensors) < 2:
         return None
+    # the cut-wide accuracy test here, each tensor's own error in _per_tensor_choice
     whole = None if budget is None else LossBudget(budget.max_accuracy_loss, None if budget.max_accuracy_loss is not None else math.inf)
-    names = {s.codec for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, whole)}
+    names = {s.codec for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, whole)
+             and (allowed is None or s.codec in allowed)}
     mixed = _per_tensor_choice(entry, names, bandwidth_bps, encode_scale, decode_scale, budget)
     if mixed is None:
         return None
