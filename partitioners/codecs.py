@@ -22,6 +22,11 @@ A lossless codec whose output would be larger than the tensor stores the tensor 
 int8 codes are q - zero_point mod 256, so an exact 0.0 is byte 0 and a lossless stage after '+' sees
 the tensor's zero runs; the stage's output is a nested message (its own header and checksum).
 
+A link (a plan's send_codec) names one codec for all its cut tensors or one per tensor, separated by
+';' in Graph.cut_tensors order ('lz4;int8+zstd': a residual block's two tensors); parse_codec gives a
+TensorCodecs for such a list and `link_codecs(spec, n)` the codec of each of n tensors. `work_bytes`
+is the memory a codec needs while it encodes or decodes (for the planner's memory prediction).
+
 Every message starts with a header: magic `PSC`, format version, codec id, its parameter, dtype,
 shape, flags, payload length and a CRC-32 over header and payload. `decode` checks all of it first, so
 a corrupt or truncated message raises a one-line `PisplitError` naming the codec and the problem; it
