@@ -68,6 +68,10 @@ class AttentionBlock:
     x: str
     fused: bool  # one Q/K/V projection of 3E columns (else one per Q, K, V)
     factors: Mapping = field(repr=False, compare=False)  # tensor -> per-axis ((label, size), ...)
+    # tensors made before the block that it reads besides x (a converter's deduplicated constant, a mask
+    # computed once for several blocks): every part receives them whole
+    extra_inputs: tuple = ()
+    head_constants: Mapping = field(default_factory=dict, repr=False, compare=False)  # constant node -> its reader's output
 
 
 def _size(axis, h=None) -> int:
@@ -128,11 +132,18 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
     x = graph.nodes[start].inputs[0]
     fac: dict[str, list] = {}
     consts: set[str] = set()  # tensors computed from constants alone (Swin's shifted-window mask): every part runs them whole
+    extra: list[str] = []
+    head_consts: dict[str, str] = {}  # constant node output -> the element-wise output it is an operand of
     qkv_cols = None
     for j in range(start, min(len(graph.nodes), start + MAX_BLOCK_NODES)):
         node = graph.nodes[j]
         if node.attrs.get("quantized") or len(node.outputs) != 1:
             raise _NotAttention(f"node {node.name} ({node.op}) cannot be part of a head-parallel block")
+        for t in node.inputs:
+            if t not in fac and t != x and graph.shapes[t] and _from_constants(graph, t, start):  # (a scalar cannot travel)
+                fac[t] = [((None, s),) for s in graph.shapes[t]]  # read whole by every part (no heads in it)
+                consts.add(t)
+                extra.append(t)
         out = node.outputs[0]
         shape = graph.shapes[out]
         if node.op == "constant" or (node.inputs and all(t in consts for t in node.inputs)):
@@ -173,7 +184,7 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
             if not any(graph.nodes[i].op == "batch_matmul" for i in range(start, stop)):
                 # a dense -> reshape -> dense chain splits as fc-output -> fc-input; attn-heads is for attention
                 raise _NotAttention("no BATCH_MATMUL between the projections")
-            return AttentionBlock(start, stop, heads, last[1][1], x, fused, fac)
+            return AttentionBlock(start, stop, heads, last[1][1], x, fused, fac, tuple(extra), head_consts)
         if node.op == "reshape":
             fac[out] = _regroup(ins[0], shape)
         elif node.op == "transpose":
@@ -194,7 +205,16 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
                     sliced.append(((None, r[2]),) if r[2] != 1 else ())
             fac[out] = _regroup(sliced, shape)
         elif node.op in ("mul", "add", "sub"):
-            fac[out] = _elementwise(graph, node, ins, shape)
+            # a constant node read only here (Swin's last stage adds its relative position bias this way) is a
+            # constant operand: held whole, or cut by heads like a weight operand
+            operands = [t for t in node.inputs if t in consts and graph.nodes[_producers(graph)[t]].op == "constant"
+                        and start <= _producers(graph)[t] < j and graph.consumers(t) == [j] and len(node.inputs) > 1]
+            if operands and len(operands) < len(node.inputs):
+                fac[out] = _elementwise(graph, node, [fac[t] for t in node.inputs if t not in operands], shape, operands=[
+                    tuple(graph.shapes[t]) for t in operands])
+                head_consts.update((t, out) for t in operands)
+            else:
+                fac[out] = _elementwise(graph, node, ins, shape)
         elif node.op == "softmax":
             if _labelled(ins[0][int(node.attrs.get("axis", -1))]):
                 raise _NotAttention(f"softmax {node.name} normalises over the heads")
@@ -206,7 +226,29 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
     raise _NotAttention("no output projection within reach")
 
 
-def _elementwise(graph: Graph, node: Node, ins: list, shape) -> list:
+@functools.lru_cache(maxsize=64)
+def _producers(graph: Graph) -> dict:
+    return {t: i for i, n in enumerate(graph.nodes) for t in n.outputs}
+
+
+def _from_constants(graph: Graph, tensor: str, before: int) -> bool:
+    """Whether `tensor` is made before node `before` from constants alone (no input, no quantized node)."""
+    producers = _producers(graph)
+    seen, todo = set(), [tensor]
+    while todo:
+        i = producers.get(todo.pop())
+        if i is None or i >= before or len(seen) > MAX_BLOCK_NODES:
+            return False
+        node = graph.nodes[i]
+        if node.attrs.get("quantized") or (node.op != "constant" and not node.inputs):
+            return False
+        if i not in seen:
+            seen.add(i)
+            todo.extend(node.inputs)
+    return True
+
+
+def _elementwise(graph: Graph, node: Node, ins: list, shape, operands: list | None = None) -> list:
     if node.attrs.get("activation") not in (None, "linear"):
         raise _NotAttention(f"{node.op} {node.name} has an activation")
     rank = len(shape)
@@ -217,23 +259,24 @@ def _elementwise(graph: Graph, node: Node, ins: list, shape) -> list:
         if any(c != cands[0] for c in cands):
             raise _NotAttention(f"{node.op} {node.name} combines tensors laid out differently")
         out.append(cands[0])
-    const = tuple(node.weight_shapes.get("constant", ()))
-    for k in range(1, len(const) + 1):
-        # a constant operand (Swin's relative position bias (1, H, T, T), a window mask): each of its axes is 1,
-        # or spans an axis without heads whole, or holds exactly the heads (a part takes its heads' slice)
-        axis = [f for f in out[-k] if f[1] != 1] if k <= len(out) else []
-        if const[-k] == 1 or (not _labelled(axis) and const[-k] == _size(axis)):
-            continue
-        if len(axis) == 1 and axis[0][0] == H and const[-k] == axis[0][1]:
-            continue
-        raise _NotAttention(f"{node.op} {node.name} takes a constant of shape {const}")
+    for const in [tuple(node.weight_shapes.get("constant", ())), *(operands or [])]:
+        for k in range(1, len(const) + 1):
+            # a constant operand (Swin's relative position bias (1, H, T, T), a window mask): each of its axes is 1,
+            # or spans an axis without heads whole, or holds exactly the heads (a part takes its heads' slice)
+            axis = [f for f in out[-k] if f[1] != 1] if k <= len(out) else []
+            if const[-k] == 1 or (not _labelled(axis) and const[-k] == _size(axis)):
+                continue
+            if len(axis) == 1 and axis[0][0] == H and const[-k] == axis[0][1]:
+                continue
+            raise _NotAttention(f"{node.op} {node.name} takes a constant of shape {const}")
     return out
 
 
-def _heads_box(block: "AttentionBlock", node: Node, h0: int, h1: int) -> tuple:
-    """The box of an element-wise node's constant operand a part takes: its heads on an axis of heads."""
-    const = tuple(node.weight_shapes["constant"])
-    out = block.factors[node.outputs[0]]
+def _heads_box(block: "AttentionBlock", node: Node, h0: int, h1: int, const: tuple | None = None, reader: str | None = None) -> tuple:
+    """The box of an element-wise node's constant operand a part takes: its heads on an axis of heads (or of
+    a constant node's value `const` read by element-wise output `reader`)."""
+    const = tuple(node.weight_shapes["constant"]) if const is None else const
+    out = block.factors[node.outputs[0] if reader is None else reader]
     box = list(full_box(const))
     for k in range(1, len(const) + 1):
         if const[-k] != 1 and k <= len(out) and any(lab == H for lab, _ in out[-k]):
@@ -339,6 +382,8 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
         x_shape = graph.shapes[block.x]
         x = b.feed(block.x, block.x, full_box(x_shape[1:]), x_shape[0])  # axis 0: a sequence after batch-1 nodes
         names = {block.x: x}
+        for t in block.extra_inputs:
+            names[t] = b.feed(t, t, full_box(graph.shapes[t][1:]), graph.shapes[t][0])
         for node in nodes:
             ins = [names[t] for t in node.inputs]
             fac = block.factors.get(node.outputs[0])
@@ -364,6 +409,9 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
                 if "bias" in node.weight_shapes and p > 0:
                     del boxes["bias"], shapes["bias"]
                 output = partial
+            elif node.op == "constant" and node.outputs[0] in block.head_constants:  # its heads' slice
+                boxes["value"] = _heads_box(block, node, h0, h1, tuple(node.weight_shapes["value"]), block.head_constants[node.outputs[0]])
+                shapes["value"] = tuple(b1 - b0 for b0, b1 in boxes["value"])
             elif node.op in ("mul", "add", "sub") and "constant" in node.weight_shapes:
                 boxes["constant"] = _heads_box(block, node, h0, h1)
                 shapes["constant"] = tuple(b1 - b0 for b0, b1 in boxes["constant"])

@@ -1,8 +1,8 @@
 """Head-parallel attention on blocks fed (T, C) rows on axis 0 (issue 19): torch's batch_first=False attention
 as litert-torch converts it (KWS's first block, Swin's windows): the block's input holds one frame's sequence
-on axis 0, scores take a per-head bias constant (Swin's relative position bias: each part takes its heads'
-slice) and a mask computed from constants inside the block (Swin's shifted windows: every part computes it
-whole). Split by heads into 2, 3 and 4 uneven parts, equal to the unsplit block within 1e-5 relative, in one
+on axis 0, scores take per-head bias constants (Swin's relative position bias: each part takes its heads'
+slice) and masks computed from constants inside the block (every part computes them) or before it (Swin's
+shifted windows share one: every part receives it). Split by heads into 2, 3 and 4 uneven parts, equal to the unsplit block within 1e-5 relative, in one
 process; under mpirun in tests/cluster/test_split_heads_mpi.py; on the litert-torch corpus (KWS, Swin-T)
 when scripts/build_corpus_torch has built it."""
 from __future__ import annotations
@@ -19,9 +19,13 @@ from tests.layers.tflite_models import Model, binary, fully_connected, strided_s
 
 def sequence_attention(m, x, heads):
     """(1, T, C) -> RESHAPE (T, C) -> torch's fused-projection attention on rows of axis 0, scores + a
-    (heads, T, T) bias + a mask PADded from a constant, output projection, residual -> (1, T, C)."""
+    (heads, T, T) bias operand + a (1, heads, T, T) bias constant node (Swin's last stage) + a mask PADded from
+    a constant before the block (Swin's shifted windows share one) + one PADded inside it, output projection,
+    residual -> (1, T, C)."""
     _, t, c = m.shapes[x]
     d = c // heads
+    ramp = np.where(np.arange(t - 2)[:, None] < np.arange(t)[None, :], -3.0, 0.0)
+    early = m.op("PAD", [m.w.constant(f"early{m.count}", ramp, np.float32), m.const(np.array([[2, 0], [0, 0]], np.int32))], (t, t))
     rows = m.op("RESHAPE", [x, m.const([t, c])], (t, c))
     qkv = fully_connected(m, rows, 3 * c, keep_num_dims=True)  # (T, 3C)
     r = m.op("RESHAPE", [qkv, m.const([t, 1, 3, c])], (t, 1, 3, c))
@@ -33,10 +37,13 @@ def sequence_attention(m, x, heads):
     s = m.op("BATCH_MATMUL", hf[:2], (heads, t, t), m.opts("BatchMatMulOptions"))
     bias = m.weight((heads, t, t))
     m.shapes[bias] = (heads, t, t)
-    s = binary(m, "ADD", s, bias)  # per-head bias
-    cut = m.w.constant(f"mask{m.count}", np.where(np.arange(t - 2)[:, None] < np.arange(t)[None, :], -3.0, 0.0), np.float32)
-    mask = m.op("PAD", [cut, m.const(np.array([[0, 2], [0, 0]], np.int32))], (t, t))  # computed from a constant
-    s = binary(m, "ADD", s, mask)
+    s = binary(m, "ADD", s, bias)  # per-head bias, a weight operand
+    node_bias = m.weight((1, heads, t, t))
+    m.shapes[node_bias] = (1, heads, t, t)
+    s = binary(m, "ADD", s, node_bias)  # per-head bias with more axes than the scores: a constant node
+    mask = m.op("PAD", [m.w.constant(f"mask{m.count}", ramp, np.float32), m.const(np.array([[0, 2], [0, 0]], np.int32))], (t, t))
+    s = binary(m, "ADD", binary(m, "ADD", s, mask), early)
+    s = m.op("RESHAPE", [s, m.const([heads, t, t])], (heads, t, t))
     p = m.op("SOFTMAX", [s], (heads, t, t), m.opts("SoftmaxOptions", beta=1.0))
     o = m.op("BATCH_MATMUL", [p, hf[2]], (heads, t, d), m.opts("BatchMatMulOptions"))
     o = m.op("RESHAPE", [m.op("TRANSPOSE", [o, m.const([1, 0, 2])], (t, heads, d)), m.const([t, c])], (t, c))
@@ -69,13 +76,20 @@ def test_head_split_of_a_block_on_axis0_rows_equals_unsplit(sizes, engine):
     assert HEADS_KIND in legal_kinds(g, g.nodes[start].name)
     split = split_layer(g, g.nodes[start].name, HEADS_KIND, sizes)
     assert split.input_pattern == "broadcast" and split.output_pattern == "reduce"
-    assert [f.shape for f in split.parts[0].feeds] == [(7, 24)]
-    # the bias is cut by heads: part p holds its heads' (h, T, T) slice; the padded mask is whole everywhere
+    assert [f.shape for f in split.parts[0].feeds] == [(7, 24), (7, 7)]  # the input rows, the mask made before the block
+    # the biases are cut by heads: part p holds its heads' slices; the masks are whole everywhere, the one made
+    # before the block (from constants alone) sent to every part as an input
+    block = attention_block(g, start)
     bias = next(n for n in g.nodes if n.op == "add" and n.weight_shapes.get("constant") == (6, 7, 7))
+    node_bias = next(n for n in g.nodes if n.op == "constant" and n.weight_shapes["value"] == (1, 6, 7, 7))
+    assert block.extra_inputs == tuple(n.outputs[0] for n in g.nodes[:start] if n.op == "pad")
+    assert list(block.head_constants) == node_bias.outputs
     for p, h in zip(split.parts, split.sizes):
         (pn,) = [pn for pn in p.nodes if pn.source == bias.name]
         assert pn.node.weight_shapes["constant"] == (h, 7, 7)
-        assert any(pn.node.op == "pad" for pn in p.nodes)
+        (pn,) = [pn for pn in p.nodes if pn.source == node_bias.name]
+        assert pn.node.weight_shapes["value"] == (1, h, 7, 7)
+        assert sum(pn.node.op == "pad" for pn in p.nodes) == 1 and {f.tensor for f in p.feeds} == {x, *block.extra_inputs}
     check(split, engine)
 
 
