@@ -120,8 +120,8 @@ def _check_symmetric_filter(wq: TensorQuant, what: str) -> None:
 # every sum is an exact integer and the rescaling is element-wise.
 BAND_BYTES = 1 << 20
 # the float copy of a block of a conv / fully-connected filter's output channels: each block rebuilds the
-# layer's im2col bands, so blocks are few (one for every filter of up to a million weights)
-KERNEL_BLOCK_BYTES = 1 << 23
+# layer's im2col bands, so blocks are few (one for every filter of up to half a million weights)
+KERNEL_BLOCK_BYTES = 1 << 21
 TEMP_BYTES_PER_VALUE = 16  # float product (4), int64 accumulator rescaled in place (8), sign mask (1), int8 result
 
 
