@@ -199,6 +199,8 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
                     sliced.append(f)
                 elif f == ((QKV, 3),) and r[2] == 1:
                     sliced.append(())  # Q, K or V: the qkv factor is gone
+                elif _is_chunk(f, r):
+                    sliced.append(f[1:])  # torch.chunk(qkv, 3, -1) (MaxViT): a third of the axis, the qkv factor gone
                 elif _labelled(f):
                     raise _NotAttention(f"slice {node.name} cuts the heads")
                 else:
@@ -246,6 +248,13 @@ def _from_constants(graph: Graph, tensor: str, before: int) -> bool:
             seen.add(i)
             todo.extend(node.inputs)
     return True
+
+
+def _is_chunk(axis, r) -> bool:
+    """A slice range (start, step, count) taking one of three equal chunks of an axis whose first factor is
+    qkv: Q, K or V of every head (torch.chunk of a fused projection's last axis)."""
+    return (r is not None and len(axis) > 1 and axis[0] == (QKV, 3) and r[1] == 1
+            and r[2] * 3 == _size(axis) and r[0] % r[2] == 0)
 
 
 def _elementwise(graph: Graph, node: Node, ins: list, shape, operands: list | None = None) -> list:
@@ -423,8 +432,12 @@ def plan_heads(graph: Graph, block: AttentionBlock, sizes: tuple) -> tuple[Layou
             elif node.op == "strided_slice":
                 in_fac = block.factors[node.inputs[0]]
                 ranges = _slice_ranges(node, len(in_fac))
-                counts = [(r[2] if r is not None and tuple(r) != (0, 1, _size(f)) else _size(f, h))
+                counts = [(_size(f[1:], h) if _is_chunk(f, r) else r[2] if r is not None and tuple(r) != (0, 1, _size(f))
+                           else _size(f, h)) for f, r in zip(in_fac, ranges)]
+                starts = [(r[0] // r[2] * _size(f[1:], h) if _is_chunk(f, r) else r[0] if r is not None else 0)
                           for f, r in zip(in_fac, ranges)]
+                if any(_is_chunk(f, r) for f, r in zip(in_fac, ranges)):
+                    attrs["starts"] = starts if attrs.get("batch1") else starts[1:]
                 dims = _sizes(fac, h)
                 attrs["counts"] = counts if attrs.get("batch1") else counts[1:]
                 attrs["out_shape"] = dims if attrs.get("batch1") else dims[1:]

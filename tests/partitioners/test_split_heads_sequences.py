@@ -93,18 +93,48 @@ def test_head_split_of_a_block_on_axis0_rows_equals_unsplit(sizes, engine):
     check(split, engine)
 
 
-CORPUS_CASES = [a for a in ("kws", "swin_t") if (CORPUS / f"torch_{a}.tflite").exists()]
+def chunked_attention(m, x, heads):
+    """MaxViT's attention: the fused projection's last axis cut into Q, K and V by three STRIDED_SLICEs (torch.chunk),
+    each RESHAPEd to heads and TRANSPOSEd, scores + a (1, heads, T, T) bias operand, output projection."""
+    n, t, c = m.shapes[x]
+    d = c // heads
+    qkv = fully_connected(m, x, 3 * c, keep_num_dims=True)
+    q, k, v = (strided_slice(m, qkv, [0, 0, i * c], [1, t, (i + 1) * c], [1, 1, 1], (1, t, c)) for i in range(3))
+    hf = [m.op("TRANSPOSE", [m.op("RESHAPE", [p, m.const([1, t, heads, d])], (1, t, heads, d)), m.const([0, 2, 1, 3])],
+               (1, heads, t, d)) for p in (q, k, v)]
+    s = m.op("BATCH_MATMUL", hf[:2], (1, heads, t, t), m.opts("BatchMatMulOptions", adjY=True))
+    bias = m.weight((1, heads, t, t))
+    m.shapes[bias] = (1, heads, t, t)
+    p = m.op("SOFTMAX", [binary(m, "ADD", s, bias)], (1, heads, t, t), m.opts("SoftmaxOptions", beta=1.0))
+    o = m.op("BATCH_MATMUL", [p, hf[2]], (1, heads, t, d), m.opts("BatchMatMulOptions"))
+    o = m.op("RESHAPE", [m.op("TRANSPOSE", [o, m.const([0, 2, 1, 3])], (1, t, heads, d)), m.const([1, t, c])], (1, t, c))
+    return binary(m, "ADD", x, fully_connected(m, o, c, keep_num_dims=True))
+
+
+@pytest.mark.parametrize("sizes", [(1, 3), (2, 1, 1)])
+def test_head_split_of_chunked_qkv_equals_unsplit(sizes):
+    m = Model(7)
+    g = import_tflite_bytes(m.finish(chunked_attention(m, m.input((1, 6, 16)), 4)))
+    (start,) = [i for i, n in enumerate(g.nodes) if n.op == "dense" and attention_block(g, i) is not None]
+    split = split_layer(g, g.nodes[start].name, HEADS_KIND, sizes)
+    for p, h in zip(split.parts, split.sizes):  # Q, K and V of its heads: three chunks of h x 4 columns
+        slices = [pn.node for pn in p.nodes if pn.node.op == "strided_slice"]
+        assert [(n.attrs["starts"][-1], n.attrs["counts"][-1]) for n in slices] == [(i * h * 4, h * 4) for i in range(3)]
+    check(split)
+
+
+CORPUS_CASES = [a for a in ("kws", "swin_t", "maxvit_t") if (CORPUS / f"torch_{a}.tflite").exists()]
 
 
 @pytest.mark.skipif(not CORPUS_CASES, reason=f"no litert-torch models in {CORPUS} (bash scripts/build_corpus_torch builds them)")
 @pytest.mark.parametrize("arch", CORPUS_CASES or ["none"])
 def test_corpus_blocks_on_axis0_rows_split_by_heads(arch):
-    """KWS's first block reads (T, C) rows; Swin-T's window blocks read (windows x T, C) rows: head splits
-    apply to the first of each and are exact."""
+    """KWS's first block reads (T, C) rows; Swin-T's window blocks read (windows x T, C) rows; MaxViT-T chunks
+    its fused projection: head splits apply to the first block of each and are exact."""
     from layers import load_model
 
     g = load_model(str(CORPUS / f"torch_{arch}.tflite"))
     first = next(i for i, n in enumerate(g.nodes) if n.op == "dense" and HEADS_KIND in legal_kinds(g, n.name))
-    assert g.shapes[g.nodes[first].inputs[0]][0] != 1  # fed rows on axis 0
+    assert arch == "maxvit_t" or g.shapes[g.nodes[first].inputs[0]][0] != 1  # fed rows on axis 0
     heads = attention_block(g, first).heads
     check(split_layer(g, g.nodes[first].name, HEADS_KIND, (1, heads - 1)))
