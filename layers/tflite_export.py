@@ -475,6 +475,45 @@ class _Exporter:
         opts = self.w.options("ConcatenationOptions", axis=int(node.attrs.get("axis", -1)) % rank)
         self.w.operator("CONCATENATION", [self.index[t] for t in node.inputs], [self._out(fusable=False)], opts)
 
+    def _conv2d_transpose(self, node, w):
+        """TRANSPOSE_CONV (filter OHWI, bias, a separate activation op); its output shape is the
+        input's batch (SHAPE, STRIDED_SLICE) beside the node's output size, so the interpreter resizes
+        to any batch as the other ops do."""
+        kernel = w["kernel"]
+        kh, kw, cin, cout = kernel.shape
+        a = node.attrs
+        if a.get("quantized"):
+            raise PisplitError(f"model {self.g.name}: node {node.name}: an int8 TRANSPOSE_CONV has no pisplit kernel; use a float model")
+        strides = [int(v) for v in a["strides"]]
+        oh, ow = (int(v) for v in a["output_size"])
+        padding = {"same": self.w.S.Padding.SAME, "valid": self.w.S.Padding.VALID}.get(a.get("padding", "same"))
+        if padding is None:
+            raise PisplitError(f"model {self.g.name}: node {node.name}: padding {a.get('padding')!r} has no TRANSPOSE_CONV form")
+        x = self._in()
+        shape = self.w.tensor(f"{node.name}/input_shape", [4], dtype="INT32")
+        self.w.operator("SHAPE", [x], [shape], self.w.options("ShapeOptions", outType=self.w.S.TensorType.INT32))
+        batch = self.w.tensor(f"{node.name}/batch", [1], dtype="INT32")
+        self.w.operator("STRIDED_SLICE", [shape, self._const("begin", [0], np.int32), self._const("end", [1], np.int32),
+                                          self._const("step", [1], np.int32)], [batch], self.w.options("StridedSliceOptions"))
+        out_shape = self.w.tensor(f"{node.name}/output_shape", [4], dtype="INT32")
+        self.w.operator("CONCATENATION", [batch, self._const("size", [oh, ow, cout], np.int32)], [out_shape],
+                        self.w.options("ConcatenationOptions", axis=0))
+        filt = self._const("filter", np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 0, 1, 2)))  # HWIO -> OHWI
+        inputs = [out_shape, filt, x]
+        if "bias" in w:
+            inputs.append(self._const("bias", w["bias"]))
+        opts = self.w.options("TransposeConvOptions", padding=padding, strideH=strides[0], strideW=strides[1])
+        self.w.operator("TRANSPOSE_CONV", inputs, [self._out(fusable=False)], opts)
+
+    def _tile(self, node, w):
+        """TILE, the batch axis once (multiples per non-batch axis, as the graph holds them)."""
+        multiples = [1, *[int(v) for v in node.attrs["multiples"]]]
+        self.w.operator("TILE", [self._in(), self._const("multiples", multiples, np.int32)], [self._out()], self.w.options("TileOptions"))
+
+    def _depth_to_space(self, node, w):
+        self.w.operator("DEPTH_TO_SPACE", [self._in()], [self._out()],
+                        self.w.options("DepthToSpaceOptions", blockSize=int(node.attrs["block"])))
+
     def _transpose(self, node, w):
         self.w.operator("TRANSPOSE", [self._in(), self._const("perm", node.attrs["perm"], np.int32)], [self._out()],
                         self.w.options("TransposeOptions"))
