@@ -30,6 +30,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 from partitioners.exits import FINAL, ExitPoint, exit_fires, final_output, parse_exit_overrides, resolve_exits, stage_of_node
+from partitioners.vocabulary import StageMode
 
 from . import transport
 
@@ -81,7 +82,7 @@ class ExitRouting:
         self.runner = None  # an ExitingRunner when this stage stops at exits inside it
         stage = rank.stage
         inside = sorted({points[i].node + 1 for i in self.mine if points[i].node + 1 < stage.node_stop})
-        if inside and stage.mode != "split" and rank.rank in (stage.ranks if stage.mode == "data-parallel" else stage.ranks[:1]):
+        if inside and stage.mode != StageMode.SPLIT and rank.rank in (stage.ranks if stage.mode == StageMode.DATA_PARALLEL else stage.ranks[:1]):
             kind, _, live = rank.step.parts[0]
             self.runner = ExitingRunner(graph, stage, inside, rank.options.engine or plan.engine, self)
             rank.step.parts[0] = (kind, self.runner, live)
@@ -160,7 +161,7 @@ class ExitRouting:
         if self.runner is not None:
             self.runner.armed = True  # frames from here on (warm-up ran every piece)
         skipped = self.gated and self.is_skip(buf)
-        if self.gated and rank.stage.mode == "split":
+        if self.gated and rank.stage.mode == StageMode.SPLIT:
             self._gate(rank, frame, not skipped)
         if not skipped:
             return False

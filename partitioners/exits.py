@@ -429,7 +429,7 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
             out_remote = x[b] * r_out + skip * (1.0 - r_out) + result * answered
         out_rank0 = 0.0 if last else x[b] * r_out + skip * (1.0 - r_out)
         into = x[a] * r_in + (skip * (1.0 - r_in) if gated else 0.0)
-        if mode == "split":
+        if mode == StageMode.SPLIT:
             links = link.lead_in + link.lead_out + link.sink
             inner = whole.period_s - links
             cost = inner * r_in + (gate * (m - 1) if gated else 0.0)
@@ -444,7 +444,7 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
         bounds = [a, *cuts, b]
         computes = [sum(float(cost_model.prefix_seconds[k, hi] - cost_model.prefix_seconds[k, lo]) * reach_at_node(points, fractions, lo)
                         for lo, hi in zip(bounds[:-1], bounds[1:])) for k in slots]
-        if mode == "single":
+        if mode == StageMode.SINGLE:
             if first:
                 cycle = computes[0] + out_rank0 + (link.sink * r_out if not last else 0.0)
             else:
