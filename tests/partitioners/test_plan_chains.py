@@ -160,7 +160,7 @@ def test_best_chain_is_the_least_of_every_choice(model):
 
 
 @pytest.mark.parametrize("graph,entries,link", [
-    (conv_stack(20, 256, 4), [("rpi3", 3, None)], 94e6),
+    (conv_stack(20, 256, 6), [("rpi3", 3, None)], 94e6),  # six layers: parts pay their overhead (profiles split_overhead), still kept
     (bottleneck(29, 27, 256), [("rpi4", 1, None), ("rpi3", 2, None)], 1e9),
     (zoo_model("vgg16"), [("rpi3", 4, None)], 94e6),
 ])
@@ -179,7 +179,7 @@ def test_best_chains_that_keep_are_the_least_of_every_choice(graph, entries, lin
 
 
 def test_dp_keeps_row_strips_through_a_conv_stack():
-    graph = conv_stack()
+    graph = conv_stack(36)  # rows enough for three parts to pay their overhead (profiles' split_overhead)
     # without fused spans (with them, one span over the three convs wins: test_dp_fuses_...)
     model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6), CALIBRATION, SplitCatalogue(graph, PLANNER_KINDS))
     plan = make_plan(graph, model, "dp", "latency")
@@ -229,7 +229,7 @@ def test_kept_plan_segments_are_legal_and_round_trip():
                 split = split_segment(graph, g.node_start, g.node_stop, g.kind, g.sizes, g.options)
                 assert produced(split, g.ranks).describe().startswith(("rows[", "channels["))
                 kept += 1
-    assert kept >= 10  # VGG16's conv stack keeps its row strips
+    assert kept >= 8  # VGG16's conv stack keeps its row strips
     assert Plan.from_dict(plan.to_dict()) == plan
 
 
@@ -307,7 +307,7 @@ def test_dp_exchanges_narrow_halos_while_the_block_input_waits_on_the_parts():
     # on 3 Pi 3B+ at 94 Mbit/s the block runs conv by conv on kept strips: the 3x3 conv's halo rows
     # are of the narrow (48-channel) tensor, and the 192-channel block input stays on the parts until
     # the add reads it (an exchange span); the same as exhaustive search
-    graph = residual_block()
+    graph = residual_block(48)
     model = CostModel(graph, make_cluster([("rpi3", 3, None)], 94e6, 1e-4), CALIBRATION)
     plan = make_plan(graph, model, "dp", "latency")
     _, _, latency = exhaustive(model, "latency")
