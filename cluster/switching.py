@@ -102,6 +102,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     error = None
     try:
         check_plans(plans, size)
+        if options.frames < 1:
+            raise PisplitError(f"--frames {options.frames}: must be at least 1")
         cuts = boundaries(int(options.frames), int(every), forced)
         if not 0 <= initial < len(plans) or any(not 0 <= i < len(plans) for i in forced.values()):
             raise PisplitError(f"switching run: a plan index outside 0..{len(plans) - 1}")
