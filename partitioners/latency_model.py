@@ -236,3 +236,19 @@ def fit_split_overheads(samples: list[SplitStepSample]) -> dict[str, SplitOverhe
     if samples:
         fits[ANY_OP] = fit_split_overhead(samples)
     return fits
+
+
+def merge_split_overheads(fits: list[dict]) -> dict[str, SplitOverhead]:
+    """Profiles of several models measured apart (one process each, `pisplit profile --model a,b`)
+    as one: per kind, each figure averaged over the profiles weighted by their samples."""
+    out: dict[str, SplitOverhead] = {}
+    for kind in sorted({k for f in fits for k in f}):
+        have = [f[kind] for f in fits if kind in f and f[kind].samples > 0]
+        total = sum(o.samples for o in have)
+        if not total:
+            continue
+        mean = {name: sum(getattr(o, name) * o.samples for o in have) / total
+                for name in ("per_share", "per_step_s", "per_node_s", "median_error", "median_error_without", "sum_ratio",
+                             "sum_ratio_without")}
+        out[kind] = SplitOverhead(**mean, samples=total)
+    return out

@@ -98,3 +98,15 @@ def test_segment_table_prices_each_part_with_the_overhead_of_its_kind():
     assert rows.any()
     assert (only_spatial.compute_s[rows, spatial] > plain.compute_s[rows, spatial]).all()
     assert (only_spatial.compute_s[rows, channel] == plain.compute_s[rows, channel]).all()
+
+
+def test_overheads_of_models_measured_apart_merge_by_samples():
+    from partitioners.latency_model import merge_split_overheads
+
+    a = {"conv-spatial": SplitOverhead(0.2, 1e-4, 0.0, 30), ANY_OP: SplitOverhead(0.1, 0.0, 0.0, 30)}
+    b = {"conv-spatial": SplitOverhead(0.4, 0.0, 2e-5, 10), "fc-input": SplitOverhead(0.0, 5e-5, 0.0, 4), ANY_OP: SplitOverhead(0.3, 0.0, 0.0, 10)}
+    merged = merge_split_overheads([a, b])
+    assert set(merged) == {"conv-spatial", "fc-input", ANY_OP}
+    assert merged["conv-spatial"].per_share == pytest.approx(0.25) and merged["conv-spatial"].samples == 40
+    assert merged["conv-spatial"].per_step_s == pytest.approx(0.75e-4) and merged["conv-spatial"].per_node_s == pytest.approx(0.5e-5)
+    assert merged["fc-input"] == SplitOverhead(0.0, 5e-5, 0.0, 4) and merged[ANY_OP].per_share == pytest.approx(0.15)
