@@ -1,7 +1,8 @@
 """Bandwidth over time (issue 16, Edgent's Algorithm 3): trace files, an estimator from the runtime's
 own transfers, a state detector with hysteresis, and the runtime optimizer that picks the
-configuration map's strategy for the detected state. Pure: no MPI, no clocks (the caller passes bytes
-and seconds it measured).
+configuration map's strategy for the detected state (`MapChooser`: the same as the index of a plan,
+for cluster.switching, which runs a map's plans and measures the transfers). Pure: no MPI, no clocks
+(the caller passes bytes and seconds it measured).
 
 Trace files (`read_trace`, `write_trace`): CSV, one header line `time_s,mbit_per_s`, then one row per
 change: the time in seconds from the start (the first row at 0, strictly increasing) and the

@@ -55,7 +55,8 @@ the exit branch; cut = n_nodes: all on the device(s)), "after" (the node before 
 the predicted "latency_s", "throughput_fps", "accuracy", the paper's "reward" (0 when it misses),
 "meets" (latency_s <= latency_req_s) and "plan" / "graph": the plan and exit-branch graph files,
 relative to the map's folder. `pisplit configmap` writes it beside them; Algorithm 3
-(cluster.bandwidth: estimate, detect the state, `ConfigMap.find`) reads it.
+(cluster.bandwidth: estimate, detect the state, `ConfigMap.find`) reads it, and `pisplit run MAP`
+(cluster.switching) runs its plans, switching between frames as the bandwidth it measures says.
 """
 from __future__ import annotations
 
