@@ -183,6 +183,7 @@ def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_
     assert all(30e6 * 0.99 <= bps <= 150e6 * 1.01 for _, bps in doc["estimates"])
 
 
+@pytest.mark.mpi
 def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
     m = two_plan_map / "configmap.json"
     for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1")]:
