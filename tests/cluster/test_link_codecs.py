@@ -305,8 +305,14 @@ def test_pisplit_plan_with_codecs_chooses_them_and_mpirun_runs_them(tmp_path, le
     graph, table = lenet_codec_table
     # 204 KiB usable per Pi: lenet5 (fc1 alone holds 188 KiB of weights) needs two stages; a 1 Mbit/s link
     devices = ("--devices", "rpi3:3@300.25M", "--link", "1mbit", "--codecs", table)
-    run_pisplit("plan", "lenet5", *devices, "--output", tmp_path / "lossless.json")
-    lossless = Plan.load(tmp_path / "lossless.json")
+    from cluster.commands.codecs import planning_codecs
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.planners import make_plan
+
+    priced, budget = planning_codecs(str(table), graph, "numpy", None, None)  # what plan --codecs without a budget plans with
+    assert budget is None
+    cluster = make_cluster([("rpi3", 3, 314834944)], 1e6)
+    lossless = make_plan(graph, CostModel(graph, cluster, codecs=priced), "dp", "throughput", "lenet5", "numpy")
     assert set(cut_codecs(lossless).values()) <= {"zstd"}  # no budget: lossless codecs only
     proc = run_pisplit("plan", "lenet5", *devices, "--max-rel-error", "0.05", "--output", tmp_path / "lossy.json")
     assert "link codecs from the codec table of lenet5" in proc.stdout
@@ -314,9 +320,7 @@ def test_pisplit_plan_with_codecs_chooses_them_and_mpirun_runs_them(tmp_path, le
     chosen = cut_codecs(plan)
     assert len(plan.stages) > 1 and chosen and all(c in ("int8+zstd", "jpeg:50") for c in chosen.values()), chosen
     assert plan.predicted_throughput_fps > lossless.predicted_throughput_fps
-    from partitioners.cost import CostModel, make_cluster
-
-    plain = CostModel(graph, make_cluster([("rpi3", 3, 314834944)], 1e6))
+    plain = CostModel(graph, cluster)
     for s in plan.stages[1:]:  # a decoding rank's prediction holds its decoded tensors beyond the raw link's
         if plan.stages[s.index - 1].send_codec != "raw" and s.mode == "single":
             raw_link = plain.stage_cost(s.node_start, s.node_stop, (1,), "single").memory_bytes[0]
@@ -330,8 +334,6 @@ def test_pisplit_plan_with_codecs_chooses_them_and_mpirun_runs_them(tmp_path, le
     for command in ("plan", "emulate"):  # a lossy budget needs the table
         proc = run_pisplit(command, "lenet5", "--devices", "rpi3:2", "--max-rel-error", "0.05", check=False)
         assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "give the codec table with --codecs" in proc.stderr
-    from cluster.commands.codecs import planning_codecs
-
     with pytest.raises(PisplitError, match="codec table of lenet5: does not match model skipnet"):
         planning_codecs(str(table), skip_graph(), "numpy", None, None)
     with pytest.raises(PisplitError, match="--max-accuracy-loss: codec table .* measured no accuracy"):
