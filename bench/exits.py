@@ -3,7 +3,7 @@ for the branchy LeNet and AlexNet, a sweep of T with each exit's share and the a
 test split, bytes per frame between the exit plan's stages, predicted and measured throughput of the
 exit plan against the planner's plan of the same model without exits (both on the same held-out
 frames); then the DDNN model's aggregation schemes and its accuracy with 1..N end devices missing.
-Options: --frames N, --thresholds T,T,..., --models a,b, --ddnn all|none
+Options: --frames N, --thresholds T,T,..., --models a,b, --devices rpi3:4, --ddnn all|none
 """
 from __future__ import annotations
 
@@ -30,19 +30,20 @@ from partitioners.profiles import Calibration
 DEVICES, LINK = "rpi3:4", 94e6
 
 
-def exit_sweep(model: str, frames: int, thresholds: list[float]) -> None:
+def exit_sweep(model: str, frames: int, thresholds: list[float], devices: str = DEVICES) -> None:
     """One model's table: no exits, then each T (the exit-aware plan, and the dp plan with the exits taken inside it)."""
     graph = load_model(model)
     outputs, labels, data = held_out_outputs(model, graph, None)
     feeds, _ = held_out(model)
-    cost_model = CostModel(graph, make_cluster(parse_devices(DEVICES), LINK), Calibration("numpy"))
+    cost_model = CostModel(graph, make_cluster(parse_devices(devices), LINK), Calibration("numpy"))
+    where = "4 emulated Pi 3B+" if devices == "rpi3:4" else f"emulated {devices}"
     with tempfile.TemporaryDirectory(prefix="bench-exits-") as tmpdir:
         tmp = Path(tmpdir)
         np.save(tmp / "x.npy", feeds["input"][:frames])
-        plain = plan_for_devices(graph, model, DEVICES, LINK, "dp", "throughput", "numpy")
+        plain = plan_for_devices(graph, model, devices, LINK, "dp", "throughput", "numpy")
         base = run_emulated(plain.save(tmp / "plain.json"), plain.n_ranks, frames, tmp / "plain-report.json", "numpy",
                             progress=False, extra=["--input", tmp / "x.npy"])
-        table = Table(title=f"{model}: early exits on 4 emulated Pi 3B+ at 94 Mbit/s ({frames} held-out frames; "
+        table = Table(title=f"{model}: early exits on {where} at 94 Mbit/s ({frames} held-out frames; "
                             f"accuracy on all {len(labels)} held-out)")
         names = graph.outputs[:-1]
         for col in ["T", *[f"{n} %" for n in names], "final %", "accuracy", "bytes/frame", "exit plan: cut, devices", "predicted fps",
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--thresholds", default="0,0.05,0.3")
     parser.add_argument("--models", default="branchy_lenet_mnist,branchy_alexnet_mnist")
+    parser.add_argument("--devices", default=DEVICES, help="the emulated cluster of the sweeps (default rpi3:4)")
     parser.add_argument("--ddnn", choices=("all", "none"), default="all",
                         help="the DDNN tables after the sweeps (all, the default) or not (none)")
     args = parser.parse_args(argv)
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--thresholds {args.thresholds!r}: numbers separated by commas (0,0.05,0.3)")
     for model in filter(None, args.models.split(",")):
-        exit_sweep(model, args.frames, thresholds)
+        exit_sweep(model, args.frames, thresholds, args.devices)
     if args.ddnn == "all":
         ddnn_tables()
     return 0

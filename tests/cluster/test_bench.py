@@ -180,9 +180,11 @@ def test_bench_emulate():
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_bench_exits():
-    """One model, one T, a few frames, without the DDNN tables (one process, tested in tests/cluster/test_exits*)."""
-    out = bench("bench_exits", "--models", "branchy_lenet_mnist", "--thresholds", "0.3", "--frames", "4", "--ddnn", "none").stdout
-    assert "branchy_lenet_mnist: early exits on 4 emulated Pi 3B+ at 94 Mbit/s (4 held-out frames;" in out
+    """One model, one T, a few frames on 2 emulated devices (the default is 4), without the DDNN tables (one
+    process, tested in tests/cluster/test_exits*)."""
+    out = bench("bench_exits", "--models", "branchy_lenet_mnist", "--thresholds", "0.3", "--frames", "4", "--ddnn", "none",
+                "--devices", "rpi3:2").stdout
+    assert "branchy_lenet_mnist: early exits on emulated rpi3:2 at 94 Mbit/s (4 held-out frames;" in out
     cells = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in out.splitlines() if line.startswith("│")}
     assert set(cells) == {"no exits", "0.3"}
     exit1, final = float(cells["0.3"][0]), float(cells["0.3"][1])
