@@ -176,13 +176,25 @@ def _wait(requests, what: str, timeout_s: float) -> None:
 
 
 def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, missing: list, threshold: float,
-                  timeout_s: float = 60.0) -> dict | None:
+                  timeout_s: float = 60.0, window: int = 4) -> dict | None:
     """Collective over `comm` (1 + present devices ranks): rank 0 aggregates, rank 1 + i is present
     device i. `feeds` on a device rank: its view's frames {view: (F, ...)} (F >= frames). Returns on
     rank 0 {'exit_index', exit name, final name (NaN where not computed), 'bytes_per_frame' (received
-    from the devices, mean), 'seconds'}; None elsewhere."""
+    from the devices, mean), 'seconds'}; None elsewhere.
+
+    Pipelined over `window` frames (1: one frame at a time): a device computes its next frames while
+    rank 0 decides earlier ones, waiting for rank 0's word on a frame only when `window` of its frames
+    are undecided; rank 0 decides frames in order as their scores arrive and runs the cloud part of a
+    frame whose features have come while later frames' scores are still on their way. Every message
+    of a kind between two ranks is in frame order (MPI keeps the order of messages with one tag between
+    two ranks, and receives match in the order they were posted), so each is checked against its frame.
+    Nothing waits longer than `timeout_s` without progress: a one-line error says what is missing."""
+    from collections import deque
+
     from . import transport
 
+    if window < 1:
+        raise PisplitError(f"multi-view: window {window}: must be at least 1")
     present = [d for d in range(model.n_devices) if d not in missing]
     rank, size = comm.Get_rank(), comm.Get_size()
     if size != len(present) + 1:
@@ -193,42 +205,79 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
     if rank > 0:
         d = present[rank - 1]
         x = feeds[model.views[d]]
-        word = np.zeros(2, np.int64)
-        for f in range(frames):
-            out = model.devices[d].execute({model.views[d]: x[f:f + 1]})
-            score = np.ascontiguousarray(out[model.scores[d]], np.float32)
-            feature = np.ascontiguousarray(out[model.features[d]], np.float32)
-            _wait([transport.isend_buffer(comm, score, 0, TAG_SCORES)], f"frame {f}: rank 0 did not take device {d}'s scores", timeout_s)
-            _wait([transport.irecv_buffer(comm, word, 0, TAG_WORD)], f"frame {f}: no word from rank 0 to device {d}", timeout_s)
+        pending: deque = deque()  # (frame, features, word request, word): frames whose word has not been read
+        sends: list = []  # (request, buffer) of scores and features still leaving
+
+        def settle() -> None:
+            f, feature, request, word = pending.popleft()
+            _wait([request], f"frame {f}: no word from rank 0 to device {d}", timeout_s)
             if int(word[0]) != f:
                 raise PisplitError(f"multi-view: device {d} expected word on frame {f}, got frame {int(word[0])}")
             if word[1]:
-                _wait([transport.isend_buffer(comm, feature, 0, TAG_FEATURES)], f"frame {f}: rank 0 did not take device {d}'s features",
-                      timeout_s)
+                sends.append((transport.isend_buffer(comm, feature, 0, TAG_FEATURES), feature))
+
+        for f in range(frames):
+            while pending and (len(pending) >= window or transport.request_done(pending[0][2])):
+                settle()
+            out = model.devices[d].execute({model.views[d]: x[f:f + 1]})
+            score = np.ascontiguousarray(out[model.scores[d]], np.float32)
+            feature = np.ascontiguousarray(out[model.features[d]], np.float32)
+            sends.append((transport.isend_buffer(comm, score, 0, TAG_SCORES), score))
+            word = np.zeros(2, np.int64)
+            pending.append((f, feature, transport.irecv_buffer(comm, word, 0, TAG_WORD), word))
+            sends = [(r, b) for r, b in sends if not transport.request_done(r)]
+        while pending:
+            settle()
+        _wait([r for r, _ in sends], f"rank 0 did not take device {d}'s last scores and features", timeout_s)
         return None
     index = np.zeros(frames, np.int64)
     local_out = np.full((frames, *shapes[model.exit_name][1:]), np.nan, np.float32)
     final_out = np.full((frames, *shapes[model.final_name][1:]), np.nan, np.float32)
     received = 0
-    for f in range(frames):
-        bufs = {d: np.empty(shapes[model.scores[d]], np.float32) for d in present}
-        reqs = [transport.irecv_buffer(comm, bufs[d], 1 + i, TAG_SCORES) for i, d in enumerate(present)]
-        _wait(reqs, f"frame {f}: scores missing from devices {present}", timeout_s)
-        received += sum(b.nbytes for b in bufs.values())
-        local = model.local.execute(fill_missing(model.graph, model.scores, {model.scores[d]: bufs[d] for d in present}))[model.exit_name]
-        local_out[f] = local[0]
-        go = int(normalised_entropy(local.reshape(1, -1), kind)[0] > threshold)
-        words = [np.array([f, go], np.int64) for _ in present]
-        sends = [transport.isend_buffer(comm, w, 1 + i, TAG_WORD) for i, w in enumerate(words)]
-        _wait(sends, f"frame {f}: devices did not take rank 0's word", timeout_s)
-        index[f] = go
-        if not go:
+    posted: dict = {}  # frame -> ({device: scores buffer}, requests)
+    waiting: deque = deque()  # (frame, {device: features buffer}, requests): frames going on to the cloud
+    words: list = []  # (request, buffer) of words still leaving
+    next_post = next_decide = 0
+    last, pause = time.perf_counter(), 2e-5
+    while next_decide < frames or waiting:
+        while next_post < min(frames, next_decide + window):
+            bufs = {dv: np.empty(shapes[model.scores[dv]], np.float32) for dv in present}
+            posted[next_post] = (bufs, [transport.irecv_buffer(comm, bufs[dv], 1 + i, TAG_SCORES) for i, dv in enumerate(present)])
+            next_post += 1
+        progressed = False
+        if next_decide < frames and all(transport.request_done(r) for r in posted[next_decide][1]):
+            f = next_decide
+            bufs, _ = posted.pop(f)
+            received += sum(b.nbytes for b in bufs.values())
+            local = model.local.execute(fill_missing(model.graph, model.scores, {model.scores[dv]: bufs[dv] for dv in present}))[model.exit_name]
+            local_out[f] = local[0]
+            go = int(normalised_entropy(local.reshape(1, -1), kind)[0] > threshold)
+            for i, _ in enumerate(present):
+                w = np.array([f, go], np.int64)
+                words.append((transport.isend_buffer(comm, w, 1 + i, TAG_WORD), w))
+            index[f] = go
+            if go:
+                feats = {dv: np.empty(shapes[model.features[dv]], np.float32) for dv in present}
+                waiting.append((f, feats, [transport.irecv_buffer(comm, feats[dv], 1 + i, TAG_FEATURES) for i, dv in enumerate(present)]))
+            next_decide += 1
+            progressed = True
+        if waiting and all(transport.request_done(r) for r in waiting[0][2]):
+            f, feats, _ = waiting.popleft()
+            received += sum(b.nbytes for b in feats.values())
+            filled = fill_missing(model.graph, model.features, {model.features[dv]: feats[dv] for dv in present})
+            final_out[f] = model.cloud.execute(filled)[model.final_name][0]
+            progressed = True
+        words = [(r, w) for r, w in words if not transport.request_done(r)]
+        now = time.perf_counter()
+        if progressed:
+            last, pause = now, 2e-5
             continue
-        feats = {d: np.empty(shapes[model.features[d]], np.float32) for d in present}
-        reqs = [transport.irecv_buffer(comm, feats[d], 1 + i, TAG_FEATURES) for i, d in enumerate(present)]
-        _wait(reqs, f"frame {f}: features missing from devices {present}", timeout_s)
-        received += sum(b.nbytes for b in feats.values())
-        filled = fill_missing(model.graph, model.features, {model.features[d]: feats[d] for d in present})
-        final_out[f] = model.cloud.execute(filled)[model.final_name][0]
+        if now - last > timeout_s:
+            what = (f"frame {next_decide}: scores missing from devices {present}" if next_decide < frames
+                    else f"frame {waiting[0][0]}: features missing from devices {present}")
+            raise PisplitError(f"multi-view: {what} for {timeout_s:.0f} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
+    _wait([r for r, _ in words], "devices did not take rank 0's last words", timeout_s)
     return {"exit_index": index, model.exit_name: local_out, model.final_name: final_out,
             "bytes_per_frame": received / max(frames, 1), "seconds": time.perf_counter() - t0}

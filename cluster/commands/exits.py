@@ -34,6 +34,7 @@ def register(sub) -> None:
     views.add_argument("--missing", metavar="D,D", help="end devices absent from the run (their views missing)")
     views.add_argument("--threshold", type=float, default=0.8, help="local exit threshold T of --run and the missing-devices table (default 0.8)")
     views.add_argument("--frames", type=int, help="--run: held-out frames (default: the whole test split)")
+    views.add_argument("--window", type=int, default=4, metavar="W", help="--run: frames in flight (default 4; 1 = one frame at a time)")
     views.add_argument("--output", metavar="Y.npz", help="--run: per frame the answering exit (0 local, 1 final) and both outputs (NaN: not computed)")
     p.set_defaults(func=run)
 
@@ -174,6 +175,8 @@ def _run_views(args, comm, rank: int) -> int:
         missing = parse_missing(args.missing, model.n_devices)
         feeds, labels = held_out(args.model)
         frames = len(labels) if args.frames is None else int(args.frames)
+        if args.window < 1:
+            raise PisplitError(f"--window {args.window}: must be at least 1")
         if not 1 <= frames <= len(labels):
             raise PisplitError(f"--frames {args.frames}: the test split has {len(labels)} frames")
         present = [d for d in range(model.n_devices) if d not in missing]
@@ -185,7 +188,7 @@ def _run_views(args, comm, rank: int) -> int:
     except PisplitError as exc:
         error = str(exc)
     agree(comm, error)
-    result = run_multiview(comm, model, feeds, frames, missing, args.threshold)
+    result = run_multiview(comm, model, feeds, frames, missing, args.threshold, window=args.window)
     if rank != 0:
         return 0
     labels = labels[:frames]
@@ -193,7 +196,8 @@ def _run_views(args, comm, rank: int) -> int:
     answer = np.where(index == 0, np.nan_to_num(result[model.exit_name]).argmax(-1), np.nan_to_num(result[model.final_name]).argmax(-1))
     doc = {"model": args.model, "frames": frames, "missing": missing, "threshold": args.threshold,
            "local_exit_share": float((index == 0).mean()), "accuracy": float((answer == labels).mean()),
-           "bytes_per_frame": result["bytes_per_frame"], "seconds": result["seconds"]}
+           "bytes_per_frame": result["bytes_per_frame"], "seconds": result["seconds"], "window": args.window,
+           "frames_per_s": frames / result["seconds"] if result["seconds"] > 0 else None}
     if args.output:
         np.savez(args.output, exit_index=index, exit_names=np.array([model.exit_name, model.final_name]),
                  **{model.exit_name: result[model.exit_name], model.final_name: result[model.final_name]})
@@ -204,7 +208,8 @@ def _run_views(args, comm, rank: int) -> int:
         console.print(f"{args.model}: {frames} held-out frames on {comm.Get_size() - 1} end devices"
                       f"{' (missing ' + ','.join(map(str, missing)) + ')' if missing else ''}: local exit "
                       f"{doc['local_exit_share']:.1%} at T={args.threshold:g}, accuracy [bold]{doc['accuracy']:.2%}[/], "
-                      f"{human_bytes(doc['bytes_per_frame'])} per frame from the devices")
+                      f"{human_bytes(doc['bytes_per_frame'])} per frame from the devices, "
+                      f"{doc['frames_per_s'] or 0:.0f} frames/s ({args.window} in flight)")
     return 0
 
 

@@ -61,15 +61,18 @@ SCHEMES = [m for m in trained_names() if m.startswith("ddnn_mnist_")]  # the oth
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("model, missing", [("ddnn_mnist", ""), ("ddnn_mnist", "2"), ("ddnn_mnist", "0,3"),
-                                            *[(m, "1") for m in SCHEMES]])
-def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing):
+@pytest.mark.parametrize("model, missing, window", [("ddnn_mnist", "", 4), ("ddnn_mnist", "2", 7), ("ddnn_mnist", "0,3", 1),
+                                                    *[(m, "1", 4) for m in SCHEMES]])
+def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing, window):
+    # frames in flight: several (a device runs ahead of rank 0's words; rank 0 decides later frames while
+    # earlier ones wait for their features), or one at a time
     views = split_multiview(load_model(model))
     absent = parse_missing(missing, 4)
     feeds, labels = held_out(model)
     feeds = {k: v[:FRAMES] for k, v in feeds.items()}
     threshold = splitting_threshold(views, feeds, absent)  # some frames exit locally, some go on to the cloud
-    args = ["exits", model, "--run", "--frames", FRAMES, "--threshold", repr(threshold), "--output", tmp_path / "v.npz", "--json"]
+    args = ["exits", model, "--run", "--frames", FRAMES, "--threshold", repr(threshold), "--output", tmp_path / "v.npz", "--json",
+            "--window", window]
     if missing:
         args += ["--missing", missing]
     proc, _ = mpirun(1 + 4 - len(absent), *args, timeout=120)
@@ -86,5 +89,6 @@ def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, mi
     shapes = views.graph.shapes
     per_device = 4 * np.prod(shapes[views.scores[0]]) + went_on * 4 * np.prod(shapes[views.features[0]])
     assert doc["bytes_per_frame"] == pytest.approx(present * per_device)
+    assert doc["window"] == window and doc["frames_per_s"] > 0
     answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
     assert doc["accuracy"] == pytest.approx(float((answer == labels[:FRAMES]).mean()))
