@@ -32,6 +32,7 @@ from cluster.commands.emulate import run_emulated
 from cluster.emulated_plans import single_device_plan
 from cluster.output import console, human_bytes
 from layers import load_model
+from partitioners.codec_cost import codec_cost_model
 from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import parse_devices
 from partitioners.edge_host import POWER, best_candidate, edge_host_candidates, edge_host_plan, transmitter_watts
@@ -87,7 +88,7 @@ def cluster_rows(model: str, graph, table, devices: str, emulate: bool, frames: 
     for label, codecs, budget in (("raw", None, None), ("lossless codecs", table, None),
                                   ("codecs, 1% rel. error", table, LossBudget(max_rel_error=0.01))):
         priced = None if codecs is None else in_reference_seconds(codecs, Calibration("numpy"))
-        model_ = CostModel(graph, cluster, Calibration("numpy"), codecs=priced, codec_budget=budget)
+        model_ = codec_cost_model(graph, cluster, Calibration("numpy"), codecs=priced, codec_budget=budget)
         plan = make_plan(graph, model_, "dp", "throughput", model, "numpy")  # with a table: each link's codec (build_plan)
         used = sorted({s.send_codec for s in plan.stages[:-1]}) or ["-"]
         key = (plan.input_codec, tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages))

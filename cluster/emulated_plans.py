@@ -24,13 +24,15 @@ def plan_for_devices(graph: Graph, model: str, devices: str, link_bps: float, pl
     """A plan of `model` for the devices in `devices` ('rpi3:4', 'rpi3:8@512M') with the named planner;
     with a codec table (`codecs`, partitioners.link_pricing) its links carry the codec the planner
     chose per cut (lossy ones only within `codec_budget`)."""
-    from partitioners.cost import CostModel, make_cluster
+    from partitioners.cost import make_cluster
     from partitioners.devices import parse_devices
     from partitioners.planners import make_plan
     from partitioners.profiles import Calibration
 
     cluster = make_cluster(parse_devices(devices), link_bps)
-    model_ = CostModel(graph, cluster, Calibration(engine), codecs=codecs, codec_budget=codec_budget)
+    from partitioners.codec_cost import codec_cost_model  # the codecs' buffers in the memory the planner sees
+
+    model_ = codec_cost_model(graph, cluster, Calibration(engine), codecs=codecs, codec_budget=codec_budget)
     return make_plan(graph, model_, planner, objective, model, engine)
 
 

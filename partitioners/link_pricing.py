@@ -319,8 +319,9 @@ def link_memory_bytes(codec: str, tensor_bytes: list) -> tuple[float, float]:
 def with_link_codecs(plan, model, table: CodecTable | None = None):
     """`plan` (made with CostModel `model`) with each stage's send_codec, and its input_codec, the
     codec `model` priced that cut with (CostModel.cut_codec); the last stage stays raw. The ranks that
-    encode or decode a link get its working memory (link_memory_bytes) in their prediction, and the
-    plan a note naming each coded link (and `table`, where given). Validated."""
+    encode or decode a link get its working memory (link_memory_bytes) in their prediction (unless
+    `model` counted it itself: codec_cost.CodecCostModel), a link whose buffers would not fit stays
+    raw, and the plan gets a note naming each coded link (and `table`, where given). Validated."""
     from dataclasses import replace
 
     from .plan import StagePrediction
@@ -333,6 +334,7 @@ def with_link_codecs(plan, model, table: CodecTable | None = None):
         return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
     graph = model.graph
+    counted = getattr(model, "counts_link_buffers", False)
     base = {r: b for s in plan.stages if s.predicted is not None for r, b in s.predicted.memory_bytes.items()}
     usable = {d.rank: d.memory_bytes - device_profile(d.kind).reserved_bytes for d in plan.devices}
     extra: dict = {}
@@ -350,6 +352,8 @@ def with_link_codecs(plan, model, table: CodecTable | None = None):
     def coded_link(codec: str, cut: int, senders, receivers, what: str) -> str:
         """The link's codec, its memory added; raw (said in a note) where its buffers would not fit."""
         send, receive = link_memory_bytes(codec, [_tensor_bytes(graph, t) for t in graph.cut_tensors(cut)])
+        if counted:  # the cost model's memory holds them already (codec_cost.CodecCostModel): the planner made them fit
+            send = receive = 0.0
         if codec != "raw" and not (fits(senders, send) and fits(receivers, receive)):
             described.append(f"{what}: raw, as {codec}'s encode/decode buffers ({fmt_mib(send)} / {fmt_mib(receive)}) "
                              f"would not fit the memory left on ranks {sorted({*senders, *receivers})} (its predicted times are {codec}'s)")

@@ -154,9 +154,7 @@ def lossy_links(plan) -> list:
 
 def with_budget(model, budget):
     """CostModel `model` again with another LossBudget (the same graph, cluster, calibration, splits, table)."""
-    from partitioners.cost import CostModel
-
-    return CostModel(model.graph, model.cluster, model.calibration, model.splits, codecs=model.codecs, codec_budget=budget)
+    return type(model)(model.graph, model.cluster, model.calibration, model.splits, codecs=model.codecs, codec_budget=budget)
 
 
 def accuracy_checked(make, graph, model_spec: str, budget, frames: int = 200, plan=None):
@@ -258,7 +256,9 @@ def run(args) -> int:
         return cluster_host(graph, entries, cluster, priced, budget, args)
     if "host" in kinds:
         raise PisplitError("--devices: at most one host (the rest are edge devices; the head runs on them, the tail on the host)")
-    return codec_plan(graph, CostModel(graph, cluster, Calibration(args.engine), codecs=priced, codec_budget=budget), args)
+    from partitioners.codec_cost import codec_cost_model
+
+    return codec_plan(graph, codec_cost_model(graph, cluster, Calibration(args.engine), codecs=priced, codec_budget=budget), args)
 
 
 def lowest_quality_in_budget(cut, budget) -> tuple[str, float] | None:

@@ -101,7 +101,9 @@ def build_model(args, graph) -> CostModel:
     from .codecs import planning_codecs
 
     table, budget = planning_codecs(args.codec_table, graph, args.engine, args.max_accuracy_loss, args.max_rel_error)
-    return CostModel(graph, cluster, calibration, codecs=table, codec_budget=budget)
+    from partitioners.codec_cost import codec_cost_model  # the codecs' buffers in the memory the planner sees
+
+    return codec_cost_model(graph, cluster, calibration, codecs=table, codec_budget=budget)
 
 
 def run(args) -> int:

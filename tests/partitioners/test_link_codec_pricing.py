@@ -140,3 +140,40 @@ def test_edge_host_candidates_include_a_codec_per_tensor():
     assert set(here) == {"raw", "zstd", "lz4", "zstd;lz4"}
     assert here["zstd;lz4"].sent_bytes == pytest.approx(mixed.encoded_bytes)
     assert here["zstd;lz4"].transfer_s < min(here[c].transfer_s for c in ("raw", "zstd", "lz4"))
+
+
+def test_the_codec_cost_model_plans_with_the_codecs_buffers_in_memory():
+    import numpy as np
+
+    from partitioners.codec_cost import CodecCostModel, codec_cost_model
+    from partitioners.devices import device_profile
+
+    g = zoo_model("lenet5")
+    cuts = tuple(CutCodecs(c, g.nodes[c - 1].name if c else "input", g.cut_bytes(c), len(g.cut_tensors(c)),
+                           (CodecSample("rle-huffman", g.cut_bytes(c) / 8, 1e-5, 1e-5),)) for c in range(len(g)))
+    table = CodecTable(g.name, len(g), "hand-made", 1, "host", cuts)
+    cluster = make_cluster(parse_devices("rpi3:3@300.25M"), 1e5, 0.0)
+    assert type(codec_cost_model(g, cluster)) is CostModel
+    model = codec_cost_model(g, cluster, codecs=table)
+    plain = CostModel(g, cluster, codecs=table)
+    assert isinstance(model, CodecCostModel)
+    # per rank: the plain frame buffers plus the encoder of the cut it sends and the decoder of the one it receives
+    for start, stop in ((0, 4), (4, 9), (2, 6)):
+        sizes = lambda c: [g.cut_bytes(c)]  # noqa: E731 (one tensor per lenet5 cut)
+        send = link_memory_bytes(model.cut_codec[stop], sizes(stop))[0] if stop < len(g) else 0.0
+        receive = link_memory_bytes(model.cut_codec[start], sizes(start))[1] if start > 0 else 0.0
+        assert model.frame_buffer_bytes(start, stop, 1, True, True) == pytest.approx(plain.frame_buffer_bytes(start, stop, 1, True, True)
+                                                                                    + send + receive)
+    starts, stops = np.array([0, 4, 2]), np.array([4, 9, 6])  # the dp planner's index arrays
+    assert np.allclose(model.frame_buffer_bytes(starts, stops, 2, True, False),
+                       [model.frame_buffer_bytes(a, b, 2, True, False) for a, b in zip(starts, stops)])
+    # plain pricing left rle-huffman's links raw (their buffers did not fit after planning); here the planner
+    # finds stages where they fit, and every rank's prediction holds them within its memory
+    plan = make_plan(g, model, "dp", "throughput", "lenet5", "numpy")
+    assert any(s.send_codec == "rle-huffman" for s in plan.stages) and not any("raw, as" in n for n in plan.notes)
+    usable = 300.25 * 2**20 - device_profile("rpi3").reserved_bytes
+    assert all(b <= usable for s in plan.stages for b in s.predicted.memory_bytes.values())
+    for s in plan.stages:
+        raw = plain.stage_cost(s.node_start, s.node_stop, (1,), "single").memory_bytes[0]
+        assert s.predicted.memory_bytes[s.ranks[0]] == int(model.stage_cost(s.node_start, s.node_stop, (1,), "single").memory_bytes[0])
+        assert s.predicted.memory_bytes[s.ranks[0]] > raw
