@@ -173,7 +173,12 @@ class SplitOverhead:
     pays its fixed costs again at the part's size (ops that do little per element: batch norm, relu,
     add). Per kind:
 
-        part seconds = share seconds x (1 + per_share) + per_step_s + per_node_s x nodes split
+        part seconds = share seconds x (1 + per_share) + whole seconds x per_whole
+                       + per_step_s + per_node_s x nodes split
+
+(per_whole: what every part pays whatever its size, in proportion to the layer: a channel split's
+parts each build the im2col patches of the whole input, so eight of them came out ~25% above their
+share and the whole-size term alone).
 
     ResNet50's parts on the reference machine took 1.2-1.5x their share (2 to 8 parts): with 46 split
     segments, the share alone predicted its Pi 3B+ latency plans 20-40% optimistic."""
@@ -182,21 +187,24 @@ class SplitOverhead:
     per_step_s: float = 0.0
     per_node_s: float = 0.0
     samples: int = 0
+    per_whole: float = 0.0
     median_error: float = 0.0  # median |predicted with overhead - measured| / measured over the samples
     median_error_without: float = 0.0  # ... with the share alone
     sum_ratio: float = 1.0  # sum of predictions with overhead / sum of measurements
     sum_ratio_without: float = 1.0  # ... with the share alone
 
-    def seconds(self, share_s, nodes):
-        """A part's seconds from its share's seconds and the split's node count (numbers or arrays)."""
-        return share_s * (1.0 + self.per_share) + self.per_step_s + self.per_node_s * nodes
+    def seconds(self, share_s, nodes, whole_s=0.0):
+        """A part's seconds from its share's seconds, the split's node count and the whole split nodes'
+        seconds (numbers or arrays)."""
+        return share_s * (1.0 + self.per_share) + whole_s * self.per_whole + self.per_step_s + self.per_node_s * nodes
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "SplitOverhead":
-        names = ("per_share", "per_step_s", "per_node_s", "median_error", "median_error_without", "sum_ratio", "sum_ratio_without")
+        names = ("per_share", "per_step_s", "per_node_s", "per_whole", "median_error", "median_error_without", "sum_ratio",
+                 "sum_ratio_without")
         values = {k: doc.get(k, 1.0 if k.startswith("sum_ratio") else 0.0) for k in names}
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values.values()):
             raise ValueError(f"every figure must be a finite number >= 0 ({json.dumps(values)[:80]})")
@@ -219,12 +227,13 @@ def fit_split_overhead(samples: list[SplitStepSample]) -> SplitOverhead:
     speed = sum(s.whole_s for s in known) / sum(s.reference_whole_s for s in known) if known else 1.0
     part = np.array([s.part_s for s in samples])
     pred = np.array([s.predicted_s for s in samples])
-    x = np.array([[p, 1.0, float(s.nodes)] for p, s in zip(pred, samples)])
+    x = np.array([[p, 1.0, float(s.nodes), s.whole_s] for p, s in zip(pred, samples)])
     coef = _fit_nonnegative(x, part - pred, 1.0 / np.sqrt(part))
     fitted = pred + x @ coef
     err = np.abs(fitted - part) / part
-    return SplitOverhead(float(coef[0]), float(coef[1]) / speed, float(coef[2]) / speed, len(samples), float(np.median(err)),
-                         float(np.median(np.abs(pred - part) / part)), float(fitted.sum() / part.sum()), float(pred.sum() / part.sum()))
+    return SplitOverhead(float(coef[0]), float(coef[1]) / speed, float(coef[2]) / speed, len(samples), float(coef[3]),
+                         float(np.median(err)), float(np.median(np.abs(pred - part) / part)), float(fitted.sum() / part.sum()),
+                         float(pred.sum() / part.sum()))
 
 
 def fit_split_overheads(samples: list[SplitStepSample]) -> dict[str, SplitOverhead]:
@@ -248,7 +257,7 @@ def merge_split_overheads(fits: list[dict]) -> dict[str, SplitOverhead]:
         if not total:
             continue
         mean = {name: sum(getattr(o, name) * o.samples for o in have) / total
-                for name in ("per_share", "per_step_s", "per_node_s", "median_error", "median_error_without", "sum_ratio",
-                             "sum_ratio_without")}
+                for name in ("per_share", "per_step_s", "per_node_s", "per_whole", "median_error", "median_error_without",
+                             "sum_ratio", "sum_ratio_without")}
         out[kind] = SplitOverhead(**mean, samples=total)
     return out

@@ -143,7 +143,8 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             # the lead profile's seconds, on each part's device
             overhead = profile.split_overhead_for(FUSED if role == "span" else kind)
             fixed = overhead.per_step_s + overhead.per_node_s * (s_stop - s_start)
-            part_compute = (base * share * (1.0 + overhead.per_share) + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
+            part_compute = (base * (share * (1.0 + overhead.per_share) + overhead.per_whole)
+                            + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
             merge = sel["merge"] * (parts - 1)

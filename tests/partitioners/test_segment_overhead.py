@@ -16,29 +16,29 @@ from partitioners.profiles import Calibration, Profile, reference_profile_path
 from partitioners.segment_table import build_segment_table
 
 
-def _samples(per_share: float, step: float, node: float, speed: float = 1.0) -> list[SplitStepSample]:
+def _samples(per_share: float, step: float, node: float, speed: float = 1.0, per_whole: float = 0.0) -> list[SplitStepSample]:
     rng = np.random.default_rng(0)
     out = []
     for _ in range(60):
         nodes = int(rng.integers(1, 6))
         whole = float(rng.uniform(1e-4, 2e-2))
         pred = whole * float(rng.uniform(0.1, 0.6))
-        part = pred * (1 + per_share) + (step + node * nodes) * speed
+        part = pred * (1 + per_share) + whole * speed * per_whole + (step + node * nodes) * speed
         out.append(SplitStepSample("conv-spatial", 2, nodes, whole * speed, part, pred, whole))
     return out
 
 
 def test_fit_recovers_the_overhead_in_the_profiles_seconds():
-    fit = fit_split_overhead(_samples(0.2, 50e-6, 10e-6))
-    assert fit.per_share == pytest.approx(0.2, rel=1e-6)
+    fit = fit_split_overhead(_samples(0.2, 50e-6, 10e-6, per_whole=0.05))
+    assert fit.per_share == pytest.approx(0.2, rel=1e-6) and fit.per_whole == pytest.approx(0.05, rel=1e-6)
     assert fit.per_step_s == pytest.approx(50e-6, rel=1e-6) and fit.per_node_s == pytest.approx(10e-6, rel=1e-6)
     assert fit.median_error < 1e-9 < fit.median_error_without and fit.sum_ratio == pytest.approx(1.0)
     # measured on a machine twice as slow as the profile: its fixed costs are half as many profile seconds
-    slow = fit_split_overhead(_samples(0.2, 50e-6, 10e-6, speed=2.0))
-    assert slow.per_step_s == pytest.approx(50e-6, rel=1e-6) and slow.per_node_s == pytest.approx(10e-6, rel=1e-6)
+    slow = fit_split_overhead(_samples(0.2, 50e-6, 10e-6, speed=2.0, per_whole=0.05))
+    assert slow.per_whole == pytest.approx(0.05, rel=1e-6) and slow.per_step_s == pytest.approx(50e-6, rel=1e-6) and slow.per_node_s == pytest.approx(10e-6, rel=1e-6)
     # nothing to add: a part that takes its share fits no overhead (coefficients are never negative)
     none = fit_split_overhead(_samples(0.0, 0.0, 0.0))
-    assert none.per_share == none.per_step_s == none.per_node_s == 0.0
+    assert none.per_share == none.per_step_s == none.per_node_s == none.per_whole == 0.0
     fits = fit_split_overheads(_samples(0.2, 50e-6, 10e-6) + [dataclasses.replace(s, kind="fc-input") for s in _samples(0.0, 0.0, 0.0)])
     assert set(fits) == {"conv-spatial", "fc-input", ANY_OP} and fits["fc-input"].per_share == 0.0
 
@@ -90,6 +90,10 @@ def test_segment_table_prices_each_part_with_the_overhead_of_its_kind():
                 assert a + step * scales[:parts].min() - 1e-12 <= b <= a + step * scales[:parts].max() + 1e-12, (r, kind, role, d)
                 checked += 1
     assert checked > 10
+    # a part that pays a tenth of the whole split nodes on top of its share: the slowest part pays most
+    _, _, whole = table({ANY_OP: SplitOverhead(per_whole=0.1)})
+    assert (whole.compute_s[np.isfinite(plain.compute_s[:, spatial_col := plain.columns.index(("conv-spatial", "kind", 0))]), spatial_col]
+            > plain.compute_s[np.isfinite(plain.compute_s[:, spatial_col]), spatial_col]).all()
     # a kind's own figures take precedence over the fit over all kinds
     _, _, only_spatial = table({"conv-spatial": SplitOverhead(per_step_s=step)})
     spatial = plain.columns.index(("conv-spatial", "kind", 0))
