@@ -163,6 +163,47 @@ def multiview_reference(model: MultiViewModel, feeds: dict, missing: list, thres
 
 
 # --- under mpirun --------------------------------------------------------------------------------------------
+class ViewEmulation:
+    """One rank of an emulated multi-view run (`pisplit exits MODEL --run --emulate`): its compute
+    steps are padded to `slowdown` x their CPU time (the emulated device's time, as cluster.emulation
+    dilates pipeline ranks) and each message it sends first occupies its link (LinkPacer: latency +
+    bytes / bandwidth, one transfer at a time), as a pipeline rank's sends do."""
+
+    def __init__(self, slowdown: float, link_bps: float, latency_s: float = 0.0):
+        from .emulation import LinkPacer
+
+        self.slowdown = float(slowdown)
+        self.link = LinkPacer(float(link_bps), float(latency_s))
+        self.host_speed: float | None = None  # this machine's speed, where measured (the dilation divides by it)
+
+    def compute(self, fn):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        out = fn()
+        left = wall0 + (time.process_time() - cpu0) * self.slowdown - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+        return out
+
+    def send(self, nbytes: int) -> None:
+        """Hold this rank until a message of `nbytes` handed to its link now would have left."""
+        end, _ = self.link.schedule(int(nbytes))
+        left = end - time.time()
+        if left > 0:
+            time.sleep(left)
+
+
+class _Native:
+    """A multi-view rank that is not emulated: compute as is, sends leave at once."""
+
+    @staticmethod
+    def compute(fn):
+        return fn()
+
+    @staticmethod
+    def send(nbytes: int) -> None:
+        pass
+
+
 def _wait(requests, what: str, timeout_s: float) -> None:
     from . import transport
 
@@ -176,7 +217,7 @@ def _wait(requests, what: str, timeout_s: float) -> None:
 
 
 def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, missing: list, threshold: float,
-                  timeout_s: float = 60.0, window: int = 4) -> dict | None:
+                  timeout_s: float = 60.0, window: int = 4, emulation: ViewEmulation | None = None) -> dict | None:
     """Collective over `comm` (1 + present devices ranks): rank 0 aggregates, rank 1 + i is present
     device i. `feeds` on a device rank: its view's frames {view: (F, ...)} (F >= frames). Returns on
     rank 0 {'exit_index', exit name, final name (NaN where not computed), 'bytes_per_frame' (received
@@ -188,7 +229,10 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
     frame whose features have come while later frames' scores are still on their way. Every message
     of a kind between two ranks is in frame order (MPI keeps the order of messages with one tag between
     two ranks, and receives match in the order they were posted), so each is checked against its frame.
-    Nothing waits longer than `timeout_s` without progress: a one-line error says what is missing."""
+    Nothing waits longer than `timeout_s` without progress: a one-line error says what is missing.
+
+    `emulation` (this rank's ViewEmulation): compute steps take the emulated device's time and
+    sends leave over its paced link."""
     from collections import deque
 
     from . import transport
@@ -201,6 +245,7 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
         raise PisplitError(f"multi-view: {len(present)} present devices need mpirun -n {len(present) + 1}, this run has {size}")
     kind = "probabilities" if any(n.op == "softmax" and model.exit_name in n.outputs for n in model.graph.nodes) else "logits"
     shapes = model.graph.shapes
+    emu = emulation or _Native()
     t0 = time.perf_counter()
     if rank > 0:
         d = present[rank - 1]
@@ -214,14 +259,16 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
             if int(word[0]) != f:
                 raise PisplitError(f"multi-view: device {d} expected word on frame {f}, got frame {int(word[0])}")
             if word[1]:
+                emu.send(feature.nbytes)
                 sends.append((transport.isend_buffer(comm, feature, 0, TAG_FEATURES), feature))
 
         for f in range(frames):
             while pending and (len(pending) >= window or transport.request_done(pending[0][2])):
                 settle()
-            out = model.devices[d].execute({model.views[d]: x[f:f + 1]})
+            out = emu.compute(lambda: model.devices[d].execute({model.views[d]: x[f:f + 1]}))
             score = np.ascontiguousarray(out[model.scores[d]], np.float32)
             feature = np.ascontiguousarray(out[model.features[d]], np.float32)
+            emu.send(score.nbytes)
             sends.append((transport.isend_buffer(comm, score, 0, TAG_SCORES), score))
             word = np.zeros(2, np.int64)
             pending.append((f, feature, transport.irecv_buffer(comm, word, 0, TAG_WORD), word))
@@ -249,11 +296,13 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
             f = next_decide
             bufs, _ = posted.pop(f)
             received += sum(b.nbytes for b in bufs.values())
-            local = model.local.execute(fill_missing(model.graph, model.scores, {model.scores[dv]: bufs[dv] for dv in present}))[model.exit_name]
+            scores = fill_missing(model.graph, model.scores, {model.scores[dv]: bufs[dv] for dv in present})
+            local = emu.compute(lambda: model.local.execute(scores)[model.exit_name])
             local_out[f] = local[0]
             go = int(normalised_entropy(local.reshape(1, -1), kind)[0] > threshold)
             for i, _ in enumerate(present):
                 w = np.array([f, go], np.int64)
+                emu.send(w.nbytes)
                 words.append((transport.isend_buffer(comm, w, 1 + i, TAG_WORD), w))
             index[f] = go
             if go:
@@ -265,7 +314,7 @@ def run_multiview(comm, model: MultiViewModel, feeds: dict | None, frames: int, 
             f, feats, _ = waiting.popleft()
             received += sum(b.nbytes for b in feats.values())
             filled = fill_missing(model.graph, model.features, {model.features[dv]: feats[dv] for dv in present})
-            final_out[f] = model.cloud.execute(filled)[model.final_name][0]
+            final_out[f] = emu.compute(lambda: model.cloud.execute(filled)[model.final_name])[0]
             progressed = True
         words = [(r, w) for r, w in words if not transport.request_done(r)]
         now = time.perf_counter()

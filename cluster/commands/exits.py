@@ -35,6 +35,10 @@ def register(sub) -> None:
     views.add_argument("--threshold", type=float, default=0.8, help="local exit threshold T of --run and the missing-devices table (default 0.8)")
     views.add_argument("--frames", type=int, help="--run: held-out frames (default: the whole test split)")
     views.add_argument("--window", type=int, default=4, metavar="W", help="--run: frames in flight (default 4; 1 = one frame at a time)")
+    views.add_argument("--emulate", action="store_true", help="--run: each end device computes at --device-kind's speed and rank 0 at "
+                       "--aggregator-kind's (time dilation, as pisplit emulate), every message over a paced --link")
+    views.add_argument("--device-kind", default="rpi3", metavar="KIND", help="--emulate: the end devices' kind (default rpi3)")
+    views.add_argument("--aggregator-kind", default="rpi3", metavar="KIND", help="--emulate: rank 0's kind (default rpi3)")
     views.add_argument("--output", metavar="Y.npz", help="--run: per frame the answering exit (0 local, 1 final) and both outputs (NaN: not computed)")
     p.set_defaults(func=run)
 
@@ -166,7 +170,7 @@ def _run_views(args, comm, rank: int) -> int:
     from ..multiview import parse_missing, run_multiview, split_multiview
     from ..runtime import agree
 
-    error = model = feeds = labels = None
+    error = model = feeds = labels = emulation = None
     missing: list = []
     frames = 0
     try:
@@ -177,6 +181,7 @@ def _run_views(args, comm, rank: int) -> int:
         frames = len(labels) if args.frames is None else int(args.frames)
         if args.window < 1:
             raise PisplitError(f"--window {args.window}: must be at least 1")
+        emulation = _view_emulation(args, comm, rank) if args.emulate else None
         if not 1 <= frames <= len(labels):
             raise PisplitError(f"--frames {args.frames}: the test split has {len(labels)} frames")
         present = [d for d in range(model.n_devices) if d not in missing]
@@ -188,13 +193,16 @@ def _run_views(args, comm, rank: int) -> int:
     except PisplitError as exc:
         error = str(exc)
     agree(comm, error)
-    result = run_multiview(comm, model, feeds, frames, missing, args.threshold, window=args.window)
+    if emulation is not None:
+        emulation.slowdown /= _shared_host_speed(comm, emulation.host_speed)
+    result = run_multiview(comm, model, feeds, frames, missing, args.threshold, window=args.window, emulation=emulation)
     if rank != 0:
         return 0
     labels = labels[:frames]
     index = result["exit_index"]
     answer = np.where(index == 0, np.nan_to_num(result[model.exit_name]).argmax(-1), np.nan_to_num(result[model.final_name]).argmax(-1))
     doc = {"model": args.model, "frames": frames, "missing": missing, "threshold": args.threshold,
+           "emulated": {"devices": args.device_kind, "aggregator": args.aggregator_kind, "link": args.link} if args.emulate else None,
            "local_exit_share": float((index == 0).mean()), "accuracy": float((answer == labels).mean()),
            "bytes_per_frame": result["bytes_per_frame"], "seconds": result["seconds"], "window": args.window,
            "frames_per_s": frames / result["seconds"] if result["seconds"] > 0 else None}
@@ -209,8 +217,34 @@ def _run_views(args, comm, rank: int) -> int:
                       f"{' (missing ' + ','.join(map(str, missing)) + ')' if missing else ''}: local exit "
                       f"{doc['local_exit_share']:.1%} at T={args.threshold:g}, accuracy [bold]{doc['accuracy']:.2%}[/], "
                       f"{human_bytes(doc['bytes_per_frame'])} per frame from the devices, "
-                      f"{doc['frames_per_s'] or 0:.0f} frames/s ({args.window} in flight)")
+                      f"{doc['frames_per_s'] or 0:.0f} frames/s ({args.window} in flight"
+                      + (f"; emulated {args.device_kind} devices, {args.aggregator_kind} aggregator, {args.link} links)" if args.emulate else ")"))
     return 0
+
+
+def _view_emulation(args, comm, rank: int):
+    """This rank's ViewEmulation: its kind's dilation (cluster.emulation.device_slowdown, divided by
+    this machine's speed once rank 0 has measured it: _shared_host_speed) and the --link."""
+    from ..emulation import device_slowdown, parse_link
+    from ..multiview import ViewEmulation
+
+    kind = args.aggregator_kind if rank == 0 else args.device_kind
+    emulation = ViewEmulation(device_slowdown(kind, "numpy"), parse_link(args.link))
+    if rank == 0:
+        import os
+
+        from ..host_speed import host_speed
+
+        # as pisplit emulate: this machine against the reference profile, as many copies at once as ranks share the cores
+        emulation.host_speed = host_speed(args.model, 0, "numpy", concurrency=min(comm.Get_size(), os.cpu_count() or 1))
+    return emulation
+
+
+def _shared_host_speed(comm, speed) -> float:
+    """Rank 0's measured host speed on every rank (a float64 buffer)."""
+    buf = np.array([speed if speed else 1.0], np.float64)
+    comm.Bcast(buf, root=0)
+    return float(buf[0])
 
 
 def exits_table(doc: dict) -> Table:

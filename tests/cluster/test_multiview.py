@@ -61,18 +61,18 @@ SCHEMES = [m for m in trained_names() if m.startswith("ddnn_mnist_")]  # the oth
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("model, missing, window", [("ddnn_mnist", "", 4), ("ddnn_mnist", "2", 7), ("ddnn_mnist", "0,3", 1),
-                                                    *[(m, "1", 4) for m in SCHEMES]])
-def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing, window):
+@pytest.mark.parametrize("model, missing, window, emulate", [("ddnn_mnist", "", 4, False), ("ddnn_mnist", "2", 7, True),
+                                                             ("ddnn_mnist", "0,3", 1, False), *[(m, "1", 4, False) for m in SCHEMES]])
+def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing, window, emulate):
     # frames in flight: several (a device runs ahead of rank 0's words; rank 0 decides later frames while
-    # earlier ones wait for their features), or one at a time
+    # earlier ones wait for their features), or one at a time; emulated Pi 3B+ devices and links, or not
     views = split_multiview(load_model(model))
     absent = parse_missing(missing, 4)
     feeds, labels = held_out(model)
     feeds = {k: v[:FRAMES] for k, v in feeds.items()}
     threshold = splitting_threshold(views, feeds, absent)  # some frames exit locally, some go on to the cloud
     args = ["exits", model, "--run", "--frames", FRAMES, "--threshold", repr(threshold), "--output", tmp_path / "v.npz", "--json",
-            "--window", window]
+            "--window", window, *(["--emulate"] if emulate else [])]
     if missing:
         args += ["--missing", missing]
     proc, _ = mpirun(1 + 4 - len(absent), *args, timeout=120)
@@ -90,5 +90,6 @@ def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, mi
     per_device = 4 * np.prod(shapes[views.scores[0]]) + went_on * 4 * np.prod(shapes[views.features[0]])
     assert doc["bytes_per_frame"] == pytest.approx(present * per_device)
     assert doc["window"] == window and doc["frames_per_s"] > 0
+    assert (doc["emulated"] == {"devices": "rpi3", "aggregator": "rpi3", "link": "94mbit"}) if emulate else doc["emulated"] is None
     answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
     assert doc["accuracy"] == pytest.approx(float((answer == labels[:FRAMES]).mean()))
