@@ -129,6 +129,16 @@ def _slice_ranges(node: Node, rank: int) -> list[tuple]:
 
 
 def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
+    """_trace_nodes; a failure carries the index of the node the trace stopped at (`at`: how far it got)."""
+    state = {"at": start}
+    try:
+        return _trace_nodes(graph, start, heads, fused, state)
+    except _NotAttention as exc:
+        exc.at = state["at"]  # type: ignore[attr-defined]
+        raise
+
+
+def _trace_nodes(graph: Graph, start: int, heads: int, fused: bool, state: dict) -> AttentionBlock:
     x = graph.nodes[start].inputs[0]
     fac: dict[str, list] = {}
     consts: set[str] = set()  # tensors computed from constants alone (Swin's shifted-window mask): every part runs them whole
@@ -137,6 +147,7 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
     qkv_cols = None
     for j in range(start, min(len(graph.nodes), start + MAX_BLOCK_NODES)):
         node = graph.nodes[j]
+        state["at"] = j
         if node.attrs.get("quantized") or len(node.outputs) != 1:
             raise _NotAttention(f"node {node.name} ({node.op}) cannot be part of a head-parallel block")
         for t in node.inputs:
@@ -150,6 +161,10 @@ def _trace(graph: Graph, start: int, heads: int, fused: bool) -> AttentionBlock:
             fac[out] = [((None, s),) for s in shape]
             consts.add(out)
             continue
+        outside = [t for t in node.inputs if t not in fac and t != x]
+        if outside:
+            what = " (a scalar made before it: only tensors with an axis travel to the parts)" if not graph.shapes[outside[0]] else ""
+            raise _NotAttention(f"node {node.name} reads {outside[0]!r} from outside the block{what}")
         if node.op not in BLOCK_OPS:
             raise _NotAttention(f"node {node.name} ({node.op}) cannot be part of a head-parallel block")
         if node.op == "dense" and node.inputs[0] == x:
@@ -340,19 +355,21 @@ def attention_block(graph: Graph, start: int) -> AttentionBlock | None:
 
 
 def why_not_attention(graph: Graph, start: int) -> str:
-    """Why node `start` starts no attention block: the reason a trace with two heads stops at."""
+    """Why node `start` starts no attention block: the reason of the trace (over every head count, fused
+    projection or not) that got furthest before it stopped."""
     node = graph.nodes[start]
     if node.op != "dense":
         return f"{node.name} is a {node.op} node, not a Q/K/V projection"
     cols = node.weight_shapes["kernel"][1]
-    reasons = []
+    best: tuple | None = None
     for fused in (True, False):
-        if cols % (6 if fused else 2) == 0:
+        for heads in sorted((d for d in range(2, cols + 1) if cols % d == 0), reverse=True):
             try:
-                _trace(graph, start, 2, fused)
+                _trace(graph, start, heads, fused)
             except _NotAttention as exc:
-                reasons.append(str(exc))
-    return reasons[-1] if reasons else f"its {cols} columns hold no heads"
+                if best is None or getattr(exc, "at", start) > best[0]:
+                    best = (getattr(exc, "at", start), str(exc))
+    return best[1] if best else f"its {cols} columns hold no heads"
 
 
 # --- parts ---------------------------------------------------------------------------------------------
