@@ -84,15 +84,27 @@ def cached_strategies(name, bw, seed, budgeted):
     return tuple(strategies(g, cluster, exit_accuracies(g), None, table_of(name, seed), BUDGET if budgeted else None))
 
 
-def exhaustive(name, bw, seed, budgeted, acc):
-    """Every (exit, cut, codec) priced from the cost model directly: (exit, cut, codec, latency, accuracy)."""
+@lru_cache(maxsize=None)
+def branch_models(name, bw):
+    """Per exit: its branch and the branch's cost model on one Pi and a host at `bw` (what exhaustive prices from)."""
     g = graph_of(name)
     cluster = make_cluster(parse_devices("rpi3:1,host:1"), bw, 2e-3)
+    return {t: (exit_branch(g, t), CostModel(exit_branch(g, t), cluster)) for t in g.outputs}
+
+
+def exhaustive(name, bw, seed, budgeted, acc):
+    """Every (exit, cut, codec) priced from the cost model directly: (exit, cut, codec, latency, accuracy)."""
+    return [(e, c, k, lat, acc[e] - loss) for e, c, k, lat, loss in exhaustive_latencies(name, bw, seed, budgeted)]
+
+
+@lru_cache(maxsize=None)
+def exhaustive_latencies(name, bw, seed, budgeted):
+    """exhaustive's rows with the accuracy each codec loses instead of the accuracy (drawn per example)."""
+    g = graph_of(name)
     table = table_of(name, seed)
     rows = []
     for exit_name in g.outputs:
-        b = exit_branch(g, exit_name)
-        m = CostModel(b, cluster)
+        b, m = branch_models(name, bw)[exit_name]
         edge = next(c for c in m.classes if c.kind != "host")
         host = next(c for c in m.classes if c.kind == "host")
         n = len(b)
@@ -113,8 +125,8 @@ def exhaustive(name, bw, seed, budgeted, acc):
                     lat += link_seconds(s, float(b.cut_bytes(cut)), float(len(b.cut_tensors(cut))), bw, 2e-3,
                                         edge.seconds_scale, host.seconds_scale)
                     lat += float(m.prefix_seconds[host.index, n] - m.prefix_seconds[host.index, cut]) + float(m.transfer[n])
-                rows.append((exit_name, cut, s.codec if s else "raw", lat, acc[exit_name] - ((s.accuracy_loss or 0.0) if s else 0.0)))
-    return rows
+                rows.append((exit_name, cut, s.codec if s else "raw", lat, (s.accuracy_loss or 0.0) if s else 0.0))
+    return tuple(rows)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
