@@ -196,7 +196,7 @@ def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
 def test_an_emulated_links_bandwidth_follows_the_trace(tmp_path, two_plan_map):
     """`pisplit run PLAN --emulate --bandwidth-trace`: the device's link is paced at the trace's bandwidth,
     not the plan's (a constant 5 Mbit/s trace under a plan priced at 100 Mbit/s: every transfer lasts
-    its bytes at 5 Mbit/s plus the link's latency)."""
+    its bytes at 5 Mbit/s plus the link's latency); --frame-interval spaces the frames."""
     from cluster.bandwidth import map_plans
 
     plan_path = next(p for _, _, p, _ in map_plans(ConfigMap.load(two_plan_map / "configmap.json"), two_plan_map)
@@ -205,10 +205,13 @@ def test_an_emulated_links_bandwidth_follows_the_trace(tmp_path, two_plan_map):
     assert plan.link_bandwidth_bps == 100e6
     trace = tmp_path / "five.csv"
     trace.write_text("time_s,mbit_per_s\n0,5\n")
-    proc = mpirun(2, "run", plan_path, "--emulate", "--bandwidth-trace", trace, "--frames", 3, "--json")
+    proc = mpirun(2, "run", plan_path, "--emulate", "--bandwidth-trace", trace, "--frames", 3, "--frame-interval", 40, "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     graph = load_model(plan.model)
     tensors = graph.cut_tensors(plan.stages[0].node_stop)
     per_frame = len(tensors) * plan.link_latency_s + plan.stages[0].send_bytes * 8 / 5e6
     assert doc["every_frame_once"] and doc["ranks"][0]["link_busy_s"] == pytest.approx(3 * per_frame, rel=1e-6)
+    # --frame-interval: frame i is not taken before i x 40 ms (a lower bound: no machine is too fast for it)
+    assert [n for _, n in doc["completed"]] == [1, 2, 3]
+    assert all(t >= i * 0.040 for i, (t, _) in enumerate(doc["completed"]))
