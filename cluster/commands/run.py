@@ -68,6 +68,8 @@ def register(sub) -> None:
                    help="frames come every MS milliseconds (a camera) instead of as fast as the pipeline takes them")
     p.add_argument("--switch-every", type=int, default=1, metavar="K",
                    help="a configuration map run decides its plan every K frames (default 1: before every frame)")
+    p.add_argument("--map-devices", metavar="KIND:N,...", help="a configuration map run uses the map's entries of this device set "
+                   "(a map made with --availability: e.g. rpi3:1 when the host is gone; default: the map's first)")
     p.add_argument("--switch-at", action="append", default=[], metavar="FRAME:PLAN",
                    help="a configuration map run switches to its plan PLAN (an index of the report's plans) at FRAME, "
                         "whatever the bandwidth says (repeatable; for tests and demos)")
@@ -82,6 +84,8 @@ def run(args) -> int:
         if args.resilient or args.fail or args.exit or args.frame_ids or args.journal or args.trace:
             raise PisplitError("a configuration map run: not with --resilient, --fail, --exit, --trace or --frame-ids")
         return transport.on_every_rank(lambda comm, rank: _run_map(args, comm, rank), args.debug)
+    if args.map_devices:
+        raise PisplitError("--map-devices: only for a configuration map (PLAN.json is a plan)")
     if args.resilient:
         from .resilient import run_resilient
 
@@ -347,7 +351,7 @@ def _run_map(args, comm, rank: int) -> int:
     plans, chooser, forced, options, graphs, cmap, strategies = [], None, {}, None, [], None, []
     try:
         cmap = ConfigMap.load(args.plan)
-        strategies = map_plans(cmap, Path(args.plan).parent)
+        strategies = map_plans(cmap, Path(args.plan).parent, args.map_devices)
         for key, entry, plan_path, graph_path in strategies:
             plans.append(dc_replace(Plan.load(plan_path), model=str(graph_path)))
             graphs.append(str(graph_path))
@@ -362,7 +366,7 @@ def _run_map(args, comm, rank: int) -> int:
         inputs = load_npy(args.input) if rank == 0 and args.input else None
         first_bps = (link["bandwidth_trace"].bps_at(0.0) if link["bandwidth_trace"] is not None else link["link_bps"])
         if rank == 0:  # a real link's small sends complete when copied out (MPI sends them eagerly): not samples
-            chooser = MapChooser(cmap, [k for k, *_ in strategies], initial_bps=first_bps, min_bytes=1024 if args.emulate else 65536)
+            chooser = MapChooser(cmap, [k for k, *_ in strategies], args.map_devices, initial_bps=first_bps, min_bytes=1024 if args.emulate else 65536)
         engine = args.engine or plans[0].engine
         options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                              emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
@@ -430,7 +434,7 @@ def map_report(args, cmap, strategies, plans, result) -> dict:
                      "predicted_latency_ms_at_state": entry.latency_s * 1e3, "state_bps": entry.bandwidth_bps})
     acc = np.array([rows[i]["accuracy"] for i in result.plan_of_frame])
     return {
-        "model": cmap.model, "configmap": str(args.plan), "engine": args.engine or plans[0].engine, "emulated": bool(args.emulate),
+        "model": cmap.model, "configmap": str(args.plan), "devices": args.map_devices or cmap.entries[0].devices, "engine": args.engine or plans[0].engine, "emulated": bool(args.emulate),
         "bandwidth_trace": args.bandwidth_trace, "link": args.link, "frame_interval_ms": args.frame_interval,
         "switch_every": args.switch_every, "frames": int(result.frame_ids.size), "every_frame_once": result.every_frame_once,
         "latency_req_ms": req * 1e3, "meets_requirement": float(np.mean(result.latency_s <= req)),
