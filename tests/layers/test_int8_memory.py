@@ -97,3 +97,24 @@ def test_a_layer_holds_a_band_not_the_whole_layer(what):
     padded = xs[0].nbytes * 1.05 if what != "add" else 0  # the int8 input padded with its zero point
     assert y.dtype == np.int8 and y.nbytes >= 300_000
     assert peak <= y.nbytes + padded + 2.5 * qk.BAND_BYTES, f"{what}: {peak / 2**20:.1f} MiB for a {y.nbytes / 2**20:.1f} MiB output"
+
+
+def test_binary_ops_read_large_outputs_from_their_pair_table(monkeypatch):
+    """ADD, SUB and MUL of int8 tensors: the op's arithmetic on all 256 x 256 operand pairs, read back
+    (qkernels.tabulated), equals the op run directly, broadcast operands and constants included."""
+    rng = np.random.default_rng(21)
+    a = rng.integers(-128, 128, (1, 9, 7, 5)).astype(np.int8)
+    b = rng.integers(-128, 128, (1, 9, 7, 5)).astype(np.int8)
+    row = rng.integers(-128, 128, (1, 1, 7, 5)).astype(np.int8)
+    constant = rng.integers(-128, 128, (5,)).astype(np.int8)
+    cases = [("add", [a, b], {"activation": "relu6"}, {}, QuantContext([tq(0.02, 1), tq(0.03, -4)], [tq(0.04, 2)])),
+             ("sub", [a, row], {}, {}, QuantContext([tq(0.05, -3), tq(0.01, 9)], [tq(0.06, 0)])),
+             ("mul", [row, a], {"activation": "relu"}, {}, QuantContext([tq(0.02, 1), tq(0.03, -4)], [tq(0.01, 2)])),
+             ("add", [a], {"constant_first": True}, {"constant": constant},
+              QuantContext([tq(0.02, 1)], [tq(0.04, 2)], {"constant": tq(0.05, 3)}))]
+    direct = [QRUN[op](xs, attrs, w, ctx)[0] for op, xs, attrs, w, ctx in cases]  # small: computed directly
+    monkeypatch.setattr(qk, "TABLE_MIN_VALUES", 0)
+    for (op, xs, attrs, w, ctx), want in zip(cases, direct):
+        got = QRUN[op](xs, attrs, w, ctx)[0]
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), op
+    assert qk._PAIR_TABLES and all(t.size == 256 * 256 for t in qk._PAIR_TABLES.values())
