@@ -19,7 +19,10 @@ This module is pure (numpy and layers only): the runtime (cluster.exits), `pispl
 
 Pass fractions: of all frames, `reach[k]` is the fraction that arrives at pipeline stage k (not
 answered by an exit in an earlier stage); a stage behind an exit carries only that fraction, so its
-period (seconds per frame it takes) counts `reach[k]` times: `throughput_with_exits`.
+period (seconds per frame it takes) counts `reach[k]` times: `throughput_with_exits`. The planner
+prices a plan with exits term by term (`stage_periods_with_exits`: each compute piece between exits
+for the frames reaching it, each transfer for the frames it carries, skip headers, answers and go/skip
+words included), which is partitioners.cost's period when nothing exits.
 """
 from __future__ import annotations
 
