@@ -12,9 +12,15 @@ tokens [t0, t1) and runs the block in two phases with one exchange between them:
   context), the output projection, and the token-wise followers: the residual add (its rows of the
   block input), LayerNorm, the MLP (FC, GELU, FC), the second residual add.
 
-The parts' outputs are their rows of the block output (a concat merge, which a following token
-segment may keep on the parts). Every part holds every weight of the block: the split trades
-weights for activations, so it pays where T is long against C (and on fast links).
+The parts' outputs are their rows of the block output, gathered to the root (a concat merge; an output
+whose tokens sit on axis 0, litert-torch's (T, C) before the output projection's RESHAPE, is put together
+on axis 0 over the whole shape: cluster.split_exec.TokenPhases). Every part holds every weight of the
+block: the split trades weights for activations, so it pays where T is long against C (and on fast links).
+`pisplit split` runs the whole block by default (attention, residual, LayerNorm, MLP on the part's rows);
+the planner prices the kind through the attention block's output projection, where attn-heads stops
+(split_costs.SplitCatalogue), leaving the MLP's FC layers to their own segments (fc-output -> fc-input).
+Costs: a part's rows of its inputs and outputs, all the block's weights, and its rows of K and V once
+more as received (the all-gather as the root's interface sees it: it receives every other part's rows).
 
 Recognising a block is a trace of where the tokens go (as split_heads traces heads): the projection
 output's row axis is the token factor (label "tokens"); reshapes regroup factors without cutting it,
@@ -25,8 +31,9 @@ Followers after the output projection are dense, layer_norm, activations and ele
 other operands are (1, T, ...) row tensors (fed as rows) or constants without a token axis; the
 segment ends at the last follower whose intermediate tensors nothing outside reads.
 
-Not covered: a block whose axis 0 holds the sequence ((T, C) rows, torch's batch_first=False), since
-split transfers cut boxes after the batch axis (see split_heads); int8 blocks.
+Not covered: a block whose input holds the sequence on axis 0 ((T, C) rows, torch's batch_first=False:
+KWS's first block, Swin's windows; attn-heads splits those), windowed attention whose reshape cuts the
+token factor (Swin, MaxViT), blocks reading other tensors from before them, int8 blocks.
 """
 from __future__ import annotations
 
