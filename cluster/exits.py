@@ -278,7 +278,7 @@ class ExitingRunner:
         self.routing = routing
         self.armed = False
         self.fired: int | None = None
-        self.schedule = None  # numpy: (tensors freed after each node, tensors live at each range end)
+        self.schedule: tuple | None = None  # numpy: (tensors freed after each node, tensors live at each range end)
 
     def run(self, tensors: dict) -> dict:
         self.fired = None
