@@ -407,8 +407,10 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
     x = cost_model.transfer
     n = cost_model.n
     result = float(x[n])
-    skip = cost_model.message_seconds(SKIP_BYTES, 1)
-    gate = cost_model.message_seconds(GATE_BYTES, 1)
+    # a skip header or a go/skip word leaves eagerly (MPI sends a message this small at once): the
+    # sender pays its bytes on the link, not a message latency
+    bps = cost_model.cluster.link_bandwidth_bps
+    skip, gate = SKIP_BYTES * 8.0 / bps, GATE_BYTES * 8.0 / bps
     exit_nodes = [p.node for p in points]
     periods = []
     for s in stages:
