@@ -380,3 +380,52 @@ def photo_frames(shape: tuple[int, ...], n: int) -> tuple[list[np.ndarray], str]
         crop = (crop - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])
         out.append(crop[None].astype(np.float32))
     return out, source
+
+
+def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str = "numpy", part_counts: tuple = (2, 4, 8),
+                         repeat: int = 2) -> Profile:
+    """Measure the split overhead of `models` on this machine against the profile at `profile_path` (a
+    shipped reference, partitioners/devices/host-<engine>.json) and write it into that profile: how its
+    split_overhead figures were made (`python -m cluster.measure PROFILE.json resnet50,vgg16`). Each
+    model in a process of its own, as profiles are (one model after another ran 30% slower)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from partitioners.latency_model import fit_split_overheads
+
+    path = Path(profile_path)
+    profile = Profile.load(path)
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="pisplit-overhead-") as tmp:
+        for name in models:
+            out = Path(tmp) / f"{name}.json"
+            code = ("import json, sys; from dataclasses import asdict; from layers import load_model; "
+                    "from layers.allocator import reuse_freed_memory; reuse_freed_memory(); "
+                    "from cluster.measure import measure_split_overhead; from partitioners.profiles import Profile; "
+                    f"s = measure_split_overhead(load_model({name!r}), Profile.load({str(path)!r}), {engine!r}, {tuple(part_counts)!r}, {int(repeat)}); "
+                    f"json.dump([asdict(x) for x in s], open({str(out)!r}, 'w'))")
+            subprocess.run([sys.executable, "-c", code], check=True)
+            samples += [SplitStepSample(**d) for d in json.loads(out.read_text())]
+    profile.split_overhead = fit_split_overheads(samples)
+    doc = profile.to_dict()
+    raw = json.loads(path.read_text())
+    raw["split_overhead"] = doc["split_overhead"]  # only that block changes
+    path.write_text(json.dumps(raw, indent=1))
+    return profile
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m cluster.measure PROFILE.json MODEL[,MODEL...]  (refits PROFILE's split_overhead here)")
+    try:
+        refitted = refit_split_overhead(sys.argv[1], sys.argv[2].split(","))
+    except PisplitError as exc:
+        sys.exit(f"error: {exc}")
+    for kind, fit in refitted.split_overhead.items():
+        print(f"{kind:13s} per_share {fit.per_share:.3f} per_whole {fit.per_whole:.3f} per_step {fit.per_step_s * 1e6:.1f} us "
+              f"per_node {fit.per_node_s * 1e6:.1f} us ({fit.samples} parts; sum predicted / measured {fit.sum_ratio_without:.2f} -> "
+              f"{fit.sum_ratio:.2f})")
