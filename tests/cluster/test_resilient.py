@@ -1,7 +1,7 @@
 """Issue 17: `pisplit run --resilient` survives a lost rank. The supervisor relaunches mpirun on the
 surviving devices with a new plan and reruns only the frames without a result; rank 0's journal keeps
 what was answered before the job went down (a SIGKILL included). Real mpirun ranks, real faults
-(--fail RANK@FRAME:kill|stop), outputs against the unsplit reference, under a timeout."""
+(--fail RANK@FRAME:kill|stop|slowN), outputs against the unsplit reference, under a timeout."""
 from __future__ import annotations
 
 import json
