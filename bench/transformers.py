@@ -3,15 +3,17 @@
 Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 94 Mbit/s: single-frame
 latency (frames sent one at a time) and throughput of one emulated device and of plans side by side
 (--variants): dp latency plans with every split kind ("all": the planner picks per block), attention by heads
-("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens, no attn-heads), no
-attention kind ("fc-splits": fc-output / fc-input and the rest), pipeline-only (no split kinds), and the dp
-throughput plan; each measured next to its prediction.
+("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens, no attn-heads), the tokens
+plan with each token segment run through its whole block, MLP included ("tokens-block", a hand edit the
+planner cannot make: no prediction), no attention kind ("fc-splits": fc-output / fc-input and the rest),
+pipeline-only (no split kinds), and the dp throughput plan; each measured next to its prediction.
 Part 2 (--corpus): for every litert-torch model of ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus
 (scripts/build_corpus_torch), pisplit's litert engine against one plain LiteRT interpreter on the same
 file (1 thread each, median of 5 warm runs taken in turn, outputs compared).
 
 Usage: scripts/bench_transformers [--models vit_b16,kwt3] [--configs rpi4:4@940mbit,rpi3:4@94mbit]
-       [--variants all,heads,tokens,fc-splits,pipeline-only,throughput] [--frames N] [--corpus] [--no-emulate] [--json]
+       [--variants all,heads,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N] [--corpus] [--no-emulate]
+       [--json]
        (15-30 minutes on 2 cores by default)
 """
 import os
@@ -35,7 +37,35 @@ def say(args, line):
 
 
 ATTENTION = (SplitKind.ATTN_HEADS, SplitKind.ATTN_TOKENS)
-VARIANTS = ("all", "heads", "tokens", "fc-splits", "pipeline-only", "throughput")
+VARIANTS = ("all", "heads", "tokens", "tokens-block", "fc-splits", "pipeline-only", "throughput")
+
+
+def whole_blocks(plan, graph):
+    """The tokens plan hand-edited so that each attn-tokens segment runs through its whole transformer block
+    (attention, residual, LayerNorm, MLP, residual: each rank its rows of all of it, as `pisplit split` runs
+    the kind), which the planner cannot choose (it prices attn-tokens through the attention's output
+    projection); no prediction (the cost model has none for it)."""
+    from dataclasses import replace
+
+    from partitioners.split_tokens import token_block
+
+    stages = []
+    for st in plan.stages:
+        segments, merged_to = [], -1
+        for seg in st.segments:
+            if seg.node_start < merged_to:
+                if seg.node_stop <= merged_to:
+                    continue
+                if seg.kind != "none":
+                    raise ValueError(f"segment [{seg.node_start}, {seg.node_stop}) {seg.kind} straddles a block's end {merged_to}")
+                seg = replace(seg, node_start=merged_to, predicted=())  # the unsplit nodes after the block
+            if seg.kind == SplitKind.ATTN_TOKENS:
+                block = token_block(graph, seg.node_start)
+                seg = replace(seg, node_stop=block.stop, output_layout="lead", predicted=())
+                merged_to = block.stop
+            segments.append(seg)
+        stages.append(replace(st, segments=tuple(segments)))
+    return replace(plan, stages=tuple(stages))
 
 
 def plans_for(graph, model, devices, link_bps, engine, names=VARIANTS):
@@ -54,10 +84,15 @@ def plans_for(graph, model, devices, link_bps, engine, names=VARIANTS):
                 ("fc-splits", "latency", tuple(k for k in every if k not in ATTENTION)),
                 ("pipeline-only", "latency", ()),
                 ("throughput", "throughput", every)]
-    variants = [v for v in variants if v[0] in names]
+    made = {}
     for name, objective, kinds in variants:
-        cost = CostModel(graph, cluster, Calibration(engine), splits=SplitCatalogue(graph, kinds))
-        yield name, make_plan(graph, cost, "dp", objective, model, engine)
+        if name in names or (name == "tokens" and "tokens-block" in names):
+            cost = CostModel(graph, cluster, Calibration(engine), splits=SplitCatalogue(graph, kinds))
+            made[name] = make_plan(graph, cost, "dp", objective, model, engine)
+        if name in names:
+            yield name, made[name]
+        if name == "tokens" and "tokens-block" in names:
+            yield "tokens-block", whole_blocks(made[name], graph)
 
 
 def describe(plan):
@@ -116,15 +151,19 @@ def main() -> int:
                         rep = run_emulated(plan.save(tmp / f"{name}.json"), plan.n_ranks, frames, tmp / f"{name}-report.json",
                                            args.engine, progress=False, max_in_flight=1 if latency_run else None)
                         assert rep["every_frame_once"], rep
-                        r = {"ranks": plan.n_ranks, "plan": describe(plan), "frames": frames,
-                             "latency_ms": rep["latency_ms"]["p50"], "predicted_latency_ms": 1e3 * plan.predicted_latency_s,
-                             "fps": rep["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps, "seconds": time.time() - t}
+                        predicted = name != "tokens-block"  # (a hand edit: no prediction)
+                        r = {"ranks": plan.n_ranks, "plan": describe(plan), "frames": frames, "latency_ms": rep["latency_ms"]["p50"],
+                             "predicted_latency_ms": 1e3 * plan.predicted_latency_s if predicted else None,
+                             "fps": rep["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps if predicted else None,
+                             "seconds": time.time() - t}
                         r["latency_speedup_vs_one"] = one["latency_ms"] / r["latency_ms"]
                         r["throughput_speedup_vs_one"] = r["fps"] / one["fps"] if one["fps"] else None
                         row["plans"][name] = r
-                        say(args, f"  {name:13s} {r['ranks']} ranks: latency {r['latency_ms']:7.0f} ms (pred {r['predicted_latency_ms']:7.0f}, "
-                            f"x{r['latency_ms'] / r['predicted_latency_ms']:.2f}; {r['latency_speedup_vs_one']:.2f}x one device) | "
-                            f"{r['fps']:.3f} fps (pred {r['predicted_fps']:.3f}; {r['throughput_speedup_vs_one']:.2f}x one) | {r['plan']}")
+                        pred = (f"pred {r['predicted_latency_ms']:7.0f}, x{r['latency_ms'] / r['predicted_latency_ms']:.2f}" if predicted
+                                else "no prediction ")
+                        fps_pred = f"pred {r['predicted_fps']:.3f}; " if predicted else ""
+                        say(args, f"  {name:13s} {r['ranks']} ranks: latency {r['latency_ms']:7.0f} ms ({pred}; {r['latency_speedup_vs_one']:.2f}x "
+                            f"one device) | {r['fps']:.3f} fps ({fps_pred}{r['throughput_speedup_vs_one']:.2f}x one) | {r['plan']}")
                     out["emulated"].append(row)
 
     if args.corpus:
