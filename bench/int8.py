@@ -6,7 +6,8 @@ Pi 3B+ at 94 Mbit/s (`pisplit plan ... --devices rpi3:4 --link 94mbit`) for floa
 MobileNetV2 and ResNet50 on both engines: predicted throughput and the bytes a frame sends between
 stages (int8 links carry a quarter of float32's); then the same clusters emulated (`pisplit emulate ...
 --devices rpi3:4 --link 94mbit`, time-dilated devices and paced links on this machine): measured throughput,
-its ratio to the plan's prediction, the bytes a frame sent, and int8 over float32 measured throughput.
+its ratio to the plan's prediction, the bytes a frame sent, memory (the rank furthest above its baseline, and
+the plan's largest prediction) and int8 over float32 measured throughput.
 
 Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
                           [--emulate-models a,b|none] [--emulate-engines litert,numpy] [--emulate-frames N]
@@ -123,7 +124,7 @@ def emulate(args) -> None:
         return
     print(f"\nemulated by pisplit emulate: {args.devices} at {args.link}, {args.emulate_frames} frames (dp, throughput)")
     print(f"{'model':30} {'engine':7} {'frames/s':>9} {'predicted':>10} {'measured/pred':>14} {'p50 ms':>8} {'stages':>7} "
-          f"{'link bytes/frame':>17} {'int8/float32 fps':>17}")
+          f"{'link bytes/frame':>17} {'MiB (max rank)':>15} {'MiB predicted':>14} {'int8/float32 fps':>17}")
     skipped: list = []
     for arch in archs:
         for engine in args.emulate_engines.split(","):
@@ -140,8 +141,11 @@ def emulate(args) -> None:
                 sent = sum(s["send_bytes"] for s in doc["stages"])
                 base = fps if form == "float32" else base
                 ratio = f"{fps / base:17.2f}" if base and form != "float32" else f"{'':17}"
+                # memory: the rank furthest above its own baseline, and the plan's largest prediction
+                measured = max(r["memory_above_baseline_bytes"] for r in doc["ranks"]) / 2 ** 20
+                predicted = max(r["memory_predicted_bytes"] for r in doc["ranks"]) / 2 ** 20
                 print(f"{arch + '_' + form:30} {engine:7} {fps:9.2f} {doc['predicted_fps']:10.2f} {doc['measured_over_predicted']:14.2f} "
-                      f"{doc['latency_ms']['p50']:8.1f} {len(doc['stages']):7d} {sent:17d} {ratio}", flush=True)
+                      f"{doc['latency_ms']['p50']:8.1f} {len(doc['stages']):7d} {sent:17d} {measured:15.1f} {predicted:14.1f} {ratio}", flush=True)
     for note in skipped:
         print(f"not emulated: {note}")
 

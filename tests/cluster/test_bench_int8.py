@@ -45,11 +45,11 @@ def test_bench_int8_smoke():
         f, q = plans[("mobilenet_v2_float32", engine)], plans[("mobilenet_v2_int8", engine)]
         if int(f[5]) and int(q[5]) and f[4] == q[4]:
             assert int(q[5]) < int(f[5])  # int8 links carry fewer bytes
-    # model engine frames/s predicted measured/pred p50 stages bytes [int8/float32]
+    # model engine frames/s predicted measured/pred p50 stages bytes MiB MiB-predicted [int8/float32]
     emulated = {r[0]: r for r in tables["emulated"] if r[0].startswith("mobilenet_v2_")}
     assert set(emulated) == {"mobilenet_v2_float32", "mobilenet_v2_int8"}, out
     for r in emulated.values():
-        assert r[1] == "litert" and float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0
+        assert r[1] == "litert" and float(r[2]) > 0 and float(r[3]) > 0 and float(r[4]) > 0 and float(r[8]) > 0 and float(r[9]) > 0
     f, q = emulated["mobilenet_v2_float32"], emulated["mobilenet_v2_int8"]
     assert float(q[-1]) == pytest.approx(float(q[2]) / float(f[2]), rel=0.01)  # the int8/float32 column
     if f[6] == q[6] and int(f[7]):  # the same number of stages: int8 sends at most a quarter of the bytes (+ headers)
