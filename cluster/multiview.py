@@ -6,8 +6,9 @@ one MPI rank per present end device plus rank 0, the aggregator:
 
 - end device d (rank 1 + its position among the present devices) holds only its view's frames and
   the nodes `device{d}_*`; per frame it computes its class scores and features, sends rank 0 the
-  scores (a float32 buffer), waits for rank 0's word on the frame (int64 [frame, go]) and, when the
-  local exit was not sure, sends its features too;
+  scores (a float32 buffer), and reads rank 0's word on the frame (int64 [frame, go]): when the
+  local exit was not sure, it sends its features too. Up to `window` frames are in flight: a device
+  computes ahead and reads a frame's word when it must (run_multiview);
 - rank 0 combines the scores of every device by the model's local aggregator (max pooling MP,
   average pooling AP, or concatenation CC, as the graph's nodes say), takes the local exit's
   normalised entropy (partitioners.exits) and answers the frame there when it is at most T;
@@ -18,6 +19,7 @@ pooling aggregator with the element-wise mean of the present devices' tensors (w
 max and average pooling of the present devices unchanged: the mean is never above the max), for a
 concatenation with zeros (the layers after it were trained on every device). `multiview_reference`
 computes the same thing in one process, the whole test split at once; runs under mpirun equal it.
+An emulated run (ViewEmulation) dilates each rank's compute to its device kind and paces its sends.
 """
 from __future__ import annotations
 

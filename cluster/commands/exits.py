@@ -6,6 +6,10 @@ plan (the front stage runs the model up to the first exit, the rest runs behind 
 devices; partitioners.exits.exit_split_plan picks the device split knowing the exit rates) and that
 plan's predicted throughput on the given devices, next to the planner's plan of the model without
 exits. DDNN (seed 002, T=0.8): 60.8% local exit, 97% accuracy, 62 B per frame.
+
+`--run` (under mpirun -n 1+P) runs a multi-view model across ranks (cluster.multiview), `--window`
+frames in flight, `--emulate` on emulated devices and links. `pisplit plan MODEL --exit NAME=T` plans
+with exits (plan_with_exits here).
 """
 from __future__ import annotations
 
