@@ -462,6 +462,7 @@ def qmean(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "mean output")
     count = int(np.prod([x.shape[a] for a in axes]))
+    x = x if x.dtype.kind in "iu" else x.astype(np.int64)  # integers held in a float buffer
     total = x.sum(axis=axes, keepdims=bool(attrs.get("keepdims", False)), dtype=np.int64) - zi * count
     m, e = quantize_multiplier(np.float64(si) / np.float64(so))
     m, e = int(m), int(e)
