@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,66 @@ from partitioners.devices import parse_devices
 from partitioners.edgent import configuration_map, exit_accuracies, select, strategies
 
 ROOT = Path(__file__).resolve().parents[1]
+
+SCALED_MODEL = "branchy_alexnet_scaled"
+TRAINED = "branchy_alexnet_mnist"
+
+
+def scaled_branchy_alexnet(seed: int = 0):
+    """Edgent's setting for the measured runs (--model branchy_alexnet_scaled): the trained branchy
+    AlexNet's layout (scripts/train_models.py's branchy_alexnet: five 3x3 convs, three fcs, side exits
+    of a max pool and an fc after conv1, conv2, conv3 and conv4) grown until the Pi 3B+ takes hundreds of
+    ms a frame, as Edgent's AlexNet does: a 128x128 input, conv1 5x5 stride 2 (16 channels: the cut after
+    pool1 is 64 KB, half a megabit, so a 4G/LTE link decides whether offloading pays), conv2 384,
+    conv3 and conv4 768, conv5 384 channels. About 2.6 G multiply-adds: the cost model predicts 0.44 s
+    on a Pi 3B+ for the final exit, 0.12 s for exit3, 13 ms for exit2, and 0.05 s for the host's part
+    of an offloaded final exit. The weights are seeded, not trained: the accuracy of each exit is the
+    trained small model's held-out accuracy (layers/trained/manifest.json), unless --accuracy says
+    otherwise. The emulator's fixed costs per frame (about a millisecond) are small beside such frames."""
+    from layers.builder import GraphBuilder
+
+    b = GraphBuilder(SCALED_MODEL, seed=seed)
+    x = b.input("input", (1, 128, 128, 1))
+    outs = []
+
+    def side_exit(x: str, i: int) -> None:
+        e = b.pool(x, "max", b.shape(x)[1] // 4, f"exit{i}_pool")  # to 4x4, as the trained model's
+        e = b.act(e, "flatten", f"exit{i}_flatten")
+        outs.append(b.act(b.dense(e, 10, f"exit{i}_logits"), "softmax", f"exit{i}"))
+
+    x = b.conv(x, 16, 5, "conv1", strides=2, padding="same", activation="relu")
+    x = b.pool(x, "max", 2, "pool1")  # 32x32x16
+    side_exit(x, 1)
+    x = b.conv(x, 384, 3, "conv2", padding="same", activation="relu")
+    x = b.pool(x, "max", 2, "pool2")  # 16x16x384
+    side_exit(x, 2)
+    x = b.conv(x, 768, 3, "conv3", padding="same", activation="relu")
+    side_exit(x, 3)
+    x = b.conv(x, 768, 3, "conv4", padding="same", activation="relu")
+    side_exit(x, 4)
+    x = b.conv(x, 384, 3, "conv5", padding="same", activation="relu")
+    x = b.pool(x, "max", 4, "pool5")  # 4x4x384
+    x = b.act(x, "flatten", "flatten")
+    x = b.dense(x, 128, "fc6", activation="relu")
+    x = b.dense(x, 64, "fc7", activation="relu")
+    outs.append(b.act(b.dense(x, 10, "final_logits"), "softmax", "final"))
+    return b.build(outs, meta={"exits": list(outs)})
+
+
+def bench_model(name: str, folder: Path, overrides=None):
+    """(graph, the model spec plans and maps refer to, accuracy per exit) for --model: the scaled variant
+    is written to `folder` as a pisplit graph (its accuracies borrowed from the trained model)."""
+    from layers.serialize import save_graph
+    from partitioners.edgent import parse_accuracies
+
+    if name != SCALED_MODEL:
+        graph = load_model(name)
+        return graph, name, exit_accuracies(graph, parse_accuracies(overrides))
+    graph = scaled_branchy_alexnet()
+    path, _ = save_graph(graph, folder / f"{SCALED_MODEL}.json")
+    borrowed = exit_accuracies(load_model(TRAINED))
+    acc = exit_accuracies(graph, {**borrowed, **parse_accuracies(overrides)})
+    return load_model(str(path)), str(path), acc
 
 
 def static_rows(graph, devices, bandwidths, requirements, acc):
@@ -146,6 +207,15 @@ def simulate(model, bps, req, policy, name=None):
     return lat, accs, rew
 
 
+def static_score(row, req: float, objective: str) -> float:
+    """What makes a static strategy the best one over a trace's frames (row: per-frame latency, accuracy,
+    reward): the paper's mean reward, or with the accuracy objective the mean accuracy of the answers
+    within the requirement (a frame answered late counts 0), so a plan that misses often cannot win on
+    accuracy alone."""
+    lat, accs, rew = row
+    return float(rew.mean()) if objective == "reward" else float(np.mean(np.where(lat <= req, accs, 0.0)))
+
+
 def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objective, states, down_margin=None):
     trace = read_trace(trace_path)
     times = np.arange(0.0, trace.duration_s, interval)
@@ -171,7 +241,7 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
         if not m["strategy"].candidate.runnable:
             continue
         static[key] = simulate(model, bps, req, lambda i, k=key: k)
-    best = max(static, key=lambda k: static[k][2].mean())
+    best = max(static, key=lambda k: (static_score(static[k], req, objective), static[k][2].mean()))  # ties: the better reward
     name = f"best static: {best[0]} cut {best[1]} {best[2]}"
     simulate(model, bps, req, lambda i: best, name)
     rows.append((name, *static[best], 0))
@@ -183,12 +253,13 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
     SERIES["_times"] = times
     SERIES["_switches"] = [sw.at for sw in opt.switches]
     return [{"policy": name, "meets": float(np.mean(lat <= req)), "mean_accuracy": float(accs.mean()), "mean_reward": float(rew.mean()),
+             "accuracy_in_time": static_score((lat, accs, rew), req, "accuracy"),
              "p50_ms": float(np.median(lat) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3), "switches": sw}
             for name, lat, accs, rew, sw in rows], trace, bps
 
 
 def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, objective, states, seconds, tmp: Path,
-                     down_margin=None) -> tuple[list, dict]:
+                     down_margin=None, spec: str | None = None, every: int = 1) -> tuple[list, dict]:
     """Issue 16's dynamic benchmark measured (module docstring, 3): rows per policy, and the predicted rows
     of the same frames."""
     from cluster.bandwidth import BandwidthTrace, map_plans, write_trace
@@ -205,7 +276,7 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
     exit_, _, cut_at, codec = predicted[1]["policy"].removeprefix("best static: ").split(" ")  # of these frames
     best_key = (exit_, int(cut_at), codec)
     frames = max(1, int(round(cut.duration_s / interval)))
-    extra = ["--bandwidth-trace", str(trace_csv), "--frame-interval", repr(interval * 1e3)]
+    extra = ["--bandwidth-trace", str(trace_csv), "--frame-interval", repr(interval * 1e3), "--switch-every", str(every)]
     model = fitted(graph, devices, acc)
     final = model_final(model)
     on_device = next(k for k in model if k[0] == final and model[k]["strategy"].on_device)
@@ -214,9 +285,9 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
     rows = []
     for i, (name, key) in enumerate(policies):
         if key is None:
-            map_path = build_map(graph.name, devices, f"{req * 1e3:g}ms", tmp / "map",
+            map_path = build_map(spec or graph.name, devices, f"{req * 1e3:g}ms", tmp / "map",
                                  states=",".join(f"{s / 1e6:g}" for s in states) + "mbit", objective=objective, engine="numpy",
-                                 quiet=True)
+                                 quiet=True, accuracy=[f"{k}={v!r}" for k, v in acc.items()])
         else:  # a one-entry map: the same runtime as the dynamic run, never switching
             s = model[key]["strategy"]
             folder = tmp / f"static{i}"
@@ -224,15 +295,17 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
             plan_path, graph_path = write_strategy(graph, s, cluster, folder / "plan.json", None, "numpy", folder)
             entry = ConfigEntry(devices, 1e6, s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps, s.accuracy,
                                 reward(s, req), s.latency_s <= req, plan_path.name, graph_path.name)
-            map_path = ConfigMap(graph.name, req, make_cluster(parse_devices(devices), 1e6).link_latency_s, "numpy", (entry,)).save(
+            map_path = ConfigMap(spec or graph.name, req, make_cluster(parse_devices(devices), 1e6).link_latency_s, "numpy", (entry,)).save(
                 folder / "configmap.json")
         n_ranks = max(Plan.load(p).n_ranks for _, _, p, _ in map_plans(ConfigMap.load(map_path), map_path.parent))
         doc = run_emulated(map_path.resolve(), n_ranks, frames, tmp / f"measured{i}.json", "numpy", progress=False, timeout=3600,
                            extra=extra)
         assert doc["every_frame_once"], "frames lost or duplicated"
         lat = np.array(doc["latency_of_frame_ms"])
+        acc_of_frame = np.array([p["accuracy"] for p in doc["plans"]])[np.asarray(doc["plan_of_frame"])]
         rows.append({"policy": name + " (measured)", "meets": doc["meets_requirement"], "mean_accuracy": doc["mean_accuracy"],
-                     "mean_reward": None, "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
+                     "mean_reward": None, "accuracy_in_time": float(np.mean(np.where(lat <= req * 1e3, acc_of_frame, 0.0))),
+                     "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
                      "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
                      "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]],
                      "latency_of_frame_ms": doc["latency_of_frame_ms"], "plan_of_frame": doc["plan_of_frame"],
@@ -280,11 +353,11 @@ def model_final(model) -> str:
 
 def print_dynamic(rows, title):
     t = Table(title=title)
-    for col in ("policy", "frames meeting", "mean accuracy", "mean reward", "p50 ms", "p99 ms", "switches"):
+    for col in ("policy", "frames meeting", "mean accuracy", "accuracy in time", "mean reward", "p50 ms", "p99 ms", "switches"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
         reward_text = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.1f}"
-        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", reward_text, f"{r['p50_ms']:.2f}",
+        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", f"{r['accuracy_in_time']:.4f}", reward_text, f"{r['p50_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", str(r["switches"]))
     console.print(t)
 
@@ -319,7 +392,9 @@ def chart(path, bps, req, title) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_edgent")
-    p.add_argument("--model", default="branchy_alexnet_mnist")
+    p.add_argument("--model", default=TRAINED, help=f"a branchy model; {SCALED_MODEL}: Edgent's setting, hundreds of ms a frame on "
+                   "the Pi (scaled_branchy_alexnet)")
+    p.add_argument("--accuracy", metavar="NAME=A", action="append", default=[], help="accuracy of an exit (repeatable)")
     p.add_argument("--devices", default="rpi3:1,host:1")
     p.add_argument("--bandwidths", default="0.05,0.1,0.25,0.5,1,2,5,10mbit")
     p.add_argument("--requirements", default="50,100,200,500,1000", help="ms")
@@ -331,6 +406,7 @@ def main(argv=None) -> int:
     p.add_argument("--states", default="0.25,0.5,1,2,4,8,16mbit", help="bandwidth states of the dynamic run's map (before --trace-scale)")
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
+    p.add_argument("--switch-every", type=int, default=1, metavar="K", help="the measured dynamic run may switch every K frames")
     p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
     p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
@@ -344,8 +420,15 @@ def main(argv=None) -> int:
             from cluster.charts import check_chart_path
 
             check_chart_path(path)
-    graph = load_model(args.model)
-    acc = exit_accuracies(graph)
+    model_dir = Path(tempfile.mkdtemp(prefix="bench_edgent_model_"))
+    try:
+        return _main(args, model_dir)
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+def _main(args, model_dir: Path) -> int:
+    graph, spec, acc = bench_model(args.model, model_dir, args.accuracy)
     bandwidths = parse_states(args.bandwidths)
     requirements = [parse_latency(r) for r in args.requirements.split(",")]
     if args.quick:
@@ -354,7 +437,7 @@ def main(argv=None) -> int:
     if args.scaled:
         grids.append(("scaled", parse_states("10,50,100,200,500,1000mbit")[: 2 if args.quick else None],
                       [parse_latency(r) for r in ("1.5", "2", "3", "4")][: 2 if args.quick else None]))
-    doc: dict = {"model": args.model, "devices": args.devices}
+    doc: dict = {"model": args.model, "devices": args.devices, "accuracy": acc}
     with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
         for name, bws, reqs in grids:
             rows = static_rows(graph, args.devices, bws, reqs, acc)
@@ -377,7 +460,7 @@ def main(argv=None) -> int:
     if args.measure_dynamic > 0:
         with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
             measured, same = measured_dynamic(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval, args.objective,
-                                              states, args.measure_dynamic, Path(tmp), args.down_margin)
+                                              states, args.measure_dynamic, Path(tmp), args.down_margin, spec, args.switch_every)
         doc["dynamic_measured"] = {"seconds": same["seconds"], "frames": same["frames"], "interval_s": args.interval,
                                    "rows": measured, "predicted_same_frames": same["predicted"]}
         if args.measured_chart:

@@ -401,3 +401,25 @@ def speed_model(configmap, graph_path) -> str:
 
     spec = str(configmap.model)
     return spec if (not Path(spec).suffix or Path(spec).exists()) else str(graph_path)
+
+
+def plan_speed_ratios(configmap, folder, engine: str, concurrency: int, seed: int = 0, devices: str | None = None,
+                      measure: bool = False) -> list[float]:
+    """Per plan of `map_plans` (same order): this machine's speed on the plan's own exit branch over its
+    speed on the map's `speed_model` (cluster.host_speed's seconds here / reference seconds, measured
+    with `concurrency` copies at once), 1.0 where either is not known (`measure`: take them now).
+
+    An emulated switching run dilates every plan by one host speed, measured on the whole model; a
+    branch's mix of layers runs at another speed here (on branchy_alexnet_mnist the final branch
+    measured 2.85 against the whole model's 2.27, 2 at once: its frames were emulated 25% slow, about
+    a millisecond a frame; a conv-heavy early exit of bench/edgent's scaled model about 50% slow).
+    cluster.switching divides each plan's dilation by its ratio."""
+    from .host_speed import host_speed
+
+    plans = map_plans(configmap, folder, devices)
+    whole = host_speed(speed_model(configmap, plans[0][3]), seed, engine, measure=measure, concurrency=concurrency)
+    ratios = []
+    for _, _, _, graph_path in plans:
+        own = host_speed(str(graph_path), seed, engine, measure=measure, concurrency=concurrency)
+        ratios.append(own / whole if own and whole else 1.0)
+    return ratios

@@ -92,11 +92,13 @@ def check_plans(plans: list[Plan], world: int) -> None:
 
 def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], options: RunOptions,
                   choose: Callable[[np.ndarray, int], tuple[int, str | None]] | None = None, initial: int = 0, every: int = 1,
-                  forced: dict | None = None, probe: bool = True) -> SwitchingResult | None:
+                  forced: dict | None = None, probe: bool = True, speed_ratios: list | None = None) -> SwitchingResult | None:
     """Collective over `comm`: `options.frames` frames of one stream through `plans`, switching between
     frames (module docstring). `load_graph(i)` loads plan i's graph. On rank 0, `choose(transfers, frame)`
     -> (plan index, reason) sees the new (end, bytes, seconds) rows before `frame` and picks the plan of
-    the next segment; `forced` {frame: plan index} switches there whatever it says. Rank 0's `initial` counts."""
+    the next segment; `forced` {frame: plan index} switches there whatever it says. Rank 0's `initial` counts.
+    Emulated: rank 0's `speed_ratios` (cluster.bandwidth.plan_speed_ratios, one per plan) divide each
+    rank's dilation while that plan runs (the host speed was measured on the whole model, not the branch)."""
     forced = dict(forced or {})
     rank, size = comm.Get_rank(), comm.Get_size()
     error = None
@@ -111,6 +113,10 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         error = str(exc)
     transport.agree(comm, error)
     initial = int(transport.bcast_text(comm, str(initial)))  # rank 0's chooser says where to start
+    text = " ".join(repr(float(r)) for r in speed_ratios) if rank == 0 and speed_ratios is not None else ""
+    ratios = [float(v) for v in transport.bcast_text(comm, text).split()]
+    if ratios and (len(ratios) != len(plans) or not all(r > 0 for r in ratios)):
+        ratios = []  # not one positive ratio per plan: every plan keeps the run's host speed
     baseline = settle_baseline()
     stall = max(default_stall_timeout(p) for p in plans) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
     setup_s = 3.0 * stall
@@ -141,6 +147,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         error = f"rank {rank}: {exc}"
     transport.agree_watched(comm, error, "the end of the plans' set-up", setup_s, lambda r: f"rank {r} (host {hosts[r]})",
                             follow_s=stall_margin(setup_s))
+    base_slowdown = shared[0].dilation.slowdown if shared and shared[0] is not None else None
     n = int(options.frames)
     interval = float(options.frame_interval_s)
     worst = max(max(p.predicted_latency_s for p in plans), interval)
@@ -193,6 +200,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         r = ranks[current]
         if r is None:
             continue  # not in this plan: wait at the next boundary
+        if base_slowdown is not None and ratios:
+            r.device.dilation.slowdown = base_slowdown / ratios[current]  # this plan's own speed here
         r.restart(np.arange(lo, hi))
         r.options.stream_start = t_start
         r.options.progress = None

@@ -221,10 +221,11 @@ def run(args) -> int:
 
 
 def build_map(model: str, devices: str, latency_req: str, output: Path, states: str | None = None, trace: str | None = None,
-              objective: str = "accuracy", engine: str = "numpy", quiet: bool = False) -> Path:
+              objective: str = "accuracy", engine: str = "numpy", quiet: bool = False, accuracy: list | None = None) -> Path:
     """`pisplit configmap` for another command (emulate --latency-req, bench/edgent): the map of `model`
     on `devices` at `states` (else a trace's levels) written to `output`; returns configmap.json's path.
-    The objective defaults to accuracy: the paper's reward keeps the fastest exit on small models."""
+    The objective defaults to accuracy: the paper's reward keeps the fastest exit on small models.
+    `accuracy`: --accuracy NAME=A items (default: the held-out accuracies of layers/trained)."""
     import argparse
     import contextlib
     import io
@@ -232,7 +233,7 @@ def build_map(model: str, devices: str, latency_req: str, output: Path, states: 
     if not states and not trace:
         raise PisplitError("--latency-req: give the map's bandwidth states with --states or --bandwidth-trace")
     args = argparse.Namespace(model=model, devices=devices, states=states, bandwidth_trace=None if states else trace,
-                              latency_req=latency_req, availability=False, link_latency=None, accuracy=[], codec_table=None,
+                              latency_req=latency_req, availability=False, link_latency=None, accuracy=list(accuracy or []), codec_table=None,
                               max_accuracy_loss=None, objective=objective, engine=engine, output=str(output), json=False)
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         run(args)

@@ -78,6 +78,14 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
     plan = _speed_plan(plan_path)
     # measured once per machine and model, then cached; with as many copies at once as ranks share the cores
     speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks, refresh=recalibrate)
+    from .run import _is_configmap
+
+    if _is_configmap(str(plan_path)):  # a configuration map: each exit branch's speed too (issue 16)
+        from partitioners.edgent import ConfigMap
+
+        from ..bandwidth import plan_speed_ratios
+
+        plan_speed_ratios(ConfigMap.load(plan_path), Path(plan_path).parent, engine, n_ranks, plan.model_seed, measure=True)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
     argv += [] if progress else ["--no-progress"]

@@ -393,7 +393,14 @@ def _run_map(args, comm, rank: int) -> int:
         options.on_start = progress.start
         options.progress = lambda done, total: progress.update(task, completed=done)
     try:
-        result = run_switching(comm, plans, load, options, chooser, chooser.index if chooser else 0, args.switch_every, forced)
+        ratios = None
+        if args.emulate and rank == 0:  # each plan dilated by this machine's speed on its own exit branch (cached)
+            from ..bandwidth import plan_speed_ratios
+
+            ratios = plan_speed_ratios(cmap, Path(args.plan).parent, options.engine, comm.Get_size(), plans[0].model_seed,
+                                       args.map_devices)
+        result = run_switching(comm, plans, load, options, chooser, chooser.index if chooser else 0, args.switch_every, forced,
+                               speed_ratios=ratios)
     finally:
         if progress is not None:
             progress.stop()

@@ -246,3 +246,23 @@ def test_the_map_chooser_picks_a_plan_index_from_the_runtimes_transfers(tmp_path
     assert index == 2 and reason.startswith("bandwidth rose to") and chooser.estimate == pytest.approx(20e6)
     with pytest.raises(PisplitError, match="names no plan or graph file"):
         map_plans(replace(cmap, entries=tuple(replace(e, plan=None) for e in cmap.entries)), tmp_path)
+
+
+def test_each_map_plan_is_dilated_by_its_own_branchs_speed(tmp_path, monkeypatch):
+    """plan_speed_ratios: this machine's speed on each plan's exit branch over its speed on the whole model
+    (host_speed's cached measurements, here in a private cache): 1 while nothing is measured, then the
+    measured ratios, which cluster.switching divides each plan's dilation by."""
+    from cluster.bandwidth import map_plans, plan_speed_ratios, speed_model
+    from cluster.commands.configmap import build_map
+    from cluster.host_speed import host_speed
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = build_map("branchy_lenet_mnist", "rpi3:1,host:1", "2ms", tmp_path / "map", states="1,1000mbit", quiet=True)
+    cmap = ConfigMap.load(path)
+    plans = map_plans(cmap, path.parent)
+    assert len(plans) == 2 and plan_speed_ratios(cmap, path.parent, "numpy", 1) == [1.0, 1.0]
+    ratios = plan_speed_ratios(cmap, path.parent, "numpy", 1, measure=True)
+    whole = host_speed(speed_model(cmap, plans[0][3]), 0, "numpy", measure=False)
+    own = [host_speed(str(g), 0, "numpy", measure=False) for *_, g in plans]
+    assert whole > 0 and all(o > 0 for o in own)
+    assert ratios == [o / whole for o in own]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from tests.cluster.test_bench import bench
 
 
@@ -19,3 +21,29 @@ def test_bench_edgent_quick(tmp_path):
     best = dyn["rows"][1]["mean_reward"]
     assert all(r["mean_reward"] <= best + 1e-9 for r in dyn["rows"][2:3])  # the best static is the best of the runnable statics
     assert all(0 <= r["meets"] <= 1 and r["switches"] >= 0 for r in dyn["rows"])
+
+
+def test_the_scaled_model_is_edgents_setting(tmp_path):
+    """bench_edgent --model branchy_alexnet_scaled: the trained branchy AlexNet's exits on a model the Pi
+    takes hundreds of ms for, written as a loadable graph with the trained model's accuracies; at 100 ms the
+    Pi alone must leave early, a good link lets the final exits meet it offloaded, a poor one does not."""
+    from bench.edgent import SCALED_MODEL, TRAINED, bench_model
+    from layers import load_model
+    from partitioners.cost import make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.edgent import exit_accuracies, select, strategies
+
+    graph, spec, acc = bench_model(SCALED_MODEL, tmp_path)
+    assert spec.endswith(f"{SCALED_MODEL}.json") and load_model(spec).outputs == graph.outputs == load_model(TRAINED).outputs
+    assert acc == exit_accuracies(load_model(TRAINED))
+    x = np.random.default_rng(0).standard_normal((1, 128, 128, 1)).astype(np.float32)
+    out = graph.execute({"input": x})
+    assert all(np.isclose(out[e].sum(), 1.0, atol=1e-5) for e in graph.outputs)  # every exit a softmax
+    picks = {}
+    for mbit in (1, 16):
+        cands = strategies(graph, make_cluster(parse_devices("rpi3:1,host:1"), mbit * 1e6), acc)
+        device_final = next(s for s in cands if s.exit == "final" and s.on_device)
+        assert 0.2 < device_final.latency_s < 1.0  # hundreds of ms on the Pi
+        picks[mbit] = select(cands, 0.1).chosen
+    assert picks[1].on_device and picks[1].exit in ("exit1", "exit2")
+    assert not picks[16].on_device and acc[picks[16].exit] > acc[picks[1].exit]
