@@ -114,3 +114,28 @@ def test_overheads_of_models_measured_apart_merge_by_samples():
     assert merged["conv-spatial"].per_share == pytest.approx(0.25) and merged["conv-spatial"].samples == 40
     assert merged["conv-spatial"].per_step_s == pytest.approx(0.75e-4) and merged["conv-spatial"].per_node_s == pytest.approx(0.5e-5)
     assert merged["fc-input"] == SplitOverhead(0.0, 5e-5, 0.0, 4) and merged[ANY_OP].per_share == pytest.approx(0.15)
+
+
+def test_measured_parts_cover_every_kind_span_and_part_count():
+    from cluster.measure import measure_split_overhead
+    from layers.builder import GraphBuilder
+    from partitioners.latency_model import fit_share
+    from partitioners.split_costs import SplitCatalogue
+
+    b = GraphBuilder("chain", 1)
+    x = b.input("image", (1, 16, 16, 3))
+    for i in range(3):
+        x = b.conv(x, 8, 3, f"conv{i}", padding="same", activation="relu")
+    graph = b.build(b.dense(b.act(x, "flatten", "flat"), 4, "fc"))
+    profile = Profile.load(reference_profile_path("numpy"))
+    samples = measure_split_overhead(graph, profile, "numpy", (2, 4), repeat=1)
+    catalogue = SplitCatalogue(graph)
+    kinds = {k for s in range(len(catalogue.segments)) for k in catalogue.kinds(s)} | {"fused-tiles"}
+    assert {s.kind for s in samples} == kinds and {s.parts for s in samples} == {2, 4}
+    # every part of every split once per part count, timed, and priced by the planner's share
+    spatial = [s for s in samples if s.kind == "conv-spatial" and s.parts == 4]
+    assert len(spatial) == 4 * 3 and all(s.part_s > 0 and s.whole_s > 0 and s.nodes >= 1 for s in spatial)
+    assert all(0 < s.predicted_s < s.whole_s for s in spatial)
+    assert all(s.reference_whole_s == pytest.approx(sum(profile.node_seconds(graph, t) for t in range(0, s.nodes))) for s in spatial[:1])
+    share = fit_share(profile, graph, 0, 1, graph.cost(0).flops, 0.0)
+    assert 0 < share <= 1.0 + 1e-9
