@@ -2,8 +2,9 @@
 
 `run_switching` streams frames through one of several plans at a time (a configuration map's plans:
 the same model's exit branches and cuts, cluster.bandwidth.MapChooser picks among them). The stream
-is cut into segments at frame boundaries (every `every` frames, and at each forced switch); a segment
-runs under one plan with the ordinary pipeline runtime (cluster.runtime.PipelineRank, restarted with
+is cut into segments at frame boundaries (after at least `every` frames and at least MIN_SEGMENT_S of
+them, at the frame interval or the pace rank 0 measured over the last segment; and at each forced
+switch); a segment runs under one plan with the ordinary pipeline runtime (cluster.runtime.PipelineRank, restarted with
 its engines warm) and drains before the next begins, so every frame is answered exactly once, in
 order, by exactly one plan, and a switch can lose nothing in flight. At each boundary every rank
 hands rank 0 the transfers it made on its link (end time, bytes, seconds: the emulated pacer's
@@ -19,6 +20,7 @@ same emulated device and link in every plan (the plans must agree on each rank's
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -38,6 +40,7 @@ from .runtime import PipelineRank, RunOptions, check_input_frames, default_stall
 PROBE_BYTES = 16384
 REAL_PROBE_BYTES = 65536  # a real link's probe: as large as the smallest transfer counted on one (MPI's eager limit)
 PROBE_INTERVAL_S = 0.25
+MIN_SEGMENT_S = 0.25  # a boundary drains the pipeline: at most about one per this many seconds of frames
 TAG_PROBE = 77
 
 
@@ -62,6 +65,17 @@ class SwitchingResult:
     def every_frame_once(self) -> bool:
         return bool(np.array_equal(np.sort(self.frame_ids), np.arange(self.plan_of_frame.size))
                     and np.all(self.plan_of_frame >= 0))
+
+
+def _segment_length(every: int, per_frame_s: float, n: int, min_segment_s: float | None) -> int:
+    """Frames in the next segment: at least `every`, and enough to last `min_segment_s` (default
+    MIN_SEGMENT_S) at `per_frame_s` a frame (the frame interval, or the last segment's pace if slower)."""
+    least = MIN_SEGMENT_S if min_segment_s is None else float(min_segment_s)
+    if not least >= 0:
+        raise PisplitError(f"--min-segment {least * 1e3:g}: must be a number of milliseconds >= 0")
+    if per_frame_s <= 0 or least <= 0:
+        return max(int(every), 1)
+    return int(min(max(int(every), math.ceil(least / per_frame_s)), max(n, 1)))
 
 
 def boundaries(n_frames: int, every: int, forced: dict) -> list[int]:
@@ -92,21 +106,24 @@ def check_plans(plans: list[Plan], world: int) -> None:
 
 def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], options: RunOptions,
                   choose: Callable[[np.ndarray, int], tuple[int, str | None]] | None = None, initial: int = 0, every: int = 1,
-                  forced: dict | None = None, probe: bool = True, speed_ratios: list | None = None) -> SwitchingResult | None:
+                  forced: dict | None = None, probe: bool = True, speed_ratios: list | None = None,
+                  min_segment_s: float | None = None) -> SwitchingResult | None:
     """Collective over `comm`: `options.frames` frames of one stream through `plans`, switching between
     frames (module docstring). `load_graph(i)` loads plan i's graph. On rank 0, `choose(transfers, frame)`
     -> (plan index, reason) sees the new (end, bytes, seconds) rows before `frame` and picks the plan of
     the next segment; `forced` {frame: plan index} switches there whatever it says. Rank 0's `initial` counts.
+    `min_segment_s` (default MIN_SEGMENT_S) bounds how often a boundary drains the pipeline.
     Emulated: rank 0's `speed_ratios` (cluster.bandwidth.plan_speed_ratios, one per plan) divide each
     rank's dilation while that plan runs (the host speed was measured on the whole model, not the branch)."""
     forced = dict(forced or {})
     rank, size = comm.Get_rank(), comm.Get_size()
     error = None
     try:
+        _segment_length(int(every), 1.0, 1, min_segment_s)  # --min-segment
         check_plans(plans, size)
         if options.frames < 1:
             raise PisplitError(f"--frames {options.frames}: must be at least 1")
-        cuts = boundaries(int(options.frames), int(every), forced)
+        boundaries(int(options.frames), int(every), forced)  # checks --switch-every and --switch-at
         if not 0 <= initial < len(plans) or any(not 0 <= i < len(plans) for i in forced.values()):
             raise PisplitError(f"switching run: a plan index outside 0..{len(plans) - 1}")
     except PisplitError as exc:
@@ -158,7 +175,10 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     switches, estimates, rows = [], [], []
     if options.on_start and rank == 0:
         options.on_start()
-    for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+    forced_at = sorted(forced)
+    length = _segment_length(every, interval, n, min_segment_s)  # the first segment's frames (nothing measured yet)
+    lo, k, prev_len, seg_t0 = 0, 0, 0, t_start
+    while lo < n:
         if k:
             # the boundary: transfers to rank 0, its choice to everyone
             mine = np.zeros((0, 3))
@@ -166,7 +186,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
                 if r is not None and r.transfers:
                     mine = np.concatenate([mine, np.asarray(r.transfers, np.float64)])
                     r.transfers.clear()
-            bound = stall + 3.0 * (cuts[k] - cuts[k - 1]) * worst
+            bound = stall + 3.0 * prev_len * worst
             got = transport.gather_rows_watched(comm, mine.reshape(-1), f"the switch before frame {lo}", bound,
                                                 name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(bound))
             text = None
@@ -188,34 +208,38 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
                                      "reason": reason or "the chooser's"})
                 idle = not new.size and time.perf_counter() - last_probe >= PROBE_INTERVAL_S
                 do_probe = probe and size > 1 and idle and plans[nxt].n_ranks == 1
-                text = f"{nxt} {int(do_probe)}"
-            nxt_s, probe_s = transport.bcast_text(comm, text).split()
-            current = int(nxt_s)
+                per_frame = (time.perf_counter() - seg_t0) / max(prev_len, 1)  # the last segment's pace, its drain included
+                text = f"{nxt} {int(do_probe)} {_segment_length(every, max(interval, per_frame), n, min_segment_s)}"
+            nxt_s, probe_s, length_s = transport.bcast_text(comm, text).split()
+            current, length = int(nxt_s), int(length_s)
             if probe_s == "1":
                 sample = _probe(comm, shared)
                 if rank == 0:
                     last_probe = time.perf_counter()
                     if sample is not None:
                         ranks[current].transfers.append(sample)
+        # a segment ends after `length` frames, at the next forced switch or at the end of the stream
+        hi = min([lo + length, n] + [f for f in forced_at if f > lo][:1])
+        seg_t0 = time.perf_counter()
         r = ranks[current]
-        if r is None:
-            continue  # not in this plan: wait at the next boundary
-        if base_slowdown is not None and ratios:
-            r.device.dilation.slowdown = base_slowdown / ratios[current]  # this plan's own speed here
-        r.restart(np.arange(lo, hi))
-        r.options.stream_start = t_start
-        r.options.progress = None
-        r.run(warm=False)
-        if rank == 0:
-            sink.take(r, current, lo, t_start)
-            if options.progress:
-                options.progress(sink.done, n)
+        if r is not None:  # else not in this plan: wait at the next boundary
+            if base_slowdown is not None and ratios:
+                r.device.dilation.slowdown = base_slowdown / ratios[current]  # this plan's own speed here
+            r.restart(np.arange(lo, hi))
+            r.options.stream_start = t_start
+            r.options.progress = None
+            r.run(warm=False)
+            if rank == 0:
+                sink.take(r, current, lo, t_start)
+                if options.progress:
+                    options.progress(sink.done, n)
+        lo, prev_len, k = hi, hi - lo, k + 1
     # the last segment's transfers, for the report
     mine = np.zeros((0, 3))
     for r in ranks:
         if r is not None and r.transfers:
             mine = np.concatenate([mine, np.asarray(r.transfers, np.float64)])
-    got = transport.gather_rows_watched(comm, mine.reshape(-1), "the end of the run", stall + 3.0 * every * worst,
+    got = transport.gather_rows_watched(comm, mine.reshape(-1), "the end of the run", stall + 3.0 * prev_len * worst,
                                         name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(stall))
     for r in ranks:
         if r is not None and r.liveness is not None:
@@ -229,7 +253,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     epoch = epoch if epoch is not None else _epoch(shared, wall_start)
     if transfers.size:
         transfers[:, 0] -= epoch
-    return sink.result(time.perf_counter() - t_start, switches, transfers, estimates, len(cuts) - 1,
+    return sink.result(time.perf_counter() - t_start, switches, transfers, estimates, k,
                        shared[0].dilation.late_s if shared and shared[0] is not None else 0.0)
 
 

@@ -67,7 +67,11 @@ def register(sub) -> None:
     p.add_argument("--frame-interval", metavar="MS", type=float, default=0.0,
                    help="frames come every MS milliseconds (a camera) instead of as fast as the pipeline takes them")
     p.add_argument("--switch-every", type=int, default=1, metavar="K",
-                   help="a configuration map run decides its plan every K frames (default 1: before every frame)")
+                   help="a configuration map run decides its plan after at least K frames (default 1), and no more often than "
+                   "every --min-segment of frames")
+    p.add_argument("--min-segment", type=float, default=None, metavar="MS",
+                   help="a configuration map run drains its pipeline at each decision: decide at most once per MS milliseconds "
+                   "of frames (at the frame interval, or the pace measured; default 250; 0: every K frames)")
     p.add_argument("--map-devices", metavar="KIND:N,...", help="a configuration map run uses the map's entries of this device set "
                    "(a map made with --availability: e.g. rpi3:1 when the host is gone; default: the map's first)")
     p.add_argument("--switch-at", action="append", default=[], metavar="FRAME:PLAN",
@@ -400,7 +404,7 @@ def _run_map(args, comm, rank: int) -> int:
             ratios = plan_speed_ratios(cmap, Path(args.plan).parent, options.engine, comm.Get_size(), plans[0].model_seed,
                                        args.map_devices)
         result = run_switching(comm, plans, load, options, chooser, chooser.index if chooser else 0, args.switch_every, forced,
-                               speed_ratios=ratios)
+                               speed_ratios=ratios, min_segment_s=None if args.min_segment is None else args.min_segment / 1e3)
     finally:
         if progress is not None:
             progress.stop()

@@ -186,7 +186,8 @@ def test_a_map_run_switches_plans_between_frames_answering_every_frame_once(tmp_
 @pytest.mark.mpi
 def test_a_map_run_refuses_bad_switching_options_in_one_line(two_plan_map):
     m = two_plan_map / "configmap.json"
-    for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1")]:
+    for args, message in [(["--switch-at", "5:7"], "--switch-at 5:7: expected FRAME:PLAN with PLAN one of the map's plans 0..1"),
+                          (["--min-segment", "-1"], "--min-segment -1: must be a number of milliseconds >= 0")]:
         proc = mpirun(1, "run", m, *args, timeout=60)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len([ln for ln in proc.stderr.splitlines() if "pisplit: error" in ln]) == 1
@@ -215,3 +216,19 @@ def test_an_emulated_links_bandwidth_follows_the_trace(tmp_path, two_plan_map):
     # --frame-interval: frame i is not taken before i x 40 ms (a lower bound: no machine is too fast for it)
     assert [n for _, n in doc["completed"]] == [1, 2, 3]
     assert all(t >= i * 0.040 for i, (t, _) in enumerate(doc["completed"]))
+
+
+@pytest.mark.mpi
+def test_a_map_run_decides_at_most_once_per_min_segment(tmp_path, two_plan_map):
+    """A boundary drains the pipeline, so a map run decides no more often than --min-segment of frames:
+    with a bound longer than the run, the run is one segment (the initial plan's) plus one per forced switch,
+    every frame still answered once; --min-segment 0 decides every --switch-every frames."""
+    m = two_plan_map / "configmap.json"
+    docs = []
+    for extra in (["--min-segment", 1e7, "--frame-interval", 1], ["--min-segment", 0, "--switch-every", 4]):
+        proc = mpirun(2, "run", m, "--emulate", "--link", "100mbit", "--frames", 20, "--switch-at", "12:0", "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        docs.append(json.loads(proc.stdout))
+    assert all(d["every_frame_once"] and d["frames"] == 20 for d in docs)
+    assert docs[0]["segments"] == 2 and set(docs[0]["plan_of_frame"][12:]) == {0}
+    assert docs[1]["segments"] == 5  # from frames 0, 4, 8, 12 (also the forced switch) and 16
