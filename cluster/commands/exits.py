@@ -228,12 +228,17 @@ def _run_views(args, comm, rank: int) -> int:
 
 def _view_emulation(args, comm, rank: int):
     """This rank's ViewEmulation: its kind's dilation (cluster.emulation.device_slowdown, divided by
-    this machine's speed once rank 0 has measured it: _shared_host_speed) and the --link."""
+    this machine's speed once rank 0 has measured it: _shared_host_speed), the --link and the device
+    profiles' per-message latency."""
+    from partitioners.devices import device_profile
+
     from ..emulation import device_slowdown, parse_link
     from ..multiview import ViewEmulation
 
     kind = args.aggregator_kind if rank == 0 else args.device_kind
-    emulation = ViewEmulation(device_slowdown(kind, "numpy"), parse_link(args.link))
+    # each message also costs the link latency of the slower end, as the planner's cluster links do (make_cluster)
+    latency = max(device_profile(args.device_kind).link_latency_s, device_profile(args.aggregator_kind).link_latency_s)
+    emulation = ViewEmulation(device_slowdown(kind, "numpy"), parse_link(args.link), latency)
     if rank == 0:
         import os
 
