@@ -109,8 +109,8 @@ def _check_graph_fields(doc: dict, path: Path) -> None:
     for k, v in doc["inputs"].items():
         shape(v, f"inputs.{k}")
     names(doc.get("outputs"), "outputs")
-    if not isinstance(doc.get("nodes"), list):
-        raise fail("nodes", "a list", doc.get("nodes"))
+    if not isinstance(doc.get("nodes"), list) or not doc["nodes"]:  # no nodes: `show` failed on max() of nothing (bench_fuzz)
+        raise fail("nodes", "a list of at least one node", doc.get("nodes"))
     if not isinstance(doc.get("meta", {}), (dict, type(None))):
         raise fail("meta", "an object", doc.get("meta"))
     if not isinstance(doc.get("weights_file", ""), str):

@@ -49,3 +49,18 @@ def test_bench_fuzz_counts_cases_per_reader():
     assert set(rows) == {".npy", "graph-npz"}
     for r in rows.values():
         assert r["cases"] == 20 and r["read"] + r["refused"] == 20 and r["broken"] == 0
+
+
+def test_a_graph_without_nodes_is_refused_naming_the_file(tmp_path):
+    """Found by bench_fuzz at 10,000 cases: a graph whose nodes were emptied and whose output is its
+    input ended `pisplit show` in 'max() arg is an empty sequence', naming nothing."""
+    import json
+
+    reader = READERS["graph-json"]
+    base = reader.make(tmp_path)
+    doc = json.loads(base.read_text())
+    doc["nodes"], doc["outputs"] = [], list(doc["inputs"])
+    base.write_text(json.dumps(doc))
+    outcome = run_cli(reader.argv(base))
+    assert outcome.problem(reader.names(base)) is None and outcome.status == 1, outcome
+    assert outcome.stderr.strip() == f"pisplit: error: model file {base}: nodes: expected a list of at least one node, got []"
