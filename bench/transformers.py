@@ -56,7 +56,7 @@ def whole_blocks(plan, graph):
             if seg.node_start < merged_to:
                 if seg.node_stop <= merged_to:
                     continue
-                if seg.kind != "none":
+                if seg.kind != NO_SPLIT:
                     raise ValueError(f"segment [{seg.node_start}, {seg.node_stop}) {seg.kind} straddles a block's end {merged_to}")
                 seg = replace(seg, node_start=merged_to, predicted=())  # the unsplit nodes after the block
             if seg.kind == SplitKind.ATTN_TOKENS:
