@@ -307,6 +307,7 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
                      "mean_reward": None, "accuracy_in_time": float(np.mean(np.where(lat <= req * 1e3, acc_of_frame, 0.0))),
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
                      "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
+                     "late_ms_per_frame_by_rank": [round(v / max(doc["frames"], 1) * 1e3, 2) for v in doc.get("emulation_late_s_by_rank", [])],
                      "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]],
                      "latency_of_frame_ms": doc["latency_of_frame_ms"], "plan_of_frame": doc["plan_of_frame"],
                      "switch_frames": [sw["frame"] for sw in doc["switches"]]})
@@ -468,6 +469,9 @@ def _main(args, model_dir: Path) -> int:
                            f"{args.model} on {args.devices}: first {same['seconds']:g} s of {Path(args.trace).name} x{args.trace_scale:g}, "
                            f"requirement {req * 1e3:g} ms (measured on the emulated devices and link)")
         if not args.json:
+            for r in measured:  # an emulated rank behind its device's speed (a host faster than this machine) adds to latency
+                console.print(f"{r['policy']}: emulated ranks behind their devices' speed by "
+                              f"{', '.join(f'{v:g}' for v in r['late_ms_per_frame_by_rank'])} ms a frame (rank 0, 1, ...)")
             print_dynamic(same["predicted"] + measured, f"the first {same['seconds']:g} s of {Path(args.trace).name} "
                           f"x{args.trace_scale:g}, {same['frames']} frames every {args.interval * 1e3:g} ms, requirement "
                           f"{req * 1e3:g} ms: predicted, then measured on the emulated devices and link")

@@ -60,6 +60,7 @@ class SwitchingResult:
     estimates: list = field(default_factory=list)  # (time_s, bit/s estimate) after each boundary that had samples
     segments: int = 0
     late_s: float = 0.0  # rank 0's emulation behind its device speed
+    late_by_rank_s: list = field(default_factory=list)  # each rank's (a host faster than this machine falls behind)
 
     @property
     def every_frame_once(self) -> bool:
@@ -241,6 +242,9 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
             mine = np.concatenate([mine, np.asarray(r.transfers, np.float64)])
     got = transport.gather_rows_watched(comm, mine.reshape(-1), "the end of the run", stall + 3.0 * prev_len * worst,
                                         name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(stall))
+    late = shared[0].dilation.late_s if shared and shared[0] is not None else 0.0
+    lates = transport.gather_rows_watched(comm, np.array([late]), "the end of the run", stall,
+                                          name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(stall))
     for r in ranks:
         if r is not None and r.liveness is not None:
             r.liveness.retire()
@@ -253,8 +257,9 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     epoch = epoch if epoch is not None else _epoch(shared, wall_start)
     if transfers.size:
         transfers[:, 0] -= epoch
-    return sink.result(time.perf_counter() - t_start, switches, transfers, estimates, k,
-                       shared[0].dilation.late_s if shared and shared[0] is not None else 0.0)
+    result = sink.result(time.perf_counter() - t_start, switches, transfers, estimates, k, late)
+    result.late_by_rank_s = [float(g[0]) for g in lates]
+    return result
 
 
 def _epoch(shared, wall_start: float) -> float:

@@ -230,5 +230,6 @@ def test_a_map_run_decides_at_most_once_per_min_segment(tmp_path, two_plan_map):
         assert proc.returncode == 0, proc.stderr
         docs.append(json.loads(proc.stdout))
     assert all(d["every_frame_once"] and d["frames"] == 20 for d in docs)
+    assert all(len(d["emulation_late_s_by_rank"]) == 2 and min(d["emulation_late_s_by_rank"]) >= 0 for d in docs)
     assert docs[0]["segments"] == 2 and set(docs[0]["plan_of_frame"][12:]) == {0}
     assert docs[1]["segments"] == 5  # from frames 0, 4, 8, 12 (also the forced switch) and 16
