@@ -315,6 +315,43 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
                   "bps": np.asarray(cut.bps_at(np.arange(frames) * interval))}
 
 
+def plain_vs_map(graph, spec: str, devices: str, acc, bandwidth: float, frames: int, interval: float, tmp: Path) -> list:
+    """Item 2 of the measured benchmark (--plain-vs-map F): the same plan run plainly (`pisplit run PLAN
+    --emulate`) and as a one-entry configuration map (`pisplit run MAP --emulate`: the switching runtime,
+    never switching), taking turns, for the final exit on the device and the fastest offloaded final exit
+    at `bandwidth`: what switching itself adds to a frame's latency, beside the prediction."""
+    from cluster.commands.emulate import run_emulated
+    from partitioners.edgent import ConfigEntry, ConfigMap, reward
+    from partitioners.plan import Plan
+
+    cluster = make_cluster(parse_devices(devices), bandwidth)
+    cands = strategies(graph, cluster, acc)
+    final = max(cands, key=lambda s: s.depth).exit
+    picks = [("final on the device", next(s for s in cands if s.exit == final and s.on_device))]
+    off = [s for s in cands if s.exit == final and not s.on_device]
+    if off:
+        picks.append(("final offloaded", min(off, key=lambda s: s.latency_s)))
+    extra = ["--link", f"{bandwidth / 1e6:g}mbit", "--frame-interval", repr(interval * 1e3)]
+    rows = []
+    for label, s in picks:
+        folder = tmp / label.replace(" ", "_")
+        plan_path, graph_path = write_strategy(graph, s, cluster, folder / "plan.json", None, "numpy", folder)
+        entry = ConfigEntry(devices, bandwidth, s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps, s.accuracy,
+                            reward(s, 1.0), True, plan_path.name, graph_path.name)
+        map_path = ConfigMap(spec, 1.0, cluster.link_latency_s, "numpy", (entry,)).save(folder / "configmap.json")
+        n_ranks = Plan.load(plan_path).n_ranks
+        got: dict = {"plain": [], "map": []}
+        for turn in range(2):
+            for kind, path in (("plain", plan_path), ("map", map_path)):
+                doc = run_emulated(path.resolve(), n_ranks, frames, folder / f"{kind}{turn}.json", "numpy", progress=False, timeout=3600,
+                                   max_in_flight=1, extra=extra)
+                assert doc["every_frame_once"], "frames lost or duplicated"
+                got[kind].append(doc["latency_ms"]["p50"])
+        rows.append({"plan": f"{label}: {s.exit} cut {s.cut}", "predicted_ms": s.latency_s * 1e3, "plain_p50_ms": got["plain"],
+                     "map_p50_ms": got["map"]})
+    return rows
+
+
 def measured_chart(path, rows, bps, interval, req, title) -> None:
     """The measured dynamic run: each frame's latency over time per policy (dynamic vs static), the exit
     that answered each of the dynamic run's frames (its switches as grey lines), the bandwidth beneath."""
@@ -413,6 +450,9 @@ def main(argv=None) -> int:
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
     p.add_argument("--measured-chart", metavar="FILE", help="with --measure-dynamic: draw the measured run (.svg, .png or .html)")
     p.add_argument("--chart", metavar="FILE", help="draw the dynamic run (.svg, .png or .html; needs pisplit[charts])")
+    p.add_argument("--plain-vs-map", type=int, default=0, metavar="F",
+                   help="run the final exit's plans (on the device; offloaded at the --bandwidths' last) plainly and as a "
+                   "one-entry map, F frames each, twice taking turns: what the switching runtime adds")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -447,6 +487,18 @@ def _main(args, model_dir: Path) -> int:
             doc[name] = [{k: v for k, v in r.items() if k not in ("strategy", "cluster")} for r in rows]
             if not args.json:
                 print_static(rows, f"{args.model} on {args.devices}: Algorithm 1's exit and cut ({name})")
+    if args.plain_vs_map:
+        with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
+            doc["plain_vs_map"] = plain_vs_map(graph, spec, args.devices, acc, bandwidths[-1], args.plain_vs_map, args.interval, Path(tmp))
+        if not args.json:
+            t = Table(title=f"the same plan run plainly and as a one-entry map ({args.plain_vs_map} frames every "
+                            f"{args.interval * 1e3:g} ms, twice taking turns; p50 latency ms)")
+            for col in ("plan", "predicted", "plain", "map"):
+                t.add_column(col, justify="left" if col == "plan" else "right")
+            for r in doc["plain_vs_map"]:
+                t.add_row(r["plan"], f"{r['predicted_ms']:.2f}", " / ".join(f"{v:.2f}" for v in r["plain_p50_ms"]),
+                          " / ".join(f"{v:.2f}" for v in r["map_p50_ms"]))
+            console.print(t)
     req = parse_latency(args.requirement)
     states = [s * args.trace_scale for s in parse_states(args.states)]
     rows, trace, bps = dynamic_rows(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval * (5 if args.quick else 1),
