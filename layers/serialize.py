@@ -68,7 +68,8 @@ def load_graph(path: str | Path) -> Graph:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PisplitError(f"model file {path}: not a pisplit graph (no \"format\": \"{FORMAT}\")")
     if doc.get("version") != VERSION:
-        raise PisplitError(f"model file {path}: graph format version {doc.get('version')} is not supported (expected {VERSION})")
+        version = json.dumps(doc.get("version"), default=repr)[:60]  # quoted and escaped: a version with a newline is one line too (bench_fuzz)
+        raise PisplitError(f"model file {path}: graph format version {version} is not supported (expected {VERSION})")
     _check_graph_fields(doc, path)
     try:
         nodes = [

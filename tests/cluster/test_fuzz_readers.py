@@ -64,3 +64,18 @@ def test_a_graph_without_nodes_is_refused_naming_the_file(tmp_path):
     outcome = run_cli(reader.argv(base))
     assert outcome.problem(reader.names(base)) is None and outcome.status == 1, outcome
     assert outcome.stderr.strip() == f"pisplit: error: model file {base}: nodes: expected a list of at least one node, got []"
+
+
+def test_a_format_version_with_a_line_break_is_one_line(tmp_path):
+    """Found by bench_fuzz at 10,000 cases: the unsupported version was printed as it was, its newline too."""
+    import json
+
+    reader = READERS["graph-json"]
+    base = reader.make(tmp_path)
+    doc = json.loads(base.read_text())
+    doc["version"] = "\x07\n\xa8"
+    base.write_text(json.dumps(doc))
+    outcome = run_cli(reader.argv(base))
+    assert outcome.problem(reader.names(base)) is None and outcome.status == 1, outcome
+    assert outcome.stderr.strip() == (f"pisplit: error: model file {base}: graph format version \"\\u0007\\n\\u00a8\" is not supported "
+                                      "(expected 1)")
