@@ -155,7 +155,7 @@ class Profile:
         if not isinstance(doc, dict) or doc.get("format") != PROFILE_FORMAT:
             raise PisplitError(f"{where}: not a pisplit profile (no \"format\": \"{PROFILE_FORMAT}\")")
         if doc.get("version") != PROFILE_VERSION:
-            raise PisplitError(f"{where}: version {doc.get('version')} is not supported (expected {PROFILE_VERSION})")
+            raise PisplitError(f"{where}: version {doc.get('version')!r} is not supported (expected {PROFILE_VERSION})")
         try:
             models = {m: [NodeProfile(**{**n, "parts": tuple(PartProfile(**p) for p in n.get("parts", ()))}) for n in nodes]
                       for m, nodes in doc.get("models", {}).items()}
