@@ -38,6 +38,8 @@ def read_input(path: str, graph) -> dict[str, np.ndarray]:
         x = x[None]
     if x.ndim != len(shape) or x.shape[1:] != shape[1:]:
         raise PisplitError(f"input {path}: shape {x.shape} does not match model input {name} {shape}")
+    if x.shape[0] == 0:  # an engine's own message named the model, not the file (bench_fuzz)
+        raise PisplitError(f"input {path}: shape {x.shape} holds no frame (axis 0 is 0)")
     return {name: x.astype(np.float32)}
 
 

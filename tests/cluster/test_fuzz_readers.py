@@ -79,3 +79,16 @@ def test_a_format_version_with_a_line_break_is_one_line(tmp_path):
     assert outcome.problem(reader.names(base)) is None and outcome.status == 1, outcome
     assert outcome.stderr.strip() == (f"pisplit: error: model file {base}: graph format version \"\\u0007\\n\\u00a8\" is not supported "
                                       "(expected 1)")
+
+
+def test_an_input_with_no_frame_is_refused_naming_the_file(tmp_path):
+    """Found by bench_fuzz at 10,000 cases: an .npy of shape (0, 32, 32, 1) reached the engine, whose
+    error named the model and not the file."""
+    import numpy as np
+
+    reader = READERS[".npy"]
+    base = reader.make(tmp_path)
+    np.save(base, np.zeros((0, 32, 32, 1), np.float32), allow_pickle=False)
+    outcome = run_cli(reader.argv(base))
+    assert outcome.problem(reader.names(base)) is None and outcome.status == 1, outcome
+    assert outcome.stderr.strip() == f"pisplit: error: input {base}: shape (0, 32, 32, 1) holds no frame (axis 0 is 0)"
