@@ -37,15 +37,20 @@ def test_a_step_costs_at_most_its_warm_reference(tmp_path):
 
     from cluster.emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer
 
-    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
     a = np.random.default_rng(0).random((200, 200))
     work = lambda: [a @ a for _ in range(20)]  # noqa: E731
-    t = time.perf_counter()
-    device.compute(work)  # no reference: its own CPU time, dilated
-    unreferenced = time.perf_counter() - t
-    device.reference("step", 0.001)  # warm, it took 1 ms here
-    t = time.perf_counter()
-    device.compute(work, "step")
-    referenced = time.perf_counter() - t
-    assert unreferenced > 4 * 0.004 and referenced < unreferenced
-    assert device.dilation.late_s >= 0
+    seen = []
+    for _ in range(3):  # wall clocks: a busy machine can stretch one attempt's referenced step
+        device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+        t = time.perf_counter()
+        device.compute(work)  # no reference: its own CPU time, dilated
+        unreferenced = time.perf_counter() - t
+        device.reference("step", 0.001)  # warm, it took 1 ms here
+        t = time.perf_counter()
+        device.compute(work, "step")
+        referenced = time.perf_counter() - t
+        assert device.dilation.late_s >= 0
+        seen.append((unreferenced, referenced))
+        if unreferenced > 4 * 0.004 and referenced < unreferenced:
+            return
+    raise AssertionError(f"(unreferenced, referenced) seconds of three attempts: {seen}")
