@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from layers.errors import PisplitError
-
-
-_LINK_UNITS = {"": 1.0, "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
 
 
 def parse_link(text: str) -> float:
-    """'94mbit' -> 94e6 bits per second ('1gbit', '940Mbit', '100kbit', a plain number of bit/s)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not m or m.group(2) not in _LINK_UNITS or float(m.group(1)) <= 0:
-        raise PisplitError(f"link {text!r}: expected a positive bandwidth such as 94mbit, 940mbit or 1gbit")
-    return float(m.group(1)) * _LINK_UNITS[m.group(2)]
+    """'94mbit' -> 94e6 bits per second: partitioners.devices.parse_link_bps, the one parser `plan`,
+    `emulate` and `run` share ('94mbit/s' was a plan's link and not an emulation's)."""
+    from partitioners.devices import parse_link_bps
+
+    return parse_link_bps(text)
 
 
 def device_slowdown(kind: str, engine: str = "numpy") -> float:

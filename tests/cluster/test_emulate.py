@@ -25,6 +25,7 @@ def test_parse_link():
     assert parse_link("1gbit") == pytest.approx(1e9)
     assert parse_link("940Mbit") == pytest.approx(940e6)
     assert parse_link("2e6") == pytest.approx(2e6)
+    assert parse_link("94mbit/s") == pytest.approx(94e6)  # as `pisplit plan` reads it: one parser
     for bad in ("fast", "-3mbit", "0", "10furlongs"):
         with pytest.raises(PisplitError, match="link"):
             parse_link(bad)
