@@ -152,7 +152,7 @@ def branch_codec_table(table: CodecTable | None, graph: Graph, branch: Graph) ->
         if entry is not None:
             cuts.append(CutCodecs(c, branch.nodes[c - 1].name if c else "input", entry.raw_bytes, entry.messages, entry.samples,
                                   entry.entropy_bits, entry.nonzero))
-    return CodecTable(branch.name, len(branch), table.frames, table.n_frames, table.machine, tuple(cuts))
+    return CodecTable(branch.name, len(branch), table.frames, table.n_frames, table.machine, tuple(cuts), table.machine_speed)
 
 
 # --- strategies --------------------------------------------------------------------------------------

@@ -156,12 +156,13 @@ def profile_each_in_own_process(names: list[str], args):
     import tempfile
     from pathlib import Path
 
-    from partitioners.latency_model import LatencyModel
+    from partitioners.latency_model import LatencyModel, merge_split_overheads
     from partitioners.profiles import Profile, samples_of
 
     # the children are plain processes, whatever this one runs under (they must not join an MPI job)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
     merged = None
+    overheads = []  # each model's split-part overheads, merged by their samples at the end
     with tempfile.TemporaryDirectory(prefix="pisplit-profile-") as tmp:
         for i, name in enumerate(names):
             out = Path(tmp) / f"{i}.json"
@@ -175,11 +176,13 @@ def profile_each_in_own_process(names: list[str], args):
                 lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
                 raise PisplitError(f"profile of {name}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
             one = Profile.load(out)
+            overheads.append(one.split_overhead)
             if merged is None:
                 merged = one
             else:
                 merged.models.update(one.models)
     merged.latency = LatencyModel.fit(samples_of(merged))
+    merged.split_overhead = merge_split_overheads(overheads)  # not only the first model's
     return merged
 
 
