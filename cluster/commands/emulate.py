@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from layers import load_model
@@ -218,16 +219,24 @@ def run(args) -> int:
 
         return emulate_resilient(args, plan)
     single = single_device_plan(graph, args.model, plan.devices[0].kind, link_bps, args.engine)
+    # with --exit: the plan's prediction with the exits' held-out shares, as `pisplit plan --exit` prints it
+    exit_fps, exit_note, held_out = (exit_prediction(args, graph, plan, link_bps, table, budget) if args.exit and plan_graph is graph
+                                     else (None, None, None))
     with tempfile.TemporaryDirectory(prefix="pisplit-emulate-") as tmp:
         tmp = Path(tmp)
         plan_path = plan.save(Path(args.plan_output) if args.plan_output else tmp / "plan.json")
         single_path = single.save(tmp / "single.json")
+        if held_out is not None and not args.input:  # exits fire on real frames: the held-out ones the shares were measured on
+            np.save(tmp / "held-out.npy", held_out, allow_pickle=False)
+            with_exits += ["--input", str(tmp / "held-out.npy")]
         # the one-device baseline long enough to be stable: about 5 s of emulated frames
         single_frames = args.single_frames or max(4, min(40, int(5 * single.predicted_throughput_fps)))
         if not args.json:
             console.print(plan_table(plan, plan_graph))
             console.print(f"predicted {plan.predicted_throughput_fps:.2f} frames/s on {plan.n_ranks} emulated "
                           f"{'devices' if plan.n_ranks > 1 else 'device'}, {single.predicted_throughput_fps:.2f} on one {single.devices[0].kind}")
+            if exit_note:
+                console.print(exit_note)
             console.print(f"emulating one {single.devices[0].kind} ({single_frames} frames) ...")
         # a latency plan is measured frame after frame (one in flight), as single-frame latency is meant
         in_flight = 1 if args.objective == "latency" else None
@@ -247,12 +256,13 @@ def run(args) -> int:
     problem = implausible_speedup(plan, latency_speedup if args.objective == "latency" else speedup)
     doc = {
         "model": graph.name, "devices": args.devices, "link_bps": link_bps, "planner": plan.planner, "engine": args.engine,
-        "frames": many["frames"], "throughput_fps": many["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps,
-        "measured_over_predicted": many["throughput_fps"] / plan.predicted_throughput_fps if plan.predicted_throughput_fps else None,
+        "frames": many["frames"], "throughput_fps": many["throughput_fps"], "predicted_fps": exit_fps or plan.predicted_throughput_fps,
+        "measured_over_predicted": many["throughput_fps"] / (exit_fps or plan.predicted_throughput_fps) if plan.predicted_throughput_fps else None,
+        "predicted_fps_without_exits": plan.predicted_throughput_fps if exit_fps else None, "exit_prediction": exit_note,
         "latency_ms": many["latency_ms"], "predicted_latency_ms": plan.predicted_latency_s * 1e3,
         "single_fps": one["throughput_fps"], "single_predicted_fps": single.predicted_throughput_fps,
         "speedup_vs_single": speedup,
-        "predicted_speedup_vs_single": plan.predicted_throughput_fps / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
+        "predicted_speedup_vs_single": (exit_fps or plan.predicted_throughput_fps) / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
         "single_latency_ms": one["latency_ms"], "latency_speedup_vs_single": latency_speedup,
         "predicted_latency_speedup_vs_single": single.predicted_latency_s / plan.predicted_latency_s if plan.predicted_latency_s else None,
         "single_fidelity": one["throughput_fps"] / single.predicted_throughput_fps if single.predicted_throughput_fps else None,
@@ -267,7 +277,7 @@ def run(args) -> int:
         print_json(doc)
         return 0
     lat = doc["latency_ms"]
-    console.print(f"measured [bold]{doc['throughput_fps']:.2f} frames/s[/] (predicted {doc['predicted_fps']:.2f}), "
+    console.print(f"measured [bold]{doc['throughput_fps']:.2f} frames/s[/] (predicted {doc['predicted_fps']:.2f}{' with exits' if exit_fps else ''}), "
                   f"latency p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms")
     if doc.get("exits"):
         console.print("answered at " + ", ".join(f"{name} {n} ({n / max(doc['frames'], 1):.0%})" for name, n in doc["exits"].items())
@@ -289,6 +299,39 @@ def run(args) -> int:
         console.print(f"[yellow]note: this machine fell behind the emulated device speed on rank(s) "
                       f"{', '.join(str(r['rank']) for r in late)}; measured figures are pessimistic[/]")
     return 0
+
+
+def exit_prediction(args, graph, plan: Plan, link_bps: float, table, budget) -> tuple[float | None, str, np.ndarray | None]:
+    """The plan's predicted throughput with the --exit thresholds, each exit's share measured on the
+    trained model's held-out split (partitioners.exits.throughput_with_inner_exits, as `pisplit plan
+    --exit` prices it), a note saying so and the held-out frames (one-input models; the run's input
+    without --input, so the exits fire as often as predicted); (None, why, None) without held-out data."""
+    from partitioners.codec_cost import codec_cost_model
+    from partitioners.cost import make_cluster
+    from partitioners.devices import parse_devices
+    from partitioners.exits import calibrate, parse_exit_overrides, resolve_exits, throughput_with_inner_exits
+    from partitioners.profiles import Calibration
+
+    from .exits import held_out_outputs
+
+    points = resolve_exits(graph, parse_exit_overrides(args.exit))
+    try:
+        outputs, labels, data = held_out_outputs(args.model, graph, None)
+    except PisplitError:
+        return None, "exit shares not measured (not a trained model): the prediction counts every frame to the end", None
+    fractions = [e["exit_fraction"] for e in calibrate(graph, outputs, labels, points)["exits"]]
+    model = codec_cost_model(graph, make_cluster(parse_devices(args.devices), link_bps), Calibration(args.engine),
+                             codecs=table, codec_budget=budget)
+    fps = throughput_with_inner_exits(model, plan, points, fractions)
+    from layers.trained import manifest
+    from layers.trained.data import load_split, model_inputs
+
+    entry = manifest()["models"][args.model.lower()]
+    feeds = model_inputs(data, entry["input"], load_split(data).x_test, "test")
+    frames = next(iter(feeds.values())).astype(np.float32) if len(feeds) == 1 and not args.input else None
+    shares = ", ".join(f"{p.name} {f:.1%}" for p, f in zip(points, fractions))
+    return fps, (f"with exits {shares} of {len(labels)} held-out {data} frames (test split): predicted {fps:.2f} frames/s "
+                 f"(without exits {plan.predicted_throughput_fps:.2f})" + ("; the run's frames: those held-out frames" if frames is not None else "")), frames
 
 
 def implausible_speedup(plan: Plan, speedup: float | None) -> str | None:
