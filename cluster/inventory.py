@@ -25,6 +25,14 @@ Variables are merged with Ansible's precedence, later winning:
 The JSON that `ansible-inventory -i ... --list` prints is read too (a file whose text starts with
 `{`): its `_meta.hostvars` are the hosts' merged variables.
 
+Ansible's YAML inventory (`hosts.yml`, `inventory.yaml`: a file named .yml/.yaml, or whose first line
+is a top-level `NAME:` key) is read with the same meaning: top-level keys are groups (usually `all`),
+each with optional `hosts:` (host pattern -> its variables, ranges and `:port` as in INI), `vars:`
+and `children:` (group -> the same structure, to any depth); hosts directly under `all` are
+ungrouped. A host listed several times gets its variables merged, later winning, as Ansible does.
+A key other than hosts/vars/children, a duplicate key or YAML that does not parse is an error
+naming the file and line.
+
 Every problem is reported as `FILE:LINE: reason` (`FILE: reason` for vars and JSON files).
 """
 from __future__ import annotations
@@ -145,7 +153,25 @@ def parse_inventory(text: str, path: str | Path = "inventory.ini", vars_dir: str
     parser = _Parser(Path(path), Path(vars_dir) if vars_dir is not None else None)
     if text.lstrip().startswith("{"):
         return parser.parse_list_json(text)
+    if is_yaml_inventory(text, Path(path)):
+        return parser.parse_yaml(text)
     return parser.parse(text)
+
+
+_YAML_TOP_KEY = re.compile(r"^(---\s*$|[A-Za-z0-9_.-]+:\s*(#.*)?$)")
+
+
+def is_yaml_inventory(text: str, path: Path) -> bool:
+    """An Ansible YAML inventory: named .yml/.yaml, or its first significant line is `---` or a
+    top-level `NAME:` key (an INI line never ends in ':' and a host:port ends in digits)."""
+    if path.suffix.lower() in (".yml", ".yaml"):
+        return True
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line.strip() or line.lstrip().startswith(("#", ";")):
+            continue
+        return bool(_YAML_TOP_KEY.match(line))
+    return False
 
 
 MAX_RANGE_HOSTS = 4096  # hosts one host line's ranges may make: 'pi-[0:999999999]' is a typo, not a cluster
@@ -294,6 +320,134 @@ class _Parser:
         self.members["all"] = []  # 'all' is every host anyway
         self.children.pop("all", None)
         return self.finish()
+
+    def parse_yaml(self, text: str) -> Inventory:
+        """Ansible's YAML inventory (see the module docstring), walked as YAML nodes so that every
+        error names its line."""
+        import yaml  # a runtime dependency; imported only for YAML inventories
+
+        try:
+            loader = yaml.SafeLoader(text)
+            try:
+                root = loader.get_single_node()
+            finally:
+                loader.dispose()
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            if mark is not None:
+                raise self.fail(mark.line + 1, f"not valid YAML ({problem}, column {mark.column + 1})") from None
+            raise self.fail(str(self.path), f"not valid YAML ({problem})") from None
+        if root is None:
+            raise PisplitError(f"inventory {self.path}: no hosts (the YAML file is empty)")
+        if not isinstance(root, yaml.MappingNode):
+            raise self.fail(root.start_mark.line + 1, "a YAML inventory is a mapping of groups (all:, then hosts:, "
+                                                      "vars:, children:)")
+        for key, body, _ in self.yaml_items(root, "the inventory"):
+            self.yaml_group(key, body, None)
+        self.members.setdefault("all", [])
+        self.children.pop("all", None)  # every group is in 'all'; as INI, top-level groups are depth 1
+        return self.finish()
+
+    def yaml_items(self, node, what: str):
+        """(key, value node) pairs of a mapping node, keys as strings; refuses non-scalar and duplicate keys."""
+        import yaml
+
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                raise self.fail(line, f"{what}: keys must be plain names")
+            key = str(key_node.value)
+            if key in seen:
+                raise self.fail(line, f"{what}: {key!r} given twice (first on line {seen[key]})")
+            seen[key] = line
+            yield key, value_node, line
+
+    def yaml_group(self, group: str, node, parent: str | None) -> None:
+        import yaml
+
+        line = node.start_mark.line + 1
+        if not _NAME.match(group):
+            raise self.fail(line, f"{group!r} is not a group name")
+        if group == "ungrouped" and parent not in (None, "all"):
+            raise self.fail(line, "'ungrouped' cannot be a child group")
+        self.members.setdefault(group, [])
+        if parent is not None and parent != "all":
+            kids = self.children.setdefault(parent, [])
+            if group not in [k for k, _ in kids]:
+                kids.append((group, line))
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null", "Null", "NULL"):
+            return  # 'group:' with nothing under it
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(line, f"group {group}: expected hosts:, vars: and children: under it")
+        for section, body, where in self.yaml_items(node, f"group {group}"):
+            if section not in ("hosts", "vars", "children"):
+                raise self.fail(where, f"group {group}: unknown key {section!r} (a group has hosts:, vars: and children:"
+                                       f"; a host goes under hosts:)")
+            if isinstance(body, yaml.ScalarNode) and body.value in ("", "~", "null", "Null", "NULL"):
+                continue
+            if isinstance(body, yaml.ScalarNode) and section != "vars":
+                entries = [(body.value, None, where)]  # 'hosts: pi-0' is one host, as Ansible reads it
+            elif isinstance(body, yaml.MappingNode):
+                entries = list(self.yaml_items(body, f"group {group} {section}"))
+            else:
+                raise self.fail(where, f"group {group}: {section} must be a mapping (name: ...), not a "
+                                       f"{'list' if isinstance(body, yaml.SequenceNode) else 'value'}")
+            if section == "vars":
+                values = self.yaml_vars(body, f"group {group} vars")
+                self.group_vars.setdefault(group, {}).update(values)
+            elif section == "children":
+                for child, child_node, _ in entries:
+                    if child_node is None:
+                        raise self.fail(where, f"group {group}: children must be a mapping (child:), not a value")
+                    self.yaml_group(child, child_node, group)
+            else:
+                for pattern, host_node, key_line in entries:
+                    self.yaml_host(group, pattern, host_node, key_line)
+
+    def yaml_vars(self, node, what: str) -> dict[str, tuple[str, Origin]]:
+        """A YAML mapping of variables, checked as INI ones; every value's origin is its line."""
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node.start_mark.line + 1, f"{what}: expected key: value lines")
+        constructor = yaml.SafeLoader("")
+        out: dict[str, tuple[str, Origin]] = {}
+        for key, value_node, _ in self.yaml_items(node, what):
+            line = value_node.start_mark.line + 1
+            try:
+                value = constructor.construct_object(value_node, deep=True)
+            except yaml.YAMLError as exc:
+                raise self.fail(line, f"{what}: {key}: {getattr(exc, 'problem', None) or exc}") from None
+            checked = self.mapping({key: value}, f"{self.path}:{line}: {what}")
+            out.update({k: (v, line) for k, (v, _) in checked.items()})
+        return out
+
+    def yaml_host(self, group: str, pattern: str, node, line: int) -> None:
+        import yaml
+
+        pattern, port = split_port(str(pattern))
+        try:
+            names = expand_host_pattern(pattern)
+        except ValueError as exc:
+            raise self.fail(line, f"host {pattern!r}: {exc}") from None
+        for name in names:
+            self.check_name(name, line)
+        values: dict[str, tuple[str, Origin]] = {}
+        if port is not None:
+            values["ansible_port"] = (str(port), line)
+        if node is not None and not (isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null", "Null", "NULL")):
+            if not isinstance(node, yaml.MappingNode):
+                raise self.fail(line, f"host {pattern}: expected its variables as key: value lines under it "
+                                      "(or nothing: 'host:')")
+            values.update(self.yaml_vars(node, f"host {pattern}"))
+        target = "ungrouped" if group == "all" else group
+        for name in names:
+            self.host_lines.setdefault(name, line)
+            self.host_vars.setdefault(name, {}).update(values)  # Ansible merges a host's entries, later winning
+            if name not in self.members[target]:
+                self.members[target].append(name)
 
     def mapping(self, values, where: str) -> dict[str, tuple[str, Origin]]:
         """Variables of a vars file or JSON object, checked like INI ones; `where` names the file in messages."""
