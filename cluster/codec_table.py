@@ -26,6 +26,7 @@ from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.codecs import decode, encode, parse_codec
 from partitioners.link_pricing import CodecSample, CodecTable, CutCodecs, TensorCodecSamples
+from partitioners.vocabulary import StageMode
 
 DEFAULT_CODECS = ("rle-huffman", "zstd", "lz4", "fp16+zstd", "int8+zstd", "jpeg:90", "jpeg:50", "jpeg:20")
 
@@ -236,7 +237,7 @@ def plan_accuracy(graph: Graph, model: str, plan, n: int = 200) -> tuple[float, 
         return out
 
     first = plan.stages[0]
-    if first.mode == "data-parallel" and len(first.ranks) > 1:
+    if first.mode == StageMode.DATA_PARALLEL and len(first.ranks) > 1:
         env = coded(env, 0, plan.input_codec, [f for f in range(n) if entry_rank(first, f) != 0])
     start = 0
     for s in plan.stages[:-1]:

@@ -94,3 +94,86 @@ def test_no_import_cycles_through_the_planners():
     assert PLANNING <= set(edges), f"planning modules renamed or gone: {sorted(PLANNING - set(edges))}"
     through = sorted(" -> ".join(c + (c[0],)) for c in cycles if PLANNING & set(c))
     assert not through, "import cycles through the planners:\n" + "\n".join(through)
+
+
+# Split kinds and stage modes are partitioners.vocabulary's SplitKind / StageMode / NO_SPLIT: code that
+# compares a `.kind` or `.mode` (or a plan dict's ["kind"] / .get("mode")) with the bare string of one
+# of them brings back the stringly-typed vocabulary issue 13 removed. Other `.kind`s (dtype kinds 'f',
+# codec kinds 'int8', device kinds 'host') are not words of that vocabulary and are left alone.
+VOCABULARY_PACKAGES = ("layers", "partitioners", "cluster", "bench")
+
+
+def _vocabulary_words() -> set:
+    from partitioners.vocabulary import NO_SPLIT, SplitKind, StageMode
+
+    return {m.value for m in SplitKind} | {m.value for m in StageMode} | {NO_SPLIT}
+
+
+def _is_kind_or_mode(node) -> bool:
+    import ast
+
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("kind", "mode")
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value in ("kind", "mode")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+        return isinstance(node.args[0], ast.Constant) and node.args[0].value in ("kind", "mode")
+    return False
+
+
+def _string_literals(node) -> list:
+    import ast
+
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+
+
+def bare_vocabulary_comparisons(source: str, filename: str = "<source>") -> list:
+    """'LINE: code' for each comparison (==, !=, in, not in; a match on .kind/.mode with string cases)
+    of a kind/mode with a bare string literal that is a split kind or stage mode."""
+    import ast
+
+    words = _vocabulary_words()
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            for side in sides:
+                if _is_kind_or_mode(side) and any(w in words for o in sides if o is not side for w in _string_literals(o)):
+                    found.append(f"{node.lineno}: {ast.unparse(node)}")
+                    break
+        elif isinstance(node, ast.Match) and _is_kind_or_mode(node.subject):
+            for case in node.cases:
+                for pattern in ast.walk(case.pattern):
+                    if isinstance(pattern, ast.MatchValue) and any(w in words for w in _string_literals(pattern.value)):
+                        found.append(f"{pattern.lineno}: case {ast.unparse(pattern.value)} (match {ast.unparse(node.subject)})")
+    return found
+
+
+def test_the_scan_finds_bare_split_kind_and_stage_mode_strings():
+    bad = """
+if seg.kind == "conv-channel": pass
+if stage.mode != 'split': pass
+if "fused-tiles" == s.kind: pass
+if seg.kind in ("fc-output", "fc-input"): pass
+if d["mode"] == "data-parallel": pass
+if d.get("kind") not in {"none"}: pass
+match seg.kind:
+    case "attn-heads": pass
+"""
+    assert sorted(int(f.split(":")[0]) for f in bare_vocabulary_comparisons(bad)) == [2, 3, 4, 5, 6, 7, 9]
+    fine = """
+if seg.kind == SplitKind.CONV_CHANNEL or stage.mode is SPLIT_MODE: pass
+if arr.dtype.kind in "iu" or codec.kind == "int8" or device.kind != "host": pass
+if seg.kind == NO_SPLIT or name == "split": pass
+"""
+    assert bare_vocabulary_comparisons(fine) == []
+
+
+def test_no_bare_split_kind_or_stage_mode_strings():
+    found = []
+    for package in VOCABULARY_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found += [f"{path.relative_to(ROOT)}:{hit}" for hit in bare_vocabulary_comparisons(path.read_text(), str(path))]
+    assert not found, ("split kinds and stage modes compared as bare strings (use partitioners.vocabulary's SplitKind, "
+                       "StageMode, NO_SPLIT or the *_MODE constants):\n" + "\n".join(found))

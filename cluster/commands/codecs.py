@@ -144,10 +144,11 @@ def lossy_links(plan) -> list:
     """The plan's links that carry a lossy codec: stage send codecs, and the input codec where rank 0
     hands frames to a data-parallel first stage's other replicas."""
     from partitioners.codecs import parse_codec
+    from partitioners.vocabulary import StageMode
 
     out = [s.send_codec for s in plan.stages[:-1] if not parse_codec(s.send_codec).lossless]
     first = plan.stages[0]
-    if first.mode == "data-parallel" and len(first.ranks) > 1 and not parse_codec(plan.input_codec).lossless:
+    if first.mode == StageMode.DATA_PARALLEL and len(first.ranks) > 1 and not parse_codec(plan.input_codec).lossless:
         out.append(plan.input_codec)
     return out
 
