@@ -36,6 +36,7 @@ from partitioners.plan import Plan
 
 from . import transport
 from .runtime import PipelineRank, RunOptions, check_input_frames, default_stall_timeout, settle_baseline, stall_margin
+from .watched import bcast_text_watched
 
 PROBE_BYTES = 16384
 REAL_PROBE_BYTES = 65536  # a real link's probe: as large as the smallest transfer counted on one (MPI's eager limit)
@@ -130,20 +131,20 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     except PisplitError as exc:
         error = str(exc)
     transport.agree(comm, error)
-    initial = int(transport.bcast_text(comm, str(initial)))  # rank 0's chooser says where to start
+    stall = max(default_stall_timeout(p) for p in plans) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
+    initial = int(bcast_text_watched(comm, str(initial), "the first plan's broadcast", stall, follow_s=stall_margin(stall)))  # rank 0's chooser says where to start
     text = " ".join(repr(float(r)) for r in speed_ratios) if rank == 0 and speed_ratios is not None else ""
-    ratios = [float(v) for v in transport.bcast_text(comm, text).split()]
+    ratios = [float(v) for v in bcast_text_watched(comm, text, "the plans' speeds' broadcast", stall, follow_s=stall_margin(stall)).split()]
     if ratios and (len(ratios) != len(plans) or not all(r > 0 for r in ratios)):
         ratios = []  # not one positive ratio per plan: every plan keeps the run's host speed
     baseline = settle_baseline()
-    stall = max(default_stall_timeout(p) for p in plans) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
     setup_s = 3.0 * stall
     # every plan on its own communicator (its first n_ranks ranks): no message of one plan's segment can match another's
     comms = [transport.split_communicator(comm, 0 if rank < p.n_ranks else None, rank) for p in plans]
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if rank == 0 else None
-        options.core_lock_dir = transport.bcast_text(comm, made_lock_dir)
+        options.core_lock_dir = bcast_text_watched(comm, made_lock_dir, "the lock folder's broadcast", stall, follow_s=stall_margin(stall))
         if not os.path.isdir(options.core_lock_dir):
             os.makedirs(options.core_lock_dir, mode=0o700, exist_ok=True)
             made_lock_dir = options.core_lock_dir
@@ -211,7 +212,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
                 do_probe = probe and size > 1 and idle and plans[nxt].n_ranks == 1
                 per_frame = (time.perf_counter() - seg_t0) / max(prev_len, 1)  # the last segment's pace, its drain included
                 text = f"{nxt} {int(do_probe)} {_segment_length(every, max(interval, per_frame), n, min_segment_s)}"
-            nxt_s, probe_s, length_s = transport.bcast_text(comm, text).split()
+            nxt_s, probe_s, length_s = bcast_text_watched(comm, text, f"the switch before frame {lo}", bound, lambda r: f"rank {r} (host {hosts[r]})",
+                                                          follow_s=stall_margin(bound)).split()
             current, length = int(nxt_s), int(length_s)
             if probe_s == "1":
                 sample = _probe(comm, shared)

@@ -42,6 +42,12 @@ def register(sub) -> None:
                    "rerun only the frames without a result, as `pisplit run --resilient` (no one-device baseline)")
     p.add_argument("--fail", action="append", default=[], metavar="RANK@FRAME[:MODE]",
                    help="with --resilient: fault injection, as `pisplit run --fail` (repeatable: one per attempt)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="as `pisplit run --stall-timeout`, for the emulated ranks: a wait with no progress this long names the rank "
+                        "it waits for and ends the run (default: max(10 s, 20 predicted periods, 3 predicted latencies); 0: never)")
+    p.add_argument("--on-slow", choices=("warn", "fail"),
+                   help="as `pisplit run --on-slow`: a rank falling behind is named once and the run goes on (warn, the default) "
+                        "or the run ends as that rank's error (fail)")
     p.add_argument("--engine", choices=[e for e in ENGINES if e != "auto"], default="numpy", help="engine of every rank (default numpy)")
     p.add_argument("--plan-output", metavar="PLAN.json", help="also keep the plan here")
     p.add_argument("--trace", metavar="T.json", help="Chrome Trace Event file of the cluster run")
@@ -200,6 +206,16 @@ def run(args) -> int:
     with_exits = inputs + [a for e in args.exit for a in ("--exit", e)]
     with_exits += ["--bandwidth-trace", str(Path(args.bandwidth_trace).resolve())] if args.bandwidth_trace else []
     with_exits += ["--frame-interval", repr(args.frame_interval)] if args.frame_interval else []
+    if args.stall_timeout is not None and not args.stall_timeout >= 0:
+        raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+    if args.resilient and args.on_slow:
+        raise PisplitError("--on-slow with --resilient: the supervisor's attempts always end on a slow rank (fail) and replan without it")
+    if args.resilient and args.stall_timeout is not None:
+        raise PisplitError("--stall-timeout with --resilient: not passed to the supervisor's attempts yet (they use the plan's default bound)")
+    watch_flags = (["--stall-timeout", repr(args.stall_timeout)] if args.stall_timeout is not None else []) + \
+        (["--on-slow", args.on_slow] if args.on_slow else [])
+    inputs += watch_flags  # both runs, the one-device baseline too
+    with_exits += watch_flags
     link_bps = parse_link(args.link)
     if args.frames < 1 or (args.single_frames is not None and args.single_frames < 1):
         raise PisplitError("--frames and --single-frames: must be at least 1")

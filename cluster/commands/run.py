@@ -297,8 +297,12 @@ def _host_speed(args, plan, engine: str, comm, rank: int) -> float:
 
     if args.host_speed is not None:
         return float(args.host_speed)
+    from ..runtime import default_stall_timeout, stall_margin
+    from ..watched import bcast_text_watched
+
     speed = (host_speed(plan.model, plan.model_seed, engine, measure=False) or 1.0) if rank == 0 else 0.0
-    return float(transport.bcast_text(comm, repr(speed)))
+    bound = default_stall_timeout(plan) if args.stall_timeout is None else float(args.stall_timeout)
+    return float(bcast_text_watched(comm, repr(speed), "the host speed's broadcast", bound, follow_s=stall_margin(bound)))
 
 
 # --- issue 16: a configuration map's plans, switched between frames (cluster.switching) -----------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cluster import transport
+from cluster.watched import bcast_text_watched
 from cluster.runtime import FAULT_AT_END, FAULT_AT_START, parse_fault
 from layers import zoo_model
 from layers.errors import PisplitError
@@ -148,3 +149,76 @@ def test_a_rank_stopped_or_killed_in_the_profiles_link_tests_is_named(tmp_path):
     assert proc.returncode != 0 and seconds < 30 and not pisplit_lines(proc.stderr, "error"), (seconds, proc.stderr)
     assert re.search(r"process rank 1 with PID \d+ on node \S+ exited on signal 9", " ".join(proc.stderr.split())), proc.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+# --- the broadcasts outside the pipeline: the host speed under --emulate, a configuration map's switches -----
+# The same code the commands call (cluster.commands.run._host_speed, cluster.watched.bcast_text_watched,
+# which cluster.switching uses at every switch), on real mpirun ranks; the named rank stops (SIGSTOP) first.
+BROADCAST = r"""
+import argparse, os, signal, sys
+from cluster import transport
+from cluster.watched import bcast_text_watched
+from cluster.commands.run import _host_speed
+from cluster.watched import bcast_text_watched
+from partitioners.plan import Plan
+
+what, stopped = sys.argv[1], int(sys.argv[2])
+
+def body(comm, rank):
+    if rank == stopped:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if what == "host-speed":
+        got = _host_speed(argparse.Namespace(host_speed=None, stall_timeout=1.0), Plan.load(sys.argv[3]), "numpy", comm, rank)
+    else:
+        got = bcast_text_watched(comm, "3 0 17" if rank == 0 else None, "the switch before frame 40", 1.0, follow_s=2.0)
+    print(f"rank {rank}: {got}", flush=True)
+    return 0
+
+sys.exit(transport.on_every_rank(body))
+"""
+
+
+def test_a_watched_broadcast_on_one_rank_returns_its_text():
+    assert bcast_text_watched(transport.self_comm(), "7 1 30", "the switch before frame 9", 1.0) == "7 1 30"
+
+
+@pytest.mark.mpi
+def test_the_watched_broadcast_delivers_rank_0s_text_to_every_rank():
+    proc, _ = mpirun(3, "switch", -1, code=BROADCAST)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:-1]) == [f"rank {r}: 3 0 17" for r in range(3)], proc.stdout
+
+
+@pytest.mark.mpi
+def test_a_rank_stopped_at_the_host_speed_broadcast_is_named_in_one_line(tmp_path):
+    """`pisplit run --emulate`'s host-speed broadcast was an MPI Bcast: a rank stopped before it left
+    the others waiting forever, silently."""
+    plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
+    proc, seconds = mpirun(3, "host-speed", 2, plan, code=BROADCAST)
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1, proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the host speed's broadcast "
+                    r"for \d+\.\d s \(stalled or lost\)", errors[0]), errors
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.mpi
+def test_rank_0_stopped_at_a_switch_is_named_by_the_first_other_rank():
+    proc, seconds = mpirun(3, "switch", 0, code=BROADCAST)
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1, proc.stderr
+    assert re.match(rf"pisplit: error: rank 1 \(host {HOST}\): rank 0 did not complete the switch before frame 40 "
+                    r"for \d+\.\d s \(stalled or lost\)", errors[0]), errors
+
+
+def test_emulate_checks_its_stall_flags_in_one_line():
+    import subprocess
+    import sys
+
+    for flags, message in ((["--stall-timeout", "-1"], "pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"),
+                           (["--resilient", "--on-slow", "warn"], "pisplit: error: --on-slow with --resilient: the supervisor's attempts")):
+        proc = subprocess.run([sys.executable, "-m", "cluster.cli", "emulate", "lenet5", "--devices", "rpi3:2", *flags],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
+        assert proc.returncode != 0 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1, proc.stderr

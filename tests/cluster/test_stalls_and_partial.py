@@ -177,11 +177,13 @@ def end_job(marker: str) -> None:
                 pass
 
 
-def mpirun(n: int, *args, timeout: float = 60):
-    """`mpirun -n n pisplit ...` -> (CompletedProcess, seconds). A run still going after `timeout` fails
-    the test; any of its processes left (stopped ranks) are continued and killed either way."""
+def mpirun(n: int, *args, timeout: float = 60, code: str | None = None):
+    """`mpirun -n n pisplit ...` (with `code`: `python -c CODE ARGS...`) -> (CompletedProcess, seconds).
+    A run still going after `timeout` fails the test; any of its processes left (stopped ranks) are
+    continued and killed either way."""
     try:
-        cmd = local_mpirun_command(n, [sys.executable, "-m", "cluster.cli", *map(str, args)])
+        head = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "cluster.cli"]
+        cmd = local_mpirun_command(n, [*head, *map(str, args)])
     except FileNotFoundError as exc:
         require(False, str(exc))
     marker = uuid.uuid4().hex
