@@ -41,6 +41,7 @@ every box the region reads of the kept tensor, their inner transitions are their
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, replace
 
@@ -268,9 +269,61 @@ def kept_table(model, slots: tuple, sizes: dict, n_options: int) -> np.ndarray:
         np.add.at(sent, index, s)
         np.add.at(received, index, r)
     seconds = np.maximum(np.maximum(sent.max(axis=1, initial=0.0), received.max(axis=1, initial=0.0)), 0.0)
+    call_s = extra_call_seconds(model, slots)
     for pair, value in zip(pairs, seconds.tolist()):
+        if call_s is not None and pair.next_kind == EXCHANGE and not pair.next_span:
+            stop = segments[pair.boundary][1]
+            tensor, have, _ = split_boxes(graph, pair.start, stop, pair.kind, sizes[(pair.boundary, pair.option)])
+            _, made, need = split_boxes(graph, stop, pair.next_stop, pair.next_kind, sizes[(pair.boundary + 1, pair.next_option)])
+            out = graph.nodes[pair.next_stop - 1].outputs[0]
+            stride = graph.shapes[tensor][1] / graph.shapes[out][1] if len(graph.shapes[out]) > 2 else 1.0
+            value += interior_first_seconds(have, need, tensor, call_s, pair.next_stop - stop, (*made, stride))
         kept[pair.boundary, pair.option, pair.next_option] = value
     return kept
+
+
+def extra_call_seconds(model, slots: tuple) -> tuple | None:
+    """(seconds per engine call, per split node) a conv-spatial part pays for each call beyond its
+    first, on each slot's device (the lead profile's split overhead, scaled): what the interior-first
+    cut of a part fed from a kept strip (cluster.overlap: top edge, interior, bottom edge as three
+    engine calls) adds to the part. None when there is nothing to pay."""
+    profile, _ = model.calibration.resolve(model.classes[slots[0]].kind)
+    overhead = profile.split_overhead_for(EXCHANGE)
+    if overhead.per_step_s <= 0 and overhead.per_node_s <= 0:
+        return None
+    scales = np.array([model.classes[k].seconds_scale for k in slots])
+    return overhead.per_step_s * scales, overhead.per_node_s * scales
+
+
+def interior_first_seconds(have: tuple | None, need: dict, tensor: str, call_s: tuple, nodes: int, made: tuple | None = None) -> float:
+    """Seconds the slowest part of a conv-spatial split fed from the kept strips `have` of `tensor`
+    spends on extra engine calls: as cluster.split_exec runs it, a part whose only input is that
+    tensor and that reads rows above (below) its own strip computes a top (bottom) edge as a call of
+    its own, after the interior. Rows are the first box axis. With `made` (the split's output boxes,
+    part p's on rank p) a part too short to leave an interior row between its edges (each edge the
+    output rows its halo rows reach, at the whole tensors' input/output row ratio `made[2]`) is not cut."""
+    if have is None or set(need) != {tensor}:
+        return 0.0
+    h_rank, h_box = have
+    n_rank, n_box = need[tensor]
+    per_step, per_node = call_s
+    worst = 0.0
+    for r, box in zip(n_rank.tolist(), n_box):
+        held = h_box[h_rank == r]
+        if len(held) != 1 or r >= len(per_step):
+            continue  # nothing held on this rank (or in pieces): no interior-first cut
+        (h0, h1), (f0, f1) = held[0][0], box[0]
+        if max(h0, f0) >= min(h1, f1):
+            continue
+        calls = int(f0 < h0) + int(f1 > h1)
+        if made is not None and calls and r < len(made[1]):
+            (o0, o1) = made[1][r][0]
+            stride = made[2] if len(made) > 2 else 1.0  # input rows per output row of the whole tensors
+            edges = math.ceil(max(h0 - f0, 0) / stride - 1e-9) + math.ceil(max(f1 - h1, 0) / stride - 1e-9)
+            if o1 - o0 - max(edges, calls) < 1:
+                calls = 0
+        worst = max(worst, calls * (per_step[r] + per_node[r] * nodes))
+    return worst
 
 
 def exchange_boxes(graph: Graph, segments: list, first: int, d: int, sizes: tuple) -> tuple:
@@ -316,7 +369,16 @@ def exchange_transitions(model, slots: tuple, first: int, d: int, sizes: list) -
     entry, inner = exchange_boxes(graph, model.splits.segments, first, d, tuple(tuple(z) for z in sizes))
     args = (n, link.link_bandwidth_bps, link.link_latency_s)
     entry_s = _moves_seconds([(_lead_piece(graph, t), need, value_bytes(graph, t)) for t, need in entry.items()], *args)
-    return entry_s, sum(_moves_seconds(moves, *args) for moves in inner)
+    inner_s = sum(_moves_seconds(moves, *args) for moves in inner)
+    call_s = extra_call_seconds(model, slots)
+    if call_s is not None:  # each segment after the first reads its own strips: interior first
+        for k, moves in zip(range(first + 1, first + d + 1), inner):
+            if len(moves) == 1:
+                start, stop = model.splits.segments[k]
+                out, made, need = split_boxes(graph, start, stop, EXCHANGE, tuple(sizes[k - first]))
+                stride = graph.shapes[next(iter(need))][1] / graph.shapes[out][1] if len(graph.shapes[out]) > 2 else 1.0
+                inner_s += interior_first_seconds(moves[0][0], {"kept": moves[0][1]}, "kept", call_s, stop - start, (*made, stride))
+    return entry_s, inner_s
 
 
 def value_bytes(graph: Graph, tensor: str) -> int:
