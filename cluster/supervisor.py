@@ -168,10 +168,15 @@ def failed_rank(stderr: str) -> Failure | None:
 
 
 # --- replanning -----------------------------------------------------------------------------------------
-def replan(plan: Plan, devices: Sequence[Device], graph) -> Plan:
+def replan(plan: Plan, devices: Sequence[Device], graph, codecs=None, codec_budget=None) -> Plan:
     """A plan of `plan`'s model for `devices` (the survivors, renumbered 0..n-1) with the same planner
-    (a plan made by hand is remade by dp), objective, engine, link and device memories."""
-    from partitioners.cost import Cluster, CostModel
+    (a plan made by hand is remade by dp), objective, engine, link and device memories, and the same
+    link codecs: with the codec table the plan was made with (`codecs`, partitioners.link_pricing, in
+    reference seconds; lossy codecs within `codec_budget`, checked together on the held-out split as
+    `pisplit plan` does) the planner chooses a codec per cut again; without it a cut the new plan shares
+    with the old keeps the old plan's lossless codec there, and the input frames their codec."""
+    from partitioners.codec_cost import codec_cost_model
+    from partitioners.cost import Cluster
     from partitioners.planners import PLANNERS, InfeasiblePlan, make_plan
     from partitioners.profiles import Calibration
 
@@ -180,12 +185,40 @@ def replan(plan: Plan, devices: Sequence[Device], graph) -> Plan:
     pool = tuple(Device(i, d.kind, d.memory_bytes, d.host, d.speed) for i, d in enumerate(devices))
     cluster = Cluster(pool, plan.link_bandwidth_bps, plan.link_latency_s)
     planner = plan.planner if plan.planner in PLANNERS else "dp"
+
+    def make(budget):
+        model = codec_cost_model(graph, cluster, Calibration(plan.engine), codecs=codecs, codec_budget=budget)
+        return make_plan(graph, model, planner, plan.objective, plan.model, plan.engine)
+
     try:
-        new = make_plan(graph, CostModel(graph, cluster, Calibration(plan.engine)), planner, plan.objective, plan.model, plan.engine)
+        if codecs is not None and codec_budget is not None and codec_budget.max_accuracy_loss is not None:
+            from .commands.codecs import accuracy_checked  # lossy links checked together, as the first plan was
+
+            new = accuracy_checked(make, graph, plan.model, codec_budget)
+        else:
+            new = make(codec_budget)
     except InfeasiblePlan as exc:
         raise PisplitError(f"resilient run of {plan.model}: the model no longer fits on the {len(pool)} surviving "
                            f"device{'s' if len(pool) > 1 else ''}: {exc}") from None
+    if codecs is None:
+        new = kept_codecs(plan, new)
     return replace(new, model_seed=plan.model_seed).validate()
+
+
+def kept_codecs(old: Plan, new: Plan) -> Plan:
+    """`new` with `old`'s lossless link codecs where it cuts the model where `old` did (the same cut
+    tensors, so the codec the old plan chose for them still applies), and `old`'s lossless input codec."""
+    from partitioners.codecs import parse_codec
+
+    sent = {s.node_stop: s.send_codec for s in old.stages[:-1] if parse_codec(s.send_codec).lossless}
+    stages = tuple(replace(s, send_codec=sent.get(s.node_stop, s.send_codec)) if s is not new.stages[-1] else s for s in new.stages)
+    kept = [s.node_stop for s in stages[:-1] if s.node_stop in sent]
+    input_codec = old.input_codec if parse_codec(old.input_codec).lossless else new.input_codec
+    if not kept and input_codec == new.input_codec:
+        return new
+    note = (f"link codecs of the plan before the failure kept at cut{'s' if len(kept) != 1 else ''} "
+            f"{', '.join(map(str, kept)) or '-'} and on the input ({input_codec}); no codec table, so the prediction prices raw links")
+    return replace(new, stages=stages, input_codec=input_codec, notes=(*new.notes, note))
 
 
 def devices_in_plan(plan: Plan, pool: Sequence[Device]) -> list[int]:
@@ -264,8 +297,9 @@ class LocalSite:
 
 def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: dict | None = None,
               faults: Sequence[tuple] = (), keep_outputs: bool = False, say: Callable[[str], None] | None = None,
-              site=None, timeout: float | None = None) -> ResilientResult:
-    """Run `plan` for `frames` frames, relaunching on the survivors after each lost rank.
+              site=None, timeout: float | None = None, codecs=None, codec_budget=None) -> ResilientResult:
+    """Run `plan` for `frames` frames, relaunching on the survivors after each lost rank (replanned with
+    the codec table `codecs` and `codec_budget` the plan was made with, when given: replan).
 
     `child_args` go to every attempt's `pisplit run` (engine, emulation, seed, input, stall timeout).
     `faults` ((rank, global frame, mode), ...) are injected one per attempt, in order: the k-th in
@@ -355,7 +389,7 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             say(f"rank {failure.rank} ({device.kind}{', host ' + failure.host if failure.host else ''}) lost: {failure.cause}; "
                 f"{int(done.sum())} of {frames} frames kept; replanning on {len(pool)} device{'s' if len(pool) != 1 else ''}")
             try:
-                current = replan(plan, pool, graph)
+                current = replan(plan, pool, graph, codecs, codec_budget)
             except PisplitError as exc:
                 last = failures[-1]
                 raise PisplitError(f"{exc} (after {len(failures)} failure{'s' if len(failures) > 1 else ''}; the last: "
@@ -377,8 +411,11 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
 
 
 def _stages_text(plan: Plan) -> str:
-    return " | ".join(f"{s.node_start}-{s.node_stop - 1}@{','.join(map(str, s.ranks))}" + ("" if s.mode == StageMode.SINGLE else f" {s.mode}")
-                      for s in plan.stages)
+    """'0-2@0 -zstd-> | 3-16@1,2 data-parallel': each stage's nodes@ranks, its mode and a coded link's codec
+    (the input frames' codec first when coded)."""
+    text = " | ".join(f"{s.node_start}-{s.node_stop - 1}@{','.join(map(str, s.ranks))}" + ("" if s.mode == StageMode.SINGLE else f" {s.mode}")
+                      + ("" if s.send_codec == "raw" else f" -{s.send_codec}->") for s in plan.stages)
+    return text if plan.input_codec == "raw" else f"input {plan.input_codec} | {text}"
 
 
 def _assemble(journals: list, frames: int, keep_outputs: bool, attempts, failures, plan, wall, report) -> ResilientResult:

@@ -35,6 +35,8 @@ def register(sub) -> None:
                    help="a profile from `pisplit profile` (repeatable): one measured on a Pi replaces that kind's shipped profile")
     p.add_argument("--output", metavar="PLAN.json", help="write the plan here")
     p.add_argument("--json", action="store_true", help="print the plan document (with --compare: every planner's)")
+    p.add_argument("--candidates", action="store_true", help="with a host device and --json: print the edge-host candidates "
+                   "document (every cut and codec, the best, the plan) instead of the plan")
     p.add_argument("--chart", metavar="FILE", help="draw the plan into FILE (.svg, .png or .html): devices and links, "
                    "each stage's layers and splits, predicted time and memory (needs pip install 'pisplit[charts]')")
     p.add_argument("--latency-req", metavar="MS", help="Edgent (issue 16): for a branchy model on one device and a host, each "
@@ -125,7 +127,20 @@ def run(args) -> int:
     if kinds.count("host") == 1 and len(kinds) > 1 and args.planner == "dp" and not (args.compare or args.chart or args.exit or args.exit_shares):
         from .codecs import plan_with_host  # edge devices and a host (issue 15): rank 0, the frames' source, stays on the edge
 
-        return plan_with_host(args, graph, model)
+        if not args.json or args.candidates:
+            return plan_with_host(args, graph, model)
+        import contextlib
+        import io
+        import json
+
+        out = io.StringIO()  # --json prints the plan, as for every other plan (the candidates: --candidates)
+        with contextlib.redirect_stdout(out):
+            code = plan_with_host(args, graph, model)
+        print_json(json.loads(out.getvalue())["plan"])
+        return code
+    if args.candidates:
+        raise PisplitError("--candidates: the edge-host candidates of one host beside edge devices (--devices KIND:N,host:1, "
+                           "the dp planner, no --compare/--chart/--exit); print the plan with --json")
     if args.compare:
         results = compare_plans(graph, model, args.objective, args.model, args.engine)
         chosen = next((r.plan for r in results if not isinstance(r, InfeasiblePlan) and r.planner == args.planner), None)

@@ -70,7 +70,7 @@ def child_env(one_thread: bool) -> dict:
 
 
 def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_outputs: bool, quiet: bool, env: dict, site=None,
-                   timeout: float | None = None, output: str | None = None) -> ResilientResult:
+                   timeout: float | None = None, output: str | None = None, codecs=None, codec_budget=None) -> ResilientResult:
     """Check the arguments, load the model, run the supervisor; progress lines go to stderr."""
     from layers import load_model
 
@@ -84,7 +84,8 @@ def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_output
         raise PisplitError(f"plan for {plan.model}: covers {plan.n_nodes} nodes, the model has {len(graph)}")
     say = None if quiet else (lambda line: print(f"pisplit: resilient: {line}", file=sys.stderr, flush=True))
     try:
-        return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout)
+        return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout,
+                         codecs=codecs, codec_budget=codec_budget)
     except ResilientRunFailed as exc:
         keep_partial(output, exc.partial)  # the run gives up: the frames answered are still written
         raise
@@ -178,7 +179,16 @@ def emulate_resilient(args, plan: Plan) -> int:
     child = ["--emulate", "--engine", args.engine, "--host-speed", repr(speed)]
     if args.objective == "latency":
         child += ["--max-in-flight", "1"]
-    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True))
+    table, budget = None, None
+    if getattr(args, "codec_table", None):  # a replan chooses the links' codecs from the same table (and budget)
+        from layers import load_model
+
+        from .codecs import planning_codecs
+
+        table, budget = planning_codecs(args.codec_table, load_model(plan.model, seed=plan.model_seed), args.engine,
+                                        args.max_accuracy_loss, args.max_rel_error)
+    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True),
+                            codecs=table, codec_budget=budget)
     doc = resilient_report(plan, result, args.engine, True)
     return finish(args, doc, result)
 

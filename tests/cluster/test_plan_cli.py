@@ -136,3 +136,17 @@ def test_profile_under_mpirun_measures_the_link(capsys, tmp_path):
     assert link.ranks == (0, 1) and link.bandwidth_bps > 1e6 and link.latency_s >= 0 and len(link.sizes) == 4
     doc = json.loads(run_here(capsys, "plan", "lenet5", "--devices", "rpi3:2", "--profile", tmp_path / "p.json", "--json"))
     assert doc["link_bandwidth_bps"] == pytest.approx(link.bandwidth_bps)  # a measured link is the default
+
+
+def test_plan_json_with_a_host_prints_the_plan_and_candidates_on_request(capsys, tmp_path):
+    """Issue 15: `pisplit plan --json` with a host device prints a plan document like every other
+    plan (the one --output writes); the edge-host candidates come with --candidates."""
+    for devices in ("rpi3:1,host:1", "rpi3:2,host:1"):
+        out = tmp_path / f"{devices.replace(':', '_').replace(',', '_')}.json"
+        doc = json.loads(run_here(capsys, "plan", "lenet5_digits", "--devices", devices, "--link", "2mbit", "--json", "--output", str(out)))
+        assert doc["format"] == "pisplit-plan" and "candidates" not in doc
+        assert Plan.from_dict(doc) == Plan.load(out)
+        both = json.loads(run_here(capsys, "plan", "lenet5_digits", "--devices", devices, "--link", "2mbit", "--json", "--candidates"))
+        assert both["candidates"] and both["plan"] == doc
+    with pytest.raises(PisplitError, match="--candidates: the edge-host candidates"):
+        run_here(capsys, "plan", "lenet5_digits", "--devices", "rpi3:2", "--json", "--candidates")

@@ -259,3 +259,38 @@ def test_fault_and_output_flags_outside_a_resilient_run_are_one_line_errors(tmp_
         status = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 1 and len(err) == 1 and err[0].startswith("pisplit: error: ") and words in err[0], (argv, err)
+
+
+def test_a_replan_keeps_the_plans_link_codecs():
+    """Issue 15 with 17: a replan on the survivors chooses codecs again from the plan's codec table
+    (the plan the planner makes for those devices with it); without a table a cut the new plan shares
+    with the old keeps the old plan's lossless codec, never a lossy one (unchecked on the new plan)."""
+    from dataclasses import replace
+
+    from partitioners.cost import make_cluster
+    from partitioners.codec_cost import codec_cost_model
+    from partitioners.devices import parse_devices
+    from partitioners.planners import make_plan
+    from tests.partitioners.test_link_pricing import hand_table
+
+    from cluster.supervisor import kept_codecs
+
+    graph = zoo_model("alexnet")
+    table = hand_table(graph, accuracy_loss=None)
+    four = make_plan(graph, codec_cost_model(graph, make_cluster(parse_devices("rpi3:4"), 94e6), codecs=table), "dp", "throughput", "alexnet", "numpy")
+    assert any(s.send_codec == "zstd" for s in four.stages)
+    survivors = [d for d in four.devices if d.rank != 3]
+    new = replan(four, survivors, graph, table)
+    direct = make_plan(graph, codec_cost_model(graph, make_cluster(parse_devices("rpi3:3"), 94e6), codecs=table), "dp", "throughput", "alexnet", "numpy")
+    assert [(s.node_start, s.node_stop, s.send_codec) for s in new.stages] == [(s.node_start, s.node_stop, s.send_codec) for s in direct.stages]
+    assert new.input_codec == direct.input_codec == "zstd" and new.predicted_throughput_fps == pytest.approx(direct.predicted_throughput_fps)
+    assert new.predicted_throughput_fps > replan(four, survivors, graph).predicted_throughput_fps  # raw links: slower
+    # no table: the old plan's lossless codecs where the cuts coincide, lossy ones dropped
+    coded = replace(four, stages=tuple(replace(s, send_codec="jpeg:50") if s.index == 0 else s for s in four.stages))
+    bare = replace(four, stages=tuple(replace(s, send_codec="raw") for s in four.stages), notes=())
+    kept = kept_codecs(four, bare)
+    assert [s.send_codec for s in kept.stages] == [s.send_codec for s in four.stages] == ["zstd", "raw"]
+    assert kept.notes[-1].startswith(f"link codecs of the plan before the failure kept at cut {four.stages[0].node_stop} ")
+    assert kept_codecs(coded, bare) == bare  # a lossy codec is not carried over
+    unchanged = replan(hand_plan(zoo_model("lenet5"), THREE), [d for d in hand_plan(zoo_model("lenet5"), THREE).devices if d.rank != 1], zoo_model("lenet5"))
+    assert all(s.send_codec == "raw" for s in unchanged.stages) and not any("kept at cut" in n for n in unchanged.notes)
