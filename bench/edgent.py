@@ -39,9 +39,8 @@ from cluster.bandwidth import HarmonicEstimator, RuntimeOptimizer, read_trace
 from cluster.commands.configmap import parse_latency, parse_states, write_strategy
 from cluster.output import console, print_json
 from layers import load_model
-from partitioners.cost import make_cluster
 from partitioners.devices import parse_devices
-from partitioners.edgent import configuration_map, exit_accuracies, select, strategies
+from partitioners.edgent import configuration_map, device_cluster, exit_accuracies, parse_device_speeds, select, strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,10 +105,30 @@ def bench_model(name: str, folder: Path, overrides=None):
     return load_model(str(path)), str(path), acc
 
 
+def _cluster(devices: str, bw: float):
+    """The Cluster of a --devices text, KIND*SPEED entries at that speed (partitioners.edgent.parse_device_speeds)."""
+    text, speeds = parse_device_speeds(devices)
+    return device_cluster(parse_devices(text), bw, None, speeds)
+
+
+def emulable_devices(devices: str, model: str, seed: int, n_ranks: int = 2) -> tuple[str, float]:
+    """`devices` with the host slowed to this machine's speed when the machine is slower than the host's
+    reference (an emulated rank can be dilated to a slower device, never sped up to a faster one): the
+    measured benchmark then tests the switching, not this machine. Returns (devices, this machine's
+    seconds / the reference's, cluster.host_speed with the ranks computing at once)."""
+    from cluster.host_speed import host_speed
+
+    speed = host_speed(model, seed, "numpy", concurrency=n_ranks)
+    text, speeds = parse_device_speeds(devices)
+    if speed <= 1.0 or "host" in speeds or "host" not in text:
+        return devices, speed
+    return ",".join(e + (f"*{1.0 / speed:.3f}" if e.split(":")[0].split("@")[0] == "host" else "") for e in text.split(",")), speed
+
+
 def static_rows(graph, devices, bandwidths, requirements, acc):
     rows = []
     for bw in bandwidths:
-        cluster = make_cluster(parse_devices(devices), bw)
+        cluster = _cluster(devices, bw)
         cands = strategies(graph, cluster, acc)
         for req in requirements:
             sel = select(cands, req)
@@ -161,7 +180,7 @@ def fitted(graph, devices, acc, b0=1e6, b1=1e8):
     model's link terms are bytes x 8 / bandwidth plus fixed parts), fitted exactly from two bandwidths;
     and the bytes each frame sends."""
     def table(bw):
-        cl = make_cluster(parse_devices(devices), bw)
+        cl = _cluster(devices, bw)
         return {(s.exit, s.cut, s.codec): s for s in strategies(graph, cl, acc, runnable_only=False)}
 
     t0, t1 = table(b0), table(b1)
@@ -222,7 +241,8 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
     bps = np.asarray(trace.bps_at(times)) * scale
     model = fitted(graph, devices, acc)
     label = devices
-    cmap, _ = configuration_map(graph, [(label, parse_devices(devices))], states, req, acc, graph.name, objective=objective)
+    text, speeds = parse_device_speeds(devices)
+    cmap, _ = configuration_map(graph, [(label, parse_devices(text))], states, req, acc, graph.name, objective=objective, speeds=speeds)
     latency = cmap.link_latency_s
     opt = RuntimeOptimizer(cmap, label, initial_bps=float(bps[0]), estimator=HarmonicEstimator(latency_s=latency),
                            detector_options={"down_margin": down_margin})
@@ -291,11 +311,11 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
         else:  # a one-entry map: the same runtime as the dynamic run, never switching
             s = model[key]["strategy"]
             folder = tmp / f"static{i}"
-            cluster = make_cluster(parse_devices(devices), float(np.median(cut.mbit_per_s)) * 1e6)
+            cluster = _cluster(devices, float(np.median(cut.mbit_per_s)) * 1e6)
             plan_path, graph_path = write_strategy(graph, s, cluster, folder / "plan.json", None, "numpy", folder)
             entry = ConfigEntry(devices, 1e6, s.exit, s.cut, s.n_nodes, s.after, s.codec, s.latency_s, s.throughput_fps, s.accuracy,
                                 reward(s, req), s.latency_s <= req, plan_path.name, graph_path.name)
-            map_path = ConfigMap(spec or graph.name, req, make_cluster(parse_devices(devices), 1e6).link_latency_s, "numpy", (entry,)).save(
+            map_path = ConfigMap(spec or graph.name, req, _cluster(devices, 1e6).link_latency_s, "numpy", (entry,)).save(
                 folder / "configmap.json")
         n_ranks = max(Plan.load(p).n_ranks for _, _, p, _ in map_plans(ConfigMap.load(map_path), map_path.parent))
         doc = run_emulated(map_path.resolve(), n_ranks, frames, tmp / f"measured{i}.json", "numpy", progress=False, timeout=3600,
@@ -324,7 +344,7 @@ def plain_vs_map(graph, spec: str, devices: str, acc, bandwidth: float, frames: 
     from partitioners.edgent import ConfigEntry, ConfigMap, reward
     from partitioners.plan import Plan
 
-    cluster = make_cluster(parse_devices(devices), bandwidth)
+    cluster = _cluster(devices, bandwidth)
     cands = strategies(graph, cluster, acc)
     final = max(cands, key=lambda s: s.depth).exit
     picks = [("final on the device", next(s for s in cands if s.exit == final and s.on_device))]
@@ -453,6 +473,9 @@ def main(argv=None) -> int:
     p.add_argument("--plain-vs-map", type=int, default=0, metavar="F",
                    help="run the final exit's plans (on the device; offloaded at the --bandwidths' last) plainly and as a "
                    "one-entry map, F frames each, twice taking turns: what the switching runtime adds")
+    p.add_argument("--reference-host", action="store_true",
+                   help="measured runs keep the host at the reference machine's speed even where this machine is slower (by "
+                   "default such a host is slowed to this machine's speed, host*F: an emulated rank cannot run faster than it)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -470,6 +493,12 @@ def main(argv=None) -> int:
 
 def _main(args, model_dir: Path) -> int:
     graph, spec, acc = bench_model(args.model, model_dir, args.accuracy)
+    if (args.measure or args.measure_dynamic > 0 or args.plain_vs_map) and not args.reference_host:
+        devices, speed = emulable_devices(args.devices, spec, 0)
+        if devices != args.devices:
+            console.print(f"this machine computes {args.model} {speed:.2f}x slower than the host's reference: the host is emulated "
+                          f"at this machine's speed, --devices {devices} (--reference-host keeps it)")
+            args.devices = devices
     bandwidths = parse_states(args.bandwidths)
     requirements = [parse_latency(r) for r in args.requirements.split(",")]
     if args.quick:

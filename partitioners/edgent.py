@@ -486,9 +486,47 @@ def _path(v) -> str | None:
 OBJECTIVES = ("reward", "accuracy")
 
 
+def parse_device_speeds(text: str) -> tuple[str, dict]:
+    """'rpi3:1,host:1*0.7' -> ('rpi3:1,host:1', {'host': 0.7}): an entry ending in *SPEED computes at SPEED
+    times its kind's profile (host*0.7: a host at 0.7 of the reference machine's speed, e.g. a slower
+    desktop, or this machine when it emulates the host: emulation cannot run a device faster than the
+    machine it runs on). Raises PisplitError naming a bad factor."""
+    import re
+
+    kept, speeds = [], {}
+    for entry in [e.strip() for e in str(text).split(",") if e.strip()]:
+        m = re.fullmatch(r"(.*?)\*\s*(\S*)", entry)
+        if not m:
+            kept.append(entry)
+            continue
+        try:
+            speed = float(m.group(2))
+        except ValueError:
+            speed = math.nan
+        if not 0 < speed < math.inf:
+            raise PisplitError(f"devices {entry!r}: speed {m.group(2)!r} must be a positive number (e.g. host:1*0.7)")
+        kind = re.match(r"[A-Za-z0-9_-]+", m.group(1).strip())
+        if kind is None:
+            raise PisplitError(f"devices {entry!r}: expected KIND[:COUNT][@MEMORY][*SPEED], e.g. host:1*0.7")
+        speeds[kind.group(0).lower()] = speed
+        kept.append(m.group(1).strip())
+    return ",".join(kept), speeds
+
+
+def device_cluster(entries: list, link_bps: float | None = None, link_latency_s: float | None = None, speeds: dict | None = None):
+    """make_cluster, each device at its kind's speed factor in `speeds` (parse_device_speeds; default 1)."""
+    from dataclasses import replace
+
+    cluster = make_cluster(entries, link_bps, link_latency_s)
+    if not speeds:
+        return cluster
+    return replace(cluster, devices=tuple(replace(d, speed=float(speeds.get(d.kind, d.speed))) for d in cluster.devices))
+
+
 def configuration_map(graph: Graph, device_sets: list, states_bps: list, requirement_s: float, accuracies: dict,
                       model_spec: str, link_latency_s: float | None = None, calibration=None, table: CodecTable | None = None,
-                      budget: LossBudget | None = None, engine: str = "numpy", objective: str = "reward") -> tuple[ConfigMap, dict]:
+                      budget: LossBudget | None = None, engine: str = "numpy", objective: str = "reward",
+                      speeds: dict | None = None) -> tuple[ConfigMap, dict]:
     """Algorithm 2 over every device set (a list of (label, parse_devices entries)) and bandwidth state.
 
     objective "reward" is the paper's; "accuracy" takes Algorithm 1's choice per state instead (the most
@@ -504,7 +542,7 @@ def configuration_map(graph: Graph, device_sets: list, states_bps: list, require
     latency = None
     for label, devs in device_sets:
         for bw in sorted(set(states_bps)):
-            cluster = make_cluster(devs, bw, link_latency_s)
+            cluster = device_cluster(devs, bw, link_latency_s, speeds)
             latency = cluster.link_latency_s
             cands = strategies(graph, cluster, accuracies, calibration, table, budget)
             if objective == "reward":

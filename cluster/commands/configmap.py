@@ -77,12 +77,12 @@ def trace_states(path: str, most: int = 8) -> list[float]:
     return [float(v) * 1e6 for v in levels]
 
 
-def availability_sets(entries: list, text: str) -> list:
+def availability_sets(entries: list, text: str, speeds: dict | None = None) -> list:
     """Device sets of the map keyed by availability: all of `entries` (parse_devices'), then one edge
     device fewer at a time down to one (taken from the last edge entry first), then the edge devices
     without the host. Labels are KIND:N lists."""
     def label(es):
-        return ",".join(f"{k}:{n}" for k, n, _ in es)
+        return ",".join(f"{k}:{n}" + (f"*{speeds[k]:g}" if speeds and k in speeds else "") for k, n, _ in es)
 
     edges = [list(e) for e in entries if e[0] != "host"]
     hosts = [e for e in entries if e[0] == "host"]
@@ -173,33 +173,33 @@ def write_strategy(graph, strategy, cluster, plan_path: Path, calibration, engin
 def run(args) -> int:
     from dataclasses import replace
 
-    from partitioners.cost import make_cluster
     from partitioners.devices import parse_devices
-    from partitioners.edgent import configuration_map
+    from partitioners.edgent import configuration_map, device_cluster, parse_device_speeds
 
     requirement = parse_latency(args.latency_req)
     if bool(args.states) == bool(args.bandwidth_trace):
         raise PisplitError("configmap: give the bandwidth states with exactly one of --states and --bandwidth-trace")
     states = parse_states(args.states) if args.states else trace_states(args.bandwidth_trace)
     graph = load_model(args.model)
-    entries = parse_devices(args.devices)
-    label = ",".join(f"{k}:{n}" for k, n, _ in entries)
+    devices, speeds = parse_device_speeds(args.devices)  # host:1*0.7: a host at 0.7 of the reference's speed
+    entries = parse_devices(devices)
+    label = ",".join(f"{k}:{n}" + (f"*{speeds[k]:g}" if k in speeds else "") for k, n, _ in entries)
     sets = [(label, entries)]
     if args.availability:
-        sets = availability_sets(entries, args.devices)
+        sets = availability_sets(entries, devices, speeds)
     acc, table, budget = _inputs(args, graph)
     latency = args.link_latency / 1e3 if args.link_latency is not None else None
     if latency is not None and latency < 0:
         raise PisplitError(f"--link-latency {args.link_latency}: must not be negative")
     cmap, chosen = configuration_map(graph, sets, states, requirement, acc, args.model, latency, None, table, budget, args.engine,
-                                    args.objective)
+                                    args.objective, speeds=speeds)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for e in cmap.entries:
         devs = dict(sets)[e.devices]
-        cluster = make_cluster(devs, e.bandwidth_bps, latency)
-        tag = e.devices.replace(":", "").replace(",", "_")
+        cluster = device_cluster(devs, e.bandwidth_bps, latency, speeds)
+        tag = e.devices.replace(":", "").replace(",", "_").replace("*", "x")
         plan_path, branch_path = write_strategy(graph, chosen[(e.devices, e.bandwidth_bps)], cluster,
                                                 out / f"plan_{tag}_{e.bandwidth_bps / 1e6:g}mbit.json", None, args.engine, out)
         written.append(replace(e, plan=plan_path.name, graph=branch_path.name))

@@ -93,6 +93,7 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
         from ..bandwidth import plan_speed_ratios
 
         plan_speed_ratios(ConfigMap.load(plan_path), Path(plan_path).parent, engine, n_ranks, plan.model_seed, measure=True)
+    warn_faster_than_host(plan_path, engine, speed)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
     argv += [] if progress else ["--no-progress"]
@@ -113,6 +114,46 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
         raise PisplitError(lines[0].removeprefix("pisplit: error: ") if lines else
                            f"emulated run on {n_ranks} ranks failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
     return json.loads(report_path.read_text())
+
+
+_WARNED: set = set()
+
+
+def warn_faster_than_host(plan_path: Path, engine: str, speed: float | None) -> list[str]:
+    """One warning line per device kind that computes faster than this machine can emulate (its dilation
+    below 1: an emulated rank can be slowed down to a device, never sped up past this machine), so its rank
+    falls behind and adds to the measured latency. `speed` is this machine's seconds / the reference's.
+    Returns the lines printed."""
+    from ..emulation import device_slowdown
+    from .run import _is_configmap
+
+    if not speed or speed <= 0:
+        return []
+    if _is_configmap(str(plan_path)):
+        from partitioners.edgent import ConfigMap
+
+        from ..bandwidth import map_plans
+
+        plans = [Plan.load(p) for _, _, p, _ in map_plans(ConfigMap.load(plan_path), Path(plan_path).parent)]
+    else:
+        plans = [Plan.load(plan_path)]
+    lines, seen = [], set()
+    for plan in plans:
+        for d in plan.devices:
+            factor = device_slowdown(d.kind, engine) / d.speed / speed
+            if factor < 0.98 and (d.kind, d.speed) not in seen:  # 2%: the measurement's own noise
+                seen.add((d.kind, d.speed))
+                most = device_slowdown(d.kind, engine) / speed
+                lines.append(f"warning: an emulated {d.kind}{'' if d.speed == 1 else f' at speed {d.speed:g}'} computes "
+                             f"{1 / factor:.2f}x faster than this machine can emulate; its rank will fall behind and add to "
+                             f"the measured latency (a configuration map takes --devices ...,{d.kind}:N*{min(most, 1.0) * 0.999:.3g})")
+    from ..output import err_console
+
+    for line in lines:
+        if line not in _WARNED:  # once a run (its one-device baseline names the same device)
+            _WARNED.add(line)
+            err_console.print(f"[yellow]{line}[/yellow]", soft_wrap=True)
+    return lines
 
 
 def _speed_plan(path: Path) -> Plan:

@@ -87,6 +87,33 @@ def test_configmap_writes_the_map_its_plans_and_branches(tmp_path):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_configmap_takes_a_hosts_speed_factor_and_emulate_warns_of_a_device_faster_than_this_machine(tmp_path):
+    """host:1*0.5 labels the map's device sets (the plans' host speed: tests/partitioners/test_edgent.py);
+    `pisplit emulate` warns in one line when a device computes faster than this machine can emulate."""
+    from cluster.commands.emulate import warn_faster_than_host
+    from cluster.emulation import device_slowdown
+
+    out = tmp_path / "map"
+    proc = pisplit("configmap", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1*0.5", "--states", "1000mbit",
+                   "--latency-req", "1000ms", "--availability", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    cmap = ConfigMap.load(out / "configmap.json")
+    assert cmap.device_sets() == ["rpi3:1,host:1*0.5", "rpi3:1"]
+    assert all(d.speed == 1.0 for e in cmap.entries for d in Plan.load(out / e.plan).devices if d.kind == "rpi3")
+    plan = tmp_path / "plan.json"
+    assert pisplit("plan", "alexnet", "--devices", "host:1", "--output", plan).returncode == 0
+    assert warn_faster_than_host(plan, "numpy", 0.9) == []  # this machine faster than the reference: nothing to say
+    lines = warn_faster_than_host(plan, "numpy", 2.0)
+    assert len(lines) == 1 and "an emulated host computes 2.00x faster than this machine can emulate" in lines[0], lines
+    assert warn_faster_than_host(out / "configmap.json", "numpy", 1.0) == []  # the host at 0.5, the Pi far slower
+    slowest = device_slowdown("rpi3", "numpy") * 2
+    assert any("rpi3" in ln for ln in warn_faster_than_host(out / "configmap.json", "numpy", slowest))
+    proc = pisplit("configmap", "branchy_alexnet_mnist", "--devices", "rpi3:1,host:1*0", "--states", "1mbit", "--latency-req",
+                   "50ms", "--output", out)
+    assert proc.returncode != 0 and "devices 'host:1*0': speed '0' must be a positive number" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_configmap_of_a_pi_cluster_keyed_by_availability(tmp_path):
     out = tmp_path / "map"
     proc = pisplit("configmap", "branchy_lenet_mnist", "--devices", "rpi3:2,host:1", "--states", "1,1000mbit", "--latency-req", "2ms",

@@ -348,3 +348,39 @@ def test_algorithm1_equals_an_exhaustive_search_on_random_small_branchy_models(s
     best = max(r[3] for r in meeting)
     assert sel.chosen.accuracy == best
     assert sel.chosen.latency_s == pytest.approx(min(r[2] for r in meeting if r[3] == best), rel=1e-9)
+
+
+def test_a_host_speed_factor_scales_the_hosts_compute_and_is_written_into_the_plans(tmp_path):
+    """host:1*0.1 (partitioners.edgent.parse_device_speeds): a host at a tenth of the reference's speed,
+    e.g. a slower desktop or the machine emulating it; the device side and the link are unchanged."""
+    from partitioners.edgent import device_cluster, parse_device_speeds, strategy_plan
+
+    assert parse_device_speeds("rpi3:1, host:1*0.1") == ("rpi3:1,host:1", {"host": 0.1})
+    assert parse_device_speeds("rpi3:2,host") == ("rpi3:2,host", {})
+    for bad in ("host:1*0", "host:1*-2", "host:1*x", "host:1*", "*0.5"):
+        with pytest.raises(PisplitError, match="devices"):
+            parse_device_speeds(bad)
+    g = graph_of("branchy_alexnet_mnist")
+    acc = exit_accuracies(g)
+    text, speeds = parse_device_speeds("rpi3:1,host:1*0.1")
+    slow = device_cluster(parse_devices(text), 1e6, None, speeds)
+    assert [d.speed for d in slow.devices] == [1.0, 0.1]
+    fast = {(s.exit, s.cut, s.codec): s for s in strategies(g, make_cluster(parse_devices(text), 1e6), acc, runnable_only=False)}
+    tenth = {(s.exit, s.cut, s.codec): s for s in strategies(g, slow, acc, runnable_only=False)}
+    assert fast.keys() == tenth.keys()
+    offloaded = 0
+    for key, s in fast.items():
+        t = tenth[key]
+        if s.on_device:
+            assert t.latency_s == pytest.approx(s.latency_s)
+            continue
+        offloaded += 1
+        assert t.candidate.host_s == pytest.approx(10 * s.candidate.host_s)
+        assert t.candidate.edge_s == pytest.approx(s.candidate.edge_s) and t.candidate.transfer_s == pytest.approx(s.candidate.transfer_s)
+        assert t.latency_s == pytest.approx(s.latency_s + 9 * s.candidate.host_s)
+    assert offloaded
+    key = next(k for k, s in tenth.items() if not s.on_device and s.candidate.runnable)
+    plan = strategy_plan(g, tenth[key], slow, str(tmp_path / "branch.json"))
+    assert [d.speed for d in plan.devices] == [1.0, 0.1]
+    cmap, chosen = configuration_map(g, [("rpi3:1,host:1*0.1", parse_devices(text))], [1e6], 1.0, acc, g.name, speeds=speeds)
+    assert cmap.entries[0].latency_s == pytest.approx(tenth[(cmap.entries[0].exit, cmap.entries[0].cut, cmap.entries[0].codec)].latency_s)
