@@ -3,7 +3,7 @@ stage can take. Apart from the table so that segment_chains, which the table bui
 them without importing it back."""
 from __future__ import annotations
 
-from .split_costs import FUSED, PLANNER_KINDS
+from .split_costs import FUSED, PLANNER_KINDS, TOKENS
 
 OPTION_KINDS = ("none",) + PLANNER_KINDS
 
@@ -28,4 +28,7 @@ def table_columns(max_span: int, slots: int = 0) -> tuple:
     exchange = tuple((EXCHANGE, "xspan", d) for d in range(1, max_span + 1))
     inside = tuple((FUSED, "inside", k) for k in range(max_span))
     subsets = tuple((k, "subset", d) for k in PLANNER_KINDS for d in SUBSET_PARTS if d < slots)
-    return kinds + spans + exchange + inside + subsets
+    # token spans (issue 19: attn-tokens through a whole transformer block, SplitCatalogue.token_spans):
+    # T_d at the block's first segment, then their own inside columns as F_d's
+    tokens = tuple((TOKENS, "span", d) for d in range(1, max_span + 1)) + tuple((TOKENS, "inside", k) for k in range(max_span))
+    return kinds + spans + exchange + inside + tokens + subsets

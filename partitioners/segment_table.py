@@ -37,7 +37,7 @@ import numpy as np
 from .latency_model import node_bytes, op_key
 from .segment_chains import kept_table, savings
 from .segment_columns import EXCHANGE, OPTION_KINDS, table_columns  # the columns' home (importable from here as before)
-from .split_costs import FUSED, span_kind
+from .split_costs import FUSED, span_kind, token_span_kind, token_span_length
 from .vocabulary import NO_SPLIT, SplitKind
 
 
@@ -113,7 +113,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
         for o, (kind, role, d) in enumerate(columns):
             if role in ("inside", "xspan") or kind == NO_SPLIT:
                 continue
-            kind_rows = kind_arrays(model, span_kind(d) if role == "span" else kind, profile)
+            kind_rows = kind_arrays(model, (span_kind(d) if kind == FUSED else token_span_kind(d)) if role == "span" else kind, profile)
             if kind_rows is None:
                 continue
             parts = column_parts(columns[o], m)
@@ -141,7 +141,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             base = (pre[slot_arr[:parts]][:, s_stop] - pre[slot_arr[:parts]][:, s_start]).T  # (rows, parts)
             # what a part costs beyond its share (its own engine call, fixed costs at its size), in
             # the lead profile's seconds, on each part's device
-            overhead = profile.split_overhead_for(FUSED if role == "span" else kind)
+            overhead = profile.split_overhead_for(kind)  # a span's: fused-tiles', or attn-tokens' through its block
             fixed = overhead.per_step_s + overhead.per_node_s * (s_stop - s_start)
             part_compute = (base * (share * (1.0 + overhead.per_share) + overhead.per_whole)
                             + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
@@ -172,7 +172,7 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             # the span's inside columns: nothing to pay but, at its last segment, the gather
             for r, out_s in zip(rows_arr.tolist(), part_comm[:, 1].tolist()):
                 for k in range(d):
-                    c = columns.index((FUSED, "inside", k))
+                    c = columns.index((kind, "inside", k))
                     seg = r + d - k
                     compute[seg, c] = 0.0
                     split_stop[seg, c] = stops[r + d]
@@ -244,10 +244,10 @@ def allowed_moves(columns: tuple, n_seg: int) -> np.ndarray | None:
     free = [i for i, (_, role, d) in enumerate(columns) if role in ("kind", "subset") or (role == "inside" and d == 0)]
     starts = [i for i, (_, role, _) in enumerate(columns) if role in ("kind", "subset", "span", "xspan")]
     ok[np.ix_(free, starts)] = True
-    for i, (_, role, d) in enumerate(columns):
+    for i, (kind, role, d) in enumerate(columns):
         nxt = d - 1 if role in ("span", "xspan") else d - 1 if role == "inside" and d > 0 else None
         if nxt is not None:
-            ok[i, columns.index((FUSED, "inside", nxt))] = True
+            ok[i, columns.index((FUSED if kind == EXCHANGE else kind, "inside", nxt))] = True
     return np.broadcast_to(ok, (max(n_seg - 1, 0), n, n))
 
 
@@ -258,7 +258,8 @@ def kind_arrays(model, kind: str, profile) -> dict | None:
     cache = model.__dict__.setdefault("_kind_arrays", {})
     if key in cache:
         return cache[key]
-    rows = model.split_rows(kind)
+    d = token_span_length(kind)
+    rows = model.split_rows(kind) if d is None else [s for s in range(len(model.splits.segments)) if d in model.splits.token_spans(s)]
     if not rows:
         cache[key] = None
         return None

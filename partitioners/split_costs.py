@@ -20,6 +20,10 @@ adapts it for the planner, which asks the same question for many device sets:
   of the whole run can be cut with no communication (split_segments.spatial_region: a chain, or a
   residual block whose shortcut and main path both read the block's input). A span is priced as a
   kind, by the same affine calibration, under the pseudo-kind `span_kind(d)`.
+- Token spans (issue 19): attn-tokens from an attention segment through its whole transformer block
+  (attention, residual, LayerNorm, MLP, residual: the segment and the d after it), each part's rows
+  through every node, its K and V rows all-gathered; priced the same way under `token_span_kind(d)`,
+  in the table's own span columns (segment_columns: the plan's segment is attn-tokens over the block).
 """
 from __future__ import annotations
 
@@ -49,6 +53,19 @@ def span_length(kind: str) -> int | None:
     """d of span_kind(d), None for a real kind."""
     head, plus, d = kind.partition("+")
     return int(d) if plus and head == FUSED else None
+
+
+def token_span_kind(d: int) -> str:
+    """The pseudo-kind of a token span (issue 19): attn-tokens from an attention segment through the d
+    segments after it, the whole transformer block (attention, residual, LayerNorm, MLP) on each part's
+    rows, only K and V all-gathered (SplitCatalogue.token_spans)."""
+    return f"{TOKENS}+{d}"
+
+
+def token_span_length(kind: str) -> int | None:
+    """d of token_span_kind(d), None otherwise."""
+    head, plus, d = kind.partition("+")
+    return int(d) if plus and head == TOKENS else None
 PRIMARY_OPS = ("dense", "conv2d", "conv3d")
 _FIELDS = ("flops", "weight_bytes", "recv_bytes", "send_bytes")
 
@@ -138,8 +155,9 @@ class SplitCatalogue:
         # while the region's input stays on the parts for every segment that reads it (segment -> d)
         self._exchange: dict[int, tuple] = {}
         self._spans: dict[int, dict[int, KindCosts]] = self._fused_spans() if FUSED in self.allowed else {}
-        self.max_span = max([d for spans in self._spans.values() for d in spans] + [d for ds in self._exchange.values() for d in ds],
-                            default=0)
+        self._token_spans: dict[int, dict[int, KindCosts]] = self._block_spans() if TOKENS in self.allowed else {}
+        self.max_span = max([d for spans in self._spans.values() for d in spans] + [d for ds in self._exchange.values() for d in ds]
+                            + [d for spans in self._token_spans.values() for d in spans], default=0)
 
     def _segments(self) -> list[tuple[int, int]]:
         n = len(self.graph)
@@ -216,6 +234,32 @@ class SplitCatalogue:
                 out.setdefault(s, {})[d] = _affine(span_kind(d), node.name, cost)
         return out
 
+    def _block_spans(self) -> dict[int, dict[int, KindCosts]]:
+        """segment -> {d: KindCosts of attn-tokens from it through its whole transformer block}, where the
+        block (split_tokens.token_block: attention, residual, LayerNorm, MLP, residual) ends where
+        planner segment + d does (1 <= d <= MAX_SPAN). Priced by the same affine calibration: each
+        part's rows through every node of the block, its K/V slice sent to every other part."""
+        from .split_tokens import token_block
+
+        graph, out = self.graph, {}
+        ends = {stop: k for k, (_, stop) in enumerate(self.segments)}
+        for s, (start, stop) in enumerate(self.segments):
+            if TOKENS not in self._kinds.get(s, {}):
+                continue
+            block = token_block(graph, start)
+            d = ends.get(block.stop, -1) - s if block is not None else -1
+            if not 1 <= d <= MAX_SPAN or block.stop <= stop:
+                continue
+            cost = _calibration_split(graph, graph.nodes[start].name, TOKENS, last=graph.nodes[block.stop - 1].name)
+            if cost is None or cost.node_stop != block.stop:
+                continue
+            out.setdefault(s, {})[d] = _affine(token_span_kind(d), graph.nodes[start].name, cost)
+        return out
+
+    def token_spans(self, segment: int) -> tuple[int, ...]:
+        """The d of every token span from `segment` (token_span_kind): its transformer block's end."""
+        return tuple(self._token_spans.get(segment, {}))
+
     def kinds(self, segment: int) -> tuple[str, ...]:
         """Split kinds applicable to a segment (empty when it cannot be split)."""
         return tuple(self._kinds.get(segment, {}))
@@ -234,6 +278,9 @@ class SplitCatalogue:
         d = span_length(kind)
         if d is not None:
             return self._spans[segment][d]
+        d = token_span_length(kind)
+        if d is not None:
+            return self._token_spans[segment][d]
         return self._kinds[segment][kind]
 
     def part_sizes(self, segment: int, kind: str, weights: list[float]) -> tuple[int, ...] | None:

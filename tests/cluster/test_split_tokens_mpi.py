@@ -45,3 +45,33 @@ def test_token_split_under_mpirun_equals_unsplit(case, ranks, sizes, block, engi
     x = {t: rng.standard_normal(graph.shapes[t], dtype=np.float32) for t in split.inputs}
     scale = float(np.abs(split.reference(x)).max())
     assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("devices, ranks, sizes", [("rpi4:1,rpi3:2", 3, [45, 27, 27]), ("rpi4:4", 4, [25, 25, 25, 24])])
+def test_planned_token_spans_run_whole_blocks_under_mpirun_equal_to_unsplit(devices, ranks, sizes, tmp_path):
+    """The dp planner's latency plan of kwt3 (99 tokens) over fast links: attn-tokens segments through whole
+    transformer blocks (split_costs token spans: attention, LayerNorm and MLP on each rank's rows), speed-weighted
+    (uneven) token counts; `pisplit run` of it on real ranks gives the unsplit graph's outputs within 1e-5."""
+    from layers import zoo_model
+    from tests.cluster.test_runtime import mpirun, reference_outputs
+
+    graph = zoo_model("kwt3")
+    plan = tmp_path / "plan.json"
+    proc = mpirun(1, "plan", "kwt3", "--devices", devices, "--link", "1000gbit", "--link-latency", "0",
+                  "--objective", "latency", "--output", plan, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(plan.read_text())
+    segs = [s for st in doc["stages"] for s in st.get("segments", []) if s["kind"] == TOKENS_KIND]
+    whole = [s for s in segs if s["node_stop"] == token_block(graph, s["node_start"]).stop]
+    assert len(whole) >= 11 and all(s["sizes"] == sizes for s in whole), segs
+    assert any(graph.nodes[j].op == "gelu" for j in range(whole[0]["node_start"], whole[0]["node_stop"]))
+    out = tmp_path / "y.npz"
+    proc = mpirun(ranks, "run", plan, "--frames", 2, "--output", out, "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as z:
+        ids, y = z["frame_ids"], z["output_0"]
+    assert sorted(ids.tolist()) == [0, 1]
+    ref = reference_outputs(graph, 2)
+    y = y[np.argsort(ids)]
+    assert y.shape == ref.shape
+    assert float(np.abs(y - ref).max()) <= 1e-5 * float(np.abs(ref).max())
