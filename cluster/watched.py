@@ -17,6 +17,7 @@ N, the command's N-th step (split: its N-th run, 0 the warm-up; profile: its N-t
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Callable
@@ -30,7 +31,9 @@ from .runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START, inject_fault, 
 
 DEFAULT_STALL_S = 20.0  # a single layer's part, a link test message: seconds on a Pi, well within this
 STAGGER_S = 1.0  # a later rank's extra wait, so that the lowest rank that sees a stall speaks alone
-POINT_NAMES = {FAULT_AT_LOAD: "load", FAULT_AT_START: "start", FAULT_AT_END: "end"}
+FAULT_AT_EXIT = FAULT_AT_LOAD + 1  # --fail RANK@exit: after the job's last agreement, before MPI's shutdown
+POINT_NAMES = {FAULT_AT_LOAD: "load", FAULT_AT_START: "start", FAULT_AT_END: "end", FAULT_AT_EXIT: "exit"}
+EXIT_GRACE_S = 10.0  # MPI_Finalize of ranks that all reached the end: well under a second; a Pi's slow shutdown fits
 
 
 def margin(bound: float) -> float:
@@ -93,6 +96,12 @@ class CommandWatch:
     def gather(self, row: np.ndarray, what: str) -> list | None:
         return transport.gather_rows_watched(self.comm, row, what, self.seconds, self.liveness, self.name, follow_s=self.follow_s())
 
+    def finish(self, what: str = "the end of the job") -> None:
+        """The job's last agreement: a bounded barrier (a rank stopped at the end is named), then
+        --fail RANK@exit. Call on every rank before returning; see guard_exit for MPI's shutdown."""
+        self.barrier(what)
+        self.at(FAULT_AT_EXIT)
+
     def retire(self) -> None:
         if self.liveness is not None:
             self.liveness.retire()
@@ -106,24 +115,26 @@ class CommandWatch:
         self.fail = None
         where = POINT_NAMES.get(point, str(point))
         if mode == "error":
-            what = {"load": "loading", "start": "the start", "end": "the end"}.get(where, f"{self.step_word} {point}")
+            what = {"load": "loading", "start": "the start", "end": "the end", "exit": "the exit"}.get(where, f"{self.step_word} {point}")
             raise PisplitError(f"injected fault at {what} (--fail {rank}@{where}:error)")
         inject_fault(rank, point, mode)
 
 
-def parse_command_fault(text: str | None, size: int, points: tuple = ("load", "start", "end")):
+def parse_command_fault(text: str | None, size: int, points: tuple = ("load", "start", "end", "exit")):
     """--fail for a command run by CommandWatch: (rank, point, mode) or None; slow is for `pisplit run`."""
-    fail = parse_fault(text)
+    at_exit = bool(text) and text.split(":")[0].endswith("@exit")
+    fail = parse_fault(text.replace("@exit", "@end", 1) if at_exit else text)
     if fail is None:
         return None
     rank, point, mode = fail
+    point = FAULT_AT_EXIT if at_exit else point
     if slow_factor(mode) is not None:
         raise PisplitError(f"--fail {text}: slow applies to pisplit run and emulate (frames streaming through a pipeline)")
     if point in POINT_NAMES and POINT_NAMES[point] not in points:
         raise PisplitError(f"--fail {text}: {POINT_NAMES[point]} is not a point of this command (points: {', '.join(points)} or a number)")
     if rank >= size:
         raise PisplitError(f"--fail {text}: this run has ranks 0-{size - 1}")
-    return fail
+    return rank, point, mode
 
 
 TAG_TEXT = 78  # bcast_text_watched: rank 0's text to each rank (not used by any other message)
@@ -158,3 +169,39 @@ def bcast_text_watched(comm, text: str | None, what: str, seconds: float, name: 
     data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
     comm.Recv(data, source=0, tag=TAG_TEXT)
     return data.tobytes().decode(errors="replace")
+
+
+WATCHDOG = r"""
+import os, sys, time
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    if os.getppid() != pid:
+        sys.exit(0)  # the rank has exited: MPI's shutdown ended in time
+    time.sleep(0.1)
+try:
+    os.kill(pid, 0)
+except OSError:
+    sys.exit(0)
+sys.stderr.write(message + chr(10))
+sys.stderr.flush()
+os.kill(pid, 9)
+"""
+
+
+def guard_exit(rank: int, seconds: float = EXIT_GRACE_S):
+    """Bound MPI's shutdown on this rank: MPI_Finalize (at interpreter exit) waits for every rank, so
+    a rank that stops or is lost after the job's last agreement (CommandWatch.finish) would keep this
+    one waiting forever. A small watchdog process, started now, ends this rank if it is still alive
+    `seconds` later, with one line ("rank 0 (host pi-0): MPI's shutdown did not end within 10.0 s
+    ..."); Open MPI then ends the job, the stopped rank too. It leaves as soon as this rank exits.
+    Call it once this rank's own work is done (its results written). Returns the watchdog's Popen."""
+    import subprocess
+    import sys
+
+    seconds += STAGGER_S * 2 * rank  # rank 0 first: one line, then Open MPI ends the job (the stopped rank too)
+    message = (f"pisplit: error: rank {rank} (host {socket.gethostname()}): MPI's shutdown (MPI_Finalize) did not end within "
+               f"{seconds:.1f} s after the job's last agreement: a rank stopped or was lost at the very end; ending the job "
+               "(this rank's results are written)")
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), repr(float(seconds)), message],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)

@@ -34,7 +34,8 @@ def register(sub) -> None:
                    help="under mpirun: a wait with no progress for this long probes the rank it waits for and, if that rank does not "
                         "answer, names it and ends the job (default 20; rank 0 loading the models gets six times as long; 0: never)")
     p.add_argument("--fail", metavar="RANK@POINT[:MODE]", help="under mpirun, fault injection for tests and demos: rank RANK fails "
-                   "at POINT, one of load, start (before the link tests) or N (the N-th link round trip); MODE error (default), stop or kill")
+                   "at POINT, one of load, start (before the link tests), end (after them), exit (after the last agreement, before MPI's "
+                   "shutdown) or N (the N-th link round trip); MODE error (default), stop or kill")
     p.set_defaults(func=run)
 
 
@@ -93,7 +94,15 @@ def run(args) -> int:
     if mpi_world_size() > 1:
         from .. import transport
 
-        return transport.on_every_rank(lambda comm, rank: _run_ranks(args, names, fractions, comm, rank, transport), args.debug)
+        from ..watched import guard_exit
+
+        def body(comm, rank: int) -> int:
+            status = _run_ranks(args, names, fractions, comm, rank, transport)
+            if rank == 0:  # its device profile written; the others wait for it in MPI's shutdown (cluster.watched)
+                guard_exit(rank)
+            return status
+
+        return transport.on_every_rank(body, args.debug)
     return _profile(args, names, fractions, [load_model(name) for name in names], [])
 
 
@@ -101,7 +110,7 @@ def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) 
     """Under mpirun: rank 0 loads the models (its errors reach every rank), every rank times its link
     to rank 0, then rank 0 profiles its own device and writes the file. No wait is without a bound
     (cluster.watched): a rank that stops or hangs is named in one line and the job ends."""
-    from ..runtime import FAULT_AT_LOAD, FAULT_AT_START
+    from ..runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START
     from ..watched import DEFAULT_STALL_S, CommandWatch, parse_command_fault
 
     graphs, error, fail = [], None, None
@@ -109,7 +118,7 @@ def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) 
     try:
         if not seconds >= 0:
             raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
-        fail = parse_command_fault(args.fail, comm.Get_size(), ("load", "start"))
+        fail = parse_command_fault(args.fail, comm.Get_size(), ("load", "start", "end", "exit"))
     except PisplitError as exc:
         error, seconds = str(exc), DEFAULT_STALL_S
     watch = CommandWatch(comm, seconds, fail, "link test round trip")
@@ -124,6 +133,8 @@ def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) 
     work = transport.split_communicator(comm, 0, rank)  # collective: while every rank is there
     watch.at(FAULT_AT_START)
     links = ping_pong(comm, work, watch)
+    watch.at(FAULT_AT_END)
+    watch.finish("the end of the link tests")  # the job's last agreement; then rank 0 profiles its own device
     watch.retire()
     if rank != 0:
         return 0

@@ -57,14 +57,22 @@ def register(sub) -> None:
                    help="a wait with no progress for this long probes the rank it waits for and, if that rank does not answer, "
                         "names it and ends the job (default 20; loading the model gets three times as long; 0: never)")
     p.add_argument("--fail", metavar="RANK@POINT[:MODE]", help="fault injection for tests and demos: rank RANK fails at POINT, "
-                   "one of load, start, end or N (before its N-th run, 0 the warm-up); MODE error (default), stop (SIGSTOP) or kill")
+                   "one of load, start, end, exit (after the final gather, before MPI's shutdown) or N (before its N-th run, 0 the warm-up); MODE error (default), stop (SIGSTOP) or kill")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from .. import transport  # imported here: loading mpi4py starts MPI
 
-    return transport.on_every_rank(lambda comm, rank: _run(args, comm, rank, transport), args.debug)
+    from ..watched import guard_exit
+
+    def body(comm, rank: int) -> int:
+        status = _run(args, comm, rank, transport)
+        if comm.Get_size() > 1:
+            guard_exit(rank)  # this rank's work is done: MPI's shutdown is bounded too (cluster.watched)
+        return status
+
+    return transport.on_every_rank(body, args.debug)
 
 
 def parse_sizes(text: str, n_ranks: int) -> list:
@@ -141,6 +149,7 @@ def _run(args, comm, rank: int, transport) -> int:
     from ..split_exec import SplitRunner
 
     from ..runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START
+    from ..watched import FAULT_AT_EXIT
 
     if args.chain is not None:
         return _run_chain(args, comm, rank, transport)
@@ -227,8 +236,9 @@ def _run(args, comm, rank: int, transport) -> int:
     my_frames = sum(1 for q in split.deal(n_frames) if q == rank) if data_parallel else 1
     mine = np.array([_median([p[i] for p in phases]) for i in range(4)] + [_median(walls), alone, my_frames], np.float64)
     watch.at(FAULT_AT_END)
-    rows = watch.gather(mine, "the final gather of the timings")
+    rows = watch.gather(mine, "the final gather of the timings")  # the job's last agreement
     watch.retire()
+    watch.at(FAULT_AT_EXIT)
     if rank != 0:
         return 0
 
@@ -359,6 +369,7 @@ def _run_chain(args, comm, rank: int, transport) -> int:
     from partitioners.plan import Stage
 
     from ..runtime import FAULT_AT_END, FAULT_AT_LOAD, FAULT_AT_START, _Step, shard_graph
+    from ..watched import FAULT_AT_EXIT
 
     n_ranks = comm.Get_size()
     watch, error = _watch(args, comm)
@@ -423,8 +434,9 @@ def _run_chain(args, comm, rank: int, transport) -> int:
         watch.barrier(f"the end of run {k}")
     mine = np.array([(step.compute_s - compute0) / args.repeat, (step.comm_s - comm0) / args.repeat], np.float64)
     watch.at(FAULT_AT_END)
-    rows = watch.gather(mine, "the final gather of the timings")
+    rows = watch.gather(mine, "the final gather of the timings")  # the job's last agreement
     watch.retire()
+    watch.at(FAULT_AT_EXIT)
     if rank != 0:
         return 0
     got = result[out_name]

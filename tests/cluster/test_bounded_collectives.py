@@ -3,6 +3,7 @@ sends its statistics at the end, is named by rank 0 within a few stall bounds an
 every result in, rank 0 still writes them. Real mpirun ranks under a timeout (tests.cluster.test_stalls_and_partial.mpirun)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -100,6 +101,11 @@ def test_a_command_fault_names_its_point_and_refuses_what_does_not_apply():
     from cluster.watched import parse_command_fault
 
     assert parse_command_fault("2@3:stop", 3) == (2, 3, "stop") and parse_command_fault(None, 3) is None
+    from cluster.watched import FAULT_AT_EXIT
+
+    assert parse_command_fault("1@exit:stop", 3) == (1, FAULT_AT_EXIT, "stop") and parse_command_fault("0@exit", 2)[1] == FAULT_AT_EXIT
+    with pytest.raises(PisplitError, match="exit is not a point of this command"):
+        parse_command_fault("1@exit", 3, ("load", "start"))
     with pytest.raises(PisplitError, match="slow applies to pisplit run"):
         parse_command_fault("1@2:slow", 3)
     with pytest.raises(PisplitError, match="end is not a point of this command"):
@@ -157,7 +163,6 @@ def test_a_rank_stopped_or_killed_in_the_profiles_link_tests_is_named(tmp_path):
 BROADCAST = r"""
 import argparse, os, signal, sys
 from cluster import transport
-from cluster.watched import bcast_text_watched
 from cluster.commands.run import _host_speed
 from cluster.watched import bcast_text_watched
 from partitioners.plan import Plan
@@ -222,3 +227,18 @@ def test_emulate_checks_its_stall_flags_in_one_line():
         proc = subprocess.run([sys.executable, "-m", "cluster.cli", "emulate", "lenet5", "--devices", "rpi3:2", *flags],
                               capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
         assert proc.returncode != 0 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_rank_stopped_after_the_last_agreement_does_not_hold_mpis_shutdown(tmp_path):
+    """After `pisplit split` finished (its result checked and printed), MPI_Finalize waited for every
+    rank: one stopped right then kept the job waiting forever. Now rank 0's watchdog ends it in one line."""
+    from cluster.watched import EXIT_GRACE_S
+
+    proc, seconds = mpirun(3, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--repeat", 1, "--json", "--fail", "1@exit:stop")
+    assert proc.returncode != 0 and seconds < EXIT_GRACE_S + 30, (seconds, proc.stderr)
+    assert json.loads(proc.stdout)["ok"] is True  # the result came before the shutdown
+    errors = pisplit_lines(proc.stderr, "error")
+    assert errors == [f"pisplit: error: rank 0 (host {HOST}): MPI's shutdown (MPI_Finalize) did not end within {EXIT_GRACE_S:.1f} s "
+                      "after the job's last agreement: a rank stopped or was lost at the very end; ending the job (this rank's results "
+                      "are written)"], proc.stderr
