@@ -156,6 +156,8 @@ class EmulatedDevice:
         self.ended_at = 0.0  # perf_counter time the last compute step ended ...
         self.behind_s = 0.0  # ... and how far past its due time
         self.warm: dict = {}  # id(step) -> its warm CPU seconds (reference)
+        self.waiting_since: float | None = None  # emulated wall time (time.time) a wait for messages began ...
+        self.waiting_behind = 0.0  # ... and how far behind the device was then (counted in late_s since)
 
     def compute(self, fn: Callable[[], object], step: object = None):
         """Run `fn` as one compute step of the emulated device. A `step` with a warm reference costs
@@ -172,10 +174,11 @@ class EmulatedDevice:
         so emulated throughput came out above the planner's model, where a rank's sends do not
         overlap its compute (AlexNet on 4 Pi 3B+: x1.32 of its prediction)."""
         wall0 = time.perf_counter()
+        self.waiting_since = None
         # what this device's earlier steps ended past their deadlines (the host woke it late), less
         # any wait since: this step is due that much earlier, so the lateness of a loaded host
         # does not add up step after step (a split stage runs ~50 steps a frame)
-        behind = max(0.0, self.behind_s - max(0.0, wall0 - self.ended_at))
+        behind = self.behind_at(wall0)
         self.cores.acquire()
         cpu0 = time.process_time()
         try:
@@ -191,6 +194,12 @@ class EmulatedDevice:
         self.behind_s = self.ended_at - due
         return out
 
+    def behind_at(self, now: float) -> float:
+        """Seconds this device is behind its emulated time at perf_counter time `now`: host lateness
+        (compute steps that ended past their deadlines, messages that arrived after they were due)
+        not yet absorbed by time spent waiting."""
+        return max(0.0, self.behind_s - max(0.0, now - self.ended_at))
+
     def reference(self, step: object, cpu_seconds: float) -> None:
         """The warm CPU time of `step` (measured alone at warm-up): what its compute costs at most."""
         self.warm[id(step)] = float(cpu_seconds)
@@ -200,17 +209,33 @@ class EmulatedDevice:
         (cluster.split_exec.Hooks.wait)."""
         from . import transport
 
+        if self.waiting_since is None:
+            self.waiting_behind = self.behind_at(time.perf_counter())
+            self.waiting_since = time.time() - self.waiting_behind
         transport.wait_quietly(requests, watch=getattr(self, "watch", None), label=label, peers=peers)
 
     def stamp(self, nbytes: int) -> tuple[int, int]:
-        """(end_ns, duration_ns) of a message of `nbytes` handed to this device's link now."""
+        """(end_ns, duration_ns) of a message of `nbytes` handed to this device's link now: its end is
+        when the link would finish it had the host woken this device on time (less how far behind it
+        is), so a receiver does not count the sender's host lateness as link time."""
         end, duration = self.link.schedule(nbytes, 1)
-        return int(end * 1e9), int(duration * 1e9)
+        return int((end - self.behind_at(time.perf_counter())) * 1e9), int(duration * 1e9)
 
     def hold(self, end_ns: int, duration_ns: int) -> None:
-        """Wait until a received message would be in hand."""
+        """Wait until a received message would be in hand. After a `wait`, the device's emulated time
+        is the later of when the wait began and when the message was due; how far the host delivered
+        it past that (a sender woken late, ranks taking turns on this machine's cores: 8 ranks on 2
+        cores waited 49 ms for halos a 940 Mbit/s link moves in 27) is host lateness, which the
+        device's next compute steps catch up as they do their own (`compute`), not device time."""
         self.received_at = max(end_ns / 1e9, self.received_at + duration_ns / 1e9)
         self._sleep_until(self.received_at, time.time)
+        if self.waiting_since is not None:
+            self.waiting_since = max(self.waiting_since, self.received_at)
+            self.behind_s = max(0.0, time.time() - self.waiting_since)
+            self.ended_at = time.perf_counter()
+            if self.behind_s > self.waiting_behind:  # the report's late_s counts it (the host could not keep up)
+                self.dilation.late_s += self.behind_s - self.waiting_behind
+                self.waiting_behind = self.behind_s
 
     def _sleep_until(self, deadline: float, clock: Callable[[], float], poll: bool = True) -> None:
         """Sleep until `clock()` reaches `deadline`, calling `poll()` in between unless `poll` is

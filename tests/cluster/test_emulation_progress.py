@@ -75,3 +75,32 @@ def test_waking_late_does_not_add_up_over_steps(tmp_path, monkeypatch):
     before = clock.now
     fast.compute(lambda: clock.work(0.01))
     assert clock.now - before == pytest.approx(0.01)
+
+
+def test_a_message_the_host_delivers_late_is_caught_up_not_device_time(tmp_path, monkeypatch):
+    from cluster import emulation
+
+    clock = _Clock(late=0.0)
+    monkeypatch.setattr(emulation, "time", clock)
+    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    device.compute(lambda: clock.work(0.01))  # on time: 40 ms
+    # a halo due 2 ms after the wait began (the link's time), delivered 20 ms after (its sender's host
+    # woke late): 18 ms of host lateness, which the next step catches up
+    device.wait([])
+    due = clock.now + 0.002
+    clock.now += 0.02
+    device.hold(int(due * 1e9), int(0.001 * 1e9))
+    assert device.behind_s == pytest.approx(0.018) and device.dilation.late_s == pytest.approx(0.018)
+    before = clock.now
+    device.compute(lambda: clock.work(0.01))
+    assert clock.now - before == pytest.approx(0.04 - 0.018)
+    # a message due later than it arrives is waited for on the device's time: nothing to catch up
+    device.wait([])
+    due = clock.now + 0.005
+    device.hold(int(due * 1e9), int(0.001 * 1e9))
+    assert clock.now == pytest.approx(due) and device.behind_s == pytest.approx(0.0)
+    # a sender behind its emulated time stamps its message as sent on time
+    sender = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(8e6))
+    sender.behind_s, sender.ended_at = 0.01, clock.now
+    end_ns, duration_ns = sender.stamp(1000)
+    assert duration_ns == pytest.approx(1e6) and end_ns / 1e9 == pytest.approx(clock.now + 0.001 - 0.01)
