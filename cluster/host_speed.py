@@ -17,6 +17,14 @@ The measurement runs in a subprocess of its own (one model per process: after an
 same process nodes ran up to 30% slow, and the caller's BLAS threads are not the ranks'), and is cached
 per machine (CPU model, cores, architecture), engine, library versions and model, in
 $XDG_CACHE_HOME/pisplit/host-speed.json.
+
+Per stage (`nodes`=(start, stop)): the same measurement on nodes [start, stop) alone, against the reference
+profile's price of those nodes. An x86 host's int8 kernels gain over float32 unevenly across layers
+(int8 MobileNetV2 on litert: this machine at 3.7x the reference price on its first 31 layers, 2.4x on the
+next 32, 3.2x on the whole), while a Pi's int8 rate is one cited figure for every layer; dilating each
+stage by the whole model's speed padded the first stage of a 2-stage plan past its plan and the second
+short of it. An emulated int8 stage therefore dilates by its own nodes' speed (cluster.runtime, from this
+cache; `pisplit emulate` measures it before launching, stage_speeds).
 """
 from __future__ import annotations
 
@@ -81,7 +89,7 @@ FRESH_S = 3600.0  # how long a measurement is reused before it is taken again
 
 
 def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurrency: int = 1,
-               refresh: bool = False) -> float | None:
+               refresh: bool = False, nodes: tuple | None = None) -> float | None:
     """This machine's seconds / the reference profile's seconds for `model` on `engine` (cached);
     None when not cached and `measure` is False. Raises PisplitError if the measurement fails.
     A cached measurement older than FRESH_S, or any with `refresh`, is taken again (when `measure`;
@@ -89,9 +97,13 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 
     With `concurrency` n, n copies are timed at once (their median): emulated devices that compute
     side by side on this machine's cores slow each other (caches, memory bandwidth; VGG16 parts on
-    2 cores: about a quarter), and dilation must not count that as the Pis' own slowness."""
+    2 cores: about a quarter), and dilation must not count that as the Pis' own slowness.
+
+    With `nodes` (start, stop): the speed on those nodes alone (a pipeline stage), cached apart."""
     concurrency = max(1, min(int(concurrency), os.cpu_count() or 1))
     key = f"{fingerprint(engine)} | {model} | seed {seed} | {MEASURE}" + (f" | {concurrency} at once" if concurrency > 1 else "")
+    if nodes is not None:
+        key += f" | nodes {int(nodes[0])}:{int(nodes[1])}"
     cache = _read_cache()
     entry = cache.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speed"), (int, float)) and entry["speed"] > 0:
@@ -103,6 +115,7 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "cluster.host_speed", model, str(seed), engine]
+    argv += [f"{int(nodes[0])}:{int(nodes[1])}"] if nodes is not None else []
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(concurrency)]
     results = []
     for proc in procs:
@@ -123,7 +136,26 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 MEASURE = "median of 8"  # how a pass is summarised (in the cache key: entries measured otherwise are not reused)
 
 
-def measure_here(model: str, seed: int, engine: str, passes: int = 8) -> dict:
+def stage_speeds(plan, engine: str, concurrency: int = 1, refresh: bool = False, measure: bool = True) -> dict:
+    """{(start, stop): speed} of the plan's stages that hold int8 nodes and run on one rank each
+    (single, data-parallel: a split stage's ranks run parts of layers, not the stage's nodes), measured
+    (host_speed with `nodes`) or, without `measure`, as cached."""
+    from layers import load_model
+    from partitioners.vocabulary import StageMode
+
+    graph = load_model(plan.model, seed=plan.model_seed)
+    out = {}
+    for stage in plan.stages:
+        a, b = stage.node_start, stage.node_stop
+        if stage.mode == StageMode.SPLIT or not any(graph.nodes[i].attrs.get("quantized") for i in range(a, b)):
+            continue
+        speed = host_speed(plan.model, plan.model_seed, engine, measure=measure, concurrency=concurrency, refresh=refresh, nodes=(a, b))
+        if speed:
+            out[(a, b)] = speed
+    return out
+
+
+def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tuple | None = None) -> dict:
     """CPU seconds of a whole-graph pass of `model` here (the median of `passes` after a warm-up
     pass that faults pages in: a rank's passes spread around it, and its dilated compute is its own
     CPU time, so the least pass made an emulated device run 5-10% slow against its calibration:
@@ -140,7 +172,17 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8) -> dict:
     reuse_freed_memory()  # as ranks run (cluster.runtime.run_plan), BLAS buffers set up first
     settle_baseline()
     graph = load_model(model, seed=seed)
-    predicted = Calibration(engine).base.model_seconds(graph)
+    if nodes is None:
+        predicted = Calibration(engine).base.model_seconds(graph)
+    else:
+        from cluster.runtime import shard_graph
+
+        start, stop = int(nodes[0]), int(nodes[1])
+        if not 0 <= start < stop <= len(graph):
+            raise PisplitError(f"nodes {start}:{stop}: not a range of {graph.name}'s {len(graph)} nodes")
+        calibration = Calibration(engine)  # the reference host's price of each node, int8 ones at its int8 rate
+        predicted = sum(calibration.node_seconds("host", graph, i) for i in range(start, stop))
+        graph = shard_graph(graph, start, stop)
     if predicted <= 0:
         raise PisplitError(f"the reference {engine} profile cannot predict {graph.name}")
     runner = make_engine(graph, engine)
@@ -157,7 +199,8 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8) -> dict:
 
 if __name__ == "__main__":
     try:
-        print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), sys.argv[3])))
+        span = tuple(int(v) for v in sys.argv[4].split(":")) if len(sys.argv) > 4 else None
+        print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), sys.argv[3], nodes=span)))
     except PisplitError as exc:
         print(f"pisplit: error: {exc}", file=sys.stderr)
         sys.exit(1)

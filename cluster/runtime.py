@@ -790,6 +790,15 @@ class PipelineRank:
         if options.emulate and any(graph.nodes[i].attrs.get("quantized") for i in range(self.stage.node_start, self.stage.node_stop)):
             from partitioners.profiles import int8_stage_dilation
 
+            # this machine's speed on the stage's own nodes (int8 kernels gain unevenly by layer; cluster.host_speed)
+            if shared is None and self.stage.mode != StageMode.SPLIT and options.host_speed:
+                from .host_speed import host_speed
+
+                own = host_speed(plan.model, plan.model_seed, engine, measure=False, concurrency=plan.n_ranks,
+                                 nodes=(self.stage.node_start, self.stage.node_stop))
+                if own:
+                    slowdown = slowdown * host / own
+
             # int8 layers: the host's int8 path gains more over float32 than a Pi's does (litert)
             slowdown *= int8_stage_dilation(kind, engine, graph, self.stage.node_start, self.stage.node_stop)
         self.dilation = ComputeDilation(slowdown) if options.emulate else None

@@ -93,6 +93,10 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
         from ..bandwidth import plan_speed_ratios
 
         plan_speed_ratios(ConfigMap.load(plan_path), Path(plan_path).parent, engine, n_ranks, plan.model_seed, measure=True)
+    else:  # int8 stages: this machine's speed on each stage's own nodes, read by the ranks (cluster.host_speed.stage_speeds)
+        from ..host_speed import stage_speeds
+
+        stage_speeds(plan, engine, concurrency=n_ranks, refresh=recalibrate)
     warn_faster_than_host(plan_path, engine, speed)
     argv = [sys.executable, "-m", "cluster.cli", "run", str(plan_path), "--emulate", "--frames", str(frames),
             "--engine", engine, "--report", str(report_path), "--host-speed", repr(speed)]
