@@ -468,3 +468,48 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
         cycle = [lead] + [c + (into if replica_in is None else replica_in) + out_remote for c in computes[1:]]
         periods.append(max(cycle) / m)
     return np.array(periods, dtype=float)
+
+
+def latency_to_exits(cost_model, stages, points: list[ExitPoint]) -> tuple[np.ndarray, float]:
+    """(seconds from a frame's input to its answer at each exit, the same at the model's end), as
+    partitioners.cost prices a stage's latency: the stages before the exit's stage whole, then the
+    exit's stage up to the exit node on its slowest replica and the answer's way to rank 0 (none when
+    rank 0 answers the frame itself, in a first stage). A split stage runs whole before its exit answers."""
+    x = cost_model.transfer
+    n = cost_model.n
+    costs = []
+    for s in stages:
+        counts = stage_counts(cost_model, s)
+        mode = "single" if sum(counts) == 1 else s.mode
+        cost = cost_model.stage_cost(s.node_start, s.node_stop, counts, mode)
+        if cost is None:
+            raise PisplitError(f"stage {s.index}: the cost model has no {mode} cost for nodes [{s.node_start}, {s.node_stop}) on {sum(counts)} device(s)")
+        costs.append(cost)
+    full = float(sum(c.latency_s for c in costs))
+    out = []
+    for p in points:
+        j = stage_of_node(stages, p.node)
+        s, cost = stages[j], costs[j]
+        a, b, first = s.node_start, s.node_stop, s.node_start == 0
+        answer = float(x[n])
+        before = float(sum(c.latency_s for c in costs[:j]))
+        if cost.mode == StageMode.SPLIT:
+            link = cost_model.link_terms(a, b)
+            here = cost.latency_s - link.lead_out + (0.0 if first else answer)
+        else:
+            link = cost_model.link_terms(a, b)
+            pieces = [float(cost_model.prefix_seconds[k, p.node + 1] - cost_model.prefix_seconds[k, a]) for k in cost.slots]
+            here = max(c + (0.0 if first and slot == 0 else answer + (link.replica_in_latency if first else 0.0))
+                       for slot, c in enumerate(pieces))
+        out.append(before + here)
+    return np.array(out, dtype=float), full
+
+
+def latency_with_exits(cost_model, plan, points: list[ExitPoint], fractions) -> float:
+    """Predicted mean latency of `plan` when exits answer `fractions` of all frames: each exit's
+    share at its latency (latency_to_exits), the rest at the plan's; the plan's own figure scaled by
+    the cost model's mean over its latency without exits, so its calibration carries over."""
+    to_exit, full = latency_to_exits(cost_model, plan.stages, points)
+    rest = 1.0 - float(sum(fractions))
+    mean = float(np.dot(np.asarray(fractions, dtype=float), to_exit)) + rest * full
+    return plan.predicted_latency_s * mean / full if full > 0 else plan.predicted_latency_s

@@ -171,6 +171,7 @@ def run(args) -> int:
         from .exits import plan_with_exits
 
         plan = plan_with_exits(args, graph, model, plan)
+        plan = exit_latency(graph, model, plan)
     if args.output:
         plan.save(args.output)
     if args.json:
@@ -182,6 +183,23 @@ def run(args) -> int:
     if args.chart:
         _chart(args, plan, graph)
     return 0
+
+
+def exit_latency(graph, model, plan):
+    """`plan` (with --exit) with its predicted latency counting the exits' shares: a frame answered at
+    an exit has the latency up to that exit (partitioners.exits.latency_with_exits), and a note saying
+    what it is without them. Unchanged when the shares are unknown."""
+    from dataclasses import replace
+
+    from partitioners.exits import latency_with_exits, resolve_exits
+
+    if not plan.exits or any(e.exit_fraction is None for e in plan.exits):
+        return plan
+    points = resolve_exits(graph, {e.name: e.threshold for e in plan.exits})
+    share = {e.name: e.exit_fraction for e in plan.exits}
+    latency = latency_with_exits(model, plan, points, [share[p.name] for p in points])
+    note = f"predicted mean latency counts the exits: {latency * 1e3:.1f} ms (without exits {plan.predicted_latency_s * 1e3:.1f} ms)"
+    return replace(plan, predicted_latency_s=latency, notes=(*plan.notes, note)).validate()
 
 
 def _chart(args, plan, graph) -> None:
