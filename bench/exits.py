@@ -2,7 +2,9 @@
 for the branchy LeNet and AlexNet, a sweep of T with each exit's share and the accuracy on the held-out
 test split, bytes per frame between the exit plan's stages, predicted and measured throughput of the
 exit plan against the planner's plan of the same model without exits (both on the same held-out
-frames); then the DDNN model's aggregation schemes and its accuracy with 1..N end devices missing.
+frames), and the planner's plan with the exits taken inside its stages (predicted as `pisplit plan
+--exit` prices it, partitioners.exits.throughput_with_inner_exits, and measured); then the DDNN
+model's aggregation schemes and its accuracy with 1..N end devices missing.
 Options: --frames N, --thresholds T,T,..., --models a,b, --devices rpi3:4, --ddnn all|none
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ from layers import load_model
 from layers.trained import held_out, trained_names
 from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import parse_devices
-from partitioners.exits import bytes_per_frame, calibrate, exit_split_plan, reach_from_fractions, resolve_exits
+from partitioners.exits import (bytes_per_frame, calibrate, exit_split_plan, reach_from_fractions, resolve_exits,
+                                throughput_with_inner_exits)
 from partitioners.profiles import Calibration
 
 DEVICES, LINK = "rpi3:4", 94e6
@@ -47,11 +50,11 @@ def exit_sweep(model: str, frames: int, thresholds: list[float], devices: str = 
                             f"accuracy on all {len(labels)} held-out)")
         names = graph.outputs[:-1]
         for col in ["T", *[f"{n} %" for n in names], "final %", "accuracy", "bytes/frame", "exit plan: cut, devices", "predicted fps",
-                    "measured fps", "vs no exits", "dp plan + exits fps", "vs no exits "]:
+                    "measured fps", "vs no exits", "dp plan + exits predicted", "measured", "vs no exits "]:
             table.add_column(col, justify="right")
         acc_plain = float((outputs[graph.outputs[-1]].argmax(-1) == labels).mean())
         table.add_row("no exits", *["-"] * len(names), "100.0", f"{acc_plain:.2%}", "-", f"dp {len(plain.stages)} stage(s)",
-                      f"{plain.predicted_throughput_fps:.1f}", f"{base['throughput_fps']:.1f}", "1.00x", "-", "-")
+                      f"{plain.predicted_throughput_fps:.1f}", f"{base['throughput_fps']:.1f}", "1.00x", "-", "-", "-")
         report = None
         for t in thresholds:
             points = resolve_exits(graph, {n: t for n in names})
@@ -73,7 +76,8 @@ def exit_sweep(model: str, frames: int, thresholds: list[float], devices: str = 
                           next(p.name for p in points if p.node + 1 == plan.stages[0].node_stop) + " "
                           + "/".join(str(len(s.ranks)) for s in plan.stages),
                           f"{plan.predicted_throughput_fps:.1f}", f"{report['throughput_fps']:.1f}",
-                          f"{report['throughput_fps'] / base['throughput_fps']:.2f}x", f"{same['throughput_fps']:.1f}",
+                          f"{report['throughput_fps'] / base['throughput_fps']:.2f}x",
+                          f"{throughput_with_inner_exits(cost_model, plain, points, fractions):.1f}", f"{same['throughput_fps']:.1f}",
                           f"{same['throughput_fps'] / base['throughput_fps']:.2f}x")
         console.print(table)
         if report is not None:
