@@ -1,7 +1,11 @@
 """Fixtures for the inventory, launch and emulated-cluster tests (imported by those modules).
 
 `no_network`: any attempt to open a socket connection fails the test loudly.
-`emulated_cluster`: an emulated Pi cluster in network namespaces (module scope, torn down after).
+`emulated_cluster`: an emulated Pi cluster in network namespaces, brought up once for the session (the
+netns modules share it: test_netns_cluster provisions it, test_netns_resilient, which runs after it and
+tears Pis down, brings each back) and torn down at its end.
+`netns_head`: the head node's side of that cluster (inventory, known_hosts, cluster key, cache, wheelhouse),
+also once for the session, so a later module's provision finds the Pis provisioned and skips the done work.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def head_env(cache: Path) -> dict:
     return {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def emulated_cluster(tmp_path_factory):
     """Four emulated Pis (pi-0..pi-2 healthy, pi-3 for the failure cases) and a head, links at 94mbit."""
     from cluster.netns import Cluster, cluster_down, cluster_up
@@ -70,6 +74,51 @@ def emulated_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster_down(cluster)
+
+
+@pytest.fixture(scope="session")
+def netns_head(emulated_cluster, tmp_path_factory):
+    """The emulated cluster's head node's side: inventory, known_hosts, cluster key, its own cache (facts, hostfile) and a ready wheelhouse."""
+    import platform
+
+    from cluster.netns import PI_USER
+    from cluster.provision import Wheelhouses, project_requirements
+
+    cluster = emulated_cluster
+    home = tmp_path_factory.mktemp("head")
+    cache = home / "cache"
+    # The head namespace has no route to a package index, like a head node without internet: the
+    # wheelhouse for the Pis' platform is built beforehand on the machine's own network, with the code
+    # provision uses, in this machine's pisplit cache (kept across runs), and given as --wheelhouse.
+    py = subprocess.run(["python3", "-c", "import platform; print(platform.python_version()); print(' '.join(platform.libc_ver()))"],
+                        capture_output=True, text=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, check=True).stdout.split("\n")
+    wheels = Wheelhouses(project_requirements()).for_host({"python": py[0], "libc": py[1], "arch": platform.machine()})
+    wrong_key = home / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
+    pis = cluster.pis
+    unused = f"{cluster.network}.99"
+    inventory = home / "inventory.ini"
+    inventory.write_text(f"""
+[pis]
+pi-0 ansible_host={pis[0].address}
+pi-1 ansible_host={pis[1].address}
+pi-2 ansible_host={pis[2].address}
+
+[broken]
+wrong-key ansible_host={pis[3].address} ansible_ssh_private_key_file={wrong_key}
+unwritable ansible_host={pis[4].address} workdir=/opt/pisplit-{cluster.name}
+no-python ansible_host={pis[5].address} python=/opt/no-such-python3
+unreachable ansible_host={unused}
+
+[all:vars]
+ansible_user={PI_USER}
+ansible_ssh_private_key_file={cluster.admin_key}
+device=rpi3
+workdir=/home/{PI_USER}/pisplit
+mpi_network={cluster.network}.0/24
+""")
+    return {"home": home, "inventory": inventory, "env": head_env(cache), "known_hosts": home / "known_hosts",
+            "cluster_key": home / "cluster_key", "wheels": wheels}
 
 
 def run_in_head(cluster, argv: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -4,13 +4,13 @@ namespace with the real inventory code, then mpirun over ssh across the emulated
 Pis: pi-0..pi-2 healthy, pi-3 reachable but the inventory gives it a key it does not accept, pi-4 with
 a workdir its user may not write, pi-5 without the python the inventory names (and no right to install
 one); plus an address where nothing answers. Runs as root (CI); elsewhere
-it skips with the reason. The tests build on each other in file order (one cluster per module).
+it skips with the reason. The tests build on each other in file order (one cluster and head for the session,
+shared with test_netns_resilient).
 """
 from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import time
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from cluster.netns import PI_USER, restart_sshd
-from cluster.provision import HOST_STEPS, Wheelhouses, project_requirements
+from cluster.provision import HOST_STEPS
 from layers import zoo_model
 from tests.conftest import varied
 
-from .conftest_netns import head_env, run_in_head
+from .conftest_netns import run_in_head
 from .pipeline_plans import hand_plan
 from .test_runtime import reference_outputs
 
@@ -33,43 +33,9 @@ LINK_BYTES_PER_S = 94e6 / 8
 
 
 @pytest.fixture(scope="module")
-def head(emulated_cluster, tmp_path_factory):
-    """The head node's side: inventory, known_hosts, cluster key, its own cache (facts, hostfile) and a ready wheelhouse."""
-    cluster = emulated_cluster
-    home = tmp_path_factory.mktemp("head")
-    cache = home / "cache"
-    # The head namespace has no route to a package index, like a head node without internet: the
-    # wheelhouse for the Pis' platform is built beforehand on the machine's own network, with the code
-    # provision uses, in this machine's pisplit cache (kept across runs), and given as --wheelhouse.
-    py = subprocess.run(["python3", "-c", "import platform; print(platform.python_version()); print(' '.join(platform.libc_ver()))"],
-                        capture_output=True, text=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, check=True).stdout.split("\n")
-    wheels = Wheelhouses(project_requirements()).for_host({"python": py[0], "libc": py[1], "arch": platform.machine()})
-    wrong_key = home / "wrong_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)], check=True)
-    pis = cluster.pis
-    unused = f"{cluster.network}.99"
-    inventory = home / "inventory.ini"
-    inventory.write_text(f"""
-[pis]
-pi-0 ansible_host={pis[0].address}
-pi-1 ansible_host={pis[1].address}
-pi-2 ansible_host={pis[2].address}
-
-[broken]
-wrong-key ansible_host={pis[3].address} ansible_ssh_private_key_file={wrong_key}
-unwritable ansible_host={pis[4].address} workdir=/opt/pisplit-{cluster.name}
-no-python ansible_host={pis[5].address} python=/opt/no-such-python3
-unreachable ansible_host={unused}
-
-[all:vars]
-ansible_user={PI_USER}
-ansible_ssh_private_key_file={cluster.admin_key}
-device=rpi3
-workdir=/home/{PI_USER}/pisplit
-mpi_network={cluster.network}.0/24
-""")
-    return {"home": home, "inventory": inventory, "env": head_env(cache), "known_hosts": home / "known_hosts",
-            "cluster_key": home / "cluster_key", "wheels": wheels}
+def head(netns_head):
+    """The session's head node (conftest_netns.netns_head): this module provisions with it first."""
+    return netns_head
 
 
 def pisplit(cluster, head, *args, timeout=300):

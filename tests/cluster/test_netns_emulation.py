@@ -145,7 +145,7 @@ def test_bench_netns_runs_a_plan_both_ways_on_a_running_cluster(head):
     # scripts/bench_netns, briefly, reusing this module's cluster (and leaving it up: the fixture takes it down)
     cluster = head.cluster
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_netns"), "--name", cluster.name, "--state", str(cluster.state),
-                           "--network", cluster.network, "--plans", "alexnet@rpi3:3/latency", "--latency-frames", "2", "--keep", "--json"],
+                           "--network", cluster.network, "--plans", "alexnet@rpi3:3/latency", "--latency-frames", "2", "--speed-rounds", "1", "--keep", "--json"],
                           capture_output=True, text=True, timeout=900, cwd="/", env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reused" in proc.stderr and f"cluster {cluster.name}: down" not in proc.stderr
