@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -115,6 +116,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    if not any(name in os.environ for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PRTE_LAUNCHED", "PMI_RANK")):
+        # not an MPI rank: tell the ranks of any mpirun started from here whether the user's stdout is a
+        # terminal (theirs is a pty either way; cluster.output reads this to colour or not)
+        os.environ.setdefault("PISPLIT_STDOUT_TTY", "1" if sys.stdout.isatty() else "0")
     debug = "--debug" in argv
     if debug:
         argv = [a for a in argv if a != "--debug"]
