@@ -4,8 +4,9 @@ Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 
 latency (frames sent one at a time) and throughput of one emulated device and of plans side by side
 (--variants): dp latency plans with every split kind ("all": the planner picks per block), attention by heads
 ("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens, no attn-heads), the tokens
-plan with each token segment run through its whole block, MLP included ("tokens-block", a hand edit the
-planner cannot make: no prediction), no attention kind ("fc-splits": fc-output / fc-input and the rest),
+plan with each token segment run through its whole block, MLP included ("tokens-block", a hand edit; the
+planner now offers the same as token spans, split_costs.token_spans, so where it chose them the edit changes
+nothing; no prediction), no attention kind ("fc-splits": fc-output / fc-input and the rest),
 pipeline-only (no split kinds), and the dp throughput plan; each measured next to its prediction.
 Part 2 (--corpus): for every litert-torch model of ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus
 (scripts/build_corpus_torch), pisplit's litert engine against one plain LiteRT interpreter on the same
@@ -43,8 +44,8 @@ VARIANTS = ("all", "heads", "tokens", "tokens-block", "fc-splits", "pipeline-onl
 def whole_blocks(plan, graph):
     """The tokens plan hand-edited so that each attn-tokens segment runs through its whole transformer block
     (attention, residual, LayerNorm, MLP, residual: each rank its rows of all of it, as `pisplit split` runs
-    the kind), which the planner cannot choose (it prices attn-tokens through the attention's output
-    projection); no prediction (the cost model has none for it)."""
+    the kind); the planner offers it as a token span (split_costs.token_spans) and this edit extends only the
+    segments where it chose the attention alone; no prediction (a hand edit)."""
     from dataclasses import replace
 
     from partitioners.split_tokens import token_block
