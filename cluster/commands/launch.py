@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 from rich.table import Table
@@ -93,7 +94,9 @@ def run(args) -> int:
     if not args.no_sync:
         used = list(dict.fromkeys(launch.placement))
         homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
-        errors = copy_files(used, [plan], homes, known_hosts)
+        with tempfile.TemporaryDirectory(prefix="pisplit-launch-") as tmp:  # private (0700)
+            # a plan of a model file (an all-on-host edge+host plan's wrapped graph, a .tflite): the file goes too
+            errors = copy_files(used, plan_with_model_files(plan, launch.workdir, Path(tmp)), homes, known_hosts)
         if errors:
             raise PisplitError("copying the plan failed: " + "; ".join(errors.values()))
     try:
@@ -125,6 +128,32 @@ def emulate_compute_command(args, plan_path: Path, n_ranks: int, command: str, e
         speed = host_speed(plan.model, plan.model_seed, plan.engine, concurrency=n_ranks)
     threads = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return f"{command} --emulate-compute --host-speed {speed!r}", {**threads, **env}
+
+
+def plan_with_model_files(plan: Path, workdir: str, tmp: Path) -> list[Path]:
+    """The files a launch copies to WORKDIR/files/ on the hosts: the plan, and when the plan's model is
+    a file here (a pisplit .json graph with its weights .npz, as an all-on-host edge+host plan's
+    wrapped graph, or a .tflite) that file too, with a copy of the plan (same name, in `tmp`) naming
+    it at its place on the hosts. A zoo or trained model's plan goes as it is."""
+    import json
+
+    doc = read_json(plan, "plan")
+    model = doc.get("model") if isinstance(doc, dict) and "format" in doc else None
+    path = Path(model) if isinstance(model, str) else None
+    if path is None or path.suffix.lower() not in (".json", ".tflite") or not path.is_file():
+        return [plan]
+    files = [path]
+    if path.suffix.lower() == ".json":
+        graph = read_json(path, "model")
+        weights = path.parent / (graph.get("weights_file") if isinstance(graph, dict) and graph.get("weights_file") else path.with_suffix(".npz").name)
+        if weights.is_file():
+            files.append(weights)
+    names = [f.name for f in files]
+    if plan.name in names:
+        raise PisplitError(f"plan {plan}: has the name of its model file {path}; both go to the hosts' files/ folder")
+    copy = tmp / plan.name
+    copy.write_text(json.dumps({**doc, "model": f"{workdir}/files/{path.name}"}, indent=1))
+    return [copy, *files]
 
 
 def check_pisplit_plan(path: Path) -> None:

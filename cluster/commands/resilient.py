@@ -229,10 +229,15 @@ class LaunchSite:
                               cluster_key=self.cluster_key)
         self.placement = launch.placement
         self.remote = {key: f"{launch.workdir}/files/{name}" for key, name in names.items()}
-        copies = []
-        for key in ("plan", "frames"):
+        from .launch import plan_with_model_files
+
+        remote_dir = files["plan"].parent / "to-hosts"  # the attempt's plan naming its model file on the hosts
+        remote_dir.mkdir(exist_ok=True)
+        plan_copy, *model_files = plan_with_model_files(files["plan"], launch.workdir, remote_dir)
+        copies = list(model_files)
+        for key, source in (("plan", plan_copy), ("frames", files["frames"])):
             copy = files[key].with_name(names[key])
-            shutil.copyfile(files[key], copy)
+            shutil.copyfile(source, copy)
             copies.append(copy)
         errors = copy_files(list(dict.fromkeys(self.placement)), copies, self.homes, self.known_hosts)
         if errors:

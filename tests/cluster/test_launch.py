@@ -199,3 +199,38 @@ def test_the_network_guard_catches_a_real_connection_attempt(inventory, tmp_path
 
     with pytest.raises(NetworkTouched):
         Remote(inventory.hosts[0], tmp_path / "known_hosts").connect()
+
+
+def test_a_plan_of_a_model_file_goes_to_the_hosts_with_that_file(tmp_path):
+    """Issue 15: an all-on-host edge+host plan runs a wrapped graph saved beside it (a .json graph and
+    its .npz); launch copies them with a copy of the plan naming them at WORKDIR/files/ on the hosts.
+    The files put where the hosts get them load as the same model; a zoo model's plan goes as it is."""
+    import numpy as np
+
+    from cluster.commands.codecs import save_edge_input_graph
+    from cluster.commands.launch import plan_with_model_files
+    from layers import load_model, zoo_model
+    from partitioners.plan import Plan
+
+    from .pipeline_plans import hand_plan
+
+    graph = zoo_model("lenet5")
+    (tmp_path / "head").mkdir()
+    spec = save_edge_input_graph(graph, tmp_path / "head" / "plan.edge-input.json")
+    wrapped = load_model(spec)
+    plan = hand_plan(wrapped, [(0, 1, [0], "single"), (1, len(wrapped), [1], "single")], model=spec).save(tmp_path / "head" / "plan.json")
+    workdir = tmp_path / "pi" / "pisplit"  # what the hosts' WORKDIR/files/ will hold
+    (workdir / "files").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    files = plan_with_model_files(plan, str(workdir), tmp_path / "out")
+    assert [f.name for f in files] == ["plan.json", "plan.edge-input.json", "plan.edge-input.npz"] and files[0].parent == tmp_path / "out"
+    for f in files:
+        (workdir / "files" / f.name).write_bytes(f.read_bytes())
+    there = Plan.load(workdir / "files" / "plan.json")
+    assert there.model == f"{workdir}/files/plan.edge-input.json" and there.stages == Plan.load(plan).stages
+    x = np.random.default_rng(0).standard_normal((2, *wrapped.inputs[next(iter(wrapped.inputs))][1:])).astype(np.float32)
+    name = next(iter(wrapped.inputs))
+    want, got = wrapped.execute({name: x}), load_model(there.model).execute({name: x})
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+    zoo = hand_plan(graph, [(0, len(graph), [0], "single")], model="lenet5").save(tmp_path / "zoo.json")
+    assert plan_with_model_files(zoo, str(workdir), tmp_path / "out") == [zoo]
