@@ -19,7 +19,7 @@ import pytest
 
 from cluster import transport
 from cluster.commands.run import frame_ranges
-from cluster.mpirun import local_mpirun_command, mpirun_env, stop
+from cluster.mpirun import START_ATTEMPTS, local_mpirun_command, mpirun_env, never_started, stop
 from cluster.report import chrome_trace, memory_slope
 from cluster.runtime import EventLog, PaceWatch, RankStats, RunResult, default_stall_timeout, parse_fault, slow_factor
 from layers import zoo_model
@@ -186,18 +186,22 @@ def mpirun(n: int, *args, timeout: float = 60, code: str | None = None):
         cmd = local_mpirun_command(n, [*head, *map(str, args)])
     except FileNotFoundError as exc:
         require(False, str(exc))
-    marker = uuid.uuid4().hex
-    env = {**mpirun_env(), "TERM": "dumb", "NO_COLOR": "1", "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1",
-           "PISPLIT_TEST_JOB": marker}
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        pytest.fail(f"HANG: mpirun -n {n} pisplit {' '.join(map(str, args))} still running after {timeout} s")
-    finally:
-        end_job(marker)
+    for attempt in range(1, START_ATTEMPTS + 1):  # a transient Open MPI start failure is started again, as run_local does
+        marker = uuid.uuid4().hex
+        env = {**mpirun_env(), "TERM": "dumb", "NO_COLOR": "1", "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1",
+               "PISPLIT_TEST_JOB": marker}
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            pytest.fail(f"HANG: mpirun -n {n} pisplit {' '.join(map(str, args))} still running after {timeout} s")
+        finally:
+            end_job(marker)
+        if attempt == START_ATTEMPTS or not never_started(proc.returncode, err):
+            break
+        time.sleep(0.5 * attempt)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err.replace("\0", "")), time.perf_counter() - t
 
 
