@@ -39,6 +39,7 @@ __all__ = ["ExitRouting", "active_exits", "parse_exit_overrides", "TAG_ANSWER", 
 TAG_ANSWER = 92
 TAG_GATE = 93
 SKIP = -1  # the third header slot of a skip message
+EXIT_JOURNAL_PREFIX = "pisplit-exit:"  # journal tensor: the answering exit of each frame (ExitState.journal_key)
 
 
 def active_exits(plan, graph, overrides: dict | None = None) -> list[ExitPoint]:
@@ -207,9 +208,17 @@ class ExitRouting:
     def take(self, rank, frame: int, tensors: dict, start_ns: int, index: int) -> None:
         if not 0 <= index < len(self.names):
             raise PisplitError(f"runtime: answer of frame {frame} names exit {index}; the run has {len(self.names)} answers")
+        if rank.options.on_result:  # a resilient run's journal keeps the answering exit beside the tensors
+            tensors = {**tensors, self.journal_key(): np.full((1, 1), index, np.float32)}
         rank._take_result(frame, tensors, start_ns)
         rank.argmax[frame] = int(np.argmax(np.asarray(tensors[self.names[index]]).reshape(-1)))
         self.answered[frame] = index
+
+    def journal_key(self) -> str:
+        """The name of the answering exit's index among the tensors rank 0 hands its on_result (a
+        resilient run's journal, cluster.supervisor): EXIT_JOURNAL_PREFIX, then label=tensor per
+        exit in index order, so the journal alone says which tensor answered each frame."""
+        return EXIT_JOURNAL_PREFIX + ",".join(f"{label}={name}" for label, name in zip(self.labels, self.names))
 
     def post_sink(self, rank) -> None:
         if not self.sink_window:

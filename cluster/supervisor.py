@@ -202,7 +202,7 @@ def replan(plan: Plan, devices: Sequence[Device], graph, codecs=None, codec_budg
                            f"device{'s' if len(pool) > 1 else ''}: {exc}") from None
     if codecs is None:
         new = kept_codecs(plan, new)
-    return replace(new, model_seed=plan.model_seed).validate()
+    return replace(new, model_seed=plan.model_seed, exits=plan.exits).validate()  # the plan's own exits still answer
 
 
 def kept_codecs(old: Plan, new: Plan) -> Plan:
@@ -252,6 +252,9 @@ class ResilientResult:
     plan: Plan | None = None
     wall_s: float = 0.0
     report: dict | None = None  # the last attempt's own report (stages, ranks), when it finished
+    exits: dict | None = None  # with early exits: frames answered per exit (label -> count), over all attempts
+    exit_index: np.ndarray | None = None  # ... per frame, its answering exit (index in exit_names; -1: not answered)
+    exit_names: tuple = ()
 
     @property
     def every_frame_once(self) -> bool:
@@ -419,23 +422,44 @@ def _stages_text(plan: Plan) -> str:
 
 
 def _assemble(journals: list, frames: int, keep_outputs: bool, attempts, failures, plan, wall, report) -> ResilientResult:
+    from .exits import EXIT_JOURNAL_PREFIX
+
     names = journals[0].names if journals else []
     shapes = journals[0].shapes if journals else []
     ids = np.concatenate([j.ids for j in journals]) if journals else np.zeros(0, np.int64)
     counts = np.bincount(ids, minlength=frames) if ids.size else np.zeros(frames, np.int64)
     duplicated = int((counts > 1).sum())
     missing = np.flatnonzero(counts == 0)
+    offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])]).astype(int)
+    column = {n: (int(offsets[i]), int(offsets[i + 1])) for i, n in enumerate(names)}
+    # with early exits a pseudo-tensor holds each frame's answering exit (cluster.exits.ExitState.journal_key)
+    key = next((n for n in names if n.startswith(EXIT_JOURNAL_PREFIX)), None)
+    answers = [tuple(pair.split("=", 1)) for pair in key[len(EXIT_JOURNAL_PREFIX):].split(",")] if key else []
+    exit_counts = np.zeros(len(answers), np.int64)
+    exit_index = np.full(frames, -1, np.int64) if key else None
     first_size = int(np.prod(shapes[0])) if shapes else 0
     argmax = np.zeros(frames, np.int64)
     outputs = None
+    kept = [(n, s) for n, s in zip(names, shapes) if n != key]
     if keep_outputs and names:
-        outputs = {n: np.full((frames, *s[1:]), np.nan, np.float32) for n, s in zip(names, shapes)}
+        outputs = {n: np.full((frames, *s[1:]), np.nan, np.float32) for n, s in kept}
     for j in journals:
-        argmax[j.ids] = np.argmax(j.values[:, :first_size], axis=1) if first_size else 0
+        if key is not None:
+            index = j.values[:, column[key][0]].astype(np.int64)
+            if index.size and (index.min() < 0 or index.max() >= len(answers)):
+                raise PisplitError(f"journal: answering exit {int(index.max())} of {len(answers)}")
+            exit_counts += np.bincount(index, minlength=len(answers))
+            exit_index[j.ids] = index
+            for i, (_, tensor) in enumerate(answers):  # each frame's argmax from the tensor that answered it
+                rows = index == i
+                lo, hi = column[tensor]
+                argmax[j.ids[rows]] = np.argmax(j.values[rows, lo:hi], axis=1) if rows.any() else 0
+        else:
+            argmax[j.ids] = np.argmax(j.values[:, :first_size], axis=1) if first_size else 0
         if outputs is not None:
-            at = 0
-            for n, s in zip(names, shapes):
-                size = int(np.prod(s))
-                outputs[n][j.ids] = j.values[:, at: at + size].reshape(-1, *s[1:])
-                at += size
-    return ResilientResult(frames, names, outputs, argmax, ids, duplicated, missing, attempts, failures, plan, wall, report)
+            for n, s in kept:
+                lo, hi = column[n]
+                outputs[n][j.ids] = j.values[:, lo:hi].reshape(-1, *s[1:])
+    exits = {label: int(c) for (label, _), c in zip(answers, exit_counts)} if key else None
+    return ResilientResult(frames, [n for n, _ in kept], outputs, argmax, ids, duplicated, missing, attempts, failures, plan, wall, report,
+                           exits, exit_index, tuple(label for label, _ in answers))

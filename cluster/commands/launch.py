@@ -65,11 +65,9 @@ def run(args) -> int:
     if args.resilient or args.fail or args.output:
         from .resilient import launch_resilient
 
-        if exit_args:
-            raise PisplitError("--exit: not with --resilient yet (its attempts run pisplit run without exits)")
         if not args.resilient:
             raise PisplitError("--fail and --output: with --resilient (without it, give them to the ranks' --command)")
-        return launch_resilient(args, plan, inventory, hosts, known_hosts)
+        return launch_resilient(args, plan, inventory, hosts, known_hosts, exit_args)
     command, env = args.command, parse_env(args.env)
     if exit_args:
         command = f"{command} {shlex.join(exit_args)}"

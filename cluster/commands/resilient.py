@@ -31,8 +31,7 @@ def run_resilient(args) -> int:
     if under_mpirun():
         raise PisplitError("--resilient: run `pisplit run --resilient PLAN.json` without mpirun; it starts mpirun itself "
                            "(and again on the surviving devices after a failure)")
-    for flag, given in (("--trace", args.trace), ("--frame-ids", args.frame_ids), ("--journal", args.journal),
-                        ("--exit", getattr(args, "exit", None))):
+    for flag, given in (("--trace", args.trace), ("--frame-ids", args.frame_ids), ("--journal", args.journal)):
         if given:
             raise PisplitError(f"--resilient with {flag}: not supported (each attempt is a run of its own)")
     if args.stall_timeout is not None and not args.stall_timeout >= 0:
@@ -41,6 +40,10 @@ def run_resilient(args) -> int:
         raise PisplitError(f"--host-speed {args.host_speed}: must be a positive number")
     plan = Plan.load(args.plan)
     child = ["--seed", str(args.seed), "--window", str(args.window)]
+    if getattr(args, "exit", None):
+        from ..launch import exit_arguments
+
+        child += exit_arguments(Path(args.plan), args.exit)  # every attempt answers at the same exits
     if args.input:
         from ..arrays import load_npy
 
@@ -119,6 +122,7 @@ def resilient_report(plan: Plan, result: ResilientResult, engine: str, emulated:
         "plan": result.plan.to_dict() if result.plan is not None else None,
         "ranks_total": result.plan.n_ranks if result.plan is not None else plan.n_ranks,
         "stages": last.get("stages"), "ranks": last.get("ranks"), "last_attempt_throughput_fps": last.get("throughput_fps"),
+        "exits": result.exits,
     }
 
 
@@ -126,7 +130,8 @@ def finish(args, doc: dict, result: ResilientResult) -> int:
     from .run import write_outputs
 
     if getattr(args, "output", None) and result.outputs is not None:
-        doc["output_file"] = str(write_outputs(Path(args.output), RunResult(ranks=[], frame_ids=result.frame_ids, outputs=result.outputs)))
+        done = RunResult(ranks=[], frame_ids=result.frame_ids, outputs=result.outputs, exit_index=result.exit_index, exit_names=result.exit_names)
+        doc["output_file"] = str(write_outputs(Path(args.output), done))
     else:
         doc["argmax"] = result.argmax.tolist()
     if getattr(args, "report", None):
@@ -155,6 +160,9 @@ def print_resilient(doc: dict) -> None:
         console.print(f"failure in attempt {f['attempt']}: rank {f['rank']} ({f['device']}"
                       f"{', host ' + f['host'] if f['host'] else ''}): {f['cause']}; {f['frames_kept']} frames kept; {lost}",
                       highlight=False, markup=False)
+    if doc.get("exits"):
+        console.print("answered at " + ", ".join(f"{name} {n} ({n / max(doc['frames'], 1):.0%})" for name, n in doc["exits"].items()),
+                      highlight=False)
     once = "every frame exactly once" if doc["every_frame_once"] else \
         f"{doc['frames_duplicated']} duplicated, {len(doc['frames_missing'])} missing"
     console.print(f"{doc['frames']} frames in {doc['wall_s']:.1f} s ({doc['throughput_fps']:.2f} frames/s overall), {once}; "
@@ -177,6 +185,8 @@ def emulate_resilient(args, plan: Plan) -> int:
     # measured once per machine and model, then cached (as cluster.commands.emulate.run_emulated)
     speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
     child = ["--emulate", "--engine", args.engine, "--host-speed", repr(speed)]
+    if getattr(args, "exit", None):  # every attempt answers at the same exits (checked by emulate)
+        child += [a for e in args.exit for a in ("--exit", e)]
     if args.objective == "latency":
         child += ["--max-in-flight", "1"]
     table, budget = None, None
@@ -290,7 +300,7 @@ class LaunchSite:
         return [i for i, h in enumerate(self.placement) if h.name == host]
 
 
-def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts: Path) -> int:
+def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts: Path, exit_args: list | None = None) -> int:
     """`pisplit launch PLAN --resilient`: the supervisor on the head, ranks on the inventory's hosts."""
     from ..launch import DEFAULT_RANK_COMMAND, default_cluster_key, parse_env
 
@@ -299,7 +309,7 @@ def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts:
     plan = Plan.load(plan_path)
     cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
     site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env))
-    result = supervise_plan(plan, args.frames, [], args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(), output=args.output,
+    result = supervise_plan(plan, args.frames, list(exit_args or []), args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(), output=args.output,
                             site=site, timeout=args.timeout)
     doc = resilient_report(plan, result, plan.engine, False)
     return finish(args, doc, result)

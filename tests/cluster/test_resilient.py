@@ -294,3 +294,32 @@ def test_a_replan_keeps_the_plans_link_codecs():
     assert kept_codecs(coded, bare) == bare  # a lossy codec is not carried over
     unchanged = replan(hand_plan(zoo_model("lenet5"), THREE), [d for d in hand_plan(zoo_model("lenet5"), THREE).devices if d.rank != 1], zoo_model("lenet5"))
     assert all(s.send_codec == "raw" for s in unchanged.stages) and not any("kept at cut" in n for n in unchanged.notes)
+
+
+@pytest.mark.mpi
+def test_a_resilient_run_with_early_exits_answers_as_the_reference(tmp_path):
+    """Issue 14 with 17: `pisplit run --resilient --exit` after a killed rank: every frame once, each
+    answered by the exit the single-process reference picks, with that exit's output (the journal
+    keeps the answering exit), and the exit counts over both attempts."""
+    from layers import load_model
+    from layers.trained.data import load_split, model_inputs
+    from partitioners.exits import reference_answers, resolve_exits
+
+    graph = load_model("branchy_lenet_digits")
+    x = model_inputs("digits", "single", load_split("digits").x_test, "test")["input"][:40].astype(np.float32)
+    np.save(tmp_path / "x.npy", x, allow_pickle=False)
+    plan = hand_plan(graph, [(0, len(graph), [0, 1, 2], "data-parallel")], kind="rpi3", model="branchy_lenet_digits").save(tmp_path / "p.json")
+    out = tmp_path / "y.npz"
+    proc, doc = resilient(plan, "--frames", 40, "--input", tmp_path / "x.npy", "--fail", "2@12:kill", "--exit", "exit1=0.05", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    points = resolve_exits(graph, {"exit1": 0.05})
+    index, answer = reference_answers(graph, graph.execute({"input": x}), points)
+    assert 0 < (index == 0).sum() < 40  # both exits answer some frames
+    assert doc["every_frame_once"] and len(doc["failures"]) == 1
+    assert doc["exits"] == {"exit1": int((index == 0).sum()), "final": int((index == 1).sum())}
+    with np.load(out, allow_pickle=False) as z:
+        assert sorted(z["frame_ids"].tolist()) == list(range(40)) and z["exit_names"].tolist() == ["exit1", "final"]
+        np.testing.assert_array_equal(z["exit_index"], index)
+        names = z["names"].tolist()
+        got = np.stack([z[f"output_{names.index(t)}"][i].reshape(-1) for i, t in enumerate(np.where(index == 0, "exit1", names[-1]))])
+    np.testing.assert_allclose(got, answer, rtol=1e-5, atol=1e-6)
