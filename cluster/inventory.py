@@ -23,7 +23,8 @@ Variables are merged with Ansible's precedence, later winning:
   3. group_vars/all                then name, among equals)
   4. group_vars/GROUP, in the order of 2    5. the host's line    6. host_vars/HOST
 The JSON that `ansible-inventory -i ... --list` prints is read too (a file whose text starts with
-`{`): its `_meta.hostvars` are the hosts' merged variables.
+`{`): its `_meta.hostvars` are the hosts' merged variables. JSON in the YAML form below (groups'
+`hosts`/`children` as objects) is read as YAML, as Ansible's yaml plugin reads .json files.
 
 Ansible's YAML inventory (`hosts.yml`, `inventory.yaml`: a file named .yml/.yaml, or whose first line
 is a top-level `NAME:` key) is read with the same meaning: top-level keys are groups (usually `all`),
@@ -290,6 +291,9 @@ class _Parser:
             raise self.fail(where, f"not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise self.fail(where, "not an ansible-inventory --list document (expected a JSON object)")
+        if any(isinstance(body, dict) and any(isinstance(body.get(k), dict) for k in ("hosts", "children"))
+               for group, body in doc.items() if group != "_meta"):
+            return self.parse_yaml(text)  # the YAML inventory's structure written as JSON (Ansible's yaml plugin reads .json too)
         meta = doc.get("_meta", {})
         hostvars = meta.get("hostvars", {}) if isinstance(meta, dict) else None
         if not isinstance(hostvars, dict):

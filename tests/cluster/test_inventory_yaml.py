@@ -271,3 +271,16 @@ def test_provision_reads_a_yaml_inventory_and_a_bad_one_fails_in_one_line(tmp_pa
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert f"{path}:4: not valid YAML" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_json_in_the_yaml_form_is_read_as_yaml(tmp_path):
+    # Ansible's yaml plugin reads .json files too: the YAML structure written as JSON (hosts and children
+    # as objects), unlike ansible-inventory --list's lists
+    doc = {"all": {"vars": {"ansible_user": "pi"},
+                   "children": {"pis": {"hosts": {"pi-[0:1]": {"device": "rpi4"}},
+                                        "children": {"fast": {"hosts": {"pi-1": {"slots": 2}}}}}}}}
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(doc, indent=1))
+    inv = read_inventory(path)
+    assert [(h.name, h.user, h.device, h.slots, h.groups) for h in inv.hosts] == [
+        ("pi-0", "pi", "rpi4", 1, ("pis",)), ("pi-1", "pi", "rpi4", 2, ("pis", "fast"))]
