@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -197,8 +198,19 @@ def emulate_resilient(args, plan: Plan) -> int:
 
         table, budget = planning_codecs(args.codec_table, load_model(plan.model, seed=plan.model_seed), args.engine,
                                         args.max_accuracy_loss, args.max_rel_error)
-    result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True),
-                            codecs=table, codec_budget=budget)
+    if getattr(args, "input", None):
+        child += ["--input", str(Path(args.input).resolve())]
+    with tempfile.TemporaryDirectory(prefix="pisplit-resilient-input-") as tmp:  # private (0700)
+        if getattr(args, "exit", None) and not getattr(args, "input", None):
+            from layers.trained import held_out, trained_names
+
+            if plan.model.lower() in trained_names():  # exits fire on real frames: the held-out split, as emulate feeds them
+                feeds, _ = held_out(plan.model.lower())
+                if len(feeds) == 1:
+                    np.save(Path(tmp) / "held-out.npy", next(iter(feeds.values())).astype(np.float32), allow_pickle=False)
+                    child += ["--input", str(Path(tmp) / "held-out.npy")]
+        result = supervise_plan(plan, args.frames, child, args.fail, keep_outputs=False, quiet=False, env=child_env(one_thread=True),
+                                codecs=table, codec_budget=budget)
     doc = resilient_report(plan, result, args.engine, True)
     return finish(args, doc, result)
 
