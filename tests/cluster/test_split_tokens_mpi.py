@@ -47,7 +47,8 @@ def test_token_split_under_mpirun_equals_unsplit(case, ranks, sizes, block, engi
     assert doc["ok"] and doc["max_abs_error"] <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("devices, ranks, sizes", [("rpi4:1,rpi3:2", 3, [45, 27, 27]), ("rpi4:4", 4, [25, 25, 25, 24])])
+# (one rank count: each run costs 15-20 s here; 4 ranks, 25/25/25/24 tokens, passed too when it was written)
+@pytest.mark.parametrize("devices, ranks, sizes", [("rpi4:1,rpi3:2", 3, [45, 27, 27])])
 def test_planned_token_spans_run_whole_blocks_under_mpirun_equal_to_unsplit(devices, ranks, sizes, tmp_path):
     """The dp planner's latency plan of kwt3 (99 tokens) over fast links: attn-tokens segments through whole
     transformer blocks (split_costs token spans: attention, LayerNorm and MLP on each rank's rows), speed-weighted
