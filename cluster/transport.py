@@ -394,6 +394,38 @@ def agree_watched(comm, error: str | None, what: str, seconds: float, name: Call
         raise AgreedError(message)
 
 
+TAG_TEXT = 78  # bcast_text_watched: rank 0's text to each rank (not used by any other message)
+
+
+def bcast_text_watched(comm, text: str | None, what: str, seconds: float, name: Callable[[int], str] | None = None,
+                       follow_s: float = 0.0) -> str:
+    """Collective: rank 0's `text` on every rank (bcast_text) with no wait unbounded. Every rank first
+    reaches a watched barrier (gather_rows_watched: rank 0 names a rank that does not come within
+    `seconds`, "rank 2 (host pi-2) did not reach WHAT for 6.0 s (stalled or lost)"); rank 0 then
+    sends the text to each rank point to point, and a rank that does not get it within
+    `seconds + follow_s` names rank 0. `seconds` <= 0: no bound (a plain wait)."""
+    from mpi4py import MPI
+
+    name = name or (lambda r: f"rank {r}")
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if size == 1:
+        return text or ""
+    gather_rows_watched(comm, np.zeros(0), what, seconds, None, name, follow_s)
+    if rank == 0:
+        data = np.frombuffer((text or "").encode(), np.uint8).copy()
+        MPI.Request.Waitall([comm.Isend(data, dest=r, tag=TAG_TEXT) for r in range(1, size)])
+        return text or ""
+    status, clock, pause = MPI.Status(), StallClock(seconds + follow_s if seconds > 0 else 0.0), 2e-5
+    while not comm.Iprobe(source=0, tag=TAG_TEXT, status=status):
+        if clock.stalled(0):
+            raise StallError(f"{name(0)} did not complete {what} for {clock.waited:.1f} s {clock.verdict()}")
+        time.sleep(pause)
+        pause = min(pause * 2, 5e-4)
+    data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+    comm.Recv(data, source=0, tag=TAG_TEXT)
+    return data.tobytes().decode(errors="replace")
+
+
 def agree(comm, error: str | None) -> None:
     """Collective: if any rank has an error, every rank raises AgreedError with the lowest such rank's message.
 
