@@ -2,7 +2,6 @@
 (cluster.supervisor runs the attempts; this turns its result into the report and the --output file)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from layers.errors import PisplitError
 from partitioners.plan import Plan
 
 from ..mpirun import mpirun_env
-from ..output import console, err_console, print_json
+from ..output import console
 from ..runtime import RunResult, parse_fault
 from ..supervisor import ResilientResult, ResilientRunFailed, supervise
 
@@ -128,23 +127,14 @@ def resilient_report(plan: Plan, result: ResilientResult, engine: str, emulated:
 
 
 def finish(args, doc: dict, result: ResilientResult) -> int:
-    from .run import write_outputs
+    from .run import emit_report, write_outputs
 
     if getattr(args, "output", None) and result.outputs is not None:
         done = RunResult(ranks=[], frame_ids=result.frame_ids, outputs=result.outputs, exit_index=result.exit_index, exit_names=result.exit_names)
         doc["output_file"] = str(write_outputs(Path(args.output), done))
     else:
         doc["argmax"] = result.argmax.tolist()
-    if getattr(args, "report", None):
-        Path(args.report).write_text(json.dumps(doc, indent=1))
-    if args.json:
-        print_json(doc)
-    else:
-        print_resilient(doc)
-    if not doc["every_frame_once"]:
-        err_console.print("[red]frames were lost or duplicated[/]")
-        return 1
-    return 0
+    return emit_report(args, doc, print_resilient)
 
 
 def print_resilient(doc: dict) -> None:

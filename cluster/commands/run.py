@@ -158,12 +158,18 @@ def _run(args, comm, rank: int) -> int:
         from ..runtime import default_max_in_flight  # the trace's predicted schedule admits frames as this run did
         write_chrome_trace(args.trace, plan, result, args.max_in_flight or default_max_in_flight(plan, args.window))
         doc["trace_file"] = args.trace
-    if args.report:
+    return emit_report(args, doc, print_report)
+
+
+def emit_report(args, doc: dict, print_table) -> int:
+    """The end of a run on rank 0: the report to --report, JSON or `print_table(doc)` on stdout, and
+    exit status 1 when a frame was lost or duplicated (run, map runs and resilient runs alike)."""
+    if getattr(args, "report", None):
         Path(args.report).write_text(json.dumps(doc, indent=1))
     if args.json:
         print_json(doc)
     else:
-        print_report(doc)
+        print_table(doc)
     if not doc["every_frame_once"]:
         err_console.print("[red]frames were lost or duplicated[/]")
         return 1
@@ -422,16 +428,7 @@ def _run_map(args, comm, rank: int) -> int:
                  **{f"output_{i}": a for i, a in enumerate(result.outputs.values())})
         os.replace(tmp, out)
         doc["output_file"] = str(out)
-    if args.report:
-        Path(args.report).write_text(json.dumps(doc, indent=1))
-    if args.json:
-        print_json(doc)
-    else:
-        print_map_report(doc)
-    if not doc["every_frame_once"]:
-        err_console.print("[red]frames were lost or duplicated[/]")
-        return 1
-    return 0
+    return emit_report(args, doc, print_map_report)
 
 
 def map_report(args, cmap, strategies, plans, result) -> dict:
