@@ -381,14 +381,7 @@ def agree_watched(comm, error: str | None, what: str, seconds: float, name: Call
         flag = np.array([1 if message is not None else 0], np.uint8)
         MPI.Request.Waitall([comm.Isend(np.concatenate([flag, data]), dest=r, tag=TAG_AGREED) for r in range(1, size)])
     else:
-        status, clock, pause = MPI.Status(), StallClock(seconds + follow_s if seconds > 0 else 0.0), 2e-5
-        while not comm.Iprobe(source=0, tag=TAG_AGREED, status=status):
-            if clock.stalled(0):
-                raise StallError(f"{(name or (lambda r: f'rank {r}'))(0)} did not complete {what} for {clock.waited:.1f} s {clock.verdict()}")
-            time.sleep(pause)
-            pause = min(pause * 2, 5e-4)
-        verdict = np.empty(status.Get_count(MPI.BYTE), np.uint8)
-        comm.Recv(verdict, source=0, tag=TAG_AGREED)
+        verdict = _recv_from_root_watched(comm, TAG_AGREED, what, seconds + follow_s if seconds > 0 else 0.0, name or (lambda r: f"rank {r}"))
         message = verdict[1:].tobytes().decode(errors="replace") if verdict[0] else None
     if message is not None:
         raise AgreedError(message)
@@ -404,8 +397,6 @@ def bcast_text_watched(comm, text: str | None, what: str, seconds: float, name: 
     `seconds`, "rank 2 (host pi-2) did not reach WHAT for 6.0 s (stalled or lost)"); rank 0 then
     sends the text to each rank point to point, and a rank that does not get it within
     `seconds + follow_s` names rank 0. `seconds` <= 0: no bound (a plain wait)."""
-    from mpi4py import MPI
-
     name = name or (lambda r: f"rank {r}")
     size, rank = comm.Get_size(), comm.Get_rank()
     if size == 1:
@@ -415,15 +406,22 @@ def bcast_text_watched(comm, text: str | None, what: str, seconds: float, name: 
         data = np.frombuffer((text or "").encode(), np.uint8).copy()
         MPI.Request.Waitall([comm.Isend(data, dest=r, tag=TAG_TEXT) for r in range(1, size)])
         return text or ""
-    status, clock, pause = MPI.Status(), StallClock(seconds + follow_s if seconds > 0 else 0.0), 2e-5
-    while not comm.Iprobe(source=0, tag=TAG_TEXT, status=status):
+    data = _recv_from_root_watched(comm, TAG_TEXT, what, seconds + follow_s if seconds > 0 else 0.0, name)
+    return data.tobytes().decode(errors="replace")
+
+
+def _recv_from_root_watched(comm, tag: int, what: str, seconds: float, name: Callable[[int], str]) -> np.ndarray:
+    """Rank 0's bytes message with `tag`, waiting at most `seconds` (<= 0: no bound) before naming
+    rank 0 ("rank 0 (host pi-0) did not complete WHAT for 6.0 s (stalled or lost)")."""
+    status, clock, pause = MPI.Status(), StallClock(seconds), 2e-5
+    while not comm.Iprobe(source=0, tag=tag, status=status):
         if clock.stalled(0):
             raise StallError(f"{name(0)} did not complete {what} for {clock.waited:.1f} s {clock.verdict()}")
         time.sleep(pause)
         pause = min(pause * 2, 5e-4)
     data = np.empty(status.Get_count(MPI.BYTE), np.uint8)
-    comm.Recv(data, source=0, tag=TAG_TEXT)
-    return data.tobytes().decode(errors="replace")
+    comm.Recv(data, source=0, tag=tag)
+    return data
 
 
 def agree(comm, error: str | None) -> None:
