@@ -20,3 +20,12 @@ print what they measured; tests/cluster/test_bench*.py run each briefly.
     bench.splits        single layers split over 1 and 2 MPI ranks, every kind   (scripts/bench_splits)
     bench.transformers  ViT and friends: heads, tokens, fc splits                 (scripts/bench_transformers)
 """
+
+
+def cluster_config(text: str) -> tuple[str, str, float]:
+    """A benchmark's cluster 'DEVICES@LINK' -> (devices, first device kind, link bit/s):
+    'rpi3:4@94mbit' -> ('rpi3:4', 'rpi3', 94e6); the link defaults to 94mbit."""
+    from cluster.emulation import parse_link
+
+    devices, _, link = text.partition("@")
+    return devices, devices.split(":")[0], parse_link(link or "94mbit")

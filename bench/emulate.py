@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import plan_for_devices, single_device_plan
-from cluster.emulation import parse_link
+from bench import cluster_config
 from layers import zoo_model
 
 FULL = "rpi3:2@94mbit,rpi3:4@94mbit,rpi3:8@94mbit,rpi4:4@940mbit"
@@ -40,9 +40,7 @@ def main(argv=None) -> int:
         for model in args.models.split(","):
             graph = zoo_model(model)
             for config in args.configs.split(","):
-                devices, _, link = config.partition("@")
-                link_bps = parse_link(link or "94mbit")
-                kind = devices.split(":")[0]
+                devices, kind, link_bps = cluster_config(config)
                 if (model, kind) not in singles:
                     single = single_device_plan(graph, model, kind, link_bps, args.engine)
                     # long enough to be stable: about 10 s of emulated time, 4 to 40 frames

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cluster.commands.emulate import run_emulated
 from cluster.emulated_plans import plan_for_devices, single_device_plan
-from cluster.emulation import parse_link
+from bench import cluster_config
 from layers import zoo_model
 
 
@@ -35,9 +35,7 @@ def main(argv=None) -> int:
         for model in args.models.split(","):
             graph = zoo_model(model)
             for config in args.configs.split(","):
-                devices, _, link = config.partition("@")
-                link_bps = parse_link(link or "94mbit")
-                kind = devices.split(":")[0]
+                devices, kind, link_bps = cluster_config(config)
                 if (model, kind) not in singles:
                     single = single_device_plan(graph, model, kind, link_bps, args.engine)
                     rep = run_emulated(single.save(tmp / "single.json"), 1, args.frames, tmp / "single-report.json", args.engine,

@@ -124,7 +124,7 @@ def main() -> int:
     if not args.no_emulate:
         from cluster.commands.emulate import run_emulated
         from cluster.emulated_plans import single_device_plan
-        from cluster.emulation import parse_link
+        from bench import cluster_config
         from layers import zoo_model
 
         with tempfile.TemporaryDirectory(prefix="bench-transformers-") as tmp:
@@ -132,9 +132,7 @@ def main() -> int:
             for model in args.models.split(","):
                 graph = zoo_model(model)
                 for config in args.configs.split(","):
-                    devices, _, link = config.partition("@")
-                    link_bps = parse_link(link or "94mbit")
-                    kind = devices.split(":")[0]
+                    devices, kind, link_bps = cluster_config(config)
                     single = single_device_plan(graph, model, kind, link_bps, args.engine)
                     t = time.time()
                     rep = run_emulated(single.save(tmp / "single.json"), 1, args.frames, tmp / "single-report.json", args.engine,
