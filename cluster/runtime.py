@@ -24,6 +24,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -187,7 +188,10 @@ def default_stall_timeout(plan: Plan) -> float:
     cover a frame's way through a cold pipeline."""
     period = 1.0 / plan.predicted_throughput_fps if plan.predicted_throughput_fps > 0 else 0.0
     latency = max(plan.predicted_latency_s, sum(s.predicted.compute_s + s.predicted.comm_s for s in plan.stages if s.predicted))
-    return max(10.0, 20.0 * period, 3.0 * latency)
+    return max(DEFAULT_MIN_STALL_S, 20.0 * period, 3.0 * latency)
+
+
+DEFAULT_MIN_STALL_S = 10.0  # the default stall bound's floor (default_stall_timeout)
 
 
 def stall_margin(bound: float) -> float:
@@ -1363,11 +1367,12 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
             error = str(exc)
     transport.agree_watched(comm, error, "the end of loading", setup_s, follow_s=stall_margin(setup_s))
     communicators = stage_communicators(comm, plan)
-    hosts = transport.host_names(comm)
+    hosts = host_names_watched(comm, setup_s)
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if comm.Get_rank() == 0 else None
-        options.core_lock_dir = transport.bcast_text(comm, made_lock_dir)
+        options.core_lock_dir = transport.bcast_text_watched(comm, made_lock_dir, "the lock folder's broadcast", setup_s,
+                                                             lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(setup_s))
         if not os.path.isdir(options.core_lock_dir):  # a rank on another machine: its cores, its own directory
             os.makedirs(options.core_lock_dir, mode=0o700, exist_ok=True)
             made_lock_dir = options.core_lock_dir
@@ -1403,6 +1408,18 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     if made_lock_dir:
         shutil.rmtree(made_lock_dir, ignore_errors=True)
     return rank.result(all_stats)
+
+
+def host_names_watched(comm, seconds: float) -> list[str]:
+    """Collective: every rank's host name (up to 64 bytes), in rank order, on every rank, with no wait
+    unbounded (transport.host_names is an Allgather: a rank that never came kept the others waiting):
+    the names go to rank 0 under gather_rows_watched and back under bcast_text_watched, a rank that
+    does not come within `seconds` (<= 0: no bound) named as at any watched collective."""
+    name = socket.gethostname().encode()[:64]
+    rows = transport.gather_rows_watched(comm, np.frombuffer(name, np.uint8).astype(np.float64), "the host names' gather", seconds,
+                                         follow_s=stall_margin(seconds))
+    text = "\n".join(bytes(r.astype(np.uint8)).decode(errors="replace") for r in rows) if rows is not None else None
+    return transport.bcast_text_watched(comm, text, "the host names' broadcast", seconds, follow_s=stall_margin(seconds)).split("\n")
 
 
 def _load_plan_model(plan: Plan) -> Graph:

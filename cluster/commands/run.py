@@ -19,7 +19,7 @@ from .. import transport
 from ..arrays import load_npy
 from ..output import console, err_console, human_bytes, print_json
 from ..report import run_report, write_chrome_trace
-from ..runtime import FAULT_MODES, RunOptions, RunResult, agree, parse_fault, run_plan
+from ..runtime import FAULT_MODES, RunOptions, RunResult, parse_fault, run_plan
 
 
 def register(sub) -> None:
@@ -122,7 +122,7 @@ def _run(args, comm, rank: int) -> int:
             inputs = load_npy(args.input)
     except PisplitError as exc:
         error = str(exc)
-    agree(comm, error)
+    agree_options(comm, error, args.stall_timeout, plan)
     engine = args.engine or plan.engine
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                          emulate=args.emulate or args.emulate_compute, emulate_links=not args.emulate_compute,
@@ -159,6 +159,22 @@ def _run(args, comm, rank: int) -> int:
         write_chrome_trace(args.trace, plan, result, args.max_in_flight or default_max_in_flight(plan, args.window))
         doc["trace_file"] = args.trace
     return emit_report(args, doc, print_report)
+
+
+def agree_options(comm, error: str | None, stall_timeout: float | None, plan: Plan | None) -> None:
+    """Collective: the ranks' agreement on their options (every rank's error or none, as runtime.agree)
+    with no wait unbounded: a rank that never arrives (stopped or hung while starting) is named by rank
+    0 after three stall bounds ("rank 2 (host pi-2) did not reach the options' agreement for 30.0 s
+    (stalled or lost)", ranks start and import at different paces) and the job ends. The bound is
+    --stall-timeout's (0: none), else the plan's default, else the smallest default (the plan did not load)."""
+    from ..runtime import DEFAULT_MIN_STALL_S, default_stall_timeout, stall_margin
+
+    if stall_timeout is not None and stall_timeout >= 0:
+        bound = float(stall_timeout)
+    else:
+        bound = default_stall_timeout(plan) if plan is not None else DEFAULT_MIN_STALL_S
+    seconds = 3.0 * bound
+    transport.agree_watched(comm, error, "the options' agreement", seconds, follow_s=stall_margin(seconds))
 
 
 def emit_report(args, doc: dict, print_table) -> int:
@@ -387,7 +403,7 @@ def _run_map(args, comm, rank: int) -> int:
                              stall_timeout=args.stall_timeout, **link)
     except PisplitError as exc:
         error = str(exc)
-    agree(comm, error)
+    agree_options(comm, error, args.stall_timeout, plans[0] if plans else None)
     if args.emulate:
         from ..bandwidth import speed_model
 
