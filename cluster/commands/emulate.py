@@ -255,8 +255,6 @@ def run(args) -> int:
         raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
     if args.resilient and args.on_slow:
         raise PisplitError("--on-slow with --resilient: the supervisor's attempts always end on a slow rank (fail) and replan without it")
-    if args.resilient and args.stall_timeout is not None:
-        raise PisplitError("--stall-timeout with --resilient: not passed to the supervisor's attempts yet (they use the plan's default bound)")
     watch_flags = (["--stall-timeout", repr(args.stall_timeout)] if args.stall_timeout is not None else []) + \
         (["--on-slow", args.on_slow] if args.on_slow else [])
     inputs += watch_flags  # both runs, the one-device baseline too

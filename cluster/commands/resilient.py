@@ -176,6 +176,8 @@ def emulate_resilient(args, plan: Plan) -> int:
     # measured once per machine and model, then cached (as cluster.commands.emulate.run_emulated)
     speed = host_speed(plan.model, plan.model_seed, args.engine, concurrency=plan.n_ranks)
     child = ["--emulate", "--engine", args.engine, "--host-speed", repr(speed)]
+    if getattr(args, "stall_timeout", None) is not None:  # every attempt's stall bound (checked >= 0 by emulate)
+        child += ["--stall-timeout", repr(args.stall_timeout)]
     if getattr(args, "exit", None):  # every attempt answers at the same exits (checked by emulate)
         child += [a for e in args.exit for a in ("--exit", e)]
     if args.objective == "latency":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -185,19 +186,26 @@ def test_a_rank_killed_at_a_random_frame(tmp_path, n_ranks):
 
 
 @pytest.mark.mpi
-def test_emulate_resilient_survives_a_lost_emulated_pi(tmp_path):
+def test_emulate_resilient_survives_a_stalled_emulated_pi(tmp_path):
+    """A stopped (SIGSTOP) emulated Pi is named after emulate's --stall-timeout, which reaches every
+    attempt's ranks: the wait that named it is under the default bound's 10 s floor (1 s, then a 2 s ping)."""
+    from cluster.runtime import DEFAULT_MIN_STALL_S
+
     graph = zoo_model("lenet5")
     marker = uuid.uuid4().hex
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PISPLIT_TEST_JOB": marker, "TERM": "dumb"}
     try:
         proc = subprocess.run([sys.executable, "-m", "cluster.cli", "emulate", "lenet5", "--devices", "rpi4:3", "--frames", "40",
-                               "--resilient", "--fail", "1@10:kill", "--json"], capture_output=True, text=True, cwd=ROOT, env=env,
-                              timeout=240)
+                               "--resilient", "--stall-timeout", "1", "--fail", "1@10:stop", "--json"], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=240)
     finally:
         end_job(marker)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["emulated"] and doc["every_frame_once"] and len(doc["failures"]) == 1 and doc["failures"][0]["rank"] == 1
+    assert doc["emulated"] and doc["every_frame_once"] and len(doc["failures"]) == 1
+    (failure,) = doc["failures"]
+    waited = re.search(r"for (\d+\.\d) s \(stalled or lost\)$", failure["cause"])
+    assert failure["rank"] == 1 and waited and float(waited.group(1)) < DEFAULT_MIN_STALL_S, failure
     expected = np.argmax(reference_outputs(graph, 40).reshape(40, -1), axis=1)
     assert doc["argmax"] == expected.tolist()
 
