@@ -82,9 +82,18 @@ def never_started(returncode: int | None, stderr: str | None) -> bool:
 def run_local(cmd: Sequence[str], attempts: int = START_ATTEMPTS, **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run(cmd, **kwargs) for an mpirun whose stderr is captured (stderr=PIPE or
     capture_output=True), started again (up to `attempts` times in all) when it failed to start."""
-    for attempt in range(1, attempts + 1):
+    def once() -> tuple[subprocess.CompletedProcess, str]:
         proc = subprocess.run(list(cmd), **kwargs)
-        stderr = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+        return proc, proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+
+    return _started_again(once, attempts)
+
+
+def _started_again(once, attempts: int) -> subprocess.CompletedProcess:
+    """Call `once` (an mpirun run: its CompletedProcess and all its stderr) up to `attempts` times while
+    the mpirun failed to start, saying so on stderr and waiting a little longer each time."""
+    for attempt in range(1, attempts + 1):
+        proc, stderr = once()
         if attempt == attempts or not never_started(proc.returncode, stderr):
             return proc
         sys.stderr.write(f"pisplit: mpirun failed to start (Open MPI: {_start_failure(stderr)}); starting it again\n")
@@ -162,13 +171,7 @@ def run_mpirun(argv: Sequence[str], env: dict, timeout: float | None = None, cap
     once `timeout` has run out and mpirun is stopped. With `error_grace_s`, mpirun still running that
     long after a rank's `pisplit: error` line is stopped (SIGTERM, then SIGKILL): ending a job whose
     host vanished, mpirun can wait forever for that host's daemon to confirm."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        done, seen = _run_mpirun_once(argv, env, timeout, capture, error_grace_s)
-        if attempt == START_ATTEMPTS or not never_started(done.returncode, seen):
-            return done
-        sys.stderr.write(f"pisplit: mpirun failed to start (Open MPI: {_start_failure(seen)}); starting it again\n")
-        time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+    return _started_again(lambda: _run_mpirun_once(argv, env, timeout, capture, error_grace_s), START_ATTEMPTS)
 
 
 def _run_mpirun_once(argv: Sequence[str], env: dict, timeout: float | None, capture: bool,

@@ -13,7 +13,7 @@ import os
 LAUNCHERS = ("mpirun", "mpiexec", "prterun", "orterun", "prte")
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PRTE_LAUNCHED", "PMI_RANK")
 TTY_ENV = "PISPLIT_STDOUT_TTY"  # "1"/"0": whether the launcher's stdout is a terminal (cluster.cli.main sets it for
-# the mpiruns a pisplit starts; `pisplit launch --env PISPLIT_STDOUT_TTY` forwards it to remote ranks)
+# the mpiruns a pisplit starts; `pisplit launch` passes it to remote ranks: remote_rank_env)
 
 
 def _proc_parent(pid: int) -> int:
@@ -83,6 +83,15 @@ _force = None if _is_terminal or os.environ.get("FORCE_COLOR") else False
 console = Console(width=_columns, height=None if _columns is None else int(os.environ.get("LINES", "25") or 25),
                   force_terminal=_force)
 err_console = Console(stderr=True)
+
+
+def remote_rank_env(captured: bool) -> dict[str, str]:
+    """The variables a launch passes to ranks on other hosts (`mpirun -x`) so they print as this pisplit's
+    stdout is: PISPLIT_STDOUT_TTY ("0" when the launch captures their output; a remote rank cannot find
+    the launcher through /proc) and COLUMNS (their pty has no size: tables would shrink to 80 columns)."""
+    tty = "0" if captured else (os.environ.get(TTY_ENV) if os.environ.get(TTY_ENV) in ("0", "1") else
+                                ("1" if stdout_is_terminal() else "0"))
+    return {TTY_ENV: tty, "COLUMNS": str(console.width)}
 
 
 def print_json(doc) -> None:

@@ -16,7 +16,7 @@ from ..facts import read_facts
 from ..inventory import read_inventory
 from ..launch import DEFAULT_RANK_COMMAND, build_launch, default_cluster_key, default_known_hosts, exit_arguments, parse_env, read_plan_ranks
 from ..mpirun import mpirun_env, run_mpirun
-from ..output import console, print_json
+from ..output import console, print_json, remote_rank_env
 from ..provision import copy_files
 from ..ssh import check_private_key_file
 from .provision import add_inventory_arguments
@@ -68,7 +68,7 @@ def run(args) -> int:
         if not args.resilient:
             raise PisplitError("--fail and --output: with --resilient (without it, give them to the ranks' --command)")
         return launch_resilient(args, plan, inventory, hosts, known_hosts, exit_args)
-    command, env = args.command, parse_env(args.env)
+    command, env = args.command, {**remote_rank_env(captured=args.json), **parse_env(args.env)}  # the user's --env wins
     if exit_args:
         command = f"{command} {shlex.join(exit_args)}"
     if args.emulate_compute:

@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="zoo name, .tflite file or pisplit .json graph")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--devices", metavar="KIND:N[,KIND:N]", help="devices, e.g. rpi3:4 or rpi3:4,rpi4:2 (KIND:N@512M sets memory)")
-    where.add_argument("--inventory", metavar="FILE", help="an inventory.ini: one rank per slot of each host, of its device kind")
+    where.add_argument("--inventory", metavar="FILE", help="an Ansible-style inventory (INI, YAML or `ansible-inventory --list` "
+                       "JSON): one rank per slot of each host, of its device kind")
     p.add_argument("--hosts", metavar="NAMES", help="with --inventory: only these hosts or groups (comma-separated)")
     p.add_argument("--link", metavar="BANDWIDTH", help="link bandwidth, e.g. 94mbit or 1gbit (default: a measured link "
                    "from --profile, else the slowest device's Ethernet)")

@@ -136,9 +136,14 @@ def _watch(args, comm):
     return CommandWatch(comm, seconds, fail, "run"), error
 
 
-def _runner_hooks(watch, describe):
-    """split_exec hooks whose waits are under the run's stall bound."""
+def _runner_hooks(watch, what: str):
+    """split_exec hooks whose waits are under the run's stall bound; a stalled transfer is named as
+    "no 'LABEL' transfer in run K of WHAT with PEERS" (`what`: the split or chain the run is of)."""
     from ..split_exec import Hooks
+
+    def describe(peers: list, label: str) -> str:
+        names = ", ".join(watch.name(p) for p in dict.fromkeys(peers)) or "its peers"
+        return f"no '{label}' transfer in run {watch.step} of {what} with {names}"
 
     hooks = Hooks()
     hooks.watch = watch.watch(describe)
@@ -176,12 +181,8 @@ def _run(args, comm, rank: int, transport) -> int:
     # the split's transfers on a communicator of their own (their tags never meet the watch's pings)
     work = transport.split_communicator(comm, 0, rank)
 
-    def describe(peers: list, label: str) -> str:
-        names = ", ".join(watch.name(p) for p in dict.fromkeys(peers)) or "its peers"
-        return f"no '{label}' transfer in run {watch.step} of the {split.kind} split of {split.layer} with {names}"
-
     try:
-        runner = SplitRunner(work, split, args.engine, hooks=_runner_hooks(watch, describe))
+        runner = SplitRunner(work, split, args.engine, hooks=_runner_hooks(watch, f"the {split.kind} split of {split.layer}"))
     except (PisplitError, OSError) as exc:
         error = str(exc)
     watch.agree(error, "the end of the split's set-up")
@@ -393,12 +394,8 @@ def _run_chain(args, comm, rank: int, transport) -> int:
     watch.learn_hosts()
     communicator = transport.split_communicator(comm, 0, rank)
 
-    def describe(peers: list, label: str) -> str:
-        names = ", ".join(watch.name(p) for p in dict.fromkeys(peers)) or "its peers"
-        return f"no '{label}' transfer in run {watch.step} of the chain from {args.layer} with {names}"
-
     try:
-        step = _Step(None, graph, stage, rank, args.engine, {0: communicator}, _runner_hooks(watch, describe))
+        step = _Step(None, graph, stage, rank, args.engine, {0: communicator}, _runner_hooks(watch, f"the chain from {args.layer}"))
     except (PisplitError, OSError) as exc:
         error = str(exc)
     watch.agree(error, "the end of the chain's set-up")

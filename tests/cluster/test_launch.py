@@ -168,6 +168,12 @@ def test_launch_dry_run_prints_the_command_and_touches_no_network(inventory, tmp
     assert shlex.split(doc["command"]) == doc["argv"]
     assert doc["argv"][-5:] == ["/home/pi/pisplit/venv/bin/pisplit", "run", "/home/pi/pisplit/files/plan.json", "--frames", "3"]
     assert "OMP_NUM_THREADS=1" in doc["argv"]
+    # remote ranks cannot see mpirun's stdout through /proc: they are told (captured by --json: not a terminal)
+    passed = [doc["argv"][i + 1] for i, a in enumerate(doc["argv"]) if a == "-x"]
+    assert "PISPLIT_STDOUT_TTY=0" in passed and any(a.startswith("COLUMNS=") for a in passed)
+    assert main(["launch", str(plan), "--inventory", str(inventory.path), "--dry-run", "--json", "--env", "PISPLIT_STDOUT_TTY=1"]) == 0
+    argv = json.loads(capsys.readouterr().out)["argv"]
+    assert "PISPLIT_STDOUT_TTY=1" in argv and "PISPLIT_STDOUT_TTY=0" not in argv  # the user's --env wins
     assert main(["launch", str(plan), "--inventory", str(inventory.path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "mpirun -n 3" in out and "pi-1" in out
