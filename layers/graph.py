@@ -208,10 +208,12 @@ class Graph:
         """Indices of the nodes reading `tensor`."""
         return [i for i, n in enumerate(self.nodes) if tensor in n.inputs]
 
-    def node_weights(self, node: Node | str) -> dict[str, np.ndarray]:
+    def node_weights(self, node: Node | str, dequantize: bool = True) -> dict[str, np.ndarray]:
         """The node's weights as float32 arrays (materialised from the weight mapping on demand); the
         weights of quantized nodes come in their integer dtype (int8 filters, int32 biases), and integer
-        weights are never read as floats without their quantization."""
+        weights are never read as floats without their quantization. A float node's quantized weight
+        (a dynamic-range layer's int8 filter, layers.tflite) comes dequantized with its scales, or as
+        its integers with `dequantize=False` (the .tflite export writes them with their scales)."""
         node = self.node(node) if isinstance(node, str) else node
         out = {}
         for p, shape in node.weight_shapes.items():
@@ -224,6 +226,10 @@ class Graph:
                 arr = np.asarray(arr)
                 if arr.dtype != self.quant[key].np_dtype:
                     raise PisplitError(f"model {self.name}: weight {key!r} is {arr.dtype}, its quantization says {self.quant[key].dtype}")
+                if dequantize and not node.attrs.get("quantized"):
+                    from .quant import dequantize as dequantized
+
+                    arr = dequantized(arr, self.quant[key])
             elif np.asarray(arr).dtype.kind in "iu" and node.attrs.get("quantized"):
                 raise PisplitError(f"model {self.name}: integer weight {key!r} has no quantization")
             else:

@@ -192,6 +192,23 @@ def quantize_value(value: float, quant: TensorQuant) -> int:
     return zp + int(round_half_away(np.float32(value) / np.float32(scale)))
 
 
+def dequantize(q: np.ndarray, quant: TensorQuant) -> np.ndarray:
+    """(q - zero_point) * scale as float32, per slice along quant.axis when it has several scales: the
+    one way pisplit reads a quantized weight as reals (a dynamic-range layer's int8 filter on the numpy
+    engine). float64 is exact for int8 / int16 products, so the float32 result is the float32 formula's."""
+    q = np.asarray(q)
+    if q.dtype != quant.np_dtype:
+        raise PisplitError(f"a {quant.dtype} quantized weight holds {q.dtype} values")
+    bshape = [1] * q.ndim
+    if quant.per_channel:
+        if not 0 <= quant.axis < q.ndim or q.shape[quant.axis] != len(quant.scale):
+            raise PisplitError(f"a weight of shape {q.shape} has {len(quant.scale)} quantization scales for dimension {quant.axis}")
+        bshape[quant.axis] = len(quant.scale)
+    scale = np.asarray(quant.scale, np.float32).astype(np.float64).reshape(bshape)
+    zero = np.asarray(quant.zero_point, np.float64).reshape(bshape if len(quant.zero_point) > 1 else [1] * q.ndim)
+    return ((q.astype(np.float64) - zero) * scale).astype(np.float32)
+
+
 def random_values(graph, tensor: str, rng: np.random.Generator, shape=None) -> np.ndarray:
     """Seeded test values of `tensor` (shape: its own, or `shape`): standard normal float32 for a float
     tensor; for a quantized one the same normal reals as its model sees them, quantized with the tensor's

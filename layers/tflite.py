@@ -6,15 +6,18 @@ TFLite CONV_2D filters are OHWI and DEPTHWISE_CONV_2D filters (1, KH, KW, Cin*M)
 HWIO (KH, KW, Cin/groups, Cout) with depthwise = groups == Cin; FULLY_CONNECTED weights (Cout, Cin)
 become a dense kernel (Cin, Cout). Tensor names are kept: node names are their output tensor's name.
 
-Quantized constants: an integer tensor with quantization scales is only ever read dequantized,
-(q - zero_point) * scale per channel along its quantized dimension, in its own layout before any
-transpose (`_constant_loader` is the one place bytes become numbers). So dynamic-range models (int8
-weights read directly by CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED, float activations) and
-weights behind DEQUANTIZE (float16, or int8 with scales) become float32 weights; integers without
-scales are never taken as float weights. pisplit then runs float arithmetic: LiteRT's hybrid kernels
-also quantize each activation to int8 on the fly, which pisplit does not emulate (see
-tests/layers/test_tflite_quantized.py for the error this leaves). Models with quantized activations
-(full-integer int8) are refused.
+Quantized constants: an integer tensor with quantization scales is only ever read with them. Weights
+behind DEQUANTIZE (float16, or int8 with scales) become float32 weights, (q - zero_point) * scale per
+channel along the quantized dimension, in the tensor's own layout before any transpose
+(`_constant_loader`); integers without scales are never taken as float weights. Dynamic-range layers
+(symmetric int8 filters read directly by CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED on float
+activations) keep their int8 filters, transposed to pisplit's layout, with their per-channel scales in
+graph.meta["quant"] (the quantized axis renumbered): the litert engine writes them back as the same
+hybrid layers (layers.tflite_export), so LiteRT runs its hybrid kernels as on the original file, and
+Graph.node_weights hands a float node's int8 filter out only dequantized (layers.quant.dequantize). The
+numpy engine then runs float arithmetic: LiteRT's hybrid kernels also quantize each activation to
+int8 on the fly, which pisplit does not emulate (see tests/layers/test_tflite_quantized.py for the
+error this leaves). Full-integer int8 models run on integer kernels (layers.qkernels).
 
 Converter patterns (issue 12): shape arithmetic is folded at import on static shapes with batch 1
 (SHAPE of any tensor, and STRIDED_SLICE, PACK, GATHER, CONCATENATION, ... whose inputs are all constants:
@@ -633,12 +636,23 @@ class _Importer:
             return self._quantized_node(op, inputs, out, attrs, weights)
         name = self.tensor_names[out]
         node = Node(name, op, [self._activation_input(i) for i in inputs], [name], dict(attrs or {}), {})
-        for param, (i, transform, *shape) in (weights or {}).items():
+        for param, (i, transform, *rest) in (weights or {}).items():
             if i not in self.constants:
                 self._fail(f"{self.where}: {param} tensor {self.tensor_names[i]!r} must be a constant")
+            node.weight_shapes[param] = tuple(rest[0]) if rest else self.tensor_shapes[i]
             if param == "kernel":  # CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
                 self._check_hybrid_weights(i)
-            node.weight_shapes[param] = tuple(shape[0]) if shape else self.tensor_shapes[i]
+                if self._is_quantized(i):
+                    # dynamic range: the int8 filter stays int8 with its scales (graph.meta["quant"]), so the
+                    # litert engine writes it back as LiteRT's hybrid layer; the numpy engine reads it
+                    # dequantized (Graph.node_weights), never its integers alone
+                    axis_map = rest[1] if len(rest) > 1 else {}
+                    q = self.quantization[i]
+                    self.quant[node.weight_key(param)] = self._quant_dict(i, axis_map.get(q.axis, q.axis))
+                    load = self.raw_constants[i]
+                    self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform:
+                                                            np.ascontiguousarray(transform(load()) if transform else load()))
+                    continue
             self.loaders[node.weight_key(param)] = self._float_loader(i, transform)
         self.nodes.append(node)
 
@@ -742,6 +756,8 @@ class _Importer:
         if len(ins) > 2 and ins[2] != -1:
             weights["bias"] = (ins[2], None)
         attrs = {"activation": self._activation(o.fusedActivationFunction)}
+        if self._is_quantized(w) and not self._is_quantized(x):  # dynamic range: how LiteRT quantizes the input
+            attrs["asymmetric_inputs"] = bool(o.asymmetricQuantizeInputs)
         if len(shape) > 2 and numel(shape[1:]) == cin and not (o.keepNumDims and shape[-1] == cin):
             # TFLite flattens the input to (batch, Cin) itself; pisplit makes that a node of its own
             flat = self.tensor_names[out] + "/flatten"
@@ -765,6 +781,8 @@ class _Importer:
             node.name, node.outputs = kept, [kept]
             for param, key in old_keys.items():  # weights are keyed by node name
                 self.loaders[node.weight_key(param)] = self.loaders.pop(key)
+                if key in self.quant:  # a dynamic-range filter's scales go with it
+                    self.quant[node.weight_key(param)] = self.quant.pop(key)
             rows = [numel(shape[:-1]), cout]
             self.nodes.append(Node(name, "reshape", [kept], [name], {"shape": rows[1:], "full_shape": rows,
                                                                      "batch1": self._batch1(x, f"fully connected on {shape}"),

@@ -10,9 +10,12 @@ weights (Cout, Cin). Activation tensors get a dynamic batch axis (shape signatur
 interpreter can be resized to any batch. Ops without a TFLite builtin (3-D convolution and pooling)
 raise PisplitError naming the node.
 
-Weights are written as the float32 the graph holds: an imported dynamic-range model's int8 weights
-arrive here already dequantized (layers.tflite), so no scale can be dropped or applied twice, and
-LiteRT runs its float kernels on them, as pisplit's numpy engine does.
+Dynamic-range layers (a float conv / depthwise / dense whose int8 filter the graph quantizes, as
+layers.tflite imports them) are written as LiteRT's hybrid layers: the int8 filter with its scales on
+TFLite's output-channel dimension, a float32 bias, float activations, so LiteRT runs its hybrid kernels
+(int8 weights, activations quantized on the fly) as it does on the original file. A dynamic-range
+filter that has no hybrid TFLite form here (a grouped convolution's per-group slices) is written as
+its dequantized float32, never as bare integers.
 """
 from __future__ import annotations
 
@@ -215,7 +218,9 @@ class _Exporter:
                 raise PisplitError(f"model {g.name}: node {node.name} ({node.op}) has no TFLite equivalent; use the numpy engine")
             self.node = node
             self.pending = None
-            handler(node, g.node_weights(node) if node.weight_shapes else {})
+            # conv2d / dense write a dynamic-range filter as int8 with its scales (_wconst); every other
+            # op reads weights as reals
+            handler(node, g.node_weights(node, dequantize=node.op not in ("conv2d", "dense")) if node.weight_shapes else {})
             if node.weight_shapes and self.release is not None:
                 self.release()
             if self.pending is not None:
@@ -350,6 +355,10 @@ class _Exporter:
             return
         if quantized:
             raise PisplitError(f"model {self.g.name}: node {node.name}: grouped int8 convolutions have no TFLite form here")
+        if node.weight_key("kernel") in self.g.quant:  # a dynamic-range grouped filter: its reals, per group below
+            from .quant import dequantize
+
+            kernel = dequantize(kernel, self.g.quant[node.weight_key("kernel")])
         # Grouped convolution: one CONV_2D per group on a SLICE of the channels, concatenated; the
         # (clamping) activation is fused into each group's convolution.
         out_shape = self.g.shapes[node.outputs[0]]
@@ -375,7 +384,8 @@ class _Exporter:
         weights = self._wconst("weights", np.ascontiguousarray(kernel.T), "kernel", 0)  # (Cin, Cout) -> (Cout, Cin)
         bias = self._qbias(cout, w) if node.attrs.get("quantized") else self._const("bias", w.get("bias", np.zeros(cout, np.float32)))
         opts = self.w.options("FullyConnectedOptions", fusedActivationFunction=self._act(),
-                              keepNumDims=len(self.g.shapes[node.inputs[0]]) > 2)
+                              keepNumDims=len(self.g.shapes[node.inputs[0]]) > 2,
+                              asymmetricQuantizeInputs=bool(node.attrs.get("asymmetric_inputs")))
         self.w.operator("FULLY_CONNECTED", [self._in(), weights, bias], [self._out()], opts)
 
     def _pool(self, node, op):

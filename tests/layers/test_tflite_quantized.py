@@ -140,8 +140,12 @@ def test_dynamic_range_chain_on_both_engines():
             out = make_engine(graph, kind, threads=1).run({"image": x})
             for t, w, w_twin in zip(graph.outputs, want, want_twin):
                 assert np.isfinite(out[t]).all()
-                assert_close(out[t], w_twin)
-                assert relative_error(out[t], w) < 5e-2, f"{kind} {t}"
+                if kind == "numpy":  # float arithmetic on the dequantized filters: the float twin's numbers
+                    assert_close(out[t], w_twin)
+                    assert relative_error(out[t], w) < 5e-2, f"{kind} {t}"
+                else:  # the same hybrid layers LiteRT runs on the file: its numbers, not the float twin's
+                    assert_close(out[t], w)
+                    assert relative_error(out[t], w_twin) > 1e-4, f"{kind} {t}: ran float kernels, not LiteRT's hybrid ones"
         old = unscaled.run({"image": x})
         assert all(relative_error(old[t], w) > 0.5 for t, w in zip(graph.outputs, want))
 
