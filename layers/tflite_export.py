@@ -284,6 +284,17 @@ class _Exporter:
         q = TensorQuant("int32", tuple(float(np.float32(in_scale * s)) for s in ws), (0,) * cout, 0)
         return self.w.tensor(f"{self.node.name}/bias", (cout,), np.zeros(cout, np.int32), quantization=self._qparams(q))
 
+    def _check_hybrid_part(self, node) -> None:
+        """A dynamic-range layer in a part of a split that feeds it less than the layer's whole input (rows,
+        input channels): LiteRT's hybrid kernel would quantize that part on its own range, so the part
+        could not equal the unsplit layer. Refused, naming the node (partitioners.split_quant keeps such
+        kinds out of litert plans)."""
+        kind = str((self.g.meta.get("split") or {}).get("kind", ""))
+        if kind in ("fc-input", "conv-filter", "conv-spatial", "fused-tiles") and node.weight_key("kernel") in self.g.quant:
+            raise PisplitError(f"model {self.g.name}: node {node.name} is a dynamic-range layer (int8 weights, float activations); "
+                               f"LiteRT's hybrid kernels quantize each {kind} part's input on its own range, so a part cannot equal "
+                               "the unsplit layer: split it by output channels (conv-channel, fc-output) or use the numpy engine")
+
     def _check_not_partial(self, node) -> None:
         if node.attrs.get("partial"):
             raise PisplitError(f"model {self.g.name}: node {node.name} makes int32 partial sums (an int8 conv-filter / fc-input part), "
@@ -335,6 +346,7 @@ class _Exporter:
         strides = list(a.get("strides") or (1, 1))
         dilation = list(a.get("dilation") or (1, 1))
         self._check_not_partial(node)
+        self._check_hybrid_part(node)
         pad_code, x = self._padding_code(self.g.shapes[node.inputs[0]], (kh, kw), strides, dilation, a.get("padding", "valid"), True)
         bias = w.get("bias", np.zeros(cout, np.float32))
         quantized = bool(a.get("quantized"))
@@ -381,6 +393,7 @@ class _Exporter:
         kernel = w["kernel"]
         cin, cout = kernel.shape
         self._check_not_partial(node)
+        self._check_hybrid_part(node)
         weights = self._wconst("weights", np.ascontiguousarray(kernel.T), "kernel", 0)  # (Cin, Cout) -> (Cout, Cin)
         bias = self._qbias(cout, w) if node.attrs.get("quantized") else self._const("bias", w.get("bias", np.zeros(cout, np.float32)))
         opts = self.w.options("FullyConnectedOptions", fusedActivationFunction=self._act(),

@@ -158,12 +158,28 @@ def as_integers(value, dtype, layer: str) -> np.ndarray:
     return arr.astype(dtype)
 
 
+# Splits whose parts feed a dynamic-range layer another input than the whole layer's (a band of rows, some
+# input channels): LiteRT's hybrid kernels quantize each part's input on that part's own range, so no part
+# computes what the unsplit layer does (layers.tflite_export refuses them on the litert engine).
+HYBRID_INEXACT_KINDS = (SplitKind.FC_INPUT, SplitKind.CONV_FILTER, SplitKind.CONV_SPATIAL, SplitKind.FUSED_TILES)
+
+
+def hybrid_layers(graph: Graph) -> list[str]:
+    """Names of the dynamic-range layers of `graph`: float nodes with a quantized (int8) weight."""
+    return [n.name for n in graph.nodes if not n.attrs.get("quantized") and any(n.weight_key(p) in graph.quant for p in n.weight_shapes)]
+
+
 def planner_kinds(graph: Graph, engine: str) -> dict:
     """SplitCatalogue keyword arguments for planning `graph` on `engine`: the litert engine cannot run
     an int8 part's int32 partial sums (no TFLite form), so an int8 graph planned for it is offered no
-    fc-input / conv-filter; {} (every planner kind) otherwise."""
-    if engine != "litert" or not graph.quantized:
+    fc-input / conv-filter; nor a graph with dynamic-range layers the kinds that change their parts' inputs
+    (HYBRID_INEXACT_KINDS); {} (every planner kind) otherwise."""
+    if engine != "litert" or not graph.quant:
         return {}
     from .split_costs import FUSED, PLANNER_KINDS
 
-    return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in (SplitKind.FC_INPUT, SplitKind.CONV_FILTER))}
+    if graph.quantized:
+        return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in (SplitKind.FC_INPUT, SplitKind.CONV_FILTER))}
+    if hybrid_layers(graph):
+        return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in HYBRID_INEXACT_KINDS)}
+    return {}

@@ -252,3 +252,31 @@ def test_numpy_engine_refuses_non_finite_output_from_finite_input():
         out = engine.run({"x": np.full((1, 4), np.inf, np.float32)})  # non-finite in, non-finite out: not the engine's doing
     assert not np.isfinite(out["huge"]).all()
     assert np.isfinite(engine.run({"x": np.zeros((1, 4), np.float32)})["huge"]).all()
+
+
+def test_dynamic_range_splits_on_the_litert_engine():
+    """A dynamic-range layer split by output channels runs LiteRT's hybrid kernels on the whole input in
+    every part: equal to the unsplit layer on the litert engine bit for bit. Splits that feed a part less
+    than the whole input (rows, input channels) would have LiteRT quantize each part on its own range:
+    refused on the litert engine, naming the node, and never offered to a litert plan (they stay exact on
+    the numpy engine, which computes in float)."""
+    from partitioners.split_quant import HYBRID_INEXACT_KINDS, planner_kinds
+    from partitioners.splits import split_layer
+
+    graph = import_tflite_bytes(quantized_chain_model(seed=3), "chain.tflite")
+    x = varied(np.random.default_rng(5).standard_normal((1, 16, 16, 3)).astype(np.float32) * 2)
+    first = graph.nodes[0]
+    assert first.weight_key("kernel") in graph.quant and not first.attrs.get("quantized")
+    split = split_layer(graph, first.name, "conv-channel", [5, 11])
+    layer = Graph(graph.name, graph.inputs, [first], [first.outputs[0]], graph.weights, graph.meta)  # the unsplit layer alone
+    want = make_engine(layer, "litert", threads=1).run({"image": x})[first.outputs[0]]
+    assert not np.allclose(want, split.reference(x), rtol=1e-4, atol=1e-4)  # LiteRT's hybrid numbers, not float ones
+    assert np.array_equal(split.run(x, "litert"), want)
+    for kind in ("conv-spatial", "conv-filter"):
+        inexact = split_layer(graph, first.name, kind, 2)
+        with pytest.raises(PisplitError, match=rf"node {first.name}\S* is a dynamic-range layer .* each {kind} part's input"):
+            inexact.run(x, "litert")
+        np.testing.assert_allclose(inexact.run(x, "numpy"), inexact.reference(x), rtol=1e-5, atol=1e-5)
+    kinds = planner_kinds(graph, "litert")["kinds"]
+    assert "conv-channel" in kinds and "fc-output" in kinds and not set(HYBRID_INEXACT_KINDS) & set(kinds)
+    assert planner_kinds(graph, "numpy") == {}
