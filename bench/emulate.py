@@ -2,8 +2,12 @@
 planner's plan: measured vs predicted frames/s, speedup over one emulated device and over the paper
 plan, and each model's single-device fidelity (one emulated device's measured / calibrated frames/s).
 By default AlexNet, VGG16 and C3D on 4 Pi 3B+ at 94 Mbit/s (a few minutes); --full sweeps 2, 4 and 8
-Pi 3B+ and 4 Pi 4 at 940 Mbit/s (about 15 minutes).
-Options: --models a,b --configs rpi3:2@94mbit,... --full --engine numpy|litert --json
+Pi 3B+ and 4 Pi 4 at 940 Mbit/s (about 15 minutes). --fidelity runs only the single-device fidelity, for
+every zoo model by default (--models to choose) on each kind of --configs (issue 18: within 5% of the
+device profile; this machine's speed measured again before each model unless --cached-speed), with
+the host lateness the run reported (late_s: the host could not keep the device's
+pace, so a fidelity below 1 with late_s is this machine's, not the device's).
+Options: --models a,b --configs rpi3:2@94mbit,... --full --fidelity [--cached-speed] --engine numpy|litert --json
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import plan_for_devices, single_device_plan
 from bench import cluster_config
-from layers import zoo_model
+from layers import ZOO, zoo_model
 
 FULL = "rpi3:2@94mbit,rpi3:4@94mbit,rpi3:8@94mbit,rpi4:4@940mbit"
 
@@ -27,11 +31,16 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="alexnet,vgg16,c3d")
     ap.add_argument("--configs", default="rpi3:4@94mbit")
     ap.add_argument("--full", action="store_true", help="the whole sweep: rpi3:2/4/8 at 94mbit and rpi4:4 at 940mbit")
+    ap.add_argument("--fidelity", action="store_true", help="one emulated device per model and kind only (default: every zoo model)")
+    ap.add_argument("--cached-speed", action="store_true",
+                    help="with --fidelity: use the cached host speed (default: measure it again before each model)")
     ap.add_argument("--engine", default="numpy")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.full:
         args.configs = FULL
+    if args.fidelity:
+        return fidelity(args, argv)
 
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", file=sys.stderr)
     rows, singles = [], {}
@@ -42,13 +51,8 @@ def main(argv=None) -> int:
             for config in args.configs.split(","):
                 devices, kind, link_bps = cluster_config(config)
                 if (model, kind) not in singles:
-                    single = single_device_plan(graph, model, kind, link_bps, args.engine)
-                    # long enough to be stable: about 10 s of emulated time, 4 to 40 frames
-                    frames_one = max(4, min(40, int(10 * single.predicted_throughput_fps)))
-                    rep = run_emulated(single.save(tmp / "single.json"), 1, frames_one, tmp / "single-report.json", args.engine,
-                                       progress=False)
-                    singles[(model, kind)] = (rep["throughput_fps"], single.predicted_throughput_fps)
-                one_fps, one_pred = singles[(model, kind)]
+                    singles[(model, kind)] = single_fidelity(graph, model, kind, link_bps, args.engine, tmp)
+                one_fps, one_pred = singles[(model, kind)][:2]
                 plans = {}
                 row = {"model": model, "devices": devices, "link_mbit": link_bps / 1e6, "single_fps": one_fps,
                        "single_predicted_fps": one_pred, "single_fidelity": one_fps / one_pred}
@@ -81,6 +85,43 @@ def main(argv=None) -> int:
                           f"one {kind} {one_fps:5.2f} (pred {one_pred:5.2f}, x{one_fps / one_pred:.2f}) | speedup "
                           f"{row['speedup_vs_single']:.2f}x vs one, {row['speedup_vs_paper']:.2f}x vs paper | dp {' '.join(d['stages'])}"
                           + (f" | NOT A RESULT: {row['measurement_problem']}" if row["measurement_problem"] else ""), flush=True)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+    return 0
+
+
+def single_fidelity(graph, model: str, kind: str, link_bps: float, engine: str, tmp: Path, recalibrate: bool = False) -> tuple:
+    """(measured fps, calibrated fps, frames, host late seconds) of the whole model on one emulated
+    device of `kind`, over about 10 s of emulated time (4 to 40 frames: long enough to be stable);
+    `recalibrate`: this machine's speed measured again just before (cluster.host_speed), not the
+    cached one of up to an hour ago, which other load may have skewed either way."""
+    single = single_device_plan(graph, model, kind, link_bps, engine)
+    frames = max(4, min(40, int(10 * single.predicted_throughput_fps)))
+    rep = run_emulated(single.save(tmp / "single.json"), 1, frames, tmp / "single-report.json", engine, progress=False,
+                       recalibrate=recalibrate)
+    return rep["throughput_fps"], single.predicted_throughput_fps, frames, rep["ranks"][0]["emulation_late_s"]
+
+
+def fidelity(args, argv) -> int:
+    """--fidelity: one emulated device per model and device kind, measured over calibrated frames/s."""
+    models = args.models.split(",") if "--models" in (argv or sys.argv[1:]) else list(ZOO)
+    kinds = dict.fromkeys(cluster_config(c)[1:] for c in args.configs.split(","))  # (kind, link) once each
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmpdir:
+        for model in models:
+            graph = zoo_model(model)
+            for kind, link_bps in kinds:
+                t = time.time()
+                load = Path("/proc/loadavg").read_text().split()[0]
+                fps, pred, frames, late = single_fidelity(graph, model, kind, link_bps, args.engine, Path(tmpdir), not args.cached_speed)
+                row = {"model": model, "kind": kind, "frames": frames, "measured_fps": fps, "calibrated_fps": pred,
+                       "fidelity": fps / pred, "within_5pct": abs(fps / pred - 1) <= 0.05,
+                       "late_ms_per_frame": late / frames * 1e3, "load_average": float(load), "seconds": time.time() - t}
+                rows.append(row)
+                if not args.json:
+                    print(f"{model:12s} one {kind:5s} | {fps:8.3f} fps (calibrated {pred:8.3f}) fidelity x{row['fidelity']:.3f}"
+                          f"{'' if row['within_5pct'] else '  OUTSIDE 5%'} | {frames:2d} frames | host late "
+                          f"{row['late_ms_per_frame']:7.1f} ms/frame | load {load} | {row['seconds']:.0f} s", flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
     return 0
