@@ -6,8 +6,9 @@ supervisor replans on the survivors and reruns the frames without a result.
 
 Reported per failure: frames kept (answered before it), detection (last result before the failure to
 the job's end: the stall bound for a stopped rank, until it is a stall bound behind for a slow one), recovery (the job's end to the first new result:
-replanning, mpirun, model load and warm-up on the survivors), time lost (last result before to first
-result after); per run: frames lost and duplicated (target 0 and 0), the attempts' plans, wall time and
+replanning, mpirun, model load and warm-up on the survivors), split into model load and the rest (the
+target: the rest under 10 s), and the rest by phase (cluster.supervisor.recovery_phases: replan, launch,
+start, model load, warm-up, first result), time lost (last result before to first result after); per run: frames lost and duplicated (target 0 and 0), the attempts' plans, wall time and
 its excess over the same frames on the same plan without failures (run first, once per model and cluster).
 
 Options: --models alexnet,vgg16 --devices rpi3:4,rpi3:8 --failures 1,2 --frames N (default 60)
@@ -84,15 +85,20 @@ def main(argv=None) -> int:
         print(json.dumps({"runs": runs}, indent=1))
         return 0
     print(f"{'model':9} {'devices':8} {'fail':>4} {'frames':>6} {'lost':>4} {'dup':>3} {'kept':>12} {'detect s':>9} {'recover s':>9} "
-          f"{'lost s':>7} {'wall s':>7} {'+wall s':>7}  plans")
+          f"{'load s':>9} {'rest s':>9} {'lost s':>7} {'wall s':>7} {'+wall s':>7}  plans")
     for r in runs:
         fs = r["failures"]
         kept = ",".join(str(f["frames_kept"]) for f in fs) or "-"
         col = lambda key: ",".join("-" if f.get(key) is None else f"{f[key]:.1f}" for f in fs) or "-"  # noqa: E731
         plans = " -> ".join(f"{a['ranks']}r" for a in r["attempts"])
         print(f"{r['model']:9} {r['devices']:8} {r['failures_injected']:>4} {r['frames']:>6} {r['frames_lost']:>4} {r['frames_duplicated']:>3} "
-              f"{kept:>12} {col('detected_s'):>9} {col('recovery_s'):>9} {col('time_lost_s'):>7} {r['wall_s']:>7.1f} "
-              f"{'-' if r['extra_wall_s'] is None else r['extra_wall_s']:>7}  {plans}")
+              f"{kept:>12} {col('detected_s'):>9} {col('recovery_s'):>9} {col('model_load_s'):>9} {col('recovery_without_model_load_s'):>9} "
+              f"{col('time_lost_s'):>7} {r['wall_s']:>7.1f} {'-' if r['extra_wall_s'] is None else r['extra_wall_s']:>7}  {plans}")
+    print("\nrecovery by phase, seconds (replan, launch, start, model load, warm-up, first result):")
+    for r in runs:
+        for f in r["failures"]:
+            phases = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in (f.get("recovery") or {}).items())
+            print(f"  {r['model']} {r['devices']} failure in attempt {f['attempt']}: {phases or '-'}")
     return 0 if all(r["every_frame_once"] for r in runs) else 1
 
 

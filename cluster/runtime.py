@@ -403,6 +403,9 @@ class RunOptions:
     max_in_flight: int | None = None
     progress: Callable[[int, int], None] | None = None  # rank 0: (frames done, frames total)
     on_start: Callable[[], None] | None = None  # rank 0: setup succeeded everywhere, frames start
+    # rank 0, as frames start: the set-up's timeline (wall-clock times of its agreements, the slowest rank's weight load and
+    # warm-up; run_plan's docstring), for a resilient run's recovery time (cluster.supervisor)
+    on_started: Callable[[dict], None] | None = None
     stall_timeout: float | None = None  # seconds without progress before a peer is probed and named; None: default_stall_timeout, 0: off
     keep_events: bool = False  # keep trace events (for --trace), the most recent `event_capacity` per rank
     event_capacity: int = 20_000  # 0.6 MiB a rank; rank 0 holds every rank's at the end (about 5 MiB a rank as tuples)
@@ -1226,22 +1229,32 @@ class PipelineRank:
         if self.stats.frames % self.sample_every == 0:
             self.stats.memory_samples.append((frame, current_rss_bytes()))
 
-    def run(self, warm: bool = True) -> RankStats:
+    def run(self, warm: bool = True, timeline: dict | None = None) -> RankStats:
         """Process every frame this rank has a part in; returns this rank's measurements. `warm`
-        False: the engines are warm already (a restarted rank, issue 16)."""
+        False: the engines are warm already (a restarted rank, issue 16). `timeline` (rank 0): the
+        set-up's times so far, completed at the start barrier and given to options.on_started."""
+        load_s = warm_s = 0.0
         if warm:
+            t = time.perf_counter()
             self.step.materialise()
+            load_s = time.perf_counter() - t
             # the weights are in; from here the peak is the running shard's (loading may briefly need
             # more: a seeded weight is generated through a temporary of its own size)
             self.stats.memory_load_peak_bytes = peak_rss_bytes()
             self.step.warm_up()
+            warm_s = time.perf_counter() - t - load_s
             reset_peak_rss()
         self.fault_at(FAULT_AT_START)
         # loading weights and warming up take longer than a frame: three stall bounds to arrive
         bound = 3.0 * self.stall_s
-        transport.gather_rows_watched(self.comm, np.zeros(0), "the start barrier", bound, self.liveness, self._name,
-                                      follow_s=stall_margin(bound))
+        rows = transport.gather_rows_watched(self.comm, np.array([load_s, warm_s]), "the start barrier", bound, self.liveness, self._name,
+                                             follow_s=stall_margin(bound))
         self.running = True
+        if self.rank == 0 and self.options.on_started:
+            # the rank the start barrier waited for longest: its weight load and its warm-up
+            slowest = max(rows, key=lambda r: float(r.sum()) if r.size == 2 else 0.0)
+            self.options.on_started({**(timeline or {}), "started": time.time(), "weights_s": float(slowest[0]),
+                                     "warm_up_s": float(slowest[1])})
         if self.rank == 0 and self.options.on_start:
             self.options.on_start()
         self.t0 = time.perf_counter()
@@ -1338,7 +1351,10 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
     """Collective over `comm`: run `plan` for `options.frames` frames. Setup errors on any rank raise
     the same PisplitError on every rank (no rank is left waiting); rank 0's result holds everything.
     An error a rank meets alone during the run (a stall included) carries the rank's `on_failure`
-    for transport.on_every_rank, which runs it before aborting the job."""
+    for transport.on_every_rank, which runs it before aborting the job. As frames start, rank 0's
+    `options.on_started` gets the set-up's timeline: wall-clock times (time.time()) of the end of
+    loading ('loaded'), of the shards' set-up ('set_up') and of the start barrier ('started'), and the
+    weight load and warm-up seconds of the rank the start barrier waited for longest ('weights_s', 'warm_up_s')."""
     reuse_freed_memory()
     if any(stage.mode == StageMode.SPLIT for stage in plan.stages):
         # code, not shard memory: imported before the baseline (after it, it counted as ~1.4 MB of shard)
@@ -1366,6 +1382,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
         except PisplitError as exc:
             error = str(exc)
     transport.agree_watched(comm, error, "the end of loading", setup_s, follow_s=stall_margin(setup_s))
+    timeline = {"loaded": time.time()}
     communicators = stage_communicators(comm, plan)
     hosts = host_names_watched(comm, setup_s)
     made_lock_dir = None
@@ -1383,8 +1400,9 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
         error = f"rank {comm.Get_rank()}: {exc}"
     transport.agree_watched(comm, error, "the end of the shards' set-up", setup_s, lambda r: f"rank {r} (host {hosts[r]})",
                             follow_s=stall_margin(setup_s))
+    timeline["set_up"] = time.time()
     try:
-        stats = rank.run()
+        stats = rank.run(timeline=timeline)
     except transport.AgreedError:
         raise
     except Exception as exc:

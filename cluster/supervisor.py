@@ -58,11 +58,14 @@ class ResultJournal:
     is recognised and dropped). Each record is one os.write on an unbuffered file: once written, the
     kernel has it, whatever happens to the process."""
 
-    def __init__(self, path: str | Path, names: Sequence[str], shapes: Sequence[tuple]):
+    def __init__(self, path: str | Path, names: Sequence[str], shapes: Sequence[tuple], timeline: dict | None = None):
         self.names = list(names)
         self.dtype = journal_dtype([tuple(s) for s in shapes])
         self.record = np.zeros(1, self.dtype)
-        header = json.dumps({"names": self.names, "shapes": [list(map(int, s)) for s in shapes]}).encode() + b"\n"
+        head = {"names": self.names, "shapes": [list(map(int, s)) for s in shapes]}
+        if timeline:  # the run's set-up times (cluster.commands.run: process start, agreements, weight load, warm-up)
+            head["timeline"] = {k: float(v) for k, v in timeline.items() if isinstance(v, (int, float))}
+        header = json.dumps(head).encode() + b"\n"
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(self.fd, JOURNAL_MAGIC + header)
 
@@ -97,6 +100,7 @@ class Journal:
     ids: np.ndarray
     times: np.ndarray
     values: np.ndarray
+    timeline: dict = field(default_factory=dict)  # the attempt's set-up times (ResultJournal's header)
 
 
 def read_journal(path: str | Path) -> Journal | None:
@@ -112,6 +116,7 @@ def read_journal(path: str | Path) -> Journal | None:
     try:
         header = json.loads(data[len(JOURNAL_MAGIC): head_end])
         names, shapes = list(header["names"]), [tuple(s) for s in header["shapes"]]
+        timeline = {str(k): float(v) for k, v in dict(header.get("timeline") or {}).items()}
     except (ValueError, KeyError, TypeError):
         raise PisplitError(f"journal {path}: unreadable header") from None
     dtype = journal_dtype(shapes)
@@ -120,13 +125,16 @@ def read_journal(path: str | Path) -> Journal | None:
     whole = records["id"] == records["tail"]
     if not whole.all():  # a record cut short (then nothing after it is trusted)
         records = records[: int(np.argmin(whole))]
-    return Journal(names, shapes, records["id"].copy(), records["t"].copy(), records["values"].copy())
+    return Journal(names, shapes, records["id"].copy(), records["t"].copy(), records["values"].copy(), timeline)
 
 
 # --- what a failed job printed -------------------------------------------------------------------------
 OMPI_LOST = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
 PISPLIT_ERROR = re.compile(r"^pisplit: error: rank (\d+) \(host ([^)]*)\): (.*)$", re.M)
 NODE_LOST = re.compile(r"lost communication with a remote daemon.*?Remote daemon: \S+ on node (\S+)")
+# Open MPI's TCP transport on a rank whose peer vanished (it then aborts the job itself, before the peer's
+# daemon can say the peer died): "An MPI communication peer process has unexpectedly disconnected ... Peer host: pi-1"
+PEER_HUNG_UP = re.compile(r"An MPI communication peer process has unexpectedly disconnected\..*?Peer host: (\S+)")
 SSH_LOST = re.compile(r"Connection to (\S+) closed by remote host|ssh: connect to host (\S+) port \d+: ([^.]*)")
 STALL_VERDICTS = ("(stalled or lost)", "(alive but making no progress)")
 
@@ -143,7 +151,8 @@ class Failure:
 def failed_rank(stderr: str) -> Failure | None:
     """The rank a failed job lost, from its stderr: a rank Open MPI saw die (SIGKILL, a crash), else a
     rank pisplit's error line names as stalled (the first rank named after the reporting one), else
-    the rank that reported an error it met alone. None when nothing names a rank (an error every rank
+    the rank that reported an error it met alone, else the host of a peer Open MPI's TCP transport saw
+    hang up (rank -1: the site knows its ranks). None when nothing names a rank (an error every rank
     agreed on, such as a bad input: a relaunch would meet it again)."""
     flat = " ".join(stderr.replace("\0", "").split())
     node = NODE_LOST.search(flat)
@@ -160,6 +169,9 @@ def failed_rank(stderr: str) -> Failure | None:
             if named:
                 return Failure(int(named.group(1)), named.group(2), message)
         return Failure(rank, host, message)
+    peer = PEER_HUNG_UP.search(flat)
+    if peer:  # a rank's process on that host died (a crash), or the host went: the site knows which ranks were there
+        return Failure(-1, peer.group(1), "its MPI connection broke off (the rank there died, or the host went)")
     ssh = SSH_LOST.search(flat)
     if ssh:  # mpirun's ssh to a host dropped (the host went away): mpirun ends with this line alone
         host = ssh.group(1) or ssh.group(2)
@@ -404,6 +416,11 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             first_new = float(nxt.times.min()) - t0 if nxt is not None and nxt.times.size else None
             f["recovery_s"] = first_new - (f["failed_after_s"] + f["detected_s"]) if first_new is not None else None
             f["time_lost_s"] = first_new - f["failed_after_s"] if first_new is not None else None
+            if first_new is not None:  # where the recovery went: model load apart, as the target is "under 10 s plus model load"
+                ended = attempts[f["attempt"] - 1]["ended_s"]
+                f["recovery"] = recovery_phases(ended, attempts[f["attempt"]]["started_s"], nxt.timeline, first_new, t0)
+                f["model_load_s"] = f["recovery"].get("model_load_s")
+                f["recovery_without_model_load_s"] = f["recovery_s"] - (f["model_load_s"] or 0.0)
         return _assemble(list(journals.values()), frames, keep_outputs, attempts, failures, current, wall, report)
     except PisplitError as exc:
         # giving up: what the journals hold is still every frame answered so far (written as a partial run)
@@ -411,6 +428,37 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
         raise ResilientRunFailed(str(exc), partial) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def recovery_phases(ended: float, started: float, timeline: dict, first: float, t0: float) -> dict:
+    """Where a recovery went, in seconds, from the failed job's end (`ended`) to the next attempt's
+    first result (`first`; both, and the attempt's mpirun start `started`, seconds after `t0`), by
+    the next attempt's `timeline` (wall-clock times from its journal, Journal.timeline):
+
+    replan_s        the job's end to the next mpirun (the journal read, the replan, the attempt's files)
+    launch_s        mpirun's start to rank 0's process start (mpirun, its daemons; ssh for a launch)
+    start_s         to the options' agreement: every rank's interpreter, imports and MPI set-up
+    model_load_s    to the start barrier, less warm-up: the model's graph, the shards and their weights
+                    (the rank the barrier waited for longest)
+    warm_up_s       that rank's warm-up passes
+    first_result_s  the start barrier to the first result: a frame's way through the new pipeline
+
+    A phase whose times the timeline lacks is folded into the next one."""
+    points = [("replan_s", started), ("launch_s", timeline.get("process_start")), ("start_s", timeline.get("options")),
+              ("model_load_s", timeline.get("started")), ("first_result_s", first + t0)]
+    out, last = {}, ended + t0
+    for name, at in points:
+        if at is None:
+            continue
+        at = at + t0 if name == "replan_s" else at
+        out[name] = max(at - last, 0.0)
+        last = at
+    if "model_load_s" in out and "warm_up_s" in timeline:
+        warm = min(timeline["warm_up_s"], out["model_load_s"])
+        out["model_load_s"] -= warm
+        out["warm_up_s"] = warm
+    order = ("replan_s", "launch_s", "start_s", "model_load_s", "warm_up_s", "first_result_s")
+    return {k: round(out[k], 3) for k in order if k in out}
 
 
 def _stages_text(plan: Plan) -> str:

@@ -146,7 +146,9 @@ def print_resilient(doc: dict) -> None:
         table.add_row(str(a["attempt"]), str(a["ranks"]), a["stages"], str(a["frames_asked"]), str(a["frames_delivered"]), str(a["exit"]))
     console.print(table)
     for f in doc["failures"]:
-        lost = f"{f['time_lost_s']:.1f} s lost (detected after {f['detected_s']:.1f} s, first new result {f['recovery_s']:.1f} s later)" \
+        load = f": model load {f['model_load_s']:.1f} s, the rest {f['recovery_without_model_load_s']:.1f} s" \
+            if f.get("model_load_s") is not None else ""
+        lost = f"{f['time_lost_s']:.1f} s lost (detected after {f['detected_s']:.1f} s, first new result {f['recovery_s']:.1f} s later{load})" \
             if f.get("time_lost_s") is not None else "no frames left to rerun"
         console.print(f"failure in attempt {f['attempt']}: rank {f['rank']} ({f['device']}"
                       f"{', host ' + f['host'] if f['host'] else ''}): {f['cause']}; {f['frames_kept']} frames kept; {lost}",

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,7 @@ def _run(args, comm, rank: int) -> int:
     except PisplitError as exc:
         error = str(exc)
     agree_options(comm, error, args.stall_timeout, plan)
+    timeline = {"process_start": process_start_time(), "options": time.time()} if rank == 0 else {}
     engine = args.engine or plan.engine
     options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                          emulate=args.emulate or args.emulate_compute, emulate_links=not args.emulate_compute,
@@ -133,7 +135,8 @@ def _run(args, comm, rank: int) -> int:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
         options.frame_ids = frame_ids
         if args.journal:
-            options.on_result = _journal_writer(args.journal)
+            options.on_started = timeline.update  # the set-up's timeline, in the journal's header
+            options.on_result = _journal_writer(args.journal, timeline)
     progress = None
     if rank == 0 and not args.json and not args.no_progress:
         progress = Progress(TextColumn(f"[bold]{plan.model}[/] on {plan.n_ranks} rank{'s' if plan.n_ranks > 1 else ''}"), BarColumn(),
@@ -202,8 +205,9 @@ def _frame_ids(args) -> np.ndarray | None:
     return ids.astype(np.int64)
 
 
-def _journal_writer(path: str):
-    """Rank 0's on_result for --journal: the journal is opened at the first result (its tensors' shapes)."""
+def _journal_writer(path: str, timeline: dict | None = None):
+    """Rank 0's on_result for --journal: the journal is opened at the first result (its tensors'
+    shapes), its header carrying `timeline` (the run's set-up times, filled in by then)."""
     from ..supervisor import ResultJournal
 
     journal = None
@@ -211,9 +215,19 @@ def _journal_writer(path: str):
     def write(frame: int, tensors: dict) -> None:
         nonlocal journal
         if journal is None:
-            journal = ResultJournal(path, list(tensors), [np.shape(a) for a in tensors.values()])
+            journal = ResultJournal(path, list(tensors), [np.shape(a) for a in tensors.values()], timeline=timeline)
         journal.append(frame, tensors)
     return write
+
+
+def process_start_time() -> float | None:
+    """When this process started, as a time.time() (from /proc: Linux); None when unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def write_outputs(out: Path, result: RunResult) -> Path:

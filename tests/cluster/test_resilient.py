@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.supervisor import (Failure, ResultJournal, devices_in_plan, failed_rank, read_journal, replan)
+from cluster.supervisor import (Failure, ResultJournal, devices_in_plan, failed_rank, read_journal, recovery_phases, replan)
 from layers import zoo_model
 from layers.errors import PisplitError
 from partitioners.plan import Device
@@ -33,7 +33,7 @@ HOST = os.uname().nodename
 def test_the_journal_keeps_whole_records_and_drops_a_torn_one(tmp_path):
     rng = np.random.default_rng(3)
     path = tmp_path / "j"
-    journal = ResultJournal(path, ["b", "a"], [(1, 3), (1, 2, 2)])
+    journal = ResultJournal(path, ["b", "a"], [(1, 3), (1, 2, 2)], timeline={"options": 1700000000.5, "warm_up_s": 0.25, "none": None})
     frames = {f: {"b": rng.standard_normal((1, 3), np.float32), "a": rng.standard_normal((1, 2, 2), np.float32)} for f in (4, 0, 7)}
     for f, tensors in frames.items():
         journal.append(f, tensors)
@@ -42,6 +42,7 @@ def test_the_journal_keeps_whole_records_and_drops_a_torn_one(tmp_path):
         f.write(np.int64(9).tobytes() + b"\0" * 11)
     got = read_journal(path)
     assert got.names == ["b", "a"] and got.shapes == [(1, 3), (1, 2, 2)] and got.ids.tolist() == [4, 0, 7]
+    assert got.timeline == {"options": 1700000000.5, "warm_up_s": 0.25}  # the run's set-up times, in the header
     assert np.all(np.diff(got.times) >= 0) and got.values.shape == (3, 7)
     for row, f in zip(got.values, (4, 0, 7)):
         np.testing.assert_array_equal(row, np.concatenate([frames[f]["b"].ravel(), frames[f]["a"].ravel()]))
@@ -64,8 +65,28 @@ def test_the_failed_rank_is_read_from_what_the_job_printed():
     node = ("PRTE has lost communication with a remote daemon.\n\n  HNP daemon   : [prterun-head-1@0,0] on node head\n"
             "  Remote daemon: [prterun-head-1@0,2] on node pi-1\n\nThis is usually due to either a failure of the TCP network\n")
     assert failed_rank(node) == Failure(-1, "pi-1", "its host stopped answering (mpirun lost its daemon there)")
+    hung_up = ("An MPI communication peer process has unexpectedly disconnected.  This\nusually indicates a failure in the peer process "
+               "...\n\n  Local host: pi-0\n  Local PID:  13180\n  Peer host:  pi-1\n-----\nprterun has exited due to process rank 0 "
+               "with PID 13180 on node pi-0 calling\n\"abort\".\n")
+    assert failed_rank(hung_up) == Failure(-1, "pi-1", "its MPI connection broke off (the rank there died, or the host went)")
     assert failed_rank("Connection to 10.213.7.11 closed by remote host.\r\n") == Failure(-1, "10.213.7.11", "its ssh connection was lost "
                                                                                       "(closed by the remote host)")
+
+
+def test_a_recovery_is_split_into_its_phases_with_model_load_apart():
+    t0 = 1000.0
+    # the job ended at 10 s; the next mpirun at 10.2 s; its rank 0 started at 10.5, every rank agreed on its
+    # options at 12.0, reached the start barrier at 15.0 after the slowest rank's 0.5 s warm-up; first result at 15.3 s
+    timeline = {"process_start": t0 + 10.5, "options": t0 + 12.0, "loaded": t0 + 13.0, "set_up": t0 + 13.5, "started": t0 + 15.0,
+                "weights_s": 1.0, "warm_up_s": 0.5}
+    phases = recovery_phases(10.0, 10.2, timeline, 15.3, t0)
+    assert phases == pytest.approx({"replan_s": 0.2, "launch_s": 0.3, "start_s": 1.5, "model_load_s": 2.5, "warm_up_s": 0.5,
+                                    "first_result_s": 0.3})
+    assert list(phases) == ["replan_s", "launch_s", "start_s", "model_load_s", "warm_up_s", "first_result_s"]
+    # an attempt whose rank 0 could not say when it started: mpirun's start to the options' agreement is one phase
+    partial = recovery_phases(10.0, 10.2, {k: v for k, v in timeline.items() if k != "process_start"}, 15.3, t0)
+    assert partial["start_s"] == pytest.approx(1.8) and "launch_s" not in partial
+    assert sum(recovery_phases(10.0, 10.2, {}, 15.3, t0).values()) == pytest.approx(5.3)
 
 
 def test_a_replan_uses_the_survivors_and_says_when_the_model_no_longer_fits():
@@ -138,6 +159,11 @@ def test_a_killed_rank_costs_seconds_not_frames(tmp_path):
     (failure,) = doc["failures"]
     assert failure["rank"] == 2 and failure["cause"] == "exited on signal 9 (Killed)" and failure["host"] == HOST
     assert failure["frames_kept"] == 30 and failure["time_lost_s"] > 0
+    # the recovery by phase (the next attempt's timeline), model load apart: the phases add up to it
+    phases = failure["recovery"]
+    assert list(phases) == ["replan_s", "launch_s", "start_s", "model_load_s", "warm_up_s", "first_result_s"], phases
+    assert sum(phases.values()) == pytest.approx(failure["recovery_s"], abs=0.05) and failure["model_load_s"] == phases["model_load_s"]
+    assert failure["recovery_without_model_load_s"] == pytest.approx(failure["recovery_s"] - phases["model_load_s"])
     first, second = doc["attempts"]
     assert (first["ranks"], first["frames_delivered"], first["exit"] != 0) == (3, 30, True)
     assert (second["ranks"], second["frames_asked"], second["frames_delivered"], second["exit"]) == (doc["ranks_total"], 170, 170, 0)
