@@ -2,7 +2,13 @@
 For each model and cluster, the dp planner's --objective latency plan runs frame after frame under
 emulation; prints measured p50/p90 latency beside the plan's prediction, and the speedup over one
 emulated device of the same kind (measured in the same run), beside the predicted one.
-Options: --models a,b --configs rpi3:4@94mbit,... --frames N --engine numpy|litert --json
+--static: no cluster run; each plan's compute steps (every part of every split segment, the lead's
+unsplit segments and merges) timed here one after the other as the ranks run them (warm median CPU
+seconds, pass after pass in the stage's order), dilated as an emulated device dilates them, beside the
+plan's predicted compute per segment: what an emulation on an idle machine charges, so a compute
+model error shows apart from host load (a loaded host adds its lateness to a cluster run's
+latency, not to this). --segments also prints the segments off by more than 15%.
+Options: --models a,b --configs rpi3:4@94mbit,... --frames N --engine numpy|litert --static [--segments] --json
 """
 from __future__ import annotations
 
@@ -25,8 +31,12 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="rpi3:2@94mbit,rpi3:4@94mbit,rpi3:8@94mbit,rpi4:4@940mbit")
     ap.add_argument("--frames", type=int, default=4, help="frames through each cluster, one at a time")
     ap.add_argument("--engine", default="numpy")
+    ap.add_argument("--static", action="store_true", help="no cluster run: the plans' compute steps timed here and dilated")
+    ap.add_argument("--segments", action="store_true", help="with --static: the segments off by more than 15%%")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.static:
+        return static(args)
 
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", file=sys.stderr)
     rows, singles = [], {}
@@ -65,6 +75,85 @@ def main(argv=None) -> int:
                           f"(pred {row['predicted_speedup']:.2f}x) | {kept} kept segments | {' '.join(row['stages'])}", flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
+    return 0
+
+
+def dilated_steps(plan, graph, engine: str, passes: int = 5) -> list:
+    """Per segment of the plan's stages: (stage, segment, predicted compute s, [dilated s of each
+    part], dilated s of the lead's merge/post graph). Every compute step is built as the ranks build
+    it (cluster.runtime shard_graph for unsplit segments, splits.split_segment parts and post graph)
+    and timed in CPU seconds, warm median over `passes` passes in stage order (as the runtime's
+    warm references), times the emulated slowdown (device profile / this machine's cached speed)."""
+    from cluster.emulation import device_slowdown
+    from cluster.host_speed import host_speed
+    from cluster.runtime import shard_graph
+    from layers.engine import make_engine
+    from partitioners.splits import split_segment
+
+    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=plan.n_ranks) or 1.0
+    steps = []  # (stage, segment, [part engines + graphs], post engine + graph or None)
+    for stage in plan.stages:
+        for seg in stage.segments or ():
+            if seg.kind == "none":
+                shard = shard_graph(graph, seg.node_start, seg.node_stop)
+                steps.append((stage, seg, [(make_engine(shard, engine, threads=1), shard)], None))
+                continue
+            split = split_segment(graph, seg.node_start, seg.node_stop, seg.kind, seg.sizes, seg.options)
+            parts = [(make_engine(g, engine, threads=1), g) for g in (split.part_graph(i) for i in range(split.n_parts))]
+            post = split.post_graph()
+            steps.append((stage, seg, parts, (make_engine(post, engine, threads=1), post) if post is not None else None))
+    feeds, times = {}, {}
+    for _ in range(passes):
+        for _, _, parts, post in steps:
+            for e, g in parts + ([post] if post else []):
+                x = feeds.setdefault(id(e), g.random_input(0))
+                t = time.process_time()
+                e.run(x)
+                times.setdefault(id(e), []).append(time.process_time() - t)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    rows = []
+    for stage, seg, parts, post in steps:
+        slow = device_slowdown(plan.devices[stage.ranks[0]].kind, engine) / plan.devices[stage.ranks[0]].speed / speed
+        rows.append((stage, seg, seg.predicted[0] if seg.predicted else None, [med[id(e)] * slow for e, _ in parts],
+                     med[id(post[0])] * slow if post else 0.0))
+    return rows
+
+
+def static(args) -> int:
+    """--static: per plan, the dilated compute of its split stages' segments beside the prediction."""
+    import numpy as np
+
+    out = []
+    for model in args.models.split(","):
+        graph = zoo_model(model)
+        for config in args.configs.split(","):
+            devices, kind, link_bps = cluster_config(config)
+            plan = plan_for_devices(graph, model, devices, link_bps, "dp", "latency", args.engine)
+            rows = [r for r in dilated_steps(plan, graph, args.engine) if r[2] is not None]
+            if not rows:
+                print(f"{model:8s} {devices:7s}: no split stage with per-segment predictions", flush=True)
+                continue
+            pred = sum(r[2] for r in rows)
+            emul = sum(max(r[3]) + r[4] for r in rows)
+            spread = sum(max(r[3]) - min(r[3]) for r in rows)
+            segs = [{"segment": f"[{g.node_start}:{g.node_stop}) {g.kind}", "parts": len(parts), "predicted_ms": p * 1e3,
+                     "dilated_max_ms": max(parts) * 1e3, "dilated_min_ms": min(parts) * 1e3, "merge_ms": m * 1e3,
+                     "ratio": (max(parts) + m) / p if p > 0 else float(np.inf)} for _, g, p, parts, m in rows]
+            row = {"model": model, "devices": devices, "predicted_compute_ms": pred * 1e3, "dilated_compute_ms": emul * 1e3,
+                   "ratio": emul / pred, "part_spread_ms": spread * 1e3, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
+                   "segments": segs}
+            out.append(row)
+            if not args.json:
+                print(f"{model:8s} {devices:7s} {link_bps / 1e6:4.0f} Mbit/s | split-stage compute: dilated {emul * 1e3:8.1f} ms, "
+                      f"predicted {pred * 1e3:8.1f} (x{emul / pred:.2f}) | slowest-fastest part {spread * 1e3:6.1f} ms | "
+                      f"plan latency {plan.predicted_latency_s * 1e3:8.1f} ms", flush=True)
+                for g in segs if args.segments else ():
+                    if abs(g["ratio"] - 1) > 0.15:
+                        print(f"    {g['segment']:28s} {g['parts']} parts: dilated {g['dilated_max_ms']:7.2f} ms "
+                              f"(fastest {g['dilated_min_ms']:6.2f}, merge {g['merge_ms']:5.2f}) predicted {g['predicted_ms']:7.2f} "
+                              f"x{g['ratio']:.2f}", flush=True)
+    if args.json:
+        json.dump(out, sys.stdout, indent=1)
     return 0
 
 
