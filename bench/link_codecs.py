@@ -20,19 +20,23 @@ Run through scripts/bench_link_codecs. `--quick` shrinks everything (a smoke run
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
-from cluster.codec_table import check_table, measure_codec_table, this_machine_speed
+from cluster.codec_table import check_table, measure_codec_table, sample_frames, this_machine_speed
 from cluster.commands.codecs import save_edge_input_graph
-from cluster.commands.emulate import run_emulated
+from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import single_device_plan
+from cluster.link_codecs import frame_header_bytes, measured_link_bytes
 from cluster.output import console, human_bytes
 from layers import load_model
 from partitioners.codec_cost import codec_cost_model
+from partitioners.codecs import link_codecs, parse_codec
 from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import parse_devices
 from partitioners.edge_host import POWER, best_candidate, edge_host_candidates, edge_host_plan, transmitter_watts
@@ -40,6 +44,7 @@ from partitioners.link_pricing import CodecTable, LossBudget, choose_codec, in_r
 from partitioners.planners import make_plan
 from partitioners.profiles import Calibration
 
+LATE_SHARE = 0.05  # a run whose ranks fell behind their devices for more of its time is not a result (as `pisplit emulate` warns)
 CODECS = ("rle-huffman", "zstd", "lz4", "fp16", "fp16+zstd", "int8", "int8+zstd", "jpeg:90", "jpeg:50", "jpeg:20")
 
 
@@ -80,110 +85,339 @@ def print_codec_table(graph, table) -> None:
                   "held-out digits with that cut encoded (trained models)[/dim]")
 
 
-def cluster_rows(model: str, graph, table, devices: str, emulate: bool, frames: int, tmp: Path, single_fps: float | None):
-    """Rows of part 2 for one model and device set: plain dp, dp with lossless codecs, dp with lossy codecs."""
-    rows = []
+def real_frames(graph, model: str, tmp: Path, n: int = 64) -> tuple[Path | None, str]:
+    """The run's input frames as an .npy (used round-robin) and what they are: the frames the codec
+    table was measured on (cluster.codec_table.sample_frames: held-out digits of a trained model,
+    the photographs for an image model), so the run's compressed sizes are the table's. None for a
+    model of several inputs (the runtime's seeded random frames)."""
+    frames, source, _ = sample_frames(graph, model, n)
+    if len(graph.inputs) != 1:
+        return None, "seeded random frames (a model of several inputs)"
+    name = next(iter(graph.inputs))
+    path = tmp / f"{graph.name}-frames.npy"
+    np.save(path, np.concatenate([f[name] for f in frames]).astype(np.float32), allow_pickle=False)
+    return path, source
+
+
+def predicted_link_bytes(plan, graph, table) -> dict:
+    """Bytes per frame the plan's links should carry with its codecs: {"input": ..., k: ...} as
+    cluster.link_codecs.measured_link_bytes measures them; an encoded cut's bytes are the codec table's
+    (its mean over the table's frames, per tensor for a per-tensor codec) plus the frame's length slots."""
+    def coded(cut: int, codec: str) -> float | None:
+        names = graph.cut_tensors(cut)
+        raw = float(sum(graph.tensor_bytes(t) for t in names))
+        if all(c.kind == "raw" for c in link_codecs(parse_codec(codec), len(names))):
+            return raw
+        entry = table.cut(cut) if table is not None else None
+        if entry is None:
+            return None
+        if ";" in codec:  # one codec per tensor, each tensor's own figures
+            each = codec.split(";")
+            found = [next((s.encoded_bytes for s in t.samples if s.codec == c), None) for t, c in zip(entry.tensors, each)]
+            if len(entry.tensors) != len(each) or None in found:
+                return None
+            return sum(found) + frame_header_bytes(len(names), codec)
+        s = next((s for s in entry.samples if s.codec == codec), None)
+        return None if s is None else s.encoded_bytes + frame_header_bytes(len(names), codec)
+
+    out = {k: coded(s.node_stop, s.send_codec) for k, s in enumerate(plan.stages[:-1])}
+    out["input"] = coded(0, plan.input_codec)
+    return out
+
+
+def late_share(report: dict) -> float:
+    """The largest share of the run's wall time any rank's emulation fell behind (host lateness)."""
+    return max(r["emulation_late_s"] for r in report["ranks"]) / max(report["wall_s"], 1e-9)
+
+
+def emulate(plan, path: Path, frames: int, inputs: Path | None, timeout: float = 3600) -> dict:
+    """One emulated run of `plan` (every frame once, else the bench stops)."""
+    extra = ["--input", str(inputs)] if inputs else []
+    report = run_emulated(plan.save(path), plan.n_ranks, frames, path.with_suffix(".report.json"), "numpy", progress=False,
+                          timeout=timeout, extra=extra)
+    if not report["every_frame_once"]:
+        raise SystemExit(f"bench_link_codecs: {plan.model} on {plan.n_ranks} ranks: frames lost or duplicated")
+    return report
+
+
+def cluster_plans(model: str, graph, table, devices: str):
+    """(label, plan) of part 2: plain dp, dp with lossless codecs, dp with lossy codecs (1% relative error)."""
     cluster = make_cluster(parse_devices(devices), 94e6)
-    runs: dict = {}  # the same plan is run once
     for label, codecs, budget in (("raw", None, None), ("lossless codecs", table, None),
                                   ("codecs, 1% rel. error", table, LossBudget(max_rel_error=0.01))):
         priced = None if codecs is None else in_reference_seconds(codecs, Calibration("numpy"))
-        model_ = codec_cost_model(graph, cluster, Calibration("numpy"), codecs=priced, codec_budget=budget)
-        plan = make_plan(graph, model_, "dp", "throughput", model, "numpy")  # with a table: each link's codec (build_plan)
-        used = sorted({s.send_codec for s in plan.stages[:-1]}) or ["-"]
-        key = (plan.input_codec, tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages))
-        measured = runs.get(key)
-        if emulate and measured is None:
-            report = run_emulated(plan.save(tmp / "plan.json"), plan.n_ranks, frames, tmp / "report.json", "numpy", progress=False,
-                                  timeout=3600)
-            assert report["every_frame_once"], "frames lost or duplicated"
-            measured = runs[key] = report["throughput_fps"]
-        rows.append((model, devices, label, len(plan.stages), ",".join(used), plan.predicted_throughput_fps, measured, single_fps))
-    return rows
+        cost = codec_cost_model(graph, cluster, Calibration("numpy"), codecs=priced, codec_budget=budget)
+        yield label, make_plan(graph, cost, "dp", "throughput", model, "numpy")  # with a table: each link's codec (build_plan)
 
 
-def part_clusters(args, cache: Path, tmp: Path) -> None:
-    out = Table(title="dp plans on emulated Pi 3B+ at 94 Mbit/s, without and with link codecs (codec seconds at the Pi's "
-                      "calibrated slowdown)")
-    for col in ("model", "devices", "links", "stages", "codecs used", "predicted fps", "measured fps", "vs one device (measured)"):
+def codecs_used(plan) -> str:
+    links = [s.send_codec for s in plan.stages[:-1]]
+    first = plan.stages[0]
+    handed = len(first.ranks) > 1 and first.mode == "data-parallel" or 0 not in first.ranks
+    return (f"in {plan.input_codec}" if handed else "") + (" | " if handed and links else "") + " ".join(links) or "-"
+
+
+def bytes_check(plan, graph, table, report) -> tuple[str, bool]:
+    """'measured/predicted' bytes per frame of every coded link of the run, and whether all match
+    within 5% (a run that did not use the plan's codecs would not)."""
+    measured, predicted = measured_link_bytes(plan, graph, report), predicted_link_bytes(plan, graph, table)
+    cells, ok = [], True
+    for key in ["input", *range(len(plan.stages) - 1)]:
+        m, p = measured.get(key), predicted.get(key)
+        if m is None or p is None:
+            continue
+        good = abs(m / p - 1) <= 0.05
+        ok &= good
+        cells.append(f"{'in ' if key == 'input' else ''}{m / 1024:.1f}/{p / 1024:.1f}" + ("" if good else " (!)"))
+    return " ".join(cells) or "-", ok
+
+
+def paired_run(plan, single, tmp: Path, inputs, frames: int, single_frames: int) -> dict:
+    """The one-device baseline and the cluster run side by side (one right after the other, so both
+    see the same load on this machine): their throughputs, ratio and host lateness."""
+    one = emulate(single, tmp / "single.json", single_frames, inputs)
+    many = emulate(plan, tmp / "plan.json", frames, inputs)
+    return {"single_fps": one["throughput_fps"], "fps": many["throughput_fps"], "ratio": many["throughput_fps"] / one["throughput_fps"],
+            "late": max(late_share(one), late_share(many)), "report": many, "frames": frames, "single_frames": single_frames}
+
+
+def part_clusters(args, cache: Path, tmp: Path, rows_out: list) -> None:
+    out = Table(title="dp plans on emulated Pi 3B+ at 94 Mbit/s, without and with link codecs; each cluster run beside its own "
+                      "one-device run (measured x = cluster fps / that one-device fps)")
+    for col in ("model", "devices", "links", "stages", "codecs used", "pred. fps", "pred. x", "meas. fps", "meas./pred.",
+                "one dev. meas./pred.", "meas. x", "late", "link KiB/frame meas./pred."):
         out.add_column(col, justify="left" if col in ("model", "devices", "links", "codecs used") else "right")
+    notes = []
     for model in args.cluster_models.split(","):
         graph, table = table_for(model, args, cache)
-        emulate = model in args.emulate_models.split(",")
-        single = None
-        if emulate:
-            plan = single_device_plan(graph, model, "rpi3", 94e6, "numpy")
-            single = run_emulated(plan.save(tmp / "single.json"), 1, max(4, args.frames // 4), tmp / "single-report.json", "numpy",
-                                  progress=False, timeout=3600)["throughput_fps"]
+        emulate_it = model in args.emulate_models.split(",")
+        # the table's own frames, round-robin: the run's compressed sizes are then the table's
+        inputs, source = real_frames(graph, model, tmp, table.n_frames) if emulate_it else (None, "")
+        if emulate_it:
+            notes.append(f"{model}: frames {source}")
+        single = single_device_plan(graph, model, "rpi3", 94e6, "numpy")
+        one_pred = single.predicted_throughput_fps
         for n in args.sizes.split(","):
-            for r in cluster_rows(model, graph, table, f"rpi3:{n}", emulate, args.frames, tmp, single):
-                m, d, label, stages, used, pred, meas, one = r
-                out.add_row(m, d, label, str(stages), used, f"{pred:.2f}", "-" if meas is None else f"{meas:.2f}",
-                            "-" if meas is None or not one else f"{meas / one:.2f}x")
+            runs: dict = {}  # the same plan is run once
+            for label, plan in cluster_plans(model, graph, table, f"rpi3:{n}"):
+                pred = plan.predicted_throughput_fps
+                row = {"model": model, "devices": f"rpi3:{n}", "links": label, "stages": len(plan.stages), "codecs": codecs_used(plan),
+                       "predicted_fps": pred, "predicted_x": pred / one_pred, "single_predicted_fps": one_pred}
+                key = (plan.input_codec, tuple((s.node_start, s.node_stop, s.ranks, s.mode, s.send_codec) for s in plan.stages))
+                if emulate_it and key not in runs:
+                    frames = max(args.frames, 4 * plan.n_ranks, min(200, int(args.seconds * pred)))
+                    single_frames = max(4, min(60, int(args.seconds * one_pred)))
+                    pairs = [paired_run(plan, single, tmp, inputs, frames, single_frames) for _ in range(args.repeats)]
+                    good = [p for p in pairs if p["late"] <= LATE_SHARE] or pairs
+                    ratios = sorted(p["ratio"] for p in good)
+                    pick = min(good, key=lambda p: abs(p["ratio"] - ratios[len(ratios) // 2]))  # the median pair
+                    text, same = bytes_check(plan, graph, table, pick["report"])
+                    problem = None
+                    if all(p["late"] > LATE_SHARE for p in pairs):
+                        problem = f"this machine fell behind the emulated devices ({pick['late']:.0%} of a run's time): not a result"
+                    else:
+                        problem = implausible_speedup(plan, pick["ratio"])
+                    runs[key] = {"measured_fps": pick["fps"], "single_fps": pick["single_fps"], "measured_x": pick["ratio"],
+                                 "late_share": pick["late"], "pairs": len(pairs), "late_pairs": sum(p["late"] > LATE_SHARE for p in pairs), "frames": pick["frames"], "single_frames": pick["single_frames"],
+                                 "link_bytes": text, "link_bytes_match": same, "problem": problem,
+                                 "all_x": [round(p["ratio"], 3) for p in pairs]}
+                row.update(runs.get(key, {}))
+                rows_out.append({"part": 2, **row})
+                m = row.get("measured_fps")
+                out.add_row(model, row["devices"], label, str(row["stages"]), row["codecs"], f"{pred:.2f}", f"{row['predicted_x']:.2f}x",
+                            "-" if m is None else f"{m:.2f}", "-" if m is None else f"{m / pred:.2f}",
+                            "-" if m is None else f"{row['single_fps'] / one_pred:.2f}",
+                            "-" if m is None else (f"{row['measured_x']:.2f}x" if not row["problem"] else "NOT A RESULT"),
+                            "-" if m is None else f"{row['late_share']:.0%}", row.get("link_bytes", "-"))
+                if row.get("problem"):
+                    notes.append(f"{model} rpi3:{n} {label}: {row['problem']}")
+                if m is not None and not row["link_bytes_match"]:
+                    notes.append(f"{model} rpi3:{n} {label}: the links' bytes differ from the plan's codec sizes by more than 5% (!)")
     console.print(out)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+    console.print(f"[dim]late: the largest share of a run's wall time an emulated rank fell behind its device's time (this machine "
+                  f"could not keep up); above {LATE_SHARE:.0%} in every pair: not a result. link bytes: per frame, measured from "
+                  f"the senders' paced link time / predicted from the codec table ('in' the input frames rank 0 hands out, then "
+                  f"each stage's link)[/dim]")
 
 
-def part_edge_host(args, cache: Path, tmp: Path) -> None:
+def last_conv_cuts(graph) -> tuple[int, ...]:
+    """Cuts at the model's last conv layer: after its last conv node, and after the pooling and
+    flatten/reshape nodes right behind it (the paper's 'last conv layer': its output, pooled or not,
+    in whatever shape)."""
+    convs = [i for i, node in enumerate(graph.nodes) if node.op.startswith("conv")]
+    if not convs:
+        return ()
+    cuts = [convs[-1] + 1]
+    while cuts[-1] < len(graph) and ("pool" in graph.nodes[cuts[-1]].op or graph.nodes[cuts[-1]].op in ("flatten", "reshape")):
+        cuts.append(cuts[-1] + 1)
+    return tuple(cuts)
+
+
+def trend_verdict(graph, verdict: dict, conv_cuts: tuple) -> str:
+    """The paper's trend checked in numbers: is the best split at the last conv layer at the lowest
+    bandwidth, and does it move no later (and somewhere earlier) as bandwidth grows; predicted and
+    measured (the best of the measured settings); and whether a split wins at all."""
+    n = len(graph)
+
+    def where(cut):
+        return "-" if cut is None else ("all on edge" if cut == n else "all on host" if cut == 0 else graph.nodes[cut - 1].name)
+
+    lines = []
+    for what, i in (("predicted best split", 0), ("measured best setting", 1), ("predicted best setting", 2)):
+        cuts = [verdict[b][i] for b in sorted(verdict)]
+        if any(c is None for c in cuts):
+            lines.append(f"{what}: not measured")
+            continue
+        at_conv = cuts[0] in conv_cuts
+        earlier = all(b <= a for a, b in zip(cuts, cuts[1:])) and cuts[-1] < cuts[0]
+        lines.append(f"{what} at {', '.join(f'{b / 1e6:g} Mbit/s: {where(c)}' for b, c in zip(sorted(verdict), cuts))}: "
+                     f"{'at' if at_conv else 'not at'} the last conv layer at the lowest bandwidth; "
+                     f"{'moves earlier' if earlier else 'does not move earlier'} as bandwidth grows -> the paper's trend "
+                     f"{'holds' if at_conv and earlier else 'does not hold'} here")
+    return "\n".join(lines)
+
+
+def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
     edge_inputs: dict = {}  # model -> its edge_input_graph, saved for the all-on-host runs
+    emulated = set(args.edge_emulate_models.split(",")) if args.edge_emulate else set()
     for model in args.edge_models.split(","):
+        verdict: dict = {}  # link -> (best split cut predicted, best cut measured)
         graph, table = table_for(model, args, cache)
+        inputs, source = real_frames(graph, model, tmp)
         priced = in_reference_seconds(table, Calibration("numpy"))
         measured_accuracy = any(s.accuracy_loss is not None for c in table.cuts for s in c.samples)
         budget = LossBudget(max_accuracy_loss=0.01) if measured_accuracy else LossBudget(max_rel_error=0.05)
         what = "within 1% top-1 accuracy on held-out digits" if measured_accuracy else \
             "within 5% relative error of the cut (no labelled data: not an accuracy)"
-        out = Table(title=f"{model}: Pi 3B+ (edge) + host, lossy codecs {what}; edge energy predicted "
+        out = Table(title=f"{model}: Pi 3B+ (edge) + host, lossy codecs {what}; edge energy "
                           f"({POWER['rpi3'][0]}/{POWER['rpi3'][1]} W idle/busy, transmitter per mode)")
-        for col in ("link", "setting", "cut after", "codec", "sent", "predicted fps", "measured fps", "edge mJ/frame (pred.)",
-                    "edge mJ/frame (at measured fps)"):
+        for col in ("link", "setting", "cut after", "codec", "sent", "pred. fps", "meas. fps", "meas./pred.", "late",
+                    "edge mJ/frame pred.", "edge mJ/frame at meas. fps"):
             out.add_column(col, justify="left" if col in ("setting", "cut after", "codec") else "right")
+        trend = Table(title=f"{model}: where the best cut lies (Ko et al.: at the last conv layer at low bandwidth, earlier as "
+                            f"bandwidth grows); last conv layer: cut after {', '.join(graph.nodes[c - 1].name for c in last_conv_cuts(graph))}")
+        for col in ("link", "best (pred.)", "best split with codecs (pred.)", "best measured (fps)", "last conv layer pred. / meas. fps",
+                    "last conv meas. / best meas."):
+            trend.add_column(col, justify="left" if col.startswith("best") else "right")
         n = len(graph)
+        conv_cuts = last_conv_cuts(graph)
         runs: dict = {}  # the same candidate is run once (everything on the edge: once for every link)
         for bps in (1e6, 2e6, 22e6):
             cost = CostModel(graph, make_cluster(parse_devices("rpi3:1,host:1"), bps), Calibration("numpy"))
             cands = edge_host_candidates(cost, priced, budget)
             split = [c for c in cands if 0 < c.cut < n]
-            settings = (("all on edge", next(c for c in cands if c.cut == n)),
+            best_per_cut = {}
+            for c in sorted(split, key=lambda c: (round(c.period_s, 12), c.edge_energy_j)):
+                best_per_cut.setdefault(c.cut, c)
+            top = sorted(best_per_cut.values(), key=lambda c: c.period_s)[: args.top_cuts]
+            at_conv = best_candidate([best_per_cut[c] for c in conv_cuts if c in best_per_cut]) if conv_cuts else None
+            settings = [("all on edge", next(c for c in cands if c.cut == n)),
                         ("all on host, raw input", next(c for c in cands if c.cut == 0 and c.codec == "raw")),
                         ("all on host, coded input", min((c for c in cands if c.cut == 0), key=lambda c: c.period_s)),
-                        ("best split, raw link", best_candidate([c for c in split if c.codec == "raw"])),
-                        ("best split with codecs", best_candidate(split)))
+                        ("best split, raw link", best_candidate([c for c in split if c.codec == "raw"]))]
+            settings += [(f"split #{i + 1} with codecs", c) for i, c in enumerate(top)]
+            if at_conv is not None and at_conv not in top:
+                settings.append(("last conv layer, codecs", at_conv))
             idle, busy, _ = POWER["rpi3"]
+            measured_here = []
             for label, c in settings:
                 key = ("edge",) if c.cut == n else (bps, c.cut, c.codec)
-                measured = runs.get(key)
-                if not args.quick and measured is None:
+                run = runs.get(key)
+                if model in emulated and run is None:
                     if not c.runnable and model not in edge_inputs:  # saved once per model (AlexNet's weights: 244 MB)
                         edge_inputs[model] = save_edge_input_graph(graph, tmp / f"{graph.name}-edge-input.json")
                     spec = None if c.runnable else edge_inputs[model]
                     plan = edge_host_plan(cost, c, model, "numpy", spec)
-                    report = run_emulated(plan.save(tmp / "eh.json"), plan.n_ranks, args.frames, tmp / "eh-report.json", "numpy",
-                                          progress=False, timeout=3600)
-                    assert report["every_frame_once"], "frames lost or duplicated"
-                    measured = runs[key] = report["throughput_fps"]
+                    frames = max(args.frames, min(args.edge_max_frames, int(args.seconds * c.throughput_fps)))
+                    report = emulate(plan, tmp / "eh.json", frames, inputs)
+                    run = runs[key] = {"fps": report["throughput_fps"], "late": late_share(report), "frames": frames}
+                measured = None if run is None else run["fps"]
                 air = c.sent_bytes * 8 / bps
                 energy = None if measured is None else idle / measured + (busy - idle) * (c.edge_s + c.encode_s) + transmitter_watts(bps) * air
+                late = run is not None and run["late"] > LATE_SHARE
+                if measured is not None:
+                    measured_here.append((measured, late, label, c))
+                rows_out.append({"part": 3, "model": model, "link_mbit": bps / 1e6, "setting": label, "cut": c.cut,
+                                 "after": c.after if c.cut < n else None, "codec": c.codec if c.cut < n else None, "sent_bytes": c.sent_bytes,
+                                 "predicted_fps": c.throughput_fps, "measured_fps": measured, "late_share": None if run is None else run["late"],
+                                 "not_a_result": late, "edge_mj_predicted": c.edge_energy_j * 1e3,
+                                 "edge_mj_at_measured": None if energy is None else energy * 1e3,
+                                 "frames": None if run is None else run["frames"]})
                 out.add_row(f"{bps / 1e6:g} Mbit/s", label, c.after if c.cut < n else "-", c.codec if c.cut < n else "-",
-                            human_bytes(c.sent_bytes), f"{c.throughput_fps:.1f}", "-" if measured is None else f"{measured:.1f}",
+                            human_bytes(c.sent_bytes), f"{c.throughput_fps:.1f}",
+                            "-" if measured is None else (f"{measured:.1f}" + (" NOT A RESULT" if late else "")),
+                            "-" if measured is None else f"{measured / c.throughput_fps:.2f}",
+                            "-" if run is None else f"{run['late']:.0%}",
                             f"{c.edge_energy_j * 1e3:.1f}", "-" if energy is None else f"{energy * 1e3:.1f}")
+            overall = best_candidate(cands)
+            best_split = top[0] if top else None
+
+            def name(c):
+                return "all on edge" if c.cut == n else ("all on host (" + c.codec + " input)" if c.cut == 0 else f"after {c.after} ({c.codec})")
+
+            good = [m for m in measured_here if not m[1]]
+            best_meas = max(good, key=lambda m: m[0]) if good else None
+            conv_run = runs.get((bps, at_conv.cut, at_conv.codec)) if at_conv is not None else None
+            conv_fps = None if conv_run is None or conv_run["late"] > LATE_SHARE else conv_run["fps"]
+            trend.add_row(f"{bps / 1e6:g} Mbit/s", f"{name(overall)} {overall.throughput_fps:.1f} fps",
+                          "-" if best_split is None else f"{name(best_split)} {best_split.throughput_fps:.1f} fps",
+                          "-" if best_meas is None else f"{name(best_meas[3])} {best_meas[0]:.1f}",
+                          "-" if at_conv is None else f"{at_conv.throughput_fps:.1f} / " + ("-" if conv_fps is None else f"{conv_fps:.1f}"),
+                          "-" if conv_fps is None or best_meas is None else f"{conv_fps / best_meas[0]:.2f}")
+            verdict[bps] = (None if best_split is None else best_split.cut, None if best_meas is None else best_meas[3].cut,
+                            overall.cut)
+            rows_out.append({"part": "3-trend", "model": model, "link_mbit": bps / 1e6, "best_predicted": name(overall),
+                             "best_predicted_cut": overall.cut, "best_split_predicted": None if best_split is None else name(best_split),
+                             "best_split_predicted_cut": None if best_split is None else best_split.cut,
+                             "best_measured": None if best_meas is None else name(best_meas[3]),
+                             "best_measured_cut": None if best_meas is None else best_meas[3].cut,
+                             "last_conv_cut": None if at_conv is None else at_conv.cut, "last_conv_measured_fps": conv_fps})
         console.print(out)
-        console.print("[dim]all on host runs as the model behind an input-passing node on the edge (rank 0, the frames' source), "
-                      "which encodes the input and sends it[/dim]")
+        console.print(trend)
+        console.print(trend_verdict(graph, verdict, conv_cuts))
+        console.print(f"[dim]frames: {source}. All on host runs as the model behind an input-passing node on the edge (rank 0, the "
+                      f"frames' source), which encodes the input and sends it. Energy at measured fps: idle watts over the measured "
+                      f"period, plus busy and transmitter watts over the predicted edge compute and air time. late above "
+                      f"{LATE_SHARE:.0%}: NOT A RESULT (this machine fell behind the emulated devices)[/dim]")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench_link_codecs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", default="branchy_alexnet_mnist,alexnet,vgg16", help="models whose codec table is printed")
     parser.add_argument("--cluster-models", default="alexnet,vgg16")
-    parser.add_argument("--emulate-models", default="alexnet", help="models of part 2 that are also emulated ('' for none)")
+    parser.add_argument("--emulate-models", default="alexnet,vgg16", help="models of part 2 that are also emulated ('' for none)")
     parser.add_argument("--sizes", default="4,8")
-    parser.add_argument("--edge-models", default="branchy_alexnet_mnist,alexnet")
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--edge-models", default="branchy_alexnet_mnist,alexnet", help="part 3's models (predicted)")
+    parser.add_argument("--edge-emulate-models", default="branchy_alexnet_mnist", help="part 3's models that are also emulated")
+    parser.add_argument("--frames", type=int, default=24, help="at least this many frames a run")
+    parser.add_argument("--seconds", type=float, default=6.0, help="about this many emulated seconds a run (more frames where "
+                                                                   "the prediction says they take less)")
+    parser.add_argument("--repeats", type=int, default=1, help="part 2: side-by-side pairs (one device, cluster) per plan; "
+                                                               "the median pair's ratio is reported")
+    parser.add_argument("--top-cuts", type=int, default=3, help="part 3: emulate the best N predicted cuts with codecs per link")
+    parser.add_argument("--edge-max-frames", type=int, default=400)
+    parser.add_argument("--no-edge-emulate", dest="edge_emulate", action="store_false", help="part 3: predictions only")
     parser.add_argument("--accuracy-frames", type=int, default=200)
     parser.add_argument("--parts", default="1,2,3")
     parser.add_argument("--cache", help="keep measured codec tables here (default: a temporary folder)")
-    parser.add_argument("--quick", action="store_true", help="small everything (smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write every row of parts 2 and 3 as JSON")
+    parser.add_argument("--quick", action="store_true", help="small everything (smoke run): AlexNet only, few frames")
+    parser.add_argument("--full", action="store_true", help="the long sweep: 3 pairs per plan, longer runs, AlexNet as an "
+                                                            "edge-host model too (about an hour on a quiet 2-core machine)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.frames, args.seconds, args.repeats, args.top_cuts = 8, 1.0, 1, 2
+        args.tables = args.cluster_models = args.emulate_models = "alexnet"
+        args.edge_models = args.edge_emulate_models = "branchy_alexnet_mnist"
+        args.edge_max_frames = 60
+    if args.full:
+        args.seconds, args.repeats = max(args.seconds, 15.0), max(args.repeats, 3)
+        args.edge_emulate_models = args.edge_models
+    console.print(f"[dim]load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}[/dim]")
+    rows: list = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-link-codecs-") as tmp:
         tmp = Path(tmp)
         cache = Path(args.cache) if args.cache else tmp
@@ -193,9 +427,12 @@ def main(argv=None) -> int:
             for model in args.tables.split(","):
                 print_codec_table(*table_for(model, args, cache))
         if "2" in parts:
-            part_clusters(args, cache, tmp)
+            part_clusters(args, cache, tmp, rows)
         if "3" in parts:
-            part_edge_host(args, cache, tmp)
+            part_edge_host(args, cache, tmp, rows)
+    console.print(f"[dim]{time.perf_counter() - started:.0f} s; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}[/dim]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
     return 0
 
 

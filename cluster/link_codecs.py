@@ -169,3 +169,60 @@ def unpack_from_link(codec, buf: np.ndarray, device) -> dict:
     if getattr(codec, "encoded", False) and device:
         return device.compute(lambda: codec.unpack(buf))
     return codec.unpack(buf)
+
+
+# --- what the emulated links carried (bench_link_codecs checks a run used its plan's codecs) -----------------
+def frame_header_bytes(n_tensors: int, codec: str) -> int:
+    """Bytes a frame of `n_tensors` adds to its tensors' messages on a link: none for raw float32
+    (FrameCodec.payload_bytes), the length slots for an encoded link (EncodedFrameCodec.sent_bytes)."""
+    each = link_codecs(parse_codec(codec), n_tensors)
+    return 0 if all(c.kind == "raw" for c in each) else (HEADER + 2 * n_tensors) * 4
+
+
+def measured_link_bytes(plan, graph: Graph, report: dict) -> dict:
+    """Bytes per frame each link of an emulated run carried, from its senders' paced link time
+    (report ranks' link_busy_s: every frame a rank sends costs messages x latency + bytes x 8 /
+    bandwidth on its emulated link, cluster.emulation.LinkPacer): {"input": bytes or None, k: bytes or
+    None} for the input frames rank 0 hands to the first stage's other entry ranks and for stage k's
+    transfer to stage k + 1. None where the run had no such transfer, or where a split stage's halos
+    share the link (not separable).
+
+    A stage's other senders than rank 0 give its link's bytes; rank 0, which sends its own frames of
+    the first stage on and hands out the input frames, gives the input's with its own frames' share
+    taken off."""
+    by_rank = {r["rank"]: r for r in report["ranks"]}
+    bw, lat = plan.link_bandwidth_bps, plan.link_latency_s
+    total = int(report["frames"])
+    stages = plan.stages
+
+    def per_frame(seconds: float, frames: int, messages: int) -> float | None:
+        return (seconds / frames - messages * lat) * bw / 8.0 if frames > 0 else None
+
+    out: dict = {}
+    for k, stage in enumerate(stages[:-1]):
+        m = len(graph.cut_tensors(stage.node_stop))
+        if stage.mode == "split":
+            out[k] = None
+            continue
+        others = [by_rank[r] for r in stage.ranks if r != 0]
+        if others:
+            out[k] = per_frame(sum(r["link_busy_s"] for r in others), sum(r["frames"] for r in others), m)
+        elif k == 0 and len(stage.ranks) == 1:  # rank 0 alone: it hands out no input frames
+            out[k] = per_frame(by_rank[0]["link_busy_s"], by_rank[0]["frames"], m)
+        else:
+            out[k] = None
+    first = stages[0]
+    handed = total - by_rank[0]["frames"] if 0 in first.ranks else total
+    if handed <= 0 or first.mode == "split":
+        out["input"] = None
+        return out
+    busy = by_rank[0]["link_busy_s"]
+    if len(stages) > 1 and 0 in first.ranks:  # rank 0's own frames of the first stage left on the same link
+        own = out.get(0)
+        if own is None:
+            out["input"] = None
+            return out
+        m0 = len(graph.cut_tensors(first.node_stop))
+        busy -= by_rank[0]["frames"] * (m0 * lat + own * 8.0 / bw)
+    out["input"] = per_frame(busy, handed, len(graph.inputs))
+    return out
