@@ -415,3 +415,33 @@ def test_everything_on_the_host_runs_with_the_input_coded_on_the_edge(tmp_path, 
     exact = np.concatenate([graph.forward(**synthetic_frame(graph, 0, f)).reshape(1, -1) for f in range(5)])
     assert np.abs(expected - exact).max() > 10 * (1e-7 + 1e-6 * np.abs(exact).max())
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.mpi
+def test_an_emulated_runs_link_time_gives_the_bytes_its_codecs_wrote(tmp_path):
+    # bench_link_codecs checks a measured run used its plan's codecs with measured_link_bytes: the
+    # bytes each link carried per frame, from the senders' paced link time in the run's report
+    from cluster.link_codecs import frame_header_bytes, measured_link_bytes
+
+    graph = zoo_model("lenet5")
+    plan = replace(hand_plan(graph, [(0, 2, [0, 1], "data-parallel"), (2, 9, [2], "single")], kind="rpi3", link_bps=94e6),
+                   input_codec="zstd")
+    plan = with_codecs(plan, ["int8"])
+    frames = 6
+    proc = mpirun(3, "run", plan.save(tmp_path / "plan.json"), "--frames", frames, "--emulate", "--host-speed", 1.0, "--json",
+                  timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["every_frame_once"]
+    got = measured_link_bytes(plan, graph, report)
+    # what the encoders wrote: rank 0 hands frames 1, 3, 5 to rank 1 (zstd input), every frame's
+    # pool1 output leaves stage 0 as int8 (rank 1's frames give the link's figure)
+    handed = [f for f in range(frames) if f % 2 == 1]
+    header = frame_header_bytes(1, "zstd")
+    want_input = np.mean([header + len(encode(synthetic_frame(graph, 0, f)["input"], "zstd")) for f in handed])
+    cut = graph.cut_tensors(2)
+    want_link = np.mean([header + len(encode(graph.execute(dict(synthetic_frame(graph, 0, f)), 0, 2)[cut[0]], "int8"))
+                         for f in handed])
+    assert len(cut) == 1 and header == 40  # the int64 frame header and one length
+    assert got["input"] == pytest.approx(want_input, rel=1e-6) and got[0] == pytest.approx(want_link, rel=1e-6)
+    assert got[0] < 0.3 * graph.cut_bytes(2)  # int8, not the raw float32 pool1
