@@ -3,19 +3,30 @@
 1. codec tables: per cut of the trained branchy AlexNet (held-out digits, with each lossy codec's
    accuracy loss) and of AlexNet / VGG16 (zoo weights, photographs: scikit-learn's china.jpg and
    flower.jpg, ImageNet-normalised): ratio of each codec and the best transfer at 94 and 2 Mbit/s;
-2. emulated Pi 3B+ clusters at 94 Mbit/s: the dp plan priced without and with codecs (lossless; then
-   lossy within 1% relative error), predicted and (for --emulate-models) measured throughput against
-   one emulated device;
-3. edge (Pi 3B+) + host at 1, 2 and 22 Mbit/s on the trained branchy AlexNet: all on the edge, all on
-   the host with a raw and a coded (JPEG/int8) input (run as the model behind an input-passing node
-   on the edge, partitioners.edge_host.edge_input_graph), and the best cut with codecs within 1%
-   accuracy loss, all emulated; predicted edge energy per frame (partitioners.edge_host's power
-   model) and the measured throughput.
+2. emulated Pi 3B+ clusters (4 and 8) at 94 Mbit/s, AlexNet and VGG16: the dp plan priced without and
+   with codecs (lossless; then lossy within 1% relative error), predicted and measured. Each cluster
+   run comes right after a one-device run of its own (side by side: both see this machine's load
+   then), on the frames the codec table was measured on, round-robin (so the links compress as the
+   table says); a row gives measured/predicted for both and the measured ratio, which is NOT A RESULT
+   when this machine fell behind the emulated devices (a rank's emulation_late_s above LATE_SHARE of
+   its run, in every pair) or the ratio exceeds the device count. The links' bytes per frame are
+   measured from the senders' paced link time (cluster.link_codecs.measured_link_bytes) beside the
+   table's compressed sizes: a run that did not use its plan's codecs shows (!);
+3. edge (Pi 3B+) + host at 1, 2 and 22 Mbit/s on the trained branchy AlexNet (and zoo AlexNet on
+   photographs, predicted; emulated with --full): all on the edge, all on the host with a raw and a
+   coded input (run as the model behind an input-passing node on the edge,
+   partitioners.edge_host.edge_input_graph), the best split with a raw link, the --top-cuts best
+   predicted cuts with codecs (within 1% accuracy loss) and the best cut at the last conv layer, all
+   emulated on held-out frames; edge energy per frame (partitioners.edge_host's power model) predicted
+   and at the measured throughput; then where the best cut lies per link, predicted and measured, and
+   whether the paper's trend (at the last conv layer at low bandwidth, earlier as bandwidth grows)
+   holds, in one line each.
 
 Codec seconds are measured on this machine and turned into the reference machine's with its measured
 speed (cluster.host_speed) before the planner scales them to a Pi 3B+ (link_pricing.in_reference_seconds).
 
-Run through scripts/bench_link_codecs. `--quick` shrinks everything (a smoke run).
+Run through scripts/bench_link_codecs (about 10 minutes on a quiet 2-core machine; `--full`: 3 pairs
+a plan, 15 s runs, AlexNet emulated in part 3 too; `--quick`: a smoke run; `--json PATH`: every row).
 """
 from __future__ import annotations
 
