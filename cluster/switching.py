@@ -35,7 +35,8 @@ from layers.graph import Graph
 from partitioners.plan import Plan
 
 from . import transport
-from .runtime import PipelineRank, RunOptions, check_input_frames, default_stall_timeout, settle_baseline, stall_margin
+from .runtime import (DEFAULT_MIN_STALL_S, PipelineRank, RunOptions, check_input_frames, default_stall_timeout, host_names_watched, settle_baseline,
+                      stall_margin)
 from .watched import bcast_text_watched
 
 PROBE_BYTES = 16384
@@ -130,8 +131,14 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
             raise PisplitError(f"switching run: a plan index outside 0..{len(plans) - 1}")
     except PisplitError as exc:
         error = str(exc)
-    transport.agree(comm, error)
-    stall = max(default_stall_timeout(p) for p in plans) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
+    try:
+        stall = max(default_stall_timeout(p) for p in plans) if options.stall_timeout is None else max(float(options.stall_timeout), 0.0)
+    except (PisplitError, ValueError):  # no plans: refused above, agreed below
+        stall = DEFAULT_MIN_STALL_S
+    # every collective of the set-up is bounded: a rank that never comes is named, never waited for
+    transport.agree_watched(comm, error, "the switching run's checks", 3.0 * stall, follow_s=stall_margin(3.0 * stall))
+    hosts = host_names_watched(comm, stall)
+    who = lambda r: f"rank {r} (host {hosts[r]})"  # noqa: E731
     initial = int(bcast_text_watched(comm, str(initial), "the first plan's broadcast", stall, follow_s=stall_margin(stall)))  # rank 0's chooser says where to start
     text = " ".join(repr(float(r)) for r in speed_ratios) if rank == 0 and speed_ratios is not None else ""
     ratios = [float(v) for v in bcast_text_watched(comm, text, "the plans' speeds' broadcast", stall, follow_s=stall_margin(stall)).split()]
@@ -140,7 +147,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     baseline = settle_baseline()
     setup_s = 3.0 * stall
     # every plan on its own communicator (its first n_ranks ranks): no message of one plan's segment can match another's
-    comms = [transport.split_communicator(comm, 0 if rank < p.n_ranks else None, rank) for p in plans]
+    comms = [transport.split_communicator_watched(comm, 0 if rank < p.n_ranks else None, rank, f"plan {i}'s communicator", stall, who,
+                                                  follow_s=stall_margin(stall)) for i, p in enumerate(plans)]
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if rank == 0 else None
@@ -148,7 +156,6 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         if not os.path.isdir(options.core_lock_dir):
             os.makedirs(options.core_lock_dir, mode=0o700, exist_ok=True)
             made_lock_dir = options.core_lock_dir
-    hosts = transport.host_names(comm)
     ranks: list = [None] * len(plans)
     shared = None
     try:

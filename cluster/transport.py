@@ -465,6 +465,16 @@ def split_communicator(comm, color: int | None, key: int = 0):
     return None if sub == MPI.COMM_NULL else sub
 
 
+def split_communicator_watched(comm, color: int | None, key: int, what: str, seconds: float,
+                               name: Callable[[int], str] | None = None, follow_s: float = 0.0):
+    """split_communicator that never waits without a bound: every rank first reaches a watched barrier
+    (gather_rows_watched: rank 0 names a rank that does not come within `seconds`, "rank 2 (host pi-2)
+    did not reach WHAT for 6.0 s (stalled or lost)", the others name a silent rank 0), then MPI_Comm_split
+    runs with every rank present (it blocks no longer than the ranks take to call it)."""
+    gather_rows_watched(comm, np.zeros(0), what, seconds, None, name, follow_s)
+    return split_communicator(comm, color, key)
+
+
 def abort(comm, code: int = 1) -> None:
     """End every rank of the job now (for errors one rank meets while others wait on it)."""
     comm.Abort(int(code))

@@ -260,3 +260,52 @@ def test_a_map_run_decides_at_most_once_per_min_segment(tmp_path, two_plan_map):
     assert all(len(d["emulation_late_s_by_rank"]) == 2 and min(d["emulation_late_s_by_rank"]) >= 0 for d in docs)
     assert docs[0]["segments"] == 2 and set(docs[0]["plan_of_frame"][12:]) == {0}
     assert docs[1]["segments"] == 5  # from frames 0, 4, 8, 12 (also the forced switch) and 16
+
+
+HANG_BEFORE_SPLIT = '''
+import sys, time
+from pathlib import Path
+from cluster import switching, transport
+from cluster.bandwidth import map_plans
+from cluster.runtime import RunOptions
+from layers import load_model
+from partitioners.edgent import ConfigMap
+from partitioners.plan import Plan
+
+folder = Path(sys.argv[1])
+comm = transport.world()
+rank = comm.Get_rank()
+entries = map_plans(ConfigMap.load(folder / "configmap.json"), folder)
+plans = [Plan.load(p) for _, _, p, _ in entries]
+if rank == 1:  # a rank that passes the checks and host names, then hangs before the plans' communicators
+    switching.settle_baseline = lambda: time.sleep(60)
+try:
+    switching.run_switching(comm, plans, lambda i: load_model(str(entries[i][3])), RunOptions(frames=4, stall_timeout=1.0))
+except Exception as exc:
+    print(f"rank {rank}: {exc}", flush=True)
+    time.sleep(0.5)
+    transport.abort(comm, 3)
+'''
+
+
+@pytest.mark.mpi
+def test_a_switching_runs_set_up_never_waits_unbounded_for_an_absent_rank(tmp_path, two_plan_map):
+    """Under mpirun: a rank that hangs just before the plans' communicators are split (MPI_Comm_split, which
+    used to wait for it forever) is named by rank 0 within its bound, and the job ends."""
+    import os
+
+    from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
+    from tests.conftest import require
+
+    script = tmp_path / "hang.py"
+    script.write_text(HANG_BEFORE_SPLIT)
+    try:
+        cmd = local_mpirun_command(2, [sys.executable, str(script), str(two_plan_map)])
+    except FileNotFoundError as exc:
+        require(False, str(exc))
+    env = mpirun_env()
+    env.update(TERM="dumb", NO_COLOR="1", PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    proc = run_local(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode != 0
+    host = os.uname().nodename
+    assert f"rank 0: rank 1 (host {host}) did not reach plan 0's communicator for" in proc.stdout, proc.stdout + proc.stderr
