@@ -168,6 +168,11 @@ class _Importer:
         # which carry the constant's quantization with them (graph.meta["quant"])
         self.raw_constants: dict[int, Callable[[], np.ndarray]] = {}
         self.quant: dict[str, dict] = {}  # tensor name or weight key -> quantization (layers.quant.TensorQuant.to_dict)
+        self.raw_bytes: dict[int, np.ndarray] = {}  # tensor index -> its stored bytes (a view of the file where it is mapped)
+        # the memory-mapped file: the pages of a weight pisplit has copied (transposed, converted) are handed
+        # back after the copy (_release_pages), so a rank does not hold a weight twice (file pages + copy)
+        self.mapped = data if isinstance(data, mmap.mmap) else None
+        self.mapped_base = np.frombuffer(data, np.uint8, 1).ctypes.data if self.mapped is not None and len(data) else 0
 
     # --- checks ------------------------------------------------------------------------------------
     def _fail(self, message: str):
@@ -214,6 +219,7 @@ class _Importer:
             if raw is not None and t.Sparsity() is not None:
                 raw = self._densify(i, t.Sparsity(), raw)  # DENSIFY reads it as the dense tensor
             if raw is not None:
+                self.raw_bytes[i] = raw
                 self.constants[i] = self._constant_loader(i, raw)
                 if self.quantization[i] is not None:
                     dtype, shape = _STORAGE_DTYPES[self.tensor_types[i]], self.tensor_shapes[i]
@@ -284,6 +290,26 @@ class _Importer:
         if buf.DataIsNone() or buf.DataLength() == 0:
             return None
         return buf.DataAsNumpy()
+
+    def _release_pages(self, i: int, value: np.ndarray) -> np.ndarray:
+        """`value` (constant tensor i as pisplit holds it); when it is a copy, the file pages holding the
+        tensor's bytes are handed back to the kernel (MADV_DONTNEED on whole pages inside them): they
+        stay in the page cache and come back from the file if read again, but stop counting in the rank's
+        memory, so a transposed or converted weight is not held twice."""
+        raw = self.raw_bytes.get(i)
+        if self.mapped is None or raw is None or not raw.size or np.shares_memory(value, raw):
+            return value
+        offset = raw.ctypes.data - self.mapped_base
+        if not 0 <= offset <= len(self.mapped) - raw.size:
+            return value  # a densified copy, not the file's bytes
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (offset + raw.size) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start and hasattr(self.mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self.mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            except (OSError, ValueError):
+                pass  # only memory is at stake, never the values
+        return value
 
     def _constant_loader(self, i: int, raw: np.ndarray) -> Callable[[], np.ndarray]:
         """Loader of constant tensor i's value: quantized integers come back dequantized (float32),
@@ -358,7 +384,7 @@ class _Importer:
             arr = np.asarray(load(), dtype=np.float32)
             out = transform(arr) if transform else arr
             # np.ascontiguousarray makes a 0-d array 1-d: a scalar constant (Keras Rescaling) keeps its shape
-            return np.ascontiguousarray(out, dtype=np.float32).reshape(np.shape(out))
+            return self._release_pages(i, np.ascontiguousarray(out, dtype=np.float32).reshape(np.shape(out)))
         return loader
 
     # --- graph -------------------------------------------------------------------------------------
@@ -650,8 +676,8 @@ class _Importer:
                     q = self.quantization[i]
                     self.quant[node.weight_key(param)] = self._quant_dict(i, axis_map.get(q.axis, q.axis))
                     load = self.raw_constants[i]
-                    self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform:
-                                                            np.ascontiguousarray(transform(load()) if transform else load()))
+                    self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform, i=i: self._release_pages(
+                        i, np.ascontiguousarray(transform(load()) if transform else load())))
                     continue
             self.loaders[node.weight_key(param)] = self._float_loader(i, transform)
         self.nodes.append(node)
@@ -689,8 +715,8 @@ class _Importer:
             node.weight_shapes[param] = shape
             self.quant[node.weight_key(param)] = self._quant_dict(i, axis_map.get(q.axis, q.axis))
             load = self.raw_constants[i]
-            self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform:
-                                                    np.ascontiguousarray(transform(load()) if transform else load()))
+            self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform, i=i: self._release_pages(
+                i, np.ascontiguousarray(transform(load()) if transform else load())))
         self.nodes.append(node)
 
     def _check_hybrid_weights(self, i: int) -> None:
