@@ -11,8 +11,9 @@ speeds, and (a)/(b).
 Default plans: AlexNet's throughput plan on 3 Pi 3B+ and its latency plan (one split stage whose
 conv segments keep their row strips on the parts) on 4 Pi 3B+, links at 94 Mbit/s; a latency plan
 is measured one frame in flight, as `pisplit emulate --objective latency` does. The cluster is
-brought up (a running one of the same name and size is reused), provisioned (a second provision
-only syncs changed files) and brought down at the end unless --keep.
+brought up (a running one of the same name and size is reused, and one with more Pis: its first Pis
+run the plans), provisioned (a second provision only syncs changed files) and brought down at the end
+unless --keep.
 
 Needs root (namespaces, sshd). Options: --plans MODEL@KIND:N/OBJECTIVE,... --link 94mbit --repeat N
 (alternate (a) and (b) N times, medians) --frames N --latency-frames N --speed-rounds N --name --state
@@ -67,6 +68,13 @@ def link_rate(cluster) -> str | None:
     return m.group(1) if m else None
 
 
+def running_pis(cluster) -> int:
+    """How many Pis a running emulated cluster of `cluster`'s name has (0: none runs)."""
+    from cluster.netns import namespaces
+
+    return sum(1 for ns in namespaces(cluster.name) if ns.startswith(f"{cluster.name}-pi-"))
+
+
 def bring_up(cluster) -> bool:
     """Bring `cluster` up, reusing it when it already runs with its links at its rate; True if reused."""
     from cluster.emulation import parse_link
@@ -102,10 +110,20 @@ class Head:
     """The head node's side of an emulated cluster: its files in the cluster's state directory (known_hosts,
     cluster key, a pisplit cache), and pisplit commands run in the head's namespace."""
 
-    def __init__(self, cluster):
+    def __init__(self, cluster, home: Path | None = None, inventory: Path | None = None, n_pis: int | None = None):
+        """`home` and `inventory`: an existing head's instead (its known_hosts, cluster_key and cache/ in `home`,
+        as tests/cluster/conftest_netns keeps them); `n_pis`: use only the cluster's first n_pis Pis (a
+        larger running cluster reused: an inventory of those in `home`)."""
+        from dataclasses import replace
+
+        from cluster.netns import write_inventory
+
         self.cluster = cluster
-        self.home = cluster.state / "bench-head"
+        self.home = home or cluster.state / "bench-head"
         self.home.mkdir(mode=0o700, exist_ok=True)
+        if inventory is None and n_pis is not None and n_pis < cluster.n_pis:
+            inventory = write_inventory(replace(cluster, n_pis=n_pis), self.home / "inventory.ini")
+        self.inventory = inventory or cluster.inventory
         self.known_hosts = self.home / "known_hosts"
         self.cluster_key = self.home / "cluster_key"
         self.env = {**os.environ, "XDG_CACHE_HOME": str(self.home / "cache"), "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1",
@@ -113,21 +131,21 @@ class Head:
 
     def pisplit(self, *args, timeout: float = 600) -> subprocess.CompletedProcess:
         """`pisplit ARGS --inventory ... --known-hosts ... --cluster-key ...` in the head's namespace."""
-        argv = [*map(str, args), "--inventory", str(self.cluster.inventory), "--known-hosts", str(self.known_hosts),
+        argv = [*map(str, args), "--inventory", str(self.inventory), "--known-hosts", str(self.known_hosts),
                 "--cluster-key", str(self.cluster_key)]
         cmd = self.cluster.exec_argv(self.cluster.head, [sys.executable, "-m", "cluster.cli", *argv])
         return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=timeout)
 
-    def provision(self) -> dict:
-        """`pisplit provision` of every Pi with a wheelhouse built on this machine's own network (the head's
-        namespace has no route out); PisplitError naming the first host that failed."""
+    def provision(self, hosts: str | None = None) -> dict:
+        """`pisplit provision` of every Pi (or the inventory's `hosts`) with a wheelhouse built on this machine's
+        own network (the head's namespace has no route out); PisplitError naming the first host that failed."""
         from cluster.provision import Wheelhouses, project_requirements
 
         probe = "import platform; print(platform.python_version()); print(' '.join(platform.libc_ver()))"
         py = subprocess.run(["python3", "-c", probe], capture_output=True, text=True, check=True,
                             env={"PATH": "/usr/local/bin:/usr/bin:/bin"}).stdout.split("\n")
         wheels = Wheelhouses(project_requirements()).for_host({"python": py[0], "libc": py[1], "arch": platform.machine()})
-        proc = self.pisplit("provision", "--accept-new-hosts", "--wheelhouse", wheels, "--json")
+        proc = self.pisplit("provision", "--accept-new-hosts", "--wheelhouse", wheels, "--json", *(["--hosts", hosts] if hosts else []))
         try:
             doc = json.loads(proc.stdout)
         except ValueError:
@@ -322,12 +340,15 @@ def run(args) -> int:
     n_pis = max(sum(count for _, count, *_ in parse_devices(devices)) for _, devices, _ in plans)
     say(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} cores")
     cluster = Cluster(name=args.name, n_pis=n_pis, network=args.network, rate=args.link.lower(), state=args.state)
+    running = running_pis(cluster)
+    if running > n_pis:  # a running cluster of this name with more Pis (the tests' session cluster): reused, its first Pis used
+        cluster = Cluster(name=args.name, n_pis=running, network=args.network, rate=args.link.lower(), state=args.state)
     t = time.time()
     reused = bring_up(cluster)
     rows = []
     try:
         burst = shape_links(cluster, args.burst)
-        head = Head(cluster)
+        head = Head(cluster, n_pis=n_pis)
         say(f"cluster {cluster.name}: {n_pis} Pis at {cluster.rate}, burst {burst}, {'reused' if reused else 'up'} ({time.time() - t:.0f} s); "
             "provisioning ...")
         t = time.time()

@@ -67,7 +67,9 @@ def emulated_cluster(tmp_path_factory):
     ok, reason = netns_available()
     require(ok, reason)
     state = tmp_path_factory.mktemp("netns")
-    cluster = Cluster(name="pstest", n_pis=6, rate="94mbit", head_rate="1gbit", state=state / "cluster")
+    # PISPLIT_NETNS_TEST_NAME: another name, for a second test run on this machine at the same time (each
+    # run's cluster has namespaces of its own name; the same addresses in separate namespaces never meet)
+    cluster = Cluster(name=os.environ.get("PISPLIT_NETNS_TEST_NAME", "pstest"), n_pis=6, rate="94mbit", head_rate="1gbit", state=state / "cluster")
     cluster_down(cluster)  # leftovers of an interrupted run
     try:
         cluster_up(cluster)

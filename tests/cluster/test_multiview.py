@@ -58,28 +58,74 @@ def splitting_threshold(views, feeds, absent) -> float:
 
 
 SCHEMES = [m for m in trained_names() if m.startswith("ddnn_mnist_")]  # the other eight of DDNN's nine
+# (model, missing devices, window, emulated): frames in flight several (a device runs ahead of rank 0's words;
+# rank 0 decides later frames while earlier ones wait for their features) or one at a time; emulated Pi 3B+
+# devices and links, or not
+CASES = [("ddnn_mnist", "", 4, False), ("ddnn_mnist", "2", 7, True), ("ddnn_mnist", "0,3", 1, False), *[(m, "1", 4, False) for m in SCHEMES]]
+
+# Each case is a `pisplit exits MODEL --run` of its own: cluster.cli.main on every rank, rank 0's stdout (the
+# JSON report) into the case's file. The cases with the same number of ranks run one after the other in one
+# mpirun (one start of Open MPI and of the ranks' Python for all of them).
+WORKER = """
+import contextlib, json, os, sys
+from cluster.cli import main
+rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+for case in json.load(open(sys.argv[1])):
+    with open(case["stdout"] if rank == 0 else os.devnull, "w") as out, contextlib.redirect_stdout(out):
+        code = main(case["argv"])
+    if code:
+        print(f"case {case['argv']}: exit {code} on rank {rank}", file=sys.stderr)
+        sys.exit(code)
+"""
+
+
+def ranks_of(case) -> int:
+    return 1 + 4 - len(parse_missing(case[1], 4))
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """case -> (threshold, report, outputs .npz, mpirun's stderr): the first case of a rank count asked for
+    launches every case of that count in one mpirun."""
+    runs: dict = {}
+
+    def get(case):
+        if case not in runs:
+            group = [c for c in CASES if ranks_of(c) == ranks_of(case)]
+            tmp = tmp_path_factory.mktemp(f"multiview{ranks_of(case)}")
+            todo = []
+            for i, (model, missing, window, emulate) in enumerate(group):
+                feeds, _ = held_out(model)
+                feeds = {k: v[:FRAMES] for k, v in feeds.items()}
+                # some frames exit locally, some go on to the cloud
+                threshold = splitting_threshold(split_multiview(load_model(model)), feeds, parse_missing(missing, 4))
+                argv = ["exits", model, "--run", "--frames", str(FRAMES), "--threshold", repr(threshold), "--output", str(tmp / f"{i}.npz"),
+                        "--json", "--window", str(window), *(["--emulate"] if emulate else []), *(["--missing", missing] if missing else [])]
+                todo.append({"argv": argv, "stdout": str(tmp / f"{i}.json"), "threshold": threshold})
+            (tmp / "cases.json").write_text(json.dumps(todo))
+            proc, _ = mpirun(ranks_of(case), tmp / "cases.json", code=WORKER, timeout=120 * len(group))
+            for i, c in enumerate(group):
+                path = tmp / f"{i}.json"
+                report = path.read_text() if path.exists() else ""
+                runs[c] = (todo[i]["threshold"], report, tmp / f"{i}.npz", proc)
+        return runs[case]
+
+    return get
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("model, missing, window, emulate", [("ddnn_mnist", "", 4, False), ("ddnn_mnist", "2", 7, True),
-                                                             ("ddnn_mnist", "0,3", 1, False), *[(m, "1", 4, False) for m in SCHEMES]])
-def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, missing, window, emulate):
-    # frames in flight: several (a device runs ahead of rank 0's words; rank 0 decides later frames while
-    # earlier ones wait for their features), or one at a time; emulated Pi 3B+ devices and links, or not
+@pytest.mark.parametrize("model, missing, window, emulate", CASES)
+def test_aggregated_results_under_mpirun_equal_the_reference(launched, model, missing, window, emulate):
     views = split_multiview(load_model(model))
     absent = parse_missing(missing, 4)
     feeds, labels = held_out(model)
     feeds = {k: v[:FRAMES] for k, v in feeds.items()}
-    threshold = splitting_threshold(views, feeds, absent)  # some frames exit locally, some go on to the cloud
-    args = ["exits", model, "--run", "--frames", FRAMES, "--threshold", repr(threshold), "--output", tmp_path / "v.npz", "--json",
-            "--window", window, *(["--emulate"] if emulate else [])]
-    if missing:
-        args += ["--missing", missing]
-    proc, _ = mpirun(1 + 4 - len(absent), *args, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout[proc.stdout.index("{"):])
+    threshold, report, output, proc = launched((model, missing, window, emulate))
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the launch of this case and the others of its rank count
+    assert "{" in report and output.exists(), proc.stderr[-2000:]
+    doc = json.loads(report[report.index("{"):])
     ref = multiview_reference(views, feeds, absent, threshold)
-    with np.load(tmp_path / "v.npz", allow_pickle=False) as f:
+    with np.load(output, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["exit_index"], ref["exit_index"])
         np.testing.assert_allclose(f["exit1"], ref["exit1"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f["final"], ref["final"], rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -93,3 +139,4 @@ def test_aggregated_results_under_mpirun_equal_the_reference(tmp_path, model, mi
     assert (doc["emulated"] == {"devices": "rpi3", "aggregator": "rpi3", "link": "94mbit"}) if emulate else doc["emulated"] is None
     answer = np.where(ref["exit_index"] == 0, ref["local_all"].argmax(-1), ref["final_all"].argmax(-1))
     assert doc["accuracy"] == pytest.approx(float((answer == labels[:FRAMES]).mean()))
+    assert doc["frames"] == FRAMES and doc["missing"] == absent and doc["threshold"] == threshold

@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 
 from cluster.emulated_plans import plan_for_devices
-from cluster.netns import PI_USER, Cluster, cluster_down
+from cluster.netns import PI_USER
 from layers import zoo_model
-from tests.conftest import ROOT, require, run_pisplit, varied
+from tests.conftest import ROOT, run_pisplit, varied
 
-from .conftest_netns import netns_available
 from .test_runtime import mpirun, reference_outputs
 
 FRAMES = 3
@@ -88,21 +87,16 @@ def test_emulate_and_emulate_compute_together_are_refused_in_one_line(plan_and_s
 
 # --- on the network-namespace cluster -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """Three emulated Pi 3B+ at 94 Mbit/s of their own (not the other netns tests' cluster), provisioned."""
-    from bench.netns import Head, bring_up
+def head(emulated_cluster, netns_head):
+    """The session's emulated cluster and head (conftest_netns: pi-0..pi-2 of the group `pis` at 94 Mbit/s),
+    those three Pis provisioned (after test_netns_cluster a second provision, which skips the done work)."""
+    from bench.netns import Head
 
-    ok, reason = netns_available()
-    require(ok, reason)
-    cluster = Cluster(name="psemu", n_pis=3, network="10.213.8", rate="94mbit", state=tmp_path_factory.mktemp("netns") / "cluster")
-    cluster_down(cluster)  # leftovers of an interrupted run
-    try:
-        bring_up(cluster)
-        h = Head(cluster)
-        h.provision()
-        yield h
-    finally:
-        cluster_down(cluster)
+    h = Head(emulated_cluster, home=netns_head["home"], inventory=netns_head["inventory"])
+    assert (h.known_hosts, h.cluster_key, h.env["XDG_CACHE_HOME"]) == (netns_head["known_hosts"], netns_head["cluster_key"],
+                                                                        netns_head["env"]["XDG_CACHE_HOME"])
+    h.provision("pis")
+    return h
 
 
 @pytest.mark.netns
@@ -115,6 +109,7 @@ def test_the_pis_share_this_machines_tmp_for_the_core_tokens(head):
             pid = pi.pid_file.read_text().strip()  # the Pi's sshd: its sessions (the ranks) live in its mount namespace
             seen = subprocess.run(["nsenter", "-t", pid, "-m", "test", "-e", probe.name], capture_output=True)
             assert seen.returncode == 0, f"{pi.hostname} does not see {probe.name}"
+        pid = head.cluster.pis[2].pid_file.read_text().strip()  # pi-2, provisioned
         home = subprocess.run(["nsenter", "-t", pid, "-m", "ls", f"/home/{PI_USER}"], capture_output=True, text=True)
         assert home.returncode == 0 and "pisplit" in home.stdout.split()  # while /home is the Pi's own
 
@@ -142,7 +137,7 @@ def test_launch_emulate_compute_reaches_every_rank_and_equals_the_reference(head
 @pytest.mark.netns
 @pytest.mark.slow
 def test_bench_netns_runs_a_plan_both_ways_on_a_running_cluster(head):
-    # scripts/bench_netns, briefly, reusing this module's cluster (and leaving it up: the fixture takes it down)
+    # scripts/bench_netns, briefly, reusing the session's cluster (its first three Pis; leaving it up: the fixture takes it down)
     cluster = head.cluster
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_netns"), "--name", cluster.name, "--state", str(cluster.state),
                            "--network", cluster.network, "--plans", "alexnet@rpi3:3/latency", "--latency-frames", "2", "--speed-rounds", "1", "--keep", "--json"],
