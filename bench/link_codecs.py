@@ -296,7 +296,8 @@ def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
     for model in args.edge_models.split(","):
         verdict: dict = {}  # link -> (best split cut predicted, best cut measured)
         graph, table = table_for(model, args, cache)
-        inputs, source = real_frames(graph, model, tmp)
+        # held-out frames of a trained model; else the table's own frames (photo_frames makes synthetic ones past two)
+        inputs, source = real_frames(graph, model, tmp, 64 if "held-out" in table.frames else table.n_frames)
         priced = in_reference_seconds(table, Calibration("numpy"))
         measured_accuracy = any(s.accuracy_loss is not None for c in table.cuts for s in c.samples)
         budget = LossBudget(max_accuracy_loss=0.01) if measured_accuracy else LossBudget(max_rel_error=0.05)
@@ -341,7 +342,8 @@ def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
                         edge_inputs[model] = save_edge_input_graph(graph, tmp / f"{graph.name}-edge-input.json")
                     spec = None if c.runnable else edge_inputs[model]
                     plan = edge_host_plan(cost, c, model, "numpy", spec)
-                    frames = max(args.frames, min(args.edge_max_frames, int(args.seconds * c.throughput_fps)))
+                    # about --seconds of frames, at least 8 (all on the host at 1 Mbit/s: AlexNet's raw input takes 5 s a frame)
+                    frames = max(8, min(args.edge_max_frames, int(args.seconds * c.throughput_fps)))
                     report = emulate(plan, tmp / "eh.json", frames, inputs)
                     run = runs[key] = {"fps": report["throughput_fps"], "late": late_share(report), "frames": frames}
                 measured = None if run is None else run["fps"]
@@ -416,7 +418,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write every row of parts 2 and 3 as JSON")
     parser.add_argument("--quick", action="store_true", help="small everything (smoke run): AlexNet only, few frames")
     parser.add_argument("--full", action="store_true", help="the long sweep: 3 pairs per plan, longer runs, AlexNet as an "
-                                                            "edge-host model too (about an hour on a quiet 2-core machine)")
+                                                            "edge-host model emulated too (about 45 minutes on a quiet 2-core machine)")
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.seconds, args.repeats, args.top_cuts = 8, 1.0, 1, 2
