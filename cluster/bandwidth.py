@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,3 +424,138 @@ def plan_speed_ratios(configmap, folder, engine: str, concurrency: int, seed: in
         own = host_speed(str(graph_path), seed, engine, measure=measure, concurrency=concurrency)
         ratios.append(own / whole if own and whole else 1.0)
     return ratios
+
+
+# --- a trace on the network-namespace cluster's links (tc changing the shaping live) ------------------------
+def tc_rate(mbit_per_s: float) -> str:
+    """A tc rate for `mbit_per_s` (in kbit, so 0.25 Mbit/s stays exact enough)."""
+    return f"{max(1, round(float(mbit_per_s) * 1e3))}kbit"
+
+
+def netns_links(cluster, pis=None) -> list[tuple[str, str]]:
+    """(namespace, device) of both directions of each emulated Pi's link (cluster.netns: the Pi's eth0 and
+    the bridge port towards it), for `pis` (indices; default all)."""
+    chosen = cluster.pis if pis is None else [cluster.pis[i] for i in pis]
+    return [pair for pi in chosen for pair in ((pi.namespace, "eth0"), (cluster.lan, f"v-{pi.hostname}"))]
+
+
+class TraceShaper:
+    """Replays a BandwidthTrace on real links shaped by `tc ... tbf` (cluster.netns), changing the shaping
+    live: at each row's time (from start()) every (namespace, device) in `links` gets that row's rate
+    (`tc qdisc change ... tbf rate R burst B latency 50ms`, the burst as cluster.netns sizes it: 2 ms at
+    the rate, at least 16 KiB). `repeat`: the trace starts again at its end (as the paced link's does);
+    else the last row's rate holds after it. Runs in a thread of its own; `changes` lists (seconds since
+    start, Mbit/s) of each change made, and `error` the first tc failure (the shaping then stops)."""
+
+    def __init__(self, trace: BandwidthTrace, links: list[tuple[str, str]], repeat: bool = False, tc: str = "tc"):
+        self.trace, self.links, self.repeat, self.tc = trace, list(links), bool(repeat), tc
+        self.changes: list[tuple[float, float]] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.t0 = 0.0
+
+    def apply(self, mbit: float) -> None:
+        """Shape every link at `mbit` Mbit/s now; PisplitError naming the link tc refused."""
+        import subprocess
+
+        from .netns import _burst
+
+        rate = tc_rate(mbit)
+        for ns, dev in self.links:
+            proc = subprocess.run([self.tc, "-n", ns, "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate, "burst", _burst(rate),
+                                   "latency", "50ms"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise PisplitError(f"tc on {dev} in {ns}: {proc.stderr.strip() or 'failed'} (is the cluster up, its links shaped by tbf?)")
+
+    def start(self) -> "TraceShaper":
+        import time
+
+        self._stop.clear()
+        self.t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="trace-shaper", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        times, rates, period = self.trace.time_s, self.trace.mbit_per_s, self.trace.duration_s
+        lap = 0
+        while not self._stop.is_set():
+            for t, mbit in zip(times, rates):
+                at = lap * period + float(t)
+                if self._stop.wait(max(0.0, self.t0 + at - time.perf_counter())):
+                    return
+                try:
+                    self.apply(float(mbit))
+                except PisplitError as exc:
+                    self.error = str(exc)
+                    return
+                self.changes.append((time.perf_counter() - self.t0, float(mbit)))
+            if not self.repeat:
+                return
+            lap += 1
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the trace has been replayed (not with `repeat`) or `timeout` seconds."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wait()
+
+
+def shape_main(argv=None) -> int:
+    """python -m cluster.bandwidth TRACE [--name pisplit] [--state DIR] [--pis 0,1] [--repeat]: replay a bandwidth trace
+    (CSV or a public 4G/LTE log) on a running network-namespace cluster's links with tc, live, until it ends
+    (with --repeat: until interrupted); then the links go back to the cluster's rate. Run it beside `pisplit launch`."""
+    import argparse
+    import sys
+
+    from .netns import DEFAULT_NAME, Cluster, is_up
+
+    p = argparse.ArgumentParser(prog="python -m cluster.bandwidth", description=shape_main.__doc__)
+    p.add_argument("trace")
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--state", help="the cluster's state directory (as given to python -m cluster.netns up)")
+    p.add_argument("--n-pis", type=int, default=1, help="how many Pis the cluster has")
+    p.add_argument("--rate", default="94mbit", help="the cluster's own rate, restored at the end")
+    p.add_argument("--pis", help="indices of the Pis whose links follow the trace (default: all)")
+    p.add_argument("--repeat", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        trace = load_trace(args.trace)
+        kw = {"state": Path(args.state)} if args.state else {}
+        cluster = Cluster(name=args.name, n_pis=args.n_pis, rate=args.rate, **kw)
+        if not is_up(cluster):
+            raise PisplitError(f"the emulated cluster {args.name} is not up (python -m cluster.netns up)")
+        pis = [int(i) for i in args.pis.split(",")] if args.pis else None
+        if pis is not None and any(not 0 <= i < cluster.n_pis for i in pis):
+            raise PisplitError(f"--pis {args.pis}: the cluster has Pis 0..{cluster.n_pis - 1}")
+        shaper = TraceShaper(trace, netns_links(cluster, pis), repeat=args.repeat).start()
+        try:
+            shaper.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            shaper.stop()
+            from .emulation import parse_link
+
+            TraceShaper(trace, shaper.links).apply(parse_link(args.rate) / 1e6)
+        if shaper.error:
+            raise PisplitError(shaper.error)
+        print(f"replayed {len(shaper.changes)} rates of {args.trace} on {len(shaper.links)} links")
+        return 0
+    except (PisplitError, ValueError) as exc:
+        print(f"pisplit: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(shape_main())

@@ -266,3 +266,50 @@ def test_each_map_plan_is_dilated_by_its_own_branchs_speed(tmp_path, monkeypatch
     own = [host_speed(str(g), 0, "numpy", measure=False) for *_, g in plans]
     assert whole > 0 and all(o > 0 for o in own)
     assert ratios == [o / whole for o in own]
+
+
+@pytest.mark.netns
+def test_a_trace_changes_the_namespace_clusters_shaping_live(emulated_cluster, tmp_path, capsys):
+    """cluster.bandwidth.TraceShaper on the network-namespace cluster: tc changes the tbf shaping of a Pi's link
+    (both directions) at each row of the trace, in order, while the cluster runs; the last rate holds."""
+    import subprocess
+
+    from cluster.bandwidth import TraceShaper, netns_links
+    from cluster.emulation import parse_link
+
+    cluster = emulated_cluster
+    links = netns_links(cluster, [cluster.n_pis - 1])  # the last Pi: the failure cases' host, its rate unused
+    assert len(links) == 2
+
+    def rates():
+        out = [subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev], capture_output=True, text=True, check=True).stdout
+               for ns, dev in links]
+        return [o.split(" rate ")[1].split()[0] for o in out]
+
+    trace = BandwidthTrace(np.array([0.0, 0.3, 1.2]), np.array([5.0, 40.0, 0.5]), 1.5, "steps")
+    shaper = TraceShaper(trace, links).start()
+    try:
+        seen = []
+        while shaper.running:
+            seen.append(tuple(rates()))
+        shaper.wait(10)
+        assert shaper.error is None
+        assert [m for _, m in shaper.changes] == [5.0, 40.0, 0.5]
+        assert all(t >= float(trace.time_s[i]) for i, (t, _) in enumerate(shaper.changes))
+        assert rates() == ["500Kbit", "500Kbit"]
+        assert ("40Mbit", "40Mbit") in seen  # seen live, while the shaper ran
+    finally:
+        shaper.stop()
+        TraceShaper(trace, links).apply(parse_link(cluster.rate) / 1e6)
+    assert rates() == ["94Mbit", "94Mbit"]
+    # the command a user runs beside `pisplit launch`: the trace replayed, then the cluster's rate again
+    from cluster.bandwidth import shape_main
+
+    path = tmp_path / "t.csv"
+    path.write_text("time_s,mbit_per_s\n0,3\n0.1,7\n")
+    args = [str(path), "--name", cluster.name, "--state", str(cluster.state), "--n-pis", str(cluster.n_pis), "--pis", str(cluster.n_pis - 1)]
+    assert shape_main(args) == 0 and rates() == ["94Mbit", "94Mbit"]
+    assert "replayed 2 rates" in capsys.readouterr().out
+    assert shape_main([*args[:-1], "9"]) == 1 and "--pis 9: the cluster has Pis 0..5" in capsys.readouterr().err
+    with pytest.raises(PisplitError, match="tc on eth0 in nosuchns"):
+        TraceShaper(trace, [("nosuchns", "eth0")]).apply(1.0)
