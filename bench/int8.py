@@ -84,12 +84,12 @@ def main(argv=None) -> int:
     for note in skipped:
         print(f"not benchmarked: {note}")
 
-    print("\nint8 vs float32 on each engine (float32 time / int8 time, from the medians)")
+    print("\nint8 (and dynamic-range) vs float32 on each engine (float32 time / int8 time, from the medians)")
     print(f"{'architecture':16} {'form':16} {'litert float32':>15} {'litert int8':>12} {'litert speedup':>15} {'numpy speedup':>14}")
     for name, d in docs.items():
         arch, form = family(name)
         ref = docs.get(f"{arch}_float32")
-        if not form.startswith("int8") or ref is None:
+        if not (form.startswith("int8") or form == "dynamic_range") or ref is None:
             continue
         r = {row["engine"]: row["median_ms"] for row in d["rows"]}
         f = {row["engine"]: row["median_ms"] for row in ref["rows"]}
