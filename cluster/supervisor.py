@@ -48,6 +48,17 @@ from .mpirun import local_mpirun_command, run_mpirun
 
 JOURNAL_MAGIC = b"PISPLIT-JOURNAL 1\n"
 ERROR_GRACE_S = 20.0  # an attempt's mpirun still running this long after a rank's error line is stopped
+ABORT_DELAY_S = 1  # an attempt's rank waits this long before its abort ends the job (with_abort_delay)
+
+
+def with_abort_delay(argv: Sequence[str]) -> list:
+    """An attempt's mpirun argv (mpirun first) whose ranks wait ABORT_DELAY_S before an abort ends the
+    job (Open MPI's mpi_abort_delay). When a rank on one Pi is killed, Open MPI's TCP transport on
+    the rank that talks to it aborts at once ("An error occurred in Socket closed ... on a NULL
+    communicator", naming no peer), and that abort ended the job before the killed rank's daemon
+    could say which rank died: the job's output blamed no rank. Delayed, the daemon's word comes first."""
+    argv = list(argv)
+    return [argv[0], "--mca", "mpi_abort_delay", str(ABORT_DELAY_S), *argv[1:]]
 
 
 # --- the journal rank 0 writes -------------------------------------------------------------------------
@@ -352,8 +363,8 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
                 f"rank{'s' if current.n_ranks != 1 else ''} ({current.planner} plan, {_stages_text(current)})")
             started = time.time()
             try:
-                proc = run_mpirun(site.command(current, argv, files), env or os.environ.copy(), timeout=timeout, capture=True,
-                                  error_grace_s=ERROR_GRACE_S)
+                proc = run_mpirun(with_abort_delay(site.command(current, argv, files)), env or os.environ.copy(), timeout=timeout,
+                                  capture=True, error_grace_s=ERROR_GRACE_S)
             except subprocess.TimeoutExpired:
                 raise PisplitError(f"resilient run: attempt {k + 1} did not finish within {timeout:g} s") from None
             ended = time.time()

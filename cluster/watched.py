@@ -86,8 +86,11 @@ class CommandWatch:
         transport.agree_watched(self.comm, error, what, seconds, self.name, follow_s=scale * self.follow_s())
 
     def learn_hosts(self) -> None:
-        """Every rank's host name, for messages (right after an agreement: every rank is there)."""
-        self.hosts = transport.host_names(self.comm) if self.size > 1 else [socket.gethostname()]
+        """Every rank's host name, for messages (right after an agreement; bounded as the agreements are:
+        a rank that stops between them is named, where an MPI Allgather would wait for it forever)."""
+        from .runtime import host_names_watched
+
+        self.hosts = host_names_watched(self.comm, self.seconds) if self.size > 1 else [socket.gethostname()]
 
     def barrier(self, what: str) -> None:
         transport.gather_rows_watched(self.comm, np.zeros(0), what, self.seconds, self.liveness, self.name, follow_s=self.follow_s())
