@@ -1,21 +1,23 @@
 """Transformers on emulated Pi clusters (issue 19), run via `scripts/bench_transformers`.
 
-Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 94 Mbit/s: single-frame
-latency (frames sent one at a time) and throughput of one emulated device and of plans side by side
-(--variants): dp latency plans with every split kind ("all": the planner picks per block), attention by heads
-("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens, no attn-heads), the tokens
-plan with each token segment run through its whole block, MLP included ("tokens-block", a hand edit; the
-planner now offers the same as token spans, split_costs.token_spans, so where it chose them the edit changes
-nothing; no prediction), no attention kind ("fc-splits": fc-output / fc-input and the rest),
-pipeline-only (no split kinds), and the dp throughput plan; each measured next to its prediction.
+Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 94 Mbit/s, one table per
+cluster: for one emulated device and each plan, single-frame latency (frames sent one at a time, median)
+and throughput (frames streamed), each next to its prediction (measured / predicted) and over one device.
+Plans (--variants): the planner's choice ("all": dp latency plan with every split kind, the planner picks per
+block), attention by heads ("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens,
+no attn-heads), the tokens plan with each token segment run through its whole block, MLP included
+("tokens-block", a hand edit; the planner offers the same as token spans, split_costs.token_spans, so where it
+chose them the edit changes nothing; no prediction), no attention kind ("fc-splits": fc-output / fc-input and
+the rest), pipeline-only (dp throughput plan of stages of whole layers, one device each: no split kinds, no
+data parallelism) and the planner's throughput choice ("throughput": dp throughput plan, every kind and mode).
 Part 2 (--corpus): for every litert-torch model of ${XDG_CACHE_HOME:-~/.cache}/pisplit-corpus
-(scripts/build_corpus_torch), pisplit's litert engine against one plain LiteRT interpreter on the same
-file (1 thread each, median of 5 warm runs taken in turn, outputs compared).
+(scripts/build_corpus_torch: ViT-B/16, Swin-T, MaxViT-T, KWS, LSTM), pisplit's litert engine against one plain
+LiteRT interpreter on the same file (1 thread each, median of 5 warm runs taken in turn, outputs compared).
 
 Usage: scripts/bench_transformers [--models vit_b16,kwt3] [--configs rpi4:4@940mbit,rpi3:4@94mbit]
-       [--variants all,heads,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N] [--corpus] [--no-emulate]
-       [--json]
-       (15-30 minutes on 2 cores by default)
+       [--variants all,heads,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N]
+       [--stream-frames N] [--corpus] [--no-emulate] [--json]
+       (the full run, --corpus included, takes about an hour on 2 cores)
 """
 import os
 
@@ -29,7 +31,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from partitioners.vocabulary import NO_SPLIT, SplitKind  # noqa: E402
+from partitioners.vocabulary import NO_SPLIT, SplitKind, StageMode  # noqa: E402
 
 
 def say(args, line):
@@ -83,17 +85,32 @@ def plans_for(graph, model, devices, link_bps, engine, names=VARIANTS):
                 ("heads", "latency", tuple(k for k in every if k != SplitKind.ATTN_TOKENS)),
                 ("tokens", "latency", tuple(k for k in every if k != SplitKind.ATTN_HEADS)),
                 ("fc-splits", "latency", tuple(k for k in every if k not in ATTENTION)),
-                ("pipeline-only", "latency", ()),
+                ("pipeline-only", "throughput", ()),
                 ("throughput", "throughput", every)]
     made = {}
     for name, objective, kinds in variants:
         if name in names or (name == "tokens" and "tokens-block" in names):
             cost = CostModel(graph, cluster, Calibration(engine), splits=SplitCatalogue(graph, kinds))
-            made[name] = make_plan(graph, cost, "dp", objective, model, engine)
+            made[name] = pipeline_only(cost, model, engine) if name == "pipeline-only" else make_plan(graph, cost, "dp", objective, model, engine)
         if name in names:
             yield name, made[name]
         if name == "tokens" and "tokens-block" in names:
             yield "tokens-block", whole_blocks(made[name], graph)
+
+
+def pipeline_only(cost, model: str, engine: str):
+    """The dp throughput plan over stages of one device each (whole layers, no split, no data parallelism)."""
+    from partitioners.planner_dp import StageTables, solve
+    from partitioners.planners import build_plan
+
+    units = [tuple(int(i == k) for i in range(len(cost.capacity))) for k in range(len(cost.capacity)) if cost.capacity[k]]
+    stages, _, _ = solve(StageTables(cost, units), "throughput")
+    return build_plan(cost, stages, "dp", "throughput", model, engine, ["pipeline-only: stages of whole layers, one device each"])
+
+
+LABELS = {"all": "planner's choice (latency)", "heads": "head-parallel", "tokens": "token-parallel",
+          "tokens-block": "tokens, whole blocks", "fc-splits": "fc splits only", "pipeline-only": "pipeline-only",
+          "throughput": "planner's choice (throughput)"}
 
 
 def describe(plan):
@@ -106,23 +123,80 @@ def describe(plan):
     return stages + (" [" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "]" if kinds else "")
 
 
+def _ratio(a, b) -> str:
+    return f"x{a / b:.2f}" if a is not None and b else "-"
+
+
+def _num(v, fmt) -> str:
+    return format(v, fmt) if v is not None else "-"
+
+
+def emulated_table(row: dict, args):
+    """One cluster's results as a rich table: one device and each plan, latency and throughput, measured,
+    predicted, measured / predicted, and over one device."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    one = row["one_device"]
+    table = Table(title=f"{row['model']} on {row['devices']} at {row['link_mbit']:.0f} Mbit/s ({args.engine} engine): latency = "
+                        f"median of {args.frames} frames sent one at a time; throughput = {args.stream_frames or 'the same'} "
+                        f"frames streamed")
+    for col in ("plan", "ranks", escape("stages [split kinds]"), "latency ms", "predicted", "meas/pred", "vs one", "fps", "predicted ",
+                "meas/pred ", "vs one "):
+        table.add_column(col, justify="left" if col in ("plan", escape("stages [split kinds]")) else "right")
+    rows = [("one device", one)] + [(LABELS.get(name, name), r) for name, r in row["plans"].items()]
+    for label, r in rows:
+        table.add_row(label, str(r.get("ranks", 1)), escape(r.get("plan", "single")), _num(r["latency_ms"], ".0f"),
+                      _num(r["predicted_latency_ms"], ".0f"), _ratio(r["latency_ms"], r["predicted_latency_ms"]),
+                      _ratio(one["latency_ms"], r["latency_ms"]), _num(r["fps"], ".3f"), _num(r["predicted_fps"], ".3f"),
+                      _ratio(r["fps"], r["predicted_fps"]), _ratio(r["fps"], one["fps"]))
+    return table
+
+
+def run_plan(plan, name: str, tmp: Path, args) -> dict:
+    """Measure one plan emulated: single-frame latency (args.frames sent one at a time) and throughput (frames
+    streamed). A plan of one stage that is not data-parallel (one rank, or one split stage whose lead computes
+    a part of every frame) starts no frame before the last one ends: its throughput is the latency run's."""
+    from cluster.commands.emulate import run_emulated
+
+    t = time.time()
+    path = plan.save(tmp / f"{name}.json")
+    rep = run_emulated(path, plan.n_ranks, args.frames, tmp / f"{name}-latency.json", args.engine, progress=False, max_in_flight=1)
+    assert rep["every_frame_once"], rep
+    out = {"ranks": plan.n_ranks, "frames": args.frames, "latency_ms": rep["latency_ms"]["p50"], "fps": rep["throughput_fps"]}
+    frames = max(args.stream_frames, 2 * plan.n_ranks) if args.stream_frames else 0
+    if frames and (len(plan.stages) > 1 or plan.stages[0].mode == StageMode.DATA_PARALLEL):
+        rep = run_emulated(path, plan.n_ranks, frames, tmp / f"{name}-throughput.json", args.engine, progress=False)
+        assert rep["every_frame_once"], rep
+        out.update(fps=rep["throughput_fps"], stream_frames=frames, streamed_latency_ms=rep["latency_ms"]["p50"])
+    out["seconds"] = time.time() - t
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="bench_transformers")
     ap.add_argument("--models", default="vit_b16")
     ap.add_argument("--configs", default="rpi4:4@940mbit,rpi3:4@94mbit")
     ap.add_argument("--frames", type=int, default=3, help="frames per latency run (sent one at a time)")
+    ap.add_argument("--stream-frames", type=int, default=8,
+                    help="frames per throughput run (streamed; at least 2 per rank; 0: throughput from the latency run)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"plans to run (of {', '.join(VARIANTS)})")
     ap.add_argument("--engine", default="numpy")
     ap.add_argument("--corpus", action="store_true", help="also the litert engine against plain LiteRT on the torch corpus")
     ap.add_argument("--no-emulate", action="store_true", help="only the corpus comparison")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        print(f"bench_transformers: error: variant {unknown[0]!r}: expected some of {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+
+    from cluster.output import console
 
     out = {"load_average": open("/proc/loadavg").read().split()[:3], "emulated": [], "corpus": []}
     print(f"load average {' '.join(out['load_average'])}", file=sys.stderr)
 
     if not args.no_emulate:
-        from cluster.commands.emulate import run_emulated
         from cluster.emulated_plans import single_device_plan
         from bench import cluster_config
         from layers import zoo_model
@@ -134,45 +208,38 @@ def main() -> int:
                 for config in args.configs.split(","):
                     devices, kind, link_bps = cluster_config(config)
                     single = single_device_plan(graph, model, kind, link_bps, args.engine)
-                    t = time.time()
-                    rep = run_emulated(single.save(tmp / "single.json"), 1, args.frames, tmp / "single-report.json", args.engine,
-                                       progress=False, max_in_flight=1)
-                    one = {"latency_ms": rep["latency_ms"]["p50"], "predicted_latency_ms": 1e3 * single.predicted_latency_s,
-                           "fps": rep["throughput_fps"], "predicted_fps": single.predicted_throughput_fps, "seconds": time.time() - t}
+                    one = run_plan(single, "single", tmp, args)
+                    one.update(plan="single", predicted_latency_ms=1e3 * single.predicted_latency_s,
+                               predicted_fps=single.predicted_throughput_fps)
                     row = {"model": model, "devices": devices, "link_mbit": link_bps / 1e6, "one_device": one, "plans": {}}
-                    say(args, f"{model} {devices} {link_bps / 1e6:.0f} Mbit/s | one {kind}: latency {one['latency_ms']:.0f} ms "
-                        f"(pred {one['predicted_latency_ms']:.0f}, x{one['latency_ms'] / one['predicted_latency_ms']:.2f}), "
-                        f"{one['fps']:.3f} fps")
                     for name, plan in plans_for(graph, model, devices, link_bps, args.engine, args.variants.split(",")):
-                        t = time.time()
-                        latency_run = name != "throughput"
-                        frames = args.frames if latency_run else max(2 * plan.n_ranks, args.frames)
-                        rep = run_emulated(plan.save(tmp / f"{name}.json"), plan.n_ranks, frames, tmp / f"{name}-report.json",
-                                           args.engine, progress=False, max_in_flight=1 if latency_run else None)
-                        assert rep["every_frame_once"], rep
+                        r = run_plan(plan, name, tmp, args)
                         predicted = name != "tokens-block"  # (a hand edit: no prediction)
-                        r = {"ranks": plan.n_ranks, "plan": describe(plan), "frames": frames, "latency_ms": rep["latency_ms"]["p50"],
-                             "predicted_latency_ms": 1e3 * plan.predicted_latency_s if predicted else None,
-                             "fps": rep["throughput_fps"], "predicted_fps": plan.predicted_throughput_fps if predicted else None,
-                             "seconds": time.time() - t}
+                        r.update(plan=describe(plan), predicted_latency_ms=1e3 * plan.predicted_latency_s if predicted else None,
+                                 predicted_fps=plan.predicted_throughput_fps if predicted else None)
                         r["latency_speedup_vs_one"] = one["latency_ms"] / r["latency_ms"]
                         r["throughput_speedup_vs_one"] = r["fps"] / one["fps"] if one["fps"] else None
                         row["plans"][name] = r
-                        pred = (f"pred {r['predicted_latency_ms']:7.0f}, x{r['latency_ms'] / r['predicted_latency_ms']:.2f}" if predicted
-                                else "no prediction ")
-                        fps_pred = f"pred {r['predicted_fps']:.3f}; " if predicted else ""
-                        say(args, f"  {name:13s} {r['ranks']} ranks: latency {r['latency_ms']:7.0f} ms ({pred}; {r['latency_speedup_vs_one']:.2f}x "
-                            f"one device) | {r['fps']:.3f} fps ({fps_pred}{r['throughput_speedup_vs_one']:.2f}x one) | {r['plan']}")
+                        print(f"  {model} {config} {name}: {r['latency_ms']:.0f} ms, {r['fps']:.3f} fps ({r['seconds']:.0f} s)",
+                              file=sys.stderr, flush=True)
                     out["emulated"].append(row)
+                    if not args.json:
+                        console.print(emulated_table(row, args))
 
     if args.corpus:
         from ai_edge_litert.interpreter import Interpreter
+        from rich.table import Table
 
         from layers import load_model
         from layers.engine import make_engine
 
         corpus = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pisplit-corpus"
-        for path in sorted(corpus.glob("torch_*.tflite")):
+        paths = sorted(corpus.glob("torch_*.tflite"))
+        if not paths:
+            print(f"bench_transformers: error: no torch_*.tflite models in {corpus} (build them with scripts/build_corpus_torch)",
+                  file=sys.stderr)
+            return 1
+        for path in paths:
             graph = load_model(str(path))
             rng = np.random.default_rng(0)
             feeds = {k: rng.uniform(-1, 1, s).astype(np.float32) for k, s in graph.inputs.items()}
@@ -197,11 +264,18 @@ def main() -> int:
                 times["pisplit"].append(time.perf_counter() - t)
             err = max(float(np.abs(got[o] - w).max()) / max(1.0, float(np.abs(w).max())) for o, w in zip(graph.outputs, want))
             plain_ms, ours_ms = 1e3 * float(np.median(times["plain"])), 1e3 * float(np.median(times["pisplit"]))
-            row = {"model": path.stem, "nodes": len(graph.nodes), "plain_litert_ms": plain_ms, "pisplit_litert_ms": ours_ms,
-                   "ratio": ours_ms / plain_ms, "max_rel_error": err}
-            out["corpus"].append(row)
-            say(args, f"{path.stem:18s} {len(graph.nodes):5d} nodes | plain LiteRT {plain_ms:8.1f} ms | pisplit litert engine {ours_ms:8.1f} ms "
-                f"(x{ours_ms / plain_ms:.2f}) | max rel error {err:.1e}")
+            out["corpus"].append({"model": path.stem, "nodes": len(graph.nodes), "plain_litert_ms": plain_ms,
+                                  "pisplit_litert_ms": ours_ms, "ratio": ours_ms / plain_ms, "max_rel_error": err})
+            del engine, it
+        if not args.json:
+            table = Table(title="litert engine against one plain LiteRT interpreter (1 thread each, median of 5 warm runs "
+                                "taken in turn)")
+            for col in ("model", "nodes", "plain LiteRT ms", "pisplit litert ms", "pisplit / plain", "max rel error"):
+                table.add_column(col, justify="left" if col == "model" else "right")
+            for r in out["corpus"]:
+                table.add_row(r["model"], str(r["nodes"]), f"{r['plain_litert_ms']:.1f}", f"{r['pisplit_litert_ms']:.1f}",
+                              f"x{r['ratio']:.2f}", f"{r['max_rel_error']:.1e}")
+            console.print(table)
 
     if args.json:
         json.dump(out, sys.stdout, indent=1)

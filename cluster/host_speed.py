@@ -66,6 +66,23 @@ def fingerprint(engine: str) -> str:
     return " | ".join(parts)
 
 
+def reference_digest(engine: str) -> str:
+    """A digest of the shipped reference profile speeds are measured against: a speed is measured / that
+    profile's prediction, so one taken before the profile changed (ViT-B/16's nodes measured into it:
+    its prediction went from 1.39 s to 0.46 s) is not reused after."""
+    import hashlib
+
+    from partitioners.profiles import reference_profile_path
+
+    path = reference_profile_path(engine)
+    if not path.exists():
+        path = reference_profile_path("numpy")  # what Calibration falls back to
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "none"
+
+
 def _read_cache() -> dict:
     try:
         doc = json.loads(cache_path().read_text())
@@ -101,7 +118,8 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 
     With `nodes` (start, stop): the speed on those nodes alone (a pipeline stage), cached apart."""
     concurrency = max(1, min(int(concurrency), os.cpu_count() or 1))
-    key = f"{fingerprint(engine)} | {model} | seed {seed} | {MEASURE}" + (f" | {concurrency} at once" if concurrency > 1 else "")
+    key = f"{fingerprint(engine)} | {model} | seed {seed} | {MEASURE} | reference {reference_digest(engine)}"
+    key += f" | {concurrency} at once" if concurrency > 1 else ""
     if nodes is not None:
         key += f" | nodes {int(nodes[0])}:{int(nodes[1])}"
     cache = _read_cache()

@@ -133,13 +133,24 @@ def stream_node_seconds(graph: Graph, repeat: int = 5, clock: Callable[[], float
 
 
 def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fractions: tuple = DEFAULT_FRACTIONS,
-                  measure_parts: PartMeasurer | None = None, nodes: list[int] | None = None) -> list[NodeProfile]:
+                  measure_parts: PartMeasurer | None = None, nodes: list[int] | None = None,
+                  clock: Callable[[], float] | None = None) -> list[NodeProfile]:
     """Time every node of `graph` (or `nodes`) whole and, with `measure_parts`, in parts.
 
-    numpy whole-node times come from passes over the whole graph (stream_node_seconds); other engines
-    run each node alone in an engine of its own. Parts are timed alone."""
+    numpy whole-node times come from passes over the whole graph (stream_node_seconds, on `clock`:
+    wall seconds by default); other engines run each node alone in an engine of its own. Parts are
+    timed alone."""
     rng = np.random.default_rng(0)
-    stream = stream_node_seconds(graph, repeat) if engine == "numpy" else None
+    stream = None if engine != "numpy" else stream_node_seconds(graph, repeat, clock) if clock else stream_node_seconds(graph, repeat)
+    env: dict = {}  # the graph's own tensors on one input, made when a node first needs them
+
+    def activations() -> dict:
+        if not env:
+            env.update(graph.random_input(0))
+            for node in graph.nodes:
+                env.update(zip(node.outputs, graph.run_node(node, [env[x] for x in node.inputs])))
+        return env
+
     out = []
     for i in (range(len(graph)) if nodes is None else nodes):
         sub = node_graph(graph, i)
@@ -148,6 +159,11 @@ def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fraction
             sub.node_weights(n)  # materialise lazy weights outside the timed region
         try:
             runner = make_engine(sub, engine)
+            try:
+                runner.run(feeds)
+            except PisplitError:  # random inputs outside the node's domain (RSQRT of a negative variance): the graph's own
+                feeds = {t: activations()[t] for t in sub.inputs}
+                runner.run(feeds)
         except PisplitError as exc:  # e.g. an op the engine has no kernel for: the latency model predicts it
             log.warning("not profiled: %s", exc)
             continue
@@ -213,10 +229,12 @@ def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple,
 
 
 def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy", part_counts: tuple = (2, 4, 8),
-                           repeat: int = 3) -> list[SplitStepSample]:
+                           repeat: int = 3, kinds: tuple | None = None) -> list[SplitStepSample]:
     """What a split part costs beyond its share of the whole nodes it splits, for every planner segment
-    and kind (fused spans included) split evenly into each of `part_counts` parts, as
-    partitioners.latency_model.SplitOverhead fits it.
+    and kind (fused spans and token spans included; with `kinds`, only those) split evenly into each of
+    `part_counts` parts, as partitioners.latency_model.SplitOverhead fits it. A token span (attn-tokens
+    through its whole transformer block, split_costs.token_span_kind) counts as attn-tokens, the kind
+    the segment table prices it with.
 
     Timed as a rank runs frames, in CPU seconds (what an emulated device dilates; other processes on
     the machine do not count): for one kind and part count and one part index, pass after pass over
@@ -226,7 +244,7 @@ def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy"
     sample holds a part's warm median seconds and its share of the whole split nodes' seconds as the
     planner prices it from `profile`'s latency fit (latency_model.fit_share)."""
     from partitioners.latency_model import fit_share
-    from partitioners.split_costs import SplitCatalogue, span_kind
+    from partitioners.split_costs import TOKENS, SplitCatalogue, span_kind, token_span_kind
     from partitioners.split_sizes import proportional_sizes
     from partitioners.splits import split_segment
 
@@ -251,7 +269,10 @@ def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy"
     ranges: dict = {}  # segment -> the node ranges its kinds split
     for s, (start, _) in enumerate(catalogue.segments):
         options = [(k, k) for k in catalogue.kinds(s)] + [(span_kind(d), "fused-tiles") for d in catalogue.spans(s)]
+        options += [(token_span_kind(d), TOKENS) for d in catalogue.token_spans(s)]
         for label, kind in options:
+            if kinds is not None and kind not in kinds:
+                continue
             costs = catalogue.kind_costs(s, label)
             for n in part_counts:
                 if n > costs.extent:
@@ -382,33 +403,61 @@ def photo_frames(shape: tuple[int, ...], n: int) -> tuple[list[np.ndarray], str]
     return out, source
 
 
-def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str = "numpy", part_counts: tuple = (2, 4, 8),
-                         repeat: int = 2) -> Profile:
-    """Measure the split overhead of `models` on this machine against the profile at `profile_path` (a
-    shipped reference, partitioners/devices/host-<engine>.json) and write it into that profile: how its
-    split_overhead figures were made (`python -m cluster.measure PROFILE.json resnet50,vgg16`). Each
-    model in a process of its own, as profiles are (one model after another ran 30% slower)."""
+def _measure_in_processes(models: list[str], code: str, **values) -> dict:
+    """Run `code` once per model, each in a Python process of its own (as profiles are: one model after
+    another in one process ran 30% slower); `code` reads NAME and OUT and writes JSON to OUT. Returns
+    {model: that JSON}."""
     import json
     import subprocess
     import sys
     import tempfile
 
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="pisplit-measure-") as tmp:
+        for name in models:
+            path = Path(tmp) / f"{len(out)}.json"
+            head = "".join(f"{k} = {v!r}\n" for k, v in {**values, "NAME": name, "OUT": str(path)}.items())
+            done = subprocess.run([sys.executable, "-c", head + code], env=env, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                raise PisplitError(f"measuring {name}: {lines[-1] if lines else f'exit {done.returncode}'}")
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str = "numpy", part_counts: tuple = (2, 4, 8),
+                         repeat: int = 2, kinds: tuple | None = None) -> Profile:
+    """Measure the split overhead of `models` on this machine against the profile at `profile_path` (a
+    shipped reference, partitioners/devices/host-<engine>.json) and write it into that profile: how its
+    split_overhead figures were made (`python -m cluster.measure PROFILE.json resnet50,vgg16`). Each
+    model in a process of its own, as profiles are (one model after another ran 30% slower). With
+    `kinds`, only those kinds are measured and only their figures replaced (the attention kinds from
+    ViT-B/16: `python -m cluster.measure PROFILE.json vit_b16 --kinds attn-heads,attn-tokens`); the
+    fit over all kinds (ANY_OP) is then kept."""
+    import json
+
     from partitioners.latency_model import fit_split_overheads
 
     path = Path(profile_path)
     profile = Profile.load(path)
-    samples = []
-    with tempfile.TemporaryDirectory(prefix="pisplit-overhead-") as tmp:
-        for name in models:
-            out = Path(tmp) / f"{name}.json"
-            code = ("import json, sys; from dataclasses import asdict; from layers import load_model; "
-                    "from layers.allocator import reuse_freed_memory; reuse_freed_memory(); "
-                    "from cluster.measure import measure_split_overhead; from partitioners.profiles import Profile; "
-                    f"s = measure_split_overhead(load_model({name!r}), Profile.load({str(path)!r}), {engine!r}, {tuple(part_counts)!r}, {int(repeat)}); "
-                    f"json.dump([asdict(x) for x in s], open({str(out)!r}, 'w'))")
-            subprocess.run([sys.executable, "-c", code], check=True)
-            samples += [SplitStepSample(**d) for d in json.loads(out.read_text())]
-    profile.split_overhead = fit_split_overheads(samples)
+    code = ("import json; from dataclasses import asdict; from layers import load_model; "
+            "from layers.allocator import reuse_freed_memory; reuse_freed_memory(); "
+            "from cluster.measure import measure_split_overhead; from partitioners.profiles import Profile; "
+            "s = measure_split_overhead(load_model(NAME), Profile.load(PROFILE), ENGINE, PARTS, REPEAT, KINDS); "
+            "json.dump([asdict(x) for x in s], open(OUT, 'w'))")
+    found = _measure_in_processes(models, code, PROFILE=str(path), ENGINE=engine, PARTS=tuple(part_counts), REPEAT=int(repeat),
+                                  KINDS=None if kinds is None else tuple(kinds))
+    samples = [SplitStepSample(**d) for docs in found.values() for d in docs]
+    fits = fit_split_overheads(samples)
+    if kinds is None:
+        profile.split_overhead = fits
+    else:
+        if not samples:
+            raise PisplitError(f"{', '.join(models)}: no segment splits as {', '.join(kinds)}")
+        profile.split_overhead = {**profile.split_overhead, **{k: v for k, v in fits.items() if k in kinds}}
     doc = profile.to_dict()
     raw = json.loads(path.read_text())
     raw["split_overhead"] = doc["split_overhead"]  # only that block changes
@@ -416,13 +465,61 @@ def refit_split_overhead(profile_path: str | Path, models: list[str], engine: st
     return profile
 
 
+def add_models(profile_path: str | Path, models: list[str], repeat: int = 5) -> Profile:
+    """Measure every node of `models` on this machine as `pisplit profile` does (whole nodes, numpy in
+    whole-graph passes; no parts), in CPU seconds (other processes on the machine do not count), and
+    add them to the profile at `profile_path` (a shipped reference, partitioners/devices/host-<engine>.json),
+    refitting its latency model over all its samples: how the reference profiles got measured
+    transformer nodes (layer_norm, gelu, batch_matmul, softmax over tokens, dense over token rows):
+    `python -m cluster.measure PROFILE.json vit_b16,kwt3 --add-models`. Each model in a process of its
+    own; a model measured before is replaced."""
+    import json
+
+    path = Path(profile_path)
+    profile = Profile.load(path)
+    code = ("import json, time; from dataclasses import asdict; from layers import load_model; "
+            "from layers.allocator import reuse_freed_memory; reuse_freed_memory(); "
+            "from cluster.measure import profile_graph; "
+            "g = load_model(NAME); nodes = profile_graph(g, ENGINE, REPEAT, clock=time.process_time); "
+            "json.dump({'graph': g.name, 'nodes': [asdict(n) for n in nodes]}, open(OUT, 'w'))")
+    found = _measure_in_processes(models, code, ENGINE=profile.engine, REPEAT=int(repeat))
+    for doc in found.values():
+        profile.models[doc["graph"]] = [NodeProfile(**{**n, "parts": ()}) for n in doc["nodes"]]
+    profile.latency = LatencyModel.fit(samples_of(profile))
+    doc = profile.to_dict()
+    raw = json.loads(path.read_text())
+    for key in ("models", "latency_model", "latency_model_error"):  # only those blocks change
+        raw[key] = doc[key]
+    path.write_text(json.dumps(raw, indent=1))
+    return profile
+
+
 if __name__ == "__main__":
+    import argparse
     import sys
 
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m cluster.measure PROFILE.json MODEL[,MODEL...]  (refits PROFILE's split_overhead here)")
+    ap = argparse.ArgumentParser(prog="python -m cluster.measure",
+                                 description="refit a shipped profile's split_overhead here (or, with --add-models, add measured models)")
+    ap.add_argument("profile", metavar="PROFILE.json")
+    ap.add_argument("models", metavar="MODEL[,MODEL...]")
+    ap.add_argument("--kinds", help="only these split kinds' overhead figures (comma-separated); the others are kept")
+    ap.add_argument("--parts", default="2,4,8", help="part counts the segments are split into (default 2,4,8)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed passes (default 2 for overhead, 5 for --add-models)")
+    ap.add_argument("--add-models", action="store_true", help="measure every node of the models and add them to the profile, "
+                    "refitting its latency model")
+    args = ap.parse_args()
     try:
-        refitted = refit_split_overhead(sys.argv[1], sys.argv[2].split(","))
+        names = [m for m in args.models.split(",") if m]
+        if args.add_models:
+            before = {op for op in Profile.load(args.profile).latency.fits}
+            added = add_models(args.profile, names, args.repeat or 5)
+            for op in sorted(added.latency.fits):
+                fit = added.latency.fits[op]
+                print(f"{op:18s} fixed {fit.fixed_s * 1e6:8.1f} us  {fit.per_flop_s * 1e12:8.3f} ps/flop  {fit.per_byte_s * 1e12:8.3f} ps/byte "
+                      f"({fit.samples} samples, median error {fit.median_error:.0%}){'' if op in before else ' new'}")
+            sys.exit(0)
+        refitted = refit_split_overhead(args.profile, names, part_counts=tuple(int(v) for v in args.parts.split(",")),
+                                        repeat=args.repeat or 2, kinds=tuple(args.kinds.split(",")) if args.kinds else None)
     except PisplitError as exc:
         sys.exit(f"error: {exc}")
     for kind, fit in refitted.split_overhead.items():

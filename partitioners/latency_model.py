@@ -26,9 +26,14 @@ def op_key(graph: Graph, index: int) -> str:
     """The latency-model key of a node: its op, with depthwise and grouped convs told apart.
 
     A depthwise conv does ~1/Cin the FLOPs of a dense one per byte moved and runs far below the
-    BLAS rate, so pooling them with dense convs would wreck both fits.
+    BLAS rate, so pooling them with dense convs would wreck both fits. Likewise a dense layer over
+    many rows (a transformer's token-wise projections: a matrix product at the BLAS rate) and one
+    over a single row (a classifier's: it streams its weights once) are told apart, "dense/rows"
+    (ViT-B/16's projections ran 3.3x faster than the single-row fit predicted).
     """
     node = graph.nodes[index]
+    if node.op == "dense" and math.prod(graph.shapes[node.inputs[0]][:-1]) > 1:
+        return "dense/rows"
     if node.op in ("conv2d", "conv3d"):
         groups = int(node.attrs.get("groups", 1))
         if groups > 1:

@@ -238,7 +238,11 @@ class SplitCatalogue:
         """segment -> {d: KindCosts of attn-tokens from it through its whole transformer block}, where the
         block (split_tokens.token_block: attention, residual, LayerNorm, MLP, residual) ends where
         planner segment + d does (1 <= d <= MAX_SPAN). Priced by the same affine calibration: each
-        part's rows through every node of the block, its K/V slice sent to every other part."""
+        part's rows through every node of the block, its K/V slice sent to every other part. A block
+        reaching further than MAX_SPAN segments (ViT's last: its residual, then the encoder's final
+        LayerNorm, d=5) spans the longest run of it that ends at a segment's end within MAX_SPAN and
+        where the token split can end (token_block with `last`: the residual); the rest runs on the
+        lead after the gather."""
         from .split_tokens import token_block
 
         graph, out = self.graph, {}
@@ -248,6 +252,10 @@ class SplitCatalogue:
                 continue
             block = token_block(graph, start)
             d = ends.get(block.stop, -1) - s if block is not None else -1
+            if d > MAX_SPAN:
+                shorter = (token_block(graph, start, last=self.segments[s + e][1] - 1) for e in range(MAX_SPAN, 0, -1))
+                block = next((b for b in shorter if b is not None), None)
+                d = ends[block.stop] - s if block is not None else -1
             if not 1 <= d <= MAX_SPAN or block.stop <= stop:
                 continue
             cost = _calibration_split(graph, graph.nodes[start].name, TOKENS, last=graph.nodes[block.stop - 1].name)

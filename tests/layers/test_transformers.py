@@ -239,3 +239,91 @@ def test_show_counts_a_weight_several_ops_read_once(tmp_path):
     table = subprocess.run([sys.executable, "-m", "cluster.cli", "show", str(path)], capture_output=True, text=True, timeout=120,
                            env={**__import__("os").environ, "COLUMNS": "200"}).stdout
     assert "72 parameters (2 weights read by several ops, counted once; 216 counting every use)" in table and "shared" in table
+
+
+def test_reference_profile_prices_transformer_nodes_from_measurements():
+    """The shipped numpy reference profile has measured ViT-B/16 and KWT-3 node by node (cluster.measure
+    --add-models): its latency model has fits of its own for LayerNorm, GELU, BATCH_MATMUL, softmax over tokens
+    and dense layers over token rows ("dense/rows", apart from a classifier's single-row dense), each fitting its
+    own samples within 15% (median), and split overheads measured for both attention kinds. Without them the
+    lead-only nodes of a ViT plan (LayerNorm, GELU) were priced from other ops' fits, 8-28x too low."""
+    from layers import zoo_model
+    from partitioners.latency_model import op_key
+    from partitioners.profiles import Calibration
+
+    base = Calibration("numpy").base
+    for op in ("layer_norm", "gelu", "batch_matmul", "softmax", "dense/rows", "dense"):
+        fit = base.latency.fits[op]
+        assert fit.samples >= 20 and fit.median_error < 0.15 or op == "dense", (op, fit)
+    g = zoo_model("kwt3")
+    keys = {op_key(g, i) for i in range(len(g))}
+    assert {"dense/rows", "dense", "layer_norm", "gelu", "batch_matmul"} <= keys  # the classifier is one row
+    assert all(base.measured_seconds(g, i) is not None for i in range(len(g)))
+    for kind in ("attn-heads", "attn-tokens"):
+        overhead = base.split_overhead[kind]
+        assert overhead.samples > 0 and abs(overhead.sum_ratio - 1) < 0.05
+
+
+def test_token_span_of_a_block_longer_than_max_span_ends_at_its_residual():
+    """KWT-3's (as ViT-B/16's) last transformer block runs on through the encoder's final LayerNorm, one planner
+    segment more than a span covers (MAX_SPAN): the catalogue offers that block's token span up to its residual
+    add (the longest end within MAX_SPAN where the token split can end), as every other block's; priced as the
+    split of exactly those nodes."""
+    from layers import zoo_model
+    from partitioners.split_costs import MAX_SPAN, SplitCatalogue, token_span_kind
+    from partitioners.split_tokens import TOKENS_KIND, token_block
+    from partitioners.splits import split_cost
+
+    g = zoo_model("kwt3")
+    cat = SplitCatalogue(g)
+    starts = [s for s in range(len(cat.segments)) if TOKENS_KIND in cat.kinds(s)]
+    assert len(starts) == 12 and all(len(cat.token_spans(s)) == 1 for s in starts)
+    last = starts[-1]
+    (d,) = cat.token_spans(last)
+    start, stop = cat.segments[last][0], cat.segments[last + d][1]
+    whole = token_block(g, start)
+    assert g.nodes[whole.stop - 1].name == "encoder_ln" and whole.stop > stop  # beyond the span limit
+    assert d == MAX_SPAN and g.nodes[stop - 1].name == "encoder_layer_11_add_2"
+    k = cat.kind_costs(last, token_span_kind(d))
+    want = split_cost(g, g.nodes[start].name, TOKENS_KIND, (40, 30, 29), last=g.nodes[stop - 1].name)
+    assert k.stop == stop and [round(k.part(r, n, 3).flops) for r, n in enumerate((40, 30, 29))] == [round(p.flops) for p in want.parts]
+
+
+def test_add_models_and_attention_overheads_are_measured_into_a_profile(tmp_path):
+    """`python -m cluster.measure P.json MODEL --add-models` measures every node of a model (a process of its own)
+    into a copy of the shipped profile and refits its latency model, leaving its other blocks alone; the
+    attention split overheads are measured from real part graphs of the attention kinds only."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from cluster.measure import measure_split_overhead
+    from layers import load_model
+    from layers.builder import GraphBuilder
+    from layers.serialize import save_graph
+    from layers.zoo import _transformer_head
+    from partitioners.profiles import Calibration, Profile, reference_profile_path
+
+    b = GraphBuilder("tiny_vit", 0)  # two pre-norm blocks of 4 heads on 16 tokens, as kwt3 and vit_b16 are built
+    x = b.dense(b.input("x", (1, 16, 24)), 32, "embed", init="glorot")
+    model, _ = save_graph(b.build(b.act(_transformer_head(b, x, 2, 4, 64, 5, 1e-6), "softmax", "prob")), tmp_path / "tiny_vit.json")
+    profile = tmp_path / "host.json"
+    shutil.copy(reference_profile_path("numpy"), profile)
+    before = json.loads(profile.read_text())
+    proc = subprocess.run([sys.executable, "-m", "cluster.measure", str(profile), str(model), "--add-models", "--repeat", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads(profile.read_text())
+    graph = load_model(str(model))
+    assert set(after["models"]) == set(before["models"]) | {graph.name}
+    assert {k: v for k, v in after.items() if k not in ("models", "latency_model", "latency_model_error")} == \
+        {k: v for k, v in before.items() if k not in ("models", "latency_model", "latency_model_error")}
+    p = Profile.load(profile)
+    assert all(p.measured_seconds(graph, i) > 0 for i in range(len(graph)))
+    assert sum(n["samples"] for n in after["latency_model_error"].values() if n) > sum(n["samples"] for n in before["latency_model_error"].values())
+    samples = measure_split_overhead(graph, Calibration("numpy").base, "numpy", (2,), 1, kinds=("attn-heads", "attn-tokens"))
+    assert {s.kind for s in samples} == {"attn-heads", "attn-tokens"} and all(s.part_s > 0 and s.whole_s > 0 for s in samples)
+    bad = subprocess.run([sys.executable, "-m", "cluster.measure", str(profile), str(tmp_path / "none.tflite"), "--add-models"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "none.tflite" in bad.stderr
