@@ -195,7 +195,10 @@ def quantize_value(value: float, quant: TensorQuant) -> int:
 def dequantize(q: np.ndarray, quant: TensorQuant) -> np.ndarray:
     """(q - zero_point) * scale as float32, per slice along quant.axis when it has several scales: the
     one way pisplit reads a quantized weight as reals (a dynamic-range layer's int8 filter on the numpy
-    engine). float64 is exact for int8 / int16 products, so the float32 result is the float32 formula's."""
+    engine). Computed in float32 in place, one float32 copy at a time: q - zero_point of an 8-bit weight
+    is an integer float32 holds exactly, and its product with a float32 scale is rounded once, as
+    TFLite's float32 formula (and a float64 product rounded to float32) rounds it. Wider integers go
+    through float64."""
     q = np.asarray(q)
     if q.dtype != quant.np_dtype:
         raise PisplitError(f"a {quant.dtype} quantized weight holds {q.dtype} values")
@@ -204,9 +207,15 @@ def dequantize(q: np.ndarray, quant: TensorQuant) -> np.ndarray:
         if not 0 <= quant.axis < q.ndim or q.shape[quant.axis] != len(quant.scale):
             raise PisplitError(f"a weight of shape {q.shape} has {len(quant.scale)} quantization scales for dimension {quant.axis}")
         bshape[quant.axis] = len(quant.scale)
+    zero = np.asarray(quant.zero_point).reshape(bshape if len(quant.zero_point) > 1 else [1] * q.ndim)
+    if q.dtype.itemsize == 1:
+        out = q.astype(np.float32)
+        if np.any(zero):
+            out -= zero.astype(np.float32)
+        out *= np.asarray(quant.scale, np.float32).reshape(bshape)
+        return out
     scale = np.asarray(quant.scale, np.float32).astype(np.float64).reshape(bshape)
-    zero = np.asarray(quant.zero_point, np.float64).reshape(bshape if len(quant.zero_point) > 1 else [1] * q.ndim)
-    return ((q.astype(np.float64) - zero) * scale).astype(np.float32)
+    return ((q.astype(np.float64) - zero.astype(np.float64)) * scale).astype(np.float32)
 
 
 def random_values(graph, tensor: str, rng: np.random.Generator, shape=None) -> np.ndarray:
