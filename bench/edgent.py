@@ -111,18 +111,92 @@ def _cluster(devices: str, bw: float):
     return device_cluster(parse_devices(text), bw, None, speeds)
 
 
-def emulable_devices(devices: str, model: str, seed: int, n_ranks: int = 2) -> tuple[str, float]:
-    """`devices` with the host slowed to this machine's speed when the machine is slower than the host's
-    reference (an emulated rank can be dilated to a slower device, never sped up to a faster one): the
-    measured benchmark then tests the switching, not this machine. Returns (devices, this machine's
-    seconds / the reference's, cluster.host_speed with the ranks computing at once)."""
+HEADROOM = 1.25  # an emulated host is given this much more time than this machine takes now (a pass 1.0-1.6x its median here)
+
+WALL_PASSES = r"""
+import sys, time
+from layers import load_model
+from layers.engine import make_engine
+graph = load_model(sys.argv[1])
+runner, feeds = make_engine(graph, "numpy"), graph.random_input(0)
+runner.run(feeds)
+rows = []
+for _ in range(int(sys.argv[2])):
+    w, c = time.perf_counter(), time.process_time()
+    runner.run(feeds)
+    rows.append(f"{time.perf_counter() - w!r},{time.process_time() - c!r}")
+print(" ".join(rows))
+"""
+
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def session_nice() -> int | None:
+    """Make `nice -n -N scripts/bench_edgent` take effect against other sessions' jobs: under the kernel's
+    autogroup scheduling (kernel.sched_autogroup_enabled, on by default) a process's nice ranks it only
+    within its session's group, and the groups share the cores as equals, so the niced ranks got 0.20 of
+    a core beside 8 other sessions' jobs on this 2-core machine (0.96 with the group's nice at -20: the
+    49.3% of the dynamic run, its host rank 59 ms a frame behind). With a negative nice (root), this
+    session's group gets it for the run. Returns the group's nice before (to restore), None if unchanged."""
+    import os
+
+    mine = os.nice(0)
+    if mine >= 0:
+        return None
+    try:
+        before = int(AUTOGROUP.read_text().split()[-1])
+        if before <= mine:
+            return None
+        AUTOGROUP.write_text(str(mine))
+    except (OSError, ValueError, IndexError):
+        return None
+    return before
+
+
+def core_share(model: str, copies: int = 2, passes: int = 5) -> float:
+    """The share of a core an emulated rank gets on this machine now: CPU seconds over wall seconds of
+    whole-model passes, `copies` processes at once (as the measured runs' ranks), one BLAS thread each.
+    Dilation pads CPU time (cluster.emulation), so a rank given less than a core (other jobs on a shared
+    machine) takes longer in wall time than its CPU time says, and a device emulated near this machine's
+    own speed falls behind: 1.0 on an idle machine; 0.3 here with 8 other jobs on the 2 cores."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, "-c", WALL_PASSES, model, str(passes)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(max(1, copies))]
+    shares = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_edgent: timing {model} failed: {err.strip()[-300:]}")
+        for pair in out.split():
+            wall, cpu = (float(v) for v in pair.split(","))
+            shares.append(min(cpu / wall, 1.0) if wall > 0 else 1.0)
+    return float(np.median(shares))
+
+
+def emulable_devices(devices: str, model: str, seed: int, n_ranks: int = 2) -> tuple[str, float, float]:
+    """`devices` with the host slowed to what this machine can emulate now: an emulated rank can be
+    dilated to a slower device, never sped up to a faster one, and it gets only its share of a core
+    (core_share) while other jobs run. The host's factor is 1 / (speed / share x HEADROOM), where speed
+    is this machine's CPU seconds / the reference's (cluster.host_speed, the ranks computing at once),
+    when that is below 1 (a host given as KIND*F is kept). The measured benchmark then tests the
+    switching, not this machine. Returns (devices, speed, share)."""
     from cluster.host_speed import host_speed
 
     speed = host_speed(model, seed, "numpy", concurrency=n_ranks)
     text, speeds = parse_device_speeds(devices)
-    if speed <= 1.0 or "host" in speeds or "host" not in text:
-        return devices, speed
-    return ",".join(e + (f"*{1.0 / speed:.3f}" if e.split(":")[0].split("@")[0] == "host" else "") for e in text.split(",")), speed
+    if "host" in speeds or "host" not in text:
+        return devices, speed, 1.0
+    share = core_share(model, n_ranks)
+    pace = speed / share * HEADROOM
+    if pace <= 1.0:
+        return devices, speed, share
+    return ",".join(e + (f"*{1.0 / pace:.3f}" if e.split(":")[0].split("@")[0] == "host" else "") for e in text.split(",")), speed, share
 
 
 def static_rows(graph, devices, bandwidths, requirements, acc):
@@ -322,9 +396,18 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
                            extra=extra)
         assert doc["every_frame_once"], "frames lost or duplicated"
         lat = np.array(doc["latency_of_frame_ms"])
-        acc_of_frame = np.array([p["accuracy"] for p in doc["plans"]])[np.asarray(doc["plan_of_frame"])]
+        plan_of = np.asarray(doc["plan_of_frame"])
+        acc_of_frame = np.array([p["accuracy"] for p in doc["plans"]])[plan_of]
+        # the paper's reward of each frame: exp(accuracy) + the strategy's frames/s at the trace's bandwidth then, if in time
+        bw = np.asarray(cut.bps_at(np.arange(lat.size) * interval))
+        fps = np.empty(lat.size)
+        for j, p in enumerate(doc["plans"]):
+            m = model[(p["exit"], int(p["cut"]), p["codec"])]
+            mine = plan_of == j
+            fps[mine] = [1.0 / max(at(m["edge"], b), at(m["host"], b)) for b in bw[mine]]
+        reward_of_frame = np.where(lat <= req * 1e3, np.exp(acc_of_frame) + fps, 0.0)
         rows.append({"policy": name + " (measured)", "meets": doc["meets_requirement"], "mean_accuracy": doc["mean_accuracy"],
-                     "mean_reward": None, "accuracy_in_time": float(np.mean(np.where(lat <= req * 1e3, acc_of_frame, 0.0))),
+                     "mean_reward": float(reward_of_frame.mean()), "accuracy_in_time": float(np.mean(np.where(lat <= req * 1e3, acc_of_frame, 0.0))),
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
                      "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
                      "late_ms_per_frame_by_rank": [round(v / max(doc["frames"], 1) * 1e3, 2) for v in doc.get("emulation_late_s_by_rank", [])],
@@ -333,6 +416,35 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
                      "switch_frames": [sw["frame"] for sw in doc["switches"]]})
     return rows, {"trace": str(trace_csv), "seconds": cut.duration_s, "frames": frames, "predicted": predicted[:3],
                   "bps": np.asarray(cut.bps_at(np.arange(frames) * interval))}
+
+
+LATE_LIMIT = 0.05  # a measured run whose emulated ranks fell behind by more than this fraction of the requirement a frame is not valid
+
+
+def measured_verdict(rows, req: float) -> dict:
+    """Issue 16's target over the measured rows (the dynamic run first, then the static ones): the dynamic
+    run meets the requirement on at least 95% of frames and its mean reward beats every static plan's; and
+    whether the emulation kept up (no rank behind its device by more than LATE_LIMIT of the requirement a
+    frame: else the latencies measured this machine's load, not the devices)."""
+    dynamic, static = rows[0], rows[1:]
+    behind = max((max(r["late_ms_per_frame_by_rank"] or [0.0]) for r in rows), default=0.0)
+    kept_up = behind <= LATE_LIMIT * req * 1e3
+    met = dynamic["meets"] >= 0.95 and all(dynamic["mean_reward"] > r["mean_reward"] for r in static)
+    lines = [f"target {'met' if met else 'NOT met'}: dynamic meets the requirement on {dynamic['meets']:.1%} of frames (>= 95%), "
+             f"mean reward {dynamic['mean_reward']:.3f} against the static plans' "
+             f"{', '.join(format(r['mean_reward'], '.3f') for r in static)} (must beat each)"]
+    if not kept_up:
+        lines.append(f"NOT VALID: an emulated rank fell {behind:.1f} ms a frame behind its device (more than {LATE_LIMIT:.0%} of the "
+                     f"requirement): the latencies measured this machine's load, not the devices'; rerun on a quieter machine, or "
+                     "with a slower host (--devices rpi3:1,host:1*F)")
+    return {"target_met": bool(met), "emulation_kept_up": bool(kept_up), "most_behind_ms_per_frame": float(behind), "verdict": lines}
+
+
+def note(text: str, quiet_stdout: bool) -> None:
+    """A line for the reader: on stdout with the tables, on stderr under --json (stdout is the document)."""
+    from cluster.output import err_console
+
+    (err_console if quiet_stdout else console).print(text)
 
 
 def plain_vs_map(graph, spec: str, devices: str, acc, bandwidth: float, frames: int, interval: float, tmp: Path) -> list:
@@ -485,20 +597,34 @@ def main(argv=None) -> int:
 
             check_chart_path(path)
     model_dir = Path(tempfile.mkdtemp(prefix="bench_edgent_model_"))
+    before = session_nice()
+    if before is not None:
+        note(f"this session's scheduling group at nice {AUTOGROUP.read_text().split()[-1]} for the run (was {before}): under autogroup "
+             "scheduling a process's nice alone does not rank it against other sessions' jobs", args.json)
     try:
         return _main(args, model_dir)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
+        if before is not None:
+            try:
+                AUTOGROUP.write_text(str(before))
+            except OSError:
+                pass
 
 
 def _main(args, model_dir: Path) -> int:
     graph, spec, acc = bench_model(args.model, model_dir, args.accuracy)
     if (args.measure or args.measure_dynamic > 0 or args.plain_vs_map) and not args.reference_host:
-        devices, speed = emulable_devices(args.devices, spec, 0)
+        devices, speed, share = emulable_devices(args.devices, spec, 0)
         if devices != args.devices:
-            console.print(f"this machine computes {args.model} {speed:.2f}x slower than the host's reference: the host is emulated "
-                          f"at this machine's speed, --devices {devices} (--reference-host keeps it)")
+            note(f"this machine computes {args.model} {speed:.2f}x slower than the host's reference (CPU time) and gives an emulated "
+                 f"rank {share:.2f} of a core now: it cannot emulate the reference host; the host is emulated at 1 / ({speed:.2f} / "
+                 f"{share:.2f} x {HEADROOM:g} headroom) of its speed, --devices {devices} (--reference-host keeps the reference host)",
+                 args.json)
             args.devices = devices
+        if share < 0.8:
+            note(f"this machine is busy (an emulated rank gets {share:.2f} of a core): measured latencies are slower than on a quiet "
+                 "machine", args.json)
     bandwidths = parse_states(args.bandwidths)
     requirements = [parse_latency(r) for r in args.requirements.split(",")]
     if args.quick:
@@ -549,6 +675,8 @@ def _main(args, model_dir: Path) -> int:
             measured_chart(args.measured_chart, measured, same["bps"], args.interval, req,
                            f"{args.model} on {args.devices}: first {same['seconds']:g} s of {Path(args.trace).name} x{args.trace_scale:g}, "
                            f"requirement {req * 1e3:g} ms (measured on the emulated devices and link)")
+        verdict = measured_verdict(measured, req)
+        doc["dynamic_measured"].update(verdict)
         if not args.json:
             for r in measured:  # an emulated rank behind its device's speed (a host faster than this machine) adds to latency
                 console.print(f"{r['policy']}: emulated ranks behind their devices' speed by "
@@ -556,6 +684,8 @@ def _main(args, model_dir: Path) -> int:
             print_dynamic(same["predicted"] + measured, f"the first {same['seconds']:g} s of {Path(args.trace).name} "
                           f"x{args.trace_scale:g}, {same['frames']} frames every {args.interval * 1e3:g} ms, requirement "
                           f"{req * 1e3:g} ms: predicted, then measured on the emulated devices and link")
+        for line in verdict["verdict"]:
+            note(line, args.json)
     if args.json:
         print_json(doc)
     else:

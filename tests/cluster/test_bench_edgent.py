@@ -47,3 +47,23 @@ def test_the_scaled_model_is_edgents_setting(tmp_path):
         picks[mbit] = select(cands, 0.1).chosen
     assert picks[1].on_device and picks[1].exit in ("exit1", "exit2")
     assert not picks[16].on_device and acc[picks[16].exit] > acc[picks[1].exit]
+
+
+def test_the_measured_verdict_needs_95_percent_a_better_reward_and_an_emulation_that_kept_up():
+    from bench.edgent import measured_verdict
+
+    def row(meets, reward, late):
+        return {"meets": meets, "mean_reward": reward, "late_ms_per_frame_by_rank": late}
+
+    ok = measured_verdict([row(0.97, 12.0, [0.0, 1.0]), row(0.99, 11.0, [0.5]), row(0.0, 0.0, [0.0])], 0.15)
+    assert ok["target_met"] and ok["emulation_kept_up"] and len(ok["verdict"]) == 1 and ok["verdict"][0].startswith("target met")
+    assert not measured_verdict([row(0.94, 12.0, [0.0, 0.0]), row(0.99, 11.0, [0.0])], 0.15)["target_met"]  # under 95%
+    assert not measured_verdict([row(0.99, 11.0, [0.0, 0.0]), row(0.99, 11.0, [0.0])], 0.15)["target_met"]  # a tie is no win
+    late = measured_verdict([row(0.99, 12.0, [0.0, 59.0]), row(0.99, 11.0, [0.0])], 0.15)
+    assert not late["emulation_kept_up"] and late["most_behind_ms_per_frame"] == 59.0 and late["verdict"][1].startswith("NOT VALID")
+
+
+def test_core_share_is_the_cpu_share_of_a_rank_here():
+    from bench.edgent import core_share
+
+    assert 0.0 < core_share("lenet5", copies=1, passes=3) <= 1.0
