@@ -12,17 +12,24 @@ Options: --models a,b --configs rpi3:4@94mbit,... --frames N --engine numpy|lite
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-from cluster.commands.emulate import run_emulated
-from cluster.emulated_plans import plan_for_devices, single_device_plan
-from bench import cluster_config
-from layers import zoo_model
+# one BLAS thread, as a rank has (before numpy loads): --static times compute steps in this process, and
+# more threads both run them faster and, on a loaded machine, spin (2 threads: AlexNet's steps x4-6 in CPU time)
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from cluster.commands.emulate import run_emulated  # noqa: E402
+from cluster.emulated_plans import plan_for_devices, single_device_plan  # noqa: E402
+from bench import cluster_config  # noqa: E402
+from layers import zoo_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -121,8 +128,6 @@ def dilated_steps(plan, graph, engine: str, passes: int = 5) -> list:
 
 def static(args) -> int:
     """--static: per plan, the dilated compute of its split stages' segments beside the prediction."""
-    import numpy as np
-
     out = []
     for model in args.models.split(","):
         graph = zoo_model(model)
@@ -138,7 +143,7 @@ def static(args) -> int:
             spread = sum(max(r[3]) - min(r[3]) for r in rows)
             segs = [{"segment": f"[{g.node_start}:{g.node_stop}) {g.kind}", "parts": len(parts), "predicted_ms": p * 1e3,
                      "dilated_max_ms": max(parts) * 1e3, "dilated_min_ms": min(parts) * 1e3, "merge_ms": m * 1e3,
-                     "ratio": (max(parts) + m) / p if p > 0 else float(np.inf)} for _, g, p, parts, m in rows]
+                     "ratio": (max(parts) + m) / p if p > 0 else None} for _, g, p, parts, m in rows]
             row = {"model": model, "devices": devices, "predicted_compute_ms": pred * 1e3, "dilated_compute_ms": emul * 1e3,
                    "ratio": emul / pred, "part_spread_ms": spread * 1e3, "predicted_latency_ms": plan.predicted_latency_s * 1e3,
                    "segments": segs}
@@ -148,7 +153,7 @@ def static(args) -> int:
                       f"predicted {pred * 1e3:8.1f} (x{emul / pred:.2f}) | slowest-fastest part {spread * 1e3:6.1f} ms | "
                       f"plan latency {plan.predicted_latency_s * 1e3:8.1f} ms", flush=True)
                 for g in segs if args.segments else ():
-                    if abs(g["ratio"] - 1) > 0.15:
+                    if g["ratio"] is not None and abs(g["ratio"] - 1) > 0.15:  # (a node priced at 0, flatten: no ratio)
                         print(f"    {g['segment']:28s} {g['parts']} parts: dilated {g['dilated_max_ms']:7.2f} ms "
                               f"(fastest {g['dilated_min_ms']:6.2f}, merge {g['merge_ms']:5.2f}) predicted {g['predicted_ms']:7.2f} "
                               f"x{g['ratio']:.2f}", flush=True)
