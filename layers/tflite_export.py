@@ -290,7 +290,8 @@ class _Exporter:
         could not equal the unsplit layer. Refused, naming the node (partitioners.split_quant keeps such
         kinds out of litert plans)."""
         kind = str((self.g.meta.get("split") or {}).get("kind", ""))
-        if kind in ("fc-input", "conv-filter", "conv-spatial", "fused-tiles") and node.weight_key("kernel") in self.g.quant:
+        if kind in ("fc-input", "conv-filter", "conv-spatial", "fused-tiles") and not node.attrs.get("quantized") \
+                and node.weight_key("kernel") in self.g.quant:
             raise PisplitError(f"model {self.g.name}: node {node.name} is a dynamic-range layer (int8 weights, float activations); "
                                f"LiteRT's hybrid kernels quantize each {kind} part's input on its own range, so a part cannot equal "
                                "the unsplit layer: split it by output channels (conv-channel, fc-output) or use the numpy engine")
