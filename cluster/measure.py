@@ -80,14 +80,14 @@ def node_graph(graph: Graph, index: int) -> Graph:
     return Graph(f"{graph.name}.{node.name}", inputs, [node], list(node.outputs), graph.weights)
 
 
-def time_engine(engine, feeds: dict, repeat: int) -> float:
-    """Warm median seconds of `engine.run(feeds)` (one untimed run first)."""
+def time_engine(engine, feeds: dict, repeat: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Warm median seconds of `engine.run(feeds)` (one untimed run first), on `clock`."""
     engine.run(feeds)
     times = []
     for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
+        t0 = clock()
         engine.run(feeds)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -167,7 +167,7 @@ def profile_graph(graph: Graph, engine: str = "numpy", repeat: int = 5, fraction
         except PisplitError as exc:  # e.g. an op the engine has no kernel for: the latency model predicts it
             log.warning("not profiled: %s", exc)
             continue
-        seconds = float(stream[i]) if stream is not None else time_engine(runner, feeds, repeat)
+        seconds = float(stream[i]) if stream is not None else time_engine(runner, feeds, repeat, clock or time.perf_counter)
         cost = graph.cost(i)
         static_peak = cost.peak_bytes
         measured_peak = peak_bytes_of_run(runner, feeds, cost.weight_bytes + cost.input_bytes)
@@ -428,11 +428,12 @@ def _measure_in_processes(models: list[str], code: str, **values) -> dict:
     return out
 
 
-def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str = "numpy", part_counts: tuple = (2, 4, 8),
+def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str | None = None, part_counts: tuple = (2, 4, 8),
                          repeat: int = 2, kinds: tuple | None = None) -> Profile:
     """Measure the split overhead of `models` on this machine against the profile at `profile_path` (a
     shipped reference, partitioners/devices/host-<engine>.json) and write it into that profile: how its
-    split_overhead figures were made (`python -m cluster.measure PROFILE.json resnet50,vgg16`). Each
+    split_overhead figures were made (`python -m cluster.measure PROFILE.json resnet50,vgg16`), with
+    `engine` (default: the profile's). Each
     model in a process of its own, as profiles are (one model after another ran 30% slower). With
     `kinds`, only those kinds are measured and only their figures replaced (the attention kinds from
     ViT-B/16: `python -m cluster.measure PROFILE.json vit_b16 --kinds attn-heads,attn-tokens`); the
@@ -443,6 +444,7 @@ def refit_split_overhead(profile_path: str | Path, models: list[str], engine: st
 
     path = Path(profile_path)
     profile = Profile.load(path)
+    engine = engine or profile.engine  # (the profile's engine unless told)
     code = ("import json; from dataclasses import asdict; from layers import load_model; "
             "from layers.allocator import reuse_freed_memory; reuse_freed_memory(); "
             "from cluster.measure import measure_split_overhead; from partitioners.profiles import Profile; "
@@ -467,7 +469,8 @@ def refit_split_overhead(profile_path: str | Path, models: list[str], engine: st
 
 def add_models(profile_path: str | Path, models: list[str], repeat: int = 5) -> Profile:
     """Measure every node of `models` on this machine as `pisplit profile` does (whole nodes, numpy in
-    whole-graph passes; no parts), in CPU seconds (other processes on the machine do not count), and
+    whole-graph passes, other engines node by node; no parts) with the profile's engine, in CPU seconds
+    (other processes on the machine do not count; the engines run one thread), and
     add them to the profile at `profile_path` (a shipped reference, partitioners/devices/host-<engine>.json),
     refitting its latency model over all its samples: how the reference profiles got measured
     transformer nodes (layer_norm, gelu, batch_matmul, softmax over tokens, dense over token rows):
