@@ -47,7 +47,11 @@ from partitioners.vocabulary import StageMode
 from .mpirun import local_mpirun_command, run_mpirun
 
 JOURNAL_MAGIC = b"PISPLIT-JOURNAL 1\n"
-ERROR_GRACE_S = 20.0  # an attempt's mpirun still running this long after a rank's error line is stopped
+# an attempt's mpirun still running this long after a rank's error line is stopped: the job ends by then
+# (rank 0 ends it at once; a rank whose notice rank 0 does not acknowledge, after transport.NOTICE_GRACE_S;
+# each abort ABORT_DELAY_S later), unless a vanished host's daemon holds mpirun (a dropped link: 20 s here
+# made its recovery 12 s longer). The journal is on disk result by result: stopping mpirun loses nothing.
+ERROR_GRACE_S = 8.0
 ABORT_DELAY_S = 1  # an attempt's rank waits this long before its abort ends the job (with_abort_delay)
 
 

@@ -1,14 +1,16 @@
 """Issue 17 on the emulated cluster: `pisplit launch --resilient` across three Pis (network namespaces with
 their own sshd) survives a Pi whose namespace is torn down mid-run (every process in it killed, its link
-down): the supervisor drops that host, replans on the two left and every frame comes out once, equal to
-the reference. Runs as root (CI); elsewhere it skips with the reason."""
+down), a Pi whose rank crashes (SIGKILL; its sshd lives on) and a Pi whose link drops every packet (tc): the supervisor drops that host, replans on the ones left (re-admitting a Pi that answers again)
+and every frame comes out once, equal to the reference. Runs as root (CI); elsewhere it skips with the reason."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,8 +53,6 @@ def tear_down(cluster, pi) -> None:
     pids = subprocess.run(["ip", "netns", "pids", pi.namespace], capture_output=True, text=True).stdout.split()
     for pid in pids:
         try:
-            import os
-
             os.kill(int(pid), signal.SIGKILL)
         except OSError:
             pass
@@ -61,6 +61,41 @@ def tear_down(cluster, pi) -> None:
         name = line.split(":")[1].strip().split("@")[0]
         if name != "lo":
             subprocess.run(["ip", "-n", pi.namespace, "link", "set", name, "down"], capture_output=True)
+
+
+def kill_ranks(pi) -> list[int]:
+    """A crash on the Pi: its pisplit rank processes SIGKILLed, its sshd and Open MPI's daemon left running."""
+    killed = []
+    for pid in subprocess.run(["ip", "netns", "pids", pi.namespace], capture_output=True, text=True).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"run" in argv and b"--journal" in argv:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+        except OSError:
+            pass
+    return killed
+
+
+def pi_links(cluster, pi) -> list[tuple[str, str]]:
+    """(namespace, device) of both ends of the Pi's link: its eth0 and its port on the bridge."""
+    return [(pi.namespace, "eth0"), (cluster.lan, f"v-{pi.hostname}")]
+
+
+def drop_link(cluster, pi) -> None:
+    """The Pi's link drops every packet both ways (tc's blackhole qdisc at both ends; netem is not in
+    every kernel): it stays up and its processes run, but nothing gets through (Wi-Fi gone)."""
+    for ns, dev in pi_links(cluster, pi):
+        subprocess.run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "blackhole"], check=True, capture_output=True)
+
+
+def restore_link(cluster, pi) -> None:
+    """The Pi's link shaped at the cluster's rate again (as cluster.netns made it)."""
+    from cluster.netns import _burst
+
+    for ns, dev in pi_links(cluster, pi):
+        subprocess.run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", cluster.rate, "burst", _burst(cluster.rate),
+                        "latency", "50ms"], check=True, capture_output=True)
 
 
 def launch_resilient(cluster, head, plan_path, frames: int, out) -> subprocess.Popen:  # noqa: F811
@@ -104,35 +139,42 @@ def test_a_pi_torn_down_mid_run_costs_no_frame(emulated_cluster, head, provision
     print(f"pi-1 torn down: {failure}")
 
 
-def test_a_pi_that_comes_back_is_readmitted_at_the_next_replan(emulated_cluster, head, provisioned):  # noqa: F811
-    """pi-1 (torn down by the test before) comes back during the second attempt; when pi-2 goes, the
-    replan takes pi-1 in again: the third attempt runs on pi-0 and pi-1."""
+def test_a_crashed_rank_and_a_dropped_link_cost_no_frame_and_the_pi_back_is_readmitted(emulated_cluster, head, provisioned):  # noqa: F811
+    """The other faults of the emulated cluster, in one run: pi-1's rank is SIGKILLed (its sshd and
+    Open MPI's daemon live on: a crash), so the second attempt runs on pi-0 and pi-2; then pi-2's link
+    drops every packet (tc, its processes still running: Wi-Fi gone), the rank waiting on it
+    names it as stalled, and the replan takes pi-1 in again (it answers ssh): the third attempt runs
+    on pi-0 and pi-1. Every frame once, equal to the reference."""
     cluster = emulated_cluster
     graph = zoo_model("lenet5")
     plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")], kind="rpi3")
     plan_path = plan.save(head["home"] / "resilient-back.json")
     frames = 4000
     out = head["home"] / "resilient-back.npz"
-    bring_back(cluster, cluster.pis[1])
+    bring_back(cluster, cluster.pis[1])  # torn down by the test before
     files = cluster.pis[0].state / "home" / PI_USER / "pisplit" / "files"
     for old in files.glob("pisplit-*"):
         old.unlink()
     run = launch_resilient(cluster, head, plan_path, frames, out)
     try:
         wait_for_results(run, files, 0)
-        tear_down(cluster, cluster.pis[1])
+        assert kill_ranks(cluster.pis[1]), "no rank of the run on pi-1"
         wait_for_results(run, files, 1)
-        bring_back(cluster, cluster.pis[1])
-        tear_down(cluster, cluster.pis[2])
+        drop_link(cluster, cluster.pis[2])
         stdout, stderr = run.communicate(timeout=400)
     finally:
         if run.poll() is None:
             run.kill()
+        restore_link(cluster, cluster.pis[2])
+        tear_down(cluster, cluster.pis[2])  # what the dropped link left running there
         bring_back(cluster, cluster.pis[2])
     assert run.returncode == 0, stderr[-4000:]
     doc = json.loads(stdout)
     assert doc["every_frame_once"] and [f["host"] for f in doc["failures"]] == ["pi-1", "pi-2"], doc["failures"]
-    assert doc["failures"][1]["readmitted"] == ["pi-1"] and [a["ranks"] for a in doc["attempts"]] == [3, 2, 2]
+    crash, dropped = doc["failures"]
+    assert crash["cause"] == "exited on signal 9 (Killed)" and crash["frames_kept"] > 0, crash
+    assert dropped["cause"].endswith("(stalled or lost)") and dropped["frames_kept"] > 0, dropped
+    assert dropped["readmitted"] == ["pi-1"] and [a["ranks"] for a in doc["attempts"]] == [3, 2, 2]
     assert "pi-1 answers again: re-admitted" in stderr
     with np.load(out, allow_pickle=False) as z:
         assert sorted(z["frame_ids"].tolist()) == list(range(frames))
