@@ -538,9 +538,16 @@ def shape_main(argv=None) -> int:
         pis = [int(i) for i in args.pis.split(",")] if args.pis else None
         if pis is not None and any(not 0 <= i < cluster.n_pis for i in pis):
             raise PisplitError(f"--pis {args.pis}: the cluster has Pis 0..{cluster.n_pis - 1}")
+        import signal
+
+        def interrupted(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupted)  # kill PID ends it as Ctrl-C does: the cluster's rate comes back
         shaper = TraceShaper(trace, netns_links(cluster, pis), repeat=args.repeat).start()
         try:
-            shaper.wait()
+            while shaper.running:  # a join with a timeout: signals are handled between the waits
+                shaper.wait(0.2)
         except KeyboardInterrupt:
             pass
         finally:
