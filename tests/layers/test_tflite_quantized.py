@@ -22,6 +22,10 @@ Tolerances, and why:
   builtin kernels differ from each other by 0.57% / 1.1% on the same models.
 Raw integers without their scales (what pisplit read before) miss every one of these by orders of
 magnitude: each test checks that too.
+- The litert engine keeps a dynamic-range layer's int8 filter and scales and exports it as the same
+  hybrid layer, so it equals LiteRT on the file itself (not the float twin), split by output channels
+  too; splits that feed a part less than the whole input are refused there (LiteRT would quantize each
+  part on its own range). tests/layers/test_tflite_dynamic_range_corpus.py checks the converter's models.
 """
 from __future__ import annotations
 
