@@ -40,3 +40,19 @@ def test_litert_stages_count_the_engines_weight_copies(graph_of):
     for k, (a, b) in enumerate(litert.splits.segments):
         np.testing.assert_allclose(table.weight_bytes[k, 1:], built.weight_bytes[k, 1:] * (1.0 + extra[a:b].max()))
         np.testing.assert_allclose(table.weight_bytes[k, 0, 0], (weights[a:b] * (1.0 + extra[a:b])).sum())
+
+
+def test_dynamic_range_layers_count_as_int8_on_litert():
+    """A dynamic-range layer (float node, int8 filter with its scales) holds its weights as int8 in the
+    graph and in LiteRT's hybrid kernels: 1 byte a weight, the int8 factor of the engine's copies."""
+    from layers.tflite import import_tflite_bytes
+    from tests.layers.tflite_models import quantized_chain_model
+
+    graph = import_tflite_bytes(quantized_chain_model(), "chain.tflite")
+    hybrid = np.array([not n.attrs.get("quantized") and n.weight_key("kernel") in graph.quant for n in graph.nodes])
+    assert hybrid.any() and not graph.quantized
+    for i in np.flatnonzero(hybrid):
+        node = graph.nodes[i]
+        assert graph.cost(i).weight_bytes == graph.cost(i).params + 3 * node.weight_shapes.get("bias", (0,))[0]  # int8 + float32 bias
+    extra = np.where(hybrid, LITERT_EXTRA_WEIGHT_COPIES["int8"], LITERT_EXTRA_WEIGHT_COPIES["float"])
+    np.testing.assert_allclose(engine_weight_factors(graph, "litert"), 1.0 + extra)
