@@ -513,18 +513,17 @@ class TraceShaper:
 
 def shape_main(argv=None) -> int:
     """python -m cluster.bandwidth TRACE [--name pisplit] [--state DIR] [--pis 0,1] [--repeat]: replay a bandwidth trace
-    (CSV or a public 4G/LTE log) on a running network-namespace cluster's links with tc, live, until it ends
+    (CSV or a public 4G/LTE log) on a running network-namespace cluster's links (its Pis', or those of --pis) with tc, live, until it ends
     (with --repeat: until interrupted); then the links go back to the cluster's rate. Run it beside `pisplit launch`."""
     import argparse
     import sys
 
-    from .netns import DEFAULT_NAME, Cluster, is_up
+    from .netns import DEFAULT_NAME, Cluster, is_up, namespaces
 
     p = argparse.ArgumentParser(prog="python -m cluster.bandwidth", description=shape_main.__doc__)
     p.add_argument("trace")
     p.add_argument("--name", default=DEFAULT_NAME)
     p.add_argument("--state", help="the cluster's state directory (as given to python -m cluster.netns up)")
-    p.add_argument("--n-pis", type=int, default=1, help="how many Pis the cluster has")
     p.add_argument("--rate", default="94mbit", help="the cluster's own rate, restored at the end")
     p.add_argument("--pis", help="indices of the Pis whose links follow the trace (default: all)")
     p.add_argument("--repeat", action="store_true")
@@ -532,8 +531,9 @@ def shape_main(argv=None) -> int:
     try:
         trace = load_trace(args.trace)
         kw = {"state": Path(args.state)} if args.state else {}
-        cluster = Cluster(name=args.name, n_pis=args.n_pis, rate=args.rate, **kw)
-        if not is_up(cluster):
+        n_pis = sum(1 for ns in namespaces(args.name) if ns.startswith(f"{args.name}-pi-"))  # the running cluster's
+        cluster = Cluster(name=args.name, n_pis=max(n_pis, 1), rate=args.rate, **kw)
+        if not n_pis or not is_up(cluster):
             raise PisplitError(f"the emulated cluster {args.name} is not up (python -m cluster.netns up)")
         pis = [int(i) for i in args.pis.split(",")] if args.pis else None
         if pis is not None and any(not 0 <= i < cluster.n_pis for i in pis):

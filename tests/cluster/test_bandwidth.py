@@ -307,7 +307,7 @@ def test_a_trace_changes_the_namespace_clusters_shaping_live(emulated_cluster, t
 
     path = tmp_path / "t.csv"
     path.write_text("time_s,mbit_per_s\n0,3\n0.1,7\n")
-    args = [str(path), "--name", cluster.name, "--state", str(cluster.state), "--n-pis", str(cluster.n_pis), "--pis", str(cluster.n_pis - 1)]
+    args = [str(path), "--name", cluster.name, "--state", str(cluster.state), "--pis", str(cluster.n_pis - 1)]
     assert shape_main(args) == 0 and rates() == ["94Mbit", "94Mbit"]
     assert "replayed 2 rates" in capsys.readouterr().out
     assert shape_main([*args[:-1], "9"]) == 1 and "--pis 9: the cluster has Pis 0..5" in capsys.readouterr().err
