@@ -19,7 +19,11 @@
    configuration map's plans switched by the runtime from its own measured transfers (cluster.switching),
    beside each static policy run the same way (a one-entry map: same runtime, never switching): frames
    meeting the requirement, mean accuracy (the held-out accuracy of the exit that answered each frame),
-   latency, switches; with the cost model's prediction for the same frames beside it.
+   latency, switches; with the cost model's prediction for the same frames beside it. The host is emulated
+   at what this machine can do now (emulable_devices: an emulated rank is never faster than this machine,
+   and gets only its share of a core while other jobs run; `nice -n -20` reaches the session's scheduling
+   group, session_nice), and a verdict says whether the target holds (>= 95% of frames in time, a mean
+   reward above every static plan's) and whether the emulation kept up (measured_verdict).
 
 `--chart FILE` draws the dynamic run: latency and frames/s over time, dynamic vs the best static
 strategy, the bandwidth beneath. `--quick` shrinks everything (a smoke run); `--json` prints the rows.
