@@ -424,6 +424,9 @@ class RunOptions:
     stream_start: float | None = None
     record_transfers: bool = False  # keep (end, bytes, seconds) of each frame this rank sends on its link (PipelineRank.transfers)
     on_slow: str = "warn"  # a rank falling behind (PaceWatch): "warn" (one line, the run goes on) or "fail" (its error: --resilient replans)
+    # a single stage's warm-up passes stop once they took this long (_Step.warm_up); 0: one pass (a resilient retry: the
+    # first result waits on it, and the first pass takes the first-use costs, later ones settle its time by a few %)
+    warm_up_budget_s: float = 3.0
 
 
 class EventLog:
@@ -1241,7 +1244,7 @@ class PipelineRank:
             # the weights are in; from here the peak is the running shard's (loading may briefly need
             # more: a seeded weight is generated through a temporary of its own size)
             self.stats.memory_load_peak_bytes = peak_rss_bytes()
-            self.step.warm_up()
+            self.step.warm_up(budget_s=self.options.warm_up_budget_s)
             warm_s = time.perf_counter() - t - load_s
             reset_peak_rss()
         self.fault_at(FAULT_AT_START)

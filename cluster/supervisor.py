@@ -358,6 +358,8 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             journal_path, report_path = work / f"journal-{k}", work / f"report-{k}.json"
             files = {"plan": plan_path, "frames": ids_path, "journal": journal_path, "report": report_path}
             argv = ["--frames", str(ids.size), "--no-progress", "--json", "--on-slow", "fail", *child_args]
+            if k > 0:  # a recovery: its first result waits on the warm-up (VGG16: seconds); one pass takes the first-use costs
+                argv += ["--warm-up-budget", "0"]
             if k < len(faults):
                 rank, at, mode = faults[k]
                 index = int(np.searchsorted(ids, at))
