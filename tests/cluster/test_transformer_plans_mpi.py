@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from layers.tflite import import_tflite_bytes
 from tests.cluster.test_runtime import mpirun
 from tests.layers.test_int8_corpus import CORPUS
 from tests.layers.test_transformers import litert
@@ -55,16 +56,28 @@ def plan_and_run(path, model: bytes, ranks: int, tmp_path, frames: int = 2, edit
 ATTENTION_KINDS = ("attn-heads", "attn-tokens")
 
 
-def attention_as(kind):
+def attention_as(kind, graph):
     """A hand edit of a plan: its attention segments (the block through its output projection, the same nodes
-    for both kinds) split with `kind`, uneven (6 heads, 64 tokens)."""
+    for both kinds) split with `kind`, uneven (6 heads, 64 tokens). A token span the planner chose (attn-tokens
+    on through the residual after the block) becomes the block split so and the rest unsplit on the lead."""
+    from partitioners.split_heads import attention_block
+
     sizes = {"attn-heads": {2: [1, 5], 3: [1, 2, 3]}, "attn-tokens": {2: [20, 44], 3: [10, 30, 24]}}[kind]
 
     def edit(doc):
         for st in doc["stages"]:
+            segments = []
             for seg in st.get("segments", []):
-                if seg["kind"] in ATTENTION_KINDS:
-                    seg["kind"], seg["sizes"] = kind, sizes[len(seg["ranks"])]
+                segments.append(seg)
+                if seg["kind"] not in ATTENTION_KINDS:
+                    continue
+                seg.update(kind=kind, sizes=sizes[len(seg["ranks"])], predicted=[])
+                stop = attention_block(graph, seg["node_start"]).stop
+                if seg["node_stop"] > stop:
+                    segments.append({"node_start": stop, "node_stop": seg["node_stop"], "kind": "none", "ranks": seg["ranks"][:1],
+                                     "sizes": [], "options": {}, "output_layout": "lead", "predicted": []})
+                    seg.update(node_stop=stop, output_layout="lead")
+            st["segments"] = segments
         return doc
     return edit
 
@@ -90,7 +103,7 @@ def test_builder_attention_model_plans_attention_splits_and_runs_them(ranks, kin
 
     def edit(doc):
         chosen.extend(s["kind"] for st in doc["stages"] for s in st.get("segments", []))
-        return attention_as(kind)(doc)
+        return attention_as(kind, import_tflite_bytes(model))(doc)
     kinds, used = plan_and_run(path, model, ranks, tmp_path, frames=3, edit=edit)
     assert sum(chosen.count(k) for k in ATTENTION_KINDS) == 2 and kinds.count(kind) == 2 and len(used) == ranks
 
