@@ -60,6 +60,7 @@ def main(argv=None) -> int:
                     singles[(model, kind)] = (rep["latency_ms"]["p50"] / 1e3, single.predicted_latency_s)
                 one_s, one_pred = singles[(model, kind)]
                 plan = plan_for_devices(graph, model, devices, link_bps, "dp", "latency", args.engine)
+                load = float(Path("/proc/loadavg").read_text().split()[0])  # other work on this machine adds its lateness
                 t = time.time()
                 rep = run_emulated(plan.save(tmp / "plan.json"), plan.n_ranks, args.frames, tmp / "report.json", args.engine,
                                    progress=False, max_in_flight=1)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                        "measured_over_predicted": p50 / plan.predicted_latency_s,
                        "single_p50_s": one_s, "single_predicted_s": one_pred, "speedup": one_s / p50,
                        "predicted_speedup": one_pred / plan.predicted_latency_s, "seconds": time.time() - t,
-                       "late_s": max(r["emulation_late_s"] for r in rep["ranks"])}
+                       "late_s": max(r["emulation_late_s"] for r in rep["ranks"]), "load_average": load}
                 rows.append(row)
                 if not args.json:
                     print(f"{model:8s} {devices:7s} {row['link_mbit']:4.0f} Mbit/s | latency p50 {p50 * 1e3:8.1f} ms p90 {p90 * 1e3:8.1f} "
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
                           f"(pred {row['predicted_speedup']:.2f}x) | {kept} kept segments | {' '.join(row['stages'])}", flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
+    print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} at the end", file=sys.stderr)
     return 0
 
 
