@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from cluster.bandwidth import HarmonicEstimator, RuntimeOptimizer, read_trace
+from cluster.bandwidth import MAP_DOWN_MARGIN, HarmonicEstimator, RuntimeOptimizer, read_trace
 from cluster.commands.configmap import parse_latency, parse_states, write_strategy
 from cluster.output import console, print_json
 from layers import load_model
@@ -323,7 +323,7 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
     cmap, _ = configuration_map(graph, [(label, parse_devices(text))], states, req, acc, graph.name, objective=objective, speeds=speeds)
     latency = cmap.link_latency_s
     opt = RuntimeOptimizer(cmap, label, initial_bps=float(bps[0]), estimator=HarmonicEstimator(latency_s=latency),
-                           detector_options={"down_margin": down_margin})
+                           detector_options={"down_margin": MAP_DOWN_MARGIN if down_margin is None else down_margin})
     picks = []
     for i, bw in enumerate(bps):
         e = opt.strategy
@@ -581,7 +581,8 @@ def main(argv=None) -> int:
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
     p.add_argument("--switch-every", type=int, default=1, metavar="K", help="the measured dynamic run may switch every K frames")
-    p.add_argument("--down-margin", type=float, help="the state detector's margin for drops (default: its margin, 0.25)")
+    p.add_argument("--down-margin", type=float, help=f"the state detector's margin for drops in the predicted dynamic run (default: a map run's, {MAP_DOWN_MARGIN}; "
+                   "the measured run uses a map run's)")
     p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
     p.add_argument("--measured-chart", metavar="FILE", help="with --measure-dynamic: draw the measured run (.svg, .png or .html)")
@@ -695,7 +696,7 @@ def _main(args, model_dir: Path) -> int:
     else:
         print_dynamic(rows, f"dynamic over {Path(args.trace).name} x{args.trace_scale:g} (mean {np.mean(bps) / 1e6:.2f} Mbit/s, "
                             f"{len(bps)} frames), requirement {req * 1e3:g} ms, map by {args.objective}, down margin "
-                            f"{'0.25' if args.down_margin is None else args.down_margin} (predicted)")
+                            f"{MAP_DOWN_MARGIN if args.down_margin is None else args.down_margin} (predicted)")
     return 0
 
 

@@ -246,6 +246,12 @@ def test_the_map_chooser_picks_a_plan_index_from_the_runtimes_transfers(tmp_path
     assert index == 2 and reason.startswith("bandwidth rose to") and chooser.estimate == pytest.approx(20e6)
     with pytest.raises(PisplitError, match="names no plan or graph file"):
         map_plans(replace(cmap, entries=tuple(replace(e, plan=None) for e in cmap.entries)), tmp_path)
+    # a map's plan is priced at its state's bandwidth: the chooser drops 10% below it (MAP_DOWN_MARGIN), where the
+    # detector's own margin (25%) kept the plan running and missing the requirement
+    for options, dropped in ((None, True), ({"down_margin": 0.25}, False)):
+        chooser = MapChooser(cmap, [k for k, *_ in plans], initial_bps=2.5e6, detector_options=options)
+        assert chooser(rows(2.1, 4, 0), 4) == (1, None)
+        assert chooser(rows(1.7, 6, 4), 10)[0] == (0 if dropped else 1)  # 15% below the 2 Mbit/s state
 
 
 def test_each_map_plan_is_dilated_by_its_own_branchs_speed(tmp_path, monkeypatch):
