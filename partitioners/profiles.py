@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +261,23 @@ def reference_profile_path(engine: str) -> Path:
     return DEVICE_PROFILE_DIR / f"host-{engine}.json"
 
 
+_SHIPPED: dict = {}  # path -> ((mtime_ns, size), Profile): each shipped reference read and checked once a process
+
+
+def _load_shipped(path: Path) -> Profile:
+    """A shipped reference profile, read and checked once per process while the file is unchanged (every
+    plan calibrates against it); each caller gets its own containers, so one that adds a model or refits
+    does not change what the next caller reads."""
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    hit = _SHIPPED.get(path)
+    if hit is None or hit[0] != key:
+        hit = _SHIPPED[path] = (key, Profile.load(path))
+    p = hit[1]
+    return replace(p, machine=dict(p.machine), models={m: list(nodes) for m, nodes in p.models.items()},
+                   links=list(p.links), split_overhead=dict(p.split_overhead))
+
+
 class Calibration:
     """Seconds on each device kind: a base profile's seconds times the kind's scale factor.
 
@@ -293,7 +310,7 @@ class Calibration:
             self.notes.append(f"no shipped {self.engine} profile: node proportions come from the numpy reference "
                               f"(run `pisplit profile --engine {self.engine}` on the devices for better predictions)")
             path = fallback
-        return Profile.load(path)
+        return _load_shipped(path)
 
     def resolve(self, kind: str) -> tuple[Profile, float]:
         """(profile, scale): a node on `kind` takes profile.node_seconds(...) * scale seconds."""
