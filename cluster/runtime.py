@@ -554,9 +554,11 @@ def check_input_frames(graph: Graph, frames: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def stage_communicators(comm, plan: Plan) -> dict:
+def stage_communicators(comm, plan: Plan, seconds: float = 0.0) -> dict:
     """Collective over `comm` (every rank, same order): one communicator per split stage over its
-    ranks, ordered as the stage lists them (the lead is rank 0 of it).
+    ranks, ordered as the stage lists them (the lead is rank 0 of it). With `seconds` > 0 each
+    MPI_Comm_split comes after a watched barrier (transport.split_communicator_watched): a rank that
+    does not come within `seconds` is named, where a bare split would wait for it forever.
 
     Returns {stage index: communicator} for the split stage this rank is in (or {}).
     """
@@ -566,7 +568,12 @@ def stage_communicators(comm, plan: Plan) -> dict:
         if stage.mode != StageMode.SPLIT:
             continue
         members = list(stage.ranks)
-        sub = transport.split_communicator(comm, 0 if rank in members else None, members.index(rank) if rank in members else 0)
+        color, key = (0 if rank in members else None), (members.index(rank) if rank in members else 0)
+        if seconds > 0:
+            sub = transport.split_communicator_watched(comm, color, key, f"stage {stage.index}'s communicator", seconds,
+                                                       follow_s=stall_margin(seconds))
+        else:
+            sub = transport.split_communicator(comm, color, key)
         if sub is not None:
             mine[stage.index] = sub
     return mine
@@ -1403,7 +1410,7 @@ def run_plan(comm, plan: Plan, options: RunOptions, load_graph: Callable[[], Gra
             error = str(exc)
     transport.agree_watched(comm, error, "the end of loading", setup_s, follow_s=stall_margin(setup_s))
     timeline = {"loaded": time.time()}
-    communicators = stage_communicators(comm, plan)
+    communicators = stage_communicators(comm, plan, setup_s)
     hosts = host_names_watched(comm, setup_s)
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:

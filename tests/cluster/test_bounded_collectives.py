@@ -97,19 +97,29 @@ def test_setup_errors_are_still_agreed_on_every_rank(tmp_path):
 
 
 # The options' agreement at the start of `pisplit run` (and of a configuration map's run: the same
-# cluster.commands.run.agree_options) was an Allreduce: a rank stopped while starting left the others
-# waiting forever, silently. The command's own code (_run) on real ranks, the named rank stopped first.
+# cluster.commands.run.agree_options) was an Allreduce, and the split stages' communicators an
+# MPI_Comm_split: a rank stopped while starting, or between the end of loading and the split, left
+# the others waiting forever, silently. The command's own code (_run) on real ranks, the named rank
+# stopped first (before _run, or as it comes to runtime.stage_communicators).
 OPTIONS = r"""
 import os, signal, sys
-from cluster import transport
+from cluster import runtime, transport
 from cluster.cli import build_parser
 from cluster.commands.run import _run
 
-stopped, argv = int(sys.argv[1]), sys.argv[2:]
+stopped, point, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 args = build_parser(argv).parse_args(argv)
+split = runtime.stage_communicators
+
+def stop_then_split(comm, plan, seconds=0.0):
+    if comm.Get_rank() == stopped:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return split(comm, plan, seconds)
+
+runtime.stage_communicators = stop_then_split
 
 def body(comm, rank):
-    if rank == stopped:
+    if rank == stopped and point == "options":
         os.kill(os.getpid(), signal.SIGSTOP)
     return _run(args, comm, rank)
 
@@ -120,14 +130,23 @@ sys.exit(transport.on_every_rank(body))
 @pytest.mark.mpi
 def test_a_rank_that_never_reaches_the_options_agreement_is_named(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
-    proc, seconds = mpirun(3, 2, "run", plan, "--frames", 5, "--no-progress", "--stall-timeout", 0.5, code=OPTIONS)
+    proc, seconds = mpirun(3, 2, "options", "run", plan, "--frames", 5, "--no-progress", "--stall-timeout", 0.5, code=OPTIONS)
     assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the options' agreement "
                                              r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
-    # and with every rank there, the same code runs the plan
-    proc, _ = mpirun(3, -1, "run", plan, "--frames", 5, "--no-progress", "--json", code=OPTIONS)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["every_frame_once"], proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_rank_that_never_reaches_a_split_stages_communicator_is_named(tmp_path):
+    from .test_stalls_and_partial import SPLIT
+
+    plan = hand_plan(zoo_model("lenet5"), SPLIT).save(tmp_path / "plan.json")
+    proc, seconds = mpirun(3, 2, "communicators", "run", plan, "--frames", 5, "--no-progress", "--stall-timeout", 0.5, code=OPTIONS)
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach stage 1's communicator "
+                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
 
 
 # --- pisplit split and pisplit profile: every barrier, transfer and gather is bounded too ---------------------
