@@ -17,7 +17,7 @@ LiteRT interpreter on the same file (1 thread each, median of 5 warm runs taken 
 Usage: scripts/bench_transformers [--models vit_b16,kwt3] [--configs rpi4:4@940mbit,rpi3:4@94mbit]
        [--variants all,heads,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N]
        [--stream-frames N] [--corpus] [--no-emulate] [--json]
-       (the full run, --corpus included, takes about an hour on 2 cores)
+       (the full run, --corpus included: 15-20 minutes on 2 cores)
 """
 import os
 
