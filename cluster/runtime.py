@@ -594,8 +594,6 @@ class _Step:
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
         self.segment_s = np.zeros((len(stage.segments), 2)) if stage.mode == StageMode.SPLIT else None  # ... per segment
         self.is_lead = rank == stage.ranks[0]
-        # one emulated device alone (a one-rank plan): its warm pass is what a frame's compute costs at most (warm_up)
-        self.warm_hooks = hooks if not self.split and plan is not None and plan.n_ranks == 1 else None
         if not self.split:
             self.parts.append(("none", make_engine(shard_graph(graph, stage.node_start, stage.node_stop), engine), None))
             return
@@ -649,28 +647,13 @@ class _Step:
         runner = self.parts[0][1]
         feeds = runner.graph.random_input(0)
         start, last = time.perf_counter(), None
-        times = []
         for _ in range(max(1, passes)):
             t = time.process_time()
             runner.run(feeds)
             seconds = time.process_time() - t
-            times.append(seconds)
             if (last is not None and seconds >= 0.95 * last) or time.perf_counter() - start > budget_s:
                 break
             last = seconds
-        if self.warm_hooks is not None:
-            # one emulated device alone: its frames cost at most the median warm pass (after the first; 8 and
-            # 0.25 s of them within the budget), as cluster.host_speed timed this machine for its dilation. Between
-            # frames the rank sleeps out its padding and other processes take the core and its caches, where
-            # a Pi keeps its own: LeNet-5's 0.2 ms frames ran ~28% above their warm CPU time, so one emulated
-            # Pi 3B+ came out at x0.76-0.78 of its calibration (a split stage's steps: _warm_references)
-            from .host_speed import MAX_PASSES, MIN_MEASURE_S
-
-            while (len(times) < 9 or sum(times[1:]) < MIN_MEASURE_S) and len(times) < MAX_PASSES and time.perf_counter() - start < budget_s:
-                t = time.process_time()
-                runner.run(feeds)
-                times.append(time.process_time() - t)
-            self.warm_hooks.reference(self, float(np.median(times[1:] or times)))
 
     def _warm_references(self, passes: int = 5) -> None:
         """A split stage's compute steps, each run alone on random input (no communication): their
@@ -1212,7 +1195,7 @@ class PipelineRank:
             self.stats.compute_s += self.step.compute_s - compute0
             self.stats.comm_s += self.step.comm_s - comm0
         elif self.device:
-            out = self.device.compute(lambda: self.step.run(tensors), self.step)  # one compute step of the emulated device
+            out = self.device.compute(lambda: self.step.run(tensors))  # one compute step of the emulated device
         else:
             out = self.step.run(tensors)
         seconds = time.perf_counter() - t
