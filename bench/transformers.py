@@ -4,7 +4,9 @@ Part 1: ViT-B/16 (zoo vit_b16) on 4 emulated Pi 4 at 940 Mbit/s and 4 Pi 3B+ at 
 cluster: for one emulated device and each plan, single-frame latency (frames sent one at a time, median)
 and throughput (frames streamed), each next to its prediction (measured / predicted) and over one device.
 Plans (--variants): the planner's choice ("all": dp latency plan with every split kind, the planner picks per
-block), attention by heads ("heads": attn-heads, no attn-tokens), attention by tokens ("tokens": attn-tokens,
+block), attention by heads ("heads": attn-heads, no attn-tokens; "heads-forced": every attention block by heads
+over every device, the rest as the planner picks, priced by the cost model even where the planner would not
+split attention), attention by tokens ("tokens": attn-tokens,
 no attn-heads), the tokens plan with each token segment run through its whole block, MLP included
 ("tokens-block", a hand edit; the planner offers the same as token spans, split_costs.token_spans, so where it
 chose them the edit changes nothing; no prediction), no attention kind ("fc-splits": fc-output / fc-input and
@@ -15,7 +17,7 @@ Part 2 (--corpus): for every litert-torch model of ${XDG_CACHE_HOME:-~/.cache}/p
 LiteRT interpreter on the same file (1 thread each, median of 5 warm runs taken in turn, outputs compared).
 
 Usage: scripts/bench_transformers [--models vit_b16,kwt3] [--configs rpi4:4@940mbit,rpi3:4@94mbit]
-       [--variants all,heads,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N]
+       [--variants all,heads,heads-forced,tokens,tokens-block,fc-splits,pipeline-only,throughput] [--frames N]
        [--stream-frames N] [--corpus] [--no-emulate] [--json]
        (the full run, --corpus included: 15-20 minutes on 2 cores)
 """
@@ -40,7 +42,7 @@ def say(args, line):
 
 
 ATTENTION = (SplitKind.ATTN_HEADS, SplitKind.ATTN_TOKENS)
-VARIANTS = ("all", "heads", "tokens", "tokens-block", "fc-splits", "pipeline-only", "throughput")
+VARIANTS = ("all", "heads", "heads-forced", "tokens", "tokens-block", "fc-splits", "pipeline-only", "throughput")
 
 
 def whole_blocks(plan, graph):
@@ -87,11 +89,18 @@ def plans_for(graph, model, devices, link_bps, engine, names=VARIANTS):
                 ("fc-splits", "latency", tuple(k for k in every if k not in ATTENTION)),
                 ("pipeline-only", "throughput", ()),
                 ("throughput", "throughput", every)]
+    if "heads-forced" in names:
+        variants.insert(2, ("heads-forced", "latency", tuple(k for k in every if k != SplitKind.ATTN_TOKENS)))
     made = {}
     for name, objective, kinds in variants:
         if name in names or (name == "tokens" and "tokens-block" in names):
             cost = CostModel(graph, cluster, Calibration(engine), splits=SplitCatalogue(graph, kinds))
-            made[name] = pipeline_only(cost, model, engine) if name == "pipeline-only" else make_plan(graph, cost, "dp", objective, model, engine)
+            if name == "pipeline-only":
+                made[name] = pipeline_only(cost, model, engine)
+            elif name == "heads-forced":
+                made[name] = heads_forced(cost, model, engine)
+            else:
+                made[name] = make_plan(graph, cost, "dp", objective, model, engine)
         if name in names:
             yield name, made[name]
         if name == "tokens" and "tokens-block" in names:
@@ -110,7 +119,20 @@ def pipeline_only(cost, model: str, engine: str):
 
 # table rows: each a dp plan under a constraint; where the planner finds a kind does not pay it leaves it out,
 # and the row's split kinds say so (ViT-B/16 on 4 Pi 3B+ at 94 Mbit/s: no attention split at all)
-LABELS = {"all": "planner's choice (latency)", "heads": "head-parallel (no attn-tokens)", "tokens": "token-parallel (no attn-heads)",
+def heads_forced(cost, model: str, engine: str):
+    """One split stage over every device with every attention block split by heads (cost.split_choice's forced
+    kinds, as the paper planner forces its splits; the other segments as the planner picks): a head-parallel plan
+    priced by the cost model even where the planner would not split attention (slow links)."""
+    from partitioners.planner_baselines import ForcedStage
+    from partitioners.planners import build_plan
+
+    splits = cost.splits
+    forced = tuple((s, str(SplitKind.ATTN_HEADS)) for s in range(len(splits.segments)) if SplitKind.ATTN_HEADS in splits.kinds(s))
+    stage = ForcedStage(0, cost.n, tuple(cost.capacity), StageMode.SPLIT, forced)
+    return build_plan(cost, [stage], "dp", "latency", model, engine, ["every attention block split by heads (forced)"])
+
+
+LABELS = {"all": "planner's choice (latency)", "heads": "head-parallel (no attn-tokens)", "heads-forced": "head-parallel, every block", "tokens": "token-parallel (no attn-heads)",
           "tokens-block": "tokens, whole blocks (hand edit)", "fc-splits": "fc splits only", "pipeline-only": "pipeline-only",
           "throughput": "planner's choice (throughput)"}
 
