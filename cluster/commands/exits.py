@@ -44,6 +44,9 @@ def register(sub) -> None:
     views.add_argument("--device-kind", default="rpi3", metavar="KIND", help="--emulate: the end devices' kind (default rpi3)")
     views.add_argument("--aggregator-kind", default="rpi3", metavar="KIND", help="--emulate: rank 0's kind (default rpi3)")
     views.add_argument("--output", metavar="Y.npz", help="--run: per frame the answering exit (0 local, 1 final) and both outputs (NaN: not computed)")
+    views.add_argument("--stall-timeout", type=float, metavar="S", help="--run: seconds a rank may take to reach the start's agreements "
+                       "(three times S for the first, as ranks load at different paces) and a message may keep the run waiting before "
+                       "the rank is named and the job ends (default: 10 s for the start, 60 s in the run; 0: never)")
     p.set_defaults(func=run)
 
 
@@ -172,12 +175,15 @@ def _run_views(args, comm, rank: int) -> int:
     from partitioners.exits import check_threshold
 
     from ..multiview import parse_missing, run_multiview, split_multiview
-    from ..runtime import agree
+    from ..runtime import DEFAULT_MIN_STALL_S, host_names_watched
+    from .run import agree_options
 
     error = model = feeds = labels = emulation = None
     missing: list = []
     frames = 0
     try:
+        if args.stall_timeout is not None and not args.stall_timeout >= 0:
+            raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
         check_threshold("--threshold", args.threshold)
         model = split_multiview(load_model(args.model))
         missing = parse_missing(args.missing, model.n_devices)
@@ -196,10 +202,14 @@ def _run_views(args, comm, rank: int) -> int:
             feeds = {view: feeds[view]}
     except PisplitError as exc:
         error = str(exc)
-    agree(comm, error)
+    # no wait at the start is unbounded: a rank that never arrives (stopped or hung while starting) is named and the job ends
+    agree_options(comm, error, args.stall_timeout, None)
+    bound = DEFAULT_MIN_STALL_S if args.stall_timeout is None else float(args.stall_timeout)
+    hosts = host_names_watched(comm, bound) if comm.Get_size() > 1 else []
     if emulation is not None:
-        emulation.slowdown /= _shared_host_speed(comm, emulation.host_speed)
-    result = run_multiview(comm, model, feeds, frames, missing, args.threshold, window=args.window, emulation=emulation)
+        emulation.slowdown /= _shared_host_speed(comm, emulation.host_speed, bound, hosts)
+    timeout_s = 60.0 if args.stall_timeout is None else (float(args.stall_timeout) or float("inf"))
+    result = run_multiview(comm, model, feeds, frames, missing, args.threshold, timeout_s=timeout_s, window=args.window, emulation=emulation)
     if rank != 0:
         return 0
     labels = labels[:frames]
@@ -249,11 +259,17 @@ def _view_emulation(args, comm, rank: int):
     return emulation
 
 
-def _shared_host_speed(comm, speed) -> float:
-    """Rank 0's measured host speed on every rank (a float64 buffer)."""
-    buf = np.array([speed if speed else 1.0], np.float64)
-    comm.Bcast(buf, root=0)
-    return float(buf[0])
+def _shared_host_speed(comm, speed, seconds: float, hosts: list) -> float:
+    """Collective: rank 0's measured host speed on every rank, with no wait unbounded (a rank that does
+    not come within `seconds`, <= 0: no bound, is named with its host: transport.bcast_text_watched)."""
+    from .. import transport
+    from ..runtime import stall_margin
+
+    def name(r: int) -> str:
+        return f"rank {r} (host {hosts[r]})" if 0 <= r < len(hosts) else f"rank {r}"
+
+    text = repr(float(speed)) if comm.Get_rank() == 0 and speed else "1.0"
+    return float(transport.bcast_text_watched(comm, text, "the host speed's broadcast", seconds, name, follow_s=stall_margin(seconds)))
 
 
 def exits_table(doc: dict) -> Table:

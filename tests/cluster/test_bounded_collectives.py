@@ -295,3 +295,46 @@ def test_a_rank_stopped_after_the_last_agreement_does_not_hold_mpis_shutdown(tmp
     assert errors == [f"pisplit: error: rank 0 (host {HOST}): MPI's shutdown (MPI_Finalize) did not end within {EXIT_GRACE_S:.1f} s "
                       "after the job's last agreement: a rank stopped or was lost at the very end; ending the job (this rank's results "
                       "are written)"], proc.stderr
+
+
+# --- pisplit exits --run (a multi-view model across ranks): its start was an Allreduce agreement and an MPI
+# Bcast of the host speed; a rank stopped while starting left the others waiting forever, silently. The
+# command's own code (cluster.commands.exits._run_views) on real ranks, the named rank stopped first.
+VIEWS = r"""
+import os, signal, sys
+from cluster import transport
+from cluster.cli import build_parser
+from cluster.commands.exits import _run_views
+
+stopped, argv = int(sys.argv[1]), sys.argv[2:]
+args = build_parser(argv).parse_args(argv)
+
+def body(comm, rank):
+    if rank == stopped:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return _run_views(args, comm, rank)
+
+sys.exit(transport.on_every_rank(body))
+"""
+
+
+@pytest.mark.mpi
+def test_a_rank_that_never_reaches_a_multi_view_runs_start_is_named():
+    # ddnn_mnist with three of its four end devices missing: rank 0 aggregates, rank 1 is device 3
+    proc, seconds = mpirun(2, 1, "exits", "ddnn_mnist", "--run", "--missing", "0,1,2", "--frames", 4, "--stall-timeout", 0.3,
+                           code=VIEWS, timeout=60)
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 did not reach the options' agreement "
+                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_multi_view_runs_stall_timeout_is_checked_in_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "exits", "ddnn_mnist", "--run", "--stall-timeout", "-1"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
+    assert proc.returncode != 0 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"), proc.stderr
