@@ -130,7 +130,8 @@ def _run_ranks(args, names: list, fractions: tuple, comm, rank: int, transport) 
             error = str(exc)
     watch.agree(error, "the end of loading the models", scale=6.0)  # rank 0 loads them all, the others wait
     watch.learn_hosts()
-    work = transport.split_communicator(comm, 0, rank)  # collective: while every rank is there
+    # collective, bounded: a rank that stops right after the agreement is named, not waited for
+    work = transport.split_communicator_watched(comm, 0, rank, "the link tests' communicator", watch.seconds, watch.name, watch.follow_s())
     watch.at(FAULT_AT_START)
     links = ping_pong(comm, work, watch)
     watch.at(FAULT_AT_END)

@@ -179,7 +179,7 @@ def _run(args, comm, rank: int, transport) -> int:
     watch.agree(error, "the end of loading")
     watch.learn_hosts()
     # the split's transfers on a communicator of their own (their tags never meet the watch's pings)
-    work = transport.split_communicator(comm, 0, rank)
+    work = transport.split_communicator_watched(comm, 0, rank, "the split's communicator", watch.seconds, watch.name, watch.follow_s())
 
     try:
         runner = SplitRunner(work, split, args.engine, hooks=_runner_hooks(watch, f"the {split.kind} split of {split.layer}"))
@@ -392,7 +392,8 @@ def _run_chain(args, comm, rank: int, transport) -> int:
     watch.at(FAULT_AT_LOAD)
     watch.agree(error, "the end of loading")
     watch.learn_hosts()
-    communicator = transport.split_communicator(comm, 0, rank)
+    communicator = transport.split_communicator_watched(comm, 0, rank, "the chain's communicator", watch.seconds, watch.name,
+                                                        watch.follow_s())
 
     try:
         step = _Step(None, graph, stage, rank, args.engine, {0: communicator}, _runner_hooks(watch, f"the chain from {args.layer}"))

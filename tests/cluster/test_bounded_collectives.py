@@ -338,3 +338,33 @@ def test_a_multi_view_runs_stall_timeout_is_checked_in_one_line():
                           capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb", "NO_COLOR": "1"})
     assert proc.returncode != 0 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"), proc.stderr
+
+
+# pisplit split's (and profile's) work communicator was an MPI_Comm_split right after the bounded
+# agreement and host names: a rank stopped between them left the others waiting forever, silently.
+AFTER_HOSTS = r"""
+import os, signal, sys
+from cluster.cli import main
+from cluster.watched import CommandWatch
+
+stopped, argv = int(sys.argv[1]), sys.argv[2:]
+learn = CommandWatch.learn_hosts
+
+def learn_then_stop(self):
+    learn(self)
+    if self.rank == stopped:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+CommandWatch.learn_hosts = learn_then_stop
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.mpi
+def test_a_rank_that_never_reaches_the_splits_communicator_is_named():
+    proc, seconds = mpirun(3, 2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--repeat", 1, "--stall-timeout", 0.5,
+                           code=AFTER_HOSTS, timeout=60)
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the split's "
+                                             r"communicator for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
