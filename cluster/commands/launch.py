@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("plan", metavar="PLAN.json", help="plan whose 'ranks' (or 'n_ranks') say how many ranks run where")
     add_inventory_arguments(p)
     p.add_argument("--frames", type=int, default=10, help="frames to run (default 10)")
-    p.add_argument("--dry-run", action="store_true", help="print the mpirun command and where each rank goes; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the mpirun command and where each rank goes (with --resilient: the first "
+                   "attempt's); copy and run nothing")
     p.add_argument("--command", default=DEFAULT_RANK_COMMAND, metavar="TEMPLATE",
                    help="what each rank runs (default %(default)r; placeholders {python} {pisplit} {workdir} {plan} {frames})")
     p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
@@ -46,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--fail", action="append", default=[], metavar="RANK@FRAME[:MODE]",
                    help="with --resilient: fault injection, as `pisplit run --fail` (repeatable: one per attempt)")
     p.add_argument("--output", metavar="Y.npz", help="with --resilient: every frame's outputs, written on this machine")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="as `pisplit run --stall-timeout`, for every rank (with --resilient: every attempt's ranks): a wait with no "
+                        "progress this long names the rank and ends the attempt (default: a few seconds beyond the plan's period; 0: never)")
     p.add_argument("--exit", action="append", default=[], metavar="NAME=T",
                    help="early exit in the ranks' run (repeatable, as pisplit run --exit): checked against the plan's model here, "
                         "then added to each rank's command")
@@ -62,6 +66,10 @@ def run(args) -> int:
     hosts = inventory.select(args.hosts)
     known_hosts = Path(args.known_hosts).expanduser() if args.known_hosts else default_known_hosts()
     exit_args = exit_arguments(plan, args.exit)  # a bad --exit fails here, before anything reaches a host
+    if args.stall_timeout is not None:
+        if not args.stall_timeout >= 0:
+            raise PisplitError(f"--stall-timeout {args.stall_timeout}: must be a number of seconds >= 0 (0: never)")
+        exit_args = [*exit_args, "--stall-timeout", repr(args.stall_timeout)]  # the ranks' `pisplit run` flags
     if args.resilient or args.fail or args.output:
         from .resilient import launch_resilient
 
@@ -76,15 +84,9 @@ def run(args) -> int:
     launch = build_launch(inventory, hosts, ranks, command, plan_name=plan.name, frames=args.frames,
                           env=env, known_hosts=known_hosts,
                           cluster_key=Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key())
-    doc = {"command": shlex.join(launch.argv), "argv": launch.argv, "hostfile": str(launch.files.hostfile),
-           "ssh_config": str(launch.files.ssh_config),
-           "ranks": [{"rank": i, "host": h.name, "address": h.address} for i, h in enumerate(launch.placement)]}
+    doc = launch_doc(launch)
     if args.dry_run:
-        if args.json:
-            print_json({**doc, "dry_run": True})
-        else:
-            _print_placement(launch)
-            console.print(shlex.join(launch.argv), highlight=False, soft_wrap=True, markup=False)
+        print_dry_run(launch, args.json)
         return 0
     cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
     if cluster_key.exists():
@@ -160,6 +162,22 @@ def check_pisplit_plan(path: Path) -> None:
     doc = read_json(path, "plan")
     if isinstance(doc, dict) and "format" in doc:
         Plan.load(path)
+
+
+def launch_doc(launch) -> dict:
+    """The mpirun command of a launch and where each rank goes (the --json document)."""
+    return {"command": shlex.join(launch.argv), "argv": launch.argv, "hostfile": str(launch.files.hostfile),
+            "ssh_config": str(launch.files.ssh_config),
+            "ranks": [{"rank": i, "host": h.name, "address": h.address} for i, h in enumerate(launch.placement)]}
+
+
+def print_dry_run(launch, as_json: bool, **extra) -> None:
+    """--dry-run: the placement and the mpirun command (JSON with `extra` keys), nothing run."""
+    if as_json:
+        print_json({**launch_doc(launch), "dry_run": True, **extra})
+    else:
+        _print_placement(launch)
+        console.print(shlex.join(launch.argv), highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_placement(launch) -> None:

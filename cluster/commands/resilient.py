@@ -209,6 +209,14 @@ def emulate_resilient(args, plan: Plan) -> int:
     return finish(args, doc, result)
 
 
+class DryRunLaunch(Exception):
+    """`launch --resilient --dry-run`: the first attempt's launch, built and not run (LaunchSite.command)."""
+
+    def __init__(self, launch):
+        super().__init__("dry run")
+        self.launch = launch
+
+
 class LaunchSite:
     """Attempts on the inventory's hosts (`pisplit launch --resilient`): each attempt's plan and frame
     ids are copied to WORKDIR/files/ under a name of this run's own, mpirun starts the ranks over ssh,
@@ -216,7 +224,7 @@ class LaunchSite:
     (a Pi that lost power or network takes every rank it ran); a journal that cannot be fetched (rank
     0's host is the one that went) only means its frames are run again."""
 
-    def __init__(self, inventory, hosts: list, known_hosts: Path, cluster_key: Path, env: dict):
+    def __init__(self, inventory, hosts: list, known_hosts: Path, cluster_key: Path, env: dict, dry_run: bool = False):
         from ..facts import read_facts
 
         self.inventory, self.alive, self.known_hosts, self.cluster_key, self.env = inventory, list(hosts), known_hosts, cluster_key, env
@@ -225,6 +233,7 @@ class LaunchSite:
         self.failures = 0
         self.homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
         self.token = os.urandom(4).hex()
+        self.dry_run = dry_run  # the first attempt's command is built, then DryRunLaunch: nothing copied or run
         self.placement: list = []
         self.remote: dict = {}
 
@@ -245,6 +254,8 @@ class LaunchSite:
                               cluster_key=self.cluster_key)
         self.placement = launch.placement
         self.remote = {key: f"{launch.workdir}/files/{name}" for key, name in names.items()}
+        if self.dry_run:
+            raise DryRunLaunch(launch)
         from .launch import plan_with_model_files
 
         remote_dir = files["plan"].parent / "to-hosts"  # the attempt's plan naming its model file on the hosts
@@ -310,12 +321,19 @@ def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts:
     """`pisplit launch PLAN --resilient`: the supervisor on the head, ranks on the inventory's hosts."""
     from ..launch import DEFAULT_RANK_COMMAND, default_cluster_key, parse_env
 
-    if args.dry_run or args.command != DEFAULT_RANK_COMMAND:
-        raise PisplitError("--resilient: runs `pisplit run` on the hosts itself (no --command) and has no --dry-run")
+    if args.command != DEFAULT_RANK_COMMAND:
+        raise PisplitError("--resilient: runs `pisplit run` on the hosts itself (no --command)")
     plan = Plan.load(plan_path)
     cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
-    site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env))
-    result = supervise_plan(plan, args.frames, list(exit_args or []), args.fail, keep_outputs=bool(args.output), quiet=False, env=mpirun_env(), output=args.output,
-                            site=site, timeout=args.timeout)
+    site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env), dry_run=args.dry_run)
+    # exit_args: the ranks' --exit and --stall-timeout (cluster.commands.launch), given to every attempt's `pisplit run`
+    try:
+        result = supervise_plan(plan, args.frames, list(exit_args or []), args.fail, keep_outputs=bool(args.output), quiet=args.dry_run,
+                                env=mpirun_env(), output=args.output, site=site, timeout=args.timeout)
+    except DryRunLaunch as dry:
+        from .launch import print_dry_run
+
+        print_dry_run(dry.launch, args.json, resilient=True)  # the first attempt's command; later ones run on the hosts left
+        return 0
     doc = resilient_report(plan, result, plan.engine, False)
     return finish(args, doc, result)

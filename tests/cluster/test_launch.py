@@ -240,3 +240,30 @@ def test_a_plan_of_a_model_file_goes_to_the_hosts_with_that_file(tmp_path):
     assert all(np.array_equal(want[k], got[k]) for k in want)
     zoo = hand_plan(graph, [(0, len(graph), [0], "single")], model="lenet5").save(tmp_path / "zoo.json")
     assert plan_with_model_files(zoo, str(workdir), tmp_path / "out") == [zoo]
+
+
+def test_launch_passes_its_stall_timeout_to_the_ranks_and_every_resilient_attempt(inventory, tmp_path, capsys, no_network):
+    """--stall-timeout reaches the ranks' `pisplit run`: a plain launch's rank command, and under --resilient
+    the supervisor's attempts (its dry run: the first attempt's mpirun command, built by the same LaunchSite
+    the attempts use, with the plan, frame ids, journal and report under this run's names)."""
+    from layers import zoo_model
+
+    from .pipeline_plans import hand_plan
+
+    plan = hand_plan(zoo_model("lenet5"), [(0, 4, [0], "single"), (4, 9, [1], "single")], kind="rpi3").save(tmp_path / "plan.json")
+    base = ["launch", str(plan), "--inventory", str(inventory.path), "--frames", "7", "--dry-run", "--json", "--stall-timeout", "2.5"]
+    assert main(base) == 0
+    argv = json.loads(capsys.readouterr().out)["argv"]
+    assert argv[-7:] == ["/home/pi/pisplit/venv/bin/pisplit", "run", "/home/pi/pisplit/files/plan.json", "--frames", "7",
+                         "--stall-timeout", "2.5"], argv
+    assert main([*base, "--resilient", "--fail", "1@3:stop"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dry_run"] and doc["resilient"] and [r["host"] for r in doc["ranks"]] == ["pi-1", "pi-2"], doc
+    run = doc["argv"][doc["argv"].index("/home/pi/pisplit/venv/bin/pisplit"):]
+    assert run[1] == "run" and run[2].startswith("/home/pi/pisplit/files/pisplit-") and run[2].endswith("plan-0.json"), run
+    flags = run[3:]
+    assert flags[flags.index("--frames") + 1] == "7" and flags[flags.index("--stall-timeout") + 1] == "2.5", flags
+    assert flags[flags.index("--fail") + 1] == "1@3:stop" and "--journal" in flags and "--frame-ids" in flags, flags
+    assert main([*base[:-1], "-1", "--resilient"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"], err
