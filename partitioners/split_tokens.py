@@ -437,17 +437,12 @@ def _token_split_class(Split):
 
         def cost(self, output_to: str = "root"):
             """Split.cost, with the all-gather priced as the lead's interface sees it: each remote
-            part's rows of the key-side tensors counted twice more as received, once for what the
-            lead receives of them and once for the lead's own rows it sends that part (about as many:
-            the sizes are near even). A rank's sends and receives take turns on its link, as in the
-            planner's link model and the emulation (cluster.emulation: a transfer occupies both ends);
-            counting the lead's receipts alone priced ViT-B/16's all-gathers at half what they took.
-            (The lead's part is counted so too, so that every part's cost stays affine in its size
-            for split_costs' calibration; the lead's recv_bytes is only held memory, not a transfer.)"""
+            part's rows of the key-side tensors counted once more as received (their sum is what
+            the lead receives; every part sends its rows to each other part at the same time)."""
             from dataclasses import replace
 
             base = super().cost(output_to)
-            parts = tuple(replace(c, recv_bytes=c.recv_bytes + 2 * self.exchange_bytes(c.index)) for c in base.parts)
+            parts = tuple(replace(c, recv_bytes=c.recv_bytes + self.exchange_bytes(c.index)) for c in base.parts)
             return replace(base, parts=parts, input_pattern="scatter")
 
         @property

@@ -79,9 +79,8 @@ def test_cost_counts_each_parts_rows_and_the_all_gather():
     cost = split.cost()
     c, whole = 192, sum(g.cost(j).weight_bytes for j in range(split.node_start, split.node_stop))
     for p, size in zip(cost.parts, (10, 50, 39)):
-        # its rows of the two inputs, and its rows of K and V twice more (the lead's share of the all-gather:
-        # it receives them and sends that part about as many rows of its own)
-        assert p.recv_bytes == (2 * size * c + 2 * 2 * size * c) * DTYPE_BYTES
+        # its rows of the two inputs, and its rows of K and V once more (the lead's share of the all-gather)
+        assert p.recv_bytes == (2 * size * c + 2 * size * c) * DTYPE_BYTES
         assert p.send_bytes == size * c * DTYPE_BYTES and p.weight_bytes == whole
     assert sum(p.flops for p in cost.parts) >= cost.unsplit_flops  # the LayerNorms and biases per row, nothing more
     assert sum(p.flops for p in cost.parts) <= 1.01 * cost.unsplit_flops
