@@ -74,38 +74,55 @@ def read_plan_ranks(path: str | Path) -> list[dict]:
     return plan_ranks(plan, f"plan {path}")
 
 
-def place_ranks(ranks: list[dict], hosts: list[Host], kinds: dict[str, str] | None = None) -> list[Host]:
+def place_ranks(ranks: list[dict], hosts: list[Host], kinds: dict[str, str] | None = None, source: str | None = None) -> list[Host]:
     """The host of each rank: its 'host', else a host of its 'device' kind, else the next free slot.
 
     Hosts fill slot by slot in inventory order; `kinds` (host -> device kind) stands in for hosts
-    without device=. Raises PisplitError when ranks outnumber slots or name unknown hosts.
+    without device=. Raises PisplitError when ranks outnumber slots or name unknown hosts, in one
+    line beginning with `source` when given ("plan p.json: rank 1: no host has a free rpi3 slot: ...").
     Example: ranks [{}, {"device": "rpi4"}, {}] on pi-0 (rpi3, slots=2) and pi-1 (rpi4) -> pi-0, pi-1, pi-0.
     """
     kinds = kinds or {}
     free = {h.name: h.slots for h in hosts}
     by_name = {h.name: h for h in hosts}
     placed: list[Host | None] = [None] * len(ranks)
+    head = f"{source}: " if source else ""
+
+    def kind_of(h: Host) -> str | None:
+        return h.device or kinds.get(h.name)
 
     def take(name: str, rank: int) -> None:
         if free[name] < 1:
-            raise PisplitError(f"rank {rank}: host {name} has no free slot (slots={by_name[name].slots}); raise slots= in the inventory")
+            raise PisplitError(f"{head}rank {rank}: host {name} has no free slot (slots={by_name[name].slots}); raise slots= in the inventory")
         free[name] -= 1
         placed[rank] = by_name[name]
 
     for rank, want in enumerate(ranks):  # pinned ranks first, so they get their hosts
         if "host" in want:
             if want["host"] not in by_name:
-                raise PisplitError(f"rank {rank}: host {want['host']!r} is not among the hosts ({', '.join(by_name)})")
+                raise PisplitError(f"{head}rank {rank}: host {want['host']!r} is not among the hosts ({', '.join(by_name)})")
             take(want["host"], rank)
     for rank, want in enumerate(ranks):
         if placed[rank] is not None:
             continue
         kind = want.get("device")
-        candidates = [h for h in hosts if free[h.name] > 0 and (kind is None or (h.device or kinds.get(h.name)) == kind)]
-        if not candidates:
-            what = f"a free {kind} slot" if kind else "a free slot"
-            raise PisplitError(f"rank {rank}: no host has {what} ({len(ranks)} ranks, {sum(h.slots for h in hosts)} slots on "
+        candidates = [h for h in hosts if free[h.name] > 0 and (kind is None or kind_of(h) == kind)]
+        if not candidates and kind is None:
+            raise PisplitError(f"{head}rank {rank}: no host has a free slot ({len(ranks)} ranks, {sum(h.slots for h in hosts)} slots on "
                                f"{len(hosts)} hosts); add hosts or raise slots=")
+        if not candidates:
+            of_kind = [h for h in hosts if kind_of(h) == kind]
+            wanted = sum(1 for w in ranks if w.get("device") == kind and "host" not in w)
+            if not of_kind:
+                known = sorted({k for k in map(kind_of, hosts) if k})
+                why = (f"no host is a {kind} (the hosts' kinds: {', '.join(known) or 'none known'}); give hosts device={kind} "
+                       "in the inventory, or plan for the hosts' kinds")
+            else:
+                slots = sum(h.slots for h in of_kind)
+                why = (f"{wanted} rank{'s' if wanted != 1 else ''} want{'' if wanted != 1 else 's'} a {kind}, its hosts "
+                       f"({', '.join(h.name for h in of_kind)}) have {slots} slot{'s' if slots != 1 else ''}, all taken; "
+                       f"add {kind} hosts or raise their slots=")
+            raise PisplitError(f"{head}rank {rank}: no host has a free {kind} slot: {why}")
         take(candidates[0].name, rank)
     return placed
 
@@ -214,11 +231,12 @@ class Launch:
 
 def build_launch(inventory: Inventory, hosts: list[Host], ranks: list[dict], template: str, plan_name: str | None = None,
                  frames: int | None = None, env: dict | None = None, cluster_key: Path | None = None,
-                 known_hosts: Path | None = None, files_dir: Path | None = None) -> Launch:
-    """Place the ranks, write the hostfile and ssh_config into the inventory's state directory, build mpirun's argv."""
+                 known_hosts: Path | None = None, files_dir: Path | None = None, source: str | None = None) -> Launch:
+    """Place the ranks, write the hostfile and ssh_config into the inventory's state directory, build mpirun's argv.
+    `source` ("plan p.json") begins a placement error's line."""
     facts = read_facts(inventory.path)
     kinds = {name: f.get("kind") for name, f in facts.items() if f.get("kind")}
-    placement = place_ranks(ranks, hosts, kinds)
+    placement = place_ranks(ranks, hosts, kinds, source)
     used = [h for h in hosts if h in placement]
     homes = {name: f.get("home") for name, f in facts.items()}
     venv = common_venv(used, homes)

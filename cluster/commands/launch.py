@@ -82,7 +82,7 @@ def run(args) -> int:
     if args.emulate_compute:
         command, env = emulate_compute_command(args, plan, len(ranks), command, env)
     launch = build_launch(inventory, hosts, ranks, command, plan_name=plan.name, frames=args.frames,
-                          env=env, known_hosts=known_hosts,
+                          env=env, known_hosts=known_hosts, source=f"plan {plan}",
                           cluster_key=Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key())
     doc = launch_doc(launch)
     if args.dry_run:

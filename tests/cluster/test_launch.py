@@ -267,3 +267,18 @@ def test_launch_passes_its_stall_timeout_to_the_ranks_and_every_resilient_attemp
     assert main([*base[:-1], "-1", "--resilient"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"], err
+
+
+def test_a_plan_that_does_not_fit_the_hosts_is_one_line_naming_the_plan_and_why(inventory, tmp_path, capsys, no_network):
+    cases = [({"ranks": [{}, {"device": "r"}]}, "rank 1: no host has a free r slot: no host is a r (the hosts' kinds: rpi3, rpi4); "
+                                                  "give hosts device=r in the inventory, or plan for the hosts' kinds"),
+             ({"ranks": [{"device": "rpi3"}] * 3}, "rank 2: no host has a free rpi3 slot: 3 ranks want a rpi3, its hosts (pi-1, pi-2) "
+                                                     "have 2 slots, all taken; add rpi3 hosts or raise their slots="),
+             ({"n_ranks": 5}, "rank 4: no host has a free slot (5 ranks, 4 slots on 3 hosts); add hosts or raise slots="),
+             ({"ranks": [{"host": "pi-7"}]}, "rank 0: host 'pi-7' is not among the hosts (pi-0, pi-1, pi-2)")]
+    for i, (doc, why) in enumerate(cases):
+        plan = tmp_path / f"plan-{i}.json"
+        plan.write_text(json.dumps(doc))
+        assert main(["launch", str(plan), "--inventory", str(inventory.path), "--dry-run"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"pisplit: error: plan {plan}: {why}"], err
