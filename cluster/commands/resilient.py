@@ -90,7 +90,8 @@ def supervise_plan(plan: Plan, frames: int, child: list, fail_specs, keep_output
         return supervise(plan, frames, child, graph, env=env, faults=faults, keep_outputs=keep_outputs, say=say, site=site, timeout=timeout,
                          codecs=codecs, codec_budget=codec_budget)
     except ResilientRunFailed as exc:
-        keep_partial(output, exc.partial)  # the run gives up: the frames answered are still written
+        if not getattr(site, "dry_run", False):  # (a dry run answered nothing, and was to answer nothing)
+            keep_partial(output, exc.partial)  # the run gives up: the frames answered are still written
         raise
 
 
@@ -224,7 +225,8 @@ class LaunchSite:
     (a Pi that lost power or network takes every rank it ran); a journal that cannot be fetched (rank
     0's host is the one that went) only means its frames are run again."""
 
-    def __init__(self, inventory, hosts: list, known_hosts: Path, cluster_key: Path, env: dict, dry_run: bool = False):
+    def __init__(self, inventory, hosts: list, known_hosts: Path, cluster_key: Path, env: dict, dry_run: bool = False,
+                 source: str | None = None):
         from ..facts import read_facts
 
         self.inventory, self.alive, self.known_hosts, self.cluster_key, self.env = inventory, list(hosts), known_hosts, cluster_key, env
@@ -234,6 +236,7 @@ class LaunchSite:
         self.homes = {name: f.get("home") for name, f in read_facts(inventory.path).items()}
         self.token = os.urandom(4).hex()
         self.dry_run = dry_run  # the first attempt's command is built, then DryRunLaunch: nothing copied or run
+        self.source = source  # "plan p.json": begins a placement error's line
         self.placement: list = []
         self.remote: dict = {}
 
@@ -250,8 +253,9 @@ class LaunchSite:
         template = ("{pisplit} run {workdir}/files/" + names["plan"] + " --frame-ids {workdir}/files/" + names["frames"] +
                     " --journal {workdir}/files/" + names["journal"] + " --report {workdir}/files/" + names["report"] +
                     " " + shlex.join(run_args))
+        source = self.source if not self.failures or not self.source else f"{self.source} (replanned on the hosts left)"
         launch = build_launch(self.inventory, self.alive, ranks, template, env=self.env, known_hosts=self.known_hosts,
-                              cluster_key=self.cluster_key)
+                              cluster_key=self.cluster_key, source=source)
         self.placement = launch.placement
         self.remote = {key: f"{launch.workdir}/files/{name}" for key, name in names.items()}
         if self.dry_run:
@@ -325,7 +329,7 @@ def launch_resilient(args, plan_path: Path, inventory, hosts: list, known_hosts:
         raise PisplitError("--resilient: runs `pisplit run` on the hosts itself (no --command)")
     plan = Plan.load(plan_path)
     cluster_key = Path(args.cluster_key).expanduser() if args.cluster_key else default_cluster_key()
-    site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env), dry_run=args.dry_run)
+    site = LaunchSite(inventory, hosts, known_hosts, cluster_key, parse_env(args.env), dry_run=args.dry_run, source=f"plan {plan_path}")
     # exit_args: the ranks' --exit and --stall-timeout (cluster.commands.launch), given to every attempt's `pisplit run`
     try:
         result = supervise_plan(plan, args.frames, list(exit_args or []), args.fail, keep_outputs=bool(args.output), quiet=args.dry_run,

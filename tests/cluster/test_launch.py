@@ -267,6 +267,11 @@ def test_launch_passes_its_stall_timeout_to_the_ranks_and_every_resilient_attemp
     assert main([*base[:-1], "-1", "--resilient"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pisplit: error: --stall-timeout -1.0: must be a number of seconds >= 0 (0: never)"], err
+    far = hand_plan(zoo_model("lenet5"), [(0, 4, [0], "single"), (4, 9, [1], "single")], kind="rpi5").save(tmp_path / "rpi5.json")
+    assert main(["launch", str(far), "--inventory", str(inventory.path), "--dry-run", "--resilient"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pisplit: error: plan {far}: rank 0: no host has a free rpi5 slot: no host is a rpi5 (the hosts' kinds: rpi3, "
+                   "rpi4); give hosts device=rpi5 in the inventory, or plan for the hosts' kinds"], err
 
 
 def test_a_plan_that_does_not_fit_the_hosts_is_one_line_naming_the_plan_and_why(inventory, tmp_path, capsys, no_network):
