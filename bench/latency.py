@@ -26,7 +26,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from cluster.commands.emulate import run_emulated  # noqa: E402
+from cluster.commands.emulate import implausible_speedup, run_emulated  # noqa: E402
 from cluster.emulated_plans import plan_for_devices, single_device_plan  # noqa: E402
 from bench import cluster_config  # noqa: E402
 from layers import zoo_model  # noqa: E402
@@ -75,12 +75,14 @@ def main(argv=None) -> int:
                        "single_p50_s": one_s, "single_predicted_s": one_pred, "speedup": one_s / p50,
                        "predicted_speedup": one_pred / plan.predicted_latency_s, "seconds": time.time() - t,
                        "late_s": max(r["emulation_late_s"] for r in rep["ranks"]), "load_average": load}
+                row["measurement_problem"] = implausible_speedup(plan, row["speedup"])  # above N identical devices: not a result
                 rows.append(row)
                 if not args.json:
                     print(f"{model:8s} {devices:7s} {row['link_mbit']:4.0f} Mbit/s | latency p50 {p50 * 1e3:8.1f} ms p90 {p90 * 1e3:8.1f} "
                           f"(pred {plan.predicted_latency_s * 1e3:8.1f}, x{row['measured_over_predicted']:.2f}) | one {kind} "
                           f"{one_s * 1e3:8.1f} ms (pred {one_pred * 1e3:8.1f}) | speedup {row['speedup']:.2f}x "
-                          f"(pred {row['predicted_speedup']:.2f}x) | {kept} kept segments | {' '.join(row['stages'])}", flush=True)
+                          f"(pred {row['predicted_speedup']:.2f}x) | {kept} kept segments | {' '.join(row['stages'])}"
+                          + (f" | NOT A RESULT: {row['measurement_problem']}" if row["measurement_problem"] else ""), flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])} at the end", file=sys.stderr)
