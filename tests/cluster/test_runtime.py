@@ -93,6 +93,10 @@ def test_rank_stats_travel_as_float_arrays():
 
 def test_report_helpers():
     assert steady_throughput(np.arange(10) * 0.5) == pytest.approx(2.0)
+    # 4 data-parallel replicas at 1 frame/s each, 16 frames in 4 bursts: 4 frames/s, not more
+    bursts = np.repeat(0.5 + np.arange(4.0), 4) + np.tile([0.0, 0.01, 0.02, 0.03], 4)
+    assert steady_throughput(bursts) > 4.4  # a fit over single frames overstates a short bursty run
+    assert steady_throughput(bursts, burst=4) == pytest.approx(4.0)
     lat = percentiles_ms(np.array([0.01, 0.02, 0.03]))
     assert lat["p50"] == pytest.approx(20.0) and lat["max"] == pytest.approx(30.0)
     g = zoo_model("lenet5")
