@@ -314,7 +314,8 @@ def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
         verdict: dict = {}  # link -> (best split cut predicted, best cut measured)
         graph, table = table_for(model, args, cache)
         # held-out frames of a trained model; else the table's own frames (photo_frames makes synthetic ones past two)
-        inputs, source = real_frames(graph, model, tmp, 64 if "held-out" in table.frames else table.n_frames)
+        inputs, source = (real_frames(graph, model, tmp, 64 if "held-out" in table.frames else table.n_frames) if model in emulated
+                          else (None, table.frames + " (the codec table's; not emulated)"))
         priced = in_reference_seconds(table, Calibration("numpy"))
         measured_accuracy = any(s.accuracy_loss is not None for c in table.cuts for s in c.samples)
         budget = LossBudget(max_accuracy_loss=0.01) if measured_accuracy else LossBudget(max_rel_error=0.05)
