@@ -100,12 +100,13 @@ def dilated_steps(plan, graph, engine: str, passes: int = 5) -> list:
     from cluster.runtime import shard_graph
     from layers.engine import make_engine
     from partitioners.splits import split_segment
+    from partitioners.vocabulary import NO_SPLIT
 
     speed = host_speed(plan.model, plan.model_seed, engine, concurrency=plan.n_ranks) or 1.0
     steps = []  # (stage, segment, [part engines + graphs], post engine + graph or None)
     for stage in plan.stages:
         for seg in stage.segments or ():
-            if seg.kind == "none":
+            if seg.kind == NO_SPLIT:
                 shard = shard_graph(graph, seg.node_start, seg.node_stop)
                 steps.append((stage, seg, [(make_engine(shard, engine, threads=1), shard)], None))
                 continue

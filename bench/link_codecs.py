@@ -55,6 +55,7 @@ from partitioners.edge_host import POWER, best_candidate, edge_host_candidates, 
 from partitioners.link_pricing import CodecTable, LossBudget, choose_codec, in_reference_seconds
 from partitioners.planners import make_plan
 from partitioners.profiles import Calibration
+from partitioners.vocabulary import StageMode
 
 LATE_SHARE = 0.05  # a run whose ranks fell behind their devices for more of its time is not a result (as `pisplit emulate` warns)
 CODECS = ("rle-huffman", "zstd", "lz4", "fp16", "fp16+zstd", "int8", "int8+zstd", "jpeg:90", "jpeg:50", "jpeg:20")
@@ -165,7 +166,7 @@ def cluster_plans(model: str, graph, table, devices: str):
 def codecs_used(plan) -> str:
     links = [s.send_codec for s in plan.stages[:-1]]
     first = plan.stages[0]
-    handed = len(first.ranks) > 1 and first.mode == "data-parallel" or 0 not in first.ranks
+    handed = len(first.ranks) > 1 and first.mode == StageMode.DATA_PARALLEL or 0 not in first.ranks
     return (f"in {plan.input_codec}" if handed else "") + (" | " if handed and links else "") + " ".join(links) or "-"
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.codecs import decode, encode, link_codecs, max_encoded_bytes, parse_codec
+from partitioners.vocabulary import StageMode
 
 HEADER = 8  # float32 slots of the int64 frame header (cluster.runtime.FrameCodec.HEADER)
 
@@ -201,7 +202,7 @@ def measured_link_bytes(plan, graph: Graph, report: dict) -> dict:
     out: dict = {}
     for k, stage in enumerate(stages[:-1]):
         m = len(graph.cut_tensors(stage.node_stop))
-        if stage.mode == "split":
+        if stage.mode == StageMode.SPLIT:
             out[k] = None
             continue
         others = [by_rank[r] for r in stage.ranks if r != 0]
@@ -213,7 +214,7 @@ def measured_link_bytes(plan, graph: Graph, report: dict) -> dict:
             out[k] = None
     first = stages[0]
     handed = total - by_rank[0]["frames"] if 0 in first.ranks else total
-    if handed <= 0 or first.mode == "split":
+    if handed <= 0 or first.mode == StageMode.SPLIT:
         out["input"] = None
         return out
     busy = by_rank[0]["link_busy_s"]
