@@ -25,7 +25,7 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from partitioners.codecs import Codec, decode, encode, error_bound, parse_codec
-from partitioners.latency_model import LatencyModel, SplitStepSample, fit_split_overheads, node_bytes, op_key
+from partitioners.latency_model import LatencyModel, SplitStepSample, fit_split_overheads, node_bytes, op_key, overhead_key
 from partitioners.profiles import DEFAULT_FRACTIONS, NodeProfile, PartProfile, Profile, pi_kind, samples_of
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,9 @@ def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy"
     each part finds the caches as the other segments left them (alone it would keep its weights
     cached and look faster). The whole split nodes are timed the same way, one engine call each. Each
     sample holds a part's warm median seconds and its share of the whole split nodes' seconds as the
-    planner prices it from `profile`'s latency fit (latency_model.fit_share)."""
+    planner prices it from `profile`'s latency fit (latency_model.fit_share). A sample's kind is the key
+    its overhead is fitted and priced under (latency_model.overhead_key: fc kinds over dense layers of
+    many rows as "<kind>/rows")."""
     from partitioners.latency_model import fit_share
     from partitioners.split_costs import TOKENS, SplitCatalogue, span_kind, token_span_kind
     from partitioners.split_sizes import proportional_sizes
@@ -319,7 +321,7 @@ def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy"
                 cost = split.cost().parts[p]
                 share = fit_share(profile, graph, start, stop, cost.flops, cost.weight_bytes + cost.recv_bytes + cost.send_bytes)
                 reference = sum(profile.node_seconds(graph, t) for t in range(start, stop))
-                samples.append(SplitStepSample(kind, n, stop - start, whole[(start, stop)], seconds, whole[(start, stop)] * share, reference))
+                samples.append(SplitStepSample(overhead_key(kind, graph, start), n, stop - start, whole[(start, stop)], seconds, whole[(start, stop)] * share, reference))
     return samples
 
 
@@ -451,7 +453,7 @@ def refit_split_overhead(profile_path: str | Path, models: list[str], engine: st
             "s = measure_split_overhead(load_model(NAME), Profile.load(PROFILE), ENGINE, PARTS, REPEAT, KINDS); "
             "json.dump([asdict(x) for x in s], open(OUT, 'w'))")
     found = _measure_in_processes(models, code, PROFILE=str(path), ENGINE=engine, PARTS=tuple(part_counts), REPEAT=int(repeat),
-                                  KINDS=None if kinds is None else tuple(kinds))
+                                  KINDS=None if kinds is None else tuple(sorted({k.split("/")[0] for k in kinds})))
     samples = [SplitStepSample(**d) for docs in found.values() for d in docs]
     fits = fit_split_overheads(samples)
     if kinds is None:
@@ -459,7 +461,9 @@ def refit_split_overhead(profile_path: str | Path, models: list[str], engine: st
     else:
         if not samples:
             raise PisplitError(f"{', '.join(models)}: no segment splits as {', '.join(kinds)}")
-        profile.split_overhead = {**profile.split_overhead, **{k: v for k, v in fits.items() if k in kinds}}
+        # (a kind's "<kind>/rows" figures, latency_model.overhead_key, are that kind's; "--kinds fc-output/rows"
+        # measures fc-output and replaces only its figures over many rows)
+        profile.split_overhead = {**profile.split_overhead, **{k: v for k, v in fits.items() if k in kinds or k.split("/")[0] in kinds}}
     doc = profile.to_dict()
     raw = json.loads(path.read_text())
     raw["split_overhead"] = doc["split_overhead"]  # only that block changes

@@ -127,6 +127,21 @@ class Profile:
         kinds, else nothing (a profile measured without it)."""
         return self.split_overhead.get(kind) or self.split_overhead.get(ANY_OP) or SplitOverhead()
 
+    def split_overhead_rows(self, kind: str, graph: Graph, starts) -> dict:
+        """split_overhead_for each split of `kind` starting at the nodes `starts`, keyed per split
+        (latency_model.overhead_key: fc kinds over dense layers of many rows have their own fit, else the
+        kind's): {figure: array over starts} for per_share, per_whole, per_step_s and per_node_s."""
+        from .latency_model import overhead_key
+
+        starts = tuple(np.asarray(starts).tolist())
+        cache = self.__dict__.setdefault("_overhead_rows_cache", {})  # the planner asks per device set
+        key = (str(kind), id(graph), starts, id(self.split_overhead))
+        if key not in cache:
+            fits = [self.split_overhead.get(overhead_key(kind, graph, int(s))) or self.split_overhead_for(kind) for s in starts]
+            cache[key] = {name: np.array([getattr(f, name) for f in fits], dtype=float)
+                          for name in ("per_share", "per_whole", "per_step_s", "per_node_s")}
+        return cache[key]
+
     def link(self) -> LinkProfile | None:
         """The slowest measured link (the pessimistic figure for planning), if any."""
         return min(self.links, key=lambda l: l.bandwidth_bps, default=None)

@@ -141,9 +141,10 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             base = (pre[slot_arr[:parts]][:, s_stop] - pre[slot_arr[:parts]][:, s_start]).T  # (rows, parts)
             # what a part costs beyond its share (its own engine call, fixed costs at its size), in
             # the lead profile's seconds, on each part's device
-            overhead = profile.split_overhead_for(kind)  # a span's: fused-tiles', or attn-tokens' through its block
-            fixed = overhead.per_step_s + overhead.per_node_s * (s_stop - s_start)
-            part_compute = (base * (share * (1.0 + overhead.per_share) + overhead.per_whole)
+            # (a span's: fused-tiles', or attn-tokens' through its block; fc kinds over token rows: their own)
+            overhead = profile.split_overhead_rows(kind, model.graph, s_start)
+            fixed = overhead["per_step_s"] + overhead["per_node_s"] * (s_stop - s_start)
+            part_compute = (base * (share * (1.0 + overhead["per_share"][:, None]) + overhead["per_whole"][:, None])
                             + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])

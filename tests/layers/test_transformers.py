@@ -327,6 +327,57 @@ def test_add_models_and_attention_overheads_are_measured_into_a_profile(tmp_path
     assert sum(n["samples"] for n in after["latency_model_error"].values() if n) > sum(n["samples"] for n in before["latency_model_error"].values())
     samples = measure_split_overhead(graph, Calibration("numpy").base, "numpy", (2,), 1, kinds=("attn-heads", "attn-tokens"))
     assert {s.kind for s in samples} == {"attn-heads", "attn-tokens"} and all(s.part_s > 0 and s.whole_s > 0 for s in samples)
+    # fc parts over token rows are fitted apart from single-row ones (latency_model.overhead_key)
+    fc = measure_split_overhead(graph, Calibration("numpy").base, "numpy", (2,), 1, kinds=("fc-output",))
+    assert {s.kind for s in fc} == {"fc-output/rows", "fc-output"} and all(s.part_s > 0 for s in fc)
     bad = subprocess.run([sys.executable, "-m", "cluster.measure", str(profile), str(tmp_path / "none.tflite"), "--add-models"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "none.tflite" in bad.stderr
+
+
+def test_fc_split_overheads_over_token_rows_are_keyed_apart_and_priced():
+    """A dense layer's split over many rows (ViT's MLP, op key dense/rows) is priced with the profile's
+    "<kind>/rows" overhead, a classifier's single-row dense with the kind's (its parts each pay ~5-10% of
+    the whole layer again, ViT's MLP parts do not: 297 ms predicted against 248 measured); a profile
+    without the key prices both with the kind's. The segment table's fc-output prices follow."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from layers import zoo_model
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.latency_model import SplitOverhead, op_key, overhead_key
+    from partitioners.profiles import Calibration, Profile, reference_profile_path
+    from partitioners.segment_table import build_segment_table
+    from partitioners.vocabulary import SplitKind
+
+    g = zoo_model("kwt3")
+    dense = [i for i, n in enumerate(g.nodes) if n.op == "dense"]
+    rows = [i for i in dense if op_key(g, i) == "dense/rows"]
+    single = [i for i in dense if op_key(g, i) == "dense"]
+    assert rows and single
+    assert {overhead_key(SplitKind.FC_OUTPUT, g, i) for i in rows} == {"fc-output/rows"}
+    assert {overhead_key(SplitKind.FC_INPUT, g, i) for i in single} == {"fc-input"}
+    assert {overhead_key(SplitKind.ATTN_HEADS, g, i) for i in rows} == {"attn-heads"}
+    base = Profile.load(reference_profile_path("numpy"))
+    heavy, light = SplitOverhead(per_whole=0.5, per_step_s=1e-3), SplitOverhead(per_share=0.01)
+    both = replace(base, split_overhead={"fc-output": heavy, "fc-output/rows": light})
+    got = both.split_overhead_rows(SplitKind.FC_OUTPUT, g, rows[:2] + single)
+    assert got["per_whole"].tolist() == [0.0, 0.0, 0.5] and got["per_share"].tolist() == [0.01, 0.01, 0.0]
+    assert got["per_step_s"].tolist() == [0.0, 0.0, 1e-3]
+    without = replace(base, split_overhead={"fc-output": heavy})
+    assert without.split_overhead_rows(SplitKind.FC_OUTPUT, g, rows[:1])["per_whole"].tolist() == [0.5]
+
+    def fc_prices(profile):
+        model = CostModel(g, make_cluster([("rpi4", 2, 1 << 30)], 940e6), Calibration("numpy", [profile]))
+        slots = tuple(model.class_of_rank[r] for r in range(2))
+        table = build_segment_table(model, slots)
+        o = table.columns.index((SplitKind.FC_OUTPUT, "kind", 0))
+        return np.array([seg[0] for seg in model.splits.segments]), table.compute_s[:, o]
+
+    starts, cheap = fc_prices(both)
+    _, dear = fc_prices(without)
+    on_rows = np.isin(starts, rows) & np.isfinite(cheap) & (cheap > 0)
+    on_single = np.isin(starts, single) & np.isfinite(cheap) & (cheap > 0)
+    assert on_rows.any() and on_single.any()
+    assert (cheap[on_rows] < dear[on_rows]).all() and np.array_equal(cheap[on_single], dear[on_single])
