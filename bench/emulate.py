@@ -92,11 +92,12 @@ def main(argv=None) -> int:
 
 def single_fidelity(graph, model: str, kind: str, link_bps: float, engine: str, tmp: Path, recalibrate: bool = False) -> tuple:
     """(measured fps, calibrated fps, frames, host late seconds) of the whole model on one emulated
-    device of `kind`, over about 10 s of emulated time (4 to 40 frames: long enough to be stable);
+    device of `kind`, over about 10 s of emulated time (4 to 2000 frames: long enough to be stable;
+    40 frames of LeNet-5 lasted 80 ms, where one preemption moved the figure by 20%);
     `recalibrate`: this machine's speed measured again just before (cluster.host_speed), not the
     cached one of up to an hour ago, which other load may have skewed either way."""
     single = single_device_plan(graph, model, kind, link_bps, engine)
-    frames = max(4, min(40, int(10 * single.predicted_throughput_fps)))
+    frames = max(4, min(2000, int(10 * single.predicted_throughput_fps)))
     rep = run_emulated(single.save(tmp / "single.json"), 1, frames, tmp / "single-report.json", engine, progress=False,
                        recalibrate=recalibrate)
     return rep["throughput_fps"], single.predicted_throughput_fps, frames, rep["ranks"][0]["emulation_late_s"]

@@ -158,8 +158,10 @@ class EmulatedDevice:
         self.warm: dict = {}  # id(step) -> its warm CPU seconds (reference)
         self.waiting_since: float | None = None  # emulated wall time (time.time) a wait for messages began ...
         self.waiting_behind = 0.0  # ... and how far behind the device was then (counted in late_s since)
+        self.idle_s = 0.0  # seconds the runtime waited (for a frame, a link, a send) since the last compute step ended
+        self.absorbed_s = 0.0  # the runtime's own time between steps that the device's clock took in (absorb)
 
-    def compute(self, fn: Callable[[], object], step: object = None):
+    def compute(self, fn: Callable[[], object], step: object = None, absorb: bool = False):
         """Run `fn` as one compute step of the emulated device. A `step` with a warm reference costs
         at most that much CPU time: a split stage's steps last a few milliseconds of host CPU, and
         emulated devices taking turns on this machine's cores find each other's data in its caches
@@ -172,13 +174,28 @@ class EmulatedDevice:
         kernel carries, and the rest (and the source's next frames, the sink's results) wait for the
         step to end. Polling while padding let rank 0 hand out frames during its emulated compute,
         so emulated throughput came out above the planner's model, where a rank's sends do not
-        overlap its compute (AlexNet on 4 Pi 3B+: x1.32 of its prediction)."""
+        overlap its compute (AlexNet on 4 Pi 3B+: x1.32 of its prediction).
+
+        With `absorb` (a whole stage's step: the runtime calls `idle` for its waits between steps), the
+        rank's own time since the last step that was not a wait (receiving and making the frame, sending
+        the result, bookkeeping) is taken into this step's emulated time, not added to it: the device
+        time of a calibration and a plan's compute is the frame's whole work, and those 0.2-0.3 ms a
+        frame made one emulated Pi 3B+ run LeNet-5's 1.9 ms frames ~10% slow. When the step's padding
+        is shorter than that time, the step ends past its due time (late_s)."""
         wall0 = time.perf_counter()
         self.waiting_since = None
         # what this device's earlier steps ended past their deadlines (the host woke it late), less
         # any wait since: this step is due that much earlier, so the lateness of a loaded host
         # does not add up step after step (a split stage runs ~50 steps a frame)
-        behind = self.behind_at(wall0)
+        start = wall0  # the step's start on the device's clock
+        if absorb and self.ended_at > 0:
+            gap = max(0.0, wall0 - self.ended_at)
+            idle = min(self.idle_s, gap)
+            start -= gap - idle  # the runtime's own time since the last step, taken in
+            self.absorbed_s += gap - idle
+            behind = max(0.0, self.behind_s - idle)
+        else:
+            behind = self.behind_at(wall0)
         self.cores.acquire()
         cpu0 = time.process_time()
         try:
@@ -188,11 +205,23 @@ class EmulatedDevice:
         cpu = time.process_time() - cpu0
         if step is not None:
             cpu = min(cpu, self.warm.get(id(step), cpu))
-        due = self.dilation.deadline_for(wall0, cpu) - behind
+        due = self.dilation.deadline_for(start, cpu) - behind
         self._sleep_until(due, time.perf_counter, poll=False)
         self.ended_at = time.perf_counter()
         self.behind_s = self.ended_at - due
+        self.idle_s = 0.0
         return out
+
+    def idle(self, seconds: float) -> None:
+        """The runtime waited `seconds` (for a frame, a link, a send) since the last compute step:
+        time the emulated device spends too, which a step with `absorb` does not take in."""
+        self.idle_s += max(0.0, float(seconds))
+
+    def begin(self, now: float | None = None) -> None:
+        """The run starts (after the start barrier) at perf_counter time `now`: a step with `absorb`
+        counts the runtime's time from here, never the set-up's."""
+        self.ended_at = time.perf_counter() if now is None else float(now)
+        self.behind_s = self.idle_s = 0.0
 
     def behind_at(self, now: float) -> float:
         """Seconds this device is behind its emulated time at perf_counter time `now`: host lateness

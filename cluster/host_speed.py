@@ -106,7 +106,7 @@ FRESH_S = 3600.0  # how long a measurement is reused before it is taken again
 
 
 def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurrency: int = 1,
-               refresh: bool = False, nodes: tuple | None = None) -> float | None:
+               refresh: bool = False, nodes: tuple | None = None, pace: float | None = None) -> float | None:
     """This machine's seconds / the reference profile's seconds for `model` on `engine` (cached);
     None when not cached and `measure` is False. Raises PisplitError if the measurement fails.
     A cached measurement older than FRESH_S, or any with `refresh`, is taken again (when `measure`;
@@ -116,12 +116,17 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
     side by side on this machine's cores slow each other (caches, memory bandwidth; VGG16 parts on
     2 cores: about a quarter), and dilation must not count that as the Pis' own slowness.
 
-    With `nodes` (start, stop): the speed on those nodes alone (a pipeline stage), cached apart."""
+    With `nodes` (start, stop): the speed on those nodes alone (a pipeline stage), cached apart.
+
+    With `pace` (the emulated device's slowdown, emulation_pace): passes timed as an emulated device
+    runs them, each followed by the idle time its dilation pads it with (measure_here), cached apart."""
     concurrency = max(1, min(int(concurrency), os.cpu_count() or 1))
     key = f"{fingerprint(engine)} | {model} | seed {seed} | {MEASURE} | reference {reference_digest(engine)}"
     key += f" | {concurrency} at once" if concurrency > 1 else ""
     if nodes is not None:
         key += f" | nodes {int(nodes[0])}:{int(nodes[1])}"
+    if pace:
+        key += f" | paced {float(pace):.4g} {PACED}"
     cache = _read_cache()
     entry = cache.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speed"), (int, float)) and entry["speed"] > 0:
@@ -134,6 +139,7 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "cluster.host_speed", model, str(seed), engine]
     argv += [f"{int(nodes[0])}:{int(nodes[1])}"] if nodes is not None else []
+    argv += [f"pace={float(pace)!r}"] if pace else []
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(concurrency)]
     results = []
     for proc in procs:
@@ -154,6 +160,22 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 MEASURE = "median of 8 and 0.25 s"  # how a pass is summarised (in the cache key: entries measured otherwise are not reused)
 MIN_MEASURE_S = 0.25  # passes after the first 8 until their CPU seconds add up to this (at most MAX_PASSES)
 MAX_PASSES = 400
+PACED = "mean, gaps to 0.1 s, 0.5 s"  # how paced passes are timed (in the cache key of a paced measurement)
+MAX_GAP_S = 0.1  # a paced pass's idle time at most: a few ms already leave the caches cold, and big models' passes hardly notice
+PACED_MEASURE_S = 0.5  # paced passes until their CPU seconds add up to this (at most PACED_MAX_PASSES)
+PACED_MAX_PASSES = 2000
+
+
+def emulation_pace(plan, engine: str) -> float | None:
+    """The slowdown a one-device plan's emulated device dilates by before this machine's speed (its
+    kind's device_slowdown / its speed), which host_speed paces its passes at; None for a plan of more
+    ranks (their host speed is measured unpaced, as before)."""
+    if plan is None or getattr(plan, "n_ranks", 0) != 1:
+        return None
+    from partitioners import profiles
+
+    device = plan.devices[0]
+    return float(profiles.device_slowdown(device.kind, engine)) / float(device.speed or 1.0)
 
 
 def stage_speeds(plan, engine: str, concurrency: int = 1, refresh: bool = False, measure: bool = True) -> dict:
@@ -169,17 +191,26 @@ def stage_speeds(plan, engine: str, concurrency: int = 1, refresh: bool = False,
         a, b = stage.node_start, stage.node_stop
         if stage.mode == StageMode.SPLIT or not any(graph.nodes[i].attrs.get("quantized") for i in range(a, b)):
             continue
-        speed = host_speed(plan.model, plan.model_seed, engine, measure=measure, concurrency=concurrency, refresh=refresh, nodes=(a, b))
+        speed = host_speed(plan.model, plan.model_seed, engine, measure=measure, concurrency=concurrency, refresh=refresh, nodes=(a, b),
+                           pace=emulation_pace(plan, engine))
         if speed:
             out[(a, b)] = speed
     return out
 
 
-def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tuple | None = None) -> dict:
+def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tuple | None = None,
+                 pace: float | None = None) -> dict:
     """CPU seconds of a whole-graph pass of `model` here (the median of `passes` after a warm-up
     pass that faults pages in: a rank's passes spread around it, and its dilated compute is its own
     CPU time, so the least pass made an emulated device run 5-10% slow against its calibration:
-    ResNet50 0.90-0.93) and the reference profile's prediction."""
+    ResNet50 0.90-0.93) and the reference profile's prediction.
+
+    With `pace` (the emulated device's slowdown before this machine's speed): each pass is followed by
+    the idle time an emulated device pads it with, pass x (pace / speed - 1) (at most MAX_GAP_S), as a
+    rank runs its frames: a pass after idle time finds cold caches (other processes ran meanwhile) and
+    costs more CPU. LeNet-5's 0.29 ms passes took 0.46 ms each after 2 ms of sleep and 0.69 ms after
+    10 ms on a loaded 2-core machine, so one emulated Pi 3B+, timed against back-to-back passes, ran
+    LeNet-5 at x0.65-0.89 of its calibration; a big model's passes hardly change."""
     import numpy as np
 
     from layers import load_model
@@ -208,6 +239,8 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tup
     runner = make_engine(graph, engine)
     feeds = graph.random_input(0)
     seconds = []
+    if pace:
+        return _measure_paced(runner, feeds, predicted, float(pace), passes) | {"model": graph.name, "engine": engine}
     # at least `passes`, and for a small model as many more as make MIN_MEASURE_S: eight of LeNet-5's
     # 0.3 ms passes took 2.4 ms, and one preemption by another process (its caches flushed) moved their
     # median 2.4x on a loaded machine (speed 4.6 for 1.7), so one emulated Pi ran LeNet-5 at twice its calibration
@@ -220,10 +253,40 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tup
             "predicted_s": predicted, "speed": measured / predicted}
 
 
+def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int) -> dict:
+    """measure_here with `pace`: three back-to-back passes (the first faults pages in) estimate the
+    speed, then at least `passes` more (and as many as make PACED_MEASURE_S of CPU time, at most
+    PACED_MAX_PASSES) each followed by pass x (pace / speed - 1) of sleep, the speed re-estimated
+    from the paced passes as they come. Their mean, not their median: an emulated device's frames
+    last the sum of its steps' dilated CPU times, cold outliers included (LeNet-5 after 2 ms of
+    sleep: median 0.46 ms, mean 0.53 ms)."""
+    import numpy as np
+
+    warm = []
+    for _ in range(3):
+        t = time.process_time()
+        runner.run(feeds)
+        warm.append(time.process_time() - t)
+    typical = float(np.median(warm[1:]))
+    paced = []
+    while len(paced) < passes or (sum(paced) < PACED_MEASURE_S and len(paced) < PACED_MAX_PASSES):
+        speed = typical / predicted
+        time.sleep(min(MAX_GAP_S, max(0.0, typical * (pace / speed - 1.0))))
+        t = time.process_time()
+        runner.run(feeds)
+        paced.append(time.process_time() - t)
+        typical = float(np.mean(paced))
+    return {"measured_s": typical, "median_s": float(np.median(paced)), "least_s": float(np.min(paced)), "warm_s": float(np.median(warm[1:])),
+            "predicted_s": predicted, "speed": typical / predicted, "pace": pace, "passes": len(paced)}
+
+
 if __name__ == "__main__":
     try:
-        span = tuple(int(v) for v in sys.argv[4].split(":")) if len(sys.argv) > 4 else None
-        print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), sys.argv[3], nodes=span)))
+        extra = sys.argv[4:]
+        spans = [a for a in extra if not a.startswith("pace=")]
+        paces = [float(a.split("=", 1)[1]) for a in extra if a.startswith("pace=")]
+        span = tuple(int(v) for v in spans[0].split(":")) if spans else None
+        print(json.dumps(measure_here(sys.argv[1], int(sys.argv[2]), sys.argv[3], nodes=span, pace=paces[0] if paces else None)))
     except PisplitError as exc:
         print(f"pisplit: error: {exc}", file=sys.stderr)
         sys.exit(1)

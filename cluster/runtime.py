@@ -809,10 +809,10 @@ class PipelineRank:
 
             # this machine's speed on the stage's own nodes (int8 kernels gain unevenly by layer; cluster.host_speed)
             if shared is None and self.stage.mode != StageMode.SPLIT and options.host_speed:
-                from .host_speed import host_speed
+                from .host_speed import emulation_pace, host_speed
 
                 own = host_speed(plan.model, plan.model_seed, engine, measure=False, concurrency=plan.n_ranks,
-                                 nodes=(self.stage.node_start, self.stage.node_stop))
+                                 nodes=(self.stage.node_start, self.stage.node_stop), pace=emulation_pace(plan, engine))
                 if own:
                     slowdown = slowdown * host / own
 
@@ -1097,6 +1097,8 @@ class PipelineRank:
         waited = time.perf_counter() - t
         if waited > 1e-4:
             self.events.append(kind, frame, t - self.t0, waited)
+        if self.device is not None:
+            self.device.idle(waited)  # a wait, not the runtime's own time that a compute step takes in (EmulatedDevice.compute)
         return waited
 
     def _waiting_for_results(self) -> tuple:
@@ -1195,7 +1197,7 @@ class PipelineRank:
             self.stats.compute_s += self.step.compute_s - compute0
             self.stats.comm_s += self.step.comm_s - comm0
         elif self.device:
-            out = self.device.compute(lambda: self.step.run(tensors))  # one compute step of the emulated device
+            out = self.device.compute(lambda: self.step.run(tensors), absorb=True)  # one compute step of the emulated device
         else:
             out = self.step.run(tensors)
         seconds = time.perf_counter() - t
@@ -1205,6 +1207,8 @@ class PipelineRank:
         if self.slow > 1.0:  # an injected slow device: its compute takes `slow` times as long
             extra = (self.slow - 1.0) * busy
             time.sleep(extra)
+            if self.device is not None:
+                self.device.idle(extra)  # the injected slowness is the device's, not runtime time to take in
             busy += extra
             seconds += extra
             self.stats.compute_s += extra
@@ -1268,6 +1272,8 @@ class PipelineRank:
         if self.rank == 0 and self.options.on_start:
             self.options.on_start()
         self.t0 = time.perf_counter()
+        if self.device is not None:
+            self.device.begin(self.t0)  # its clock takes in the runtime's time between steps from here (absorb)
         if self.link is not None and self.link.trace is not None and not self.link.epoch:
             self.link.epoch = time.time()  # a bandwidth trace starts with the first frame
         if self.rank == 0:

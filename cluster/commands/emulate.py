@@ -84,7 +84,10 @@ def run_emulated(plan_path: Path, n_ranks: int, frames: int, report_path: Path, 
 
     plan = _speed_plan(plan_path)
     # measured once per machine and model, then cached; with as many copies at once as ranks share the cores
-    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks, refresh=recalibrate)
+    from ..host_speed import emulation_pace
+
+    # one emulated device: its passes timed as it runs them, each after its padding's idle time (host_speed pace)
+    speed = host_speed(plan.model, plan.model_seed, engine, concurrency=n_ranks, refresh=recalibrate, pace=emulation_pace(plan, engine))
     from .run import _is_configmap
 
     if _is_configmap(str(plan_path)):  # a configuration map: each exit branch's speed too (issue 16)

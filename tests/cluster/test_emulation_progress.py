@@ -104,3 +104,40 @@ def test_a_message_the_host_delivers_late_is_caught_up_not_device_time(tmp_path,
     sender.behind_s, sender.ended_at = 0.01, clock.now
     end_ns, duration_ns = sender.stamp(1000)
     assert duration_ns == pytest.approx(1e6) and end_ns / 1e9 == pytest.approx(clock.now + 0.001 - 0.01)
+
+
+def test_the_runtimes_own_time_between_steps_is_taken_in_and_its_waits_are_not(tmp_path, monkeypatch):
+    from cluster import emulation
+
+    clock = _Clock(late=0.0)
+    monkeypatch.setattr(emulation, "time", clock)
+    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    clock.now += 5.0  # loading and warming up: not the device's frames
+    device.begin()
+    start = clock.now
+    clock.work(0.001)  # making the first frame (no wait): its 1 ms is inside the step's 40
+    device.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - start == pytest.approx(0.04) and device.absorbed_s == pytest.approx(0.001)
+    # a frame's bookkeeping and its next frame, 3 ms: the frame period stays 40 ms
+    clock.work(0.003)
+    before = clock.now
+    device.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - start == pytest.approx(0.08) and clock.now - before == pytest.approx(0.037)
+    # a wait (the runtime says so: idle) is the device's time too: 2 ms waiting and 1 ms of its own
+    clock.now += 0.002
+    device.idle(0.002)
+    clock.work(0.001)
+    before = clock.now
+    device.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - before == pytest.approx(0.039) and clock.now - start == pytest.approx(0.122)
+    # without absorb (a split stage's steps) the time between steps is added, as before
+    clock.work(0.003)
+    before = clock.now
+    device.compute(lambda: clock.work(0.01))
+    assert clock.now - before == pytest.approx(0.04)
+    assert device.dilation.late_s == 0.0
+    # more of its own time than the step's padding: the step ends past its due time, which late_s says
+    clock.work(0.035)
+    before = clock.now
+    device.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - before == pytest.approx(0.01) and device.dilation.late_s == pytest.approx(0.005)

@@ -25,6 +25,50 @@ def test_host_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert host_speed.host_speed("lenet5", 0, "numpy", measure=False, concurrency=2) is None
     assert host_speed.host_speed("lenet5", 0, "numpy", concurrency=2) > 0
     assert len(json.loads((tmp_path / "pisplit" / "host-speed.json").read_text())) == 2
+    # passes paced as one emulated device runs them (its padding's idle time after each): an entry of its own
+    assert host_speed.host_speed("lenet5", 0, "numpy", measure=False, pace=9.0) is None
+
+
+class _Clock:
+    """time for cluster.host_speed: CPU and wall clocks that advance only when told; sleeps recorded."""
+
+    def __init__(self):
+        self.now, self.cpu, self.sleeps = 0.0, 0.0, []
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_paced_passes_sleep_out_the_padding_and_count_cold_ones(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(host_speed, "time", clock)
+
+    class Runner:  # 1 ms a pass back to back, 1.5 ms after a sleep (cold caches), 3 ms once in ten
+        passes = 0
+
+        def run(self, feeds):
+            cold = bool(clock.sleeps) and self.passes >= 3
+            self.passes += 1
+            clock.cpu += 0.003 if cold and self.passes % 10 == 0 else 0.0015 if cold else 0.001
+
+    out = host_speed._measure_paced(Runner(), {}, predicted=0.0005, pace=8.0, passes=8)
+    # the padding after a pass of t seconds is pace x predicted - t: the device's 4 ms less the pass
+    # (the pass then re-estimated from the paced passes so far: their mean)
+    cost = [0.003 if i % 10 == 0 else 0.0015 for i in range(4, 4 + out["passes"])]  # passes 4, 5, ... are paced
+    assert clock.sleeps[0] == pytest.approx(0.004 - 0.001)
+    assert clock.sleeps[-1] == pytest.approx(0.004 - sum(cost[:-1]) / (len(cost) - 1))
+    # at least PACED_MEASURE_S of CPU time in paced passes, and their mean (the cold outliers counted)
+    assert sum(cost) >= host_speed.PACED_MEASURE_S > sum(cost[:-1]) and len(clock.sleeps) == len(cost)
+    assert out["measured_s"] == pytest.approx(sum(cost) / len(cost))
+    assert out["median_s"] == pytest.approx(0.0015) and out["speed"] == pytest.approx(out["measured_s"] / 0.0005)
+    # a big model's padding is capped: its passes hardly notice cold caches
+    clock.sleeps.clear()
+    host_speed._measure_paced(Runner(), {}, predicted=0.5, pace=8.0, passes=8)
+    assert max(clock.sleeps) == pytest.approx(host_speed.MAX_GAP_S)
 
 
 def test_an_old_or_refreshed_measurement_is_taken_again(tmp_path, monkeypatch):
