@@ -160,7 +160,7 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 MEASURE = "median of 8 and 0.25 s"  # how a pass is summarised (in the cache key: entries measured otherwise are not reused)
 MIN_MEASURE_S = 0.25  # passes after the first 8 until their CPU seconds add up to this (at most MAX_PASSES)
 MAX_PASSES = 400
-PACED = "mean, gaps to 0.1 s, 0.5 s"  # how paced passes are timed (in the cache key of a paced measurement)
+PACED = "mean to 3x median, gaps to 0.1 s, 0.5 s"  # how paced passes are timed (in the cache key of a paced measurement)
 MAX_GAP_S = 0.1  # a paced pass's idle time at most: a few ms already leave the caches cold, and big models' passes hardly notice
 PACED_MEASURE_S = 0.5  # paced passes until their CPU seconds add up to this (at most PACED_MAX_PASSES)
 PACED_MAX_PASSES = 2000
@@ -253,13 +253,22 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tup
             "predicted_s": predicted, "speed": measured / predicted}
 
 
+def _robust_mean(seconds: list) -> float:
+    """The mean of `seconds` at most 3x their median."""
+    import numpy as np
+
+    a = np.asarray(seconds, np.float64)
+    return float(a[a <= 3.0 * np.median(a)].mean())
+
+
 def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int) -> dict:
     """measure_here with `pace`: three back-to-back passes (the first faults pages in) estimate the
     speed, then at least `passes` more (and as many as make PACED_MEASURE_S of CPU time, at most
     PACED_MAX_PASSES) each followed by pass x (pace / speed - 1) of sleep, the speed re-estimated
     from the paced passes as they come. Their mean, not their median: an emulated device's frames
     last the sum of its steps' dilated CPU times, cold outliers included (LeNet-5 after 2 ms of
-    sleep: median 0.46 ms, mean 0.53 ms)."""
+    sleep: median 0.46 ms, mean 0.53 ms); passes above 3x the median are left out (one AlexNet pass
+    of 183 ms among eleven of 31, the host's CPU taken away, moved a mean of 12 to 44 ms)."""
     import numpy as np
 
     warm = []
@@ -275,7 +284,7 @@ def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int) ->
         t = time.process_time()
         runner.run(feeds)
         paced.append(time.process_time() - t)
-        typical = float(np.mean(paced))
+        typical = _robust_mean(paced)
     return {"measured_s": typical, "median_s": float(np.median(paced)), "least_s": float(np.min(paced)), "warm_s": float(np.median(warm[1:])),
             "predicted_s": predicted, "speed": typical / predicted, "pace": pace, "passes": len(paced)}
 

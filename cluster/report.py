@@ -114,6 +114,9 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         ranks.append({
             "rank": s.rank, "stage": s.stage, "kind": plan.devices[s.rank].kind, "frames": s.frames,
             "compute_s": s.compute_s, "comm_s": s.comm_s, "wait_s": s.wait_s, "emulation_late_s": s.late_s,
+            # how far behind its emulated clock the device ended a frame's compute, on average: lateness
+            # not caught up (this machine's load), where emulation_late_s also counts what was
+            "emulation_behind_ms_per_frame": s.behind_s / s.frames * 1e3 if s.frames else 0.0,
             "link_busy_s": s.link_busy_s,
             "memory_baseline_bytes": s.memory_baseline_bytes, "memory_peak_bytes": s.memory_peak_bytes,
             "memory_load_peak_above_baseline_bytes": max(s.memory_load_peak_bytes - s.memory_baseline_bytes, 0),
@@ -133,6 +136,8 @@ def run_report(plan: Plan, result: RunResult, engine: str, emulated: bool) -> di
         "latency_ms": percentiles_ms(result.latency_s),
         "predicted_latency_ms": plan.predicted_latency_s * 1e3 if plan.predicted_latency_s else None,
         "every_frame_once": ordered,
+        # rank 0 (the source and sink): how far behind its emulated clock it ended a frame, on average
+        "emulation_behind_ms_per_frame": ranks[0]["emulation_behind_ms_per_frame"] if emulated and ranks else None,
         "completed": completion_curve(result.done_s),
         "stages": stages, "ranks": ranks,
         "exits": _exit_counts(result),  # frames answered per exit (runs with early exits), else None

@@ -480,10 +480,13 @@ class RankStats:
     events: list = field(default_factory=list)  # (kind, frame, start_s, duration_s), or an (n, 4) array
     memory_samples: list = field(default_factory=list)  # (frame, resident bytes) at up to MEMORY_SAMPLES points
     segment_s: list = field(default_factory=list)  # a split stage's lead: (compute, transfer) seconds per segment, all frames
+    # an emulated device: how far behind its emulated clock it ended each frame's compute, summed over its frames
+    # (late_s also counts lateness that later steps caught up; this is what was left at each frame's end)
+    behind_s: float = 0.0
 
     FIELDS = ("rank", "stage", "frames", "compute_s", "comm_s", "wait_s", "late_s", "link_busy_s",
               "memory_baseline_bytes", "memory_load_peak_bytes", "memory_peak_bytes", "memory_predicted_bytes",
-              "events_dropped")
+              "events_dropped", "behind_s")
 
     def to_array(self) -> np.ndarray:
         head = [float(getattr(self, f)) for f in self.FIELDS]
@@ -1201,6 +1204,8 @@ class PipelineRank:
         else:
             out = self.step.run(tensors)
         seconds = time.perf_counter() - t
+        if self.device is not None:
+            self.stats.behind_s += self.device.behind_at(time.perf_counter())  # the frame's compute ended this far behind
         if not self.step.split:
             self.stats.compute_s += seconds
         busy = self.step.compute_s - compute0 if self.step.split else seconds

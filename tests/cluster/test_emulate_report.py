@@ -54,3 +54,22 @@ def test_a_step_costs_at_most_its_warm_reference(tmp_path):
         if unreferenced > 4 * 0.004 and referenced < unreferenced:
             return
     raise AssertionError(f"(unreferenced, referenced) seconds of three attempts: {seen}")
+
+
+def test_the_report_says_how_far_behind_its_clock_each_emulated_frame_ended():
+    import numpy as np
+
+    from cluster.report import run_report
+    from cluster.runtime import RankStats, RunResult
+
+    plan = _plan(["rpi3"] * 2)
+    # rank 0 ended its 4 frames 6 ms behind in all, rank 1 on time; late_s also counts lateness caught up later
+    ranks = [RankStats(0, 0, frames=4, late_s=0.05, behind_s=0.006), RankStats(1, 0, frames=4, late_s=0.01)]
+    back = RankStats.from_array(ranks[0].to_array())  # as ranks gather them
+    assert back.behind_s == 0.006 and back.late_s == 0.05
+    result = RunResult(ranks=[back, ranks[1]], frame_ids=np.arange(8), latency_s=np.full(8, 0.1),
+                       done_s=np.arange(1, 9) * 0.1, wall_s=0.8)
+    rep = run_report(plan, result, "numpy", emulated=True)
+    assert [r["emulation_behind_ms_per_frame"] for r in rep["ranks"]] == [1.5, 0.0]
+    assert rep["emulation_behind_ms_per_frame"] == 1.5 and rep["ranks"][0]["emulation_late_s"] == 0.05
+    assert run_report(plan, result, "numpy", emulated=False)["emulation_behind_ms_per_frame"] is None

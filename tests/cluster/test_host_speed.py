@@ -65,6 +65,9 @@ def test_paced_passes_sleep_out_the_padding_and_count_cold_ones(monkeypatch):
     assert sum(cost) >= host_speed.PACED_MEASURE_S > sum(cost[:-1]) and len(clock.sleeps) == len(cost)
     assert out["measured_s"] == pytest.approx(sum(cost) / len(cost))
     assert out["median_s"] == pytest.approx(0.0015) and out["speed"] == pytest.approx(out["measured_s"] / 0.0005)
+    # a pass the host's CPU was taken from (above 3x the median) is left out of the mean
+    assert host_speed._robust_mean([0.031] * 11 + [0.183]) == pytest.approx(0.031)
+    assert host_speed._robust_mean([0.001, 0.001, 0.0029]) == pytest.approx(0.0049 / 3)
     # a big model's padding is capped: its passes hardly notice cold caches
     clock.sleeps.clear()
     host_speed._measure_paced(Runner(), {}, predicted=0.5, pace=8.0, passes=8)
