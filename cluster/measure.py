@@ -228,11 +228,12 @@ def measure_split_parts(graph: Graph, index: int, engine: str, fractions: tuple,
     return out
 
 
-def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy", part_counts: tuple = (2, 4, 8),
+def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy", part_counts: tuple = (2, 4, 7, 8),
                            repeat: int = 3, kinds: tuple | None = None) -> list[SplitStepSample]:
     """What a split part costs beyond its share of the whole nodes it splits, for every planner segment
     and kind (fused spans and token spans included; with `kinds`, only those) split evenly into each of
-    `part_counts` parts, as partitioners.latency_model.SplitOverhead fits it. A token span (attn-tokens
+    `part_counts` parts (never more parts than units: 7 splits a 7-row layer into the 1-row strips 8
+    ranks run), as partitioners.latency_model.SplitOverhead fits it. A token span (attn-tokens
     through its whole transformer block, split_costs.token_span_kind) counts as attn-tokens, the kind
     the segment table prices it with.
 
@@ -321,7 +322,8 @@ def measure_split_overhead(graph: Graph, profile: Profile, engine: str = "numpy"
                 cost = split.cost().parts[p]
                 share = fit_share(profile, graph, start, stop, cost.flops, cost.weight_bytes + cost.recv_bytes + cost.send_bytes)
                 reference = sum(profile.node_seconds(graph, t) for t in range(start, stop))
-                samples.append(SplitStepSample(overhead_key(kind, graph, start), n, stop - start, whole[(start, stop)], seconds, whole[(start, stop)] * share, reference))
+                samples.append(SplitStepSample(overhead_key(kind, graph, start), n, stop - start, whole[(start, stop)], seconds, whole[(start, stop)] * share, reference,
+                                               float(cost.weight_bytes)))
     return samples
 
 
@@ -430,7 +432,7 @@ def _measure_in_processes(models: list[str], code: str, **values) -> dict:
     return out
 
 
-def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str | None = None, part_counts: tuple = (2, 4, 8),
+def refit_split_overhead(profile_path: str | Path, models: list[str], engine: str | None = None, part_counts: tuple = (2, 4, 7, 8),
                          repeat: int = 2, kinds: tuple | None = None) -> Profile:
     """Measure the split overhead of `models` on this machine against the profile at `profile_path` (a
     shipped reference, partitioners/devices/host-<engine>.json) and write it into that profile: how its
@@ -510,7 +512,8 @@ if __name__ == "__main__":
     ap.add_argument("profile", metavar="PROFILE.json")
     ap.add_argument("models", metavar="MODEL[,MODEL...]")
     ap.add_argument("--kinds", help="only these split kinds' overhead figures (comma-separated); the others are kept")
-    ap.add_argument("--parts", default="2,4,8", help="part counts the segments are split into (default 2,4,8)")
+    ap.add_argument("--parts", default="2,4,7,8", help="part counts the segments are split into (default 2,4,7,8: 7 splits a 7-row layer into "
+                    "1-row strips, as 8 ranks do, never more parts than rows)")
     ap.add_argument("--repeat", type=int, default=None, help="timed passes (default 2 for overhead, 5 for --add-models)")
     ap.add_argument("--add-models", action="store_true", help="measure every node of the models and add them to the profile, "
                     "refitting its latency model")
@@ -531,5 +534,5 @@ if __name__ == "__main__":
         sys.exit(f"error: {exc}")
     for kind, fit in refitted.split_overhead.items():
         print(f"{kind:13s} per_share {fit.per_share:.3f} per_whole {fit.per_whole:.3f} per_step {fit.per_step_s * 1e6:.1f} us "
-              f"per_node {fit.per_node_s * 1e6:.1f} us ({fit.samples} parts; sum predicted / measured {fit.sum_ratio_without:.2f} -> "
+              f"per_node {fit.per_node_s * 1e6:.1f} us per_weight_byte {fit.per_weight_byte_s * 1e12:.1f} ps ({fit.samples} parts; sum predicted / measured {fit.sum_ratio_without:.2f} -> "
               f"{fit.sum_ratio:.2f})")

@@ -168,6 +168,7 @@ class SplitStepSample:
     part_s: float  # this part, warm median
     predicted_s: float  # whole_s x fit_share: what the planner predicts without the overhead
     reference_whole_s: float = 0.0  # the whole split nodes as the profile says (0: not known)
+    weight_bytes: float = 0.0  # the part's weights (a spatial part reads the whole filter; 0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,13 @@ parts each build the im2col patches of the whole input, so eight of them came ou
 share and the whole-size term alone).
 
     ResNet50's parts on the reference machine took 1.2-1.5x their share (2 to 8 parts): with 46 split
-    segments, the share alone predicted its Pi 3B+ latency plans 20-40% optimistic."""
+    segments, the share alone predicted its Pi 3B+ latency plans 20-40% optimistic.
+
+    per_weight_byte_s: what a part pays per byte of its weights that the whole layer's share does not
+    (weight_term: weights x (1 - share)): a thin part's matrix product streams (packs) the whole weight
+    matrix for a few rows, as the whole layer does once for all of them. ResNet50's 7x7 convs (2.4M
+    weights) split into 1-row strips on 7 ranks took ~2 ms each here whether of 1 or 2 rows, 1.8-2.6x
+    their share: ~2e-10 s per weight byte, 20x the per-byte slope of the op's latency fit."""
 
     per_share: float = 0.0
     per_step_s: float = 0.0
@@ -197,11 +204,13 @@ share and the whole-size term alone).
     median_error_without: float = 0.0  # ... with the share alone
     sum_ratio: float = 1.0  # sum of predictions with overhead / sum of measurements
     sum_ratio_without: float = 1.0  # ... with the share alone
+    per_weight_byte_s: float = 0.0  # x weight_term(part's weight bytes, its share)
 
-    def seconds(self, share_s, nodes, whole_s=0.0):
-        """A part's seconds from its share's seconds, the split's node count and the whole split nodes'
-        seconds (numbers or arrays)."""
-        return share_s * (1.0 + self.per_share) + whole_s * self.per_whole + self.per_step_s + self.per_node_s * nodes
+    def seconds(self, share_s, nodes, whole_s=0.0, weight_bytes=0.0, share=1.0):
+        """A part's seconds from its share's seconds, the split's node count, the whole split nodes'
+        seconds, and its weight bytes and share (numbers or arrays)."""
+        return (share_s * (1.0 + self.per_share) + whole_s * self.per_whole + self.per_step_s + self.per_node_s * nodes
+                + self.per_weight_byte_s * weight_term(weight_bytes, share))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,7 +218,7 @@ share and the whole-size term alone).
     @classmethod
     def from_dict(cls, doc: dict) -> "SplitOverhead":
         names = ("per_share", "per_step_s", "per_node_s", "per_whole", "median_error", "median_error_without", "sum_ratio",
-                 "sum_ratio_without")
+                 "sum_ratio_without", "per_weight_byte_s")
         values = {k: doc.get(k, 1.0 if k.startswith("sum_ratio") else 0.0) for k in names}
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values.values()):
             raise ValueError(f"every figure must be a finite number >= 0 ({json.dumps(values)[:80]})")
@@ -217,6 +226,14 @@ share and the whole-size term alone).
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise ValueError(f"samples {samples!r} is not a count")
         return cls(**{k: float(v) for k, v in values.items()}, samples=samples)
+
+
+def weight_term(weight_bytes, share):
+    """The weight bytes a part streams beyond its share of the whole layer's: weights x (1 - share),
+    share clipped to [0, 1] (numbers or arrays). The whole layer streams its weights once and a part's
+    share of its seconds holds share x that; a part that reads all of them (a spatial part: the whole
+    filter) pays the rest again, one holding a slice (a channel part: share x the weights) little."""
+    return np.asarray(weight_bytes, dtype=float) * (1.0 - np.clip(share, 0.0, 1.0))
 
 
 def fit_split_overhead(samples: list[SplitStepSample]) -> SplitOverhead:
@@ -232,13 +249,14 @@ def fit_split_overhead(samples: list[SplitStepSample]) -> SplitOverhead:
     speed = sum(s.whole_s for s in known) / sum(s.reference_whole_s for s in known) if known else 1.0
     part = np.array([s.part_s for s in samples])
     pred = np.array([s.predicted_s for s in samples])
-    x = np.array([[p, 1.0, float(s.nodes), s.whole_s] for p, s in zip(pred, samples)])
+    streamed = np.array([float(weight_term(s.weight_bytes, s.predicted_s / s.whole_s)) for s in samples])
+    x = np.array([[p, 1.0, float(s.nodes), s.whole_s, w] for p, s, w in zip(pred, samples, streamed)])
     coef = _fit_nonnegative(x, part - pred, 1.0 / np.sqrt(part))
     fitted = pred + x @ coef
     err = np.abs(fitted - part) / part
     return SplitOverhead(float(coef[0]), float(coef[1]) / speed, float(coef[2]) / speed, len(samples), float(coef[3]),
                          float(np.median(err)), float(np.median(np.abs(pred - part) / part)), float(fitted.sum() / part.sum()),
-                         float(pred.sum() / part.sum()))
+                         float(pred.sum() / part.sum()), per_weight_byte_s=float(coef[4]) / speed)
 
 
 ROWS_KINDS = ("fc-output", "fc-input")  # split kinds whose overhead is fitted apart over dense layers of many rows
@@ -278,6 +296,6 @@ def merge_split_overheads(fits: list[dict]) -> dict[str, SplitOverhead]:
             continue
         mean = {name: sum(getattr(o, name) * o.samples for o in have) / total
                 for name in ("per_share", "per_step_s", "per_node_s", "per_whole", "median_error", "median_error_without",
-                             "sum_ratio", "sum_ratio_without")}
+                             "sum_ratio", "sum_ratio_without", "per_weight_byte_s")}
         out[kind] = SplitOverhead(**mean, samples=total)
     return out

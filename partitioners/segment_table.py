@@ -11,8 +11,8 @@ A part's compute is the split nodes' time on its device scaled by what the laten
 for the part against the whole (its FLOPs share plus what a small part loses to fixed costs), plus
 what the lead's profile measured a part of the kind to cost beyond that share (profiles'
 split_overhead: an engine call of its own, slower kernels and each node's fixed costs at a part's
-size); the
-lead's network interface sends each remote part its input and receives its output one after the
+size, and the weights it streams beyond its share: a 1-row strip of a conv packs the whole filter);
+the lead's network interface sends each remote part its input and receives its output one after the
 other (`comm_in_s` and `comm_out_s`, their sum `comm_s`); the lead sums partial outputs (reduce
 kinds, in `compute_s`) and runs the segment's nodes the split leaves.
 
@@ -34,7 +34,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from .latency_model import node_bytes, op_key
+from .latency_model import node_bytes, op_key, overhead_key, weight_term
 from .segment_chains import kept_table, savings
 from .segment_columns import EXCHANGE, OPTION_KINDS, table_columns  # the columns' home (importable from here as before)
 from .split_costs import FUSED, span_kind, token_span_kind, token_span_length
@@ -144,8 +144,11 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
             # (a span's: fused-tiles', or attn-tokens' through its block; fc kinds over token rows: their own)
             overhead = profile.split_overhead_rows(kind, model.graph, s_start)
             fixed = overhead["per_step_s"] + overhead["per_node_s"] * (s_stop - s_start)
+            # and the weights it streams beyond its share (a thin strip's conv packs the whole filter
+            # for a few rows: latency_model.weight_term), at the profile's cost per byte
+            streamed = _per_weight_byte_s(profile, kind, model.graph, s_start)[:, None] * weight_term(q[..., 1], share)
             part_compute = (base * (share * (1.0 + overhead["per_share"][:, None]) + overhead["per_whole"][:, None])
-                            + fixed[:, None] * scales[:parts][None, :]).max(axis=1)
+                            + (fixed[:, None] + streamed) * scales[:parts][None, :]).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
             merge = sel["merge"] * (parts - 1)
@@ -190,6 +193,15 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
                         np.where(allowed, saving, -np.inf) if allowed is not None else saving, columns,
                         start_ok=start_ok if allowed is not None else None, end_ok=end_ok if allowed is not None else None,
                         inner_s=inner)
+
+
+def _per_weight_byte_s(profile, kind: str, graph, starts: np.ndarray) -> np.ndarray:
+    """SplitOverhead.per_weight_byte_s of each `kind` split starting at the nodes `starts`, from the
+    figures Profile.split_overhead_rows prices the split's other terms with (its overhead_key's,
+    else the kind's, else the fit over all kinds)."""
+    fits = profile.split_overhead
+    return np.array([(fits.get(overhead_key(kind, graph, int(a))) or profile.split_overhead_for(kind)).per_weight_byte_s
+                     for a in np.asarray(starts).tolist()], dtype=float)
 
 
 def _exchange_spans(model, slots, columns, compute, comm_in, comm_out, weights, work, split_stop, sizes) -> np.ndarray | None:

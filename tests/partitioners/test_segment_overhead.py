@@ -137,5 +137,83 @@ def test_measured_parts_cover_every_kind_span_and_part_count():
     assert len(spatial) == 4 * 3 and all(s.part_s > 0 and s.whole_s > 0 and s.nodes >= 1 for s in spatial)
     assert all(0 < s.predicted_s < s.whole_s for s in spatial)
     assert all(s.reference_whole_s == pytest.approx(sum(profile.node_seconds(graph, t) for t in range(0, s.nodes))) for s in spatial[:1])
+    # with the weights each part holds: a strip all of its filters (SplitOverhead.per_weight_byte_s)
+    assert spatial[0].weight_bytes == sum(graph.cost(t).weight_bytes for t in range(0, spatial[0].nodes)) > 0
     share = fit_share(profile, graph, 0, 1, graph.cost(0).flops, 0.0)
     assert 0 < share <= 1.0 + 1e-9
+
+
+def test_fit_recovers_what_parts_pay_for_the_weights_they_stream():
+    """part = share x whole + per_weight_byte_s x weights x (1 - share): the thin strips of a heavy conv
+    (every part reads the whole filter) pay most; the fit recovers the figure in the profile's seconds."""
+    from partitioners.latency_model import weight_term
+
+    rng = np.random.default_rng(1)
+
+    def samples(per_byte: float, speed: float) -> list[SplitStepSample]:
+        out = []
+        for _ in range(80):
+            whole = float(rng.uniform(1e-3, 2e-2))
+            share = float(rng.choice([1 / 7, 1 / 4, 1 / 2]))
+            weights = float(rng.choice([0.0, 1e5, 2.4e6, 9.4e6]))
+            part = whole * speed * share + per_byte * speed * weights * (1.0 - share) + 20e-6 * speed
+            out.append(SplitStepSample("conv-spatial", round(1 / share), int(rng.integers(1, 6)), whole * speed, part, whole * speed * share,
+                                       whole, weights))
+        return out
+
+    fit = fit_split_overhead(samples(2e-10, 1.0))
+    assert fit.per_weight_byte_s == pytest.approx(2e-10, rel=1e-6) and fit.per_step_s == pytest.approx(20e-6, rel=1e-6)
+    assert fit.per_share == pytest.approx(0.0, abs=1e-9) and fit.median_error < 1e-9 < fit.median_error_without
+    slow = fit_split_overhead(samples(2e-10, 2.0))  # measured twice as slow: the same figure in profile seconds
+    assert slow.per_weight_byte_s == pytest.approx(2e-10, rel=1e-6)
+    # the priced term: nothing for a part that is the whole, all the weights for an empty share
+    assert weight_term(np.array([8.0, 8.0, 8.0]), np.array([1.0, 0.25, 0.0])).tolist() == [0.0, 6.0, 8.0]
+    o = SplitOverhead(per_weight_byte_s=1e-9)
+    assert o.seconds(1e-3, 2, 0.0, 1e6, 0.25) == pytest.approx(1e-3 + 0.75e-3)
+    # profiles written before the figure existed read it as 0; merged figures average it by samples
+    assert SplitOverhead.from_dict({"per_share": 0.1, "samples": 3}).per_weight_byte_s == 0.0
+    from partitioners.latency_model import merge_split_overheads
+    merged = merge_split_overheads([{"conv-spatial": SplitOverhead(per_weight_byte_s=1e-10, samples=3)},
+                                    {"conv-spatial": SplitOverhead(per_weight_byte_s=2e-10, samples=1)}])
+    assert merged["conv-spatial"].per_weight_byte_s == pytest.approx(1.25e-10)
+
+
+def test_segment_table_prices_the_whole_filter_each_spatial_part_streams():
+    """A conv-spatial part of a conv holds every filter: each pays per_weight_byte_s x the filter's bytes
+    x (1 - its share) on its device, the slowest part sets the segment's compute; kinds without the
+    figure are priced as before."""
+    from partitioners.latency_model import fit_share, weight_term
+    from partitioners.splits import split_segment
+
+    graph = zoo_model("alexnet")
+    base = Profile.load(reference_profile_path("numpy"))
+    cluster = make_cluster([("rpi3", 2, 1 << 30), ("rpi4", 2, 1 << 30)], 94e6)
+    per_byte = 1e-9
+
+    def table(overhead: dict):
+        model = CostModel(graph, cluster, Calibration("numpy", [dataclasses.replace(base, split_overhead=overhead)]))
+        slots = tuple(model.class_of_rank[r] for r in range(4))
+        return model, slots, build_segment_table(model, slots)
+
+    model, slots, plain = table({})
+    _, _, priced = table({"conv-spatial": SplitOverhead(per_weight_byte_s=per_byte)})
+    scales = np.array([model.classes[k].seconds_scale for k in slots])
+    spatial = plain.columns.index(("conv-spatial", "kind", 0))
+    channel = plain.columns.index(("conv-channel", "kind", 0))
+    assert (priced.compute_s[:, channel] == plain.compute_s[:, channel]).all()
+    checked = 0
+    for r, (start, _) in enumerate(model.splits.segments):
+        if not np.isfinite(plain.compute_s[r, spatial]):
+            continue
+        stop = int(plain.split_stop[r, spatial])
+        split = split_segment(graph, start, stop, "conv-spatial", plain.sizes[(r, spatial)])
+        filters = sum(graph.cost(t).weight_bytes for t in range(start, stop))
+        extra = []
+        for p, cost in enumerate(split.cost().parts):
+            assert cost.weight_bytes == filters  # every strip holds the whole filter
+            share = fit_share(base, graph, start, stop, cost.flops, cost.weight_bytes + cost.recv_bytes + cost.send_bytes)
+            extra.append(per_byte * float(weight_term(cost.weight_bytes, share)) * scales[p])
+        added = priced.compute_s[r, spatial] - plain.compute_s[r, spatial]
+        assert min(extra) > 0 and min(extra) * (1 - 1e-9) <= added <= max(extra) * (1 + 1e-9), (r, added, extra)
+        checked += 1
+    assert checked >= 4
