@@ -160,7 +160,7 @@ def host_speed(model: str, seed: int, engine: str, measure: bool = True, concurr
 MEASURE = "median of 8 and 0.25 s"  # how a pass is summarised (in the cache key: entries measured otherwise are not reused)
 MIN_MEASURE_S = 0.25  # passes after the first 8 until their CPU seconds add up to this (at most MAX_PASSES)
 MAX_PASSES = 400
-PACED = "mean to 3x median, gaps to 0.1 s, 0.5 s"  # how paced passes are timed (in the cache key of a paced measurement)
+PACED = "median, gaps to 0.1 s, 0.5 s, frames"  # how paced passes are timed (in the cache key of a paced measurement)
 MAX_GAP_S = 0.1  # a paced pass's idle time at most: a few ms already leave the caches cold, and big models' passes hardly notice
 PACED_MEASURE_S = 0.5  # paced passes until their CPU seconds add up to this (at most PACED_MAX_PASSES)
 PACED_MAX_PASSES = 2000
@@ -240,7 +240,13 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tup
     feeds = graph.random_input(0)
     seconds = []
     if pace:
-        return _measure_paced(runner, feeds, predicted, float(pace), passes) | {"model": graph.name, "engine": engine}
+        frame = None
+        if nodes is None:  # the whole model: each pass on a new frame, made as rank 0 makes it (cluster.runtime)
+            from cluster.runtime import synthetic_frame
+
+            buffers = {t: np.empty(shape, np.float32) for t, shape in graph.inputs.items()}
+            frame = lambda i: synthetic_frame(graph, 0, i, buffers)  # noqa: E731
+        return _measure_paced(runner, feeds, predicted, float(pace), passes, frame) | {"model": graph.name, "engine": engine}
     # at least `passes`, and for a small model as many more as make MIN_MEASURE_S: eight of LeNet-5's
     # 0.3 ms passes took 2.4 ms, and one preemption by another process (its caches flushed) moved their
     # median 2.4x on a loaded machine (speed 4.6 for 1.7), so one emulated Pi ran LeNet-5 at twice its calibration
@@ -253,22 +259,17 @@ def measure_here(model: str, seed: int, engine: str, passes: int = 8, nodes: tup
             "predicted_s": predicted, "speed": measured / predicted}
 
 
-def _robust_mean(seconds: list) -> float:
-    """The mean of `seconds` at most 3x their median."""
-    import numpy as np
-
-    a = np.asarray(seconds, np.float64)
-    return float(a[a <= 3.0 * np.median(a)].mean())
-
-
-def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int) -> dict:
+def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int, frame=None) -> dict:
     """measure_here with `pace`: three back-to-back passes (the first faults pages in) estimate the
     speed, then at least `passes` more (and as many as make PACED_MEASURE_S of CPU time, at most
     PACED_MAX_PASSES) each followed by pass x (pace / speed - 1) of sleep, the speed re-estimated
-    from the paced passes as they come. Their mean, not their median: an emulated device's frames
-    last the sum of its steps' dilated CPU times, cold outliers included (LeNet-5 after 2 ms of
-    sleep: median 0.46 ms, mean 0.53 ms); passes above 3x the median are left out (one AlexNet pass
-    of 183 ms among eleven of 31, the host's CPU taken away, moved a mean of 12 to 44 ms)."""
+    from the paced passes as they come; their median is the measurement. (Their mean would be what an
+    emulated device's frames add up to, but at load 5-6 the measurement's outliers were not the
+    rank's: LeNet-5's paced means of 0.40, 0.46 and 0.55 ms against medians of 0.39, 0.45 and 0.47
+    while its rank's steps cost 0.40-0.41 ms, and one AlexNet pass of 183 ms among eleven of 31
+    read a mean of 44 ms.)
+    `frame(i)`, if given, makes pass i's input after its sleep, as rank 0 makes each frame before
+    computing it (the rank's own work between steps warms what a pure sleep leaves cold)."""
     import numpy as np
 
     warm = []
@@ -281,11 +282,13 @@ def _measure_paced(runner, feeds, predicted: float, pace: float, passes: int) ->
     while len(paced) < passes or (sum(paced) < PACED_MEASURE_S and len(paced) < PACED_MAX_PASSES):
         speed = typical / predicted
         time.sleep(min(MAX_GAP_S, max(0.0, typical * (pace / speed - 1.0))))
+        if frame is not None:
+            feeds = frame(len(paced))
         t = time.process_time()
         runner.run(feeds)
         paced.append(time.process_time() - t)
-        typical = _robust_mean(paced)
-    return {"measured_s": typical, "median_s": float(np.median(paced)), "least_s": float(np.min(paced)), "warm_s": float(np.median(warm[1:])),
+        typical = float(np.median(paced))
+    return {"measured_s": typical, "mean_s": float(np.mean(paced)), "least_s": float(np.min(paced)), "warm_s": float(np.median(warm[1:])),
             "predicted_s": predicted, "speed": typical / predicted, "pace": pace, "passes": len(paced)}
 
 
