@@ -381,3 +381,58 @@ def test_fc_split_overheads_over_token_rows_are_keyed_apart_and_priced():
     on_single = np.isin(starts, single) & np.isfinite(cheap) & (cheap > 0)
     assert on_rows.any() and on_single.any()
     assert (cheap[on_rows] < dear[on_rows]).all() and np.array_equal(cheap[on_single], dear[on_single])
+
+
+def test_gather_after_scatter_is_the_emulated_links_timeline():
+    """The segment table prices a split's gather as the emulated links run it (cluster.emulation: the lead's
+    sends one after the other, each part computing once its input is in, the lead's interface taking the outputs
+    one after the other as they come, receiving while it still sends): for equal part compute, the last output is
+    in at the compute plus max over i of (inputs up to part i + outputs from part i on); checked against
+    LinkPacer / receive_ready_at on random transfers. In the table, attn-heads (and every kind without an
+    exchange) gather that way, attn-tokens (its parts meet at the all-gather) as the sum of its outputs."""
+    import numpy as np
+
+    from cluster.emulation import LinkPacer, receive_ready_at
+    from layers import zoo_model
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.profiles import Calibration
+    from partitioners.segment_table import build_segment_table, gather_after_scatter
+    from partitioners.vocabulary import SplitKind
+
+    rng = np.random.default_rng(7)
+    for remote in range(0, 7):
+        each = rng.uniform(0.0, 0.05, (20, remote, 2))
+        each[:3, :, :] = np.round(each[:3] * 1000) / 1000  # ties
+        got = gather_after_scatter(each)
+        for row, compute in zip(range(len(each)), rng.uniform(0.0, 0.1, len(each))):
+            lead = LinkPacer(8.0)  # 1 byte a second: seconds as bytes
+            received = 0.0
+            for i in range(remote):
+                arrived, _ = lead.schedule(each[row, i, 0], now=0.0)
+                ready = arrived + compute
+                sent_end, duration = LinkPacer(8.0).schedule(each[row, i, 1], now=ready)
+                received = receive_ready_at(sent_end, duration, received)
+            last = max(compute, received)
+            scatter = each[row, :, 0].sum()
+            assert abs((last - compute - scatter) - got[row]) < 1e-9 or (remote == 0 and got[row] == 0)
+        assert (got <= each[:, :, 1].sum(axis=1) + 1e-12).all()
+
+    g = zoo_model("kwt3")
+    model = CostModel(g, make_cluster([("rpi3", 4, 1 << 30)], 94e6), Calibration("numpy"))
+    slots = tuple(model.class_of_rank[r] for r in range(4))
+    table = build_segment_table(model, slots)
+    heads = table.columns.index((SplitKind.ATTN_HEADS, "subset", 3))  # KWT-3 has 3 heads: 3 parts
+    tokens = table.columns.index((SplitKind.ATTN_TOKENS, "kind", 0))
+    rows = np.flatnonzero(table.comm_out_s[:, heads] > 0)
+    assert len(rows) == 12  # the attention blocks
+    # each remote part gets the whole block input and sends back a partial sum of the same shape: of the
+    # 2 outputs, the first comes in while the lead sends the second input, the gather adds one transfer
+    assert np.allclose(table.comm_out_s[rows, heads], table.comm_in_s[rows, heads] / 2, rtol=1e-9)
+    # attn-tokens: its remote parts' output rows, one after the other
+    lat, bw = model.cluster.link_latency_s, model.cluster.link_bandwidth_bps
+    t_rows = np.flatnonzero(table.comm_out_s[:, tokens] > 0)
+    assert len(t_rows) == 12
+    for r in t_rows:
+        width = g.shapes[g.nodes[model.splits.segments[r][0]].inputs[0]][-1]
+        want = sum(lat + n * width * 4 * 8.0 / bw for n in table.sizes[(r, tokens)][1:])
+        assert abs(table.comm_out_s[r, tokens] - want) < 1e-9 * max(1.0, want)
