@@ -153,6 +153,10 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
                             + (fixed[:, None] + streamed) * scales[:parts][None, :]).max(axis=1)
             remote = q[:, 1:, 2:4]
             part_comm = np.where(remote > 0, link_latency + remote * bits, 0.0).sum(axis=1)  # (rows, [in, out])
+            if kind == SplitKind.ATTN_TOKENS:
+                # the all-gather's messages as the lead receives them: each key-side tensor from each
+                # remote part, one link latency each (their bytes are in the parts' recv bytes)
+                part_comm[:, 0] += link_latency * (parts - 1) * _key_tensors(model.graph, s_start)
             if role in ("kind", "subset") and kind != SplitKind.ATTN_TOKENS:  # (a token split's parts meet at the all-gather)
                 overlap[rows_arr, o] = part_comm[:, 1] - gather_after_scatter(np.where(remote > 0, link_latency + remote * bits, 0.0))
             merge = sel["merge"] * (parts - 1)
@@ -206,6 +210,15 @@ def _per_weight_byte_s(profile, kind: str, graph, starts: np.ndarray) -> np.ndar
     else the kind's, else the fit over all kinds)."""
     fits = profile.split_overhead
     return np.array([(fits.get(overhead_key(kind, graph, int(a))) or profile.split_overhead_for(kind)).per_weight_byte_s
+                     for a in np.asarray(starts).tolist()], dtype=float)
+
+
+def _key_tensors(graph, starts: np.ndarray) -> np.ndarray:
+    """How many key-side tensors (K, V: partitioners.split_tokens.TokenBlock.keys) the token split of the
+    block at each of `starts` all-gathers: messages from each part to every other."""
+    from .split_tokens import token_block
+
+    return np.array([len(block.keys) if (block := token_block(graph, int(a))) is not None else 0
                      for a in np.asarray(starts).tolist()], dtype=float)
 
 

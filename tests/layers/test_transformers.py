@@ -436,3 +436,34 @@ def test_gather_after_scatter_is_the_emulated_links_timeline():
         width = g.shapes[g.nodes[model.splits.segments[r][0]].inputs[0]][-1]
         want = sum(lat + n * width * 4 * 8.0 / bw for n in table.sizes[(r, tokens)][1:])
         assert abs(table.comm_out_s[r, tokens] - want) < 1e-9 * max(1.0, want)
+
+
+def test_token_all_gather_pays_a_link_latency_per_message():
+    """attn-tokens: the lead receives each key-side tensor (K and V) from each remote part as a message of its own
+    (cluster.split_exec.TokenPhases), and the emulated link charges each message its latency (cluster.emulation):
+    a part's comm_in holds, beyond its scatter's one message per remote part, 2 x (parts - 1) latencies."""
+    import numpy as np
+
+    from layers import zoo_model
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.profiles import Calibration
+    from partitioners.segment_table import build_segment_table
+    from partitioners.split_tokens import token_block
+    from partitioners.vocabulary import SplitKind
+
+    g = zoo_model("kwt3")
+    calibration = Calibration("numpy")
+
+    def comm_in(latency):
+        model = CostModel(g, make_cluster([("rpi4", 4, 1 << 30)], 940e6, latency), calibration)
+        table = build_segment_table(model, tuple(model.class_of_rank[r] for r in range(4)))
+        return model, table.comm_in_s[:, table.columns.index((SplitKind.ATTN_TOKENS, "kind", 0))]
+
+    model, slow = comm_in(1e-3)
+    _, fast = comm_in(0.0)
+    rows = np.flatnonzero(np.isfinite(slow) & (slow > 0))
+    assert len(rows) == 12
+    for r in rows:
+        keys = len(token_block(g, model.splits.segments[r][0]).keys)
+        assert keys == 2  # K and V
+        assert abs((slow[r] - fast[r]) - 1e-3 * (3 + 3 * keys)) < 1e-12
