@@ -67,10 +67,17 @@ def test_paced_passes_sleep_out_the_padding_and_count_cold_ones(monkeypatch):
     assert sum(cost) >= host_speed.PACED_MEASURE_S > sum(cost[:-1]) and len(clock.sleeps) == len(cost)
     assert out["measured_s"] == pytest.approx(0.0015) and out["warm_s"] == pytest.approx(0.001)
     assert out["mean_s"] == pytest.approx(sum(cost) / len(cost)) and out["speed"] == pytest.approx(0.0015 / 0.0005)
-    # a big model's padding is capped: its passes hardly notice cold caches
+    # a medium model's padding is capped: a few ms already leave the caches cold
     clock.sleeps.clear()
-    host_speed._measure_paced(Runner(), {}, predicted=0.5, pace=8.0, passes=8)
+    host_speed._measure_paced(Runner(), {}, predicted=0.05, pace=8.0, passes=8)
     assert max(clock.sleeps) == pytest.approx(host_speed.MAX_GAP_S)
+
+    class Big:  # 20 ms a pass: timed back to back, as before (measure_here's unpaced passes)
+        def run(self, feeds):
+            clock.cpu += 0.02
+
+    clock.sleeps.clear()
+    assert host_speed._measure_paced(Big(), {}, predicted=0.01, pace=8.0, passes=8) is None and clock.sleeps == []
 
 
 def test_an_old_or_refreshed_measurement_is_taken_again(tmp_path, monkeypatch):
