@@ -424,8 +424,9 @@ class RunOptions:
     stream_start: float | None = None
     record_transfers: bool = False  # keep (end, bytes, seconds) of each frame this rank sends on its link (PipelineRank.transfers)
     on_slow: str = "warn"  # a rank falling behind (PaceWatch): "warn" (one line, the run goes on) or "fail" (its error: --resilient replans)
-    # a single stage's warm-up passes stop once they took this long (_Step.warm_up); 0: one pass (a resilient retry: the
-    # first result waits on it, and the first pass takes the first-use costs, later ones settle its time by a few %)
+    # a single stage's warm-up passes stop once they took this long (_Step.warm_up); 0: one pass; negative: none (a
+    # resilient retry: the first result waits on the warm-up, a whole frame's compute on a Pi; its first frame takes the
+    # first-use costs instead). A split stage still times its steps alone (_warm_references: its emulated references)
     warm_up_budget_s: float = 3.0
 
 
@@ -646,6 +647,8 @@ class _Step:
         parts' transfers are collective): _warm_references."""
         if self.split:
             self._warm_references()
+            return
+        if budget_s < 0:
             return
         runner = self.parts[0][1]
         feeds = runner.graph.random_input(0)

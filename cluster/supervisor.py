@@ -358,8 +358,8 @@ def supervise(plan: Plan, frames: int, child_args: Sequence[str], graph, env: di
             journal_path, report_path = work / f"journal-{k}", work / f"report-{k}.json"
             files = {"plan": plan_path, "frames": ids_path, "journal": journal_path, "report": report_path}
             argv = ["--frames", str(ids.size), "--no-progress", "--json", "--on-slow", "fail", *child_args]
-            if k > 0:  # a recovery: its first result waits on the warm-up (VGG16: seconds); one pass takes the first-use costs
-                argv += ["--warm-up-budget", "0"]
+            if k > 0:  # a recovery: its first result would wait on a warm-up pass (VGG16 on a Pi 3: a frame, 2.7 s); the
+                argv += ["--warm-up-budget", "-1"]  # first frame takes the first-use costs instead
             if k < len(faults):
                 rank, at, mode = faults[k]
                 index = int(np.searchsorted(ids, at))

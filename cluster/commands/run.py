@@ -59,7 +59,7 @@ def register(sub) -> None:
                         "the report lists each failure, the time lost and the new plan")
     p.add_argument("--frame-ids", metavar="IDS.npy", help=argparse.SUPPRESS)  # a resilient retry: frame i is the stream's IDS[i]
     p.add_argument("--journal", metavar="PATH", help=argparse.SUPPRESS)  # ... rank 0 appends each result there (cluster.supervisor)
-    p.add_argument("--warm-up-budget", type=float, default=3.0, help=argparse.SUPPRESS)  # ... and warms up for at most this (0: one pass)
+    p.add_argument("--warm-up-budget", type=float, default=3.0, help=argparse.SUPPRESS)  # ... and warms up for at most this (0: one pass, negative: none)
     p.add_argument("--exit", action="append", metavar="NAME=T", default=[],
                    help="early exit: output NAME answers a frame when its normalised entropy is at most T (0-1); "
                         "overrides the plan's threshold for NAME or adds the exit (repeatable; cluster.exits)")
@@ -132,7 +132,7 @@ def _run(args, comm, rank: int) -> int:
                          window=args.window, max_in_flight=args.max_in_flight,
                          host_speed=_host_speed(args, plan, engine, comm, rank) if args.emulate or args.emulate_compute else None,
                          stall_timeout=args.stall_timeout, keep_events=bool(args.trace), fail=fail, exits=exits, **link, on_slow=args.on_slow,
-                         warm_up_budget_s=max(float(args.warm_up_budget), 0.0))
+                         warm_up_budget_s=float(args.warm_up_budget))
     if rank == 0:
         options.on_failure = lambda partial, exc: keep_partial(args, partial)
         options.frame_ids = frame_ids
