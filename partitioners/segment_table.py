@@ -157,6 +157,9 @@ def build_segment_table(model, slots: tuple) -> SegmentTable:
                 # the all-gather's messages as the lead receives them: each key-side tensor from each
                 # remote part, one link latency each (their bytes are in the parts' recv bytes)
                 part_comm[:, 0] += link_latency * (parts - 1) * _key_tensors(model.graph, s_start)
+                # and its scatter: one message per input tensor to each remote part (a pre-norm block
+                # reads two: the LayerNorm's output and the residual rows), priced above as one
+                part_comm[:, 0] += link_latency * (parts - 1) * (_scatter_tensors(model.graph, s_start, s_stop) - 1.0)
             if role in ("kind", "subset") and kind != SplitKind.ATTN_TOKENS:  # (a token split's parts meet at the all-gather)
                 overlap[rows_arr, o] = part_comm[:, 1] - gather_after_scatter(np.where(remote > 0, link_latency + remote * bits, 0.0))
             merge = sel["merge"] * (parts - 1)
@@ -220,6 +223,15 @@ def _key_tensors(graph, starts: np.ndarray) -> np.ndarray:
 
     return np.array([len(block.keys) if (block := token_block(graph, int(a))) is not None else 0
                      for a in np.asarray(starts).tolist()], dtype=float)
+
+
+def _scatter_tensors(graph, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """How many tensors the token split of nodes [start, stop) scatters, per row (at least one:
+    partitioners.split_tokens.scatter_tensors)."""
+    from .split_tokens import scatter_tensors
+
+    return np.array([max(1, scatter_tensors(graph, int(a), int(b))) for a, b in zip(np.asarray(starts).tolist(), np.asarray(stops).tolist())],
+                    dtype=float)
 
 
 def _never_kept_into(kept: np.ndarray, n_seg: int) -> np.ndarray:

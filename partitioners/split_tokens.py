@@ -286,6 +286,15 @@ def why_not_tokens(graph: Graph, start: int, last: int | None = None) -> str:
     return "it does" if isinstance(found, TokenBlock) else found
 
 
+def scatter_tensors(graph: Graph, start: int, stop: int) -> int:
+    """How many tensors a token split of nodes [start, stop) scatters: those live before `start` that
+    the nodes read (a pre-norm block: the LayerNorm's output and the residual rows). cluster.split_exec
+    moves each as a Transfer of its own, so each remote part receives one message per tensor, each
+    paying a link latency (the emulated link charges it per message)."""
+    live = set(graph.cut_tensors(start))
+    return len({t for node in graph.nodes[start:stop] for t in node.inputs if t in live})
+
+
 # --- parts -------------------------------------------------------------------------------------------
 
 def _part_node(b: PartBuilder, graph: Graph, block: TokenBlock, j: int, names: dict, sizes: dict) -> None:

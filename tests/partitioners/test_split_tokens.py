@@ -100,6 +100,44 @@ def test_planner_catalogue_prices_tokens_on_the_attention_segment():
             assert abs(getattr(got, f) - getattr(part, f)) <= 1e-6 * max(1, getattr(part, f)) + 1, f
 
 
+
+def test_scatter_pays_a_link_latency_per_input_tensor():
+    """The lead scatters each tensor a token split reads from before it as a message of its own to each remote
+    part (cluster.split_exec: one Transfer per split input), and the emulated link charges each message its
+    latency: the whole pre-norm block reads two (the LayerNorm's output and the residual rows), the attention
+    segment one. comm_in holds (parts - 1) x (inputs + key-side tensors) latencies: scatter and all-gather."""
+    from partitioners.cost import CostModel, make_cluster
+    from partitioners.profiles import Calibration
+    from partitioners.segment_table import build_segment_table
+    from partitioners.split_tokens import scatter_tensors
+    from partitioners.splits import split_segment
+
+    g = zoo_model("kwt3")
+    calibration = Calibration("numpy")
+
+    def comm_in(latency):
+        model = CostModel(g, make_cluster([("rpi4", 4, 1 << 30)], 940e6, latency), calibration)
+        return model, build_segment_table(model, tuple(model.class_of_rank[r] for r in range(4)))
+
+    model, slow = comm_in(1e-3)
+    _, fast = comm_in(0.0)
+    checked = set()
+    for column, parts in (((TOKENS_KIND, "span", 4), 4), ((TOKENS_KIND, "subset", 3), 3)):
+        o = slow.columns.index(column)
+        rows = np.flatnonzero(np.isfinite(slow.comm_in_s[:, o]) & (slow.comm_in_s[:, o] > 0))
+        assert len(rows) == 12
+        for r in rows:
+            start, stop = model.splits.segments[r][0], int(slow.split_stop[r, o])
+            inputs = scatter_tensors(g, start, stop)
+            assert inputs == len(split_segment(g, start, stop, TOKENS_KIND, (25,) * 3 + (24,)).inputs)
+            keys = len(token_block(g, start).keys)
+            assert keys == 2
+            want = 1e-3 * (parts - 1) * (inputs + keys)
+            assert abs((slow.comm_in_s[r, o] - fast.comm_in_s[r, o]) - want) < 1e-12
+            checked.add((column[1], inputs))
+    assert checked == {("span", 2), ("subset", 1)}  # the whole block reads the residual too, attention alone not
+
+
 def test_refusals_are_one_line_and_say_why():
     g = zoo_model("kwt3")
     with pytest.raises(PisplitError, match=r"layer encoder_layer_0_mlp_1: kind attn-tokens does not apply .*starts no attention block"):
