@@ -28,6 +28,7 @@ from pathlib import Path  # noqa: E402
 
 from cluster.commands.emulate import implausible_speedup, run_emulated  # noqa: E402
 from cluster.emulated_plans import plan_for_devices, single_device_plan  # noqa: E402
+from cluster.report import late_share  # noqa: E402
 from bench import cluster_config  # noqa: E402
 from layers import zoo_model  # noqa: E402
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
                        "single_p50_s": one_s, "single_predicted_s": one_pred, "speedup": one_s / p50,
                        "predicted_speedup": one_pred / plan.predicted_latency_s, "seconds": time.time() - t,
                        "late_s": max(r["emulation_late_s"] for r in rep["ranks"]), "load_average": load}
-                row["late_share"] = row["late_s"] / max(rep["wall_s"], 1e-9)
+                row["late_share"] = late_share(rep)
                 row["measurement_problem"] = (implausible_speedup(plan, row["speedup"])  # above N identical devices: not a result
                                               or late_problem(row["late_share"]))
                 rows.append(row)

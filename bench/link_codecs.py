@@ -46,6 +46,7 @@ from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import single_device_plan
 from cluster.link_codecs import frame_header_bytes, measured_link_bytes
 from cluster.output import console, human_bytes
+from cluster.report import late_share
 from layers import load_model
 from partitioners.codec_cost import codec_cost_model
 from partitioners.codecs import link_codecs, parse_codec
@@ -136,11 +137,6 @@ def predicted_link_bytes(plan, graph, table) -> dict:
     out = {k: coded(s.node_stop, s.send_codec) for k, s in enumerate(plan.stages[:-1])}
     out["input"] = coded(0, plan.input_codec)
     return out
-
-
-def late_share(report: dict) -> float:
-    """The largest share of the run's wall time any rank's emulation fell behind (host lateness)."""
-    return max(r["emulation_late_s"] for r in report["ranks"]) / max(report["wall_s"], 1e-9)
 
 
 def emulate(plan, path: Path, frames: int, inputs: Path | None, timeout: float = 3600) -> dict:

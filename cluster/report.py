@@ -50,6 +50,12 @@ def replica_burst(plan: Plan) -> int:
     return max([len(st.ranks) for st in plan.stages if st.mode == StageMode.DATA_PARALLEL] + [1])
 
 
+def late_share(report: dict) -> float:
+    """The largest share of an emulated run's wall time any of its ranks fell behind its device
+    (emulation_late_s over wall_s of a run_report document): the host lateness benches and emulate judge by."""
+    return max((r["emulation_late_s"] for r in report["ranks"]), default=0.0) / max(report["wall_s"], 1e-9)
+
+
 def percentiles_ms(seconds: np.ndarray) -> dict:
     """p50, p90, p99, mean and max of per-frame latencies, in milliseconds."""
     s = np.asarray(seconds, float) * 1e3

@@ -26,6 +26,7 @@ from ..emulation import parse_link
 from ..mpirun import local_mpirun_command, mpirun_env, run_local, without_error_boxes
 from ..output import console, human_bytes, print_json
 from ..emulated_plans import plan_for_devices, single_device_plan
+from ..report import late_share
 
 
 def register(sub) -> None:
@@ -331,7 +332,7 @@ def run(args) -> int:
         "measurement_problem": problem,
         "every_frame_once": many["every_frame_once"], "exits": many.get("exits"),
         # host lateness (issue 15): the largest share of a run's wall time a rank fell behind its emulated device
-        "late_share": _late_share(many), "single_late_share": _late_share(one),
+        "late_share": late_share(many), "single_late_share": late_share(one),
         "link_codecs": [s.send_codec for s in plan.stages[:-1]], "input_codec": plan.input_codec,
         "stages": many["stages"], "ranks": many["ranks"],
     }
@@ -366,11 +367,6 @@ def run(args) -> int:
         console.print(f"[yellow]note: this machine fell behind the one emulated {kind} for {doc['single_late_share']:.0%} of its run; "
                       f"the speedup is optimistic[/]")
     return 0
-
-
-def _late_share(report: dict) -> float:
-    """The largest share of an emulated run's wall time any of its ranks fell behind its device (emulation_late_s)."""
-    return max((r["emulation_late_s"] for r in report["ranks"]), default=0.0) / max(report["wall_s"], 1e-9)
 
 
 def exit_prediction(args, graph, plan: Plan, link_bps: float, table, budget) -> tuple[float | None, str, np.ndarray | None]:
