@@ -181,11 +181,13 @@ def emulated_table(row: dict, args):
 def streamed_fps(rep: dict, plan) -> float:
     """Frames per second of a streamed run once its first frames are out: (n - k) / (t_n - t_k) over the
     completion times, k the most frames one stage finishes at once (its replicas: a data-parallel stage of 4
-    finishes frames in bursts of 4; 1 otherwise). The report's steady rate, a line fitted on the last three
-    quarters of the completions, read 5x one device off 4 data-parallel replicas finishing 16 frames in 4 bursts."""
+    finishes frames in bursts of 4; 1 otherwise: cluster.report.replica_burst). The report's steady rate
+    (report_fps beside it) is fitted through the same bursts' ends over the last three quarters of the run."""
+    from cluster.report import replica_burst
+
     done = {int(count): float(t) for t, count in rep["completed"]}
     n = max(done)
-    k = max([len(st.ranks) for st in plan.stages if st.mode == StageMode.DATA_PARALLEL] + [1])
+    k = replica_burst(plan)
     if k >= n or k not in done or done[n] <= done[k]:
         return rep["throughput_fps"]
     return (n - k) / (done[n] - done[k])
