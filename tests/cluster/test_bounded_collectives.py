@@ -33,6 +33,14 @@ def test_a_watched_gather_on_one_rank_returns_its_row():
     np.testing.assert_array_equal(got, row)
 
 
+def one_error(proc, seconds: float) -> str:
+    """The one pisplit error line of a run that failed, and did so within 30 s (never hung)."""
+    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
+    errors = pisplit_lines(proc.stderr, "error")
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
 @pytest.mark.mpi
 def test_a_rank_that_never_reaches_the_start_barrier_is_named(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
@@ -41,7 +49,7 @@ def test_a_rank_that_never_reaches_the_start_barrier_is_named(tmp_path):
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1, proc.stderr
     assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the start barrier "
-                        r"for \d+\.\d s \(stalled or lost\)", errors[0]), errors
+                    r"for \d+\.\d s \(stalled or lost\)", errors[0]), errors
     assert "Traceback" not in proc.stderr
 
 
@@ -56,7 +64,7 @@ def test_a_rank_that_never_sends_its_statistics_is_named_and_the_results_are_kep
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1, proc.stderr
     assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final statistics "
-                        r"gather for \d+\.\d s \(stalled or lost\)", errors[0]), errors
+                    r"gather for \d+\.\d s \(stalled or lost\)", errors[0]), errors
     # (Open MPI's own box may follow on the same line: the ranks' stderr interleaves)
     partial = pisplit_lines(proc.stderr, "partial")
     assert len(partial) == 1 and partial[0].startswith(f"pisplit: partial: 40 of 40 frames written to {out}; missing frames none"), partial
@@ -81,10 +89,8 @@ def test_a_rank_stuck_loading_the_model_is_named(tmp_path):
     there left the others waiting forever, silently."""
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
     proc, seconds = mpirun(3, "run", plan, "--frames", 20, "--no-progress", "--stall-timeout", 1, "--fail", "2@load:stop")
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the end of loading "
-                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the end of loading "
+                    r"for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
 
 
 @pytest.mark.mpi
@@ -131,10 +137,8 @@ sys.exit(transport.on_every_rank(body))
 def test_a_rank_that_never_reaches_the_options_agreement_is_named(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
     proc, seconds = mpirun(3, 2, "options", "run", plan, "--frames", 5, "--no-progress", "--stall-timeout", 0.5, code=OPTIONS)
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the options' agreement "
-                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach the options' agreement "
+                    r"for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
 
 
 @pytest.mark.mpi
@@ -143,10 +147,8 @@ def test_a_rank_that_never_reaches_a_split_stages_communicator_is_named(tmp_path
 
     plan = hand_plan(zoo_model("lenet5"), SPLIT).save(tmp_path / "plan.json")
     proc, seconds = mpirun(3, 2, "communicators", "run", plan, "--frames", 5, "--no-progress", "--stall-timeout", 0.5, code=OPTIONS)
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach stage 1's communicator "
-                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 did not reach stage 1's communicator "
+                    r"for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
 
 
 # --- pisplit split and pisplit profile: every barrier, transfer and gather is bounded too ---------------------
@@ -173,10 +175,8 @@ def test_a_rank_stopped_in_a_data_parallel_split_run_is_named(tmp_path):
     stopped in its second run left the others waiting forever, silently."""
     proc, seconds = mpirun(3, "split", "lenet5", "conv1", "--kind", "data-parallel", "--repeat", 2, "--stall-timeout", 1,
                            "--fail", "2@2:stop")
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): no 'frames' transfer in run 2 of the data-parallel "
-                                             rf"split of conv1 with rank 2 \(host {HOST}\) for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): no 'frames' transfer in run 2 of the data-parallel "
+                    rf"split of conv1 with rank 2 \(host {HOST}\) for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -184,10 +184,8 @@ def test_a_rank_stopped_in_a_data_parallel_split_run_is_named(tmp_path):
 def test_a_rank_stopped_before_the_chains_last_gather_is_named_and_a_killed_one_by_open_mpi(tmp_path):
     proc, seconds = mpirun(2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--chain", 2, "--repeat", 1,
                            "--stall-timeout", 1, "--fail", "1@end:stop")
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final "
-                                             r"gather of the timings for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 \(host {HOST}\) did not reach the final "
+                    r"gather of the timings for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
     # a rank that dies is Open MPI's to name: it ends the job at once
     proc, seconds = mpirun(2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--chain", 2, "--repeat", 2, "--fail", "1@1:kill")
     assert proc.returncode != 0 and seconds < 30 and not pisplit_lines(proc.stderr, "error"), (seconds, proc.stderr)
@@ -200,10 +198,8 @@ def test_a_rank_stopped_or_killed_in_the_profiles_link_tests_is_named(tmp_path):
     stopped in the link tests left the others waiting forever."""
     args = ("profile", "--model", "lenet5", "--fractions", "none", "--output", tmp_path / "p.json", "--stall-timeout", 1)
     proc, seconds = mpirun(3, *args, "--fail", "2@4:stop")
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach link test "
-                                             r"round trip 4 \(rank 0 and rank 1, 1024 bytes\) for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach link test "
+                    r"round trip 4 \(rank 0 and rank 1, 1024 bytes\) for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
     proc, seconds = mpirun(2, *args, "--fail", "1@3:kill")
     assert proc.returncode != 0 and seconds < 30 and not pisplit_lines(proc.stderr, "error"), (seconds, proc.stderr)
     assert re.search(r"process rank 1 with PID \d+ on node \S+ exited on signal 9", " ".join(proc.stderr.split())), proc.stderr
@@ -323,10 +319,8 @@ def test_a_rank_that_never_reaches_a_multi_view_runs_start_is_named():
     # ddnn_mnist with three of its four end devices missing: rank 0 aggregates, rank 1 is device 3
     proc, seconds = mpirun(2, 1, "exits", "ddnn_mnist", "--run", "--missing", "0,1,2", "--frames", 4, "--stall-timeout", 0.3,
                            code=VIEWS, timeout=60)
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 did not reach the options' agreement "
-                                             r"for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 1 did not reach the options' agreement "
+                    r"for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -364,7 +358,5 @@ sys.exit(main(argv))
 def test_a_rank_that_never_reaches_the_splits_communicator_is_named():
     proc, seconds = mpirun(3, 2, "split", "lenet5", "conv1", "--kind", "conv-spatial", "--repeat", 1, "--stall-timeout", 0.5,
                            code=AFTER_HOSTS, timeout=60)
-    assert proc.returncode != 0 and seconds < 30, (seconds, proc.stderr)
-    errors = pisplit_lines(proc.stderr, "error")
-    assert len(errors) == 1 and re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the split's "
-                                             r"communicator for \d+\.\d s \(stalled or lost\)", errors[0]), proc.stderr
+    assert re.match(rf"pisplit: error: rank 0 \(host {HOST}\): rank 2 \(host {HOST}\) did not reach the split's "
+                    r"communicator for \d+\.\d s \(stalled or lost\)", one_error(proc, seconds)), proc.stderr
