@@ -153,7 +153,8 @@ def test_bench_latency():
     assert proc.stderr.splitlines()[-1].startswith("load average ")
     (line,) = proc.stdout.splitlines()
     m = re.fullmatch(r"lenet5   rpi3:2    94 Mbit/s \| latency p50 +([\d.]+) ms p90 +([\d.]+) \(pred +([\d.]+), x[\d.]+\) \| one rpi3 +([\d.]+) ms "
-                     r"\(pred +([\d.]+)\) \| speedup [\d.]+x \(pred [\d.]+x\) \| (\d+) kept segments \| (.+)", line)
+                     r"\(pred +([\d.]+)\) \| speedup [\d.]+x \(pred [\d.]+x\) \| (\d+) kept segments \| (.+?)"
+                     r"( \| NOT A RESULT: .+)?", line)  # the suffix: this machine fell behind the emulated devices
     assert m, line
     p50, p90 = float(m[1]), float(m[2])
     assert 0 < p50 <= p90 and float(m[3]) > 0 and float(m[4]) > 0
