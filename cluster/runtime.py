@@ -428,6 +428,9 @@ class RunOptions:
     # resilient retry: the first result waits on the warm-up, a whole frame's compute on a Pi; its first frame takes the
     # first-use costs instead). A split stage still times its steps alone (_warm_references: its emulated references)
     warm_up_budget_s: float = 3.0
+    # issue 16, a run switching plans (cluster.switching): at the end of this rank's frames, more(rank) may give the run
+    # more frames (PipelineRank.extend: its plan was kept at a boundary, nothing drains) and return True to go on with them
+    more: Callable[["PipelineRank"], bool] | None = None
 
 
 class EventLog:
@@ -638,6 +641,8 @@ class _Step:
                 for node in runner.graph.nodes:
                     runner.graph.node_weights(node)
 
+    warm_cpu: list  # CPU seconds of warm_up's whole-stage passes
+
     def warm_up(self, passes: int = 5, budget_s: float = 3.0) -> None:
         """Untimed passes on seeded random input until one is within 5% of the one before (at most
         `passes`, or `budget_s` seconds), so the first frames do not pay for first use (activation
@@ -645,6 +650,7 @@ class _Step:
         runs (VGG16: 0.47, 0.41, 0.39, 0.37 s of CPU), and with time dilation a Pi 3 would pay the
         difference 8 times over. A split stage times each of its compute steps alone instead (its
         parts' transfers are collective): _warm_references."""
+        self.warm_cpu = []
         if self.split:
             self._warm_references()
             return
@@ -657,6 +663,7 @@ class _Step:
             t = time.process_time()
             runner.run(feeds)
             seconds = time.process_time() - t
+            self.warm_cpu.append(seconds)  # the last ones seed an emulated device's typical step (EmulatedDevice.calibrate)
             if (last is not None and seconds >= 0.95 * last) or time.perf_counter() - start > budget_s:
                 break
             last = seconds
@@ -830,6 +837,7 @@ class PipelineRank:
         self.cores = CoreTokens(options.core_lock_dir, options.host_cores) if options.emulate else None
         # compute-only emulation: the device's messages leave unpaced (a link of no duration)
         self.device = EmulatedDevice(self.dilation, self.cores, self.link or LinkPacer(math.inf), self._poll) if options.emulate else None
+        self.shared_device = shared is not None
         if shared is not None:  # issue 16, a run switching plans (cluster.switching): one emulated device and link per rank
             self.device, self.link = shared
             self.dilation, self.cores = (self.device.dilation, self.device.cores) if self.device else (None, None)
@@ -1007,6 +1015,53 @@ class PipelineRank:
             self.device.poll = self._poll
         if self.rank == 0:
             self._init_source_and_sink()
+
+    def extend(self, frame_ids: np.ndarray) -> None:
+        """Issue 16: the stream's `frame_ids` follow this run's frames (cluster.switching keeps the plan at
+        a boundary): called from options.more while the run is under way, the frames in flight go on."""
+        more = np.asarray(frame_ids, np.int64)
+        base = self.options.frame_ids if self.options.frame_ids is not None else np.arange(self.n_frames)
+        self.options.frame_ids = np.concatenate([base, more])
+        self.n_frames = len(self.options.frame_ids)
+        self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
+        if self.rank == 0:
+            grow = lambda a, fill: np.concatenate([a, np.full((more.size, *a.shape[1:]), fill, a.dtype)])  # noqa: E731
+            self.arrived, self.frame_order = grow(self.arrived, False), grow(self.frame_order, -1)
+            self.latency, self.done_at, self.argmax = grow(self.latency, 0.0), grow(self.done_at, 0.0), grow(self.argmax, 0)
+            if self.outputs is not None:
+                self.outputs = {t: grow(a, 0.0) for t, a in self.outputs.items()}
+            self.next_remote = self._next_remote_frame(self.next_remote)
+
+    def _frames(self):
+        """This rank's frames (a split stage's worker: every frame) in order; at their end options.more may
+        extend the run (issue 16) and they go on."""
+        i = 0
+        while True:
+            mine = range(self.n_frames) if self.is_worker else self.my_frames
+            while i < len(mine):
+                yield mine[i]
+                i += 1
+            if self.options.more is None or not self.options.more(self):
+                return
+
+    def await_request(self, request, what: str, peer: int) -> float:
+        """Issue 16: wait for `request` (a message on another communicator, from `peer` of this one) while
+        this rank's pipeline goes on, under its stall bound; returns the seconds waited."""
+        return self._wait_until(lambda: transport.request_done(request), WAIT_INPUT, self.frame, waiting=lambda: (what, peer), follows=True)
+
+    def _calibrate_device(self) -> None:
+        """An emulated device running a whole stage (single or a data-parallel replica) takes its nodes'
+        calibrated device time per frame, scaled by each frame's CPU time here over this rank's typical one
+        (EmulatedDevice.calibrate, issue 18). Not for a split stage (its parts dilate by the measured host
+        speed), a run with early exits (a frame's work depends on where it leaves) or a switching run's
+        shared device."""
+        if self.device is None or self.shared_device or self.step.split or self.exits is not None:
+            return
+        from partitioners.profiles import device_seconds
+
+        engine = self.options.engine or self.plan.engine
+        seconds = device_seconds(self.plan.devices[self.rank].kind, engine, self.graph, self.stage.node_start, self.stage.node_stop)
+        self.device.calibrate(seconds / float(self.plan.devices[self.rank].speed or 1.0), self.step.warm_cpu[-2:])
 
     def _post_results(self) -> None:
         if self.exits is not None:
@@ -1266,6 +1321,7 @@ class PipelineRank:
             self.step.warm_up(budget_s=self.options.warm_up_budget_s)
             warm_s = time.perf_counter() - t - load_s
             reset_peak_rss()
+            self._calibrate_device()
         self.fault_at(FAULT_AT_START)
         # loading weights and warming up take longer than a frame: three stall bounds to arrive
         bound = 3.0 * self.stall_s
@@ -1288,7 +1344,7 @@ class PipelineRank:
             self._inject()
             self._post_results()
         if self.is_worker:
-            for f in range(self.n_frames):
+            for f in self._frames():
                 self._begin_frame(f)
                 if self.exits is not None and self.exits.worker_skips(self, f):
                     continue
@@ -1296,7 +1352,7 @@ class PipelineRank:
                 self._end_frame(f)
         else:
             self._post_inputs(0)
-            for i, f in enumerate(self.my_frames):
+            for i, f in enumerate(self._frames()):
                 self._begin_frame(f)
                 tensors, start_ns, buf = self._receive(i, f)
                 if self.exits is not None and self.exits.arrived(self, f, buf, start_ns):

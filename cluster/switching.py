@@ -2,20 +2,26 @@
 
 `run_switching` streams frames through one of several plans at a time (a configuration map's plans:
 the same model's exit branches and cuts, cluster.bandwidth.MapChooser picks among them). The stream
-is cut into segments at frame boundaries (after at least `every` frames and at least MIN_SEGMENT_S of
-them, at the frame interval or the pace rank 0 measured over the last segment; and at each forced
-switch); a segment runs under one plan with the ordinary pipeline runtime (cluster.runtime.PipelineRank, restarted with
-its engines warm) and drains before the next begins, so every frame is answered exactly once, in
-order, by exactly one plan, and a switch can lose nothing in flight. At each boundary every rank
-hands rank 0 the transfers it made on its link (end time, bytes, seconds: the emulated pacer's
-duration, or on a real link the time until MPI completed the send), rank 0 feeds them to the
-chooser, and it says (broadcast as text, never pickled) which plan runs next. While the running plan
-sends nothing on the link (all on the device), rank 0 sends a probe of PROBE_BYTES (a real link:
-REAL_PROBE_BYTES, timed to rank 1's acknowledgement) to rank 1 at most every PROBE_INTERVAL_S, so a
-link that recovers is seen.
+has boundaries at frames (after at least `every` frames and at least MIN_SEGMENT_S of them, at the
+frame interval or the pace rank 0 measured since the last boundary; and at each forced switch). A
+plan runs with the ordinary pipeline runtime (cluster.runtime.PipelineRank, restarted with its engines
+warm). Rank 0 decides at a boundary as soon as its own part of the frames before it is done, the
+frames in flight still flowing: the plan kept, every rank of it extends its run to the next boundary
+(PipelineRank.extend) and nothing drains; a switch (or the stream's end) drains the pipeline at the
+boundary before the next plan begins, so every frame is answered exactly once, in order, by exactly
+one plan, and a switch can lose nothing in flight. Rank 0 tells every other rank at each boundary
+(a three-number buffer, never pickled); a rank of the plan hears it when its frames before the
+boundary are done, a rank outside the plan waits for it. The chooser sees every transfer made on a
+link (end time, bytes, seconds: the emulated pacer's duration, or on a real link the time until MPI
+completed the send): rank 0's own as they are made, another rank's as it sends them to rank 0 at
+each boundary it passes (and all that are left at a drain, counted so none is lost), so it decides
+on rank 0's (the Pi's, in Edgent's set-up) up to the boundary and the others' up to their previous
+one. While the running plan sends nothing on the link (all on the device), rank 0 sends a probe of
+PROBE_BYTES (a real link: REAL_PROBE_BYTES, timed to rank 1's acknowledgement) to rank 1 at most
+every PROBE_INTERVAL_S, so a link that recovers is seen.
 
 Plans may have fewer ranks than the run (an all-on-device plan on rank 0 alone): each plan runs on a
-sub-communicator of its first n_ranks ranks and the others wait for the next boundary. A rank is the
+sub-communicator of its first n_ranks ranks and the others wait for the next drain. A rank is the
 same emulated device and link in every plan (the plans must agree on each rank's device kind).
 """
 from __future__ import annotations
@@ -42,8 +48,10 @@ from .watched import bcast_text_watched
 PROBE_BYTES = 16384
 REAL_PROBE_BYTES = 65536  # a real link's probe: as large as the smallest transfer counted on one (MPI's eager limit)
 PROBE_INTERVAL_S = 0.25
-MIN_SEGMENT_S = 0.25  # a boundary drains the pipeline: at most about one per this many seconds of frames
+MIN_SEGMENT_S = 0.25  # rank 0 decides at most about once per this many seconds of frames
 TAG_PROBE = 77
+TAG_CONTROL = 76  # rank 0's word at a boundary to every other rank (_Boundaries)
+TAG_SAMPLES = 75  # a rank's link transfers to rank 0 while the run goes on
 
 
 @dataclass
@@ -60,7 +68,8 @@ class SwitchingResult:
     switches: list = field(default_factory=list)  # {"frame", "time_s", "from", "to", "reason"}
     transfers: np.ndarray | None = None  # (n, 3): time since the start, bytes, seconds of every link transfer and probe
     estimates: list = field(default_factory=list)  # (time_s, bit/s estimate) after each boundary that had samples
-    segments: int = 0
+    segments: int = 0  # boundaries + 1 (each boundary a decision)
+    drains: int = 0  # runs of a plan, each ending in a drain: the switches + 1
     late_s: float = 0.0  # rank 0's emulation behind its device speed
     late_by_rank_s: list = field(default_factory=list)  # each rank's (a host faster than this machine falls behind)
 
@@ -115,7 +124,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     frames (module docstring). `load_graph(i)` loads plan i's graph. On rank 0, `choose(transfers, frame)`
     -> (plan index, reason) sees the new (end, bytes, seconds) rows before `frame` and picks the plan of
     the next segment; `forced` {frame: plan index} switches there whatever it says. Rank 0's `initial` counts.
-    `min_segment_s` (default MIN_SEGMENT_S) bounds how often a boundary drains the pipeline.
+    `min_segment_s` (default MIN_SEGMENT_S) bounds how often rank 0 decides (only a switch drains the pipeline).
     Emulated: rank 0's `speed_ratios` (cluster.bandwidth.plan_speed_ratios, one per plan) divide each
     rank's dilation while that plan runs (the host speed was measured on the whole model, not the branch)."""
     forced = dict(forced or {})
@@ -177,83 +186,56 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     n = int(options.frames)
     interval = float(options.frame_interval_s)
     worst = max(max(p.predicted_latency_s for p in plans), interval)
-    current, last_probe = initial, -1e9
     sink = _Sink(n, options.keep_outputs) if rank == 0 else None
     t_start, wall_start = time.perf_counter(), time.time()
-    epoch = None
-    switches, estimates, rows = [], [], []
     if options.on_start and rank == 0:
         options.on_start()
     forced_at = sorted(forced)
-    length = _segment_length(every, interval, n, min_segment_s)  # the first segment's frames (nothing measured yet)
-    lo, k, prev_len, seg_t0 = 0, 0, 0, t_start
-    while lo < n:
-        if k:
-            # the boundary: transfers to rank 0, its choice to everyone
-            mine = np.zeros((0, 3))
-            for r in ranks:
-                if r is not None and r.transfers:
-                    mine = np.concatenate([mine, np.asarray(r.transfers, np.float64)])
-                    r.transfers.clear()
-            bound = stall + 3.0 * prev_len * worst
-            got = transport.gather_rows_watched(comm, mine.reshape(-1), f"the switch before frame {lo}", bound,
-                                                name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(bound))
-            text = None
-            if rank == 0:
-                new = np.concatenate([g.reshape(-1, 3) for g in got]) if got else np.zeros((0, 3))
-                new = new[np.argsort(new[:, 0], kind="stable")]
-                epoch = epoch if epoch is not None else _epoch(shared, wall_start)
-                rows.append(new)
-                nxt, reason = current, None
-                if choose is not None:
-                    nxt, reason = choose(new, lo)
-                    estimate = getattr(choose, "estimate", None)
-                    if estimate is not None and new.size:
-                        estimates.append((float(new[-1, 0] - epoch), float(estimate)))
-                if lo in forced:
-                    nxt, reason = forced[lo], f"forced at frame {lo} (--switch-at)"
-                if nxt != current:
-                    switches.append({"frame": lo, "time_s": time.perf_counter() - t_start, "from": current, "to": nxt,
-                                     "reason": reason or "the chooser's"})
-                idle = not new.size and time.perf_counter() - last_probe >= PROBE_INTERVAL_S
-                do_probe = probe and size > 1 and idle and plans[nxt].n_ranks == 1
-                per_frame = (time.perf_counter() - seg_t0) / max(prev_len, 1)  # the last segment's pace, its drain included
-                text = f"{nxt} {int(do_probe)} {_segment_length(every, max(interval, per_frame), n, min_segment_s)}"
-            nxt_s, probe_s, length_s = bcast_text_watched(comm, text, f"the switch before frame {lo}", bound, lambda r: f"rank {r} (host {hosts[r]})",
-                                                          follow_s=stall_margin(bound)).split()
-            current, length = int(nxt_s), int(length_s)
-            if probe_s == "1":
-                sample = _probe(comm, shared)
-                if rank == 0:
-                    last_probe = time.perf_counter()
-                    if sample is not None:
-                        ranks[current].transfers.append(sample)
-        # a segment ends after `length` frames, at the next forced switch or at the end of the stream
-        hi = min([lo + length, n] + [f for f in forced_at if f > lo][:1])
-        seg_t0 = time.perf_counter()
+
+    def segment_end(lo: int, length: int) -> int:  # the next boundary: after `length` frames, at a forced switch, at the end
+        return min([lo + length, n] + [f for f in forced_at if f > lo][:1])
+
+    talk = _Boundaries(comm, plans, ranks, shared, hosts, stall, worst)
+    if rank == 0:
+        talk.start_deciding(choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, initial)
+    current, lo = initial, 0
+    hi = segment_end(0, _segment_length(every, interval, n, min_segment_s))  # the first segment (nothing measured yet)
+    while True:
+        # plan `current` from frame lo; at each boundary before the end rank 0 decides while the frames go on: the plan
+        # kept, the run takes the next segment's frames (PipelineRank.extend); else it drains at the boundary
         r = ranks[current]
-        if r is not None:  # else not in this plan: wait at the next boundary
+        if r is not None:
             if base_slowdown is not None and ratios:
                 r.device.dilation.slowdown = base_slowdown / ratios[current]  # this plan's own speed here
             r.restart(np.arange(lo, hi))
             r.options.stream_start = t_start
-            r.options.progress = None
+            r.options.progress = (lambda done, total: options.progress(sink.done + done, n)) if rank == 0 and options.progress else None
+            r.options.more = (lambda pr, at=lo: talk.decide(pr, at, segment_end)) if rank == 0 else (lambda pr, at=lo: talk.follow(pr, at))
             r.run(warm=False)
+            stop = lo + r.n_frames
             if rank == 0:
                 sink.take(r, current, lo, t_start)
                 if options.progress:
                     options.progress(sink.done, n)
-        lo, prev_len, k = hi, hi - lo, k + 1
-    # the last segment's transfers, for the report
-    mine = np.zeros((0, 3))
-    for r in ranks:
-        if r is not None and r.transfers:
-            mine = np.concatenate([mine, np.asarray(r.transfers, np.float64)])
-    got = transport.gather_rows_watched(comm, mine.reshape(-1), "the end of the run", stall + 3.0 * prev_len * worst,
-                                        name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(stall))
+        else:  # not in this plan: rank 0's word at each boundary, until the one where the run drains
+            stop = talk.idle(lo, hi)
+        # the drain's boundary: every rank's transfers not yet with rank 0 to it, its choice to everyone
+        talk.drains += 1
+        talk.collect(f"the switch before frame {stop}" if stop < n else "the end of the run", stop - lo)
+        if stop >= n:
+            break
+        text = talk.decided if rank == 0 else None
+        bound = stall + 3.0 * (stop - lo) * worst
+        nxt_s, probe_s, length_s = bcast_text_watched(comm, text, f"the switch before frame {stop}", bound, who,
+                                                      follow_s=stall_margin(bound)).split()
+        current, lo = int(nxt_s), stop
+        hi = segment_end(lo, int(length_s))
+        if probe_s == "1":
+            talk.probe(current)
     late = shared[0].dilation.late_s if shared and shared[0] is not None else 0.0
     lates = transport.gather_rows_watched(comm, np.array([late]), "the end of the run", stall,
                                           name=lambda r: f"rank {r} (host {hosts[r]})", follow_s=stall_margin(stall))
+    talk.finish()
     for r in ranks:
         if r is not None and r.liveness is not None:
             r.liveness.retire()
@@ -261,14 +243,220 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         shutil.rmtree(made_lock_dir, ignore_errors=True)
     if rank != 0:
         return None
-    rows.append(np.concatenate([g.reshape(-1, 3) for g in got]))
-    transfers = np.concatenate(rows) if rows else np.zeros((0, 3))
-    epoch = epoch if epoch is not None else _epoch(shared, wall_start)
+    transfers = np.concatenate(talk.rows) if talk.rows else np.zeros((0, 3))
+    epoch = talk.epoch if talk.epoch is not None else _epoch(shared, wall_start)
     if transfers.size:
+        transfers = transfers[np.argsort(transfers[:, 0], kind="stable")]
         transfers[:, 0] -= epoch
-    result = sink.result(time.perf_counter() - t_start, switches, transfers, estimates, k, late)
+    result = sink.result(time.perf_counter() - t_start, talk.switches, transfers, talk.estimates, talk.segments, late)
+    result.drains = talk.drains
     result.late_by_rank_s = [float(g[0]) for g in lates]
     return result
+
+
+KEEP, STOP = 1, 0  # rank 0's word at a boundary: [KEEP, the next boundary, probe] or [STOP, this boundary, 0]
+
+
+class _Boundaries:
+    """The boundaries of a switching run, as each rank sees them.
+
+    Rank 0 decides at each boundary (`decide`, called by its PipelineRank as its frames before the
+    boundary are done, the later frames still flowing): it takes the transfers it has (its own, those
+    other ranks sent it), asks the chooser, and tells every other rank [KEEP, next boundary, probe] or
+    [STOP, boundary, 0] (TAG_CONTROL on the run's communicator, buffers). KEEP: every rank of the plan
+    extends its run, nothing drains; STOP (a switch, or the end of the stream): the run drains at the
+    boundary, then `collect` gathers every rank's transfers and the next plan is broadcast. A rank of
+    the plan other than 0 hears rank 0 in `follow` when its own frames are done (and sends rank 0 the
+    transfers it made meanwhile, TAG_SAMPLES, counted so that `collect` loses none); a rank outside the
+    plan in `idle`. Every rank other than 0 receives exactly one word per boundary, in order."""
+
+    def __init__(self, comm, plans, ranks, shared, hosts, stall: float, worst: float):
+        self.comm, self.plans, self.ranks, self.shared, self.hosts = comm, plans, ranks, shared, hosts
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.stall, self.worst = stall, worst
+        self.sends: list = []  # (request, buffer) of words (rank 0) or transfer rows (other ranks) still leaving
+        self.sent = 0  # messages of transfer rows this rank sent to rank 0 while running
+        self.received = [0] * self.size  # rank 0: of each rank's
+        self.drains = 0
+        self.segments = 1
+        self.rows: list = []  # rank 0: every transfer row, in the order they came
+        self.pending: list = []  # rank 0: rows not yet shown to the chooser
+        self.switches: list = []
+        self.estimates: list = []
+        self.epoch = None
+        self.decided = None
+
+    def _who(self, r: int) -> str:
+        return f"rank {r} (host {self.hosts[r]})"
+
+    def _mine(self) -> np.ndarray:
+        """This rank's transfers not yet handed on (all its plans' PipelineRanks), cleared."""
+        mine = [np.asarray(r.transfers, np.float64).reshape(-1, 3) for r in self.ranks if r is not None and r.transfers]
+        for r in self.ranks:
+            if r is not None:
+                r.transfers.clear()
+        return np.concatenate(mine) if mine else np.zeros((0, 3))
+
+    def _send(self, buf: np.ndarray, dest: int, tag: int) -> None:
+        self.sends = [(q, b) for q, b in self.sends if not transport.request_done(q)]
+        self.sends.append((transport.isend_buffer(self.comm, buf, dest, tag), buf))
+
+    # --- rank 0 ------------------------------------------------------------------------------------
+    def start_deciding(self, choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, current) -> None:
+        self.choose, self.forced, self.probing, self.every, self.interval = choose, forced, probe, every, interval
+        self.n, self.min_segment_s, self.t_start, self.wall_start = n, min_segment_s, t_start, wall_start
+        self.current, self.last_probe, self.since, self.since_frame = current, -1e9, t_start, 0
+
+    def _receive_rows(self, source: int, block_s: float | None = None) -> bool:
+        """Rank 0: one message of transfer rows from `source` (MPI.ANY_SOURCE: any) if one is there (block_s:
+        wait up to that long for it, then name the rank); True if one came."""
+        MPI = transport.MPI
+        status, clock, pause = MPI.Status(), transport.StallClock(block_s or 0.0), 2e-5
+        while not self.comm.Iprobe(source=source, tag=TAG_SAMPLES, status=status):
+            if block_s is None:
+                return False
+            if clock.stalled(None):
+                raise transport.StallError(f"{self._who(source)}'s transfers did not come for {clock.waited:.1f} s (stalled or lost)")
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-4)
+        buf = np.empty(status.Get_count(MPI.DOUBLE), np.float64)
+        got = status.Get_source()
+        self.comm.Recv(buf, source=got, tag=TAG_SAMPLES)
+        self.received[got] += 1
+        self.pending.append(buf.reshape(-1, 3))
+        return True
+
+    def decide(self, pr: PipelineRank, lo: int, segment_end) -> bool:
+        """Rank 0's PipelineRank `pr` (running from frame `lo`) is done with its frames before the boundary: the
+        plan from there. True: kept, `pr` extended to the next boundary, every other rank told; False: the run
+        drains here (told too), `decided` holds the broadcast for after the drain."""
+        b = lo + pr.n_frames
+        if b >= self.n:
+            self._tell(STOP, b, 0)
+            return False
+        self.segments += 1
+        while self._receive_rows(transport.MPI.ANY_SOURCE):
+            pass
+        self.pending.append(self._mine())
+        new = np.concatenate(self.pending)
+        self.pending = []
+        new = new[np.argsort(new[:, 0], kind="stable")]
+        self.epoch = self.epoch if self.epoch is not None else _epoch(self.shared, self.wall_start)
+        self.rows.append(new)
+        now = time.perf_counter()
+        nxt, reason = self.current, None
+        if self.choose is not None:
+            nxt, reason = self.choose(new, b)
+            estimate = getattr(self.choose, "estimate", None)
+            if estimate is not None and new.size:
+                self.estimates.append((float(new[-1, 0] - self.epoch), float(estimate)))
+        if b in self.forced:
+            nxt, reason = self.forced[b], f"forced at frame {b} (--switch-at)"
+        if nxt != self.current:
+            self.switches.append({"frame": b, "time_s": now - self.t_start, "from": self.current, "to": nxt,
+                                  "reason": reason or "the chooser's"})
+        idle = not new.size and now - self.last_probe >= PROBE_INTERVAL_S
+        do_probe = self.probing and self.size > 1 and idle and self.plans[nxt].n_ranks == 1
+        per_frame = (now - self.since) / max(b - self.since_frame, 1)  # the pace since the last boundary
+        self.since, self.since_frame = now, b
+        length = _segment_length(self.every, max(self.interval, per_frame), self.n, self.min_segment_s)
+        if nxt != self.current:
+            self._tell(STOP, b, 0)
+            self.decided = f"{nxt} {int(do_probe)} {length}"
+            self.current = nxt
+            return False
+        hi = segment_end(b, length)
+        self._tell(KEEP, hi, int(do_probe))
+        if do_probe:  # the plan is all on rank 0: its link is idle
+            self.probe(nxt)
+        pr.extend(np.arange(b, hi))
+        return True
+
+    def _tell(self, kind: int, frame: int, probe: int) -> None:
+        for r in range(1, self.size):
+            self._send(np.array([kind, frame, probe], np.int64), r, TAG_CONTROL)
+
+    def probe(self, current: int) -> None:
+        """Both ends of the idle link's probe (rank 0's sample goes to its plan's transfers)."""
+        sample = _probe(self.comm, self.shared)
+        if self.rank == 0:
+            self.last_probe = time.perf_counter()
+            if sample is not None:
+                self.ranks[current].transfers.append(sample)
+
+    # --- the other ranks ---------------------------------------------------------------------------
+    def _word(self, wait, lo: int) -> tuple[int, int, int]:
+        buf = np.zeros(3, np.int64)
+        request = transport.irecv_buffer(self.comm, buf, 0, TAG_CONTROL)
+        wait(request)
+        kind, frame, probe = (int(v) for v in buf)
+        if kind not in (KEEP, STOP) or frame < lo:
+            raise PisplitError(f"switching run: rank {self.rank} got a boundary word {buf.tolist()} after frame {lo}")
+        return kind, frame, probe
+
+    def follow(self, pr: PipelineRank, lo: int) -> bool:
+        """A rank of the running plan other than 0, its frames before the boundary done: its transfers so far to
+        rank 0, then rank 0's word (waiting under the run's stall bound, the pipeline going on). True: extended."""
+        mine = self._mine()
+        if mine.size:
+            self._send(mine.reshape(-1), 0, TAG_SAMPLES)
+            self.sent += 1
+        b = lo + pr.n_frames
+        kind, frame, _ = self._word(lambda q: pr.await_request(q, f"no word from rank 0 on the frames after {b - 1}", 0), b)
+        if kind == STOP:
+            if frame != b:
+                raise PisplitError(f"switching run: rank {self.rank} ran frames to {b}, rank 0 stopped at {frame}")
+            return False
+        pr.extend(np.arange(b, frame))
+        return True
+
+    def idle(self, lo: int, hi: int) -> int:
+        """A rank outside the running plan: rank 0's words until the one where the run drains (probing with
+        rank 0 when told); returns that boundary's frame."""
+        while True:
+            bound = self.stall + 3.0 * (hi - lo) * self.worst
+
+            def wait(request):
+                clock, pause = transport.StallClock(bound + stall_margin(bound)), 2e-5
+                while not transport.request_done(request):
+                    if clock.stalled(None):
+                        raise transport.StallError(f"{self._who(0)} said nothing of the frames after {hi - 1} for {clock.waited:.1f} s "
+                                                   "(stalled or lost)")
+                    time.sleep(pause)
+                    pause = min(pause * 2, 5e-4)
+
+            kind, frame, probe = self._word(wait, hi)
+            if probe:
+                self.probe(-1)
+            if kind == STOP:
+                return frame
+            lo, hi = hi, frame
+
+    # --- after a drain, every rank ----------------------------------------------------------------------
+    def collect(self, what: str, frames: int) -> None:
+        """Collective: every rank's transfers not yet with rank 0, and how many messages of them it sent while
+        running (rank 0 takes those still on their way): none is lost."""
+        mine = self._mine()
+        bound = self.stall + 3.0 * frames * self.worst
+        got = transport.gather_rows_watched(self.comm, np.concatenate([[float(self.sent)], mine.reshape(-1)]), what, bound,
+                                            name=self._who, follow_s=stall_margin(bound))
+        if self.rank != 0:
+            return
+        for r, row in enumerate(got):
+            if r:
+                while self.received[r] < int(row[0]):
+                    self._receive_rows(r, self.stall)
+            self.pending.append(row[1:].reshape(-1, 3))
+        if got and self.epoch is None:
+            self.epoch = _epoch(self.shared, self.wall_start)
+
+    def finish(self) -> None:
+        """The end of the run: the last rows into the record (rank 0); this rank's messages gone."""
+        if self.rank == 0 and self.pending:
+            self.rows.extend(self.pending)
+            self.pending = []
+        transport.wait_quietly([q for q, _ in self.sends])
+        self.sends = []
 
 
 def _epoch(shared, wall_start: float) -> float:

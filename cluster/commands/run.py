@@ -484,7 +484,7 @@ def map_report(args, cmap, strategies, plans, result) -> dict:
         "latency_req_ms": req * 1e3, "meets_requirement": float(np.mean(result.latency_s <= req)),
         "mean_accuracy": float(acc.mean()) if acc.size else None,
         "throughput_fps": steady_throughput(result.done_s), "wall_s": result.wall_s,
-        "latency_ms": percentiles_ms(result.latency_s), "segments": result.segments, "emulation_late_s": result.late_s,
+        "latency_ms": percentiles_ms(result.latency_s), "segments": result.segments, "drains": result.drains, "emulation_late_s": result.late_s,
         "emulation_late_s_by_rank": result.late_by_rank_s,
         "plans": rows, "switches": result.switches, "plan_of_frame": result.plan_of_frame.tolist(),
         "latency_of_frame_ms": (result.latency_s * 1e3).round(3).tolist(), "done_s": result.done_s.round(4).tolist(),
