@@ -599,6 +599,7 @@ class _Step:
         self.link_latency_s = plan.link_latency_s if plan is not None else 0.0
         self.split = stage.mode == StageMode.SPLIT
         self.compute_s = self.comm_s = 0.0  # a split stage's time in compute steps and in transfers, so far
+        self.warm_cpu: list = []  # CPU seconds of warm_up's whole-stage passes
         self.segment_s = np.zeros((len(stage.segments), 2)) if stage.mode == StageMode.SPLIT else None  # ... per segment
         self.is_lead = rank == stage.ranks[0]
         if not self.split:
@@ -640,8 +641,6 @@ class _Step:
             if kind == NO_SPLIT and runner is not None:
                 for node in runner.graph.nodes:
                     runner.graph.node_weights(node)
-
-    warm_cpu: list  # CPU seconds of warm_up's whole-stage passes
 
     def warm_up(self, passes: int = 5, budget_s: float = 3.0) -> None:
         """Untimed passes on seeded random input until one is within 5% of the one before (at most

@@ -414,6 +414,17 @@ def int8_stage_dilation(kind: str, engine: str, graph: Graph, start: int, stop: 
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
 
 
+def device_seconds(kind: str, engine: str, graph: Graph, start: int, stop: int) -> float:
+    """Seconds of nodes [start, stop) of `graph` on one device of `kind` by the shipped calibration (its
+    int8 nodes at the kind's int8 rate): what an emulated device's whole-stage step lasts
+    (cluster.emulation.EmulatedDevice.calibrate)."""
+    if engine not in _DEFAULT_CALIBRATIONS:
+        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
+    calibration = _DEFAULT_CALIBRATIONS[engine]
+    scale = calibration.resolve(kind)[1]
+    return scale * sum(calibration.node_seconds(kind, graph, i) for i in range(start, stop))
+
+
 def device_slowdown(kind: str, engine: str = "numpy") -> float:
     """Device seconds / reference-machine seconds for the same work (the emulator's time dilation)."""
     if engine not in _DEFAULT_CALIBRATIONS:

@@ -141,3 +141,43 @@ def test_the_runtimes_own_time_between_steps_is_taken_in_and_its_waits_are_not(t
     before = clock.now
     device.compute(lambda: clock.work(0.01), absorb=True)
     assert clock.now - before == pytest.approx(0.01) and device.dilation.late_s == pytest.approx(0.005)
+
+
+def test_a_calibrated_whole_stage_step_takes_its_device_time_whatever_this_machine_does(tmp_path, monkeypatch):
+    """Issue 18: a whole stage's step lasts its nodes' calibrated device time, scaled by its CPU time here over
+    this rank's typical one (lower quartile of its latest steps, seeded by the warm-up): a step this machine
+    slowed is not the device's, a step with less work is shorter, and before the rank has a typical time
+    the measured speed's dilation applies."""
+    from cluster import emulation
+
+    clock = _Clock(late=0.0)
+    monkeypatch.setattr(emulation, "time", clock)
+    device = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    device.begin()
+    device.compute(lambda: clock.work(0.01), absorb=True)  # not calibrated: 10 ms x 4
+    assert clock.now - 100.0 == pytest.approx(0.04)
+    device.calibrate(0.05, [0.012, 0.010])  # 50 ms on the device; warm passes of 12 and 10 ms here
+    for cpu in (0.010, 0.013, 0.020):  # as fast as warm or slowed by this machine: 50 ms each
+        before = clock.now
+        device.compute(lambda: clock.work(cpu), absorb=True)
+        assert clock.now - before == pytest.approx(0.05)
+    before = clock.now
+    device.compute(lambda: clock.work(0.004), absorb=True)  # less work than typical (the quartile, 10 ms): shorter
+    typical = float(np.percentile([0.012, 0.010, 0.010, 0.013, 0.020, 0.004], 25))
+    assert clock.now - before == pytest.approx(0.05 * 0.004 / typical)
+    assert device.dilation.late_s == 0.0
+    before = clock.now
+    device.compute(lambda: clock.work(0.08), absorb=True)  # this machine cannot keep up: the step ends late, said in late_s
+    assert clock.now - before == pytest.approx(0.08) and device.dilation.late_s == pytest.approx(0.03)
+    fresh = EmulatedDevice(ComputeDilation(4.0), CoreTokens(tmp_path, 1), LinkPacer(94e6))
+    fresh.calibrate(0.05, [])  # no warm-up (a resilient retry): the measured dilation until two steps are in
+    fresh.begin()
+    before = clock.now
+    fresh.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - before == pytest.approx(0.04)
+    before = clock.now
+    fresh.compute(lambda: clock.work(0.01), absorb=True)
+    assert clock.now - before == pytest.approx(0.05)
+    before = clock.now
+    fresh.compute(lambda: clock.work(0.01))  # without absorb (a split stage's step): dilated as before
+    assert clock.now - before == pytest.approx(0.04)
