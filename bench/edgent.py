@@ -375,6 +375,8 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
     best_key = (exit_, int(cut_at), codec)
     frames = max(1, int(round(cut.duration_s / interval)))
     extra = ["--bandwidth-trace", str(trace_csv), "--frame-interval", repr(interval * 1e3), "--switch-every", str(every)]
+    if down_margin is not None:  # the measured runs' chooser drops as the predicted one does
+        extra += ["--down-margin", repr(float(down_margin))]
     model = fitted(graph, devices, acc)
     final = model_final(model)
     on_device = next(k for k in model if k[0] == final and model[k]["strategy"].on_device)
@@ -581,8 +583,8 @@ def main(argv=None) -> int:
     p.add_argument("--objective", choices=("reward", "accuracy"), default="reward", help="of the dynamic run's map")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between frames of the dynamic run")
     p.add_argument("--switch-every", type=int, default=1, metavar="K", help="the measured dynamic run may switch every K frames")
-    p.add_argument("--down-margin", type=float, help=f"the state detector's margin for drops in the predicted dynamic run (default: a map run's, {MAP_DOWN_MARGIN}; "
-                   "the measured run uses a map run's)")
+    p.add_argument("--down-margin", type=float, help=f"the state detector's margin for drops in the dynamic run, predicted and measured "
+                   f"(`pisplit run --down-margin`; default: a map run's, {MAP_DOWN_MARGIN})")
     p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
     p.add_argument("--measured-chart", metavar="FILE", help="with --measure-dynamic: draw the measured run (.svg, .png or .html)")

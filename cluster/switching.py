@@ -42,7 +42,7 @@ from partitioners.plan import Plan
 
 from . import transport
 from .runtime import (DEFAULT_MIN_STALL_S, PipelineRank, RunOptions, check_input_frames, default_stall_timeout, host_names_watched, settle_baseline,
-                      stall_margin)
+                      stage_communicators, stall_margin)
 from .watched import bcast_text_watched
 
 PROBE_BYTES = 16384
@@ -158,6 +158,8 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
     # every plan on its own communicator (its first n_ranks ranks): no message of one plan's segment can match another's
     comms = [transport.split_communicator_watched(comm, 0 if rank < p.n_ranks else None, rank, f"plan {i}'s communicator", stall, who,
                                                   follow_s=stall_margin(stall)) for i, p in enumerate(plans)]
+    # and each split stage on one of its plan's (the stage's ranks, its lead first)
+    split_comms = [stage_communicators(sub, p, stall) if sub is not None else {} for p, sub in zip(plans, comms)]
     made_lock_dir = None
     if options.emulate and options.core_lock_dir is None:
         made_lock_dir = tempfile.mkdtemp(prefix="pisplit-cores-") if rank == 0 else None
@@ -174,7 +176,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
             if sub is None:
                 continue
             own = replace(options, record_transfers=True, frame_ids=None, on_start=None, progress=None)
-            ranks[i] = PipelineRank(sub, plan, load_graph(i), own, baseline, {}, hosts[: plan.n_ranks], shared)
+            ranks[i] = PipelineRank(sub, plan, load_graph(i), own, baseline, split_comms[i], hosts[: plan.n_ranks], shared)
             shared = shared or (ranks[i].device, ranks[i].link)
             ranks[i].step.materialise()
             ranks[i].step.warm_up()

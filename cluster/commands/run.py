@@ -72,13 +72,16 @@ def register(sub) -> None:
                    help="a configuration map run decides its plan after at least K frames (default 1), and no more often than "
                    "every --min-segment of frames")
     p.add_argument("--min-segment", type=float, default=None, metavar="MS",
-                   help="a configuration map run drains its pipeline at each decision: decide at most once per MS milliseconds "
-                   "of frames (at the frame interval, or the pace measured; default 250; 0: every K frames)")
+                   help="a configuration map run decides its plan at most once per MS milliseconds of frames (at the frame "
+                   "interval, or the pace measured; default 250; 0: every K frames); only a switch drains the pipeline")
     p.add_argument("--map-devices", metavar="KIND:N,...", help="a configuration map run uses the map's entries of this device set "
                    "(a map made with --availability: e.g. rpi3:1 when the host is gone; default: the map's first)")
     p.add_argument("--switch-at", action="append", default=[], metavar="FRAME:PLAN",
                    help="a configuration map run switches to its plan PLAN (an index of the report's plans) at FRAME, "
                         "whatever the bandwidth says (repeatable; for tests and demos)")
+    p.add_argument("--down-margin", type=float, metavar="F",
+                   help="a configuration map run drops to a lower bandwidth state once the measured bandwidth is a fraction F below "
+                   "the state's (0 <= F < 1; default 0.1: a state's plan is priced at that bandwidth; rises keep the detector's 0.25)")
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
@@ -90,8 +93,8 @@ def run(args) -> int:
         if args.resilient or args.fail or args.exit or args.frame_ids or args.journal or args.trace:
             raise PisplitError("a configuration map run: not with --resilient, --fail, --exit, --trace or --frame-ids")
         return transport.on_every_rank(lambda comm, rank: _run_map(args, comm, rank), args.debug)
-    if args.map_devices:
-        raise PisplitError("--map-devices: only for a configuration map (PLAN.json is a plan)")
+    if args.map_devices or args.down_margin is not None:
+        raise PisplitError(f"{'--map-devices' if args.map_devices else '--down-margin'}: only for a configuration map (PLAN.json is a plan)")
     if args.resilient:
         from .resilient import run_resilient
 
@@ -384,6 +387,17 @@ def parse_switch_at(items, n_plans: int) -> dict:
     return out
 
 
+def parse_down_margin(value: float | None) -> float:
+    """--down-margin F (None: cluster.bandwidth.MAP_DOWN_MARGIN), checked: a fraction in [0, 1)."""
+    from ..bandwidth import MAP_DOWN_MARGIN
+
+    if value is None:
+        return MAP_DOWN_MARGIN
+    if not 0 <= value < 1:
+        raise PisplitError(f"--down-margin {value:g}: must be a fraction in [0, 1) (0.1: drop 10% below a state's bandwidth)")
+    return float(value)
+
+
 def _run_map(args, comm, rank: int) -> int:
     from dataclasses import replace as dc_replace
 
@@ -396,6 +410,7 @@ def _run_map(args, comm, rank: int) -> int:
     error = None
     plans, chooser, forced, options, graphs, cmap, strategies = [], None, {}, None, [], None, []
     try:
+        down_margin = parse_down_margin(args.down_margin)
         cmap = ConfigMap.load(args.plan)
         strategies = map_plans(cmap, Path(args.plan).parent, args.map_devices)
         for key, entry, plan_path, graph_path in strategies:
@@ -412,7 +427,8 @@ def _run_map(args, comm, rank: int) -> int:
         inputs = load_npy(args.input) if rank == 0 and args.input else None
         first_bps = (link["bandwidth_trace"].bps_at(0.0) if link["bandwidth_trace"] is not None else link["link_bps"])
         if rank == 0:  # a real link's small sends complete when copied out (MPI sends them eagerly): not samples
-            chooser = MapChooser(cmap, [k for k, *_ in strategies], args.map_devices, initial_bps=first_bps, min_bytes=1024 if args.emulate else 65536)
+            chooser = MapChooser(cmap, [k for k, *_ in strategies], args.map_devices, initial_bps=first_bps, min_bytes=1024 if args.emulate else 65536,
+                                 detector_options={"down_margin": down_margin})
         engine = args.engine or plans[0].engine
         options = RunOptions(frames=args.frames, inputs=inputs, input_seed=args.seed, keep_outputs=bool(args.output), engine=engine,
                              emulate=args.emulate, window=args.window, max_in_flight=args.max_in_flight,
@@ -480,7 +496,7 @@ def map_report(args, cmap, strategies, plans, result) -> dict:
     return {
         "model": cmap.model, "configmap": str(args.plan), "devices": args.map_devices or cmap.entries[0].devices, "engine": args.engine or plans[0].engine, "emulated": bool(args.emulate),
         "bandwidth_trace": args.bandwidth_trace, "link": args.link, "frame_interval_ms": args.frame_interval,
-        "switch_every": args.switch_every, "frames": int(result.frame_ids.size), "every_frame_once": result.every_frame_once,
+        "switch_every": args.switch_every, "down_margin": parse_down_margin(args.down_margin), "frames": int(result.frame_ids.size), "every_frame_once": result.every_frame_once,
         "latency_req_ms": req * 1e3, "meets_requirement": float(np.mean(result.latency_s <= req)),
         "mean_accuracy": float(acc.mean()) if acc.size else None,
         "throughput_fps": steady_throughput(result.done_s), "wall_s": result.wall_s,
