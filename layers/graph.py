@@ -278,6 +278,12 @@ class Graph:
             ctx = QuantContext([self.quant.get(t) for t in node.inputs], [self.quant.get(t) for t in node.outputs],
                                {p: self.quant[node.weight_key(p)] for p in node.weight_shapes if node.weight_key(p) in self.quant})
             return QRUN[node.op](list(inputs), node.attrs, w, ctx)
+        if weights is None and self.quant:
+            from .qkernels import run_dynamic_range  # a dynamic-range layer: its int8 filter with its scales
+
+            out = run_dynamic_range(self, node, list(inputs))
+            if out is not None:
+                return out
         return spec_of(node.op).run(list(inputs), node.attrs, w)
 
     def execute(self, tensors: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:

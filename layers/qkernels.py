@@ -749,3 +749,296 @@ QRUN = {
     "requantize": in_bands(qrequantize),
     "int32_halves": in_bands(qint32_halves),
 }
+
+
+# --- dynamic-range (hybrid) layers: float activations, int8 filters ------------------------------------
+# A dynamic-range conv / depthwise / fully-connected node (a float node whose int8 filter the graph
+# quantizes, layers.tflite) runs as LiteRT's default interpreter runs it, which quantizes each activation
+# to int8 on the fly (measured layer by layer against LiteRT 2.3 on the corpus models: these equal it bit
+# for bit, tests/layers/test_hybrid_kernels.py):
+# - FULLY_CONNECTED and CONV_2D go to XNNPACK's dynamically quantized path (qd8 input, qc8w filter). The
+#   input is quantized per row (xnn_f32_qd8_asymmetric_quantization_params): range [min(0, lo), max(0, hi)]
+#   of the row, scale 255 / range in float32, the zero point nudged to whichever of -128 - min * scale and
+#   127 - max * scale the smaller error picks, rounded half to even; q = round-half-even(x * scale) + zero
+#   point, clamped. The int32 sum of (q - zero point) * filter is scaled float(acc) * (1 / scale), then
+#   fused multiply-add with the filter scale and the bias, then the activation's clamp. A row is one
+#   fully-connected input vector and one pixel of a 1x1 stride-1 convolution (XNNPACK runs it as a matrix
+#   product); a whole image for every other convolution, whose padding is a real zero.
+# - DEPTHWISE_CONV_2D stays on TFLite's builtin hybrid kernel (DepthwiseConvHybridPerChannel): the image is
+#   quantized as a whole with tensor_utils::AsymmetricQuantizeFloats (range [min(0, lo), max(0, hi)], its
+#   width taken in float32 then / 255 in double, zero point from the smaller-error end rounded half away
+#   from zero, q = round-half-away(x * float(1 / scale)) + zero point, clamped), padding skipped, and
+#   (float(acc) * filter_scale) * input_scale + bias, then the clamp.
+# Accumulations are exact (integer-valued float32 products in chunks, summed in float64). A part of a split
+# that feeds such a layer less than its whole input would quantize on its own range: run_hybrid refuses
+# the kinds that do (HYBRID_PART_KINDS), as the litert export does.
+
+HYBRID_PART_KINDS = ("fc-input", "conv-filter", "conv-spatial", "fused-tiles")
+
+
+def qd8_quantize(x: np.ndarray, axes: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """XNNPACK's f32 -> qd8 conversion over `axes` (the rest are its rows): (q - zero point as float32
+    integers, the dequantizing scale 1 / scale per row, float32, broadcastable to x)."""
+    x = np.asarray(x, np.float32)
+    zero = np.float32(0)
+    rmin = np.minimum(x.min(axis=axes, keepdims=True), zero)
+    rmax = np.maximum(x.max(axis=axes, keepdims=True), zero)
+    width = rmax - rmin
+    same = width == 0
+    scale = np.float32(255) / np.where(same, np.float32(1), width)
+    scale[same] = 1
+    dmin, dmax = rmin * scale, rmax * scale
+    zp = np.where((np.float32(-128) + dmin) + (np.float32(127) + dmax) > 0, np.float32(-128) - dmin, np.float32(127) - dmax)
+    zp = np.rint(np.clip(zp, -128, 127))  # lrintf: ties to even
+    q = x * scale
+    np.rint(q, out=q)
+    q += zp
+    np.clip(q, -128, 127, out=q)
+    q -= zp
+    return q, (np.float32(1) / scale).astype(np.float32)
+
+
+def tflite_asymmetric_quantize(x: np.ndarray, axes: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite's tensor_utils::AsymmetricQuantizeFloats over `axes`, as LiteRT 2.3 runs it: (q - zero point
+    as float32 integers, the scaling factor per row, float32)."""
+    x = np.asarray(x, np.float32)
+    zero = np.float32(0)
+    rmin = np.minimum(x.min(axis=axes, keepdims=True), zero)
+    rmax = np.maximum(x.max(axis=axes, keepdims=True), zero)
+    same = rmin == rmax
+    scale = np.where(same, 1.0, (rmax - rmin).astype(np.float64) / 255.0)
+    lo, hi = rmin / scale, rmax / scale  # float64
+    zd = np.where(128.0 + np.abs(lo) < 127.0 + np.abs(hi), -128.0 - lo, 127.0 - hi)
+    zp = np.where(zd <= -128, -128.0, np.where(zd >= 127, 127.0, np.sign(zd) * np.floor(np.abs(zd) + 0.5)))
+    zp = np.where(same, 0.0, zp).astype(np.float32)
+    factor = np.where(same, 1.0, scale).astype(np.float32)
+    inv = (1.0 / factor.astype(np.float64)).astype(np.float32)
+    q = round_half_away((x * inv).astype(np.float64)).astype(np.float32)  # std::round of the float32 product
+    q += zp
+    np.clip(q, -128, 127, out=q)
+    q -= zp
+    q[np.broadcast_to(same, q.shape)] = 0
+    return q, factor
+
+
+def _fma32(a: np.ndarray, b, c) -> np.ndarray:
+    """float32 a * b + c rounded once (a fused multiply-add): the float64 product of two float32 values is
+    exact, and its sum with a float32 rounds to float32 as the fused operation does but for double
+    rounding in rare ties far below float32's resolution of these outputs."""
+    out = a.astype(np.float64)
+    out *= np.asarray(b, np.float64)
+    if c is not None:
+        out += np.asarray(c, np.float64)
+    return out.astype(np.float32)
+
+
+def _centered_matmul(rows, n_rows: int, row_values: int, kernel: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = exact integer (rows @ kernel) of centred int8 activations (|v| <= 255) and an int8 filter."""
+    _matmul_bands(rows, n_rows, row_values, kernel, 0, np.dtype(np.float32), lambda acc, c0, c1: acc, out)
+
+
+def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
+    """A dynamic-range CONV_2D (XNNPACK qd8) or DEPTHWISE_CONV_2D (TFLite's builtin hybrid kernel); w holds
+    the int8 kernel (KH, KW, Cin/groups, Cout) and the float32 bias."""
+    x = np.asarray(xs[0], np.float32)
+    kernel = w["kernel"]
+    if kernel.dtype != np.int8:
+        raise PisplitError(f"a dynamic-range conv's filter is {kernel.dtype}, expected int8 with its scales")
+    kh, kw, cin_g, cout = kernel.shape
+    groups = int(attrs.get("groups", 1))
+    strides = tuple(attrs.get("strides") or (1, 1))
+    dilation = tuple(attrs.get("dilation") or (1, 1))
+    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    n, (oh, ow) = x.shape[0], outs
+    fscale = np.broadcast_to(np.asarray(wq.scale, np.float32), (cout,))
+    bias = w.get("bias")
+    padded = any(a or b for a, b in pads)
+    if groups == 1:
+        pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and not padded
+        centred, dq = qd8_quantize(x, (3,) if pointwise else (1, 2, 3))
+        xp = np.pad(centred, [(0, 0), *pads, (0, 0)]) if padded else centred  # padding: a real zero
+        depth = kh * kw * cin_g
+        acc = np.empty((n, oh, ow, cout), np.float32)
+        if pointwise:
+            src = xp.reshape(n * oh, ow, cin_g)
+            rows = lambda r0, r1: src[r0:r1].reshape(-1, depth)  # noqa: E731
+        else:
+            win = K._windows(xp, (kh, kw), strides, dilation, outs)
+
+            def rows(r0, r1):
+                return np.stack([win[b, i] for b, i in (divmod(r, oh) for r in range(r0, r1))]).reshape(-1, depth)
+        _centered_matmul(rows, n * oh, ow, kernel.reshape(depth, cout), acc.reshape(n * oh, ow, cout))
+        acc *= dq
+        y = _fma32(acc, fscale, bias)
+    elif cin_g == 1:
+        centred, factor = tflite_asymmetric_quantize(x, (1, 2, 3))
+        xp = np.pad(centred, [(0, 0), *pads, (0, 0)]) if padded else centred
+        win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C)
+        mult = cout // groups
+        wk = kernel.reshape(kh, kw, groups, mult).astype(np.float32)
+        atype = np.float32 if kh * kw <= EXACT_F32_TERMS else np.float64
+        acc = np.zeros((n, oh, ow, groups, mult), atype)
+        for i in range(kh):
+            for j in range(kw):
+                acc += win[:, :, :, i, j, :, None] * wk[i, j]
+        y = acc.reshape(n, oh, ow, cout).astype(np.float32)
+        y *= fscale
+        y *= factor
+        if bias is not None:
+            y += np.asarray(bias, np.float32)
+    else:
+        raise PisplitError("a dynamic-range grouped convolution (other than depthwise) has no hybrid kernel in pisplit")
+    return [K.apply_activation(y, attrs.get("activation"), inplace=True)]
+
+
+def hybrid_dense(xs, attrs, w, wq: TensorQuant):
+    """A dynamic-range FULLY_CONNECTED (XNNPACK qd8, one quantization per input row); w holds the int8
+    kernel (Cin, Cout) and the float32 bias."""
+    x = np.asarray(xs[0], np.float32)
+    kernel = w["kernel"]
+    if kernel.dtype != np.int8:
+        raise PisplitError(f"a dynamic-range fully connected layer's filter is {kernel.dtype}, expected int8 with its scales")
+    cin, cout = kernel.shape
+    rows2d = x.reshape(-1, cin)
+    centred, dq = qd8_quantize(rows2d, (1,))
+    acc = np.empty((rows2d.shape[0], cout), np.float32)
+    _centered_matmul(lambda r0, r1: centred[r0:r1], rows2d.shape[0], 1, kernel, acc)
+    acc *= dq
+    y = _fma32(acc, np.broadcast_to(np.asarray(wq.scale, np.float32), (cout,)), w.get("bias"))
+    return [K.apply_activation(y.reshape(*x.shape[:-1], cout), attrs.get("activation"), inplace=True)]
+
+
+HYBRID = {"conv2d": hybrid_conv2d, "dense": hybrid_dense}
+
+
+def run_hybrid(graph, node, inputs: list) -> list:
+    """Node `node` of `graph`, a dynamic-range conv / dense, on float inputs: the one place the numpy engine
+    reads a float node's int8 filter, always with its scales (graph.node_weights reads it dequantized
+    everywhere else). A part of a split whose kind feeds the layer less than its whole input is refused in
+    one line naming the node, as the litert export refuses it."""
+    kind = str((graph.meta.get("split") or {}).get("kind", ""))
+    depthwise = int(node.attrs.get("groups", 1)) > 1 and kind == "conv-channel"  # a depthwise part's channels alone
+    if kind in HYBRID_PART_KINDS or depthwise:
+        raise PisplitError(f"model {graph.name}: node {node.name} is a dynamic-range layer (int8 weights, float activations); "
+                           f"LiteRT's hybrid kernels quantize each {kind} part's input on its own range, so a part cannot equal "
+                           "the unsplit layer: split it by output channels (conv-channel, fc-output)")
+    key = node.weight_key("kernel")
+    w = graph.node_weights(node, dequantize=False)
+    return HYBRID[node.op](inputs, node.attrs, w, graph.quant[key])
+
+
+# --- the float layers of a dynamic-range graph, in XNNPACK's order ---------------------------------------
+# Quantizing on the fly makes a dynamic-range model chaotic in its float layers' last bits: one ulp of
+# difference in a hybrid layer's input moves a value across a rounding boundary now and then, which moves
+# that value by a whole quantization step (1/255 of the row's range), and such steps grow through the
+# layers. MobileNetV2's first three (float) layers computed with BLAS's summation order differ from
+# XNNPACK's by an ulp here and there, and its output then by 3% of the largest one. So the float conv,
+# dense and spatial mean nodes of a graph with hybrid layers run in XNNPACK's order (measured equal bit
+# for bit, node by node): a convolution or fully-connected output starts at its bias and takes one fused
+# multiply-add per filter tap in (kernel row, kernel column, input channel) order (XNNPACK's GEMM / IGEMM);
+# a depthwise one in column-major tap order (XNNPACK packs its 2-D depthwise filters kernel column first);
+# a mean over the spatial axes is a sequential float32 sum times float32(1 / count) (f32-rdsum). Only small
+# layers stay float in such a graph (the converter quantizes every filter of 1024 weights or more), so the
+# one vectorised pass per tap is cheap; a bigger one (XNNPACK_ORDER_MAX_TAPS) takes BLAS's order instead.
+
+XNNPACK_ORDER_MAX_TAPS = 1024
+
+
+def _fma_acc(acc: np.ndarray, a: np.ndarray, b) -> None:
+    """acc = fma(a, b, acc) in float32, in place (the float64 product of float32 values is exact)."""
+    t = a.astype(np.float64) * np.asarray(b, np.float64)
+    t += acc
+    acc[...] = t
+
+
+def xnnpack_conv2d(xs, attrs, w):
+    """A float conv2d (plain or depthwise) in XNNPACK's accumulation order; None when it has no such
+    form here (grouped, or more than XNNPACK_ORDER_MAX_TAPS taps per output)."""
+    x = np.asarray(xs[0], np.float32)
+    kernel = np.asarray(w["kernel"], np.float32)
+    if kernel.ndim != 4 or x.ndim != 4:
+        return None
+    kh, kw, cin_g, cout = kernel.shape
+    groups = int(attrs.get("groups", 1))
+    if (groups != 1 and cin_g != 1) or kh * kw * cin_g > XNNPACK_ORDER_MAX_TAPS:
+        return None
+    strides = tuple(attrs.get("strides") or (1, 1))
+    dilation = tuple(attrs.get("dilation") or (1, 1))
+    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)]) if any(a or b for a, b in pads) else x
+    win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C), a view
+    bias = w.get("bias")
+    acc = np.empty((x.shape[0], *outs, cout), np.float32)
+    acc[...] = 0 if bias is None else np.asarray(bias, np.float32)
+    if groups == 1:
+        for i in range(kh):
+            for j in range(kw):
+                for c in range(cin_g):
+                    _fma_acc(acc, win[:, :, :, i, j, c, None], kernel[i, j, c])
+    else:
+        mult = cout // groups
+        view = acc.reshape(*acc.shape[:3], groups, mult)
+        for j in range(kw):
+            for i in range(kh):
+                _fma_acc(view, win[:, :, :, i, j, :, None], kernel[i, j, 0].reshape(groups, mult))
+    return [K.apply_activation(acc, attrs.get("activation"), inplace=True)]
+
+
+def xnnpack_dense(xs, attrs, w):
+    """A float fully-connected layer in XNNPACK's GEMM order (None past XNNPACK_ORDER_MAX_TAPS inputs)."""
+    x = np.asarray(xs[0], np.float32)
+    kernel = np.asarray(w["kernel"], np.float32)
+    cin, cout = kernel.shape
+    if cin > XNNPACK_ORDER_MAX_TAPS:
+        return None
+    rows = x.reshape(-1, cin)
+    bias = w.get("bias")
+    acc = np.empty((rows.shape[0], cout), np.float32)
+    acc[...] = 0 if bias is None else np.asarray(bias, np.float32)
+    for k in range(cin):
+        _fma_acc(acc, rows[:, k, None], kernel[k])
+    return [K.apply_activation(acc.reshape(*x.shape[:-1], cout), attrs.get("activation"), inplace=True)]
+
+
+def xnnpack_mean(xs, attrs, w):
+    """A mean over a run of middle axes (a global average pool) as XNNPACK's f32-rdsum computes it: a
+    sequential float32 sum over the reduced positions, times float32(1 / count); None for other axes."""
+    x = np.asarray(xs[0], np.float32)
+    axes = sorted({a % x.ndim for a in attrs.get("axes", ())})
+    if not axes or axes[0] == 0 or axes[-1] == x.ndim - 1 or axes != list(range(axes[0], axes[-1] + 1)):
+        return None
+    a0, a1 = axes[0], axes[-1] + 1
+    lead, count, tail = int(np.prod(x.shape[:a0])), int(np.prod(x.shape[a0:a1])), int(np.prod(x.shape[a1:]))
+    rows = x.reshape(lead, count, tail)
+    acc = np.zeros((lead, tail), np.float32)
+    for r in range(count):
+        acc += rows[:, r]
+    acc *= np.float32(1) / np.float32(count)
+    shape = [1 if i in axes else s for i, s in enumerate(x.shape)] if attrs.get("keepdims") else \
+        [s for i, s in enumerate(x.shape) if i not in axes]
+    return [acc.reshape(shape)]
+
+
+XNNPACK_FLOAT = {"conv2d": xnnpack_conv2d, "dense": xnnpack_dense, "mean": xnnpack_mean}
+
+
+def has_hybrid_layers(graph) -> bool:
+    """Whether `graph` holds a dynamic-range layer (a float node with an int8 weight); cached on the graph."""
+    cached = graph.__dict__.get("_has_hybrid")
+    if cached is None:
+        cached = bool(graph.quant) and any(not n.attrs.get("quantized") and n.weight_key("kernel") in graph.quant
+                                           for n in graph.nodes if "kernel" in n.weight_shapes)
+        graph.__dict__["_has_hybrid"] = cached
+    return cached
+
+
+def run_dynamic_range(graph, node, inputs: list):
+    """A float node of a graph with dynamic-range layers as LiteRT runs it: a hybrid layer (run_hybrid), or
+    a float conv / dense / spatial mean in XNNPACK's order; None for any other node (the float kernels)."""
+    if node.op in HYBRID and node.weight_key("kernel") in graph.quant:
+        return run_hybrid(graph, node, inputs)
+    if node.op in XNNPACK_FLOAT and has_hybrid_layers(graph):
+        return XNNPACK_FLOAT[node.op](inputs, node.attrs, graph.node_weights(node))
+    return None

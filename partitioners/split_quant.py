@@ -160,7 +160,9 @@ def as_integers(value, dtype, layer: str) -> np.ndarray:
 
 # Splits whose parts feed a dynamic-range layer another input than the whole layer's (a band of rows, some
 # input channels): LiteRT's hybrid kernels quantize each part's input on that part's own range, so no part
-# computes what the unsplit layer does (layers.tflite_export refuses them on the litert engine).
+# computes what the unsplit layer does (layers.tflite_export refuses them on the litert engine, and
+# layers.qkernels.run_hybrid on the numpy engine). A dynamic-range depthwise layer quantizes its whole image
+# at once, so it also takes no conv-channel split (partitioners.splits.legal_kinds) and ends a channel segment.
 HYBRID_INEXACT_KINDS = (SplitKind.FC_INPUT, SplitKind.CONV_FILTER, SplitKind.CONV_SPATIAL, SplitKind.FUSED_TILES)
 
 
@@ -172,14 +174,17 @@ def hybrid_layers(graph: Graph) -> list[str]:
 def planner_kinds(graph: Graph, engine: str) -> dict:
     """SplitCatalogue keyword arguments for planning `graph` on `engine`: the litert engine cannot run
     an int8 part's int32 partial sums (no TFLite form), so an int8 graph planned for it is offered no
-    fc-input / conv-filter; nor a graph with dynamic-range layers the kinds that change their parts' inputs
-    (HYBRID_INEXACT_KINDS); {} (every planner kind) otherwise."""
-    if engine != "litert" or not graph.quant:
+    fc-input / conv-filter; nor a graph with dynamic-range layers, on either engine, the kinds that change
+    their parts' inputs (HYBRID_INEXACT_KINDS; the numpy engine runs LiteRT's hybrid arithmetic,
+    layers.qkernels, and refuses such parts as the litert export does); {} (every planner kind) otherwise."""
+    if not graph.quant:
         return {}
     from .split_costs import FUSED, PLANNER_KINDS
 
     if graph.quantized:
+        if engine != "litert":
+            return {}
         return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in (SplitKind.FC_INPUT, SplitKind.CONV_FILTER))}
-    if hybrid_layers(graph):
+    if hybrid_layers(graph):  # either engine: the numpy engine runs LiteRT's hybrid arithmetic and refuses them too
         return {"kinds": tuple(k for k in (*PLANNER_KINDS, FUSED) if k not in HYBRID_INEXACT_KINDS)}
     return {}

@@ -78,7 +78,14 @@ def channel_follower(graph: Graph, index: int, running: str) -> bool:
         return len(shape) >= 3
     if node.op == "pad":
         return tuple(node.attrs["paddings"][-1]) == (0, 0)
-    return is_depthwise(graph, index)
+    return is_depthwise(graph, index) and not is_hybrid(graph, index)  # a hybrid one quantizes all its channels at once
+
+
+def is_hybrid(graph: Graph, index: int) -> bool:
+    """A dynamic-range layer: a float conv / dense whose int8 filter the graph quantizes (LiteRT quantizes its
+    input on the fly, over the whole image for a depthwise one, so a part holding some channels differs)."""
+    node = graph.nodes[index]
+    return not node.attrs.get("quantized") and "kernel" in node.weight_shapes and node.weight_key("kernel") in graph.quant
 
 
 def spatial_follower(graph: Graph, index: int, running: str, axes: tuple, allow_conv: bool) -> bool:

@@ -29,7 +29,7 @@ from .split_channels import plan_input_channels, plan_output_channels
 from .split_frames import plan_frames
 from .split_parts import SPLIT_KINDS, Layout, PartCost, PartPlan, SplitCost, box_index, full_box
 from .split_quant import as_integers, halves_shape, part_bytes, part_quant
-from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, run_stop, spatial_follower, spatial_region
+from .split_segments import CONV_OPS, chain_stop, channel_follower, is_depthwise, is_hybrid, run_stop, spatial_follower, spatial_region
 from .split_sizes import deal_frames, frame_shares, resolve_sizes
 from .split_spatial import SPATIAL_AXES, plan_spatial, spatial_axis
 from .vocabulary import SplitKind
@@ -50,6 +50,8 @@ def legal_kinds(graph: Graph, layer: str) -> tuple[str, ...]:
         tokens = (TOKENS_KIND,) if heads and token_block(graph, index) is not None else ()
         return ("fc-output", "fc-input", *heads, *tokens, "data-parallel")
     if node.op in CONV_OPS:
+        if is_depthwise(graph, index) and is_hybrid(graph, index):  # its parts would quantize their channels alone
+            return ("conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
         return ("conv-channel", "conv-spatial", "conv-filter", "fused-tiles", "data-parallel")
     if not node.inputs:  # a constant node (issue 19): nothing to cut
         return ("data-parallel",)
@@ -366,6 +368,9 @@ def split_layer(graph: Graph, layer: str, kind: str, sizes, *, last: str | None 
             from .split_tokens import why_not_tokens
 
             why = f"; {why_not_tokens(graph, start)}"
+        elif kind == SplitKind.CONV_CHANNEL and is_hybrid(graph, start):
+            why = ("; a dynamic-range depthwise layer quantizes its whole input at once (LiteRT's hybrid kernel), so a part "
+                   "holding some of its channels cannot equal it")
         raise PisplitError(f"layer {layer}: kind {kind} does not apply to a {node.op} node (legal: {', '.join(legal)}){why}")
     if grid is not None and kind != SplitKind.FUSED_TILES:
         raise PisplitError(f"layer {layer}: a grid applies to fused-tiles only, not {kind}")

@@ -5,26 +5,19 @@ and quantization with no single meaning are refused, never run.
 
 Tolerances, and why:
 - Weights: pisplit's dequantized weights equal, bit for bit, those of the float32 twin model (the same
-  draws written as (q - zero_point) * scale by tests/layers/tflite_models.py), and the numpy engine on
-  the quantized file matches LiteRT on the twin at 1e-4 like any float model. Behind DEQUANTIZE LiteRT
-  itself computes in float, so there the quantized file matches LiteRT at 1e-4 too.
-- Dynamic range: LiteRT's hybrid kernels also quantize each input to int8 on the fly (one scale and
-  zero point per image; per pixel in XNNPACK's 1x1 convolutions; symmetric in TFLite's own per-tensor
-  kernels), which pisplit does not emulate: it computes in float with the dequantized weights. Every
-  input element then differs from LiteRT's by at most half a quantization step, and a step is at most
-  max|x| / 127 (asymmetric steps are at most (max - min) / 255), so output channel c differs by at most
-  max|x| / 254 * sum|w_c|; single layers are held to that bound under both XNNPACK and TFLite's kernels.
-  Measured: 4-64% of the bound, 0.07-1.8% of the largest output.
-- Through layers the bound is not additive, so it is measured: on the chain model (conv, depthwise,
-  1x1 conv with a residual ADD, MEAN, fully connected) over seeds 0-19, at most 2.1% of the largest
-  feature-map value and 0.65% of the largest logit; tested at 5%. The same numbers against a real
-  converter's ResNet50 / MobileNetV2: 0.46% / 0.71% of the largest logit, while LiteRT's XNNPACK and
-  builtin kernels differ from each other by 0.57% / 1.1% on the same models.
-Raw integers without their scales (what pisplit read before) miss every one of these by orders of
-magnitude: each test checks that too.
+  draws written as (q - zero_point) * scale by tests/layers/tflite_models.py). Behind DEQUANTIZE LiteRT
+  itself computes in float, so there the numpy engine on the quantized file matches LiteRT (and LiteRT
+  on the twin) at 1e-4 like any float model.
+- Dynamic range: LiteRT's hybrid kernels quantize each input to int8 on the fly (XNNPACK's qd8 path for
+  CONV_2D and FULLY_CONNECTED: per row / pixel / image; TFLite's builtin kernel for DEPTHWISE_CONV_2D: per
+  image), and the numpy engine does the same arithmetic (layers.qkernels): every single layer, per-channel
+  and per-tensor, and the chain model (conv, depthwise, 1x1 conv with a residual ADD, MEAN, fully
+  connected) equal LiteRT's default interpreter bit for bit, and differ from the float twin's numbers.
+  Raw integers without their scales (what pisplit read before) miss by orders of magnitude: each test
+  checks that too.
 - The litert engine keeps a dynamic-range layer's int8 filter and scales and exports it as the same
-  hybrid layer, so it equals LiteRT on the file itself (not the float twin), split by output channels
-  too; splits that feed a part less than the whole input are refused there (LiteRT would quantize each
+  hybrid layer, so it equals LiteRT on the file itself too, split by output channels as well; splits
+  that feed a part less than the whole input are refused on both engines (LiteRT would quantize each
   part on its own range). tests/layers/test_tflite_dynamic_range_corpus.py checks the converter's models.
 """
 from __future__ import annotations
@@ -102,7 +95,11 @@ def test_dequantized_weights_equal_the_float_twin(op, kind):
         for param, w in graph.node_weights(node).items():
             np.testing.assert_array_equal(w, twin_graph.node_weights(twin_node)[param], err_msg=f"{node.name}/{param}")
     x = input_for(op, 1)
-    assert_close(numpy_output(model, x), litert_outputs(twin, [x])[0])
+    if kind in HYBRID:  # LiteRT quantizes the input on the fly: the file's numbers, not the twin's
+        assert np.array_equal(numpy_output(model, x), litert_outputs(model, [x])[0])
+        assert relative_error(numpy_output(model, x), litert_outputs(twin, [x])[0]) > 1e-4
+    else:
+        assert_close(numpy_output(model, x), litert_outputs(twin, [x])[0])
 
 
 @pytest.mark.parametrize("op,kind", [c for c in CASES if c[1] in DEQUANTIZE])
@@ -118,19 +115,22 @@ def test_weights_behind_dequantize_match_litert(op, kind):
 
 
 @pytest.mark.parametrize("op,kind", [c for c in CASES if c[1] in HYBRID])
-def test_dynamic_range_layer_within_the_activation_quantization_bound(op, kind):
+def test_dynamic_range_layer_equals_litert(op, kind):
+    """The numpy engine runs LiteRT's hybrid arithmetic: equal to the default interpreter bit for bit.
+    TFLite's builtin kernels (no XNNPACK) quantize differently; they stay within the quantization bound
+    (max|x| / 254 * sum|w_c|, half a step of at most max|x| / 127 per input element) of it."""
     model, _ = quantized_case(op, kind)
     unscaled, _ = quantized_case(op, kind, write="unscaled")
     for seed in range(3):
         x = input_for(op, 10 + seed)
         got = numpy_output(model, x)
+        want = litert_outputs(model, [x])[0]
+        assert np.isfinite(want).all() and got.shape == want.shape and got.dtype == want.dtype
+        assert np.array_equal(got, want), f"{op} {kind} seed {seed}: {relative_error(got, want):.3g} of the largest output off"
         bound = quantization_bound(model, x)
-        assert np.isfinite(got).all()
-        for want in (litert_outputs(model, [x])[0], litert_builtin_outputs(model, [x])[0]):
-            assert np.isfinite(want).all() and got.shape == want.shape
-            excess = np.abs(got - want) - (bound * 1.001 + 1e-6 * np.abs(want).max())
-            assert excess.max() <= 0, f"{op} {kind}: beyond the quantization bound by {excess.max():.3g}"
-            assert (np.abs(numpy_output(unscaled, x) - want) > 10 * bound).any()
+        builtin = litert_builtin_outputs(model, [x])[0]
+        assert (np.abs(got - builtin) - (2 * bound * 1.001 + 1e-6 * np.abs(want).max())).max() <= 0
+        assert (np.abs(numpy_output(unscaled, x) - want) > 10 * bound).any()
 
 
 def test_dynamic_range_chain_on_both_engines():
@@ -144,12 +144,9 @@ def test_dynamic_range_chain_on_both_engines():
             out = make_engine(graph, kind, threads=1).run({"image": x})
             for t, w, w_twin in zip(graph.outputs, want, want_twin):
                 assert np.isfinite(out[t]).all()
-                if kind == "numpy":  # float arithmetic on the dequantized filters: the float twin's numbers
-                    assert_close(out[t], w_twin)
-                    assert relative_error(out[t], w) < 5e-2, f"{kind} {t}"
-                else:  # the same hybrid layers LiteRT runs on the file: its numbers, not the float twin's
-                    assert_close(out[t], w)
-                    assert relative_error(out[t], w_twin) > 1e-4, f"{kind} {t}: ran float kernels, not LiteRT's hybrid ones"
+                # the same hybrid arithmetic LiteRT runs on the file: its numbers, not the float twin's
+                assert np.array_equal(out[t], w), f"{kind} {t}: {relative_error(out[t], w):.3g} of the largest value off"
+                assert relative_error(out[t], w_twin) > 1e-4, f"{kind} {t}: ran float kernels, not LiteRT's hybrid ones"
         old = unscaled.run({"image": x})
         assert all(relative_error(old[t], w) > 0.5 for t, w in zip(graph.outputs, want))
 
@@ -260,10 +257,9 @@ def test_numpy_engine_refuses_non_finite_output_from_finite_input():
 
 def test_dynamic_range_splits_on_the_litert_engine():
     """A dynamic-range layer split by output channels runs LiteRT's hybrid kernels on the whole input in
-    every part: equal to the unsplit layer on the litert engine bit for bit. Splits that feed a part less
-    than the whole input (rows, input channels) would have LiteRT quantize each part on its own range:
-    refused on the litert engine, naming the node, and never offered to a litert plan (they stay exact on
-    the numpy engine, which computes in float)."""
+    every part: equal to the unsplit layer bit for bit on both engines. Splits that feed a part less than
+    the whole input (rows, input channels) would have LiteRT quantize each part on its own range: refused
+    on both engines, naming the node, and never offered to a plan."""
     from partitioners.split_quant import HYBRID_INEXACT_KINDS, planner_kinds
     from partitioners.splits import split_layer
 
@@ -274,13 +270,13 @@ def test_dynamic_range_splits_on_the_litert_engine():
     split = split_layer(graph, first.name, "conv-channel", [5, 11])
     layer = Graph(graph.name, graph.inputs, [first], [first.outputs[0]], graph.weights, graph.meta)  # the unsplit layer alone
     want = make_engine(layer, "litert", threads=1).run({"image": x})[first.outputs[0]]
-    assert not np.allclose(want, split.reference(x), rtol=1e-4, atol=1e-4)  # LiteRT's hybrid numbers, not float ones
-    assert np.array_equal(split.run(x, "litert"), want)
+    assert np.array_equal(split.reference(x), want)  # the numpy engine's unsplit layer: LiteRT's numbers
+    assert np.array_equal(split.run(x, "litert"), want) and np.array_equal(split.run(x, "numpy"), want)
     for kind in ("conv-spatial", "conv-filter"):
         inexact = split_layer(graph, first.name, kind, 2)
-        with pytest.raises(PisplitError, match=rf"node {first.name}\S* is a dynamic-range layer .* each {kind} part's input"):
-            inexact.run(x, "litert")
-        np.testing.assert_allclose(inexact.run(x, "numpy"), inexact.reference(x), rtol=1e-5, atol=1e-5)
-    kinds = planner_kinds(graph, "litert")["kinds"]
-    assert "conv-channel" in kinds and "fc-output" in kinds and not set(HYBRID_INEXACT_KINDS) & set(kinds)
-    assert planner_kinds(graph, "numpy") == {}
+        for engine in ("litert", "numpy"):
+            with pytest.raises(PisplitError, match=rf"node {first.name}\S* is a dynamic-range layer .* each {kind} part's input"):
+                inexact.run(x, engine)
+    for engine in ("litert", "numpy"):
+        kinds = planner_kinds(graph, engine)["kinds"]
+        assert "conv-channel" in kinds and "fc-output" in kinds and not set(HYBRID_INEXACT_KINDS) & set(kinds)
