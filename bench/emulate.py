@@ -8,7 +8,8 @@ device profile; this machine's speed measured again before each model unless --c
 the host lateness the run reported (late_s: the host could not keep the device's
 pace, so a fidelity below 1 with late_s is this machine's, not the device's) and how far behind its
 emulated clock the device ended a frame on average (lateness not caught up: load, where a fidelity off
-with nothing behind is the calibration's or the dilation's).
+with nothing behind is the calibration's or the dilation's). A row whose host was behind the device
+for more than 5% of its time says NOT A RESULT. --models takes zoo names and imported models (.tflite).
 Options: --models a,b --configs rpi3:2@94mbit,... --full --fidelity [--cached-speed] --engine numpy|litert --json
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import plan_for_devices, single_device_plan
 from bench import cluster_config
-from layers import ZOO, zoo_model
+from layers import ZOO, load_model, zoo_model
+from partitioners.infeasible import InfeasiblePlan
 
 FULL = "rpi3:2@94mbit,rpi3:4@94mbit,rpi3:8@94mbit,rpi4:4@940mbit"
 
@@ -114,24 +116,36 @@ def fidelity(args, argv) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmpdir:
         for model in models:
-            graph = zoo_model(model)
+            graph = load_model(model)  # a zoo name or an imported model (.tflite, pisplit .json)
             for kind, link_bps in kinds:
                 t = time.time()
                 load = Path("/proc/loadavg").read_text().split()[0]
-                fps, pred, frames, late, behind, wall_fps = single_fidelity(graph, model, kind, link_bps, args.engine, Path(tmpdir), not args.cached_speed)
+                try:
+                    fps, pred, frames, late, behind, wall_fps = single_fidelity(graph, model, kind, link_bps, args.engine, Path(tmpdir),
+                                                                                not args.cached_speed)
+                except InfeasiblePlan as exc:  # e.g. ViT-B/16 on the litert engine in one Pi 3B+'s memory
+                    rows.append({"model": model, "kind": kind, "infeasible": str(exc)})
+                    if not args.json:
+                        print(f"{graph.name if Path(model).suffix else model:12s} one {kind:5s} | does not fit one device: "
+                              f"{str(exc).rsplit(': ', 1)[-1]}", flush=True)
+                    continue
+                # this machine behind the emulated device for more than 5% of its time: the row measures this machine
+                behind_share = late * pred / frames
                 row = {"model": model, "kind": kind, "frames": frames, "measured_fps": fps, "calibrated_fps": pred,
-                       "fidelity": fps / pred, "within_5pct": abs(fps / pred - 1) <= 0.05,
+                       "fidelity": fps / pred, "within_5pct": abs(fps / pred - 1) <= 0.05, "host_behind_share": behind_share,
+                       "valid": behind_share <= 0.05,
                        # frames / the run's wall time: a fit over completions reads a late start caught up as speed
                        "wall_fidelity": wall_fps / pred if wall_fps else None,
                        "late_ms_per_frame": late / frames * 1e3, "behind_ms_per_frame": behind, "load_average": float(load),
                        "seconds": time.time() - t}
                 rows.append(row)
                 if not args.json:
-                    print(f"{model:12s} one {kind:5s} | {fps:8.3f} fps (calibrated {pred:8.3f}) fidelity x{row['fidelity']:.3f}"
+                    print(f"{graph.name if Path(model).suffix else model:12s} one {kind:5s} | {fps:8.3f} fps (calibrated {pred:8.3f}) fidelity x{row['fidelity']:.3f}"
                           f"{'' if row['within_5pct'] else '  OUTSIDE 5%'} (by wall time x{row['wall_fidelity'] or 0:.3f}) | "
                           f"{frames:2d} frames | host late "
                           f"{row['late_ms_per_frame']:7.2f} ms/frame, behind at its end {behind:6.3f} ms | load {load} | "
-                          f"{row['seconds']:.0f} s", flush=True)
+                          f"{row['seconds']:.0f} s" + ("" if row["valid"] else f" | NOT A RESULT: this machine was behind the "
+                                                         f"emulated device for {behind_share:.0%} of its time"), flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
     return 0
