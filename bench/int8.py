@@ -7,11 +7,14 @@ MobileNetV2 and ResNet50 on both engines: predicted throughput and the bytes a f
 stages (int8 links carry a quarter of float32's); then the same clusters emulated (`pisplit emulate ...
 --devices rpi3:4 --link 94mbit`, time-dilated devices and paced links on this machine): measured throughput,
 its ratio to the plan's prediction, the bytes a frame sent, memory (the rank furthest above its baseline, and
-the plan's largest prediction) and int8 over float32 measured throughput.
+the plan's largest prediction) and int8 over float32 measured throughput. The first table's last column is
+the numpy engine's agreement with the plain LiteRT interpreter on the file: the largest |numpy - LiteRT| over
+the largest |LiteRT| on seeded inputs ('equal' when every value is the same), e.g. a dynamic-range model,
+whose hybrid layers the numpy engine runs with LiteRT's own arithmetic (issue 12: within 1e-4).
 
 Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
                           [--emulate-models a,b|none] [--emulate-engines litert,numpy] [--emulate-frames N]
-                          [--forms float32,int8,int8_float_io]
+                          [--forms float32,int8,int8_float_io] [--agreement-seeds N]
 """
 import os
 
@@ -43,6 +46,40 @@ def pisplit(args: list[str], skip: list | None = None) -> dict | None:
     return json.loads(proc.stdout)
 
 
+def agreement(path: Path, seeds: int) -> str:
+    """The numpy engine against the plain LiteRT interpreter on the file (in a child process, as each model's
+    bench runs): 'equal', the relative error, or why it could not be measured."""
+    code = ("import json, sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from layers.tflite import import_tflite\n"
+            "from layers.engine import make_engine\n"
+            "from layers.tflite_engine import make_interpreter\n"
+            "path, seeds = Path(sys.argv[1]), int(sys.argv[2])\n"
+            "graph = import_tflite(path)\n"
+            "engine = make_engine(graph, 'numpy')\n"
+            "it = make_interpreter(path.read_bytes(), 1)\n"
+            "it.allocate_tensors()\n"
+            "worst, equal = 0.0, True\n"
+            "for seed in range(seeds):\n"
+            "    feeds = graph.random_input(seed)\n"
+            "    for d, x in zip(it.get_input_details(), feeds.values()):\n"
+            "        it.set_tensor(d['index'], np.asarray(x, d['dtype']))\n"
+            "    it.invoke()\n"
+            "    got = engine.run(feeds)\n"
+            "    for t, d in zip(graph.outputs, it.get_output_details()):\n"
+            "        w = it.get_tensor(d['index']).astype(np.float64)\n"
+            "        g = np.asarray(got[t], np.float64).reshape(w.shape)\n"
+            "        equal = equal and np.array_equal(g, w)\n"
+            "        worst = max(worst, float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-30)))\n"
+            "print(json.dumps({'equal': bool(equal), 'rel_error': worst}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(seeds)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        return "n/a"
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return "equal" if doc["equal"] else f"{doc['rel_error']:.2g}"
+
+
 def family(name: str) -> tuple[str, str]:
     """('mobilenet_v2', 'int8_float_io') from 'mobilenet_v2_int8_float_io'."""
     for form in ("int8_float_io", "int8", "dynamic_range", "float32", "float16"):
@@ -62,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate-engines", default="litert", help="engines of the emulated runs (default litert, what a Pi runs)")
     ap.add_argument("--emulate-frames", type=int, default=24, help="frames through each emulated cluster (default 24)")
     ap.add_argument("--forms", default="float32,int8,int8_float_io", help="forms of each architecture planned and emulated")
+    ap.add_argument("--agreement-seeds", type=int, default=2, help="seeded inputs of the numpy-vs-LiteRT agreement (0: skip)")
     args = ap.parse_args(argv)
     if not CORPUS.is_dir():
         sys.exit(f"bench_int8: no corpus in {CORPUS} (bash scripts/build_corpus builds it)")
@@ -74,12 +112,15 @@ def main(argv=None) -> int:
             docs[name] = doc
 
     print(f"one thread each, {args.repeat} passes taking turns, ms per frame: median (best)")
-    print(f"{'model':30} {'numpy':>17} {'litert':>15} {'plain LiteRT':>15} {'litert/plain':>13} {'numpy/litert':>13}")
+    print(f"{'model':30} {'numpy':>17} {'litert':>15} {'plain LiteRT':>15} {'litert/plain':>13} {'numpy/litert':>13} "
+          f"{'numpy vs LiteRT':>16}")
     for name, d in docs.items():
         r = {row["engine"]: row for row in d["rows"]}
         ms = {k: f"{v['median_ms']:.1f} ({v['best_ms']:.1f})" for k, v in r.items()}
+        agree = agreement(CORPUS / f"{name}.tflite", args.agreement_seeds) if args.agreement_seeds > 0 else "-"
         print(f"{name:30} {ms['numpy']:>17} {ms['litert']:>15} {ms['plain litert']:>15} "
-              f"{r['plain litert']['median_ms'] / r['litert']['median_ms']:13.3f} {r['numpy']['median_ms'] / r['litert']['median_ms']:13.2f}")
+              f"{r['plain litert']['median_ms'] / r['litert']['median_ms']:13.3f} {r['numpy']['median_ms'] / r['litert']['median_ms']:13.2f} "
+              f"{agree:>16}", flush=True)
 
     for note in skipped:
         print(f"not benchmarked: {note}")

@@ -821,15 +821,25 @@ def tflite_asymmetric_quantize(x: np.ndarray, axes: tuple) -> tuple[np.ndarray, 
     return q, factor
 
 
+FMA_CHUNK = 1 << 15  # output values per float64 pass of _fma32: its temporaries stay in cache
+
+
 def _fma32(a: np.ndarray, b, c) -> np.ndarray:
-    """float32 a * b + c rounded once (a fused multiply-add): the float64 product of two float32 values is
-    exact, and its sum with a float32 rounds to float32 as the fused operation does but for double
-    rounding in rare ties far below float32's resolution of these outputs."""
-    out = a.astype(np.float64)
-    out *= np.asarray(b, np.float64)
-    if c is not None:
-        out += np.asarray(c, np.float64)
-    return out.astype(np.float32)
+    """float32 a * b + c rounded once (a fused multiply-add), b and c per last-axis channel: the float64
+    product of two float32 values is exact, and its sum with a float32 rounds to float32 as the fused
+    operation does (but for double rounding in ties far below these outputs' resolution). In place on a
+    (float32, C-contiguous) a, in chunks of rows."""
+    b64 = np.asarray(b, np.float64)
+    c64 = None if c is None else np.asarray(c, np.float64)
+    flat = a.reshape(-1, a.shape[-1])
+    step = max(1, FMA_CHUNK // max(a.shape[-1], 1))
+    for r0 in range(0, flat.shape[0], step):
+        t = flat[r0:r0 + step].astype(np.float64)
+        t *= b64
+        if c64 is not None:
+            t += c64
+        flat[r0:r0 + step] = t
+    return a
 
 
 def _centered_matmul(rows, n_rows: int, row_values: int, kernel: np.ndarray, out: np.ndarray) -> None:
@@ -859,16 +869,16 @@ def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
         centred, dq = qd8_quantize(x, (3,) if pointwise else (1, 2, 3))
         xp = np.pad(centred, [(0, 0), *pads, (0, 0)]) if padded else centred  # padding: a real zero
         depth = kh * kw * cin_g
-        acc = np.empty((n, oh, ow, cout), np.float32)
-        if pointwise:
-            src = xp.reshape(n * oh, ow, cin_g)
-            rows = lambda r0, r1: src[r0:r1].reshape(-1, depth)  # noqa: E731
+        if pointwise:  # one matrix product over every pixel (exact in float32 chunks, _exact_matmul)
+            acc = _exact_matmul(xp.reshape(-1, depth), kernel.reshape(depth, cout).astype(np.float32))
+            acc = acc.astype(np.float32, copy=False).reshape(n, oh, ow, cout)
         else:
+            acc = np.empty((n, oh, ow, cout), np.float32)
             win = K._windows(xp, (kh, kw), strides, dilation, outs)
 
             def rows(r0, r1):
                 return np.stack([win[b, i] for b, i in (divmod(r, oh) for r in range(r0, r1))]).reshape(-1, depth)
-        _centered_matmul(rows, n * oh, ow, kernel.reshape(depth, cout), acc.reshape(n * oh, ow, cout))
+            _centered_matmul(rows, n * oh, ow, kernel.reshape(depth, cout), acc.reshape(n * oh, ow, cout))
         acc *= dq
         y = _fma32(acc, fscale, bias)
     elif cin_g == 1:
@@ -902,8 +912,7 @@ def hybrid_dense(xs, attrs, w, wq: TensorQuant):
     cin, cout = kernel.shape
     rows2d = x.reshape(-1, cin)
     centred, dq = qd8_quantize(rows2d, (1,))
-    acc = np.empty((rows2d.shape[0], cout), np.float32)
-    _centered_matmul(lambda r0, r1: centred[r0:r1], rows2d.shape[0], 1, kernel, acc)
+    acc = _exact_matmul(centred, kernel.astype(np.float32)).astype(np.float32, copy=False)
     acc *= dq
     y = _fma32(acc, np.broadcast_to(np.asarray(wq.scale, np.float32), (cout,)), w.get("bias"))
     return [K.apply_activation(y.reshape(*x.shape[:-1], cout), attrs.get("activation"), inplace=True)]
@@ -970,20 +979,24 @@ def xnnpack_conv2d(xs, attrs, w):
     xp = np.pad(x, [(0, 0), *pads, (0, 0)]) if any(a or b for a, b in pads) else x
     win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C), a view
     bias = w.get("bias")
-    acc = np.empty((x.shape[0], *outs, cout), np.float32)
-    acc[...] = 0 if bias is None else np.asarray(bias, np.float32)
-    if groups == 1:
-        for i in range(kh):
-            for j in range(kw):
-                for c in range(cin_g):
-                    _fma_acc(acc, win[:, :, :, i, j, c, None], kernel[i, j, c])
-    else:
-        mult = cout // groups
-        view = acc.reshape(*acc.shape[:3], groups, mult)
-        for j in range(kw):
+    out = np.empty((x.shape[0], *outs, cout), np.float32)
+    band = max(1, FMA_CHUNK // max(outs[1] * cout, 1))  # output rows whose float64 temporaries stay in cache
+    for r0 in range(0, outs[0], band):
+        r1 = min(outs[0], r0 + band)
+        acc = out[:, r0:r1]
+        acc[...] = 0 if bias is None else np.asarray(bias, np.float32)
+        if groups == 1:
             for i in range(kh):
-                _fma_acc(view, win[:, :, :, i, j, :, None], kernel[i, j, 0].reshape(groups, mult))
-    return [K.apply_activation(acc, attrs.get("activation"), inplace=True)]
+                for j in range(kw):
+                    for c in range(cin_g):
+                        _fma_acc(acc, win[:, r0:r1, :, i, j, c, None], kernel[i, j, c])
+        else:
+            mult = cout // groups
+            view = acc.reshape(*acc.shape[:3], groups, mult)
+            for j in range(kw):
+                for i in range(kh):
+                    _fma_acc(view, win[:, r0:r1, :, i, j, :, None], kernel[i, j, 0].reshape(groups, mult))
+    return [K.apply_activation(out, attrs.get("activation"), inplace=True)]
 
 
 def xnnpack_dense(xs, attrs, w):
