@@ -769,6 +769,10 @@ QRUN = {
 #   width taken in float32 then / 255 in double, zero point from the smaller-error end rounded half away
 #   from zero, q = round-half-away(x * float(1 / scale)) + zero point, clamped), padding skipped, and
 #   (float(acc) * filter_scale) * input_scale + bias, then the clamp.
+# XNNPACK takes per-tensor filter scales and either asymmetric_quantize_inputs option of a fully-connected
+# layer alike (both measured equal). Not emulated: TFLite's own hybrid CONV_2D / FULLY_CONNECTED kernels, which
+# run only where XNNPACK declines a layer (none of the corpus's); a grouped (not depthwise) dynamic-range
+# convolution computes in float on its dequantized filter, as the litert export writes it.
 # Accumulations are exact (integer-valued float32 products in chunks, summed in float64). A part of a split
 # that feeds such a layer less than its whole input would quantize on its own range: run_hybrid refuses
 # the kinds that do (HYBRID_PART_KINDS), as the litert export does.
@@ -1051,6 +1055,8 @@ def run_dynamic_range(graph, node, inputs: list):
     """A float node of a graph with dynamic-range layers as LiteRT runs it: a hybrid layer (run_hybrid), or
     a float conv / dense / spatial mean in XNNPACK's order; None for any other node (the float kernels)."""
     if node.op in HYBRID and node.weight_key("kernel") in graph.quant:
+        if node.op == "conv2d" and int(node.attrs.get("groups", 1)) > 1 and node.weight_shapes["kernel"][-2] > 1:
+            return None  # a grouped (not depthwise) filter: its reals, as the litert export writes it (per-group CONV_2Ds)
         return run_hybrid(graph, node, inputs)
     if node.op in XNNPACK_FLOAT and has_hybrid_layers(graph):
         return XNNPACK_FLOAT[node.op](inputs, node.attrs, graph.node_weights(node))
