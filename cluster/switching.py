@@ -206,6 +206,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
         # plan `current` from frame lo; at each boundary before the end rank 0 decides while the frames go on: the plan
         # kept, the run takes the next segment's frames (PipelineRank.extend); else it drains at the boundary
         r = ranks[current]
+        talk.last_len = hi - lo
         if r is not None:
             if base_slowdown is not None and ratios:
                 r.device.dilation.slowdown = base_slowdown / ratios[current]  # this plan's own speed here
@@ -223,11 +224,11 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
             stop = talk.idle(lo, hi)
         # the drain's boundary: every rank's transfers not yet with rank 0 to it, its choice to everyone
         talk.drains += 1
-        talk.collect(f"the switch before frame {stop}" if stop < n else "the end of the run", stop - lo)
+        talk.collect(f"the switch before frame {stop}" if stop < n else "the end of the run")
         if stop >= n:
             break
         text = talk.decided if rank == 0 else None
-        bound = stall + 3.0 * (stop - lo) * worst
+        bound = stall + 3.0 * talk.last_len * worst
         nxt_s, probe_s, length_s = bcast_text_watched(comm, text, f"the switch before frame {stop}", bound, who,
                                                       follow_s=stall_margin(bound)).split()
         current, lo = int(nxt_s), stop
@@ -287,6 +288,7 @@ class _Boundaries:
         self.estimates: list = []
         self.epoch = None
         self.decided = None
+        self.last_len = 1  # frames between the last two boundaries: a drain's bound is counted in them
 
     def _who(self, r: int) -> str:
         return f"rank {r} (host {self.hosts[r]})"
@@ -368,6 +370,7 @@ class _Boundaries:
             self.current = nxt
             return False
         hi = segment_end(b, length)
+        self.last_len = hi - b
         self._tell(KEEP, hi, int(do_probe))
         if do_probe:  # the plan is all on rank 0: its link is idle
             self.probe(nxt)
@@ -410,6 +413,7 @@ class _Boundaries:
                 raise PisplitError(f"switching run: rank {self.rank} ran frames to {b}, rank 0 stopped at {frame}")
             return False
         pr.extend(np.arange(b, frame))
+        self.last_len = frame - b
         return True
 
     def idle(self, lo: int, hi: int) -> int:
@@ -433,13 +437,14 @@ class _Boundaries:
             if kind == STOP:
                 return frame
             lo, hi = hi, frame
+            self.last_len = hi - lo
 
     # --- after a drain, every rank ----------------------------------------------------------------------
-    def collect(self, what: str, frames: int) -> None:
+    def collect(self, what: str) -> None:
         """Collective: every rank's transfers not yet with rank 0, and how many messages of them it sent while
         running (rank 0 takes those still on their way): none is lost."""
         mine = self._mine()
-        bound = self.stall + 3.0 * frames * self.worst
+        bound = self.stall + 3.0 * self.last_len * self.worst  # the frames in flight at the drain: at most a segment's
         got = transport.gather_rows_watched(self.comm, np.concatenate([[float(self.sent)], mine.reshape(-1)]), what, bound,
                                             name=self._who, follow_s=stall_margin(bound))
         if self.rank != 0:
