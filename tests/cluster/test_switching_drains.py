@@ -66,12 +66,17 @@ if comm.Get_rank() == 0:
 
 @pytest.mark.mpi
 def test_kept_plans_do_not_drain_and_switches_at_random_frames_answer_every_frame_once_in_order(tmp_path):
+    check_a_switching_schedule(tmp_path, 16)
+
+
+def check_a_switching_schedule(tmp_path, seed: int) -> None:
+    """One seeded schedule of the chooser's choices and forced switches, run and checked (the test's body)."""
     from cluster.mpirun import local_mpirun_command, mpirun_env, run_local
 
     graph = zoo_model("lenet5")
     for i, stages in enumerate(PLANS):
         hand_plan(graph, stages).save(tmp_path / f"plan{i}.json")
-    rng = np.random.default_rng(16)
+    rng = np.random.default_rng(seed)
     n, every = 48, 2
     # the chooser keeps its plan for random stretches of boundaries (most boundaries keep it), forced switches at random frames
     schedule, plan = {}, 0
