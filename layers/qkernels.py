@@ -817,11 +817,16 @@ def tflite_asymmetric_quantize(x: np.ndarray, axes: tuple) -> tuple[np.ndarray, 
     zp = np.where(same, 0.0, zp).astype(np.float32)
     factor = np.where(same, 1.0, scale).astype(np.float32)
     inv = (1.0 / factor.astype(np.float64)).astype(np.float32)
-    q = round_half_away((x * inv).astype(np.float64)).astype(np.float32)  # std::round of the float32 product
+    v = x * inv
+    q = np.rint(v)  # std::round of the float32 product: to nearest, and ties (an exact .5 fraction) away from zero
+    tie = np.abs(v - np.trunc(v)) == 0.5
+    if tie.any():
+        q[tie] = np.trunc(v[tie]) + np.sign(v[tie])
     q += zp
     np.clip(q, -128, 127, out=q)
     q -= zp
-    q[np.broadcast_to(same, q.shape)] = 0
+    if same.any():
+        q[np.broadcast_to(same, q.shape)] = 0
     return q, factor
 
 
@@ -893,9 +898,11 @@ def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
         wk = kernel.reshape(kh, kw, groups, mult).astype(np.float32)
         atype = np.float32 if kh * kw <= EXACT_F32_TERMS else np.float64
         acc = np.zeros((n, oh, ow, groups, mult), atype)
+        tap = np.empty_like(acc)
         for i in range(kh):
             for j in range(kw):
-                acc += win[:, :, :, i, j, :, None] * wk[i, j]
+                np.multiply(win[:, :, :, i, j, :, None], wk[i, j], out=tap)
+                acc += tap
         y = acc.reshape(n, oh, ow, cout).astype(np.float32)
         y *= fscale
         y *= factor
