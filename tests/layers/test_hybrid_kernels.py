@@ -57,6 +57,33 @@ def test_tflite_asymmetric_quantization_rounds_half_away():
     np.testing.assert_array_equal(centred[1], 0)
 
 
+def _identity_layer(channels: int, depthwise: bool) -> Graph:
+    """A hybrid 1x1 layer whose output is its quantized input, dequantized: (q - zero point) * input scale."""
+    shape = (1, 1, 1, channels) if depthwise else (1, 1, channels, channels)
+    kernel = np.ones(shape, np.int8) if depthwise else np.eye(channels, dtype=np.int8).reshape(shape)
+    node = Node("q", "conv2d", ["x"], ["q"], {"groups": channels if depthwise else 1}, {"kernel": shape, "bias": (channels,)})
+    quant = {"q/kernel": {"dtype": "int8", "scale": [1.0] * channels, "zero_point": [0] * channels, "axis": 3}}
+    return Graph("identity", {"x": (1, 4, 4, channels)}, [node], ["q"], {"q/kernel": kernel, "q/bias": np.zeros(channels, np.float32)},
+                 {"quant": quant})
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_quantized_inputs_equal_litert_including_ties(depthwise):
+    """Through an identity filter LiteRT's output is its own quantization of the input: the numpy engine's
+    equals it on random inputs of either sign and on inputs full of exact rounding ties (XNNPACK's qd8
+    rounds them to even, TFLite's depthwise kernel away from zero)."""
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    graph = _identity_layer(8, depthwise)
+    numpy_engine, litert = make_engine(graph, "numpy"), make_engine(graph, "litert", threads=1)
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        x = (rng.standard_normal((1, 4, 4, 8)) * rng.uniform(0.01, 10)).astype(np.float32)
+        x = [x, np.abs(x), -np.abs(x), np.round(x * 4) / 4][trial % 4]
+        got, want = numpy_engine.run({"x": x})["q"], litert.run({"x": x})["q"]
+        assert np.array_equal(got, want), f"trial {trial}: {np.flatnonzero(got != want).size} values differ"
+
+
 # --- a float layer before hybrid ones ---------------------------------------------------------------------
 
 def _mixed_graph() -> Graph:
