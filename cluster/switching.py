@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -43,7 +44,7 @@ from partitioners.plan import Plan
 from . import transport
 from .runtime import (DEFAULT_MIN_STALL_S, PipelineRank, RunOptions, check_input_frames, default_stall_timeout, host_names_watched, settle_baseline,
                       stage_communicators, stall_margin)
-from .watched import bcast_text_watched
+from .watched import STAGGER_S, bcast_text_watched
 
 PROBE_BYTES = 16384
 REAL_PROBE_BYTES = 65536  # a real link's probe: as large as the smallest transfer counted on one (MPI's eager limit)
@@ -277,7 +278,7 @@ class _Boundaries:
         self.comm, self.plans, self.ranks, self.shared, self.hosts = comm, plans, ranks, shared, hosts
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.stall, self.worst = stall, worst
-        self.sends: list = []  # (request, buffer) of words (rank 0) or transfer rows (other ranks) still leaving
+        self.sends: dict = {}  # destination -> [(request, buffer)] of words (rank 0) or transfer rows (other ranks) leaving
         self.sent = 0  # messages of transfer rows this rank sent to rank 0 while running
         self.received = [0] * self.size  # rank 0: of each rank's
         self.drains = 0
@@ -302,8 +303,10 @@ class _Boundaries:
         return np.concatenate(mine) if mine else np.zeros((0, 3))
 
     def _send(self, buf: np.ndarray, dest: int, tag: int) -> None:
-        self.sends = [(q, b) for q, b in self.sends if not transport.request_done(q)]
-        self.sends.append((transport.isend_buffer(self.comm, buf, dest, tag), buf))
+        leaving = self.sends.setdefault(dest, deque())
+        while leaving and transport.request_done(leaving[0][0]):  # in order: a rank that takes none costs one test
+            leaving.popleft()
+        leaving.append((transport.isend_buffer(self.comm, buf, dest, tag), buf))
 
     # --- rank 0 ------------------------------------------------------------------------------------
     def start_deciding(self, choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, current) -> None:
@@ -383,7 +386,8 @@ class _Boundaries:
 
     def probe(self, current: int) -> None:
         """Both ends of the idle link's probe (rank 0's sample goes to its plan's transfers)."""
-        sample = _probe(self.comm, self.shared)
+        bound = self.stall + 3.0 * self.worst
+        sample = _probe(self.comm, self.shared, bound + stall_margin(bound), self._who)
         if self.rank == 0:
             self.last_probe = time.perf_counter()
             if sample is not None:
@@ -423,7 +427,7 @@ class _Boundaries:
             bound = self.stall + 3.0 * (hi - lo) * self.worst
 
             def wait(request):
-                clock, pause = transport.StallClock(bound + stall_margin(bound)), 2e-5
+                clock, pause = transport.StallClock(bound + stall_margin(bound) + STAGGER_S * (self.rank - 1)), 2e-5  # one rank speaks
                 while not transport.request_done(request):
                     if clock.stalled(None):
                         raise transport.StallError(f"{self._who(0)} said nothing of the frames after {hi - 1} for {clock.waited:.1f} s "
@@ -462,8 +466,8 @@ class _Boundaries:
         if self.rank == 0 and self.pending:
             self.rows.extend(self.pending)
             self.pending = []
-        transport.wait_quietly([q for q, _ in self.sends])
-        self.sends = []
+        transport.wait_quietly([q for leaving in self.sends.values() for q, _ in leaving])
+        self.sends = {}
 
 
 def _epoch(shared, wall_start: float) -> float:
@@ -472,11 +476,15 @@ def _epoch(shared, wall_start: float) -> float:
     return float(link.epoch) if link is not None and link.epoch else wall_start
 
 
-def _probe(comm, shared) -> tuple | None:
+def _probe(comm, shared, seconds: float = 0.0, name: Callable[[int], str] | None = None) -> tuple | None:
     """Rank 0 sends PROBE_BYTES to rank 1 (the link is idle); returns rank 0's (end, bytes, seconds) sample.
     An emulated link's probe lasts what its pacer says for the bytes now (not occupying it: nothing
-    else is on it); a real one's lasts until rank 1 acknowledges it (less nothing: a round trip)."""
+    else is on it); a real one's lasts until rank 1 acknowledges it (less nothing: a round trip).
+    Either end waits at most `seconds` (> 0) for the other, then names it (StallError)."""
     rank = comm.Get_rank()
+    name = name or (lambda r: f"rank {r}")
+    watch = (transport.Watch(seconds, lambda peers, _: f"{name(peers[0] if peers else 1 - rank)} did not answer the link's probe")
+             if seconds > 0 else None)
     link = shared[1] if shared else None
     nbytes = PROBE_BYTES if link is not None else REAL_PROBE_BYTES
     if rank == 0:
@@ -485,15 +493,15 @@ def _probe(comm, shared) -> tuple | None:
         request = transport.isend_buffer(comm, buf, 1, TAG_PROBE)
         ack = np.zeros(1, np.float32)
         back = transport.irecv_buffer(comm, ack, 1, TAG_PROBE)
-        transport.wait_quietly([request, back])
+        transport.wait_quietly([request, back], watch=watch, peers=[1, 1])
         if link is not None:
             return (now, float(nbytes), link.seconds(nbytes, 1, now))
         end = time.time()
         return (end, float(nbytes), end - now)
     if rank == 1:
         buf = np.zeros(nbytes // 4, np.float32)
-        transport.wait_quietly([transport.irecv_buffer(comm, buf, 0, TAG_PROBE)])
-        transport.wait_quietly([transport.isend_buffer(comm, np.ones(1, np.float32), 0, TAG_PROBE)])
+        transport.wait_quietly([transport.irecv_buffer(comm, buf, 0, TAG_PROBE)], watch=watch, peers=[0])
+        transport.wait_quietly([transport.isend_buffer(comm, np.ones(1, np.float32), 0, TAG_PROBE)], watch=watch, peers=[0])
     return None
 
 
