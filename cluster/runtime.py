@@ -1024,12 +1024,22 @@ class PipelineRank:
         self.n_frames = len(self.options.frame_ids)
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         if self.rank == 0:
-            grow = lambda a, fill: np.concatenate([a, np.full((more.size, *a.shape[1:]), fill, a.dtype)])  # noqa: E731
-            self.arrived, self.frame_order = grow(self.arrived, False), grow(self.frame_order, -1)
-            self.latency, self.done_at, self.argmax = grow(self.latency, 0.0), grow(self.done_at, 0.0), grow(self.argmax, 0)
+            for name, fill in (("arrived", False), ("frame_order", -1), ("latency", 0.0), ("done_at", 0.0), ("argmax", 0)):
+                setattr(self, name, self._with_room(name, getattr(self, name), fill))
             if self.outputs is not None:
-                self.outputs = {t: grow(a, 0.0) for t, a in self.outputs.items()}
+                self.outputs = {t: self._with_room(("output", t), a, 0.0) for t, a in self.outputs.items()}
             self.next_remote = self._next_remote_frame(self.next_remote)
+
+    def _with_room(self, key, a: np.ndarray, fill) -> np.ndarray:
+        """Rank 0's per-frame array `a` grown to n_frames rows (new ones `fill`): a view of a buffer that
+        doubles when full, so a long run extended at every boundary copies each row a few times, not once a boundary."""
+        room = self.__dict__.setdefault("_room", {})
+        buf = room.get(key)
+        if buf is None or a.base is not buf or buf.shape[0] < self.n_frames:
+            buf = np.full((max(self.n_frames, 2 * a.shape[0]), *a.shape[1:]), fill, a.dtype)
+            buf[: a.shape[0]] = a
+            room[key] = buf
+        return buf[: self.n_frames]
 
     def _frames(self):
         """This rank's frames (a split stage's worker: every frame) in order; at their end options.more may

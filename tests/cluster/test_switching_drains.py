@@ -140,18 +140,18 @@ def test_run_down_margin_is_refused_in_one_line_and_decides_the_drop(tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = out / "configmap.json"
     plain = next(out.glob("plan_*100mbit.json"))
-    for target, value, message in [(m, "1", "--down-margin 1: must be a fraction in [0, 1)"),
-                                   (plain, "0.2", "--down-margin: only for a configuration map (PLAN.json is a plan)")]:
-        proc = mpirun(1, "run", target, "--down-margin", value, timeout=60)
+    for run, target, value, message in [(mpirun, m, "1", "--down-margin 1: must be a fraction in [0, 1)"),
+                                        (pisplit, plain, "0.2", "--down-margin: only for a configuration map (PLAN.json is a plan)")]:
+        proc = run(1, "run", target, "--down-margin", value, timeout=60) if run is mpirun else run("run", target, "--down-margin", value)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len([ln for ln in proc.stderr.splitlines() if "pisplit: error" in ln]) == 1
     # the link falls from 150 to 60 Mbit/s, 40% below the 100 Mbit/s state: the default margin (10%) drops to the 2 Mbit/s
     # state's plan, a margin of 0.5 keeps the offloaded plan
     trace = tmp_path / "trace.csv"
-    trace.write_text("time_s,mbit_per_s\n0,150\n0.15,60\n")
+    trace.write_text("time_s,mbit_per_s\n0,150\n0.1,60\n")
     docs = []
     for extra in ([], ["--down-margin", "0.5"]):
-        proc = mpirun(2, "run", m, "--emulate", "--bandwidth-trace", trace, "--frames", 40, "--frame-interval", 10,
+        proc = mpirun(2, "run", m, "--emulate", "--bandwidth-trace", trace, "--frames", 30, "--frame-interval", 10,
                       "--min-segment", 0, "--switch-every", 2, "--json", *extra)
         assert proc.returncode == 0, proc.stderr
         docs.append(json.loads(proc.stdout))
@@ -160,3 +160,30 @@ def test_run_down_margin_is_refused_in_one_line_and_decides_the_drop(tmp_path):
     offloaded = next(p["index"] for p in docs[0]["plans"] if p["ranks"] == 2)
     assert docs[0]["switches"] and docs[0]["switches"][0]["from"] == offloaded and "fell" in docs[0]["switches"][0]["reason"]
     assert docs[1]["switches"] == [] and set(docs[1]["plan_of_frame"]) == {offloaded}
+
+
+def test_a_run_extended_at_every_boundary_answers_every_frame_once():
+    """In process (one rank): PipelineRank.extend from options.more at the end of its frames, one to five
+    frames at a time up to 30, through grown result buffers: every frame once, in order, equal to the reference."""
+    from cluster import transport
+    from cluster.runtime import PipelineRank, RunOptions
+
+    graph = zoo_model("lenet5")
+    plan = hand_plan(graph, PLANS[1])
+    rank = PipelineRank(transport.self_comm(), plan, graph, RunOptions(frames=2, keep_outputs=True, warm_up_budget_s=-1), 0, {})
+    steps = iter(np.random.default_rng(3).integers(1, 6, 40).tolist())
+
+    def more(pr):
+        if pr.n_frames >= 30:
+            return False
+        pr.extend(np.arange(pr.n_frames, min(pr.n_frames + next(steps), 30)))
+        return True
+
+    rank.restart(np.arange(2))
+    rank.options.more = more
+    rank.run()
+    assert rank.n_frames == 30 and rank.done == 30
+    assert rank.frame_order.tolist() == list(range(30)) and rank.arrived.all()
+    y = next(iter(rank.outputs.values()))
+    np.testing.assert_allclose(y.reshape(30, -1), reference_outputs(graph, 30).reshape(30, -1), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(rank.argmax, y.reshape(30, -1).argmax(1))
