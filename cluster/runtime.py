@@ -1020,8 +1020,9 @@ class PipelineRank:
         a boundary): called from options.more while the run is under way, the frames in flight go on."""
         more = np.asarray(frame_ids, np.int64)
         base = self.options.frame_ids if self.options.frame_ids is not None else np.arange(self.n_frames)
-        self.options.frame_ids = np.concatenate([base, more])
-        self.n_frames = len(self.options.frame_ids)
+        old, self.n_frames = self.n_frames, self.n_frames + more.size
+        self.options.frame_ids = self._with_room("frame_ids", np.asarray(base, np.int64), -1)
+        self.options.frame_ids[old:] = more
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         if self.rank == 0:
             for name, fill in (("arrived", False), ("frame_order", -1), ("latency", 0.0), ("done_at", 0.0), ("argmax", 0)):
@@ -1031,7 +1032,7 @@ class PipelineRank:
             self.next_remote = self._next_remote_frame(self.next_remote)
 
     def _with_room(self, key, a: np.ndarray, fill) -> np.ndarray:
-        """Rank 0's per-frame array `a` grown to n_frames rows (new ones `fill`): a view of a buffer that
+        """A per-frame array `a` (rank 0's results, the frame ids) grown to n_frames rows (new ones `fill`): a view of a buffer that
         doubles when full, so a long run extended at every boundary copies each row a few times, not once a boundary."""
         room = self.__dict__.setdefault("_room", {})
         buf = room.get(key)
