@@ -21,8 +21,10 @@ PROBE_BYTES (a real link: REAL_PROBE_BYTES, timed to rank 1's acknowledgement) t
 every PROBE_INTERVAL_S, so a link that recovers is seen.
 
 Plans may have fewer ranks than the run (an all-on-device plan on rank 0 alone): each plan runs on a
-sub-communicator of its first n_ranks ranks and the others wait for the next drain. A rank is the
-same emulated device and link in every plan (the plans must agree on each rank's device kind).
+sub-communicator of its first n_ranks ranks and the others wait for the next drain (hearing rank 0
+at each boundary, so a silent rank 0 is named within a segment's bound; such a rank that stops is
+named by rank 0 at the next drain, the frames going on meanwhile). A rank is the same emulated
+device and link in every plan (the plans must agree on each rank's device kind).
 """
 from __future__ import annotations
 

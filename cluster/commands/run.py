@@ -523,7 +523,8 @@ def print_map_report(doc: dict) -> None:
     for s in doc["switches"]:
         console.print(f"frame {s['frame']} at {s['time_s']:.2f} s: plan {s['from']} -> {s['to']} ({s['reason']})")
     lat = doc["latency_ms"]
-    console.print(f"{len(doc['switches'])} switches; {doc['meets_requirement']:.1%} of frames within {doc['latency_req_ms']:g} ms, "
+    console.print(f"{len(doc['switches'])} switches at {doc['segments'] - 1} decisions ({doc['drains']} drain{'s' if doc['drains'] != 1 else ''}); "
+                  f"{doc['meets_requirement']:.1%} of frames within {doc['latency_req_ms']:g} ms, "
                   f"mean accuracy {doc['mean_accuracy']:.4f}; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; "
                   f"{doc['throughput_fps']:.2f} frames/s")
     if "output_file" in doc:
