@@ -1,0 +1,61 @@
+"""bench_link_codecs' speedup over one device (issue 15): a paired one-device run off its calibration is
+flagged and the speedup taken over a trusted baseline. A unit test of the row logic on synthetic
+throughputs (the benchmark's runs take minutes; its numbers are not judged in tests)."""
+from __future__ import annotations
+
+import pytest
+
+from bench.link_codecs import FIDELITY, LATE_SHARE, baseline_of, cluster_result, trusted_singles
+from cluster.emulated_plans import plan_for_devices
+from layers import zoo_model
+
+ONE = 100.0  # the one-device plan's calibrated fps
+
+
+def pair(single_fps: float, fps: float, single_late: float = 0.0, late: float = 0.0) -> dict:
+    return {"single_fps": single_fps, "fps": fps, "single_late": single_late, "late": late, "report": {}, "frames": 64, "single_frames": 8}
+
+
+@pytest.fixture(scope="module")
+def plan8():
+    return plan_for_devices(zoo_model("lenet5"), "lenet5", "rpi3:8", 94e6, "dp", "throughput", "numpy")
+
+
+def test_a_slow_paired_baseline_is_flagged_and_the_speedup_uses_the_trusted_runs(plan8):
+    # the issue's case: the paired one-device run at x0.79 made 6.85x of a 5.4x
+    slow, ok1, ok2 = pair(79.0, 540.0), pair(97.0, 400.0), pair(99.0, 420.0)
+    late_single = pair(100.0, 430.0, single_late=LATE_SHARE * 4)  # on its rate but fell behind: no baseline either
+    trusted = trusted_singles([slow, ok1, ok2, late_single], ONE)
+    assert trusted == [97.0, 99.0]
+    row = cluster_result(plan8, [slow], trusted, ONE)
+    assert row["baseline_flag"] is not None and "x0.79" in row["baseline_flag"]
+    assert row["baseline_fps"] == pytest.approx(98.0) and row["measured_x"] == pytest.approx(540 / 98)
+    assert row["paired_x"] == pytest.approx(540 / 79) and row["single_fidelity"] == pytest.approx(0.79)
+    assert "median of 2 one-device runs" in row["baseline"] and "x0.97-0.99" in row["baseline"]
+    assert row["problem"] is None and row["flagged_baselines"] == 1
+    good = cluster_result(plan8, [ok1], trusted, ONE)
+    assert good["baseline"] == "paired" and good["baseline_flag"] is None and good["measured_x"] == pytest.approx(400 / 97)
+    flagged = cluster_result(plan8, [late_single], trusted, ONE)
+    assert "late" in flagged["baseline_flag"] and flagged["measured_x"] == pytest.approx(430 / 98)
+
+
+def test_within_the_tolerance_is_paired_and_with_no_trusted_run_the_calibrated_rate(plan8):
+    edge = pair(ONE * (1 - FIDELITY) + 0.01, 500.0)
+    assert baseline_of(edge, [], ONE)["baseline"] == "paired"
+    fast = pair(ONE * (1 + FIDELITY + 0.02), 500.0)  # too fast is no baseline either
+    row = cluster_result(plan8, [fast], trusted_singles([fast], ONE), ONE)
+    assert row["baseline_fps"] == ONE and row["baseline"].startswith("the calibrated one-device rate")
+    assert row["measured_x"] == pytest.approx(5.0) and "x1.07" in row["baseline_flag"]
+
+
+def test_more_speedup_than_devices_or_a_late_cluster_stays_not_a_result(plan8):
+    row = cluster_result(plan8, [pair(100.0, 900.0)], [100.0], ONE)  # 9x on 8 identical devices
+    assert row["problem"] and "more than their number" in row["problem"]
+    # a slow baseline alone no longer makes the ratio implausible: it is taken over the trusted one
+    row = cluster_result(plan8, [pair(79.0, 790.0), pair(99.0, 700.0), pair(98.0, 650.0)], [99.0, 98.0], ONE)
+    assert row["problem"] is None and row["all_x"] == [round(790 / 98.5, 3), round(700 / 99, 3), round(650 / 98, 3)]
+    assert row["measured_x"] == pytest.approx(700 / 99) and row["baseline"] == "paired"  # the median pair
+    late = cluster_result(plan8, [pair(100.0, 500.0, late=0.2), pair(100.0, 510.0, late=0.3)], [100.0], ONE)
+    assert late["problem"] and "fell behind" in late["problem"] and late["late_pairs"] == 2
+    mixed = cluster_result(plan8, [pair(100.0, 500.0, late=0.2), pair(100.0, 450.0)], [100.0], ONE)
+    assert mixed["problem"] is None and mixed["measured_x"] == pytest.approx(4.5)  # the pair that kept up
