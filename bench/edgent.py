@@ -357,7 +357,7 @@ def dynamic_rows(graph, devices, acc, trace_path, scale, req, interval, objectiv
 
 
 def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, objective, states, seconds, tmp: Path,
-                     down_margin=None, spec: str | None = None, every: int = 1) -> tuple[list, dict]:
+                     down_margin=None, spec: str | None = None, every: int = 1, drain_always: bool = False) -> tuple[list, dict]:
     """Issue 16's dynamic benchmark measured (module docstring, 3): rows per policy, and the predicted rows
     of the same frames."""
     from cluster.bandwidth import BandwidthTrace, map_plans, write_trace
@@ -377,6 +377,8 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
     extra = ["--bandwidth-trace", str(trace_csv), "--frame-interval", repr(interval * 1e3), "--switch-every", str(every)]
     if down_margin is not None:  # the measured runs' chooser drops as the predicted one does
         extra += ["--down-margin", repr(float(down_margin))]
+    if drain_always:  # every boundary drains the pipeline, the plan kept or not (the runtime before issue 16's kept plans)
+        extra += ["--drain-every-boundary"]
     model = fitted(graph, devices, acc)
     final = model_final(model)
     on_device = next(k for k in model if k[0] == final and model[k]["strategy"].on_device)
@@ -415,7 +417,7 @@ def measured_dynamic(graph, devices, acc, trace_path, scale, req, interval, obje
         rows.append({"policy": name + " (measured)", "meets": doc["meets_requirement"], "mean_accuracy": doc["mean_accuracy"],
                      "mean_reward": float(reward_of_frame.mean()), "accuracy_in_time": float(np.mean(np.where(lat <= req * 1e3, acc_of_frame, 0.0))),
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)),
-                     "switches": len(doc["switches"]), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
+                     "switches": len(doc["switches"]), "drains": doc.get("drains"), "frames": doc["frames"], "emulation_late_s": doc["emulation_late_s"],
                      "late_ms_per_frame_by_rank": [round(v / max(doc["frames"], 1) * 1e3, 2) for v in doc.get("emulation_late_s_by_rank", [])],
                      "plans": [{k: p[k] for k in ("exit", "cut", "codec", "frames")} for p in doc["plans"]],
                      "latency_of_frame_ms": doc["latency_of_frame_ms"], "plan_of_frame": doc["plan_of_frame"],
@@ -585,6 +587,9 @@ def main(argv=None) -> int:
     p.add_argument("--switch-every", type=int, default=1, metavar="K", help="the measured dynamic run may switch every K frames")
     p.add_argument("--down-margin", type=float, help=f"the state detector's margin for drops in the dynamic run, predicted and measured "
                    f"(`pisplit run --down-margin`; default: a map run's, {MAP_DOWN_MARGIN})")
+    p.add_argument("--drain-every-boundary", action="store_true",
+                   help="the measured runs drain their pipeline at every boundary, the plan kept or not (how the switching runtime "
+                   "ran before kept plans stopped draining): run the same command with and without it to see what draining cost")
     p.add_argument("--measure-dynamic", type=float, default=0.0, metavar="S",
                    help="also replay the first S seconds of the trace on the emulated link: dynamic and static policies measured")
     p.add_argument("--measured-chart", metavar="FILE", help="with --measure-dynamic: draw the measured run (.svg, .png or .html)")
@@ -675,8 +680,10 @@ def _main(args, model_dir: Path) -> int:
     if args.measure_dynamic > 0:
         with tempfile.TemporaryDirectory(prefix="bench_edgent_") as tmp:
             measured, same = measured_dynamic(graph, args.devices, acc, args.trace, args.trace_scale, req, args.interval, args.objective,
-                                              states, args.measure_dynamic, Path(tmp), args.down_margin, spec, args.switch_every)
+                                              states, args.measure_dynamic, Path(tmp), args.down_margin, spec, args.switch_every,
+                                              args.drain_every_boundary)
         doc["dynamic_measured"] = {"seconds": same["seconds"], "frames": same["frames"], "interval_s": args.interval,
+                                   "drain_every_boundary": args.drain_every_boundary,
                                    "rows": measured, "predicted_same_frames": same["predicted"]}
         if args.measured_chart:
             measured_chart(args.measured_chart, measured, same["bps"], args.interval, req,

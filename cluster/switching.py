@@ -122,12 +122,13 @@ def check_plans(plans: list[Plan], world: int) -> None:
 def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], options: RunOptions,
                   choose: Callable[[np.ndarray, int], tuple[int, str | None]] | None = None, initial: int = 0, every: int = 1,
                   forced: dict | None = None, probe: bool = True, speed_ratios: list | None = None,
-                  min_segment_s: float | None = None) -> SwitchingResult | None:
+                  min_segment_s: float | None = None, drain_always: bool = False) -> SwitchingResult | None:
     """Collective over `comm`: `options.frames` frames of one stream through `plans`, switching between
     frames (module docstring). `load_graph(i)` loads plan i's graph. On rank 0, `choose(transfers, frame)`
     -> (plan index, reason) sees the new (end, bytes, seconds) rows before `frame` and picks the plan of
     the next segment; `forced` {frame: plan index} switches there whatever it says. Rank 0's `initial` counts.
-    `min_segment_s` (default MIN_SEGMENT_S) bounds how often rank 0 decides (only a switch drains the pipeline).
+    `min_segment_s` (default MIN_SEGMENT_S) bounds how often rank 0 decides (only a switch drains the pipeline;
+    `drain_always` on rank 0: every boundary drains, as before issue 16's kept plans, for benchmarks).
     Emulated: rank 0's `speed_ratios` (cluster.bandwidth.plan_speed_ratios, one per plan) divide each
     rank's dilation while that plan runs (the host speed was measured on the whole model, not the branch)."""
     forced = dict(forced or {})
@@ -202,7 +203,7 @@ def run_switching(comm, plans: list[Plan], load_graph: Callable[[int], Graph], o
 
     talk = _Boundaries(comm, plans, ranks, shared, hosts, stall, worst)
     if rank == 0:
-        talk.start_deciding(choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, initial)
+        talk.start_deciding(choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, initial, drain_always)
     current, lo = initial, 0
     hi = segment_end(0, _segment_length(every, interval, n, min_segment_s))  # the first segment (nothing measured yet)
     while True:
@@ -311,7 +312,9 @@ class _Boundaries:
         leaving.append((transport.isend_buffer(self.comm, buf, dest, tag), buf))
 
     # --- rank 0 ------------------------------------------------------------------------------------
-    def start_deciding(self, choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, current) -> None:
+    def start_deciding(self, choose, forced, probe, every, interval, n, min_segment_s, t_start, wall_start, current,
+                       drain_always: bool = False) -> None:
+        self.drain_always = drain_always
         self.choose, self.forced, self.probing, self.every, self.interval = choose, forced, probe, every, interval
         self.n, self.min_segment_s, self.t_start, self.wall_start = n, min_segment_s, t_start, wall_start
         self.current, self.last_probe, self.since, self.since_frame = current, -1e9, t_start, 0
@@ -369,7 +372,7 @@ class _Boundaries:
         per_frame = (now - self.since) / max(b - self.since_frame, 1)  # the pace since the last boundary
         self.since, self.since_frame = now, b
         length = _segment_length(self.every, max(self.interval, per_frame), self.n, self.min_segment_s)
-        if nxt != self.current:
+        if nxt != self.current or self.drain_always:
             self._tell(STOP, b, 0)
             self.decided = f"{nxt} {int(do_probe)} {length}"
             self.current = nxt

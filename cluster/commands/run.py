@@ -82,6 +82,7 @@ def register(sub) -> None:
     p.add_argument("--down-margin", type=float, metavar="F",
                    help="a configuration map run drops to a lower bandwidth state once the measured bandwidth is a fraction F below "
                    "the state's (0 <= F < 1; default 0.1: a state's plan is priced at that bandwidth; rises keep the detector's 0.25)")
+    p.add_argument("--drain-every-boundary", action="store_true", help=argparse.SUPPRESS)  # benchmarks: kept plans drain too (before issue 16's change)
     p.add_argument("--report", metavar="R.json", help="also write the report document to this file")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON (rank 0)")
@@ -462,7 +463,8 @@ def _run_map(args, comm, rank: int) -> int:
             ratios = plan_speed_ratios(cmap, Path(args.plan).parent, options.engine, comm.Get_size(), plans[0].model_seed,
                                        args.map_devices)
         result = run_switching(comm, plans, load, options, chooser, chooser.index if chooser else 0, args.switch_every, forced,
-                               speed_ratios=ratios, min_segment_s=None if args.min_segment is None else args.min_segment / 1e3)
+                               speed_ratios=ratios, min_segment_s=None if args.min_segment is None else args.min_segment / 1e3,
+                               drain_always=args.drain_every_boundary)
     finally:
         if progress is not None:
             progress.stop()
