@@ -495,6 +495,13 @@ def map_report(args, cmap, strategies, plans, result) -> dict:
                      "latency_ms": percentiles_ms(lat) if lat.size else None,
                      "predicted_latency_ms_at_state": entry.latency_s * 1e3, "state_bps": entry.bandwidth_bps})
     acc = np.array([rows[i]["accuracy"] for i in result.plan_of_frame])
+    # with --frame-interval: a frame's latency from its capture (its due time: frame i at i x interval), which also counts
+    # the time it waited for the pipeline (behind a drain, a busy first stage); `latency_ms` starts at its first stage
+    capture = {}
+    if args.frame_interval > 0:
+        since = result.done_s - np.arange(result.done_s.size) * args.frame_interval / 1e3
+        capture = {"meets_requirement_from_capture": float(np.mean(since <= req)), "latency_from_capture_ms": percentiles_ms(since),
+                   "latency_from_capture_of_frame_ms": (since * 1e3).round(3).tolist()}
     return {
         "model": cmap.model, "configmap": str(args.plan), "devices": args.map_devices or cmap.entries[0].devices, "engine": args.engine or plans[0].engine, "emulated": bool(args.emulate),
         "bandwidth_trace": args.bandwidth_trace, "link": args.link, "frame_interval_ms": args.frame_interval,
@@ -506,7 +513,7 @@ def map_report(args, cmap, strategies, plans, result) -> dict:
         "emulation_late_s_by_rank": result.late_by_rank_s,
         "plans": rows, "switches": result.switches, "plan_of_frame": result.plan_of_frame.tolist(),
         "latency_of_frame_ms": (result.latency_s * 1e3).round(3).tolist(), "done_s": result.done_s.round(4).tolist(),
-        "argmax": result.argmax.tolist(),
+        "argmax": result.argmax.tolist(), **capture,
         "estimates": [[round(t, 4), b] for t, b in result.estimates], "transfers": int(result.transfers.shape[0]),
     }
 
@@ -529,5 +536,9 @@ def print_map_report(doc: dict) -> None:
                   f"{doc['meets_requirement']:.1%} of frames within {doc['latency_req_ms']:g} ms, "
                   f"mean accuracy {doc['mean_accuracy']:.4f}; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; "
                   f"{doc['throughput_fps']:.2f} frames/s")
+    if "meets_requirement_from_capture" in doc:
+        cap = doc["latency_from_capture_ms"]
+        console.print(f"from each frame's capture (every {doc['frame_interval_ms']:g} ms): {doc['meets_requirement_from_capture']:.1%} "
+                      f"within {doc['latency_req_ms']:g} ms; p50 {cap['p50']:.1f} ms, p99 {cap['p99']:.1f} ms")
     if "output_file" in doc:
         console.print(f"wrote {doc['output_file']}")
