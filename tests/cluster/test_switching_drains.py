@@ -159,6 +159,11 @@ def test_run_down_margin_is_refused_in_one_line_and_decides_the_drop(tmp_path):
     assert [d["down_margin"] for d in docs] == [0.1, 0.5]
     assert all(d["every_frame_once"] and d["frames"] == 30 for d in docs)
     assert docs[0]["drains"] == len(docs[0]["switches"]) + 1 and docs[1]["drains"] == docs[1]["segments"] > 10
+    # --frame-interval: latency from each frame's capture too, never less than from its first stage's start (1 ms: two clocks)
+    for d in docs:
+        cap, lat = np.array(d["latency_from_capture_of_frame_ms"]), np.array(d["latency_of_frame_ms"])
+        assert cap.shape == lat.shape == (30,) and np.all(cap >= lat - 1.0)
+        assert d["meets_requirement_from_capture"] == pytest.approx(np.mean(cap <= d["latency_req_ms"]))
     offloaded = next(p["index"] for p in docs[0]["plans"] if p["ranks"] == 2)
     assert docs[0]["switches"] and docs[0]["switches"][0]["from"] == offloaded and "fell" in docs[0]["switches"][0]["reason"]
     assert docs[1]["switches"] == [] and set(docs[1]["plan_of_frame"]) == {offloaded}
