@@ -534,12 +534,13 @@ def model_final(model) -> str:
 
 def print_dynamic(rows, title):
     t = Table(title=title)
-    for col in ("policy", "frames meeting", "mean accuracy", "accuracy in time", "mean reward", "p50 ms", "p99 ms", "switches"):
+    for col in ("policy", "frames meeting", "from capture", "mean accuracy", "accuracy in time", "mean reward", "p50 ms", "p99 ms", "switches"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
         reward_text = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.1f}"
-        t.add_row(r["policy"], f"{r['meets']:.1%}", f"{r['mean_accuracy']:.4f}", f"{r['accuracy_in_time']:.4f}", reward_text, f"{r['p50_ms']:.2f}",
-                  f"{r['p99_ms']:.2f}", str(r["switches"]))
+        capture = "-" if r.get("meets_from_capture") is None else f"{r['meets_from_capture']:.1%}"  # measured: the wait for the pipeline counted
+        t.add_row(r["policy"], f"{r['meets']:.1%}", capture, f"{r['mean_accuracy']:.4f}", f"{r['accuracy_in_time']:.4f}", reward_text,
+                  f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["switches"]))
     console.print(t)
 
 
