@@ -23,7 +23,10 @@
    at what this machine can do now (emulable_devices: an emulated rank is never faster than this machine,
    and gets only its share of a core while other jobs run; `nice -n -20` reaches the session's scheduling
    group, session_nice), and a verdict says whether the target holds (>= 95% of frames in time, a mean
-   reward above every static plan's) and whether the emulation kept up (measured_verdict).
+   reward above every static plan's) and whether the emulation kept up (measured_verdict). Frames in time
+   are counted from each frame's first stage (the verdict's) and from its capture (its due time, the wait
+   for the pipeline included). A boundary that keeps the plan does not drain the pipeline;
+   --drain-every-boundary drains at each (the runtime before it stopped), to measure what that cost.
 
 `--chart FILE` draws the dynamic run: latency and frames/s over time, dynamic vs the best static
 strategy, the bandwidth beneath. `--quick` shrinks everything (a smoke run); `--json` prints the rows.
