@@ -287,14 +287,23 @@ class _Exporter:
     def _check_hybrid_part(self, node) -> None:
         """A dynamic-range layer in a part of a split that feeds it less than the layer's whole input (rows,
         input channels): LiteRT's hybrid kernel would quantize that part on its own range, so the part
-        could not equal the unsplit layer. Refused, naming the node (partitioners.split_quant keeps such
-        kinds out of litert plans)."""
+        could not equal the unsplit layer; likewise a conv-channel part of a depthwise one (its own channels'
+        range). Refused, naming the node (partitioners.split_quant and splits.legal_kinds keep such parts out
+        of plans)."""
         kind = str((self.g.meta.get("split") or {}).get("kind", ""))
-        if kind in ("fc-input", "conv-filter", "conv-spatial", "fused-tiles") and not node.attrs.get("quantized") \
-                and node.weight_key("kernel") in self.g.quant:
+        hybrid = not node.attrs.get("quantized") and node.weight_key("kernel") in self.g.quant
+        if not hybrid:
+            return
+        if kind in ("fc-input", "conv-filter", "conv-spatial", "fused-tiles"):
             raise PisplitError(f"model {self.g.name}: node {node.name} is a dynamic-range layer (int8 weights, float activations); "
                                f"LiteRT's hybrid kernels quantize each {kind} part's input on its own range, so a part cannot equal "
                                "the unsplit layer: split it by output channels (conv-channel, fc-output) or use the numpy engine")
+        depthwise = int(node.attrs.get("groups", 1)) > 1 and node.weight_shapes["kernel"][-2] == 1
+        if kind == "conv-channel" and depthwise:  # as qkernels.run_hybrid and splits.legal_kinds refuse it
+            raise PisplitError(f"model {self.g.name}: node {node.name} is a dynamic-range depthwise layer (int8 weights, float "
+                               "activations); LiteRT's hybrid depthwise kernel quantizes the whole input at once, so a conv-channel "
+                               "part, which quantizes only its own channels, cannot equal the unsplit layer: leave the layer unsplit "
+                               "(or data-parallel)")
 
     def _check_not_partial(self, node) -> None:
         if node.attrs.get("partial"):
