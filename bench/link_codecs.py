@@ -161,6 +161,18 @@ def emulate(plan, path: Path, frames: int, inputs: Path | None, timeout: float =
     return report
 
 
+def measured_best(measured: list):
+    """The best of a link's measured settings, (fps, late, label, candidate, late share) tuples: the
+    fastest run that kept up, when no run that fell behind could have beaten it (one late for a share
+    L of its time would at most have run 1 / (1 - L) times faster); else None (not known)."""
+    valid = [m for m in measured if not m[1]]
+    if not valid:
+        return None
+    best = max(valid, key=lambda m: m[0])
+    beaten = [m for m in measured if m[1] and (m[4] >= 1 or m[0] / (1 - m[4]) >= best[0])]
+    return None if beaten else best
+
+
 def uncaught_late_share(report: dict) -> float:
     """The largest share of an emulated run's wall time a rank fell behind its device beyond the time it
     then waited for its input (max(0, emulation_late_s - wait_s) over wall_s): part 3's validity. A rank
@@ -168,7 +180,9 @@ def uncaught_late_share(report: dict) -> float:
     earlier after a wait (cluster.emulation.EmulatedDevice.compute), so lateness it caught up in its
     waits did not set the pipeline's rate. On an edge-host pipeline of 100-400 fps, the rank that is not
     the bottleneck is late by the runtime's own 0.15-0.3 ms a frame (its device step is a reshape, or a
-    few ms) and waits 5-10 times that: plain late_share called such runs late at 5-8%."""
+    few ms) and waits 5-10 times that: plain late_share called such runs late at 5-8%. Conservative: time
+    a rank spent blocked in a send (the receiver busy) is slack too, but is not counted (it is in comm_s
+    with the transfers)."""
     return max((max(0.0, r["emulation_late_s"] - r["wait_s"]) for r in report["ranks"]), default=0.0) / max(report["wall_s"], 1e-9)
 
 
@@ -458,7 +472,7 @@ def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
                 energy = None if measured is None else idle / measured + (busy - idle) * (c.edge_s + c.encode_s) + transmitter_watts(bps) * air
                 late = run is not None and run["late"] > LATE_SHARE
                 if measured is not None:
-                    measured_here.append((measured, late, label, c))
+                    measured_here.append((measured, late, label, c, run["late"]))
                 rows_out.append({"part": 3, "model": model, "link_mbit": bps / 1e6, "setting": label, "cut": c.cut,
                                  "after": c.after if c.cut < n else None, "codec": c.codec if c.cut < n else None, "sent_bytes": c.sent_bytes,
                                  "predicted_fps": c.throughput_fps, "measured_fps": measured, "late_share": None if run is None else run["late_all"],
@@ -480,9 +494,7 @@ def part_edge_host(args, cache: Path, tmp: Path, rows_out: list) -> None:
             def name(c):
                 return "all on edge" if c.cut == n else ("all on host (" + c.codec + " input)" if c.cut == 0 else f"after {c.after} ({c.codec})")
 
-            # the measured best among this link's runs, only when none of them fell behind (the best might be a late one)
-            complete = measured_here and not any(m[1] for m in measured_here)
-            best_meas = max(measured_here, key=lambda m: m[0]) if complete else None
+            best_meas = measured_best(measured_here)
             conv_run = runs.get((bps, at_conv.cut, at_conv.codec)) if at_conv is not None else None
             conv_fps = None if conv_run is None or conv_run["late"] > LATE_SHARE else conv_run["fps"]
             trend.add_row(f"{bps / 1e6:g} Mbit/s", f"{name(overall)} {overall.throughput_fps:.1f} fps",

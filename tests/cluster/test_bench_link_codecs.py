@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.link_codecs import FIDELITY, LATE_SHARE, baseline_of, cluster_result, trusted_singles
+from bench.link_codecs import FIDELITY, LATE_SHARE, baseline_of, cluster_result, measured_best, trusted_singles, uncaught_late_share
 from cluster.emulated_plans import plan_for_devices
 from layers import zoo_model
 
@@ -59,3 +59,21 @@ def test_more_speedup_than_devices_or_a_late_cluster_stays_not_a_result(plan8):
     assert late["problem"] and "fell behind" in late["problem"] and late["late_pairs"] == 2
     mixed = cluster_result(plan8, [pair(100.0, 500.0, late=0.2), pair(100.0, 450.0)], [100.0], ONE)
     assert mixed["problem"] is None and mixed["measured_x"] == pytest.approx(4.5)  # the pair that kept up
+
+
+def test_edge_host_validity_counts_lateness_a_rank_did_not_catch_up_in_its_waits():
+    # the edge passes the input on (its device step is a reshape) and waits for results most of the run: late
+    # by the runtime's own time each frame, caught up in the waits; the host, the bottleneck, kept up
+    report = {"wall_s": 5.0, "ranks": [{"emulation_late_s": 0.4, "wait_s": 2.5}, {"emulation_late_s": 0.1, "wait_s": 0.05}]}
+    assert uncaught_late_share(report) == pytest.approx(0.01)
+    report["ranks"][1]["emulation_late_s"] = 0.45  # the bottleneck fell behind: counts
+    assert uncaught_late_share(report) == pytest.approx(0.08)
+
+
+def test_the_measured_best_is_known_only_when_no_late_run_could_have_beaten_it():
+    def m(fps, late_share):
+        return (fps, late_share > LATE_SHARE, f"{fps}", None, late_share)
+
+    assert measured_best([m(300, 0.01), m(250, 0.08), m(100, 0.0)])[0] == 300  # 250 / 0.92 = 272 < 300
+    assert measured_best([m(300, 0.01), m(290, 0.08)]) is None  # 290 / 0.92 = 315: it might have been the best
+    assert measured_best([m(300, 0.2)]) is None and measured_best([]) is None
