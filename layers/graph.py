@@ -58,6 +58,58 @@ class NodeCost:
         return self.weight_bytes + self.input_bytes + self.output_bytes + self.work_bytes
 
 
+class _QuantData(dict):
+    """meta["quant"] as a Graph keeps it: the same plain data, carrying the TensorQuants parsed from it, so
+    a graph made from this graph's meta (cluster.runtime.shard_graph: every rank's shard) shares them instead
+    of parsing every per-channel scale again (issue 12: a ResNet50 int8 rank held its 55k scales twice as
+    Python floats, 2.1 MiB). Changing the data drops them."""
+
+    parsed = None
+
+    def _changing(self):
+        self.parsed = None
+
+    def __setitem__(self, key, value):
+        self._changing()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._changing()
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self._changing()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changing()
+        return super().popitem()
+
+    def clear(self):
+        self._changing()
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self._changing()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._changing()
+        return super().setdefault(key, default)
+
+
+def _shared_quant(meta: dict) -> dict:
+    """parse_quant(meta), shared with the graphs made from the same meta["quant"] (_QuantData)."""
+    raw = meta.get("quant")
+    if isinstance(raw, _QuantData) and raw.parsed is not None:
+        return raw.parsed
+    parsed = parse_quant(meta)
+    if isinstance(raw, Mapping) and raw:
+        meta["quant"] = shared = _QuantData(raw)
+        shared.parsed = parsed
+    return parsed
+
+
 class Graph:
     """A model: graph inputs, nodes in topological order, graph outputs, shapes and weights."""
 
@@ -77,7 +129,7 @@ class Graph:
         self.weights = weights if weights is not None else {}
         self.meta = dict(meta or {})
         # tensor name or weight key -> TensorQuant: int8 graphs (layers.quant); empty for float graphs
-        self.quant: dict[str, TensorQuant] = parse_quant(self.meta)
+        self.quant: dict[str, TensorQuant] = _shared_quant(self.meta)
         self.shapes: dict[str, tuple] = dict(self.inputs)
         self.producer: dict[str, int] = {}
         self._index: dict[str, int] = {}
@@ -167,14 +219,24 @@ class Graph:
         ins = [self.shapes[t] for t in node.inputs]
         outs = [self.shapes[t] for t in node.outputs]
         params = sum(numel(s) for s in node.weight_shapes.values())
+        work = scratch = None
+        if node.attrs.get("quantized") and node.inputs:  # the int8 kernels' own bands (issue 12), no kept float im2col
+            from .qkernels import work_bytes as int8_work_bytes
+
+            work, scratch = int8_work_bytes(node.op, ins, outs, node.attrs, node.weight_shapes, self.dtype(node.inputs[0])), 0
+        elif "kernel" in node.weight_shapes and node.weight_key("kernel") in self.quant and node.inputs:  # a dynamic-range layer
+            from .qkernels import hybrid_work_bytes
+
+            work = hybrid_work_bytes(node.op, ins, outs, node.attrs, node.weight_shapes)
+            scratch = None if work is None else 0
         return NodeCost(
             flops=int(spec.flops(ins, outs, node.attrs, node.weight_shapes)),
             weight_bytes=sum(self.tensor_bytes(node.weight_key(p), s) for p, s in node.weight_shapes.items()),
             params=params,
             input_bytes=sum(self.tensor_bytes(t) for t in node.inputs),
             output_bytes=sum(self.tensor_bytes(t) for t in node.outputs),
-            work_bytes=int(spec.work_bytes(ins, outs, node.attrs, node.weight_shapes)),
-            scratch_bytes=int(spec.scratch_bytes(ins, outs, node.attrs, node.weight_shapes)),
+            work_bytes=int(spec.work_bytes(ins, outs, node.attrs, node.weight_shapes) if work is None else work),
+            scratch_bytes=int(spec.scratch_bytes(ins, outs, node.attrs, node.weight_shapes) if scratch is None else scratch),
         )
 
     # --- lookup --------------------------------------------------------------------------------------
@@ -271,20 +333,21 @@ class Graph:
     def run_node(self, node: Node | int, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """Execute one node on its input arrays with the numpy reference kernels."""
         node = self.nodes[node] if isinstance(node, (int, np.integer)) else node
-        w = self.node_weights(node) if weights is None else weights
         if node.attrs.get("quantized"):
             from .qkernels import QRUN, QuantContext
 
             ctx = QuantContext([self.quant.get(t) for t in node.inputs], [self.quant.get(t) for t in node.outputs],
                                {p: self.quant[node.weight_key(p)] for p in node.weight_shapes if node.weight_key(p) in self.quant})
-            return QRUN[node.op](list(inputs), node.attrs, w, ctx)
+            return QRUN[node.op](list(inputs), node.attrs, self.node_weights(node) if weights is None else weights, ctx)
         if weights is None and self.quant:
             from .qkernels import run_dynamic_range  # a dynamic-range layer: its int8 filter with its scales
 
+            # (before reading the float weights: a hybrid layer reads its int8 filter itself, and its dequantized
+            # copy, 4x the filter's bytes, was made and dropped every frame: issue 12)
             out = run_dynamic_range(self, node, list(inputs))
             if out is not None:
                 return out
-        return spec_of(node.op).run(list(inputs), node.attrs, w)
+        return spec_of(node.op).run(list(inputs), node.attrs, self.node_weights(node) if weights is None else weights)
 
     def execute(self, tensors: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Run nodes [start, stop) given the tensors live at cut `start`; return those live at cut `stop`.

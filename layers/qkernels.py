@@ -158,6 +158,29 @@ def _finisher(bias, mults, out_q: TensorQuant | None, activation, partial: str |
     return finish
 
 
+def _accumulator_bytes(k: int, ftype) -> int:
+    """Bytes per output value of _exact_matmul's result: the float32 product; past EXACT_F32_TERMS terms a
+    float64 sum beside each chunk's float32 product; float64 operands: their float64 product."""
+    ftype = np.dtype(ftype)
+    return 8 if ftype == np.float64 else 4 if k <= EXACT_F32_TERMS else 12
+
+
+def _matmul_row_bytes(row_values: int, k: int, channels: int, ftype) -> int:
+    """A band row's temporaries in _matmul_bands: its integer operand and its float copy (k values a row
+    value), the accumulator and the finisher's int64 rescaling for `channels` output channels."""
+    return row_values * (k * (np.dtype(ftype).itemsize + 1) + channels * (_accumulator_bytes(k, ftype) + TEMP_BYTES_PER_VALUE))
+
+
+def matmul_work_bytes(n_rows: int, row_values: int, k: int, cout: int, ftype) -> int:
+    """What _matmul_bands holds besides its output (for layers.graph's cost model, issue 12): the float copy
+    of a block of filters and the temporaries of one band, as it chooses them."""
+    itemsize = np.dtype(ftype).itemsize
+    block = max(1, min(cout, KERNEL_BLOCK_BYTES // max(k * itemsize, 1)))
+    per_row = _matmul_row_bytes(row_values, k, block, ftype)
+    band = max(1, min(n_rows, BAND_BYTES // max(per_row, 1)))
+    return k * block * itemsize + band * per_row
+
+
 def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: int, ftype, finish, out: np.ndarray) -> None:
     """out[r0:r1, ..., c0:c1] = finish(exact (rows(r0, r1) - zp) @ kernel[:, c0:c1]) over bands of rows and
     blocks of output channels; rows(r0, r1) gives the integer operand of rows [r0, r1) as a (m, K) matrix
@@ -167,14 +190,17 @@ def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: in
     for c0 in range(0, cout, block):
         c1 = min(cout, c0 + block)
         kf = kernel[:, c0:c1].astype(ftype)
-        per_row = row_values * (k * (ftype.itemsize + 1) + (c1 - c0) * TEMP_BYTES_PER_VALUE)
+        per_row = _matmul_row_bytes(row_values, k, c1 - c0, ftype)
         band = max(1, min(n_rows, BAND_BYTES // max(per_row, 1)))
         for r0 in range(0, n_rows, band):
             r1 = min(n_rows, r0 + band)
             a = rows(r0, r1).astype(ftype)
             a -= ftype.type(zp)
             acc = _exact_matmul(a, kf)
+            del a  # (the next band's temporaries do not meet this one's)
             out[r0:r1, ..., c0:c1] = finish(acc, c0, c1).reshape(out[r0:r1, ..., c0:c1].shape)
+            del acc
+        del kf  # the next block's copy does not meet this one (it held two blocks, 4 MiB, at once)
 
 
 def qconv2d(xs, attrs, w, ctx: QuantContext):
@@ -380,6 +406,21 @@ def _pair_table(kernel, qa: TensorQuant, qb: TensorQuant, out_q: TensorQuant, at
 
 
 _PAIR_TABLES: dict = {}
+
+
+def kept_bytes(graph, index: int) -> int:
+    """Bytes node `index` of `graph` keeps from frame to frame on the numpy engine: the pair table of a
+    tabulated binary op (for layers' cost model, issue 12: ResNet50's 13 residual ADDs keep 0.8 MiB)."""
+    node = graph.nodes[index]
+    if not node.attrs.get("quantized") or node.op not in ("add", "sub", "mul"):
+        return 0
+    shapes = [graph.shapes[t] for t in node.inputs] + [s for p, s in node.weight_shapes.items() if p == "constant"]
+    quants = [graph.quant.get(t) for t in node.inputs] + [graph.quant.get(node.weight_key("constant"))] * ("constant" in node.weight_shapes)
+    if len(shapes) != 2 or max(int(np.prod(s, dtype=np.int64)) for s in shapes) < TABLE_MIN_VALUES:
+        return 0
+    if any(q is None or q.per_channel or q.np_dtype.itemsize != 1 for q in quants):
+        return 0
+    return 256 * 256 * graph.dtype(node.outputs[0]).itemsize
 
 
 def tabulated(kernel):
@@ -723,6 +764,56 @@ def in_bands(kernel):
     return run
 
 
+def _in_band_values(shape) -> int:
+    """Output values in_bands computes at once: the whole output, or a band of its axis 1."""
+    values = int(np.prod(shape, dtype=np.int64))
+    if len(shape) < 3 or shape[1] < 2 or values * ELEMENTWISE_BYTES_PER_VALUE <= BAND_BYTES:
+        return values
+    per_row = values // shape[1]
+    return min(values, max(1, BAND_BYTES // (per_row * ELEMENTWISE_BYTES_PER_VALUE)) * per_row)
+
+
+def work_bytes(op: str, ins: list, outs: list, attrs: dict, weight_shapes: dict, in_dtype) -> int | None:
+    """Bytes the int8 kernel of `op` holds for a frame besides its inputs and outputs, as it computes in bands
+    (issue 12: layers.graph counts this for quantized nodes; the float kernels' count, layers.ops, has a
+    kept float im2col buffer these kernels never make and none of their filter blocks and int64 bands).
+    None where the float count stands. `in_dtype`: the first input's integer type."""
+    in_dtype = np.dtype(in_dtype)
+    if op == "conv2d" and len(ins[0]) == 4:
+        kh, kw, cin_g, cout = weight_shapes["kernel"]
+        strides = tuple(attrs.get("strides") or (1, 1))
+        dilation = tuple(attrs.get("dilation") or (1, 1))
+        pads = K.resolve_padding(ins[0][1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+        n, oh, ow = (int(v) for v in outs[0][:3])
+        padded = 0
+        if any(a or b for a, b in pads):
+            padded = int(ins[0][0]) * int(ins[0][3]) * int(np.prod([s + a + b for s, (a, b) in zip(ins[0][1:3], pads)])) * in_dtype.itemsize
+        ftype = _operand_type(in_dtype, np.dtype(np.int8), 0)
+        if int(attrs.get("groups", 1)) == 1:
+            return padded + matmul_work_bytes(n * oh, ow, kh * kw * cin_g, cout, ftype)
+        atype = ftype if kh * kw <= EXACT_F32_TERMS else np.dtype(np.float64)
+        per_row = ow * cout * (2 * atype.itemsize + TEMP_BYTES_PER_VALUE)
+        band = max(1, min(n * oh, BAND_BYTES // max(per_row, 1)))
+        return padded + kh * kw * cout * ftype.itemsize + band * per_row
+    if op == "dense":
+        k, cout = weight_shapes["kernel"][-2:]
+        rows = int(np.prod(ins[0][:-1], dtype=np.int64))
+        return matmul_work_bytes(rows, 1, int(k), int(cout), _operand_type(in_dtype, np.dtype(np.int8), 0))
+    if op in BANDED_OPS:
+        return _in_band_values(outs[0]) * ELEMENTWISE_BYTES_PER_VALUE
+    if op in ("max_pool2d", "avg_pool2d") and len(ins[0]) == 4:
+        from .ops import pool_geometry
+
+        padded = int(np.prod([s + a + b for s, (a, b) in zip(ins[0][1:3], pool_geometry(ins[0], attrs)[2])])) * int(ins[0][0] * ins[0][3])
+        out_values = int(np.prod(outs[0], dtype=np.int64))
+        if op == "max_pool2d":  # the input padded in its own type, numpy's reduction buffers over the window view
+            return padded * in_dtype.itemsize + 2 * out_values * in_dtype.itemsize
+        return 16 * padded + 40 * out_values  # int64 input and its padded copy, int64 sums, counts and quotients
+    if op == "mean":  # an int64 sum over a reduction's buffered copy of the input
+        return int(np.prod(ins[0], dtype=np.int64)) * in_dtype.itemsize + 16 * int(np.prod(outs[0], dtype=np.int64))
+    return None
+
+
 QRUN = {
     "conv2d": qconv2d,
     "dense": qdense,
@@ -749,6 +840,9 @@ QRUN = {
     "requantize": in_bands(qrequantize),
     "int32_halves": in_bands(qint32_halves),
 }
+# the int8 kernels that run in bands of axis 1 (in_bands; tabulated ones too): work_bytes
+BANDED_OPS = ("add", "sub", "mul", "sigmoid", "tanh", "softmax", "hard_swish", "leaky_relu", "relu", "relu6", "quantize", "dequantize",
+              "requantize", "int32_halves")
 
 
 # --- dynamic-range (hybrid) layers: float activations, int8 filters ------------------------------------
@@ -878,16 +972,18 @@ def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
         centred, dq = qd8_quantize(x, (3,) if pointwise else (1, 2, 3))
         xp = np.pad(centred, [(0, 0), *pads, (0, 0)]) if padded else centred  # padding: a real zero
         depth = kh * kw * cin_g
-        if pointwise:  # one matrix product over every pixel (exact in float32 chunks, _exact_matmul)
-            acc = _exact_matmul(xp.reshape(-1, depth), kernel.reshape(depth, cout).astype(np.float32))
-            acc = acc.astype(np.float32, copy=False).reshape(n, oh, ow, cout)
+        acc = np.empty((n, oh, ow, cout), np.float32)
+        if pointwise:  # a matrix product over every pixel, in bands of rows and blocks of filters (exact sums)
+            pixels = xp.reshape(n * oh, ow, depth)
+
+            def rows(r0, r1):
+                return pixels[r0:r1].reshape(-1, depth)
         else:
-            acc = np.empty((n, oh, ow, cout), np.float32)
             win = K._windows(xp, (kh, kw), strides, dilation, outs)
 
             def rows(r0, r1):
                 return np.stack([win[b, i] for b, i in (divmod(r, oh) for r in range(r0, r1))]).reshape(-1, depth)
-            _centered_matmul(rows, n * oh, ow, kernel.reshape(depth, cout), acc.reshape(n * oh, ow, cout))
+        _centered_matmul(rows, n * oh, ow, kernel.reshape(depth, cout), acc.reshape(n * oh, ow, cout))
         acc *= dq
         y = _fma32(acc, fscale, bias)
     elif cin_g == 1:
@@ -923,13 +1019,44 @@ def hybrid_dense(xs, attrs, w, wq: TensorQuant):
     cin, cout = kernel.shape
     rows2d = x.reshape(-1, cin)
     centred, dq = qd8_quantize(rows2d, (1,))
-    acc = _exact_matmul(centred, kernel.astype(np.float32)).astype(np.float32, copy=False)
+    acc = np.empty((rows2d.shape[0], cout), np.float32)
+    # exact sums in bands and blocks of filters (the whole filter as float32 was 4x its int8 bytes: 8 MiB for ResNet50's)
+    _centered_matmul(lambda r0, r1: centred[r0:r1], rows2d.shape[0], 1, kernel, acc)
     acc *= dq
     y = _fma32(acc, np.broadcast_to(np.asarray(wq.scale, np.float32), (cout,)), w.get("bias"))
     return [K.apply_activation(y.reshape(*x.shape[:-1], cout), attrs.get("activation"), inplace=True)]
 
 
 HYBRID = {"conv2d": hybrid_conv2d, "dense": hybrid_dense}
+
+
+def hybrid_work_bytes(op: str, ins: list, outs: list, attrs: dict, weight_shapes: dict) -> int | None:
+    """Bytes a dynamic-range conv / dense (hybrid_conv2d, hybrid_dense) holds for a frame besides its float
+    input and output (layers.graph's cost model, issue 12): its quantized input (float32 integers, then
+    padded), the banded products (matmul_work_bytes), a depthwise layer's accumulator and tap product;
+    None for other ops."""
+    values = int(np.prod(ins[0], dtype=np.int64))
+    f32 = np.dtype(np.float32)
+    if op == "dense":
+        cin, cout = weight_shapes["kernel"][-2:]
+        return 4 * values + matmul_work_bytes(values // max(int(cin), 1), 1, int(cin), int(cout), f32)
+    if op != "conv2d" or len(ins[0]) != 4:
+        return None
+    kh, kw, cin_g, cout = weight_shapes["kernel"]
+    groups = int(attrs.get("groups", 1))
+    strides = tuple(attrs.get("strides") or (1, 1))
+    dilation = tuple(attrs.get("dilation") or (1, 1))
+    pads = K.resolve_padding(ins[0][1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+    padded = 0
+    if any(a or b for a, b in pads):
+        padded = 4 * int(ins[0][0]) * int(ins[0][3]) * int(np.prod([s + a + b for s, (a, b) in zip(ins[0][1:3], pads)]))
+    n, oh, ow = (int(v) for v in outs[0][:3])
+    if groups == 1:
+        return 8 * values + padded + matmul_work_bytes(n * oh, ow, kh * kw * cin_g, cout, f32)  # input quantized, its product
+    if cin_g != 1:
+        return None  # a grouped filter runs in float (its reals): the float count stands
+    atype = 4 if kh * kw <= EXACT_F32_TERMS else 8
+    return 2 * 4 * values + padded + 2 * n * oh * ow * cout * atype  # quantizer's copies, accumulator and tap product
 
 
 def run_hybrid(graph, node, inputs: list) -> list:

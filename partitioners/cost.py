@@ -111,13 +111,49 @@ def engine_weight_factors(graph: Graph, engine: str) -> np.ndarray:
     return np.array([1.0 + (extra["int8"] if q else extra["float"]) for q in int8])
 
 
+# Bytes a rank holds per quantization value (a scale with its zero point) of the model it loads, whatever
+# its shard: every rank reads the whole graph, whose quantization is Python data (the graph's meta lists
+# and its TensorQuants, a float object and a slot each) read from the .tflite's records (file pages the
+# rank touches). Fitted to what a rank of an int8 corpus model holds once the model is loaded and its shard
+# graph made, weights not yet read (cluster.runtime: RSS above the baseline, anonymous memory and the
+# model file's resident pages): ResNet50 int8 6.6 MiB for 54196 values (128 B a value), MobileNetV2 int8
+# 5.2 MiB for 35178 (153 B); the rest of the graph's description (names, shapes), which float models hold
+# too (3.8 MiB for ResNet50 float32), is not counted apart.
+QUANT_VALUE_BYTES = 128
+# Code pages of numpy's integer loops a rank running int8 or hybrid kernels touches on its first frames
+# (after the baseline, which runs only float code): +0.78 MiB of _multiarray_umath for ResNet50 int8,
+# +0.72 MiB for MobileNetV2 int8.
+INT8_CODE_BYTES = 1 << 20
+
+
+def model_held_bytes(graph: Graph, engine: str = "numpy") -> float:
+    """What a rank holds of `graph` whatever nodes it runs (every rank loads the whole graph): its
+    quantization parameters (QUANT_VALUE_BYTES each) and, on the numpy engine, the integer kernels' code
+    (INT8_CODE_BYTES); 0 for float graphs."""
+    values = sum(len(q.scale) for q in graph.quant.values())
+    if not values:
+        return 0.0
+    return float(QUANT_VALUE_BYTES * values + (INT8_CODE_BYTES if engine != "litert" else 0))
+
+
+def engine_kept_bytes(graph: Graph, engine: str) -> np.ndarray:
+    """Per node: bytes its kernels keep from frame to frame on `engine` besides its weights (the numpy
+    engine's int8 pair tables, layers.qkernels.kept_bytes)."""
+    if engine == "litert" or not graph.quantized:
+        return np.zeros(len(graph))
+    from layers.qkernels import kept_bytes
+
+    return np.array([kept_bytes(graph, i) for i in range(len(graph))], dtype=float)
+
+
 def shard_memory_bytes(graph: Graph, start: int, stop: int) -> float:
-    """What CostModel.stage_cost predicts for one rank running nodes [start, stop) as a single stage
-    (weights, held working set, frame buffers), without a cluster: for plans made outside the planner
-    (cluster.emulated_plans.balanced_plan)."""
+    """What CostModel.stage_cost predicts for one rank running nodes [start, stop) as a single stage on the
+    numpy engine (weights and what its kernels keep, held working set, frame buffers, the model's
+    description), without a cluster: for plans made outside the planner (cluster.emulated_plans.balanced_plan)."""
     cut, work, scratch = working_sets(graph)
-    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop))
-    return float(weights + held_work_bytes(work, scratch, start, stop) + frame_buffer_bytes(cut, start, stop, 1, True, True))
+    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop)) + float(engine_kept_bytes(graph, "numpy")[start:stop].sum())
+    return float(weights + held_work_bytes(work, scratch, start, stop) + frame_buffer_bytes(cut, start, stop, 1, True, True)
+                 + model_held_bytes(graph))
 
 
 @dataclass(frozen=True)
@@ -252,6 +288,9 @@ class CostModel:
         self.codec_budget = codec_budget
         self.cluster = cluster
         self.calibration = calibration or Calibration()
+        # what every rank holds of the model whatever its stage (model_held_bytes): outside the room
+        # its stage has (usable), inside the memory each StageCost reports (_finish)
+        self.model_bytes = model_held_bytes(graph, self.calibration.engine)
         self.splits = splits if splits is not None else SplitCatalogue(graph, **planner_kinds(graph, self.calibration.engine))
         n = self.n = len(graph)
         self.classes = self._classes()
@@ -265,6 +304,7 @@ class CostModel:
         # what the rank's engine holds on top of the graph's own weights (litert: its flatbuffer and packed copies)
         self.engine_weight_factor = engine_weight_factors(graph, self.calibration.engine)
         self.weight_bytes *= self.engine_weight_factor
+        self.weight_bytes += engine_kept_bytes(graph, self.calibration.engine)  # held like weights (int8 pair tables)
         self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes)])
         # bytes live at every cut; each node's working set and the kept im2col buffer within it
         self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
@@ -305,7 +345,9 @@ class CostModel:
         return tuple(c.count for c in self.classes)
 
     def usable(self, k: int) -> float:
-        return float(self.classes[k].usable_bytes)
+        """Bytes a stage may use on a device of class k: its usable memory less the model's description
+        every rank holds (model_bytes)."""
+        return float(self.classes[k].usable_bytes) - self.model_bytes
 
     def message_seconds(self, nbytes: float, messages: float = 1.0) -> float:
         """Seconds to send `nbytes` as `messages` messages over the link (0 for nothing)."""
@@ -505,6 +547,7 @@ class CostModel:
 
     def _finish(self, start, stop, counts, mode, compute, comm, period, latency, slots, memory, segments) -> StageCost:
         over = [(memory[r] - self.usable(k), r) for r, k in enumerate(slots)]
+        memory = tuple(m + self.model_bytes for m in memory)  # each rank's whole memory (model_held_bytes)
         worst, slot = max(over)
         short = None
         if worst > 0:
