@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cluster import host_speed
-from tests.conftest import require
+from tests.cluster.test_emulate import cluster_run_ratio
 
 
 def test_host_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
@@ -106,26 +106,5 @@ def test_an_old_or_refreshed_measurement_is_taken_again(tmp_path, monkeypatch):
 def test_one_emulated_device_runs_at_its_calibration(model, kind, tmp_path):
     # this VM's speed changes from run to run and minute to minute by up to ~20%: a miscalibration fails
     # every attempt, a slow moment only one (the later attempts measure this machine again first)
-    # `pisplit emulate MODEL --devices KIND:1`'s cluster run (run_emulated: the cached or measured host
-    # speed, then `pisplit run --emulate` under mpirun) without its one-device baseline, the same run
-    # again (VGG16: 8 s of 17 s); its measured_over_predicted
-    from cluster.commands.emulate import run_emulated
-    from cluster.emulated_plans import plan_for_devices
-    from cluster.mpirun import mpirun_path
-    from layers import zoo_model
-
-    try:
-        mpirun_path()
-    except FileNotFoundError as exc:
-        require(False, str(exc))
-    plan = plan_for_devices(zoo_model(model), model, f"{kind}:1", 94e6, "dp", "throughput", "numpy")
-    assert plan.n_ranks == 1 and plan.devices[0].kind == kind
-    plan_path = plan.save(tmp_path / "plan.json")
-    ratios = []
-    for attempt in range(3):
-        report = run_emulated(plan_path, 1, 3, tmp_path / f"report-{attempt}.json", "numpy", progress=False, recalibrate=attempt > 0)
-        assert report["every_frame_once"] and report["frames"] == 3
-        ratios.append(report["throughput_fps"] / plan.predicted_throughput_fps)
-        if 0.85 <= ratios[-1] <= 1.15:
-            return
-    raise AssertionError(f"one emulated {kind} ran at {ratios} of its calibration (three attempts)")
+    ratios = cluster_run_ratio(model, f"{kind}:1", 3, tmp_path, attempts=3, bounds=(0.85, 1.15))
+    assert 0.85 <= ratios[-1] <= 1.15, f"one emulated {kind} ran at {ratios} of its calibration (three attempts)"
