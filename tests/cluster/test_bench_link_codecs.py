@@ -77,3 +77,29 @@ def test_the_measured_best_is_known_only_when_no_late_run_could_have_beaten_it()
     assert measured_best([m(300, 0.01), m(250, 0.08), m(100, 0.0)])[0] == 300  # 250 / 0.92 = 272 < 300
     assert measured_best([m(300, 0.01), m(290, 0.08)]) is None  # 290 / 0.92 = 315: it might have been the best
     assert measured_best([m(300, 0.2)]) is None and measured_best([]) is None
+
+
+@pytest.mark.mpi
+def test_bench_link_codecs_part_2_runs_through_its_wrapper(tmp_path):
+    """Smoke test: the paired runs of a small dp plan under real mpirun, read back from --json; the link
+    bytes each run measured must be the plan's (raw input frames: 4 KiB of LeNet-5's 32x32 float32),
+    the speedup the cluster's fps over the baseline the row names. Timings are not judged."""
+    import json
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench_link_codecs"), "--parts", "2", "--cluster-models", "lenet5",
+                           "--emulate-models", "lenet5", "--sizes", "2", "--seconds", "0.05", "--frames", "8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd="/", env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["links"] for r in rows] == ["raw", "lossless codecs", "codecs, 1% rel. error"]
+    for r in rows:
+        assert (r["model"], r["devices"], r["part"]) == ("lenet5", "rpi3:2", 2) and r["pairs"] == 1
+        assert r["link_bytes_match"] and r["link_bytes"].startswith("in ")
+        assert r["measured_x"] == pytest.approx(r["measured_fps"] / r["baseline_fps"])
+        assert (r["baseline"] == "paired") == (r["baseline_flag"] is None)
+    assert "baseline" in proc.stdout and "meas. x" in proc.stdout
