@@ -165,23 +165,26 @@ def _accumulator_bytes(k: int, ftype) -> int:
     return 8 if ftype == np.float64 else 4 if k <= EXACT_F32_TERMS else 12
 
 
-def _matmul_row_bytes(row_values: int, k: int, channels: int, ftype) -> int:
-    """A band row's temporaries in _matmul_bands: its integer operand and its float copy (k values a row
-    value), the accumulator and the finisher's int64 rescaling for `channels` output channels."""
-    return row_values * (k * (np.dtype(ftype).itemsize + 1) + channels * (_accumulator_bytes(k, ftype) + TEMP_BYTES_PER_VALUE))
+def _matmul_row_bytes(row_values: int, k: int, channels: int, ftype, operand_itemsize: int = 1) -> int:
+    """A band row's temporaries in _matmul_bands: its integer operand (int8, or a hybrid layer's float32
+    integers) and its float copy (k values a row value), the accumulator and the finisher's int64 rescaling
+    for `channels` output channels."""
+    per_value = np.dtype(ftype).itemsize + operand_itemsize
+    return row_values * (k * per_value + channels * (_accumulator_bytes(k, ftype) + TEMP_BYTES_PER_VALUE))
 
 
-def matmul_work_bytes(n_rows: int, row_values: int, k: int, cout: int, ftype) -> int:
+def matmul_work_bytes(n_rows: int, row_values: int, k: int, cout: int, ftype, operand_itemsize: int = 1) -> int:
     """What _matmul_bands holds besides its output (for layers.graph's cost model, issue 12): the float copy
     of a block of filters and the temporaries of one band, as it chooses them."""
     itemsize = np.dtype(ftype).itemsize
     block = max(1, min(cout, KERNEL_BLOCK_BYTES // max(k * itemsize, 1)))
-    per_row = _matmul_row_bytes(row_values, k, block, ftype)
+    per_row = _matmul_row_bytes(row_values, k, block, ftype, operand_itemsize)
     band = max(1, min(n_rows, BAND_BYTES // max(per_row, 1)))
     return k * block * itemsize + band * per_row
 
 
-def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: int, ftype, finish, out: np.ndarray) -> None:
+def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: int, ftype, finish, out: np.ndarray,
+                  operand_itemsize: int = 1) -> None:
     """out[r0:r1, ..., c0:c1] = finish(exact (rows(r0, r1) - zp) @ kernel[:, c0:c1]) over bands of rows and
     blocks of output channels; rows(r0, r1) gives the integer operand of rows [r0, r1) as a (m, K) matrix
     of m = (r1 - r0) * row_values rows (an im2col band, or a slice of the input)."""
@@ -190,7 +193,7 @@ def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: in
     for c0 in range(0, cout, block):
         c1 = min(cout, c0 + block)
         kf = kernel[:, c0:c1].astype(ftype)
-        per_row = _matmul_row_bytes(row_values, k, c1 - c0, ftype)
+        per_row = _matmul_row_bytes(row_values, k, c1 - c0, ftype, operand_itemsize)
         band = max(1, min(n_rows, BAND_BYTES // max(per_row, 1)))
         for r0 in range(0, n_rows, band):
             r1 = min(n_rows, r0 + band)
@@ -947,7 +950,7 @@ def _fma32(a: np.ndarray, b, c) -> np.ndarray:
 
 def _centered_matmul(rows, n_rows: int, row_values: int, kernel: np.ndarray, out: np.ndarray) -> None:
     """out[...] = exact integer (rows @ kernel) of centred int8 activations (|v| <= 255) and an int8 filter."""
-    _matmul_bands(rows, n_rows, row_values, kernel, 0, np.dtype(np.float32), lambda acc, c0, c1: acc, out)
+    _matmul_bands(rows, n_rows, row_values, kernel, 0, np.dtype(np.float32), lambda acc, c0, c1: acc, out, operand_itemsize=4)
 
 
 def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
@@ -1039,7 +1042,7 @@ def hybrid_work_bytes(op: str, ins: list, outs: list, attrs: dict, weight_shapes
     f32 = np.dtype(np.float32)
     if op == "dense":
         cin, cout = weight_shapes["kernel"][-2:]
-        return 4 * values + matmul_work_bytes(values // max(int(cin), 1), 1, int(cin), int(cout), f32)
+        return 4 * values + matmul_work_bytes(values // max(int(cin), 1), 1, int(cin), int(cout), f32, 4)
     if op != "conv2d" or len(ins[0]) != 4:
         return None
     kh, kw, cin_g, cout = weight_shapes["kernel"]
@@ -1052,7 +1055,7 @@ def hybrid_work_bytes(op: str, ins: list, outs: list, attrs: dict, weight_shapes
         padded = 4 * int(ins[0][0]) * int(ins[0][3]) * int(np.prod([s + a + b for s, (a, b) in zip(ins[0][1:3], pads)]))
     n, oh, ow = (int(v) for v in outs[0][:3])
     if groups == 1:
-        return 8 * values + padded + matmul_work_bytes(n * oh, ow, kh * kw * cin_g, cout, f32)  # input quantized, its product
+        return 8 * values + padded + matmul_work_bytes(n * oh, ow, kh * kw * cin_g, cout, f32, 4)  # input quantized, its product
     if cin_g != 1:
         return None  # a grouped filter runs in float (its reals): the float count stands
     atype = 4 if kh * kw <= EXACT_F32_TERMS else 8

@@ -113,27 +113,45 @@ def engine_weight_factors(graph: Graph, engine: str) -> np.ndarray:
 
 # Bytes a rank holds per quantization value (a scale with its zero point) of the model it loads, whatever
 # its shard: every rank reads the whole graph, whose quantization is Python data (the graph's meta lists
-# and its TensorQuants, a float object and a slot each) read from the .tflite's records (file pages the
-# rank touches). Fitted to what a rank of an int8 corpus model holds once the model is loaded and its shard
-# graph made, weights not yet read (cluster.runtime: RSS above the baseline, anonymous memory and the
-# model file's resident pages): ResNet50 int8 6.6 MiB for 54196 values (128 B a value), MobileNetV2 int8
-# 5.2 MiB for 35178 (153 B); the rest of the graph's description (names, shapes), which float models hold
-# too (3.8 MiB for ResNet50 float32), is not counted apart.
-QUANT_VALUE_BYTES = 128
-# Code pages of numpy's integer loops a rank running int8 or hybrid kernels touches on its first frames
-# (after the baseline, which runs only float code): +0.78 MiB of _multiarray_umath for ResNet50 int8,
-# +0.72 MiB for MobileNetV2 int8.
+# and its TensorQuants, a float object and a slot each). Fitted to the anonymous memory a rank of an int8
+# corpus model holds above its baseline once the model is loaded and its shard graph made, weights not yet
+# read (cluster.runtime: preload, settle, load_model, shard_graph): ResNet50 int8 5.6 MiB for 54196 values
+# (108 B a value), MobileNetV2 int8 4.4 MiB for 35178 (132 B); the rest of the graph's description (names,
+# shapes), which float models hold too, is not counted apart.
+QUANT_VALUE_BYTES = 120
+# Code pages of numpy's integer loops a rank running int8 or hybrid kernels touches (after the baseline,
+# which runs only float code): _multiarray_umath +1.09 MiB for ResNet50 int8, +0.97 MiB for MobileNetV2 int8.
 INT8_CODE_BYTES = 1 << 20
+# Reading a .tflite's tensor records faults in the file's pages around each constant's bytes (Linux maps a
+# 64 KiB window around a faulting page of a file mapping): every rank keeps those of the weights it does not
+# load (the pages of the weights it loads are its weights, or handed back once copied, layers.tflite). Up to
+# this many bytes of each weight: ResNet50 int8 2.97 MiB of the 3.64 MiB of the file's pages resident after
+# the import (the rest its records), MobileNetV2 int8 1.21 of 1.58 MiB.
+FILE_WINDOW_BYTES = 64 << 10
+
+
+def _quantized_tflite(graph: Graph) -> bool:
+    return bool(graph.quant) and graph.meta.get("source") == "tflite"
+
+
+def file_page_bytes(graph: Graph) -> np.ndarray:
+    """Per node: bytes of the model file's pages around its weights the import leaves resident in every rank
+    (FILE_WINDOW_BYTES a weight at most): quantized .tflite graphs only (float ones are not counted)."""
+    if not _quantized_tflite(graph):
+        return np.zeros(len(graph))
+    return np.array([sum(min(graph.tensor_bytes(n.weight_key(p), s), FILE_WINDOW_BYTES) for p, s in n.weight_shapes.items())
+                     for n in graph.nodes], dtype=float)
 
 
 def model_held_bytes(graph: Graph, engine: str = "numpy") -> float:
     """What a rank holds of `graph` whatever nodes it runs (every rank loads the whole graph): its
-    quantization parameters (QUANT_VALUE_BYTES each) and, on the numpy engine, the integer kernels' code
-    (INT8_CODE_BYTES); 0 for float graphs."""
+    quantization parameters (QUANT_VALUE_BYTES each), the model file's pages around every weight
+    (file_page_bytes; the weights a rank loads count them back: CostModel.prefix_weights) and, on the numpy engine,
+    the integer kernels' code (INT8_CODE_BYTES); 0 for float graphs."""
     values = sum(len(q.scale) for q in graph.quant.values())
     if not values:
         return 0.0
-    return float(QUANT_VALUE_BYTES * values + (INT8_CODE_BYTES if engine != "litert" else 0))
+    return float(QUANT_VALUE_BYTES * values + file_page_bytes(graph).sum() + (INT8_CODE_BYTES if engine != "litert" else 0))
 
 
 def engine_kept_bytes(graph: Graph, engine: str) -> np.ndarray:
@@ -151,7 +169,8 @@ def shard_memory_bytes(graph: Graph, start: int, stop: int) -> float:
     numpy engine (weights and what its kernels keep, held working set, frame buffers, the model's
     description), without a cluster: for plans made outside the planner (cluster.emulated_plans.balanced_plan)."""
     cut, work, scratch = working_sets(graph)
-    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop)) + float(engine_kept_bytes(graph, "numpy")[start:stop].sum())
+    own = engine_kept_bytes(graph, "numpy") - file_page_bytes(graph)  # (CostModel.prefix_weights)
+    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop)) + float(own[start:stop].sum())
     return float(weights + held_work_bytes(work, scratch, start, stop) + frame_buffer_bytes(cut, start, stop, 1, True, True)
                  + model_held_bytes(graph))
 
@@ -305,7 +324,9 @@ class CostModel:
         self.engine_weight_factor = engine_weight_factors(graph, self.calibration.engine)
         self.weight_bytes *= self.engine_weight_factor
         self.weight_bytes += engine_kept_bytes(graph, self.calibration.engine)  # held like weights (int8 pair tables)
-        self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes)])
+        # a rank's weights in memory: those bytes, less the file pages around them that model_held_bytes
+        # counts in every rank (they are its weights, or handed back as they are copied)
+        self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes - file_page_bytes(graph))])
         # bytes live at every cut; each node's working set and the kept im2col buffer within it
         self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
         self.cut_messages = np.array([min(1, len(graph.cut_tensors(c))) for c in range(n + 1)], dtype=float)  # one buffer a frame
