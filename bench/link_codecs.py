@@ -32,7 +32,7 @@ speed (cluster.host_speed) before the planner scales them to a Pi 3B+ (link_pric
 
 Run through scripts/bench_link_codecs, as root under `nice -n -20` (main then gives this session's
 scheduling group that nice for the run, bench.edgent.session_nice: under autogroup scheduling other
-sessions' jobs took the cores from 8 emulated VGG16 ranks at nice -20, which fell 8-56% behind; with
+sessions' jobs took the cores from 8 emulated VGG16 ranks at nice -20, which fell 8-30% behind; with
 the group's nice, 0%). About 15 minutes on a quiet 2-core machine; `--full`: 3 pairs a plan, 15 s
 runs, every edge-host setting emulated; `--quick`: a smoke run; `--json PATH`: every row.
 """
