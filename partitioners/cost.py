@@ -121,13 +121,17 @@ def engine_weight_factors(graph: Graph, engine: str) -> np.ndarray:
 QUANT_VALUE_BYTES = 120
 # Code pages of numpy's integer loops a rank running int8 or hybrid kernels touches (after the baseline,
 # which runs only float code): _multiarray_umath +1.09 MiB for ResNet50 int8, +0.97 MiB for MobileNetV2 int8.
+# Counted on the litert engine too (LiteRT's own code is inside LITERT_EXTRA_WEIGHT_COPIES' measurement, so
+# this is at most 1 MiB too many there), so the two engines' plans differ by the weight copies alone.
 INT8_CODE_BYTES = 1 << 20
 # Reading a .tflite's tensor records faults in the file's pages around each constant's bytes (Linux maps a
-# 64 KiB window around a faulting page of a file mapping): every rank keeps those of the weights it does not
-# load (the pages of the weights it loads are its weights, or handed back once copied, layers.tflite). Up to
-# this many bytes of each weight: ResNet50 int8 2.97 MiB of the 3.64 MiB of the file's pages resident after
-# the import (the rest its records), MobileNetV2 int8 1.21 of 1.58 MiB.
-FILE_WINDOW_BYTES = 64 << 10
+# 64 KiB window around a faulting page of a file mapping), and every rank keeps those of the weights it does
+# not load (the pages of the weights it loads are its weights, or handed back once copied, layers.tflite):
+# ResNet50 int8 kept 3.64 MiB of its file after the import, 1.0 MiB once a rank had loaded every weight;
+# MobileNetV2 int8 1.58 and 0.7 MiB. Counted in every rank as this many bytes of each weight at most (the
+# middle of the two cases: a rank without weights holds more, one with all of them less; ResNet50 int8
+# 1.65 MiB, MobileNetV2 int8 0.82 MiB).
+FILE_WINDOW_BYTES = 32 << 10
 
 
 def _quantized_tflite(graph: Graph) -> bool:
@@ -135,7 +139,7 @@ def _quantized_tflite(graph: Graph) -> bool:
 
 
 def file_page_bytes(graph: Graph) -> np.ndarray:
-    """Per node: bytes of the model file's pages around its weights the import leaves resident in every rank
+    """Per node: bytes of the model file's pages around its weights the import leaves resident in a rank
     (FILE_WINDOW_BYTES a weight at most): quantized .tflite graphs only (float ones are not counted)."""
     if not _quantized_tflite(graph):
         return np.zeros(len(graph))
@@ -143,15 +147,15 @@ def file_page_bytes(graph: Graph) -> np.ndarray:
                      for n in graph.nodes], dtype=float)
 
 
-def model_held_bytes(graph: Graph, engine: str = "numpy") -> float:
+def model_held_bytes(graph: Graph) -> float:
     """What a rank holds of `graph` whatever nodes it runs (every rank loads the whole graph): its
-    quantization parameters (QUANT_VALUE_BYTES each), the model file's pages around every weight
-    (file_page_bytes; the weights a rank loads count them back: CostModel.prefix_weights) and, on the numpy engine,
-    the integer kernels' code (INT8_CODE_BYTES); 0 for float graphs."""
+    quantization parameters (QUANT_VALUE_BYTES each), the model file's pages around its weights
+    (file_page_bytes) and the integer kernels' code (INT8_CODE_BYTES); 0 for float graphs. The same on
+    every engine."""
     values = sum(len(q.scale) for q in graph.quant.values())
     if not values:
         return 0.0
-    return float(QUANT_VALUE_BYTES * values + file_page_bytes(graph).sum() + (INT8_CODE_BYTES if engine != "litert" else 0))
+    return float(QUANT_VALUE_BYTES * values + file_page_bytes(graph).sum() + INT8_CODE_BYTES)
 
 
 def engine_kept_bytes(graph: Graph, engine: str) -> np.ndarray:
@@ -169,8 +173,7 @@ def shard_memory_bytes(graph: Graph, start: int, stop: int) -> float:
     numpy engine (weights and what its kernels keep, held working set, frame buffers, the model's
     description), without a cluster: for plans made outside the planner (cluster.emulated_plans.balanced_plan)."""
     cut, work, scratch = working_sets(graph)
-    own = engine_kept_bytes(graph, "numpy") - file_page_bytes(graph)  # (CostModel.prefix_weights)
-    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop)) + float(own[start:stop].sum())
+    weights = sum(graph.cost(i).weight_bytes for i in range(start, stop)) + float(engine_kept_bytes(graph, "numpy")[start:stop].sum())
     return float(weights + held_work_bytes(work, scratch, start, stop) + frame_buffer_bytes(cut, start, stop, 1, True, True)
                  + model_held_bytes(graph))
 
@@ -309,7 +312,7 @@ class CostModel:
         self.calibration = calibration or Calibration()
         # what every rank holds of the model whatever its stage (model_held_bytes): outside the room
         # its stage has (usable), inside the memory each StageCost reports (_finish)
-        self.model_bytes = model_held_bytes(graph, self.calibration.engine)
+        self.model_bytes = model_held_bytes(graph)
         self.splits = splits if splits is not None else SplitCatalogue(graph, **planner_kinds(graph, self.calibration.engine))
         n = self.n = len(graph)
         self.classes = self._classes()
@@ -324,9 +327,7 @@ class CostModel:
         self.engine_weight_factor = engine_weight_factors(graph, self.calibration.engine)
         self.weight_bytes *= self.engine_weight_factor
         self.weight_bytes += engine_kept_bytes(graph, self.calibration.engine)  # held like weights (int8 pair tables)
-        # a rank's weights in memory: those bytes, less the file pages around them that model_held_bytes
-        # counts in every rank (they are its weights, or handed back as they are copied)
-        self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes - file_page_bytes(graph))])
+        self.prefix_weights = np.concatenate([[0.0], np.cumsum(self.weight_bytes)])
         # bytes live at every cut; each node's working set and the kept im2col buffer within it
         self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
         self.cut_messages = np.array([min(1, len(graph.cut_tensors(c))) for c in range(n + 1)], dtype=float)  # one buffer a frame
