@@ -24,7 +24,9 @@ takes `replicas` frames per round of its slowest replica.
 Memory per rank: the weights it holds (only its parts of split segments), the largest working set
 among its nodes (live tensors, outputs, working buffers) and the frame buffers of a pipeline rank
 (frame_buffer_bytes), against the device's usable memory (memory less what the OS and the rank's own
-process take, see the device profiles).
+process take, see the device profiles). Quantized models add what every rank holds of the model whatever
+its stage (model_held_bytes: quantization parameters, file pages, integer code) and the int8 pair tables
+a node's kernel keeps (engine_kept_bytes); int8 nodes' working sets are their kernels' bands (issue 12).
 """
 from __future__ import annotations
 
