@@ -552,8 +552,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", help="keep measured codec tables here (default: a temporary folder)")
     parser.add_argument("--json", metavar="PATH", help="also write every row of parts 2 and 3 as JSON")
     parser.add_argument("--quick", action="store_true", help="small everything (smoke run): AlexNet only, few frames")
-    parser.add_argument("--full", action="store_true", help="the long sweep: 3 pairs per plan, longer runs, AlexNet as an "
-                                                            "edge-host model emulated too (about 45 minutes on a quiet 2-core machine)")
+    parser.add_argument("--full", action="store_true", help="the long sweep: 3 pairs per plan, longer runs, every edge-host "
+                                                            "setting emulated (about 45 minutes on a quiet 2-core machine)")
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.seconds, args.repeats, args.top_cuts = 8, 1.0, 1, 2
