@@ -207,7 +207,7 @@ class EmulatedDevice:
         typical = float(np.percentile(self.recent_cpu, 25))
         return self.step_device_s * min(1.0, cpu / typical) if typical > 0 else self.step_device_s
 
-    def compute(self, fn: Callable[[], object], step: object = None, absorb: bool = False):
+    def compute(self, fn: Callable[[], object], step: object = None, absorb: bool = False, codec: bool = False):
         """Run `fn` as one compute step of the emulated device. A `step` with a warm reference costs
         at most that much CPU time: a split stage's steps last a few milliseconds of host CPU, and
         emulated devices taking turns on this machine's cores find each other's data in its caches
@@ -227,7 +227,13 @@ class EmulatedDevice:
         the result, bookkeeping) is taken into this step's emulated time, not added to it: the device
         time of a calibration and a plan's compute is the frame's whole work, and those 0.2-0.3 ms a
         frame made one emulated Pi 3B+ run LeNet-5's 1.9 ms frames ~10% slow. When the step's padding
-        is shorter than that time, the step ends past its due time (late_s)."""
+        is shorter than that time, the step ends past its due time (late_s).
+
+        A `codec` step (a link's encode or decode: milliseconds) that queued for a core behind other
+        ranks' whole steps carries that wait as behind, not as late_s: the frame's whole step, due that
+        much earlier, catches it up or counts its own overshoot (8 emulated VGG16 ranks with lz4 input
+        links: each decode waited 0.1-1.2 s for a core and counted it, late 23-35% of the run, while
+        every rank ended its frames on time, 0-1 ms behind)."""
         wall0 = time.perf_counter()
         self.waiting_since = None
         # what this device's earlier steps ended past their deadlines (the host woke it late), less
@@ -242,7 +248,9 @@ class EmulatedDevice:
             behind = max(0.0, self.behind_s - idle)
         else:
             behind = self.behind_at(wall0)
+        queued = time.perf_counter()
         self.cores.acquire()
+        queued = time.perf_counter() - queued if codec else 0.0
         cpu0 = time.process_time()
         try:
             out = fn()
@@ -254,7 +262,7 @@ class EmulatedDevice:
         if absorb and self.step_device_s is not None:
             due = self.dilation.due(start, self._step_seconds(cpu)) - behind
         else:
-            due = self.dilation.deadline_for(start, cpu) - behind
+            due = self.dilation.deadline_for(start + queued, cpu) - behind - queued
         self._sleep_until(due, time.perf_counter, poll=False)
         self.ended_at = time.perf_counter()
         self.behind_s = self.ended_at - due

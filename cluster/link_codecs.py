@@ -148,7 +148,7 @@ def pack_for_link(codec, frame: int, tensors, start_ns: int, link, device, poll:
             end, duration = link.schedule(codec.payload_bytes, len(codec.names))
         return codec.pack(frame, tensors, start_ns, int(end * 1e9), int(duration * 1e9)), end, duration
     if device and poll:
-        buf = device.compute(lambda: codec.pack(frame, tensors, start_ns))
+        buf = device.compute(lambda: codec.pack(frame, tensors, start_ns), codec=True)
     elif device:
         mark = device.dilation.start()
         buf = codec.pack(frame, tensors, start_ns)
@@ -168,7 +168,7 @@ def unpack_from_link(codec, buf: np.ndarray, device) -> dict:
     """The tensors of a received frame; an encoded link's decoding is a compute step of the emulated
     device when emulating."""
     if getattr(codec, "encoded", False) and device:
-        return device.compute(lambda: codec.unpack(buf))
+        return device.compute(lambda: codec.unpack(buf), codec=True)
     return codec.unpack(buf)
 
 

@@ -181,3 +181,32 @@ def test_a_calibrated_whole_stage_step_takes_its_device_time_whatever_this_machi
     before = clock.now
     fresh.compute(lambda: clock.work(0.01))  # without absorb (a split stage's step): dilated as before
     assert clock.now - before == pytest.approx(0.04)
+
+
+def test_a_codec_step_queued_for_a_core_carries_the_wait_as_behind_not_late(tmp_path, monkeypatch):
+    """A link's encode or decode (a few ms) that waited for a core behind other ranks' whole steps: the wait
+    is carried as behind, for the frame's next steps and waits to catch up, not counted as late_s; an
+    ordinary step's wait for a core is the host falling behind (late_s), as before."""
+    from cluster import emulation
+
+    clock = _Clock(late=0.0)
+    monkeypatch.setattr(emulation, "time", clock)
+
+    class QueuedCores:  # another rank holds the only core for 0.3 s
+        def acquire(self, poll=None):
+            clock.now += 0.3
+
+        def release(self):
+            pass
+
+    device = EmulatedDevice(ComputeDilation(4.0), QueuedCores(), LinkPacer(94e6))
+    device.begin()
+    device.compute(lambda: clock.work(0.001), codec=True)  # a decode: 1 ms here, 4 ms on the device
+    assert device.dilation.late_s == 0.0 and device.behind_s == pytest.approx(0.3 - 0.003)
+    clock.now += 0.4  # the rank waits for its next frame: the device catches up
+    device.idle(0.4)
+    assert device.behind_at(clock.now) == 0.0
+    plain = EmulatedDevice(ComputeDilation(4.0), QueuedCores(), LinkPacer(94e6))
+    plain.begin()
+    plain.compute(lambda: clock.work(0.001))
+    assert plain.dilation.late_s == pytest.approx(0.3 - 0.003)
