@@ -206,6 +206,18 @@ def _matmul_bands(rows, n_rows: int, row_values: int, kernel: np.ndarray, zp: in
         del kf  # the next block's copy does not meet this one (it held two blocks, 4 MiB, at once)
 
 
+def _conv_geometry(x, kernel, attrs) -> tuple:
+    """(KH, KW, Cin/groups, Cout, groups, strides, dilation, pads, output (OH, OW)) of a conv of NHWC input `x`
+    with `kernel` (KH, KW, Cin/groups, Cout): what qconv2d and hybrid_conv2d both start from."""
+    kh, kw, cin_g, cout = kernel.shape
+    groups = int(attrs.get("groups", 1))
+    strides = tuple(attrs.get("strides") or (1, 1))
+    dilation = tuple(attrs.get("dilation") or (1, 1))
+    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
+    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    return kh, kw, cin_g, cout, groups, strides, dilation, pads, outs
+
+
 def qconv2d(xs, attrs, w, ctx: QuantContext):
     """CONV_2D / DEPTHWISE_CONV_2D int8 with per-channel filter scales (reference ConvPerChannel /
     DepthwiseConvPerChannel): padding contributes (zero point - zero point) = 0, so the int8 input is
@@ -216,12 +228,7 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     wq = ctx.weights["kernel"]
     _check_symmetric_filter(wq, "conv")
-    kh, kw, cin_g, cout = kernel.shape
-    groups = int(attrs.get("groups", 1))
-    strides = tuple(attrs.get("strides") or (1, 1))
-    dilation = tuple(attrs.get("dilation") or (1, 1))
-    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
-    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    kh, kw, cin_g, cout, groups, strides, dilation, pads, outs = _conv_geometry(x, kernel, attrs)
     if groups != 1 and cin_g != 1:
         raise PisplitError("conv: grouped int8 convolutions other than depthwise are not supported")
     ftype = _operand_type(x.dtype, kernel.dtype, in_zp)
@@ -960,12 +967,7 @@ def hybrid_conv2d(xs, attrs, w, wq: TensorQuant):
     kernel = w["kernel"]
     if kernel.dtype != np.int8:
         raise PisplitError(f"a dynamic-range conv's filter is {kernel.dtype}, expected int8 with its scales")
-    kh, kw, cin_g, cout = kernel.shape
-    groups = int(attrs.get("groups", 1))
-    strides = tuple(attrs.get("strides") or (1, 1))
-    dilation = tuple(attrs.get("dilation") or (1, 1))
-    pads = K.resolve_padding(x.shape[1:3], (kh, kw), strides, dilation, attrs.get("padding", "valid"))
-    outs = [K.conv_output_size(s, k, st, d, *p) for s, k, st, d, p in zip(x.shape[1:3], (kh, kw), strides, dilation, pads)]
+    kh, kw, cin_g, cout, groups, strides, dilation, pads, outs = _conv_geometry(x, kernel, attrs)
     n, (oh, ow) = x.shape[0], outs
     fscale = np.broadcast_to(np.asarray(wq.scale, np.float32), (cout,))
     bias = w.get("bias")
