@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-CALIBRATION_WINDOW = 31  # EmulatedDevice.calibrate: a whole stage's typical CPU time is the median of this many latest steps
+CALIBRATION_WINDOW = 31  # EmulatedDevice.calibrate: a whole stage's typical CPU time is the lower quartile of this many latest steps
 MIN_CALIBRATION_STEPS = 2  # ... once it has this many (warm-up passes count)
 
 

@@ -403,9 +403,7 @@ def int8_stage_dilation(kind: str, engine: str, graph: Graph, start: int, stop: 
     nodes = range(start, stop)
     if not any(graph.nodes[i].attrs.get("quantized") for i in nodes):
         return 1.0
-    if engine not in _DEFAULT_CALIBRATIONS:
-        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
-    calibration = _DEFAULT_CALIBRATIONS[engine]
+    calibration = default_calibration(engine)
     host = [calibration.node_seconds("host", graph, i) for i in nodes]  # as the reference host runs them
     device = [s * (int8_dilation(kind, engine) if graph.nodes[i].attrs.get("quantized") else 1.0) for s, i in zip(host, nodes)]
     return sum(device) / sum(host) if sum(host) > 0 else int8_dilation(kind, engine)
@@ -414,19 +412,23 @@ def int8_stage_dilation(kind: str, engine: str, graph: Graph, start: int, stop: 
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
 
 
+def default_calibration(engine: str) -> Calibration:
+    """The shipped calibration of `engine`, made once per process (int8_stage_dilation, device_seconds,
+    device_slowdown share it)."""
+    if engine not in _DEFAULT_CALIBRATIONS:
+        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
+    return _DEFAULT_CALIBRATIONS[engine]
+
+
 def device_seconds(kind: str, engine: str, graph: Graph, start: int, stop: int) -> float:
     """Seconds of nodes [start, stop) of `graph` on one device of `kind` by the shipped calibration (its
     int8 nodes at the kind's int8 rate): what an emulated device's whole-stage step lasts
     (cluster.emulation.EmulatedDevice.calibrate)."""
-    if engine not in _DEFAULT_CALIBRATIONS:
-        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
-    calibration = _DEFAULT_CALIBRATIONS[engine]
+    calibration = default_calibration(engine)
     scale = calibration.resolve(kind)[1]
     return scale * sum(calibration.node_seconds(kind, graph, i) for i in range(start, stop))
 
 
 def device_slowdown(kind: str, engine: str = "numpy") -> float:
     """Device seconds / reference-machine seconds for the same work (the emulator's time dilation)."""
-    if engine not in _DEFAULT_CALIBRATIONS:
-        _DEFAULT_CALIBRATIONS[engine] = Calibration(engine)
-    return _DEFAULT_CALIBRATIONS[engine].resolve(kind)[1]
+    return default_calibration(engine).resolve(kind)[1]
