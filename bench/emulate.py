@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cluster.commands.emulate import implausible_speedup, run_emulated
 from cluster.emulated_plans import plan_for_devices, single_device_plan
+from cluster.report import late_share
 from bench import cluster_config
 from layers import ZOO, load_model, zoo_model
 from partitioners.infeasible import InfeasiblePlan
@@ -96,8 +97,8 @@ def main(argv=None) -> int:
 
 def single_fidelity(graph, model: str, kind: str, link_bps: float, engine: str, tmp: Path, recalibrate: bool = False) -> tuple:
     """(measured fps, calibrated fps, frames, host late seconds, ms behind its emulated clock at a frame's
-    end, on average: lateness not caught up, frames / wall seconds) of the whole model on one emulated
-    device of `kind`, over about 10 s of emulated time (4 to 2000 frames: long enough to be stable;
+    end, on average: lateness not caught up, frames / wall seconds, cluster.report.late_share) of the whole
+    model on one emulated device of `kind`, over about 10 s of emulated time (4 to 2000 frames: long enough to be stable;
     40 frames of LeNet-5 lasted 80 ms, where one preemption moved the figure by 20%);
     `recalibrate`: this machine's speed measured again just before (cluster.host_speed), not the
     cached one of up to an hour ago, which other load may have skewed either way."""
@@ -106,7 +107,7 @@ def single_fidelity(graph, model: str, kind: str, link_bps: float, engine: str, 
     rep = run_emulated(single.save(tmp / "single.json"), 1, frames, tmp / "single-report.json", engine, progress=False,
                        recalibrate=recalibrate)
     return (rep["throughput_fps"], single.predicted_throughput_fps, frames, rep["ranks"][0]["emulation_late_s"],
-            rep["ranks"][0].get("emulation_behind_ms_per_frame", 0.0), rep.get("wall_fps"))
+            rep["ranks"][0].get("emulation_behind_ms_per_frame", 0.0), rep.get("wall_fps"), late_share(rep))
 
 
 def fidelity(args, argv) -> int:
@@ -121,16 +122,15 @@ def fidelity(args, argv) -> int:
                 t = time.time()
                 load = Path("/proc/loadavg").read_text().split()[0]
                 try:
-                    fps, pred, frames, late, behind, wall_fps = single_fidelity(graph, model, kind, link_bps, args.engine, Path(tmpdir),
-                                                                                not args.cached_speed)
+                    fps, pred, frames, late, behind, wall_fps, behind_share = single_fidelity(
+                        graph, model, kind, link_bps, args.engine, Path(tmpdir), not args.cached_speed)
                 except InfeasiblePlan as exc:  # e.g. ViT-B/16 on the litert engine in one Pi 3B+'s memory
                     rows.append({"model": model, "kind": kind, "infeasible": str(exc)})
                     if not args.json:
                         print(f"{graph.name if Path(model).suffix else model:12s} one {kind:5s} | does not fit one device: "
                               f"{str(exc).rsplit(': ', 1)[-1]}", flush=True)
                     continue
-                # this machine behind the emulated device for more than 5% of its time: the row measures this machine
-                behind_share = late * pred / frames
+                # this machine behind the emulated device for more than 5% of the run: the row measures this machine
                 row = {"model": model, "kind": kind, "frames": frames, "measured_fps": fps, "calibrated_fps": pred,
                        "fidelity": fps / pred, "within_5pct": abs(fps / pred - 1) <= 0.05, "host_behind_share": behind_share,
                        "valid": behind_share <= 0.05,
