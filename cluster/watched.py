@@ -32,7 +32,17 @@ DEFAULT_STALL_S = 20.0  # a single layer's part, a link test message: seconds on
 STAGGER_S = 1.0  # a later rank's extra wait, so that the lowest rank that sees a stall speaks alone
 FAULT_AT_EXIT = FAULT_AT_LOAD + 1  # --fail RANK@exit: after the job's last agreement, before MPI's shutdown
 POINT_NAMES = {FAULT_AT_LOAD: "load", FAULT_AT_START: "start", FAULT_AT_END: "end", FAULT_AT_EXIT: "exit"}
-EXIT_GRACE_S = 10.0  # MPI_Finalize of ranks that all reached the end: well under a second; a Pi's slow shutdown fits
+EXIT_GRACE_S = 10.0  # MPI's shutdown bound when the command has no stall bound (--stall-timeout 0) or no CommandWatch
+MIN_EXIT_GRACE_S = 3.0  # the least shutdown bound: MPI_Finalize of ranks that all reached the end takes well under a second
+
+
+def exit_grace(stall_s: float | None) -> float:
+    """How long MPI's shutdown may take after the job's last agreement (guard_exit): the command's
+    stall bound (a wait with no progress that long is a stall, the end of the job included), at least
+    MIN_EXIT_GRACE_S; EXIT_GRACE_S when there is no bound (None, or 0: never)."""
+    if stall_s is None or not stall_s > 0:
+        return EXIT_GRACE_S
+    return max(float(stall_s), MIN_EXIT_GRACE_S)
 
 
 def margin(bound: float) -> float:
@@ -45,10 +55,13 @@ class CommandWatch:
     `seconds` <= 0: no bound). `step` names what the ranks are doing, for messages; `fail` is the
     parsed --fail (rank, point, mode) or None."""
 
+    last_seconds: float | None = None  # the stall bound of this process's latest CommandWatch (guard_exit's default)
+
     def __init__(self, comm, seconds: float, fail: tuple | None = None, step_word: str = "step"):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.seconds = max(float(seconds), 0.0)
+        CommandWatch.last_seconds = self.seconds
         self.liveness = transport.Liveness(comm) if self.size > 1 else None
         self.hosts: list | None = None
         self.fail = fail if fail is not None and int(fail[0]) == self.rank else None
@@ -165,16 +178,19 @@ os.kill(pid, 9)
 """
 
 
-def guard_exit(rank: int, seconds: float = EXIT_GRACE_S):
+def guard_exit(rank: int, seconds: float | None = None):
     """Bound MPI's shutdown on this rank: MPI_Finalize (at interpreter exit) waits for every rank, so
     a rank that stops or is lost after the job's last agreement (CommandWatch.finish) would keep this
     one waiting forever. A small watchdog process, started now, ends this rank if it is still alive
-    `seconds` later, with one line ("rank 0 (host pi-0): MPI's shutdown did not end within 10.0 s
+    `seconds` later, with one line ("rank 0 (host pi-0): MPI's shutdown did not end within 20.0 s
     ..."); Open MPI then ends the job, the stopped rank too. It leaves as soon as this rank exits.
+    `seconds` None: exit_grace of the command's stall bound (its CommandWatch's, i.e. --stall-timeout).
     Call it once this rank's own work is done (its results written). Returns the watchdog's Popen."""
     import subprocess
     import sys
 
+    if seconds is None:
+        seconds = exit_grace(CommandWatch.last_seconds)
     seconds += STAGGER_S * 2 * rank  # rank 0 first: one line, then Open MPI ends the job (the stopped rank too)
     message = (f"pisplit: error: rank {rank} (host {socket.gethostname()}): MPI's shutdown (MPI_Finalize) did not end within "
                f"{seconds:.1f} s after the job's last agreement: a rank stopped or was lost at the very end; ending the job "
