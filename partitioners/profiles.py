@@ -328,7 +328,9 @@ class Calibration:
         return _load_shipped(path)
 
     def resolve(self, kind: str) -> tuple[Profile, float]:
-        """(profile, scale): a node on `kind` takes profile.node_seconds(...) * scale seconds."""
+        """(profile, scale): a node on `kind` takes self.node_seconds(kind, ...) * scale seconds (the
+        scale of the reference model; node_seconds carries a per-op-class correction to it where the
+        kind's profile fits one, class_scales)."""
         if kind in self._cache:
             return self._cache[kind]
         if kind in self.measured:
@@ -357,11 +359,27 @@ class Calibration:
         """Seconds of node `index` on one device of `kind`, before the kind's scale: the profile's
         seconds, and for an int8 node (attrs["quantized"]) not measured itself, those of the float node
         of its shape divided by the kind's int8 speedup for this engine (int8_speedup)."""
-        profile, _ = self.resolve(kind)
+        profile, scale = self.resolve(kind)
         seconds = profile.node_seconds(graph, index)
         if graph.nodes[index].attrs.get("quantized") and profile.measured_seconds(graph, index) is None:
             seconds /= int8_speedup(kind, self.engine)
+        classes = self.class_scales(kind)
+        if classes is not None:
+            seconds *= classes[op_class(graph, index)] / scale
         return seconds
+
+    def class_scales(self, kind: str) -> dict | None:
+        """Per op class (OP_CLASSES) the kind's device seconds per base-profile second for this engine, when
+        its device profile fits them (compute.op_classes.<engine>, see op_class_scales) and the base is
+        the shipped reference profile they were fitted on; None otherwise (one scale for every node:
+        a kind measured itself, a user-measured host base, a profile giving only reference_model)."""
+        key = ("classes", kind)
+        if key not in self._cache:
+            found = None
+            if kind != "host" and kind not in self.measured and self.base.source == str(reference_profile_path(self.engine)):
+                found = op_class_scales(kind, self.engine)
+            self._cache[key] = found
+        return self._cache[key]
 
 
 def int8_speedup(kind: str, engine: str = "numpy") -> float:
@@ -409,6 +427,22 @@ def int8_stage_dilation(kind: str, engine: str, graph: Graph, start: int, stop: 
     return sum(device) / sum(host) if sum(host) > 0 else int8_dilation(kind, engine)
 
 
+def class_dilation(kind: str, engine: str, graph: Graph, start: int, stop: int) -> float:
+    """The extra dilation of an emulated `kind` computing nodes [start, stop) for its per-op-class prices
+    (Calibration.class_scales), beyond device_slowdown x int8_stage_dilation: the stage's device seconds
+    with each node at its class's scale over those at the reference model's one scale. 1 where the kind
+    has no class fit (numpy, user profiles); so that device_slowdown x int8_stage_dilation x this, times
+    the stage's host seconds, is the planner's price of the stage (device_seconds)."""
+    calibration = default_calibration(engine)
+    classes = calibration.class_scales(kind)
+    if classes is None or stop <= start:
+        return 1.0
+    _, scale = calibration.resolve(kind)
+    single = [calibration.node_seconds(kind, graph, i) * scale / classes[op_class(graph, i)] for i in range(start, stop)]
+    priced = [s * classes[op_class(graph, i)] / scale for s, i in zip(single, range(start, stop))]
+    return sum(priced) / sum(single) if sum(single) > 0 else 1.0
+
+
 _DEFAULT_CALIBRATIONS: dict[str, Calibration] = {}
 
 
@@ -432,3 +466,136 @@ def device_seconds(kind: str, engine: str, graph: Graph, start: int, stop: int) 
 def device_slowdown(kind: str, engine: str = "numpy") -> float:
     """Device seconds / reference-machine seconds for the same work (the emulator's time dilation)."""
     return default_calibration(engine).resolve(kind)[1]
+
+
+# --- per-op-class calibration (issue 12: a Pi runs conv and depthwise layers relatively slower) ------
+
+OP_CLASSES = ("conv", "depthwise", "fc", "other")
+
+
+def op_class(graph: Graph, index: int) -> str:
+    """The calibration class of a node (its latency-model key, latency_model.op_key): 'depthwise'
+    (depthwise conv), 'conv' (every other convolution, grouped included), 'fc' (dense layers and
+    matrix products) or 'other' (pooling, elementwise, normalisation, data movement)."""
+    key = op_key(graph, index)
+    if key.startswith("conv2d/depthwise"):
+        return "depthwise"
+    if key.startswith("conv"):
+        return "conv"
+    if key.startswith("dense") or key == "batch_matmul":
+        return "fc"
+    return "other"
+
+
+def op_class_scales(kind: str, engine: str) -> dict | None:
+    """The kind's fitted per-class scales for `engine` (device profile compute.op_classes.<engine>.scales:
+    device seconds per second of the shipped host-<engine> profile), following compute.relative_to
+    (divided by its speedup) when the kind has no block of its own; None when no kind on the way has one."""
+    from .devices import device_profile
+
+    divide, seen = 1.0, set()
+    while kind not in seen:
+        seen.add(kind)
+        compute = device_profile(kind).compute
+        block = (compute.get("op_classes") or {}).get(engine)
+        if block:
+            scales = block.get("scales") if isinstance(block, dict) else None
+            if not isinstance(scales, dict) or set(scales) != set(OP_CLASSES):
+                raise PisplitError(f"device profile {kind}: op_classes.{engine}.scales must give each of {list(OP_CLASSES)}")
+            out = {}
+            for c in OP_CLASSES:
+                v = scales[c]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                    raise PisplitError(f"device profile {kind}: op_classes.{engine}.scales.{c} must be a positive number, is {v!r}")
+                out[c] = float(v) / divide
+            return out
+        if "relative_to" not in compute:
+            return None
+        divide *= float(compute["speedup"])
+        kind = str(compute["relative_to"])
+    raise PisplitError(f"device profile {kind}: 'relative_to' entries form a cycle")
+
+
+def class_seconds(profile: Profile, graph: Graph) -> dict:
+    """Seconds of a forward pass of `graph` on the machine `profile` measured, per op class (its
+    node_seconds: measured nodes as timed, others predicted)."""
+    out = dict.fromkeys(OP_CLASSES, 0.0)
+    for i in range(len(graph)):
+        out[op_class(graph, i)] += profile.node_seconds(graph, i)
+    return out
+
+
+def fit_op_classes(rows: dict, cited: dict, prior_scale: float, prior_weight: float = 0.01,
+                   weights: dict | None = None) -> tuple[dict, dict]:
+    """Per-class scales s_c >= 0 with sum_c s_c * rows[m][c] ~ cited[m] for each model m: least squares
+    of the log ratio predicted / cited (a relative error, so a 20 ms and a 500 ms model count alike),
+    weighted per model (`weights`, default 1), plus prior_weight * (log s_c - log prior_scale)^2 per
+    class, which keeps a class the models barely use near the single reference-model scale instead of
+    0 or infinity. Solved over log s (positive by construction) by Gauss-Newton.
+    Returns ({class: scale}, {model: (predicted, log residual)})."""
+    models = list(cited)
+    a = np.array([[float(rows[m][c]) for c in OP_CLASSES] for m in models])
+    target = np.log(np.array([float(cited[m]) for m in models]))
+    w = np.sqrt(np.array([float((weights or {}).get(m, 1.0)) for m in models]))
+    u0 = math.log(prior_scale)
+    u = np.full(len(OP_CLASSES), u0)
+    for _ in range(100):
+        s = np.exp(u)
+        pred = a @ s
+        residual = np.concatenate([w * (np.log(pred) - target), math.sqrt(prior_weight) * (u - u0)])
+        jac = np.vstack([w[:, None] * a * s / pred[:, None], math.sqrt(prior_weight) * np.eye(len(OP_CLASSES))])
+        step = np.linalg.lstsq(jac, -residual, rcond=None)[0]
+        u = u + np.clip(step, -2.0, 2.0)
+        if np.abs(step).max() < 1e-12:
+            break
+    scales = dict(zip(OP_CLASSES, np.exp(u).tolist()))
+    pred = a @ np.exp(u)
+    return scales, {m: (float(p), float(math.log(p / cited[m]))) for m, p in zip(models, pred)}
+
+
+def refit_op_classes(kind: str, engine: str = "litert") -> dict:
+    """Redo the fit a device profile records (compute.op_classes.<engine>) on the shipped host-<engine>
+    profile: each listed model's graph (`graph`: a zoo name or a corpus .tflite under
+    ~/.cache/pisplit-corpus) priced per class, the models marked "fit" fitted (fit_op_classes, with the
+    block's prior_weight and reference_weight on the reference model), every model's prediction and
+    log residual. Returns the block with new scales and figures (`python -m partitioners.profiles
+    refit KIND` prints it). A model whose corpus file is missing raises PisplitError."""
+    import os
+
+    from layers import load_model
+
+    from .devices import device_profile
+
+    compute = device_profile(kind).compute
+    block = dict(compute["op_classes"][engine])
+    base = _load_shipped(reference_profile_path(engine))
+    corpus = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pisplit-corpus"
+    rows = {}
+    for entry in block["models"]:
+        spec = str(entry["graph"])
+        path = corpus / spec if spec.endswith(".tflite") else None
+        if path is not None and not path.exists():
+            raise PisplitError(f"refit {kind}: corpus model {path} is missing (scripts/build_corpus builds it)")
+        rows[spec] = class_seconds(base, load_model(str(path) if path else spec))
+    reference = str(block.get("reference_model", compute.get("reference_model", "alexnet")))  # a zoo name, its graph
+    fitted = {str(e["graph"]): float(e["seconds"]) for e in block["models"] if e.get("fit", True)}
+    prior = fitted[reference] / sum(rows[reference].values())  # the single scale of the reference model
+    scales, _ = fit_op_classes({g: rows[g] for g in fitted}, fitted, prior, float(block.get("prior_weight", 0.01)),
+                               {reference: float(block.get("reference_weight", 1.0))})
+    block["scales"] = {c: round(v, 4) for c, v in scales.items()}
+    models = []
+    for entry in block["models"]:
+        row = rows[str(entry["graph"])]
+        predicted = sum(block["scales"][c] * row[c] for c in OP_CLASSES)
+        models.append({**entry, "base_s": {c: round(row[c], 6) for c in OP_CLASSES},
+                       "predicted_s": round(predicted, 4), "residual": round(math.log(predicted / float(entry["seconds"])), 3)})
+    block["models"] = models
+    return block
+
+
+if __name__ == "__main__":  # python -m partitioners.profiles refit rpi3 [litert]
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "refit":
+        sys.exit("usage: python -m partitioners.profiles refit KIND [ENGINE]")
+    print(json.dumps(refit_op_classes(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "litert"), indent=1))

@@ -12,7 +12,7 @@ import pytest
 
 from layers.tflite import import_tflite_bytes
 from layers.zoo import zoo_model
-from partitioners.profiles import Calibration, device_slowdown, int8_dilation, int8_speedup, int8_stage_dilation
+from partitioners.profiles import Calibration, class_dilation, device_slowdown, int8_dilation, int8_speedup, int8_stage_dilation
 from tests.layers.int8_split_models import int8_split_graph, int8_split_model
 
 
@@ -32,7 +32,8 @@ def test_one_emulated_int8_device_is_padded_to_the_planner_price(engine, float_i
         # a machine `speed` times slower than the reference runs the model in host x speed CPU seconds;
         # the emulator pads it by slowdown x int8 dilation / speed: the planner's seconds, whatever the speed
         for speed in (0.5, 1.0, 3.0):
-            padded = host * speed * device_slowdown(kind, engine) * int8_stage_dilation(kind, engine, graph, 0, n) / speed
+            padded = (host * speed * device_slowdown(kind, engine) * int8_stage_dilation(kind, engine, graph, 0, n)
+                      * class_dilation(kind, engine, graph, 0, n) / speed)  # litert: per-op-class prices
             assert padded == pytest.approx(planned, rel=1e-9), (kind, speed)
 
 

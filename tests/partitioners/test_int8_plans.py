@@ -13,7 +13,7 @@ from layers.ops import numel
 from partitioners.cost import CostModel, make_cluster
 from partitioners.devices import device_profile
 from partitioners.planners import make_plan
-from partitioners.profiles import Calibration, int8_dilation, int8_speedup
+from partitioners.profiles import Calibration, int8_dilation, int8_speedup, op_class
 from tests.layers.int8_split_models import int8_split_graph
 
 
@@ -62,9 +62,11 @@ def test_int8_nodes_are_priced_at_the_kind_int8_rate(engine):
     graph = int8_split_graph(float_io=True)
     calibration = Calibration(engine)
     for kind in ("rpi3", "rpi4"):
-        profile, _ = calibration.resolve(kind)
+        profile, scale = calibration.resolve(kind)
+        classes = calibration.class_scales(kind)  # litert: the kind's per-op-class scale over the reference one
+        assert (classes is None) == (engine == "numpy")
         for i, node in enumerate(graph.nodes):
-            base = profile.node_seconds(graph, i)
+            base = profile.node_seconds(graph, i) * (classes[op_class(graph, i)] / scale if classes else 1.0)
             want = base / int8_speedup(kind, engine) if node.attrs.get("quantized") else base
             assert calibration.node_seconds(kind, graph, i) == pytest.approx(want)
     conv = next(i for i, n in enumerate(graph.nodes) if n.op == "conv2d")
