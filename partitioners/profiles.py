@@ -299,8 +299,10 @@ class Calibration:
     The base is a measured profile of a machine that is not a Pi (given, else the shipped reference
     for the engine). A shipped device profile says what the device takes for a reference model (rpi3:
     AlexNet 220 ms) or how much faster it is than another kind (rpi4 = rpi3 x 1.64); the scale is then
-    device seconds / base seconds for the same model. A profile measured on the Pi itself replaces all
-    that: its own seconds, scale 1.
+    device seconds / base seconds for the same model. On an engine the kind's profile fits per op class
+    (compute.op_classes.<engine>: litert on rpi3/rpi4, so rpi5 too), each node is priced at its class's
+    scale instead, when the base is the shipped profile the classes were fitted on (class_scales). A
+    profile measured on the Pi itself replaces all that: its own seconds, scale 1.
     """
 
     def __init__(self, engine: str = "numpy", profiles: list[Profile] = ()):
@@ -567,6 +569,8 @@ def refit_op_classes(kind: str, engine: str = "litert") -> dict:
     from .devices import device_profile
 
     compute = device_profile(kind).compute
+    if not isinstance((compute.get("op_classes") or {}).get(engine), dict):
+        raise PisplitError(f"device profile {kind}: no compute.op_classes.{engine} block to refit")
     block = dict(compute["op_classes"][engine])
     base = _load_shipped(reference_profile_path(engine))
     corpus = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pisplit-corpus"
@@ -598,4 +602,7 @@ if __name__ == "__main__":  # python -m partitioners.profiles refit rpi3 [litert
 
     if len(sys.argv) < 3 or sys.argv[1] != "refit":
         sys.exit("usage: python -m partitioners.profiles refit KIND [ENGINE]")
-    print(json.dumps(refit_op_classes(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "litert"), indent=1))
+    try:
+        print(json.dumps(refit_op_classes(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "litert"), indent=1))
+    except PisplitError as exc:
+        sys.exit(f"refit: {exc}")
