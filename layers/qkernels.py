@@ -23,6 +23,53 @@ from .quant import (TensorQuant, activation_range, multiply_by_quantized_multipl
                     round_half_away, rounding_divide_by_pot)
 
 
+# --- which arithmetic: LiteRT's default interpreter (XNNPACK) or TFLite's reference kernels ---------------
+# LiteRT's default interpreter hands a full-integer model's conv / depthwise / fully-connected / mean nodes
+# to XNNPACK, whose qs8 kernels requantize in float32 ("fp32" requantization, the one x86 and the Pis'
+# ARMv8 builds use): the int32 accumulator (bias included) as float32, times the float32 scale
+# input_scale * filter_scale[c] / output_scale (two float32 roundings, XNNPACK's operator set-up), rounded
+# half to even (magic bias / cvtps2dq), plus the output zero point, clamped. TFLite's reference kernels
+# (OpResolverType.BUILTIN_REF) use a Q31 fixed-point multiplier and round ties away from zero instead, so
+# the two differ by one unit now and then, and the differences grow through a deep network. "xnnpack" (the
+# default) is what a user's litert run computes; "reference" stays selectable (int8_arithmetic) and is what
+# tests/layers/test_int8_corpus.py checks against BUILTIN_REF bit for bit. Ops XNNPACK does not take here
+# (softmax, and the element-wise ops whose XNNPACK form was measured equal to the reference one: ADD,
+# QUANTIZE, DEQUANTIZE, PAD, MAX_POOL_2D on the corpus models) keep one arithmetic in both modes.
+ARITHMETICS = ("xnnpack", "reference")
+_ARITHMETIC = ["xnnpack"]
+
+
+def int8_arithmetic(mode: str | None = None):
+    """The int8 kernels' arithmetic now ('xnnpack' or 'reference'); with `mode`, a context manager that
+    sets it for its block (`with int8_arithmetic("reference"): ...`), restoring the previous one after."""
+    if mode is None:
+        return _ARITHMETIC[0]
+    if mode not in ARITHMETICS:
+        raise PisplitError(f"int8 arithmetic {mode!r}: expected one of {', '.join(ARITHMETICS)}")
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():
+        previous = _ARITHMETIC[0]
+        _ARITHMETIC[0] = mode
+        try:
+            yield mode
+        finally:
+            _ARITHMETIC[0] = previous
+    return scope()
+
+
+def set_int8_arithmetic(mode: str) -> None:
+    """Set the int8 kernels' arithmetic for the process ('xnnpack', the default, or 'reference')."""
+    if mode not in ARITHMETICS:
+        raise PisplitError(f"int8 arithmetic {mode!r}: expected one of {', '.join(ARITHMETICS)}")
+    _ARITHMETIC[0] = mode
+
+
+def _xnnpack() -> bool:
+    return _ARITHMETIC[0] == "xnnpack"
+
+
 @dataclass
 class QuantContext:
     """Quantization of one node's inputs, outputs (None for float tensors) and weights."""
@@ -72,6 +119,14 @@ def _out_scale_per_channel(in_scale: float, wq: TensorQuant, out_scale: float, n
     return np.float64(in_scale) * ws / np.float64(out_scale)
 
 
+def _layer_scaling(op: str, in_q: TensorQuant, wq: TensorQuant, out_q: TensorQuant, cout: int):
+    """What _finisher scales a conv / fully-connected layer's accumulators by in the current arithmetic:
+    ("xnnpack", float32 scales) or the reference real multipliers (output_multipliers)."""
+    if _xnnpack():
+        return "xnnpack", xnnpack_scales(_scalar(in_q, f"{op} input")[0], wq, _scalar(out_q, f"{op} output")[0], cout)
+    return output_multipliers(op, in_q, wq, out_q, cout)
+
+
 def output_multipliers(op: str, in_q: TensorQuant, wq: TensorQuant, out_q: TensorQuant, cout: int):
     """The real multipliers that scale a conv / fully-connected int32 accumulator to its output, as
     TFLite's Prepare computes them: per channel input_scale * filter_scale[c] / output_scale in double
@@ -82,6 +137,24 @@ def output_multipliers(op: str, in_q: TensorQuant, wq: TensorQuant, out_q: Tenso
         # GetQuantizedConvolutionMultipler: the product of the two float scales, then double
         return np.float64(np.float32(in_scale) * np.float32(wq.scale[0])) / np.float64(out_scale)
     return _out_scale_per_channel(in_scale, wq, out_scale, cout)
+
+
+def xnnpack_scales(in_scale: float, wq: TensorQuant, out_scale: float, n: int) -> np.ndarray:
+    """XNNPACK's requantization scales of a qs8 conv / fully-connected layer: float32
+    (input_scale * filter_scale[c]) / output_scale, each step rounded to float32, one per output channel."""
+    ws = np.broadcast_to(np.asarray(wq.scale, np.float32), (n,))
+    return (np.float32(in_scale) * ws) / np.float32(out_scale)
+
+
+def xnnpack_requantize(acc: np.ndarray, scale, zero_point: int, lo: int, hi: int, dtype=np.int8) -> np.ndarray:
+    """XNNPACK's fp32 requantization of int32 accumulators (integers, any integer or float dtype holding
+    them exactly): float32(acc) * scale in float32, rounded half to even, plus the zero point, clamped."""
+    t = np.asarray(acc).astype(np.float32)  # int -> float32 rounds to nearest even, as cvtdq2ps
+    t *= np.asarray(scale, np.float32)
+    np.rint(t, out=t)
+    t += np.float32(zero_point)
+    np.clip(t, lo, hi, out=t)
+    return t.astype(dtype)
 
 
 def _accumulator(acc: np.ndarray, bias) -> np.ndarray:
@@ -143,9 +216,18 @@ def _finisher(bias, mults, out_q: TensorQuant | None, activation, partial: str |
     the int32 partial sum (`partial` names the op) or the requantized int8 values."""
     if partial:
         return lambda acc, c0, c1: _partial(acc, None if bias is None else bias[c0:c1], partial)
-    m, e = quantize_multiplier(mults)
     _, zp = out_q.scalar("output")
     lo, hi = activation_range(activation, out_q)
+    if isinstance(mults, tuple):  # ("xnnpack", float32 scales): XNNPACK's fp32 requantization
+        scales = mults[1]
+
+        def finish_xnnpack(acc, c0, c1):
+            if bias is not None:
+                acc = acc.astype(np.int64)  # exact integers
+                acc += np.asarray(bias[c0:c1], np.int64)
+            return xnnpack_requantize(acc, scales if scales.ndim == 0 else scales[c0:c1], zp, lo, hi, out_q.np_dtype)
+        return finish_xnnpack
+    m, e = quantize_multiplier(mults)
 
     def finish(acc, c0, c1):
         acc = acc.astype(np.int64)  # float sums of integer products are exact integers
@@ -239,7 +321,7 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     win = K._windows(xp, (kh, kw), strides, dilation, outs)  # (N, OH, OW, KH, KW, C), a view
     n, (oh, ow) = x.shape[0], outs
     partial = "conv" if attrs.get("partial") else None
-    finish = _finisher(w.get("bias"), None if partial else output_multipliers("conv", ctx.inputs[0], wq, out_q, cout), out_q,
+    finish = _finisher(w.get("bias"), None if partial else _layer_scaling("conv", ctx.inputs[0], wq, out_q, cout), out_q,
                        attrs.get("activation"), partial)
     y = np.empty((n, oh, ow, cout), np.int32 if partial else out_q.np_dtype)
     flat = y.reshape(n * oh, ow, cout)
@@ -287,7 +369,7 @@ def qdense(xs, attrs, w, ctx: QuantContext):
     kernel = w["kernel"]
     cout = kernel.shape[1]
     partial = "fully connected" if attrs.get("partial") else None
-    finish = _finisher(w.get("bias"), None if partial else output_multipliers("dense", ctx.inputs[0], wq, out_q, cout), out_q,
+    finish = _finisher(w.get("bias"), None if partial else _layer_scaling("dense", ctx.inputs[0], wq, out_q, cout), out_q,
                        attrs.get("activation"), partial)
     rows2d = x.reshape(-1, x.shape[-1])
     y = np.empty((rows2d.shape[0], cout), np.int32 if partial else out_q.np_dtype)
@@ -319,7 +401,21 @@ def qrequantize(xs, attrs, w, ctx: QuantContext):
     mults = np.asarray(attrs["multiplier"], np.float64)
     mults = mults[0] if mults.size == 1 else mults
     lo, hi = activation_range(attrs.get("activation"), out_q)
+    if _xnnpack():
+        return [xnnpack_requantize(acc, _requantize_scales(attrs, mults, out_q), zp, lo, hi, out_q.np_dtype)]
     return [requantize(acc, mults, zp, lo, hi, out_q.np_dtype)]
+
+
+def _requantize_scales(attrs, mults, out_q: TensorQuant) -> np.ndarray:
+    """The float32 scales XNNPACK's unsplit layer uses (xnnpack_scales), for a `requantize` node: its
+    attrs["scale"] (partitioners.split_quant writes them), or, for a node made without them, rebuilt from
+    the real multipliers: multiplier * output_scale is input_scale * filter_scale within a few float64 ulps
+    (the exact product of two float32 values), whose float32 rounding is XNNPACK's first step."""
+    if "scale" in attrs:
+        scales = np.asarray(attrs["scale"], np.float32)
+        return scales[0] if scales.size == 1 else scales
+    so = np.float32(_scalar(out_q, "requantize output")[0])
+    return (np.asarray(mults, np.float64) * np.float64(so)).astype(np.float32) / so
 
 
 # --- element-wise -----------------------------------------------------------------------------------
@@ -339,6 +435,32 @@ def _operands(xs, attrs, w):
     return [w["constant"], *xs] if attrs.get("constant_first") else [*xs, w["constant"]]
 
 
+def _xnnpack_add_multiplier(scale: np.float32, shift: int) -> int:
+    """round-half-even(|scale| * 2**shift) with the scale's sign (XNNPACK adds `shift` to the exponent)."""
+    return int(np.copysign(np.rint(np.float32(abs(scale)) * np.float32(2.0 ** shift)), scale))
+
+
+def xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, dtype, b_sign: int = 1):
+    """XNNPACK's qs8 add (qs8-vadd, its scalar and SIMD forms alike): the float32 ratios sa / so and sb / so
+    (b's negated for a subtraction) as fixed-point multipliers of 20 bits below the larger one's leading
+    bit (round half to even), (a - za) * ma + (b - zb) * mb + 2**(shift - 1) shifted right arithmetically
+    by `shift` (ties toward +infinity), plus the output zero point, clamped."""
+    ra = np.float32(sa) / np.float32(so)
+    rb = np.float32(b_sign) * (np.float32(sb) / np.float32(so))
+    exponent = int(np.frexp(max(abs(ra), abs(rb)))[1]) - 1  # the larger ratio's binary exponent
+    shift = 20 - exponent
+    if not 12 <= shift <= 30:
+        raise PisplitError(f"add: input / output scale ratio {max(abs(ra), abs(rb)):.3g} is outside XNNPACK's range")
+    ma, mb = _xnnpack_add_multiplier(ra, shift), _xnnpack_add_multiplier(rb, shift)
+    # int32 holds every step: |x - z| <= 255 and multipliers <= 2**21, so |acc| < 2**31 (one int32 temporary)
+    acc = np.add((np.asarray(a).astype(np.int32) - np.int32(za)) * np.int32(ma), (np.asarray(b).astype(np.int32) - np.int32(zb)) * np.int32(mb))
+    acc += np.int32(1 << (shift - 1))
+    acc >>= shift
+    acc += np.int32(zo)
+    np.clip(acc, lo, hi, out=acc)
+    return acc.astype(dtype)
+
+
 def qadd(xs, attrs, w, ctx: QuantContext):
     """ADD int8 (reference integer_ops::Add; Prepare in add.cc): both inputs shifted left 20 bits and
     scaled to twice the larger input scale, summed, scaled to the output."""
@@ -348,6 +470,9 @@ def qadd(xs, attrs, w, ctx: QuantContext):
     sb, zb = _scalar(qb, "add input")
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "add output")
+    if _xnnpack():
+        lo, hi = activation_range(attrs.get("activation"), out_q)
+        return [xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype)]
     left_shift = 20
     twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
     ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
@@ -389,9 +514,12 @@ def qmul(xs, attrs, w, ctx: QuantContext):
     sb, zb = _scalar(qb, "mul input")
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "mul output")
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    if _xnnpack():  # XNNPACK's qs8 mul: fp32 requantization by float32 (sa * sb) / so
+        scale = (np.float32(sa) * np.float32(sb)) / np.float32(so)
+        return [xnnpack_requantize((a.astype(np.int32) - za) * (b.astype(np.int32) - zb), scale, zo, lo, hi, out_q.np_dtype)]
     m, e = quantize_multiplier(np.float64(np.float32(sa) * np.float32(sb)) / np.float64(so))
     out = multiply_by_quantized_multiplier((a.astype(np.int64) - za) * (b.astype(np.int64) - zb), m, e) + zo
-    lo, hi = activation_range(attrs.get("activation"), out_q)
     return [np.clip(out, lo, hi).astype(out_q.np_dtype)]
 
 
@@ -403,7 +531,7 @@ TABLE_MIN_VALUES = 1 << 17
 
 
 def _pair_table(kernel, qa: TensorQuant, qb: TensorQuant, out_q: TensorQuant, attrs_key: tuple) -> np.ndarray:
-    key = (kernel.__name__, qa, qb, out_q, attrs_key)
+    key = (kernel.__name__, qa, qb, out_q, attrs_key, int8_arithmetic())
     table = _PAIR_TABLES.get(key)
     if table is None:
         ga = np.arange(qa.qmin, qa.qmax + 1).astype(qa.np_dtype)[:, None]
@@ -504,7 +632,9 @@ def qavg_pool(xs, attrs, w, ctx: QuantContext):
 
 def qmean(xs, attrs, w, ctx: QuantContext):
     """MEAN int8 (reference QuantizedMeanOrSum): sum of (x - input zero point) over the axes, scaled by
-    input_scale / output_scale folded with 1 / count into one multiplier, as TFLite folds it."""
+    input_scale / output_scale folded with 1 / count into one multiplier, as TFLite folds it; XNNPACK's
+    (the default arithmetic): the sum as float32 times float32(input_scale / output_scale) * float32(1 /
+    count) (reduce-nd's qs8 mean), rounded half to even, plus the output zero point."""
     from .ops import _non_batch_axes
 
     x = xs[0]
@@ -515,6 +645,9 @@ def qmean(xs, attrs, w, ctx: QuantContext):
     count = int(np.prod([x.shape[a] for a in axes]))
     x = x if x.dtype.kind in "iu" else x.astype(np.int64)  # integers held in a float buffer
     total = x.sum(axis=axes, keepdims=bool(attrs.get("keepdims", False)), dtype=np.int64) - zi * count
+    if _xnnpack():  # XNNPACK's qs8 mean: float32(input_scale / output_scale) * float32(1 / count), fp32 requantized
+        scale = (np.float32(si) / np.float32(so)) * (np.float32(1) / np.float32(count))
+        return [xnnpack_requantize(total, scale, zo, out_q.qmin, out_q.qmax, out_q.np_dtype)]
     m, e = quantize_multiplier(np.float64(si) / np.float64(so))
     m, e = int(m), int(e)
     shift = min(count.bit_length() - 1, 32, 31 + e)
@@ -648,11 +781,30 @@ def qleaky_relu(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "leaky relu output")
     alpha = np.float32(attrs.get("alpha", 0.2))
+    if _xnnpack():  # XNNPACK's qs8 lrelu: Q8 multipliers rint(256 * si / so) and rint(256 * (si / so) * alpha)
+        positive = np.float32(si) / np.float32(so)
+        return [_xnnpack_q8(x, zi, zo, (_q8_multiplier(positive), _q8_multiplier(positive * alpha)), out_q)]
     m_id, e_id = quantize_multiplier(np.float64(np.float32(np.float32(si) / np.float32(so))))
     m_al, e_al = quantize_multiplier(np.float64(np.float32(np.float32(np.float32(si) * alpha) / np.float32(so))))
     v = x.astype(np.int64) - zi
     out = np.where(v >= 0, multiply_by_quantized_multiplier(v, m_id, e_id), multiply_by_quantized_multiplier(v, m_al, e_al)) + zo
     return [np.clip(out, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]
+
+
+def _q8_multiplier(scale) -> int:
+    """lrintf(256 * scale): a Q8 fixed-point multiplier, rounded half to even."""
+    return int(np.rint(np.float32(256) * np.float32(scale)))
+
+
+def _xnnpack_q8(x, zi: int, zo: int, multipliers: tuple, out_q: TensorQuant) -> np.ndarray:
+    """XNNPACK's Q8 int8 -> int8 rescaling (qs8-vcvt, qs8-vlrelu): (x - zi) times the first multiplier where
+    it is >= 0, the second below, plus 128, shifted right 8 bits arithmetically (ties toward +infinity),
+    plus the output zero point, clamped to the type."""
+    v = np.asarray(x).astype(np.int32) - zi
+    mp, mn = multipliers
+    acc = v * mp if mp == mn else np.where(v >= 0, v * mp, v * mn)
+    out = ((acc + 128) >> 8) + zo
+    return np.clip(out, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)
 
 
 def _relu_family(lo_real, hi_real):
@@ -712,15 +864,24 @@ def qpad(xs, attrs, w, ctx: QuantContext):
 
 def qquantize(xs, attrs, w, ctx: QuantContext):
     """QUANTIZE: float32 -> int8 as round(x / scale) + zero point (float32 division, ties away from
-    zero), or int8 -> int8 requantization by input_scale / output_scale."""
+    zero), or int8 -> int8 requantization by input_scale / output_scale (the reference kernels); XNNPACK's
+    (the default arithmetic): rint(x * float32(1 / scale)) + zero point (ties to even), and int8 -> int8
+    with a Q8 multiplier (_xnnpack_q8)."""
     x = xs[0]
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "quantize output")
-    if ctx.inputs[0] is None:
+    if ctx.inputs[0] is None and _xnnpack():  # XNNPACK's f32 -> qs8 convert: x * float32(1 / scale), ties to even
+        q = np.asarray(x, np.float32) * (np.float32(1) / np.float32(so))
+        np.clip(q, out_q.qmin - zo, out_q.qmax - zo, out=q)
+        q = np.rint(np.nan_to_num(q)).astype(np.int64) + zo
+    elif ctx.inputs[0] is None:
         q = round_half_away(np.asarray(x, np.float32) / np.float32(so))
         q = np.clip(np.nan_to_num(q), -(1 << 30), 1 << 30).astype(np.int64) + zo
     else:
         si, zi = _scalar(ctx.inputs[0], "quantize input")
+        if _xnnpack():  # XNNPACK's qs8 convert: a Q8 multiplier rint(256 * si / so)
+            m = _q8_multiplier(np.float32(si) / np.float32(so))
+            return [_xnnpack_q8(x, zi, zo, (m, m), out_q)]
         m, e = quantize_multiplier(np.float64(si) / np.float64(so))
         q = multiply_by_quantized_multiplier(x.astype(np.int64) - zi, m, e) + zo
     return [np.clip(q, out_q.qmin, out_q.qmax).astype(out_q.np_dtype)]

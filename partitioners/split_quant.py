@@ -86,7 +86,13 @@ def requantize_attrs(graph: Graph, index: int) -> dict:
     cout = graph.shapes[node.outputs[0]][-1]
     mults = np.atleast_1d(output_multipliers(node.op, graph.quant[node.inputs[0]], graph.quant[node.weight_key("kernel")],
                                              graph.quant[node.outputs[0]], cout))
-    return {"quantized": True, "activation": node.attrs.get("activation"), "multiplier": [float(m) for m in mults]}
+    from layers.qkernels import xnnpack_scales
+
+    scales = np.atleast_1d(xnnpack_scales(graph.quant[node.inputs[0]].scalar("input")[0], graph.quant[node.weight_key("kernel")],
+                                          graph.quant[node.outputs[0]].scalar("output")[0], mults.size))
+    # "scale": the float32 scales of the default (XNNPACK) int8 arithmetic, layers.qkernels
+    return {"quantized": True, "activation": node.attrs.get("activation"), "multiplier": [float(m) for m in mults],
+            "scale": [float(s) for s in scales]}
 
 
 def part_quant(graph: Graph, plan: PartPlan, partials: dict | None = None) -> dict:

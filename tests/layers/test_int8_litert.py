@@ -1,10 +1,8 @@
 """int8 graphs on the litert engine (issue 12): layers.tflite_export writes int8 activations, per-channel
 int8 filters and int32 biases with their quantization, so LiteRT runs its integer kernels (XNNPACK's int8
-path). pisplit's numpy kernels follow TFLite's reference kernels bit for bit; XNNPACK requantizes with
-its own rounding, so per op the litert engine equals the numpy engine or differs by 1 quantized unit
-(conv, depthwise with multiplier 2, ADD, MUL, spatial MEAN and int8 -> int8 QUANTIZE differ; fully
-connected, pools, CONCATENATION, RESHAPE, SOFTMAX, LOGISTIC, TANH, RELU(6), PAD(V2), DEQUANTIZE
-do not). Split parts on the litert engine merge to the unsplit litert graph's output exactly."""
+path). pisplit's numpy kernels compute XNNPACK's arithmetic by default (layers.qkernels.int8_arithmetic),
+so per op, per model and per split part the litert engine equals the numpy engine bit for bit. Split parts
+on the litert engine merge to the unsplit litert graph's output exactly."""
 from __future__ import annotations
 
 import importlib.util
@@ -24,11 +22,6 @@ from .tflite_models import INT8_CASES
 
 pytestmark = pytest.mark.litert
 
-# ops whose litert (XNNPACK / TFLite optimized) int8 result equals the reference kernels' exactly
-EXACT = ("fully_connected", "avg_pool", "max_pool", "concat", "reshape", "softmax", "logistic", "tanh", "relu", "pad",
-         "dequantize", "depthwise_3x3_same", "mean_channels")
-
-
 @pytest.fixture(autouse=True)
 def _litert():
     require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
@@ -40,7 +33,7 @@ def units(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> float:
 
 
 @pytest.mark.parametrize("case", sorted(INT8_CASES))
-def test_int8_op_on_litert_within_one_unit_of_numpy(case):
+def test_int8_op_on_litert_equals_numpy(case):
     graph = import_tflite_bytes(INT8_CASES[case]())
     numpy_engine = make_engine(graph, "numpy")
     try:
@@ -54,13 +47,11 @@ def test_int8_op_on_litert_within_one_unit_of_numpy(case):
         for t in graph.outputs:
             scale = graph.quant[graph.nodes[-1].inputs[0]].scale[0] if a[t].dtype.kind == "f" else 1.0
             d = units(a[t], b[t], scale)
-            assert d <= 1.0 + 1e-6, f"{case}: {d} units"
-            if case.startswith(EXACT):
-                assert d == 0, f"{case}: {d} units from the reference kernels"
+            assert d == 0, f"{case}: {d} units from the numpy engine"
 
 
 @pytest.mark.parametrize("float_io", [False, True])
-def test_int8_model_on_litert_within_one_unit(float_io):
+def test_int8_model_on_litert_equals_numpy(float_io):
     graph = int8_split_graph(float_io)
     a, b = make_engine(graph, "numpy"), make_engine(graph, "litert")
     out = graph.outputs[0]
@@ -69,7 +60,7 @@ def test_int8_model_on_litert_within_one_unit(float_io):
         x = graph.random_input(seed)
         ya, yb = a.run(x)[out], b.run(x)[out]
         assert ya.dtype == yb.dtype == (np.float32 if float_io else np.int8)
-        assert units(ya, yb, scale) <= 1.0 + 1e-6
+        assert units(ya, yb, scale) == 0
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] not in ("fc-input", "conv-filter")], ids=case_id)
@@ -83,7 +74,7 @@ def test_int8_split_on_litert_equals_unsplit_litert(case):
     got = split.run(x, engine="litert")
     want = whole.run(x, engine="litert")
     assert got.dtype == np.int8 and np.array_equal(got, want)
-    assert units(got, split.reference(x)) <= 1
+    assert units(got, split.reference(x)) == 0  # the numpy engine's unsplit layer
 
 
 def test_int8_partial_sums_are_refused_by_litert():
