@@ -372,13 +372,15 @@ class Calibration:
 
     def class_scales(self, kind: str) -> dict | None:
         """Per op class (OP_CLASSES) the kind's device seconds per base-profile second for this engine, when
-        its device profile fits them (compute.op_classes.<engine>, see op_class_scales) and the base is
-        the shipped reference profile they were fitted on; None otherwise (one scale for every node:
-        a kind measured itself, a user-measured host base, a profile giving only reference_model)."""
+        its device profile fits them (compute.op_classes.<engine>, see op_class_scales) and it is priced
+        from the shipped reference profile they were fitted on; None otherwise (one scale for every node:
+        a kind measured itself or relative to one that was, a user-measured host base, a profile giving
+        only reference_model)."""
         key = ("classes", kind)
         if key not in self._cache:
             found = None
-            if kind != "host" and kind not in self.measured and self.base.source == str(reference_profile_path(self.engine)):
+            # the kind priced from the shipped base (not from a Pi's own profile, also by way of relative_to)
+            if kind != "host" and self.resolve(kind)[0] is self.base and self.base.source == str(reference_profile_path(self.engine)):
                 found = op_class_scales(kind, self.engine)
             self._cache[key] = found
         return self._cache[key]

@@ -115,3 +115,12 @@ def test_a_measured_host_base_keeps_one_scale():
     calibration = Calibration("litert", [measured])
     assert calibration.class_scales("rpi3") is None
     assert Calibration("litert").class_scales("rpi3") is not None
+    # a Pi 4 measured itself: its seconds as measured, and a Pi 5 (relative to it) divides them, no classes
+    pi4 = replace(shipped, kind="rpi4", source="my-pi4.json")
+    calibration = Calibration("litert", [pi4])
+    graph = load_model("mobilenet_v1")
+    assert calibration.class_scales("rpi4") is None and calibration.class_scales("rpi5") is None
+    assert calibration.class_scales("rpi3") is not None
+    profile, scale = calibration.resolve("rpi5")
+    assert profile is pi4 and scale == pytest.approx(1 / 3.0)
+    assert calibration.node_seconds("rpi5", graph, 1) == profile.node_seconds(graph, 1)
