@@ -1,11 +1,13 @@
-"""Integer (int8) kernels of the numpy engine, following TFLite's reference kernels bit for bit.
+"""Integer (int8) kernels of the numpy engine, in either of two arithmetics (int8_arithmetic): LiteRT's
+default interpreter's (XNNPACK's qs8 kernels, the default) or TFLite's reference kernels', bit for bit.
 
 Each kernel takes the node's integer inputs, attributes, raw integer weights (int8 filters, int32
 biases) and a `QuantContext` with the quantization of its inputs, outputs and weights, and returns
-integer outputs, as tensorflow/lite/kernels/internal/reference/integer_ops/* and the kernels' Prepare
-steps compute them: int32 accumulation of (x - input zero point) * filter, bias added, scaled by a
-per-channel Q31 multiplier and shift (layers.quant), output zero point added, clamped to the fused
-activation's range in the quantized domain.
+integer outputs. The reference arithmetic is tensorflow/lite/kernels/internal/reference/integer_ops/*
+with the kernels' Prepare steps: int32 accumulation of (x - input zero point) * filter, bias added, scaled
+by a per-channel Q31 multiplier and shift (layers.quant), output zero point added, clamped to the fused
+activation's range in the quantized domain. The XNNPACK one keeps the same exact int32 accumulators and
+rescales them as XNNPACK does (see ARITHMETICS below for each op).
 
 Accumulations run as float matrix products of integer values: int8 operands in float32 in chunks short
 enough that every partial sum stays below 2**24 (EXACT_F32_TERMS products), summed in float64, so BLAS
@@ -13,6 +15,7 @@ is exact whatever its summation order, and fast.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,19 +27,34 @@ from .quant import (TensorQuant, activation_range, multiply_by_quantized_multipl
 
 
 # --- which arithmetic: LiteRT's default interpreter (XNNPACK) or TFLite's reference kernels ---------------
-# LiteRT's default interpreter hands a full-integer model's conv / depthwise / fully-connected / mean nodes
-# to XNNPACK, whose qs8 kernels requantize in float32 ("fp32" requantization, the one x86 and the Pis'
-# ARMv8 builds use): the int32 accumulator (bias included) as float32, times the float32 scale
-# input_scale * filter_scale[c] / output_scale (two float32 roundings, XNNPACK's operator set-up), rounded
-# half to even (magic bias / cvtps2dq), plus the output zero point, clamped. TFLite's reference kernels
-# (OpResolverType.BUILTIN_REF) use a Q31 fixed-point multiplier and round ties away from zero instead, so
-# the two differ by one unit now and then, and the differences grow through a deep network. "xnnpack" (the
-# default) is what a user's litert run computes; "reference" stays selectable (int8_arithmetic) and is what
-# tests/layers/test_int8_corpus.py checks against BUILTIN_REF bit for bit. Ops XNNPACK does not take here
-# (softmax, and the element-wise ops whose XNNPACK form was measured equal to the reference one: ADD,
-# QUANTIZE, DEQUANTIZE, PAD, MAX_POOL_2D on the corpus models) keep one arithmetic in both modes.
+# LiteRT's default interpreter hands a full-integer model's int8 nodes to XNNPACK where it takes them, and
+# XNNPACK's qs8 kernels round differently from TFLite's reference kernels (OpResolverType.BUILTIN_REF):
+# 1 unit now and then per op, grown through a deep network to 9 units on ResNet50's logits. "xnnpack" (the
+# default) computes what a user's litert run computes, measured node by node (each node alone as its own
+# model, on the numpy run's own inputs) and whole-model equal bit for bit on the converter's MobileNetV2 and
+# ResNet50 (int8 and float-I/O) and every small int8 op case (tests/layers/test_int8_kernels.py,
+# test_int8_corpus.py, test_xnnpack_int8.py):
+# - CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (qs8-qc8w / qs8 GEMM, IGEMM, DWCONV, "fp32" requantization
+#   on x86 and ARMv8 alike): the exact int32 accumulator (bias included) as float32, times the float32
+#   scale (input_scale * filter_scale[c]) / output_scale (each step rounded to float32, as the operator's
+#   set-up computes it), rounded half to even (magic bias / cvtps2dq), plus the output zero point, clamped.
+# - MEAN (reduce-nd's qs8 mean): the int32 sum of x - input zero point as float32 times float32(input_scale
+#   / output_scale) * float32(1 / count), rounded half to even, plus the zero point.
+# - ADD (qs8-vadd): float32 scale ratios as fixed-point multipliers with 20 bits below the larger one's
+#   leading bit (rounded half to even), an exact int32 sum plus 2**(shift - 1), arithmetic shift right (ties
+#   toward +infinity), plus the zero point.
+# - MUL (qs8-vmul fp32): (a - za) * (b - zb) as float32 times float32 (sa * sb) / so, then as the conv.
+# - LEAKY_RELU (qs8-vlrelu) and int8 -> int8 QUANTIZE (qs8-vcvt): Q8 multipliers rint(256 * ratio),
+#   (x - zi) * multiplier + 128 shifted right 8 bits, plus the zero point.
+# - float -> int8 QUANTIZE (f32-qs8-vcvt): rint(x * float32(1 / scale)) + zero point (ties to even).
+# Ops whose default-interpreter result equals the reference kernels' (measured, every int8 value or seeded
+# inputs: SUB, HARD_SWISH, LOGISTIC, TANH, SOFTMAX, RELU(6), pools, PAD, DEQUANTIZE, data movement) keep one
+# arithmetic in both modes. "reference" stays selectable; test_int8_corpus.py checks it against BUILTIN_REF
+# bit for bit.
 ARITHMETICS = ("xnnpack", "reference")
-_ARITHMETIC = ["xnnpack"]
+# the process's arithmetic: PISPLIT_INT8_ARITHMETIC chooses it for every process of a run (MPI ranks, the
+# CLI, benchmarks); set_int8_arithmetic / int8_arithmetic(mode) within one
+_ARITHMETIC = [os.environ.get("PISPLIT_INT8_ARITHMETIC") or "xnnpack"]
 
 
 def int8_arithmetic(mode: str | None = None):
@@ -67,7 +85,10 @@ def set_int8_arithmetic(mode: str) -> None:
 
 
 def _xnnpack() -> bool:
-    return _ARITHMETIC[0] == "xnnpack"
+    mode = _ARITHMETIC[0]
+    if mode not in ARITHMETICS:
+        raise PisplitError(f"PISPLIT_INT8_ARITHMETIC={mode!r}: expected one of {', '.join(ARITHMETICS)}")
+    return mode == "xnnpack"
 
 
 @dataclass
