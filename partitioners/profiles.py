@@ -520,12 +520,16 @@ def op_class_scales(kind: str, engine: str) -> dict | None:
     raise PisplitError(f"device profile {kind}: 'relative_to' entries form a cycle")
 
 
-def class_seconds(profile: Profile, graph: Graph) -> dict:
+def class_seconds(profile: Profile, graph: Graph, int8_rate: float = 1.0) -> dict:
     """Seconds of a forward pass of `graph` on the machine `profile` measured, per op class (its
-    node_seconds: measured nodes as timed, others predicted)."""
+    node_seconds: measured nodes as timed, others predicted); an int8 node it did not time divided by
+    `int8_rate` (a device's int8 speedup, as Calibration.node_seconds prices it)."""
     out = dict.fromkeys(OP_CLASSES, 0.0)
     for i in range(len(graph)):
-        out[op_class(graph, i)] += profile.node_seconds(graph, i)
+        seconds = profile.node_seconds(graph, i)
+        if graph.nodes[i].attrs.get("quantized") and profile.measured_seconds(graph, i) is None:
+            seconds /= int8_rate
+        out[op_class(graph, i)] += seconds
     return out
 
 
@@ -596,6 +600,18 @@ def refit_op_classes(kind: str, engine: str = "litert") -> dict:
         models.append({**entry, "base_s": {c: round(row[c], 6) for c in OP_CLASSES},
                        "predicted_s": round(predicted, 4), "residual": round(math.log(predicted / float(entry["seconds"])), 3)})
     block["models"] = models
+    # int8 models of the same table: priced at the fitted float scales and the kind's int8 rate, not fitted
+    checks = []
+    for entry in block.get("int8_checks", ()):
+        path = corpus / str(entry["graph"])
+        if not path.exists():
+            raise PisplitError(f"refit {kind}: corpus model {path} is missing (scripts/build_corpus builds it)")
+        row = class_seconds(base, load_model(str(path)), int8_speedup(kind, engine))
+        predicted = sum(block["scales"][c] * row[c] for c in OP_CLASSES)
+        checks.append({**entry, "base_s": {c: round(row[c], 6) for c in OP_CLASSES}, "predicted_s": round(predicted, 4),
+                       "residual": round(math.log(predicted / float(entry["seconds"])), 3)})
+    if checks:
+        block["int8_checks"] = checks
     return block
 
 

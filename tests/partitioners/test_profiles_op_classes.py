@@ -14,8 +14,8 @@ import pytest
 from layers import load_model
 from partitioners import devices
 from partitioners.devices import device_profile
-from partitioners.profiles import (OP_CLASSES, Calibration, Profile, class_dilation, class_seconds, fit_op_classes, op_class,
-                                   op_class_scales, reference_profile_path)
+from partitioners.profiles import (OP_CLASSES, Calibration, Profile, class_dilation, class_seconds, fit_op_classes, int8_speedup,
+                                   op_class, op_class_scales, reference_profile_path)
 
 CORPUS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pisplit-corpus"
 
@@ -31,7 +31,7 @@ def test_recorded_fit_is_what_the_shipped_base_prices(kind):
     calibration = Calibration("litert")
     _, scale = calibration.resolve(kind)
     checked = 0
-    for entry in block["models"]:
+    for entry in block["models"] + block.get("int8_checks", []):  # int8 ones: priced at the kind's int8 rate too
         spec = entry["graph"]
         if spec.endswith(".tflite"):
             if not (CORPUS / spec).exists():
@@ -40,13 +40,14 @@ def test_recorded_fit_is_what_the_shipped_base_prices(kind):
                 continue
             spec = str(CORPUS / spec)
         graph = load_model(spec)
-        rows = class_seconds(calibration.base, graph)
+        rows = class_seconds(calibration.base, graph, int8_speedup(kind, "litert"))
         assert rows == pytest.approx(entry["base_s"], rel=1e-3, abs=2e-6), entry["model"]
         predicted = sum(scales[c] * entry["base_s"][c] for c in OP_CLASSES)
         assert predicted == pytest.approx(entry["predicted_s"], rel=1e-3)
         assert math.log(predicted / entry["seconds"]) == pytest.approx(entry["residual"], abs=2e-3)
         # the cited seconds are met within the recorded residual
         assert abs(math.log(predicted / entry["seconds"])) <= abs(entry["residual"]) + 2e-3
+        assert any(n.attrs.get("quantized") for n in graph.nodes) == (entry in block.get("int8_checks", []))
         planned = scale * sum(calibration.node_seconds(kind, graph, i) for i in range(len(graph)))
         assert planned == pytest.approx(predicted, rel=2e-3), entry["model"]
         checked += 1
