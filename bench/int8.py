@@ -10,7 +10,9 @@ its ratio to the plan's prediction, the bytes a frame sent, memory (the rank fur
 the plan's largest prediction) and int8 over float32 measured throughput. The first table's last column is
 the numpy engine's agreement with the plain LiteRT interpreter on the file: the largest |numpy - LiteRT| over
 the largest |LiteRT| on seeded inputs ('equal' when every value is the same), e.g. a dynamic-range model,
-whose hybrid layers the numpy engine runs with LiteRT's own arithmetic (issue 12: within 1e-4).
+whose hybrid layers the numpy engine runs with LiteRT's own arithmetic (issue 12: within 1e-4), and a
+full-integer one, whose int8 kernels compute XNNPACK's arithmetic by default (issue 12: 'equal'; with
+PISPLIT_INT8_ARITHMETIC=reference, TFLite's reference kernels': measured 0.0078-0.5 of the largest output).
 
 Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--devices rpi3:4] [--link 94mbit]
                           [--emulate-models a,b|none] [--emulate-engines litert,numpy] [--emulate-frames N]
