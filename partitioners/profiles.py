@@ -474,19 +474,24 @@ def device_slowdown(kind: str, engine: str = "numpy") -> float:
 
 # --- per-op-class calibration (issue 12: a Pi runs conv and depthwise layers relatively slower) ------
 
-OP_CLASSES = ("conv", "depthwise", "fc", "other")
+OP_CLASSES = ("conv", "depthwise", "fc", "matmul", "other")
 
 
 def op_class(graph: Graph, index: int) -> str:
     """The calibration class of a node (its latency-model key, latency_model.op_key): 'depthwise'
-    (depthwise conv), 'conv' (every other convolution, grouped included), 'fc' (dense layers and
-    matrix products) or 'other' (pooling, elementwise, normalisation, data movement)."""
+    (depthwise conv), 'conv' (every other convolution, grouped included), 'fc' (a dense layer over
+    one row: a classifier's, streaming its weights once), 'matmul' (a dense layer over many rows and
+    batch_matmul: a transformer's matrix products, compute-bound where 'fc' is memory-bound; no CNN
+    reference model has them, so the fit leaves them at the reference-model scale) or 'other'
+    (pooling, elementwise, normalisation, data movement)."""
     key = op_key(graph, index)
     if key.startswith("conv2d/depthwise"):
         return "depthwise"
     if key.startswith("conv"):
         return "conv"
-    if key.startswith("dense") or key == "batch_matmul":
+    if key == "dense/rows" or key == "batch_matmul":
+        return "matmul"
+    if key.startswith("dense"):
         return "fc"
     return "other"
 
