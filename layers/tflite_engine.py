@@ -65,6 +65,14 @@ class LiteRTEngine:
         self._batch = 1
         # a node that moves the batch axis (issue 19, layers.ops.batch1_only) makes the graph one frame's
         self._one_frame = next((n for n in graph.nodes if n.attrs.get("batch1")), None)
+        # per input, what a frame's array must be to go to the interpreter as it is (run's fast path):
+        # its dtype (float32, or an int8 input's integer type) and its shape at the current batch
+        self._dtypes = [graph.dtype(name) for name in graph.inputs]
+        self._shapes = [tuple(shape) for shape in graph.inputs.values()]
+        self._fed = list(zip(graph.inputs, self._inputs, self._dtypes, self._shapes))
+        self._read = list(zip(graph.outputs, self._outputs))
+        self._set = self.interpreter.set_tensor
+        self._get = self.interpreter.get_tensor
 
     def _resize(self, batch: int) -> None:
         try:
@@ -75,8 +83,28 @@ class LiteRTEngine:
             raise PisplitError(f"model {self.graph.name}: LiteRT cannot run a batch of {batch} frames "
                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
         self._batch = batch
+        self._shapes = [(batch, *shape[1:]) for shape in self.graph.inputs.values()]
+        self._fed = list(zip(self.graph.inputs, self._inputs, self._dtypes, self._shapes))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # the per-frame path: every input already a C-contiguous array of its dtype and of the shape the
+        # interpreter holds (the batch of the previous frame) goes in as it is; anything else (another
+        # dtype, batch or shape, a missing input, a list) takes _checked, which converts and validates it
+        # as before. The checks are the same: an array passing these is what _checked would hand on.
+        set_tensor = self._set
+        for name, index, dtype, shape in self._fed:
+            x = feeds.get(name)
+            if type(x) is not np.ndarray or x.dtype != dtype or x.shape != shape or not x.flags.c_contiguous:
+                self._checked(feeds)
+                break
+            set_tensor(index, x)
+        self.interpreter.invoke()
+        get_tensor = self._get
+        return {t: get_tensor(index) for t, index in self._read}
+
+    def _checked(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Validate and convert every input (dtype, shape, batch), resize the interpreter to a new batch,
+        and set the inputs."""
         arrays = []
         for name, shape in self.graph.inputs.items():
             if name not in feeds:
@@ -98,5 +126,3 @@ class LiteRTEngine:
             self._resize(batch)
         for index, x in zip(self._inputs, arrays):
             self.interpreter.set_tensor(index, x)
-        self.interpreter.invoke()
-        return {t: self.interpreter.get_tensor(index) for t, index in zip(self.graph.outputs, self._outputs)}

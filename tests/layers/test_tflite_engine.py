@@ -186,3 +186,67 @@ def test_a_batch_litert_cannot_run_is_one_line_not_a_traceback():
     with pytest.raises(PisplitError, match=r"model lenet5: input 'input' holds no frame \(axis 0 is 0\)"):
         engine.run({"input": np.zeros((0, 32, 32, 1), np.float32)})
     assert engine.run({"input": np.zeros((2, 32, 32, 1), np.float32)})["prob"].shape == (2, 10)
+
+
+def test_every_frame_is_checked_whether_it_goes_in_as_it_is_or_is_converted():
+    """run() hands an input that is already a C-contiguous array of the input's dtype and the batch the
+    interpreter holds straight to it; every other feed (float64, a strided view, a list, a new batch, a
+    wrong shape, a missing input) takes the converting, validating path, with the same results and errors."""
+    graph = zoo_model("lenet5")
+    engine = make_engine(graph, "litert")
+    x = random_feeds(graph, seed=11)["input"]
+    want = graph.execute({"input": x})["prob"]
+    first = engine.run({"input": x})["prob"]
+    assert_close(first, want)
+    wide = np.zeros((1, 32, 64, 1), np.float32)
+    wide[:, :, ::2] = x
+    for feed in (x.astype(np.float64), wide[:, :, ::2], x.tolist(), np.asfortranarray(x), x):
+        assert np.array_equal(engine.run({"input": feed})["prob"], first)
+    three = np.concatenate([x, -x, 2 * x])
+    assert_close(engine.run({"input": three})["prob"], graph.execute({"input": three})["prob"])
+    assert np.array_equal(engine.run({"input": x})["prob"], first)  # back to one frame: resized again
+    out = engine.run({"input": x})
+    out["prob"][:] = 7  # outputs are copies: a later frame is not written into them, nor they into it
+    assert np.array_equal(engine.run({"input": x})["prob"], first)
+    with pytest.raises(PisplitError, match=r"input 'input' has shape \(1, 32, 31, 1\)"):
+        engine.run({"input": x[:, :, :31]})
+    with pytest.raises(PisplitError, match=r"input 'input' \(shape \(1, 32, 32, 1\)\) was not given"):
+        engine.run({"x": x})
+    assert np.array_equal(engine.run({"input": x})["prob"], first)
+
+
+def test_int8_inputs_are_checked_on_every_frame():
+    from .int8_split_models import int8_split_graph
+
+    graph = int8_split_graph(False)
+    name = next(iter(graph.inputs))
+    engine = make_engine(graph, "litert")
+    x = graph.random_input(3)[name]
+    assert x.dtype == np.int8
+    first = engine.run({name: x})
+    again = engine.run({name: x.astype(np.float32)})  # a float array of int8 integers: converted
+    assert all(np.array_equal(again[t], first[t]) for t in graph.outputs)
+    with pytest.raises(PisplitError, match=f"tensor {name!r} is int8"):
+        engine.run({name: x.astype(np.int16) * 300})
+
+
+def test_equal_weights_share_one_buffer_in_the_flatbuffer():
+    """Constants with the very same bytes (an unrolled recurrent layer's weights, one copy a step) are
+    written once; ones that differ in a single byte the sampled key does not look at stay apart."""
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((64, 64)).astype(np.float32)
+    b = GraphBuilder("shared")
+    x = b.input("x", (1, 64))
+    y = b.dense(b.dense(b.dense(x, 64, "d1", activation="tanh"), 64, "d2", activation="tanh"), 64, "d3")
+    graph = b.build(y)
+    near = k.copy()
+    near[1, 0] += 1.0  # written transposed: element 1, outside the key's sample (every 16th): only the full compare tells
+    bias = np.zeros(64, np.float32)
+    shared = Graph("shared", graph.inputs, graph.nodes, graph.outputs,
+                   {"d1/kernel": k, "d1/bias": bias, "d2/kernel": k, "d2/bias": bias, "d3/kernel": near, "d3/bias": bias + 1})
+    apart = Graph("apart", graph.inputs, graph.nodes, graph.outputs,
+                  {"d1/kernel": k, "d1/bias": bias, "d2/kernel": k + 1, "d2/bias": bias + 2, "d3/kernel": near, "d3/bias": bias + 1})
+    assert len(export_tflite(apart)) - len(export_tflite(shared)) >= k.nbytes + bias.nbytes
+    for g in (shared, apart):
+        feeds = random_feeds(g, seed=12)
+        assert_close(make_engine(g, "litert").run(feeds)[g.outputs[0]], g.execute(feeds)[g.outputs[0]])
