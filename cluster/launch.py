@@ -2,7 +2,8 @@
 
 The head node (where this runs) starts `mpirun`; Open MPI reaches each host with OpenSSH using the
 ssh_config that `write_ssh_config` writes from the inventory (address, port, user, the cluster key
-`pisplit provision` installed, known_hosts with strict checking), one host a line of the hostfile
+`pisplit provision` installed, known_hosts with strict checking, keep-alives that end the ssh of a Pi
+that went silent within about 15 s: SSH_ALIVE_*), one host a line of the hostfile
 in rank order (`--map-by seq`), and the remote venv as `--prefix` so every host finds `prted`.
 """
 from __future__ import annotations
@@ -19,6 +20,12 @@ from .inventory import Host, Inventory
 from .mpirun import cluster_tcp_networks, mpirun_path
 
 DEFAULT_RANK_COMMAND = "{pisplit} run {plan} --frames {frames}"
+# mpirun's ssh to each host asks for an answer after this many seconds of silence and gives up after
+# SSH_ALIVE_COUNT unanswered asks: a Pi that loses its link (Wi-Fi gone, powered off) is noticed within
+# about 5 x 3 = 15 s, and its ssh then ends instead of holding mpirun (and its pipes) until TCP gives
+# up, many minutes later. A live Pi on a LAN answers within milliseconds; a busy one within a second.
+SSH_ALIVE_INTERVAL_S = 5
+SSH_ALIVE_COUNT = 3
 
 
 def default_known_hosts() -> Path:
@@ -155,7 +162,8 @@ def write_ssh_config(path: Path, hosts: list[Host], cluster_key: Path, known_hos
             lines.append(f"  User {h.user}")
         lines += [f"  IdentityFile {_ssh_config_quote(str(cluster_key))}", "  IdentitiesOnly yes",
                   f"  UserKnownHostsFile {_ssh_config_quote(str(known_hosts))}", "  StrictHostKeyChecking yes",
-                  "  BatchMode yes", "  ConnectTimeout 10"]
+                  "  BatchMode yes", "  ConnectTimeout 10",
+                  f"  ServerAliveInterval {SSH_ALIVE_INTERVAL_S}", f"  ServerAliveCountMax {SSH_ALIVE_COUNT}"]
         blocks.append("\n".join(lines))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Written by pisplit from the inventory; overwritten on every launch.\n" + "\n\n".join(blocks) + "\n")

@@ -567,8 +567,10 @@ def venv_command(python: str, venv: str) -> str:
 
 
 def pip_install_command(venv: str, workdir: str) -> str:
-    """Install the pinned requirements, at the lock's versions, from the synced wheelhouse only: hosts may have no internet."""
-    return shlex.join([f"{venv}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-index",
+    """Install the pinned requirements, at the lock's versions, from the synced wheelhouse only: hosts may have no internet.
+    --no-compile: pip would byte-compile every installed module (numpy's thousands: about a third of the
+    install on a Pi); Python writes each .pyc itself, once, the first time a rank imports the module."""
+    return shlex.join([f"{venv}/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-index", "--no-compile",
                        "--find-links", f"{workdir}/wheelhouse", "-r", f"{workdir}/requirements.txt",
                        "-c", f"{workdir}/constraints.txt"])
 
