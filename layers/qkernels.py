@@ -167,6 +167,25 @@ def xnnpack_scales(in_scale: float, wq: TensorQuant, out_scale: float, n: int) -
     return (np.float32(in_scale) * ws) / np.float32(out_scale)
 
 
+def xnnpack_activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
+    """A fused activation's clamp as XNNPACK quantizes it (xnn_qs8_quantize): rint(value / scale + zero point)
+    in float32, ties to even (TFLite's reference adds the zero point after rounding value / scale half away
+    from zero: RELU6 on output scale 12 clamps at 1 there, at 0 here)."""
+    lo, hi = activation_range(activation, quant)  # (validates the activation)
+    if activation in (None, "linear"):
+        return lo, hi
+    scale, zp = quant.scalar("activation output")
+    reals = {"relu": (0.0, None), "relu6": (0.0, 6.0), "relu_n1_to_1": (-1.0, 1.0)}[activation]
+    bounds = [None if r is None else int(np.rint(np.clip(np.float32(r) / np.float32(scale) + np.float32(zp), quant.qmin, quant.qmax)))
+              for r in reals]
+    return bounds[0], quant.qmax if bounds[1] is None else bounds[1]
+
+
+def _activation_range(activation, quant: TensorQuant) -> tuple[int, int]:
+    """The fused activation's clamp in the current arithmetic."""
+    return xnnpack_activation_range(activation, quant) if _xnnpack() else activation_range(activation, quant)
+
+
 def xnnpack_requantize(acc: np.ndarray, scale, zero_point: int, lo: int, hi: int, dtype=np.int8) -> np.ndarray:
     """XNNPACK's fp32 requantization of int32 accumulators (integers, any integer or float dtype holding
     them exactly): float32(acc) * scale in float32, rounded half to even, plus the zero point, clamped."""
@@ -238,7 +257,7 @@ def _finisher(bias, mults, out_q: TensorQuant | None, activation, partial: str |
     if partial:
         return lambda acc, c0, c1: _partial(acc, None if bias is None else bias[c0:c1], partial)
     _, zp = out_q.scalar("output")
-    lo, hi = activation_range(activation, out_q)
+    lo, hi = (xnnpack_activation_range if isinstance(mults, tuple) else activation_range)(activation, out_q)
     if isinstance(mults, tuple):  # ("xnnpack", float32 scales): XNNPACK's fp32 requantization
         scales = mults[1]
 
@@ -421,7 +440,7 @@ def qrequantize(xs, attrs, w, ctx: QuantContext):
     _, zp = _scalar(out_q, "requantize output")
     mults = np.asarray(attrs["multiplier"], np.float64)
     mults = mults[0] if mults.size == 1 else mults
-    lo, hi = activation_range(attrs.get("activation"), out_q)
+    lo, hi = _activation_range(attrs.get("activation"), out_q)
     if _xnnpack():
         return [xnnpack_requantize(acc, _requantize_scales(attrs, mults, out_q), zp, lo, hi, out_q.np_dtype)]
     return [requantize(acc, mults, zp, lo, hi, out_q.np_dtype)]
@@ -492,7 +511,7 @@ def qadd(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "add output")
     if _xnnpack():
-        lo, hi = activation_range(attrs.get("activation"), out_q)
+        lo, hi = xnnpack_activation_range(attrs.get("activation"), out_q)
         return [xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype)]
     left_shift = 20
     twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
@@ -515,6 +534,9 @@ def qsub(xs, attrs, w, ctx: QuantContext):
     sb, zb = _scalar(qb, "sub input")
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "sub output")
+    if _xnnpack():  # XNNPACK's subtract: its add with the second ratio negated
+        lo, hi = xnnpack_activation_range(attrs.get("activation"), out_q)
+        return [xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype, b_sign=-1)]
     left_shift = 20
     twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
     ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
@@ -535,7 +557,7 @@ def qmul(xs, attrs, w, ctx: QuantContext):
     sb, zb = _scalar(qb, "mul input")
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "mul output")
-    lo, hi = activation_range(attrs.get("activation"), out_q)
+    lo, hi = _activation_range(attrs.get("activation"), out_q)
     if _xnnpack():  # XNNPACK's qs8 mul: fp32 requantization by float32 (sa * sb) / so
         scale = (np.float32(sa) * np.float32(sb)) / np.float32(so)
         return [xnnpack_requantize((a.astype(np.int32) - za) * (b.astype(np.int32) - zb), scale, zo, lo, hi, out_q.np_dtype)]
@@ -632,7 +654,7 @@ def qmax_pool(xs, attrs, w, ctx: QuantContext):
     # value, when they all hold it), in the input's own type (no wider copy)
     win, *_ = _pool_windows(x, attrs, np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -(1 << 20))
     out = win.max(axis=(3, 4))
-    lo, hi = activation_range(attrs.get("activation"), ctx.outputs[0])
+    lo, hi = _activation_range(attrs.get("activation"), ctx.outputs[0])  # XNNPACK takes MAX_POOL_2D
     return [np.clip(out, lo, hi).astype(ctx.outputs[0].np_dtype)]
 
 

@@ -128,3 +128,34 @@ def test_partial_sum_splits_equal_the_unsplit_layer_in_both_arithmetics(arithmet
                 del without["scale"]
                 old = Graph("old", post.inputs, [Node(node.name, node.op, node.inputs, node.outputs, without, {})], post.outputs, {}, post.meta)
                 assert np.array_equal(old.run_node(0, [summed])[0], post.run_node(0, [summed])[0])
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("op", ["conv2d", "add", "sub", "mul", "max_pool2d"])
+def test_fused_activation_clamps_quantize_as_xnnpack(op):
+    """RELU6 on output scale 12 (6 / 12 = 0.5) and RELU_N1_TO_1 on 2 (+-0.5): XNNPACK's clamp is rint(value /
+    scale + zero point), ties to even (0 and 0), the reference kernels' zero point + round-half-away (1, -1 and
+    1): the default arithmetic equals the default interpreter, the reference one BUILTIN_REF."""
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 2, 128, 1)
+    for activation, scale in (("relu6", 12.0), ("relu_n1_to_1", 2.0)):
+        attrs = {"quantized": True, "activation": activation}
+        weights, feeds, quant = {}, {"x": x}, {"x": _q(scale), "y": _q(scale)}
+        if op == "conv2d":
+            node = Node("n", op, ["x"], ["y"], attrs, {"kernel": (1, 1, 1, 1), "bias": (1,)})
+            quant.update({"x": _q(1.0), "n/kernel": _q(1.0, axis=3), "n/bias": _q(1.0, dtype="int32")})
+            weights = {"n/kernel": np.ones((1, 1, 1, 1), np.int8), "n/bias": np.zeros(1, np.int32)}
+        elif op == "max_pool2d":
+            node = Node("n", op, ["x"], ["y"], {**attrs, "pool": [1, 1], "strides": [1, 1], "padding": "valid"}, {})
+        else:
+            node = Node("n", op, ["x", "z"], ["y"], attrs, {})
+            feeds["z"], quant["z"] = x[:, :, ::-1].copy(), _q(scale)
+        graph = Graph("clamp", {t: v.shape for t, v in feeds.items()}, [node], ["y"], weights, {"quant": quant})
+        engine = make_engine(graph, "numpy")
+        default = engine.run(feeds)["y"]
+        with int8_arithmetic("reference"):
+            reference = engine.run(feeds)["y"]
+        assert (default.min(), default.max()) == (0, 0) and reference.max() == 1
+        model = export_tflite(graph)
+        assert np.array_equal(default, interpreter_outputs(model, list(feeds.values()), "AUTO")[0])
+        assert np.array_equal(reference, interpreter_outputs(model, list(feeds.values()), "BUILTIN_REF")[0])
