@@ -24,7 +24,8 @@ CASES = [
     {"layer": "depthwise_conv_2d_6", "kind": "fused-tiles", "sizes": [3, 2, 2], "options": {"last": "max_pool_2d_11"}},
     {"layer": "depthwise_conv_2d_6", "kind": "conv-channel", "sizes": [9, 7, 4]},
     {"layer": "fully_connected_19", "kind": "fc-output", "sizes": [5, 4, 2]},
-    {"layer": "fully_connected_22", "kind": "data-parallel", "sizes": 3},
+    # (fully_connected_22's 5 outputs barely vary with the image: 5 distinct values in 3 frames, too few to judge)
+    {"layer": "fully_connected_19", "kind": "data-parallel", "sizes": 3},
     {"layer": "conv_2d_3", "kind": "conv-spatial", "sizes": [6, 4, 3], "segment_runner": True},
     {"layer": "conv_2d_4", "kind": "conv-channel", "sizes": [4, 4, 2], "float_io": True},
     # partial sums: int32 sums travel as exact float32 16-bit halves, added by the root, requantized once
