@@ -484,13 +484,14 @@ def xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, dtype, b_sign: int = 1):
     """XNNPACK's qs8 add (qs8-vadd, its scalar and SIMD forms alike): the float32 ratios sa / so and sb / so
     (b's negated for a subtraction) as fixed-point multipliers of 20 bits below the larger one's leading
     bit (round half to even), (a - za) * ma + (b - zb) * mb + 2**(shift - 1) shifted right arithmetically
-    by `shift` (ties toward +infinity), plus the output zero point, clamped."""
+    by `shift` (ties toward +infinity), plus the output zero point, clamped. None when a ratio is outside
+    [2**-10, 2**8), which XNNPACK does not take."""
     ra = np.float32(sa) / np.float32(so)
     rb = np.float32(b_sign) * (np.float32(sb) / np.float32(so))
+    if not (2.0 ** -10 <= abs(ra) < 2.0 ** 8 and 2.0 ** -10 <= abs(rb) < 2.0 ** 8):
+        return None  # XNNPACK's delegate declines such a node: TFLite's own kernel (the reference arithmetic) runs it
     exponent = int(np.frexp(max(abs(ra), abs(rb)))[1]) - 1  # the larger ratio's binary exponent
     shift = 20 - exponent
-    if not 12 <= shift <= 30:
-        raise PisplitError(f"add: input / output scale ratio {max(abs(ra), abs(rb)):.3g} is outside XNNPACK's range")
     ma, mb = _xnnpack_add_multiplier(ra, shift), _xnnpack_add_multiplier(rb, shift)
     # int32 holds every step: |x - z| <= 255 and multipliers <= 2**21, so |acc| < 2**31 (one int32 temporary)
     acc = np.add((np.asarray(a).astype(np.int32) - np.int32(za)) * np.int32(ma), (np.asarray(b).astype(np.int32) - np.int32(zb)) * np.int32(mb))
@@ -512,7 +513,9 @@ def qadd(xs, attrs, w, ctx: QuantContext):
     so, zo = _scalar(out_q, "add output")
     if _xnnpack():
         lo, hi = xnnpack_activation_range(attrs.get("activation"), out_q)
-        return [xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype)]
+        out = xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype)
+        if out is not None:
+            return [out]
     left_shift = 20
     twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
     ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
@@ -536,7 +539,9 @@ def qsub(xs, attrs, w, ctx: QuantContext):
     so, zo = _scalar(out_q, "sub output")
     if _xnnpack():  # XNNPACK's subtract: its add with the second ratio negated
         lo, hi = xnnpack_activation_range(attrs.get("activation"), out_q)
-        return [xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype, b_sign=-1)]
+        out = xnnpack_add(a, b, sa, za, sb, zb, so, zo, lo, hi, out_q.np_dtype, b_sign=-1)
+        if out is not None:
+            return [out]
     left_shift = 20
     twice_max = np.float64(np.float32(2) * max(np.float32(sa), np.float32(sb)))
     ma, ea = quantize_multiplier(np.float64(sa) / twice_max)
@@ -558,8 +563,8 @@ def qmul(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "mul output")
     lo, hi = _activation_range(attrs.get("activation"), out_q)
-    if _xnnpack():  # XNNPACK's qs8 mul: fp32 requantization by float32 (sa * sb) / so
-        scale = (np.float32(sa) * np.float32(sb)) / np.float32(so)
+    scale = (np.float32(sa) * np.float32(sb)) / np.float32(so)
+    if _xnnpack() and 2.0 ** -16 <= scale < 2.0 ** 8:  # XNNPACK's qs8 mul (fp32 requantization), where it takes it
         return [xnnpack_requantize((a.astype(np.int32) - za) * (b.astype(np.int32) - zb), scale, zo, lo, hi, out_q.np_dtype)]
     m, e = quantize_multiplier(np.float64(np.float32(sa) * np.float32(sb)) / np.float64(so))
     out = multiply_by_quantized_multiplier((a.astype(np.int64) - za) * (b.astype(np.int64) - zb), m, e) + zo
@@ -824,8 +829,9 @@ def qleaky_relu(xs, attrs, w, ctx: QuantContext):
     out_q = ctx.outputs[0]
     so, zo = _scalar(out_q, "leaky relu output")
     alpha = np.float32(attrs.get("alpha", 0.2))
-    if _xnnpack():  # XNNPACK's qs8 lrelu: Q8 multipliers rint(256 * si / so) and rint(256 * (si / so) * alpha)
-        positive = np.float32(si) / np.float32(so)
+    positive = np.float32(si) / np.float32(so)
+    if _xnnpack() and _q8_takes(positive) and _q8_takes(positive * alpha, negative=True):
+        # XNNPACK's qs8 lrelu: Q8 multipliers rint(256 * si / so) and rint(256 * (si / so) * alpha)
         return [_xnnpack_q8(x, zi, zo, (_q8_multiplier(positive), _q8_multiplier(positive * alpha)), out_q)]
     m_id, e_id = quantize_multiplier(np.float64(np.float32(np.float32(si) / np.float32(so))))
     m_al, e_al = quantize_multiplier(np.float64(np.float32(np.float32(np.float32(si) * alpha) / np.float32(so))))
@@ -837,6 +843,12 @@ def qleaky_relu(xs, attrs, w, ctx: QuantContext):
 def _q8_multiplier(scale) -> int:
     """lrintf(256 * scale): a Q8 fixed-point multiplier, rounded half to even."""
     return int(np.rint(np.float32(256) * np.float32(scale)))
+
+
+def _q8_takes(scale, negative: bool = False) -> bool:
+    """Whether XNNPACK takes a Q8 rescaling by `scale` (its parameter set-up's range, 2**-8 to 2**7; a negative
+    slope's may be negative); outside it the delegate declines the node and TFLite's own kernel runs."""
+    return 2.0 ** -8 <= (abs(scale) if negative else scale) <= 2.0 ** 7
 
 
 def _xnnpack_q8(x, zi: int, zo: int, multipliers: tuple, out_q: TensorQuant) -> np.ndarray:
@@ -922,7 +934,7 @@ def qquantize(xs, attrs, w, ctx: QuantContext):
         q = np.clip(np.nan_to_num(q), -(1 << 30), 1 << 30).astype(np.int64) + zo
     else:
         si, zi = _scalar(ctx.inputs[0], "quantize input")
-        if _xnnpack():  # XNNPACK's qs8 convert: a Q8 multiplier rint(256 * si / so)
+        if _xnnpack() and _q8_takes(np.float32(si) / np.float32(so)):  # XNNPACK's qs8 convert: a Q8 multiplier
             m = _q8_multiplier(np.float32(si) / np.float32(so))
             return [_xnnpack_q8(x, zi, zo, (m, m), out_q)]
         m, e = quantize_multiplier(np.float64(si) / np.float64(so))
