@@ -175,7 +175,7 @@ class TfliteWriter:
         return bytes(memoryview(builder.Bytes)[builder.Head():])  # one copy (Output() would add another)
 
 
-def export_tflite(graph: Graph, description: str | None = None) -> bytes:
+def export_tflite(graph: Graph, description: str | None = None, *, flatten_into_dense: bool = False) -> bytes:
     """The graph as .tflite flatbuffer bytes: inputs and outputs in the graph's order.
 
     Raises PisplitError naming the first node that has no TFLite equivalent. An int8 graph is written
@@ -188,10 +188,15 @@ def export_tflite(graph: Graph, description: str | None = None) -> bytes:
     filters, folded batch norms) are let go again once they are in the flatbuffer: a litert engine
     holds the flatbuffer and LiteRT's packed copy, and kept a third copy in the graph for nothing (25 MB
     for int8 ResNet50, 100 MB for float32); anything that reads them later loads them again.
+
+    With `flatten_into_dense` (the litert engine), a flatten read only by dense layers writes no RESHAPE:
+    FULLY_CONNECTED flattens its input itself, as the converter leaves it (an unrolled LSTM had 50 of them,
+    one a step); the flatten's output tensor is then not in the flatbuffer.
     """
     overlays = _weight_overlays(graph)
     before = [set(o._cache) for o in overlays]
     exporter = _Exporter(graph, description)
+    exporter.flatten_into_dense = flatten_into_dense
     exporter.release = lambda: _release(overlays, before)  # after each node, as its weights are copied in
     try:
         return exporter.run()
@@ -223,6 +228,8 @@ class _Exporter:
         self.w = TfliteWriter(description or f"pisplit export of {graph.name}")
         self.index: dict[str, int] = {}
         self.release = None  # called after each node with weights (export_tflite: lets the graph's loaded copies go)
+        self.flatten_into_dense = False  # export_tflite's option: _flatten writes no RESHAPE before dense readers
+        self.readers: dict | None = None  # tensor -> the nodes reading it (built on first use, _only_dense_reads)
 
     def run(self) -> bytes:
         g = self.g
@@ -505,7 +512,25 @@ class _Exporter:
                         self.w.options("ReshapeOptions", newShape=shape))
 
     def _flatten(self, node, w):
+        if self.flatten_into_dense and self._only_dense_reads(node):
+            # FULLY_CONNECTED flattens its input to (frames, Cin) itself: the dense layers read the flatten's
+            # input and no RESHAPE is written (export_tflite's flatten_into_dense)
+            self.index[node.outputs[0]] = self._in()
+            return
         self._reshape_to([numel(self.g.shapes[node.inputs[0]][1:])])
+
+    def _only_dense_reads(self, node) -> bool:
+        """True when every reader of the flatten's output is a dense layer, the output is no graph output,
+        and it carries its input's quantization (or neither has one)."""
+        if self.readers is None:
+            self.readers = {}
+            for n in self.g.nodes:
+                for t in n.inputs:
+                    self.readers.setdefault(t, []).append(n)
+        out = node.outputs[0]
+        readers = self.readers.get(out, [])
+        return (bool(readers) and all(n.op == "dense" for n in readers) and out not in self.g.outputs
+                and self.g.quant.get(out) == self.g.quant.get(node.inputs[0]))
 
     def _reshape(self, node, w):
         if node.attrs.get("batch1"):  # moves the batch axis: the whole shape of one frame

@@ -11,6 +11,7 @@ from layers import Graph, PisplitError, zoo_model
 from layers.builder import GraphBuilder
 from layers.engine import AUTO_MEASURE_FLOPS, make_engine
 from layers.tflite import import_tflite_bytes
+from layers.tflite_engine import make_interpreter
 from layers.tflite_export import export_tflite
 from layers.transforms import fold_batchnorm
 from tests.conftest import require, varied
@@ -250,3 +251,26 @@ def test_equal_weights_share_one_buffer_in_the_flatbuffer():
     for g in (shared, apart):
         feeds = random_feeds(g, seed=12)
         assert_close(make_engine(g, "litert").run(feeds)[g.outputs[0]], g.execute(feeds)[g.outputs[0]])
+
+
+def test_a_flatten_read_only_by_dense_layers_writes_no_reshape_on_the_engine():
+    """The litert engine leaves a flatten before dense layers to FULLY_CONNECTED (which flattens its input
+    itself); a flatten that is a graph output, or has another reader, stays a RESHAPE; same numbers."""
+    b = GraphBuilder("flat", seed=4)
+    x = b.input("x", (1, 3, 4, 5))
+    f = b.act(x, "flatten", "f")
+    y = b.add("add", [b.dense(f, 6, "d1"), b.dense(f, 6, "d2", activation="relu")], "sum")
+    g = b.act(b.conv(x, 2, 1, "c"), "flatten", "g")  # read by a dense and a graph output
+    z = b.dense(g, 3, "d3")
+    graph = b.build([y, z, g])
+    engine = make_engine(graph, "litert")
+    ops = [d["op_name"] for d in engine.interpreter._get_ops_details()]
+    assert ops.count("RESHAPE") == 1 and ops.count("FULLY_CONNECTED") == 3
+    written = [d["op_name"] for d in make_interpreter(export_tflite(graph))._get_ops_details()]
+    assert written.count("RESHAPE") == 2  # export_tflite's default keeps every tensor (round trips by name)
+    for batch in (1, 2):
+        feeds = random_feeds(graph, seed=13, batch=batch)
+        got, want = engine.run(feeds), graph.execute(feeds)
+        for t in graph.outputs:
+            assert got[t].shape == want[t].shape
+            assert_close(got[t], want[t])
