@@ -715,8 +715,9 @@ class _Importer:
             node.weight_shapes[param] = shape
             self.quant[node.weight_key(param)] = self._quant_dict(i, axis_map.get(q.axis, q.axis))
             load = self.raw_constants[i]
-            self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform, i=i: self._release_pages(
-                i, np.ascontiguousarray(transform(load()) if transform else load())))
+            # (reshaped to the weight's shape: a scalar constant's buffer reads as one value of shape (1,))
+            self.loaders[node.weight_key(param)] = (lambda load=load, transform=transform, i=i, shape=shape: self._release_pages(
+                i, np.ascontiguousarray(transform(load()) if transform else load()).reshape(shape)))
         self.nodes.append(node)
 
     def _check_hybrid_weights(self, i: int) -> None:

@@ -159,3 +159,25 @@ def test_fused_activation_clamps_quantize_as_xnnpack(op):
         model = export_tflite(graph)
         assert np.array_equal(default, interpreter_outputs(model, list(feeds.values()), "AUTO")[0])
         assert np.array_equal(reference, interpreter_outputs(model, list(feeds.values()), "BUILTIN_REF")[0])
+
+
+@pytest.mark.litert
+def test_a_scalar_int8_constant_operand_imports_and_equals_xnnpack():
+    """A MUL by a scalar (shape ()) int8 constant, as the converter writes Keras Rescaling in a full-integer
+    model: its one-value buffer loads as the weight's shape (it read as (1,) and the node refused it), and the
+    numpy engine equals the default interpreter."""
+    require(importlib.util.find_spec("ai_edge_litert") is not None, "ai-edge-litert is not installed")
+    from layers.tflite import import_tflite_bytes
+
+    from .tflite_models import ACT, Int8Model
+
+    m = Int8Model(3)
+    x = m.qinput((1, 5, 7, 3), 0.05, -7)
+    y = m.qop("MUL", [x, m.qconst((), 0.01, 3)], (1, 5, 7, 3), 0.03, 2, m.opts("MulOptions", fusedActivationFunction=ACT["none"]))
+    model = m.finish(y)
+    graph = import_tflite_bytes(model)
+    assert graph.nodes[0].weight_shapes["constant"] == ()
+    feeds = {t: np.arange(-128, 127, 2, dtype=np.int8)[:105].reshape(1, 5, 7, 3) for t in graph.inputs}
+    got = make_engine(graph, "numpy").run(feeds)[graph.outputs[0]]
+    want = interpreter_outputs(model, list(feeds.values()), "AUTO")[0]
+    assert np.unique(want).size >= 20 and np.array_equal(got, want)
