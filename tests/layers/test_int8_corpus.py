@@ -26,9 +26,8 @@ MODELS = sorted(p.name for p in CORPUS.glob("*_int8*.tflite")) if CORPUS.is_dir(
 
 
 class NumpyRuns:
-    """Each corpus model loaded once and its numpy-engine outputs for a seed computed once, for both tests
-    below (the numpy engine on ResNet50 int8 takes seconds: the litert test compares with the same outputs
-    the reference-kernel test checks bit for bit)."""
+    """Each corpus model loaded once for both tests below, and its numpy-engine outputs for a seed and
+    arithmetic computed once (loading ResNet50 int8 and running it on the numpy engine take seconds)."""
 
     def __init__(self):
         self.graphs: dict = {}
