@@ -5,12 +5,18 @@ time to `cpu_seconds x slowdown`, where `slowdown` is the calibrated device time
 same work. CPU time rather than wall time is scaled, so several emulated devices sharing two cores do
 not see each other's load as their own slowness (as long as the host keeps up: `late_s` says when not).
 
-A link transfer of b bytes in m messages takes m x latency + b x 8 / bandwidth and, as with blocking
-MPI sends over TCP on a Pi, occupies both ends: the sender waits until its transfer has left (its
-transfers serialise on its one network interface) and the receiver, which cannot take the frame before
-it is ready for it, is busy for the transfer's duration from whichever is later, its readiness or the
-sender's start. The frame header carries the transfer's end and duration so the receiver can do this.
-This is the planner's link model (partitioners.cost: a stage's period counts its receive and its send).
+A link transfer of b bytes in m messages takes m x latency + b x 8 / bandwidth and occupies the link,
+and the ranks only in part (issue 18): a pipeline rank hands a frame to its network interface and
+computes on once no more than partitioners.cost.SEND_OVERLAP_BYTES of each destination's transfers are
+left to leave (a Pi has no MPI progress thread: the rest of a send moves only while its sender is in MPI
+calls). Its transfers serialise on its interface, at most window + 1 to one receiver, as MPI sends over
+TCP complete once their bytes are out; the receiver, whose receive is posted ahead, has the frame when
+it has arrived, arrivals serialising on its own interface. The frame header carries the
+transfer's end and duration so the receiver can do this. This is the planner's link model
+(partitioners.cost). Holding both ends for the whole transfer, as this emulation and the planner did
+before, came out 19% slow against real TCP through tc-shaped links for a send-heavy throughput plan
+(scripts/bench_netns): the kernel drains a socket's buffer while both processes compute. A split stage's
+scatters and gathers (cluster.split_exec) wait for each other, so they still hold their ends.
 """
 from __future__ import annotations
 
@@ -139,6 +145,20 @@ class LinkPacer:
         self.free_at = start + duration
         self.busy_s += duration
         return self.free_at, duration
+
+
+def hold_before_compute(free_at: float, on_link: dict, now: float, seconds: Callable[[int], float], overlap_bytes: int) -> float:
+    """Seconds a rank whose link is busy until `free_at` must stay in MPI calls at wall-clock `now` before
+    it computes: until no more than `overlap_bytes` of each destination's transfers are left to leave (one
+    TCP connection, with its own socket buffer, per destination; partitioners.cost.SEND_OVERLAP_BYTES).
+    `on_link` maps destination -> deque of (end, bytes) of the transfers to it, oldest first (those ended
+    by `now` are dropped); `seconds(nbytes)` is how long the link takes for `nbytes`."""
+    overlap = 0
+    for queue in on_link.values():
+        while queue and queue[0][0] <= now:
+            queue.popleft()
+        overlap += min(overlap_bytes, sum(nbytes for _, nbytes in queue))
+    return free_at - now - (seconds(overlap) if overlap else 0.0)
 
 
 def receive_ready_at(sender_end: float, duration: float, receiver_ready: float) -> float:

@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -38,12 +39,12 @@ from layers.engine import make_engine
 from layers.errors import PisplitError
 from layers.graph import Graph
 from layers.ops import numel
-from partitioners.cost import RUNTIME_WINDOW, frame_buffer_bytes, working_sets
+from partitioners.cost import RUNTIME_WINDOW, SEND_OVERLAP_BYTES, frame_buffer_bytes, working_sets
 from partitioners.plan import Plan, Stage
 from partitioners.vocabulary import DATA_PARALLEL_MODE, NO_SPLIT, StageMode
 
 from . import link_codecs, transport
-from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, receive_ready_at
+from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, hold_before_compute
 
 log = logging.getLogger(__name__)
 
@@ -830,6 +831,11 @@ class PipelineRank:
 
             # int8 layers: the host's int8 path gains more over float32 than a Pi's does (litert)
             slowdown *= int8_stage_dilation(kind, engine, graph, self.stage.node_start, self.stage.node_stop)
+        if options.emulate:
+            from partitioners.profiles import class_dilation
+
+            # the device's per-op-class prices (litert): a split stage's parts dilate by its nodes' mix
+            slowdown *= class_dilation(kind, engine, graph, self.stage.node_start, self.stage.node_stop)
         self.dilation = ComputeDilation(slowdown) if options.emulate else None
         self.link = (LinkPacer(options.link_bps or plan.link_bandwidth_bps, plan.link_latency_s, trace=options.bandwidth_trace)
                      if options.emulate and options.emulate_links else None)
@@ -841,6 +847,7 @@ class PipelineRank:
             self.device, self.link = shared
             self.dilation, self.cores = (self.device.dilation, self.device.cores) if self.device else (None, None)
         self.transfers: list = []  # (end, bytes, seconds) per frame sent on the link, with options.record_transfers
+        self.on_link: dict = {}  # emulated links: destination rank -> (end (time.time), bytes) of this rank's transfers to it still leaving
         self.sending: dict = {}  # real links: id(request) -> (time handed to MPI, bytes) until the send completes
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == StageMode.SPLIT and self.rank != self.stage.ranks[0]
@@ -971,13 +978,15 @@ class PipelineRank:
                 pending = self.source_sends.setdefault(target, [])
                 while pending and transport.request_done(pending[0]):
                     pending.pop(0)
-                if len(pending) > self.window:
+                if len(pending) > self.window or self._link_full(target):
                     break  # window + 1 frames already leaving for this replica (the plan counts as many)
                 tensors = self._source_frame(f)
-                # the input leaves over rank 0's link, which it then occupies (partitioners.cost counts
-                # it in rank 0's cycle: source_cycle); _compute waits for it to have left. An encoded
-                # input is dilated without polling (_inject runs inside the poll)
-                buf, _, _ = link_codecs.pack_for_link(self.source_codec, f, tensors, 0, self.link, self.device, poll=False)
+                # the input leaves over rank 0's link, which carries it while rank 0 goes on (partitioners.cost:
+                # a transfer occupies the link, not the rank). An encoded input is dilated without polling
+                # (_inject runs inside the poll)
+                buf, end, _ = link_codecs.pack_for_link(self.source_codec, f, tensors, 0, self.link, self.device, poll=False)
+                if self.link:
+                    self.on_link.setdefault(target, deque()).append((end, buf.nbytes))
                 request = transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0)
                 self.sends.append((request, buf, self.source_codec, target, f))
                 pending.append(request)
@@ -1204,7 +1213,6 @@ class PipelineRank:
                                                   waiting=self._waiting_for_results, follows=True)
             del self.local_inputs[frame]
             return self._source_frame(frame, local=True), 0, None
-        ready = time.time()
         self._post_inputs(index)
         request, buf = self.recvs[frame]
         src = self._source_of(frame)
@@ -1220,7 +1228,7 @@ class PipelineRank:
             self._post_inputs(index + 1)
             return None, start_ns, buf  # answered at an earlier exit (a header only)
         if duration_ns:
-            hold = receive_ready_at(end_ns / 1e9, duration_ns / 1e9, ready) - time.time()
+            hold = self._arrival(end_ns / 1e9, duration_ns / 1e9) - time.time()
             if hold > 0:
                 self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         self._post_inputs(index + 1)
@@ -1243,20 +1251,52 @@ class PipelineRank:
             if self.options.record_transfers:
                 self._record_transfer(self.out_codec, end, duration, self.sends[-1][0])
             if self.link:
-                # the emulated sender is busy until its transfer has left
-                hold = end - time.time()
-                if hold > 0:
-                    self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
+                # the link carries the frame while this rank goes on (partitioners.cost: a transfer occupies
+                # the link, not the ranks), but no more than window + 1 of them to one rank: the receiver
+                # posts `window` receives ahead, and an MPI send over TCP completes once its bytes are out
+                queue = self.on_link.setdefault(dest, deque())
+                queue.append((end, buf.nbytes))
+                if self._link_full(dest):
+                    hold = queue[0][0] - time.time()
+                    self.stats.comm_s += self._wait_until(lambda: True, SEND_BLOCKED, frame, time.perf_counter() + hold)
         if len(self.sends) > self.window:
             # back pressure: the oldest send must finish before this rank takes another frame
             limit = self.window
             self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame, waiting=self._waiting_for_send)
 
+    def _link_full(self, dest: int) -> bool:
+        """An emulated link: whether window + 1 of this rank's transfers to `dest` are still leaving."""
+        queue = self.on_link.get(dest)
+        if not queue:
+            return False
+        now = time.time()
+        while queue and queue[0][0] <= now:
+            queue.popleft()
+        return len(queue) > self.window
+
+    def _sends_left_at_compute(self) -> float:
+        """An emulated link: seconds this rank must stay in MPI calls before it computes, for its transfers
+        still leaving (emulation.hold_before_compute: a Pi has no MPI progress thread, so no more of a send
+        moves while it computes than the kernel already holds)."""
+        now = time.time()
+        return hold_before_compute(self.link.free_at, self.on_link, now, lambda nbytes: self.link.seconds(nbytes, 0, start=now),
+                                   SEND_OVERLAP_BYTES)
+
+    def _arrival(self, end: float, duration: float) -> float:
+        """Wall-clock time (time.time) a paced frame whose sender's link finishes it at `end` is in this
+        rank's hands: its receive is posted ahead, so the frame is there when it has arrived, whatever
+        this rank was doing, and arrivals serialise on this rank's interface (EmulatedDevice.received_at,
+        which a split stage's transfers share): max(end, previous arrival + duration)."""
+        holder = self.device if self.device is not None else self
+        at = max(end, getattr(holder, "received_at", 0.0) + duration)
+        holder.received_at = at
+        return at
+
     def _compute(self, frame: int, tensors: dict) -> dict:
         if self.link and self.link.free_at > time.time():
-            # inputs the source handed out are still leaving: an emulated device's sends occupy it
-            hold = self.link.free_at - time.time()
-            self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
+            hold = self._sends_left_at_compute()
+            if hold > 0:
+                self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         t = time.perf_counter()
         if self.step.split:
             # a split stage's runners pace each compute step (holding no core while they wait for

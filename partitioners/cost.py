@@ -16,10 +16,21 @@ A stage is nodes [i, j) on `counts[k]` devices of each device class k, in one mo
 Communication between stages: the tensors live across a cut (Graph.cut_tensors) sent together as one
 message, `latency + bytes * 8 / bandwidth` (the runtime packs a frame's tensors into one buffer,
 cluster.runtime.FrameCodec / cluster.link_codecs; a message per tensor priced branchy AlexNet's
-five-tensor result at 1.52 ms against 0.32 ms as sent). A stage's period counts its receive and its send (a rank
-blocks in both); its latency counts its compute and its send. Rank 0 is also where frames come from
-and results go back to (see LinkTerms). A data-parallel stage deals frames round-robin, so it
-takes `replicas` frames per round of its slowest replica.
+five-tensor result at 1.52 ms against 0.32 ms as sent). A transfer occupies the link, and the ranks
+only in part (issue 18): the sender hands the frame to its network interface and computes on while the
+kernel sends the last SEND_OVERLAP_BYTES of it; the rest leaves while the sender is in MPI calls (it
+cannot compute meanwhile: `send_hold`). The receiver, whose receive is posted ahead, finds the frame
+there. Each rank's interface carries its transfers one after another, each direction on its own (full
+duplex). So a stage's period is the largest of its rank's cycle (compute, its sends' holds, and a link
+codec's encode and decode, `transfer - wire`) and its interface's time in each direction (`wire`:
+latency and bytes); its latency counts its compute and its whole send. Holding both ends for the whole
+transfer, as this model did before, priced a send-heavy throughput plan (AlexNet conv1-pool2 on one Pi
+3B+ feeding two data-parallel Pis, 169 KiB a frame at 94 Mbit/s) 19% slow against the same plan over
+real TCP through tc-shaped links (scripts/bench_netns: 12.11 frames/s against 10.13 predicted), and
+overlapping whole transfers priced AlexNet on 3 data-parallel Pi 3B+ (rank 0 sends two 618 KB inputs
+a round) 29% fast there (10.61 frames/s against 13.64). Rank 0 is also where frames come from and
+results go back to (see LinkTerms). A data-parallel stage deals frames round-robin, so it takes
+`replicas` frames per round of its slowest replica.
 
 Memory per rank: the weights it holds (only its parts of split segments), the largest working set
 among its nodes (live tensors, outputs, working buffers) and the frame buffers of a pipeline rank
@@ -55,6 +66,15 @@ MODES = (StageMode.SINGLE, StageMode.DATA_PARALLEL, StageMode.SPLIT)  # the orde
 # (the one it has just made)
 RUNTIME_WINDOW = 2
 FRAME_BUFFERS = RUNTIME_WINDOW + 1
+# Bytes of a message that leave while its sender computes (no MPI progress thread, as on a Pi): what the
+# sender's last MPI calls before the compute handed to the kernel. Open MPI 5's ob1/tcp sends a large
+# message's first 64 KiB at once and, once the receiver's acknowledgement is read at the sender's next MPI
+# call, up to 3 fragments of 128 KiB (pml_ob1_send_pipeline_depth, btl_tcp_max_send_size); the kernel's
+# socket buffer carries them on. Fitted to the network-namespace cluster (real TCP through tc-shaped 94
+# Mbit/s veth links, ranks dilated to Pi 3B+, scripts/bench_netns): AlexNet on 3 data-parallel Pis, whose
+# rank 0 sends two 618 KB inputs per 220 ms round of its own compute, ran at 10.61 frames/s, 62.7 ms a
+# round more than its compute: 2 x (618 KB - 256 KiB) at 94 Mbit/s is 60.6 ms.
+SEND_OVERLAP_BYTES = 256 << 10
 
 
 def working_sets(graph: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,7 +274,8 @@ class SegmentOption:
 
 @dataclass(frozen=True)
 class LinkTerms:
-    """Transfers of one stage per frame, blocking at both ends as MPI sends over TCP are.
+    """Transfers of one stage per frame, in seconds of one kind (CostModel.link_terms: a frame's whole
+    wait, the link's part or the ranks' part).
 
     Rank 0 is the first rank of the first stage and also the source (it hands each frame's input to
     the first stage's entry rank) and the sink (every result comes back to it). So the lead of the
@@ -277,8 +298,21 @@ class LinkTerms:
         """Rank 0's extra transfers per round of `replicas` frames in a data-parallel first stage."""
         if not self.source:
             return 0.0
-        results = replicas if not self.last else replicas - 1
-        return (replicas - 1) * self.source + results * self.result
+        return (replicas - 1) * self.source + self.result_cycle(replicas)
+
+    def result_cycle(self, replicas: int) -> float:
+        """Of source_cycle, the results rank 0 receives per round (every frame's but its own in a last stage)."""
+        if not self.source:
+            return 0.0
+        return (replicas if not self.last else replicas - 1) * self.result
+
+
+def split_period(inner, busy: "LinkTerms", wire: "LinkTerms"):
+    """Period of a split stage whose lead spends `inner` seconds a frame on its segments (their compute,
+    scatters and gathers): that plus what its stage-to-stage transfers cost the lead itself, or its
+    interface's time for them in either direction if longer (they overlap the segments). `inner` may be
+    an array (planner_dp); the terms' fields then too."""
+    return np.maximum(inner + busy.lead_in + busy.lead_out + busy.sink, np.maximum(wire.lead_in + wire.sink, wire.lead_out))
 
 
 @dataclass(frozen=True)
@@ -334,9 +368,11 @@ class CostModel:
         self.cut_bytes, self.work_bytes, self.scratch_bytes = working_sets(graph)
         self.cut_messages = np.array([min(1, len(graph.cut_tensors(c))) for c in range(n + 1)], dtype=float)  # one buffer a frame
         # cut 0 is the input rank 0 (the source) hands out, cut n the result it (the sink) gets back
-        priced = [self.cut_transfer(c) for c in range(n + 1)]
-        self.transfer = np.array([seconds for seconds, _ in priced])
-        self.cut_codec = [codec for _, codec in priced]  # the codec each cut's transfer is priced with
+        priced = [self.cut_transfer(c, wire=True) for c in range(n + 1)]
+        self.transfer = np.array([seconds for seconds, _, _ in priced])  # a frame's wait for the transfer (latency)
+        self.wire = np.array([wire for _, wire, _ in priced])  # ... of which the link carries the bytes (period)
+        # (the sender's share, send_hold, and the codecs', transfer - wire, follow from these two)
+        self.cut_codec = [codec for _, _, codec in priced]  # the codec each cut's transfer is priced with
         seg = self.splits.segments
         self.segment_bounds = np.array([s for s, _ in seg] + [n])
         self.segment_at = {s: k for k, (s, _) in enumerate(seg)}  # node index -> segment starting there
@@ -379,18 +415,22 @@ class CostModel:
             return 0.0
         return messages * self.cluster.link_latency_s + nbytes * 8.0 / self.cluster.link_bandwidth_bps
 
-    def cut_transfer(self, cut: int) -> tuple[float, str]:
+    def cut_transfer(self, cut: int, wire: bool = False) -> tuple:
         """(seconds, codec) of sending the tensors live across `cut` once: the plain link
         (message_seconds) or, with a codec table, the cheapest admissible codec, encode and decode
         priced at the slowest device class (partitioners.link_pricing); cut 0 is the input rank 0
-        sends (Plan.input_codec), the results (cut n) always travel raw."""
+        sends (Plan.input_codec), the results (cut n) always travel raw. With `wire`: (seconds, the
+        link's part of them, codec)."""
         if self.codecs is None or not 0 <= cut < self.n:
-            return self.message_seconds(self.cut_bytes[cut], self.cut_messages[cut]), "raw"
-        from .link_pricing import choose_codec
+            seconds = self.message_seconds(self.cut_bytes[cut], self.cut_messages[cut])
+            return (seconds, seconds, "raw") if wire else (seconds, "raw")
+        from .link_pricing import choose_codec_wire
 
         scale = max(c.seconds_scale for c in self.classes)
-        return choose_codec(self.codecs.cut(cut), float(self.cut_bytes[cut]), float(self.cut_messages[cut]), self.cluster.link_bandwidth_bps,
-                            self.cluster.link_latency_s, scale, scale, self.codec_budget)
+        seconds, on_link, codec = choose_codec_wire(self.codecs.cut(cut), float(self.cut_bytes[cut]), float(self.cut_messages[cut]),
+                                                    self.cluster.link_bandwidth_bps, self.cluster.link_latency_s, scale, scale,
+                                                    self.codec_budget)
+        return (seconds, on_link, codec) if wire else (seconds, codec)
 
     @staticmethod
     def slots_of(counts: tuple) -> tuple:
@@ -444,6 +484,7 @@ class CostModel:
         if m < 1 or not 0 <= start < stop <= self.n:
             return None
         link = self.link_terms(start, stop)
+        wire, busy = self.link_terms(start, stop, "wire"), self.link_terms(start, stop, "rank")
         if mode in (StageMode.SINGLE, StageMode.DATA_PARALLEL):
             if (mode == StageMode.SINGLE) != (m == 1):
                 return None
@@ -453,11 +494,13 @@ class CostModel:
             memory = tuple(weights + work + self.frame_buffer_bytes(start, stop, m, slot == 0 or mode == StageMode.DATA_PARALLEL, slot == 0)
                            for slot in range(m))
             if mode == StageMode.SINGLE:
-                comm = link.lead_in + link.lead_out + link.sink
-                return self._finish(start, stop, counts, mode, computes[0], comm, computes[0] + comm,
+                period = max(computes[0] + busy.lead_in + busy.lead_out + busy.sink, wire.lead_in + wire.sink, wire.lead_out)
+                return self._finish(start, stop, counts, mode, computes[0], period - computes[0], period,
                                     computes[0] + link.lead_out, slots, memory, ())
-            cycle = [computes[0] + link.lead_in + link.lead_out + link.source_cycle(m)]
-            cycle += [c + link.replica_in + link.replica_out for c in computes[1:]]
+            # per round of m frames: the lead (rank 0 of a first stage: the source's inputs out, every result in)
+            cycle = [max(computes[0] + busy.lead_in + busy.lead_out + busy.source_cycle(m),
+                         wire.lead_in + wire.result_cycle(m), wire.lead_out + (m - 1) * wire.source)]
+            cycle += [max(c + busy.replica_in + busy.replica_out, wire.replica_in, wire.replica_out) for c in computes[1:]]
             latency = max([computes[0] + link.lead_out] + [c + link.replica_in_latency + link.replica_out for c in computes[1:]])
             return self._finish(start, stop, counts, mode, max(computes), max(cycle) - max(computes), max(cycle) / m,
                                 latency, slots, memory, ())
@@ -469,8 +512,8 @@ class CostModel:
         if all(o.kind == NO_SPLIT for o in chosen):
             return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
-        links = link.lead_in + link.lead_out + link.sink
-        return self._finish(start, stop, counts, mode, compute, inner - compute + links, inner + links, inner + link.lead_out,
+        period = float(split_period(inner, busy, wire))
+        return self._finish(start, stop, counts, mode, compute, period - compute, period, inner + link.lead_out,
                             slots, memory, chosen)
 
     def split_choice(self, first: int, last: int, slots: tuple, lead_buffers: float, forced: dict | None = None) -> tuple:
@@ -548,17 +591,34 @@ class CostModel:
                              tuple(float(v) for v in table.weight_bytes[segment, column]),
                              tuple(float(v) for v in table.work_bytes[segment, column]))
 
-    def link_terms(self, start: int, stop: int) -> "LinkTerms":
-        """The transfers a stage [start, stop) pays per frame (see LinkTerms)."""
-        x = self.transfer
+    def send_hold(self) -> np.ndarray:
+        """Per cut: seconds its sender cannot compute while the transfer leaves, the bytes beyond
+        SEND_OVERLAP_BYTES (module docstring)."""
+        overlap = self.cut_messages * self.cluster.link_latency_s + SEND_OVERLAP_BYTES * 8.0 / self.cluster.link_bandwidth_bps
+        return np.maximum(0.0, self.wire - overlap)
+
+    def link_parts(self, part: str) -> tuple:
+        """(seconds per cut received, per cut sent) of the transfers' `part`: 'whole' (what a frame
+        waits), 'wire' (what the network interfaces carry) or 'rank' (what they cost the ranks: a codec's
+        encode and decode at both ends, and the sender's hold)."""
+        if part == "whole":
+            return self.transfer, self.transfer
+        if part == "wire":
+            return self.wire, self.wire
+        codec = self.transfer - self.wire
+        return codec, codec + self.send_hold()
+
+    def link_terms(self, start: int, stop: int, part: str = "whole") -> "LinkTerms":
+        """The transfers a stage [start, stop) pays per frame (see LinkTerms), their `part` (link_parts)."""
+        x_in, x_out = self.link_parts(part)
         first, last = start == 0, stop == self.n
         return LinkTerms(
-            lead_in=0.0 if first else float(x[start]),
-            lead_out=0.0 if first and last else float(x[stop]),
-            sink=float(x[self.n]) if first and not last else 0.0,
-            replica_in=float(x[start]), replica_out=float(x[stop]),
-            replica_in_latency=float(x[0]) if first else 0.0,
-            source=float(x[0]) if first else 0.0, result=float(x[self.n]) if first else 0.0, last=last)
+            lead_in=0.0 if first else float(x_in[start]),
+            lead_out=0.0 if first and last else float(x_out[stop]),
+            sink=float(x_in[self.n]) if first and not last else 0.0,
+            replica_in=float(x_in[start]), replica_out=float(x_out[stop]),
+            replica_in_latency=float(self.transfer[0]) if first else 0.0,
+            source=float(x_out[0]) if first else 0.0, result=float(x_in[self.n]) if first else 0.0, last=last)
 
     def held_work_bytes(self, start: int, stop: int) -> float:
         """Largest working set of nodes [start, stop) in one process (module held_work_bytes)."""

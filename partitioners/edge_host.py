@@ -293,6 +293,7 @@ def cluster_host_candidates(graph, edge_cluster, host_cluster, calibration=None,
         send = link_seconds(replace(sample, decode_s=0.0) if sample else None, raw, messages, edge_cluster.link_bandwidth_bps,
                             edge_cluster.link_latency_s, pi_scale, host_scale)
         model.transfer[cut] = send  # the head's output leaves for the host, encoded (rank 0's sink is priced so too: conservative)
+        model.wire[cut] = link_seconds(sample, raw, messages, edge_cluster.link_bandwidth_bps, edge_cluster.link_latency_s, 0.0, 0.0)
         try:
             plan = make_plan(head, model, "dp", "throughput", graph.name, "numpy")
         except InfeasiblePlan:

@@ -402,15 +402,18 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
     - rank 0 as source and sink: every frame's input goes out, every frame's answer comes back;
     - a split stage behind an exit: the lead's go/skip word to each worker, every frame.
 
-    With no exits (no points) every stage's period is partitioners.cost's period_s. Stages: a Plan's,
-    or objects with index, node_start, node_stop, mode and counts (per cost-model class)."""
-    x = cost_model.transfer
+    With no exits (no points) every stage's period is partitioners.cost's period_s. As there, a transfer
+    occupies the link, not the ranks: a rank's cycle (its compute, the go/skip words of a split stage,
+    and its transfers' own cost to it: a codec's encode and decode) and its interface's time in each
+    direction are counted apart, the period the largest. Stages: a Plan's, or objects with index,
+    node_start, node_stop, mode and counts (per cost-model class)."""
     n = cost_model.n
-    result = float(x[n])
     # a skip header or a go/skip word leaves eagerly (MPI sends a message this small at once): the
     # sender pays its bytes on the link, not a message latency
     bps = cost_model.cluster.link_bandwidth_bps
-    skip, gate = SKIP_BYTES * 8.0 / bps, GATE_BYTES * 8.0 / bps
+    got, sent = cost_model.link_parts("rank")  # a codec's encode and decode, the sender's hold (cost.CostModel.send_hold)
+    parts = {"rank": ((got, sent), 0.0), "wire": (cost_model.link_parts("wire"), SKIP_BYTES * 8.0 / bps)}
+    gate = GATE_BYTES * 8.0 / bps
     exit_nodes = [p.node for p in points]
     periods = []
     for s in stages:
@@ -423,26 +426,27 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
         r_out = reach_at_node(points, fractions, b) if not last else 0.0
         answered = r_in - r_out  # of all frames, answered inside this stage
         gated = any(node < a for node in exit_nodes)
-        link = cost_model.link_terms(a, b)
         whole = cost_model.stage_cost(a, b, counts, mode)
         if whole is None:
             raise PisplitError(f"stage {s.index}: the cost model has no {mode} cost for nodes [{a}, {b}) on {m} device(s)")
-        # what a rank sends per frame it takes, and what the lead of a first stage (rank 0) sends
-        if last:
-            out_remote = result * r_in
-        else:
-            out_remote = x[b] * r_out + skip * (1.0 - r_out) + result * answered
-        out_rank0 = 0.0 if last else x[b] * r_out + skip * (1.0 - r_out)
-        into = x[a] * r_in + (skip * (1.0 - r_in) if gated else 0.0)
+        # per part (the rank's, the link's): what a rank sends per frame it takes, what the lead of a first
+        # stage (rank 0) sends, what a rank receives, rank 0's result of a frame
+        t = {}
+        for part, ((x_in, x_out), skip) in parts.items():
+            result = float(x_in[n])  # rank 0 receives it; a stage answering a frame sends one
+            out_remote = float(x_out[n]) * r_in if last else x_out[b] * r_out + skip * (1.0 - r_out) + float(x_out[n]) * answered
+            out_rank0 = 0.0 if last else x_out[b] * r_out + skip * (1.0 - r_out)
+            into = x_in[a] * r_in + (skip * (1.0 - r_in) if gated else 0.0)
+            t[part] = dict(out_remote=out_remote, out_rank0=out_rank0, into=into, result=result, source=float(x_out[0]),
+                           sink=result * r_out if first and not last else 0.0)
+        rk, wr = t["rank"], t["wire"]
         if mode == StageMode.SPLIT:
-            links = link.lead_in + link.lead_out + link.sink
-            inner = whole.period_s - links
+            inner = whole.latency_s - cost_model.link_terms(a, b).lead_out  # its segments' seconds (StageCost.latency_s)
             cost = inner * r_in + (gate * (m - 1) if gated else 0.0)
             if first:
-                cost += out_rank0 + (link.sink * r_out if not last else 0.0)
+                periods.append(max(cost + rk["out_rank0"] + rk["sink"], wr["sink"], wr["out_rank0"]))
             else:
-                cost += into + out_remote
-            periods.append(cost)
+                periods.append(max(cost + rk["into"] + rk["out_remote"], wr["into"], wr["out_remote"]))
             continue
         slots = cost_model.slots_of(counts)
         cuts = sorted({node + 1 for node in exit_nodes if a < node + 1 < b})
@@ -451,21 +455,21 @@ def stage_periods_with_exits(cost_model, stages, points: list[ExitPoint], fracti
                         for lo, hi in zip(bounds[:-1], bounds[1:])) for k in slots]
         if mode == StageMode.SINGLE:
             if first:
-                cycle = computes[0] + out_rank0 + (link.sink * r_out if not last else 0.0)
+                periods.append(max(computes[0] + rk["out_rank0"] + rk["sink"], wr["sink"], wr["out_rank0"]))
             else:
-                cycle = computes[0] + into + out_remote
-            periods.append(cycle)
+                periods.append(max(computes[0] + rk["into"] + rk["out_remote"], wr["into"], wr["out_remote"]))
             continue
         if first:
             # rank 0: its own frames, and per round of m frames the inputs of the other replicas and
             # the answers of every frame it does not answer itself
             back = (m - 1) * answered + (m * r_out if not last else 0.0)
-            lead = computes[0] + out_rank0 + (m - 1) * link.source + back * result
-            replica_in = x[0]
+            lead = max(computes[0] + rk["out_rank0"] + (m - 1) * rk["source"] + back * rk["result"],
+                       wr["out_rank0"] + (m - 1) * wr["source"], back * wr["result"])
+            replica_in = {"rank": rk["source"], "wire": wr["source"]}
         else:
-            lead = computes[0] + into + out_remote
-            replica_in = None
-        cycle = [lead] + [c + (into if replica_in is None else replica_in) + out_remote for c in computes[1:]]
+            lead = max(computes[0] + rk["into"] + rk["out_remote"], wr["into"], wr["out_remote"])
+            replica_in = {"rank": rk["into"], "wire": wr["into"]}
+        cycle = [lead] + [max(c + replica_in["rank"] + rk["out_remote"], replica_in["wire"], wr["out_remote"]) for c in computes[1:]]
         periods.append(max(cycle) / m)
     return np.array(periods, dtype=float)
 

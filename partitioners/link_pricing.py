@@ -206,21 +206,35 @@ def choose_codec(entry: CutCodecs | None, raw_bytes: float, messages: float, ban
     the plain link (a fast link) or the cut was not measured; on a cut of several measured tensors a
     per-tensor list ('zstd;int8') where that is cheaper than any one codec. `allowed` limits the
     codec names."""
-    best = (link_seconds(None, raw_bytes, messages, bandwidth_bps, latency_s), "raw")
+    seconds, _, name = choose_codec_wire(entry, raw_bytes, messages, bandwidth_bps, latency_s, encode_scale, decode_scale,
+                                         budget, allowed)
+    return seconds, name
+
+
+def choose_codec_wire(entry: CutCodecs | None, raw_bytes: float, messages: float, bandwidth_bps: float, latency_s: float,
+                      encode_scale: float = 1.0, decode_scale: float = 1.0, budget: LossBudget | None = None,
+                      allowed: tuple | None = None) -> tuple[float, float, str]:
+    """(seconds, wire seconds, codec name): choose_codec's choice and, of its seconds, those the link
+    carries the bytes (messages x latency + encoded bytes x 8 / bandwidth), without the encode and decode
+    the ranks spend (partitioners.cost: a transfer occupies the link, its codec the ranks)."""
+    def wire(sample):
+        return link_seconds(sample, raw_bytes, messages, bandwidth_bps, latency_s, 0.0, 0.0)
+
+    best = (link_seconds(None, raw_bytes, messages, bandwidth_bps, latency_s), None, "raw")
     if entry is None or raw_bytes <= 0:
-        return best
+        return best[0], best[0], "raw"
     usable = [s for s in entry.samples if parse_codec(s.codec).kind != "raw" and admissible(s, budget)
               and (allowed is None or s.codec in allowed)]
     for s in usable:
         seconds = link_seconds(s, raw_bytes, messages, bandwidth_bps, latency_s, encode_scale, decode_scale)
         if seconds < best[0]:
-            best = (seconds, s.codec)
+            best = (seconds, s, s.codec)
     mixed = per_tensor_sample(entry, bandwidth_bps, encode_scale, decode_scale, budget, allowed)
     if mixed is not None:
         seconds = link_seconds(mixed, raw_bytes, messages, bandwidth_bps, latency_s, encode_scale, decode_scale)
         if seconds < best[0] * (1 - 1e-9):
-            best = (seconds, mixed.codec)
-    return best
+            best = (seconds, mixed, mixed.codec)
+    return best[0], wire(best[1]), best[2]
 
 
 def _per_tensor_choice(entry: CutCodecs, usable: set, bandwidth_bps: float, encode_scale: float, decode_scale: float,

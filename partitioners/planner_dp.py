@@ -25,7 +25,7 @@ seconds(s, o) is the option alone (compute, the lead's scatter and gather) and s
 max(0, gather(s, o) + scatter(s + 1, o') - kept transition(s, o, o')) where keeping is legal, else 0.
 Options include fused spans (fused-tiles over segments s..s+d) as states F_d, C_(d-1), ..., C_0 whose
 moves are forced (saving -inf elsewhere; partitioners.segment_table), so the recurrence is unchanged.
-Then period = inner + the stage's link terms, latency = inner + its send. Memory sums the options'
+Then period = split_period (inner with the stage's link terms overlapped, cost module), latency = inner + its send. Memory sums the options'
 weights and takes their largest working set along the chosen chain, as for unchained segments
 (conservative: the lead of a kept tensor no longer holds it whole); a range whose best chain does
 not fit is chosen as CostModel.stage_cost does (repair_memory), so the two always agree.
@@ -40,7 +40,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 
-from .cost import INF, CostModel
+from .cost import INF, CostModel, LinkTerms, split_period
 from .device_sets import candidate_counts
 from .segment_chains import chain_tables
 from .vocabulary import NO_SPLIT
@@ -59,6 +59,11 @@ class StageChoice:
     mode: str
 
 
+def _lead_terms(terms: LinkTerms, index) -> LinkTerms:
+    """The lead's terms (lead_in, lead_out, sink) of array-valued `terms` at `index`: what split_period reads."""
+    return LinkTerms(terms.lead_in[index], terms.lead_out[index], terms.sink[index], 0.0, 0.0, 0.0, 0.0, 0.0, False)
+
+
 class StageTables:
     """period and latency of every stage (i, j) for every candidate device set and mode."""
 
@@ -73,21 +78,35 @@ class StageTables:
         self.work_max = _running_max(model.work_bytes - model.scratch_bytes) + _running_max(model.scratch_bytes)
         self.start_index = np.arange(n + 1)[:, None]
         self.stop_index = np.arange(n + 1)[None, :]
-        # the link terms of cost.LinkTerms for every (start, stop) at once
-        x = model.transfer
+        # the link terms of cost.LinkTerms for every (start, stop) at once: a frame's whole wait (latency),
+        # the link's part (wire) and the ranks' part (busy) of each transfer (cost module docstring)
         first = (np.arange(n + 1) == 0)[:, None]
         last = (np.arange(n + 1) == n)[None, :]
-        self.x_in = np.broadcast_to(x[:, None], (n + 1, n + 1))
-        self.x_out = np.broadcast_to(x[None, :], (n + 1, n + 1))
-        self.lead_in = np.where(first, 0.0, self.x_in)
-        self.lead_out = np.where(first & last, 0.0, self.x_out)
-        self.sink = np.where(first & ~last, x[n], 0.0)
-        self.lead_comm = self.lead_in + self.lead_out + self.sink
         self.first, self.last = first, last
-        self.replica_in_latency = np.where(first, x[0], 0.0) + np.zeros((1, n + 1))
+        self.whole = self._link_terms(*model.link_parts("whole"))
+        self.wire = self._link_terms(*model.link_parts("wire"))
+        self.busy = self._link_terms(*model.link_parts("rank"))
+        self.lead_out = self.whole.lead_out
+        self.replica_in_latency = np.where(first, model.transfer[0], 0.0) + np.zeros((1, n + 1))
         self.valid = np.triu(np.ones((n + 1, n + 1), dtype=bool), k=1)
         self.splittable = any(model.splits.kinds(s) for s in range(len(model.splits.segments)))
         self.tables: list[dict] = [self._tables(a) for a in self.candidates]
+
+    def _link_terms(self, got: np.ndarray, sent: np.ndarray) -> LinkTerms:
+        """cost.CostModel.link_terms for every (start, stop) at once, from per-cut seconds received and sent."""
+        n, first, last = self.n, self.first, self.last
+        x_in = np.broadcast_to(got[:, None], (n + 1, n + 1))
+        x_out = np.broadcast_to(sent[None, :], (n + 1, n + 1))
+        zero = np.zeros((n + 1, n + 1))
+        return LinkTerms(lead_in=np.where(first, 0.0, x_in), lead_out=np.where(first & last, 0.0, x_out),
+                         sink=np.where(first & ~last, got[n], 0.0), replica_in=x_in, replica_out=x_out,
+                         replica_in_latency=np.where(first, self.model.transfer[0], 0.0) + zero,
+                         source=np.where(first, sent[0], 0.0) + zero, result=np.where(first, got[n], 0.0) + zero, last=last)
+
+    def single_period(self, compute: np.ndarray) -> np.ndarray:
+        """Period of every stage (i, j) on one device taking `compute` seconds (cost.CostModel.stage_cost)."""
+        b, w = self.busy, self.wire
+        return np.maximum(compute + b.lead_in + b.lead_out + b.sink, np.maximum(w.lead_in + w.sink, w.lead_out))
 
     def _tables(self, a: tuple) -> dict:
         """mode -> (period matrix, latency matrix), inf where the stage is infeasible or invalid."""
@@ -106,7 +125,7 @@ class StageTables:
         with np.errstate(divide="ignore", invalid="ignore"):
             if m == 1:
                 k = used[0]
-                out["single"] = (np.where(fits, self.compute[k] + self.lead_comm, INF), np.where(fits, self.compute[k] + self.lead_out, INF))
+                out["single"] = (np.where(fits, self.single_period(self.compute[k]), INF), np.where(fits, self.compute[k] + self.lead_out, INF))
             else:
                 out["data-parallel"] = self._data_parallel_tables(a, fits)
                 if self.splittable:
@@ -118,14 +137,17 @@ class StageTables:
         transfers) and the others; period = slowest replica's time per frame / replicas."""
         m = sum(a)
         slots = self.model.slots_of(a)
-        x = self.model.transfer
+        b, w = self.busy, self.wire
         results = np.where(self.last, m - 1, m)
-        source = np.where(self.first, (m - 1) * x[0] + results * x[-1], 0.0)
-        lead = self.compute[slots[0]] + self.lead_in + self.lead_out + source
-        others = [self.compute[k] + self.x_in + self.x_out for k in sorted(set(slots[1:]))]
+        # per round of m frames, as cost.CostModel.stage_cost: the lead's cycle or its interface's time
+        # (rank 0 of a first stage: the other replicas' inputs out, the results in), each replica's likewise
+        lead = np.maximum.reduce([self.compute[slots[0]] + b.lead_in + b.lead_out + (m - 1) * b.source + results * b.result,
+                                  w.lead_in + results * w.result, w.lead_out + (m - 1) * w.source])
+        others = [np.maximum.reduce([self.compute[k] + b.replica_in + b.replica_out, w.replica_in, w.replica_out])
+                  for k in sorted(set(slots[1:]))]
         cycle = np.maximum.reduce([lead] + others)
         latency = np.maximum.reduce([self.compute[slots[0]] + self.lead_out] +
-                                    [self.compute[k] + self.replica_in_latency + self.x_out for k in sorted(set(slots[1:]))])
+                                    [self.compute[k] + self.replica_in_latency + self.whole.replica_out for k in sorted(set(slots[1:]))])
         return np.where(fits, cycle / m, INF), np.where(fits, latency, INF)
 
     def _split_tables(self, a: tuple) -> tuple:
@@ -153,9 +175,9 @@ class StageTables:
         ok = fits & useful
         inner = value[first, last]
         starts, stops = b[first], b[last + 1]
-        comm = self.lead_comm[starts, stops]
         out_lat = self.lead_out[starts, stops]
-        per = inner + comm
+        busy, wire = _lead_terms(self.busy, (starts, stops)), _lead_terms(self.wire, (starts, stops))
+        per = split_period(inner, busy, wire)
         lat = inner + out_lat
         if not fits.all():
             pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
@@ -165,7 +187,7 @@ class StageTables:
                 # the best chain overflows but some choice might not: trade time for memory
                 chosen, inner_q, mem_q = model.split_choice(int(first[q]), int(last[q]), slots, lead_buffers[q])
                 if all(mm <= u for mm, u in zip(mem_q, usable)) and any(o.kind != NO_SPLIT for o in chosen):
-                    per[q], lat[q], ok[q] = inner_q + comm[q], inner_q + out_lat[q], True
+                    per[q], lat[q], ok[q] = float(split_period(inner_q, _lead_terms(busy, q), _lead_terms(wire, q))), inner_q + out_lat[q], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)
         latency = np.full((n + 1, n + 1), INF)

@@ -18,7 +18,7 @@ def pair(single_fps: float, fps: float, single_late: float = 0.0, late: float = 
 
 @pytest.fixture(scope="module")
 def plan8():
-    return plan_for_devices(zoo_model("lenet5"), "lenet5", "rpi3:8", 94e6, "dp", "throughput", "numpy")
+    return plan_for_devices(zoo_model("mobilenet_v1"), "mobilenet_v1", "rpi3:8", 94e6, "dp", "throughput", "numpy")  # all 8 used
 
 
 def test_a_slow_paired_baseline_is_flagged_and_the_speedup_uses_the_trusted_runs(plan8):

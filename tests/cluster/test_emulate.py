@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.emulated_plans import balanced_plan, settle_cuts
-from cluster.emulation import CoreTokens, LinkPacer, parse_link, receive_ready_at
+from cluster.emulation import CoreTokens, LinkPacer, hold_before_compute, parse_link, receive_ready_at
 from layers import zoo_model
 from layers.errors import PisplitError
 from tests.conftest import require
@@ -43,6 +43,34 @@ def test_link_transfers_serialise_on_the_sender():
     # a receiver ready late still needs the whole transfer; one ready early gets it at the sender's end
     assert receive_ready_at(10.002, 0.002, receiver_ready=11.0) == pytest.approx(11.002)
     assert receive_ready_at(10.002, 0.002, receiver_ready=9.0) == pytest.approx(10.002)
+
+
+def test_a_rank_computes_once_each_destination_has_no_more_than_the_overlap_left():
+    """Issue 18: a transfer occupies the link; its sender stays in MPI calls (cannot compute) only until each
+    destination's transfers have at most SEND_OVERLAP_BYTES left (the rest drains while it computes)."""
+    from collections import deque
+
+    bw = 94e6
+    link = LinkPacer(bw)
+    secs = lambda nbytes: nbytes * 8 / bw  # noqa: E731
+    big, small, overlap = 618_000, 100_000, 256 << 10
+    now = 100.0
+    # two 618 KB inputs to two replicas, back to back on the interface: each keeps `overlap` for the compute
+    ends = [link.schedule(big, 0, now=now)[0], link.schedule(big, 0, now=now)[0]]
+    queues = {1: deque([(ends[0], big)]), 2: deque([(ends[1], big)])}
+    assert hold_before_compute(link.free_at, queues, now, secs, overlap) == pytest.approx(secs(2 * big - 2 * overlap))
+    # a small transfer leaves whole during the compute: no hold
+    link2 = LinkPacer(bw)
+    end = link2.schedule(small, 0, now=now)[0]
+    assert hold_before_compute(link2.free_at, {1: deque([(end, small)])}, now, secs, overlap) == pytest.approx(0.0, abs=1e-12)
+    # later, when the first transfer has ended, only the second's tail counts; ended transfers are dropped
+    later = ends[0] + 0.001
+    assert hold_before_compute(link.free_at, queues, later, secs, overlap) == pytest.approx(ends[1] - later - secs(overlap))
+    assert not queues[1] and len(queues[2]) == 1
+    # two transfers to one destination share its one socket buffer's overlap
+    link3 = LinkPacer(bw)
+    e1, e2 = link3.schedule(big, 0, now=now)[0], link3.schedule(big, 0, now=now)[0]
+    assert hold_before_compute(link3.free_at, {1: deque([(e1, big), (e2, big)])}, now, secs, overlap) == pytest.approx(secs(2 * big - overlap))
 
 
 def test_dilation_scales_cpu_time_not_waiting():

@@ -245,7 +245,7 @@ def test_memory_prediction_counts_the_frame_buffers_of_the_run_window():
     from cluster.runtime import memory_prediction
 
     graph = zoo_model("alexnet")
-    plan = plan_for_devices(graph, "alexnet", "rpi3:4", 94e6, "dp", "throughput", "numpy")
+    plan = plan_for_devices(graph, "alexnet", "rpi3:3", 94e6, "dp", "throughput", "numpy")
     first, second = plan.stages[0], plan.stages[1]
     assert (first.mode, second.mode) == ("single", "data-parallel")
     cut = [graph.cut_bytes(c) for c in range(len(graph) + 1)]

@@ -9,7 +9,7 @@ import pytest
 
 from layers import zoo_model
 from layers.errors import PisplitError
-from partitioners.cost import FRAME_BUFFERS, RUNTIME_WINDOW, CostModel, make_cluster, shard_memory_bytes
+from partitioners.cost import FRAME_BUFFERS, RUNTIME_WINDOW, SEND_OVERLAP_BYTES, CostModel, make_cluster, shard_memory_bytes
 from partitioners.devices import device_profile
 from partitioners.split_costs import PLANNER_KINDS, SplitCatalogue
 from partitioners.splits import legal_kinds, split_cost
@@ -32,8 +32,19 @@ def test_single_and_data_parallel_stages(alexnet_model):
     replicas = m.stage_cost(0, n, (4,), "data-parallel")
     source, result = m.transfer[0], m.transfer[n]  # rank 0 hands out inputs and takes results back
     assert source == pytest.approx(3e-4 + 227 * 227 * 3 * 4 * 8 / 94e6) and result == pytest.approx(3e-4 + 1000 * 4 * 8 / 94e6)
-    # round-robin: per round of 4 frames rank 0 computes one and sends 3 inputs and takes 3 results
-    assert replicas.period_s == pytest.approx((0.220 + 3 * source + 3 * result) / 4)
+    # round-robin: per round of 4 frames rank 0 computes one while its interface sends 3 inputs and takes
+    # 3 results (a transfer occupies the link): rank 0 stays in MPI calls (it cannot compute) while each
+    # input's bytes beyond SEND_OVERLAP_BYTES leave, the rest leaves while it computes
+    assert m.wire[0] == source and m.wire[n] == result  # raw links: the whole transfer is the link's
+    hold = source - 3e-4 - SEND_OVERLAP_BYTES * 8 / 94e6
+    assert hold > 0 and m.send_hold()[0] == pytest.approx(hold) and m.send_hold()[n] == 0  # a result is small
+    assert 3 * source < 0.220 + 3 * hold
+    assert replicas.period_s == pytest.approx((0.220 + 3 * hold) / 4)
+    slow = CostModel(m.graph, make_cluster([("rpi3", 4, None)], 10e6, 3e-4), CALIBRATION)
+    s_src = slow.transfer[0]
+    s_hold = slow.send_hold()[0]
+    assert 3 * s_src > 0.220 + 3 * s_hold  # on a slow link rank 0's interface is the bottleneck: 3 inputs a round
+    assert slow.stage_cost(0, n, (4,), "data-parallel").period_s == pytest.approx(3 * s_src / 4)
     assert replicas.latency_s == pytest.approx(0.220 + source + result)
     # every replica holds everything; their frame buffers differ: rank 0 makes the inputs and keeps
     # FRAME_BUFFERS of them leaving for each other replica, a replica receives FRAME_BUFFERS
@@ -70,8 +81,11 @@ def test_stage_boundaries_pay_for_the_tensors_live_across_the_cut(alexnet_model)
     assert m.transfer[cut] == pytest.approx(expected)
     first, second = m.stage_cost(0, cut, (1,), "single"), m.stage_cost(cut, m.n, (1,), "single")
     result = m.transfer[m.n]
-    assert first.comm_s == pytest.approx(expected + result)  # rank 0 also takes every result back
-    assert second.comm_s == pytest.approx(expected + result)  # and the last stage sends it
+    # a transfer occupies the link, not the ranks: each stage's period is its compute unless its
+    # interface's time in one direction is longer (rank 0 also takes every result back)
+    assert first.period_s == pytest.approx(max(first.compute_s, expected, result))
+    assert second.period_s == pytest.approx(max(second.compute_s, expected, result))
+    assert first.comm_s == pytest.approx(first.period_s - first.compute_s)
     assert first.latency_s + second.latency_s == pytest.approx(m.stage_cost(0, m.n, (1,), "single").latency_s + expected + result)
 
 
