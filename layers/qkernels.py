@@ -32,10 +32,12 @@ from .quant import (TensorQuant, activation_range, multiply_by_quantized_multipl
 # 1 unit now and then per op, grown through a deep network to 9 units on ResNet50's logits. "xnnpack" (the
 # default) computes what a user's litert run computes, measured node by node (each node alone as its own
 # model, on the numpy run's own inputs) and whole-model equal bit for bit on the converter's MobileNetV2 and
-# ResNet50 (int8 and float-I/O) and every small int8 op case (tests/layers/test_int8_kernels.py,
-# test_int8_corpus.py, test_xnnpack_int8.py):
-# - CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (qs8-qc8w / qs8 GEMM, IGEMM, DWCONV, "fp32" requantization
-#   on x86 and ARMv8 alike): the exact int32 accumulator (bias included) as float32, times the float32
+# ResNet50 (int8 and float-I/O), EfficientNetB0 and MobileNetV3Small int8 and every small int8 op case
+# (tests/layers/test_int8_kernels.py, test_int8_corpus.py, test_xnnpack_int8.py), with LiteRT 2.3 on x86-64
+# (XNNPACK's ARM builds pick their own kernels: per-tensor fully-connected layers may take a "rndnu"
+# fixed-point requantization there; not measured on a Pi):
+# - CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (qs8-qc8w / qs8 GEMM, IGEMM, DWCONV, "fp32"
+#   requantization): the exact int32 accumulator (bias included) as float32, times the float32
 #   scale (input_scale * filter_scale[c]) / output_scale (each step rounded to float32, as the operator's
 #   set-up computes it), rounded half to even (magic bias / cvtps2dq), plus the output zero point, clamped.
 # - MEAN (reduce-nd's qs8 mean): the int32 sum of x - input zero point as float32 times float32(input_scale
