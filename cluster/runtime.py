@@ -848,6 +848,7 @@ class PipelineRank:
             self.dilation, self.cores = (self.device.dilation, self.device.cores) if self.device else (None, None)
         self.transfers: list = []  # (end, bytes, seconds) per frame sent on the link, with options.record_transfers
         self.on_link: dict = {}  # emulated links: destination rank -> (end (time.time), bytes) of this rank's transfers to it still leaving
+        self.deferred: list = []  # emulated links: outputs packed, handed to the link at this rank's next MPI call (_flush_sends)
         self.sending: dict = {}  # real links: id(request) -> (time handed to MPI, bytes) until the send completes
         self.my_frames = frames_of(self.stage, self.rank, self.n_frames)
         self.is_worker = self.stage.mode == StageMode.SPLIT and self.rank != self.stage.ranks[0]
@@ -1060,6 +1061,8 @@ class PipelineRank:
             while i < len(mine):
                 yield mine[i]
                 i += 1
+            if self.deferred:
+                self._flush_sends()
             if self.options.more is None or not self.options.more(self):
                 return
 
@@ -1166,6 +1169,8 @@ class PipelineRank:
                 clock.progressed()
             if ready() and (deadline is None or time.perf_counter() >= deadline):
                 break
+            if self.deferred:
+                self._flush_sends()  # this rank waits in MPI calls: its earlier outputs move on (one that was ready at once did not)
             if clock is not None:
                 what, peer = waiting()
                 if clock.stalled(peer):
@@ -1245,24 +1250,44 @@ class PipelineRank:
             self.sends.append((transport.isend_buffer(self.comm, buf, 0, TAG_RESULT), buf, self.result_codec, 0, frame))
         else:
             nxt = self.plan.stages[self.stage.index + 1]
-            buf, end, duration = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, self.link, self.device)
             dest = entry_rank(nxt, frame)
-            self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + nxt.index), buf, self.out_codec, dest, frame))
-            if self.options.record_transfers:
-                self._record_transfer(self.out_codec, end, duration, self.sends[-1][0])
             if self.link:
-                # the link carries the frame while this rank goes on (partitioners.cost: a transfer occupies
-                # the link, not the ranks), but no more than window + 1 of them to one rank: the receiver
-                # posts `window` receives ahead, and an MPI send over TCP completes once its bytes are out
-                queue = self.on_link.setdefault(dest, deque())
-                queue.append((end, buf.nbytes))
+                # an emulated link: packed now (the next compute reuses the output's buffers), handed to the link
+                # at this rank's next MPI call (_flush_sends). The link then carries the frame while this rank
+                # goes on (partitioners.cost: a transfer occupies the link), but no more than window + 1 of them
+                # to one rank: the receiver posts `window` receives ahead, and an MPI send over TCP completes
+                # once its bytes are out
+                buf, _, _ = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, None, self.device)
+                codec = self.out_codec
+                self.deferred.append((buf, dest, nxt.index, frame, codec.sent_bytes if getattr(codec, "encoded", False) else codec.payload_bytes,
+                                      len(codec.names)))
                 if self._link_full(dest):
-                    hold = queue[0][0] - time.time()
+                    hold = self.on_link[dest][0][0] - time.time()
                     self.stats.comm_s += self._wait_until(lambda: True, SEND_BLOCKED, frame, time.perf_counter() + hold)
+            else:
+                buf, end, duration = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, None, self.device)
+                self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + nxt.index), buf, self.out_codec, dest, frame))
+                if self.options.record_transfers:
+                    self._record_transfer(self.out_codec, end, duration, self.sends[-1][0])
         if len(self.sends) > self.window:
             # back pressure: the oldest send must finish before this rank takes another frame
             limit = self.window
             self.stats.comm_s += self._wait_until(lambda: len(self.sends) <= limit, SEND_BLOCKED, frame, waiting=self._waiting_for_send)
+
+    def _flush_sends(self) -> None:
+        """An emulated link: the outputs this rank packed since its last MPI call leave now. Open MPI moves
+        a message's bytes beyond its first fragment (64 KiB) only inside its sender's MPI calls (a Pi has no
+        progress thread): an output sent just before a compute step, as a pipelined stage whose next input
+        is in hand does, leaves after that step (the namespace cluster's AlexNet throughput plan had its
+        frames 80 ms later than a link taking them at once: one 83 ms compute of its first stage)."""
+        deferred, self.deferred = self.deferred, []
+        for buf, dest, index, frame, nbytes, messages in deferred:
+            end, duration = self.link.schedule(nbytes, messages)
+            buf[: FrameCodec.HEADER].view(np.int64)[2:4] = (int(end * 1e9), int(duration * 1e9))
+            self.sends.append((transport.isend_buffer(self.comm, buf, dest, TAG_STAGE + index), buf, self.out_codec, dest, frame))
+            if self.options.record_transfers:
+                self._record_transfer(self.out_codec, end, duration, self.sends[-1][0])
+            self.on_link.setdefault(dest, deque()).append((end, nbytes))
 
     def _link_full(self, dest: int) -> bool:
         """An emulated link: whether window + 1 of this rank's transfers to `dest` are still leaving."""
@@ -1326,6 +1351,8 @@ class PipelineRank:
             seconds += extra
             self.stats.compute_s += extra
         self.events.append(SPLIT_PART if self.is_worker else COMPUTE, frame, t - self.t0, seconds)
+        if self.deferred:
+            self._flush_sends()  # the step is over: this rank's MPI calls move its earlier outputs on
         behind = self.pace.check(frame, busy)
         if behind is not None:
             if self.options.on_slow == "fail":
