@@ -9,7 +9,8 @@ A link transfer of b bytes in m messages takes m x latency + b x 8 / bandwidth a
 and the ranks only in part (issue 18): a pipeline rank hands a frame to its network interface and
 computes on once no more than partitioners.cost.SEND_OVERLAP_BYTES of each destination's transfers are
 left to leave (a Pi has no MPI progress thread: the rest of a send moves only while its sender is in MPI
-calls). Its transfers serialise on its interface, at most window + 1 to one receiver, as MPI sends over
+calls), and an output it sent just before a compute step leaves after that step (the runtime hands it
+to the link at the rank's next real wait: cluster.runtime._flush_sends). Its transfers serialise on its interface, at most window + 1 to one receiver, as MPI sends over
 TCP complete once their bytes are out; the receiver, whose receive is posted ahead, has the frame when
 it has arrived, arrivals serialising on its own interface. The frame header carries the
 transfer's end and duration so the receiver can do this. This is the planner's link model
