@@ -115,6 +115,7 @@ def dilated_steps(plan, graph, engine: str, passes: int = 5) -> list:
     from cluster.host_speed import host_speed
     from cluster.runtime import shard_graph
     from layers.engine import make_engine
+    from partitioners.profiles import class_dilation
     from partitioners.splits import split_segment
     from partitioners.vocabulary import NO_SPLIT
 
@@ -141,7 +142,9 @@ def dilated_steps(plan, graph, engine: str, passes: int = 5) -> list:
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     rows = []
     for stage, seg, parts, post in steps:
-        slow = device_slowdown(plan.devices[stage.ranks[0]].kind, engine) / plan.devices[stage.ranks[0]].speed / speed
+        kind = plan.devices[stage.ranks[0]].kind
+        slow = (device_slowdown(kind, engine) * class_dilation(kind, engine, graph, seg.node_start, seg.node_stop)
+                / plan.devices[stage.ranks[0]].speed / speed)  # the segment's nodes at their op classes' prices (litert)
         rows.append((stage, seg, seg.predicted[0] if seg.predicted else None, [med[id(e)] * slow for e, _ in parts],
                      med[id(post[0])] * slow if post else 0.0))
     return rows
