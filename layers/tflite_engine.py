@@ -63,7 +63,8 @@ class LiteRTEngine:
         self.interpreter = make_interpreter(self.model, self.threads)
         self._inputs = [d["index"] for d in self.interpreter.get_input_details()]
         self._outputs = [d["index"] for d in self.interpreter.get_output_details()]
-        self._batch = 1
+        # the batch the interpreter holds: the graph's own (1, or a one-frame graph's data axis, e.g. (50, 128))
+        self._batch = int(next(iter(graph.inputs.values()))[0]) if graph.inputs else 1
         # a node that moves the batch axis (issue 19, layers.ops.batch1_only) makes the graph one frame's
         self._one_frame = next((n for n in graph.nodes if n.attrs.get("batch1")), None)
         # per input, what a frame's array must be to go to the interpreter as it is (run's fast path):

@@ -274,3 +274,15 @@ def test_a_flatten_read_only_by_dense_layers_writes_no_reshape_on_the_engine():
         for t in graph.outputs:
             assert got[t].shape == want[t].shape
             assert_close(got[t], want[t])
+
+
+def test_a_graph_built_for_several_frames_runs_any_batch():
+    """The interpreter starts at the graph's own batch (4 here): frames of 4 go in as they are, 1 and 2
+    resize it, 4 again resizes it back."""
+    b = GraphBuilder("four", seed=1)
+    x = b.input("x", (4, 6))
+    graph = b.build(b.dense(x, 3, "d"))
+    engine = make_engine(graph, "litert")
+    for n in (4, 1, 4, 2):
+        feeds = {"x": np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)}
+        assert_close(engine.run(feeds)["d"], graph.execute(feeds)["d"])
