@@ -931,13 +931,22 @@ class _Importer:
         padded = [shape[1 + d] + a + b for d, (a, b) in enumerate(pads)]
         if any(p % b for p, b in zip(padded, block)):
             self._fail(f"{self.where}: padded sizes {padded} are not multiples of the block {block}")
-        if self._is_quantized(x):
-            self._fail(f"{self.where}: an int8 dilated convolution written as SPACE_TO_BATCH_ND is not supported by pisplit yet")
+        if self._is_quantized(x) != self._is_quantized(out) or (self._is_quantized(x) and self._quant_dict(x) != self._quant_dict(out)):
+            self._fail(f"{self.where}: input and output must share their type and quantization (TFLite requires it)")
         src = self._activation_input(x)
         name = self.tensor_names[out] + "/dilation_pad"
         paddings = [[0, 0], *pads, *[[0, 0]] * (len(shape) - 1 - len(pads))]
-        self.nodes.append(Node(name, "pad", [src], [name], {"paddings": paddings}, {}))
+        # int8: SPACE_TO_BATCH_ND pads with the output zero point, as the quantized PAD does (qpad)
+        self._pattern_node(name, "pad", src, {"paddings": paddings}, out)
         self.pending[out] = {"tensor": name, "rank": len(shape), "blocks": {1 + d: b for d, b in enumerate(block)}, "conv": False}
+
+    def _pattern_node(self, name: str, op: str, src: str, attrs: dict, like: int) -> None:
+        """A node of the dilated-convolution pattern that only moves values (pad, reshape, crop): int8 when
+        tflite tensor `like` is, with its quantization (the pattern's tensors all share it)."""
+        if self._is_quantized(like):
+            attrs = {**attrs, "quantized": True}
+            self.quant[name] = self._quant_dict(like)
+        self.nodes.append(Node(name, op, [src], [name], attrs, {}))
 
     def _pending_op(self, op_name: str, op, ins: list[int], outs: list[int]) -> None:
         p = next(self.pending[i] for i in ins if i in self.pending)
@@ -966,7 +975,9 @@ class _Importer:
                 drop = next((d for d in ones if d < len(new_file) and [*real[:d], *real[d + 1:]][1:] == list(new_file[1:])), ones[0])
                 shape = [*real[1:drop], *real[drop + 1:]]
                 blocks = {a - (a > drop): b for a, b in p["blocks"].items()}
-            self.nodes.append(Node(name, "reshape", [p["tensor"]], [name], {"shape": shape}, {}))
+            if self._is_quantized(out) and self._quant_dict(out) != self.quant.get(p["tensor"]):
+                self._fail(f"{self.where}: input and output must share their quantization (TFLite requires it)")
+            self._pattern_node(name, "reshape", p["tensor"], {"shape": shape}, out)
             self.pending[out] = {**p, "tensor": name, "rank": len(shape) + 1, "blocks": blocks}
             return
         if op_name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
@@ -1002,9 +1013,11 @@ class _Importer:
         if min(counts) < 1:
             self._fail(f"{self.where}: crops {crops} remove the whole output {real}")
         self._check_activation(out, f"{self.where}: output")
+        if self._is_quantized(out) and self._quant_dict(out) != self.quant.get(p["tensor"]):
+            self._fail(f"{self.where}: input and output must share their quantization (TFLite requires it)")
         node_name = self.tensor_names[out]
-        self.nodes.append(Node(node_name, "strided_slice", [p["tensor"]], [node_name],
-                               {"starts": starts, "steps": [1] * len(starts), "counts": counts, "out_shape": counts}, {}))
+        self._pattern_node(node_name, "strided_slice", p["tensor"],
+                           {"starts": starts, "steps": [1] * len(starts), "counts": counts, "out_shape": counts}, out)
 
     def _op_expand_dims(self, op, ins, out):
         axis = int(np.asarray(self._ints(ins[1], self.where)).reshape(-1)[0])
