@@ -117,7 +117,7 @@ def test_a_pi_torn_down_mid_run_costs_no_frame(emulated_cluster, head, provision
     graph = zoo_model("lenet5")
     plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")], kind="rpi3")
     plan_path = plan.save(head["home"] / "resilient-3.json")
-    frames = 3000
+    frames = 1500  # pi-1 is torn down after ~200 results, with over a thousand frames still to come
     out = head["home"] / "resilient.npz"
     run = launch_resilient(cluster, head, plan_path, frames, out)
     try:
@@ -151,7 +151,7 @@ def test_a_crashed_rank_and_a_dropped_link_cost_no_frame_and_the_pi_back_is_read
     graph = zoo_model("lenet5")
     plan = hand_plan(graph, [(0, 2, [0], "single"), (2, 5, [1], "single"), (5, 9, [2], "single")], kind="rpi3")
     plan_path = plan.save(head["home"] / "resilient-back.json")
-    frames = 4000
+    frames = 2500  # each fault comes after ~200 results of its attempt, with two thousand frames still to come
     out = head["home"] / "resilient-back.npz"
     bring_back(cluster, cluster.pis[1])  # torn down by the test before
     files = cluster.pis[0].state / "home" / PI_USER / "pisplit" / "files"
