@@ -1068,6 +1068,83 @@ QRUN = {
     "requantize": in_bands(qrequantize),
     "int32_halves": in_bands(qint32_halves),
 }
+
+
+def optimized_requantize(acc, real_multiplier, zero_point: int, lo: int, hi: int, dtype=np.int8) -> np.ndarray:
+    """TFLite's optimized per-channel Quantize (optimized_ops.h, its NEON form, which x86 builds run through
+    NEON_2_SSE): acc << left shift, the rounding doubling high multiply (vqrdmulhq_s32), then a rounding
+    right shift with ties toward +infinity (vrshlq_s32), where the reference's RoundingDivideByPOT rounds
+    ties away from zero; plus the zero point, clamped."""
+    m, e = quantize_multiplier(real_multiplier)
+    acc = np.asarray(acc).astype(np.int64)
+    left, right = np.maximum(e, 0), np.maximum(-e, 0)
+    t = acc << left if np.any(left) else acc.copy()
+    t *= m
+    t += np.int64(1 << 30)  # SaturatingRoundingDoublingHighMul for multipliers >= 0 (layers.quant)
+    t >>= 31
+    t += (np.int64(1) << right) >> 1
+    t >>= right
+    t += int(zero_point)
+    np.clip(t, lo, hi, out=t)
+    return t.astype(dtype)
+
+
+def qconv2d_transpose(xs, attrs, w, ctx: QuantContext):
+    """TRANSPOSE_CONV int8 with per-channel filter scales: every input pixel scatters (x - input zero
+    point) @ filter[tap] into an exact int32 accumulator of the uncropped output (as
+    layers.kernels.conv2d_transpose), cropped to the output, bias added, then rescaled per channel by
+    input_scale * filter_scale[c] / output_scale, plus the output zero point, clamped.
+    The rescaling, by arithmetic: "reference" is reference_integer_ops::TransposeConv (BUILTIN_REF,
+    MultiplyByQuantizedMultiplier); "xnnpack" is what LiteRT's default interpreter runs, which is NOT
+    XNNPACK for the Keras converter's TRANSPOSE_CONV (its output shape is computed, SHAPE -> PACK, and the
+    delegate takes only a constant one: measured, the default interpreter equals the no-delegate one on
+    it) but TFLite's optimized TransposeConvV2, whose Quantize rescales output channels 8 at a time as
+    optimized_requantize does (ties toward +infinity in the final shift) and the channels left over as the
+    reference does (up to 6 outputs of 12288 differ from the reference on a 16x16x16 -> 32x32x12 layer).
+    A TRANSPOSE_CONV whose output shape is a constant in the file (attrs["shape_constant"], e.g. a
+    tf.function with a fixed batch) is XNNPACK's qs8-qc8w deconvolution there: the conv's fp32
+    requantization (xnnpack_requantize), measured equal on such a layer. A fused activation's clamp is
+    the reference's (no converter model with one measured)."""
+    x = xs[0]
+    kernel = w["kernel"]
+    in_scale, in_zp = _scalar(ctx.inputs[0], "transpose conv input")
+    out_q = ctx.outputs[0]
+    wq = ctx.weights["kernel"]
+    _check_symmetric_filter(wq, "transpose conv")
+    n, h, wd, cin = x.shape
+    kh, kw, kcin, cout = kernel.shape
+    if kcin != cin:
+        raise PisplitError(f"transpose conv: {cin} input channels do not match filter {kernel.shape}")
+    (sh, sw), (oh, ow) = attrs["strides"], attrs["output_size"]
+    ph, pw = K.transpose_conv_pads((h, wd), (kh, kw), (sh, sw), (oh, ow), attrs.get("padding", "same"))
+    full_h, full_w = max((h - 1) * sh + kh, ph + oh), max((wd - 1) * sw + kw, pw + ow)
+    xf, kf = _int8_operands(x, in_zp, kernel)
+    flat = xf.reshape(-1, cin)
+    acc = np.zeros((n, full_h, full_w, cout), np.float64)  # integer sums of at most KH * KW taps: exact
+    for a in range(kh):
+        for b in range(kw):
+            acc[:, a:a + sh * (h - 1) + 1:sh, b:b + sw * (wd - 1) + 1:sw, :] += _exact_matmul(flat, kf[a, b]).reshape(n, h, wd, cout)
+    acc = _accumulator(acc[:, ph:ph + oh, pw:pw + ow, :], w.get("bias"))
+    mults = output_multipliers("conv", ctx.inputs[0], wq, out_q, cout)
+    _, zp = out_q.scalar("output")
+    lo, hi = activation_range(attrs.get("activation"), out_q)
+    if not _xnnpack():
+        return [requantize(acc, mults, zp, lo, hi, out_q.np_dtype)]
+    if attrs.get("shape_constant"):  # XNNPACK's qs8-qc8w deconvolution: the conv's fp32 requantization
+        lo, hi = xnnpack_activation_range(attrs.get("activation"), out_q)
+        return [xnnpack_requantize(acc, xnnpack_scales(in_scale, wq, out_q.scalar("output")[0], cout), zp, lo, hi, out_q.np_dtype)]
+    # the optimized Quantize takes channels 8 at a time in its NEON form, the rest as the reference does
+    mults = np.broadcast_to(np.asarray(mults, np.float64), (cout,))
+    c8 = cout - cout % 8
+    y = np.empty(acc.shape, out_q.np_dtype)
+    y[..., :c8] = optimized_requantize(acc[..., :c8], mults[:c8], zp, lo, hi, out_q.np_dtype)
+    y[..., c8:] = requantize(acc[..., c8:], mults[c8:], zp, lo, hi, out_q.np_dtype)
+    return [y]
+
+
+QRUN["conv2d_transpose"] = qconv2d_transpose
+
+
 # the int8 kernels that run in bands of axis 1 (in_bands; tabulated ones too): work_bytes
 BANDED_OPS = ("add", "sub", "mul", "sigmoid", "tanh", "softmax", "hard_swish", "leaky_relu", "relu", "relu6", "quantize", "dequantize",
               "requantize", "int32_halves")

@@ -1086,9 +1086,9 @@ class _Importer:
             weights["bias"] = (ins[3], None)
         attrs = {"strides": self._window("strides", o.strideH, o.strideW), "padding": self._padding(o.padding),
                  "output_size": out_shape[1:3], "activation": self._activation(getattr(o, "fusedActivationFunction", 0))}
-        if self._is_quantized(x) or self._is_quantized(out):
-            self._fail(f"{self.where}: op TRANSPOSE_CONV on int8 tensors is not supported by pisplit yet")
-        self._node("conv2d_transpose", [x], out, attrs, weights)
+        if self._is_quantized(x) and shape_i in self.raw_bytes:
+            attrs["shape_constant"] = True  # LiteRT's default interpreter hands it to XNNPACK (qconv2d_transpose)
+        self._node("conv2d_transpose", [x], out, attrs, weights)  # int8: layers.qkernels.qconv2d_transpose
 
     def _op_pad(self, op, ins, out):
         pads = np.asarray(self._ints(ins[1], self.where)).reshape(-1, 2)
