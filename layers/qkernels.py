@@ -1039,6 +1039,13 @@ def work_bytes(op: str, ins: list, outs: list, attrs: dict, weight_shapes: dict,
         return 16 * padded + 40 * out_values  # int64 input and its padded copy, int64 sums, counts and quotients
     if op == "mean":  # an int64 sum over a reduction's buffered copy of the input
         return int(np.prod(ins[0], dtype=np.int64)) * in_dtype.itemsize + 16 * int(np.prod(outs[0], dtype=np.int64))
+    if op == "conv2d_transpose" and len(ins[0]) == 4:  # qconv2d_transpose
+        (n, h, w, cin), (kh, kw, _, cout), (sh, sw) = ins[0], weight_shapes["kernel"], attrs["strides"]
+        full = int(n) * ((h - 1) * sh + kh) * ((w - 1) * sw + kw) * int(cout)  # the float64 uncropped accumulator
+        taps = int(n) * h * w * int(cout)  # one tap's float32 product, and its reshaped sum
+        out_values = int(np.prod(outs[0], dtype=np.int64))
+        return 8 * full + 4 * int(n) * h * w * int(cin) + 4 * kh * kw * int(cin) * int(cout) + 8 * taps + \
+            (8 + TEMP_BYTES_PER_VALUE) * out_values
     return None
 
 

@@ -590,8 +590,6 @@ class _Exporter:
         kernel = w["kernel"]
         kh, kw, cin, cout = kernel.shape
         a = node.attrs
-        if a.get("quantized"):
-            raise PisplitError(f"model {self.g.name}: node {node.name}: an int8 TRANSPOSE_CONV has no pisplit kernel; use a float model")
         strides = [int(v) for v in a["strides"]]
         oh, ow = (int(v) for v in a["output_size"])
         padding = {"same": self.w.S.Padding.SAME, "valid": self.w.S.Padding.VALID}.get(a.get("padding", "same"))
@@ -606,10 +604,13 @@ class _Exporter:
         out_shape = self.w.tensor(f"{node.name}/output_shape", [4], dtype="INT32")
         self.w.operator("CONCATENATION", [batch, self._const("size", [oh, ow, cout], np.int32)], [out_shape],
                         self.w.options("ConcatenationOptions", axis=0))
-        filt = self._const("filter", np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 0, 1, 2)))  # HWIO -> OHWI
+        if a.get("quantized"):  # int8: the filter's integers per channel on O, an int32 bias (layers.qkernels.qconv2d_transpose)
+            filt = self._wconst("filter", np.ascontiguousarray(kernel.transpose(3, 0, 1, 2)), "kernel", 0)
+        else:
+            filt = self._const("filter", np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 0, 1, 2)))  # HWIO -> OHWI
         inputs = [out_shape, filt, x]
         if "bias" in w:
-            inputs.append(self._const("bias", w["bias"]))
+            inputs.append(self._wconst("bias", w["bias"], "bias", 0) if a.get("quantized") else self._const("bias", w["bias"]))
         opts = self.w.options("TransposeConvOptions", padding=padding, strideH=strides[0], strideW=strides[1])
         self.w.operator("TRANSPOSE_CONV", inputs, [self._out(fusable=False)], opts)
 
