@@ -596,14 +596,19 @@ class _Exporter:
         if padding is None:
             raise PisplitError(f"model {self.g.name}: node {node.name}: padding {a.get('padding')!r} has no TRANSPOSE_CONV form")
         x = self._in()
-        shape = self.w.tensor(f"{node.name}/input_shape", [4], dtype="INT32")
-        self.w.operator("SHAPE", [x], [shape], self.w.options("ShapeOptions", outType=self.w.S.TensorType.INT32))
-        batch = self.w.tensor(f"{node.name}/batch", [1], dtype="INT32")
-        self.w.operator("STRIDED_SLICE", [shape, self._const("begin", [0], np.int32), self._const("end", [1], np.int32),
-                                          self._const("step", [1], np.int32)], [batch], self.w.options("StridedSliceOptions"))
-        out_shape = self.w.tensor(f"{node.name}/output_shape", [4], dtype="INT32")
-        self.w.operator("CONCATENATION", [batch, self._const("size", [oh, ow, cout], np.int32)], [out_shape],
-                        self.w.options("ConcatenationOptions", axis=0))
+        if a.get("quantized") and a.get("shape_constant"):
+            # the file's constant output shape, as read (LiteRT hands such an int8 layer to XNNPACK, a computed
+            # one to its own kernel, which round differently: layers.qkernels.qconv2d_transpose)
+            out_shape = self._const("output_shape", [int(v) for v in self.g.shapes[node.outputs[0]]], np.int32)
+        else:
+            shape = self.w.tensor(f"{node.name}/input_shape", [4], dtype="INT32")
+            self.w.operator("SHAPE", [x], [shape], self.w.options("ShapeOptions", outType=self.w.S.TensorType.INT32))
+            batch = self.w.tensor(f"{node.name}/batch", [1], dtype="INT32")
+            self.w.operator("STRIDED_SLICE", [shape, self._const("begin", [0], np.int32), self._const("end", [1], np.int32),
+                                              self._const("step", [1], np.int32)], [batch], self.w.options("StridedSliceOptions"))
+            out_shape = self.w.tensor(f"{node.name}/output_shape", [4], dtype="INT32")
+            self.w.operator("CONCATENATION", [batch, self._const("size", [oh, ow, cout], np.int32)], [out_shape],
+                            self.w.options("ConcatenationOptions", axis=0))
         if a.get("quantized"):  # int8: the filter's integers per channel on O, an int32 bias (layers.qkernels.qconv2d_transpose)
             filt = self._wconst("filter", np.ascontiguousarray(kernel.transpose(3, 0, 1, 2)), "kernel", 0)
         else:
@@ -611,6 +616,11 @@ class _Exporter:
         inputs = [out_shape, filt, x]
         if "bias" in w:
             inputs.append(self._wconst("bias", w["bias"], "bias", 0) if a.get("quantized") else self._const("bias", w["bias"]))
+        if a.get("quantized"):  # int8: the activation fused, as the converter writes it (an int8 RELU op would requantize)
+            opts = self.w.options("TransposeConvOptions", padding=padding, strideH=strides[0], strideW=strides[1],
+                                  fusedActivationFunction=self._act())
+            self.w.operator("TRANSPOSE_CONV", inputs, [self._out()], opts)
+            return
         opts = self.w.options("TransposeConvOptions", padding=padding, strideH=strides[0], strideW=strides[1])
         self.w.operator("TRANSPOSE_CONV", inputs, [self._out(fusable=False)], opts)
 
