@@ -216,7 +216,7 @@ def test_a_stopped_rank_is_named_within_the_bound_and_the_frames_done_are_kept(t
     and the job ends."""
     plan = hand_plan(zoo_model("lenet5"), THREE).save(tmp_path / "plan.json")
     out = tmp_path / "y.npz"
-    proc, seconds = mpirun(3, "run", plan, "--frames", 100_000, "--no-progress", "--stall-timeout", 3,
+    proc, seconds = mpirun(3, "run", plan, "--frames", 100_000, "--no-progress", "--stall-timeout", 1.5,
                            "--fail", "1@200:stop", "--output", out)
     assert proc.returncode != 0 and seconds < 20, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
@@ -233,7 +233,7 @@ def test_a_stopped_rank_is_named_within_the_bound_and_the_frames_done_are_kept(t
 @pytest.mark.mpi
 def test_a_stopped_worker_of_a_split_stage_is_named(tmp_path):
     plan = hand_plan(zoo_model("lenet5"), SPLIT).save(tmp_path / "plan.json")
-    proc, seconds = mpirun(3, "run", plan, "--frames", 50_000, "--no-progress", "--stall-timeout", 3, "--fail", "2@100:stop")
+    proc, seconds = mpirun(3, "run", plan, "--frames", 50_000, "--no-progress", "--stall-timeout", 1.5, "--fail", "2@100:stop")
     assert proc.returncode != 0 and seconds < 20, (seconds, proc.stderr)
     errors = pisplit_lines(proc.stderr, "error")
     assert len(errors) == 1 and errors[0].startswith(f"pisplit: error: rank 1 (host {HOST}): no 'input' transfer of frame 100 "
