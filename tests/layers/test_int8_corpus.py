@@ -62,8 +62,14 @@ def test_corpus_int8_model_equals_reference_kernels(name, numpy_runs):
     data = path.read_bytes()
     for seed in (0,):  # (one seed: the default arithmetic's test below takes two, CI's time is short)
         feeds = graph.random_input(seed)
+        try:
+            want = interpreter_outputs(data, list(feeds.values()))
+        except ValueError as exc:  # decoder_int8's int8 TILE (version 3) is not among the reference kernels
+            if "Didn't find op for builtin opcode" not in str(exc):
+                raise
+            pytest.skip(f"{name}: LiteRT's reference kernels cannot load it ({str(exc).splitlines()[0]}); "
+                        "test_tflite_int8_patterns.py checks its int8 TRANSPOSE_CONVs alone against them")
         got = numpy_runs.outputs(name, seed, "reference")
-        want = interpreter_outputs(data, list(feeds.values()))
         for t, w in zip(graph.outputs, want):
             assert np.unique(w).size >= 3, "the model's output does not vary (rebuild the corpus with scripts/build_corpus --force)"
             assert got[t].dtype == w.dtype and np.array_equal(got[t], w), f"{name}: {int((got[t] != w).sum())} of {w.size} outputs differ"
