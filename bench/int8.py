@@ -21,7 +21,8 @@ Usage: scripts/bench_int8 [--models a,b] [--plan-models a,b] [--repeat N] [--dev
 --processes N times the litert engine and the plain interpreter in N fresh processes per model (the first
 also times numpy) and reports the median of the per-process litert/plain ratios: one interpreter's speed
 depends on where its memory landed, so for a small memory-bound model one process's pair is one draw
-(torch_lstm: two plain interpreters on the same file, each against a third, measured 0.78-1.41 apart).
+(torch_lstm: two plain interpreters on the same file, each against a third, measured 0.78-1.41 apart),
+and on which of the two was built first; the extra processes alternate that (an even N balances it).
 """
 import os
 
@@ -88,14 +89,47 @@ def agreement(path: Path, seeds: int) -> str:
     return "equal" if doc["equal"] else f"{doc['rel_error']:.2g}"
 
 
+def litert_and_plain(path: str, repeat: int, plain_first: bool) -> dict:
+    """One process timing the litert engine against the plain interpreter as `pisplit bench` does (its
+    time_engines), with the plain interpreter built first when `plain_first` (pisplit bench builds it
+    last): {'litert': row, 'plain litert': row}."""
+    code = ("import json, sys\n"
+            "from layers import load_model\n"
+            "from layers.engine import make_engine\n"
+            "from cluster.commands.bench import PlainInterpreter, plain_litert_model, time_engines\n"
+            "spec, repeat, plain_first = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
+            "graph = load_model(spec)\n"
+            "for node in graph.nodes:\n"
+            "    graph.node_weights(node)\n"
+            "feeds = graph.random_input(0)\n"
+            "def plain():\n"
+            "    return PlainInterpreter(plain_litert_model(spec, graph, True), graph, 1)\n"
+            "if plain_first:\n"
+            "    p = plain()\n"
+            "    e = make_engine(graph, 'litert', 1)\n"
+            "else:\n"
+            "    e = make_engine(graph, 'litert', 1)\n"
+            "    p = plain()\n"
+            "rows = time_engines([e, p], feeds, repeat)\n"
+            "print(json.dumps({'litert': rows[0], 'plain litert': rows[1]}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, str(repeat), "1" if plain_first else "0"], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        sys.exit(f"bench_int8: litert against plain LiteRT on {path} failed: "
+                 f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def more_processes(doc: dict, path: str, args) -> dict:
     """The model's bench doc with its litert and plain rows over `args.processes` processes: the median
     of their medians, the best of their bests, and doc['litert_over_plain'], the median of each process's
-    plain/litert median ratio (one process: its own ratio)."""
+    plain/litert median ratio (one process: its own ratio). The extra processes build the plain interpreter
+    first, last, first, ... (`pisplit bench` builds it last): which of two interpreters is built first
+    moves a memory-bound model's ratio (torch_lstm: the same file in both, first built against second,
+    0.87 median over 14 processes), so an even --processes has as many of each."""
     rows = [{row["engine"]: row for row in doc["rows"]}]
-    for _ in range(args.processes - 1):
-        again = pisplit(["bench", path, "--repeat", str(args.repeat), "--threads", "1", "--engine", "litert"])
-        rows.append({row["engine"]: row for row in again["rows"]})
+    for k in range(args.processes - 1):
+        rows.append(litert_and_plain(path, args.repeat, plain_first=k % 2 == 0))
     doc["litert_over_plain"] = statistics.median(r["plain litert"]["median_ms"] / r["litert"]["median_ms"] for r in rows)
     for row in doc["rows"]:
         if row["engine"] in ("litert", "plain litert"):
