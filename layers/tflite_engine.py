@@ -58,8 +58,9 @@ class LiteRTEngine:
         self.threads = 1 if threads is None else int(threads)
         if self.threads < 1:
             raise PisplitError(f"engine 'litert': threads must be at least 1, got {threads}")
-        # a flatten before dense layers is left to FULLY_CONNECTED (no RESHAPE copy a frame, as converters write it)
-        self.model = export_tflite(fold_batchnorm(graph), flatten_into_dense=True)
+        # a flatten before dense layers is left to FULLY_CONNECTED (no RESHAPE copy a frame, as converters write
+        # it); a TILE goes in as CONCATENATIONs, which XNNPACK runs (TILE split its graph into several delegates)
+        self.model = export_tflite(fold_batchnorm(graph), flatten_into_dense=True, tile_as_concat=True)
         self.interpreter = make_interpreter(self.model, self.threads)
         self._inputs = [d["index"] for d in self.interpreter.get_input_details()]
         self._outputs = [d["index"] for d in self.interpreter.get_output_details()]

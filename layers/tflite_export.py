@@ -175,7 +175,8 @@ class TfliteWriter:
         return bytes(memoryview(builder.Bytes)[builder.Head():])  # one copy (Output() would add another)
 
 
-def export_tflite(graph: Graph, description: str | None = None, *, flatten_into_dense: bool = False) -> bytes:
+def export_tflite(graph: Graph, description: str | None = None, *, flatten_into_dense: bool = False,
+                  tile_as_concat: bool = False) -> bytes:
     """The graph as .tflite flatbuffer bytes: inputs and outputs in the graph's order.
 
     Raises PisplitError naming the first node that has no TFLite equivalent. An int8 graph is written
@@ -191,12 +192,15 @@ def export_tflite(graph: Graph, description: str | None = None, *, flatten_into_
 
     With `flatten_into_dense` (the litert engine), a flatten read only by dense layers writes no RESHAPE:
     FULLY_CONNECTED flattens its input itself, as the converter leaves it (an unrolled LSTM had 50 of them,
-    one a step); the flatten's output tensor is then not in the flatbuffer.
+    one a step); the flatten's output tensor is then not in the flatbuffer. With `tile_as_concat` (the litert
+    engine), a TILE of at most 5 copies per axis is written as CONCATENATIONs of its input, the same values:
+    XNNPACK takes those and not TILE, which split a decoder's delegated graph in six around its TILEs.
     """
     overlays = _weight_overlays(graph)
     before = [set(o._cache) for o in overlays]
     exporter = _Exporter(graph, description)
     exporter.flatten_into_dense = flatten_into_dense
+    exporter.tile_as_concat = tile_as_concat
     exporter.release = lambda: _release(overlays, before)  # after each node, as its weights are copied in
     try:
         return exporter.run()
@@ -229,6 +233,7 @@ class _Exporter:
         self.index: dict[str, int] = {}
         self.release = None  # called after each node with weights (export_tflite: lets the graph's loaded copies go)
         self.flatten_into_dense = False  # export_tflite's option: _flatten writes no RESHAPE before dense readers
+        self.tile_as_concat = False  # export_tflite's option: _tile writes CONCATENATIONs (XNNPACK has no TILE)
         self.readers: dict | None = None  # tensor -> the nodes reading it (built on first use, _only_dense_reads)
 
     def run(self) -> bytes:
@@ -627,6 +632,24 @@ class _Exporter:
     def _tile(self, node, w):
         """TILE, the batch axis once (multiples per non-batch axis, as the graph holds them)."""
         multiples = [1, *[int(v) for v in node.attrs["multiples"]]]
+        # XNNPACK's CONCATENATION takes 2 to 5 inputs; an int8 one copies integers only at one quantization
+        if self.tile_as_concat and max(multiples) <= 5 and self.g.quant.get(node.inputs[0]) == self.g.quant.get(node.outputs[0]):
+            shape = list(self.g.shapes[node.inputs[0]])
+            t = self._in()
+            last = max(d for d, m in enumerate(multiples) if m > 1) if max(multiples) > 1 else -1
+            if last < 0:
+                self.w.operator("RESHAPE", [t, self._const("shape", [-1, *shape[1:]], np.int32)], [self._out()],
+                                self.w.options("ReshapeOptions", newShape=[-1, *shape[1:]]))
+                return
+            for d, m in enumerate(multiples):
+                if m == 1:
+                    continue
+                shape[d] *= m
+                out = self._out() if d == last else self.w.tensor(f"{node.name}/tiled{d}", shape, dynamic_batch=True,
+                                                                   **self._qargs(node.outputs[0]))
+                self.w.operator("CONCATENATION", [t] * m, [out], self.w.options("ConcatenationOptions", axis=d))
+                t = out
+            return
         self.w.operator("TILE", [self._in(), self._const("multiples", multiples, np.int32)], [self._out()], self.w.options("TileOptions"))
 
     def _depth_to_space(self, node, w):

@@ -286,3 +286,22 @@ def test_a_graph_built_for_several_frames_runs_any_batch():
     for n in (4, 1, 4, 2):
         feeds = {"x": np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)}
         assert_close(engine.run(feeds)["d"], graph.execute(feeds)["d"])
+
+
+def test_tiles_run_in_xnnpack_as_concatenations_on_the_engine():
+    """The litert engine writes a TILE of at most 5 copies per axis as CONCATENATIONs (XNNPACK runs those, not
+    TILE), with the same numbers as the numpy engine at batch 1 and 2; 6 copies stay a TILE."""
+    b = GraphBuilder("tiles", seed=5)
+    x = b.input("x", (1, 3, 4, 2))
+    y = b.add("tile", x, "t1", {"multiples": [2, 1, 3]})
+    y = b.add("tile", b.act(y, "relu", "r"), "t2", {"multiples": [1, 1, 1]})
+    z = b.add("tile", x, "t3", {"multiples": [1, 6, 1]})
+    graph = b.build([y, z])
+    engine = make_engine(graph, "litert")
+    ops = [d["op_name"] for d in engine.interpreter._get_ops_details()]
+    assert ops.count("TILE") == 1 and ops.count("CONCATENATION") == 2
+    for batch in (1, 2):
+        feeds = random_feeds(graph, seed=14, batch=batch)
+        got, want = engine.run(feeds), graph.execute(feeds)
+        for t in graph.outputs:
+            assert got[t].shape == want[t].shape and np.array_equal(got[t], want[t])
