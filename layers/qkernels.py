@@ -227,6 +227,15 @@ def _check_symmetric_filter(wq: TensorQuant, what: str) -> None:
         raise PisplitError(f"{what}: int8 filters must have zero point 0 (TFLite's integer kernels ignore it)")
 
 
+def _filtered_operands(xs, w, ctx: QuantContext, what: str) -> tuple:
+    """(x, kernel, input scale, input zero point, output quantization, filter quantization) of an int8 layer
+    with a filter (conv, fully connected, transpose conv), its filter checked symmetric."""
+    in_scale, in_zp = _scalar(ctx.inputs[0], f"{what} input")
+    wq = ctx.weights["kernel"]
+    _check_symmetric_filter(wq, what)
+    return xs[0], w["kernel"], in_scale, in_zp, ctx.outputs[0], wq
+
+
 # The integer kernels hold their temporaries (float operands, int64 accumulators and their rescaling,
 # ~16 bytes an output value) for a band of output rows and a block of output channels at a time, at
 # most about BAND_BYTES, instead of for the whole layer: a node's memory is then its int8 input and
@@ -346,12 +355,7 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
     """CONV_2D / DEPTHWISE_CONV_2D int8 with per-channel filter scales (reference ConvPerChannel /
     DepthwiseConvPerChannel): padding contributes (zero point - zero point) = 0, so the int8 input is
     padded with its zero point. Computed in bands of output rows (BAND_BYTES)."""
-    x = xs[0]
-    kernel = w["kernel"]
-    in_scale, in_zp = _scalar(ctx.inputs[0], "conv input")
-    out_q = ctx.outputs[0]
-    wq = ctx.weights["kernel"]
-    _check_symmetric_filter(wq, "conv")
+    x, kernel, in_scale, in_zp, out_q, wq = _filtered_operands(xs, w, ctx, "conv")
     kh, kw, cin_g, cout, groups, strides, dilation, pads, outs = _conv_geometry(x, kernel, attrs)
     if groups != 1 and cin_g != 1:
         raise PisplitError("conv: grouped int8 convolutions other than depthwise are not supported")
@@ -403,12 +407,7 @@ def qconv2d(xs, attrs, w, ctx: QuantContext):
 def qdense(xs, attrs, w, ctx: QuantContext):
     """FULLY_CONNECTED int8 (reference FullyConnected / per-channel FullyConnectedPerChannel), in blocks of
     output channels and rows (BAND_BYTES)."""
-    x = xs[0]
-    in_scale, in_zp = _scalar(ctx.inputs[0], "fully-connected input")
-    out_q = ctx.outputs[0]
-    wq = ctx.weights["kernel"]
-    _check_symmetric_filter(wq, "fully connected")
-    kernel = w["kernel"]
+    x, kernel, in_scale, in_zp, out_q, wq = _filtered_operands(xs, w, ctx, "fully connected")
     cout = kernel.shape[1]
     partial = "fully connected" if attrs.get("partial") else None
     finish = _finisher(w.get("bias"), None if partial else _layer_scaling("dense", ctx.inputs[0], wq, out_q, cout), out_q,
@@ -1112,12 +1111,7 @@ def qconv2d_transpose(xs, attrs, w, ctx: QuantContext):
     tf.function with a fixed batch) is XNNPACK's qs8-qc8w deconvolution there: the conv's fp32
     requantization (xnnpack_requantize), measured equal on such a layer. A fused activation's clamp is
     the reference's (no converter model with one measured)."""
-    x = xs[0]
-    kernel = w["kernel"]
-    in_scale, in_zp = _scalar(ctx.inputs[0], "transpose conv input")
-    out_q = ctx.outputs[0]
-    wq = ctx.weights["kernel"]
-    _check_symmetric_filter(wq, "transpose conv")
+    x, kernel, in_scale, in_zp, out_q, wq = _filtered_operands(xs, w, ctx, "transpose conv")
     n, h, wd, cin = x.shape
     kh, kw, kcin, cout = kernel.shape
     if kcin != cin:
