@@ -182,7 +182,8 @@ def streamed_fps(rep: dict, plan) -> float:
     """Frames per second of a streamed run once its first frames are out: (n - k) / (t_n - t_k) over the
     completion times, k the most frames one stage finishes at once (its replicas: a data-parallel stage of 4
     finishes frames in bursts of 4; 1 otherwise: cluster.report.replica_burst). The report's steady rate
-    (report_fps beside it) is fitted through the same bursts' ends over the last three quarters of the run."""
+    (report_fps beside it) counts from the end of a group of completions about a quarter into the run
+    (cluster.report.steady_throughput)."""
     from cluster.report import replica_burst
 
     done = {int(count): float(t) for t, count in rep["completed"]}

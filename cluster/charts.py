@@ -287,12 +287,12 @@ def run_chart(plan: Plan, report: dict, path: str | Path, max_in_flight: int | N
     """Draw a run's report (cluster.report.run_report, from a run of `plan`) into `path`: measured
     against predicted per stage, frames completed over time beside the plan's predicted schedule of
     as many frames (admitted `max_in_flight` at a time, as the run did), and memory per rank."""
-    from .report import predicted_schedule, replica_burst, steady_throughput
+    from .report import predicted_schedule, steady_throughput
 
     path = check_chart_path(path)
     schedule = predicted_schedule(plan, int(report.get("frames") or 0), max_in_flight)
     # fitted as the measured rate is; frames admitted one at a time come at the latency, not the period
-    rate = steady_throughput(schedule.done_s, replica_burst(plan)) if schedule is not None and schedule.done_s.size else None
+    rate = steady_throughput(schedule.done_s) if schedule is not None and schedule.done_s.size else None
     fig = _figure_class()(figsize=(14, 11), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
     _draw_run_stages(fig.add_subplot(grid[0, 0]), report)

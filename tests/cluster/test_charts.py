@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 
 from layers import zoo_model
-from cluster.report import predicted_schedule, replica_burst, steady_throughput
+from cluster.report import predicted_schedule, steady_throughput
 from partitioners.plan import Plan
 from tests.conftest import ROOT, run_pisplit
 
@@ -173,7 +173,7 @@ def test_emulate_chart_shows_measured_against_predicted_and_throughput_over_time
     for d in plan.devices:
         assert has(texts, f"rank {d.rank} · {d.kind}")
     assert has(texts, "measured against predicted, per stage") and has(texts, "frames completed")
-    predicted = steady_throughput(predicted_schedule(plan, 16).done_s, replica_burst(plan))  # fitted as the measured rate is
+    predicted = steady_throughput(predicted_schedule(plan, 16).done_s)  # fitted as the measured rate is
     assert predicted == pytest.approx(plan.predicted_throughput_fps, rel=0.1)
     assert has(texts, f"measured: {doc['throughput_fps']:.2f} frames/s") and has(texts, f"predicted: {predicted:.2f} frames/s")
     assert has(texts, "memory per rank")
