@@ -1320,6 +1320,11 @@ class PipelineRank:
     def _compute(self, frame: int, tensors: dict) -> dict:
         if self.link and self.link.free_at > time.time():
             hold = self._sends_left_at_compute()
+            if hold > 0 and self.deferred:
+                # this rank stays in MPI calls first: the outputs it deferred move now too, and it computes
+                # once no more than SEND_OVERLAP_BYTES of theirs are left either (each send is held once)
+                self._flush_sends()
+                hold = self._sends_left_at_compute()
             if hold > 0:
                 self.stats.comm_s += self._wait_until(lambda: True, LINK, frame, time.perf_counter() + hold)
         t = time.perf_counter()
