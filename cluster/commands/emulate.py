@@ -409,5 +409,5 @@ def implausible_speedup(plan: Plan, speedup: float | None) -> str | None:
     if speedup is None or len(kinds) != 1 or speedup <= plan.n_ranks * 1.05:
         return None
     return (f"measured {speedup:.2f}x on {plan.n_ranks} identical devices, more than their number: the one-device "
-            "baseline ran slow on this machine (a measurement problem, not a result; rerun with more --single-frames "
-            "on a quieter machine)")
+            "baseline ran slow or the cluster's short run read fast on this machine (a measurement problem, not a "
+            "result; rerun with more frames and --single-frames on a quieter machine)")
