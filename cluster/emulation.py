@@ -148,6 +148,12 @@ class LinkPacer:
         return self.free_at, duration
 
 
+def drop_ended(queue, now: float) -> None:
+    """Drop from a destination's deque of (end, bytes) transfers, oldest first, those ended by `now`."""
+    while queue and queue[0][0] <= now:
+        queue.popleft()
+
+
 def hold_before_compute(free_at: float, on_link: dict, now: float, seconds: Callable[[int], float], overlap_bytes: int) -> float:
     """Seconds a rank whose link is busy until `free_at` must stay in MPI calls at wall-clock `now` before
     it computes: until no more than `overlap_bytes` of each destination's transfers are left to leave (one
@@ -156,8 +162,7 @@ def hold_before_compute(free_at: float, on_link: dict, now: float, seconds: Call
     by `now` are dropped); `seconds(nbytes)` is how long the link takes for `nbytes`."""
     overlap = 0
     for queue in on_link.values():
-        while queue and queue[0][0] <= now:
-            queue.popleft()
+        drop_ended(queue, now)
         overlap += min(overlap_bytes, sum(nbytes for _, nbytes in queue))
     return free_at - now - (seconds(overlap) if overlap else 0.0)
 

@@ -44,7 +44,7 @@ from partitioners.plan import Plan, Stage
 from partitioners.vocabulary import DATA_PARALLEL_MODE, NO_SPLIT, StageMode
 
 from . import link_codecs, transport
-from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, hold_before_compute
+from .emulation import ComputeDilation, CoreTokens, EmulatedDevice, LinkPacer, device_slowdown, drop_ended, hold_before_compute
 
 log = logging.getLogger(__name__)
 
@@ -755,6 +755,12 @@ class _Step:
         return tensors if self.is_lead else {}
 
 
+def link_bytes(codec) -> int:
+    """Bytes a frame packed by `codec` puts on the link: an encoded link's written bytes (of the frame it
+    packed last), else the fixed payload."""
+    return codec.sent_bytes if getattr(codec, "encoded", False) else codec.payload_bytes
+
+
 def memory_prediction(plan: Plan, rank: int, graph: Graph | None = None, window: int = RUNTIME_WINDOW) -> int | None:
     """The plan's predicted memory for `rank`, if it has one. The plan counts the frame buffers of
     the default window (partitioners.cost.frame_buffer_bytes); with another `window` they are
@@ -987,7 +993,7 @@ class PipelineRank:
                 # (_inject runs inside the poll)
                 buf, end, _ = link_codecs.pack_for_link(self.source_codec, f, tensors, 0, self.link, self.device, poll=False)
                 if self.link:
-                    self.on_link.setdefault(target, deque()).append((end, buf.nbytes))
+                    self.on_link.setdefault(target, deque()).append((end, link_bytes(self.source_codec)))
                 request = transport.isend_buffer(self.comm, buf, target, TAG_STAGE + 0)
                 self.sends.append((request, buf, self.source_codec, target, f))
                 pending.append(request)
@@ -1004,7 +1010,7 @@ class PipelineRank:
     def _record_transfer(self, codec, end: float, duration: float, request) -> None:
         """One frame sent on this rank's link, for bandwidth estimation (issue 16): an emulated link's
         transfer is what its pacer made it last; a real one's lasts until MPI completes the send (_poll)."""
-        nbytes = codec.sent_bytes if getattr(codec, "encoded", False) else codec.payload_bytes
+        nbytes = link_bytes(codec)
         if self.link is not None:
             self.transfers.append((end, nbytes, duration))
         else:
@@ -1258,9 +1264,7 @@ class PipelineRank:
                 # to one rank: the receiver posts `window` receives ahead, and an MPI send over TCP completes
                 # once its bytes are out
                 buf, _, _ = link_codecs.pack_for_link(self.out_codec, frame, tensors, start_ns, None, self.device)
-                codec = self.out_codec
-                self.deferred.append((buf, dest, nxt.index, frame, codec.sent_bytes if getattr(codec, "encoded", False) else codec.payload_bytes,
-                                      len(codec.names)))
+                self.deferred.append((buf, dest, nxt.index, frame, link_bytes(self.out_codec), len(self.out_codec.names)))
                 if self._link_full(dest):
                     hold = self.on_link[dest][0][0] - time.time()
                     self.stats.comm_s += self._wait_until(lambda: True, SEND_BLOCKED, frame, time.perf_counter() + hold)
@@ -1294,9 +1298,7 @@ class PipelineRank:
         queue = self.on_link.get(dest)
         if not queue:
             return False
-        now = time.time()
-        while queue and queue[0][0] <= now:
-            queue.popleft()
+        drop_ended(queue, time.time())
         return len(queue) > self.window
 
     def _sends_left_at_compute(self) -> float:
