@@ -307,12 +307,12 @@ class LinkTerms:
         return (replicas if not self.last else replicas - 1) * self.result
 
 
-def split_period(inner, busy: "LinkTerms", wire: "LinkTerms"):
-    """Period of a split stage whose lead spends `inner` seconds a frame on its segments (their compute,
-    scatters and gathers): that plus what its stage-to-stage transfers cost the lead itself, or its
-    interface's time for them in either direction if longer (they overlap the segments). `inner` may be
-    an array (planner_dp); the terms' fields then too."""
-    return np.maximum(inner + busy.lead_in + busy.lead_out + busy.sink, np.maximum(wire.lead_in + wire.sink, wire.lead_out))
+def lead_period(seconds, busy: "LinkTerms", wire: "LinkTerms"):
+    """Period of a stage whose lead (its one device, or a split stage's lead) spends `seconds` a frame on
+    its nodes (a split stage: its segments' compute, scatters and gathers): that plus what its
+    stage-to-stage transfers cost the lead itself, or its interface's time for them in either direction
+    if longer (they overlap the rest). `seconds` may be an array (planner_dp); the terms' fields then too."""
+    return np.maximum(seconds + busy.lead_in + busy.lead_out + busy.sink, np.maximum(wire.lead_in + wire.sink, wire.lead_out))
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ class CostModel:
             memory = tuple(weights + work + self.frame_buffer_bytes(start, stop, m, slot == 0 or mode == StageMode.DATA_PARALLEL, slot == 0)
                            for slot in range(m))
             if mode == StageMode.SINGLE:
-                period = max(computes[0] + busy.lead_in + busy.lead_out + busy.sink, wire.lead_in + wire.sink, wire.lead_out)
+                period = float(lead_period(computes[0], busy, wire))
                 return self._finish(start, stop, counts, mode, computes[0], period - computes[0], period,
                                     computes[0] + link.lead_out, slots, memory, ())
             # per round of m frames: the lead (rank 0 of a first stage: the source's inputs out, every result in)
@@ -512,7 +512,7 @@ class CostModel:
         if all(o.kind == NO_SPLIT for o in chosen):
             return None  # nothing split: one device with idle others, which single mode already covers
         compute = sum(o.compute_s for o in chosen)
-        period = float(split_period(inner, busy, wire))
+        period = float(lead_period(inner, busy, wire))
         return self._finish(start, stop, counts, mode, compute, period - compute, period, inner + link.lead_out,
                             slots, memory, chosen)
 

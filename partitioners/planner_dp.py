@@ -25,7 +25,7 @@ seconds(s, o) is the option alone (compute, the lead's scatter and gather) and s
 max(0, gather(s, o) + scatter(s + 1, o') - kept transition(s, o, o')) where keeping is legal, else 0.
 Options include fused spans (fused-tiles over segments s..s+d) as states F_d, C_(d-1), ..., C_0 whose
 moves are forced (saving -inf elsewhere; partitioners.segment_table), so the recurrence is unchanged.
-Then period = split_period (inner with the stage's link terms overlapped, cost module), latency = inner + its send. Memory sums the options'
+Then period = cost.lead_period (inner with the stage's link terms overlapped, cost module), latency = inner + its send. Memory sums the options'
 weights and takes their largest working set along the chosen chain, as for unchained segments
 (conservative: the lead of a kept tensor no longer holds it whole); a range whose best chain does
 not fit is chosen as CostModel.stage_cost does (repair_memory), so the two always agree.
@@ -40,7 +40,7 @@ import numpy as np
 
 from layers.errors import PisplitError
 
-from .cost import INF, CostModel, LinkTerms, split_period
+from .cost import INF, CostModel, LinkTerms, lead_period
 from .device_sets import candidate_counts
 from .segment_chains import chain_tables
 from .vocabulary import NO_SPLIT
@@ -60,7 +60,7 @@ class StageChoice:
 
 
 def _lead_terms(terms: LinkTerms, index) -> LinkTerms:
-    """The lead's terms (lead_in, lead_out, sink) of array-valued `terms` at `index`: what split_period reads."""
+    """The lead's terms (lead_in, lead_out, sink) of array-valued `terms` at `index`: what lead_period reads."""
     return LinkTerms(terms.lead_in[index], terms.lead_out[index], terms.sink[index], 0.0, 0.0, 0.0, 0.0, 0.0, False)
 
 
@@ -105,8 +105,7 @@ class StageTables:
 
     def single_period(self, compute: np.ndarray) -> np.ndarray:
         """Period of every stage (i, j) on one device taking `compute` seconds (cost.CostModel.stage_cost)."""
-        b, w = self.busy, self.wire
-        return np.maximum(compute + b.lead_in + b.lead_out + b.sink, np.maximum(w.lead_in + w.sink, w.lead_out))
+        return lead_period(compute, self.busy, self.wire)
 
     def _tables(self, a: tuple) -> dict:
         """mode -> (period matrix, latency matrix), inf where the stage is infeasible or invalid."""
@@ -177,7 +176,7 @@ class StageTables:
         starts, stops = b[first], b[last + 1]
         out_lat = self.lead_out[starts, stops]
         busy, wire = _lead_terms(self.busy, (starts, stops)), _lead_terms(self.wire, (starts, stops))
-        per = split_period(inner, busy, wire)
+        per = lead_period(inner, busy, wire)
         lat = inner + out_lat
         if not fits.all():
             pre_wl = np.vstack([np.zeros(len(slots)), np.cumsum(w_low, axis=0)])
@@ -187,7 +186,7 @@ class StageTables:
                 # the best chain overflows but some choice might not: trade time for memory
                 chosen, inner_q, mem_q = model.split_choice(int(first[q]), int(last[q]), slots, lead_buffers[q])
                 if all(mm <= u for mm, u in zip(mem_q, usable)) and any(o.kind != NO_SPLIT for o in chosen):
-                    per[q], lat[q], ok[q] = float(split_period(inner_q, _lead_terms(busy, q), _lead_terms(wire, q))), inner_q + out_lat[q], True
+                    per[q], lat[q], ok[q] = float(lead_period(inner_q, _lead_terms(busy, q), _lead_terms(wire, q))), inner_q + out_lat[q], True
         n = self.n
         period = np.full((n + 1, n + 1), INF)
         latency = np.full((n + 1, n + 1), INF)
